@@ -1,0 +1,8 @@
+//! kvnetd: named virtual networks managed over a Unix-socket API.
+
+use std::process::ExitCode;
+
+/// Entry point of the `kvnetd` binary.
+pub fn main() -> ExitCode {
+    ExitCode::FAILURE
+}
