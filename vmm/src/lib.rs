@@ -1,5 +1,7 @@
 //! kvnet-vmm: a KVM virtual machine monitor built on the rust-vmm crates.
 
+pub mod devices;
+
 use std::process::ExitCode;
 
 /// Entry point of the `kvnet-vmm` binary.

@@ -1,0 +1,1 @@
+//! The only module that speaks netlink: bridges, addresses, links, routes; plus sysctls.

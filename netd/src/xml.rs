@@ -1,0 +1,1 @@
+//! Libvirt network XML <-> the network model (issue 2). Filled by the xml work.

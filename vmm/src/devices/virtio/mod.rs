@@ -1,0 +1,3 @@
+//! Virtio devices and transport.
+
+pub mod net;

@@ -1,0 +1,1 @@
+//! virtio-net: a NIC backed by a tap file descriptor (issue 5).
