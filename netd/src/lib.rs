@@ -1,12 +1,16 @@
 //! kvnetd: named virtual networks managed over a Unix-socket API.
+//!
+//! Layers, each with one job: [`api`] (HTTP over a Unix socket), [`manager`] (the
+//! registry and every change to it), [`store`] (files), [`xml`] (libvirt's network
+//! XML), [`link`] (the only netlink code), [`firewall`] (the only nftables code).
 
+pub mod api;
+mod daemon;
 pub mod firewall;
 pub mod link;
+pub mod manager;
+pub mod store;
+pub mod virsh;
 pub mod xml;
 
-use std::process::ExitCode;
-
-/// Entry point of the `kvnetd` binary.
-pub fn main() -> ExitCode {
-    ExitCode::FAILURE
-}
+pub use daemon::main;

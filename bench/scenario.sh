@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# scenario.sh RUNS SCALE: the measured scenario, run inside sandbox.sh for one target.
+# Prints `key value` lines (milliseconds unless the key says otherwise).
+set -euo pipefail
+runs=$1 scale=$2
+work=$(mktemp -d /run/scenario.XXXXXX)
+cli() { $BENCH_CLI "$@" >/dev/null; }
+now_us() { local t=${EPOCHREALTIME/./}; echo "$t"; }
+median() { sort -n | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
+ms() { awk -v us="$1" 'BEGIN {printf "%.2f", us/1000}'; }
+
+net_xml() { # name bridge third-octet second-octet
+  cat <<XML
+<network>
+  <name>$1</name>
+  <forward mode='nat'/>
+  <bridge name='$2'/>
+  <dns enable='no'/>
+  <ip address='10.$4.$3.1' netmask='255.255.255.0'/>
+</network>
+XML
+}
+
+# (a) start/destroy wall time of one NAT network, median of RUNS.
+net_xml benchnet vbrbench 1 200 >"$work/benchnet.xml"
+cli net-define "$work/benchnet.xml"
+: >"$work/start" ; : >"$work/stop"
+for _ in $(seq "$runs"); do
+  t0=$(now_us); cli net-start benchnet; t1=$(now_us); cli net-destroy benchnet; t2=$(now_us)
+  echo $((t1 - t0)) >>"$work/start"; echo $((t2 - t1)) >>"$work/stop"
+done
+cli net-undefine benchnet
+echo "net_start_ms $(ms "$(median <"$work/start")")"
+echo "net_destroy_ms $(ms "$(median <"$work/stop")")"
+
+# The floor for destroy: the kernel's own deletion of an up, addressed bridge.
+: >"$work/floor"
+for _ in $(seq "$runs"); do
+  ip link add vbrfloor type bridge && ip addr add 10.201.0.1/24 dev vbrfloor && ip link set vbrfloor up
+  t0=$(now_us); ip link del vbrfloor; t1=$(now_us)
+  echo $((t1 - t0)) >>"$work/floor"
+done
+echo "kernel_bridge_delete_ms $(ms "$(median <"$work/floor")")"
+
+# (b) scale: define + start SCALE networks, list, destroy.
+for i in $(seq 0 $((scale - 1))); do
+  net_xml "scale$i" "vbs$i" $((i % 250)) $((i / 250 + 100)) >"$work/scale$i.xml"
+done
+t0=$(now_us); for i in $(seq 0 $((scale - 1))); do cli net-define "$work/scale$i.xml"; done; t1=$(now_us)
+started=0
+for i in $(seq 0 $((scale - 1))); do cli net-start "scale$i" 2>/dev/null && started=$((started + 1)); done
+t2=$(now_us)
+echo "scale_define_ms $(ms $((t1 - t0)))"
+echo "scale_start_ms $(ms $((t2 - t1)))"
+echo "scale_started_count $started"
+: >"$work/list"
+for _ in $(seq 20); do t0=$(now_us); cli net-list --all; t1=$(now_us); echo $((t1 - t0)) >>"$work/list"; done
+echo "net_list_all_ms $(ms "$(median <"$work/list")")"
+rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$BENCH_DAEMON_PID/status")
+dnsmasq_kb=$( (pgrep -x dnsmasq || true) | while read -r p; do awk '/VmRSS/ {print $2}' "/proc/$p/status"; done | awk '{s+=$1} END {print s+0}')
+echo "daemon_rss_mb $(awk -v k="$rss_kb" 'BEGIN {printf "%.1f", k/1024}')"
+echo "helpers_rss_mb $(awk -v k="$dnsmasq_kb" 'BEGIN {printf "%.1f", k/1024}')"
+t0=$(now_us); for i in $(seq 0 $((scale - 1))); do cli net-destroy "scale$i" 2>/dev/null || true; done; t1=$(now_us)
+echo "scale_destroy_ms $(ms $((t1 - t0)))"
+for i in $(seq 0 $((scale - 1))); do cli net-undefine "scale$i" 2>/dev/null || true; done
+rm -rf "$work"

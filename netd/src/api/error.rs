@@ -1,0 +1,91 @@
+//! API errors: a stable kind plus a message, mapped to HTTP statuses in one place.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::types::ErrorBody;
+
+/// Stable error categories of the API. Their snake_case names are part of the wire
+/// format; clients branch on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No such network.
+    NotFound,
+    /// A network with that name or UUID, or a resource it needs, already exists.
+    AlreadyExists,
+    /// The request or the definition in it is invalid.
+    InvalidArgument,
+    /// The request is valid but not in the network's current state (e.g. starting an active network).
+    OperationInvalid,
+    /// The caller may not do this.
+    PermissionDenied,
+    /// Anything else: the kernel or the disk refused.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::OperationInvalid => "operation_invalid",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// Parses a wire name; unknown kinds from a newer daemon read as `Internal`.
+    pub fn from_wire(kind: &str) -> ErrorKind {
+        match kind {
+            "not_found" => ErrorKind::NotFound,
+            "already_exists" => ErrorKind::AlreadyExists,
+            "invalid_argument" => ErrorKind::InvalidArgument,
+            "operation_invalid" => ErrorKind::OperationInvalid,
+            "permission_denied" => ErrorKind::PermissionDenied,
+            _ => ErrorKind::Internal,
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::AlreadyExists | ErrorKind::OperationInvalid => StatusCode::CONFLICT,
+            ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+            ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error as the API reports it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// The category.
+    pub kind: ErrorKind,
+    /// What went wrong, naming the network, interface or path involved.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Builds an error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError { kind, message: message.into() }
+    }
+}
+
+impl From<ErrorBody> for ApiError {
+    fn from(body: ErrorBody) -> ApiError {
+        ApiError::new(ErrorKind::from_wire(&body.kind), body.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { kind: self.kind.as_str().to_owned(), message: self.message };
+        (self.kind.status(), Json(body)).into_response()
+    }
+}

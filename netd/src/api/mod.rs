@@ -1,0 +1,11 @@
+//! The daemon's HTTP/1.1 + JSON API over a Unix socket: wire types, server, client.
+//!
+//! Paths are versioned (`/v1/...`); every error body is `{"kind", "message"}` with a
+//! stable snake_case kind, so the CLI and scripts can branch on it.
+
+pub mod client;
+pub mod error;
+pub mod server;
+pub mod types;
+
+pub use error::{ApiError, ErrorKind};

@@ -1,0 +1,225 @@
+//! The API server: an axum router over a Unix socket. Handlers only translate between
+//! HTTP and the [`Manager`]; the work happens there.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
+use axum::http::Method;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::serve::IncomingStream;
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::net::UnixListener;
+
+use super::error::{ApiError, ErrorKind};
+use super::types::{AutostartRequest, Lease, NetworkSummary, XmlRequest, XmlResponse};
+use crate::manager::Manager;
+
+/// Errors setting up the listening socket.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The socket could not be bound, chmod'ed or served.
+    #[error("{action} socket {path}")]
+    Socket {
+        /// What was being done.
+        action: &'static str,
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Who is on the other end of a connection (SO_PEERCRED).
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    uid: u32,
+    gid: u32,
+    pid: Option<i32>,
+}
+
+impl Connected<IncomingStream<'_, UnixListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Peer {
+        match stream.io().peer_cred() {
+            Ok(cred) => Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() },
+            // Unknown peers get no rights: uid/gid of nobody.
+            Err(_) => Peer { uid: u32::MAX, gid: u32::MAX, pid: None },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct AppState {
+    manager: Arc<Manager>,
+    /// The group that owns the socket: its members may change things, like root.
+    socket_gid: u32,
+}
+
+/// Binds `socket` (mode 0660, replacing a stale socket file) and serves the API until
+/// `shutdown` completes.
+pub async fn serve(
+    manager: Arc<Manager>,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let err = |action| move |source| Error::Socket { action, path: socket.to_owned(), source };
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(err("creating the directory of"))?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err("removing stale")(e)),
+    }
+    let listener = UnixListener::bind(socket).map_err(err("binding"))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(err("setting the mode of"))?;
+    let socket_gid = std::fs::metadata(socket).map_err(err("inspecting"))?.gid();
+    tracing::info!(socket = %socket.display(), "listening");
+
+    let app = router(AppState { manager, socket_gid });
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(err("serving on"))
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/networks", get(list).post(define))
+        .route("/v1/networks/{network}", get(info).delete(undefine))
+        .route("/v1/networks/{network}/start", post(start))
+        .route("/v1/networks/{network}/stop", post(stop))
+        .route("/v1/networks/{network}/autostart", put(autostart))
+        .route("/v1/networks/{network}/xml", get(dumpxml))
+        .route("/v1/networks/{network}/leases", get(leases))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+/// Reads are open to anyone who can reach the socket; changes need root, the daemon's
+/// own user, or membership of the socket's group.
+async fn authorize(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    tracing::debug!(method = %request.method(), path = %request.uri().path(), uid = peer.uid, "request");
+    if request.method() != Method::GET && !may_change(&peer, state.socket_gid) {
+        return Err(ApiError::new(
+            ErrorKind::PermissionDenied,
+            format!("uid {} may not change networks: needs root or group id {}", peer.uid, state.socket_gid),
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+fn may_change(peer: &Peer, socket_gid: u32) -> bool {
+    peer.uid == 0
+        || peer.uid == nix::unistd::geteuid().as_raw()
+        || peer.gid == socket_gid
+        || peer.pid.is_some_and(|pid| supplementary_groups(pid).contains(&socket_gid))
+}
+
+/// The peer's supplementary groups, from /proc (SO_PEERCRED carries only the primary one).
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Groups:"))
+                .map(|groups| groups.split_whitespace().filter_map(|g| g.parse().ok()).collect())
+        })
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Deserialize)]
+struct DefineQuery {
+    #[serde(default)]
+    transient: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct XmlQuery {
+    #[serde(default)]
+    inactive: bool,
+}
+
+async fn list(State(state): State<AppState>) -> Json<Vec<NetworkSummary>> {
+    Json(state.manager.list().await)
+}
+
+async fn define(
+    State(state): State<AppState>,
+    Query(query): Query<DefineQuery>,
+    Json(request): Json<XmlRequest>,
+) -> Result<Json<NetworkSummary>, ApiError> {
+    let summary = if query.transient {
+        state.manager.create(&request.xml).await?
+    } else {
+        state.manager.define(&request.xml).await?
+    };
+    Ok(Json(summary))
+}
+
+async fn info(State(state): State<AppState>, UrlPath(network): UrlPath<String>) -> Result<Json<NetworkSummary>, ApiError> {
+    Ok(Json(state.manager.get(&network).await?))
+}
+
+async fn undefine(
+    State(state): State<AppState>,
+    UrlPath(network): UrlPath<String>,
+) -> Result<Json<NetworkSummary>, ApiError> {
+    Ok(Json(state.manager.undefine(&network).await?))
+}
+
+async fn start(State(state): State<AppState>, UrlPath(network): UrlPath<String>) -> Result<Json<NetworkSummary>, ApiError> {
+    Ok(Json(state.manager.start(&network).await?))
+}
+
+async fn stop(State(state): State<AppState>, UrlPath(network): UrlPath<String>) -> Result<Json<NetworkSummary>, ApiError> {
+    Ok(Json(state.manager.stop(&network).await?))
+}
+
+async fn autostart(
+    State(state): State<AppState>,
+    UrlPath(network): UrlPath<String>,
+    Json(request): Json<AutostartRequest>,
+) -> Result<Json<NetworkSummary>, ApiError> {
+    Ok(Json(state.manager.set_autostart(&network, request.enabled).await?))
+}
+
+async fn dumpxml(
+    State(state): State<AppState>,
+    UrlPath(network): UrlPath<String>,
+    Query(query): Query<XmlQuery>,
+) -> Result<Json<XmlResponse>, ApiError> {
+    let xml = state.manager.xml(&network, query.inactive).await?;
+    Ok(Json(XmlResponse { xml }))
+}
+
+async fn leases(State(state): State<AppState>, UrlPath(network): UrlPath<String>) -> Result<Json<Vec<Lease>>, ApiError> {
+    Ok(Json(state.manager.leases(&network).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_need_root_owner_or_socket_group() {
+        let me = nix::unistd::geteuid().as_raw();
+        let stranger = if me == 4242 { 4243 } else { 4242 };
+        assert!(may_change(&Peer { uid: 0, gid: 0, pid: None }, 100));
+        assert!(may_change(&Peer { uid: me, gid: 7, pid: None }, 100));
+        assert!(may_change(&Peer { uid: stranger, gid: 100, pid: None }, 100));
+        assert!(!may_change(&Peer { uid: stranger, gid: 7, pid: None }, 100));
+    }
+}

@@ -1,0 +1,76 @@
+//! Wire types shared by the daemon and its clients.
+//!
+//! They are separate from the manager's internal state so the API can stay stable
+//! while the internals change; requests reject unknown fields.
+
+use serde::{Deserialize, Serialize};
+
+/// One network as `net-list` and `net-info` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSummary {
+    /// The network's name.
+    pub name: String,
+    /// Its UUID, lower-case hyphenated.
+    pub uuid: String,
+    /// Whether it is running.
+    pub active: bool,
+    /// Whether it has a definition on disk (otherwise it is transient).
+    pub persistent: bool,
+    /// Whether it starts when the daemon starts at boot.
+    pub autostart: bool,
+    /// The bridge device it uses, if any.
+    pub bridge: Option<String>,
+    /// The `<title>`, if any.
+    pub title: Option<String>,
+}
+
+/// A network definition in libvirt's network XML (define, create).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XmlRequest {
+    /// The `<network>` document.
+    pub xml: String,
+}
+
+/// A network's XML (dumpxml).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct XmlResponse {
+    /// The `<network>` document as libvirt would print it.
+    pub xml: String,
+}
+
+/// Turns autostart on or off.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutostartRequest {
+    /// The new setting.
+    pub enabled: bool,
+}
+
+/// One DHCP lease (net-dhcp-leases).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Expiry as seconds since the Unix epoch; 0 for infinite.
+    pub expiry_time: i64,
+    /// The client's MAC address.
+    pub mac: String,
+    /// `ipv4` or `ipv6`.
+    pub protocol: String,
+    /// The leased address.
+    pub ip_address: String,
+    /// The prefix length of the network the address belongs to.
+    pub prefix: u8,
+    /// The hostname the client sent, if any.
+    pub hostname: Option<String>,
+    /// The client identifier or DUID, if any.
+    pub client_id: Option<String>,
+}
+
+/// The body of every error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable snake_case category (see [`crate::api::ErrorKind`]).
+    pub kind: String,
+    /// A sentence that names what went wrong and with what.
+    pub message: String,
+}

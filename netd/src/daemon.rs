@@ -1,0 +1,87 @@
+//! The `kvnetd` process: flags, logging, runtime, signals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::api::server;
+use crate::firewall;
+use crate::manager::{Manager, ManagerConfig, error_chain};
+
+/// kvnetd: owns named virtual networks (bridges, NAT, DHCP, DNS) and serves the kvnet API.
+#[derive(Debug, Parser)]
+#[command(name = "kvnetd", version, about)]
+struct Args {
+    /// Persistent definitions: `<dir>/networks/NAME.xml` and `autostart/` links.
+    #[arg(long, default_value = "/etc/kvnet")]
+    config_dir: PathBuf,
+    /// Live status (tmpfs): `<dir>/networks/NAME.json`, the autostart marker.
+    #[arg(long, default_value = "/run/kvnet")]
+    state_dir: PathBuf,
+    /// The API socket.
+    #[arg(long, default_value = "/run/kvnet/kvnetd.sock")]
+    socket: PathBuf,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Do not define libvirt's `default` network on first start.
+    #[arg(long)]
+    no_default_network: bool,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Networks keep running after it exits,
+/// like libvirt's: the next daemon adopts them.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level));
+    let filter = match filter {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("kvnetd: invalid --log-level '{}': {e}", args.log_level);
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    // One thread is plenty: every change is serialised by the manager's lock, and
+    // netlink must stay in this thread's network namespace.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async {
+        let firewall = firewall::nft().context("opening nftables")?;
+        let config = ManagerConfig {
+            config_dir: args.config_dir.clone(),
+            state_dir: args.state_dir.clone(),
+            define_default_network: !args.no_default_network,
+        };
+        let manager = Manager::open(config, firewall).await.map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+        server::serve(Arc::new(manager), &args.socket, shutdown_signal()).await.context("serving the API")?;
+        tracing::info!("stopped; networks keep running");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot listen for SIGTERM/SIGINT; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}

@@ -1,0 +1,768 @@
+//! The registry of named networks and everything that changes them.
+//!
+//! One lock serialises every change. A start records its intent in the state dir
+//! before touching the kernel and its success after, so a daemon killed half-way
+//! can undo exactly what it left behind when it comes back ([`Manager::open`]).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use tokio::sync::Mutex;
+use tracing::{info, instrument, warn};
+
+use crate::api::types::{Lease, NetworkSummary};
+use crate::api::{ApiError, ErrorKind};
+use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
+use crate::link::{self, BridgeSpec, Link, sysctl};
+use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
+use crate::xml::{self, ForwardMode, NetworkDef};
+
+/// Errors of network operations. Each maps to one API error kind.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No network has that name or UUID.
+    #[error("no network with matching {field} '{value}'")]
+    NotFound {
+        /// "name" or "uuid".
+        field: &'static str,
+        /// What was asked for.
+        value: String,
+    },
+    /// The XML is malformed or its content invalid.
+    #[error(transparent)]
+    Xml(#[from] xml::Error),
+    /// A network with that name or UUID, or something it needs, already exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The request conflicts with the host or another network (subnet, bridge name).
+    #[error("{0}")]
+    Conflict(String),
+    /// The network is not in a state that allows this.
+    #[error("{0}")]
+    OperationInvalid(String),
+    /// A start failed at `step`; everything it had done was undone.
+    #[error("failed to start network '{network}': {step}")]
+    Start {
+        /// The network.
+        network: String,
+        /// The step that failed, naming the device or rule involved.
+        step: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A stop could not remove everything; the network stays active so it can be retried.
+    #[error("failed to stop network '{network}': {problems}")]
+    Stop {
+        /// The network.
+        network: String,
+        /// Every problem met, joined.
+        problems: String,
+    },
+    /// Reading or writing the daemon's files failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Netlink failed outside a start or stop.
+    #[error(transparent)]
+    Link(#[from] link::Error),
+    /// nftables failed outside a start or stop.
+    #[error(transparent)]
+    Firewall(#[from] firewall::Error),
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> ApiError {
+        let kind = match &error {
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Xml(_) | Error::Conflict(_) => ErrorKind::InvalidArgument,
+            Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Error::OperationInvalid(_) => ErrorKind::OperationInvalid,
+            Error::Start { .. } | Error::Stop { .. } | Error::Store(_) | Error::Link(_) | Error::Firewall(_) => {
+                ErrorKind::Internal
+            }
+        };
+        ApiError::new(kind, error_chain(&error))
+    }
+}
+
+/// "outer: inner: innermost", the way the CLI prints one error line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Transparent wrappers repeat their inner message; print it once.
+        if !text.ends_with(&cause_text) {
+            let _ = write!(text, ": {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Where the manager keeps its files and what it does on first start.
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    /// Persistent definitions (`<config>/networks`).
+    pub config_dir: PathBuf,
+    /// Live status, on tmpfs in production (`<state>/networks`).
+    pub state_dir: PathBuf,
+    /// Define libvirt's `default` network when the config dir is new.
+    pub define_default_network: bool,
+}
+
+/// A network the daemon knows: defined, running, or both.
+#[derive(Debug)]
+struct Network {
+    /// The persistent definition; `None` for a transient network.
+    config: Option<NetworkDef>,
+    /// The definition it runs with; `None` when inactive.
+    live: Option<NetworkDef>,
+    /// Starts when the daemon starts at boot.
+    autostart: bool,
+}
+
+impl Network {
+    /// The definition that describes it now: the running one if active.
+    fn current(&self) -> Option<&NetworkDef> {
+        self.live.as_ref().or(self.config.as_ref())
+    }
+
+    fn summary(&self) -> Option<NetworkSummary> {
+        let def = self.current()?;
+        Some(NetworkSummary {
+            name: def.name.clone(),
+            uuid: def.uuid_string(),
+            active: self.live.is_some(),
+            persistent: self.config.is_some(),
+            autostart: self.autostart,
+            bridge: def.bridge_name().map(str::to_owned),
+            title: def.title.clone(),
+        })
+    }
+}
+
+/// The registry of networks and the handles to change the kernel.
+#[derive(Debug)]
+pub struct Manager {
+    networks: Mutex<BTreeMap<String, Network>>,
+    store: Store,
+    link: Link,
+    firewall: Box<dyn Firewall>,
+}
+
+/// One kernel change made by a start, and how to take it back.
+#[derive(Debug)]
+enum Undo {
+    DeleteBridge(String),
+    RemoveRules(String),
+}
+
+impl Manager {
+    /// Loads definitions and live status, reconciles them with the kernel, defines the
+    /// `default` network on first start, and autostarts networks once per boot.
+    pub async fn open(config: ManagerConfig, firewall: Box<dyn Firewall>) -> Result<Manager, Error> {
+        let store = Store::new(&config.config_dir, &config.state_dir);
+        let fresh = store.is_fresh();
+        store.create_dirs()?;
+        let manager = Manager { networks: Mutex::new(BTreeMap::new()), store, link: Link::new()?, firewall };
+        manager.load_configs().await?;
+        manager.adopt_running().await?;
+        if fresh && config.define_default_network {
+            manager.define_default_network().await?;
+        }
+        manager.reconcile_firewall().await;
+        if !manager.store.mark_autostarted()? {
+            manager.autostart_all().await;
+        }
+        Ok(manager)
+    }
+
+    async fn load_configs(&self) -> Result<(), Error> {
+        let mut networks = self.networks.lock().await;
+        for stored in self.store.load_configs()? {
+            let def = match NetworkDef::from_xml(&stored.xml) {
+                Ok(def) => def,
+                Err(e) => {
+                    warn!(path = %stored.path.display(), "skipping unreadable definition: {}", error_chain(&e));
+                    continue;
+                }
+            };
+            if def.name != stored.file_name {
+                warn!(path = %stored.path.display(), network = %def.name, "skipping definition whose file name differs from its <name>");
+                continue;
+            }
+            networks.insert(def.name.clone(), Network { config: Some(def), live: None, autostart: stored.autostart });
+        }
+        Ok(())
+    }
+
+    /// Takes over networks a previous daemon left running, and undoes starts it left half done.
+    async fn adopt_running(&self) -> Result<(), Error> {
+        let mut networks = self.networks.lock().await;
+        for (name, status) in self.store.load_statuses()? {
+            let status = match status {
+                Ok(status) => status,
+                Err(e) => {
+                    warn!(network = %name, "discarding unreadable status: {}", error_chain(&e));
+                    self.store.delete_status(&name)?;
+                    continue;
+                }
+            };
+            let def = match NetworkDef::from_xml(&status.xml) {
+                Ok(def) => def,
+                Err(e) => {
+                    warn!(network = %name, "discarding status with unreadable XML: {}", error_chain(&e));
+                    self.release(&status.bridge, owns_bridge_mode(&status.xml)).await;
+                    self.store.delete_status(&name)?;
+                    continue;
+                }
+            };
+            let owns_bridge = def.forward_mode() != ForwardMode::Bridge;
+            if status.phase == Phase::Starting {
+                warn!(network = %name, bridge = %status.bridge, "undoing a start interrupted by a daemon crash");
+                self.release(&status.bridge, owns_bridge).await;
+                self.store.delete_status(&name)?;
+                continue;
+            }
+            let present = self.link.link_info(&status.bridge).await?.is_some_and(|info| info.is_bridge);
+            if !present {
+                warn!(network = %name, bridge = %status.bridge, "bridge vanished while the daemon was away; marking the network inactive");
+                self.release(&status.bridge, false).await;
+                self.store.delete_status(&name)?;
+                continue;
+            }
+            info!(network = %name, bridge = %status.bridge, "adopted running network");
+            match networks.get_mut(&name) {
+                Some(network) => network.live = Some(def),
+                None if status.persistent => {
+                    // Its definition was removed behind our back: keep it running, as transient.
+                    warn!(network = %name, "running network has no definition on disk any more; it is now transient");
+                    let status = Status { persistent: false, ..status };
+                    self.store.save_status(&name, &status)?;
+                    networks.insert(name, Network { config: None, live: Some(def), autostart: false });
+                }
+                None => {
+                    networks.insert(name, Network { config: None, live: Some(def), autostart: false });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Best-effort removal of a network's kernel objects by bridge name (recovery paths).
+    async fn release(&self, bridge: &str, delete_bridge: bool) {
+        if let Err(e) = self.firewall.remove(bridge) {
+            warn!(bridge, "removing firewall rules: {}", error_chain(&e));
+        }
+        if delete_bridge {
+            if let Err(e) = self.link.delete_link(bridge).await {
+                warn!(bridge, "deleting bridge: {}", error_chain(&e));
+            }
+        }
+    }
+
+    /// Re-applies the rules of every active network and removes chains of networks that
+    /// are no longer active (after a crash or a manual change); warns about foreign
+    /// tables whose drop policy would block guests.
+    async fn reconcile_firewall(&self) {
+        let networks = self.networks.lock().await;
+        let mut active_bridges = Vec::new();
+        for def in networks.values().filter_map(|n| n.live.as_ref()) {
+            if let Some(rules) = firewall_rules(def) {
+                if let Err(e) = self.firewall.apply(&rules) {
+                    warn!(network = %def.name, "re-applying firewall rules: {}", error_chain(&e));
+                }
+                active_bridges.push(rules.bridge);
+            }
+        }
+        match self.firewall.bridges() {
+            Ok(bridges) => {
+                for bridge in bridges.into_iter().filter(|b| !active_bridges.contains(b)) {
+                    info!(bridge = %bridge, "removing firewall rules left for an inactive network");
+                    if let Err(e) = self.firewall.remove(&bridge) {
+                        warn!(bridge = %bridge, "removing stale firewall rules: {}", error_chain(&e));
+                    }
+                }
+            }
+            Err(e) => warn!("listing kvnet firewall chains: {}", error_chain(&e)),
+        }
+        self.warn_about_foreign_drop_policies();
+    }
+
+    fn warn_about_foreign_drop_policies(&self) {
+        match self.firewall.foreign_drop_policies() {
+            Ok(found) => {
+                for description in found {
+                    warn!("{description}: it can drop guest traffic that kvnet's own table accepts");
+                }
+            }
+            Err(e) => warn!("inspecting other firewall tables: {}", error_chain(&e)),
+        }
+    }
+
+    async fn autostart_all(&self) {
+        let names: Vec<String> = {
+            let networks = self.networks.lock().await;
+            networks.iter().filter(|(_, n)| n.autostart && n.live.is_none()).map(|(name, _)| name.clone()).collect()
+        };
+        for name in names {
+            match self.start(&name).await {
+                Ok(_) => info!(network = %name, "autostarted"),
+                Err(e) => warn!(network = %name, "autostart failed: {}", error_chain(&e)),
+            }
+        }
+    }
+
+    /// Defines libvirt's `default` network (virbr0, 192.168.122.0/24, NAT, autostart),
+    /// moving to the next free 192.168.N.0/24 if that subnet is taken on this host.
+    async fn define_default_network(&self) -> Result<(), Error> {
+        let used = self.link.used_prefixes().await?;
+        let taken = |subnet: IpNet| used.iter().any(|(prefix, _)| prefix.prefix_len() > 0 && overlap(*prefix, subnet));
+        let Some(octet) = (122..=254u8).find(|n| {
+            let subnet = IpNet::V4(ipnet::Ipv4Net::new([192, 168, *n, 0].into(), 24).unwrap_or_default());
+            !taken(subnet)
+        }) else {
+            warn!("no free 192.168.N.0/24 subnet for the default network; not defining it");
+            return Ok(());
+        };
+        if octet != 122 {
+            info!("192.168.122.0/24 is in use on this host; the default network uses 192.168.{octet}.0/24");
+        }
+        let bridge_free = !self.link.link_exists("virbr0").await?;
+        let summary = self.define(&default_network_xml(octet, bridge_free)).await?;
+        self.set_autostart(&summary.name, true).await?;
+        info!(network = %summary.name, "defined the default network");
+        Ok(())
+    }
+
+    /// Every network, in name order.
+    pub async fn list(&self) -> Vec<NetworkSummary> {
+        self.networks.lock().await.values().filter_map(Network::summary).collect()
+    }
+
+    /// One network by name or UUID.
+    pub async fn get(&self, key: &str) -> Result<NetworkSummary, Error> {
+        let networks = self.networks.lock().await;
+        let name = lookup(&networks, key)?;
+        summary_of(&networks, &name)
+    }
+
+    /// Defines a persistent network, or redefines an existing one (the change applies
+    /// at its next start if it is running).
+    #[instrument(skip_all)]
+    pub async fn define(&self, xml: &str) -> Result<NetworkSummary, Error> {
+        let mut def = NetworkDef::from_xml(xml)?;
+        let mut networks = self.networks.lock().await;
+        self.check_identity(&networks, &mut def, true)?;
+        self.complete_and_check_bridge(&networks, &mut def).await?;
+        self.store.save_config(&def.name, &def.to_config_file())?;
+        info!(network = %def.name, "defined");
+        let name = def.name.clone();
+        match networks.get_mut(&name) {
+            Some(network) => network.config = Some(def),
+            None => {
+                networks.insert(name.clone(), Network { config: Some(def), live: None, autostart: false });
+            }
+        }
+        summary_of(&networks, &name)
+    }
+
+    /// Creates and starts a transient network.
+    #[instrument(skip_all)]
+    pub async fn create(&self, xml: &str) -> Result<NetworkSummary, Error> {
+        let mut def = NetworkDef::from_xml(xml)?;
+        let mut networks = self.networks.lock().await;
+        self.check_identity(&networks, &mut def, false)?;
+        self.complete_and_check_bridge(&networks, &mut def).await?;
+        self.bring_up(&networks, &def, false).await?;
+        let name = def.name.clone();
+        networks.insert(name.clone(), Network { config: None, live: Some(def), autostart: false });
+        summary_of(&networks, &name)
+    }
+
+    /// Refuses a name or UUID that belongs to another network. With `redefine`, a
+    /// definition may replace one with the same name (and UUID, if it gives one).
+    fn check_identity(
+        &self,
+        networks: &BTreeMap<String, Network>,
+        def: &mut NetworkDef,
+        redefine: bool,
+    ) -> Result<(), Error> {
+        if let Some(existing) = networks.get(&def.name).and_then(Network::current) {
+            if !redefine {
+                return Err(Error::AlreadyExists(format!("network '{}' already exists", def.name)));
+            }
+            match def.uuid {
+                Some(uuid) if Some(uuid) != existing.uuid => {
+                    return Err(Error::AlreadyExists(format!(
+                        "network '{}' is already defined with uuid {}",
+                        def.name,
+                        existing.uuid_string()
+                    )));
+                }
+                _ => def.uuid = existing.uuid,
+            }
+        }
+        if let Some(uuid) = def.uuid {
+            let clash = networks.values().filter_map(Network::current).find(|other| other.uuid == Some(uuid) && other.name != def.name);
+            if let Some(other) = clash {
+                return Err(Error::AlreadyExists(format!("network '{}' already exists with uuid {uuid}", other.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills in UUID, MAC and bridge name, and refuses a bridge name that another
+    /// network uses or that names an interface this network does not own.
+    async fn complete_and_check_bridge(&self, networks: &BTreeMap<String, Network>, def: &mut NetworkDef) -> Result<(), Error> {
+        let host_links = self.link.link_names().await?;
+        let own_bridge = networks.get(&def.name).and_then(|n| n.live.as_ref()).and_then(|d| d.bridge_name()).map(str::to_owned);
+        let other_bridges: Vec<&str> = networks
+            .values()
+            .filter_map(Network::current)
+            .filter(|other| other.name != def.name)
+            .filter_map(NetworkDef::bridge_name)
+            .collect();
+        let in_use = |bridge: &str| {
+            other_bridges.contains(&bridge) || (host_links.iter().any(|l| l == bridge) && own_bridge.as_deref() != Some(bridge))
+        };
+        if def.forward_mode() == ForwardMode::Bridge {
+            // The bridge belongs to the host; it must not be one of ours.
+            if let Some(bridge) = def.bridge_name().filter(|b| other_bridges.contains(b)) {
+                return Err(Error::Conflict(format!("bridge name '{bridge}' already in use by another network")));
+            }
+            def.fill_defaults(|_| false)?;
+            return Ok(());
+        }
+        if let Some(bridge) = def.bridge_name() {
+            if other_bridges.contains(&bridge) {
+                return Err(Error::Conflict(format!("bridge name '{bridge}' already in use.")));
+            }
+            if in_use(bridge) {
+                return Err(Error::Conflict(format!("bridge name '{bridge}' already in use by an existing interface")));
+            }
+        }
+        def.fill_defaults(in_use)?;
+        Ok(())
+    }
+
+    /// Starts a defined network.
+    #[instrument(skip_all, fields(network = %key))]
+    pub async fn start(&self, key: &str) -> Result<NetworkSummary, Error> {
+        let mut networks = self.networks.lock().await;
+        let name = lookup(&networks, key)?;
+        let network = &networks[&name];
+        if network.live.is_some() {
+            return Err(Error::OperationInvalid("network is already active".into()));
+        }
+        let def = network.config.clone().ok_or_else(|| Error::OperationInvalid("network has no definition".into()))?;
+        self.bring_up(&networks, &def, true).await?;
+        if let Some(network) = networks.get_mut(&name) {
+            network.live = Some(def);
+        }
+        summary_of(&networks, &name)
+    }
+
+    /// Checks `def` against the host and the other networks, then creates its kernel
+    /// objects, all or nothing.
+    async fn bring_up(&self, networks: &BTreeMap<String, Network>, def: &NetworkDef, persistent: bool) -> Result<(), Error> {
+        let bridge = def.bridge_name().ok_or_else(|| Error::OperationInvalid(format!("network '{}' has no bridge name", def.name)))?.to_owned();
+        self.check_collisions(networks, def, &bridge).await?;
+
+        let status = |phase| Status {
+            version: STATUS_VERSION,
+            phase,
+            bridge: bridge.clone(),
+            persistent,
+            xml: def.to_xml(),
+            started_at: chrono::Utc::now().timestamp(),
+        };
+        self.store.save_status(&def.name, &status(Phase::Starting))?;
+        let mut undo = Vec::new();
+        let result = match self.apply_kernel_state(def, &bridge, &mut undo).await {
+            Ok(()) => self.store.save_status(&def.name, &status(Phase::Active)).map_err(|e| Error::Start {
+                network: def.name.clone(),
+                step: "recording the network as active".into(),
+                source: Box::new(e),
+            }),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            self.roll_back(undo).await;
+            if let Err(cleanup) = self.store.delete_status(&def.name) {
+                warn!(network = %def.name, "{}", error_chain(&cleanup));
+            }
+            return Err(e);
+        }
+        info!(network = %def.name, bridge = %bridge, "started");
+        Ok(())
+    }
+
+    async fn check_collisions(&self, networks: &BTreeMap<String, Network>, def: &NetworkDef, bridge: &str) -> Result<(), Error> {
+        for other in networks.values().filter_map(|n| n.live.as_ref()).filter(|other| other.name != def.name) {
+            if let Some((ours, theirs)) = def.overlaps(other) {
+                return Err(Error::Conflict(format!(
+                    "subnet {ours} of network '{}' overlaps {theirs} of active network '{}'",
+                    def.name, other.name
+                )));
+            }
+        }
+        if def.forward_mode() == ForwardMode::Bridge {
+            return match self.link.link_info(bridge).await? {
+                Some(info) if info.is_bridge => Ok(()),
+                Some(_) => Err(Error::Conflict(format!("interface '{bridge}' is not a bridge"))),
+                None => Err(Error::Conflict(format!("host bridge '{bridge}' does not exist"))),
+            };
+        }
+        if self.link.link_exists(bridge).await? {
+            return Err(Error::Conflict(format!("bridge name '{bridge}' already in use by an existing interface")));
+        }
+        let ours: Vec<IpNet> = def.ipv4_subnets().into_iter().map(IpNet::V4).chain(def.ipv6_subnets().into_iter().map(IpNet::V6)).collect();
+        for (used, device) in self.link.used_prefixes().await? {
+            // The default route overlaps everything; libvirt ignores it too.
+            if used.prefix_len() == 0 {
+                continue;
+            }
+            if let Some(subnet) = ours.iter().find(|subnet| overlap(**subnet, used)) {
+                return Err(Error::Conflict(format!(
+                    "network '{}' subnet {subnet} is already in use by interface {device} ({used})",
+                    def.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel side of a start, recording an undo for each change made.
+    async fn apply_kernel_state(&self, def: &NetworkDef, bridge: &str, undo: &mut Vec<Undo>) -> Result<(), Error> {
+        let failed = |step: String| {
+            let network = def.name.clone();
+            move |source: Box<dyn std::error::Error + Send + Sync>| Error::Start { network, step, source }
+        };
+        let mode = def.forward_mode();
+        if mode != ForwardMode::Bridge {
+            let spec = bridge_spec(def, bridge);
+            self.link.create_bridge(&spec).await.map_err(|e| failed(format!("creating bridge {bridge}"))(e.into()))?;
+            undo.push(Undo::DeleteBridge(bridge.to_owned()));
+            let has_ipv6 = !def.ipv6_subnets().is_empty();
+            sysctl::configure_bridge_ipv6(bridge, has_ipv6)
+                .map_err(|e| failed(format!("setting IPv6 sysctls of {bridge}"))(e.into()))?;
+            for (address, prefix) in def.bridge_addresses() {
+                self.link
+                    .add_address(bridge, address, prefix)
+                    .await
+                    .map_err(|e| failed(format!("adding address {address}/{prefix} to {bridge}"))(e.into()))?;
+            }
+        }
+        if let Some(rules) = firewall_rules(def) {
+            self.firewall.apply(&rules).map_err(|e| failed(format!("applying firewall rules for {bridge}"))(e.into()))?;
+            undo.push(Undo::RemoveRules(bridge.to_owned()));
+        }
+        if mode != ForwardMode::Bridge {
+            self.link.set_up(bridge).await.map_err(|e| failed(format!("bringing {bridge} up"))(e.into()))?;
+        }
+        if matches!(mode, ForwardMode::Nat | ForwardMode::Route | ForwardMode::Open) {
+            let ipv4 = !def.ipv4_subnets().is_empty();
+            let ipv6 = !def.ipv6_subnets().is_empty();
+            sysctl::enable_forwarding(ipv4, ipv6).map_err(|e| failed("enabling IP forwarding".into())(e.into()))?;
+        }
+        Ok(())
+    }
+
+    async fn roll_back(&self, undo: Vec<Undo>) {
+        for step in undo.into_iter().rev() {
+            let result = match &step {
+                Undo::DeleteBridge(bridge) => self.link.delete_link(bridge).await.map(drop).map_err(|e| error_chain(&e)),
+                Undo::RemoveRules(bridge) => self.firewall.remove(bridge).map_err(|e| error_chain(&e)),
+            };
+            if let Err(e) = result {
+                warn!("rolling back {step:?}: {e}");
+            }
+        }
+    }
+
+    /// Stops a network; a transient one disappears.
+    #[instrument(skip_all, fields(network = %key))]
+    pub async fn stop(&self, key: &str) -> Result<NetworkSummary, Error> {
+        let mut networks = self.networks.lock().await;
+        let name = lookup(&networks, key)?;
+        let Some(def) = networks[&name].live.clone() else {
+            return Err(Error::OperationInvalid("network is not active".into()));
+        };
+        let mut summary = summary_of(&networks, &name)?;
+        self.tear_down(&def).await?;
+        self.store.delete_status(&name)?;
+        let network = networks.get_mut(&name);
+        if let Some(network) = network {
+            network.live = None;
+            if network.config.is_none() {
+                networks.remove(&name);
+            }
+        }
+        info!(network = %name, "stopped");
+        summary.active = false;
+        Ok(summary)
+    }
+
+    /// Removes what a start created; keeps going past errors and reports them all.
+    async fn tear_down(&self, def: &NetworkDef) -> Result<(), Error> {
+        let Some(bridge) = def.bridge_name() else { return Ok(()) };
+        let mut problems = Vec::new();
+        if firewall_rules(def).is_some() {
+            if let Err(e) = self.firewall.remove(bridge) {
+                problems.push(error_chain(&e));
+            }
+        }
+        if def.forward_mode() != ForwardMode::Bridge {
+            if let Err(e) = self.link.delete_link(bridge).await {
+                problems.push(error_chain(&e));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Stop { network: def.name.clone(), problems: problems.join("; ") })
+        }
+    }
+
+    /// Removes a network's persistent definition; a running network goes on, transient.
+    #[instrument(skip_all, fields(network = %key))]
+    pub async fn undefine(&self, key: &str) -> Result<NetworkSummary, Error> {
+        let mut networks = self.networks.lock().await;
+        let name = lookup(&networks, key)?;
+        let mut summary = summary_of(&networks, &name)?;
+        let network = &networks[&name];
+        if network.config.is_none() {
+            return Err(Error::OperationInvalid("cannot undefine transient network".into()));
+        }
+        if let Some(live) = &network.live {
+            // Record first that it is now transient, so a restart does not resurrect the definition.
+            let status = Status {
+                version: STATUS_VERSION,
+                phase: Phase::Active,
+                bridge: live.bridge_name().unwrap_or_default().to_owned(),
+                persistent: false,
+                xml: live.to_xml(),
+                started_at: chrono::Utc::now().timestamp(),
+            };
+            self.store.save_status(&name, &status)?;
+        }
+        self.store.delete_config(&name)?;
+        if let Some(network) = networks.get_mut(&name) {
+            network.config = None;
+            network.autostart = false;
+            if network.live.is_none() {
+                networks.remove(&name);
+            }
+        }
+        info!(network = %name, "undefined");
+        summary.persistent = false;
+        summary.autostart = false;
+        Ok(summary)
+    }
+
+    /// Marks or unmarks a persistent network for autostart.
+    pub async fn set_autostart(&self, key: &str, enabled: bool) -> Result<NetworkSummary, Error> {
+        let mut networks = self.networks.lock().await;
+        let name = lookup(&networks, key)?;
+        if networks[&name].config.is_none() {
+            return Err(Error::OperationInvalid("cannot set autostart for transient network".into()));
+        }
+        self.store.set_autostart(&name, enabled)?;
+        if let Some(network) = networks.get_mut(&name) {
+            network.autostart = enabled;
+        }
+        summary_of(&networks, &name)
+    }
+
+    /// The network's XML: the running definition, or with `inactive` the persistent one.
+    pub async fn xml(&self, key: &str, inactive: bool) -> Result<String, Error> {
+        let networks = self.networks.lock().await;
+        let name = lookup(&networks, key)?;
+        let network = &networks[&name];
+        let def = if inactive { network.config.as_ref().or(network.live.as_ref()) } else { network.current() };
+        def.map(NetworkDef::to_xml).ok_or_else(|| Error::NotFound { field: "name", value: key.to_owned() })
+    }
+
+    /// The network's DHCP leases. kvnetd serves no DHCP yet, so no lease exists.
+    pub async fn leases(&self, key: &str) -> Result<Vec<Lease>, Error> {
+        let networks = self.networks.lock().await;
+        lookup(&networks, key)?;
+        Ok(Vec::new())
+    }
+}
+
+/// Resolves a name or UUID (virsh tries a UUID first when the argument looks like one).
+fn lookup(networks: &BTreeMap<String, Network>, key: &str) -> Result<String, Error> {
+    if let Ok(uuid) = uuid::Uuid::parse_str(key) {
+        if let Some(def) = networks.values().filter_map(Network::current).find(|def| def.uuid == Some(uuid)) {
+            return Ok(def.name.clone());
+        }
+        if key.len() == 36 {
+            return Err(Error::NotFound { field: "uuid", value: key.to_owned() });
+        }
+    }
+    if networks.contains_key(key) {
+        Ok(key.to_owned())
+    } else {
+        Err(Error::NotFound { field: "name", value: key.to_owned() })
+    }
+}
+
+fn summary_of(networks: &BTreeMap<String, Network>, name: &str) -> Result<NetworkSummary, Error> {
+    networks
+        .get(name)
+        .and_then(Network::summary)
+        .ok_or_else(|| Error::NotFound { field: "name", value: name.to_owned() })
+}
+
+fn overlap(a: IpNet, b: IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Whether a status XML describes a network that created its own bridge; unreadable
+/// XML is treated as not owning it, so recovery never deletes a host bridge.
+fn owns_bridge_mode(xml: &str) -> bool {
+    NetworkDef::from_xml(xml).is_ok_and(|def| def.forward_mode() != ForwardMode::Bridge)
+}
+
+fn bridge_spec(def: &NetworkDef, bridge: &str) -> BridgeSpec {
+    BridgeSpec {
+        name: bridge.to_owned(),
+        mac: def.mac_bytes().unwrap_or([0x52, 0x54, 0, 0, 0, 1]),
+        mtu: def.mtu,
+        stp: def.bridge.stp,
+        forward_delay_secs: def.bridge.delay,
+    }
+}
+
+/// The firewall rules a network needs; `None` for modes that get none (open, host bridge).
+fn firewall_rules(def: &NetworkDef) -> Option<NetworkRules> {
+    let mode = match def.forward_mode() {
+        ForwardMode::Isolated => RuleMode::Isolated,
+        ForwardMode::Nat => RuleMode::Nat,
+        ForwardMode::Route => RuleMode::Route,
+        ForwardMode::Open | ForwardMode::Bridge => return None,
+    };
+    let (nat_addresses, nat_ports) = def.nat_ranges();
+    Some(NetworkRules {
+        bridge: def.bridge_name()?.to_owned(),
+        mode,
+        forward_dev: def.forward_dev().map(str::to_owned),
+        ipv4: def.ipv4_subnets(),
+        ipv6: def.ipv6_subnets(),
+        nat_addresses,
+        nat_ports,
+    })
+}
+
+/// libvirt's shipped `default` network on 192.168.`octet`.0/24.
+fn default_network_xml(octet: u8, with_virbr0: bool) -> String {
+    let bridge = if with_virbr0 { "  <bridge name='virbr0'/>\n" } else { "" };
+    format!(
+        "<network>\n  <name>default</name>\n{bridge}  <forward/>\n  <ip address='192.168.{octet}.1' netmask='255.255.255.0'>\n    <dhcp>\n      <range start='192.168.{octet}.2' end='192.168.{octet}.254'/>\n    </dhcp>\n  </ip>\n</network>\n"
+    )
+}

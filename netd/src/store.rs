@@ -1,0 +1,364 @@
+//! Persistence, in libvirt's layout so a libvirt host's files can be copied in:
+//!
+//! - `<config>/networks/NAME.xml`: persistent definitions;
+//! - `<config>/networks/autostart/NAME.xml`: symlinks to them marking autostart;
+//! - `<state>/networks/NAME.json`: the live status of a running network;
+//! - `<state>/autostarted`: the once-per-boot autostart marker (the state dir is on tmpfs).
+//!
+//! Every write is atomic (temp file, fsync, rename, fsync of the directory), so a crash
+//! leaves either the old or the new file, never a partial one. The store deals in
+//! names and bytes; parsing is the manager's business.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of the on-disk store; each names the path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or directory could not be read, written or removed.
+    #[error("{action} {path}")]
+    Io {
+        /// What was being done ("writing", "reading", ...).
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A status file is not valid JSON of the expected shape.
+    #[error("status file {path} is corrupt")]
+    CorruptStatus {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Io { action, path: path.to_owned(), source }
+}
+
+/// Where a running network is in its life, as recorded before and after touching the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Recorded before the first kernel change of a start: a daemon that finds this
+    /// after a crash undoes whatever the interrupted start left behind.
+    Starting,
+    /// Every kernel object of the network is in place.
+    Active,
+}
+
+/// The live status of a network, written to `<state>/networks/NAME.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Format version of this file.
+    pub version: u32,
+    /// See [`Phase`].
+    pub phase: Phase,
+    /// The bridge the network created (or uses).
+    pub bridge: String,
+    /// Whether the network has a definition on disk.
+    pub persistent: bool,
+    /// The definition the network runs with (libvirt network XML).
+    pub xml: String,
+    /// When it was started, seconds since the Unix epoch.
+    pub started_at: i64,
+}
+
+/// The current [`Status::version`].
+pub const STATUS_VERSION: u32 = 1;
+
+/// A persistent definition found on disk.
+#[derive(Clone, Debug)]
+pub struct StoredConfig {
+    /// The name taken from the file name.
+    pub file_name: String,
+    /// The file's path (for messages).
+    pub path: PathBuf,
+    /// The file's text.
+    pub xml: String,
+    /// Whether an autostart link for it exists.
+    pub autostart: bool,
+}
+
+/// The daemon's files.
+#[derive(Clone, Debug)]
+pub struct Store {
+    networks_dir: PathBuf,
+    autostart_dir: PathBuf,
+    status_dir: PathBuf,
+    autostart_marker: PathBuf,
+}
+
+impl Store {
+    /// A store over `config_dir` and `state_dir`; nothing is created yet.
+    pub fn new(config_dir: &Path, state_dir: &Path) -> Store {
+        let networks_dir = config_dir.join("networks");
+        Store {
+            autostart_dir: networks_dir.join("autostart"),
+            networks_dir,
+            status_dir: state_dir.join("networks"),
+            autostart_marker: state_dir.join("autostarted"),
+        }
+    }
+
+    /// Whether the config directory has never been set up (first start of the daemon).
+    pub fn is_fresh(&self) -> bool {
+        !self.networks_dir.exists()
+    }
+
+    /// Creates the directories the store writes into.
+    pub fn create_dirs(&self) -> Result<(), Error> {
+        for dir in [&self.networks_dir, &self.autostart_dir, &self.status_dir] {
+            fs::create_dir_all(dir).map_err(io_err("creating directory", dir))?;
+        }
+        Ok(())
+    }
+
+    /// The path of a network's persistent definition.
+    pub fn config_path(&self, name: &str) -> PathBuf {
+        self.networks_dir.join(format!("{name}.xml"))
+    }
+
+    fn autostart_path(&self, name: &str) -> PathBuf {
+        self.autostart_dir.join(format!("{name}.xml"))
+    }
+
+    fn status_path(&self, name: &str) -> PathBuf {
+        self.status_dir.join(format!("{name}.json"))
+    }
+
+    /// Reads every `NAME.xml` in the networks directory, with its autostart flag.
+    pub fn load_configs(&self) -> Result<Vec<StoredConfig>, Error> {
+        let mut configs = Vec::new();
+        for path in xml_files(&self.networks_dir)? {
+            let Some(file_name) = stem(&path) else { continue };
+            let xml = fs::read_to_string(&path).map_err(io_err("reading", &path))?;
+            let autostart = self.autostart_path(&file_name).exists();
+            configs.push(StoredConfig { file_name, path, xml, autostart });
+        }
+        Ok(configs)
+    }
+
+    /// Writes a network's persistent definition atomically.
+    pub fn save_config(&self, name: &str, xml: &str) -> Result<(), Error> {
+        write_atomic(&self.config_path(name), xml.as_bytes())
+    }
+
+    /// Removes a network's definition and its autostart link.
+    pub fn delete_config(&self, name: &str) -> Result<(), Error> {
+        self.set_autostart(name, false)?;
+        remove_if_exists(&self.config_path(name))
+    }
+
+    /// Creates or removes the autostart link (`autostart/NAME.xml -> ../NAME.xml`).
+    pub fn set_autostart(&self, name: &str, enabled: bool) -> Result<(), Error> {
+        let link = self.autostart_path(name);
+        if !enabled {
+            return remove_if_exists(&link);
+        }
+        if link.exists() {
+            return Ok(());
+        }
+        // Replace a dangling link, then create the new one under a temporary name
+        // and rename it, so the link appears atomically.
+        remove_if_exists(&link)?;
+        let tmp = self.autostart_dir.join(format!(".{name}.xml.tmp-{}", std::process::id()));
+        remove_if_exists(&tmp)?;
+        std::os::unix::fs::symlink(Path::new("..").join(format!("{name}.xml")), &tmp)
+            .map_err(io_err("creating autostart link", &tmp))?;
+        fs::rename(&tmp, &link).map_err(io_err("renaming autostart link into", &link))?;
+        sync_dir(&self.autostart_dir)
+    }
+
+    /// Reads every status file. A corrupt file is reported, not fatal to the others.
+    pub fn load_statuses(&self) -> Result<Vec<(String, Result<Status, Error>)>, Error> {
+        let mut statuses = Vec::new();
+        let entries = match fs::read_dir(&self.status_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(statuses),
+            Err(e) => return Err(io_err("listing", &self.status_dir)(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(io_err("listing", &self.status_dir))?.path();
+            if path.extension().is_none_or(|ext| ext != "json") {
+                continue;
+            }
+            let Some(name) = stem(&path) else { continue };
+            let status = fs::read(&path)
+                .map_err(io_err("reading", &path))
+                .and_then(|bytes| {
+                    serde_json::from_slice(&bytes).map_err(|source| Error::CorruptStatus { path: path.clone(), source })
+                });
+            statuses.push((name, status));
+        }
+        Ok(statuses)
+    }
+
+    /// Writes a network's live status atomically.
+    pub fn save_status(&self, name: &str, status: &Status) -> Result<(), Error> {
+        let bytes = serde_json::to_vec_pretty(status).map_err(|e| Error::Io {
+            action: "encoding",
+            path: self.status_path(name),
+            source: io::Error::other(e),
+        })?;
+        write_atomic(&self.status_path(name), &bytes)
+    }
+
+    /// Removes a network's live status.
+    pub fn delete_status(&self, name: &str) -> Result<(), Error> {
+        remove_if_exists(&self.status_path(name))
+    }
+
+    /// Marks that autostart ran in this boot; returns whether it had already run.
+    pub fn mark_autostarted(&self) -> Result<bool, Error> {
+        match fs::OpenOptions::new().write(true).create_new(true).open(&self.autostart_marker) {
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
+            Err(e) => Err(io_err("creating", &self.autostart_marker)(e)),
+        }
+    }
+}
+
+fn stem(path: &Path) -> Option<String> {
+    path.file_stem().and_then(|s| s.to_str()).filter(|s| !s.starts_with('.')).map(str::to_owned)
+}
+
+fn xml_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("listing", dir)(e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err("listing", dir))?;
+        let path = entry.path();
+        let is_file = entry.file_type().map_err(io_err("inspecting", &path))?.is_file();
+        if is_file && path.extension().is_some_and(|ext| ext == "xml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Writes `bytes` to `path` so that readers see either the old or the new content.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
+        file.write_all(bytes).map_err(io_err("writing", &tmp))?;
+        file.sync_all().map_err(io_err("syncing", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_err("renaming into", path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("syncing directory", dir))
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), Error> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("removing", path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(&dir.path().join("etc"), &dir.path().join("run"));
+        (dir, store)
+    }
+
+    #[test]
+    fn configs_round_trip_with_autostart_links_in_libvirt_layout() {
+        let (dir, store) = store();
+        assert!(store.is_fresh());
+        store.create_dirs().unwrap();
+        store.save_config("default", "<network/>").unwrap();
+        store.save_config("isolated", "<network><name>isolated</name></network>").unwrap();
+        store.set_autostart("default", true).unwrap();
+        store.set_autostart("default", true).unwrap();
+
+        let link = dir.path().join("etc/networks/autostart/default.xml");
+        assert_eq!(fs::read_link(&link).unwrap(), Path::new("../default.xml"));
+        let configs = store.load_configs().unwrap();
+        let summary: Vec<_> = configs.iter().map(|c| (c.file_name.as_str(), c.autostart, c.xml.as_str())).collect();
+        assert_eq!(
+            summary,
+            [("default", true, "<network/>"), ("isolated", false, "<network><name>isolated</name></network>")]
+        );
+
+        store.delete_config("default").unwrap();
+        assert!(!link.exists() && fs::symlink_metadata(&link).is_err());
+        assert_eq!(store.load_configs().unwrap().len(), 1);
+        // No temporary files are left behind.
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("etc/networks"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn libvirt_absolute_autostart_links_count() {
+        let (dir, store) = store();
+        store.create_dirs().unwrap();
+        store.save_config("default", "<network/>").unwrap();
+        let target = dir.path().join("etc/networks/default.xml");
+        std::os::unix::fs::symlink(&target, dir.path().join("etc/networks/autostart/default.xml")).unwrap();
+        assert!(store.load_configs().unwrap()[0].autostart);
+    }
+
+    #[test]
+    fn statuses_round_trip_and_corrupt_files_are_reported_alone() {
+        let (dir, store) = store();
+        store.create_dirs().unwrap();
+        let status = Status {
+            version: STATUS_VERSION,
+            phase: Phase::Active,
+            bridge: "virbr0".into(),
+            persistent: true,
+            xml: "<network/>".into(),
+            started_at: 1,
+        };
+        store.save_status("default", &status).unwrap();
+        fs::write(dir.path().join("run/networks/broken.json"), "{").unwrap();
+        let mut statuses = store.load_statuses().unwrap();
+        statuses.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(statuses[0].0, "broken");
+        assert!(matches!(statuses[0].1, Err(Error::CorruptStatus { .. })));
+        assert_eq!(statuses[1].1.as_ref().unwrap(), &status);
+        store.delete_status("default").unwrap();
+        store.delete_status("default").unwrap();
+    }
+
+    #[test]
+    fn autostart_marker_is_once_per_state_dir() {
+        let (_dir, store) = store();
+        store.create_dirs().unwrap();
+        assert!(!store.mark_autostarted().unwrap());
+        assert!(store.mark_autostarted().unwrap());
+    }
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages kvnet's build, demo and tests use, when missing.
+# Safe to run repeatedly; needs root (apt-get).
+set -euo pipefail
+
+packages=(
+  nftables libnftables-dev  # nft CLI for tests; libnftables for in-process batches
+  iproute2                   # ip netns / ip -j for test namespaces and assertions
+  busybox isc-dhcp-client    # DHCP clients for the DHCP tests
+  dnsutils                   # dig for the DNS tests
+  procps psmisc              # ps/pkill in scripts
+)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: every tier this machine can run (pure, netns, kvm).
+# Privileged tests call testkit::require(..), which prints `SKIPPED <test>: <why>`;
+# set KVNET_TEST_REQUIRE=all to turn any skip into a failure (CI does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ]; then
+  scripts/install-deps.sh
+else
+  echo "not root: privileged tiers will be skipped (see the SKIPPED lines)" >&2
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

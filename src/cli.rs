@@ -1,0 +1,188 @@
+//! The command line: virsh's network verbs, their arguments and spellings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The daemon socket used when neither `--connect` nor `KVNET_SOCKET` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/kvnet/kvnetd.sock";
+
+/// kvnet: manage kvnetd's virtual networks with virsh's verbs and formats.
+#[derive(Debug, Parser)]
+#[command(name = "kvnet", version, about, disable_help_subcommand = true)]
+pub struct Cli {
+    /// The daemon's socket.
+    #[arg(short = 'c', long = "connect", env = "KVNET_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
+    pub socket: PathBuf,
+
+    /// Quiet mode: no headers, no success messages, no trailing blank line (as virsh -q).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// The verb.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A network named on the command line, positionally or as `--network` (virsh accepts both).
+#[derive(Debug, Args)]
+pub struct NetworkArg {
+    /// Network name or UUID.
+    #[arg(value_name = "NETWORK", required_unless_present = "network_option")]
+    network: Option<String>,
+    /// Network name or UUID.
+    #[arg(long = "network", value_name = "NETWORK", conflicts_with = "network")]
+    network_option: Option<String>,
+}
+
+impl NetworkArg {
+    /// The name or UUID given.
+    pub fn get(&self) -> &str {
+        self.network.as_deref().or(self.network_option.as_deref()).unwrap_or_default()
+    }
+}
+
+/// An XML file named on the command line, positionally or as `--file`.
+#[derive(Debug, Args)]
+pub struct FileArg {
+    /// File containing a network XML description.
+    #[arg(value_name = "FILE", required_unless_present = "file_option")]
+    file: Option<PathBuf>,
+    /// File containing a network XML description.
+    #[arg(long = "file", value_name = "FILE", conflicts_with = "file")]
+    file_option: Option<PathBuf>,
+    /// Accepted for virsh compatibility: the daemon always validates.
+    #[arg(long)]
+    pub validate: bool,
+}
+
+impl FileArg {
+    /// The path given.
+    pub fn get(&self) -> PathBuf {
+        self.file.clone().or_else(|| self.file_option.clone()).unwrap_or_default()
+    }
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Define a persistent network from an XML file (or redefine an existing one).
+    #[command(name = "net-define")]
+    NetDefine(FileArg),
+    /// Create and start a transient network from an XML file.
+    #[command(name = "net-create")]
+    NetCreate(FileArg),
+    /// Remove a network's persistent definition (an active network keeps running, transient).
+    #[command(name = "net-undefine")]
+    NetUndefine(NetworkArg),
+    /// Start a defined, inactive network.
+    #[command(name = "net-start")]
+    NetStart(NetworkArg),
+    /// Stop a network (a transient network disappears).
+    #[command(name = "net-destroy")]
+    NetDestroy(NetworkArg),
+    /// Mark a network to start when the daemon starts at boot.
+    #[command(name = "net-autostart")]
+    NetAutostart {
+        #[command(flatten)]
+        network: NetworkArg,
+        /// Unmark it instead.
+        #[arg(long)]
+        disable: bool,
+    },
+    /// List networks.
+    #[command(name = "net-list")]
+    NetList(ListArgs),
+    /// Show a network's basic information.
+    #[command(name = "net-info")]
+    NetInfo {
+        #[command(flatten)]
+        network: NetworkArg,
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a network's XML.
+    #[command(name = "net-dumpxml")]
+    NetDumpxml {
+        #[command(flatten)]
+        network: NetworkArg,
+        /// The persistent definition rather than the running one.
+        #[arg(long)]
+        inactive: bool,
+        /// Print JSON (`{"xml": ...}`) instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a network's UUID.
+    #[command(name = "net-uuid")]
+    NetUuid {
+        #[command(flatten)]
+        network: NetworkArg,
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the name of the network with this UUID.
+    #[command(name = "net-name")]
+    NetName {
+        #[command(flatten)]
+        network: NetworkArg,
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Edit a network's persistent XML in $VISUAL or $EDITOR, then redefine it.
+    #[command(name = "net-edit")]
+    NetEdit(NetworkArg),
+    /// List a network's DHCP leases.
+    #[command(name = "net-dhcp-leases")]
+    NetDhcpLeases {
+        #[command(flatten)]
+        network: NetworkArg,
+        /// Only the lease of this MAC address.
+        #[arg(long)]
+        mac: Option<String>,
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `net-list`'s filters and formats.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Inactive networks only.
+    #[arg(long, conflicts_with = "all")]
+    pub inactive: bool,
+    /// Active and inactive networks.
+    #[arg(long)]
+    pub all: bool,
+    /// Only networks marked autostart.
+    #[arg(long, conflicts_with = "no_autostart")]
+    pub autostart: bool,
+    /// Only networks not marked autostart.
+    #[arg(long)]
+    pub no_autostart: bool,
+    /// Only persistent networks.
+    #[arg(long, conflicts_with = "transient")]
+    pub persistent: bool,
+    /// Only transient networks.
+    #[arg(long)]
+    pub transient: bool,
+    /// The table (default).
+    #[arg(long)]
+    pub table: bool,
+    /// Names only, one per line.
+    #[arg(long)]
+    pub name: bool,
+    /// UUIDs only, one per line.
+    #[arg(long)]
+    pub uuid: bool,
+    /// Add a Title column.
+    #[arg(long)]
+    pub title: bool,
+    /// Print JSON instead.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,74 @@
+//! One function per verb; each returns the text to print or a [`Failure`].
+
+mod net;
+
+use netd::api::ErrorKind;
+use netd::api::client::{self, Client};
+
+use crate::cli::{Cli, Command};
+
+/// A failed verb: the lines virsh would print after `error: `.
+#[derive(Debug)]
+pub struct Failure {
+    lines: Vec<String>,
+}
+
+impl Failure {
+    /// A failure described by one line.
+    pub fn msg(line: impl Into<String>) -> Failure {
+        Failure { lines: vec![line.into()] }
+    }
+
+    /// A failed daemon call, in virsh's two-line shape: what the verb was doing, then
+    /// why, with libvirt's prefix for the error's kind. A missing network reads as
+    /// virsh's lookup failure; an unreachable daemon is one line naming the socket.
+    pub fn call(context: impl Into<String>, network: Option<&str>, error: client::Error) -> Failure {
+        let api = match error {
+            client::Error::Api(api) => api,
+            other => return Failure::msg(other.to_string()),
+        };
+        let context = match (api.kind, network) {
+            (ErrorKind::NotFound, Some(network)) => format!("failed to get network '{network}'"),
+            _ => context.into(),
+        };
+        let prefix = match api.kind {
+            ErrorKind::NotFound => "Network not found: ",
+            ErrorKind::OperationInvalid => "Requested operation is not valid: ",
+            ErrorKind::InvalidArgument => "invalid argument: ",
+            ErrorKind::AlreadyExists => "operation failed: ",
+            ErrorKind::PermissionDenied => "access denied: ",
+            ErrorKind::Internal => "internal error: ",
+        };
+        Failure { lines: vec![context, format!("{prefix}{}", api.message)] }
+    }
+
+    /// The lines to print.
+    pub fn lines(&self) -> &[String] {
+        &self.lines
+    }
+}
+
+/// Runs the verb named on the command line.
+pub async fn run(cli: &Cli) -> Result<String, Failure> {
+    let client = Client::new(&cli.socket);
+    let quiet = cli.quiet;
+    match &cli.command {
+        Command::NetDefine(file) => net::define(&client, &file.get(), quiet).await,
+        Command::NetCreate(file) => net::create(&client, &file.get(), quiet).await,
+        Command::NetUndefine(network) => net::undefine(&client, network.get(), quiet).await,
+        Command::NetStart(network) => net::start(&client, network.get(), quiet).await,
+        Command::NetDestroy(network) => net::destroy(&client, network.get(), quiet).await,
+        Command::NetAutostart { network, disable } => net::autostart(&client, network.get(), !disable, quiet).await,
+        Command::NetList(args) => net::list(&client, args, quiet).await,
+        Command::NetInfo { network, json } => net::info(&client, network.get(), *json, quiet).await,
+        Command::NetDumpxml { network, inactive, json } => {
+            net::dumpxml(&client, network.get(), *inactive, *json, quiet).await
+        }
+        Command::NetUuid { network, json } => net::uuid(&client, network.get(), *json, quiet).await,
+        Command::NetName { network, json } => net::name(&client, network.get(), *json, quiet).await,
+        Command::NetEdit(network) => net::edit(&client, network.get(), quiet).await,
+        Command::NetDhcpLeases { network, mac, json } => {
+            net::dhcp_leases(&client, network.get(), mac.as_deref(), *json, quiet).await
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Shared pieces of the integration tests: a kvnetd running inside a throw-away
+//! network namespace with its own temp dirs and socket, and the CLI pointed at it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use testkit::{Need, Netns, require};
+
+/// The needs of every test that runs a daemon.
+pub const DAEMON_NEEDS: &[Need] = &[Need::Root, Need::Netns, Need::Nft];
+
+/// A kvnetd under test. Dropping it kills the daemon; the namespace and dirs go with
+/// their own guards.
+#[derive(Debug)]
+pub struct Daemon {
+    pub ns: Netns,
+    pub dirs: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// Options for starting a daemon.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonOptions {
+    pub no_default_network: bool,
+    /// Use this state dir instead of `<dirs>/run` (a "reboot" starts from a new one).
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Daemon {
+    /// A daemon in a new namespace, with libvirt's `default` network defined (first start).
+    pub fn start() -> Daemon {
+        Daemon::start_with(DaemonOptions::default())
+    }
+
+    pub fn start_with(options: DaemonOptions) -> Daemon {
+        let ns = Netns::new("kvnetd").expect("create the test namespace");
+        let dirs = tempfile::tempdir().expect("temp dir");
+        let mut daemon = Daemon { ns, dirs, child: None };
+        daemon.spawn(&options);
+        daemon
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.dirs.path().join("etc")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dirs.path().join("run")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dirs.path().join("kvnetd.sock")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dirs.path().join("kvnetd.log")
+    }
+
+    /// The daemon's log so far (for assertions and failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts (or restarts) the daemon process with the same dirs.
+    pub fn spawn(&mut self, options: &DaemonOptions) {
+        let _ = std::fs::remove_file(self.socket());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("open log");
+        let state_dir = options.state_dir.clone().unwrap_or_else(|| self.state_dir());
+        let mut cmd = self.ns.command(env!("CARGO_BIN_EXE_kvnetd"));
+        cmd.arg("--config-dir")
+            .arg(self.config_dir())
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["--log-level", "debug"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if options.no_default_network {
+            cmd.arg("--no-default-network");
+        }
+        let mut child = cmd.spawn().expect("spawn kvnetd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket().exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("kvnetd exited with {status} before listening; log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "kvnetd did not listen within 20 s; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.child = Some(child);
+    }
+
+    /// Stops the daemon with SIGTERM (networks stay up) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // `ip netns exec` execs the daemon, so the child's pid is the daemon's.
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs `kvnet -c <socket> args...` from the root namespace (the socket is a file).
+    pub fn kvnet(&self, args: &[&str]) -> Output {
+        kvnet_at(&self.socket(), args)
+    }
+
+    /// Runs the CLI and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kvnet(args);
+        assert!(
+            out.status.success(),
+            "kvnet {args:?} failed: {}\nstdout: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+            self.log()
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Runs the CLI and asserts it fails with exit code 1; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.kvnet(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "kvnet {args:?} should fail; stdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).expect("utf-8 stderr")
+    }
+
+    /// `ip -j ...` inside the namespace, parsed.
+    pub fn ip_json(&self, args: &str) -> serde_json::Value {
+        let out = self.ns.sh(&format!("ip -j {args}")).expect("ip -j");
+        serde_json::from_str(&out).unwrap_or(serde_json::Value::Array(Vec::new()))
+    }
+
+    /// Names of the bridges in the namespace.
+    pub fn bridges(&self) -> Vec<String> {
+        let links = self.ip_json("link show type bridge");
+        links.as_array().into_iter().flatten().filter_map(|l| l["ifname"].as_str().map(str::to_owned)).collect()
+    }
+
+    /// `addr/prefix` strings of an interface.
+    pub fn addresses(&self, ifname: &str) -> Vec<String> {
+        let addrs = self.ip_json(&format!("addr show dev {ifname}"));
+        addrs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+            .filter(|a| a["scope"] != "link")
+            .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
+            .collect()
+    }
+
+    /// `nft list ruleset` inside the namespace (text form, for readable assertions).
+    pub fn ruleset(&self) -> String {
+        self.ns.sh("nft list ruleset").expect("nft list ruleset")
+    }
+
+    /// The files under the config dir, with contents: to prove a failed call changed nothing.
+    pub fn config_snapshot(&self) -> Vec<(PathBuf, String)> {
+        snapshot(&self.config_dir())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the CLI against a socket.
+pub fn kvnet_at(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvnet"))
+        .arg("-c")
+        .arg(socket)
+        .args(args)
+        .env_remove("KVNET_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kvnet")
+}
+
+fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return files };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        if meta.is_dir() {
+            files.extend(snapshot(&path));
+        } else if meta.file_type().is_symlink() {
+            files.push((path.clone(), format!("-> {}", std::fs::read_link(&path).expect("readlink").display())));
+        } else {
+            files.push((path.clone(), std::fs::read_to_string(&path).unwrap_or_default()));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Writes an XML file for a test and returns its path.
+pub fn xml_file(dir: &Path, name: &str, xml: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, xml).expect("write xml");
+    path
+}
