@@ -6,6 +6,7 @@
 
 mod netlink;
 pub mod sysctl;
+pub mod tap;
 
 use std::io;
 use std::net::IpAddr;
@@ -85,6 +86,9 @@ pub enum Error {
     /// The netlink route socket could not be opened.
     #[error("opening a netlink route socket")]
     Connect(#[source] io::Error),
+    /// `/dev/net/tun` could not be opened (no tun module, or no permission).
+    #[error("opening /dev/net/tun")]
+    OpenTun(#[source] io::Error),
     /// An interface name the kernel would refuse (or that would escape a sysctl path).
     #[error("invalid interface name {0:?}: must be 1-15 characters without '/', ':' or whitespace")]
     InvalidName(String),
@@ -101,7 +105,7 @@ pub enum Error {
     NoSuchLink(String),
     /// The kernel refused a change to an interface.
     #[error("{}", .op.describe(.ifname))]
-    Netlink {
+    Kernel {
         /// What was being done.
         op: Op,
         /// The interface acted on.
@@ -135,7 +139,7 @@ pub enum Error {
     },
 }
 
-/// The netlink operation an [`Error::Netlink`] was doing.
+/// The operation an [`Error::Kernel`] was doing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Creating a bridge.
@@ -150,8 +154,14 @@ pub enum Op {
     Delete,
     /// Looking a link up.
     Query,
+    /// Setting the hardware address.
+    SetMac([u8; 6]),
     /// Making a link a port of a bridge.
     SetMaster(String),
+    /// Creating a tap device through `/dev/net/tun`.
+    CreateTap,
+    /// Making a tap persistent or not.
+    SetPersistent(bool),
 }
 
 impl Op {
@@ -164,7 +174,11 @@ impl Op {
             Op::SetUp => format!("bringing up {ifname}"),
             Op::Delete => format!("deleting {ifname}"),
             Op::Query => format!("looking up {ifname}"),
+            Op::SetMac(mac) => format!("setting mac {} on {ifname}", format_mac(mac)),
             Op::SetMaster(bridge) => format!("attaching {ifname} to bridge {bridge}"),
+            Op::CreateTap => format!("creating tap {ifname}"),
+            Op::SetPersistent(true) => format!("making tap {ifname} persistent"),
+            Op::SetPersistent(false) => format!("making tap {ifname} non-persistent"),
         }
     }
 }
@@ -174,7 +188,8 @@ impl Error {
     pub fn os_error(&self) -> Option<i32> {
         match self {
             Error::Connect(source)
-            | Error::Netlink { source, .. }
+            | Error::OpenTun(source)
+            | Error::Kernel { source, .. }
             | Error::Dump(_, source)
             | Error::SysctlRead { source, .. }
             | Error::SysctlWrite { source, .. } => source.raw_os_error(),
@@ -197,6 +212,11 @@ impl Error {
     pub fn is_permission_denied(&self) -> bool {
         matches!(self.os_error(), Some(libc::EPERM | libc::EACCES))
     }
+}
+
+/// `52:54:00:ab:cd:ef`, the way `ip` and libvirt print MACs.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.map(|byte| format!("{byte:02x}")).join(":")
 }
 
 /// Checks a name the way the kernel's `dev_valid_name` does, so that it is also safe to use
@@ -266,7 +286,7 @@ mod tests {
 
     #[test]
     fn error_messages_name_the_interface_and_the_kernel_reason() {
-        let err = Error::Netlink {
+        let err = Error::Kernel {
             op: Op::CreateBridge,
             ifname: "virbr3".into(),
             source: io::Error::from_raw_os_error(libc::EEXIST),
@@ -281,13 +301,17 @@ mod tests {
         assert_eq!(chain, "creating bridge virbr3: File exists (os error 17)");
         assert!(err.is_already_exists());
         assert!(!err.is_no_such_link());
-        let add = Error::Netlink {
+        let add = Error::Kernel {
             op: Op::AddAddress("10.0.0.1/24".parse().expect("test literal")),
             ifname: "virbr3".into(),
             source: io::Error::from_raw_os_error(libc::ENODEV),
         };
         assert_eq!(add.to_string(), "adding address 10.0.0.1/24 to virbr3");
         assert!(add.is_no_such_link());
+        assert_eq!(
+            format_mac(&[0x52, 0x54, 0, 0xab, 0xcd, 0xef]),
+            "52:54:00:ab:cd:ef"
+        );
     }
 }
 

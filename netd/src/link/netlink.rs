@@ -35,7 +35,7 @@ fn kernel_error(err: rtnetlink::Error) -> io::Error {
 
 fn failed(op: Op, ifname: &str) -> impl FnOnce(rtnetlink::Error) -> Error {
     let ifname = ifname.to_owned();
-    move |err| Error::Netlink {
+    move |err| Error::Kernel {
         op,
         ifname,
         source: kernel_error(err),
@@ -134,6 +134,33 @@ impl Link {
             .execute()
             .await
             .map_err(failed(Op::SetUp, ifname))
+    }
+
+    /// Sets a link's MTU (libvirt gives a guest's tap the MTU of its bridge).
+    pub async fn set_mtu(&self, ifname: &str, mtu: u32) -> Result<(), Error> {
+        let index = self.index(ifname).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(failed(Op::SetMtu(mtu), ifname))
+    }
+
+    /// Sets a link's hardware address (libvirt gives a guest's tap its MAC with the first
+    /// byte `fe`, so the bridge never adopts the guest's address).
+    pub async fn set_mac(&self, ifname: &str, mac: [u8; 6]) -> Result<(), Error> {
+        let index = self.index(ifname).await?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(failed(Op::SetMac(mac), ifname))
     }
 
     /// Makes `ifname` a port of `bridge`.
