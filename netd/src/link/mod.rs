@@ -100,6 +100,14 @@ pub enum Error {
         /// The rejected prefix length.
         prefix_len: u8,
     },
+    /// A route whose destination and gateway are of different address families.
+    #[error("route to {destination} cannot go through gateway {gateway} of another address family")]
+    RouteFamilyMismatch {
+        /// Where the route leads.
+        destination: ipnet::IpNet,
+        /// The next hop.
+        gateway: IpAddr,
+    },
     /// An operation needs a link that does not exist.
     #[error("no network interface named {0}")]
     NoSuchLink(String),
@@ -158,6 +166,13 @@ pub enum Op {
     SetMac([u8; 6]),
     /// Making a link a port of a bridge.
     SetMaster(String),
+    /// Adding a route through a gateway.
+    AddRoute {
+        /// Where the route leads.
+        destination: ipnet::IpNet,
+        /// The next hop.
+        gateway: IpAddr,
+    },
     /// Creating a tap device through `/dev/net/tun`.
     CreateTap,
     /// Making a tap persistent or not.
@@ -176,6 +191,10 @@ impl Op {
             Op::Query => format!("looking up {ifname}"),
             Op::SetMac(mac) => format!("setting mac {} on {ifname}", format_mac(mac)),
             Op::SetMaster(bridge) => format!("attaching {ifname} to bridge {bridge}"),
+            Op::AddRoute {
+                destination,
+                gateway,
+            } => format!("adding route to {destination} via {gateway} on {ifname}"),
             Op::CreateTap => format!("creating tap {ifname}"),
             Op::SetPersistent(true) => format!("making tap {ifname} persistent"),
             Op::SetPersistent(false) => format!("making tap {ifname} non-persistent"),
@@ -193,7 +212,10 @@ impl Error {
             | Error::Dump(_, source)
             | Error::SysctlRead { source, .. }
             | Error::SysctlWrite { source, .. } => source.raw_os_error(),
-            Error::InvalidName(_) | Error::InvalidPrefix { .. } | Error::NoSuchLink(_) => None,
+            Error::InvalidName(_)
+            | Error::InvalidPrefix { .. }
+            | Error::RouteFamilyMismatch { .. }
+            | Error::NoSuchLink(_) => None,
         }
     }
 

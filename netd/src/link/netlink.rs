@@ -11,11 +11,11 @@ use netlink_packet_route::link::{
     BridgeStpState, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
-use super::{BridgeSpec, Error, LinkInfo, Op, validate_ifname};
+use super::{BridgeSpec, Error, LinkInfo, Op, sysctl, validate_ifname};
 
 /// A netlink route connection bound to one network namespace.
 ///
@@ -123,6 +123,53 @@ impl Link {
             .execute()
             .await
             .map_err(failed(Op::AddAddress(net), ifname))
+    }
+
+    /// Adds a route to `destination` through `gateway`, leaving by `ifname` (a network's
+    /// `<route>`: libvirt adds them on the bridge once it is up). `metric` 0 is the default.
+    pub async fn add_route(
+        &self,
+        ifname: &str,
+        destination: IpNet,
+        gateway: IpAddr,
+        metric: u32,
+    ) -> Result<(), Error> {
+        let destination = destination.trunc();
+        let mut route = match (destination, gateway) {
+            (IpNet::V4(net), IpAddr::V4(gw)) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net.addr(), net.prefix_len())
+                .gateway(gw)
+                .build(),
+            (IpNet::V6(net), IpAddr::V6(gw)) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(net.addr(), net.prefix_len())
+                .gateway(gw)
+                .build(),
+            _ => {
+                return Err(Error::RouteFamilyMismatch {
+                    destination,
+                    gateway,
+                });
+            }
+        };
+        let index = self.index(ifname).await?;
+        // What `ip route add` and libvirt send: boot protocol, through this interface.
+        route.header.protocol = RouteProtocol::Boot;
+        route.attributes.push(RouteAttribute::Oif(index));
+        if metric != 0 {
+            route.attributes.push(RouteAttribute::Priority(metric));
+        }
+        self.handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(failed(
+                Op::AddRoute {
+                    destination,
+                    gateway,
+                },
+                ifname,
+            ))
     }
 
     /// Sets a link administratively up.
@@ -255,6 +302,40 @@ impl Link {
             }
         }
         Ok(used.into_iter().collect())
+    }
+
+    /// Interfaces whose router-advertisement routes the kernel would flush if IPv6 forwarding
+    /// were turned on: they have `proto ra` routes and `accept_ra` below 2. libvirt refuses to
+    /// enable forwarding then ("Check the host setup: interface X has kernel autoconfigured
+    /// IPv6 routes..."). `accept_ra` is read in the calling thread's namespace, which must be
+    /// the one this [`Link`] was opened in.
+    pub async fn ipv6_forwarding_blockers(&self) -> Result<Vec<String>, Error> {
+        let names = self.link_names_by_index().await?;
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::Dump("routes", kernel_error(e)))?;
+        let mut blockers = BTreeSet::new();
+        for route in routes
+            .iter()
+            .filter(|route| route.header.protocol == RouteProtocol::Ra)
+        {
+            let oif = route.attributes.iter().find_map(|attr| match attr {
+                RouteAttribute::Oif(index) => Some(*index),
+                _ => None,
+            });
+            let Some(name) = oif.and_then(|index| names.get(&index)) else {
+                continue;
+            };
+            if !blockers.contains(name) && !sysctl::accepts_ra_when_forwarding(name)? {
+                blockers.insert(name.clone());
+            }
+        }
+        Ok(blockers.into_iter().collect())
     }
 
     async fn link_names_by_index(&self) -> Result<BTreeMap<u32, String>, Error> {

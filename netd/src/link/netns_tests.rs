@@ -296,6 +296,84 @@ fn used_prefixes_list_addresses_and_routes() {
     assert_eq!(deduped, used, "sorted without duplicates");
 }
 
+#[test]
+fn routes_go_through_a_gateway_on_the_interface() {
+    let Some(ns) = netns("link-route") else {
+        return;
+    };
+    let mismatch = block_on_in(&ns, || async {
+        let link = Link::new().expect("netlink socket");
+        link.create_bridge(&spec("kvbr0", None, false, 0))
+            .await
+            .expect("create");
+        link.add_address("kvbr0", ip("10.77.0.1"), 24)
+            .await
+            .expect("v4");
+        link.add_address("kvbr0", ip("fd77::1"), 64)
+            .await
+            .expect("v6");
+        link.set_up("kvbr0").await.expect("up");
+        let net = |s: &str| s.parse().expect("test literal");
+        // Host bits in the destination are dropped, as libvirt's prefix math does.
+        link.add_route("kvbr0", net("10.80.1.9/16"), ip("10.77.0.2"), 0)
+            .await
+            .expect("v4 route");
+        link.add_route("kvbr0", net("fd80::/48"), ip("fd77::2"), 7)
+            .await
+            .expect("v6 route");
+        link.add_route("kvbr0", net("10.81.0.0/16"), ip("fd77::2"), 0)
+            .await
+    });
+    let v4: Vec<Value> =
+        serde_json::from_str(&ns.sh("ip -d -j route show 10.80.0.0/16").expect("ip route"))
+            .expect("json");
+    assert_eq!(v4.len(), 1, "{v4:?}");
+    assert_eq!(v4[0]["gateway"], "10.77.0.2");
+    assert_eq!(v4[0]["dev"], "kvbr0");
+    assert_eq!(v4[0]["protocol"], "boot");
+    let v6: Vec<Value> =
+        serde_json::from_str(&ns.sh("ip -j -6 route show fd80::/48").expect("ip route"))
+            .expect("json");
+    assert_eq!(v6.len(), 1, "{v6:?}");
+    assert_eq!(v6[0]["gateway"], "fd77::2");
+    assert_eq!(v6[0]["dev"], "kvbr0");
+    assert_eq!(v6[0]["metric"], 7);
+    assert!(matches!(mismatch, Err(Error::RouteFamilyMismatch { .. })));
+}
+
+#[test]
+fn ra_routes_block_ipv6_forwarding_unless_accept_ra_is_2() {
+    let Some(ns) = netns("link-ra") else { return };
+    ns.sh(
+        "ip link add kvd0 type veth peer name kvd1 \
+         && ip link add kve0 type veth peer name kve1 \
+         && ip link set kvd0 up && ip link set kvd1 up && ip link set kve0 up && ip link set kve1 up \
+         && ip -6 route add 2001:db8:1::/64 dev kvd0 proto ra \
+         && ip -6 route add 2001:db8:2::/64 dev kve0 proto ra \
+         && ip -6 route add 2001:db8:3::/64 dev kve1 \
+         && sysctl -qw net.ipv6.conf.kve0.accept_ra=2",
+    )
+    .expect("setup");
+    let blockers = block_on_in(&ns, || async {
+        Link::new()
+            .expect("netlink socket")
+            .ipv6_forwarding_blockers()
+            .await
+            .expect("check")
+    });
+    assert_eq!(blockers, ["kvd0"]);
+    ns.sh("sysctl -qw net.ipv6.conf.kvd0.accept_ra=2")
+        .expect("sysctl");
+    let blockers = block_on_in(&ns, || async {
+        Link::new()
+            .expect("netlink socket")
+            .ipv6_forwarding_blockers()
+            .await
+            .expect("check")
+    });
+    assert!(blockers.is_empty(), "{blockers:?}");
+}
+
 fn root_ip_forward() -> String {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
         .expect("read root ip_forward")

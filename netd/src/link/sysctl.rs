@@ -42,20 +42,33 @@ pub fn configure_bridge_ipv6(bridge: &str, has_ipv6: bool) -> Result<(), Error> 
     ensure(&format!("{conf}/autoconf"), "0")
 }
 
+/// Whether `net.ipv6.conf.<ifname>.accept_ra` is 2, the value that keeps accepting router
+/// advertisements (and the routes they taught) once forwarding is on.
+pub fn accepts_ra_when_forwarding(ifname: &str) -> Result<bool, Error> {
+    validate_ifname(ifname)?;
+    Ok(read(&format!("ipv6/conf/{ifname}/accept_ra"))? == "2")
+}
+
 fn path_of(relative: &str) -> PathBuf {
     Path::new(PROC_SYS_NET).join(relative)
 }
 
+/// The trimmed contents of `/proc/sys/net/<relative>`.
+fn read(relative: &str) -> Result<String, Error> {
+    let path = path_of(relative);
+    match std::fs::read_to_string(&path) {
+        Ok(value) => Ok(value.trim().to_owned()),
+        Err(source) => Err(Error::SysctlRead { path, source }),
+    }
+}
+
 /// Writes `value` to `/proc/sys/net/<relative>` unless it already holds it.
 fn ensure(relative: &str, value: &'static str) -> Result<(), Error> {
-    let path = path_of(relative);
-    let current = std::fs::read_to_string(&path).map_err(|source| Error::SysctlRead {
-        path: path.clone(),
-        source,
-    })?;
-    if current.trim() == value {
+    let current = read(relative)?;
+    if current == value {
         return Ok(());
     }
+    let path = path_of(relative);
     std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
@@ -65,6 +78,6 @@ fn ensure(relative: &str, value: &'static str) -> Result<(), Error> {
             value,
             source,
         })?;
-    tracing::debug!(path = %path.display(), from = current.trim(), to = value, "set sysctl");
+    tracing::debug!(path = %path.display(), from = current, to = value, "set sysctl");
     Ok(())
 }
