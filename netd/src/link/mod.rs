@@ -1,1 +1,341 @@
 //! The only module that speaks netlink: bridges, addresses, links, routes; plus sysctls.
+//!
+//! Everything here acts on the network namespace of the thread that created the [`Link`]
+//! (netlink) or that calls a [`sysctl`] function (`/proc/sys/net` follows the calling thread's
+//! namespace), so the daemon and the tests can run inside a namespace.
+
+mod netlink;
+pub mod sysctl;
+pub mod tap;
+
+use std::io;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+pub use netlink::Link;
+
+/// Linux's `IFNAMSIZ` minus the terminating NUL.
+const MAX_IFNAME_LEN: usize = 15;
+
+/// The kernel's `BR_MIN_FORWARD_DELAY` and `BR_MAX_FORWARD_DELAY`: with STP on, the bridge
+/// refuses (or, when STP starts, clamps to) a forward delay outside this range.
+const STP_FORWARD_DELAY_SECS: std::ops::RangeInclusive<u32> = 2..=30;
+
+/// `USER_HZ`: bridge timers cross netlink in clock_t, hundredths of a second.
+const CLOCK_T_PER_SEC: u32 = 100;
+
+/// What a network's bridge looks like when it is created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeSpec {
+    /// Interface name (`virbr0`).
+    pub name: String,
+    /// The bridge's own MAC, set at creation so it never takes a port's address.
+    pub mac: [u8; 6],
+    /// MTU; `None` leaves the kernel default (1500, then following the ports).
+    pub mtu: Option<u32>,
+    /// Kernel STP on or off.
+    pub stp: bool,
+    /// STP forward delay in seconds. With STP on the kernel accepts only 2..=30 s, so the
+    /// value is clamped into that range (libvirt's default of 0 becomes 2 s, as under libvirt).
+    pub forward_delay_secs: u32,
+}
+
+impl BridgeSpec {
+    /// The forward delay to send as `IFLA_BR_FORWARD_DELAY`, in clock_t, clamped to what the
+    /// kernel accepts for this STP setting.
+    pub fn forward_delay_clock_t(&self) -> u32 {
+        let secs = if self.stp {
+            self.forward_delay_secs.clamp(
+                *STP_FORWARD_DELAY_SECS.start(),
+                *STP_FORWARD_DELAY_SECS.end(),
+            )
+        } else {
+            self.forward_delay_secs
+        };
+        secs.saturating_mul(CLOCK_T_PER_SEC)
+    }
+}
+
+/// What the kernel says about an existing link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Interface index.
+    pub index: u32,
+    /// `IFLA_INFO_KIND` (`bridge`, `veth`, `tun`, ...); `None` for links without one (`lo`, NICs).
+    pub kind: Option<String>,
+    /// Hardware address, when the link has a 6-byte one.
+    pub mac: Option<[u8; 6]>,
+    /// MTU.
+    pub mtu: Option<u32>,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// Index of the bridge (or other controller) this link is a port of.
+    pub master: Option<u32>,
+}
+
+impl LinkInfo {
+    /// Whether the link is a Linux bridge.
+    pub fn is_bridge(&self) -> bool {
+        self.kind.as_deref() == Some("bridge")
+    }
+}
+
+/// Errors of link and sysctl operations; each names the interface or path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The netlink route socket could not be opened.
+    #[error("opening a netlink route socket")]
+    Connect(#[source] io::Error),
+    /// `/dev/net/tun` could not be opened (no tun module, or no permission).
+    #[error("opening /dev/net/tun")]
+    OpenTun(#[source] io::Error),
+    /// An interface name the kernel would refuse (or that would escape a sysctl path).
+    #[error("invalid interface name {0:?}: must be 1-15 characters without '/', ':' or whitespace")]
+    InvalidName(String),
+    /// A prefix length too long for the address family.
+    #[error("invalid prefix length {prefix_len} for address {addr}")]
+    InvalidPrefix {
+        /// The address.
+        addr: IpAddr,
+        /// The rejected prefix length.
+        prefix_len: u8,
+    },
+    /// A route whose destination and gateway are of different address families.
+    #[error("route to {destination} cannot go through gateway {gateway} of another address family")]
+    RouteFamilyMismatch {
+        /// Where the route leads.
+        destination: ipnet::IpNet,
+        /// The next hop.
+        gateway: IpAddr,
+    },
+    /// An operation needs a link that does not exist.
+    #[error("no network interface named {0}")]
+    NoSuchLink(String),
+    /// The kernel refused a change to an interface.
+    #[error("{}", .op.describe(.ifname))]
+    Kernel {
+        /// What was being done.
+        op: Op,
+        /// The interface acted on.
+        ifname: String,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// A dump of links, addresses or routes failed.
+    #[error("listing {0}")]
+    Dump(&'static str, #[source] io::Error),
+    /// A sysctl file could not be read.
+    #[error("reading {}", path.display())]
+    SysctlRead {
+        /// The `/proc/sys` file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A sysctl file could not be written.
+    #[error("writing {value} to {}", path.display())]
+    SysctlWrite {
+        /// The `/proc/sys` file.
+        path: PathBuf,
+        /// The value that was refused.
+        value: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The operation an [`Error::Kernel`] was doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Creating a bridge.
+    CreateBridge,
+    /// Setting the MTU.
+    SetMtu(u32),
+    /// Adding an address.
+    AddAddress(ipnet::IpNet),
+    /// Bringing a link up.
+    SetUp,
+    /// Deleting a link.
+    Delete,
+    /// Looking a link up.
+    Query,
+    /// Setting the hardware address.
+    SetMac([u8; 6]),
+    /// Making a link a port of a bridge.
+    SetMaster(String),
+    /// Adding a route through a gateway.
+    AddRoute {
+        /// Where the route leads.
+        destination: ipnet::IpNet,
+        /// The next hop.
+        gateway: IpAddr,
+    },
+    /// Creating a tap device through `/dev/net/tun`.
+    CreateTap,
+    /// Making a tap persistent or not.
+    SetPersistent(bool),
+}
+
+impl Op {
+    /// The operation as a phrase naming the interface: `creating bridge virbr3`.
+    pub fn describe(&self, ifname: &str) -> String {
+        match self {
+            Op::CreateBridge => format!("creating bridge {ifname}"),
+            Op::SetMtu(mtu) => format!("setting mtu {mtu} on {ifname}"),
+            Op::AddAddress(net) => format!("adding address {net} to {ifname}"),
+            Op::SetUp => format!("bringing up {ifname}"),
+            Op::Delete => format!("deleting {ifname}"),
+            Op::Query => format!("looking up {ifname}"),
+            Op::SetMac(mac) => format!("setting mac {} on {ifname}", format_mac(mac)),
+            Op::SetMaster(bridge) => format!("attaching {ifname} to bridge {bridge}"),
+            Op::AddRoute {
+                destination,
+                gateway,
+            } => format!("adding route to {destination} via {gateway} on {ifname}"),
+            Op::CreateTap => format!("creating tap {ifname}"),
+            Op::SetPersistent(true) => format!("making tap {ifname} persistent"),
+            Op::SetPersistent(false) => format!("making tap {ifname} non-persistent"),
+        }
+    }
+}
+
+impl Error {
+    /// The OS error code behind this error, if the kernel gave one.
+    pub fn os_error(&self) -> Option<i32> {
+        match self {
+            Error::Connect(source)
+            | Error::OpenTun(source)
+            | Error::Kernel { source, .. }
+            | Error::Dump(_, source)
+            | Error::SysctlRead { source, .. }
+            | Error::SysctlWrite { source, .. } => source.raw_os_error(),
+            Error::InvalidName(_)
+            | Error::InvalidPrefix { .. }
+            | Error::RouteFamilyMismatch { .. }
+            | Error::NoSuchLink(_) => None,
+        }
+    }
+
+    /// Whether the kernel said the thing being created already exists (`EEXIST`): for a
+    /// bridge, the name is taken by some other interface.
+    pub fn is_already_exists(&self) -> bool {
+        self.os_error() == Some(libc::EEXIST)
+    }
+
+    /// Whether the interface acted on does not exist.
+    pub fn is_no_such_link(&self) -> bool {
+        matches!(self, Error::NoSuchLink(_)) || self.os_error() == Some(libc::ENODEV)
+    }
+
+    /// Whether the kernel refused for lack of privilege (`EPERM`/`EACCES`).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self.os_error(), Some(libc::EPERM | libc::EACCES))
+    }
+}
+
+/// `52:54:00:ab:cd:ef`, the way `ip` and libvirt print MACs.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.map(|byte| format!("{byte:02x}")).join(":")
+}
+
+/// Checks a name the way the kernel's `dev_valid_name` does, so that it is also safe to use
+/// as a `/proc/sys/net/.../conf/<name>` path component.
+pub fn validate_ifname(name: &str) -> Result<(), Error> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_IFNAME_LEN
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace());
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(stp: bool, forward_delay_secs: u32) -> BridgeSpec {
+        BridgeSpec {
+            name: "virbr9".into(),
+            mac: [0x52, 0x54, 0, 1, 2, 3],
+            mtu: None,
+            stp,
+            forward_delay_secs,
+        }
+    }
+
+    #[test]
+    fn forward_delay_is_clamped_only_with_stp() {
+        assert_eq!(spec(true, 0).forward_delay_clock_t(), 200);
+        assert_eq!(spec(true, 1).forward_delay_clock_t(), 200);
+        assert_eq!(spec(true, 15).forward_delay_clock_t(), 1500);
+        assert_eq!(spec(true, 31).forward_delay_clock_t(), 3000);
+        assert_eq!(spec(false, 0).forward_delay_clock_t(), 0);
+        assert_eq!(spec(false, 45).forward_delay_clock_t(), 4500);
+        assert_eq!(spec(false, u32::MAX).forward_delay_clock_t(), u32::MAX);
+    }
+
+    #[test]
+    fn interface_names_follow_the_kernel_rules() {
+        for good in ["virbr0", "a", "br-with.dots_0", "123456789012345"] {
+            assert!(validate_ifname(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "1234567890123456",
+            "a/b",
+            "../all",
+            "a:b",
+            "a b",
+            "tab\t",
+        ] {
+            assert!(
+                matches!(validate_ifname(bad), Err(Error::InvalidName(n)) if n == bad),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_messages_name_the_interface_and_the_kernel_reason() {
+        let err = Error::Kernel {
+            op: Op::CreateBridge,
+            ifname: "virbr3".into(),
+            source: io::Error::from_raw_os_error(libc::EEXIST),
+        };
+        assert_eq!(err.to_string(), "creating bridge virbr3");
+        let chain = format!(
+            "{err}: {}",
+            std::error::Error::source(&err)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
+        assert_eq!(chain, "creating bridge virbr3: File exists (os error 17)");
+        assert!(err.is_already_exists());
+        assert!(!err.is_no_such_link());
+        let add = Error::Kernel {
+            op: Op::AddAddress("10.0.0.1/24".parse().expect("test literal")),
+            ifname: "virbr3".into(),
+            source: io::Error::from_raw_os_error(libc::ENODEV),
+        };
+        assert_eq!(add.to_string(), "adding address 10.0.0.1/24 to virbr3");
+        assert!(add.is_no_such_link());
+        assert_eq!(
+            format_mac(&[0x52, 0x54, 0, 0xab, 0xcd, 0xef]),
+            "52:54:00:ab:cd:ef"
+        );
+    }
+}
+
+#[cfg(test)]
+mod netns_tests;

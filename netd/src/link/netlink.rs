@@ -1,0 +1,520 @@
+//! rtnetlink requests: bridges, addresses, link state, and the host's used prefixes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    BridgeStpState, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+};
+use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+
+use super::{BridgeSpec, Error, LinkInfo, Op, sysctl, validate_ifname};
+
+/// A netlink route connection bound to one network namespace.
+///
+/// Cheap to clone: clones share the socket and its connection task.
+#[derive(Clone, Debug)]
+pub struct Link {
+    handle: rtnetlink::Handle,
+}
+
+/// The kernel's errno for a failed request, or the library's reason when there is none.
+fn kernel_error(err: rtnetlink::Error) -> io::Error {
+    match err {
+        rtnetlink::Error::NetlinkError(message) => message.to_io(),
+        other => io::Error::other(other),
+    }
+}
+
+fn failed(op: Op, ifname: &str) -> impl FnOnce(rtnetlink::Error) -> Error {
+    let ifname = ifname.to_owned();
+    move |err| Error::Kernel {
+        op,
+        ifname,
+        source: kernel_error(err),
+    }
+}
+
+impl Link {
+    /// Opens a netlink route socket in the calling thread's network namespace and spawns its
+    /// connection task on the current tokio runtime.
+    ///
+    /// The socket stays in that namespace even when the task later runs on another thread.
+    pub fn new() -> Result<Link, Error> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| Error::Connect(io::Error::other(e)))?;
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(Error::Connect)?;
+        runtime.spawn(connection);
+        Ok(Link { handle })
+    }
+
+    /// Creates the bridge, left down, with its MAC, STP state and forward delay in one
+    /// `RTM_NEWLINK`, then its MTU if one is given; returns its ifindex.
+    ///
+    /// With STP on, the forward delay is clamped to the kernel's 2..=30 s (see
+    /// [`BridgeSpec::forward_delay_clock_t`]). The MTU goes in a separate `RTM_SETLINK`
+    /// because only that path marks it as chosen by the user (an `IFLA_MTU` at creation does
+    /// not): otherwise the kernel lowers the bridge MTU to its smallest port's as soon as a
+    /// 1500-byte tap joins. libvirt sets it the same way, with `SIOCSIFMTU`. If that step
+    /// fails the new bridge is removed again.
+    ///
+    /// Fails with an error for which [`Error::is_already_exists`] holds when the name is taken.
+    pub async fn create_bridge(&self, spec: &BridgeSpec) -> Result<u32, Error> {
+        validate_ifname(&spec.name)?;
+        let stp_state = if spec.stp {
+            BridgeStpState::KernelStp
+        } else {
+            BridgeStpState::Disabled
+        };
+        // Not `LinkBridge::new`, which also sets the link up: addresses come first.
+        let request = LinkMessageBuilder::<LinkBridge>::new(&spec.name)
+            .address(spec.mac.to_vec())
+            .forward_delay(spec.forward_delay_clock_t())
+            .stp_state(stp_state);
+        self.handle
+            .link()
+            .add(request.build())
+            .execute()
+            .await
+            .map_err(failed(Op::CreateBridge, &spec.name))?;
+        let index = self
+            .find(&spec.name)
+            .await?
+            .ok_or_else(|| Error::NoSuchLink(spec.name.clone()))?
+            .header
+            .index;
+        if let Some(mtu) = spec.mtu {
+            let set_mtu = LinkUnspec::new_with_index(index).mtu(mtu).build();
+            if let Err(err) = self.handle.link().set(set_mtu).execute().await {
+                self.remove_after_failed_create(&spec.name, index).await;
+                return Err(failed(Op::SetMtu(mtu), &spec.name)(err));
+            }
+        }
+        tracing::debug!(bridge = %spec.name, index, "created bridge");
+        Ok(index)
+    }
+
+    async fn remove_after_failed_create(&self, name: &str, index: u32) {
+        if let Err(err) = self.handle.link().del(index).execute().await {
+            tracing::warn!(bridge = %name, error = %kernel_error(err), "cannot remove half-created bridge");
+        }
+    }
+
+    /// Adds `addr/prefix_len` to an interface (with the IPv4 broadcast address, as `ip` does).
+    pub async fn add_address(
+        &self,
+        ifname: &str,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<(), Error> {
+        let net =
+            IpNet::new(addr, prefix_len).map_err(|_| Error::InvalidPrefix { addr, prefix_len })?;
+        let index = self.index(ifname).await?;
+        self.handle
+            .address()
+            .add(index, addr, prefix_len)
+            .execute()
+            .await
+            .map_err(failed(Op::AddAddress(net), ifname))
+    }
+
+    /// Adds a route to `destination` through `gateway`, leaving by `ifname` (a network's
+    /// `<route>`: libvirt adds them on the bridge once it is up). `metric` 0 is the default.
+    pub async fn add_route(
+        &self,
+        ifname: &str,
+        destination: IpNet,
+        gateway: IpAddr,
+        metric: u32,
+    ) -> Result<(), Error> {
+        let destination = destination.trunc();
+        let mut route = match (destination, gateway) {
+            (IpNet::V4(net), IpAddr::V4(gw)) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net.addr(), net.prefix_len())
+                .gateway(gw)
+                .build(),
+            (IpNet::V6(net), IpAddr::V6(gw)) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(net.addr(), net.prefix_len())
+                .gateway(gw)
+                .build(),
+            _ => {
+                return Err(Error::RouteFamilyMismatch {
+                    destination,
+                    gateway,
+                });
+            }
+        };
+        let index = self.index(ifname).await?;
+        // What `ip route add` and libvirt send: boot protocol, through this interface.
+        route.header.protocol = RouteProtocol::Boot;
+        route.attributes.push(RouteAttribute::Oif(index));
+        if metric != 0 {
+            route.attributes.push(RouteAttribute::Priority(metric));
+        }
+        self.handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(failed(
+                Op::AddRoute {
+                    destination,
+                    gateway,
+                },
+                ifname,
+            ))
+    }
+
+    /// Sets a link administratively up.
+    pub async fn set_up(&self, ifname: &str) -> Result<(), Error> {
+        let index = self.index(ifname).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(failed(Op::SetUp, ifname))
+    }
+
+    /// Sets a link's MTU (libvirt gives a guest's tap the MTU of its bridge).
+    pub async fn set_mtu(&self, ifname: &str, mtu: u32) -> Result<(), Error> {
+        let index = self.index(ifname).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(failed(Op::SetMtu(mtu), ifname))
+    }
+
+    /// Sets a link's hardware address (libvirt gives a guest's tap its MAC with the first
+    /// byte `fe`, so the bridge never adopts the guest's address).
+    pub async fn set_mac(&self, ifname: &str, mac: [u8; 6]) -> Result<(), Error> {
+        let index = self.index(ifname).await?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(failed(Op::SetMac(mac), ifname))
+    }
+
+    /// Makes `ifname` a port of `bridge`.
+    pub async fn set_master(&self, ifname: &str, bridge: &str) -> Result<(), Error> {
+        let index = self.index(ifname).await?;
+        let bridge_index = self.index(bridge).await?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .controller(bridge_index)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(failed(Op::SetMaster(bridge.to_owned()), ifname))
+    }
+
+    /// Deletes a link; returns `Ok(false)` when there was no such link.
+    pub async fn delete_link(&self, ifname: &str) -> Result<bool, Error> {
+        let Some(link) = self.find(ifname).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(link.header.index).execute().await {
+            Ok(()) => {
+                tracing::debug!(%ifname, "deleted link");
+                Ok(true)
+            }
+            // Gone between the lookup and the delete.
+            Err(err) if errno(&err) == Some(libc::ENODEV) => Ok(false),
+            Err(err) => Err(failed(Op::Delete, ifname)(err)),
+        }
+    }
+
+    /// Whether a link with this name exists.
+    pub async fn link_exists(&self, ifname: &str) -> Result<bool, Error> {
+        Ok(self.find(ifname).await?.is_some())
+    }
+
+    /// Kind and state of a link, or `None` if there is no such link.
+    pub async fn link_info(&self, ifname: &str) -> Result<Option<LinkInfo>, Error> {
+        Ok(self.find(ifname).await?.map(|link| link_info(&link)))
+    }
+
+    /// Names of every link in the namespace, in ifindex order.
+    pub async fn link_names(&self) -> Result<Vec<String>, Error> {
+        Ok(self.link_names_by_index().await?.into_values().collect())
+    }
+
+    /// Every IPv4/IPv6 prefix in use here, with the interface using it, sorted.
+    ///
+    /// Includes the prefix of every interface address and of every unicast route of the main
+    /// table, except default routes and host routes (/32, /128), which claim no subnet, and
+    /// IPv6 link-local prefixes, which every interface has.
+    pub async fn used_prefixes(&self) -> Result<Vec<(IpNet, String)>, Error> {
+        let names = self.link_names_by_index().await?;
+        let name_of = |index: u32| {
+            names
+                .get(&index)
+                .cloned()
+                .unwrap_or_else(|| format!("if{index}"))
+        };
+        let mut used = BTreeSet::new();
+        let addresses: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::Dump("addresses", kernel_error(e)))?;
+        for message in &addresses {
+            if let Some(net) = address_prefix(message).filter(|net| !is_link_local(net)) {
+                used.insert((net, name_of(message.header.index)));
+            }
+        }
+        let v4 = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let v6 = RouteMessageBuilder::<Ipv6Addr>::new().build();
+        for query in [v4, v6] {
+            let routes: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| Error::Dump("routes", kernel_error(e)))?;
+            for route in &routes {
+                if let Some((net, index)) = claimed_subnet(route) {
+                    used.insert((net, name_of(index)));
+                }
+            }
+        }
+        Ok(used.into_iter().collect())
+    }
+
+    /// Interfaces whose router-advertisement routes the kernel would flush if IPv6 forwarding
+    /// were turned on: they have `proto ra` routes and `accept_ra` below 2. libvirt refuses to
+    /// enable forwarding then ("Check the host setup: interface X has kernel autoconfigured
+    /// IPv6 routes..."). `accept_ra` is read in the calling thread's namespace, which must be
+    /// the one this [`Link`] was opened in.
+    pub async fn ipv6_forwarding_blockers(&self) -> Result<Vec<String>, Error> {
+        let names = self.link_names_by_index().await?;
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::Dump("routes", kernel_error(e)))?;
+        let mut blockers = BTreeSet::new();
+        for route in routes
+            .iter()
+            .filter(|route| route.header.protocol == RouteProtocol::Ra)
+        {
+            let oif = route.attributes.iter().find_map(|attr| match attr {
+                RouteAttribute::Oif(index) => Some(*index),
+                _ => None,
+            });
+            let Some(name) = oif.and_then(|index| names.get(&index)) else {
+                continue;
+            };
+            if !blockers.contains(name) && !sysctl::accepts_ra_when_forwarding(name)? {
+                blockers.insert(name.clone());
+            }
+        }
+        Ok(blockers.into_iter().collect())
+    }
+
+    async fn link_names_by_index(&self) -> Result<BTreeMap<u32, String>, Error> {
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::Dump("links", kernel_error(e)))?;
+        Ok(links
+            .iter()
+            .filter_map(|link| Some((link.header.index, link_name(link)?)))
+            .collect())
+    }
+
+    /// The link's ifindex, or [`Error::NoSuchLink`].
+    async fn index(&self, ifname: &str) -> Result<u32, Error> {
+        match self.find(ifname).await? {
+            Some(link) => Ok(link.header.index),
+            None => Err(Error::NoSuchLink(ifname.to_owned())),
+        }
+    }
+
+    /// Looks a link up by name; a name no link can have is simply absent.
+    async fn find(&self, ifname: &str) -> Result<Option<LinkMessage>, Error> {
+        if validate_ifname(ifname).is_err() {
+            return Ok(None);
+        }
+        let mut replies = self.handle.link().get().match_name(ifname).execute();
+        match replies.try_next().await {
+            Ok(link) => Ok(link),
+            Err(err) if errno(&err) == Some(libc::ENODEV) => Ok(None),
+            Err(err) => Err(failed(Op::Query, ifname)(err)),
+        }
+    }
+}
+
+fn errno(err: &rtnetlink::Error) -> Option<i32> {
+    match err {
+        rtnetlink::Error::NetlinkError(message) => Some(message.raw_code().abs()),
+        _ => None,
+    }
+}
+
+fn link_name(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::IfName(name) => Some(name.clone()),
+        _ => None,
+    })
+}
+
+fn link_info(link: &LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        index: link.header.index,
+        kind: None,
+        mac: None,
+        mtu: None,
+        up: link.header.flags.contains(LinkFlags::Up),
+        master: None,
+    };
+    for attr in &link.attributes {
+        match attr {
+            LinkAttribute::LinkInfo(infos) => {
+                info.kind = infos.iter().find_map(|i| match i {
+                    NlLinkInfo::Kind(kind) => Some(kind.to_string()),
+                    _ => None,
+                });
+            }
+            LinkAttribute::Address(bytes) => info.mac = bytes.as_slice().try_into().ok(),
+            LinkAttribute::Mtu(mtu) => info.mtu = Some(*mtu),
+            LinkAttribute::Controller(index) if *index != 0 => info.master = Some(*index),
+            _ => {}
+        }
+    }
+    info
+}
+
+/// The subnet an interface address sits in (`10.0.0.1/24` → `10.0.0.0/24`).
+fn address_prefix(message: &AddressMessage) -> Option<IpNet> {
+    // IFA_ADDRESS carries the prefix (it is the peer on point-to-point links).
+    let addr = message.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Address(addr) => Some(*addr),
+        _ => None,
+    })?;
+    IpNet::new(addr, message.header.prefix_len)
+        .ok()
+        .map(|net| net.trunc())
+}
+
+/// The subnet a main-table unicast route claims and the ifindex it goes out of.
+fn claimed_subnet(route: &RouteMessage) -> Option<(IpNet, u32)> {
+    let header = &route.header;
+    let mut table = u32::from(header.table);
+    let mut destination = None;
+    let mut oif = None;
+    for attr in &route.attributes {
+        match attr {
+            RouteAttribute::Table(id) => table = *id,
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => {
+                destination = Some(IpAddr::V4(*a));
+            }
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
+                destination = Some(IpAddr::V6(*a));
+            }
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            RouteAttribute::MultiPath(hops) => {
+                oif = oif.or_else(|| hops.first().map(|hop| hop.interface_index));
+            }
+            _ => {}
+        }
+    }
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || header.kind != RouteType::Unicast {
+        return None;
+    }
+    let net = IpNet::new(destination?, header.destination_prefix_length).ok()?;
+    let is_default = net.prefix_len() == 0;
+    let is_host = net.prefix_len() == net.max_prefix_len();
+    if is_default || is_host || is_link_local(&net) {
+        return None;
+    }
+    Some((net.trunc(), oif?))
+}
+
+fn is_link_local(net: &IpNet) -> bool {
+    match net {
+        IpNet::V6(net) => net.addr().is_unicast_link_local(),
+        IpNet::V4(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::AddressFamily;
+
+    fn route(dest: IpAddr, prefix: u8, table: u8, kind: RouteType, oif: u32) -> RouteMessage {
+        let mut route = RouteMessage::default();
+        route.header.address_family = match dest {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        route.header.destination_prefix_length = prefix;
+        route.header.table = table;
+        route.header.kind = kind;
+        route
+            .attributes
+            .push(RouteAttribute::Destination(dest.into()));
+        route.attributes.push(RouteAttribute::Oif(oif));
+        route
+    }
+
+    #[test]
+    fn only_main_table_unicast_subnets_are_claimed() {
+        let main = RouteHeader::RT_TABLE_MAIN;
+        let ip = |s: &str| s.parse::<IpAddr>().expect("test literal");
+        let net = |s: &str| s.parse::<IpNet>().expect("test literal");
+        assert_eq!(
+            claimed_subnet(&route(ip("10.1.2.0"), 24, main, RouteType::Unicast, 3)),
+            Some((net("10.1.2.0/24"), 3))
+        );
+        assert_eq!(
+            claimed_subnet(&route(ip("fd00:1::"), 64, main, RouteType::Unicast, 4)),
+            Some((net("fd00:1::/64"), 4))
+        );
+        // default, host, link-local, other table, non-unicast
+        for unclaimed in [
+            route(ip("0.0.0.0"), 0, main, RouteType::Unicast, 3),
+            route(ip("10.1.2.3"), 32, main, RouteType::Unicast, 3),
+            route(ip("fe80::"), 64, main, RouteType::Unicast, 3),
+            route(ip("10.1.2.0"), 24, 255, RouteType::Unicast, 3),
+            route(ip("10.1.2.0"), 24, main, RouteType::BlackHole, 3),
+        ] {
+            assert_eq!(claimed_subnet(&unclaimed), None, "{unclaimed:?}");
+        }
+        // A table id above 255 travels in RTA_TABLE with the header saying RT_TABLE_COMPAT.
+        let mut high = route(ip("10.9.0.0"), 16, 252, RouteType::Unicast, 3);
+        high.attributes.push(RouteAttribute::Table(1000));
+        assert_eq!(claimed_subnet(&high), None);
+    }
+}

@@ -1,0 +1,482 @@
+//! Netns tier: every test makes its own namespace and checks real kernel state with `ip`.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use testkit::{Need, Netns};
+
+use super::{BridgeSpec, Error, Link, sysctl};
+
+fn netns(tag: &str) -> Option<Netns> {
+    if !testkit::require(&[Need::Root, Need::Netns]) {
+        return None;
+    }
+    Some(Netns::new(tag).expect("create test netns"))
+}
+
+/// Runs a future on a current-thread runtime in a thread that entered `ns`, so the netlink
+/// socket opened by [`Link::new`] belongs to `ns`.
+fn block_on_in<T: Send, F: Future<Output = T>>(ns: &Netns, make: impl FnOnce() -> F + Send) -> T {
+    ns.run(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(make())
+    })
+    .expect("run in netns")
+}
+
+fn link_json(ns: &Netns, name: &str) -> Value {
+    let out = ns
+        .sh(&format!("ip -j -d link show {name}"))
+        .expect("ip link show");
+    let mut all: Vec<Value> = serde_json::from_str(&out).expect("ip -j output");
+    assert_eq!(all.len(), 1, "{out}");
+    all.remove(0)
+}
+
+fn spec(name: &str, mtu: Option<u32>, stp: bool, forward_delay_secs: u32) -> BridgeSpec {
+    BridgeSpec {
+        name: name.into(),
+        mac: [0x52, 0x54, 0x00, 0xab, 0xcd, 0x01],
+        mtu,
+        stp,
+        forward_delay_secs,
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test literal")
+}
+
+#[test]
+fn bridge_is_created_with_mac_mtu_stp_and_delay() {
+    let Some(ns) = netns("link-br") else { return };
+    let stp_spec = spec("kvbr0", Some(9000), true, 0);
+    let plain_spec = BridgeSpec {
+        mac: [0x52, 0x54, 0x00, 0xab, 0xcd, 0x02],
+        ..spec("kvbr1", None, false, 5)
+    };
+    let (stp_index, plain_index) = block_on_in(&ns, || async {
+        let link = Link::new().expect("netlink socket");
+        let a = link.create_bridge(&stp_spec).await.expect("create kvbr0");
+        let b = link.create_bridge(&plain_spec).await.expect("create kvbr1");
+        (a, b)
+    });
+
+    let stp = link_json(&ns, "kvbr0");
+    assert_eq!(stp["ifindex"], stp_index);
+    assert_eq!(stp["address"], "52:54:00:ab:cd:01");
+    assert_eq!(stp["mtu"], 9000);
+    assert_eq!(stp["linkinfo"]["info_kind"], "bridge");
+    assert_eq!(stp["linkinfo"]["info_data"]["stp_state"], 1);
+    // libvirt's delay 0 with STP on becomes the kernel minimum, 2 s = 200 clock_t.
+    assert_eq!(stp["linkinfo"]["info_data"]["forward_delay"], 200);
+    assert_eq!(stp["operstate"], "DOWN", "created down");
+    assert!(
+        !stp["flags"]
+            .as_array()
+            .expect("flags")
+            .contains(&Value::from("UP"))
+    );
+
+    let plain = link_json(&ns, "kvbr1");
+    assert_eq!(plain["ifindex"], plain_index);
+    assert_eq!(plain["address"], "52:54:00:ab:cd:02");
+    assert_eq!(plain["mtu"], 1500);
+    assert_eq!(plain["linkinfo"]["info_data"]["stp_state"], 0);
+    assert_eq!(plain["linkinfo"]["info_data"]["forward_delay"], 500);
+}
+
+#[test]
+fn bridge_comes_up_keeps_its_mtu_and_takes_ports() {
+    let Some(ns) = netns("link-up") else { return };
+    ns.sh("ip link add kvp0 mtu 1500 type veth peer name kvp1 && ip link set kvp1 up")
+        .expect("veth");
+    let (info_before, info_after, port) = block_on_in(&ns, || async {
+        let link = Link::new().expect("netlink socket");
+        link.create_bridge(&spec("kvbr0", Some(9000), false, 0))
+            .await
+            .expect("create");
+        let before = link.link_info("kvbr0").await.expect("info");
+        link.set_master("kvp0", "kvbr0").await.expect("set master");
+        link.set_up("kvp0").await.expect("port up");
+        link.set_up("kvbr0").await.expect("bridge up");
+        let after = link.link_info("kvbr0").await.expect("info");
+        let port = link.link_info("kvp0").await.expect("port info");
+        (before, after, port)
+    });
+    let before = info_before.expect("bridge exists");
+    assert!(before.is_bridge());
+    assert!(!before.up);
+    assert_eq!(before.mac, Some([0x52, 0x54, 0x00, 0xab, 0xcd, 0x01]));
+    assert_eq!(before.mtu, Some(9000));
+    let after = info_after.expect("bridge exists");
+    assert!(after.up);
+    assert_eq!(after.index, before.index);
+    let port = port.expect("port exists");
+    assert_eq!(port.kind.as_deref(), Some("veth"));
+    assert!(!port.is_bridge());
+    assert_eq!(port.master, Some(before.index));
+
+    // A 1500-byte port does not pull the bridge MTU down: it was set as a user choice.
+    let json = link_json(&ns, "kvbr0");
+    assert_eq!(json["mtu"], 9000);
+    assert_eq!(link_json(&ns, "kvp0")["master"], "kvbr0");
+    // With STP off the port forwards at once, so the bridge gets carrier.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while link_json(&ns, "kvbr0")["operstate"] != "UP" {
+        assert!(
+            Instant::now() < deadline,
+            "bridge never became operationally up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn addresses_are_added_in_both_families() {
+    let Some(ns) = netns("link-addr") else { return };
+    let (missing, bad_prefix) = block_on_in(&ns, || async {
+        let link = Link::new().expect("netlink socket");
+        link.create_bridge(&spec("kvbr0", None, false, 0))
+            .await
+            .expect("create");
+        link.add_address("kvbr0", ip("10.77.0.1"), 24)
+            .await
+            .expect("v4");
+        link.add_address("kvbr0", ip("fd77::1"), 64)
+            .await
+            .expect("v6");
+        link.set_up("kvbr0").await.expect("up");
+        let missing = link.add_address("nosuch0", ip("10.78.0.1"), 24).await;
+        let bad = link.add_address("kvbr0", ip("10.79.0.1"), 33).await;
+        (missing, bad)
+    });
+    let out = ns.sh("ip -j addr show dev kvbr0").expect("ip addr");
+    let json: Value = serde_json::from_str(&out).expect("json");
+    let addrs: Vec<(String, u64)> = json[0]["addr_info"]
+        .as_array()
+        .expect("addr_info")
+        .iter()
+        .map(|a| {
+            (
+                a["local"].as_str().expect("local").to_owned(),
+                a["prefixlen"].as_u64().expect("prefixlen"),
+            )
+        })
+        .collect();
+    assert!(addrs.contains(&("10.77.0.1".into(), 24)), "{addrs:?}");
+    assert!(addrs.contains(&("fd77::1".into(), 64)), "{addrs:?}");
+    let v4 = &json[0]["addr_info"][0];
+    assert_eq!(v4["broadcast"], "10.77.0.255");
+
+    let missing = missing.expect_err("no such link");
+    assert!(missing.is_no_such_link(), "{missing}");
+    assert_eq!(missing.to_string(), "no network interface named nosuch0");
+    assert!(matches!(
+        bad_prefix,
+        Err(Error::InvalidPrefix { prefix_len: 33, .. })
+    ));
+}
+
+#[test]
+fn delete_removes_the_link_once() {
+    let Some(ns) = netns("link-del") else { return };
+    let (first, exists_after, second) = block_on_in(&ns, || async {
+        let link = Link::new().expect("netlink socket");
+        link.create_bridge(&spec("kvbr0", None, true, 0))
+            .await
+            .expect("create");
+        assert!(link.link_exists("kvbr0").await.expect("exists"));
+        let first = link.delete_link("kvbr0").await.expect("delete");
+        let exists_after = link.link_exists("kvbr0").await.expect("exists");
+        let second = link.delete_link("kvbr0").await.expect("second delete");
+        (first, exists_after, second)
+    });
+    assert!(first);
+    assert!(!exists_after);
+    assert!(!second);
+    assert!(ns.sh("ip link show kvbr0").is_err(), "kernel still has it");
+}
+
+#[test]
+fn creating_a_taken_name_says_it_exists() {
+    let Some(ns) = netns("link-exists") else {
+        return;
+    };
+    ns.sh("ip link add kvv0 type veth peer name kvv1")
+        .expect("veth");
+    let (twice, over_veth, bad_name) = block_on_in(&ns, || async {
+        let link = Link::new().expect("netlink socket");
+        link.create_bridge(&spec("kvbr0", None, false, 0))
+            .await
+            .expect("first create");
+        (
+            link.create_bridge(&spec("kvbr0", None, false, 0)).await,
+            link.create_bridge(&spec("kvv0", None, false, 0)).await,
+            link.create_bridge(&spec("../all", None, false, 0)).await,
+        )
+    });
+    let twice = twice.expect_err("second create");
+    assert!(twice.is_already_exists(), "{twice:?}");
+    assert_eq!(twice.to_string(), "creating bridge kvbr0");
+    let source = std::error::Error::source(&twice)
+        .expect("source")
+        .to_string();
+    assert_eq!(source, "File exists (os error 17)");
+    let over_veth = over_veth.expect_err("name of a veth");
+    assert!(over_veth.is_already_exists(), "{over_veth:?}");
+    assert_eq!(link_json(&ns, "kvv0")["linkinfo"]["info_kind"], "veth");
+    assert!(matches!(bad_name, Err(Error::InvalidName(n)) if n == "../all"));
+}
+
+#[test]
+fn link_names_and_info_reflect_the_namespace() {
+    let Some(ns) = netns("link-names") else {
+        return;
+    };
+    ns.sh("ip link add kvv0 type veth peer name kvv1")
+        .expect("veth");
+    let (names, missing, too_long) = block_on_in(&ns, || async {
+        let link = Link::new().expect("netlink socket");
+        (
+            link.link_names().await.expect("names"),
+            link.link_info("nosuch0").await.expect("info"),
+            link.link_exists("a-name-longer-than-ifnamsiz")
+                .await
+                .expect("exists"),
+        )
+    });
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["kvv0", "kvv1", "lo"]);
+    assert_eq!(names[0], "lo", "ifindex order");
+    assert_eq!(missing, None);
+    assert!(!too_long);
+}
+
+#[test]
+fn used_prefixes_list_addresses_and_routes() {
+    let Some(ns) = netns("link-used") else { return };
+    ns.sh("ip link add kvd0 type veth peer name kvd1 \
+         && ip link set kvd0 up && ip link set kvd1 up \
+         && ip addr add 10.88.1.5/24 dev kvd0 \
+         && ip -6 addr add fd88::5/64 dev kvd0 nodad \
+         && ip route add 10.99.0.0/16 dev kvd0 \
+         && ip route add 10.55.0.1/32 dev kvd0 \
+         && ip route add 10.66.0.0/16 dev kvd1 table 100 \
+         && ip route add default via 10.88.1.1")
+        .expect("setup");
+    let used = block_on_in(&ns, || async {
+        Link::new()
+            .expect("netlink socket")
+            .used_prefixes()
+            .await
+            .expect("used prefixes")
+    });
+    let has =
+        |net: &str, dev: &str| used.contains(&(net.parse().expect("test literal"), dev.to_owned()));
+    assert!(has("10.88.1.0/24", "kvd0"), "{used:?}");
+    assert!(has("10.99.0.0/16", "kvd0"), "{used:?}");
+    assert!(has("fd88::/64", "kvd0"), "{used:?}");
+    assert!(has("127.0.0.0/8", "lo"), "{used:?}");
+    for (net, dev) in &used {
+        let text = net.to_string();
+        assert!(!text.starts_with("fe80:"), "link-local listed: {net} {dev}");
+        assert_ne!(net.prefix_len(), 0, "default route listed: {dev}");
+        assert_ne!(text, "10.55.0.1/32", "host route listed");
+        assert_ne!(text, "10.66.0.0/16", "non-main table listed");
+    }
+    let mut deduped = used.clone();
+    deduped.dedup();
+    assert_eq!(deduped, used, "sorted without duplicates");
+}
+
+#[test]
+fn routes_go_through_a_gateway_on_the_interface() {
+    let Some(ns) = netns("link-route") else {
+        return;
+    };
+    let mismatch = block_on_in(&ns, || async {
+        let link = Link::new().expect("netlink socket");
+        link.create_bridge(&spec("kvbr0", None, false, 0))
+            .await
+            .expect("create");
+        link.add_address("kvbr0", ip("10.77.0.1"), 24)
+            .await
+            .expect("v4");
+        link.add_address("kvbr0", ip("fd77::1"), 64)
+            .await
+            .expect("v6");
+        link.set_up("kvbr0").await.expect("up");
+        let net = |s: &str| s.parse().expect("test literal");
+        // Host bits in the destination are dropped, as libvirt's prefix math does.
+        link.add_route("kvbr0", net("10.80.1.9/16"), ip("10.77.0.2"), 0)
+            .await
+            .expect("v4 route");
+        link.add_route("kvbr0", net("fd80::/48"), ip("fd77::2"), 7)
+            .await
+            .expect("v6 route");
+        link.add_route("kvbr0", net("10.81.0.0/16"), ip("fd77::2"), 0)
+            .await
+    });
+    let v4: Vec<Value> =
+        serde_json::from_str(&ns.sh("ip -d -j route show 10.80.0.0/16").expect("ip route"))
+            .expect("json");
+    assert_eq!(v4.len(), 1, "{v4:?}");
+    assert_eq!(v4[0]["gateway"], "10.77.0.2");
+    assert_eq!(v4[0]["dev"], "kvbr0");
+    assert_eq!(v4[0]["protocol"], "boot");
+    let v6: Vec<Value> =
+        serde_json::from_str(&ns.sh("ip -j -6 route show fd80::/48").expect("ip route"))
+            .expect("json");
+    assert_eq!(v6.len(), 1, "{v6:?}");
+    assert_eq!(v6[0]["gateway"], "fd77::2");
+    assert_eq!(v6[0]["dev"], "kvbr0");
+    assert_eq!(v6[0]["metric"], 7);
+    assert!(matches!(mismatch, Err(Error::RouteFamilyMismatch { .. })));
+}
+
+#[test]
+fn ra_routes_block_ipv6_forwarding_unless_accept_ra_is_2() {
+    let Some(ns) = netns("link-ra") else { return };
+    ns.sh(
+        "ip link add kvd0 type veth peer name kvd1 \
+         && ip link add kve0 type veth peer name kve1 \
+         && ip link set kvd0 up && ip link set kvd1 up && ip link set kve0 up && ip link set kve1 up \
+         && ip -6 route add 2001:db8:1::/64 dev kvd0 proto ra \
+         && ip -6 route add 2001:db8:2::/64 dev kve0 proto ra \
+         && ip -6 route add 2001:db8:3::/64 dev kve1 \
+         && sysctl -qw net.ipv6.conf.kve0.accept_ra=2",
+    )
+    .expect("setup");
+    let blockers = block_on_in(&ns, || async {
+        Link::new()
+            .expect("netlink socket")
+            .ipv6_forwarding_blockers()
+            .await
+            .expect("check")
+    });
+    assert_eq!(blockers, ["kvd0"]);
+    ns.sh("sysctl -qw net.ipv6.conf.kvd0.accept_ra=2")
+        .expect("sysctl");
+    let blockers = block_on_in(&ns, || async {
+        Link::new()
+            .expect("netlink socket")
+            .ipv6_forwarding_blockers()
+            .await
+            .expect("check")
+    });
+    assert!(blockers.is_empty(), "{blockers:?}");
+}
+
+fn root_ip_forward() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+        .expect("read root ip_forward")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn enable_forwarding_changes_only_the_namespace() {
+    let Some(ns) = netns("link-fwd") else { return };
+    // A new netns inherits IPv4 settings from the root one: start from a known 0, and give
+    // the namespace a value the root surely lacks to prove the thread reads the namespace.
+    ns.sh(
+        "sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0 \
+         net.ipv4.ip_default_ttl=77",
+    )
+    .expect("reset");
+    let root_before = root_ip_forward();
+    let read_ns = |key: &str| {
+        ns.sh(&format!("sysctl -n {key}"))
+            .expect("sysctl")
+            .trim()
+            .to_owned()
+    };
+    ns.run(|| {
+        let ttl = std::fs::read_to_string("/proc/sys/net/ipv4/ip_default_ttl").expect("ttl");
+        // Guard: never write anything unless /proc/sys/net is the namespace's here.
+        assert_eq!(
+            ttl.trim(),
+            "77",
+            "/proc/sys/net does not follow the thread's netns"
+        );
+        sysctl::enable_forwarding(false, false).expect("no-op");
+    })
+    .expect("run");
+    assert_eq!(read_ns("net.ipv4.ip_forward"), "0");
+    ns.run(|| sysctl::enable_forwarding(true, false))
+        .expect("run")
+        .expect("ipv4");
+    assert_eq!(read_ns("net.ipv4.ip_forward"), "1");
+    assert_eq!(read_ns("net.ipv6.conf.all.forwarding"), "0");
+    ns.run(|| sysctl::enable_forwarding(true, true))
+        .expect("run")
+        .expect("both");
+    assert_eq!(read_ns("net.ipv4.ip_forward"), "1");
+    assert_eq!(read_ns("net.ipv6.conf.all.forwarding"), "1");
+    assert_eq!(root_ip_forward(), root_before, "root namespace touched");
+}
+
+#[test]
+fn bridge_ipv6_sysctls_follow_libvirt() {
+    let Some(ns) = netns("link-v6") else { return };
+    ns.sh("ip link add kvbr0 type bridge").expect("bridge");
+    let read = |key: &str| {
+        ns.sh(&format!("cat /proc/sys/net/ipv6/conf/kvbr0/{key}"))
+            .expect("read")
+            .trim()
+            .to_owned()
+    };
+    // Kernel defaults, so each call below has something to change.
+    assert_eq!(
+        [read("disable_ipv6"), read("accept_ra"), read("autoconf")],
+        ["0", "1", "1"]
+    );
+    ns.run(|| {
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/net/ipv6/conf/kvbr0/autoconf")
+                .expect("bridge sysctls visible from the ns thread")
+                .trim(),
+            "1"
+        );
+        sysctl::configure_bridge_ipv6("kvbr0", false)
+    })
+    .expect("run")
+    .expect("v4-only bridge");
+    assert_eq!(
+        [read("disable_ipv6"), read("accept_ra"), read("autoconf")],
+        ["1", "0", "0"]
+    );
+    ns.run(|| sysctl::configure_bridge_ipv6("kvbr0", true))
+        .expect("run")
+        .expect("v6 bridge");
+    assert_eq!(
+        [read("disable_ipv6"), read("accept_ra"), read("autoconf")],
+        ["0", "0", "0"]
+    );
+    let (missing, escape) = ns
+        .run(|| {
+            (
+                sysctl::configure_bridge_ipv6("nosuch0", false),
+                sysctl::configure_bridge_ipv6("../all", false),
+            )
+        })
+        .expect("run");
+    let missing = missing.expect_err("no such bridge");
+    assert_eq!(
+        missing.to_string(),
+        "reading /proc/sys/net/ipv6/conf/nosuch0/disable_ipv6"
+    );
+    assert!(matches!(escape, Err(Error::InvalidName(_))));
+}
+
+#[test]
+fn link_needs_a_tokio_runtime() {
+    assert!(matches!(Link::new(), Err(Error::Connect(_))));
+}

@@ -1,0 +1,290 @@
+//! Tap devices, created through `/dev/net/tun` ioctls (netlink cannot create them).
+//!
+//! A tap is created in the network namespace of the thread that calls [`Tap::create`].
+//! Its fd is close-on-exec: whoever hands it to kvnet-vmm decides how it crosses over.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use super::{Error, Op, validate_ifname};
+
+/// Length of `struct virtio_net_hdr_v1`, the header kvnet-vmm exchanges with the tap.
+pub const VIRTIO_NET_HDR_V1_LEN: libc::c_int = 12;
+
+const TUN_DEVICE: &str = "/dev/net/tun";
+
+/// Tap, no packet-info prefix, virtio-net header on every frame, and fail rather than attach
+/// when a device with the name exists.
+const TAP_FLAGS: libc::c_int =
+    libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_TUN_EXCL;
+
+nix::ioctl_readwrite_bad!(tun_set_iff, libc::TUNSETIFF, libc::ifreq);
+nix::ioctl_write_int_bad!(tun_set_persist, libc::TUNSETPERSIST);
+nix::ioctl_write_ptr_bad!(tun_set_vnet_hdr_sz, libc::TUNSETVNETHDRSZ, libc::c_int);
+
+/// An open tap device: the fd carries the guest's frames.
+#[derive(Debug)]
+pub struct Tap {
+    fd: OwnedFd,
+    name: String,
+}
+
+impl Tap {
+    /// Creates a tap with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` and a 12-byte virtio-net
+    /// header. `name` may be a template such as `vnet%d`; [`Tap::name`] gives the name the
+    /// kernel chose. A persistent tap outlives this fd (delete it with
+    /// [`Link::delete_link`](super::Link::delete_link)); otherwise it disappears when the
+    /// last fd to it closes.
+    ///
+    /// Fails with [`Error::is_already_exists`] when any link already has the name.
+    pub fn create(name: &str, persistent: bool) -> Result<Tap, Error> {
+        validate_ifname(name)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(TUN_DEVICE)
+            .map_err(Error::OpenTun)?;
+        let mut request = ifreq_named(name);
+        // The union member TUNSETIFF reads; TAP_FLAGS fits the kernel's 16-bit field
+        // (IFF_TUN_EXCL is its top bit).
+        request.ifr_ifru.ifru_flags = TAP_FLAGS as libc::c_short;
+        // SAFETY: `file` is an open /dev/net/tun fd and `request` a fully initialised ifreq
+        // that outlives the call; TUNSETIFF reads it and writes the chosen name back into it.
+        unsafe { tun_set_iff(file.as_raw_fd(), &mut request) }.map_err(|errno| {
+            let source = match errno {
+                // With IFF_TUN_EXCL, EBUSY means "a device with this name exists".
+                nix::errno::Errno::EBUSY => io::Error::from_raw_os_error(libc::EEXIST),
+                other => io::Error::from(other),
+            };
+            Error::Kernel {
+                op: Op::CreateTap,
+                ifname: name.to_owned(),
+                source,
+            }
+        })?;
+        let tap = Tap {
+            name: name_of(&request.ifr_name),
+            fd: OwnedFd::from(file),
+        };
+        // Until it is made persistent, dropping `tap` on an error below removes the device.
+        let header_len = VIRTIO_NET_HDR_V1_LEN;
+        // SAFETY: the fd is an attached tap and `header_len` a live c_int the kernel only reads.
+        unsafe { tun_set_vnet_hdr_sz(tap.fd.as_raw_fd(), &header_len) }.map_err(|errno| {
+            Error::Kernel {
+                op: Op::CreateTap,
+                ifname: tap.name.clone(),
+                source: errno.into(),
+            }
+        })?;
+        if persistent {
+            tap.set_persistent(true)?;
+        }
+        tracing::debug!(tap = %tap.name, persistent, "created tap");
+        Ok(tap)
+    }
+
+    /// Makes the device outlive its fds (`true`) or vanish when the last one closes.
+    pub fn set_persistent(&self, persistent: bool) -> Result<(), Error> {
+        // SAFETY: the fd is an attached tap; TUNSETPERSIST takes its argument by value.
+        unsafe { tun_set_persist(self.fd.as_raw_fd(), libc::c_int::from(persistent)) }
+            .map(drop)
+            .map_err(|errno| Error::Kernel {
+                op: Op::SetPersistent(persistent),
+                ifname: self.name.clone(),
+                source: errno.into(),
+            })
+    }
+
+    /// The interface name the kernel gave the tap.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The fd, for handing to kvnet-vmm.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+}
+
+impl AsFd for Tap {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl From<Tap> for File {
+    fn from(tap: Tap) -> File {
+        File::from(tap.fd)
+    }
+}
+
+fn ifreq_named(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data (a name array and a union of integers and sockaddrs),
+    // for which all-zero bytes are a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    // validate_ifname guarantees at most IFNAMSIZ - 1 bytes, leaving the terminating NUL.
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    request
+}
+
+fn name_of(raw: &[libc::c_char; libc::IFNAMSIZ]) -> String {
+    let bytes: Vec<u8> = raw
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::{BridgeSpec, Link};
+    use serde_json::Value;
+    use testkit::{Need, Netns};
+
+    nix::ioctl_read_bad!(tun_get_vnet_hdr_sz, libc::TUNGETVNETHDRSZ, libc::c_int);
+
+    fn netns(tag: &str) -> Option<Netns> {
+        if !testkit::require(&[Need::Root, Need::Netns, Need::Tun]) {
+            return None;
+        }
+        Some(Netns::new(tag).expect("create test netns"))
+    }
+
+    fn link_json(ns: &Netns, name: &str) -> Value {
+        let out = ns
+            .sh(&format!("ip -j -d link show {name}"))
+            .expect("ip link show");
+        serde_json::from_str::<Vec<Value>>(&out).expect("json")[0].clone()
+    }
+
+    fn header_len(tap: &Tap) -> libc::c_int {
+        let mut len: libc::c_int = 0;
+        // SAFETY: the fd is an attached tap and `len` a live c_int the kernel writes.
+        unsafe { tun_get_vnet_hdr_sz(tap.as_fd().as_raw_fd(), &mut len) }.expect("TUNGETVNETHDRSZ");
+        len
+    }
+
+    #[test]
+    fn name_round_trips_through_ifreq() {
+        let request = ifreq_named("vnet%d");
+        assert_eq!(name_of(&request.ifr_name), "vnet%d");
+        let full = ifreq_named("123456789012345");
+        assert_eq!(name_of(&full.ifr_name), "123456789012345");
+        assert_eq!(full.ifr_name[15], 0);
+    }
+
+    #[test]
+    fn persistent_tap_joins_a_bridge_and_is_deleted_over_netlink() {
+        let Some(ns) = netns("tap-persist") else {
+            return;
+        };
+        let (name, len) = ns
+            .run(|| {
+                let tap = Tap::create("kvtap0", true).expect("create tap");
+                (tap.name().to_owned(), header_len(&tap))
+            })
+            .expect("run");
+        assert_eq!(name, "kvtap0");
+        assert_eq!(len, 12);
+        // The fd is closed now; the device stays.
+        let json = link_json(&ns, "kvtap0");
+        assert_eq!(json["linkinfo"]["info_kind"], "tun");
+        let data = &json["linkinfo"]["info_data"];
+        assert_eq!(data["type"], "tap");
+        assert_eq!(data["pi"], false);
+        assert_eq!(data["vnet_hdr"], true);
+        assert_eq!(data["persist"], true);
+
+        let deleted = ns
+            .run(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(async {
+                        let link = Link::new().expect("netlink");
+                        link.create_bridge(&BridgeSpec {
+                            name: "kvbr0".into(),
+                            mac: [0x52, 0x54, 0, 0, 0, 1],
+                            mtu: Some(9000),
+                            stp: false,
+                            forward_delay_secs: 0,
+                        })
+                        .await
+                        .expect("bridge");
+                        link.set_mac("kvtap0", [0xfe, 0x54, 0, 0x12, 0x34, 0x56])
+                            .await
+                            .expect("mac");
+                        link.set_mtu("kvtap0", 9000).await.expect("mtu");
+                        link.set_master("kvtap0", "kvbr0").await.expect("master");
+                        link.set_up("kvtap0").await.expect("up");
+                        let json = link_json(&ns, "kvtap0");
+                        assert_eq!(json["master"], "kvbr0");
+                        assert_eq!(json["address"], "fe:54:00:12:34:56");
+                        assert_eq!(json["mtu"], 9000);
+                        assert!(
+                            json["flags"]
+                                .as_array()
+                                .expect("flags")
+                                .contains(&Value::from("UP"))
+                        );
+                        let first = link.delete_link("kvtap0").await.expect("delete");
+                        let second = link.delete_link("kvtap0").await.expect("delete again");
+                        (first, second)
+                    })
+            })
+            .expect("run");
+        assert_eq!(deleted, (true, false));
+        assert!(ns.sh("ip link show kvtap0").is_err());
+    }
+
+    #[test]
+    fn transient_tap_lives_as_long_as_its_fd() {
+        let Some(ns) = netns("tap-transient") else {
+            return;
+        };
+        let tap = ns
+            .run(|| Tap::create("kvt%d", false))
+            .expect("run")
+            .expect("create");
+        assert_eq!(tap.name(), "kvt0");
+        assert_eq!(
+            link_json(&ns, "kvt0")["linkinfo"]["info_data"]["persist"],
+            false
+        );
+        let fd = tap.into_fd();
+        assert!(ns.sh("ip link show kvt0").is_ok());
+        drop(fd);
+        assert!(ns.sh("ip link show kvt0").is_err(), "gone with its last fd");
+    }
+
+    #[test]
+    fn taken_names_say_they_exist() {
+        let Some(ns) = netns("tap-exists") else {
+            return;
+        };
+        ns.sh("ip link add kvv0 type veth peer name kvv1")
+            .expect("veth");
+        let (over_tap, over_veth, bad) = ns
+            .run(|| {
+                let _first = Tap::create("kvtap0", false).expect("first");
+                (
+                    Tap::create("kvtap0", false),
+                    Tap::create("kvv0", false),
+                    Tap::create("a/b", false),
+                )
+            })
+            .expect("run");
+        let over_tap = over_tap.expect_err("tap name taken");
+        assert!(over_tap.is_already_exists(), "{over_tap:?}");
+        assert_eq!(over_tap.to_string(), "creating tap kvtap0");
+        assert!(over_veth.expect_err("veth name taken").is_already_exists());
+        assert!(matches!(bad, Err(Error::InvalidName(_))));
+        assert_eq!(link_json(&ns, "kvv0")["linkinfo"]["info_kind"], "veth");
+    }
+}
