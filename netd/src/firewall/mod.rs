@@ -1,1 +1,185 @@
-//! The only module that speaks nftables: one owned `inet kvnet` table, one atomic batch per change.
+//! The only module that speaks nftables: one owned `inet kvnet` table, one atomic batch per
+//! change, never a touch on anyone else's tables.
+//!
+//! # Layout of the table (see [`rules`] for the exact rules)
+//!
+//! ```text
+//! table inet kvnet {
+//!   set bridges          { type ifname }              every bridge with rules (not open)
+//!   map forward_oif      { type ifname : verdict }    bridge -> jump fwd-to-<bridge>
+//!   map forward_iif      { type ifname : verdict }    bridge -> jump fwd-from-<bridge>
+//!   map postrouting_iif  { type ifname : verdict }    bridge -> jump nat-<bridge> (nat mode)
+//!   chain input       filter hook input,  policy accept: DHCP/DNS from @bridges accept
+//!   chain output      filter hook output, policy accept: DHCP/DNS replies to @bridges accept
+//!   chain forward     filter hook forward, policy accept:
+//!                     oifname vmap @forward_oif; iifname vmap @forward_iif
+//!   chain postrouting nat hook postrouting (srcnat), policy accept: iifname vmap @postrouting_iif
+//!   chain fwd-to-<bridge>, fwd-from-<bridge>, nat-<bridge>   per network
+//! }
+//! ```
+//!
+//! Why this shape:
+//! - **One `inet` table** (not libvirt's `ip` + `ip6` pair): one batch covers both families,
+//!   and deleting it removes everything kvnet ever added. We never use the shared
+//!   `ip filter`/`ip nat` tables that iptables-nft and Docker own.
+//! - **Per-network regular chains keyed by the bridge name**, which is unique among active
+//!   networks and at most 15 bytes, so chain names are short and findable after a crash
+//!   ([`Firewall::bridges`]).
+//! - **Dispatch through verdict maps**, not one `jump` rule per network: a packet costs one
+//!   hash lookup per base chain however many networks exist, and adding or removing a network
+//!   is an element change instead of a rule whose handle we would have to remember. The
+//!   forward chain consults the destination bridge first (`fwd-to-*`: cross-bridge accept,
+//!   replies accepted, the rest rejected) and the source bridge second (`fwd-from-*`), which
+//!   is libvirt's order (its `guest_cross`, `guest_input`, `guest_output`), so a guest on one
+//!   NAT network cannot open connections into another.
+//! - **Host-side DHCP/DNS accepts are shared rules** on the `bridges` set. In our own table
+//!   they change nothing (our policy is accept); they exist so our counters show the traffic
+//!   and so that `nft list ruleset` states the intent. A drop policy in *another* table still
+//!   wins, because every base chain on a hook must accept: that is what
+//!   [`Firewall::foreign_drop_policies`] reports, so the daemon can warn (libvirt's nftables
+//!   backend silently loses DHCP/DNS there).
+//! - **NAT is dispatched by input interface**: guest traffic always enters through the bridge,
+//!   and matching it keeps our masquerade off packets of other interfaces that happen to use
+//!   an overlapping subnet. libvirt matches only on addresses; the difference is that a host
+//!   process that binds the bridge address and talks outside is not masqueraded (the kernel
+//!   picks the uplink's address for such flows anyway).
+//! - **Every change is one batch** that first (re)creates the table skeleton idempotently
+//!   (`add table`/`add chain`/`add set` are no-ops when present; the base chains are flushed
+//!   and their few dispatch rules re-added), then tears the bridge's objects down and builds
+//!   them again. Teardown is `add` then `delete` of every object the bridge may own, which
+//!   nft 1.0.6 (no `destroy` command yet) needs for "delete if present" inside one
+//!   transaction. The kernel applies the batch atomically: a failure anywhere leaves the
+//!   previous ruleset untouched, and a foreign flush of our table is healed by the next change.
+//!
+//! Backends: [`nft()`] runs the JSON through libnftables in-process ([`libnft`]); [`none()`]
+//! does nothing, for hosts or builds without a firewall.
+
+mod libnft;
+mod nft;
+mod none;
+pub mod rules;
+#[cfg(test)]
+mod tests;
+
+pub use rules::{render, render_removal, skeleton};
+
+/// The name of kvnet's nftables table (family `inet`).
+pub const TABLE: &str = "kvnet";
+
+/// What a network's forwarding mode asks of the firewall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleMode {
+    /// No `<forward>`: guests reach each other and the host, nothing is forwarded.
+    Isolated,
+    /// `<forward mode='nat'>`: IPv4 masqueraded (or SNATed) to the outside; IPv6 routed.
+    Nat,
+    /// `<forward mode='route'>`: forwarded both ways without translation.
+    Route,
+    /// `<forward mode='open'>`: no rules at all.
+    Open,
+}
+
+/// The firewall-relevant part of one active network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkRules {
+    /// The network's bridge; keys all of the network's nft objects.
+    pub bridge: String,
+    /// Forwarding mode.
+    pub mode: RuleMode,
+    /// `<forward dev=...>`: forward only through this interface.
+    pub forward_dev: Option<String>,
+    /// IPv4 subnets of the network (host bits are ignored).
+    pub ipv4: Vec<ipnet::Ipv4Net>,
+    /// IPv6 subnets of the network (host bits are ignored).
+    pub ipv6: Vec<ipnet::Ipv6Net>,
+    /// `<nat><address start end>`: SNAT to this range instead of masquerading.
+    pub nat_addresses: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+    /// `<nat><port start end>` for TCP and UDP; libvirt's default is 1024-65535.
+    pub nat_ports: (u16, u16),
+}
+
+/// Errors of the firewall module. nft's own text is part of the message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A name that cannot be a Linux interface name.
+    #[error("invalid {what} name {name:?} for bridge {bridge:?}: {reason}")]
+    InvalidName {
+        /// The bridge of the network being changed.
+        bridge: String,
+        /// Which name: "bridge" or "forward device".
+        what: &'static str,
+        /// The offending name.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A `<nat>` port or address range whose start is after its end (or port 0).
+    #[error("invalid nat {what} range {start}-{end} for bridge {bridge}")]
+    InvalidRange {
+        /// The bridge of the network being changed.
+        bridge: String,
+        /// "port" or "address".
+        what: &'static str,
+        /// Range start as written.
+        start: String,
+        /// Range end as written.
+        end: String,
+    },
+    /// libnftables could not be initialised.
+    #[error("cannot initialise libnftables: {message}")]
+    Init {
+        /// What went wrong.
+        message: String,
+    },
+    /// nft refused the batch for a bridge; nothing was changed.
+    #[error("cannot {action} firewall rules of bridge {bridge}: {nft}")]
+    Batch {
+        /// "apply" or "remove".
+        action: &'static str,
+        /// The bridge concerned.
+        bridge: String,
+        /// nft's error text.
+        nft: String,
+    },
+    /// A listing failed.
+    #[error("cannot list nftables {what}: {nft}")]
+    List {
+        /// What was listed.
+        what: &'static str,
+        /// nft's error text.
+        nft: String,
+    },
+    /// nft's JSON listing did not parse.
+    #[error("cannot parse the nftables listing of {what}")]
+    Parse {
+        /// What was listed.
+        what: &'static str,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A firewall backend. All methods act on the network namespace the backend was created in.
+pub trait Firewall: Send + Sync + std::fmt::Debug {
+    /// Atomically replaces the rules of `rules.bridge` (mode `Open` removes them).
+    fn apply(&self, rules: &NetworkRules) -> Result<(), Error>;
+    /// Atomically removes every rule of `bridge`; a bridge without rules is Ok.
+    fn remove(&self, bridge: &str) -> Result<(), Error>;
+    /// Bridges that have chains in our table (to prune leftovers after a crash), sorted.
+    fn bridges(&self) -> Result<Vec<String>, Error>;
+    /// Human descriptions of *other* tables' base chains on the input, forward or output
+    /// hooks with policy drop, e.g. `table ip filter chain FORWARD (hook forward) has policy
+    /// drop`: such a chain drops guest traffic whatever our table accepts.
+    fn foreign_drop_policies(&self) -> Result<Vec<String>, Error>;
+}
+
+/// The in-process libnftables backend, acting on the calling thread's network namespace.
+pub fn nft() -> Result<Box<dyn Firewall>, Error> {
+    Ok(Box::new(nft::NftFirewall::new()?))
+}
+
+/// A backend that changes nothing and reports nothing.
+pub fn none() -> Box<dyn Firewall> {
+    Box::new(none::NoFirewall)
+}

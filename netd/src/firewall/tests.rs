@@ -1,0 +1,406 @@
+//! Netns tier: the libnftables backend against a real kernel, each test in its own namespace.
+//! Every call into the backend runs on a thread inside the test's namespace (`Netns::run`),
+//! although a backend created there would keep acting on it from any thread.
+
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use testkit::{Need, Netns};
+
+use super::{Error, Firewall, NetworkRules, RuleMode};
+
+fn ready() -> bool {
+    testkit::require(&[Need::Root, Need::Netns, Need::Nft])
+}
+
+fn network(bridge: &str, mode: RuleMode, ipv4: &str) -> NetworkRules {
+    NetworkRules {
+        bridge: bridge.to_owned(),
+        mode,
+        forward_dev: None,
+        ipv4: vec![ipv4.parse().unwrap()],
+        ipv6: vec![],
+        nat_addresses: None,
+        nat_ports: (1024, 65535),
+    }
+}
+
+/// A backend created inside `ns`.
+fn backend(ns: &Netns) -> Box<dyn Firewall> {
+    ns.run(super::nft).unwrap().unwrap()
+}
+
+/// Runs `f` with the backend on a thread inside `ns`.
+fn inside<T: Send>(ns: &Netns, fw: &dyn Firewall, f: impl FnOnce(&dyn Firewall) -> T + Send) -> T {
+    ns.run(|| f(fw)).unwrap()
+}
+
+/// `nft -j list ruleset` in `ns`, as a list of objects.
+fn ruleset(ns: &Netns) -> Vec<Value> {
+    let json: Value = serde_json::from_str(&ns.sh("nft -j list ruleset").unwrap()).unwrap();
+    json["nftables"].as_array().unwrap().clone()
+}
+
+/// Rules of one chain of our table, as JSON expression arrays.
+fn chain_rules(objects: &[Value], chain: &str) -> Vec<Value> {
+    objects
+        .iter()
+        .filter_map(|object| object.get("rule"))
+        .filter(|rule| rule["table"] == "kvnet" && rule["chain"] == chain)
+        .map(|rule| rule["expr"].clone())
+        .collect()
+}
+
+/// Keys of a map or set of our table.
+fn elements(objects: &[Value], name: &str) -> Vec<String> {
+    let mut keys: Vec<String> = objects
+        .iter()
+        .filter_map(|object| object.get("map").or_else(|| object.get("set")))
+        .filter(|set| set["table"] == "kvnet" && set["name"] == name)
+        .flat_map(|set| set["elem"].as_array().cloned().unwrap_or_default())
+        .map(|elem| match elem {
+            Value::Array(pair) => pair[0].as_str().unwrap().to_owned(),
+            other => other.as_str().unwrap().to_owned(),
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn default_nat_network_lands_in_the_kernel() {
+    if !ready() {
+        return;
+    }
+    let ns = Netns::new("fw-nat").unwrap();
+    let fw = backend(&ns);
+    let default = network("virbr0", RuleMode::Nat, "192.168.122.1/24");
+    let started = Instant::now();
+    inside(&ns, &*fw, |fw| fw.apply(&default)).unwrap();
+    eprintln!("apply of one nat network (fresh table): {:?}", started.elapsed());
+
+    let objects = ruleset(&ns);
+    assert!(
+        objects
+            .iter()
+            .any(|o| o["table"]["family"] == "inet" && o["table"]["name"] == "kvnet"),
+        "no table inet kvnet in {objects:?}"
+    );
+    let nat = chain_rules(&objects, "nat-virbr0");
+    let masquerades: Vec<&Value> = nat
+        .iter()
+        .filter_map(|expr| expr.as_array()?.iter().find_map(|stmt| stmt.get("masquerade")))
+        .collect();
+    assert_eq!(masquerades.len(), 3, "{nat:?}");
+    let ranges: Vec<&Value> = masquerades.iter().filter_map(|m| m.get("port")).collect();
+    assert_eq!(ranges.len(), 2, "tcp and udp have a port range: {nat:?}");
+    for range in ranges {
+        assert_eq!(range["range"], serde_json::json!([1024, 65535]));
+    }
+    assert!(nat[0].to_string().contains("224.0.0.0"), "{nat:?}");
+    assert_eq!(elements(&objects, "postrouting_iif"), ["virbr0"]);
+    assert_eq!(elements(&objects, "forward_oif"), ["virbr0"]);
+    assert_eq!(elements(&objects, "bridges"), ["virbr0"]);
+    let to_guest = chain_rules(&objects, "fwd-to-virbr0").len();
+    assert_eq!(to_guest, 3, "cross accept, replies accept, reject");
+    assert_eq!(inside(&ns, &*fw, |fw| fw.bridges()).unwrap(), ["virbr0"]);
+
+    // Applying again replaces, never duplicates.
+    inside(&ns, &*fw, |fw| fw.apply(&default)).unwrap();
+    let again = ruleset(&ns);
+    assert_eq!(chain_rules(&again, "fwd-to-virbr0").len(), to_guest);
+    assert_eq!(chain_rules(&again, "forward").len(), 2);
+}
+
+#[test]
+fn removing_one_network_leaves_the_other_intact() {
+    if !ready() {
+        return;
+    }
+    let ns = Netns::new("fw-two").unwrap();
+    let fw = backend(&ns);
+    let first = network("kvbr-a", RuleMode::Nat, "192.168.61.0/24");
+    let second = network("kvbr-b", RuleMode::Route, "192.168.62.0/24");
+    inside(&ns, &*fw, |fw| fw.apply(&first)).unwrap();
+    inside(&ns, &*fw, |fw| fw.apply(&second)).unwrap();
+    assert_eq!(inside(&ns, &*fw, |fw| fw.bridges()).unwrap(), ["kvbr-a", "kvbr-b"]);
+    let second_chains = || ns.sh("nft -j list chain inet kvnet fwd-to-kvbr-b; nft -j list chain inet kvnet fwd-from-kvbr-b").unwrap();
+    let before = second_chains();
+
+    inside(&ns, &*fw, |fw| fw.remove("kvbr-a")).unwrap();
+    let objects = ruleset(&ns);
+    assert_eq!(second_chains(), before);
+    for map in ["forward_oif", "forward_iif", "bridges"] {
+        assert_eq!(elements(&objects, map), ["kvbr-b"], "{map}");
+    }
+    assert!(elements(&objects, "postrouting_iif").is_empty());
+    assert!(chain_rules(&objects, "nat-kvbr-a").is_empty());
+    assert!(
+        !objects.iter().any(|o| o["chain"]["name"]
+            .as_str()
+            .is_some_and(|name| name.ends_with("kvbr-a"))),
+        "kvbr-a chains left: {objects:?}"
+    );
+    assert_eq!(inside(&ns, &*fw, |fw| fw.bridges()).unwrap(), ["kvbr-b"]);
+
+    // Removing again, or a bridge that never had rules, is fine.
+    inside(&ns, &*fw, |fw| fw.remove("kvbr-a")).unwrap();
+    inside(&ns, &*fw, |fw| fw.remove("never-seen")).unwrap();
+    assert_eq!(second_chains(), before);
+
+    // Open mode means no rules: applying it removes them.
+    let open = NetworkRules { mode: RuleMode::Open, ..second };
+    inside(&ns, &*fw, |fw| fw.apply(&open)).unwrap();
+    assert!(inside(&ns, &*fw, |fw| fw.bridges()).unwrap().is_empty());
+}
+
+#[test]
+fn foreign_drop_policies_are_reported_and_never_touched() {
+    if !ready() {
+        return;
+    }
+    let ns = Netns::new("fw-foreign").unwrap();
+    // Docker's iptables-nft FORWARD drop, a ufw-like inet input drop, and an accept chain.
+    ns.sh(concat!(
+        "nft add table ip filter; ",
+        "nft add chain ip filter FORWARD '{ type filter hook forward priority 0; policy drop; }'; ",
+        "nft add rule ip filter FORWARD iifname docker0 accept; ",
+        "nft add table inet ufwlike; ",
+        "nft add chain inet ufwlike input '{ type filter hook input priority 0; policy drop; }'; ",
+        "nft add chain inet ufwlike output '{ type filter hook output priority 0; policy accept; }'; ",
+        "nft add chain inet ufwlike helper",
+    ))
+    .unwrap();
+    let foreign = || ns.sh("nft -j list table ip filter; nft -j list table inet ufwlike").unwrap();
+    let before = foreign();
+    let fw = backend(&ns);
+    inside(&ns, &*fw, |fw| {
+        fw.apply(&network("virbr0", RuleMode::Nat, "192.168.122.0/24"))
+    })
+    .unwrap();
+    let mut reported = inside(&ns, &*fw, |fw| fw.foreign_drop_policies()).unwrap();
+    reported.sort();
+    assert_eq!(
+        reported,
+        [
+            "table inet ufwlike chain input (hook input) has policy drop",
+            "table ip filter chain FORWARD (hook forward) has policy drop",
+        ]
+    );
+    inside(&ns, &*fw, |fw| fw.remove("virbr0")).unwrap();
+    assert_eq!(foreign(), before);
+}
+
+#[test]
+fn a_failing_batch_changes_nothing() {
+    if !ready() {
+        return;
+    }
+    let ns = Netns::new("fw-atomic").unwrap();
+    let fw = backend(&ns);
+    inside(&ns, &*fw, |fw| {
+        fw.apply(&network("kvbr-a", RuleMode::Nat, "192.168.71.0/24"))
+    })
+    .unwrap();
+    // Make the kernel refuse the next apply half-way: a verdict map cannot jump to a base
+    // chain, and one already sits where kvbr-b's chain goes.
+    ns.sh("nft add chain inet kvnet fwd-to-kvbr-b '{ type filter hook forward priority 5; }'")
+        .unwrap();
+    let snapshot = || ns.sh("nft -s list ruleset").unwrap();
+    let before = snapshot();
+    let err = inside(&ns, &*fw, |fw| {
+        fw.apply(&network("kvbr-b", RuleMode::Nat, "192.168.72.0/24"))
+    })
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, Error::Batch { action: "apply", .. }), "{err:?}");
+    assert!(message.contains("kvbr-b"), "{message}");
+    assert!(message.contains("Operation not supported"), "no nft text in: {message}");
+    assert_eq!(snapshot(), before);
+
+    // Removal that the kernel refuses (someone else jumps to our chain) is atomic too.
+    ns.sh("nft delete chain inet kvnet fwd-to-kvbr-b; nft add chain inet kvnet other; nft add rule inet kvnet other jump fwd-from-kvbr-a").unwrap();
+    let before = snapshot();
+    let err = inside(&ns, &*fw, |fw| fw.remove("kvbr-a")).unwrap_err();
+    assert!(err.to_string().contains("kvbr-a"), "{err}");
+    assert_eq!(snapshot(), before);
+
+    // Names are checked before nft sees them.
+    let mut bad = network("kvbr-c", RuleMode::Nat, "192.168.73.0/24");
+    bad.forward_dev = Some("eth0\"; flush ruleset".to_owned());
+    let err = inside(&ns, &*fw, |fw| fw.apply(&bad)).unwrap_err();
+    assert!(matches!(err, Error::InvalidName { .. }), "{err:?}");
+    assert_eq!(snapshot(), before);
+}
+
+#[test]
+fn a_foreign_flush_is_healed_by_the_next_change() {
+    if !ready() {
+        return;
+    }
+    let ns = Netns::new("fw-heal").unwrap();
+    let fw = backend(&ns);
+    let net = network("virbr0", RuleMode::Nat, "192.168.122.0/24");
+    inside(&ns, &*fw, |fw| fw.apply(&net)).unwrap();
+    ns.sh("nft flush ruleset").unwrap();
+    assert!(inside(&ns, &*fw, |fw| fw.bridges()).unwrap().is_empty());
+    inside(&ns, &*fw, |fw| fw.apply(&net)).unwrap();
+    assert_eq!(inside(&ns, &*fw, |fw| fw.bridges()).unwrap(), ["virbr0"]);
+    assert_eq!(chain_rules(&ruleset(&ns), "postrouting").len(), 1);
+}
+
+/// Three namespaces: `host` (bridge br0 192.168.50.1/24, uplink 10.77.0.1/24, forwarding
+/// on), `guest` (192.168.50.10 via br0) and `upstream` (10.77.0.2, no route back to the
+/// guest subnet, so only masqueraded traffic can be answered).
+struct Topology {
+    host: Netns,
+    guest: Netns,
+    upstream: Netns,
+}
+
+impl Topology {
+    fn new() -> Topology {
+        let topology = Topology {
+            host: Netns::new("fw-host").unwrap(),
+            guest: Netns::new("fw-guest").unwrap(),
+            upstream: Netns::new("fw-up").unwrap(),
+        };
+        let (guest, upstream) = (topology.guest.name(), topology.upstream.name());
+        topology
+            .host
+            .sh(&format!(
+                "set -e
+                 ip link add br0 type bridge
+                 ip addr add 192.168.50.1/24 dev br0
+                 ip link set br0 up
+                 ip link add vguest type veth peer name eth0 netns {guest}
+                 ip link set vguest master br0 up
+                 ip link add vup type veth peer name eth0 netns {upstream}
+                 ip addr add 10.77.0.1/24 dev vup
+                 ip link set vup up
+                 echo 1 > /proc/sys/net/ipv4/ip_forward"
+            ))
+            .unwrap();
+        topology
+            .guest
+            .sh("set -e; ip addr add 192.168.50.10/24 dev eth0; ip link set eth0 up; ip route add default via 192.168.50.1")
+            .unwrap();
+        topology
+            .upstream
+            .sh("set -e; ip addr add 10.77.0.2/24 dev eth0; ip link set eth0 up")
+            .unwrap();
+        topology
+    }
+
+    /// Connects from the guest, from source port 700, to a listener in upstream; returns
+    /// the peer address the server saw, or the client's error.
+    fn connect(&self) -> Result<SocketAddrV4, String> {
+        let server = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 2), 8080);
+        let listener = self.upstream.run(|| TcpListener::bind(server)).unwrap().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        self.guest.run(|| connect_from_low_port(server)).unwrap()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match listener.accept() {
+                Ok((_, std::net::SocketAddr::V4(peer))) => return Ok(peer),
+                Ok((_, peer)) => return Err(format!("unexpected peer {peer}")),
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(format!("server saw no connection: {e}")),
+            }
+        }
+    }
+}
+
+/// A TCP connection from 192.168.50.10:700 (below 1024, which NAT must not keep), bounded
+/// by a 3 s send timeout (Linux applies it to connect).
+fn connect_from_low_port(server: SocketAddrV4) -> Result<TcpStream, String> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
+    };
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| e.to_string())?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| e.to_string())?;
+    setsockopt(&fd, sockopt::SendTimeout, &nix::sys::time::TimeVal::new(3, 0))
+        .map_err(|e| e.to_string())?;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(192, 168, 50, 10, 700)).map_err(|e| e.to_string())?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(server)).map_err(|e| format!("connect: {e}"))?;
+    Ok(TcpStream::from(fd))
+}
+
+#[test]
+fn nat_masquerades_guest_traffic_and_isolated_does_not_forward() {
+    if !ready() {
+        return;
+    }
+    let net = Topology::new();
+    let fw = backend(&net.host);
+    let nat = network("br0", RuleMode::Nat, "192.168.50.0/24");
+    inside(&net.host, &*fw, |fw| fw.apply(&nat)).unwrap();
+    let peer = net.connect().expect("guest reaches upstream through nat");
+    assert_eq!(*peer.ip(), Ipv4Addr::new(10, 77, 0, 1), "masqueraded to the uplink address");
+    assert!(peer.port() >= 1024, "source port {} kept below 1024", peer.port());
+
+    // The same bridge as an isolated network: nothing leaves it.
+    let isolated = NetworkRules { mode: RuleMode::Isolated, ..nat.clone() };
+    inside(&net.host, &*fw, |fw| fw.apply(&isolated)).unwrap();
+    let refused = net.connect();
+    assert!(refused.is_err(), "isolated network forwarded: {refused:?}");
+
+    // And back to nat, with a configured port range this time.
+    let ranged = NetworkRules { nat_ports: (2000, 2010), ..nat };
+    inside(&net.host, &*fw, |fw| fw.apply(&ranged)).unwrap();
+    let peer = net.connect().expect("guest reaches upstream again");
+    assert!((2000..=2010).contains(&peer.port()), "port {} outside 2000-2010", peer.port());
+}
+
+/// Prints what one apply and one remove cost with `KVNET_FW_NETWORKS` (default 1000) other
+/// networks present. Ignored by default (it takes seconds); run with
+/// `cargo test -p kvnet-netd --lib firewall::tests::apply_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing report, not a check"]
+fn apply_cost_with_many_networks() {
+    if !ready() {
+        return;
+    }
+    let count: u32 = std::env::var("KVNET_FW_NETWORKS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(1000);
+    let ns = Netns::new("fw-cost").unwrap();
+    let fw = backend(&ns);
+    let rules = |i: u32| {
+        network(
+            &format!("kvbr{i}"),
+            RuleMode::Nat,
+            &format!("10.{}.{}.0/24", 100 + i / 256, i % 256),
+        )
+    };
+    inside(&ns, &*fw, |fw| {
+        let started = Instant::now();
+        fw.apply(&rules(0)).unwrap();
+        eprintln!("first apply (creates the table): {:?}", started.elapsed());
+        let started = Instant::now();
+        fw.apply(&rules(1)).unwrap();
+        eprintln!("apply with 1 network present: {:?}", started.elapsed());
+        let started = Instant::now();
+        for i in 2..count {
+            fw.apply(&rules(i)).unwrap();
+        }
+        eprintln!("applies 3..{count}: {:?} in total", started.elapsed());
+        let started = Instant::now();
+        fw.apply(&rules(count)).unwrap();
+        eprintln!("apply with {count} networks present: {:?}", started.elapsed());
+        let started = Instant::now();
+        fw.remove(&format!("kvbr{count}")).unwrap();
+        eprintln!("remove with {count} networks present: {:?}", started.elapsed());
+        let started = Instant::now();
+        let bridges = fw.bridges().unwrap();
+        eprintln!("bridges() listing {} bridges: {:?}", bridges.len(), started.elapsed());
+        assert_eq!(bridges.len(), count as usize);
+    });
+}
