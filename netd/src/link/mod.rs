@@ -1,8 +1,10 @@
-//! The only module that speaks netlink: bridges, addresses, links, routes; plus sysctls.
+//! The only module that speaks netlink: bridges, addresses, links, routes; plus the network
+//! sysctls and tap devices.
 //!
 //! Everything here acts on the network namespace of the thread that created the [`Link`]
-//! (netlink) or that calls a [`sysctl`] function (`/proc/sys/net` follows the calling thread's
-//! namespace), so the daemon and the tests can run inside a namespace.
+//! (netlink), or that calls a [`sysctl`] function or [`tap::Tap::create`] (`/proc/sys/net` and
+//! `/dev/net/tun` follow the calling thread's namespace), so the daemon and the tests can run
+//! inside a namespace.
 
 mod netlink;
 pub mod sysctl;
