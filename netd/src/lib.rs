@@ -2,6 +2,7 @@
 
 pub mod firewall;
 pub mod link;
+pub mod virsh;
 pub mod xml;
 
 use std::process::ExitCode;
