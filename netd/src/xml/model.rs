@@ -8,12 +8,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
 use super::{Error, MAX_BRIDGE_ID};
 
 /// One libvirt virtual network definition (`<network>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetworkDef {
     /// `<name>`: unique per host, also the config file name.
     pub name: String,
@@ -40,7 +41,8 @@ pub struct NetworkDef {
 }
 
 /// How traffic leaves the network (`<forward mode>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ForwardMode {
     /// No `<forward>`: host-only network.
     #[default]
@@ -85,7 +87,7 @@ impl fmt::Display for ForwardMode {
 }
 
 /// `<forward>` element.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Forward {
     /// Forwarding mode.
     pub mode: ForwardMode,
@@ -96,7 +98,7 @@ pub struct Forward {
 }
 
 /// `<nat>` inside `<forward mode='nat'>`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Nat {
     /// `ipv6='yes|no'`: also masquerade IPv6.
     pub ipv6: Option<bool>,
@@ -114,7 +116,7 @@ impl Nat {
 }
 
 /// `<nat><address start end/></nat>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct NatAddressRange {
     /// First SNAT address.
     pub start: Ipv4Addr,
@@ -123,7 +125,7 @@ pub struct NatAddressRange {
 }
 
 /// `<nat><port start end/></nat>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PortRange {
     /// First source port (1..=65535).
     pub start: u16,
@@ -138,7 +140,7 @@ pub const DEFAULT_NAT_PORTS: PortRange = PortRange {
 };
 
 /// `<bridge>` element.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Bridge {
     /// `name`: Linux bridge device name (at most 15 bytes).
     pub name: Option<String>,
@@ -159,7 +161,7 @@ impl Default for Bridge {
 }
 
 /// `<domain name localOnly/>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Domain {
     /// DNS domain of the network.
     pub name: String,
@@ -168,7 +170,7 @@ pub struct Domain {
 }
 
 /// `<dns>` element (all fields empty means no element).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Dns {
     /// `enable='yes|no'`; absent means enabled.
     pub enable: Option<bool>,
@@ -200,7 +202,7 @@ impl Dns {
 }
 
 /// `<forwarder addr domain/>`: upstream server, optionally per domain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DnsForwarder {
     /// Upstream server address.
     pub addr: Option<IpAddr>,
@@ -209,7 +211,7 @@ pub struct DnsForwarder {
 }
 
 /// `<txt name value/>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DnsTxt {
     /// Record name (no spaces or commas).
     pub name: String,
@@ -218,7 +220,7 @@ pub struct DnsTxt {
 }
 
 /// `<srv service protocol domain target port priority weight/>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DnsSrv {
     /// Service name, e.g. `ldap`.
     pub service: String,
@@ -237,7 +239,7 @@ pub struct DnsSrv {
 }
 
 /// `<host ip><hostname>..</hostname>+</host>` inside `<dns>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DnsHost {
     /// Address the names resolve to.
     pub ip: IpAddr,
@@ -246,7 +248,8 @@ pub struct DnsHost {
 }
 
 /// `family` attribute of `<ip>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum IpFamily {
     /// `ipv4`
     Ipv4,
@@ -265,7 +268,7 @@ impl IpFamily {
 }
 
 /// `<ip>` element: an address of the bridge plus optional DHCP.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IpDef {
     /// `family` as written (libvirt requires `ipv6` for IPv6 addresses).
     pub family: Option<IpFamily>,
@@ -346,7 +349,7 @@ fn classful_prefix(addr: Ipv4Addr) -> Option<u8> {
 }
 
 /// `<range start end>` inside `<dhcp>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DhcpRange {
     /// First address handed out.
     pub start: IpAddr,
@@ -357,7 +360,7 @@ pub struct DhcpRange {
 }
 
 /// `<host mac id name ip>` inside `<dhcp>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DhcpHost {
     /// Client MAC (IPv4 only).
     pub mac: Option<MacAddr>,
@@ -372,7 +375,7 @@ pub struct DhcpHost {
 }
 
 /// `<lease expiry unit/>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Lease {
     /// Lease time in `unit`s; 0 means infinite.
     pub expiry: u64,
@@ -396,7 +399,8 @@ impl Lease {
 }
 
 /// `unit` attribute of `<lease>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LeaseUnit {
     /// `seconds`
     Seconds,
@@ -447,6 +451,12 @@ impl fmt::Display for MacAddr {
     }
 }
 
+impl Serialize for MacAddr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// Error parsing a [`MacAddr`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid MAC address '{0}'")]
@@ -455,12 +465,12 @@ pub struct MacAddrParseError(pub String);
 impl FromStr for MacAddr {
     type Err = MacAddrParseError;
 
-    /// Accepts six groups of one or two hex digits separated by `:` or `-`
-    /// (libvirt's `virMacAddrParse` also accepts `52:54:0:7b:35:93`).
+    /// Accepts six groups of one or two hex digits separated by `:`, like
+    /// libvirt's `virMacAddrParse` (so `52:54:0:7b:35:93` is valid).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || MacAddrParseError(s.to_string());
         let mut out = [0u8; 6];
-        let mut parts = s.split([':', '-']);
+        let mut parts = s.split(':');
         for byte in &mut out {
             let part = parts.next().ok_or_else(err)?;
             if part.is_empty() || part.len() > 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {

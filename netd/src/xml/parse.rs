@@ -321,7 +321,8 @@ impl Parser {
             return Err(self.unsupported_child(element, extra));
         }
         if let Some(interface) = interfaces.first() {
-            self.check_attrs(interface, &["dev"])?;
+            // `connections` is a live counter in net-dumpxml output; ignored like libvirt does.
+            self.check_attrs(interface, &["dev", "connections"])?;
             self.check_leaf(interface)?;
             let dev = self.required(interface, "dev")?;
             if mode == ForwardMode::Bridge {

@@ -1113,3 +1113,27 @@ fn programmatic_edits_are_revalidated() {
         "forward dev requires a <forward> element in network 'default'"
     );
 }
+
+#[test]
+fn live_dumpxml_connection_counters_are_accepted() {
+    // `virsh net-dumpxml` of a running network carries read-only counters.
+    let def = parse(
+        "<network connections='2'><name>n</name><forward dev='eth0' mode='nat'>\
+         <interface dev='eth0' connections='2'/></forward><ip address='10.0.0.1' prefix='24'/></network>",
+    );
+    assert_eq!(def.forward.dev.as_deref(), Some("eth0"));
+    assert!(!def.to_xml().contains("connections"));
+}
+
+#[test]
+fn model_serializes_to_json_for_the_api() {
+    let mut def = parse(DEFAULT_XML);
+    def.mac = Some("52:54:00:aa:bb:cc".parse().unwrap());
+    let json = serde_json::to_value(&def).unwrap();
+    assert_eq!(json["name"], "default");
+    assert_eq!(json["forward"]["mode"], "nat");
+    assert_eq!(json["mac"], "52:54:00:aa:bb:cc");
+    assert_eq!(json["bridge"]["name"], "virbr0");
+    assert_eq!(json["ips"][0]["netmask"], "255.255.255.0");
+    assert_eq!(json["ips"][0]["dhcp_ranges"][0]["start"], "192.168.122.2");
+}
