@@ -503,6 +503,7 @@ fn mac_addresses_parse_and_print_like_libvirt() {
     );
     for bad in [
         "",
+        "52-54-00-7b-35-93",
         "52:54:00:7b:35",
         "52:54:00:7b:35:93:11",
         "52:54:00:7b:35:zz",
