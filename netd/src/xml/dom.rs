@@ -28,6 +28,11 @@ impl Element {
     }
 }
 
+/// Deepest element nesting accepted. The network schema needs 5 levels;
+/// the cap keeps hostile documents from building trees whose recursive drop
+/// could exhaust the stack.
+const MAX_DEPTH: usize = 32;
+
 /// Converts a byte offset into 1-based (line, column).
 fn line_col(input: &str, offset: u64) -> (u64, u64) {
     let offset = usize::try_from(offset)
@@ -76,6 +81,9 @@ pub(crate) fn parse_document(input: &str) -> Result<Element, Error> {
                 let element = start_element(input, &reader, &start, tag_line(&reader))?;
                 if stack.is_empty() && root.is_some() {
                     return Err(malformed(input, before, "content after the root element"));
+                }
+                if stack.len() >= MAX_DEPTH {
+                    return Err(malformed(input, before, "elements nested too deeply"));
                 }
                 stack.push(element);
             }

@@ -190,6 +190,9 @@ impl Parser {
             }
         }
         self.check_no_text(root)?;
+        if !root.children.iter().any(|child| child.name == "name") {
+            return Err(invalid("missing <name> element in network definition"));
+        }
 
         let mut name = None;
         let mut uuid = None;
