@@ -251,6 +251,13 @@ pub struct DhcpLeaseRow {
     pub client_id: Option<String>,
 }
 
+/// Local wall-clock time of a Unix timestamp, as virsh shows lease expiry
+/// (`g_date_time_new_from_unix_local`); `None` if out of range.
+pub fn local_time(unix_seconds: i64) -> Option<chrono::NaiveDateTime> {
+    chrono::DateTime::from_timestamp(unix_seconds, 0)
+        .map(|utc| utc.with_timezone(&chrono::Local).naive_local())
+}
+
 /// `virsh net-dhcp-leases NAME` table, rows sorted case-insensitively by
 /// MAC address; missing hostname/client id print as `-`.
 pub fn net_dhcp_leases(leases: &[DhcpLeaseRow], quiet: bool) -> String {
@@ -439,6 +446,19 @@ Bridge:         virbr0
         let out = net_dhcp_leases(&leases, false);
         assert_eq!(out.lines().nth(1).unwrap().len(), 144);
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn local_time_converts_through_the_local_zone() {
+        use chrono::TimeZone;
+        // The lease from the vagrant-libvirt status file example (§1.5).
+        let shown = local_time(1_424_258_362).unwrap();
+        let back = chrono::Local
+            .from_local_datetime(&shown)
+            .earliest()
+            .unwrap();
+        assert_eq!(back.timestamp(), 1_424_258_362);
+        assert_eq!(local_time(i64::MAX), None);
     }
 
     #[test]
