@@ -1,1 +1,0 @@
-//! Libvirt network XML <-> the network model (issue 2). Filled by the xml work.

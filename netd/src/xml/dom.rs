@@ -1,0 +1,194 @@
+//! A minimal element tree read with quick-xml, keeping source lines so later
+//! errors can point at the offending element.
+
+use quick_xml::Reader;
+use quick_xml::escape::resolve_predefined_entity;
+use quick_xml::events::{BytesStart, Event};
+
+use super::Error;
+
+/// One element: qualified name, attributes in document order, child
+/// elements, and the concatenated character data directly inside it.
+#[derive(Debug, Clone)]
+pub(crate) struct Element {
+    pub name: String,
+    pub attrs: Vec<(String, String)>,
+    pub children: Vec<Element>,
+    pub text: String,
+    pub line: u64,
+}
+
+impl Element {
+    /// Value of attribute `name`, if present.
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Deepest element nesting accepted. The network schema needs 5 levels;
+/// the cap keeps hostile documents from building trees whose recursive drop
+/// could exhaust the stack.
+const MAX_DEPTH: usize = 32;
+
+/// Converts a byte offset into 1-based (line, column).
+fn line_col(input: &str, offset: u64) -> (u64, u64) {
+    let offset = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(input.len());
+    let before = &input.as_bytes()[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line as u64, column as u64)
+}
+
+fn malformed(input: &str, offset: u64, reason: impl Into<String>) -> Error {
+    let (line, column) = line_col(input, offset);
+    Error::Malformed {
+        line,
+        column,
+        reason: reason.into(),
+    }
+}
+
+/// Parses `input` into its single root element. Comments, the XML
+/// declaration and processing instructions are skipped (libvirt's config
+/// files start with a warning comment); a DOCTYPE is refused.
+pub(crate) fn parse_document(input: &str) -> Result<Element, Error> {
+    let mut reader = Reader::from_str(input);
+    reader.config_mut().check_end_names = true;
+    let mut stack: Vec<Element> = Vec::new();
+    let mut root: Option<Element> = None;
+
+    loop {
+        let before = reader.buffer_position();
+        let event = reader
+            .read_event()
+            .map_err(|e| malformed(input, reader.error_position(), e.to_string()))?;
+        let tag_line = |reader: &Reader<&[u8]>| {
+            // The tag ends at buffer_position(); find its '<' for the line.
+            let end = usize::try_from(reader.buffer_position()).unwrap_or(0);
+            let start = input.as_bytes()[..end.min(input.len())]
+                .iter()
+                .rposition(|&b| b == b'<')
+                .unwrap_or(0);
+            line_col(input, start as u64).0
+        };
+        match event {
+            Event::Start(start) => {
+                let element = start_element(input, &reader, &start, tag_line(&reader))?;
+                if stack.is_empty() && root.is_some() {
+                    return Err(malformed(input, before, "content after the root element"));
+                }
+                if stack.len() >= MAX_DEPTH {
+                    return Err(malformed(input, before, "elements nested too deeply"));
+                }
+                stack.push(element);
+            }
+            Event::Empty(start) => {
+                let element = start_element(input, &reader, &start, tag_line(&reader))?;
+                attach(input, before, &mut stack, &mut root, element)?;
+            }
+            Event::End(_) => {
+                let element = stack
+                    .pop()
+                    .ok_or_else(|| malformed(input, before, "unexpected end tag"))?;
+                attach(input, before, &mut stack, &mut root, element)?;
+            }
+            Event::Text(text) => {
+                let text = text
+                    .xml10_content()
+                    .map_err(|e| malformed(input, before, e.to_string()))?;
+                push_text(input, before, &mut stack, &text)?;
+            }
+            Event::CData(data) => {
+                let text = data
+                    .xml10_content()
+                    .map_err(|e| malformed(input, before, e.to_string()))?;
+                push_text(input, before, &mut stack, &text)?;
+            }
+            Event::GeneralRef(reference) => {
+                let resolved = if reference.is_char_ref() {
+                    reference
+                        .resolve_char_ref()
+                        .map_err(|e| malformed(input, before, e.to_string()))?
+                        .map(String::from)
+                } else {
+                    let name = reference
+                        .decode()
+                        .map_err(|e| malformed(input, before, e.to_string()))?;
+                    resolve_predefined_entity(&name).map(str::to_string)
+                };
+                let text = resolved.ok_or_else(|| {
+                    malformed(input, before, "unknown entity reference".to_string())
+                })?;
+                push_text(input, before, &mut stack, &text)?;
+            }
+            Event::DocType(_) => {
+                return Err(malformed(input, before, "DOCTYPE is not allowed"));
+            }
+            Event::Comment(_) | Event::Decl(_) | Event::PI(_) => {}
+            Event::Eof => break,
+        }
+    }
+    if let Some(open) = stack.last() {
+        return Err(malformed(
+            input,
+            input.len() as u64,
+            format!("unexpected end of document, <{}> is not closed", open.name),
+        ));
+    }
+    root.ok_or_else(|| malformed(input, input.len() as u64, "no root element"))
+}
+
+fn start_element(
+    input: &str,
+    reader: &Reader<&[u8]>,
+    start: &BytesStart<'_>,
+    line: u64,
+) -> Result<Element, Error> {
+    let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
+    let mut attrs = Vec::new();
+    for attr in start.attributes().with_checks(true) {
+        let attr = attr.map_err(|e| malformed(input, reader.buffer_position(), e.to_string()))?;
+        let key = String::from_utf8_lossy(attr.key.as_ref()).into_owned();
+        let value = attr
+            .decode_and_unescape_value(reader.decoder())
+            .map_err(|e| malformed(input, reader.buffer_position(), e.to_string()))?
+            .into_owned();
+        attrs.push((key, value));
+    }
+    Ok(Element {
+        name,
+        attrs,
+        children: Vec::new(),
+        text: String::new(),
+        line,
+    })
+}
+
+fn attach(
+    input: &str,
+    offset: u64,
+    stack: &mut [Element],
+    root: &mut Option<Element>,
+    element: Element,
+) -> Result<(), Error> {
+    match stack.last_mut() {
+        Some(parent) => parent.children.push(element),
+        None if root.is_none() => *root = Some(element),
+        None => return Err(malformed(input, offset, "content after the root element")),
+    }
+    Ok(())
+}
+
+fn push_text(input: &str, offset: u64, stack: &mut [Element], text: &str) -> Result<(), Error> {
+    match stack.last_mut() {
+        Some(element) => element.text.push_str(text),
+        None if text.trim().is_empty() => {}
+        None => return Err(malformed(input, offset, "text outside the root element")),
+    }
+    Ok(())
+}

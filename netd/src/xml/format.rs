@@ -1,0 +1,304 @@
+//! [`NetworkDef`] -> XML, byte-compatible with libvirt's
+//! `virNetworkDefFormatBuf` (src/conf/network_conf.c).
+
+use std::fmt::Write as _;
+
+use super::model::{DhcpHost, DhcpRange, Dns, IpDef, Lease, NetworkDef};
+
+/// Characters that are safe in a shell command line, as libvirt's
+/// `virXMLPickShellSafeComment` decides whether to name the network or its
+/// uuid in the config file header.
+fn shell_safe(text: &str) -> bool {
+    const UNSAFE: &str = "\r\t\n !\"#$&'()*;<>?[\\]^`{|}~";
+    !text.is_empty() && !text.contains(|c| UNSAFE.contains(c)) && !text.contains("--")
+}
+
+/// Escapes text for an element body or a single-quoted attribute the way
+/// libvirt's `virBufferEscapeString` does.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {
+                let _ = write!(out, "&#x{:x};", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Line-oriented writer with libvirt's two-space indentation.
+struct Out {
+    buf: String,
+    indent: usize,
+}
+
+impl Out {
+    fn line(&mut self, text: &str) {
+        for _ in 0..self.indent {
+            self.buf.push_str("  ");
+        }
+        self.buf.push_str(text);
+        self.buf.push('\n');
+    }
+
+    fn open(&mut self, text: &str) {
+        self.line(text);
+        self.indent += 1;
+    }
+
+    fn close(&mut self, text: &str) {
+        self.indent = self.indent.saturating_sub(1);
+        self.line(text);
+    }
+}
+
+/// ` name='value'` with escaping, or nothing for `None`.
+fn attr(name: &str, value: Option<impl ToString>) -> String {
+    value
+        .map(|v| format!(" {name}='{}'", escape(&v.to_string())))
+        .unwrap_or_default()
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value { "yes" } else { "no" }
+}
+
+impl NetworkDef {
+    /// The definition as libvirt formats it (`net-dumpxml`), ending in a newline.
+    pub fn to_xml(&self) -> String {
+        let mut out = Out {
+            buf: String::new(),
+            indent: 0,
+        };
+        out.open("<network>");
+        out.line(&format!("<name>{}</name>", escape(&self.name)));
+        if let Some(uuid) = self.uuid {
+            out.line(&format!("<uuid>{uuid}</uuid>"));
+        }
+        if let Some(title) = &self.title {
+            out.line(&format!("<title>{}</title>", escape(title)));
+        }
+        if let Some(description) = &self.description {
+            out.line(&format!(
+                "<description>{}</description>",
+                escape(description)
+            ));
+        }
+        self.format_forward(&mut out);
+        let managed = self.forward.mode.has_managed_bridge();
+        if managed || self.bridge.name.is_some() {
+            let mut bridge = format!("<bridge{}", attr("name", self.bridge.name.as_ref()));
+            if managed {
+                let stp = if self.bridge.stp { "on" } else { "off" };
+                let _ = write!(bridge, " stp='{stp}' delay='{}'", self.bridge.delay);
+            }
+            bridge.push_str("/>");
+            out.line(&bridge);
+        }
+        if let Some(mtu) = self.mtu {
+            out.line(&format!("<mtu size='{mtu}'/>"));
+        }
+        if let Some(mac) = self.mac {
+            out.line(&format!("<mac address='{mac}'/>"));
+        }
+        if let Some(domain) = &self.domain {
+            out.line(&format!(
+                "<domain{}{}/>",
+                attr("name", Some(&domain.name)),
+                attr("localOnly", domain.local_only.map(yes_no))
+            ));
+        }
+        format_dns(&mut out, &self.dns);
+        for ip in &self.ips {
+            format_ip(&mut out, ip);
+        }
+        out.close("</network>");
+        out.buf
+    }
+
+    fn format_forward(&self, out: &mut Out) {
+        let Some(mode) = self.forward.mode.as_libvirt_str() else {
+            return;
+        };
+        let nat = &self.forward.nat;
+        let head = format!(
+            "<forward{} mode='{mode}'",
+            attr("dev", self.forward.dev.as_ref())
+        );
+        // libvirt stores `dev` as the first pool interface and writes it
+        // back as an `<interface>` child too.
+        let short = self.forward.dev.is_none()
+            && nat.address.is_none()
+            && nat.port.is_none()
+            && nat.ipv6.is_none();
+        if short {
+            out.line(&format!("{head}/>"));
+            return;
+        }
+        out.open(&format!("{head}>"));
+        if !nat.is_empty() {
+            let nat_head = format!("<nat{}", attr("ipv6", nat.ipv6.map(yes_no)));
+            if nat.address.is_none() && nat.port.is_none() {
+                out.line(&format!("{nat_head}/>"));
+            } else {
+                out.open(&format!("{nat_head}>"));
+                if let Some(range) = nat.address {
+                    out.line(&format!(
+                        "<address start='{}' end='{}'/>",
+                        range.start, range.end
+                    ));
+                }
+                if let Some(ports) = nat.port {
+                    out.line(&format!(
+                        "<port start='{}' end='{}'/>",
+                        ports.start, ports.end
+                    ));
+                }
+                out.close("</nat>");
+            }
+        }
+        if let Some(dev) = &self.forward.dev {
+            out.line(&format!("<interface dev='{}'/>", escape(dev)));
+        }
+        out.close("</forward>");
+    }
+
+    /// The persisted config file: libvirt's warning header naming
+    /// `kvnet net-edit NAME` (or the uuid when the name is not shell-safe),
+    /// a blank line, then [`NetworkDef::to_xml`].
+    pub fn to_config_file(&self) -> String {
+        let uuid = self.uuid.map(|u| u.to_string());
+        let target = if shell_safe(&self.name) {
+            Some(self.name.clone())
+        } else {
+            uuid.filter(|u| shell_safe(u))
+        };
+        let command = match target {
+            Some(target) => format!("kvnet net-edit {target}"),
+            None => "kvnet net-edit".to_string(),
+        };
+        format!(
+            "<!--\n\
+             WARNING: THIS IS AN AUTO-GENERATED FILE. CHANGES TO IT ARE LIKELY TO BE\n\
+             OVERWRITTEN AND LOST. Changes to this xml configuration should be made using:\n  \
+             {command}\n\
+             or other application using the libvirt API.\n\
+             -->\n\n{}",
+            self.to_xml()
+        )
+    }
+}
+
+fn format_dns(out: &mut Out, dns: &Dns) {
+    if dns.is_empty() {
+        return;
+    }
+    let head = format!(
+        "<dns{}{}",
+        attr("enable", dns.enable.map(yes_no)),
+        attr("forwardPlainNames", dns.forward_plain_names.map(yes_no))
+    );
+    if !dns.has_records() {
+        out.line(&format!("{head}/>"));
+        return;
+    }
+    out.open(&format!("{head}>"));
+    for forwarder in &dns.forwarders {
+        out.line(&format!(
+            "<forwarder{}{}/>",
+            attr("domain", forwarder.domain.as_ref()),
+            attr("addr", forwarder.addr)
+        ));
+    }
+    for txt in &dns.txts {
+        out.line(&format!(
+            "<txt name='{}' value='{}'/>",
+            escape(&txt.name),
+            escape(&txt.value)
+        ));
+    }
+    for srv in &dns.srvs {
+        out.line(&format!(
+            "<srv service='{}' protocol='{}'{}{}{}{}{}/>",
+            escape(&srv.service),
+            escape(&srv.protocol),
+            attr("domain", srv.domain.as_ref()),
+            attr("target", srv.target.as_ref()),
+            attr("port", srv.port),
+            attr("priority", srv.priority),
+            attr("weight", srv.weight)
+        ));
+    }
+    for host in &dns.hosts {
+        out.open(&format!("<host ip='{}'>", host.ip));
+        for hostname in &host.hostnames {
+            out.line(&format!("<hostname>{}</hostname>", escape(hostname)));
+        }
+        out.close("</host>");
+    }
+    out.close("</dns>");
+}
+
+fn format_ip(out: &mut Out, ip: &IpDef) {
+    out.open(&format!(
+        "<ip{}{}{}{}{}>",
+        attr("family", ip.family.map(|f| f.as_str())),
+        attr("address", Some(ip.address)),
+        attr("netmask", ip.netmask),
+        attr("prefix", ip.prefix),
+        attr("localPtr", ip.local_ptr.map(yes_no))
+    ));
+    if ip.has_dhcp() {
+        out.open("<dhcp>");
+        for range in &ip.dhcp_ranges {
+            format_range(out, range);
+        }
+        for host in &ip.dhcp_hosts {
+            format_host(out, host);
+        }
+        out.close("</dhcp>");
+    }
+    out.close("</ip>");
+}
+
+fn format_with_lease(out: &mut Out, element: &str, head: String, lease: Option<Lease>) {
+    match lease {
+        None => out.line(&format!("{head}/>")),
+        Some(lease) => {
+            out.open(&format!("{head}>"));
+            if lease.expiry == 0 {
+                out.line("<lease expiry='0'/>");
+            } else {
+                out.line(&format!(
+                    "<lease expiry='{}' unit='{}'/>",
+                    lease.expiry,
+                    lease.unit.as_str()
+                ));
+            }
+            out.close(&format!("</{element}>"));
+        }
+    }
+}
+
+fn format_range(out: &mut Out, range: &DhcpRange) {
+    let head = format!("<range start='{}' end='{}'", range.start, range.end);
+    format_with_lease(out, "range", head, range.lease);
+}
+
+fn format_host(out: &mut Out, host: &DhcpHost) {
+    let head = format!(
+        "<host{}{}{}{}",
+        attr("mac", host.mac),
+        attr("id", host.id.as_ref()),
+        attr("name", host.name.as_ref()),
+        attr("ip", Some(host.ip))
+    );
+    format_with_lease(out, "host", head, host.lease);
+}

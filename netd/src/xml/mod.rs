@@ -1,0 +1,66 @@
+//! Libvirt network XML <-> the kvnet network model.
+//!
+//! [`NetworkDef::from_xml`] parses the `<network>` documents that libvirt
+//! accepts (including files copied from `/etc/libvirt/qemu/networks` with
+//! their warning comment), rejects every element or attribute kvnet does not
+//! implement instead of dropping it, and validates the definition with
+//! libvirt's messages where libvirt has one. [`NetworkDef::to_xml`] writes
+//! the same bytes `virNetworkDefFormatBuf` writes (two-space indentation,
+//! single-quoted attributes, libvirt's element order), so
+//! `from_xml(to_xml(x)) == x` and `net-dumpxml` output diffs cleanly against
+//! a libvirt host.
+
+mod dom;
+mod format;
+mod model;
+mod parse;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use model::{
+    Bridge, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv, DnsTxt, Domain, Forward,
+    ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr, MacAddrParseError, Nat,
+    NatAddressRange, NetworkDef, PortRange,
+};
+pub use validate::{NETWORK_NAME_MAX_BYTES, validate_ifname, validate_network_name};
+
+/// Highest `N` tried for generated `virbrN` bridge names (libvirt's `MAX_BRIDGE_ID`).
+pub const MAX_BRIDGE_ID: u32 = 256;
+
+/// Everything that can go wrong reading, validating or completing a network definition.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The document is not well-formed XML (or not a single `<network>` document).
+    #[error("malformed network XML at line {line}, column {column}: {reason}")]
+    Malformed {
+        /// 1-based line of the offending byte.
+        line: u64,
+        /// 1-based column (in bytes) of the offending byte.
+        column: u64,
+        /// What the XML reader complained about.
+        reason: String,
+    },
+    /// The document uses a libvirt feature kvnet does not implement.
+    #[error("unsupported {what} in network '{network}' (line {line})")]
+    Unsupported {
+        /// E.g. `element <bandwidth>` or `attribute 'zone' on <bridge>`.
+        what: String,
+        /// Name of the network (empty if the document has no `<name>`).
+        network: String,
+        /// 1-based line where the construct starts.
+        line: u64,
+    },
+    /// The definition is well-formed but invalid; the message says why.
+    #[error("{0}")]
+    Invalid(String),
+    /// No free `virbrN` name was left for [`NetworkDef::fill_defaults`].
+    #[error("Bridge generation exceeded max id {MAX_BRIDGE_ID}")]
+    BridgeIdsExhausted,
+}
+
+/// Shorthand used by the parser and validator for [`Error::Invalid`].
+pub(crate) fn invalid(message: impl Into<String>) -> Error {
+    Error::Invalid(message.into())
+}

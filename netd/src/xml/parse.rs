@@ -1,0 +1,761 @@
+//! Element tree -> [`NetworkDef`]. Every element and attribute is either
+//! mapped into the model or rejected; nothing is skipped silently.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+use super::dom::{Element, parse_document};
+use super::model::{
+    Bridge, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv, DnsTxt, Domain, Forward,
+    ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr, Nat, NatAddressRange, NetworkDef,
+    PortRange,
+};
+use super::{Error, invalid};
+
+impl NetworkDef {
+    /// Parses and validates a libvirt `<network>` document. Leading
+    /// comments (such as libvirt's "AUTO-GENERATED FILE" header) and an XML
+    /// declaration are accepted. Defaults are *not* filled in; call
+    /// [`NetworkDef::fill_defaults`] before persisting a new definition.
+    pub fn from_xml(input: &str) -> Result<NetworkDef, Error> {
+        let root = parse_document(input)?;
+        let def = Parser::new(&root).network(&root)?;
+        def.validate()?;
+        Ok(def)
+    }
+}
+
+/// Parsing context: the network name for messages.
+struct Parser {
+    network: String,
+}
+
+impl Parser {
+    fn new(root: &Element) -> Parser {
+        let network = root
+            .children
+            .iter()
+            .find(|child| child.name == "name")
+            .map(|name| name.text.clone())
+            .unwrap_or_default();
+        Parser { network }
+    }
+
+    fn unsupported(&self, what: String, line: u64) -> Error {
+        Error::Unsupported {
+            what,
+            network: self.network.clone(),
+            line,
+        }
+    }
+
+    fn unsupported_child(&self, parent: &Element, child: &Element) -> Error {
+        let what = if parent.name == "network" {
+            format!("element <{}>", child.name)
+        } else {
+            format!("element <{}> inside <{}>", child.name, parent.name)
+        };
+        self.unsupported(what, child.line)
+    }
+
+    /// Rejects attributes outside `allowed`.
+    fn check_attrs(&self, element: &Element, allowed: &[&str]) -> Result<(), Error> {
+        match element
+            .attrs
+            .iter()
+            .find(|(key, _)| !allowed.contains(&key.as_str()))
+        {
+            Some((key, _)) => Err(self.unsupported(
+                format!("attribute '{key}' on <{}>", element.name),
+                element.line,
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Rejects any child element and any non-whitespace text.
+    fn check_leaf(&self, element: &Element) -> Result<(), Error> {
+        if let Some(child) = element.children.first() {
+            return Err(self.unsupported_child(element, child));
+        }
+        self.check_no_text(element)
+    }
+
+    fn check_no_text(&self, element: &Element) -> Result<(), Error> {
+        let text = element.text.trim();
+        if text.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid(format!(
+                "unexpected text '{text}' inside <{}> in network '{}' (line {})",
+                element.name, self.network, element.line
+            )))
+        }
+    }
+
+    /// Text content of an element that must have no attributes or children.
+    fn text_of(&self, element: &Element) -> Result<String, Error> {
+        self.check_attrs(element, &[])?;
+        if let Some(child) = element.children.first() {
+            return Err(self.unsupported_child(element, child));
+        }
+        Ok(element.text.clone())
+    }
+
+    fn missing(&self, element: &Element, attr: &str) -> Error {
+        invalid(format!(
+            "missing required attribute '{attr}' on <{}> in network '{}' (line {})",
+            element.name, self.network, element.line
+        ))
+    }
+
+    fn required<'a>(&self, element: &'a Element, attr: &str) -> Result<&'a str, Error> {
+        element
+            .attr(attr)
+            .ok_or_else(|| self.missing(element, attr))
+    }
+
+    fn yes_no(&self, element: &Element, attr: &str) -> Result<Option<bool>, Error> {
+        match element.attr(attr) {
+            None => Ok(None),
+            Some("yes") => Ok(Some(true)),
+            Some("no") => Ok(Some(false)),
+            Some(other) => Err(invalid(format!(
+                "invalid value '{other}' for attribute '{attr}' of <{}> in network '{}', expected 'yes' or 'no'",
+                element.name, self.network
+            ))),
+        }
+    }
+
+    fn number<T: FromStr>(&self, element: &Element, attr: &str) -> Result<Option<T>, Error> {
+        element
+            .attr(attr)
+            .map(|value| {
+                value.parse::<T>().map_err(|_| {
+                    invalid(format!(
+                        "invalid value '{value}' for attribute '{attr}' of <{}> in network '{}'",
+                        element.name, self.network
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    fn ip(&self, element: &Element, attr: &str) -> Result<Option<IpAddr>, Error> {
+        element
+            .attr(attr)
+            .map(|value| {
+                value.parse::<IpAddr>().map_err(|_| {
+                    invalid(format!(
+                        "invalid IP address '{value}' in attribute '{attr}' of <{}> in network '{}'",
+                        element.name, self.network
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    fn required_ip(&self, element: &Element, attr: &str) -> Result<IpAddr, Error> {
+        self.ip(element, attr)?
+            .ok_or_else(|| self.missing(element, attr))
+    }
+
+    /// Rejects a second occurrence of a singleton element.
+    fn once<'a>(&self, slot: &mut Option<&'a Element>, element: &'a Element) -> Result<(), Error> {
+        if slot.is_some() {
+            return Err(invalid(format!(
+                "duplicate element <{}> in network '{}' (line {})",
+                element.name, self.network, element.line
+            )));
+        }
+        *slot = Some(element);
+        Ok(())
+    }
+
+    fn network(&self, root: &Element) -> Result<NetworkDef, Error> {
+        if root.name != "network" {
+            return Err(invalid(format!(
+                "unexpected root element <{}>, expecting <network>",
+                root.name
+            )));
+        }
+        for (key, _) in &root.attrs {
+            // Namespace declarations carry no configuration; `connections`
+            // is a read-only live counter libvirt's parser ignores as well.
+            let ignorable = key == "xmlns" || key.starts_with("xmlns:") || key == "connections";
+            if !ignorable {
+                return Err(self.unsupported(format!("attribute '{key}' on <network>"), root.line));
+            }
+        }
+        self.check_no_text(root)?;
+        if !root.children.iter().any(|child| child.name == "name") {
+            return Err(invalid("missing <name> element in network definition"));
+        }
+
+        let mut name = None;
+        let mut uuid = None;
+        let mut title = None;
+        let mut description = None;
+        let mut forward = None;
+        let mut bridge = None;
+        let mut mtu = None;
+        let mut mac = None;
+        let mut domain = None;
+        let mut dns = None;
+        let mut ips = Vec::new();
+        for child in &root.children {
+            match child.name.as_str() {
+                "name" => self.once(&mut name, child)?,
+                "uuid" => self.once(&mut uuid, child)?,
+                "title" => self.once(&mut title, child)?,
+                "description" => self.once(&mut description, child)?,
+                "forward" => self.once(&mut forward, child)?,
+                "bridge" => self.once(&mut bridge, child)?,
+                "mtu" => self.once(&mut mtu, child)?,
+                "mac" => self.once(&mut mac, child)?,
+                "domain" => self.once(&mut domain, child)?,
+                "dns" => self.once(&mut dns, child)?,
+                "ip" => ips.push(child),
+                _ => return Err(self.unsupported_child(root, child)),
+            }
+        }
+
+        let name = match name {
+            Some(element) => self.text_of(element)?,
+            None => return Err(invalid("missing <name> element in network definition")),
+        };
+        let mut def = NetworkDef::new(name);
+        if let Some(element) = uuid {
+            let text = self.text_of(element)?;
+            let parsed = Uuid::try_parse(text.trim()).map_err(|_| {
+                invalid(format!(
+                    "malformed uuid '{}' in network '{}'",
+                    text.trim(),
+                    self.network
+                ))
+            })?;
+            def.uuid = Some(parsed);
+        }
+        def.title = title.map(|e| self.text_of(e)).transpose()?;
+        def.description = description.map(|e| self.text_of(e)).transpose()?;
+        if let Some(element) = forward {
+            def.forward = self.forward(element)?;
+        }
+        if let Some(element) = bridge {
+            def.bridge = self.bridge(element, def.forward.mode)?;
+        }
+        if let Some(element) = mtu {
+            self.check_attrs(element, &["size"])?;
+            self.check_leaf(element)?;
+            let size = self.required(element, "size")?;
+            def.mtu = Some(size.parse().map_err(|_| {
+                invalid(format!(
+                    "Invalid mtu size '{size}' in network '{}'",
+                    self.network
+                ))
+            })?);
+        }
+        if let Some(element) = mac {
+            self.check_attrs(element, &["address"])?;
+            self.check_leaf(element)?;
+            let address = self.required(element, "address")?;
+            def.mac = Some(address.parse().map_err(|_| {
+                invalid(format!(
+                    "Invalid bridge mac address '{address}' in network '{}'",
+                    self.network
+                ))
+            })?);
+        }
+        if let Some(element) = domain {
+            self.check_attrs(element, &["name", "localOnly"])?;
+            self.check_leaf(element)?;
+            def.domain = Some(Domain {
+                name: self.required(element, "name")?.to_string(),
+                local_only: self.yes_no(element, "localOnly")?,
+            });
+        }
+        if let Some(element) = dns {
+            def.dns = self.dns(element)?;
+        }
+        for element in ips {
+            def.ips.push(self.ip_def(element)?);
+        }
+        Ok(def)
+    }
+
+    fn forward(&self, element: &Element) -> Result<Forward, Error> {
+        self.check_attrs(element, &["mode", "dev"])?;
+        self.check_no_text(element)?;
+        let mode = match element.attr("mode") {
+            None | Some("nat") => ForwardMode::Nat,
+            Some("route") => ForwardMode::Route,
+            Some("open") => ForwardMode::Open,
+            Some("bridge") => ForwardMode::Bridge,
+            Some(other @ ("passthrough" | "private" | "vepa" | "hostdev")) => {
+                return Err(self.unsupported(format!("forward mode '{other}'"), element.line));
+            }
+            Some(other) => {
+                return Err(invalid(format!(
+                    "unknown forwarding type '{other}' in network '{}'",
+                    self.network
+                )));
+            }
+        };
+        let mut forward = Forward {
+            mode,
+            dev: element.attr("dev").map(str::to_string),
+            nat: Nat::default(),
+        };
+        let mut nat = None;
+        let mut interfaces = Vec::new();
+        for child in &element.children {
+            match child.name.as_str() {
+                "nat" => self.once(&mut nat, child)?,
+                "interface" => interfaces.push(child),
+                _ => return Err(self.unsupported_child(element, child)),
+            }
+        }
+        // libvirt writes `<forward dev='X'>` back with a single matching
+        // `<interface dev='X'/>` child; that form is accepted. Interface pools
+        // (macvtap) are not implemented.
+        if let Some(extra) = interfaces.get(1) {
+            return Err(self.unsupported_child(element, extra));
+        }
+        if let Some(interface) = interfaces.first() {
+            // `connections` is a live counter in net-dumpxml output; ignored like libvirt does.
+            self.check_attrs(interface, &["dev", "connections"])?;
+            self.check_leaf(interface)?;
+            let dev = self.required(interface, "dev")?;
+            if mode == ForwardMode::Bridge {
+                return Err(self.unsupported_child(element, interface));
+            }
+            match &forward.dev {
+                Some(forward_dev) if forward_dev != dev => {
+                    return Err(invalid(format!(
+                        "<forward dev='{forward_dev}'> must match first <interface dev='{dev}'/> in network {}",
+                        self.network
+                    )));
+                }
+                _ => forward.dev = Some(dev.to_string()),
+            }
+        }
+        if mode == ForwardMode::Bridge && forward.dev.is_some() {
+            return Err(self.unsupported(
+                "attribute 'dev' on <forward mode='bridge'> (macvtap)".to_string(),
+                element.line,
+            ));
+        }
+        if let Some(nat) = nat {
+            if mode != ForwardMode::Nat {
+                return Err(invalid(format!(
+                    "The <nat> element can only be used when <forward> 'mode' is 'nat' in network {}",
+                    self.network
+                )));
+            }
+            forward.nat = self.nat(nat)?;
+        }
+        Ok(forward)
+    }
+
+    fn nat(&self, element: &Element) -> Result<Nat, Error> {
+        self.check_attrs(element, &["ipv6"])?;
+        self.check_no_text(element)?;
+        let mut nat = Nat {
+            ipv6: self.yes_no(element, "ipv6")?,
+            ..Nat::default()
+        };
+        let mut address = None;
+        let mut port = None;
+        for child in &element.children {
+            match child.name.as_str() {
+                "address" => self.once(&mut address, child)?,
+                "port" => self.once(&mut port, child)?,
+                _ => return Err(self.unsupported_child(element, child)),
+            }
+        }
+        if let Some(address) = address {
+            self.check_attrs(address, &["start", "end"])?;
+            self.check_leaf(address)?;
+            let ipv4 = |attr: &str| -> Result<Ipv4Addr, Error> {
+                let value = address.attr(attr).ok_or_else(|| {
+                    invalid(format!(
+                        "missing '{attr}' attribute in <address> element in <nat> in <forward> in network {}",
+                        self.network
+                    ))
+                })?;
+                value.parse().map_err(|_| {
+                    invalid(format!(
+                        "Bad ipv4 {attr} address '{value}' in <nat> in <forward> in network '{}'",
+                        self.network
+                    ))
+                })
+            };
+            nat.address = Some(NatAddressRange {
+                start: ipv4("start")?,
+                end: ipv4("end")?,
+            });
+        }
+        if let Some(port) = port {
+            self.check_attrs(port, &["start", "end"])?;
+            self.check_leaf(port)?;
+            let bound = |attr: &str| -> Result<u16, Error> {
+                port.attr(attr)
+                    .and_then(|value| value.parse::<u16>().ok())
+                    .filter(|&value| value != 0)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "Missing or invalid '{attr}' attribute in <port> in <nat> in <forward> in network {}",
+                            self.network
+                        ))
+                    })
+            };
+            nat.port = Some(PortRange {
+                start: bound("start")?,
+                end: bound("end")?,
+            });
+        }
+        Ok(nat)
+    }
+
+    fn bridge(&self, element: &Element, mode: ForwardMode) -> Result<Bridge, Error> {
+        self.check_attrs(element, &["name", "stp", "delay"])?;
+        self.check_leaf(element)?;
+        if mode == ForwardMode::Bridge
+            && (element.attr("stp").is_some() || element.attr("delay").is_some())
+        {
+            return Err(invalid(format!(
+                "bridge delay/stp/zone options only allowed in route, nat, and isolated mode, not in bridge (network '{}')",
+                self.network
+            )));
+        }
+        let stp = match element.attr("stp") {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "invalid stp value '{other}' in network '{}', expected 'on' or 'off'",
+                    self.network
+                )));
+            }
+        };
+        let delay = match element.attr("delay") {
+            None => 0,
+            Some(value) => value.parse().map_err(|_| {
+                invalid(format!("Invalid delay value in network '{}'", self.network))
+            })?,
+        };
+        Ok(Bridge {
+            name: element.attr("name").map(str::to_string),
+            stp,
+            delay,
+        })
+    }
+
+    fn dns(&self, element: &Element) -> Result<Dns, Error> {
+        self.check_attrs(element, &["enable", "forwardPlainNames"])?;
+        self.check_no_text(element)?;
+        let mut dns = Dns {
+            enable: self.yes_no(element, "enable")?,
+            forward_plain_names: self.yes_no(element, "forwardPlainNames")?,
+            ..Dns::default()
+        };
+        for child in &element.children {
+            match child.name.as_str() {
+                "forwarder" => {
+                    self.check_attrs(child, &["addr", "domain"])?;
+                    self.check_leaf(child)?;
+                    let addr = child.attr("addr").map(|value| {
+                        value.parse::<IpAddr>().map_err(|_| {
+                            invalid(format!(
+                                "Invalid forwarder IP address '{value}' in network '{}'",
+                                self.network
+                            ))
+                        })
+                    });
+                    dns.forwarders.push(DnsForwarder {
+                        addr: addr.transpose()?,
+                        domain: child.attr("domain").map(str::to_string),
+                    });
+                }
+                "txt" => {
+                    self.check_attrs(child, &["name", "value"])?;
+                    self.check_leaf(child)?;
+                    let name = child.attr("name").ok_or_else(|| {
+                        invalid(format!(
+                            "missing required name attribute in DNS TXT record of network {}",
+                            self.network
+                        ))
+                    })?;
+                    let value = child.attr("value").ok_or_else(|| {
+                        invalid(format!(
+                            "missing required value attribute in DNS TXT record named '{name}' of network {}",
+                            self.network
+                        ))
+                    })?;
+                    dns.txts.push(DnsTxt {
+                        name: name.to_string(),
+                        value: value.to_string(),
+                    });
+                }
+                "srv" => dns.srvs.push(self.srv(child)?),
+                "host" => {
+                    self.check_attrs(child, &["ip"])?;
+                    self.check_no_text(child)?;
+                    let ip = match child.attr("ip") {
+                        None => {
+                            return Err(invalid(format!(
+                                "Missing IP address in network '{}' DNS HOST record",
+                                self.network
+                            )));
+                        }
+                        Some(value) => value.parse::<IpAddr>().map_err(|_| {
+                            invalid(format!(
+                                "Invalid IP address in network '{}' DNS HOST record",
+                                self.network
+                            ))
+                        })?,
+                    };
+                    let mut hostnames = Vec::new();
+                    for name in &child.children {
+                        if name.name != "hostname" {
+                            return Err(self.unsupported_child(child, name));
+                        }
+                        hostnames.push(self.text_of(name)?);
+                    }
+                    dns.hosts.push(DnsHost { ip, hostnames });
+                }
+                _ => return Err(self.unsupported_child(element, child)),
+            }
+        }
+        Ok(dns)
+    }
+
+    fn srv(&self, element: &Element) -> Result<DnsSrv, Error> {
+        self.check_attrs(
+            element,
+            &[
+                "service", "protocol", "domain", "target", "port", "priority", "weight",
+            ],
+        )?;
+        self.check_leaf(element)?;
+        let service = element.attr("service").ok_or_else(|| {
+            invalid(format!(
+                "missing required service attribute in DNS SRV record of network '{}'",
+                self.network
+            ))
+        })?;
+        let protocol = element.attr("protocol").ok_or_else(|| {
+            invalid(format!(
+                "missing required protocol attribute in DNS SRV record '{service}' of network '{}'",
+                self.network
+            ))
+        })?;
+        // libvirt treats 0 as "not set" for these and does not write it back.
+        let nonzero = |attr: &str| -> Result<Option<u16>, Error> {
+            Ok(self.number::<u16>(element, attr)?.filter(|&v| v != 0))
+        };
+        Ok(DnsSrv {
+            service: service.to_string(),
+            protocol: protocol.to_string(),
+            domain: element.attr("domain").map(str::to_string),
+            target: element.attr("target").map(str::to_string),
+            port: match element.attr("port") {
+                None => None,
+                Some(value) => Some(value.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(
+                    || {
+                        invalid(format!(
+                            "invalid DNS SRV port attribute for service '{service}' in network '{}'",
+                            self.network
+                        ))
+                    },
+                )?),
+            },
+            priority: nonzero("priority")?,
+            weight: nonzero("weight")?,
+        })
+    }
+
+    fn ip_def(&self, element: &Element) -> Result<IpDef, Error> {
+        self.check_attrs(
+            element,
+            &["address", "netmask", "prefix", "family", "localPtr"],
+        )?;
+        self.check_no_text(element)?;
+        let family = match element.attr("family") {
+            None => None,
+            Some("ipv4") => Some(IpFamily::Ipv4),
+            Some("ipv6") => Some(IpFamily::Ipv6),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "Unrecognized family '{other}' in network '{}'",
+                    self.network
+                )));
+            }
+        };
+        let address_text = element.attr("address").ok_or_else(|| {
+            invalid(format!(
+                "Missing required address attribute in network '{}'",
+                self.network
+            ))
+        })?;
+        let address: IpAddr = address_text.parse().map_err(|_| {
+            invalid(format!(
+                "Invalid address '{address_text}' in network '{}'",
+                self.network
+            ))
+        })?;
+        let netmask = match element.attr("netmask") {
+            None => None,
+            Some(text) => match text.parse::<IpAddr>() {
+                Ok(IpAddr::V4(mask)) => Some(mask),
+                Ok(IpAddr::V6(_)) if family == Some(IpFamily::Ipv6) || address.is_ipv6() => {
+                    return Err(invalid(format!(
+                        "netmask not allowed for IPv6 address '{address_text}' in network '{}'",
+                        self.network
+                    )));
+                }
+                Ok(IpAddr::V6(_)) => {
+                    return Err(invalid(format!(
+                        "Invalid netmask '{text}' for address '{address_text}' in network '{}' (both must be IPv4)",
+                        self.network
+                    )));
+                }
+                Err(_) => {
+                    return Err(invalid(format!(
+                        "Invalid netmask '{text}' in network '{}'",
+                        self.network
+                    )));
+                }
+            },
+        };
+        let prefix = match element.attr("prefix") {
+            None => None,
+            Some(text) => Some(text.parse::<u8>().map_err(|_| {
+                let family = if address.is_ipv4() { "IPv4" } else { "IPv6" };
+                invalid(format!(
+                    "Invalid {family} prefix '{text}' in network '{}'",
+                    self.network
+                ))
+            })?),
+        };
+        let mut ip = IpDef {
+            family,
+            address,
+            netmask,
+            prefix,
+            local_ptr: self.yes_no(element, "localPtr")?,
+            dhcp_ranges: Vec::new(),
+            dhcp_hosts: Vec::new(),
+        };
+        let mut dhcp = None;
+        for child in &element.children {
+            match child.name.as_str() {
+                "dhcp" => self.once(&mut dhcp, child)?,
+                _ => return Err(self.unsupported_child(element, child)),
+            }
+        }
+        if let Some(dhcp) = dhcp {
+            self.check_attrs(dhcp, &[])?;
+            self.check_no_text(dhcp)?;
+            for child in &dhcp.children {
+                match child.name.as_str() {
+                    "range" => {
+                        self.check_attrs(child, &["start", "end"])?;
+                        let missing = |attr: &str| {
+                            invalid(format!(
+                                "Missing '{attr}' attribute in dhcp range for network '{}'",
+                                self.network
+                            ))
+                        };
+                        child.attr("start").ok_or_else(|| missing("start"))?;
+                        child.attr("end").ok_or_else(|| missing("end"))?;
+                        ip.dhcp_ranges.push(DhcpRange {
+                            start: self.required_ip(child, "start")?,
+                            end: self.required_ip(child, "end")?,
+                            lease: self.lease_child(child)?,
+                        });
+                    }
+                    "host" => {
+                        self.check_attrs(child, &["mac", "id", "name", "ip"])?;
+                        let mac = match child.attr("mac") {
+                            None => None,
+                            Some(text) => Some(text.parse::<MacAddr>().map_err(|_| {
+                                invalid(format!(
+                                    "Cannot parse MAC address '{text}' in network '{}'",
+                                    self.network
+                                ))
+                            })?),
+                        };
+                        let ip_text = child.attr("ip").ok_or_else(|| {
+                            invalid(format!(
+                                "Missing IP address in static host definition for network '{}'",
+                                self.network
+                            ))
+                        })?;
+                        let host_ip = ip_text.parse::<IpAddr>().map_err(|_| {
+                            invalid(format!(
+                                "Invalid IP address in static host definition for network '{}'",
+                                self.network
+                            ))
+                        })?;
+                        ip.dhcp_hosts.push(DhcpHost {
+                            mac,
+                            id: child.attr("id").map(str::to_string),
+                            name: child.attr("name").map(str::to_string),
+                            ip: host_ip,
+                            lease: self.lease_child(child)?,
+                        });
+                    }
+                    _ => return Err(self.unsupported_child(dhcp, child)),
+                }
+            }
+        }
+        Ok(ip)
+    }
+
+    /// The optional single `<lease>` child of a `<range>` or `<host>`.
+    fn lease_child(&self, element: &Element) -> Result<Option<Lease>, Error> {
+        self.check_no_text(element)?;
+        let mut lease = None;
+        for child in &element.children {
+            match child.name.as_str() {
+                "lease" => self.once(&mut lease, child)?,
+                _ => return Err(self.unsupported_child(element, child)),
+            }
+        }
+        let Some(lease) = lease else {
+            return Ok(None);
+        };
+        self.check_attrs(lease, &["expiry", "unit"])?;
+        self.check_leaf(lease)?;
+        let Some(expiry) = self.number::<u64>(lease, "expiry")? else {
+            // libvirt ignores a <lease> without expiry; refuse it rather than drop it.
+            return Err(invalid(format!(
+                "missing required attribute 'expiry' on <lease> in network '{}' (line {})",
+                self.network, lease.line
+            )));
+        };
+        let unit = match lease.attr("unit") {
+            None => LeaseUnit::Minutes,
+            Some("seconds") => LeaseUnit::Seconds,
+            Some("minutes") => LeaseUnit::Minutes,
+            Some("hours") => LeaseUnit::Hours,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "invalid lease unit '{other}' in network '{}', expected seconds, minutes or hours",
+                    self.network
+                )));
+            }
+        };
+        // An infinite lease is written back without unit; normalize so that
+        // formatting and re-parsing is the identity.
+        let unit = if expiry == 0 {
+            LeaseUnit::Minutes
+        } else {
+            unit
+        };
+        Ok(Some(Lease { expiry, unit }))
+    }
+}

@@ -1,0 +1,1192 @@
+//! Tests for libvirt network XML parsing, validation, defaults and formatting.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use uuid::Uuid;
+
+use super::*;
+
+const DEFAULT_XML: &str = include_str!("../../../examples/networks/default.xml");
+const DOCKER_MACHINES_XML: &str = include_str!("../../../examples/networks/docker-machines.xml");
+const PERSISTED_XML: &str = include_str!("../../tests/fixtures/xml/libvirt-persisted-test.xml");
+const FULL_XML: &str = include_str!("../../tests/fixtures/xml/full.xml");
+
+/// minikube's kvm2 template rendered for the default cluster (section 3.3).
+const MK_MINIKUBE_XML: &str = "
+<network>
+  <name>mk-minikube</name>
+  <dns enable='no'/>
+  <ip address='192.168.39.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='192.168.39.2' end='192.168.39.253'/>
+    </dhcp>
+  </ip>
+</network>
+";
+
+/// formatnetwork.rst examples (section 2.3); the IPv6 NAT example's
+/// placeholder address is replaced by a real ULA.
+const DOCS_ISOLATED_XML: &str = r#"<network>
+  <name>private</name>
+  <bridge name="virbr2"/>
+  <ip address="192.168.152.1" netmask="255.255.255.0">
+    <dhcp>
+      <range start="192.168.152.2" end="192.168.152.254"/>
+    </dhcp>
+  </ip>
+  <ip family="ipv6" address="2001:db8:ca2:3::1" prefix="64"/>
+</network>"#;
+
+const DOCS_ROUTED_XML: &str = r#"<network>
+  <name>local</name>
+  <bridge name="virbr1"/>
+  <forward mode="route" dev="eth1"/>
+  <ip address="192.168.122.1" netmask="255.255.255.0">
+    <dhcp><range start="192.168.122.2" end="192.168.122.254"/></dhcp>
+  </ip>
+  <ip family="ipv6" address="2001:db8:ca2:2::1" prefix="64"/>
+</network>"#;
+
+const DOCS_HOST_BRIDGE_XML: &str = r#"<network>
+  <name>host-bridge</name>
+  <forward mode="bridge"/>
+  <bridge name="br0"/>
+</network>"#;
+
+const DOCS_IPV6_NAT_XML: &str = r#"<network>
+  <name>default6</name>
+  <bridge name="virbr0"/>
+  <forward mode="nat">
+    <nat ipv6='yes'>
+      <port start='1024' end='65535'/>
+    </nat>
+  </forward>
+  <ip address="192.168.122.1" netmask="255.255.255.0">
+    <dhcp><range start="192.168.122.2" end="192.168.122.254"/></dhcp>
+  </ip>
+  <ip family="ipv6" address="fd12:3456:789a:1::" prefix="64"/>
+</network>"#;
+
+fn parse(xml: &str) -> NetworkDef {
+    match NetworkDef::from_xml(xml) {
+        Ok(def) => def,
+        Err(e) => panic!("parse failed: {e}\n{xml}"),
+    }
+}
+
+fn parse_err(xml: &str) -> String {
+    match NetworkDef::from_xml(xml) {
+        Ok(def) => panic!("expected an error, got {def:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Asserts `from_xml(to_xml(x)) == x` and that formatting is a fixpoint.
+fn assert_round_trip(def: &NetworkDef) {
+    let xml = def.to_xml();
+    let again = parse(&xml);
+    assert_eq!(&again, def, "round trip changed the model:\n{xml}");
+    assert_eq!(again.to_xml(), xml);
+}
+
+/// A minimal isolated network with one IPv4 `<ip>` whose inner XML is `ip_body`.
+fn net_with_ip(ip_attrs: &str, ip_body: &str) -> String {
+    format!("<network><name>n</name><ip {ip_attrs}>{ip_body}</ip></network>")
+}
+
+const NOT_IN_USE: fn(&str) -> bool = |_| false;
+
+#[test]
+fn shipped_default_network_parses_as_nat_with_dhcp() {
+    let def = parse(DEFAULT_XML);
+    assert_eq!(def.name, "default");
+    assert_eq!(def.forward_mode(), ForwardMode::Nat);
+    assert_eq!(def.bridge_name(), Some("virbr0"));
+    assert!(def.bridge.stp);
+    assert_eq!(def.bridge.delay, 0);
+    assert!(def.is_dhcp_enabled());
+    assert!(def.is_dns_enabled());
+    assert_eq!(def.uuid, None);
+    assert_eq!(
+        def.ipv4_subnets(),
+        vec!["192.168.122.0/24".parse().unwrap()]
+    );
+    let range = &def.ips[0].dhcp_ranges[0];
+    assert_eq!(range.start, "192.168.122.2".parse::<IpAddr>().unwrap());
+    assert_eq!(range.end, "192.168.122.254".parse::<IpAddr>().unwrap());
+    assert_round_trip(&def);
+}
+
+#[test]
+fn default_network_after_fill_defaults_matches_libvirt_live_xml() {
+    let mut def = parse(DEFAULT_XML);
+    def.fill_defaults(NOT_IN_USE).unwrap();
+    let uuid = def.uuid.unwrap();
+    let mac = def.mac.unwrap();
+    assert_eq!(uuid.get_version_num(), 4);
+    assert_eq!(&mac.0[..3], &[0x52, 0x54, 0x00]);
+    let expected = format!(
+        "<network>
+  <name>default</name>
+  <uuid>{uuid}</uuid>
+  <forward mode='nat'>
+    <nat>
+      <port start='1024' end='65535'/>
+    </nat>
+  </forward>
+  <bridge name='virbr0' stp='on' delay='0'/>
+  <mac address='{mac}'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='192.168.122.2' end='192.168.122.254'/>
+    </dhcp>
+  </ip>
+</network>
+"
+    );
+    assert_eq!(def.to_xml(), expected);
+    assert_round_trip(&def);
+}
+
+#[test]
+fn docker_machines_network_is_isolated_and_gets_first_free_bridge() {
+    let mut def = parse(DOCKER_MACHINES_XML);
+    assert_eq!(def.forward_mode(), ForwardMode::Isolated);
+    assert_eq!(def.bridge_name(), None);
+    assert_eq!(def.ipv4_subnets(), vec!["192.168.42.0/24".parse().unwrap()]);
+    assert_round_trip(&def);
+    // virbr0 belongs to `default`, virbr1 exists on the host.
+    def.fill_defaults(|name| name == "virbr0" || name == "virbr1")
+        .unwrap();
+    assert_eq!(def.bridge_name(), Some("virbr2"));
+    assert_eq!(
+        def.forward.nat,
+        Nat::default(),
+        "isolated networks get no <nat>"
+    );
+    let xml = def.to_xml();
+    assert!(
+        xml.contains("  <bridge name='virbr2' stp='on' delay='0'/>\n"),
+        "{xml}"
+    );
+    assert!(!xml.contains("<forward"), "{xml}");
+    assert_round_trip(&def);
+}
+
+#[test]
+fn minikube_network_has_dns_disabled() {
+    let def = parse(MK_MINIKUBE_XML);
+    assert_eq!(def.name, "mk-minikube");
+    assert_eq!(def.dns.enable, Some(false));
+    assert!(!def.is_dns_enabled());
+    assert!(def.is_dhcp_enabled());
+    assert_eq!(
+        def.to_xml(),
+        "<network>
+  <name>mk-minikube</name>
+  <bridge stp='on' delay='0'/>
+  <dns enable='no'/>
+  <ip address='192.168.39.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='192.168.39.2' end='192.168.39.253'/>
+    </dhcp>
+  </ip>
+</network>
+"
+    );
+    assert_round_trip(&def);
+}
+
+#[test]
+fn docs_examples_round_trip_in_libvirt_format() {
+    let isolated = parse(DOCS_ISOLATED_XML);
+    assert_eq!(isolated.forward_mode(), ForwardMode::Isolated);
+    assert_eq!(
+        isolated.ipv6_subnets(),
+        vec!["2001:db8:ca2:3::/64".parse().unwrap()]
+    );
+    assert_round_trip(&isolated);
+
+    let routed = parse(DOCS_ROUTED_XML);
+    assert_eq!(routed.forward_mode(), ForwardMode::Route);
+    assert_eq!(routed.forward.dev.as_deref(), Some("eth1"));
+    assert_eq!(
+        routed.to_xml(),
+        "<network>
+  <name>local</name>
+  <forward dev='eth1' mode='route'>
+    <interface dev='eth1'/>
+  </forward>
+  <bridge name='virbr1' stp='on' delay='0'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='192.168.122.2' end='192.168.122.254'/>
+    </dhcp>
+  </ip>
+  <ip family='ipv6' address='2001:db8:ca2:2::1' prefix='64'>
+  </ip>
+</network>
+"
+    );
+    assert_round_trip(&routed);
+
+    let mut bridged = parse(DOCS_HOST_BRIDGE_XML);
+    assert_eq!(bridged.forward_mode(), ForwardMode::Bridge);
+    assert_eq!(
+        bridged.to_xml(),
+        "<network>
+  <name>host-bridge</name>
+  <forward mode='bridge'/>
+  <bridge name='br0'/>
+</network>
+"
+    );
+    assert!(!bridged.is_dns_enabled());
+    bridged.fill_defaults(|_| true).unwrap();
+    assert!(bridged.uuid.is_some());
+    assert_eq!(bridged.mac, None, "mode=bridge gets no generated MAC");
+    assert_eq!(bridged.forward.nat, Nat::default());
+    assert_round_trip(&bridged);
+
+    let nat6 = parse(DOCS_IPV6_NAT_XML);
+    assert_eq!(nat6.forward.nat.ipv6, Some(true));
+    assert_eq!(
+        nat6.to_xml(),
+        "<network>
+  <name>default6</name>
+  <forward mode='nat'>
+    <nat ipv6='yes'>
+      <port start='1024' end='65535'/>
+    </nat>
+  </forward>
+  <bridge name='virbr0' stp='on' delay='0'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='192.168.122.2' end='192.168.122.254'/>
+    </dhcp>
+  </ip>
+  <ip family='ipv6' address='fd12:3456:789a:1::' prefix='64'>
+  </ip>
+</network>
+"
+    );
+    assert_round_trip(&nat6);
+}
+
+#[test]
+fn libvirt_persisted_file_with_header_is_reproduced_byte_for_byte() {
+    let def = parse(PERSISTED_XML);
+    assert_eq!(def.name, "test");
+    assert_eq!(
+        def.uuid,
+        Some(Uuid::parse_str("f9452d96-55fa-4dbf-ad9c-b1ba99b7f2ad").unwrap())
+    );
+    assert_eq!(def.mac, Some("52:54:00:45:06:16".parse().unwrap()));
+    assert_eq!(
+        def.forward.nat.port,
+        Some(PortRange {
+            start: 1024,
+            end: 65535
+        })
+    );
+    // Same bytes as libvirt's file, except that the header names kvnet.
+    let expected = PERSISTED_XML.replace("  virsh net-edit test", "  kvnet net-edit test");
+    assert_eq!(def.to_config_file(), expected);
+    let body_start = PERSISTED_XML.find("<network>").unwrap();
+    assert_eq!(def.to_xml(), &PERSISTED_XML[body_start..]);
+    // fill_defaults keeps everything that is already there.
+    let mut filled = def.clone();
+    filled.fill_defaults(|_| true).unwrap();
+    assert_eq!(filled, def);
+    assert_eq!(parse(&def.to_config_file()), def);
+}
+
+#[test]
+fn config_header_falls_back_to_uuid_for_shell_unsafe_names() {
+    let mut def = NetworkDef::new("my net");
+    def.uuid = Some(Uuid::parse_str("3e3fce45-4f53-4fa7-bb32-11f34168b82b").unwrap());
+    assert!(
+        def.to_config_file()
+            .contains("\n  kvnet net-edit 3e3fce45-4f53-4fa7-bb32-11f34168b82b\n")
+    );
+}
+
+#[test]
+fn full_feature_document_is_reproduced_byte_for_byte() {
+    let def = parse(FULL_XML);
+    assert_eq!(def.title.as_deref(), Some("Lab & test net"));
+    assert_eq!(
+        def.description.as_deref(),
+        Some("Line one\nline <two> with 'quotes' and \"double\"")
+    );
+    assert_eq!(def.forward.dev.as_deref(), Some("eth0"));
+    assert_eq!(
+        def.forward.nat.address,
+        Some(NatAddressRange {
+            start: Ipv4Addr::new(203, 0, 113, 10),
+            end: Ipv4Addr::new(203, 0, 113, 20)
+        })
+    );
+    assert!(!def.bridge.stp);
+    assert_eq!(def.bridge.delay, 2);
+    assert_eq!(def.mtu, Some(9000));
+    assert_eq!(
+        def.domain,
+        Some(Domain {
+            name: "lab.example".into(),
+            local_only: Some(true)
+        })
+    );
+    assert_eq!(def.dns.forward_plain_names, Some(false));
+    assert_eq!(def.dns.forwarders.len(), 3);
+    assert_eq!(def.dns.srvs[0].port, Some(389));
+    assert_eq!(def.dns.srvs[1].target, None);
+    assert_eq!(def.dns.hosts[0].hostnames, vec!["db", "db.lab.example"]);
+    let v4 = &def.ips[0];
+    assert_eq!(v4.prefix, Some(24));
+    assert_eq!(v4.netmask, None);
+    assert_eq!(v4.local_ptr, Some(true));
+    assert_eq!(
+        v4.dhcp_ranges[0].lease,
+        Some(Lease {
+            expiry: 1,
+            unit: LeaseUnit::Hours
+        })
+    );
+    assert_eq!(v4.dhcp_ranges[0].lease.unwrap().seconds(), Some(3600));
+    assert_eq!(v4.dhcp_hosts[1].lease.unwrap().seconds(), None);
+    assert_eq!(
+        def.ipv4_subnets(),
+        vec![
+            "10.20.0.0/24".parse().unwrap(),
+            "10.30.0.0/16".parse().unwrap()
+        ]
+    );
+    assert_eq!(def.ipv6_subnets(), vec!["fd00:20::/64".parse().unwrap()]);
+    assert_eq!(def.to_xml(), FULL_XML);
+    assert_round_trip(&def);
+}
+
+#[test]
+fn lease_without_unit_defaults_to_minutes_and_is_written_with_unit() {
+    let xml = net_with_ip(
+        "address='10.1.0.1' prefix='24'",
+        "<dhcp><range start='10.1.0.2' end='10.1.0.9'><lease expiry='30'/></range></dhcp>",
+    );
+    let def = parse(&xml);
+    assert_eq!(
+        def.ips[0].dhcp_ranges[0].lease,
+        Some(Lease {
+            expiry: 30,
+            unit: LeaseUnit::Minutes
+        })
+    );
+    assert!(def.to_xml().contains("<lease expiry='30' unit='minutes'/>"));
+    assert_round_trip(&def);
+}
+
+#[test]
+fn netmask_and_prefix_give_the_same_subnet_and_keep_their_form() {
+    let with_mask = parse(&net_with_ip(
+        "address='172.20.5.1' netmask='255.255.252.0'",
+        "",
+    ));
+    let with_prefix = parse(&net_with_ip("address='172.20.5.1' prefix='22'", ""));
+    let classful = parse(&net_with_ip("address='172.20.5.1'", ""));
+    let expected: ipnet::Ipv4Net = "172.20.4.0/22".parse().unwrap();
+    assert_eq!(with_mask.ipv4_subnets(), vec![expected]);
+    assert_eq!(with_prefix.ipv4_subnets(), vec![expected]);
+    assert_eq!(
+        classful.ipv4_subnets(),
+        vec!["172.20.0.0/16".parse().unwrap()]
+    );
+    assert!(with_mask.to_xml().contains("netmask='255.255.252.0'>"));
+    assert!(with_prefix.to_xml().contains("prefix='22'>"));
+    assert_round_trip(&classful);
+}
+
+#[test]
+fn fill_defaults_skips_bridges_in_use_and_reports_exhaustion() {
+    let mut def = parse(DOCKER_MACHINES_XML);
+    def.fill_defaults(|name| name != "virbr256").unwrap();
+    assert_eq!(def.bridge_name(), Some("virbr256"));
+
+    let mut def = parse(DOCKER_MACHINES_XML);
+    let err = def.fill_defaults(|_| true).unwrap_err();
+    assert_eq!(err.to_string(), "Bridge generation exceeded max id 256");
+    assert_eq!(def.bridge_name(), None);
+}
+
+#[test]
+fn fill_defaults_adds_nat_port_range_only_for_nat_without_ports() {
+    let mut nat = parse(
+        "<network><name>n</name><forward><nat><address start='192.0.2.1' end='192.0.2.9'/></nat></forward>\
+         <ip address='10.9.0.1' prefix='24'/></network>",
+    );
+    nat.fill_defaults(NOT_IN_USE).unwrap();
+    assert_eq!(
+        nat.forward.nat.port,
+        Some(PortRange {
+            start: 1024,
+            end: 65535
+        })
+    );
+    assert!(nat.forward.nat.address.is_some());
+    assert_round_trip(&nat);
+
+    let mut custom = parse(
+        "<network><name>n</name><forward><nat><port start='5000' end='6000'/></nat></forward>\
+         <ip address='10.9.0.1' prefix='24'/></network>",
+    );
+    custom.fill_defaults(NOT_IN_USE).unwrap();
+    assert_eq!(
+        custom.forward.nat.port,
+        Some(PortRange {
+            start: 5000,
+            end: 6000
+        })
+    );
+
+    let mut routed = parse(DOCS_ROUTED_XML);
+    routed.fill_defaults(NOT_IN_USE).unwrap();
+    assert!(routed.forward.nat.is_empty());
+    assert!(routed.mac.is_some());
+    assert_eq!(routed.bridge_name(), Some("virbr1"), "given names are kept");
+}
+
+#[test]
+fn overlap_helpers_compare_normalized_subnets() {
+    let default = parse(DEFAULT_XML);
+    let docker = parse(DOCKER_MACHINES_XML);
+    assert_eq!(default.overlaps(&docker), None);
+    let wide = parse(&net_with_ip("address='192.168.0.1' prefix='16'", ""));
+    assert_eq!(
+        default.overlaps(&wide),
+        Some((
+            "192.168.122.0/24".parse::<IpNet>().unwrap(),
+            "192.168.0.0/16".parse::<IpNet>().unwrap()
+        ))
+    );
+    assert_eq!(
+        wide.overlaps(&docker),
+        Some((
+            "192.168.0.0/16".parse::<IpNet>().unwrap(),
+            "192.168.42.0/24".parse::<IpNet>().unwrap()
+        ))
+    );
+    let v6a = parse(DOCS_ISOLATED_XML);
+    let mut v6b = parse(DOCS_ROUTED_XML);
+    assert_eq!(v6a.overlaps(&v6b), None);
+    v6b.ips.truncate(1);
+    v6b.ips[0] = v6a.ips[1].clone();
+    assert_eq!(
+        v6a.overlaps(&v6b),
+        Some((
+            "2001:db8:ca2:3::/64".parse().unwrap(),
+            "2001:db8:ca2:3::/64".parse().unwrap()
+        ))
+    );
+}
+
+#[test]
+fn mac_addresses_parse_and_print_like_libvirt() {
+    let mac: MacAddr = "52:54:0:7B:35:93".parse().unwrap();
+    assert_eq!(mac.to_string(), "52:54:00:7b:35:93");
+    assert!(!mac.is_multicast());
+    assert!(
+        "01:00:5e:00:00:01"
+            .parse::<MacAddr>()
+            .unwrap()
+            .is_multicast()
+    );
+    for bad in [
+        "",
+        "52-54-00-7b-35-93",
+        "52:54:00:7b:35",
+        "52:54:00:7b:35:93:11",
+        "52:54:00:7b:35:zz",
+        "525:4:00:7b:35:93",
+    ] {
+        assert_eq!(
+            bad.parse::<MacAddr>(),
+            Err(MacAddrParseError(bad.to_string())),
+            "{bad}"
+        );
+    }
+    let generated = MacAddr::generate([0x52, 0x54, 0x00]);
+    assert_eq!(&generated.0[..3], &[0x52, 0x54, 0x00]);
+}
+
+#[test]
+fn malformed_xml_reports_line_and_column() {
+    let err = parse_err("<network>\n  <name>x</name>\n  <bridge name='a'>\n</network>\n");
+    assert!(
+        err.starts_with("malformed network XML at line 4, column "),
+        "{err}"
+    );
+    let err = parse_err("<network>\n  <name>x</nam>\n</network>");
+    assert!(err.starts_with("malformed network XML at line 2"), "{err}");
+    let err = parse_err("<network><name>x</name>");
+    assert!(err.contains("<network> is not closed"), "{err}");
+    let err = parse_err("");
+    assert_eq!(
+        err,
+        "malformed network XML at line 1, column 1: no root element"
+    );
+    let err = parse_err("<network><name>x</name></network><network/>");
+    assert!(err.contains("content after the root element"), "{err}");
+    let err = parse_err("<!DOCTYPE network [<!ENTITY x 'y'>]><network><name>x</name></network>");
+    assert!(err.contains("DOCTYPE is not allowed"), "{err}");
+    let err = parse_err("<network><name>a&bogus;</name></network>");
+    assert!(err.contains("unknown entity reference"), "{err}");
+    let err = parse_err("<network><name a='1' a='2'>x</name></network>");
+    assert!(err.starts_with("malformed network XML at line 1"), "{err}");
+    let deep = format!(
+        "<network><name>x</name>{}{}</network>",
+        "<a>".repeat(100),
+        "</a>".repeat(100)
+    );
+    assert!(parse_err(&deep).contains("elements nested too deeply"));
+    assert_eq!(
+        parse_err("<network><bandwidth/></network>"),
+        "missing <name> element in network definition"
+    );
+    assert_eq!(
+        parse_err("<domain><name>x</name></domain>"),
+        "unexpected root element <domain>, expecting <network>"
+    );
+}
+
+#[test]
+fn leading_comments_and_declaration_are_accepted() {
+    let xml = format!("<?xml version='1.0'?>\n<!-- anything -->\n<!-- more -->\n{DEFAULT_XML}");
+    assert_eq!(parse(&xml), parse(DEFAULT_XML));
+}
+
+#[test]
+fn unsupported_libvirt_features_are_rejected_by_name() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "<network><name>x</name><bandwidth><inbound average='1000'/></bandwidth></network>",
+            "unsupported element <bandwidth> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name>\n<portgroup name='a'/></network>",
+            "unsupported element <portgroup> in network 'x' (line 2)",
+        ),
+        (
+            "<network><name>x</name><vlan><tag id='4'/></vlan></network>",
+            "unsupported element <vlan> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><virtualport type='openvswitch'/></network>",
+            "unsupported element <virtualport> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><route address='10.0.0.0' prefix='8' gateway='10.1.0.2'/></network>",
+            "unsupported element <route> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><metadata><a:b xmlns:a='urn:x'/></metadata></network>",
+            "unsupported element <metadata> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><port isolated='yes'/></network>",
+            "unsupported element <port> in network 'x' (line 1)",
+        ),
+        (
+            "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'><name>x</name>\
+             <dnsmasq:options><dnsmasq:option value='foo'/></dnsmasq:options></network>",
+            "unsupported element <dnsmasq:options> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><ip address='10.0.0.1' prefix='24'><tftp root='/srv'/></ip></network>",
+            "unsupported element <tftp> inside <ip> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><ip address='10.0.0.1' prefix='24'><dhcp><bootp file='pxe'/></dhcp></ip></network>",
+            "unsupported element <bootp> inside <dhcp> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><forward mode='passthrough'><interface dev='eth0'/></forward></network>",
+            "unsupported forward mode 'passthrough' in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><forward mode='hostdev' managed='yes'/></network>",
+            "unsupported attribute 'managed' on <forward> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><forward mode='vepa'/></network>",
+            "unsupported forward mode 'vepa' in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><forward mode='private'/></network>",
+            "unsupported forward mode 'private' in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><forward mode='bridge'><pf dev='eth0'/></forward></network>",
+            "unsupported element <pf> inside <forward> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><forward mode='bridge'><interface dev='eth0'/></forward></network>",
+            "unsupported element <interface> inside <forward> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><forward mode='nat'><interface dev='eth0'/><interface dev='eth1'/></forward>\
+             <ip address='10.0.0.1' prefix='24'/></network>",
+            "unsupported element <interface> inside <forward> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><bridge name='virbr9' zone='trusted'/></network>",
+            "unsupported attribute 'zone' on <bridge> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><bridge name='virbr9' macTableManager='libvirt'/></network>",
+            "unsupported attribute 'macTableManager' on <bridge> in network 'x' (line 1)",
+        ),
+        (
+            "<network ipv6='yes'><name>x</name></network>",
+            "unsupported attribute 'ipv6' on <network> in network 'x' (line 1)",
+        ),
+        (
+            "<network trustGuestRxFilters='yes'><name>x</name></network>",
+            "unsupported attribute 'trustGuestRxFilters' on <network> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><domain name='a' register='yes'/></network>",
+            "unsupported attribute 'register' on <domain> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><ip address='10.0.0.1' prefix='24' bogus='1'/></network>",
+            "unsupported attribute 'bogus' on <ip> in network 'x' (line 1)",
+        ),
+    ];
+    for (xml, expected) in cases {
+        assert_eq!(&parse_err(xml), expected, "{xml}");
+    }
+}
+
+#[test]
+fn validation_errors_use_specific_messages() {
+    let cases: &[(&str, &str)] = &[
+        ("<network/>", "missing <name> element in network definition"),
+        (
+            "<network><name></name></network>",
+            "network name must not be empty",
+        ),
+        (
+            "<network><name>a/b</name></network>",
+            "network name 'a/b' must not contain '/'",
+        ),
+        (
+            "<network><name>..</name></network>",
+            "network name '..' must not start with '.'",
+        ),
+        (
+            "<network><name>.hidden</name></network>",
+            "network name '.hidden' must not start with '.'",
+        ),
+        (
+            "<network><name>a&#9;b</name></network>",
+            "network name \"a\\tb\" must not contain control characters",
+        ),
+        (
+            "<network><name>a</name><name>b</name></network>",
+            "duplicate element <name> in network 'a' (line 1)",
+        ),
+        (
+            "<network><name>x</name><uuid>not-a-uuid</uuid></network>",
+            "malformed uuid 'not-a-uuid' in network 'x'",
+        ),
+        (
+            "<network><name>x</name><title>a\nb</title></network>",
+            "Network title can't contain newlines",
+        ),
+        (
+            "<network><name>x</name><mac address='53:54:00:00:00:01'/></network>",
+            "Invalid multicast bridge mac address '53:54:00:00:00:01' in network 'x'",
+        ),
+        (
+            "<network><name>x</name><mac address='52:54:00:00:00'/></network>",
+            "Invalid bridge mac address '52:54:00:00:00' in network 'x'",
+        ),
+        (
+            "<network><name>x</name><bridge name='virbr-too-long-name'/></network>",
+            "bridge name 'virbr-too-long-name' in network 'x' is too long (19 bytes, limit 15)",
+        ),
+        (
+            "<network><name>x</name><bridge name='br/0'/></network>",
+            "bridge name \"br/0\" in network 'x' contains the invalid character '/'",
+        ),
+        (
+            "<network><name>x</name><bridge name='br 0'/></network>",
+            "bridge name \"br 0\" in network 'x' contains the invalid character ' '",
+        ),
+        (
+            "<network><name>x</name><bridge name='br:0'/></network>",
+            "bridge name \"br:0\" in network 'x' contains the invalid character ':'",
+        ),
+        (
+            "<network><name>x</name><bridge name='..'/></network>",
+            "bridge name '..' in network 'x' is not a valid interface name",
+        ),
+        (
+            "<network><name>x</name><bridge name='virbr%d'/></network>",
+            "bridge name \"virbr%d\" in network 'x' contains the invalid character '%'",
+        ),
+        (
+            "<network><name>x</name><bridge name='virbr9' stp='maybe'/></network>",
+            "invalid stp value 'maybe' in network 'x', expected 'on' or 'off'",
+        ),
+        (
+            "<network><name>x</name><bridge delay='-1'/></network>",
+            "Invalid delay value in network 'x'",
+        ),
+        (
+            "<network><name>x</name><mtu size='big'/></network>",
+            "Invalid mtu size 'big' in network 'x'",
+        ),
+        (
+            "<network><name>x</name><mtu size='10'/></network>",
+            "Invalid mtu size '10' in network 'x' (must be 68..65535)",
+        ),
+        (
+            "<network><name>x</name><forward mode='wormhole'/></network>",
+            "unknown forwarding type 'wormhole' in network 'x'",
+        ),
+        (
+            "<network><name>x</name><forward/></network>",
+            "nat forwarding requested, but no IP address provided for network 'x'",
+        ),
+        (
+            "<network><name>x</name><forward mode='open' dev='eth0'/><ip address='10.0.0.1' prefix='24'/></network>",
+            "forward dev not allowed for network 'x' with forward mode='open'",
+        ),
+        (
+            "<network><name>x</name><forward mode='route'><nat/></forward><ip address='10.0.0.1' prefix='24'/></network>",
+            "The <nat> element can only be used when <forward> 'mode' is 'nat' in network x",
+        ),
+        (
+            "<network><name>x</name><forward><nat><port start='0' end='100'/></nat></forward>\
+             <ip address='10.0.0.1' prefix='24'/></network>",
+            "Missing or invalid 'start' attribute in <port> in <nat> in <forward> in network x",
+        ),
+        (
+            "<network><name>x</name><forward><nat><port start='2000' end='1000'/></nat></forward>\
+             <ip address='10.0.0.1' prefix='24'/></network>",
+            "Missing or invalid 'end' attribute in <port> in <nat> in <forward> in network x",
+        ),
+        (
+            "<network><name>x</name><forward><nat><port start='2000' end='70000'/></nat></forward>\
+             <ip address='10.0.0.1' prefix='24'/></network>",
+            "Missing or invalid 'end' attribute in <port> in <nat> in <forward> in network x",
+        ),
+        (
+            "<network><name>x</name><forward><nat><address start='192.0.2.9' end='192.0.2.1'/></nat></forward>\
+             <ip address='10.0.0.1' prefix='24'/></network>",
+            "range 192.0.2.9 - 192.0.2.1 is reversed in <nat> in <forward> in network 'x'",
+        ),
+        (
+            "<network><name>x</name><forward><nat><address start='2001:db8::1' end='2001:db8::2'/></nat></forward>\
+             <ip address='10.0.0.1' prefix='24'/></network>",
+            "Bad ipv4 start address '2001:db8::1' in <nat> in <forward> in network 'x'",
+        ),
+        (
+            "<network><name>x</name><forward mode='bridge'/></network>",
+            "forward mode='bridge' requires <bridge name='...'/> in network 'x'",
+        ),
+        (
+            "<network><name>x</name><forward mode='bridge'/><bridge name='br0'/><ip address='10.0.0.1' prefix='24'/></network>",
+            "Unsupported <ip> element in network x with forward mode='bridge'",
+        ),
+        (
+            "<network><name>x</name><forward mode='bridge'/><bridge name='br0'/><mac address='52:54:00:00:00:01'/></network>",
+            "Unsupported <mac> element in network x with forward mode='bridge'",
+        ),
+        (
+            "<network><name>x</name><forward mode='bridge'/><bridge name='br0'/><domain name='d'/></network>",
+            "Unsupported <domain> element in network x with forward mode='bridge'",
+        ),
+        (
+            "<network><name>x</name><forward mode='bridge'/><bridge name='br0'/>\
+             <dns><txt name='a' value='b'/></dns></network>",
+            "Unsupported <dns> element in network x with forward mode='bridge'",
+        ),
+        (
+            "<network><name>x</name><forward mode='bridge'/><bridge name='br0' stp='on'/></network>",
+            "bridge delay/stp/zone options only allowed in route, nat, and isolated mode, not in bridge (network 'x')",
+        ),
+        (
+            "<network><name>x</name><forward mode='bridge'/><bridge name='br0'/><mtu size='9000'/></network>",
+            "mtu size only allowed in open, route, nat, and isolated mode, not in bridge (network 'x')",
+        ),
+        (
+            "<network><name>x</name><forward mode='bridge' dev='eth0'/><bridge name='br0'/></network>",
+            "unsupported attribute 'dev' on <forward mode='bridge'> (macvtap) in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><dns enable='no'><txt name='a' value='b'/></dns></network>",
+            "Extra data in disabled network 'x'",
+        ),
+        (
+            "<network><name>x</name><dns enable='maybe'/></network>",
+            "invalid value 'maybe' for attribute 'enable' of <dns> in network 'x', expected 'yes' or 'no'",
+        ),
+        (
+            "<network><name>x</name><dns><forwarder/></dns></network>",
+            "Invalid forwarder element, must contain at least one of addr or domain",
+        ),
+        (
+            "<network><name>x</name><dns><txt name='a b' value='c'/></dns></network>",
+            "prohibited character in DNS TXT record name 'a b' of network x",
+        ),
+        (
+            "<network><name>x</name><dns><srv service='ldap' protocol='tcp' port='389'/></dns></network>",
+            "DNS SRV port attribute not permitted without target for service 'ldap' in network 'x'",
+        ),
+        (
+            "<network><name>x</name><dns><host ip='10.0.0.5'></host></dns></network>",
+            "Missing hostname in network 'x' DNS HOST record",
+        ),
+        (
+            "<network><name>x</name><ip netmask='255.255.255.0'/></network>",
+            "Missing required address attribute in network 'x'",
+        ),
+        (
+            "<network><name>x</name><ip address='10.0.0.300' netmask='255.255.255.0'/></network>",
+            "Invalid address '10.0.0.300' in network 'x'",
+        ),
+        (
+            "<network><name>x</name><ip address='10.0.0.1' netmask='255.0.255.0'/></network>",
+            "Invalid netmask '255.0.255.0' in network 'x' (not a contiguous netmask)",
+        ),
+        (
+            "<network><name>x</name><ip address='10.0.0.1' prefix='33'/></network>",
+            "Invalid IPv4 prefix '33' in network 'x'",
+        ),
+        (
+            "<network><name>x</name><ip family='ipv6' address='fd00::1' prefix='129'/></network>",
+            "Invalid IPv6 prefix '129' in network 'x'",
+        ),
+        (
+            "<network><name>x</name><ip address='10.0.0.1' prefix='24' netmask='255.255.255.0'/></network>",
+            "Network 'x' IP address cannot have both a prefix and a netmask",
+        ),
+        (
+            "<network><name>x</name><ip family='ipv6' address='fd00::1' netmask='255.255.255.0'/></network>",
+            "netmask not allowed for IPv6 address 'fd00::1' in network 'x'",
+        ),
+        (
+            "<network><name>x</name><ip family='ipv6' address='10.0.0.1' prefix='24'/></network>",
+            "Family 'ipv6' specified for non-IPv6 address '10.0.0.1' in network 'x'",
+        ),
+        (
+            "<network><name>x</name><ip address='fd00::1' prefix='64'/></network>",
+            "no family specified for non-IPv4 address 'fd00::1' in network 'x'",
+        ),
+        (
+            "<network><name>x</name><ip family='ipv5' address='10.0.0.1'/></network>",
+            "Unrecognized family 'ipv5' in network 'x'",
+        ),
+        (
+            "<network><name>x</name><ip address='224.0.0.1'/></network>",
+            "cannot determine the prefix of address '224.0.0.1' in network 'x'; give a netmask or prefix",
+        ),
+        (
+            "<network><name>x</name><ip address='10.0.0.1' prefix='24'/>\
+             <ip address='10.0.0.1' prefix='24'><dhcp><dhcp/></dhcp></ip></network>",
+            "unsupported element <dhcp> inside <dhcp> in network 'x' (line 1)",
+        ),
+    ];
+    for (xml, expected) in cases {
+        assert_eq!(&parse_err(xml), expected, "{xml}");
+    }
+}
+
+#[test]
+fn dhcp_ranges_and_hosts_are_checked_against_the_subnet() {
+    let ip = "address='192.168.50.1' netmask='255.255.255.0'";
+    let cases: &[(&str, &str)] = &[
+        (
+            "<dhcp><range start='192.168.51.2' end='192.168.51.9'/></dhcp>",
+            "range 192.168.51.2 - 192.168.51.9 is not entirely within network 192.168.50.0/24 of network 'n'",
+        ),
+        (
+            "<dhcp><range start='192.168.50.2' end='192.168.51.9'/></dhcp>",
+            "range 192.168.50.2 - 192.168.51.9 is not entirely within network 192.168.50.0/24 of network 'n'",
+        ),
+        (
+            "<dhcp><range start='192.168.50.9' end='192.168.50.2'/></dhcp>",
+            "range 192.168.50.9 - 192.168.50.2 is reversed",
+        ),
+        (
+            "<dhcp><range start='192.168.50.0' end='192.168.50.9'/></dhcp>",
+            "start of range 192.168.50.0 - 192.168.50.9 in network 192.168.50.0/24 is the network address",
+        ),
+        (
+            "<dhcp><range start='192.168.50.2' end='192.168.50.255'/></dhcp>",
+            "end of range 192.168.50.2 - 192.168.50.255 in network 192.168.50.0/24 is the broadcast address",
+        ),
+        (
+            "<dhcp><range start='192.168.50.1' end='192.168.50.9'/></dhcp>",
+            "range 192.168.50.1 - 192.168.50.9 in network 'n' includes the bridge address 192.168.50.1",
+        ),
+        (
+            "<dhcp><range start='fd00::2' end='fd00::9'/></dhcp>",
+            "mismatch of address family in range fd00::2 - fd00::9 for network 192.168.50.0/24 of network 'n'",
+        ),
+        (
+            "<dhcp><range start='192.168.50.2'/></dhcp>",
+            "Missing 'end' attribute in dhcp range for network 'n'",
+        ),
+        (
+            "<dhcp><range start='192.168.50.2' end='192.168.50.9'><lease expiry='60' unit='seconds'/></range></dhcp>",
+            "The minimum lease time should be greater than 2 minutes",
+        ),
+        (
+            "<dhcp><range start='192.168.50.2' end='192.168.50.9'><lease expiry='2' unit='days'/></range></dhcp>",
+            "invalid lease unit 'days' in network 'n', expected seconds, minutes or hours",
+        ),
+        (
+            "<dhcp><host mac='52:54:00:00:00:01' ip='192.168.60.5'/></dhcp>",
+            "static host address 192.168.60.5 is not within network 192.168.50.0/24 of network 'n'",
+        ),
+        (
+            "<dhcp><host mac='52:54:00:00:00:01' ip='192.168.50.1'/></dhcp>",
+            "static host address 192.168.50.1 in network 'n' is the bridge address",
+        ),
+        (
+            "<dhcp><host ip='192.168.50.5'/></dhcp>",
+            "Static host definition in IPv4 network 'n' must have mac or name attribute",
+        ),
+        (
+            "<dhcp><host mac='52:54:00:00:00:01'/></dhcp>",
+            "Missing IP address in static host definition for network 'n'",
+        ),
+        (
+            "<dhcp><host mac='01:54:00:00:00:01' ip='192.168.50.5'/></dhcp>",
+            "expected unicast mac address, found multicast '01:54:00:00:00:01' in network 'n'",
+        ),
+        (
+            "<dhcp><host mac='zz' ip='192.168.50.5'/></dhcp>",
+            "Cannot parse MAC address 'zz' in network 'n'",
+        ),
+        (
+            "<dhcp><host name='-bad' ip='192.168.50.5'/></dhcp>",
+            "Cannot use host name '-bad' in network 'n'",
+        ),
+        (
+            "<dhcp><host name='ok' ip='fd00::5'/></dhcp>",
+            "the address family of a host entry IP must match the address family of the dhcp element's parent",
+        ),
+    ];
+    for (body, expected) in cases {
+        assert_eq!(&parse_err(&net_with_ip(ip, body)), expected, "{body}");
+    }
+
+    let v6 = "family='ipv6' address='fd00::1' prefix='64'";
+    assert_eq!(
+        parse_err(&net_with_ip(
+            v6,
+            "<dhcp><host mac='52:54:00:00:00:01' name='a' ip='fd00::5'/></dhcp>"
+        )),
+        "Invalid to specify MAC address '52:54:00:00:00:01' in network 'n' IPv6 static host definition"
+    );
+    assert_eq!(
+        parse_err(&net_with_ip(
+            v6,
+            "<dhcp><host id='0:1:zz' ip='fd00::5'/></dhcp>"
+        )),
+        "Invalid character 'z' in id '0:1:zz' of network 'n'"
+    );
+    assert_eq!(
+        parse_err(&net_with_ip(
+            v6,
+            "<dhcp><range start='fd00::1:2' end='fd00::2:1'/></dhcp>"
+        )),
+        "range fd00::1:2 - fd00::2:1 is too large (> 65535)"
+    );
+    // A /31 has no network or broadcast address to avoid.
+    let p2p = parse(&net_with_ip(
+        "address='10.0.0.0' prefix='31'",
+        "<dhcp><range start='10.0.0.1' end='10.0.0.1'/></dhcp>",
+    ));
+    assert_round_trip(&p2p);
+}
+
+#[test]
+fn only_one_dhcp_section_per_family() {
+    let xml = "<network><name>n</name>\
+        <ip address='10.1.0.1' prefix='24'><dhcp><range start='10.1.0.2' end='10.1.0.9'/></dhcp></ip>\
+        <ip address='10.2.0.1' prefix='24'><dhcp><range start='10.2.0.2' end='10.2.0.9'/></dhcp></ip>\
+        </network>";
+    assert_eq!(
+        parse_err(xml),
+        "Multiple IPv4 dhcp sections found -- dhcp is supported only for a single IPv4 address on each network"
+    );
+    let xml = "<network><name>n</name>\
+        <ip family='ipv6' address='fd01::1' prefix='64'><dhcp><range start='fd01::2' end='fd01::9'/></dhcp></ip>\
+        <ip family='ipv6' address='fd02::1' prefix='64'><dhcp><range start='fd02::2' end='fd02::9'/></dhcp></ip>\
+        </network>";
+    assert_eq!(
+        parse_err(xml),
+        "Multiple IPv6 dhcp sections found -- dhcp is supported only for a single IPv6 address on each network"
+    );
+    // One of each family is fine.
+    let def = parse(FULL_XML);
+    assert_eq!(def.ips.iter().filter(|ip| ip.has_dhcp()).count(), 2);
+}
+
+#[test]
+fn network_names_follow_the_documented_policy() {
+    assert!(validate_network_name("default").is_ok());
+    assert!(validate_network_name("mk-minikube").is_ok());
+    assert!(validate_network_name("with space").is_ok());
+    assert!(validate_network_name(&"a".repeat(NETWORK_NAME_MAX_BYTES)).is_ok());
+    assert_eq!(
+        validate_network_name(&"a".repeat(NETWORK_NAME_MAX_BYTES + 1))
+            .unwrap_err()
+            .to_string(),
+        format!(
+            "network name '{}' is too long (129 bytes, limit 128)",
+            "a".repeat(129)
+        )
+    );
+    assert_eq!(
+        validate_network_name(" lead").unwrap_err().to_string(),
+        "network name ' lead' must not start or end with whitespace"
+    );
+    assert_eq!(
+        validate_network_name(".").unwrap_err().to_string(),
+        "network name '.' must not start with '.'"
+    );
+    assert!(validate_ifname("bridge name", "virbr0", "n").is_ok());
+    assert!(validate_ifname("bridge name", "abcdefghijklmno", "n").is_ok());
+    assert_eq!(
+        validate_ifname("forward dev", "", "n")
+            .unwrap_err()
+            .to_string(),
+        "forward dev in network 'n' must not be empty"
+    );
+}
+
+#[test]
+fn forward_dev_is_also_accepted_as_single_interface_child() {
+    let def = parse(
+        "<network><name>n</name><forward mode='nat'><interface dev='eth2'/></forward>\
+         <ip address='10.0.0.1' prefix='24'/></network>",
+    );
+    assert_eq!(def.forward.dev.as_deref(), Some("eth2"));
+    assert_eq!(
+        parse_err(
+            "<network><name>n</name><forward dev='eth1'><interface dev='eth2'/></forward>\
+             <ip address='10.0.0.1' prefix='24'/></network>"
+        ),
+        "<forward dev='eth1'> must match first <interface dev='eth2'/> in network n"
+    );
+}
+
+#[test]
+fn text_is_escaped_like_libvirt() {
+    let mut def = NetworkDef::new("n");
+    def.title = Some("a<b>&'\"".to_string());
+    def.dns.txts.push(DnsTxt {
+        name: "t".into(),
+        value: "x='1'".into(),
+    });
+    let xml = def.to_xml();
+    assert!(
+        xml.contains("<title>a&lt;b&gt;&amp;&apos;&quot;</title>"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<txt name='t' value='x=&apos;1&apos;'/>"),
+        "{xml}"
+    );
+    assert_round_trip(&def);
+}
+
+#[test]
+fn programmatic_edits_are_revalidated() {
+    let mut def = parse(DEFAULT_XML);
+    def.ips[0].dhcp_ranges[0].end = "192.168.123.9".parse().unwrap();
+    assert_eq!(
+        def.validate().unwrap_err().to_string(),
+        "range 192.168.122.2 - 192.168.123.9 is not entirely within network 192.168.122.0/24 of network 'default'"
+    );
+    let mut def = parse(DEFAULT_XML);
+    def.forward.mode = ForwardMode::Isolated;
+    def.forward.dev = Some("eth0".into());
+    assert_eq!(
+        def.validate().unwrap_err().to_string(),
+        "forward dev requires a <forward> element in network 'default'"
+    );
+}
+
+#[test]
+fn live_dumpxml_connection_counters_are_accepted() {
+    // `virsh net-dumpxml` of a running network carries read-only counters.
+    let def = parse(
+        "<network connections='2'><name>n</name><forward dev='eth0' mode='nat'>\
+         <interface dev='eth0' connections='2'/></forward><ip address='10.0.0.1' prefix='24'/></network>",
+    );
+    assert_eq!(def.forward.dev.as_deref(), Some("eth0"));
+    assert!(!def.to_xml().contains("connections"));
+}
+
+#[test]
+fn model_serializes_to_json_for_the_api() {
+    let mut def = parse(DEFAULT_XML);
+    def.mac = Some("52:54:00:aa:bb:cc".parse().unwrap());
+    let json = serde_json::to_value(&def).unwrap();
+    assert_eq!(json["name"], "default");
+    assert_eq!(json["forward"]["mode"], "nat");
+    assert_eq!(json["mac"], "52:54:00:aa:bb:cc");
+    assert_eq!(json["bridge"]["name"], "virbr0");
+    assert_eq!(json["ips"][0]["netmask"], "255.255.255.0");
+    assert_eq!(json["ips"][0]["dhcp_ranges"][0]["start"], "192.168.122.2");
+}
+
+/// Mutated documents must never panic, and whatever is accepted must
+/// survive a format/parse round trip unchanged.
+#[test]
+fn mutated_documents_never_panic_and_accepted_ones_round_trip() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    const ALPHABET: &[char] = &[
+        '<', '>', '/', '\'', '"', '=', '&', ';', ' ', '\n', '0', '1', '9', ':', '.', 'a', 'x',
+    ];
+    let mut rng = StdRng::seed_from_u64(0x6b76_6e65);
+    let seeds = [
+        FULL_XML,
+        DEFAULT_XML,
+        PERSISTED_XML,
+        DOCS_ROUTED_XML,
+        DOCS_IPV6_NAT_XML,
+    ];
+    let mut accepted = 0;
+    for round in 0..3000 {
+        let mut chars: Vec<char> = seeds[round % seeds.len()].chars().collect();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..chars.len());
+            match rng.random_range(0..3) {
+                0 => {
+                    chars.remove(at);
+                }
+                1 => chars[at] = ALPHABET[rng.random_range(0..ALPHABET.len())],
+                _ => chars.insert(at, ALPHABET[rng.random_range(0..ALPHABET.len())]),
+            }
+        }
+        let mutated: String = chars.into_iter().collect();
+        if let Ok(def) = NetworkDef::from_xml(&mutated) {
+            accepted += 1;
+            assert_round_trip(&def);
+        }
+    }
+    // Whitespace and value edits often keep documents valid (259 of 3000
+    // with this seed), so the round-trip assertion is really exercised.
+    assert!(accepted >= 100, "only {accepted} mutants accepted");
+}

@@ -1,0 +1,517 @@
+//! Semantic checks on a [`NetworkDef`], with libvirt's wording where libvirt
+//! has a check, and kvnet's own where it is stricter (names, bridge names,
+//! DHCP ranges that contain the bridge address, hosts outside the subnet).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::model::{ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, NetworkDef, netmask_prefix};
+use super::{Error, invalid};
+
+/// Longest accepted network name in bytes. The name becomes a file name
+/// (`NAME.xml`, `NAME.conf`, `NAME.hostsfile`, ...), so it must stay well
+/// under `NAME_MAX` (255) with suffixes; 128 leaves room and is far above
+/// what tools generate (`mk-<cluster>`, `docker-machines`).
+pub const NETWORK_NAME_MAX_BYTES: usize = 128;
+
+/// Longest Linux interface name (`IFNAMSIZ - 1`).
+const IFNAME_MAX_BYTES: usize = 15;
+
+/// Checks that `name` is safe to use as a network name and file name:
+/// non-empty, at most [`NETWORK_NAME_MAX_BYTES`] bytes, no `/` (libvirt's
+/// rule), no leading `.` (hides the file, and `.`/`..` are directories), no
+/// control characters, no leading or trailing whitespace.
+pub fn validate_network_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(invalid("network name must not be empty"));
+    }
+    if name.len() > NETWORK_NAME_MAX_BYTES {
+        return Err(invalid(format!(
+            "network name '{name}' is too long ({} bytes, limit {NETWORK_NAME_MAX_BYTES})",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "network name {name:?} must not contain control characters"
+        )));
+    }
+    if name.contains('/') {
+        return Err(invalid(format!(
+            "network name '{name}' must not contain '/'"
+        )));
+    }
+    if name.starts_with('.') {
+        return Err(invalid(format!(
+            "network name '{name}' must not start with '.'"
+        )));
+    }
+    if name.trim() != name {
+        return Err(invalid(format!(
+            "network name '{name}' must not start or end with whitespace"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a Linux interface name the way the kernel's `dev_valid_name`
+/// does (1..=15 bytes, not `.`/`..`, no `/`, `:` or whitespace), and also
+/// refuses `%` (libvirt's `virbr%d` templates are resolved before saving).
+/// `what` names the field in the message, e.g. `bridge name`.
+pub fn validate_ifname(what: &str, name: &str, network: &str) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(invalid(format!(
+            "{what} in network '{network}' must not be empty"
+        )));
+    }
+    if name.len() > IFNAME_MAX_BYTES {
+        return Err(invalid(format!(
+            "{what} '{name}' in network '{network}' is too long ({} bytes, limit {IFNAME_MAX_BYTES})",
+            name.len()
+        )));
+    }
+    if name == "." || name == ".." {
+        return Err(invalid(format!(
+            "{what} '{name}' in network '{network}' is not a valid interface name"
+        )));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| matches!(c, '/' | ':' | '%') || c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(format!(
+            "{what} {name:?} in network '{network}' contains the invalid character {bad:?}"
+        )));
+    }
+    Ok(())
+}
+
+impl NetworkDef {
+    /// Checks the whole definition; [`NetworkDef::from_xml`] calls this, and
+    /// callers that edit a definition (net-update) should call it again.
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_network_name(&self.name)?;
+        let name = self.name.as_str();
+        if self.title.as_deref().is_some_and(|t| t.contains('\n')) {
+            return Err(invalid("Network title can't contain newlines"));
+        }
+        if let Some(bridge) = &self.bridge.name {
+            validate_ifname("bridge name", bridge, name)?;
+        }
+        if let Some(dev) = &self.forward.dev {
+            validate_ifname("forward dev", dev, name)?;
+        }
+        if let Some(mac) = self.mac {
+            if mac.is_multicast() {
+                return Err(invalid(format!(
+                    "Invalid multicast bridge mac address '{mac}' in network '{name}'"
+                )));
+            }
+            if mac.is_zero() {
+                return Err(invalid(format!(
+                    "Invalid bridge mac address '{mac}' in network '{name}'"
+                )));
+            }
+        }
+        if let Some(mtu) = self.mtu
+            && !(68..=65535).contains(&mtu)
+        {
+            return Err(invalid(format!(
+                "Invalid mtu size '{mtu}' in network '{name}' (must be 68..65535)"
+            )));
+        }
+        self.validate_forward()?;
+        self.validate_dns()?;
+        for ip in &self.ips {
+            self.validate_ip(ip)?;
+        }
+        self.validate_dhcp_count()
+    }
+
+    fn validate_forward(&self) -> Result<(), Error> {
+        let name = self.name.as_str();
+        let mode = self.forward.mode;
+        let unsupported_with_mode = |element: &str| {
+            invalid(format!(
+                "Unsupported <{element}> element in network {name} with forward mode='{mode}'"
+            ))
+        };
+        if mode != ForwardMode::Nat && !self.forward.nat.is_empty() {
+            return Err(invalid(format!(
+                "The <nat> element can only be used when <forward> 'mode' is 'nat' in network {name}"
+            )));
+        }
+        match mode {
+            ForwardMode::Isolated => {
+                if self.forward.dev.is_some() {
+                    return Err(invalid(format!(
+                        "forward dev requires a <forward> element in network '{name}'"
+                    )));
+                }
+            }
+            ForwardMode::Nat | ForwardMode::Route | ForwardMode::Open => {
+                if self.ips.is_empty() {
+                    return Err(invalid(format!(
+                        "{mode} forwarding requested, but no IP address provided for network '{name}'"
+                    )));
+                }
+                if mode == ForwardMode::Open && self.forward.dev.is_some() {
+                    return Err(invalid(format!(
+                        "forward dev not allowed for network '{name}' with forward mode='open'"
+                    )));
+                }
+            }
+            ForwardMode::Bridge => {
+                if self.bridge.name.is_none() {
+                    return Err(invalid(format!(
+                        "forward mode='bridge' requires <bridge name='...'/> in network '{name}'"
+                    )));
+                }
+                if self.forward.dev.is_some() {
+                    return Err(invalid(format!(
+                        "A network with forward mode='bridge' can specify a bridge name or a forward dev, but not both (network '{name}')"
+                    )));
+                }
+                if !self.bridge.stp || self.bridge.delay != 0 {
+                    return Err(invalid(format!(
+                        "bridge delay/stp/zone options only allowed in route, nat, and isolated mode, not in bridge (network '{name}')"
+                    )));
+                }
+                if self.mtu.is_some() {
+                    return Err(invalid(format!(
+                        "mtu size only allowed in open, route, nat, and isolated mode, not in bridge (network '{name}')"
+                    )));
+                }
+                if self.mac.is_some() {
+                    return Err(unsupported_with_mode("mac"));
+                }
+                if !self.ips.is_empty() {
+                    return Err(unsupported_with_mode("ip"));
+                }
+                if !(self.dns.txts.is_empty()
+                    && self.dns.hosts.is_empty()
+                    && self.dns.srvs.is_empty())
+                {
+                    return Err(unsupported_with_mode("dns"));
+                }
+                if self.domain.is_some() {
+                    return Err(unsupported_with_mode("domain"));
+                }
+            }
+        }
+        if let Some(range) = self.forward.nat.address
+            && range.start > range.end
+        {
+            return Err(invalid(format!(
+                "range {} - {} is reversed in <nat> in <forward> in network '{name}'",
+                range.start, range.end
+            )));
+        }
+        if let Some(ports) = self.forward.nat.port {
+            if ports.start == 0 {
+                return Err(invalid(format!(
+                    "Missing or invalid 'start' attribute in <port> in <nat> in <forward> in network {name}"
+                )));
+            }
+            if ports.end < ports.start {
+                return Err(invalid(format!(
+                    "Missing or invalid 'end' attribute in <port> in <nat> in <forward> in network {name}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_dns(&self) -> Result<(), Error> {
+        let name = self.name.as_str();
+        let dns = &self.dns;
+        if let Some(domain) = &self.domain
+            && domain.name.is_empty()
+        {
+            return Err(invalid(format!(
+                "empty <domain name=''/> in network '{name}'"
+            )));
+        }
+        if dns.enable == Some(false) && dns.has_records() {
+            return Err(invalid(format!("Extra data in disabled network '{name}'")));
+        }
+        for forwarder in &dns.forwarders {
+            if forwarder.addr.is_none() && forwarder.domain.is_none() {
+                return Err(invalid(
+                    "Invalid forwarder element, must contain at least one of addr or domain",
+                ));
+            }
+        }
+        for txt in &dns.txts {
+            if txt.name.contains([' ', ',']) || txt.name.is_empty() {
+                return Err(invalid(format!(
+                    "prohibited character in DNS TXT record name '{}' of network {name}",
+                    txt.name
+                )));
+            }
+        }
+        for srv in &dns.srvs {
+            const SERVICE_EXTRA: &str = "_-+/*";
+            const PROTOCOL_EXTRA: &str = "-+/";
+            if srv.service.len() > 15 {
+                return Err(invalid(format!(
+                    "service attribute '{}' in network '{name}' is too long, limit is 15 bytes",
+                    srv.service
+                )));
+            }
+            if !srv
+                .service
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || SERVICE_EXTRA.contains(c))
+            {
+                return Err(invalid(format!(
+                    "invalid character in service attribute '{}' in DNS SRV record of network '{name}'",
+                    srv.service
+                )));
+            }
+            if !srv
+                .protocol
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || PROTOCOL_EXTRA.contains(c))
+            {
+                return Err(invalid(format!(
+                    "invalid character in protocol attribute '{}' in DNS SRV record of network '{name}'",
+                    srv.protocol
+                )));
+            }
+            if srv.target.is_none() {
+                for (attr, set) in [
+                    ("port", srv.port.is_some()),
+                    ("priority", srv.priority.is_some()),
+                    ("weight", srv.weight.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(format!(
+                            "DNS SRV {attr} attribute not permitted without target for service '{}' in network '{name}'",
+                            srv.service
+                        )));
+                    }
+                }
+            }
+        }
+        for host in &dns.hosts {
+            if host.hostnames.is_empty() || host.hostnames.iter().any(String::is_empty) {
+                return Err(invalid(format!(
+                    "Missing hostname in network '{name}' DNS HOST record"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_ip(&self, ip: &IpDef) -> Result<(), Error> {
+        let name = self.name.as_str();
+        let address = ip.address;
+        match (ip.family, address) {
+            (None, IpAddr::V6(_)) => {
+                return Err(invalid(format!(
+                    "no family specified for non-IPv4 address '{address}' in network '{name}'"
+                )));
+            }
+            (Some(IpFamily::Ipv4), IpAddr::V6(_)) => {
+                return Err(invalid(format!(
+                    "ipv4 family specified for non-IPv4 address '{address}' in network '{name}'"
+                )));
+            }
+            (Some(IpFamily::Ipv6), IpAddr::V4(_)) => {
+                return Err(invalid(format!(
+                    "Family 'ipv6' specified for non-IPv6 address '{address}' in network '{name}'"
+                )));
+            }
+            _ => {}
+        }
+        if ip.netmask.is_some() && ip.prefix.is_some() {
+            return Err(invalid(format!(
+                "Network '{name}' IP address cannot have both a prefix and a netmask"
+            )));
+        }
+        if let Some(mask) = ip.netmask {
+            if address.is_ipv6() {
+                return Err(invalid(format!(
+                    "netmask not allowed for IPv6 address '{address}' in network '{name}'"
+                )));
+            }
+            if netmask_prefix(mask).is_none_or(|p| p == 0) {
+                return Err(invalid(format!(
+                    "Invalid netmask '{mask}' in network '{name}' (not a contiguous netmask)"
+                )));
+            }
+        }
+        if let Some(prefix) = ip.prefix {
+            let (family, max) = if address.is_ipv4() {
+                ("IPv4", 32)
+            } else {
+                ("IPv6", 128)
+            };
+            if prefix == 0 || prefix > max {
+                return Err(invalid(format!(
+                    "Invalid {family} prefix '{prefix}' in network '{name}'"
+                )));
+            }
+        }
+        let subnet = ip.subnet().ok_or_else(|| {
+            invalid(format!(
+                "cannot determine the prefix of address '{address}' in network '{name}'; give a netmask or prefix"
+            ))
+        })?;
+        if !ip.has_dhcp() {
+            return Ok(());
+        }
+        for range in &ip.dhcp_ranges {
+            check_range(name, subnet, range.start, range.end)?;
+            if let Some(lease) = range.lease {
+                check_lease(lease)?;
+            }
+        }
+        for host in &ip.dhcp_hosts {
+            let host_ip = host.ip;
+            if host_ip.is_ipv4() != address.is_ipv4() {
+                return Err(invalid(
+                    "the address family of a host entry IP must match the address family of the dhcp element's parent",
+                ));
+            }
+            if !subnet.contains(&host_ip) {
+                return Err(invalid(format!(
+                    "static host address {host_ip} is not within network {} of network '{name}'",
+                    subnet.trunc()
+                )));
+            }
+            if host_ip == address {
+                return Err(invalid(format!(
+                    "static host address {host_ip} in network '{name}' is the bridge address"
+                )));
+            }
+            if let Some(mac) = host.mac {
+                if address.is_ipv6() {
+                    return Err(invalid(format!(
+                        "Invalid to specify MAC address '{mac}' in network '{name}' IPv6 static host definition"
+                    )));
+                }
+                if mac.is_multicast() {
+                    return Err(invalid(format!(
+                        "expected unicast mac address, found multicast '{mac}' in network '{name}'"
+                    )));
+                }
+            }
+            if let Some(id) = &host.id
+                && let Some(bad) = id.chars().find(|c| !(c.is_ascii_hexdigit() || *c == ':'))
+            {
+                return Err(invalid(format!(
+                    "Invalid character '{bad}' in id '{id}' of network '{name}'"
+                )));
+            }
+            if let Some(host_name) = &host.name
+                && !host_name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric())
+            {
+                return Err(invalid(format!(
+                    "Cannot use host name '{host_name}' in network '{name}'"
+                )));
+            }
+            if address.is_ipv4() && host.mac.is_none() && host.name.is_none() {
+                return Err(invalid(format!(
+                    "Static host definition in IPv4 network '{name}' must have mac or name attribute"
+                )));
+            }
+            if address.is_ipv6() && host.id.is_none() && host.name.is_none() {
+                return Err(invalid(format!(
+                    "Static host definition in IPv6 network '{name}' must have id or name attribute"
+                )));
+            }
+            if let Some(lease) = host.lease {
+                check_lease(lease)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_dhcp_count(&self) -> Result<(), Error> {
+        let with_dhcp = |v4: bool| {
+            self.ips
+                .iter()
+                .filter(|ip| ip.is_ipv4() == v4 && ip.has_dhcp())
+                .count()
+        };
+        if with_dhcp(true) > 1 {
+            return Err(invalid(
+                "Multiple IPv4 dhcp sections found -- dhcp is supported only for a single IPv4 address on each network",
+            ));
+        }
+        if with_dhcp(false) > 1 {
+            return Err(invalid(
+                "Multiple IPv6 dhcp sections found -- dhcp is supported only for a single IPv6 address on each network",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// libvirt's `virSocketAddrGetRange` checks plus: the range must not contain
+/// the bridge's own address (dnsmasq would hand it out).
+fn check_range(name: &str, subnet: IpNet, start: IpAddr, end: IpAddr) -> Result<(), Error> {
+    let net = subnet.trunc();
+    if start.is_ipv4() != subnet.addr().is_ipv4() || end.is_ipv4() != subnet.addr().is_ipv4() {
+        return Err(invalid(format!(
+            "mismatch of address family in range {start} - {end} for network {net} of network '{name}'"
+        )));
+    }
+    if !subnet.contains(&start) || !subnet.contains(&end) {
+        return Err(invalid(format!(
+            "range {start} - {end} is not entirely within network {net} of network '{name}'"
+        )));
+    }
+    if let IpNet::V4(v4) = net {
+        if start == IpAddr::V4(v4.network()) && v4.prefix_len() < 31 {
+            return Err(invalid(format!(
+                "start of range {start} - {end} in network {net} is the network address"
+            )));
+        }
+        if end == IpAddr::V4(v4.broadcast()) && v4.prefix_len() < 31 {
+            return Err(invalid(format!(
+                "end of range {start} - {end} in network {net} is the broadcast address"
+            )));
+        }
+    }
+    if start > end {
+        return Err(invalid(format!("range {start} - {end} is reversed")));
+    }
+    let too_large = match (start, end) {
+        (IpAddr::V4(s), IpAddr::V4(e)) => s.octets()[..2] != e.octets()[..2],
+        (IpAddr::V6(s), IpAddr::V6(e)) => s.segments()[..7] != e.segments()[..7],
+        _ => false,
+    };
+    if too_large {
+        return Err(invalid(format!(
+            "range {start} - {end} is too large (> 65535)"
+        )));
+    }
+    let bridge = subnet.addr();
+    if start <= bridge && bridge <= end {
+        return Err(invalid(format!(
+            "range {start} - {end} in network '{name}' includes the bridge address {bridge}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_lease(lease: Lease) -> Result<(), Error> {
+    let too_short = match lease.unit {
+        LeaseUnit::Seconds => lease.expiry < 120,
+        LeaseUnit::Minutes => lease.expiry < 2,
+        LeaseUnit::Hours => false,
+    };
+    if lease.expiry > 0 && too_short {
+        return Err(invalid(
+            "The minimum lease time should be greater than 2 minutes",
+        ));
+    }
+    Ok(())
+}
