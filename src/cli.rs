@@ -38,7 +38,10 @@ pub struct NetworkArg {
 impl NetworkArg {
     /// The name or UUID given.
     pub fn get(&self) -> &str {
-        self.network.as_deref().or(self.network_option.as_deref()).unwrap_or_default()
+        self.network
+            .as_deref()
+            .or(self.network_option.as_deref())
+            .unwrap_or_default()
     }
 }
 
@@ -59,7 +62,10 @@ pub struct FileArg {
 impl FileArg {
     /// The path given.
     pub fn get(&self) -> PathBuf {
-        self.file.clone().or_else(|| self.file_option.clone()).unwrap_or_default()
+        self.file
+            .clone()
+            .or_else(|| self.file_option.clone())
+            .unwrap_or_default()
     }
 }
 

@@ -14,74 +14,69 @@ pub fn finish(mut text: String, quiet: bool) -> String {
 
 /// A success message (`Network default started`), suppressed by `-q` like virsh's `vshPrintExtra`.
 pub fn message(line: &str, quiet: bool) -> String {
-    if quiet { String::new() } else { finish(format!("{line}\n"), quiet) }
+    if quiet {
+        String::new()
+    } else {
+        finish(format!("{line}\n"), quiet)
+    }
 }
 
 /// Pretty JSON with a final newline.
 pub fn json(value: &impl Serialize) -> String {
-    let mut text = serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let mut text =
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     text.push('\n');
     text
 }
 
-fn yes_no(value: bool) -> &'static str {
-    if value { "yes" } else { "no" }
+fn list_entry(net: &NetworkSummary) -> virsh::NetListEntry {
+    virsh::NetListEntry {
+        name: net.name.clone(),
+        uuid: net.uuid,
+        active: net.active,
+        autostart: net.autostart,
+        persistent: net.persistent,
+        title: net.title.clone(),
+    }
 }
 
 /// `net-list`'s table.
 pub fn network_table(networks: &[NetworkSummary], with_title: bool, quiet: bool) -> String {
-    let mut headers = vec!["Name", "State", "Autostart", "Persistent"];
-    if with_title {
-        headers.push("Title");
-    }
-    let rows: Vec<Vec<String>> = networks
-        .iter()
-        .map(|net| {
-            let mut row = vec![
-                net.name.clone(),
-                if net.active { "active" } else { "inactive" }.to_owned(),
-                yes_no(net.autostart).to_owned(),
-                yes_no(net.persistent).to_owned(),
-            ];
-            if with_title {
-                row.push(net.title.clone().unwrap_or_default());
-            }
-            row
-        })
-        .collect();
-    finish(virsh::table(&headers, &rows, quiet), quiet)
+    let entries: Vec<_> = networks.iter().map(list_entry).collect();
+    finish(virsh::net_list(&entries, with_title, quiet), quiet)
+}
+
+/// `net-list --name` / `--uuid`.
+pub fn network_names(networks: &[NetworkSummary], uuids: bool, quiet: bool) -> String {
+    let entries: Vec<_> = networks.iter().map(list_entry).collect();
+    finish(virsh::net_list_plain(&entries, uuids), quiet)
 }
 
 /// `net-info`'s key/value lines.
 pub fn network_info(net: &NetworkSummary, quiet: bool) -> String {
-    let text = virsh::net_info(&net.name, &net.uuid, net.active, net.persistent, net.autostart, net.bridge.as_deref());
+    let text = virsh::net_info(
+        &net.name,
+        &net.uuid,
+        net.active,
+        net.persistent,
+        net.autostart,
+        net.bridge.as_deref(),
+    );
     finish(text, quiet)
 }
 
 /// `net-dhcp-leases`' table; expiry in local time as virsh prints it.
 pub fn lease_table(leases: &[Lease], quiet: bool) -> String {
-    let headers = ["Expiry Time", "MAC address", "Protocol", "IP address", "Hostname", "Client ID or DUID"];
-    let dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
-    let rows: Vec<Vec<String>> = leases
+    let rows: Vec<_> = leases
         .iter()
-        .map(|lease| {
-            vec![
-                format_expiry(lease.expiry_time),
-                lease.mac.clone(),
-                lease.protocol.clone(),
-                format!("{}/{}", lease.ip_address, lease.prefix),
-                dash(&lease.hostname),
-                dash(&lease.client_id),
-            ]
+        .map(|lease| virsh::DhcpLeaseRow {
+            expiry: virsh::local_time(lease.expiry_time).unwrap_or_default(),
+            mac: lease.mac.clone(),
+            ip: lease.ip_address,
+            prefix: lease.prefix,
+            hostname: lease.hostname.clone(),
+            client_id: lease.client_id.clone(),
         })
         .collect();
-    finish(virsh::table(&headers, &rows, quiet), quiet)
-}
-
-fn format_expiry(epoch_seconds: i64) -> String {
-    use chrono::TimeZone;
-    match chrono::Local.timestamp_opt(epoch_seconds, 0).single() {
-        Some(time) => time.format("%Y-%m-%d %H:%M:%S").to_string(),
-        None => "-".to_owned(),
-    }
+    finish(virsh::net_dhcp_leases(&rows, quiet), quiet)
 }

@@ -26,17 +26,36 @@ fn strangers_may_read_but_not_change() {
     let daemon = Daemon::start();
     // The socket is 0660 root:root; an admin opening it to everyone (or a wrong group)
     // must still not let strangers change networks.
-    assert_eq!(std::fs::metadata(daemon.socket()).expect("socket").permissions().mode() & 0o777, 0o660);
-    std::fs::set_permissions(daemon.dirs.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
-    std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666)).expect("chmod socket");
+    assert_eq!(
+        std::fs::metadata(daemon.socket())
+            .expect("socket")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o660
+    );
+    std::fs::set_permissions(daemon.dirs.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod dir");
+    std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666))
+        .expect("chmod socket");
 
     let out = kvnet_as_nobody(&daemon, &["-q", "net-list"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), " default   active   yes         yes\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        " default   active   yes   yes\n"
+    );
 
     let out = kvnet_as_nobody(&daemon, &["net-destroy", "default"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("access denied: uid 65534 may not change networks"), "{err}");
+    assert!(
+        err.contains("access denied: uid 65534 may not change networks"),
+        "{err}"
+    );
     assert_eq!(daemon.bridges(), ["virbr0"]);
 }

@@ -12,18 +12,37 @@ fn rejects(daemon: &Daemon, args: &[&str], expected: &[&str]) {
     let ruleset = daemon.ruleset();
     let err = daemon.fails(args);
     for needle in expected {
-        assert!(err.contains(needle), "kvnet {args:?}: expected {needle:?} in:\n{err}");
+        assert!(
+            err.contains(needle),
+            "kvnet {args:?}: expected {needle:?} in:\n{err}"
+        );
     }
     assert!(err.starts_with("error: "), "{err}");
-    assert_eq!(daemon.config_snapshot(), files, "kvnet {args:?} changed the config dir");
-    assert_eq!(daemon.bridges(), bridges, "kvnet {args:?} changed the bridges");
-    assert_eq!(daemon.ruleset(), ruleset, "kvnet {args:?} changed the ruleset");
+    assert_eq!(
+        daemon.config_snapshot(),
+        files,
+        "kvnet {args:?} changed the config dir"
+    );
+    assert_eq!(
+        daemon.bridges(),
+        bridges,
+        "kvnet {args:?} changed the bridges"
+    );
+    assert_eq!(
+        daemon.ruleset(),
+        ruleset,
+        "kvnet {args:?} changed the ruleset"
+    );
 }
 
 fn define_rejects(daemon: &Daemon, xml: &str, expected: &[&str]) {
     let path = xml_file(daemon.dirs.path(), "bad.xml", xml);
     let path = path.to_str().expect("utf-8");
-    rejects(daemon, &["net-define", path], &[&format!("Failed to define network from {path}")]);
+    rejects(
+        daemon,
+        &["net-define", path],
+        &[&format!("Failed to define network from {path}")],
+    );
     rejects(daemon, &["net-define", path], expected);
     rejects(daemon, &["net-create", path], expected);
 }
@@ -37,8 +56,16 @@ fn malformed_and_invalid_definitions_are_refused() {
     define_rejects(&daemon, "<network><name>x</name>", &["x"]);
     define_rejects(&daemon, "<network><name>a/b</name></network>", &["a/b"]);
     define_rejects(&daemon, "<network><name>../x</name></network>", &["../x"]);
-    define_rejects(&daemon, "<network><name>bad\u{1}name</name></network>", &["name"]);
-    define_rejects(&daemon, &format!("<network><name>{}</name></network>", "n".repeat(300)), &["name"]);
+    define_rejects(
+        &daemon,
+        "<network><name>bad\u{1}name</name></network>",
+        &["name"],
+    );
+    define_rejects(
+        &daemon,
+        &format!("<network><name>{}</name></network>", "n".repeat(300)),
+        &["name"],
+    );
     define_rejects(
         &daemon,
         "<network><name>v</name><ip address='192.168.9.300' prefix='24'/></network>",
@@ -49,14 +76,26 @@ fn malformed_and_invalid_definitions_are_refused() {
         "<network><name>v</name><ip address='192.168.9.1' netmask='255.0.255.0'/></network>",
         &["255.0.255.0"],
     );
-    define_rejects(&daemon, "<network><name>v</name><ip address='192.168.9.1' prefix='33'/></network>", &["33"]);
+    define_rejects(
+        &daemon,
+        "<network><name>v</name><ip address='192.168.9.1' prefix='33'/></network>",
+        &["33"],
+    );
     define_rejects(
         &daemon,
         "<network><name>v</name><ip address='192.168.9.1' prefix='24'><dhcp><range start='192.168.10.2' end='192.168.10.9'/></dhcp></ip></network>",
         &["192.168.10.2"],
     );
-    define_rejects(&daemon, "<network><name>v</name><bandwidth><inbound average='1'/></bandwidth></network>", &["bandwidth"]);
-    define_rejects(&daemon, "<network><name>v</name><bridge name='this-name-is-too-long0'/></network>", &["this-name-is-too-long0"]);
+    define_rejects(
+        &daemon,
+        "<network><name>v</name><bandwidth><inbound average='1'/></bandwidth></network>",
+        &["bandwidth"],
+    );
+    define_rejects(
+        &daemon,
+        "<network><name>v</name><bridge name='this-name-is-too-long0'/></network>",
+        &["this-name-is-too-long0"],
+    );
 }
 
 #[test]
@@ -75,15 +114,38 @@ fn duplicates_and_conflicts_are_refused() {
         &["default", "uuid"],
     );
     // Same UUID, another name.
-    define_rejects(&daemon, &format!("<network><name>other</name><uuid>{uuid}</uuid></network>"), &[uuid]);
+    define_rejects(
+        &daemon,
+        &format!("<network><name>other</name><uuid>{uuid}</uuid></network>"),
+        &[uuid],
+    );
     // A bridge name another network uses.
-    define_rejects(&daemon, "<network><name>other</name><bridge name='virbr0'/></network>", &["virbr0", "in use"]);
+    define_rejects(
+        &daemon,
+        "<network><name>other</name><bridge name='virbr0'/></network>",
+        &["virbr0", "in use"],
+    );
     // A bridge name an existing interface has.
-    daemon.ns.sh("ip link add hostdev0 type dummy").expect("dummy");
-    define_rejects(&daemon, "<network><name>other</name><bridge name='hostdev0'/></network>", &["hostdev0"]);
+    daemon
+        .ns
+        .sh("ip link add hostdev0 type veth peer name hostdev0p")
+        .expect("veth");
+    define_rejects(
+        &daemon,
+        "<network><name>other</name><bridge name='hostdev0'/></network>",
+        &["hostdev0"],
+    );
     // net-create of a name that exists.
-    let path = xml_file(daemon.dirs.path(), "dup.xml", "<network><name>default</name></network>");
-    rejects(&daemon, &["net-create", path.to_str().expect("path")], &["default", "already exists"]);
+    let path = xml_file(
+        daemon.dirs.path(),
+        "dup.xml",
+        "<network><name>default</name></network>",
+    );
+    rejects(
+        &daemon,
+        &["net-create", path.to_str().expect("path")],
+        &["default", "already exists"],
+    );
 
     // A subnet overlapping another active network: defined fine, refused at start.
     let path = xml_file(
@@ -92,11 +154,19 @@ fn duplicates_and_conflicts_are_refused() {
         "<network><name>overlap</name><ip address='192.168.122.129' netmask='255.255.255.128'/></network>",
     );
     daemon.ok(&["net-define", path.to_str().expect("path")]);
-    rejects(&daemon, &["net-start", "overlap"], &["Failed to start network overlap", "192.168.122", "default"]);
+    rejects(
+        &daemon,
+        &["net-start", "overlap"],
+        &["Failed to start network overlap", "192.168.122", "default"],
+    );
 
     // A subnet a host route uses.
-    daemon.ns.sh("ip link set hostdev0 up && ip route add 10.20.0.0/16 dev hostdev0").expect("route");
-    let path = xml_file(daemon.dirs.path(), "routed.xml", "<network><name>routed</name><ip address='10.20.1.1' prefix='24'/></network>");
+    daemon.ns.sh("ip link set hostdev0p up && ip link set hostdev0 up && ip route add 10.20.0.0/16 dev hostdev0").expect("route");
+    let path = xml_file(
+        daemon.dirs.path(),
+        "routed.xml",
+        "<network><name>routed</name><ip address='10.20.1.1' prefix='24'/></network>",
+    );
     daemon.ok(&["net-define", path.to_str().expect("path")]);
     rejects(&daemon, &["net-start", "routed"], &["10.20", "hostdev0"]);
 }
@@ -107,7 +177,14 @@ fn unknown_networks_and_wrong_states_are_refused() {
         return;
     }
     let daemon = Daemon::start();
-    for verb in ["net-start", "net-destroy", "net-undefine", "net-info", "net-dumpxml", "net-autostart"] {
+    for verb in [
+        "net-start",
+        "net-destroy",
+        "net-undefine",
+        "net-info",
+        "net-dumpxml",
+        "net-autostart",
+    ] {
         let err = daemon.fails(&[verb, "nosuch"]);
         assert_eq!(
             err,
@@ -117,9 +194,20 @@ fn unknown_networks_and_wrong_states_are_refused() {
     }
     let err = daemon.fails(&["net-name", "11111111-2222-3333-4444-555555555555"]);
     assert!(err.contains("no network with matching uuid"), "{err}");
-    rejects(&daemon, &["net-start", "default"], &["Failed to start network default", "network is already active"]);
+    rejects(
+        &daemon,
+        &["net-start", "default"],
+        &[
+            "Failed to start network default",
+            "network is already active",
+        ],
+    );
     daemon.ok(&["net-destroy", "default"]);
-    rejects(&daemon, &["net-destroy", "default"], &["network is not active"]);
+    rejects(
+        &daemon,
+        &["net-destroy", "default"],
+        &["network is not active"],
+    );
 }
 
 #[test]
@@ -130,7 +218,10 @@ fn an_unreachable_daemon_is_one_clear_line() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains(&socket.display().to_string()) && err.contains("is kvnetd running?"), "{err}");
+    assert!(
+        err.contains(&socket.display().to_string()) && err.contains("is kvnetd running?"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -148,7 +239,12 @@ fn an_invalid_edit_changes_nothing() {
         .env_remove("VISUAL")
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(daemon.config_snapshot(), before);
 
     // A valid edit redefines.
@@ -156,14 +252,28 @@ fn an_invalid_edit_changes_nothing() {
         .arg("-c")
         .arg(daemon.socket())
         .args(["net-edit", "default"])
-        .env("EDITOR", "sed -i 's/<bridge name=.virbr0./<bridge name=\"virbr7\"/'")
+        .env(
+            "EDITOR",
+            "sed -i 's/<bridge name=.virbr0./<bridge name=\"virbr7\"/'",
+        )
         .env_remove("VISUAL")
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "Network default XML configuration edited.\n\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Network default XML configuration edited.\n\n"
+    );
     let inactive = daemon.ok(&["net-dumpxml", "--inactive", "default"]);
     assert!(inactive.contains("<bridge name='virbr7'"), "{inactive}");
     // The running network keeps its live definition until restarted.
-    assert!(daemon.ok(&["net-dumpxml", "default"]).contains("<bridge name='virbr0'"));
+    assert!(
+        daemon
+            .ok(&["net-dumpxml", "default"])
+            .contains("<bridge name='virbr0'")
+    );
 }

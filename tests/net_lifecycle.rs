@@ -9,7 +9,13 @@ const DOCKER_MACHINES: &str = include_str!("../examples/networks/docker-machines
 fn define_docker_machines(daemon: &Daemon) {
     let path = xml_file(daemon.dirs.path(), "docker-machines.xml", DOCKER_MACHINES);
     let out = daemon.ok(&["net-define", path.to_str().expect("utf-8 path")]);
-    assert_eq!(out, format!("Network docker-machines defined from {}\n\n", path.display()));
+    assert_eq!(
+        out,
+        format!(
+            "Network docker-machines defined from {}\n\n",
+            path.display()
+        )
+    );
 }
 
 #[test]
@@ -30,16 +36,34 @@ fn first_start_brings_up_libvirts_default_network_in_the_kernel() {
     assert!(ruleset.contains("table inet kvnet"), "{ruleset}");
     assert!(ruleset.contains("masquerade"), "{ruleset}");
     assert!(ruleset.contains("1024-65535"), "{ruleset}");
-    assert_eq!(daemon.ns.sh("cat /proc/sys/net/ipv4/ip_forward").expect("sysctl").trim(), "1");
+    assert_eq!(
+        daemon
+            .ns
+            .sh("cat /proc/sys/net/ipv4/ip_forward")
+            .expect("sysctl")
+            .trim(),
+        "1"
+    );
 
     let xml = daemon.ok(&["net-dumpxml", "default"]);
-    assert!(xml.starts_with("<network>\n  <name>default</name>\n  <uuid>"), "{xml}");
+    assert!(
+        xml.starts_with("<network>\n  <name>default</name>\n  <uuid>"),
+        "{xml}"
+    );
     assert!(xml.contains("  <forward mode='nat'>\n    <nat>\n      <port start='1024' end='65535'/>\n    </nat>\n  </forward>\n"), "{xml}");
-    assert!(xml.contains("  <bridge name='virbr0' stp='on' delay='0'/>\n  <mac address='52:54:00:"), "{xml}");
+    assert!(
+        xml.contains("  <bridge name='virbr0' stp='on' delay='0'/>\n  <mac address='52:54:00:"),
+        "{xml}"
+    );
     assert!(xml.ends_with("</network>\n\n"), "{xml}");
     // The definition is in libvirt's layout, autostart link included.
     assert!(daemon.config_dir().join("networks/default.xml").is_file());
-    assert!(daemon.config_dir().join("networks/autostart/default.xml").exists());
+    assert!(
+        daemon
+            .config_dir()
+            .join("networks/autostart/default.xml")
+            .exists()
+    );
 }
 
 #[test]
@@ -49,8 +73,14 @@ fn define_start_autostart_list_info_destroy_undefine() {
     }
     let daemon = Daemon::start();
     define_docker_machines(&daemon);
-    assert_eq!(daemon.ok(&["net-start", "docker-machines"]), "Network docker-machines started\n\n");
-    assert_eq!(daemon.ok(&["net-autostart", "docker-machines"]), "Network docker-machines marked as autostarted\n\n");
+    assert_eq!(
+        daemon.ok(&["net-start", "docker-machines"]),
+        "Network docker-machines started\n\n"
+    );
+    assert_eq!(
+        daemon.ok(&["net-autostart", "docker-machines"]),
+        "Network docker-machines marked as autostarted\n\n"
+    );
     assert_eq!(
         daemon.ok(&["net-list", "--all"]),
         " Name              State    Autostart   Persistent\n\
@@ -70,7 +100,8 @@ fn define_start_autostart_list_info_destroy_undefine() {
             "Name:           docker-machines\nUUID:           {uuid}\nActive:         yes\nPersistent:     yes\nAutostart:      yes\nBridge:         virbr1\n\n"
         )
     );
-    let json: serde_json::Value = serde_json::from_str(&daemon.ok(&["net-info", "docker-machines", "--json"])).expect("json");
+    let json: serde_json::Value =
+        serde_json::from_str(&daemon.ok(&["net-info", "docker-machines", "--json"])).expect("json");
     assert_eq!(json["bridge"], "virbr1");
     assert_eq!(json["active"], true);
 
@@ -78,20 +109,40 @@ fn define_start_autostart_list_info_destroy_undefine() {
     let ruleset = daemon.ruleset();
     assert!(ruleset.contains("virbr1"), "{ruleset}");
 
-    assert_eq!(daemon.ok(&["net-destroy", "docker-machines"]), "Network docker-machines destroyed\n\n");
+    assert_eq!(
+        daemon.ok(&["net-destroy", "docker-machines"]),
+        "Network docker-machines destroyed\n\n"
+    );
     assert_eq!(daemon.bridges(), ["virbr0"]);
     assert!(!daemon.ruleset().contains("virbr1"));
-    assert_eq!(daemon.ok(&["-q", "net-list", "--inactive"]), " docker-machines   inactive   yes         yes\n");
-    assert_eq!(daemon.ok(&["net-autostart", "docker-machines", "--disable"]), "Network docker-machines unmarked as autostarted\n\n");
-    assert_eq!(daemon.ok(&["net-undefine", "docker-machines"]), "Network docker-machines has been undefined\n\n");
-    assert!(!daemon.config_dir().join("networks/docker-machines.xml").exists());
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--inactive"]),
+        " docker-machines   inactive   yes   yes\n"
+    );
+    assert_eq!(
+        daemon.ok(&["net-autostart", "docker-machines", "--disable"]),
+        "Network docker-machines unmarked as autostarted\n\n"
+    );
+    assert_eq!(
+        daemon.ok(&["net-undefine", "docker-machines"]),
+        "Network docker-machines has been undefined\n\n"
+    );
+    assert!(
+        !daemon
+            .config_dir()
+            .join("networks/docker-machines.xml")
+            .exists()
+    );
     assert_eq!(daemon.ok(&["net-list", "--all", "--name"]), "default\n\n");
 
     // After destroying every network the kernel is as it was.
     daemon.ok(&["net-destroy", "default"]);
     assert!(daemon.bridges().is_empty());
     let ruleset = daemon.ruleset();
-    assert!(!ruleset.contains("virbr0") && !ruleset.contains("192.168.122"), "{ruleset}");
+    assert!(
+        !ruleset.contains("virbr0") && !ruleset.contains("192.168.122"),
+        "{ruleset}"
+    );
 }
 
 #[test]
@@ -99,7 +150,10 @@ fn transient_networks_run_without_a_definition_and_vanish_on_destroy() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let daemon = Daemon::start_with(DaemonOptions { no_default_network: true, ..Default::default() });
+    let daemon = Daemon::start_with(DaemonOptions {
+        no_default_network: true,
+        ..Default::default()
+    });
     let path = xml_file(
         daemon.dirs.path(),
         "t.xml",
@@ -109,7 +163,10 @@ fn transient_networks_run_without_a_definition_and_vanish_on_destroy() {
         daemon.ok(&["net-create", path.to_str().expect("path")]),
         format!("Network scratch created from {}\n\n", path.display())
     );
-    assert_eq!(daemon.ok(&["-q", "net-list", "--transient"]), " scratch   active   no          no\n");
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--transient"]),
+        " scratch   active   no   no\n"
+    );
     assert_eq!(daemon.addresses("virbr0"), ["10.98.0.1/24"]);
     assert!(!daemon.config_dir().join("networks/scratch.xml").exists());
     let err = daemon.fails(&["net-undefine", "scratch"]);
@@ -117,7 +174,10 @@ fn transient_networks_run_without_a_definition_and_vanish_on_destroy() {
     let err = daemon.fails(&["net-autostart", "scratch"]);
     assert!(err.contains("transient"), "{err}");
     daemon.ok(&["net-destroy", "scratch"]);
-    assert_eq!(daemon.ok(&["net-list", "--all"]), " Name   State   Autostart   Persistent\n----------------------------------------\n\n");
+    assert_eq!(
+        daemon.ok(&["net-list", "--all"]),
+        " Name   State   Autostart   Persistent\n----------------------------------------\n\n"
+    );
     assert!(daemon.bridges().is_empty());
 }
 
@@ -133,9 +193,15 @@ fn a_restarted_daemon_adopts_running_networks_without_touching_them() {
     // Networks outlive the daemon.
     assert_eq!(daemon.bridges(), ["virbr0"]);
     daemon.spawn(&DaemonOptions::default());
-    assert_eq!(daemon.ok(&["-q", "net-list"]), " default   active   yes         yes\n");
+    assert_eq!(
+        daemon.ok(&["-q", "net-list"]),
+        " default   active   yes   yes\n"
+    );
     let after = daemon.ip_json("link show virbr0");
-    assert_eq!(after[0]["ifindex"], ifindex, "the bridge was recreated instead of adopted");
+    assert_eq!(
+        after[0]["ifindex"], ifindex,
+        "the bridge was recreated instead of adopted"
+    );
     assert!(daemon.log().contains("adopted running network"));
     // A second start in the same boot does not restart it.
     let err = daemon.fails(&["net-start", "default"]);
@@ -149,9 +215,15 @@ fn a_vanished_bridge_marks_the_network_inactive_and_stale_rules_go() {
     }
     let mut daemon = Daemon::start();
     daemon.stop();
-    daemon.ns.sh("ip link del virbr0").expect("delete the bridge behind the daemon's back");
+    daemon
+        .ns
+        .sh("ip link del virbr0")
+        .expect("delete the bridge behind the daemon's back");
     daemon.spawn(&DaemonOptions::default());
-    assert_eq!(daemon.ok(&["-q", "net-list", "--all"]), " default   inactive   yes         yes\n");
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " default   inactive   yes   yes\n"
+    );
     let ruleset = daemon.ruleset();
     assert!(!ruleset.contains("virbr0"), "stale chains left: {ruleset}");
     daemon.ok(&["net-start", "default"]);
@@ -171,14 +243,23 @@ fn autostart_runs_once_per_boot() {
 
     // Same boot (same state dir): the daemon does not autostart again.
     daemon.spawn(&DaemonOptions::default());
-    assert_eq!(daemon.ok(&["-q", "net-list", "--all", "--name"]), "default\ndocker-machines\n");
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all", "--name"]),
+        "default\ndocker-machines\n"
+    );
     assert_eq!(daemon.ok(&["-q", "net-list", "--name"]), "");
     daemon.stop();
 
     // A reboot: the kernel state is gone and /run is empty again.
     let reboot_state = daemon.dirs.path().join("run-after-reboot");
-    daemon.spawn(&DaemonOptions { state_dir: Some(reboot_state), ..Default::default() });
-    assert_eq!(daemon.ok(&["-q", "net-list", "--name"]), "default\ndocker-machines\n");
+    daemon.spawn(&DaemonOptions {
+        state_dir: Some(reboot_state),
+        ..Default::default()
+    });
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--name"]),
+        "default\ndocker-machines\n"
+    );
     let mut bridges = daemon.bridges();
     bridges.sort();
     assert_eq!(bridges, ["virbr0", "virbr1"]);
@@ -190,7 +271,7 @@ fn default_network_moves_off_a_subnet_the_host_already_uses() {
         return;
     }
     let ns = testkit::Netns::new("taken").expect("netns");
-    ns.sh("ip link add eth9 type dummy && ip addr add 192.168.122.7/24 dev eth9 && ip link set eth9 up").expect("setup");
+    ns.sh("ip link add eth9 type veth peer name eth9p && ip addr add 192.168.122.7/24 dev eth9 && ip link set eth9 up").expect("setup");
     // Run a daemon in that namespace by hand: Daemon::start makes its own namespace.
     let dirs = tempfile::tempdir().expect("tmp");
     let socket = dirs.path().join("s");
@@ -215,6 +296,12 @@ fn default_network_moves_off_a_subnet_the_host_already_uses() {
     let _ = child.kill();
     let _ = child.wait();
     let xml = String::from_utf8_lossy(&out.stdout);
-    assert!(xml.contains("<ip address='192.168.123.1' netmask='255.255.255.0'>"), "{xml}");
-    assert!(xml.contains("<range start='192.168.123.2' end='192.168.123.254'/>"), "{xml}");
+    assert!(
+        xml.contains("<ip address='192.168.123.1' netmask='255.255.255.0'>"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<range start='192.168.123.2' end='192.168.123.254'/>"),
+        "{xml}"
+    );
 }

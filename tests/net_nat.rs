@@ -31,7 +31,9 @@ fn attach_upstream(daemon: &Daemon, upstream: &Netns) {
             upstream.name()
         ))
         .expect("veth to upstream");
-    upstream.sh("ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up").expect("upstream addressing");
+    upstream
+        .sh("ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up")
+        .expect("upstream addressing");
 }
 
 #[test]
@@ -42,7 +44,13 @@ fn guests_reach_upstream_masqueraded_through_the_default_network() {
     let daemon = Daemon::start();
     let guest = Netns::new("guest").expect("guest ns");
     let upstream = Netns::new("upstream").expect("upstream ns");
-    attach_guest(&daemon, &guest, "virbr0", "192.168.122.10/24", "192.168.122.1");
+    attach_guest(
+        &daemon,
+        &guest,
+        "virbr0",
+        "192.168.122.10/24",
+        "192.168.122.1",
+    );
     attach_upstream(&daemon, &upstream);
     // STP is on (libvirt's default): a new port forwards after listening + learning.
     wait_for_forwarding(&daemon, "vg0");
@@ -54,12 +62,25 @@ fn guests_reach_upstream_masqueraded_through_the_default_network() {
     listener.set_nonblocking(false).expect("blocking");
     let server = std::thread::spawn(move || listener.accept().map(|(_, peer)| peer));
     let connected = guest
-        .run(|| std::net::TcpStream::connect_timeout(&"10.77.0.2:8080".parse().expect("addr"), Duration::from_secs(5)))
+        .run(|| {
+            std::net::TcpStream::connect_timeout(
+                &"10.77.0.2:8080".parse().expect("addr"),
+                Duration::from_secs(5),
+            )
+        })
         .expect("enter guest");
-    assert!(connected.is_ok(), "guest could not reach upstream: {connected:?}\n{}", daemon.ruleset());
+    assert!(
+        connected.is_ok(),
+        "guest could not reach upstream: {connected:?}\n{}",
+        daemon.ruleset()
+    );
     let peer = server.join().expect("server thread").expect("accept");
     assert_eq!(peer.ip().to_string(), "10.77.0.1", "not masqueraded");
-    assert!(peer.port() >= 1024, "source port {} below the NAT range", peer.port());
+    assert!(
+        peer.port() >= 1024,
+        "source port {} below the NAT range",
+        peer.port()
+    );
 }
 
 #[test]
@@ -68,12 +89,22 @@ fn isolated_networks_do_not_forward() {
         return;
     }
     let daemon = Daemon::start();
-    let path = common::xml_file(daemon.dirs.path(), "dm.xml", include_str!("../examples/networks/docker-machines.xml"));
+    let path = common::xml_file(
+        daemon.dirs.path(),
+        "dm.xml",
+        include_str!("../examples/networks/docker-machines.xml"),
+    );
     daemon.ok(&["net-define", path.to_str().expect("path")]);
     daemon.ok(&["net-start", "docker-machines"]);
     let guest = Netns::new("isoguest").expect("guest ns");
     let upstream = Netns::new("isoup").expect("upstream ns");
-    attach_guest(&daemon, &guest, "virbr1", "192.168.42.10/24", "192.168.42.1");
+    attach_guest(
+        &daemon,
+        &guest,
+        "virbr1",
+        "192.168.42.10/24",
+        "192.168.42.1",
+    );
     attach_upstream(&daemon, &upstream);
     wait_for_forwarding(&daemon, "vg0");
     let _listener = upstream
@@ -81,7 +112,12 @@ fn isolated_networks_do_not_forward() {
         .expect("enter upstream")
         .expect("bind in upstream");
     let connected = guest
-        .run(|| std::net::TcpStream::connect_timeout(&"10.77.0.2:8080".parse().expect("addr"), Duration::from_secs(2)))
+        .run(|| {
+            std::net::TcpStream::connect_timeout(
+                &"10.77.0.2:8080".parse().expect("addr"),
+                Duration::from_secs(2),
+            )
+        })
         .expect("enter guest");
     assert!(connected.is_err(), "isolated network forwarded to upstream");
     // The host itself is reachable from the isolated network.
@@ -93,7 +129,10 @@ fn isolated_networks_do_not_forward() {
 
 fn wait_for_forwarding(daemon: &Daemon, port: &str) {
     for _ in 0..100 {
-        let state = daemon.ns.sh(&format!("cat /sys/class/net/{port}/brport/state")).unwrap_or_default();
+        let state = daemon
+            .ns
+            .sh(&format!("cat /sys/class/net/{port}/brport/state"))
+            .unwrap_or_default();
         // BR_STATE_FORWARDING
         if state.trim() == "3" {
             return;

@@ -9,17 +9,28 @@ use std::time::Duration;
 use common::{DAEMON_NEEDS, Daemon, DaemonOptions, require, xml_file};
 
 fn no_default() -> DaemonOptions {
-    DaemonOptions { no_default_network: true, ..Default::default() }
+    DaemonOptions {
+        no_default_network: true,
+        ..Default::default()
+    }
 }
 
 /// Asserts the network is either fully up or fully down, and its definition intact.
 fn assert_consistent(daemon: &Daemon, name: &str, bridge: &str, definition: &str) {
     let listed = daemon.ok(&["-q", "net-list", "--all"]);
-    let active = listed.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()[..2] == [name, "active"]);
+    let active = listed
+        .lines()
+        .any(|l| l.split_whitespace().collect::<Vec<_>>()[..2] == [name, "active"]);
     let has_bridge = daemon.bridges().iter().any(|b| b == bridge);
     let has_rules = daemon.ruleset().contains(bridge);
-    assert_eq!((active, has_bridge, has_rules), (active, active, active), "half-started network {name}:\n{listed}\n{}", daemon.log());
-    let on_disk = std::fs::read_to_string(daemon.config_dir().join(format!("networks/{name}.xml"))).expect("definition kept");
+    assert_eq!(
+        (active, has_bridge, has_rules),
+        (active, active, active),
+        "half-started network {name}:\n{listed}\n{}",
+        daemon.log()
+    );
+    let on_disk = std::fs::read_to_string(daemon.config_dir().join(format!("networks/{name}.xml")))
+        .expect("definition kept");
     assert_eq!(on_disk, definition);
 }
 
@@ -29,9 +40,14 @@ fn a_start_interrupted_after_its_intent_record_is_undone_on_restart() {
         return;
     }
     let mut daemon = Daemon::start_with(no_default());
-    let path = xml_file(daemon.dirs.path(), "n.xml", "<network><name>n</name><forward/><ip address='10.55.0.1' prefix='24'/></network>");
+    let path = xml_file(
+        daemon.dirs.path(),
+        "n.xml",
+        "<network><name>n</name><forward/><ip address='10.55.0.1' prefix='24'/></network>",
+    );
     daemon.ok(&["net-define", path.to_str().expect("path")]);
-    let definition = std::fs::read_to_string(daemon.config_dir().join("networks/n.xml")).expect("definition");
+    let definition =
+        std::fs::read_to_string(daemon.config_dir().join("networks/n.xml")).expect("definition");
     daemon.ok(&["net-start", "n"]);
     daemon.kill9();
 
@@ -40,10 +56,17 @@ fn a_start_interrupted_after_its_intent_record_is_undone_on_restart() {
     let status_path = daemon.state_dir().join("networks/n.json");
     let status = std::fs::read_to_string(&status_path).expect("status");
     assert!(status.contains("\"phase\": \"active\""), "{status}");
-    std::fs::write(&status_path, status.replace("\"phase\": \"active\"", "\"phase\": \"starting\"")).expect("rewrite");
+    std::fs::write(
+        &status_path,
+        status.replace("\"phase\": \"active\"", "\"phase\": \"starting\""),
+    )
+    .expect("rewrite");
 
     daemon.spawn(&no_default());
-    assert_eq!(daemon.ok(&["-q", "net-list", "--all"]), " n      inactive   no          yes\n");
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " n   inactive   no   yes\n"
+    );
     assert!(daemon.bridges().is_empty(), "orphan bridge left");
     assert!(!daemon.ruleset().contains("virbr0"), "orphan rules left");
     assert!(!status_path.exists());
@@ -58,11 +81,16 @@ fn kill_9_at_random_points_of_starts_never_leaves_orphans() {
         return;
     }
     let mut daemon = Daemon::start_with(no_default());
-    let path = xml_file(daemon.dirs.path(), "n.xml", "<network><name>n</name><forward/><ip address='10.56.0.1' prefix='24'/></network>");
+    let path = xml_file(
+        daemon.dirs.path(),
+        "n.xml",
+        "<network><name>n</name><forward/><ip address='10.56.0.1' prefix='24'/></network>",
+    );
     daemon.ok(&["net-define", path.to_str().expect("path")]);
-    let definition = std::fs::read_to_string(daemon.config_dir().join("networks/n.xml")).expect("definition");
+    let definition =
+        std::fs::read_to_string(daemon.config_dir().join("networks/n.xml")).expect("definition");
     for round in 0..8u64 {
-        // Spread the kill over the start's few milliseconds.
+        // Spread the kills from before the request arrives to after the start completed.
         let mut start = std::process::Command::new(env!("CARGO_BIN_EXE_kvnet"))
             .arg("-c")
             .arg(daemon.socket())
@@ -71,7 +99,7 @@ fn kill_9_at_random_points_of_starts_never_leaves_orphans() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn kvnet");
-        std::thread::sleep(Duration::from_micros(500 * round));
+        std::thread::sleep(Duration::from_millis(round * round));
         daemon.kill9();
         let _ = start.wait();
         daemon.spawn(&no_default());

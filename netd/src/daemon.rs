@@ -45,7 +45,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter)
+        .init();
 
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -59,7 +63,10 @@ pub fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     // One thread is plenty: every change is serialised by the manager's lock, and
     // netlink must stay in this thread's network namespace.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async {
         let firewall = firewall::nft().context("opening nftables")?;
         let config = ManagerConfig {
@@ -67,8 +74,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             state_dir: args.state_dir.clone(),
             define_default_network: !args.no_default_network,
         };
-        let manager = Manager::open(config, firewall).await.map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
-        server::serve(Arc::new(manager), &args.socket, shutdown_signal()).await.context("serving the API")?;
+        let manager = Manager::open(config, firewall)
+            .await
+            .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+        server::serve(Arc::new(manager), &args.socket, shutdown_signal())
+            .await
+            .context("serving the API")?;
         tracing::info!("stopped; networks keep running");
         Ok(())
     })
@@ -76,7 +87,10 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::warn!("cannot listen for SIGTERM/SIGINT; stop the daemon with SIGKILL");
         return std::future::pending().await;
     };

@@ -17,7 +17,7 @@ use crate::api::{ApiError, ErrorKind};
 use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
 use crate::link::{self, BridgeSpec, Link, sysctl};
 use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
-use crate::xml::{self, ForwardMode, NetworkDef};
+use crate::xml::{self, DEFAULT_NAT_PORTS, ForwardMode, NetworkDef};
 
 /// Errors of network operations. Each maps to one API error kind.
 #[derive(Debug, thiserror::Error)]
@@ -79,9 +79,11 @@ impl From<Error> for ApiError {
             Error::Xml(_) | Error::Conflict(_) => ErrorKind::InvalidArgument,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::OperationInvalid(_) => ErrorKind::OperationInvalid,
-            Error::Start { .. } | Error::Stop { .. } | Error::Store(_) | Error::Link(_) | Error::Firewall(_) => {
-                ErrorKind::Internal
-            }
+            Error::Start { .. }
+            | Error::Stop { .. }
+            | Error::Store(_)
+            | Error::Link(_)
+            | Error::Firewall(_) => ErrorKind::Internal,
         };
         ApiError::new(kind, error_chain(&error))
     }
@@ -134,7 +136,7 @@ impl Network {
         let def = self.current()?;
         Some(NetworkSummary {
             name: def.name.clone(),
-            uuid: def.uuid_string(),
+            uuid: def.uuid.unwrap_or_default(),
             active: self.live.is_some(),
             persistent: self.config.is_some(),
             autostart: self.autostart,
@@ -163,11 +165,19 @@ enum Undo {
 impl Manager {
     /// Loads definitions and live status, reconciles them with the kernel, defines the
     /// `default` network on first start, and autostarts networks once per boot.
-    pub async fn open(config: ManagerConfig, firewall: Box<dyn Firewall>) -> Result<Manager, Error> {
+    pub async fn open(
+        config: ManagerConfig,
+        firewall: Box<dyn Firewall>,
+    ) -> Result<Manager, Error> {
         let store = Store::new(&config.config_dir, &config.state_dir);
         let fresh = store.is_fresh();
         store.create_dirs()?;
-        let manager = Manager { networks: Mutex::new(BTreeMap::new()), store, link: Link::new()?, firewall };
+        let manager = Manager {
+            networks: Mutex::new(BTreeMap::new()),
+            store,
+            link: Link::new()?,
+            firewall,
+        };
         manager.load_configs().await?;
         manager.adopt_running().await?;
         if fresh && config.define_default_network {
@@ -194,7 +204,14 @@ impl Manager {
                 warn!(path = %stored.path.display(), network = %def.name, "skipping definition whose file name differs from its <name>");
                 continue;
             }
-            networks.insert(def.name.clone(), Network { config: Some(def), live: None, autostart: stored.autostart });
+            networks.insert(
+                def.name.clone(),
+                Network {
+                    config: Some(def),
+                    live: None,
+                    autostart: stored.autostart,
+                },
+            );
         }
         Ok(())
     }
@@ -215,7 +232,8 @@ impl Manager {
                 Ok(def) => def,
                 Err(e) => {
                     warn!(network = %name, "discarding status with unreadable XML: {}", error_chain(&e));
-                    self.release(&status.bridge, owns_bridge_mode(&status.xml)).await;
+                    self.release(&status.bridge, owns_bridge_mode(&status.xml))
+                        .await;
                     self.store.delete_status(&name)?;
                     continue;
                 }
@@ -227,7 +245,11 @@ impl Manager {
                 self.store.delete_status(&name)?;
                 continue;
             }
-            let present = self.link.link_info(&status.bridge).await?.is_some_and(|info| info.is_bridge);
+            let present = self
+                .link
+                .link_info(&status.bridge)
+                .await?
+                .is_some_and(|info| info.is_bridge());
             if !present {
                 warn!(network = %name, bridge = %status.bridge, "bridge vanished while the daemon was away; marking the network inactive");
                 self.release(&status.bridge, false).await;
@@ -240,12 +262,29 @@ impl Manager {
                 None if status.persistent => {
                     // Its definition was removed behind our back: keep it running, as transient.
                     warn!(network = %name, "running network has no definition on disk any more; it is now transient");
-                    let status = Status { persistent: false, ..status };
+                    let status = Status {
+                        persistent: false,
+                        ..status
+                    };
                     self.store.save_status(&name, &status)?;
-                    networks.insert(name, Network { config: None, live: Some(def), autostart: false });
+                    networks.insert(
+                        name,
+                        Network {
+                            config: None,
+                            live: Some(def),
+                            autostart: false,
+                        },
+                    );
                 }
                 None => {
-                    networks.insert(name, Network { config: None, live: Some(def), autostart: false });
+                    networks.insert(
+                        name,
+                        Network {
+                            config: None,
+                            live: Some(def),
+                            autostart: false,
+                        },
+                    );
                 }
             }
         }
@@ -257,10 +296,8 @@ impl Manager {
         if let Err(e) = self.firewall.remove(bridge) {
             warn!(bridge, "removing firewall rules: {}", error_chain(&e));
         }
-        if delete_bridge {
-            if let Err(e) = self.link.delete_link(bridge).await {
-                warn!(bridge, "deleting bridge: {}", error_chain(&e));
-            }
+        if delete_bridge && let Err(e) = self.link.delete_link(bridge).await {
+            warn!(bridge, "deleting bridge: {}", error_chain(&e));
         }
     }
 
@@ -296,7 +333,9 @@ impl Manager {
         match self.firewall.foreign_drop_policies() {
             Ok(found) => {
                 for description in found {
-                    warn!("{description}: it can drop guest traffic that kvnet's own table accepts");
+                    warn!(
+                        "{description}: it can drop guest traffic that kvnet's own table accepts"
+                    );
                 }
             }
             Err(e) => warn!("inspecting other firewall tables: {}", error_chain(&e)),
@@ -306,7 +345,11 @@ impl Manager {
     async fn autostart_all(&self) {
         let names: Vec<String> = {
             let networks = self.networks.lock().await;
-            networks.iter().filter(|(_, n)| n.autostart && n.live.is_none()).map(|(name, _)| name.clone()).collect()
+            networks
+                .iter()
+                .filter(|(_, n)| n.autostart && n.live.is_none())
+                .map(|(name, _)| name.clone())
+                .collect()
         };
         for name in names {
             match self.start(&name).await {
@@ -320,19 +363,27 @@ impl Manager {
     /// moving to the next free 192.168.N.0/24 if that subnet is taken on this host.
     async fn define_default_network(&self) -> Result<(), Error> {
         let used = self.link.used_prefixes().await?;
-        let taken = |subnet: IpNet| used.iter().any(|(prefix, _)| prefix.prefix_len() > 0 && overlap(*prefix, subnet));
+        let taken = |subnet: IpNet| {
+            used.iter()
+                .any(|(prefix, _)| prefix.prefix_len() > 0 && overlap(*prefix, subnet))
+        };
         let Some(octet) = (122..=254u8).find(|n| {
-            let subnet = IpNet::V4(ipnet::Ipv4Net::new([192, 168, *n, 0].into(), 24).unwrap_or_default());
+            let subnet =
+                IpNet::V4(ipnet::Ipv4Net::new([192, 168, *n, 0].into(), 24).unwrap_or_default());
             !taken(subnet)
         }) else {
             warn!("no free 192.168.N.0/24 subnet for the default network; not defining it");
             return Ok(());
         };
         if octet != 122 {
-            info!("192.168.122.0/24 is in use on this host; the default network uses 192.168.{octet}.0/24");
+            info!(
+                "192.168.122.0/24 is in use on this host; the default network uses 192.168.{octet}.0/24"
+            );
         }
         let bridge_free = !self.link.link_exists("virbr0").await?;
-        let summary = self.define(&default_network_xml(octet, bridge_free)).await?;
+        let summary = self
+            .define(&default_network_xml(octet, bridge_free))
+            .await?;
         self.set_autostart(&summary.name, true).await?;
         info!(network = %summary.name, "defined the default network");
         Ok(())
@@ -340,7 +391,12 @@ impl Manager {
 
     /// Every network, in name order.
     pub async fn list(&self) -> Vec<NetworkSummary> {
-        self.networks.lock().await.values().filter_map(Network::summary).collect()
+        self.networks
+            .lock()
+            .await
+            .values()
+            .filter_map(Network::summary)
+            .collect()
     }
 
     /// One network by name or UUID.
@@ -364,7 +420,14 @@ impl Manager {
         match networks.get_mut(&name) {
             Some(network) => network.config = Some(def),
             None => {
-                networks.insert(name.clone(), Network { config: Some(def), live: None, autostart: false });
+                networks.insert(
+                    name.clone(),
+                    Network {
+                        config: Some(def),
+                        live: None,
+                        autostart: false,
+                    },
+                );
             }
         }
         summary_of(&networks, &name)
@@ -379,7 +442,14 @@ impl Manager {
         self.complete_and_check_bridge(&networks, &mut def).await?;
         self.bring_up(&networks, &def, false).await?;
         let name = def.name.clone();
-        networks.insert(name.clone(), Network { config: None, live: Some(def), autostart: false });
+        networks.insert(
+            name.clone(),
+            Network {
+                config: None,
+                live: Some(def),
+                autostart: false,
+            },
+        );
         summary_of(&networks, &name)
     }
 
@@ -393,23 +463,33 @@ impl Manager {
     ) -> Result<(), Error> {
         if let Some(existing) = networks.get(&def.name).and_then(Network::current) {
             if !redefine {
-                return Err(Error::AlreadyExists(format!("network '{}' already exists", def.name)));
+                return Err(Error::AlreadyExists(format!(
+                    "network '{}' already exists with uuid {}",
+                    def.name,
+                    uuid_string(existing)
+                )));
             }
             match def.uuid {
                 Some(uuid) if Some(uuid) != existing.uuid => {
                     return Err(Error::AlreadyExists(format!(
                         "network '{}' is already defined with uuid {}",
                         def.name,
-                        existing.uuid_string()
+                        uuid_string(existing)
                     )));
                 }
                 _ => def.uuid = existing.uuid,
             }
         }
         if let Some(uuid) = def.uuid {
-            let clash = networks.values().filter_map(Network::current).find(|other| other.uuid == Some(uuid) && other.name != def.name);
+            let clash = networks
+                .values()
+                .filter_map(Network::current)
+                .find(|other| other.uuid == Some(uuid) && other.name != def.name);
             if let Some(other) = clash {
-                return Err(Error::AlreadyExists(format!("network '{}' already exists with uuid {uuid}", other.name)));
+                return Err(Error::AlreadyExists(format!(
+                    "network '{}' already exists with uuid {uuid}",
+                    other.name
+                )));
             }
         }
         Ok(())
@@ -417,9 +497,17 @@ impl Manager {
 
     /// Fills in UUID, MAC and bridge name, and refuses a bridge name that another
     /// network uses or that names an interface this network does not own.
-    async fn complete_and_check_bridge(&self, networks: &BTreeMap<String, Network>, def: &mut NetworkDef) -> Result<(), Error> {
+    async fn complete_and_check_bridge(
+        &self,
+        networks: &BTreeMap<String, Network>,
+        def: &mut NetworkDef,
+    ) -> Result<(), Error> {
         let host_links = self.link.link_names().await?;
-        let own_bridge = networks.get(&def.name).and_then(|n| n.live.as_ref()).and_then(|d| d.bridge_name()).map(str::to_owned);
+        let own_bridge = networks
+            .get(&def.name)
+            .and_then(|n| n.live.as_ref())
+            .and_then(|d| d.bridge_name())
+            .map(str::to_owned);
         let other_bridges: Vec<&str> = networks
             .values()
             .filter_map(Network::current)
@@ -427,22 +515,29 @@ impl Manager {
             .filter_map(NetworkDef::bridge_name)
             .collect();
         let in_use = |bridge: &str| {
-            other_bridges.contains(&bridge) || (host_links.iter().any(|l| l == bridge) && own_bridge.as_deref() != Some(bridge))
+            other_bridges.contains(&bridge)
+                || (host_links.iter().any(|l| l == bridge) && own_bridge.as_deref() != Some(bridge))
         };
         if def.forward_mode() == ForwardMode::Bridge {
             // The bridge belongs to the host; it must not be one of ours.
             if let Some(bridge) = def.bridge_name().filter(|b| other_bridges.contains(b)) {
-                return Err(Error::Conflict(format!("bridge name '{bridge}' already in use by another network")));
+                return Err(Error::Conflict(format!(
+                    "bridge name '{bridge}' already in use by another network"
+                )));
             }
             def.fill_defaults(|_| false)?;
             return Ok(());
         }
         if let Some(bridge) = def.bridge_name() {
             if other_bridges.contains(&bridge) {
-                return Err(Error::Conflict(format!("bridge name '{bridge}' already in use.")));
+                return Err(Error::Conflict(format!(
+                    "bridge name '{bridge}' already in use."
+                )));
             }
             if in_use(bridge) {
-                return Err(Error::Conflict(format!("bridge name '{bridge}' already in use by an existing interface")));
+                return Err(Error::Conflict(format!(
+                    "bridge name '{bridge}' already in use by an existing interface"
+                )));
             }
         }
         def.fill_defaults(in_use)?;
@@ -458,7 +553,10 @@ impl Manager {
         if network.live.is_some() {
             return Err(Error::OperationInvalid("network is already active".into()));
         }
-        let def = network.config.clone().ok_or_else(|| Error::OperationInvalid("network has no definition".into()))?;
+        let def = network
+            .config
+            .clone()
+            .ok_or_else(|| Error::OperationInvalid("network has no definition".into()))?;
         self.bring_up(&networks, &def, true).await?;
         if let Some(network) = networks.get_mut(&name) {
             network.live = Some(def);
@@ -468,8 +566,18 @@ impl Manager {
 
     /// Checks `def` against the host and the other networks, then creates its kernel
     /// objects, all or nothing.
-    async fn bring_up(&self, networks: &BTreeMap<String, Network>, def: &NetworkDef, persistent: bool) -> Result<(), Error> {
-        let bridge = def.bridge_name().ok_or_else(|| Error::OperationInvalid(format!("network '{}' has no bridge name", def.name)))?.to_owned();
+    async fn bring_up(
+        &self,
+        networks: &BTreeMap<String, Network>,
+        def: &NetworkDef,
+        persistent: bool,
+    ) -> Result<(), Error> {
+        let bridge = def
+            .bridge_name()
+            .ok_or_else(|| {
+                Error::OperationInvalid(format!("network '{}' has no bridge name", def.name))
+            })?
+            .to_owned();
         self.check_collisions(networks, def, &bridge).await?;
 
         let status = |phase| Status {
@@ -480,14 +588,18 @@ impl Manager {
             xml: def.to_xml(),
             started_at: chrono::Utc::now().timestamp(),
         };
-        self.store.save_status(&def.name, &status(Phase::Starting))?;
+        self.store
+            .save_status(&def.name, &status(Phase::Starting))?;
         let mut undo = Vec::new();
         let result = match self.apply_kernel_state(def, &bridge, &mut undo).await {
-            Ok(()) => self.store.save_status(&def.name, &status(Phase::Active)).map_err(|e| Error::Start {
-                network: def.name.clone(),
-                step: "recording the network as active".into(),
-                source: Box::new(e),
-            }),
+            Ok(()) => self
+                .store
+                .save_status(&def.name, &status(Phase::Active))
+                .map_err(|e| Error::Start {
+                    network: def.name.clone(),
+                    step: "recording the network as active".into(),
+                    source: Box::new(e),
+                }),
             Err(e) => Err(e),
         };
         if let Err(e) = result {
@@ -501,8 +613,17 @@ impl Manager {
         Ok(())
     }
 
-    async fn check_collisions(&self, networks: &BTreeMap<String, Network>, def: &NetworkDef, bridge: &str) -> Result<(), Error> {
-        for other in networks.values().filter_map(|n| n.live.as_ref()).filter(|other| other.name != def.name) {
+    async fn check_collisions(
+        &self,
+        networks: &BTreeMap<String, Network>,
+        def: &NetworkDef,
+        bridge: &str,
+    ) -> Result<(), Error> {
+        for other in networks
+            .values()
+            .filter_map(|n| n.live.as_ref())
+            .filter(|other| other.name != def.name)
+        {
             if let Some((ours, theirs)) = def.overlaps(other) {
                 return Err(Error::Conflict(format!(
                     "subnet {ours} of network '{}' overlaps {theirs} of active network '{}'",
@@ -512,15 +633,26 @@ impl Manager {
         }
         if def.forward_mode() == ForwardMode::Bridge {
             return match self.link.link_info(bridge).await? {
-                Some(info) if info.is_bridge => Ok(()),
-                Some(_) => Err(Error::Conflict(format!("interface '{bridge}' is not a bridge"))),
-                None => Err(Error::Conflict(format!("host bridge '{bridge}' does not exist"))),
+                Some(info) if info.is_bridge() => Ok(()),
+                Some(_) => Err(Error::Conflict(format!(
+                    "interface '{bridge}' is not a bridge"
+                ))),
+                None => Err(Error::Conflict(format!(
+                    "host bridge '{bridge}' does not exist"
+                ))),
             };
         }
         if self.link.link_exists(bridge).await? {
-            return Err(Error::Conflict(format!("bridge name '{bridge}' already in use by an existing interface")));
+            return Err(Error::Conflict(format!(
+                "bridge name '{bridge}' already in use by an existing interface"
+            )));
         }
-        let ours: Vec<IpNet> = def.ipv4_subnets().into_iter().map(IpNet::V4).chain(def.ipv6_subnets().into_iter().map(IpNet::V6)).collect();
+        let ours: Vec<IpNet> = def
+            .ipv4_subnets()
+            .into_iter()
+            .map(IpNet::V4)
+            .chain(def.ipv6_subnets().into_iter().map(IpNet::V6))
+            .collect();
         for (used, device) in self.link.used_prefixes().await? {
             // The default route overlaps everything; libvirt ignores it too.
             if used.prefix_len() == 0 {
@@ -537,37 +669,60 @@ impl Manager {
     }
 
     /// The kernel side of a start, recording an undo for each change made.
-    async fn apply_kernel_state(&self, def: &NetworkDef, bridge: &str, undo: &mut Vec<Undo>) -> Result<(), Error> {
+    async fn apply_kernel_state(
+        &self,
+        def: &NetworkDef,
+        bridge: &str,
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), Error> {
         let failed = |step: String| {
             let network = def.name.clone();
-            move |source: Box<dyn std::error::Error + Send + Sync>| Error::Start { network, step, source }
+            move |source: Box<dyn std::error::Error + Send + Sync>| Error::Start {
+                network,
+                step,
+                source,
+            }
         };
         let mode = def.forward_mode();
         if mode != ForwardMode::Bridge {
             let spec = bridge_spec(def, bridge);
-            self.link.create_bridge(&spec).await.map_err(|e| failed(format!("creating bridge {bridge}"))(e.into()))?;
+            self.link
+                .create_bridge(&spec)
+                .await
+                .map_err(|e| failed(format!("creating bridge {bridge}"))(e.into()))?;
             undo.push(Undo::DeleteBridge(bridge.to_owned()));
             let has_ipv6 = !def.ipv6_subnets().is_empty();
             sysctl::configure_bridge_ipv6(bridge, has_ipv6)
                 .map_err(|e| failed(format!("setting IPv6 sysctls of {bridge}"))(e.into()))?;
-            for (address, prefix) in def.bridge_addresses() {
+            for (address, prefix) in bridge_addresses(def) {
                 self.link
                     .add_address(bridge, address, prefix)
                     .await
-                    .map_err(|e| failed(format!("adding address {address}/{prefix} to {bridge}"))(e.into()))?;
+                    .map_err(|e| {
+                        failed(format!("adding address {address}/{prefix} to {bridge}"))(e.into())
+                    })?;
             }
         }
         if let Some(rules) = firewall_rules(def) {
-            self.firewall.apply(&rules).map_err(|e| failed(format!("applying firewall rules for {bridge}"))(e.into()))?;
+            self.firewall
+                .apply(&rules)
+                .map_err(|e| failed(format!("applying firewall rules for {bridge}"))(e.into()))?;
             undo.push(Undo::RemoveRules(bridge.to_owned()));
         }
         if mode != ForwardMode::Bridge {
-            self.link.set_up(bridge).await.map_err(|e| failed(format!("bringing {bridge} up"))(e.into()))?;
+            self.link
+                .set_up(bridge)
+                .await
+                .map_err(|e| failed(format!("bringing {bridge} up"))(e.into()))?;
         }
-        if matches!(mode, ForwardMode::Nat | ForwardMode::Route | ForwardMode::Open) {
+        if matches!(
+            mode,
+            ForwardMode::Nat | ForwardMode::Route | ForwardMode::Open
+        ) {
             let ipv4 = !def.ipv4_subnets().is_empty();
             let ipv6 = !def.ipv6_subnets().is_empty();
-            sysctl::enable_forwarding(ipv4, ipv6).map_err(|e| failed("enabling IP forwarding".into())(e.into()))?;
+            sysctl::enable_forwarding(ipv4, ipv6)
+                .map_err(|e| failed("enabling IP forwarding".into())(e.into()))?;
         }
         Ok(())
     }
@@ -575,8 +730,15 @@ impl Manager {
     async fn roll_back(&self, undo: Vec<Undo>) {
         for step in undo.into_iter().rev() {
             let result = match &step {
-                Undo::DeleteBridge(bridge) => self.link.delete_link(bridge).await.map(drop).map_err(|e| error_chain(&e)),
-                Undo::RemoveRules(bridge) => self.firewall.remove(bridge).map_err(|e| error_chain(&e)),
+                Undo::DeleteBridge(bridge) => self
+                    .link
+                    .delete_link(bridge)
+                    .await
+                    .map(drop)
+                    .map_err(|e| error_chain(&e)),
+                Undo::RemoveRules(bridge) => {
+                    self.firewall.remove(bridge).map_err(|e| error_chain(&e))
+                }
             };
             if let Err(e) = result {
                 warn!("rolling back {step:?}: {e}");
@@ -609,22 +771,27 @@ impl Manager {
 
     /// Removes what a start created; keeps going past errors and reports them all.
     async fn tear_down(&self, def: &NetworkDef) -> Result<(), Error> {
-        let Some(bridge) = def.bridge_name() else { return Ok(()) };
+        let Some(bridge) = def.bridge_name() else {
+            return Ok(());
+        };
         let mut problems = Vec::new();
-        if firewall_rules(def).is_some() {
-            if let Err(e) = self.firewall.remove(bridge) {
-                problems.push(error_chain(&e));
-            }
+        if firewall_rules(def).is_some()
+            && let Err(e) = self.firewall.remove(bridge)
+        {
+            problems.push(error_chain(&e));
         }
-        if def.forward_mode() != ForwardMode::Bridge {
-            if let Err(e) = self.link.delete_link(bridge).await {
-                problems.push(error_chain(&e));
-            }
+        if def.forward_mode() != ForwardMode::Bridge
+            && let Err(e) = self.link.delete_link(bridge).await
+        {
+            problems.push(error_chain(&e));
         }
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Error::Stop { network: def.name.clone(), problems: problems.join("; ") })
+            Err(Error::Stop {
+                network: def.name.clone(),
+                problems: problems.join("; "),
+            })
         }
     }
 
@@ -636,7 +803,9 @@ impl Manager {
         let mut summary = summary_of(&networks, &name)?;
         let network = &networks[&name];
         if network.config.is_none() {
-            return Err(Error::OperationInvalid("cannot undefine transient network".into()));
+            return Err(Error::OperationInvalid(
+                "cannot undefine transient network".into(),
+            ));
         }
         if let Some(live) = &network.live {
             // Record first that it is now transient, so a restart does not resurrect the definition.
@@ -669,7 +838,9 @@ impl Manager {
         let mut networks = self.networks.lock().await;
         let name = lookup(&networks, key)?;
         if networks[&name].config.is_none() {
-            return Err(Error::OperationInvalid("cannot set autostart for transient network".into()));
+            return Err(Error::OperationInvalid(
+                "cannot set autostart for transient network".into(),
+            ));
         }
         self.store.set_autostart(&name, enabled)?;
         if let Some(network) = networks.get_mut(&name) {
@@ -683,8 +854,15 @@ impl Manager {
         let networks = self.networks.lock().await;
         let name = lookup(&networks, key)?;
         let network = &networks[&name];
-        let def = if inactive { network.config.as_ref().or(network.live.as_ref()) } else { network.current() };
-        def.map(NetworkDef::to_xml).ok_or_else(|| Error::NotFound { field: "name", value: key.to_owned() })
+        let def = if inactive {
+            network.config.as_ref().or(network.live.as_ref())
+        } else {
+            network.current()
+        };
+        def.map(NetworkDef::to_xml).ok_or_else(|| Error::NotFound {
+            field: "name",
+            value: key.to_owned(),
+        })
     }
 
     /// The network's DHCP leases. kvnetd serves no DHCP yet, so no lease exists.
@@ -698,17 +876,27 @@ impl Manager {
 /// Resolves a name or UUID (virsh tries a UUID first when the argument looks like one).
 fn lookup(networks: &BTreeMap<String, Network>, key: &str) -> Result<String, Error> {
     if let Ok(uuid) = uuid::Uuid::parse_str(key) {
-        if let Some(def) = networks.values().filter_map(Network::current).find(|def| def.uuid == Some(uuid)) {
+        if let Some(def) = networks
+            .values()
+            .filter_map(Network::current)
+            .find(|def| def.uuid == Some(uuid))
+        {
             return Ok(def.name.clone());
         }
         if key.len() == 36 {
-            return Err(Error::NotFound { field: "uuid", value: key.to_owned() });
+            return Err(Error::NotFound {
+                field: "uuid",
+                value: key.to_owned(),
+            });
         }
     }
     if networks.contains_key(key) {
         Ok(key.to_owned())
     } else {
-        Err(Error::NotFound { field: "name", value: key.to_owned() })
+        Err(Error::NotFound {
+            field: "name",
+            value: key.to_owned(),
+        })
     }
 }
 
@@ -716,7 +904,10 @@ fn summary_of(networks: &BTreeMap<String, Network>, name: &str) -> Result<Networ
     networks
         .get(name)
         .and_then(Network::summary)
-        .ok_or_else(|| Error::NotFound { field: "name", value: name.to_owned() })
+        .ok_or_else(|| Error::NotFound {
+            field: "name",
+            value: name.to_owned(),
+        })
 }
 
 fn overlap(a: IpNet, b: IpNet) -> bool {
@@ -729,13 +920,24 @@ fn owns_bridge_mode(xml: &str) -> bool {
     NetworkDef::from_xml(xml).is_ok_and(|def| def.forward_mode() != ForwardMode::Bridge)
 }
 
+fn uuid_string(def: &NetworkDef) -> String {
+    def.uuid.map(|uuid| uuid.to_string()).unwrap_or_default()
+}
+
+/// The bridge's addresses: one per `<ip>` (validation guarantees a prefix length).
+fn bridge_addresses(def: &NetworkDef) -> impl Iterator<Item = (std::net::IpAddr, u8)> + '_ {
+    def.ips
+        .iter()
+        .filter_map(|ip| Some((ip.address, ip.prefix_len()?)))
+}
+
 fn bridge_spec(def: &NetworkDef, bridge: &str) -> BridgeSpec {
     BridgeSpec {
         name: bridge.to_owned(),
-        mac: def.mac_bytes().unwrap_or([0x52, 0x54, 0, 0, 0, 1]),
+        mac: def.mac.map(|mac| mac.0).unwrap_or([0x52, 0x54, 0, 0, 0, 1]),
         mtu: def.mtu,
         stp: def.bridge.stp,
-        forward_delay_secs: def.bridge.delay,
+        forward_delay_secs: u32::try_from(def.bridge.delay).unwrap_or(u32::MAX),
     }
 }
 
@@ -747,21 +949,26 @@ fn firewall_rules(def: &NetworkDef) -> Option<NetworkRules> {
         ForwardMode::Route => RuleMode::Route,
         ForwardMode::Open | ForwardMode::Bridge => return None,
     };
-    let (nat_addresses, nat_ports) = def.nat_ranges();
+    let nat = &def.forward.nat;
+    let ports = nat.port.unwrap_or(DEFAULT_NAT_PORTS);
     Some(NetworkRules {
         bridge: def.bridge_name()?.to_owned(),
         mode,
-        forward_dev: def.forward_dev().map(str::to_owned),
+        forward_dev: def.forward.dev.clone(),
         ipv4: def.ipv4_subnets(),
         ipv6: def.ipv6_subnets(),
-        nat_addresses,
-        nat_ports,
+        nat_addresses: nat.address.map(|range| (range.start, range.end)),
+        nat_ports: (ports.start, ports.end),
     })
 }
 
 /// libvirt's shipped `default` network on 192.168.`octet`.0/24.
 fn default_network_xml(octet: u8, with_virbr0: bool) -> String {
-    let bridge = if with_virbr0 { "  <bridge name='virbr0'/>\n" } else { "" };
+    let bridge = if with_virbr0 {
+        "  <bridge name='virbr0'/>\n"
+    } else {
+        ""
+    };
     format!(
         "<network>\n  <name>default</name>\n{bridge}  <forward/>\n  <ip address='192.168.{octet}.1' netmask='255.255.255.0'>\n    <dhcp>\n      <range start='192.168.{octet}.2' end='192.168.{octet}.254'/>\n    </dhcp>\n  </ip>\n</network>\n"
     )

@@ -40,8 +40,12 @@ pub enum Error {
     },
 }
 
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::Io { action, path: path.to_owned(), source }
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Where a running network is in its life, as recorded before and after touching the kernel.
@@ -74,6 +78,10 @@ pub struct Status {
 
 /// The current [`Status::version`].
 pub const STATUS_VERSION: u32 = 1;
+
+/// A status file found on disk: the network name from the file name, and its
+/// content or why it could not be read.
+pub type LoadedStatus = (String, Result<Status, Error>);
 
 /// A persistent definition found on disk.
 #[derive(Clone, Debug)]
@@ -139,10 +147,17 @@ impl Store {
     pub fn load_configs(&self) -> Result<Vec<StoredConfig>, Error> {
         let mut configs = Vec::new();
         for path in xml_files(&self.networks_dir)? {
-            let Some(file_name) = stem(&path) else { continue };
+            let Some(file_name) = stem(&path) else {
+                continue;
+            };
             let xml = fs::read_to_string(&path).map_err(io_err("reading", &path))?;
             let autostart = self.autostart_path(&file_name).exists();
-            configs.push(StoredConfig { file_name, path, xml, autostart });
+            configs.push(StoredConfig {
+                file_name,
+                path,
+                xml,
+                autostart,
+            });
         }
         Ok(configs)
     }
@@ -170,7 +185,9 @@ impl Store {
         // Replace a dangling link, then create the new one under a temporary name
         // and rename it, so the link appears atomically.
         remove_if_exists(&link)?;
-        let tmp = self.autostart_dir.join(format!(".{name}.xml.tmp-{}", std::process::id()));
+        let tmp = self
+            .autostart_dir
+            .join(format!(".{name}.xml.tmp-{}", std::process::id()));
         remove_if_exists(&tmp)?;
         std::os::unix::fs::symlink(Path::new("..").join(format!("{name}.xml")), &tmp)
             .map_err(io_err("creating autostart link", &tmp))?;
@@ -179,7 +196,7 @@ impl Store {
     }
 
     /// Reads every status file. A corrupt file is reported, not fatal to the others.
-    pub fn load_statuses(&self) -> Result<Vec<(String, Result<Status, Error>)>, Error> {
+    pub fn load_statuses(&self) -> Result<Vec<LoadedStatus>, Error> {
         let mut statuses = Vec::new();
         let entries = match fs::read_dir(&self.status_dir) {
             Ok(entries) => entries,
@@ -195,7 +212,10 @@ impl Store {
             let status = fs::read(&path)
                 .map_err(io_err("reading", &path))
                 .and_then(|bytes| {
-                    serde_json::from_slice(&bytes).map_err(|source| Error::CorruptStatus { path: path.clone(), source })
+                    serde_json::from_slice(&bytes).map_err(|source| Error::CorruptStatus {
+                        path: path.clone(),
+                        source,
+                    })
                 });
             statuses.push((name, status));
         }
@@ -219,7 +239,11 @@ impl Store {
 
     /// Marks that autostart ran in this boot; returns whether it had already run.
     pub fn mark_autostarted(&self) -> Result<bool, Error> {
-        match fs::OpenOptions::new().write(true).create_new(true).open(&self.autostart_marker) {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&self.autostart_marker)
+        {
             Ok(_) => Ok(false),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
             Err(e) => Err(io_err("creating", &self.autostart_marker)(e)),
@@ -228,7 +252,10 @@ impl Store {
 }
 
 fn stem(path: &Path) -> Option<String> {
-    path.file_stem().and_then(|s| s.to_str()).filter(|s| !s.starts_with('.')).map(str::to_owned)
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| !s.starts_with('.'))
+        .map(str::to_owned)
 }
 
 fn xml_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
@@ -241,7 +268,10 @@ fn xml_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     for entry in entries {
         let entry = entry.map_err(io_err("listing", dir))?;
         let path = entry.path();
-        let is_file = entry.file_type().map_err(io_err("inspecting", &path))?.is_file();
+        let is_file = entry
+            .file_type()
+            .map_err(io_err("inspecting", &path))?
+            .is_file();
         if is_file && path.extension().is_some_and(|ext| ext == "xml") {
             files.push(path);
         }
@@ -269,7 +299,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("syncing directory", dir))
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing directory", dir))
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), Error> {
@@ -296,17 +328,29 @@ mod tests {
         assert!(store.is_fresh());
         store.create_dirs().unwrap();
         store.save_config("default", "<network/>").unwrap();
-        store.save_config("isolated", "<network><name>isolated</name></network>").unwrap();
+        store
+            .save_config("isolated", "<network><name>isolated</name></network>")
+            .unwrap();
         store.set_autostart("default", true).unwrap();
         store.set_autostart("default", true).unwrap();
 
         let link = dir.path().join("etc/networks/autostart/default.xml");
         assert_eq!(fs::read_link(&link).unwrap(), Path::new("../default.xml"));
         let configs = store.load_configs().unwrap();
-        let summary: Vec<_> = configs.iter().map(|c| (c.file_name.as_str(), c.autostart, c.xml.as_str())).collect();
+        let summary: Vec<_> = configs
+            .iter()
+            .map(|c| (c.file_name.as_str(), c.autostart, c.xml.as_str()))
+            .collect();
         assert_eq!(
             summary,
-            [("default", true, "<network/>"), ("isolated", false, "<network><name>isolated</name></network>")]
+            [
+                ("default", true, "<network/>"),
+                (
+                    "isolated",
+                    false,
+                    "<network><name>isolated</name></network>"
+                )
+            ]
         );
 
         store.delete_config("default").unwrap();
@@ -327,7 +371,11 @@ mod tests {
         store.create_dirs().unwrap();
         store.save_config("default", "<network/>").unwrap();
         let target = dir.path().join("etc/networks/default.xml");
-        std::os::unix::fs::symlink(&target, dir.path().join("etc/networks/autostart/default.xml")).unwrap();
+        std::os::unix::fs::symlink(
+            &target,
+            dir.path().join("etc/networks/autostart/default.xml"),
+        )
+        .unwrap();
         assert!(store.load_configs().unwrap()[0].autostart);
     }
 

@@ -11,8 +11,6 @@ use std::net::IpAddr;
 
 use uuid::Uuid;
 
-use crate::xml::MacAddr;
-
 /// Renders a table exactly like libvirt's `vshTablePrint`
 /// (tools/vsh-table.c): every cell is printed as `" " + cell`; every column
 /// but the last is padded with `maxwidth - width + 2` spaces; the header is
@@ -239,8 +237,8 @@ pub fn net_info(
 pub struct DhcpLeaseRow {
     /// Expiry in the local time zone (virsh formats `%Y-%m-%d %H:%M:%S`).
     pub expiry: chrono::NaiveDateTime,
-    /// Client MAC address.
-    pub mac: MacAddr,
+    /// Client MAC address, as the daemon reports it (lower-case).
+    pub mac: String,
     /// Leased address (IPv4 shows as `ipv4`, IPv6 as `ipv6`).
     pub ip: IpAddr,
     /// Prefix of the network's first `<ip>` of that family.
@@ -262,7 +260,7 @@ pub fn local_time(unix_seconds: i64) -> Option<chrono::NaiveDateTime> {
 /// MAC address; missing hostname/client id print as `-`.
 pub fn net_dhcp_leases(leases: &[DhcpLeaseRow], quiet: bool) -> String {
     let mut sorted: Vec<(String, &DhcpLeaseRow)> =
-        leases.iter().map(|l| (l.mac.to_string(), l)).collect();
+        leases.iter().map(|l| (l.mac.clone(), l)).collect();
     sorted.sort_by(|a, b| ascii_casecmp(&a.0, &b.0));
     let rows: Vec<Vec<String>> = sorted
         .into_iter()

@@ -16,13 +16,19 @@ pub struct Failure {
 impl Failure {
     /// A failure described by one line.
     pub fn msg(line: impl Into<String>) -> Failure {
-        Failure { lines: vec![line.into()] }
+        Failure {
+            lines: vec![line.into()],
+        }
     }
 
     /// A failed daemon call, in virsh's two-line shape: what the verb was doing, then
     /// why, with libvirt's prefix for the error's kind. A missing network reads as
     /// virsh's lookup failure; an unreachable daemon is one line naming the socket.
-    pub fn call(context: impl Into<String>, network: Option<&str>, error: client::Error) -> Failure {
+    pub fn call(
+        context: impl Into<String>,
+        network: Option<&str>,
+        error: client::Error,
+    ) -> Failure {
         let api = match error {
             client::Error::Api(api) => api,
             other => return Failure::msg(other.to_string()),
@@ -39,7 +45,9 @@ impl Failure {
             ErrorKind::PermissionDenied => "access denied: ",
             ErrorKind::Internal => "internal error: ",
         };
-        Failure { lines: vec![context, format!("{prefix}{}", api.message)] }
+        Failure {
+            lines: vec![context, format!("{prefix}{}", api.message)],
+        }
     }
 
     /// The lines to print.
@@ -58,12 +66,16 @@ pub async fn run(cli: &Cli) -> Result<String, Failure> {
         Command::NetUndefine(network) => net::undefine(&client, network.get(), quiet).await,
         Command::NetStart(network) => net::start(&client, network.get(), quiet).await,
         Command::NetDestroy(network) => net::destroy(&client, network.get(), quiet).await,
-        Command::NetAutostart { network, disable } => net::autostart(&client, network.get(), !disable, quiet).await,
+        Command::NetAutostart { network, disable } => {
+            net::autostart(&client, network.get(), !disable, quiet).await
+        }
         Command::NetList(args) => net::list(&client, args, quiet).await,
         Command::NetInfo { network, json } => net::info(&client, network.get(), *json, quiet).await,
-        Command::NetDumpxml { network, inactive, json } => {
-            net::dumpxml(&client, network.get(), *inactive, *json, quiet).await
-        }
+        Command::NetDumpxml {
+            network,
+            inactive,
+            json,
+        } => net::dumpxml(&client, network.get(), *inactive, *json, quiet).await,
         Command::NetUuid { network, json } => net::uuid(&client, network.get(), *json, quiet).await,
         Command::NetName { network, json } => net::name(&client, network.get(), *json, quiet).await,
         Command::NetEdit(network) => net::edit(&client, network.get(), quiet).await,

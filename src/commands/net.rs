@@ -11,56 +11,98 @@ use crate::cli::ListArgs;
 use crate::output;
 
 fn read_file(path: &Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path).map_err(|e| Failure::msg(format!("Failed to open file '{}': {e}", path.display())))
+    std::fs::read_to_string(path)
+        .map_err(|e| Failure::msg(format!("Failed to open file '{}': {e}", path.display())))
 }
 
 pub async fn define(client: &Client, file: &Path, quiet: bool) -> Result<String, Failure> {
     let xml = read_file(file)?;
     let context = || format!("Failed to define network from {}", file.display());
-    let net = client.define(&xml).await.map_err(|e| Failure::call(context(), None, e))?;
-    Ok(output::message(&format!("Network {} defined from {}", net.name, file.display()), quiet))
+    let net = client
+        .define(&xml)
+        .await
+        .map_err(|e| Failure::call(context(), None, e))?;
+    Ok(output::message(
+        &format!("Network {} defined from {}", net.name, file.display()),
+        quiet,
+    ))
 }
 
 pub async fn create(client: &Client, file: &Path, quiet: bool) -> Result<String, Failure> {
     let xml = read_file(file)?;
     let context = || format!("Failed to create network from {}", file.display());
-    let net = client.create(&xml).await.map_err(|e| Failure::call(context(), None, e))?;
-    Ok(output::message(&format!("Network {} created from {}", net.name, file.display()), quiet))
+    let net = client
+        .create(&xml)
+        .await
+        .map_err(|e| Failure::call(context(), None, e))?;
+    Ok(output::message(
+        &format!("Network {} created from {}", net.name, file.display()),
+        quiet,
+    ))
 }
 
 pub async fn undefine(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
-    let net = client
-        .undefine(network)
-        .await
-        .map_err(|e| Failure::call(format!("Failed to undefine network {network}"), Some(network), e))?;
-    Ok(output::message(&format!("Network {} has been undefined", net.name), quiet))
+    let net = client.undefine(network).await.map_err(|e| {
+        Failure::call(
+            format!("Failed to undefine network {network}"),
+            Some(network),
+            e,
+        )
+    })?;
+    Ok(output::message(
+        &format!("Network {} has been undefined", net.name),
+        quiet,
+    ))
 }
 
 pub async fn start(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
-    let net = client
-        .start(network)
-        .await
-        .map_err(|e| Failure::call(format!("Failed to start network {network}"), Some(network), e))?;
-    Ok(output::message(&format!("Network {} started", net.name), quiet))
+    let net = client.start(network).await.map_err(|e| {
+        Failure::call(
+            format!("Failed to start network {network}"),
+            Some(network),
+            e,
+        )
+    })?;
+    Ok(output::message(
+        &format!("Network {} started", net.name),
+        quiet,
+    ))
 }
 
 pub async fn destroy(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
-    let net = client
-        .stop(network)
-        .await
-        .map_err(|e| Failure::call(format!("Failed to destroy network {network}"), Some(network), e))?;
-    Ok(output::message(&format!("Network {} destroyed", net.name), quiet))
+    let net = client.stop(network).await.map_err(|e| {
+        Failure::call(
+            format!("Failed to destroy network {network}"),
+            Some(network),
+            e,
+        )
+    })?;
+    Ok(output::message(
+        &format!("Network {} destroyed", net.name),
+        quiet,
+    ))
 }
 
-pub async fn autostart(client: &Client, network: &str, enable: bool, quiet: bool) -> Result<String, Failure> {
+pub async fn autostart(
+    client: &Client,
+    network: &str,
+    enable: bool,
+    quiet: bool,
+) -> Result<String, Failure> {
     let context = if enable {
         format!("failed to mark network {network} as autostarted")
     } else {
         format!("failed to unmark network {network} as autostarted")
     };
-    let net = client.set_autostart(network, enable).await.map_err(|e| Failure::call(context, Some(network), e))?;
+    let net = client
+        .set_autostart(network, enable)
+        .await
+        .map_err(|e| Failure::call(context, Some(network), e))?;
     let verb = if enable { "marked" } else { "unmarked" };
-    Ok(output::message(&format!("Network {} {verb} as autostarted", net.name), quiet))
+    Ok(output::message(
+        &format!("Network {} {verb} as autostarted", net.name),
+        quiet,
+    ))
 }
 
 /// Whether a network passes `net-list`'s filters (default: active only).
@@ -78,47 +120,91 @@ fn listed(net: &NetworkSummary, args: &ListArgs) -> bool {
 }
 
 pub async fn list(client: &Client, args: &ListArgs, quiet: bool) -> Result<String, Failure> {
-    if [args.table, args.name, args.uuid].iter().filter(|set| **set).count() > 1 {
-        return Err(Failure::msg("Only one argument from --table, --name and --uuid may be specified."));
+    if [args.table, args.name, args.uuid]
+        .iter()
+        .filter(|set| **set)
+        .count()
+        > 1
+    {
+        return Err(Failure::msg(
+            "Only one argument from --table, --name and --uuid may be specified.",
+        ));
     }
-    let mut networks = client.list().await.map_err(|e| Failure::call("failed to list networks", None, e))?;
+    let mut networks = client
+        .list()
+        .await
+        .map_err(|e| Failure::call("failed to list networks", None, e))?;
     networks.retain(|net| listed(net, args));
     // virsh sorts case-insensitively by name.
-    networks.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()).then_with(|| a.name.cmp(&b.name)));
+    networks.sort_by(|a, b| {
+        a.name
+            .to_lowercase()
+            .cmp(&b.name.to_lowercase())
+            .then_with(|| a.name.cmp(&b.name))
+    });
     if args.json {
         return Ok(output::json(&networks));
     }
     if args.name || args.uuid {
-        let lines: String = networks
-            .iter()
-            .map(|net| format!("{}\n", if args.name { &net.name } else { &net.uuid }))
-            .collect();
-        return Ok(output::finish(lines, quiet));
+        return Ok(output::network_names(&networks, args.uuid, quiet));
     }
     Ok(output::network_table(&networks, args.title, quiet))
 }
 
-pub async fn info(client: &Client, network: &str, json: bool, quiet: bool) -> Result<String, Failure> {
-    let net = client
-        .get(network)
-        .await
-        .map_err(|e| Failure::call(format!("failed to get network '{network}'"), Some(network), e))?;
-    Ok(if json { output::json(&net) } else { output::network_info(&net, quiet) })
+pub async fn info(
+    client: &Client,
+    network: &str,
+    json: bool,
+    quiet: bool,
+) -> Result<String, Failure> {
+    let net = client.get(network).await.map_err(|e| {
+        Failure::call(
+            format!("failed to get network '{network}'"),
+            Some(network),
+            e,
+        )
+    })?;
+    Ok(if json {
+        output::json(&net)
+    } else {
+        output::network_info(&net, quiet)
+    })
 }
 
-pub async fn dumpxml(client: &Client, network: &str, inactive: bool, json: bool, quiet: bool) -> Result<String, Failure> {
-    let xml = client
-        .xml(network, inactive)
-        .await
-        .map_err(|e| Failure::call(format!("failed to get network '{network}'"), Some(network), e))?;
-    Ok(if json { output::json(&serde_json::json!({ "xml": xml })) } else { output::finish(xml, quiet) })
+pub async fn dumpxml(
+    client: &Client,
+    network: &str,
+    inactive: bool,
+    json: bool,
+    quiet: bool,
+) -> Result<String, Failure> {
+    let xml = client.xml(network, inactive).await.map_err(|e| {
+        Failure::call(
+            format!("failed to get network '{network}'"),
+            Some(network),
+            e,
+        )
+    })?;
+    Ok(if json {
+        output::json(&serde_json::json!({ "xml": xml }))
+    } else {
+        output::finish(xml, quiet)
+    })
 }
 
-pub async fn uuid(client: &Client, network: &str, json: bool, quiet: bool) -> Result<String, Failure> {
-    let net = client
-        .get(network)
-        .await
-        .map_err(|e| Failure::call(format!("failed to get network '{network}'"), Some(network), e))?;
+pub async fn uuid(
+    client: &Client,
+    network: &str,
+    json: bool,
+    quiet: bool,
+) -> Result<String, Failure> {
+    let net = client.get(network).await.map_err(|e| {
+        Failure::call(
+            format!("failed to get network '{network}'"),
+            Some(network),
+            e,
+        )
+    })?;
     Ok(if json {
         output::json(&serde_json::json!({ "uuid": net.uuid }))
     } else {
@@ -141,16 +227,22 @@ pub async fn name(client: &Client, uuid: &str, json: bool, quiet: bool) -> Resul
 /// `net-edit`: dumpxml --inactive, edit, and define; an unchanged file or an invalid
 /// edit changes nothing (virsh then offers to re-edit; non-interactively, we stop).
 pub async fn edit(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
-    let original = client
-        .xml(network, true)
-        .await
-        .map_err(|e| Failure::call(format!("failed to get network '{network}'"), Some(network), e))?;
+    let original = client.xml(network, true).await.map_err(|e| {
+        Failure::call(
+            format!("failed to get network '{network}'"),
+            Some(network),
+            e,
+        )
+    })?;
     let dir = tempfile::Builder::new()
         .prefix("kvnet-edit")
         .tempdir()
         .map_err(|e| Failure::msg(format!("cannot create a temporary directory: {e}")))?;
-    let path = dir.path().join(format!("{}.xml", sanitize_file_name(network)));
-    std::fs::write(&path, &original).map_err(|e| Failure::msg(format!("cannot write {}: {e}", path.display())))?;
+    let path = dir
+        .path()
+        .join(format!("{}.xml", sanitize_file_name(network)));
+    std::fs::write(&path, &original)
+        .map_err(|e| Failure::msg(format!("cannot write {}: {e}", path.display())))?;
 
     let editor = ["VISUAL", "EDITOR"]
         .iter()
@@ -165,21 +257,41 @@ pub async fn edit(client: &Client, network: &str, quiet: bool) -> Result<String,
         .status()
         .map_err(|e| Failure::msg(format!("cannot run editor '{editor}': {e}")))?;
     if !status.success() {
-        return Err(Failure::msg(format!("editor '{editor}' exited with {status}; nothing changed")));
+        return Err(Failure::msg(format!(
+            "editor '{editor}' exited with {status}; nothing changed"
+        )));
     }
     let edited = read_file(&path)?;
     if edited == original {
-        return Ok(output::message(&format!("Network {network} XML configuration not changed."), quiet));
+        return Ok(output::message(
+            &format!("Network {network} XML configuration not changed."),
+            quiet,
+        ));
     }
-    let net = client
-        .define(&edited)
-        .await
-        .map_err(|e| Failure::call(format!("Failed to define network from {}", path.display()), None, e))?;
-    Ok(output::message(&format!("Network {} XML configuration edited.", net.name), quiet))
+    let net = client.define(&edited).await.map_err(|e| {
+        Failure::call(
+            format!("Failed to define network from {}", path.display()),
+            None,
+            e,
+        )
+    })?;
+    Ok(output::message(
+        &format!("Network {} XML configuration edited.", net.name),
+        quiet,
+    ))
 }
 
 fn sanitize_file_name(network: &str) -> String {
-    network.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
+    network
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 pub async fn dhcp_leases(
@@ -189,13 +301,19 @@ pub async fn dhcp_leases(
     json: bool,
     quiet: bool,
 ) -> Result<String, Failure> {
-    let mut leases = client
-        .leases(network)
-        .await
-        .map_err(|e| Failure::call(format!("Failed to get leases info for {network}"), Some(network), e))?;
+    let mut leases = client.leases(network).await.map_err(|e| {
+        Failure::call(
+            format!("Failed to get leases info for {network}"),
+            Some(network),
+            e,
+        )
+    })?;
     if let Some(mac) = mac {
         leases.retain(|lease| lease.mac.eq_ignore_ascii_case(mac));
     }
-    leases.sort_by(|a, b| a.mac.cmp(&b.mac));
-    Ok(if json { output::json(&leases) } else { output::lease_table(&leases, quiet) })
+    Ok(if json {
+        output::json(&leases)
+    } else {
+        output::lease_table(&leases, quiet)
+    })
 }

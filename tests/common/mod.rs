@@ -37,7 +37,11 @@ impl Daemon {
     pub fn start_with(options: DaemonOptions) -> Daemon {
         let ns = Netns::new("kvnetd").expect("create the test namespace");
         let dirs = tempfile::tempdir().expect("temp dir");
-        let mut daemon = Daemon { ns, dirs, child: None };
+        let mut daemon = Daemon {
+            ns,
+            dirs,
+            child: None,
+        };
         daemon.spawn(&options);
         daemon
     }
@@ -66,8 +70,15 @@ impl Daemon {
     /// Starts (or restarts) the daemon process with the same dirs.
     pub fn spawn(&mut self, options: &DaemonOptions) {
         let _ = std::fs::remove_file(self.socket());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("open log");
-        let state_dir = options.state_dir.clone().unwrap_or_else(|| self.state_dir());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open log");
+        let state_dir = options
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir());
         let mut cmd = self.ns.command(env!("CARGO_BIN_EXE_kvnetd"));
         cmd.arg("--config-dir")
             .arg(self.config_dir())
@@ -86,9 +97,16 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.socket().exists() {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("kvnetd exited with {status} before listening; log:\n{}", self.log());
+                panic!(
+                    "kvnetd exited with {status} before listening; log:\n{}",
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "kvnetd did not listen within 20 s; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "kvnetd did not listen within 20 s; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         self.child = Some(child);
@@ -151,7 +169,12 @@ impl Daemon {
     /// Names of the bridges in the namespace.
     pub fn bridges(&self) -> Vec<String> {
         let links = self.ip_json("link show type bridge");
-        links.as_array().into_iter().flatten().filter_map(|l| l["ifname"].as_str().map(str::to_owned)).collect()
+        links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+            .collect()
     }
 
     /// `addr/prefix` strings of an interface.
@@ -198,16 +221,27 @@ pub fn kvnet_at(socket: &Path, args: &[&str]) -> Output {
 
 fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
     let mut files = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return files };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         let meta = std::fs::symlink_metadata(&path).expect("stat");
         if meta.is_dir() {
             files.extend(snapshot(&path));
         } else if meta.file_type().is_symlink() {
-            files.push((path.clone(), format!("-> {}", std::fs::read_link(&path).expect("readlink").display())));
+            files.push((
+                path.clone(),
+                format!(
+                    "-> {}",
+                    std::fs::read_link(&path).expect("readlink").display()
+                ),
+            ));
         } else {
-            files.push((path.clone(), std::fs::read_to_string(&path).unwrap_or_default()));
+            files.push((
+                path.clone(),
+                std::fs::read_to_string(&path).unwrap_or_default(),
+            ));
         }
     }
     files.sort();

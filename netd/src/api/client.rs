@@ -48,7 +48,9 @@ pub struct Client {
 impl Client {
     /// A client of the daemon listening on `socket`.
     pub fn new(socket: impl Into<PathBuf>) -> Client {
-        Client { socket: socket.into() }
+        Client {
+            socket: socket.into(),
+        }
     }
 
     /// The socket this client talks to.
@@ -58,56 +60,92 @@ impl Client {
 
     /// All networks, active and inactive.
     pub async fn list(&self) -> Result<Vec<NetworkSummary>, Error> {
-        self.call(Method::GET, "/v1/networks".into(), None::<()>).await
+        self.call(Method::GET, "/v1/networks".into(), None::<()>)
+            .await
     }
 
     /// One network, by name or UUID.
     pub async fn get(&self, network: &str) -> Result<NetworkSummary, Error> {
-        self.call(Method::GET, network_path(network, ""), None::<()>).await
+        self.call(Method::GET, network_path(network, ""), None::<()>)
+            .await
     }
 
     /// Defines (or redefines) a persistent network from XML.
     pub async fn define(&self, xml: &str) -> Result<NetworkSummary, Error> {
-        self.call(Method::POST, "/v1/networks".into(), Some(XmlRequest { xml: xml.to_owned() })).await
+        self.call(
+            Method::POST,
+            "/v1/networks".into(),
+            Some(XmlRequest {
+                xml: xml.to_owned(),
+            }),
+        )
+        .await
     }
 
     /// Creates and starts a transient network from XML.
     pub async fn create(&self, xml: &str) -> Result<NetworkSummary, Error> {
-        let request = XmlRequest { xml: xml.to_owned() };
-        self.call(Method::POST, "/v1/networks?transient=true".into(), Some(request)).await
+        let request = XmlRequest {
+            xml: xml.to_owned(),
+        };
+        self.call(
+            Method::POST,
+            "/v1/networks?transient=true".into(),
+            Some(request),
+        )
+        .await
     }
 
     /// Removes a network's persistent definition.
     pub async fn undefine(&self, network: &str) -> Result<NetworkSummary, Error> {
-        self.call(Method::DELETE, network_path(network, ""), None::<()>).await
+        self.call(Method::DELETE, network_path(network, ""), None::<()>)
+            .await
     }
 
     /// Starts a defined network.
     pub async fn start(&self, network: &str) -> Result<NetworkSummary, Error> {
-        self.call(Method::POST, network_path(network, "/start"), None::<()>).await
+        self.call(Method::POST, network_path(network, "/start"), None::<()>)
+            .await
     }
 
     /// Stops a network (virsh's net-destroy).
     pub async fn stop(&self, network: &str) -> Result<NetworkSummary, Error> {
-        self.call(Method::POST, network_path(network, "/stop"), None::<()>).await
+        self.call(Method::POST, network_path(network, "/stop"), None::<()>)
+            .await
     }
 
     /// Turns autostart on or off.
-    pub async fn set_autostart(&self, network: &str, enabled: bool) -> Result<NetworkSummary, Error> {
+    pub async fn set_autostart(
+        &self,
+        network: &str,
+        enabled: bool,
+    ) -> Result<NetworkSummary, Error> {
         let request = AutostartRequest { enabled };
-        self.call(Method::PUT, network_path(network, "/autostart"), Some(request)).await
+        self.call(
+            Method::PUT,
+            network_path(network, "/autostart"),
+            Some(request),
+        )
+        .await
     }
 
     /// The network's XML: the live definition, or with `inactive` the persistent one.
     pub async fn xml(&self, network: &str, inactive: bool) -> Result<String, Error> {
-        let path = network_path(network, if inactive { "/xml?inactive=true" } else { "/xml" });
+        let path = network_path(
+            network,
+            if inactive {
+                "/xml?inactive=true"
+            } else {
+                "/xml"
+            },
+        );
         let response: XmlResponse = self.call(Method::GET, path, None::<()>).await?;
         Ok(response.xml)
     }
 
     /// The network's DHCP leases.
     pub async fn leases(&self, network: &str) -> Result<Vec<Lease>, Error> {
-        self.call(Method::GET, network_path(network, "/leases"), None::<()>).await
+        self.call(Method::GET, network_path(network, "/leases"), None::<()>)
+            .await
     }
 
     async fn call<T: DeserializeOwned>(
@@ -116,10 +154,16 @@ impl Client {
         path: String,
         body: Option<impl Serialize>,
     ) -> Result<T, Error> {
-        let protocol = |message: String| Error::Protocol { socket: self.socket.clone(), message };
+        let protocol = |message: String| Error::Protocol {
+            socket: self.socket.clone(),
+            message,
+        };
         let stream = UnixStream::connect(&self.socket)
             .await
-            .map_err(|source| Error::Connect { socket: self.socket.clone(), source })?;
+            .map_err(|source| Error::Connect {
+                socket: self.socket.clone(),
+                source,
+            })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| protocol(e.to_string()))?;
@@ -136,15 +180,27 @@ impl Client {
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| protocol(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|e| protocol(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| protocol(e.to_string()))?;
         let status = response.status();
-        let bytes = response.into_body().collect().await.map_err(|e| protocol(e.to_string()))?.to_bytes();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| protocol(e.to_string()))?
+            .to_bytes();
         if status == StatusCode::OK {
-            return serde_json::from_slice(&bytes).map_err(|e| protocol(format!("unreadable answer: {e}")));
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| protocol(format!("unreadable answer: {e}")));
         }
         match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) => Err(Error::Api(body.into())),
-            Err(_) => Err(protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)))),
+            Err(_) => Err(protocol(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ))),
         }
     }
 }
@@ -169,7 +225,10 @@ mod tests {
 
     #[test]
     fn network_names_are_percent_encoded_in_paths() {
-        assert_eq!(network_path("default", "/start"), "/v1/networks/default/start");
+        assert_eq!(
+            network_path("default", "/start"),
+            "/v1/networks/default/start"
+        );
         assert_eq!(network_path("a b%c?", ""), "/v1/networks/a%20b%25c%3F");
     }
 }

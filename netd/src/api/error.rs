@@ -73,7 +73,10 @@ pub struct ApiError {
 impl ApiError {
     /// Builds an error of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
-        ApiError { kind, message: message.into() }
+        ApiError {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -85,7 +88,10 @@ impl From<ErrorBody> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { kind: self.kind.as_str().to_owned(), message: self.message };
+        let body = ErrorBody {
+            kind: self.kind.as_str().to_owned(),
+            message: self.message,
+        };
         (self.kind.status(), Json(body)).into_response()
     }
 }

@@ -47,9 +47,17 @@ struct Peer {
 impl Connected<IncomingStream<'_, UnixListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Peer {
         match stream.io().peer_cred() {
-            Ok(cred) => Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() },
+            Ok(cred) => Peer {
+                uid: cred.uid(),
+                gid: cred.gid(),
+                pid: cred.pid(),
+            },
             // Unknown peers get no rights: uid/gid of nobody.
-            Err(_) => Peer { uid: u32::MAX, gid: u32::MAX, pid: None },
+            Err(_) => Peer {
+                uid: u32::MAX,
+                gid: u32::MAX,
+                pid: None,
+            },
         }
     }
 }
@@ -68,7 +76,13 @@ pub async fn serve(
     socket: &Path,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let err = |action| move |source| Error::Socket { action, path: socket.to_owned(), source };
+    let err = |action| {
+        move |source| Error::Socket {
+            action,
+            path: socket.to_owned(),
+            source,
+        }
+    };
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(err("creating the directory of"))?;
     }
@@ -78,11 +92,15 @@ pub async fn serve(
         Err(e) => return Err(err("removing stale")(e)),
     }
     let listener = UnixListener::bind(socket).map_err(err("binding"))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(err("setting the mode of"))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .map_err(err("setting the mode of"))?;
     let socket_gid = std::fs::metadata(socket).map_err(err("inspecting"))?.gid();
     tracing::info!(socket = %socket.display(), "listening");
 
-    let app = router(AppState { manager, socket_gid });
+    let app = router(AppState {
+        manager,
+        socket_gid,
+    });
     axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(shutdown)
         .await
@@ -114,7 +132,10 @@ async fn authorize(
     if request.method() != Method::GET && !may_change(&peer, state.socket_gid) {
         return Err(ApiError::new(
             ErrorKind::PermissionDenied,
-            format!("uid {} may not change networks: needs root or group id {}", peer.uid, state.socket_gid),
+            format!(
+                "uid {} may not change networks: needs root or group id {}",
+                peer.uid, state.socket_gid
+            ),
         ));
     }
     Ok(next.run(request).await)
@@ -124,7 +145,9 @@ fn may_change(peer: &Peer, socket_gid: u32) -> bool {
     peer.uid == 0
         || peer.uid == nix::unistd::geteuid().as_raw()
         || peer.gid == socket_gid
-        || peer.pid.is_some_and(|pid| supplementary_groups(pid).contains(&socket_gid))
+        || peer
+            .pid
+            .is_some_and(|pid| supplementary_groups(pid).contains(&socket_gid))
 }
 
 /// The peer's supplementary groups, from /proc (SO_PEERCRED carries only the primary one).
@@ -135,7 +158,12 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
             status
                 .lines()
                 .find_map(|line| line.strip_prefix("Groups:"))
-                .map(|groups| groups.split_whitespace().filter_map(|g| g.parse().ok()).collect())
+                .map(|groups| {
+                    groups
+                        .split_whitespace()
+                        .filter_map(|g| g.parse().ok())
+                        .collect()
+                })
         })
         .unwrap_or_default()
 }
@@ -169,7 +197,10 @@ async fn define(
     Ok(Json(summary))
 }
 
-async fn info(State(state): State<AppState>, UrlPath(network): UrlPath<String>) -> Result<Json<NetworkSummary>, ApiError> {
+async fn info(
+    State(state): State<AppState>,
+    UrlPath(network): UrlPath<String>,
+) -> Result<Json<NetworkSummary>, ApiError> {
     Ok(Json(state.manager.get(&network).await?))
 }
 
@@ -180,11 +211,17 @@ async fn undefine(
     Ok(Json(state.manager.undefine(&network).await?))
 }
 
-async fn start(State(state): State<AppState>, UrlPath(network): UrlPath<String>) -> Result<Json<NetworkSummary>, ApiError> {
+async fn start(
+    State(state): State<AppState>,
+    UrlPath(network): UrlPath<String>,
+) -> Result<Json<NetworkSummary>, ApiError> {
     Ok(Json(state.manager.start(&network).await?))
 }
 
-async fn stop(State(state): State<AppState>, UrlPath(network): UrlPath<String>) -> Result<Json<NetworkSummary>, ApiError> {
+async fn stop(
+    State(state): State<AppState>,
+    UrlPath(network): UrlPath<String>,
+) -> Result<Json<NetworkSummary>, ApiError> {
     Ok(Json(state.manager.stop(&network).await?))
 }
 
@@ -193,7 +230,12 @@ async fn autostart(
     UrlPath(network): UrlPath<String>,
     Json(request): Json<AutostartRequest>,
 ) -> Result<Json<NetworkSummary>, ApiError> {
-    Ok(Json(state.manager.set_autostart(&network, request.enabled).await?))
+    Ok(Json(
+        state
+            .manager
+            .set_autostart(&network, request.enabled)
+            .await?,
+    ))
 }
 
 async fn dumpxml(
@@ -205,7 +247,10 @@ async fn dumpxml(
     Ok(Json(XmlResponse { xml }))
 }
 
-async fn leases(State(state): State<AppState>, UrlPath(network): UrlPath<String>) -> Result<Json<Vec<Lease>>, ApiError> {
+async fn leases(
+    State(state): State<AppState>,
+    UrlPath(network): UrlPath<String>,
+) -> Result<Json<Vec<Lease>>, ApiError> {
     Ok(Json(state.manager.leases(&network).await?))
 }
 
@@ -217,9 +262,37 @@ mod tests {
     fn changes_need_root_owner_or_socket_group() {
         let me = nix::unistd::geteuid().as_raw();
         let stranger = if me == 4242 { 4243 } else { 4242 };
-        assert!(may_change(&Peer { uid: 0, gid: 0, pid: None }, 100));
-        assert!(may_change(&Peer { uid: me, gid: 7, pid: None }, 100));
-        assert!(may_change(&Peer { uid: stranger, gid: 100, pid: None }, 100));
-        assert!(!may_change(&Peer { uid: stranger, gid: 7, pid: None }, 100));
+        assert!(may_change(
+            &Peer {
+                uid: 0,
+                gid: 0,
+                pid: None
+            },
+            100
+        ));
+        assert!(may_change(
+            &Peer {
+                uid: me,
+                gid: 7,
+                pid: None
+            },
+            100
+        ));
+        assert!(may_change(
+            &Peer {
+                uid: stranger,
+                gid: 100,
+                pid: None
+            },
+            100
+        ));
+        assert!(!may_change(
+            &Peer {
+                uid: stranger,
+                gid: 7,
+                pid: None
+            },
+            100
+        ));
     }
 }

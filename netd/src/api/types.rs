@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 pub struct NetworkSummary {
     /// The network's name.
     pub name: String,
-    /// Its UUID, lower-case hyphenated.
-    pub uuid: String,
+    /// Its UUID.
+    pub uuid: uuid::Uuid,
     /// Whether it is running.
     pub active: bool,
     /// Whether it has a definition on disk (otherwise it is transient).
@@ -54,10 +54,8 @@ pub struct Lease {
     pub expiry_time: i64,
     /// The client's MAC address.
     pub mac: String,
-    /// `ipv4` or `ipv6`.
-    pub protocol: String,
     /// The leased address.
-    pub ip_address: String,
+    pub ip_address: std::net::IpAddr,
     /// The prefix length of the network the address belongs to.
     pub prefix: u8,
     /// The hostname the client sent, if any.

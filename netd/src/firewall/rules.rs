@@ -28,16 +28,15 @@ use std::net::Ipv4Addr;
 
 use nftables::batch::Batch;
 use nftables::expr::{
-    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range,
-    SetItem, Verdict,
+    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range, SetItem,
+    Verdict,
 };
 use nftables::schema::{
-    Chain, Element, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Rule, Set,
-    SetTypeValue, SetType, Table,
+    Chain, Element, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetType,
+    SetTypeValue, Table,
 };
 use nftables::stmt::{
-    AnonymousCounter, Counter, JumpTarget, Match, NAT, NATFamily, Operator, Statement,
-    VerdictMap,
+    AnonymousCounter, Counter, JumpTarget, Match, NAT, NATFamily, Operator, Statement, VerdictMap,
 };
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde::Serialize;
@@ -709,7 +708,10 @@ mod tests {
     fn nat_with_address_and_port_ranges_and_dev() {
         let mut rules = network("kvbr4", RuleMode::Nat, &["10.10.0.0/24"], &[]);
         rules.forward_dev = Some("eth1".to_owned());
-        rules.nat_addresses = Some((Ipv4Addr::new(198, 51, 100, 10), Ipv4Addr::new(198, 51, 100, 20)));
+        rules.nat_addresses = Some((
+            Ipv4Addr::new(198, 51, 100, 10),
+            Ipv4Addr::new(198, 51, 100, 20),
+        ));
         rules.nat_ports = (2000, 3000);
         golden_network("nat-address-ports", &rules);
     }
@@ -718,7 +720,12 @@ mod tests {
     fn nat_dual_stack_routes_ipv6() {
         golden_network(
             "nat-dual-stack",
-            &network("kvbr6", RuleMode::Nat, &["192.168.60.0/24"], &["fd00:60::/64"]),
+            &network(
+                "kvbr6",
+                RuleMode::Nat,
+                &["192.168.60.0/24"],
+                &["fd00:60::/64"],
+            ),
         );
     }
 
@@ -726,7 +733,12 @@ mod tests {
     fn isolated_network() {
         golden_network(
             "isolated",
-            &network("kvbr1", RuleMode::Isolated, &["192.168.100.0/24"], &["fd00:100::/64"]),
+            &network(
+                "kvbr1",
+                RuleMode::Isolated,
+                &["192.168.100.0/24"],
+                &["fd00:100::/64"],
+            ),
         );
     }
 
@@ -754,7 +766,10 @@ mod tests {
 
     #[test]
     fn table_skeleton() {
-        golden("skeleton", &serde_json::to_string_pretty(&skeleton()).unwrap());
+        golden(
+            "skeleton",
+            &serde_json::to_string_pretty(&skeleton()).unwrap(),
+        );
     }
 
     #[test]
@@ -773,17 +788,35 @@ mod tests {
         for bad in ["", "sixteen-bytes-xx", "a b", "a/b", "a:b", ".."] {
             let mut rules = good.clone();
             rules.bridge = bad.to_owned();
-            assert!(matches!(rules.validate(), Err(Error::InvalidName { what: "bridge", .. })), "{bad:?}");
+            assert!(
+                matches!(
+                    rules.validate(),
+                    Err(Error::InvalidName { what: "bridge", .. })
+                ),
+                "{bad:?}"
+            );
         }
         let mut rules = good.clone();
         rules.forward_dev = Some("eth 0".to_owned());
         let message = rules.validate().unwrap_err().to_string();
-        assert!(message.contains("virbr0") && message.contains("eth 0"), "{message}");
+        assert!(
+            message.contains("virbr0") && message.contains("eth 0"),
+            "{message}"
+        );
         let mut rules = good.clone();
         rules.nat_ports = (3000, 2000);
-        assert!(matches!(rules.validate(), Err(Error::InvalidRange { what: "port", .. })));
+        assert!(matches!(
+            rules.validate(),
+            Err(Error::InvalidRange { what: "port", .. })
+        ));
         let mut rules = good;
         rules.nat_addresses = Some((Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::new(10, 0, 0, 1)));
-        assert!(matches!(rules.validate(), Err(Error::InvalidRange { what: "address", .. })));
+        assert!(matches!(
+            rules.validate(),
+            Err(Error::InvalidRange {
+                what: "address",
+                ..
+            })
+        ));
     }
 }
