@@ -28,16 +28,15 @@ use std::net::Ipv4Addr;
 
 use nftables::batch::Batch;
 use nftables::expr::{
-    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range,
-    SetItem, Verdict,
+    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range, SetItem,
+    Verdict,
 };
 use nftables::schema::{
-    Chain, Element, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Rule, Set,
-    SetTypeValue, SetType, Table,
+    Chain, Element, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetType,
+    SetTypeValue, Table,
 };
 use nftables::stmt::{
-    AnonymousCounter, Counter, JumpTarget, Match, NAT, NATFamily, Operator, Statement,
-    VerdictMap,
+    AnonymousCounter, Counter, JumpTarget, Match, NAT, NATFamily, Operator, Statement, VerdictMap,
 };
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde::Serialize;
@@ -202,78 +201,67 @@ pub fn skeleton() -> Vec<BatchObject> {
     }));
 
     let bridges = || string(format!("@{BRIDGES_SET}"));
-    let base_chains: [(&str, NfChainType, NfHook, i32, Vec<Vec<Statement<'static>>>); 4] = [
-        (
-            "input",
-            NfChainType::Filter,
-            NfHook::Input,
-            PRIO_FILTER,
-            vec![
-                // DHCP, DNS and DHCPv6 from guests to the host's servers.
-                with_accept(vec![
-                    is(meta(MetaKey::Iifname), bridges()),
-                    is(payload("udp", "dport"), set([53, 67, 547])),
-                ]),
-                with_accept(vec![
-                    is(meta(MetaKey::Iifname), bridges()),
-                    is(payload("tcp", "dport"), number(53)),
-                ]),
-            ],
-        ),
-        (
-            "output",
-            NfChainType::Filter,
-            NfHook::Output,
-            PRIO_FILTER,
-            vec![
-                // DHCP and DHCPv6 replies, DNS answers from the host to guests.
-                with_accept(vec![
-                    is(meta(MetaKey::Oifname), bridges()),
-                    is(payload("udp", "dport"), set([68, 546])),
-                ]),
-                with_accept(vec![
-                    is(meta(MetaKey::Oifname), bridges()),
-                    is(payload("udp", "sport"), number(53)),
-                ]),
-                with_accept(vec![
-                    is(meta(MetaKey::Oifname), bridges()),
-                    is(payload("tcp", "sport"), number(53)),
-                ]),
-            ],
-        ),
-        (
-            "forward",
-            NfChainType::Filter,
-            NfHook::Forward,
-            PRIO_FILTER,
-            // Destination bridge first, as libvirt orders its chains.
-            vec![
-                vec![dispatch(MetaKey::Oifname, Role::FwdTo)],
-                vec![dispatch(MetaKey::Iifname, Role::FwdFrom)],
-            ],
-        ),
-        (
-            "postrouting",
-            NfChainType::NAT,
-            NfHook::Postrouting,
-            PRIO_SRCNAT,
-            vec![vec![dispatch(MetaKey::Iifname, Role::Nat)]],
-        ),
-    ];
     let mut batch = Batch::new();
-    for (name, kind, hook, prio, rules) in base_chains {
-        batch.add(NfListObject::Chain(Chain {
-            _type: Some(kind),
-            hook: Some(hook),
-            prio: Some(prio),
-            policy: Some(NfChainPolicy::Accept),
-            ..chain(name.to_owned())
-        }));
-        batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name.to_owned()))));
-        for expr in rules {
-            batch.add(rule(name.to_owned(), expr));
-        }
-    }
+    add_base_chain(
+        &mut batch,
+        "input",
+        NfChainType::Filter,
+        NfHook::Input,
+        PRIO_FILTER,
+        vec![
+            // DHCP, DNS and DHCPv6 from guests to the host's servers.
+            with_accept(vec![
+                is(meta(MetaKey::Iifname), bridges()),
+                is(payload("udp", "dport"), set([53, 67, 547])),
+            ]),
+            with_accept(vec![
+                is(meta(MetaKey::Iifname), bridges()),
+                is(payload("tcp", "dport"), number(53)),
+            ]),
+        ],
+    );
+    add_base_chain(
+        &mut batch,
+        "output",
+        NfChainType::Filter,
+        NfHook::Output,
+        PRIO_FILTER,
+        vec![
+            // DHCP and DHCPv6 replies, DNS answers from the host to guests.
+            with_accept(vec![
+                is(meta(MetaKey::Oifname), bridges()),
+                is(payload("udp", "dport"), set([68, 546])),
+            ]),
+            with_accept(vec![
+                is(meta(MetaKey::Oifname), bridges()),
+                is(payload("udp", "sport"), number(53)),
+            ]),
+            with_accept(vec![
+                is(meta(MetaKey::Oifname), bridges()),
+                is(payload("tcp", "sport"), number(53)),
+            ]),
+        ],
+    );
+    add_base_chain(
+        &mut batch,
+        "forward",
+        NfChainType::Filter,
+        NfHook::Forward,
+        PRIO_FILTER,
+        // Destination bridge first, as libvirt orders its chains.
+        vec![
+            vec![dispatch(MetaKey::Oifname, Role::FwdTo)],
+            vec![dispatch(MetaKey::Iifname, Role::FwdFrom)],
+        ],
+    );
+    add_base_chain(
+        &mut batch,
+        "postrouting",
+        NfChainType::NAT,
+        NfHook::Postrouting,
+        PRIO_SRCNAT,
+        vec![vec![dispatch(MetaKey::Iifname, Role::Nat)]],
+    );
     objects.extend(
         batch
             .to_nftables()
@@ -283,6 +271,29 @@ pub fn skeleton() -> Vec<BatchObject> {
             .map(BatchObject::Typed),
     );
     objects
+}
+
+/// `add` (idempotent) a base chain with policy accept, flush it and add its rules, so the
+/// dispatch rules exist exactly once whatever state the chain was in.
+fn add_base_chain(
+    batch: &mut Batch<'static>,
+    name: &str,
+    kind: NfChainType,
+    hook: NfHook,
+    prio: i32,
+    rules: Vec<Vec<Statement<'static>>>,
+) {
+    batch.add(NfListObject::Chain(Chain {
+        _type: Some(kind),
+        hook: Some(hook),
+        prio: Some(prio),
+        policy: Some(NfChainPolicy::Accept),
+        ..chain(name.to_owned())
+    }));
+    batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name.to_owned()))));
+    for expr in rules {
+        batch.add(rule(name.to_owned(), expr));
+    }
 }
 
 /// The batch that replaces a network's rules: teardown of whatever the bridge had, then
@@ -659,6 +670,7 @@ fn prefix6(net: &ipnet::Ipv6Net) -> Expression<'static> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
@@ -709,7 +721,10 @@ mod tests {
     fn nat_with_address_and_port_ranges_and_dev() {
         let mut rules = network("kvbr4", RuleMode::Nat, &["10.10.0.0/24"], &[]);
         rules.forward_dev = Some("eth1".to_owned());
-        rules.nat_addresses = Some((Ipv4Addr::new(198, 51, 100, 10), Ipv4Addr::new(198, 51, 100, 20)));
+        rules.nat_addresses = Some((
+            Ipv4Addr::new(198, 51, 100, 10),
+            Ipv4Addr::new(198, 51, 100, 20),
+        ));
         rules.nat_ports = (2000, 3000);
         golden_network("nat-address-ports", &rules);
     }
@@ -718,7 +733,12 @@ mod tests {
     fn nat_dual_stack_routes_ipv6() {
         golden_network(
             "nat-dual-stack",
-            &network("kvbr6", RuleMode::Nat, &["192.168.60.0/24"], &["fd00:60::/64"]),
+            &network(
+                "kvbr6",
+                RuleMode::Nat,
+                &["192.168.60.0/24"],
+                &["fd00:60::/64"],
+            ),
         );
     }
 
@@ -726,7 +746,12 @@ mod tests {
     fn isolated_network() {
         golden_network(
             "isolated",
-            &network("kvbr1", RuleMode::Isolated, &["192.168.100.0/24"], &["fd00:100::/64"]),
+            &network(
+                "kvbr1",
+                RuleMode::Isolated,
+                &["192.168.100.0/24"],
+                &["fd00:100::/64"],
+            ),
         );
     }
 
@@ -754,7 +779,10 @@ mod tests {
 
     #[test]
     fn table_skeleton() {
-        golden("skeleton", &serde_json::to_string_pretty(&skeleton()).unwrap());
+        golden(
+            "skeleton",
+            &serde_json::to_string_pretty(&skeleton()).unwrap(),
+        );
     }
 
     #[test]
@@ -773,17 +801,35 @@ mod tests {
         for bad in ["", "sixteen-bytes-xx", "a b", "a/b", "a:b", ".."] {
             let mut rules = good.clone();
             rules.bridge = bad.to_owned();
-            assert!(matches!(rules.validate(), Err(Error::InvalidName { what: "bridge", .. })), "{bad:?}");
+            assert!(
+                matches!(
+                    rules.validate(),
+                    Err(Error::InvalidName { what: "bridge", .. })
+                ),
+                "{bad:?}"
+            );
         }
         let mut rules = good.clone();
         rules.forward_dev = Some("eth 0".to_owned());
         let message = rules.validate().unwrap_err().to_string();
-        assert!(message.contains("virbr0") && message.contains("eth 0"), "{message}");
+        assert!(
+            message.contains("virbr0") && message.contains("eth 0"),
+            "{message}"
+        );
         let mut rules = good.clone();
         rules.nat_ports = (3000, 2000);
-        assert!(matches!(rules.validate(), Err(Error::InvalidRange { what: "port", .. })));
+        assert!(matches!(
+            rules.validate(),
+            Err(Error::InvalidRange { what: "port", .. })
+        ));
         let mut rules = good;
         rules.nat_addresses = Some((Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::new(10, 0, 0, 1)));
-        assert!(matches!(rules.validate(), Err(Error::InvalidRange { what: "address", .. })));
+        assert!(matches!(
+            rules.validate(),
+            Err(Error::InvalidRange {
+                what: "address",
+                ..
+            })
+        ));
     }
 }

@@ -80,7 +80,10 @@ fn default_nat_network_lands_in_the_kernel() {
     let default = network("virbr0", RuleMode::Nat, "192.168.122.1/24");
     let started = Instant::now();
     inside(&ns, &*fw, |fw| fw.apply(&default)).unwrap();
-    eprintln!("apply of one nat network (fresh table): {:?}", started.elapsed());
+    eprintln!(
+        "apply of one nat network (fresh table): {:?}",
+        started.elapsed()
+    );
 
     let objects = ruleset(&ns);
     assert!(
@@ -92,7 +95,11 @@ fn default_nat_network_lands_in_the_kernel() {
     let nat = chain_rules(&objects, "nat-virbr0");
     let masquerades: Vec<&Value> = nat
         .iter()
-        .filter_map(|expr| expr.as_array()?.iter().find_map(|stmt| stmt.get("masquerade")))
+        .filter_map(|expr| {
+            expr.as_array()?
+                .iter()
+                .find_map(|stmt| stmt.get("masquerade"))
+        })
         .collect();
     assert_eq!(masquerades.len(), 3, "{nat:?}");
     let ranges: Vec<&Value> = masquerades.iter().filter_map(|m| m.get("port")).collect();
@@ -126,8 +133,13 @@ fn removing_one_network_leaves_the_other_intact() {
     let second = network("kvbr-b", RuleMode::Route, "192.168.62.0/24");
     inside(&ns, &*fw, |fw| fw.apply(&first)).unwrap();
     inside(&ns, &*fw, |fw| fw.apply(&second)).unwrap();
-    assert_eq!(inside(&ns, &*fw, |fw| fw.bridges()).unwrap(), ["kvbr-a", "kvbr-b"]);
-    let second_chains = || ns.sh("nft -j list chain inet kvnet fwd-to-kvbr-b; nft -j list chain inet kvnet fwd-from-kvbr-b").unwrap();
+    assert_eq!(
+        inside(&ns, &*fw, |fw| fw.bridges()).unwrap(),
+        ["kvbr-a", "kvbr-b"]
+    );
+    let second_chains = || {
+        ns.sh("nft -j list chain inet kvnet fwd-to-kvbr-b; nft -j list chain inet kvnet fwd-from-kvbr-b").unwrap()
+    };
     let before = second_chains();
 
     inside(&ns, &*fw, |fw| fw.remove("kvbr-a")).unwrap();
@@ -152,7 +164,10 @@ fn removing_one_network_leaves_the_other_intact() {
     assert_eq!(second_chains(), before);
 
     // Open mode means no rules: applying it removes them.
-    let open = NetworkRules { mode: RuleMode::Open, ..second };
+    let open = NetworkRules {
+        mode: RuleMode::Open,
+        ..second
+    };
     inside(&ns, &*fw, |fw| fw.apply(&open)).unwrap();
     assert!(inside(&ns, &*fw, |fw| fw.bridges()).unwrap().is_empty());
 }
@@ -174,7 +189,10 @@ fn foreign_drop_policies_are_reported_and_never_touched() {
         "nft add chain inet ufwlike helper",
     ))
     .unwrap();
-    let foreign = || ns.sh("nft -j list table ip filter; nft -j list table inet ufwlike").unwrap();
+    let foreign = || {
+        ns.sh("nft -j list table ip filter; nft -j list table inet ufwlike")
+            .unwrap()
+    };
     let before = foreign();
     let fw = backend(&ns);
     inside(&ns, &*fw, |fw| {
@@ -216,9 +234,21 @@ fn a_failing_batch_changes_nothing() {
     })
     .unwrap_err();
     let message = err.to_string();
-    assert!(matches!(err, Error::Batch { action: "apply", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Batch {
+                action: "apply",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(message.contains("kvbr-b"), "{message}");
-    assert!(message.contains("Operation not supported"), "no nft text in: {message}");
+    assert!(
+        message.contains("Operation not supported"),
+        "no nft text in: {message}"
+    );
     assert_eq!(snapshot(), before);
 
     // Removal that the kernel refuses (someone else jumps to our chain) is atomic too.
@@ -299,7 +329,11 @@ impl Topology {
     /// the peer address the server saw, or the client's error.
     fn connect(&self) -> Result<SocketAddrV4, String> {
         let server = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 2), 8080);
-        let listener = self.upstream.run(|| TcpListener::bind(server)).unwrap().unwrap();
+        let listener = self
+            .upstream
+            .run(|| TcpListener::bind(server))
+            .unwrap()
+            .unwrap();
         listener.set_nonblocking(true).unwrap();
         self.guest.run(|| connect_from_low_port(server)).unwrap()?;
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -322,11 +356,20 @@ fn connect_from_low_port(server: SocketAddrV4) -> Result<TcpStream, String> {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
     };
-    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|e| e.to_string())?;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
     setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| e.to_string())?;
-    setsockopt(&fd, sockopt::SendTimeout, &nix::sys::time::TimeVal::new(3, 0))
-        .map_err(|e| e.to_string())?;
+    setsockopt(
+        &fd,
+        sockopt::SendTimeout,
+        &nix::sys::time::TimeVal::new(3, 0),
+    )
+    .map_err(|e| e.to_string())?;
     bind(fd.as_raw_fd(), &SockaddrIn::new(192, 168, 50, 10, 700)).map_err(|e| e.to_string())?;
     connect(fd.as_raw_fd(), &SockaddrIn::from(server)).map_err(|e| format!("connect: {e}"))?;
     Ok(TcpStream::from(fd))
@@ -342,20 +385,38 @@ fn nat_masquerades_guest_traffic_and_isolated_does_not_forward() {
     let nat = network("br0", RuleMode::Nat, "192.168.50.0/24");
     inside(&net.host, &*fw, |fw| fw.apply(&nat)).unwrap();
     let peer = net.connect().expect("guest reaches upstream through nat");
-    assert_eq!(*peer.ip(), Ipv4Addr::new(10, 77, 0, 1), "masqueraded to the uplink address");
-    assert!(peer.port() >= 1024, "source port {} kept below 1024", peer.port());
+    assert_eq!(
+        *peer.ip(),
+        Ipv4Addr::new(10, 77, 0, 1),
+        "masqueraded to the uplink address"
+    );
+    assert!(
+        peer.port() >= 1024,
+        "source port {} kept below 1024",
+        peer.port()
+    );
 
     // The same bridge as an isolated network: nothing leaves it.
-    let isolated = NetworkRules { mode: RuleMode::Isolated, ..nat.clone() };
+    let isolated = NetworkRules {
+        mode: RuleMode::Isolated,
+        ..nat.clone()
+    };
     inside(&net.host, &*fw, |fw| fw.apply(&isolated)).unwrap();
     let refused = net.connect();
     assert!(refused.is_err(), "isolated network forwarded: {refused:?}");
 
     // And back to nat, with a configured port range this time.
-    let ranged = NetworkRules { nat_ports: (2000, 2010), ..nat };
+    let ranged = NetworkRules {
+        nat_ports: (2000, 2010),
+        ..nat
+    };
     inside(&net.host, &*fw, |fw| fw.apply(&ranged)).unwrap();
     let peer = net.connect().expect("guest reaches upstream again");
-    assert!((2000..=2010).contains(&peer.port()), "port {} outside 2000-2010", peer.port());
+    assert!(
+        (2000..=2010).contains(&peer.port()),
+        "port {} outside 2000-2010",
+        peer.port()
+    );
 }
 
 /// Prints what one apply and one remove cost with `KVNET_FW_NETWORKS` (default 1000) other
@@ -394,13 +455,23 @@ fn apply_cost_with_many_networks() {
         eprintln!("applies 3..{count}: {:?} in total", started.elapsed());
         let started = Instant::now();
         fw.apply(&rules(count)).unwrap();
-        eprintln!("apply with {count} networks present: {:?}", started.elapsed());
+        eprintln!(
+            "apply with {count} networks present: {:?}",
+            started.elapsed()
+        );
         let started = Instant::now();
         fw.remove(&format!("kvbr{count}")).unwrap();
-        eprintln!("remove with {count} networks present: {:?}", started.elapsed());
+        eprintln!(
+            "remove with {count} networks present: {:?}",
+            started.elapsed()
+        );
         let started = Instant::now();
         let bridges = fw.bridges().unwrap();
-        eprintln!("bridges() listing {} bridges: {:?}", bridges.len(), started.elapsed());
+        eprintln!(
+            "bridges() listing {} bridges: {:?}",
+            bridges.len(),
+            started.elapsed()
+        );
         assert_eq!(bridges.len(), count as usize);
     });
 }
