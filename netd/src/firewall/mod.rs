@@ -59,6 +59,7 @@ mod nft;
 mod none;
 pub mod rules;
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 mod tests;
 
 pub use rules::{render, render_removal, skeleton};

@@ -1,13 +1,18 @@
 //! The in-process libnftables backend.
+//!
+//! Removing a bridge's set elements needs their exact keys (its subnets may have changed
+//! since), so the backend remembers what each bridge owns after every commit. A new backend
+//! (daemon restart) reads that once from the kernel, on first use.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::libnft::{self, Context};
-use super::rules::{self, bridge_of_chain, check_ifname};
+use super::rules::{self, BRIDGES_SET, OwnedElement, check_ifname, is_data_set};
 use super::{Error, Firewall, NetworkRules, TABLE};
 
 /// Base-chain hooks where a foreign drop policy breaks guest traffic: DHCP/DNS to the host
@@ -17,8 +22,71 @@ const GUEST_HOOKS: [&str; 3] = ["input", "forward", "output"];
 /// Runs kvnet's batches through one libnftables context.
 #[derive(Debug)]
 pub(super) struct NftFirewall {
-    /// libnftables contexts are not thread-safe.
-    context: Mutex<Context>,
+    /// libnftables contexts are not thread-safe; the ownership record changes with them.
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    context: Context,
+    /// Set elements each bridge owns, as last committed; `None` until read from the kernel.
+    owned: Option<HashMap<String, Vec<OwnedElement>>>,
+}
+
+impl State {
+    fn run(&mut self, command: &str) -> Result<String, libnft::Error> {
+        self.context.run(command)
+    }
+
+    /// Whether `table inet kvnet` exists (`list tables` reads no chains or rules).
+    fn table_exists(&mut self) -> Result<bool, Error> {
+        const WHAT: &str = "tables";
+        let listing: Listing<ListedObject> = parse(WHAT, self.run("list tables"))?;
+        Ok(listing.nftables.iter().any(|object| {
+            object
+                .table
+                .as_ref()
+                .is_some_and(|table| table.family == "inet" && table.name == TABLE)
+        }))
+    }
+
+    /// The ownership record, read from the kernel the first time.
+    fn owned(&mut self) -> Result<&mut HashMap<String, Vec<OwnedElement>>, Error> {
+        if self.owned.is_none() {
+            let mut owned: HashMap<String, Vec<OwnedElement>> = HashMap::new();
+            if self.table_exists()? {
+                const WHAT: &str = "table inet kvnet";
+                let listing: Listing<ListedObject> =
+                    parse(WHAT, self.run("list table inet kvnet"))?;
+                for set in listing.nftables.into_iter().filter_map(|object| object.set) {
+                    if set.table != TABLE || !is_data_set(&set.name) {
+                        continue;
+                    }
+                    for value in set.elem {
+                        // Elements with extra attributes come wrapped in {"elem": {"val": ..}}.
+                        let value = match value.get("elem") {
+                            Some(elem) => elem["val"].clone(),
+                            None => value,
+                        };
+                        let element = OwnedElement {
+                            set: set.name.clone(),
+                            key: serde_json::from_value(value)
+                                .map_err(|source| Error::Parse { what: WHAT, source })?,
+                        };
+                        if let Some(bridge) = element.bridge() {
+                            owned.entry(bridge.to_owned()).or_default().push(element);
+                        }
+                    }
+                }
+            }
+            tracing::debug!(
+                bridges = owned.len(),
+                "read kvnet's set elements from the kernel"
+            );
+            self.owned = Some(owned);
+        }
+        Ok(self.owned.get_or_insert_with(HashMap::new))
+    }
 }
 
 impl NftFirewall {
@@ -27,30 +95,42 @@ impl NftFirewall {
             message: e.to_string(),
         })?;
         Ok(NftFirewall {
-            context: Mutex::new(context),
+            state: Mutex::new(State {
+                context,
+                owned: None,
+            }),
         })
     }
 
-    fn run(&self, command: &str) -> Result<String, libnft::Error> {
-        // A panic while holding the lock cannot corrupt the context beyond what the next
-        // command's cache refresh repairs.
-        let mut context = self.context.lock().unwrap_or_else(PoisonError::into_inner);
-        context.run(command)
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves at worst a stale ownership record, which
+        // the add-then-delete teardown tolerates.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn run_batch(
+    /// Replaces what `bridge` owns with `now` (nothing for a removal) in one batch.
+    fn commit(
         &self,
         action: &'static str,
         bridge: &str,
-        network: &nftables::schema::Nftables<'static>,
+        batch: impl FnOnce(&[OwnedElement]) -> nftables::schema::Nftables<'static>,
+        now: Vec<OwnedElement>,
     ) -> Result<(), Error> {
         let started = Instant::now();
-        let document = rules::document(&rules::skeleton(), network);
-        self.run(&document).map_err(|e| Error::Batch {
+        let mut state = self.state();
+        let previous = state.owned()?.get(bridge).cloned().unwrap_or_default();
+        let document = rules::document(&rules::skeleton(), &batch(&previous));
+        state.run(&document).map_err(|e| Error::Batch {
             action,
             bridge: bridge.to_owned(),
             nft: e.to_string(),
         })?;
+        let owned = state.owned()?;
+        if now.is_empty() {
+            owned.remove(bridge);
+        } else {
+            owned.insert(bridge.to_owned(), now);
+        }
         tracing::debug!(
             bridge,
             action,
@@ -59,33 +139,25 @@ impl NftFirewall {
         );
         Ok(())
     }
-
-    /// All chains of every table, from `list chains` (no rules: cheap).
-    fn chains(&self) -> Result<Vec<ListedChain>, Error> {
-        const WHAT: &str = "chains";
-        let output = self.run("list chains").map_err(|e| Error::List {
-            what: WHAT,
-            nft: e.to_string(),
-        })?;
-        let listing: Listing =
-            serde_json::from_str(&output).map_err(|source| Error::Parse { what: WHAT, source })?;
-        Ok(listing
-            .nftables
-            .into_iter()
-            .filter_map(|item| item.chain)
-            .collect())
-    }
 }
 
-/// `nft -j list chains`, reduced to what we read; other objects (metainfo) are skipped.
+/// `nft -j list ...`, reduced to what we read; other objects (metainfo, rules) are skipped.
 #[derive(Debug, Deserialize)]
-struct Listing {
-    nftables: Vec<ListedObject>,
+struct Listing<T> {
+    nftables: Vec<T>,
 }
 
 #[derive(Debug, Deserialize)]
 struct ListedObject {
+    table: Option<ListedTable>,
     chain: Option<ListedChain>,
+    set: Option<ListedSet>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListedTable {
+    family: String,
+    name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,38 +169,76 @@ struct ListedChain {
     policy: Option<String>,
 }
 
-impl ListedChain {
-    fn is_ours(&self) -> bool {
-        self.family == "inet" && self.table == TABLE
-    }
+#[derive(Debug, Deserialize)]
+struct ListedSet {
+    table: String,
+    name: String,
+    #[serde(default)]
+    elem: Vec<Value>,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    output: Result<String, libnft::Error>,
+) -> Result<Listing<T>, Error> {
+    let output = output.map_err(|e| Error::List {
+        what,
+        nft: e.to_string(),
+    })?;
+    serde_json::from_str(&output).map_err(|source| Error::Parse { what, source })
 }
 
 impl Firewall for NftFirewall {
     fn apply(&self, rules: &NetworkRules) -> Result<(), Error> {
         rules.validate()?;
-        self.run_batch("apply", &rules.bridge, &rules::render(rules))
+        self.commit(
+            "apply",
+            &rules.bridge,
+            |previous| rules::render(rules, previous),
+            rules::elements(rules),
+        )
     }
 
     fn remove(&self, bridge: &str) -> Result<(), Error> {
         check_ifname(bridge, "bridge", bridge)?;
-        self.run_batch("remove", bridge, &rules::render_removal(bridge))
+        self.commit(
+            "remove",
+            bridge,
+            |previous| rules::render_removal(bridge, previous),
+            Vec::new(),
+        )
     }
 
     fn bridges(&self) -> Result<Vec<String>, Error> {
-        let bridges: BTreeSet<String> = self
-            .chains()?
-            .iter()
-            .filter(|chain| chain.is_ours())
-            .filter_map(|chain| bridge_of_chain(&chain.name).map(str::to_owned))
+        let mut state = self.state();
+        if !state.table_exists()? {
+            return Ok(Vec::new());
+        }
+        const WHAT: &str = "set inet kvnet bridges";
+        let command = format!("list set inet {TABLE} {BRIDGES_SET}");
+        let listing: Listing<ListedObject> = parse(WHAT, state.run(&command))?;
+        let bridges: BTreeSet<String> = listing
+            .nftables
+            .into_iter()
+            .filter_map(|object| object.set)
+            .flat_map(|set| set.elem)
+            .filter_map(|value| value.as_str().map(str::to_owned))
             .collect();
         Ok(bridges.into_iter().collect())
     }
 
     fn foreign_drop_policies(&self) -> Result<Vec<String>, Error> {
-        Ok(self
-            .chains()?
-            .iter()
-            .filter(|chain| !chain.is_ours() && chain.policy.as_deref() == Some("drop"))
+        const WHAT: &str = "chains";
+        // `list chains` reads chains only, no rules or set elements.
+        let listing: Listing<ListedObject> = parse(WHAT, self.state().run("list chains"))?;
+        Ok(listing
+            .nftables
+            .into_iter()
+            .filter_map(|object| object.chain)
+            .filter(|chain| {
+                !(chain.family == "inet" && chain.table == TABLE)
+                    && chain.policy.as_deref() == Some("drop")
+            })
             .filter_map(|chain| {
                 let hook = chain.hook.as_deref()?;
                 GUEST_HOOKS.contains(&hook).then(|| {
