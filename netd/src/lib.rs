@@ -1,5 +1,6 @@
 //! kvnetd: named virtual networks managed over a Unix-socket API.
 
+pub mod dhcp;
 pub mod firewall;
 pub mod link;
 pub mod xml;
