@@ -375,7 +375,14 @@ impl LeaseDb {
     }
 
     /// The next free pool address from the cursor, reclaiming an expired lease on it.
+    /// When none is free, an address only held by an offer is taken over, so a flood of
+    /// DISCOVERs from made-up MACs cannot lock real clients out for the offer hold time.
     fn allocate(&mut self, now: i64) -> Option<Ipv4Addr> {
+        self.allocate_where(|lease| !lease.live(now))
+            .or_else(|| self.allocate_where(|lease| lease.state == LeaseState::Offered))
+    }
+
+    fn allocate_where(&mut self, reusable: impl Fn(&Lease) -> bool) -> Option<Ipv4Addr> {
         for step in 0..self.pool_size {
             let position = (self.cursor + step) % self.pool_size;
             let Some(ip) = self.pool_address(position) else {
@@ -383,7 +390,7 @@ impl LeaseDb {
             };
             if ip == self.server_ip
                 || self.reserved_ips.contains_key(&ip)
-                || self.by_ip.get(&ip).is_some_and(|lease| lease.live(now))
+                || self.by_ip.get(&ip).is_some_and(|lease| !reusable(lease))
             {
                 continue;
             }
@@ -789,11 +796,24 @@ mod tests {
         // .11 is reserved, so the pool .10-.12 has two dynamic addresses.
         assert_eq!(db.offer(&mac(1), None, NOW), Some(ip(10)));
         assert_eq!(db.offer(&mac(2), None, NOW), Some(ip(12)));
-        assert_eq!(db.offer(&mac(3), None, NOW), None);
         // Asking again returns the same held address.
         assert_eq!(db.offer(&mac(1), None, NOW), Some(ip(10)));
-        // Offers lapse: after the hold, the third client gets one.
-        assert_eq!(db.offer(&mac(3), None, NOW + OFFER_HOLD_SECS), Some(ip(10)));
+        assert_eq!(db.bind(&mac(1), ip(10), None, NOW), Some(3600));
+        // Only held by an offer: a third client takes .12 over (no DISCOVER-flood lockout).
+        assert_eq!(db.offer(&mac(3), None, NOW), Some(ip(12)));
+        assert_eq!(db.bind(&mac(2), ip(12), None, NOW), None);
+        assert_eq!(db.bind(&mac(3), ip(12), None, NOW), Some(3600));
+        // All bound: nothing to offer.
+        assert_eq!(db.offer(&mac(4), None, NOW), None);
+    }
+
+    #[test]
+    fn unanswered_offers_lapse() {
+        let mut db = LeaseDb::in_memory(&config());
+        assert_eq!(db.offer(&mac(1), None, NOW), Some(ip(10)));
+        assert!(!db.assignable(&mac(2), ip(10), NOW + OFFER_HOLD_SECS - 1));
+        assert!(db.assignable(&mac(2), ip(10), NOW + OFFER_HOLD_SECS));
+        assert!(db.leases(NOW).is_empty());
     }
 
     #[test]
@@ -802,6 +822,8 @@ mod tests {
         assert_eq!(db.offer(&mac(1), Some(ip(12)), NOW), Some(ip(12)));
         // Reserved, outside the pool or the server's own: allocation instead.
         assert_eq!(db.offer(&mac(2), Some(ip(11)), NOW), Some(ip(10)));
+        assert_eq!(db.bind(&mac(1), ip(12), None, NOW), Some(3600));
+        assert_eq!(db.bind(&mac(2), ip(10), None, NOW), Some(3600));
         assert_eq!(db.offer(&mac(3), Some(ip(1)), NOW), None);
     }
 
@@ -868,6 +890,7 @@ mod tests {
         assert_eq!(db.bind(&mac(1), ip(10), None, NOW), Some(3600));
         assert!(db.decline(&mac(1), ip(10), NOW));
         assert_eq!(db.offer(&mac(1), None, NOW), Some(ip(12)));
+        assert_eq!(db.bind(&mac(1), ip(12), None, NOW), Some(3600));
         assert_eq!(db.offer(&mac(2), None, NOW), None);
         assert!(!db.assignable(&mac(3), ip(10), NOW + DECLINE_HOLD_SECS - 1));
         assert!(db.assignable(&mac(3), ip(10), NOW + DECLINE_HOLD_SECS));
