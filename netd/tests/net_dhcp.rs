@@ -488,3 +488,40 @@ fn garbage_packets_leave_the_server_serving() {
         runtime.block_on(server.stop());
     });
 }
+
+#[test]
+fn servers_of_two_bridges_share_port_67() {
+    if !needs() {
+        return;
+    }
+    let lab = Lab::new("dtwo");
+    lab.server
+        .sh(
+            "ip link add br1 type bridge stp_state 0 forward_delay 0 && \
+             ip addr add 192.168.78.1/24 dev br1 && ip link set br1 up",
+        )
+        .expect("second bridge");
+    in_server_ns(&lab, |runtime| {
+        let mut other = config("other");
+        other.interface = "br1".into();
+        other.server_ip = Ipv4Addr::new(192, 168, 78, 1);
+        other.subnet = "192.168.78.0/24".parse().expect("subnet");
+        other.ranges = vec![(
+            Ipv4Addr::new(192, 168, 78, 100),
+            Ipv4Addr::new(192, 168, 78, 199),
+            None,
+        )];
+        other.hosts.clear();
+        let second = start(runtime, other, &lab.path("leases-other"));
+        let first = start(runtime, config("first"), &lab.path("leases-first"));
+        // The client on br0 is served by br0's server only.
+        let (lines, _) = lab.udhcpc_once("eth0", &[]);
+        let bound = bound_line(&lines);
+        assert!(in_range(field(bound, "ip").parse().expect("ip")), "{bound}");
+        assert_eq!(field(bound, "serverid"), "192.168.77.1");
+        assert_eq!(first.leases().len(), 1);
+        assert!(second.leases().is_empty());
+        runtime.block_on(first.stop());
+        runtime.block_on(second.stop());
+    });
+}

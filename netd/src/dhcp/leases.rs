@@ -61,6 +61,15 @@ impl Client {
         }
     }
 
+    /// Whether `other` is the same client (same [`Client::key`]), without allocating.
+    pub fn same_as(&self, other: &Client) -> bool {
+        match (&self.client_id, &other.client_id) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => self.mac == other.mac,
+            _ => false,
+        }
+    }
+
     /// The identity leases are keyed by.
     pub fn key(&self) -> ClientKey {
         match &self.client_id {
@@ -323,9 +332,7 @@ impl LeaseDb {
         match self.by_ip.get(&ip) {
             None => true,
             Some(lease) if !lease.live(now) => true,
-            Some(lease) => {
-                lease.state != LeaseState::Declined && lease.client.key() == client.key()
-            }
+            Some(lease) => lease.state != LeaseState::Declined && lease.client.same_as(client),
         }
     }
 
@@ -356,7 +363,7 @@ impl LeaseDb {
         if let Some(lease) = self.by_ip.get(&ip)
             && lease.state == LeaseState::Bound
             && lease.live(now)
-            && lease.client.key() == client.key()
+            && lease.client.same_as(client)
         {
             return;
         }
@@ -429,7 +436,7 @@ impl LeaseDb {
         let previous_name = self
             .by_ip
             .get(&ip)
-            .filter(|lease| lease.client.key() == client.key())
+            .filter(|lease| lease.client.same_as(client))
             .and_then(|lease| lease.hostname.clone());
         let hostname = self
             .reserved_name(client)
@@ -482,7 +489,7 @@ impl LeaseDb {
         let owned = self
             .by_ip
             .get(&ip)
-            .is_some_and(|l| l.state != LeaseState::Declined && l.client.key() == client.key());
+            .is_some_and(|l| l.state != LeaseState::Declined && l.client.same_as(client));
         if !owned {
             return false;
         }
