@@ -6,6 +6,7 @@
 
 pub mod api;
 mod daemon;
+pub mod dhcp;
 pub mod firewall;
 pub mod link;
 pub mod manager;

@@ -1,0 +1,841 @@
+//! One DHCP message in, at most one reply out: the protocol logic without sockets or
+//! clocks, so unit tests and the fuzz target call exactly what the server calls.
+//!
+//! Reply destinations (RFC 2131 4.1, as they work with udhcpc and dhclient on Linux):
+//! - NAK: broadcast;
+//! - the client has an address (`ciaddr`: RENEWING, REBINDING, INFORM): unicast to
+//!   `ciaddr:68`, which the kernel can resolve with ARP;
+//! - otherwise broadcast to `255.255.255.255:68` on the bridge, whatever the broadcast
+//!   flag. Unicasting to `yiaddr` would need an ARP entry the client cannot answer for
+//!   yet (a neighbour entry or a raw socket); both clients receive broadcasts through
+//!   their packet sockets, and a bridge is a small broadcast domain.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+
+use dhcproto::v4::{DhcpOption, DhcpOptions, HType, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+
+use super::leases::{Client, INFINITE_LEASE, LeaseDb};
+use super::{DhcpConfig, Error, LeaseInfo, sanitize_hostname};
+
+/// The DHCP client port replies go to.
+pub const CLIENT_PORT: u16 = 68;
+/// Replies are padded to the BOOTP minimum some clients insist on.
+const MIN_REPLY_LEN: usize = 300;
+/// Seconds between two "pool full" warnings of one network.
+const FULL_LOG_INTERVAL: i64 = 10;
+
+/// A reply to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// Where to send it.
+    pub to: SocketAddrV4,
+    /// The encoded BOOTP message.
+    pub bytes: Vec<u8>,
+    /// The reply confirms a binding: send it only once [`Engine::commit`] succeeded.
+    pub needs_commit: bool,
+}
+
+/// The DHCP logic of one network.
+#[derive(Debug)]
+pub struct Engine {
+    config: DhcpConfig,
+    leases: LeaseDb,
+    last_full_log: Option<i64>,
+}
+
+impl Engine {
+    /// An engine whose leases live only in memory (tests, fuzzing).
+    pub fn new(config: DhcpConfig) -> Engine {
+        let leases = LeaseDb::in_memory(&config);
+        Engine {
+            config,
+            leases,
+            last_full_log: None,
+        }
+    }
+
+    /// An engine whose leases are loaded from and journaled to `lease_file`.
+    pub fn with_lease_file(
+        config: DhcpConfig,
+        lease_file: &Path,
+        now: i64,
+    ) -> Result<Engine, Error> {
+        let leases = LeaseDb::open(&config, lease_file, now)?;
+        Ok(Engine {
+            config,
+            leases,
+            last_full_log: None,
+        })
+    }
+
+    /// Applies a new configuration, keeping the leases.
+    pub fn update(&mut self, config: DhcpConfig) {
+        self.leases.configure(&config);
+        self.config = config;
+    }
+
+    /// The configuration served.
+    pub fn config(&self) -> &DhcpConfig {
+        &self.config
+    }
+
+    /// Bound, unexpired leases.
+    pub fn leases(&self, now: i64) -> Vec<LeaseInfo> {
+        self.leases.leases(now)
+    }
+
+    /// Makes the bindings made since the last call durable.
+    pub fn commit(&mut self) -> Result<(), Error> {
+        self.leases.commit()
+    }
+
+    /// Handles one UDP payload received on port 67 at unix time `now`. Never panics,
+    /// whatever the bytes: anything malformed or not for us yields `None`.
+    pub fn handle(&mut self, packet: &[u8], now: i64) -> Option<Reply> {
+        if has_misframed_fixed_option(packet) {
+            tracing::debug!(network = %self.config.network, "DHCP packet with a misframed option dropped");
+            return None;
+        }
+        let request = match Message::decode(&mut Decoder::new(packet)) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::debug!(network = %self.config.network, error = %e, "undecodable DHCP packet dropped");
+                return None;
+            }
+        };
+        // hlen is checked before chaddr(), which slices by it.
+        if request.opcode() != Opcode::BootRequest
+            || request.htype() != HType::Eth
+            || request.hlen() != 6
+        {
+            return None;
+        }
+        if !request.giaddr().is_unspecified() {
+            tracing::debug!(network = %self.config.network, giaddr = %request.giaddr(), "relayed DHCP request dropped");
+            return None;
+        }
+        let mac = <[u8; 6]>::try_from(request.chaddr()).ok()?;
+        let client_id = match request.opts().get(OptionCode::ClientIdentifier) {
+            Some(DhcpOption::ClientIdentifier(id)) => Some(id.as_slice()),
+            _ => None,
+        };
+        let client = Client::new(mac, client_id);
+        match request.opts().msg_type()? {
+            MessageType::Discover => self.discover(&request, &client, now),
+            MessageType::Request => self.request(&request, &client, now),
+            MessageType::Decline => {
+                self.decline(&request, &client, now);
+                None
+            }
+            MessageType::Release => {
+                self.release(&request, &client);
+                None
+            }
+            MessageType::Inform => self.inform(&request),
+            _ => None,
+        }
+    }
+
+    fn discover(&mut self, request: &Message, client: &Client, now: i64) -> Option<Reply> {
+        let requested = requested_ip(request);
+        let Some(ip) = self.leases.offer(client, requested, now) else {
+            if self
+                .last_full_log
+                .is_none_or(|at| now - at >= FULL_LOG_INTERVAL)
+            {
+                self.last_full_log = Some(now);
+                tracing::warn!(network = %self.config.network, mac = %super::format_mac(&client.mac), "DHCP pool full: no address to offer");
+            }
+            return None;
+        };
+        let lease = self.leases.lease_secs(client, ip);
+        let hostname = self.leases.reserved_name(client).map(str::to_owned);
+        self.reply(request, MessageType::Offer, ip, Some(lease), hostname)
+    }
+
+    fn request(&mut self, request: &Message, client: &Client, now: i64) -> Option<Reply> {
+        let ciaddr = request.ciaddr();
+        let ip = match (server_id(request), requested_ip(request)) {
+            // SELECTING: the client chose an offer; ours or someone else's.
+            (Some(id), requested) => {
+                if id != self.config.server_ip {
+                    self.leases.forget_offer(client);
+                    return None;
+                }
+                requested.or((!ciaddr.is_unspecified()).then_some(ciaddr))?
+            }
+            // INIT-REBOOT: verifying a remembered address.
+            (None, Some(requested)) => requested,
+            // RENEWING (unicast) or REBINDING (broadcast).
+            (None, None) if !ciaddr.is_unspecified() => ciaddr,
+            (None, None) => return None,
+        };
+        let hostname = match request.opts().get(OptionCode::Hostname) {
+            Some(DhcpOption::Hostname(name)) => sanitize_hostname(name),
+            _ => None,
+        };
+        match self.leases.bind(client, ip, hostname, now) {
+            Some(lease) => {
+                let hostname = self.leases.reserved_name(client).map(str::to_owned);
+                tracing::debug!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP lease bound");
+                let reply = self.reply(request, MessageType::Ack, ip, Some(lease), hostname)?;
+                Some(Reply {
+                    needs_commit: true,
+                    ..reply
+                })
+            }
+            None => {
+                tracing::debug!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP request refused");
+                self.reply(request, MessageType::Nak, Ipv4Addr::UNSPECIFIED, None, None)
+            }
+        }
+    }
+
+    fn decline(&mut self, request: &Message, client: &Client, now: i64) {
+        if server_id(request).is_some_and(|id| id != self.config.server_ip) {
+            return;
+        }
+        if let Some(ip) = requested_ip(request)
+            && self.leases.decline(client, ip, now)
+        {
+            tracing::warn!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP address declined by the client: in use by someone else");
+        }
+    }
+
+    fn release(&mut self, request: &Message, client: &Client) {
+        if server_id(request).is_some_and(|id| id != self.config.server_ip) {
+            return;
+        }
+        if self.leases.release(client, request.ciaddr()) {
+            tracing::debug!(network = %self.config.network, ip = %request.ciaddr(), "DHCP lease released");
+        }
+    }
+
+    fn inform(&self, request: &Message) -> Option<Reply> {
+        self.reply(request, MessageType::Ack, Ipv4Addr::UNSPECIFIED, None, None)
+    }
+
+    /// Builds a reply of `kind` to `request`; `lease` is the lease time for OFFER and ACK
+    /// of an address (none for INFORM and NAK).
+    fn reply(
+        &self,
+        request: &Message,
+        kind: MessageType,
+        yiaddr: Ipv4Addr,
+        lease: Option<u32>,
+        hostname: Option<String>,
+    ) -> Option<Reply> {
+        let config = &self.config;
+        let mut message = Message::default();
+        let ciaddr = if kind == MessageType::Ack {
+            request.ciaddr()
+        } else {
+            Ipv4Addr::UNSPECIFIED
+        };
+        message
+            .set_opcode(Opcode::BootReply)
+            .set_htype(HType::Eth)
+            .set_xid(request.xid())
+            .set_flags(request.flags())
+            .set_ciaddr(ciaddr)
+            .set_yiaddr(yiaddr)
+            .set_giaddr(request.giaddr())
+            .set_chaddr(request.chaddr());
+        let opts = message.opts_mut();
+        opts.insert(DhcpOption::MessageType(kind));
+        opts.insert(DhcpOption::ServerIdentifier(config.server_ip));
+        if kind != MessageType::Nak {
+            add_network_options(opts, config);
+            if let Some(secs) = lease {
+                opts.insert(DhcpOption::AddressLeaseTime(secs));
+                if secs != INFINITE_LEASE {
+                    opts.insert(DhcpOption::Renewal(secs / 2));
+                    opts.insert(DhcpOption::Rebinding(
+                        u32::try_from(u64::from(secs) * 7 / 8).unwrap_or(secs),
+                    ));
+                }
+            }
+            if let Some(name) = hostname {
+                opts.insert(DhcpOption::Hostname(name));
+            }
+        }
+        let to = if kind != MessageType::Nak && !ciaddr.is_unspecified() {
+            SocketAddrV4::new(ciaddr, CLIENT_PORT)
+        } else {
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+        };
+        let mut bytes = Vec::with_capacity(MIN_REPLY_LEN);
+        if let Err(e) = message.encode(&mut Encoder::new(&mut bytes)) {
+            tracing::error!(network = %config.network, error = %e, "cannot encode DHCP reply");
+            return None;
+        }
+        if bytes.len() < MIN_REPLY_LEN {
+            bytes.resize(MIN_REPLY_LEN, 0);
+        }
+        Some(Reply {
+            to,
+            bytes,
+            needs_commit: false,
+        })
+    }
+}
+
+fn add_network_options(opts: &mut DhcpOptions, config: &DhcpConfig) {
+    opts.insert(DhcpOption::SubnetMask(config.subnet.netmask()));
+    opts.insert(DhcpOption::BroadcastAddr(config.subnet.broadcast()));
+    if let Some(router) = config.router {
+        opts.insert(DhcpOption::Router(vec![router]));
+    }
+    if let Some(dns) = config.dns_server {
+        opts.insert(DhcpOption::DomainNameServer(vec![dns]));
+    }
+    if let Some(domain) = &config.domain {
+        opts.insert(DhcpOption::DomainName(domain.clone()));
+    }
+    if let Some(mtu) = config.mtu {
+        opts.insert(DhcpOption::InterfaceMtu(mtu));
+    }
+}
+
+/// Offset of the options in a BOOTP message (fixed header and magic cookie).
+const OPTIONS_OFFSET: usize = 240;
+
+/// Whether an option that dhcproto 0.15 decodes behind a `debug_assert!` on its length
+/// has another length (rapid commit 80, FQDN 81, client NII 94, bulk-leasequery times
+/// 152-155). Those asserts panic in debug builds; such a packet is malformed anyway, so
+/// it is dropped before decoding. Runs of one code are summed, as dhcproto concatenates
+/// them (RFC 3396).
+fn has_misframed_fixed_option(packet: &[u8]) -> bool {
+    fn misframed(code: u8, len: usize) -> bool {
+        match code {
+            80 => len != 0,
+            81 => len < 3,
+            94 => len != 3,
+            152..=155 => len != 4,
+            _ => false,
+        }
+    }
+    let mut options = packet.get(OPTIONS_OFFSET..).unwrap_or_default();
+    let mut run: Option<(u8, usize)> = None;
+    while let Some((&code, rest)) = options.split_first() {
+        if code == 0 || code == 255 {
+            if run.is_some_and(|(code, len)| misframed(code, len)) {
+                return true;
+            }
+            if code == 255 {
+                return false;
+            }
+            run = None;
+            options = rest;
+            continue;
+        }
+        let Some((&len, rest)) = rest.split_first() else {
+            break;
+        };
+        let len = usize::from(len);
+        run = match run {
+            Some((prev, total)) if prev == code => Some((code, total + len)),
+            Some((prev, total)) if misframed(prev, total) => return true,
+            _ => Some((code, len)),
+        };
+        options = rest.get(len..).unwrap_or_default();
+    }
+    run.is_some_and(|(code, len)| misframed(code, len))
+}
+
+fn server_id(message: &Message) -> Option<Ipv4Addr> {
+    match message.opts().get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+        _ => None,
+    }
+}
+
+fn requested_ip(message: &Message) -> Option<Ipv4Addr> {
+    match message.opts().get(OptionCode::RequestedIpAddress) {
+        Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::DhcpHostConfig;
+    use dhcproto::v4::Flags;
+    use std::time::Duration;
+
+    const NOW: i64 = 1_700_000_000;
+    const SERVER: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+    const RESERVED_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x42];
+
+    fn config() -> DhcpConfig {
+        DhcpConfig {
+            network: "test".into(),
+            interface: "br0".into(),
+            server_ip: SERVER,
+            subnet: "192.168.77.0/24".parse().expect("subnet"),
+            ranges: vec![(
+                Ipv4Addr::new(192, 168, 77, 100),
+                Ipv4Addr::new(192, 168, 77, 199),
+                Some(Duration::from_secs(600)),
+            )],
+            hosts: vec![DhcpHostConfig {
+                mac: Some(RESERVED_MAC),
+                ip: Ipv4Addr::new(192, 168, 77, 50),
+                name: Some("vm-fixed".into()),
+                lease: None,
+            }],
+            router: Some(SERVER),
+            dns_server: Some(SERVER),
+            domain: Some("kvnet.test".into()),
+            mtu: Some(9000),
+            default_lease: Duration::from_secs(3600),
+        }
+    }
+
+    fn message(kind: MessageType, mac: [u8; 6]) -> Message {
+        let unspecified = Ipv4Addr::UNSPECIFIED;
+        let mut m = Message::new_with_id(
+            0x1234,
+            unspecified,
+            unspecified,
+            unspecified,
+            unspecified,
+            &mac,
+        );
+        m.opts_mut().insert(DhcpOption::MessageType(kind));
+        m
+    }
+
+    fn encode(m: &Message) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        m.encode(&mut Encoder::new(&mut bytes))
+            .expect("encode request");
+        bytes
+    }
+
+    fn exchange(engine: &mut Engine, m: &Message, now: i64) -> Option<(Reply, Message)> {
+        let reply = engine.handle(&encode(m), now)?;
+        assert!(reply.bytes.len() >= MIN_REPLY_LEN);
+        let decoded = Message::decode(&mut Decoder::new(&reply.bytes)).expect("decode reply");
+        assert_eq!(decoded.opcode(), Opcode::BootReply);
+        assert_eq!(decoded.xid(), m.xid());
+        assert_eq!(decoded.chaddr(), m.chaddr());
+        Some((reply, decoded))
+    }
+
+    fn kind(m: &Message) -> MessageType {
+        m.opts().msg_type().expect("reply has a message type")
+    }
+
+    fn request_for(mac: [u8; 6], ip: Ipv4Addr, server: Option<Ipv4Addr>) -> Message {
+        let mut m = message(MessageType::Request, mac);
+        m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+        if let Some(server) = server {
+            m.opts_mut().insert(DhcpOption::ServerIdentifier(server));
+        }
+        m
+    }
+
+    /// DISCOVER + REQUEST; returns the ACK.
+    fn dora(engine: &mut Engine, mac: [u8; 6], now: i64) -> (Reply, Message) {
+        let (_, offer) =
+            exchange(engine, &message(MessageType::Discover, mac), now).expect("offer");
+        assert_eq!(kind(&offer), MessageType::Offer);
+        let (reply, ack) =
+            exchange(engine, &request_for(mac, offer.yiaddr(), Some(SERVER)), now).expect("ack");
+        assert_eq!(kind(&ack), MessageType::Ack);
+        assert_eq!(ack.yiaddr(), offer.yiaddr());
+        (reply, ack)
+    }
+
+    #[test]
+    fn offer_and_ack_carry_every_configured_option() {
+        let mut engine = Engine::new(config());
+        let mac = [0x52, 0x54, 0, 1, 2, 3];
+        let (_, offer) =
+            exchange(&mut engine, &message(MessageType::Discover, mac), NOW).expect("offer");
+        let (reply, ack) = dora(&mut engine, mac, NOW);
+        assert!(reply.needs_commit);
+        assert_eq!(reply.to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        for m in [&offer, &ack] {
+            let o = m.opts();
+            assert_eq!(m.yiaddr(), Ipv4Addr::new(192, 168, 77, 100));
+            assert_eq!(
+                o.get(OptionCode::ServerIdentifier),
+                Some(&DhcpOption::ServerIdentifier(SERVER))
+            );
+            assert_eq!(
+                o.get(OptionCode::SubnetMask),
+                Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)))
+            );
+            assert_eq!(
+                o.get(OptionCode::BroadcastAddr),
+                Some(&DhcpOption::BroadcastAddr(Ipv4Addr::new(192, 168, 77, 255)))
+            );
+            assert_eq!(
+                o.get(OptionCode::Router),
+                Some(&DhcpOption::Router(vec![SERVER]))
+            );
+            assert_eq!(
+                o.get(OptionCode::DomainNameServer),
+                Some(&DhcpOption::DomainNameServer(vec![SERVER]))
+            );
+            assert_eq!(
+                o.get(OptionCode::DomainName),
+                Some(&DhcpOption::DomainName("kvnet.test".into()))
+            );
+            assert_eq!(
+                o.get(OptionCode::InterfaceMtu),
+                Some(&DhcpOption::InterfaceMtu(9000))
+            );
+            // The range's lease, with T1 = 1/2 and T2 = 7/8.
+            assert_eq!(
+                o.get(OptionCode::AddressLeaseTime),
+                Some(&DhcpOption::AddressLeaseTime(600))
+            );
+            assert_eq!(o.get(OptionCode::Renewal), Some(&DhcpOption::Renewal(300)));
+            assert_eq!(
+                o.get(OptionCode::Rebinding),
+                Some(&DhcpOption::Rebinding(525))
+            );
+            assert_eq!(o.get(OptionCode::Hostname), None);
+        }
+    }
+
+    #[test]
+    fn isolated_network_without_dns_gets_neither_option() {
+        let mut cfg = config();
+        cfg.router = None;
+        cfg.dns_server = None;
+        cfg.domain = None;
+        cfg.mtu = None;
+        let mut engine = Engine::new(cfg);
+        let (_, ack) = dora(&mut engine, [2, 0, 0, 0, 0, 1], NOW);
+        for code in [
+            OptionCode::Router,
+            OptionCode::DomainNameServer,
+            OptionCode::DomainName,
+            OptionCode::InterfaceMtu,
+        ] {
+            assert_eq!(ack.opts().get(code), None, "{code:?}");
+        }
+        assert!(ack.opts().get(OptionCode::SubnetMask).is_some());
+    }
+
+    #[test]
+    fn reserved_mac_gets_its_address_name_and_default_lease() {
+        let mut engine = Engine::new(config());
+        let (_, ack) = dora(&mut engine, RESERVED_MAC, NOW);
+        assert_eq!(ack.yiaddr(), Ipv4Addr::new(192, 168, 77, 50));
+        assert_eq!(
+            ack.opts().get(OptionCode::Hostname),
+            Some(&DhcpOption::Hostname("vm-fixed".into()))
+        );
+        assert_eq!(
+            ack.opts().get(OptionCode::AddressLeaseTime),
+            Some(&DhcpOption::AddressLeaseTime(3600))
+        );
+        let leases = engine.leases(NOW);
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].hostname.as_deref(), Some("vm-fixed"));
+    }
+
+    #[test]
+    fn renew_is_unicast_and_keeps_the_address() {
+        let mut engine = Engine::new(config());
+        let mac = [2, 0, 0, 0, 0, 7];
+        let (_, ack) = dora(&mut engine, mac, NOW);
+        let ip = ack.yiaddr();
+        let mut renew = message(MessageType::Request, mac);
+        renew.set_ciaddr(ip);
+        let (reply, renewed) = exchange(&mut engine, &renew, NOW + 300).expect("renew ack");
+        assert_eq!(kind(&renewed), MessageType::Ack);
+        assert_eq!((renewed.yiaddr(), renewed.ciaddr()), (ip, ip));
+        assert_eq!(reply.to, SocketAddrV4::new(ip, 68));
+        assert_eq!(engine.leases(NOW + 300)[0].expiry_unix, NOW + 900);
+    }
+
+    #[test]
+    fn hostname_option_is_recorded_sanitised() {
+        let mut engine = Engine::new(config());
+        let mac = [2, 0, 0, 0, 0, 8];
+        let mut request = request_for(mac, Ipv4Addr::new(192, 168, 77, 120), None);
+        request
+            .opts_mut()
+            .insert(DhcpOption::Hostname("Guest-1.example".into()));
+        let (_, ack) = exchange(&mut engine, &request, NOW).expect("init-reboot ack");
+        assert_eq!(kind(&ack), MessageType::Ack);
+        assert_eq!(engine.leases(NOW)[0].hostname.as_deref(), Some("guest-1"));
+        // Reserved names are not echoed to dynamic clients.
+        assert_eq!(ack.opts().get(OptionCode::Hostname), None);
+    }
+
+    #[test]
+    fn foreign_or_taken_address_is_nakked_by_broadcast() {
+        let mut engine = Engine::new(config());
+        let (_, ack) = dora(&mut engine, [2, 0, 0, 0, 0, 1], NOW);
+        for ip in [
+            ack.yiaddr(),
+            Ipv4Addr::new(10, 1, 1, 1),
+            Ipv4Addr::new(192, 168, 77, 50),
+        ] {
+            let (reply, nak) =
+                exchange(&mut engine, &request_for([2, 0, 0, 0, 0, 2], ip, None), NOW)
+                    .expect("nak");
+            assert_eq!(kind(&nak), MessageType::Nak, "{ip}");
+            assert_eq!(nak.yiaddr(), Ipv4Addr::UNSPECIFIED);
+            assert_eq!(reply.to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+            assert!(!reply.needs_commit);
+            assert_eq!(nak.opts().get(OptionCode::AddressLeaseTime), None);
+        }
+    }
+
+    #[test]
+    fn request_for_another_server_drops_our_offer() {
+        let mut engine = Engine::new(config());
+        let mac = [2, 0, 0, 0, 0, 3];
+        let (_, offer) =
+            exchange(&mut engine, &message(MessageType::Discover, mac), NOW).expect("offer");
+        let other = request_for(
+            mac,
+            Ipv4Addr::new(192, 168, 77, 250),
+            Some(Ipv4Addr::new(192, 168, 77, 2)),
+        );
+        assert!(exchange(&mut engine, &other, NOW).is_none());
+        // The held address is free again for the next client.
+        let (_, next) = exchange(
+            &mut engine,
+            &message(MessageType::Discover, [2, 0, 0, 0, 0, 4]),
+            NOW,
+        )
+        .expect("offer");
+        assert_ne!(next.yiaddr(), offer.yiaddr());
+        assert!(
+            engine
+                .leases
+                .assignable(&Client::new([9; 6], None), offer.yiaddr(), NOW)
+        );
+    }
+
+    #[test]
+    fn release_and_decline_free_or_block_the_address() {
+        let mut engine = Engine::new(config());
+        let mac = [2, 0, 0, 0, 0, 5];
+        let (_, ack) = dora(&mut engine, mac, NOW);
+        let mut release = message(MessageType::Release, mac);
+        release.set_ciaddr(ack.yiaddr());
+        release
+            .opts_mut()
+            .insert(DhcpOption::ServerIdentifier(SERVER));
+        assert!(engine.handle(&encode(&release), NOW).is_none());
+        assert!(engine.leases(NOW).is_empty());
+
+        let (_, ack) = dora(&mut engine, mac, NOW);
+        let mut decline = message(MessageType::Decline, mac);
+        decline
+            .opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(ack.yiaddr()));
+        decline
+            .opts_mut()
+            .insert(DhcpOption::ServerIdentifier(SERVER));
+        assert!(engine.handle(&encode(&decline), NOW).is_none());
+        assert!(engine.leases(NOW).is_empty());
+        let (_, again) = dora(&mut engine, mac, NOW);
+        assert_ne!(again.yiaddr(), ack.yiaddr());
+    }
+
+    #[test]
+    fn inform_gets_options_without_an_address_or_lease() {
+        let mut engine = Engine::new(config());
+        let mut inform = message(MessageType::Inform, [2, 0, 0, 0, 0, 6]);
+        let ip = Ipv4Addr::new(192, 168, 77, 9);
+        inform.set_ciaddr(ip);
+        let (reply, ack) = exchange(&mut engine, &inform, NOW).expect("ack");
+        assert_eq!(kind(&ack), MessageType::Ack);
+        assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(ack.opts().get(OptionCode::AddressLeaseTime), None);
+        assert_eq!(
+            ack.opts().get(OptionCode::Router),
+            Some(&DhcpOption::Router(vec![SERVER]))
+        );
+        assert_eq!(reply.to, SocketAddrV4::new(ip, 68));
+        assert!(engine.leases(NOW).is_empty());
+    }
+
+    #[test]
+    fn broadcast_flag_is_echoed() {
+        let mut engine = Engine::new(config());
+        let mut discover = message(MessageType::Discover, [2, 0, 0, 0, 0, 9]);
+        discover.set_flags(Flags::default().set_broadcast());
+        let (_, offer) = exchange(&mut engine, &discover, NOW).expect("offer");
+        assert!(offer.flags().broadcast());
+    }
+
+    #[test]
+    fn full_pool_answers_nothing() {
+        let mut cfg = config();
+        cfg.ranges = vec![(
+            Ipv4Addr::new(192, 168, 77, 100),
+            Ipv4Addr::new(192, 168, 77, 101),
+            None,
+        )];
+        let mut engine = Engine::new(cfg);
+        dora(&mut engine, [2, 0, 0, 0, 0, 1], NOW);
+        dora(&mut engine, [2, 0, 0, 0, 0, 2], NOW);
+        for n in 3..50 {
+            assert!(
+                engine
+                    .handle(
+                        &encode(&message(MessageType::Discover, [2, 0, 0, 0, 0, n])),
+                        NOW
+                    )
+                    .is_none()
+            );
+        }
+        assert_eq!(engine.leases(NOW).len(), 2);
+    }
+
+    #[test]
+    fn relayed_replies_and_odd_hardware_are_ignored() {
+        let mut engine = Engine::new(config());
+        let mut relayed = message(MessageType::Discover, [2, 0, 0, 0, 0, 1]);
+        relayed.set_giaddr(Ipv4Addr::new(10, 0, 0, 1));
+        assert!(engine.handle(&encode(&relayed), NOW).is_none());
+        let mut reply = message(MessageType::Discover, [2, 0, 0, 0, 0, 1]);
+        reply.set_opcode(Opcode::BootReply);
+        assert!(engine.handle(&encode(&reply), NOW).is_none());
+        let long_hw = message(MessageType::Discover, [7; 6]);
+        let mut bytes = encode(&long_hw);
+        bytes[2] = 200; // hlen beyond chaddr: dhcproto's chaddr() would panic on it
+        assert!(engine.handle(&bytes, NOW).is_none());
+    }
+
+    #[test]
+    fn options_dhcproto_asserts_on_are_dropped_before_decoding() {
+        let mut engine = Engine::new(config());
+        let valid = encode(&message(MessageType::Discover, [2, 0, 0, 0, 0, 1]));
+        let end = valid.len() - 1;
+        assert_eq!(valid[end], 255);
+        for (code, body) in [(94u8, &[1u8][..]), (80, &[1]), (81, &[0]), (152, &[1, 2])] {
+            let mut bad = valid.clone();
+            bad.splice(
+                end..end,
+                [code, body.len() as u8]
+                    .into_iter()
+                    .chain(body.iter().copied()),
+            );
+            assert!(has_misframed_fixed_option(&bad), "option {code}");
+            assert!(engine.handle(&bad, NOW).is_none());
+        }
+        // Well-framed, and split in two (RFC 3396), they are fine.
+        let mut good = valid.clone();
+        good.splice(end..end, [94, 1, 1, 94, 2, 2, 0]);
+        assert!(!has_misframed_fixed_option(&good));
+        assert!(engine.handle(&good, NOW).is_some());
+    }
+
+    /// xorshift64*: deterministic, dependency-free randomness for the fuzz test.
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            usize::try_from(self.next() % n.max(1) as u64).unwrap_or(0)
+        }
+    }
+
+    /// Feeds random and mutated packets through decode + handle: nothing may panic, and
+    /// the lease invariants must hold afterwards (no address leased twice, all in the
+    /// subnet, every lease either reserved or in the pool).
+    #[test]
+    fn random_and_mutated_packets_never_panic() {
+        let mut engine = Engine::new(config());
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let mut seeds: Vec<Vec<u8>> = Vec::new();
+        for kind in [
+            MessageType::Discover,
+            MessageType::Request,
+            MessageType::Release,
+            MessageType::Decline,
+            MessageType::Inform,
+        ] {
+            let mut m = request_for(
+                [2, 0, 0, 0, 0, 1],
+                Ipv4Addr::new(192, 168, 77, 100),
+                Some(SERVER),
+            );
+            m.opts_mut().insert(DhcpOption::MessageType(kind));
+            m.opts_mut()
+                .insert(DhcpOption::ClientIdentifier(vec![1, 2, 0, 0, 0, 0, 1]));
+            m.opts_mut().insert(DhcpOption::Hostname("h".into()));
+            seeds.push(encode(&m));
+        }
+        let mut replies = 0;
+        for round in 0..20_000u32 {
+            let mut packet = match round % 4 {
+                0 => {
+                    let len = rng.below(600);
+                    (0..len).map(|_| rng.next() as u8).collect()
+                }
+                _ => seeds[rng.below(seeds.len())].clone(),
+            };
+            if round % 4 != 0 {
+                // Mutate: flip bytes, truncate, or splice an option-like run.
+                for _ in 0..=rng.below(8) {
+                    match rng.below(4) {
+                        0 if !packet.is_empty() => {
+                            let at = rng.below(packet.len());
+                            packet[at] = rng.next() as u8;
+                        }
+                        1 => packet.truncate(rng.below(packet.len() + 1)),
+                        2 => {
+                            let at = 240.min(packet.len())
+                                + rng.below(packet.len().saturating_sub(240) + 1);
+                            let at = at.min(packet.len());
+                            let code = [52u8, 53, 61, 12, 50, 54, 255, 0][rng.below(8)];
+                            let len = rng.below(20) as u8;
+                            let mut run = vec![code, len];
+                            run.extend((0..rng.below(24)).map(|_| rng.next() as u8));
+                            packet.splice(at..at, run);
+                        }
+                        _ => {
+                            // Vary the MAC so many clients compete for the pool.
+                            if packet.len() > 33 {
+                                packet[33] = rng.next() as u8;
+                            }
+                        }
+                    }
+                }
+            }
+            let now = NOW + i64::from(round / 100);
+            if engine.handle(&packet, now).is_some() {
+                replies += 1;
+            }
+        }
+        assert!(
+            replies > 100,
+            "mutated seeds should mostly stay valid: {replies} replies"
+        );
+        let now = NOW + 200;
+        let leases = engine.leases(now);
+        let mut ips: Vec<_> = leases.iter().map(|l| l.ip).collect();
+        ips.dedup();
+        assert_eq!(ips.len(), leases.len(), "an address is leased twice");
+        let reserved = Ipv4Addr::new(192, 168, 77, 50);
+        for lease in &leases {
+            let last = lease.ip.octets()[3];
+            assert!(
+                lease.ip == reserved
+                    || (lease.ip.octets()[..3] == [192, 168, 77] && (100..=199).contains(&last)),
+                "lease outside pool: {lease:?}"
+            );
+        }
+    }
+}

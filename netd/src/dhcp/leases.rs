@@ -1,0 +1,1016 @@
+//! The lease database of one network: allocation, reservations, expiry, decline, and
+//! its journal on disk.
+//!
+//! Memory: two hash maps (by address and by client) holding only addresses of the pool
+//! or of reservations, so the state stays bounded by the pool size whatever clients send.
+//! Allocation walks the pool from a cursor, so a new client costs O(1) while the pool has
+//! room; expired leases are reclaimed when the cursor meets them.
+//!
+//! Disk: an append-only journal of JSON lines (`bind` / `release`), made durable with
+//! `fdatasync` by [`LeaseDb::commit`] before the server sends the ACKs of a batch, and
+//! rewritten compactly (temp file + fsync + rename) at load and when it grows. The file
+//! is untrusted input on load: long, torn or invalid lines are skipped with a warning.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{DhcpConfig, Error, LeaseInfo, format_mac, parse_hex_bytes, sanitize_hostname};
+
+/// How long an offered address stays held for the client that was offered it.
+pub const OFFER_HOLD_SECS: i64 = 60;
+/// How long a declined address (in use by someone unknown) stays out of the pool.
+pub const DECLINE_HOLD_SECS: i64 = 600;
+/// Lease time meaning "never expires" on the wire (RFC 2132 9.2).
+pub const INFINITE_LEASE: u32 = u32::MAX;
+/// Longest journal line accepted on load; real records are under 400 bytes.
+const MAX_LINE: usize = 4096;
+/// Largest lease file read on load.
+const MAX_FILE: u64 = 256 << 20;
+/// The journal is compacted when it has this many lines and four times the live leases.
+const COMPACT_MIN_LINES: usize = 4096;
+
+/// Who a lease belongs to: the client identifier (option 61) when sent, else the MAC.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    /// Option 61 bytes.
+    Id(Box<[u8]>),
+    /// Hardware address, for clients without option 61.
+    Mac([u8; 6]),
+}
+
+/// A client as one message identifies it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Client {
+    /// Hardware address (`chaddr`); reservations match on it.
+    pub mac: [u8; 6],
+    /// Client identifier (option 61), if any.
+    pub client_id: Option<Box<[u8]>>,
+}
+
+impl Client {
+    /// A client from its `chaddr` and optional, non-empty option 61.
+    pub fn new(mac: [u8; 6], client_id: Option<&[u8]>) -> Client {
+        Client {
+            mac,
+            client_id: client_id.filter(|id| !id.is_empty()).map(Box::from),
+        }
+    }
+
+    /// Whether `other` is the same client (same [`Client::key`]), without allocating.
+    pub fn same_as(&self, other: &Client) -> bool {
+        match (&self.client_id, &other.client_id) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => self.mac == other.mac,
+            _ => false,
+        }
+    }
+
+    /// The identity leases are keyed by.
+    pub fn key(&self) -> ClientKey {
+        match &self.client_id {
+            Some(id) => ClientKey::Id(id.clone()),
+            None => ClientKey::Mac(self.mac),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeaseState {
+    /// Offered, waiting for the REQUEST; not persisted.
+    Offered,
+    /// ACKed and persisted.
+    Bound,
+    /// Declined by a client: held by nobody until it expires.
+    Declined,
+}
+
+#[derive(Clone, Debug)]
+struct Lease {
+    client: Client,
+    hostname: Option<Box<str>>,
+    /// Unix seconds; `i64::MAX` for an infinite lease.
+    expiry: i64,
+    state: LeaseState,
+}
+
+impl Lease {
+    fn live(&self, now: i64) -> bool {
+        self.expiry > now
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PoolRange {
+    start: u32,
+    end: u32,
+    lease: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+struct Reservation {
+    ip: Ipv4Addr,
+    name: Option<Box<str>>,
+    lease: Option<u32>,
+}
+
+/// One journal line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum Record {
+    Bind {
+        ip: Ipv4Addr,
+        mac: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hostname: Option<String>,
+        /// Unix seconds; 0 for an infinite lease.
+        expiry: i64,
+    },
+    Release {
+        ip: Ipv4Addr,
+    },
+}
+
+#[derive(Debug)]
+struct Journal {
+    path: PathBuf,
+    file: File,
+    lines: usize,
+    /// A write failed: the file may end in a torn line, so rewrite it whole next time.
+    needs_rewrite: bool,
+}
+
+/// The leases of one network.
+#[derive(Debug)]
+pub struct LeaseDb {
+    network: String,
+    subnet: ipnet::Ipv4Net,
+    server_ip: Ipv4Addr,
+    default_lease: u32,
+    pool: Vec<PoolRange>,
+    pool_size: u64,
+    cursor: u64,
+    reservations: HashMap<[u8; 6], Reservation>,
+    /// Every reserved address, with the MAC it is reserved for (if any).
+    reserved_ips: HashMap<Ipv4Addr, Option<[u8; 6]>>,
+    by_ip: HashMap<Ipv4Addr, Lease>,
+    by_client: HashMap<ClientKey, Ipv4Addr>,
+    /// Journal lines not yet written.
+    pending: Vec<u8>,
+    journal: Option<Journal>,
+}
+
+fn lease_secs(duration: std::time::Duration) -> u32 {
+    match duration.as_secs() {
+        0 => INFINITE_LEASE,
+        secs => u32::try_from(secs).unwrap_or(INFINITE_LEASE - 1),
+    }
+}
+
+fn expiry_after(now: i64, secs: u32) -> i64 {
+    if secs == INFINITE_LEASE {
+        i64::MAX
+    } else {
+        now.saturating_add(i64::from(secs))
+    }
+}
+
+impl LeaseDb {
+    /// An in-memory database (tests, fuzzing): [`LeaseDb::commit`] only drops the journal.
+    pub fn in_memory(config: &DhcpConfig) -> LeaseDb {
+        let mut db = LeaseDb {
+            network: config.network.clone(),
+            subnet: config.subnet,
+            server_ip: config.server_ip,
+            default_lease: lease_secs(config.default_lease),
+            pool: Vec::new(),
+            pool_size: 0,
+            cursor: 0,
+            reservations: HashMap::new(),
+            reserved_ips: HashMap::new(),
+            by_ip: HashMap::new(),
+            by_client: HashMap::new(),
+            pending: Vec::new(),
+            journal: None,
+        };
+        db.configure(config);
+        db
+    }
+
+    /// Loads `path` (a missing file is an empty database), drops expired leases and
+    /// those the configuration no longer allows, and rewrites the file compactly.
+    pub fn open(config: &DhcpConfig, path: &Path, now: i64) -> Result<LeaseDb, Error> {
+        let mut db = LeaseDb::in_memory(config);
+        let file_error = |action: &'static str| {
+            let network = config.network.clone();
+            let path = path.to_path_buf();
+            move |source| Error::LeaseFile {
+                network,
+                path,
+                action,
+                source,
+            }
+        };
+        let mut text = Vec::new();
+        match File::open(path) {
+            Ok(file) => {
+                file.take(MAX_FILE)
+                    .read_to_end(&mut text)
+                    .map_err(file_error("read"))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(file_error("open")(e)),
+        }
+        db.replay(&text, now);
+        db.pending.clear();
+        db.write_compact(path).map_err(file_error("rewrite"))?;
+        let file = open_append(path).map_err(file_error("open for appending"))?;
+        db.journal = Some(Journal {
+            path: path.to_path_buf(),
+            file,
+            lines: db.bound_count(),
+            needs_rewrite: false,
+        });
+        Ok(db)
+    }
+
+    /// Applies a (new) configuration; leases are kept, and those it no longer allows
+    /// are refused at their next renewal.
+    pub fn configure(&mut self, config: &DhcpConfig) {
+        self.network = config.network.clone();
+        self.subnet = config.subnet;
+        self.server_ip = config.server_ip;
+        self.default_lease = lease_secs(config.default_lease);
+        let first = u32::from(config.subnet.network()).saturating_add(1);
+        let last = u32::from(config.subnet.broadcast()).saturating_sub(1);
+        self.pool = config
+            .ranges
+            .iter()
+            .filter_map(|&(start, end, lease)| {
+                let start = u32::from(start).max(first);
+                let end = u32::from(end).min(last);
+                if start > end {
+                    tracing::warn!(network = %config.network, %start, %end, "dhcp range outside the subnet, ignored");
+                    return None;
+                }
+                Some(PoolRange {
+                    start,
+                    end,
+                    lease: lease.map(lease_secs),
+                })
+            })
+            .collect();
+        self.pool_size = self
+            .pool
+            .iter()
+            .map(|r| u64::from(r.end - r.start) + 1)
+            .sum();
+        self.cursor = 0;
+        self.reservations.clear();
+        self.reserved_ips.clear();
+        for host in &config.hosts {
+            self.reserved_ips.insert(host.ip, host.mac);
+            if let Some(mac) = host.mac {
+                self.reservations.insert(
+                    mac,
+                    Reservation {
+                        ip: host.ip,
+                        name: host.name.as_deref().map(Box::from),
+                        lease: host.lease.map(lease_secs),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Lease time for `client` at `ip`: the reservation's, else the range's, else the default.
+    pub fn lease_secs(&self, client: &Client, ip: Ipv4Addr) -> u32 {
+        if let Some(res) = self.reservations.get(&client.mac).filter(|r| r.ip == ip)
+            && let Some(lease) = res.lease
+        {
+            return lease;
+        }
+        let ip = u32::from(ip);
+        self.pool
+            .iter()
+            .find(|r| (r.start..=r.end).contains(&ip))
+            .and_then(|r| r.lease)
+            .unwrap_or(self.default_lease)
+    }
+
+    /// The reserved name for `client`, if its MAC has a reservation with one.
+    pub fn reserved_name(&self, client: &Client) -> Option<&str> {
+        self.reservations.get(&client.mac)?.name.as_deref()
+    }
+
+    fn in_pool(&self, ip: Ipv4Addr) -> bool {
+        let ip = u32::from(ip);
+        self.pool.iter().any(|r| (r.start..=r.end).contains(&ip))
+    }
+
+    /// Whether `ip` may be given to `client` now.
+    pub fn assignable(&self, client: &Client, ip: Ipv4Addr, now: i64) -> bool {
+        if !self.subnet.contains(&ip)
+            || ip == self.server_ip
+            || ip == self.subnet.network()
+            || ip == self.subnet.broadcast()
+        {
+            return false;
+        }
+        if let Some(res) = self.reservations.get(&client.mac) {
+            return ip == res.ip;
+        }
+        if self.reserved_ips.contains_key(&ip) || !self.in_pool(ip) {
+            return false;
+        }
+        match self.by_ip.get(&ip) {
+            None => true,
+            Some(lease) if !lease.live(now) => true,
+            Some(lease) => lease.state != LeaseState::Declined && lease.client.same_as(client),
+        }
+    }
+
+    /// Picks the address to offer `client` and holds it for [`OFFER_HOLD_SECS`]:
+    /// its reservation, else its current lease, else the address it asks for, else the
+    /// next free one of the pool. `None` when the pool is full.
+    pub fn offer(
+        &mut self,
+        client: &Client,
+        requested: Option<Ipv4Addr>,
+        now: i64,
+    ) -> Option<Ipv4Addr> {
+        if let Some(res) = self.reservations.get(&client.mac) {
+            // Not held: a reserved address cannot be taken by anyone else anyway, and
+            // a dynamic holder is only evicted when the reserved client binds.
+            return self.subnet.contains(&res.ip).then_some(res.ip);
+        }
+        let current = self.by_client.get(&client.key()).copied();
+        let ip = current
+            .filter(|&ip| self.assignable(client, ip, now))
+            .or_else(|| requested.filter(|&ip| self.assignable(client, ip, now)))
+            .or_else(|| self.allocate(now))?;
+        self.hold(client, ip, now);
+        Some(ip)
+    }
+
+    fn hold(&mut self, client: &Client, ip: Ipv4Addr, now: i64) {
+        if let Some(lease) = self.by_ip.get(&ip)
+            && lease.state == LeaseState::Bound
+            && lease.live(now)
+            && lease.client.same_as(client)
+        {
+            return;
+        }
+        self.detach_client(client, ip);
+        self.remove_ip(ip);
+        self.by_client.insert(client.key(), ip);
+        self.by_ip.insert(
+            ip,
+            Lease {
+                client: client.clone(),
+                hostname: None,
+                expiry: now.saturating_add(OFFER_HOLD_SECS),
+                state: LeaseState::Offered,
+            },
+        );
+    }
+
+    /// The next free pool address from the cursor, reclaiming an expired lease on it.
+    /// When none is free, an address only held by an offer is taken over, so a flood of
+    /// DISCOVERs from made-up MACs cannot lock real clients out for the offer hold time.
+    fn allocate(&mut self, now: i64) -> Option<Ipv4Addr> {
+        self.allocate_where(|lease| !lease.live(now))
+            .or_else(|| self.allocate_where(|lease| lease.state == LeaseState::Offered))
+    }
+
+    fn allocate_where(&mut self, reusable: impl Fn(&Lease) -> bool) -> Option<Ipv4Addr> {
+        for step in 0..self.pool_size {
+            let position = (self.cursor + step) % self.pool_size;
+            let Some(ip) = self.pool_address(position) else {
+                continue;
+            };
+            if ip == self.server_ip
+                || self.reserved_ips.contains_key(&ip)
+                || self.by_ip.get(&ip).is_some_and(|lease| !reusable(lease))
+            {
+                continue;
+            }
+            self.cursor = (position + 1) % self.pool_size;
+            self.remove_ip(ip);
+            return Some(ip);
+        }
+        None
+    }
+
+    fn pool_address(&self, mut position: u64) -> Option<Ipv4Addr> {
+        for range in &self.pool {
+            let len = u64::from(range.end - range.start) + 1;
+            if position < len {
+                let offset = u32::try_from(position).ok()?;
+                return Some(Ipv4Addr::from(range.start + offset));
+            }
+            position -= len;
+        }
+        None
+    }
+
+    /// Binds `ip` to `client` if allowed; returns the lease time. A dynamic holder of a
+    /// reserved address is evicted here: the reservation wins.
+    pub fn bind(
+        &mut self,
+        client: &Client,
+        ip: Ipv4Addr,
+        client_hostname: Option<String>,
+        now: i64,
+    ) -> Option<u32> {
+        if !self.assignable(client, ip, now) {
+            return None;
+        }
+        let secs = self.lease_secs(client, ip);
+        let previous_name = self
+            .by_ip
+            .get(&ip)
+            .filter(|lease| lease.client.same_as(client))
+            .and_then(|lease| lease.hostname.clone());
+        let hostname = self
+            .reserved_name(client)
+            .map(Box::from)
+            .or_else(|| client_hostname.map(Box::from))
+            .or(previous_name);
+        let expiry = expiry_after(now, secs);
+        self.put_bound(client.clone(), ip, hostname, expiry);
+        self.journal_bind(ip);
+        Some(secs)
+    }
+
+    /// Makes `client` the bound holder of `ip`, dropping whatever held `ip` and whatever
+    /// else `client` held (one address per client, one client per address).
+    fn put_bound(&mut self, client: Client, ip: Ipv4Addr, hostname: Option<Box<str>>, expiry: i64) {
+        self.detach_client(&client, ip);
+        self.remove_ip(ip);
+        self.by_client.insert(client.key(), ip);
+        self.by_ip.insert(
+            ip,
+            Lease {
+                client,
+                hostname,
+                expiry,
+                state: LeaseState::Bound,
+            },
+        );
+    }
+
+    /// Drops `client`'s lease on an address other than `keep`.
+    fn detach_client(&mut self, client: &Client, keep: Ipv4Addr) {
+        if let Some(old) = self.by_client.get(&client.key()).copied()
+            && old != keep
+        {
+            self.remove_ip(old);
+        }
+    }
+
+    fn remove_ip(&mut self, ip: Ipv4Addr) -> Option<Lease> {
+        let lease = self.by_ip.remove(&ip)?;
+        let key = lease.client.key();
+        if self.by_client.get(&key) == Some(&ip) {
+            self.by_client.remove(&key);
+        }
+        Some(lease)
+    }
+
+    /// Frees `ip` if `client` holds it (RELEASE). Returns whether it did.
+    pub fn release(&mut self, client: &Client, ip: Ipv4Addr) -> bool {
+        let owned = self
+            .by_ip
+            .get(&ip)
+            .is_some_and(|l| l.state != LeaseState::Declined && l.client.same_as(client));
+        if !owned {
+            return false;
+        }
+        if self
+            .remove_ip(ip)
+            .is_some_and(|l| l.state == LeaseState::Bound)
+        {
+            self.journal(&Record::Release { ip });
+        }
+        true
+    }
+
+    /// Takes `ip` from `client` and keeps it out of the pool for
+    /// [`DECLINE_HOLD_SECS`] (DECLINE: someone else answers ARP for it).
+    pub fn decline(&mut self, client: &Client, ip: Ipv4Addr, now: i64) -> bool {
+        if !self.release(client, ip) {
+            return false;
+        }
+        self.by_ip.insert(
+            ip,
+            Lease {
+                client: Client::new([0; 6], None),
+                hostname: None,
+                expiry: now.saturating_add(DECLINE_HOLD_SECS),
+                state: LeaseState::Declined,
+            },
+        );
+        true
+    }
+
+    /// Forgets the offer made to `client` (it chose another server).
+    pub fn forget_offer(&mut self, client: &Client) {
+        if let Some(&ip) = self.by_client.get(&client.key())
+            && self
+                .by_ip
+                .get(&ip)
+                .is_some_and(|l| l.state == LeaseState::Offered)
+        {
+            self.remove_ip(ip);
+        }
+    }
+
+    /// Bound, unexpired leases, sorted by address.
+    pub fn leases(&self, now: i64) -> Vec<LeaseInfo> {
+        let mut out: Vec<LeaseInfo> = self
+            .by_ip
+            .iter()
+            .filter(|(_, l)| l.state == LeaseState::Bound && l.live(now))
+            .map(|(&ip, l)| LeaseInfo {
+                expiry_unix: if l.expiry == i64::MAX { 0 } else { l.expiry },
+                mac: l.client.mac,
+                ip,
+                hostname: l.hostname.as_deref().map(str::to_owned),
+                client_id: l.client.client_id.as_deref().map(<[u8]>::to_vec),
+            })
+            .collect();
+        out.sort_by_key(|l| l.ip);
+        out
+    }
+
+    fn bound_count(&self) -> usize {
+        self.by_ip
+            .values()
+            .filter(|l| l.state == LeaseState::Bound)
+            .count()
+    }
+
+    fn bind_record(&self, ip: Ipv4Addr) -> Option<Record> {
+        let lease = self.by_ip.get(&ip)?;
+        Some(Record::Bind {
+            ip,
+            mac: format_mac(&lease.client.mac),
+            client_id: lease.client.client_id.as_deref().map(format_mac),
+            hostname: lease.hostname.as_deref().map(str::to_owned),
+            expiry: if lease.expiry == i64::MAX {
+                0
+            } else {
+                lease.expiry
+            },
+        })
+    }
+
+    fn journal_bind(&mut self, ip: Ipv4Addr) {
+        if let Some(record) = self.bind_record(ip) {
+            self.journal(&record);
+        }
+    }
+
+    fn journal(&mut self, record: &Record) {
+        // Serialising a plain struct of strings and numbers cannot fail.
+        if serde_json::to_writer(&mut self.pending, record).is_ok() {
+            self.pending.push(b'\n');
+        }
+    }
+
+    /// Replays journal text into the maps, skipping bad lines and expired leases.
+    fn replay(&mut self, text: &[u8], now: i64) {
+        let mut skipped = 0usize;
+        for line in text.split(|&b| b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let record = if line.len() <= MAX_LINE {
+                serde_json::from_slice::<Record>(line).ok()
+            } else {
+                None
+            };
+            match record.map(|r| self.apply(r, now)) {
+                Some(true) => {}
+                _ => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(network = %self.network, skipped, "lease file: skipped invalid or stale records");
+        }
+    }
+
+    /// Applies one record; `false` if it is invalid or no longer fits the configuration.
+    fn apply(&mut self, record: Record, now: i64) -> bool {
+        match record {
+            Record::Release { ip } => {
+                self.remove_ip(ip);
+                true
+            }
+            Record::Bind {
+                ip,
+                mac,
+                client_id,
+                hostname,
+                expiry,
+            } => {
+                let Some(mac) = parse_hex_bytes(&mac, 6).and_then(|m| <[u8; 6]>::try_from(m).ok())
+                else {
+                    return false;
+                };
+                let client_id = match client_id {
+                    Some(text) => match parse_hex_bytes(&text, 255) {
+                        Some(id) => Some(id),
+                        None => return false,
+                    },
+                    None => None,
+                };
+                let client = Client::new(mac, client_id.as_deref());
+                let expiry = if expiry == 0 { i64::MAX } else { expiry };
+                if expiry <= now {
+                    // A later record may re-bind it; an older one for this address is void.
+                    self.remove_ip(ip);
+                    return true;
+                }
+                if !self.subnet.contains(&ip) {
+                    return false;
+                }
+                let hostname = hostname
+                    .as_deref()
+                    .and_then(sanitize_hostname)
+                    .map(Box::from);
+                self.put_bound(client, ip, hostname, expiry);
+                true
+            }
+        }
+    }
+
+    /// Makes the journal lines written since the last commit durable. The server calls
+    /// this before sending the ACKs of a batch.
+    pub fn commit(&mut self) -> Result<(), Error> {
+        let Some(journal) = self.journal.as_mut() else {
+            self.pending.clear();
+            return Ok(());
+        };
+        if self.pending.is_empty() && !journal.needs_rewrite {
+            return Ok(());
+        }
+        let lines = self.pending.iter().filter(|&&b| b == b'\n').count();
+        let append = journal
+            .file
+            .write_all(&self.pending)
+            .and_then(|()| journal.file.sync_data());
+        self.pending.clear();
+        let rewrite = match append {
+            Ok(()) => {
+                journal.lines += lines;
+                journal.needs_rewrite
+                    || journal.lines >= COMPACT_MIN_LINES.max(4 * self.by_ip.len())
+            }
+            Err(source) => {
+                journal.needs_rewrite = true;
+                return Err(Error::LeaseFile {
+                    network: self.network.clone(),
+                    path: journal.path.clone(),
+                    action: "append",
+                    source,
+                });
+            }
+        };
+        if rewrite {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the journal with one line per bound lease.
+    fn compact(&mut self) -> Result<(), Error> {
+        let Some(path) = self.journal.as_ref().map(|j| j.path.clone()) else {
+            return Ok(());
+        };
+        let result = self.write_compact(&path).and_then(|()| open_append(&path));
+        match result {
+            Ok(file) => {
+                let lines = self.bound_count();
+                if let Some(journal) = self.journal.as_mut() {
+                    *journal = Journal {
+                        path,
+                        file,
+                        lines,
+                        needs_rewrite: false,
+                    };
+                }
+                Ok(())
+            }
+            Err(source) => {
+                if let Some(journal) = self.journal.as_mut() {
+                    journal.needs_rewrite = true;
+                }
+                Err(Error::LeaseFile {
+                    network: self.network.clone(),
+                    path,
+                    action: "rewrite",
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Writes all bound leases to `path` atomically: temp file, fsync, rename, fsync dir.
+    fn write_compact(&self, path: &Path) -> std::io::Result<()> {
+        let mut text = Vec::new();
+        let mut ips: Vec<Ipv4Addr> = self
+            .by_ip
+            .iter()
+            .filter(|(_, l)| l.state == LeaseState::Bound)
+            .map(|(&ip, _)| ip)
+            .collect();
+        ips.sort();
+        for record in ips.into_iter().filter_map(|ip| self.bind_record(ip)) {
+            serde_json::to_writer(&mut text, &record).map_err(std::io::Error::other)?;
+            text.push(b'\n');
+        }
+        let mut tmp_name = path.as_os_str().to_owned();
+        tmp_name.push(".tmp");
+        let tmp = PathBuf::from(tmp_name);
+        let mut file = File::create(&tmp)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    File::options().append(true).create(true).open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::DhcpHostConfig;
+    use std::time::Duration;
+
+    const NOW: i64 = 1_700_000_000;
+
+    fn config() -> DhcpConfig {
+        DhcpConfig {
+            network: "t".into(),
+            interface: "br0".into(),
+            server_ip: Ipv4Addr::new(10, 0, 0, 1),
+            subnet: "10.0.0.0/24".parse().expect("test subnet"),
+            ranges: vec![(
+                Ipv4Addr::new(10, 0, 0, 10),
+                Ipv4Addr::new(10, 0, 0, 12),
+                None,
+            )],
+            hosts: vec![DhcpHostConfig {
+                mac: Some([2, 0, 0, 0, 0, 0x99]),
+                ip: Ipv4Addr::new(10, 0, 0, 11),
+                name: Some("reserved".into()),
+                lease: Some(Duration::from_secs(120)),
+            }],
+            router: None,
+            dns_server: None,
+            domain: None,
+            mtu: None,
+            default_lease: Duration::from_secs(3600),
+        }
+    }
+
+    fn mac(n: u8) -> Client {
+        Client::new([2, 0, 0, 0, 0, n], None)
+    }
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, last)
+    }
+
+    #[test]
+    fn pool_skips_reserved_addresses_and_runs_out() {
+        let mut db = LeaseDb::in_memory(&config());
+        // .11 is reserved, so the pool .10-.12 has two dynamic addresses.
+        assert_eq!(db.offer(&mac(1), None, NOW), Some(ip(10)));
+        assert_eq!(db.offer(&mac(2), None, NOW), Some(ip(12)));
+        // Asking again returns the same held address.
+        assert_eq!(db.offer(&mac(1), None, NOW), Some(ip(10)));
+        assert_eq!(db.bind(&mac(1), ip(10), None, NOW), Some(3600));
+        // Only held by an offer: a third client takes .12 over (no DISCOVER-flood lockout).
+        assert_eq!(db.offer(&mac(3), None, NOW), Some(ip(12)));
+        assert_eq!(db.bind(&mac(2), ip(12), None, NOW), None);
+        assert_eq!(db.bind(&mac(3), ip(12), None, NOW), Some(3600));
+        // All bound: nothing to offer.
+        assert_eq!(db.offer(&mac(4), None, NOW), None);
+    }
+
+    #[test]
+    fn unanswered_offers_lapse() {
+        let mut db = LeaseDb::in_memory(&config());
+        assert_eq!(db.offer(&mac(1), None, NOW), Some(ip(10)));
+        assert!(!db.assignable(&mac(2), ip(10), NOW + OFFER_HOLD_SECS - 1));
+        assert!(db.assignable(&mac(2), ip(10), NOW + OFFER_HOLD_SECS));
+        assert!(db.leases(NOW).is_empty());
+    }
+
+    #[test]
+    fn requested_address_is_honoured_when_free() {
+        let mut db = LeaseDb::in_memory(&config());
+        assert_eq!(db.offer(&mac(1), Some(ip(12)), NOW), Some(ip(12)));
+        // Reserved, outside the pool or the server's own: allocation instead.
+        assert_eq!(db.offer(&mac(2), Some(ip(11)), NOW), Some(ip(10)));
+        assert_eq!(db.bind(&mac(1), ip(12), None, NOW), Some(3600));
+        assert_eq!(db.bind(&mac(2), ip(10), None, NOW), Some(3600));
+        assert_eq!(db.offer(&mac(3), Some(ip(1)), NOW), None);
+    }
+
+    #[test]
+    fn reservation_wins_over_a_dynamic_lease() {
+        let mut cfg = config();
+        cfg.hosts.clear();
+        let mut db = LeaseDb::in_memory(&cfg);
+        assert_eq!(db.bind(&mac(1), ip(11), None, NOW), Some(3600));
+        // The reservation arrives by a live update.
+        db.configure(&config());
+        let reserved = mac(0x99);
+        assert_eq!(db.offer(&reserved, None, NOW), Some(ip(11)));
+        assert_eq!(
+            db.bind(&reserved, ip(11), Some("guest".into()), NOW),
+            Some(120)
+        );
+        // The dynamic holder lost it: its renewal is refused.
+        assert_eq!(db.bind(&mac(1), ip(11), None, NOW), None);
+        let leases = db.leases(NOW);
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].mac, reserved.mac);
+        assert_eq!(leases[0].hostname.as_deref(), Some("reserved"));
+        assert_eq!(leases[0].expiry_unix, NOW + 120);
+        // And the reserved client cannot take another address.
+        assert_eq!(db.bind(&reserved, ip(10), None, NOW), None);
+    }
+
+    #[test]
+    fn renew_keeps_the_address_and_release_frees_it() {
+        let mut db = LeaseDb::in_memory(&config());
+        let a = db.offer(&mac(1), None, NOW).expect("offer");
+        assert_eq!(db.bind(&mac(1), a, Some("one".into()), NOW), Some(3600));
+        // Renewal later, without a hostname: same address, name kept, new expiry.
+        assert_eq!(db.bind(&mac(1), a, None, NOW + 1800), Some(3600));
+        assert_eq!(db.offer(&mac(1), None, NOW + 1800), Some(a));
+        let lease = &db.leases(NOW + 1800)[0];
+        assert_eq!((lease.ip, lease.expiry_unix), (a, NOW + 5400));
+        assert_eq!(lease.hostname.as_deref(), Some("one"));
+        // Someone else cannot bind it.
+        assert_eq!(db.bind(&mac(2), a, None, NOW), None);
+        assert!(!db.release(&mac(2), a));
+        assert!(db.release(&mac(1), a));
+        assert!(db.leases(NOW).is_empty());
+        assert_eq!(db.bind(&mac(2), a, None, NOW), Some(3600));
+    }
+
+    #[test]
+    fn client_identifier_is_the_identity_when_sent() {
+        let mut db = LeaseDb::in_memory(&config());
+        let with_id = Client::new([2, 0, 0, 0, 0, 1], Some(b"\x01abc"));
+        assert_eq!(db.bind(&with_id, ip(10), None, NOW), Some(3600));
+        // Same MAC, no client id: a different client.
+        assert_eq!(db.bind(&mac(1), ip(10), None, NOW), None);
+        assert_eq!(
+            db.leases(NOW)[0].client_id.as_deref(),
+            Some(&b"\x01abc"[..])
+        );
+    }
+
+    #[test]
+    fn declined_address_stays_out_of_the_pool_for_a_while() {
+        let mut db = LeaseDb::in_memory(&config());
+        assert_eq!(db.bind(&mac(1), ip(10), None, NOW), Some(3600));
+        assert!(db.decline(&mac(1), ip(10), NOW));
+        assert_eq!(db.offer(&mac(1), None, NOW), Some(ip(12)));
+        assert_eq!(db.bind(&mac(1), ip(12), None, NOW), Some(3600));
+        assert_eq!(db.offer(&mac(2), None, NOW), None);
+        assert!(!db.assignable(&mac(3), ip(10), NOW + DECLINE_HOLD_SECS - 1));
+        assert!(db.assignable(&mac(3), ip(10), NOW + DECLINE_HOLD_SECS));
+    }
+
+    #[test]
+    fn expired_leases_are_reclaimed() {
+        let mut db = LeaseDb::in_memory(&config());
+        assert_eq!(db.bind(&mac(1), ip(10), None, NOW), Some(3600));
+        assert_eq!(db.bind(&mac(2), ip(12), None, NOW), Some(3600));
+        assert_eq!(db.offer(&mac(3), None, NOW + 3599), None);
+        assert_eq!(db.offer(&mac(3), None, NOW + 3600), Some(ip(10)));
+        assert_eq!(db.leases(NOW + 3600).len(), 0);
+    }
+
+    #[test]
+    fn lease_times_come_from_host_then_range_then_default() {
+        let mut cfg = config();
+        cfg.ranges[0].2 = Some(Duration::from_secs(600));
+        cfg.hosts[0].lease = Some(Duration::ZERO);
+        let db = LeaseDb::in_memory(&cfg);
+        assert_eq!(db.lease_secs(&mac(1), ip(10)), 600);
+        assert_eq!(db.lease_secs(&mac(0x99), ip(11)), INFINITE_LEASE);
+        assert_eq!(db.lease_secs(&mac(1), ip(200)), 3600);
+    }
+
+    #[test]
+    fn leases_survive_a_reopen_and_the_file_is_compacted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.leases");
+        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open");
+        let with_id = Client::new([2, 0, 0, 0, 0, 2], Some(&[1, 2, 0, 0, 0, 0, 2]));
+        db.bind(&mac(1), ip(10), Some("one".into()), NOW)
+            .expect("bind 1");
+        db.bind(&with_id, ip(12), None, NOW).expect("bind 2");
+        db.bind(&mac(0x99), ip(11), None, NOW)
+            .expect("bind reserved");
+        assert!(db.release(&mac(0x99), ip(11)));
+        db.commit().expect("commit");
+        let before = db.leases(NOW);
+        assert_eq!(
+            std::fs::read_to_string(&path)
+                .expect("read")
+                .lines()
+                .count(),
+            4
+        );
+        drop(db);
+
+        let db = LeaseDb::open(&config(), &path, NOW + 10).expect("reopen");
+        assert_eq!(db.leases(NOW + 10), before);
+        assert_eq!(before.len(), 2);
+        assert_eq!(
+            std::fs::read_to_string(&path)
+                .expect("read")
+                .lines()
+                .count(),
+            2
+        );
+        // Past their expiry they are gone.
+        drop(db);
+        let db = LeaseDb::open(&config(), &path, NOW + 3600).expect("reopen late");
+        assert!(db.leases(NOW + 3600).is_empty());
+    }
+
+    #[test]
+    fn corrupt_lease_file_loads_what_is_valid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.leases");
+        let good = format!(
+            r#"{{"op":"bind","ip":"10.0.0.10","mac":"02:00:00:00:00:01","hostname":"ok","expiry":{}}}"#,
+            NOW + 100
+        );
+        let long = "x".repeat(MAX_LINE + 1);
+        let text = [
+            "garbage",
+            r#"{"op":"bind","ip":"10.0.0.12","mac":"zz","expiry":1}"#,
+            r#"{"op":"bind","ip":"192.168.1.5","mac":"02:00:00:00:00:03","expiry":0}"#,
+            r#"{"op":"bind","ip":"10.0.0.12","mac":"02:00:00:00:00:04","hostname":"bad name","expiry":0}"#,
+            &long,
+            &good,
+            "{\"op\":\"bind\",\"ip\":\"10.0.0.1", // torn last line
+        ]
+        .join("\n");
+        std::fs::write(&path, text).expect("write");
+        let db = LeaseDb::open(&config(), &path, NOW).expect("open");
+        let leases = db.leases(NOW);
+        assert_eq!(leases.len(), 2, "{leases:?}");
+        assert_eq!(leases[0].ip, ip(10));
+        assert_eq!(leases[0].hostname.as_deref(), Some("ok"));
+        // The invalid hostname is dropped, the lease (infinite) kept.
+        assert_eq!(
+            (leases[1].ip, leases[1].hostname.as_deref()),
+            (ip(12), None)
+        );
+        assert_eq!(leases[1].expiry_unix, 0);
+    }
+
+    #[test]
+    fn journal_is_compacted_when_it_grows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.leases");
+        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open");
+        for step in 0..COMPACT_MIN_LINES as i64 {
+            db.bind(&mac(1), ip(10), None, NOW + step).expect("renew");
+            db.commit().expect("commit");
+        }
+        let lines = std::fs::read_to_string(&path)
+            .expect("read")
+            .lines()
+            .count();
+        assert!(lines < 10, "{lines} lines after compaction");
+        let db = LeaseDb::open(&config(), &path, NOW).expect("reopen");
+        assert_eq!(db.leases(NOW).len(), 1);
+    }
+}

@@ -1,0 +1,199 @@
+//! DHCPv4 server: one small tokio task per network, bound to the network's bridge.
+//!
+//! The layers, from pure to I/O:
+//! - [`leases`]: the lease database (allocation, reservations, expiry, decline) and its
+//!   append-only journal on disk;
+//! - [`engine`]: one DHCP message in, at most one reply out (RFC 2131 state handling and
+//!   the options we hand out). No sockets, no clock: tests and the fuzz target drive it;
+//! - [`server`]: the UDP socket on port 67 bound to the bridge, batching, persistence
+//!   before replies, and the [`DhcpServer`] handle the manager keeps.
+//!
+//! Deliberate choices, following what libvirt's dnsmasq config does
+//! (`dhcp-authoritative`, `dhcp-no-override`, no ping check):
+//! - authoritative: a client asking for a free address of our pool that we have no
+//!   record of (e.g. after the lease file was lost) gets it; an address held by someone
+//!   else or outside the network gets a NAK;
+//! - no ICMP probe before offering (dnsmasq's probe made udhcpc wait 3 s);
+//! - a `<host mac=>` reservation always wins: a dynamic holder of that address is evicted;
+//! - relayed requests (`giaddr` set) are dropped: nothing relays onto a libvirt bridge.
+
+pub mod engine;
+pub mod leases;
+pub mod server;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use engine::{Engine, Reply};
+pub use server::DhcpServer;
+
+/// Lease time when neither the range nor the host sets one (libvirt's default: one hour).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(3600);
+
+/// What the DHCP server of one network serves; built by the manager from the network XML.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DhcpConfig {
+    /// Network name, for logs.
+    pub network: String,
+    /// Bridge the server binds to (`SO_BINDTODEVICE`).
+    pub interface: String,
+    /// The bridge's address: source of replies and the server identifier (option 54).
+    pub server_ip: Ipv4Addr,
+    /// The `<ip address= prefix=>` subnet.
+    pub subnet: ipnet::Ipv4Net,
+    /// `<range start= end=>` with its optional `<lease>`; `Some(Duration::ZERO)` means infinite.
+    pub ranges: Vec<(Ipv4Addr, Ipv4Addr, Option<Duration>)>,
+    /// `<host mac= ip= name=>` reservations.
+    pub hosts: Vec<DhcpHostConfig>,
+    /// Router option (3); `None` on isolated networks.
+    pub router: Option<Ipv4Addr>,
+    /// DNS server option (6); `None` when `<dns enable='no'/>`.
+    pub dns_server: Option<Ipv4Addr>,
+    /// Domain name option (15), from `<domain name=>`.
+    pub domain: Option<String>,
+    /// Interface MTU option (26), from `<mtu size=>`.
+    pub mtu: Option<u16>,
+    /// Lease time for addresses whose range and host set none.
+    pub default_lease: Duration,
+}
+
+/// One `<host>` reservation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DhcpHostConfig {
+    /// The client's MAC; a host without one only keeps its address out of the pool.
+    pub mac: Option<[u8; 6]>,
+    /// The reserved address.
+    pub ip: Ipv4Addr,
+    /// Hostname handed to the client (option 12); wins over the client's own.
+    pub name: Option<String>,
+    /// `<lease>` of the host; `Some(Duration::ZERO)` means infinite.
+    pub lease: Option<Duration>,
+}
+
+/// A bound lease, as `net-dhcp-leases` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// Unix time the lease expires; 0 for an infinite lease (libvirt's convention).
+    pub expiry_unix: i64,
+    /// The client's hardware address.
+    pub mac: [u8; 6],
+    /// The leased address.
+    pub ip: Ipv4Addr,
+    /// Hostname: the reservation's name, else the client's option 12 (sanitised).
+    pub hostname: Option<String>,
+    /// Client identifier (option 61) when the client sent one.
+    pub client_id: Option<Vec<u8>>,
+}
+
+/// Errors of the DHCP server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The UDP socket on port 67 could not be set up.
+    #[error("network {network}: cannot open the DHCP socket on {interface}: {step}")]
+    Socket {
+        network: String,
+        interface: String,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading, writing or syncing the lease file failed.
+    #[error("network {network}: lease file {path}: cannot {action}")]
+    LeaseFile {
+        network: String,
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// [`DhcpServer::start`] was called outside a tokio runtime.
+    #[error("network {network}: the DHCP server must be started inside a tokio runtime")]
+    NoRuntime { network: String },
+}
+
+/// Formats a MAC as `52:54:00:aa:bb:cc`.
+pub(crate) fn format_mac(mac: &[u8]) -> String {
+    let mut out = String::with_capacity(mac.len() * 3);
+    for (i, byte) in mac.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
+/// Parses `aa:bb:...` hex bytes (any count up to `max`); `None` on anything else.
+pub(crate) fn parse_hex_bytes(text: &str, max: usize) -> Option<Vec<u8>> {
+    if text.is_empty() {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = text
+        .split(':')
+        .map(|part| {
+            if part.len() == 2 {
+                u8::from_str_radix(part, 16).ok()
+            } else {
+                None
+            }
+        })
+        .collect();
+    bytes.filter(|bytes| bytes.len() <= max)
+}
+
+/// Turns a client-sent hostname (option 12) into one DNS label, or `None`.
+///
+/// Takes the part before the first dot (as dnsmasq does), lowercases it and accepts only
+/// `[a-z0-9-]{1,63}` not starting or ending with `-`: the name will end up in DNS and in
+/// files, so anything else (NUL, spaces, non-ASCII, overlong) is dropped, not escaped.
+pub fn sanitize_hostname(raw: &str) -> Option<String> {
+    let label = raw.split('.').next()?.to_ascii_lowercase();
+    let valid = (1..=63).contains(&label.len())
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-');
+    valid.then_some(label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_become_one_safe_label() {
+        assert_eq!(sanitize_hostname("Web1").as_deref(), Some("web1"));
+        assert_eq!(sanitize_hostname("db.example.org").as_deref(), Some("db"));
+        assert_eq!(sanitize_hostname("a-b-9").as_deref(), Some("a-b-9"));
+        for bad in [
+            "",
+            ".x",
+            "-a",
+            "a-",
+            "sp ace",
+            "nul\0x",
+            "é",
+            "a_b",
+            &"x".repeat(64),
+        ] {
+            assert_eq!(sanitize_hostname(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            sanitize_hostname(&"x".repeat(63)).map(|s| s.len()),
+            Some(63)
+        );
+    }
+
+    #[test]
+    fn hex_bytes_round_trip_and_reject_junk() {
+        let mac = [0x52, 0x54, 0x00, 0xab, 0x0c, 0xff];
+        assert_eq!(format_mac(&mac), "52:54:00:ab:0c:ff");
+        assert_eq!(parse_hex_bytes(&format_mac(&mac), 6), Some(mac.to_vec()));
+        assert_eq!(parse_hex_bytes("52:54", 1), None);
+        assert_eq!(parse_hex_bytes("5:54", 6), None);
+        assert_eq!(parse_hex_bytes("zz", 6), None);
+        assert_eq!(parse_hex_bytes("", 6), None);
+    }
+}

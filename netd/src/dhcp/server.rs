@@ -1,0 +1,195 @@
+//! The per-network server task: a UDP socket on port 67 bound to the bridge, feeding
+//! [`Engine::handle`].
+//!
+//! Packets are handled in batches: the task takes whatever the socket has queued (up
+//! to [`MAX_BATCH`]), handles each, commits the lease journal once (`fdatasync`), and
+//! only then sends the replies. An ACK is therefore never sent for a binding that would
+//! not survive a crash, and under load one sync covers many ACKs. If the commit fails,
+//! the ACKs of the batch are dropped (the clients retry) and the failure is logged.
+
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::socket::{
+    AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::engine::{Engine, Reply};
+use super::{DhcpConfig, Error, LeaseInfo};
+
+/// The DHCP server port.
+pub const SERVER_PORT: u16 = 67;
+/// Most packets handled per commit.
+const MAX_BATCH: usize = 256;
+/// Largest datagram read; DHCP messages are at most a few hundred bytes, this leaves room
+/// for option-stuffed ones and truncates only garbage.
+const RECV_BUFFER: usize = 4096;
+
+/// A running DHCP server of one network. Dropping it, or [`DhcpServer::stop`], ends it.
+#[derive(Debug)]
+pub struct DhcpServer {
+    network: String,
+    engine: Arc<Mutex<Engine>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    // A panic cannot leave the engine half-updated in a way later packets cannot handle.
+    engine
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl DhcpServer {
+    /// Binds UDP `0.0.0.0:67` on `config.interface` (`SO_BINDTODEVICE`, with
+    /// `SO_REUSEADDR` so every network's server can bind the port), loads the leases from
+    /// `lease_file` and spawns the serving task on the current tokio runtime.
+    pub fn start(config: DhcpConfig, lease_file: PathBuf) -> Result<DhcpServer, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
+            network: config.network.clone(),
+        })?;
+        let network = config.network.clone();
+        let socket = open_socket(&config)?;
+        let socket = {
+            let _enter = runtime.enter();
+            UdpSocket::from_std(socket).map_err(|source| Error::Socket {
+                network: config.network.clone(),
+                interface: config.interface.clone(),
+                step: "register with the runtime",
+                source,
+            })?
+        };
+        let engine = Engine::with_lease_file(config, &lease_file, unix_now())?;
+        let engine = Arc::new(Mutex::new(engine));
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let task = runtime.spawn(serve(socket, Arc::clone(&engine), shutdown_rx));
+        tracing::info!(%network, lease_file = %lease_file.display(), "DHCP server started");
+        Ok(DhcpServer {
+            network,
+            engine,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        })
+    }
+
+    /// Applies a new configuration (net-update) without dropping the leases.
+    pub fn update(&self, config: DhcpConfig) {
+        lock(&self.engine).update(config);
+    }
+
+    /// The bound, unexpired leases.
+    pub fn leases(&self) -> Vec<LeaseInfo> {
+        lock(&self.engine).leases(unix_now())
+    }
+
+    /// Stops the task after the batch in progress and its commit.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+        {
+            tracing::error!(network = %self.network, error = %e, "DHCP server task failed");
+        }
+        tracing::info!(network = %self.network, "DHCP server stopped");
+    }
+}
+
+impl Drop for DhcpServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn open_socket(config: &DhcpConfig) -> Result<std::net::UdpSocket, Error> {
+    let fail = |step: &'static str| {
+        move |e: nix::Error| Error::Socket {
+            network: config.network.clone(),
+            interface: config.interface.clone(),
+            step,
+            source: e.into(),
+        }
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        SockProtocol::Udp,
+    )
+    .map_err(fail("create"))?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(fail("set SO_REUSEADDR"))?;
+    setsockopt(&fd, sockopt::Broadcast, &true).map_err(fail("set SO_BROADCAST"))?;
+    setsockopt(
+        &fd,
+        sockopt::BindToDevice,
+        &OsString::from(&config.interface),
+    )
+    .map_err(fail("set SO_BINDTODEVICE"))?;
+    let any = SockaddrIn::from(std::net::SocketAddrV4::new(
+        Ipv4Addr::UNSPECIFIED,
+        SERVER_PORT,
+    ));
+    bind(fd.as_raw_fd(), &any).map_err(fail("bind port 67"))?;
+    Ok(std::net::UdpSocket::from(fd))
+}
+
+async fn serve(socket: UdpSocket, engine: Arc<Mutex<Engine>>, mut shutdown: oneshot::Receiver<()>) {
+    let mut buf = vec![0u8; RECV_BUFFER];
+    let mut replies: Vec<Reply> = Vec::new();
+    loop {
+        let first = tokio::select! {
+            _ = &mut shutdown => break,
+            received = socket.recv_from(&mut buf) => received,
+        };
+        let len = match first {
+            Ok((len, _)) => len,
+            Err(e) => {
+                let network = lock(&engine).config().network.clone();
+                tracing::warn!(%network, error = %e, "DHCP socket receive failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        {
+            let mut engine = lock(&engine);
+            let now = unix_now();
+            replies.extend(engine.handle(&buf[..len], now));
+            for _ in 1..MAX_BATCH {
+                match socket.try_recv_from(&mut buf) {
+                    Ok((len, _)) => replies.extend(engine.handle(&buf[..len], now)),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = engine.commit() {
+                tracing::error!(error = %e, "DHCP leases not persisted: their ACKs are not sent");
+                replies.retain(|reply| !reply.needs_commit);
+            }
+        }
+        for reply in replies.drain(..) {
+            if let Err(e) = socket.send_to(&reply.bytes, SocketAddr::V4(reply.to)).await {
+                tracing::debug!(to = %reply.to, error = %e, "DHCP reply not sent");
+            }
+        }
+    }
+    let mut engine = lock(&engine);
+    if let Err(e) = engine.commit() {
+        tracing::error!(error = %e, "DHCP leases not persisted at shutdown");
+    }
+}
