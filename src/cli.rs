@@ -70,6 +70,8 @@ impl FileArg {
 }
 
 /// The verbs.
+// The variants mirror virsh's `net-*` verb names one to one.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Define a persistent network from an XML file (or redefine an existing one).

@@ -138,10 +138,10 @@ fn define_start_autostart_list_info_destroy_undefine() {
     // After destroying every network the kernel is as it was.
     daemon.ok(&["net-destroy", "default"]);
     assert!(daemon.bridges().is_empty());
-    let ruleset = daemon.ruleset();
-    assert!(
-        !ruleset.contains("virbr0") && !ruleset.contains("192.168.122"),
-        "{ruleset}"
+    assert_eq!(
+        daemon.ruleset().trim(),
+        "",
+        "kvnet's table outlived its last network"
     );
 }
 
@@ -303,5 +303,83 @@ fn default_network_moves_off_a_subnet_the_host_already_uses() {
     assert!(
         xml.contains("<range start='192.168.123.2' end='192.168.123.254'/>"),
         "{xml}"
+    );
+}
+
+#[test]
+fn guests_get_dhcp_leases_that_net_dhcp_leases_lists() {
+    if !require(DAEMON_NEEDS) || !require(&[common::Need::Program("busybox")]) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let guest = testkit::Netns::new("dhcpguest").expect("guest ns");
+    common::attach_guest(&daemon, &guest, "virbr0", "", "");
+    guest
+        .sh("ip link set eth0 address 52:54:00:aa:bb:cc")
+        .expect("guest mac");
+    common::wait_for_forwarding(&daemon, "vg0");
+    let script = daemon.dirs.path().join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip $router\" > \"$0.out\"\nexit 0\n",
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    guest
+        .sh(&format!(
+            "busybox udhcpc -i eth0 -n -q -f -T 1 -t 5 -x hostname:web1 -s {}",
+            script.display()
+        ))
+        .expect("udhcpc got no lease");
+    let bound = std::fs::read_to_string(script.with_extension("sh.out")).expect("bound");
+    let (ip, router) = bound.trim().split_once(' ').expect("ip and router");
+    assert!(
+        ip.starts_with("192.168.122.") && ip != "192.168.122.1",
+        "{bound}"
+    );
+    assert_eq!(router, "192.168.122.1");
+
+    let table = daemon.ok(&["net-dhcp-leases", "default"]);
+    let lines: Vec<&str> = table.lines().collect();
+    let header: Vec<&str> = lines[0]
+        .split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "Expiry Time",
+            "MAC address",
+            "Protocol",
+            "IP address",
+            "Hostname",
+            "Client ID or DUID"
+        ]
+    );
+    assert!(
+        lines[2].contains(&format!("52:54:00:aa:bb:cc   ipv4       {ip}/24")),
+        "{table}"
+    );
+    assert!(lines[2].contains("web1"), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&daemon.ok(&[
+        "net-dhcp-leases",
+        "default",
+        "--mac",
+        "52:54:00:AA:BB:CC",
+        "--json",
+    ]))
+    .expect("json");
+    assert_eq!(json[0]["ip_address"], ip);
+    assert_eq!(
+        daemon.ok(&[
+            "-q",
+            "net-dhcp-leases",
+            "default",
+            "--mac",
+            "52:54:00:00:00:01"
+        ]),
+        ""
     );
 }

@@ -5,22 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{DAEMON_NEEDS, Daemon, Netns, require};
-
-/// Wires `peer` to `daemon`'s namespace: a veth whose host end is on `bridge`, the
-/// peer end addressed `addr` with a default route via `gateway`.
-fn attach_guest(daemon: &Daemon, guest: &Netns, bridge: &str, addr: &str, gateway: &str) {
-    daemon
-        .ns
-        .sh(&format!(
-            "ip link add vg0 type veth peer name eth0 netns {} && ip link set vg0 master {bridge} && ip link set vg0 up",
-            guest.name()
-        ))
-        .expect("veth to guest");
-    guest
-        .sh(&format!("ip addr add {addr} dev eth0 && ip link set eth0 up && ip route add default via {gateway}"))
-        .expect("guest addressing");
-}
+use common::{DAEMON_NEEDS, Daemon, Netns, attach_guest, require, wait_for_forwarding};
 
 /// An "upstream" namespace at 10.77.0.2, reachable from the daemon's namespace via 10.77.0.1.
 fn attach_upstream(daemon: &Daemon, upstream: &Netns) {
@@ -125,19 +110,4 @@ fn isolated_networks_do_not_forward() {
         .sh("busybox ping -c1 -W2 192.168.42.1 >/dev/null && echo reachable")
         .unwrap_or_default();
     assert_eq!(host.trim(), "reachable");
-}
-
-fn wait_for_forwarding(daemon: &Daemon, port: &str) {
-    for _ in 0..100 {
-        let state = daemon
-            .ns
-            .sh(&format!("cat /sys/class/net/{port}/brport/state"))
-            .unwrap_or_default();
-        // BR_STATE_FORWARDING
-        if state.trim() == "3" {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("bridge port {port} never reached forwarding");
 }

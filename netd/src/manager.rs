@@ -14,6 +14,7 @@ use tracing::{info, instrument, warn};
 
 use crate::api::types::{Lease, NetworkSummary};
 use crate::api::{ApiError, ErrorKind};
+use crate::dhcp::{self, DhcpConfig, DhcpHostConfig, DhcpServer};
 use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
 use crate::link::{self, BridgeSpec, Link, sysctl};
 use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
@@ -124,9 +125,31 @@ struct Network {
     live: Option<NetworkDef>,
     /// Starts when the daemon starts at boot.
     autostart: bool,
+    /// The network's DHCP server, while it is active and has `<dhcp>`.
+    dhcp: Option<DhcpServer>,
 }
 
 impl Network {
+    /// A defined, inactive network.
+    fn defined(def: NetworkDef, autostart: bool) -> Network {
+        Network {
+            config: Some(def),
+            live: None,
+            autostart,
+            dhcp: None,
+        }
+    }
+
+    /// A running network without a definition on disk.
+    fn transient(def: NetworkDef, dhcp: Option<DhcpServer>) -> Network {
+        Network {
+            config: None,
+            live: Some(def),
+            autostart: false,
+            dhcp,
+        }
+    }
+
     /// The definition that describes it now: the running one if active.
     fn current(&self) -> Option<&NetworkDef> {
         self.live.as_ref().or(self.config.as_ref())
@@ -204,14 +227,7 @@ impl Manager {
                 warn!(path = %stored.path.display(), network = %def.name, "skipping definition whose file name differs from its <name>");
                 continue;
             }
-            networks.insert(
-                def.name.clone(),
-                Network {
-                    config: Some(def),
-                    live: None,
-                    autostart: stored.autostart,
-                },
-            );
+            networks.insert(def.name.clone(), Network::defined(def, stored.autostart));
         }
         Ok(())
     }
@@ -257,34 +273,29 @@ impl Manager {
                 continue;
             }
             info!(network = %name, bridge = %status.bridge, "adopted running network");
+            // The lease file carries every binding across the restart.
+            let dhcp = self.start_dhcp(&def).unwrap_or_else(|e| {
+                warn!(network = %name, "DHCP server not restarted: {}", error_chain(&e));
+                None
+            });
             match networks.get_mut(&name) {
-                Some(network) => network.live = Some(def),
-                None if status.persistent => {
-                    // Its definition was removed behind our back: keep it running, as transient.
-                    warn!(network = %name, "running network has no definition on disk any more; it is now transient");
-                    let status = Status {
-                        persistent: false,
-                        ..status
-                    };
-                    self.store.save_status(&name, &status)?;
-                    networks.insert(
-                        name,
-                        Network {
-                            config: None,
-                            live: Some(def),
-                            autostart: false,
-                        },
-                    );
+                Some(network) => {
+                    network.live = Some(def);
+                    network.dhcp = dhcp;
                 }
                 None => {
-                    networks.insert(
-                        name,
-                        Network {
-                            config: None,
-                            live: Some(def),
-                            autostart: false,
-                        },
-                    );
+                    if status.persistent {
+                        // Its definition was removed behind our back: keep it running, as transient.
+                        warn!(network = %name, "running network has no definition on disk any more; it is now transient");
+                        self.store.save_status(
+                            &name,
+                            &Status {
+                                persistent: false,
+                                ..status
+                            },
+                        )?;
+                    }
+                    networks.insert(name, Network::transient(def, dhcp));
                 }
             }
         }
@@ -420,14 +431,7 @@ impl Manager {
         match networks.get_mut(&name) {
             Some(network) => network.config = Some(def),
             None => {
-                networks.insert(
-                    name.clone(),
-                    Network {
-                        config: Some(def),
-                        live: None,
-                        autostart: false,
-                    },
-                );
+                networks.insert(name.clone(), Network::defined(def, false));
             }
         }
         summary_of(&networks, &name)
@@ -440,16 +444,9 @@ impl Manager {
         let mut networks = self.networks.lock().await;
         self.check_identity(&networks, &mut def, false)?;
         self.complete_and_check_bridge(&networks, &mut def).await?;
-        self.bring_up(&networks, &def, false).await?;
+        let dhcp = self.bring_up(&networks, &def, false).await?;
         let name = def.name.clone();
-        networks.insert(
-            name.clone(),
-            Network {
-                config: None,
-                live: Some(def),
-                autostart: false,
-            },
-        );
+        networks.insert(name.clone(), Network::transient(def, dhcp));
         summary_of(&networks, &name)
     }
 
@@ -557,21 +554,22 @@ impl Manager {
             .config
             .clone()
             .ok_or_else(|| Error::OperationInvalid("network has no definition".into()))?;
-        self.bring_up(&networks, &def, true).await?;
+        let dhcp = self.bring_up(&networks, &def, true).await?;
         if let Some(network) = networks.get_mut(&name) {
             network.live = Some(def);
+            network.dhcp = dhcp;
         }
         summary_of(&networks, &name)
     }
 
     /// Checks `def` against the host and the other networks, then creates its kernel
-    /// objects, all or nothing.
+    /// objects and starts its DHCP server, all or nothing.
     async fn bring_up(
         &self,
         networks: &BTreeMap<String, Network>,
         def: &NetworkDef,
         persistent: bool,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<DhcpServer>, Error> {
         let bridge = def
             .bridge_name()
             .ok_or_else(|| {
@@ -591,26 +589,41 @@ impl Manager {
         self.store
             .save_status(&def.name, &status(Phase::Starting))?;
         let mut undo = Vec::new();
-        let result = match self.apply_kernel_state(def, &bridge, &mut undo).await {
-            Ok(()) => self
-                .store
-                .save_status(&def.name, &status(Phase::Active))
-                .map_err(|e| Error::Start {
-                    network: def.name.clone(),
-                    step: "recording the network as active".into(),
-                    source: Box::new(e),
-                }),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            self.roll_back(undo).await;
-            if let Err(cleanup) = self.store.delete_status(&def.name) {
-                warn!(network = %def.name, "{}", error_chain(&cleanup));
+        let result = async {
+            self.apply_kernel_state(def, &bridge, &mut undo).await?;
+            let dhcp = self.start_dhcp(def)?;
+            if let Err(e) = self.store.save_status(&def.name, &status(Phase::Active)) {
+                if let Some(server) = dhcp {
+                    server.stop().await;
+                }
+                return Err(failed_step(def, "recording the network as active", e));
             }
-            return Err(e);
+            Ok(dhcp)
         }
-        info!(network = %def.name, bridge = %bridge, "started");
-        Ok(())
+        .await;
+        match result {
+            Ok(dhcp) => {
+                info!(network = %def.name, bridge = %bridge, "started");
+                Ok(dhcp)
+            }
+            Err(e) => {
+                self.roll_back(undo).await;
+                if let Err(cleanup) = self.store.delete_status(&def.name) {
+                    warn!(network = %def.name, "{}", error_chain(&cleanup));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the DHCP server of a network whose first IPv4 `<ip>` has `<dhcp>`.
+    fn start_dhcp(&self, def: &NetworkDef) -> Result<Option<DhcpServer>, Error> {
+        let Some(config) = dhcp_config(def) else {
+            return Ok(None);
+        };
+        DhcpServer::start(config, self.store.lease_path(&def.name))
+            .map(Some)
+            .map_err(|e| failed_step(def, "starting the DHCP server", e))
     }
 
     async fn check_collisions(
@@ -675,45 +688,41 @@ impl Manager {
         bridge: &str,
         undo: &mut Vec<Undo>,
     ) -> Result<(), Error> {
-        let failed = |step: String| {
-            let network = def.name.clone();
-            move |source: Box<dyn std::error::Error + Send + Sync>| Error::Start {
-                network,
-                step,
-                source,
-            }
-        };
         let mode = def.forward_mode();
         if mode != ForwardMode::Bridge {
             let spec = bridge_spec(def, bridge);
             self.link
                 .create_bridge(&spec)
                 .await
-                .map_err(|e| failed(format!("creating bridge {bridge}"))(e.into()))?;
+                .map_err(|e| failed_step(def, format!("creating bridge {bridge}"), e))?;
             undo.push(Undo::DeleteBridge(bridge.to_owned()));
             let has_ipv6 = !def.ipv6_subnets().is_empty();
             sysctl::configure_bridge_ipv6(bridge, has_ipv6)
-                .map_err(|e| failed(format!("setting IPv6 sysctls of {bridge}"))(e.into()))?;
+                .map_err(|e| failed_step(def, format!("setting IPv6 sysctls of {bridge}"), e))?;
             for (address, prefix) in bridge_addresses(def) {
                 self.link
                     .add_address(bridge, address, prefix)
                     .await
                     .map_err(|e| {
-                        failed(format!("adding address {address}/{prefix} to {bridge}"))(e.into())
+                        failed_step(
+                            def,
+                            format!("adding address {address}/{prefix} to {bridge}"),
+                            e,
+                        )
                     })?;
             }
         }
         if let Some(rules) = firewall_rules(def) {
-            self.firewall
-                .apply(&rules)
-                .map_err(|e| failed(format!("applying firewall rules for {bridge}"))(e.into()))?;
+            self.firewall.apply(&rules).map_err(|e| {
+                failed_step(def, format!("applying firewall rules for {bridge}"), e)
+            })?;
             undo.push(Undo::RemoveRules(bridge.to_owned()));
         }
         if mode != ForwardMode::Bridge {
             self.link
                 .set_up(bridge)
                 .await
-                .map_err(|e| failed(format!("bringing {bridge} up"))(e.into()))?;
+                .map_err(|e| failed_step(def, format!("bringing {bridge} up"), e))?;
         }
         if matches!(
             mode,
@@ -722,7 +731,7 @@ impl Manager {
             let ipv4 = !def.ipv4_subnets().is_empty();
             let ipv6 = !def.ipv6_subnets().is_empty();
             sysctl::enable_forwarding(ipv4, ipv6)
-                .map_err(|e| failed("enabling IP forwarding".into())(e.into()))?;
+                .map_err(|e| failed_step(def, "enabling IP forwarding", e))?;
         }
         Ok(())
     }
@@ -755,6 +764,12 @@ impl Manager {
             return Err(Error::OperationInvalid("network is not active".into()));
         };
         let mut summary = summary_of(&networks, &name)?;
+        if let Some(server) = networks
+            .get_mut(&name)
+            .and_then(|network| network.dhcp.take())
+        {
+            server.stop().await;
+        }
         self.tear_down(&def).await?;
         self.store.delete_status(&name)?;
         let network = networks.get_mut(&name);
@@ -762,6 +777,7 @@ impl Manager {
             network.live = None;
             if network.config.is_none() {
                 networks.remove(&name);
+                self.store.delete_leases(&name)?;
             }
         }
         info!(network = %name, "stopped");
@@ -825,6 +841,7 @@ impl Manager {
             network.autostart = false;
             if network.live.is_none() {
                 networks.remove(&name);
+                self.store.delete_leases(&name)?;
             }
         }
         info!(network = %name, "undefined");
@@ -865,11 +882,27 @@ impl Manager {
         })
     }
 
-    /// The network's DHCP leases. kvnetd serves no DHCP yet, so no lease exists.
+    /// The network's current DHCP leases (none while it is inactive).
     pub async fn leases(&self, key: &str) -> Result<Vec<Lease>, Error> {
         let networks = self.networks.lock().await;
-        lookup(&networks, key)?;
-        Ok(Vec::new())
+        let name = lookup(&networks, key)?;
+        let network = &networks[&name];
+        let (Some(server), Some(def)) = (&network.dhcp, &network.live) else {
+            return Ok(Vec::new());
+        };
+        let prefix = def
+            .first_ipv4()
+            .and_then(|ip| ip.prefix_len())
+            .unwrap_or(32);
+        let leases = server.leases().into_iter().map(|lease| Lease {
+            expiry_time: lease.expiry_unix,
+            mac: link::format_mac(&lease.mac),
+            ip_address: lease.ip.into(),
+            prefix,
+            hostname: lease.hostname,
+            client_id: lease.client_id.map(|id| hex_colon(&id)),
+        });
+        Ok(leases.collect())
     }
 }
 
@@ -972,4 +1005,78 @@ fn default_network_xml(octet: u8, with_virbr0: bool) -> String {
     format!(
         "<network>\n  <name>default</name>\n{bridge}  <forward/>\n  <ip address='192.168.{octet}.1' netmask='255.255.255.0'>\n    <dhcp>\n      <range start='192.168.{octet}.2' end='192.168.{octet}.254'/>\n    </dhcp>\n  </ip>\n</network>\n"
     )
+}
+
+fn failed_step(
+    def: &NetworkDef,
+    step: impl Into<String>,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::Start {
+        network: def.name.clone(),
+        step: step.into(),
+        source: Box::new(source),
+    }
+}
+
+/// `01:52:54:00:...`, the way virsh prints client identifiers.
+fn hex_colon(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn ipv4(addr: std::net::IpAddr) -> Option<std::net::Ipv4Addr> {
+    match addr {
+        std::net::IpAddr::V4(v4) => Some(v4),
+        std::net::IpAddr::V6(_) => None,
+    }
+}
+
+/// A `<lease>` as a duration; zero means infinite, as the DHCP server reads it.
+fn lease_duration(lease: Option<&xml::Lease>) -> Option<std::time::Duration> {
+    lease.map(|lease| std::time::Duration::from_secs(lease.seconds().unwrap_or(0)))
+}
+
+/// What the DHCP server serves, from the IPv4 `<ip>` with `<dhcp>` (libvirt allows only
+/// one). `None` when the network hands out no addresses.
+fn dhcp_config(def: &NetworkDef) -> Option<DhcpConfig> {
+    let ip = def.ips.iter().find(|ip| ip.is_ipv4() && ip.has_dhcp())?;
+    let server_ip = ipv4(ip.address)?;
+    let subnet = ipnet::Ipv4Net::new(server_ip, ip.prefix_len()?)
+        .ok()?
+        .trunc();
+    let ranges = ip.dhcp_ranges.iter().filter_map(|range| {
+        Some((
+            ipv4(range.start)?,
+            ipv4(range.end)?,
+            lease_duration(range.lease.as_ref()),
+        ))
+    });
+    let hosts = ip.dhcp_hosts.iter().filter_map(|host| {
+        Some(DhcpHostConfig {
+            mac: host.mac.map(|mac| mac.0),
+            ip: ipv4(host.ip)?,
+            name: host.name.clone(),
+            lease: lease_duration(host.lease.as_ref()),
+        })
+    });
+    Some(DhcpConfig {
+        network: def.name.clone(),
+        interface: def.bridge_name()?.to_owned(),
+        server_ip,
+        subnet,
+        ranges: ranges.collect(),
+        hosts: hosts.collect(),
+        // libvirt gives isolated networks no default route (dnsmasq's `dhcp-option=3`).
+        router: (def.forward_mode() != ForwardMode::Isolated).then_some(server_ip),
+        // kvnetd does not answer DNS yet; announcing the bridge as the resolver would
+        // give guests one that never replies.
+        dns_server: None,
+        domain: def.domain.as_ref().map(|domain| domain.name.clone()),
+        mtu: def.mtu.and_then(|mtu| u16::try_from(mtu).ok()),
+        default_lease: dhcp::DEFAULT_LEASE,
+    })
 }

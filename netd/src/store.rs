@@ -232,6 +232,17 @@ impl Store {
         write_atomic(&self.status_path(name), &bytes)
     }
 
+    /// Where a network's DHCP server keeps its leases (they survive daemon restarts,
+    /// like libvirt's `<bridge>.status`).
+    pub fn lease_path(&self, name: &str) -> PathBuf {
+        self.status_dir.join(format!("{name}.leases"))
+    }
+
+    /// Forgets a network's leases (undefined, or a transient network stopped).
+    pub fn delete_leases(&self, name: &str) -> Result<(), Error> {
+        remove_if_exists(&self.lease_path(name))
+    }
+
     /// Removes a network's live status.
     pub fn delete_status(&self, name: &str) -> Result<(), Error> {
         remove_if_exists(&self.status_path(name))

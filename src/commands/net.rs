@@ -105,17 +105,24 @@ pub async fn autostart(
     ))
 }
 
-/// Whether a network passes `net-list`'s filters (default: active only).
+/// Whether a network passes `net-list`'s filters (default: active only). Each pair of
+/// flags is exclusive (clap enforces it); neither flag of a pair means no filter.
 fn listed(net: &NetworkSummary, args: &ListArgs) -> bool {
     let state = if args.all {
         true
-    } else if args.inactive {
-        !net.active
     } else {
-        net.active
+        net.active != args.inactive
     };
-    let autostart = !(args.autostart && !net.autostart) && !(args.no_autostart && net.autostart);
-    let persistence = !(args.persistent && !net.persistent) && !(args.transient && net.persistent);
+    let autostart = if args.autostart || args.no_autostart {
+        net.autostart == args.autostart
+    } else {
+        true
+    };
+    let persistence = if args.persistent || args.transient {
+        net.persistent == args.persistent
+    } else {
+        true
+    };
     state && autostart && persistence
 }
 

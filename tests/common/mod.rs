@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use std::time::Instant;
 
 pub use testkit::{Need, Netns, require};
 
@@ -253,4 +254,41 @@ pub fn xml_file(dir: &Path, name: &str, xml: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, xml).expect("write xml");
     path
+}
+
+/// Wires `peer` to `daemon`'s namespace: a veth whose host end is on `bridge`, the
+/// peer end addressed `addr` with a default route via `gateway` (no address when
+/// `addr` is empty: the guest will ask DHCP).
+pub fn attach_guest(daemon: &Daemon, guest: &Netns, bridge: &str, addr: &str, gateway: &str) {
+    daemon
+        .ns
+        .sh(&format!(
+            "ip link add vg0 type veth peer name eth0 netns {} && ip link set vg0 master {bridge} && ip link set vg0 up",
+            guest.name()
+        ))
+        .expect("veth to guest");
+    guest.sh("ip link set eth0 up").expect("guest link up");
+    if !addr.is_empty() {
+        guest
+            .sh(&format!(
+                "ip addr add {addr} dev eth0 && ip route add default via {gateway}"
+            ))
+            .expect("guest addressing");
+    }
+}
+
+/// Waits until a bridge port is forwarding (STP on: listening + learning first).
+pub fn wait_for_forwarding(daemon: &Daemon, port: &str) {
+    for _ in 0..100 {
+        let state = daemon
+            .ns
+            .sh(&format!("cat /sys/class/net/{port}/brport/state"))
+            .unwrap_or_default();
+        // BR_STATE_FORWARDING
+        if state.trim() == "3" {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("bridge port {port} never reached forwarding");
 }

@@ -131,6 +131,13 @@ impl NftFirewall {
         } else {
             owned.insert(bridge.to_owned(), now);
         }
+        if owned.is_empty() {
+            // Nothing of kvnet's is left: remove the table too, so the ruleset is exactly
+            // as it was before the first network started.
+            if let Err(e) = state.run(&format!("delete table inet {TABLE}")) {
+                tracing::warn!("removing the empty table inet {TABLE}: {e}");
+            }
+        }
         tracing::debug!(
             bridge,
             action,

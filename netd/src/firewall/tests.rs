@@ -198,6 +198,8 @@ fn removing_one_network_leaves_the_other_intact() {
     inside(&ns, &*fw, |fw| fw.apply(&open)).unwrap();
     assert!(inside(&ns, &*fw, |fw| fw.bridges()).unwrap().is_empty());
     assert_eq!(owned_by(&ruleset(&ns), "kvbr-b"), []);
+    // With no network left, the table itself is gone: the ruleset is as before kvnet.
+    assert_eq!(ns.sh("nft list tables").unwrap().trim(), "");
 }
 
 #[test]
