@@ -27,9 +27,11 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 pub use config::{Cli, SerialSink, VmConfig};
+// The rust-vmm crates in our public API, so users need not pin them separately.
 pub use devices::serial::SharedBuffer;
 pub use error::Error;
 pub use event_loop::ExitReason;
+pub use {kvm_bindings, kvm_ioctls, linux_loader, vm_memory, vmm_sys_util};
 
 use boot::{acpi, layout, loader};
 use devices::acpi_pm::{self, AcpiPmDevice};
