@@ -242,3 +242,55 @@ fn guest_reads_its_zero_page_e820_and_cmdline() {
     expected += "CMDLINE console=ttyS0 kvnet.marker=42\n";
     assert_eq!(serial.text(), expected);
 }
+
+#[test]
+fn pvh_guest_starts_in_protected_mode_with_start_info() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    // 32-bit code: check the hvm_start_info magic at [ebx], print the memmap entry count
+    // and the command line it points to, then power off.
+    let kernel = testing::write_pvh_guest(dir.path(), "pvh.elf", |a| {
+        let mut bad = a.create_label();
+        a.cmp(dword_ptr(ebx), 0x336e_c578)?;
+        a.jne(bad)?;
+        print(a, "PVH memmap=")?;
+        a.mov(eax, dword_ptr(ebx + 48))?;
+        a.add(eax, b'0' as i32)?;
+        a.mov(dx, 0x3f8)?;
+        a.out(dx, al)?;
+        print(a, " cmdline=")?;
+        a.mov(esi, dword_ptr(ebx + 24))?;
+        let mut next_char = a.create_label();
+        let mut end = a.create_label();
+        a.set_label(&mut next_char)?;
+        a.mov(al, byte_ptr(esi))?;
+        a.test(al, al)?;
+        a.jz(end)?;
+        a.mov(dx, 0x3f8)?;
+        a.out(dx, al)?;
+        a.inc(esi)?;
+        a.jmp(next_char)?;
+        a.set_label(&mut end)?;
+        print(a, "\n")?;
+        poweroff(a)?;
+        a.set_label(&mut bad)?;
+        print(a, "bad magic\n")?;
+        poweroff(a)
+    })
+    .expect("assemble");
+    let serial = SharedBuffer::new();
+    let mut cfg = config(&kernel, &serial);
+    cfg.cmdline = "pvh=yes".into();
+    let reason = Vm::new(cfg)
+        .expect("vm")
+        .run_with_timeout(Some(TIMEOUT))
+        .expect("run");
+    assert_eq!(reason, ExitReason::Poweroff, "serial: {}", serial.text());
+    let entries = vmm::boot::loader::e820_map(128 << 20).len();
+    assert_eq!(
+        serial.text(),
+        format!("PVH memmap={entries} cmdline=pvh=yes\n")
+    );
+}

@@ -50,7 +50,8 @@ pub struct Vm {
     pci: Arc<Mutex<PciBus>>,
     routing: Arc<IrqRouting>,
     exit: Arc<ExitSignal>,
-    first_run: Arc<OnceLock<SystemTime>>,
+    first_run: Arc<OnceLock<StartupReport>>,
+    measure_startup: bool,
     vm: Arc<VmFd>,
     memory: GuestMemory,
 }
@@ -178,6 +179,7 @@ impl Vm {
             routing,
             exit,
             first_run: Arc::new(OnceLock::new()),
+            measure_startup: false,
             vm,
             memory,
         })
@@ -208,9 +210,14 @@ impl Vm {
         self.vm.clone()
     }
 
-    /// Filled in with the wall-clock time just before the first KVM_RUN.
-    pub fn first_run_time(&self) -> Arc<OnceLock<SystemTime>> {
+    /// Filled in just before the first KVM_RUN (see [`Vm::measure_startup`]).
+    pub fn startup_report(&self) -> Arc<OnceLock<StartupReport>> {
         self.first_run.clone()
+    }
+
+    /// Also record CPU time and RSS at the first KVM_RUN (reads /proc once).
+    pub fn measure_startup(&mut self) {
+        self.measure_startup = true;
     }
 
     /// Runs until the guest powers off or resets, or a [`StopHandle`] stops it.
@@ -226,10 +233,11 @@ impl Vm {
         for vcpu in self.vcpus.drain(..) {
             let id = vcpu.id();
             let (stop, exit, first_run) = (stop.clone(), self.exit.clone(), self.first_run.clone());
+            let measure = self.measure_startup;
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
-                    first_run.get_or_init(SystemTime::now);
+                    first_run.get_or_init(|| StartupReport::now(measure));
                     vcpu.run_loop(&stop, &exit)
                 });
             match spawned {
@@ -283,6 +291,38 @@ fn serial_writer(sink: &SerialSink) -> Result<Box<dyn Write + Send>, Error> {
     })
 }
 
+/// The moment the first vCPU entered KVM_RUN.
+#[derive(Clone, Copy, Debug)]
+pub struct StartupReport {
+    /// Wall-clock time.
+    pub wall: SystemTime,
+    /// CPU time the whole process had used by then (all threads), if measured.
+    pub cpu: Option<Duration>,
+    /// Resident set size by then, in KiB, if measured.
+    pub rss_kib: Option<u64>,
+}
+
+impl StartupReport {
+    fn now(measure: bool) -> StartupReport {
+        let wall = SystemTime::now();
+        StartupReport {
+            wall,
+            cpu: measure.then(process_cpu_time).flatten(),
+            rss_kib: measure.then(resident_kib).flatten(),
+        }
+    }
+}
+
+/// CPU time used by every thread of this process (sum of /proc/self/task/*/schedstat).
+pub fn process_cpu_time() -> Option<Duration> {
+    let mut total_ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total_ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total_ns))
+}
+
 /// Resident set size of this process in KiB (from /proc/self/status).
 pub fn resident_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -306,11 +346,14 @@ pub fn main() -> ExitCode {
     // KVNET_VMM_TIMINGS=1: report start-up time and RSS for the bench harness.
     let timings = std::env::var_os("KVNET_VMM_TIMINGS").is_some();
     let result = cli.into_config().map_err(Error::from).and_then(|config| {
-        let vm = Vm::new(config)?;
-        let first_run = vm.first_run_time();
+        let mut vm = Vm::new(config)?;
+        if timings {
+            vm.measure_startup();
+        }
+        let startup = vm.startup_report();
         let outcome = vm.run();
         if timings {
-            report_timings(first_run.get());
+            report_timings(startup.get());
         }
         outcome
     });
@@ -338,13 +381,21 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn report_timings(first_run: Option<&SystemTime>) {
-    let ns = first_run
-        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos());
+fn report_timings(startup: Option<&StartupReport>) {
+    let field = |v: Option<String>| v.unwrap_or_else(|| "unknown".to_owned());
     eprintln!(
-        "kvnet-vmm: timings first_kvm_run_unix_ns={} rss_kib={}",
-        ns.map_or_else(|| "none".to_owned(), |n| n.to_string()),
-        resident_kib().map_or_else(|| "unknown".to_owned(), |k| k.to_string()),
+        "kvnet-vmm: timings first_kvm_run_unix_ns={} cpu_us_at_first_kvm_run={} rss_kib_at_first_kvm_run={} rss_kib_at_exit={}",
+        field(
+            startup
+                .and_then(|s| s.wall.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos().to_string())
+        ),
+        field(
+            startup
+                .and_then(|s| s.cpu)
+                .map(|c| c.as_micros().to_string())
+        ),
+        field(startup.and_then(|s| s.rss_kib).map(|k| k.to_string())),
+        field(resident_kib().map(|k| k.to_string())),
     );
 }

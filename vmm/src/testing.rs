@@ -35,9 +35,25 @@ pub fn assemble(
 
 /// A minimal ELF64 executable: one PT_LOAD of `code` at `load_addr`, entered there.
 pub fn elf_image(code: &[u8], load_addr: u64) -> Vec<u8> {
+    elf_image_with_pvh(code, load_addr, None)
+}
+
+/// Like [`elf_image`], plus a Xen `PHYS32_ENTRY` note when `pvh_entry` is given, so the
+/// loader boots it through PVH (32-bit protected mode, `ebx` = `hvm_start_info`).
+pub fn elf_image_with_pvh(code: &[u8], load_addr: u64, pvh_entry: Option<u32>) -> Vec<u8> {
     const EHDR: usize = 64;
     const PHDR: usize = 56;
-    let offset = (EHDR + PHDR) as u64;
+    const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+    let phnum = if pvh_entry.is_some() { 2 } else { 1 };
+    let offset = (EHDR + PHDR * phnum) as u64;
+    let mut note = Vec::new();
+    if let Some(entry) = pvh_entry {
+        note.extend_from_slice(&4u32.to_le_bytes()); // namesz
+        note.extend_from_slice(&4u32.to_le_bytes()); // descsz
+        note.extend_from_slice(&XEN_ELFNOTE_PHYS32_ENTRY.to_le_bytes());
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&entry.to_le_bytes());
+    }
     let mut elf = Vec::with_capacity(EHDR + PHDR + code.len());
     elf.extend_from_slice(b"\x7fELF");
     elf.extend_from_slice(&[2, 1, 1, 0]); // 64-bit, little endian, version 1, SysV
@@ -51,7 +67,7 @@ pub fn elf_image(code: &[u8], load_addr: u64) -> Vec<u8> {
     elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
     elf.extend_from_slice(&(EHDR as u16).to_le_bytes());
     elf.extend_from_slice(&(PHDR as u16).to_le_bytes());
-    elf.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    elf.extend_from_slice(&(phnum as u16).to_le_bytes()); // e_phnum
     elf.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
     elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
     elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
@@ -63,7 +79,19 @@ pub fn elf_image(code: &[u8], load_addr: u64) -> Vec<u8> {
     elf.extend_from_slice(&(code.len() as u64).to_le_bytes());
     elf.extend_from_slice(&(code.len() as u64).to_le_bytes());
     elf.extend_from_slice(&0x1000u64.to_le_bytes());
+    if !note.is_empty() {
+        let note_offset = offset + code.len() as u64;
+        elf.extend_from_slice(&4u32.to_le_bytes()); // PT_NOTE
+        elf.extend_from_slice(&4u32.to_le_bytes()); // R
+        elf.extend_from_slice(&note_offset.to_le_bytes());
+        elf.extend_from_slice(&0u64.to_le_bytes());
+        elf.extend_from_slice(&0u64.to_le_bytes());
+        elf.extend_from_slice(&(note.len() as u64).to_le_bytes());
+        elf.extend_from_slice(&(note.len() as u64).to_le_bytes());
+        elf.extend_from_slice(&4u64.to_le_bytes());
+    }
     elf.extend_from_slice(code);
+    elf.extend_from_slice(&note);
     elf
 }
 
@@ -76,6 +104,24 @@ pub fn write_guest(
     let code = assemble(build).map_err(std::io::Error::other)?;
     let path = dir.join(name);
     std::fs::write(&path, elf_image(&code, GUEST_CODE_START))?;
+    Ok(path)
+}
+
+/// Assembles 32-bit code at [`GUEST_CODE_START`] and writes it as an ELF with a PVH note.
+pub fn write_pvh_guest(
+    dir: &Path,
+    name: &str,
+    build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> std::io::Result<PathBuf> {
+    let assemble32 = || -> Result<Vec<u8>, IcedError> {
+        let mut a = CodeAssembler::new(32)?;
+        build(&mut a)?;
+        a.assemble(GUEST_CODE_START)
+    };
+    let code = assemble32().map_err(std::io::Error::other)?;
+    let path = dir.join(name);
+    let image = elf_image_with_pvh(&code, GUEST_CODE_START, Some(GUEST_CODE_START as u32));
+    std::fs::write(&path, image)?;
     Ok(path)
 }
 
