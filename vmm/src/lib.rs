@@ -86,8 +86,9 @@ impl Vm {
         let vm = Arc::new(kvm::vm::create_vm(&kvm)?);
         let memory = kvm::memory::create_guest_memory(config.memory_bytes())?;
         kvm::memory::register_guest_memory(&vm, &memory)?;
+        kvm::vm::create_irqchip(&vm)?;
         let max_gsi = kvm.check_extension_int(Cap::IrqRouting).max(0) as u32;
-        let routing = IrqRouting::new(vm.clone(), max_gsi)?;
+        let routing = IrqRouting::new(vm.clone(), max_gsi);
 
         // The guest image and what it reads at entry.
         let kernel = loader::load_kernel(&memory, &config.kernel)?;
