@@ -23,6 +23,7 @@ fn config(kernel: &std::path::Path, serial: &SharedBuffer) -> VmConfig {
 fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"))
         .args(args)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -293,4 +294,44 @@ fn pvh_guest_starts_in_protected_mode_with_start_info() {
         serial.text(),
         format!("PVH memmap={entries} cmdline=pvh=yes\n")
     );
+}
+
+#[test]
+fn guest_echoes_serial_input_from_the_host() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    // Poll LSR.DR, echo each received byte, power off after '\n'.
+    let kernel = testing::write_guest(dir.path(), "echo.elf", |a| {
+        print(a, "ready\n")?;
+        let mut poll = a.create_label();
+        a.set_label(&mut poll)?;
+        a.mov(dx, 0x3fd)?;
+        a.in_(al, dx)?;
+        a.test(al, 1)?;
+        a.jz(poll)?;
+        a.mov(dx, 0x3f8)?;
+        a.in_(al, dx)?;
+        a.out(dx, al)?;
+        a.cmp(al, b'\n' as i32)?;
+        a.jne(poll)?;
+        poweroff(a)
+    })
+    .expect("assemble");
+    let serial = SharedBuffer::new();
+    let vm = Vm::new(config(&kernel, &serial)).expect("vm");
+    let input = vm.serial_input();
+    let watcher = serial.clone();
+    let feeder = std::thread::spawn(move || {
+        let start = Instant::now();
+        while !watcher.text().contains("ready\n") && start.elapsed() < TIMEOUT {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        input.forward(&b"typed by the host\n"[..]);
+    });
+    let reason = vm.run_with_timeout(Some(TIMEOUT)).expect("run");
+    feeder.join().expect("feeder");
+    assert_eq!(reason, ExitReason::Poweroff, "serial: {:?}", serial.text());
+    assert_eq!(serial.text(), "ready\ntyped by the host\n");
 }

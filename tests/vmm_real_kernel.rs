@@ -44,6 +44,7 @@ fn distro_kernel_boots_to_initramfs_prints_marker_and_powers_off() {
             "--cmdline",
             "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet",
         ])
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

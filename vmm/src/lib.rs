@@ -47,6 +47,7 @@ pub struct Vm {
     // Field order is drop order: vCPUs and devices go before the VM fd, memory last.
     vcpus: Vec<Vcpu>,
     pio: Arc<Bus>,
+    serial: Arc<Mutex<SerialDevice>>,
     pci: Arc<Mutex<PciBus>>,
     routing: Arc<IrqRouting>,
     exit: Arc<ExitSignal>,
@@ -73,6 +74,38 @@ impl StopHandle {
     /// Ends the VM with [`ExitReason::Stopped`] (no effect if it already ended).
     pub fn stop(&self) {
         self.0.request(Ok(ExitReason::Stopped));
+    }
+}
+
+/// Feeds COM1's receive FIFO (see [`Vm::serial_input`]).
+#[derive(Clone, Debug)]
+pub struct SerialInput(Arc<Mutex<SerialDevice>>);
+
+impl SerialInput {
+    /// Queues as many of `bytes` as the 64-byte FIFO takes; returns how many.
+    pub fn send(&self, bytes: &[u8]) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .enqueue_input(bytes)
+    }
+
+    /// Forwards everything read from `input` until EOF, waiting while the FIFO is full.
+    pub fn forward(&self, mut input: impl std::io::Read) {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = input.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let taken = self.send(rest);
+                rest = &rest[taken..];
+                if !rest.is_empty() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
     }
 }
 
@@ -118,13 +151,16 @@ impl Vm {
             source,
         })?;
         routing.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
-        let serial = SerialDevice::new(serial_irq, serial_writer(&config.serial)?);
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            serial_irq,
+            serial_writer(&config.serial)?,
+        )));
         let pci = Arc::new(Mutex::new(PciBus::new(Some(Arc::new(KvmIoEvents(
             vm.clone(),
         ))))));
         let mut pio = Bus::new();
         pio.insert(
-            Arc::new(Mutex::new(serial)),
+            serial.clone(),
             layout::SERIAL_PORT.into(),
             SERIAL_PORT_COUNT,
         )?;
@@ -176,6 +212,7 @@ impl Vm {
         Ok(Vm {
             vcpus,
             pio,
+            serial,
             pci,
             routing,
             exit,
@@ -189,6 +226,11 @@ impl Vm {
     /// A handle that stops the VM from another thread.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle(self.exit.clone())
+    }
+
+    /// A handle that feeds bytes to the guest's COM1 receiver.
+    pub fn serial_input(&self) -> SerialInput {
+        SerialInput(self.serial.clone())
     }
 
     /// PCI bus 0, to add devices before [`Vm::run`].
@@ -347,9 +389,17 @@ pub fn main() -> ExitCode {
     // KVNET_VMM_TIMINGS=1: report start-up time and RSS for the bench harness.
     let timings = std::env::var_os("KVNET_VMM_TIMINGS").is_some();
     let result = cli.into_config().map_err(Error::from).and_then(|config| {
+        let stdio = matches!(config.serial, SerialSink::Stdio);
         let mut vm = Vm::new(config)?;
         if timings {
             vm.measure_startup();
+        }
+        if stdio {
+            // The guest console reads our stdin; the thread ends with the process.
+            let input = vm.serial_input();
+            let _ = std::thread::Builder::new()
+                .name("serial-in".into())
+                .spawn(move || input.forward(std::io::stdin()));
         }
         let startup = vm.startup_report();
         let outcome = vm.run();

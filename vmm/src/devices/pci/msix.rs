@@ -220,6 +220,7 @@ impl Msix {
         self.function_masked = control & CONTROL_FUNCTION_MASK != 0;
         if !was_active && self.enabled && !self.function_masked {
             for vector in 0..self.len() {
+                self.sync_route(vector);
                 self.deliver_if_pending(vector);
             }
         }
@@ -267,8 +268,13 @@ impl Msix {
         entry.data = u32_at(8);
         // Only the mask bit of vector control is writable.
         entry.control = u32_at(12) & VECTOR_MASKED;
-        if was_masked && !self.vector_masked(index as u16) {
-            self.deliver_if_pending(index as u16);
+        if !self.vector_masked(index as u16) {
+            // Install the route now, so a backend signalling the irqfd directly is
+            // delivered to the message the guest just programmed.
+            self.sync_route(index as u16);
+            if was_masked {
+                self.deliver_if_pending(index as u16);
+            }
         }
     }
 
@@ -325,23 +331,44 @@ impl Msix {
             self.set_pending(vector, true);
             return;
         }
+        if !self.sync_route(vector) {
+            return;
+        }
+        if let Err(error) = self.vectors[usize::from(vector)].irqfd.write(1) {
+            tracing::warn!(vector, %error, "cannot signal MSI-X irqfd");
+        }
+    }
+
+    /// Makes the vector's GSI route match its table entry; false if that failed.
+    fn sync_route(&mut self, vector: u16) -> bool {
         let v = usize::from(vector);
-        let entry = self.table[v];
+        let (Some(entry), Some(slot)) = (self.table.get(v), self.vectors.get_mut(v)) else {
+            return false;
+        };
         let msg = MsiMessage {
             address: entry.address,
             data: entry.data,
         };
-        let slot = &mut self.vectors[v];
         if slot.routed != Some(msg) {
             if let Err(error) = self.router.set_route(slot.gsi, msg) {
                 tracing::warn!(vector, %error, "cannot route MSI-X vector");
-                return;
+                return false;
             }
             slot.routed = Some(msg);
         }
-        if let Err(error) = slot.irqfd.write(1) {
-            tracing::warn!(vector, %error, "cannot signal MSI-X irqfd");
-        }
+        true
+    }
+
+    /// The irqfd behind `vector`. Writing it injects the vector's current message
+    /// without the masking checks [`Msix::trigger`] does, so hand it to a backend thread
+    /// only while [`Msix::is_deliverable`] holds (or accept that a masked vector fires).
+    pub fn irqfd(&self, vector: u16) -> Option<&EventFd> {
+        self.vectors.get(usize::from(vector)).map(|v| &v.irqfd)
+    }
+
+    /// Whether a trigger of `vector` would be delivered now (enabled, not masked).
+    pub fn is_deliverable(&self, vector: u16) -> bool {
+        !self.vector_masked(vector)
     }
 
     /// The GSI carrying `vector`.
@@ -456,6 +483,27 @@ pub(crate) mod tests {
         let mut entry = [0u8; 16];
         msix.read_table(16, &mut entry);
         assert_eq!(&entry[8..12], &0x45u32.to_le_bytes());
+    }
+
+    #[test]
+    fn route_is_installed_when_the_guest_unmasks_the_entry() {
+        let (mut msix, mut config, router, cap) = setup(1);
+        config.write(cap + 3, &[0x80]);
+        msix.config_written(&config);
+        program(&mut msix, 0, 0x52, false);
+        let gsi = msix.gsi(0).expect("gsi");
+        assert_eq!(
+            router.routes.lock().expect("lock").last().copied(),
+            Some((
+                gsi,
+                MsiMessage {
+                    address: 0xfee0_0000,
+                    data: 0x52
+                }
+            ))
+        );
+        assert!(msix.is_deliverable(0));
+        assert_eq!(router.fired(gsi), 0, "routing alone does not fire");
     }
 
     #[test]
