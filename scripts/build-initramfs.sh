@@ -18,7 +18,9 @@ trap 'rm -rf "$work"' EXIT INT TERM
 if [ -n "${BUSYBOX_DEB:-}" ]; then
     deb=$BUSYBOX_DEB
 else
-    (cd "$work" && apt-get download busybox-static >/dev/null)
+    # Downloading into a private temp dir: keep apt from dropping to _apt, which cannot
+    # write there (and would only warn).
+    (cd "$work" && apt-get -o APT::Sandbox::User=root download busybox-static >/dev/null)
     deb=$(ls "$work"/busybox-static_*.deb)
 fi
 dpkg-deb -x "$deb" "$work/pkg"
