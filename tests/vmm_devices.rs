@@ -188,3 +188,49 @@ fn unhandled_guest_exit_ends_the_vm_with_exit_and_rip() {
     }
     assert_eq!(serial.text(), "trap\n");
 }
+
+#[test]
+fn bar_ioeventfd_counts_guest_notifies_without_exits() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    // Write the notify value 5 times and a non-matching value once, then power off.
+    let kernel = testing::write_guest(dir.path(), "notify.elf", |a| {
+        a.mov(rbx, layout::PCI_ECAM_START + (1 << 15))?;
+        a.mov(eax, dword_ptr(rbx + 0x10))?;
+        a.and(eax, -16)?;
+        a.mov(edx, dword_ptr(rbx + 0x14))?;
+        a.shl(rdx, 32)?;
+        a.or(rax, rdx)?;
+        a.mov(r15, rax)?;
+        a.mov(ecx, 5)?;
+        let mut again = a.create_label();
+        a.set_label(&mut again)?;
+        a.mov(
+            dword_ptr(r15 + MsiTestDevice::NOTIFY),
+            MsiTestDevice::NOTIFY_VALUE,
+        )?;
+        a.dec(ecx)?;
+        a.jnz(again)?;
+        a.mov(
+            dword_ptr(r15 + MsiTestDevice::NOTIFY),
+            MsiTestDevice::NOTIFY_VALUE + 1,
+        )?;
+        print(a, "notified\n")?;
+        poweroff(a)
+    })
+    .expect("assemble");
+    let (vm, serial) = build(&kernel);
+    let device = MsiTestDevice::new(1, vm.irq_routing()).expect("device");
+    let notify = device.notify_fd().expect("notify fd");
+    vm.pci_bus()
+        .lock()
+        .expect("pci bus")
+        .add_device(Arc::new(Mutex::new(device)))
+        .expect("add");
+    let reason = vm.run_with_timeout(Some(TIMEOUT)).expect("run");
+    assert_eq!(reason, ExitReason::Poweroff, "serial: {}", serial.text());
+    assert_eq!(serial.text(), "notified\n");
+    assert_eq!(notify.read().expect("eventfd signalled"), 5);
+}

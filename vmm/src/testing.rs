@@ -200,6 +200,7 @@ pub fn hex32_subroutine(a: &mut CodeAssembler, label: &mut CodeLabel) -> Result<
 pub struct MsiTestDevice {
     config: PciConfig,
     msix: Msix,
+    notify: vmm_sys_util::eventfd::EventFd,
 }
 
 impl MsiTestDevice {
@@ -211,6 +212,10 @@ impl MsiTestDevice {
     pub const DOORBELL: u64 = 0xf00;
     /// Vendor/device id.
     pub const IDS: (u16, u16) = (0x1af4, 0x10ff);
+    /// Offset of a notify register served by an ioeventfd (datamatch [`Self::NOTIFY_VALUE`]).
+    pub const NOTIFY: u64 = 0xf80;
+    /// The value that signals the notify ioeventfd.
+    pub const NOTIFY_VALUE: u32 = 7;
 
     /// A device with `vectors` MSI-X vectors routed through `router`.
     pub fn new(
@@ -234,7 +239,19 @@ impl MsiTestDevice {
         };
         let mut msix = Msix::new(vectors, layout, router)?;
         msix.add_capability(&mut config)?;
-        Ok(MsiTestDevice { config, msix })
+        let notify = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(|source| {
+            crate::devices::pci::msix::MsixError::EventFd { vector: 0, source }
+        })?;
+        Ok(MsiTestDevice {
+            config,
+            msix,
+            notify,
+        })
+    }
+
+    /// A clone of the notify eventfd (counts guest writes of NOTIFY_VALUE to NOTIFY).
+    pub fn notify_fd(&self) -> std::io::Result<vmm_sys_util::eventfd::EventFd> {
+        self.notify.try_clone()
     }
 }
 
@@ -258,6 +275,21 @@ impl PciDevice for MsiTestDevice {
             self.msix.read_pba(offset - Self::PBA_OFFSET, data);
         } else {
             data.fill(0);
+        }
+    }
+
+    fn ioeventfds(&self) -> Vec<crate::devices::pci::IoEventSpec> {
+        match self.notify.try_clone() {
+            Ok(fd) => vec![crate::devices::pci::IoEventSpec {
+                bar: 0,
+                offset: Self::NOTIFY,
+                fd,
+                datamatch: Some(Self::NOTIFY_VALUE),
+            }],
+            Err(error) => {
+                tracing::warn!(%error, "cannot clone the notify eventfd");
+                Vec::new()
+            }
         }
     }
 
