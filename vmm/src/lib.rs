@@ -1,11 +1,452 @@
 //! kvnet-vmm: a KVM virtual machine monitor built on the rust-vmm crates.
+//!
+//! [`Vm::new`] builds a machine from a [`VmConfig`]: guest RAM, an in-kernel irqchip and
+//! PIT, the kernel loaded through linux-loader (bzImage 64-bit entry or ELF/PVH), ACPI
+//! tables, COM1, the i8042 reset line, the ACPI sleep/reset registers and a PCI host
+//! bridge (CF8/CFC and ECAM) ready for MSI-X devices. [`Vm::run`] starts one thread per
+//! vCPU and returns when the guest powers off or resets, the host stops it, or the guest
+//! does something the VMM cannot handle.
 
+pub mod boot;
+pub mod config;
 pub mod devices;
+pub mod error;
+pub mod event_loop;
+pub mod kvm;
+#[cfg(any(test, feature = "test-guest"))]
+pub mod testing;
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use kvm_ioctls::Cap;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+pub use config::{Cli, SerialSink, VmConfig};
+// The rust-vmm crates in our public API, so users need not pin them separately.
+pub use devices::serial::SharedBuffer;
+pub use error::Error;
+pub use event_loop::ExitReason;
+pub use {kvm_bindings, kvm_ioctls, linux_loader, vm_memory, vmm_sys_util};
+
+use boot::{acpi, layout, loader};
+use devices::acpi_pm::{self, AcpiPmDevice};
+use devices::bus::Bus;
+use devices::i8042::{I8042, I8042_PORT_COUNT};
+use devices::pci::{PciBarWindow, PciBus, PciConfigIo, PciConfigMmio};
+use devices::serial::{SERIAL_PORT_COUNT, SerialDevice};
+use event_loop::ExitSignal;
+use kvm::{GuestMemory, IrqRouting, KvmIoEvents, Vcpu, VmFd};
+
+/// A built, not yet running, virtual machine.
+pub struct Vm {
+    // Field order is drop order: vCPUs and devices go before the VM fd, memory last.
+    vcpus: Vec<Vcpu>,
+    pio: Arc<Bus>,
+    serial: Arc<Mutex<SerialDevice>>,
+    pci: Arc<Mutex<PciBus>>,
+    routing: Arc<IrqRouting>,
+    exit: Arc<ExitSignal>,
+    first_run: Arc<OnceLock<StartupReport>>,
+    measure_startup: bool,
+    vm: Arc<VmFd>,
+    memory: GuestMemory,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("vcpus", &self.vcpus.len())
+            .field("pio", &self.pio)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stops a running [`Vm`] from another thread.
+#[derive(Clone, Debug)]
+pub struct StopHandle(Arc<ExitSignal>);
+
+impl StopHandle {
+    /// Ends the VM with [`ExitReason::Stopped`] (no effect if it already ended).
+    pub fn stop(&self) {
+        self.0.request(Ok(ExitReason::Stopped));
+    }
+}
+
+/// Feeds COM1's receive FIFO (see [`Vm::serial_input`]).
+#[derive(Clone, Debug)]
+pub struct SerialInput(Arc<Mutex<SerialDevice>>);
+
+impl SerialInput {
+    /// Queues as many of `bytes` as the 64-byte FIFO takes; returns how many.
+    pub fn send(&self, bytes: &[u8]) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .enqueue_input(bytes)
+    }
+
+    /// Forwards everything read from `input` until EOF, waiting while the FIFO is full.
+    pub fn forward(&self, mut input: impl std::io::Read) {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = input.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let taken = self.send(rest);
+                rest = &rest[taken..];
+                if !rest.is_empty() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+}
+
+impl Vm {
+    /// Builds the machine described by `config` and loads the guest.
+    pub fn new(config: VmConfig) -> Result<Vm, Error> {
+        config.validate()?;
+        vcpu_kick_handler()?;
+        let kvm = kvm::vm::open_kvm()?;
+        kvm::vm::check_vcpu_count(&kvm, config.vcpus)?;
+        let vm = Arc::new(kvm::vm::create_vm(&kvm)?);
+        let memory = kvm::memory::create_guest_memory(config.memory_bytes())?;
+        kvm::memory::register_guest_memory(&vm, &memory)?;
+        kvm::vm::create_irqchip(&vm)?;
+        let max_gsi = kvm.check_extension_int(Cap::IrqRouting).max(0) as u32;
+        let routing = IrqRouting::new(vm.clone(), max_gsi);
+
+        // The guest image and what it reads at entry.
+        let kernel = loader::load_kernel(&memory, &config.kernel)?;
+        let initrd = config
+            .initrd
+            .as_deref()
+            .map(|path| loader::load_initrd(&memory, path, &kernel))
+            .transpose()?;
+        let cmdline_size = loader::write_cmdline(&memory, &config.cmdline)?;
+        let tables = acpi::build_tables(config.vcpus)?;
+        tables.write(&memory)?;
+        loader::write_boot_info(
+            &memory,
+            &kernel,
+            cmdline_size,
+            initrd,
+            config.memory_bytes(),
+            tables.rsdp_addr(),
+        )?;
+        loader::write_boot_structures(&memory, kernel.entry.protocol)?;
+        tracing::debug!(entry = ?kernel.entry, kernel_end = kernel.kernel_end, ?initrd, "guest loaded");
+
+        // Devices.
+        let exit = Arc::new(ExitSignal::default());
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::EventFd {
+            what: "the serial interrupt",
+            source,
+        })?;
+        routing.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            serial_irq,
+            serial_writer(&config.serial)?,
+        )));
+        let pci = Arc::new(Mutex::new(PciBus::new(Some(Arc::new(KvmIoEvents(
+            vm.clone(),
+        ))))));
+        let mut pio = Bus::new();
+        pio.insert(
+            serial.clone(),
+            layout::SERIAL_PORT.into(),
+            SERIAL_PORT_COUNT,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+            layout::I8042_PORT.into(),
+            I8042_PORT_COUNT,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
+            layout::ACPI_PM_PORT.into(),
+            acpi_pm::PORT_COUNT.into(),
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+            layout::PCI_CONFIG_ADDRESS_PORT.into(),
+            8,
+        )?;
+        let mut mmio = Bus::new();
+        mmio.insert(
+            Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+            layout::PCI_ECAM_START,
+            layout::PCI_ECAM_SIZE,
+        )?;
+        mmio.insert(
+            Arc::new(Mutex::new(PciBarWindow::new(pci.clone()))),
+            layout::PCI_MMIO32_START,
+            layout::PCI_MMIO32_SIZE,
+        )?;
+        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+
+        // vCPUs: all get a CPU model; the boot vCPU gets the entry state, the others
+        // wait for INIT/SIPI in the in-kernel LAPIC.
+        let supported = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(|source| kvm::KvmError::Ioctl {
+                op: "KVM_GET_SUPPORTED_CPUID",
+                source,
+            })?;
+        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
+        for id in 0..config.vcpus {
+            let vcpu = Vcpu::new(&vm, id, pio.clone(), mmio.clone())?;
+            vcpu.configure_cpu(&supported, config.vcpus)?;
+            if id == 0 {
+                vcpu.configure_boot_registers(&kernel.entry)?;
+            }
+            vcpus.push(vcpu);
+        }
+        Ok(Vm {
+            vcpus,
+            pio,
+            serial,
+            pci,
+            routing,
+            exit,
+            first_run: Arc::new(OnceLock::new()),
+            measure_startup: false,
+            vm,
+            memory,
+        })
+    }
+
+    /// A handle that stops the VM from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.exit.clone())
+    }
+
+    /// A handle that feeds bytes to the guest's COM1 receiver.
+    pub fn serial_input(&self) -> SerialInput {
+        SerialInput(self.serial.clone())
+    }
+
+    /// PCI bus 0, to add devices before [`Vm::run`].
+    pub fn pci_bus(&self) -> Arc<Mutex<PciBus>> {
+        self.pci.clone()
+    }
+
+    /// The VM's interrupt routing (MSI routes and irqfds for devices).
+    pub fn irq_routing(&self) -> Arc<IrqRouting> {
+        self.routing.clone()
+    }
+
+    /// Guest RAM (for device models that read and write it).
+    pub fn guest_memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    /// The KVM VM file descriptor.
+    pub fn vm_fd(&self) -> Arc<VmFd> {
+        self.vm.clone()
+    }
+
+    /// Filled in just before the first KVM_RUN (see [`Vm::measure_startup`]).
+    pub fn startup_report(&self) -> Arc<OnceLock<StartupReport>> {
+        self.first_run.clone()
+    }
+
+    /// Also record CPU time and RSS at the first KVM_RUN (reads /proc once).
+    pub fn measure_startup(&mut self) {
+        self.measure_startup = true;
+    }
+
+    /// Runs until the guest powers off or resets, or a [`StopHandle`] stops it.
+    pub fn run(self) -> Result<ExitReason, Error> {
+        self.run_with_timeout(None)
+    }
+
+    /// Like [`Vm::run`], but stops the VM (returning [`ExitReason::Stopped`]) after `timeout`.
+    pub fn run_with_timeout(mut self, timeout: Option<Duration>) -> Result<ExitReason, Error> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        let mut spawn_error = None;
+        for vcpu in self.vcpus.drain(..) {
+            let id = vcpu.id();
+            let (stop, exit, first_run) = (stop.clone(), self.exit.clone(), self.first_run.clone());
+            let measure = self.measure_startup;
+            let spawned = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    first_run.get_or_init(|| StartupReport::now(measure));
+                    vcpu.run_loop(&stop, &exit)
+                });
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(source) => {
+                    spawn_error = Some(Error::Thread { vcpu: id, source });
+                    self.exit.request(Ok(ExitReason::Stopped));
+                    break;
+                }
+            }
+        }
+        let outcome = self.exit.wait(timeout);
+        stop.store(true, Ordering::Release);
+        for handle in threads {
+            // The kick sets immediate_exit, so one signal is enough; repeat in case the
+            // thread had not installed its pointer yet.
+            while !handle.is_finished() {
+                let _ = handle.kill(kvm::vcpu::kick_signal());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if handle.join().is_err() {
+                tracing::error!("a vCPU thread panicked");
+            }
+        }
+        if let Some(error) = spawn_error {
+            return Err(error);
+        }
+        Ok(outcome?)
+    }
+}
+
+fn vcpu_kick_handler() -> Result<(), Error> {
+    kvm::vcpu::install_kick_handler().map_err(Error::Signal)
+}
+
+fn serial_writer(sink: &SerialSink) -> Result<Box<dyn Write + Send>, Error> {
+    Ok(match sink {
+        SerialSink::Stdio => Box::new(std::io::stdout()),
+        SerialSink::None => Box::new(std::io::sink()),
+        SerialSink::Buffer(buffer) => Box::new(buffer.clone()),
+        SerialSink::File(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| Error::SerialFile {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+    })
+}
+
+/// The moment the first vCPU entered KVM_RUN.
+#[derive(Clone, Copy, Debug)]
+pub struct StartupReport {
+    /// Wall-clock time.
+    pub wall: SystemTime,
+    /// CPU time the whole process had used by then (all threads), if measured.
+    pub cpu: Option<Duration>,
+    /// Resident set size by then, in KiB, if measured.
+    pub rss_kib: Option<u64>,
+}
+
+impl StartupReport {
+    fn now(measure: bool) -> StartupReport {
+        let wall = SystemTime::now();
+        StartupReport {
+            wall,
+            cpu: measure.then(process_cpu_time).flatten(),
+            rss_kib: measure.then(resident_kib).flatten(),
+        }
+    }
+}
+
+/// CPU time used by every thread of this process (sum of /proc/self/task/*/schedstat).
+pub fn process_cpu_time() -> Option<Duration> {
+    let mut total_ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total_ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total_ns))
+}
+
+/// Resident set size of this process in KiB (from /proc/self/status).
+pub fn resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
 
 /// Entry point of the `kvnet-vmm` binary.
 pub fn main() -> ExitCode {
-    eprintln!("kvnet-vmm: not built yet");
-    ExitCode::FAILURE
+    use clap::Parser;
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KVNET_VMM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
+    // KVNET_VMM_TIMINGS=1: report start-up time and RSS for the bench harness.
+    let timings = std::env::var_os("KVNET_VMM_TIMINGS").is_some();
+    let result = cli.into_config().map_err(Error::from).and_then(|config| {
+        let stdio = matches!(config.serial, SerialSink::Stdio);
+        let mut vm = Vm::new(config)?;
+        if timings {
+            vm.measure_startup();
+        }
+        if stdio {
+            // The guest console reads our stdin; the thread ends with the process.
+            let input = vm.serial_input();
+            let _ = std::thread::Builder::new()
+                .name("serial-in".into())
+                .spawn(move || input.forward(std::io::stdin()));
+        }
+        let startup = vm.startup_report();
+        let outcome = vm.run();
+        if timings {
+            report_timings(startup.get());
+        }
+        outcome
+    });
+    match result {
+        Ok(reason) => {
+            let what = match reason {
+                ExitReason::Poweroff => "guest powered off",
+                ExitReason::Reset => "guest reset",
+                ExitReason::Stopped => "stopped",
+            };
+            eprintln!("kvnet-vmm: {what}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            let mut message = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                message.push_str(": ");
+                message.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            eprintln!("kvnet-vmm: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report_timings(startup: Option<&StartupReport>) {
+    let field = |v: Option<String>| v.unwrap_or_else(|| "unknown".to_owned());
+    eprintln!(
+        "kvnet-vmm: timings first_kvm_run_unix_ns={} cpu_us_at_first_kvm_run={} rss_kib_at_first_kvm_run={} rss_kib_at_exit={}",
+        field(
+            startup
+                .and_then(|s| s.wall.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos().to_string())
+        ),
+        field(
+            startup
+                .and_then(|s| s.cpu)
+                .map(|c| c.as_micros().to_string())
+        ),
+        field(startup.and_then(|s| s.rss_kib).map(|k| k.to_string())),
+        field(resident_kib().map(|k| k.to_string())),
+    );
 }

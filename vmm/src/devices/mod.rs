@@ -1,3 +1,8 @@
 //! Emulated devices.
 
+pub mod acpi_pm;
+pub mod bus;
+pub mod i8042;
+pub mod pci;
+pub mod serial;
 pub mod virtio;

@@ -1,0 +1,337 @@
+//! KVM tier: mini-guests booted by the real VMM, as a library and as the `kvnet-vmm` binary.
+//!
+//! Each guest is assembled at test time (vmm::testing) and booted through the Linux 64-bit
+//! boot protocol. Every run is bounded by a timeout so a hung guest fails the test.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::Need;
+use vmm::testing::asm::*;
+use vmm::testing::{self, hex32_subroutine, poweroff, print};
+use vmm::{ExitReason, SerialSink, SharedBuffer, Vm, VmConfig};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn config(kernel: &std::path::Path, serial: &SharedBuffer) -> VmConfig {
+    let mut config = VmConfig::new(kernel);
+    config.serial = SerialSink::Buffer(serial.clone());
+    config
+}
+
+/// Runs `kvnet-vmm` with `args`, killing it after [`TIMEOUT`].
+fn run_binary(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvnet-vmm");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "kvnet-vmm {args:?} did not exit within {TIMEOUT:?}; stdout {:?} stderr {:?}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn hello_guest(dir: &std::path::Path) -> std::path::PathBuf {
+    testing::write_guest(dir, "hello.elf", |a| {
+        print(a, "Hello from a kvnet mini-guest\n")?;
+        poweroff(a)
+    })
+    .expect("assemble guest")
+}
+
+#[test]
+fn library_guest_prints_and_powers_off() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let serial = SharedBuffer::new();
+    let vm = Vm::new(config(&hello_guest(dir.path()), &serial)).expect("build vm");
+    let reason = vm.run_with_timeout(Some(TIMEOUT)).expect("run");
+    assert_eq!(reason, ExitReason::Poweroff, "serial: {:?}", serial.text());
+    assert_eq!(serial.text(), "Hello from a kvnet mini-guest\n");
+}
+
+#[test]
+fn binary_guest_prints_and_powers_off_with_status_0() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = hello_guest(dir.path());
+    let (code, stdout, stderr) = run_binary(&["--kernel", kernel.to_str().expect("utf8")]);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert_eq!(stdout, "Hello from a kvnet mini-guest\n");
+    assert!(stderr.contains("guest powered off"), "stderr: {stderr}");
+}
+
+#[test]
+fn binary_serial_file_and_none_sinks() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = hello_guest(dir.path());
+    let log = dir.path().join("serial.log");
+    let sink = format!("file:{}", log.display());
+    let (code, stdout, stderr) = run_binary(&[
+        "--kernel",
+        kernel.to_str().expect("utf8"),
+        "--serial",
+        &sink,
+    ]);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert_eq!(stdout, "");
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("serial log"),
+        "Hello from a kvnet mini-guest\n"
+    );
+    let (code, stdout, _) = run_binary(&[
+        "--kernel",
+        kernel.to_str().expect("utf8"),
+        "--serial",
+        "none",
+    ]);
+    assert_eq!((code, stdout.as_str()), (Some(0), ""));
+}
+
+#[test]
+fn guest_resets_through_i8042_and_the_vmm_exits() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = testing::write_guest(dir.path(), "reset.elf", |a| {
+        print(a, "rebooting\n")?;
+        testing::i8042_reset(a)
+    })
+    .expect("assemble");
+    let serial = SharedBuffer::new();
+    let reason = Vm::new(config(&kernel, &serial))
+        .expect("vm")
+        .run_with_timeout(Some(TIMEOUT))
+        .expect("run");
+    assert_eq!(reason, ExitReason::Reset);
+    assert_eq!(serial.text(), "rebooting\n");
+    let (code, _, stderr) = run_binary(&["--kernel", kernel.to_str().expect("utf8")]);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert!(stderr.contains("guest reset"), "stderr: {stderr}");
+}
+
+#[test]
+fn halted_guest_is_stopped_by_the_host() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = testing::write_guest(dir.path(), "halt.elf", |a| {
+        print(a, "halting\n")?;
+        testing::spin(a)
+    })
+    .expect("assemble");
+    let serial = SharedBuffer::new();
+    let mut cfg = config(&kernel, &serial);
+    cfg.vcpus = 2;
+    let vm = Vm::new(cfg).expect("vm");
+    let stop = vm.stop_handle();
+    let watcher = serial.clone();
+    let stopper = std::thread::spawn(move || {
+        let start = Instant::now();
+        while !watcher.text().contains("halting\n") && start.elapsed() < TIMEOUT {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The guest sits in hlt inside KVM_RUN; the stop must still get through.
+        stop.stop();
+    });
+    let start = Instant::now();
+    let reason = vm.run_with_timeout(Some(TIMEOUT * 2)).expect("run");
+    stopper.join().expect("stopper");
+    assert_eq!(reason, ExitReason::Stopped);
+    assert_eq!(serial.text(), "halting\n");
+    assert!(start.elapsed() < TIMEOUT, "stop took {:?}", start.elapsed());
+}
+
+#[test]
+fn guest_reads_its_zero_page_e820_and_cmdline() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    // For each e820 entry print "E820 addr-hi addr-lo size-hi size-lo type", then the
+    // command line and the RSDP address from the zero page (rsi at entry).
+    let kernel = testing::write_guest(dir.path(), "e820.elf", |a| {
+        let mut hex = a.create_label();
+        let mut main = a.create_label();
+        a.jmp(main)?;
+        hex32_subroutine(a, &mut hex)?;
+        a.set_label(&mut main)?;
+        a.mov(r12, rsi)?;
+        a.movzx(r13d, byte_ptr(r12 + 0x1e8))?;
+        a.lea(r14, ptr(r12 + 0x2d0))?;
+        let mut entry = a.create_label();
+        let mut done = a.create_label();
+        a.set_label(&mut entry)?;
+        a.test(r13d, r13d)?;
+        a.jz(done)?;
+        print(a, "E820 ")?;
+        for (off, sep) in [(4, ""), (0, " "), (12, ""), (8, " "), (16, "\n")] {
+            a.mov(eax, dword_ptr(r14 + off))?;
+            a.call(hex)?;
+            if !sep.is_empty() {
+                print(a, sep)?;
+            }
+        }
+        a.add(r14, 20)?;
+        a.dec(r13d)?;
+        a.jmp(entry)?;
+        a.set_label(&mut done)?;
+        print(a, "RSDP ")?;
+        a.mov(eax, dword_ptr(r12 + 0x70))?;
+        a.call(hex)?;
+        print(a, "\nCMDLINE ")?;
+        a.mov(ebx, dword_ptr(r12 + 0x228))?;
+        a.mov(dx, 0x3f8)?;
+        let mut next_char = a.create_label();
+        let mut end = a.create_label();
+        a.set_label(&mut next_char)?;
+        a.mov(al, byte_ptr(rbx))?;
+        a.test(al, al)?;
+        a.jz(end)?;
+        a.out(dx, al)?;
+        a.inc(rbx)?;
+        a.jmp(next_char)?;
+        a.set_label(&mut end)?;
+        print(a, "\n")?;
+        poweroff(a)
+    })
+    .expect("assemble");
+    let serial = SharedBuffer::new();
+    let mut cfg = config(&kernel, &serial);
+    cfg.memory_mib = 96;
+    cfg.cmdline = "console=ttyS0 kvnet.marker=42".into();
+    let reason = Vm::new(cfg)
+        .expect("vm")
+        .run_with_timeout(Some(TIMEOUT))
+        .expect("run");
+    assert_eq!(reason, ExitReason::Poweroff, "serial: {}", serial.text());
+    let mut expected = String::new();
+    for e in vmm::boot::loader::e820_map(96 << 20) {
+        expected += &format!("E820 {:016x} {:016x} {:08x}\n", e.addr, e.size, e.kind);
+    }
+    expected += &format!("RSDP {:08x}\n", vmm::boot::layout::ACPI_START);
+    expected += "CMDLINE console=ttyS0 kvnet.marker=42\n";
+    assert_eq!(serial.text(), expected);
+}
+
+#[test]
+fn pvh_guest_starts_in_protected_mode_with_start_info() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    // 32-bit code: check the hvm_start_info magic at [ebx], print the memmap entry count
+    // and the command line it points to, then power off.
+    let kernel = testing::write_pvh_guest(dir.path(), "pvh.elf", |a| {
+        let mut bad = a.create_label();
+        a.cmp(dword_ptr(ebx), 0x336e_c578)?;
+        a.jne(bad)?;
+        print(a, "PVH memmap=")?;
+        a.mov(eax, dword_ptr(ebx + 48))?;
+        a.add(eax, b'0' as i32)?;
+        a.mov(dx, 0x3f8)?;
+        a.out(dx, al)?;
+        print(a, " cmdline=")?;
+        a.mov(esi, dword_ptr(ebx + 24))?;
+        let mut next_char = a.create_label();
+        let mut end = a.create_label();
+        a.set_label(&mut next_char)?;
+        a.mov(al, byte_ptr(esi))?;
+        a.test(al, al)?;
+        a.jz(end)?;
+        a.mov(dx, 0x3f8)?;
+        a.out(dx, al)?;
+        a.inc(esi)?;
+        a.jmp(next_char)?;
+        a.set_label(&mut end)?;
+        print(a, "\n")?;
+        poweroff(a)?;
+        a.set_label(&mut bad)?;
+        print(a, "bad magic\n")?;
+        poweroff(a)
+    })
+    .expect("assemble");
+    let serial = SharedBuffer::new();
+    let mut cfg = config(&kernel, &serial);
+    cfg.cmdline = "pvh=yes".into();
+    let reason = Vm::new(cfg)
+        .expect("vm")
+        .run_with_timeout(Some(TIMEOUT))
+        .expect("run");
+    assert_eq!(reason, ExitReason::Poweroff, "serial: {}", serial.text());
+    let entries = vmm::boot::loader::e820_map(128 << 20).len();
+    assert_eq!(
+        serial.text(),
+        format!("PVH memmap={entries} cmdline=pvh=yes\n")
+    );
+}
+
+#[test]
+fn guest_echoes_serial_input_from_the_host() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    // Poll LSR.DR, echo each received byte, power off after '\n'.
+    let kernel = testing::write_guest(dir.path(), "echo.elf", |a| {
+        print(a, "ready\n")?;
+        let mut poll = a.create_label();
+        a.set_label(&mut poll)?;
+        a.mov(dx, 0x3fd)?;
+        a.in_(al, dx)?;
+        a.test(al, 1)?;
+        a.jz(poll)?;
+        a.mov(dx, 0x3f8)?;
+        a.in_(al, dx)?;
+        a.out(dx, al)?;
+        a.cmp(al, b'\n' as i32)?;
+        a.jne(poll)?;
+        poweroff(a)
+    })
+    .expect("assemble");
+    let serial = SharedBuffer::new();
+    let vm = Vm::new(config(&kernel, &serial)).expect("vm");
+    let input = vm.serial_input();
+    let watcher = serial.clone();
+    let feeder = std::thread::spawn(move || {
+        let start = Instant::now();
+        while !watcher.text().contains("ready\n") && start.elapsed() < TIMEOUT {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        input.forward(&b"typed by the host\n"[..]);
+    });
+    let reason = vm.run_with_timeout(Some(TIMEOUT)).expect("run");
+    feeder.join().expect("feeder");
+    assert_eq!(reason, ExitReason::Poweroff, "serial: {:?}", serial.text());
+    assert_eq!(serial.text(), "ready\ntyped by the host\n");
+}

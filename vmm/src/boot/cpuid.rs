@@ -1,0 +1,188 @@
+//! The guest CPU model: KVM_GET_SUPPORTED_CPUID normalised per vCPU, and the boot MSRs.
+//!
+//! On hosts with hardware virtualization the table is what the guest's `cpuid` returns.
+//! (On the PVM development host most leaves come from the host CPU instead; tests check
+//! the table we build, never what such a guest sees.)
+
+use kvm_bindings::{kvm_cpuid_entry2, kvm_msr_entry};
+
+/// Leaf 1 ECX: the guest runs under a hypervisor.
+const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX: TSC-deadline timer mode of the LAPIC (KVM emulates it).
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// Leaf 1 EDX: Hyper-threading / multiple logical processors per package.
+const LEAF1_EDX_HTT: u32 = 1 << 28;
+/// Leaf 1 ECX: perfmon and debug capability MSR, which KVM does not emulate fully.
+const LEAF1_ECX_PDCM: u32 = 1 << 15;
+/// Leaf 1 EBX[15:8]: CLFLUSH line size in 8-byte units.
+const CLFLUSH_LINE_SIZE: u32 = 8;
+
+/// Leaf 0xB level types.
+const LEVEL_TYPE_SMT: u32 = 1;
+const LEVEL_TYPE_CORE: u32 = 2;
+
+/// Normalises `entries` (from KVM_GET_SUPPORTED_CPUID) for vCPU `vcpu_id` of `vcpu_count`.
+///
+/// Topology: one socket, one thread per core, `vcpu_count` cores; APIC id = vCPU index.
+pub fn normalize(entries: &mut [kvm_cpuid_entry2], vcpu_id: u32, vcpu_count: u32) {
+    let apic_id = vcpu_id & 0xff;
+    // Cores per package as a power-of-two shift for leaf 0xB.
+    let core_shift = 32 - vcpu_count.max(1).saturating_sub(1).leading_zeros();
+    for entry in entries.iter_mut() {
+        match entry.function {
+            1 => {
+                entry.ebx = (apic_id << 24)
+                    | ((vcpu_count.clamp(1, 255)) << 16)
+                    | (CLFLUSH_LINE_SIZE << 8)
+                    | (entry.ebx & 0xff);
+                entry.ecx |= LEAF1_ECX_HYPERVISOR | LEAF1_ECX_TSC_DEADLINE;
+                entry.ecx &= !LEAF1_ECX_PDCM;
+                if vcpu_count > 1 {
+                    entry.edx |= LEAF1_EDX_HTT;
+                } else {
+                    entry.edx &= !LEAF1_EDX_HTT;
+                }
+            }
+            0xb => {
+                entry.edx = vcpu_id;
+                match entry.index {
+                    0 => {
+                        entry.eax = 0;
+                        entry.ebx = 1;
+                        entry.ecx = (LEVEL_TYPE_SMT << 8) | entry.index;
+                    }
+                    1 => {
+                        entry.eax = core_shift;
+                        entry.ebx = vcpu_count;
+                        entry.ecx = (LEVEL_TYPE_CORE << 8) | entry.index;
+                    }
+                    _ => {
+                        entry.eax = 0;
+                        entry.ebx = 0;
+                        entry.ecx = entry.index;
+                    }
+                }
+            }
+            0x1f => {
+                // Same topology as leaf 0xB; vendors that lack it report nothing useful.
+                entry.edx = vcpu_id;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// MSR numbers the boot MSR list writes.
+pub mod msr {
+    /// IA32_SYSENTER_CS.
+    pub const SYSENTER_CS: u32 = 0x174;
+    /// IA32_SYSENTER_ESP.
+    pub const SYSENTER_ESP: u32 = 0x175;
+    /// IA32_SYSENTER_EIP.
+    pub const SYSENTER_EIP: u32 = 0x176;
+    /// STAR.
+    pub const STAR: u32 = 0xc000_0081;
+    /// LSTAR.
+    pub const LSTAR: u32 = 0xc000_0082;
+    /// CSTAR.
+    pub const CSTAR: u32 = 0xc000_0083;
+    /// SYSCALL_MASK.
+    pub const SYSCALL_MASK: u32 = 0xc000_0084;
+    /// KERNEL_GS_BASE.
+    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+    /// IA32_TSC.
+    pub const TSC: u32 = 0x10;
+    /// IA32_MISC_ENABLE.
+    pub const MISC_ENABLE: u32 = 0x1a0;
+    /// IA32_MTRR_DEF_TYPE.
+    pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+}
+
+/// IA32_MISC_ENABLE: fast string operations.
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+/// MTRRdefType: MTRRs enabled, default type write-back.
+const MTRR_ENABLE_WRITE_BACK: u64 = (1 << 11) | 6;
+
+/// The MSRs every vCPU starts with (as Firecracker and Cloud Hypervisor set them).
+pub fn boot_msrs() -> Vec<kvm_msr_entry> {
+    [
+        (msr::SYSENTER_CS, 0),
+        (msr::SYSENTER_ESP, 0),
+        (msr::SYSENTER_EIP, 0),
+        (msr::STAR, 0),
+        (msr::CSTAR, 0),
+        (msr::KERNEL_GS_BASE, 0),
+        (msr::SYSCALL_MASK, 0),
+        (msr::LSTAR, 0),
+        (msr::TSC, 0),
+        (msr::MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+        (msr::MTRR_DEF_TYPE, MTRR_ENABLE_WRITE_BACK),
+    ]
+    .into_iter()
+    .map(|(index, data)| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ebx: 0x00ff_00aa,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn leaf1_carries_apic_id_hypervisor_bit_and_htt() {
+        let mut table = vec![entry(1, 0)];
+        normalize(&mut table, 3, 4);
+        let e = table[0];
+        assert_eq!(e.ebx >> 24, 3, "initial APIC id");
+        assert_eq!((e.ebx >> 16) & 0xff, 4, "logical processors");
+        assert_eq!((e.ebx >> 8) & 0xff, 8, "clflush");
+        assert_eq!(e.ebx & 0xff, 0xaa, "brand index kept");
+        assert_ne!(e.ecx & LEAF1_ECX_HYPERVISOR, 0);
+        assert_ne!(e.ecx & LEAF1_ECX_TSC_DEADLINE, 0);
+        assert_ne!(e.edx & LEAF1_EDX_HTT, 0);
+
+        let mut single = vec![kvm_cpuid_entry2 {
+            function: 1,
+            edx: LEAF1_EDX_HTT,
+            ..Default::default()
+        }];
+        normalize(&mut single, 0, 1);
+        assert_eq!(single[0].edx & LEAF1_EDX_HTT, 0);
+    }
+
+    #[test]
+    fn leaf_b_describes_cores() {
+        let mut table = vec![entry(0xb, 0), entry(0xb, 1), entry(0xb, 2)];
+        normalize(&mut table, 2, 3);
+        assert_eq!(
+            (table[0].eax, table[0].ebx, table[0].ecx, table[0].edx),
+            (0, 1, 0x100, 2)
+        );
+        assert_eq!(
+            (table[1].eax, table[1].ebx, table[1].ecx, table[1].edx),
+            (2, 3, 0x201, 2)
+        );
+        assert_eq!((table[2].ebx, table[2].ecx >> 8), (0, 0));
+    }
+
+    #[test]
+    fn boot_msrs_enable_fast_strings_and_mtrrs() {
+        let msrs = boot_msrs();
+        let get = |index| msrs.iter().find(|m| m.index == index).map(|m| m.data);
+        assert_eq!(get(msr::MISC_ENABLE), Some(1));
+        assert_eq!(get(msr::MTRR_DEF_TYPE), Some(0x806));
+        assert_eq!(get(msr::LSTAR), Some(0));
+    }
+}

@@ -1,0 +1,269 @@
+//! What to run: the VM configuration and the `kvnet-vmm` command line that produces it.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::devices::serial::SharedBuffer;
+
+/// Kernel command line used when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+/// Default guest RAM.
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+/// Smallest guest RAM we accept: room for the boot structures and a small kernel.
+pub const MIN_MEMORY_MIB: u64 = 4;
+/// Largest guest RAM we accept (1 TiB; KVM and the host decide below that).
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// xAPIC ids are 8 bits and 0xff is the broadcast id.
+pub const MAX_VCPUS: u32 = 254;
+
+/// Where the guest's COM1 output goes.
+#[derive(Clone, Debug, Default)]
+pub enum SerialSink {
+    /// The VMM's stdout.
+    #[default]
+    Stdio,
+    /// Appended to a file.
+    File(PathBuf),
+    /// Discarded.
+    None,
+    /// Kept in memory (for embedding and tests).
+    Buffer(SharedBuffer),
+}
+
+impl FromStr for SerialSink {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdio" => Ok(SerialSink::Stdio),
+            "none" => Ok(SerialSink::None),
+            _ => match s.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(SerialSink::File(PathBuf::from(path))),
+                _ => Err(ConfigError::Serial(s.to_owned())),
+            },
+        }
+    }
+}
+
+/// Errors in the VM configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `--serial` value not understood.
+    #[error("invalid --serial {0:?}: expected stdio, none or file:PATH")]
+    Serial(String),
+    /// The kernel file does not exist.
+    #[error("kernel image {0} does not exist")]
+    KernelMissing(PathBuf),
+    /// The initrd file does not exist.
+    #[error("initrd {0} does not exist")]
+    InitrdMissing(PathBuf),
+    /// Memory out of range.
+    #[error("--memory {mib} MiB is out of range ({MIN_MEMORY_MIB}..={MAX_MEMORY_MIB} MiB)")]
+    Memory {
+        /// Requested MiB.
+        mib: u64,
+    },
+    /// No vCPUs.
+    #[error("--vcpus must be at least 1")]
+    NoVcpus,
+    /// More vCPUs than the machine model supports.
+    #[error("--vcpus {0} is too many: kvnet-vmm supports at most {MAX_VCPUS} (8-bit xAPIC ids)")]
+    TooManyVcpus(u32),
+    /// `--net` belongs to the virtio-net work.
+    #[error("--net is not supported by this build yet")]
+    NetUnsupported,
+}
+
+/// Everything needed to build and boot a VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Kernel image: bzImage or ELF vmlinux (PVH entry used when present).
+    pub kernel: PathBuf,
+    /// Optional initrd / initramfs.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// COM1 output.
+    pub serial: SerialSink,
+}
+
+impl VmConfig {
+    /// Defaults: 128 MiB, one vCPU, [`DEFAULT_CMDLINE`], serial on stdout.
+    pub fn new(kernel: impl Into<PathBuf>) -> VmConfig {
+        VmConfig {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.to_owned(),
+            memory_mib: DEFAULT_MEMORY_MIB,
+            vcpus: 1,
+            serial: SerialSink::Stdio,
+        }
+    }
+
+    /// Checks what can be checked without KVM.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.kernel.exists() {
+            return Err(ConfigError::KernelMissing(self.kernel.clone()));
+        }
+        if let Some(initrd) = &self.initrd
+            && !initrd.exists()
+        {
+            return Err(ConfigError::InitrdMissing(initrd.clone()));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ConfigError::Memory {
+                mib: self.memory_mib,
+            });
+        }
+        if self.vcpus == 0 {
+            return Err(ConfigError::NoVcpus);
+        }
+        if self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::TooManyVcpus(self.vcpus));
+        }
+        Ok(())
+    }
+
+    /// Guest RAM in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib << 20
+    }
+}
+
+/// `kvnet-vmm` command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "kvnet-vmm",
+    version,
+    about = "Boot a Linux kernel in a KVM virtual machine"
+)]
+pub struct Cli {
+    /// Kernel image (bzImage, or ELF vmlinux; the PVH entry is used when present).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk, loaded at the top of low memory.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+    /// Guest RAM in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEMORY_MIB)]
+    pub memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u32,
+    /// Where COM1 goes: stdio, none or file:PATH.
+    #[arg(long, value_name = "SINK", default_value = "stdio")]
+    pub serial: String,
+    /// Network interface (reserved for virtio-net).
+    #[arg(long, value_name = "SPEC")]
+    pub net: Vec<String>,
+}
+
+impl Cli {
+    /// Turns the parsed flags into a validated [`VmConfig`].
+    pub fn into_config(self) -> Result<VmConfig, ConfigError> {
+        if !self.net.is_empty() {
+            return Err(ConfigError::NetUnsupported);
+        }
+        let config = VmConfig {
+            kernel: self.kernel,
+            initrd: self.initrd,
+            cmdline: self.cmdline,
+            memory_mib: self.memory,
+            vcpus: self.vcpus,
+            serial: self.serial.parse()?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<VmConfig, ConfigError> {
+        Cli::try_parse_from(std::iter::once("kvnet-vmm").chain(args.iter().copied()))
+            .expect("clap accepts")
+            .into_config()
+    }
+
+    #[test]
+    fn serial_sinks_parse() {
+        assert!(matches!("stdio".parse(), Ok(SerialSink::Stdio)));
+        assert!(matches!("none".parse(), Ok(SerialSink::None)));
+        assert!(
+            matches!("file:/tmp/x".parse(), Ok(SerialSink::File(p)) if p == std::path::Path::new("/tmp/x"))
+        );
+        assert_eq!(
+            "tcp:1".parse::<SerialSink>().err(),
+            Some(ConfigError::Serial("tcp:1".into()))
+        );
+        assert!("file:".parse::<SerialSink>().is_err());
+    }
+
+    #[test]
+    fn flags_map_to_config_with_defaults() {
+        let kernel = tempfile::NamedTempFile::new().expect("tmp");
+        let path = kernel.path().to_str().expect("utf8");
+        let c = parse(&["--kernel", path]).expect("config");
+        assert_eq!(
+            (c.memory_mib, c.vcpus, c.cmdline.as_str()),
+            (128, 1, DEFAULT_CMDLINE)
+        );
+        let c = parse(&[
+            "--kernel",
+            path,
+            "--memory",
+            "256",
+            "--vcpus",
+            "2",
+            "--cmdline",
+            "x=1",
+            "--serial",
+            "none",
+        ])
+        .expect("config");
+        assert_eq!((c.memory_mib, c.vcpus, c.cmdline.as_str()), (256, 2, "x=1"));
+        assert!(matches!(c.serial, SerialSink::None));
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let kernel = tempfile::NamedTempFile::new().expect("tmp");
+        let path = kernel.path().to_str().expect("utf8");
+        assert_eq!(
+            parse(&["--kernel", "/nonexistent/vmlinuz"]).err(),
+            Some(ConfigError::KernelMissing("/nonexistent/vmlinuz".into()))
+        );
+        assert_eq!(
+            parse(&["--kernel", path, "--vcpus", "0"]).err(),
+            Some(ConfigError::NoVcpus)
+        );
+        assert_eq!(
+            parse(&["--kernel", path, "--vcpus", "300"]).err(),
+            Some(ConfigError::TooManyVcpus(300))
+        );
+        assert_eq!(
+            parse(&["--kernel", path, "--memory", "1"]).err(),
+            Some(ConfigError::Memory { mib: 1 })
+        );
+        assert_eq!(
+            parse(&["--kernel", path, "--net", "fd=3"]).err(),
+            Some(ConfigError::NetUnsupported)
+        );
+        assert!(
+            ConfigError::TooManyVcpus(300)
+                .to_string()
+                .contains("at most 254"),
+            "message names the limit"
+        );
+    }
+}
