@@ -17,15 +17,7 @@ use vmm::vm_memory::{Bytes, GuestAddress};
 const MIB: u64 = 1 << 20;
 
 fn skip_or_fail(why: &str) {
-    let strict = std::env::var("KVNET_TEST_REQUIRE").is_ok_and(|v| {
-        v.split(',')
-            .any(|w| matches!(w.trim(), "debian-kernel" | "all"))
-    });
-    if strict {
-        panic!("cannot fetch the Debian kernel: {why} (KVNET_TEST_REQUIRE is set)");
-    }
-    let test = std::thread::current().name().unwrap_or("test").to_owned();
-    eprintln!("SKIPPED {test}: debian-kernel: {why}");
+    testkit::missing(testkit::Need::Resource("debian-kernel"), why);
 }
 
 fn cache_dir() -> PathBuf {

@@ -32,6 +32,9 @@ pub enum Need {
     Program(&'static str),
     /// `KVNET_GUEST_KERNEL` names a readable kernel image (opt-in real-kernel tier).
     GuestKernel,
+    /// Something the test fetches or probes itself (e.g. `debian-kernel`); report it
+    /// with [`missing`]. The name is also its `KVNET_TEST_REQUIRE` word.
+    Resource(&'static str),
 }
 
 impl Need {
@@ -45,6 +48,7 @@ impl Need {
             Need::Kvm => "kvm",
             Need::Program(_) => "programs",
             Need::GuestKernel => "guest-kernel",
+            Need::Resource(name) => name,
         }
     }
 }
@@ -66,17 +70,22 @@ impl fmt::Display for Need {
 pub fn require(needs: &[Need]) -> bool {
     for &need in needs {
         if let Err(why) = probe(need) {
-            let test = current_test_name();
-            if is_strict(need) {
-                panic!(
-                    "required capability missing for {test}: {need}: {why} (KVNET_TEST_REQUIRE is set)"
-                );
-            }
-            eprintln!("SKIPPED {test}: {need}: {why}");
+            missing(need, &why);
             return false;
         }
     }
     true
+}
+
+/// Reports a need the test found missing: prints `SKIPPED <test>: <need>: <why>`, or
+/// panics when `KVNET_TEST_REQUIRE` makes the need mandatory. [`require`] uses it for
+/// the needs it probes; tests use it directly for [`Need::Resource`]s they probe themselves.
+pub fn missing(need: Need, why: &str) {
+    let test = current_test_name();
+    if is_strict(need) {
+        panic!("required capability missing for {test}: {need}: {why} (KVNET_TEST_REQUIRE is set)");
+    }
+    eprintln!("SKIPPED {test}: {need}: {why}");
 }
 
 fn is_strict(need: Need) -> bool {
@@ -131,6 +140,9 @@ fn probe(need: Need) -> Result<(), String> {
         Need::Program(name) => which(name).map(drop).ok_or_else(|| {
             format!("{name} is not on PATH (the README's test command installs it)")
         }),
+        Need::Resource(name) => Err(format!(
+            "{name} is probed by the test itself (testkit::missing)"
+        )),
         Need::GuestKernel => match std::env::var_os("KVNET_GUEST_KERNEL") {
             None => Err(
                 "KVNET_GUEST_KERNEL is not set (opt-in: needs a host with hardware virtualization)"
