@@ -1,1 +1,3 @@
 //! virtio-net: a NIC backed by a tap file descriptor (issue 5).
+
+pub mod tap;
