@@ -1059,11 +1059,12 @@ fn netns_gso_frame_crosses_tap_bridge_and_veth_intact() {
         worker.process_tx();
         let until = Instant::now() + Duration::from_millis(300);
         while Instant::now() < until {
-            if let Ok(n) = recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC) {
-                if n >= 14 && buf[6..12] == [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc] {
-                    received = Some(buf[..n.min(buf.len())].to_vec());
-                    break 'send;
-                }
+            if let Ok(n) = recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC)
+                && n >= 14
+                && buf[6..12] == [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]
+            {
+                received = Some(buf[..n.min(buf.len())].to_vec());
+                break 'send;
             }
         }
     }
