@@ -809,6 +809,7 @@ fn threaded_device_runs_resets_and_reactivates() {
         let rx_kick = EventFd::new(EFD_NONBLOCK).expect("evt");
         let tx_kick = EventFd::new(EFD_NONBLOCK).expect("evt");
         let interrupt = Arc::new(RecordingInterrupt::default());
+        let base = net.stats();
         net.activate(
             Arc::clone(mem),
             interrupt.clone(),
@@ -819,12 +820,14 @@ fn threaded_device_runs_resets_and_reactivates() {
         )
         .expect("activate");
         assert!(net.is_active());
-        let base = net.stats();
 
-        // Host -> guest before any buffer: RX pauses, then resumes on the kick.
+        // The guest has posted no RX buffer yet: the worker pauses RX at once,
+        // and a frame from the host waits in the backend.
+        assert!(eventually(|| net.stats().rx_paused > base.rx_paused));
         let f = frame(1000, 0, round);
         nix::unistd::write(peer.as_fd(), &f).expect("send");
-        assert!(eventually(|| net.stats().rx_paused > base.rx_paused));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(net.stats().rx_frames, base.rx_frames);
         let bufs: Vec<u64> = (0..20)
             .map(|_| {
                 let b = rx.buffer(4096);
