@@ -212,6 +212,15 @@ fn tcp_frame(dst: [u8; 6], src: [u8; 6], frame_len: usize) -> Vec<u8> {
     f[23] = 6;
     f[26..30].copy_from_slice(&[10, 213, 0, 10]);
     f[30..34].copy_from_slice(&[10, 213, 0, 2]);
+    // A valid IP header checksum: with br_netfilter loaded the bridge drops bad ones.
+    let mut sum: u32 = f[14..34]
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
     f[34..36].copy_from_slice(&40000u16.to_be_bytes());
     f[36..38].copy_from_slice(&5001u16.to_be_bytes());
     f[46] = 5 << 4;
@@ -314,6 +323,15 @@ fn raw_tx(topo: &Topology, frame: &[u8], secs: f64) -> Rate {
     let secs = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(200));
     let (p1, b1) = topo.peer_rx();
+    if std::env::var_os("KVNET_BENCH_DEBUG").is_some() {
+        println!(
+            "{}",
+            topo.a
+                .sh("ip -s link; bridge fdb show br br0; bridge link")
+                .unwrap_or_default()
+        );
+        println!("{}", topo.b.sh("ip -s link").unwrap_or_default());
+    }
     Rate {
         frames: p1 - p0,
         bytes: b1 - b0,
