@@ -597,43 +597,54 @@ fn line(name: &str, rate: &Rate, ceiling: Option<&Rate>) {
     );
 }
 
+/// The fastest of several runs: on a shared 2-core machine the best run is the
+/// closest to what the path can do. Ceilings and device runs are interleaved so
+/// both see the same background load.
+fn top(runs: &[Rate]) -> &Rate {
+    runs.iter()
+        .max_by(|a, b| a.gbits().total_cmp(&b.gbits()))
+        .expect("invariant: at least one round")
+}
+
 fn main() {
     if !testkit::require(&[Need::Root, Need::Netns, Need::Tun]) {
         return;
     }
-    // `cargo bench` passes `--bench`; anything else is a filter we ignore.
-    let secs: f64 = std::env::var("KVNET_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
+    let env = |name: &str, default: f64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let secs = env("KVNET_BENCH_SECS", 3.0);
+    let rounds = env("KVNET_BENCH_ROUNDS", 3.0).max(1.0) as usize;
     let topo = Topology::new();
-    println!("virtio-net fake-driver benchmark, {secs} s per case");
+    println!(
+        "virtio-net fake-driver benchmark: {secs} s per run, best of {rounds} interleaved rounds"
+    );
     for (label, frame_len) in [("1514 B", 1514usize), ("64 KiB GSO", 14 + 65000)] {
         let tx_frame = tcp_frame(MAC_X, GUEST_MAC, frame_len);
         let rx_frame = tcp_frame(GUEST_MAC, MAC_Y, frame_len);
         println!("== {label} frames");
-        let ceiling = raw_tx(&topo, &tx_frame, secs);
-        line("TX ceiling: raw tap write -> peer ns", &ceiling, None);
-        let (sent, delivered) = device_tx(&topo, &tx_frame, secs);
-        line("TX device: sent by the device", &sent, Some(&ceiling));
+        let (mut tx_ceiling, mut tx_sent, mut tx_delivered) = (vec![], vec![], vec![]);
+        let (mut rx_ceiling, mut rx_device) = (vec![], vec![]);
+        for _ in 0..rounds {
+            tx_ceiling.push(raw_tx(&topo, &tx_frame, secs));
+            let (sent, delivered) = device_tx(&topo, &tx_frame, secs);
+            tx_sent.push(sent);
+            tx_delivered.push(delivered);
+            rx_ceiling.push(raw_rx(&topo, &rx_frame, secs).0);
+            rx_device.push(device_rx(&topo, &rx_frame, secs).0);
+        }
+        let (tx_c, rx_c) = (top(&tx_ceiling), top(&rx_ceiling));
+        line("TX ceiling: raw tap write -> br -> peer ns", tx_c, None);
+        line("TX device: sent by the device", top(&tx_sent), Some(tx_c));
         line(
             "TX device: delivered in the peer ns",
-            &delivered,
-            Some(&ceiling),
+            top(&tx_delivered),
+            Some(tx_c),
         );
-        let (rx_ceiling, written) = raw_rx(&topo, &rx_frame, secs);
-        line(
-            "RX ceiling: tap1 write -> br -> tap0 read",
-            &rx_ceiling,
-            None,
-        );
-        println!("    (writer wrote {written} frames)");
-        let (rx, written) = device_rx(&topo, &rx_frame, secs);
-        line(
-            "RX device: delivered into guest buffers",
-            &rx,
-            Some(&rx_ceiling),
-        );
-        println!("    (writer wrote {written} frames)");
+        line("RX ceiling: tap1 write -> br -> tap0 read", rx_c, None);
+        line("RX device: into guest buffers", top(&rx_device), Some(rx_c));
     }
 }
