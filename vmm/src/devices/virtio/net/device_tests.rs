@@ -1182,3 +1182,20 @@ fn netns_gso_frame_crosses_tap_bridge_and_veth_intact() {
     );
     net.restore_worker(worker);
 }
+
+#[test]
+fn failing_backend_pauses_rx_instead_of_spinning() {
+    let mut h = harness(0);
+    h.guest_post_rx(&[2048]);
+    // The peer end closes: reads return end-of-file from now on.
+    let Harness { peer, .. } = &mut h;
+    let closed = std::mem::replace(peer, seqpacket_pair().0);
+    drop(closed);
+    h.worker.process_rx();
+    assert!(h.worker.rx_paused());
+    let s = h.stats();
+    assert_eq!((s.rx_errors, s.rx_frames), (1, 0), "{s:?}");
+    assert!(h.rx.used().is_empty(), "the buffer stays with the device");
+    h.worker.process_rx_notify();
+    assert_eq!(h.stats().rx_errors, 2);
+}

@@ -254,6 +254,7 @@ enum RxStep {
     Delivered,
     Dropped,
     Empty,
+    Failed,
 }
 
 /// The running half of a virtio-net device: owns the queues and the backend.
@@ -300,6 +301,9 @@ pub struct NetWorkerSetup {
     pub max_frame: usize,
 }
 
+/// Most buffers one `readv` may take (the kernel's `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+
 const TOKEN_RX_QUEUE: u64 = 0;
 const TOKEN_TX_QUEUE: u64 = 1;
 const TOKEN_BACKEND: u64 = 2;
@@ -327,7 +331,8 @@ impl NetWorker {
         }
     }
 
-    /// Whether RX waits for the guest to post buffers (the backend is not polled).
+    /// Whether RX stopped polling the backend until the guest notifies RX again:
+    /// the guest is out of buffers, or the backend failed.
     pub fn rx_paused(&self) -> bool {
         self.rx_paused
     }
@@ -442,6 +447,10 @@ impl NetWorker {
                 RxStep::Delivered => used_any = true,
                 RxStep::Dropped => {}
                 RxStep::Empty => break,
+                RxStep::Failed => {
+                    self.rx_paused = true;
+                    break;
+                }
             }
         }
         if used_any {
@@ -494,6 +503,11 @@ impl NetWorker {
         let mut capacity = 0u64;
         let mut offered = 0usize;
         for chain in &self.rx_chains {
+            // The kernel takes at most IOV_MAX buffers per readv; a guest posting
+            // tiny chains gets fewer of them (and may lose large frames).
+            if offered > 0 && slices.len() + chain.segments.len() > IOV_MAX {
+                break;
+            }
             chain_slices(mem, chain, &mut slices)?;
             capacity += chain.len;
             offered += 1;
@@ -502,13 +516,20 @@ impl NetWorker {
             }
         }
         let len = match self.backend.read_frame(&slices) {
+            Ok(0) => {
+                // End of file: the backend's peer is gone (never a tap).
+                NetCounters::add(&self.counters.rx_errors, 1);
+                return Ok(RxStep::Failed);
+            }
             Ok(len) => len as u64,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(RxStep::Empty),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(RxStep::Dropped),
             Err(e) => {
+                // Stop polling a failing backend (e.g. a tap deleted under us)
+                // until the guest next notifies RX, rather than spin on it.
                 tracing::debug!(error = %e, "virtio-net: backend read failed");
                 NetCounters::add(&self.counters.rx_errors, 1);
-                return Ok(RxStep::Empty);
+                return Ok(RxStep::Failed);
             }
         };
         drop(slices);
