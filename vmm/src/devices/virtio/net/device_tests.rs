@@ -1199,3 +1199,15 @@ fn failing_backend_pauses_rx_instead_of_spinning() {
     h.worker.process_rx_notify();
     assert_eq!(h.stats().rx_errors, 2);
 }
+
+#[test]
+fn long_tx_batch_signals_every_64_frames() {
+    let mut h = harness(0);
+    for i in 0..100 {
+        h.guest_send(&frame(60, 0, i));
+    }
+    h.worker.process_tx();
+    assert_eq!(h.host_recv_all().len(), 100);
+    // One interrupt after the 64th used entry, one at the end of the batch.
+    assert_eq!(h.interrupt.count(InterruptKind::Queue(TX_QUEUE)), 2);
+}

@@ -301,6 +301,10 @@ pub struct NetWorkerSetup {
     pub max_frame: usize,
 }
 
+/// Used entries after which a long batch signals the driver (as vhost-net does
+/// every 64), so it can recycle buffers before the batch ends.
+const SIGNAL_BATCH: u32 = 64;
+
 /// Most buffers one `readv` may take (the kernel's `UIO_MAXIOV`).
 const IOV_MAX: usize = 1024;
 
@@ -361,6 +365,7 @@ impl NetWorker {
     fn tx_until_empty(&mut self) -> Result<(), QueueError> {
         let mem = Arc::clone(&self.mem);
         let mut used_any = false;
+        let mut used_since_signal = 0;
         let ring_err = |source| QueueError::Ring {
             queue: TX_QUEUE,
             source,
@@ -392,6 +397,12 @@ impl NetWorker {
                 }
                 self.tx.add_used(&*mem, head, 0).map_err(ring_err)?;
                 used_any = true;
+                used_since_signal += 1;
+                if used_since_signal == SIGNAL_BATCH {
+                    // Let the driver recycle buffers while a long batch runs.
+                    self.signal(TX_QUEUE)?;
+                    used_since_signal = 0;
+                }
             }
             if !self.tx.enable_notification(&*mem).map_err(ring_err)? {
                 break;
@@ -422,6 +433,7 @@ impl NetWorker {
     fn rx_until_empty(&mut self) -> Result<(), QueueError> {
         let mem = Arc::clone(&self.mem);
         let mut used_any = false;
+        let mut delivered_since_signal = 0;
         loop {
             if !self.refill_rx(&mem, &mut used_any)? {
                 // Out of buffers: ask for a notification when the guest adds some,
@@ -444,7 +456,14 @@ impl NetWorker {
             }
             self.rx_paused = false;
             match self.receive_one(&mem)? {
-                RxStep::Delivered => used_any = true,
+                RxStep::Delivered => {
+                    used_any = true;
+                    delivered_since_signal += 1;
+                    if delivered_since_signal == SIGNAL_BATCH {
+                        self.signal(RX_QUEUE)?;
+                        delivered_since_signal = 0;
+                    }
+                }
                 RxStep::Dropped => {}
                 RxStep::Empty => break,
                 RxStep::Failed => {
