@@ -518,7 +518,7 @@ impl NetWorker {
     }
 
     fn receive_one(&mut self, mem: &GuestMemoryMmap) -> Result<RxStep, QueueError> {
-        let mut slices = Vec::new();
+        let mut slices = Vec::with_capacity(32);
         let mut capacity = 0u64;
         let mut offered = 0usize;
         for chain in &self.rx_chains {
