@@ -251,7 +251,8 @@ fn pop_head(
 
 /// The outcome of one receive attempt.
 enum RxStep {
-    Delivered,
+    /// A frame landed in this many chains.
+    Delivered(u32),
     Dropped,
     Empty,
     Failed,
@@ -364,8 +365,8 @@ impl NetWorker {
 
     fn tx_until_empty(&mut self) -> Result<(), QueueError> {
         let mem = Arc::clone(&self.mem);
-        let mut used_any = false;
-        let mut used_since_signal = 0;
+        // Used entries the driver has not been told about yet.
+        let mut unsignalled = 0;
         let ring_err = |source| QueueError::Ring {
             queue: TX_QUEUE,
             source,
@@ -396,19 +397,18 @@ impl NetWorker {
                     Err(e) => self.refuse(&e, &self.counters.tx_dropped),
                 }
                 self.tx.add_used(&*mem, head, 0).map_err(ring_err)?;
-                used_any = true;
-                used_since_signal += 1;
-                if used_since_signal == SIGNAL_BATCH {
+                unsignalled += 1;
+                if unsignalled == SIGNAL_BATCH {
                     // Let the driver recycle buffers while a long batch runs.
                     self.signal(TX_QUEUE)?;
-                    used_since_signal = 0;
+                    unsignalled = 0;
                 }
             }
             if !self.tx.enable_notification(&*mem).map_err(ring_err)? {
                 break;
             }
         }
-        if used_any {
+        if unsignalled > 0 {
             self.signal(TX_QUEUE)?;
         }
         Ok(())
@@ -432,10 +432,10 @@ impl NetWorker {
 
     fn rx_until_empty(&mut self) -> Result<(), QueueError> {
         let mem = Arc::clone(&self.mem);
-        let mut used_any = false;
-        let mut delivered_since_signal = 0;
+        // Used entries the driver has not been told about yet.
+        let mut unsignalled = 0;
         loop {
-            if !self.refill_rx(&mem, &mut used_any)? {
+            if !self.refill_rx(&mem, &mut unsignalled)? {
                 // Out of buffers: ask for a notification when the guest adds some,
                 // unless it already did while we were looking.
                 let more =
@@ -456,12 +456,11 @@ impl NetWorker {
             }
             self.rx_paused = false;
             match self.receive_one(&mem)? {
-                RxStep::Delivered => {
-                    used_any = true;
-                    delivered_since_signal += 1;
-                    if delivered_since_signal == SIGNAL_BATCH {
+                RxStep::Delivered(chains) => {
+                    unsignalled += chains;
+                    if unsignalled >= SIGNAL_BATCH {
                         self.signal(RX_QUEUE)?;
-                        delivered_since_signal = 0;
+                        unsignalled = 0;
                     }
                 }
                 RxStep::Dropped => {}
@@ -472,7 +471,7 @@ impl NetWorker {
                 }
             }
         }
-        if used_any {
+        if unsignalled > 0 {
             self.signal(RX_QUEUE)?;
         }
         Ok(())
@@ -483,7 +482,7 @@ impl NetWorker {
     fn refill_rx(
         &mut self,
         mem: &GuestMemoryMmap,
-        used_any: &mut bool,
+        unsignalled: &mut u32,
     ) -> Result<bool, QueueError> {
         loop {
             let enough = if self.mergeable {
@@ -511,7 +510,7 @@ impl NetWorker {
                             queue: RX_QUEUE,
                             source,
                         })?;
-                    *used_any = true;
+                    *unsignalled += 1;
                 }
             }
         }
@@ -590,7 +589,7 @@ impl NetWorker {
         }
         NetCounters::add(&self.counters.rx_frames, 1);
         NetCounters::add(&self.counters.rx_bytes, len - VNET_HDR_LEN as u64);
-        Ok(RxStep::Delivered)
+        Ok(RxStep::Delivered(u32::from(num_buffers)))
     }
 
     /// Raises the queue's interrupt if the driver wants one for the entries just used.
