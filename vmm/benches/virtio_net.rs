@@ -622,29 +622,52 @@ fn main() {
     println!(
         "virtio-net fake-driver benchmark: {secs} s per run, best of {rounds} interleaved rounds"
     );
-    for (label, frame_len) in [("1514 B", 1514usize), ("64 KiB GSO", 14 + 65000)] {
+    // KVNET_BENCH_ONLY narrows the run, e.g. `rx,64k` while tuning.
+    let only = std::env::var("KVNET_BENCH_ONLY").unwrap_or_default();
+    let picked = |group: &[&str], word: &str| {
+        let chosen: Vec<&str> = only.split(',').filter(|w| group.contains(w)).collect();
+        chosen.is_empty() || chosen.contains(&word)
+    };
+    let (tx, rx) = (picked(&["tx", "rx"], "tx"), picked(&["tx", "rx"], "rx"));
+    let sizes = [
+        ("1514 B", "1514", 1514usize),
+        ("64 KiB GSO", "64k", 14 + 65000),
+    ];
+    for (label, _, frame_len) in sizes
+        .into_iter()
+        .filter(|(_, key, _)| picked(&["1514", "64k"], key))
+    {
         let tx_frame = tcp_frame(MAC_X, GUEST_MAC, frame_len);
         let rx_frame = tcp_frame(GUEST_MAC, MAC_Y, frame_len);
         println!("== {label} frames");
         let (mut tx_ceiling, mut tx_sent, mut tx_delivered) = (vec![], vec![], vec![]);
         let (mut rx_ceiling, mut rx_device) = (vec![], vec![]);
         for _ in 0..rounds {
-            tx_ceiling.push(raw_tx(&topo, &tx_frame, secs));
-            let (sent, delivered) = device_tx(&topo, &tx_frame, secs);
-            tx_sent.push(sent);
-            tx_delivered.push(delivered);
-            rx_ceiling.push(raw_rx(&topo, &rx_frame, secs).0);
-            rx_device.push(device_rx(&topo, &rx_frame, secs).0);
+            if tx {
+                tx_ceiling.push(raw_tx(&topo, &tx_frame, secs));
+                let (sent, delivered) = device_tx(&topo, &tx_frame, secs);
+                tx_sent.push(sent);
+                tx_delivered.push(delivered);
+            }
+            if rx {
+                rx_ceiling.push(raw_rx(&topo, &rx_frame, secs).0);
+                rx_device.push(device_rx(&topo, &rx_frame, secs).0);
+            }
         }
-        let (tx_c, rx_c) = (top(&tx_ceiling), top(&rx_ceiling));
-        line("TX ceiling: raw tap write -> br -> peer ns", tx_c, None);
-        line("TX device: sent by the device", top(&tx_sent), Some(tx_c));
-        line(
-            "TX device: delivered in the peer ns",
-            top(&tx_delivered),
-            Some(tx_c),
-        );
-        line("RX ceiling: tap1 write -> br -> tap0 read", rx_c, None);
-        line("RX device: into guest buffers", top(&rx_device), Some(rx_c));
+        if tx {
+            let tx_c = top(&tx_ceiling);
+            line("TX ceiling: raw tap write -> br -> peer ns", tx_c, None);
+            line("TX device: sent by the device", top(&tx_sent), Some(tx_c));
+            line(
+                "TX device: delivered in the peer ns",
+                top(&tx_delivered),
+                Some(tx_c),
+            );
+        }
+        if rx {
+            let rx_c = top(&rx_ceiling);
+            line("RX ceiling: tap1 write -> br -> tap0 read", rx_c, None);
+            line("RX device: into guest buffers", top(&rx_device), Some(rx_c));
+        }
     }
 }
