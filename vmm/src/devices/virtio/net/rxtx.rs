@@ -434,7 +434,6 @@ impl NetWorker {
         let mem = Arc::clone(&self.mem);
         // Used entries the driver has not been told about yet.
         let mut unsignalled = 0;
-        let mut cache = VecDeque::new();
         loop {
             if !self.refill_rx(&mem, &mut unsignalled)? {
                 // Out of buffers: ask for a notification when the guest adds some,
@@ -456,7 +455,7 @@ impl NetWorker {
                 break;
             }
             self.rx_paused = false;
-            match self.receive_one(&mem, &mut cache)? {
+            match self.receive_one(&mem)? {
                 RxStep::Delivered(chains) => {
                     unsignalled += chains;
                     if unsignalled >= SIGNAL_BATCH {
@@ -517,40 +516,23 @@ impl NetWorker {
         }
     }
 
-    /// Reads one frame into the chains at the front of `rx_chains`. `cache`
-    /// holds the host slices of those chains (front-aligned with `rx_chains`),
-    /// so a chain offered to several reads is resolved in guest memory once.
-    fn receive_one<'m>(
-        &mut self,
-        mem: &'m GuestMemoryMmap,
-        cache: &mut VecDeque<Vec<VolatileSlice<'m>>>,
-    ) -> Result<RxStep, QueueError> {
+    fn receive_one(&mut self, mem: &GuestMemoryMmap) -> Result<RxStep, QueueError> {
+        let mut slices = Vec::with_capacity(32);
         let mut capacity = 0u64;
         let mut offered = 0usize;
-        let mut segments = 0usize;
-        for (i, chain) in self.rx_chains.iter().enumerate() {
-            if i == cache.len() {
-                let mut slices = Vec::with_capacity(chain.segments.len());
-                chain_slices(mem, chain, &mut slices)?;
-                cache.push_back(slices);
-            }
+        for chain in &self.rx_chains {
             // The kernel takes at most IOV_MAX buffers per readv; a guest posting
             // tiny chains gets fewer of them (and may lose large frames).
-            if offered > 0 && segments + cache[i].len() > IOV_MAX {
+            if offered > 0 && slices.len() + chain.segments.len() > IOV_MAX {
                 break;
             }
-            segments += cache[i].len();
+            chain_slices(mem, chain, &mut slices)?;
             capacity += chain.len;
             offered += 1;
             if !self.mergeable || capacity >= self.max_frame {
                 break;
             }
         }
-        let slices: Vec<VolatileSlice<'m>> = cache
-            .iter()
-            .take(offered)
-            .flat_map(|chain| chain.iter().cloned())
-            .collect();
         let len = match self.backend.read_frame(&slices) {
             Ok(0) => {
                 // End of file: the backend's peer is gone (never a tap).
@@ -568,6 +550,7 @@ impl NetWorker {
                 return Ok(RxStep::Failed);
             }
         };
+        drop(slices);
         if len > capacity || len < VNET_HDR_LEN as u64 {
             // The frame did not fit (a tap reports the full length) or is
             // headerless; it is gone, the buffers stay for the next one.
@@ -597,7 +580,6 @@ impl NetWorker {
             if let Some(chain) = self.rx_chains.pop_front() {
                 self.rx_capacity -= chain.len;
             }
-            cache.pop_front();
             self.rx
                 .add_used(mem, head, n)
                 .map_err(|source| QueueError::Ring {
