@@ -1,3 +1,113 @@
-//! Virtio devices and transport.
+//! Virtio devices and the small interface a transport drives them through.
+//!
+//! The split follows Firecracker and Cloud Hypervisor: a device knows its type,
+//! features, config space and how to run its queues; the transport (virtio-pci with
+//! MSI-X, added with the VMM core) owns the common configuration registers, the
+//! queue registers and the interrupt delivery. The transport hands the device its
+//! ready queues, their notification eventfds and an [`VirtioInterrupt`] on
+//! `DRIVER_OK`, and calls [`VirtioDevice::reset`] when the driver writes 0 to the
+//! device status.
 
 pub mod net;
+
+use std::fmt::Debug;
+use std::io;
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Which interrupt a device raises through its transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InterruptKind {
+    /// The device configuration changed (also used to announce `NEEDS_RESET`).
+    Config,
+    /// The used ring of queue `n` has new entries.
+    Queue(u16),
+}
+
+/// Interrupt delivery, implemented by the transport (an MSI-X vector per queue for
+/// virtio-pci; a test double in unit tests).
+pub trait VirtioInterrupt: Send + Sync + Debug {
+    /// Raises the interrupt for `kind`.
+    fn trigger(&self, kind: InterruptKind) -> io::Result<()>;
+}
+
+/// Why a device refused activation.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver set up a different number of queues than the device has.
+    #[error("expected {expected} queues, the driver set up {got}")]
+    QueueCount {
+        /// Queues the device uses.
+        expected: usize,
+        /// Queues handed over.
+        got: usize,
+    },
+    /// A queue is not ready, has a bad size, or its rings lie outside guest memory.
+    #[error("queue {index} is invalid (size {size}, not ready, misplaced or outside guest memory)")]
+    InvalidQueue {
+        /// Queue index.
+        index: usize,
+        /// The size the driver set.
+        size: u16,
+    },
+    /// The driver did not accept `VIRTIO_F_VERSION_1`; only modern drivers are served.
+    #[error("driver did not negotiate VIRTIO_F_VERSION_1")]
+    LegacyDriver,
+    /// The device is already running.
+    #[error("device is already active")]
+    AlreadyActive,
+    /// The backend is gone (a previous worker failed to hand it back).
+    #[error("device backend is unavailable")]
+    NoBackend,
+    /// Configuring the backend for the negotiated features failed.
+    #[error("cannot configure the backend for the negotiated features")]
+    Backend(#[source] io::Error),
+    /// The worker thread could not be started.
+    #[error("cannot start the device worker thread")]
+    Spawn(#[source] io::Error),
+}
+
+/// A virtio device as its transport sees it.
+pub trait VirtioDevice: Send + Debug {
+    /// The virtio device ID (1 for a network card).
+    fn device_type(&self) -> u32;
+
+    /// The maximum size of each queue, in queue order.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// Feature bits the device offers.
+    fn features(&self) -> u64;
+
+    /// Records the features the driver accepted; bits the device did not offer are dropped.
+    fn ack_features(&mut self, features: u64);
+
+    /// Feature bits both sides agreed on.
+    fn acked_features(&self) -> u64;
+
+    /// Reads the device-specific configuration space at `offset`; bytes past its
+    /// end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes the device-specific configuration space (ignored where read-only).
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// Starts the device on the driver's queues, each with the eventfd the transport
+    /// signals when the driver notifies that queue.
+    fn activate(
+        &mut self,
+        mem: Arc<GuestMemoryMmap>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<(Queue, EventFd)>,
+    ) -> Result<(), ActivateError>;
+
+    /// Stops the device and returns it to its pre-negotiation state, ready to be
+    /// activated again. Returns whether it was active.
+    fn reset(&mut self) -> bool;
+
+    /// Whether the device hit an unrecoverable driver error and wants the transport
+    /// to show `NEEDS_RESET` in the device status.
+    fn needs_reset(&self) -> bool;
+}

@@ -1,1 +1,362 @@
 //! virtio-net: a NIC backed by a tap file descriptor (issue 5).
+//!
+//! [`device::Net`] is the device model (config space, features, activation,
+//! reset); [`rxtx::NetWorker`] moves frames between the guest's queues and a
+//! [`NetBackend`] (a [`tap::Tap`] in production, a `SOCK_SEQPACKET` socket or an
+//! in-memory queue in tests). The guest's 12-byte `virtio_net_hdr_v1` travels with
+//! each frame unchanged, so the tap's kernel side handles checksum and GSO offloads.
+
+pub mod device;
+#[cfg(test)]
+mod device_tests;
+pub mod rxtx;
+pub mod tap;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vm_memory::VolatileSlice;
+
+pub use device::Net;
+pub use rxtx::NetWorker;
+pub use tap::Tap;
+
+/// Size of `virtio_net_hdr_v1`, the header in front of every frame (VERSION_1).
+pub const VNET_HDR_LEN: usize = 12;
+/// Offset of `num_buffers` inside the header.
+pub const NUM_BUFFERS_OFFSET: usize = 10;
+/// Largest frame with GSO: a 64 KiB IP packet, Ethernet + VLAN header, and the vnet header.
+pub const MAX_GSO_FRAME_LEN: usize = VNET_HDR_LEN + 18 + 65535;
+/// MTU when none is configured.
+pub const DEFAULT_MTU: u16 = 1500;
+/// Queue size offered for RX and TX.
+pub const QUEUE_SIZE: u16 = 256;
+/// Queue index of the receive queue.
+pub const RX_QUEUE: u16 = 0;
+/// Queue index of the transmit queue.
+pub const TX_QUEUE: u16 = 1;
+
+/// Where the frames of a NIC go: a tap, or a test stand-in.
+///
+/// A backend moves whole frames, each starting with the 12-byte vnet header, like
+/// a tap with `IFF_VNET_HDR` and `TUNSETVNETHDRSZ(12)`.
+pub trait NetBackend: AsRawFd + Send + fmt::Debug {
+    /// Reads one frame into `bufs`. Returns `WouldBlock` when none is queued. Like a
+    /// tap, it may return a length larger than `bufs` when the frame did not fit
+    /// (the frame is then lost).
+    fn read_frame(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize>;
+    /// Writes one frame gathered from `bufs`.
+    fn write_frame(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize>;
+    /// Tells the backend which offloads (`tap::TUN_F_*`) the guest accepts on receive.
+    fn set_offload(&mut self, tun_flags: u32) -> io::Result<()>;
+}
+
+impl NetBackend for Tap {
+    fn read_frame(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+        self.readv(bufs)
+    }
+
+    fn write_frame(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+        self.writev(bufs)
+    }
+
+    fn set_offload(&mut self, tun_flags: u32) -> io::Result<()> {
+        Tap::set_offload(self, tun_flags).map_err(io::Error::other)
+    }
+}
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Live per-device counters, shared between the worker and the VMM.
+        #[derive(Debug, Default)]
+        pub struct NetCounters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        /// A point-in-time copy of [`NetCounters`].
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct NetStats {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl NetCounters {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> NetStats {
+                NetStats { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Frames delivered to the guest.
+    rx_frames,
+    /// Bytes delivered to the guest, without the vnet header.
+    rx_bytes,
+    /// Frames lost on receive because they did not fit the guest's buffers.
+    rx_dropped,
+    /// Backend read errors.
+    rx_errors,
+    /// Times RX stopped polling the backend because the guest had no buffers.
+    rx_paused,
+    /// Frames sent from the guest.
+    tx_frames,
+    /// Bytes sent from the guest, without the vnet header.
+    tx_bytes,
+    /// Transmit chains refused (malformed) and returned to the guest unsent.
+    tx_dropped,
+    /// Backend write errors.
+    tx_errors,
+    /// Used-buffer interrupts raised.
+    interrupts,
+    /// Descriptor chains longer than the queue (a loop).
+    bad_chain_loop,
+    /// Descriptors whose `next` or head index is outside the queue.
+    bad_desc_index,
+    /// Descriptors whose buffer lies (partly) outside guest memory.
+    bad_desc_address,
+    /// Zero-length descriptors.
+    bad_desc_zero_len,
+    /// Chains longer than the largest frame (or shorter than the vnet header on TX).
+    bad_chain_len,
+    /// Read-only descriptors on RX or write-only descriptors on TX.
+    bad_desc_direction,
+    /// Indirect descriptors (not negotiated).
+    bad_desc_indirect,
+    /// Queues refused at activation (size, readiness, ring placement).
+    bad_queue,
+    /// Ring corruption that put the device into `NEEDS_RESET`.
+    needs_reset_events,
+}
+
+impl NetCounters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// An Ethernet MAC address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// A random address under the 52:54:00 prefix QEMU and libvirt use.
+    pub fn random() -> MacAddr {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS per process; mixing in the time and a
+        // counter makes successive calls differ.
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(SEQ.fetch_add(1, Ordering::Relaxed));
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        let r = hasher.finish().to_le_bytes();
+        MacAddr([0x52, 0x54, 0x00, r[0], r[1], r[2]])
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = NetConfigError;
+
+    fn from_str(s: &str) -> Result<MacAddr, NetConfigError> {
+        let bad = || NetConfigError::Mac(s.to_owned());
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() || mac[0] & 1 != 0 {
+            // Trailing groups, or a multicast address a NIC cannot own.
+            return Err(bad());
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+/// Errors in a `--net` specification.
+#[derive(Debug, thiserror::Error)]
+pub enum NetConfigError {
+    /// Not a unicast `xx:xx:xx:xx:xx:xx` address.
+    #[error("invalid MAC address {0:?}: expected a unicast xx:xx:xx:xx:xx:xx")]
+    Mac(String),
+    /// MTU outside 68..=65535.
+    #[error("invalid mtu {0:?}: expected 68 to 65535")]
+    Mtu(String),
+    /// A tap-fd that is not a non-negative integer.
+    #[error("invalid tap-fd {0:?}")]
+    TapFd(String),
+    /// A key the option does not know.
+    #[error("unknown --net key {0:?} (expected tap-fd, tap, mac or mtu)")]
+    UnknownKey(String),
+    /// Neither or both of tap-fd and tap.
+    #[error("--net needs exactly one of tap-fd=N or tap=NAME")]
+    Backend,
+    /// Opening the tap failed.
+    #[error("cannot open the tap for --net")]
+    Tap(#[source] tap::TapError),
+}
+
+/// Where a NIC's tap comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TapSource {
+    /// An fd inherited from the parent (`tap-fd=N`).
+    Fd(RawFd),
+    /// An existing tap opened by name (`tap=NAME`, needs root).
+    Name(String),
+}
+
+/// One `--net` option: `tap-fd=N[,mac=52:54:00:..][,mtu=M]` or `tap=NAME[,...]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetSpec {
+    /// The tap.
+    pub tap: TapSource,
+    /// The guest MAC; generated when absent.
+    pub mac: Option<MacAddr>,
+    /// The MTU offered to the guest (`VIRTIO_NET_F_MTU`).
+    pub mtu: Option<u16>,
+}
+
+impl FromStr for NetSpec {
+    type Err = NetConfigError;
+
+    fn from_str(s: &str) -> Result<NetSpec, NetConfigError> {
+        let (mut tap, mut mac, mut mtu) = (None, None, None);
+        for item in s.split(',').filter(|item| !item.is_empty()) {
+            let (key, value) = item.split_once('=').unwrap_or((item, ""));
+            match key {
+                "tap-fd" | "tap" if tap.is_some() => return Err(NetConfigError::Backend),
+                "tap-fd" => {
+                    let fd = value
+                        .parse::<RawFd>()
+                        .ok()
+                        .filter(|fd| *fd >= 0)
+                        .ok_or_else(|| NetConfigError::TapFd(value.to_owned()))?;
+                    tap = Some(TapSource::Fd(fd));
+                }
+                "tap" => tap = Some(TapSource::Name(value.to_owned())),
+                "mac" => mac = Some(value.parse()?),
+                "mtu" => {
+                    let m = value
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|m| *m >= 68)
+                        .ok_or_else(|| NetConfigError::Mtu(value.to_owned()))?;
+                    mtu = Some(m);
+                }
+                _ => return Err(NetConfigError::UnknownKey(key.to_owned())),
+            }
+        }
+        Ok(NetSpec {
+            tap: tap.ok_or(NetConfigError::Backend)?,
+            mac,
+            mtu,
+        })
+    }
+}
+
+impl NetSpec {
+    /// Opens the tap this spec names. `Fd` takes ownership of an inherited fd,
+    /// which the caller must own and not use elsewhere.
+    pub fn open_tap(
+        &self,
+        inherited: impl FnOnce(RawFd) -> Option<OwnedFd>,
+    ) -> Result<Tap, NetConfigError> {
+        match &self.tap {
+            TapSource::Fd(fd) => {
+                let owned = inherited(*fd).ok_or(NetConfigError::TapFd(fd.to_string()))?;
+                Tap::from_fd(owned).map_err(NetConfigError::Tap)
+            }
+            TapSource::Name(name) => Tap::open_named(name).map_err(NetConfigError::Tap),
+        }
+    }
+
+    /// The device configuration, generating a MAC when none was given.
+    pub fn config(&self) -> NetConfig {
+        NetConfig {
+            mac: self.mac.unwrap_or_else(MacAddr::random),
+            mtu: self.mtu,
+        }
+    }
+}
+
+/// What the guest sees of a NIC besides its features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The guest's MAC address.
+    pub mac: MacAddr,
+    /// The MTU offered with `VIRTIO_NET_F_MTU`; `None` leaves the feature off.
+    pub mtu: Option<u16>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_spec_parses_fd_name_mac_and_mtu() {
+        let spec: NetSpec = "tap-fd=7,mac=52:54:00:12:34:56,mtu=9000"
+            .parse()
+            .expect("parse");
+        assert_eq!(spec.tap, TapSource::Fd(7));
+        assert_eq!(spec.mac, Some(MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56])));
+        assert_eq!(spec.mtu, Some(9000));
+        let spec: NetSpec = "tap=vnet0".parse().expect("parse");
+        assert_eq!(spec.tap, TapSource::Name("vnet0".into()));
+        assert_eq!((spec.mac, spec.mtu), (None, None));
+        for bad in [
+            "",
+            "mac=52:54:00:12:34:56",
+            "tap-fd=3,tap=x",
+            "tap-fd=-1",
+            "tap-fd=x",
+            "tap-fd=3,mtu=20",
+            "tap-fd=3,mtu=70000",
+            "tap-fd=3,mac=01:00:5e:00:00:01",
+            "tap-fd=3,mac=52:54:00:12:34",
+            "tap-fd=3,mac=52:54:00:12:34:56:78",
+            "tap-fd=3,speed=10",
+        ] {
+            assert!(bad.parse::<NetSpec>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn generated_macs_use_the_qemu_prefix_and_differ() {
+        let a = NetSpec::from_str("tap=x").expect("parse").config().mac;
+        let b = MacAddr::random();
+        assert_eq!(&a.0[..3], &[0x52, 0x54, 0x00]);
+        assert_eq!(&b.0[..3], &[0x52, 0x54, 0x00]);
+        assert_ne!(a, b);
+        assert_eq!(a.to_string().parse::<MacAddr>().expect("round trip"), a);
+    }
+}

@@ -1,0 +1,307 @@
+//! The virtio-net device model: features, config space, activation and reset.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::rxtx::{NetWorker, NetWorkerSetup};
+use super::tap::{TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4, TUN_F_TSO6, Tap, TapError};
+use super::{
+    DEFAULT_MTU, MAX_GSO_FRAME_LEN, NetBackend, NetConfig, NetCounters, NetStats, QUEUE_SIZE,
+    VNET_HDR_LEN,
+};
+use crate::devices::virtio::{ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt};
+
+/// `virtio_net_config` up to and including `mtu`: mac[6], status, max_virtqueue_pairs, mtu.
+const CONFIG_LEN: usize = 12;
+
+const fn bit(feature: u32) -> u64 {
+    1 << feature
+}
+
+/// The features the device offers besides `VIRTIO_NET_F_MTU`.
+pub const BASE_FEATURES: u64 = bit(VIRTIO_F_VERSION_1)
+    | bit(VIRTIO_NET_F_MAC)
+    | bit(VIRTIO_NET_F_STATUS)
+    | bit(VIRTIO_NET_F_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_TSO4)
+    | bit(VIRTIO_NET_F_GUEST_TSO6)
+    | bit(VIRTIO_NET_F_GUEST_ECN)
+    | bit(VIRTIO_NET_F_HOST_TSO4)
+    | bit(VIRTIO_NET_F_HOST_TSO6)
+    | bit(VIRTIO_NET_F_MRG_RXBUF)
+    | bit(VIRTIO_RING_F_EVENT_IDX);
+
+/// The tap offloads (`TUN_F_*`) matching the receive features a driver accepted:
+/// the tap may then hand us partial-checksum and GSO frames the guest can take.
+pub fn tap_offload_flags(acked: u64) -> u32 {
+    let has = |feature| acked & bit(feature) != 0;
+    // The kernel ignores TSO flags without CSUM, and so does the spec.
+    if !has(VIRTIO_NET_F_GUEST_CSUM) {
+        return 0;
+    }
+    let mut flags = TUN_F_CSUM;
+    if has(VIRTIO_NET_F_GUEST_TSO4) {
+        flags |= TUN_F_TSO4;
+    }
+    if has(VIRTIO_NET_F_GUEST_TSO6) {
+        flags |= TUN_F_TSO6;
+    }
+    if has(VIRTIO_NET_F_GUEST_ECN) && flags & (TUN_F_TSO4 | TUN_F_TSO6) != 0 {
+        flags |= TUN_F_TSO_ECN;
+    }
+    flags
+}
+
+#[derive(Debug)]
+struct RunningWorker {
+    kill: EventFd,
+    thread: JoinHandle<Box<dyn NetBackend>>,
+}
+
+/// A virtio-net device on a [`NetBackend`].
+#[derive(Debug)]
+pub struct Net {
+    config: NetConfig,
+    name: String,
+    avail_features: u64,
+    acked_features: u64,
+    queue_sizes: [u16; 2],
+    /// Present while the device is not running.
+    backend: Option<Box<dyn NetBackend>>,
+    worker: Option<RunningWorker>,
+    counters: Arc<NetCounters>,
+    needs_reset: Arc<AtomicBool>,
+}
+
+impl Net {
+    /// A device on any backend; `name` labels logs and the worker thread.
+    pub fn new(name: &str, config: NetConfig, backend: Box<dyn NetBackend>) -> Net {
+        let mut avail_features = BASE_FEATURES;
+        if config.mtu.is_some() {
+            avail_features |= bit(VIRTIO_NET_F_MTU);
+        }
+        Net {
+            config,
+            name: name.to_owned(),
+            avail_features,
+            acked_features: 0,
+            queue_sizes: [QUEUE_SIZE; 2],
+            backend: Some(backend),
+            worker: None,
+            counters: Arc::new(NetCounters::default()),
+            needs_reset: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A device on a tap: sets the tap's vnet header to 12 bytes.
+    pub fn with_tap(config: NetConfig, tap: Tap) -> Result<Net, TapError> {
+        tap.set_vnet_hdr_size(VNET_HDR_LEN as i32)?;
+        // No offloads until a driver accepts them.
+        tap.set_offload(0)?;
+        let name = tap.name().to_owned();
+        Ok(Net::new(&name, config, Box::new(tap)))
+    }
+
+    /// The guest-visible configuration (MAC, MTU).
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    /// The live counters, shared with the worker.
+    pub fn counters(&self) -> Arc<NetCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> NetStats {
+        self.counters.snapshot()
+    }
+
+    /// Whether the worker is running.
+    pub fn is_active(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    fn config_space(&self) -> [u8; CONFIG_LEN] {
+        let mut space = [0u8; CONFIG_LEN];
+        space[..6].copy_from_slice(&self.config.mac.0);
+        space[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        space[8..10].copy_from_slice(&1u16.to_le_bytes());
+        let mtu = self.config.mtu.unwrap_or(DEFAULT_MTU);
+        space[10..12].copy_from_slice(&mtu.to_le_bytes());
+        space
+    }
+
+    /// Checks the driver's queues and negotiated features, configures the
+    /// backend's offloads and builds the data path without starting a thread.
+    /// [`VirtioDevice::activate`] runs the result on a worker thread; tests drive it
+    /// directly. On error the backend stays with the device.
+    pub fn prepare_worker(
+        &mut self,
+        mem: Arc<GuestMemoryMmap>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<(Queue, EventFd)>,
+    ) -> Result<NetWorker, ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if self.acked_features & bit(VIRTIO_F_VERSION_1) == 0 {
+            return Err(ActivateError::LegacyDriver);
+        }
+        let got = queues.len();
+        let Ok::<[(Queue, EventFd); 2], _>([mut rx, mut tx]) = queues.try_into() else {
+            return Err(ActivateError::QueueCount { expected: 2, got });
+        };
+        let event_idx = self.acked_features & bit(VIRTIO_RING_F_EVENT_IDX) != 0;
+        for (index, (queue, _)) in [&mut rx, &mut tx].into_iter().enumerate() {
+            let size = queue.size();
+            if !queue.is_valid(&*mem) || !size.is_power_of_two() || size > self.queue_sizes[index] {
+                NetCounters::add(&self.counters.bad_queue, 1);
+                return Err(ActivateError::InvalidQueue { index, size });
+            }
+            queue.set_event_idx(event_idx);
+        }
+        let mut backend = self.backend.take().ok_or(ActivateError::NoBackend)?;
+        if let Err(e) = backend.set_offload(tap_offload_flags(self.acked_features)) {
+            self.backend = Some(backend);
+            return Err(ActivateError::Backend(e));
+        }
+        let guest_gso = bit(VIRTIO_NET_F_GUEST_TSO4) | bit(VIRTIO_NET_F_GUEST_TSO6);
+        let max_frame = if self.acked_features & guest_gso != 0 {
+            MAX_GSO_FRAME_LEN
+        } else {
+            // Ethernet + VLAN header around an MTU-sized packet.
+            VNET_HDR_LEN + 18 + usize::from(self.config.mtu.unwrap_or(DEFAULT_MTU))
+        };
+        self.needs_reset.store(false, Ordering::SeqCst);
+        Ok(NetWorker::new(NetWorkerSetup {
+            mem,
+            rx,
+            tx,
+            backend,
+            interrupt,
+            counters: Arc::clone(&self.counters),
+            needs_reset: Arc::clone(&self.needs_reset),
+            mergeable: self.acked_features & bit(VIRTIO_NET_F_MRG_RXBUF) != 0,
+            max_frame,
+        }))
+    }
+
+    /// Takes the backend back from a worker driven outside [`VirtioDevice::activate`].
+    pub fn restore_worker(&mut self, worker: NetWorker) {
+        self.backend = Some(worker.into_backend());
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        let unknown = features & !self.avail_features;
+        if unknown != 0 {
+            tracing::warn!(device = %self.name, unknown = format_args!("{unknown:#x}"),
+                "virtio-net: driver accepted features that were not offered");
+        }
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let space = self.config_space();
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|at| space.get(at).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Every field is read-only for a VERSION_1 driver.
+        tracing::debug!(device = %self.name, offset, len = data.len(),
+            "virtio-net: ignoring config space write");
+    }
+
+    fn activate(
+        &mut self,
+        mem: Arc<GuestMemoryMmap>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<(Queue, EventFd)>,
+    ) -> Result<(), ActivateError> {
+        let worker = self.prepare_worker(mem, Arc::clone(&interrupt), queues);
+        let worker = match worker {
+            Ok(worker) => worker,
+            Err(e) => {
+                if matches!(e, ActivateError::InvalidQueue { .. }) {
+                    self.needs_reset.store(true, Ordering::SeqCst);
+                    let _ = interrupt.trigger(InterruptKind::Config);
+                }
+                return Err(e);
+            }
+        };
+        let kill = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Spawn)?;
+        let kill_worker = kill.try_clone().map_err(ActivateError::Spawn)?;
+        let thread = std::thread::Builder::new()
+            .name(format!("virtio-net-{}", self.name))
+            .spawn(move || worker.run(&kill_worker))
+            .map_err(ActivateError::Spawn)?;
+        self.worker = Some(RunningWorker { kill, thread });
+        tracing::info!(device = %self.name, mac = %self.config.mac,
+            features = format_args!("{:#x}", self.acked_features), "virtio-net: activated");
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        self.acked_features = 0;
+        self.needs_reset.store(false, Ordering::SeqCst);
+        let Some(worker) = self.worker.take() else {
+            return false;
+        };
+        if let Err(e) = worker.kill.write(1) {
+            tracing::error!(device = %self.name, error = %e, "virtio-net: cannot stop worker");
+        }
+        match worker.thread.join() {
+            Ok(backend) => self.backend = Some(backend),
+            Err(_) => tracing::error!(device = %self.name, "virtio-net: worker panicked"),
+        }
+        true
+    }
+
+    fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}

@@ -1,0 +1,717 @@
+//! The virtio-net data path: guest queues <-> backend.
+//!
+//! Every descriptor is read and checked here, not by `virtio_queue`'s chain
+//! iterator, which ends a bad chain silently: loops, out-of-queue indexes, buffers
+//! outside guest memory, zero-length and over-long chains, wrong-direction and
+//! indirect descriptors are each counted, and the chain is returned to the guest
+//! unused. Corrupt rings (an available index running ahead of the queue, an
+//! unusable head index, an unwritable used ring) put the device into
+//! `NEEDS_RESET` and stop it until the driver resets it.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{NUM_BUFFERS_OFFSET, NetBackend, NetCounters, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
+use crate::devices::virtio::{InterruptKind, VirtioInterrupt};
+
+/// What is wrong with a descriptor chain or a queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// More descriptors than the queue holds: the chain loops.
+    #[error("descriptor chain from head {head} loops or is longer than the queue")]
+    Loop {
+        /// Head index of the chain.
+        head: u16,
+    },
+    /// A head or `next` index outside the queue.
+    #[error("descriptor index {index} is outside the queue of size {size}")]
+    Index {
+        /// The index.
+        index: u16,
+        /// The queue size.
+        size: u16,
+    },
+    /// A buffer (or the descriptor itself) outside guest memory.
+    #[error("descriptor buffer {addr:#x}+{len:#x} is outside guest memory")]
+    Address {
+        /// Guest physical address.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// A descriptor with length 0.
+    #[error("zero-length descriptor in chain from head {head}")]
+    ZeroLength {
+        /// Head index of the chain.
+        head: u16,
+    },
+    /// The chain is too short for a vnet header or longer than the largest frame.
+    #[error("descriptor chain from head {head} has length {len}, outside {min}..={max}")]
+    Length {
+        /// Head index of the chain.
+        head: u16,
+        /// Total length so far.
+        len: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+    /// A read-only descriptor where the device must write, or the reverse.
+    #[error("descriptor {index} has the wrong direction for this queue")]
+    Direction {
+        /// The descriptor index.
+        index: u16,
+    },
+    /// An indirect descriptor, which the device does not offer.
+    #[error("indirect descriptor {index} without VIRTIO_RING_F_INDIRECT_DESC")]
+    Indirect {
+        /// The descriptor index.
+        index: u16,
+    },
+    /// The ring itself is corrupt or unreachable.
+    #[error("queue {queue} ring error")]
+    Ring {
+        /// Queue index.
+        queue: u16,
+        /// The error from virtio-queue.
+        #[source]
+        source: virtio_queue::Error,
+    },
+}
+
+impl QueueError {
+    /// The counter this error class increments.
+    fn counter<'c>(&self, counters: &'c NetCounters) -> Option<&'c AtomicU64> {
+        Some(match self {
+            QueueError::Loop { .. } => &counters.bad_chain_loop,
+            QueueError::Index { .. } => &counters.bad_desc_index,
+            QueueError::Address { .. } => &counters.bad_desc_address,
+            QueueError::ZeroLength { .. } => &counters.bad_desc_zero_len,
+            QueueError::Length { .. } => &counters.bad_chain_len,
+            QueueError::Direction { .. } => &counters.bad_desc_direction,
+            QueueError::Indirect { .. } => &counters.bad_desc_indirect,
+            QueueError::Ring { .. } => return None,
+        })
+    }
+}
+
+/// A validated descriptor chain: every buffer lies inside guest memory.
+#[derive(Debug)]
+struct Chain {
+    head: u16,
+    segments: Vec<(GuestAddress, u32)>,
+    len: u64,
+}
+
+/// Which way the device accesses a queue's buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    /// The device reads (TX): every descriptor must be read-only.
+    DeviceReads,
+    /// The device writes (RX): every descriptor must be write-only.
+    DeviceWrites,
+}
+
+/// Walks and validates the chain starting at `head`.
+fn parse_chain(
+    mem: &GuestMemoryMmap,
+    queue: &Queue,
+    head: u16,
+    direction: Direction,
+    (min_len, max_len): (u64, u64),
+) -> Result<Chain, QueueError> {
+    let size = queue.size();
+    let table = GuestAddress(queue.desc_table());
+    let mut segments = Vec::new();
+    let mut len = 0u64;
+    let mut index = head;
+    for _ in 0..size {
+        if index >= size {
+            return Err(QueueError::Index { index, size });
+        }
+        let desc_addr = table.unchecked_add(u64::from(index) * 16);
+        let desc: Descriptor = mem.read_obj(desc_addr).map_err(|_| QueueError::Address {
+            addr: desc_addr.raw_value(),
+            len: 16,
+        })?;
+        if u32::from(desc.flags()) & VRING_DESC_F_INDIRECT != 0 {
+            return Err(QueueError::Indirect { index });
+        }
+        if desc.is_write_only() != (direction == Direction::DeviceWrites) {
+            return Err(QueueError::Direction { index });
+        }
+        if desc.len() == 0 {
+            return Err(QueueError::ZeroLength { head });
+        }
+        len += u64::from(desc.len());
+        if len > max_len {
+            return Err(QueueError::Length {
+                head,
+                len,
+                min: min_len,
+                max: max_len,
+            });
+        }
+        if !GuestMemoryBackend::check_range(mem, desc.addr(), desc.len() as usize) {
+            return Err(QueueError::Address {
+                addr: desc.addr().raw_value(),
+                len: u64::from(desc.len()),
+            });
+        }
+        segments.push((desc.addr(), desc.len()));
+        if !desc.has_next() {
+            if len < min_len {
+                return Err(QueueError::Length {
+                    head,
+                    len,
+                    min: min_len,
+                    max: max_len,
+                });
+            }
+            return Ok(Chain {
+                head,
+                segments,
+                len,
+            });
+        }
+        index = desc.next();
+    }
+    Err(QueueError::Loop { head })
+}
+
+/// Appends the host slices of a validated chain to `out`.
+fn chain_slices<'m>(
+    mem: &'m GuestMemoryMmap,
+    chain: &Chain,
+    out: &mut Vec<VolatileSlice<'m>>,
+) -> Result<(), QueueError> {
+    for &(addr, len) in &chain.segments {
+        for slice in GuestMemoryBackend::get_slices(mem, addr, len as usize) {
+            out.push(slice.map_err(|_| QueueError::Address {
+                addr: addr.raw_value(),
+                len: u64::from(len),
+            })?);
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` at byte `offset` of a chain's buffers (which may split them).
+fn write_chain_bytes(
+    mem: &GuestMemoryMmap,
+    chain: &Chain,
+    mut offset: u64,
+    mut bytes: &[u8],
+) -> Result<(), QueueError> {
+    for &(addr, len) in &chain.segments {
+        if bytes.is_empty() {
+            break;
+        }
+        let len = u64::from(len);
+        if offset >= len {
+            offset -= len;
+            continue;
+        }
+        let n = bytes.len().min((len - offset) as usize);
+        let at = addr.unchecked_add(offset);
+        mem.write_slice(&bytes[..n], at)
+            .map_err(|_| QueueError::Address {
+                addr: at.raw_value(),
+                len: n as u64,
+            })?;
+        bytes = &bytes[n..];
+        offset = 0;
+    }
+    Ok(())
+}
+
+/// Takes the next available head off `queue`, if any.
+fn pop_head(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    index: u16,
+) -> Result<Option<u16>, QueueError> {
+    let mut iter = queue.iter(mem).map_err(|source| QueueError::Ring {
+        queue: index,
+        source,
+    })?;
+    Ok(iter.next().map(|chain| chain.head_index()))
+}
+
+/// The outcome of one receive attempt.
+enum RxStep {
+    /// A frame landed in this many chains.
+    Delivered(u32),
+    Dropped,
+    Empty,
+    Failed,
+}
+
+/// The running half of a virtio-net device: owns the queues and the backend.
+#[derive(Debug)]
+pub struct NetWorker {
+    mem: Arc<GuestMemoryMmap>,
+    rx: Queue,
+    tx: Queue,
+    rx_evt: EventFd,
+    tx_evt: EventFd,
+    backend: Box<dyn NetBackend>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    counters: Arc<NetCounters>,
+    needs_reset: Arc<AtomicBool>,
+    mergeable: bool,
+    max_frame: u64,
+    /// Validated RX chains taken from the ring but not yet used, in ring order.
+    rx_chains: VecDeque<Chain>,
+    rx_capacity: u64,
+    rx_paused: bool,
+    broken: bool,
+}
+
+/// Everything a [`NetWorker`] is built from (see [`super::Net::prepare_worker`]).
+#[derive(Debug)]
+pub struct NetWorkerSetup {
+    /// Guest memory.
+    pub mem: Arc<GuestMemoryMmap>,
+    /// The receive queue and its notification eventfd.
+    pub rx: (Queue, EventFd),
+    /// The transmit queue and its notification eventfd.
+    pub tx: (Queue, EventFd),
+    /// Where frames go.
+    pub backend: Box<dyn NetBackend>,
+    /// Interrupt delivery.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    /// Counters shared with the device.
+    pub counters: Arc<NetCounters>,
+    /// Set when the worker wants `NEEDS_RESET`.
+    pub needs_reset: Arc<AtomicBool>,
+    /// `VIRTIO_NET_F_MRG_RXBUF` was negotiated.
+    pub mergeable: bool,
+    /// Largest frame the backend may deliver, vnet header included.
+    pub max_frame: usize,
+}
+
+/// Used entries after which a long batch signals the driver (as vhost-net does
+/// every 64), so it can recycle buffers before the batch ends.
+const SIGNAL_BATCH: u32 = 64;
+
+/// Most buffers one `readv` may take (the kernel's `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+
+const TOKEN_RX_QUEUE: u64 = 0;
+const TOKEN_TX_QUEUE: u64 = 1;
+const TOKEN_BACKEND: u64 = 2;
+const TOKEN_KILL: u64 = 3;
+
+impl NetWorker {
+    /// Builds a worker on already validated queues.
+    pub fn new(setup: NetWorkerSetup) -> NetWorker {
+        NetWorker {
+            mem: setup.mem,
+            rx: setup.rx.0,
+            rx_evt: setup.rx.1,
+            tx: setup.tx.0,
+            tx_evt: setup.tx.1,
+            backend: setup.backend,
+            interrupt: setup.interrupt,
+            counters: setup.counters,
+            needs_reset: setup.needs_reset,
+            mergeable: setup.mergeable,
+            max_frame: setup.max_frame as u64,
+            rx_chains: VecDeque::new(),
+            rx_capacity: 0,
+            rx_paused: false,
+            broken: false,
+        }
+    }
+
+    /// Whether RX stopped polling the backend until the guest notifies RX again:
+    /// the guest is out of buffers, or the backend failed.
+    pub fn rx_paused(&self) -> bool {
+        self.rx_paused
+    }
+
+    /// Whether the worker stopped on a corrupt ring.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Gives the backend back (on reset).
+    pub fn into_backend(self) -> Box<dyn NetBackend> {
+        self.backend
+    }
+
+    /// Sends every frame the guest queued on TX, then signals the guest if the
+    /// used ring's notification rules (EVENT_IDX or flags) ask for it.
+    pub fn process_tx(&mut self) {
+        if self.broken {
+            return;
+        }
+        if let Err(e) = self.tx_until_empty() {
+            self.fail(&e);
+        }
+    }
+
+    fn tx_until_empty(&mut self) -> Result<(), QueueError> {
+        let mem = Arc::clone(&self.mem);
+        // Used entries the driver has not been told about yet.
+        let mut unsignalled = 0;
+        let ring_err = |source| QueueError::Ring {
+            queue: TX_QUEUE,
+            source,
+        };
+        let mut slices: Vec<VolatileSlice<'_>> = Vec::new();
+        loop {
+            self.tx.disable_notification(&*mem).map_err(ring_err)?;
+            while let Some(head) = pop_head(&mut self.tx, &mem, TX_QUEUE)? {
+                let limits = (VNET_HDR_LEN as u64, super::MAX_GSO_FRAME_LEN as u64);
+                match parse_chain(&mem, &self.tx, head, Direction::DeviceReads, limits) {
+                    Ok(chain) => {
+                        slices.clear();
+                        chain_slices(&mem, &chain, &mut slices)?;
+                        match self.backend.write_frame(&slices) {
+                            Ok(_) => {
+                                NetCounters::add(&self.counters.tx_frames, 1);
+                                NetCounters::add(
+                                    &self.counters.tx_bytes,
+                                    chain.len - VNET_HDR_LEN as u64,
+                                );
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "virtio-net: backend write failed");
+                                NetCounters::add(&self.counters.tx_errors, 1);
+                            }
+                        }
+                    }
+                    Err(e) => self.refuse(&e, &self.counters.tx_dropped),
+                }
+                self.tx.add_used(&*mem, head, 0).map_err(ring_err)?;
+                unsignalled += 1;
+                if unsignalled == SIGNAL_BATCH {
+                    // Let the driver recycle buffers while a long batch runs.
+                    self.signal(TX_QUEUE)?;
+                    unsignalled = 0;
+                }
+            }
+            if !self.tx.enable_notification(&*mem).map_err(ring_err)? {
+                break;
+            }
+        }
+        if unsignalled > 0 {
+            self.signal(TX_QUEUE)?;
+        }
+        Ok(())
+    }
+
+    /// Called when the guest posted RX buffers: resumes a paused RX.
+    pub fn process_rx_notify(&mut self) {
+        self.process_rx();
+    }
+
+    /// Moves frames from the backend into the guest's RX buffers until the
+    /// backend is empty or the guest runs out of buffers (then RX pauses).
+    pub fn process_rx(&mut self) {
+        if self.broken {
+            return;
+        }
+        if let Err(e) = self.rx_until_empty() {
+            self.fail(&e);
+        }
+    }
+
+    fn rx_until_empty(&mut self) -> Result<(), QueueError> {
+        let mem = Arc::clone(&self.mem);
+        // Used entries the driver has not been told about yet.
+        let mut unsignalled = 0;
+        loop {
+            if !self.refill_rx(&mem, &mut unsignalled)? {
+                // Out of buffers: ask for a notification when the guest adds some,
+                // unless it already did while we were looking.
+                let more =
+                    self.rx
+                        .enable_notification(&*mem)
+                        .map_err(|source| QueueError::Ring {
+                            queue: RX_QUEUE,
+                            source,
+                        })?;
+                if more {
+                    continue;
+                }
+                if !self.rx_paused {
+                    self.rx_paused = true;
+                    NetCounters::add(&self.counters.rx_paused, 1);
+                }
+                break;
+            }
+            self.rx_paused = false;
+            match self.receive_one(&mem)? {
+                RxStep::Delivered(chains) => {
+                    unsignalled += chains;
+                    if unsignalled >= SIGNAL_BATCH {
+                        self.signal(RX_QUEUE)?;
+                        unsignalled = 0;
+                    }
+                }
+                RxStep::Dropped => {}
+                RxStep::Empty => break,
+                RxStep::Failed => {
+                    self.rx_paused = true;
+                    break;
+                }
+            }
+        }
+        if unsignalled > 0 {
+            self.signal(RX_QUEUE)?;
+        }
+        Ok(())
+    }
+
+    /// Takes chains off the RX ring until a largest frame fits (mergeable) or one
+    /// chain is held. Returns whether there is room for a frame.
+    fn refill_rx(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        unsignalled: &mut u32,
+    ) -> Result<bool, QueueError> {
+        loop {
+            let enough = if self.mergeable {
+                self.rx_capacity >= self.max_frame
+            } else {
+                !self.rx_chains.is_empty()
+            };
+            if enough {
+                return Ok(true);
+            }
+            let Some(head) = pop_head(&mut self.rx, mem, RX_QUEUE)? else {
+                return Ok(false);
+            };
+            let limits = (VNET_HDR_LEN as u64, u64::from(u32::MAX));
+            match parse_chain(mem, &self.rx, head, Direction::DeviceWrites, limits) {
+                Ok(chain) => {
+                    self.rx_capacity += chain.len;
+                    self.rx_chains.push_back(chain);
+                }
+                Err(e) => {
+                    self.refuse(&e, &self.counters.rx_dropped);
+                    self.rx
+                        .add_used(mem, head, 0)
+                        .map_err(|source| QueueError::Ring {
+                            queue: RX_QUEUE,
+                            source,
+                        })?;
+                    *unsignalled += 1;
+                }
+            }
+        }
+    }
+
+    fn receive_one(&mut self, mem: &GuestMemoryMmap) -> Result<RxStep, QueueError> {
+        let mut slices = Vec::with_capacity(32);
+        let mut capacity = 0u64;
+        let mut offered = 0usize;
+        for chain in &self.rx_chains {
+            // The kernel takes at most IOV_MAX buffers per readv; a guest posting
+            // tiny chains gets fewer of them (and may lose large frames).
+            if offered > 0 && slices.len() + chain.segments.len() > IOV_MAX {
+                break;
+            }
+            chain_slices(mem, chain, &mut slices)?;
+            capacity += chain.len;
+            offered += 1;
+            if !self.mergeable || capacity >= self.max_frame {
+                break;
+            }
+        }
+        let len = match self.backend.read_frame(&slices) {
+            Ok(0) => {
+                // End of file: the backend's peer is gone (never a tap).
+                NetCounters::add(&self.counters.rx_errors, 1);
+                return Ok(RxStep::Failed);
+            }
+            Ok(len) => len as u64,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(RxStep::Empty),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(RxStep::Dropped),
+            Err(e) => {
+                // Stop polling a failing backend (e.g. a tap deleted under us)
+                // until the guest next notifies RX, rather than spin on it.
+                tracing::debug!(error = %e, "virtio-net: backend read failed");
+                NetCounters::add(&self.counters.rx_errors, 1);
+                return Ok(RxStep::Failed);
+            }
+        };
+        drop(slices);
+        if len > capacity || len < VNET_HDR_LEN as u64 {
+            // The frame did not fit (a tap reports the full length) or is
+            // headerless; it is gone, the buffers stay for the next one.
+            NetCounters::add(&self.counters.rx_dropped, 1);
+            return Ok(RxStep::Dropped);
+        }
+        let mut remaining = len;
+        let mut used = Vec::with_capacity(offered);
+        for chain in self.rx_chains.iter().take(offered) {
+            if remaining == 0 {
+                break;
+            }
+            let n = remaining.min(chain.len);
+            used.push((chain.head, n as u32));
+            remaining -= n;
+        }
+        let num_buffers = used.len() as u16;
+        if let Some(first) = self.rx_chains.front() {
+            write_chain_bytes(
+                mem,
+                first,
+                NUM_BUFFERS_OFFSET as u64,
+                &num_buffers.to_le_bytes(),
+            )?;
+        }
+        for (head, n) in used {
+            if let Some(chain) = self.rx_chains.pop_front() {
+                self.rx_capacity -= chain.len;
+            }
+            self.rx
+                .add_used(mem, head, n)
+                .map_err(|source| QueueError::Ring {
+                    queue: RX_QUEUE,
+                    source,
+                })?;
+        }
+        NetCounters::add(&self.counters.rx_frames, 1);
+        NetCounters::add(&self.counters.rx_bytes, len - VNET_HDR_LEN as u64);
+        Ok(RxStep::Delivered(u32::from(num_buffers)))
+    }
+
+    /// Raises the queue's interrupt if the driver wants one for the entries just used.
+    fn signal(&mut self, index: u16) -> Result<(), QueueError> {
+        let mem = &*self.mem;
+        let queue = if index == RX_QUEUE {
+            &mut self.rx
+        } else {
+            &mut self.tx
+        };
+        let ring_err = |source| QueueError::Ring {
+            queue: index,
+            source,
+        };
+        let mut needed = queue.needs_notification(mem).map_err(ring_err)?;
+        if needed && !queue.event_idx_enabled() {
+            // virtio-queue ignores VRING_AVAIL_F_NO_INTERRUPT; honour it here.
+            let flags: u16 = mem
+                .read_obj(GuestAddress(queue.avail_ring()))
+                .map_err(|e| ring_err(virtio_queue::Error::GuestMemory(e)))?;
+            needed = u32::from(u16::from_le(flags)) & VRING_AVAIL_F_NO_INTERRUPT == 0;
+        }
+        if needed {
+            NetCounters::add(&self.counters.interrupts, 1);
+            if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(index)) {
+                tracing::warn!(error = %e, queue = index, "virtio-net: cannot raise interrupt");
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, error: &QueueError, dropped: &AtomicU64) {
+        tracing::debug!(%error, "virtio-net: refusing descriptor chain");
+        if let Some(counter) = error.counter(&self.counters) {
+            NetCounters::add(counter, 1);
+        }
+        NetCounters::add(dropped, 1);
+    }
+
+    /// Stops the worker and asks the driver for a reset.
+    fn fail(&mut self, error: &QueueError) {
+        if self.broken {
+            return;
+        }
+        tracing::warn!(%error, "virtio-net: device needs reset");
+        self.broken = true;
+        if let Some(counter) = error.counter(&self.counters) {
+            NetCounters::add(counter, 1);
+        }
+        NetCounters::add(&self.counters.needs_reset_events, 1);
+        self.needs_reset.store(true, Ordering::SeqCst);
+        if let Err(e) = self.interrupt.trigger(InterruptKind::Config) {
+            tracing::warn!(error = %e, "virtio-net: cannot raise config interrupt");
+        }
+    }
+
+    /// Runs the worker until `kill` is signalled: queue notifications and backend
+    /// readiness drive TX and RX. The backend is polled only while RX has buffers.
+    /// Returns the backend so a reset device can be activated again.
+    pub fn run(mut self, kill: &EventFd) -> Box<dyn NetBackend> {
+        if let Err(e) = self.event_loop(kill) {
+            tracing::error!(error = %e, "virtio-net: worker event loop failed");
+            self.broken = true;
+            self.needs_reset.store(true, Ordering::SeqCst);
+            let _ = self.interrupt.trigger(InterruptKind::Config);
+        }
+        self.backend
+    }
+
+    fn event_loop(&mut self, kill: &EventFd) -> io::Result<()> {
+        let epoll = Epoll::new()?;
+        let add = |fd: i32, token: u64| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        add(self.rx_evt.as_raw_fd(), TOKEN_RX_QUEUE)?;
+        add(self.tx_evt.as_raw_fd(), TOKEN_TX_QUEUE)?;
+        add(kill.as_raw_fd(), TOKEN_KILL)?;
+        add(self.backend.as_raw_fd(), TOKEN_BACKEND)?;
+        let mut backend_polled = true;
+        // Frames or buffers may have arrived before we started waiting.
+        self.process_tx();
+        self.process_rx();
+        let mut events = [EpollEvent::default(); 8];
+        loop {
+            let want_backend = !self.rx_paused && !self.broken;
+            if want_backend != backend_polled {
+                let op = if want_backend {
+                    ControlOperation::Add
+                } else {
+                    ControlOperation::Delete
+                };
+                epoll.ctl(
+                    op,
+                    self.backend.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, TOKEN_BACKEND),
+                )?;
+                backend_polled = want_backend;
+            }
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for event in &events[..n] {
+                match event.data() {
+                    TOKEN_KILL => return Ok(()),
+                    TOKEN_RX_QUEUE => {
+                        // A failed read only means a spurious wakeup.
+                        let _ = self.rx_evt.read();
+                        self.process_rx_notify();
+                    }
+                    TOKEN_TX_QUEUE => {
+                        let _ = self.tx_evt.read();
+                        self.process_tx();
+                    }
+                    _ => self.process_rx(),
+                }
+            }
+        }
+    }
+}
