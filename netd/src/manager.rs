@@ -499,46 +499,55 @@ impl Manager {
         networks: &BTreeMap<String, Network>,
         def: &mut NetworkDef,
     ) -> Result<(), Error> {
-        let host_links = self.link.link_names().await?;
-        let own_bridge = networks
-            .get(&def.name)
-            .and_then(|n| n.live.as_ref())
-            .and_then(|d| d.bridge_name())
-            .map(str::to_owned);
         let other_bridges: Vec<&str> = networks
             .values()
             .filter_map(Network::current)
             .filter(|other| other.name != def.name)
             .filter_map(NetworkDef::bridge_name)
             .collect();
-        let in_use = |bridge: &str| {
-            other_bridges.contains(&bridge)
-                || (host_links.iter().any(|l| l == bridge) && own_bridge.as_deref() != Some(bridge))
-        };
-        if def.forward_mode() == ForwardMode::Bridge {
-            // The bridge belongs to the host; it must not be one of ours.
-            if let Some(bridge) = def.bridge_name().filter(|b| other_bridges.contains(b)) {
-                return Err(Error::Conflict(format!(
-                    "bridge name '{bridge}' already in use by another network"
-                )));
-            }
-            def.fill_defaults(|_| false)?;
-            return Ok(());
-        }
-        if let Some(bridge) = def.bridge_name() {
-            if other_bridges.contains(&bridge) {
+        let owns_bridge = def.forward_mode() != ForwardMode::Bridge;
+        match def.bridge_name() {
+            Some(bridge) if other_bridges.contains(&bridge) => {
                 return Err(Error::Conflict(format!(
                     "bridge name '{bridge}' already in use."
                 )));
             }
-            if in_use(bridge) {
-                return Err(Error::Conflict(format!(
-                    "bridge name '{bridge}' already in use by an existing interface"
-                )));
+            // A host bridge (forward mode='bridge') must exist; ours must not, unless it is
+            // this running network's own.
+            Some(bridge) if owns_bridge && self.link.link_exists(bridge).await? => {
+                let own = networks
+                    .get(&def.name)
+                    .and_then(|n| n.live.as_ref())
+                    .and_then(|d| d.bridge_name());
+                if own != Some(bridge) {
+                    return Err(Error::Conflict(format!(
+                        "bridge name '{bridge}' already in use by an existing interface"
+                    )));
+                }
+            }
+            Some(_) => {}
+            None if owns_bridge => {
+                def.bridge.name = Some(self.free_bridge_name(&other_bridges).await?)
+            }
+            None => {}
+        }
+        def.fill_defaults(|_| false)?;
+        Ok(())
+    }
+
+    /// libvirt's bridge name allocation: the lowest `virbrN` that no other network uses
+    /// and no interface has. Asks the kernel one name at a time, which stays cheap with
+    /// thousands of links (a full link dump does not).
+    async fn free_bridge_name(&self, other_bridges: &[&str]) -> Result<String, Error> {
+        for id in 0..=xml::MAX_BRIDGE_ID {
+            let candidate = format!("virbr{id}");
+            if !other_bridges.contains(&candidate.as_str())
+                && !self.link.link_exists(&candidate).await?
+            {
+                return Ok(candidate);
             }
         }
-        def.fill_defaults(in_use)?;
-        Ok(())
+        Err(xml::Error::BridgeIdsExhausted.into())
     }
 
     /// Starts a defined network.
@@ -666,12 +675,17 @@ impl Manager {
             .map(IpNet::V4)
             .chain(def.ipv6_subnets().into_iter().map(IpNet::V6))
             .collect();
-        for (used, device) in self.link.used_prefixes().await? {
+        for (used, ifindex) in self.link.used_prefixes().await? {
             // The default route overlaps everything; libvirt ignores it too.
             if used.prefix_len() == 0 {
                 continue;
             }
             if let Some(subnet) = ours.iter().find(|subnet| overlap(**subnet, used)) {
+                let device = self
+                    .link
+                    .link_name(ifindex)
+                    .await?
+                    .unwrap_or_else(|| format!("#{ifindex}"));
                 return Err(Error::Conflict(format!(
                     "network '{}' subnet {subnet} is already in use by interface {device} ({used})",
                     def.name

@@ -31,6 +31,10 @@ struct State {
     context: Context,
     /// Set elements each bridge owns, as last committed; `None` until read from the kernel.
     owned: Option<HashMap<String, Vec<OwnedElement>>>,
+    /// Whether our last batch left the table skeleton in place. Re-sending it costs about
+    /// a third of a batch, so it is sent only when it may be missing: at first use, after
+    /// we deleted the table, and to retry a batch that failed (someone may have flushed it).
+    skeleton_present: bool,
 }
 
 impl State {
@@ -98,6 +102,7 @@ impl NftFirewall {
             state: Mutex::new(State {
                 context,
                 owned: None,
+                skeleton_present: false,
             }),
         })
     }
@@ -119,8 +124,17 @@ impl NftFirewall {
         let started = Instant::now();
         let mut state = self.state();
         let previous = state.owned()?.get(bridge).cloned().unwrap_or_default();
-        let document = rules::document(&rules::skeleton(), &batch(&previous));
-        state.run(&document).map_err(|e| Error::Batch {
+        let network = batch(&previous);
+        let without_skeleton = state
+            .skeleton_present
+            .then(|| state.run(&rules::document(&[], &network)));
+        let result = match without_skeleton {
+            Some(Ok(output)) => Ok(output),
+            // The skeleton may be missing (first use, or someone flushed our table): send it too.
+            _ => state.run(&rules::document(&rules::skeleton(), &network)),
+        };
+        state.skeleton_present = result.is_ok();
+        result.map_err(|e| Error::Batch {
             action,
             bridge: bridge.to_owned(),
             nft: e.to_string(),
@@ -137,6 +151,7 @@ impl NftFirewall {
             if let Err(e) = state.run(&format!("delete table inet {TABLE}")) {
                 tracing::warn!("removing the empty table inet {TABLE}: {e}");
             }
+            state.skeleton_present = false;
         }
         tracing::debug!(
             bridge,

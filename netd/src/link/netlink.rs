@@ -257,19 +257,24 @@ impl Link {
         Ok(self.link_names_by_index().await?.into_values().collect())
     }
 
-    /// Every IPv4/IPv6 prefix in use here, with the interface using it, sorted.
+    /// The name of the link with this ifindex, if there is one.
+    pub async fn link_name(&self, index: u32) -> Result<Option<String>, Error> {
+        let mut replies = self.handle.link().get().match_index(index).execute();
+        match replies.try_next().await {
+            Ok(link) => Ok(link.as_ref().and_then(link_name)),
+            Err(err) if errno(&err) == Some(libc::ENODEV) => Ok(None),
+            Err(err) => Err(failed(Op::Query, &format!("ifindex {index}"))(err)),
+        }
+    }
+
+    /// Every IPv4/IPv6 prefix in use here, with the ifindex of the interface using it,
+    /// sorted. Resolve a name with [`Link::link_name`] only when it is needed: a link
+    /// dump costs far more than these two dumps on a host with a thousand bridges.
     ///
     /// Includes the prefix of every interface address and of every unicast route of the main
     /// table, except default routes and host routes (/32, /128), which claim no subnet, and
     /// IPv6 link-local prefixes, which every interface has.
-    pub async fn used_prefixes(&self) -> Result<Vec<(IpNet, String)>, Error> {
-        let names = self.link_names_by_index().await?;
-        let name_of = |index: u32| {
-            names
-                .get(&index)
-                .cloned()
-                .unwrap_or_else(|| format!("if{index}"))
-        };
+    pub async fn used_prefixes(&self) -> Result<Vec<(IpNet, u32)>, Error> {
         let mut used = BTreeSet::new();
         let addresses: Vec<AddressMessage> = self
             .handle
@@ -281,7 +286,7 @@ impl Link {
             .map_err(|e| Error::Dump("addresses", kernel_error(e)))?;
         for message in &addresses {
             if let Some(net) = address_prefix(message).filter(|net| !is_link_local(net)) {
-                used.insert((net, name_of(message.header.index)));
+                used.insert((net, message.header.index));
             }
         }
         let v4 = RouteMessageBuilder::<Ipv4Addr>::new().build();
@@ -297,7 +302,7 @@ impl Link {
                 .map_err(|e| Error::Dump("routes", kernel_error(e)))?;
             for route in &routes {
                 if let Some((net, index)) = claimed_subnet(route) {
-                    used.insert((net, name_of(index)));
+                    used.insert((net, index));
                 }
             }
         }

@@ -271,13 +271,22 @@ fn used_prefixes_list_addresses_and_routes() {
          && ip route add 10.66.0.0/16 dev kvd1 table 100 \
          && ip route add default via 10.88.1.1")
         .expect("setup");
-    let used = block_on_in(&ns, || async {
-        Link::new()
-            .expect("netlink socket")
-            .used_prefixes()
-            .await
-            .expect("used prefixes")
+    let (used, named) = block_on_in(&ns, || async {
+        let link = Link::new().expect("netlink socket");
+        let used = link.used_prefixes().await.expect("used prefixes");
+        let mut named = Vec::new();
+        for (net, index) in &used {
+            let name = link
+                .link_name(*index)
+                .await
+                .expect("link name")
+                .expect("known link");
+            named.push((*net, name));
+        }
+        (used, named)
     });
+    let used_indexes = used;
+    let used = named;
     let has =
         |net: &str, dev: &str| used.contains(&(net.parse().expect("test literal"), dev.to_owned()));
     assert!(has("10.88.1.0/24", "kvd0"), "{used:?}");
@@ -291,9 +300,9 @@ fn used_prefixes_list_addresses_and_routes() {
         assert_ne!(text, "10.55.0.1/32", "host route listed");
         assert_ne!(text, "10.66.0.0/16", "non-main table listed");
     }
-    let mut deduped = used.clone();
+    let mut deduped = used_indexes.clone();
     deduped.dedup();
-    assert_eq!(deduped, used, "sorted without duplicates");
+    assert_eq!(deduped, used_indexes, "sorted without duplicates");
 }
 
 #[test]
