@@ -9,6 +9,7 @@
 //! device status.
 
 pub mod net;
+pub mod pci;
 
 use std::fmt::Debug;
 use std::io;
