@@ -9,8 +9,8 @@
 //!
 //! Interrupts go through MSI-X only: a driver that leaves a queue at `NO_VECTOR` gets
 //! the ISR bit but no interrupt (legacy INTx is not implemented; every modern Linux
-//! driver uses MSI-X). The optional `VIRTIO_PCI_CAP_PCI_CFG` access window is not
-//! offered either (Linux does not use it).
+//! driver uses MSI-X). Firmware without BAR mappings can reach every structure through
+//! the `VIRTIO_PCI_CAP_PCI_CFG` window in configuration space.
 
 use std::io;
 use std::sync::atomic::{AtomicU8, AtomicU16, Ordering};
@@ -45,6 +45,8 @@ pub const VIRTIO_PCI_CAP_NOTIFY_CFG: u8 = 2;
 pub const VIRTIO_PCI_CAP_ISR_CFG: u8 = 3;
 /// `cfg_type` of the device configuration capability.
 pub const VIRTIO_PCI_CAP_DEVICE_CFG: u8 = 4;
+/// `cfg_type` of the configuration-space access window.
+pub const VIRTIO_PCI_CAP_PCI_CFG: u8 = 5;
 
 /// The BAR holding every structure.
 pub const BAR_INDEX: usize = 0;
@@ -257,6 +259,8 @@ pub struct VirtioPciDevice {
     config_generation: u8,
     queue_select: u16,
     active: bool,
+    /// Offset of the `VIRTIO_PCI_CAP_PCI_CFG` capability in configuration space.
+    pci_cfg_cap: usize,
 }
 
 impl VirtioPciDevice {
@@ -309,6 +313,16 @@ impl VirtioPciDevice {
         config
             .add_capability(CAP_ID_VENDOR, &notify_body, &[])
             .map_err(VirtioPciError::Config)?;
+        // The access window: bar, offset and length select, pci_cfg_data moves the bytes.
+        let mut window_body = virtio_cap_body(VIRTIO_PCI_CAP_PCI_CFG, 0, 0);
+        window_body[0] += 4;
+        window_body.extend_from_slice(&[0; 4]);
+        let mut window_writable = [0u8; 18];
+        window_writable[2] = 0xff;
+        window_writable[6..].fill(0xff);
+        let pci_cfg_cap = config
+            .add_capability(CAP_ID_VENDOR, &window_body, &window_writable)
+            .map_err(VirtioPciError::Config)?;
         // One vector for configuration changes plus one per queue.
         let layout = MsixLayout {
             table_bar: BAR_INDEX as u8,
@@ -353,6 +367,7 @@ impl VirtioPciDevice {
             config_generation: 0,
             queue_select: 0,
             active: false,
+            pci_cfg_cap,
         })
     }
 
@@ -647,6 +662,30 @@ impl VirtioPciDevice {
     }
 }
 
+/// Offset of `pci_cfg_data` in the `VIRTIO_PCI_CAP_PCI_CFG` capability.
+const PCI_CFG_DATA: usize = 16;
+
+impl VirtioPciDevice {
+    /// The BAR access an access of `len` bytes at config `offset` makes through the
+    /// `VIRTIO_PCI_CAP_PCI_CFG` window, if it touches `pci_cfg_data` and the window
+    /// selects a valid range (length 1, 2 or 4, aligned, inside the BAR).
+    fn pci_cfg_window(&self, offset: usize, len: usize) -> Option<(usize, u64, usize)> {
+        let data_at = self.pci_cfg_cap + PCI_CFG_DATA;
+        if offset >= data_at + 4 || offset + len <= data_at {
+            return None;
+        }
+        let cap = self.pci_cfg_cap;
+        let bar = usize::from(self.config.bytes()[cap + 4]);
+        let bar_offset = u64::from(self.config.read_u32(cap + 8));
+        let length = self.config.read_u32(cap + 12);
+        let valid = bar == BAR_INDEX
+            && matches!(length, 1 | 2 | 4)
+            && bar_offset % u64::from(length) == 0
+            && bar_offset + u64::from(length) <= BAR_SIZE;
+        valid.then_some((bar, bar_offset, length as usize))
+    }
+}
+
 /// The register containing byte `offset` of the common configuration.
 fn common_field(offset: u64) -> Option<(u64, u64)> {
     common::FIELDS
@@ -681,8 +720,24 @@ impl PciDevice for VirtioPciDevice {
         &mut self.config
     }
 
-    fn config_written(&mut self, _offset: usize, _data: &[u8]) {
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        if let Some((bar, bar_offset, len)) = self.pci_cfg_window(offset, data.len()) {
+            let mut bytes = [0u8; 4];
+            self.bar_read(bar, bar_offset, &mut bytes[..len]);
+            let data_at = self.pci_cfg_cap + PCI_CFG_DATA;
+            self.config.bytes_mut()[data_at..data_at + 4].copy_from_slice(&bytes);
+        }
+        self.config.read(offset, data);
+    }
+
+    fn config_written(&mut self, offset: usize, data: &[u8]) {
         lock_msix(&self.msix).config_written(&self.config);
+        if let Some((bar, bar_offset, len)) = self.pci_cfg_window(offset, data.len()) {
+            let data_at = self.pci_cfg_cap + PCI_CFG_DATA;
+            let mut bytes = [0u8; 4];
+            bytes.copy_from_slice(&self.config.bytes()[data_at..data_at + 4]);
+            self.bar_write(bar, bar_offset, &bytes[..len]);
+        }
     }
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {

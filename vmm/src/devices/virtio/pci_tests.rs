@@ -219,6 +219,7 @@ fn config_space_identifies_a_modern_net_device_and_links_its_structures() {
             (VIRTIO_PCI_CAP_ISR_CFG, 0, 0x1000, 1, None),
             (VIRTIO_PCI_CAP_DEVICE_CFG, 0, 0x2000, 0x1000, None),
             (VIRTIO_PCI_CAP_NOTIFY_CFG, 0, 0x3000, 8, Some(4)),
+            (VIRTIO_PCI_CAP_PCI_CFG, 0, 0, 0, Some(0)),
         ]
     );
     // Every structure lies inside the BAR.
@@ -520,4 +521,54 @@ fn unaligned_and_odd_sized_accesses_do_not_panic() {
     let mut buf = [0xffu8; 4];
     f.dev.bar_read(3, 0, &mut buf);
     assert_eq!(buf, [0; 4]);
+}
+
+#[test]
+fn pci_cfg_window_reaches_the_bar_through_config_space() {
+    let mut f = fixture();
+    let cap = (0x40..256)
+        .step_by(4)
+        .find(|&o| {
+            let b = f.dev.config().bytes();
+            b[o] == CAP_ID_VENDOR && b[o + 3] == VIRTIO_PCI_CAP_PCI_CFG
+        })
+        .expect("pci_cfg cap");
+    let select = |f: &mut Fixture, offset: u32, length: u32| {
+        f.dev.config_write(cap + 4, &[0]);
+        f.dev.config_write(cap + 8, &offset.to_le_bytes());
+        f.dev.config_write(cap + 12, &length.to_le_bytes());
+    };
+    let read = |f: &mut Fixture| {
+        let mut data = [0u8; 4];
+        f.dev.config_read(cap + 16, &mut data);
+        u32::from_le_bytes(data)
+    };
+    select(&mut f, common::NUM_QUEUES as u32, 2);
+    assert_eq!(read(&mut f) & 0xffff, 2);
+    // Writes go through too: the device status.
+    select(&mut f, common::DEVICE_STATUS as u32, 1);
+    f.dev
+        .config_write(cap + 16, &[VIRTIO_CONFIG_S_ACKNOWLEDGE as u8, 0, 0, 0]);
+    assert_eq!(f.status(), VIRTIO_CONFIG_S_ACKNOWLEDGE as u8);
+    // Device config.
+    select(&mut f, DEVICE_CFG_OFFSET as u32, 4);
+    assert_eq!(read(&mut f), 0xa3a2_a1a0);
+    // Bad selections move nothing: a length of 3, misalignment, beyond the BAR.
+    for (offset, length) in [
+        (0x2000, 3),
+        (0x2001, 2),
+        (BAR_SIZE as u32, 4),
+        (u32::MAX, 4),
+    ] {
+        select(&mut f, offset, length);
+        f.dev.config_write(cap + 16, &[0; 4]);
+        assert_eq!(
+            f.status(),
+            VIRTIO_CONFIG_S_ACKNOWLEDGE as u8,
+            "{offset:#x}/{length}"
+        );
+    }
+    // The header bytes of the capability stay read-only.
+    f.dev.config_write(cap + 3, &[1]);
+    assert_eq!(f.dev.config().bytes()[cap + 3], VIRTIO_PCI_CAP_PCI_CFG);
 }
