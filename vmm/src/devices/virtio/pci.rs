@@ -290,8 +290,9 @@ impl VirtioPciDevice {
             subclass,
             prog_if: 0,
             revision: 1,
+            // Free for modern devices; repeating the ids is what Cloud Hypervisor does.
             subsystem_vendor: VIRTIO_PCI_VENDOR_ID,
-            subsystem: 0x40,
+            subsystem: pci_device_id,
         });
         config
             .add_bar(BAR_INDEX, BAR_SIZE, BarKind::Memory64)

@@ -211,7 +211,7 @@ fn config_space_identifies_a_modern_net_device_and_links_its_structures() {
     assert_eq!(c.bytes()[8], 1, "revision 1 marks a modern device");
     assert_eq!(&c.bytes()[0x0a..0x0c], &[0x00, 0x02], "Ethernet controller");
     assert_eq!(c.read_u16(0x2c), 0x1af4);
-    assert_eq!(c.read_u16(0x2e), 0x40);
+    assert_eq!(c.read_u16(0x2e), 0x1041);
     assert_ne!(c.read_u16(STATUS) & 0x10, 0, "capability list flagged");
     assert_eq!(c.read_u32(0x10) & 0b110, 0b100, "64-bit memory BAR");
     let caps = virtio_caps(c);
