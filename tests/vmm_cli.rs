@@ -90,3 +90,90 @@ fn too_many_vcpus_and_bad_values_are_rejected() {
     assert_eq!(code, Some(2));
     assert!(err.contains("--kernel"), "{err}");
 }
+
+#[test]
+fn bad_net_specs_are_named_before_the_vm_is_built() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = fake_bzimage(dir.path(), 0x100_0000);
+    let k = kernel.to_str().expect("utf8");
+    let (code, err) = run(&["--kernel", k, "--net", "mtu=9000"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("invalid --net \"mtu=9000\": --net needs exactly one of tap-fd=N or tap=NAME"),
+        "{err}"
+    );
+    let (code, err) = run(&["--kernel", k, "--net", "tap-fd=3,mac=01:02:03:04:05:06"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("invalid MAC address \"01:02:03:04:05:06\""),
+        "{err}"
+    );
+    // An fd number the VMM did not inherit.
+    let (code, err) = run(&["--kernel", k, "--net", "tap-fd=99"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("cannot open the tap for --net: fd 99 is not open"),
+        "{err}"
+    );
+    let (code, err) = run(&["--kernel", k, "--net", "tap-fd=2"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("fd 2 is a standard stream"), "{err}");
+    // An inherited fd that is not a tap.
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "exec \"$0\" --kernel \"$1\" --net tap-fd=5 5</dev/null",
+            env!("CARGO_BIN_EXE_kvnet-vmm"),
+            k,
+        ])
+        .output()
+        .expect("run kvnet-vmm through sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("fd 5 is not an attached tun/tap device"),
+        "{err}"
+    );
+}
+
+#[test]
+fn net_tap_puts_a_virtio_net_pci_device_on_the_bus() {
+    use testkit::Need;
+    use vmm::boot::layout;
+    use vmm::testing::{self, asm::*, hex32_subroutine, poweroff, print};
+    if !testkit::require(&[Need::Kvm, Need::Root, Need::Netns, Need::Tun]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    // Reads vendor/device and class/revision of 00:01.0 through ECAM.
+    let kernel = testing::write_guest(dir.path(), "pci-id.elf", |a| {
+        let mut hex = a.create_label();
+        let mut main = a.create_label();
+        a.jmp(main)?;
+        hex32_subroutine(a, &mut hex)?;
+        a.set_label(&mut main)?;
+        a.mov(rdi, layout::PCI_ECAM_START + (1 << 15))?;
+        for reg in [0u32, 8] {
+            a.mov(eax, dword_ptr(rdi + reg))?;
+            a.call(hex)?;
+            print(a, "\n")?;
+        }
+        poweroff(a)
+    })
+    .expect("assemble");
+    let ns = testkit::Netns::new("vmm-net").expect("netns");
+    ns.sh("ip tuntap add dev kvt0 mode tap vnet_hdr && ip link set kvt0 up")
+        .expect("tap");
+    let out = testkit::run_checked(ns.command(env!("CARGO_BIN_EXE_kvnet-vmm")).args([
+        "--kernel",
+        kernel.to_str().expect("utf8"),
+        "--net",
+        "tap=kvt0,mac=52:54:00:12:34:56",
+    ]))
+    .expect("kvnet-vmm --net tap=kvt0");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "10411af4\n02000001\n",
+        "virtio-net 1af4:1041, Ethernet class, revision 1"
+    );
+}

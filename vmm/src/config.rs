@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::devices::serial::SharedBuffer;
+use crate::devices::virtio::net::{NetSpec, TapSource};
 
 /// Kernel command line used when none is given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -69,9 +70,17 @@ pub enum ConfigError {
     /// More vCPUs than the machine model supports.
     #[error("--vcpus {0} is too many: kvnet-vmm supports at most {MAX_VCPUS} (8-bit xAPIC ids)")]
     TooManyVcpus(u32),
-    /// `--net` belongs to the virtio-net work.
-    #[error("--net is not supported by this build yet")]
-    NetUnsupported,
+    /// A `--net` value that does not parse.
+    #[error("invalid --net {spec:?}: {reason}")]
+    Net {
+        /// The value given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Two NICs on one inherited tap fd.
+    #[error("--net tap-fd={0} is given twice")]
+    DuplicateTapFd(i32),
 }
 
 /// Everything needed to build and boot a VM.
@@ -89,6 +98,8 @@ pub struct VmConfig {
     pub vcpus: u32,
     /// COM1 output.
     pub serial: SerialSink,
+    /// virtio-net NICs, one virtio-net-pci device each, in bus order.
+    pub net: Vec<NetSpec>,
 }
 
 impl VmConfig {
@@ -101,6 +112,7 @@ impl VmConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             vcpus: 1,
             serial: SerialSink::Stdio,
+            net: Vec::new(),
         }
     }
 
@@ -124,6 +136,14 @@ impl VmConfig {
         }
         if self.vcpus > MAX_VCPUS {
             return Err(ConfigError::TooManyVcpus(self.vcpus));
+        }
+        let mut fds = std::collections::BTreeSet::new();
+        for spec in &self.net {
+            if let TapSource::Fd(fd) = spec.tap
+                && !fds.insert(fd)
+            {
+                return Err(ConfigError::DuplicateTapFd(fd));
+            }
         }
         Ok(())
     }
@@ -160,7 +180,8 @@ pub struct Cli {
     /// Where COM1 goes: stdio, none or file:PATH.
     #[arg(long, value_name = "SINK", default_value = "stdio")]
     pub serial: String,
-    /// Network interface (reserved for virtio-net).
+    /// A virtio-net NIC on a tap: tap-fd=N (an inherited, attached tap fd) or
+    /// tap=NAME, plus optional mac=52:54:00:xx:xx:xx and mtu=M. Repeatable.
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
 }
@@ -168,9 +189,16 @@ pub struct Cli {
 impl Cli {
     /// Turns the parsed flags into a validated [`VmConfig`].
     pub fn into_config(self) -> Result<VmConfig, ConfigError> {
-        if !self.net.is_empty() {
-            return Err(ConfigError::NetUnsupported);
-        }
+        let net = self
+            .net
+            .iter()
+            .map(|spec| {
+                spec.parse::<NetSpec>().map_err(|e| ConfigError::Net {
+                    spec: spec.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let config = VmConfig {
             kernel: self.kernel,
             initrd: self.initrd,
@@ -178,6 +206,7 @@ impl Cli {
             memory_mib: self.memory,
             vcpus: self.vcpus,
             serial: self.serial.parse()?,
+            net,
         };
         config.validate()?;
         Ok(config)
@@ -236,6 +265,28 @@ mod tests {
     }
 
     #[test]
+    fn net_flags_become_specs_in_order() {
+        let kernel = tempfile::NamedTempFile::new().expect("tmp");
+        let path = kernel.path().to_str().expect("utf8");
+        let c = parse(&[
+            "--kernel",
+            path,
+            "--net",
+            "tap-fd=7,mac=52:54:00:12:34:56,mtu=9000",
+            "--net",
+            "tap=vnet3",
+        ])
+        .expect("config");
+        let expected: Vec<NetSpec> = ["tap-fd=7,mac=52:54:00:12:34:56,mtu=9000", "tap=vnet3"]
+            .iter()
+            .map(|s| s.parse().expect("spec"))
+            .collect();
+        assert_eq!(c.net, expected);
+        assert_eq!(c.net[0].tap, TapSource::Fd(7));
+        assert_eq!(c.net[1].tap, TapSource::Name("vnet3".into()));
+    }
+
+    #[test]
     fn invalid_values_are_named() {
         let kernel = tempfile::NamedTempFile::new().expect("tmp");
         let path = kernel.path().to_str().expect("utf8");
@@ -257,7 +308,22 @@ mod tests {
         );
         assert_eq!(
             parse(&["--kernel", path, "--net", "fd=3"]).err(),
-            Some(ConfigError::NetUnsupported)
+            Some(ConfigError::Net {
+                spec: "fd=3".into(),
+                reason: "unknown --net key \"fd\" (expected tap-fd, tap, mac or mtu)".into()
+            })
+        );
+        assert_eq!(
+            parse(&[
+                "--kernel",
+                path,
+                "--net",
+                "tap-fd=5",
+                "--net",
+                "tap-fd=5,mtu=9000"
+            ])
+            .err(),
+            Some(ConfigError::DuplicateTapFd(5))
         );
         assert!(
             ConfigError::TooManyVcpus(300)

@@ -29,6 +29,15 @@ pub enum Error {
     /// PCI.
     #[error(transparent)]
     Pci(#[from] crate::devices::pci::PciError),
+    /// A `--net` NIC: opening its tap.
+    #[error(transparent)]
+    Net(#[from] crate::devices::virtio::net::NetConfigError),
+    /// A NIC's tap could not be configured.
+    #[error(transparent)]
+    Tap(#[from] crate::devices::virtio::net::tap::TapError),
+    /// A virtio device could not be put on the PCI bus.
+    #[error(transparent)]
+    VirtioPci(#[from] crate::devices::virtio::pci::VirtioPciError),
     /// Opening the serial output file.
     #[error("cannot open serial output file {path}")]
     SerialFile {

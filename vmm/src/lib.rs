@@ -3,7 +3,8 @@
 //! [`Vm::new`] builds a machine from a [`VmConfig`]: guest RAM, an in-kernel irqchip and
 //! PIT, the kernel loaded through linux-loader (bzImage 64-bit entry or ELF/PVH), ACPI
 //! tables, COM1, the i8042 reset line, the ACPI sleep/reset registers and a PCI host
-//! bridge (CF8/CFC and ECAM) ready for MSI-X devices. [`Vm::run`] starts one thread per
+//! bridge (CF8/CFC and ECAM) with one virtio-net-pci NIC per `--net` tap
+//! ([`Vm::add_virtio_device`] adds more). [`Vm::run`] starts one thread per
 //! vCPU and returns when the guest powers off or resets, the host stops it, or the guest
 //! does something the VMM cannot handle.
 
@@ -39,6 +40,9 @@ use devices::bus::Bus;
 use devices::i8042::{I8042, I8042_PORT_COUNT};
 use devices::pci::{PciBarWindow, PciBus, PciConfigIo, PciConfigMmio};
 use devices::serial::{SERIAL_PORT_COUNT, SerialDevice};
+use devices::virtio::VirtioDevice;
+use devices::virtio::net::Net;
+use devices::virtio::pci::VirtioPciDevice;
 use event_loop::ExitSignal;
 use kvm::{GuestMemory, IrqRouting, KvmIoEvents, Vcpu, VmFd};
 
@@ -113,6 +117,12 @@ impl Vm {
     /// Builds the machine described by `config` and loads the guest.
     pub fn new(config: VmConfig) -> Result<Vm, Error> {
         config.validate()?;
+        // Inherited tap fds first, before the VMM opens descriptors of its own.
+        let taps = config
+            .net
+            .iter()
+            .map(|spec| Ok((spec.config(), spec.open_tap()?)))
+            .collect::<Result<Vec<_>, Error>>()?;
         vcpu_kick_handler()?;
         let kvm = kvm::vm::open_kvm()?;
         kvm::vm::check_vcpu_count(&kvm, config.vcpus)?;
@@ -191,6 +201,12 @@ impl Vm {
             layout::PCI_MMIO32_SIZE,
         )?;
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+        for (net_config, tap) in taps {
+            let name = tap.name().to_owned();
+            let net = Net::with_tap(net_config, tap)?;
+            let addr = attach_virtio(&pci, &memory, &routing, Box::new(net))?;
+            tracing::info!(tap = %name, mac = %net_config.mac, pci = %addr, "virtio-net-pci NIC");
+        }
 
         // vCPUs: all get a CPU model; the boot vCPU gets the entry state, the others
         // wait for INIT/SIPI in the in-kernel LAPIC.
@@ -236,6 +252,15 @@ impl Vm {
     /// PCI bus 0, to add devices before [`Vm::run`].
     pub fn pci_bus(&self) -> Arc<Mutex<PciBus>> {
         self.pci.clone()
+    }
+
+    /// Puts `device` on PCI bus 0 behind the virtio-pci transport (MSI-X through this
+    /// VM's routing, queues in its guest memory). Call before [`Vm::run`].
+    pub fn add_virtio_device(
+        &self,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<devices::pci::PciAddress, Error> {
+        attach_virtio(&self.pci, &self.memory, &self.routing, device)
     }
 
     /// The VM's interrupt routing (MSI routes and irqfds for devices).
@@ -310,6 +335,19 @@ impl Vm {
         }
         Ok(outcome?)
     }
+}
+
+/// Wraps `device` in a [`VirtioPciDevice`] and adds it to `pci`.
+fn attach_virtio(
+    pci: &Mutex<PciBus>,
+    memory: &GuestMemory,
+    routing: &Arc<IrqRouting>,
+    device: Box<dyn VirtioDevice>,
+) -> Result<devices::pci::PciAddress, Error> {
+    let router: Arc<dyn devices::pci::MsiRouter> = routing.clone();
+    let device = VirtioPciDevice::new(device, Arc::new(memory.clone()), router)?;
+    let mut bus = pci.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(bus.add_device(Arc::new(Mutex::new(device)))?)
 }
 
 fn vcpu_kick_handler() -> Result<(), Error> {

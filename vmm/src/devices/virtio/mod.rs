@@ -1,14 +1,15 @@
 //! Virtio devices and the small interface a transport drives them through.
 //!
 //! The split follows Firecracker and Cloud Hypervisor: a device knows its type,
-//! features, config space and how to run its queues; the transport (virtio-pci with
-//! MSI-X, added with the VMM core) owns the common configuration registers, the
+//! features, config space and how to run its queues; the transport ([`pci`]: modern
+//! virtio-pci with MSI-X) owns the common configuration registers, the
 //! queue registers and the interrupt delivery. The transport hands the device its
 //! ready queues, their notification eventfds and an [`VirtioInterrupt`] on
 //! `DRIVER_OK`, and calls [`VirtioDevice::reset`] when the driver writes 0 to the
 //! device status.
 
 pub mod net;
+pub mod pci;
 
 use std::fmt::Debug;
 use std::io;

@@ -16,7 +16,7 @@ pub mod test_utils;
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -285,17 +285,11 @@ impl FromStr for NetSpec {
 }
 
 impl NetSpec {
-    /// Opens the tap this spec names. `Fd` takes ownership of an inherited fd,
-    /// which the caller must own and not use elsewhere.
-    pub fn open_tap(
-        &self,
-        inherited: impl FnOnce(RawFd) -> Option<OwnedFd>,
-    ) -> Result<Tap, NetConfigError> {
+    /// Opens the tap this spec names. `Fd` takes ownership of the inherited fd
+    /// (see [`Tap::from_inherited_fd`]): call it once per spec.
+    pub fn open_tap(&self) -> Result<Tap, NetConfigError> {
         match &self.tap {
-            TapSource::Fd(fd) => {
-                let owned = inherited(*fd).ok_or(NetConfigError::TapFd(fd.to_string()))?;
-                Tap::from_fd(owned).map_err(NetConfigError::Tap)
-            }
+            TapSource::Fd(fd) => Tap::from_inherited_fd(*fd).map_err(NetConfigError::Tap),
             TapSource::Name(name) => Tap::open_named(name).map_err(NetConfigError::Tap),
         }
     }

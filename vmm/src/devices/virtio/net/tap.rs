@@ -6,10 +6,12 @@
 //! guest headers pass to the kernel unchanged. This is the only file of the device
 //! that talks to the kernel through raw ioctls and `readv`/`writev`.
 
+use std::collections::BTreeSet;
 use std::ffi::c_void;
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
 
 use vm_memory::VolatileSlice;
 
@@ -81,6 +83,21 @@ pub enum TapError {
         /// The flags `TUNGETIFF` reported.
         flags: u16,
     },
+    /// `tap-fd` named stdin, stdout or stderr.
+    #[error("fd {0} is a standard stream, not an inherited tap")]
+    StdioFd(RawFd),
+    /// `tap-fd` named a descriptor that is not open.
+    #[error("fd {fd} is not open")]
+    NotOpen {
+        /// The descriptor number.
+        fd: RawFd,
+        /// The fcntl error.
+        #[source]
+        source: io::Error,
+    },
+    /// The same inherited descriptor was claimed twice.
+    #[error("fd {0} was already taken by another NIC")]
+    AlreadyTaken(RawFd),
     /// An ioctl on an attached tap failed.
     #[error("{op} on tap {name} failed")]
     Ioctl {
@@ -107,18 +124,7 @@ impl Tap {
     /// sets `O_NONBLOCK`.
     pub fn from_fd(fd: OwnedFd) -> Result<Tap, TapError> {
         let raw = fd.as_raw_fd();
-        let mut req = [0u8; IFREQ_LEN];
-        // SAFETY: TUNGETIFF writes at most a `struct ifreq` (40 bytes) into `req`,
-        // which is that large and lives across the call.
-        let rc = unsafe { libc::ioctl(raw, TUNGETIFF, req.as_mut_ptr()) };
-        if rc < 0 {
-            return Err(TapError::NotTun {
-                fd: raw,
-                source: io::Error::last_os_error(),
-            });
-        }
-        let name = ifreq_name(&req);
-        let flags = u16::from_ne_bytes([req[IFNAMSIZ], req[IFNAMSIZ + 1]]);
+        let (name, flags) = tun_iff(fd.as_fd())?;
         let needed = (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) as u16;
         if flags & needed != needed || flags & IFF_TUN as u16 != 0 {
             return Err(TapError::WrongMode {
@@ -133,6 +139,39 @@ impl Tap {
             source,
         })?;
         Ok(Tap { fd, name })
+    }
+
+    /// Takes ownership of descriptor `raw`, inherited from the parent process for this
+    /// NIC (`--net tap-fd=N`), after checking that it is open and attached to a tap.
+    ///
+    /// Only call it for descriptors nothing else in this process owns: the returned
+    /// [`Tap`] closes `raw` when dropped. Standard streams are refused, and each
+    /// descriptor can be taken only once per process.
+    pub fn from_inherited_fd(raw: RawFd) -> Result<Tap, TapError> {
+        static TAKEN: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
+        if raw <= libc::STDERR_FILENO {
+            return Err(TapError::StdioFd(raw));
+        }
+        let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+        if taken.contains(&raw) {
+            return Err(TapError::AlreadyTaken(raw));
+        }
+        // SAFETY: F_GETFD only queries the descriptor table; an unused number fails
+        // with EBADF.
+        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+            return Err(TapError::NotOpen {
+                fd: raw,
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: `raw` is open (checked above) and only borrowed for the ioctl.
+        tun_iff(unsafe { BorrowedFd::borrow_raw(raw) })?;
+        // SAFETY: `raw` is open and attached to a tun/tap; by this function's contract
+        // it was inherited for this NIC and nothing else owns it, and TAKEN makes sure
+        // no second OwnedFd is ever created for it.
+        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+        taken.insert(raw);
+        Tap::from_fd(owned)
     }
 
     /// Attaches to the tap `name` (creating a transient one if it does not exist;
@@ -234,6 +273,22 @@ impl AsFd for Tap {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// Name and flags of the tun/tap `fd` is attached to (`TUNGETIFF`).
+fn tun_iff(fd: BorrowedFd<'_>) -> Result<(String, u16), TapError> {
+    let mut req = [0u8; IFREQ_LEN];
+    // SAFETY: TUNGETIFF writes at most a `struct ifreq` (40 bytes) into `req`,
+    // which is that large and lives across the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF, req.as_mut_ptr()) };
+    if rc < 0 {
+        return Err(TapError::NotTun {
+            fd: fd.as_raw_fd(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    let flags = u16::from_ne_bytes([req[IFNAMSIZ], req[IFNAMSIZ + 1]]);
+    Ok((ifreq_name(&req), flags))
 }
 
 fn ifreq_name(req: &[u8; IFREQ_LEN]) -> String {
@@ -400,6 +455,45 @@ mod tests {
                 Err(TapError::WrongMode { name, .. }) => assert_eq!(name, "kvtun"),
                 other => panic!("expected WrongMode, got {other:?}"),
             }
+        })
+        .expect("run in ns");
+    }
+
+    #[test]
+    fn inherited_fds_are_checked_before_they_are_taken() {
+        assert!(matches!(
+            Tap::from_inherited_fd(1),
+            Err(TapError::StdioFd(1))
+        ));
+        // A number far above any open descriptor.
+        assert!(matches!(
+            Tap::from_inherited_fd(1 << 20),
+            Err(TapError::NotOpen { fd, .. }) if fd == 1 << 20
+        ));
+        // An open non-tap stays owned (and usable) by its owner.
+        let file = std::fs::File::open("/dev/null").expect("/dev/null");
+        assert!(matches!(
+            Tap::from_inherited_fd(file.as_raw_fd()),
+            Err(TapError::NotTun { .. })
+        ));
+        assert!(file.metadata().is_ok(), "the refused fd was not closed");
+        if !needs() {
+            return;
+        }
+        let ns = Netns::new("tap-inherit").expect("netns");
+        ns.sh("ip tuntap add dev kvt2 mode tap vnet_hdr")
+            .expect("tap");
+        ns.run(|| {
+            let tap = Tap::open_named("kvt2").expect("open");
+            // Hand over a duplicate the way a parent would, relinquishing it.
+            let raw = std::os::fd::IntoRawFd::into_raw_fd(tap.fd.try_clone().expect("dup"));
+            let taken = Tap::from_inherited_fd(raw).expect("inherited tap");
+            assert_eq!(taken.name(), "kvt2");
+            assert_eq!(taken.as_raw_fd(), raw);
+            assert!(matches!(
+                Tap::from_inherited_fd(raw),
+                Err(TapError::AlreadyTaken(fd)) if fd == raw
+            ));
         })
         .expect("run in ns");
     }
