@@ -34,20 +34,22 @@ fn assert_consistent(daemon: &Daemon, name: &str, bridge: &str, definition: &str
     assert_eq!(on_disk, definition);
 }
 
+/// Defines NAT network `n` on `address`/24 and returns its definition file's content.
+fn define_nat_network_n(daemon: &Daemon, address: &str) -> String {
+    let xml =
+        format!("<network><name>n</name><forward/><ip address='{address}' prefix='24'/></network>");
+    let path = xml_file(daemon.dirs.path(), "n.xml", &xml);
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    std::fs::read_to_string(daemon.config_dir().join("networks/n.xml")).expect("definition")
+}
+
 #[test]
 fn a_start_interrupted_after_its_intent_record_is_undone_on_restart() {
     if !require(DAEMON_NEEDS) {
         return;
     }
     let mut daemon = Daemon::start_with(no_default());
-    let path = xml_file(
-        daemon.dirs.path(),
-        "n.xml",
-        "<network><name>n</name><forward/><ip address='10.55.0.1' prefix='24'/></network>",
-    );
-    daemon.ok(&["net-define", path.to_str().expect("path")]);
-    let definition =
-        std::fs::read_to_string(daemon.config_dir().join("networks/n.xml")).expect("definition");
+    let definition = define_nat_network_n(&daemon, "10.55.0.1");
     daemon.ok(&["net-start", "n"]);
     daemon.kill9();
 
@@ -81,14 +83,7 @@ fn kill_9_at_random_points_of_starts_never_leaves_orphans() {
         return;
     }
     let mut daemon = Daemon::start_with(no_default());
-    let path = xml_file(
-        daemon.dirs.path(),
-        "n.xml",
-        "<network><name>n</name><forward/><ip address='10.56.0.1' prefix='24'/></network>",
-    );
-    daemon.ok(&["net-define", path.to_str().expect("path")]);
-    let definition =
-        std::fs::read_to_string(daemon.config_dir().join("networks/n.xml")).expect("definition");
+    let definition = define_nat_network_n(&daemon, "10.56.0.1");
     for round in 0..8u64 {
         // Spread the kills from before the request arrives to after the start completed.
         let mut start = std::process::Command::new(env!("CARGO_BIN_EXE_kvnet"))

@@ -61,8 +61,8 @@ pub async fn run(cli: &Cli) -> Result<String, Failure> {
     let client = Client::new(&cli.socket);
     let quiet = cli.quiet;
     match &cli.command {
-        Command::NetDefine(file) => net::define(&client, &file.get(), quiet).await,
-        Command::NetCreate(file) => net::create(&client, &file.get(), quiet).await,
+        Command::NetDefine(file) => net::from_file(&client, &file.get(), false, quiet).await,
+        Command::NetCreate(file) => net::from_file(&client, &file.get(), true, quiet).await,
         Command::NetUndefine(network) => net::undefine(&client, network.get(), quiet).await,
         Command::NetStart(network) => net::start(&client, network.get(), quiet).await,
         Command::NetDestroy(network) => net::destroy(&client, network.get(), quiet).await,

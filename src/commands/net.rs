@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Command as Process;
 
-use netd::api::client::Client;
+use netd::api::client::{self, Client};
 use netd::api::types::NetworkSummary;
 
 use super::Failure;
@@ -15,72 +15,68 @@ fn read_file(path: &Path) -> Result<String, Failure> {
         .map_err(|e| Failure::msg(format!("Failed to open file '{}': {e}", path.display())))
 }
 
-pub async fn define(client: &Client, file: &Path, quiet: bool) -> Result<String, Failure> {
+/// `net-define` (`transient` false) and `net-create` (`transient` true).
+pub async fn from_file(
+    client: &Client,
+    file: &Path,
+    transient: bool,
+    quiet: bool,
+) -> Result<String, Failure> {
     let xml = read_file(file)?;
-    let context = || format!("Failed to define network from {}", file.display());
-    let net = client
-        .define(&xml)
-        .await
-        .map_err(|e| Failure::call(context(), None, e))?;
-    Ok(output::message(
-        &format!("Network {} defined from {}", net.name, file.display()),
-        quiet,
-    ))
+    let (verb, done) = if transient {
+        ("create", "created")
+    } else {
+        ("define", "defined")
+    };
+    let result = if transient {
+        client.create(&xml).await
+    } else {
+        client.define(&xml).await
+    };
+    let context = format!("Failed to {verb} network from {}", file.display());
+    let net = result.map_err(|e| Failure::call(context, None, e))?;
+    let line = format!("Network {} {done} from {}", net.name, file.display());
+    Ok(output::message(&line, quiet))
 }
 
-pub async fn create(client: &Client, file: &Path, quiet: bool) -> Result<String, Failure> {
-    let xml = read_file(file)?;
-    let context = || format!("Failed to create network from {}", file.display());
-    let net = client
-        .create(&xml)
+/// A verb that changes one network, in virsh's shape: `context` heads the error lines,
+/// and the success line is `Network NAME <done>`.
+async fn change(
+    network: &str,
+    context: String,
+    call: impl Future<Output = Result<NetworkSummary, client::Error>>,
+    done: &str,
+    quiet: bool,
+) -> Result<String, Failure> {
+    let net = call
         .await
-        .map_err(|e| Failure::call(context(), None, e))?;
+        .map_err(|e| Failure::call(context, Some(network), e))?;
     Ok(output::message(
-        &format!("Network {} created from {}", net.name, file.display()),
+        &format!("Network {} {done}", net.name),
         quiet,
     ))
 }
 
 pub async fn undefine(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
-    let net = client.undefine(network).await.map_err(|e| {
-        Failure::call(
-            format!("Failed to undefine network {network}"),
-            Some(network),
-            e,
-        )
-    })?;
-    Ok(output::message(
-        &format!("Network {} has been undefined", net.name),
+    let context = format!("Failed to undefine network {network}");
+    change(
+        network,
+        context,
+        client.undefine(network),
+        "has been undefined",
         quiet,
-    ))
+    )
+    .await
 }
 
 pub async fn start(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
-    let net = client.start(network).await.map_err(|e| {
-        Failure::call(
-            format!("Failed to start network {network}"),
-            Some(network),
-            e,
-        )
-    })?;
-    Ok(output::message(
-        &format!("Network {} started", net.name),
-        quiet,
-    ))
+    let context = format!("Failed to start network {network}");
+    change(network, context, client.start(network), "started", quiet).await
 }
 
 pub async fn destroy(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
-    let net = client.stop(network).await.map_err(|e| {
-        Failure::call(
-            format!("Failed to destroy network {network}"),
-            Some(network),
-            e,
-        )
-    })?;
-    Ok(output::message(
-        &format!("Network {} destroyed", net.name),
-        quiet,
-    ))
+    let context = format!("Failed to destroy network {network}");
+    change(network, context, client.stop(network), "destroyed", quiet).await
 }
 
 pub async fn autostart(
@@ -89,20 +85,20 @@ pub async fn autostart(
     enable: bool,
     quiet: bool,
 ) -> Result<String, Failure> {
-    let context = if enable {
-        format!("failed to mark network {network} as autostarted")
+    let (verb, done) = if enable {
+        ("mark", "marked as autostarted")
     } else {
-        format!("failed to unmark network {network} as autostarted")
+        ("unmark", "unmarked as autostarted")
     };
-    let net = client
-        .set_autostart(network, enable)
-        .await
-        .map_err(|e| Failure::call(context, Some(network), e))?;
-    let verb = if enable { "marked" } else { "unmarked" };
-    Ok(output::message(
-        &format!("Network {} {verb} as autostarted", net.name),
+    let context = format!("failed to {verb} network {network} as autostarted");
+    change(
+        network,
+        context,
+        client.set_autostart(network, enable),
+        done,
         quiet,
-    ))
+    )
+    .await
 }
 
 /// Whether a network passes `net-list`'s filters (default: active only). Each pair of
