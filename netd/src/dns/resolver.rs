@@ -409,8 +409,7 @@ mod tests {
     }
 
     fn query(name: &str, rtype: RecordType, edns: bool) -> Vec<u8> {
-        let mut message = Message::query();
-        message.metadata.id = 0x1234;
+        let mut message = Message::new(0x1234, MessageType::Query, OpCode::Query);
         message.metadata.recursion_desired = true;
         message.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
         if edns {
