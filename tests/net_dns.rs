@@ -104,7 +104,13 @@ fn guests_resolve_leased_and_static_names_through_the_bridge() {
         .expect("guest port back on the new bridge");
     common::wait_for_forwarding(&daemon, "vg0");
     // The new bridge has a new MAC: forget the old one.
-    guest.sh("ip neigh flush dev eth0").expect("flush neighbours");
+    guest
+        .sh("ip neigh flush dev eth0")
+        .expect("flush neighbours");
     let sockets = daemon.ns.sh("ss -lnup; ss -lntp").unwrap_or_default();
-    assert_eq!(dig_short(&guest, "static1.example.test"), "192.168.122.50", "{sockets}");
+    assert_eq!(
+        dig_short(&guest, "static1.example.test"),
+        "192.168.122.50",
+        "{sockets}"
+    );
 }

@@ -349,3 +349,60 @@ fn garbage_packets_leave_the_server_serving() {
         );
     });
 }
+
+#[test]
+fn stopping_closes_tcp_clients_and_frees_port_53() {
+    if !needs() {
+        return;
+    }
+    let lab = Lab::new("dnss");
+    let server: SocketAddr = format!("{SERVER_IP}:53").parse().expect("addr");
+    lab.server
+        .run(|| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let start = || {
+                let _enter = runtime.enter();
+                DnsServer::start(config(), Some(leases())).expect("start the DNS server")
+            };
+            let dns = start();
+            let mut idle = lab
+                .client
+                .run(|| TcpStream::connect(server).expect("tcp connect"))
+                .expect("connect from the client namespace");
+            // One answered query proves the server took the connection.
+            let mut query = vec![0, 0, 0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+            for label in ["static1", "example", "test"] {
+                query.push(label.len() as u8);
+                query.extend_from_slice(label.as_bytes());
+            }
+            query.extend_from_slice(&[0, 0, 1, 0, 1]);
+            let len = (query.len() - 2) as u16;
+            query[..2].copy_from_slice(&len.to_be_bytes());
+            idle.write_all(&query).expect("send query");
+            let mut reply_len = [0u8; 2];
+            idle.read_exact(&mut reply_len).expect("reply length");
+            let mut reply = vec![0u8; usize::from(u16::from_be_bytes(reply_len))];
+            idle.read_exact(&mut reply).expect("reply");
+            assert_eq!(reply[..2], [0xbe, 0xef]);
+            assert_eq!(reply[reply.len() - 4..], [192, 168, 88, 50]);
+            runtime.block_on(dns.stop());
+            // The runtime lives on, as in the daemon: the open connection must end with
+            // the server, not after its idle timeout.
+            idle.set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            let mut rest = Vec::new();
+            assert_eq!(idle.read_to_end(&mut rest).expect("EOF, not a timeout"), 0);
+            // And port 53 is free for the next start.
+            let dns = start();
+            assert_eq!(
+                lab.dig_short(&format!("+tcp @{SERVER_IP} static1.example.test")),
+                ["192.168.88.50"]
+            );
+            runtime.block_on(dns.stop());
+        })
+        .expect("scenario in the server namespace");
+}

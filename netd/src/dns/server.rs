@@ -21,8 +21,8 @@ use nix::sys::socket::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{Semaphore, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::resolver::{Outcome, Resolver, Transport};
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
@@ -188,7 +188,8 @@ async fn serve(
     tcp: Vec<TcpListener>,
     mut shutdown: oneshot::Receiver<()>,
 ) {
-    let tcp_slots = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
+    // Owned here, so the connections end with the task.
+    let mut connections = JoinSet::new();
     let mut state = Serve {
         resolver,
         udp,
@@ -202,7 +203,9 @@ async fn serve(
     loop {
         let event = tokio::select! {
             _ = &mut shutdown => break,
-            _ = sweep.tick() => {
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            // Idle networks (most of a thousand) never wake for the sweep.
+            _ = sweep.tick(), if !state.pending.is_empty() => {
                 state.pending.retain(|_, p| p.sent.elapsed() < FORWARD_TIMEOUT);
                 continue;
             }
@@ -211,18 +214,13 @@ async fn serve(
         match event {
             Event::Query { socket, len, from } => state.query(socket, &mut buf[..len], from).await,
             Event::Upstream { len, from } => state.upstream_reply(&mut buf[..len], from).await,
-            Event::Accept(stream) => match Arc::clone(&tcp_slots).try_acquire_owned() {
-                Ok(slot) => {
-                    let resolver = Arc::clone(&state.resolver);
-                    tokio::spawn(async move {
-                        serve_tcp(stream, &resolver).await;
-                        drop(slot);
-                    });
-                }
-                Err(_) => {
-                    tracing::debug!(network = %state.resolver.network(), "too many DNS TCP clients; connection closed")
-                }
-            },
+            Event::Accept(stream) if connections.len() < MAX_TCP_CLIENTS => {
+                let resolver = Arc::clone(&state.resolver);
+                connections.spawn(async move { serve_tcp(stream, &resolver).await });
+            }
+            Event::Accept(_) => {
+                tracing::debug!(network = %state.resolver.network(), "too many DNS TCP clients; connection closed");
+            }
             Event::Failed(e) => {
                 tracing::debug!(network = %state.resolver.network(), error = %e, "DNS socket error");
             }
