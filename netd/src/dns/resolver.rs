@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Header, MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_proto::serialize::binary::{
+    BinDecodable, BinDecoder, BinEncodable, BinEncoder, NameEncoding,
+};
 
 use super::zone::{Found, Zone, fqdn};
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
@@ -256,7 +258,7 @@ impl Resolver {
 
     /// Whether a name we do not know must get NXDOMAIN rather than be forwarded.
     fn is_local(&self, name: &Name) -> bool {
-        (!self.forward_plain_names && name.num_labels() <= 1)
+        (!self.forward_plain_names && name.num_labels() == 1)
             || self.local_domains.iter().any(|domain| domain.zone_of(name))
     }
 
@@ -300,6 +302,9 @@ fn begin_response(metadata: Metadata, question: Option<&Query>, out: &mut Vec<u8
         },
     };
     let mut encoder = BinEncoder::new(out);
+    // The question is the only name written: compression would find nothing to point
+    // to, and its bookkeeping allocates a copy of every label.
+    encoder.set_name_encoding(NameEncoding::Uncompressed);
     if header.emit(&mut encoder).is_err() {
         return false;
     }
