@@ -114,3 +114,47 @@ fn guests_resolve_leased_and_static_names_through_the_bridge() {
         "{sockets}"
     );
 }
+
+#[test]
+fn a_taken_dns_port_rolls_the_start_back() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+    };
+    let daemon = Daemon::start_with(DaemonOptions {
+        no_default_network: true,
+        ..DaemonOptions::default()
+    });
+    // Someone else holds 192.168.122.1:53/udp (IP_FREEBIND: the address does not exist
+    // yet; no SO_REUSEADDR, so our bind must fail).
+    let _blocker = daemon
+        .ns
+        .run(|| {
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Datagram,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .expect("socket");
+            setsockopt(&fd, sockopt::IpFreebind, &true).expect("IP_FREEBIND");
+            bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                &SockaddrIn::new(192, 168, 122, 1, 53),
+            )
+            .expect("bind 192.168.122.1:53");
+            fd
+        })
+        .expect("blocker in the daemon namespace");
+    let xml = daemon.dirs.path().join("dnsnet.xml");
+    std::fs::write(&xml, NETWORK_XML).expect("write xml");
+    let error = daemon.fails(&["net-create", xml.to_str().expect("utf-8 path")]);
+    assert!(error.contains("starting the DNS server"), "{error}");
+    assert!(error.contains("192.168.122.1"), "{error}");
+    // All or nothing: no bridge, no rules, no network left behind.
+    assert!(!daemon.bridges().contains(&"virbr0".to_owned()));
+    assert!(!daemon.ruleset().contains("virbr0"), "{}", daemon.ruleset());
+    assert_eq!(daemon.ok(&["-q", "net-list", "--all"]).trim(), "");
+}
