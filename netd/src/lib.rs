@@ -7,6 +7,7 @@
 pub mod api;
 mod daemon;
 pub mod dhcp;
+pub mod dns;
 pub mod firewall;
 pub mod link;
 pub mod manager;

@@ -6,7 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use tokio::sync::Mutex;
@@ -15,6 +16,7 @@ use tracing::{info, instrument, warn};
 use crate::api::types::{Lease, NetworkSummary};
 use crate::api::{ApiError, ErrorKind};
 use crate::dhcp::{self, DhcpConfig, DhcpHostConfig, DhcpServer};
+use crate::dns::{self, DnsConfig, DnsServer};
 use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
 use crate::link::{self, BridgeSpec, Link, sysctl};
 use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
@@ -127,6 +129,8 @@ struct Network {
     autostart: bool,
     /// The network's DHCP server, while it is active and has `<dhcp>`.
     dhcp: Option<DhcpServer>,
+    /// The network's DNS server, while it is active with DNS enabled.
+    dns: Option<DnsServer>,
 }
 
 impl Network {
@@ -137,16 +141,18 @@ impl Network {
             live: None,
             autostart,
             dhcp: None,
+            dns: None,
         }
     }
 
     /// A running network without a definition on disk.
-    fn transient(def: NetworkDef, dhcp: Option<DhcpServer>) -> Network {
+    fn transient(def: NetworkDef, (dhcp, dns): Servers) -> Network {
         Network {
             config: None,
             live: Some(def),
             autostart: false,
             dhcp,
+            dns,
         }
     }
 
@@ -177,6 +183,12 @@ pub struct Manager {
     link: Link,
     firewall: Box<dyn Firewall>,
 }
+
+/// The DHCP and DNS servers of a running network.
+type Servers = (Option<DhcpServer>, Option<DnsServer>);
+
+/// Where the host's resolvers are listed: the default upstreams of DNS forwarding.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// One kernel change made by a start, and how to take it back.
 #[derive(Debug)]
@@ -278,10 +290,17 @@ impl Manager {
                 warn!(network = %name, "DHCP server not restarted: {}", error_chain(&e));
                 None
             });
+            let dns = self
+                .start_dns(&def, dhcp.as_ref(), &networks)
+                .unwrap_or_else(|e| {
+                    warn!(network = %name, "DNS server not restarted: {}", error_chain(&e));
+                    None
+                });
             match networks.get_mut(&name) {
                 Some(network) => {
                     network.live = Some(def);
                     network.dhcp = dhcp;
+                    network.dns = dns;
                 }
                 None => {
                     if status.persistent {
@@ -295,7 +314,7 @@ impl Manager {
                             },
                         )?;
                     }
-                    networks.insert(name, Network::transient(def, dhcp));
+                    networks.insert(name, Network::transient(def, (dhcp, dns)));
                 }
             }
         }
@@ -444,9 +463,9 @@ impl Manager {
         let mut networks = self.networks.lock().await;
         self.check_identity(&networks, &mut def, false)?;
         self.complete_and_check_bridge(&networks, &mut def).await?;
-        let dhcp = self.bring_up(&networks, &def, false).await?;
+        let servers = self.bring_up(&networks, &def, false).await?;
         let name = def.name.clone();
-        networks.insert(name.clone(), Network::transient(def, dhcp));
+        networks.insert(name.clone(), Network::transient(def, servers));
         summary_of(&networks, &name)
     }
 
@@ -563,22 +582,23 @@ impl Manager {
             .config
             .clone()
             .ok_or_else(|| Error::OperationInvalid("network has no definition".into()))?;
-        let dhcp = self.bring_up(&networks, &def, true).await?;
+        let (dhcp, dns) = self.bring_up(&networks, &def, true).await?;
         if let Some(network) = networks.get_mut(&name) {
             network.live = Some(def);
             network.dhcp = dhcp;
+            network.dns = dns;
         }
         summary_of(&networks, &name)
     }
 
     /// Checks `def` against the host and the other networks, then creates its kernel
-    /// objects and starts its DHCP server, all or nothing.
+    /// objects and starts its DHCP and DNS servers, all or nothing.
     async fn bring_up(
         &self,
         networks: &BTreeMap<String, Network>,
         def: &NetworkDef,
         persistent: bool,
-    ) -> Result<Option<DhcpServer>, Error> {
+    ) -> Result<Servers, Error> {
         let bridge = def
             .bridge_name()
             .ok_or_else(|| {
@@ -601,19 +621,24 @@ impl Manager {
         let result = async {
             self.apply_kernel_state(def, &bridge, &mut undo).await?;
             let dhcp = self.start_dhcp(def)?;
-            if let Err(e) = self.store.save_status(&def.name, &status(Phase::Active)) {
-                if let Some(server) = dhcp {
-                    server.stop().await;
+            let dns = match self.start_dns(def, dhcp.as_ref(), networks) {
+                Ok(dns) => dns,
+                Err(e) => {
+                    stop_servers((dhcp, None)).await;
+                    return Err(e);
                 }
+            };
+            if let Err(e) = self.store.save_status(&def.name, &status(Phase::Active)) {
+                stop_servers((dhcp, dns)).await;
                 return Err(failed_step(def, "recording the network as active", e));
             }
-            Ok(dhcp)
+            Ok((dhcp, dns))
         }
         .await;
         match result {
-            Ok(dhcp) => {
+            Ok(servers) => {
                 info!(network = %def.name, bridge = %bridge, "started");
-                Ok(dhcp)
+                Ok(servers)
             }
             Err(e) => {
                 self.roll_back(undo).await;
@@ -633,6 +658,31 @@ impl Manager {
         DhcpServer::start(config, self.store.lease_path(&def.name))
             .map(Some)
             .map_err(|e| failed_step(def, "starting the DHCP server", e))
+    }
+
+    /// Starts the DNS server of a network with DNS enabled; it resolves the hostnames
+    /// of `dhcp`'s leases. `networks` are the others, whose addresses are never upstreams.
+    fn start_dns(
+        &self,
+        def: &NetworkDef,
+        dhcp: Option<&DhcpServer>,
+        networks: &BTreeMap<String, Network>,
+    ) -> Result<Option<DnsServer>, Error> {
+        let Some(config) = dns_config(def, networks) else {
+            return Ok(None);
+        };
+        let leases = dhcp.map(|server| {
+            let read = server.lease_reader();
+            Arc::new(move || {
+                read()
+                    .into_iter()
+                    .filter_map(|lease| Some((lease.ip, lease.hostname?)))
+                    .collect()
+            }) as dns::LeaseSource
+        });
+        DnsServer::start(config, leases)
+            .map(Some)
+            .map_err(|e| failed_step(def, "starting the DNS server", e))
     }
 
     async fn check_collisions(
@@ -778,11 +828,8 @@ impl Manager {
             return Err(Error::OperationInvalid("network is not active".into()));
         };
         let mut summary = summary_of(&networks, &name)?;
-        if let Some(server) = networks
-            .get_mut(&name)
-            .and_then(|network| network.dhcp.take())
-        {
-            server.stop().await;
+        if let Some(network) = networks.get_mut(&name) {
+            stop_servers((network.dhcp.take(), network.dns.take())).await;
         }
         self.tear_down(&def).await?;
         self.store.delete_status(&name)?;
@@ -1054,6 +1101,47 @@ fn lease_duration(lease: Option<&xml::Lease>) -> Option<std::time::Duration> {
     lease.map(|lease| std::time::Duration::from_secs(lease.seconds().unwrap_or(0)))
 }
 
+/// Stops a network's servers, DNS first (it reads the DHCP leases).
+async fn stop_servers((dhcp, dns): Servers) {
+    if let Some(server) = dns {
+        server.stop().await;
+    }
+    if let Some(server) = dhcp {
+        server.stop().await;
+    }
+}
+
+/// What the DNS server serves and where it listens; `None` when DNS is disabled.
+/// Addresses of the active `networks` and of this one are never used as upstreams: a
+/// host whose resolv.conf names a kvnet bridge would otherwise forward to itself.
+fn dns_config(def: &NetworkDef, networks: &BTreeMap<String, Network>) -> Option<DnsConfig> {
+    if !def.is_dns_enabled() {
+        return None;
+    }
+    let own: Vec<std::net::IpAddr> = networks
+        .values()
+        .filter_map(|network| network.live.as_ref())
+        .chain([def])
+        .flat_map(|def| def.ips.iter().map(|ip| ip.address))
+        .collect();
+    let default_upstreams = dns::host_resolvers(Path::new(RESOLV_CONF))
+        .into_iter()
+        .filter(|addr| !own.contains(addr))
+        .collect();
+    Some(DnsConfig {
+        network: def.name.clone(),
+        listen: bridge_addresses(def).map(|(address, _)| address).collect(),
+        domain: def.domain.as_ref().map(|domain| domain.name.clone()),
+        local_only: def.domain.as_ref().and_then(|domain| domain.local_only) == Some(true),
+        forward_plain_names: def.dns.forward_plain_names != Some(false),
+        hosts: def.dns.hosts.clone(),
+        srvs: def.dns.srvs.clone(),
+        txts: def.dns.txts.clone(),
+        forwarders: def.dns.forwarders.clone(),
+        default_upstreams,
+    })
+}
+
 /// What the DHCP server serves, from the IPv4 `<ip>` with `<dhcp>` (libvirt allows only
 /// one). `None` when the network hands out no addresses.
 fn dhcp_config(def: &NetworkDef) -> Option<DhcpConfig> {
@@ -1086,9 +1174,7 @@ fn dhcp_config(def: &NetworkDef) -> Option<DhcpConfig> {
         hosts: hosts.collect(),
         // libvirt gives isolated networks no default route (dnsmasq's `dhcp-option=3`).
         router: (def.forward_mode() != ForwardMode::Isolated).then_some(server_ip),
-        // kvnetd does not answer DNS yet; announcing the bridge as the resolver would
-        // give guests one that never replies.
-        dns_server: None,
+        dns_server: def.is_dns_enabled().then_some(server_ip),
         domain: def.domain.as_ref().map(|domain| domain.name.clone()),
         mtu: def.mtu.and_then(|mtu| u16::try_from(mtu).ok()),
         default_lease: dhcp::DEFAULT_LEASE,

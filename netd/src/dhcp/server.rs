@@ -96,6 +96,13 @@ impl DhcpServer {
         lock(&self.engine).leases(unix_now())
     }
 
+    /// Reads this server's bound, unexpired leases from elsewhere (the network's DNS
+    /// server resolves their hostnames).
+    pub fn lease_reader(&self) -> impl Fn() -> Vec<LeaseInfo> + Send + Sync + 'static {
+        let engine = Arc::clone(&self.engine);
+        move || lock(&engine).leases(unix_now())
+    }
+
     /// Stops the task after the batch in progress and its commit.
     pub async fn stop(mut self) {
         if let Some(shutdown) = self.shutdown.take() {

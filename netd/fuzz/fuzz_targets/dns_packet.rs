@@ -1,0 +1,74 @@
+//! `cargo +nightly fuzz run dns_packet`: raw bytes through the DNS server's decode and
+//! answer path (the same `Resolver::answer` the UDP and TCP paths call).
+//!
+//! The first input byte picks the transport (even: UDP, odd: TCP); the rest is the
+//! query. Oracles besides "no panic": every reply decodes again with hickory-proto,
+//! carries the query's ID, and a UDP reply fits the largest UDP payload we send.
+#![no_main]
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, OnceLock};
+
+use hickory_proto::op::Message;
+use libfuzzer_sys::fuzz_target;
+use netd::dns::resolver::{MAX_UDP_PAYLOAD, Transport};
+use netd::dns::{DnsConfig, Outcome, Resolver};
+use netd::xml::{DnsForwarder, DnsHost, DnsSrv, DnsTxt};
+
+fn resolver() -> &'static Resolver {
+    static RESOLVER: OnceLock<Resolver> = OnceLock::new();
+    RESOLVER.get_or_init(|| {
+        let config = DnsConfig {
+            network: "fuzz".into(),
+            listen: Vec::new(),
+            domain: Some("fuzz.test".into()),
+            local_only: true,
+            forward_plain_names: false,
+            hosts: vec![DnsHost {
+                ip: "192.168.77.50".parse().expect("invariant: literal address"),
+                hostnames: vec!["fixed".into(), "other.name.test".into()],
+            }],
+            srvs: vec![DnsSrv {
+                service: "ldap".into(),
+                protocol: "tcp".into(),
+                domain: Some("fuzz.test".into()),
+                target: Some("fixed.fuzz.test".into()),
+                port: Some(389),
+                priority: Some(1),
+                weight: Some(1),
+            }],
+            txts: vec![DnsTxt {
+                name: "info.fuzz.test".into(),
+                value: "x".repeat(600),
+            }],
+            forwarders: vec![DnsForwarder {
+                addr: Some("10.0.0.2".parse().expect("invariant: literal address")),
+                domain: Some("corp.test".into()),
+            }],
+            default_upstreams: vec!["10.0.0.53".parse().expect("invariant: literal address")],
+        };
+        let leases = Arc::new(|| {
+            (0..40u8)
+                .map(|i| (Ipv4Addr::new(192, 168, 77, 100 + i), format!("guest{i}")))
+                .collect()
+        });
+        Resolver::new(&config, Some(leases)).expect("invariant: valid fuzz config")
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, query)) = data.split_first() else {
+        return;
+    };
+    let transport = if mode % 2 == 0 { Transport::Udp } else { Transport::Tcp };
+    let mut out = Vec::new();
+    if resolver().answer(query, transport, &mut out) == Outcome::Reply {
+        let reply = Message::from_vec(&out).expect("a reply decodes");
+        assert_eq!(reply.metadata.id, u16::from_be_bytes([query[0], query[1]]));
+        if transport == Transport::Udp {
+            assert!(out.len() <= usize::from(MAX_UDP_PAYLOAD));
+        }
+    } else {
+        assert!(out.is_empty());
+    }
+});

@@ -1,0 +1,137 @@
+//! DNS server: one small tokio task per network, listening on the bridge's addresses.
+//!
+//! The layers, from pure to I/O:
+//! - [`zone`]: the names the network answers for itself (`<dns><host>`, `<srv>`, `<txt>`
+//!   and the hostnames of DHCP leases), as ready-to-send wire records;
+//! - [`resolver`]: one query in, one decision out: a local answer written into a buffer,
+//!   a forward to an upstream server, or nothing. No sockets: tests and the fuzz target
+//!   drive it;
+//! - [`server`]: the UDP sockets and TCP listeners on port 53, the table of queries
+//!   forwarded upstream, and the [`DnsServer`] handle the manager keeps.
+//!
+//! What it answers follows libvirt's dnsmasq configuration: names are served with TTL 0
+//! (dnsmasq's `local-ttl` default), plain hostnames are also qualified with the
+//! network's `<domain>` (`expand-hosts`), `localOnly='yes'` and `<forwarder domain=>`
+//! without `addr` keep a domain local (`local=/domain/`), and `forwardPlainNames='no'`
+//! keeps single-label names local (`domain-needed`). Without `<forwarder addr=>` entries
+//! queries go to the host's resolvers from `/etc/resolv.conf`.
+
+pub mod resolver;
+pub mod server;
+pub mod zone;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+
+pub use resolver::{Outcome, Resolver};
+pub use server::DnsServer;
+
+use crate::xml::{DnsForwarder, DnsHost, DnsSrv, DnsTxt};
+
+/// The DNS port.
+pub const DNS_PORT: u16 = 53;
+
+/// Reads the current DHCP leases of the network as `(address, hostname)` pairs.
+pub type LeaseSource = Arc<dyn Fn() -> Vec<(Ipv4Addr, String)> + Send + Sync>;
+
+/// What the DNS server of one network serves; built by the manager from the network XML.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Network name, for logs.
+    pub network: String,
+    /// The bridge's addresses; the server listens on port 53 of each.
+    pub listen: Vec<IpAddr>,
+    /// `<domain name=>`: hostnames are also answered qualified with it.
+    pub domain: Option<String>,
+    /// `<domain localOnly='yes'>`: names in the domain are never forwarded.
+    pub local_only: bool,
+    /// `forwardPlainNames` (default yes): whether single-label names go upstream.
+    pub forward_plain_names: bool,
+    /// `<dns><host>` entries.
+    pub hosts: Vec<DnsHost>,
+    /// `<dns><srv>` entries.
+    pub srvs: Vec<DnsSrv>,
+    /// `<dns><txt>` entries.
+    pub txts: Vec<DnsTxt>,
+    /// `<dns><forwarder>` entries, in document order.
+    pub forwarders: Vec<DnsForwarder>,
+    /// Servers for names no forwarder routes: used only when no `<forwarder addr=>`
+    /// without `domain` exists (the host's resolvers, minus our own bridge addresses).
+    pub default_upstreams: Vec<IpAddr>,
+}
+
+/// Errors of the DNS server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A socket on port 53 could not be set up.
+    #[error("network {network}: cannot listen for DNS on {address} ({protocol}): {step}")]
+    Socket {
+        /// The network.
+        network: String,
+        /// The bridge address.
+        address: IpAddr,
+        /// "udp" or "tcp".
+        protocol: &'static str,
+        /// What failed.
+        step: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A configured name, address or record is not valid DNS.
+    #[error("network {network}: invalid DNS {what} '{value}'")]
+    Record {
+        /// The network.
+        network: String,
+        /// The kind of entry ("hostname", "srv", "txt", "domain").
+        what: &'static str,
+        /// The offending value.
+        value: String,
+    },
+    /// [`DnsServer::start`] was called outside a tokio runtime.
+    #[error("network {network}: the DNS server must be started inside a tokio runtime")]
+    NoRuntime {
+        /// The network.
+        network: String,
+    },
+}
+
+/// The `nameserver` addresses of a resolv.conf; an unreadable file gives none.
+pub fn host_resolvers(path: &Path) -> Vec<IpAddr> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_resolv_conf(&text),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "no host resolvers to forward DNS to");
+            Vec::new()
+        }
+    }
+}
+
+fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next()? == "nameserver").then_some(())?;
+            // A scoped IPv6 address (`fe80::1%eth0`) cannot be used from another link.
+            words.next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_nameservers_in_order() {
+        let text = "# comment\nsearch example.org\nnameserver 10.0.0.53\n nameserver  ::1 \nnameserver fe80::1%eth0\nnameserver bogus\noptions edns0\n";
+        assert_eq!(
+            parse_resolv_conf(text),
+            vec![
+                "10.0.0.53".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! The names a network answers for itself, stored as wire records ready to append to a
+//! response, so answering copies bytes instead of building records.
+//!
+//! Every stored record's owner is a compression pointer to offset 12, where the
+//! response's (single) question name starts; its TTL is 0, as dnsmasq serves local names.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV, TXT};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
+
+use super::{DnsConfig, Error};
+
+/// Pointer to the question name, the owner of every answer record.
+const OWNER_POINTER: [u8; 2] = [0xc0, 0x0c];
+/// TTL of local records: zero, so a renamed or moved guest is seen at once.
+const LOCAL_TTL: u32 = 0;
+
+/// The records of one name and type.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct RrSet {
+    count: u16,
+    wire: Vec<u8>,
+}
+
+/// Names with their record sets, plus reverse (PTR) names.
+#[derive(Clone, Debug, Default)]
+pub struct Zone {
+    names: HashMap<Name, Vec<(RecordType, RrSet)>>,
+}
+
+/// What the zone knows about a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// The name is not in the zone.
+    NoName,
+    /// The name exists; this many records of the asked type were appended (0: none of
+    /// that type).
+    Records(u16),
+}
+
+impl Zone {
+    /// The static part of a network's zone: `<dns><host>`, `<srv>` and `<txt>`.
+    pub fn from_config(config: &DnsConfig) -> Result<Zone, Error> {
+        let invalid = |what: &'static str, value: &str| Error::Record {
+            network: config.network.clone(),
+            what,
+            value: value.to_owned(),
+        };
+        let domain = match &config.domain {
+            Some(domain) => Some(fqdn(domain).ok_or_else(|| invalid("domain", domain))?),
+            None => None,
+        };
+        let mut zone = Zone::default();
+        for host in &config.hosts {
+            let mut names = Vec::new();
+            for hostname in &host.hostnames {
+                names.extend(
+                    qualified(hostname, domain.as_ref())
+                        .ok_or_else(|| invalid("hostname", hostname))?,
+                );
+            }
+            zone.add_address(&names, host.ip);
+        }
+        for srv in &config.srvs {
+            let mut owner = format!("_{}._{}", srv.service, srv.protocol);
+            if let Some(domain) = &srv.domain {
+                owner = format!("{owner}.{domain}");
+            }
+            let owner_name = fqdn(&owner).ok_or_else(|| invalid("srv", &owner))?;
+            let target = srv.target.as_deref().unwrap_or(".");
+            let target_name = fqdn(target).ok_or_else(|| invalid("srv", target))?;
+            let rdata = RData::SRV(SRV::new(
+                srv.priority.unwrap_or(0),
+                srv.weight.unwrap_or(0),
+                srv.port.unwrap_or(0),
+                target_name,
+            ));
+            zone.add(owner_name, &rdata);
+        }
+        for txt in &config.txts {
+            let name = fqdn(&txt.name).ok_or_else(|| invalid("txt", &txt.name))?;
+            // A character-string holds at most 255 bytes; longer text is split, as dnsmasq does.
+            let strings = txt
+                .value
+                .as_bytes()
+                .chunks(255)
+                .map(|chunk| String::from_utf8_lossy(chunk).into_owned())
+                .collect();
+            zone.add(name, &RData::TXT(TXT::new(strings)));
+        }
+        Ok(zone)
+    }
+
+    /// The dynamic part: one name per leased hostname, qualified with `domain`.
+    /// Hostnames that are not valid DNS names are skipped.
+    pub fn from_leases(leases: &[(Ipv4Addr, String)], domain: Option<&Name>) -> Zone {
+        let mut zone = Zone::default();
+        for (ip, hostname) in leases {
+            if let Some(names) = qualified(hostname, domain) {
+                zone.add_address(&names, IpAddr::V4(*ip));
+            }
+        }
+        zone
+    }
+
+    /// Whether the zone holds no names.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Appends to `out` the records of `name` matching `qtype` (all of them for `ANY`).
+    pub fn append_answers(&self, name: &Name, qtype: RecordType, out: &mut Vec<u8>) -> Found {
+        let Some(sets) = self.names.get(name) else {
+            return Found::NoName;
+        };
+        let mut count = 0u16;
+        for (rtype, set) in sets {
+            if *rtype == qtype || qtype == RecordType::ANY {
+                out.extend_from_slice(&set.wire);
+                count = count.saturating_add(set.count);
+            }
+        }
+        Found::Records(count)
+    }
+
+    /// `names` resolve to `ip`; the address's reverse name points to the first of them.
+    fn add_address(&mut self, names: &[Name], ip: IpAddr) {
+        let rdata = match ip {
+            IpAddr::V4(v4) => RData::A(A(v4)),
+            IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+        };
+        for name in names {
+            self.add(name.clone(), &rdata);
+        }
+        if let Some(first) = names.first() {
+            let reverse = Name::from(ip);
+            // One PTR per address: the first name given for it wins, as in dnsmasq.
+            if !self.names.contains_key(&reverse) {
+                self.add(reverse, &RData::PTR(PTR(first.clone())));
+            }
+        }
+    }
+
+    fn add(&mut self, name: Name, rdata: &RData) {
+        let rtype = rdata.record_type();
+        let Some(record) = wire_record(rdata) else {
+            tracing::warn!(%name, ?rtype, "DNS record cannot be encoded; not served");
+            return;
+        };
+        let sets = self.names.entry(name).or_default();
+        let set = match sets.iter_mut().find(|(t, _)| *t == rtype) {
+            Some((_, set)) => set,
+            None => {
+                sets.push((rtype, RrSet::default()));
+                let last = sets.len() - 1;
+                &mut sets[last].1
+            }
+        };
+        if set.count < u16::MAX {
+            set.count += 1;
+            set.wire.extend_from_slice(&record);
+        }
+    }
+}
+
+/// `text` as an absolute name, or `None` if it is not a valid one.
+pub fn fqdn(text: &str) -> Option<Name> {
+    let mut name = Name::from_ascii(text).ok()?;
+    name.set_fqdn(true);
+    Some(name)
+}
+
+/// The names a hostname answers to: qualified with the domain first when it is a plain
+/// label (dnsmasq's `expand-hosts`), then as given.
+fn qualified(hostname: &str, domain: Option<&Name>) -> Option<Vec<Name>> {
+    let name = fqdn(hostname)?;
+    if name.num_labels() == 0 {
+        return None;
+    }
+    let mut names = Vec::with_capacity(2);
+    if let Some(domain) = domain.filter(|_| name.num_labels() == 1) {
+        names.push(name.clone().append_domain(domain).ok()?);
+    }
+    names.push(name);
+    Some(names)
+}
+
+/// One resource record owned by the question name, with its encoded RDATA.
+fn wire_record(rdata: &RData) -> Option<Vec<u8>> {
+    let mut data = Vec::new();
+    let mut encoder = BinEncoder::new(&mut data);
+    // The RDATA is copied into other messages: a compression pointer would dangle.
+    encoder.set_name_encoding(NameEncoding::Uncompressed);
+    rdata.emit(&mut encoder).ok()?;
+    let len = u16::try_from(data.len()).ok()?;
+    let mut record = Vec::with_capacity(12 + data.len());
+    record.extend_from_slice(&OWNER_POINTER);
+    record.extend_from_slice(&u16::from(rdata.record_type()).to_be_bytes());
+    record.extend_from_slice(&u16::from(DNSClass::IN).to_be_bytes());
+    record.extend_from_slice(&LOCAL_TTL.to_be_bytes());
+    record.extend_from_slice(&len.to_be_bytes());
+    record.extend_from_slice(&data);
+    Some(record)
+}

@@ -1,0 +1,408 @@
+//! netns tier: the DNS server against real clients (`dig` from dnsutils) and a real
+//! upstream server (`dnsmasq`).
+//!
+//! Three namespaces: "server" holds bridge `br0` (192.168.88.1/24, fd88::1/64) and runs
+//! [`DnsServer`] on a tokio runtime whose threads live there; "client" is a guest on
+//! the bridge (eth0, 192.168.88.10) where `dig` runs; "upstream" runs dnsmasq on
+//! 10.99.0.2, reached from the server namespace over a veth (10.99.0.1). Every client
+//! run is bounded by `timeout`.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use netd::dns::{DnsConfig, DnsServer, LeaseSource};
+use netd::xml::{DnsForwarder, DnsHost, DnsSrv, DnsTxt};
+use testkit::{Need, Netns};
+
+const SERVER_IP: &str = "192.168.88.1";
+const SERVER_IP6: &str = "fd88::1";
+const UPSTREAM_IP: &str = "10.99.0.2";
+
+fn needs() -> bool {
+    testkit::require(&[
+        Need::Root,
+        Need::Netns,
+        Need::Program("dig"),
+        Need::Program("dnsmasq"),
+        Need::Program("timeout"),
+    ])
+}
+
+/// The three namespaces, with dnsmasq answering `*.up.test` in "upstream".
+struct Lab {
+    server: Netns,
+    client: Netns,
+    _upstream: Netns,
+    dnsmasq: Child,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        let server = Netns::new(&format!("{tag}s")).expect("server netns");
+        let client = Netns::new(&format!("{tag}c")).expect("client netns");
+        let upstream = Netns::new(&format!("{tag}u")).expect("upstream netns");
+        server
+            .sh(&format!(
+                "ip link add br0 type bridge stp_state 0 forward_delay 0 && \
+                 ip addr add {SERVER_IP}/24 dev br0 && ip addr add {SERVER_IP6}/64 dev br0 nodad && \
+                 ip link set br0 up && \
+                 ip link add veth-s type veth peer name eth0 netns {client} && \
+                 ip link set veth-s master br0 && ip link set veth-s up && \
+                 ip link add veth-u type veth peer name eth0 netns {upstream} && \
+                 ip addr add 10.99.0.1/24 dev veth-u && ip link set veth-u up",
+                client = client.name(),
+                upstream = upstream.name(),
+            ))
+            .expect("bridge and veths");
+        client
+            .sh("ip addr add 192.168.88.10/24 dev eth0 && ip addr add fd88::10/64 dev eth0 nodad && ip link set eth0 up")
+            .expect("client eth0");
+        upstream
+            .sh(&format!(
+                "ip addr add {UPSTREAM_IP}/24 dev eth0 && ip link set eth0 up"
+            ))
+            .expect("upstream eth0");
+        let dnsmasq = upstream
+            .command("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--pid-file",
+                "--user=root",
+                &format!("--listen-address={UPSTREAM_IP}"),
+                "--address=/up.test/10.77.7.7",
+                "--txt-record=big.up.test,upstream says hello",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq");
+        Lab {
+            server,
+            client,
+            _upstream: upstream,
+            dnsmasq,
+        }
+    }
+
+    /// `dig +short` from the client; one line per answer.
+    fn dig_short(&self, args: &str) -> Vec<String> {
+        let out = self
+            .client
+            .sh(&format!("timeout 10 dig +time=2 +tries=2 +short {args}"))
+            .unwrap_or_else(|e| panic!("dig {args}: {e}"));
+        out.lines().map(str::to_owned).collect()
+    }
+
+    /// The `status:` of a full `dig` answer from the client.
+    fn dig_status(&self, args: &str) -> String {
+        let out = self
+            .client
+            .sh(&format!("timeout 10 dig +time=2 +tries=2 {args}"))
+            .unwrap_or_else(|e| panic!("dig {args}: {e}"));
+        out.split("status: ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .unwrap_or_else(|| panic!("no status in {out}"))
+            .to_owned()
+    }
+
+    /// Waits until dnsmasq answers from the server namespace.
+    fn wait_for_upstream(&self) {
+        for _ in 0..50 {
+            let ready = self
+                .server
+                .sh(&format!(
+                    "timeout 2 dig +time=1 +tries=1 +short @{UPSTREAM_IP} x.up.test"
+                ))
+                .is_ok_and(|out| out.trim() == "10.77.7.7");
+            if ready {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("dnsmasq in the upstream namespace never answered");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.dnsmasq.kill();
+        let _ = self.dnsmasq.wait();
+    }
+}
+
+fn config() -> DnsConfig {
+    DnsConfig {
+        network: "dnstest".into(),
+        listen: vec![
+            SERVER_IP.parse().expect("ip"),
+            SERVER_IP6.parse().expect("ip6"),
+        ],
+        domain: Some("example.test".into()),
+        local_only: true,
+        forward_plain_names: true,
+        hosts: vec![DnsHost {
+            ip: "192.168.88.50".parse().expect("ip"),
+            hostnames: vec!["static1".into()],
+        }],
+        srvs: vec![DnsSrv {
+            service: "http".into(),
+            protocol: "tcp".into(),
+            domain: Some("example.test".into()),
+            target: Some("web1.example.test".into()),
+            port: Some(8080),
+            priority: Some(1),
+            weight: Some(2),
+        }],
+        txts: vec![DnsTxt {
+            name: "about.example.test".into(),
+            value: "kvnet".into(),
+        }],
+        forwarders: vec![DnsForwarder {
+            addr: Some(UPSTREAM_IP.parse().expect("ip")),
+            domain: None,
+        }],
+        // Never used: the forwarder above replaces the host's resolvers.
+        default_upstreams: vec!["127.0.0.1".parse().expect("ip")],
+    }
+}
+
+fn leases() -> LeaseSource {
+    Arc::new(|| vec![(Ipv4Addr::new(192, 168, 88, 77), "web1".to_owned())])
+}
+
+/// Runs `scenario` while a DNS server for `config` runs in the server namespace.
+fn with_server<T: Send>(lab: &Lab, config: DnsConfig, scenario: impl FnOnce() -> T + Send) -> T {
+    lab.server
+        .run(|| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let server = {
+                let _enter = runtime.enter();
+                DnsServer::start(config, Some(leases())).expect("start the DNS server")
+            };
+            let result = scenario();
+            runtime.block_on(server.stop());
+            result
+        })
+        .expect("scenario in the server namespace")
+}
+
+#[test]
+fn dig_resolves_guest_names_reverse_srv_txt_over_udp_tcp_and_ipv6() {
+    if !needs() {
+        return;
+    }
+    let lab = Lab::new("dnsl");
+    with_server(&lab, config(), || {
+        let at = format!("@{SERVER_IP}");
+        assert_eq!(
+            lab.dig_short(&format!("{at} web1.example.test")),
+            ["192.168.88.77"]
+        );
+        assert_eq!(lab.dig_short(&format!("{at} WEB1")), ["192.168.88.77"]);
+        assert_eq!(
+            lab.dig_short(&format!("{at} static1.example.test")),
+            ["192.168.88.50"]
+        );
+        assert_eq!(
+            lab.dig_short(&format!("{at} -x 192.168.88.77")),
+            ["web1.example.test."]
+        );
+        assert_eq!(
+            lab.dig_short(&format!("{at} -x 192.168.88.50")),
+            ["static1.example.test."]
+        );
+        assert_eq!(
+            lab.dig_short(&format!("{at} _http._tcp.example.test SRV")),
+            ["1 2 8080 web1.example.test."]
+        );
+        assert_eq!(
+            lab.dig_short(&format!("{at} about.example.test TXT")),
+            ["\"kvnet\""]
+        );
+        assert_eq!(
+            lab.dig_short(&format!("+tcp {at} static1.example.test")),
+            ["192.168.88.50"]
+        );
+        assert_eq!(
+            lab.dig_short(&format!("@{SERVER_IP6} web1.example.test")),
+            ["192.168.88.77"]
+        );
+        assert_eq!(
+            lab.dig_short(&format!("+tcp @{SERVER_IP6} -x 192.168.88.77")),
+            ["web1.example.test."]
+        );
+        assert_eq!(
+            lab.dig_status(&format!("{at} web1.example.test AAAA")),
+            "NOERROR"
+        );
+    });
+}
+
+#[test]
+fn other_names_are_forwarded_upstream_and_local_only_names_are_not() {
+    if !needs() {
+        return;
+    }
+    let lab = Lab::new("dnsf");
+    lab.wait_for_upstream();
+    with_server(&lab, config(), || {
+        let at = format!("@{SERVER_IP}");
+        assert_eq!(lab.dig_short(&format!("{at} www.up.test")), ["10.77.7.7"]);
+        assert_eq!(
+            lab.dig_short(&format!("+tcp {at} tcp.up.test")),
+            ["10.77.7.7"]
+        );
+        assert_eq!(
+            lab.dig_short(&format!("{at} big.up.test TXT")),
+            ["\"upstream says hello\""]
+        );
+        // localOnly: a missing name of the domain is not asked upstream.
+        assert_eq!(
+            lab.dig_status(&format!("{at} nobody.example.test")),
+            "NXDOMAIN"
+        );
+    });
+
+    // Without localOnly the domain's unknown names go upstream too (dnsmasq knows none
+    // of them), and a domain forwarder routes its domain only.
+    let mut routed = config();
+    routed.local_only = false;
+    routed.forwarders = vec![DnsForwarder {
+        addr: Some(UPSTREAM_IP.parse().expect("ip")),
+        domain: Some("up.test".into()),
+    }];
+    routed.default_upstreams = Vec::new();
+    with_server(&lab, routed, || {
+        let at = format!("@{SERVER_IP}");
+        assert_eq!(
+            lab.dig_short(&format!("{at} routed.up.test")),
+            ["10.77.7.7"]
+        );
+        assert_eq!(lab.dig_status(&format!("{at} www.example.org")), "REFUSED");
+    });
+}
+
+#[test]
+fn garbage_packets_leave_the_server_serving() {
+    if !needs() {
+        return;
+    }
+    let lab = Lab::new("dnsg");
+    with_server(&lab, config(), || {
+        lab.client
+            .run(|| {
+                let server: SocketAddr = format!("{SERVER_IP}:53").parse().expect("addr");
+                let socket = UdpSocket::bind("0.0.0.0:0").expect("udp");
+                let mut state = 0x9e37_79b9_7f4a_7c15u64;
+                let mut next = || {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state
+                };
+                for i in 0..2000 {
+                    let len = (next() % 600) as usize;
+                    let mut packet: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                    if i % 3 == 0 && packet.len() > 12 {
+                        // Plausible headers: one question, QR clear.
+                        packet[2] &= 0x7f;
+                        packet[4..6].copy_from_slice(&[0, 1]);
+                    }
+                    socket.send_to(&packet, server).expect("send garbage");
+                }
+                socket.send_to(&[], server).expect("send empty");
+                // TCP: a short frame, a frame longer than what follows, and junk.
+                for junk in [&[0u8, 3, 1, 2, 3][..], &[0x40, 0, 1, 2], &[0xff; 64]] {
+                    let mut stream = TcpStream::connect(server).expect("tcp connect");
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(3)))
+                        .expect("timeout");
+                    stream.write_all(junk).expect("write junk");
+                    stream
+                        .shutdown(std::net::Shutdown::Write)
+                        .expect("shutdown");
+                    let mut rest = Vec::new();
+                    let _ = stream.read_to_end(&mut rest);
+                }
+            })
+            .expect("garbage from the client namespace");
+        let at = format!("@{SERVER_IP}");
+        assert_eq!(
+            lab.dig_short(&format!("{at} web1.example.test")),
+            ["192.168.88.77"]
+        );
+        assert_eq!(
+            lab.dig_short(&format!("+tcp {at} web1.example.test")),
+            ["192.168.88.77"]
+        );
+    });
+}
+
+#[test]
+fn stopping_closes_tcp_clients_and_frees_port_53() {
+    if !needs() {
+        return;
+    }
+    let lab = Lab::new("dnss");
+    let server: SocketAddr = format!("{SERVER_IP}:53").parse().expect("addr");
+    lab.server
+        .run(|| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let start = || {
+                let _enter = runtime.enter();
+                DnsServer::start(config(), Some(leases())).expect("start the DNS server")
+            };
+            let dns = start();
+            let mut idle = lab
+                .client
+                .run(|| TcpStream::connect(server).expect("tcp connect"))
+                .expect("connect from the client namespace");
+            // One answered query proves the server took the connection.
+            let mut query = vec![0, 0, 0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+            for label in ["static1", "example", "test"] {
+                query.push(label.len() as u8);
+                query.extend_from_slice(label.as_bytes());
+            }
+            query.extend_from_slice(&[0, 0, 1, 0, 1]);
+            let len = (query.len() - 2) as u16;
+            query[..2].copy_from_slice(&len.to_be_bytes());
+            idle.write_all(&query).expect("send query");
+            let mut reply_len = [0u8; 2];
+            idle.read_exact(&mut reply_len).expect("reply length");
+            let mut reply = vec![0u8; usize::from(u16::from_be_bytes(reply_len))];
+            idle.read_exact(&mut reply).expect("reply");
+            assert_eq!(reply[..2], [0xbe, 0xef]);
+            assert_eq!(reply[reply.len() - 4..], [192, 168, 88, 50]);
+            runtime.block_on(dns.stop());
+            // The runtime lives on, as in the daemon: the open connection must end with
+            // the server, not after its idle timeout.
+            idle.set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            let mut rest = Vec::new();
+            assert_eq!(idle.read_to_end(&mut rest).expect("EOF, not a timeout"), 0);
+            // And port 53 is free for the next start.
+            let dns = start();
+            assert_eq!(
+                lab.dig_short(&format!("+tcp @{SERVER_IP} static1.example.test")),
+                ["192.168.88.50"]
+            );
+            runtime.block_on(dns.stop());
+        })
+        .expect("scenario in the server namespace");
+}

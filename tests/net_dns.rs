@@ -1,0 +1,160 @@
+//! The daemon's DNS server as a guest sees it: a guest namespace gets a lease with
+//! `udhcpc` (hostname web1), then asks the bridge with `dig` for its own name, its
+//! address's reverse name, a `<dns><host>` name, and a name `localOnly` keeps local.
+
+mod common;
+
+use common::{DAEMON_NEEDS, Daemon, DaemonOptions, require};
+
+const NETWORK_XML: &str = "<network>
+  <name>dnsnet</name>
+  <bridge name='virbr0' stp='off' delay='0'/>
+  <forward/>
+  <domain name='example.test' localOnly='yes'/>
+  <dns>
+    <host ip='192.168.122.50'><hostname>static1</hostname></host>
+  </dns>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='192.168.122.100' end='192.168.122.200'/>
+    </dhcp>
+  </ip>
+</network>
+";
+
+fn dig(guest: &testkit::Netns, args: &str) -> String {
+    guest
+        .sh(&format!(
+            "timeout 10 dig +time=2 +tries=2 @192.168.122.1 {args}"
+        ))
+        .unwrap_or_else(|e| panic!("dig {args}: {e}"))
+}
+
+fn dig_short(guest: &testkit::Netns, args: &str) -> String {
+    dig(guest, &format!("+short {args}")).trim().to_owned()
+}
+
+#[test]
+fn guests_resolve_leased_and_static_names_through_the_bridge() {
+    if !require(DAEMON_NEEDS)
+        || !require(&[
+            common::Need::Program("busybox"),
+            common::Need::Program("dig"),
+            common::Need::Program("timeout"),
+        ])
+    {
+        return;
+    }
+    let options = DaemonOptions {
+        no_default_network: true,
+        ..DaemonOptions::default()
+    };
+    let mut daemon = Daemon::start_with(options.clone());
+    let xml = daemon.dirs.path().join("dnsnet.xml");
+    std::fs::write(&xml, NETWORK_XML).expect("write xml");
+    daemon.ok(&["net-create", xml.to_str().expect("utf-8 path")]);
+
+    let guest = testkit::Netns::new("dnsguest").expect("guest ns");
+    common::attach_guest(&daemon, &guest, "virbr0", "", "");
+    common::wait_for_forwarding(&daemon, "vg0");
+    // The script configures the lease, so the guest can then talk to the bridge.
+    let script = daemon.dirs.path().join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add \"$ip/$mask\" dev \"$interface\"\necho \"$ip $dns $domain\" > \"$0.out\"\n",
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    guest
+        .sh(&format!(
+            "busybox udhcpc -i eth0 -n -q -f -T 1 -t 5 -x hostname:web1 -s {}",
+            script.display()
+        ))
+        .expect("udhcpc got no lease");
+    let bound = std::fs::read_to_string(script.with_extension("sh.out")).expect("bound");
+    let fields: Vec<&str> = bound.split_whitespace().collect();
+    let ip = fields[0];
+    // DHCP announces the bridge as the guest's resolver now that it answers.
+    assert_eq!(fields[1..], ["192.168.122.1", "example.test"], "{bound}");
+
+    assert_eq!(dig_short(&guest, "web1.example.test"), ip);
+    assert_eq!(dig_short(&guest, &format!("-x {ip}")), "web1.example.test.");
+    assert_eq!(dig_short(&guest, "static1.example.test"), "192.168.122.50");
+    assert_eq!(dig_short(&guest, "+tcp static1"), "192.168.122.50");
+    let missing = dig(&guest, "nobody.example.test");
+    assert!(missing.contains("status: NXDOMAIN"), "{missing}");
+
+    // A restarted daemon serves the adopted network's names again, leases included.
+    daemon.stop();
+    daemon.spawn(&options);
+    assert_eq!(
+        dig_short(&guest, "web1.example.test"),
+        ip,
+        "{}",
+        daemon.log()
+    );
+
+    // Stopping the network releases port 53; starting it again binds it again.
+    daemon.ok(&["net-destroy", "dnsnet"]);
+    daemon.ok(&["net-create", xml.to_str().expect("utf-8 path")]);
+    daemon
+        .ns
+        .sh("ip link set vg0 master virbr0")
+        .expect("guest port back on the new bridge");
+    common::wait_for_forwarding(&daemon, "vg0");
+    // The new bridge has a new MAC: forget the old one.
+    guest
+        .sh("ip neigh flush dev eth0")
+        .expect("flush neighbours");
+    let sockets = daemon.ns.sh("ss -lnup; ss -lntp").unwrap_or_default();
+    assert_eq!(
+        dig_short(&guest, "static1.example.test"),
+        "192.168.122.50",
+        "{sockets}"
+    );
+}
+
+#[test]
+fn a_taken_dns_port_rolls_the_start_back() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+    };
+    let daemon = Daemon::start_with(DaemonOptions {
+        no_default_network: true,
+        ..DaemonOptions::default()
+    });
+    // Someone else holds 192.168.122.1:53/udp (IP_FREEBIND: the address does not exist
+    // yet; no SO_REUSEADDR, so our bind must fail).
+    let _blocker = daemon
+        .ns
+        .run(|| {
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Datagram,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .expect("socket");
+            setsockopt(&fd, sockopt::IpFreebind, &true).expect("IP_FREEBIND");
+            bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                &SockaddrIn::new(192, 168, 122, 1, 53),
+            )
+            .expect("bind 192.168.122.1:53");
+            fd
+        })
+        .expect("blocker in the daemon namespace");
+    let xml = daemon.dirs.path().join("dnsnet.xml");
+    std::fs::write(&xml, NETWORK_XML).expect("write xml");
+    let error = daemon.fails(&["net-create", xml.to_str().expect("utf-8 path")]);
+    assert!(error.contains("starting the DNS server"), "{error}");
+    assert!(error.contains("192.168.122.1"), "{error}");
+    // All or nothing: no bridge, no rules, no network left behind.
+    assert!(!daemon.bridges().contains(&"virbr0".to_owned()));
+    assert!(!daemon.ruleset().contains("virbr0"), "{}", daemon.ruleset());
+    assert_eq!(daemon.ok(&["-q", "net-list", "--all"]).trim(), "");
+}
