@@ -20,8 +20,8 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || { echo "bench/net.sh: run as root (it creates namespaces)" >&2; exit 1; }
 scripts/install-deps.sh
-if [ "$vs_libvirt" = 1 ] && ! command -v libvirtd >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libvirt-daemon libvirt-clients dnsmasq-base >/dev/null
+if [ "$vs_libvirt" = 1 ] && ! { command -v libvirtd && command -v iptables; } >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libvirt-daemon libvirt-clients dnsmasq-base iptables >/dev/null
 fi
 cargo build --release --bins -q
 export BENCH_BIN=$PWD/target/release

@@ -7,7 +7,7 @@ packages=(
   nftables libnftables-dev  # nft CLI for tests; libnftables for in-process batches
   iproute2                   # ip netns / ip -j for test namespaces and assertions
   busybox isc-dhcp-client    # DHCP clients for the DHCP tests
-  dnsutils                   # dig for the DNS tests
+  dnsutils dnsmasq-base      # dig for the DNS tests; dnsmasq as their upstream server
   procps psmisc              # ps/pkill in scripts
 )
 missing=()
