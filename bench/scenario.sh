@@ -9,14 +9,17 @@ now_us() { local t=${EPOCHREALTIME/./}; echo "$t"; }
 median() { sort -n | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
 ms() { awk -v us="$1" 'BEGIN {printf "%.2f", us/1000}'; }
 
-net_xml() { # name bridge third-octet second-octet
+net_xml() { # name bridge third-octet second-octet: a NAT network like libvirt's default (DHCP + DNS)
   cat <<XML
 <network>
   <name>$1</name>
   <forward mode='nat'/>
   <bridge name='$2'/>
-  <dns enable='no'/>
-  <ip address='10.$4.$3.1' netmask='255.255.255.0'/>
+  <ip address='10.$4.$3.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='10.$4.$3.2' end='10.$4.$3.254'/>
+    </dhcp>
+  </ip>
 </network>
 XML
 }

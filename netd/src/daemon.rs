@@ -61,6 +61,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    raise_fd_limit();
     // One thread is plenty: every change is serialised by the manager's lock, and
     // netlink must stay in this thread's network namespace.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -97,5 +98,20 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+/// Each active network holds a few sockets (DHCP, DNS over UDP and TCP), so a thousand
+/// networks need more than the usual soft limit of 1024 descriptors: take the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
     }
 }
