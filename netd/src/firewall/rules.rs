@@ -163,11 +163,16 @@ pub(super) fn check_ifname(bridge: &str, what: &'static str, name: &str) -> Resu
 }
 
 impl NetworkRules {
-    /// Checks what nft would otherwise reject or misread: interface names and NAT ranges.
+    /// Checks what nft would otherwise reject or misread: interface names, and the NAT
+    /// ranges of a nat network (port 0 or start after end).
     pub fn validate(&self) -> Result<(), Error> {
         check_ifname(&self.bridge, "bridge", &self.bridge)?;
         if let Some(dev) = &self.forward_dev {
             check_ifname(&self.bridge, "forward device", dev)?;
+        }
+        if self.mode != RuleMode::Nat {
+            // `<nat>` ranges mean nothing to other modes.
+            return Ok(());
         }
         let (first, last) = self.nat_ports;
         if first == 0 || first > last {
@@ -913,7 +918,7 @@ mod tests {
             rules.validate(),
             Err(Error::InvalidRange { what: "port", .. })
         ));
-        let mut rules = good;
+        let mut rules = good.clone();
         rules.nat_addresses = Some((Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::new(10, 0, 0, 1)));
         assert!(matches!(
             rules.validate(),
@@ -922,5 +927,12 @@ mod tests {
                 ..
             })
         ));
+        // Other modes ignore `<nat>` ranges.
+        let routed = NetworkRules {
+            mode: RuleMode::Route,
+            nat_ports: (0, 0),
+            ..rules
+        };
+        routed.validate().unwrap();
     }
 }
