@@ -5,16 +5,15 @@
 //!
 //! ```text
 //! table inet kvnet {
-//!   set bridges          { type ifname }              every bridge with rules (not open)
-//!   map forward_oif      { type ifname : verdict }    bridge -> jump fwd-to-<bridge>
-//!   map forward_iif      { type ifname : verdict }    bridge -> jump fwd-from-<bridge>
-//!   map postrouting_iif  { type ifname : verdict }    bridge -> jump nat-<bridge> (nat mode)
+//!   sets of bridge names (hash, `ifname` or `ifname . ifname` with the forward device):
+//!     bridges, same_bridge, reply4(_dev), in4(_dev), in6(_dev), out4(_dev), out6(_dev),
+//!     nat4(_dev)
+//!   map postrouting_iif { type ifname : verdict }   bridge -> jump nat-<bridge>
 //!   chain input       filter hook input,  policy accept: DHCP/DNS from @bridges accept
 //!   chain output      filter hook output, policy accept: DHCP/DNS replies to @bridges accept
-//!   chain forward     filter hook forward, policy accept:
-//!                     oifname vmap @forward_oif; iifname vmap @forward_iif
-//!   chain postrouting nat hook postrouting (srcnat), policy accept: iifname vmap @postrouting_iif
-//!   chain fwd-to-<bridge>, fwd-from-<bridge>, nat-<bridge>   per network
+//!   chain forward     filter hook forward, policy accept: the fixed forwarding rules
+//!   chain postrouting nat hook postrouting (srcnat), policy accept: masquerade @nat4
+//!   chain nat-<bridge>   only for a network with `<nat><address>` or a non-default `<port>`
 //! }
 //! ```
 //!
@@ -22,36 +21,44 @@
 //! - **One `inet` table** (not libvirt's `ip` + `ip6` pair): one batch covers both families,
 //!   and deleting it removes everything kvnet ever added. We never use the shared
 //!   `ip filter`/`ip nat` tables that iptables-nft and Docker own.
-//! - **Per-network regular chains keyed by the bridge name**, which is unique among active
-//!   networks and at most 15 bytes, so chain names are short and findable after a crash
-//!   ([`Firewall::bridges`]).
-//! - **Dispatch through verdict maps**, not one `jump` rule per network: a packet costs one
-//!   hash lookup per base chain however many networks exist, and adding or removing a network
-//!   is an element change instead of a rule whose handle we would have to remember. The
-//!   forward chain consults the destination bridge first (`fwd-to-*`: cross-bridge accept,
-//!   replies accepted, the rest rejected) and the source bridge second (`fwd-from-*`), which
-//!   is libvirt's order (its `guest_cross`, `guest_input`, `guest_output`), so a guest on one
-//!   NAT network cannot open connections into another.
-//! - **Host-side DHCP/DNS accepts are shared rules** on the `bridges` set. In our own table
-//!   they change nothing (our policy is accept); they exist so our counters show the traffic
-//!   and so that `nft list ruleset` states the intent. A drop policy in *another* table still
-//!   wins, because every base chain on a hook must accept: that is what
+//! - **Networks are set elements, not chains.** The rules are fixed and match the packet's
+//!   bridge (and forward device) against hash sets, so a packet costs a few hash lookups
+//!   however many networks exist, and starting or stopping a network adds or deletes a
+//!   handful of elements. Per-network chains (libvirt's way, and our first version) do not
+//!   scale here: before any batch that adds a rule or element, libnftables 1.0.6 dumps every
+//!   chain of every table into its cache (`cache.c`, `NFT_CACHE_CHAIN`), and each verdict-map
+//!   jump makes the kernel revalidate the chain graph. Measured with 1,000 NAT networks: a
+//!   start cost ~22 ms with three chains per network, ~3 ms with set elements. Subnets are
+//!   not in the sets either: deleting from a concatenated interval set (`pipapo`) took ~40 ms
+//!   at 1,000 elements. So subnet matches are routing-based: a packet into a network was
+//!   routed to its bridge by its destination, and a packet out of it must pass
+//!   `fib saddr . iif oif exists` (its source is routed via the bridge it came from), which
+//!   rejects spoofed sources as libvirt's `ip saddr N` does. The difference: a source the
+//!   host routes into the network by a static route (a subnet behind a guest) is accepted,
+//!   where libvirt rejects it.
+//! - **libvirt's verdicts and order**: guest <-> guest on one bridge accepted; into a NAT
+//!   network only replies (`ct state established,related`), into a routed one anything;
+//!   everything else into or out of a managed bridge rejected; destination bridge before
+//!   source bridge, so a guest on one NAT network cannot open connections into another.
+//!   NAT masquerades IPv4 from the bridge (source ports 1024-65535 for TCP/UDP) except to
+//!   224.0.0.0/24, 255.255.255.255 and back into the same bridge; IPv6 is routed.
+//! - **Host-side DHCP/DNS accepts are explicit rules** on the `bridges` set. In our own
+//!   table they change nothing (our policy is accept); they exist so our counters show the
+//!   traffic and so that `nft list ruleset` states the intent. A drop policy in *another*
+//!   table still wins, because every base chain on a hook must accept: that is what
 //!   [`Firewall::foreign_drop_policies`] reports, so the daemon can warn (libvirt's nftables
 //!   backend silently loses DHCP/DNS there).
-//! - **NAT is dispatched by input interface**: guest traffic always enters through the bridge,
-//!   and matching it keeps our masquerade off packets of other interfaces that happen to use
-//!   an overlapping subnet. libvirt matches only on addresses; the difference is that a host
-//!   process that binds the bridge address and talks outside is not masqueraded (the kernel
-//!   picks the uplink's address for such flows anyway).
 //! - **Every change is one batch** that first (re)creates the table skeleton idempotently
-//!   (`add table`/`add chain`/`add set` are no-ops when present; the base chains are flushed
-//!   and their few dispatch rules re-added), then tears the bridge's objects down and builds
-//!   them again. Teardown is `add` then `delete` of every object the bridge may own, which
-//!   nft 1.0.6 (no `destroy` command yet) needs for "delete if present" inside one
+//!   (`add table`/`add set`/`add chain` are no-ops when present; the base chains are flushed
+//!   and their fixed rules re-added), then removes what the bridge owned and adds what it
+//!   owns now. Removal is `add` then `delete` of each element (and of the custom NAT chain),
+//!   which nft 1.0.6 (no `destroy` command yet) needs for "delete if present" inside one
 //!   transaction. The kernel applies the batch atomically: a failure anywhere leaves the
-//!   previous ruleset untouched, and a foreign flush of our table is healed by the next change.
+//!   previous ruleset untouched, and a foreign flush of our table is healed by the next
+//!   change. The backend remembers each bridge's elements (their forward device may change
+//!   between applies); a restarted daemon reads them back from the kernel once.
 //!
-//! Backends: [`nft()`] runs the JSON through libnftables in-process ([`libnft`]); [`none()`]
+//! Backends: [`nft()`] runs the JSON through libnftables in-process (`libnft.rs`); [`none()`]
 //! does nothing, for hosts or builds without a firewall.
 
 mod libnft;
@@ -167,7 +174,7 @@ pub trait Firewall: Send + Sync + std::fmt::Debug {
     fn apply(&self, rules: &NetworkRules) -> Result<(), Error>;
     /// Atomically removes every rule of `bridge`; a bridge without rules is Ok.
     fn remove(&self, bridge: &str) -> Result<(), Error>;
-    /// Bridges that have chains in our table (to prune leftovers after a crash), sorted.
+    /// Bridges that have rules in our table (to prune leftovers after a crash), sorted.
     fn bridges(&self) -> Result<Vec<String>, Error>;
     /// Human descriptions of *other* tables' base chains on the input, forward or output
     /// hooks with policy drop, e.g. `table ip filter chain FORWARD (hook forward) has policy

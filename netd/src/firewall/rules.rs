@@ -2,32 +2,34 @@
 //! JSON model. The layout and its reasons are in the [module docs](super).
 //!
 //! The rules are fixed; networks are data. libvirt's per-network rules
-//! (`network_nftables.c`, `network_iptables.c`) become elements of sets keyed by the bridge
-//! name `B` (then the forward device `D` when the network has one, then the subnet `N`):
+//! (`network_nftables.c`, `network_iptables.c`) become elements of hash sets keyed by the
+//! bridge `B` (then the forward device `D`, in the `_dev` sets):
 //!
 //! ```text
 //! chain forward (filter, policy accept)
-//!   iifname . oifname @same_bridge accept                     B . B          guest <-> guest
-//!   oifname . ip daddr @reply4 ct state established,related accept   B . N   nat: replies only
-//!   oifname . iifname . ip daddr @reply4_dev ct state ... accept     B . D . N
-//!   oifname . ip daddr @in4 accept / @in4_dev, ip6: @in6 / @in6_dev          route (IPv6: nat too)
-//!   oifname @bridges reject                                                  the rest, inbound
-//!   iifname . ip saddr @out4 accept / iifname . oifname . ip saddr @out4_dev, ip6: @out6(_dev)
-//!   iifname @bridges reject                                                  the rest, outbound
+//!   iifname . oifname @same_bridge accept                      B . B    guest <-> guest
+//!   meta nfproto ipv4 oifname @reply4 ct state established,related accept     nat: replies
+//!   meta nfproto ipv4 oifname . iifname @reply4_dev ct state ... accept       B . D
+//!   meta nfproto ipv4 oifname @in4 accept (and @in4_dev)                      route
+//!   meta nfproto ipv6 oifname @in6 accept (and @in6_dev)                      nat or route
+//!   oifname @bridges reject                                                   the rest in
+//!   meta nfproto ipv4 iifname @out4 fib saddr . iif oif exists accept (and @out4_dev: B . D)
+//!   meta nfproto ipv6 iifname @out6 fib saddr . iif oif exists accept (and @out6_dev)
+//!   iifname @bridges reject                                                   the rest out
 //! chain postrouting (nat, srcnat)
 //!   ip daddr { 224.0.0.0/24, 255.255.255.255 } return   link-local multicast; broadcast, whose
 //!                                                       rewritten ports strict DHCP clients reject
-//!   iifname . ip saddr . ip daddr @nat4_local return    B . N . N: not leaving the subnet
+//!   iifname . oifname @same_bridge return               routed back into the subnet
 //!   iifname vmap @postrouting_iif                       B : jump nat-B (custom <nat> only)
-//!   meta l4proto tcp|udp iifname . ip saddr @nat4 masquerade to :1024-65535
-//!   iifname . ip saddr @nat4 masquerade                 B . N (and @nat4_dev: B . D . N)
+//!   meta nfproto ipv4 meta l4proto tcp|udp iifname @nat4 masquerade to :1024-65535
+//!   meta nfproto ipv4 iifname @nat4 masquerade          (and @nat4_dev: B . D)
 //! ```
 //! Source ports stay >= 1024 so guests cannot pose as "secure port" NFS clients. A network
 //! with `<nat><address>` or a non-default `<nat><port>` gets its own chain `nat-B` instead
-//! (`snat ip to A-B:P1-P2` or `masquerade to :P1-P2`). IPv6 is routed in nat mode, as
-//! libvirt does unless `<nat ipv6='yes'>`. Isolated networks are only in `bridges` and
-//! `same_bridge`. Every rule counts (`counter`), so `nft list table inet kvnet` shows where
-//! guest traffic goes.
+//! (`ip saddr N [oifname D]` then `snat ip to A-B:P1-P2` or `masquerade to :P1-P2`). IPv6
+//! is routed in nat mode, as libvirt does unless `<nat ipv6='yes'>`. Isolated networks are
+//! only in `bridges` and `same_bridge`. Every rule counts (`counter`), so
+//! `nft list table inet kvnet` shows where guest traffic goes.
 
 use std::net::Ipv4Addr;
 
@@ -161,11 +163,16 @@ pub(super) fn check_ifname(bridge: &str, what: &'static str, name: &str) -> Resu
 }
 
 impl NetworkRules {
-    /// Checks what nft would otherwise reject or misread: interface names and NAT ranges.
+    /// Checks what nft would otherwise reject or misread: interface names, and the NAT
+    /// ranges of a nat network (port 0 or start after end).
     pub fn validate(&self) -> Result<(), Error> {
         check_ifname(&self.bridge, "bridge", &self.bridge)?;
         if let Some(dev) = &self.forward_dev {
             check_ifname(&self.bridge, "forward device", dev)?;
+        }
+        if self.mode != RuleMode::Nat {
+            // `<nat>` ranges mean nothing to other modes.
+            return Ok(());
         }
         let (first, last) = self.nat_ports;
         if first == 0 || first > last {
@@ -911,7 +918,7 @@ mod tests {
             rules.validate(),
             Err(Error::InvalidRange { what: "port", .. })
         ));
-        let mut rules = good;
+        let mut rules = good.clone();
         rules.nat_addresses = Some((Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::new(10, 0, 0, 1)));
         assert!(matches!(
             rules.validate(),
@@ -920,5 +927,12 @@ mod tests {
                 ..
             })
         ));
+        // Other modes ignore `<nat>` ranges.
+        let routed = NetworkRules {
+            mode: RuleMode::Route,
+            nat_ports: (0, 0),
+            ..rules
+        };
+        routed.validate().unwrap();
     }
 }
