@@ -512,6 +512,18 @@ fn servers_of_two_bridges_share_port_67() {
             None,
         )];
         other.hosts.clear();
+        let mut missing = other.clone();
+        missing.interface = "nosuch0".into();
+        let error = {
+            let _enter = runtime.enter();
+            DhcpServer::start(missing, lab.path("leases-missing"))
+                .expect_err("a missing bridge is an error")
+                .to_string()
+        };
+        assert!(
+            error.contains("network other") && error.contains("nosuch0"),
+            "{error}"
+        );
         let second = start(runtime, other, &lab.path("leases-other"));
         let first = start(runtime, config("first"), &lab.path("leases-first"));
         // The client on br0 is served by br0's server only.

@@ -996,6 +996,54 @@ mod tests {
         assert_eq!(leases[1].expiry_unix, 0);
     }
 
+    /// Random and mutated lease files: loading never panics, keeps only leases that
+    /// fit the configuration, and what it rewrites loads back to the same leases.
+    #[test]
+    fn mutated_lease_files_load_without_panicking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.leases");
+        let seed = [
+            format!(r#"{{"op":"bind","ip":"10.0.0.10","mac":"02:00:00:00:00:01","client_id":"01:02","hostname":"a","expiry":{}}}"#, NOW + 50),
+            r#"{"op":"bind","ip":"10.0.0.12","mac":"02:00:00:00:00:02","expiry":0}"#.to_owned(),
+            r#"{"op":"release","ip":"10.0.0.10"}"#.to_owned(),
+        ]
+        .join("\n")
+        .into_bytes();
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..300 {
+            let mut text = seed.clone();
+            for _ in 0..=next() % 6 {
+                let at = (next() % text.len() as u64) as usize;
+                match next() % 3 {
+                    0 => text[at] = next() as u8,
+                    1 => text.truncate(at),
+                    _ => {
+                        let junk = b"{}\n\":,0[]";
+                        text.insert(at, junk[(next() % junk.len() as u64) as usize]);
+                    }
+                }
+                if text.is_empty() {
+                    break;
+                }
+            }
+            std::fs::write(&path, &text).expect("write");
+            let db = LeaseDb::open(&config(), &path, NOW).expect("open");
+            let leases = db.leases(NOW);
+            for lease in &leases {
+                assert!(db.subnet.contains(&lease.ip), "{lease:?}");
+            }
+            drop(db);
+            let again = LeaseDb::open(&config(), &path, NOW).expect("reopen");
+            assert_eq!(again.leases(NOW), leases);
+        }
+    }
+
     #[test]
     fn journal_is_compacted_when_it_grows() {
         let dir = tempfile::tempdir().expect("tempdir");
