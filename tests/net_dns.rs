@@ -57,26 +57,14 @@ fn guests_resolve_leased_and_static_names_through_the_bridge() {
     let guest = testkit::Netns::new("dnsguest").expect("guest ns");
     common::attach_guest(&daemon, &guest, "virbr0", "", "");
     common::wait_for_forwarding(&daemon, "vg0");
-    // The script configures the lease, so the guest can then talk to the bridge.
-    let script = daemon.dirs.path().join("udhcpc.sh");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add \"$ip/$mask\" dev \"$interface\"\necho \"$ip $dns $domain\" > \"$0.out\"\n",
-    )
-    .expect("script");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    guest
-        .sh(&format!(
-            "busybox udhcpc -i eth0 -n -q -f -T 1 -t 5 -x hostname:web1 -s {}",
-            script.display()
-        ))
-        .expect("udhcpc got no lease");
-    let bound = std::fs::read_to_string(script.with_extension("sh.out")).expect("bound");
-    let fields: Vec<&str> = bound.split_whitespace().collect();
-    let ip = fields[0];
+    let bound = common::udhcpc_lease(&daemon, &guest, "web1");
+    let ip = bound.ip.as_str();
     // DHCP announces the bridge as the guest's resolver now that it answers.
-    assert_eq!(fields[1..], ["192.168.122.1", "example.test"], "{bound}");
+    assert_eq!(
+        [bound.dns.as_str(), bound.domain.as_str()],
+        ["192.168.122.1", "example.test"],
+        "{bound:?}"
+    );
 
     assert_eq!(dig_short(&guest, "web1.example.test"), ip);
     assert_eq!(dig_short(&guest, &format!("-x {ip}")), "web1.example.test.");

@@ -318,25 +318,11 @@ fn guests_get_dhcp_leases_that_net_dhcp_leases_lists() {
         .sh("ip link set eth0 address 52:54:00:aa:bb:cc")
         .expect("guest mac");
     common::wait_for_forwarding(&daemon, "vg0");
-    let script = daemon.dirs.path().join("udhcpc.sh");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip $router\" > \"$0.out\"\nexit 0\n",
-    )
-    .expect("script");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    guest
-        .sh(&format!(
-            "busybox udhcpc -i eth0 -n -q -f -T 1 -t 5 -x hostname:web1 -s {}",
-            script.display()
-        ))
-        .expect("udhcpc got no lease");
-    let bound = std::fs::read_to_string(script.with_extension("sh.out")).expect("bound");
-    let (ip, router) = bound.trim().split_once(' ').expect("ip and router");
+    let bound = common::udhcpc_lease(&daemon, &guest, "web1");
+    let (ip, router) = (bound.ip.as_str(), bound.router.as_str());
     assert!(
         ip.starts_with("192.168.122.") && ip != "192.168.122.1",
-        "{bound}"
+        "{bound:?}"
     );
     assert_eq!(router, "192.168.122.1");
 

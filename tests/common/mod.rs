@@ -292,3 +292,46 @@ pub fn wait_for_forwarding(daemon: &Daemon, port: &str) {
     }
     panic!("bridge port {port} never reached forwarding");
 }
+
+/// What busybox udhcpc was handed when it bound a lease.
+#[derive(Debug)]
+pub struct Bound {
+    pub ip: String,
+    pub router: String,
+    pub dns: String,
+    pub domain: String,
+}
+
+/// Runs busybox udhcpc in `guest` on eth0 (sending `hostname`) until it binds, puts the
+/// leased address on eth0 so the guest can talk to the bridge, and returns what it got.
+pub fn udhcpc_lease(daemon: &Daemon, guest: &Netns, hostname: &str) -> Bound {
+    let script = daemon
+        .dirs
+        .path()
+        .join(format!("udhcpc-{}.sh", guest.name()));
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add \"$ip/$mask\" dev \"$interface\"\n\
+         echo \"$ip|$router|$dns|$domain\" > \"$0.out\"\n",
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    guest
+        .sh(&format!(
+            "busybox udhcpc -i eth0 -n -q -f -T 1 -t 5 -x hostname:{hostname} -s {}",
+            script.display()
+        ))
+        .expect("udhcpc got no lease");
+    let bound = std::fs::read_to_string(format!("{}.out", script.display())).expect("bound");
+    let fields: Vec<&str> = bound.trim().split('|').collect();
+    let [ip, router, dns, domain] = fields[..] else {
+        panic!("unexpected udhcpc record {bound:?}")
+    };
+    Bound {
+        ip: ip.to_owned(),
+        router: router.to_owned(),
+        dns: dns.to_owned(),
+        domain: domain.to_owned(),
+    }
+}
