@@ -277,3 +277,35 @@ fn an_invalid_edit_changes_nothing() {
             .contains("<bridge name='virbr0'")
     );
 }
+
+#[test]
+fn ipv6_forwarding_is_refused_where_it_would_flush_ra_routes() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start();
+    daemon
+        .ns
+        .sh("ip link add uplink0 type veth peer name uplink0p && ip link set uplink0p up && ip link set uplink0 up \
+             && sysctl -qw net.ipv6.conf.uplink0.accept_ra=1 \
+             && ip -6 route add 2001:db8:77::/64 dev uplink0 proto ra")
+        .expect("an RA-learned route");
+    let path = xml_file(
+        daemon.dirs.path(),
+        "v6.xml",
+        "<network><name>v6</name><forward mode='route'/>\
+         <ip family='ipv6' address='fd00:42::1' prefix='64'/></network>",
+    );
+    let path = path.to_str().expect("utf-8");
+    rejects(
+        &daemon,
+        &["net-create", path],
+        &["Check the host setup: interface uplink0", "accept_ra"],
+    );
+    // With accept_ra=2 the kernel keeps those routes, and the network starts.
+    daemon
+        .ns
+        .sh("sysctl -qw net.ipv6.conf.uplink0.accept_ra=2")
+        .expect("accept_ra=2");
+    daemon.ok(&["net-create", path]);
+}

@@ -714,6 +714,20 @@ impl Manager {
                 ))),
             };
         }
+        let forwards = matches!(
+            def.forward_mode(),
+            ForwardMode::Nat | ForwardMode::Route | ForwardMode::Open
+        );
+        if forwards && !def.ipv6_subnets().is_empty() {
+            // Turning IPv6 forwarding on makes the kernel flush routes learned from router
+            // advertisements on interfaces without accept_ra=2; libvirt refuses, and so do we.
+            if let Some(device) = self.link.ipv6_forwarding_blockers().await?.first() {
+                return Err(Error::Conflict(format!(
+                    "Check the host setup: interface {device} has kernel autoconfigured IPv6 routes and \
+                     enabling forwarding without accept_ra set to 2 will cause the kernel to flush them, breaking networking."
+                )));
+            }
+        }
         if self.link.link_exists(bridge).await? {
             return Err(Error::Conflict(format!(
                 "bridge name '{bridge}' already in use by an existing interface"
@@ -957,11 +971,12 @@ impl Manager {
             .unwrap_or(32);
         let leases = server.leases().into_iter().map(|lease| Lease {
             expiry_time: lease.expiry_unix,
-            mac: link::format_mac(&lease.mac),
+            mac: dhcp::format_mac(&lease.mac),
             ip_address: lease.ip.into(),
             prefix,
             hostname: lease.hostname,
-            client_id: lease.client_id.map(|id| hex_colon(&id)),
+            // virsh prints client identifiers colon-separated, like MACs.
+            client_id: lease.client_id.as_deref().map(dhcp::format_mac),
         });
         Ok(leases.collect())
     }
@@ -1078,15 +1093,6 @@ fn failed_step(
         step: step.into(),
         source: Box::new(source),
     }
-}
-
-/// `01:52:54:00:...`, the way virsh prints client identifiers.
-fn hex_colon(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn ipv4(addr: std::net::IpAddr) -> Option<std::net::Ipv4Addr> {

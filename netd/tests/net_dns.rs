@@ -206,43 +206,25 @@ fn dig_resolves_guest_names_reverse_srv_txt_over_udp_tcp_and_ipv6() {
     let lab = Lab::new("dnsl");
     with_server(&lab, config(), || {
         let at = format!("@{SERVER_IP}");
-        assert_eq!(
-            lab.dig_short(&format!("{at} web1.example.test")),
-            ["192.168.88.77"]
-        );
-        assert_eq!(lab.dig_short(&format!("{at} WEB1")), ["192.168.88.77"]);
-        assert_eq!(
-            lab.dig_short(&format!("{at} static1.example.test")),
-            ["192.168.88.50"]
-        );
-        assert_eq!(
-            lab.dig_short(&format!("{at} -x 192.168.88.77")),
-            ["web1.example.test."]
-        );
-        assert_eq!(
-            lab.dig_short(&format!("{at} -x 192.168.88.50")),
-            ["static1.example.test."]
-        );
-        assert_eq!(
-            lab.dig_short(&format!("{at} _http._tcp.example.test SRV")),
-            ["1 2 8080 web1.example.test."]
-        );
-        assert_eq!(
-            lab.dig_short(&format!("{at} about.example.test TXT")),
-            ["\"kvnet\""]
-        );
-        assert_eq!(
-            lab.dig_short(&format!("+tcp {at} static1.example.test")),
-            ["192.168.88.50"]
-        );
-        assert_eq!(
-            lab.dig_short(&format!("@{SERVER_IP6} web1.example.test")),
-            ["192.168.88.77"]
-        );
-        assert_eq!(
-            lab.dig_short(&format!("+tcp @{SERVER_IP6} -x 192.168.88.77")),
-            ["web1.example.test."]
-        );
+        let at6 = format!("@{SERVER_IP6}");
+        let cases = [
+            (format!("{at} web1.example.test"), "192.168.88.77"),
+            (format!("{at} WEB1"), "192.168.88.77"),
+            (format!("{at} static1.example.test"), "192.168.88.50"),
+            (format!("{at} -x 192.168.88.77"), "web1.example.test."),
+            (format!("{at} -x 192.168.88.50"), "static1.example.test."),
+            (
+                format!("{at} _http._tcp.example.test SRV"),
+                "1 2 8080 web1.example.test.",
+            ),
+            (format!("{at} about.example.test TXT"), "\"kvnet\""),
+            (format!("+tcp {at} static1.example.test"), "192.168.88.50"),
+            (format!("{at6} web1.example.test"), "192.168.88.77"),
+            (format!("+tcp {at6} -x 192.168.88.77"), "web1.example.test."),
+        ];
+        for (query, answer) in &cases {
+            assert_eq!(lab.dig_short(query), [*answer], "dig {query}");
+        }
         assert_eq!(
             lab.dig_status(&format!("{at} web1.example.test AAAA")),
             "NOERROR"

@@ -737,17 +737,7 @@ impl LeaseDb {
             serde_json::to_writer(&mut text, &record).map_err(std::io::Error::other)?;
             text.push(b'\n');
         }
-        let mut tmp_name = path.as_os_str().to_owned();
-        tmp_name.push(".tmp");
-        let tmp = PathBuf::from(tmp_name);
-        let mut file = File::create(&tmp)?;
-        file.write_all(&text)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)?.sync_all()?;
-        }
+        crate::store::write_atomic(path, &text).map_err(std::io::Error::other)?;
         Ok(())
     }
 }
