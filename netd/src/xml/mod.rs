@@ -14,6 +14,7 @@ mod dom;
 mod format;
 mod model;
 mod parse;
+mod update;
 mod validate;
 
 #[cfg(test)]
@@ -24,6 +25,7 @@ pub use model::{
     Domain, Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr, MacAddrParseError,
     Nat, NatAddressRange, NetworkDef, PortRange,
 };
+pub use update::{Update, UpdateCommand, UpdateSection};
 pub use validate::{NETWORK_NAME_MAX_BYTES, validate_ifname, validate_network_name};
 
 /// Highest `N` tried for generated `virbrN` bridge names (libvirt's `MAX_BRIDGE_ID`).
@@ -55,6 +57,13 @@ pub enum Error {
     /// The definition is well-formed but invalid; the message says why.
     #[error("{0}")]
     Invalid(String),
+    /// A `net-update` that does not fit the definition: a duplicate entry, no matching
+    /// entry, no such `<ip>`.
+    #[error("{0}")]
+    UpdateRefused(String),
+    /// A `net-update` of a section or with a command that cannot be applied.
+    #[error("{0}")]
+    UpdateUnsupported(String),
     /// No free `virbrN` name was left for [`NetworkDef::fill_defaults`].
     #[error("Bridge generation exceeded max id {MAX_BRIDGE_ID}")]
     BridgeIdsExhausted,

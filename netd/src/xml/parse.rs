@@ -27,12 +27,29 @@ impl NetworkDef {
     }
 }
 
+/// A `<dhcp><host>` whose `ip` may be missing (a net-update match pattern).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct DhcpHostFields {
+    pub mac: Option<MacAddr>,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub ip: Option<IpAddr>,
+    pub lease: Option<Lease>,
+}
+
 /// Parsing context: the network name for messages.
-struct Parser {
+pub(super) struct Parser {
     network: String,
 }
 
 impl Parser {
+    /// A parser of elements of network `network` (net-update fragments).
+    pub(super) fn for_network(network: &str) -> Parser {
+        Parser {
+            network: network.to_owned(),
+        }
+    }
+
     fn new(root: &Element) -> Parser {
         let network = root
             .children
@@ -479,60 +496,18 @@ impl Parser {
                         domain: child.attr("domain").map(str::to_string),
                     });
                 }
-                "txt" => {
-                    self.check_attrs(child, &["name", "value"])?;
-                    self.check_leaf(child)?;
-                    let name = child.attr("name").ok_or_else(|| {
-                        invalid(format!(
-                            "missing required name attribute in DNS TXT record of network {}",
-                            self.network
-                        ))
-                    })?;
-                    let value = child.attr("value").ok_or_else(|| {
-                        invalid(format!(
-                            "missing required value attribute in DNS TXT record named '{name}' of network {}",
-                            self.network
-                        ))
-                    })?;
-                    dns.txts.push(DnsTxt {
-                        name: name.to_string(),
-                        value: value.to_string(),
-                    });
-                }
-                "srv" => dns.srvs.push(self.srv(child)?),
-                "host" => {
-                    self.check_attrs(child, &["ip"])?;
-                    self.check_no_text(child)?;
-                    let ip = match child.attr("ip") {
-                        None => {
-                            return Err(invalid(format!(
-                                "Missing IP address in network '{}' DNS HOST record",
-                                self.network
-                            )));
-                        }
-                        Some(value) => value.parse::<IpAddr>().map_err(|_| {
-                            invalid(format!(
-                                "Invalid IP address in network '{}' DNS HOST record",
-                                self.network
-                            ))
-                        })?,
-                    };
-                    let mut hostnames = Vec::new();
-                    for name in &child.children {
-                        if name.name != "hostname" {
-                            return Err(self.unsupported_child(child, name));
-                        }
-                        hostnames.push(self.text_of(name)?);
-                    }
-                    dns.hosts.push(DnsHost { ip, hostnames });
-                }
+                "txt" => dns.txts.push(self.dns_txt(child, false)?),
+                "srv" => dns.srvs.push(self.srv(child, false)?),
+                "host" => dns.hosts.push(self.dns_host(child)?),
                 _ => return Err(self.unsupported_child(element, child)),
             }
         }
         Ok(dns)
     }
 
-    fn srv(&self, element: &Element) -> Result<DnsSrv, Error> {
+    /// `<srv>`. With `partial` (a net-update match pattern) `service` and `protocol`
+    /// may be absent; they are then empty.
+    pub(super) fn srv(&self, element: &Element, partial: bool) -> Result<DnsSrv, Error> {
         self.check_attrs(
             element,
             &[
@@ -540,18 +515,26 @@ impl Parser {
             ],
         )?;
         self.check_leaf(element)?;
-        let service = element.attr("service").ok_or_else(|| {
-            invalid(format!(
-                "missing required service attribute in DNS SRV record of network '{}'",
-                self.network
-            ))
-        })?;
-        let protocol = element.attr("protocol").ok_or_else(|| {
-            invalid(format!(
-                "missing required protocol attribute in DNS SRV record '{service}' of network '{}'",
-                self.network
-            ))
-        })?;
+        let service = match element.attr("service") {
+            Some(service) => service,
+            None if partial => "",
+            None => {
+                return Err(invalid(format!(
+                    "missing required service attribute in DNS SRV record of network '{}'",
+                    self.network
+                )));
+            }
+        };
+        let protocol = match element.attr("protocol") {
+            Some(protocol) => protocol,
+            None if partial => "",
+            None => {
+                return Err(invalid(format!(
+                    "missing required protocol attribute in DNS SRV record '{service}' of network '{}'",
+                    self.network
+                )));
+            }
+        };
         // libvirt treats 0 as "not set" for these and does not write it back.
         let nonzero = |attr: &str| -> Result<Option<u16>, Error> {
             Ok(self.number::<u16>(element, attr)?.filter(|&v| v != 0))
@@ -574,6 +557,143 @@ impl Parser {
             },
             priority: nonzero("priority")?,
             weight: nonzero("weight")?,
+        })
+    }
+
+    /// `<txt name value>`. With `partial` (a net-update match pattern) `value` may be
+    /// absent; it is then empty.
+    pub(super) fn dns_txt(&self, element: &Element, partial: bool) -> Result<DnsTxt, Error> {
+        self.check_attrs(element, &["name", "value"])?;
+        self.check_leaf(element)?;
+        let name = element.attr("name").ok_or_else(|| {
+            invalid(format!(
+                "missing required name attribute in DNS TXT record of network {}",
+                self.network
+            ))
+        })?;
+        let value = match element.attr("value") {
+            Some(value) => value,
+            None if partial => "",
+            None => {
+                return Err(invalid(format!(
+                    "missing required value attribute in DNS TXT record named '{name}' of network {}",
+                    self.network
+                )));
+            }
+        };
+        Ok(DnsTxt {
+            name: name.to_string(),
+            value: value.to_string(),
+        })
+    }
+
+    /// `<host ip><hostname/>*</host>` inside `<dns>`, with `ip` optional (net-update
+    /// matches on the address or any of the names).
+    pub(super) fn dns_host_fields(
+        &self,
+        element: &Element,
+    ) -> Result<(Option<IpAddr>, Vec<String>), Error> {
+        self.check_attrs(element, &["ip"])?;
+        self.check_no_text(element)?;
+        let ip = element
+            .attr("ip")
+            .map(|value| {
+                value.parse::<IpAddr>().map_err(|_| {
+                    invalid(format!(
+                        "Invalid IP address in network '{}' DNS HOST record",
+                        self.network
+                    ))
+                })
+            })
+            .transpose()?;
+        let mut hostnames = Vec::new();
+        for name in &element.children {
+            if name.name != "hostname" {
+                return Err(self.unsupported_child(element, name));
+            }
+            hostnames.push(self.text_of(name)?);
+        }
+        Ok((ip, hostnames))
+    }
+
+    /// `<host ip><hostname/>+</host>` inside `<dns>`.
+    pub(super) fn dns_host(&self, element: &Element) -> Result<DnsHost, Error> {
+        let (ip, hostnames) = self.dns_host_fields(element)?;
+        let ip = ip.ok_or_else(|| {
+            invalid(format!(
+                "Missing IP address in network '{}' DNS HOST record",
+                self.network
+            ))
+        })?;
+        Ok(DnsHost { ip, hostnames })
+    }
+
+    /// `<range start end>` inside `<dhcp>`.
+    pub(super) fn dhcp_range(&self, element: &Element) -> Result<DhcpRange, Error> {
+        self.check_attrs(element, &["start", "end"])?;
+        let missing = |attr: &str| {
+            invalid(format!(
+                "Missing '{attr}' attribute in dhcp range for network '{}'",
+                self.network
+            ))
+        };
+        element.attr("start").ok_or_else(|| missing("start"))?;
+        element.attr("end").ok_or_else(|| missing("end"))?;
+        Ok(DhcpRange {
+            start: self.required_ip(element, "start")?,
+            end: self.required_ip(element, "end")?,
+            lease: self.lease_child(element)?,
+        })
+    }
+
+    /// `<host mac id name ip>` inside `<dhcp>`, with `ip` optional (net-update's delete
+    /// matches on any of mac, name and ip).
+    pub(super) fn dhcp_host_fields(&self, element: &Element) -> Result<DhcpHostFields, Error> {
+        self.check_attrs(element, &["mac", "id", "name", "ip"])?;
+        let mac = match element.attr("mac") {
+            None => None,
+            Some(text) => Some(text.parse::<MacAddr>().map_err(|_| {
+                invalid(format!(
+                    "Cannot parse MAC address '{text}' in network '{}'",
+                    self.network
+                ))
+            })?),
+        };
+        let ip = element
+            .attr("ip")
+            .map(|text| {
+                text.parse::<IpAddr>().map_err(|_| {
+                    invalid(format!(
+                        "Invalid IP address in static host definition for network '{}'",
+                        self.network
+                    ))
+                })
+            })
+            .transpose()?;
+        Ok(DhcpHostFields {
+            mac,
+            id: element.attr("id").map(str::to_string),
+            name: element.attr("name").map(str::to_string),
+            ip,
+            lease: self.lease_child(element)?,
+        })
+    }
+
+    /// `<host mac id name ip>` inside `<dhcp>`.
+    pub(super) fn dhcp_host(&self, element: &Element) -> Result<DhcpHost, Error> {
+        let fields = self.dhcp_host_fields(element)?;
+        let ip = fields.ip.ok_or_else(|| {
+            invalid(format!(
+                "Missing IP address in static host definition for network '{}'",
+                self.network
+            ))
+        })?;
+        Ok(DhcpHost {
+            mac: fields.mac,
+            id: fields.id,
+            name: fields.name,
+            ip,
+            lease: fields.lease,
         })
     }
 
@@ -661,53 +781,8 @@ impl Parser {
             self.check_no_text(dhcp)?;
             for child in &dhcp.children {
                 match child.name.as_str() {
-                    "range" => {
-                        self.check_attrs(child, &["start", "end"])?;
-                        let missing = |attr: &str| {
-                            invalid(format!(
-                                "Missing '{attr}' attribute in dhcp range for network '{}'",
-                                self.network
-                            ))
-                        };
-                        child.attr("start").ok_or_else(|| missing("start"))?;
-                        child.attr("end").ok_or_else(|| missing("end"))?;
-                        ip.dhcp_ranges.push(DhcpRange {
-                            start: self.required_ip(child, "start")?,
-                            end: self.required_ip(child, "end")?,
-                            lease: self.lease_child(child)?,
-                        });
-                    }
-                    "host" => {
-                        self.check_attrs(child, &["mac", "id", "name", "ip"])?;
-                        let mac = match child.attr("mac") {
-                            None => None,
-                            Some(text) => Some(text.parse::<MacAddr>().map_err(|_| {
-                                invalid(format!(
-                                    "Cannot parse MAC address '{text}' in network '{}'",
-                                    self.network
-                                ))
-                            })?),
-                        };
-                        let ip_text = child.attr("ip").ok_or_else(|| {
-                            invalid(format!(
-                                "Missing IP address in static host definition for network '{}'",
-                                self.network
-                            ))
-                        })?;
-                        let host_ip = ip_text.parse::<IpAddr>().map_err(|_| {
-                            invalid(format!(
-                                "Invalid IP address in static host definition for network '{}'",
-                                self.network
-                            ))
-                        })?;
-                        ip.dhcp_hosts.push(DhcpHost {
-                            mac,
-                            id: child.attr("id").map(str::to_string),
-                            name: child.attr("name").map(str::to_string),
-                            ip: host_ip,
-                            lease: self.lease_child(child)?,
-                        });
-                    }
+                    "range" => ip.dhcp_ranges.push(self.dhcp_range(child)?),
+                    "host" => ip.dhcp_hosts.push(self.dhcp_host(child)?),
                     _ => return Err(self.unsupported_child(dhcp, child)),
                 }
             }
