@@ -143,6 +143,9 @@ pub enum Command {
     /// Edit a network's persistent XML in $VISUAL or $EDITOR, then redefine it.
     #[command(name = "net-edit")]
     NetEdit(NetworkArg),
+    /// Update part of a network's definition: live, in its persistent config, or both.
+    #[command(name = "net-update")]
+    NetUpdate(UpdateArgs),
     /// List a network's DHCP leases.
     #[command(name = "net-dhcp-leases")]
     NetDhcpLeases {
@@ -155,6 +158,35 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `net-update`'s arguments, in virsh's order.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Network name or UUID.
+    #[arg(value_name = "NETWORK")]
+    pub network: String,
+    /// Type of update: add-first, add-last (add), delete or modify.
+    #[arg(value_name = "COMMAND")]
+    pub command: String,
+    /// Which section to update: ip-dhcp-host, ip-dhcp-range, dns-host, dns-srv or dns-txt.
+    #[arg(value_name = "SECTION")]
+    pub section: String,
+    /// The XML element itself (if it starts with '<') or a file containing it.
+    #[arg(value_name = "XML")]
+    pub xml: String,
+    /// Which <ip> element (0-based) an ip-dhcp-* update changes; negative: the default.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub parent_index: Option<i64>,
+    /// Affect the persistent definition (next network start).
+    #[arg(long)]
+    pub config: bool,
+    /// Affect the running network.
+    #[arg(long)]
+    pub live: bool,
+    /// Affect the running network if active, else the persistent definition (default).
+    #[arg(long, conflicts_with_all = ["config", "live"])]
+    pub current: bool,
 }
 
 /// `net-list`'s filters and formats.

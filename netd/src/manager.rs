@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use tokio::sync::Mutex;
 use tracing::{info, instrument, warn};
 
-use crate::api::types::{Lease, NetworkSummary};
+use crate::api::types::{Lease, NetworkSummary, UpdateResponse};
 use crate::api::{ApiError, ErrorKind};
 use crate::dhcp::{self, DhcpConfig, DhcpHostConfig, DhcpServer};
 use crate::dns::{self, DnsConfig, DnsServer};
@@ -64,6 +64,20 @@ pub enum Error {
         /// Every problem met, joined.
         problems: String,
     },
+    /// The DNS records of an update cannot be served.
+    #[error(transparent)]
+    DnsRecords(dns::Error),
+    /// A net-update was valid but applying it to the running network failed at `step`.
+    #[error("failed to update the live state of network '{network}': {step}")]
+    Live {
+        /// The network.
+        network: String,
+        /// The step that failed.
+        step: &'static str,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Reading or writing the daemon's files failed.
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -79,11 +93,14 @@ impl From<Error> for ApiError {
     fn from(error: Error) -> ApiError {
         let kind = match &error {
             Error::NotFound { .. } => ErrorKind::NotFound,
-            Error::Xml(_) | Error::Conflict(_) => ErrorKind::InvalidArgument,
+            Error::Xml(xml::Error::UpdateRefused(_)) => ErrorKind::OperationInvalid,
+            Error::Xml(xml::Error::UpdateUnsupported(_)) => ErrorKind::Unsupported,
+            Error::Xml(_) | Error::DnsRecords(_) | Error::Conflict(_) => ErrorKind::InvalidArgument,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::OperationInvalid(_) => ErrorKind::OperationInvalid,
             Error::Start { .. }
             | Error::Stop { .. }
+            | Error::Live { .. }
             | Error::Store(_)
             | Error::Link(_)
             | Error::Firewall(_) => ErrorKind::Internal,
@@ -671,16 +688,7 @@ impl Manager {
         let Some(config) = dns_config(def, networks) else {
             return Ok(None);
         };
-        let leases = dhcp.map(|server| {
-            let read = server.lease_reader();
-            Arc::new(move || {
-                read()
-                    .into_iter()
-                    .filter_map(|lease| Some((lease.ip, lease.hostname?)))
-                    .collect()
-            }) as dns::LeaseSource
-        });
-        DnsServer::start(config, leases)
+        DnsServer::start(config, lease_names(dhcp))
             .map(Some)
             .map_err(|e| failed_step(def, "starting the DNS server", e))
     }
@@ -900,15 +908,7 @@ impl Manager {
         }
         if let Some(live) = &network.live {
             // Record first that it is now transient, so a restart does not resurrect the definition.
-            let status = Status {
-                version: STATUS_VERSION,
-                phase: Phase::Active,
-                bridge: live.bridge_name().unwrap_or_default().to_owned(),
-                persistent: false,
-                xml: live.to_xml(),
-                started_at: chrono::Utc::now().timestamp(),
-            };
-            self.store.save_status(&name, &status)?;
+            self.store.save_status(&name, &active_status(live, false))?;
         }
         self.store.delete_config(&name)?;
         if let Some(network) = networks.get_mut(&name) {
@@ -955,6 +955,99 @@ impl Manager {
             field: "name",
             value: key.to_owned(),
         })
+    }
+
+    /// virsh's `net-update`: applies `update` to the running definition (`live`), the
+    /// persistent one (`config`), or with neither to the running one if the network is
+    /// active, else the persistent one. A live change reaches the network's DHCP and DNS
+    /// servers without restarting them (leases are kept) and is recorded in the status
+    /// file, so it survives a daemon restart but not a network restart. All or nothing:
+    /// a rejected update changes neither definition nor any file.
+    #[instrument(skip_all, fields(network = %key, command = %update.command, section = %update.section))]
+    pub async fn update(
+        &self,
+        key: &str,
+        update: &xml::Update<'_>,
+        live: bool,
+        config: bool,
+    ) -> Result<UpdateResponse, Error> {
+        let mut networks = self.networks.lock().await;
+        let name = lookup(&networks, key)?;
+        let network = &networks[&name];
+        let active = network.live.is_some();
+        let (live, config) = if live || config {
+            (live, config)
+        } else {
+            (active, !active)
+        };
+        if live && !active {
+            return Err(Error::OperationInvalid("network is not running".into()));
+        }
+        if config && network.config.is_none() {
+            return Err(Error::OperationInvalid(
+                "cannot change persistent config of a transient network".into(),
+            ));
+        }
+        let new_live = match (live, &network.live) {
+            (true, Some(def)) => Some(def.updated(update)?),
+            _ => None,
+        };
+        let new_config = match (config, &network.config) {
+            (true, Some(def)) => Some(def.updated(update)?),
+            _ => None,
+        };
+        let new_dns = new_live.as_ref().and_then(|def| dns_config(def, &networks));
+        if let Some(dns) = &new_dns {
+            dns::Resolver::new(dns, None).map_err(Error::DnsRecords)?;
+        }
+        let new_dhcp = new_live.as_ref().and_then(dhcp_config);
+        // The update gave the network its first DHCP range or host: it needs a server.
+        let started_dhcp = match (&new_dhcp, &network.dhcp) {
+            (Some(dhcp), None) => Some(
+                DhcpServer::start(dhcp.clone(), self.store.lease_path(&name)).map_err(|e| {
+                    Error::Live {
+                        network: name.clone(),
+                        step: "starting the DHCP server",
+                        source: Box::new(e),
+                    }
+                })?,
+            ),
+            _ => None,
+        };
+        if let Some(def) = &new_config {
+            self.store.save_config(&name, &def.to_config_file())?;
+        }
+        if let Some(def) = &new_live {
+            self.store
+                .save_status(&name, &active_status(def, network.config.is_some()))?;
+        }
+        let Some(network) = networks.get_mut(&name) else {
+            return Err(Error::NotFound {
+                field: "name",
+                value: name,
+            });
+        };
+        if let Some(def) = new_live {
+            match (network.dhcp.take(), new_dhcp) {
+                (Some(server), Some(dhcp)) => {
+                    server.update(dhcp);
+                    network.dhcp = Some(server);
+                }
+                (Some(server), None) => server.stop().await,
+                (None, _) => network.dhcp = started_dhcp,
+            }
+            if let (Some(server), Some(dns)) = (&network.dns, &new_dns) {
+                server
+                    .update(dns, lease_names(network.dhcp.as_ref()))
+                    .map_err(Error::DnsRecords)?;
+            }
+            network.live = Some(def);
+        }
+        if let Some(def) = new_config {
+            network.config = Some(def);
+        }
+        info!(network = %name, live, config, "updated");
+        Ok(UpdateResponse { name, live, config })
     }
 
     /// The network's current DHCP leases (none while it is inactive).
@@ -1105,6 +1198,31 @@ fn ipv4(addr: std::net::IpAddr) -> Option<std::net::Ipv4Addr> {
 /// A `<lease>` as a duration; zero means infinite, as the DHCP server reads it.
 fn lease_duration(lease: Option<&xml::Lease>) -> Option<std::time::Duration> {
     lease.map(|lease| std::time::Duration::from_secs(lease.seconds().unwrap_or(0)))
+}
+
+/// The hostnames of `dhcp`'s leases, as the network's DNS server reads them.
+fn lease_names(dhcp: Option<&DhcpServer>) -> Option<dns::LeaseSource> {
+    dhcp.map(|server| {
+        let read = server.lease_reader();
+        Arc::new(move || {
+            read()
+                .into_iter()
+                .filter_map(|lease| Some((lease.ip, lease.hostname?)))
+                .collect()
+        }) as dns::LeaseSource
+    })
+}
+
+/// The status of a running network whose definition is `live`.
+fn active_status(live: &NetworkDef, persistent: bool) -> Status {
+    Status {
+        version: STATUS_VERSION,
+        phase: Phase::Active,
+        bridge: live.bridge_name().unwrap_or_default().to_owned(),
+        persistent,
+        xml: live.to_xml(),
+        started_at: chrono::Utc::now().timestamp(),
+    }
 }
 
 /// Stops a network's servers, DNS first (it reads the DHCP leases).

@@ -41,6 +41,7 @@ impl Failure {
             ErrorKind::NotFound => "Network not found: ",
             ErrorKind::OperationInvalid => "Requested operation is not valid: ",
             ErrorKind::InvalidArgument => "invalid argument: ",
+            ErrorKind::Unsupported => "Operation not supported: ",
             ErrorKind::AlreadyExists => "operation failed: ",
             ErrorKind::PermissionDenied => "access denied: ",
             ErrorKind::Internal => "internal error: ",
@@ -79,6 +80,7 @@ pub async fn run(cli: &Cli) -> Result<String, Failure> {
         Command::NetUuid { network, json } => net::uuid(&client, network.get(), *json, quiet).await,
         Command::NetName { network, json } => net::name(&client, network.get(), *json, quiet).await,
         Command::NetEdit(network) => net::edit(&client, network.get(), quiet).await,
+        Command::NetUpdate(args) => net::update(&client, args, quiet).await,
         Command::NetDhcpLeases { network, mac, json } => {
             net::dhcp_leases(&client, network.get(), mac.as_deref(), *json, quiet).await
         }

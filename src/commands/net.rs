@@ -4,10 +4,11 @@ use std::path::Path;
 use std::process::Command as Process;
 
 use netd::api::client::{self, Client};
-use netd::api::types::NetworkSummary;
+use netd::api::types::{NetworkSummary, UpdateRequest};
+use netd::xml::{UpdateCommand, UpdateSection};
 
 use super::Failure;
-use crate::cli::ListArgs;
+use crate::cli::{ListArgs, UpdateArgs};
 use crate::output;
 
 fn read_file(path: &Path) -> Result<String, Failure> {
@@ -318,5 +319,56 @@ pub async fn dhcp_leases(
         output::json(&leases)
     } else {
         output::lease_table(&leases, quiet)
+    })
+}
+
+/// `net-update`. Like virsh, the command and section names are checked before the XML
+/// argument is read (as a file unless it starts with '<'), and the success line has no
+/// blank line after it: virsh prints it without a newline of its own.
+pub async fn update(client: &Client, args: &UpdateArgs, quiet: bool) -> Result<String, Failure> {
+    let command: UpdateCommand = args
+        .command
+        .parse()
+        .map_err(|e: netd::xml::Error| Failure::msg(e.to_string()))?;
+    let section: UpdateSection = args
+        .section
+        .parse()
+        .map_err(|e: netd::xml::Error| Failure::msg(e.to_string()))?;
+    let xml = if args.xml.starts_with('<') {
+        args.xml.clone()
+    } else {
+        read_file(Path::new(&args.xml))?
+    };
+    let request = UpdateRequest {
+        command: command.as_str().to_owned(),
+        section: section.as_str().to_owned(),
+        xml,
+        parent_index: args
+            .parent_index
+            .and_then(|index| usize::try_from(index).ok()),
+        live: args.live,
+        config: args.config,
+    };
+    let network = args.network.as_str();
+    let updated = client.update(network, &request).await.map_err(|e| {
+        Failure::call(
+            format!("Failed to update network {network}"),
+            Some(network),
+            e,
+        )
+    })?;
+    let affected = match (updated.config, updated.live) {
+        (true, true) => "persistent config and live state",
+        (true, false) => "persistent config",
+        (false, _) => "live state",
+    };
+    // vshPrintExtra (nothing with -q) without "\n", then virsh's end-of-command "\n".
+    Ok(if quiet {
+        String::new()
+    } else {
+        output::finish(
+            format!("Updated network {} {affected}", updated.name),
+            quiet,
+        )
     })
 }

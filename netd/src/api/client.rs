@@ -12,7 +12,10 @@ use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
 use super::error::ApiError;
-use super::types::{AutostartRequest, ErrorBody, Lease, NetworkSummary, XmlRequest, XmlResponse};
+use super::types::{
+    AutostartRequest, ErrorBody, Lease, NetworkSummary, UpdateRequest, UpdateResponse, XmlRequest,
+    XmlResponse,
+};
 
 /// Errors of a client call.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +149,20 @@ impl Client {
     pub async fn leases(&self, network: &str) -> Result<Vec<Lease>, Error> {
         self.call(Method::GET, network_path(network, "/leases"), None::<()>)
             .await
+    }
+
+    /// Changes one entry of a network's definition (net-update).
+    pub async fn update(
+        &self,
+        network: &str,
+        request: &UpdateRequest,
+    ) -> Result<UpdateResponse, Error> {
+        self.call(
+            Method::POST,
+            network_path(network, "/update"),
+            Some(request),
+        )
+        .await
     }
 
     async fn call<T: DeserializeOwned>(

@@ -18,6 +18,9 @@ pub enum ErrorKind {
     InvalidArgument,
     /// The request is valid but not in the network's current state (e.g. starting an active network).
     OperationInvalid,
+    /// The request asks for something kvnet (and libvirt) cannot do, e.g. a net-update
+    /// of the `<bridge>` section.
+    Unsupported,
     /// The caller may not do this.
     PermissionDenied,
     /// Anything else: the kernel or the disk refused.
@@ -32,6 +35,7 @@ impl ErrorKind {
             ErrorKind::AlreadyExists => "already_exists",
             ErrorKind::InvalidArgument => "invalid_argument",
             ErrorKind::OperationInvalid => "operation_invalid",
+            ErrorKind::Unsupported => "unsupported",
             ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::Internal => "internal",
         }
@@ -44,6 +48,7 @@ impl ErrorKind {
             "already_exists" => ErrorKind::AlreadyExists,
             "invalid_argument" => ErrorKind::InvalidArgument,
             "operation_invalid" => ErrorKind::OperationInvalid,
+            "unsupported" => ErrorKind::Unsupported,
             "permission_denied" => ErrorKind::PermissionDenied,
             _ => ErrorKind::Internal,
         }
@@ -53,7 +58,7 @@ impl ErrorKind {
         match self {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::AlreadyExists | ErrorKind::OperationInvalid => StatusCode::CONFLICT,
-            ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+            ErrorKind::InvalidArgument | ErrorKind::Unsupported => StatusCode::BAD_REQUEST,
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -17,8 +17,11 @@ use serde::Deserialize;
 use tokio::net::UnixListener;
 
 use super::error::{ApiError, ErrorKind};
-use super::types::{AutostartRequest, Lease, NetworkSummary, XmlRequest, XmlResponse};
-use crate::manager::Manager;
+use super::types::{
+    AutostartRequest, Lease, NetworkSummary, UpdateRequest, UpdateResponse, XmlRequest, XmlResponse,
+};
+use crate::manager::{self, Manager};
+use crate::xml;
 
 /// Errors setting up the listening socket.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +119,7 @@ fn router(state: AppState) -> Router {
         .route("/v1/networks/{network}/autostart", put(autostart))
         .route("/v1/networks/{network}/xml", get(dumpxml))
         .route("/v1/networks/{network}/leases", get(leases))
+        .route("/v1/networks/{network}/update", post(update))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
@@ -252,6 +256,25 @@ async fn leases(
     UrlPath(network): UrlPath<String>,
 ) -> Result<Json<Vec<Lease>>, ApiError> {
     Ok(Json(state.manager.leases(&network).await?))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    UrlPath(network): UrlPath<String>,
+    Json(request): Json<UpdateRequest>,
+) -> Result<Json<UpdateResponse>, ApiError> {
+    let parse_error = |e: xml::Error| ApiError::from(manager::Error::from(e));
+    let update = xml::Update {
+        command: request.command.parse().map_err(parse_error)?,
+        section: request.section.parse().map_err(parse_error)?,
+        parent_index: request.parent_index,
+        xml: &request.xml,
+    };
+    let response = state
+        .manager
+        .update(&network, &update, request.live, request.config)
+        .await?;
+    Ok(Json(response))
 }
 
 #[cfg(test)]

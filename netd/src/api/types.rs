@@ -47,6 +47,41 @@ pub struct AutostartRequest {
     pub enabled: bool,
 }
 
+/// Changes one entry of a network's definition (net-update).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    /// `add-first`, `add-last` (or `add`), `delete` or `modify`.
+    pub command: String,
+    /// `ip-dhcp-host`, `ip-dhcp-range`, `dns-host`, `dns-srv` or `dns-txt` (libvirt's
+    /// other section names are refused as not supported).
+    pub section: String,
+    /// The element, e.g. `<host mac='52:54:00:00:00:01' ip='192.168.122.10'/>`.
+    pub xml: String,
+    /// Which `<ip>` (0-based, document order) the `ip-dhcp-*` sections change; absent:
+    /// the one with `<dhcp>`, else the first IPv4, else the first IPv6.
+    #[serde(default)]
+    pub parent_index: Option<usize>,
+    /// Change the running network (must be active).
+    #[serde(default)]
+    pub live: bool,
+    /// Change the persistent definition (must be persistent).
+    #[serde(default)]
+    pub config: bool,
+}
+
+/// What a net-update changed (neither `live` nor `config` in the request resolves to
+/// the running definition if the network is active, else the persistent one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateResponse {
+    /// The network's name.
+    pub name: String,
+    /// The running definition was changed.
+    pub live: bool,
+    /// The persistent definition was changed.
+    pub config: bool,
+}
+
 /// One DHCP lease (net-dhcp-leases).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {

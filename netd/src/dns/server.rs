@@ -21,7 +21,7 @@ use nix::sys::socket::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::resolver::{Outcome, Resolver, Transport};
@@ -42,6 +42,8 @@ const RECV_BUFFER: usize = 4096;
 #[derive(Debug)]
 pub struct DnsServer {
     network: String,
+    /// The serving task answers with the latest resolver sent here (net-update).
+    resolver: watch::Sender<Arc<Resolver>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -84,13 +86,25 @@ impl DnsServer {
             }
         }
         let (shutdown, shutdown_rx) = oneshot::channel();
-        let task = runtime.spawn(serve(resolver, udp, tcp, shutdown_rx));
+        let (resolver, updates) = watch::channel(resolver);
+        let task = runtime.spawn(serve(updates, udp, tcp, shutdown_rx));
         tracing::info!(network = %config.network, listen = ?config.listen, "DNS server started");
         Ok(DnsServer {
             network: config.network,
+            resolver,
             shutdown: Some(shutdown),
             task: Some(task),
         })
+    }
+
+    /// Serves `config`'s names from now on, without rebinding the sockets or dropping
+    /// forwarded queries in flight (net-update). The listening addresses stay those
+    /// the server started with. An invalid config changes nothing.
+    pub fn update(&self, config: &DnsConfig, leases: Option<LeaseSource>) -> Result<(), Error> {
+        let resolver = Resolver::new(config, leases)?;
+        self.resolver.send_replace(Arc::new(resolver));
+        tracing::info!(network = %self.network, "DNS records updated");
+        Ok(())
     }
 
     /// Stops the task; TCP connections in progress end with it.
@@ -183,7 +197,7 @@ struct Serve {
 }
 
 async fn serve(
-    resolver: Arc<Resolver>,
+    mut updates: watch::Receiver<Arc<Resolver>>,
     udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
     mut shutdown: oneshot::Receiver<()>,
@@ -191,7 +205,7 @@ async fn serve(
     // Owned here, so the connections end with the task.
     let mut connections = JoinSet::new();
     let mut state = Serve {
-        resolver,
+        resolver: Arc::clone(&updates.borrow_and_update()),
         udp,
         upstream: [None, None],
         pending: HashMap::new(),
@@ -203,6 +217,10 @@ async fn serve(
     loop {
         let event = tokio::select! {
             _ = &mut shutdown => break,
+            Ok(()) = updates.changed() => {
+                state.resolver = Arc::clone(&updates.borrow_and_update());
+                continue;
+            }
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             // Idle networks (most of a thousand) never wake for the sweep.
             _ = sweep.tick(), if !state.pending.is_empty() => {
