@@ -300,6 +300,8 @@ pub struct Bound {
     pub router: String,
     pub dns: String,
     pub domain: String,
+    /// The hostname option (12) of the ACK; empty when there was none.
+    pub hostname: String,
 }
 
 /// Runs busybox udhcpc in `guest` on eth0 (sending `hostname`) until it binds, puts the
@@ -312,7 +314,7 @@ pub fn udhcpc_lease(daemon: &Daemon, guest: &Netns, hostname: &str) -> Bound {
     std::fs::write(
         &script,
         "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add \"$ip/$mask\" dev \"$interface\"\n\
-         echo \"$ip|$router|$dns|$domain\" > \"$0.out\"\n",
+         echo \"$ip|$router|$dns|$domain|$hostname\" > \"$0.out\"\n",
     )
     .expect("script");
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -325,7 +327,7 @@ pub fn udhcpc_lease(daemon: &Daemon, guest: &Netns, hostname: &str) -> Bound {
         .expect("udhcpc got no lease");
     let bound = std::fs::read_to_string(format!("{}.out", script.display())).expect("bound");
     let fields: Vec<&str> = bound.trim().split('|').collect();
-    let [ip, router, dns, domain] = fields[..] else {
+    let [ip, router, dns, domain, hostname] = fields[..] else {
         panic!("unexpected udhcpc record {bound:?}")
     };
     Bound {
@@ -333,5 +335,6 @@ pub fn udhcpc_lease(daemon: &Daemon, guest: &Netns, hostname: &str) -> Bound {
         router: router.to_owned(),
         dns: dns.to_owned(),
         domain: domain.to_owned(),
+        hostname: hostname.to_owned(),
     }
 }
