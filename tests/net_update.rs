@@ -405,3 +405,114 @@ fn rejected_updates_change_nothing_and_report_like_virsh() {
         "error: Failed to update network default\nerror: Requested operation is not valid: cannot change persistent config of a transient network\n"
     );
 }
+
+#[test]
+fn the_api_resolves_current_and_reports_stable_error_kinds() {
+    use netd::api::ErrorKind;
+    use netd::api::client::{Client, Error};
+    use netd::api::types::{UpdateRequest, UpdateResponse};
+
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let client = Client::new(daemon.socket());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let call = |command: &str, section: &str, xml: &str| {
+        let request = UpdateRequest {
+            command: command.to_owned(),
+            section: section.to_owned(),
+            xml: xml.to_owned(),
+            parent_index: None,
+            live: false,
+            config: false,
+        };
+        runtime.block_on(client.update("default", &request))
+    };
+    let kind = |result: Result<UpdateResponse, Error>| match result {
+        Err(Error::Api(api)) => api.kind,
+        other => panic!("expected an API error, got {other:?}"),
+    };
+    let txt = "<txt name='api' value='yes'/>";
+    assert_eq!(
+        call("add", "dns-txt", txt).expect("update"),
+        UpdateResponse {
+            name: "default".to_owned(),
+            live: true,
+            config: false,
+        }
+    );
+    assert_eq!(
+        kind(call("add", "dns-txt", txt)),
+        ErrorKind::OperationInvalid
+    );
+    assert_eq!(
+        kind(call("add", "forward", "<forward/>")),
+        ErrorKind::Unsupported
+    );
+    assert_eq!(kind(call("add", "dns", txt)), ErrorKind::InvalidArgument);
+    assert_eq!(
+        kind(call("insert", "dns-txt", txt)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(call("add", "dns-txt", "<txt")),
+        ErrorKind::InvalidArgument
+    );
+}
+
+#[test]
+fn a_live_update_that_adds_the_first_dhcp_range_starts_a_server_and_removing_it_stops_it() {
+    if !require(DAEMON_NEEDS) || !require(&[Need::Program("busybox")]) {
+        return;
+    }
+    let daemon = Daemon::start_with(DaemonOptions {
+        no_default_network: true,
+        ..DaemonOptions::default()
+    });
+    let path = xml_file(
+        daemon.dirs.path(),
+        "bare.xml",
+        "<network><name>bare</name><bridge name='virbr0' stp='off'/>\
+         <ip address='192.168.122.1' prefix='24'/></network>",
+    );
+    daemon.ok(&["net-create", path.to_str().expect("utf-8 path")]);
+    assert_eq!(log_count(&daemon, "DHCP server started"), 0);
+    let guest = Netns::new("updbare").expect("guest ns");
+    common::attach_guest(&daemon, &guest, "virbr0", "", "");
+    common::wait_for_forwarding(&daemon, "vg0");
+
+    let range = "<range start='192.168.122.70' end='192.168.122.70'/>";
+    assert_eq!(
+        daemon.ok(&["net-update", "bare", "add", "ip-dhcp-range", range]),
+        "Updated network bare live state\n"
+    );
+    assert_eq!(log_count(&daemon, "DHCP server started"), 1);
+    let bound = common::udhcpc_lease(&daemon, &guest, "solo");
+    assert_eq!(bound.ip, "192.168.122.70");
+    assert!(daemon.ok(&["net-dumpxml", "bare"]).contains(range));
+
+    daemon.ok(&["net-update", "bare", "delete", "ip-dhcp-range", range]);
+    assert_eq!(
+        log_count(&daemon, "DHCP server stopped"),
+        1,
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.ok(&["-q", "net-dhcp-leases", "bare"]).trim(), "");
+    // A transient network has no persistent config to change.
+    assert_eq!(
+        daemon.fails(&[
+            "net-update",
+            "bare",
+            "add",
+            "ip-dhcp-range",
+            range,
+            "--config"
+        ]),
+        "error: Failed to update network bare\nerror: Requested operation is not valid: cannot change persistent config of a transient network\n"
+    );
+}
