@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod host_bridge;
+pub mod intx;
 pub mod msix;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use crate::devices::bus::BusDevice;
 use crate::kvm::KvmError;
 pub use config::{BarKind, PciConfig, PciIds};
 pub use host_bridge::HostBridge;
+pub use intx::{IntxLine, IntxRouter};
 pub use msix::{MsiRouter, Msix, MsixLayout};
 
 /// Devices per bus.
@@ -58,12 +60,24 @@ pub trait PciDevice: Send {
     /// Guest write inside BAR `bar`.
     fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
 
+    /// Wires the function's interrupt pin to `gsi` (called once by [`PciBus::add_device`]
+    /// for a function whose Interrupt Pin register is non-zero). The default ignores it.
+    fn connect_intx(&mut self, _gsi: u32) -> Result<(), intx::IntxError> {
+        Ok(())
+    }
+
     /// Addresses inside this device's BARs whose writes should signal an eventfd in the
     /// kernel instead of exiting to the VMM (virtio queue notifications).
     fn ioeventfds(&self) -> Vec<IoEventSpec> {
         Vec::new()
     }
 }
+
+/// Everything a device's interrupts need: MSI routes and level-triggered INTx irqfds
+/// (KVM's [`crate::kvm::IrqRouting`] is both).
+pub trait InterruptRouter: MsiRouter + IntxRouter {}
+
+impl<T: MsiRouter + IntxRouter + ?Sized> InterruptRouter for T {}
 
 /// A device that can be shared between the bus and its owner.
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
@@ -100,6 +114,15 @@ pub enum PciError {
     NoBarSpace {
         /// Requested size.
         size: u64,
+    },
+    /// Wiring the device's INTx pin failed.
+    #[error("cannot wire the INTx pin of PCI device {device:02x}")]
+    Intx {
+        /// Device number.
+        device: u8,
+        /// Why.
+        #[source]
+        source: intx::IntxError,
     },
     /// Registering an ioeventfd failed.
     #[error("cannot register the ioeventfd at {addr:#x}")]
@@ -177,7 +200,8 @@ impl PciBus {
     }
 
     /// Adds `device` at the next free device number, assigns its BARs in the MMIO window
-    /// (naturally aligned) and enables memory decoding, as firmware would.
+    /// (naturally aligned), enables memory decoding and wires its interrupt pin to the
+    /// GSI [`intx::gsi_for`] gives (recorded in Interrupt Line), as firmware would.
     pub fn add_device(&mut self, device: SharedPciDevice) -> Result<PciAddress, PciError> {
         let number = (1..MAX_DEVICES)
             .find(|n| !self.slots.contains_key(n))
@@ -196,6 +220,15 @@ impl PciBus {
                 }
                 dev.config_mut().set_bar_address(index, addr);
                 next = addr + info.size;
+            }
+            let pin = dev.config().interrupt_pin();
+            if intx::PINS.contains(&pin) {
+                let gsi = intx::gsi_for(number, pin);
+                dev.config_mut().set_interrupt_line(gsi as u8);
+                dev.connect_intx(gsi).map_err(|source| PciError::Intx {
+                    device: number,
+                    source,
+                })?;
             }
             self.next_bar_addr = next;
             let command = dev.config().read_u16(config::COMMAND) | config::COMMAND_MEMORY_SPACE;
