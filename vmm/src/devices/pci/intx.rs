@@ -106,18 +106,35 @@ struct LineState {
     irqfd: EventFd,
     /// False while MSI-X is enabled or the command register's Interrupt Disable bit is set.
     enabled: AtomicBool,
+    /// Whether KVM's line is (or is about to be) high from our irqfd: set when we write
+    /// it, cleared by the resample that follows the guest's EOI.
+    asserted: AtomicBool,
     level: LevelSource,
 }
 
 impl LineState {
-    /// Asserts the pin if the device wants it and INTx is enabled.
+    /// Asserts the pin if the device wants it, INTx is enabled and the line is not
+    /// already high. A second irqfd write while it is high would only be coalesced, or,
+    /// since KVM injects from a workqueue, land after the guest's ISR read and EOI and
+    /// raise a spurious interrupt.
     fn update(&self) {
         if self.enabled.load(Ordering::SeqCst)
             && (self.level)()
+            && self
+                .asserted
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
             && let Err(error) = self.irqfd.write(1)
         {
+            self.asserted.store(false, Ordering::SeqCst);
             tracing::warn!(gsi = self.gsi, %error, "cannot signal the INTx irqfd");
         }
+    }
+
+    /// KVM lowered the line at the guest's EOI: raise it again if still pending.
+    fn resampled(&self) {
+        self.asserted.store(false, Ordering::SeqCst);
+        self.update();
     }
 }
 
@@ -181,6 +198,7 @@ impl IntxLine {
             gsi,
             irqfd,
             enabled: AtomicBool::new(false),
+            asserted: AtomicBool::new(false),
             level,
         });
         let worker_state = Arc::clone(&state);
@@ -227,6 +245,11 @@ impl IntxLine {
     pub fn update(&self) {
         self.state.update();
     }
+
+    /// Whether the line is high (asserted and not yet EOI'd by the guest).
+    pub fn is_asserted(&self) -> bool {
+        self.state.asserted.load(Ordering::SeqCst)
+    }
 }
 
 /// Waits for resamples (the guest EOI'd the level interrupt and KVM deasserted it) and
@@ -248,7 +271,7 @@ fn resample_loop(epoll: &Epoll, resample: &EventFd, state: &LineState) {
                 _ => {
                     // Drain the counter; several EOIs before we ran are one resample.
                     let _ = resample.read();
-                    state.update();
+                    state.resampled();
                 }
             }
         }
@@ -372,11 +395,25 @@ pub(crate) mod tests {
         assert_eq!(router.asserted(17), 0, "starts disabled");
         line.set_enabled(true);
         assert_eq!(router.asserted(17), 1, "enabling a pending line asserts it");
+        assert!(line.is_asserted());
         line.update();
-        assert_eq!(router.asserted(17), 1);
+        assert_eq!(router.asserted(17), 0, "already high until the EOI");
         line.set_enabled(false);
+        router.eoi(17);
+        wait_until(|| !line.is_asserted());
         line.update();
-        assert_eq!(router.asserted(17), 0);
+        assert_eq!(router.asserted(17), 0, "disabled");
+        line.set_enabled(true);
+        assert_eq!(router.asserted(17), 1);
+    }
+
+    /// Polls `check` for up to 5 s (the resample thread runs asynchronously).
+    pub(crate) fn wait_until(check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !check() {
+            assert!(Instant::now() < deadline, "condition not reached in 5 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     #[test]
@@ -393,8 +430,12 @@ pub(crate) mod tests {
         // The guest cleared the source before its EOI: the line stays down.
         status.store(0, Ordering::SeqCst);
         router.eoi(17);
-        std::thread::sleep(Duration::from_millis(50));
+        wait_until(|| !line.is_asserted());
         assert_eq!(router.asserted(17), 0);
+        // A new event after that EOI asserts again.
+        status.store(1, Ordering::SeqCst);
+        line.update();
+        assert_eq!(router.asserted(17), 1);
         drop(line);
         assert_eq!(*router.detached.lock().expect("lock"), vec![17]);
     }
