@@ -1,86 +1,253 @@
 //! Real-kernel tier (opt-in): boot `KVNET_GUEST_KERNEL` (a distro bzImage or vmlinux) with a
-//! busybox initramfs built by `scripts/build-initramfs.sh`; the guest must print a marker
-//! on ttyS0 and power off, which ends `kvnet-vmm` with status 0.
+//! busybox initramfs built by `scripts/build-initramfs.sh`.
+//!
+//! - The boot test: the guest must print a marker on ttyS0 and power off, which ends
+//!   `kvnet-vmm` with status 0.
+//! - The network test: a kvnetd in a test namespace runs an isolated network with DHCP on
+//!   bridge virbr0; the VM's virtio-net NIC sits on a tap on that bridge. The guest's
+//!   init (cmdline `kvnet.test=net`) loads virtio_pci/virtio_net (copied from the
+//!   kernel's module tree unless built in), takes a lease with `udhcpc`, pings the DHCP
+//!   server and prints `KVNET-NET-PASS` or `KVNET-NET-FAIL <reason>`.
 //!
 //! Needs a host with hardware virtualization: the development machine's PVM-backed
 //! /dev/kvm cannot run a stock kernel (see the feasibility notes), so without
-//! `KVNET_GUEST_KERNEL` this test reports SKIPPED. With it, a missing marker is a failure.
+//! `KVNET_GUEST_KERNEL` these tests report SKIPPED. With it, a missing marker, a FAIL
+//! line, a VMM that exits early or a guest that outlives its timeout is a failure.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use testkit::Need;
+use common::{DAEMON_NEEDS, Daemon, DaemonOptions, Need};
 
 const MARKER: &str = "KVNET-GUEST-READY";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Boot, module loading, DHCP (udhcpc retries every 2 s) and three pings.
+const NET_TIMEOUT: Duration = Duration::from_secs(300);
+const NET_PASS: &str = "KVNET-NET-PASS";
+const NET_FAIL: &str = "KVNET-NET-FAIL";
+const GUEST_MAC: &str = "52:54:00:4b:56:01";
 
-#[test]
-fn distro_kernel_boots_to_initramfs_prints_marker_and_powers_off() {
-    if !testkit::require(&[Need::GuestKernel, Need::Kvm, Need::Program("apt-get")]) {
-        return;
-    }
-    let kernel = std::env::var("KVNET_GUEST_KERNEL").expect("checked by require");
-    let dir = tempfile::tempdir().expect("tmp");
-    let initrd = dir.path().join("initramfs.cpio.gz");
+/// An isolated network with DHCP: nothing leaves the daemon's namespace.
+const NETWORK_XML: &str = "<network>
+  <name>vmnet</name>
+  <bridge name='virbr0' stp='off' delay='0'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='192.168.122.100' end='192.168.122.200'/>
+    </dhcp>
+  </ip>
+</network>
+";
+
+/// Runs `scripts/build-initramfs.sh OUTPUT MARKER [KERNEL]`; with `kernel`, the archive
+/// carries that kernel's virtio-net modules.
+fn build_initramfs(dir: &Path, kernel: Option<&str>) -> std::path::PathBuf {
+    let initrd = dir.join("initramfs.cpio.gz");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-initramfs.sh");
-    let built = Command::new("sh")
-        .arg(script)
-        .arg(&initrd)
-        .arg(MARKER)
-        .status()
-        .expect("run build-initramfs.sh");
+    let mut cmd = Command::new("sh");
+    cmd.arg(script).arg(&initrd).arg(MARKER);
+    if let Some(kernel) = kernel {
+        cmd.arg(kernel);
+    }
+    let built = cmd.status().expect("run build-initramfs.sh");
     assert!(built.success(), "build-initramfs.sh failed: {built}");
+    initrd
+}
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"))
-        .args(["--kernel", &kernel])
-        .arg("--initrd")
-        .arg(&initrd)
-        .args([
-            "--memory",
-            "512",
-            "--vcpus",
-            "2",
-            "--cmdline",
-            "console=ttyS0 reboot=k panic=-1 rdinit=/init quiet",
-        ])
+/// `kvnet-vmm` arguments booting `kernel` with `initrd` and `cmdline`.
+fn vmm_args(kernel: &str, initrd: &Path, cmdline: &str) -> Vec<String> {
+    vec![
+        "--kernel".into(),
+        kernel.into(),
+        "--initrd".into(),
+        initrd.to_string_lossy().into_owned(),
+        "--memory".into(),
+        "512".into(),
+        "--vcpus".into(),
+        "2".into(),
+        "--cmdline".into(),
+        format!("console=ttyS0 reboot=k panic=-1 rdinit=/init quiet {cmdline}"),
+    ]
+}
+
+/// What a guest run left behind.
+struct Run {
+    /// Guest console (COM1 on stdout).
+    console: String,
+    /// The VMM's stderr.
+    stderr: String,
+    /// How the VMM ended; `None` if it was killed at the timeout.
+    status: Option<ExitStatus>,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status {:?}\nconsole:\n{}\nstderr:\n{}",
+            self.status, self.console, self.stderr
+        )
+    }
+}
+
+/// Spawns `cmd` (a kvnet-vmm) and follows its console line by line until it exits, a
+/// line starting with `fail_marker` appears (then it is killed: the guest said why), or
+/// `timeout` passes (then it is killed too). Never waits longer than `timeout`.
+fn run_guest(mut cmd: Command, timeout: Duration, fail_marker: Option<&str>) -> Run {
+    let mut child: Child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn kvnet-vmm");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr_pipe = child.stderr.take().expect("piped stderr");
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        text
+    });
+    let (lines, console_lines) = mpsc::channel::<String>();
+    let console_reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
         }
-        if start.elapsed() > BOOT_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    });
+    let deadline = Instant::now() + timeout;
     let mut console = String::new();
-    let mut stderr = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        let _ = out.read_to_string(&mut console);
+    let mut kill = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match console_lines.recv_timeout(left) {
+            Ok(line) => {
+                let failed = fail_marker.is_some_and(|m| line.trim_start().starts_with(m));
+                console.push_str(&line);
+                console.push('\n');
+                if failed {
+                    kill = true;
+                    break;
+                }
+            }
+            // The VMM closed its stdout: it has exited (or is about to).
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                kill = true;
+                break;
+            }
+        }
     }
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut stderr);
+    if kill {
+        let _ = child.kill();
     }
-    let Some(status) = status else {
+    let status = child.wait().expect("wait for kvnet-vmm");
+    let _ = console_reader.join();
+    while let Ok(line) = console_lines.try_recv() {
+        console.push_str(&line);
+        console.push('\n');
+    }
+    let stderr = stderr_reader.join().unwrap_or_default();
+    Run {
+        console,
+        stderr,
+        status: (!kill).then_some(status),
+    }
+}
+
+#[test]
+fn distro_kernel_boots_to_initramfs_prints_marker_and_powers_off() {
+    if !common::require(&[Need::GuestKernel, Need::Kvm, Need::Program("apt-get")]) {
+        return;
+    }
+    let kernel = std::env::var("KVNET_GUEST_KERNEL").expect("checked by require");
+    let dir = tempfile::tempdir().expect("tmp");
+    let initrd = build_initramfs(dir.path(), None);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"));
+    cmd.args(vmm_args(&kernel, &initrd, ""));
+    let run = run_guest(cmd, BOOT_TIMEOUT, None);
+    let Some(status) = run.status else {
+        panic!("guest did not power off within {BOOT_TIMEOUT:?}\n{run}");
+    };
+    assert!(
+        run.console.lines().any(|l| l.trim_end() == MARKER),
+        "marker {MARKER} never appeared on the console\n{run}"
+    );
+    assert!(status.success(), "kvnet-vmm failed\n{run}");
+    assert!(run.stderr.contains("guest powered off"), "{run}");
+}
+
+#[test]
+fn distro_kernel_virtio_net_leases_from_kvnetd_and_pings_the_server() {
+    if !common::require(&[Need::GuestKernel, Need::Kvm, Need::Program("apt-get")])
+        || !common::require(DAEMON_NEEDS)
+        || !common::require(&[Need::Tun])
+    {
+        return;
+    }
+    let kernel = std::env::var("KVNET_GUEST_KERNEL").expect("checked by require");
+    let dir = tempfile::tempdir().expect("tmp");
+    let initrd = build_initramfs(dir.path(), Some(&kernel));
+
+    // kvnetd serves DHCP on virbr0 in its namespace; the guest's tap joins that bridge.
+    let daemon = Daemon::start_with(DaemonOptions {
+        no_default_network: true,
+        ..DaemonOptions::default()
+    });
+    let xml = common::xml_file(dir.path(), "vmnet.xml", NETWORK_XML);
+    daemon.ok(&["net-create", xml.to_str().expect("utf-8 path")]);
+    daemon
+        .ns
+        .sh("ip tuntap add dev kvt0 mode tap vnet_hdr && ip link set kvt0 master virbr0 up")
+        .expect("tap on virbr0");
+
+    let mut cmd = daemon.ns.command(env!("CARGO_BIN_EXE_kvnet-vmm"));
+    cmd.args(vmm_args(&kernel, &initrd, "kvnet.test=net"))
+        .args(["--net", &format!("tap=kvt0,mac={GUEST_MAC}")]);
+    let run = run_guest(cmd, NET_TIMEOUT, Some(NET_FAIL));
+    let Some(status) = run.status else {
         panic!(
-            "guest did not power off within {BOOT_TIMEOUT:?}\nconsole:\n{console}\nstderr:\n{stderr}"
+            "guest failed its network test or did not finish within {NET_TIMEOUT:?}\n{run}\nkvnetd log:\n{}",
+            daemon.log()
         );
     };
+    let Some(pass) = run.console.lines().find(|l| l.starts_with(NET_PASS)) else {
+        panic!(
+            "{NET_PASS} never appeared (the guest died or its init did not run the test)\n{run}\nkvnetd log:\n{}",
+            daemon.log()
+        );
+    };
+    // "KVNET-NET-PASS ip=192.168.122.1xx server=192.168.122.1"
+    let field = |key: &str| {
+        pass.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{pass:?} lacks {key}"))
+            .to_owned()
+    };
+    let (ip, server) = (field("ip="), field("server="));
+    assert_eq!(server, "192.168.122.1", "{run}");
+    let last_octet: u8 = ip
+        .strip_prefix("192.168.122.")
+        .and_then(|o| o.parse().ok())
+        .unwrap_or_else(|| panic!("lease {ip} outside 192.168.122.0/24"));
     assert!(
-        console.lines().any(|l| l.trim_end() == MARKER),
-        "marker {MARKER} never appeared on the console (status {status})\nconsole:\n{console}\nstderr:\n{stderr}"
+        (100..=200).contains(&last_octet),
+        "lease {ip} outside the DHCP range"
     );
+    // kvnetd's lease table names the guest's MAC and the address it handed out.
+    let leases = daemon.ok(&["net-dhcp-leases", "vmnet"]);
     assert!(
-        status.success(),
-        "kvnet-vmm exited with {status}\nstderr:\n{stderr}"
+        leases
+            .lines()
+            .any(|l| l.contains(GUEST_MAC) && l.contains(&ip)),
+        "no lease for {GUEST_MAC} / {ip} in:\n{leases}"
     );
-    assert!(stderr.contains("guest powered off"), "stderr:\n{stderr}");
+    assert!(status.success(), "kvnet-vmm failed\n{run}");
+    assert!(run.stderr.contains("guest powered off"), "{run}");
 }
