@@ -482,6 +482,8 @@ mod tests {
         config: PciConfig,
         notify: EventFd,
         written: Vec<(usize, u64, Vec<u8>)>,
+        /// GSIs `connect_intx` was called with.
+        intx: Vec<u32>,
     }
 
     impl Probe {
@@ -497,7 +499,14 @@ mod tests {
                 config,
                 notify: EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
                 written: Vec::new(),
+                intx: Vec::new(),
             }
+        }
+
+        fn with_pin(pin: u8) -> Probe {
+            let mut probe = Probe::new();
+            probe.config.set_interrupt_pin(pin);
+            probe
         }
     }
 
@@ -515,6 +524,10 @@ mod tests {
         }
         fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
             self.written.push((bar, offset, data.to_vec()));
+        }
+        fn connect_intx(&mut self, gsi: u32) -> Result<(), intx::IntxError> {
+            self.intx.push(gsi);
+            Ok(())
         }
         fn ioeventfds(&self) -> Vec<IoEventSpec> {
             vec![IoEventSpec {
@@ -610,6 +623,32 @@ mod tests {
         assert_eq!(r, [0xff, 0xff], "old address no longer decodes");
         window.read(0x10_0010, &mut r);
         assert_eq!(r, [0x10, 0x11]);
+    }
+
+    #[test]
+    fn functions_with_a_pin_get_their_swizzled_gsi_as_interrupt_line() {
+        let bus = Arc::new(Mutex::new(PciBus::new(None)));
+        let no_pin = Arc::new(Mutex::new(Probe::new()));
+        let inta = Arc::new(Mutex::new(Probe::with_pin(intx::PIN_INTA)));
+        let intb = Arc::new(Mutex::new(Probe::with_pin(2)));
+        for dev in [&no_pin, &inta, &intb] {
+            let dev: SharedPciDevice = dev.clone();
+            lock_bus(&bus).add_device(dev).expect("add");
+        }
+        let wired = |p: &Arc<Mutex<Probe>>| {
+            let p = p.lock().expect("lock");
+            (p.intx.clone(), p.config.bytes()[config::INTERRUPT_LINE])
+        };
+        assert_eq!(wired(&no_pin), (vec![], 0), "no pin, no line");
+        // Slot 2 INTA# and slot 3 INTB#: 16 + (slot + pin - 1) % 8.
+        assert_eq!(wired(&inta), (vec![18], 18));
+        assert_eq!(wired(&intb), (vec![20], 20));
+        let mut io = PciConfigIo::new(bus);
+        assert_eq!(
+            cfc_read(&mut io, 3, 0x3c) & 0xffff,
+            0x0214,
+            "pin INTB#, line 20"
+        );
     }
 
     #[test]

@@ -655,7 +655,11 @@ fn interrupt_disable_and_msix_enable_silence_intx() {
     assert_eq!(f.intx_asserted(), 1);
     interrupt.trigger(InterruptKind::Queue(0)).expect("trigger");
     assert_eq!(f.router.fired(gsi1), 0);
-    assert_eq!(f.intx_asserted(), 0, "the line is still high: no second write");
+    assert_eq!(
+        f.intx_asserted(),
+        0,
+        "the line is still high: no second write"
+    );
     assert!(f.dev.intx().is_some_and(IntxLine::is_asserted));
 }
 
