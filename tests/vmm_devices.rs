@@ -175,13 +175,15 @@ fn bar_ioeventfd_counts_guest_notifies_without_exits() {
     let dir = tempfile::tempdir().expect("tmp");
     // Write the notify value 5 times and a non-matching value once, then power off.
     let kernel = testing::write_guest(dir.path(), "notify.elf", |a| {
+        let mut bar64 = a.create_label();
+        let mut main = a.create_label();
+        a.jmp(main)?;
+        testing::bar64_subroutine(a, &mut bar64)?;
+        a.set_label(&mut main)?;
         a.mov(rbx, layout::PCI_ECAM_START + (1 << 15))?;
-        a.mov(eax, dword_ptr(rbx + 0x10))?;
-        a.and(eax, -16)?;
-        a.mov(edx, dword_ptr(rbx + 0x14))?;
-        a.shl(rdx, 32)?;
-        a.or(rax, rdx)?;
-        a.mov(r15, rax)?;
+        a.xor(ecx, ecx)?;
+        a.call(bar64)?;
+        a.mov(r15, rdx)?;
         a.mov(ecx, 5)?;
         let mut again = a.create_label();
         a.set_label(&mut again)?;

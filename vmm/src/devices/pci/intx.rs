@@ -233,7 +233,8 @@ impl IntxLine {
     }
 
     /// Allows or forbids asserting the pin (MSI-X enable, Interrupt Disable); enabling
-    /// while the source is pending asserts at once.
+    /// while the source is pending asserts at once. Disabling cannot lower a line that
+    /// is already high (an irqfd has no deassert): it drops at the guest's next EOI.
     pub fn set_enabled(&self, enabled: bool) {
         let was = self.state.enabled.swap(enabled, Ordering::SeqCst);
         if enabled && !was {
