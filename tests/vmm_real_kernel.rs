@@ -183,13 +183,15 @@ fn distro_kernel_boots_to_initramfs_prints_marker_and_powers_off() {
     assert!(run.stderr.contains("guest powered off"), "{run}");
 }
 
-#[test]
-fn distro_kernel_virtio_net_leases_from_kvnetd_and_pings_the_server() {
+/// The network self-test: returns the guest console once the guest passed it, got a
+/// lease from kvnetd in the DHCP range, kvnetd lists that lease, and the VM powered off.
+/// `None` when the test is skipped.
+fn virtio_net_leases_from_kvnetd_and_pings_the_server(extra_cmdline: &str) -> Option<String> {
     if !common::require(&[Need::GuestKernel, Need::Kvm, Need::Program("apt-get")])
         || !common::require(DAEMON_NEEDS)
         || !common::require(&[Need::Tun])
     {
-        return;
+        return None;
     }
     let kernel = std::env::var("KVNET_GUEST_KERNEL").expect("checked by require");
     let dir = tempfile::tempdir().expect("tmp");
@@ -208,8 +210,12 @@ fn distro_kernel_virtio_net_leases_from_kvnetd_and_pings_the_server() {
         .expect("tap on virbr0");
 
     let mut cmd = daemon.ns.command(env!("CARGO_BIN_EXE_kvnet-vmm"));
-    cmd.args(vmm_args(&kernel, &initrd, "kvnet.test=net"))
-        .args(["--net", &format!("tap=kvt0,mac={GUEST_MAC}")]);
+    cmd.args(vmm_args(
+        &kernel,
+        &initrd,
+        &format!("kvnet.test=net {extra_cmdline}"),
+    ))
+    .args(["--net", &format!("tap=kvt0,mac={GUEST_MAC}")]);
     let run = run_guest(cmd, NET_TIMEOUT, Some(NET_FAIL));
     let Some(status) = run.status else {
         panic!(
@@ -250,4 +256,41 @@ fn distro_kernel_virtio_net_leases_from_kvnetd_and_pings_the_server() {
     );
     assert!(status.success(), "kvnet-vmm failed\n{run}");
     assert!(run.stderr.contains("guest powered off"), "{run}");
+    Some(run.console)
+}
+
+/// The guest's /proc/interrupts lines naming virtio0 (the init prints them last).
+fn virtio_interrupt_lines(console: &str) -> Vec<&str> {
+    console.lines().filter(|l| l.contains("virtio0")).collect()
+}
+
+#[test]
+fn distro_kernel_virtio_net_leases_from_kvnetd_and_pings_the_server() {
+    let Some(console) = virtio_net_leases_from_kvnetd_and_pings_the_server("") else {
+        return;
+    };
+    // Linux's virtio_pci takes one MSI-X vector per queue ("virtio0-input.0", ...).
+    let lines = virtio_interrupt_lines(&console);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("MSI") && l.contains("virtio0-input")),
+        "virtio0 does not use MSI-X: {lines:?}\nconsole:\n{console}"
+    );
+}
+
+#[test]
+fn distro_kernel_virtio_net_without_msi_uses_the_prt_intx_line() {
+    // pci=nomsi: virtio_pci falls back to INTA#, which Linux finds through the DSDT's _PRT
+    // and programs as a level-triggered IOAPIC pin ("IO-APIC ... -fasteoi virtio0").
+    let Some(console) = virtio_net_leases_from_kvnetd_and_pings_the_server("pci=nomsi") else {
+        return;
+    };
+    let lines = virtio_interrupt_lines(&console);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("IO-APIC") && l.contains("fasteoi")),
+        "virtio0 is not on a level-triggered IOAPIC pin: {lines:?}\nconsole:\n{console}"
+    );
 }
