@@ -31,6 +31,8 @@ const NET_TIMEOUT: Duration = Duration::from_secs(300);
 const NET_PASS: &str = "KVNET-NET-PASS";
 const NET_FAIL: &str = "KVNET-NET-FAIL";
 const GUEST_MAC: &str = "52:54:00:4b:56:01";
+/// How long a guest that reported a failure may keep running (it prints diagnostics).
+const FAIL_GRACE: Duration = Duration::from_secs(10);
 
 /// An isolated network with DHCP: nothing leaves the daemon's namespace.
 const NETWORK_XML: &str = "<network>
@@ -95,10 +97,11 @@ impl std::fmt::Display for Run {
     }
 }
 
-/// Spawns `cmd` (a kvnet-vmm) and follows its console line by line until it exits, a
-/// line starting with `fail_marker` appears (then it is killed: the guest said why), or
-/// `timeout` passes (then it is killed too). Never waits longer than `timeout`.
-fn run_guest(mut cmd: Command, timeout: Duration, fail_marker: Option<&str>) -> Run {
+/// Spawns `cmd` (a kvnet-vmm) and follows its console line by line until it exits or
+/// `timeout` passes (then it is killed). Once a line starting with the marker of
+/// `on_failure` appears, it gets that much more time to print its diagnostics and power
+/// off. Never waits longer than `timeout`.
+fn run_guest(mut cmd: Command, timeout: Duration, on_failure: Option<(&str, Duration)>) -> Run {
     let mut child: Child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -107,13 +110,16 @@ fn run_guest(mut cmd: Command, timeout: Duration, fail_marker: Option<&str>) -> 
         .expect("spawn kvnet-vmm");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut stderr_pipe = child.stderr.take().expect("piped stderr");
-    let stderr_reader = std::thread::spawn(move || {
+    // Readers report through channels, so nothing below can block on a pipe that a
+    // leftover process keeps open.
+    let (stderr_tx, stderr_rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
         let mut text = String::new();
         let _ = stderr_pipe.read_to_string(&mut text);
-        text
+        let _ = stderr_tx.send(text);
     });
     let (lines, console_lines) = mpsc::channel::<String>();
-    let console_reader = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if lines.send(line).is_err() {
@@ -121,20 +127,20 @@ fn run_guest(mut cmd: Command, timeout: Duration, fail_marker: Option<&str>) -> 
             }
         }
     });
-    let deadline = Instant::now() + timeout;
+    let mut deadline = Instant::now() + timeout;
     let mut console = String::new();
     let mut kill = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match console_lines.recv_timeout(left) {
             Ok(line) => {
-                let failed = fail_marker.is_some_and(|m| line.trim_start().starts_with(m));
+                if let Some((marker, grace)) = on_failure
+                    && line.trim_start().starts_with(marker)
+                {
+                    deadline = deadline.min(Instant::now() + grace);
+                }
                 console.push_str(&line);
                 console.push('\n');
-                if failed {
-                    kill = true;
-                    break;
-                }
             }
             // The VMM closed its stdout: it has exited (or is about to).
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -144,21 +150,81 @@ fn run_guest(mut cmd: Command, timeout: Duration, fail_marker: Option<&str>) -> 
             }
         }
     }
-    if kill {
-        let _ = child.kill();
-    }
-    let status = child.wait().expect("wait for kvnet-vmm");
-    let _ = console_reader.join();
-    while let Ok(line) = console_lines.try_recv() {
+    // The console closed because the VMM is exiting; still never wait past the deadline.
+    let status = loop {
+        if kill {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => kill = true,
+        }
+    };
+    while let Ok(line) = console_lines.recv_timeout(Duration::from_millis(200)) {
         console.push_str(&line);
         console.push('\n');
     }
-    let stderr = stderr_reader.join().unwrap_or_default();
+    let stderr = stderr_rx
+        .recv_timeout(Duration::from_secs(2))
+        .unwrap_or_default();
     Run {
         console,
         stderr,
-        status: (!kill).then_some(status),
+        status,
     }
+}
+
+#[test]
+fn guest_runner_never_outlives_its_timeout_and_cuts_a_failed_guest_short() {
+    let sh = |script: &str| {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        cmd
+    };
+    let exited = run_guest(sh("echo booted; exit 3"), Duration::from_secs(30), None);
+    assert_eq!(exited.console, "booted\n");
+    assert_eq!(exited.status.and_then(|s| s.code()), Some(3));
+
+    let start = Instant::now();
+    let hung = run_guest(
+        sh("echo booted; exec sleep 60"),
+        Duration::from_secs(1),
+        None,
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(hung.console, "booted\n");
+    assert!(hung.status.is_none(), "killed at the timeout");
+
+    // A leftover process holding the console open cannot stretch the wait either.
+    let start = Instant::now();
+    let leftover = run_guest(sh("echo booted; sleep 5 &"), Duration::from_secs(1), None);
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(leftover.console, "booted\n");
+
+    let start = Instant::now();
+    let failed = run_guest(
+        sh("echo KVNET-NET-FAIL no lease; echo diagnostics; exec sleep 60"),
+        Duration::from_secs(60),
+        Some((NET_FAIL, Duration::from_millis(500))),
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(failed.console, "KVNET-NET-FAIL no lease\ndiagnostics\n");
+    assert!(failed.status.is_none());
 }
 
 #[test]
@@ -216,10 +282,16 @@ fn virtio_net_leases_from_kvnetd_and_pings_the_server(extra_cmdline: &str) -> Op
         &format!("kvnet.test=net {extra_cmdline}"),
     ))
     .args(["--net", &format!("tap=kvt0,mac={GUEST_MAC}")]);
-    let run = run_guest(cmd, NET_TIMEOUT, Some(NET_FAIL));
+    let run = run_guest(cmd, NET_TIMEOUT, Some((NET_FAIL, FAIL_GRACE)));
+    if let Some(failure) = run.console.lines().find(|l| l.starts_with(NET_FAIL)) {
+        panic!(
+            "the guest's network test failed: {failure}\n{run}\nkvnetd log:\n{}",
+            daemon.log()
+        );
+    }
     let Some(status) = run.status else {
         panic!(
-            "guest failed its network test or did not finish within {NET_TIMEOUT:?}\n{run}\nkvnetd log:\n{}",
+            "guest did not finish its network test within {NET_TIMEOUT:?}\n{run}\nkvnetd log:\n{}",
             daemon.log()
         );
     };
