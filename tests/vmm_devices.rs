@@ -87,42 +87,21 @@ fn msix_vector_reaches_the_guest_idt_handler() {
         return;
     }
     const VECTOR: u32 = 0x41;
-    let idt = testing::GUEST_SCRATCH;
-    let idtr = testing::GUEST_SCRATCH + 0x1000;
     let dir = tempfile::tempdir().expect("tmp");
     let kernel = testing::write_guest(dir.path(), "msi.elf", |a| {
         let mut handler = a.create_label();
-        // Mask the 8259s: only the MSI may interrupt.
-        a.mov(al, 0xff)?;
-        a.out(0x21, al)?;
-        a.out(0xa1, al)?;
-        // IDT gate for VECTOR -> handler (selector 0x10 is the boot code segment).
-        a.lea(rax, ptr(handler))?;
-        a.mov(rdi, idt + u64::from(VECTOR) * 16)?;
-        a.mov(word_ptr(rdi), ax)?;
-        a.mov(word_ptr(rdi + 2), 0x10)?;
-        a.mov(word_ptr(rdi + 4), 0x8e00)?;
-        a.shr(rax, 16)?;
-        a.mov(word_ptr(rdi + 6), ax)?;
-        a.shr(rax, 16)?;
-        a.mov(dword_ptr(rdi + 8), eax)?;
-        a.mov(dword_ptr(rdi + 12), 0)?;
-        a.mov(rdi, idtr)?;
-        a.mov(word_ptr(rdi), 0xfff)?;
-        a.mov(rax, idt)?;
-        a.mov(qword_ptr(rdi + 2), rax)?;
-        a.lidt(ptr(rdi))?;
-        // Software-enable the local APIC.
-        a.mov(rdi, layout::LAPIC_START)?;
-        a.mov(dword_ptr(rdi + 0xf0), 0x1ff)?;
+        let mut bar64 = a.create_label();
+        let mut main = a.create_label();
+        a.jmp(main)?;
+        testing::bar64_subroutine(a, &mut bar64)?;
+        a.set_label(&mut main)?;
+        // Only the local APIC may interrupt, VECTOR goes to the handler.
+        testing::install_interrupt_handler(a, VECTOR, handler)?;
         // Device 00:01.0 through ECAM: BAR0 (64-bit) into r15.
         a.mov(rbx, layout::PCI_ECAM_START + (1 << 15))?;
-        a.mov(eax, dword_ptr(rbx + 0x10))?;
-        a.and(eax, -16)?;
-        a.mov(edx, dword_ptr(rbx + 0x14))?;
-        a.shl(rdx, 32)?;
-        a.or(rax, rdx)?;
-        a.mov(r15, rax)?;
+        a.xor(ecx, ecx)?;
+        a.call(bar64)?;
+        a.mov(r15, rdx)?;
         // MSI-X table entry 0: fixed delivery of VECTOR to APIC 0, unmasked.
         a.mov(dword_ptr(r15), 0xfee0_0000u32 as i32)?;
         a.mov(dword_ptr(r15 + 4), 0)?;
@@ -141,8 +120,7 @@ fn msix_vector_reaches_the_guest_idt_handler() {
         // The handler: report, EOI, power off.
         a.set_label(&mut handler)?;
         print(a, "MSI-X vector 0x41 handled\n")?;
-        a.mov(rdi, layout::LAPIC_START)?;
-        a.mov(dword_ptr(rdi + 0xb0), 0)?;
+        testing::lapic_eoi(a)?;
         poweroff(a)
     })
     .expect("assemble");
@@ -197,13 +175,15 @@ fn bar_ioeventfd_counts_guest_notifies_without_exits() {
     let dir = tempfile::tempdir().expect("tmp");
     // Write the notify value 5 times and a non-matching value once, then power off.
     let kernel = testing::write_guest(dir.path(), "notify.elf", |a| {
+        let mut bar64 = a.create_label();
+        let mut main = a.create_label();
+        a.jmp(main)?;
+        testing::bar64_subroutine(a, &mut bar64)?;
+        a.set_label(&mut main)?;
         a.mov(rbx, layout::PCI_ECAM_START + (1 << 15))?;
-        a.mov(eax, dword_ptr(rbx + 0x10))?;
-        a.and(eax, -16)?;
-        a.mov(edx, dword_ptr(rbx + 0x14))?;
-        a.shl(rdx, 32)?;
-        a.or(rax, rdx)?;
-        a.mov(r15, rax)?;
+        a.xor(ecx, ecx)?;
+        a.call(bar64)?;
+        a.mov(r15, rdx)?;
         a.mov(ecx, 5)?;
         let mut again = a.create_label();
         a.set_label(&mut again)?;

@@ -1,15 +1,17 @@
 //! KVM tier: a mini-guest drives the virtio-net-pci device like a driver would and
-//! exchanges one Ethernet frame each way with a peer network namespace.
+//! exchanges Ethernet frames with a peer network namespace, once with MSI-X and once
+//! with MSI-X left disabled, where the device interrupts through its INTx pin.
 //!
 //! Host side: ns "host" holds bridge br0 with the guest's tap kvt0 and veth v0; its
-//! peer v1 lives in ns "peer", where an AF_PACKET socket sees the guest's frame and
-//! answers it. Guest side: it finds 1af4:1041 through ECAM, walks the capability list
-//! to the common, notify and device config structures and the MSI-X table, negotiates
-//! VERSION_1|MAC, sets up RX queue 0 and TX queue 1 (8 entries), posts one RX buffer,
-//! sends a frame and waits for the RX MSI-X interrupt, whose handler prints the
-//! received bytes on COM1.
+//! peer v1 lives in ns "peer", where an AF_PACKET socket sees the guest's frames and
+//! answers them. Guest side: it finds 1af4:1041 through ECAM, walks the capability list
+//! to the virtio structures (vmm::testing's mini-driver helpers), negotiates
+//! VERSION_1|MAC, sets up RX queue 0 and TX queue 1 (8 entries), posts RX buffers,
+//! sends a frame and waits for the RX interrupt, whose handler prints what it saw on
+//! COM1.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
@@ -21,7 +23,7 @@ use testkit::{Need, Netns};
 use vmm::boot::layout;
 use vmm::devices::virtio::net::{MacAddr, Net, NetConfig, Tap};
 use vmm::testing::asm::*;
-use vmm::testing::{self, hex32_subroutine, poweroff, print};
+use vmm::testing::{self, QueueRings, hex32_subroutine, poweroff, print, virtio_regs};
 use vmm::{ExitReason, SerialSink, SharedBuffer, Vm, VmConfig};
 
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -31,8 +33,6 @@ const VECTOR: u32 = 0x41;
 const QUEUE_SIZE: u32 = 8;
 
 // Guest RAM layout (all in the zeroed scratch area).
-const IDT: u64 = testing::GUEST_SCRATCH;
-const IDTR: u64 = testing::GUEST_SCRATCH + 0x1000;
 const RX_DESC: u64 = 0x21_0000;
 const RX_AVAIL: u64 = 0x21_1000;
 const RX_USED: u64 = 0x21_2000;
@@ -55,10 +55,16 @@ fn frame(dst: [u8; 6], src: [u8; 6], text: &[u8]) -> Vec<u8> {
     f
 }
 
-/// The frame the guest sends, with its source MAC left zero (the guest fills it in
-/// from the device config space).
-fn guest_frame(src: [u8; 6]) -> Vec<u8> {
-    frame([0xff; 6], src, b"kvnet guest says hello")
+/// The `nth` (1 or 2) frame the guest sends, with source MAC `src` (the guest writes
+/// zeros there and fills it in from the device config space). The texts differ so the
+/// peer can tell a second frame from a duplicate of the first.
+fn guest_frame(src: [u8; 6], nth: u32) -> Vec<u8> {
+    let text: &[u8] = if nth == 1 {
+        b"kvnet guest says hello"
+    } else {
+        b"kvnet guest says again"
+    };
+    frame([0xff; 6], src, text)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -96,217 +102,137 @@ fn hex8_subroutine(a: &mut CodeAssembler, label: &mut CodeLabel) -> Result<(), I
     Ok(())
 }
 
-/// Prints `text` and powers off.
-fn fail(a: &mut CodeAssembler, label: &mut CodeLabel, text: &str) -> Result<(), IcedError> {
-    a.set_label(label)?;
-    print(a, text)?;
-    poweroff(a)
+const RX_RINGS: QueueRings = QueueRings {
+    desc: RX_DESC,
+    avail: RX_AVAIL,
+    used: RX_USED,
+};
+const TX_RINGS: QueueRings = QueueRings {
+    desc: TX_DESC,
+    avail: TX_AVAIL,
+    used: TX_USED,
+};
+/// VERSION_1 (bit 32) and MAC (bit 5).
+const FEATURES: u64 = (1 << 32) | (1 << 5);
+/// `VRING_AVAIL_F_NO_INTERRUPT`.
+const AVAIL_NO_INTERRUPT: u32 = 1;
+
+/// Posts `count` device-writable RX buffers of [`RX_BUF_LEN`] (descriptor n at
+/// `RX_BUF + n * 0x1000`). Clobbers rax, rdi.
+fn post_rx_buffers(a: &mut CodeAssembler, count: u32) -> Result<(), IcedError> {
+    for n in 0..count {
+        a.mov(rdi, RX_DESC + u64::from(n) * 16)?;
+        a.mov(rax, RX_BUF + u64::from(n) * 0x1000)?;
+        a.mov(qword_ptr(rdi), rax)?;
+        a.mov(dword_ptr(rdi + 8), RX_BUF_LEN)?;
+        a.mov(word_ptr(rdi + 12), 2)?; // VIRTQ_DESC_F_WRITE
+        a.mov(rdi, RX_AVAIL + 4 + u64::from(n) * 2)?;
+        a.mov(word_ptr(rdi), n)?;
+    }
+    a.mov(rdi, RX_AVAIL)?;
+    a.mov(word_ptr(rdi + 2), count)?;
+    Ok(())
 }
 
-/// The guest driver. Registers: rbx = ECAM base of the device, r12 = common cfg,
-/// r13 = notify base, r14 = notify_off_multiplier, r11 = device cfg, r10 = MSI-X
-/// table, r9 = MSI-X capability offset, r8/rbp = RX/TX notify addresses.
-fn guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
-    let mut handler = a.create_label();
-    let mut hex32 = a.create_label();
-    let mut hex8 = a.create_label();
-    let mut bar_addr = a.create_label();
-    let mut main = a.create_label();
-    let mut no_device = a.create_label();
-    let mut caps_missing = a.create_label();
-    let mut features_refused = a.create_label();
-    let mut needs_reset = a.create_label();
-    a.jmp(main)?;
-    hex32_subroutine(a, &mut hex32)?;
-    hex8_subroutine(a, &mut hex8)?;
-    // bar_addr: rdx = address of 64-bit BAR rcx of the device at rbx (clobbers rdi).
-    a.set_label(&mut bar_addr)?;
-    a.mov(edx, dword_ptr(rbx + rcx * 4 + 0x14))?;
-    a.shl(rdx, 32)?;
-    a.mov(edi, dword_ptr(rbx + rcx * 4 + 0x10))?;
-    a.and(edi, -16)?;
-    a.or(rdx, rdi)?;
-    a.ret()?;
-    fail(a, &mut no_device, "no virtio-net device\n")?;
-    fail(a, &mut caps_missing, "virtio capabilities missing\n")?;
-    fail(a, &mut features_refused, "FEATURES_OK refused\n")?;
-    fail(a, &mut needs_reset, "device needs reset\n")?;
-
-    a.set_label(&mut main)?;
-    // Only the MSI may interrupt: mask the 8259s, install the IDT gate, enable the LAPIC.
-    a.mov(al, 0xff)?;
-    a.out(0x21, al)?;
-    a.out(0xa1, al)?;
-    a.lea(rax, ptr(handler))?;
-    a.mov(rdi, IDT + u64::from(VECTOR) * 16)?;
-    a.mov(word_ptr(rdi), ax)?;
-    a.mov(word_ptr(rdi + 2), 0x10)?;
-    a.mov(word_ptr(rdi + 4), 0x8e00)?;
-    a.shr(rax, 16)?;
-    a.mov(word_ptr(rdi + 6), ax)?;
-    a.shr(rax, 16)?;
-    a.mov(dword_ptr(rdi + 8), eax)?;
-    a.mov(dword_ptr(rdi + 12), 0)?;
-    a.mov(rdi, IDTR)?;
-    a.mov(word_ptr(rdi), 0xfff)?;
-    a.mov(rax, IDT)?;
-    a.mov(qword_ptr(rdi + 2), rax)?;
-    a.lidt(ptr(rdi))?;
-    a.mov(rdi, layout::LAPIC_START)?;
-    a.mov(dword_ptr(rdi + 0xf0), 0x1ff)?;
-
-    // Enumerate bus 0 through ECAM for 1af4:1041.
-    let mut scan = a.create_label();
-    let mut found = a.create_label();
-    a.mov(rbx, layout::PCI_ECAM_START)?;
-    a.mov(rsi, layout::PCI_ECAM_START + (32 << 15))?;
-    a.set_label(&mut scan)?;
-    a.cmp(dword_ptr(rbx), 0x1041_1af4)?;
-    a.je(found)?;
-    a.add(rbx, 1 << 15)?;
-    a.cmp(rbx, rsi)?;
-    a.jb(scan)?;
-    a.jmp(no_device)?;
-    a.set_label(&mut found)?;
-    print(a, "found 1af4:1041\n")?;
-    a.mov(word_ptr(rbx + 4), 0x6)?; // memory space + bus master
-
-    // Walk the capability list.
-    let mut cap_loop = a.create_label();
-    let mut not_msix = a.create_label();
-    let mut not_common = a.create_label();
-    let mut not_notify = a.create_label();
-    let mut next_cap = a.create_label();
-    let mut caps_done = a.create_label();
-    for r in [r9, r10, r11, r12, r13, r14] {
-        a.xor(r, r)?;
-    }
-    a.movzx(esi, byte_ptr(rbx + 0x34))?;
-    a.set_label(&mut cap_loop)?;
-    a.test(esi, esi)?;
-    a.jz(caps_done)?;
-    a.movzx(eax, byte_ptr(rbx + rsi))?;
-    a.cmp(eax, 0x11)?;
-    a.jne(not_msix)?;
-    a.mov(r9, rsi)?;
-    a.mov(eax, dword_ptr(rbx + rsi + 4))?;
-    a.mov(ecx, eax)?;
-    a.and(ecx, 7)?;
-    a.and(eax, -8)?;
-    a.call(bar_addr)?;
-    a.add(rdx, rax)?;
-    a.mov(r10, rdx)?;
-    a.jmp(next_cap)?;
-    a.set_label(&mut not_msix)?;
-    a.cmp(eax, 0x09)?;
-    a.jne(next_cap)?;
-    a.movzx(ecx, byte_ptr(rbx + rsi + 4))?;
-    a.call(bar_addr)?;
-    a.mov(eax, dword_ptr(rbx + rsi + 8))?;
-    a.add(rdx, rax)?;
-    a.movzx(eax, byte_ptr(rbx + rsi + 3))?;
-    a.cmp(eax, 1)?;
-    a.jne(not_common)?;
-    a.mov(r12, rdx)?;
-    a.jmp(next_cap)?;
-    a.set_label(&mut not_common)?;
-    a.cmp(eax, 2)?;
-    a.jne(not_notify)?;
-    a.mov(r13, rdx)?;
-    a.mov(r14d, dword_ptr(rbx + rsi + 16))?;
-    a.jmp(next_cap)?;
-    a.set_label(&mut not_notify)?;
-    a.cmp(eax, 4)?;
-    a.jne(next_cap)?;
-    a.mov(r11, rdx)?;
-    a.set_label(&mut next_cap)?;
-    a.movzx(esi, byte_ptr(rbx + rsi + 1))?;
-    a.jmp(cap_loop)?;
-    a.set_label(&mut caps_done)?;
-    for r in [r9, r10, r11, r12, r13] {
-        a.test(r, r)?;
-        a.jz(caps_missing)?;
-    }
-
-    // Reset, ACKNOWLEDGE|DRIVER, VERSION_1 (bit 32) and MAC (bit 5), FEATURES_OK.
-    a.mov(byte_ptr(r12 + 0x14), 0)?;
-    a.mov(byte_ptr(r12 + 0x14), 1)?;
-    a.mov(byte_ptr(r12 + 0x14), 3)?;
-    a.mov(dword_ptr(r12 + 0x08), 0)?;
-    a.mov(dword_ptr(r12 + 0x0c), 1 << 5)?;
-    a.mov(dword_ptr(r12 + 0x08), 1)?;
-    a.mov(dword_ptr(r12 + 0x0c), 1)?;
-    a.mov(byte_ptr(r12 + 0x14), 0xb)?;
-    a.test(byte_ptr(r12 + 0x14), 8)?;
-    a.jz(features_refused)?;
-    a.mov(word_ptr(r12 + 0x10), 0xffff)?; // no config interrupt
-
-    // Queues: RX 0 on MSI-X vector 1, TX 1 without interrupts.
-    for (index, vector, desc, avail, used, notify) in [
-        (0u32, 1u32, RX_DESC, RX_AVAIL, RX_USED, r8),
-        (1, 0xffff, TX_DESC, TX_AVAIL, TX_USED, rbp),
-    ] {
-        a.mov(word_ptr(r12 + 0x16), index)?;
-        a.mov(word_ptr(r12 + 0x18), QUEUE_SIZE)?;
-        a.mov(word_ptr(r12 + 0x1a), vector)?;
-        for (reg, addr) in [(0x20, desc), (0x28, avail), (0x30, used)] {
-            a.mov(rax, addr)?;
-            a.mov(qword_ptr(r12 + reg), rax)?;
-        }
-        a.mov(word_ptr(r12 + 0x1c), 1)?;
-        a.movzx(eax, word_ptr(r12 + 0x1e))?;
-        a.imul_2(eax, r14d)?;
-        a.mov(notify, r13)?;
-        a.add(notify, rax)?;
-    }
-    // MSI-X table entry 1 -> VECTOR on APIC 0, unmasked; then enable MSI-X.
-    a.mov(dword_ptr(r10 + 16), 0xfee0_0000u32 as i32)?;
-    a.mov(dword_ptr(r10 + 20), 0)?;
-    a.mov(dword_ptr(r10 + 24), VECTOR)?;
-    a.mov(dword_ptr(r10 + 28), 0)?;
-    a.mov(word_ptr(rbx + r9 + 2), 0x8000)?;
-
-    // One RX buffer: descriptor 0, device-writable.
-    a.mov(rdi, RX_DESC)?;
-    a.mov(rax, RX_BUF)?;
-    a.mov(qword_ptr(rdi), rax)?;
-    a.mov(dword_ptr(rdi + 8), RX_BUF_LEN)?;
-    a.mov(word_ptr(rdi + 12), 2)?;
-    a.mov(rdi, RX_AVAIL)?;
-    a.mov(word_ptr(rdi + 4), 0)?;
-    a.mov(word_ptr(rdi + 2), 1)?;
-
-    // The TX frame after a zeroed 12-byte header; source MAC from the device config.
+/// Writes the guest's frame after a zeroed virtio-net header into TX descriptor 0,
+/// with the source MAC read from the device configuration. Clobbers rax, rdi.
+fn prepare_tx_frame(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.mov(rdi, TX_BUF + VNET_HDR_LEN as u64)?;
-    for (i, chunk) in guest_frame([0; 6]).chunks(4).enumerate() {
+    for (i, chunk) in guest_frame([0; 6], 1).chunks(4).enumerate() {
         let value = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
         a.mov(dword_ptr(rdi + (i * 4) as i32), value)?;
     }
-    a.mov(eax, dword_ptr(r11))?;
+    a.mov(eax, dword_ptr(virtio_regs::DEVICE_CFG))?;
     a.mov(dword_ptr(rdi + 6), eax)?;
-    a.mov(ax, word_ptr(r11 + 4))?;
+    a.mov(ax, word_ptr(virtio_regs::DEVICE_CFG + 4))?;
     a.mov(word_ptr(rdi + 10), ax)?;
     a.mov(rdi, TX_DESC)?;
     a.mov(rax, TX_BUF)?;
     a.mov(qword_ptr(rdi), rax)?;
     a.mov(dword_ptr(rdi + 8), (VNET_HDR_LEN + 60) as u32)?;
     a.mov(word_ptr(rdi + 12), 0)?;
-    a.mov(rdi, TX_AVAIL)?;
-    a.mov(word_ptr(rdi + 4), 0)?;
-    a.mov(word_ptr(rdi + 2), 1)?;
+    Ok(())
+}
 
-    // DRIVER_OK, then kick both queues and wait for the RX interrupt.
-    a.mov(byte_ptr(r12 + 0x14), 0xf)?;
-    a.test(byte_ptr(r12 + 0x14), 0x40)?;
-    a.jnz(needs_reset)?;
-    print(a, "kick\n")?;
-    a.sti()?;
-    a.mov(word_ptr(r8), 0)?;
+/// Offers TX descriptor 0 as the `nth` (1-based) available entry and kicks TX queue
+/// (notify address in rbp); from the second on, the text is rewritten first to that of
+/// [`guest_frame`]`(_, nth)` (the header and MACs stay). Clobbers rdi.
+fn send_tx_frame(a: &mut CodeAssembler, nth: u32) -> Result<(), IcedError> {
+    if nth > 1 {
+        let (first, this) = (guest_frame([0; 6], 1), guest_frame([0; 6], nth));
+        a.mov(rdi, TX_BUF + VNET_HDR_LEN as u64)?;
+        for (i, (old, new)) in first.chunks(4).zip(this.chunks(4)).enumerate() {
+            if old != new {
+                let value = u32::from_le_bytes([new[0], new[1], new[2], new[3]]);
+                a.mov(dword_ptr(rdi + (i * 4) as i32), value)?;
+            }
+        }
+    }
+    a.mov(rdi, TX_AVAIL)?;
+    a.mov(
+        word_ptr(rdi + 4 + (nth as i32 - 1) % QUEUE_SIZE as i32 * 2),
+        0,
+    )?;
+    a.mov(word_ptr(rdi + 2), nth)?;
     a.mov(word_ptr(rbp), 1)?;
+    Ok(())
+}
+
+/// Common prologue: handler for [`VECTOR`], the device found and negotiated, RX queue 0
+/// (notify in r8) on `rx_vector` and TX queue 1 (notify in rbp) without a vector.
+fn driver_prologue(
+    a: &mut CodeAssembler,
+    handler: CodeLabel,
+    rx_vector: u32,
+) -> Result<(), IcedError> {
+    testing::install_interrupt_handler(a, VECTOR, handler)?;
+    testing::virtio_pci_find(a, 0x1af4, 0x1041)?;
+    testing::virtio_negotiate(a, FEATURES)?;
+    testing::virtio_setup_queue(a, 0, QUEUE_SIZE, rx_vector, RX_RINGS, r8)?;
+    testing::virtio_setup_queue(a, 1, QUEUE_SIZE, 0xffff, TX_RINGS, rbp)?;
+    Ok(())
+}
+
+/// `hlt` until an interrupt, forever (the handlers end the guest).
+fn wait_for_interrupts(a: &mut CodeAssembler) -> Result<CodeLabel, IcedError> {
     let mut wait = a.create_label();
     a.set_label(&mut wait)?;
+    a.sti()?;
     a.hlt()?;
     a.jmp(wait)?;
+    Ok(wait)
+}
+
+/// The MSI-X guest driver: RX on MSI-X vector 1 -> [`VECTOR`]; its handler prints
+/// used.idx, the used length and the received bytes, then powers off.
+fn guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut handler = a.create_label();
+    let mut hex32 = a.create_label();
+    let mut hex8 = a.create_label();
+    let mut main = a.create_label();
+    a.jmp(main)?;
+    hex32_subroutine(a, &mut hex32)?;
+    hex8_subroutine(a, &mut hex8)?;
+
+    a.set_label(&mut main)?;
+    driver_prologue(a, handler, 1)?;
+    // MSI-X table entry 1 -> VECTOR on APIC 0, unmasked; then enable MSI-X.
+    let table = virtio_regs::MSIX_TABLE;
+    a.mov(dword_ptr(table + 16), 0xfee0_0000u32 as i32)?;
+    a.mov(dword_ptr(table + 20), 0)?;
+    a.mov(dword_ptr(table + 24), VECTOR)?;
+    a.mov(dword_ptr(table + 28), 0)?;
+    a.mov(
+        word_ptr(virtio_regs::ECAM + virtio_regs::MSIX_CAP + 2),
+        0x8000,
+    )?;
+    post_rx_buffers(a, 1)?;
+    prepare_tx_frame(a)?;
+    testing::virtio_driver_ok(a)?;
+    print(a, "kick\n")?;
+    a.mov(word_ptr(r8), 0)?;
+    send_tx_frame(a, 1)?;
+    wait_for_interrupts(a)?;
 
     // The RX handler: used.idx, the used length, the buffer bytes; EOI; power off.
     let mut dump = a.create_label();
@@ -336,8 +262,93 @@ fn guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.jmp(byte)?;
     a.set_label(&mut done)?;
     print(a, "\n")?;
-    a.mov(rdi, layout::LAPIC_START)?;
-    a.mov(dword_ptr(rdi + 0xb0), 0)?;
+    testing::lapic_eoi(a)?;
+    poweroff(a)
+}
+
+/// Counts INTx handler entries.
+const IRQ_COUNT: u64 = testing::GUEST_SCRATCH + 0x1800;
+
+/// The INTx guest driver: MSI-X stays disabled; the Interrupt Line register names the
+/// GSI, whose IOAPIC entry the guest points at [`VECTOR`] (level, active-low). The
+/// handler (a state machine on [`IRQ_COUNT`], nesting instead of `iretq`):
+/// 1. EOIs without reading the ISR: the pin must fire again (level re-trigger);
+/// 2. reads the ISR (acknowledging it), EOIs, and sends a second frame;
+/// 3. after the peer's second answer, reads the ISR again and powers off.
+///
+/// Interrupts that find the ISR zero are counted as spurious, as Linux's `vp_interrupt`
+/// does (IRQ_NONE): KVM injects irqfd writes from a workqueue, so a re-assert racing
+/// the guest's ISR read and EOI can arrive late.
+fn intx_guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut handler = a.create_label();
+    let mut hex32 = a.create_label();
+    let mut main = a.create_label();
+    a.jmp(main)?;
+    hex32_subroutine(a, &mut hex32)?;
+
+    a.set_label(&mut main)?;
+    driver_prologue(a, handler, 0xffff)?;
+    print(a, "gsi ")?;
+    a.movzx(eax, byte_ptr(virtio_regs::ECAM + 0x3c))?;
+    a.call(hex32)?;
+    print(a, "\n")?;
+    a.movzx(eax, byte_ptr(virtio_regs::ECAM + 0x3c))?;
+    testing::ioapic_route_level_low(a, VECTOR)?;
+    post_rx_buffers(a, 2)?;
+    prepare_tx_frame(a)?;
+    a.mov(rdi, TX_AVAIL)?;
+    a.mov(word_ptr(rdi), AVAIL_NO_INTERRUPT)?;
+    a.mov(rdi, IRQ_COUNT)?;
+    a.mov(dword_ptr(rdi), 0)?;
+    testing::virtio_driver_ok(a)?;
+    print(a, "kick\n")?;
+    a.mov(word_ptr(r8), 0)?;
+    send_tx_frame(a, 1)?;
+    let wait = wait_for_interrupts(a)?;
+
+    // Prints "isr <ISR byte in ecx> used <RX used.idx>".
+    let report = |a: &mut CodeAssembler| -> Result<(), IcedError> {
+        print(a, "isr ")?;
+        a.mov(eax, ecx)?;
+        a.call(hex32)?;
+        print(a, " used ")?;
+        a.mov(rdi, RX_USED)?;
+        a.movzx(eax, word_ptr(rdi + 2))?;
+        a.call(hex32)?;
+        print(a, "\n")
+    };
+    let (mut acked, mut third) = (a.create_label(), a.create_label());
+    a.set_label(&mut handler)?;
+    a.mov(rdi, IRQ_COUNT)?;
+    a.cmp(dword_ptr(rdi), 0)?;
+    a.jne(acked)?;
+    a.inc(dword_ptr(rdi))?;
+    print(a, "irq 1: EOI without reading the ISR\n")?;
+    testing::lapic_eoi(a)?;
+    a.jmp(wait)?;
+    // From the second interrupt on, read (and so acknowledge) the ISR first. Zero means
+    // nothing happened, as a driver's handler would report: EOI and keep waiting.
+    a.set_label(&mut acked)?;
+    a.movzx(ecx, byte_ptr(virtio_regs::ISR))?;
+    let mut pending = a.create_label();
+    a.test(ecx, ecx)?;
+    a.jnz(pending)?;
+    testing::lapic_eoi(a)?;
+    a.jmp(wait)?;
+    a.set_label(&mut pending)?;
+    a.mov(rdi, IRQ_COUNT)?;
+    a.inc(dword_ptr(rdi))?;
+    a.cmp(dword_ptr(rdi), 2)?;
+    a.jne(third)?;
+    print(a, "irq 2: ")?;
+    report(a)?;
+    testing::lapic_eoi(a)?;
+    send_tx_frame(a, 2)?;
+    a.jmp(wait)?;
+    a.set_label(&mut third)?;
+    print(a, "irq 3: ")?;
+    report(a)?;
+    testing::lapic_eoi(a)?;
     poweroff(a)
 }
 
@@ -353,104 +364,165 @@ fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// The host and peer namespaces, bridged to the guest's tap, and a raw socket in the peer.
+struct Lan {
+    host: Netns,
+    _peer: Netns,
+    peer_mac: MacAddr,
+    sock: OwnedFd,
+}
+
+impl Lan {
+    fn new() -> Lan {
+        let host = Netns::new("vnet-host").expect("netns host");
+        let peer = Netns::new("vnet-peer").expect("netns peer");
+        // No IPv6 chatter (router solicitations, MLD) competing for the guest's buffers...
+        for ns in [&host, &peer] {
+            ns.sh(
+                "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1",
+            )
+            .expect("sysctl in test namespace");
+        }
+        // Nor IGMP reports: a snooping bridge joins 224.0.0.106 (multicast router
+        // discovery) and reports it, and multicast-capable ports join groups too.
+        host.sh(&format!(
+            "ip link add br0 type bridge mcast_snooping 0 && ip link set br0 multicast off up && \
+             ip tuntap add dev kvt0 mode tap vnet_hdr && \
+             ip link set kvt0 master br0 multicast off up && \
+             ip link add v0 type veth peer name v1 netns {} && \
+             ip link set v0 master br0 multicast off up",
+            peer.name()
+        ))
+        .expect("host topology");
+        peer.sh("ip link set v1 multicast off up")
+            .expect("peer link");
+        let peer_mac: MacAddr = peer
+            .sh("cat /sys/class/net/v1/address")
+            .expect("peer mac")
+            .trim()
+            .parse()
+            .expect("parse mac");
+        // A socket keeps the namespace it was created in: open it in the peer, use it here.
+        let sock = peer
+            .run(|| {
+                socket(
+                    AddressFamily::Packet,
+                    SockType::Raw,
+                    SockFlag::SOCK_CLOEXEC,
+                    SockProtocol::EthAll,
+                )
+            })
+            .expect("run in peer ns")
+            .expect("AF_PACKET socket");
+        setsockopt(&sock, sockopt::ReceiveTimeout, &TimeVal::new(0, 100_000)).expect("timeout");
+        Lan {
+            host,
+            _peer: peer,
+            peer_mac,
+            sock,
+        }
+    }
+
+    /// A VM booting `guest` with a virtio-net NIC on kvt0, once the bridge forwards.
+    fn vm(
+        &self,
+        guest: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    ) -> (Vm, SharedBuffer) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let kernel = testing::write_guest(dir.path(), "virtio-net.elf", guest).expect("assemble");
+        let serial = SharedBuffer::new();
+        let mut config = VmConfig::new(&kernel);
+        config.serial = SerialSink::Buffer(serial.clone());
+        let vm = Vm::new(config).expect("build vm");
+        let tap = self
+            .host
+            .run(|| Tap::open_named("kvt0"))
+            .expect("run in host ns")
+            .expect("open tap");
+        let net = Net::with_tap(
+            NetConfig {
+                mac: MacAddr(GUEST_MAC),
+                mtu: None,
+            },
+            tap,
+        )
+        .expect("virtio-net on the tap");
+        let addr = vm.add_virtio_device(Box::new(net)).expect("add device");
+        assert_eq!(addr.to_string(), "0000:00:01.0");
+        // With the tap attached, both bridge ports must forward before the guest sends.
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                self.host
+                    .sh("cat /sys/class/net/kvt0/brport/state /sys/class/net/v0/brport/state")
+                    .is_ok_and(|s| s == "3\n3\n")
+            }),
+            "bridge ports never reached forwarding"
+        );
+        (vm, serial)
+    }
+
+    /// Waits up to 30 s for the guest's `nth` frame and returns its sender. Other frames
+    /// of our EtherType (the peer's own replies, which AF_PACKET also shows, or a
+    /// duplicate of an earlier frame) are skipped.
+    fn next_guest_frame(&self, running: &JoinHandle<VmOutcome>, nth: u32) -> Option<LinkAddr> {
+        let expected = guest_frame(GUEST_MAC, nth);
+        let mut buf = [0u8; 2048];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && !running.is_finished() {
+            if let Ok((n, Some(from))) = recvfrom::<LinkAddr>(self.sock.as_raw_fd(), &mut buf)
+                && n >= 14
+                && buf[12..14] == ETHERTYPE
+            {
+                if buf[..n] == expected[..] {
+                    return Some(from);
+                }
+                eprintln!("peer: skipping frame {}", hex(&buf[..n]));
+            }
+        }
+        None
+    }
+
+    /// Answers the guest through the interface its frame came in on.
+    fn reply(&self, to: &LinkAddr, text: &[u8]) -> Vec<u8> {
+        let reply = frame(GUEST_MAC, self.peer_mac.0, text);
+        sendto(self.sock.as_raw_fd(), &reply, to, MsgFlags::empty()).expect("send reply");
+        reply
+    }
+}
+
+type VmOutcome = Result<ExitReason, vmm::Error>;
+
+/// Starts `vm` on a thread (stopped after 60 s at the latest).
+fn start(vm: Vm) -> (JoinHandle<VmOutcome>, vmm::StopHandle) {
+    let stop = vm.stop_handle();
+    let running = std::thread::spawn(move || vm.run_with_timeout(Some(Duration::from_secs(60))));
+    (running, stop)
+}
+
+/// Stops the VM and fails with what the guest printed.
+fn give_up(
+    what: &str,
+    running: JoinHandle<VmOutcome>,
+    stop: &vmm::StopHandle,
+    serial: &SharedBuffer,
+) -> ! {
+    stop.stop();
+    let outcome = running.join().expect("vm thread");
+    panic!("{what}; vm {outcome:?}, serial: {:?}", serial.text());
+}
+
 #[test]
 fn guest_driver_exchanges_frames_with_a_peer_namespace() {
     if !testkit::require(&[Need::Kvm, Need::Root, Need::Netns, Need::Tun]) {
         return;
     }
-    let host = Netns::new("vnet-host").expect("netns host");
-    let peer = Netns::new("vnet-peer").expect("netns peer");
-    // No IPv6 chatter (router solicitations, MLD) competing for the guest's buffer.
-    for ns in [&host, &peer] {
-        ns.sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
-            .expect("sysctl in test namespace");
-    }
-    host.sh(&format!(
-        "ip link add br0 type bridge && ip link set br0 up && \
-         ip tuntap add dev kvt0 mode tap vnet_hdr && ip link set kvt0 master br0 up && \
-         ip link add v0 type veth peer name v1 netns {} && ip link set v0 master br0 up",
-        peer.name()
-    ))
-    .expect("host topology");
-    peer.sh("ip link set v1 up").expect("peer link");
-    let peer_mac: MacAddr = peer
-        .sh("cat /sys/class/net/v1/address")
-        .expect("peer mac")
-        .trim()
-        .parse()
-        .expect("parse mac");
-
-    let dir = tempfile::tempdir().expect("tmp");
-    let kernel = testing::write_guest(dir.path(), "virtio-net.elf", guest).expect("assemble");
-    let serial = SharedBuffer::new();
-    let mut config = VmConfig::new(&kernel);
-    config.serial = SerialSink::Buffer(serial.clone());
-    let vm = Vm::new(config).expect("build vm");
-    let tap = host
-        .run(|| Tap::open_named("kvt0"))
-        .expect("run in host ns")
-        .expect("open tap");
-    let net = Net::with_tap(
-        NetConfig {
-            mac: MacAddr(GUEST_MAC),
-            mtu: None,
-        },
-        tap,
-    )
-    .expect("virtio-net on the tap");
-    let addr = vm.add_virtio_device(Box::new(net)).expect("add device");
-    assert_eq!(addr.to_string(), "0000:00:01.0");
-    // With the tap attached, both bridge ports must forward before the guest sends.
-    assert!(
-        wait_for(Duration::from_secs(10), || {
-            host.sh("cat /sys/class/net/kvt0/brport/state /sys/class/net/v0/brport/state")
-                .is_ok_and(|s| s == "3\n3\n")
-        }),
-        "bridge ports never reached forwarding"
-    );
-
-    // A socket keeps the namespace it was created in: open it in the peer, use it here.
-    let sock = peer
-        .run(|| {
-            socket(
-                AddressFamily::Packet,
-                SockType::Raw,
-                SockFlag::SOCK_CLOEXEC,
-                SockProtocol::EthAll,
-            )
-        })
-        .expect("run in peer ns")
-        .expect("AF_PACKET socket");
-    setsockopt(&sock, sockopt::ReceiveTimeout, &TimeVal::new(0, 100_000)).expect("timeout");
-
-    let stop = vm.stop_handle();
-    let running = std::thread::spawn(move || vm.run_with_timeout(Some(Duration::from_secs(60))));
-
-    // The guest's frame, seen on v1.
-    let mut buf = [0u8; 2048];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut received = None;
-    while received.is_none() && Instant::now() < deadline && !running.is_finished() {
-        if let Ok((n, Some(from))) = recvfrom::<LinkAddr>(sock.as_raw_fd(), &mut buf)
-            && n >= 14
-            && buf[12..14] == ETHERTYPE
-        {
-            received = Some((buf[..n].to_vec(), from));
-        }
-    }
-    let Some((sent_by_guest, from)) = received else {
-        stop.stop();
-        let outcome = running.join().expect("vm thread");
-        panic!(
-            "no frame from the guest; vm {outcome:?}, serial: {}",
-            serial.text()
-        );
+    let lan = Lan::new();
+    let (vm, serial) = lan.vm(guest);
+    let (running, stop) = start(vm);
+    let Some(from) = lan.next_guest_frame(&running, 1) else {
+        give_up("no frame from the guest", running, &stop, &serial);
     };
-    assert_eq!(hex(&sent_by_guest), hex(&guest_frame(GUEST_MAC)));
-
-    // Answer to the guest's MAC through the interface the frame came in on.
-    let reply = frame(GUEST_MAC, peer_mac.0, b"the peer answers the guest");
-    sendto(sock.as_raw_fd(), &reply, &from, MsgFlags::empty()).expect("send reply");
+    let reply = lan.reply(&from, b"the peer answers the guest");
 
     let reason = running.join().expect("vm thread").expect("run");
     let mut header = [0u8; VNET_HDR_LEN];
@@ -460,6 +532,37 @@ fn guest_driver_exchanges_frames_with_a_peer_namespace() {
         VNET_HDR_LEN + reply.len(),
         hex(&header),
         hex(&reply)
+    );
+    assert_eq!(serial.text(), expected);
+    assert_eq!(reason, ExitReason::Poweroff);
+}
+
+#[test]
+fn guest_without_msix_gets_level_triggered_intx_through_the_ioapic() {
+    if !testkit::require(&[Need::Kvm, Need::Root, Need::Netns, Need::Tun]) {
+        return;
+    }
+    let lan = Lan::new();
+    let (vm, serial) = lan.vm(intx_guest);
+    let (running, stop) = start(vm);
+    for (nth, text) in [(1, &b"first answer"[..]), (2, b"second answer")] {
+        let Some(from) = lan.next_guest_frame(&running, nth) else {
+            give_up(
+                &format!("no frame {nth} from the guest"),
+                running,
+                &stop,
+                &serial,
+            );
+        };
+        lan.reply(&from, text);
+    }
+    let reason = running.join().expect("vm thread").expect("run");
+    let gsi = vmm::devices::pci::intx::gsi_for(1, vmm::devices::pci::intx::PIN_INTA);
+    let expected = format!(
+        "found 1af4:1041\ngsi {gsi:08x}\nkick\n\
+         irq 1: EOI without reading the ISR\n\
+         irq 2: isr 00000001 used 00000001\n\
+         irq 3: isr 00000001 used 00000002\n"
     );
     assert_eq!(serial.text(), expected);
     assert_eq!(reason, ExitReason::Poweroff);

@@ -344,7 +344,7 @@ fn attach_virtio(
     routing: &Arc<IrqRouting>,
     device: Box<dyn VirtioDevice>,
 ) -> Result<devices::pci::PciAddress, Error> {
-    let router: Arc<dyn devices::pci::MsiRouter> = routing.clone();
+    let router: Arc<dyn devices::pci::InterruptRouter> = routing.clone();
     let device = VirtioPciDevice::new(device, Arc::new(memory.clone()), router)?;
     let mut bus = pci.lock().unwrap_or_else(|p| p.into_inner());
     Ok(bus.add_device(Arc::new(Mutex::new(device)))?)

@@ -193,6 +193,329 @@ pub fn hex32_subroutine(a: &mut CodeAssembler, label: &mut CodeLabel) -> Result<
     Ok(())
 }
 
+/// Code segment selector of the boot GDT (for IDT gates).
+const BOOT_CS: u32 = 0x10;
+/// LAPIC register offsets the mini-guests use.
+const LAPIC_SVR: u64 = 0xf0;
+const LAPIC_EOI: u64 = 0xb0;
+/// Where [`install_interrupt_handler`] puts the IDTR image.
+const IDTR_ADDR: u64 = GUEST_SCRATCH + 0x1000;
+
+/// Lets only the local APIC interrupt the guest: masks both 8259s, points IDT vector
+/// `vector` (IDT at [`GUEST_SCRATCH`]) at `handler` as an interrupt gate, loads the IDT
+/// and software-enables the local APIC (SVR bit 8). Clobbers rax, rdi.
+pub fn install_interrupt_handler(
+    a: &mut CodeAssembler,
+    vector: u32,
+    handler: CodeLabel,
+) -> Result<(), IcedError> {
+    a.mov(al, 0xff)?;
+    a.out(0x21, al)?;
+    a.out(0xa1, al)?;
+    a.lea(rax, ptr(handler))?;
+    a.mov(rdi, GUEST_SCRATCH + u64::from(vector) * 16)?;
+    a.mov(word_ptr(rdi), ax)?;
+    a.mov(word_ptr(rdi + 2), BOOT_CS)?;
+    a.mov(word_ptr(rdi + 4), 0x8e00)?; // present, DPL 0, 64-bit interrupt gate
+    a.shr(rax, 16)?;
+    a.mov(word_ptr(rdi + 6), ax)?;
+    a.shr(rax, 16)?;
+    a.mov(dword_ptr(rdi + 8), eax)?;
+    a.mov(dword_ptr(rdi + 12), 0)?;
+    a.mov(rdi, IDTR_ADDR)?;
+    a.mov(word_ptr(rdi), 0xfff)?;
+    a.mov(rax, GUEST_SCRATCH)?;
+    a.mov(qword_ptr(rdi + 2), rax)?;
+    a.lidt(ptr(rdi))?;
+    a.mov(rdi, layout::LAPIC_START)?;
+    a.mov(dword_ptr(rdi + LAPIC_SVR), 0x1ff)?;
+    Ok(())
+}
+
+/// Signals end-of-interrupt to the local APIC (a level-triggered vector also EOIs the
+/// IOAPIC pin). Clobbers rdi.
+pub fn lapic_eoi(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.mov(rdi, layout::LAPIC_START)?;
+    a.mov(dword_ptr(rdi + LAPIC_EOI), 0)?;
+    Ok(())
+}
+
+/// IOAPIC redirection entry bits.
+const IOAPIC_LEVEL: u32 = 1 << 15;
+const IOAPIC_ACTIVE_LOW: u32 = 1 << 13;
+
+/// Routes IOAPIC pin `eax` to `vector` on APIC 0 as a level-triggered, active-low, fixed,
+/// unmasked interrupt (what the `_PRT` of a PCI INTx pin tells an OS), through IOREGSEL
+/// (0xfec00000) and IOWIN (+0x10). Clobbers rax, rcx, rdi.
+pub fn ioapic_route_level_low(a: &mut CodeAssembler, vector: u32) -> Result<(), IcedError> {
+    a.mov(rdi, layout::IOAPIC_START)?;
+    a.lea(ecx, dword_ptr(rax * 2 + 0x10))?;
+    a.mov(dword_ptr(rdi), ecx)?;
+    a.mov(
+        dword_ptr(rdi + 0x10),
+        vector | IOAPIC_LEVEL | IOAPIC_ACTIVE_LOW,
+    )?;
+    a.inc(ecx)?;
+    a.mov(dword_ptr(rdi), ecx)?;
+    a.mov(dword_ptr(rdi + 0x10), 0)?; // destination: APIC 0
+    Ok(())
+}
+
+/// A subroutine: `rdx` = address of the 64-bit memory BAR `rcx` of the function whose
+/// ECAM configuration space is at `rbx`. Clobbers rdi.
+pub fn bar64_subroutine(a: &mut CodeAssembler, label: &mut CodeLabel) -> Result<(), IcedError> {
+    a.set_label(label)?;
+    a.mov(edx, dword_ptr(rbx + rcx * 4 + 0x14))?;
+    a.shl(rdx, 32)?;
+    a.mov(edi, dword_ptr(rbx + rcx * 4 + 0x10))?;
+    a.and(edi, -16)?;
+    a.or(rdx, rdi)?;
+    a.ret()?;
+    Ok(())
+}
+
+/// Emits `label:` printing `text` and powering off (a mini-guest's failure exit).
+pub fn fail_stub(
+    a: &mut CodeAssembler,
+    label: &mut CodeLabel,
+    text: &str,
+) -> Result<(), IcedError> {
+    a.set_label(label)?;
+    print(a, text)?;
+    poweroff(a)
+}
+
+/// Registers the virtio-pci mini-driver helpers leave set (see [`virtio_pci_find`]).
+pub mod virtio_regs {
+    use iced_x86::code_asm::{
+        AsmRegister32, AsmRegister64, r9, r10, r11, r12, r13, r14, r14d, r15, rbx,
+    };
+    /// ECAM configuration space of the device.
+    pub const ECAM: AsmRegister64 = rbx;
+    /// Offset of the MSI-X capability in configuration space.
+    pub const MSIX_CAP: AsmRegister64 = r9;
+    /// The MSI-X table.
+    pub const MSIX_TABLE: AsmRegister64 = r10;
+    /// The device-specific configuration.
+    pub const DEVICE_CFG: AsmRegister64 = r11;
+    /// The common configuration.
+    pub const COMMON_CFG: AsmRegister64 = r12;
+    /// The first queue notify register.
+    pub const NOTIFY: AsmRegister64 = r13;
+    /// `notify_off_multiplier`.
+    pub const NOTIFY_MULTIPLIER: AsmRegister64 = r14;
+    /// The same, as the 32-bit register it is loaded into.
+    pub const NOTIFY_MULTIPLIER_32: AsmRegister32 = r14d;
+    /// The ISR status byte.
+    pub const ISR: AsmRegister64 = r15;
+}
+
+/// Finds the PCI function `vendor:device` on bus 0 through ECAM (printing
+/// `found vvvv:dddd`), enables memory decoding and bus mastering, and walks its
+/// capability list to the virtio structures, leaving their addresses in the
+/// [`virtio_regs`] registers. Prints a reason and powers off if the device or a
+/// structure is missing. Clobbers rax, rcx, rdx, rsi, rdi.
+pub fn virtio_pci_find(a: &mut CodeAssembler, vendor: u16, device: u16) -> Result<(), IcedError> {
+    use virtio_regs::*;
+    let mut bar_addr = a.create_label();
+    let mut no_device = a.create_label();
+    let mut caps_missing = a.create_label();
+    let mut start = a.create_label();
+    a.jmp(start)?;
+    bar64_subroutine(a, &mut bar_addr)?;
+    fail_stub(
+        a,
+        &mut no_device,
+        &format!("no {vendor:04x}:{device:04x} device\n"),
+    )?;
+    fail_stub(
+        a,
+        &mut caps_missing,
+        "virtio capabilities missing
+",
+    )?;
+    a.set_label(&mut start)?;
+
+    let mut scan = a.create_label();
+    let mut found = a.create_label();
+    a.mov(ECAM, layout::PCI_ECAM_START)?;
+    a.mov(rsi, layout::PCI_ECAM_START + (32 << 15))?;
+    a.set_label(&mut scan)?;
+    a.cmp(
+        dword_ptr(ECAM),
+        (u32::from(device) << 16 | u32::from(vendor)) as i32,
+    )?;
+    a.je(found)?;
+    a.add(ECAM, 1 << 15)?;
+    a.cmp(ECAM, rsi)?;
+    a.jb(scan)?;
+    a.jmp(no_device)?;
+    a.set_label(&mut found)?;
+    print(a, &format!("found {vendor:04x}:{device:04x}\n"))?;
+    a.mov(word_ptr(ECAM + 4), 0x6)?; // memory space + bus master
+
+    let mut cap_loop = a.create_label();
+    let mut not_msix = a.create_label();
+    let mut next_cap = a.create_label();
+    let mut caps_done = a.create_label();
+    for r in [
+        MSIX_CAP,
+        MSIX_TABLE,
+        DEVICE_CFG,
+        COMMON_CFG,
+        NOTIFY,
+        NOTIFY_MULTIPLIER,
+        ISR,
+    ] {
+        a.xor(r, r)?;
+    }
+    a.movzx(esi, byte_ptr(ECAM + 0x34))?;
+    a.set_label(&mut cap_loop)?;
+    a.test(esi, esi)?;
+    a.jz(caps_done)?;
+    a.movzx(eax, byte_ptr(ECAM + rsi))?;
+    a.cmp(eax, 0x11)?;
+    a.jne(not_msix)?;
+    // MSI-X: table offset and BIR at +4.
+    a.mov(MSIX_CAP, rsi)?;
+    a.mov(eax, dword_ptr(ECAM + rsi + 4))?;
+    a.mov(ecx, eax)?;
+    a.and(ecx, 7)?;
+    a.and(eax, -8)?;
+    a.call(bar_addr)?;
+    a.add(rdx, rax)?;
+    a.mov(MSIX_TABLE, rdx)?;
+    a.jmp(next_cap)?;
+    a.set_label(&mut not_msix)?;
+    a.cmp(eax, 0x09)?;
+    a.jne(next_cap)?;
+    // struct virtio_pci_cap: cfg_type at +3, bar at +4, offset at +8.
+    a.movzx(ecx, byte_ptr(ECAM + rsi + 4))?;
+    a.call(bar_addr)?;
+    a.mov(eax, dword_ptr(ECAM + rsi + 8))?;
+    a.add(rdx, rax)?;
+    a.movzx(eax, byte_ptr(ECAM + rsi + 3))?;
+    for (cfg_type, register) in [(1u32, COMMON_CFG), (3, ISR), (4, DEVICE_CFG)] {
+        let mut other = a.create_label();
+        a.cmp(eax, cfg_type)?;
+        a.jne(other)?;
+        a.mov(register, rdx)?;
+        a.jmp(next_cap)?;
+        a.set_label(&mut other)?;
+    }
+    a.cmp(eax, 2)?;
+    a.jne(next_cap)?;
+    a.mov(NOTIFY, rdx)?;
+    a.mov(NOTIFY_MULTIPLIER_32, dword_ptr(ECAM + rsi + 16))?;
+    a.set_label(&mut next_cap)?;
+    a.movzx(esi, byte_ptr(ECAM + rsi + 1))?;
+    a.jmp(cap_loop)?;
+    a.set_label(&mut caps_done)?;
+    for r in [MSIX_CAP, MSIX_TABLE, DEVICE_CFG, COMMON_CFG, NOTIFY, ISR] {
+        a.test(r, r)?;
+        a.jz(caps_missing)?;
+    }
+    Ok(())
+}
+
+/// Virtio device status bits the helpers write.
+const STATUS_ACK_DRIVER: u32 = 0x3;
+const STATUS_FEATURES_OK: u32 = 0x8;
+const STATUS_DRIVER_OK: u32 = 0x4;
+const STATUS_NEEDS_RESET: u32 = 0x40;
+
+/// Resets the device found by [`virtio_pci_find`], negotiates `features` (failing if
+/// FEATURES_OK does not stick) and sets the configuration vector to NO_VECTOR.
+pub fn virtio_negotiate(a: &mut CodeAssembler, features: u64) -> Result<(), IcedError> {
+    use virtio_regs::*;
+    let mut refused = a.create_label();
+    let mut accepted = a.create_label();
+    a.mov(byte_ptr(COMMON_CFG + 0x14), 0)?;
+    a.mov(byte_ptr(COMMON_CFG + 0x14), 1)?;
+    a.mov(byte_ptr(COMMON_CFG + 0x14), STATUS_ACK_DRIVER)?;
+    for select in 0..2u32 {
+        a.mov(dword_ptr(COMMON_CFG + 0x08), select)?;
+        a.mov(
+            dword_ptr(COMMON_CFG + 0x0c),
+            (features >> (32 * select)) as u32,
+        )?;
+    }
+    a.mov(
+        byte_ptr(COMMON_CFG + 0x14),
+        STATUS_ACK_DRIVER | STATUS_FEATURES_OK,
+    )?;
+    a.test(byte_ptr(COMMON_CFG + 0x14), STATUS_FEATURES_OK)?;
+    a.jnz(accepted)?;
+    fail_stub(
+        a,
+        &mut refused,
+        "FEATURES_OK refused
+",
+    )?;
+    a.set_label(&mut accepted)?;
+    a.mov(word_ptr(COMMON_CFG + 0x10), 0xffff)?;
+    Ok(())
+}
+
+/// Guest-physical placement of one split virtqueue's rings.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueRings {
+    /// Descriptor table.
+    pub desc: u64,
+    /// Available (driver) ring.
+    pub avail: u64,
+    /// Used (device) ring.
+    pub used: u64,
+}
+
+/// Sets up queue `index` with `size` entries at `rings`, interrupt vector `vector`
+/// (0xffff for none), enables it and leaves its notify address in `notify`.
+/// Clobbers rax.
+pub fn virtio_setup_queue(
+    a: &mut CodeAssembler,
+    index: u32,
+    size: u32,
+    vector: u32,
+    rings: QueueRings,
+    notify: AsmRegister64,
+) -> Result<(), IcedError> {
+    use virtio_regs::*;
+    a.mov(word_ptr(COMMON_CFG + 0x16), index)?;
+    a.mov(word_ptr(COMMON_CFG + 0x18), size)?;
+    a.mov(word_ptr(COMMON_CFG + 0x1a), vector)?;
+    for (reg, addr) in [(0x20, rings.desc), (0x28, rings.avail), (0x30, rings.used)] {
+        a.mov(rax, addr)?;
+        a.mov(qword_ptr(COMMON_CFG + reg), rax)?;
+    }
+    a.mov(word_ptr(COMMON_CFG + 0x1c), 1)?;
+    a.movzx(eax, word_ptr(COMMON_CFG + 0x1e))?;
+    a.imul_2(eax, NOTIFY_MULTIPLIER_32)?;
+    a.mov(notify, NOTIFY)?;
+    a.add(notify, rax)?;
+    Ok(())
+}
+
+/// Sets DRIVER_OK, failing if the device answers with NEEDS_RESET.
+pub fn virtio_driver_ok(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    use virtio_regs::*;
+    let mut needs_reset = a.create_label();
+    let mut running = a.create_label();
+    a.mov(
+        byte_ptr(COMMON_CFG + 0x14),
+        STATUS_ACK_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+    )?;
+    a.test(byte_ptr(COMMON_CFG + 0x14), STATUS_NEEDS_RESET)?;
+    a.jz(running)?;
+    fail_stub(
+        a,
+        &mut needs_reset,
+        "device needs reset
+",
+    )?;
+    a.set_label(&mut running)?;
+    Ok(())
+}
+
 /// A PCI test device: one 64-bit BAR holding an MSI-X table (offset 0), its PBA
 /// (offset 0x800) and a doorbell register at [`MsiTestDevice::DOORBELL`] that triggers
 /// the vector written to it.

@@ -1,5 +1,6 @@
 //! ACPI tables: RSDP, XSDT, FADT (hardware-reduced), MADT, MCFG and a DSDT describing the
-//! PCI host bridge, COM1, the i8042, the power button and the S5 sleep state.
+//! PCI host bridge (with the `_PRT` that maps each slot's INTx pins to IOAPIC GSIs), COM1,
+//! the i8042, the power button and the S5 sleep state.
 //!
 //! Everything lives in [`layout::ACPI_START`]..1 MiB, which the e820 map marks reserved;
 //! the zero page and PVH start info point at the RSDP.
@@ -7,7 +8,7 @@
 use acpi_tables::Aml;
 use acpi_tables::aml::{
     AddressSpace, AddressSpaceCacheable, Device, EISAName, IO, Interrupt, Memory32Fixed, Name,
-    Package, Path, ResourceTemplate, Scope,
+    Package, PackageBuilder, Path, ResourceTemplate, Scope,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
@@ -19,6 +20,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::layout;
 use crate::devices::acpi_pm;
+use crate::devices::pci::{MAX_DEVICES, intx};
 use crate::kvm::GuestMemory;
 
 /// OEM id in every table header.
@@ -232,6 +234,7 @@ fn dsdt_body(aml: &mut Vec<u8>) {
         None,
     );
     let pci_crs = ResourceTemplate::new(vec![&bus_range, &config_io, &io_low, &io_high, &mmio]);
+    let pci_prt = pci_routing_table();
     let zero = 0u8;
     let pci = Raw(to_bytes(&Device::new(
         "PCI0".into(),
@@ -243,6 +246,7 @@ fn dsdt_body(aml: &mut Vec<u8>) {
             &Name::new("_UID".into(), &zero),
             &Name::new("_BBN".into(), &zero),
             &Name::new("_CRS".into(), &pci_crs),
+            &Name::new("_PRT".into(), &pci_prt),
         ],
     )));
 
@@ -319,6 +323,24 @@ fn dsdt_body(aml: &mut Vec<u8>) {
         &Package::new(vec![&s5_typ, &s5_typ, &zero, &zero]),
     )
     .to_aml_bytes(aml);
+}
+
+/// The `_PRT` of bus 0: for every slot and pin INTA#..INTD#, `Package { slot << 16 |
+/// 0xffff, pin - 1, 0, gsi }`. Source 0 means "a GSI, level-triggered, active-low"
+/// (ACPI 6.5, 6.2.13), which is how Linux programs the IOAPIC pin; the GSI is the one
+/// [`intx::gsi_for`] wires the device's irqfd to.
+fn pci_routing_table() -> PackageBuilder {
+    let mut prt = PackageBuilder::new();
+    for device in 1..MAX_DEVICES {
+        for pin in intx::PINS {
+            let address = (u32::from(device) << 16) | 0xffff;
+            let acpi_pin = pin - 1;
+            let source = 0u8;
+            let gsi = intx::gsi_for(device, pin);
+            prt.add_element(&Package::new(vec![&address, &acpi_pin, &source, &gsi]));
+        }
+    }
+    prt
 }
 
 #[cfg(test)]
@@ -429,6 +451,61 @@ mod tests {
         assert_eq!((mcfg[54], mcfg[55]), (0, 0), "bus range 0..=0");
     }
 
+    /// Decodes a small AML integer (ZeroOp, OneOp, BytePrefix, WordPrefix, DWordPrefix).
+    fn aml_int(b: &[u8]) -> (u32, usize) {
+        match b[0] {
+            0x00 => (0, 1),
+            0x01 => (1, 1),
+            0x0a => (u32::from(b[1]), 2),
+            0x0b => (u32::from(u16::from_le_bytes([b[1], b[2]])), 3),
+            0x0c => (u32_at(b, 1), 5),
+            op => panic!("unexpected AML opcode {op:#x}"),
+        }
+    }
+
+    #[test]
+    fn prt_maps_every_slot_and_pin_to_its_swizzled_gsi() {
+        let t = build_tables(1).expect("tables");
+        let (_, dsdt) = t.find(b"DSDT").expect("dsdt");
+        let at = dsdt.windows(4).position(|w| w == b"_PRT").expect("_PRT") + 4;
+        assert_eq!(dsdt[at], 0x12, "PackageOp");
+        // PkgLength: the top two bits of the lead byte count the bytes that follow.
+        let len_bytes = usize::from(dsdt[at + 1] >> 6) + 1;
+        let count = usize::from(dsdt[at + 1 + len_bytes]);
+        assert_eq!(count, 31 * 4);
+        let mut off = at + 2 + len_bytes;
+        let mut entries = Vec::new();
+        for _ in 0..count {
+            assert_eq!(dsdt[off], 0x12, "entry PackageOp");
+            assert_eq!(dsdt[off + 2], 4, "four elements");
+            let mut field = off + 3;
+            let mut values = [0u32; 4];
+            for v in &mut values {
+                let (value, used) = aml_int(&dsdt[field..]);
+                *v = value;
+                field += used;
+            }
+            assert_eq!(field - off - 1, usize::from(dsdt[off + 1]), "PkgLength");
+            entries.push(values);
+            off = field;
+        }
+        let expected: Vec<[u32; 4]> = (1u8..32)
+            .flat_map(|dev| {
+                (1u8..=4).map(move |pin| {
+                    [
+                        (u32::from(dev) << 16) | 0xffff,
+                        u32::from(pin - 1),
+                        0,
+                        intx::gsi_for(dev, pin),
+                    ]
+                })
+            })
+            .collect();
+        assert_eq!(entries, expected);
+        assert_eq!(entries[0], [0x1_ffff, 0, 0, 17], "slot 1 INTA# -> GSI 17");
+        assert_eq!(entries[5], [0x2_ffff, 1, 0, 19], "slot 2 INTB# -> GSI 19");
+    }
+
     #[test]
     fn dsdt_declares_devices_and_s5() {
         let t = build_tables(1).expect("tables");
@@ -447,6 +524,7 @@ mod tests {
         }
         // EISA id of PNP0A08 (compressed "PNP" + 0x0A08) as AML DWordConst.
         assert!(has(&[0x0c, 0x41, 0xd0, 0x0a, 0x08]), "PNP0A08 _HID");
+        assert!(has(b"_PRT"), "DSDT lacks the PCI routing table");
         // The COM1 interrupt descriptor: Extended IRQ, consumer+edge, one IRQ = 4.
         assert!(has(&[0x89, 6, 0, 0x03, 1, 4, 0, 0, 0]), "COM1 IRQ 4");
     }

@@ -80,6 +80,7 @@ pub fn open_kvm() -> Result<Kvm, KvmError> {
     for (cap, name) in [
         (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
         (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        (Cap::IrqfdResample, "KVM_CAP_IRQFD_RESAMPLE"),
         (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING"),
         (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
         (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
@@ -214,6 +215,20 @@ impl IrqRouting {
         self.vm
             .register_irqfd(fd, gsi)
             .map_err(ioctl("KVM_IRQFD (assign)"))
+    }
+
+    /// Makes a write to `fd` assert the level-triggered `gsi` until the guest EOIs it; KVM
+    /// then deasserts the line and signals `resample` (KVM_IRQFD with
+    /// KVM_IRQFD_FLAG_RESAMPLE), so the device can re-assert while it still has work.
+    pub fn register_resampled_irqfd(
+        &self,
+        fd: &EventFd,
+        resample: &EventFd,
+        gsi: u32,
+    ) -> Result<(), KvmError> {
+        self.vm
+            .register_irqfd_with_resample(fd, resample, gsi)
+            .map_err(ioctl("KVM_IRQFD (assign, resample)"))
     }
 
     /// Detaches `fd` from `gsi`.

@@ -42,6 +42,8 @@ pub const COMMAND_MEMORY_SPACE: u16 = 1 << 1;
 pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
 /// Command: INTx disabled.
 pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+/// Status: the function's INTx is pending (whether or not Interrupt Disable masks it).
+pub const STATUS_INTERRUPT: u16 = 1 << 3;
 /// Status: a capability list exists.
 pub const STATUS_CAPABILITIES_LIST: u16 = 1 << 4;
 
@@ -317,6 +319,29 @@ impl PciConfig {
         self.bytes[INTERRUPT_PIN] = pin;
     }
 
+    /// The interrupt pin (1 = INTA#..4 = INTD#, 0 = none).
+    pub fn interrupt_pin(&self) -> u8 {
+        self.bytes[INTERRUPT_PIN]
+    }
+
+    /// Sets the interrupt line, as firmware does with the IRQ the pin is routed to (the
+    /// guest may overwrite it; it is a scratch register for the OS).
+    pub fn set_interrupt_line(&mut self, line: u8) {
+        self.bytes[INTERRUPT_LINE] = line;
+    }
+
+    /// Reflects the INTx pending state in the status register.
+    pub fn set_interrupt_status(&mut self, pending: bool) {
+        let status = self.read_u16(STATUS) & !STATUS_INTERRUPT;
+        let bit = if pending { STATUS_INTERRUPT } else { 0 };
+        self.set_u16(STATUS, status | bit);
+    }
+
+    /// Whether the command register's Interrupt Disable bit is set.
+    pub fn intx_disabled(&self) -> bool {
+        self.read_u16(COMMAND) & COMMAND_INTX_DISABLE != 0
+    }
+
     /// Raw access for device code (e.g. a capability's state bytes).
     pub fn bytes_mut(&mut self) -> &mut [u8; CONFIG_SPACE_SIZE] {
         &mut self.bytes
@@ -407,6 +432,34 @@ mod tests {
         assert!(c.active_bars().is_empty());
         c.write(COMMAND, &COMMAND_MEMORY_SPACE.to_le_bytes());
         assert_eq!(c.active_bars(), vec![(0, 0xc000_0000, 0x1000)]);
+    }
+
+    #[test]
+    fn interrupt_pin_is_read_only_and_line_is_scratch() {
+        let mut c = PciConfig::new(ids());
+        c.set_interrupt_pin(1);
+        c.set_interrupt_line(17);
+        assert_eq!(
+            r32(&c, INTERRUPT_LINE) & 0xffff,
+            0x0111,
+            "pin INTA#, line 17"
+        );
+        c.write(INTERRUPT_LINE, &[0x0b, 0x04]);
+        assert_eq!(c.interrupt_pin(), 1, "pin is read-only");
+        assert_eq!(
+            c.bytes()[INTERRUPT_LINE],
+            0x0b,
+            "line is the OS's scratch register"
+        );
+        assert!(!c.intx_disabled());
+        c.write(COMMAND, &COMMAND_INTX_DISABLE.to_le_bytes());
+        assert!(c.intx_disabled());
+        c.set_interrupt_status(true);
+        assert_eq!(c.read_u16(STATUS) & STATUS_INTERRUPT, STATUS_INTERRUPT);
+        c.write(STATUS, &[0xff, 0xff]);
+        assert_eq!(c.read_u16(STATUS), STATUS_INTERRUPT, "status is read-only");
+        c.set_interrupt_status(false);
+        assert_eq!(c.read_u16(STATUS), 0);
     }
 
     #[test]

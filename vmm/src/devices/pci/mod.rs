@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod host_bridge;
+pub mod intx;
 pub mod msix;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use crate::devices::bus::BusDevice;
 use crate::kvm::KvmError;
 pub use config::{BarKind, PciConfig, PciIds};
 pub use host_bridge::HostBridge;
+pub use intx::{IntxLine, IntxRouter};
 pub use msix::{MsiRouter, Msix, MsixLayout};
 
 /// Devices per bus.
@@ -58,12 +60,24 @@ pub trait PciDevice: Send {
     /// Guest write inside BAR `bar`.
     fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
 
+    /// Wires the function's interrupt pin to `gsi` (called once by [`PciBus::add_device`]
+    /// for a function whose Interrupt Pin register is non-zero). The default ignores it.
+    fn connect_intx(&mut self, _gsi: u32) -> Result<(), intx::IntxError> {
+        Ok(())
+    }
+
     /// Addresses inside this device's BARs whose writes should signal an eventfd in the
     /// kernel instead of exiting to the VMM (virtio queue notifications).
     fn ioeventfds(&self) -> Vec<IoEventSpec> {
         Vec::new()
     }
 }
+
+/// Everything a device's interrupts need: MSI routes and level-triggered INTx irqfds
+/// (KVM's [`crate::kvm::IrqRouting`] is both).
+pub trait InterruptRouter: MsiRouter + IntxRouter {}
+
+impl<T: MsiRouter + IntxRouter + ?Sized> InterruptRouter for T {}
 
 /// A device that can be shared between the bus and its owner.
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
@@ -100,6 +114,15 @@ pub enum PciError {
     NoBarSpace {
         /// Requested size.
         size: u64,
+    },
+    /// Wiring the device's INTx pin failed.
+    #[error("cannot wire the INTx pin of PCI device {device:02x}")]
+    Intx {
+        /// Device number.
+        device: u8,
+        /// Why.
+        #[source]
+        source: intx::IntxError,
     },
     /// Registering an ioeventfd failed.
     #[error("cannot register the ioeventfd at {addr:#x}")]
@@ -177,7 +200,8 @@ impl PciBus {
     }
 
     /// Adds `device` at the next free device number, assigns its BARs in the MMIO window
-    /// (naturally aligned) and enables memory decoding, as firmware would.
+    /// (naturally aligned), enables memory decoding and wires its interrupt pin to the
+    /// GSI [`intx::gsi_for`] gives (recorded in Interrupt Line), as firmware would.
     pub fn add_device(&mut self, device: SharedPciDevice) -> Result<PciAddress, PciError> {
         let number = (1..MAX_DEVICES)
             .find(|n| !self.slots.contains_key(n))
@@ -196,6 +220,15 @@ impl PciBus {
                 }
                 dev.config_mut().set_bar_address(index, addr);
                 next = addr + info.size;
+            }
+            let pin = dev.config().interrupt_pin();
+            if intx::PINS.contains(&pin) {
+                let gsi = intx::gsi_for(number, pin);
+                dev.config_mut().set_interrupt_line(gsi as u8);
+                dev.connect_intx(gsi).map_err(|source| PciError::Intx {
+                    device: number,
+                    source,
+                })?;
             }
             self.next_bar_addr = next;
             let command = dev.config().read_u16(config::COMMAND) | config::COMMAND_MEMORY_SPACE;
@@ -449,6 +482,8 @@ mod tests {
         config: PciConfig,
         notify: EventFd,
         written: Vec<(usize, u64, Vec<u8>)>,
+        /// GSIs `connect_intx` was called with.
+        intx: Vec<u32>,
     }
 
     impl Probe {
@@ -464,7 +499,14 @@ mod tests {
                 config,
                 notify: EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
                 written: Vec::new(),
+                intx: Vec::new(),
             }
+        }
+
+        fn with_pin(pin: u8) -> Probe {
+            let mut probe = Probe::new();
+            probe.config.set_interrupt_pin(pin);
+            probe
         }
     }
 
@@ -482,6 +524,10 @@ mod tests {
         }
         fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
             self.written.push((bar, offset, data.to_vec()));
+        }
+        fn connect_intx(&mut self, gsi: u32) -> Result<(), intx::IntxError> {
+            self.intx.push(gsi);
+            Ok(())
         }
         fn ioeventfds(&self) -> Vec<IoEventSpec> {
             vec![IoEventSpec {
@@ -577,6 +623,32 @@ mod tests {
         assert_eq!(r, [0xff, 0xff], "old address no longer decodes");
         window.read(0x10_0010, &mut r);
         assert_eq!(r, [0x10, 0x11]);
+    }
+
+    #[test]
+    fn functions_with_a_pin_get_their_swizzled_gsi_as_interrupt_line() {
+        let bus = Arc::new(Mutex::new(PciBus::new(None)));
+        let no_pin = Arc::new(Mutex::new(Probe::new()));
+        let inta = Arc::new(Mutex::new(Probe::with_pin(intx::PIN_INTA)));
+        let intb = Arc::new(Mutex::new(Probe::with_pin(2)));
+        for dev in [&no_pin, &inta, &intb] {
+            let dev: SharedPciDevice = dev.clone();
+            lock_bus(&bus).add_device(dev).expect("add");
+        }
+        let wired = |p: &Arc<Mutex<Probe>>| {
+            let p = p.lock().expect("lock");
+            (p.intx.clone(), p.config.bytes()[config::INTERRUPT_LINE])
+        };
+        assert_eq!(wired(&no_pin), (vec![], 0), "no pin, no line");
+        // Slot 2 INTA# and slot 3 INTB#: 16 + (slot + pin - 1) % 8.
+        assert_eq!(wired(&inta), (vec![18], 18));
+        assert_eq!(wired(&intb), (vec![20], 20));
+        let mut io = PciConfigIo::new(bus);
+        assert_eq!(
+            cfc_read(&mut io, 3, 0x3c) & 0xffff,
+            0x0214,
+            "pin INTB#, line 20"
+        );
     }
 
     #[test]

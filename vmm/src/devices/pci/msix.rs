@@ -397,6 +397,22 @@ pub(crate) mod tests {
         pub routes: Mutex<Vec<(u32, MsiMessage)>>,
         pub next: Mutex<u32>,
         pub irqfds: Mutex<Vec<(EventFd, u32)>>,
+        /// The level-triggered (INTx) side, for devices that have both.
+        pub intx: crate::devices::pci::intx::tests::FakeIntx,
+    }
+
+    impl crate::devices::pci::IntxRouter for FakeRouter {
+        fn attach_resampled_irqfd(
+            &self,
+            irqfd: &EventFd,
+            resample: &EventFd,
+            gsi: u32,
+        ) -> Result<(), KvmError> {
+            self.intx.attach_resampled_irqfd(irqfd, resample, gsi)
+        }
+        fn detach_irqfd(&self, irqfd: &EventFd, gsi: u32) -> Result<(), KvmError> {
+            self.intx.detach_irqfd(irqfd, gsi)
+        }
     }
 
     impl FakeRouter {

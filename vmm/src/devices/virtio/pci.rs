@@ -7,14 +7,18 @@
 //! (each served by an ioeventfd), and the MSI-X table and PBA. Vendor-specific
 //! capabilities point the driver at each structure.
 //!
-//! Interrupts go through MSI-X only: a driver that leaves a queue at `NO_VECTOR` gets
-//! the ISR bit but no interrupt (legacy INTx is not implemented; every modern Linux
-//! driver uses MSI-X). Firmware without BAR mappings can reach every structure through
-//! the `VIRTIO_PCI_CAP_PCI_CFG` window in configuration space.
+//! Interrupts: while the driver has MSI-X enabled, each queue and the configuration
+//! change raise the vector the driver assigned (none for `NO_VECTOR`: PCI forbids a
+//! function with MSI-X enabled from using its INTx pin, and Linux registers no INTx
+//! handler then). With MSI-X disabled the device uses its INTA# pin, level-triggered:
+//! asserted while the ISR byte is non-zero (reading the ISR clears it) and not masked by
+//! the command register's Interrupt Disable bit (see [`crate::devices::pci::intx`]).
+//! Firmware without BAR mappings can reach every structure through the
+//! `VIRTIO_PCI_CAP_PCI_CFG` window in configuration space.
 
 use std::io;
 use std::sync::atomic::{AtomicU8, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
@@ -27,8 +31,9 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::{InterruptKind, VirtioDevice, VirtioInterrupt};
 use crate::devices::pci::config::{BarKind, CAP_ID_VENDOR, ConfigError, PciConfig, PciIds};
+use crate::devices::pci::intx::{self, IntxError, IntxLine, IntxRouter, LevelSource};
 use crate::devices::pci::msix::{MsiRouter, Msix, MsixError, MsixLayout};
-use crate::devices::pci::{IoEventSpec, PciDevice};
+use crate::devices::pci::{InterruptRouter, IoEventSpec, PciDevice};
 
 /// Red Hat's virtio vendor id.
 pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
@@ -211,13 +216,15 @@ fn lock_msix(msix: &Mutex<Msix>) -> MutexGuard<'_, Msix> {
     msix.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The [`VirtioInterrupt`] a virtio-pci device hands its device: sets the ISR bit and
-/// triggers the MSI-X vector the driver chose (respecting masks).
+/// The [`VirtioInterrupt`] a virtio-pci device hands its device: sets the ISR bit, then
+/// triggers the MSI-X vector the driver chose (respecting masks) or, with MSI-X
+/// disabled, asserts the INTx pin.
 #[derive(Debug)]
 pub struct VirtioPciInterrupt {
     msix: Arc<Mutex<Msix>>,
     vectors: Arc<Vectors>,
     isr: Arc<AtomicU8>,
+    intx: Arc<OnceLock<IntxLine>>,
 }
 
 impl VirtioInterrupt for VirtioPciInterrupt {
@@ -234,10 +241,39 @@ impl VirtioInterrupt for VirtioPciInterrupt {
             }
         };
         self.isr.fetch_or(isr, Ordering::SeqCst);
-        if vector != VIRTIO_MSI_NO_VECTOR {
-            lock_msix(&self.msix).trigger(vector);
+        let mut msix = lock_msix(&self.msix);
+        match interrupt_mode(msix.enabled(), vector) {
+            InterruptMode::Msix(vector) => msix.trigger(vector),
+            InterruptMode::None => {}
+            InterruptMode::Intx => {
+                drop(msix);
+                if let Some(line) = self.intx.get() {
+                    line.update();
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// How one interrupt is delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptMode {
+    /// Through this MSI-X vector.
+    Msix(u16),
+    /// Through the INTx pin (MSI-X disabled; the ISR byte says why).
+    Intx,
+    /// Not at all (MSI-X enabled, the driver chose `VIRTIO_MSI_NO_VECTOR`).
+    None,
+}
+
+/// The delivery of an interrupt whose driver-chosen vector is `vector`, with MSI-X
+/// enabled or not in the capability's Message Control.
+pub fn interrupt_mode(msix_enabled: bool, vector: u16) -> InterruptMode {
+    match (msix_enabled, vector) {
+        (false, _) => InterruptMode::Intx,
+        (true, VIRTIO_MSI_NO_VECTOR) => InterruptMode::None,
+        (true, vector) => InterruptMode::Msix(vector),
     }
 }
 
@@ -250,6 +286,9 @@ pub struct VirtioPciDevice {
     msix: Arc<Mutex<Msix>>,
     vectors: Arc<Vectors>,
     isr: Arc<AtomicU8>,
+    /// The INTA# pin, once the bus has wired it.
+    intx: Arc<OnceLock<IntxLine>>,
+    intx_router: Arc<dyn IntxRouter>,
     notify: Vec<EventFd>,
     queues: Vec<QueueRegs>,
     device_feature_select: u32,
@@ -264,11 +303,12 @@ pub struct VirtioPciDevice {
 }
 
 impl VirtioPciDevice {
-    /// Wraps `device`; its queues may use `mem`, its interrupts go through `router`.
+    /// Wraps `device`; its queues may use `mem`, its interrupts go through `router`
+    /// (MSI-X vectors at once, the INTA# pin when the bus calls `connect_intx`).
     pub fn new(
         device: Box<dyn VirtioDevice>,
         mem: Arc<GuestMemoryMmap>,
-        router: Arc<dyn MsiRouter>,
+        router: Arc<dyn InterruptRouter>,
     ) -> Result<VirtioPciDevice, VirtioPciError> {
         let device_type = device.device_type();
         let queue_count = device.queue_max_sizes().len();
@@ -297,6 +337,7 @@ impl VirtioPciDevice {
         config
             .add_bar(BAR_INDEX, BAR_SIZE, BarKind::Memory64)
             .map_err(VirtioPciError::Config)?;
+        config.set_interrupt_pin(intx::PIN_INTA);
         let structures = [
             (VIRTIO_PCI_CAP_COMMON_CFG, COMMON_CFG_OFFSET, COMMON_CFG_LEN),
             (VIRTIO_PCI_CAP_ISR_CFG, ISR_CFG_OFFSET, 1),
@@ -331,8 +372,9 @@ impl VirtioPciDevice {
             pba_bar: BAR_INDEX as u8,
             pba_offset: MSIX_PBA_OFFSET as u32,
         };
+        let msi_router: Arc<dyn MsiRouter> = router.clone();
         let mut msix =
-            Msix::new(queue_count as u16 + 1, layout, router).map_err(VirtioPciError::Msix)?;
+            Msix::new(queue_count as u16 + 1, layout, msi_router).map_err(VirtioPciError::Msix)?;
         msix.add_capability(&mut config)
             .map_err(VirtioPciError::Msix)?;
         let notify = (0..queue_count)
@@ -359,6 +401,8 @@ impl VirtioPciDevice {
             msix: Arc::new(Mutex::new(msix)),
             vectors,
             isr: Arc::new(AtomicU8::new(0)),
+            intx: Arc::new(OnceLock::new()),
+            intx_router: router,
             notify,
             queues,
             device_feature_select: 0,
@@ -396,7 +440,20 @@ impl VirtioPciDevice {
             msix: Arc::clone(&self.msix),
             vectors: Arc::clone(&self.vectors),
             isr: Arc::clone(&self.isr),
+            intx: Arc::clone(&self.intx),
         })
+    }
+
+    /// The INTx pin, once wired.
+    pub fn intx(&self) -> Option<&IntxLine> {
+        self.intx.get()
+    }
+
+    /// INTx may be asserted only with MSI-X disabled and Interrupt Disable clear.
+    fn sync_intx_enable(&self, msix_enabled: bool) {
+        if let Some(line) = self.intx.get() {
+            line.set_enabled(!msix_enabled && !self.config.intx_disabled());
+        }
     }
 
     fn selected_queue(&self) -> Option<&QueueRegs> {
@@ -728,11 +785,18 @@ impl PciDevice for VirtioPciDevice {
             let data_at = self.pci_cfg_cap + PCI_CFG_DATA;
             self.config.bytes_mut()[data_at..data_at + 4].copy_from_slice(&bytes);
         }
+        let intx_pending = !lock_msix(&self.msix).enabled() && self.isr.load(Ordering::SeqCst) != 0;
+        self.config.set_interrupt_status(intx_pending);
         self.config.read(offset, data);
     }
 
     fn config_written(&mut self, offset: usize, data: &[u8]) {
-        lock_msix(&self.msix).config_written(&self.config);
+        let msix_enabled = {
+            let mut msix = lock_msix(&self.msix);
+            msix.config_written(&self.config);
+            msix.enabled()
+        };
+        self.sync_intx_enable(msix_enabled);
         if let Some((bar, bar_offset, len)) = self.pci_cfg_window(offset, data.len()) {
             let data_at = self.pci_cfg_cap + PCI_CFG_DATA;
             let mut bytes = [0u8; 4];
@@ -800,6 +864,21 @@ impl PciDevice for VirtioPciDevice {
             }
             _ => {}
         }
+    }
+
+    fn connect_intx(&mut self, gsi: u32) -> Result<(), IntxError> {
+        let isr = Arc::clone(&self.isr);
+        let level: LevelSource = Arc::new(move || isr.load(Ordering::SeqCst) != 0);
+        let line = IntxLine::new(gsi, Arc::clone(&self.intx_router), level)?;
+        if self.intx.set(line).is_err() {
+            tracing::warn!(
+                gsi,
+                "virtio-pci: INTx already wired; keeping the first line"
+            );
+        }
+        let msix_enabled = lock_msix(&self.msix).enabled();
+        self.sync_intx_enable(msix_enabled);
+        Ok(())
     }
 
     fn ioeventfds(&self) -> Vec<IoEventSpec> {

@@ -7,7 +7,10 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::*;
-use crate::devices::pci::config::{CAP_ID_MSIX, CAPABILITIES_POINTER, COMMAND, STATUS};
+use crate::devices::pci::config::{
+    CAP_ID_MSIX, CAPABILITIES_POINTER, COMMAND, COMMAND_INTX_DISABLE, STATUS, STATUS_INTERRUPT,
+};
+use crate::devices::pci::intx::tests::wait_until;
 use crate::devices::pci::msix::tests::FakeRouter;
 use crate::devices::virtio::ActivateError;
 
@@ -482,6 +485,182 @@ fn queue_interrupts_fire_the_drivers_msix_vector() {
     // The config vector is NO_VECTOR: only the ISR records it.
     interrupt.trigger(InterruptKind::Config).expect("trigger");
     assert_eq!(f.r(ISR_CFG_OFFSET, 1) as u8, ISR_CONFIG);
+}
+
+/// The INTx GSI the fixture's device is wired to (as the bus would for slot 1).
+const INTX_GSI: u32 = 17;
+
+impl Fixture {
+    fn msix_cap(&self) -> usize {
+        (0x40..256)
+            .step_by(4)
+            .find(|&o| self.dev.config().bytes()[o] == CAP_ID_MSIX)
+            .expect("msix cap")
+    }
+    fn activated_interrupt(&self) -> Arc<dyn VirtioInterrupt> {
+        self.log
+            .lock()
+            .expect("log")
+            .interrupt
+            .clone()
+            .expect("activated")
+    }
+    fn intx_asserted(&self) -> u64 {
+        self.router.intx.asserted(INTX_GSI)
+    }
+    fn pci_status(&mut self) -> u16 {
+        let mut b = [0u8; 2];
+        self.dev.config_read(STATUS, &mut b);
+        u16::from_le_bytes(b)
+    }
+}
+
+#[test]
+fn interrupt_mode_follows_msix_enable_and_the_vector() {
+    assert_eq!(interrupt_mode(false, 1), InterruptMode::Intx);
+    assert_eq!(
+        interrupt_mode(false, VIRTIO_MSI_NO_VECTOR),
+        InterruptMode::Intx
+    );
+    assert_eq!(interrupt_mode(true, 1), InterruptMode::Msix(1));
+    assert_eq!(
+        interrupt_mode(true, VIRTIO_MSI_NO_VECTOR),
+        InterruptMode::None,
+        "PCI forbids INTx while MSI-X is enabled"
+    );
+}
+
+#[test]
+fn config_space_has_pin_inta_and_the_bus_sets_the_line() {
+    let mut f = fixture();
+    assert_eq!(f.dev.config().interrupt_pin(), 1, "INTA#");
+    assert!(f.dev.intx().is_none(), "not wired before the bus adds it");
+    let bus = Arc::new(Mutex::new(crate::devices::pci::PciBus::new(None)));
+    let router = f.router.clone();
+    let dev = Arc::new(Mutex::new(std::mem::replace(
+        &mut f.dev,
+        transport(Box::new(Recorder {
+            log: f.log.clone(),
+            sizes: [16, 8],
+        }))
+        .0,
+    )));
+    let addr = bus
+        .lock()
+        .expect("bus")
+        .add_device(dev.clone())
+        .expect("add");
+    assert_eq!(addr.device, 1);
+    let dev = dev.lock().expect("dev");
+    assert_eq!(
+        dev.config().bytes()[crate::devices::pci::config::INTERRUPT_LINE],
+        17
+    );
+    assert_eq!(dev.intx().map(|l| l.gsi()), Some(17));
+    assert!(
+        dev.intx().is_some_and(|l| l.enabled()),
+        "MSI-X starts disabled"
+    );
+    assert_eq!(
+        router
+            .intx
+            .lines
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(_, _, gsi)| *gsi)
+            .collect::<Vec<_>>(),
+        vec![17]
+    );
+}
+
+#[test]
+fn without_msix_queue_interrupts_assert_intx_until_the_isr_is_read() {
+    let mut f = fixture();
+    f.dev.connect_intx(INTX_GSI).expect("wire intx");
+    f.negotiate(OFFERED);
+    f.setup_queue(0, 16, 0x1_0000);
+    f.setup_queue(1, 8, 0x2_0000);
+    f.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
+    let interrupt = f.activated_interrupt();
+    assert_eq!(f.pci_status() & STATUS_INTERRUPT, 0);
+    interrupt.trigger(InterruptKind::Queue(0)).expect("trigger");
+    assert_eq!(f.intx_asserted(), 1, "vector 1 is ignored: MSI-X is off");
+    assert_eq!(
+        lock_msix(&f.dev.msix).gsi(1).map(|g| f.router.fired(g)),
+        Some(0)
+    );
+    assert_ne!(
+        f.pci_status() & STATUS_INTERRUPT,
+        0,
+        "status shows INTx pending"
+    );
+    // EOI while the ISR is still set: the resample re-asserts (level semantics).
+    f.router.intx.eoi(INTX_GSI);
+    assert_eq!(f.router.intx.wait_asserted(INTX_GSI), 1);
+    // The handler reads the ISR (which clears it), then EOIs: the line stays down.
+    assert_eq!(f.r(ISR_CFG_OFFSET, 1) as u8, ISR_QUEUE);
+    assert_eq!(f.pci_status() & STATUS_INTERRUPT, 0);
+    f.router.intx.eoi(INTX_GSI);
+    let line = f.dev.intx().expect("wired");
+    wait_until(|| !line.is_asserted());
+    assert_eq!(f.intx_asserted(), 0);
+    // A second interrupt after the EOI asserts again.
+    interrupt.trigger(InterruptKind::Config).expect("trigger");
+    assert_eq!(f.router.intx.wait_asserted(INTX_GSI), 1);
+    assert_eq!(f.r(ISR_CFG_OFFSET, 1) as u8, ISR_CONFIG);
+}
+
+#[test]
+fn interrupt_disable_and_msix_enable_silence_intx() {
+    let mut f = fixture();
+    f.dev.connect_intx(INTX_GSI).expect("wire intx");
+    f.negotiate(OFFERED);
+    f.setup_queue(0, 16, 0x1_0000);
+    f.setup_queue(1, 8, 0x2_0000);
+    f.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
+    let interrupt = f.activated_interrupt();
+    // Interrupt Disable set: the ISR records the interrupt, the pin stays quiet.
+    let command = f.dev.config().read_u16(COMMAND);
+    f.dev
+        .config_write(COMMAND, &(command | COMMAND_INTX_DISABLE).to_le_bytes());
+    interrupt.trigger(InterruptKind::Queue(0)).expect("trigger");
+    assert_eq!(f.intx_asserted(), 0);
+    assert_ne!(
+        f.pci_status() & STATUS_INTERRUPT,
+        0,
+        "still pending in status"
+    );
+    // Clearing Interrupt Disable with the ISR set asserts at once.
+    f.dev.config_write(COMMAND, &command.to_le_bytes());
+    assert_eq!(f.intx_asserted(), 1);
+    assert_eq!(f.r(ISR_CFG_OFFSET, 1) as u8, ISR_QUEUE);
+    f.router.intx.eoi(INTX_GSI);
+    wait_until(|| f.dev.intx().is_some_and(|l| !l.is_asserted()));
+
+    // The guest enables MSI-X: vector 1 fires, INTx does not.
+    let entry = MSIX_TABLE_OFFSET + 16;
+    f.w(entry, 4, 0xfee0_0000);
+    f.w(entry + 8, 4, 0x41);
+    f.w(entry + 12, 4, 0);
+    let cap = f.msix_cap();
+    f.dev.config_write(cap + 3, &[0x80]);
+    let gsi1 = lock_msix(&f.dev.msix).gsi(1).expect("gsi");
+    interrupt.trigger(InterruptKind::Queue(0)).expect("trigger");
+    assert_eq!(f.router.fired(gsi1), 1);
+    assert_eq!(f.intx_asserted(), 0);
+    assert!(f.dev.intx().is_some_and(|l| !l.enabled()));
+    // ... and disables it again with the ISR still set: back to INTx, asserted at once.
+    f.dev.config_write(cap + 3, &[0x00]);
+    assert_eq!(f.intx_asserted(), 1);
+    interrupt.trigger(InterruptKind::Queue(0)).expect("trigger");
+    assert_eq!(f.router.fired(gsi1), 0);
+    assert_eq!(
+        f.intx_asserted(),
+        0,
+        "the line is still high: no second write"
+    );
+    assert!(f.dev.intx().is_some_and(IntxLine::is_asserted));
 }
 
 #[test]
