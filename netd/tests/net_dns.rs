@@ -20,6 +20,10 @@ use testkit::{Need, Netns};
 const SERVER_IP: &str = "192.168.88.1";
 const SERVER_IP6: &str = "fd88::1";
 const UPSTREAM_IP: &str = "10.99.0.2";
+/// An address in the upstream namespace where nothing listens.
+const DEAD_UPSTREAM_IP: &str = "10.99.0.3";
+/// An upstream that answers REFUSED to everything (dnsmasq without servers).
+const REFUSING_UPSTREAM_IP: &str = "10.99.0.4";
 
 fn needs() -> bool {
     testkit::require(&[
@@ -35,7 +39,7 @@ fn needs() -> bool {
 struct Lab {
     server: Netns,
     client: Netns,
-    _upstream: Netns,
+    upstream: Netns,
     dnsmasq: Child,
 }
 
@@ -86,7 +90,7 @@ impl Lab {
         Lab {
             server,
             client,
-            _upstream: upstream,
+            upstream,
             dnsmasq,
         }
     }
@@ -106,11 +110,32 @@ impl Lab {
             .client
             .sh(&format!("timeout 10 dig +time=2 +tries=2 {args}"))
             .unwrap_or_else(|e| panic!("dig {args}: {e}"));
-        out.split("status: ")
+        field(&out, "status: ", ',')
+    }
+
+    /// One try of `dig` from the client: the answers, one per line, and the query
+    /// time dig measured, in milliseconds.
+    fn dig_timed(&self, args: &str) -> (Vec<String>, u64) {
+        let out = self
+            .client
+            .sh(&format!("timeout 10 dig +time=4 +tries=1 {args}"))
+            .unwrap_or_else(|e| panic!("dig {args}: {e}"));
+        let answers = out
+            .split(";; ANSWER SECTION:\n")
             .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .unwrap_or_else(|| panic!("no status in {out}"))
-            .to_owned()
+            .map(|section| {
+                section
+                    .lines()
+                    .take_while(|line| !line.is_empty())
+                    .filter_map(|line| line.split_whitespace().last())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let time = field(&out, ";; Query time: ", ' ')
+            .parse()
+            .unwrap_or_else(|e| panic!("query time in {out}: {e}"));
+        (answers, time)
     }
 
     /// Waits until dnsmasq answers from the server namespace.
@@ -136,6 +161,16 @@ impl Drop for Lab {
         let _ = self.dnsmasq.kill();
         let _ = self.dnsmasq.wait();
     }
+}
+
+/// The text of `output` between `label` and the next `end`.
+fn field(output: &str, label: &str, end: char) -> String {
+    output
+        .split(label)
+        .nth(1)
+        .and_then(|rest| rest.split(end).next())
+        .unwrap_or_else(|| panic!("no {label:?} in {output}"))
+        .to_owned()
 }
 
 fn config() -> DnsConfig {
@@ -274,6 +309,81 @@ fn other_names_are_forwarded_upstream_and_local_only_names_are_not() {
         );
         assert_eq!(lab.dig_status(&format!("{at} www.example.org")), "REFUSED");
     });
+}
+
+#[test]
+fn dead_and_refusing_upstreams_are_passed_over_for_the_next() {
+    if !needs() {
+        return;
+    }
+    let lab = Lab::new("dnsr");
+    lab.upstream
+        .sh(&format!(
+            "ip addr add {DEAD_UPSTREAM_IP}/24 dev eth0 && ip addr add {REFUSING_UPSTREAM_IP}/24 dev eth0"
+        ))
+        .expect("upstream addresses");
+    let mut refusing = lab
+        .upstream
+        .command("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--pid-file",
+            "--user=root",
+            &format!("--listen-address={REFUSING_UPSTREAM_IP}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the refusing dnsmasq");
+    lab.wait_for_upstream();
+    let refused = lab
+        .server
+        .sh(&format!(
+            "timeout 5 dig +time=1 +tries=3 @{REFUSING_UPSTREAM_IP} x.up.test"
+        ))
+        .expect("dig the refusing dnsmasq");
+    assert!(refused.contains("status: REFUSED"), "{refused}");
+
+    let mut config = config();
+    config.forwarders = [DEAD_UPSTREAM_IP, REFUSING_UPSTREAM_IP, UPSTREAM_IP]
+        .iter()
+        .map(|addr| DnsForwarder {
+            addr: Some(addr.parse().expect("ip")),
+            domain: None,
+        })
+        .collect();
+    with_server(&lab, config.clone(), || {
+        let at = format!("@{SERVER_IP}");
+        // The dead server costs one attempt timeout, the refusing one nothing.
+        let (answers, first) = lab.dig_timed(&format!("{at} first.up.test"));
+        assert_eq!(answers, ["10.77.7.7"]);
+        assert!(
+            first >= 900,
+            "answered in {first} ms without waiting for the dead server"
+        );
+        // Both are then asked last: the next query goes straight to the good one.
+        let (answers, second) = lab.dig_timed(&format!("{at} second.up.test"));
+        assert_eq!(answers, ["10.77.7.7"]);
+        assert!(second < first, "{second} ms, first {first} ms");
+        // TCP: the dead address refuses the connection, dnsmasq refuses the query.
+        assert_eq!(
+            lab.dig_short(&format!("+tcp {at} tcp.up.test")),
+            ["10.77.7.7"]
+        );
+    });
+    // A fresh server (nothing known about the upstreams) over TCP first.
+    with_server(&lab, config, || {
+        assert_eq!(
+            lab.dig_short(&format!("+tcp @{SERVER_IP} fresh.up.test")),
+            ["10.77.7.7"]
+        );
+    });
+    let _ = refusing.kill();
+    let _ = refusing.wait();
 }
 
 #[test]
