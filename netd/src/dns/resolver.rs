@@ -795,9 +795,29 @@ mod tests {
         );
     }
 
-    /// Seeded mutation fuzzing of the decode-and-answer path: byte flips, truncations,
+    /// The question of `query` if hickory-proto reads it as a plain query with one IN
+    /// question whose name is not compressed (the oracle for our own parser; the fuzz
+    /// target has the same).
+    fn hickory_question(query: &[u8]) -> Option<Query> {
+        use hickory_proto::op::Header;
+        use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable};
+        let mut decoder = BinDecoder::new(query);
+        let header = Header::read(&mut decoder).ok()?;
+        if header.message_type != MessageType::Query
+            || header.op_code != OpCode::Query
+            || header.counts.queries != 1
+        {
+            return None;
+        }
+        let question = Query::read(&mut decoder).ok()?;
+        let plain = query.get(12..decoder.index()) == question.to_bytes().ok().as_deref();
+        (plain && question.query_class() == hickory_proto::rr::DNSClass::IN).then_some(question)
+    }
+
+    /// Seeded mutation fuzzing of the parse-and-answer path: byte flips, truncations,
     /// insertions and random tails on valid queries. Every reply must decode again and
-    /// carry the query's ID.
+    /// carry the query's ID, and every query hickory-proto reads as one IN question
+    /// must be answered or forwarded with that same question.
     #[test]
     fn mutated_queries_never_panic_and_replies_decode() {
         let resolver = Resolver::new(&config(), Some(leases())).unwrap();
@@ -835,7 +855,12 @@ mod tests {
             } else {
                 Transport::Tcp
             };
-            if resolver.answer(&packet, transport, &mut out) == Outcome::Reply {
+            let outcome = resolver.answer(&packet, transport, &mut out);
+            let question = hickory_question(&packet);
+            if question.is_some() {
+                assert_ne!(outcome, Outcome::Drop, "{packet:02x?}");
+            }
+            if outcome == Outcome::Reply {
                 replies += 1;
                 let reply = Message::from_vec(&out)
                     .unwrap_or_else(|e| panic!("reply to {packet:02x?} does not decode: {e}"));
@@ -843,6 +868,9 @@ mod tests {
                     reply.metadata.id,
                     u16::from_be_bytes([packet[0], packet[1]])
                 );
+                if let Some(question) = question {
+                    assert_eq!(reply.queries, [question], "{packet:02x?}");
+                }
                 if transport == Transport::Udp {
                     assert!(out.len() <= usize::from(MAX_UDP_PAYLOAD));
                 }
