@@ -27,10 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::sys::socket::{
     AddressFamily, Backlog, ControlMessage, MsgFlags, MultiHeaders, SockFlag, SockProtocol,
-    SockType, SockaddrStorage, bind, listen, recvmmsg, sendmmsg, sendto, setsockopt, socket,
-    sockopt,
+    SockType, SockaddrStorage, bind, listen, recvmmsg, sendmmsg, sendmsg, sendto, setsockopt,
+    socket, sockopt,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -414,6 +415,8 @@ struct Batch {
     /// an IPv6 one.
     recv_headers: [MultiHeaders<SockaddrStorage>; 2],
     send_headers: MultiHeaders<SockaddrStorage>,
+    /// Whether UDP GSO sends work here (cleared on the first that fails).
+    gso: bool,
 }
 
 impl Batch {
@@ -429,6 +432,7 @@ impl Batch {
                 MultiHeaders::preallocate(BATCH, None),
             ],
             send_headers: MultiHeaders::preallocate(BATCH, None),
+            gso: true,
         }
     }
 
@@ -455,8 +459,81 @@ impl Batch {
     }
 
     /// Sends `replies[i]` to `received[i].1` for each `i` in `answered`; returns how
-    /// many went out before the socket's buffer filled up.
+    /// many went out before the socket's buffer filled up. Replies of equal length to
+    /// the same client (a resolver or load generator with many queries in flight)
+    /// leave in one UDP GSO send: the stack routes, filters and bridges them once.
     fn send(&mut self, fd: i32, answered: &[usize]) -> std::io::Result<usize> {
+        let mut singles = [0usize; BATCH];
+        let mut single_count = 0;
+        let mut taken = [false; BATCH];
+        let mut sent = 0;
+        for (i, &at) in answered.iter().enumerate() {
+            if taken[i] {
+                continue;
+            }
+            let (len, to) = (self.replies[at].len(), self.received[at].1);
+            let mut group = [0usize; BATCH];
+            let mut size = 0;
+            for (j, &other) in answered.iter().enumerate().skip(i) {
+                let same = j == i
+                    || (self.gso
+                        && !taken[j]
+                        && self.replies[other].len() == len
+                        && self.received[other].1 == to);
+                if same {
+                    taken[j] = true;
+                    group[size] = other;
+                    size += 1;
+                }
+            }
+            if size >= 2 {
+                match self.send_segments(fd, &group[..size], len, &to) {
+                    Ok(_) => {
+                        sent += size;
+                        continue;
+                    }
+                    Err(Errno::EAGAIN) => return Ok(sent),
+                    Err(e) => {
+                        // Older kernels, or a route without checksum offload.
+                        tracing::debug!(error = %e, "UDP GSO send failed; sending DNS replies one by one");
+                        self.gso = false;
+                    }
+                }
+            }
+            singles[single_count..single_count + size].copy_from_slice(&group[..size]);
+            single_count += size;
+        }
+        match self.send_each(fd, &singles[..single_count]) {
+            Ok(count) => Ok(sent + count),
+            Err(_) if sent > 0 => Ok(sent),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends the equal-length replies of `group` to `to` as one datagram cut into
+    /// `len`-byte segments by the kernel.
+    fn send_segments(
+        &self,
+        fd: i32,
+        group: &[usize],
+        len: usize,
+        to: &SockaddrStorage,
+    ) -> nix::Result<usize> {
+        let slices: [IoSlice<'_>; BATCH] = std::array::from_fn(|k| {
+            IoSlice::new(group.get(k).map_or(&[][..], |&at| &self.replies[at]))
+        });
+        let segment = u16::try_from(len).map_err(|_| Errno::EMSGSIZE)?;
+        sendmsg(
+            fd,
+            &slices[..group.len()],
+            &[ControlMessage::UdpGsoSegments(&segment)],
+            MsgFlags::MSG_DONTWAIT,
+            Some(to),
+        )
+    }
+
+    /// Sends the replies of `answered` one datagram each, [`BATCH`] per system call.
+    fn send_each(&mut self, fd: i32, answered: &[usize]) -> std::io::Result<usize> {
         let mut sent = 0;
         while sent < answered.len() {
             let rest = &answered[sent..];
@@ -475,8 +552,12 @@ impl Batch {
                 &to[..count],
                 no_control,
                 MsgFlags::MSG_DONTWAIT,
-            )?;
-            let done = results.count();
+            );
+            let done = match results {
+                Ok(results) => results.count(),
+                Err(_) if sent > 0 => break,
+                Err(e) => return Err(e.into()),
+            };
             if done == 0 {
                 break;
             }
