@@ -511,6 +511,71 @@ fn garbage_packets_leave_the_server_serving() {
 }
 
 #[test]
+fn reconfigure_swaps_records_while_serving() {
+    if !needs() {
+        return;
+    }
+    let lab = Lab::new("dnsu");
+    lab.server
+        .run(|| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let dns = {
+                let _enter = runtime.enter();
+                DnsServer::start(config(), Some(leases())).expect("start the DNS server")
+            };
+            let at = format!("@{SERVER_IP}");
+            assert_eq!(
+                lab.dig_short(&format!("{at} static1.example.test")),
+                ["192.168.88.50"]
+            );
+            let mut updated = config();
+            updated.hosts = vec![DnsHost {
+                ip: "192.168.88.60".parse().expect("ip"),
+                hostnames: vec!["added".into()],
+            }];
+            updated.txts[0].value = "changed".into();
+            dns.reconfigure(&updated).expect("reconfigure");
+            // The watch is read by the serving task: poll until it took the update.
+            let mut answer = Vec::new();
+            for _ in 0..50 {
+                answer = lab.dig_short(&format!("{at} added.example.test"));
+                if answer == ["192.168.88.60"] {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(answer, ["192.168.88.60"]);
+            assert_eq!(
+                lab.dig_status(&format!("{at} static1.example.test")),
+                "NXDOMAIN"
+            );
+            assert_eq!(
+                lab.dig_short(&format!("{at} about.example.test TXT")),
+                ["\"changed\""]
+            );
+            // Leases still come from the same source, over TCP too.
+            assert_eq!(
+                lab.dig_short(&format!("+tcp {at} web1.example.test")),
+                ["192.168.88.77"]
+            );
+            // An invalid update is refused and changes nothing.
+            let mut invalid = updated.clone();
+            invalid.hosts[0].hostnames = vec!["bad..name".into()];
+            assert!(dns.reconfigure(&invalid).is_err());
+            assert_eq!(
+                lab.dig_short(&format!("{at} added.example.test")),
+                ["192.168.88.60"]
+            );
+            runtime.block_on(dns.stop());
+        })
+        .expect("scenario in the server namespace");
+}
+
+#[test]
 fn stopping_closes_tcp_clients_and_frees_port_53() {
     if !needs() {
         return;

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::socket::{
     AddressFamily, Backlog, ControlMessage, MsgFlags, MultiHeaders, SockFlag, SockProtocol,
-    SockType, SockaddrStorage, bind, listen, recvmmsg, sendmmsg, sendmsg, sendto, setsockopt,
-    socket, sockopt,
+    SockType, SockaddrStorage, bind, listen, recvmmsg, sendmmsg, sendto, setsockopt, socket,
+    sockopt,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -415,6 +415,8 @@ struct Batch {
     /// an IPv6 one.
     recv_headers: [MultiHeaders<SockaddrStorage>; 2],
     send_headers: MultiHeaders<SockaddrStorage>,
+    /// For one segmented send, with room for its control message.
+    gso_headers: MultiHeaders<SockaddrStorage>,
     /// Whether UDP GSO sends work here (cleared on the first that fails).
     gso: bool,
 }
@@ -432,6 +434,7 @@ impl Batch {
                 MultiHeaders::preallocate(BATCH, None),
             ],
             send_headers: MultiHeaders::preallocate(BATCH, None),
+            gso_headers: MultiHeaders::preallocate(1, Some(nix::cmsg_space!(u16))),
             gso: true,
         }
     }
@@ -513,23 +516,32 @@ impl Batch {
     /// Sends the equal-length replies of `group` to `to` as one datagram cut into
     /// `len`-byte segments by the kernel.
     fn send_segments(
-        &self,
+        &mut self,
         fd: i32,
         group: &[usize],
         len: usize,
         to: &SockaddrStorage,
-    ) -> nix::Result<usize> {
+    ) -> nix::Result<()> {
         let slices: [IoSlice<'_>; BATCH] = std::array::from_fn(|k| {
             IoSlice::new(group.get(k).map_or(&[][..], |&at| &self.replies[at]))
         });
         let segment = u16::try_from(len).map_err(|_| Errno::EMSGSIZE)?;
-        sendmsg(
+        // sendmmsg with one message: sendmsg would allocate its control buffer.
+        let message = [&slices[..group.len()]];
+        let sent = sendmmsg(
             fd,
-            &slices[..group.len()],
-            &[ControlMessage::UdpGsoSegments(&segment)],
+            &mut self.gso_headers,
+            message.iter(),
+            [Some(*to)],
+            [ControlMessage::UdpGsoSegments(&segment)],
             MsgFlags::MSG_DONTWAIT,
-            Some(to),
-        )
+        )?
+        .count();
+        if sent == 1 {
+            Ok(())
+        } else {
+            Err(Errno::EAGAIN)
+        }
     }
 
     /// Sends the replies of `answered` one datagram each, [`BATCH`] per system call.
