@@ -347,6 +347,10 @@ async fn serve(
             }
         }
     }
+    // Close the listeners, then wait for every connection's socket to be closed too:
+    // a connection still bound to port 53 would make the next listen() on it fail.
+    drop(tcp);
+    connections.shutdown().await;
 }
 
 /// Waits for the first socket with something to read, without allocating.
