@@ -458,8 +458,12 @@ impl Batch {
             None,
         )?;
         for message in results {
-            if let Some(from) = message.address {
-                self.received.push((message.bytes, from));
+            // Entry `i` must stay datagram `i`: one without a sender (never seen on UDP)
+            // is kept as an empty query, which gets no answer.
+            let unknown = || SockaddrStorage::from(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+            match message.address {
+                Some(from) => self.received.push((message.bytes, from)),
+                None => self.received.push((0, unknown())),
             }
         }
         Ok(self.received.len())
