@@ -9,9 +9,9 @@
 # local answers only (the sandbox has an empty resolv.conf and no route out). Then the
 # average latency at a fixed 1000 queries/s. For kvnet (and with --vs-libvirt for
 # Debian's libvirt + dnsmasq in the same run), inside private namespaces (sandbox.sh).
-# Prints the median queries/s, latency, lost queries and the server's CPU use, the
-# ratio to the target (>= 170 k qps, twice the 85 k measured for libvirt here) and to
-# libvirt.
+# Prints the median queries/s, latency, lost queries, the CPU use of the server and of
+# dnsperf, the ratio to the target (>= 170 k qps, twice the 85 k measured for libvirt
+# here) and to libvirt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=10 reps=3 vs_libvirt=0
@@ -63,8 +63,11 @@ XML
   printf 'anchost A\nanchost.anc.test A\n' >"$work/queries"
   for rep in $(seq "$reps"); do
     c0=$(cpu_ticks)
-    in_cli dnsperf -s 10.200.0.1 -d "$work/queries" -l "$seconds" >"$work/max$rep" 2>&1
+    # bash's `time` gives the load generator's own CPU use (%P: user + sys / real).
+    TIMEFORMAT='client_cpu_pct %P'
+    { time in_cli dnsperf -s 10.200.0.1 -d "$work/queries" -l "$seconds" >"$work/max$rep" 2>&1; } 2>"$work/client$rep"
     c1=$(cpu_ticks)
+    awk '{printf "%s %.0f\n", $1, $2}' "$work/client$rep"
     awk '/Queries per second:/ {print "qps", $4}' "$work/max$rep"
     awk '/Average Latency/ {print "avg_latency_ms", $4 * 1000}' "$work/max$rep"
     awk '/Queries lost:/ {print "lost", $3}' "$work/max$rep"
@@ -126,6 +129,7 @@ rows = [
     ("q1000_avg_latency_ms", "avg latency at 1000 q/s (ms)", "{:.3f}"),
     ("lost", "queries lost (median)", "{:.0f}"),
     ("server_cpu_pct", "server CPU (% of one core)", "{:.0f}"),
+    ("client_cpu_pct", "dnsperf CPU (% of one core)", "{:.0f}"),
 ]
 print()
 print(f"machine: {cpus} CPUs; dnsperf runs on the same machine")
