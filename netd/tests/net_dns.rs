@@ -20,6 +20,10 @@ use testkit::{Need, Netns};
 const SERVER_IP: &str = "192.168.88.1";
 const SERVER_IP6: &str = "fd88::1";
 const UPSTREAM_IP: &str = "10.99.0.2";
+/// An address in the upstream namespace where nothing listens.
+const DEAD_UPSTREAM_IP: &str = "10.99.0.3";
+/// An upstream that answers REFUSED to everything (dnsmasq without servers).
+const REFUSING_UPSTREAM_IP: &str = "10.99.0.4";
 
 fn needs() -> bool {
     testkit::require(&[
@@ -35,7 +39,7 @@ fn needs() -> bool {
 struct Lab {
     server: Netns,
     client: Netns,
-    _upstream: Netns,
+    upstream: Netns,
     dnsmasq: Child,
 }
 
@@ -86,7 +90,7 @@ impl Lab {
         Lab {
             server,
             client,
-            _upstream: upstream,
+            upstream,
             dnsmasq,
         }
     }
@@ -106,11 +110,32 @@ impl Lab {
             .client
             .sh(&format!("timeout 10 dig +time=2 +tries=2 {args}"))
             .unwrap_or_else(|e| panic!("dig {args}: {e}"));
-        out.split("status: ")
+        field(&out, "status: ", ',')
+    }
+
+    /// One try of `dig` from the client: the answers, one per line, and the query
+    /// time dig measured, in milliseconds.
+    fn dig_timed(&self, args: &str) -> (Vec<String>, u64) {
+        let out = self
+            .client
+            .sh(&format!("timeout 10 dig +time=4 +tries=1 {args}"))
+            .unwrap_or_else(|e| panic!("dig {args}: {e}"));
+        let answers = out
+            .split(";; ANSWER SECTION:\n")
             .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .unwrap_or_else(|| panic!("no status in {out}"))
-            .to_owned()
+            .map(|section| {
+                section
+                    .lines()
+                    .take_while(|line| !line.is_empty())
+                    .filter_map(|line| line.split_whitespace().last())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let time = field(&out, ";; Query time: ", ' ')
+            .parse()
+            .unwrap_or_else(|e| panic!("query time in {out}: {e}"));
+        (answers, time)
     }
 
     /// Waits until dnsmasq answers from the server namespace.
@@ -136,6 +161,16 @@ impl Drop for Lab {
         let _ = self.dnsmasq.kill();
         let _ = self.dnsmasq.wait();
     }
+}
+
+/// The text of `output` between `label` and the next `end`.
+fn field(output: &str, label: &str, end: char) -> String {
+    output
+        .split(label)
+        .nth(1)
+        .and_then(|rest| rest.split(end).next())
+        .unwrap_or_else(|| panic!("no {label:?} in {output}"))
+        .to_owned()
 }
 
 fn config() -> DnsConfig {
@@ -277,6 +312,149 @@ fn other_names_are_forwarded_upstream_and_local_only_names_are_not() {
 }
 
 #[test]
+fn dead_and_refusing_upstreams_are_passed_over_for_the_next() {
+    if !needs() {
+        return;
+    }
+    let lab = Lab::new("dnsr");
+    lab.upstream
+        .sh(&format!(
+            "ip addr add {DEAD_UPSTREAM_IP}/24 dev eth0 && ip addr add {REFUSING_UPSTREAM_IP}/24 dev eth0"
+        ))
+        .expect("upstream addresses");
+    let mut refusing = lab
+        .upstream
+        .command("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--pid-file",
+            "--user=root",
+            &format!("--listen-address={REFUSING_UPSTREAM_IP}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the refusing dnsmasq");
+    lab.wait_for_upstream();
+    let refused = lab
+        .server
+        .sh(&format!(
+            "timeout 5 dig +time=1 +tries=3 @{REFUSING_UPSTREAM_IP} x.up.test"
+        ))
+        .expect("dig the refusing dnsmasq");
+    assert!(refused.contains("status: REFUSED"), "{refused}");
+
+    let mut config = config();
+    config.forwarders = [DEAD_UPSTREAM_IP, REFUSING_UPSTREAM_IP, UPSTREAM_IP]
+        .iter()
+        .map(|addr| DnsForwarder {
+            addr: Some(addr.parse().expect("ip")),
+            domain: None,
+        })
+        .collect();
+    with_server(&lab, config.clone(), || {
+        let at = format!("@{SERVER_IP}");
+        // The dead server costs one attempt timeout, the refusing one nothing.
+        let (answers, first) = lab.dig_timed(&format!("{at} first.up.test"));
+        assert_eq!(answers, ["10.77.7.7"]);
+        assert!(
+            first >= 900,
+            "answered in {first} ms without waiting for the dead server"
+        );
+        // Both are then asked last: the next query goes straight to the good one.
+        let (answers, second) = lab.dig_timed(&format!("{at} second.up.test"));
+        assert_eq!(answers, ["10.77.7.7"]);
+        assert!(second < first, "{second} ms, first {first} ms");
+        // TCP: the dead address refuses the connection, dnsmasq refuses the query.
+        assert_eq!(
+            lab.dig_short(&format!("+tcp {at} tcp.up.test")),
+            ["10.77.7.7"]
+        );
+    });
+    // A fresh server (nothing known about the upstreams) over TCP first.
+    with_server(&lab, config, || {
+        assert_eq!(
+            lab.dig_short(&format!("+tcp @{SERVER_IP} fresh.up.test")),
+            ["10.77.7.7"]
+        );
+    });
+    let _ = refusing.kill();
+    let _ = refusing.wait();
+}
+
+/// A query for `labels` of type A with ID `id`, RD set.
+fn a_query(id: u16, labels: &[&str]) -> Vec<u8> {
+    let mut query = id.to_be_bytes().to_vec();
+    query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in labels {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    query
+}
+
+#[test]
+fn a_burst_of_queries_from_one_socket_gets_every_answer() {
+    if !needs() {
+        return;
+    }
+    // Many queries in flight from one socket are read and answered in batches, equal
+    // replies to one client in one segmented (GSO) send: each must still arrive whole,
+    // with its own ID.
+    let lab = Lab::new("dnsb");
+    with_server(&lab, config(), || {
+        lab.client
+            .run(|| {
+                let server: SocketAddr = format!("{SERVER_IP}:53").parse().expect("addr");
+                let socket = UdpSocket::bind("0.0.0.0:0").expect("udp");
+                socket
+                    .set_read_timeout(Some(Duration::from_secs(3)))
+                    .expect("timeout");
+                let names: [&[&str]; 2] = [&["web1", "example", "test"], &["static1"]];
+                for round in 0..20u16 {
+                    let mut expected = std::collections::BTreeMap::new();
+                    for i in 0..48u16 {
+                        let id = round * 100 + i;
+                        let name = names[usize::from(i % 2)];
+                        socket.send_to(&a_query(id, name), server).expect("send");
+                        let address = if i % 2 == 0 {
+                            [192, 168, 88, 77]
+                        } else {
+                            [192, 168, 88, 50]
+                        };
+                        expected.insert(id, (name, address));
+                    }
+                    let mut buf = [0u8; 1500];
+                    while !expected.is_empty() {
+                        let (len, from) =
+                            socket.recv_from(&mut buf).expect("a reply for every query");
+                        assert_eq!(from, server);
+                        let reply = &buf[..len];
+                        let id = u16::from_be_bytes([reply[0], reply[1]]);
+                        let (name, address) = expected
+                            .remove(&id)
+                            .unwrap_or_else(|| panic!("reply {id} unexpected or twice"));
+                        let question = a_query(id, name);
+                        assert_eq!(
+                            reply[12..question.len()],
+                            question[12..],
+                            "question of {id}"
+                        );
+                        assert_eq!(reply[6..8], [0, 1], "one answer for {id}");
+                        assert_eq!(reply[len - 4..], address, "address for {id}");
+                    }
+                }
+            })
+            .expect("burst from the client namespace");
+    });
+}
+
+#[test]
 fn garbage_packets_leave_the_server_serving() {
     if !needs() {
         return;
@@ -333,6 +511,71 @@ fn garbage_packets_leave_the_server_serving() {
 }
 
 #[test]
+fn update_swaps_records_while_serving() {
+    if !needs() {
+        return;
+    }
+    let lab = Lab::new("dnsu");
+    lab.server
+        .run(|| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let dns = {
+                let _enter = runtime.enter();
+                DnsServer::start(config(), Some(leases())).expect("start the DNS server")
+            };
+            let at = format!("@{SERVER_IP}");
+            assert_eq!(
+                lab.dig_short(&format!("{at} static1.example.test")),
+                ["192.168.88.50"]
+            );
+            let mut updated = config();
+            updated.hosts = vec![DnsHost {
+                ip: "192.168.88.60".parse().expect("ip"),
+                hostnames: vec!["added".into()],
+            }];
+            updated.txts[0].value = "changed".into();
+            dns.update(&updated, Some(leases())).expect("update");
+            // The watch is read by the serving task: poll until it took the update.
+            let mut answer = Vec::new();
+            for _ in 0..50 {
+                answer = lab.dig_short(&format!("{at} added.example.test"));
+                if answer == ["192.168.88.60"] {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(answer, ["192.168.88.60"]);
+            assert_eq!(
+                lab.dig_status(&format!("{at} static1.example.test")),
+                "NXDOMAIN"
+            );
+            assert_eq!(
+                lab.dig_short(&format!("{at} about.example.test TXT")),
+                ["\"changed\""]
+            );
+            // Leases come from the given source, over TCP too.
+            assert_eq!(
+                lab.dig_short(&format!("+tcp {at} web1.example.test")),
+                ["192.168.88.77"]
+            );
+            // An invalid update is refused and changes nothing.
+            let mut invalid = updated.clone();
+            invalid.hosts[0].hostnames = vec!["bad..name".into()];
+            assert!(dns.update(&invalid, Some(leases())).is_err());
+            assert_eq!(
+                lab.dig_short(&format!("{at} added.example.test")),
+                ["192.168.88.60"]
+            );
+            runtime.block_on(dns.stop());
+        })
+        .expect("scenario in the server namespace");
+}
+
+#[test]
 fn stopping_closes_tcp_clients_and_frees_port_53() {
     if !needs() {
         return;
@@ -356,14 +599,9 @@ fn stopping_closes_tcp_clients_and_frees_port_53() {
                 .run(|| TcpStream::connect(server).expect("tcp connect"))
                 .expect("connect from the client namespace");
             // One answered query proves the server took the connection.
-            let mut query = vec![0, 0, 0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-            for label in ["static1", "example", "test"] {
-                query.push(label.len() as u8);
-                query.extend_from_slice(label.as_bytes());
-            }
-            query.extend_from_slice(&[0, 0, 1, 0, 1]);
-            let len = (query.len() - 2) as u16;
-            query[..2].copy_from_slice(&len.to_be_bytes());
+            let message = a_query(0xbeef, &["static1", "example", "test"]);
+            let mut query = (message.len() as u16).to_be_bytes().to_vec();
+            query.extend_from_slice(&message);
             idle.write_all(&query).expect("send query");
             let mut reply_len = [0u8; 2];
             idle.read_exact(&mut reply_len).expect("reply length");

@@ -4,10 +4,12 @@
 //! - [`zone`]: the names the network answers for itself (`<dns><host>`, `<srv>`, `<txt>`
 //!   and the hostnames of DHCP leases), as ready-to-send wire records;
 //! - [`resolver`]: one query in, one decision out: a local answer written into a buffer,
-//!   a forward to an upstream server, or nothing. No sockets: tests and the fuzz target
-//!   drive it;
-//! - [`server`]: the UDP sockets and TCP listeners on port 53, the table of queries
-//!   forwarded upstream, and the [`DnsServer`] handle the manager keeps.
+//!   a forward to the upstream servers in order of preference, or nothing. No sockets:
+//!   tests and the fuzz target drive it;
+//! - [`server`]: the UDP sockets (read and answered in batches) and TCP listeners on
+//!   port 53, the table of queries forwarded upstream with its retries of the next
+//!   server, and the [`DnsServer`] handle the manager keeps, whose
+//!   [`DnsServer::update`] swaps the records in while it runs.
 //!
 //! What it answers follows libvirt's dnsmasq configuration: names are served with TTL 0
 //! (dnsmasq's `local-ttl` default), plain hostnames are also qualified with the

@@ -1,21 +1,19 @@
 //! One DNS query in, one decision out: answer it from the network's own names, forward
-//! it unchanged to an upstream server, or drop it.
+//! it unchanged to upstream servers, or drop it.
 //!
-//! The query is decoded with hickory-proto (header and question); a local answer is the
-//! header, the question re-encoded, and the zone's prepared records, written into a
-//! buffer the caller reuses, so the hot path does not allocate for ordinary names.
+//! The query is parsed in place: the header's flags and counts, then the question's
+//! name, read into a stack buffer with letters lowercased, which is the key the zone is
+//! indexed by. A local answer is the header, the question copied verbatim and the
+//! zone's prepared records, written into a buffer the caller reuses: the hot path
+//! neither allocates nor builds a message.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Header, MessageType, Metadata, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name};
-use hickory_proto::serialize::binary::{
-    BinDecodable, BinDecoder, BinEncodable, BinEncoder, NameEncoding,
-};
+use hickory_proto::rr::RecordType;
 
-use super::zone::{Found, Zone, fqdn};
+use super::zone::{Found, Zone, fqdn, wire_key};
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 
 /// Largest UDP response we send to an EDNS client (the DNS flag day 2020 value).
@@ -24,6 +22,8 @@ pub const MAX_UDP_PAYLOAD: u16 = 1232;
 const CLASSIC_UDP_PAYLOAD: usize = 512;
 /// Length of the DNS header.
 const HEADER_LEN: usize = 12;
+/// Longest name in wire form (RFC 1035 3.1).
+const MAX_NAME_LEN: usize = 255;
 /// The lease view is re-read at least this often...
 const LEASE_REFRESH: Duration = Duration::from_secs(1);
 /// ...and sooner when a name is missing, so a guest that just got its lease resolves.
@@ -34,6 +34,19 @@ const OPT_RECORD: [u8; 11] = {
     let size = MAX_UDP_PAYLOAD.to_be_bytes();
     [0, 0, 41, size[0], size[1], 0, 0, 0, 0, 0, 0]
 };
+/// The class of Internet names.
+const CLASS_IN: u16 = 1;
+
+/// Response codes we send (RFC 1035 4.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rcode {
+    NoError = 0,
+    FormErr = 1,
+    ServFail = 2,
+    NxDomain = 3,
+    NotImp = 4,
+    Refused = 5,
+}
 
 /// How the query arrived: it bounds the size of the response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,25 +59,37 @@ pub enum Transport {
 
 /// What to do with a query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Outcome<'a> {
     /// The response is in the output buffer.
     Reply,
-    /// Not ours to answer: send the query unchanged to this server.
-    Forward(SocketAddr),
+    /// Not ours to answer: send the query unchanged to these servers, one after the
+    /// other until one answers (never empty).
+    Forward(&'a [SocketAddr]),
     /// Not a query (a response, or too short to answer): ignore it.
     Drop,
+}
+
+/// Whether an upstream's reply says it could not answer (SERVFAIL or REFUSED), so the
+/// next server is worth asking.
+pub fn is_upstream_failure(reply: &[u8]) -> bool {
+    reply.get(3).is_some_and(|flags| {
+        let rcode = flags & 0x0f;
+        rcode == Rcode::ServFail as u8 || rcode == Rcode::Refused as u8
+    })
 }
 
 /// Decides and builds answers for one network; shared by its UDP and TCP paths.
 pub struct Resolver {
     network: String,
-    domain: Option<Name>,
-    /// Names at or under these are never forwarded (`localOnly`, `<forwarder domain=>`
-    /// without `addr`).
-    local_domains: Vec<Name>,
+    /// The [`wire_key`] of `<domain name=>`.
+    domain: Option<hickory_proto::rr::Name>,
+    /// Names at or under these [`wire_key`]s are never forwarded (`localOnly`,
+    /// `<forwarder domain=>` without `addr`).
+    local_domains: Vec<Vec<u8>>,
     forward_plain_names: bool,
-    /// `<forwarder domain= addr=>`, most specific domain first.
-    routes: Vec<(Name, SocketAddr)>,
+    /// `<forwarder domain= addr=>` by [`wire_key`] of the domain, most specific first;
+    /// a domain's servers in document order.
+    routes: Vec<(Vec<u8>, Vec<SocketAddr>)>,
     /// Servers for every other name, in order of preference.
     upstreams: Vec<SocketAddr>,
     static_zone: Zone,
@@ -101,6 +126,23 @@ fn lock(cache: &Mutex<LeaseCache>) -> MutexGuard<'_, LeaseCache> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The question of a query, as parsed from its bytes.
+struct Question {
+    /// Offset just past the question (name, type and class) in the query.
+    end: usize,
+    qtype: u16,
+    qclass: u16,
+}
+
+/// Why a query gets no answer from the zone.
+#[derive(Clone, Copy)]
+enum Malformed {
+    /// Not worth a reply.
+    Drop,
+    /// Worth a header-only reply with this code.
+    Reply(Rcode),
+}
+
 impl Resolver {
     /// A resolver for `config`; `leases` supplies the hostnames of the DHCP leases.
     pub fn new(config: &DnsConfig, leases: Option<LeaseSource>) -> Result<Resolver, Error> {
@@ -117,22 +159,29 @@ impl Resolver {
         if config.local_only
             && let Some(domain) = &domain
         {
-            local_domains.push(domain.clone());
+            local_domains.push(wire_key(domain));
         }
-        let mut routes = Vec::new();
+        let mut routes: Vec<(Vec<u8>, Vec<SocketAddr>)> = Vec::new();
         let mut plain = Vec::new();
         for forwarder in &config.forwarders {
             match (&forwarder.domain, forwarder.addr) {
                 (Some(text), Some(addr)) => {
-                    routes.push((fqdn(text).ok_or_else(|| invalid(text))?, upstream(addr)));
+                    let key = wire_key(&fqdn(text).ok_or_else(|| invalid(text))?);
+                    match routes.iter_mut().find(|(domain, _)| *domain == key) {
+                        Some((_, servers)) => servers.push(upstream(addr)),
+                        None => routes.push((key, vec![upstream(addr)])),
+                    }
                 }
-                (Some(text), None) => local_domains.push(fqdn(text).ok_or_else(|| invalid(text))?),
+                (Some(text), None) => {
+                    local_domains.push(wire_key(&fqdn(text).ok_or_else(|| invalid(text))?));
+                }
                 (None, Some(addr)) => plain.push(upstream(addr)),
                 (None, None) => {}
             }
         }
-        // Stable: among equally specific domains the first forwarder wins.
-        routes.sort_by_key(|(name, _)| std::cmp::Reverse(name.num_labels()));
+        // Longer keys have more labels or longer ones; what matters is that a domain
+        // comes before every domain it is under, which holds either way.
+        routes.sort_by_key(|(key, _)| std::cmp::Reverse(key.len()));
         let upstreams = if plain.is_empty() {
             config
                 .default_upstreams
@@ -165,27 +214,25 @@ impl Resolver {
 
     /// Handles one query. On [`Outcome::Reply`], `out` holds the response; otherwise it
     /// is empty. Never panics, whatever `query` holds.
-    pub fn answer(&self, query: &[u8], transport: Transport, out: &mut Vec<u8>) -> Outcome {
+    pub fn answer(&self, query: &[u8], transport: Transport, out: &mut Vec<u8>) -> Outcome<'_> {
         out.clear();
-        let mut decoder = BinDecoder::new(query);
-        let Ok(header) = Header::read(&mut decoder) else {
-            return Outcome::Drop;
+        let mut key = [0u8; MAX_NAME_LEN];
+        let (question, key_len) = match parse_query(query, &mut key) {
+            Ok(parsed) => parsed,
+            Err(Malformed::Drop) => return Outcome::Drop,
+            Err(Malformed::Reply(rcode)) => {
+                begin_response(query, HEADER_LEN, out);
+                set_rcode(out, rcode, false);
+                return Outcome::Reply;
+            }
         };
-        if header.message_type != MessageType::Query {
-            return Outcome::Drop;
+        let key = &key[..key_len];
+        if question.qclass != CLASS_IN {
+            begin_response(query, HEADER_LEN, out);
+            set_rcode(out, Rcode::NotImp, false);
+            return Outcome::Reply;
         }
-        let mut metadata = Metadata::response_from_request(&header.metadata);
-        metadata.recursion_available = true;
-        if header.op_code != OpCode::Query {
-            return error_reply(metadata, ResponseCode::NotImp, out);
-        }
-        if header.counts.queries != 1 {
-            return error_reply(metadata, ResponseCode::FormErr, out);
-        }
-        let Ok(question) = Query::read(&mut decoder) else {
-            return error_reply(metadata, ResponseCode::FormErr, out);
-        };
-        let edns = edns_payload_size(&query[decoder.index()..], &header);
+        let edns = edns_payload_size(query, question.end);
         let limit = match (transport, edns) {
             (Transport::Tcp, _) => usize::from(u16::MAX),
             (Transport::Udp, None) => CLASSIC_UDP_PAYLOAD,
@@ -193,46 +240,33 @@ impl Resolver {
                 usize::from(size.min(MAX_UDP_PAYLOAD)).max(CLASSIC_UDP_PAYLOAD)
             }
         };
-        if question.query_class() != DNSClass::IN {
-            return error_reply(metadata, ResponseCode::NotImp, out);
-        }
-        let name = question.name();
-        let qtype = question.query_type();
-        if !begin_response(metadata, Some(&question), out) {
-            out.clear();
-            return Outcome::Drop;
-        }
+        let qtype = RecordType::from(question.qtype);
+        begin_response(query, question.end, out);
         let question_end = out.len();
-        let found = match self.static_zone.append_answers(name, qtype, out) {
-            Found::NoName => self.lease_answers(name, qtype, out),
+        let found = match self.static_zone.append_answers(key, qtype, out) {
+            Found::NoName => self.lease_answers(key, qtype, out),
             found => found,
         };
         let (rcode, answers) = match found {
-            Found::Records(count) => (ResponseCode::NoError, count),
-            Found::NoName if self.is_local(name) => (ResponseCode::NXDomain, 0),
-            Found::NoName => match self.upstream_for(name) {
-                Some(server) => {
+            Found::Records(count) => (Rcode::NoError, count),
+            Found::NoName if self.is_local(key) => (Rcode::NxDomain, 0),
+            Found::NoName => {
+                let servers = self.upstreams_for(key);
+                if !servers.is_empty() {
                     out.clear();
-                    return Outcome::Forward(server);
+                    return Outcome::Forward(servers);
                 }
-                None => {
-                    tracing::debug!(network = %self.network, %name, "no upstream DNS server to forward to");
-                    set_rcode(out, ResponseCode::Refused, false);
-                    return finish(out, question_end, 0, edns.is_some(), limit);
-                }
-            },
+                tracing::debug!(network = %self.network, name = %WireName(key), "no upstream DNS server to forward to");
+                set_rcode(out, Rcode::Refused, false);
+                return finish(out, question_end, 0, edns.is_some(), limit);
+            }
         };
         set_rcode(out, rcode, true);
         finish(out, question_end, answers, edns.is_some(), limit)
     }
 
-    /// Looks `name` up among the leases, re-reading them when the view is stale.
-    fn lease_answers(
-        &self,
-        name: &Name,
-        qtype: hickory_proto::rr::RecordType,
-        out: &mut Vec<u8>,
-    ) -> Found {
+    /// Looks `key` up among the leases, re-reading them when the view is stale.
+    fn lease_answers(&self, key: &[u8], qtype: RecordType, out: &mut Vec<u8>) -> Found {
         let Some(view) = &self.leases else {
             return Found::NoName;
         };
@@ -241,10 +275,10 @@ impl Resolver {
         if age(&cache) >= LEASE_REFRESH {
             self.reload_leases(view, &mut cache);
         }
-        match cache.zone.append_answers(name, qtype, out) {
+        match cache.zone.append_answers(key, qtype, out) {
             Found::NoName if age(&cache) >= LEASE_REFRESH_ON_MISS => {
                 self.reload_leases(view, &mut cache);
-                cache.zone.append_answers(name, qtype, out)
+                cache.zone.append_answers(key, qtype, out)
             }
             found => found,
         }
@@ -257,17 +291,20 @@ impl Resolver {
     }
 
     /// Whether a name we do not know must get NXDOMAIN rather than be forwarded.
-    fn is_local(&self, name: &Name) -> bool {
-        (!self.forward_plain_names && name.num_labels() == 1)
-            || self.local_domains.iter().any(|domain| domain.zone_of(name))
+    fn is_local(&self, key: &[u8]) -> bool {
+        (!self.forward_plain_names && label_count(key) == 1)
+            || self
+                .local_domains
+                .iter()
+                .any(|domain| is_at_or_under(key, domain))
     }
 
-    fn upstream_for(&self, name: &Name) -> Option<SocketAddr> {
+    /// The servers to ask about a name: its domain's forwarders, or the upstreams.
+    fn upstreams_for(&self, key: &[u8]) -> &[SocketAddr] {
         self.routes
             .iter()
-            .find(|(domain, _)| domain.zone_of(name))
-            .map(|(_, server)| *server)
-            .or_else(|| self.upstreams.first().copied())
+            .find(|(domain, _)| is_at_or_under(key, domain))
+            .map_or(&self.upstreams, |(_, servers)| servers)
     }
 }
 
@@ -275,55 +312,128 @@ fn upstream(addr: IpAddr) -> SocketAddr {
     SocketAddr::new(addr, DNS_PORT)
 }
 
+/// Checks the header and reads the question of `query`, its name lowercased into
+/// `key`; returns the question and the key's length. Mirrors what a strict decoder
+/// accepts: one question, uncompressed name of at most 255 bytes with labels of at
+/// most 63.
+fn parse_query(query: &[u8], key: &mut [u8; MAX_NAME_LEN]) -> Result<(Question, usize), Malformed> {
+    let Some(header) = query.get(..HEADER_LEN) else {
+        return Err(Malformed::Drop);
+    };
+    // A response is never answered (no reflection loops).
+    if header[2] & 0x80 != 0 {
+        return Err(Malformed::Drop);
+    }
+    if header[2] & 0x78 != 0 {
+        return Err(Malformed::Reply(Rcode::NotImp));
+    }
+    if header[4..6] != [0, 1] {
+        return Err(FORMERR);
+    }
+    const FORMERR: Malformed = Malformed::Reply(Rcode::FormErr);
+    let mut at = HEADER_LEN;
+    let mut len = 0;
+    loop {
+        let label = usize::from(*query.get(at).ok_or(FORMERR)?);
+        // 0x40 and 0x80: extended label types; 0xc0: a compression pointer, which a
+        // question, the first name of a message, has nothing to point back to.
+        if label > 63 {
+            return Err(FORMERR);
+        }
+        let bytes = query.get(at..=at + label).ok_or(FORMERR)?;
+        let slot = key.get_mut(len..len + bytes.len()).ok_or(FORMERR)?;
+        for (to, from) in slot.iter_mut().zip(bytes) {
+            *to = from.to_ascii_lowercase();
+        }
+        len += bytes.len();
+        at += bytes.len();
+        if label == 0 {
+            break;
+        }
+    }
+    let Some(&[t0, t1, c0, c1]) = query.get(at..at + 4) else {
+        return Err(FORMERR);
+    };
+    let question = Question {
+        end: at + 4,
+        qtype: u16::from_be_bytes([t0, t1]),
+        qclass: u16::from_be_bytes([c0, c1]),
+    };
+    Ok((question, len))
+}
+
+/// Offsets of the labels of a name in wire form, the root's last.
+fn label_offsets(key: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut at = Some(0);
+    std::iter::from_fn(move || {
+        let here = at?;
+        at = match key.get(here) {
+            Some(0) | None => None,
+            Some(&len) => Some(here + 1 + usize::from(len)),
+        };
+        Some(here)
+    })
+}
+
+/// Labels of a name in wire form, not counting the root.
+fn label_count(key: &[u8]) -> usize {
+    label_offsets(key).count() - 1
+}
+
+/// Whether the name `key` is `domain` or a name under it (both [`wire_key`]s).
+fn is_at_or_under(key: &[u8], domain: &[u8]) -> bool {
+    key.len() >= domain.len() && label_offsets(key).any(|at| key[at..] == *domain)
+}
+
+/// A name in wire form, shown dotted for logs.
+struct WireName<'a>(&'a [u8]);
+
+impl std::fmt::Display for WireName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for at in label_offsets(self.0) {
+            let len = usize::from(self.0[at]);
+            if len > 0 {
+                let label = self.0.get(at + 1..at + 1 + len).unwrap_or_default();
+                write!(f, "{}.", String::from_utf8_lossy(label))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The UDP payload size of the query's OPT record, if it has one. The OPT record is
 /// looked for only where queries carry it: as the sole additional record right after
 /// the question.
-fn edns_payload_size(rest: &[u8], header: &Header) -> Option<u16> {
-    let counts = header.counts;
-    if counts.answers != 0 || counts.authorities != 0 || counts.additionals == 0 {
+fn edns_payload_size(query: &[u8], question_end: usize) -> Option<u16> {
+    // ANCOUNT and NSCOUNT zero, ARCOUNT not.
+    if query[6..10] != [0, 0, 0, 0] || query[10..12] == [0, 0] {
         return None;
     }
-    match rest {
-        [0, 0, 41, hi, lo, ..] if rest.len() >= OPT_RECORD.len() => {
+    match query.get(question_end..)? {
+        rest @ [0, 0, 41, hi, lo, ..] if rest.len() >= OPT_RECORD.len() => {
             Some(u16::from_be_bytes([*hi, *lo]))
         }
         _ => None,
     }
 }
 
-/// Writes the header (counts filled in later) and the question, if any. `false` if the
-/// question cannot be encoded again.
-fn begin_response(metadata: Metadata, question: Option<&Query>, out: &mut Vec<u8>) -> bool {
-    let header = Header {
-        metadata,
-        counts: hickory_proto::op::HeaderCounts {
-            queries: u16::from(question.is_some()),
-            ..Default::default()
-        },
-    };
-    let mut encoder = BinEncoder::new(out);
-    // The question is the only name written: compression would find nothing to point
-    // to, and its bookkeeping allocates a copy of every label.
-    encoder.set_name_encoding(NameEncoding::Uncompressed);
-    if header.emit(&mut encoder).is_err() {
-        return false;
-    }
-    question.is_none_or(|question| question.emit(&mut encoder).is_ok())
-}
-
-/// A response without question or answers (the query could not be understood).
-fn error_reply(metadata: Metadata, rcode: ResponseCode, out: &mut Vec<u8>) -> Outcome {
-    if !begin_response(metadata, None, out) {
-        out.clear();
-        return Outcome::Drop;
-    }
-    set_rcode(out, rcode, false);
-    Outcome::Reply
+/// Writes the response header (counts filled in later) and the query's bytes from
+/// the end of the header to `question_end`: the question, or nothing.
+fn begin_response(query: &[u8], question_end: usize, out: &mut Vec<u8>) {
+    // ID; QR set, opcode and RD kept, AA and TC clear; RA set, Z and AD clear, CD
+    // kept, rcode 0.
+    out.extend_from_slice(&query[..2]);
+    out.push(0x80 | (query[2] & 0x79));
+    out.push(0x80 | (query[3] & 0x10));
+    let questions = u16::from(question_end > HEADER_LEN);
+    out.extend_from_slice(&questions.to_be_bytes());
+    out.extend_from_slice(&[0; 6]);
+    out.extend_from_slice(&query[HEADER_LEN..question_end]);
 }
 
 /// Sets the response code (RFC 1035 4.1.1: low 4 bits of byte 3) and the AA bit.
-fn set_rcode(out: &mut [u8], rcode: ResponseCode, authoritative: bool) {
-    out[3] = (out[3] & 0xf0) | rcode.low();
+fn set_rcode(out: &mut [u8], rcode: Rcode, authoritative: bool) {
+    out[3] = (out[3] & 0xf0) | rcode as u8;
     if authoritative {
         out[2] |= 0x04;
     }
@@ -337,7 +447,7 @@ fn finish(
     answers: u16,
     edns: bool,
     limit: usize,
-) -> Outcome {
+) -> Outcome<'static> {
     let mut answers = answers;
     if out.len() + if edns { OPT_RECORD.len() } else { 0 } > limit {
         out.truncate(question_end);
@@ -358,8 +468,8 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::sync::Arc;
 
-    use hickory_proto::op::{Edns, Message};
-    use hickory_proto::rr::{RData, RecordType};
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RData};
     use rand::{Rng, SeedableRng};
 
     use super::*;
@@ -522,18 +632,18 @@ mod tests {
         let mut decide = |name: &str| {
             resolver.answer(&query(name, RecordType::A, false), Transport::Udp, &mut out)
         };
-        assert_eq!(
-            decide("www.example.org."),
-            Outcome::Forward("10.0.0.53:53".parse().unwrap())
-        );
+        let defaults: [SocketAddr; 2] = [
+            "10.0.0.53:53".parse().unwrap(),
+            "10.0.0.54:53".parse().unwrap(),
+        ];
+        assert_eq!(decide("www.example.org."), Outcome::Forward(&defaults));
         assert_eq!(
             decide("a.b.corp.test."),
-            Outcome::Forward("10.0.0.2:53".parse().unwrap())
+            Outcome::Forward(&["10.0.0.2:53".parse().unwrap()])
         );
-        assert_eq!(
-            decide("plain."),
-            Outcome::Forward("10.0.0.53:53".parse().unwrap())
-        );
+        // Only whole labels match a domain.
+        assert_eq!(decide("a.bcorp.test."), Outcome::Forward(&defaults));
+        assert_eq!(decide("plain."), Outcome::Forward(&defaults));
         for local in ["nobody.example.test.", "x.private.test.", "example.test."] {
             let reply = ask(&resolver, local, RecordType::A);
             assert_eq!(
@@ -563,18 +673,37 @@ mod tests {
             ResponseCode::Refused
         );
 
+        // Forwarders replace the host's resolvers; several for one domain are all
+        // kept, in document order.
         let mut forwarded = config();
-        forwarded.forwarders.push(DnsForwarder {
-            addr: Some("10.9.9.9".parse().unwrap()),
-            domain: None,
-        });
+        for (addr, domain) in [
+            ("10.9.9.9", None),
+            ("10.0.0.3", Some("CORP.test")),
+            ("10.9.9.8", None),
+        ] {
+            forwarded.forwarders.push(DnsForwarder {
+                addr: Some(addr.parse().unwrap()),
+                domain: domain.map(str::to_owned),
+            });
+        }
         let resolver = Resolver::new(&forwarded, None).unwrap();
-        let outcome = resolver.answer(
-            &query("www.example.org.", RecordType::A, false),
-            Transport::Udp,
-            &mut out,
+        let mut decide = |name: &str| {
+            resolver.answer(&query(name, RecordType::A, false), Transport::Udp, &mut out)
+        };
+        assert_eq!(
+            decide("www.example.org."),
+            Outcome::Forward(&[
+                "10.9.9.9:53".parse().unwrap(),
+                "10.9.9.8:53".parse().unwrap()
+            ])
         );
-        assert_eq!(outcome, Outcome::Forward("10.9.9.9:53".parse().unwrap()));
+        assert_eq!(
+            decide("x.corp.test."),
+            Outcome::Forward(&[
+                "10.0.0.2:53".parse().unwrap(),
+                "10.0.0.3:53".parse().unwrap()
+            ])
+        );
     }
 
     #[test]
@@ -666,9 +795,29 @@ mod tests {
         );
     }
 
-    /// Seeded mutation fuzzing of the decode-and-answer path: byte flips, truncations,
+    /// The question of `query` if hickory-proto reads it as a plain query with one IN
+    /// question whose name is not compressed (the oracle for our own parser; the fuzz
+    /// target has the same).
+    fn hickory_question(query: &[u8]) -> Option<Query> {
+        use hickory_proto::op::Header;
+        use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable};
+        let mut decoder = BinDecoder::new(query);
+        let header = Header::read(&mut decoder).ok()?;
+        if header.message_type != MessageType::Query
+            || header.op_code != OpCode::Query
+            || header.counts.queries != 1
+        {
+            return None;
+        }
+        let question = Query::read(&mut decoder).ok()?;
+        let plain = query.get(12..decoder.index()) == question.to_bytes().ok().as_deref();
+        (plain && question.query_class() == hickory_proto::rr::DNSClass::IN).then_some(question)
+    }
+
+    /// Seeded mutation fuzzing of the parse-and-answer path: byte flips, truncations,
     /// insertions and random tails on valid queries. Every reply must decode again and
-    /// carry the query's ID.
+    /// carry the query's ID, and every query hickory-proto reads as one IN question
+    /// must be answered or forwarded with that same question.
     #[test]
     fn mutated_queries_never_panic_and_replies_decode() {
         let resolver = Resolver::new(&config(), Some(leases())).unwrap();
@@ -706,7 +855,12 @@ mod tests {
             } else {
                 Transport::Tcp
             };
-            if resolver.answer(&packet, transport, &mut out) == Outcome::Reply {
+            let outcome = resolver.answer(&packet, transport, &mut out);
+            let question = hickory_question(&packet);
+            if question.is_some() {
+                assert_ne!(outcome, Outcome::Drop, "{packet:02x?}");
+            }
+            if outcome == Outcome::Reply {
                 replies += 1;
                 let reply = Message::from_vec(&out)
                     .unwrap_or_else(|e| panic!("reply to {packet:02x?} does not decode: {e}"));
@@ -714,6 +868,9 @@ mod tests {
                     reply.metadata.id,
                     u16::from_be_bytes([packet[0], packet[1]])
                 );
+                if let Some(question) = question {
+                    assert_eq!(reply.queries, [question], "{packet:02x?}");
+                }
                 if transport == Transport::Udp {
                     assert!(out.len() <= usize::from(MAX_UDP_PAYLOAD));
                 }

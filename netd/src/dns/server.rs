@@ -1,34 +1,55 @@
 //! The per-network server task: UDP sockets and TCP listeners on port 53 of each bridge
 //! address, feeding [`Resolver::answer`], and the forwarding of other queries upstream.
 //!
+//! UDP queries are read and answered in batches (`recvmmsg`/`sendmmsg`, up to
+//! [`BATCH`] datagrams per system call) through buffers owned by the runtime's worker
+//! thread, so a thousand idle networks cost no buffers and a busy one costs two
+//! system calls per batch.
+//!
 //! UDP queries for other names are forwarded from one task-owned socket per address
 //! family with a fresh random ID; the reply is matched on that ID and the upstream's
 //! address, given back its original ID and sent to the client from the socket the query
-//! came in on. Unanswered forwards are forgotten after [`FORWARD_TIMEOUT`] (the client
-//! retries). A TCP client gets a small task per connection (at most [`MAX_TCP_CLIENTS`]
-//! at once) that forwards over TCP, so large upstream answers get through whole.
+//! came in on. A server that does not answer within [`ATTEMPT_TIMEOUT`], or answers
+//! SERVFAIL or REFUSED, is passed over for the next one of the list (resolv.conf or
+//! forwarder order); servers that failed lately go last for [`SUSPECT_FOR`]. A forward
+//! unanswered after [`FORWARD_TIMEOUT`] is forgotten (the client retries). A TCP client
+//! gets a small task per connection (at most [`MAX_TCP_CLIENTS`] at once) that forwards
+//! over TCP, with the same order and time bounds, so large upstream answers get through
+//! whole.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::poll_fn;
+use std::io::{IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockProtocol, SockType, SockaddrStorage, bind, listen,
-    setsockopt, socket, sockopt,
+    AddressFamily, Backlog, ControlMessage, MsgFlags, MultiHeaders, SockFlag, SockProtocol,
+    SockType, SockaddrStorage, bind, listen, recvmmsg, sendmmsg, sendto, setsockopt, socket,
+    sockopt,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::resolver::{Outcome, Resolver, Transport};
+use super::resolver::{Outcome, Resolver, Transport, is_upstream_failure};
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 
 /// A forwarded query unanswered this long is forgotten.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// An upstream server silent this long is passed over for the next one, if any (the
+/// last one asked gets what remains of [`FORWARD_TIMEOUT`]).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A server that timed out or failed is asked after the others for this long.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(30);
+/// How often unanswered forwards are checked while there are some.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 /// Most UDP queries waiting for an upstream answer at once; more are dropped.
 const MAX_PENDING: usize = 4096;
 /// Most TCP connections served at once; more are closed on accept.
@@ -37,15 +58,26 @@ pub const MAX_TCP_CLIENTS: usize = 64;
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Largest UDP datagram read (EDNS clients may send up to this much).
 const RECV_BUFFER: usize = 4096;
+/// Most datagrams read or sent by one system call.
+pub const BATCH: usize = 32;
+/// Batches read from one socket before the task looks at its other sockets.
+const BATCHES_PER_TURN: usize = 8;
 
 /// A running DNS server of one network. Dropping it, or [`DnsServer::stop`], ends it.
-#[derive(Debug)]
 pub struct DnsServer {
     network: String,
     /// The serving task answers with the latest resolver sent here (net-update).
     resolver: watch::Sender<Arc<Resolver>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for DnsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsServer")
+            .field("network", &self.network)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DnsServer {
@@ -85,9 +117,9 @@ impl DnsServer {
                 );
             }
         }
+        let (resolver, resolvers) = watch::channel(resolver);
         let (shutdown, shutdown_rx) = oneshot::channel();
-        let (resolver, updates) = watch::channel(resolver);
-        let task = runtime.spawn(serve(updates, udp, tcp, shutdown_rx));
+        let task = runtime.spawn(serve(resolvers, udp, tcp, shutdown_rx));
         tracing::info!(network = %config.network, listen = ?config.listen, "DNS server started");
         Ok(DnsServer {
             network: config.network,
@@ -160,6 +192,47 @@ fn open_socket(address: IpAddr, kind: SockType) -> Result<std::os::fd::OwnedFd, 
     Ok(fd)
 }
 
+/// Upstream servers that failed lately, shared by a network's UDP and TCP paths.
+#[derive(Debug, Default)]
+struct Health {
+    /// When each server last timed out or failed.
+    suspects: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl Health {
+    fn suspects(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Instant>> {
+        // A map of timestamps is consistent whatever panicked while holding it.
+        self.suspects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `servers` in the order to ask them: those that did not fail lately first, each
+    /// group in configured order.
+    fn order(&self, servers: &[SocketAddr]) -> Vec<SocketAddr> {
+        let mut suspects = self.suspects();
+        suspects.retain(|_, since| since.elapsed() < SUSPECT_FOR);
+        let (mut ordered, late): (Vec<_>, Vec<_>) = servers
+            .iter()
+            .partition(|server| !suspects.contains_key(server));
+        ordered.extend(late);
+        ordered
+    }
+
+    fn failed(&self, network: &str, server: SocketAddr) {
+        if self.suspects().insert(server, Instant::now()).is_none() {
+            tracing::info!(network, %server, "upstream DNS server not answering; asking the others first");
+        }
+    }
+
+    fn answered(&self, server: SocketAddr) {
+        let mut suspects = self.suspects();
+        if !suspects.is_empty() {
+            suspects.remove(&server);
+        }
+    }
+}
+
 /// One UDP query forwarded upstream, waiting for its answer.
 #[derive(Debug)]
 struct Pending {
@@ -167,17 +240,32 @@ struct Pending {
     client_id: u16,
     /// Index of the listening socket the query came in on.
     socket: usize,
-    server: SocketAddr,
-    sent: Instant,
+    /// The query as sent upstream (with our ID), for the next server.
+    query: Box<[u8]>,
+    /// The servers to ask, in order; the first `asked` were.
+    servers: Vec<SocketAddr>,
+    asked: usize,
+    started: Instant,
+    last_sent: Instant,
+}
+
+impl Pending {
+    fn may_answer(&self, server: SocketAddr) -> bool {
+        self.servers[..self.asked].contains(&server)
+    }
+
+    fn next_server(&self) -> Option<SocketAddr> {
+        if self.started.elapsed() >= FORWARD_TIMEOUT {
+            return None;
+        }
+        self.servers.get(self.asked).copied()
+    }
 }
 
 /// What woke the task.
 enum Event {
-    Query {
-        socket: usize,
-        len: usize,
-        from: SocketAddr,
-    },
+    /// A listening UDP socket has datagrams.
+    Queries(usize),
     Upstream {
         len: usize,
         from: SocketAddr,
@@ -189,15 +277,17 @@ enum Event {
 /// The serving task's state.
 struct Serve {
     resolver: Arc<Resolver>,
+    health: Arc<Health>,
     udp: Vec<UdpSocket>,
+    /// The address family of each of `udp`: 0 for IPv4, 1 for IPv6.
+    udp_family: Vec<usize>,
     /// Sockets for forwarding: IPv4 and IPv6, opened on first use.
     upstream: [Option<UdpSocket>; 2],
     pending: HashMap<u16, Pending>,
-    out: Vec<u8>,
 }
 
 async fn serve(
-    mut updates: watch::Receiver<Arc<Resolver>>,
+    mut resolvers: watch::Receiver<Arc<Resolver>>,
     udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
     mut shutdown: oneshot::Receiver<()>,
@@ -205,36 +295,46 @@ async fn serve(
     // Owned here, so the connections end with the task.
     let mut connections = JoinSet::new();
     let mut state = Serve {
-        resolver: Arc::clone(&updates.borrow_and_update()),
+        resolver: Arc::clone(&resolvers.borrow_and_update()),
+        health: Arc::default(),
+        udp_family: udp
+            .iter()
+            .map(|socket| {
+                socket
+                    .local_addr()
+                    .map_or(0, |addr| usize::from(addr.is_ipv6()))
+            })
+            .collect(),
         udp,
         upstream: [None, None],
         pending: HashMap::new(),
-        out: Vec::with_capacity(usize::from(super::resolver::MAX_UDP_PAYLOAD)),
     };
     let mut buf = vec![0u8; RECV_BUFFER];
-    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             _ = &mut shutdown => break,
-            Ok(()) = updates.changed() => {
-                state.resolver = Arc::clone(&updates.borrow_and_update());
+            Ok(()) = resolvers.changed() => {
+                state.resolver = Arc::clone(&resolvers.borrow_and_update());
+                tracing::debug!(network = %state.resolver.network(), "DNS records replaced");
                 continue;
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             // Idle networks (most of a thousand) never wake for the sweep.
             _ = sweep.tick(), if !state.pending.is_empty() => {
-                state.pending.retain(|_, p| p.sent.elapsed() < FORWARD_TIMEOUT);
+                state.sweep();
                 continue;
             }
             event = next_event(&state.udp, &state.upstream, &tcp, &mut buf) => event,
         };
         match event {
-            Event::Query { socket, len, from } => state.query(socket, &mut buf[..len], from).await,
-            Event::Upstream { len, from } => state.upstream_reply(&mut buf[..len], from).await,
+            Event::Queries(socket) => state.queries(socket),
+            Event::Upstream { len, from } => state.upstream_reply(&mut buf[..len], from),
             Event::Accept(stream) if connections.len() < MAX_TCP_CLIENTS => {
                 let resolver = Arc::clone(&state.resolver);
-                connections.spawn(async move { serve_tcp(stream, &resolver).await });
+                let health = Arc::clone(&state.health);
+                connections.spawn(async move { serve_tcp(stream, &resolver, &health).await });
             }
             Event::Accept(_) => {
                 tracing::debug!(network = %state.resolver.network(), "too many DNS TCP clients; connection closed");
@@ -244,6 +344,10 @@ async fn serve(
             }
         }
     }
+    // Close the listeners, then wait for every connection's socket to be closed too:
+    // a connection still bound to port 53 would make the next listen() on it fail.
+    drop(tcp);
+    connections.shutdown().await;
 }
 
 /// Waits for the first socket with something to read, without allocating.
@@ -255,12 +359,8 @@ async fn next_event(
 ) -> Event {
     poll_fn(|cx| {
         for (socket, udp) in udp.iter().enumerate() {
-            let mut read = ReadBuf::new(buf);
-            match udp.poll_recv_from(cx, &mut read) {
-                Poll::Ready(Ok(from)) => {
-                    let len = read.filled().len();
-                    return Poll::Ready(Event::Query { socket, len, from });
-                }
+            match udp.poll_recv_ready(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Event::Queries(socket)),
                 Poll::Ready(Err(e)) => return Poll::Ready(Event::Failed(e)),
                 Poll::Pending => {}
             }
@@ -288,32 +388,287 @@ async fn next_event(
     .await
 }
 
-/// Sends a datagram, waiting for buffer space only if the socket has none right now.
-async fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
-    let result = match socket.try_send_to(bytes, to) {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => socket.send_to(bytes, to).await,
-        other => other,
-    };
+/// Sends a datagram if the socket has room now; UDP may lose it anyway, and the
+/// sender (a client, or our retry) tries again. Sent straight to the socket: the
+/// runtime learns a new socket is writable only on its next turn.
+fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    let result = sendto(
+        socket.as_raw_fd(),
+        bytes,
+        &SockaddrStorage::from(to),
+        MsgFlags::MSG_DONTWAIT,
+    );
     if let Err(e) = result {
         tracing::debug!(%to, error = %e, "DNS datagram not sent");
     }
 }
 
-impl Serve {
-    async fn query(&mut self, socket: usize, query: &mut [u8], from: SocketAddr) {
-        match self.resolver.answer(query, Transport::Udp, &mut self.out) {
-            Outcome::Reply => send(&self.udp[socket], &self.out, from).await,
-            Outcome::Forward(server) => self.forward(socket, query, from, server).await,
-            Outcome::Drop => {}
+/// The buffers of a batch of datagrams, one set per runtime worker thread.
+struct Batch {
+    /// [`BATCH`] receive buffers of [`RECV_BUFFER`] bytes, back to back.
+    queries: Box<[u8]>,
+    /// Length and sender of each datagram read.
+    received: Vec<(usize, SockaddrStorage)>,
+    /// Replies, by datagram.
+    replies: Vec<Vec<u8>>,
+    /// By address family (IPv4, IPv6): the kernel leaves each header's address length
+    /// at what it last wrote, so a header read an IPv4 sender into must not be used for
+    /// an IPv6 one.
+    recv_headers: [MultiHeaders<SockaddrStorage>; 2],
+    send_headers: MultiHeaders<SockaddrStorage>,
+    /// For one segmented send, with room for its control message.
+    gso_headers: MultiHeaders<SockaddrStorage>,
+    /// Whether UDP GSO sends work here (cleared on the first that fails).
+    gso: bool,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            queries: vec![0; BATCH * RECV_BUFFER].into_boxed_slice(),
+            received: Vec::with_capacity(BATCH),
+            replies: (0..BATCH)
+                .map(|_| Vec::with_capacity(usize::from(super::resolver::MAX_UDP_PAYLOAD)))
+                .collect(),
+            recv_headers: [
+                MultiHeaders::preallocate(BATCH, None),
+                MultiHeaders::preallocate(BATCH, None),
+            ],
+            send_headers: MultiHeaders::preallocate(BATCH, None),
+            gso_headers: MultiHeaders::preallocate(1, Some(nix::cmsg_space!(u16))),
+            gso: true,
         }
     }
 
-    async fn forward(
+    /// Reads up to [`BATCH`] datagrams from `fd`, a socket of family `family` (0: IPv4,
+    /// 1: IPv6), into `queries` and `received`.
+    fn receive(&mut self, fd: i32, family: usize) -> std::io::Result<usize> {
+        self.received.clear();
+        let mut chunks = self.queries.chunks_exact_mut(RECV_BUFFER);
+        let mut slices: [[IoSliceMut<'_>; 1]; BATCH] =
+            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+        let results = recvmmsg(
+            fd,
+            &mut self.recv_headers[family],
+            slices.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )?;
+        for message in results {
+            // Entry `i` must stay datagram `i`: one without a sender (never seen on UDP)
+            // is kept as an empty query, which gets no answer.
+            let unknown = || SockaddrStorage::from(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+            match message.address {
+                Some(from) => self.received.push((message.bytes, from)),
+                None => self.received.push((0, unknown())),
+            }
+        }
+        Ok(self.received.len())
+    }
+
+    /// Sends `replies[i]` to `received[i].1` for each `i` in `answered`; returns how
+    /// many went out before the socket's buffer filled up. Replies of equal length to
+    /// the same client (a resolver or load generator with many queries in flight)
+    /// leave in one UDP GSO send: the stack routes, filters and bridges them once.
+    fn send(&mut self, fd: i32, answered: &[usize]) -> std::io::Result<usize> {
+        let mut singles = [0usize; BATCH];
+        let mut single_count = 0;
+        let mut taken = [false; BATCH];
+        let mut sent = 0;
+        for (i, &at) in answered.iter().enumerate() {
+            if taken[i] {
+                continue;
+            }
+            let (len, to) = (self.replies[at].len(), self.received[at].1);
+            let mut group = [0usize; BATCH];
+            let mut size = 0;
+            for (j, &other) in answered.iter().enumerate().skip(i) {
+                let same = j == i
+                    || (self.gso
+                        && !taken[j]
+                        && self.replies[other].len() == len
+                        && self.received[other].1 == to);
+                if same {
+                    taken[j] = true;
+                    group[size] = other;
+                    size += 1;
+                }
+            }
+            if size >= 2 {
+                match self.send_segments(fd, &group[..size], len, &to) {
+                    Ok(_) => {
+                        sent += size;
+                        continue;
+                    }
+                    Err(Errno::EAGAIN) => return Ok(sent),
+                    Err(e) => {
+                        // Older kernels, or a route without checksum offload.
+                        tracing::debug!(error = %e, "UDP GSO send failed; sending DNS replies one by one");
+                        self.gso = false;
+                    }
+                }
+            }
+            singles[single_count..single_count + size].copy_from_slice(&group[..size]);
+            single_count += size;
+        }
+        match self.send_each(fd, &singles[..single_count]) {
+            Ok(count) => Ok(sent + count),
+            Err(_) if sent > 0 => Ok(sent),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends the equal-length replies of `group` to `to` as one datagram cut into
+    /// `len`-byte segments by the kernel.
+    fn send_segments(
+        &mut self,
+        fd: i32,
+        group: &[usize],
+        len: usize,
+        to: &SockaddrStorage,
+    ) -> nix::Result<()> {
+        let slices: [IoSlice<'_>; BATCH] = std::array::from_fn(|k| {
+            IoSlice::new(group.get(k).map_or(&[][..], |&at| &self.replies[at]))
+        });
+        let segment = u16::try_from(len).map_err(|_| Errno::EMSGSIZE)?;
+        // sendmmsg with one message: sendmsg would allocate its control buffer.
+        let message = [&slices[..group.len()]];
+        let sent = sendmmsg(
+            fd,
+            &mut self.gso_headers,
+            message.iter(),
+            [Some(*to)],
+            [ControlMessage::UdpGsoSegments(&segment)],
+            MsgFlags::MSG_DONTWAIT,
+        )?
+        .count();
+        if sent == 1 {
+            Ok(())
+        } else {
+            Err(Errno::EAGAIN)
+        }
+    }
+
+    /// Sends the replies of `answered` one datagram each, [`BATCH`] per system call.
+    fn send_each(&mut self, fd: i32, answered: &[usize]) -> std::io::Result<usize> {
+        let mut sent = 0;
+        while sent < answered.len() {
+            let rest = &answered[sent..];
+            let slices: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|i| {
+                let bytes = rest.get(i).map_or(&[][..], |&at| &self.replies[at]);
+                [IoSlice::new(bytes)]
+            });
+            let to: [Option<SockaddrStorage>; BATCH] =
+                std::array::from_fn(|i| rest.get(i).map(|&at| self.received[at].1));
+            let count = rest.len().min(BATCH);
+            let no_control: [ControlMessage<'_>; 0] = [];
+            let results = sendmmsg(
+                fd,
+                &mut self.send_headers,
+                slices[..count].iter(),
+                &to[..count],
+                no_control,
+                MsgFlags::MSG_DONTWAIT,
+            );
+            let done = match results {
+                Ok(results) => results.count(),
+                Err(_) if sent > 0 => break,
+                Err(e) => return Err(e.into()),
+            };
+            if done == 0 {
+                break;
+            }
+            sent += done;
+        }
+        Ok(sent)
+    }
+}
+
+thread_local! {
+    static BATCH_BUFFERS: RefCell<Option<Batch>> = const { RefCell::new(None) };
+}
+
+/// The sender of a datagram as a socket address (`None` for other families).
+fn socket_addr(from: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = from.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    from.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+impl Serve {
+    /// Reads, answers and forwards the datagrams waiting on listening socket `socket`.
+    fn queries(&mut self, socket: usize) {
+        BATCH_BUFFERS.with(|cell| {
+            let Ok(mut slot) = cell.try_borrow_mut() else {
+                return;
+            };
+            let batch = slot.get_or_insert_with(Batch::new);
+            for _ in 0..BATCHES_PER_TURN {
+                let udp = &self.udp[socket];
+                let fd = udp.as_raw_fd();
+                let family = self.udp_family[socket];
+                match udp.try_io(Interest::READABLE, || batch.receive(fd, family)) {
+                    Ok(0) => return,
+                    Ok(count) => {
+                        self.answer_batch(socket, batch);
+                        if count < BATCH {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                    Err(e) => {
+                        tracing::debug!(network = %self.resolver.network(), error = %e, "DNS socket error");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    fn answer_batch(&mut self, socket: usize, batch: &mut Batch) {
+        let resolver = Arc::clone(&self.resolver);
+        let mut answered = [0usize; BATCH];
+        let mut replies = 0;
+        for at in 0..batch.received.len() {
+            let (len, from) = batch.received[at];
+            let start = at * RECV_BUFFER;
+            let query = &mut batch.queries[start..start + len.min(RECV_BUFFER)];
+            match resolver.answer(query, Transport::Udp, &mut batch.replies[at]) {
+                Outcome::Reply => {
+                    answered[replies] = at;
+                    replies += 1;
+                }
+                Outcome::Forward(servers) => {
+                    if let Some(client) = socket_addr(&from) {
+                        self.forward(socket, query, client, servers);
+                    }
+                }
+                Outcome::Drop => {}
+            }
+        }
+        if replies == 0 {
+            return;
+        }
+        // Straight to the socket, as in `send`.
+        match batch.send(self.udp[socket].as_raw_fd(), &answered[..replies]) {
+            Ok(sent) if sent == replies => {}
+            Ok(sent) => {
+                tracing::debug!(network = %resolver.network(), lost = replies - sent, "DNS replies not sent: socket buffer full");
+            }
+            Err(e) => {
+                tracing::debug!(network = %resolver.network(), error = %e, lost = replies, "DNS replies not sent");
+            }
+        }
+    }
+
+    fn forward(
         &mut self,
         socket: usize,
         query: &mut [u8],
         client: SocketAddr,
-        server: SocketAddr,
+        servers: &[SocketAddr],
     ) {
         if self.pending.len() >= MAX_PENDING {
             tracing::debug!(network = %self.resolver.network(), "too many DNS queries in flight; dropping one");
@@ -326,22 +681,53 @@ impl Serve {
                 break id;
             }
         };
-        let Some(upstream) = self.upstream_socket(server) else {
-            return;
-        };
         let client_id = u16::from_be_bytes([query[0], query[1]]);
         query[..2].copy_from_slice(&id.to_be_bytes());
-        send(upstream, query, server).await;
-        self.pending.insert(
-            id,
-            Pending {
-                client,
-                client_id,
-                socket,
-                server,
-                sent: Instant::now(),
-            },
-        );
+        let now = Instant::now();
+        let mut pending = Pending {
+            client,
+            client_id,
+            socket,
+            query: query.into(),
+            servers: self.health.order(servers),
+            asked: 0,
+            started: now,
+            last_sent: now,
+        };
+        if self.ask_next(&mut pending) {
+            self.pending.insert(id, pending);
+        }
+    }
+
+    /// Sends the pending query to its next server; `false` if there is none left
+    /// (or no socket to send from).
+    fn ask_next(&mut self, pending: &mut Pending) -> bool {
+        while let Some(server) = pending.next_server() {
+            pending.asked += 1;
+            pending.last_sent = Instant::now();
+            if let Some(upstream) = self.upstream_socket(server) {
+                send(upstream, &pending.query, server);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Passes silent servers over for the next ones, and forgets forwards that ran
+    /// out of time or servers.
+    fn sweep(&mut self) {
+        let network = self.resolver.network().to_owned();
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.retain(|_, p| {
+            let waited = p.last_sent.elapsed();
+            let last = p.asked >= p.servers.len();
+            if p.started.elapsed() >= FORWARD_TIMEOUT || (!last && waited >= ATTEMPT_TIMEOUT) {
+                self.health.failed(&network, p.servers[p.asked - 1]);
+                return self.ask_next(p);
+            }
+            true
+        });
+        self.pending = pending;
     }
 
     /// The forwarding socket for `server`'s address family, opened on first use.
@@ -366,26 +752,36 @@ impl Serve {
         self.upstream[slot].as_ref()
     }
 
-    async fn upstream_reply(&mut self, reply: &mut [u8], from: SocketAddr) {
+    fn upstream_reply(&mut self, reply: &mut [u8], from: SocketAddr) {
         if reply.len() < 12 {
             return;
         }
         let id = u16::from_be_bytes([reply[0], reply[1]]);
-        // Only the server we asked may answer; anything else is ignored.
-        if self.pending.get(&id).is_none_or(|p| p.server != from) {
-            return;
-        }
-        let Some(pending) = self.pending.remove(&id) else {
+        // Only a server we asked may answer; anything else is ignored.
+        let Some(mut pending) = self.pending.remove(&id) else {
             return;
         };
+        if !pending.may_answer(from) {
+            self.pending.insert(id, pending);
+            return;
+        }
+        if is_upstream_failure(reply) {
+            self.health.failed(self.resolver.network(), from);
+            if self.ask_next(&mut pending) {
+                self.pending.insert(id, pending);
+                return;
+            }
+        } else {
+            self.health.answered(from);
+        }
         reply[..2].copy_from_slice(&pending.client_id.to_be_bytes());
-        send(&self.udp[pending.socket], reply, pending.client).await;
+        send(&self.udp[pending.socket], reply, pending.client);
     }
 }
 
 /// Serves one TCP client: length-prefixed queries until it closes, idles or sends
 /// something that is not a query.
-async fn serve_tcp(mut stream: TcpStream, resolver: &Resolver) {
+async fn serve_tcp(mut stream: TcpStream, resolver: &Resolver, health: &Health) {
     let mut query = Vec::new();
     let mut out = Vec::new();
     loop {
@@ -393,30 +789,29 @@ async fn serve_tcp(mut stream: TcpStream, resolver: &Resolver) {
             Ok(Ok(())) => {}
             _ => return,
         }
-        let reply = match resolver.answer(&query, Transport::Tcp, &mut out) {
-            Outcome::Reply => &out,
-            Outcome::Forward(server) => {
-                match tokio::time::timeout(FORWARD_TIMEOUT, forward_tcp(server, &query, &mut out))
-                    .await
+        match resolver.answer(&query, Transport::Tcp, &mut out) {
+            Outcome::Reply => {}
+            Outcome::Forward(servers) => {
+                if let Err(e) =
+                    forward_tcp(resolver.network(), servers, health, &query, &mut out).await
                 {
-                    Ok(Ok(())) => &out,
-                    Ok(Err(e)) => {
-                        tracing::debug!(network = %resolver.network(), %server, error = %e, "DNS query over TCP not forwarded");
-                        return;
-                    }
-                    Err(_) => return,
+                    tracing::debug!(network = %resolver.network(), error = %e, "DNS query over TCP not forwarded");
+                    return;
                 }
             }
             Outcome::Drop => return,
-        };
-        if write_message(&mut stream, reply).await.is_err() {
+        }
+        if write_message(&mut stream, &out).await.is_err() {
             return;
         }
     }
 }
 
 /// Reads one length-prefixed DNS message (RFC 1035 4.2.2) into `message`.
-async fn read_message(stream: &mut TcpStream, message: &mut Vec<u8>) -> std::io::Result<()> {
+async fn read_message<S: AsyncReadExt + Unpin>(
+    stream: &mut S,
+    message: &mut Vec<u8>,
+) -> std::io::Result<()> {
     let len = stream.read_u16().await?;
     message.resize(usize::from(len), 0);
     stream.read_exact(message).await?;
@@ -431,8 +826,47 @@ async fn write_message(stream: &mut TcpStream, message: &[u8]) -> std::io::Resul
     stream.write_all(&framed).await
 }
 
+/// Asks `servers` over TCP in turn, leaving the first usable answer in `out`: each
+/// but the last gets [`ATTEMPT_TIMEOUT`], all together [`FORWARD_TIMEOUT`].
+async fn forward_tcp(
+    network: &str,
+    servers: &[SocketAddr],
+    health: &Health,
+    query: &[u8],
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+    let servers = health.order(servers);
+    let mut failure = std::io::Error::from(std::io::ErrorKind::TimedOut);
+    for (at, &server) in servers.iter().enumerate() {
+        let last = at + 1 == servers.len();
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let until = if last {
+            deadline
+        } else {
+            deadline.min(now + ATTEMPT_TIMEOUT)
+        };
+        match tokio::time::timeout_at(until, ask_tcp(server, query, out)).await {
+            Ok(Ok(())) if last || !is_upstream_failure(out) => {
+                if !is_upstream_failure(out) {
+                    health.answered(server);
+                }
+                return Ok(());
+            }
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = e,
+            Err(_) => failure = std::io::Error::from(std::io::ErrorKind::TimedOut),
+        }
+        health.failed(network, server);
+    }
+    Err(failure)
+}
+
 /// Asks `server` over TCP, leaving its answer in `out`.
-async fn forward_tcp(server: SocketAddr, query: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+async fn ask_tcp(server: SocketAddr, query: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
     let mut upstream = TcpStream::connect(server).await?;
     write_message(&mut upstream, query).await?;
     read_message(&mut upstream, out).await

@@ -3,6 +3,8 @@
 //!
 //! Every stored record's owner is a compression pointer to offset 12, where the
 //! response's (single) question name starts; its TTL is 0, as dnsmasq serves local names.
+//! Names are keyed by their wire form with ASCII letters lowercased (see [`wire_key`]),
+//! so a query is looked up straight from its packet bytes.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -28,7 +30,8 @@ struct RrSet {
 /// Names with their record sets, plus reverse (PTR) names.
 #[derive(Clone, Debug, Default)]
 pub struct Zone {
-    names: HashMap<Name, Vec<(RecordType, RrSet)>>,
+    /// Keyed by [`wire_key`].
+    names: HashMap<Box<[u8]>, Vec<(RecordType, RrSet)>>,
 }
 
 /// What the zone knows about a name.
@@ -111,9 +114,10 @@ impl Zone {
         self.names.is_empty()
     }
 
-    /// Appends to `out` the records of `name` matching `qtype` (all of them for `ANY`).
-    pub fn append_answers(&self, name: &Name, qtype: RecordType, out: &mut Vec<u8>) -> Found {
-        let Some(sets) = self.names.get(name) else {
+    /// Appends to `out` the records of the name whose [`wire_key`] is `key` matching
+    /// `qtype` (all of them for `ANY`).
+    pub fn append_answers(&self, key: &[u8], qtype: RecordType, out: &mut Vec<u8>) -> Found {
+        let Some(sets) = self.names.get(key) else {
             return Found::NoName;
         };
         let mut count = 0u16;
@@ -138,7 +142,7 @@ impl Zone {
         if let Some(first) = names.first() {
             let reverse = Name::from(ip);
             // One PTR per address: the first name given for it wins, as in dnsmasq.
-            if !self.names.contains_key(&reverse) {
+            if !self.names.contains_key(wire_key(&reverse).as_slice()) {
                 self.add(reverse, &RData::PTR(PTR(first.clone())));
             }
         }
@@ -150,7 +154,10 @@ impl Zone {
             tracing::warn!(%name, ?rtype, "DNS record cannot be encoded; not served");
             return;
         };
-        let sets = self.names.entry(name).or_default();
+        let sets = self
+            .names
+            .entry(wire_key(&name).into_boxed_slice())
+            .or_default();
         let set = match sets.iter_mut().find(|(t, _)| *t == rtype) {
             Some((_, set)) => set,
             None => {
@@ -164,6 +171,20 @@ impl Zone {
             set.wire.extend_from_slice(&record);
         }
     }
+}
+
+/// The wire form of `name` (length-prefixed labels ending in the root's zero) with
+/// ASCII letters lowercased: the lookup key of a name, as DNS compares names
+/// case-insensitively in ASCII only (RFC 4343).
+pub fn wire_key(name: &Name) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 1);
+    for label in name.iter() {
+        // A label of a valid `Name` is 1 to 63 bytes long.
+        key.push(u8::try_from(label.len()).unwrap_or(0));
+        key.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    key.push(0);
+    key
 }
 
 /// `text` as an absolute name, or `None` if it is not a valid one.
