@@ -28,6 +28,8 @@ use super::{DhcpConfig, Error, LeaseInfo};
 pub const SERVER_PORT: u16 = 67;
 /// Most packets handled per commit.
 const MAX_BATCH: usize = 256;
+/// Receive queue limit of each socket (`SO_RCVBUF`): about 2,000 queued requests.
+const RECV_QUEUE_BYTES: usize = 2 << 20;
 /// Largest datagram read; DHCP messages are at most a few hundred bytes, this leaves room
 /// for option-stuffed ones and truncates only garbage.
 const RECV_BUFFER: usize = 4096;
@@ -143,6 +145,12 @@ fn open_socket(config: &DhcpConfig) -> Result<std::net::UdpSocket, Error> {
     .map_err(fail("create"))?;
     setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(fail("set SO_REUSEADDR"))?;
     setsockopt(&fd, sockopt::Broadcast, &true).map_err(fail("set SO_BROADCAST"))?;
+    // Room for a burst of clients (or a slow lease sync) without drops. Only a limit:
+    // the kernel charges memory for queued packets only. FORCE: above rmem_max as root;
+    // without the privilege the default size stays, which still works.
+    if setsockopt(&fd, sockopt::RcvBufForce, &RECV_QUEUE_BYTES).is_err() {
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &RECV_QUEUE_BYTES);
+    }
     setsockopt(
         &fd,
         sockopt::BindToDevice,
@@ -158,37 +166,19 @@ fn open_socket(config: &DhcpConfig) -> Result<std::net::UdpSocket, Error> {
 }
 
 async fn serve(socket: UdpSocket, engine: Arc<Mutex<Engine>>, mut shutdown: oneshot::Receiver<()>) {
-    let mut buf = vec![0u8; RECV_BUFFER];
     let mut replies: Vec<Reply> = Vec::new();
     loop {
-        let first = tokio::select! {
+        let ready = tokio::select! {
             _ = &mut shutdown => break,
-            received = socket.recv_from(&mut buf) => received,
+            ready = socket.readable() => ready,
         };
-        let len = match first {
-            Ok((len, _)) => len,
-            Err(e) => {
-                let network = lock(&engine).config().network.clone();
-                tracing::warn!(%network, error = %e, "DHCP socket receive failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        {
-            let mut engine = lock(&engine);
-            let now = unix_now();
-            replies.extend(engine.handle(&buf[..len], now));
-            for _ in 1..MAX_BATCH {
-                match socket.try_recv_from(&mut buf) {
-                    Ok((len, _)) => replies.extend(engine.handle(&buf[..len], now)),
-                    Err(_) => break,
-                }
-            }
-            if let Err(e) = engine.commit() {
-                tracing::error!(error = %e, "DHCP leases not persisted: their ACKs are not sent");
-                replies.retain(|reply| !reply.needs_commit);
-            }
+        if let Err(e) = ready {
+            let network = lock(&engine).config().network.clone();
+            tracing::warn!(%network, error = %e, "DHCP socket failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
         }
+        handle_batch(&socket, &engine, &mut replies);
         for reply in replies.drain(..) {
             if let Err(e) = socket.send_to(&reply.bytes, SocketAddr::V4(reply.to)).await {
                 tracing::debug!(to = %reply.to, error = %e, "DHCP reply not sent");
@@ -198,5 +188,29 @@ async fn serve(socket: UdpSocket, engine: Arc<Mutex<Engine>>, mut shutdown: ones
     let mut engine = lock(&engine);
     if let Err(e) = engine.commit() {
         tracing::error!(error = %e, "DHCP leases not persisted at shutdown");
+    }
+}
+
+/// Handles what the socket has queued (up to [`MAX_BATCH`] packets), commits the lease
+/// journal once, and leaves the replies that may go out in `replies`. Synchronous, so
+/// the receive buffer lives on the stack only meanwhile: an idle network keeps none.
+fn handle_batch(socket: &UdpSocket, engine: &Mutex<Engine>, replies: &mut Vec<Reply>) {
+    let mut buf = [0u8; RECV_BUFFER];
+    let mut engine = lock(engine);
+    let now = unix_now();
+    for _ in 0..MAX_BATCH {
+        match socket.try_recv_from(&mut buf) {
+            Ok((len, _)) => replies.extend(engine.handle(&buf[..len], now)),
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    tracing::warn!(network = %engine.config().network, error = %e, "DHCP socket receive failed");
+                }
+                break;
+            }
+        }
+    }
+    if let Err(e) = engine.commit() {
+        tracing::error!(error = %e, "DHCP leases not persisted: their ACKs are not sent");
+        replies.retain(|reply| !reply.needs_commit);
     }
 }
