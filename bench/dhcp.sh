@@ -163,10 +163,10 @@ print(f"{statistics.median(runs):.2f}")')"
   udp_counters() { awk '/^Udp:/ { if (!seen) { for (i = 2; i <= NF; i++) col[$i] = i; seen = 1 } else print $col["InDatagrams"], $col["RcvbufErrors"], $col["OutDatagrams"] }' /proc/net/snmp; }
   # CPU time (clock ticks) of the DHCP server: kvnetd, or the dnsmasq processes with
   # their reaped children (libvirt's lease helper).
-  server_ticks() {
-    local pids p sum=0
-    if [ "$BENCH_TARGET" = kvnet ]; then pids=$BENCH_DAEMON_PID; else pids=$(pgrep -x dnsmasq || true); fi
-    for p in $pids; do sum=$((sum + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat"))); done
+  server_pids() { if [ "$BENCH_TARGET" = kvnet ]; then echo "$BENCH_DAEMON_PID"; else pgrep -x dnsmasq || true; fi; }
+  server_ticks() { # PIDS...
+    local p sum=0
+    for p in "$@"; do sum=$((sum + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
     echo "$sum"
   }
   # perfdhcp reads its socket slower than a fast server answers and has no option for
@@ -218,7 +218,8 @@ PY
     out="$work/perfdhcp-$rate"
     read -r server_in0 server_drop0 server_out0 < <(udp_counters)
     read -r _ peer_drop0 _ < <($peer bash -c "$(declare -f udp_counters); udp_counters")
-    ticks0=$(server_ticks)
+    mapfile -t pids < <(server_pids)
+    ticks0=$(server_ticks "${pids[@]}")
     # -d 5: an answer later than 5 s is a drop; -W 3 s: keep receiving after the period.
     "${boost[@]}" timeout $((PERIOD + 30)) $peer perfdhcp -4 -l dhcp-c1 -r "$rate" -R "$clients" \
       -b "mac=02:$(printf %02x $((16 + step))):00:00:00:00" -p "$PERIOD" -d 5 -W 3000000 >"$out" 2>&1 &
@@ -227,7 +228,7 @@ PY
     for _ in $(seq 200); do child=$(pgrep -P "$perfdhcp_pid" | head -1) && [ -n "$child" ] && break; sleep 0.005; done
     [ -n "$child" ] && { python3 "$work/rcvbuf.py" "$child" $((8 << 20)) || true; }
     wait "$perfdhcp_pid" || true
-    ticks1=$(server_ticks)
+    ticks1=$(server_ticks "${pids[@]}")
     read -r server_in1 server_drop1 server_out1 < <(udp_counters)
     read -r _ peer_drop1 _ < <($peer bash -c "$(declare -f udp_counters); udp_counters")
     # Requests the server dropped on its full queue or read and left unanswered (the
