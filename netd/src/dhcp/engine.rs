@@ -19,7 +19,7 @@ use std::path::Path;
 use dhcproto::v4::{DhcpOption, DhcpOptions, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
-use super::leases::{Client, INFINITE_LEASE, LeaseDb};
+use super::leases::{Client, INFINITE_LEASE, LeaseDb, PendingSync};
 use super::{DhcpConfig, Error, LeaseInfo, sanitize_hostname};
 
 /// The DHCP client port replies go to.
@@ -94,6 +94,21 @@ impl Engine {
     /// Makes the bindings made since the last call durable.
     pub fn commit(&mut self) -> Result<(), Error> {
         self.leases.commit()
+    }
+
+    /// Takes the bindings made since the last call, to be made durable off this thread;
+    /// see [`LeaseDb::begin_commit`].
+    pub fn begin_commit(&mut self) -> Result<PendingSync, Error> {
+        self.leases.begin_commit()
+    }
+
+    /// Reports how the sync of [`Engine::begin_commit`] went; see [`LeaseDb::finish_commit`].
+    pub fn finish_commit(
+        &mut self,
+        lines: usize,
+        result: std::io::Result<()>,
+    ) -> Result<(), Error> {
+        self.leases.finish_commit(lines, result)
     }
 
     /// Handles one UDP payload received on port 67 at unix time `now`. Never panics,

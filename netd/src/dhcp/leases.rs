@@ -19,6 +19,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -143,7 +144,8 @@ enum Record {
 #[derive(Debug)]
 struct Journal {
     path: PathBuf,
-    file: File,
+    /// Shared with a [`PendingSync`] running on another thread.
+    file: Arc<File>,
     lines: usize,
     /// A write failed: the file may end in a torn line, so rewrite it whole next time.
     needs_rewrite: bool,
@@ -243,7 +245,7 @@ impl LeaseDb {
         let file = open_append(path).map_err(file_error("open for appending"))?;
         db.journal = Some(Journal {
             path: path.to_path_buf(),
-            file,
+            file: Arc::new(file),
             lines: db.bound_count(),
             needs_rewrite: false,
         });
@@ -685,29 +687,55 @@ impl LeaseDb {
         }
     }
 
-    /// Makes the journal lines written since the last commit durable. The server calls
-    /// this before sending the ACKs of a batch.
+    /// Makes the journal lines written since the last commit durable, on this thread.
     pub fn commit(&mut self) -> Result<(), Error> {
+        let sync = self.begin_commit()?;
+        let result = sync.run();
+        self.finish_commit(sync.lines, result)
+    }
+
+    /// Takes the journal lines written since the last commit, to be made durable by
+    /// [`PendingSync::run`] (on any thread) and then reported to
+    /// [`LeaseDb::finish_commit`]. Only one may be in flight: the lines must reach the
+    /// file in order. A journal that needs rewriting after a failure is rewritten here.
+    pub fn begin_commit(&mut self) -> Result<PendingSync, Error> {
+        let bytes = std::mem::take(&mut self.pending);
+        let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+        let Some(journal) = self.journal.as_ref() else {
+            return Ok(PendingSync::default());
+        };
+        if journal.needs_rewrite {
+            // The rewrite holds every binding, these lines included.
+            self.compact()?;
+            return Ok(PendingSync::default());
+        }
+        if bytes.is_empty() {
+            return Ok(PendingSync::default());
+        }
+        Ok(PendingSync {
+            file: Some(Arc::clone(&journal.file)),
+            bytes,
+            lines,
+        })
+    }
+
+    /// Records how the sync of [`LeaseDb::begin_commit`]'s lines went, and compacts the
+    /// journal when it has grown.
+    pub fn finish_commit(
+        &mut self,
+        lines: usize,
+        result: std::io::Result<()>,
+    ) -> Result<(), Error> {
         let Some(journal) = self.journal.as_mut() else {
-            self.pending.clear();
             return Ok(());
         };
-        if self.pending.is_empty() && !journal.needs_rewrite {
-            return Ok(());
-        }
-        let lines = self.pending.iter().filter(|&&b| b == b'\n').count();
-        let append = journal
-            .file
-            .write_all(&self.pending)
-            .and_then(|()| journal.file.sync_data());
-        self.pending.clear();
-        let rewrite = match append {
+        let rewrite = match result {
             Ok(()) => {
                 journal.lines += lines;
-                journal.needs_rewrite
-                    || journal.lines >= COMPACT_MIN_LINES.max(4 * self.by_ip.len())
+                journal.lines >= COMPACT_MIN_LINES.max(4 * self.by_ip.len())
             }
             Err(source) => {
+                // The file may end in a torn line: rewrite it whole next time.
                 journal.needs_rewrite = true;
                 return Err(Error::LeaseFile {
                     network: self.network.clone(),
@@ -735,7 +763,7 @@ impl LeaseDb {
                 if let Some(journal) = self.journal.as_mut() {
                     *journal = Journal {
                         path,
-                        file,
+                        file: Arc::new(file),
                         lines,
                         needs_rewrite: false,
                     };
@@ -772,6 +800,33 @@ impl LeaseDb {
         }
         crate::store::write_atomic(path, &text).map_err(std::io::Error::other)?;
         Ok(())
+    }
+}
+
+/// Journal lines on their way to disk (see [`LeaseDb::begin_commit`]).
+#[derive(Debug, Default)]
+pub struct PendingSync {
+    /// `None` when there is nothing to write (or no file: an in-memory database).
+    file: Option<Arc<File>>,
+    bytes: Vec<u8>,
+    /// Lines in `bytes`, for [`LeaseDb::finish_commit`].
+    pub lines: usize,
+}
+
+impl PendingSync {
+    /// Whether there is nothing to write: the commit is complete already.
+    pub fn is_empty(&self) -> bool {
+        self.file.is_none()
+    }
+
+    /// Appends the lines and waits until they are on disk (`fdatasync`). Blocking.
+    pub fn run(&self) -> std::io::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let mut file: &File = file;
+        file.write_all(&self.bytes)?;
+        file.sync_data()
     }
 }
 
@@ -1082,6 +1137,39 @@ mod tests {
             let again = LeaseDb::open(&config(), &path, NOW).expect("reopen");
             assert_eq!(again.leases(NOW), leases);
         }
+    }
+
+    #[test]
+    fn two_step_commit_writes_when_run_and_rewrites_after_a_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.leases");
+        let lines = || {
+            std::fs::read_to_string(&path)
+                .expect("read")
+                .lines()
+                .count()
+        };
+        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open");
+        db.bind(&mac(1), ip(10), None, NOW).expect("bind 1");
+        let sync = db.begin_commit().expect("begin");
+        assert_eq!((sync.lines, lines()), (1, 0));
+        // A binding made while the sync runs waits for the next one.
+        db.bind(&mac(2), ip(12), None, NOW).expect("bind 2");
+        sync.run().expect("sync");
+        db.finish_commit(sync.lines, Ok(())).expect("finish");
+        assert_eq!(lines(), 1);
+        // A failed sync is reported; the next commit rewrites the file whole.
+        let failed = db.begin_commit().expect("begin");
+        assert_eq!(failed.lines, 1);
+        assert!(
+            db.finish_commit(failed.lines, Err(std::io::Error::other("disk full")))
+                .is_err()
+        );
+        assert!(db.begin_commit().expect("rewrite").is_empty());
+        assert_eq!(lines(), 2);
+        drop(db);
+        let db = LeaseDb::open(&config(), &path, NOW).expect("reopen");
+        assert_eq!(db.leases(NOW).len(), 2);
     }
 
     #[test]

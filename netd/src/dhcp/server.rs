@@ -2,10 +2,15 @@
 //! [`Engine::handle`].
 //!
 //! Packets are handled in batches: the task takes whatever the socket has queued (up
-//! to [`MAX_BATCH`]), handles each, commits the lease journal once (`fdatasync`), and
-//! only then sends the replies. An ACK is therefore never sent for a binding that would
-//! not survive a crash, and under load one sync covers many ACKs. If the commit fails,
-//! the ACKs of the batch are dropped (the clients retry) and the failure is logged.
+//! to [`MAX_BATCH`]) and handles each. OFFERs, NAKs and INFORM replies go out at once.
+//! ACKs wait for their bindings to be durable: the journal lines written since the last
+//! sync are appended and `fdatasync`ed on tokio's blocking pool (group commit), and the
+//! ACKs they cover are sent once that sync succeeded. Meanwhile the task keeps receiving
+//! and answering (the daemon's runtime has one thread: a disk sync must not stall every
+//! network's DHCP and DNS); the ACKs handled meanwhile share the next sync. So an ACK is
+//! never sent for a binding that would not survive a crash, and under load one sync
+//! covers many ACKs. If a sync fails, its ACKs are dropped (the clients retry) and the
+//! failure is logged.
 
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -165,42 +170,71 @@ fn open_socket(config: &DhcpConfig) -> Result<std::net::UdpSocket, Error> {
     Ok(std::net::UdpSocket::from(fd))
 }
 
+/// A lease sync running on the blocking pool: the lines it wrote and how it went.
+type SyncTask = JoinHandle<(usize, std::io::Result<()>)>;
+
 async fn serve(socket: UdpSocket, engine: Arc<Mutex<Engine>>, mut shutdown: oneshot::Receiver<()>) {
-    let mut replies: Vec<Reply> = Vec::new();
+    // Replies that may go out now.
+    let mut outbox: Vec<Reply> = Vec::new();
+    // ACKs whose bindings are not durable yet, and the ACKs the sync in flight covers.
+    let mut waiting: Vec<Reply> = Vec::new();
+    let mut covered: Vec<Reply> = Vec::new();
+    let mut sync: Option<SyncTask> = None;
     loop {
-        let ready = tokio::select! {
+        tokio::select! {
             _ = &mut shutdown => break,
-            ready = socket.readable() => ready,
-        };
-        if let Err(e) = ready {
-            let network = lock(&engine).config().network.clone();
-            tracing::warn!(%network, error = %e, "DHCP socket failed");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        handle_batch(&socket, &engine, &mut replies);
-        for reply in replies.drain(..) {
-            if let Err(e) = socket.send_to(&reply.bytes, SocketAddr::V4(reply.to)).await {
-                tracing::debug!(to = %reply.to, error = %e, "DHCP reply not sent");
+            ready = socket.readable() => match ready {
+                Ok(()) => handle_batch(&socket, &engine, &mut outbox, &mut waiting),
+                Err(e) => {
+                    let network = lock(&engine).config().network.clone();
+                    tracing::warn!(%network, error = %e, "DHCP socket failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            done = wait_sync(&mut sync), if sync.is_some() => {
+                sync = None;
+                finish_sync(&engine, done, &mut covered, &mut outbox);
             }
         }
+        if sync.is_none() {
+            sync = start_sync(&engine, &mut waiting, &mut covered, &mut outbox);
+        }
+        send(&socket, &mut outbox).await;
     }
-    let mut engine = lock(&engine);
-    if let Err(e) = engine.commit() {
-        tracing::error!(error = %e, "DHCP leases not persisted at shutdown");
+    if let Some(task) = sync.take() {
+        finish_sync(&engine, task.await, &mut covered, &mut outbox);
     }
+    match lock(&engine).commit() {
+        Ok(()) => outbox.append(&mut waiting),
+        Err(e) => tracing::error!(error = %e, "DHCP leases not persisted at shutdown"),
+    }
+    send(&socket, &mut outbox).await;
 }
 
-/// Handles what the socket has queued (up to [`MAX_BATCH`] packets), commits the lease
-/// journal once, and leaves the replies that may go out in `replies`. Synchronous, so
-/// the receive buffer lives on the stack only meanwhile: an idle network keeps none.
-fn handle_batch(socket: &UdpSocket, engine: &Mutex<Engine>, replies: &mut Vec<Reply>) {
+/// Handles what the socket has queued (up to [`MAX_BATCH`] packets): replies that may go
+/// out at once land in `outbox`, ACKs that must wait for their lease sync in `waiting`.
+/// Synchronous, so the receive buffer lives on the stack only meanwhile: an idle network
+/// keeps none.
+fn handle_batch(
+    socket: &UdpSocket,
+    engine: &Mutex<Engine>,
+    outbox: &mut Vec<Reply>,
+    waiting: &mut Vec<Reply>,
+) {
     let mut buf = [0u8; RECV_BUFFER];
     let mut engine = lock(engine);
     let now = unix_now();
     for _ in 0..MAX_BATCH {
         match socket.try_recv_from(&mut buf) {
-            Ok((len, _)) => replies.extend(engine.handle(&buf[..len], now)),
+            Ok((len, _)) => {
+                if let Some(reply) = engine.handle(&buf[..len], now) {
+                    if reply.needs_commit {
+                        waiting.push(reply);
+                    } else {
+                        outbox.push(reply);
+                    }
+                }
+            }
             Err(e) => {
                 if e.kind() != std::io::ErrorKind::WouldBlock {
                     tracing::warn!(network = %engine.config().network, error = %e, "DHCP socket receive failed");
@@ -209,8 +243,67 @@ fn handle_batch(socket: &UdpSocket, engine: &Mutex<Engine>, replies: &mut Vec<Re
             }
         }
     }
-    if let Err(e) = engine.commit() {
-        tracing::error!(error = %e, "DHCP leases not persisted: their ACKs are not sent");
-        replies.retain(|reply| !reply.needs_commit);
+}
+
+/// Starts syncing the journal lines written since the last sync on the blocking pool
+/// (group commit: one `fdatasync` for every ACK in `waiting`, which move to `covered`).
+/// The task keeps receiving and answering meanwhile. `None` when nothing needed a sync.
+fn start_sync(
+    engine: &Mutex<Engine>,
+    waiting: &mut Vec<Reply>,
+    covered: &mut Vec<Reply>,
+    outbox: &mut Vec<Reply>,
+) -> Option<SyncTask> {
+    let pending = match lock(engine).begin_commit() {
+        Ok(pending) => pending,
+        Err(e) => {
+            tracing::error!(error = %e, "DHCP leases not persisted: their ACKs are not sent");
+            waiting.clear();
+            return None;
+        }
+    };
+    if pending.is_empty() {
+        // Nothing to write, or already durable (in-memory leases, or rewritten whole).
+        outbox.append(waiting);
+        return None;
+    }
+    covered.append(waiting);
+    Some(tokio::task::spawn_blocking(move || {
+        let result = pending.run();
+        (pending.lines, result)
+    }))
+}
+
+async fn wait_sync(
+    sync: &mut Option<SyncTask>,
+) -> Result<(usize, std::io::Result<()>), tokio::task::JoinError> {
+    match sync {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Releases the ACKs a finished sync covered, or drops them if it failed.
+fn finish_sync(
+    engine: &Mutex<Engine>,
+    done: Result<(usize, std::io::Result<()>), tokio::task::JoinError>,
+    covered: &mut Vec<Reply>,
+    outbox: &mut Vec<Reply>,
+) {
+    let (lines, result) = done.unwrap_or_else(|e| (0, Err(std::io::Error::other(e))));
+    match lock(engine).finish_commit(lines, result) {
+        Ok(()) => outbox.append(covered),
+        Err(e) => {
+            tracing::error!(error = %e, "DHCP leases not persisted: their ACKs are not sent");
+            covered.clear();
+        }
+    }
+}
+
+async fn send(socket: &UdpSocket, outbox: &mut Vec<Reply>) {
+    for reply in outbox.drain(..) {
+        if let Err(e) = socket.send_to(&reply.bytes, SocketAddr::V4(reply.to)).await {
+            tracing::debug!(to = %reply.to, error = %e, "DHCP reply not sent");
+        }
     }
 }
