@@ -4,24 +4,28 @@
 //! Packets are handled in batches: the task takes whatever the socket has queued (up
 //! to [`MAX_BATCH`]) and handles each. OFFERs, NAKs and INFORM replies go out at once.
 //! ACKs wait for their bindings to be durable: the journal lines written since the last
-//! sync are appended and `fdatasync`ed on tokio's blocking pool (group commit), and the
-//! ACKs they cover are sent once that sync succeeded. Meanwhile the task keeps receiving
-//! and answering (the daemon's runtime has one thread: a disk sync must not stall every
-//! network's DHCP and DNS); the ACKs handled meanwhile share the next sync. So an ACK is
-//! never sent for a binding that would not survive a crash, and under load one sync
-//! covers many ACKs. If a sync fails, its ACKs are dropped (the clients retry) and the
-//! failure is logged.
+//! sync are appended and `fdatasync`ed once for all of them (group commit), and the ACKs
+//! are sent once that sync succeeded. A fast sync (tmpfs, an idle disk) runs on the
+//! task's thread; after a slow one, syncs run on tokio's blocking pool while the task
+//! keeps receiving and answering (the daemon's runtime has one thread: a disk stall must
+//! not stall every network's DHCP and DNS), and the ACKs handled meanwhile share the
+//! next sync. So an ACK is never sent for a binding that would not survive a crash, and
+//! under load one sync covers many ACKs. If a sync fails, its ACKs are dropped (the
+//! clients retry) and the failure is logged.
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::IoSlice;
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::socket::{
-    AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+    AddressFamily, ControlMessage, MsgFlags, MultiHeaders, SockFlag, SockProtocol, SockType,
+    SockaddrIn, bind, sendmmsg, setsockopt, socket, sockopt,
 };
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -31,6 +35,12 @@ use super::{DhcpConfig, Error, LeaseInfo};
 
 /// The DHCP server port.
 pub const SERVER_PORT: u16 = 67;
+/// A lease sync slower than this moves the next ones off the task's thread...
+const INLINE_SYNC_LIMIT: Duration = Duration::from_millis(1);
+/// ...for this long.
+const OFFLOAD_TIME: Duration = Duration::from_secs(10);
+/// Most replies per `sendmmsg` call.
+const SEND_BATCH: usize = 64;
 /// Most packets handled per commit.
 const MAX_BATCH: usize = 256;
 /// Receive queue limit of each socket (`SO_RCVBUF`): about 2,000 queued requests.
@@ -170,8 +180,11 @@ fn open_socket(config: &DhcpConfig) -> Result<std::net::UdpSocket, Error> {
     Ok(std::net::UdpSocket::from(fd))
 }
 
-/// A lease sync running on the blocking pool: the lines it wrote and how it went.
-type SyncTask = JoinHandle<(usize, std::io::Result<()>)>;
+/// A lease sync running on the blocking pool.
+type SyncTask = JoinHandle<SyncDone>;
+
+/// A finished lease sync: the lines it wrote, how it went, and how long it took.
+type SyncDone = (usize, std::io::Result<()>, Duration);
 
 async fn serve(socket: UdpSocket, engine: Arc<Mutex<Engine>>, mut shutdown: oneshot::Receiver<()>) {
     // Replies that may go out now.
@@ -180,6 +193,8 @@ async fn serve(socket: UdpSocket, engine: Arc<Mutex<Engine>>, mut shutdown: ones
     let mut waiting: Vec<Reply> = Vec::new();
     let mut covered: Vec<Reply> = Vec::new();
     let mut sync: Option<SyncTask> = None;
+    // After a slow sync, syncs leave the task's thread until this time.
+    let mut offload_until: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -193,11 +208,18 @@ async fn serve(socket: UdpSocket, engine: Arc<Mutex<Engine>>, mut shutdown: ones
             },
             done = wait_sync(&mut sync), if sync.is_some() => {
                 sync = None;
-                finish_sync(&engine, done, &mut covered, &mut outbox);
+                let took = finish_sync(&engine, done, &mut covered, &mut outbox);
+                note_sync_time(&mut offload_until, took);
             }
         }
         if sync.is_none() {
-            sync = start_sync(&engine, &mut waiting, &mut covered, &mut outbox);
+            sync = start_sync(
+                &engine,
+                &mut offload_until,
+                &mut waiting,
+                &mut covered,
+                &mut outbox,
+            );
         }
         send(&socket, &mut outbox).await;
     }
@@ -245,11 +267,14 @@ fn handle_batch(
     }
 }
 
-/// Starts syncing the journal lines written since the last sync on the blocking pool
-/// (group commit: one `fdatasync` for every ACK in `waiting`, which move to `covered`).
-/// The task keeps receiving and answering meanwhile. `None` when nothing needed a sync.
+/// Syncs the journal lines written since the last sync (group commit: one `fdatasync`
+/// for every ACK in `waiting`). While syncs are fast they run right here; for
+/// [`OFFLOAD_TIME`] after one took longer than [`INLINE_SYNC_LIMIT`] (`offload_until`),
+/// they run on the blocking pool while the task keeps receiving and answering, and the
+/// ACKs move to `covered` until it is done. Returns the sync in flight, if any.
 fn start_sync(
     engine: &Mutex<Engine>,
+    offload_until: &mut Option<Instant>,
     waiting: &mut Vec<Reply>,
     covered: &mut Vec<Reply>,
     outbox: &mut Vec<Reply>,
@@ -268,29 +293,36 @@ fn start_sync(
         return None;
     }
     covered.append(waiting);
-    Some(tokio::task::spawn_blocking(move || {
+    let run = move || {
+        let started = Instant::now();
         let result = pending.run();
-        (pending.lines, result)
-    }))
+        (pending.lines, result, started.elapsed())
+    };
+    if offload_until.is_some_and(|until| Instant::now() < until) {
+        return Some(tokio::task::spawn_blocking(run));
+    }
+    let took = finish_sync(engine, Ok(run()), covered, outbox);
+    note_sync_time(offload_until, took);
+    None
 }
 
-async fn wait_sync(
-    sync: &mut Option<SyncTask>,
-) -> Result<(usize, std::io::Result<()>), tokio::task::JoinError> {
+async fn wait_sync(sync: &mut Option<SyncTask>) -> Result<SyncDone, tokio::task::JoinError> {
     match sync {
         Some(task) => task.await,
         None => std::future::pending().await,
     }
 }
 
-/// Releases the ACKs a finished sync covered, or drops them if it failed.
+/// Releases the ACKs a finished sync covered, or drops them if it failed. Returns how
+/// long the sync took.
 fn finish_sync(
     engine: &Mutex<Engine>,
-    done: Result<(usize, std::io::Result<()>), tokio::task::JoinError>,
+    done: Result<SyncDone, tokio::task::JoinError>,
     covered: &mut Vec<Reply>,
     outbox: &mut Vec<Reply>,
-) {
-    let (lines, result) = done.unwrap_or_else(|e| (0, Err(std::io::Error::other(e))));
+) -> Duration {
+    let (lines, result, took) =
+        done.unwrap_or_else(|e| (0, Err(std::io::Error::other(e)), Duration::ZERO));
     match lock(engine).finish_commit(lines, result) {
         Ok(()) => outbox.append(covered),
         Err(e) => {
@@ -298,12 +330,56 @@ fn finish_sync(
             covered.clear();
         }
     }
+    took
 }
 
+/// After a sync slower than [`INLINE_SYNC_LIMIT`], the next ones leave the task's
+/// thread for [`OFFLOAD_TIME`]: a disk that stalled once tends to stall again.
+fn note_sync_time(offload_until: &mut Option<Instant>, took: Duration) {
+    if took > INLINE_SYNC_LIMIT {
+        *offload_until = Some(Instant::now() + OFFLOAD_TIME);
+    }
+}
+
+/// Sends the replies, many per system call (`sendmmsg`).
 async fn send(socket: &UdpSocket, outbox: &mut Vec<Reply>) {
-    for reply in outbox.drain(..) {
-        if let Err(e) = socket.send_to(&reply.bytes, SocketAddr::V4(reply.to)).await {
-            tracing::debug!(to = %reply.to, error = %e, "DHCP reply not sent");
+    let mut rest = &outbox[..];
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(SEND_BATCH)];
+        match socket
+            .async_io(Interest::WRITABLE, || send_many(socket.as_raw_fd(), chunk))
+            .await
+        {
+            Ok(sent) => rest = &rest[sent.max(1)..],
+            Err(e) => {
+                // The first reply of the chunk failed (e.g. no route to a unicast
+                // destination): skip it, the client retries.
+                tracing::debug!(to = %chunk[0].to, error = %e, "DHCP reply not sent");
+                rest = &rest[1..];
+            }
         }
     }
+    outbox.clear();
+}
+
+/// One `sendmmsg` of `replies`; returns how many went out.
+fn send_many(fd: std::os::fd::RawFd, replies: &[Reply]) -> std::io::Result<usize> {
+    let addresses: Vec<Option<SockaddrIn>> = replies
+        .iter()
+        .map(|reply| Some(SockaddrIn::from(reply.to)))
+        .collect();
+    let buffers: Vec<[IoSlice<'_>; 1]> = replies
+        .iter()
+        .map(|reply| [IoSlice::new(&reply.bytes)])
+        .collect();
+    let mut headers = MultiHeaders::<SockaddrIn>::preallocate(replies.len(), None);
+    let sent = sendmmsg(
+        fd,
+        &mut headers,
+        &buffers,
+        &addresses,
+        [] as [ControlMessage<'_>; 0],
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    Ok(sent.count())
 }
