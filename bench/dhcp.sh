@@ -164,10 +164,9 @@ print(f"{statistics.median(runs):.2f}")')"
   # CPU time (clock ticks) of the DHCP server: kvnetd, or the dnsmasq processes with
   # their reaped children (libvirt's lease helper).
   server_pids() { if [ "$BENCH_TARGET" = kvnet ]; then echo "$BENCH_DAEMON_PID"; else pgrep -x dnsmasq || true; fi; }
-  server_ticks() { # PIDS...
-    local p sum=0
-    for p in "$@"; do sum=$((sum + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
-    echo "$sum"
+  server_ticks() { # PIDS...: "pid ticks" lines of those still running
+    local p t
+    for p in "$@"; do t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat" 2>/dev/null) && echo "$p $t"; done
   }
   # perfdhcp reads its socket slower than a fast server answers and has no option for
   # its receive buffer: it is enlarged from outside (pidfd_getfd, then SO_RCVBUFFORCE on
@@ -235,7 +234,11 @@ PY
     # only UDP traffic of the server's namespace is this DHCP exchange).
     echo "dora_r${rate}_server_lost $((server_drop1 - server_drop0 + (server_in1 - server_in0) - (server_out1 - server_out0)))"
     echo "dora_r${rate}_client_queue_drops $((peer_drop1 - peer_drop0))"
-    python3 - "$out" "$rate" "$PERIOD" "$((ticks1 - ticks0))" "$(getconf CLK_TCK)" <<'PY'
+    # Only processes that ran through the whole step count (a dnsmasq of the previous
+    # network may still be exiting when the step starts).
+    ticks=$(awk 'NR == FNR { start[$1] = $2; next } ($1 in start) { sum += $2 - start[$1] } END { print sum + 0 }' \
+      <(echo "$ticks0") <(echo "$ticks1"))
+    python3 - "$out" "$rate" "$PERIOD" "$ticks" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
 text, rate, period = open(sys.argv[1]).read(), sys.argv[2], float(sys.argv[3])
 ticks, hz = int(sys.argv[4]), int(sys.argv[5])
