@@ -537,3 +537,71 @@ fn servers_of_two_bridges_share_port_67() {
         runtime.block_on(second.stop());
     });
 }
+
+/// A relay agent on the network (kea's `perfdhcp` is one) gets OFFER and ACK back by
+/// unicast on port 67, and the lease is bound for the relayed client.
+#[test]
+fn relay_agent_on_the_network_gets_unicast_replies() {
+    use dhcproto::v4::{DhcpOption, Message, MessageType};
+    use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+
+    if !needs() {
+        return;
+    }
+    const RELAY: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 5);
+    let lab = Lab::new("drel");
+    lab.client
+        .sh(&format!("ip addr add {RELAY}/24 dev eth0"))
+        .expect("relay address");
+    let mac = [2, 0, 0, 0, 0x77, 1];
+    let unspecified = Ipv4Addr::UNSPECIFIED;
+    let message = |kind: MessageType, xid: u32| {
+        let mut m = Message::new_with_id(xid, unspecified, unspecified, unspecified, RELAY, &mac);
+        m.opts_mut().insert(DhcpOption::MessageType(kind));
+        m
+    };
+    // Sends `request` from the relay's port 67; returns the reply and who sent it.
+    let exchange = |request: Message| {
+        lab.client
+            .run(move || {
+                let socket = std::net::UdpSocket::bind((RELAY, 67)).expect("bind the relay port");
+                socket
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                let mut bytes = Vec::new();
+                request
+                    .encode(&mut Encoder::new(&mut bytes))
+                    .expect("encode");
+                socket.send_to(&bytes, (SERVER_IP, 67)).expect("send");
+                let mut buf = [0u8; 1500];
+                let (len, from) = socket.recv_from(&mut buf).expect("a reply to the relay");
+                let reply = Message::decode(&mut Decoder::new(&buf[..len])).expect("decode");
+                (reply, from)
+            })
+            .expect("relay in the client namespace")
+    };
+    in_server_ns(&lab, |runtime| {
+        let server = start(runtime, config("relay"), &lab.path("leases"));
+        let (offer, from) = exchange(message(MessageType::Discover, 11));
+        assert_eq!(from, std::net::SocketAddr::from((SERVER_IP, 67)));
+        assert_eq!(offer.xid(), 11);
+        assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(offer.giaddr(), RELAY);
+        assert!(in_range(offer.yiaddr()), "{}", offer.yiaddr());
+
+        let mut request = message(MessageType::Request, 12);
+        request
+            .opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+        request
+            .opts_mut()
+            .insert(DhcpOption::ServerIdentifier(SERVER_IP));
+        let (ack, _) = exchange(request);
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(ack.yiaddr(), offer.yiaddr());
+        let leases = server.leases();
+        assert_eq!(leases.len(), 1);
+        assert_eq!((leases[0].ip, leases[0].mac), (offer.yiaddr(), mac));
+        runtime.block_on(server.stop());
+    });
+}

@@ -8,7 +8,10 @@
 //! - otherwise broadcast to `255.255.255.255:68` on the bridge, whatever the broadcast
 //!   flag. Unicasting to `yiaddr` would need an ARP entry the client cannot answer for
 //!   yet (a neighbour entry or a raw socket); both clients receive broadcasts through
-//!   their packet sockets, and a bridge is a small broadcast domain.
+//!   their packet sockets, and a bridge is a small broadcast domain;
+//! - the request came through a relay agent on the network (`giaddr` in our subnet):
+//!   unicast to `giaddr:67` (RFC 2131 4.1), the relay forwards it. Load generators
+//!   such as kea's `perfdhcp` work this way.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
@@ -16,11 +19,13 @@ use std::path::Path;
 use dhcproto::v4::{DhcpOption, DhcpOptions, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
-use super::leases::{Client, INFINITE_LEASE, LeaseDb};
+use super::leases::{Client, INFINITE_LEASE, LeaseDb, PendingSync};
 use super::{DhcpConfig, Error, LeaseInfo, sanitize_hostname};
 
 /// The DHCP client port replies go to.
 pub const CLIENT_PORT: u16 = 68;
+/// The port of a relay agent (the DHCP server port), where relayed replies go.
+pub const RELAY_PORT: u16 = 67;
 /// Replies are padded to the BOOTP minimum some clients insist on.
 const MIN_REPLY_LEN: usize = 300;
 /// Seconds between two "pool full" warnings of one network.
@@ -91,6 +96,21 @@ impl Engine {
         self.leases.commit()
     }
 
+    /// Takes the bindings made since the last call, to be made durable off this thread;
+    /// see [`LeaseDb::begin_commit`].
+    pub fn begin_commit(&mut self) -> Result<PendingSync, Error> {
+        self.leases.begin_commit()
+    }
+
+    /// Reports how the sync of [`Engine::begin_commit`] went; see [`LeaseDb::finish_commit`].
+    pub fn finish_commit(
+        &mut self,
+        lines: usize,
+        result: std::io::Result<()>,
+    ) -> Result<(), Error> {
+        self.leases.finish_commit(lines, result)
+    }
+
     /// Handles one UDP payload received on port 67 at unix time `now`. Never panics,
     /// whatever the bytes: anything malformed or not for us yields `None`.
     pub fn handle(&mut self, packet: &[u8], now: i64) -> Option<Reply> {
@@ -112,8 +132,9 @@ impl Engine {
         {
             return None;
         }
-        if !request.giaddr().is_unspecified() {
-            tracing::debug!(network = %self.config.network, giaddr = %request.giaddr(), "relayed DHCP request dropped");
+        let relay = request.giaddr();
+        if !relay.is_unspecified() && !self.is_local_relay(relay) {
+            tracing::debug!(network = %self.config.network, giaddr = %relay, "DHCP request relayed from outside the network dropped");
             return None;
         }
         let mac = <[u8; 6]>::try_from(request.chaddr()).ok()?;
@@ -136,6 +157,16 @@ impl Engine {
             MessageType::Inform => self.inform(&request),
             _ => None,
         }
+    }
+
+    /// Whether `giaddr` is a relay agent we answer: a host address of our own subnet
+    /// (we serve no other subnet, and replies must not leave the network).
+    fn is_local_relay(&self, giaddr: Ipv4Addr) -> bool {
+        let subnet = &self.config.subnet;
+        subnet.contains(&giaddr)
+            && giaddr != self.config.server_ip
+            && giaddr != subnet.network()
+            && giaddr != subnet.broadcast()
     }
 
     fn discover(&mut self, request: &Message, client: &Client, now: i64) -> Option<Reply> {
@@ -261,7 +292,14 @@ impl Engine {
                 opts.insert(DhcpOption::Hostname(name));
             }
         }
-        let to = if kind != MessageType::Nak && !ciaddr.is_unspecified() {
+        let relay = request.giaddr();
+        let to = if !relay.is_unspecified() {
+            if kind == MessageType::Nak {
+                // RFC 2131 4.3.2: the relay broadcasts a NAK to the client.
+                message.set_flags(request.flags().set_broadcast());
+            }
+            SocketAddrV4::new(relay, RELAY_PORT)
+        } else if kind != MessageType::Nak && !ciaddr.is_unspecified() {
             SocketAddrV4::new(ciaddr, CLIENT_PORT)
         } else {
             SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
@@ -696,6 +734,44 @@ mod tests {
             );
         }
         assert_eq!(engine.leases(NOW).len(), 2);
+    }
+
+    #[test]
+    fn relay_on_the_network_gets_unicast_replies() {
+        let mut engine = Engine::new(config());
+        let relay = Ipv4Addr::new(192, 168, 77, 5);
+        let mac = [2, 0, 0, 0, 0, 0x11];
+        let mut discover = message(MessageType::Discover, mac);
+        discover.set_giaddr(relay);
+        let (to, offer) = exchange(&mut engine, &discover, NOW).expect("offer");
+        assert_eq!(to.to, SocketAddrV4::new(relay, 67));
+        assert_eq!((kind(&offer), offer.giaddr()), (MessageType::Offer, relay));
+        let mut request = request_for(mac, offer.yiaddr(), Some(SERVER));
+        request.set_giaddr(relay);
+        let (to, ack) = exchange(&mut engine, &request, NOW).expect("ack");
+        assert_eq!(to.to, SocketAddrV4::new(relay, 67));
+        assert!(to.needs_commit);
+        assert_eq!(
+            (kind(&ack), ack.yiaddr()),
+            (MessageType::Ack, offer.yiaddr())
+        );
+        // A NAK goes to the relay too, with the broadcast flag for it to broadcast.
+        let mut taken = request_for([2, 0, 0, 0, 0, 0x12], offer.yiaddr(), None);
+        taken.set_giaddr(relay);
+        let (to, nak) = exchange(&mut engine, &taken, NOW).expect("nak");
+        assert_eq!(to.to, SocketAddrV4::new(relay, 67));
+        assert_eq!(kind(&nak), MessageType::Nak);
+        assert!(nak.flags().broadcast());
+        // The server's own, the network's and the broadcast address are no relays.
+        for giaddr in [
+            SERVER,
+            Ipv4Addr::new(192, 168, 77, 0),
+            Ipv4Addr::new(192, 168, 77, 255),
+        ] {
+            let mut spoofed = message(MessageType::Discover, mac);
+            spoofed.set_giaddr(giaddr);
+            assert!(engine.handle(&encode(&spoofed), NOW).is_none(), "{giaddr}");
+        }
     }
 
     #[test]

@@ -4,18 +4,22 @@
 //! Memory: two hash maps (by address and by client) holding only addresses of the pool
 //! or of reservations, so the state stays bounded by the pool size whatever clients send.
 //! Allocation walks the pool from a cursor, so a new client costs O(1) while the pool has
-//! room; expired leases are reclaimed when the cursor meets them.
+//! room; expired leases are reclaimed when the cursor meets them. A walk that finds the
+//! pool full is not repeated until an address is freed or the earliest lease met expires,
+//! and the takeover of an unanswered offer pops the oldest one from an ordered set, so a
+//! flood of DISCOVERs against a full pool costs O(log n) each, not a walk of the pool.
 //!
 //! Disk: an append-only journal of JSON lines (`bind` / `release`), made durable with
 //! `fdatasync` by [`LeaseDb::commit`] before the server sends the ACKs of a batch, and
 //! rewritten compactly (temp file + fsync + rename) at load and when it grows. The file
 //! is untrusted input on load: long, torn or invalid lines are skipped with a warning.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -140,7 +144,8 @@ enum Record {
 #[derive(Debug)]
 struct Journal {
     path: PathBuf,
-    file: File,
+    /// Shared with a [`PendingSync`] running on another thread.
+    file: Arc<File>,
     lines: usize,
     /// A write failed: the file may end in a torn line, so rewrite it whole next time.
     needs_rewrite: bool,
@@ -161,6 +166,11 @@ pub struct LeaseDb {
     reserved_ips: HashMap<Ipv4Addr, Option<[u8; 6]>>,
     by_ip: HashMap<Ipv4Addr, Lease>,
     by_client: HashMap<ClientKey, Ipv4Addr>,
+    /// `(expiry, address)` of every offer waiting for its REQUEST, oldest first.
+    offers: BTreeSet<(i64, Ipv4Addr)>,
+    /// The last walk of the pool found nothing free: no walk again before this time (the
+    /// earliest expiry it met) unless an address is freed meanwhile.
+    exhausted_until: Option<i64>,
     /// Journal lines not yet written.
     pending: Vec<u8>,
     journal: Option<Journal>,
@@ -196,6 +206,8 @@ impl LeaseDb {
             reserved_ips: HashMap::new(),
             by_ip: HashMap::new(),
             by_client: HashMap::new(),
+            offers: BTreeSet::new(),
+            exhausted_until: None,
             pending: Vec::new(),
             journal: None,
         };
@@ -233,7 +245,7 @@ impl LeaseDb {
         let file = open_append(path).map_err(file_error("open for appending"))?;
         db.journal = Some(Journal {
             path: path.to_path_buf(),
-            file,
+            file: Arc::new(file),
             lines: db.bound_count(),
             needs_rewrite: false,
         });
@@ -272,6 +284,7 @@ impl LeaseDb {
             .map(|r| u64::from(r.end - r.start) + 1)
             .sum();
         self.cursor = 0;
+        self.exhausted_until = None;
         self.reservations.clear();
         self.reserved_ips.clear();
         for host in &config.hosts {
@@ -370,41 +383,56 @@ impl LeaseDb {
         self.detach_client(client, ip);
         self.remove_ip(ip);
         self.by_client.insert(client.key(), ip);
+        let expiry = now.saturating_add(OFFER_HOLD_SECS);
+        self.offers.insert((expiry, ip));
         self.by_ip.insert(
             ip,
             Lease {
                 client: client.clone(),
                 hostname: None,
-                expiry: now.saturating_add(OFFER_HOLD_SECS),
+                expiry,
                 state: LeaseState::Offered,
             },
         );
     }
 
     /// The next free pool address from the cursor, reclaiming an expired lease on it.
-    /// When none is free, an address only held by an offer is taken over, so a flood of
-    /// DISCOVERs from made-up MACs cannot lock real clients out for the offer hold time.
+    /// When none is free, the oldest address only held by an offer is taken over, so a
+    /// flood of DISCOVERs from made-up MACs cannot lock real clients out for the offer
+    /// hold time.
     fn allocate(&mut self, now: i64) -> Option<Ipv4Addr> {
-        self.allocate_where(|lease| !lease.live(now))
-            .or_else(|| self.allocate_where(|lease| lease.state == LeaseState::Offered))
+        if self.exhausted_until.is_none_or(|until| now >= until)
+            && let Some(ip) = self.allocate_free(now)
+        {
+            return Some(ip);
+        }
+        let &(_, ip) = self.offers.first()?;
+        self.remove_ip(ip);
+        Some(ip)
     }
 
-    fn allocate_where(&mut self, reusable: impl Fn(&Lease) -> bool) -> Option<Ipv4Addr> {
+    fn allocate_free(&mut self, now: i64) -> Option<Ipv4Addr> {
+        let mut earliest_expiry = i64::MAX;
         for step in 0..self.pool_size {
             let position = (self.cursor + step) % self.pool_size;
             let Some(ip) = self.pool_address(position) else {
                 continue;
             };
-            if ip == self.server_ip
-                || self.reserved_ips.contains_key(&ip)
-                || self.by_ip.get(&ip).is_some_and(|lease| !reusable(lease))
+            if ip == self.server_ip || self.reserved_ips.contains_key(&ip) {
+                continue;
+            }
+            if let Some(lease) = self.by_ip.get(&ip)
+                && lease.live(now)
             {
+                earliest_expiry = earliest_expiry.min(lease.expiry);
                 continue;
             }
             self.cursor = (position + 1) % self.pool_size;
             self.remove_ip(ip);
+            self.exhausted_until = None;
             return Some(ip);
         }
+        self.exhausted_until = Some(earliest_expiry);
         None
     }
 
@@ -471,12 +499,22 @@ impl LeaseDb {
         if let Some(old) = self.by_client.get(&client.key()).copied()
             && old != keep
         {
-            self.remove_ip(old);
+            self.free(old);
         }
     }
 
+    /// Removes whatever holds `ip`, making it free for allocation again.
+    fn free(&mut self, ip: Ipv4Addr) -> Option<Lease> {
+        self.exhausted_until = None;
+        self.remove_ip(ip)
+    }
+
+    /// Removes whatever holds `ip` (to put something else there, or to free it).
     fn remove_ip(&mut self, ip: Ipv4Addr) -> Option<Lease> {
         let lease = self.by_ip.remove(&ip)?;
+        if lease.state == LeaseState::Offered {
+            self.offers.remove(&(lease.expiry, ip));
+        }
         let key = lease.client.key();
         if self.by_client.get(&key) == Some(&ip) {
             self.by_client.remove(&key);
@@ -493,10 +531,7 @@ impl LeaseDb {
         if !owned {
             return false;
         }
-        if self
-            .remove_ip(ip)
-            .is_some_and(|l| l.state == LeaseState::Bound)
-        {
+        if self.free(ip).is_some_and(|l| l.state == LeaseState::Bound) {
             self.journal(&Record::Release { ip });
         }
         true
@@ -528,7 +563,7 @@ impl LeaseDb {
                 .get(&ip)
                 .is_some_and(|l| l.state == LeaseState::Offered)
         {
-            self.remove_ip(ip);
+            self.free(ip);
         }
     }
 
@@ -611,7 +646,7 @@ impl LeaseDb {
     fn apply(&mut self, record: Record, now: i64) -> bool {
         match record {
             Record::Release { ip } => {
-                self.remove_ip(ip);
+                self.free(ip);
                 true
             }
             Record::Bind {
@@ -636,7 +671,7 @@ impl LeaseDb {
                 let expiry = if expiry == 0 { i64::MAX } else { expiry };
                 if expiry <= now {
                     // A later record may re-bind it; an older one for this address is void.
-                    self.remove_ip(ip);
+                    self.free(ip);
                     return true;
                 }
                 if !self.subnet.contains(&ip) {
@@ -652,29 +687,55 @@ impl LeaseDb {
         }
     }
 
-    /// Makes the journal lines written since the last commit durable. The server calls
-    /// this before sending the ACKs of a batch.
+    /// Makes the journal lines written since the last commit durable, on this thread.
     pub fn commit(&mut self) -> Result<(), Error> {
+        let sync = self.begin_commit()?;
+        let result = sync.run();
+        self.finish_commit(sync.lines, result)
+    }
+
+    /// Takes the journal lines written since the last commit, to be made durable by
+    /// [`PendingSync::run`] (on any thread) and then reported to
+    /// [`LeaseDb::finish_commit`]. Only one may be in flight: the lines must reach the
+    /// file in order. A journal that needs rewriting after a failure is rewritten here.
+    pub fn begin_commit(&mut self) -> Result<PendingSync, Error> {
+        let bytes = std::mem::take(&mut self.pending);
+        let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+        let Some(journal) = self.journal.as_ref() else {
+            return Ok(PendingSync::default());
+        };
+        if journal.needs_rewrite {
+            // The rewrite holds every binding, these lines included.
+            self.compact()?;
+            return Ok(PendingSync::default());
+        }
+        if bytes.is_empty() {
+            return Ok(PendingSync::default());
+        }
+        Ok(PendingSync {
+            file: Some(Arc::clone(&journal.file)),
+            bytes,
+            lines,
+        })
+    }
+
+    /// Records how the sync of [`LeaseDb::begin_commit`]'s lines went, and compacts the
+    /// journal when it has grown.
+    pub fn finish_commit(
+        &mut self,
+        lines: usize,
+        result: std::io::Result<()>,
+    ) -> Result<(), Error> {
         let Some(journal) = self.journal.as_mut() else {
-            self.pending.clear();
             return Ok(());
         };
-        if self.pending.is_empty() && !journal.needs_rewrite {
-            return Ok(());
-        }
-        let lines = self.pending.iter().filter(|&&b| b == b'\n').count();
-        let append = journal
-            .file
-            .write_all(&self.pending)
-            .and_then(|()| journal.file.sync_data());
-        self.pending.clear();
-        let rewrite = match append {
+        let rewrite = match result {
             Ok(()) => {
                 journal.lines += lines;
-                journal.needs_rewrite
-                    || journal.lines >= COMPACT_MIN_LINES.max(4 * self.by_ip.len())
+                journal.lines >= COMPACT_MIN_LINES.max(4 * self.by_ip.len())
             }
             Err(source) => {
+                // The file may end in a torn line: rewrite it whole next time.
                 journal.needs_rewrite = true;
                 return Err(Error::LeaseFile {
                     network: self.network.clone(),
@@ -702,7 +763,7 @@ impl LeaseDb {
                 if let Some(journal) = self.journal.as_mut() {
                     *journal = Journal {
                         path,
-                        file,
+                        file: Arc::new(file),
                         lines,
                         needs_rewrite: false,
                     };
@@ -739,6 +800,33 @@ impl LeaseDb {
         }
         crate::store::write_atomic(path, &text).map_err(std::io::Error::other)?;
         Ok(())
+    }
+}
+
+/// Journal lines on their way to disk (see [`LeaseDb::begin_commit`]).
+#[derive(Debug, Default)]
+pub struct PendingSync {
+    /// `None` when there is nothing to write (or no file: an in-memory database).
+    file: Option<Arc<File>>,
+    bytes: Vec<u8>,
+    /// Lines in `bytes`, for [`LeaseDb::finish_commit`].
+    pub lines: usize,
+}
+
+impl PendingSync {
+    /// Whether there is nothing to write: the commit is complete already.
+    pub fn is_empty(&self) -> bool {
+        self.file.is_none()
+    }
+
+    /// Appends the lines and waits until they are on disk (`fdatasync`). Blocking.
+    pub fn run(&self) -> std::io::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let mut file: &File = file;
+        file.write_all(&self.bytes)?;
+        file.sync_data()
     }
 }
 
@@ -802,6 +890,23 @@ mod tests {
         assert_eq!(db.bind(&mac(3), ip(12), None, NOW), Some(3600));
         // All bound: nothing to offer.
         assert_eq!(db.offer(&mac(4), None, NOW), None);
+    }
+
+    #[test]
+    fn full_pool_takes_over_the_oldest_offer_and_reuses_freed_addresses() {
+        let mut db = LeaseDb::in_memory(&config());
+        assert_eq!(db.offer(&mac(1), None, NOW), Some(ip(10)));
+        assert_eq!(db.offer(&mac(2), None, NOW + 1), Some(ip(12)));
+        // Full: the oldest offer goes to a newcomer first, then the next oldest.
+        assert_eq!(db.offer(&mac(3), None, NOW + 2), Some(ip(10)));
+        assert_eq!(db.offer(&mac(4), None, NOW + 3), Some(ip(12)));
+        assert_eq!(db.bind(&mac(1), ip(10), None, NOW + 3), None);
+        assert_eq!(db.bind(&mac(3), ip(10), None, NOW + 3), Some(3600));
+        assert_eq!(db.bind(&mac(4), ip(12), None, NOW + 3), Some(3600));
+        // All bound: nothing to offer, until a release frees an address.
+        assert_eq!(db.offer(&mac(5), None, NOW + 4), None);
+        assert!(db.release(&mac(4), ip(12)));
+        assert_eq!(db.offer(&mac(5), None, NOW + 4), Some(ip(12)));
     }
 
     #[test]
@@ -1032,6 +1137,39 @@ mod tests {
             let again = LeaseDb::open(&config(), &path, NOW).expect("reopen");
             assert_eq!(again.leases(NOW), leases);
         }
+    }
+
+    #[test]
+    fn two_step_commit_writes_when_run_and_rewrites_after_a_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.leases");
+        let lines = || {
+            std::fs::read_to_string(&path)
+                .expect("read")
+                .lines()
+                .count()
+        };
+        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open");
+        db.bind(&mac(1), ip(10), None, NOW).expect("bind 1");
+        let sync = db.begin_commit().expect("begin");
+        assert_eq!((sync.lines, lines()), (1, 0));
+        // A binding made while the sync runs waits for the next one.
+        db.bind(&mac(2), ip(12), None, NOW).expect("bind 2");
+        sync.run().expect("sync");
+        db.finish_commit(sync.lines, Ok(())).expect("finish");
+        assert_eq!(lines(), 1);
+        // A failed sync is reported; the next commit rewrites the file whole.
+        let failed = db.begin_commit().expect("begin");
+        assert_eq!(failed.lines, 1);
+        assert!(
+            db.finish_commit(failed.lines, Err(std::io::Error::other("disk full")))
+                .is_err()
+        );
+        assert!(db.begin_commit().expect("rewrite").is_empty());
+        assert_eq!(lines(), 2);
+        drop(db);
+        let db = LeaseDb::open(&config(), &path, NOW).expect("reopen");
+        assert_eq!(db.leases(NOW).len(), 2);
     }
 
     #[test]

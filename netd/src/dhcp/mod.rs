@@ -15,7 +15,8 @@
 //!   else or outside the network gets a NAK;
 //! - no ICMP probe before offering (dnsmasq's probe made udhcpc wait 3 s);
 //! - a `<host mac=>` reservation always wins: a dynamic holder of that address is evicted;
-//! - relayed requests (`giaddr` set) are dropped: nothing relays onto a libvirt bridge.
+//! - relayed requests are answered only from a relay agent inside the network's subnet
+//!   (replies go back to it, never off the network); others are dropped.
 
 pub mod engine;
 pub mod leases;

@@ -2,21 +2,30 @@
 //! [`Engine::handle`].
 //!
 //! Packets are handled in batches: the task takes whatever the socket has queued (up
-//! to [`MAX_BATCH`]), handles each, commits the lease journal once (`fdatasync`), and
-//! only then sends the replies. An ACK is therefore never sent for a binding that would
-//! not survive a crash, and under load one sync covers many ACKs. If the commit fails,
-//! the ACKs of the batch are dropped (the clients retry) and the failure is logged.
+//! to [`MAX_BATCH`]) and handles each. OFFERs, NAKs and INFORM replies go out at once.
+//! ACKs wait for their bindings to be durable: the journal lines written since the last
+//! sync are appended and `fdatasync`ed once for all of them (group commit), and the ACKs
+//! are sent once that sync succeeded. A fast sync (tmpfs, an idle disk) runs on the
+//! task's thread; after a slow one, syncs run on tokio's blocking pool while the task
+//! keeps receiving and answering (the daemon's runtime has one thread: a disk stall must
+//! not stall every network's DHCP and DNS), and the ACKs handled meanwhile share the
+//! next sync. So an ACK is never sent for a binding that would not survive a crash, and
+//! under load one sync covers many ACKs. If a sync fails, its ACKs are dropped (the
+//! clients retry) and the failure is logged.
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::IoSlice;
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::socket::{
-    AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+    AddressFamily, ControlMessage, MsgFlags, MultiHeaders, SockFlag, SockProtocol, SockType,
+    SockaddrIn, bind, sendmmsg, setsockopt, socket, sockopt,
 };
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -26,8 +35,16 @@ use super::{DhcpConfig, Error, LeaseInfo};
 
 /// The DHCP server port.
 pub const SERVER_PORT: u16 = 67;
+/// A lease sync slower than this moves the next ones off the task's thread...
+const INLINE_SYNC_LIMIT: Duration = Duration::from_millis(1);
+/// ...for this long.
+const OFFLOAD_TIME: Duration = Duration::from_secs(10);
+/// Most replies per `sendmmsg` call.
+const SEND_BATCH: usize = 64;
 /// Most packets handled per commit.
 const MAX_BATCH: usize = 256;
+/// Receive queue limit of each socket (`SO_RCVBUF`): about 2,000 queued requests.
+const RECV_QUEUE_BYTES: usize = 2 << 20;
 /// Largest datagram read; DHCP messages are at most a few hundred bytes, this leaves room
 /// for option-stuffed ones and truncates only garbage.
 const RECV_BUFFER: usize = 4096;
@@ -143,6 +160,12 @@ fn open_socket(config: &DhcpConfig) -> Result<std::net::UdpSocket, Error> {
     .map_err(fail("create"))?;
     setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(fail("set SO_REUSEADDR"))?;
     setsockopt(&fd, sockopt::Broadcast, &true).map_err(fail("set SO_BROADCAST"))?;
+    // Room for a burst of clients (or a slow lease sync) without drops. Only a limit:
+    // the kernel charges memory for queued packets only. FORCE: above rmem_max as root;
+    // without the privilege the default size stays, which still works.
+    if setsockopt(&fd, sockopt::RcvBufForce, &RECV_QUEUE_BYTES).is_err() {
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &RECV_QUEUE_BYTES);
+    }
     setsockopt(
         &fd,
         sockopt::BindToDevice,
@@ -157,46 +180,206 @@ fn open_socket(config: &DhcpConfig) -> Result<std::net::UdpSocket, Error> {
     Ok(std::net::UdpSocket::from(fd))
 }
 
+/// A lease sync running on the blocking pool.
+type SyncTask = JoinHandle<SyncDone>;
+
+/// A finished lease sync: the lines it wrote, how it went, and how long it took.
+type SyncDone = (usize, std::io::Result<()>, Duration);
+
 async fn serve(socket: UdpSocket, engine: Arc<Mutex<Engine>>, mut shutdown: oneshot::Receiver<()>) {
-    let mut buf = vec![0u8; RECV_BUFFER];
-    let mut replies: Vec<Reply> = Vec::new();
+    // Replies that may go out now.
+    let mut outbox: Vec<Reply> = Vec::new();
+    // ACKs whose bindings are not durable yet, and the ACKs the sync in flight covers.
+    let mut waiting: Vec<Reply> = Vec::new();
+    let mut covered: Vec<Reply> = Vec::new();
+    let mut sync: Option<SyncTask> = None;
+    // After a slow sync, syncs leave the task's thread until this time.
+    let mut offload_until: Option<Instant> = None;
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             _ = &mut shutdown => break,
-            received = socket.recv_from(&mut buf) => received,
-        };
-        let len = match first {
-            Ok((len, _)) => len,
-            Err(e) => {
-                let network = lock(&engine).config().network.clone();
-                tracing::warn!(%network, error = %e, "DHCP socket receive failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+            ready = socket.readable() => match ready {
+                Ok(()) => handle_batch(&socket, &engine, &mut outbox, &mut waiting),
+                Err(e) => {
+                    let network = lock(&engine).config().network.clone();
+                    tracing::warn!(%network, error = %e, "DHCP socket failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            done = wait_sync(&mut sync), if sync.is_some() => {
+                sync = None;
+                let took = finish_sync(&engine, done, &mut covered, &mut outbox);
+                note_sync_time(&mut offload_until, took);
             }
-        };
-        {
-            let mut engine = lock(&engine);
-            let now = unix_now();
-            replies.extend(engine.handle(&buf[..len], now));
-            for _ in 1..MAX_BATCH {
-                match socket.try_recv_from(&mut buf) {
-                    Ok((len, _)) => replies.extend(engine.handle(&buf[..len], now)),
-                    Err(_) => break,
+        }
+        if sync.is_none() {
+            sync = start_sync(
+                &engine,
+                &mut offload_until,
+                &mut waiting,
+                &mut covered,
+                &mut outbox,
+            );
+        }
+        send(&socket, &mut outbox).await;
+    }
+    if let Some(task) = sync.take() {
+        finish_sync(&engine, task.await, &mut covered, &mut outbox);
+    }
+    match lock(&engine).commit() {
+        Ok(()) => outbox.append(&mut waiting),
+        Err(e) => tracing::error!(error = %e, "DHCP leases not persisted at shutdown"),
+    }
+    send(&socket, &mut outbox).await;
+}
+
+/// Handles what the socket has queued (up to [`MAX_BATCH`] packets): replies that may go
+/// out at once land in `outbox`, ACKs that must wait for their lease sync in `waiting`.
+/// Synchronous, so the receive buffer lives on the stack only meanwhile: an idle network
+/// keeps none.
+fn handle_batch(
+    socket: &UdpSocket,
+    engine: &Mutex<Engine>,
+    outbox: &mut Vec<Reply>,
+    waiting: &mut Vec<Reply>,
+) {
+    let mut buf = [0u8; RECV_BUFFER];
+    let mut engine = lock(engine);
+    let now = unix_now();
+    for _ in 0..MAX_BATCH {
+        match socket.try_recv_from(&mut buf) {
+            Ok((len, _)) => {
+                if let Some(reply) = engine.handle(&buf[..len], now) {
+                    if reply.needs_commit {
+                        waiting.push(reply);
+                    } else {
+                        outbox.push(reply);
+                    }
                 }
             }
-            if let Err(e) = engine.commit() {
-                tracing::error!(error = %e, "DHCP leases not persisted: their ACKs are not sent");
-                replies.retain(|reply| !reply.needs_commit);
-            }
-        }
-        for reply in replies.drain(..) {
-            if let Err(e) = socket.send_to(&reply.bytes, SocketAddr::V4(reply.to)).await {
-                tracing::debug!(to = %reply.to, error = %e, "DHCP reply not sent");
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    tracing::warn!(network = %engine.config().network, error = %e, "DHCP socket receive failed");
+                }
+                break;
             }
         }
     }
-    let mut engine = lock(&engine);
-    if let Err(e) = engine.commit() {
-        tracing::error!(error = %e, "DHCP leases not persisted at shutdown");
+}
+
+/// Syncs the journal lines written since the last sync (group commit: one `fdatasync`
+/// for every ACK in `waiting`). While syncs are fast they run right here; for
+/// [`OFFLOAD_TIME`] after one took longer than [`INLINE_SYNC_LIMIT`] (`offload_until`),
+/// they run on the blocking pool while the task keeps receiving and answering, and the
+/// ACKs move to `covered` until it is done. Returns the sync in flight, if any.
+fn start_sync(
+    engine: &Mutex<Engine>,
+    offload_until: &mut Option<Instant>,
+    waiting: &mut Vec<Reply>,
+    covered: &mut Vec<Reply>,
+    outbox: &mut Vec<Reply>,
+) -> Option<SyncTask> {
+    let pending = match lock(engine).begin_commit() {
+        Ok(pending) => pending,
+        Err(e) => {
+            tracing::error!(error = %e, "DHCP leases not persisted: their ACKs are not sent");
+            waiting.clear();
+            return None;
+        }
+    };
+    if pending.is_empty() {
+        // Nothing to write, or already durable (in-memory leases, or rewritten whole).
+        outbox.append(waiting);
+        return None;
     }
+    covered.append(waiting);
+    let run = move || {
+        let started = Instant::now();
+        let result = pending.run();
+        (pending.lines, result, started.elapsed())
+    };
+    if offload_until.is_some_and(|until| Instant::now() < until) {
+        return Some(tokio::task::spawn_blocking(run));
+    }
+    let took = finish_sync(engine, Ok(run()), covered, outbox);
+    note_sync_time(offload_until, took);
+    None
+}
+
+async fn wait_sync(sync: &mut Option<SyncTask>) -> Result<SyncDone, tokio::task::JoinError> {
+    match sync {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Releases the ACKs a finished sync covered, or drops them if it failed. Returns how
+/// long the sync took.
+fn finish_sync(
+    engine: &Mutex<Engine>,
+    done: Result<SyncDone, tokio::task::JoinError>,
+    covered: &mut Vec<Reply>,
+    outbox: &mut Vec<Reply>,
+) -> Duration {
+    let (lines, result, took) =
+        done.unwrap_or_else(|e| (0, Err(std::io::Error::other(e)), Duration::ZERO));
+    match lock(engine).finish_commit(lines, result) {
+        Ok(()) => outbox.append(covered),
+        Err(e) => {
+            tracing::error!(error = %e, "DHCP leases not persisted: their ACKs are not sent");
+            covered.clear();
+        }
+    }
+    took
+}
+
+/// After a sync slower than [`INLINE_SYNC_LIMIT`], the next ones leave the task's
+/// thread for [`OFFLOAD_TIME`]: a disk that stalled once tends to stall again.
+fn note_sync_time(offload_until: &mut Option<Instant>, took: Duration) {
+    if took > INLINE_SYNC_LIMIT {
+        *offload_until = Some(Instant::now() + OFFLOAD_TIME);
+    }
+}
+
+/// Sends the replies, many per system call (`sendmmsg`).
+async fn send(socket: &UdpSocket, outbox: &mut Vec<Reply>) {
+    let mut rest = &outbox[..];
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(SEND_BATCH)];
+        match socket
+            .async_io(Interest::WRITABLE, || send_many(socket.as_raw_fd(), chunk))
+            .await
+        {
+            Ok(sent) => rest = &rest[sent.max(1)..],
+            Err(e) => {
+                // The first reply of the chunk failed (e.g. no route to a unicast
+                // destination): skip it, the client retries.
+                tracing::debug!(to = %chunk[0].to, error = %e, "DHCP reply not sent");
+                rest = &rest[1..];
+            }
+        }
+    }
+    outbox.clear();
+}
+
+/// One `sendmmsg` of `replies`; returns how many went out.
+fn send_many(fd: std::os::fd::RawFd, replies: &[Reply]) -> std::io::Result<usize> {
+    let addresses: Vec<Option<SockaddrIn>> = replies
+        .iter()
+        .map(|reply| Some(SockaddrIn::from(reply.to)))
+        .collect();
+    let buffers: Vec<[IoSlice<'_>; 1]> = replies
+        .iter()
+        .map(|reply| [IoSlice::new(&reply.bytes)])
+        .collect();
+    let mut headers = MultiHeaders::<SockaddrIn>::preallocate(replies.len(), None);
+    let sent = sendmmsg(
+        fd,
+        &mut headers,
+        &buffers,
+        &addresses,
+        [] as [ControlMessage<'_>; 0],
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    Ok(sent.count())
 }
