@@ -9,13 +9,18 @@
 //! * RX: a writer on a second tap `kvb1` -> br0 -> `kvb0` -> device -> guest buffers.
 //!
 //! In the same run raw tap loops measure the ceiling: a `write(2)` loop on `kvb0`
-//! for TX, and the `kvb1` writer with a plain `read(2)` loop on `kvb0` for RX.
+//! for TX, and for RX the same `kvb1` writer with a raw `readv(2)` loop on `kvb0`
+//! into buffers laid out like the fake guest's (4 KiB buffers cycling through the
+//! same 1 MiB of guest-like memory), so both sides copy into equally cold memory.
+//! Ceiling and device runs alternate for several rounds; each figure is the
+//! median of its rounds, and the ratio is the median of the per-round ratios.
 //! Run with `cargo bench -p kvnet-vmm --bench virtio_net` as root;
-//! `KVNET_BENCH_SECS` sets the seconds per case (default 3).
+//! `KVNET_BENCH_SECS` sets the seconds per run (default 3), `KVNET_BENCH_ROUNDS`
+//! the rounds (default 5), `KVNET_BENCH_ONLY` narrows the cases (e.g. `rx,64k`).
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use testkit::{Need, Netns};
@@ -26,10 +31,11 @@ use virtio_bindings::virtio_net::{
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 use vmm::devices::virtio::net::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
-use vmm::devices::virtio::net::{MacAddr, Net, NetConfig, NetCounters, Tap};
+use vmm::devices::virtio::net::{MAX_GSO_FRAME_LEN, MacAddr, Net, NetConfig, NetCounters, Tap};
 use vmm::devices::virtio::{InterruptKind, VirtioDevice, VirtioInterrupt};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 const SIZE: u16 = 256;
@@ -51,37 +57,46 @@ fn bit(b: u32) -> u64 {
     1 << b
 }
 
-/// The fake driver's interrupt line: the device sets it, the driver waits on it.
-#[derive(Debug, Default)]
+/// The fake driver's interrupt line: an eventfd, like the irqfd a VMM's
+/// interrupt ends in. The device writes it, the driver sleeps on it.
 struct Irq {
-    pending: Mutex<bool>,
-    wake: Condvar,
+    fd: EventFd,
+    epoll: Epoll,
+}
+
+impl std::fmt::Debug for Irq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Irq").field("fd", &self.fd).finish()
+    }
+}
+
+impl Default for Irq {
+    fn default() -> Irq {
+        let fd = EventFd::new(EFD_NONBLOCK).expect("irq eventfd");
+        let epoll = Epoll::new().expect("epoll");
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                fd.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, 0),
+            )
+            .expect("epoll add");
+        Irq { fd, epoll }
+    }
 }
 
 impl VirtioInterrupt for Irq {
     fn trigger(&self, _kind: InterruptKind) -> std::io::Result<()> {
-        let mut pending = self
-            .pending
-            .lock()
-            .map_err(|_| std::io::Error::other("irq poisoned"))?;
-        *pending = true;
-        self.wake.notify_one();
-        Ok(())
+        self.fd.write(1)
     }
 }
 
 impl Irq {
-    /// Blocks until an interrupt arrives or 10 ms pass.
+    /// Blocks until an interrupt arrives or 10 ms pass, then acknowledges it.
     fn wait(&self) {
-        let Ok(pending) = self.pending.lock() else {
-            return;
-        };
-        if let Ok((mut pending, _)) =
-            self.wake
-                .wait_timeout_while(pending, Duration::from_millis(10), |p| !*p)
-        {
-            *pending = false;
-        }
+        let mut events = [EpollEvent::default()];
+        let _ = self.epoll.wait(10, &mut events);
+        let _ = self.fd.read();
     }
 }
 
@@ -472,7 +487,13 @@ fn spawn_writer(tap: Tap, frame: Vec<u8>, stop: Arc<AtomicBool>) -> std::thread:
     })
 }
 
-/// RX ceiling: the kvb1 writer, and a plain read loop on kvb0.
+/// Lets a run reach its steady state before it is measured.
+const WARM_UP: Duration = Duration::from_millis(200);
+
+/// RX ceiling: the kvb1 writer, and a raw `readv` loop on kvb0 doing what the
+/// device does without the rings: each read offers enough 4 KiB buffers for the
+/// largest frame, taken in order from the same 1 MiB layout the fake guest
+/// posts, and moves on by as many buffers as the frame filled.
 fn raw_rx(topo: &Topology, frame: &[u8], secs: f64) -> (Rate, u64) {
     let offload = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
     let reader = topo.open("kvb0", offload);
@@ -484,10 +505,24 @@ fn raw_rx(topo: &Topology, frame: &[u8], secs: f64) -> (Rate, u64) {
     let r = {
         let (stop, got, bytes) = (Arc::clone(&stop), Arc::clone(&got), Arc::clone(&bytes));
         std::thread::spawn(move || {
-            let mut buf = vec![0u8; 70000];
+            let buf_len = RX_BUF_LEN as usize;
+            let count = usize::from(SIZE);
+            let arena =
+                GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(RX_BUFFERS), count * buf_len)])
+                    .expect("arena");
+            // Every buffer twice, so a read's window never wraps.
+            let bufs: Vec<VolatileSlice<'_>> = (0..2 * count)
+                .map(|i| {
+                    let addr = GuestAddress(RX_BUFFERS + ((i % count) * buf_len) as u64);
+                    arena.get_slice(addr, buf_len).expect("buffer")
+                })
+                .collect();
+            let window = MAX_GSO_FRAME_LEN.div_ceil(buf_len);
+            let mut next = 0;
             while !stop.load(Ordering::Relaxed) {
-                match reader.readv(&[VolatileSlice::from(&mut buf[..])]) {
+                match reader.readv(&bufs[next..next + window]) {
                     Ok(n) => {
+                        next = (next + n.div_ceil(buf_len)) % count;
                         got.fetch_add(1, Ordering::Relaxed);
                         bytes.fetch_add((n - VNET_HDR) as u64, Ordering::Relaxed);
                     }
@@ -503,17 +538,19 @@ fn raw_rx(topo: &Topology, frame: &[u8], secs: f64) -> (Rate, u64) {
         })
     };
     let w = spawn_writer(writer, frame.to_vec(), Arc::clone(&stop));
+    std::thread::sleep(WARM_UP);
+    let (f0, b0) = (got.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
     let start = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(secs));
-    let (f, b) = (got.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
+    let (f1, b1) = (got.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
     let secs = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let written = w.join().expect("writer");
     r.join().expect("reader");
     (
         Rate {
-            frames: f,
-            bytes: b,
+            frames: f1 - f0,
+            bytes: b1 - b0,
             secs,
         },
         written,
@@ -538,7 +575,7 @@ fn device_rx(topo: &Topology, frame: &[u8], secs: f64) -> (Rate, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let w = spawn_writer(writer, frame.to_vec(), Arc::clone(&stop));
     // Warm up, then measure with the device's own counters.
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(WARM_UP);
     let (f0, b0) = (
         guest.counters.rx_frames.load(Ordering::Relaxed),
         guest.counters.rx_bytes.load(Ordering::Relaxed),
@@ -586,24 +623,37 @@ fn device_rx(topo: &Topology, frame: &[u8], secs: f64) -> (Rate, u64) {
     )
 }
 
-fn line(name: &str, rate: &Rate, ceiling: Option<&Rate>) {
-    let ratio = ceiling
-        .map(|c| format!("{:5.1}% of ceiling", 100.0 * rate.gbits() / c.gbits()))
+/// The median of `values` (the upper one for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Prints the medians of `runs`; with `ceilings` (same rounds), also the median
+/// and the spread of the per-round ratios to them.
+fn line(name: &str, runs: &[Rate], ceilings: Option<&[Rate]>) {
+    let ratio = ceilings
+        .map(|c| {
+            let mut ratios: Vec<f64> = runs
+                .iter()
+                .zip(c)
+                .map(|(run, ceiling)| 100.0 * run.gbits() / ceiling.gbits())
+                .collect();
+            ratios.sort_by(f64::total_cmp);
+            format!(
+                "{:5.1}% of ceiling (rounds {:.0}..{:.0}%)",
+                ratios[ratios.len() / 2],
+                ratios[0],
+                ratios[ratios.len() - 1]
+            )
+        })
         .unwrap_or_default();
     println!(
         "  {name:<44} {:>9.0} frames/s {:>7.2} Gbit/s  {ratio}",
-        rate.fps(),
-        rate.gbits()
+        median(runs.iter().map(Rate::fps)),
+        median(runs.iter().map(Rate::gbits)),
     );
-}
-
-/// The fastest of several runs: on a shared 2-core machine the best run is the
-/// closest to what the path can do. Ceilings and device runs are interleaved so
-/// both see the same background load.
-fn top(runs: &[Rate]) -> &Rate {
-    runs.iter()
-        .max_by(|a, b| a.gbits().total_cmp(&b.gbits()))
-        .expect("invariant: at least one round")
 }
 
 fn main() {
@@ -617,10 +667,16 @@ fn main() {
             .unwrap_or(default)
     };
     let secs = env("KVNET_BENCH_SECS", 3.0);
-    let rounds = env("KVNET_BENCH_ROUNDS", 3.0).max(1.0) as usize;
+    let rounds = env("KVNET_BENCH_ROUNDS", 5.0).max(1.0) as usize;
     let topo = Topology::new();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "virtio-net fake-driver benchmark: {secs} s per run, best of {rounds} interleaved rounds"
+        "virtio-net fake-driver benchmark: {secs} s per run, medians of {rounds} interleaved rounds \
+         (load average {})",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     // KVNET_BENCH_ONLY narrows the run, e.g. `rx,64k` while tuning.
     let only = std::env::var("KVNET_BENCH_ONLY").unwrap_or_default();
@@ -655,19 +711,29 @@ fn main() {
             }
         }
         if tx {
-            let tx_c = top(&tx_ceiling);
-            line("TX ceiling: raw tap write -> br -> peer ns", tx_c, None);
-            line("TX device: sent by the device", top(&tx_sent), Some(tx_c));
+            line(
+                "TX ceiling: raw tap write -> br -> peer ns",
+                &tx_ceiling,
+                None,
+            );
+            line("TX device: sent by the device", &tx_sent, Some(&tx_ceiling));
             line(
                 "TX device: delivered in the peer ns",
-                top(&tx_delivered),
-                Some(tx_c),
+                &tx_delivered,
+                Some(&tx_ceiling),
             );
         }
         if rx {
-            let rx_c = top(&rx_ceiling);
-            line("RX ceiling: tap1 write -> br -> tap0 read", rx_c, None);
-            line("RX device: into guest buffers", top(&rx_device), Some(rx_c));
+            line(
+                "RX ceiling: tap1 write -> br -> tap0 readv",
+                &rx_ceiling,
+                None,
+            );
+            line(
+                "RX device: into guest buffers",
+                &rx_device,
+                Some(&rx_ceiling),
+            );
         }
     }
 }
