@@ -142,8 +142,9 @@ enum Direction {
 
 /// A ring structure (descriptor table, available or used ring) in guest
 /// memory. When it lies in one memory region, as it nearly always does, it is
-/// reached through one host slice taken once per burst, so each access is a
-/// bounds check instead of a region lookup; otherwise through guest memory.
+/// reached through one host slice taken once per refill or frame, so each
+/// access is a bounds check instead of a region lookup; otherwise through guest
+/// memory one access at a time.
 #[derive(Clone, Copy, Debug)]
 struct RingArea<'m> {
     mem: &'m GuestMemoryMmap,
