@@ -9,13 +9,21 @@
 //! * RX: a writer on a second tap `kvb1` -> br0 -> `kvb0` -> device -> guest buffers.
 //!
 //! In the same run raw tap loops measure the ceiling: a `write(2)` loop on `kvb0`
-//! for TX, and the `kvb1` writer with a plain `read(2)` loop on `kvb0` for RX.
+//! for TX, and for RX the same `kvb1` writer with a raw `readv(2)` loop on `kvb0`
+//! into buffers laid out like the fake guest's (4 KiB buffers cycling through the
+//! same 1 MiB of guest-like memory), so both sides copy into equally cold memory.
+//! Ceiling and device runs alternate for several rounds; each figure is the
+//! median of its rounds, and the ratio is the median of the per-round ratios.
 //! Run with `cargo bench -p kvnet-vmm --bench virtio_net` as root;
-//! `KVNET_BENCH_SECS` sets the seconds per case (default 3).
+//! `KVNET_BENCH_SECS` sets the seconds per run (default 3), `KVNET_BENCH_ROUNDS`
+//! the rounds (default 5), `KVNET_BENCH_ONLY` narrows the cases (e.g. `rx,64k`),
+//! `KVNET_BENCH_NICE` the nice value of every benchmark thread (default -20, so
+//! other jobs on the machine barely disturb it; 0 leaves it alone), and
+//! `KVNET_BENCH_PIN=0` turns off the RX core pinning (see `pin`).
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use testkit::{Need, Netns};
@@ -26,10 +34,11 @@ use virtio_bindings::virtio_net::{
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 use vmm::devices::virtio::net::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
-use vmm::devices::virtio::net::{MacAddr, Net, NetConfig, NetCounters, Tap};
+use vmm::devices::virtio::net::{MAX_GSO_FRAME_LEN, MacAddr, Net, NetConfig, NetCounters, Tap};
 use vmm::devices::virtio::{InterruptKind, VirtioDevice, VirtioInterrupt};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 const SIZE: u16 = 256;
@@ -51,43 +60,55 @@ fn bit(b: u32) -> u64 {
     1 << b
 }
 
-/// The fake driver's interrupt line: the device sets it, the driver waits on it.
-#[derive(Debug, Default)]
+/// The fake driver's interrupt line: an eventfd, like the irqfd a VMM's
+/// interrupt ends in. The device writes it, the driver sleeps on it.
 struct Irq {
-    pending: Mutex<bool>,
-    wake: Condvar,
+    fd: EventFd,
+    epoll: Epoll,
+}
+
+impl std::fmt::Debug for Irq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Irq").field("fd", &self.fd).finish()
+    }
+}
+
+impl Default for Irq {
+    fn default() -> Irq {
+        let fd = EventFd::new(EFD_NONBLOCK).expect("irq eventfd");
+        let epoll = Epoll::new().expect("epoll");
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                fd.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, 0),
+            )
+            .expect("epoll add");
+        Irq { fd, epoll }
+    }
 }
 
 impl VirtioInterrupt for Irq {
     fn trigger(&self, _kind: InterruptKind) -> std::io::Result<()> {
-        let mut pending = self
-            .pending
-            .lock()
-            .map_err(|_| std::io::Error::other("irq poisoned"))?;
-        *pending = true;
-        self.wake.notify_one();
-        Ok(())
+        self.fd.write(1)
     }
 }
 
 impl Irq {
-    /// Blocks until an interrupt arrives or 10 ms pass.
+    /// Blocks until an interrupt arrives or 10 ms pass, then acknowledges it.
     fn wait(&self) {
-        let Ok(pending) = self.pending.lock() else {
-            return;
-        };
-        if let Ok((mut pending, _)) =
-            self.wake
-                .wait_timeout_while(pending, Duration::from_millis(10), |p| !*p)
-        {
-            *pending = false;
-        }
+        let mut events = [EpollEvent::default()];
+        let _ = self.epoll.wait(10, &mut events);
+        let _ = self.fd.read();
     }
 }
 
 /// The driver's view of one split queue laid out at `base`.
 struct Ring<'m> {
-    mem: &'m GuestMemoryMmap,
+    /// The three ring areas as one host slice: a guest reaches its rings with
+    /// plain loads and stores, not with a region lookup per access.
+    area: VolatileSlice<'m>,
+    base: u64,
     desc: u64,
     avail: u64,
     used: u64,
@@ -98,13 +119,18 @@ struct Ring<'m> {
 impl<'m> Ring<'m> {
     fn new(mem: &'m GuestMemoryMmap, base: u64) -> Ring<'m> {
         Ring {
-            mem,
+            area: mem.get_slice(GuestAddress(base), 0x3000).expect("rings"),
+            base,
             desc: base,
             avail: base + 0x1000,
             used: base + 0x2000,
             avail_idx: 0,
             used_seen: 0,
         }
+    }
+
+    fn off(&self, addr: u64) -> usize {
+        (addr - self.base) as usize
     }
 
     fn queue(&self) -> Queue {
@@ -119,42 +145,40 @@ impl<'m> Ring<'m> {
 
     fn set_desc(&self, index: u16, addr: u64, len: u32, flags: u16) {
         let at = self.desc + u64::from(index) * 16;
-        self.mem
-            .write_obj(addr.to_le(), GuestAddress(at))
+        self.area
+            .write_obj(addr.to_le(), self.off(at))
             .expect("addr");
-        self.mem
-            .write_obj(len.to_le(), GuestAddress(at + 8))
+        self.area
+            .write_obj(len.to_le(), self.off(at + 8))
             .expect("len");
-        self.mem
-            .write_obj(flags.to_le(), GuestAddress(at + 12))
+        self.area
+            .write_obj(flags.to_le(), self.off(at + 12))
             .expect("flags");
-        self.mem
-            .write_obj(0u16, GuestAddress(at + 14))
-            .expect("next");
+        self.area.write_obj(0u16, self.off(at + 14)).expect("next");
     }
 
     fn push_avail(&mut self, head: u16) {
         let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % SIZE);
-        self.mem
-            .write_obj(head.to_le(), GuestAddress(slot))
+        self.area
+            .write_obj(head.to_le(), self.off(slot))
             .expect("ring");
         self.avail_idx = self.avail_idx.wrapping_add(1);
     }
 
     /// Publishes the new avail index; kicks if the device asked (EVENT_IDX).
     fn publish(&mut self, old: u16, kick: &EventFd) {
-        self.mem
+        self.area
             .store(
                 self.avail_idx.to_le(),
-                GuestAddress(self.avail + 2),
+                self.off(self.avail + 2),
                 Ordering::Release,
             )
             .expect("avail idx");
         std::sync::atomic::fence(Ordering::SeqCst);
         let avail_event: u16 = self
-            .mem
+            .area
             .load(
-                GuestAddress(self.used + 4 + 8 * u64::from(SIZE)),
+                self.off(self.used + 4 + 8 * u64::from(SIZE)),
                 Ordering::Acquire,
             )
             .expect("avail_event");
@@ -166,23 +190,23 @@ impl<'m> Ring<'m> {
     }
 
     fn used_idx(&self) -> u16 {
-        self.mem
-            .load(GuestAddress(self.used + 2), Ordering::Acquire)
+        self.area
+            .load(self.off(self.used + 2), Ordering::Acquire)
             .expect("used idx")
     }
 
     fn used_elem(&self, n: u16) -> (u32, u32) {
         let at = self.used + 4 + 8 * u64::from(n % SIZE);
-        let id: u32 = self.mem.read_obj(GuestAddress(at)).expect("id");
-        let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).expect("len");
+        let id: u32 = self.area.read_obj(self.off(at)).expect("id");
+        let len: u32 = self.area.read_obj(self.off(at + 4)).expect("len");
         (id, len)
     }
 
     /// Asks for an interrupt once the device used entry `idx`.
     fn set_used_event(&self, idx: u16) {
         let at = self.avail + 4 + 2 * u64::from(SIZE);
-        self.mem
-            .store(idx.to_le(), GuestAddress(at), Ordering::Release)
+        self.area
+            .store(idx.to_le(), self.off(at), Ordering::Release)
             .expect("used_event");
         std::sync::atomic::fence(Ordering::SeqCst);
     }
@@ -459,6 +483,7 @@ fn device_tx(topo: &Topology, frame: &[u8], secs: f64) -> (Rate, Rate) {
 /// A thread writing `frame` to `kvb1` until `stop`; returns frames written.
 fn spawn_writer(tap: Tap, frame: Vec<u8>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
+        pin(Side::Sender);
         let mut copy = frame;
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
@@ -472,7 +497,51 @@ fn spawn_writer(tap: Tap, frame: Vec<u8>, stop: Arc<AtomicBool>) -> std::thread:
     })
 }
 
-/// RX ceiling: the kvb1 writer, and a plain read loop on kvb0.
+/// Which core an RX run's thread belongs to (unless `KVNET_BENCH_PIN=0`).
+#[derive(Clone, Copy)]
+enum Side {
+    /// The kvb1 writer.
+    Sender,
+    /// The raw reader, or the device worker and the fake guest.
+    Receiver,
+    /// Back to every core.
+    Any,
+}
+
+/// Pins the calling thread (threads it spawns inherit it). With two or more
+/// cores, RX runs give the writer core 0 and the receiving side core 1: the raw
+/// reader alone, or the device worker with the fake guest. The ratio then
+/// compares one core's worth of receive work, instead of whichever threads the
+/// scheduler happened to put together (which swung single rounds by 2x).
+/// `KVNET_BENCH_PIN=0` leaves placement to the scheduler.
+fn pin(side: Side) {
+    use nix::sched::{CpuSet, sched_setaffinity};
+    if std::env::var("KVNET_BENCH_PIN").is_ok_and(|v| v == "0") {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if cores < 2 {
+        return;
+    }
+    let mut set = CpuSet::new();
+    let chosen: Vec<usize> = match side {
+        Side::Sender => vec![0],
+        Side::Receiver => vec![1],
+        Side::Any => (0..cores).collect(),
+    };
+    for cpu in chosen {
+        let _ = set.set(cpu);
+    }
+    let _ = sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+}
+
+/// Lets a run reach its steady state before it is measured.
+const WARM_UP: Duration = Duration::from_millis(200);
+
+/// RX ceiling: the kvb1 writer, and a raw `readv` loop on kvb0 doing what the
+/// device does without the rings: each read offers enough 4 KiB buffers for the
+/// largest frame, taken in order from the same 1 MiB layout the fake guest
+/// posts, and moves on by as many buffers as the frame filled.
 fn raw_rx(topo: &Topology, frame: &[u8], secs: f64) -> (Rate, u64) {
     let offload = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
     let reader = topo.open("kvb0", offload);
@@ -484,10 +553,25 @@ fn raw_rx(topo: &Topology, frame: &[u8], secs: f64) -> (Rate, u64) {
     let r = {
         let (stop, got, bytes) = (Arc::clone(&stop), Arc::clone(&got), Arc::clone(&bytes));
         std::thread::spawn(move || {
-            let mut buf = vec![0u8; 70000];
+            pin(Side::Receiver);
+            let buf_len = RX_BUF_LEN as usize;
+            let count = usize::from(SIZE);
+            let arena =
+                GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(RX_BUFFERS), count * buf_len)])
+                    .expect("arena");
+            // Every buffer twice, so a read's window never wraps.
+            let bufs: Vec<VolatileSlice<'_>> = (0..2 * count)
+                .map(|i| {
+                    let addr = GuestAddress(RX_BUFFERS + ((i % count) * buf_len) as u64);
+                    arena.get_slice(addr, buf_len).expect("buffer")
+                })
+                .collect();
+            let window = MAX_GSO_FRAME_LEN.div_ceil(buf_len);
+            let mut next = 0;
             while !stop.load(Ordering::Relaxed) {
-                match reader.readv(&[VolatileSlice::from(&mut buf[..])]) {
+                match reader.readv(&bufs[next..next + window]) {
                     Ok(n) => {
+                        next = (next + n.div_ceil(buf_len)) % count;
                         got.fetch_add(1, Ordering::Relaxed);
                         bytes.fetch_add((n - VNET_HDR) as u64, Ordering::Relaxed);
                     }
@@ -503,17 +587,19 @@ fn raw_rx(topo: &Topology, frame: &[u8], secs: f64) -> (Rate, u64) {
         })
     };
     let w = spawn_writer(writer, frame.to_vec(), Arc::clone(&stop));
+    std::thread::sleep(WARM_UP);
+    let (f0, b0) = (got.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
     let start = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(secs));
-    let (f, b) = (got.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
+    let (f1, b1) = (got.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
     let secs = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let written = w.join().expect("writer");
     r.join().expect("reader");
     (
         Rate {
-            frames: f,
-            bytes: b,
+            frames: f1 - f0,
+            bytes: b1 - b0,
             secs,
         },
         written,
@@ -523,6 +609,8 @@ fn raw_rx(topo: &Topology, frame: &[u8], secs: f64) -> (Rate, u64) {
 /// Device RX: the kvb1 writer feeds the device; the fake driver recycles
 /// 4 KiB mergeable buffers as fast as they are used.
 fn device_rx(topo: &Topology, frame: &[u8], secs: f64) -> (Rate, u64) {
+    // The device worker inherits the fake guest's core.
+    pin(Side::Receiver);
     let mut guest = start_device(topo);
     let writer = topo.open("kvb1", 0);
     let mem = Arc::clone(&guest.mem);
@@ -538,7 +626,7 @@ fn device_rx(topo: &Topology, frame: &[u8], secs: f64) -> (Rate, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let w = spawn_writer(writer, frame.to_vec(), Arc::clone(&stop));
     // Warm up, then measure with the device's own counters.
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(WARM_UP);
     let (f0, b0) = (
         guest.counters.rx_frames.load(Ordering::Relaxed),
         guest.counters.rx_bytes.load(Ordering::Relaxed),
@@ -570,10 +658,19 @@ fn device_rx(topo: &Topology, frame: &[u8], secs: f64) -> (Rate, u64) {
     let written = w.join().expect("writer");
     let stats = guest.net.stats();
     guest.net.reset();
+    pin(Side::Any);
     if stats.rx_dropped + stats.rx_errors > 0 {
         println!(
             "    (device rx_dropped {} rx_errors {})",
             stats.rx_dropped, stats.rx_errors
+        );
+    }
+    if std::env::var_os("KVNET_BENCH_DEBUG").is_some() {
+        println!(
+            "    (device rx: {:.2} interrupts/frame, paused {} times, {} written)",
+            stats.interrupts as f64 / stats.rx_frames.max(1) as f64,
+            stats.rx_paused,
+            written
         );
     }
     (
@@ -586,24 +683,37 @@ fn device_rx(topo: &Topology, frame: &[u8], secs: f64) -> (Rate, u64) {
     )
 }
 
-fn line(name: &str, rate: &Rate, ceiling: Option<&Rate>) {
-    let ratio = ceiling
-        .map(|c| format!("{:5.1}% of ceiling", 100.0 * rate.gbits() / c.gbits()))
+/// The median of `values` (the upper one for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Prints the medians of `runs`; with `ceilings` (same rounds), also the median
+/// and the spread of the per-round ratios to them.
+fn line(name: &str, runs: &[Rate], ceilings: Option<&[Rate]>) {
+    let ratio = ceilings
+        .map(|c| {
+            let mut ratios: Vec<f64> = runs
+                .iter()
+                .zip(c)
+                .map(|(run, ceiling)| 100.0 * run.gbits() / ceiling.gbits())
+                .collect();
+            ratios.sort_by(f64::total_cmp);
+            format!(
+                "{:5.1}% of ceiling (rounds {:.0}..{:.0}%)",
+                ratios[ratios.len() / 2],
+                ratios[0],
+                ratios[ratios.len() - 1]
+            )
+        })
         .unwrap_or_default();
     println!(
         "  {name:<44} {:>9.0} frames/s {:>7.2} Gbit/s  {ratio}",
-        rate.fps(),
-        rate.gbits()
+        median(runs.iter().map(Rate::fps)),
+        median(runs.iter().map(Rate::gbits)),
     );
-}
-
-/// The fastest of several runs: on a shared 2-core machine the best run is the
-/// closest to what the path can do. Ceilings and device runs are interleaved so
-/// both see the same background load.
-fn top(runs: &[Rate]) -> &Rate {
-    runs.iter()
-        .max_by(|a, b| a.gbits().total_cmp(&b.gbits()))
-        .expect("invariant: at least one round")
 }
 
 fn main() {
@@ -616,11 +726,32 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(default)
     };
+    let nice = env("KVNET_BENCH_NICE", -20.0) as i32;
+    if nice != 0 {
+        // Per-thread on Linux; every thread spawned later (writer, reader,
+        // device worker) inherits it. On a machine shared with compilers this
+        // keeps their load from deciding the ratios.
+        let pid = std::process::id().to_string();
+        let niced = std::process::Command::new("renice")
+            .args(["-n", &nice.to_string(), "-p", &pid])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !niced {
+            println!("(could not renice to {nice}: figures follow the machine's load)");
+        }
+    }
     let secs = env("KVNET_BENCH_SECS", 3.0);
-    let rounds = env("KVNET_BENCH_ROUNDS", 3.0).max(1.0) as usize;
+    let rounds = env("KVNET_BENCH_ROUNDS", 5.0).max(1.0) as usize;
     let topo = Topology::new();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "virtio-net fake-driver benchmark: {secs} s per run, best of {rounds} interleaved rounds"
+        "virtio-net fake-driver benchmark: {secs} s per run, medians of {rounds} interleaved rounds, \
+         nice {nice} (load average {})",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     // KVNET_BENCH_ONLY narrows the run, e.g. `rx,64k` while tuning.
     let only = std::env::var("KVNET_BENCH_ONLY").unwrap_or_default();
@@ -655,19 +786,29 @@ fn main() {
             }
         }
         if tx {
-            let tx_c = top(&tx_ceiling);
-            line("TX ceiling: raw tap write -> br -> peer ns", tx_c, None);
-            line("TX device: sent by the device", top(&tx_sent), Some(tx_c));
+            line(
+                "TX ceiling: raw tap write -> br -> peer ns",
+                &tx_ceiling,
+                None,
+            );
+            line("TX device: sent by the device", &tx_sent, Some(&tx_ceiling));
             line(
                 "TX device: delivered in the peer ns",
-                top(&tx_delivered),
-                Some(tx_c),
+                &tx_delivered,
+                Some(&tx_ceiling),
             );
         }
         if rx {
-            let rx_c = top(&rx_ceiling);
-            line("RX ceiling: tap1 write -> br -> tap0 read", rx_c, None);
-            line("RX device: into guest buffers", top(&rx_device), Some(rx_c));
+            line(
+                "RX ceiling: tap1 write -> br -> tap0 readv",
+                &rx_ceiling,
+                None,
+            );
+            line(
+                "RX device: into guest buffers",
+                &rx_device,
+                Some(&rx_ceiling),
+            );
         }
     }
 }

@@ -213,13 +213,17 @@ fn test_net(backend: Box<dyn NetBackend>) -> Net {
 }
 
 fn harness(features: u64) -> Harness {
-    let mem = new_mem();
+    harness_in(new_mem(), RX_RING, features)
+}
+
+/// A harness on `mem` with the RX rings at `rx_ring`.
+fn harness_in(mem: &'static Arc<Mem>, rx_ring: u64, features: u64) -> Harness {
     let (ours, peer) = seqpacket_pair();
     let backend = SeqpacketBackend::new(ours).expect("backend");
     let offload = Arc::clone(&backend.offload);
     let mut net = test_net(Box::new(backend));
     net.ack_features(features | MODERN);
-    let rx = Driver::new(mem, RX_RING, BUFFERS);
+    let rx = Driver::new(mem, rx_ring, BUFFERS);
     let tx = Driver::new(mem, TX_RING, BUFFERS + 0x10_0000);
     let interrupt = Arc::new(RecordingInterrupt::default());
     let queues = vec![
@@ -566,6 +570,88 @@ fn event_idx_suppresses_interrupts_until_used_event() {
     }
     assert_eq!(h.host_recv_all().len(), 4);
     assert_eq!(h.stats().interrupts, 1);
+}
+
+#[test]
+fn rx_event_idx_interrupts_once_used_event_is_passed() {
+    let mut h = harness(EVENT_IDX);
+    for _ in 0..4 {
+        h.guest_post_rx(&[2000]);
+    }
+    // The driver wants an interrupt once the second buffer is used.
+    h.rx.set_used_event(1);
+    let mut interrupts = Vec::new();
+    for i in 0..4 {
+        if i == 3 {
+            // Re-armed for the fourth, as a driver does after polling.
+            h.rx.set_used_event(3);
+        }
+        h.host_send(&frame(100, 0, i));
+        h.worker.process_rx();
+        interrupts.push(h.interrupt.count(InterruptKind::Queue(RX_QUEUE)));
+    }
+    assert_eq!(interrupts, [0, 1, 1, 2]);
+    assert_eq!(h.rx.used().len(), 4);
+    assert_eq!(h.stats().rx_frames, 4);
+}
+
+#[test]
+fn rx_no_interrupt_flag_is_honoured_without_event_idx() {
+    let mut h = harness(0);
+    h.guest_post_rx(&[2000]);
+    h.guest_post_rx(&[2000]);
+    h.rx.set_avail_flags(1);
+    h.host_send(&frame(100, 0, 1));
+    h.worker.process_rx();
+    assert_eq!(h.interrupt.count(InterruptKind::Queue(RX_QUEUE)), 0);
+    h.rx.set_avail_flags(0);
+    h.host_send(&frame(100, 0, 2));
+    h.worker.process_rx();
+    assert_eq!(h.interrupt.count(InterruptKind::Queue(RX_QUEUE)), 1);
+    assert_eq!(h.rx.used().len(), 2);
+}
+
+#[test]
+fn rings_straddling_memory_regions_still_work() {
+    // Region boundaries at 0x8000 and 0x9000 cut the RX descriptor table
+    // (0x7800..0x8800) and the RX used ring, which then cannot be one host slice.
+    let mem: &'static Arc<Mem> = Box::leak(Box::new(Arc::new(
+        Mem::from_ranges(&[
+            (GuestAddress(0), 0x8000),
+            (GuestAddress(0x8000), 0x1000),
+            (GuestAddress(0x9000), MEM_SIZE - 0x9000),
+        ])
+        .expect("memory"),
+    )));
+    let mut h = harness_in(mem, 0x7800, GSO | MRG | EVENT_IDX);
+    let used = h.rx.mock.used_addr().0;
+    assert!(
+        used < 0x9000 && used + 4 + 8 * u64::from(SIZE) > 0x9000,
+        "{used:#x}"
+    );
+    let chains: Vec<(u16, u64)> = (0..20)
+        .map(|_| {
+            let (head, bufs) = h.guest_post_rx(&[4096]);
+            (head, bufs[0])
+        })
+        .collect();
+    let big = frame(9000, 0, 8);
+    h.host_send(&big);
+    h.worker.process_rx();
+    assert_eq!(
+        h.rx.used(),
+        vec![
+            (u32::from(chains[0].0), 4096),
+            (u32::from(chains[1].0), 4096),
+            (u32::from(chains[2].0), (big.len() - 8192) as u32),
+        ]
+    );
+    let mut got = h.rx.read(chains[0].1, 4096);
+    got.extend(h.rx.read(chains[1].1, 4096));
+    got.extend(h.rx.read(chains[2].1, big.len() - 8192));
+    assert_eq!(&got[12..], &big[12..]);
+    assert_eq!(h.interrupt.count(InterruptKind::Queue(RX_QUEUE)), 1);
+    assert!(!h.worker.is_broken());
 }
 
 #[test]

@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{
+    Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice,
+};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -110,8 +112,23 @@ impl QueueError {
 #[derive(Debug)]
 struct Chain {
     head: u16,
-    segments: Vec<(GuestAddress, u32)>,
+    /// The first buffer. Guests mostly post one-buffer chains (every mergeable
+    /// RX buffer is one), which then need no allocation.
+    first: (GuestAddress, u32),
+    /// The buffers after the first.
+    rest: Vec<(GuestAddress, u32)>,
     len: u64,
+}
+
+impl Chain {
+    /// Every buffer of the chain, in order.
+    fn segments(&self) -> impl Iterator<Item = (GuestAddress, u32)> + '_ {
+        std::iter::once(self.first).chain(self.rest.iter().copied())
+    }
+
+    fn segment_count(&self) -> usize {
+        1 + self.rest.len()
+    }
 }
 
 /// Which way the device accesses a queue's buffers.
@@ -123,26 +140,137 @@ enum Direction {
     DeviceWrites,
 }
 
+/// A ring structure (descriptor table, available or used ring) in guest
+/// memory. When it lies in one memory region, as it nearly always does, it is
+/// reached through one host slice taken once per refill or frame, so each
+/// access is a bounds check instead of a region lookup; otherwise through guest
+/// memory one access at a time.
+#[derive(Clone, Copy, Debug)]
+struct RingArea<'m> {
+    mem: &'m GuestMemoryMmap,
+    addr: GuestAddress,
+    slice: Option<VolatileSlice<'m>>,
+}
+
+impl<'m> RingArea<'m> {
+    fn new(mem: &'m GuestMemoryMmap, addr: GuestAddress, len: u64) -> RingArea<'m> {
+        let slice = usize::try_from(len)
+            .ok()
+            .and_then(|len| GuestMemoryBackend::get_slice(mem, addr, len).ok());
+        RingArea { mem, addr, slice }
+    }
+
+    fn at(&self, offset: u64) -> GuestAddress {
+        self.addr.unchecked_add(offset)
+    }
+
+    fn read_obj<T: ByteValued>(&self, offset: u64) -> Result<T, virtio_queue::Error> {
+        match &self.slice {
+            Some(slice) => slice
+                .read_obj(offset as usize)
+                .map_err(virtio_queue::Error::VolatileMemoryError),
+            None => self
+                .mem
+                .read_obj(self.at(offset))
+                .map_err(virtio_queue::Error::GuestMemory),
+        }
+    }
+
+    fn write_obj<T: ByteValued>(&self, value: T, offset: u64) -> Result<(), virtio_queue::Error> {
+        match &self.slice {
+            Some(slice) => slice
+                .write_obj(value, offset as usize)
+                .map_err(virtio_queue::Error::VolatileMemoryError),
+            None => self
+                .mem
+                .write_obj(value, self.at(offset))
+                .map_err(virtio_queue::Error::GuestMemory),
+        }
+    }
+
+    fn load_u16(&self, offset: u64, order: Ordering) -> Result<u16, virtio_queue::Error> {
+        match &self.slice {
+            Some(slice) => slice
+                .load::<u16>(offset as usize, order)
+                .map_err(virtio_queue::Error::VolatileMemoryError),
+            None => self
+                .mem
+                .load::<u16>(self.at(offset), order)
+                .map_err(virtio_queue::Error::GuestMemory),
+        }
+        .map(u16::from_le)
+    }
+
+    fn store_u16(
+        &self,
+        value: u16,
+        offset: u64,
+        order: Ordering,
+    ) -> Result<(), virtio_queue::Error> {
+        match &self.slice {
+            Some(slice) => slice
+                .store(value.to_le(), offset as usize, order)
+                .map_err(virtio_queue::Error::VolatileMemoryError),
+            None => self
+                .mem
+                .store(value.to_le(), self.at(offset), order)
+                .map_err(virtio_queue::Error::GuestMemory),
+        }
+    }
+}
+
+/// A queue's descriptor table and its number of entries.
+#[derive(Clone, Copy, Debug)]
+struct DescTable<'m> {
+    area: RingArea<'m>,
+    size: u16,
+}
+
+impl<'m> DescTable<'m> {
+    fn of(mem: &'m GuestMemoryMmap, queue: &Queue) -> DescTable<'m> {
+        let size = queue.size();
+        DescTable {
+            area: RingArea::new(mem, GuestAddress(queue.desc_table()), u64::from(size) * 16),
+            size,
+        }
+    }
+}
+
+/// The split ring layout (virtio 1.x, 2.7): available ring = flags, idx,
+/// ring[size], used_event; used ring = flags, idx, ring[size] of {id, len},
+/// avail_event.
+const RING_HEADER: u64 = 4;
+const USED_ELEM_LEN: u64 = 8;
+
+/// The available ring's length in bytes, `used_event` included.
+fn avail_ring_len(size: u16) -> u64 {
+    RING_HEADER + 2 * u64::from(size) + 2
+}
+
+/// The used ring's length in bytes, `avail_event` included.
+fn used_ring_len(size: u16) -> u64 {
+    RING_HEADER + USED_ELEM_LEN * u64::from(size) + 2
+}
+
 /// Walks and validates the chain starting at `head`.
 fn parse_chain(
     mem: &GuestMemoryMmap,
-    queue: &Queue,
+    DescTable { area: table, size }: DescTable<'_>,
     head: u16,
     direction: Direction,
     (min_len, max_len): (u64, u64),
 ) -> Result<Chain, QueueError> {
-    let size = queue.size();
-    let table = GuestAddress(queue.desc_table());
-    let mut segments = Vec::new();
+    let mut first = None;
+    let mut rest = Vec::new();
     let mut len = 0u64;
     let mut index = head;
     for _ in 0..size {
         if index >= size {
             return Err(QueueError::Index { index, size });
         }
-        let desc_addr = table.unchecked_add(u64::from(index) * 16);
-        let desc: Descriptor = mem.read_obj(desc_addr).map_err(|_| QueueError::Address {
-            addr: desc_addr.raw_value(),
+        let offset = u64::from(index) * 16;
+        let desc: Descriptor = table.read_obj(offset).map_err(|_| QueueError::Address {
+            addr: table.at(offset).raw_value(),
             len: 16,
         })?;
         if u32::from(desc.flags()) & VRING_DESC_F_INDIRECT != 0 {
@@ -169,7 +297,11 @@ fn parse_chain(
                 len: u64::from(desc.len()),
             });
         }
-        segments.push((desc.addr(), desc.len()));
+        if first.is_none() {
+            first = Some((desc.addr(), desc.len()));
+        } else {
+            rest.push((desc.addr(), desc.len()));
+        }
         if !desc.has_next() {
             if len < min_len {
                 return Err(QueueError::Length {
@@ -179,11 +311,15 @@ fn parse_chain(
                     max: max_len,
                 });
             }
-            return Ok(Chain {
-                head,
-                segments,
-                len,
-            });
+            // The loop ran at least once, so `first` is set.
+            return first
+                .map(|first| Chain {
+                    head,
+                    first,
+                    rest,
+                    len,
+                })
+                .ok_or(QueueError::ZeroLength { head });
         }
         index = desc.next();
     }
@@ -196,7 +332,7 @@ fn chain_slices<'m>(
     chain: &Chain,
     out: &mut Vec<VolatileSlice<'m>>,
 ) -> Result<(), QueueError> {
-    for &(addr, len) in &chain.segments {
+    for (addr, len) in chain.segments() {
         for slice in GuestMemoryBackend::get_slices(mem, addr, len as usize) {
             out.push(slice.map_err(|_| QueueError::Address {
                 addr: addr.raw_value(),
@@ -214,7 +350,7 @@ fn write_chain_bytes(
     mut offset: u64,
     mut bytes: &[u8],
 ) -> Result<(), QueueError> {
-    for &(addr, len) in &chain.segments {
+    for (addr, len) in chain.segments() {
         if bytes.is_empty() {
             break;
         }
@@ -249,6 +385,30 @@ fn pop_head(
     Ok(iter.next().map(|chain| chain.head_index()))
 }
 
+/// Whether the driver asked to be interrupted for a used entry in `old..new`:
+/// always without EVENT_IDX (the caller checks the ring flags), else when its
+/// `used_event` lies in that range (`vring_need_event`).
+fn used_event_crossed(
+    mem: &GuestMemoryMmap,
+    queue: &Queue,
+    old: u16,
+    new: u16,
+) -> Result<bool, virtio_queue::Error> {
+    // The used entries must be visible before the driver's choice is read.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if !queue.event_idx_enabled() {
+        return Ok(true);
+    }
+    let at = GuestAddress(queue.avail_ring())
+        .checked_add(avail_ring_len(queue.size()) - 2)
+        .ok_or(virtio_queue::Error::AddressOverflow)?;
+    let used_event = u16::from_le(
+        mem.load::<u16>(at, Ordering::Relaxed)
+            .map_err(virtio_queue::Error::GuestMemory)?,
+    );
+    Ok(new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old))
+}
+
 /// The outcome of one receive attempt.
 enum RxStep {
     /// A frame landed in this many chains.
@@ -272,6 +432,8 @@ pub struct NetWorker {
     needs_reset: Arc<AtomicBool>,
     mergeable: bool,
     max_frame: u64,
+    /// The RX used index the last interrupt decision covered.
+    rx_signalled: u16,
     /// Validated RX chains taken from the ring but not yet used, in ring order.
     rx_chains: VecDeque<Chain>,
     rx_capacity: u64,
@@ -317,6 +479,7 @@ const TOKEN_KILL: u64 = 3;
 impl NetWorker {
     /// Builds a worker on already validated queues.
     pub fn new(setup: NetWorkerSetup) -> NetWorker {
+        let rx_signalled = setup.rx.0.next_used();
         NetWorker {
             mem: setup.mem,
             rx: setup.rx.0,
@@ -329,6 +492,7 @@ impl NetWorker {
             needs_reset: setup.needs_reset,
             mergeable: setup.mergeable,
             max_frame: setup.max_frame as u64,
+            rx_signalled,
             rx_chains: VecDeque::new(),
             rx_capacity: 0,
             rx_paused: false,
@@ -376,7 +540,13 @@ impl NetWorker {
             self.tx.disable_notification(&*mem).map_err(ring_err)?;
             while let Some(head) = pop_head(&mut self.tx, &mem, TX_QUEUE)? {
                 let limits = (VNET_HDR_LEN as u64, super::MAX_GSO_FRAME_LEN as u64);
-                match parse_chain(&mem, &self.tx, head, Direction::DeviceReads, limits) {
+                match parse_chain(
+                    &mem,
+                    DescTable::of(&mem, &self.tx),
+                    head,
+                    Direction::DeviceReads,
+                    limits,
+                ) {
                     Ok(chain) => {
                         slices.clear();
                         chain_slices(&mem, &chain, &mut slices)?;
@@ -484,6 +654,26 @@ impl NetWorker {
         mem: &GuestMemoryMmap,
         unsignalled: &mut u32,
     ) -> Result<bool, QueueError> {
+        let ring_err = |source| QueueError::Ring {
+            queue: RX_QUEUE,
+            source,
+        };
+        if !self.rx.ready() {
+            return Err(ring_err(virtio_queue::Error::QueueNotReady));
+        }
+        let table = DescTable::of(mem, &self.rx);
+        let size = table.size;
+        let avail = RingArea::new(
+            mem,
+            GuestAddress(self.rx.avail_ring()),
+            avail_ring_len(size),
+        );
+        let limits = (VNET_HDR_LEN as u64, u64::from(u32::MAX));
+        // One read of the available index covers every head taken below.
+        let avail_idx = avail.load_u16(2, Ordering::Acquire).map_err(ring_err)?;
+        if avail_idx.wrapping_sub(self.rx.next_avail()) > size {
+            return Err(ring_err(virtio_queue::Error::InvalidAvailRingIndex));
+        }
         loop {
             let enough = if self.mergeable {
                 self.rx_capacity >= self.max_frame
@@ -493,23 +683,21 @@ impl NetWorker {
             if enough {
                 return Ok(true);
             }
-            let Some(head) = pop_head(&mut self.rx, mem, RX_QUEUE)? else {
+            let next = self.rx.next_avail();
+            if next == avail_idx {
                 return Ok(false);
-            };
-            let limits = (VNET_HDR_LEN as u64, u64::from(u32::MAX));
-            match parse_chain(mem, &self.rx, head, Direction::DeviceWrites, limits) {
+            }
+            let slot = RING_HEADER + 2 * u64::from(next % size);
+            let head = avail.load_u16(slot, Ordering::Acquire).map_err(ring_err)?;
+            self.rx.set_next_avail(next.wrapping_add(1));
+            match parse_chain(mem, table, head, Direction::DeviceWrites, limits) {
                 Ok(chain) => {
                     self.rx_capacity += chain.len;
                     self.rx_chains.push_back(chain);
                 }
                 Err(e) => {
                     self.refuse(&e, &self.counters.rx_dropped);
-                    self.rx
-                        .add_used(mem, head, 0)
-                        .map_err(|source| QueueError::Ring {
-                            queue: RX_QUEUE,
-                            source,
-                        })?;
+                    self.rx.add_used(mem, head, 0).map_err(ring_err)?;
                     *unsignalled += 1;
                 }
             }
@@ -517,13 +705,13 @@ impl NetWorker {
     }
 
     fn receive_one(&mut self, mem: &GuestMemoryMmap) -> Result<RxStep, QueueError> {
-        let mut slices = Vec::with_capacity(32);
+        let mut slices = Vec::with_capacity(self.rx_chains.len().min(IOV_MAX));
         let mut capacity = 0u64;
         let mut offered = 0usize;
         for chain in &self.rx_chains {
             // The kernel takes at most IOV_MAX buffers per readv; a guest posting
             // tiny chains gets fewer of them (and may lose large frames).
-            if offered > 0 && slices.len() + chain.segments.len() > IOV_MAX {
+            if offered > 0 && slices.len() + chain.segment_count() > IOV_MAX {
                 break;
             }
             chain_slices(mem, chain, &mut slices)?;
@@ -557,17 +745,17 @@ impl NetWorker {
             NetCounters::add(&self.counters.rx_dropped, 1);
             return Ok(RxStep::Dropped);
         }
+        // The frame fills the offered chains in order: `num_buffers` of them,
+        // all full but the last.
+        let mut num_buffers = 0u16;
         let mut remaining = len;
-        let mut used = Vec::with_capacity(offered);
         for chain in self.rx_chains.iter().take(offered) {
             if remaining == 0 {
                 break;
             }
-            let n = remaining.min(chain.len);
-            used.push((chain.head, n as u32));
-            remaining -= n;
+            remaining -= remaining.min(chain.len);
+            num_buffers += 1;
         }
-        let num_buffers = used.len() as u16;
         if let Some(first) = self.rx_chains.front() {
             write_chain_bytes(
                 mem,
@@ -576,17 +764,30 @@ impl NetWorker {
                 &num_buffers.to_le_bytes(),
             )?;
         }
-        for (head, n) in used {
-            if let Some(chain) = self.rx_chains.pop_front() {
-                self.rx_capacity -= chain.len;
-            }
-            self.rx
-                .add_used(mem, head, n)
-                .map_err(|source| QueueError::Ring {
-                    queue: RX_QUEUE,
-                    source,
-                })?;
+        // Fill the used elements, then publish them with one index update.
+        let ring_err = |source| QueueError::Ring {
+            queue: RX_QUEUE,
+            source,
+        };
+        let size = self.rx.size();
+        let used = RingArea::new(mem, GuestAddress(self.rx.used_ring()), used_ring_len(size));
+        let mut next_used = self.rx.next_used();
+        let mut remaining = len;
+        for _ in 0..num_buffers {
+            let Some(chain) = self.rx_chains.pop_front() else {
+                break;
+            };
+            self.rx_capacity -= chain.len;
+            let n = remaining.min(chain.len);
+            remaining -= n;
+            let slot = RING_HEADER + USED_ELEM_LEN * u64::from(next_used % size);
+            let elem = [u32::from(chain.head).to_le(), (n as u32).to_le()];
+            used.write_obj(elem, slot).map_err(ring_err)?;
+            next_used = next_used.wrapping_add(1);
         }
+        self.rx.set_next_used(next_used);
+        used.store_u16(next_used, 2, Ordering::Release)
+            .map_err(ring_err)?;
         NetCounters::add(&self.counters.rx_frames, 1);
         NetCounters::add(&self.counters.rx_bytes, len - VNET_HDR_LEN as u64);
         Ok(RxStep::Delivered(u32::from(num_buffers)))
@@ -604,7 +805,15 @@ impl NetWorker {
             queue: index,
             source,
         };
-        let mut needed = queue.needs_notification(mem).map_err(ring_err)?;
+        let mut needed = if index == RX_QUEUE {
+            // RX publishes used entries itself (not through `add_used`), so it
+            // tracks what the driver was last told about itself.
+            let new = queue.next_used();
+            let old = std::mem::replace(&mut self.rx_signalled, new);
+            used_event_crossed(mem, queue, old, new).map_err(ring_err)?
+        } else {
+            queue.needs_notification(mem).map_err(ring_err)?
+        };
         if needed && !queue.event_idx_enabled() {
             // virtio-queue ignores VRING_AVAIL_F_NO_INTERRUPT; honour it here.
             let flags: u16 = mem

@@ -315,29 +315,47 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// caller's bug, reported as `InvalidInput` rather than truncated.
 const IOV_MAX: usize = 1024;
 
-fn iovecs(bufs: &[VolatileSlice<'_>]) -> io::Result<Vec<libc::iovec>> {
+/// Iovecs kept on the stack; longer lists (tiny guest buffers) are allocated.
+const INLINE_IOVECS: usize = 64;
+
+/// Calls `f` with the iovecs describing `bufs`, without allocating for the
+/// usual short lists (this runs once per frame).
+fn with_iovecs<R>(
+    bufs: &[VolatileSlice<'_>],
+    f: impl FnOnce(&[libc::iovec]) -> R,
+) -> io::Result<R> {
     if bufs.len() > IOV_MAX {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} buffers exceed IOV_MAX", bufs.len()),
         ));
     }
-    Ok(bufs
-        .iter()
-        .map(|slice| libc::iovec {
-            iov_base: slice.ptr_guard_mut().as_ptr().cast::<c_void>(),
-            iov_len: slice.len(),
-        })
-        .collect())
+    let iovec = |slice: &VolatileSlice<'_>| libc::iovec {
+        iov_base: slice.ptr_guard_mut().as_ptr().cast::<c_void>(),
+        iov_len: slice.len(),
+    };
+    if bufs.len() > INLINE_IOVECS {
+        let iov: Vec<libc::iovec> = bufs.iter().map(iovec).collect();
+        return Ok(f(&iov));
+    }
+    let mut inline = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; INLINE_IOVECS];
+    for (slot, slice) in inline.iter_mut().zip(bufs) {
+        *slot = iovec(slice);
+    }
+    Ok(f(&inline[..bufs.len()]))
 }
 
 /// `readv(2)` on `fd` straight into (guest) memory slices.
 pub(crate) fn readv_fd(fd: BorrowedFd<'_>, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-    let iov = iovecs(bufs)?;
     // SAFETY: each iovec describes a `VolatileSlice`, i.e. memory that stays mapped
     // and writable for the slice's lifetime, which covers this call; the count is
-    // the vector's length (<= IOV_MAX, so it fits in c_int).
-    let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+    // the list's length (<= IOV_MAX, so it fits in c_int).
+    let n = with_iovecs(bufs, |iov| unsafe {
+        libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int)
+    })?;
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -348,11 +366,12 @@ pub(crate) fn readv_fd(fd: BorrowedFd<'_>, bufs: &[VolatileSlice<'_>]) -> io::Re
 
 /// `writev(2)` on `fd` straight from (guest) memory slices.
 pub(crate) fn writev_fd(fd: BorrowedFd<'_>, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-    let iov = iovecs(bufs)?;
     // SAFETY: each iovec describes a `VolatileSlice`, i.e. memory that stays mapped
     // and readable for the slice's lifetime, which covers this call; the count is
-    // the vector's length (<= IOV_MAX, so it fits in c_int).
-    let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+    // the list's length (<= IOV_MAX, so it fits in c_int).
+    let n = with_iovecs(bufs, |iov| unsafe {
+        libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int)
+    })?;
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
