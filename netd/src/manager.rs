@@ -18,7 +18,7 @@ use crate::api::{ApiError, ErrorKind};
 use crate::dhcp::{self, DhcpConfig, DhcpHostConfig, DhcpServer};
 use crate::dns::{self, DnsConfig, DnsServer};
 use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
-use crate::link::{self, BridgeSpec, Link, sysctl};
+use crate::link::{self, BridgeSpec, Link, PrefixCache, sysctl};
 use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
 use crate::xml::{self, DEFAULT_NAT_PORTS, ForwardMode, NetworkDef};
 
@@ -181,6 +181,8 @@ pub struct Manager {
     networks: Mutex<BTreeMap<String, Network>>,
     store: Store,
     link: Link,
+    /// The host's used prefixes, for the collision check of every start.
+    prefixes: PrefixCache,
     firewall: Box<dyn Firewall>,
 }
 
@@ -211,6 +213,7 @@ impl Manager {
             networks: Mutex::new(BTreeMap::new()),
             store,
             link: Link::new()?,
+            prefixes: PrefixCache::new()?,
             firewall,
         };
         manager.load_configs().await?;
@@ -392,7 +395,7 @@ impl Manager {
     /// Defines libvirt's `default` network (virbr0, 192.168.122.0/24, NAT, autostart),
     /// moving to the next free 192.168.N.0/24 if that subnet is taken on this host.
     async fn define_default_network(&self) -> Result<(), Error> {
-        let used = self.link.used_prefixes().await?;
+        let used = self.prefixes.used_prefixes(&self.link).await?;
         let taken = |subnet: IpNet| {
             used.iter()
                 .any(|(prefix, _)| prefix.prefix_len() > 0 && overlap(*prefix, subnet))
@@ -739,7 +742,7 @@ impl Manager {
             .map(IpNet::V4)
             .chain(def.ipv6_subnets().into_iter().map(IpNet::V6))
             .collect();
-        for (used, ifindex) in self.link.used_prefixes().await? {
+        for (used, ifindex) in self.prefixes.used_prefixes(&self.link).await? {
             // The default route overlaps everything; libvirt ignores it too.
             if used.prefix_len() == 0 {
                 continue;
