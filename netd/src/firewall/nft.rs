@@ -32,8 +32,8 @@ struct State {
     /// Set elements each bridge owns, as last committed; `None` until read from the kernel.
     owned: Option<HashMap<String, Vec<OwnedElement>>>,
     /// Whether our last batch left the table skeleton in place. Re-sending it costs about
-    /// a third of a batch, so it is sent only when it may be missing: at first use, and to
-    /// retry a batch that failed (someone may have flushed or deleted it).
+    /// a third of a batch, so it is sent only when it may be missing: at first use, after
+    /// we deleted the table, and to retry a batch that failed (someone may have flushed it).
     skeleton_present: bool,
 }
 
@@ -145,9 +145,14 @@ impl NftFirewall {
         } else {
             owned.insert(bridge.to_owned(), now);
         }
-        // With no network left the (then empty) table stays, as libvirt's chains do: its
-        // rules match only set members, and deleting it made the next start re-create it,
-        // which cost more than the rest of that start's batch.
+        if owned.is_empty() {
+            // Nothing of kvnet's is left: remove the table too, so the ruleset is exactly
+            // as it was before the first network started.
+            if let Err(e) = state.run(&format!("delete table inet {TABLE}")) {
+                tracing::warn!("removing the empty table inet {TABLE}: {e}");
+            }
+            state.skeleton_present = false;
+        }
         tracing::debug!(
             bridge,
             action,
