@@ -114,9 +114,21 @@ impl Link {
         addr: IpAddr,
         prefix_len: u8,
     ) -> Result<(), Error> {
+        let index = self.index(ifname).await?;
+        self.add_address_at(index, ifname, addr, prefix_len).await
+    }
+
+    /// [`Link::add_address`] on the link with ifindex `index` (named `ifname`, for errors),
+    /// without looking the name up: a start knows the index of the bridge it created.
+    pub async fn add_address_at(
+        &self,
+        index: u32,
+        ifname: &str,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<(), Error> {
         let net =
             IpNet::new(addr, prefix_len).map_err(|_| Error::InvalidPrefix { addr, prefix_len })?;
-        let index = self.index(ifname).await?;
         self.handle
             .address()
             .add(index, addr, prefix_len)
@@ -175,6 +187,11 @@ impl Link {
     /// Sets a link administratively up.
     pub async fn set_up(&self, ifname: &str) -> Result<(), Error> {
         let index = self.index(ifname).await?;
+        self.set_up_at(index, ifname).await
+    }
+
+    /// [`Link::set_up`] on the link with ifindex `index` (named `ifname`, for errors).
+    pub async fn set_up_at(&self, index: u32, ifname: &str) -> Result<(), Error> {
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(index).up().build())

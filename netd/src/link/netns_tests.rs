@@ -480,7 +480,7 @@ fn bridge_ipv6_sysctls_follow_libvirt() {
     let missing = missing.expect_err("no such bridge");
     assert_eq!(
         missing.to_string(),
-        "reading /proc/sys/net/ipv6/conf/nosuch0/disable_ipv6"
+        "writing 1 to /proc/sys/net/ipv6/conf/nosuch0/disable_ipv6"
     );
     assert!(matches!(escape, Err(Error::InvalidName(_))));
 }

@@ -101,6 +101,31 @@ impl PrefixCache {
     /// with the ifindex of the interface using it, sorted and without duplicates. `link`
     /// must act on the same network namespace as this cache.
     pub async fn used_prefixes(&self, link: &Link) -> Result<Vec<(IpNet, u32)>, Error> {
+        self.answer(link, |known| {
+            let mut used: Vec<(IpNet, u32)> = known.used().collect();
+            used.sort_unstable();
+            used.dedup();
+            used
+        })
+        .await
+    }
+
+    /// The lowest used prefix (in [`PrefixCache::used_prefixes`] order) for which `wanted`
+    /// holds, without listing them all: the collision check of a start.
+    pub async fn first_used(
+        &self,
+        link: &Link,
+        wanted: impl Fn(&IpNet) -> bool,
+    ) -> Result<Option<(IpNet, u32)>, Error> {
+        self.answer(link, |known| {
+            known.used().filter(|(net, _)| wanted(net)).min()
+        })
+        .await
+    }
+
+    /// Answers `question` from the cache once every notification queued so far is
+    /// applied, dumping first if the cache is empty or lost notifications.
+    async fn answer<T>(&self, link: &Link, question: impl FnOnce(&Known) -> T) -> Result<T, Error> {
         let mut state = self.state.lock().await;
         if state.drain().is_err() {
             state.known = None;
@@ -117,17 +142,15 @@ impl PrefixCache {
                 known.apply_route(message, true);
             }
             state.known = Some(known);
-            if state.drain().is_err() {
-                // Lost again while dumping: answer from the dump, resynchronise next time.
-                let used = state
-                    .known
-                    .take()
-                    .map(|known| known.used())
-                    .unwrap_or_default();
-                return Ok(used);
-            }
         }
-        Ok(state.known.as_ref().map(Known::used).unwrap_or_default())
+        // What changed during the dump (nothing, without one).
+        let lost = state.drain().is_err();
+        let answer = question(state.known.get_or_insert_with(Known::default));
+        if lost {
+            // This answer may miss a change; the next question dumps again.
+            state.known = None;
+        }
+        Ok(answer)
     }
 }
 
@@ -161,16 +184,9 @@ impl State {
 }
 
 impl Known {
-    fn used(&self) -> Vec<(IpNet, u32)> {
-        let mut used: Vec<(IpNet, u32)> = self
-            .addresses
-            .values()
-            .chain(self.routes.values())
-            .copied()
-            .collect();
-        used.sort_unstable();
-        used.dedup();
-        used
+    /// Every used prefix, with duplicates, in no order.
+    fn used(&self) -> impl Iterator<Item = (IpNet, u32)> + '_ {
+        self.addresses.values().chain(self.routes.values()).copied()
     }
 
     /// Applies each message of one datagram; a message that does not parse is skipped
