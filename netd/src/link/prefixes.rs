@@ -25,7 +25,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use ipnet::IpNet;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::LinkFlags;
 use netlink_packet_route::route::{RouteAttribute, RouteMessage};
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -41,6 +40,12 @@ use super::{Error, Link};
 /// `RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR |
 /// RTMGRP_IPV6_ROUTE` (`linux/rtnetlink.h`).
 const GROUPS: u32 = 0x1 | 0x10 | 0x40 | 0x100 | 0x400;
+
+/// Netlink message types of link notifications (`linux/rtnetlink.h`).
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+/// `IFF_UP` (`linux/if.h`).
+const IFF_UP: u32 = 0x1;
 
 /// Room for the notifications of a burst of changes between two checks (a start makes
 /// about ten); the kernel caps it at `rmem_max` unless we may force it.
@@ -197,8 +202,15 @@ impl Known {
             if length < 16 || length > bytes.len() {
                 return;
             }
-            if let Ok(message) =
-                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..length])
+            let message = &bytes[..length];
+            let kind = u16::from_ne_bytes([message[4], message[5]]);
+            if kind == RTM_NEWLINK || kind == RTM_DELLINK {
+                // Only the header matters; parsing a bridge's ~50 attributes cost more than
+                // the rest of the cache's upkeep.
+                if let Some((index, flags)) = link_header(message) {
+                    self.apply_link(kind == RTM_NEWLINK, index, flags);
+                }
+            } else if let Ok(message) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(message)
                 && let NetlinkPayload::InnerMessage(inner) = message.payload
             {
                 self.apply(&inner);
@@ -215,18 +227,19 @@ impl Known {
             RouteNetlinkMessage::DelAddress(m) => self.apply_address(m, false),
             RouteNetlinkMessage::NewRoute(m) => self.apply_route(m, true),
             RouteNetlinkMessage::DelRoute(m) => self.apply_route(m, false),
-            RouteNetlinkMessage::NewLink(m) if !m.header.flags.contains(LinkFlags::Up) => {
-                let index = m.header.index;
-                // The kernel flushed the link's IPv4 routes without telling.
-                self.routes
-                    .retain(|_, (net, oif)| *oif != index || !matches!(net, IpNet::V4(_)));
-            }
-            RouteNetlinkMessage::DelLink(m) => {
-                let index = m.header.index;
-                self.routes.retain(|_, (_, oif)| *oif != index);
-                self.addresses.retain(|_, (_, ifindex)| *ifindex != index);
-            }
             _ => {}
+        }
+    }
+
+    /// A link notification: `present` for `RTM_NEWLINK`, with the link's `IFF_*` flags.
+    fn apply_link(&mut self, present: bool, index: u32, flags: u32) {
+        if !present {
+            self.routes.retain(|_, (_, oif)| *oif != index);
+            self.addresses.retain(|_, (_, ifindex)| *ifindex != index);
+        } else if flags & IFF_UP == 0 {
+            // The kernel flushed the link's IPv4 routes without telling.
+            self.routes
+                .retain(|_, (net, oif)| *oif != index || !matches!(net, IpNet::V4(_)));
         }
     }
 
@@ -287,6 +300,16 @@ impl Known {
             }
         }
     }
+}
+
+/// The ifindex and `IFF_*` flags of a link message: `struct ifinfomsg` (family, pad, type,
+/// index, flags, change) right after the 16-byte `nlmsghdr`.
+fn link_header(message: &[u8]) -> Option<(u32, u32)> {
+    let field = |offset: usize| {
+        let bytes: [u8; 4] = message.get(offset..offset + 4)?.try_into().ok()?;
+        Some(u32::from_ne_bytes(bytes))
+    };
+    Some((field(20)?, field(24)?))
 }
 
 fn route_address(address: &netlink_packet_route::route::RouteAddress) -> Option<IpAddr> {
