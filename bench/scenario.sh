@@ -66,7 +66,7 @@ scale_names() { for i in $(seq 0 $((scale - 1))); do echo "scale$i"; done; }
 # Runs `cli VERB NAME` for every scale network from $1 concurrent clients (xargs execs
 # the CLI directly: no shell per call).
 each_net() {
-  scale_names | xargs -P "$1" -n 1 $BENCH_CLI "$2" >/dev/null 2>&1 || true
+  scale_names | xargs -r -P "$1" -n 1 $BENCH_CLI "$2" >/dev/null 2>&1 || true
 }
 active_count() { $BENCH_CLI net-list --name | grep -c . || true; }
 for i in $(seq 0 $((scale - 1))); do
