@@ -5,7 +5,8 @@
 # network namespace, with every bridge and rule, goes with it. The host's own network
 # namespace is never touched.
 #
-# COMMAND sees: BENCH_TARGET, BENCH_CLI (CLI prefix, virsh -q style), BENCH_DAEMON_PID.
+# COMMAND sees: BENCH_TARGET, BENCH_CLI (CLI prefix, virsh -q style), BENCH_DAEMON_PID, and
+# for kvnet BENCH_DAEMON_CMD (to restart the daemon) and BENCH_SOCKET.
 set -euo pipefail
 target=$1; shift
 [ "${1:-}" = "--" ] && shift
@@ -34,11 +35,12 @@ ip link set lo up
 
 case "$target" in
   kvnet)
-    "$BENCH_BIN/kvnetd" --config-dir /run/kvnet-etc --state-dir /run/kvnet --socket /run/kvnet/kvnetd.sock \
-      --no-default-network --log-level warn 2>/run/kvnetd.log &
+    BENCH_DAEMON_CMD="$BENCH_BIN/kvnetd --config-dir /run/kvnet-etc --state-dir /run/kvnet --socket /run/kvnet/kvnetd.sock --no-default-network --log-level warn"
+    $BENCH_DAEMON_CMD 2>>/run/kvnetd.log &
     BENCH_DAEMON_PID=$!
     for _ in $(seq 200); do [ -S /run/kvnet/kvnetd.sock ] && break; sleep 0.02; done
-    BENCH_CLI="$BENCH_BIN/kvnet -q -c /run/kvnet/kvnetd.sock"
+    BENCH_SOCKET=/run/kvnet/kvnetd.sock
+    BENCH_CLI="$BENCH_BIN/kvnet -q -c $BENCH_SOCKET"
     ;;
   libvirt)
     mkdir -p /var/lib/libvirt/dnsmasq /etc/libvirt/qemu/networks/autostart /run/libvirt
@@ -59,8 +61,9 @@ case "$target" in
     ;;
   *) echo "sandbox.sh: unknown target $target" >&2; exit 2 ;;
 esac
-export BENCH_TARGET=$target BENCH_CLI BENCH_DAEMON_PID
+export BENCH_TARGET=$target BENCH_CLI BENCH_DAEMON_PID BENCH_DAEMON_CMD BENCH_SOCKET
 rc=0
 "$@" || rc=$?
+# The scenario may have restarted the daemon; the PID namespace ends it either way.
 kill "$BENCH_DAEMON_PID" 2>/dev/null || true
 exit $rc

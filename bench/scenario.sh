@@ -32,9 +32,21 @@ for _ in $(seq "$runs"); do
   t0=$(now_us); cli net-start benchnet; t1=$(now_us); cli net-destroy benchnet; t2=$(now_us)
   echo $((t1 - t0)) >>"$work/start"; echo $((t2 - t1)) >>"$work/stop"
 done
-cli net-undefine benchnet
 echo "net_start_ms $(ms "$(median <"$work/start")")"
 echo "net_destroy_ms $(ms "$(median <"$work/stop")")"
+
+# The same with another network running (the usual host: libvirt's default network is
+# up), so a start or destroy never creates or deletes the firewall table itself.
+net_xml keepnet vbrkeep 1 202 >"$work/keepnet.xml"
+cli net-define "$work/keepnet.xml"; cli net-start keepnet
+: >"$work/start" ; : >"$work/stop"
+for _ in $(seq "$runs"); do
+  t0=$(now_us); cli net-start benchnet; t1=$(now_us); cli net-destroy benchnet; t2=$(now_us)
+  echo $((t1 - t0)) >>"$work/start"; echo $((t2 - t1)) >>"$work/stop"
+done
+cli net-destroy keepnet; cli net-undefine keepnet; cli net-undefine benchnet
+echo "net_start_warm_ms $(ms "$(median <"$work/start")")"
+echo "net_destroy_warm_ms $(ms "$(median <"$work/stop")")"
 
 # The floor for destroy: the kernel's own deletion of an up, addressed bridge.
 : >"$work/floor"
@@ -45,17 +57,27 @@ for _ in $(seq "$runs"); do
 done
 echo "kernel_bridge_delete_ms $(ms "$(median <"$work/floor")")"
 
-# (b) scale: define + start SCALE networks, list, destroy.
+# (b) scale: SCALE networks. Starting them all is measured three ways: one CLI call
+# after another (sequential), from PARALLEL concurrent clients, and (kvnet) as the
+# daemon's boot-time autostart of SCALE autostart networks, from daemon start until
+# its socket answers (it serves only once autostart is done).
+parallel=8
+scale_names() { for i in $(seq 0 $((scale - 1))); do echo "scale$i"; done; }
+# Runs `cli VERB NAME` for every scale network from $1 concurrent clients (xargs execs
+# the CLI directly: no shell per call).
+each_net() {
+  scale_names | xargs -r -P "$1" -n 1 $BENCH_CLI "$2" >/dev/null 2>&1 || true
+}
+active_count() { $BENCH_CLI net-list --name | grep -c . || true; }
 for i in $(seq 0 $((scale - 1))); do
   net_xml "scale$i" "vbs$i" $((i % 250)) $((i / 250 + 100)) >"$work/scale$i.xml"
 done
 t0=$(now_us); for i in $(seq 0 $((scale - 1))); do cli net-define "$work/scale$i.xml"; done; t1=$(now_us)
-started=0
-for i in $(seq 0 $((scale - 1))); do cli net-start "scale$i" 2>/dev/null && started=$((started + 1)); done
-t2=$(now_us)
 echo "scale_define_ms $(ms $((t1 - t0)))"
-echo "scale_start_ms $(ms $((t2 - t1)))"
-echo "scale_started_count $started"
+
+t0=$(now_us); each_net 1 net-start; t1=$(now_us)
+echo "scale_start_seq_ms $(ms $((t1 - t0)))"
+echo "scale_started_count $(active_count)"
 : >"$work/list"
 for _ in $(seq 20); do t0=$(now_us); cli net-list --all; t1=$(now_us); echo $((t1 - t0)) >>"$work/list"; done
 echo "net_list_all_ms $(ms "$(median <"$work/list")")"
@@ -63,7 +85,29 @@ rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$BENCH_DAEMON_PID/status")
 dnsmasq_kb=$( (pgrep -x dnsmasq || true) | while read -r p; do awk '/VmRSS/ {print $2}' "/proc/$p/status"; done | awk '{s+=$1} END {print s+0}')
 echo "daemon_rss_mb $(awk -v k="$rss_kb" 'BEGIN {printf "%.1f", k/1024}')"
 echo "helpers_rss_mb $(awk -v k="$dnsmasq_kb" 'BEGIN {printf "%.1f", k/1024}')"
-t0=$(now_us); for i in $(seq 0 $((scale - 1))); do cli net-destroy "scale$i" 2>/dev/null || true; done; t1=$(now_us)
+t0=$(now_us); each_net 1 net-destroy; t1=$(now_us)
 echo "scale_destroy_ms $(ms $((t1 - t0)))"
-for i in $(seq 0 $((scale - 1))); do cli net-undefine "scale$i" 2>/dev/null || true; done
+
+t0=$(now_us); each_net "$parallel" net-start; t1=$(now_us)
+echo "scale_start_ms $(ms $((t1 - t0)))"
+echo "scale_started_parallel_count $(active_count)"
+each_net "$parallel" net-destroy
+
+if [ "$BENCH_TARGET" = kvnet ]; then
+  each_net "$parallel" net-autostart
+  kill "$BENCH_DAEMON_PID"
+  # It stays a zombie until the sandbox reaps it; wait for it to have exited.
+  while [ -e "/proc/$BENCH_DAEMON_PID" ] && ! grep -q '^State:.*Z' "/proc/$BENCH_DAEMON_PID/status" 2>/dev/null; do sleep 0.01; done
+  # A new boot: no autostart marker yet.
+  rm -f /run/kvnet/autostarted "$BENCH_SOCKET"
+  t0=$(now_us)
+  $BENCH_DAEMON_CMD 2>>/run/kvnetd.log &
+  BENCH_DAEMON_PID=$!
+  until [ -S "$BENCH_SOCKET" ] && cli net-list; do sleep 0.005; done
+  t1=$(now_us)
+  echo "boot_autostart_ms $(ms $((t1 - t0)))"
+  echo "boot_autostarted_count $(active_count)"
+  each_net "$parallel" net-destroy
+fi
+each_net "$parallel" net-undefine
 rm -rf "$work"

@@ -18,7 +18,7 @@ use crate::api::{ApiError, ErrorKind};
 use crate::dhcp::{self, DhcpConfig, DhcpHostConfig, DhcpServer};
 use crate::dns::{self, DnsConfig, DnsServer};
 use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
-use crate::link::{self, BridgeSpec, Link, sysctl};
+use crate::link::{self, BridgeSpec, Link, PrefixCache, sysctl};
 use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
 use crate::xml::{self, DEFAULT_NAT_PORTS, ForwardMode, NetworkDef};
 
@@ -198,6 +198,8 @@ pub struct Manager {
     networks: Mutex<BTreeMap<String, Network>>,
     store: Store,
     link: Link,
+    /// The host's used prefixes, for the collision check of every start.
+    prefixes: PrefixCache,
     firewall: Box<dyn Firewall>,
 }
 
@@ -228,6 +230,7 @@ impl Manager {
             networks: Mutex::new(BTreeMap::new()),
             store,
             link: Link::new()?,
+            prefixes: PrefixCache::new()?,
             firewall,
         };
         manager.load_configs().await?;
@@ -409,7 +412,7 @@ impl Manager {
     /// Defines libvirt's `default` network (virbr0, 192.168.122.0/24, NAT, autostart),
     /// moving to the next free 192.168.N.0/24 if that subnet is taken on this host.
     async fn define_default_network(&self) -> Result<(), Error> {
-        let used = self.link.used_prefixes().await?;
+        let used = self.prefixes.used_prefixes(&self.link).await?;
         let taken = |subnet: IpNet| {
             used.iter()
                 .any(|(prefix, _)| prefix.prefix_len() > 0 && overlap(*prefix, subnet))
@@ -747,22 +750,27 @@ impl Manager {
             .map(IpNet::V4)
             .chain(def.ipv6_subnets().into_iter().map(IpNet::V6))
             .collect();
-        for (used, ifindex) in self.link.used_prefixes().await? {
-            // The default route overlaps everything; libvirt ignores it too.
-            if used.prefix_len() == 0 {
-                continue;
-            }
-            if let Some(subnet) = ours.iter().find(|subnet| overlap(**subnet, used)) {
-                let device = self
-                    .link
-                    .link_name(ifindex)
-                    .await?
-                    .unwrap_or_else(|| format!("#{ifindex}"));
-                return Err(Error::Conflict(format!(
-                    "network '{}' subnet {subnet} is already in use by interface {device} ({used})",
-                    def.name
-                )));
-            }
+        // The default route overlaps everything; libvirt ignores it too.
+        let clash = self
+            .prefixes
+            .first_used(&self.link, |used| {
+                used.prefix_len() > 0 && ours.iter().any(|subnet| overlap(*subnet, *used))
+            })
+            .await?;
+        if let Some((used, ifindex)) = clash {
+            let subnet = ours
+                .iter()
+                .find(|subnet| overlap(**subnet, used))
+                .unwrap_or(&used);
+            let device = self
+                .link
+                .link_name(ifindex)
+                .await?
+                .unwrap_or_else(|| format!("#{ifindex}"));
+            return Err(Error::Conflict(format!(
+                "network '{}' subnet {subnet} is already in use by interface {device} ({used})",
+                def.name
+            )));
         }
         Ok(())
     }
@@ -775,19 +783,23 @@ impl Manager {
         undo: &mut Vec<Undo>,
     ) -> Result<(), Error> {
         let mode = def.forward_mode();
+        // The ifindex of the bridge this start creates: later steps need no lookup by name.
+        let mut created = None;
         if mode != ForwardMode::Bridge {
             let spec = bridge_spec(def, bridge);
-            self.link
+            let index = self
+                .link
                 .create_bridge(&spec)
                 .await
                 .map_err(|e| failed_step(def, format!("creating bridge {bridge}"), e))?;
+            created = Some(index);
             undo.push(Undo::DeleteBridge(bridge.to_owned()));
             let has_ipv6 = !def.ipv6_subnets().is_empty();
             sysctl::configure_bridge_ipv6(bridge, has_ipv6)
                 .map_err(|e| failed_step(def, format!("setting IPv6 sysctls of {bridge}"), e))?;
             for (address, prefix) in bridge_addresses(def) {
                 self.link
-                    .add_address(bridge, address, prefix)
+                    .add_address_at(index, bridge, address, prefix)
                     .await
                     .map_err(|e| {
                         failed_step(
@@ -804,9 +816,9 @@ impl Manager {
             })?;
             undo.push(Undo::RemoveRules(bridge.to_owned()));
         }
-        if mode != ForwardMode::Bridge {
+        if let Some(index) = created {
             self.link
-                .set_up(bridge)
+                .set_up_at(index, bridge)
                 .await
                 .map_err(|e| failed_step(def, format!("bringing {bridge} up"), e))?;
         }

@@ -1,15 +1,14 @@
-//! A typed client for the daemon's API (hyper, HTTP/1.1 over the Unix socket), used by
-//! the CLI and the tests.
+//! A typed client for the daemon's API (HTTP/1.1 over the Unix socket, one connection per
+//! call, blocking std I/O), used by the CLI.
 
 use std::path::{Path, PathBuf};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+
+use hyper::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::UnixStream;
 
 use super::error::ApiError;
 use super::types::{
@@ -165,6 +164,10 @@ impl Client {
         .await
     }
 
+    /// One request on a fresh connection. It completes without ever returning
+    /// `Pending`: the exchange is blocking I/O on a std socket, which is what a
+    /// one-request CLI wants (no runtime to build, no task to spawn). Don't await it on
+    /// a runtime thread that serves other tasks.
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -175,39 +178,29 @@ impl Client {
             socket: self.socket.clone(),
             message,
         };
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| Error::Connect {
-                socket: self.socket.clone(),
-                source,
-            })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| protocol(e.to_string()))?;
-        tokio::spawn(connection);
-
         let body = match body {
             Some(body) => serde_json::to_vec(&body).map_err(|e| protocol(e.to_string()))?,
             None => Vec::new(),
         };
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, "kvnetd")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| protocol(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| protocol(e.to_string()))?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| protocol(e.to_string()))?
-            .to_bytes();
+        let mut stream = UnixStream::connect(&self.socket).map_err(|source| Error::Connect {
+            socket: self.socket.clone(),
+            source,
+        })?;
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: kvnetd\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        stream
+            .write_all(&request)
+            .map_err(|e| protocol(format!("sending the request: {e}")))?;
+        let mut answer = Vec::new();
+        stream
+            .read_to_end(&mut answer)
+            .map_err(|e| protocol(format!("reading the answer: {e}")))?;
+        let (status, bytes) = parse_response(&answer).map_err(protocol)?;
         if status == StatusCode::OK {
             return serde_json::from_slice(&bytes)
                 .map_err(|e| protocol(format!("unreadable answer: {e}")));
@@ -219,6 +212,76 @@ impl Client {
                 String::from_utf8_lossy(&bytes)
             ))),
         }
+    }
+}
+
+/// Splits an HTTP/1.1 answer read to its end into the status and the body (sized by
+/// `content-length`, chunked, or up to the end).
+fn parse_response(answer: &[u8]) -> Result<(StatusCode, Vec<u8>), String> {
+    let head_end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("the answer ended inside its header")?;
+    let head =
+        std::str::from_utf8(&answer[..head_end]).map_err(|_| "the answer header is not UTF-8")?;
+    let body = &answer[head_end + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| format!("malformed status line {status_line:?}"))?;
+    let mut length = None;
+    let mut chunked = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(
+                value
+                    .parse::<usize>()
+                    .map_err(|_| format!("bad content-length {value:?}"))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        }
+    }
+    let body = if chunked {
+        dechunk(body)?
+    } else if let Some(length) = length {
+        body.get(..length)
+            .ok_or("the answer ended inside its body")?
+            .to_vec()
+    } else {
+        body.to_vec()
+    };
+    Ok((status, body))
+}
+
+/// Decodes a `transfer-encoding: chunked` body.
+fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("the answer ended inside a chunk header")?;
+        let size_text = std::str::from_utf8(&body[..line_end]).unwrap_or_default();
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(body.get(..size).ok_or("the answer ended inside a chunk")?);
+        body = body
+            .get(size + 2..)
+            .ok_or("the answer ended after a chunk")?;
     }
 }
 
@@ -239,6 +302,25 @@ fn network_path(network: &str, suffix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_split_into_status_and_body() {
+        let sized = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}extra";
+        assert_eq!(
+            parse_response(sized),
+            Ok((StatusCode::NOT_FOUND, b"{}".to_vec()))
+        );
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n[1,\r\n2;x=y\r\n2]\r\n0\r\n\r\n";
+        assert_eq!(
+            parse_response(chunked),
+            Ok((StatusCode::OK, b"[1,2]".to_vec()))
+        );
+        let to_end = b"HTTP/1.1 200 OK\r\n\r\n[]";
+        assert_eq!(parse_response(to_end), Ok((StatusCode::OK, b"[]".to_vec())));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n[]").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
+        assert!(parse_response(b"garbage\r\n\r\n").is_err());
+    }
 
     #[test]
     fn network_names_are_percent_encoded_in_paths() {

@@ -7,6 +7,7 @@
 //! inside a namespace.
 
 mod netlink;
+mod prefixes;
 pub mod sysctl;
 pub mod tap;
 
@@ -15,6 +16,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub use netlink::Link;
+pub use prefixes::PrefixCache;
 
 /// Linux's `IFNAMSIZ` minus the terminating NUL.
 const MAX_IFNAME_LEN: usize = 15;

@@ -114,9 +114,21 @@ impl Link {
         addr: IpAddr,
         prefix_len: u8,
     ) -> Result<(), Error> {
+        let index = self.index(ifname).await?;
+        self.add_address_at(index, ifname, addr, prefix_len).await
+    }
+
+    /// [`Link::add_address`] on the link with ifindex `index` (named `ifname`, for errors),
+    /// without looking the name up: a start knows the index of the bridge it created.
+    pub async fn add_address_at(
+        &self,
+        index: u32,
+        ifname: &str,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<(), Error> {
         let net =
             IpNet::new(addr, prefix_len).map_err(|_| Error::InvalidPrefix { addr, prefix_len })?;
-        let index = self.index(ifname).await?;
         self.handle
             .address()
             .add(index, addr, prefix_len)
@@ -175,6 +187,11 @@ impl Link {
     /// Sets a link administratively up.
     pub async fn set_up(&self, ifname: &str) -> Result<(), Error> {
         let index = self.index(ifname).await?;
+        self.set_up_at(index, ifname).await
+    }
+
+    /// [`Link::set_up`] on the link with ifindex `index` (named `ifname`, for errors).
+    pub async fn set_up_at(&self, index: u32, ifname: &str) -> Result<(), Error> {
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(index).up().build())
@@ -275,7 +292,21 @@ impl Link {
     /// table, except default routes and host routes (/32, /128), which claim no subnet, and
     /// IPv6 link-local prefixes, which every interface has.
     pub async fn used_prefixes(&self) -> Result<Vec<(IpNet, u32)>, Error> {
+        let (addresses, routes) = self.prefix_messages().await?;
         let mut used = BTreeSet::new();
+        for message in &addresses {
+            if let Some(net) = address_prefix(message).filter(|net| !is_link_local(net)) {
+                used.insert((net, message.header.index));
+            }
+        }
+        used.extend(routes.iter().filter_map(claimed_subnet));
+        Ok(used.into_iter().collect())
+    }
+
+    /// Every address, and every IPv4 and IPv6 route, of the namespace (three dumps).
+    pub(super) async fn prefix_messages(
+        &self,
+    ) -> Result<(Vec<AddressMessage>, Vec<RouteMessage>), Error> {
         let addresses: Vec<AddressMessage> = self
             .handle
             .address()
@@ -284,15 +315,11 @@ impl Link {
             .try_collect()
             .await
             .map_err(|e| Error::Dump("addresses", kernel_error(e)))?;
-        for message in &addresses {
-            if let Some(net) = address_prefix(message).filter(|net| !is_link_local(net)) {
-                used.insert((net, message.header.index));
-            }
-        }
+        let mut routes = Vec::new();
         let v4 = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let v6 = RouteMessageBuilder::<Ipv6Addr>::new().build();
         for query in [v4, v6] {
-            let routes: Vec<RouteMessage> = self
+            let mut family: Vec<RouteMessage> = self
                 .handle
                 .route()
                 .get(query)
@@ -300,13 +327,9 @@ impl Link {
                 .try_collect()
                 .await
                 .map_err(|e| Error::Dump("routes", kernel_error(e)))?;
-            for route in &routes {
-                if let Some((net, index)) = claimed_subnet(route) {
-                    used.insert((net, index));
-                }
-            }
+            routes.append(&mut family);
         }
-        Ok(used.into_iter().collect())
+        Ok((addresses, routes))
     }
 
     /// Interfaces whose router-advertisement routes the kernel would flush if IPv6 forwarding
@@ -421,7 +444,7 @@ fn link_info(link: &LinkMessage) -> LinkInfo {
 }
 
 /// The subnet an interface address sits in (`10.0.0.1/24` → `10.0.0.0/24`).
-fn address_prefix(message: &AddressMessage) -> Option<IpNet> {
+pub(super) fn address_prefix(message: &AddressMessage) -> Option<IpNet> {
     // IFA_ADDRESS carries the prefix (it is the peer on point-to-point links).
     let addr = message.attributes.iter().find_map(|attr| match attr {
         AddressAttribute::Address(addr) => Some(*addr),
@@ -433,7 +456,7 @@ fn address_prefix(message: &AddressMessage) -> Option<IpNet> {
 }
 
 /// The subnet a main-table unicast route claims and the ifindex it goes out of.
-fn claimed_subnet(route: &RouteMessage) -> Option<(IpNet, u32)> {
+pub(super) fn claimed_subnet(route: &RouteMessage) -> Option<(IpNet, u32)> {
     let header = &route.header;
     let mut table = u32::from(header.table);
     let mut destination = None;
@@ -466,7 +489,7 @@ fn claimed_subnet(route: &RouteMessage) -> Option<(IpNet, u32)> {
     Some((net.trunc(), oif?))
 }
 
-fn is_link_local(net: &IpNet) -> bool {
+pub(super) fn is_link_local(net: &IpNet) -> bool {
     match net {
         IpNet::V6(net) => net.addr().is_unicast_link_local(),
         IpNet::V4(_) => false,

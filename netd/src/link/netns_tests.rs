@@ -480,7 +480,7 @@ fn bridge_ipv6_sysctls_follow_libvirt() {
     let missing = missing.expect_err("no such bridge");
     assert_eq!(
         missing.to_string(),
-        "reading /proc/sys/net/ipv6/conf/nosuch0/disable_ipv6"
+        "writing 1 to /proc/sys/net/ipv6/conf/nosuch0/disable_ipv6"
     );
     assert!(matches!(escape, Err(Error::InvalidName(_))));
 }
@@ -488,4 +488,67 @@ fn bridge_ipv6_sysctls_follow_libvirt() {
 #[test]
 fn link_needs_a_tokio_runtime() {
     assert!(matches!(Link::new(), Err(Error::Connect(_))));
+}
+
+#[test]
+fn prefix_cache_follows_every_change_the_dump_sees() {
+    let Some(ns) = netns("link-prefix-cache") else {
+        return;
+    };
+    ns.sh(
+        "ip link add kvc0 type bridge && ip link set kvc0 up && ip addr add 10.77.1.1/24 dev kvc0",
+    )
+    .expect("setup");
+    // Each step changes the namespace; after each, the cache must answer what a fresh dump does.
+    let steps = [
+        "ip addr add 10.77.2.1/24 dev kvc0",
+        "ip route add 10.78.0.0/16 dev kvc0",
+        "ip -6 addr add fd77::1/64 dev kvc0 nodad",
+        "ip link add kvc1 type bridge && ip link set kvc1 up && ip addr add 10.79.0.1/24 dev kvc1 \
+         && ip route add 10.80.0.0/16 dev kvc1 && ip route add 10.81.0.0/16 dev kvc1 metric 7",
+        "ip addr del 10.77.2.1/24 dev kvc0",
+        "ip route del 10.78.0.0/16 dev kvc0",
+        // IPv4 routes of a link going down vanish without RTM_DELROUTE.
+        "ip link set kvc1 down",
+        "ip link set kvc1 up",
+        "ip route add 10.80.0.0/16 dev kvc1 && ip link del kvc1",
+        "ip addr flush dev kvc0",
+    ];
+    let mismatches = block_on_in(&ns, || async {
+        let link = Link::new().expect("netlink socket");
+        let cache = super::PrefixCache::new().expect("notification socket");
+        let mut mismatches = Vec::new();
+        let first = cache.used_prefixes(&link).await.expect("first answer");
+        assert!(
+            first.contains(&(
+                "10.77.1.0/24".parse().expect("test literal"),
+                index_of("kvc0")
+            )),
+            "{first:?}"
+        );
+        for step in steps {
+            run_sh(step);
+            let cached = cache.used_prefixes(&link).await.expect("cached");
+            let dumped = link.used_prefixes().await.expect("dumped");
+            if cached != dumped {
+                mismatches.push(format!("after `{step}`: cache {cached:?} dump {dumped:?}"));
+            }
+        }
+        mismatches
+    });
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+}
+
+/// Runs a shell command in the calling thread's namespace (we are inside `Netns::run`).
+fn run_sh(script: &str) {
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .status()
+        .expect("run sh");
+    assert!(status.success(), "{script}");
+}
+
+fn index_of(ifname: &str) -> u32 {
+    nix::net::if_::if_nametoindex(ifname).expect("interface exists")
 }

@@ -2,8 +2,10 @@
 //!
 //! procfs resolves `/proc/sys/net` in the network namespace of the thread that opens the file
 //! (not the process's first thread, unlike `/proc/net`), so these functions act on the
-//! namespace of their calling thread. Each value is read first and only written when it
-//! differs, so an already-configured host sees no writes.
+//! namespace of their calling thread. Host-wide values are read first and only written
+//! when they differ, so an already-configured host sees no writes (turning IPv6
+//! forwarding on has side effects). A new bridge's own values are written outright: one
+//! file operation instead of two, on every start.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,9 +39,9 @@ pub fn configure_bridge_ipv6(bridge: &str, has_ipv6: bool) -> Result<(), Error> 
         tracing::debug!(%bridge, "kernel has no IPv6; nothing to disable");
         return Ok(());
     }
-    ensure(&disable_ipv6, if has_ipv6 { "0" } else { "1" })?;
-    ensure(&format!("{conf}/accept_ra"), "0")?;
-    ensure(&format!("{conf}/autoconf"), "0")
+    write(&disable_ipv6, if has_ipv6 { "0" } else { "1" })?;
+    write(&format!("{conf}/accept_ra"), "0")?;
+    write(&format!("{conf}/autoconf"), "0")
 }
 
 /// Whether `net.ipv6.conf.<ifname>.accept_ra` is 2, the value that keeps accepting router
@@ -68,16 +70,21 @@ fn ensure(relative: &str, value: &'static str) -> Result<(), Error> {
     if current == value {
         return Ok(());
     }
+    write(relative, value)?;
+    tracing::debug!(path = %path_of(relative).display(), from = current, to = value, "set sysctl");
+    Ok(())
+}
+
+/// Writes `value` to `/proc/sys/net/<relative>`.
+fn write(relative: &str, value: &'static str) -> Result<(), Error> {
     let path = path_of(relative);
     std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
         .and_then(|mut file| file.write_all(value.as_bytes()))
         .map_err(|source| Error::SysctlWrite {
-            path: path.clone(),
+            path,
             value,
             source,
-        })?;
-    tracing::debug!(path = %path.display(), from = current, to = value, "set sysctl");
-    Ok(())
+        })
 }
