@@ -5,10 +5,7 @@ mod commands;
 mod output;
 
 use std::io::Write;
-use std::pin::pin;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 
 use clap::Parser;
 
@@ -26,7 +23,7 @@ fn main() -> ExitCode {
             )
             .init();
     }
-    match block_on(commands::run(&cli)) {
+    match commands::run(&cli) {
         Ok(text) => {
             let mut stdout = std::io::stdout().lock();
             // A closed stdout (`kvnet net-list | head -0`) is not an error worth reporting.
@@ -41,28 +38,5 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Wakes the CLI's only thread.
-struct ThreadWaker(std::thread::Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Runs a verb to completion on this thread. The client's calls are blocking I/O that
-/// never pend, so no async runtime is needed: building one cost more than a request.
-fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut context = Context::from_waker(&waker);
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
-            return output;
-        }
-        std::thread::park();
     }
 }

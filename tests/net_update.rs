@@ -417,10 +417,6 @@ fn the_api_resolves_current_and_reports_stable_error_kinds() {
     }
     let daemon = Daemon::start();
     let client = Client::new(daemon.socket());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
     let call = |command: &str, section: &str, xml: &str| {
         let request = UpdateRequest {
             command: command.to_owned(),
@@ -430,7 +426,7 @@ fn the_api_resolves_current_and_reports_stable_error_kinds() {
             live: false,
             config: false,
         };
-        runtime.block_on(client.update("default", &request))
+        client.update("default", &request)
     };
     let kind = |result: Result<UpdateResponse, Error>| match result {
         Err(Error::Api(api)) => api.kind,

@@ -58,31 +58,31 @@ impl Failure {
 }
 
 /// Runs the verb named on the command line.
-pub async fn run(cli: &Cli) -> Result<String, Failure> {
+pub fn run(cli: &Cli) -> Result<String, Failure> {
     let client = Client::new(&cli.socket);
     let quiet = cli.quiet;
     match &cli.command {
-        Command::NetDefine(file) => net::from_file(&client, &file.get(), false, quiet).await,
-        Command::NetCreate(file) => net::from_file(&client, &file.get(), true, quiet).await,
-        Command::NetUndefine(network) => net::undefine(&client, network.get(), quiet).await,
-        Command::NetStart(network) => net::start(&client, network.get(), quiet).await,
-        Command::NetDestroy(network) => net::destroy(&client, network.get(), quiet).await,
+        Command::NetDefine(file) => net::from_file(&client, &file.get(), false, quiet),
+        Command::NetCreate(file) => net::from_file(&client, &file.get(), true, quiet),
+        Command::NetUndefine(network) => net::undefine(&client, network.get(), quiet),
+        Command::NetStart(network) => net::start(&client, network.get(), quiet),
+        Command::NetDestroy(network) => net::destroy(&client, network.get(), quiet),
         Command::NetAutostart { network, disable } => {
-            net::autostart(&client, network.get(), !disable, quiet).await
+            net::autostart(&client, network.get(), !disable, quiet)
         }
-        Command::NetList(args) => net::list(&client, args, quiet).await,
-        Command::NetInfo { network, json } => net::info(&client, network.get(), *json, quiet).await,
+        Command::NetList(args) => net::list(&client, args, quiet),
+        Command::NetInfo { network, json } => net::info(&client, network.get(), *json, quiet),
         Command::NetDumpxml {
             network,
             inactive,
             json,
-        } => net::dumpxml(&client, network.get(), *inactive, *json, quiet).await,
-        Command::NetUuid { network, json } => net::uuid(&client, network.get(), *json, quiet).await,
-        Command::NetName { network, json } => net::name(&client, network.get(), *json, quiet).await,
-        Command::NetEdit(network) => net::edit(&client, network.get(), quiet).await,
-        Command::NetUpdate(args) => net::update(&client, args, quiet).await,
+        } => net::dumpxml(&client, network.get(), *inactive, *json, quiet),
+        Command::NetUuid { network, json } => net::uuid(&client, network.get(), *json, quiet),
+        Command::NetName { network, json } => net::name(&client, network.get(), *json, quiet),
+        Command::NetEdit(network) => net::edit(&client, network.get(), quiet),
+        Command::NetUpdate(args) => net::update(&client, args, quiet),
         Command::NetDhcpLeases { network, mac, json } => {
-            net::dhcp_leases(&client, network.get(), mac.as_deref(), *json, quiet).await
+            net::dhcp_leases(&client, network.get(), mac.as_deref(), *json, quiet)
         }
     }
 }

@@ -17,7 +17,7 @@ fn read_file(path: &Path) -> Result<String, Failure> {
 }
 
 /// `net-define` (`transient` false) and `net-create` (`transient` true).
-pub async fn from_file(
+pub fn from_file(
     client: &Client,
     file: &Path,
     transient: bool,
@@ -30,9 +30,9 @@ pub async fn from_file(
         ("define", "defined")
     };
     let result = if transient {
-        client.create(&xml).await
+        client.create(&xml)
     } else {
-        client.define(&xml).await
+        client.define(&xml)
     };
     let context = format!("Failed to {verb} network from {}", file.display());
     let net = result.map_err(|e| Failure::call(context, None, e))?;
@@ -42,23 +42,21 @@ pub async fn from_file(
 
 /// A verb that changes one network, in virsh's shape: `context` heads the error lines,
 /// and the success line is `Network NAME <done>`.
-async fn change(
+fn change(
     network: &str,
     context: String,
-    call: impl Future<Output = Result<NetworkSummary, client::Error>>,
+    result: Result<NetworkSummary, client::Error>,
     done: &str,
     quiet: bool,
 ) -> Result<String, Failure> {
-    let net = call
-        .await
-        .map_err(|e| Failure::call(context, Some(network), e))?;
+    let net = result.map_err(|e| Failure::call(context, Some(network), e))?;
     Ok(output::message(
         &format!("Network {} {done}", net.name),
         quiet,
     ))
 }
 
-pub async fn undefine(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
+pub fn undefine(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
     let context = format!("Failed to undefine network {network}");
     change(
         network,
@@ -67,20 +65,19 @@ pub async fn undefine(client: &Client, network: &str, quiet: bool) -> Result<Str
         "has been undefined",
         quiet,
     )
-    .await
 }
 
-pub async fn start(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
+pub fn start(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
     let context = format!("Failed to start network {network}");
-    change(network, context, client.start(network), "started", quiet).await
+    change(network, context, client.start(network), "started", quiet)
 }
 
-pub async fn destroy(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
+pub fn destroy(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
     let context = format!("Failed to destroy network {network}");
-    change(network, context, client.stop(network), "destroyed", quiet).await
+    change(network, context, client.stop(network), "destroyed", quiet)
 }
 
-pub async fn autostart(
+pub fn autostart(
     client: &Client,
     network: &str,
     enable: bool,
@@ -99,7 +96,6 @@ pub async fn autostart(
         done,
         quiet,
     )
-    .await
 }
 
 /// Whether a network passes `net-list`'s filters (default: active only). Each pair of
@@ -123,7 +119,7 @@ fn listed(net: &NetworkSummary, args: &ListArgs) -> bool {
     state && autostart && persistence
 }
 
-pub async fn list(client: &Client, args: &ListArgs, quiet: bool) -> Result<String, Failure> {
+pub fn list(client: &Client, args: &ListArgs, quiet: bool) -> Result<String, Failure> {
     if [args.table, args.name, args.uuid]
         .iter()
         .filter(|set| **set)
@@ -136,7 +132,6 @@ pub async fn list(client: &Client, args: &ListArgs, quiet: bool) -> Result<Strin
     }
     let mut networks = client
         .list()
-        .await
         .map_err(|e| Failure::call("failed to list networks", None, e))?;
     networks.retain(|net| listed(net, args));
     // virsh sorts case-insensitively by name.
@@ -155,13 +150,8 @@ pub async fn list(client: &Client, args: &ListArgs, quiet: bool) -> Result<Strin
     Ok(output::network_table(&networks, args.title, quiet))
 }
 
-pub async fn info(
-    client: &Client,
-    network: &str,
-    json: bool,
-    quiet: bool,
-) -> Result<String, Failure> {
-    let net = client.get(network).await.map_err(|e| {
+pub fn info(client: &Client, network: &str, json: bool, quiet: bool) -> Result<String, Failure> {
+    let net = client.get(network).map_err(|e| {
         Failure::call(
             format!("failed to get network '{network}'"),
             Some(network),
@@ -175,14 +165,14 @@ pub async fn info(
     })
 }
 
-pub async fn dumpxml(
+pub fn dumpxml(
     client: &Client,
     network: &str,
     inactive: bool,
     json: bool,
     quiet: bool,
 ) -> Result<String, Failure> {
-    let xml = client.xml(network, inactive).await.map_err(|e| {
+    let xml = client.xml(network, inactive).map_err(|e| {
         Failure::call(
             format!("failed to get network '{network}'"),
             Some(network),
@@ -196,13 +186,8 @@ pub async fn dumpxml(
     })
 }
 
-pub async fn uuid(
-    client: &Client,
-    network: &str,
-    json: bool,
-    quiet: bool,
-) -> Result<String, Failure> {
-    let net = client.get(network).await.map_err(|e| {
+pub fn uuid(client: &Client, network: &str, json: bool, quiet: bool) -> Result<String, Failure> {
+    let net = client.get(network).map_err(|e| {
         Failure::call(
             format!("failed to get network '{network}'"),
             Some(network),
@@ -216,10 +201,9 @@ pub async fn uuid(
     })
 }
 
-pub async fn name(client: &Client, uuid: &str, json: bool, quiet: bool) -> Result<String, Failure> {
+pub fn name(client: &Client, uuid: &str, json: bool, quiet: bool) -> Result<String, Failure> {
     let net = client
         .get(uuid)
-        .await
         .map_err(|e| Failure::call(format!("failed to get network '{uuid}'"), Some(uuid), e))?;
     Ok(if json {
         output::json(&serde_json::json!({ "name": net.name }))
@@ -230,8 +214,8 @@ pub async fn name(client: &Client, uuid: &str, json: bool, quiet: bool) -> Resul
 
 /// `net-edit`: dumpxml --inactive, edit, and define; an unchanged file or an invalid
 /// edit changes nothing (virsh then offers to re-edit; non-interactively, we stop).
-pub async fn edit(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
-    let original = client.xml(network, true).await.map_err(|e| {
+pub fn edit(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
+    let original = client.xml(network, true).map_err(|e| {
         Failure::call(
             format!("failed to get network '{network}'"),
             Some(network),
@@ -272,7 +256,7 @@ pub async fn edit(client: &Client, network: &str, quiet: bool) -> Result<String,
             quiet,
         ));
     }
-    let net = client.define(&edited).await.map_err(|e| {
+    let net = client.define(&edited).map_err(|e| {
         Failure::call(
             format!("Failed to define network from {}", path.display()),
             None,
@@ -298,14 +282,14 @@ fn sanitize_file_name(network: &str) -> String {
         .collect()
 }
 
-pub async fn dhcp_leases(
+pub fn dhcp_leases(
     client: &Client,
     network: &str,
     mac: Option<&str>,
     json: bool,
     quiet: bool,
 ) -> Result<String, Failure> {
-    let mut leases = client.leases(network).await.map_err(|e| {
+    let mut leases = client.leases(network).map_err(|e| {
         Failure::call(
             format!("Failed to get leases info for {network}"),
             Some(network),
@@ -325,7 +309,7 @@ pub async fn dhcp_leases(
 /// `net-update`. Like virsh, the command and section names are checked before the XML
 /// argument is read (as a file unless it starts with '<'), and the success line has no
 /// blank line after it: virsh prints it without a newline of its own.
-pub async fn update(client: &Client, args: &UpdateArgs, quiet: bool) -> Result<String, Failure> {
+pub fn update(client: &Client, args: &UpdateArgs, quiet: bool) -> Result<String, Failure> {
     let command: UpdateCommand = args
         .command
         .parse()
@@ -350,7 +334,7 @@ pub async fn update(client: &Client, args: &UpdateArgs, quiet: bool) -> Result<S
         config: args.config,
     };
     let network = args.network.as_str();
-    let updated = client.update(network, &request).await.map_err(|e| {
+    let updated = client.update(network, &request).map_err(|e| {
         Failure::call(
             format!("Failed to update network {network}"),
             Some(network),

@@ -61,19 +61,17 @@ impl Client {
     }
 
     /// All networks, active and inactive.
-    pub async fn list(&self) -> Result<Vec<NetworkSummary>, Error> {
+    pub fn list(&self) -> Result<Vec<NetworkSummary>, Error> {
         self.call(Method::GET, "/v1/networks".into(), None::<()>)
-            .await
     }
 
     /// One network, by name or UUID.
-    pub async fn get(&self, network: &str) -> Result<NetworkSummary, Error> {
+    pub fn get(&self, network: &str) -> Result<NetworkSummary, Error> {
         self.call(Method::GET, network_path(network, ""), None::<()>)
-            .await
     }
 
     /// Defines (or redefines) a persistent network from XML.
-    pub async fn define(&self, xml: &str) -> Result<NetworkSummary, Error> {
+    pub fn define(&self, xml: &str) -> Result<NetworkSummary, Error> {
         self.call(
             Method::POST,
             "/v1/networks".into(),
@@ -81,11 +79,10 @@ impl Client {
                 xml: xml.to_owned(),
             }),
         )
-        .await
     }
 
     /// Creates and starts a transient network from XML.
-    pub async fn create(&self, xml: &str) -> Result<NetworkSummary, Error> {
+    pub fn create(&self, xml: &str) -> Result<NetworkSummary, Error> {
         let request = XmlRequest {
             xml: xml.to_owned(),
         };
@@ -94,44 +91,35 @@ impl Client {
             "/v1/networks?transient=true".into(),
             Some(request),
         )
-        .await
     }
 
     /// Removes a network's persistent definition.
-    pub async fn undefine(&self, network: &str) -> Result<NetworkSummary, Error> {
+    pub fn undefine(&self, network: &str) -> Result<NetworkSummary, Error> {
         self.call(Method::DELETE, network_path(network, ""), None::<()>)
-            .await
     }
 
     /// Starts a defined network.
-    pub async fn start(&self, network: &str) -> Result<NetworkSummary, Error> {
+    pub fn start(&self, network: &str) -> Result<NetworkSummary, Error> {
         self.call(Method::POST, network_path(network, "/start"), None::<()>)
-            .await
     }
 
     /// Stops a network (virsh's net-destroy).
-    pub async fn stop(&self, network: &str) -> Result<NetworkSummary, Error> {
+    pub fn stop(&self, network: &str) -> Result<NetworkSummary, Error> {
         self.call(Method::POST, network_path(network, "/stop"), None::<()>)
-            .await
     }
 
     /// Turns autostart on or off.
-    pub async fn set_autostart(
-        &self,
-        network: &str,
-        enabled: bool,
-    ) -> Result<NetworkSummary, Error> {
+    pub fn set_autostart(&self, network: &str, enabled: bool) -> Result<NetworkSummary, Error> {
         let request = AutostartRequest { enabled };
         self.call(
             Method::PUT,
             network_path(network, "/autostart"),
             Some(request),
         )
-        .await
     }
 
     /// The network's XML: the live definition, or with `inactive` the persistent one.
-    pub async fn xml(&self, network: &str, inactive: bool) -> Result<String, Error> {
+    pub fn xml(&self, network: &str, inactive: bool) -> Result<String, Error> {
         let path = network_path(
             network,
             if inactive {
@@ -140,35 +128,28 @@ impl Client {
                 "/xml"
             },
         );
-        let response: XmlResponse = self.call(Method::GET, path, None::<()>).await?;
+        let response: XmlResponse = self.call(Method::GET, path, None::<()>)?;
         Ok(response.xml)
     }
 
     /// The network's DHCP leases.
-    pub async fn leases(&self, network: &str) -> Result<Vec<Lease>, Error> {
+    pub fn leases(&self, network: &str) -> Result<Vec<Lease>, Error> {
         self.call(Method::GET, network_path(network, "/leases"), None::<()>)
-            .await
     }
 
     /// Changes one entry of a network's definition (net-update).
-    pub async fn update(
-        &self,
-        network: &str,
-        request: &UpdateRequest,
-    ) -> Result<UpdateResponse, Error> {
+    pub fn update(&self, network: &str, request: &UpdateRequest) -> Result<UpdateResponse, Error> {
         self.call(
             Method::POST,
             network_path(network, "/update"),
             Some(request),
         )
-        .await
     }
 
-    /// One request on a fresh connection. It completes without ever returning
-    /// `Pending`: the exchange is blocking I/O on a std socket, which is what a
-    /// one-request CLI wants (no runtime to build, no task to spawn). Don't await it on
-    /// a runtime thread that serves other tasks.
-    async fn call<T: DeserializeOwned>(
+    /// One request on a fresh connection, as blocking I/O on a std socket: that is
+    /// what a one-request CLI wants (no runtime to build, no task to spawn). Async
+    /// callers run it with `tokio::task::spawn_blocking`.
+    fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: String,
