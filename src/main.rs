@@ -8,9 +8,13 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
     // The CLI itself logs nothing; a subscriber (and its filter parsing) is only worth
     // its startup cost when someone asks for library logs.
     if std::env::var_os("RUST_LOG").is_some() {
@@ -39,4 +43,59 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reports a command line clap refused the way virsh does (`error: command 'net-start'
+/// requires <network> option`, exit status 1), so scripts written for virsh see the
+/// same lines; help and version requests print as clap has them.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    let context = |kind| match error.get(kind) {
+        Some(ContextValue::String(value)) => Some(value.clone()),
+        Some(ContextValue::Strings(values)) => values.first().cloned(),
+        _ => None,
+    };
+    let verb = std::env::args()
+        .skip(1)
+        .find(|arg| arg.starts_with("net-"))
+        .unwrap_or_default();
+    let line = match (error.kind(), context(ContextKind::InvalidArg)) {
+        (ErrorKind::DisplayHelp | ErrorKind::DisplayVersion, _) => {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        (ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand, _) => {
+            let _ = error.print();
+            return ExitCode::FAILURE;
+        }
+        (ErrorKind::ArgumentConflict, Some(argument)) => {
+            // clap names an option with its value placeholder (`--network <NETWORK>`).
+            let option = |text: &str| text.split([' ', '=']).next().unwrap_or_default().to_owned();
+            format!(
+                "Options {} and {} are mutually exclusive",
+                option(&argument),
+                option(&context(ContextKind::PriorArg).unwrap_or_default())
+            )
+        }
+        (ErrorKind::InvalidSubcommand, _) => format!(
+            "unknown command: '{}'",
+            context(ContextKind::InvalidSubcommand).unwrap_or_default()
+        ),
+        (ErrorKind::MissingRequiredArgument, Some(argument)) => format!(
+            "command '{verb}' requires {} option",
+            argument.to_lowercase()
+        ),
+        (ErrorKind::UnknownArgument, Some(argument)) if argument.starts_with('-') => {
+            let option = argument.split('=').next().unwrap_or_default();
+            format!("command '{verb}' doesn't support option {option}")
+        }
+        (ErrorKind::UnknownArgument, Some(argument)) => format!("unexpected data '{argument}'"),
+        _ => {
+            // Any other refusal: clap's own first line, in virsh's `error: ` shape.
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            first.strip_prefix("error: ").unwrap_or(first).to_owned()
+        }
+    };
+    eprintln!("error: {line}");
+    ExitCode::FAILURE
 }

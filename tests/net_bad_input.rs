@@ -225,6 +225,33 @@ fn an_unreachable_daemon_is_one_clear_line() {
 }
 
 #[test]
+fn command_line_mistakes_get_virsh_lines_and_exit_1() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let socket = dir.path().join("unused.sock");
+    for (args, expected) in [
+        (
+            &["net-start"][..],
+            "error: command 'net-start' requires <network> option\n",
+        ),
+        (&["net-start", "a", "b"], "error: unexpected data 'b'\n"),
+        (
+            &["net-info", "--frob", "a"],
+            "error: command 'net-info' doesn't support option --frob\n",
+        ),
+        (&["net-frob"], "error: unknown command: 'net-frob'\n"),
+        (
+            &["net-list", "--all", "--inactive"],
+            "error: Options --all and --inactive are mutually exclusive\n",
+        ),
+    ] {
+        let out = common::kvnet_at(&socket, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), expected, "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
 fn an_invalid_edit_changes_nothing() {
     if !require(DAEMON_NEEDS) {
         return;
