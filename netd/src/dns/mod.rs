@@ -18,6 +18,8 @@
 //! keeps single-label names local (`domain-needed`). Without `<forwarder addr=>` entries
 //! queries go to the host's resolvers from `/etc/resolv.conf`.
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod resolver;
 pub mod server;
 pub mod zone;
