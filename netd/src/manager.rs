@@ -1008,13 +1008,11 @@ impl Manager {
             (true, Some(def)) => Some(def.updated(update)?),
             _ => None,
         };
-        let new_dns = new_live.as_ref().and_then(|def| dns_config(def, &networks));
-        if let Some(dns) = &new_dns {
-            dns::Resolver::new(dns, None).map_err(Error::DnsRecords)?;
-        }
+        // Everything that can fail comes before the first change. A DHCP server started
+        // here is dropped (stopped) if a later step fails.
         let new_dhcp = new_live.as_ref().and_then(dhcp_config);
-        // The update gave the network its first DHCP range or host: it needs a server.
         let started_dhcp = match (&new_dhcp, &network.dhcp) {
+            // The update gave the network its first DHCP range or host: it needs a server.
             (Some(dhcp), None) => Some(
                 DhcpServer::start(dhcp.clone(), self.store.lease_path(&name)).map_err(|e| {
                     Error::Live {
@@ -1026,12 +1024,30 @@ impl Manager {
             ),
             _ => None,
         };
-        if let Some(def) = &new_config {
-            self.store.save_config(&name, &def.to_config_file())?;
-        }
+        let lease_source = match (&new_dhcp, &started_dhcp) {
+            (None, _) => None,
+            (Some(_), Some(started)) => lease_names(Some(started)),
+            (Some(_), None) => lease_names(network.dhcp.as_ref()),
+        };
+        let new_resolver = new_live
+            .as_ref()
+            .and_then(|def| dns_config(def, &networks))
+            .map(|dns| dns::Resolver::new(&dns, lease_source))
+            .transpose()
+            .map_err(Error::DnsRecords)?;
+        // The status file first: if the config write then fails, the old status goes back.
         if let Some(def) = &new_live {
             self.store
                 .save_status(&name, &active_status(def, network.config.is_some()))?;
+        }
+        if let Some(def) = &new_config
+            && let Err(e) = self.store.save_config(&name, &def.to_config_file())
+        {
+            if let (Some(_), Some(old)) = (&new_live, &network.live) {
+                self.store
+                    .save_status(&name, &active_status(old, network.config.is_some()))?;
+            }
+            return Err(e.into());
         }
         let Some(network) = networks.get_mut(&name) else {
             return Err(Error::NotFound {
@@ -1048,10 +1064,8 @@ impl Manager {
                 (Some(server), None) => server.stop().await,
                 (None, _) => network.dhcp = started_dhcp,
             }
-            if let (Some(server), Some(dns)) = (&network.dns, &new_dns) {
-                server
-                    .update(dns, lease_names(network.dhcp.as_ref()))
-                    .map_err(Error::DnsRecords)?;
+            if let (Some(server), Some(resolver)) = (&network.dns, new_resolver) {
+                server.replace(resolver);
             }
             network.live = Some(def);
         }

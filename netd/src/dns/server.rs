@@ -133,10 +133,15 @@ impl DnsServer {
     /// forwarded queries in flight (net-update). The listening addresses stay those
     /// the server started with. An invalid config changes nothing.
     pub fn update(&self, config: &DnsConfig, leases: Option<LeaseSource>) -> Result<(), Error> {
-        let resolver = Resolver::new(config, leases)?;
+        self.replace(Resolver::new(config, leases)?);
+        Ok(())
+    }
+
+    /// Answers with `resolver` from now on (see [`DnsServer::update`]); for callers that
+    /// build the resolver before committing to a change.
+    pub fn replace(&self, resolver: Resolver) {
         self.resolver.send_replace(Arc::new(resolver));
         tracing::info!(network = %self.network, "DNS records updated");
-        Ok(())
     }
 
     /// Stops the task; TCP connections in progress end with it.
