@@ -54,9 +54,12 @@ fn usage_error(error: &clap::Error) -> ExitCode {
         Some(ContextValue::Strings(values)) => values.first().cloned(),
         _ => None,
     };
+    // The verb is the first argument that names one (an option's value may look like one
+    // only after it).
+    let verbs = <cli::Cli as clap::CommandFactory>::command();
     let verb = std::env::args()
         .skip(1)
-        .find(|arg| arg.starts_with("net-"))
+        .find(|arg| verbs.find_subcommand(arg).is_some())
         .unwrap_or_default();
     let line = match (error.kind(), context(ContextKind::InvalidArg)) {
         (ErrorKind::DisplayHelp | ErrorKind::DisplayVersion, _) => {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
-use hyper::{Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
