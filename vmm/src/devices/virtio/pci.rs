@@ -240,9 +240,15 @@ impl VirtioInterrupt for VirtioPciInterrupt {
                 (vector.load(Ordering::SeqCst), ISR_QUEUE)
             }
         };
-        self.isr.fetch_or(isr, Ordering::SeqCst);
         let mut msix = lock_msix(&self.msix);
-        match interrupt_mode(msix.enabled(), vector) {
+        let mode = interrupt_mode(msix.enabled(), vector);
+        // virtio 1.x 4.1.4.5.1: the queue bit is set only when MSI-X is off (a driver
+        // using MSI-X never reads it, so it would linger and fire INTx spuriously the
+        // day MSI-X is turned off); the config bit is set either way.
+        if isr == ISR_CONFIG || mode == InterruptMode::Intx {
+            self.isr.fetch_or(isr, Ordering::SeqCst);
+        }
+        match mode {
             InterruptMode::Msix(vector) => msix.trigger(vector),
             InterruptMode::None => {}
             InterruptMode::Intx => {
@@ -867,15 +873,18 @@ impl PciDevice for VirtioPciDevice {
     }
 
     fn connect_intx(&mut self, gsi: u32) -> Result<(), IntxError> {
-        let isr = Arc::clone(&self.isr);
-        let level: LevelSource = Arc::new(move || isr.load(Ordering::SeqCst) != 0);
-        let line = IntxLine::new(gsi, Arc::clone(&self.intx_router), level)?;
-        if self.intx.set(line).is_err() {
+        if self.intx.get().is_some() {
             tracing::warn!(
                 gsi,
                 "virtio-pci: INTx already wired; keeping the first line"
             );
+            return Ok(());
         }
+        let isr = Arc::clone(&self.isr);
+        let level: LevelSource = Arc::new(move || isr.load(Ordering::SeqCst) != 0);
+        let line = IntxLine::new(gsi, Arc::clone(&self.intx_router), level)?;
+        // `&mut self` rules out a concurrent set, so this one cannot lose.
+        let _ = self.intx.set(line);
         let msix_enabled = lock_msix(&self.msix).enabled();
         self.sync_intx_enable(msix_enabled);
         Ok(())

@@ -536,17 +536,12 @@ impl NetWorker {
             source,
         };
         let mut slices: Vec<VolatileSlice<'_>> = Vec::new();
+        let table = DescTable::of(&mem, &self.tx);
         loop {
             self.tx.disable_notification(&*mem).map_err(ring_err)?;
             while let Some(head) = pop_head(&mut self.tx, &mem, TX_QUEUE)? {
                 let limits = (VNET_HDR_LEN as u64, super::MAX_GSO_FRAME_LEN as u64);
-                match parse_chain(
-                    &mem,
-                    DescTable::of(&mem, &self.tx),
-                    head,
-                    Direction::DeviceReads,
-                    limits,
-                ) {
+                match parse_chain(&mem, table, head, Direction::DeviceReads, limits) {
                     Ok(chain) => {
                         slices.clear();
                         chain_slices(&mem, &chain, &mut slices)?;
