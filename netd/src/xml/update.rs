@@ -111,20 +111,22 @@ impl UpdateSection {
         }
     }
 
-    /// The element an update of this section carries.
-    fn element(self) -> &'static str {
+    /// The element an update of this section carries, for the sections kvnet updates
+    /// (libvirt cannot update bridge, domain, ip and forward; kvnet has no interface
+    /// pools or portgroups).
+    fn element(self) -> Option<&'static str> {
         match self {
-            UpdateSection::IpDhcpHost | UpdateSection::DnsHost => "host",
-            UpdateSection::IpDhcpRange => "range",
-            UpdateSection::DnsTxt => "txt",
-            UpdateSection::DnsSrv => "srv",
-            UpdateSection::ForwardInterface => "interface",
-            UpdateSection::Portgroup => "portgroup",
-            UpdateSection::Bridge => "bridge",
-            UpdateSection::Domain => "domain",
-            UpdateSection::Ip => "ip",
-            UpdateSection::Forward => "forward",
-            UpdateSection::ForwardPf => "pf",
+            UpdateSection::IpDhcpHost | UpdateSection::DnsHost => Some("host"),
+            UpdateSection::IpDhcpRange => Some("range"),
+            UpdateSection::DnsTxt => Some("txt"),
+            UpdateSection::DnsSrv => Some("srv"),
+            UpdateSection::ForwardInterface
+            | UpdateSection::Portgroup
+            | UpdateSection::Bridge
+            | UpdateSection::Domain
+            | UpdateSection::Ip
+            | UpdateSection::Forward
+            | UpdateSection::ForwardPf => None,
         }
     }
 }
@@ -201,22 +203,13 @@ impl NetworkDef {
             ))
         };
         let root = parse_document(update.xml)?;
-        match section {
-            UpdateSection::Bridge
-            | UpdateSection::Domain
-            | UpdateSection::Ip
-            | UpdateSection::Forward
-            | UpdateSection::ForwardPf
-            | UpdateSection::ForwardInterface
-            | UpdateSection::Portgroup => return Err(unsupported()),
-            _ => {}
-        }
-        if root.name != section.element() {
+        let Some(element) = section.element() else {
+            return Err(unsupported());
+        };
+        if root.name != element {
             return Err(invalid(format!(
-                "unexpected element <{}>, expecting <{}>, while updating network '{}'",
-                root.name,
-                section.element(),
-                self.name
+                "unexpected element <{}>, expecting <{element}>, while updating network '{}'",
+                root.name, self.name
             )));
         }
         let parser = Parser::for_network(&self.name);
