@@ -506,6 +506,21 @@ fn prefix_cache_follows_every_change_the_dump_sees() {
         "ip -6 addr add fd77::1/64 dev kvc0 nodad",
         "ip link add kvc1 type bridge && ip link set kvc1 up && ip addr add 10.79.0.1/24 dev kvc1 \
          && ip route add 10.80.0.0/16 dev kvc1 && ip route add 10.81.0.0/16 dev kvc1 metric 7",
+        // A replace announces only the new route, which may leave by another link.
+        "ip route add 10.83.0.0/16 dev kvc0",
+        "ip route replace 10.83.0.0/16 dev kvc1",
+        "ip -6 route add fd83::/64 dev kvc0",
+        "ip -6 route replace fd83::/64 dev kvc1",
+        // Appended routes share the replaced one's identity but not its link.
+        "ip route append 10.83.0.0/16 dev kvc0",
+        "ip route del 10.83.0.0/16 dev kvc1",
+        // Deleting an IPv4 address flushes routes without RTM_DELROUTE: on older kernels
+        // those with it as `src`, even on 6.18 every route of a link losing its last one.
+        "ip link add kvc2 type bridge && ip link set kvc2 up && ip addr add 10.82.1.1/24 dev kvc2 \
+         && ip route add 10.82.0.0/16 dev kvc2 src 10.82.1.1 && ip route add 10.84.0.0/16 dev kvc2",
+        "ip addr del 10.82.1.1/24 dev kvc2",
+        // Among appended routes, a replace takes the first one's place only.
+        "ip route append 10.83.0.0/16 dev kvc1 && ip route replace 10.83.0.0/16 dev kvc2",
         "ip addr del 10.77.2.1/24 dev kvc0",
         "ip route del 10.78.0.0/16 dev kvc0",
         // IPv4 routes of a link going down vanish without RTM_DELROUTE.

@@ -15,7 +15,15 @@
 //! One kernel quirk: IPv4 routes through a link that goes down or away are flushed without
 //! `RTM_DELROUTE`. Link notifications cover that: a link going down drops its IPv4 routes
 //! (the kernel re-announces the prefix routes of its addresses when it comes back up), a
-//! link going away drops everything through it.
+//! link going away drops everything through it. Deleting an IPv4 address also flushes
+//! routes silently: every route of a link that lost its last IPv4 address, and (on older
+//! kernels) those using the address as their source. The cache cannot tell which, so such a
+//! deletion makes it dump again.
+//!
+//! Routes are keyed like the kernel's FIB keys them, without the outgoing interface:
+//! `ip route replace` sends only an `RTM_NEWROUTE` with `NLM_F_REPLACE` for a route that
+//! may have moved to another interface. Routes appended under one key (`ip route append`)
+//! each keep their interface; a replace among them makes the cache dump again.
 
 use std::collections::HashMap;
 use std::io;
@@ -31,7 +39,7 @@ use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, setsockopt,
     socket, sockopt,
 };
-use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+use rtnetlink::packet_core::{NLM_F_REPLACE, NetlinkMessage, NetlinkPayload};
 use tokio::sync::Mutex;
 
 use super::netlink::{address_prefix, claimed_subnet, is_link_local};
@@ -54,9 +62,9 @@ const RECEIVE_BUFFER: usize = 8 << 20;
 /// An address's identity: interface, prefix length and the address attributes.
 type AddressKey = (u32, u8, Option<IpAddr>, Option<IpAddr>);
 
-/// A route's identity in the kernel's FIB (family, table, destination, tos, metric) and the
-/// interface it leaves by.
-type RouteKey = (u8, u32, Option<IpAddr>, u8, u8, Option<u32>, Option<u32>);
+/// A route's identity in the kernel's FIB: family, table, destination, prefix length, tos
+/// and metric. Not the interface: a replace may move the route to another one.
+type RouteKey = (u8, u32, Option<IpAddr>, u8, u8, Option<u32>);
 
 /// The used prefixes of the network namespace this cache was created in.
 #[derive(Debug)]
@@ -74,7 +82,11 @@ struct State {
 #[derive(Debug, Default)]
 struct Known {
     addresses: HashMap<AddressKey, (IpNet, u32)>,
-    routes: HashMap<RouteKey, (IpNet, u32)>,
+    /// Usually one route per key; more after `ip route append`/`prepend`.
+    routes: HashMap<RouteKey, Vec<(IpNet, u32)>>,
+    /// A change happened that the notifications do not fully describe (an IPv4 address
+    /// deletion, a replace among appended routes): answers must come from a fresh dump.
+    stale: bool,
 }
 
 impl PrefixCache {
@@ -132,7 +144,8 @@ impl PrefixCache {
     /// applied, dumping first if the cache is empty or lost notifications.
     async fn answer<T>(&self, link: &Link, question: impl FnOnce(&Known) -> T) -> Result<T, Error> {
         let mut state = self.state.lock().await;
-        if state.drain().is_err() {
+        let drained = state.drain().is_ok();
+        if !drained || state.known.as_ref().is_some_and(|known| known.stale) {
             state.known = None;
         }
         if state.known.is_none() {
@@ -144,13 +157,15 @@ impl PrefixCache {
                 known.apply_address(message, true);
             }
             for message in &routes {
-                known.apply_route(message, true);
+                known.apply_route(message, Change::Add);
             }
             state.known = Some(known);
         }
         // What changed during the dump (nothing, without one).
         let lost = state.drain().is_err();
-        let answer = question(state.known.get_or_insert_with(Known::default));
+        let known = state.known.get_or_insert_with(Known::default);
+        let lost = lost || known.stale;
+        let answer = question(known);
         if lost {
             // This answer may miss a change; the next question dumps again.
             state.known = None;
@@ -191,7 +206,8 @@ impl State {
 impl Known {
     /// Every used prefix, with duplicates, in no order.
     fn used(&self) -> impl Iterator<Item = (IpNet, u32)> + '_ {
-        self.addresses.values().chain(self.routes.values()).copied()
+        let routes = self.routes.values().flatten();
+        self.addresses.values().chain(routes).copied()
     }
 
     /// Applies each message of one datagram; a message that does not parse is skipped
@@ -213,7 +229,8 @@ impl Known {
             } else if let Ok(message) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(message)
                 && let NetlinkPayload::InnerMessage(inner) = message.payload
             {
-                self.apply(&inner);
+                let replace = message.header.flags & NLM_F_REPLACE != 0;
+                self.apply(&inner, replace);
             }
             // Messages are 4-byte aligned (NLMSG_ALIGN).
             let advance = (length + 3) & !3;
@@ -221,12 +238,20 @@ impl Known {
         }
     }
 
-    fn apply(&mut self, message: &RouteNetlinkMessage) {
+    /// Applies one notification; `replace` when its header carries `NLM_F_REPLACE`.
+    fn apply(&mut self, message: &RouteNetlinkMessage, replace: bool) {
         match message {
             RouteNetlinkMessage::NewAddress(m) => self.apply_address(m, true),
-            RouteNetlinkMessage::DelAddress(m) => self.apply_address(m, false),
-            RouteNetlinkMessage::NewRoute(m) => self.apply_route(m, true),
-            RouteNetlinkMessage::DelRoute(m) => self.apply_route(m, false),
+            RouteNetlinkMessage::DelAddress(m) => {
+                // The kernel flushes the routes using an IPv4 address with it, unannounced.
+                if m.header.family == netlink_packet_route::AddressFamily::Inet {
+                    self.stale = true;
+                }
+                self.apply_address(m, false);
+            }
+            RouteNetlinkMessage::NewRoute(m) if replace => self.apply_route(m, Change::Replace),
+            RouteNetlinkMessage::NewRoute(m) => self.apply_route(m, Change::Add),
+            RouteNetlinkMessage::DelRoute(m) => self.apply_route(m, Change::Delete),
             _ => {}
         }
     }
@@ -234,13 +259,20 @@ impl Known {
     /// A link notification: `present` for `RTM_NEWLINK`, with the link's `IFF_*` flags.
     fn apply_link(&mut self, present: bool, index: u32, flags: u32) {
         if !present {
-            self.routes.retain(|_, (_, oif)| *oif != index);
+            self.retain_routes(|_, oif| oif != index);
             self.addresses.retain(|_, (_, ifindex)| *ifindex != index);
         } else if flags & IFF_UP == 0 {
             // The kernel flushed the link's IPv4 routes without telling.
-            self.routes
-                .retain(|_, (net, oif)| *oif != index || !matches!(net, IpNet::V4(_)));
+            self.retain_routes(|net, oif| oif != index || !matches!(net, IpNet::V4(_)));
         }
+    }
+
+    /// Keeps the routes for which `keep(prefix, oif)` holds.
+    fn retain_routes(&mut self, keep: impl Fn(&IpNet, u32) -> bool) {
+        self.routes.retain(|_, routes| {
+            routes.retain(|(net, oif)| keep(net, *oif));
+            !routes.is_empty()
+        });
     }
 
     fn apply_address(&mut self, message: &AddressMessage, present: bool) {
@@ -267,17 +299,15 @@ impl Known {
         }
     }
 
-    fn apply_route(&mut self, message: &RouteMessage, present: bool) {
+    fn apply_route(&mut self, message: &RouteMessage, change: Change) {
         let header = &message.header;
         let mut table = u32::from(header.table);
         let mut priority = None;
-        let mut oif = None;
         let mut destination = None;
         for attr in &message.attributes {
             match attr {
                 RouteAttribute::Table(id) => table = *id,
                 RouteAttribute::Priority(metric) => priority = Some(*metric),
-                RouteAttribute::Oif(index) => oif = Some(*index),
                 RouteAttribute::Destination(address) => destination = route_address(address),
                 _ => {}
             }
@@ -289,17 +319,45 @@ impl Known {
             header.destination_prefix_length,
             header.tos,
             priority,
-            oif,
         );
-        match claimed_subnet(message) {
-            Some(claimed) if present => {
-                self.routes.insert(key, claimed);
+        let claimed = claimed_subnet(message);
+        let routes = match change {
+            // What the key held is gone, even if the new route claims nothing. With routes
+            // appended under it, IPv4 replaces only the first one: which, the cache can't tell.
+            Change::Replace => {
+                if self.routes.remove(&key).is_some_and(|old| old.len() > 1) {
+                    self.stale = true;
+                }
+                self.routes.entry(key).or_default()
             }
-            _ => {
-                self.routes.remove(&key);
-            }
+            // A replayed notification may already be in the dump: no duplicates.
+            Change::Add => self.routes.entry(key).or_default(),
+            Change::Delete => match self.routes.get_mut(&key) {
+                Some(routes) => routes,
+                None => return,
+            },
+        };
+        match (change, claimed) {
+            (Change::Delete, Some(claimed)) => routes.retain(|route| *route != claimed),
+            (Change::Delete, None) => {}
+            (_, Some(claimed)) if !routes.contains(&claimed) => routes.push(claimed),
+            (_, _) => {}
+        }
+        if routes.is_empty() {
+            self.routes.remove(&key);
         }
     }
+}
+
+/// What a route message does to the routes under its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// `RTM_NEWROUTE`, or a dumped route: one more route under the key.
+    Add,
+    /// `RTM_NEWROUTE` with `NLM_F_REPLACE`: the route takes the key's place.
+    Replace,
+    /// `RTM_DELROUTE`: the route leaves the key.
+    Delete,
 }
 
 /// The ifindex and `IFF_*` flags of a link message: `struct ifinfomsg` (family, pad, type,
