@@ -223,12 +223,14 @@ impl IntxLine {
     }
 
     /// The GSI this pin raises.
-    pub fn gsi(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn gsi(&self) -> u32 {
         self.state.gsi
     }
 
     /// Whether INTx may be asserted now.
-    pub fn enabled(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn enabled(&self) -> bool {
         self.state.enabled.load(Ordering::SeqCst)
     }
 
@@ -248,7 +250,8 @@ impl IntxLine {
     }
 
     /// Whether the line is high (asserted and not yet EOI'd by the guest).
-    pub fn is_asserted(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_asserted(&self) -> bool {
         self.state.asserted.load(Ordering::SeqCst)
     }
 }

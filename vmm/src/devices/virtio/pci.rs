@@ -264,7 +264,7 @@ impl VirtioInterrupt for VirtioPciInterrupt {
 
 /// How one interrupt is delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InterruptMode {
+enum InterruptMode {
     /// Through this MSI-X vector.
     Msix(u16),
     /// Through the INTx pin (MSI-X disabled; the ISR byte says why).
@@ -275,7 +275,7 @@ pub enum InterruptMode {
 
 /// The delivery of an interrupt whose driver-chosen vector is `vector`, with MSI-X
 /// enabled or not in the capability's Message Control.
-pub fn interrupt_mode(msix_enabled: bool, vector: u16) -> InterruptMode {
+fn interrupt_mode(msix_enabled: bool, vector: u16) -> InterruptMode {
     match (msix_enabled, vector) {
         (false, _) => InterruptMode::Intx,
         (true, VIRTIO_MSI_NO_VECTOR) => InterruptMode::None,
@@ -451,7 +451,8 @@ impl VirtioPciDevice {
     }
 
     /// The INTx pin, once wired.
-    pub fn intx(&self) -> Option<&IntxLine> {
+    #[cfg(test)]
+    pub(crate) fn intx(&self) -> Option<&IntxLine> {
         self.intx.get()
     }
 
