@@ -137,21 +137,26 @@ fn bridge_comes_up_keeps_its_mtu_and_takes_ports() {
     }
 }
 
+/// Bridge `kvbr0`, up, with 10.77.0.1/24 and fd77::1/64.
+async fn dual_stack_bridge(link: &Link) {
+    link.create_bridge(&spec("kvbr0", None, false, 0))
+        .await
+        .expect("create");
+    link.add_address("kvbr0", ip("10.77.0.1"), 24)
+        .await
+        .expect("v4");
+    link.add_address("kvbr0", ip("fd77::1"), 64)
+        .await
+        .expect("v6");
+    link.set_up("kvbr0").await.expect("up");
+}
+
 #[test]
 fn addresses_are_added_in_both_families() {
     let Some(ns) = netns("link-addr") else { return };
     let (missing, bad_prefix) = block_on_in(&ns, || async {
         let link = Link::new().expect("netlink socket");
-        link.create_bridge(&spec("kvbr0", None, false, 0))
-            .await
-            .expect("create");
-        link.add_address("kvbr0", ip("10.77.0.1"), 24)
-            .await
-            .expect("v4");
-        link.add_address("kvbr0", ip("fd77::1"), 64)
-            .await
-            .expect("v6");
-        link.set_up("kvbr0").await.expect("up");
+        dual_stack_bridge(&link).await;
         let missing = link.add_address("nosuch0", ip("10.78.0.1"), 24).await;
         let bad = link.add_address("kvbr0", ip("10.79.0.1"), 33).await;
         (missing, bad)
@@ -312,16 +317,7 @@ fn routes_go_through_a_gateway_on_the_interface() {
     };
     let mismatch = block_on_in(&ns, || async {
         let link = Link::new().expect("netlink socket");
-        link.create_bridge(&spec("kvbr0", None, false, 0))
-            .await
-            .expect("create");
-        link.add_address("kvbr0", ip("10.77.0.1"), 24)
-            .await
-            .expect("v4");
-        link.add_address("kvbr0", ip("fd77::1"), 64)
-            .await
-            .expect("v6");
-        link.set_up("kvbr0").await.expect("up");
+        dual_stack_bridge(&link).await;
         let net = |s: &str| s.parse().expect("test literal");
         // Host bits in the destination are dropped, as libvirt's prefix math does.
         link.add_route("kvbr0", net("10.80.1.9/16"), ip("10.77.0.2"), 0)
