@@ -284,6 +284,8 @@ struct Serve {
     /// Sockets for forwarding: IPv4 and IPv6, opened on first use.
     upstream: [Option<UdpSocket>; 2],
     pending: HashMap<u16, Pending>,
+    /// Where [`next_event`] starts looking among the listeners.
+    next_listener: usize,
 }
 
 async fn serve(
@@ -308,6 +310,7 @@ async fn serve(
         udp,
         upstream: [None, None],
         pending: HashMap::new(),
+        next_listener: 0,
     };
     let mut buf = vec![0u8; RECV_BUFFER];
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
@@ -326,7 +329,13 @@ async fn serve(
                 state.sweep();
                 continue;
             }
-            event = next_event(&state.udp, &state.upstream, &tcp, &mut buf) => event,
+            event = next_event(
+                &state.udp,
+                &state.upstream,
+                &tcp,
+                &mut state.next_listener,
+                &mut buf,
+            ) => event,
         };
         match event {
             Event::Queries(socket) => state.queries(socket),
@@ -350,21 +359,20 @@ async fn serve(
     connections.shutdown().await;
 }
 
-/// Waits for the first socket with something to read, without allocating.
+/// Waits for the first socket with something to read, without allocating. Upstream
+/// replies come first: they answer queries already taken in, and the forwarding
+/// sockets only get what was asked for. The listeners (UDP sockets, then TCP listeners,
+/// as one ring) are looked at from `next_listener` on, which is left one past the
+/// listener that had something, so a socket kept busy by one client cannot starve the
+/// others.
 async fn next_event(
     udp: &[UdpSocket],
     upstream: &[Option<UdpSocket>; 2],
     tcp: &[TcpListener],
+    next_listener: &mut usize,
     buf: &mut [u8],
 ) -> Event {
     poll_fn(|cx| {
-        for (socket, udp) in udp.iter().enumerate() {
-            match udp.poll_recv_ready(cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Event::Queries(socket)),
-                Poll::Ready(Err(e)) => return Poll::Ready(Event::Failed(e)),
-                Poll::Pending => {}
-            }
-        }
         for upstream in upstream.iter().flatten() {
             let mut read = ReadBuf::new(buf);
             match upstream.poll_recv_from(cx, &mut read) {
@@ -376,11 +384,18 @@ async fn next_event(
                 Poll::Pending => {}
             }
         }
-        for listener in tcp {
-            match listener.poll_accept(cx) {
-                Poll::Ready(Ok((stream, _))) => return Poll::Ready(Event::Accept(stream)),
-                Poll::Ready(Err(e)) => return Poll::Ready(Event::Failed(e)),
-                Poll::Pending => {}
+        let listeners = udp.len() + tcp.len();
+        for turn in 0..listeners {
+            let at = (*next_listener + turn) % listeners;
+            let ready = match udp.get(at) {
+                Some(socket) => socket.poll_recv_ready(cx).map_ok(|()| Event::Queries(at)),
+                None => tcp[at - udp.len()]
+                    .poll_accept(cx)
+                    .map_ok(|(stream, _)| Event::Accept(stream)),
+            };
+            if let Poll::Ready(result) = ready {
+                *next_listener = (at + 1) % listeners;
+                return Poll::Ready(result.unwrap_or_else(Event::Failed));
             }
         }
         Poll::Pending
