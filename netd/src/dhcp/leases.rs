@@ -300,6 +300,20 @@ impl LeaseDb {
                 );
             }
         }
+        // An offer on an address now reserved or out of the pool would be handed over
+        // as is by the takeover in `allocate`; bound leases stay until their renewal is
+        // refused.
+        let stale: Vec<Ipv4Addr> = self
+            .offers
+            .iter()
+            .map(|&(_, ip)| ip)
+            .filter(|&ip| {
+                ip == self.server_ip || self.reserved_ips.contains_key(&ip) || !self.in_pool(ip)
+            })
+            .collect();
+        for ip in stale {
+            self.remove_ip(ip);
+        }
     }
 
     /// Lease time for `client` at `ip`: the reservation's, else the range's, else the default.
@@ -907,6 +921,33 @@ mod tests {
         assert_eq!(db.offer(&mac(5), None, NOW + 4), None);
         assert!(db.release(&mac(4), ip(12)));
         assert_eq!(db.offer(&mac(5), None, NOW + 4), Some(ip(12)));
+    }
+
+    #[test]
+    fn update_drops_offers_on_addresses_it_reserves_or_removes() {
+        let mut cfg = config();
+        cfg.hosts.clear();
+        cfg.ranges[0].1 = ip(13);
+        let mut db = LeaseDb::in_memory(&cfg);
+        assert_eq!(db.offer(&mac(7), Some(ip(13)), NOW - 1), Some(ip(13)));
+        assert_eq!(db.offer(&mac(1), None, NOW), Some(ip(10)));
+        assert_eq!(db.offer(&mac(2), None, NOW), Some(ip(11)));
+        assert_eq!(db.offer(&mac(3), None, NOW), Some(ip(12)));
+        // A live update reserves .10 and ends the pool at .12.
+        cfg.ranges[0].1 = ip(12);
+        cfg.hosts = vec![DhcpHostConfig {
+            mac: Some([2, 0, 0, 0, 0, 0x99]),
+            ip: ip(10),
+            name: None,
+            lease: None,
+        }];
+        db.configure(&cfg);
+        // .11 and .12 are still held; the full pool's takeover goes to the oldest offer
+        // left, never to the removed .13 or the reserved .10.
+        assert_eq!(db.offer(&mac(4), None, NOW + 1), Some(ip(11)));
+        assert_eq!(db.offer(&mac(5), None, NOW + 1), Some(ip(12)));
+        assert_eq!(db.offer(&mac(6), None, NOW + 2), Some(ip(11)));
+        assert!(db.assignable(&mac(0x99), ip(10), NOW + 2));
     }
 
     #[test]
