@@ -734,7 +734,8 @@ impl LeaseDb {
     }
 
     /// Records how the sync of [`LeaseDb::begin_commit`]'s lines went, and compacts the
-    /// journal when it has grown.
+    /// journal when it has grown. An error means the lines may not be on disk; a failed
+    /// compaction is only logged.
     pub fn finish_commit(
         &mut self,
         lines: usize,
@@ -759,8 +760,10 @@ impl LeaseDb {
                 });
             }
         };
-        if rewrite {
-            self.compact()?;
+        // The lines are durable whatever happens to the rewrite: a failed one leaves
+        // `needs_rewrite` set, and the next commit tries again.
+        if rewrite && let Err(e) = self.compact() {
+            tracing::warn!(error = %crate::manager::error_chain(&e), "DHCP lease journal not compacted; the next commit retries");
         }
         Ok(())
     }
@@ -1211,6 +1214,30 @@ mod tests {
         drop(db);
         let db = LeaseDb::open(&config(), &path, NOW).expect("reopen");
         assert_eq!(db.leases(NOW).len(), 2);
+    }
+
+    #[test]
+    fn a_failed_compaction_keeps_the_commit_and_is_retried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.leases");
+        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open");
+        db.bind(&mac(1), ip(10), None, NOW).expect("bind");
+        let sync = db.begin_commit().expect("begin");
+        sync.run().expect("sync");
+        // The directory goes away: the rewrite cannot create its temporary file.
+        std::fs::remove_dir_all(dir.path()).expect("remove the directory");
+        // Synced lines that make the journal long enough to be compacted.
+        db.finish_commit(COMPACT_MIN_LINES, Ok(()))
+            .expect("the synced lines are committed");
+        // The next commit retries the rewrite, which holds every binding.
+        assert!(db.begin_commit().is_err());
+        std::fs::create_dir(dir.path()).expect("recreate the directory");
+        assert!(db.begin_commit().expect("rewrite").is_empty());
+        drop(db);
+        let db = LeaseDb::open(&config(), &path, NOW).expect("reopen");
+        let leases = db.leases(NOW);
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].ip, ip(10));
     }
 
     #[test]
