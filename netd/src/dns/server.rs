@@ -433,7 +433,8 @@ struct Batch {
     send_headers: MultiHeaders<SockaddrStorage>,
     /// For one segmented send, with room for its control message.
     gso_headers: MultiHeaders<SockaddrStorage>,
-    /// Whether UDP GSO sends work here (cleared on the first that fails).
+    /// Whether UDP GSO sends work here (cleared on the first that fails for lack of
+    /// support, see [`gso_unsupported`]).
     gso: bool,
 }
 
@@ -516,10 +517,15 @@ impl Batch {
                         continue;
                     }
                     Err(Errno::EAGAIN) => return Ok(sent),
-                    Err(e) => {
-                        // Older kernels, or a route without checksum offload.
+                    Err(e) if gso_unsupported(e) => {
                         tracing::debug!(error = %e, "UDP GSO send failed; sending DNS replies one by one");
                         self.gso = false;
+                    }
+                    Err(e) => {
+                        // About this client only (a firewall drop, no route, too big
+                        // together): its replies go one by one, GSO stays on for the
+                        // others, this thread's batch serving every network.
+                        tracing::debug!(error = %e, "UDP GSO send to one client failed; sending its DNS replies one by one");
                     }
                 }
             }
@@ -597,6 +603,15 @@ impl Batch {
         }
         Ok(sent)
     }
+}
+
+/// Whether a segmented send failed because UDP GSO does not work here at all (older
+/// kernels, a route without checksum offload), rather than because of its destination.
+fn gso_unsupported(error: Errno) -> bool {
+    matches!(
+        error,
+        Errno::EIO | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOPROTOOPT
+    )
 }
 
 thread_local! {
@@ -885,4 +900,51 @@ async fn ask_tcp(server: SocketAddr, query: &[u8], out: &mut Vec<u8>) -> std::io
     let mut upstream = TcpStream::connect(server).await?;
     write_message(&mut upstream, query).await?;
     read_message(&mut upstream, out).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use testkit::{Need, Netns};
+
+    /// A client behind a firewall drop makes segmented sends to it fail (EPERM): its
+    /// replies are lost, but the next client's still leave in one GSO send.
+    #[test]
+    fn a_refused_client_leaves_gso_on_for_the_others() {
+        if !testkit::require(&[Need::Root, Need::Netns, Need::Nft]) {
+            return;
+        }
+        let ns = Netns::new("dnsgso").expect("create test netns");
+        ns.sh("nft add table inet t && \
+             nft add chain inet t out '{ type filter hook output priority 0; }' && \
+             nft add rule inet t out ip daddr 127.0.0.2 drop")
+            .expect("firewall drop for 127.0.0.2");
+        ns.run(|| {
+            let bind = |ip: &str| std::net::UdpSocket::bind((ip, 0)).expect("bind");
+            let (server, refused, client) =
+                (bind("127.0.0.1"), bind("127.0.0.2"), bind("127.0.0.3"));
+            client
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let mut batch = Batch::new();
+            // Four replies of one length: two to the refused client, then two to the other.
+            let targets = [&refused, &refused, &client, &client];
+            for (at, target) in targets.into_iter().enumerate() {
+                let to = target.local_addr().expect("address");
+                batch.received.push((0, SockaddrStorage::from(to)));
+                batch.replies[at].clear();
+                batch.replies[at].extend_from_slice(&[u8::try_from(at).expect("small"); 100]);
+            }
+            let sent = batch.send(server.as_raw_fd(), &[0, 1, 2, 3]).expect("send");
+            assert_eq!(sent, 2);
+            assert!(batch.gso, "GSO turned off by one client's firewall drop");
+            let mut buf = [0u8; 512];
+            for expected in [2u8, 3] {
+                let (len, from) = client.recv_from(&mut buf).expect("reply");
+                assert_eq!(from, server.local_addr().expect("address"));
+                assert_eq!(&buf[..len], &[expected; 100][..]);
+            }
+        })
+        .expect("run in the netns");
+    }
 }
