@@ -2,16 +2,16 @@
 //! address, feeding [`Resolver::answer`], and the forwarding of other queries upstream.
 //!
 //! UDP queries are read and answered in batches (`recvmmsg`/`sendmmsg`, up to
-//! [`BATCH`] datagrams per system call) through buffers owned by the runtime's worker
+//! `BATCH` datagrams per system call) through buffers owned by the runtime's worker
 //! thread, so a thousand idle networks cost no buffers and a busy one costs two
 //! system calls per batch.
 //!
 //! UDP queries for other names are forwarded from one task-owned socket per address
 //! family with a fresh random ID; the reply is matched on that ID and the upstream's
 //! address, given back its original ID and sent to the client from the socket the query
-//! came in on. A server that does not answer within [`ATTEMPT_TIMEOUT`], or answers
+//! came in on. A server that does not answer within `ATTEMPT_TIMEOUT`, or answers
 //! SERVFAIL or REFUSED, is passed over for the next one of the list (resolv.conf or
-//! forwarder order); servers that failed lately go last for [`SUSPECT_FOR`]. A forward
+//! forwarder order); servers that failed lately go last for `SUSPECT_FOR`. A forward
 //! unanswered after [`FORWARD_TIMEOUT`] is forgotten (the client retries). A TCP client
 //! gets a small task per connection (at most [`MAX_TCP_CLIENTS`] at once) that forwards
 //! over TCP, with the same order and time bounds, so large upstream answers get through
@@ -45,9 +45,9 @@ use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// An upstream server silent this long is passed over for the next one, if any (the
 /// last one asked gets what remains of [`FORWARD_TIMEOUT`]).
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A server that timed out or failed is asked after the others for this long.
-pub const SUSPECT_FOR: Duration = Duration::from_secs(30);
+const SUSPECT_FOR: Duration = Duration::from_secs(30);
 /// How often unanswered forwards are checked while there are some.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 /// Most UDP queries waiting for an upstream answer at once; more are dropped.
@@ -59,7 +59,7 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Largest UDP datagram read (EDNS clients may send up to this much).
 const RECV_BUFFER: usize = 4096;
 /// Most datagrams read or sent by one system call.
-pub const BATCH: usize = 32;
+const BATCH: usize = 32;
 /// Batches read from one socket before the task looks at its other sockets.
 const BATCHES_PER_TURN: usize = 8;
 
