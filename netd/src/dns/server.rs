@@ -907,6 +907,68 @@ mod tests {
     use super::*;
     use testkit::{Need, Netns};
 
+    /// Listeners with datagrams left queued (a turn ended) must not keep the upstream
+    /// replies, the other listeners or the TCP accepts waiting.
+    #[test]
+    fn upstream_replies_come_first_and_listeners_take_turns() {
+        if !testkit::require(&[Need::Root, Need::Netns]) {
+            return;
+        }
+        let ns = Netns::new("dnsturns").expect("create test netns");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        ns.run(|| {
+            runtime.block_on(async {
+                let bind = || async {
+                    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                        .await
+                        .expect("bind")
+                };
+                let udp = vec![bind().await, bind().await];
+                let forwarder = bind().await;
+                let tcp = vec![
+                    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                        .await
+                        .expect("listen"),
+                ];
+                let peer = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+                for socket in udp.iter().chain([&forwarder]) {
+                    let to = socket.local_addr().expect("address");
+                    peer.send_to(b"query", to).expect("send");
+                }
+                let _client = std::net::TcpStream::connect(tcp[0].local_addr().expect("address"))
+                    .expect("connect");
+                let upstream = [Some(forwarder), None];
+                // Let the runtime see every socket's readiness.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut next_listener = 0;
+                let mut buf = [0u8; 64];
+                let mut seen = Vec::new();
+                for _ in 0..5 {
+                    // The listeners' datagrams stay queued, as after a turn cut short.
+                    let event =
+                        next_event(&udp, &upstream, &tcp, &mut next_listener, &mut buf).await;
+                    seen.push(match event {
+                        Event::Queries(socket) => format!("udp{socket}"),
+                        Event::Upstream { len, from } => {
+                            assert_eq!(from, peer.local_addr().expect("address"));
+                            format!("upstream {:?}", String::from_utf8_lossy(&buf[..len]))
+                        }
+                        Event::Accept(_) => "accept".to_owned(),
+                        Event::Failed(e) => format!("failed: {e}"),
+                    });
+                }
+                assert_eq!(
+                    seen,
+                    ["upstream \"query\"", "udp0", "udp1", "accept", "udp0"]
+                );
+            })
+        })
+        .expect("run in the netns");
+    }
+
     /// A client behind a firewall drop makes segmented sends to it fail (EPERM): its
     /// replies are lost, but the next client's still leave in one GSO send.
     #[test]
