@@ -570,11 +570,16 @@ impl Batch {
         }
     }
 
-    /// Sends the replies of `answered` one datagram each, [`BATCH`] per system call.
+    /// Sends the replies of `answered` one datagram each, [`BATCH`] per system call;
+    /// returns how many went out. One the kernel refuses for its destination (a
+    /// firewall drop, no route) is skipped, so it does not cost the others their
+    /// replies; a full socket buffer ends the send.
     fn send_each(&mut self, fd: i32, answered: &[usize]) -> std::io::Result<usize> {
+        let mut done = 0;
         let mut sent = 0;
-        while sent < answered.len() {
-            let rest = &answered[sent..];
+        let mut refused = None;
+        while done < answered.len() {
+            let rest = &answered[done..];
             let slices: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|i| {
                 let bytes = rest.get(i).map_or(&[][..], |&at| &self.replies[at]);
                 [IoSlice::new(bytes)]
@@ -591,17 +596,27 @@ impl Batch {
                 no_control,
                 MsgFlags::MSG_DONTWAIT,
             );
-            let done = match results {
-                Ok(results) => results.count(),
-                Err(_) if sent > 0 => break,
-                Err(e) => return Err(e.into()),
-            };
-            if done == 0 {
-                break;
+            match results {
+                Ok(results) => match results.count() {
+                    0 => break,
+                    went => {
+                        done += went;
+                        sent += went;
+                    }
+                },
+                Err(Errno::EAGAIN) => break,
+                // The first datagram of the call failed: only it.
+                Err(e) => {
+                    tracing::debug!(to = ?self.received[rest[0]].1, error = %e, "DNS reply not sent");
+                    refused.get_or_insert(e);
+                    done += 1;
+                }
             }
-            sent += done;
         }
-        Ok(sent)
+        match refused {
+            Some(e) if sent == 0 => Err(e.into()),
+            _ => Ok(sent),
+        }
     }
 }
 
@@ -969,8 +984,8 @@ mod tests {
         .expect("run in the netns");
     }
 
-    /// A client behind a firewall drop makes segmented sends to it fail (EPERM): its
-    /// replies are lost, but the next client's still leave in one GSO send.
+    /// A client behind a firewall drop makes sends to it fail (EPERM): its replies are
+    /// lost, but the next client's still leave, in one GSO send or one by one.
     #[test]
     fn a_refused_client_leaves_gso_on_for_the_others() {
         if !testkit::require(&[Need::Root, Need::Netns, Need::Nft]) {
@@ -989,22 +1004,31 @@ mod tests {
                 .set_read_timeout(Some(Duration::from_secs(2)))
                 .expect("timeout");
             let mut batch = Batch::new();
-            // Four replies of one length: two to the refused client, then two to the other.
-            let targets = [&refused, &refused, &client, &client];
-            for (at, target) in targets.into_iter().enumerate() {
+            // Four replies of one length, two to the refused client, then two to the
+            // other, and a shorter one to the other, sent after the refused ones.
+            let targets = [
+                (&refused, 100),
+                (&refused, 100),
+                (&client, 100),
+                (&client, 100),
+                (&client, 60),
+            ];
+            for (at, (target, len)) in targets.into_iter().enumerate() {
                 let to = target.local_addr().expect("address");
                 batch.received.push((0, SockaddrStorage::from(to)));
                 batch.replies[at].clear();
-                batch.replies[at].extend_from_slice(&[u8::try_from(at).expect("small"); 100]);
+                batch.replies[at].resize(len, u8::try_from(at).expect("small"));
             }
-            let sent = batch.send(server.as_raw_fd(), &[0, 1, 2, 3]).expect("send");
-            assert_eq!(sent, 2);
+            let sent = batch
+                .send(server.as_raw_fd(), &[0, 1, 2, 3, 4])
+                .expect("send");
+            assert_eq!(sent, 3);
             assert!(batch.gso, "GSO turned off by one client's firewall drop");
             let mut buf = [0u8; 512];
-            for expected in [2u8, 3] {
-                let (len, from) = client.recv_from(&mut buf).expect("reply");
+            for (expected, len) in [(2u8, 100), (3, 100), (4, 60)] {
+                let (got, from) = client.recv_from(&mut buf).expect("reply");
                 assert_eq!(from, server.local_addr().expect("address"));
-                assert_eq!(&buf[..len], &[expected; 100][..]);
+                assert_eq!(&buf[..got], &vec![expected; len][..]);
             }
         })
         .expect("run in the netns");
