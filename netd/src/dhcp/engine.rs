@@ -20,12 +20,11 @@ use dhcproto::v4::{DhcpOption, DhcpOptions, HType, Message, MessageType, Opcode,
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
 use super::leases::{Client, INFINITE_LEASE, LeaseDb, PendingSync};
+use super::server::SERVER_PORT;
 use super::{DhcpConfig, Error, LeaseInfo, sanitize_hostname};
 
 /// The DHCP client port replies go to.
 pub const CLIENT_PORT: u16 = 68;
-/// The port of a relay agent (the DHCP server port), where relayed replies go.
-pub const RELAY_PORT: u16 = 67;
 /// Replies are padded to the BOOTP minimum some clients insist on.
 const MIN_REPLY_LEN: usize = 300;
 /// Seconds between two "pool full" warnings of one network.
@@ -298,7 +297,8 @@ impl Engine {
                 // RFC 2131 4.3.2: the relay broadcasts a NAK to the client.
                 message.set_flags(request.flags().set_broadcast());
             }
-            SocketAddrV4::new(relay, RELAY_PORT)
+            // A relay agent listens on the server port (RFC 2131 4.1).
+            SocketAddrV4::new(relay, SERVER_PORT)
         } else if kind != MessageType::Nak && !ciaddr.is_unspecified() {
             SocketAddrV4::new(ciaddr, CLIENT_PORT)
         } else {

@@ -300,6 +300,20 @@ impl LeaseDb {
                 );
             }
         }
+        // An offer on an address now reserved or out of the pool would be handed over
+        // as is by the takeover in `allocate`; bound leases stay until their renewal is
+        // refused.
+        let stale: Vec<Ipv4Addr> = self
+            .offers
+            .iter()
+            .map(|&(_, ip)| ip)
+            .filter(|&ip| {
+                ip == self.server_ip || self.reserved_ips.contains_key(&ip) || !self.in_pool(ip)
+            })
+            .collect();
+        for ip in stale {
+            self.remove_ip(ip);
+        }
     }
 
     /// Lease time for `client` at `ip`: the reservation's, else the range's, else the default.
@@ -720,7 +734,8 @@ impl LeaseDb {
     }
 
     /// Records how the sync of [`LeaseDb::begin_commit`]'s lines went, and compacts the
-    /// journal when it has grown.
+    /// journal when it has grown. An error means the lines may not be on disk; a failed
+    /// compaction is only logged.
     pub fn finish_commit(
         &mut self,
         lines: usize,
@@ -745,8 +760,10 @@ impl LeaseDb {
                 });
             }
         };
-        if rewrite {
-            self.compact()?;
+        // The lines are durable whatever happens to the rewrite: a failed one leaves
+        // `needs_rewrite` set, and the next commit tries again.
+        if rewrite && let Err(e) = self.compact() {
+            tracing::warn!(error = %crate::manager::error_chain(&e), "DHCP lease journal not compacted; the next commit retries");
         }
         Ok(())
     }
@@ -907,6 +924,33 @@ mod tests {
         assert_eq!(db.offer(&mac(5), None, NOW + 4), None);
         assert!(db.release(&mac(4), ip(12)));
         assert_eq!(db.offer(&mac(5), None, NOW + 4), Some(ip(12)));
+    }
+
+    #[test]
+    fn update_drops_offers_on_addresses_it_reserves_or_removes() {
+        let mut cfg = config();
+        cfg.hosts.clear();
+        cfg.ranges[0].1 = ip(13);
+        let mut db = LeaseDb::in_memory(&cfg);
+        assert_eq!(db.offer(&mac(7), Some(ip(13)), NOW - 1), Some(ip(13)));
+        assert_eq!(db.offer(&mac(1), None, NOW), Some(ip(10)));
+        assert_eq!(db.offer(&mac(2), None, NOW), Some(ip(11)));
+        assert_eq!(db.offer(&mac(3), None, NOW), Some(ip(12)));
+        // A live update reserves .10 and ends the pool at .12.
+        cfg.ranges[0].1 = ip(12);
+        cfg.hosts = vec![DhcpHostConfig {
+            mac: Some([2, 0, 0, 0, 0, 0x99]),
+            ip: ip(10),
+            name: None,
+            lease: None,
+        }];
+        db.configure(&cfg);
+        // .11 and .12 are still held; the full pool's takeover goes to the oldest offer
+        // left, never to the removed .13 or the reserved .10.
+        assert_eq!(db.offer(&mac(4), None, NOW + 1), Some(ip(11)));
+        assert_eq!(db.offer(&mac(5), None, NOW + 1), Some(ip(12)));
+        assert_eq!(db.offer(&mac(6), None, NOW + 2), Some(ip(11)));
+        assert!(db.assignable(&mac(0x99), ip(10), NOW + 2));
     }
 
     #[test]
@@ -1170,6 +1214,30 @@ mod tests {
         drop(db);
         let db = LeaseDb::open(&config(), &path, NOW).expect("reopen");
         assert_eq!(db.leases(NOW).len(), 2);
+    }
+
+    #[test]
+    fn a_failed_compaction_keeps_the_commit_and_is_retried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.leases");
+        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open");
+        db.bind(&mac(1), ip(10), None, NOW).expect("bind");
+        let sync = db.begin_commit().expect("begin");
+        sync.run().expect("sync");
+        // The directory goes away: the rewrite cannot create its temporary file.
+        std::fs::remove_dir_all(dir.path()).expect("remove the directory");
+        // Synced lines that make the journal long enough to be compacted.
+        db.finish_commit(COMPACT_MIN_LINES, Ok(()))
+            .expect("the synced lines are committed");
+        // The next commit retries the rewrite, which holds every binding.
+        assert!(db.begin_commit().is_err());
+        std::fs::create_dir(dir.path()).expect("recreate the directory");
+        assert!(db.begin_commit().expect("rewrite").is_empty());
+        drop(db);
+        let db = LeaseDb::open(&config(), &path, NOW).expect("reopen");
+        let leases = db.leases(NOW);
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].ip, ip(10));
     }
 
     #[test]

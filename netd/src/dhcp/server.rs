@@ -2,7 +2,7 @@
 //! [`Engine::handle`].
 //!
 //! Packets are handled in batches: the task takes whatever the socket has queued (up
-//! to [`MAX_BATCH`]) and handles each. OFFERs, NAKs and INFORM replies go out at once.
+//! to `MAX_BATCH`) and handles each. OFFERs, NAKs and INFORM replies go out at once.
 //! ACKs wait for their bindings to be durable: the journal lines written since the last
 //! sync are appended and `fdatasync`ed once for all of them (group commit), and the ACKs
 //! are sent once that sync succeeded. A fast sync (tmpfs, an idle disk) runs on the

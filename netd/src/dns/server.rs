@@ -2,16 +2,16 @@
 //! address, feeding [`Resolver::answer`], and the forwarding of other queries upstream.
 //!
 //! UDP queries are read and answered in batches (`recvmmsg`/`sendmmsg`, up to
-//! [`BATCH`] datagrams per system call) through buffers owned by the runtime's worker
+//! `BATCH` datagrams per system call) through buffers owned by the runtime's worker
 //! thread, so a thousand idle networks cost no buffers and a busy one costs two
 //! system calls per batch.
 //!
 //! UDP queries for other names are forwarded from one task-owned socket per address
 //! family with a fresh random ID; the reply is matched on that ID and the upstream's
 //! address, given back its original ID and sent to the client from the socket the query
-//! came in on. A server that does not answer within [`ATTEMPT_TIMEOUT`], or answers
+//! came in on. A server that does not answer within `ATTEMPT_TIMEOUT`, or answers
 //! SERVFAIL or REFUSED, is passed over for the next one of the list (resolv.conf or
-//! forwarder order); servers that failed lately go last for [`SUSPECT_FOR`]. A forward
+//! forwarder order); servers that failed lately go last for `SUSPECT_FOR`. A forward
 //! unanswered after [`FORWARD_TIMEOUT`] is forgotten (the client retries). A TCP client
 //! gets a small task per connection (at most [`MAX_TCP_CLIENTS`] at once) that forwards
 //! over TCP, with the same order and time bounds, so large upstream answers get through
@@ -45,9 +45,9 @@ use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// An upstream server silent this long is passed over for the next one, if any (the
 /// last one asked gets what remains of [`FORWARD_TIMEOUT`]).
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A server that timed out or failed is asked after the others for this long.
-pub const SUSPECT_FOR: Duration = Duration::from_secs(30);
+const SUSPECT_FOR: Duration = Duration::from_secs(30);
 /// How often unanswered forwards are checked while there are some.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 /// Most UDP queries waiting for an upstream answer at once; more are dropped.
@@ -59,7 +59,7 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Largest UDP datagram read (EDNS clients may send up to this much).
 const RECV_BUFFER: usize = 4096;
 /// Most datagrams read or sent by one system call.
-pub const BATCH: usize = 32;
+const BATCH: usize = 32;
 /// Batches read from one socket before the task looks at its other sockets.
 const BATCHES_PER_TURN: usize = 8;
 
@@ -289,6 +289,8 @@ struct Serve {
     /// Sockets for forwarding: IPv4 and IPv6, opened on first use.
     upstream: [Option<UdpSocket>; 2],
     pending: HashMap<u16, Pending>,
+    /// Where [`next_event`] starts looking among the listeners.
+    next_listener: usize,
 }
 
 async fn serve(
@@ -313,6 +315,7 @@ async fn serve(
         udp,
         upstream: [None, None],
         pending: HashMap::new(),
+        next_listener: 0,
     };
     let mut buf = vec![0u8; RECV_BUFFER];
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
@@ -331,7 +334,13 @@ async fn serve(
                 state.sweep();
                 continue;
             }
-            event = next_event(&state.udp, &state.upstream, &tcp, &mut buf) => event,
+            event = next_event(
+                &state.udp,
+                &state.upstream,
+                &tcp,
+                &mut state.next_listener,
+                &mut buf,
+            ) => event,
         };
         match event {
             Event::Queries(socket) => state.queries(socket),
@@ -355,21 +364,20 @@ async fn serve(
     connections.shutdown().await;
 }
 
-/// Waits for the first socket with something to read, without allocating.
+/// Waits for the first socket with something to read, without allocating. Upstream
+/// replies come first: they answer queries already taken in, and the forwarding
+/// sockets only get what was asked for. The listeners (UDP sockets, then TCP listeners,
+/// as one ring) are looked at from `next_listener` on, which is left one past the
+/// listener that had something, so a socket kept busy by one client cannot starve the
+/// others.
 async fn next_event(
     udp: &[UdpSocket],
     upstream: &[Option<UdpSocket>; 2],
     tcp: &[TcpListener],
+    next_listener: &mut usize,
     buf: &mut [u8],
 ) -> Event {
     poll_fn(|cx| {
-        for (socket, udp) in udp.iter().enumerate() {
-            match udp.poll_recv_ready(cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Event::Queries(socket)),
-                Poll::Ready(Err(e)) => return Poll::Ready(Event::Failed(e)),
-                Poll::Pending => {}
-            }
-        }
         for upstream in upstream.iter().flatten() {
             let mut read = ReadBuf::new(buf);
             match upstream.poll_recv_from(cx, &mut read) {
@@ -381,11 +389,18 @@ async fn next_event(
                 Poll::Pending => {}
             }
         }
-        for listener in tcp {
-            match listener.poll_accept(cx) {
-                Poll::Ready(Ok((stream, _))) => return Poll::Ready(Event::Accept(stream)),
-                Poll::Ready(Err(e)) => return Poll::Ready(Event::Failed(e)),
-                Poll::Pending => {}
+        let listeners = udp.len() + tcp.len();
+        for turn in 0..listeners {
+            let at = (*next_listener + turn) % listeners;
+            let ready = match udp.get(at) {
+                Some(socket) => socket.poll_recv_ready(cx).map_ok(|()| Event::Queries(at)),
+                None => tcp[at - udp.len()]
+                    .poll_accept(cx)
+                    .map_ok(|(stream, _)| Event::Accept(stream)),
+            };
+            if let Poll::Ready(result) = ready {
+                *next_listener = (at + 1) % listeners;
+                return Poll::Ready(result.unwrap_or_else(Event::Failed));
             }
         }
         Poll::Pending
@@ -423,7 +438,8 @@ struct Batch {
     send_headers: MultiHeaders<SockaddrStorage>,
     /// For one segmented send, with room for its control message.
     gso_headers: MultiHeaders<SockaddrStorage>,
-    /// Whether UDP GSO sends work here (cleared on the first that fails).
+    /// Whether UDP GSO sends work here (cleared on the first that fails for lack of
+    /// support, see [`gso_unsupported`]).
     gso: bool,
 }
 
@@ -506,10 +522,15 @@ impl Batch {
                         continue;
                     }
                     Err(Errno::EAGAIN) => return Ok(sent),
-                    Err(e) => {
-                        // Older kernels, or a route without checksum offload.
+                    Err(e) if gso_unsupported(e) => {
                         tracing::debug!(error = %e, "UDP GSO send failed; sending DNS replies one by one");
                         self.gso = false;
+                    }
+                    Err(e) => {
+                        // About this client only (a firewall drop, no route, too big
+                        // together): its replies go one by one, GSO stays on for the
+                        // others, this thread's batch serving every network.
+                        tracing::debug!(error = %e, "UDP GSO send to one client failed; sending its DNS replies one by one");
                     }
                 }
             }
@@ -554,11 +575,16 @@ impl Batch {
         }
     }
 
-    /// Sends the replies of `answered` one datagram each, [`BATCH`] per system call.
+    /// Sends the replies of `answered` one datagram each, [`BATCH`] per system call;
+    /// returns how many went out. One the kernel refuses for its destination (a
+    /// firewall drop, no route) is skipped, so it does not cost the others their
+    /// replies; a full socket buffer ends the send.
     fn send_each(&mut self, fd: i32, answered: &[usize]) -> std::io::Result<usize> {
+        let mut done = 0;
         let mut sent = 0;
-        while sent < answered.len() {
-            let rest = &answered[sent..];
+        let mut refused = None;
+        while done < answered.len() {
+            let rest = &answered[done..];
             let slices: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|i| {
                 let bytes = rest.get(i).map_or(&[][..], |&at| &self.replies[at]);
                 [IoSlice::new(bytes)]
@@ -575,18 +601,37 @@ impl Batch {
                 no_control,
                 MsgFlags::MSG_DONTWAIT,
             );
-            let done = match results {
-                Ok(results) => results.count(),
-                Err(_) if sent > 0 => break,
-                Err(e) => return Err(e.into()),
-            };
-            if done == 0 {
-                break;
+            match results {
+                Ok(results) => match results.count() {
+                    0 => break,
+                    went => {
+                        done += went;
+                        sent += went;
+                    }
+                },
+                Err(Errno::EAGAIN) => break,
+                // The first datagram of the call failed: only it.
+                Err(e) => {
+                    tracing::debug!(to = ?self.received[rest[0]].1, error = %e, "DNS reply not sent");
+                    refused.get_or_insert(e);
+                    done += 1;
+                }
             }
-            sent += done;
         }
-        Ok(sent)
+        match refused {
+            Some(e) if sent == 0 => Err(e.into()),
+            _ => Ok(sent),
+        }
     }
+}
+
+/// Whether a segmented send failed because UDP GSO does not work here at all (older
+/// kernels, a route without checksum offload), rather than because of its destination.
+fn gso_unsupported(error: Errno) -> bool {
+    matches!(
+        error,
+        Errno::EIO | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOPROTOOPT
+    )
 }
 
 thread_local! {
@@ -875,4 +920,122 @@ async fn ask_tcp(server: SocketAddr, query: &[u8], out: &mut Vec<u8>) -> std::io
     let mut upstream = TcpStream::connect(server).await?;
     write_message(&mut upstream, query).await?;
     read_message(&mut upstream, out).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use testkit::{Need, Netns};
+
+    /// Listeners with datagrams left queued (a turn ended) must not keep the upstream
+    /// replies, the other listeners or the TCP accepts waiting.
+    #[test]
+    fn upstream_replies_come_first_and_listeners_take_turns() {
+        if !testkit::require(&[Need::Root, Need::Netns]) {
+            return;
+        }
+        let ns = Netns::new("dnsturns").expect("create test netns");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        ns.run(|| {
+            runtime.block_on(async {
+                let bind = || async {
+                    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                        .await
+                        .expect("bind")
+                };
+                let udp = vec![bind().await, bind().await];
+                let forwarder = bind().await;
+                let tcp = vec![
+                    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                        .await
+                        .expect("listen"),
+                ];
+                let peer = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+                for socket in udp.iter().chain([&forwarder]) {
+                    let to = socket.local_addr().expect("address");
+                    peer.send_to(b"query", to).expect("send");
+                }
+                let _client = std::net::TcpStream::connect(tcp[0].local_addr().expect("address"))
+                    .expect("connect");
+                let upstream = [Some(forwarder), None];
+                // Let the runtime see every socket's readiness.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut next_listener = 0;
+                let mut buf = [0u8; 64];
+                let mut seen = Vec::new();
+                for _ in 0..5 {
+                    // The listeners' datagrams stay queued, as after a turn cut short.
+                    let event =
+                        next_event(&udp, &upstream, &tcp, &mut next_listener, &mut buf).await;
+                    seen.push(match event {
+                        Event::Queries(socket) => format!("udp{socket}"),
+                        Event::Upstream { len, from } => {
+                            assert_eq!(from, peer.local_addr().expect("address"));
+                            format!("upstream {:?}", String::from_utf8_lossy(&buf[..len]))
+                        }
+                        Event::Accept(_) => "accept".to_owned(),
+                        Event::Failed(e) => format!("failed: {e}"),
+                    });
+                }
+                assert_eq!(
+                    seen,
+                    ["upstream \"query\"", "udp0", "udp1", "accept", "udp0"]
+                );
+            })
+        })
+        .expect("run in the netns");
+    }
+
+    /// A client behind a firewall drop makes sends to it fail (EPERM): its replies are
+    /// lost, but the next client's still leave, in one GSO send or one by one.
+    #[test]
+    fn a_refused_client_leaves_gso_on_for_the_others() {
+        if !testkit::require(&[Need::Root, Need::Netns, Need::Nft]) {
+            return;
+        }
+        let ns = Netns::new("dnsgso").expect("create test netns");
+        ns.sh("nft add table inet t && \
+             nft add chain inet t out '{ type filter hook output priority 0; }' && \
+             nft add rule inet t out ip daddr 127.0.0.2 drop")
+            .expect("firewall drop for 127.0.0.2");
+        ns.run(|| {
+            let bind = |ip: &str| std::net::UdpSocket::bind((ip, 0)).expect("bind");
+            let (server, refused, client) =
+                (bind("127.0.0.1"), bind("127.0.0.2"), bind("127.0.0.3"));
+            client
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let mut batch = Batch::new();
+            // Four replies of one length, two to the refused client, then two to the
+            // other, and a shorter one to the other, sent after the refused ones.
+            let targets = [
+                (&refused, 100),
+                (&refused, 100),
+                (&client, 100),
+                (&client, 100),
+                (&client, 60),
+            ];
+            for (at, (target, len)) in targets.into_iter().enumerate() {
+                let to = target.local_addr().expect("address");
+                batch.received.push((0, SockaddrStorage::from(to)));
+                batch.replies[at].clear();
+                batch.replies[at].resize(len, u8::try_from(at).expect("small"));
+            }
+            let sent = batch
+                .send(server.as_raw_fd(), &[0, 1, 2, 3, 4])
+                .expect("send");
+            assert_eq!(sent, 3);
+            assert!(batch.gso, "GSO turned off by one client's firewall drop");
+            let mut buf = [0u8; 512];
+            for (expected, len) in [(2u8, 100), (3, 100), (4, 60)] {
+                let (got, from) = client.recv_from(&mut buf).expect("reply");
+                assert_eq!(from, server.local_addr().expect("address"));
+                assert_eq!(&buf[..got], &vec![expected; len][..]);
+            }
+        })
+        .expect("run in the netns");
+    }
 }
