@@ -3,14 +3,20 @@
 //! Removing a bridge's set elements needs their exact keys (its subnets may have changed
 //! since), so the backend remembers what each bridge owns after every commit. A new backend
 //! (daemon restart) reads that once from the kernel, on first use.
+//!
+//! A change that only adds and deletes set elements in a complete table (every start and
+//! stop of a network without a custom `<nat>`) goes through [`ElementBatches`]; the rest,
+//! and any element batch the kernel refuses, through libnftables with the full
+//! "delete if present" teardown and, when needed, the table skeleton.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::elements::{self, Change, ElementBatches};
 use super::libnft::{self, Context};
 use super::rules::{self, BRIDGES_SET, OwnedElement, check_ifname, is_data_set};
 use super::{Error, Firewall, NetworkRules, TABLE};
@@ -19,7 +25,8 @@ use super::{Error, Firewall, NetworkRules, TABLE};
 /// (input), their replies (output), and everything the guests send outside (forward).
 const GUEST_HOOKS: [&str; 3] = ["input", "forward", "output"];
 
-/// Runs kvnet's batches through one libnftables context.
+/// Runs kvnet's batches through one libnftables context, and plain element changes
+/// through [`ElementBatches`].
 #[derive(Debug)]
 pub(super) struct NftFirewall {
     /// libnftables contexts are not thread-safe; the ownership record changes with them.
@@ -29,12 +36,23 @@ pub(super) struct NftFirewall {
 #[derive(Debug)]
 struct State {
     context: Context,
-    /// Set elements each bridge owns, as last committed; `None` until read from the kernel.
-    owned: Option<HashMap<String, Vec<OwnedElement>>>,
+    /// The fast path for batches that only add and delete set elements.
+    elements: ElementBatches,
+    /// What each bridge owns, as last committed; `None` until read from the kernel.
+    record: Option<Record>,
     /// Whether our last batch left the table skeleton in place. Re-sending it costs about
     /// a third of a batch, so it is sent only when it may be missing: at first use, after
     /// we deleted the table, and to retry a batch that failed (someone may have flushed it).
     skeleton_present: bool,
+}
+
+/// What the bridges own in our table.
+#[derive(Debug, Default)]
+struct Record {
+    /// Set elements, by bridge.
+    elements: HashMap<String, Vec<OwnedElement>>,
+    /// Bridges with a custom NAT chain (and its verdict-map element).
+    custom_nat: HashSet<String>,
 }
 
 impl State {
@@ -55,14 +73,23 @@ impl State {
     }
 
     /// The ownership record, read from the kernel the first time.
-    fn owned(&mut self) -> Result<&mut HashMap<String, Vec<OwnedElement>>, Error> {
-        if self.owned.is_none() {
-            let mut owned: HashMap<String, Vec<OwnedElement>> = HashMap::new();
+    fn record(&mut self) -> Result<&mut Record, Error> {
+        if self.record.is_none() {
+            let mut record = Record::default();
             if self.table_exists()? {
                 const WHAT: &str = "table inet kvnet";
                 let listing: Listing<ListedObject> =
                     parse(WHAT, self.run("list table inet kvnet"))?;
-                for set in listing.nftables.into_iter().filter_map(|object| object.set) {
+                for object in listing.nftables {
+                    if let Some(map) = object.map.filter(|map| map.table == TABLE) {
+                        // Verdict-map elements are `[key, verdict]`: the key is the bridge.
+                        record.custom_nat.extend(
+                            map.elem
+                                .iter()
+                                .filter_map(|pair| pair.get(0)?.as_str().map(str::to_owned)),
+                        );
+                    }
+                    let Some(set) = object.set else { continue };
                     if set.table != TABLE || !is_data_set(&set.name) {
                         continue;
                     }
@@ -78,30 +105,48 @@ impl State {
                                 .map_err(|source| Error::Parse { what: WHAT, source })?,
                         };
                         if let Some(bridge) = element.bridge() {
-                            owned.entry(bridge.to_owned()).or_default().push(element);
+                            let bridge = bridge.to_owned();
+                            record.elements.entry(bridge).or_default().push(element);
                         }
                     }
                 }
             }
             tracing::debug!(
-                bridges = owned.len(),
+                bridges = record.elements.len(),
                 "read kvnet's set elements from the kernel"
             );
-            self.owned = Some(owned);
+            self.record = Some(record);
         }
-        Ok(self.owned.get_or_insert_with(HashMap::new))
+        Ok(self.record.get_or_insert_with(Record::default))
+    }
+
+    /// Replaces `previous` with `now` through the element fast path: deletes what is gone,
+    /// adds what is new (adding what is already there is a no-op).
+    fn commit_elements(
+        &mut self,
+        previous: &[OwnedElement],
+        now: &[OwnedElement],
+    ) -> Result<(), elements::Error> {
+        let changes: Vec<(Change, &OwnedElement)> = previous
+            .iter()
+            .filter(|element| !now.contains(element))
+            .map(|element| (Change::Delete, element))
+            .chain(now.iter().map(|element| (Change::Add, element)))
+            .collect();
+        self.elements.commit(&changes)
     }
 }
 
 impl NftFirewall {
     pub(super) fn new() -> Result<NftFirewall, Error> {
-        let context = Context::new().map_err(|e| Error::Init {
-            message: e.to_string(),
-        })?;
+        let init = |message: String| Error::Init { message };
+        let context = Context::new().map_err(|e| init(e.to_string()))?;
+        let elements = ElementBatches::open().map_err(|e| init(e.to_string()))?;
         Ok(NftFirewall {
             state: Mutex::new(State {
                 context,
-                owned: None,
+                elements,
+                record: None,
                 skeleton_present: false,
             }),
         })
@@ -114,24 +159,41 @@ impl NftFirewall {
     }
 
     /// Replaces what `bridge` owns with `now` (nothing for a removal) in one batch.
+    /// `custom_nat` says whether the bridge gets a custom NAT chain; `batch` renders the
+    /// libnftables batch from the previous elements, for whatever the fast path cannot do.
     fn commit(
         &self,
         action: &'static str,
         bridge: &str,
+        custom_nat: bool,
         batch: impl FnOnce(&[OwnedElement]) -> nftables::schema::Nftables<'static>,
         now: Vec<OwnedElement>,
     ) -> Result<(), Error> {
         let started = Instant::now();
         let mut state = self.state();
-        let previous = state.owned()?.get(bridge).cloned().unwrap_or_default();
-        let network = batch(&previous);
-        let without_skeleton = state
-            .skeleton_present
-            .then(|| state.run(&rules::document(&[], &network)));
-        let result = match without_skeleton {
-            Some(Ok(output)) => Ok(output),
-            // The skeleton may be missing (first use, or someone flushed our table): send it too.
-            _ => state.run(&rules::document(&rules::skeleton(), &network)),
+        let record = state.record()?;
+        let previous = record.elements.get(bridge).cloned().unwrap_or_default();
+        let had_custom_nat = record.custom_nat.contains(bridge);
+        // Only set elements change, in a table we know is complete: no libnftables needed.
+        let elements_only = state.skeleton_present && !custom_nat && !had_custom_nat;
+        let fast = elements_only.then(|| state.commit_elements(&previous, &now));
+        let result = match fast {
+            Some(Ok(())) => Ok(()),
+            fast => {
+                if let Some(Err(e)) = fast {
+                    // Someone may have changed our table; the full batch repairs it.
+                    tracing::debug!(bridge, "element batch failed ({e}); sending the full batch");
+                }
+                let network = batch(&previous);
+                let without_skeleton = (state.skeleton_present && !elements_only)
+                    .then(|| state.run(&rules::document(&[], &network)));
+                match without_skeleton {
+                    Some(Ok(_)) => Ok(()),
+                    _ => state
+                        .run(&rules::document(&rules::skeleton(), &network))
+                        .map(drop),
+                }
+            }
         };
         state.skeleton_present = result.is_ok();
         result.map_err(|e| Error::Batch {
@@ -139,13 +201,18 @@ impl NftFirewall {
             bridge: bridge.to_owned(),
             nft: e.to_string(),
         })?;
-        let owned = state.owned()?;
-        if now.is_empty() {
-            owned.remove(bridge);
+        let record = state.record()?;
+        if custom_nat {
+            record.custom_nat.insert(bridge.to_owned());
         } else {
-            owned.insert(bridge.to_owned(), now);
+            record.custom_nat.remove(bridge);
         }
-        if owned.is_empty() {
+        if now.is_empty() {
+            record.elements.remove(bridge);
+        } else {
+            record.elements.insert(bridge.to_owned(), now);
+        }
+        if record.elements.is_empty() && record.custom_nat.is_empty() {
             // Nothing of kvnet's is left: remove the table too, so the ruleset is exactly
             // as it was before the first network started.
             if let Err(e) = state.run(&format!("delete table inet {TABLE}")) {
@@ -174,6 +241,7 @@ struct ListedObject {
     table: Option<ListedTable>,
     chain: Option<ListedChain>,
     set: Option<ListedSet>,
+    map: Option<ListedSet>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +284,7 @@ impl Firewall for NftFirewall {
         self.commit(
             "apply",
             &rules.bridge,
+            rules::has_custom_nat(rules),
             |previous| rules::render(rules, previous),
             rules::elements(rules),
         )
@@ -226,6 +295,7 @@ impl Firewall for NftFirewall {
         self.commit(
             "remove",
             bridge,
+            false,
             |previous| rules::render_removal(bridge, previous),
             Vec::new(),
         )

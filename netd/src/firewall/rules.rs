@@ -432,7 +432,7 @@ fn add_base_chain(
 }
 
 /// Whether the network needs its own NAT chain (anything but libvirt's default `<nat>`).
-fn has_custom_nat(rules: &NetworkRules) -> bool {
+pub(super) fn has_custom_nat(rules: &NetworkRules) -> bool {
     rules.mode == RuleMode::Nat
         && !rules.ipv4.is_empty()
         && (rules.nat_addresses.is_some() || rules.nat_ports != DEFAULT_NAT_PORTS)

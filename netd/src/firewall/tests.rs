@@ -351,6 +351,66 @@ fn a_foreign_flush_is_healed_by_the_next_change() {
     assert_eq!(owned_by(&objects, "virbr0").len(), 5);
 }
 
+#[test]
+fn element_changes_survive_foreign_edits_and_restarts() {
+    if !ready() {
+        return;
+    }
+    let ns = Netns::new("fw-elements").unwrap();
+    let fw = backend(&ns);
+    let keep = network("kvbr-keep", RuleMode::Nat, "192.168.70.0/24");
+    let nat = network("kvbr-x", RuleMode::Nat, "192.168.71.0/24");
+    inside(&ns, &*fw, |fw| fw.apply(&keep)).unwrap();
+    inside(&ns, &*fw, |fw| fw.apply(&nat)).unwrap();
+    let keep_owns = owned_by(&ruleset(&ns), "kvbr-keep");
+    assert_eq!(keep_owns.len(), 5, "{keep_owns:?}");
+
+    // Someone deletes one of our elements; switching the network to routed must still
+    // replace exactly what it owns (the element batch is refused, the full one is not).
+    ns.sh("nft delete element inet kvnet reply4 '{ \"kvbr-x\" }'")
+        .unwrap();
+    let routed = network("kvbr-x", RuleMode::Route, "192.168.71.0/24");
+    inside(&ns, &*fw, |fw| fw.apply(&routed)).unwrap();
+    let objects = ruleset(&ns);
+    let sets: Vec<String> = owned_by(&objects, "kvbr-x")
+        .into_iter()
+        .map(|(set, _)| set)
+        .collect();
+    assert_eq!(sets, ["bridges", "in4", "out4", "same_bridge"]);
+    let mut pairs: Vec<String> = elements(&objects, "same_bridge")
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    pairs.sort();
+    assert_eq!(
+        pairs,
+        [
+            r#"{"concat":["kvbr-keep","kvbr-keep"]}"#,
+            r#"{"concat":["kvbr-x","kvbr-x"]}"#,
+        ]
+    );
+
+    // A restarted backend learns the custom NAT chain from the kernel and removes it.
+    let custom = NetworkRules {
+        nat_addresses: Some(("10.9.0.1".parse().unwrap(), "10.9.0.4".parse().unwrap())),
+        ..nat
+    };
+    inside(&ns, &*fw, |fw| fw.apply(&custom)).unwrap();
+    assert_eq!(chain_rules(&ruleset(&ns), "nat-kvbr-x").len(), 3);
+    drop(fw);
+    let fresh = backend(&ns);
+    inside(&ns, &*fresh, |fw| fw.remove("kvbr-x")).unwrap();
+    let objects = ruleset(&ns);
+    assert_eq!(owned_by(&objects, "kvbr-x"), []);
+    assert!(
+        !objects.iter().any(|o| o["chain"]["name"] == "nat-kvbr-x"),
+        "custom nat chain left: {objects:?}"
+    );
+    assert_eq!(owned_by(&objects, "kvbr-keep"), keep_owns);
+    inside(&ns, &*fresh, |fw| fw.remove("kvbr-keep")).unwrap();
+    assert_eq!(ns.sh("nft list tables").unwrap().trim(), "");
+}
+
 /// Three namespaces: `host` (bridge br0 192.168.50.1/24, uplink 10.77.0.1/24, forwarding
 /// on), `guest` (192.168.50.10 via br0) and `upstream` (10.77.0.2, no route back to the
 /// guest subnet, so only masqueraded traffic can be answered).
