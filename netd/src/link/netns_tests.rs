@@ -523,6 +523,14 @@ fn prefix_cache_follows_every_change_the_dump_sees() {
         "ip link set kvc1 down",
         "ip link set kvc1 up",
         "ip route add 10.80.0.0/16 dev kvc1 && ip link del kvc1",
+        // A bridge deleted with its address and routes: the link's removal covers them all.
+        "ip link add kvc3 type bridge && ip link set kvc3 up && ip addr add 10.85.1.1/24 dev kvc3 \
+         && ip route add 10.86.0.0/16 dev kvc3",
+        "ip link del kvc3",
+        // ...unless a route through another link uses its address as source.
+        "ip link add kvc4 type bridge && ip link set kvc4 up && ip addr add 10.87.1.1/24 dev kvc4 \
+         && ip addr add 10.77.3.1/24 dev kvc0 && ip route add 10.88.0.0/16 dev kvc0 src 10.87.1.1",
+        "ip link del kvc4",
         "ip addr flush dev kvc0",
     ];
     let mismatches = block_on_in(&ns, || async {
