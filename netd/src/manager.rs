@@ -702,18 +702,6 @@ impl Manager {
         def: &NetworkDef,
         bridge: &str,
     ) -> Result<(), Error> {
-        for other in networks
-            .values()
-            .filter_map(|n| n.live.as_ref())
-            .filter(|other| other.name != def.name)
-        {
-            if let Some((ours, theirs)) = def.overlaps(other) {
-                return Err(Error::Conflict(format!(
-                    "subnet {ours} of network '{}' overlaps {theirs} of active network '{}'",
-                    def.name, other.name
-                )));
-            }
-        }
         if def.forward_mode() == ForwardMode::Bridge {
             return match self.link.link_info(bridge).await? {
                 Some(info) if info.is_bridge() => Ok(()),
@@ -758,6 +746,11 @@ impl Manager {
             })
             .await?;
         if let Some((used, ifindex)) = clash {
+            // Every active network's subnets are on its bridge, so the kernel's view covers
+            // them (one lookup, not a walk over every network); name the network if it is one.
+            if let Some(message) = overlapping_network(networks, def) {
+                return Err(Error::Conflict(message));
+            }
             let subnet = ours
                 .iter()
                 .find(|subnet| overlap(**subnet, used))
@@ -1135,6 +1128,21 @@ fn summary_of(networks: &BTreeMap<String, Network>, name: &str) -> Result<Networ
         .ok_or_else(|| Error::NotFound {
             field: "name",
             value: name.to_owned(),
+        })
+}
+
+/// Names the first active network (other than `def`) whose subnets overlap `def`'s.
+fn overlapping_network(networks: &BTreeMap<String, Network>, def: &NetworkDef) -> Option<String> {
+    networks
+        .values()
+        .filter_map(|n| n.live.as_ref())
+        .filter(|other| other.name != def.name)
+        .find_map(|other| {
+            let (ours, theirs) = def.overlaps(other)?;
+            Some(format!(
+                "subnet {ours} of network '{}' overlaps {theirs} of active network '{}'",
+                def.name, other.name
+            ))
         })
 }
 

@@ -548,12 +548,13 @@ impl NetworkDef {
 
     /// The first pair (ours, theirs) of overlapping subnets, if any.
     pub fn overlaps(&self, other: &NetworkDef) -> Option<(IpNet, IpNet)> {
-        let theirs: Vec<IpNet> = other.subnets().map(|n| n.trunc()).collect();
+        // No allocation: a start compares itself with every active network.
         self.subnets().map(|n| n.trunc()).find_map(|ours| {
-            theirs
-                .iter()
-                .find(|t| ours.contains(*t) || t.contains(&ours))
-                .map(|t| (ours, *t))
+            other
+                .subnets()
+                .map(|n| n.trunc())
+                .find(|theirs| ours.contains(theirs) || theirs.contains(&ours))
+                .map(|theirs| (ours, theirs))
         })
     }
 
