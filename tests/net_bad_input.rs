@@ -169,6 +169,35 @@ fn duplicates_and_conflicts_are_refused() {
     );
     daemon.ok(&["net-define", path.to_str().expect("path")]);
     rejects(&daemon, &["net-start", "routed"], &["10.20", "hostdev0"]);
+
+    // A bridge name some interface took after the network was defined: refused at start,
+    // the interface untouched, no status left behind.
+    let path = xml_file(
+        daemon.dirs.path(),
+        "taken.xml",
+        "<network><name>taken</name><bridge name='kvtaken0'/><ip address='10.21.1.1' prefix='24'/></network>",
+    );
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    daemon
+        .ns
+        .sh("ip link add kvtaken0 type veth peer name kvtaken0p")
+        .expect("veth");
+    rejects(
+        &daemon,
+        &["net-start", "taken"],
+        &[
+            "Failed to start network taken",
+            "kvtaken0",
+            "already in use",
+        ],
+    );
+    let veth = daemon.ip_json("-d link show kvtaken0");
+    assert_eq!(veth[0]["linkinfo"]["info_kind"], "veth", "{veth}");
+    assert!(daemon.addresses("kvtaken0").is_empty());
+    assert!(
+        !daemon.state_dir().join("networks/taken.json").exists(),
+        "status of a start that never happened"
+    );
 }
 
 #[test]

@@ -216,7 +216,8 @@ impl LeaseDb {
     }
 
     /// Loads `path` (a missing file is an empty database), drops expired leases and
-    /// those the configuration no longer allows, and rewrites the file compactly.
+    /// those the configuration no longer allows, and rewrites the file compactly (unless
+    /// it was empty).
     pub fn open(config: &DhcpConfig, path: &Path, now: i64) -> Result<LeaseDb, Error> {
         let mut db = LeaseDb::in_memory(config);
         let file_error = |action: &'static str| {
@@ -241,7 +242,10 @@ impl LeaseDb {
         }
         db.replay(&text, now);
         db.pending.clear();
-        db.write_compact(path).map_err(file_error("rewrite"))?;
+        // A new network's (empty) journal needs no rewrite: appending creates it.
+        if !text.is_empty() {
+            db.write_compact(path).map_err(file_error("rewrite"))?;
+        }
         let file = open_append(path).map_err(file_error("open for appending"))?;
         db.journal = Some(Journal {
             path: path.to_path_buf(),
