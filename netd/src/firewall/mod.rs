@@ -136,8 +136,8 @@ pub enum Error {
         /// Range end as written.
         end: String,
     },
-    /// libnftables could not be initialised.
-    #[error("cannot initialise libnftables: {message}")]
+    /// libnftables or the nf_tables netlink socket could not be set up.
+    #[error("cannot initialise the nftables backend: {message}")]
     Init {
         /// What went wrong.
         message: String,

@@ -351,6 +351,75 @@ fn a_foreign_flush_is_healed_by_the_next_change() {
     assert_eq!(owned_by(&objects, "virbr0").len(), 5);
 }
 
+/// The element fast path on its own (the backend falls back to libnftables when it fails,
+/// which would hide a broken encoder from every other test).
+#[test]
+fn element_batches_reach_the_kernel_atomically() {
+    use super::elements::{Change, ElementBatches, Error as BatchError};
+    use super::rules::OwnedElement;
+    use nftables::expr::{Expression, NamedExpression};
+
+    if !ready() {
+        return;
+    }
+    let ns = Netns::new("fw-batches").unwrap();
+    let fw = backend(&ns);
+    let keep = network("kvbr-keep", RuleMode::Isolated, "192.168.72.0/24");
+    inside(&ns, &*fw, |fw| fw.apply(&keep)).unwrap();
+    let name = |text: &str| Expression::String(text.to_owned().into());
+    let single = OwnedElement {
+        set: "bridges".into(),
+        key: name("kvbr-z"),
+    };
+    let pair = OwnedElement {
+        set: "reply4_dev".into(),
+        key: Expression::Named(NamedExpression::Concat(vec![name("kvbr-z"), name("eth9")])),
+    };
+    let ghost = OwnedElement {
+        set: "bridges".into(),
+        key: name("kvbr-ghost"),
+    };
+    let mut batches = ns.run(ElementBatches::open).unwrap().unwrap();
+    let commit = |batches: &mut ElementBatches, changes: &[(Change, &OwnedElement)]| {
+        ns.run(|| batches.commit(changes)).unwrap()
+    };
+
+    commit(
+        &mut batches,
+        &[(Change::Add, &single), (Change::Add, &pair)],
+    )
+    .unwrap();
+    let objects = ruleset(&ns);
+    assert!(elements(&objects, "bridges").contains(&Value::from("kvbr-z")));
+    assert_eq!(
+        elements(&objects, "reply4_dev"),
+        [serde_json::json!({"concat": ["kvbr-z", "eth9"]})]
+    );
+    // Adding what is there is a no-op, not an error.
+    commit(&mut batches, &[(Change::Add, &single)]).unwrap();
+
+    // One refused message: the whole batch is refused and names the set.
+    let refused = commit(
+        &mut batches,
+        &[(Change::Delete, &single), (Change::Delete, &ghost)],
+    );
+    assert!(
+        matches!(&refused, Err(BatchError::Refused { change: Change::Delete, set, source })
+            if set == "bridges" && source.raw_os_error() == Some(libc::ENOENT)),
+        "{refused:?}"
+    );
+    assert!(elements(&ruleset(&ns), "bridges").contains(&Value::from("kvbr-z")));
+
+    commit(
+        &mut batches,
+        &[(Change::Delete, &single), (Change::Delete, &pair)],
+    )
+    .unwrap();
+    let objects = ruleset(&ns);
+    assert_eq!(elements(&objects, "bridges"), [Value::from("kvbr-keep")]);
+    assert!(elements(&objects, "reply4_dev").is_empty());
+}
+
 #[test]
 fn element_changes_survive_foreign_edits_and_restarts() {
     if !ready() {
