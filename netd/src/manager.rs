@@ -627,13 +627,15 @@ impl Manager {
             .to_owned();
         self.check_collisions(networks, def, &bridge).await?;
 
+        let xml = def.to_xml();
+        let started_at = chrono::Utc::now().timestamp();
         let status = |phase| Status {
             version: STATUS_VERSION,
             phase,
             bridge: bridge.clone(),
             persistent,
-            xml: def.to_xml(),
-            started_at: chrono::Utc::now().timestamp(),
+            xml: xml.clone(),
+            started_at,
         };
         self.store
             .save_status(&def.name, &status(Phase::Starting))?;
