@@ -6,6 +6,7 @@
 //! (`vshPrintExtra(ctl, "\n")` in tools/vsh.c). None of these functions add
 //! it: the caller prints it once per command.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::net::IpAddr;
 
@@ -21,17 +22,17 @@ use uuid::Uuid;
 /// Cell widths are display widths after escaping non-printable characters
 /// as `\xNN` (see [`display_width`]). Rows shorter than the header are
 /// padded with empty cells; extra cells are ignored.
-pub fn table(headers: &[&str], rows: &[Vec<String>], quiet: bool) -> String {
+pub fn table<'a>(headers: &[&'a str], rows: &'a [Vec<String>], quiet: bool) -> String {
     let columns = headers.len();
-    let encode_row = |cells: &mut dyn Iterator<Item = &str>| -> Vec<(String, usize)> {
+    let encode_row = |cells: &mut dyn Iterator<Item = &'a str>| -> Vec<(Cow<'a, str>, usize)> {
         cells.take(columns).map(safe_encode).collect()
     };
     let header = encode_row(&mut headers.iter().copied());
-    let body: Vec<Vec<(String, usize)>> = rows
+    let body: Vec<Vec<(Cow<'a, str>, usize)>> = rows
         .iter()
         .map(|row| {
             let mut cells = encode_row(&mut row.iter().map(String::as_str));
-            cells.resize(columns, (String::new(), 0));
+            cells.resize(columns, (Cow::Borrowed(""), 0));
             cells
         })
         .collect();
@@ -57,7 +58,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>], quiet: bool) -> String {
     out
 }
 
-fn print_row(out: &mut String, row: &[(String, usize)], max_widths: &[usize]) {
+fn print_row(out: &mut String, row: &[(Cow<'_, str>, usize)], max_widths: &[usize]) {
     for (i, (cell, width)) in row.iter().enumerate() {
         out.push(' ');
         out.push_str(cell);
@@ -71,7 +72,14 @@ fn print_row(out: &mut String, row: &[(String, usize)], max_widths: &[usize]) {
 
 /// Escapes what libvirt's `vshTableSafeEncode` escapes (non-printable
 /// characters become `\xNN` per byte) and returns the display width.
-fn safe_encode(cell: &str) -> (String, usize) {
+fn safe_encode(cell: &str) -> (Cow<'_, str>, usize) {
+    // Names are almost always plain ASCII: no copy (net-list prints a thousand rows).
+    if cell
+        .bytes()
+        .all(|byte| byte == b' ' || byte.is_ascii_graphic())
+    {
+        return (Cow::Borrowed(cell), cell.len());
+    }
     let mut out = String::with_capacity(cell.len());
     let mut width = 0;
     for c in cell.chars() {
@@ -91,7 +99,7 @@ fn safe_encode(cell: &str) -> (String, usize) {
             }
         }
     }
-    (out, width)
+    (Cow::Owned(out), width)
 }
 
 /// Display width of a table cell as virsh computes it.
@@ -132,7 +140,7 @@ fn char_width(c: char) -> usize {
 }
 
 /// `strcasecmp` on ASCII letters, as virsh's sorters use.
-fn ascii_casecmp(a: &str, b: &str) -> Ordering {
+pub fn ascii_casecmp(a: &str, b: &str) -> Ordering {
     a.bytes()
         .map(|b| b.to_ascii_lowercase())
         .cmp(b.bytes().map(|b| b.to_ascii_lowercase()))
@@ -471,8 +479,9 @@ Bridge:         virbr0
 
     #[test]
     fn non_printable_cells_are_escaped_and_counted_escaped() {
-        assert_eq!(safe_encode("a\tb"), ("a\\x09b".to_string(), 6));
-        assert_eq!(safe_encode("\u{85}"), ("\\xc2\\x85".to_string(), 8));
+        assert_eq!(safe_encode("a\tb"), (Cow::Borrowed("a\\x09b"), 6));
+        assert_eq!(safe_encode("\u{85}"), (Cow::Borrowed("\\xc2\\x85"), 8));
+        assert_eq!(safe_encode("plain name"), (Cow::Borrowed("plain name"), 10));
         assert_eq!(display_width("日本"), 2 * 2);
         assert_eq!(display_width("e\u{301}"), 1);
         let out = table(

@@ -134,13 +134,9 @@ pub fn list(client: &Client, args: &ListArgs, quiet: bool) -> Result<String, Fai
         .list()
         .map_err(|e| Failure::call("failed to list networks", None, e))?;
     networks.retain(|net| listed(net, args));
-    // virsh sorts case-insensitively by name.
-    networks.sort_by(|a, b| {
-        a.name
-            .to_lowercase()
-            .cmp(&b.name.to_lowercase())
-            .then_with(|| a.name.cmp(&b.name))
-    });
+    // virsh sorts by name with strcasecmp (the table and name lists sort again; on sorted
+    // input that pass is linear).
+    networks.sort_by(|a, b| netd::virsh::ascii_casecmp(&a.name, &b.name));
     if args.json {
         return Ok(output::json(&networks));
     }

@@ -177,7 +177,9 @@ impl Client {
         stream
             .write_all(&request)
             .map_err(|e| protocol(format!("sending the request: {e}")))?;
-        let mut answer = Vec::new();
+        // Room for most answers at once (net-list at 1,000 networks is ~150 KB): no
+        // regrowing copies.
+        let mut answer = Vec::with_capacity(256 * 1024);
         stream
             .read_to_end(&mut answer)
             .map_err(|e| protocol(format!("reading the answer: {e}")))?;
