@@ -309,7 +309,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     sync_dir(dir)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), Error> {
+/// Makes the entries of `dir` (a file just created or renamed into it) durable.
+pub fn sync_dir(dir: &Path) -> Result<(), Error> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("syncing directory", dir))

@@ -242,11 +242,19 @@ impl LeaseDb {
         }
         db.replay(&text, now);
         db.pending.clear();
-        // A new network's (empty) journal needs no rewrite: appending creates it.
+        // A new network's (empty) journal needs no rewrite: appending creates it, and its
+        // directory entry is made durable before any lease is written to it.
         if !text.is_empty() {
             db.write_compact(path).map_err(file_error("rewrite"))?;
         }
         let file = open_append(path).map_err(file_error("open for appending"))?;
+        if text.is_empty()
+            && let Some(dir) = path.parent()
+        {
+            crate::store::sync_dir(dir)
+                .map_err(std::io::Error::other)
+                .map_err(file_error("sync its directory"))?;
+        }
         db.journal = Some(Journal {
             path: path.to_path_buf(),
             file: Arc::new(file),
