@@ -237,10 +237,7 @@ fn config_space_identifies_a_modern_net_device_and_links_its_structures() {
 #[test]
 fn msix_table_lives_in_the_bar_and_follows_the_capability() {
     let mut f = fixture();
-    let cap = (0..256)
-        .step_by(4)
-        .find(|&o| o >= 0x40 && f.dev.config().bytes()[o] == CAP_ID_MSIX)
-        .expect("msix cap");
+    let cap = f.msix_cap();
     let c = f.dev.config();
     assert_eq!(c.read_u16(cap + 2), 2, "3 vectors: config + 2 queues");
     assert_eq!(c.read_u32(cap + 4), 0x4000);
@@ -449,10 +446,7 @@ fn reset_stops_the_device_and_allows_reinitialisation() {
 #[test]
 fn queue_interrupts_fire_the_drivers_msix_vector() {
     let mut f = fixture();
-    f.negotiate(OFFERED);
-    f.setup_queue(0, 16, 0x1_0000); // vector 1
-    f.setup_queue(1, 8, 0x2_0000); // vector 2
-    f.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
+    let interrupt = f.activate(); // queue 0 uses vector 1, queue 1 vector 2
     // Program and unmask vectors 1 and 2, then enable MSI-X.
     for v in 1..3u64 {
         let entry = MSIX_TABLE_OFFSET + v * 16;
@@ -460,18 +454,8 @@ fn queue_interrupts_fire_the_drivers_msix_vector() {
         f.w(entry + 8, 4, 0x40 + v);
         f.w(entry + 12, 4, 0);
     }
-    let cap = (0x40..256)
-        .step_by(4)
-        .find(|&o| f.dev.config().bytes()[o] == CAP_ID_MSIX)
-        .expect("msix cap");
+    let cap = f.msix_cap();
     f.dev.config_write(cap + 3, &[0x80]);
-    let interrupt = f
-        .log
-        .lock()
-        .expect("log")
-        .interrupt
-        .clone()
-        .expect("activated");
     let gsi = |v: u16| lock_msix(&f.dev.msix).gsi(v).expect("gsi");
     let (gsi1, gsi2) = (gsi(1), gsi(2));
     interrupt.trigger(InterruptKind::Queue(1)).expect("trigger");
@@ -497,6 +481,15 @@ impl Fixture {
             .step_by(4)
             .find(|&o| self.dev.config().bytes()[o] == CAP_ID_MSIX)
             .expect("msix cap")
+    }
+    /// The usual driver bring-up: features, queue 0 (16 entries) and 1 (8), DRIVER_OK;
+    /// returns the interrupt the device was activated with.
+    fn activate(&mut self) -> Arc<dyn VirtioInterrupt> {
+        self.negotiate(OFFERED);
+        self.setup_queue(0, 16, 0x1_0000);
+        self.setup_queue(1, 8, 0x2_0000);
+        self.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
+        self.activated_interrupt()
     }
     fn activated_interrupt(&self) -> Arc<dyn VirtioInterrupt> {
         self.log
@@ -579,11 +572,7 @@ fn config_space_has_pin_inta_and_the_bus_sets_the_line() {
 fn without_msix_queue_interrupts_assert_intx_until_the_isr_is_read() {
     let mut f = fixture();
     f.dev.connect_intx(INTX_GSI).expect("wire intx");
-    f.negotiate(OFFERED);
-    f.setup_queue(0, 16, 0x1_0000);
-    f.setup_queue(1, 8, 0x2_0000);
-    f.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
-    let interrupt = f.activated_interrupt();
+    let interrupt = f.activate();
     assert_eq!(f.pci_status() & STATUS_INTERRUPT, 0);
     interrupt.trigger(InterruptKind::Queue(0)).expect("trigger");
     assert_eq!(f.intx_asserted(), 1, "vector 1 is ignored: MSI-X is off");
@@ -616,11 +605,7 @@ fn without_msix_queue_interrupts_assert_intx_until_the_isr_is_read() {
 fn interrupt_disable_and_msix_enable_silence_intx() {
     let mut f = fixture();
     f.dev.connect_intx(INTX_GSI).expect("wire intx");
-    f.negotiate(OFFERED);
-    f.setup_queue(0, 16, 0x1_0000);
-    f.setup_queue(1, 8, 0x2_0000);
-    f.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
-    let interrupt = f.activated_interrupt();
+    let interrupt = f.activate();
     // Interrupt Disable set: the ISR records the interrupt, the pin stays quiet.
     let command = f.dev.config().read_u16(COMMAND);
     f.dev
