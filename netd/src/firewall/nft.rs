@@ -1,48 +1,56 @@
-//! The in-process libnftables backend.
+//! The nf_tables backend: kvnet's batches straight to the kernel over netlink.
 //!
 //! Removing a bridge's set elements needs their exact keys (its subnets may have changed
 //! since), so the backend remembers what each bridge owns after every commit. A new backend
 //! (daemon restart) reads that once from the kernel, on first use.
 //!
 //! A change that only adds and deletes set elements in a complete table (every start and
-//! stop of a network without a custom `<nat>`) goes through [`ElementBatches`]; the rest,
-//! and any element batch the kernel refuses, through libnftables with the full
-//! "delete if present" teardown and, when needed, the table skeleton.
+//! stop of a network without a custom `<nat>`) is sent as just those elements. The rest,
+//! and any element batch the kernel refuses, is sent with the full "delete if present"
+//! teardown and, when the table may be missing or damaged, the skeleton.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use serde::Deserialize;
-use serde_json::Value;
-
-use super::elements::{self, Change, ElementBatches};
-use super::libnft::{self, Context};
-use super::rules::{self, BRIDGES_SET, OwnedElement, check_ifname, is_data_set};
+use super::encode::{self, NFPROTO_INET};
+use super::netlink::{self, Message, Socket, Writer};
+use super::rules::{self, BRIDGES_SET, Change, NAT_MAP, Object, OwnedElement, SETS, check_ifname};
 use super::{Error, Firewall, NetworkRules, TABLE};
 
-/// Base-chain hooks where a foreign drop policy breaks guest traffic: DHCP/DNS to the host
-/// (input), their replies (output), and everything the guests send outside (forward).
-const GUEST_HOOKS: [&str; 3] = ["input", "forward", "output"];
+/// Netfilter families and the hooks of theirs where a foreign drop policy breaks guest
+/// traffic: DHCP/DNS to the host (input), their replies (output), and everything the
+/// guests send outside or to each other (forward), including ARP.
+const GUEST_HOOKS: [(u8, &str, &[Hook]); 5] = {
+    const INET_HOOKS: &[Hook] = &[(1, "input"), (2, "forward"), (3, "output")];
+    [
+        (1, "inet", INET_HOOKS),
+        (2, "ip", INET_HOOKS),
+        (10, "ip6", INET_HOOKS),
+        (7, "bridge", INET_HOOKS),
+        (3, "arp", &[(0, "input"), (1, "output")]),
+    ]
+};
+/// A hook's number in its family, and its name.
+type Hook = (u32, &'static str);
+/// `NF_DROP` as a chain policy.
+const POLICY_DROP: u32 = 0;
 
-/// Runs kvnet's batches through one libnftables context, and plain element changes
-/// through [`ElementBatches`].
+/// Applies kvnet's batches through one nf_tables netlink socket.
 #[derive(Debug)]
 pub(super) struct NftFirewall {
-    /// libnftables contexts are not thread-safe; the ownership record changes with them.
+    /// One batch at a time; the ownership record changes with them.
     state: Mutex<State>,
 }
 
 #[derive(Debug)]
 struct State {
-    context: Context,
-    /// The fast path for batches that only add and delete set elements.
-    elements: ElementBatches,
+    socket: Socket,
     /// What each bridge owns, as last committed; `None` until read from the kernel.
     record: Option<Record>,
-    /// Whether our last batch left the table skeleton in place. Re-sending it costs about
-    /// a third of a batch, so it is sent only when it may be missing: at first use, after
-    /// we deleted the table, and to retry a batch that failed (someone may have flushed it).
+    /// Whether our last batch left the table skeleton in place. It is sent again only when
+    /// it may be missing: at first use, after we deleted the table, and to retry a batch
+    /// that failed (someone may have flushed or deleted it).
     skeleton_present: bool,
 }
 
@@ -56,61 +64,73 @@ struct Record {
 }
 
 impl State {
-    fn run(&mut self, command: &str) -> Result<String, libnft::Error> {
-        self.context.run(command)
+    fn commit(&mut self, objects: &[Object]) -> Result<(), netlink::Error> {
+        let messages: Vec<Message> = objects.iter().map(encode::message).collect();
+        self.socket.commit(&messages)
     }
 
-    /// Whether `table inet kvnet` exists (`list tables` reads no chains or rules).
-    fn table_exists(&mut self) -> Result<bool, Error> {
-        const WHAT: &str = "tables";
-        let listing: Listing<ListedObject> = parse(WHAT, self.run("list tables"))?;
-        Ok(listing.nftables.iter().any(|object| {
-            object
-                .table
-                .as_ref()
-                .is_some_and(|table| table.family == "inet" && table.name == TABLE)
-        }))
+    /// The keys of every element of `set`, as interface names; `None` if the set (or the
+    /// whole table) does not exist.
+    fn set_keys(&mut self, set: &str) -> Result<Option<Vec<Vec<String>>>, Error> {
+        let mut request = Writer::new();
+        request
+            .string(encode::NFTA_SET_ELEM_LIST_TABLE, TABLE)
+            .string(encode::NFTA_SET_ELEM_LIST_SET, set);
+        let what = format!("elements of set {set}");
+        let answers = match self.socket.dump(
+            encode::NFT_MSG_GETSETELEM,
+            NFPROTO_INET,
+            &request.finish(),
+            &what,
+        ) {
+            Ok(answers) => answers,
+            Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(list_error(&what, e)),
+        };
+        let mut keys = Vec::new();
+        for (_, body) in answers {
+            let Some(list) = netlink::attribute(&body, encode::NFTA_SET_ELEM_LIST_ELEMENTS) else {
+                continue;
+            };
+            for (_, element) in netlink::attributes(list) {
+                let key = netlink::attribute(element, encode::NFTA_SET_ELEM_KEY)
+                    .and_then(|key| netlink::attribute(key, encode::NFTA_DATA_VALUE));
+                if let Some(key) = key {
+                    keys.push(
+                        key.chunks(encode::IFNAMSIZ)
+                            .map(netlink::text)
+                            .collect::<Vec<_>>(),
+                    );
+                }
+            }
+        }
+        Ok(Some(keys))
     }
 
     /// The ownership record, read from the kernel the first time.
     fn record(&mut self) -> Result<&mut Record, Error> {
         if self.record.is_none() {
             let mut record = Record::default();
-            if self.table_exists()? {
-                const WHAT: &str = "table inet kvnet";
-                let listing: Listing<ListedObject> =
-                    parse(WHAT, self.run("list table inet kvnet"))?;
-                for object in listing.nftables {
-                    if let Some(map) = object.map.filter(|map| map.table == TABLE) {
-                        // Verdict-map elements are `[key, verdict]`: the key is the bridge.
-                        record.custom_nat.extend(
-                            map.elem
-                                .iter()
-                                .filter_map(|pair| pair.get(0)?.as_str().map(str::to_owned)),
-                        );
-                    }
-                    let Some(set) = object.set else { continue };
-                    if set.table != TABLE || !is_data_set(&set.name) {
-                        continue;
-                    }
-                    for value in set.elem {
-                        // Elements with extra attributes come wrapped in {"elem": {"val": ..}}.
-                        let value = match value.get("elem") {
-                            Some(elem) => elem["val"].clone(),
-                            None => value,
-                        };
-                        let element = OwnedElement {
-                            set: set.name.clone(),
-                            key: serde_json::from_value(value)
-                                .map_err(|source| Error::Parse { what: WHAT, source })?,
-                        };
-                        if let Some(bridge) = element.bridge() {
-                            let bridge = bridge.to_owned();
-                            record.elements.entry(bridge).or_default().push(element);
-                        }
+            for (set, _) in SETS {
+                let Some(keys) = self.set_keys(set)? else {
+                    continue;
+                };
+                for key in keys {
+                    let element = OwnedElement {
+                        set: set.to_owned(),
+                        key,
+                    };
+                    if let Some(bridge) = element.bridge() {
+                        let bridge = bridge.to_owned();
+                        record.elements.entry(bridge).or_default().push(element);
                     }
                 }
             }
+            // Verdict-map keys are the bridges with a custom NAT chain.
+            let mapped = self.set_keys(NAT_MAP)?.unwrap_or_default();
+            record
+                .custom_nat
+                .extend(mapped.into_iter().filter_map(|key| key.into_iter().next()));
             tracing::debug!(
                 bridges = record.elements.len(),
                 "read kvnet's set elements from the kernel"
@@ -119,33 +139,23 @@ impl State {
         }
         Ok(self.record.get_or_insert_with(Record::default))
     }
+}
 
-    /// Replaces `previous` with `now` through the element fast path: deletes what is gone,
-    /// adds what is new (adding what is already there is a no-op).
-    fn commit_elements(
-        &mut self,
-        previous: &[OwnedElement],
-        now: &[OwnedElement],
-    ) -> Result<(), elements::Error> {
-        let changes: Vec<(Change, &OwnedElement)> = previous
-            .iter()
-            .filter(|element| !now.contains(element))
-            .map(|element| (Change::Delete, element))
-            .chain(now.iter().map(|element| (Change::Add, element)))
-            .collect();
-        self.elements.commit(&changes)
+fn list_error(what: &str, e: netlink::Error) -> Error {
+    Error::List {
+        what: what.to_owned(),
+        nft: e.to_string(),
     }
 }
 
 impl NftFirewall {
     pub(super) fn new() -> Result<NftFirewall, Error> {
-        let init = |message: String| Error::Init { message };
-        let context = Context::new().map_err(|e| init(e.to_string()))?;
-        let elements = ElementBatches::open().map_err(|e| init(e.to_string()))?;
+        let socket = Socket::open().map_err(|e| Error::Init {
+            message: e.to_string(),
+        })?;
         Ok(NftFirewall {
             state: Mutex::new(State {
-                context,
-                elements,
+                socket,
                 record: None,
                 skeleton_present: false,
             }),
@@ -159,14 +169,14 @@ impl NftFirewall {
     }
 
     /// Replaces what `bridge` owns with `now` (nothing for a removal) in one batch.
-    /// `custom_nat` says whether the bridge gets a custom NAT chain; `batch` renders the
-    /// libnftables batch from the previous elements, for whatever the fast path cannot do.
+    /// `custom_nat` says whether the bridge gets a custom NAT chain; `full` renders the
+    /// complete change from the previous elements, for whatever the element batch cannot do.
     fn commit(
         &self,
         action: &'static str,
         bridge: &str,
         custom_nat: bool,
-        batch: impl FnOnce(&[OwnedElement]) -> nftables::schema::Nftables<'static>,
+        full: impl FnOnce(&[OwnedElement]) -> Vec<Object>,
         now: Vec<OwnedElement>,
     ) -> Result<(), Error> {
         let started = Instant::now();
@@ -174,24 +184,28 @@ impl NftFirewall {
         let record = state.record()?;
         let previous = record.elements.get(bridge).cloned().unwrap_or_default();
         let had_custom_nat = record.custom_nat.contains(bridge);
-        // Only set elements change, in a table we know is complete: no libnftables needed.
+        // Only set elements change, in a table we know is complete.
         let elements_only = state.skeleton_present && !custom_nat && !had_custom_nat;
-        let fast = elements_only.then(|| state.commit_elements(&previous, &now));
-        let result = match fast {
-            Some(Ok(())) => Ok(()),
-            fast => {
-                if let Some(Err(e)) = fast {
+        let result = if elements_only
+            && state
+                .commit(&element_changes(&previous, &now))
+                .inspect_err(|e| {
                     // Someone may have changed our table; the full batch repairs it.
                     tracing::debug!(bridge, "element batch failed ({e}); sending the full batch");
-                }
-                let network = batch(&previous);
-                let without_skeleton = (state.skeleton_present && !elements_only)
-                    .then(|| state.run(&rules::document(&[], &network)));
-                match without_skeleton {
-                    Some(Ok(_)) => Ok(()),
-                    _ => state
-                        .run(&rules::document(&rules::skeleton(), &network))
-                        .map(drop),
+                })
+                .is_ok()
+        {
+            Ok(())
+        } else {
+            let network = full(&previous);
+            let without_skeleton =
+                (state.skeleton_present && !elements_only).then(|| state.commit(&network));
+            match without_skeleton {
+                Some(Ok(())) => Ok(()),
+                _ => {
+                    let mut objects = rules::skeleton();
+                    objects.extend(network);
+                    state.commit(&objects)
                 }
             }
         };
@@ -215,7 +229,7 @@ impl NftFirewall {
         if record.elements.is_empty() && record.custom_nat.is_empty() {
             // Nothing of kvnet's is left: remove the table too, so the ruleset is exactly
             // as it was before the first network started.
-            if let Err(e) = state.run(&format!("delete table inet {TABLE}")) {
+            if let Err(e) = state.commit(&[Object::DeleteTable]) {
                 tracing::warn!("removing the empty table inet {TABLE}: {e}");
             }
             state.skeleton_present = false;
@@ -230,52 +244,18 @@ impl NftFirewall {
     }
 }
 
-/// `nft -j list ...`, reduced to what we read; other objects (metainfo, rules) are skipped.
-#[derive(Debug, Deserialize)]
-struct Listing<T> {
-    nftables: Vec<T>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ListedObject {
-    table: Option<ListedTable>,
-    chain: Option<ListedChain>,
-    set: Option<ListedSet>,
-    map: Option<ListedSet>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ListedTable {
-    family: String,
-    name: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct ListedChain {
-    family: String,
-    table: String,
-    name: String,
-    hook: Option<String>,
-    policy: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ListedSet {
-    table: String,
-    name: String,
-    #[serde(default)]
-    elem: Vec<Value>,
-}
-
-fn parse<T: serde::de::DeserializeOwned>(
-    what: &'static str,
-    output: Result<String, libnft::Error>,
-) -> Result<Listing<T>, Error> {
-    let output = output.map_err(|e| Error::List {
-        what,
-        nft: e.to_string(),
-    })?;
-    serde_json::from_str(&output).map_err(|source| Error::Parse { what, source })
+/// Replaces `previous` with `now`: deletes what is gone, adds what is new (adding what is
+/// already there is a no-op).
+fn element_changes(previous: &[OwnedElement], now: &[OwnedElement]) -> Vec<Object> {
+    previous
+        .iter()
+        .filter(|element| !now.contains(element))
+        .map(|element| Object::Element(Change::Delete, element.clone()))
+        .chain(
+            now.iter()
+                .map(|element| Object::Element(Change::Add, element.clone())),
+        )
+        .collect()
 }
 
 impl Firewall for NftFirewall {
@@ -302,44 +282,51 @@ impl Firewall for NftFirewall {
     }
 
     fn bridges(&self) -> Result<Vec<String>, Error> {
-        let mut state = self.state();
-        if !state.table_exists()? {
-            return Ok(Vec::new());
-        }
-        const WHAT: &str = "set inet kvnet bridges";
-        let command = format!("list set inet {TABLE} {BRIDGES_SET}");
-        let listing: Listing<ListedObject> = parse(WHAT, state.run(&command))?;
-        let bridges: BTreeSet<String> = listing
-            .nftables
+        let keys = self.state().set_keys(BRIDGES_SET)?.unwrap_or_default();
+        let mut bridges: Vec<String> = keys
             .into_iter()
-            .filter_map(|object| object.set)
-            .flat_map(|set| set.elem)
-            .filter_map(|value| value.as_str().map(str::to_owned))
+            .filter_map(|key| key.into_iter().next())
             .collect();
-        Ok(bridges.into_iter().collect())
+        bridges.sort();
+        bridges.dedup();
+        Ok(bridges)
     }
 
     fn foreign_drop_policies(&self) -> Result<Vec<String>, Error> {
         const WHAT: &str = "chains";
-        // `list chains` reads chains only, no rules or set elements.
-        let listing: Listing<ListedObject> = parse(WHAT, self.state().run("list chains"))?;
-        Ok(listing
-            .nftables
-            .into_iter()
-            .filter_map(|object| object.chain)
-            .filter(|chain| {
-                !(chain.family == "inet" && chain.table == TABLE)
-                    && chain.policy.as_deref() == Some("drop")
-            })
-            .filter_map(|chain| {
-                let hook = chain.hook.as_deref()?;
-                GUEST_HOOKS.contains(&hook).then(|| {
-                    format!(
-                        "table {} {} chain {} (hook {hook}) has policy drop",
-                        chain.family, chain.table, chain.name
-                    )
-                })
-            })
-            .collect())
+        // All families; chains only, no rules or set elements.
+        let answers = self
+            .state()
+            .socket
+            .dump(encode::NFT_MSG_GETCHAIN, 0, &[], WHAT)
+            .map_err(|e| list_error(WHAT, e))?;
+        let mut out = Vec::new();
+        for (family, body) in answers {
+            let Some((_, family_name, hooks)) = GUEST_HOOKS.iter().find(|(f, ..)| *f == family)
+            else {
+                continue;
+            };
+            let table = netlink::attribute(&body, encode::NFTA_CHAIN_TABLE).map(netlink::text);
+            let name = netlink::attribute(&body, encode::NFTA_CHAIN_NAME).map(netlink::text);
+            let policy =
+                netlink::attribute(&body, encode::NFTA_CHAIN_POLICY).and_then(netlink::be32);
+            let hook = netlink::attribute(&body, encode::NFTA_CHAIN_HOOK)
+                .and_then(|hook| netlink::attribute(hook, encode::NFTA_HOOK_HOOKNUM))
+                .and_then(netlink::be32)
+                .and_then(|number| hooks.iter().find(|(n, _)| *n == number))
+                .map(|(_, hook)| *hook);
+            let (Some(table), Some(name), Some(POLICY_DROP), Some(hook)) =
+                (table, name, policy, hook)
+            else {
+                continue;
+            };
+            if *family_name == "inet" && table == TABLE {
+                continue;
+            }
+            out.push(format!(
+                "table {family_name} {table} chain {name} (hook {hook}) has policy drop"
+            ));
+        }
+        Ok(out)
     }
 }

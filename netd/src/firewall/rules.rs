@@ -1,5 +1,8 @@
-//! Pure rendering of kvnet's nftables batches (no I/O), in the `nftables` crate's typed
-//! JSON model. The layout and its reasons are in the [module docs](super).
+//! What kvnet's nftables batches contain (no I/O): the table skeleton, each network's set
+//! elements and custom NAT chain, as [`Object`]s whose rules are nf_tables VM expressions
+//! ([`Expr`]), the same ones nft 1.0.6 generates for the rules below. [`super::encode`]
+//! turns them into netlink messages. The layout and its reasons are in the
+//! [module docs](super).
 //!
 //! The rules are fixed; networks are data. libvirt's per-network rules
 //! (`network_nftables.c`, `network_iptables.c`) become elements of hash sets keyed by the
@@ -17,8 +20,8 @@
 //!   meta nfproto ipv6 iifname @out6 fib saddr . iif oif exists accept (and @out6_dev)
 //!   iifname @bridges reject                                                   the rest out
 //! chain postrouting (nat, srcnat)
-//!   ip daddr { 224.0.0.0/24, 255.255.255.255 } return   link-local multicast; broadcast, whose
-//!                                                       rewritten ports strict DHCP clients reject
+//!   ip daddr 224.0.0.0/24 return                       link-local multicast, and broadcast,
+//!   ip daddr 255.255.255.255 return                    whose rewritten ports DHCP clients reject
 //!   iifname . oifname @same_bridge return               routed back into the subnet
 //!   iifname vmap @postrouting_iif                       B : jump nat-B (custom <nat> only)
 //!   meta nfproto ipv4 meta l4proto tcp|udp iifname @nat4 masquerade to :1024-65535
@@ -31,109 +34,275 @@
 //! only in `bridges` and `same_bridge`. Every rule counts (`counter`), so
 //! `nft list table inet kvnet` shows where guest traffic goes.
 
+use std::fmt;
 use std::net::Ipv4Addr;
 
-use nftables::batch::Batch;
-use nftables::expr::{
-    CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
-    Prefix, Range, SetItem, Verdict,
-};
-use nftables::schema::{
-    Chain, Element, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetType,
-    SetTypeValue, Table,
-};
-use nftables::stmt::{
-    AnonymousCounter, Counter, JumpTarget, Match, NAT, NATFamily, Operator, Statement, VerdictMap,
-};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
-use serde::Serialize;
-
-use super::{Error, NetworkRules, RuleMode, TABLE};
+use super::{Error, NetworkRules, RuleMode};
 
 /// Every bridge that has rules; the host-side DHCP/DNS accepts and the rejects match on it.
 pub const BRIDGES_SET: &str = "bridges";
 /// Verdict map from bridge to its custom NAT chain.
-const NAT_MAP: &str = "postrouting_iif";
+pub(super) const NAT_MAP: &str = "postrouting_iif";
 /// Prefix of a bridge's custom NAT chain.
 const NAT_CHAIN_PREFIX: &str = "nat-";
 /// libvirt's default NAT source port range.
 pub const DEFAULT_NAT_PORTS: (u16, u16) = (1024, 65535);
 
-/// Base chain priorities: `filter` (0) and `srcnat` (100), as nft spells them.
-const PRIO_FILTER: i32 = 0;
-const PRIO_SRCNAT: i32 = 100;
+/// The named sets of the table and how many interface names make up their keys (the
+/// bridge first; `_dev` sets add the forward device). All are hash sets: adding and
+/// deleting an element costs the same with 1 or 1,000 networks.
+pub(super) const SETS: [(&str, usize); 14] = [
+    (BRIDGES_SET, 1),
+    ("same_bridge", 2),
+    ("reply4", 1),
+    ("reply4_dev", 2),
+    ("in4", 1),
+    ("in4_dev", 2),
+    ("in6", 1),
+    ("in6_dev", 2),
+    ("out4", 1),
+    ("out4_dev", 2),
+    ("out6", 1),
+    ("out6_dev", 2),
+    ("nat4", 1),
+    ("nat4_dev", 2),
+];
 
-/// The named sets of the table and their key types (the bridge name always comes first;
-/// `_dev` sets add the forward device). All are hash sets: adding and deleting an element
-/// costs the same with 1 or 1,000 networks.
-const SETS: [(&str, &[SetType]); 14] = {
-    use SetType::Ifname as If;
-    [
-        (BRIDGES_SET, &[If]),
-        ("same_bridge", &[If, If]),
-        ("reply4", &[If]),
-        ("reply4_dev", &[If, If]),
-        ("in4", &[If]),
-        ("in4_dev", &[If, If]),
-        ("in6", &[If]),
-        ("in6_dev", &[If, If]),
-        ("out4", &[If]),
-        ("out4_dev", &[If, If]),
-        ("out6", &[If]),
-        ("out6_dev", &[If, If]),
-        ("nat4", &[If]),
-        ("nat4_dev", &[If, If]),
-    ]
-};
-
-/// Whether `name` is one of kvnet's data sets (whose elements a bridge owns).
-pub fn is_data_set(name: &str) -> bool {
-    SETS.iter().any(|(set, _)| *set == name)
-}
-
-/// One element a bridge owns: the set and its key, as given to `add`/`delete element`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One element a bridge owns: the set and its key, interface names in key order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OwnedElement {
     /// The set's name.
     pub set: String,
-    /// The key (a bridge name, or a concatenation starting with it).
-    pub key: Expression<'static>,
+    /// The key: the bridge, then (in `_dev` and `same_bridge` sets) a second name.
+    pub key: Vec<String>,
 }
 
 impl OwnedElement {
-    fn new(set: &str, mut parts: Vec<Expression<'static>>) -> OwnedElement {
-        let key = if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Expression::Named(NamedExpression::Concat(parts))
-        };
+    fn new(set: &str, key: &[&str]) -> OwnedElement {
         OwnedElement {
             set: set.to_owned(),
-            key,
+            key: key.iter().map(|name| (*name).to_owned()).collect(),
         }
     }
 
-    /// The bridge this element belongs to: its (first) string component.
+    /// The bridge this element belongs to: its first key component.
     pub fn bridge(&self) -> Option<&str> {
-        match &self.key {
-            Expression::String(bridge) => Some(bridge),
-            Expression::Named(NamedExpression::Concat(parts)) => match parts.first() {
-                Some(Expression::String(bridge)) => Some(bridge),
-                _ => None,
-            },
-            _ => None,
-        }
+        self.key.first().map(String::as_str)
     }
+}
 
-    fn element(&self) -> Element<'static> {
-        Element {
-            family: NfFamily::INet,
-            table: TABLE.into(),
-            name: self.set.clone().into(),
-            elem: vec![self.key.clone()].into(),
+impl fmt::Display for OwnedElement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} in set {}", self.key.join(" . "), self.set)
+    }
+}
+
+/// Whether an object is added or deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Add it; adding what exists is a no-op.
+    Add,
+    /// Delete it; deleting what does not exist fails the batch.
+    Delete,
+}
+
+/// The netfilter hooks of kvnet's base chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// To the host.
+    Input,
+    /// Routed through the host.
+    Forward,
+    /// From the host.
+    Output,
+    /// Leaving the host (source NAT).
+    Postrouting,
+}
+
+/// What a base chain is for; its type name and priority follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainKind {
+    /// `type filter ... priority filter` (0).
+    Filter,
+    /// `type nat ... priority srcnat` (100).
+    SourceNat,
+}
+
+/// One object of a batch, in the order the kernel must apply them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    /// `add table inet kvnet`.
+    Table,
+    /// `add set` with a key of `fields` interface names, or (`verdict_map`) a map from one
+    /// interface name to a verdict.
+    Set {
+        /// The set's name.
+        name: &'static str,
+        /// Interface names per key.
+        fields: usize,
+        /// A verdict map instead of a set.
+        verdict_map: bool,
+        /// The set's id within a batch (the kernel requires one, unique per transaction).
+        id: u32,
+    },
+    /// `add chain`: a base chain with policy accept, or a regular chain.
+    Chain {
+        /// The chain's name.
+        name: String,
+        /// Hook and kind of a base chain.
+        base: Option<(Hook, ChainKind)>,
+    },
+    /// `flush chain`: delete its rules.
+    FlushChain(String),
+    /// `add rule` at the end of a chain.
+    Rule {
+        /// The chain.
+        chain: String,
+        /// The rule's expressions.
+        exprs: Vec<Expr>,
+    },
+    /// `add`/`delete element` of a set.
+    Element(Change, OwnedElement),
+    /// `add`/`delete element` of the NAT verdict map: bridge to `jump nat-<bridge>`.
+    NatJump(Change, String),
+    /// `delete chain` (with its rules).
+    DeleteChain(String),
+    /// `delete table inet kvnet`.
+    DeleteTable,
+}
+
+impl fmt::Display for Object {
+    /// What the object does, as nft would say it; names the message the kernel refused.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = |change: &Change| match change {
+            Change::Add => "add",
+            Change::Delete => "delete",
+        };
+        match self {
+            Object::Table => write!(f, "add table inet {}", super::TABLE),
+            Object::Set { name, .. } => write!(f, "add set {name}"),
+            Object::Chain { name, .. } => write!(f, "add chain {name}"),
+            Object::FlushChain(name) => write!(f, "flush chain {name}"),
+            Object::Rule { chain, .. } => write!(f, "add rule to chain {chain}"),
+            Object::Element(change, element) => write!(f, "{} element {element}", verb(change)),
+            Object::NatJump(change, bridge) => write!(
+                f,
+                "{} element {bridge} : jump {} in map {NAT_MAP}",
+                verb(change),
+                nat_chain(bridge)
+            ),
+            Object::DeleteChain(name) => write!(f, "delete chain {name}"),
+            Object::DeleteTable => write!(f, "delete table inet {}", super::TABLE),
         }
     }
 }
+
+/// An nf_tables register: 1-4 hold 16 bytes each (an interface name fits one).
+pub type Register = u32;
+
+/// The `meta` keys kvnet matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaKey {
+    /// Input interface name.
+    Iifname,
+    /// Output interface name.
+    Oifname,
+    /// Netfilter family of the packet (ipv4/ipv6 in an `inet` chain).
+    Nfproto,
+    /// Layer 4 protocol number.
+    L4proto,
+}
+
+/// Where a payload load starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadBase {
+    /// The IP header.
+    Network,
+    /// The TCP/UDP header.
+    Transport,
+}
+
+/// A comparison of a register with a constant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    /// Equal.
+    Eq,
+    /// Not equal.
+    Neq,
+}
+
+/// A rule's final verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accept the packet (this hook).
+    Accept,
+    /// Back to the calling chain, or the policy.
+    Return,
+}
+
+/// One nf_tables VM expression, as the kernel runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    /// `meta load KEY => reg`.
+    Meta(MetaKey, Register),
+    /// `cmp OP reg DATA`.
+    Cmp(CmpOp, Register, Vec<u8>),
+    /// `lookup reg set NAME`, or with a verdict map, its verdict.
+    Lookup {
+        /// The named set or map.
+        set: String,
+        /// Where the key starts.
+        reg: Register,
+        /// The set is a verdict map: its verdict is the rule's.
+        verdict_map: bool,
+    },
+    /// `payload load LEN @ BASE + OFFSET => reg`.
+    Payload(PayloadBase, u32, u32, Register),
+    /// `bitwise reg = (reg & MASK) ^ XOR`.
+    Bitwise(Register, Vec<u8>, Vec<u8>),
+    /// `ct load state => reg`.
+    CtState(Register),
+    /// `fib saddr . iif oif present => reg`: 1 if the source is routed via the input
+    /// interface.
+    FibSourceViaIif(Register),
+    /// `counter`.
+    Counter,
+    /// `immediate reg DATA`.
+    Load(Register, Vec<u8>),
+    /// `immediate reg 0 VERDICT`.
+    Verdict(Verdict),
+    /// `reject` with ICMP(v6) port unreachable.
+    Reject,
+    /// `masq`, with the source port range in registers.
+    Masquerade {
+        /// First and (when a range) last port.
+        ports: Option<(Register, Option<Register>)>,
+    },
+    /// `nat snat ip`, with addresses (and ports) in registers.
+    Snat {
+        /// First and (when a range) last address.
+        addresses: (Register, Option<Register>),
+        /// First and (when a range) last port.
+        ports: Option<(Register, Option<Register>)>,
+    },
+}
+
+const REG1: Register = 1;
+const REG2: Register = 2;
+
+/// Transport protocol numbers.
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+/// `NFPROTO_IPV4`, `NFPROTO_IPV6`.
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+/// `ct state established,related` bits.
+const CT_ESTABLISHED_RELATED: u32 = 0x2 | 0x4;
+/// Header offsets.
+const IPV4_SADDR: u32 = 12;
+const IPV4_DADDR: u32 = 16;
+const L4_SPORT: u32 = 0;
+const L4_DPORT: u32 = 2;
 
 /// Checks a Linux interface name the way the kernel's `dev_valid_name` does.
 pub(super) fn check_ifname(bridge: &str, what: &'static str, name: &str) -> Result<(), Error> {
@@ -197,238 +366,166 @@ impl NetworkRules {
     }
 }
 
-/// One object of a batch: typed where the `nftables` crate can say it, raw JSON for the
-/// verdict-map declaration (its `SetType` has no `verdict`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum BatchObject {
-    /// An object of the crate's schema.
-    Typed(NfObject<'static>),
-    /// A hand-written JSON object.
-    Raw(serde_json::Value),
-}
-
-/// The table, its sets, map and base chains with their fixed rules. Idempotent: every batch
-/// starts with it, so a change also repairs a table someone else flushed or deleted.
-pub fn skeleton() -> Vec<BatchObject> {
-    let mut batch = Batch::new();
-    batch.add(NfListObject::Table(Table {
-        family: NfFamily::INet,
-        name: TABLE.into(),
-        handle: None,
+/// The table, its sets, map and base chains with their fixed rules. Idempotent: adding
+/// what exists is a no-op and the base chains are flushed before their rules are added,
+/// so a change that starts with it also repairs a table someone else flushed or deleted.
+pub fn skeleton() -> Vec<Object> {
+    let mut out = vec![Object::Table];
+    out.extend((1..).zip(SETS).map(|(id, (name, fields))| Object::Set {
+        name,
+        fields,
+        verdict_map: false,
+        id,
     }));
-    for (name, key) in SETS {
-        batch.add(NfListObject::Set(Box::new(Set {
-            family: NfFamily::INet,
-            table: TABLE.into(),
-            name: name.into(),
-            handle: None,
-            set_type: if key.len() == 1 {
-                SetTypeValue::Single(key[0])
-            } else {
-                SetTypeValue::Concatenated(key.to_vec().into())
-            },
-            policy: None,
-            flags: None,
-            elem: None,
-            timeout: None,
-            gc_interval: None,
-            size: None,
-            comment: None,
-        })));
-    }
-    let mut objects: Vec<BatchObject> = typed(batch);
-    objects.push(BatchObject::Raw(serde_json::json!({
-        "add": { "map": {
-            "family": "inet", "table": TABLE, "name": NAT_MAP,
-            "type": "ifname", "map": "verdict",
-        }}
-    })));
+    out.push(Object::Set {
+        name: NAT_MAP,
+        fields: 1,
+        verdict_map: true,
+        id: SETS.len() as u32 + 1,
+    });
+    let iif = || Expr::Meta(MetaKey::Iifname, REG1);
+    let oif = || Expr::Meta(MetaKey::Oifname, REG1);
 
-    let mut batch = Batch::new();
-    let iif = || meta(MetaKey::Iifname);
-    let oif = || meta(MetaKey::Oifname);
-    add_base_chain(
-        &mut batch,
-        "input",
-        NfChainType::Filter,
-        NfHook::Input,
-        PRIO_FILTER,
-        vec![
-            // DHCP, DNS and DHCPv6 from guests to the host's servers.
-            with_accept(vec![
-                in_set(iif(), BRIDGES_SET),
-                is(payload("udp", "dport"), set([53, 67, 547])),
-            ]),
-            with_accept(vec![
-                in_set(iif(), BRIDGES_SET),
-                is(payload("tcp", "dport"), number(53)),
-            ]),
-        ],
-    );
-    add_base_chain(
-        &mut batch,
-        "output",
-        NfChainType::Filter,
-        NfHook::Output,
-        PRIO_FILTER,
-        vec![
-            // DHCP and DHCPv6 replies, DNS answers from the host to guests.
-            with_accept(vec![
-                in_set(oif(), BRIDGES_SET),
-                is(payload("udp", "dport"), set([68, 546])),
-            ]),
-            with_accept(vec![
-                in_set(oif(), BRIDGES_SET),
-                is(payload("udp", "sport"), number(53)),
-            ]),
-            with_accept(vec![
-                in_set(oif(), BRIDGES_SET),
-                is(payload("tcp", "sport"), number(53)),
-            ]),
-        ],
-    );
-    let ipv4 = || is(meta(MetaKey::Nfproto), string("ipv4".to_owned()));
-    let ipv6 = || is(meta(MetaKey::Nfproto), string("ipv6".to_owned()));
-    // The source is one the bridge's routes cover, i.e. in the network's subnets.
-    let source_behind_iif = || {
-        is(
-            Expression::Named(NamedExpression::Fib(Fib {
-                result: FibResult::Oif,
-                flags: [FibFlag::Saddr, FibFlag::Iif].into_iter().collect(),
-            })),
-            Expression::Boolean(true),
-        )
-    };
-    add_base_chain(
-        &mut batch,
+    // DHCP, DNS and DHCPv6 from guests to the host's servers, and their answers.
+    let mut input = Vec::new();
+    for port in [53, 67, 547] {
+        input.push(accept([
+            in_set(iif(), BRIDGES_SET),
+            port_is(UDP, L4_DPORT, port),
+        ]));
+    }
+    input.push(accept([
+        in_set(iif(), BRIDGES_SET),
+        port_is(TCP, L4_DPORT, 53),
+    ]));
+    base_chain(&mut out, "input", Hook::Input, ChainKind::Filter, input);
+    let mut output = Vec::new();
+    for port in [68, 546] {
+        output.push(accept([
+            in_set(oif(), BRIDGES_SET),
+            port_is(UDP, L4_DPORT, port),
+        ]));
+    }
+    for protocol in [UDP, TCP] {
+        output.push(accept([
+            in_set(oif(), BRIDGES_SET),
+            port_is(protocol, L4_SPORT, 53),
+        ]));
+    }
+    base_chain(&mut out, "output", Hook::Output, ChainKind::Filter, output);
+
+    let ipv4 = || nfproto(NFPROTO_IPV4);
+    let ipv6 = || nfproto(NFPROTO_IPV6);
+    let forward = vec![
+        accept([in_pair(MetaKey::Iifname, MetaKey::Oifname, "same_bridge")]),
+        // Into a network (by destination bridge first, as libvirt orders its chains);
+        // routing already chose the bridge by the destination's subnet.
+        accept([ipv4(), in_set(oif(), "reply4"), established()]),
+        accept([
+            ipv4(),
+            in_pair(MetaKey::Oifname, MetaKey::Iifname, "reply4_dev"),
+            established(),
+        ]),
+        accept([ipv4(), in_set(oif(), "in4")]),
+        accept([
+            ipv4(),
+            in_pair(MetaKey::Oifname, MetaKey::Iifname, "in4_dev"),
+        ]),
+        accept([ipv6(), in_set(oif(), "in6")]),
+        accept([
+            ipv6(),
+            in_pair(MetaKey::Oifname, MetaKey::Iifname, "in6_dev"),
+        ]),
+        reject(in_set(oif(), BRIDGES_SET)),
+        // Out of a network, from its own subnets only.
+        accept([ipv4(), in_set(iif(), "out4"), source_via_iif()]),
+        accept([
+            ipv4(),
+            in_pair(MetaKey::Iifname, MetaKey::Oifname, "out4_dev"),
+            source_via_iif(),
+        ]),
+        accept([ipv6(), in_set(iif(), "out6"), source_via_iif()]),
+        accept([
+            ipv6(),
+            in_pair(MetaKey::Iifname, MetaKey::Oifname, "out6_dev"),
+            source_via_iif(),
+        ]),
+        reject(in_set(iif(), BRIDGES_SET)),
+    ];
+    base_chain(
+        &mut out,
         "forward",
-        NfChainType::Filter,
-        NfHook::Forward,
-        PRIO_FILTER,
-        vec![
-            with_accept(vec![in_set(concat([iif(), oif()]), "same_bridge")]),
-            // Into a network (by destination bridge first, as libvirt orders its chains);
-            // routing already chose the bridge by the destination's subnet.
-            with_accept(vec![ipv4(), in_set(oif(), "reply4"), established()]),
-            with_accept(vec![
-                ipv4(),
-                in_set(concat([oif(), iif()]), "reply4_dev"),
-                established(),
-            ]),
-            with_accept(vec![ipv4(), in_set(oif(), "in4")]),
-            with_accept(vec![ipv4(), in_set(concat([oif(), iif()]), "in4_dev")]),
-            with_accept(vec![ipv6(), in_set(oif(), "in6")]),
-            with_accept(vec![ipv6(), in_set(concat([oif(), iif()]), "in6_dev")]),
-            vec![
-                in_set(oif(), BRIDGES_SET),
-                counter(),
-                Statement::Reject(None),
-            ],
-            // Out of a network, from its own subnets only.
-            with_accept(vec![ipv4(), in_set(iif(), "out4"), source_behind_iif()]),
-            with_accept(vec![
-                ipv4(),
-                in_set(concat([iif(), oif()]), "out4_dev"),
-                source_behind_iif(),
-            ]),
-            with_accept(vec![ipv6(), in_set(iif(), "out6"), source_behind_iif()]),
-            with_accept(vec![
-                ipv6(),
-                in_set(concat([iif(), oif()]), "out6_dev"),
-                source_behind_iif(),
-            ]),
-            vec![
-                in_set(iif(), BRIDGES_SET),
-                counter(),
-                Statement::Reject(None),
-            ],
-        ],
+        Hook::Forward,
+        ChainKind::Filter,
+        forward,
     );
-    let mut nat_rules = vec![
-        vec![
-            is(
-                payload("ip", "daddr"),
-                Expression::Named(NamedExpression::Set(vec![
-                    SetItem::Element(prefix(Ipv4Addr::new(224, 0, 0, 0).to_string(), 24)),
-                    SetItem::Element(string(Ipv4Addr::BROADCAST.to_string())),
-                ])),
-            ),
-            counter(),
-            Statement::Return(None),
-        ],
+
+    let mut postrouting = vec![
+        // Link-local multicast and broadcast keep their addresses and ports.
+        ret([ipv4_prefix(IPV4_DADDR, Ipv4Addr::new(224, 0, 0, 0), 24)]),
+        ret([ipv4_prefix(IPV4_DADDR, Ipv4Addr::BROADCAST, 32)]),
         // Routed back into the same bridge: the destination is inside the subnet.
+        ret([in_pair(MetaKey::Iifname, MetaKey::Oifname, "same_bridge")]),
         vec![
-            in_set(concat([iif(), oif()]), "same_bridge"),
-            counter(),
-            Statement::Return(None),
+            iif(),
+            Expr::Lookup {
+                set: NAT_MAP.to_owned(),
+                reg: REG1,
+                verdict_map: true,
+            },
         ],
-        vec![Statement::VerdictMap(VerdictMap {
-            key: iif(),
-            data: string(format!("@{NAT_MAP}")),
-        })],
     ];
     // The forward chain let only the networks' own sources out, so the bridge is enough.
-    for (set, key) in [("nat4", iif()), ("nat4_dev", concat([iif(), oif()]))] {
-        for protocol in ["tcp", "udp"] {
-            nat_rules.push(vec![
+    for (set, key) in [
+        ("nat4", in_set(iif(), "nat4")),
+        (
+            "nat4_dev",
+            in_pair(MetaKey::Iifname, MetaKey::Oifname, "nat4_dev"),
+        ),
+    ] {
+        debug_assert!(
+            key.iter()
+                .any(|e| matches!(e, Expr::Lookup { set: s, .. } if s == set))
+        );
+        for protocol in [TCP, UDP] {
+            postrouting.push(rule([
                 ipv4(),
-                is(meta(MetaKey::L4proto), string(protocol.to_owned())),
-                in_set(key.clone(), set),
-                counter(),
-                translate(None, Some(DEFAULT_NAT_PORTS)),
-            ]);
+                l4proto(protocol),
+                key.clone(),
+                vec![Expr::Counter],
+                masquerade(Some(DEFAULT_NAT_PORTS)),
+            ]));
         }
-        nat_rules.push(vec![
-            ipv4(),
-            in_set(key, set),
-            counter(),
-            translate(None, None),
-        ]);
+        postrouting.push(rule([ipv4(), key, vec![Expr::Counter], masquerade(None)]));
     }
-    add_base_chain(
-        &mut batch,
+    base_chain(
+        &mut out,
         "postrouting",
-        NfChainType::NAT,
-        NfHook::Postrouting,
-        PRIO_SRCNAT,
-        nat_rules,
+        Hook::Postrouting,
+        ChainKind::SourceNat,
+        postrouting,
     );
-    objects.extend(typed(batch));
-    objects
-}
-
-fn typed(batch: Batch<'static>) -> Vec<BatchObject> {
-    batch
-        .to_nftables()
-        .objects
-        .iter()
-        .cloned()
-        .map(BatchObject::Typed)
-        .collect()
+    out
 }
 
 /// `add` (idempotent) a base chain with policy accept, flush it and add its rules, so the
 /// fixed rules exist exactly once whatever state the chain was in.
-fn add_base_chain(
-    batch: &mut Batch<'static>,
+fn base_chain(
+    out: &mut Vec<Object>,
     name: &str,
-    kind: NfChainType,
-    hook: NfHook,
-    prio: i32,
-    rules: Vec<Vec<Statement<'static>>>,
+    hook: Hook,
+    kind: ChainKind,
+    rules: Vec<Vec<Expr>>,
 ) {
-    batch.add(NfListObject::Chain(Chain {
-        _type: Some(kind),
-        hook: Some(hook),
-        prio: Some(prio),
-        policy: Some(NfChainPolicy::Accept),
-        ..chain(name.to_owned())
+    out.push(Object::Chain {
+        name: name.to_owned(),
+        base: Some((hook, kind)),
+    });
+    out.push(Object::FlushChain(name.to_owned()));
+    out.extend(rules.into_iter().map(|exprs| Object::Rule {
+        chain: name.to_owned(),
+        exprs,
     }));
-    batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain(name.to_owned()))));
-    for expr in rules {
-        batch.add(rule(name.to_owned(), expr));
-    }
 }
 
 /// Whether the network needs its own NAT chain (anything but libvirt's default `<nat>`).
@@ -443,15 +540,15 @@ pub fn elements(rules: &NetworkRules) -> Vec<OwnedElement> {
     if rules.mode == RuleMode::Open {
         return Vec::new();
     }
-    let bridge = || string(rules.bridge.clone());
+    let bridge = rules.bridge.as_str();
     // `name` keyed by the bridge, or `name_dev` by the bridge and the forward device.
     let keyed = |name: &str| match &rules.forward_dev {
-        Some(dev) => OwnedElement::new(&format!("{name}_dev"), vec![bridge(), string(dev.clone())]),
-        None => OwnedElement::new(name, vec![bridge()]),
+        Some(dev) => OwnedElement::new(&format!("{name}_dev"), &[bridge, dev]),
+        None => OwnedElement::new(name, &[bridge]),
     };
     let mut out = vec![
-        OwnedElement::new(BRIDGES_SET, vec![bridge()]),
-        OwnedElement::new("same_bridge", vec![bridge(), bridge()]),
+        OwnedElement::new(BRIDGES_SET, &[bridge]),
+        OwnedElement::new("same_bridge", &[bridge, bridge]),
     ];
     if rules.mode == RuleMode::Isolated {
         return out;
@@ -471,277 +568,271 @@ pub fn elements(rules: &NetworkRules) -> Vec<OwnedElement> {
     out
 }
 
-/// The batch that replaces a network's rules: removal of the `previous` elements the bridge
-/// owned and of any custom NAT chain, then its new elements (and chain). Call
-/// [`NetworkRules::validate`] first; prepend [`skeleton`] to apply it.
-pub fn render(rules: &NetworkRules, previous: &[OwnedElement]) -> Nftables<'static> {
-    let mut batch = Batch::new();
-    teardown(&mut batch, &rules.bridge, previous);
-    for element in elements(rules) {
-        batch.add(NfListObject::Element(element.element()));
-    }
+/// The objects that replace a network's rules: removal of the `previous` elements the
+/// bridge owned and of any custom NAT chain, then its new elements (and chain). Call
+/// [`NetworkRules::validate`] first; prepend [`skeleton`] when the table may be missing.
+pub fn render(rules: &NetworkRules, previous: &[OwnedElement]) -> Vec<Object> {
+    let mut out = render_removal(&rules.bridge, previous);
+    out.extend(
+        elements(rules)
+            .into_iter()
+            .map(|element| Object::Element(Change::Add, element)),
+    );
     if has_custom_nat(rules) {
         let name = nat_chain(&rules.bridge);
-        batch.add(NfListObject::Chain(chain(name.clone())));
-        for expr in custom_nat(rules) {
-            batch.add(rule(name.clone(), expr));
-        }
-        batch.add(NfListObject::Element(nat_map_element(&rules.bridge)));
+        out.push(Object::Chain {
+            name: name.clone(),
+            base: None,
+        });
+        out.extend(custom_nat(rules).into_iter().map(|exprs| Object::Rule {
+            chain: name.clone(),
+            exprs,
+        }));
+        out.push(Object::NatJump(Change::Add, rules.bridge.clone()));
     }
-    batch.to_nftables()
+    out
 }
 
-/// The batch that removes a bridge's `previous` elements and custom NAT chain, whether or
-/// not they still exist.
-pub fn render_removal(bridge: &str, previous: &[OwnedElement]) -> Nftables<'static> {
-    let mut batch = Batch::new();
-    teardown(&mut batch, bridge, previous);
-    batch.to_nftables()
-}
-
-/// Serialises `skeleton` followed by `network` into one JSON batch document.
-pub fn document(skeleton: &[BatchObject], network: &Nftables<'static>) -> String {
-    #[derive(Serialize)]
-    struct Document<'a> {
-        nftables: Vec<DocumentObject<'a>>,
-    }
-    #[derive(Serialize)]
-    #[serde(untagged)]
-    enum DocumentObject<'a> {
-        Skeleton(&'a BatchObject),
-        Network(&'a NfObject<'static>),
-    }
-    let document = Document {
-        nftables: skeleton
+/// The objects that remove a bridge's `previous` elements and custom NAT chain, whether or
+/// not they still exist: each is added, then deleted ("delete if present" inside one
+/// transaction). The map element goes before its chain.
+pub fn render_removal(bridge: &str, previous: &[OwnedElement]) -> Vec<Object> {
+    let chain = nat_chain(bridge);
+    let mut out = vec![
+        Object::Chain {
+            name: chain.clone(),
+            base: None,
+        },
+        Object::NatJump(Change::Add, bridge.to_owned()),
+    ];
+    out.extend(
+        previous
             .iter()
-            .map(DocumentObject::Skeleton)
-            .chain(network.objects.iter().map(DocumentObject::Network))
-            .collect(),
-    };
-    serde_json::to_string(&document)
-        .expect("invariant: nftables schema objects and JSON values always serialise")
+            .map(|element| Object::Element(Change::Add, element.clone())),
+    );
+    out.extend(
+        previous
+            .iter()
+            .map(|element| Object::Element(Change::Delete, element.clone())),
+    );
+    out.push(Object::NatJump(Change::Delete, bridge.to_owned()));
+    out.push(Object::DeleteChain(chain));
+    out
 }
 
-/// `add` then `delete` of everything the bridge may own: "delete if present" inside one
-/// transaction (nft 1.0.6 has no `destroy`). The map element goes before its chain.
-fn teardown(batch: &mut Batch<'static>, bridge: &str, previous: &[OwnedElement]) {
-    let nat_chain = || NfListObject::Chain(chain(nat_chain(bridge)));
-    batch.add(nat_chain());
-    batch.add(NfListObject::Element(nat_map_element(bridge)));
-    for element in previous {
-        batch.add(NfListObject::Element(element.element()));
-    }
-    for element in previous {
-        batch.delete(NfListObject::Element(element.element()));
-    }
-    batch.delete(NfListObject::Element(Element {
-        elem: vec![string(bridge.to_owned())].into(),
-        ..nat_map_element(bridge)
-    }));
-    batch.delete(nat_chain());
-}
-
-fn nat_chain(bridge: &str) -> String {
+/// The custom NAT chain of `bridge`.
+pub(super) fn nat_chain(bridge: &str) -> String {
     format!("{NAT_CHAIN_PREFIX}{bridge}")
-}
-
-fn nat_map_element(bridge: &str) -> Element<'static> {
-    Element {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        name: NAT_MAP.into(),
-        elem: vec![Expression::List(vec![
-            string(bridge.to_owned()),
-            Expression::Verdict(Verdict::Jump(JumpTarget {
-                target: nat_chain(bridge).into(),
-            })),
-        ])]
-        .into(),
-    }
 }
 
 /// A custom NAT chain: per IPv4 subnet, TCP and UDP with the port range, then the rest.
 /// (Multicast, broadcast and in-subnet traffic already returned in `postrouting`.)
-fn custom_nat(rules: &NetworkRules) -> Vec<Vec<Statement<'static>>> {
+fn custom_nat(rules: &NetworkRules) -> Vec<Vec<Expr>> {
     let mut out = Vec::new();
-    let to_dev = || {
-        rules
-            .forward_dev
-            .iter()
-            .map(|dev| is(meta(MetaKey::Oifname), string(dev.clone())))
-            .collect::<Vec<_>>()
+    let to_dev = || match &rules.forward_dev {
+        Some(dev) => vec![
+            Expr::Meta(MetaKey::Oifname, REG1),
+            Expr::Cmp(CmpOp::Eq, REG1, ifname(dev)),
+        ],
+        None => Vec::new(),
     };
     for net in &rules.ipv4 {
-        for protocol in ["tcp", "udp"] {
-            let mut expr = vec![
-                is(meta(MetaKey::L4proto), string(protocol.to_owned())),
-                is(payload("ip", "saddr"), prefix4(net)),
-            ];
-            expr.extend(to_dev());
-            expr.extend([
-                counter(),
+        let source = ipv4_prefix(IPV4_SADDR, net.network(), net.prefix_len());
+        for protocol in [TCP, UDP] {
+            out.push(rule([
+                vec![
+                    Expr::Meta(MetaKey::L4proto, REG1),
+                    Expr::Cmp(CmpOp::Eq, REG1, vec![protocol]),
+                ],
+                source.clone(),
+                to_dev(),
+                vec![Expr::Counter],
                 translate(rules.nat_addresses, Some(rules.nat_ports)),
-            ]);
-            out.push(expr);
+            ]));
         }
-        let mut expr = vec![is(payload("ip", "saddr"), prefix4(net))];
-        expr.extend(to_dev());
-        expr.extend([counter(), translate(rules.nat_addresses, None)]);
-        out.push(expr);
+        out.push(rule([
+            source,
+            to_dev(),
+            vec![Expr::Counter],
+            translate(rules.nat_addresses, None),
+        ]));
     }
     out
 }
 
 /// `masquerade [to :P1-P2]`, or `snat ip to A-B[:P1-P2]` with `<nat><address>`.
-fn translate(
-    addresses: Option<(Ipv4Addr, Ipv4Addr)>,
-    ports: Option<(u16, u16)>,
-) -> Statement<'static> {
-    let port = ports.map(|(first, last)| {
-        range_or_single(number(first.into()), number(last.into()), first == last)
+fn translate(addresses: Option<(Ipv4Addr, Ipv4Addr)>, ports: Option<(u16, u16)>) -> Vec<Expr> {
+    let Some((first, last)) = addresses else {
+        return masquerade(ports);
+    };
+    // Registers in order: addresses, then ports, each a single value or a range.
+    let mut out = vec![Expr::Load(REG1, first.octets().to_vec())];
+    let mut next = REG2;
+    let last_address = (first != last).then(|| {
+        out.push(Expr::Load(next, last.octets().to_vec()));
+        next += 1;
+        next - 1
     });
-    match (addresses, port) {
-        (Some((start, end)), port) => Statement::SNAT(Some(NAT {
-            addr: Some(range_or_single(
-                string(start.to_string()),
-                string(end.to_string()),
-                start == end,
-            )),
-            family: Some(NATFamily::IP),
-            port,
-            flags: None,
-        })),
-        (None, Some(port)) => Statement::Masquerade(Some(NAT {
-            addr: None,
-            family: None,
-            port: Some(port),
-            flags: None,
-        })),
-        // A bare `masquerade` is `{"masquerade": null}` in nft's JSON.
-        (None, None) => Statement::Masquerade(None),
+    let ports = ports.map(|(low, high)| {
+        out.push(Expr::Load(next, low.to_be_bytes().to_vec()));
+        let high_reg = (low != high).then(|| {
+            out.push(Expr::Load(next + 1, high.to_be_bytes().to_vec()));
+            next + 1
+        });
+        (next, high_reg)
+    });
+    out.push(Expr::Snat {
+        addresses: (REG1, last_address),
+        ports,
+    });
+    out
+}
+
+/// `masquerade [to :P1-P2]`.
+fn masquerade(ports: Option<(u16, u16)>) -> Vec<Expr> {
+    let Some((low, high)) = ports else {
+        return vec![Expr::Masquerade { ports: None }];
+    };
+    let mut out = vec![Expr::Load(REG1, low.to_be_bytes().to_vec())];
+    let high_reg = (low != high).then(|| {
+        out.push(Expr::Load(REG2, high.to_be_bytes().to_vec()));
+        REG2
+    });
+    out.push(Expr::Masquerade {
+        ports: Some((REG1, high_reg)),
+    });
+    out
+}
+
+/// `meta nfproto FAMILY`.
+fn nfproto(family: u8) -> Vec<Expr> {
+    vec![
+        Expr::Meta(MetaKey::Nfproto, REG1),
+        Expr::Cmp(CmpOp::Eq, REG1, vec![family]),
+    ]
+}
+
+/// `meta l4proto PROTOCOL`.
+fn l4proto(protocol: u8) -> Vec<Expr> {
+    vec![
+        Expr::Meta(MetaKey::L4proto, REG1),
+        Expr::Cmp(CmpOp::Eq, REG1, vec![protocol]),
+    ]
+}
+
+/// `tcp|udp sport|dport PORT`: the protocol, then the port field.
+fn port_is(protocol: u8, field: u32, port: u16) -> Vec<Expr> {
+    let mut out = l4proto(protocol);
+    out.push(Expr::Payload(PayloadBase::Transport, field, 2, REG1));
+    out.push(Expr::Cmp(CmpOp::Eq, REG1, port.to_be_bytes().to_vec()));
+    out
+}
+
+/// `ip saddr|daddr ADDRESS/LEN`, with the `meta nfproto ipv4` an inet chain needs. Whole
+/// bytes are compared directly, as nft does; other prefixes are masked first.
+fn ipv4_prefix(field: u32, address: Ipv4Addr, len: u8) -> Vec<Expr> {
+    let mut out = nfproto(NFPROTO_IPV4);
+    let octets = address.octets();
+    if len == 0 {
+        return out;
     }
-}
-
-fn established() -> Statement<'static> {
-    Statement::Match(Match {
-        left: Expression::Named(NamedExpression::CT(CT {
-            key: "state".into(),
-            family: None,
-            dir: None,
-        })),
-        right: Expression::List(vec![
-            string("established".to_owned()),
-            string("related".to_owned()),
-        ]),
-        op: Operator::IN,
-    })
-}
-
-fn in_set(key: Expression<'static>, set: &str) -> Statement<'static> {
-    is(key, string(format!("@{set}")))
-}
-
-fn concat<const N: usize>(parts: [Expression<'static>; N]) -> Expression<'static> {
-    Expression::Named(NamedExpression::Concat(parts.into()))
-}
-
-fn range_or_single(
-    first: Expression<'static>,
-    last: Expression<'static>,
-    single: bool,
-) -> Expression<'static> {
-    if single {
-        first
+    if len.is_multiple_of(8) {
+        let bytes = u32::from(len / 8);
+        out.push(Expr::Payload(PayloadBase::Network, field, bytes, REG1));
+        out.push(Expr::Cmp(
+            CmpOp::Eq,
+            REG1,
+            octets[..bytes as usize].to_vec(),
+        ));
     } else {
-        Expression::Range(Box::new(Range {
-            range: [first, last],
-        }))
+        let mask = u32::MAX << (32 - u32::from(len.min(32)));
+        let masked = u32::from(address) & mask;
+        out.push(Expr::Payload(PayloadBase::Network, field, 4, REG1));
+        out.push(Expr::Bitwise(REG1, mask.to_be_bytes().to_vec(), vec![0; 4]));
+        out.push(Expr::Cmp(CmpOp::Eq, REG1, masked.to_be_bytes().to_vec()));
     }
+    out
 }
 
-fn chain(name: String) -> Chain<'static> {
-    Chain {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        name: name.into(),
-        ..Chain::default()
-    }
+/// `ct state established,related`.
+fn established() -> Vec<Expr> {
+    vec![
+        Expr::CtState(REG1),
+        Expr::Bitwise(
+            REG1,
+            CT_ESTABLISHED_RELATED.to_ne_bytes().to_vec(),
+            vec![0; 4],
+        ),
+        Expr::Cmp(CmpOp::Neq, REG1, vec![0; 4]),
+    ]
 }
 
-fn rule(chain: String, expr: Vec<Statement<'static>>) -> NfListObject<'static> {
-    NfListObject::Rule(Rule {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        chain: chain.into(),
-        expr: expr.into(),
-        ..Rule::default()
-    })
+/// `fib saddr . iif oif exists`: the source is one the input interface's routes cover.
+fn source_via_iif() -> Vec<Expr> {
+    vec![
+        Expr::FibSourceViaIif(REG1),
+        Expr::Cmp(CmpOp::Eq, REG1, 1u32.to_ne_bytes().to_vec()),
+    ]
 }
 
-fn with_accept(mut expr: Vec<Statement<'static>>) -> Vec<Statement<'static>> {
-    expr.extend([counter(), Statement::Accept(None)]);
-    expr
-}
-
-fn counter() -> Statement<'static> {
-    Statement::Counter(Counter::Anonymous(Some(AnonymousCounter::default())))
-}
-
-fn is(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
-    Statement::Match(Match {
-        left,
-        right,
-        op: Operator::EQ,
-    })
-}
-
-fn meta(key: MetaKey) -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key }))
-}
-
-fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: protocol.into(),
-            field: field.into(),
+/// `KEY @set` for a key already loaded by `load`.
+fn in_set(load: Expr, set: &str) -> Vec<Expr> {
+    vec![
+        load,
+        Expr::Lookup {
+            set: set.to_owned(),
+            reg: REG1,
+            verdict_map: false,
         },
-    )))
+    ]
 }
 
-fn string(value: String) -> Expression<'static> {
-    Expression::String(value.into())
+/// `FIRST . SECOND @set`: two interface names in consecutive registers.
+fn in_pair(first: MetaKey, second: MetaKey, set: &str) -> Vec<Expr> {
+    vec![
+        Expr::Meta(first, REG1),
+        Expr::Meta(second, REG2),
+        Expr::Lookup {
+            set: set.to_owned(),
+            reg: REG1,
+            verdict_map: false,
+        },
+    ]
 }
 
-fn number(value: u32) -> Expression<'static> {
-    Expression::Number(value)
+/// An interface name as nft compares it: NUL-padded to `IFNAMSIZ`.
+pub(super) fn ifname(name: &str) -> Vec<u8> {
+    let mut bytes = name.as_bytes().to_vec();
+    bytes.resize(super::encode::IFNAMSIZ, 0);
+    bytes
 }
 
-fn set<const N: usize>(values: [u32; N]) -> Expression<'static> {
-    Expression::Named(NamedExpression::Set(
-        values
-            .into_iter()
-            .map(|value| SetItem::Element(number(value)))
-            .collect(),
-    ))
+fn rule<const N: usize>(parts: [Vec<Expr>; N]) -> Vec<Expr> {
+    parts.into_iter().flatten().collect()
 }
 
-fn prefix(network: String, len: u8) -> Expression<'static> {
-    Expression::Named(NamedExpression::Prefix(Prefix {
-        addr: Box::new(string(network)),
-        len: len.into(),
-    }))
+fn accept<const N: usize>(matches: [Vec<Expr>; N]) -> Vec<Expr> {
+    let mut out = rule(matches);
+    out.extend([Expr::Counter, Expr::Verdict(Verdict::Accept)]);
+    out
 }
 
-fn prefix4(net: &ipnet::Ipv4Net) -> Expression<'static> {
-    prefix(net.network().to_string(), net.prefix_len())
+fn ret<const N: usize>(matches: [Vec<Expr>; N]) -> Vec<Expr> {
+    let mut out = rule(matches);
+    out.extend([Expr::Counter, Expr::Verdict(Verdict::Return)]);
+    out
+}
+
+fn reject(matches: Vec<Expr>) -> Vec<Expr> {
+    let mut out = matches;
+    out.extend([Expr::Counter, Expr::Reject]);
+    out
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
-    use std::path::PathBuf;
 
     fn network(bridge: &str, mode: RuleMode, ipv4: &[&str], ipv6: &[&str]) -> NetworkRules {
         NetworkRules {
@@ -755,139 +846,177 @@ mod tests {
         }
     }
 
-    /// Sorts every `flags` array: the crate keeps flags in a `HashSet`, whose order varies.
-    fn sort_flags(value: &mut serde_json::Value) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (key, inner) in map.iter_mut() {
-                    if let (true, serde_json::Value::Array(flags)) = (key == "flags", &mut *inner) {
-                        flags.sort_by_key(|flag| flag.to_string());
-                    }
-                    sort_flags(inner);
-                }
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(sort_flags),
-            _ => {}
-        }
+    fn owned(rules: &NetworkRules) -> Vec<String> {
+        elements(rules).iter().map(ToString::to_string).collect()
     }
 
-    /// Compares `json` with `tests/fixtures/nft/<name>.json`; `UPDATE_GOLDEN=1` rewrites it.
-    fn golden(name: &str, json: &str) {
-        let mut value: serde_json::Value = serde_json::from_str(json).unwrap();
-        sort_flags(&mut value);
-        let json = serde_json::to_string_pretty(&value).unwrap();
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/nft")
-            .join(format!("{name}.json"));
-        let json = format!("{json}\n");
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, &json).unwrap();
-        }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
-        assert_eq!(json, expected, "{name} differs from {}", path.display());
-    }
-
-    fn golden_network(name: &str, rules: &NetworkRules) {
-        rules.validate().unwrap();
-        golden(
-            name,
-            &serde_json::to_string_pretty(&render(rules, &[])).unwrap(),
+    #[test]
+    fn each_mode_owns_its_elements() {
+        let nat = network(
+            "virbr0",
+            RuleMode::Nat,
+            &["192.168.122.1/24"],
+            &["fd00::/64"],
         );
-    }
-
-    #[test]
-    fn nat_default_network() {
-        // libvirt's `default`: 192.168.122.1/24 on virbr0 (host bits are dropped).
-        golden_network(
-            "nat-default",
-            &network("virbr0", RuleMode::Nat, &["192.168.122.1/24"], &[]),
+        assert_eq!(
+            owned(&nat),
+            [
+                "virbr0 in set bridges",
+                "virbr0 . virbr0 in set same_bridge",
+                "virbr0 in set reply4",
+                "virbr0 in set out4",
+                "virbr0 in set nat4",
+                "virbr0 in set in6",
+                "virbr0 in set out6",
+            ]
         );
-    }
-
-    #[test]
-    fn nat_with_address_and_port_ranges_and_dev() {
-        let mut rules = network("kvbr4", RuleMode::Nat, &["10.10.0.0/24"], &[]);
-        rules.forward_dev = Some("eth1".to_owned());
-        rules.nat_addresses = Some((
-            Ipv4Addr::new(198, 51, 100, 10),
-            Ipv4Addr::new(198, 51, 100, 20),
-        ));
-        rules.nat_ports = (2000, 3000);
-        golden_network("nat-address-ports", &rules);
-    }
-
-    #[test]
-    fn nat_dual_stack_routes_ipv6() {
-        golden_network(
-            "nat-dual-stack",
-            &network(
-                "kvbr6",
-                RuleMode::Nat,
-                &["192.168.60.0/24"],
-                &["fd00:60::/64"],
-            ),
+        let mut routed = network("kvbr2", RuleMode::Route, &["192.168.150.0/24"], &[]);
+        routed.forward_dev = Some("eth0".to_owned());
+        assert_eq!(
+            owned(&routed),
+            [
+                "kvbr2 in set bridges",
+                "kvbr2 . kvbr2 in set same_bridge",
+                "kvbr2 . eth0 in set in4_dev",
+                "kvbr2 . eth0 in set out4_dev",
+            ]
         );
-    }
-
-    #[test]
-    fn isolated_network() {
-        golden_network(
-            "isolated",
-            &network(
-                "kvbr1",
-                RuleMode::Isolated,
-                &["192.168.100.0/24"],
-                &["fd00:100::/64"],
-            ),
-        );
-    }
-
-    #[test]
-    fn route_network_with_dev() {
-        let mut rules = network("kvbr2", RuleMode::Route, &["192.168.150.0/24"], &[]);
-        rules.forward_dev = Some("eth0".to_owned());
-        golden_network("route", &rules);
-    }
-
-    #[test]
-    fn ipv6_route_network() {
-        golden_network(
-            "route-ipv6",
-            &network("kvbr5", RuleMode::Route, &[], &["2001:db8:ca2:2::1/64"]),
-        );
-    }
-
-    #[test]
-    fn open_network_only_tears_down() {
+        let isolated = network("kvbr1", RuleMode::Isolated, &["192.168.100.0/24"], &[]);
+        assert_eq!(owned(&isolated).len(), 2);
         let open = network("kvbr3", RuleMode::Open, &["192.168.130.0/24"], &[]);
-        golden_network("open", &open);
         assert!(elements(&open).is_empty());
         assert_eq!(render(&open, &[]), render_removal("kvbr3", &[]));
-    }
-
-    #[test]
-    fn table_skeleton() {
-        golden(
-            "skeleton",
-            &serde_json::to_string_pretty(&skeleton()).unwrap(),
+        // A custom <nat> replaces the nat4 element with a chain and a map element.
+        let custom = NetworkRules {
+            nat_ports: (2000, 3000),
+            ..network("kvbr4", RuleMode::Nat, &["10.10.0.0/24"], &[])
+        };
+        assert!(!owned(&custom).iter().any(|e| e.contains("nat4")));
+        let objects = render(&custom, &[]);
+        assert_eq!(
+            objects.last(),
+            Some(&Object::NatJump(Change::Add, "kvbr4".to_owned()))
         );
+        let chain_rules = objects
+            .iter()
+            .filter(|o| matches!(o, Object::Rule { chain, .. } if chain == "nat-kvbr4"))
+            .count();
+        assert_eq!(chain_rules, 3, "tcp, udp and the rest per subnet");
     }
 
     #[test]
-    fn reapplying_removes_what_the_bridge_owned_before() {
-        // virbr0 moves from a routed 192.168.150.0/24 to the default NAT subnet: the old
-        // elements are deleted (after an add, so they may already be gone), the new added.
+    fn removal_adds_then_deletes_and_unmaps_before_deleting_the_chain() {
         let before = network("virbr0", RuleMode::Route, &["192.168.150.0/24"], &[]);
-        let after = network("virbr0", RuleMode::Nat, &["192.168.122.0/24"], &[]);
         let previous = elements(&before);
-        assert_eq!(previous.len(), 4, "{previous:?}");
-        assert!(previous.iter().all(|e| e.bridge() == Some("virbr0")));
-        golden(
-            "reapply",
-            &serde_json::to_string_pretty(&render(&after, &previous)).unwrap(),
+        let objects = render_removal("virbr0", &previous);
+        let text: Vec<String> = objects.iter().map(ToString::to_string).collect();
+        assert_eq!(text[0], "add chain nat-virbr0");
+        assert_eq!(
+            text[1],
+            "add element virbr0 : jump nat-virbr0 in map postrouting_iif"
         );
+        assert_eq!(text[2], "add element virbr0 in set bridges");
+        assert_eq!(
+            text[2 + previous.len()],
+            "delete element virbr0 in set bridges"
+        );
+        assert_eq!(
+            text[text.len() - 2..],
+            [
+                "delete element virbr0 : jump nat-virbr0 in map postrouting_iif",
+                "delete chain nat-virbr0"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_skeleton_has_every_set_and_the_fixed_rules() {
+        let skeleton = skeleton();
+        assert_eq!(skeleton[0], Object::Table);
+        let sets = skeleton
+            .iter()
+            .filter(|o| matches!(o, Object::Set { .. }))
+            .count();
+        assert_eq!(sets, SETS.len() + 1, "the data sets and the NAT map");
+        let rules_of = |name: &str| {
+            skeleton
+                .iter()
+                .filter(|o| matches!(o, Object::Rule { chain, .. } if chain == name))
+                .count()
+        };
+        assert_eq!(
+            [
+                rules_of("input"),
+                rules_of("output"),
+                rules_of("forward"),
+                rules_of("postrouting")
+            ],
+            [4, 4, 13, 10]
+        );
+        // Each base chain is flushed right after it is (re)declared.
+        for (at, object) in skeleton.iter().enumerate() {
+            if let Object::Chain {
+                name,
+                base: Some(_),
+            } = object
+            {
+                assert_eq!(skeleton[at + 1], Object::FlushChain(name.clone()));
+            }
+        }
+    }
+
+    #[test]
+    fn nat_translation_loads_ranges_into_consecutive_registers() {
+        let snat = translate(
+            Some((
+                Ipv4Addr::new(198, 51, 100, 10),
+                Ipv4Addr::new(198, 51, 100, 20),
+            )),
+            Some((2000, 3000)),
+        );
+        assert_eq!(
+            snat,
+            [
+                Expr::Load(1, vec![198, 51, 100, 10]),
+                Expr::Load(2, vec![198, 51, 100, 20]),
+                Expr::Load(3, 2000u16.to_be_bytes().to_vec()),
+                Expr::Load(4, 3000u16.to_be_bytes().to_vec()),
+                Expr::Snat {
+                    addresses: (1, Some(2)),
+                    ports: Some((3, Some(4)))
+                },
+            ]
+        );
+        let single = translate(
+            Some((Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 1))),
+            None,
+        );
+        assert_eq!(
+            single.last(),
+            Some(&Expr::Snat {
+                addresses: (1, None),
+                ports: None
+            })
+        );
+        assert_eq!(
+            translate(None, Some((4000, 4000))).last(),
+            Some(&Expr::Masquerade {
+                ports: Some((1, None))
+            })
+        );
+    }
+
+    #[test]
+    fn prefixes_compare_whole_bytes_or_mask_first() {
+        let whole = ipv4_prefix(IPV4_SADDR, Ipv4Addr::new(10, 10, 0, 0), 24);
+        assert_eq!(whole[2], Expr::Payload(PayloadBase::Network, 12, 3, 1));
+        assert_eq!(whole[3], Expr::Cmp(CmpOp::Eq, 1, vec![10, 10, 0]));
+        let masked = ipv4_prefix(IPV4_SADDR, Ipv4Addr::new(10, 10, 31, 7), 20);
+        assert_eq!(
+            masked[3],
+            Expr::Bitwise(1, vec![255, 255, 240, 0], vec![0; 4])
+        );
+        assert_eq!(masked[4], Expr::Cmp(CmpOp::Eq, 1, vec![10, 10, 16, 0]));
     }
 
     #[test]

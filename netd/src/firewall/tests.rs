@@ -1,4 +1,4 @@
-//! Netns tier: the libnftables backend against a real kernel, each test in its own namespace.
+//! Netns tier: the nf_tables backend against a real kernel, each test in its own namespace.
 //! Every call into the backend runs on a thread inside the test's namespace (`Netns::run`),
 //! although a backend created there would keep acting on it from any thread.
 
@@ -148,7 +148,7 @@ fn default_nat_network_lands_in_the_kernel() {
     let again = ruleset(&ns);
     assert_eq!(owned_by(&again, "virbr0"), owned);
     assert_eq!(chain_rules(&again, "forward").len(), 13);
-    assert_eq!(chain_rules(&again, "postrouting").len(), 9);
+    assert_eq!(chain_rules(&again, "postrouting").len(), 10);
 }
 
 #[test]
@@ -347,17 +347,17 @@ fn a_foreign_flush_is_healed_by_the_next_change() {
     inside(&ns, &*fw, |fw| fw.apply(&net)).unwrap();
     assert_eq!(inside(&ns, &*fw, |fw| fw.bridges()).unwrap(), ["virbr0"]);
     let objects = ruleset(&ns);
-    assert_eq!(chain_rules(&objects, "postrouting").len(), 9);
+    assert_eq!(chain_rules(&objects, "postrouting").len(), 10);
     assert_eq!(owned_by(&objects, "virbr0").len(), 5);
 }
 
-/// The element fast path on its own (the backend falls back to libnftables when it fails,
-/// which would hide a broken encoder from every other test).
+/// Element-only batches on their own (the backend falls back to the full batch when one
+/// fails, which would hide a broken element encoding from every other test).
 #[test]
 fn element_batches_reach_the_kernel_atomically() {
-    use super::elements::{Change, ElementBatches, Error as BatchError};
-    use super::rules::OwnedElement;
-    use nftables::expr::{Expression, NamedExpression};
+    use super::encode::message;
+    use super::netlink::{Error as BatchError, Socket};
+    use super::rules::{Change, Object, OwnedElement};
 
     if !ready() {
         return;
@@ -366,29 +366,23 @@ fn element_batches_reach_the_kernel_atomically() {
     let fw = backend(&ns);
     let keep = network("kvbr-keep", RuleMode::Isolated, "192.168.72.0/24");
     inside(&ns, &*fw, |fw| fw.apply(&keep)).unwrap();
-    let name = |text: &str| Expression::String(text.to_owned().into());
-    let single = OwnedElement {
-        set: "bridges".into(),
-        key: name("kvbr-z"),
+    let element = |set: &str, key: &[&str]| OwnedElement {
+        set: set.to_owned(),
+        key: key.iter().map(|name| (*name).to_owned()).collect(),
     };
-    let pair = OwnedElement {
-        set: "reply4_dev".into(),
-        key: Expression::Named(NamedExpression::Concat(vec![name("kvbr-z"), name("eth9")])),
-    };
-    let ghost = OwnedElement {
-        set: "bridges".into(),
-        key: name("kvbr-ghost"),
-    };
-    let mut batches = ns.run(ElementBatches::open).unwrap().unwrap();
-    let commit = |batches: &mut ElementBatches, changes: &[(Change, &OwnedElement)]| {
-        ns.run(|| batches.commit(changes)).unwrap()
+    let single = element("bridges", &["kvbr-z"]);
+    let pair = element("reply4_dev", &["kvbr-z", "eth9"]);
+    let ghost = element("bridges", &["kvbr-ghost"]);
+    let mut socket = ns.run(Socket::open).unwrap().unwrap();
+    let mut commit = |changes: &[(Change, &OwnedElement)]| {
+        let messages: Vec<_> = changes
+            .iter()
+            .map(|(change, element)| message(&Object::Element(*change, (*element).clone())))
+            .collect();
+        ns.run(|| socket.commit(&messages)).unwrap()
     };
 
-    commit(
-        &mut batches,
-        &[(Change::Add, &single), (Change::Add, &pair)],
-    )
-    .unwrap();
+    commit(&[(Change::Add, &single), (Change::Add, &pair)]).unwrap();
     let objects = ruleset(&ns);
     assert!(elements(&objects, "bridges").contains(&Value::from("kvbr-z")));
     assert_eq!(
@@ -396,28 +390,79 @@ fn element_batches_reach_the_kernel_atomically() {
         [serde_json::json!({"concat": ["kvbr-z", "eth9"]})]
     );
     // Adding what is there is a no-op, not an error.
-    commit(&mut batches, &[(Change::Add, &single)]).unwrap();
+    commit(&[(Change::Add, &single)]).unwrap();
 
-    // One refused message: the whole batch is refused and names the set.
-    let refused = commit(
-        &mut batches,
-        &[(Change::Delete, &single), (Change::Delete, &ghost)],
-    );
+    // One refused message: the whole batch is refused and names the element.
+    let refused = commit(&[(Change::Delete, &single), (Change::Delete, &ghost)]);
     assert!(
-        matches!(&refused, Err(BatchError::Refused { change: Change::Delete, set, source })
-            if set == "bridges" && source.raw_os_error() == Some(libc::ENOENT)),
+        matches!(&refused, Err(BatchError::Refused { what, source })
+            if what == "delete element kvbr-ghost in set bridges"
+                && source.raw_os_error() == Some(libc::ENOENT)),
         "{refused:?}"
     );
     assert!(elements(&ruleset(&ns), "bridges").contains(&Value::from("kvbr-z")));
 
-    commit(
-        &mut batches,
-        &[(Change::Delete, &single), (Change::Delete, &pair)],
-    )
-    .unwrap();
+    commit(&[(Change::Delete, &single), (Change::Delete, &pair)]).unwrap();
     let objects = ruleset(&ns);
     assert_eq!(elements(&objects, "bridges"), [Value::from("kvbr-keep")]);
     assert!(elements(&objects, "reply4_dev").is_empty());
+}
+
+/// What `nft list table inet kvnet` prints for one network of every kind: nft decodes the
+/// kernel's expressions back into rules, so this checks the netlink encoding against nft's
+/// own reading of it. `UPDATE_GOLDEN=1` rewrites `tests/fixtures/nft/listing.nft`.
+#[test]
+fn nft_reads_back_the_rules_it_would_have_written() {
+    if !ready() {
+        return;
+    }
+    let ns = Netns::new("fw-listing").unwrap();
+    let fw = backend(&ns);
+    let mut custom = network("kvbr4", RuleMode::Nat, "10.10.0.0/24");
+    custom.forward_dev = Some("eth1".to_owned());
+    custom.nat_addresses = Some((
+        "198.51.100.10".parse().unwrap(),
+        "198.51.100.20".parse().unwrap(),
+    ));
+    custom.nat_ports = (2000, 3000);
+    let mut odd_prefix = network("kvbr7", RuleMode::Nat, "10.20.16.0/20");
+    odd_prefix.nat_ports = (4000, 4000);
+    let dual_stack = NetworkRules {
+        ipv6: vec!["fd00:60::/64".parse().unwrap()],
+        ..network("kvbr6", RuleMode::Nat, "192.168.60.0/24")
+    };
+    let mut routed = network("kvbr2", RuleMode::Route, "192.168.150.0/24");
+    routed.forward_dev = Some("eth0".to_owned());
+    let routed6 = NetworkRules {
+        ipv4: vec![],
+        ipv6: vec!["2001:db8:ca2:2::/64".parse().unwrap()],
+        ..network("kvbr5", RuleMode::Route, "192.168.1.0/24")
+    };
+    for rules in [
+        network("virbr0", RuleMode::Nat, "192.168.122.1/24"),
+        custom,
+        odd_prefix,
+        dual_stack,
+        network("kvbr1", RuleMode::Isolated, "192.168.100.0/24"),
+        routed,
+        routed6,
+    ] {
+        inside(&ns, &*fw, |fw| fw.apply(&rules)).unwrap();
+    }
+    let listing = ns.sh("nft list table inet kvnet").unwrap();
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nft/listing.nft");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &listing).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert_eq!(
+        listing,
+        expected,
+        "nft's listing differs from {}",
+        path.display()
+    );
 }
 
 #[test]
