@@ -286,7 +286,7 @@ if [ "$vs_libvirt" = 1 ] && ! { command -v libvirtd && command -v iptables && co
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libvirt-daemon libvirt-clients dnsmasq-base iptables >/dev/null
 fi
 cargo build --release --bins -q
-export BENCH_BIN=$PWD/target/release RATES=$rates PERIOD=$period POOL BENCH_LEASE_DISK=$lease_disk
+export BENCH_BIN=$PWD/target/x86_64-unknown-linux-gnu/release RATES=$rates PERIOD=$period POOL BENCH_LEASE_DISK=$lease_disk
 out=$(mktemp -d)
 inner_args=(--inner --runs "$runs")
 echo "kvnet (lease journal on $([ "$lease_disk" = 1 ] && echo "the root file system" || echo tmpfs)):"

@@ -25,7 +25,7 @@ if [ "$vs_libvirt" = 1 ] && ! { command -v libvirtd && command -v iptables; } >/
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libvirt-daemon libvirt-clients dnsmasq-base iptables >/dev/null
 fi
 cargo build --release --bins -q
-export BENCH_BIN=$PWD/target/release
+export BENCH_BIN=$PWD/target/x86_64-unknown-linux-gnu/release
 out=$(mktemp -d)
 
 bench/sandbox.sh kvnet -- bench/scenario.sh "$runs" "$scale" | tee "$out/kvnet"

@@ -12,7 +12,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 cargo build -q --release --bin kvnet-vmm
 cargo build -q --release -p kvnet-vmm --features test-guest --example mini_guest
-target=${CARGO_TARGET_DIR:-$repo/target}
+target=${CARGO_TARGET_DIR:-$repo/target}/x86_64-unknown-linux-gnu  # .cargo/config.toml build target
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT INT TERM
 guest=$("$target/release/examples/mini_guest" "$work/guest.elf")

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  nftables libnftables-dev  # nft CLI for tests; libnftables for in-process batches
+  nftables                   # nft CLI: the tests read the ruleset back with it
   iproute2                   # ip netns / ip -j for test namespaces and assertions
   busybox isc-dhcp-client    # DHCP clients for the DHCP tests
   dnsutils dnsmasq-base      # dig for the DNS tests; dnsmasq as their upstream server
