@@ -199,7 +199,7 @@ pub struct Manager {
     store: Store,
     link: Link,
     /// The host's used prefixes, for the collision check of every start.
-    prefixes: PrefixCache,
+    prefixes: Arc<PrefixCache>,
     firewall: Box<dyn Firewall>,
 }
 
@@ -230,7 +230,7 @@ impl Manager {
             networks: Mutex::new(BTreeMap::new()),
             store,
             link: Link::new()?,
-            prefixes: PrefixCache::new()?,
+            prefixes: Arc::new(PrefixCache::new()?),
             firewall,
         };
         manager.load_configs().await?;
@@ -660,6 +660,7 @@ impl Manager {
         match result {
             Ok(servers) => {
                 info!(network = %def.name, bridge = %bridge, "started");
+                self.catch_up_prefixes_when_idle();
                 Ok(servers)
             }
             Err(e) => {
@@ -860,7 +861,9 @@ impl Manager {
         if let Some(network) = networks.get_mut(&name) {
             stop_servers((network.dhcp.take(), network.dns.take())).await;
         }
-        self.tear_down(&def).await?;
+        let torn_down = self.tear_down(&def).await;
+        self.catch_up_prefixes_when_idle();
+        torn_down?;
         self.store.delete_status(&name)?;
         let network = networks.get_mut(&name);
         if let Some(network) = network {
@@ -873,6 +876,13 @@ impl Manager {
         info!(network = %name, "stopped");
         summary.active = false;
         Ok(summary)
+    }
+
+    /// Applies the kernel's notifications of the change just made to the prefix cache once
+    /// this request is answered, instead of at the start of the next start.
+    fn catch_up_prefixes_when_idle(&self) {
+        let prefixes = Arc::clone(&self.prefixes);
+        tokio::spawn(async move { prefixes.catch_up().await });
     }
 
     /// Removes what a start created; keeps going past errors and reports them all.

@@ -7,7 +7,9 @@
 //!
 //! Freshness: the kernel queues a notification on our socket before the syscall that made
 //! the change returns, so draining the socket (without waiting) right before answering
-//! gives exactly the state after every change completed so far. Replaying notifications
+//! gives exactly the state after every change completed so far. The daemon also calls
+//! [`PrefixCache::catch_up`] once a change is answered, so the notifications of a stop are
+//! applied while it is idle rather than at the start of the next start. Replaying notifications
 //! that the dump already reflected is harmless: entries are keyed by identity, a NEW
 //! overwrites and a DEL removes. If the socket overflowed (`ENOBUFS`), some notifications
 //! are lost and the cache dumps again.
@@ -158,6 +160,16 @@ impl PrefixCache {
             known.used().filter(|(net, _)| wanted(net)).min()
         })
         .await
+    }
+
+    /// Applies the notifications queued so far. Answers stay exact without it (they drain
+    /// first); it only moves that work off the path of the next question.
+    pub async fn catch_up(&self) {
+        let mut state = self.state.lock().await;
+        if state.drain().is_err() {
+            // Notifications were lost: the next question dumps.
+            state.known = None;
+        }
     }
 
     /// Answers `question` from the cache once every notification queued so far is
