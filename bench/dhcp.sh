@@ -136,6 +136,10 @@ print(f"{statistics.median(runs):.2f}")')"
   for client in udhcpc dhclient; do
     : >"$work/$client"
     failed=0
+    # The server's share of each lease, timed on the wire at the client's bridge port.
+    python3 bench/dhcp_server_time.py dhcp-h0 >"$work/$client.wire" 2>"$work/capture.log" &
+    capture=$!
+    for _ in $(seq 500); do grep -q ready "$work/capture.log" && break; sleep 0.01; done
     for _ in $(seq "$runs"); do
       newmac
       rm -f "$work/dhc.lease" "$work/dhc.pid"
@@ -153,7 +157,10 @@ print(f"{statistics.median(runs):.2f}")')"
         $peer dhclient -x -sf /bin/true -lf "$work/dhc.lease" -pf "$work/dhc.pid" dhcp-c0 >/dev/null 2>&1 || true
       fi
     done
+    kill -TERM "$capture" && wait "$capture" || true
     echo "lease_${client}_ms $(ms "$(median <"$work/$client")")"
+    echo "lease_${client}_server_ms $(awk '{print $1}' "$work/$client.wire" | median)"
+    echo "lease_${client}_wire_ms $(awk '{print $2}' "$work/$client.wire" | median)"
     echo "lease_${client}_failed $failed"
   done
   cli net-destroy benchlease
@@ -300,6 +307,10 @@ targets = [
     ("dora_peak_per_s", "peak ACK/s", None, "", True),
     ("lease_udhcpc_ms", "udhcpc lease (median, ms)", lambda v: v <= 15, "<= 15 ms", False),
     ("lease_dhclient_ms", "dhclient lease (median, ms)", lambda v: v <= 10, "<= 10 ms", False),
+    ("lease_udhcpc_server_ms", "  udhcpc: server's answers (ms)", None, "(on the wire)", False),
+    ("lease_udhcpc_wire_ms", "  udhcpc: DISCOVER to ACK (ms)", None, "(on the wire)", False),
+    ("lease_dhclient_server_ms", "  dhclient: server's answers (ms)", None, "(on the wire)", False),
+    ("lease_dhclient_wire_ms", "  dhclient: DISCOVER to ACK (ms)", None, "(on the wire)", False),
     ("port_forwarding_ms", "new bridge port forwarding (ms)", None, "(not timed in leases)", False),
     ("packet_socket_bind_close_ms", "AF_PACKET bind+close (ms)", None, "(client-side floor)", False),
 ]
@@ -308,7 +319,7 @@ print(f"{'measure':32} {'kvnet':>10} {'target':>22} {'met':>5}" + (f" {'libvirt'
 for key, label, ok, text, higher_better in targets:
     v = ours.get(key, nan)
     met = "" if ok is None else ("yes" if not math.isnan(v) and ok(v) else "NO")
-    row = f"{label:32} {v:10.1f} {text:>22} {met:>5}"
+    row = f"{label:32} {v:10.{2 if v < 100 else 1}f} {text:>22} {met:>5}"
     if vs:
         l = lv.get(key, nan)
         ratio = (v / l if higher_better else l / v) if v and l else nan
