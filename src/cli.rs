@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand};
 
 /// The daemon socket used when neither `--connect` nor `KVNET_SOCKET` says otherwise.
@@ -9,11 +10,18 @@ pub const DEFAULT_SOCKET: &str = "/run/kvnet/kvnetd.sock";
 
 /// kvnet: manage kvnetd's virtual networks with virsh's verbs and formats.
 #[derive(Debug, Parser)]
-#[command(name = "kvnet", version, about, disable_help_subcommand = true)]
+#[command(name = "kvnet", version, about)]
 pub struct Cli {
-    /// The daemon's socket.
-    #[arg(short = 'c', long = "connect", env = "KVNET_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
-    pub socket: PathBuf,
+    /// The daemon's socket [default: $KVNET_SOCKET, else /run/kvnet/kvnetd.sock]. As
+    /// with virsh, the last one given wins.
+    #[arg(
+        short = 'c',
+        long = "connect",
+        value_name = "SOCKET",
+        global = true,
+        overrides_with = "socket"
+    )]
+    socket: Option<PathBuf>,
 
     /// Quiet mode: no headers, no success messages, no trailing blank line (as virsh -q).
     #[arg(short, long, global = true)]
@@ -24,14 +32,28 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The daemon's socket: `--connect`, else a non-empty `KVNET_SOCKET`, else the default.
+    pub fn socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .or_else(|| {
+                std::env::var_os("KVNET_SOCKET")
+                    .filter(|value| !value.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    }
+}
+
 /// A network named on the command line, positionally or as `--network` (virsh accepts both).
 #[derive(Debug, Args)]
 pub struct NetworkArg {
     /// Network name or UUID.
-    #[arg(value_name = "NETWORK", required_unless_present = "network_option")]
+    #[arg(value_name = "NETWORK", required_unless_present = "network_option", value_parser = NonEmptyStringValueParser::new())]
     network: Option<String>,
     /// Network name or UUID.
-    #[arg(long = "network", value_name = "NETWORK", conflicts_with = "network")]
+    #[arg(long = "network", value_name = "NETWORK", conflicts_with = "network", value_parser = NonEmptyStringValueParser::new())]
     network_option: Option<String>,
 }
 
@@ -164,7 +186,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
     /// Network name or UUID.
-    #[arg(value_name = "NETWORK")]
+    #[arg(value_name = "NETWORK", value_parser = NonEmptyStringValueParser::new())]
     pub network: String,
     /// Type of update: add-first, add-last (add), delete or modify.
     #[arg(value_name = "COMMAND")]
@@ -173,7 +195,7 @@ pub struct UpdateArgs {
     #[arg(value_name = "SECTION")]
     pub section: String,
     /// The XML element itself (if it starts with '<') or a file containing it.
-    #[arg(value_name = "XML")]
+    #[arg(value_name = "XML", value_parser = NonEmptyStringValueParser::new())]
     pub xml: String,
     /// Which <ip> element (0-based) an ip-dhcp-* update changes; negative: the default.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
@@ -189,23 +211,24 @@ pub struct UpdateArgs {
     pub current: bool,
 }
 
-/// `net-list`'s filters and formats.
+/// `net-list`'s filters and formats. As in virsh, both flags of a pair mean no filter
+/// (and `--all` wins over `--inactive`).
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Inactive networks only.
-    #[arg(long, conflicts_with = "all")]
+    #[arg(long)]
     pub inactive: bool,
     /// Active and inactive networks.
     #[arg(long)]
     pub all: bool,
     /// Only networks marked autostart.
-    #[arg(long, conflicts_with = "no_autostart")]
+    #[arg(long)]
     pub autostart: bool,
     /// Only networks not marked autostart.
     #[arg(long)]
     pub no_autostart: bool,
     /// Only persistent networks.
-    #[arg(long, conflicts_with = "transient")]
+    #[arg(long)]
     pub persistent: bool,
     /// Only transient networks.
     #[arg(long)]
@@ -225,4 +248,19 @@ pub struct ListArgs {
     /// Print JSON instead.
     #[arg(long)]
     pub json: bool,
+}
+
+impl Command {
+    /// Whether the verb was asked for JSON (its output is then JSON only).
+    pub fn prints_json(&self) -> bool {
+        match self {
+            Command::NetList(args) => args.json,
+            Command::NetInfo { json, .. }
+            | Command::NetDumpxml { json, .. }
+            | Command::NetUuid { json, .. }
+            | Command::NetName { json, .. }
+            | Command::NetDhcpLeases { json, .. } => *json,
+            _ => false,
+        }
+    }
 }

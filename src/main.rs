@@ -40,6 +40,10 @@ fn main() -> ExitCode {
             for line in failure.lines() {
                 eprintln!("error: {line}");
             }
+            // virsh ends every command it ran with a blank line on stdout, failed or not.
+            if !cli.quiet && !cli.command.prints_json() {
+                let _ = std::io::stdout().write_all(b"\n");
+            }
             ExitCode::FAILURE
         }
     }
@@ -73,10 +77,22 @@ fn usage_error(error: &clap::Error) -> ExitCode {
         (ErrorKind::ArgumentConflict, Some(argument)) => {
             // clap names an option with its value placeholder (`--network <NETWORK>`).
             let option = |text: &str| text.split([' ', '=']).next().unwrap_or_default().to_owned();
+            let prior = option(&context(ContextKind::PriorArg).unwrap_or_default());
+            if prior == option(&argument) {
+                format!("option {prior} already seen")
+            } else {
+                format!(
+                    "Options {} and {prior} are mutually exclusive",
+                    option(&argument)
+                )
+            }
+        }
+        (ErrorKind::InvalidValue, Some(argument))
+            if context(ContextKind::InvalidValue).is_some_and(|value| value.is_empty()) =>
+        {
             format!(
-                "Options {} and {} are mutually exclusive",
-                option(&argument),
-                option(&context(ContextKind::PriorArg).unwrap_or_default())
+                "Failed to get option '{}': Option argument is empty",
+                option_name(&argument)
             )
         }
         (ErrorKind::InvalidSubcommand, _) => format!(
@@ -101,4 +117,15 @@ fn usage_error(error: &clap::Error) -> ExitCode {
     };
     eprintln!("error: {line}");
     ExitCode::FAILURE
+}
+
+/// virsh's name of an option clap shows as `--network <NETWORK>` or `<NETWORK>`.
+fn option_name(argument: &str) -> String {
+    argument
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches('-')
+        .trim_matches(['<', '>', '[', ']'])
+        .to_lowercase()
 }

@@ -144,7 +144,7 @@ fn duplicates_and_conflicts_are_refused() {
     rejects(
         &daemon,
         &["net-create", path.to_str().expect("path")],
-        &["default", "already exists"],
+        &["network is already active as 'default'"],
     );
 
     // A subnet overlapping another active network: defined fine, refused at start.
@@ -235,7 +235,7 @@ fn unknown_networks_and_wrong_states_are_refused() {
     rejects(
         &daemon,
         &["net-destroy", "default"],
-        &["network is not active"],
+        &["network 'default' is not active"],
     );
 }
 
@@ -245,6 +245,8 @@ fn an_unreachable_daemon_is_one_clear_line() {
     let socket = dir.path().join("nobody-home.sock");
     let out = common::kvnet_at(&socket, &["net-list"]);
     assert_eq!(out.status.code(), Some(1));
+    // virsh ends a command it ran with a blank line, failed or not.
+    assert_eq!(out.stdout, b"\n");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
@@ -269,8 +271,12 @@ fn command_line_mistakes_get_virsh_lines_and_exit_1() {
         ),
         (&["net-frob"], "error: unknown command: 'net-frob'\n"),
         (
-            &["net-list", "--all", "--inactive"],
-            "error: Options --all and --inactive are mutually exclusive\n",
+            &["net-list", "--inactive", "--inactive"],
+            "error: option --inactive already seen\n",
+        ),
+        (
+            &["net-info", ""],
+            "error: Failed to get option 'network': Option argument is empty\n",
         ),
     ] {
         let out = common::kvnet_at(&socket, args);

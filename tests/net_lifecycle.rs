@@ -56,6 +56,9 @@ fn first_start_brings_up_libvirts_default_network_in_the_kernel() {
         "{xml}"
     );
     assert!(xml.ends_with("</network>\n\n"), "{xml}");
+    // libvirt adds NAT's port range to the running definition only.
+    let inactive = daemon.ok(&["net-dumpxml", "default", "--inactive"]);
+    assert!(inactive.contains("  <forward mode='nat'/>\n"), "{inactive}");
     // The definition is in libvirt's layout, autostart link included.
     assert!(daemon.config_dir().join("networks/default.xml").is_file());
     assert!(
@@ -109,9 +112,11 @@ fn define_start_autostart_list_info_destroy_undefine() {
     let ruleset = daemon.ruleset();
     assert!(ruleset.contains("virbr1"), "{ruleset}");
 
+    // virsh's success lines name the network as it was given: here by UUID.
+    let uuid = json["uuid"].as_str().expect("uuid").to_owned();
     assert_eq!(
-        daemon.ok(&["net-destroy", "docker-machines"]),
-        "Network docker-machines destroyed\n\n"
+        daemon.ok(&["net-destroy", &uuid]),
+        format!("Network {uuid} destroyed\n\n")
     );
     assert_eq!(daemon.bridges(), ["virbr0"]);
     assert!(!daemon.ruleset().contains("virbr1"));
@@ -179,6 +184,73 @@ fn transient_networks_run_without_a_definition_and_vanish_on_destroy() {
         " Name   State   Autostart   Persistent\n----------------------------------------\n\n"
     );
     assert!(daemon.bridges().is_empty());
+}
+
+#[test]
+fn net_create_of_a_defined_inactive_network_runs_it_with_that_xml() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start_with(DaemonOptions {
+        no_default_network: true,
+        ..Default::default()
+    });
+    let uuid = "11111111-1111-4111-8111-111111111111";
+    let defined = xml_file(
+        daemon.dirs.path(),
+        "defined.xml",
+        &format!(
+            "<network><name>net1</name><uuid>{uuid}</uuid><forward mode='route'/><ip address='10.97.0.1' prefix='24'/></network>"
+        ),
+    );
+    daemon.ok(&["net-define", defined.to_str().expect("path")]);
+    let config = daemon.config_snapshot();
+    // As libvirt: the file runs as the live definition; the persistent one stays.
+    let live = xml_file(
+        daemon.dirs.path(),
+        "live.xml",
+        &format!(
+            "<network><name>net1</name><uuid>{uuid}</uuid><forward mode='route'/><ip address='10.97.1.1' prefix='24'/></network>"
+        ),
+    );
+    assert_eq!(
+        daemon.ok(&["net-create", live.to_str().expect("path")]),
+        format!("Network net1 created from {}\n\n", live.display())
+    );
+    assert_eq!(daemon.addresses("virbr0"), ["10.97.1.1/24"]);
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " net1   active   no   yes\n"
+    );
+    assert!(
+        daemon
+            .ok(&["net-dumpxml", "net1", "--inactive"])
+            .contains("10.97.0.1")
+    );
+    assert_eq!(daemon.config_snapshot(), config);
+    let err = daemon.fails(&["net-create", live.to_str().expect("path")]);
+    assert!(err.contains("network is already active as 'net1'"), "{err}");
+    // Another UUID under the same name is another network.
+    let other = xml_file(
+        daemon.dirs.path(),
+        "other.xml",
+        "<network><name>net1</name><uuid>22222222-2222-4222-8222-222222222222</uuid></network>",
+    );
+    let err = daemon.fails(&["net-create", other.to_str().expect("path")]);
+    assert!(
+        err.contains(
+            "network 'net1' already exists with uuid 22222222-2222-4222-8222-222222222222"
+        ),
+        "{err}"
+    );
+    // The persistent definition comes back once the network stops.
+    daemon.ok(&["net-destroy", "net1"]);
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--inactive"]),
+        " net1   inactive   no   yes\n"
+    );
+    daemon.ok(&["net-start", "net1"]);
+    assert_eq!(daemon.addresses("virbr0"), ["10.97.0.1/24"]);
 }
 
 #[test]

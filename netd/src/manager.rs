@@ -462,7 +462,7 @@ impl Manager {
     pub async fn define(&self, xml: &str) -> Result<NetworkSummary, Error> {
         let mut def = NetworkDef::from_xml(xml)?;
         let mut networks = self.networks.lock().await;
-        self.check_identity(&networks, &mut def, true)?;
+        self.check_identity(&networks, &mut def)?;
         self.complete_and_check_bridge(&networks, &mut def).await?;
         self.store.save_config(&def.name, &def.to_config_file())?;
         info!(network = %def.name, "defined");
@@ -476,59 +476,70 @@ impl Manager {
         summary_of(&networks, &name)
     }
 
-    /// Creates and starts a transient network.
+    /// Creates and starts a transient network. As in libvirt, the XML of a defined,
+    /// inactive network (same name, and same UUID if it gives one) starts that network
+    /// with this XML as its running definition; its persistent one stays as it is.
     #[instrument(skip_all)]
     pub async fn create(&self, xml: &str) -> Result<NetworkSummary, Error> {
         let mut def = NetworkDef::from_xml(xml)?;
         let mut networks = self.networks.lock().await;
-        self.check_identity(&networks, &mut def, false)?;
+        let known = self.check_identity(&networks, &mut def)?;
+        if known && networks.get(&def.name).is_some_and(|n| n.live.is_some()) {
+            return Err(Error::OperationInvalid(format!(
+                "network is already active as '{}'",
+                def.name
+            )));
+        }
         self.complete_and_check_bridge(&networks, &mut def).await?;
-        let servers = self.bring_up(&networks, &def, false).await?;
+        def.fill_live_defaults();
         let name = def.name.clone();
-        networks.insert(name.clone(), Network::transient(def, servers));
+        let persistent = networks.get(&name).is_some_and(|n| n.config.is_some());
+        let servers = self.bring_up(&networks, &def, persistent).await?;
+        match networks.get_mut(&name) {
+            Some(network) => {
+                network.live = Some(def);
+                (network.dhcp, network.dns) = servers;
+            }
+            None => {
+                networks.insert(name.clone(), Network::transient(def, servers));
+            }
+        }
         summary_of(&networks, &name)
     }
 
-    /// Refuses a name or UUID that belongs to another network. With `redefine`, a
-    /// definition may replace one with the same name (and UUID, if it gives one).
+    /// Refuses a name or UUID that belongs to another network, with libvirt's messages.
+    /// A definition with the name of a known network (and its UUID, if it gives one)
+    /// is that network's: it takes the known UUID, and the answer is `true`.
     fn check_identity(
         &self,
         networks: &BTreeMap<String, Network>,
         def: &mut NetworkDef,
-        redefine: bool,
-    ) -> Result<(), Error> {
-        if let Some(existing) = networks.get(&def.name).and_then(Network::current) {
-            if !redefine {
-                return Err(Error::AlreadyExists(format!(
-                    "network '{}' already exists with uuid {}",
-                    def.name,
-                    uuid_string(existing)
-                )));
-            }
-            match def.uuid {
-                Some(uuid) if Some(uuid) != existing.uuid => {
-                    return Err(Error::AlreadyExists(format!(
-                        "network '{}' is already defined with uuid {}",
-                        def.name,
-                        uuid_string(existing)
-                    )));
-                }
-                _ => def.uuid = existing.uuid,
-            }
-        }
+    ) -> Result<bool, Error> {
         if let Some(uuid) = def.uuid {
-            let clash = networks
+            let holder = networks
                 .values()
                 .filter_map(Network::current)
                 .find(|other| other.uuid == Some(uuid) && other.name != def.name);
-            if let Some(other) = clash {
+            if let Some(other) = holder {
                 return Err(Error::AlreadyExists(format!(
-                    "network '{}' already exists with uuid {uuid}",
+                    "network '{}' is already defined with uuid {uuid}",
                     other.name
                 )));
             }
         }
-        Ok(())
+        let Some(existing) = networks.get(&def.name).and_then(Network::current) else {
+            return Ok(false);
+        };
+        match def.uuid {
+            Some(uuid) if Some(uuid) != existing.uuid => Err(Error::AlreadyExists(format!(
+                "network '{}' already exists with uuid {uuid}",
+                def.name
+            ))),
+            _ => {
+                def.uuid = existing.uuid;
+                Ok(true)
+            }
+        }
     }
 
     /// Fills in UUID, MAC and bridge name, and refuses a bridge name that another
@@ -598,10 +609,11 @@ impl Manager {
         if network.live.is_some() {
             return Err(Error::OperationInvalid("network is already active".into()));
         }
-        let def = network
+        let mut def = network
             .config
             .clone()
             .ok_or_else(|| Error::OperationInvalid("network has no definition".into()))?;
+        def.fill_live_defaults();
         let (dhcp, dns) = self.bring_up(&networks, &def, true).await?;
         if let Some(network) = networks.get_mut(&name) {
             network.live = Some(def);
@@ -855,7 +867,9 @@ impl Manager {
         let mut networks = self.networks.lock().await;
         let name = lookup(&networks, key)?;
         let Some(def) = networks[&name].live.clone() else {
-            return Err(Error::OperationInvalid("network is not active".into()));
+            return Err(Error::OperationInvalid(format!(
+                "network '{name}' is not active"
+            )));
         };
         let mut summary = summary_of(&networks, &name)?;
         if let Some(network) = networks.get_mut(&name) {
@@ -1166,10 +1180,6 @@ fn overlap(a: IpNet, b: IpNet) -> bool {
 /// XML is treated as not owning it, so recovery never deletes a host bridge.
 fn owns_bridge_mode(xml: &str) -> bool {
     NetworkDef::from_xml(xml).is_ok_and(|def| def.forward_mode() != ForwardMode::Bridge)
-}
-
-fn uuid_string(def: &NetworkDef) -> String {
-    def.uuid.map(|uuid| uuid.to_string()).unwrap_or_default()
 }
 
 /// The bridge's addresses: one per `<ip>` (validation guarantees a prefix length).

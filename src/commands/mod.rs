@@ -59,7 +59,7 @@ impl Failure {
 
 /// Runs the verb named on the command line.
 pub fn run(cli: &Cli) -> Result<String, Failure> {
-    let client = Client::new(&cli.socket);
+    let client = Client::new(cli.socket());
     let quiet = cli.quiet;
     match &cli.command {
         Command::NetDefine(file) => net::from_file(&client, &file.get(), false, quiet),

@@ -12,8 +12,23 @@ use crate::cli::{ListArgs, UpdateArgs};
 use crate::output;
 
 fn read_file(path: &Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path)
-        .map_err(|e| Failure::msg(format!("Failed to open file '{}': {e}", path.display())))
+    std::fs::read_to_string(path).map_err(|e| {
+        Failure::msg(format!(
+            "Failed to open file '{}': {}",
+            path.display(),
+            system_message(&e)
+        ))
+    })
+}
+
+/// An I/O error as virsh prints it: the C library's text (`No such file or
+/// directory`), without Rust's `(os error 2)`.
+fn system_message(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    match text.rsplit_once(" (os error ") {
+        Some((message, _)) if error.raw_os_error().is_some() => message.to_owned(),
+        _ => text,
+    }
 }
 
 /// `net-define` (`transient` false) and `net-create` (`transient` true).
@@ -41,7 +56,7 @@ pub fn from_file(
 }
 
 /// A verb that changes one network, in virsh's shape: `context` heads the error lines,
-/// and the success line is `Network NAME <done>`.
+/// and the success line is `Network NETWORK <done>`, with the name or UUID as given.
 fn change(
     network: &str,
     context: String,
@@ -49,11 +64,8 @@ fn change(
     done: &str,
     quiet: bool,
 ) -> Result<String, Failure> {
-    let net = result.map_err(|e| Failure::call(context, Some(network), e))?;
-    Ok(output::message(
-        &format!("Network {} {done}", net.name),
-        quiet,
-    ))
+    result.map_err(|e| Failure::call(context, Some(network), e))?;
+    Ok(output::message(&format!("Network {network} {done}"), quiet))
 }
 
 pub fn undefine(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
@@ -98,24 +110,13 @@ pub fn autostart(
     )
 }
 
-/// Whether a network passes `net-list`'s filters (default: active only). Each pair of
-/// flags is exclusive (clap enforces it); neither flag of a pair means no filter.
+/// Whether a network passes `net-list`'s filters (default: active only). As in virsh,
+/// `--all` wins over `--inactive`, and neither or both flags of the other pairs mean
+/// no filter.
 fn listed(net: &NetworkSummary, args: &ListArgs) -> bool {
-    let state = if args.all {
-        true
-    } else {
-        net.active != args.inactive
-    };
-    let autostart = if args.autostart || args.no_autostart {
-        net.autostart == args.autostart
-    } else {
-        true
-    };
-    let persistence = if args.persistent || args.transient {
-        net.persistent == args.persistent
-    } else {
-        true
-    };
+    let state = args.all || net.active != args.inactive;
+    let autostart = args.autostart == args.no_autostart || net.autostart == args.autostart;
+    let persistence = args.persistent == args.transient || net.persistent == args.persistent;
     state && autostart && persistence
 }
 
@@ -247,8 +248,12 @@ pub fn edit(client: &Client, network: &str, quiet: bool) -> Result<String, Failu
     }
     let edited = read_file(&path)?;
     if edited == original {
+        // virsh names the network here, whatever identified it.
+        let name = netd::xml::NetworkDef::from_xml(&original)
+            .map(|def| def.name)
+            .unwrap_or_else(|_| network.to_owned());
         return Ok(output::message(
-            &format!("Network {network} XML configuration not changed."),
+            &format!("Network {name} XML configuration not changed."),
             quiet,
         ));
     }
@@ -285,6 +290,16 @@ pub fn dhcp_leases(
     json: bool,
     quiet: bool,
 ) -> Result<String, Failure> {
+    if let Some(mac) = mac
+        && mac.parse::<netd::xml::MacAddr>().is_err()
+    {
+        return Err(Failure {
+            lines: vec![
+                format!("Failed to get leases info for {network}"),
+                format!("invalid MAC address: {mac}"),
+            ],
+        });
+    }
     let mut leases = client.leases(network).map_err(|e| {
         Failure::call(
             format!("Failed to get leases info for {network}"),

@@ -574,10 +574,9 @@ impl NetworkDef {
 
     /// Complete the definition the way libvirt does at define time, so the
     /// persisted file carries the values that must stay stable: a v4 uuid,
-    /// and for networks with a managed bridge a `52:54:00` MAC, a `virbrN`
-    /// name (lowest N in `0..=256` for which `bridge_in_use` is false), and
-    /// for NAT the default source port range 1024-65535. `stp`/`delay` are
-    /// always stored explicitly by the model already.
+    /// and for networks with a managed bridge a `52:54:00` MAC and a `virbrN`
+    /// name (lowest N in `0..=256` for which `bridge_in_use` is false).
+    /// `stp`/`delay` are always stored explicitly by the model already.
     pub fn fill_defaults(&mut self, bridge_in_use: impl Fn(&str) -> bool) -> Result<(), Error> {
         if self.uuid.is_none() {
             self.uuid = Some(Uuid::new_v4());
@@ -595,9 +594,14 @@ impl NetworkDef {
         if self.mac.is_none() {
             self.mac = Some(MacAddr::generate([0x52, 0x54, 0x00]));
         }
+        Ok(())
+    }
+
+    /// What libvirt adds to the running definition only (the inactive one keeps the
+    /// user's `<forward mode='nat'/>`): NAT's default source port range 1024-65535.
+    pub fn fill_live_defaults(&mut self) {
         if self.forward.mode == ForwardMode::Nat && self.forward.nat.port.is_none() {
             self.forward.nat.port = Some(DEFAULT_NAT_PORTS);
         }
-        Ok(())
     }
 }

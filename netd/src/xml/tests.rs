@@ -123,6 +123,7 @@ fn shipped_default_network_parses_as_nat_with_dhcp() {
 fn default_network_after_fill_defaults_matches_libvirt_live_xml() {
     let mut def = parse(DEFAULT_XML);
     def.fill_defaults(NOT_IN_USE).unwrap();
+    def.fill_live_defaults();
     let uuid = def.uuid.unwrap();
     let mac = def.mac.unwrap();
     assert_eq!(uuid.get_version_num(), 4);
@@ -420,12 +421,17 @@ fn fill_defaults_skips_bridges_in_use_and_reports_exhaustion() {
 }
 
 #[test]
-fn fill_defaults_adds_nat_port_range_only_for_nat_without_ports() {
+fn live_defaults_add_nat_port_range_only_for_nat_without_ports() {
     let mut nat = parse(
         "<network><name>n</name><forward><nat><address start='192.0.2.1' end='192.0.2.9'/></nat></forward>\
          <ip address='10.9.0.1' prefix='24'/></network>",
     );
     nat.fill_defaults(NOT_IN_USE).unwrap();
+    assert_eq!(
+        nat.forward.nat.port, None,
+        "the inactive definition keeps no port range"
+    );
+    nat.fill_live_defaults();
     assert_eq!(
         nat.forward.nat.port,
         Some(PortRange {
@@ -441,6 +447,7 @@ fn fill_defaults_adds_nat_port_range_only_for_nat_without_ports() {
          <ip address='10.9.0.1' prefix='24'/></network>",
     );
     custom.fill_defaults(NOT_IN_USE).unwrap();
+    custom.fill_live_defaults();
     assert_eq!(
         custom.forward.nat.port,
         Some(PortRange {
@@ -451,6 +458,7 @@ fn fill_defaults_adds_nat_port_range_only_for_nat_without_ports() {
 
     let mut routed = parse(DOCS_ROUTED_XML);
     routed.fill_defaults(NOT_IN_USE).unwrap();
+    routed.fill_live_defaults();
     assert!(routed.forward.nat.is_empty());
     assert!(routed.mac.is_some());
     assert_eq!(routed.bridge_name(), Some("virbr1"), "given names are kept");
