@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use serde::Serialize;
@@ -41,10 +42,15 @@ pub enum Error {
     },
 }
 
+/// How long a call waits for the daemon's answer. Calls queue behind each other in the
+/// daemon (a thousand parallel starts take seconds), so this only catches a hung one.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A connection-per-call client of one daemon socket.
 #[derive(Clone, Debug)]
 pub struct Client {
     socket: PathBuf,
+    answer_timeout: Duration,
 }
 
 impl Client {
@@ -52,6 +58,15 @@ impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Client {
         Client {
             socket: socket.into(),
+            answer_timeout: ANSWER_TIMEOUT,
+        }
+    }
+
+    /// The same client, waiting at most `timeout` for each answer.
+    pub fn with_answer_timeout(self, timeout: Duration) -> Client {
+        Client {
+            answer_timeout: timeout,
+            ..self
         }
     }
 
@@ -174,6 +189,11 @@ impl Client {
         )
         .into_bytes();
         request.extend_from_slice(&body);
+        // A daemon that took the connection but hangs must not hang the caller forever.
+        stream
+            .set_read_timeout(Some(self.answer_timeout))
+            .and_then(|()| stream.set_write_timeout(Some(self.answer_timeout)))
+            .map_err(|e| protocol(format!("setting a timeout: {e}")))?;
         stream
             .write_all(&request)
             .map_err(|e| protocol(format!("sending the request: {e}")))?;
@@ -182,7 +202,12 @@ impl Client {
         let mut answer = Vec::with_capacity(256 * 1024);
         stream
             .read_to_end(&mut answer)
-            .map_err(|e| protocol(format!("reading the answer: {e}")))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    protocol(format!("no answer within {:?}", self.answer_timeout))
+                }
+                _ => protocol(format!("reading the answer: {e}")),
+            })?;
         let (status, bytes) = parse_response(&answer).map_err(protocol)?;
         if status == StatusCode::OK {
             return serde_json::from_slice(&bytes)
@@ -303,6 +328,21 @@ mod tests {
         assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n[]").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
         assert!(parse_response(b"garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn a_daemon_that_never_answers_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let socket = dir.path().join("mute.sock");
+        // Accepts (the backlog does) and never answers.
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+        let client = Client::new(&socket).with_answer_timeout(Duration::from_millis(50));
+        let err = client.list().expect_err("no answer");
+        assert!(
+            matches!(&err, Error::Protocol { message, .. } if message.contains("no answer within")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("mute.sock"), "{err}");
     }
 
     #[test]
