@@ -331,17 +331,24 @@ fn parse_query(query: &[u8], key: &mut [u8; MAX_NAME_LEN]) -> Result<(Question, 
         return Err(FORMERR);
     }
     const FORMERR: Malformed = Malformed::Reply(Rcode::FormErr);
+    read_question(query, key).ok_or(FORMERR)
+}
+
+/// Reads the question that follows the header of `message`, its name lowercased into
+/// `key`; returns it and the key's length, or `None` if it is cut short or its name
+/// is compressed, uses extended labels or is longer than 255 bytes.
+fn read_question(message: &[u8], key: &mut [u8; MAX_NAME_LEN]) -> Option<(Question, usize)> {
     let mut at = HEADER_LEN;
     let mut len = 0;
     loop {
-        let label = usize::from(*query.get(at).ok_or(FORMERR)?);
+        let label = usize::from(*message.get(at)?);
         // 0x40 and 0x80: extended label types; 0xc0: a compression pointer, which a
         // question, the first name of a message, has nothing to point back to.
         if label > 63 {
-            return Err(FORMERR);
+            return None;
         }
-        let bytes = query.get(at..=at + label).ok_or(FORMERR)?;
-        let slot = key.get_mut(len..len + bytes.len()).ok_or(FORMERR)?;
+        let bytes = message.get(at..=at + label)?;
+        let slot = key.get_mut(len..len + bytes.len())?;
         for (to, from) in slot.iter_mut().zip(bytes) {
             *to = from.to_ascii_lowercase();
         }
@@ -351,15 +358,42 @@ fn parse_query(query: &[u8], key: &mut [u8; MAX_NAME_LEN]) -> Result<(Question, 
             break;
         }
     }
-    let Some(&[t0, t1, c0, c1]) = query.get(at..at + 4) else {
-        return Err(FORMERR);
+    let &[t0, t1, c0, c1] = message.get(at..at + 4)? else {
+        return None;
     };
     let question = Question {
         end: at + 4,
         qtype: u16::from_be_bytes([t0, t1]),
         qclass: u16::from_be_bytes([c0, c1]),
     };
-    Ok((question, len))
+    Some((question, len))
+}
+
+/// Whether `reply` is a response to `query`, a query we forwarded: same ID and one
+/// question equal to the query's (name compared case-insensitively, type and class).
+/// RFC 5452 9.1: a forged reply then has to guess the question as well as the ID and
+/// our source port.
+pub fn is_reply_to(query: &[u8], reply: &[u8]) -> bool {
+    let mut asked = [0u8; MAX_NAME_LEN];
+    let mut answered = [0u8; MAX_NAME_LEN];
+    let (Some(sent), Some(received)) = (query.get(..HEADER_LEN), reply.get(..HEADER_LEN)) else {
+        return false;
+    };
+    let is_response = received[2] & 0x80 != 0;
+    if sent[..2] != received[..2] || !is_response || received[4..6] != [0, 1] {
+        return false;
+    }
+    match (
+        read_question(query, &mut asked),
+        read_question(reply, &mut answered),
+    ) {
+        (Some((sent, sent_len)), Some((received, received_len))) => {
+            asked[..sent_len] == answered[..received_len]
+                && sent.qtype == received.qtype
+                && sent.qclass == received.qclass
+        }
+        _ => false,
+    }
 }
 
 /// Offsets of the labels of a name in wire form, the root's last.
@@ -793,6 +827,33 @@ mod tests {
             resolver.answer(&response, Transport::Udp, &mut out),
             Outcome::Drop
         );
+    }
+
+    #[test]
+    fn a_reply_must_carry_the_query_s_id_and_question() {
+        let sent = query("www.Example.org.", RecordType::A, true);
+        let mut reply = sent.clone();
+        reply[2] |= 0x80;
+        reply[12..].make_ascii_uppercase();
+        assert!(is_reply_to(&sent, &reply));
+        assert!(!is_reply_to(&sent, &sent), "not a response");
+        let mut other_id = reply.clone();
+        other_id[1] ^= 1;
+        assert!(!is_reply_to(&sent, &other_id));
+        let mut other_name = reply.clone();
+        other_name[13] ^= 1;
+        assert!(!is_reply_to(&sent, &other_name));
+        let question_end = 12 + "www.Example.org.".len() + 1 + 4;
+        for (at, what) in [(question_end - 3, "type"), (question_end - 1, "class")] {
+            let mut other = reply.clone();
+            other[at] ^= 0x10;
+            assert!(!is_reply_to(&sent, &other), "{what}");
+        }
+        let mut no_question = reply[..12].to_vec();
+        no_question[5] = 0;
+        assert!(!is_reply_to(&sent, &no_question));
+        assert!(!is_reply_to(&sent, &reply[..question_end - 1]), "cut short");
+        assert!(!is_reply_to(&sent, &[]));
     }
 
     /// Seeded mutation fuzzing of the parse-and-answer path: byte flips, truncations,

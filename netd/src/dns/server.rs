@@ -6,10 +6,13 @@
 //! thread, so a thousand idle networks cost no buffers and a busy one costs two
 //! system calls per batch.
 //!
-//! UDP queries for other names are forwarded from one task-owned socket per address
-//! family with a fresh random ID; the reply is matched on that ID and the upstream's
-//! address, given back its original ID and sent to the client from the socket the query
-//! came in on. A server that does not answer within `ATTEMPT_TIMEOUT`, or answers
+//! UDP queries for other names are forwarded by a small task each (at most
+//! `MAX_PENDING` at once), with a fresh random ID from a socket of its own bound to port
+//! 0, so the kernel picks a random source port per query (RFC 5452 9.2): a forged reply
+//! must guess port and ID. A reply counts only if it comes from a server asked and
+//! carries the query's ID and question (RFC 5452 9.1); it is given back its original ID
+//! and sent to the client from the socket the query came in on. The sockets close when
+//! the forward ends. A server that does not answer within `ATTEMPT_TIMEOUT`, or answers
 //! SERVFAIL or REFUSED, is passed over for the next one of the list (resolv.conf or
 //! forwarder order); servers that failed lately go last for `SUSPECT_FOR`. A forward
 //! unanswered after [`FORWARD_TIMEOUT`] is forgotten (the client retries). A TCP client
@@ -38,7 +41,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::resolver::{Outcome, Resolver, Transport, is_upstream_failure};
+use super::resolver::{Outcome, Resolver, Transport, is_reply_to, is_upstream_failure};
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 
 /// A forwarded query unanswered this long is forgotten.
@@ -48,10 +51,10 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A server that timed out or failed is asked after the others for this long.
 const SUSPECT_FOR: Duration = Duration::from_secs(30);
-/// How often unanswered forwards are checked while there are some.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
-/// Most UDP queries waiting for an upstream answer at once; more are dropped.
-const MAX_PENDING: usize = 4096;
+/// Most UDP queries waiting for an upstream answer at once; more are dropped. Each
+/// holds one or two sockets, so this bounds a network's file descriptors (dnsmasq's
+/// `dns-forward-max` is 150).
+const MAX_PENDING: usize = 512;
 /// Most TCP connections served at once; more are closed on accept.
 pub const MAX_TCP_CLIENTS: usize = 64;
 /// A TCP client idle this long is disconnected.
@@ -238,43 +241,31 @@ impl Health {
     }
 }
 
-/// One UDP query forwarded upstream, waiting for its answer.
+/// A UDP query forwarded upstream, and where its answer goes.
 #[derive(Debug)]
-struct Pending {
+struct UdpForward {
     client: SocketAddr,
     client_id: u16,
     /// Index of the listening socket the query came in on.
     socket: usize,
-    /// The query as sent upstream (with our ID), for the next server.
+    /// The query as sent upstream (with our ID).
     query: Box<[u8]>,
-    /// The servers to ask, in order; the first `asked` were.
+    /// The servers to ask, in order.
     servers: Vec<SocketAddr>,
-    asked: usize,
-    started: Instant,
-    last_sent: Instant,
 }
 
-impl Pending {
-    fn may_answer(&self, server: SocketAddr) -> bool {
-        self.servers[..self.asked].contains(&server)
-    }
-
-    fn next_server(&self) -> Option<SocketAddr> {
-        if self.started.elapsed() >= FORWARD_TIMEOUT {
-            return None;
-        }
-        self.servers.get(self.asked).copied()
-    }
+/// An upstream's answer to a [`UdpForward`], with the client's ID back in place.
+struct UdpAnswer {
+    client: SocketAddr,
+    /// Index of the listening socket to answer from.
+    socket: usize,
+    reply: Vec<u8>,
 }
 
 /// What woke the task.
 enum Event {
     /// A listening UDP socket has datagrams.
     Queries(usize),
-    Upstream {
-        len: usize,
-        from: SocketAddr,
-    },
     Accept(TcpStream),
     Failed(std::io::Error),
 }
@@ -286,9 +277,8 @@ struct Serve {
     udp: Vec<UdpSocket>,
     /// The address family of each of `udp`: 0 for IPv4, 1 for IPv6.
     udp_family: Vec<usize>,
-    /// Sockets for forwarding: IPv4 and IPv6, opened on first use.
-    upstream: [Option<UdpSocket>; 2],
-    pending: HashMap<u16, Pending>,
+    /// The UDP queries being forwarded, one task each.
+    forwards: JoinSet<Option<UdpAnswer>>,
     /// Where [`next_event`] starts looking among the listeners.
     next_listener: usize,
 }
@@ -313,13 +303,9 @@ async fn serve(
             })
             .collect(),
         udp,
-        upstream: [None, None],
-        pending: HashMap::new(),
+        forwards: JoinSet::new(),
         next_listener: 0,
     };
-    let mut buf = vec![0u8; RECV_BUFFER];
-    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             _ = &mut shutdown => break,
@@ -329,22 +315,16 @@ async fn serve(
                 continue;
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            // Idle networks (most of a thousand) never wake for the sweep.
-            _ = sweep.tick(), if !state.pending.is_empty() => {
-                state.sweep();
+            Some(done) = state.forwards.join_next(), if !state.forwards.is_empty() => {
+                if let Ok(Some(answer)) = done {
+                    send(&state.udp[answer.socket], &answer.reply, answer.client);
+                }
                 continue;
             }
-            event = next_event(
-                &state.udp,
-                &state.upstream,
-                &tcp,
-                &mut state.next_listener,
-                &mut buf,
-            ) => event,
+            event = next_event(&state.udp, &tcp, &mut state.next_listener) => event,
         };
         match event {
             Event::Queries(socket) => state.queries(socket),
-            Event::Upstream { len, from } => state.upstream_reply(&mut buf[..len], from),
             Event::Accept(stream) if connections.len() < MAX_TCP_CLIENTS => {
                 let resolver = Arc::clone(&state.resolver);
                 let health = Arc::clone(&state.health);
@@ -358,37 +338,20 @@ async fn serve(
             }
         }
     }
+    // Forwards in flight end here, closing their sockets.
+    state.forwards.shutdown().await;
     // Close the listeners, then wait for every connection's socket to be closed too:
     // a connection still bound to port 53 would make the next listen() on it fail.
     drop(tcp);
     connections.shutdown().await;
 }
 
-/// Waits for the first socket with something to read, without allocating. Upstream
-/// replies come first: they answer queries already taken in, and the forwarding
-/// sockets only get what was asked for. The listeners (UDP sockets, then TCP listeners,
-/// as one ring) are looked at from `next_listener` on, which is left one past the
-/// listener that had something, so a socket kept busy by one client cannot starve the
-/// others.
-async fn next_event(
-    udp: &[UdpSocket],
-    upstream: &[Option<UdpSocket>; 2],
-    tcp: &[TcpListener],
-    next_listener: &mut usize,
-    buf: &mut [u8],
-) -> Event {
+/// Waits for the first listener with something to read, without allocating. The
+/// listeners (UDP sockets, then TCP listeners, as one ring) are looked at from
+/// `next_listener` on, which is left one past the listener that had something, so a
+/// socket kept busy by one client cannot starve the others.
+async fn next_event(udp: &[UdpSocket], tcp: &[TcpListener], next_listener: &mut usize) -> Event {
     poll_fn(|cx| {
-        for upstream in upstream.iter().flatten() {
-            let mut read = ReadBuf::new(buf);
-            match upstream.poll_recv_from(cx, &mut read) {
-                Poll::Ready(Ok(from)) => {
-                    let len = read.filled().len();
-                    return Poll::Ready(Event::Upstream { len, from });
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Event::Failed(e)),
-                Poll::Pending => {}
-            }
-        }
         let listeners = udp.len() + tcp.len();
         for turn in 0..listeners {
             let at = (*next_listener + turn) % listeners;
@@ -720,112 +683,148 @@ impl Serve {
         client: SocketAddr,
         servers: &[SocketAddr],
     ) {
-        if self.pending.len() >= MAX_PENDING {
+        if self.forwards.len() >= MAX_PENDING {
             tracing::debug!(network = %self.resolver.network(), "too many DNS queries in flight; dropping one");
             return;
         }
-        // A fresh random ID per forward makes a spoofed upstream answer hard to match.
-        let id = loop {
-            let id = rand::random::<u16>();
-            if !self.pending.contains_key(&id) {
-                break id;
-            }
-        };
         let client_id = u16::from_be_bytes([query[0], query[1]]);
-        query[..2].copy_from_slice(&id.to_be_bytes());
-        let now = Instant::now();
-        let mut pending = Pending {
+        // A fresh random ID per forward, on top of the random port, makes a spoofed
+        // upstream answer hard to match.
+        query[..2].copy_from_slice(&rand::random::<u16>().to_be_bytes());
+        let forward = UdpForward {
             client,
             client_id,
             socket,
             query: query.into(),
             servers: self.health.order(servers),
-            asked: 0,
-            started: now,
-            last_sent: now,
         };
-        if self.ask_next(&mut pending) {
-            self.pending.insert(id, pending);
-        }
-    }
-
-    /// Sends the pending query to its next server; `false` if there is none left
-    /// (or no socket to send from).
-    fn ask_next(&mut self, pending: &mut Pending) -> bool {
-        while let Some(server) = pending.next_server() {
-            pending.asked += 1;
-            pending.last_sent = Instant::now();
-            if let Some(upstream) = self.upstream_socket(server) {
-                send(upstream, &pending.query, server);
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Passes silent servers over for the next ones, and forgets forwards that ran
-    /// out of time or servers.
-    fn sweep(&mut self) {
         let network = self.resolver.network().to_owned();
-        let mut pending = std::mem::take(&mut self.pending);
-        pending.retain(|_, p| {
-            let waited = p.last_sent.elapsed();
-            let last = p.asked >= p.servers.len();
-            if p.started.elapsed() >= FORWARD_TIMEOUT || (!last && waited >= ATTEMPT_TIMEOUT) {
-                self.health.failed(&network, p.servers[p.asked - 1]);
-                return self.ask_next(p);
-            }
-            true
-        });
-        self.pending = pending;
+        let health = Arc::clone(&self.health);
+        self.forwards
+            .spawn(async move { forward_udp(&network, forward, &health).await });
     }
+}
 
-    /// The forwarding socket for `server`'s address family, opened on first use.
-    fn upstream_socket(&mut self, server: SocketAddr) -> Option<&UdpSocket> {
+/// Asks the servers of `forward` over UDP in turn until one gives a usable answer:
+/// each but the last gets [`ATTEMPT_TIMEOUT`], all together [`FORWARD_TIMEOUT`]. A
+/// server that answered SERVFAIL or REFUSED is passed over at once; if it was the last,
+/// its answer goes to the client. Nothing when all were silent.
+async fn forward_udp(network: &str, forward: UdpForward, health: &Health) -> Option<UdpAnswer> {
+    let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+    let mut sockets = ForwardSockets::default();
+    let mut buf = vec![0u8; RECV_BUFFER];
+    let servers = &forward.servers;
+    let mut asked = 0;
+    for (at, &server) in servers.iter().enumerate() {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let last = at + 1 == servers.len();
+        let until = if last {
+            deadline
+        } else {
+            deadline.min(now + ATTEMPT_TIMEOUT)
+        };
+        match sockets.socket_for(server) {
+            Ok(socket) => send(socket, &forward.query, server),
+            Err(e) => {
+                tracing::warn!(network, %server, error = %e, "cannot open a socket to forward DNS queries");
+                continue;
+            }
+        }
+        asked = at + 1;
+        let wait = sockets.receive_reply(&forward.query, &servers[..asked], &mut buf);
+        let Ok((len, from)) = tokio::time::timeout_at(until, wait).await else {
+            health.failed(network, server);
+            continue;
+        };
+        let reply = &mut buf[..len];
+        if is_upstream_failure(reply) {
+            health.failed(network, from);
+            if !last {
+                continue;
+            }
+        } else {
+            health.answered(from);
+        }
+        reply[..2].copy_from_slice(&forward.client_id.to_be_bytes());
+        return Some(UdpAnswer {
+            client: forward.client,
+            socket: forward.socket,
+            reply: reply.to_vec(),
+        });
+    }
+    if asked == 0 {
+        tracing::debug!(
+            network,
+            "DNS query not forwarded: no socket to send it from"
+        );
+    }
+    None
+}
+
+/// The sockets one forwarded query leaves from: IPv4 and IPv6, each bound to port 0
+/// on first use so the kernel gives it a random ephemeral port, and closed with the
+/// forward.
+#[derive(Default)]
+struct ForwardSockets {
+    by_family: [Option<UdpSocket>; 2],
+}
+
+impl ForwardSockets {
+    /// The socket for `server`'s address family, opened on first use.
+    fn socket_for(&mut self, server: SocketAddr) -> std::io::Result<&UdpSocket> {
         let (slot, any) = match server {
             SocketAddr::V4(_) => (0, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             SocketAddr::V6(_) => (1, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
         };
-        if self.upstream[slot].is_none() {
-            let opened = std::net::UdpSocket::bind(SocketAddr::new(any, 0)).and_then(|socket| {
+        match &mut self.by_family[slot] {
+            Some(socket) => Ok(socket),
+            unopened @ None => {
+                let socket = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
                 socket.set_nonblocking(true)?;
-                UdpSocket::from_std(socket)
-            });
-            match opened {
-                Ok(socket) => self.upstream[slot] = Some(socket),
-                Err(e) => {
-                    tracing::warn!(network = %self.resolver.network(), %server, error = %e, "cannot open a socket to forward DNS queries");
-                    return None;
-                }
+                Ok(unopened.insert(UdpSocket::from_std(socket)?))
             }
         }
-        self.upstream[slot].as_ref()
     }
 
-    fn upstream_reply(&mut self, reply: &mut [u8], from: SocketAddr) {
-        if reply.len() < 12 {
-            return;
-        }
-        let id = u16::from_be_bytes([reply[0], reply[1]]);
-        // Only a server we asked may answer; anything else is ignored.
-        let Some(mut pending) = self.pending.remove(&id) else {
-            return;
-        };
-        if !pending.may_answer(from) {
-            self.pending.insert(id, pending);
-            return;
-        }
-        if is_upstream_failure(reply) {
-            self.health.failed(self.resolver.network(), from);
-            if self.ask_next(&mut pending) {
-                self.pending.insert(id, pending);
-                return;
+    /// Waits for a reply to `query` from one of `asked` and returns its length in
+    /// `buf` and its sender. Datagrams from anyone else, or that do not answer `query`
+    /// (ID or question differ), are dropped.
+    async fn receive_reply(
+        &self,
+        query: &[u8],
+        asked: &[SocketAddr],
+        buf: &mut [u8],
+    ) -> (usize, SocketAddr) {
+        loop {
+            let received = poll_fn(|cx| {
+                for socket in self.by_family.iter().flatten() {
+                    let mut read = ReadBuf::new(buf);
+                    match socket.poll_recv_from(cx, &mut read) {
+                        Poll::Ready(Ok(from)) => {
+                            return Poll::Ready(Some((read.filled().len(), from)));
+                        }
+                        // An ICMP error of an earlier send: nothing to read.
+                        Poll::Ready(Err(_)) => return Poll::Ready(None),
+                        Poll::Pending => {}
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            let Some((len, from)) = received else {
+                continue;
+            };
+            if !asked.contains(&from) {
+                tracing::debug!(%from, "DNS reply from a server not asked; ignored");
+            } else if !is_reply_to(query, &buf[..len]) {
+                tracing::debug!(%from, "DNS reply not matching the query's ID or question; ignored");
+            } else {
+                return (len, from);
             }
-        } else {
-            self.health.answered(from);
         }
-        reply[..2].copy_from_slice(&pending.client_id.to_be_bytes());
-        send(&self.udp[pending.socket], reply, pending.client);
     }
 }
 
@@ -927,10 +926,10 @@ mod tests {
     use super::*;
     use testkit::{Need, Netns};
 
-    /// Listeners with datagrams left queued (a turn ended) must not keep the upstream
-    /// replies, the other listeners or the TCP accepts waiting.
+    /// Listeners with datagrams left queued (a turn ended) must not keep the other
+    /// listeners or the TCP accepts waiting.
     #[test]
-    fn upstream_replies_come_first_and_listeners_take_turns() {
+    fn listeners_take_turns() {
         if !testkit::require(&[Need::Root, Need::Netns]) {
             return;
         }
@@ -947,43 +946,135 @@ mod tests {
                         .expect("bind")
                 };
                 let udp = vec![bind().await, bind().await];
-                let forwarder = bind().await;
                 let tcp = vec![
                     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
                         .await
                         .expect("listen"),
                 ];
                 let peer = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-                for socket in udp.iter().chain([&forwarder]) {
+                for socket in &udp {
                     let to = socket.local_addr().expect("address");
                     peer.send_to(b"query", to).expect("send");
                 }
                 let _client = std::net::TcpStream::connect(tcp[0].local_addr().expect("address"))
                     .expect("connect");
-                let upstream = [Some(forwarder), None];
                 // Let the runtime see every socket's readiness.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let mut next_listener = 0;
-                let mut buf = [0u8; 64];
                 let mut seen = Vec::new();
-                for _ in 0..5 {
+                for _ in 0..4 {
                     // The listeners' datagrams stay queued, as after a turn cut short.
-                    let event =
-                        next_event(&udp, &upstream, &tcp, &mut next_listener, &mut buf).await;
+                    let event = next_event(&udp, &tcp, &mut next_listener).await;
                     seen.push(match event {
                         Event::Queries(socket) => format!("udp{socket}"),
-                        Event::Upstream { len, from } => {
-                            assert_eq!(from, peer.local_addr().expect("address"));
-                            format!("upstream {:?}", String::from_utf8_lossy(&buf[..len]))
-                        }
                         Event::Accept(_) => "accept".to_owned(),
                         Event::Failed(e) => format!("failed: {e}"),
                     });
                 }
-                assert_eq!(
-                    seen,
-                    ["upstream \"query\"", "udp0", "udp1", "accept", "udp0"]
+                assert_eq!(seen, ["udp0", "udp1", "accept", "udp0"]);
+            })
+        })
+        .expect("run in the netns");
+    }
+
+    /// A query for `name` of type A with ID `id`, RD set.
+    fn a_query(id: u16, name: &str) -> Vec<u8> {
+        let mut query = id.to_be_bytes().to_vec();
+        query.extend_from_slice(&[0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in name.split('.').filter(|label| !label.is_empty()) {
+            query.push(u8::try_from(label.len()).expect("short label"));
+            query.extend_from_slice(label.as_bytes());
+        }
+        query.extend_from_slice(&[0, 0, 1, 0, 1]);
+        query
+    }
+
+    /// `query` turned into a response with `rcode` (and the name's letters in upper
+    /// case, as a resolver using 0x20 mixing might echo them).
+    fn response(query: &[u8], rcode: u8) -> Vec<u8> {
+        let mut reply = query.to_vec();
+        reply[2] |= 0x80;
+        reply[3] = 0x80 | rcode;
+        reply[12..].make_ascii_uppercase();
+        reply
+    }
+
+    /// RFC 5452: each forwarded query leaves from its own random port, which closes
+    /// once answered, and only a reply with the query's ID and question is taken.
+    #[test]
+    fn forwards_leave_from_random_ports_and_take_only_matching_replies() {
+        if !testkit::require(&[Need::Root, Need::Netns]) {
+            return;
+        }
+        let ns = Netns::new("dnsports").expect("create test netns");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        ns.run(|| {
+            runtime.block_on(async {
+                let config = DnsConfig {
+                    network: "ports".into(),
+                    listen: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                    forward_plain_names: true,
+                    default_upstreams: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))],
+                    ..DnsConfig::default()
+                };
+                let server = DnsServer::start(config, None).expect("start");
+                let upstream = UdpSocket::bind(("127.0.0.2", DNS_PORT))
+                    .await
+                    .expect("bind the upstream");
+                let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                    .await
+                    .expect("bind the client");
+                let to_server = SocketAddr::from((Ipv4Addr::LOCALHOST, DNS_PORT));
+                let mut buf = [0u8; 512];
+                let within = |what: &'static str| move |_| panic!("timed out waiting for {what}");
+                let mut forwarded = Vec::new();
+                for (id, name) in [(0x1111, "one.example."), (0x2222, "two.example.")] {
+                    client
+                        .send_to(&a_query(id, name), to_server)
+                        .await
+                        .expect("send");
+                    let (len, from) =
+                        tokio::time::timeout(Duration::from_secs(2), upstream.recv_from(&mut buf))
+                            .await
+                            .unwrap_or_else(within("a forwarded query"))
+                            .expect("receive");
+                    forwarded.push((buf[..len].to_vec(), from));
+                }
+                let (query, from) = &forwarded[0];
+                assert_ne!(
+                    from.port(),
+                    forwarded[1].1.port(),
+                    "one source port for both"
                 );
+                // Forged: another question, and the right question with another ID.
+                let mut other_name = response(query, 0);
+                other_name[13] ^= 1;
+                upstream.send_to(&other_name, from).await.expect("send");
+                let mut other_id = response(query, 0);
+                other_id[0] ^= 0xff;
+                upstream.send_to(&other_id, from).await.expect("send");
+                upstream
+                    .send_to(&response(query, 3), from)
+                    .await
+                    .expect("send");
+                let (len, _) =
+                    tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
+                        .await
+                        .unwrap_or_else(within("the answer"))
+                        .expect("receive");
+                let expected = {
+                    let mut reply = response(query, 3);
+                    reply[..2].copy_from_slice(&0x1111u16.to_be_bytes());
+                    reply
+                };
+                assert_eq!(&buf[..len], &expected[..], "a forged reply got through");
+                // The answered forward's socket is closed: its port is free again.
+                std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, from.port()))
+                    .expect("the forward's port still taken");
+                server.stop().await;
             })
         })
         .expect("run in the netns");
