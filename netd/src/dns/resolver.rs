@@ -81,8 +81,10 @@ pub fn is_upstream_failure(reply: &[u8]) -> bool {
 /// Decides and builds answers for one network; shared by its UDP and TCP paths.
 pub struct Resolver {
     network: String,
-    /// The [`wire_key`] of `<domain name=>`.
+    /// `<domain name=>`, which hostnames are qualified with.
     domain: Option<hickory_proto::rr::Name>,
+    /// Its [`wire_key`].
+    domain_key: Option<Vec<u8>>,
     /// Names at or under these [`wire_key`]s are never forwarded (`localOnly`,
     /// `<forwarder domain=>` without `addr`).
     local_domains: Vec<Vec<u8>>,
@@ -195,6 +197,7 @@ impl Resolver {
         Ok(Resolver {
             network: config.network.clone(),
             static_zone: Zone::from_config(config)?,
+            domain_key: domain.as_ref().map(wire_key),
             domain,
             local_domains,
             forward_plain_names: config.forward_plain_names,
@@ -249,6 +252,9 @@ impl Resolver {
         };
         let (rcode, answers) = match found {
             Found::Records(count) => (Rcode::NoError, count),
+            // A name with names under it exists, records or not (RFC 8020): NXDOMAIN
+            // would tell a resolver there is nothing below it either.
+            Found::NoName if self.is_local(key) && self.is_ancestor(key) => (Rcode::NoError, 0),
             Found::NoName if self.is_local(key) => (Rcode::NxDomain, 0),
             Found::NoName => {
                 let servers = self.upstreams_for(key);
@@ -282,6 +288,17 @@ impl Resolver {
             }
             found => found,
         }
+    }
+
+    /// Whether names of the network are under `key`, or `key` is the network's own
+    /// domain (which exists even before the first guest has a name in it).
+    fn is_ancestor(&self, key: &[u8]) -> bool {
+        self.domain_key.as_deref() == Some(key)
+            || self.static_zone.is_ancestor(key)
+            || self
+                .leases
+                .as_ref()
+                .is_some_and(|view| lock(&view.cache).zone.is_ancestor(key))
     }
 
     fn reload_leases(&self, view: &LeaseView, cache: &mut LeaseCache) {
@@ -678,7 +695,7 @@ mod tests {
         // Only whole labels match a domain.
         assert_eq!(decide("a.bcorp.test."), Outcome::Forward(&defaults));
         assert_eq!(decide("plain."), Outcome::Forward(&defaults));
-        for local in ["nobody.example.test.", "x.private.test.", "example.test."] {
+        for local in ["nobody.example.test.", "x.private.test."] {
             let reply = ask(&resolver, local, RecordType::A);
             assert_eq!(
                 reply.metadata.response_code,
@@ -738,6 +755,63 @@ mod tests {
                 "10.0.0.3:53".parse().unwrap()
             ])
         );
+    }
+
+    #[test]
+    fn names_above_local_names_exist_without_records() {
+        let lease_in_subdomain: LeaseSource = Arc::new(|| {
+            vec![(
+                Ipv4Addr::new(192, 168, 122, 78),
+                "vm.lab.private.test".to_owned(),
+            )]
+        });
+        let resolver = Resolver::new(&config(), Some(lease_in_subdomain)).unwrap();
+        // The domain apex, the parent of an SRV name and the parents of a leased name.
+        for name in [
+            "example.test.",
+            "_TCP.example.test.",
+            "lab.private.test.",
+            "private.test.",
+        ] {
+            for rtype in [RecordType::A, RecordType::SOA] {
+                let reply = ask(&resolver, name, rtype);
+                assert_eq!(
+                    reply.metadata.response_code,
+                    ResponseCode::NoError,
+                    "{name} {rtype}"
+                );
+                assert!(reply.answers.is_empty());
+                assert!(reply.metadata.authoritative);
+            }
+        }
+        for name in [
+            "x._tcp.example.test.",
+            "y.private.test.",
+            "nobody.lab.private.test.",
+        ] {
+            let reply = ask(&resolver, name, RecordType::A);
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{name}"
+            );
+        }
+        // Outside the local domains such names are still asked upstream.
+        let mut out = Vec::new();
+        let outcome = resolver.answer(
+            &query("other.test.", RecordType::A, false),
+            Transport::Udp,
+            &mut out,
+        );
+        assert!(matches!(outcome, Outcome::Forward(_)), "{outcome:?}");
+
+        // The domain exists before any name is in it.
+        let mut empty = config();
+        empty.hosts.clear();
+        empty.srvs.clear();
+        let resolver = Resolver::new(&empty, None).unwrap();
+        let reply = ask(&resolver, "example.test.", RecordType::A);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! Names are keyed by their wire form with ASCII letters lowercased (see [`wire_key`]),
 //! so a query is looked up straight from its packet bytes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV, TXT};
@@ -32,6 +32,9 @@ struct RrSet {
 pub struct Zone {
     /// Keyed by [`wire_key`].
     names: HashMap<Box<[u8]>, Vec<(RecordType, RrSet)>>,
+    /// The [`wire_key`]s of every ancestor of `names` but the root: in a local domain
+    /// they exist (empty non-terminals, RFC 8020) even where they own no records.
+    ancestors: HashSet<Box<[u8]>>,
 }
 
 /// What the zone knows about a name.
@@ -114,6 +117,11 @@ impl Zone {
         self.names.is_empty()
     }
 
+    /// Whether the name whose [`wire_key`] is `key` has names of the zone under it.
+    pub fn is_ancestor(&self, key: &[u8]) -> bool {
+        self.ancestors.contains(key)
+    }
+
     /// Appends to `out` the records of the name whose [`wire_key`] is `key` matching
     /// `qtype` (all of them for `ANY`).
     pub fn append_answers(&self, key: &[u8], qtype: RecordType, out: &mut Vec<u8>) -> Found {
@@ -154,6 +162,10 @@ impl Zone {
             tracing::warn!(%name, ?rtype, "DNS record cannot be encoded; not served");
             return;
         };
+        let mut ancestor = name.base_name();
+        while !ancestor.is_root() && self.ancestors.insert(wire_key(&ancestor).into()) {
+            ancestor = ancestor.base_name();
+        }
         let sets = self
             .names
             .entry(wire_key(&name).into_boxed_slice())
