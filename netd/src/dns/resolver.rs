@@ -246,9 +246,12 @@ impl Resolver {
         let qtype = RecordType::from(question.qtype);
         begin_response(query, question.end, out);
         let question_end = out.len();
+        // A configured record on a guest's name (a TXT, say) must not hide the
+        // addresses of its lease: the leases are asked unless the configuration
+        // answered the type asked.
         let found = match self.static_zone.append_answers(key, qtype, out) {
-            Found::NoName => self.lease_answers(key, qtype, out),
-            found => found,
+            Found::Records(count) if count > 0 && qtype != RecordType::ANY => Found::Records(count),
+            from_config => from_config.and(self.lease_answers(key, qtype, out)),
         };
         let (rcode, answers) = match found {
             Found::Records(count) => (Rcode::NoError, count),
@@ -271,7 +274,8 @@ impl Resolver {
         finish(out, question_end, answers, edns.is_some(), limit)
     }
 
-    /// Looks `key` up among the leases, re-reading them when the view is stale.
+    /// Looks `key` up among the leases, re-reading them when the view is stale; types
+    /// the configuration has records of for the name are left out.
     fn lease_answers(&self, key: &[u8], qtype: RecordType, out: &mut Vec<u8>) -> Found {
         let Some(view) = &self.leases else {
             return Found::NoName;
@@ -281,10 +285,15 @@ impl Resolver {
         if age(&cache) >= LEASE_REFRESH {
             self.reload_leases(view, &mut cache);
         }
-        match cache.zone.append_answers(key, qtype, out) {
+        let from_leases = |cache: &LeaseCache, out: &mut Vec<u8>| {
+            cache
+                .zone
+                .append_answers_under(&self.static_zone, key, qtype, out)
+        };
+        match from_leases(&cache, out) {
             Found::NoName if age(&cache) >= LEASE_REFRESH_ON_MISS => {
                 self.reload_leases(view, &mut cache);
-                cache.zone.append_answers(key, qtype, out)
+                from_leases(&cache, out)
             }
             found => found,
         }
@@ -812,6 +821,42 @@ mod tests {
         let resolver = Resolver::new(&empty, None).unwrap();
         let reply = ask(&resolver, "example.test.", RecordType::A);
         assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    }
+
+    #[test]
+    fn configured_records_hide_leased_ones_of_their_type_only() {
+        let mut config = config();
+        config.txts.push(DnsTxt {
+            name: "web1".into(),
+            value: "a guest".into(),
+        });
+        config.hosts.push(DnsHost {
+            ip: "192.168.122.51".parse().unwrap(),
+            hostnames: vec!["static2".into()],
+        });
+        let leases: LeaseSource = Arc::new(|| {
+            vec![
+                (Ipv4Addr::new(192, 168, 122, 77), "web1".to_owned()),
+                (Ipv4Addr::new(192, 168, 122, 78), "static2".to_owned()),
+            ]
+        });
+        let resolver = Resolver::new(&config, Some(leases)).unwrap();
+        let leased = RData::A(Ipv4Addr::new(192, 168, 122, 77).into());
+        let reply = ask(&resolver, "web1.", RecordType::A);
+        assert_eq!(rdata(&reply), std::slice::from_ref(&leased));
+        let reply = ask(&resolver, "web1.", RecordType::TXT);
+        assert_eq!(reply.answers.len(), 1);
+        let reply = ask(&resolver, "web1.", RecordType::ANY);
+        assert_eq!(reply.answers.len(), 2);
+        assert!(rdata(&reply).contains(&leased));
+        // A configured address wins over the lease's.
+        for rtype in [RecordType::A, RecordType::ANY] {
+            let reply = ask(&resolver, "static2.example.test.", rtype);
+            assert_eq!(
+                rdata(&reply),
+                [RData::A(Ipv4Addr::new(192, 168, 122, 51).into())]
+            );
+        }
     }
 
     #[test]

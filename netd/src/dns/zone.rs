@@ -47,6 +47,16 @@ pub enum Found {
     Records(u16),
 }
 
+impl Found {
+    /// What two zones together know about a name.
+    pub fn and(self, other: Found) -> Found {
+        match (self, other) {
+            (Found::NoName, found) | (found, Found::NoName) => found,
+            (Found::Records(one), Found::Records(two)) => Found::Records(one.saturating_add(two)),
+        }
+    }
+}
+
 impl Zone {
     /// The static part of a network's zone: `<dns><host>`, `<srv>` and `<txt>`.
     pub fn from_config(config: &DnsConfig) -> Result<Zone, Error> {
@@ -125,12 +135,38 @@ impl Zone {
     /// Appends to `out` the records of the name whose [`wire_key`] is `key` matching
     /// `qtype` (all of them for `ANY`).
     pub fn append_answers(&self, key: &[u8], qtype: RecordType, out: &mut Vec<u8>) -> Found {
+        self.append_matching(key, qtype, out, |_| false)
+    }
+
+    /// Like [`Zone::append_answers`], leaving out the types `over` has records of for
+    /// the name: a configured record wins over a leased one of its type only, as in
+    /// dnsmasq, where a host entry hides a lease's address but not the other way round.
+    pub fn append_answers_under(
+        &self,
+        over: &Zone,
+        key: &[u8],
+        qtype: RecordType,
+        out: &mut Vec<u8>,
+    ) -> Found {
+        let shadowing = over.names.get(key);
+        self.append_matching(key, qtype, out, |rtype| {
+            shadowing.is_some_and(|sets| sets.iter().any(|(other, _)| *other == rtype))
+        })
+    }
+
+    fn append_matching(
+        &self,
+        key: &[u8],
+        qtype: RecordType,
+        out: &mut Vec<u8>,
+        is_shadowed: impl Fn(RecordType) -> bool,
+    ) -> Found {
         let Some(sets) = self.names.get(key) else {
             return Found::NoName;
         };
         let mut count = 0u16;
         for (rtype, set) in sets {
-            if *rtype == qtype || qtype == RecordType::ANY {
+            if (*rtype == qtype || qtype == RecordType::ANY) && !is_shadowed(*rtype) {
                 out.extend_from_slice(&set.wire);
                 count = count.saturating_add(set.count);
             }
