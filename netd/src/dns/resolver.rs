@@ -686,6 +686,43 @@ mod tests {
     }
 
     #[test]
+    fn srv_without_domain_is_in_the_network_s_domain() {
+        let http = DnsSrv {
+            service: "http".into(),
+            protocol: "tcp".into(),
+            domain: None,
+            target: None,
+            port: None,
+            priority: None,
+            weight: None,
+        };
+        let mut config = config();
+        config.srvs.push(http.clone());
+        let resolver = Resolver::new(&config, None).unwrap();
+        let reply = ask(&resolver, "_http._tcp.example.test.", RecordType::SRV);
+        let RData::SRV(srv) = &rdata(&reply)[0] else {
+            panic!("{reply:?}");
+        };
+        // dnsmasq's defaults: port 1, priority and weight 0, no target.
+        assert_eq!((srv.priority, srv.weight, srv.port), (0, 0, 1));
+        assert_eq!(srv.target, Name::root());
+        let mut out = Vec::new();
+        let outcome = resolver.answer(
+            &query("_http._tcp.", RecordType::SRV, false),
+            Transport::Udp,
+            &mut out,
+        );
+        assert!(matches!(outcome, Outcome::Forward(_)), "{outcome:?}");
+
+        // Without a domain, it stays unqualified.
+        config.domain = None;
+        config.srvs = vec![http];
+        let resolver = Resolver::new(&config, None).unwrap();
+        let reply = ask(&resolver, "_http._tcp.", RecordType::SRV);
+        assert_eq!(reply.answers.len(), 1);
+    }
+
+    #[test]
     fn routes_other_names_upstream_or_keeps_them_local() {
         let resolver = Resolver::new(&config(), None).unwrap();
         let mut out = Vec::new();

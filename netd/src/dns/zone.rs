@@ -19,6 +19,9 @@ use super::{DnsConfig, Error};
 const OWNER_POINTER: [u8; 2] = [0xc0, 0x0c];
 /// TTL of local records: zero, so a renamed or moved guest is seen at once.
 const LOCAL_TTL: u32 = 0;
+/// Port of an `<srv>` without `port=`: dnsmasq's `srv-host` default, which libvirt
+/// leaves it to.
+const SRV_DEFAULT_PORT: u16 = 1;
 
 /// The records of one name and type.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -81,8 +84,10 @@ impl Zone {
             zone.add_address(&names, host.ip);
         }
         for srv in &config.srvs {
+            // libvirt writes `srv-host=_service._protocol[.domain]` and dnsmasq puts a
+            // record without a domain in the network's own, as it does hostnames.
             let mut owner = format!("_{}._{}", srv.service, srv.protocol);
-            if let Some(domain) = &srv.domain {
+            if let Some(domain) = srv.domain.as_ref().or(config.domain.as_ref()) {
                 owner = format!("{owner}.{domain}");
             }
             let owner_name = fqdn(&owner).ok_or_else(|| invalid("srv", &owner))?;
@@ -91,7 +96,7 @@ impl Zone {
             let rdata = RData::SRV(SRV::new(
                 srv.priority.unwrap_or(0),
                 srv.weight.unwrap_or(0),
-                srv.port.unwrap_or(0),
+                srv.port.unwrap_or(SRV_DEFAULT_PORT),
                 target_name,
             ));
             zone.add(owner_name, &rdata);
