@@ -230,11 +230,6 @@ impl Resolver {
             }
         };
         let key = &key[..key_len];
-        if question.qclass != CLASS_IN {
-            begin_response(query, HEADER_LEN, out);
-            set_rcode(out, Rcode::NotImp, false);
-            return Outcome::Reply;
-        }
         let edns = edns_payload_size(query, question.end);
         let limit = match (transport, edns) {
             (Transport::Tcp, _) => usize::from(u16::MAX),
@@ -246,6 +241,12 @@ impl Resolver {
         let qtype = RecordType::from(question.qtype);
         begin_response(query, question.end, out);
         let question_end = out.len();
+        if question.qclass != CLASS_IN {
+            // Keep the question and the OPT record: a reply without them does not
+            // match its query for a client (RFC 5452 9.1, RFC 6891 7).
+            set_rcode(out, Rcode::NotImp, false);
+            return finish(out, question_end, 0, edns.is_some(), limit);
+        }
         // A configured record on a guest's name (a TXT, say) must not hide the
         // addresses of its lease: the leases are asked unless the configuration
         // answered the type asked.
@@ -953,6 +954,32 @@ mod tests {
             rdata(&reply),
             [RData::A(Ipv4Addr::new(192, 168, 122, 9).into())]
         );
+    }
+
+    #[test]
+    fn other_classes_get_notimp_with_the_question_and_opt() {
+        let resolver = Resolver::new(&config(), Some(leases())).unwrap();
+        let mut chaos = query("web1.example.test.", RecordType::A, true);
+        let class_at = 12 + "web1.example.test.".len() + 1 + 2;
+        chaos[class_at..class_at + 2].copy_from_slice(&3u16.to_be_bytes());
+        let mut out = Vec::new();
+        assert_eq!(
+            resolver.answer(&chaos, Transport::Udp, &mut out),
+            Outcome::Reply
+        );
+        let reply = Message::from_vec(&out).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
+        assert_eq!(reply.queries.len(), 1);
+        assert_eq!(
+            reply.queries[0].query_class(),
+            hickory_proto::rr::DNSClass::CH
+        );
+        assert_eq!(
+            reply.queries[0].name(),
+            &Name::from_ascii("web1.example.test.").unwrap()
+        );
+        assert!(reply.answers.is_empty());
+        assert_eq!(reply.max_payload(), MAX_UDP_PAYLOAD);
     }
 
     #[test]
