@@ -7,9 +7,9 @@
 //!   a forward to the upstream servers in order of preference, or nothing. No sockets:
 //!   tests and the fuzz target drive it;
 //! - [`server`]: the UDP sockets (read and answered in batches) and TCP listeners on
-//!   port 53, the table of queries forwarded upstream with its retries of the next
-//!   server, and the [`DnsServer`] handle the manager keeps, whose
-//!   [`DnsServer::update`] swaps the records in while it runs.
+//!   port 53, the queries forwarded upstream (one task and random source port each)
+//!   with their retries of the next server, and the [`DnsServer`] handle the manager
+//!   keeps, whose [`DnsServer::update`] swaps the records in while it runs.
 //!
 //! What it answers follows libvirt's dnsmasq configuration: names are served with TTL 0
 //! (dnsmasq's `local-ttl` default), plain hostnames are also qualified with the
