@@ -371,3 +371,105 @@ fn ipv6_forwarding_is_refused_where_it_would_flush_ra_routes() {
         .expect("accept_ra=2");
     daemon.ok(&["net-create", path]);
 }
+
+#[test]
+fn a_start_that_fails_late_leaves_no_lease_journal_or_status() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start_with(common::DaemonOptions {
+        no_default_network: true,
+        ..Default::default()
+    });
+    // Someone else holds UDP port 53 on every address: the DNS server, which starts
+    // after the bridge and the DHCP server (and its lease journal), cannot bind.
+    let _squatter = daemon
+        .ns
+        .run(|| std::net::UdpSocket::bind(("0.0.0.0", 53)))
+        .expect("enter the namespace")
+        .expect("bind port 53");
+    let path = xml_file(
+        daemon.dirs.path(),
+        "late.xml",
+        "<network><name>late</name><ip address='10.96.0.1' prefix='24'><dhcp><range start='10.96.0.10' end='10.96.0.20'/></dhcp></ip></network>",
+    );
+    let state = || {
+        let mut files: Vec<_> = std::fs::read_dir(daemon.state_dir().join("networks"))
+            .map(|entries| entries.map(|e| e.expect("entry").file_name()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+    };
+    let before = state();
+    rejects(
+        &daemon,
+        &["net-create", path.to_str().expect("path")],
+        &["starting the DNS server"],
+    );
+    assert_eq!(
+        state(),
+        before,
+        "a transient network that never ran left files"
+    );
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    rejects(
+        &daemon,
+        &["net-start", "late"],
+        &["starting the DNS server"],
+    );
+    assert_eq!(state(), before, "a start that failed left files");
+}
+
+#[test]
+fn a_bridge_name_saved_for_a_running_networks_next_start_is_taken() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start_with(common::DaemonOptions {
+        no_default_network: true,
+        ..Default::default()
+    });
+    let define = |file: &str, xml: &str| {
+        let path = xml_file(daemon.dirs.path(), file, xml);
+        daemon.ok(&["net-define", path.to_str().expect("path")]);
+    };
+    define(
+        "a1.xml",
+        "<network><name>a</name><bridge name='bra'/><ip address='10.95.0.1' prefix='24'/></network>",
+    );
+    daemon.ok(&["net-start", "a"]);
+    // Redefined while running: it runs on bra and will start on bra2 next time.
+    define(
+        "a2.xml",
+        "<network><name>a</name><bridge name='bra2'/><ip address='10.95.0.1' prefix='24'/></network>",
+    );
+    define_rejects(
+        &daemon,
+        "<network><name>b</name><bridge name='bra2'/></network>",
+        &["bridge name 'bra2' already in use"],
+    );
+    define_rejects(
+        &daemon,
+        "<network><name>b</name><bridge name='bra'/></network>",
+        &["bridge name 'bra' already in use"],
+    );
+}
+
+#[test]
+fn an_ipv4_network_with_an_mtu_below_1280_starts() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start_with(common::DaemonOptions {
+        no_default_network: true,
+        ..Default::default()
+    });
+    // Below 1280 the kernel takes IPv6 (and its sysctls) off the bridge.
+    let path = xml_file(
+        daemon.dirs.path(),
+        "small.xml",
+        "<network><name>small</name><mtu size='1279'/><ip address='10.94.0.1' prefix='24'/></network>",
+    );
+    daemon.ok(&["net-create", path.to_str().expect("path")]);
+    assert_eq!(daemon.addresses("virbr0"), ["10.94.0.1/24"]);
+}

@@ -379,6 +379,14 @@ impl Manager {
         self.warn_about_foreign_drop_policies();
     }
 
+    /// When a running network started, from its status file (now if unreadable).
+    fn started_at(&self, name: &str) -> i64 {
+        self.store.load_status(name).map_or_else(
+            |_| chrono::Utc::now().timestamp(),
+            |status| status.started_at,
+        )
+    }
+
     fn warn_about_foreign_drop_policies(&self) {
         match self.firewall.foreign_drop_policies() {
             Ok(found) => {
@@ -549,9 +557,12 @@ impl Manager {
         networks: &BTreeMap<String, Network>,
         def: &mut NetworkDef,
     ) -> Result<(), Error> {
+        // Both definitions of a running network count: the one it runs with and the
+        // one it will start with next (as libvirt checks).
         let other_bridges: Vec<&str> = networks
             .values()
-            .filter_map(Network::current)
+            .flat_map(|other| [other.live.as_ref(), other.config.as_ref()])
+            .flatten()
             .filter(|other| other.name != def.name)
             .filter_map(NetworkDef::bridge_name)
             .collect();
@@ -649,6 +660,9 @@ impl Manager {
             xml: xml.clone(),
             started_at,
         };
+        // A lease journal this start creates goes with a failed start; an older one
+        // holds the leases of an earlier run.
+        let had_leases = self.store.lease_path(&def.name).exists();
         self.store
             .save_status(&def.name, &status(Phase::Starting))?;
         let mut undo = Vec::new();
@@ -677,8 +691,15 @@ impl Manager {
             }
             Err(e) => {
                 self.roll_back(undo).await;
-                if let Err(cleanup) = self.store.delete_status(&def.name) {
-                    warn!(network = %def.name, "{}", error_chain(&cleanup));
+                let leases = if had_leases {
+                    Ok(())
+                } else {
+                    self.store.delete_leases(&def.name)
+                };
+                for cleanup in [self.store.delete_status(&def.name), leases] {
+                    if let Err(cleanup) = cleanup {
+                        warn!(network = %def.name, "{}", error_chain(&cleanup));
+                    }
                 }
                 Err(e)
             }
@@ -939,7 +960,9 @@ impl Manager {
         }
         if let Some(live) = &network.live {
             // Record first that it is now transient, so a restart does not resurrect the definition.
-            self.store.save_status(&name, &active_status(live, false))?;
+            let started_at = self.started_at(&name);
+            self.store
+                .save_status(&name, &active_status(live, false, started_at))?;
         }
         self.store.delete_config(&name)?;
         if let Some(network) = networks.get_mut(&name) {
@@ -1028,8 +1051,9 @@ impl Manager {
             _ => None,
         };
         // Everything that can fail comes before the first change. A DHCP server started
-        // here is dropped (stopped) if a later step fails.
+        // here is dropped (stopped) if a later step fails, with the lease journal it made.
         let new_dhcp = new_live.as_ref().and_then(dhcp_config);
+        let had_leases = self.store.lease_path(&name).exists();
         let started_dhcp = match (&new_dhcp, &network.dhcp) {
             // The update gave the network its first DHCP range or host: it needs a server.
             (Some(dhcp), None) => Some(
@@ -1048,26 +1072,43 @@ impl Manager {
             (Some(_), Some(started)) => lease_names(Some(started)),
             (Some(_), None) => lease_names(network.dhcp.as_ref()),
         };
-        let new_resolver = new_live
-            .as_ref()
-            .and_then(|def| dns_config(def, &networks))
-            .map(|dns| dns::Resolver::new(&dns, lease_source))
-            .transpose()
-            .map_err(Error::DnsRecords)?;
-        // The status file first: if the config write then fails, the old status goes back.
-        if let Some(def) = &new_live {
-            self.store
-                .save_status(&name, &active_status(def, network.config.is_some()))?;
-        }
-        if let Some(def) = &new_config
-            && let Err(e) = self.store.save_config(&name, &def.to_config_file())
-        {
-            if let (Some(_), Some(old)) = (&new_live, &network.live) {
+        let started_at = self.started_at(&name);
+        let persistent = network.config.is_some();
+        let recorded = (|| {
+            let new_resolver = new_live
+                .as_ref()
+                .and_then(|def| dns_config(def, &networks))
+                .map(|dns| dns::Resolver::new(&dns, lease_source))
+                .transpose()
+                .map_err(Error::DnsRecords)?;
+            // The status file first: if the config write then fails, the old status goes back.
+            if let Some(def) = &new_live {
                 self.store
-                    .save_status(&name, &active_status(old, network.config.is_some()))?;
+                    .save_status(&name, &active_status(def, persistent, started_at))?;
             }
-            return Err(e.into());
-        }
+            if let Some(def) = &new_config
+                && let Err(e) = self.store.save_config(&name, &def.to_config_file())
+            {
+                if let (Some(_), Some(old)) = (&new_live, &network.live) {
+                    self.store
+                        .save_status(&name, &active_status(old, persistent, started_at))?;
+                }
+                return Err(e.into());
+            }
+            Ok(new_resolver)
+        })();
+        let new_resolver = match recorded {
+            Ok(resolver) => resolver,
+            Err(e) => {
+                if let Some(server) = started_dhcp {
+                    server.stop().await;
+                    if !had_leases && let Err(cleanup) = self.store.delete_leases(&name) {
+                        warn!(network = %name, "{}", error_chain(&cleanup));
+                    }
+                }
+                return Err(e);
+            }
+        };
         let Some(network) = networks.get_mut(&name) else {
             return Err(Error::NotFound {
                 field: "name",
@@ -1270,14 +1311,14 @@ fn lease_names(dhcp: Option<&DhcpServer>) -> Option<dns::LeaseSource> {
 }
 
 /// The status of a running network whose definition is `live`.
-fn active_status(live: &NetworkDef, persistent: bool) -> Status {
+fn active_status(live: &NetworkDef, persistent: bool, started_at: i64) -> Status {
     Status {
         version: STATUS_VERSION,
         phase: Phase::Active,
         bridge: live.bridge_name().unwrap_or_default().to_owned(),
         persistent,
         xml: live.to_xml(),
-        started_at: chrono::Utc::now().timestamp(),
+        started_at,
     }
 }
 

@@ -167,10 +167,20 @@ impl Store {
         write_atomic(&self.config_path(name), xml.as_bytes())
     }
 
-    /// Removes a network's definition and its autostart link.
+    /// Removes a network's definition and its autostart link, both or neither: the link
+    /// goes first (a link without its definition would be dangling) and comes back if
+    /// the definition cannot be removed.
     pub fn delete_config(&self, name: &str) -> Result<(), Error> {
+        let autostart = self.autostart_path(name).exists();
         self.set_autostart(name, false)?;
-        remove_if_exists(&self.config_path(name))
+        let removed = remove_if_exists(&self.config_path(name));
+        if removed.is_err()
+            && autostart
+            && let Err(e) = self.set_autostart(name, true)
+        {
+            tracing::warn!(network = name, "restoring the autostart link: {e}");
+        }
+        removed
     }
 
     /// Creates or removes the autostart link (`autostart/NAME.xml -> ../NAME.xml`).
@@ -220,6 +230,13 @@ impl Store {
             statuses.push((name, status));
         }
         Ok(statuses)
+    }
+
+    /// Reads one network's status file.
+    pub fn load_status(&self, name: &str) -> Result<Status, Error> {
+        let path = self.status_path(name);
+        let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::CorruptStatus { path, source })
     }
 
     /// Writes a network's live status atomically.
@@ -332,6 +349,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(&dir.path().join("etc"), &dir.path().join("run"));
         (dir, store)
+    }
+
+    #[test]
+    fn a_definition_that_cannot_be_removed_keeps_its_autostart_link() {
+        let (dir, store) = store();
+        store.create_dirs().unwrap();
+        // A directory in the definition's place: removing it as a file fails.
+        fs::create_dir(dir.path().join("etc/networks/stuck.xml")).unwrap();
+        store.set_autostart("stuck", true).unwrap();
+        let link = dir.path().join("etc/networks/autostart/stuck.xml");
+        assert!(store.delete_config("stuck").is_err());
+        assert_eq!(fs::read_link(&link).unwrap(), Path::new("../stuck.xml"));
+
+        store.save_config("gone", "<network/>").unwrap();
+        store.set_autostart("gone", true).unwrap();
+        store.delete_config("gone").unwrap();
+        assert!(!dir.path().join("etc/networks/gone.xml").exists());
+        assert!(fs::symlink_metadata(dir.path().join("etc/networks/autostart/gone.xml")).is_err());
     }
 
     #[test]

@@ -39,6 +39,11 @@ pub fn configure_bridge_ipv6(bridge: &str, has_ipv6: bool) -> Result<(), Error> 
         tracing::debug!(%bridge, "kernel has no IPv6; nothing to disable");
         return Ok(());
     }
+    // Below an MTU of 1280 the kernel takes IPv6 off the link, settings and all.
+    if !has_ipv6 && !path_of(&conf).exists() {
+        tracing::debug!(%bridge, "IPv6 is off on the bridge (MTU below 1280); nothing to disable");
+        return Ok(());
+    }
     write(&disable_ipv6, if has_ipv6 { "0" } else { "1" })?;
     write(&format!("{conf}/accept_ra"), "0")?;
     write(&format!("{conf}/autoconf"), "0")
