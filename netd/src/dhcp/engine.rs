@@ -685,6 +685,34 @@ mod tests {
         assert_ne!(again.yiaddr(), ack.yiaddr());
     }
 
+    /// The reviewer's case A: a lease taken without option 61, then the same MAC with
+    /// option 61 = 01:<mac> gets the same address offered and its INIT-REBOOT ACKed.
+    #[test]
+    fn same_mac_with_a_client_identifier_keeps_its_address() {
+        let mut engine = Engine::new(config());
+        let mac = [0x52, 0x54, 0, 0xaa, 0, 1];
+        let (_, ack) = dora(&mut engine, mac, NOW);
+        let client_id: Vec<u8> = [1].into_iter().chain(mac).collect();
+        let mut discover = message(MessageType::Discover, mac);
+        discover
+            .opts_mut()
+            .insert(DhcpOption::ClientIdentifier(client_id.clone()));
+        let (_, offer) = exchange(&mut engine, &discover, NOW + 1).expect("offer");
+        assert_eq!(offer.yiaddr(), ack.yiaddr());
+        let mut reboot = request_for(mac, ack.yiaddr(), None);
+        reboot
+            .opts_mut()
+            .insert(DhcpOption::ClientIdentifier(client_id.clone()));
+        let (_, reacked) = exchange(&mut engine, &reboot, NOW + 2).expect("ack");
+        assert_eq!(
+            (kind(&reacked), reacked.yiaddr()),
+            (MessageType::Ack, ack.yiaddr())
+        );
+        let leases = engine.leases(NOW + 2);
+        assert_eq!(leases.len(), 1, "{leases:?}");
+        assert_eq!(leases[0].client_id.as_deref(), Some(&client_id[..]));
+    }
+
     #[test]
     fn inform_gets_options_without_an_address_or_lease() {
         let mut engine = Engine::new(config());

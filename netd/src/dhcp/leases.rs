@@ -38,7 +38,8 @@ const MAX_FILE: u64 = 256 << 20;
 /// The journal is compacted when it has this many lines and four times the live leases.
 const COMPACT_MIN_LINES: usize = 4096;
 
-/// Who a lease belongs to: the client identifier (option 61) when sent, else the MAC.
+/// The exact identity a lease is indexed by: the client identifier (option 61) when
+/// sent, else the MAC. Matching a request to a lease is looser, see [`Client::same_as`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ClientKey {
     /// Option 61 bytes.
@@ -65,16 +66,18 @@ impl Client {
         }
     }
 
-    /// Whether `other` is the same client (same [`Client::key`]), without allocating.
+    /// Whether `other` is the same client, as dnsmasq's `lease_find_by_client` decides:
+    /// by client identifier when both have one, else by MAC. Guests switch DHCP clients
+    /// while booting (cloud-init's dhclient sends no option 61, systemd-networkd and
+    /// NetworkManager do) and must keep their address across the switch.
     pub fn same_as(&self, other: &Client) -> bool {
         match (&self.client_id, &other.client_id) {
             (Some(a), Some(b)) => a == b,
-            (None, None) => self.mac == other.mac,
-            _ => false,
+            _ => self.mac == other.mac,
         }
     }
 
-    /// The identity leases are keyed by.
+    /// The exact identity its leases are indexed by.
     pub fn key(&self) -> ClientKey {
         match &self.client_id {
             Some(id) => ClientKey::Id(id.clone()),
@@ -166,6 +169,10 @@ pub struct LeaseDb {
     reserved_ips: HashMap<Ipv4Addr, Option<[u8; 6]>>,
     by_ip: HashMap<Ipv4Addr, Lease>,
     by_client: HashMap<ClientKey, Ipv4Addr>,
+    /// Addresses of the leases that carry a client identifier, by MAC: a request without
+    /// option 61 matches them by MAC (see [`Client::same_as`]). A set, so that one MAC
+    /// with many made-up identifiers costs O(log n) per change, not a scan.
+    id_leases_by_mac: HashMap<[u8; 6], BTreeSet<Ipv4Addr>>,
     /// `(expiry, address)` of every offer waiting for its REQUEST, oldest first.
     offers: BTreeSet<(i64, Ipv4Addr)>,
     /// The last walk of the pool found nothing free: no walk again before this time (the
@@ -206,6 +213,7 @@ impl LeaseDb {
             reserved_ips: HashMap::new(),
             by_ip: HashMap::new(),
             by_client: HashMap::new(),
+            id_leases_by_mac: HashMap::new(),
             offers: BTreeSet::new(),
             exhausted_until: None,
             pending: Vec::new(),
@@ -389,7 +397,7 @@ impl LeaseDb {
             // a dynamic holder is only evicted when the reserved client binds.
             return self.subnet.contains(&res.ip).then_some(res.ip);
         }
-        let current = self.by_client.get(&client.key()).copied();
+        let current = self.find_lease(client);
         let ip = current
             .filter(|&ip| self.assignable(client, ip, now))
             .or_else(|| requested.filter(|&ip| self.assignable(client, ip, now)))
@@ -408,10 +416,9 @@ impl LeaseDb {
         }
         self.detach_client(client, ip);
         self.remove_ip(ip);
-        self.by_client.insert(client.key(), ip);
         let expiry = now.saturating_add(OFFER_HOLD_SECS);
         self.offers.insert((expiry, ip));
-        self.by_ip.insert(
+        self.insert_lease(
             ip,
             Lease {
                 client: client.clone(),
@@ -420,6 +427,37 @@ impl LeaseDb {
                 state: LeaseState::Offered,
             },
         );
+    }
+
+    /// The address of `client`'s lease (any state), found as dnsmasq's
+    /// `lease_find_by_client` does: by client identifier, else by MAC where the lease or
+    /// the request has none.
+    fn find_lease(&self, client: &Client) -> Option<Ipv4Addr> {
+        if let Some(id) = &client.client_id
+            && let Some(&ip) = self.by_client.get(&ClientKey::Id(id.clone()))
+        {
+            return Some(ip);
+        }
+        // Leases without a client identifier are indexed by MAC.
+        if let Some(&ip) = self.by_client.get(&ClientKey::Mac(client.mac)) {
+            return Some(ip);
+        }
+        if client.client_id.is_none() {
+            return self.id_leases_by_mac.get(&client.mac)?.first().copied();
+        }
+        None
+    }
+
+    /// Puts `lease` on the free address `ip` and indexes it by its client.
+    fn insert_lease(&mut self, ip: Ipv4Addr, lease: Lease) {
+        self.by_client.insert(lease.client.key(), ip);
+        if lease.client.client_id.is_some() {
+            self.id_leases_by_mac
+                .entry(lease.client.mac)
+                .or_default()
+                .insert(ip);
+        }
+        self.by_ip.insert(ip, lease);
     }
 
     /// The next free pool address from the cursor, reclaiming an expired lease on it.
@@ -498,18 +536,19 @@ impl LeaseDb {
             .or_else(|| client_hostname.map(Box::from))
             .or(previous_name);
         let expiry = expiry_after(now, secs);
+        // One address per client: its lease elsewhere goes.
+        self.detach_client(client, ip);
+        // The lease takes the identity of this request (a client identifier gained or
+        // lost), so the journal and `net-dhcp-leases` show the current one.
         self.put_bound(client.clone(), ip, hostname, expiry);
         self.journal_bind(ip);
         Some(secs)
     }
 
-    /// Makes `client` the bound holder of `ip`, dropping whatever held `ip` and whatever
-    /// else `client` held (one address per client, one client per address).
+    /// Makes `client` the bound holder of `ip`, dropping whatever held `ip`.
     fn put_bound(&mut self, client: Client, ip: Ipv4Addr, hostname: Option<Box<str>>, expiry: i64) {
-        self.detach_client(&client, ip);
         self.remove_ip(ip);
-        self.by_client.insert(client.key(), ip);
-        self.by_ip.insert(
+        self.insert_lease(
             ip,
             Lease {
                 client,
@@ -520,12 +559,17 @@ impl LeaseDb {
         );
     }
 
-    /// Drops `client`'s lease on an address other than `keep`.
+    /// Drops `client`'s lease on an address other than `keep`. A bound one is journaled
+    /// as released: the replay of a `bind` only drops the previous lease of the exact
+    /// same identity, not one matched by MAC.
     fn detach_client(&mut self, client: &Client, keep: Ipv4Addr) {
-        if let Some(old) = self.by_client.get(&client.key()).copied()
+        if let Some(old) = self.find_lease(client)
             && old != keep
+            && self
+                .free(old)
+                .is_some_and(|lease| lease.state == LeaseState::Bound)
         {
-            self.free(old);
+            self.journal(&Record::Release { ip: old });
         }
     }
 
@@ -544,6 +588,14 @@ impl LeaseDb {
         let key = lease.client.key();
         if self.by_client.get(&key) == Some(&ip) {
             self.by_client.remove(&key);
+        }
+        if lease.client.client_id.is_some()
+            && let Some(ips) = self.id_leases_by_mac.get_mut(&lease.client.mac)
+        {
+            ips.remove(&ip);
+            if ips.is_empty() {
+                self.id_leases_by_mac.remove(&lease.client.mac);
+            }
         }
         Some(lease)
     }
@@ -583,7 +635,7 @@ impl LeaseDb {
 
     /// Forgets the offer made to `client` (it chose another server).
     pub fn forget_offer(&mut self, client: &Client) {
-        if let Some(&ip) = self.by_client.get(&client.key())
+        if let Some(ip) = self.find_lease(client)
             && self
                 .by_ip
                 .get(&ip)
@@ -707,6 +759,13 @@ impl LeaseDb {
                     .as_deref()
                     .and_then(sanitize_hostname)
                     .map(Box::from);
+                // A bind drops the previous lease of the same identity: journals from
+                // before leases matched by MAC were released explicitly rely on it.
+                if let Some(&old) = self.by_client.get(&client.key())
+                    && old != ip
+                {
+                    self.free(old);
+                }
                 self.put_bound(client, ip, hostname, expiry);
                 true
             }
@@ -1030,16 +1089,71 @@ mod tests {
     }
 
     #[test]
-    fn client_identifier_is_the_identity_when_sent() {
+    fn client_identifiers_tell_clients_of_one_mac_apart() {
         let mut db = LeaseDb::in_memory(&config());
-        let with_id = Client::new([2, 0, 0, 0, 0, 1], Some(b"\x01abc"));
-        assert_eq!(db.bind(&with_id, ip(10), None, NOW), Some(3600));
-        // Same MAC, no client id: a different client.
-        assert_eq!(db.bind(&mac(1), ip(10), None, NOW), None);
+        let first = Client::new([2, 0, 0, 0, 0, 1], Some(b"\x01abc"));
+        let second = Client::new([2, 0, 0, 0, 0, 1], Some(b"\x01xyz"));
+        assert_eq!(db.bind(&first, ip(10), None, NOW), Some(3600));
+        // Same MAC, another client identifier: another client.
+        assert_eq!(db.bind(&second, ip(10), None, NOW), None);
+        assert_eq!(db.offer(&second, None, NOW), Some(ip(12)));
+        assert_eq!(db.bind(&second, ip(12), None, NOW), Some(3600));
+        assert_eq!(db.leases(NOW).len(), 2);
+        // Another MAC with the same identifier: the same client.
+        let moved = Client::new([2, 0, 0, 0, 0, 7], Some(b"\x01abc"));
+        assert_eq!(db.offer(&moved, None, NOW), Some(ip(10)));
+    }
+
+    /// A guest leases without option 61 (cloud-init's dhclient), then its next DHCP
+    /// client sends one (systemd-networkd), or the reverse: dnsmasq matches the lease by
+    /// MAC when either side has no identifier, and so must we.
+    #[test]
+    fn a_client_identifier_gained_or_lost_keeps_the_lease() {
+        let mut db = LeaseDb::in_memory(&config());
+        let without_id = mac(1);
+        let with_id = Client::new([2, 0, 0, 0, 0, 1], Some(&[1, 2, 0, 0, 0, 0, 1]));
+        assert_eq!(db.offer(&without_id, None, NOW), Some(ip(10)));
         assert_eq!(
-            db.leases(NOW)[0].client_id.as_deref(),
-            Some(&b"\x01abc"[..])
+            db.bind(&without_id, ip(10), Some("guest".into()), NOW),
+            Some(3600)
         );
+        assert_eq!(db.offer(&with_id, None, NOW + 5), Some(ip(10)));
+        assert!(db.assignable(&with_id, ip(10), NOW + 5));
+        assert_eq!(db.bind(&with_id, ip(10), None, NOW + 5), Some(3600));
+        let leases = db.leases(NOW + 5);
+        assert_eq!(leases.len(), 1, "{leases:?}");
+        assert_eq!(
+            leases[0].client_id.as_deref(),
+            Some(&[1, 2, 0, 0, 0, 0, 1][..])
+        );
+        assert_eq!(leases[0].hostname.as_deref(), Some("guest"));
+        // And back: the lease, now keyed by identifier, is found by MAC.
+        assert_eq!(db.offer(&without_id, None, NOW + 10), Some(ip(10)));
+        assert_eq!(db.bind(&without_id, ip(10), None, NOW + 10), Some(3600));
+        let leases = db.leases(NOW + 10);
+        assert_eq!(leases.len(), 1, "{leases:?}");
+        assert_eq!(leases[0].client_id, None);
+        // Someone else still cannot take it.
+        assert!(!db.assignable(&mac(2), ip(10), NOW + 10));
+    }
+
+    /// Moving to another address under another identity releases the old lease in the
+    /// journal: a reopen must not bring it back to hold a pool address.
+    #[test]
+    fn a_lease_left_under_another_identity_stays_released_after_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.leases");
+        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open");
+        let with_id = Client::new([2, 0, 0, 0, 0, 1], Some(&[1, 2, 0, 0, 0, 0, 1]));
+        assert_eq!(db.bind(&mac(1), ip(10), None, NOW), Some(3600));
+        // The client with an identifier asks for another free address (INIT-REBOOT).
+        assert_eq!(db.bind(&with_id, ip(12), None, NOW), Some(3600));
+        db.commit().expect("commit");
+        let leases = db.leases(NOW);
+        assert_eq!(leases.len(), 1, "{leases:?}");
+        drop(db);
+        let db = LeaseDb::open(&config(), &path, NOW).expect("reopen");
+        assert_eq!(db.leases(NOW), leases);
     }
 
     #[test]
