@@ -16,6 +16,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
+use dhcproto::error::DecodeError;
 use dhcproto::v4::{DhcpOption, DhcpOptions, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
@@ -113,11 +114,7 @@ impl Engine {
     /// Handles one UDP payload received on port 67 at unix time `now`. Never panics,
     /// whatever the bytes: anything malformed or not for us yields `None`.
     pub fn handle(&mut self, packet: &[u8], now: i64) -> Option<Reply> {
-        if has_misframed_fixed_option(packet) {
-            tracing::debug!(network = %self.config.network, "DHCP packet with a misframed option dropped");
-            return None;
-        }
-        let request = match Message::decode(&mut Decoder::new(packet)) {
+        let request = match decode_request(packet) {
             Ok(message) => message,
             Err(e) => {
                 tracing::debug!(network = %self.config.network, error = %e, "undecodable DHCP packet dropped");
@@ -340,47 +337,93 @@ fn add_network_options(opts: &mut DhcpOptions, config: &DhcpConfig) {
 /// Offset of the options in a BOOTP message (fixed header and magic cookie).
 const OPTIONS_OFFSET: usize = 240;
 
-/// Whether an option that dhcproto 0.15 decodes behind a `debug_assert!` on its length
-/// has another length (rapid commit 80, FQDN 81, client NII 94, bulk-leasequery times
-/// 152-155). Those asserts panic in debug builds; such a packet is malformed anyway, so
-/// it is dropped before decoding. Runs of one code are summed, as dhcproto concatenates
-/// them (RFC 3396).
-fn has_misframed_fixed_option(packet: &[u8]) -> bool {
-    fn misframed(code: u8, len: usize) -> bool {
-        match code {
-            80 => len != 0,
-            81 => len < 3,
-            94 => len != 3,
-            152..=155 => len != 4,
-            _ => false,
+/// Decodes a request, each option on its own. dhcproto 0.15's `DhcpOptions::decode`
+/// stops at the first option it cannot decode and drops every later one: an ASCII client
+/// FQDN (option 81, which it parses as DNS wire format) before options 50 and 54 made a
+/// REQUEST unanswerable. An option that does not decode is skipped alone, as dnsmasq
+/// ignores what it cannot use.
+fn decode_request(packet: &[u8]) -> Result<Message, DecodeError> {
+    // The fixed header alone: dhcproto reads no options from it.
+    let header = packet.get(..OPTIONS_OFFSET).unwrap_or(packet);
+    let mut message = Message::decode(&mut Decoder::new(header))?;
+    let mut single = Vec::new();
+    for (code, data) in option_runs(packet.get(OPTIONS_OFFSET..).unwrap_or_default()) {
+        if dhcproto_asserts_on(code, data.len()) {
+            tracing::debug!(code, len = data.len(), "misframed DHCP option skipped");
+            continue;
+        }
+        encode_single_option(code, &data, &mut single);
+        match DhcpOption::decode(&mut Decoder::new(&single)) {
+            Ok(DhcpOption::Pad | DhcpOption::End) => {}
+            Ok(option) => {
+                message.opts_mut().insert(option);
+            }
+            Err(e) => tracing::debug!(code, error = %e, "undecodable DHCP option skipped"),
         }
     }
-    let mut options = packet.get(OPTIONS_OFFSET..).unwrap_or_default();
-    let mut run: Option<(u8, usize)> = None;
+    Ok(message)
+}
+
+/// The options of a message as `(code, data)`, runs of one code concatenated (RFC 3396)
+/// as dhcproto does; up to the end option, or the first option cut short by the end of
+/// the packet.
+fn option_runs(mut options: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut runs: Vec<(u8, Vec<u8>)> = Vec::new();
+    // Whether the last option read may be continued by the next one (no pad between).
+    let mut in_run = false;
     while let Some((&code, rest)) = options.split_first() {
-        if code == 0 || code == 255 {
-            if run.is_some_and(|(code, len)| misframed(code, len)) {
-                return true;
+        match code {
+            255 => break,
+            0 => {
+                in_run = false;
+                options = rest;
+                continue;
             }
-            if code == 255 {
-                return false;
-            }
-            run = None;
-            options = rest;
-            continue;
+            _ => {}
         }
         let Some((&len, rest)) = rest.split_first() else {
             break;
         };
-        let len = usize::from(len);
-        run = match run {
-            Some((prev, total)) if prev == code => Some((code, total + len)),
-            Some((prev, total)) if misframed(prev, total) => return true,
-            _ => Some((code, len)),
+        let Some(data) = rest.get(..usize::from(len)) else {
+            break;
         };
-        options = rest.get(len..).unwrap_or_default();
+        match runs.last_mut() {
+            Some((last, run)) if in_run && *last == code => run.extend_from_slice(data),
+            _ => runs.push((code, data.to_vec())),
+        }
+        in_run = true;
+        options = rest.get(usize::from(len)..).unwrap_or_default();
     }
-    run.is_some_and(|(code, len)| misframed(code, len))
+    runs
+}
+
+/// Writes option `code` with `data` to `out` as dhcproto decodes it: in chunks of at
+/// most 255 bytes (RFC 3396), then the end option.
+fn encode_single_option(code: u8, data: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let mut chunks = data.chunks(usize::from(u8::MAX)).peekable();
+    if chunks.peek().is_none() {
+        out.extend([code, 0]);
+    }
+    for chunk in chunks {
+        // `chunks` keeps each under 256 bytes.
+        out.extend([code, u8::try_from(chunk.len()).unwrap_or(u8::MAX)]);
+        out.extend_from_slice(chunk);
+    }
+    out.push(255);
+}
+
+/// Whether dhcproto 0.15 decodes option `code` of `len` bytes behind a `debug_assert!`
+/// that `len` violates (rapid commit 80, FQDN 81, client NII 94, bulk-leasequery times
+/// 152-155): the assert panics in debug builds, so such an option is never handed to it.
+fn dhcproto_asserts_on(code: u8, len: usize) -> bool {
+    match code {
+        80 => len != 0,
+        81 => len < 3,
+        94 => len != 3,
+        152..=155 => len != 4,
+        _ => false,
+    }
 }
 
 fn server_id(message: &Message) -> Option<Ipv4Addr> {
@@ -818,27 +861,103 @@ mod tests {
     }
 
     #[test]
-    fn options_dhcproto_asserts_on_are_dropped_before_decoding() {
+    fn options_dhcproto_asserts_on_are_skipped_before_decoding() {
         let mut engine = Engine::new(config());
         let valid = encode(&message(MessageType::Discover, [2, 0, 0, 0, 0, 1]));
-        let end = valid.len() - 1;
-        assert_eq!(valid[end], 255);
+        assert_eq!(valid[OPTIONS_OFFSET], 53);
         for (code, body) in [(94u8, &[1u8][..]), (80, &[1]), (81, &[0]), (152, &[1, 2])] {
+            // Before the message type: it must not cost it.
             let mut bad = valid.clone();
             bad.splice(
-                end..end,
+                OPTIONS_OFFSET..OPTIONS_OFFSET,
                 [code, body.len() as u8]
                     .into_iter()
                     .chain(body.iter().copied()),
             );
-            assert!(has_misframed_fixed_option(&bad), "option {code}");
-            assert!(engine.handle(&bad, NOW).is_none());
+            assert!(dhcproto_asserts_on(code, body.len()), "option {code}");
+            let request = decode_request(&bad).expect("decodes");
+            assert_eq!(request.opts().get(OptionCode::from(code)), None);
+            assert!(engine.handle(&bad, NOW).is_some(), "option {code}");
         }
         // Well-framed, and split in two (RFC 3396), they are fine.
+        let end = valid.len() - 1;
         let mut good = valid.clone();
         good.splice(end..end, [94, 1, 1, 94, 2, 2, 0]);
-        assert!(!has_misframed_fixed_option(&good));
+        let request = decode_request(&good).expect("decodes");
+        assert!(
+            request
+                .opts()
+                .get(OptionCode::ClientNetworkInterface)
+                .is_some()
+        );
         assert!(engine.handle(&good, NOW).is_some());
+    }
+
+    /// A REQUEST as `dhcplib.py` builds it: BOOTP header with the broadcast flag, the
+    /// magic cookie, option 53 first, then `options` and the end option.
+    fn raw_request(mac: [u8; 6], options: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut bytes = vec![1, 1, 6, 0, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0x80, 0];
+        bytes.resize(28, 0); // ciaddr, yiaddr, siaddr, giaddr
+        bytes.extend(mac);
+        bytes.resize(236, 0); // chaddr padding, sname, file
+        bytes.extend([0x63, 0x82, 0x53, 0x63, 53, 1, 3]);
+        for (code, data) in options {
+            bytes.extend([*code, data.len() as u8]);
+            bytes.extend_from_slice(data);
+        }
+        bytes.push(255);
+        bytes
+    }
+
+    /// The reviewer's t_opt81.sh: an ASCII client FQDN (flags 0, rcodes 0, then
+    /// `DESKTOP-ABC`), which dhcproto fails to decode, must not hide options 50 and 54
+    /// after it.
+    #[test]
+    fn an_undecodable_option_costs_only_itself() {
+        let fqdn: &[u8] = b"\x00\x00\x00DESKTOP-ABC";
+        for fqdn_first in [true, false] {
+            let mut engine = Engine::new(config());
+            let mac = [0x52, 0x54, 0, 0xaa, 0, 0x70];
+            let (_, offer) =
+                exchange(&mut engine, &message(MessageType::Discover, mac), NOW).expect("offer");
+            let requested = offer.yiaddr().octets();
+            let server = SERVER.octets();
+            let mut options = vec![(50, &requested[..]), (54, &server[..])];
+            if fqdn_first {
+                options.insert(0, (81, fqdn));
+            } else {
+                options.push((81, fqdn));
+            }
+            let packet = raw_request(mac, &options);
+            let reply = engine.handle(&packet, NOW).expect("a reply");
+            let ack = Message::decode(&mut Decoder::new(&reply.bytes)).expect("decode reply");
+            assert_eq!(
+                (kind(&ack), ack.yiaddr()),
+                (MessageType::Ack, offer.yiaddr()),
+                "option 81 first: {fqdn_first}"
+            );
+            assert_eq!(ack.xid(), 0xdead_beef);
+        }
+    }
+
+    #[test]
+    fn option_runs_concatenate_split_options_and_stop_at_a_cut() {
+        let runs = option_runs(&[61, 2, 1, 2, 61, 1, 3, 0, 61, 1, 4, 12, 5, b'a']);
+        assert_eq!(runs, vec![(61, vec![1, 2, 3]), (61, vec![4])]);
+        assert_eq!(
+            option_runs(&[53, 1, 1, 255, 12, 1, b'a']),
+            vec![(53, vec![1])]
+        );
+        assert!(option_runs(&[53]).is_empty());
+        // Longer than one option can carry: decoded whole from 255-byte chunks.
+        let long = vec![7u8; 300];
+        let mut single = Vec::new();
+        encode_single_option(61, &long, &mut single);
+        assert_eq!(single.len(), 2 + 255 + 2 + 45 + 1);
+        assert_eq!(
+            DhcpOption::decode(&mut Decoder::new(&single)).expect("decode"),
+            DhcpOption::ClientIdentifier(long)
+        );
     }
 
     /// xorshift64*: deterministic, dependency-free randomness for the fuzz test.
