@@ -756,6 +756,24 @@ mod tests {
         assert_eq!(leases[0].client_id.as_deref(), Some(&client_id[..]));
     }
 
+    /// RFC 2131 4.3.3: a declined address is marked unavailable, reserved or not; the
+    /// reserved client is offered a pool address meanwhile (as dnsmasq does).
+    #[test]
+    fn a_declined_reserved_address_is_not_offered_again() {
+        let mut engine = Engine::new(config());
+        let reserved = Ipv4Addr::new(192, 168, 77, 50);
+        let (_, ack) = dora(&mut engine, RESERVED_MAC, NOW);
+        assert_eq!(ack.yiaddr(), reserved);
+        let mut decline = request_for(RESERVED_MAC, reserved, Some(SERVER));
+        decline
+            .opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Decline));
+        assert!(engine.handle(&encode(&decline), NOW).is_none());
+        let (_, again) = dora(&mut engine, RESERVED_MAC, NOW + 1);
+        assert_ne!(again.yiaddr(), reserved);
+        assert_eq!(again.yiaddr(), Ipv4Addr::new(192, 168, 77, 100));
+    }
+
     #[test]
     fn inform_gets_options_without_an_address_or_lease() {
         let mut engine = Engine::new(config());

@@ -356,6 +356,18 @@ impl LeaseDb {
         self.reservations.get(&client.mac)?.name.as_deref()
     }
 
+    /// `client`'s reservation, unless its address was declined and is still held out
+    /// (RFC 2131 4.3.3: the server must mark a declined address unavailable). Meanwhile
+    /// the client is served from the pool, as dnsmasq does.
+    fn usable_reservation(&self, client: &Client, now: i64) -> Option<&Reservation> {
+        let res = self.reservations.get(&client.mac)?;
+        let declined = self
+            .by_ip
+            .get(&res.ip)
+            .is_some_and(|lease| lease.state == LeaseState::Declined && lease.live(now));
+        (!declined).then_some(res)
+    }
+
     fn in_pool(&self, ip: Ipv4Addr) -> bool {
         let ip = u32::from(ip);
         self.pool.iter().any(|r| (r.start..=r.end).contains(&ip))
@@ -370,7 +382,7 @@ impl LeaseDb {
         {
             return false;
         }
-        if let Some(res) = self.reservations.get(&client.mac) {
+        if let Some(res) = self.usable_reservation(client, now) {
             return ip == res.ip;
         }
         if self.reserved_ips.contains_key(&ip) || !self.in_pool(ip) {
@@ -392,7 +404,7 @@ impl LeaseDb {
         requested: Option<Ipv4Addr>,
         now: i64,
     ) -> Option<Ipv4Addr> {
-        if let Some(res) = self.reservations.get(&client.mac) {
+        if let Some(res) = self.usable_reservation(client, now) {
             // Not held: a reserved address cannot be taken by anyone else anyway, and
             // a dynamic holder is only evicted when the reserved client binds.
             return self.subnet.contains(&res.ip).then_some(res.ip);
@@ -1166,6 +1178,29 @@ mod tests {
         assert_eq!(db.offer(&mac(2), None, NOW), None);
         assert!(!db.assignable(&mac(3), ip(10), NOW + DECLINE_HOLD_SECS - 1));
         assert!(db.assignable(&mac(3), ip(10), NOW + DECLINE_HOLD_SECS));
+    }
+
+    #[test]
+    fn a_reserved_client_declining_its_address_is_served_from_the_pool() {
+        let mut db = LeaseDb::in_memory(&config());
+        let reserved = mac(0x99);
+        assert_eq!(db.offer(&reserved, None, NOW), Some(ip(11)));
+        assert_eq!(db.bind(&reserved, ip(11), None, NOW), Some(120));
+        assert!(db.decline(&reserved, ip(11), NOW));
+        // The declined address is not offered again while it is held out.
+        assert_eq!(db.offer(&reserved, None, NOW), Some(ip(10)));
+        assert!(!db.assignable(&reserved, ip(11), NOW));
+        // The pool address gets the pool's lease time, not the reservation's.
+        assert_eq!(db.bind(&reserved, ip(10), None, NOW), Some(3600));
+        assert_eq!(db.leases(NOW)[0].hostname.as_deref(), Some("reserved"));
+        // Once the hold ends, the reservation applies again.
+        let later = NOW + DECLINE_HOLD_SECS;
+        assert!(!db.assignable(&reserved, ip(10), later));
+        assert_eq!(db.offer(&reserved, None, later), Some(ip(11)));
+        assert_eq!(db.bind(&reserved, ip(11), None, later), Some(120));
+        let leases = db.leases(later);
+        assert_eq!(leases.len(), 1, "{leases:?}");
+        assert_eq!(leases[0].ip, ip(11));
     }
 
     #[test]
