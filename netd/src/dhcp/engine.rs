@@ -606,8 +606,10 @@ mod tests {
         assert!(ack.opts().get(OptionCode::SubnetMask).is_some());
     }
 
+    /// The host (outside the range, without a lease time of its own) gets the range's
+    /// lease time, as dnsmasq gives it with libvirt's configuration.
     #[test]
-    fn reserved_mac_gets_its_address_name_and_default_lease() {
+    fn reserved_mac_gets_its_address_name_and_the_range_lease() {
         let mut engine = Engine::new(config());
         let (_, ack) = dora(&mut engine, RESERVED_MAC, NOW);
         assert_eq!(ack.yiaddr(), Ipv4Addr::new(192, 168, 77, 50));
@@ -617,7 +619,7 @@ mod tests {
         );
         assert_eq!(
             ack.opts().get(OptionCode::AddressLeaseTime),
-            Some(&DhcpOption::AddressLeaseTime(3600))
+            Some(&DhcpOption::AddressLeaseTime(600))
         );
         let leases = engine.leases(NOW);
         assert_eq!(leases.len(), 1);

@@ -336,19 +336,24 @@ impl LeaseDb {
         }
     }
 
-    /// Lease time for `client` at `ip`: the reservation's, else the range's, else the default.
+    /// Lease time for `client` at `ip`: the reservation's, else that of the range holding
+    /// `ip`, else (a reserved address outside every range) that of the subnet's first
+    /// range, else the default. libvirt writes hosts without a lease time and dnsmasq
+    /// gives them the lease time of the dhcp-range of their subnet.
     pub fn lease_secs(&self, client: &Client, ip: Ipv4Addr) -> u32 {
         if let Some(res) = self.reservations.get(&client.mac).filter(|r| r.ip == ip)
             && let Some(lease) = res.lease
         {
             return lease;
         }
-        let ip = u32::from(ip);
-        self.pool
+        let address = u32::from(ip);
+        let range = self
+            .pool
             .iter()
-            .find(|r| (r.start..=r.end).contains(&ip))
-            .and_then(|r| r.lease)
-            .unwrap_or(self.default_lease)
+            .find(|r| (r.start..=r.end).contains(&address))
+            // Every range of the pool lies in the subnet (see `configure`).
+            .or_else(|| self.pool.first().filter(|_| self.subnet.contains(&ip)));
+        range.and_then(|r| r.lease).unwrap_or(self.default_lease)
     }
 
     /// The reserved name for `client`, if its MAC has a reservation with one.
@@ -1221,7 +1226,26 @@ mod tests {
         let db = LeaseDb::in_memory(&cfg);
         assert_eq!(db.lease_secs(&mac(1), ip(10)), 600);
         assert_eq!(db.lease_secs(&mac(0x99), ip(11)), INFINITE_LEASE);
-        assert_eq!(db.lease_secs(&mac(1), ip(200)), 3600);
+        // In the subnet, outside the range: the subnet's range; outside: the default.
+        assert_eq!(db.lease_secs(&mac(1), ip(200)), 600);
+        assert_eq!(db.lease_secs(&mac(1), Ipv4Addr::new(192, 168, 1, 5)), 3600);
+    }
+
+    /// libvirt's `<host>` carries no lease time and dnsmasq gives a host outside every
+    /// range the lease time of its subnet's range, not its own default of one hour.
+    #[test]
+    fn a_reserved_address_outside_the_ranges_gets_the_range_lease_time() {
+        let mut cfg = config();
+        cfg.ranges[0].2 = Some(Duration::from_secs(1800));
+        cfg.hosts[0].ip = ip(50);
+        cfg.hosts[0].lease = None;
+        let mut db = LeaseDb::in_memory(&cfg);
+        let reserved = mac(0x99);
+        assert_eq!(db.offer(&reserved, None, NOW), Some(ip(50)));
+        assert_eq!(db.lease_secs(&reserved, ip(50)), 1800);
+        assert_eq!(db.bind(&reserved, ip(50), None, NOW), Some(1800));
+        // Outside the subnet there is no range to take it from.
+        assert_eq!(db.lease_secs(&reserved, Ipv4Addr::new(10, 9, 9, 9)), 3600);
     }
 
     #[test]
