@@ -177,7 +177,9 @@ impl Engine {
             }
             return None;
         };
-        let lease = self.leases.lease_secs(client, ip);
+        let lease = self
+            .leases
+            .granted_secs(client, ip, requested_lease(request));
         let hostname = self.leases.reserved_name(client).map(str::to_owned);
         self.reply(request, MessageType::Offer, ip, Some(lease), hostname)
     }
@@ -203,7 +205,10 @@ impl Engine {
             Some(DhcpOption::Hostname(name)) => sanitize_hostname(name),
             _ => None,
         };
-        match self.leases.bind(client, ip, hostname, now) {
+        match self
+            .leases
+            .bind_requesting(client, ip, hostname, requested_lease(request), now)
+        {
             Some(lease) => {
                 let hostname = self.leases.reserved_name(client).map(str::to_owned);
                 tracing::debug!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP lease bound");
@@ -429,6 +434,14 @@ fn dhcproto_asserts_on(code: u8, len: usize) -> bool {
 fn server_id(message: &Message) -> Option<Ipv4Addr> {
     match message.opts().get(OptionCode::ServerIdentifier) {
         Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+        _ => None,
+    }
+}
+
+/// The lease time the client asks for (option 51).
+fn requested_lease(message: &Message) -> Option<u32> {
+    match message.opts().get(OptionCode::AddressLeaseTime) {
+        Some(DhcpOption::AddressLeaseTime(secs)) => Some(*secs),
         _ => None,
     }
 }
@@ -774,6 +787,33 @@ mod tests {
         let (_, again) = dora(&mut engine, RESERVED_MAC, NOW + 1);
         assert_ne!(again.yiaddr(), reserved);
         assert_eq!(again.yiaddr(), Ipv4Addr::new(192, 168, 77, 100));
+    }
+
+    /// The reviewer's case I: option 51 = 300 s against a 600 s range is granted, with
+    /// T1/T2 to match, as dnsmasq does.
+    #[test]
+    fn a_shorter_requested_lease_time_is_granted() {
+        let mut engine = Engine::new(config());
+        let mac = [0x52, 0x54, 0, 0xaa, 0, 0x43];
+        let mut discover = message(MessageType::Discover, mac);
+        discover
+            .opts_mut()
+            .insert(DhcpOption::AddressLeaseTime(300));
+        let (_, offer) = exchange(&mut engine, &discover, NOW).expect("offer");
+        let mut request = request_for(mac, offer.yiaddr(), Some(SERVER));
+        request.opts_mut().insert(DhcpOption::AddressLeaseTime(300));
+        let (_, ack) = exchange(&mut engine, &request, NOW).expect("ack");
+        for m in [&offer, &ack] {
+            assert_eq!(
+                m.opts().get(OptionCode::AddressLeaseTime),
+                Some(&DhcpOption::AddressLeaseTime(300))
+            );
+            assert_eq!(
+                m.opts().get(OptionCode::Renewal),
+                Some(&DhcpOption::Renewal(150))
+            );
+        }
+        assert_eq!(engine.leases(NOW)[0].expiry_unix, NOW + 300);
     }
 
     #[test]

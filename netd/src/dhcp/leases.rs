@@ -29,6 +29,9 @@ use super::{DhcpConfig, Error, LeaseInfo, format_mac, parse_hex_bytes, sanitize_
 pub const OFFER_HOLD_SECS: i64 = 60;
 /// How long a declined address (in use by someone unknown) stays out of the pool.
 pub const DECLINE_HOLD_SECS: i64 = 600;
+/// Shortest lease time granted to a client asking for one (option 51): dnsmasq's floor,
+/// so a client cannot make itself renew every second.
+pub const MIN_REQUESTED_LEASE: u32 = 120;
 /// Lease time meaning "never expires" on the wire (RFC 2132 9.2).
 pub const INFINITE_LEASE: u32 = u32::MAX;
 /// Longest journal line accepted on load; real records are under 400 bytes.
@@ -356,6 +359,17 @@ impl LeaseDb {
         range.and_then(|r| r.lease).unwrap_or(self.default_lease)
     }
 
+    /// Lease time granted to `client` at `ip` when it asks for `requested_secs` (option
+    /// 51): the configured one ([`LeaseDb::lease_secs`]), or the client's when shorter,
+    /// but at least [`MIN_REQUESTED_LEASE`], as dnsmasq grants it.
+    pub fn granted_secs(&self, client: &Client, ip: Ipv4Addr, requested_secs: Option<u32>) -> u32 {
+        let configured = self.lease_secs(client, ip);
+        match requested_secs {
+            Some(requested) => configured.min(requested.max(MIN_REQUESTED_LEASE)),
+            None => configured,
+        }
+    }
+
     /// The reserved name for `client`, if its MAC has a reservation with one.
     pub fn reserved_name(&self, client: &Client) -> Option<&str> {
         self.reservations.get(&client.mac)?.name.as_deref()
@@ -529,8 +543,7 @@ impl LeaseDb {
         None
     }
 
-    /// Binds `ip` to `client` if allowed; returns the lease time. A dynamic holder of a
-    /// reserved address is evicted here: the reservation wins.
+    /// Binds `ip` to `client` for the configured lease time; see [`LeaseDb::bind_requesting`].
     pub fn bind(
         &mut self,
         client: &Client,
@@ -538,10 +551,24 @@ impl LeaseDb {
         client_hostname: Option<String>,
         now: i64,
     ) -> Option<u32> {
+        self.bind_requesting(client, ip, client_hostname, None, now)
+    }
+
+    /// Binds `ip` to `client` if allowed, for the lease time [`LeaseDb::granted_secs`]
+    /// gives it; returns that time. A dynamic holder of a reserved address is evicted
+    /// here: the reservation wins.
+    pub fn bind_requesting(
+        &mut self,
+        client: &Client,
+        ip: Ipv4Addr,
+        client_hostname: Option<String>,
+        requested_secs: Option<u32>,
+        now: i64,
+    ) -> Option<u32> {
         if !self.assignable(client, ip, now) {
             return None;
         }
-        let secs = self.lease_secs(client, ip);
+        let secs = self.granted_secs(client, ip, requested_secs);
         let previous_name = self
             .by_ip
             .get(&ip)
@@ -1246,6 +1273,28 @@ mod tests {
         assert_eq!(db.bind(&reserved, ip(50), None, NOW), Some(1800));
         // Outside the subnet there is no range to take it from.
         assert_eq!(db.lease_secs(&reserved, Ipv4Addr::new(10, 9, 9, 9)), 3600);
+    }
+
+    #[test]
+    fn a_shorter_requested_lease_is_granted_down_to_two_minutes() {
+        let mut db = LeaseDb::in_memory(&config());
+        assert_eq!(db.granted_secs(&mac(1), ip(10), Some(300)), 300);
+        assert_eq!(db.granted_secs(&mac(1), ip(10), Some(7200)), 3600);
+        assert_eq!(
+            db.granted_secs(&mac(1), ip(10), Some(5)),
+            MIN_REQUESTED_LEASE
+        );
+        assert_eq!(
+            db.bind_requesting(&mac(1), ip(10), None, Some(300), NOW),
+            Some(300)
+        );
+        assert_eq!(db.leases(NOW)[0].expiry_unix, NOW + 300);
+        // An infinite lease is shortened too, and a reservation's never below the floor.
+        let mut cfg = config();
+        cfg.default_lease = Duration::ZERO;
+        let db = LeaseDb::in_memory(&cfg);
+        assert_eq!(db.granted_secs(&mac(1), ip(10), Some(600)), 600);
+        assert_eq!(db.granted_secs(&mac(0x99), ip(11), Some(1)), 120);
     }
 
     #[test]
