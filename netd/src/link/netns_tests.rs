@@ -517,6 +517,10 @@ fn prefix_cache_follows_every_change_the_dump_sees() {
         "ip addr del 10.82.1.1/24 dev kvc2",
         // Among appended routes, a replace takes the first one's place only.
         "ip route append 10.83.0.0/16 dev kvc1 && ip route replace 10.83.0.0/16 dev kvc2",
+        // Appended routes on one link differ by gateway: deleting one leaves the other.
+        "ip route add 10.89.0.0/16 via 10.77.1.2 metric 5 \
+         && ip route append 10.89.0.0/16 dev kvc0 metric 5",
+        "ip route del 10.89.0.0/16 via 10.77.1.2 metric 5",
         "ip addr del 10.77.2.1/24 dev kvc0",
         "ip route del 10.78.0.0/16 dev kvc0",
         // IPv4 routes of a link going down vanish without RTM_DELROUTE.

@@ -109,6 +109,9 @@ struct Known {
 struct Route {
     claimed: (IpNet, u32),
     source: Option<IpAddr>,
+    /// Tells apart routes appended under one key on one link (`via A dev x`, `dev x`):
+    /// deleting one leaves the other.
+    gateway: Option<IpAddr>,
 }
 
 impl PrefixCache {
@@ -375,12 +378,14 @@ impl Known {
         let mut priority = None;
         let mut destination = None;
         let mut source = None;
+        let mut gateway = None;
         for attr in &message.attributes {
             match attr {
                 RouteAttribute::Table(id) => table = *id,
                 RouteAttribute::Priority(metric) => priority = Some(*metric),
                 RouteAttribute::Destination(address) => destination = route_address(address),
                 RouteAttribute::PrefSource(address) => source = route_address(address),
+                RouteAttribute::Gateway(address) => gateway = route_address(address),
                 _ => {}
             }
         }
@@ -392,7 +397,11 @@ impl Known {
             header.tos,
             priority,
         );
-        let claimed = claimed_subnet(message).map(|claimed| Route { claimed, source });
+        let claimed = claimed_subnet(message).map(|claimed| Route {
+            claimed,
+            source,
+            gateway,
+        });
         let routes = match change {
             // What the key held is gone, even if the new route claims nothing. With routes
             // appended under it, IPv4 replaces only the first one: which, the cache can't tell.
@@ -409,12 +418,13 @@ impl Known {
                 None => return,
             },
         };
+        let same = |a: &Route, b: &Route| a.claimed == b.claimed && a.gateway == b.gateway;
         match (change, claimed) {
             (Change::Delete, Some(claimed)) => {
-                routes.retain(|route| route.claimed != claimed.claimed);
+                routes.retain(|route| !same(route, &claimed));
             }
             (Change::Delete, None) => {}
-            (_, Some(claimed)) if !routes.iter().any(|r| r.claimed == claimed.claimed) => {
+            (_, Some(claimed)) if !routes.iter().any(|route| same(route, &claimed)) => {
                 self.links_in_use.insert(claimed.claimed.1);
                 routes.push(claimed);
             }
