@@ -178,6 +178,13 @@ impl Client {
             Some(body) => serde_json::to_vec(&body).map_err(|e| protocol(e.to_string()))?,
             None => Vec::new(),
         };
+        if body.len() > super::MAX_REQUEST_BYTES {
+            return Err(protocol(format!(
+                "the request is {} bytes; kvnetd reads at most {}",
+                body.len(),
+                super::MAX_REQUEST_BYTES
+            )));
+        }
         let mut stream = UnixStream::connect(&self.socket).map_err(|source| Error::Connect {
             socket: self.socket.clone(),
             source,
@@ -343,6 +350,17 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("mute.sock"), "{err}");
+    }
+
+    #[test]
+    fn a_request_over_the_daemons_limit_is_refused_before_sending() {
+        let client = Client::new("/nonexistent/kvnetd.sock");
+        let huge = format!(
+            "<network>{}</network>",
+            " ".repeat(super::super::MAX_REQUEST_BYTES)
+        );
+        let err = client.define(&huge).expect_err("too large");
+        assert!(err.to_string().contains("kvnetd reads at most"), "{err}");
     }
 
     #[test]

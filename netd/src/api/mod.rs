@@ -9,3 +9,8 @@ pub mod server;
 pub mod types;
 
 pub use error::{ApiError, ErrorKind};
+
+/// The largest request body the daemon reads (a definition with tens of thousands of
+/// DHCP hosts is a few MB). The client refuses larger ones itself, with that reason,
+/// rather than have the daemon drop the connection mid-request.
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path as UrlPath, Query, Request, State};
 use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -120,6 +120,7 @@ fn router(state: AppState) -> Router {
         .route("/v1/networks/{network}/xml", get(dumpxml))
         .route("/v1/networks/{network}/leases", get(leases))
         .route("/v1/networks/{network}/update", post(update))
+        .layer(DefaultBodyLimit::max(super::MAX_REQUEST_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
