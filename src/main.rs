@@ -78,13 +78,18 @@ fn usage_error(error: &clap::Error) -> ExitCode {
             // clap names an option with its value placeholder (`--network <NETWORK>`).
             let option = |text: &str| text.split([' ', '=']).next().unwrap_or_default().to_owned();
             let prior = option(&context(ContextKind::PriorArg).unwrap_or_default());
-            if prior == option(&argument) {
+            let argument = option(&argument);
+            if prior == argument {
                 format!("option {prior} already seen")
             } else {
-                format!(
-                    "Options {} and {prior} are mutually exclusive",
-                    option(&argument)
-                )
+                // virsh names the pair in its own order (net-update's `--current` first),
+                // not in the order typed.
+                let (first, second) = if prior == "--current" {
+                    (prior, argument)
+                } else {
+                    (argument, prior)
+                };
+                format!("Options {first} and {second} are mutually exclusive")
             }
         }
         (ErrorKind::InvalidValue, Some(argument))

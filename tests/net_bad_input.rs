@@ -278,6 +278,18 @@ fn command_line_mistakes_get_virsh_lines_and_exit_1() {
             &["net-info", ""],
             "error: Failed to get option 'network': Option argument is empty\n",
         ),
+        (
+            &[
+                "net-update",
+                "n",
+                "add",
+                "dns-host",
+                "<host/>",
+                "--config",
+                "--current",
+            ],
+            "error: Options --current and --config are mutually exclusive\n",
+        ),
     ] {
         let out = common::kvnet_at(&socket, args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
