@@ -1,6 +1,8 @@
 //! A minimal element tree read with quick-xml, keeping source lines so later
 //! errors can point at the offending element.
 
+use std::collections::HashSet;
+
 use quick_xml::Reader;
 use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::{BytesStart, Event};
@@ -44,6 +46,36 @@ fn line_col(input: &str, offset: u64) -> (u64, u64) {
     (line as u64, column as u64)
 }
 
+/// Line numbers of tag starts, counted incrementally: tags arrive in
+/// document order, so each byte is scanned once instead of once per tag
+/// (recounting from the start made parsing quadratic in the input size).
+struct LineTracker {
+    offset: usize,
+    line: u64,
+}
+
+impl LineTracker {
+    fn new() -> LineTracker {
+        LineTracker { offset: 0, line: 1 }
+    }
+
+    /// 1-based line of byte `offset`; offsets must not go backwards.
+    fn line_at(&mut self, input: &str, offset: usize) -> u64 {
+        let offset = offset.min(input.len());
+        if offset < self.offset {
+            // Not expected from the reader; stay correct rather than fast.
+            *self = LineTracker::new();
+        }
+        let newlines = input.as_bytes()[self.offset..offset]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        self.line += newlines as u64;
+        self.offset = offset;
+        self.line
+    }
+}
+
 fn malformed(input: &str, offset: u64, reason: impl Into<String>) -> Error {
     let (line, column) = line_col(input, offset);
     Error::Malformed {
@@ -61,20 +93,27 @@ pub(crate) fn parse_document(input: &str) -> Result<Element, Error> {
     reader.config_mut().check_end_names = true;
     let mut stack: Vec<Element> = Vec::new();
     let mut root: Option<Element> = None;
+    let mut lines = LineTracker::new();
 
     loop {
         let before = reader.buffer_position();
         let event = reader
             .read_event()
             .map_err(|e| malformed(input, reader.error_position(), e.to_string()))?;
-        let tag_line = |reader: &Reader<&[u8]>| {
-            // The tag ends at buffer_position(); find its '<' for the line.
-            let end = usize::try_from(reader.buffer_position()).unwrap_or(0);
-            let start = input.as_bytes()[..end.min(input.len())]
+        let mut tag_line = |reader: &Reader<&[u8]>| {
+            // The tag's '<' is the first one after the previous event; only
+            // this tag's bytes are searched.
+            let from = usize::try_from(before)
+                .unwrap_or(usize::MAX)
+                .min(input.len());
+            let end = usize::try_from(reader.buffer_position())
+                .unwrap_or(usize::MAX)
+                .clamp(from, input.len());
+            let start = input.as_bytes()[from..end]
                 .iter()
-                .rposition(|&b| b == b'<')
-                .unwrap_or(0);
-            line_col(input, start as u64).0
+                .position(|&b| b == b'<')
+                .map_or(from, |at| from + at);
+            lines.line_at(input, start)
         };
         match event {
             Event::Start(start) => {
@@ -151,9 +190,19 @@ fn start_element(
 ) -> Result<Element, Error> {
     let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
     let mut attrs = Vec::new();
-    for attr in start.attributes().with_checks(true) {
+    // quick-xml's own duplicate check compares each attribute with every
+    // earlier one, quadratic in the attributes of one element; a set is not.
+    let mut seen_keys = HashSet::new();
+    for attr in start.attributes().with_checks(false) {
         let attr = attr.map_err(|e| malformed(input, reader.buffer_position(), e.to_string()))?;
         let key = String::from_utf8_lossy(attr.key.as_ref()).into_owned();
+        if !seen_keys.insert(key.clone()) {
+            return Err(malformed(
+                input,
+                reader.buffer_position(),
+                format!("duplicated attribute '{key}' on <{name}>"),
+            ));
+        }
         let value = attr
             .decode_and_unescape_value(reader.decoder())
             .map_err(|e| malformed(input, reader.buffer_position(), e.to_string()))?

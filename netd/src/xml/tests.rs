@@ -551,6 +551,13 @@ fn malformed_xml_reports_line_and_column() {
     assert!(err.contains("unknown entity reference"), "{err}");
     let err = parse_err("<network><name a='1' a='2'>x</name></network>");
     assert!(err.starts_with("malformed network XML at line 1"), "{err}");
+    assert!(err.contains("duplicated attribute 'a' on <name>"), "{err}");
+    // Lines are counted incrementally; they must still be exact far down,
+    // across comments, text and multi-line tags.
+    let err = parse_err(
+        "<network>\n<!-- a\ncomment -->\n<name>x\n</name>\n<bridge\n name='b'/>\n\n  <vlan/>\n</network>",
+    );
+    assert_eq!(err, "unsupported element <vlan> in network 'x\n' (line 9)");
     let deep = format!(
         "<network><name>x</name>{}{}</network>",
         "<a>".repeat(100),
@@ -1197,4 +1204,67 @@ fn mutated_documents_never_panic_and_accepted_ones_round_trip() {
     // Whitespace and value edits often keep documents valid (259 of 3000
     // with this seed), so the round-trip assertion is really exercised.
     assert!(accepted >= 100, "only {accepted} mutants accepted");
+}
+
+/// Best of three wall-clock times of `from_xml(document)`, accepted or not.
+fn parse_seconds(document: &str) -> f64 {
+    (0..3)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            let _ = NetworkDef::from_xml(document);
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// A complexity check, not a speed target: parsing four times the input
+/// must take well under sixteen times as long (quadratic), so the ratio
+/// allowed for linear growth is a generous 8 to absorb noise on busy hosts.
+fn assert_linear(shape: &str, document: impl Fn(usize) -> String, count: usize) {
+    let small = document(count);
+    let large = document(4 * count);
+    // Warm up allocator and caches before measuring.
+    let _ = NetworkDef::from_xml(&small);
+    let small_time = parse_seconds(&small).max(1e-4);
+    let large_time = parse_seconds(&large);
+    let ratio = large_time / small_time;
+    assert!(
+        ratio < 8.0,
+        "{shape}: {count} took {small_time:.4}s, {} took {large_time:.4}s (ratio {ratio:.1})",
+        4 * count
+    );
+}
+
+#[test]
+fn parsing_time_grows_linearly_with_the_document() {
+    assert_linear(
+        "unknown empty elements",
+        |count| format!("<network><name>e</name>{}</network>", "<x/>".repeat(count)),
+        5_000,
+    );
+    assert_linear(
+        "dhcp hosts",
+        |count| {
+            let hosts: String = (0..count)
+                .map(|i| {
+                    let [_, a, b, c] = u32::try_from(i + 2).unwrap().to_be_bytes();
+                    format!(
+                        "\n      <host mac='52:54:00:{a:02x}:{b:02x}:{c:02x}' ip='10.{a}.{b}.{c}'/>"
+                    )
+                })
+                .collect();
+            format!(
+                "<network>\n  <name>big</name>\n  <ip address='10.0.0.1' prefix='8'>\n    <dhcp>{hosts}\n    </dhcp>\n  </ip>\n</network>\n"
+            )
+        },
+        4_000,
+    );
+    assert_linear(
+        "attributes of one element",
+        |count| {
+            let attrs: String = (0..count).map(|i| format!(" a{i}=''")).collect();
+            format!("<network><name>e</name><bridge{attrs}/></network>")
+        },
+        2_000,
+    );
 }
