@@ -146,6 +146,24 @@ impl Parser {
         }
     }
 
+    /// A yes/no attribute whose `yes` asks for a feature kvnet does not
+    /// implement: `no` (the default) is kept, `yes` is refused by name.
+    fn yes_no_without_yes(
+        &self,
+        element: &Element,
+        attr: &str,
+        reason: &str,
+    ) -> Result<Option<bool>, Error> {
+        let value = self.yes_no(element, attr)?;
+        if value == Some(true) {
+            return Err(self.unsupported(
+                format!("attribute {attr}='yes' on <{}> ({reason})", element.name),
+                element.line,
+            ));
+        }
+        Ok(value)
+    }
+
     fn number<T: FromStr>(&self, element: &Element, attr: &str) -> Result<Option<T>, Error> {
         element
             .attr(attr)
@@ -380,7 +398,7 @@ impl Parser {
         self.check_attrs(element, &["ipv6"])?;
         self.check_no_text(element)?;
         let mut nat = Nat {
-            ipv6: self.yes_no(element, "ipv6")?,
+            ipv6: self.yes_no_without_yes(element, "ipv6", "kvnet masquerades IPv4 only")?,
             ..Nat::default()
         };
         let mut address = None;
@@ -650,6 +668,13 @@ impl Parser {
     /// matches on any of mac, name and ip).
     pub(super) fn dhcp_host_fields(&self, element: &Element) -> Result<DhcpHostFields, Error> {
         self.check_attrs(element, &["mac", "id", "name", "ip"])?;
+        if element.attr("id").is_some() {
+            return Err(self.unsupported(
+                "attribute 'id' on <host> (a DHCPv6 client DUID; DHCPv4 reservations use mac)"
+                    .to_string(),
+                element.line,
+            ));
+        }
         let mac = match element.attr("mac") {
             None => None,
             Some(text) => Some(text.parse::<MacAddr>().map_err(|_| {
@@ -765,7 +790,11 @@ impl Parser {
             address,
             netmask,
             prefix,
-            local_ptr: self.yes_no(element, "localPtr")?,
+            local_ptr: self.yes_no_without_yes(
+                element,
+                "localPtr",
+                "the DNS server does not answer reverse lookups locally",
+            )?,
             dhcp_ranges: Vec::new(),
             dhcp_hosts: Vec::new(),
         };
@@ -777,6 +806,13 @@ impl Parser {
             }
         }
         if let Some(dhcp) = dhcp {
+            if address.is_ipv6() {
+                return Err(self.unsupported(
+                    "element <dhcp> inside IPv6 <ip> (kvnet has no DHCPv6 or router advertisement service)"
+                        .to_string(),
+                    dhcp.line,
+                ));
+            }
             self.check_attrs(dhcp, &[])?;
             self.check_no_text(dhcp)?;
             for child in &dhcp.children {

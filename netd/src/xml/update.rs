@@ -255,6 +255,19 @@ impl NetworkDef {
             })
     }
 
+    /// Refuses DHCP entries under an IPv6 `<ip>`: kvnet has no DHCPv6 service, so
+    /// they would be stored but never served.
+    fn check_not_dhcpv6(&self, index: usize, entry: &str) -> Result<(), Error> {
+        let address = self.ips[index].address;
+        if address.is_ipv6() {
+            return Err(Error::UpdateUnsupported(format!(
+                "can't add a dhcp {entry} to the IPv6 <ip> '{address}' of network '{}': kvnet has no DHCPv6 or router advertisement service",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Refuses to give a second `<ip>` of a family a `<dhcp>` (libvirt checks on add).
     fn check_single_dhcp(&self, index: usize) -> Result<(), Error> {
         let target = &self.ips[index];
@@ -309,6 +322,7 @@ impl NetworkDef {
                     .into(),
             ));
         }
+        self.check_not_dhcpv6(index, "host")?;
         let shown = |host: &DhcpHost| {
             (
                 host.mac
@@ -371,6 +385,9 @@ impl NetworkDef {
                 "the address family of a dhcp range must match the address family of the dhcp element's parent"
                     .into(),
             ));
+        }
+        if command.is_add() {
+            self.check_not_dhcpv6(index, "range")?;
         }
         let position = self.ips[index]
             .dhcp_ranges
@@ -856,17 +873,15 @@ mod tests {
                 .starts_with("the address family of a host entry IP"),
             "{e}"
         );
-        // An IPv6 host by id goes to the IPv6 <ip> (which then has <dhcp>).
-        let v6 = update(
+        let v4 = update(
             &def,
             "add",
             "ip-dhcp-host",
-            Some(1),
-            "<host id='0:1:0:1:aa' ip='2001:db8:ca2:2::30'/>",
+            Some(0),
+            "<host name='three' ip='192.168.122.13'/>",
         )
-        .expect("IPv6 host");
-        assert_eq!(v6.ips[1].dhcp_hosts.len(), 1);
-        assert_eq!(v6.ips[0].dhcp_hosts.len(), 2);
+        .expect("IPv4 host at index 0");
+        assert_eq!(v4.ips[0].dhcp_hosts.len(), 3);
         let e = update(
             &def,
             "add",
@@ -879,6 +894,53 @@ mod tests {
             e.to_string(),
             "couldn't update dhcp host entry - no <ip> element found at index 2 in network 'default'"
         );
+    }
+
+    /// kvnet has no DHCPv6 service: entries under an IPv6 <ip> would be stored and
+    /// never served, and a DUID (`id`) only identifies DHCPv6 clients.
+    #[test]
+    fn dhcpv6_hosts_ranges_and_duids_are_refused() {
+        let def = net();
+        let e = update(
+            &def,
+            "add",
+            "ip-dhcp-host",
+            Some(1),
+            "<host name='v6h' ip='2001:db8:ca2:2::30'/>",
+        )
+        .expect_err("IPv6 host");
+        assert!(matches!(e, Error::UpdateUnsupported(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "can't add a dhcp host to the IPv6 <ip> '2001:db8:ca2:2::1' of network 'default': kvnet has no DHCPv6 or router advertisement service"
+        );
+        let e = update(
+            &def,
+            "add-first",
+            "ip-dhcp-range",
+            Some(1),
+            "<range start='2001:db8:ca2:2::10' end='2001:db8:ca2:2::20'/>",
+        )
+        .expect_err("IPv6 range");
+        assert_eq!(
+            e.to_string(),
+            "can't add a dhcp range to the IPv6 <ip> '2001:db8:ca2:2::1' of network 'default': kvnet has no DHCPv6 or router advertisement service"
+        );
+        for parent in [Some(1), Some(0), None] {
+            let e = update(
+                &def,
+                "add",
+                "ip-dhcp-host",
+                parent,
+                "<host id='0:1:0:1:aa' name='v6h' ip='2001:db8:ca2:2::30'/>",
+            )
+            .expect_err("DUID host");
+            assert!(
+                e.to_string()
+                    .starts_with("unsupported attribute 'id' on <host>"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

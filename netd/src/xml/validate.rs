@@ -137,6 +137,12 @@ impl NetworkDef {
                 "Unsupported <{element}> element in network {name} with forward mode='{mode}'"
             ))
         };
+        // The parser refuses these too, with the line; this covers edited definitions.
+        if self.forward.nat.ipv6 == Some(true) {
+            return Err(invalid(format!(
+                "unsupported ipv6='yes' on <nat> in network '{name}': kvnet masquerades IPv4 only"
+            )));
+        }
         if mode != ForwardMode::Nat && !self.forward.nat.is_empty() {
             return Err(invalid(format!(
                 "The <nat> element can only be used when <forward> 'mode' is 'nat' in network {name}"
@@ -326,6 +332,11 @@ impl NetworkDef {
             }
             _ => {}
         }
+        if ip.local_ptr == Some(true) {
+            return Err(invalid(format!(
+                "unsupported localPtr='yes' on <ip> address '{address}' in network '{name}': the DNS server does not answer reverse lookups locally"
+            )));
+        }
         if ip.netmask.is_some() && ip.prefix.is_some() {
             return Err(invalid(format!(
                 "Network '{name}' IP address cannot have both a prefix and a netmask"
@@ -363,6 +374,11 @@ impl NetworkDef {
         if !ip.has_dhcp() {
             return Ok(());
         }
+        if address.is_ipv6() {
+            return Err(invalid(format!(
+                "unsupported <dhcp> on IPv6 address '{address}' in network '{name}': kvnet has no DHCPv6 or router advertisement service"
+            )));
+        }
         for range in &ip.dhcp_ranges {
             check_range(name, subnet, range.start, range.end)?;
             if let Some(lease) = range.lease {
@@ -387,23 +403,16 @@ impl NetworkDef {
                     "static host address {host_ip} in network '{name}' is the bridge address"
                 )));
             }
-            if let Some(mac) = host.mac {
-                if address.is_ipv6() {
-                    return Err(invalid(format!(
-                        "Invalid to specify MAC address '{mac}' in network '{name}' IPv6 static host definition"
-                    )));
-                }
-                if mac.is_multicast() {
-                    return Err(invalid(format!(
-                        "expected unicast mac address, found multicast '{mac}' in network '{name}'"
-                    )));
-                }
-            }
-            if let Some(id) = &host.id
-                && let Some(bad) = id.chars().find(|c| !(c.is_ascii_hexdigit() || *c == ':'))
+            if let Some(mac) = host.mac
+                && mac.is_multicast()
             {
                 return Err(invalid(format!(
-                    "Invalid character '{bad}' in id '{id}' of network '{name}'"
+                    "expected unicast mac address, found multicast '{mac}' in network '{name}'"
+                )));
+            }
+            if let Some(id) = &host.id {
+                return Err(invalid(format!(
+                    "unsupported id '{id}' on dhcp <host> {host_ip} in network '{name}': it is a DHCPv6 client DUID, DHCPv4 reservations use mac"
                 )));
             }
             if let Some(host_name) = &host.name
@@ -416,14 +425,9 @@ impl NetworkDef {
                     "Cannot use host name '{host_name}' in network '{name}'"
                 )));
             }
-            if address.is_ipv4() && host.mac.is_none() && host.name.is_none() {
+            if host.mac.is_none() && host.name.is_none() {
                 return Err(invalid(format!(
                     "Static host definition in IPv4 network '{name}' must have mac or name attribute"
-                )));
-            }
-            if address.is_ipv6() && host.id.is_none() && host.name.is_none() {
-                return Err(invalid(format!(
-                    "Static host definition in IPv6 network '{name}' must have id or name attribute"
                 )));
             }
             if let Some(lease) = host.lease {
@@ -434,20 +438,15 @@ impl NetworkDef {
     }
 
     fn validate_dhcp_count(&self) -> Result<(), Error> {
-        let with_dhcp = |v4: bool| {
-            self.ips
-                .iter()
-                .filter(|ip| ip.is_ipv4() == v4 && ip.has_dhcp())
-                .count()
-        };
-        if with_dhcp(true) > 1 {
+        // IPv6 <ip> elements cannot have <dhcp> at all (validate_ip).
+        let with_dhcp = self
+            .ips
+            .iter()
+            .filter(|ip| ip.is_ipv4() && ip.has_dhcp())
+            .count();
+        if with_dhcp > 1 {
             return Err(invalid(
                 "Multiple IPv4 dhcp sections found -- dhcp is supported only for a single IPv4 address on each network",
-            ));
-        }
-        if with_dhcp(false) > 1 {
-            return Err(invalid(
-                "Multiple IPv6 dhcp sections found -- dhcp is supported only for a single IPv6 address on each network",
             ));
         }
         Ok(())
