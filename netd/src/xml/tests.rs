@@ -780,6 +780,133 @@ fn unimplemented_ipv6_dhcp_nat_duid_and_local_ptr_are_rejected_by_name() {
     );
 }
 
+/// Values that used to pass define and fail only at start with a raw
+/// kernel or DNS error are refused at define, naming the value.
+#[test]
+fn addresses_and_names_that_would_fail_at_start_are_refused_at_define() {
+    let ip = |attrs: &str| net_with_ip(attrs, "");
+    let cases = [
+        (
+            ip("address='224.0.0.5' prefix='24'"),
+            "Invalid <ip> address '224.0.0.5' in network 'n': a multicast address cannot be a host address",
+        ),
+        (
+            ip("family='ipv6' address='ff02::1' prefix='64'"),
+            "Invalid <ip> address 'ff02::1' in network 'n': a multicast address cannot be a host address",
+        ),
+        (
+            ip("family='ipv6' address='fe80::1' prefix='64'"),
+            "Invalid <ip> address 'fe80::1' in network 'n': link-local addresses are assigned by the kernel, not configured",
+        ),
+        (
+            "<network><name>n</name><ip address='10.9.0.1' prefix='24'/><ip address='10.9.0.1' prefix='24'/></network>".into(),
+            "IP address '10.9.0.1' is given in more than one <ip> of network 'n'",
+        ),
+        (
+            "<network><name>n</name><ip address='10.9.0.1' prefix='24'/><ip address='10.9.0.1' prefix='16'/></network>".into(),
+            "IP address '10.9.0.1' is given in more than one <ip> of network 'n'",
+        ),
+        (
+            "<network><name>n</name><domain name='a b/c'/></network>".into(),
+            "invalid domain name 'a b/c' in network 'n': it contains the invalid character ' '",
+        ),
+        (
+            "<network><name>n</name><dns><host ip='10.9.0.7'><hostname>bad name</hostname></host></dns>\
+             <ip address='10.9.0.1' prefix='24'/></network>".into(),
+            "invalid DNS HOST hostname 'bad name' in network 'n': it contains the invalid character ' '",
+        ),
+        (
+            "<network><name>n</name><dns><srv service='ldap' protocol='tcp' target='a..b' port='1'/></dns>\
+             <ip address='10.9.0.1' prefix='24'/></network>".into(),
+            "invalid DNS SRV target 'a..b' in network 'n': it has an empty label",
+        ),
+        (
+            "<network><name>n</name><dns><srv service='ldap' protocol='tcp' domain='-x.test'/></dns></network>".into(),
+            "invalid DNS SRV domain '-x.test' in network 'n': label '-x' starts or ends with '-'",
+        ),
+        (
+            "<network><name>n</name><dns><txt name='a.b/c' value='v'/></dns></network>".into(),
+            "invalid DNS TXT record name 'a.b/c' in network 'n': it contains the invalid character '/'",
+        ),
+        (
+            "<network><name>n</name><dns><forwarder domain='x..y'/></dns></network>".into(),
+            "invalid DNS forwarder domain 'x..y' in network 'n': it has an empty label",
+        ),
+        (
+            net_with_ip(
+                "address='10.9.0.1' prefix='24'",
+                "<dhcp><host mac='52:54:00:00:00:01' name='bad name' ip='10.9.0.5'/></dhcp>",
+            ),
+            "Cannot use host name 'bad name' in network 'n': it contains the invalid character ' '",
+        ),
+    ];
+    for (xml, expected) in &cases {
+        assert_eq!(&parse_err(xml), expected, "{xml}");
+    }
+    // Legitimate names: underscores in TXT names, absolute names, one label.
+    let accepted = parse(
+        "<network><name>n</name><domain name='lab.example.'/>\
+         <dns><txt name='_dmarc.lab' value='v=DMARC1'/>\
+         <srv service='_ldap' protocol='tcp' domain='lab.example' target='ldap-1.lab.example' port='389'/>\
+         <host ip='10.9.0.7'><hostname>db</hostname><hostname>db.lab.example</hostname></host></dns>\
+         <ip address='10.9.0.1' prefix='24'/><ip family='ipv6' address='fd00::1' prefix='64'/></network>",
+    );
+    assert_round_trip(&accepted);
+    let long_label = "a".repeat(64);
+    assert_eq!(
+        validate::check_dns_name(&long_label, false),
+        Err(validate::DnsNameError::LabelTooLong(long_label.clone()))
+    );
+    let long_name = vec!["a".repeat(63); 4].join(".");
+    assert_eq!(
+        validate::check_dns_name(&long_name, false),
+        Err(validate::DnsNameError::TooLong(255))
+    );
+    assert_eq!(
+        validate::check_dns_name(".", false),
+        Err(validate::DnsNameError::Empty)
+    );
+}
+
+#[test]
+fn dns_names_added_by_net_update_are_checked_too() {
+    let def = parse(
+        "<network><name>n</name><ip address='10.9.0.1' prefix='24'><dhcp>\
+         <range start='10.9.0.10' end='10.9.0.20'/></dhcp></ip></network>",
+    );
+    let update = |section: &str, xml: &str| {
+        def.updated(&Update {
+            command: "add".parse().unwrap(),
+            section: section.parse().unwrap(),
+            parent_index: None,
+            xml,
+        })
+        .unwrap_err()
+        .to_string()
+    };
+    assert_eq!(
+        update(
+            "dns-srv",
+            "<srv service='x' protocol='tcp' target='a..b' port='1'/>"
+        ),
+        "invalid DNS SRV target 'a..b' in network 'n': it has an empty label"
+    );
+    assert_eq!(
+        update(
+            "dns-host",
+            "<host ip='10.9.0.7'><hostname>bad name</hostname></host>"
+        ),
+        "invalid DNS HOST hostname 'bad name' in network 'n': it contains the invalid character ' '"
+    );
+    assert_eq!(
+        update(
+            "ip-dhcp-host",
+            "<host mac='52:54:00:00:00:04' name='bad name' ip='10.9.0.109'/>"
+        ),
+        "Cannot use host name 'bad name' in network 'n': it contains the invalid character ' '"
+    );
+}
+
 #[test]
 fn validation_errors_use_specific_messages() {
     let cases: &[(&str, &str)] = &[
@@ -1003,8 +1130,8 @@ fn validation_errors_use_specific_messages() {
             "Unrecognized family 'ipv5' in network 'x'",
         ),
         (
-            "<network><name>x</name><ip address='224.0.0.1'/></network>",
-            "cannot determine the prefix of address '224.0.0.1' in network 'x'; give a netmask or prefix",
+            "<network><name>x</name><ip address='240.0.0.1'/></network>",
+            "cannot determine the prefix of address '240.0.0.1' in network 'x'; give a netmask or prefix",
         ),
         (
             "<network><name>x</name><ip address='10.0.0.1' prefix='24'/>\

@@ -2,6 +2,7 @@
 //! has a check, and kvnet's own where it is stricter (names, bridge names,
 //! DHCP ranges that contain the bridge address, hosts outside the subnet).
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -51,6 +52,68 @@ pub fn validate_network_name(name: &str) -> Result<(), Error> {
         return Err(invalid(format!(
             "network name '{name}' must not start or end with whitespace"
         )));
+    }
+    Ok(())
+}
+
+/// Longest DNS name in presentation form without the trailing dot (RFC 1035).
+const DNS_NAME_MAX_BYTES: usize = 253;
+
+/// Longest DNS label (RFC 1035).
+const DNS_LABEL_MAX_BYTES: usize = 63;
+
+/// Why a string is not a usable DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DnsNameError {
+    /// Nothing but (at most) the root dot.
+    #[error("the name is empty")]
+    Empty,
+    /// Longer than [`DNS_NAME_MAX_BYTES`].
+    #[error("the name is {0} bytes long, limit {DNS_NAME_MAX_BYTES}")]
+    TooLong(usize),
+    /// `a..b`, or a leading dot.
+    #[error("it has an empty label")]
+    EmptyLabel,
+    /// A label longer than [`DNS_LABEL_MAX_BYTES`].
+    #[error("label '{0}' is longer than {DNS_LABEL_MAX_BYTES} bytes")]
+    LabelTooLong(String),
+    /// A label starting or ending with `-` (RFC 1123).
+    #[error("label '{0}' starts or ends with '-'")]
+    HyphenAtLabelEdge(String),
+    /// Anything but letters, digits, `-` (and `_` where allowed).
+    #[error("it contains the invalid character {0:?}")]
+    InvalidCharacter(char),
+}
+
+/// Checks `name` as RFC 1123 host or domain name: dot-separated labels of
+/// ASCII letters, digits and inner hyphens, at most 253 bytes; one trailing
+/// dot (an absolute name) is accepted. `allow_underscore` admits `_` as in
+/// TXT record names (`_dmarc`), which libvirt accepts too. The DNS server
+/// and the hosts files would otherwise meet these names only at start.
+pub(crate) fn check_dns_name(name: &str, allow_underscore: bool) -> Result<(), DnsNameError> {
+    let relative = name.strip_suffix('.').unwrap_or(name);
+    if relative.is_empty() {
+        return Err(DnsNameError::Empty);
+    }
+    if relative.len() > DNS_NAME_MAX_BYTES {
+        return Err(DnsNameError::TooLong(relative.len()));
+    }
+    for label in relative.split('.') {
+        if label.is_empty() {
+            return Err(DnsNameError::EmptyLabel);
+        }
+        if let Some(bad) = label
+            .chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || c == '-' || (allow_underscore && c == '_')))
+        {
+            return Err(DnsNameError::InvalidCharacter(bad));
+        }
+        if label.len() > DNS_LABEL_MAX_BYTES {
+            return Err(DnsNameError::LabelTooLong(label.to_string()));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(DnsNameError::HyphenAtLabelEdge(label.to_string()));
+        }
     }
     Ok(())
 }
@@ -123,7 +186,16 @@ impl NetworkDef {
         }
         self.validate_forward()?;
         self.validate_dns()?;
+        let mut addresses = HashSet::new();
         for ip in &self.ips {
+            // Also catches 10.9.0.1/24 next to 10.9.0.1/16: the kernel
+            // refuses the second address on the bridge at start.
+            if !addresses.insert(ip.address) {
+                return Err(invalid(format!(
+                    "IP address '{}' is given in more than one <ip> of network '{name}'",
+                    ip.address
+                )));
+            }
             self.validate_ip(ip)?;
         }
         self.validate_dhcp_count()
@@ -232,12 +304,20 @@ impl NetworkDef {
     fn validate_dns(&self) -> Result<(), Error> {
         let name = self.name.as_str();
         let dns = &self.dns;
-        if let Some(domain) = &self.domain
-            && domain.name.is_empty()
-        {
-            return Err(invalid(format!(
-                "empty <domain name=''/> in network '{name}'"
-            )));
+        let bad_name = |what: &str, value: &str, allow_underscore: bool| {
+            check_dns_name(value, allow_underscore).map_err(|reason| {
+                invalid(format!(
+                    "invalid {what} '{value}' in network '{name}': {reason}"
+                ))
+            })
+        };
+        if let Some(domain) = &self.domain {
+            if domain.name.is_empty() {
+                return Err(invalid(format!(
+                    "empty <domain name=''/> in network '{name}'"
+                )));
+            }
+            bad_name("domain name", &domain.name, false)?;
         }
         if dns.enable == Some(false) && dns.has_records() {
             return Err(invalid(format!("Extra data in disabled network '{name}'")));
@@ -248,6 +328,9 @@ impl NetworkDef {
                     "Invalid forwarder element, must contain at least one of addr or domain",
                 ));
             }
+            if let Some(domain) = &forwarder.domain {
+                bad_name("DNS forwarder domain", domain, false)?;
+            }
         }
         for txt in &dns.txts {
             if txt.name.contains([' ', ',']) || txt.name.is_empty() {
@@ -256,6 +339,7 @@ impl NetworkDef {
                     txt.name
                 )));
             }
+            bad_name("DNS TXT record name", &txt.name, true)?;
         }
         for srv in &dns.srvs {
             const SERVICE_EXTRA: &str = "_-+/*";
@@ -286,6 +370,12 @@ impl NetworkDef {
                     srv.protocol
                 )));
             }
+            if let Some(domain) = &srv.domain {
+                bad_name("DNS SRV domain", domain, false)?;
+            }
+            if let Some(target) = &srv.target {
+                bad_name("DNS SRV target", target, false)?;
+            }
             if srv.target.is_none() {
                 for (attr, set) in [
                     ("port", srv.port.is_some()),
@@ -306,6 +396,9 @@ impl NetworkDef {
                 return Err(invalid(format!(
                     "Missing hostname in network '{name}' DNS HOST record"
                 )));
+            }
+            for hostname in &host.hostnames {
+                bad_name("DNS HOST hostname", hostname, false)?;
             }
         }
         Ok(())
@@ -331,6 +424,11 @@ impl NetworkDef {
                 )));
             }
             _ => {}
+        }
+        if let Some(reason) = unassignable_reason(address) {
+            return Err(invalid(format!(
+                "Invalid <ip> address '{address}' in network '{name}': {reason}"
+            )));
         }
         if ip.local_ptr == Some(true) {
             return Err(invalid(format!(
@@ -425,6 +523,13 @@ impl NetworkDef {
                     "Cannot use host name '{host_name}' in network '{name}'"
                 )));
             }
+            if let Some(host_name) = &host.name
+                && let Err(reason) = check_dns_name(host_name, false)
+            {
+                return Err(invalid(format!(
+                    "Cannot use host name '{host_name}' in network '{name}': {reason}"
+                )));
+            }
             if host.mac.is_none() && host.name.is_none() {
                 return Err(invalid(format!(
                     "Static host definition in IPv4 network '{name}' must have mac or name attribute"
@@ -450,6 +555,19 @@ impl NetworkDef {
             ));
         }
         Ok(())
+    }
+}
+
+/// Why `address` cannot be the bridge's own address, if it cannot.
+fn unassignable_reason(address: IpAddr) -> Option<&'static str> {
+    match address {
+        IpAddr::V4(v4) if v4.is_multicast() => Some("a multicast address cannot be a host address"),
+        IpAddr::V6(v6) if v6.is_multicast() => Some("a multicast address cannot be a host address"),
+        // fe80::/10: the kernel gives every bridge its own link-local address.
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => {
+            Some("link-local addresses are assigned by the kernel, not configured")
+        }
+        _ => None,
     }
 }
 
