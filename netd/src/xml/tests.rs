@@ -1270,6 +1270,33 @@ fn network_names_follow_the_documented_policy() {
         validate_network_name(".").unwrap_err().to_string(),
         "network name '.' must not start with '.'"
     );
+    // Invisible formatting characters (Unicode category Cf) would make two
+    // names look alike or reorder the text around them in listings.
+    for (name, code_point) in [
+        ("evil\u{202E}txt", "U+202E"),
+        ("zero\u{200B}width", "U+200B"),
+        ("\u{FEFF}bom", "U+FEFF"),
+        ("soft\u{AD}hyphen", "U+00AD"),
+        ("iso\u{2066}late\u{2069}", "U+2066"),
+        ("tag\u{E0041}", "U+E0041"),
+        ("arabic\u{061C}mark", "U+061C"),
+    ] {
+        let message = validate_network_name(name).unwrap_err().to_string();
+        assert!(
+            message.ends_with(&format!(
+                "must not contain the invisible formatting character {code_point}"
+            )),
+            "{message}"
+        );
+    }
+    let err = parse_err("<network><name>a&#x202E;b</name></network>");
+    assert_eq!(
+        err,
+        "network name \"a\\u{202e}b\" must not contain the invisible formatting character U+202E"
+    );
+    // Visible non-ASCII names stay accepted.
+    assert!(validate_network_name("é-net").is_ok());
+    assert!(validate_network_name("网络").is_ok());
     assert!(validate_ifname("bridge name", "virbr0", "n").is_ok());
     assert!(validate_ifname("bridge name", "abcdefghijklmno", "n").is_ok());
     assert_eq!(

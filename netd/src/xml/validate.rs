@@ -22,7 +22,8 @@ const IFNAME_MAX_BYTES: usize = 15;
 /// Checks that `name` is safe to use as a network name and file name:
 /// non-empty, at most [`NETWORK_NAME_MAX_BYTES`] bytes, no `/` (libvirt's
 /// rule), no leading `.` (hides the file, and `.`/`..` are directories), no
-/// control characters, no leading or trailing whitespace.
+/// control characters, no invisible formatting characters (Unicode category
+/// Cf), no leading or trailing whitespace.
 pub fn validate_network_name(name: &str) -> Result<(), Error> {
     if name.is_empty() {
         return Err(invalid("network name must not be empty"));
@@ -36,6 +37,12 @@ pub fn validate_network_name(name: &str) -> Result<(), Error> {
     if name.chars().any(char::is_control) {
         return Err(invalid(format!(
             "network name {name:?} must not contain control characters"
+        )));
+    }
+    if let Some(format_char) = name.chars().find(|&c| is_format_character(c)) {
+        return Err(invalid(format!(
+            "network name {name:?} must not contain the invisible formatting character U+{:04X}",
+            u32::from(format_char)
         )));
     }
     if name.contains('/') {
@@ -54,6 +61,41 @@ pub fn validate_network_name(name: &str) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// Unicode general category Cf (format characters, Unicode 16): invisible
+/// characters such as bidi overrides and isolates, zero-width spaces and
+/// joiners, the BOM, the soft hyphen and tag characters. In a name they make
+/// two networks look identical or reorder the text around them in listings.
+/// std has no category tables, so the ranges are listed here.
+const FORMAT_CHARACTERS: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{0600}', '\u{0605}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{06DD}', '\u{06DD}'),
+    ('\u{070F}', '\u{070F}'),
+    ('\u{0890}', '\u{0891}'),
+    ('\u{08E2}', '\u{08E2}'),
+    ('\u{180E}', '\u{180E}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFF9}', '\u{FFFB}'),
+    ('\u{110BD}', '\u{110BD}'),
+    ('\u{110CD}', '\u{110CD}'),
+    ('\u{13430}', '\u{1343F}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0001}', '\u{E0001}'),
+    ('\u{E0020}', '\u{E007F}'),
+];
+
+fn is_format_character(c: char) -> bool {
+    FORMAT_CHARACTERS
+        .iter()
+        .any(|&(first, last)| (first..=last).contains(&c))
 }
 
 /// Longest DNS name in presentation form without the trailing dot (RFC 1035).
