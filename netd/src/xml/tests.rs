@@ -992,6 +992,10 @@ fn validation_errors_use_specific_messages() {
             "Invalid mtu size '10' in network 'x' (must be 68..65535)",
         ),
         (
+            "<network><name>x</name><mtu size='1279'/><ip family='ipv6' address='fd00::1' prefix='64'/></network>",
+            "mtu size '1279' in network 'x' is below the 1280 IPv6 needs, and the network has an IPv6 address",
+        ),
+        (
             "<network><name>x</name><forward mode='wormhole'/></network>",
             "unknown forwarding type 'wormhole' in network 'x'",
         ),

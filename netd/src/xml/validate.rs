@@ -16,6 +16,9 @@ use super::{Error, invalid};
 /// what tools generate (`mk-<cluster>`, `docker-machines`).
 pub const NETWORK_NAME_MAX_BYTES: usize = 128;
 
+/// The smallest MTU IPv6 works with (RFC 8200).
+const IPV6_MIN_MTU: u32 = 1280;
+
 /// Longest Linux interface name (`IFNAMSIZ - 1`).
 const IFNAME_MAX_BYTES: usize = 15;
 
@@ -224,6 +227,15 @@ impl NetworkDef {
         {
             return Err(invalid(format!(
                 "Invalid mtu size '{mtu}' in network '{name}' (must be 68..65535)"
+            )));
+        }
+        // IPv6 needs 1280: below it the kernel takes IPv6 off the bridge, addresses and all.
+        if let Some(mtu) = self.mtu
+            && mtu < IPV6_MIN_MTU
+            && self.first_ipv6().is_some()
+        {
+            return Err(invalid(format!(
+                "mtu size '{mtu}' in network '{name}' is below the {IPV6_MIN_MTU} IPv6 needs, and the network has an IPv6 address"
             )));
         }
         self.validate_forward()?;
