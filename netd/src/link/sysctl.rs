@@ -39,8 +39,9 @@ pub fn configure_bridge_ipv6(bridge: &str, has_ipv6: bool) -> Result<(), Error> 
         tracing::debug!(%bridge, "kernel has no IPv6; nothing to disable");
         return Ok(());
     }
-    // Below an MTU of 1280 the kernel takes IPv6 off the link, settings and all.
-    if !has_ipv6 && !path_of(&conf).exists() {
+    // Below an MTU of 1280 the kernel takes IPv6 off the link, settings and all (the
+    // link itself, and its IPv4 settings, are still there).
+    if !has_ipv6 && !path_of(&conf).exists() && path_of(&format!("ipv4/conf/{bridge}")).exists() {
         tracing::debug!(%bridge, "IPv6 is off on the bridge (MTU below 1280); nothing to disable");
         return Ok(());
     }
