@@ -926,6 +926,16 @@ mod tests {
     use super::*;
     use testkit::{Need, Netns};
 
+    /// A test namespace and the single-threaded runtime the daemon runs servers on.
+    fn netns_and_runtime(name: &str) -> (Netns, tokio::runtime::Runtime) {
+        let ns = Netns::new(name).expect("create test netns");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        (ns, runtime)
+    }
+
     /// Listeners with datagrams left queued (a turn ended) must not keep the other
     /// listeners or the TCP accepts waiting.
     #[test]
@@ -933,11 +943,7 @@ mod tests {
         if !testkit::require(&[Need::Root, Need::Netns]) {
             return;
         }
-        let ns = Netns::new("dnsturns").expect("create test netns");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let (ns, runtime) = netns_and_runtime("dnsturns");
         ns.run(|| {
             runtime.block_on(async {
                 let bind = || async {
@@ -1006,11 +1012,7 @@ mod tests {
         if !testkit::require(&[Need::Root, Need::Netns]) {
             return;
         }
-        let ns = Netns::new("dnsports").expect("create test netns");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let (ns, runtime) = netns_and_runtime("dnsports");
         ns.run(|| {
             runtime.block_on(async {
                 let config = DnsConfig {
