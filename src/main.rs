@@ -41,7 +41,7 @@ fn main() -> ExitCode {
                 eprintln!("error: {line}");
             }
             // virsh ends every command it ran with a blank line on stdout, failed or not.
-            if !cli.quiet && !cli.command.prints_json() {
+            if failure.ran() && !cli.quiet && !cli.command.prints_json() {
                 let _ = std::io::stdout().write_all(b"\n");
             }
             ExitCode::FAILURE
@@ -53,19 +53,24 @@ fn main() -> ExitCode {
 /// requires <network> option`, exit status 1), so scripts written for virsh see the
 /// same lines; help and version requests print as clap has them.
 fn usage_error(error: &clap::Error) -> ExitCode {
-    let context = |kind| match error.get(kind) {
-        Some(ContextValue::String(value)) => Some(value.clone()),
-        Some(ContextValue::Strings(values)) => values.first().cloned(),
-        _ => None,
+    let contexts = |kind| match error.get(kind) {
+        Some(ContextValue::String(value)) => vec![value.clone()],
+        Some(ContextValue::Strings(values)) => values.clone(),
+        _ => Vec::new(),
     };
+    let context = |kind| contexts(kind).into_iter().next();
+    let args: Vec<String> = std::env::args().skip(1).collect();
     // The verb is the first argument that names one (an option's value may look like one
     // only after it).
     let verbs = <cli::Cli as clap::CommandFactory>::command();
-    let verb = std::env::args()
-        .skip(1)
+    let verb = args
+        .iter()
         .find(|arg| verbs.find_subcommand(arg).is_some())
+        .cloned()
         .unwrap_or_default();
-    let line = match (error.kind(), context(ContextKind::InvalidArg)) {
+    // clap names an option with its value placeholder (`--network <NETWORK>`).
+    let option = |text: &str| text.split([' ', '=']).next().unwrap_or_default().to_owned();
+    let lines = match (error.kind(), context(ContextKind::InvalidArg)) {
         (ErrorKind::DisplayHelp | ErrorKind::DisplayVersion, _) => {
             let _ = error.print();
             return ExitCode::SUCCESS;
@@ -75,53 +80,103 @@ fn usage_error(error: &clap::Error) -> ExitCode {
             return ExitCode::FAILURE;
         }
         (ErrorKind::ArgumentConflict, Some(argument)) => {
-            // clap names an option with its value placeholder (`--network <NETWORK>`).
-            let option = |text: &str| text.split([' ', '=']).next().unwrap_or_default().to_owned();
             let prior = option(&context(ContextKind::PriorArg).unwrap_or_default());
             let argument = option(&argument);
-            if prior == argument {
-                format!("option {prior} already seen")
-            } else {
-                // virsh names the pair in its own order (net-update's `--current` first),
-                // not in the order typed.
-                let (first, second) = if prior == "--current" {
-                    (prior, argument)
-                } else {
-                    (argument, prior)
-                };
-                format!("Options {first} and {second} are mutually exclusive")
-            }
+            let after_verb = args
+                .iter()
+                .position(|arg| *arg == verb)
+                .map_or(&args[..0], |at| &args[at + 1..]);
+            vec![conflict_line(&prior, &argument, after_verb)]
         }
         (ErrorKind::InvalidValue, Some(argument))
             if context(ContextKind::InvalidValue).is_some_and(|value| value.is_empty()) =>
         {
-            format!(
-                "Failed to get option '{}': Option argument is empty",
+            if args.iter().any(String::is_empty) {
+                // virsh finds an empty argument when the command runs, so it ends with
+                // the command's blank line.
+                eprintln!(
+                    "error: Failed to get option '{}': Option argument is empty",
+                    option_name(&argument)
+                );
+                if !args.iter().any(|arg| arg == "-q" || arg == "--quiet") {
+                    let _ = std::io::stdout().write_all(b"\n");
+                }
+                return ExitCode::FAILURE;
+            }
+            vec![format!(
+                "expected syntax: --{} <string>",
                 option_name(&argument)
-            )
+            )]
         }
-        (ErrorKind::InvalidSubcommand, _) => format!(
+        (ErrorKind::InvalidSubcommand, _) => vec![format!(
             "unknown command: '{}'",
             context(ContextKind::InvalidSubcommand).unwrap_or_default()
-        ),
-        (ErrorKind::MissingRequiredArgument, Some(argument)) => format!(
-            "command '{verb}' requires {} option",
-            argument.to_lowercase()
-        ),
-        (ErrorKind::UnknownArgument, Some(argument)) if argument.starts_with('-') => {
+        )],
+        (ErrorKind::MissingRequiredArgument, Some(_)) => contexts(ContextKind::InvalidArg)
+            .iter()
+            .map(|argument| {
+                format!(
+                    "command '{verb}' requires {} option",
+                    argument.to_lowercase()
+                )
+            })
+            .collect(),
+        (ErrorKind::UnknownArgument, Some(argument)) if argument.starts_with("--") => {
             let option = argument.split('=').next().unwrap_or_default();
-            format!("command '{verb}' doesn't support option {option}")
+            vec![format!("command '{verb}' doesn't support option {option}")]
         }
-        (ErrorKind::UnknownArgument, Some(argument)) => format!("unexpected data '{argument}'"),
+        (ErrorKind::UnknownArgument, Some(argument)) => {
+            vec![format!("unexpected data '{argument}'")]
+        }
+        // `--name=foo` for a flag.
+        (ErrorKind::TooManyValues, Some(argument)) => {
+            vec![format!("invalid '=' after option {}", option(&argument))]
+        }
         _ => {
             // Any other refusal: clap's own first line, in virsh's `error: ` shape.
             let rendered = error.render().to_string();
             let first = rendered.lines().next().unwrap_or_default();
-            first.strip_prefix("error: ").unwrap_or(first).to_owned()
+            vec![first.strip_prefix("error: ").unwrap_or(first).to_owned()]
         }
     };
-    eprintln!("error: {line}");
+    for line in lines {
+        eprintln!("error: {line}");
+    }
     ExitCode::FAILURE
+}
+
+/// virsh's line for two options clap found in conflict (`args`: those after the verb).
+/// The network may be given as the positional argument or as `--network`, which virsh
+/// treats as one option: a positional after `--network NAME` is unexpected data,
+/// `--network` after a positional is "already seen".
+fn conflict_line(prior: &str, argument: &str, args: &[String]) -> String {
+    if prior == argument {
+        return format!("option {argument} already seen");
+    }
+    let positional = |text: &str| text.starts_with(['[', '<']);
+    if [prior, argument].contains(&"--network") && (positional(prior) || positional(argument)) {
+        let option_at = args.iter().position(|arg| arg == "--network");
+        // The positional value: a later argument that is neither an option nor the
+        // value after `--network`.
+        let value_at = args
+            .iter()
+            .enumerate()
+            .position(|(at, arg)| !arg.starts_with('-') && Some(at) != option_at.map(|o| o + 1));
+        return match (option_at, value_at) {
+            (Some(option), Some(value)) if option < value => {
+                format!("unexpected data '{}'", args[value])
+            }
+            _ => "option --network already seen".to_owned(),
+        };
+    }
+    // virsh names the pair in its own order (net-update's `--current` first), not in
+    // the order typed.
+    let (first, second) = if prior == "--current" {
+        (prior, argument)
+    } else {
+        (argument, prior)
+    };
+    format!("Options {first} and {second} are mutually exclusive")
 }
 
 /// virsh's name of an option clap shows as `--network <NETWORK>` or `<NETWORK>`.

@@ -11,6 +11,9 @@ use crate::cli::{Cli, Command};
 #[derive(Debug)]
 pub struct Failure {
     lines: Vec<String>,
+    /// Whether the verb ran: virsh ends a command it ran with a blank line, failed or
+    /// not, and one it could not connect for with none.
+    ran: bool,
 }
 
 impl Failure {
@@ -18,6 +21,15 @@ impl Failure {
     pub fn msg(line: impl Into<String>) -> Failure {
         Failure {
             lines: vec![line.into()],
+            ran: true,
+        }
+    }
+
+    /// A failure described by `context`, then `reason`.
+    pub fn two(context: impl Into<String>, reason: impl Into<String>) -> Failure {
+        Failure {
+            lines: vec![context.into(), reason.into()],
+            ran: true,
         }
     }
 
@@ -31,6 +43,12 @@ impl Failure {
     ) -> Failure {
         let api = match error {
             client::Error::Api(api) => api,
+            unreachable @ client::Error::Connect { .. } => {
+                return Failure {
+                    ran: false,
+                    ..Failure::msg(unreachable.to_string())
+                };
+            }
             other => return Failure::msg(other.to_string()),
         };
         let context = match (api.kind, network) {
@@ -46,14 +64,17 @@ impl Failure {
             ErrorKind::PermissionDenied => "access denied: ",
             ErrorKind::Internal => "internal error: ",
         };
-        Failure {
-            lines: vec![context, format!("{prefix}{}", api.message)],
-        }
+        Failure::two(context, format!("{prefix}{}", api.message))
     }
 
     /// The lines to print.
     pub fn lines(&self) -> &[String] {
         &self.lines
+    }
+
+    /// Whether the verb ran (see [`Failure`]).
+    pub fn ran(&self) -> bool {
+        self.ran
     }
 }
 

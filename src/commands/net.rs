@@ -199,6 +199,10 @@ pub fn uuid(client: &Client, network: &str, json: bool, quiet: bool) -> Result<S
 }
 
 pub fn name(client: &Client, uuid: &str, json: bool, quiet: bool) -> Result<String, Failure> {
+    // virsh looks networks up here by UUID only; anything else is not found, one line.
+    if uuid.parse::<uuid::Uuid>().is_err() {
+        return Err(Failure::msg(format!("failed to get network '{uuid}'")));
+    }
     let net = client
         .get(uuid)
         .map_err(|e| Failure::call(format!("failed to get network '{uuid}'"), Some(uuid), e))?;
@@ -293,12 +297,10 @@ pub fn dhcp_leases(
     if let Some(mac) = mac
         && mac.parse::<netd::xml::MacAddr>().is_err()
     {
-        return Err(Failure {
-            lines: vec![
-                format!("Failed to get leases info for {network}"),
-                format!("invalid MAC address: {mac}"),
-            ],
-        });
+        return Err(Failure::two(
+            format!("Failed to get leases info for {network}"),
+            format!("invalid MAC address: {mac}"),
+        ));
     }
     let mut leases = client.leases(network).map_err(|e| {
         Failure::call(
