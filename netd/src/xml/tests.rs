@@ -799,6 +799,22 @@ fn addresses_and_names_that_would_fail_at_start_are_refused_at_define() {
             "Invalid <ip> address 'fe80::1' in network 'n': link-local addresses are assigned by the kernel, not configured",
         ),
         (
+            ip("address='127.0.0.5' prefix='8'"),
+            "Invalid <ip> address '127.0.0.5' in network 'n': a loopback address belongs to lo",
+        ),
+        (
+            ip("family='ipv6' address='::' prefix='64'"),
+            "Invalid <ip> address '::' in network 'n': the unspecified address is no host's",
+        ),
+        (
+            ip("address='10.9.0.0' prefix='24'"),
+            "Invalid <ip> address '10.9.0.0' in network 'n': it is the network or broadcast address of 10.9.0.0/24",
+        ),
+        (
+            ip("address='10.9.0.255' netmask='255.255.255.0'"),
+            "Invalid <ip> address '10.9.0.255' in network 'n': it is the network or broadcast address of 10.9.0.0/24",
+        ),
+        (
             "<network><name>n</name><ip address='10.9.0.1' prefix='24'/><ip address='10.9.0.1' prefix='24'/></network>".into(),
             "IP address '10.9.0.1' is given in more than one <ip> of network 'n'",
         ),

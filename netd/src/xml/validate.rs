@@ -523,6 +523,17 @@ impl NetworkDef {
                 "cannot determine the prefix of address '{address}' in network '{name}'; give a netmask or prefix"
             ))
         })?;
+        // In an IPv4 subnet of more than two addresses, the first is the network's own and
+        // the last its broadcast address: neither can be the bridge's.
+        if let IpNet::V4(v4) = subnet
+            && v4.prefix_len() < 31
+            && (IpAddr::V4(v4.network()) == address || IpAddr::V4(v4.broadcast()) == address)
+        {
+            return Err(invalid(format!(
+                "Invalid <ip> address '{address}' in network '{name}': it is the network or broadcast address of {}",
+                v4.trunc()
+            )));
+        }
         if !ip.has_dhcp() {
             return Ok(());
         }
@@ -621,6 +632,9 @@ fn unassignable_reason(address: IpAddr) -> Option<&'static str> {
         IpAddr::V6(v6) if v6.is_unicast_link_local() => {
             Some("link-local addresses are assigned by the kernel, not configured")
         }
+        address if address.is_loopback() => Some("a loopback address belongs to lo"),
+        address if address.is_unspecified() => Some("the unspecified address is no host's"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address is no host's"),
         _ => None,
     }
 }
