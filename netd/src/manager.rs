@@ -491,8 +491,8 @@ impl Manager {
     pub async fn create(&self, xml: &str) -> Result<NetworkSummary, Error> {
         let mut def = NetworkDef::from_xml(xml)?;
         let mut networks = self.networks.lock().await;
-        let known = self.check_identity(&networks, &mut def)?;
-        if known && networks.get(&def.name).is_some_and(|n| n.live.is_some()) {
+        self.check_identity(&networks, &mut def)?;
+        if networks.get(&def.name).is_some_and(|n| n.live.is_some()) {
             return Err(Error::OperationInvalid(format!(
                 "network is already active as '{}'",
                 def.name
@@ -517,12 +517,12 @@ impl Manager {
 
     /// Refuses a name or UUID that belongs to another network, with libvirt's messages.
     /// A definition with the name of a known network (and its UUID, if it gives one)
-    /// is that network's: it takes the known UUID, and the answer is `true`.
+    /// is that network's, and takes the known UUID.
     fn check_identity(
         &self,
         networks: &BTreeMap<String, Network>,
         def: &mut NetworkDef,
-    ) -> Result<bool, Error> {
+    ) -> Result<(), Error> {
         if let Some(uuid) = def.uuid {
             let holder = networks
                 .values()
@@ -536,7 +536,7 @@ impl Manager {
             }
         }
         let Some(existing) = networks.get(&def.name).and_then(Network::current) else {
-            return Ok(false);
+            return Ok(());
         };
         match def.uuid {
             Some(uuid) if Some(uuid) != existing.uuid => Err(Error::AlreadyExists(format!(
@@ -545,7 +545,7 @@ impl Manager {
             ))),
             _ => {
                 def.uuid = existing.uuid;
-                Ok(true)
+                Ok(())
             }
         }
     }
