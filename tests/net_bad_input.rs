@@ -421,10 +421,7 @@ fn a_start_that_fails_late_leaves_no_lease_journal_or_status() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let daemon = Daemon::start_with(common::DaemonOptions {
-        no_default_network: true,
-        ..Default::default()
-    });
+    let daemon = Daemon::without_default_network();
     // Someone else holds UDP port 53 on every address: the DNS server, which starts
     // after the bridge and the DHCP server (and its lease journal), cannot bind.
     let _squatter = daemon
@@ -469,10 +466,7 @@ fn a_bridge_name_saved_for_a_running_networks_next_start_is_taken() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let daemon = Daemon::start_with(common::DaemonOptions {
-        no_default_network: true,
-        ..Default::default()
-    });
+    let daemon = Daemon::without_default_network();
     let define = |file: &str, xml: &str| {
         let path = xml_file(daemon.dirs.path(), file, xml);
         daemon.ok(&["net-define", path.to_str().expect("path")]);
@@ -504,10 +498,7 @@ fn an_ipv4_network_with_an_mtu_below_1280_starts() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let daemon = Daemon::start_with(common::DaemonOptions {
-        no_default_network: true,
-        ..Default::default()
-    });
+    let daemon = Daemon::without_default_network();
     // Below 1280 the kernel takes IPv6 (and its sysctls) off the bridge.
     let path = xml_file(
         daemon.dirs.path(),

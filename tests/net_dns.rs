@@ -111,10 +111,7 @@ fn a_taken_dns_port_rolls_the_start_back() {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
     };
-    let daemon = Daemon::start_with(DaemonOptions {
-        no_default_network: true,
-        ..DaemonOptions::default()
-    });
+    let daemon = Daemon::without_default_network();
     // Someone else holds 192.168.122.1:53/udp (IP_FREEBIND: the address does not exist
     // yet; no SO_REUSEADDR, so our bind must fail).
     let _blocker = daemon

@@ -155,10 +155,7 @@ fn transient_networks_run_without_a_definition_and_vanish_on_destroy() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let daemon = Daemon::start_with(DaemonOptions {
-        no_default_network: true,
-        ..Default::default()
-    });
+    let daemon = Daemon::without_default_network();
     let path = xml_file(
         daemon.dirs.path(),
         "t.xml",
@@ -191,10 +188,7 @@ fn net_create_of_a_defined_inactive_network_runs_it_with_that_xml() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let daemon = Daemon::start_with(DaemonOptions {
-        no_default_network: true,
-        ..Default::default()
-    });
+    let daemon = Daemon::without_default_network();
     let uuid = "11111111-1111-4111-8111-111111111111";
     let defined = xml_file(
         daemon.dirs.path(),

@@ -476,10 +476,7 @@ fn a_live_update_that_adds_the_first_dhcp_range_starts_a_server_and_removing_it_
     if !require(DAEMON_NEEDS) || !require(&[Need::Program("busybox")]) {
         return;
     }
-    let daemon = Daemon::start_with(DaemonOptions {
-        no_default_network: true,
-        ..DaemonOptions::default()
-    });
+    let daemon = Daemon::without_default_network();
     let path = xml_file(
         daemon.dirs.path(),
         "bare.xml",

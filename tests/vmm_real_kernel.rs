@@ -22,7 +22,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{DAEMON_NEEDS, Daemon, DaemonOptions, Need};
+use common::{DAEMON_NEEDS, Daemon, Need};
 
 const MARKER: &str = "KVNET-GUEST-READY";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -264,10 +264,7 @@ fn virtio_net_leases_from_kvnetd_and_pings_the_server(extra_cmdline: &str) -> Op
     let initrd = build_initramfs(dir.path(), Some(&kernel));
 
     // kvnetd serves DHCP on virbr0 in its namespace; the guest's tap joins that bridge.
-    let daemon = Daemon::start_with(DaemonOptions {
-        no_default_network: true,
-        ..DaemonOptions::default()
-    });
+    let daemon = Daemon::without_default_network();
     let xml = common::xml_file(dir.path(), "vmnet.xml", NETWORK_XML);
     daemon.ok(&["net-create", xml.to_str().expect("utf-8 path")]);
     daemon

@@ -35,6 +35,14 @@ impl Daemon {
         Daemon::start_with(DaemonOptions::default())
     }
 
+    /// A daemon in a new namespace that defines no network of its own.
+    pub fn without_default_network() -> Daemon {
+        Daemon::start_with(DaemonOptions {
+            no_default_network: true,
+            ..Default::default()
+        })
+    }
+
     pub fn start_with(options: DaemonOptions) -> Daemon {
         let ns = Netns::new("kvnetd").expect("create the test namespace");
         let dirs = tempfile::tempdir().expect("temp dir");
