@@ -105,3 +105,54 @@ fn kill_9_at_random_points_of_starts_never_leaves_orphans() {
         assert!(daemon.bridges().is_empty());
     }
 }
+
+#[test]
+fn a_start_whose_client_goes_away_finishes_anyway() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start_with(no_default());
+    // Thousands of reservations keep the start busy long after the client is gone.
+    let hosts: String = (0..20_000)
+        .map(|i| {
+            format!(
+                "<host mac='52:54:01:00:{:02x}:{:02x}' ip='10.57.{}.{}'/>",
+                i >> 8,
+                i & 0xff,
+                1 + i / 250,
+                1 + i % 250
+            )
+        })
+        .collect();
+    let xml = format!(
+        "<network><name>n</name><forward/><bridge name='kvgone0'/>\
+         <ip address='10.57.0.1' prefix='16'><dhcp>\
+         <range start='10.57.200.2' end='10.57.200.254'/>{hosts}</dhcp></ip></network>"
+    );
+    let path = xml_file(daemon.dirs.path(), "n.xml", &xml);
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    let definition =
+        std::fs::read_to_string(daemon.config_dir().join("networks/n.xml")).expect("definition");
+
+    let mut client = std::os::unix::net::UnixStream::connect(daemon.socket()).expect("connect");
+    std::io::Write::write_all(
+        &mut client,
+        b"POST /v1/networks/n/start HTTP/1.1\r\nhost: kvnetd\r\ncontent-length: 0\r\n\r\n",
+    )
+    .expect("send");
+    std::thread::sleep(Duration::from_millis(20));
+    drop(client);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !daemon.ok(&["-q", "net-list", "--name"]).contains('n')
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_consistent(&daemon, "n", "kvgone0", &definition);
+    assert!(
+        daemon.bridges().iter().any(|b| b == "kvgone0"),
+        "the start was abandoned with its client:\n{}",
+        daemon.log()
+    );
+}

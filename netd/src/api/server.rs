@@ -15,6 +15,7 @@ use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::UnixListener;
+use tokio::sync::RwLock;
 
 use super::error::{ApiError, ErrorKind};
 use super::types::{
@@ -70,6 +71,35 @@ struct AppState {
     manager: Arc<Manager>,
     /// The group that owns the socket: its members may change things, like root.
     socket_gid: u32,
+    /// Held shared by every change in progress; [`serve`] takes it exclusively before it
+    /// returns, so the daemon never exits halfway through a change.
+    changes: Arc<RwLock<()>>,
+}
+
+impl AppState {
+    /// Runs a change to its end even if the client goes away. hyper drops the handler of
+    /// a connection that closes, and a start dropped between two kernel steps would leave
+    /// a bridge behind that no network owns.
+    async fn change<T, F>(&self, change: impl FnOnce(Arc<Manager>) -> F) -> Result<T, ApiError>
+    where
+        F: Future<Output = Result<T, manager::Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let in_progress = Arc::clone(&self.changes).read_owned().await;
+        let change = change(Arc::clone(&self.manager));
+        let task = tokio::spawn(async move {
+            let result = change.await;
+            drop(in_progress);
+            result
+        });
+        match task.await {
+            Ok(result) => result.map_err(ApiError::from),
+            Err(e) => Err(ApiError::new(
+                ErrorKind::Internal,
+                format!("the change did not finish: {e}"),
+            )),
+        }
+    }
 }
 
 /// Binds `socket` (mode 0660, replacing a stale socket file) and serves the API until
@@ -100,14 +130,18 @@ pub async fn serve(
     let socket_gid = std::fs::metadata(socket).map_err(err("inspecting"))?.gid();
     tracing::info!(socket = %socket.display(), "listening");
 
+    let changes = Arc::new(RwLock::new(()));
     let app = router(AppState {
         manager,
         socket_gid,
+        changes: Arc::clone(&changes),
     });
-    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(err("serving on"))
+        .await;
+    // Changes whose clients went away are still running.
+    let _finished = changes.write().await;
+    served.map_err(err("serving on"))
 }
 
 fn router(state: AppState) -> Router {
@@ -194,12 +228,16 @@ async fn define(
     Query(query): Query<DefineQuery>,
     Json(request): Json<XmlRequest>,
 ) -> Result<Json<NetworkSummary>, ApiError> {
-    let summary = if query.transient {
-        state.manager.create(&request.xml).await?
-    } else {
-        state.manager.define(&request.xml).await?
-    };
-    Ok(Json(summary))
+    state
+        .change(|manager| async move {
+            if query.transient {
+                manager.create(&request.xml).await
+            } else {
+                manager.define(&request.xml).await
+            }
+        })
+        .await
+        .map(Json)
 }
 
 async fn info(
@@ -213,21 +251,30 @@ async fn undefine(
     State(state): State<AppState>,
     UrlPath(network): UrlPath<String>,
 ) -> Result<Json<NetworkSummary>, ApiError> {
-    Ok(Json(state.manager.undefine(&network).await?))
+    state
+        .change(|manager| async move { manager.undefine(&network).await })
+        .await
+        .map(Json)
 }
 
 async fn start(
     State(state): State<AppState>,
     UrlPath(network): UrlPath<String>,
 ) -> Result<Json<NetworkSummary>, ApiError> {
-    Ok(Json(state.manager.start(&network).await?))
+    state
+        .change(|manager| async move { manager.start(&network).await })
+        .await
+        .map(Json)
 }
 
 async fn stop(
     State(state): State<AppState>,
     UrlPath(network): UrlPath<String>,
 ) -> Result<Json<NetworkSummary>, ApiError> {
-    Ok(Json(state.manager.stop(&network).await?))
+    state
+        .change(|manager| async move { manager.stop(&network).await })
+        .await
+        .map(Json)
 }
 
 async fn autostart(
@@ -235,12 +282,10 @@ async fn autostart(
     UrlPath(network): UrlPath<String>,
     Json(request): Json<AutostartRequest>,
 ) -> Result<Json<NetworkSummary>, ApiError> {
-    Ok(Json(
-        state
-            .manager
-            .set_autostart(&network, request.enabled)
-            .await?,
-    ))
+    state
+        .change(|manager| async move { manager.set_autostart(&network, request.enabled).await })
+        .await
+        .map(Json)
 }
 
 async fn dumpxml(
@@ -265,17 +310,22 @@ async fn update(
     Json(request): Json<UpdateRequest>,
 ) -> Result<Json<UpdateResponse>, ApiError> {
     let parse_error = |e: xml::Error| ApiError::from(manager::Error::from(e));
-    let update = xml::Update {
-        command: request.command.parse().map_err(parse_error)?,
-        section: request.section.parse().map_err(parse_error)?,
-        parent_index: request.parent_index,
-        xml: &request.xml,
-    };
-    let response = state
-        .manager
-        .update(&network, &update, request.live, request.config)
-        .await?;
-    Ok(Json(response))
+    let command = request.command.parse().map_err(parse_error)?;
+    let section = request.section.parse().map_err(parse_error)?;
+    state
+        .change(|manager| async move {
+            let update = xml::Update {
+                command,
+                section,
+                parent_index: request.parent_index,
+                xml: &request.xml,
+            };
+            manager
+                .update(&network, &update, request.live, request.config)
+                .await
+        })
+        .await
+        .map(Json)
 }
 
 #[cfg(test)]
