@@ -297,6 +297,30 @@ fn a_vanished_bridge_marks_the_network_inactive_and_stale_rules_go() {
 }
 
 #[test]
+fn a_restarted_daemon_puts_back_what_was_taken_from_its_bridges() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    daemon.stop();
+    daemon
+        .ns
+        .sh("ip addr flush dev virbr0 && ip link set virbr0 down")
+        .expect("strip the bridge behind the daemon's back");
+    daemon.spawn(&DaemonOptions::default());
+    assert_eq!(
+        daemon.ok(&["-q", "net-list"]),
+        " default   active   yes   yes\n"
+    );
+    assert_eq!(daemon.addresses("virbr0"), ["192.168.122.1/24"]);
+    let flags = daemon.ip_json("link show virbr0")[0]["flags"].clone();
+    assert!(
+        flags.as_array().is_some_and(|f| f.iter().any(|f| f == "UP")),
+        "bridge left down: {flags}"
+    );
+}
+
+#[test]
 fn autostart_runs_once_per_boot() {
     if !require(DAEMON_NEEDS) {
         return;

@@ -18,7 +18,7 @@ use crate::api::{ApiError, ErrorKind};
 use crate::dhcp::{self, DhcpConfig, DhcpHostConfig, DhcpServer};
 use crate::dns::{self, DnsConfig, DnsServer};
 use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
-use crate::link::{self, BridgeSpec, Link, PrefixCache, sysctl};
+use crate::link::{self, BridgeSpec, Link, LinkInfo, PrefixCache, sysctl};
 use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
 use crate::xml::{self, DEFAULT_NAT_PORTS, ForwardMode, NetworkDef};
 
@@ -293,18 +293,21 @@ impl Manager {
                 self.store.delete_status(&name)?;
                 continue;
             }
-            let present = self
+            let bridge = self
                 .link
                 .link_info(&status.bridge)
                 .await?
-                .is_some_and(|info| info.is_bridge());
-            if !present {
+                .filter(LinkInfo::is_bridge);
+            let Some(bridge) = bridge else {
                 warn!(network = %name, bridge = %status.bridge, "bridge vanished while the daemon was away; marking the network inactive");
                 self.release(&status.bridge, false).await;
                 self.store.delete_status(&name)?;
                 continue;
-            }
+            };
             info!(network = %name, bridge = %status.bridge, "adopted running network");
+            if owns_bridge {
+                self.restore_bridge(&def, &status.bridge, &bridge).await;
+            }
             // The lease file carries every binding across the restart.
             let dhcp = self.start_dhcp(&def).unwrap_or_else(|e| {
                 warn!(network = %name, "DHCP server not restarted: {}", error_chain(&e));
@@ -339,6 +342,33 @@ impl Manager {
             }
         }
         Ok(())
+    }
+
+    /// Puts back what was taken from an adopted network's own bridge while the daemon was
+    /// away: its addresses (the guests' router and DNS server) and its up state. What is
+    /// still there is left as it is.
+    async fn restore_bridge(&self, def: &NetworkDef, bridge: &str, info: &LinkInfo) {
+        for (address, prefix) in bridge_addresses(def) {
+            match self
+                .link
+                .add_address_at(info.index, bridge, address, prefix)
+                .await
+            {
+                Ok(()) => {
+                    warn!(network = %def.name, bridge, "address {address}/{prefix} had been removed; added it back");
+                }
+                Err(e) if e.is_already_exists() => {}
+                Err(e) => warn!(network = %def.name, "{}", error_chain(&e)),
+            }
+        }
+        if !info.up {
+            match self.link.set_up_at(info.index, bridge).await {
+                Ok(()) => {
+                    warn!(network = %def.name, bridge, "bridge had been set down; brought it up")
+                }
+                Err(e) => warn!(network = %def.name, "{}", error_chain(&e)),
+            }
+        }
     }
 
     /// Best-effort removal of a network's kernel objects by bridge name (recovery paths).
