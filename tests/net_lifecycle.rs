@@ -315,9 +315,41 @@ fn a_restarted_daemon_puts_back_what_was_taken_from_its_bridges() {
     assert_eq!(daemon.addresses("virbr0"), ["192.168.122.1/24"]);
     let flags = daemon.ip_json("link show virbr0")[0]["flags"].clone();
     assert!(
-        flags.as_array().is_some_and(|f| f.iter().any(|f| f == "UP")),
+        flags
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "UP")),
         "bridge left down: {flags}"
     );
+}
+
+#[test]
+fn systemd_hears_ready_once_the_daemon_serves_and_stopping_at_sigterm() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let notify = dir.path().join("notify");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&notify).expect("bind");
+    systemd
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    let heard = || {
+        let mut buf = [0u8; 64];
+        let len = systemd.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..len]).into_owned()
+    };
+    let mut daemon = Daemon::start_with(DaemonOptions {
+        notify_socket: Some(notify.clone()),
+        ..Default::default()
+    });
+    assert_eq!(heard(), "READY=1");
+    // Ready means the autostart networks are up and the API answers.
+    assert_eq!(
+        daemon.ok(&["-q", "net-list"]),
+        " default   active   yes   yes\n"
+    );
+    daemon.stop();
+    assert_eq!(heard(), "STOPPING=1");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use clap::Parser;
 use crate::api::server;
 use crate::firewall;
 use crate::manager::{Manager, ManagerConfig, error_chain};
+use crate::systemd;
 
 /// kvnetd: owns named virtual networks (bridges, NAT, DHCP, DNS) and serves the kvnet API.
 #[derive(Debug, Parser)]
@@ -78,7 +79,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         let manager = Manager::open(config, firewall)
             .await
             .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
-        server::serve(Arc::new(manager), &args.socket, shutdown_signal())
+        let ready = || tell_systemd("READY=1");
+        server::serve(Arc::new(manager), &args.socket, ready, shutdown_signal())
             .await
             .context("serving the API")?;
         tracing::info!("stopped; networks keep running");
@@ -98,6 +100,14 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    tell_systemd("STOPPING=1");
+}
+
+/// Tells a `Type=notify` unit's systemd how the daemon is doing, if systemd started it.
+fn tell_systemd(state: &str) {
+    if let Err(e) = systemd::notify(state) {
+        tracing::warn!("cannot tell systemd {state}: {e}");
     }
 }
 

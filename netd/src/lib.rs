@@ -12,6 +12,7 @@ pub mod firewall;
 pub mod link;
 pub mod manager;
 pub mod store;
+mod systemd;
 pub mod virsh;
 pub mod xml;
 

@@ -27,6 +27,8 @@ pub struct DaemonOptions {
     pub no_default_network: bool,
     /// Use this state dir instead of `<dirs>/run` (a "reboot" starts from a new one).
     pub state_dir: Option<PathBuf>,
+    /// `NOTIFY_SOCKET`, as systemd sets it for a `Type=notify` unit.
+    pub notify_socket: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -101,6 +103,9 @@ impl Daemon {
             .stderr(log);
         if options.no_default_network {
             cmd.arg("--no-default-network");
+        }
+        if let Some(socket) = &options.notify_socket {
+            cmd.env("NOTIFY_SOCKET", socket);
         }
         let mut child = cmd.spawn().expect("spawn kvnetd");
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -102,11 +102,12 @@ impl AppState {
     }
 }
 
-/// Binds `socket` (mode 0660, replacing a stale socket file) and serves the API until
-/// `shutdown` completes.
+/// Binds `socket` (mode 0660, replacing a stale socket file), calls `listening`, and
+/// serves the API until `shutdown` completes.
 pub async fn serve(
     manager: Arc<Manager>,
     socket: &Path,
+    listening: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let err = |action| {
@@ -129,6 +130,7 @@ pub async fn serve(
         .map_err(err("setting the mode of"))?;
     let socket_gid = std::fs::metadata(socket).map_err(err("inspecting"))?.gid();
     tracing::info!(socket = %socket.display(), "listening");
+    listening();
 
     let changes = Arc::new(RwLock::new(()));
     let app = router(AppState {
