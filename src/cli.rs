@@ -12,8 +12,9 @@ pub const DEFAULT_SOCKET: &str = "/run/kvnet/kvnetd.sock";
 #[derive(Debug, Parser)]
 #[command(name = "kvnet", version, about)]
 pub struct Cli {
-    /// The daemon's socket [default: $KVNET_SOCKET, else /run/kvnet/kvnetd.sock]. As
-    /// with virsh, the last one given wins.
+    /// The daemon's socket [default: $KVNET_SOCKET, else /run/kvnet/kvnetd.sock]; virsh's
+    /// URIs for the local system daemon (qemu:///system, network:///system) mean the
+    /// default. As with virsh, the last one given wins.
     #[arg(
         short = 'c',
         long = "connect",
@@ -33,16 +34,58 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The daemon's socket: `--connect`, else a non-empty `KVNET_SOCKET`, else the default.
-    pub fn socket(&self) -> PathBuf {
-        self.socket
-            .clone()
-            .or_else(|| {
-                std::env::var_os("KVNET_SOCKET")
-                    .filter(|value| !value.is_empty())
-                    .map(PathBuf::from)
-            })
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    /// The daemon's socket: `--connect`, else a non-empty `KVNET_SOCKET`, else the
+    /// default. A libvirt URI in `--connect` is refused unless it means the local system
+    /// daemon, which kvnetd stands in for.
+    pub fn socket(&self) -> Result<PathBuf, String> {
+        let Some(connect) = &self.socket else {
+            return Ok(std::env::var_os("KVNET_SOCKET")
+                .filter(|value| !value.is_empty())
+                .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from));
+        };
+        let Some(uri) = connect.to_str().filter(|text| text.contains("://")) else {
+            return Ok(connect.clone());
+        };
+        if is_local_system_uri(uri) {
+            Ok(PathBuf::from(DEFAULT_SOCKET))
+        } else {
+            Err(format!(
+                "unsupported connection URI '{uri}': kvnet connects to the local system \
+                 daemon (qemu:///system) or to a socket path"
+            ))
+        }
+    }
+}
+
+/// `DRIVER:///system` with no host and no transport but the local `+unix`: the URIs with
+/// which virsh reaches the local system daemon.
+fn is_local_system_uri(uri: &str) -> bool {
+    let Some((scheme, "/system")) = uri.split_once("://") else {
+        return false;
+    };
+    let (driver, transport) = scheme.split_once('+').unwrap_or((scheme, "unix"));
+    !driver.is_empty() && driver.bytes().all(|b| b.is_ascii_lowercase()) && transport == "unix"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_uris_of_the_local_system_daemon_are_kvnetd() {
+        for uri in ["qemu:///system", "network:///system", "qemu+unix:///system"] {
+            assert!(is_local_system_uri(uri), "{uri}");
+        }
+        for uri in [
+            "qemu:///session",
+            "qemu+ssh://host/system",
+            "qemu://host/system",
+            "qemu:///system?socket=/x",
+            ":///system",
+            "qemu+tcp:///system",
+        ] {
+            assert!(!is_local_system_uri(uri), "{uri}");
+        }
     }
 }
 

@@ -256,9 +256,28 @@ fn an_unreachable_daemon_is_one_clear_line() {
     assert!(out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.contains(&socket.display().to_string()) && err.contains("is kvnetd running?"),
-        "{err}"
+    assert_eq!(
+        err,
+        format!(
+            "error: cannot connect to kvnetd at {}: No such file or directory (is kvnetd running?)\n",
+            socket.display()
+        )
+    );
+}
+
+#[test]
+fn a_libvirt_uri_other_than_the_local_system_daemon_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvnet"))
+        .args(["-c", "qemu+ssh://host/system", "net-list"])
+        .output()
+        .expect("run kvnet");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: failed to connect to the hypervisor\n\
+         error: unsupported connection URI 'qemu+ssh://host/system': kvnet connects to the \
+         local system daemon (qemu:///system) or to a socket path\n"
     );
 }
 

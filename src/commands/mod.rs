@@ -43,10 +43,14 @@ impl Failure {
     ) -> Failure {
         let api = match error {
             client::Error::Api(api) => api,
-            unreachable @ client::Error::Connect { .. } => {
+            client::Error::Connect { socket, source } => {
                 return Failure {
                     ran: false,
-                    ..Failure::msg(unreachable.to_string())
+                    ..Failure::msg(format!(
+                        "cannot connect to kvnetd at {}: {} (is kvnetd running?)",
+                        socket.display(),
+                        system_message(&source)
+                    ))
                 };
             }
             other => return Failure::msg(other.to_string()),
@@ -80,7 +84,11 @@ impl Failure {
 
 /// Runs the verb named on the command line.
 pub fn run(cli: &Cli) -> Result<String, Failure> {
-    let client = Client::new(cli.socket());
+    let socket = cli.socket().map_err(|reason| Failure {
+        ran: false,
+        ..Failure::two("failed to connect to the hypervisor", reason)
+    })?;
+    let client = Client::new(socket);
     let quiet = cli.quiet;
     match &cli.command {
         Command::NetDefine(file) => net::from_file(&client, &file.get(), false, quiet),
@@ -105,5 +113,15 @@ pub fn run(cli: &Cli) -> Result<String, Failure> {
         Command::NetDhcpLeases { network, mac, json } => {
             net::dhcp_leases(&client, network.get(), mac.as_deref(), *json, quiet)
         }
+    }
+}
+
+/// An I/O error as virsh prints it: the C library's text (`No such file or
+/// directory`), without Rust's `(os error 2)`.
+pub fn system_message(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    match text.rsplit_once(" (os error ") {
+        Some((message, _)) if error.raw_os_error().is_some() => message.to_owned(),
+        _ => text,
     }
 }

@@ -7,7 +7,7 @@ use netd::api::client::{self, Client};
 use netd::api::types::{NetworkSummary, UpdateRequest};
 use netd::xml::{UpdateCommand, UpdateSection};
 
-use super::Failure;
+use super::{Failure, system_message};
 use crate::cli::{ListArgs, UpdateArgs};
 use crate::output;
 
@@ -19,16 +19,6 @@ fn read_file(path: &Path) -> Result<String, Failure> {
             system_message(&e)
         ))
     })
-}
-
-/// An I/O error as virsh prints it: the C library's text (`No such file or
-/// directory`), without Rust's `(os error 2)`.
-fn system_message(error: &std::io::Error) -> String {
-    let text = error.to_string();
-    match text.rsplit_once(" (os error ") {
-        Some((message, _)) if error.raw_os_error().is_some() => message.to_owned(),
-        _ => text,
-    }
 }
 
 /// `net-define` (`transient` false) and `net-create` (`transient` true).
