@@ -2,7 +2,8 @@
 //!
 //! Layers, each with one job: [`api`] (HTTP over a Unix socket), [`manager`] (the
 //! registry and every change to it), [`store`] (files), [`xml`] (libvirt's network
-//! XML), [`link`] (the only netlink code), [`firewall`] (the only nftables code).
+//! XML), [`link`] (the only netlink code), [`firewall`] (the only nftables code), and
+//! the services on each bridge: [`dhcp`], [`dns`], [`ra`] (IPv6 router advertisements).
 
 pub mod api;
 mod daemon;
@@ -11,6 +12,7 @@ pub mod dns;
 pub mod firewall;
 pub mod link;
 pub mod manager;
+pub mod ra;
 pub mod store;
 mod systemd;
 pub mod virsh;

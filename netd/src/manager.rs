@@ -6,8 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use tokio::sync::Mutex;
@@ -19,6 +21,7 @@ use crate::dhcp::{self, DhcpConfig, DhcpHostConfig, DhcpServer};
 use crate::dns::{self, DnsConfig, DnsServer};
 use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
 use crate::link::{self, BridgeSpec, Link, LinkInfo, PrefixCache, sysctl};
+use crate::ra::{self, RaConfig, RaServer};
 use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
 use crate::xml::{self, DEFAULT_NAT_PORTS, ForwardMode, NetworkDef};
 
@@ -148,6 +151,8 @@ struct Network {
     dhcp: Option<DhcpServer>,
     /// The network's DNS server, while it is active with DNS enabled.
     dns: Option<DnsServer>,
+    /// The network's router advertisements, while it is active with an IPv6 `<ip>`.
+    ra: Option<RaServer>,
 }
 
 impl Network {
@@ -159,17 +164,38 @@ impl Network {
             autostart,
             dhcp: None,
             dns: None,
+            ra: None,
         }
     }
 
     /// A running network without a definition on disk.
-    fn transient(def: NetworkDef, (dhcp, dns): Servers) -> Network {
-        Network {
+    fn transient(def: NetworkDef, servers: Servers) -> Network {
+        let mut network = Network {
             config: None,
-            live: Some(def),
+            live: None,
             autostart: false,
-            dhcp,
-            dns,
+            dhcp: None,
+            dns: None,
+            ra: None,
+        };
+        network.run(def, servers);
+        network
+    }
+
+    /// Marks the network active with `def` and `servers`.
+    fn run(&mut self, def: NetworkDef, servers: Servers) {
+        self.live = Some(def);
+        self.dhcp = servers.dhcp;
+        self.dns = servers.dns;
+        self.ra = servers.ra;
+    }
+
+    /// Takes the servers away, to stop them.
+    fn take_servers(&mut self) -> Servers {
+        Servers {
+            dhcp: self.dhcp.take(),
+            dns: self.dns.take(),
+            ra: self.ra.take(),
         }
     }
 
@@ -203,8 +229,28 @@ pub struct Manager {
     firewall: Box<dyn Firewall>,
 }
 
-/// The DHCP and DNS servers of a running network.
-type Servers = (Option<DhcpServer>, Option<DnsServer>);
+/// The DHCP, DNS and router advertisement servers of a running network.
+#[derive(Debug, Default)]
+struct Servers {
+    dhcp: Option<DhcpServer>,
+    dns: Option<DnsServer>,
+    ra: Option<RaServer>,
+}
+
+impl Servers {
+    /// Stops them, DNS before DHCP (it reads the DHCP leases).
+    async fn stop(self) {
+        if let Some(server) = self.ra {
+            server.stop().await;
+        }
+        if let Some(server) = self.dns {
+            server.stop().await;
+        }
+        if let Some(server) = self.dhcp {
+            server.stop().await;
+        }
+    }
+}
 
 /// Where the host's resolvers are listed: the default upstreams of DNS forwarding.
 const RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -319,12 +365,13 @@ impl Manager {
                     warn!(network = %name, "DNS server not restarted: {}", error_chain(&e));
                     None
                 });
+            let ra = self.start_ra(&def).unwrap_or_else(|e| {
+                warn!(network = %name, "router advertisements not restarted: {}", error_chain(&e));
+                None
+            });
+            let servers = Servers { dhcp, dns, ra };
             match networks.get_mut(&name) {
-                Some(network) => {
-                    network.live = Some(def);
-                    network.dhcp = dhcp;
-                    network.dns = dns;
-                }
+                Some(network) => network.run(def, servers),
                 None => {
                     if status.persistent {
                         // Its definition was removed behind our back: keep it running, as transient.
@@ -337,7 +384,7 @@ impl Manager {
                             },
                         )?;
                     }
-                    networks.insert(name, Network::transient(def, (dhcp, dns)));
+                    networks.insert(name, Network::transient(def, servers));
                 }
             }
         }
@@ -534,10 +581,7 @@ impl Manager {
         let persistent = networks.get(&name).is_some_and(|n| n.config.is_some());
         let servers = self.bring_up(&networks, &def, persistent).await?;
         match networks.get_mut(&name) {
-            Some(network) => {
-                network.live = Some(def);
-                (network.dhcp, network.dns) = servers;
-            }
+            Some(network) => network.run(def, servers),
             None => {
                 networks.insert(name.clone(), Network::transient(def, servers));
             }
@@ -655,11 +699,9 @@ impl Manager {
             .clone()
             .ok_or_else(|| Error::OperationInvalid("network has no definition".into()))?;
         def.fill_live_defaults();
-        let (dhcp, dns) = self.bring_up(&networks, &def, true).await?;
+        let servers = self.bring_up(&networks, &def, true).await?;
         if let Some(network) = networks.get_mut(&name) {
-            network.live = Some(def);
-            network.dhcp = dhcp;
-            network.dns = dns;
+            network.run(def, servers);
         }
         summary_of(&networks, &name)
     }
@@ -698,19 +740,27 @@ impl Manager {
         let mut undo = Vec::new();
         let result = async {
             self.apply_kernel_state(def, &bridge, &mut undo).await?;
-            let dhcp = self.start_dhcp(def)?;
-            let dns = match self.start_dns(def, dhcp.as_ref(), networks) {
-                Ok(dns) => dns,
-                Err(e) => {
-                    stop_servers((dhcp, None)).await;
-                    return Err(e);
-                }
+            let mut servers = Servers {
+                dhcp: self.start_dhcp(def)?,
+                ..Servers::default()
             };
-            if let Err(e) = self.store.save_status(&def.name, &status(Phase::Active)) {
-                stop_servers((dhcp, dns)).await;
-                return Err(failed_step(def, "recording the network as active", e));
+            let started = self
+                .start_dns(def, servers.dhcp.as_ref(), networks)
+                .map(|dns| servers.dns = dns)
+                .and_then(|()| self.start_ra(def))
+                .map(|ra| servers.ra = ra)
+                .and_then(|()| {
+                    self.store
+                        .save_status(&def.name, &status(Phase::Active))
+                        .map_err(|e| failed_step(def, "recording the network as active", e))
+                });
+            match started {
+                Ok(()) => Ok(servers),
+                Err(e) => {
+                    servers.stop().await;
+                    Err(e)
+                }
             }
-            Ok((dhcp, dns))
         }
         .await;
         match result {
@@ -760,6 +810,16 @@ impl Manager {
         DnsServer::start(config, lease_names(dhcp))
             .map(Some)
             .map_err(|e| failed_step(def, "starting the DNS server", e))
+    }
+
+    /// Starts the router advertisements of a network with an IPv6 `<ip>` on its own bridge.
+    fn start_ra(&self, def: &NetworkDef) -> Result<Option<RaServer>, Error> {
+        let Some(config) = ra_config(def) else {
+            return Ok(None);
+        };
+        RaServer::start(config)
+            .map(Some)
+            .map_err(|e| failed_step(def, "starting router advertisements", e))
     }
 
     async fn check_collisions(
@@ -924,7 +984,7 @@ impl Manager {
         };
         let mut summary = summary_of(&networks, &name)?;
         if let Some(network) = networks.get_mut(&name) {
-            stop_servers((network.dhcp.take(), network.dns.take())).await;
+            network.take_servers().stop().await;
         }
         let torn_down = self.tear_down(&def).await;
         self.catch_up_prefixes_when_idle();
@@ -1352,14 +1412,38 @@ fn active_status(live: &NetworkDef, persistent: bool, started_at: i64) -> Status
     }
 }
 
-/// Stops a network's servers, DNS first (it reads the DHCP leases).
-async fn stop_servers((dhcp, dns): Servers) {
-    if let Some(server) = dns {
-        server.stop().await;
+/// What the router advertisements of a network say; `None` for a network without an
+/// IPv6 `<ip>` or on a host bridge (whose router is not ours).
+fn ra_config(def: &NetworkDef) -> Option<RaConfig> {
+    if def.forward_mode() == ForwardMode::Bridge {
+        return None;
     }
-    if let Some(server) = dhcp {
-        server.stop().await;
-    }
+    let ipv6: Vec<(Ipv6Addr, u8)> = bridge_addresses(def)
+        .filter_map(|(address, prefix)| match address {
+            std::net::IpAddr::V6(address) => Some((address, prefix)),
+            std::net::IpAddr::V4(_) => None,
+        })
+        .collect();
+    let (first, _) = *ipv6.first()?;
+    Some(RaConfig {
+        network: def.name.clone(),
+        interface: def.bridge_name()?.to_owned(),
+        mac: def.mac.map(|mac| mac.0)?,
+        // SLAAC makes addresses in /64s only.
+        prefixes: ipv6
+            .iter()
+            .filter(|(_, prefix)| *prefix == 64)
+            .filter_map(|&(address, prefix)| ipnet::Ipv6Net::new(address, prefix).ok())
+            .map(|net| net.trunc())
+            .collect(),
+        router_lifetime: if def.forward_mode() == ForwardMode::Isolated {
+            Duration::ZERO
+        } else {
+            ra::ROUTER_LIFETIME
+        },
+        mtu: def.mtu,
+        dns_server: def.is_dns_enabled().then_some(first),
+    })
 }
 
 /// What the DNS server serves and where it listens; `None` when DNS is disabled.

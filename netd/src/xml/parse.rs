@@ -808,7 +808,7 @@ impl Parser {
         if let Some(dhcp) = dhcp {
             if address.is_ipv6() {
                 return Err(self.unsupported(
-                    "element <dhcp> inside IPv6 <ip> (kvnet has no DHCPv6 or router advertisement service)"
+                    "element <dhcp> inside IPv6 <ip> (kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements)"
                         .to_string(),
                     dhcp.line,
                 ));

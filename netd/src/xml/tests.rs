@@ -699,11 +699,11 @@ fn unimplemented_ipv6_dhcp_nat_duid_and_local_ptr_are_rejected_by_name() {
                 v6_ip,
                 "\n<dhcp><range start='fd00::10' end='fd00::20'/></dhcp>",
             ),
-            "unsupported element <dhcp> inside IPv6 <ip> (kvnet has no DHCPv6 or router advertisement service) in network 'n' (line 2)",
+            "unsupported element <dhcp> inside IPv6 <ip> (kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements) in network 'n' (line 2)",
         ),
         (
             net_with_ip(v6_ip, "<dhcp><host id='0:1:2' ip='fd00::5'/></dhcp>"),
-            "unsupported element <dhcp> inside IPv6 <ip> (kvnet has no DHCPv6 or router advertisement service) in network 'n' (line 1)",
+            "unsupported element <dhcp> inside IPv6 <ip> (kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements) in network 'n' (line 1)",
         ),
         (
             net_with_ip(
@@ -743,7 +743,7 @@ fn unimplemented_ipv6_dhcp_nat_duid_and_local_ptr_are_rejected_by_name() {
     });
     assert_eq!(
         edited.validate().unwrap_err().to_string(),
-        "unsupported <dhcp> on IPv6 address 'fd00::1' in network 'n': kvnet has no DHCPv6 or router advertisement service"
+        "unsupported <dhcp> on IPv6 address 'fd00::1' in network 'n': kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements"
     );
     let mut edited = defaults.clone();
     edited.ips[0].local_ptr = Some(true);

@@ -261,7 +261,7 @@ impl NetworkDef {
         let address = self.ips[index].address;
         if address.is_ipv6() {
             return Err(Error::UpdateUnsupported(format!(
-                "can't add a dhcp {entry} to the IPv6 <ip> '{address}' of network '{}': kvnet has no DHCPv6 or router advertisement service",
+                "can't add a dhcp {entry} to the IPv6 <ip> '{address}' of network '{}': kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements",
                 self.name
             )));
         }
@@ -912,7 +912,7 @@ mod tests {
         assert!(matches!(e, Error::UpdateUnsupported(_)), "{e:?}");
         assert_eq!(
             e.to_string(),
-            "can't add a dhcp host to the IPv6 <ip> '2001:db8:ca2:2::1' of network 'default': kvnet has no DHCPv6 or router advertisement service"
+            "can't add a dhcp host to the IPv6 <ip> '2001:db8:ca2:2::1' of network 'default': kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements"
         );
         let e = update(
             &def,
@@ -924,7 +924,7 @@ mod tests {
         .expect_err("IPv6 range");
         assert_eq!(
             e.to_string(),
-            "can't add a dhcp range to the IPv6 <ip> '2001:db8:ca2:2::1' of network 'default': kvnet has no DHCPv6 or router advertisement service"
+            "can't add a dhcp range to the IPv6 <ip> '2001:db8:ca2:2::1' of network 'default': kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements"
         );
         for parent in [Some(1), Some(0), None] {
             let e = update(

@@ -539,7 +539,7 @@ impl NetworkDef {
         }
         if address.is_ipv6() {
             return Err(invalid(format!(
-                "unsupported <dhcp> on IPv6 address '{address}' in network '{name}': kvnet has no DHCPv6 or router advertisement service"
+                "unsupported <dhcp> on IPv6 address '{address}' in network '{name}': kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements"
             )));
         }
         for range in &ip.dhcp_ranges {

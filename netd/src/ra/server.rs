@@ -1,0 +1,217 @@
+//! The per-network advertising task: a raw ICMPv6 socket bound to the bridge, member of
+//! the all-routers group so that guests' solicitations reach it.
+
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{Error, RaConfig, advertisement, is_router_solicitation};
+
+/// Where advertisements go: every node on the link.
+const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+/// Where solicitations come to: every router on the link.
+const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+/// Neighbor discovery messages must arrive with this hop limit (RFC 4861 6.1.2).
+const ND_HOP_LIMIT: u32 = 255;
+/// The first advertisements come at most this far apart (RFC 4861 6.2.4)...
+const INITIAL_INTERVAL: Duration = Duration::from_secs(16);
+/// ...for this many of them...
+const INITIAL_ADVERTISEMENTS: u32 = 3;
+/// ...then at random intervals in this range (dnsmasq's and RFC 4861's defaults).
+const INTERVAL_SECONDS: std::ops::RangeInclusive<u64> = 200..=600;
+/// Solicitations are answered at most this often (RFC 4861 6.2.6).
+const MIN_DELAY_BETWEEN_ADVERTISEMENTS: Duration = Duration::from_secs(3);
+/// Larger than any solicitation worth reading; longer ICMPv6 messages are truncated.
+const RECV_BUFFER: usize = 1500;
+
+/// A running advertiser of one network. [`RaServer::stop`] ends it with a last
+/// advertisement that withdraws the router; dropping it just ends it.
+#[derive(Debug)]
+pub struct RaServer {
+    network: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl RaServer {
+    /// Opens the socket on `config.interface` and spawns the advertising task on the
+    /// current tokio runtime.
+    pub fn start(config: RaConfig) -> Result<RaServer, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
+            network: config.network.clone(),
+        })?;
+        let (socket, destination) = open_socket(&config)?;
+        // tokio's datagram socket type drives it: reads and writes on a raw socket are
+        // the same recv and sendto calls.
+        let socket = {
+            let _enter = runtime.enter();
+            UdpSocket::from_std(std::net::UdpSocket::from(OwnedFd::from(socket)))
+                .map_err(socket_error(&config, "register the socket"))?
+        };
+        let network = config.network.clone();
+        tracing::info!(%network, prefixes = ?config.prefixes, "router advertisements started");
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let task = runtime.spawn(advertise(config, socket, destination, shutdown_rx));
+        Ok(RaServer {
+            network,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        })
+    }
+
+    /// Sends the last advertisement and ends the task.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+        {
+            tracing::error!(network = %self.network, error = %e, "router advertisement task failed");
+        }
+        tracing::info!(network = %self.network, "router advertisements stopped");
+    }
+}
+
+impl Drop for RaServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn socket_error<'a>(
+    config: &'a RaConfig,
+    step: &'static str,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Socket {
+        network: config.network.clone(),
+        interface: config.interface.clone(),
+        step,
+        source,
+    }
+}
+
+/// A raw ICMPv6 socket on the bridge, and the all-nodes address on it.
+fn open_socket(config: &RaConfig) -> Result<(Socket, SocketAddr), Error> {
+    let ifindex = nix::net::if_::if_nametoindex(config.interface.as_str())
+        .map_err(|e| socket_error(config, "find the bridge")(e.into()))?;
+    let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
+        .map_err(socket_error(config, "open an ICMPv6 socket"))?;
+    let setup = || -> std::io::Result<()> {
+        socket.bind_device(Some(config.interface.as_bytes()))?;
+        socket.set_multicast_if_v6(ifindex)?;
+        socket.set_multicast_hops_v6(ND_HOP_LIMIT)?;
+        socket.set_unicast_hops_v6(ND_HOP_LIMIT)?;
+        socket.set_multicast_loop_v6(false)?;
+        socket.join_multicast_v6(&ALL_ROUTERS, ifindex)?;
+        socket.set_nonblocking(true)
+    };
+    setup().map_err(socket_error(config, "set up the ICMPv6 socket"))?;
+    let destination = SocketAddr::V6(SocketAddrV6::new(ALL_NODES, 0, 0, ifindex));
+    Ok((socket, destination))
+}
+
+/// How long after the `sent`-th advertisement the next one is due.
+fn interval_after(sent: u32) -> Duration {
+    if sent < INITIAL_ADVERTISEMENTS {
+        INITIAL_INTERVAL
+    } else {
+        Duration::from_secs(rand::random_range(INTERVAL_SECONDS))
+    }
+}
+
+async fn advertise(
+    config: RaConfig,
+    socket: UdpSocket,
+    destination: SocketAddr,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    let packet = advertisement(&config, config.router_lifetime);
+    let mut sent = 0u32;
+    let mut last_sent: Option<Instant> = None;
+    let mut next = Instant::now();
+    let mut buffer = [0u8; RECV_BUFFER];
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            () = tokio::time::sleep_until(next) => {
+                let now = Instant::now();
+                // Until a guest's port brings the bridge up there is no one to tell, and
+                // the quick first advertisements are kept for when there is.
+                if send(&config, &socket, &packet, destination) {
+                    sent = sent.saturating_add(1);
+                    last_sent = Some(now);
+                }
+                next = now + interval_after(sent);
+            }
+            ready = socket.readable() => {
+                if let Err(e) = ready {
+                    tracing::warn!(network = %config.network, error = %e, "router solicitations no longer read");
+                    break;
+                }
+                let mut solicited = false;
+                // Everything ICMPv6 on the bridge arrives here; only solicitations matter.
+                loop {
+                    match socket.try_recv(&mut buffer) {
+                        Ok(len) => solicited |= is_router_solicitation(&buffer[..len]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            tracing::debug!(network = %config.network, error = %e, "ICMPv6 read failed");
+                            break;
+                        }
+                    }
+                }
+                if solicited {
+                    let now = Instant::now();
+                    let allowed = last_sent.map_or(now, |at| at + MIN_DELAY_BETWEEN_ADVERTISEMENTS);
+                    next = next.min(allowed.max(now));
+                }
+            }
+        }
+    }
+    if !config.router_lifetime.is_zero() && last_sent.is_some() {
+        // Guests stop routing through a host that is going away (RFC 4861 6.2.5).
+        send(
+            &config,
+            &socket,
+            &advertisement(&config, Duration::ZERO),
+            destination,
+        );
+    }
+}
+
+/// Sends one advertisement; whether it went. Failing is normal while the bridge has no
+/// port, and so no carrier and no link-local address to send from.
+fn send(config: &RaConfig, socket: &UdpSocket, packet: &[u8], destination: SocketAddr) -> bool {
+    match socket.try_send_to(packet, destination) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(network = %config.network, bridge = %config.interface, error = %e, "router advertisement not sent");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_quick_advertisements_then_slow_random_ones() {
+        for sent in 1..INITIAL_ADVERTISEMENTS {
+            assert_eq!(interval_after(sent), INITIAL_INTERVAL);
+        }
+        for sent in INITIAL_ADVERTISEMENTS..INITIAL_ADVERTISEMENTS + 50 {
+            let secs = interval_after(sent).as_secs();
+            assert!(INTERVAL_SECONDS.contains(&secs), "{secs}");
+        }
+    }
+}
