@@ -1516,5 +1516,9 @@ fn dhcp_config(def: &NetworkDef) -> Option<DhcpConfig> {
         domain: def.domain.as_ref().map(|domain| domain.name.clone()),
         mtu: def.mtu.and_then(|mtu| u16::try_from(mtu).ok()),
         default_lease: dhcp::DEFAULT_LEASE,
+        boot: ip.dhcp_bootp.as_ref().map(|bootp| dhcp::DhcpBoot {
+            file: bootp.file.clone(),
+            server: bootp.server.unwrap_or(server_ip),
+        }),
     })
 }

@@ -49,6 +49,7 @@ fn config(network: &str) -> DhcpConfig {
         domain: Some("kvnet.test".into()),
         mtu: Some(1400),
         default_lease: Duration::from_secs(3600),
+        boot: None,
     }
 }
 

@@ -315,6 +315,10 @@ pub struct Bound {
     pub domain: String,
     /// The hostname option (12) of the ACK; empty when there was none.
     pub hostname: String,
+    /// The ACK's `file` field (network boot); empty when there was none.
+    pub boot_file: String,
+    /// The ACK's `siaddr` (the boot server); empty when there was none.
+    pub siaddr: String,
 }
 
 /// Runs busybox udhcpc in `guest` on eth0 (sending `hostname`) until it binds, puts the
@@ -327,7 +331,7 @@ pub fn udhcpc_lease(daemon: &Daemon, guest: &Netns, hostname: &str) -> Bound {
     std::fs::write(
         &script,
         "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nip addr add \"$ip/$mask\" dev \"$interface\"\n\
-         echo \"$ip|$router|$dns|$domain|$hostname\" > \"$0.out\"\n",
+         echo \"$ip|$router|$dns|$domain|$hostname|$boot_file|$siaddr\" > \"$0.out\"\n",
     )
     .expect("script");
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -340,7 +344,7 @@ pub fn udhcpc_lease(daemon: &Daemon, guest: &Netns, hostname: &str) -> Bound {
         .expect("udhcpc got no lease");
     let bound = std::fs::read_to_string(format!("{}.out", script.display())).expect("bound");
     let fields: Vec<&str> = bound.trim().split('|').collect();
-    let [ip, router, dns, domain, hostname] = fields[..] else {
+    let [ip, router, dns, domain, hostname, boot_file, siaddr] = fields[..] else {
         panic!("unexpected udhcpc record {bound:?}")
     };
     Bound {
@@ -349,5 +353,7 @@ pub fn udhcpc_lease(daemon: &Daemon, guest: &Netns, hostname: &str) -> Bound {
         dns: dns.to_owned(),
         domain: domain.to_owned(),
         hostname: hostname.to_owned(),
+        boot_file: boot_file.to_owned(),
+        siaddr: siaddr.to_owned(),
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use dhcproto::{Decodable, Decoder};
 use libfuzzer_sys::fuzz_target;
-use netd::dhcp::{DhcpConfig, DhcpHostConfig, Engine};
+use netd::dhcp::{DhcpBoot, DhcpConfig, DhcpHostConfig, Engine};
 
 fn config() -> DhcpConfig {
     DhcpConfig {
@@ -31,6 +31,10 @@ fn config() -> DhcpConfig {
         domain: Some("fuzz.test".into()),
         mtu: Some(1400),
         default_lease: Duration::from_secs(3600),
+        boot: Some(DhcpBoot {
+            file: "pxelinux.0".into(),
+            server: Ipv4Addr::new(192, 168, 77, 1),
+        }),
     }
 }
 

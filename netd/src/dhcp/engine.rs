@@ -293,6 +293,9 @@ impl Engine {
                 opts.insert(DhcpOption::Hostname(name));
             }
         }
+        if lease.is_some() {
+            add_boot(&mut message, request, config);
+        }
         let relay = request.giaddr();
         let to = if !relay.is_unspecified() {
             if kind == MessageType::Nak {
@@ -336,6 +339,30 @@ fn add_network_options(opts: &mut DhcpOptions, config: &DhcpConfig) {
     }
     if let Some(mtu) = config.mtu {
         opts.insert(DhcpOption::InterfaceMtu(mtu));
+    }
+}
+
+/// Tells a guest that boots from the network where its boot file is: the header's
+/// `file` and `siaddr`, which PXE firmware reads, and option 67 for a client that asks.
+fn add_boot(message: &mut Message, request: &Message, config: &DhcpConfig) {
+    let Some(boot) = &config.boot else {
+        return;
+    };
+    // The field holds 128 bytes; the definition was checked, and dhcproto panics past it.
+    if boot.file.len() >= 128 {
+        return;
+    }
+    message
+        .set_siaddr(boot.server)
+        .set_fname(boot.file.as_bytes());
+    let asked = matches!(
+        request.opts().get(OptionCode::ParameterRequestList),
+        Some(DhcpOption::ParameterRequestList(codes)) if codes.contains(&OptionCode::BootfileName)
+    );
+    if asked {
+        message
+            .opts_mut()
+            .insert(DhcpOption::BootfileName(boot.file.as_bytes().to_vec()));
     }
 }
 
@@ -456,7 +483,7 @@ fn requested_ip(message: &Message) -> Option<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dhcp::DhcpHostConfig;
+    use crate::dhcp::{DhcpBoot, DhcpHostConfig};
     use dhcproto::v4::Flags;
     use std::time::Duration;
 
@@ -486,6 +513,7 @@ mod tests {
             domain: Some("kvnet.test".into()),
             mtu: Some(9000),
             default_lease: Duration::from_secs(3600),
+            boot: None,
         }
     }
 
@@ -543,6 +571,46 @@ mod tests {
         assert_eq!(kind(&ack), MessageType::Ack);
         assert_eq!(ack.yiaddr(), offer.yiaddr());
         (reply, ack)
+    }
+
+    #[test]
+    fn network_boot_goes_in_the_header_and_in_option_67_when_asked() {
+        let mut engine = Engine::new(DhcpConfig {
+            boot: Some(DhcpBoot {
+                file: "pxelinux.0".into(),
+                server: Ipv4Addr::new(192, 168, 77, 5),
+            }),
+            ..config()
+        });
+        let mac = [2, 0, 0, 0, 0, 7];
+        let (offer_bytes, offer) =
+            exchange(&mut engine, &message(MessageType::Discover, mac), NOW).expect("offer");
+        let mut request = request_for(mac, offer.yiaddr(), Some(SERVER));
+        request
+            .opts_mut()
+            .insert(DhcpOption::ParameterRequestList(vec![
+                OptionCode::SubnetMask,
+                OptionCode::BootfileName,
+            ]));
+        let (ack_bytes, ack) = exchange(&mut engine, &request, NOW).expect("ack");
+        for (reply, bytes) in [(&offer, &offer_bytes), (&ack, &ack_bytes)] {
+            assert_eq!(reply.siaddr(), Ipv4Addr::new(192, 168, 77, 5));
+            // The 128-byte `file` field at offset 108, NUL-padded.
+            let file = &bytes.bytes[108..236];
+            assert_eq!(&file[..11], b"pxelinux.0\0");
+            assert!(file[11..].iter().all(|&b| b == 0));
+        }
+        assert_eq!(offer.opts().get(OptionCode::BootfileName), None);
+        assert_eq!(
+            ack.opts().get(OptionCode::BootfileName),
+            Some(&DhcpOption::BootfileName(b"pxelinux.0".to_vec()))
+        );
+        // Without <bootp>, nothing of it.
+        let mut plain = Engine::new(config());
+        let (_, offer) =
+            exchange(&mut plain, &message(MessageType::Discover, mac), NOW).expect("offer");
+        assert_eq!(offer.siaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(offer.fname(), None);
     }
 
     #[test]

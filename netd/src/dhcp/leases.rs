@@ -996,6 +996,7 @@ mod tests {
             domain: None,
             mtu: None,
             default_lease: Duration::from_secs(3600),
+            boot: None,
         }
     }
 

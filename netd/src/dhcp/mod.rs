@@ -57,6 +57,18 @@ pub struct DhcpConfig {
     pub mtu: Option<u16>,
     /// Lease time for addresses whose range and host set none.
     pub default_lease: Duration,
+    /// `<bootp>`: where guests booting from the network find their boot file.
+    pub boot: Option<DhcpBoot>,
+}
+
+/// Network boot (PXE): the DHCP header's `file` and `siaddr` fields, as dnsmasq's
+/// `dhcp-boot=FILE,,SERVER` that libvirt writes; option 67 too for clients that ask.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DhcpBoot {
+    /// The boot file name, at most 127 bytes (the field holds 128 with its NUL).
+    pub file: String,
+    /// The TFTP server.
+    pub server: Ipv4Addr,
 }
 
 /// One `<host>` reservation.

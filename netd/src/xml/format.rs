@@ -263,6 +263,13 @@ fn format_ip(out: &mut Out, ip: &IpDef) {
         for host in &ip.dhcp_hosts {
             format_host(out, host);
         }
+        if let Some(bootp) = &ip.dhcp_bootp {
+            out.line(&format!(
+                "<bootp{}{}/>",
+                attr("file", Some(&bootp.file)),
+                attr("server", bootp.server)
+            ));
+        }
         out.close("</dhcp>");
     }
     out.close("</ip>");

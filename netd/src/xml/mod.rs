@@ -21,9 +21,9 @@ mod validate;
 mod tests;
 
 pub use model::{
-    Bridge, DEFAULT_NAT_PORTS, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv, DnsTxt,
-    Domain, Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr, MacAddrParseError,
-    Nat, NatAddressRange, NetworkDef, PortRange,
+    Bootp, Bridge, DEFAULT_NAT_PORTS, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv,
+    DnsTxt, Domain, Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr,
+    MacAddrParseError, Nat, NatAddressRange, NetworkDef, PortRange,
 };
 pub use update::{Update, UpdateCommand, UpdateSection};
 pub use validate::{NETWORK_NAME_MAX_BYTES, validate_ifname, validate_network_name};

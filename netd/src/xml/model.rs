@@ -284,6 +284,22 @@ pub struct IpDef {
     pub dhcp_ranges: Vec<DhcpRange>,
     /// `<dhcp>` static hosts.
     pub dhcp_hosts: Vec<DhcpHost>,
+    /// `<dhcp><bootp file= server=>`: network boot (PXE) for the guests.
+    pub dhcp_bootp: Option<Bootp>,
+}
+
+/// `<bootp>`: what DHCP tells guests that boot from the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Bootp {
+    /// `file`: the boot file name (the DHCP `file` field), at most [`Bootp::MAX_FILE`] bytes.
+    pub file: String,
+    /// `server`: the TFTP server (`siaddr`); the bridge's own address when absent.
+    pub server: Option<Ipv4Addr>,
+}
+
+impl Bootp {
+    /// The DHCP header's `file` field holds 128 bytes, with a terminating NUL.
+    pub const MAX_FILE: usize = 127;
 }
 
 impl IpDef {

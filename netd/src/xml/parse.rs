@@ -8,9 +8,9 @@ use uuid::Uuid;
 
 use super::dom::{Element, parse_document};
 use super::model::{
-    Bridge, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv, DnsTxt, Domain, Forward,
-    ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr, Nat, NatAddressRange, NetworkDef,
-    PortRange,
+    Bootp, Bridge, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv, DnsTxt, Domain,
+    Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr, Nat, NatAddressRange,
+    NetworkDef, PortRange,
 };
 use super::{Error, invalid};
 
@@ -797,6 +797,7 @@ impl Parser {
             )?,
             dhcp_ranges: Vec::new(),
             dhcp_hosts: Vec::new(),
+            dhcp_bootp: None,
         };
         let mut dhcp = None;
         for child in &element.children {
@@ -815,15 +816,57 @@ impl Parser {
             }
             self.check_attrs(dhcp, &[])?;
             self.check_no_text(dhcp)?;
+            let mut bootp = None;
             for child in &dhcp.children {
                 match child.name.as_str() {
                     "range" => ip.dhcp_ranges.push(self.dhcp_range(child)?),
                     "host" => ip.dhcp_hosts.push(self.dhcp_host(child)?),
+                    "bootp" => self.once(&mut bootp, child)?,
                     _ => return Err(self.unsupported_child(dhcp, child)),
                 }
             }
+            if let Some(bootp) = bootp {
+                // libvirt writes <dhcp> out only with a range or host, dropping a lone <bootp>.
+                if !ip.has_dhcp() {
+                    return Err(invalid(format!(
+                        "<bootp> needs a <range> or <host> in the same <dhcp> in network '{}' (line {})",
+                        self.network, bootp.line
+                    )));
+                }
+                ip.dhcp_bootp = Some(self.bootp(bootp)?);
+            }
         }
         Ok(ip)
+    }
+
+    fn bootp(&self, element: &Element) -> Result<Bootp, Error> {
+        self.check_attrs(element, &["file", "server"])?;
+        self.check_leaf(element)?;
+        let file = element
+            .attr("file")
+            .ok_or_else(|| self.missing(element, "file"))?;
+        if file.is_empty() || file.len() > Bootp::MAX_FILE || file.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "invalid boot file name '{}' in network '{}': it must be 1 to {} bytes without control characters",
+                file.escape_debug(),
+                self.network,
+                Bootp::MAX_FILE
+            )));
+        }
+        let server = match self.ip(element, "server")? {
+            None => None,
+            Some(IpAddr::V4(server)) => Some(server),
+            Some(IpAddr::V6(server)) => {
+                return Err(invalid(format!(
+                    "invalid boot server '{server}' in network '{}': it must be an IPv4 address",
+                    self.network
+                )));
+            }
+        };
+        Ok(Bootp {
+            file: file.to_owned(),
+            server,
+        })
     }
 
     /// The optional single `<lease>` child of a `<range>` or `<host>`.

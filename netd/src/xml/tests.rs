@@ -626,10 +626,6 @@ fn unsupported_libvirt_features_are_rejected_by_name() {
             "unsupported element <tftp> inside <ip> in network 'x' (line 1)",
         ),
         (
-            "<network><name>x</name><ip address='10.0.0.1' prefix='24'><dhcp><bootp file='pxe'/></dhcp></ip></network>",
-            "unsupported element <bootp> inside <dhcp> in network 'x' (line 1)",
-        ),
-        (
             "<network><name>x</name><forward mode='passthrough'><interface dev='eth0'/></forward></network>",
             "unsupported forward mode 'passthrough' in network 'x' (line 1)",
         ),
@@ -1508,4 +1504,70 @@ fn parsing_time_grows_linearly_with_the_document() {
         },
         2_000,
     );
+}
+
+#[test]
+fn bootp_is_kept_in_libvirts_place_and_shape() {
+    let xml = net_with_ip(
+        "address='10.0.0.1' prefix='24'",
+        "<dhcp><bootp server='10.0.0.5' file='pxelinux.0'/><range start='10.0.0.2' end='10.0.0.9'/></dhcp>",
+    );
+    let def = parse(&xml);
+    assert_eq!(
+        def.ips[0].dhcp_bootp,
+        Some(Bootp {
+            file: "pxelinux.0".into(),
+            server: Some(Ipv4Addr::new(10, 0, 0, 5)),
+        })
+    );
+    // After the ranges and hosts, file before server, as virsh prints it.
+    assert!(
+        def.to_xml().contains(
+            "      <range start='10.0.0.2' end='10.0.0.9'/>\n      <bootp file='pxelinux.0' server='10.0.0.5'/>\n    </dhcp>"
+        ),
+        "{}",
+        def.to_xml()
+    );
+    assert_round_trip(&def);
+    let without_server = parse(&net_with_ip(
+        "address='10.0.0.1' prefix='24'",
+        "<dhcp><range start='10.0.0.2' end='10.0.0.9'/><bootp file='ipxe.efi'/></dhcp>",
+    ));
+    assert_round_trip(&without_server);
+}
+
+#[test]
+fn bootp_that_cannot_be_served_is_refused_by_name() {
+    let ip = "address='10.0.0.1' prefix='24'";
+    let range = "<range start='10.0.0.2' end='10.0.0.9'/>";
+    let long = "f".repeat(128);
+    for (body, expected) in [
+        (
+            "<dhcp><bootp file='pxe'/></dhcp>".to_owned(),
+            "<bootp> needs a <range> or <host> in the same <dhcp> in network 'n' (line 1)",
+        ),
+        (
+            format!("<dhcp>{range}<bootp server='10.0.0.5'/></dhcp>"),
+            "missing required attribute 'file' on <bootp> in network 'n' (line 1)",
+        ),
+        (
+            format!("<dhcp>{range}<bootp file='{long}'/></dhcp>"),
+            "invalid boot file name",
+        ),
+        (
+            format!("<dhcp>{range}<bootp file='a&#9;b'/></dhcp>"),
+            "invalid boot file name 'a\\tb'",
+        ),
+        (
+            format!("<dhcp>{range}<bootp file='pxe' server='fd00::5'/></dhcp>"),
+            "invalid boot server 'fd00::5' in network 'n': it must be an IPv4 address",
+        ),
+        (
+            format!("<dhcp>{range}<bootp file='a'/><bootp file='b'/></dhcp>"),
+            "<bootp>",
+        ),
+    ] {
+        let error = parse_err(&net_with_ip(ip, &body));
+        assert!(error.contains(expected), "{body}: {error}");
+    }
 }
