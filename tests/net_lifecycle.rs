@@ -353,6 +353,39 @@ fn systemd_hears_ready_once_the_daemon_serves_and_stopping_at_sigterm() {
 }
 
 #[test]
+fn static_routes_come_and_go_with_the_bridge() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let xml = "<network><name>routed</name><forward mode='route'/><bridge name='kvrt0'/>\
+        <ip address='10.59.0.1' prefix='24'/>\
+        <ip family='ipv6' address='fd00:59::1' prefix='64'/>\
+        <route address='10.159.0.0' prefix='16' gateway='10.59.0.2'/>\
+        <route family='ipv6' address='fd00:159::' prefix='48' gateway='fd00:59::2' metric='5'/>\
+        </network>";
+    let path = common::xml_file(daemon.dirs.path(), "routed.xml", xml);
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    daemon.ok(&["net-start", "routed"]);
+    let routes = daemon
+        .ns
+        .sh("ip route show 10.159.0.0/16; ip -6 route show fd00:159::/48")
+        .expect("ip route");
+    assert!(
+        routes.contains("10.159.0.0/16 via 10.59.0.2 dev kvrt0")
+            && routes.contains("fd00:159::/48 via fd00:59::2 dev kvrt0")
+            && routes.contains("metric 5"),
+        "{routes}"
+    );
+    daemon.ok(&["net-destroy", "routed"]);
+    let after = daemon
+        .ns
+        .sh("ip route show 10.159.0.0/16; ip -6 route show fd00:159::/48")
+        .expect("ip route");
+    assert_eq!(after.trim(), "", "routes outlived the network");
+}
+
+#[test]
 fn autostart_runs_once_per_boot() {
     if !require(DAEMON_NEEDS) {
         return;

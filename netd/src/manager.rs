@@ -940,6 +940,27 @@ impl Manager {
                 .set_up_at(index, bridge)
                 .await
                 .map_err(|e| failed_step(def, format!("bringing {bridge} up"), e))?;
+            // They go with the bridge, on destroy as on a failed start.
+            for route in &def.routes {
+                let Some(destination) = route.destination() else {
+                    continue; // refused at define
+                };
+                self.link
+                    .add_route(
+                        bridge,
+                        destination,
+                        route.gateway,
+                        route.metric.unwrap_or(1),
+                    )
+                    .await
+                    .map_err(|e| {
+                        failed_step(
+                            def,
+                            format!("adding the route to {destination} via {}", route.gateway),
+                            e,
+                        )
+                    })?;
+            }
         }
         if matches!(
             mode,

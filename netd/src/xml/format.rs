@@ -119,6 +119,17 @@ impl NetworkDef {
         for ip in &self.ips {
             format_ip(&mut out, ip);
         }
+        for route in &self.routes {
+            out.line(&format!(
+                "<route{}{}{}{}{}{}/>",
+                attr("family", route.family.map(|f| f.as_str())),
+                attr("address", Some(route.address)),
+                attr("netmask", route.netmask),
+                attr("prefix", route.prefix),
+                attr("gateway", Some(route.gateway)),
+                attr("metric", route.metric)
+            ));
+        }
         out.close("</network>");
         out.buf
     }

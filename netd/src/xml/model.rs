@@ -38,6 +38,48 @@ pub struct NetworkDef {
     pub dns: Dns,
     /// `<ip>` elements in document order.
     pub ips: Vec<IpDef>,
+    /// `<route>` elements: subnets reached through a guest, added on the bridge.
+    pub routes: Vec<RouteDef>,
+}
+
+/// `<route address= prefix=|netmask= gateway= metric=>`: a static route on the bridge to
+/// a subnet behind one of the guests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteDef {
+    /// `family` as written.
+    pub family: Option<IpFamily>,
+    /// `address`: the destination subnet's network address.
+    pub address: IpAddr,
+    /// `netmask` (IPv4 only), kept when the document used it.
+    pub netmask: Option<Ipv4Addr>,
+    /// `prefix`, kept when the document used it.
+    pub prefix: Option<u8>,
+    /// `gateway`: the guest that routes the subnet, inside one of the network's `<ip>`s.
+    pub gateway: IpAddr,
+    /// `metric`; 1 when absent, as libvirt adds it.
+    pub metric: Option<u32>,
+}
+
+impl RouteDef {
+    /// Prefix length in effect, with `<ip>`'s defaults; `None` for a non-contiguous
+    /// netmask or a class D/E address without one.
+    pub fn prefix_len(&self) -> Option<u8> {
+        if let Some(prefix) = self.prefix {
+            return Some(prefix);
+        }
+        if let Some(mask) = self.netmask {
+            return netmask_prefix(mask);
+        }
+        match self.address {
+            IpAddr::V4(addr) => classful_prefix(addr),
+            IpAddr::V6(_) => Some(64),
+        }
+    }
+
+    /// The destination subnet.
+    pub fn destination(&self) -> Option<IpNet> {
+        IpNet::new(self.address, self.prefix_len()?).ok()
+    }
 }
 
 /// How traffic leaves the network (`<forward mode>`).
@@ -516,6 +558,7 @@ impl NetworkDef {
             domain: None,
             dns: Dns::default(),
             ips: Vec::new(),
+            routes: Vec::new(),
         }
     }
 

@@ -10,7 +10,7 @@ use super::dom::{Element, parse_document};
 use super::model::{
     Bootp, Bridge, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv, DnsTxt, Domain,
     Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr, Nat, NatAddressRange,
-    NetworkDef, PortRange,
+    NetworkDef, PortRange, RouteDef,
 };
 use super::{Error, invalid};
 
@@ -240,6 +240,7 @@ impl Parser {
         let mut domain = None;
         let mut dns = None;
         let mut ips = Vec::new();
+        let mut routes = Vec::new();
         for child in &root.children {
             match child.name.as_str() {
                 "name" => self.once(&mut name, child)?,
@@ -253,6 +254,7 @@ impl Parser {
                 "domain" => self.once(&mut domain, child)?,
                 "dns" => self.once(&mut dns, child)?,
                 "ip" => ips.push(child),
+                "route" => routes.push(child),
                 _ => return Err(self.unsupported_child(root, child)),
             }
         }
@@ -317,7 +319,51 @@ impl Parser {
         for element in ips {
             def.ips.push(self.ip_def(element)?);
         }
+        for element in routes {
+            def.routes.push(self.route(element)?);
+        }
         Ok(def)
+    }
+
+    fn route(&self, element: &Element) -> Result<RouteDef, Error> {
+        self.check_attrs(
+            element,
+            &[
+                "family", "address", "netmask", "prefix", "gateway", "metric",
+            ],
+        )?;
+        self.check_leaf(element)?;
+        let family = match element.attr("family") {
+            None => None,
+            Some("ipv4") => Some(IpFamily::Ipv4),
+            Some("ipv6") => Some(IpFamily::Ipv6),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "Unrecognized family '{other}' in route definition of network '{}'",
+                    self.network
+                )));
+            }
+        };
+        let address = self.required_ip(element, "address")?;
+        let gateway = self.required_ip(element, "gateway")?;
+        let netmask = match self.ip(element, "netmask")? {
+            None => None,
+            Some(IpAddr::V4(mask)) => Some(mask),
+            Some(IpAddr::V6(mask)) => {
+                return Err(invalid(format!(
+                    "invalid netmask '{mask}' in route definition of network '{}': netmasks are IPv4",
+                    self.network
+                )));
+            }
+        };
+        Ok(RouteDef {
+            family,
+            address,
+            netmask,
+            prefix: self.number::<u8>(element, "prefix")?,
+            gateway,
+            metric: self.number::<u32>(element, "metric")?,
+        })
     }
 
     fn forward(&self, element: &Element) -> Result<Forward, Error> {

@@ -605,10 +605,6 @@ fn unsupported_libvirt_features_are_rejected_by_name() {
             "unsupported element <virtualport> in network 'x' (line 1)",
         ),
         (
-            "<network><name>x</name><route address='10.0.0.0' prefix='8' gateway='10.1.0.2'/></network>",
-            "unsupported element <route> in network 'x' (line 1)",
-        ),
-        (
             "<network><name>x</name><metadata><a:b xmlns:a='urn:x'/></metadata></network>",
             "unsupported element <metadata> in network 'x' (line 1)",
         ),
@@ -1570,4 +1566,87 @@ fn bootp_that_cannot_be_served_is_refused_by_name() {
         let error = parse_err(&net_with_ip(ip, &body));
         assert!(error.contains(expected), "{body}: {error}");
     }
+}
+
+#[test]
+fn routes_follow_the_ips_in_libvirts_shape() {
+    let xml = "<network><name>n</name><forward mode='route'/>\
+        <route family='ipv6' address='2001:db8:ca2:3::' prefix='64' gateway='2001:db8:ca2:2::2' metric='2'/>\
+        <ip address='192.168.122.1' prefix='24'/>\
+        <ip family='ipv6' address='2001:db8:ca2:2::1' prefix='64'/>\
+        <route address='192.168.222.0' netmask='255.255.255.0' gateway='192.168.122.2'/>\
+        </network>";
+    let def = parse(xml);
+    assert_eq!(def.routes.len(), 2);
+    assert_eq!(
+        def.routes[1].destination(),
+        Some("192.168.222.0/24".parse().unwrap())
+    );
+    let text = def.to_xml();
+    let tail = [
+        "  <ip family='ipv6' address='2001:db8:ca2:2::1' prefix='64'>",
+        "  </ip>",
+        "  <route family='ipv6' address='2001:db8:ca2:3::' prefix='64' gateway='2001:db8:ca2:2::2' metric='2'/>",
+        "  <route address='192.168.222.0' netmask='255.255.255.0' gateway='192.168.122.2'/>",
+        "</network>",
+        "",
+    ]
+    .join("\n");
+    assert!(text.ends_with(&tail), "{text}");
+    assert_round_trip(&def);
+}
+
+#[test]
+fn routes_that_cannot_be_added_are_refused_by_name() {
+    let net = |route: &str| {
+        format!(
+            "<network><name>n</name><ip address='10.0.0.1' prefix='24'/>\
+             <ip family='ipv6' address='fd00::1' prefix='64'/>{route}</network>"
+        )
+    };
+    for (route, expected) in [
+        (
+            "<route address='10.9.0.0' prefix='16' gateway='10.1.0.2'/>",
+            "unreachable static route gateway '10.1.0.2' specified for network 'n'",
+        ),
+        (
+            "<route address='10.9.0.1' prefix='16' gateway='10.0.0.2'/>",
+            "route address '10.9.0.1' in network 'n' is not the network address of 10.9.0.0/16",
+        ),
+        (
+            "<route address='10.9.0.0' prefix='16' gateway='fd00::2'/>",
+            "mixes address families",
+        ),
+        (
+            "<route family='ipv6' address='10.9.0.0' prefix='16' gateway='10.0.0.2'/>",
+            "mixes address families",
+        ),
+        (
+            "<route address='10.9.0.0' prefix='33' gateway='10.0.0.2'/>",
+            "invalid prefix or netmask of the route to '10.9.0.0'",
+        ),
+        (
+            "<route address='10.9.0.0' prefix='16' netmask='255.255.0.0' gateway='10.0.0.2'/>",
+            "has both a netmask and a prefix",
+        ),
+        (
+            "<route address='10.9.0.0' prefix='16' gateway='10.0.0.2' metric='0'/>",
+            "Invalid metric value 0",
+        ),
+        (
+            "<route address='10.9.0.0' prefix='16'/>",
+            "missing required attribute 'gateway' on <route>",
+        ),
+    ] {
+        let error = parse_err(&net(route));
+        assert!(error.contains(expected), "{route}: {error}");
+    }
+    let on_host_bridge = parse_err(
+        "<network><name>n</name><forward mode='bridge'/><bridge name='br0'/>\
+         <route address='10.9.0.0' prefix='16' gateway='10.0.0.2'/></network>",
+    );
+    assert_eq!(
+        on_host_bridge,
+        "Unsupported <route> element in network n with forward mode='bridge'"
+    );
 }
