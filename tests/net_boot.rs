@@ -35,3 +35,103 @@ fn guests_learn_the_boot_file_and_server_from_their_lease() {
         daemon.ok(&["net-destroy", "pxe"]);
     }
 }
+
+#[test]
+fn guests_fetch_files_from_the_tftp_root_and_nothing_outside_it() {
+    if !require(DAEMON_NEEDS) || !require(&[Need::Program("busybox")]) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let root = daemon.dirs.path().join("tftproot");
+    std::fs::create_dir_all(root.join("boot")).expect("root");
+    // Sizes around the block boundaries: one short block, exactly two blocks (an empty
+    // third one ends the transfer), and many.
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("pxelinux.0", b"tiny".to_vec()),
+        ("boot/exact", (0..1024u32).map(|i| i as u8).collect()),
+        ("boot/big", (0..300_000u32).map(|i| (i * 7) as u8).collect()),
+    ];
+    for (name, content) in &files {
+        std::fs::write(root.join(name), content).expect("file");
+    }
+    std::fs::write(daemon.dirs.path().join("secret"), b"secret").expect("secret");
+    std::os::unix::fs::symlink("../secret", root.join("escape")).expect("symlink");
+    std::fs::write(root.join("private"), b"secret").expect("private");
+    std::fs::set_permissions(
+        root.join("private"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    let xml = format!(
+        "<network><name>pxe</name><bridge name='kvtftp' stp='off'/>\
+         <ip address='10.60.0.1' prefix='24'><tftp root='{}'/><dhcp>\
+         <range start='10.60.0.10' end='10.60.0.20'/><bootp file='pxelinux.0'/></dhcp></ip></network>",
+        root.display()
+    );
+    let path = common::xml_file(daemon.dirs.path(), "pxe.xml", &xml);
+    daemon.ok(&["net-create", path.to_str().expect("path")]);
+    let guest = Netns::new("tftpguest").expect("guest ns");
+    attach_guest(&daemon, &guest, "kvtftp", "10.60.0.50/24", "10.60.0.1");
+    wait_for_forwarding(&daemon, "vg0");
+
+    let local = daemon.dirs.path().join("fetched");
+    for (name, content) in &files {
+        for block_size in ["", "-b 1468"] {
+            let _ = std::fs::remove_file(&local);
+            guest
+                .sh(&format!(
+                    "busybox tftp -g {block_size} -r {name} -l {} 10.60.0.1",
+                    local.display()
+                ))
+                .unwrap_or_else(|e| panic!("tftp get {name} {block_size}: {e}"));
+            assert_eq!(
+                &std::fs::read(&local).expect("fetched"),
+                content,
+                "{name} {block_size}"
+            );
+        }
+    }
+    for outside in [
+        "../secret",
+        "escape",
+        "/../secret",
+        "boot",
+        "missing",
+        "private",
+    ] {
+        let _ = std::fs::remove_file(&local);
+        let fetched = guest.sh(&format!(
+            "busybox tftp -g -r {outside} -l {} 10.60.0.1",
+            local.display()
+        ));
+        assert!(fetched.is_err(), "{outside} was served");
+        assert!(
+            std::fs::read(&local).map_or(true, |got| got != b"secret"),
+            "{outside} leaked the file outside the root"
+        );
+    }
+    daemon.ok(&["net-destroy", "pxe"]);
+}
+
+#[test]
+fn a_missing_tftp_root_fails_the_start_and_leaves_nothing() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let missing = daemon.dirs.path().join("no-such-root");
+    let xml = format!(
+        "<network><name>pxe</name><bridge name='kvtftp' stp='off'/>\
+         <ip address='10.61.0.1' prefix='24'><tftp root='{}'/></ip></network>",
+        missing.display()
+    );
+    let path = common::xml_file(daemon.dirs.path(), "pxe.xml", &xml);
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    let error = daemon.fails(&["net-start", "pxe"]);
+    assert!(
+        error.contains("starting the TFTP server") && error.contains("no-such-root"),
+        "{error}"
+    );
+    assert!(daemon.bridges().is_empty(), "{:?}", daemon.bridges());
+    assert!(!daemon.ruleset().contains("kvtftp"));
+}

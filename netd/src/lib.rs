@@ -3,7 +3,8 @@
 //! Layers, each with one job: [`api`] (HTTP over a Unix socket), [`manager`] (the
 //! registry and every change to it), [`store`] (files), [`xml`] (libvirt's network
 //! XML), [`link`] (the only netlink code), [`firewall`] (the only nftables code), and
-//! the services on each bridge: [`dhcp`], [`dns`], [`ra`] (IPv6 router advertisements).
+//! the services on each bridge: [`dhcp`], [`dns`], [`ra`] (IPv6 router advertisements),
+//! [`tftp`].
 
 pub mod api;
 mod daemon;
@@ -15,6 +16,7 @@ pub mod manager;
 pub mod ra;
 pub mod store;
 mod systemd;
+pub mod tftp;
 pub mod virsh;
 pub mod xml;
 

@@ -23,6 +23,7 @@ use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
 use crate::link::{self, BridgeSpec, Link, LinkInfo, PrefixCache, sysctl};
 use crate::ra::{self, RaConfig, RaServer};
 use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
+use crate::tftp::{TftpConfig, TftpServer};
 use crate::xml::{self, DEFAULT_NAT_PORTS, ForwardMode, NetworkDef};
 
 /// Errors of network operations. Each maps to one API error kind.
@@ -153,6 +154,8 @@ struct Network {
     dns: Option<DnsServer>,
     /// The network's router advertisements, while it is active with an IPv6 `<ip>`.
     ra: Option<RaServer>,
+    /// The network's TFTP server, while it is active with `<tftp root=>`.
+    tftp: Option<TftpServer>,
 }
 
 impl Network {
@@ -165,6 +168,7 @@ impl Network {
             dhcp: None,
             dns: None,
             ra: None,
+            tftp: None,
         }
     }
 
@@ -177,6 +181,7 @@ impl Network {
             dhcp: None,
             dns: None,
             ra: None,
+            tftp: None,
         };
         network.run(def, servers);
         network
@@ -188,6 +193,7 @@ impl Network {
         self.dhcp = servers.dhcp;
         self.dns = servers.dns;
         self.ra = servers.ra;
+        self.tftp = servers.tftp;
     }
 
     /// Takes the servers away, to stop them.
@@ -196,6 +202,7 @@ impl Network {
             dhcp: self.dhcp.take(),
             dns: self.dns.take(),
             ra: self.ra.take(),
+            tftp: self.tftp.take(),
         }
     }
 
@@ -229,17 +236,21 @@ pub struct Manager {
     firewall: Box<dyn Firewall>,
 }
 
-/// The DHCP, DNS and router advertisement servers of a running network.
+/// The DHCP, DNS, router advertisement and TFTP servers of a running network.
 #[derive(Debug, Default)]
 struct Servers {
     dhcp: Option<DhcpServer>,
     dns: Option<DnsServer>,
     ra: Option<RaServer>,
+    tftp: Option<TftpServer>,
 }
 
 impl Servers {
     /// Stops them, DNS before DHCP (it reads the DHCP leases).
     async fn stop(self) {
+        if let Some(server) = self.tftp {
+            server.stop().await;
+        }
         if let Some(server) = self.ra {
             server.stop().await;
         }
@@ -369,7 +380,16 @@ impl Manager {
                 warn!(network = %name, "router advertisements not restarted: {}", error_chain(&e));
                 None
             });
-            let servers = Servers { dhcp, dns, ra };
+            let tftp = self.start_tftp(&def).unwrap_or_else(|e| {
+                warn!(network = %name, "TFTP server not restarted: {}", error_chain(&e));
+                None
+            });
+            let servers = Servers {
+                dhcp,
+                dns,
+                ra,
+                tftp,
+            };
             match networks.get_mut(&name) {
                 Some(network) => network.run(def, servers),
                 None => {
@@ -749,6 +769,8 @@ impl Manager {
                 .map(|dns| servers.dns = dns)
                 .and_then(|()| self.start_ra(def))
                 .map(|ra| servers.ra = ra)
+                .and_then(|()| self.start_tftp(def))
+                .map(|tftp| servers.tftp = tftp)
                 .and_then(|()| {
                     self.store
                         .save_status(&def.name, &status(Phase::Active))
@@ -820,6 +842,16 @@ impl Manager {
         RaServer::start(config)
             .map(Some)
             .map_err(|e| failed_step(def, "starting router advertisements", e))
+    }
+
+    /// Starts the TFTP server of a network with `<tftp root=>` on an IPv4 `<ip>`.
+    fn start_tftp(&self, def: &NetworkDef) -> Result<Option<TftpServer>, Error> {
+        let Some(config) = tftp_config(def) else {
+            return Ok(None);
+        };
+        TftpServer::start(config)
+            .map(Some)
+            .map_err(|e| failed_step(def, "starting the TFTP server", e))
     }
 
     async fn check_collisions(
@@ -1431,6 +1463,16 @@ fn active_status(live: &NetworkDef, persistent: bool, started_at: i64) -> Status
         xml: live.to_xml(),
         started_at,
     }
+}
+
+/// Where the TFTP server of a network listens and what it serves; `None` without `<tftp>`.
+fn tftp_config(def: &NetworkDef) -> Option<TftpConfig> {
+    let ip = def.ips.iter().find(|ip| ip.tftp_root.is_some())?;
+    Some(TftpConfig {
+        network: def.name.clone(),
+        listen: ipv4(ip.address)?,
+        root: PathBuf::from(ip.tftp_root.as_ref()?),
+    })
 }
 
 /// What the router advertisements of a network say; `None` for a network without an

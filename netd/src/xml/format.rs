@@ -266,6 +266,9 @@ fn format_ip(out: &mut Out, ip: &IpDef) {
         attr("prefix", ip.prefix),
         attr("localPtr", ip.local_ptr.map(yes_no))
     ));
+    if let Some(root) = &ip.tftp_root {
+        out.line(&format!("<tftp{}/>", attr("root", Some(root))));
+    }
     if ip.has_dhcp() {
         out.open("<dhcp>");
         for range in &ip.dhcp_ranges {

@@ -328,6 +328,8 @@ pub struct IpDef {
     pub dhcp_hosts: Vec<DhcpHost>,
     /// `<dhcp><bootp file= server=>`: network boot (PXE) for the guests.
     pub dhcp_bootp: Option<Bootp>,
+    /// `<tftp root=>`: the directory the network's TFTP server serves.
+    pub tftp_root: Option<String>,
 }
 
 /// `<bootp>`: what DHCP tells guests that boot from the network.

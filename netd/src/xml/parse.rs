@@ -844,13 +844,27 @@ impl Parser {
             dhcp_ranges: Vec::new(),
             dhcp_hosts: Vec::new(),
             dhcp_bootp: None,
+            tftp_root: None,
         };
         let mut dhcp = None;
+        let mut tftp = None;
         for child in &element.children {
             match child.name.as_str() {
                 "dhcp" => self.once(&mut dhcp, child)?,
+                "tftp" => self.once(&mut tftp, child)?,
                 _ => return Err(self.unsupported_child(element, child)),
             }
+        }
+        if let Some(tftp) = tftp {
+            if address.is_ipv6() {
+                return Err(self.unsupported(
+                    "element <tftp> inside IPv6 <ip> (TFTP is served on IPv4)".to_string(),
+                    tftp.line,
+                ));
+            }
+            self.check_attrs(tftp, &["root"])?;
+            self.check_leaf(tftp)?;
+            ip.tftp_root = Some(self.required(tftp, "root")?.to_owned());
         }
         if let Some(dhcp) = dhcp {
             if address.is_ipv6() {

@@ -618,10 +618,6 @@ fn unsupported_libvirt_features_are_rejected_by_name() {
             "unsupported element <dnsmasq:options> in network 'x' (line 1)",
         ),
         (
-            "<network><name>x</name><ip address='10.0.0.1' prefix='24'><tftp root='/srv'/></ip></network>",
-            "unsupported element <tftp> inside <ip> in network 'x' (line 1)",
-        ),
-        (
             "<network><name>x</name><forward mode='passthrough'><interface dev='eth0'/></forward></network>",
             "unsupported forward mode 'passthrough' in network 'x' (line 1)",
         ),
@@ -1649,4 +1645,46 @@ fn routes_that_cannot_be_added_are_refused_by_name() {
         on_host_bridge,
         "Unsupported <route> element in network n with forward mode='bridge'"
     );
+}
+
+#[test]
+fn tftp_root_comes_first_in_its_ip_and_must_be_servable() {
+    let def = parse(&net_with_ip(
+        "address='10.0.0.1' prefix='24'",
+        "<dhcp><range start='10.0.0.2' end='10.0.0.9'/><bootp file='pxelinux.0'/></dhcp><tftp root='/srv/tftp'/>",
+    ));
+    assert_eq!(def.ips[0].tftp_root.as_deref(), Some("/srv/tftp"));
+    assert!(
+        def.to_xml()
+            .contains("    <tftp root='/srv/tftp'/>\n    <dhcp>\n"),
+        "{}",
+        def.to_xml()
+    );
+    assert_round_trip(&def);
+    for (xml, expected) in [
+        (
+            net_with_ip("address='10.0.0.1' prefix='24'", "<tftp root='srv'/>"),
+            "TFTP root 'srv' of network 'n' is not an absolute path",
+        ),
+        (
+            net_with_ip(
+                "family='ipv6' address='fd00::1' prefix='64'",
+                "<tftp root='/srv'/>",
+            ),
+            "unsupported element <tftp> inside IPv6 <ip>",
+        ),
+        (
+            "<network><name>n</name><ip address='10.0.0.1' prefix='24'><tftp root='/a'/></ip>\
+             <ip address='10.1.0.1' prefix='24'><tftp root='/b'/></ip></network>"
+                .to_owned(),
+            "more than one <ip> of network 'n' has <tftp>",
+        ),
+        (
+            net_with_ip("address='10.0.0.1' prefix='24'", "<tftp/>"),
+            "missing required attribute 'root' on <tftp>",
+        ),
+    ] {
+        let error = parse_err(&xml);
+        assert!(error.contains(expected), "{xml}: {error}");
+    }
 }

@@ -257,6 +257,20 @@ impl NetworkDef {
         for route in &self.routes {
             self.validate_route(route)?;
         }
+        let mut tftp_roots = self.ips.iter().filter_map(|ip| ip.tftp_root.as_deref());
+        if let Some(root) = tftp_roots.next() {
+            if !root.starts_with('/') || root.contains('\0') {
+                return Err(invalid(format!(
+                    "TFTP root '{}' of network '{name}' is not an absolute path",
+                    root.escape_debug()
+                )));
+            }
+            if tftp_roots.next().is_some() {
+                return Err(invalid(format!(
+                    "more than one <ip> of network '{name}' has <tftp>: kvnet serves TFTP on one address"
+                )));
+            }
+        }
         self.validate_dhcp_count()
     }
 

@@ -1,0 +1,291 @@
+//! The per-network TFTP task: requests on port 69 of the bridge address, each transfer
+//! on a port of its own (RFC 1350's transfer identifier), at most [`MAX_TRANSFERS`]
+//! at a time.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::Mode;
+use tokio::io::AsyncReadExt;
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::{
+    DEFAULT_BLOCK_SIZE, Error, ErrorCode, PORT, ReadRequest, TftpConfig, data, error, option_ack,
+    parse_reply, parse_request,
+};
+
+/// Transfers served at once per network; more are refused until one ends.
+const MAX_TRANSFERS: usize = 64;
+/// How long to wait for an acknowledgement when the client names no timeout.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a block is sent before the transfer is given up.
+const ATTEMPTS: u32 = 5;
+/// Largest request read; requests are a file name and a few options.
+const REQUEST_BUFFER: usize = 1024;
+
+/// A running TFTP server of one network. Dropping it, or [`TftpServer::stop`], ends it
+/// and every transfer in progress.
+#[derive(Debug)]
+pub struct TftpServer {
+    network: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TftpServer {
+    /// Opens the root and binds `config.listen`:69, then spawns the serving task on the
+    /// current tokio runtime.
+    pub fn start(config: TftpConfig) -> Result<TftpServer, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
+            network: config.network.clone(),
+        })?;
+        let root = nix::fcntl::open(
+            &config.root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::Root {
+            network: config.network.clone(),
+            root: config.root.clone(),
+            source: e.into(),
+        })?;
+        let socket = std::net::UdpSocket::bind(SocketAddrV4::new(config.listen, PORT))
+            .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
+            .map_err(socket_error(&config, "bind port 69"))?;
+        let socket = {
+            let _enter = runtime.enter();
+            UdpSocket::from_std(socket).map_err(socket_error(&config, "register the socket"))?
+        };
+        let network = config.network.clone();
+        tracing::info!(%network, root = %config.root.display(), "TFTP server started");
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let task = runtime.spawn(serve(config, root, socket, shutdown_rx));
+        Ok(TftpServer {
+            network,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        })
+    }
+
+    /// Ends the server and its transfers.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+        {
+            tracing::error!(network = %self.network, error = %e, "TFTP server task failed");
+        }
+        tracing::info!(network = %self.network, "TFTP server stopped");
+    }
+}
+
+impl Drop for TftpServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn socket_error<'a>(
+    config: &'a TftpConfig,
+    step: &'static str,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Socket {
+        network: config.network.clone(),
+        listen: config.listen,
+        step,
+        source,
+    }
+}
+
+async fn serve(
+    config: TftpConfig,
+    root: OwnedFd,
+    socket: UdpSocket,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    // Owned here, so the transfers end with the task.
+    let mut transfers = JoinSet::new();
+    let mut buffer = [0u8; REQUEST_BUFFER];
+    loop {
+        let (len, client) = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = transfers.join_next(), if !transfers.is_empty() => continue,
+            received = socket.recv_from(&mut buffer) => match received {
+                Ok(received) => received,
+                Err(e) => {
+                    tracing::debug!(network = %config.network, error = %e, "TFTP receive failed");
+                    continue;
+                }
+            },
+        };
+        let request = match parse_request(&buffer[..len]) {
+            Ok(Some(request)) => request,
+            Ok(None) => continue,
+            Err(refusal) => {
+                let _ = socket.try_send_to(&error(refusal.code, refusal.message), client);
+                continue;
+            }
+        };
+        if transfers.len() >= MAX_TRANSFERS {
+            let busy = error(ErrorCode::Undefined, "too many transfers, try again later");
+            let _ = socket.try_send_to(&busy, client);
+            continue;
+        }
+        let file = match open_beneath(&root, &request.file) {
+            Ok(file) => file,
+            Err(refusal) => {
+                tracing::debug!(network = %config.network, %client, file = %request.file.escape_debug(), reason = refusal.message, "TFTP request refused");
+                let _ = socket.try_send_to(&error(refusal.code, refusal.message), client);
+                continue;
+            }
+        };
+        tracing::debug!(network = %config.network, %client, file = %request.file.escape_debug(), "TFTP transfer");
+        let network = config.network.clone();
+        let listen = config.listen;
+        transfers.spawn(async move {
+            if let Err(e) = transfer(listen, client, request, file).await {
+                tracing::debug!(%network, %client, error = %e, "TFTP transfer ended early");
+            }
+        });
+    }
+}
+
+/// Opens `file` for reading, beneath `root` only: no `..` or symlink out of it, no
+/// /proc magic links, and only a regular file that anyone may read. The daemon runs as
+/// root; dnsmasq, which serves as an unprivileged user, serves no more than that.
+fn open_beneath(root: &OwnedFd, file: &str) -> Result<std::fs::File, super::Refusal> {
+    let not_found = super::Refusal {
+        code: ErrorCode::FileNotFound,
+        message: "file not found",
+    };
+    let denied = super::Refusal {
+        code: ErrorCode::AccessViolation,
+        message: "access denied",
+    };
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(root, Path::new(file), how).map_err(|errno| match errno {
+        nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR => not_found.clone(),
+        _ => denied.clone(),
+    })?;
+    let file = std::fs::File::from(fd);
+    match file.metadata() {
+        Ok(metadata) if metadata.is_file() && metadata.permissions().mode() & 0o004 != 0 => {
+            Ok(file)
+        }
+        Ok(_) => Err(denied),
+        Err(_) => Err(not_found),
+    }
+}
+
+/// Sends `file` to `client` from a port of its own, block by block, each after the
+/// previous one was acknowledged.
+async fn transfer(
+    listen: Ipv4Addr,
+    client: SocketAddr,
+    request: ReadRequest,
+    file: std::fs::File,
+) -> std::io::Result<()> {
+    let socket = UdpSocket::bind(SocketAddrV4::new(listen, 0)).await?;
+    socket.connect(client).await?;
+    let size = file.metadata()?.len();
+    let mut file = tokio::fs::File::from_std(file);
+    let timeout = request.timeout.map_or(DEFAULT_TIMEOUT, |seconds| {
+        Duration::from_secs(seconds.into())
+    });
+    let block_size = request.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
+    let mut accepted = Vec::new();
+    if let Some(size) = request.block_size {
+        accepted.push(("blksize", u64::from(size)));
+    }
+    if request.transfer_size {
+        accepted.push(("tsize", size));
+    }
+    if let Some(seconds) = request.timeout {
+        accepted.push(("timeout", u64::from(seconds)));
+    }
+    let mut packet = Vec::with_capacity(4 + usize::from(block_size));
+    // With options, block 0 is the option acknowledgement (RFC 2347).
+    let mut block: u16 = 0;
+    if accepted.is_empty() {
+        block = 1;
+        read_block(&mut file, block, block_size, &mut packet).await?;
+    } else {
+        packet = option_ack(&accepted);
+    }
+    loop {
+        send_until_acknowledged(&socket, &packet, block, timeout).await?;
+        // The last block is the first one shorter than a full block (maybe empty).
+        if block != 0 && packet.len() - 4 < usize::from(block_size) {
+            return Ok(());
+        }
+        block = block.wrapping_add(1);
+        read_block(&mut file, block, block_size, &mut packet).await?;
+    }
+}
+
+/// Reads the next block of the file into a DATA packet.
+async fn read_block(
+    file: &mut tokio::fs::File,
+    block: u16,
+    block_size: u16,
+    packet: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let mut payload = vec![0u8; usize::from(block_size)];
+    let mut filled = 0;
+    while filled < payload.len() {
+        let read = file.read(&mut payload[filled..]).await?;
+        if read == 0 {
+            break;
+        }
+        filled += read;
+    }
+    data(block, &payload[..filled], packet);
+    Ok(())
+}
+
+/// Sends `packet` until the client acknowledges `block`, at most [`ATTEMPTS`] times.
+/// Acknowledgements of other blocks are ignored rather than answered, so a delayed
+/// duplicate cannot double the traffic (the "Sorcerer's Apprentice" bug).
+async fn send_until_acknowledged(
+    socket: &UdpSocket,
+    packet: &[u8],
+    block: u16,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let mut reply = [0u8; 516];
+    for _ in 0..ATTEMPTS {
+        socket.send(packet).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let received = tokio::time::timeout_at(deadline, socket.recv(&mut reply)).await;
+            let Ok(received) = received else {
+                break; // resend
+            };
+            match parse_reply(&reply[..received?]) {
+                Ok(Some(acked)) if acked == block => return Ok(()),
+                Ok(_) => {}
+                Err(code) => {
+                    return Err(std::io::Error::other(format!(
+                        "the client gave up with TFTP error {code}"
+                    )));
+                }
+            }
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("block {block} never acknowledged"),
+    ))
+}
