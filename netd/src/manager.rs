@@ -365,31 +365,7 @@ impl Manager {
             if owns_bridge {
                 self.restore_bridge(&def, &status.bridge, &bridge).await;
             }
-            // The lease file carries every binding across the restart.
-            let dhcp = self.start_dhcp(&def).unwrap_or_else(|e| {
-                warn!(network = %name, "DHCP server not restarted: {}", error_chain(&e));
-                None
-            });
-            let dns = self
-                .start_dns(&def, dhcp.as_ref(), &networks)
-                .unwrap_or_else(|e| {
-                    warn!(network = %name, "DNS server not restarted: {}", error_chain(&e));
-                    None
-                });
-            let ra = self.start_ra(&def).unwrap_or_else(|e| {
-                warn!(network = %name, "router advertisements not restarted: {}", error_chain(&e));
-                None
-            });
-            let tftp = self.start_tftp(&def).unwrap_or_else(|e| {
-                warn!(network = %name, "TFTP server not restarted: {}", error_chain(&e));
-                None
-            });
-            let servers = Servers {
-                dhcp,
-                dns,
-                ra,
-                tftp,
-            };
+            let servers = self.restart_servers(&def, &networks);
             match networks.get_mut(&name) {
                 Some(network) => network.run(def, servers),
                 None => {
@@ -409,6 +385,31 @@ impl Manager {
             }
         }
         Ok(())
+    }
+
+    /// Starts an adopted network's servers again (the lease file carries every binding
+    /// across the restart). One that cannot start is logged and left out: the network
+    /// keeps running, and its guests keep their traffic.
+    fn restart_servers(&self, def: &NetworkDef, networks: &BTreeMap<String, Network>) -> Servers {
+        fn logged<T>(network: &str, what: &str, started: Result<Option<T>, Error>) -> Option<T> {
+            started.unwrap_or_else(|e| {
+                warn!(network, "{what} not restarted: {}", error_chain(&e));
+                None
+            })
+        }
+        let network = def.name.as_str();
+        let dhcp = logged(network, "DHCP server", self.start_dhcp(def));
+        let dns = logged(
+            network,
+            "DNS server",
+            self.start_dns(def, dhcp.as_ref(), networks),
+        );
+        Servers {
+            dhcp,
+            dns,
+            ra: logged(network, "router advertisements", self.start_ra(def)),
+            tftp: logged(network, "TFTP server", self.start_tftp(def)),
+        }
     }
 
     /// Puts back what was taken from an adopted network's own bridge while the daemon was
