@@ -24,6 +24,10 @@ pub const PORT: u16 = 69;
 pub const DEFAULT_BLOCK_SIZE: u16 = 512;
 /// Largest block size RFC 2348 allows.
 pub const MAX_BLOCK_SIZE: u16 = 65464;
+/// Longest retransmission timeout agreed to, in seconds: a transfer holds one of a
+/// network's few transfer slots while it waits. Longer ones are declined (left out of
+/// the option acknowledgement), as RFC 2347 lets a server do.
+pub const MAX_TIMEOUT_SECONDS: u8 = 10;
 
 /// What the TFTP server of one network serves; built by the manager from the XML.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,7 +107,7 @@ pub struct ReadRequest {
     pub block_size: Option<u16>,
     /// `tsize` asked for (the client wants the file's size).
     pub transfer_size: bool,
-    /// `timeout` asked for, in seconds (1-255).
+    /// `timeout` asked for and agreed to, in seconds (1 to [`MAX_TIMEOUT_SECONDS`]).
     pub timeout: Option<u8>,
 }
 
@@ -170,7 +174,8 @@ pub fn parse_request(packet: &[u8]) -> Result<Option<ReadRequest>, Refusal> {
             request.transfer_size = true;
         } else if name.eq_ignore_ascii_case(b"timeout") {
             match number.and_then(|n| u8::try_from(n).ok()) {
-                Some(seconds @ 1..) => request.timeout = Some(seconds),
+                Some(seconds @ 1..=MAX_TIMEOUT_SECONDS) => request.timeout = Some(seconds),
+                Some(1..) => {}
                 _ => return refuse(ErrorCode::BadOption, "invalid timeout"),
             }
         }
@@ -272,12 +277,10 @@ mod tests {
                 timeout: Some(3),
             })
         );
-        // A block size past RFC 2348's limit is lowered to it.
-        let big = rrq(&["f", "octet", "blksize", "100000"]);
-        assert_eq!(
-            parse_request(&big).unwrap().unwrap().block_size,
-            Some(MAX_BLOCK_SIZE)
-        );
+        // A block size past RFC 2348's limit is lowered to it; a long timeout is declined.
+        let big = rrq(&["f", "octet", "blksize", "100000", "timeout", "200"]);
+        let big = parse_request(&big).unwrap().unwrap();
+        assert_eq!((big.block_size, big.timeout), (Some(MAX_BLOCK_SIZE), None));
     }
 
     #[test]
