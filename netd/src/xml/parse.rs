@@ -886,13 +886,6 @@ impl Parser {
                 }
             }
             if let Some(bootp) = bootp {
-                // libvirt writes <dhcp> out only with a range or host, dropping a lone <bootp>.
-                if !ip.has_dhcp() {
-                    return Err(invalid(format!(
-                        "<bootp> needs a <range> or <host> in the same <dhcp> in network '{}' (line {})",
-                        self.network, bootp.line
-                    )));
-                }
                 ip.dhcp_bootp = Some(self.bootp(bootp)?);
             }
         }

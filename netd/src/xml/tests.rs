@@ -1536,7 +1536,7 @@ fn bootp_that_cannot_be_served_is_refused_by_name() {
     for (body, expected) in [
         (
             "<dhcp><bootp file='pxe'/></dhcp>".to_owned(),
-            "<bootp> needs a <range> or <host> in the same <dhcp> in network 'n' (line 1)",
+            "<bootp> of address '10.0.0.1' in network 'n' needs a <range> or <host> in the same <dhcp>",
         ),
         (
             format!("<dhcp>{range}<bootp server='10.0.0.5'/></dhcp>"),

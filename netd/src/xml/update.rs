@@ -970,6 +970,22 @@ mod tests {
     }
 
     #[test]
+    fn deleting_the_last_range_under_a_bootp_is_refused_not_dropped() {
+        let def = NetworkDef::from_xml(
+            "<network><name>pxe</name><ip address='10.0.0.1' prefix='24'><dhcp>\
+             <range start='10.0.0.2' end='10.0.0.9'/><bootp file='pxelinux.0'/></dhcp></ip></network>",
+        )
+        .expect("parses");
+        let e = err(
+            &def,
+            "delete",
+            "ip-dhcp-range",
+            "<range start='10.0.0.2' end='10.0.0.9'/>",
+        );
+        assert!(e.to_string().contains("<bootp>"), "{e}");
+    }
+
+    #[test]
     fn dhcp_ranges_are_added_and_deleted_but_not_modified() {
         let def = net();
         let removed = ok(

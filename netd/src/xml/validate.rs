@@ -545,6 +545,13 @@ impl NetworkDef {
     fn validate_ip(&self, ip: &IpDef) -> Result<(), Error> {
         let name = self.name.as_str();
         let address = ip.address;
+        // libvirt writes <dhcp> out only with a range or host, dropping a lone <bootp>
+        // (also what a net-update deleting the last range would leave).
+        if ip.dhcp_bootp.is_some() && !ip.has_dhcp() {
+            return Err(invalid(format!(
+                "<bootp> of address '{address}' in network '{name}' needs a <range> or <host> in the same <dhcp>"
+            )));
+        }
         match (ip.family, address) {
             (None, IpAddr::V6(_)) => {
                 return Err(invalid(format!(
