@@ -14,6 +14,7 @@ pub mod firewall;
 pub mod link;
 pub mod manager;
 pub mod ra;
+mod service;
 pub mod store;
 mod systemd;
 pub mod tftp;

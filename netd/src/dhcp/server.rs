@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 
 use super::engine::{Engine, Reply};
 use super::{DhcpConfig, Error, LeaseInfo};
+use crate::service::ServiceTask;
 
 /// The DHCP server port.
 pub const SERVER_PORT: u16 = 67;
@@ -52,10 +53,8 @@ const RECV_BUFFER: usize = 4096;
 /// A running DHCP server of one network. Dropping it, or [`DhcpServer::stop`], ends it.
 #[derive(Debug)]
 pub struct DhcpServer {
-    network: String,
     engine: Arc<Mutex<Engine>>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    task: ServiceTask,
 }
 
 fn unix_now() -> i64 {
@@ -92,15 +91,12 @@ impl DhcpServer {
         };
         let engine = Engine::with_lease_file(config, &lease_file, unix_now())?;
         let engine = Arc::new(Mutex::new(engine));
-        let (shutdown, shutdown_rx) = oneshot::channel();
-        let task = runtime.spawn(serve(socket, Arc::clone(&engine), shutdown_rx));
         tracing::info!(%network, lease_file = %lease_file.display(), "DHCP server started");
-        Ok(DhcpServer {
-            network,
-            engine,
-            shutdown: Some(shutdown),
-            task: Some(task),
-        })
+        let served = Arc::clone(&engine);
+        let task = ServiceTask::spawn(&runtime, network, "DHCP server", |stop| {
+            serve(socket, served, stop)
+        });
+        Ok(DhcpServer { engine, task })
     }
 
     /// Applies a new configuration (net-update) without dropping the leases.
@@ -121,24 +117,8 @@ impl DhcpServer {
     }
 
     /// Stops the task after the batch in progress and its commit.
-    pub async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(task) = self.task.take()
-            && let Err(e) = task.await
-        {
-            tracing::error!(network = %self.network, error = %e, "DHCP server task failed");
-        }
-        tracing::info!(network = %self.network, "DHCP server stopped");
-    }
-}
-
-impl Drop for DhcpServer {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    pub async fn stop(self) {
+        self.task.stop().await;
     }
 }
 

@@ -39,10 +39,11 @@ use nix::sys::socket::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{oneshot, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 use super::resolver::{Outcome, Resolver, Transport, is_reply_to, is_upstream_failure};
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
+use crate::service::ServiceTask;
 
 /// A forwarded query unanswered this long is forgotten.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,17 +69,15 @@ const BATCHES_PER_TURN: usize = 8;
 
 /// A running DNS server of one network. Dropping it, or [`DnsServer::stop`], ends it.
 pub struct DnsServer {
-    network: String,
     /// The serving task answers with the latest resolver sent here (net-update).
     resolver: watch::Sender<Arc<Resolver>>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    task: ServiceTask,
 }
 
 impl std::fmt::Debug for DnsServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DnsServer")
-            .field("network", &self.network)
+            .field("network", &self.task.network())
             .finish_non_exhaustive()
     }
 }
@@ -121,15 +120,11 @@ impl DnsServer {
             }
         }
         let (resolver, resolvers) = watch::channel(resolver);
-        let (shutdown, shutdown_rx) = oneshot::channel();
-        let task = runtime.spawn(serve(resolvers, udp, tcp, shutdown_rx));
         tracing::info!(network = %config.network, listen = ?config.listen, "DNS server started");
-        Ok(DnsServer {
-            network: config.network,
-            resolver,
-            shutdown: Some(shutdown),
-            task: Some(task),
-        })
+        let task = ServiceTask::spawn(&runtime, config.network, "DNS server", |stop| {
+            serve(resolvers, udp, tcp, stop)
+        });
+        Ok(DnsServer { resolver, task })
     }
 
     /// Serves `config`'s names from now on, without rebinding the sockets or dropping
@@ -144,28 +139,12 @@ impl DnsServer {
     /// build the resolver before committing to a change.
     pub fn replace(&self, resolver: Resolver) {
         self.resolver.send_replace(Arc::new(resolver));
-        tracing::info!(network = %self.network, "DNS records updated");
+        tracing::info!(network = %self.task.network(), "DNS records updated");
     }
 
     /// Stops the task; TCP connections in progress end with it.
-    pub async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(task) = self.task.take()
-            && let Err(e) = task.await
-        {
-            tracing::error!(network = %self.network, error = %e, "DNS server task failed");
-        }
-        tracing::info!(network = %self.network, "DNS server stopped");
-    }
-}
-
-impl Drop for DnsServer {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    pub async fn stop(self) {
+        self.task.stop().await;
     }
 }
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{Error, RaConfig, advertisement, is_router_solicitation};
+use crate::service::ServiceTask;
 
 /// Where advertisements go: every node on the link.
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
@@ -33,11 +33,7 @@ const RECV_BUFFER: usize = 1500;
 /// A running advertiser of one network. [`RaServer::stop`] ends it with a last
 /// advertisement that withdraws the router; dropping it just ends it.
 #[derive(Debug)]
-pub struct RaServer {
-    network: String,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
+pub struct RaServer(ServiceTask);
 
 impl RaServer {
     /// Opens the socket on `config.interface` and spawns the advertising task on the
@@ -54,36 +50,18 @@ impl RaServer {
             UdpSocket::from_std(std::net::UdpSocket::from(OwnedFd::from(socket)))
                 .map_err(socket_error(&config, "register the socket"))?
         };
-        let network = config.network.clone();
-        tracing::info!(%network, prefixes = ?config.prefixes, "router advertisements started");
-        let (shutdown, shutdown_rx) = oneshot::channel();
-        let task = runtime.spawn(advertise(config, socket, destination, shutdown_rx));
-        Ok(RaServer {
-            network,
-            shutdown: Some(shutdown),
-            task: Some(task),
-        })
+        tracing::info!(network = %config.network, prefixes = ?config.prefixes, "router advertisements started");
+        Ok(RaServer(ServiceTask::spawn(
+            &runtime,
+            config.network.clone(),
+            "router advertisements",
+            |stop| advertise(config, socket, destination, stop),
+        )))
     }
 
     /// Sends the last advertisement and ends the task.
-    pub async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(task) = self.task.take()
-            && let Err(e) = task.await
-        {
-            tracing::error!(network = %self.network, error = %e, "router advertisement task failed");
-        }
-        tracing::info!(network = %self.network, "router advertisements stopped");
-    }
-}
-
-impl Drop for RaServer {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    pub async fn stop(self) {
+        self.0.stop().await;
     }
 }
 

@@ -13,12 +13,13 @@ use nix::sys::stat::Mode;
 use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 use super::{
     DEFAULT_BLOCK_SIZE, Error, ErrorCode, PORT, ReadRequest, TftpConfig, data, error, option_ack,
     parse_reply, parse_request,
 };
+use crate::service::ServiceTask;
 
 /// Transfers served at once per network; more are refused until one ends.
 const MAX_TRANSFERS: usize = 64;
@@ -32,11 +33,7 @@ const REQUEST_BUFFER: usize = 1024;
 /// A running TFTP server of one network. Dropping it, or [`TftpServer::stop`], ends it
 /// and every transfer in progress.
 #[derive(Debug)]
-pub struct TftpServer {
-    network: String,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
+pub struct TftpServer(ServiceTask);
 
 impl TftpServer {
     /// Opens the root and binds `config.listen`:69, then spawns the serving task on the
@@ -62,36 +59,18 @@ impl TftpServer {
             let _enter = runtime.enter();
             UdpSocket::from_std(socket).map_err(socket_error(&config, "register the socket"))?
         };
-        let network = config.network.clone();
-        tracing::info!(%network, root = %config.root.display(), "TFTP server started");
-        let (shutdown, shutdown_rx) = oneshot::channel();
-        let task = runtime.spawn(serve(config, root, socket, shutdown_rx));
-        Ok(TftpServer {
-            network,
-            shutdown: Some(shutdown),
-            task: Some(task),
-        })
+        tracing::info!(network = %config.network, root = %config.root.display(), "TFTP server started");
+        Ok(TftpServer(ServiceTask::spawn(
+            &runtime,
+            config.network.clone(),
+            "TFTP server",
+            |stop| serve(config, root, socket, stop),
+        )))
     }
 
     /// Ends the server and its transfers.
-    pub async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(task) = self.task.take()
-            && let Err(e) = task.await
-        {
-            tracing::error!(network = %self.network, error = %e, "TFTP server task failed");
-        }
-        tracing::info!(network = %self.network, "TFTP server stopped");
-    }
-}
-
-impl Drop for TftpServer {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    pub async fn stop(self) {
+        self.0.stop().await;
     }
 }
 
