@@ -64,16 +64,7 @@ impl RouteDef {
     /// Prefix length in effect, with `<ip>`'s defaults; `None` for a non-contiguous
     /// netmask or a class D/E address without one.
     pub fn prefix_len(&self) -> Option<u8> {
-        if let Some(prefix) = self.prefix {
-            return Some(prefix);
-        }
-        if let Some(mask) = self.netmask {
-            return netmask_prefix(mask);
-        }
-        match self.address {
-            IpAddr::V4(addr) => classful_prefix(addr),
-            IpAddr::V6(_) => Some(64),
-        }
+        effective_prefix(self.address, self.netmask, self.prefix)
     }
 
     /// The destination subnet.
@@ -351,17 +342,7 @@ impl IpDef {
     /// libvirt's default (classful for IPv4, 64 for IPv6). `None` when
     /// neither applies (non-contiguous netmask, class D/E address).
     pub fn prefix_len(&self) -> Option<u8> {
-        if let Some(prefix) = self.prefix {
-            return Some(prefix);
-        }
-        if let Some(mask) = self.netmask {
-            return netmask_prefix(mask);
-        }
-        match self.address {
-            IpAddr::V4(addr) => classful_prefix(addr),
-            IpAddr::V6(addr) if addr.is_unspecified() => Some(0),
-            IpAddr::V6(_) => Some(64),
-        }
+        effective_prefix(self.address, self.netmask, self.prefix)
     }
 
     /// The subnet (address/prefix, host bits kept: `192.168.122.1/24`).
@@ -381,6 +362,23 @@ impl IpDef {
 }
 
 /// Bit count of a contiguous IPv4 netmask, `None` if not contiguous.
+/// The prefix length an `<ip>` or `<route>` means: `prefix`, else the netmask's bit
+/// count, else libvirt's default (classful for IPv4, 64 for IPv6, 0 for `::`). `None`
+/// when neither applies (non-contiguous netmask, class D/E address).
+fn effective_prefix(address: IpAddr, netmask: Option<Ipv4Addr>, prefix: Option<u8>) -> Option<u8> {
+    if let Some(prefix) = prefix {
+        return Some(prefix);
+    }
+    if let Some(mask) = netmask {
+        return netmask_prefix(mask);
+    }
+    match address {
+        IpAddr::V4(addr) => classful_prefix(addr),
+        IpAddr::V6(addr) if addr.is_unspecified() => Some(0),
+        IpAddr::V6(_) => Some(64),
+    }
+}
+
 pub(crate) fn netmask_prefix(mask: Ipv4Addr) -> Option<u8> {
     let bits = u32::from(mask);
     let ones = bits.leading_ones();

@@ -192,6 +192,18 @@ impl Parser {
             .transpose()
     }
 
+    /// An optional attribute that must be an IPv4 address (`what` names it in errors).
+    fn ipv4(&self, element: &Element, attr: &str, what: &str) -> Result<Option<Ipv4Addr>, Error> {
+        match self.ip(element, attr)? {
+            None => Ok(None),
+            Some(IpAddr::V4(address)) => Ok(Some(address)),
+            Some(IpAddr::V6(address)) => Err(invalid(format!(
+                "invalid {what} '{address}' in network '{}': it must be an IPv4 address",
+                self.network
+            ))),
+        }
+    }
+
     fn required_ip(&self, element: &Element, attr: &str) -> Result<IpAddr, Error> {
         self.ip(element, attr)?
             .ok_or_else(|| self.missing(element, attr))
@@ -346,16 +358,7 @@ impl Parser {
         };
         let address = self.required_ip(element, "address")?;
         let gateway = self.required_ip(element, "gateway")?;
-        let netmask = match self.ip(element, "netmask")? {
-            None => None,
-            Some(IpAddr::V4(mask)) => Some(mask),
-            Some(IpAddr::V6(mask)) => {
-                return Err(invalid(format!(
-                    "invalid netmask '{mask}' in route definition of network '{}': netmasks are IPv4",
-                    self.network
-                )));
-            }
-        };
+        let netmask = self.ipv4(element, "netmask", "route netmask")?;
         Ok(RouteDef {
             family,
             address,
@@ -906,16 +909,7 @@ impl Parser {
                 Bootp::MAX_FILE
             )));
         }
-        let server = match self.ip(element, "server")? {
-            None => None,
-            Some(IpAddr::V4(server)) => Some(server),
-            Some(IpAddr::V6(server)) => {
-                return Err(invalid(format!(
-                    "invalid boot server '{server}' in network '{}': it must be an IPv4 address",
-                    self.network
-                )));
-            }
-        };
+        let server = self.ipv4(element, "server", "boot server")?;
         Ok(Bootp {
             file: file.to_owned(),
             server,
