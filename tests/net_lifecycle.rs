@@ -183,6 +183,41 @@ fn transient_networks_run_without_a_definition_and_vanish_on_destroy() {
     assert!(daemon.bridges().is_empty());
 }
 
+/// The `persistent` field of a network's status file.
+fn status_persistent(daemon: &Daemon, name: &str) -> bool {
+    let path = daemon.state_dir().join(format!("networks/{name}.json"));
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("status")).expect("json");
+    status["persistent"].as_bool().expect("persistent")
+}
+
+#[test]
+fn defining_a_running_transient_network_records_it_as_persistent() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let path = xml_file(
+        daemon.dirs.path(),
+        "t.xml",
+        "<network><name>later</name><forward/><ip address='10.97.0.1' prefix='24'/></network>",
+    );
+    let path = path.to_str().expect("path");
+    daemon.ok(&["net-create", path]);
+    assert!(!status_persistent(&daemon, "later"));
+    daemon.ok(&["net-define", path]);
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " later   active   no   yes\n"
+    );
+    assert!(
+        status_persistent(&daemon, "later"),
+        "the status file still calls a defined network transient"
+    );
+    daemon.ok(&["net-undefine", "later"]);
+    assert!(!status_persistent(&daemon, "later"));
+}
+
 #[test]
 fn net_create_of_a_defined_inactive_network_runs_it_with_that_xml() {
     if !require(DAEMON_NEEDS) {

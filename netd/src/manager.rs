@@ -367,7 +367,21 @@ impl Manager {
             }
             let servers = self.restart_servers(&def, &networks);
             match networks.get_mut(&name) {
-                Some(network) => network.run(def, servers),
+                Some(network) => {
+                    if !status.persistent {
+                        // Defined while it ran, or an undefine interrupted before its
+                        // definition went: the definition on disk is what counts.
+                        warn!(network = %name, "running network has a definition on disk; it is persistent");
+                        self.store.save_status(
+                            &name,
+                            &Status {
+                                persistent: true,
+                                ..status
+                            },
+                        )?;
+                    }
+                    network.run(def, servers);
+                }
                 None => {
                     if status.persistent {
                         // Its definition was removed behind our back: keep it running, as transient.
@@ -570,7 +584,27 @@ impl Manager {
         let mut networks = self.networks.lock().await;
         self.check_identity(&networks, &mut def)?;
         self.complete_and_check_bridge(&networks, &mut def).await?;
-        self.store.save_config(&def.name, &def.to_config_file())?;
+        // A running transient network becomes persistent: its status says so first, and
+        // says so no more if the definition cannot be written.
+        let live = networks
+            .get(&def.name)
+            .filter(|n| n.config.is_none())
+            .and_then(|n| n.live.as_ref());
+        let started_at = live.map(|_| self.started_at(&def.name));
+        if let (Some(live), Some(started_at)) = (live, started_at) {
+            self.store
+                .save_status(&def.name, &active_status(live, true, started_at))?;
+        }
+        if let Err(e) = self.store.save_config(&def.name, &def.to_config_file()) {
+            if let (Some(live), Some(started_at)) = (live, started_at)
+                && let Err(restore) = self
+                    .store
+                    .save_status(&def.name, &active_status(live, false, started_at))
+            {
+                warn!(network = %def.name, "{}", error_chain(&restore));
+            }
+            return Err(e.into());
+        }
         info!(network = %def.name, "defined");
         let name = def.name.clone();
         match networks.get_mut(&name) {
