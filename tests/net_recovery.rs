@@ -156,3 +156,50 @@ fn a_start_whose_client_goes_away_finishes_anyway() {
         daemon.log()
     );
 }
+
+#[test]
+fn a_restart_after_an_interrupted_undefine_or_write_leaves_no_disagreement() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(no_default());
+    let definition = define_nat_network_n(&daemon, "10.58.0.1");
+    daemon.ok(&["net-start", "n"]);
+    daemon.kill9();
+
+    // An undefine killed after it recorded the network as transient, before the
+    // definition went; and the temporary files of writes killed before their rename.
+    let status_path = daemon.state_dir().join("networks/n.json");
+    let status = std::fs::read_to_string(&status_path).expect("status");
+    assert!(status.contains("\"persistent\": true"), "{status}");
+    std::fs::write(
+        &status_path,
+        status.replace("\"persistent\": true", "\"persistent\": false"),
+    )
+    .expect("rewrite");
+    let leftovers = [
+        daemon.config_dir().join("networks/.n.xml.tmp-4242"),
+        daemon
+            .config_dir()
+            .join("networks/autostart/.n.xml.tmp-4242"),
+        daemon.state_dir().join("networks/.n.json.tmp-4242"),
+    ];
+    for file in &leftovers {
+        std::fs::write(file, "half").expect("leftover");
+    }
+
+    daemon.spawn(&no_default());
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " n   active   no   yes\n"
+    );
+    let status = std::fs::read_to_string(&status_path).expect("status");
+    assert!(
+        status.contains("\"persistent\": true"),
+        "a defined network's status calls it transient: {status}"
+    );
+    for file in &leftovers {
+        assert!(!file.exists(), "{} left behind", file.display());
+    }
+    assert_consistent(&daemon, "n", "virbr0", &definition);
+}

@@ -283,6 +283,9 @@ impl Manager {
         let store = Store::new(&config.config_dir, &config.state_dir);
         let fresh = store.is_fresh();
         store.create_dirs()?;
+        for path in store.remove_temp_files()? {
+            warn!(path = %path.display(), "removed the temporary file of a write interrupted by a crash");
+        }
         let manager = Manager {
             networks: Mutex::new(BTreeMap::new()),
             store,

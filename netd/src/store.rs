@@ -130,6 +130,32 @@ impl Store {
         Ok(())
     }
 
+    /// Removes the temporary files of writes a killed daemon left half done (see
+    /// [`write_atomic`] and [`Store::set_autostart`]); returns what it removed. Only
+    /// for a daemon that has not started writing yet: the names are its own too.
+    pub fn remove_temp_files(&self) -> Result<Vec<PathBuf>, Error> {
+        let mut removed = Vec::new();
+        for dir in [&self.networks_dir, &self.autostart_dir, &self.status_dir] {
+            let entries = match fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("listing", dir)(e)),
+            };
+            for entry in entries {
+                let path = entry.map_err(io_err("listing", dir))?.path();
+                let is_temp = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(is_temp_name);
+                if is_temp {
+                    remove_if_exists(&path)?;
+                    removed.push(path);
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// The path of a network's persistent definition.
     pub fn config_path(&self, name: &str) -> PathBuf {
         self.networks_dir.join(format!("{name}.xml"))
@@ -277,6 +303,15 @@ impl Store {
             Err(e) => Err(io_err("creating", &self.autostart_marker)(e)),
         }
     }
+}
+
+/// Whether `name` is that of a temporary file of [`write_atomic`] or of an autostart link
+/// on its way: `.NAME.tmp-PID`.
+fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.')
+        && name
+            .rsplit_once(".tmp-")
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn stem(path: &Path) -> Option<String> {
@@ -447,6 +482,45 @@ mod tests {
         assert_eq!(statuses[1].1.as_ref().unwrap(), &status);
         store.delete_status("default").unwrap();
         store.delete_status("default").unwrap();
+    }
+
+    #[test]
+    fn temp_files_of_interrupted_writes_are_removed_and_nothing_else() {
+        let (dir, store) = store();
+        store.create_dirs().unwrap();
+        store.save_config("n", "<network/>").unwrap();
+        store.set_autostart("n", true).unwrap();
+        let leftovers = [
+            "etc/networks/.n.xml.tmp-4242",
+            "etc/networks/autostart/.n.xml.tmp-4242",
+            "run/networks/.n.json.tmp-4242",
+            "run/networks/.n.leases.tmp-17",
+        ];
+        for file in leftovers {
+            fs::write(dir.path().join(file), "half").unwrap();
+        }
+        let kept = [
+            "run/networks/n.leases",
+            "etc/networks/.hidden",
+            "etc/networks/.x.tmp-",
+        ];
+        for file in kept {
+            fs::write(dir.path().join(file), "keep").unwrap();
+        }
+        let mut removed = store.remove_temp_files().unwrap();
+        removed.sort();
+        let mut expected: Vec<PathBuf> = leftovers.iter().map(|f| dir.path().join(f)).collect();
+        expected.sort();
+        assert_eq!(removed, expected);
+        for file in leftovers {
+            assert!(!dir.path().join(file).exists(), "{file} left");
+        }
+        for file in kept
+            .iter()
+            .chain(&["etc/networks/n.xml", "etc/networks/autostart/n.xml"])
+        {
+            assert!(dir.path().join(file).exists(), "{file} removed");
+        }
     }
 
     #[test]
