@@ -203,3 +203,47 @@ fn a_restart_after_an_interrupted_undefine_or_write_leaves_no_disagreement() {
     }
     assert_consistent(&daemon, "n", "virbr0", &definition);
 }
+
+#[test]
+fn a_transient_network_a_crash_ended_leaves_no_lease_file() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(no_default());
+    let create = |daemon: &Daemon, name: &str, octet: u8| {
+        let xml = format!(
+            "<network><name>{name}</name><forward/><bridge name='kv{name}'/>\
+             <ip address='10.59.{octet}.1' prefix='24'><dhcp>\
+             <range start='10.59.{octet}.10' end='10.59.{octet}.20'/></dhcp></ip></network>"
+        );
+        let path = xml_file(daemon.dirs.path(), &format!("{name}.xml"), &xml);
+        daemon.ok(&["net-create", path.to_str().expect("path")]);
+    };
+    create(&daemon, "mid", 1);
+    create(&daemon, "gone", 2);
+    let state_dir = daemon.state_dir();
+    let leases = |name: &str| state_dir.join(format!("networks/{name}.leases"));
+    assert!(leases("mid").exists() && leases("gone").exists());
+    daemon.kill9();
+
+    // 'mid' was killed mid-start (its intent recorded, its servers already up); the
+    // bridge of 'gone' went while the daemon was away (a stop killed halfway).
+    let status_path = daemon.state_dir().join("networks/mid.json");
+    let status = std::fs::read_to_string(&status_path).expect("status");
+    std::fs::write(
+        &status_path,
+        status.replace("\"phase\": \"active\"", "\"phase\": \"starting\""),
+    )
+    .expect("rewrite");
+    daemon.ns.sh("ip link del kvgone").expect("delete bridge");
+
+    daemon.spawn(&no_default());
+    assert_eq!(daemon.ok(&["-q", "net-list", "--all"]), "");
+    assert!(daemon.bridges().is_empty(), "{:?}", daemon.bridges());
+    for name in ["mid", "gone"] {
+        assert!(
+            !leases(name).exists(),
+            "the lease file of transient network {name} outlived it"
+        );
+    }
+}

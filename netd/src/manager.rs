@@ -295,6 +295,7 @@ impl Manager {
         };
         manager.load_configs().await?;
         manager.adopt_running().await?;
+        manager.forget_orphan_leases().await?;
         if fresh && config.define_default_network {
             manager.define_default_network().await?;
         }
@@ -427,6 +428,20 @@ impl Manager {
             ra: logged(network, "router advertisements", self.start_ra(def)),
             tftp: logged(network, "TFTP server", self.start_tftp(def)),
         }
+    }
+
+    /// Removes the lease files of networks that are neither defined nor running: those of
+    /// a transient network whose start or stop a crash interrupted (undone or finished at
+    /// adoption), or of an undefine killed before it removed them.
+    async fn forget_orphan_leases(&self) -> Result<(), Error> {
+        let networks = self.networks.lock().await;
+        for name in self.store.lease_file_names()? {
+            if !networks.contains_key(&name) {
+                info!(network = %name, "removing the lease file of a network that is gone");
+                self.store.delete_leases(&name)?;
+            }
+        }
+        Ok(())
     }
 
     /// Puts back what was taken from an adopted network's own bridge while the daemon was

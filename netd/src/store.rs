@@ -281,6 +281,26 @@ impl Store {
         self.status_dir.join(format!("{name}.leases"))
     }
 
+    /// The networks that have a lease file, by name.
+    pub fn lease_file_names(&self) -> Result<Vec<String>, Error> {
+        let entries = match fs::read_dir(&self.status_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("listing", &self.status_dir)(e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(io_err("listing", &self.status_dir))?.path();
+            if path.extension().is_some_and(|ext| ext == "leases")
+                && let Some(name) = stem(&path)
+            {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// Forgets a network's leases (undefined, or a transient network stopped).
     pub fn delete_leases(&self, name: &str) -> Result<(), Error> {
         remove_if_exists(&self.lease_path(name))
