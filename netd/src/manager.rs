@@ -283,8 +283,8 @@ impl Manager {
         let store = Store::new(&config.config_dir, &config.state_dir);
         let fresh = store.is_fresh();
         store.create_dirs()?;
-        for path in store.remove_temp_files()? {
-            warn!(path = %path.display(), "removed the temporary file of a write interrupted by a crash");
+        for path in store.remove_leftovers()? {
+            warn!(path = %path.display(), "removed what a change interrupted by a crash left behind");
         }
         let manager = Manager {
             networks: Mutex::new(BTreeMap::new()),

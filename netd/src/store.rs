@@ -130,10 +130,11 @@ impl Store {
         Ok(())
     }
 
-    /// Removes the temporary files of writes a killed daemon left half done (see
-    /// [`write_atomic`] and [`Store::set_autostart`]); returns what it removed. Only
-    /// for a daemon that has not started writing yet: the names are its own too.
-    pub fn remove_temp_files(&self) -> Result<Vec<PathBuf>, Error> {
+    /// Removes what changes a killed daemon left half done: the temporary files of writes
+    /// (see [`write_atomic`] and [`Store::set_autostart`]) and autostart links whose
+    /// definition is gone (see [`Store::delete_config`]); returns what it removed. Only
+    /// for a daemon that has not started writing yet: the temporary names are its own too.
+    pub fn remove_leftovers(&self) -> Result<Vec<PathBuf>, Error> {
         let mut removed = Vec::new();
         for dir in [&self.networks_dir, &self.autostart_dir, &self.status_dir] {
             let entries = match fs::read_dir(dir) {
@@ -147,7 +148,10 @@ impl Store {
                     .file_name()
                     .and_then(|n| n.to_str())
                     .is_some_and(is_temp_name);
-                if is_temp {
+                let is_dangling_link = dir == &self.autostart_dir
+                    && fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink())
+                    && !path.exists();
+                if is_temp || is_dangling_link {
                     remove_if_exists(&path)?;
                     removed.push(path);
                 }
@@ -193,20 +197,16 @@ impl Store {
         write_atomic(&self.config_path(name), xml.as_bytes())
     }
 
-    /// Removes a network's definition and its autostart link, both or neither: the link
-    /// goes first (a link without its definition would be dangling) and comes back if
-    /// the definition cannot be removed.
+    /// Removes a network's definition and its autostart link. The definition goes first:
+    /// if that fails nothing changed. A link left behind after it (a failed removal, or
+    /// a crash in between) points nowhere and means nothing; [`Store::remove_leftovers`]
+    /// removes it when the daemon next opens the store.
     pub fn delete_config(&self, name: &str) -> Result<(), Error> {
-        let autostart = self.autostart_path(name).exists();
-        self.set_autostart(name, false)?;
-        let removed = remove_if_exists(&self.config_path(name));
-        if removed.is_err()
-            && autostart
-            && let Err(e) = self.set_autostart(name, true)
-        {
-            tracing::warn!(network = name, "restoring the autostart link: {e}");
+        remove_if_exists(&self.config_path(name))?;
+        if let Err(e) = self.set_autostart(name, false) {
+            tracing::warn!(network = name, "removing the autostart link: {e}");
         }
-        removed
+        Ok(())
     }
 
     /// Creates or removes the autostart link (`autostart/NAME.xml -> ../NAME.xml`).
@@ -527,7 +527,7 @@ mod tests {
         for file in kept {
             fs::write(dir.path().join(file), "keep").unwrap();
         }
-        let mut removed = store.remove_temp_files().unwrap();
+        let mut removed = store.remove_leftovers().unwrap();
         removed.sort();
         let mut expected: Vec<PathBuf> = leftovers.iter().map(|f| dir.path().join(f)).collect();
         expected.sort();
@@ -541,6 +541,25 @@ mod tests {
         {
             assert!(dir.path().join(file).exists(), "{file} removed");
         }
+    }
+
+    #[test]
+    fn an_undefine_interrupted_after_the_definition_went_leaves_a_link_the_next_open_removes() {
+        let (dir, store) = store();
+        store.create_dirs().unwrap();
+        for name in ["kept", "gone"] {
+            store.save_config(name, "<network/>").unwrap();
+            store.set_autostart(name, true).unwrap();
+        }
+        // What a daemon killed inside delete_config("gone") leaves.
+        fs::remove_file(dir.path().join("etc/networks/gone.xml")).unwrap();
+        let dangling = dir.path().join("etc/networks/autostart/gone.xml");
+        assert!(fs::symlink_metadata(&dangling).is_ok());
+        assert_eq!(store.remove_leftovers().unwrap(), [dangling.clone()]);
+        assert!(fs::symlink_metadata(&dangling).is_err());
+        let configs = store.load_configs().unwrap();
+        assert_eq!(configs.len(), 1);
+        assert!(configs[0].autostart && configs[0].file_name == "kept");
     }
 
     #[test]
