@@ -1688,3 +1688,25 @@ fn tftp_root_comes_first_in_its_ip_and_must_be_servable() {
         assert!(error.contains(expected), "{xml}: {error}");
     }
 }
+
+#[test]
+fn srv_target_dot_means_no_such_service() {
+    let def = parse(
+        "<network><name>n</name><dns>\
+         <srv service='ftp' protocol='tcp' domain='shop.test' target='.' port='21' priority='5' weight='1'/>\
+         <srv service='gopher' protocol='tcp' target='.'/>\
+         </dns><ip address='10.7.0.1' prefix='24'/></network>",
+    );
+    assert_eq!(def.dns.srvs[0].target.as_deref(), Some("."));
+    assert!(def.to_xml().contains(
+        "<srv service='ftp' protocol='tcp' domain='shop.test' target='.' port='21' priority='5' weight='1'/>"
+    ));
+    assert_round_trip(&def);
+    // Only the root itself: empty labels elsewhere are still refused.
+    assert_eq!(
+        parse_err(
+            "<network><name>n</name><dns><srv service='ftp' protocol='tcp' target='..'/></dns></network>"
+        ),
+        "invalid DNS SRV target '..' in network 'n': it has an empty label"
+    );
+}

@@ -511,7 +511,9 @@ impl NetworkDef {
             if let Some(domain) = &srv.domain {
                 bad_name("DNS SRV domain", domain, false)?;
             }
-            if let Some(target) = &srv.target {
+            // A target of '.' is RFC 2782's "the service is decidedly not available
+            // at this domain"; libvirt accepts it and the zone encodes it as the root.
+            if let Some(target) = srv.target.as_deref().filter(|&t| t != ".") {
                 bad_name("DNS SRV target", target, false)?;
             }
             if srv.target.is_none() {
