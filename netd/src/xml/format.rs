@@ -316,7 +316,7 @@ fn format_range(out: &mut Out, range: &DhcpRange) {
 fn format_host(out: &mut Out, host: &DhcpHost) {
     let head = format!(
         "<host{}{}{}{}",
-        attr("mac", host.mac),
+        attr("mac", host.mac_display()),
         attr("id", host.id.as_ref()),
         attr("name", host.name.as_ref()),
         attr("ip", Some(host.ip))

@@ -422,6 +422,11 @@ pub struct DhcpRange {
 pub struct DhcpHost {
     /// Client MAC (IPv4 only).
     pub mac: Option<MacAddr>,
+    /// `mac` as the document spelled it (`52:54:0:A:B:C`), when that differs from the
+    /// canonical form. libvirt keeps a host's MAC as written and writes it back so;
+    /// `None` means the canonical lower-case form.
+    #[serde(skip)]
+    pub mac_text: Option<String>,
     /// Client DUID (IPv6), hex digits and colons.
     pub id: Option<String>,
     /// Host name given to the client.
@@ -430,6 +435,15 @@ pub struct DhcpHost {
     pub ip: IpAddr,
     /// `<lease>` override for this host.
     pub lease: Option<Lease>,
+}
+
+impl DhcpHost {
+    /// The MAC the way it is written back: as the document spelled it, else canonical.
+    pub fn mac_display(&self) -> Option<String> {
+        self.mac_text
+            .clone()
+            .or_else(|| self.mac.map(|mac| mac.to_string()))
+    }
 }
 
 /// `<lease expiry unit/>`.

@@ -31,6 +31,7 @@ impl NetworkDef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct DhcpHostFields {
     pub mac: Option<MacAddr>,
+    pub mac_text: Option<String>,
     pub id: Option<String>,
     pub name: Option<String>,
     pub ip: Option<IpAddr>,
@@ -744,8 +745,15 @@ impl Parser {
                 })
             })
             .transpose()?;
+        // Kept only when it is not the canonical spelling, so that hosts written the
+        // usual way compare equal to ones built in code.
+        let mac_text = mac
+            .zip(element.attr("mac"))
+            .filter(|(mac, text)| mac.to_string() != *text)
+            .map(|(_, text)| text.to_string());
         Ok(DhcpHostFields {
             mac,
+            mac_text,
             id: element.attr("id").map(str::to_string),
             name: element.attr("name").map(str::to_string),
             ip,
@@ -764,6 +772,7 @@ impl Parser {
         })?;
         Ok(DhcpHost {
             mac: fields.mac,
+            mac_text: fields.mac_text,
             id: fields.id,
             name: fields.name,
             ip,

@@ -754,6 +754,7 @@ fn unimplemented_ipv6_dhcp_nat_duid_and_local_ptr_are_rejected_by_name() {
     let mut edited = defaults;
     edited.ips[0].dhcp_hosts.push(DhcpHost {
         mac: None,
+        mac_text: None,
         id: Some("0:1:2".into()),
         name: Some("a".into()),
         ip: "10.0.0.5".parse().unwrap(),
@@ -1709,4 +1710,33 @@ fn srv_target_dot_means_no_such_service() {
         ),
         "invalid DNS SRV target '..' in network 'n': it has an empty label"
     );
+}
+
+#[test]
+fn dhcp_host_mac_is_written_back_as_spelled() {
+    // libvirt keeps a <dhcp><host> MAC as the document wrote it (only the bridge's
+    // <mac> is normalised), so dumpxml shows it unchanged.
+    let def = parse(&net_with_ip(
+        "address='10.7.1.1' prefix='24'",
+        "<dhcp><host mac='52:54:0:A:b:c' name='vm1' ip='10.7.1.20'/>\
+         <host mac='52:54:00:00:00:21' ip='10.7.1.21'/></dhcp>",
+    ));
+    let hosts = &def.ips[0].dhcp_hosts;
+    assert_eq!(
+        hosts[0].mac,
+        Some(MacAddr([0x52, 0x54, 0, 0x0a, 0x0b, 0x0c]))
+    );
+    assert_eq!(hosts[0].mac_text.as_deref(), Some("52:54:0:A:b:c"));
+    assert_eq!(hosts[1].mac_text, None);
+    let xml = def.to_xml();
+    assert!(
+        xml.contains("<host mac='52:54:0:A:b:c' name='vm1' ip='10.7.1.20'/>"),
+        "{xml}"
+    );
+    assert!(xml.contains("<host mac='52:54:00:00:00:21' ip='10.7.1.21'/>"));
+    assert_round_trip(&def);
+    // A spelling that does not match the address is refused.
+    let mut edited = def;
+    edited.ips[0].dhcp_hosts[1].mac_text = Some("52:54:00:00:00:99".into());
+    assert!(edited.validate().is_err());
 }

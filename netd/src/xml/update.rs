@@ -325,8 +325,7 @@ impl NetworkDef {
         self.check_not_dhcpv6(index, "host")?;
         let shown = |host: &DhcpHost| {
             (
-                host.mac
-                    .map_or_else(|| "unknown".to_owned(), |mac| mac.to_string()),
+                host.mac_display().unwrap_or_else(|| "unknown".to_owned()),
                 host.name.clone().unwrap_or_else(|| "(null)".to_owned()),
             )
         };

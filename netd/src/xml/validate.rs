@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::model::{
-    ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, NetworkDef, RouteDef, netmask_prefix,
+    ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr, NetworkDef, RouteDef, netmask_prefix,
 };
 use super::{Error, invalid};
 
@@ -659,11 +659,19 @@ impl NetworkDef {
                     "static host address {host_ip} in network '{name}' is the bridge address"
                 )));
             }
+            if let Some(text) = &host.mac_text
+                && text.parse::<MacAddr>().ok() != host.mac
+            {
+                return Err(invalid(format!(
+                    "dhcp <host> {host_ip} in network '{name}': MAC spelling '{text}' does not match its address"
+                )));
+            }
             if let Some(mac) = host.mac
                 && mac.is_multicast()
             {
                 return Err(invalid(format!(
-                    "expected unicast mac address, found multicast '{mac}' in network '{name}'"
+                    "expected unicast mac address, found multicast '{}' in network '{name}'",
+                    host.mac_display().unwrap_or_else(|| mac.to_string())
                 )));
             }
             if let Some(id) = &host.id {
