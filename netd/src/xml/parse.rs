@@ -27,6 +27,27 @@ impl NetworkDef {
     }
 }
 
+/// Reads a `<uuid>` the way libvirt's `virUUIDParse` does: 32 hex digits in pairs,
+/// with `-` or space allowed before any pair and whitespace around the whole. So
+/// `2e2d...` without dashes is accepted, while the braced and `urn:uuid:` forms that
+/// `Uuid::try_parse` also takes, and which libvirt refuses, are not.
+fn parse_uuid(text: &str) -> Option<Uuid> {
+    let mut digits = text
+        .trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b')
+        .bytes()
+        .peekable();
+    let mut bytes = [0u8; 16];
+    for byte in &mut bytes {
+        while digits.next_if(|&b| b == b'-' || b == b' ').is_some() {}
+        let high = char::from(digits.next()?).to_digit(16)?;
+        let low = char::from(digits.next()?).to_digit(16)?;
+        *byte = u8::try_from(high * 16 + low).ok()?;
+    }
+    digits
+        .all(|b| b.is_ascii_whitespace() || b == 0x0b)
+        .then_some(Uuid::from_bytes(bytes))
+}
+
 /// A `<dhcp><host>` whose `ip` may be missing (a net-update match pattern).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct DhcpHostFields {
@@ -277,9 +298,12 @@ impl Parser {
             None => return Err(invalid("missing <name> element in network definition")),
         };
         let mut def = NetworkDef::new(name);
-        if let Some(element) = uuid {
-            let text = self.text_of(element)?;
-            let parsed = Uuid::try_parse(text.trim()).map_err(|_| {
+        // libvirt reads an empty <uuid/> as no uuid at all and generates one.
+        if let Some(element) = uuid
+            && let text = self.text_of(element)?
+            && !text.is_empty()
+        {
+            let parsed = parse_uuid(&text).ok_or_else(|| {
                 invalid(format!(
                     "malformed uuid '{}' in network '{}'",
                     text.trim(),

@@ -1740,3 +1740,41 @@ fn dhcp_host_mac_is_written_back_as_spelled() {
     edited.ips[0].dhcp_hosts[1].mac_text = Some("52:54:00:00:00:99".into());
     assert!(edited.validate().is_err());
 }
+
+#[test]
+fn uuid_is_read_with_libvirts_rules() {
+    let uuid = |text: &str| {
+        NetworkDef::from_xml(&format!(
+            "<network><name>n</name><uuid>{text}</uuid></network>"
+        ))
+        .map(|def| def.uuid.unwrap().to_string())
+    };
+    let canonical = "a1b2c3d4-0000-4111-8222-0123456789ab";
+    // Dashes or spaces between any pairs of digits, any case, whitespace around.
+    for accepted in [
+        canonical,
+        "A1B2C3D400004111822201234567 89AB",
+        "a1b2-c3d4-0000-4111-8222-0123-4567-89ab",
+        "\n  a1b2c3d4-0000-4111-8222-0123456789ab\t\n",
+    ] {
+        assert_eq!(uuid(accepted).unwrap(), canonical, "{accepted:?}");
+    }
+    // libvirt refuses the braced and URN forms, odd digits and trailing junk.
+    for refused in [
+        "{a1b2c3d4-0000-4111-8222-0123456789ab}",
+        "urn:uuid:a1b2c3d4-0000-4111-8222-0123456789ab",
+        "a-1b2c3d4-0000-4111-8222-0123456789ab",
+        "a1b2c3d4-0000-4111-8222-0123456789a",
+        "a1b2c3d4-0000-4111-8222-0123456789abcd",
+        "a1b2c3d4-0000-4111-8222-0123456789ab-",
+        " ",
+    ] {
+        let err = uuid(refused).unwrap_err().to_string();
+        assert!(err.starts_with("malformed uuid"), "{refused:?}: {err}");
+    }
+    // An empty element is no uuid: one is generated at define.
+    for empty in ["<uuid></uuid>", "<uuid/>"] {
+        let def = parse(&format!("<network><name>n</name>{empty}</network>"));
+        assert_eq!(def.uuid, None, "{empty}");
+    }
+}
