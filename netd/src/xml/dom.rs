@@ -76,6 +76,26 @@ impl LineTracker {
     }
 }
 
+/// True for characters XML 1.0 allows in a document (its `Char` production): no
+/// control characters but tab, newline and carriage return, written out or as a
+/// character reference. libxml2, and so libvirt, refuses a document with any other.
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
+        || c >= '\u{10000}'
+}
+
+/// Refuses text or an attribute value holding a character XML 1.0 does not allow.
+fn check_chars(input: &str, offset: u64, text: &str) -> Result<(), Error> {
+    match text.chars().find(|&c| !is_xml_char(c)) {
+        Some(c) => Err(malformed(
+            input,
+            offset,
+            format!("character U+{:04X} is not allowed in XML 1.0", u32::from(c)),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn malformed(input: &str, offset: u64, reason: impl Into<String>) -> Error {
     let (line, column) = line_col(input, offset);
     Error::Malformed {
@@ -207,6 +227,7 @@ fn start_element(
             .decode_and_unescape_value(reader.decoder())
             .map_err(|e| malformed(input, reader.buffer_position(), e.to_string()))?
             .into_owned();
+        check_chars(input, reader.buffer_position(), &value)?;
         attrs.push((key, value));
     }
     Ok(Element {
@@ -234,6 +255,7 @@ fn attach(
 }
 
 fn push_text(input: &str, offset: u64, stack: &mut [Element], text: &str) -> Result<(), Error> {
+    check_chars(input, offset, text)?;
     match stack.last_mut() {
         Some(element) => element.text.push_str(text),
         None if text.trim().is_empty() => {}

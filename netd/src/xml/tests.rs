@@ -1778,3 +1778,38 @@ fn uuid_is_read_with_libvirts_rules() {
         assert_eq!(def.uuid, None, "{empty}");
     }
 }
+
+#[test]
+fn characters_outside_xml_1_0_are_malformed() {
+    // As libxml2 (and so libvirt) does, refuse control characters whether written
+    // out or as character references, in text and in attribute values.
+    for (xml, what) in [
+        ("<network><name>a&#x1;b</name></network>", "U+0001"),
+        (
+            "<network><name>c</name><dns><txt name='t' value='x&#27;y'/></dns></network>",
+            "U+001B",
+        ),
+        ("<network><name>d\u{7}e</name></network>", "U+0007"),
+        (
+            "<network><name>f</name><title>g\u{1f}</title></network>",
+            "U+001F",
+        ),
+        (
+            "<network><name>h</name><dns><txt name='t' value='\u{8}'/></dns></network>",
+            "U+0008",
+        ),
+        ("<network><name>i&#xFFFE;</name></network>", "U+FFFE"),
+    ] {
+        let err = parse_err(xml);
+        assert!(
+            err.starts_with("malformed network XML at line 1")
+                && err.ends_with(&format!("character {what} is not allowed in XML 1.0")),
+            "{xml}: {err}"
+        );
+    }
+    // Tab, newline and carriage return stay allowed.
+    let def = parse(
+        "<network><name>t</name><dns><txt name='t' value='a&#9;b&#10;c&#13;d'/></dns></network>",
+    );
+    assert_eq!(def.dns.txts[0].value, "a\tb\nc\rd");
+}
