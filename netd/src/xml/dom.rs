@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use quick_xml::Reader;
-use quick_xml::escape::resolve_predefined_entity;
+use quick_xml::escape::{resolve_predefined_entity, unescape_with};
 use quick_xml::events::{BytesStart, Event};
 
 use super::Error;
@@ -223,10 +223,16 @@ fn start_element(
                 format!("duplicated attribute '{key}' on <{name}>"),
             ));
         }
-        let value = attr
-            .decode_and_unescape_value(reader.decoder())
-            .map_err(|e| malformed(input, reader.buffer_position(), e.to_string()))?
-            .into_owned();
+        let raw = reader
+            .decoder()
+            .decode(&attr.value)
+            .map_err(|e| malformed(input, reader.buffer_position(), e.to_string()))?;
+        let value = unescape_with(
+            &normalize_attribute_whitespace(&raw),
+            resolve_predefined_entity,
+        )
+        .map_err(|e| malformed(input, reader.buffer_position(), e.to_string()))?
+        .into_owned();
         check_chars(input, reader.buffer_position(), &value)?;
         attrs.push((key, value));
     }
@@ -237,6 +243,13 @@ fn start_element(
         text: String::new(),
         line,
     })
+}
+
+/// XML 1.0 attribute-value normalization (sections 2.11 and 3.3.3), as libxml2 does
+/// it: a line end (`\r\n`, `\r` or `\n`) or a tab written out in the value becomes
+/// one space. Character references (`&#10;`) are resolved afterwards and so kept.
+fn normalize_attribute_whitespace(raw: &str) -> String {
+    raw.replace("\r\n", " ").replace(['\r', '\n', '\t'], " ")
 }
 
 fn attach(

@@ -13,12 +13,29 @@ fn shell_safe(text: &str) -> bool {
     !text.is_empty() && !text.contains(|c| UNSAFE.contains(c)) && !text.contains("--")
 }
 
-/// Escapes text for an element body or a single-quoted attribute the way
-/// libvirt's `virBufferEscapeString` does.
+/// Escapes an element body the way libvirt's `virBufferEscapeString` does, except
+/// that a carriage return is written as `&#xd;`: a parser reads a bare one as a
+/// newline, so the value would change when the file is read back.
 fn escape(text: &str) -> String {
+    escape_as(text, false)
+}
+
+/// Escapes a single-quoted attribute value like [`escape`], and also writes tab,
+/// newline and carriage return as character references. libvirt writes them
+/// bare, and XML's attribute-value normalization reads those back as spaces: the
+/// value a definition was given (with `&#10;`) would change across a restart.
+fn escape_attr(text: &str) -> String {
+    escape_as(text, true)
+}
+
+fn escape_as(text: &str, attribute: bool) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
+            '\r' => out.push_str("&#xd;"),
+            '\t' | '\n' if attribute => {
+                let _ = write!(out, "&#x{:x};", c as u32);
+            }
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
             '&' => out.push_str("&amp;"),
@@ -62,7 +79,7 @@ impl Out {
 /// ` name='value'` with escaping, or nothing for `None`.
 fn attr(name: &str, value: Option<impl ToString>) -> String {
     value
-        .map(|v| format!(" {name}='{}'", escape(&v.to_string())))
+        .map(|v| format!(" {name}='{}'", escape_attr(&v.to_string())))
         .unwrap_or_default()
 }
 
@@ -176,7 +193,7 @@ impl NetworkDef {
             }
         }
         if let Some(dev) = &self.forward.dev {
-            out.line(&format!("<interface dev='{}'/>", escape(dev)));
+            out.line(&format!("<interface dev='{}'/>", escape_attr(dev)));
         }
         out.close("</forward>");
     }
@@ -231,15 +248,15 @@ fn format_dns(out: &mut Out, dns: &Dns) {
     for txt in &dns.txts {
         out.line(&format!(
             "<txt name='{}' value='{}'/>",
-            escape(&txt.name),
-            escape(&txt.value)
+            escape_attr(&txt.name),
+            escape_attr(&txt.value)
         ));
     }
     for srv in &dns.srvs {
         out.line(&format!(
             "<srv service='{}' protocol='{}'{}{}{}{}{}/>",
-            escape(&srv.service),
-            escape(&srv.protocol),
+            escape_attr(&srv.service),
+            escape_attr(&srv.protocol),
             attr("domain", srv.domain.as_ref()),
             attr("target", srv.target.as_ref()),
             attr("port", srv.port),

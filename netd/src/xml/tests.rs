@@ -1813,3 +1813,31 @@ fn characters_outside_xml_1_0_are_malformed() {
     );
     assert_eq!(def.dns.txts[0].value, "a\tb\nc\rd");
 }
+
+#[test]
+fn whitespace_in_attribute_values_is_normalized_like_libxml2() {
+    // Line ends and tabs written out in an attribute value are read as spaces (a
+    // CRLF as one), character references to them are kept.
+    let def = parse(
+        "<network>\r\n<name>w</name>\r\n<dns>\r\n\
+         <txt name='a' value='one\ntwo\tthree\r\nfour\rfive'/>\r\n\
+         <txt name='b' value='x&#10;y&#9;z&#13;'/>\r\n\
+         </dns>\r\n</network>\r\n",
+    );
+    assert_eq!(def.dns.txts[0].value, "one two three four five");
+    assert_eq!(def.dns.txts[1].value, "x\ny\tz\r");
+    // Written back as references, so that reading the file again keeps them.
+    assert!(
+        def.to_xml()
+            .contains("<txt name='b' value='x&#xa;y&#x9;z&#xd;'/>")
+    );
+    assert_round_trip(&def);
+    let described = parse("<network><name>d</name><description>a&#13;b\nc</description></network>");
+    assert_eq!(described.description.as_deref(), Some("a\rb\nc"));
+    assert!(
+        described
+            .to_xml()
+            .contains("<description>a&#xd;b\nc</description>")
+    );
+    assert_round_trip(&described);
+}
