@@ -2,7 +2,6 @@
 //! mapped into the model or rejected; nothing is skipped silently.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::str::FromStr;
 
 use uuid::Uuid;
 
@@ -46,6 +45,27 @@ fn parse_uuid(text: &str) -> Option<Uuid> {
     digits
         .all(|b| b.is_ascii_whitespace() || b == 0x0b)
         .then_some(Uuid::from_bytes(bytes))
+}
+
+/// Reads an unsigned number as libvirt does (C `strtoul` behind `virStrToLong_*p`):
+/// leading whitespace and one `+` are allowed, a `-` is not, and nothing may follow
+/// the digits. `radix` 0 is strtoul's base 0, which libvirt uses for `<lease expiry>`:
+/// `0x` starts hex, a leading `0` octal (`010` is 8), anything else is decimal.
+pub(super) fn c_unsigned<T: TryFrom<u64>>(text: &str, radix: u32) -> Option<T> {
+    let text = text.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
+    let text = text.strip_prefix('+').unwrap_or(text);
+    let (digits, radix) = match radix {
+        0 => match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            Some(hex) => (hex, 16),
+            None if text.len() > 1 && text.starts_with('0') => (&text[1..], 8),
+            None => (text, 10),
+        },
+        radix => (text, radix),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    T::try_from(u64::from_str_radix(digits, radix).ok()?).ok()
 }
 
 /// A `<dhcp><host>` whose `ip` may be missing (a net-update match pattern).
@@ -186,11 +206,17 @@ impl Parser {
         Ok(value)
     }
 
-    fn number<T: FromStr>(&self, element: &Element, attr: &str) -> Result<Option<T>, Error> {
+    /// An unsigned attribute in `radix` (see [`c_unsigned`]).
+    fn number<T: TryFrom<u64>>(
+        &self,
+        element: &Element,
+        attr: &str,
+        radix: u32,
+    ) -> Result<Option<T>, Error> {
         element
             .attr(attr)
             .map(|value| {
-                value.parse::<T>().map_err(|_| {
+                c_unsigned::<T>(value, radix).ok_or_else(|| {
                     invalid(format!(
                         "invalid value '{value}' for attribute '{attr}' of <{}> in network '{}'",
                         element.name, self.network
@@ -324,7 +350,7 @@ impl Parser {
             self.check_attrs(element, &["size"])?;
             self.check_leaf(element)?;
             let size = self.required(element, "size")?;
-            def.mtu = Some(size.parse().map_err(|_| {
+            def.mtu = Some(c_unsigned(size, 10).ok_or_else(|| {
                 invalid(format!(
                     "Invalid mtu size '{size}' in network '{}'",
                     self.network
@@ -388,9 +414,9 @@ impl Parser {
             family,
             address,
             netmask,
-            prefix: self.number::<u8>(element, "prefix")?,
+            prefix: self.number::<u8>(element, "prefix", 10)?,
             gateway,
-            metric: self.number::<u32>(element, "metric")?,
+            metric: self.number::<u32>(element, "metric", 10)?,
         })
     }
 
@@ -511,7 +537,7 @@ impl Parser {
             self.check_leaf(port)?;
             let bound = |attr: &str| -> Result<u16, Error> {
                 port.attr(attr)
-                    .and_then(|value| value.parse::<u16>().ok())
+                    .and_then(|value| c_unsigned::<u16>(value, 10))
                     .filter(|&value| value != 0)
                     .ok_or_else(|| {
                         invalid(format!(
@@ -551,7 +577,7 @@ impl Parser {
         };
         let delay = match element.attr("delay") {
             None => 0,
-            Some(value) => value.parse().map_err(|_| {
+            Some(value) => c_unsigned(value, 10).ok_or_else(|| {
                 invalid(format!("Invalid delay value in network '{}'", self.network))
             })?,
         };
@@ -629,7 +655,7 @@ impl Parser {
         };
         // libvirt treats 0 as "not set" for these and does not write it back.
         let nonzero = |attr: &str| -> Result<Option<u16>, Error> {
-            Ok(self.number::<u16>(element, attr)?.filter(|&v| v != 0))
+            Ok(self.number::<u16>(element, attr, 10)?.filter(|&v| v != 0))
         };
         Ok(DnsSrv {
             service: service.to_string(),
@@ -638,7 +664,7 @@ impl Parser {
             target: element.attr("target").map(str::to_string),
             port: match element.attr("port") {
                 None => None,
-                Some(value) => Some(value.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(
+                Some(value) => Some(c_unsigned::<u16>(value, 10).filter(|&p| p != 0).ok_or_else(
                     || {
                         invalid(format!(
                             "invalid DNS SRV port attribute for service '{service}' in network '{}'",
@@ -859,7 +885,7 @@ impl Parser {
         };
         let prefix = match element.attr("prefix") {
             None => None,
-            Some(text) => Some(text.parse::<u8>().map_err(|_| {
+            Some(text) => Some(c_unsigned::<u8>(text, 10).ok_or_else(|| {
                 let family = if address.is_ipv4() { "IPv4" } else { "IPv6" };
                 invalid(format!(
                     "Invalid {family} prefix '{text}' in network '{}'",
@@ -964,7 +990,7 @@ impl Parser {
         };
         self.check_attrs(lease, &["expiry", "unit"])?;
         self.check_leaf(lease)?;
-        let Some(expiry) = self.number::<u64>(lease, "expiry")? else {
+        let Some(expiry) = self.number::<u64>(lease, "expiry", 0)? else {
             // libvirt ignores a <lease> without expiry; refuse it rather than drop it.
             return Err(invalid(format!(
                 "missing required attribute 'expiry' on <lease> in network '{}' (line {})",

@@ -1841,3 +1841,65 @@ fn whitespace_in_attribute_values_is_normalized_like_libxml2() {
     );
     assert_round_trip(&described);
 }
+
+#[test]
+fn numbers_are_read_like_libvirts_strtoul() {
+    // Leading whitespace and '+' are accepted as libvirt does; lease expiry is read
+    // in C's base 0 (hex after 0x, octal after a leading 0), everything else in 10.
+    let def = parse(
+        "<network><name>n</name><bridge name='vbn' delay=' 3'/><mtu size=' +1400'/>\
+         <forward mode='nat'><nat><port start=' 2000' end='+3000'/></nat></forward>\
+         <dns><srv service='a' protocol='tcp' target='t.test' port=' 070' priority='+7' weight=' 010'/></dns>\
+         <ip address='10.7.3.1' prefix=' 024'><dhcp>\
+         <range start='10.7.3.2' end='10.7.3.9'><lease expiry='010' unit='hours'/></range>\
+         <host mac='52:54:00:00:00:01' ip='10.7.3.20'><lease expiry=' 0x1F' unit='hours'/></host>\
+         <host mac='52:54:00:00:00:02' ip='10.7.3.21'><lease expiry='+0'/></host>\
+         </dhcp></ip></network>",
+    );
+    assert_eq!(def.bridge.delay, 3);
+    assert_eq!(def.mtu, Some(1400));
+    assert_eq!(
+        def.forward.nat.port,
+        Some(PortRange {
+            start: 2000,
+            end: 3000
+        })
+    );
+    let srv = &def.dns.srvs[0];
+    assert_eq!(
+        (srv.port, srv.priority, srv.weight),
+        (Some(70), Some(7), Some(10))
+    );
+    assert_eq!(def.ips[0].prefix, Some(24));
+    let ip = &def.ips[0];
+    assert_eq!(ip.dhcp_ranges[0].lease.unwrap().expiry, 8);
+    assert_eq!(ip.dhcp_hosts[0].lease.unwrap().expiry, 31);
+    assert_eq!(ip.dhcp_hosts[1].lease.unwrap().expiry, 0);
+    assert_round_trip(&def);
+    for (xml, expected) in [
+        (
+            "<network><name>n</name><mtu size='1400 '/></network>",
+            "Invalid mtu size '1400 ' in network 'n'",
+        ),
+        (
+            "<network><name>n</name><bridge name='vbn' delay='-0'/></network>",
+            "Invalid delay value in network 'n'",
+        ),
+        (
+            "<network><name>n</name><bridge name='vbn' delay='0x10'/></network>",
+            "Invalid delay value in network 'n'",
+        ),
+        (
+            "<network><name>n</name><ip address='10.7.3.1' prefix='24'><dhcp>\
+             <range start='10.7.3.2' end='10.7.3.9'><lease expiry='08'/></range></dhcp></ip></network>",
+            "invalid value '08' for attribute 'expiry' of <lease> in network 'n'",
+        ),
+        (
+            "<network><name>n</name><ip address='10.7.3.1' prefix='24'><dhcp>\
+             <range start='10.7.3.2' end='10.7.3.9'><lease expiry='0x'/></range></dhcp></ip></network>",
+            "invalid value '0x' for attribute 'expiry' of <lease> in network 'n'",
+        ),
+    ] {
+        assert_eq!(parse_err(xml), expected, "{xml}");
+    }
+}
