@@ -84,13 +84,17 @@ fn is_xml_char(c: char) -> bool {
         || c >= '\u{10000}'
 }
 
-/// Refuses text or an attribute value holding a character XML 1.0 does not allow.
-fn check_chars(input: &str, offset: u64, text: &str) -> Result<(), Error> {
+/// Refuses text or an attribute value holding a character XML 1.0 does not allow;
+/// `place` says where, e.g. `in <name>`.
+fn check_chars(input: &str, offset: u64, text: &str, place: &str) -> Result<(), Error> {
     match text.chars().find(|&c| !is_xml_char(c)) {
         Some(c) => Err(malformed(
             input,
             offset,
-            format!("character U+{:04X} is not allowed in XML 1.0", u32::from(c)),
+            format!(
+                "character U+{:04X} {place} is not allowed in XML 1.0",
+                u32::from(c)
+            ),
         )),
         None => Ok(()),
     }
@@ -233,7 +237,12 @@ fn start_element(
         )
         .map_err(|e| malformed(input, reader.buffer_position(), e.to_string()))?
         .into_owned();
-        check_chars(input, reader.buffer_position(), &value)?;
+        check_chars(
+            input,
+            reader.buffer_position(),
+            &value,
+            &format!("in attribute '{key}' of <{name}>"),
+        )?;
         attrs.push((key, value));
     }
     Ok(Element {
@@ -268,7 +277,11 @@ fn attach(
 }
 
 fn push_text(input: &str, offset: u64, stack: &mut [Element], text: &str) -> Result<(), Error> {
-    check_chars(input, offset, text)?;
+    let place = stack.last().map_or_else(
+        || "outside the root element".to_string(),
+        |e| format!("in <{}>", e.name),
+    );
+    check_chars(input, offset, text, &place)?;
     match stack.last_mut() {
         Some(element) => element.text.push_str(text),
         None if text.trim().is_empty() => {}

@@ -1784,21 +1784,30 @@ fn characters_outside_xml_1_0_are_malformed() {
     // As libxml2 (and so libvirt) does, refuse control characters whether written
     // out or as character references, in text and in attribute values.
     for (xml, what) in [
-        ("<network><name>a&#x1;b</name></network>", "U+0001"),
+        (
+            "<network><name>a&#x1;b</name></network>",
+            "U+0001 in <name>",
+        ),
         (
             "<network><name>c</name><dns><txt name='t' value='x&#27;y'/></dns></network>",
-            "U+001B",
+            "U+001B in attribute 'value' of <txt>",
         ),
-        ("<network><name>d\u{7}e</name></network>", "U+0007"),
+        (
+            "<network><name>d\u{7}e</name></network>",
+            "U+0007 in <name>",
+        ),
         (
             "<network><name>f</name><title>g\u{1f}</title></network>",
-            "U+001F",
+            "U+001F in <title>",
         ),
         (
             "<network><name>h</name><dns><txt name='t' value='\u{8}'/></dns></network>",
-            "U+0008",
+            "U+0008 in attribute 'value' of <txt>",
         ),
-        ("<network><name>i&#xFFFE;</name></network>", "U+FFFE"),
+        (
+            "<network><name>i&#xFFFE;</name></network>",
+            "U+FFFE in <name>",
+        ),
     ] {
         let err = parse_err(xml);
         assert!(
