@@ -1455,13 +1455,25 @@ fn assert_linear(shape: &str, document: impl Fn(usize) -> String, count: usize) 
     let large = document(4 * count);
     // Warm up allocator and caches before measuring.
     let _ = NetworkDef::from_xml(&small);
-    let small_time = parse_seconds(&small).max(1e-4);
-    let large_time = parse_seconds(&large);
-    let ratio = large_time / small_time;
-    assert!(
-        ratio < 8.0,
-        "{shape}: {count} took {small_time:.4}s, {} took {large_time:.4}s (ratio {ratio:.1})",
-        4 * count
+    // A linear parser gives a ratio near 4, a quadratic one 16. Other load on the machine
+    // can inflate one measurement; it cannot make a quadratic parser pass, so a few
+    // attempts are allowed.
+    let mut ratios = Vec::new();
+    for _ in 0..3 {
+        let small_time = parse_seconds(&small).max(1e-4);
+        let large_time = parse_seconds(&large);
+        let ratio = large_time / small_time;
+        if ratio < 8.0 {
+            return;
+        }
+        ratios.push(format!(
+            "{small_time:.4}s / {large_time:.4}s (ratio {ratio:.1})"
+        ));
+    }
+    panic!(
+        "{shape}: {count} / {} elements took {}",
+        4 * count,
+        ratios.join(", ")
     );
 }
 
