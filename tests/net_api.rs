@@ -34,6 +34,13 @@ fn strangers_may_read_but_not_change() {
             & 0o777,
         0o660
     );
+    // It was bound under a staging name and renamed into place; nothing of that is left.
+    let staging: Vec<_> = std::fs::read_dir(daemon.dirs.path())
+        .expect("dir")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(".kvnetd.sock"))
+        .collect();
+    assert!(staging.is_empty(), "{staging:?}");
     std::fs::set_permissions(daemon.dirs.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod dir");
     std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666))

@@ -33,6 +33,8 @@ fn guests_learn_the_boot_file_and_server_from_their_lease() {
             "{bound:?}"
         );
         daemon.ok(&["net-destroy", "pxe"]);
+        // The guest's namespace, and the veth with it, goes away in the background.
+        daemon.ns.sh("ip link del vg0").ok();
     }
 }
 

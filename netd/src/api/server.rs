@@ -103,7 +103,9 @@ impl AppState {
 }
 
 /// Binds `socket` (mode 0660, replacing a stale socket file), calls `listening`, and
-/// serves the API until `shutdown` completes.
+/// serves the API until `shutdown` completes. The path appears only once the socket
+/// listens with its final mode (bound under a temporary name, then renamed), so a client
+/// that finds it can connect.
 pub async fn serve(
     manager: Arc<Manager>,
     socket: &Path,
@@ -120,14 +122,21 @@ pub async fn serve(
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(err("creating the directory of"))?;
     }
-    match std::fs::remove_file(socket) {
+    let staging = staging_path(socket);
+    match std::fs::remove_file(&staging) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err("removing stale")(e)),
+        Err(e) => return Err(err("removing a stale staging file of")(e)),
     }
-    let listener = UnixListener::bind(socket).map_err(err("binding"))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
-        .map_err(err("setting the mode of"))?;
+    let listener = UnixListener::bind(&staging).map_err(err("binding"))?;
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o660))
+        .map_err(err("setting the mode of"))
+        // Replaces a stale socket file in the same step.
+        .and_then(|()| std::fs::rename(&staging, socket).map_err(err("putting in place")));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(e);
+    }
     let socket_gid = std::fs::metadata(socket).map_err(err("inspecting"))?.gid();
     tracing::info!(socket = %socket.display(), "listening");
     listening();
@@ -144,6 +153,15 @@ pub async fn serve(
     // Changes whose clients went away are still running.
     let _finished = changes.write().await;
     served.map_err(err("serving on"))
+}
+
+/// Where the socket is bound before it is renamed to `socket`: a hidden name in the same
+/// directory, unique to this process.
+fn staging_path(socket: &Path) -> PathBuf {
+    let name = socket
+        .file_name()
+        .map_or_else(|| "kvnetd.sock".into(), |name| name.to_string_lossy());
+    socket.with_file_name(format!(".{name}.{}", std::process::id()))
 }
 
 fn router(state: AppState) -> Router {
