@@ -292,6 +292,8 @@ struct Snapshot {
     table: Option<String>,
     /// Addresses with a UDP listener on port 53.
     dns_listeners: BTreeSet<String>,
+    /// Devices with a DHCP (UDP port 67) listener.
+    dhcp_listeners: BTreeSet<String>,
     /// Files in `<state>/networks` -> content (status files) or "" (others).
     state_files: BTreeMap<String, String>,
     /// Files in `<config>/networks` and `autostart/`, symlinks as "-> target".
@@ -370,6 +372,15 @@ fn snapshot(daemon: &Daemon) -> Snapshot {
         .filter_map(|l| l.split_whitespace().nth(3))
         .filter_map(|local| local.rsplit_once(':').map(|(addr, _)| addr.to_owned()))
         .collect();
+    // `0.0.0.0%kvsa:67`: bound to the bridge.
+    let dhcp_listeners = daemon
+        .ns
+        .sh("ss -Hlnu 'sport = :67'")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|local| Some(local.split_once('%')?.1.rsplit_once(':')?.0.to_owned()))
+        .collect();
     let networks_dir = daemon.config_dir().join("networks");
     let mut config_files = dir_files(&networks_dir);
     for (name, content) in dir_files(&networks_dir.join("autostart")) {
@@ -380,6 +391,7 @@ fn snapshot(daemon: &Daemon) -> Snapshot {
         bridges,
         table,
         dns_listeners,
+        dhcp_listeners,
         state_files: dir_files(&daemon.state_dir().join("networks")),
         config_files,
     }
@@ -401,6 +413,13 @@ fn quiet(daemon: &Daemon) -> Snapshot {
 
 /// The product rule: every side agrees, nothing is orphaned.
 fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
+    eprintln!(
+        "{when}: {} networks, bridges {:?}, DNS on {:?}, DHCP on {:?}",
+        snap.listed.len(),
+        snap.bridges.keys().collect::<Vec<_>>(),
+        snap.dns_listeners,
+        snap.dhcp_listeners
+    );
     let mut problems = Vec::new();
     let active: BTreeMap<&str, &str> = snap
         .listed
@@ -419,6 +438,7 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
     // Status files: one per active network, active, naming its bridge and persistence.
     let mut statuses = BTreeSet::new();
     let mut listen = BTreeSet::new();
+    let mut serve_dhcp = BTreeSet::new();
     for (file, content) in &snap.state_files {
         if let Some(name) = file.strip_suffix(".json") {
             statuses.insert(name);
@@ -452,6 +472,9 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
                 ));
             }
             let xml = status["xml"].as_str().unwrap_or_default();
+            if xml.contains("<dhcp>") {
+                serve_dhcp.insert(status["bridge"].as_str().unwrap_or_default().to_owned());
+            }
             if let Some(rest) = xml.split("<ip address='").nth(1)
                 && let Some(address) = rest.split('\'').next()
             {
@@ -506,6 +529,12 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
         problems.push(format!(
             "DNS listens on {:?}, active networks' addresses {listen:?}",
             snap.dns_listeners
+        ));
+    }
+    if snap.dhcp_listeners != serve_dhcp {
+        problems.push(format!(
+            "DHCP listens on {:?}, active networks with <dhcp> are on {serve_dhcp:?}",
+            snap.dhcp_listeners
         ));
     }
     // The firewall names no bridge of an inactive network; no table without networks.
