@@ -396,17 +396,7 @@ impl Parser {
             ],
         )?;
         self.check_leaf(element)?;
-        let family = match element.attr("family") {
-            None => None,
-            Some("ipv4") => Some(IpFamily::Ipv4),
-            Some("ipv6") => Some(IpFamily::Ipv6),
-            Some(other) => {
-                return Err(invalid(format!(
-                    "Unrecognized family '{other}' in route definition of network '{}'",
-                    self.network
-                )));
-            }
-        };
+        let family = self.family(element, "in route definition of network")?;
         let address = self.required_ip(element, "address")?;
         let gateway = self.required_ip(element, "gateway")?;
         let netmask = self.ipv4(element, "netmask", "route netmask")?;
@@ -830,23 +820,27 @@ impl Parser {
         })
     }
 
+    /// The `family` attribute of an `<ip>` or `<route>`; `context` leads to the network's
+    /// name in the error (libvirt's wording: "Unrecognized family 'x' in network 'n'").
+    fn family(&self, element: &Element, context: &str) -> Result<Option<IpFamily>, Error> {
+        match element.attr("family") {
+            None => Ok(None),
+            Some("ipv4") => Ok(Some(IpFamily::Ipv4)),
+            Some("ipv6") => Ok(Some(IpFamily::Ipv6)),
+            Some(other) => Err(invalid(format!(
+                "Unrecognized family '{other}' {context} '{}'",
+                self.network
+            ))),
+        }
+    }
+
     fn ip_def(&self, element: &Element) -> Result<IpDef, Error> {
         self.check_attrs(
             element,
             &["address", "netmask", "prefix", "family", "localPtr"],
         )?;
         self.check_no_text(element)?;
-        let family = match element.attr("family") {
-            None => None,
-            Some("ipv4") => Some(IpFamily::Ipv4),
-            Some("ipv6") => Some(IpFamily::Ipv6),
-            Some(other) => {
-                return Err(invalid(format!(
-                    "Unrecognized family '{other}' in network '{}'",
-                    self.network
-                )));
-            }
-        };
+        let family = self.family(element, "in network")?;
         let address_text = element.attr("address").ok_or_else(|| {
             invalid(format!(
                 "Missing required address attribute in network '{}'",
