@@ -214,23 +214,26 @@ async fn transfer(
     }
 }
 
-/// Reads the next block of the file into a DATA packet.
+/// Reads the next block of the file straight into `packet`, a DATA packet: one buffer
+/// serves the whole transfer.
 async fn read_block(
     file: &mut tokio::fs::File,
     block: u16,
     block_size: u16,
     packet: &mut Vec<u8>,
 ) -> std::io::Result<()> {
-    let mut payload = vec![0u8; usize::from(block_size)];
-    let mut filled = 0;
-    while filled < payload.len() {
-        let read = file.read(&mut payload[filled..]).await?;
+    data(block, &[], packet);
+    let header = packet.len();
+    packet.resize(header + usize::from(block_size), 0);
+    let mut filled = header;
+    while filled < packet.len() {
+        let read = file.read(&mut packet[filled..]).await?;
         if read == 0 {
             break;
         }
         filled += read;
     }
-    data(block, &payload[..filled], packet);
+    packet.truncate(filled);
     Ok(())
 }
 
