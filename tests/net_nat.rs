@@ -111,3 +111,102 @@ fn isolated_networks_do_not_forward() {
         .unwrap_or_default();
     assert_eq!(host.trim(), "reachable");
 }
+
+/// `<nat ipv6='yes'>`: IPv6 leaves masqueraded behind the host's upstream address, and
+/// only replies come back in. The upstream has no route to the guests' subnet at first,
+/// so a reply reaching the guest proves the source was rewritten.
+#[test]
+fn nat_ipv6_masquerades_guests_ipv6_and_lets_only_replies_in() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let path = common::xml_file(
+        daemon.dirs.path(),
+        "nat6.xml",
+        "<network>
+  <name>nat6</name>
+  <forward mode='nat'>
+    <nat ipv6='yes'/>
+  </forward>
+  <bridge name='kvnat6'/>
+  <ip address='192.168.130.1' prefix='24'/>
+  <ip family='ipv6' address='fd00:130::1' prefix='64'/>
+</network>
+",
+    );
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    daemon.ok(&["net-start", "nat6"]);
+    let guest = Netns::new("nat6guest").expect("guest ns");
+    let upstream = Netns::new("nat6up").expect("upstream ns");
+    attach_guest(&daemon, &guest, "kvnat6", "", "");
+    guest
+        .sh("ip addr add fd00:130::10/64 dev eth0 nodad && ip -6 route add default via fd00:130::1")
+        .expect("guest addressing");
+    daemon
+        .ns
+        .sh(&format!(
+            "ip link add up0 type veth peer name eth0 netns {} && ip addr add fd77::1/64 dev up0 nodad && ip link set up0 up",
+            upstream.name()
+        ))
+        .expect("veth to upstream");
+    upstream
+        .sh("ip addr add fd77::2/64 dev eth0 nodad && ip link set eth0 up")
+        .expect("upstream addressing");
+    wait_for_forwarding(&daemon, "vg0");
+
+    let listener = upstream
+        .run(|| std::net::TcpListener::bind("[fd77::2]:8080"))
+        .expect("enter upstream")
+        .expect("bind in upstream");
+    let server = std::thread::spawn(move || listener.accept().map(|(_, peer)| peer));
+    // The bridge's own address may still be completing duplicate address detection.
+    let connected = (0..20)
+        .map(|attempt| {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            guest
+                .run(|| {
+                    std::net::TcpStream::connect_timeout(
+                        &"[fd77::2]:8080".parse().expect("addr"),
+                        Duration::from_secs(2),
+                    )
+                })
+                .expect("enter guest")
+        })
+        .find(Result::is_ok);
+    assert!(
+        connected.is_some(),
+        "guest could not reach upstream over IPv6\n{}",
+        daemon.ruleset()
+    );
+    let peer = server.join().expect("server thread").expect("accept");
+    assert_eq!(peer.ip().to_string(), "fd77::1", "not masqueraded");
+    assert!(
+        peer.port() >= 1024,
+        "source port {} below the NAT range",
+        peer.port()
+    );
+
+    // Even with a route to the guests, upstream cannot open a connection into them.
+    upstream
+        .sh("ip -6 route add fd00:130::/64 via fd77::1")
+        .expect("upstream route");
+    let _guest_listener = guest
+        .run(|| std::net::TcpListener::bind("[fd00:130::10]:8081"))
+        .expect("enter guest")
+        .expect("bind in guest");
+    let inbound = upstream
+        .run(|| {
+            std::net::TcpStream::connect_timeout(
+                &"[fd00:130::10]:8081".parse().expect("addr"),
+                Duration::from_secs(2),
+            )
+        })
+        .expect("enter upstream");
+    assert!(
+        inbound.is_err(),
+        "a new connection was let into a NAT network"
+    );
+}

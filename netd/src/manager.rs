@@ -1454,6 +1454,7 @@ fn firewall_rules(def: &NetworkDef) -> Option<NetworkRules> {
         ipv6: def.ipv6_subnets(),
         nat_addresses: nat.address.map(|range| (range.start, range.end)),
         nat_ports: (ports.start, ports.end),
+        nat_ipv6: nat.ipv6 == Some(true),
     })
 }
 

@@ -6,13 +6,13 @@
 //! ```text
 //! table inet kvnet {
 //!   sets of bridge names (hash, `ifname` or `ifname . ifname` with the forward device):
-//!     bridges, same_bridge, reply4(_dev), in4(_dev), in6(_dev), out4(_dev), out6(_dev),
-//!     nat4(_dev)
+//!     bridges, same_bridge, reply4(_dev), reply6(_dev), in4(_dev), in6(_dev), out4(_dev),
+//!     out6(_dev), nat4(_dev), nat6(_dev)
 //!   map postrouting_iif { type ifname : verdict }   bridge -> jump nat-<bridge>
-//!   chain input       filter hook input,  policy accept: DHCP/DNS from @bridges accept
+//!   chain input       filter hook input,  policy accept: DHCP/DNS/TFTP from @bridges accept
 //!   chain output      filter hook output, policy accept: DHCP/DNS replies to @bridges accept
 //!   chain forward     filter hook forward, policy accept: the fixed forwarding rules
-//!   chain postrouting nat hook postrouting (srcnat), policy accept: masquerade @nat4
+//!   chain postrouting nat hook postrouting (srcnat), policy accept: masquerade @nat4, @nat6
 //!   chain nat-<bridge>   only for a network with `<nat><address>` or a non-default `<port>`
 //! }
 //! ```
@@ -40,7 +40,9 @@
 //!   everything else into or out of a managed bridge rejected; destination bridge before
 //!   source bridge, so a guest on one NAT network cannot open connections into another.
 //!   NAT masquerades IPv4 from the bridge (source ports 1024-65535 for TCP/UDP) except to
-//!   224.0.0.0/24, 255.255.255.255 and back into the same bridge; IPv6 is routed.
+//!   224.0.0.0/24, 255.255.255.255 and back into the same bridge; IPv6 is routed, or with
+//!   `<nat ipv6='yes'>` masqueraded the same way (except to ff02::/16) and let in only as
+//!   replies.
 //! - **Host-side DHCP/DNS accepts are explicit rules** on the `bridges` set. In our own
 //!   table they change nothing (our policy is accept); they exist so our counters show the
 //!   traffic and so that `nft list ruleset` states the intent. A drop policy in *another*
@@ -87,7 +89,8 @@ pub const TABLE: &str = "kvnet";
 pub enum RuleMode {
     /// No `<forward>`: guests reach each other and the host, nothing is forwarded.
     Isolated,
-    /// `<forward mode='nat'>`: IPv4 masqueraded (or SNATed) to the outside; IPv6 routed.
+    /// `<forward mode='nat'>`: IPv4 masqueraded (or SNATed) to the outside; IPv6 routed,
+    /// or masqueraded with `<nat ipv6='yes'>`.
     Nat,
     /// `<forward mode='route'>`: forwarded both ways without translation.
     Route,
@@ -112,6 +115,8 @@ pub struct NetworkRules {
     pub nat_addresses: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
     /// `<nat><port start end>` for TCP and UDP; libvirt's default is 1024-65535.
     pub nat_ports: (u16, u16),
+    /// `<nat ipv6='yes'>`: masquerade IPv6 as well, instead of routing it.
+    pub nat_ipv6: bool,
 }
 
 /// Errors of the firewall module. nft's own text is part of the message.

@@ -14,6 +14,7 @@
 //!   meta nfproto ipv4 oifname @reply4 ct state established,related accept     nat: replies
 //!   meta nfproto ipv4 oifname . iifname @reply4_dev ct state ... accept       B . D
 //!   meta nfproto ipv4 oifname @in4 accept (and @in4_dev)                      route
+//!   meta nfproto ipv6 oifname @reply6 ct state established,related accept     nat ipv6='yes'
 //!   meta nfproto ipv6 oifname @in6 accept (and @in6_dev)                      nat or route
 //!   oifname @bridges reject                                                   the rest in
 //!   meta nfproto ipv4 iifname @out4 fib saddr . iif oif exists accept (and @out4_dev: B . D)
@@ -22,20 +23,25 @@
 //! chain postrouting (nat, srcnat)
 //!   ip daddr 224.0.0.0/24 return                       link-local multicast, and broadcast,
 //!   ip daddr 255.255.255.255 return                    whose rewritten ports DHCP clients reject
+//!   ip6 daddr ff02::/16 return
 //!   iifname . oifname @same_bridge return               routed back into the subnet
 //!   iifname vmap @postrouting_iif                       B : jump nat-B (custom <nat> only)
 //!   meta nfproto ipv4 meta l4proto tcp|udp iifname @nat4 masquerade to :1024-65535
 //!   meta nfproto ipv4 iifname @nat4 masquerade          (and @nat4_dev: B . D)
+//!   the same two for ipv6 and @nat6 (@nat6_dev)         <nat ipv6='yes'>
 //! ```
 //! Source ports stay >= 1024 so guests cannot pose as "secure port" NFS clients. A network
 //! with `<nat><address>` or a non-default `<nat><port>` gets its own chain `nat-B` instead
-//! (`ip saddr N [oifname D]` then `snat ip to A-B:P1-P2` or `masquerade to :P1-P2`). IPv6
-//! is routed in nat mode, as libvirt does unless `<nat ipv6='yes'>`. Isolated networks are
+//! (`ip saddr N [oifname D]` then `snat ip to A-B:P1-P2` or `masquerade to :P1-P2`; IPv6
+//! subnets `masquerade to :P1-P2`, as the SNAT addresses are IPv4). IPv6 is routed in nat
+//! mode, as libvirt does, unless `<nat ipv6='yes'>`. Isolated networks are
 //! only in `bridges` and `same_bridge`. Every rule counts (`counter`), so
 //! `nft list table inet kvnet` shows where guest traffic goes.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{Error, NetworkRules, RuleMode};
 
@@ -51,11 +57,13 @@ pub const DEFAULT_NAT_PORTS: (u16, u16) = (1024, 65535);
 /// The named sets of the table and how many interface names make up their keys (the
 /// bridge first; `_dev` sets add the forward device). All are hash sets: adding and
 /// deleting an element costs the same with 1 or 1,000 networks.
-pub(super) const SETS: [(&str, usize); 14] = [
+pub(super) const SETS: [(&str, usize); 18] = [
     (BRIDGES_SET, 1),
     ("same_bridge", 2),
     ("reply4", 1),
     ("reply4_dev", 2),
+    ("reply6", 1),
+    ("reply6_dev", 2),
     ("in4", 1),
     ("in4_dev", 2),
     ("in6", 1),
@@ -66,6 +74,8 @@ pub(super) const SETS: [(&str, usize); 14] = [
     ("out6_dev", 2),
     ("nat4", 1),
     ("nat4_dev", 2),
+    ("nat6", 1),
+    ("nat6_dev", 2),
 ];
 
 /// One element a bridge owns: the set and its key, interface names in key order.
@@ -298,9 +308,15 @@ const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
 /// `ct state established,related` bits.
 const CT_ESTABLISHED_RELATED: u32 = 0x2 | 0x4;
+/// Link-local multicast, which is never forwarded: NAT leaves it alone.
+const LINK_LOCAL_MULTICAST_V4: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(224, 0, 0, 0), 24);
+const LINK_LOCAL_MULTICAST_V6: Ipv6Net =
+    Ipv6Net::new_assert(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0), 16);
 /// Header offsets.
 const IPV4_SADDR: u32 = 12;
 const IPV4_DADDR: u32 = 16;
+const IPV6_SADDR: u32 = 8;
+const IPV6_DADDR: u32 = 24;
 const L4_SPORT: u32 = 0;
 const L4_DPORT: u32 = 2;
 
@@ -386,9 +402,9 @@ pub fn skeleton() -> Vec<Object> {
     let iif = || Expr::Meta(MetaKey::Iifname, REG1);
     let oif = || Expr::Meta(MetaKey::Oifname, REG1);
 
-    // DHCP, DNS and DHCPv6 from guests to the host's servers, and their answers.
+    // DNS, DHCP, TFTP and DHCPv6 from guests to the host's servers, and their answers.
     let mut input = Vec::new();
-    for port in [53, 67, 547] {
+    for port in [53, 67, 69, 547] {
         input.push(accept([
             in_set(iif(), BRIDGES_SET),
             port_is(UDP, L4_DPORT, port),
@@ -431,6 +447,12 @@ pub fn skeleton() -> Vec<Object> {
             ipv4(),
             in_pair(MetaKey::Oifname, MetaKey::Iifname, "in4_dev"),
         ]),
+        accept([ipv6(), in_set(oif(), "reply6"), established()]),
+        accept([
+            ipv6(),
+            in_pair(MetaKey::Oifname, MetaKey::Iifname, "reply6_dev"),
+            established(),
+        ]),
         accept([ipv6(), in_set(oif(), "in6")]),
         accept([
             ipv6(),
@@ -462,8 +484,9 @@ pub fn skeleton() -> Vec<Object> {
 
     let mut postrouting = vec![
         // Link-local multicast and broadcast keep their addresses and ports.
-        ret([ipv4_prefix(IPV4_DADDR, Ipv4Addr::new(224, 0, 0, 0), 24)]),
-        ret([ipv4_prefix(IPV4_DADDR, Ipv4Addr::BROADCAST, 32)]),
+        ret([ip_prefix(IPV4_DADDR, LINK_LOCAL_MULTICAST_V4)]),
+        ret([ip_prefix(IPV4_DADDR, Ipv4Net::from(Ipv4Addr::BROADCAST))]),
+        ret([ip_prefix(IPV6_DADDR, LINK_LOCAL_MULTICAST_V6)]),
         // Routed back into the same bridge: the destination is inside the subnet.
         ret([in_pair(MetaKey::Iifname, MetaKey::Oifname, "same_bridge")]),
         vec![
@@ -476,27 +499,28 @@ pub fn skeleton() -> Vec<Object> {
         ],
     ];
     // The forward chain let only the networks' own sources out, so the bridge is enough.
-    for (set, key) in [
-        ("nat4", in_set(iif(), "nat4")),
-        (
-            "nat4_dev",
-            in_pair(MetaKey::Iifname, MetaKey::Oifname, "nat4_dev"),
-        ),
-    ] {
-        debug_assert!(
-            key.iter()
-                .any(|e| matches!(e, Expr::Lookup { set: s, .. } if s == set))
-        );
-        for protocol in [TCP, UDP] {
+    for (family, set) in [(NFPROTO_IPV4, "nat4"), (NFPROTO_IPV6, "nat6")] {
+        let dev_set = format!("{set}_dev");
+        for key in [
+            in_set(iif(), set),
+            in_pair(MetaKey::Iifname, MetaKey::Oifname, &dev_set),
+        ] {
+            for protocol in [TCP, UDP] {
+                postrouting.push(rule([
+                    nfproto(family),
+                    l4proto(protocol),
+                    key.clone(),
+                    vec![Expr::Counter],
+                    masquerade(Some(DEFAULT_NAT_PORTS)),
+                ]));
+            }
             postrouting.push(rule([
-                ipv4(),
-                l4proto(protocol),
-                key.clone(),
+                nfproto(family),
+                key,
                 vec![Expr::Counter],
-                masquerade(Some(DEFAULT_NAT_PORTS)),
+                masquerade(None),
             ]));
         }
-        postrouting.push(rule([ipv4(), key, vec![Expr::Counter], masquerade(None)]));
     }
     base_chain(
         &mut out,
@@ -528,10 +552,15 @@ fn base_chain(
     }));
 }
 
+/// Whether IPv6 from the network is masqueraded (`<nat ipv6='yes'>`) rather than routed.
+fn masquerades_ipv6(rules: &NetworkRules) -> bool {
+    rules.mode == RuleMode::Nat && rules.nat_ipv6 && !rules.ipv6.is_empty()
+}
+
 /// Whether the network needs its own NAT chain (anything but libvirt's default `<nat>`).
 pub(super) fn has_custom_nat(rules: &NetworkRules) -> bool {
     rules.mode == RuleMode::Nat
-        && !rules.ipv4.is_empty()
+        && (!rules.ipv4.is_empty() || masquerades_ipv6(rules))
         && (rules.nat_addresses.is_some() || rules.nat_ports != DEFAULT_NAT_PORTS)
 }
 
@@ -562,8 +591,12 @@ pub fn elements(rules: &NetworkRules) -> Vec<OwnedElement> {
         }
     }
     if !rules.ipv6.is_empty() {
-        out.push(keyed("in6"));
+        let nat6 = masquerades_ipv6(rules);
+        out.push(keyed(if nat6 { "reply6" } else { "in6" }));
         out.push(keyed("out6"));
+        if nat6 && !has_custom_nat(rules) {
+            out.push(keyed("nat6"));
+        }
     }
     out
 }
@@ -625,7 +658,8 @@ pub(super) fn nat_chain(bridge: &str) -> String {
     format!("{NAT_CHAIN_PREFIX}{bridge}")
 }
 
-/// A custom NAT chain: per IPv4 subnet, TCP and UDP with the port range, then the rest.
+/// A custom NAT chain: per subnet, TCP and UDP with the port range, then the rest; IPv6
+/// subnets (with `<nat ipv6='yes'>`) are masqueraded, the SNAT addresses being IPv4.
 /// (Multicast, broadcast and in-subnet traffic already returned in `postrouting`.)
 fn custom_nat(rules: &NetworkRules) -> Vec<Vec<Expr>> {
     let mut out = Vec::new();
@@ -636,25 +670,29 @@ fn custom_nat(rules: &NetworkRules) -> Vec<Vec<Expr>> {
         ],
         None => Vec::new(),
     };
-    for net in &rules.ipv4 {
-        let source = ipv4_prefix(IPV4_SADDR, net.network(), net.prefix_len());
+    let ipv6 = if masquerades_ipv6(rules) {
+        rules.ipv6.as_slice()
+    } else {
+        &[]
+    };
+    let sources = (rules.ipv4.iter())
+        .map(|net| (ip_prefix(IPV4_SADDR, *net), rules.nat_addresses))
+        .chain(ipv6.iter().map(|net| (ip_prefix(IPV6_SADDR, *net), None)));
+    for (source, addresses) in sources {
         for protocol in [TCP, UDP] {
             out.push(rule([
-                vec![
-                    Expr::Meta(MetaKey::L4proto, REG1),
-                    Expr::Cmp(CmpOp::Eq, REG1, vec![protocol]),
-                ],
+                l4proto(protocol),
                 source.clone(),
                 to_dev(),
                 vec![Expr::Counter],
-                translate(rules.nat_addresses, Some(rules.nat_ports)),
+                translate(addresses, Some(rules.nat_ports)),
             ]));
         }
         out.push(rule([
             source,
             to_dev(),
             vec![Expr::Counter],
-            translate(rules.nat_addresses, None),
+            translate(addresses, None),
         ]));
     }
     out
@@ -728,29 +766,48 @@ fn port_is(protocol: u8, field: u32, port: u16) -> Vec<Expr> {
     out
 }
 
-/// `ip saddr|daddr ADDRESS/LEN`, with the `meta nfproto ipv4` an inet chain needs. Whole
-/// bytes are compared directly, as nft does; other prefixes are masked first.
-fn ipv4_prefix(field: u32, address: Ipv4Addr, len: u8) -> Vec<Expr> {
-    let mut out = nfproto(NFPROTO_IPV4);
-    let octets = address.octets();
+/// `ip saddr|daddr N` or `ip6 saddr|daddr N`, with the `meta nfproto` an inet chain
+/// needs. As nft does, whole bytes are compared directly and any other prefix masks the
+/// whole address first.
+fn ip_prefix(field: u32, net: impl Into<IpNet>) -> Vec<Expr> {
+    let (family, mut address, len) = match net.into() {
+        IpNet::V4(net) => (
+            NFPROTO_IPV4,
+            net.network().octets().to_vec(),
+            net.prefix_len(),
+        ),
+        IpNet::V6(net) => (
+            NFPROTO_IPV6,
+            net.network().octets().to_vec(),
+            net.prefix_len(),
+        ),
+    };
+    let mut out = nfproto(family);
+    let len = usize::from(len);
     if len == 0 {
         return out;
     }
     if len.is_multiple_of(8) {
-        let bytes = u32::from(len / 8);
-        out.push(Expr::Payload(PayloadBase::Network, field, bytes, REG1));
-        out.push(Expr::Cmp(
-            CmpOp::Eq,
-            REG1,
-            octets[..bytes as usize].to_vec(),
-        ));
-    } else {
-        let mask = u32::MAX << (32 - u32::from(len.min(32)));
-        let masked = u32::from(address) & mask;
-        out.push(Expr::Payload(PayloadBase::Network, field, 4, REG1));
-        out.push(Expr::Bitwise(REG1, mask.to_be_bytes().to_vec(), vec![0; 4]));
-        out.push(Expr::Cmp(CmpOp::Eq, REG1, masked.to_be_bytes().to_vec()));
+        address.truncate(len / 8);
     }
+    let size = address.len();
+    out.push(Expr::Payload(
+        PayloadBase::Network,
+        field,
+        size as u32,
+        REG1,
+    ));
+    if !len.is_multiple_of(8) {
+        let mask = (0..size)
+            .map(|byte| match len.saturating_sub(byte * 8) {
+                0 => 0,
+                bits @ 1..8 => 0xff << (8 - bits),
+                _ => 0xff,
+            })
+            .collect();
+        out.push(Expr::Bitwise(REG1, mask, vec![0; size]));
+    }
+    out.push(Expr::Cmp(CmpOp::Eq, REG1, address));
     out
 }
 
@@ -843,6 +900,7 @@ mod tests {
             ipv6: ipv6.iter().map(|net| net.parse().unwrap()).collect(),
             nat_addresses: None,
             nat_ports: (1024, 65535),
+            nat_ipv6: false,
         }
     }
 
@@ -889,6 +947,7 @@ mod tests {
         // A custom <nat> replaces the nat4 element with a chain and a map element.
         let custom = NetworkRules {
             nat_ports: (2000, 3000),
+            nat_ipv6: false,
             ..network("kvbr4", RuleMode::Nat, &["10.10.0.0/24"], &[])
         };
         assert!(!owned(&custom).iter().any(|e| e.contains("nat4")));
@@ -902,6 +961,37 @@ mod tests {
             .filter(|o| matches!(o, Object::Rule { chain, .. } if chain == "nat-kvbr4"))
             .count();
         assert_eq!(chain_rules, 3, "tcp, udp and the rest per subnet");
+
+        // <nat ipv6='yes'>: IPv6 is let in only as replies, and masqueraded.
+        let nat6 = NetworkRules {
+            nat_ipv6: true,
+            ..nat.clone()
+        };
+        assert_eq!(
+            owned(&nat6)[5..],
+            [
+                "virbr0 in set reply6",
+                "virbr0 in set out6",
+                "virbr0 in set nat6"
+            ]
+        );
+        // With a custom <nat> as well, the chain masquerades the IPv6 subnet too.
+        let custom6 = NetworkRules {
+            nat_ports: (2000, 3000),
+            ..nat6.clone()
+        };
+        assert!(!owned(&custom6).iter().any(|e| e.contains("nat")));
+        let chain_rules = render(&custom6, &[])
+            .into_iter()
+            .filter(|o| matches!(o, Object::Rule { chain, .. } if chain == "nat-virbr0"))
+            .count();
+        assert_eq!(chain_rules, 6, "both subnets");
+        // Only a network with an IPv6 subnet masquerades IPv6.
+        let v4_only = NetworkRules {
+            nat_ipv6: true,
+            ..network("kvbr5", RuleMode::Nat, &["10.10.0.0/24"], &[])
+        };
+        assert!(!owned(&v4_only).iter().any(|e| e.contains('6')));
     }
 
     #[test]
@@ -951,7 +1041,7 @@ mod tests {
                 rules_of("forward"),
                 rules_of("postrouting")
             ],
-            [4, 4, 13, 10]
+            [5, 4, 15, 17]
         );
         // Each base chain is flushed right after it is (re)declared.
         for (at, object) in skeleton.iter().enumerate() {
@@ -1008,15 +1098,39 @@ mod tests {
 
     #[test]
     fn prefixes_compare_whole_bytes_or_mask_first() {
-        let whole = ipv4_prefix(IPV4_SADDR, Ipv4Addr::new(10, 10, 0, 0), 24);
+        // The expressions `nft --debug=netlink` 1.0.6 shows for the same matches.
+        let whole = ip_prefix(IPV4_SADDR, "10.10.0.0/24".parse::<Ipv4Net>().unwrap());
         assert_eq!(whole[2], Expr::Payload(PayloadBase::Network, 12, 3, 1));
         assert_eq!(whole[3], Expr::Cmp(CmpOp::Eq, 1, vec![10, 10, 0]));
-        let masked = ipv4_prefix(IPV4_SADDR, Ipv4Addr::new(10, 10, 31, 7), 20);
+        let masked = ip_prefix(IPV4_SADDR, "10.10.31.7/20".parse::<Ipv4Net>().unwrap());
+        assert_eq!(masked[2], Expr::Payload(PayloadBase::Network, 12, 4, 1));
         assert_eq!(
             masked[3],
             Expr::Bitwise(1, vec![255, 255, 240, 0], vec![0; 4])
         );
         assert_eq!(masked[4], Expr::Cmp(CmpOp::Eq, 1, vec![10, 10, 16, 0]));
+        let multicast = ip_prefix(IPV6_DADDR, "ff02::/16".parse::<Ipv6Net>().unwrap());
+        assert_eq!(multicast[1], Expr::Cmp(CmpOp::Eq, 1, vec![NFPROTO_IPV6]));
+        assert_eq!(multicast[2], Expr::Payload(PayloadBase::Network, 24, 2, 1));
+        assert_eq!(multicast[3], Expr::Cmp(CmpOp::Eq, 1, vec![0xff, 0x02]));
+        let masked6 = ip_prefix(IPV6_SADDR, "fd00:1:2:3f::/60".parse::<Ipv6Net>().unwrap());
+        assert_eq!(masked6[2], Expr::Payload(PayloadBase::Network, 8, 16, 1));
+        let mut mask = vec![0xff; 7];
+        mask.extend([0xf0]);
+        mask.extend([0; 8]);
+        assert_eq!(masked6[3], Expr::Bitwise(1, mask, vec![0; 16]));
+        assert_eq!(
+            masked6[4],
+            Expr::Cmp(
+                CmpOp::Eq,
+                1,
+                "fd00:1:2:30::"
+                    .parse::<Ipv6Addr>()
+                    .unwrap()
+                    .octets()
+                    .to_vec()
+            )
+        );
     }
 
     #[test]
@@ -1060,6 +1174,7 @@ mod tests {
         let routed = NetworkRules {
             mode: RuleMode::Route,
             nat_ports: (0, 0),
+            nat_ipv6: false,
             ..rules
         };
         routed.validate().unwrap();

@@ -25,6 +25,7 @@ fn network(bridge: &str, mode: RuleMode, ipv4: &str) -> NetworkRules {
         ipv6: vec![],
         nat_addresses: None,
         nat_ports: (1024, 65535),
+        nat_ipv6: false,
     }
 }
 
@@ -147,8 +148,8 @@ fn default_nat_network_lands_in_the_kernel() {
     inside(&ns, &*fw, |fw| fw.apply(&default)).unwrap();
     let again = ruleset(&ns);
     assert_eq!(owned_by(&again, "virbr0"), owned);
-    assert_eq!(chain_rules(&again, "forward").len(), 13);
-    assert_eq!(chain_rules(&again, "postrouting").len(), 10);
+    assert_eq!(chain_rules(&again, "forward").len(), 15);
+    assert_eq!(chain_rules(&again, "postrouting").len(), 17);
 }
 
 #[test]
@@ -160,6 +161,7 @@ fn removing_one_network_leaves_the_other_intact() {
     let fw = backend(&ns);
     let first = NetworkRules {
         nat_ports: (2000, 3000), // a custom NAT chain too
+        nat_ipv6: false,
         ..network("kvbr-a", RuleMode::Nat, "192.168.61.0/24")
     };
     let second = network("kvbr-b", RuleMode::Route, "192.168.62.0/24");
@@ -279,6 +281,7 @@ fn a_failing_batch_changes_nothing() {
     let fw = backend(&ns);
     let custom = |bridge: &str, net: &str| NetworkRules {
         nat_ports: (2000, 3000),
+        nat_ipv6: false,
         ..network(bridge, RuleMode::Nat, net)
     };
     inside(&ns, &*fw, |fw| {
@@ -347,7 +350,7 @@ fn a_foreign_flush_is_healed_by_the_next_change() {
     inside(&ns, &*fw, |fw| fw.apply(&net)).unwrap();
     assert_eq!(inside(&ns, &*fw, |fw| fw.bridges()).unwrap(), ["virbr0"]);
     let objects = ruleset(&ns);
-    assert_eq!(chain_rules(&objects, "postrouting").len(), 10);
+    assert_eq!(chain_rules(&objects, "postrouting").len(), 17);
     assert_eq!(owned_by(&objects, "virbr0").len(), 5);
 }
 
@@ -431,6 +434,17 @@ fn nft_reads_back_the_rules_it_would_have_written() {
         ipv6: vec!["fd00:60::/64".parse().unwrap()],
         ..network("kvbr6", RuleMode::Nat, "192.168.60.0/24")
     };
+    let nat6 = NetworkRules {
+        ipv6: vec!["fd00:80::/64".parse().unwrap()],
+        nat_ipv6: true,
+        ..network("kvbr8", RuleMode::Nat, "192.168.80.0/24")
+    };
+    let custom_nat6 = NetworkRules {
+        ipv6: vec!["fd00:90:0:10::/60".parse().unwrap()],
+        nat_ports: (5000, 6000),
+        nat_ipv6: true,
+        ..network("kvbr9", RuleMode::Nat, "192.168.90.0/24")
+    };
     let mut routed = network("kvbr2", RuleMode::Route, "192.168.150.0/24");
     routed.forward_dev = Some("eth0".to_owned());
     let routed6 = NetworkRules {
@@ -443,6 +457,8 @@ fn nft_reads_back_the_rules_it_would_have_written() {
         custom,
         odd_prefix,
         dual_stack,
+        nat6,
+        custom_nat6,
         network("kvbr1", RuleMode::Isolated, "192.168.100.0/24"),
         routed,
         routed6,
@@ -683,6 +699,7 @@ fn nat_masquerades_guest_traffic_and_isolated_does_not_forward() {
     // And back to nat, with a configured port range this time.
     let ranged = NetworkRules {
         nat_ports: (2000, 2010),
+        nat_ipv6: false,
         ..nat
     };
     inside(&net.host, &*fw, |fw| fw.apply(&ranged)).unwrap();

@@ -488,7 +488,7 @@ impl Parser {
         self.check_attrs(element, &["ipv6"])?;
         self.check_no_text(element)?;
         let mut nat = Nat {
-            ipv6: self.yes_no_without_yes(element, "ipv6", "kvnet masquerades IPv4 only")?,
+            ipv6: self.yes_no(element, "ipv6")?,
             ..Nat::default()
         };
         let mut address = None;

@@ -251,19 +251,18 @@ fn docs_examples_round_trip_in_libvirt_format() {
     assert_eq!(bridged.forward.nat, Nat::default());
     assert_round_trip(&bridged);
 
-    // kvnet masquerades IPv4 only: the docs' ipv6='yes' is refused, 'no' kept.
-    assert_eq!(
-        parse_err(DOCS_IPV6_NAT_XML),
-        "unsupported attribute ipv6='yes' on <nat> (kvnet masquerades IPv4 only) in network 'default6' (line 5)"
-    );
-    let nat6 = parse(&DOCS_IPV6_NAT_XML.replace("ipv6='yes'", "ipv6='no'"));
-    assert_eq!(nat6.forward.nat.ipv6, Some(false));
+    // The docs' IPv6 NAT network: ipv6='yes' is kept as written ('no' too).
+    let nat6 = parse(DOCS_IPV6_NAT_XML);
+    assert_eq!(nat6.forward.nat.ipv6, Some(true));
+    let no_nat6 = parse(&DOCS_IPV6_NAT_XML.replace("ipv6='yes'", "ipv6='no'"));
+    assert_eq!(no_nat6.forward.nat.ipv6, Some(false));
+    assert_round_trip(&no_nat6);
     assert_eq!(
         nat6.to_xml(),
         "<network>
   <name>default6</name>
   <forward mode='nat'>
-    <nat ipv6='no'>
+    <nat ipv6='yes'>
       <port start='1024' end='65535'/>
     </nat>
   </forward>
@@ -704,12 +703,6 @@ fn unimplemented_ipv6_dhcp_nat_duid_and_local_ptr_are_rejected_by_name() {
             net_with_ip("address='10.0.0.1' prefix='24' localPtr='yes'", ""),
             "unsupported attribute localPtr='yes' on <ip> (the DNS server does not answer reverse lookups locally) in network 'n' (line 1)",
         ),
-        (
-            "<network><name>n</name><forward mode='nat'><nat ipv6='yes'/></forward>\
-             <ip address='10.0.0.1' prefix='24'/></network>"
-                .to_string(),
-            "unsupported attribute ipv6='yes' on <nat> (kvnet masquerades IPv4 only) in network 'n' (line 1)",
-        ),
     ];
     for (xml, expected) in &cases {
         assert_eq!(&parse_err(xml), expected, "{xml}");
@@ -741,15 +734,6 @@ fn unimplemented_ipv6_dhcp_nat_duid_and_local_ptr_are_rejected_by_name() {
             .unwrap_err()
             .to_string()
             .starts_with("unsupported localPtr='yes' on <ip> address '10.0.0.1'")
-    );
-    let mut edited = defaults.clone();
-    edited.forward.nat.ipv6 = Some(true);
-    assert!(
-        edited
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("unsupported ipv6='yes' on <nat>")
     );
     let mut edited = defaults;
     edited.ips[0].dhcp_hosts.push(DhcpHost {
@@ -1404,13 +1388,12 @@ fn mutated_documents_never_panic_and_accepted_ones_round_trip() {
         '<', '>', '/', '\'', '"', '=', '&', ';', ' ', '\n', '0', '1', '9', ':', '.', 'a', 'x',
     ];
     let mut rng = StdRng::seed_from_u64(0x6b76_6e65);
-    let nat_without_ipv6 = DOCS_IPV6_NAT_XML.replace("ipv6='yes'", "ipv6='no'");
     let seeds = [
         FULL_XML,
         DEFAULT_XML,
         PERSISTED_XML,
         DOCS_ROUTED_XML,
-        &nat_without_ipv6,
+        DOCS_IPV6_NAT_XML,
     ];
     let mut accepted = 0;
     for round in 0..3000 {

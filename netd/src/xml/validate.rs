@@ -347,12 +347,6 @@ impl NetworkDef {
                 "Unsupported <{element}> element in network {name} with forward mode='{mode}'"
             ))
         };
-        // The parser refuses these too, with the line; this covers edited definitions.
-        if self.forward.nat.ipv6 == Some(true) {
-            return Err(invalid(format!(
-                "unsupported ipv6='yes' on <nat> in network '{name}': kvnet masquerades IPv4 only"
-            )));
-        }
         if mode != ForwardMode::Nat && !self.forward.nat.is_empty() {
             return Err(invalid(format!(
                 "The <nat> element can only be used when <forward> 'mode' is 'nat' in network {name}"
