@@ -5,7 +5,7 @@ use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -29,6 +29,30 @@ const INTERVAL_SECONDS: std::ops::RangeInclusive<u64> = 200..=600;
 const MIN_DELAY_BETWEEN_ADVERTISEMENTS: Duration = Duration::from_secs(3);
 /// Larger than any solicitation worth reading; longer ICMPv6 messages are truncated.
 const RECV_BUFFER: usize = 1500;
+
+/// The kernel's socket filter: keep router solicitations, drop every other ICMPv6
+/// message (pings, neighbour discovery, other routers' advertisements) before it is
+/// queued, so guests' ordinary traffic never wakes the task. A raw IPv6 socket's filter
+/// sees the ICMPv6 header at offset 0. (socket2 has no `ICMP6_FILTER`; this is the same
+/// check, in classic BPF.)
+const SOLICITATIONS_ONLY: [SockFilter; 4] = {
+    use libc::{BPF_ABS, BPF_B, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET};
+    [
+        // ldb [0]: the ICMPv6 type
+        SockFilter::new((BPF_LD | BPF_B | BPF_ABS) as u16, 0, 0, 0),
+        // jeq #133, next, skip one
+        SockFilter::new(
+            (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+            0,
+            1,
+            super::ROUTER_SOLICITATION as u32,
+        ),
+        // ret #-1: the whole message
+        SockFilter::new((BPF_RET | BPF_K) as u16, 0, 0, u32::MAX),
+        // ret #0: nothing
+        SockFilter::new((BPF_RET | BPF_K) as u16, 0, 0, 0),
+    ]
+};
 
 /// A running advertiser of one network. [`RaServer::stop`] ends it with a last
 /// advertisement that withdraws the router; dropping it just ends it.
@@ -90,6 +114,7 @@ fn open_socket(config: &RaConfig) -> Result<(Socket, SocketAddr), Error> {
         socket.set_unicast_hops_v6(ND_HOP_LIMIT)?;
         socket.set_multicast_loop_v6(false)?;
         socket.join_multicast_v6(&ALL_ROUTERS, ifindex)?;
+        socket.attach_filter(&SOLICITATIONS_ONLY)?;
         socket.set_nonblocking(true)
     };
     setup().map_err(socket_error(config, "set up the ICMPv6 socket"))?;
@@ -191,5 +216,35 @@ mod tests {
             let secs = interval_after(sent).as_secs();
             assert!(INTERVAL_SECONDS.contains(&secs), "{secs}");
         }
+    }
+
+    /// The filter program run where the kernel runs it: on a Unix datagram socket, whose
+    /// filter sees the message from offset 0 as a raw ICMPv6 socket's sees the ICMPv6
+    /// header. Only the solicitation is delivered.
+    #[test]
+    #[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
+    fn the_socket_filter_keeps_solicitations_only() {
+        let (sender, receiver) = Socket::pair(Domain::UNIX, Type::DGRAM, None).unwrap();
+        receiver.attach_filter(&SOLICITATIONS_ONLY).unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        let echo_request = [128, 0, 0, 0, 0, 1, 0, 1];
+        let neighbour_solicitation = [135, 0, 0, 0, 0, 0, 0, 0];
+        let advertisement = [134, 0, 0, 0, 64, 0, 0, 0];
+        let solicitation = [133, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7];
+        for message in [
+            &echo_request[..],
+            &neighbour_solicitation,
+            &solicitation,
+            &advertisement,
+        ] {
+            sender.send(message).unwrap();
+        }
+        let receiver = std::os::unix::net::UnixDatagram::from(OwnedFd::from(receiver));
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 64];
+        while let Ok(len) = receiver.recv(&mut buffer) {
+            received.push(buffer[..len].to_vec());
+        }
+        assert_eq!(received, [solicitation.to_vec()]);
     }
 }
