@@ -247,3 +247,49 @@ fn a_transient_network_a_crash_ended_leaves_no_lease_file() {
         );
     }
 }
+
+/// A start refused because its bridge name was taken (the kernel's EEXIST comes after
+/// the intent record) and a daemon killed before clearing that record: recovery must
+/// not delete the interface someone else owns under that name.
+#[test]
+fn recovery_leaves_a_foreign_interface_under_the_bridge_name_alone() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(no_default());
+    let definition = define_nat_network_n(&daemon, "10.56.0.1");
+    daemon.ok(&["net-start", "n"]);
+    daemon.kill9();
+    let status_path = daemon.state_dir().join("networks/n.json");
+    let status = std::fs::read_to_string(&status_path).expect("status");
+    std::fs::write(
+        &status_path,
+        status.replace("\"phase\": \"active\"", "\"phase\": \"starting\""),
+    )
+    .expect("rewrite");
+    // The name now belongs to another bridge (its own MAC address), as if it had been
+    // there when the start ran.
+    daemon
+        .ns
+        .sh("ip link del virbr0 && ip link add virbr0 type bridge && ip link set virbr0 up")
+        .expect("foreign bridge");
+    let foreign_mac = daemon.ip_json("link show virbr0")[0]["address"].clone();
+
+    daemon.spawn(&no_default());
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " n   inactive   no   yes\n"
+    );
+    assert_eq!(
+        daemon.ip_json("link show virbr0")[0]["address"],
+        foreign_mac,
+        "the foreign bridge was deleted:\n{}",
+        daemon.log()
+    );
+    assert!(!daemon.ruleset().contains("virbr0"), "orphan rules left");
+    assert!(!status_path.exists());
+    assert!(daemon.log().contains("leaving interface virbr0 alone"));
+    let on_disk = std::fs::read_to_string(daemon.config_dir().join("networks/n.xml"))
+        .expect("definition kept");
+    assert_eq!(on_disk, definition);
+}

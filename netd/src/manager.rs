@@ -350,7 +350,9 @@ impl Manager {
             let owns_bridge = def.forward_mode() != ForwardMode::Bridge;
             if status.phase == Phase::Starting {
                 warn!(network = %name, bridge = %status.bridge, "undoing a start interrupted by a daemon crash");
-                self.release(&status.bridge, owns_bridge).await;
+                let delete_bridge =
+                    owns_bridge && self.is_bridge_it_created(&def, &status.bridge).await;
+                self.release(&status.bridge, delete_bridge).await;
                 self.store.delete_status(&name)?;
                 continue;
             }
@@ -467,6 +469,29 @@ impl Manager {
                     warn!(network = %def.name, bridge, "bridge had been set down; brought it up")
                 }
                 Err(e) => warn!(network = %def.name, "{}", error_chain(&e)),
+            }
+        }
+    }
+
+    /// Whether `bridge` is the bridge an interrupted start of `def` created: a bridge with
+    /// the network's MAC. The name may belong to someone else's interface instead (the
+    /// kernel refused the start because the name was taken, and the daemon died before
+    /// clearing its intent), and that must survive the recovery.
+    async fn is_bridge_it_created(&self, def: &NetworkDef, bridge: &str) -> bool {
+        match self.link.link_info(bridge).await {
+            Ok(Some(info))
+                if info.is_bridge() && info.mac == Some(bridge_spec(def, bridge).mac) =>
+            {
+                true
+            }
+            Ok(Some(_)) => {
+                warn!(network = %def.name, bridge, "leaving interface {bridge} alone: it is not the bridge the interrupted start created (another kind or MAC address)");
+                false
+            }
+            Ok(None) => false,
+            Err(e) => {
+                warn!(network = %def.name, bridge, "leaving interface {bridge} alone: {}", error_chain(&e));
+                false
             }
         }
     }
