@@ -357,6 +357,68 @@ fn a_restarted_daemon_puts_back_what_was_taken_from_its_bridges() {
     );
 }
 
+/// A destroy the kernel refuses halfway leaves the network active and still serving its
+/// guests, and a retry finishes it.
+#[test]
+fn a_failed_destroy_keeps_the_network_serving_and_a_retry_finishes_it() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    // `default` keeps kvnet's table alive: the last network's destroy deletes the table.
+    let daemon = Daemon::start();
+    let path = common::xml_file(
+        daemon.dirs.path(),
+        "ports.xml",
+        "<network><name>ports</name><forward mode='nat'><nat><port start='2000' end='3000'/></nat></forward>\
+         <bridge name='kvports'/><ip address='10.57.0.1' prefix='24'>\
+         <dhcp><range start='10.57.0.10' end='10.57.0.20'/></dhcp></ip></network>",
+    );
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    daemon.ok(&["net-start", "ports"]);
+    // Someone jumps to the network's NAT chain from a chain of their own in kvnet's
+    // table: the kernel refuses to delete a chain in use, so the teardown's firewall
+    // batch fails (a jump from a base chain would be flushed away by the retry).
+    daemon
+        .ns
+        .sh("nft add chain inet kvnet mine && nft add rule inet kvnet mine jump nat-kvports")
+        .expect("foreign jump");
+    let error = daemon.fails(&["net-destroy", "ports"]);
+    assert!(
+        error.starts_with("error: Failed to destroy network ports\nerror: internal error: failed to stop network 'ports': cannot remove firewall rules of bridge kvports: delete chain nat-kvports: Device or resource busy"),
+        "{error}"
+    );
+    let mut bridges = daemon.bridges();
+    bridges.sort();
+    assert_eq!(
+        bridges,
+        ["kvports", "virbr0"],
+        "the network was half torn down"
+    );
+    assert!(
+        daemon.ruleset().contains("kvports"),
+        "its rules were removed"
+    );
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " default   active   yes   yes\n ports     active   no    yes\n"
+    );
+    let listening = daemon.ns.sh("ss -Hlun").expect("ss");
+    for service in ["10.57.0.1:53", "0.0.0.0%kvports:67"] {
+        assert!(
+            listening.contains(service),
+            "{service} not served after the failed destroy:\n{listening}\n{}",
+            daemon.log()
+        );
+    }
+    daemon
+        .ns
+        .sh("nft flush chain inet kvnet mine && nft delete chain inet kvnet mine")
+        .expect("remove the foreign jump");
+    daemon.ok(&["net-destroy", "ports"]);
+    assert_eq!(daemon.bridges(), ["virbr0"]);
+    assert!(!daemon.ns.sh("ss -Hlun").expect("ss").contains("kvports"));
+}
+
 #[test]
 fn systemd_hears_ready_once_the_daemon_serves_and_stopping_at_sigterm() {
     if !require(DAEMON_NEEDS) {

@@ -60,13 +60,14 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// A stop could not remove everything; the network stays active so it can be retried.
-    #[error("failed to stop network '{network}': {problems}")]
+    /// A stop could not remove the network's kernel objects; it stays active, as it
+    /// was, so it can be retried.
+    #[error("failed to stop network '{network}': {problem}")]
     Stop {
         /// The network.
         network: String,
-        /// Every problem met, joined.
-        problems: String,
+        /// What the kernel refused.
+        problem: String,
     },
     /// The DNS records of an update cannot be served.
     #[error(transparent)]
@@ -1119,7 +1120,15 @@ impl Manager {
         }
         let torn_down = self.tear_down(&def).await;
         self.catch_up_prefixes_when_idle();
-        torn_down?;
+        if let Err(e) = torn_down {
+            // The network stays active (a retry finishes the teardown), so it keeps
+            // serving its guests meanwhile.
+            let servers = self.restart_servers(&def, &networks);
+            if let Some(network) = networks.get_mut(&name) {
+                network.run(def, servers);
+            }
+            return Err(e);
+        }
         self.store.delete_status(&name)?;
         let network = networks.get_mut(&name);
         if let Some(network) = network {
@@ -1141,30 +1150,34 @@ impl Manager {
         tokio::spawn(async move { prefixes.catch_up().await });
     }
 
-    /// Removes what a start created; keeps going past errors and reports them all.
+    /// Removes what a start created, all or nothing: the firewall batch is atomic, and if
+    /// the bridge cannot be deleted after it, the rules are put back. Either way the
+    /// network is left as it was, so a retry starts over.
     async fn tear_down(&self, def: &NetworkDef) -> Result<(), Error> {
         let Some(bridge) = def.bridge_name() else {
             return Ok(());
         };
-        let mut problems = Vec::new();
-        if firewall_rules(def).is_some()
-            && let Err(e) = self.firewall.remove(bridge)
-        {
-            problems.push(error_chain(&e));
+        let failed = |problem: String| Error::Stop {
+            network: def.name.clone(),
+            problem,
+        };
+        let rules = firewall_rules(def);
+        if rules.is_some() {
+            self.firewall
+                .remove(bridge)
+                .map_err(|e| failed(error_chain(&e)))?;
         }
         if def.forward_mode() != ForwardMode::Bridge
             && let Err(e) = self.link.delete_link(bridge).await
         {
-            problems.push(error_chain(&e));
+            if let Some(rules) = &rules
+                && let Err(again) = self.firewall.apply(rules)
+            {
+                warn!(network = %def.name, "putting back the firewall rules of a network that stays active: {}", error_chain(&again));
+            }
+            return Err(failed(error_chain(&e)));
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Stop {
-                network: def.name.clone(),
-                problems: problems.join("; "),
-            })
-        }
+        Ok(())
     }
 
     /// Removes a network's persistent definition; a running network goes on, transient.
