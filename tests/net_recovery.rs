@@ -293,3 +293,67 @@ fn recovery_leaves_a_foreign_interface_under_the_bridge_name_alone() {
         .expect("definition kept");
     assert_eq!(on_disk, definition);
 }
+
+/// A second daemon on the same state dir (a manual start beside systemd's) would adopt
+/// the same networks and fight over them: it is refused, naming the running one, and
+/// changes nothing.
+#[test]
+fn a_second_daemon_on_the_same_state_dir_is_refused_and_changes_nothing() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let bridges = daemon.bridges();
+    let ruleset = daemon.ruleset();
+    let second_socket = daemon.dirs.path().join("second.sock");
+    let second = daemon
+        .ns
+        .command(env!("CARGO_BIN_EXE_kvnetd"))
+        .arg("--config-dir")
+        .arg(daemon.config_dir())
+        .arg("--state-dir")
+        .arg(daemon.state_dir())
+        .arg("--socket")
+        .arg(&second_socket)
+        .output()
+        .expect("run a second kvnetd");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let expected = format!(
+        "another kvnetd (pid {}) is already running with the state dir {}",
+        daemon.pid().expect("pid"),
+        daemon.state_dir().display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!second_socket.exists());
+    assert_eq!(daemon.bridges(), bridges);
+    assert_eq!(daemon.ruleset(), ruleset);
+    assert_eq!(
+        daemon.ok(&["-q", "net-list"]),
+        " default   active   yes   yes\n"
+    );
+}
+
+/// A daemon killed between binding its socket under a staging name and renaming it
+/// into place leaves the staging file; the next daemon removes it, but not one whose
+/// daemon is still alive.
+#[test]
+fn staging_sockets_of_dead_daemons_are_removed_at_start() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(no_default());
+    daemon.stop();
+    // Above the kernel's pid limit: that process cannot exist.
+    let dead = daemon.dirs.path().join(".kvnetd.sock.4194305");
+    let alive = daemon.dirs.path().join(".kvnetd.sock.1");
+    for path in [&dead, &alive] {
+        std::os::unix::net::UnixListener::bind(path).expect("leftover socket");
+    }
+    daemon.spawn(&no_default());
+    assert!(!dead.exists(), "a dead daemon's staging socket stayed");
+    assert!(
+        alive.exists(),
+        "a live process's staging socket was removed"
+    );
+}

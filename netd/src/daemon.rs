@@ -1,16 +1,22 @@
 //! The `kvnetd` process: flags, logging, runtime, signals.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::api::server;
 use crate::firewall;
 use crate::manager::{Manager, ManagerConfig, error_chain};
 use crate::systemd;
+
+/// The lock file in the state dir that keeps a second daemon out.
+const PID_FILE: &str = "kvnetd.pid";
 
 /// kvnetd: owns named virtual networks (bridges, NAT, DHCP, DNS) and serves the kvnet API.
 #[derive(Debug, Parser)]
@@ -62,6 +68,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let _only_daemon = lock_state_dir(&args.state_dir)?;
     raise_fd_limit();
     // One thread is plenty: every change is serialised by the manager's lock, and
     // netlink must stay in this thread's network namespace.
@@ -109,6 +116,45 @@ fn tell_systemd(state: &str) {
     if let Err(e) = systemd::notify(state) {
         tracing::warn!("cannot tell systemd {state}: {e}");
     }
+}
+
+/// Makes this the only daemon using `state_dir` (libvirt's pidfile lock): two daemons
+/// would both adopt the same networks and fight over their bridges, servers and
+/// files. The lock is held until the process exits, however it exits; the file then
+/// names the pid that held it last.
+fn lock_state_dir(state_dir: &Path) -> anyhow::Result<Flock<File>> {
+    use std::io::{Read, Seek, Write};
+    let path = state_dir.join(PID_FILE);
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating the state dir {}", state_dir.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((mut file, Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            anyhow::bail!(
+                "another kvnetd (pid {}) is already running with the state dir {}",
+                holder.trim(),
+                state_dir.display()
+            );
+        }
+        Err((_, errno)) => {
+            return Err(errno).with_context(|| format!("locking {}", path.display()));
+        }
+    };
+    let recorded = lock
+        .set_len(0)
+        .and_then(|()| lock.rewind())
+        .and_then(|()| writeln!(lock, "{}", std::process::id()));
+    recorded.with_context(|| format!("writing the pid to {}", path.display()))?;
+    Ok(lock)
 }
 
 /// Each active network holds a few sockets (DHCP, DNS over UDP and TCP), so a thousand

@@ -126,6 +126,11 @@ impl Daemon {
         self.child = Some(child);
     }
 
+    /// The daemon's pid (`ip netns exec` execs it, so the child's pid is the daemon's).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the daemon with SIGTERM (networks stay up) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

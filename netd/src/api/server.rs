@@ -122,12 +122,8 @@ pub async fn serve(
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(err("creating the directory of"))?;
     }
+    remove_stale_staging(socket).map_err(err("removing stale staging files of"))?;
     let staging = staging_path(socket);
-    match std::fs::remove_file(&staging) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err("removing a stale staging file of")(e)),
-    }
     let listener = UnixListener::bind(&staging).map_err(err("binding"))?;
     let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o660))
         .map_err(err("setting the mode of"))
@@ -158,10 +154,47 @@ pub async fn serve(
 /// Where the socket is bound before it is renamed to `socket`: a hidden name in the same
 /// directory, unique to this process.
 fn staging_path(socket: &Path) -> PathBuf {
+    socket.with_file_name(format!("{}{}", staging_prefix(socket), std::process::id()))
+}
+
+/// `.NAME.`, what every staging name of `socket` starts with before the pid.
+fn staging_prefix(socket: &Path) -> String {
     let name = socket
         .file_name()
         .map_or_else(|| "kvnetd.sock".into(), |name| name.to_string_lossy());
-    socket.with_file_name(format!(".{name}.{}", std::process::id()))
+    format!(".{name}.")
+}
+
+/// Removes the staging files of daemons that died between binding and renaming (their
+/// pid is gone), and this process's own.
+fn remove_stale_staging(socket: &Path) -> std::io::Result<()> {
+    let dir = match socket.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let prefix = staging_prefix(socket);
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(pid) = (name.to_str())
+            .and_then(|name| name.strip_prefix(&prefix))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+        if alive {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => {
+                tracing::info!(path = %entry.path().display(), "removed a stale socket staging file")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn router(state: AppState) -> Router {
