@@ -621,3 +621,58 @@ fn guests_get_dhcp_leases_that_net_dhcp_leases_lists() {
         ""
     );
 }
+
+/// libvirt's `<bridge name='…%d'/>` templates get the lowest free number at define, and
+/// definitions copied into the config dir by hand (no bridge name, UUID or MAC, or a
+/// template) are completed and saved when the daemon loads them, as define would.
+#[test]
+fn bridge_name_templates_and_hand_written_definitions_are_completed() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::without_default_network();
+    for (name, address) in [("ta", "10.60.0.1"), ("tb", "10.61.0.1")] {
+        let xml = format!(
+            "<network><name>{name}</name><bridge name='kvt%d'/><ip address='{address}' prefix='24'/></network>"
+        );
+        let path = xml_file(daemon.dirs.path(), &format!("{name}.xml"), &xml);
+        daemon.ok(&["net-define", path.to_str().expect("path")]);
+    }
+    for (name, bridge) in [("ta", "kvt0"), ("tb", "kvt1")] {
+        let dumped = daemon.ok(&["net-dumpxml", name]);
+        assert!(
+            dumped.contains(&format!("<bridge name='{bridge}' stp='on' delay='0'/>")),
+            "{dumped}"
+        );
+    }
+    daemon.stop();
+
+    let networks = daemon.config_dir().join("networks");
+    std::fs::write(
+        networks.join("plain.xml"),
+        "<network><name>plain</name><ip address='10.62.0.1' prefix='24'/></network>\n",
+    )
+    .expect("hand-written definition");
+    std::fs::write(
+        networks.join("templ.xml"),
+        "<network><name>templ</name><bridge name='kvt%d'/><ip address='10.63.0.1' prefix='24'/></network>\n",
+    )
+    .expect("hand-written template");
+    daemon.spawn(&DaemonOptions {
+        no_default_network: true,
+        ..Default::default()
+    });
+    for (name, bridge) in [("plain", "virbr0"), ("templ", "kvt2")] {
+        let saved = std::fs::read_to_string(networks.join(format!("{name}.xml"))).expect("saved");
+        assert!(saved.contains("<uuid>"), "{saved}");
+        assert!(saved.contains("<mac address='52:54:00:"), "{saved}");
+        assert!(
+            saved.contains(&format!("<bridge name='{bridge}' stp='on' delay='0'/>")),
+            "{saved}"
+        );
+        daemon.ok(&["net-start", name]);
+    }
+    let mut bridges = daemon.bridges();
+    bridges.sort();
+    assert_eq!(bridges, ["kvt2", "virbr0"]);
+}

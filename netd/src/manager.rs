@@ -323,7 +323,42 @@ impl Manager {
             }
             networks.insert(def.name.clone(), Network::defined(def, stored.autostart));
         }
+        self.complete_copied_definitions(&mut networks).await;
         Ok(())
+    }
+
+    /// Fills in what `net-define` would have (UUID, MAC, a bridge name from the default
+    /// or the file's `%d` template) in definitions written or copied into the config dir
+    /// by hand, and saves them, so that they start and keep their names and addresses.
+    async fn complete_copied_definitions(&self, networks: &mut BTreeMap<String, Network>) {
+        let incomplete: Vec<NetworkDef> = networks
+            .values()
+            .filter_map(|network| network.config.clone())
+            .filter(|def| {
+                let owns_bridge = def.forward_mode() != ForwardMode::Bridge;
+                def.uuid.is_none()
+                    || owns_bridge
+                        && (def.mac.is_none()
+                            || def.bridge_name().is_none_or(xml::is_bridge_template))
+            })
+            .collect();
+        for mut def in incomplete {
+            let completed = self
+                .complete_and_check_bridge(networks, &mut def)
+                .await
+                .and_then(|()| Ok(self.store.save_config(&def.name, &def.to_config_file())?));
+            match completed {
+                Ok(()) => {
+                    info!(network = %def.name, bridge = ?def.bridge_name(), "completed a definition written by hand");
+                    if let Some(network) = networks.get_mut(&def.name) {
+                        network.config = Some(def);
+                    }
+                }
+                Err(e) => {
+                    warn!(network = %def.name, "cannot complete a definition written by hand: {}", error_chain(&e))
+                }
+            }
+        }
     }
 
     /// Takes over networks a previous daemon left running, and undoes starts it left half done.
@@ -741,6 +776,16 @@ impl Manager {
             .collect();
         let owns_bridge = def.forward_mode() != ForwardMode::Bridge;
         match def.bridge_name() {
+            None if owns_bridge => {
+                let name = self
+                    .free_bridge_name(xml::DEFAULT_BRIDGE_TEMPLATE, &other_bridges)
+                    .await?;
+                def.bridge.name = Some(name);
+            }
+            Some(template) if owns_bridge && xml::is_bridge_template(template) => {
+                let name = self.free_bridge_name(template, &other_bridges).await?;
+                def.bridge.name = Some(name);
+            }
             Some(bridge) if other_bridges.contains(&bridge) => {
                 return Err(Error::Conflict(format!(
                     "bridge name '{bridge}' already in use."
@@ -759,29 +804,29 @@ impl Manager {
                     )));
                 }
             }
-            Some(_) => {}
-            None if owns_bridge => {
-                def.bridge.name = Some(self.free_bridge_name(&other_bridges).await?)
-            }
-            None => {}
+            Some(_) | None => {}
         }
         def.fill_defaults(|_| false)?;
         Ok(())
     }
 
-    /// libvirt's bridge name allocation: the lowest `virbrN` that no other network uses
-    /// and no interface has. Asks the kernel one name at a time, which stays cheap with
-    /// thousands of links (a full link dump does not).
-    async fn free_bridge_name(&self, other_bridges: &[&str]) -> Result<String, Error> {
-        for id in 0..=xml::MAX_BRIDGE_ID {
-            let candidate = format!("virbr{id}");
+    /// libvirt's bridge name allocation: the `template`'s name (`virbrN` by default) with
+    /// the lowest N that no other network uses and no interface has. Asks the kernel one
+    /// name at a time, which stays cheap with thousands of links (a full link dump does
+    /// not).
+    async fn free_bridge_name(
+        &self,
+        template: &str,
+        other_bridges: &[&str],
+    ) -> Result<String, Error> {
+        for candidate in xml::bridge_names(template) {
             if !other_bridges.contains(&candidate.as_str())
                 && !self.link.link_exists(&candidate).await?
             {
                 return Ok(candidate);
             }
         }
-        Err(xml::Error::BridgeIdsExhausted.into())
+        Err(xml::Error::BridgeIdsExhausted(template.to_owned()).into())
     }
 
     /// Starts a defined network.

@@ -31,6 +31,23 @@ pub use validate::{NETWORK_NAME_MAX_BYTES, validate_ifname, validate_network_nam
 /// Highest `N` tried for generated `virbrN` bridge names (libvirt's `MAX_BRIDGE_ID`).
 pub const MAX_BRIDGE_ID: u32 = 256;
 
+/// The bridge name template of a network without `<bridge name=>`.
+pub const DEFAULT_BRIDGE_TEMPLATE: &str = "virbr%d";
+
+/// Whether a `<bridge name=>` is a libvirt template such as `vbr%d`, whose lowest free
+/// number is filled in when the network is defined.
+pub fn is_bridge_template(name: &str) -> bool {
+    name.contains("%d")
+}
+
+/// The names a bridge name template gives, lowest number first, as libvirt tries them
+/// (`0..=MAX_BRIDGE_ID`), up to the longest an interface name can be.
+pub fn bridge_names(template: &str) -> impl Iterator<Item = String> + '_ {
+    (0..=MAX_BRIDGE_ID)
+        .map(move |id| template.replacen("%d", &id.to_string(), 1))
+        .take_while(|name| name.len() <= validate::IFNAME_MAX_BYTES)
+}
+
 /// Everything that can go wrong reading, validating or completing a network definition.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -64,9 +81,9 @@ pub enum Error {
     /// A `net-update` of a section or with a command that cannot be applied.
     #[error("{0}")]
     UpdateUnsupported(String),
-    /// No free `virbrN` name was left for [`NetworkDef::fill_defaults`].
-    #[error("Bridge generation exceeded max id {MAX_BRIDGE_ID}")]
-    BridgeIdsExhausted,
+    /// No free name was left from the bridge name template.
+    #[error("Bridge generation exceeded max id {MAX_BRIDGE_ID} for the template '{0}'")]
+    BridgeIdsExhausted(String),
 }
 
 /// Shorthand used by the parser and validator for [`Error::Invalid`].

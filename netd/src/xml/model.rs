@@ -11,7 +11,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
-use super::{Error, MAX_BRIDGE_ID};
+use super::Error;
 
 /// One libvirt virtual network definition (`<network>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -647,8 +647,9 @@ impl NetworkDef {
 
     /// Complete the definition the way libvirt does at define time, so the
     /// persisted file carries the values that must stay stable: a v4 uuid,
-    /// and for networks with a managed bridge a `52:54:00` MAC and a `virbrN`
-    /// name (lowest N in `0..=256` for which `bridge_in_use` is false).
+    /// and for networks with a managed bridge a `52:54:00` MAC and, when there is no
+    /// bridge name or it is a template (`virbr%d` by default), the template's name with
+    /// the lowest N in `0..=256` for which `bridge_in_use` is false.
     /// `stp`/`delay` are always stored explicitly by the model already.
     pub fn fill_defaults(&mut self, bridge_in_use: impl Fn(&str) -> bool) -> Result<(), Error> {
         if self.uuid.is_none() {
@@ -657,11 +658,15 @@ impl NetworkDef {
         if !self.forward.mode.has_managed_bridge() {
             return Ok(());
         }
-        if self.bridge.name.is_none() {
-            let name = (0..=MAX_BRIDGE_ID)
-                .map(|id| format!("virbr{id}"))
+        let template = match self.bridge.name.as_deref() {
+            None => Some(super::DEFAULT_BRIDGE_TEMPLATE),
+            Some(name) if super::is_bridge_template(name) => Some(name),
+            Some(_) => None,
+        };
+        if let Some(template) = template {
+            let name = super::bridge_names(template)
                 .find(|name| !bridge_in_use(name))
-                .ok_or(Error::BridgeIdsExhausted)?;
+                .ok_or_else(|| Error::BridgeIdsExhausted(template.to_owned()))?;
             self.bridge.name = Some(name);
         }
         if self.mac.is_none() {

@@ -420,8 +420,50 @@ fn fill_defaults_skips_bridges_in_use_and_reports_exhaustion() {
 
     let mut def = parse(DOCKER_MACHINES_XML);
     let err = def.fill_defaults(|_| true).unwrap_err();
-    assert_eq!(err.to_string(), "Bridge generation exceeded max id 256");
+    assert_eq!(
+        err.to_string(),
+        "Bridge generation exceeded max id 256 for the template 'virbr%d'"
+    );
     assert_eq!(def.bridge_name(), None);
+}
+
+/// libvirt's `<bridge name='…%d…'/>`: the lowest free number is filled in at define;
+/// the names stop where they would be too long for an interface.
+#[test]
+fn bridge_name_templates_are_filled_with_the_lowest_free_number() {
+    let xml = |bridge: &str| format!("<network><name>t</name><bridge name='{bridge}'/></network>");
+    let mut def = parse(&xml("kv%dnat"));
+    def.fill_defaults(|name| name == "kv0nat").unwrap();
+    assert_eq!(def.bridge_name(), Some("kv1nat"));
+    assert!(
+        def.to_xml()
+            .contains("<bridge name='kv1nat' stp='on' delay='0'/>")
+    );
+
+    let mut long = parse(&xml("abcdefghijklm%d"));
+    long.fill_defaults(|name| name.len() < 15).unwrap();
+    assert_eq!(long.bridge_name(), Some("abcdefghijklm10"));
+    let mut full = parse(&xml("abcdefghijklm%d"));
+    assert_eq!(
+        full.fill_defaults(|_| true).unwrap_err().to_string(),
+        "Bridge generation exceeded max id 256 for the template 'abcdefghijklm%d'"
+    );
+    for (bridge, message) in [
+        (
+            "kv%d%d",
+            "bridge name template 'kv%d%d' in network 't' must contain '%' only in a single '%d'",
+        ),
+        (
+            "kv%s",
+            "bridge name \"kv%s\" in network 't' contains the invalid character '%'",
+        ),
+        (
+            "abcdefghijklmno%d",
+            "bridge name 'abcdefghijklmno0' in network 't' is too long (16 bytes, limit 15)",
+        ),
+    ] {
+        assert_eq!(parse_err(&xml(bridge)), message, "{bridge}");
+    }
 }
 
 #[test]
@@ -959,10 +1001,6 @@ fn validation_errors_use_specific_messages() {
         (
             "<network><name>x</name><bridge name='..'/></network>",
             "bridge name '..' in network 'x' is not a valid interface name",
-        ),
-        (
-            "<network><name>x</name><bridge name='virbr%d'/></network>",
-            "bridge name \"virbr%d\" in network 'x' contains the invalid character '%'",
         ),
         (
             "<network><name>x</name><bridge name='virbr9' stp='maybe'/></network>",

@@ -22,7 +22,7 @@ pub const NETWORK_NAME_MAX_BYTES: usize = 128;
 const IPV6_MIN_MTU: u32 = 1280;
 
 /// Longest Linux interface name (`IFNAMSIZ - 1`).
-const IFNAME_MAX_BYTES: usize = 15;
+pub(super) const IFNAME_MAX_BYTES: usize = 15;
 
 /// Checks that `name` is safe to use as a network name and file name:
 /// non-empty, at most [`NETWORK_NAME_MAX_BYTES`] bytes, no `/` (libvirt's
@@ -207,7 +207,18 @@ impl NetworkDef {
             return Err(invalid("Network title can't contain newlines"));
         }
         if let Some(bridge) = &self.bridge.name {
-            validate_ifname("bridge name", bridge, name)?;
+            match bridge.split_once("%d") {
+                // A template: its names are checked as they are made, at define.
+                Some((head, tail)) if head.contains('%') || tail.contains('%') => {
+                    return Err(invalid(format!(
+                        "bridge name template '{bridge}' in network '{name}' must contain '%' only in a single '%d'"
+                    )));
+                }
+                Some((head, tail)) => {
+                    validate_ifname("bridge name", &format!("{head}0{tail}"), name)?;
+                }
+                None => validate_ifname("bridge name", bridge, name)?,
+            }
         }
         if let Some(dev) = &self.forward.dev {
             validate_ifname("forward dev", dev, name)?;
