@@ -94,7 +94,11 @@ impl NetworkDef {
             buf: String::new(),
             indent: 0,
         };
-        out.open("<network>");
+        out.open(if self.ipv6_without_gateway {
+            "<network ipv6='yes'>"
+        } else {
+            "<network>"
+        });
         out.line(&format!("<name>{}</name>", escape(&self.name)));
         if let Some(uuid) = self.uuid {
             out.line(&format!("<uuid>{uuid}</uuid>"));

@@ -278,9 +278,13 @@ impl Parser {
         }
         for (key, _) in &root.attrs {
             // Namespace declarations carry no configuration; `connections`
-            // is a read-only live counter libvirt's parser ignores as well.
-            let ignorable = key == "xmlns" || key.starts_with("xmlns:") || key == "connections";
-            if !ignorable {
+            // is a read-only live counter libvirt's parser ignores as well; `ipv6`
+            // is read below.
+            let known = key == "xmlns"
+                || key.starts_with("xmlns:")
+                || key == "connections"
+                || key == "ipv6";
+            if !known {
                 return Err(self.unsupported(format!("attribute '{key}' on <network>"), root.line));
             }
         }
@@ -324,6 +328,7 @@ impl Parser {
             None => return Err(invalid("missing <name> element in network definition")),
         };
         let mut def = NetworkDef::new(name);
+        def.ipv6_without_gateway = self.yes_no(root, "ipv6")? == Some(true);
         // libvirt reads an empty <uuid/> as no uuid at all and generates one.
         if let Some(element) = uuid
             && let text = self.text_of(element)?

@@ -696,10 +696,6 @@ fn unsupported_libvirt_features_are_rejected_by_name() {
             "unsupported attribute 'macTableManager' on <bridge> in network 'x' (line 1)",
         ),
         (
-            "<network ipv6='yes'><name>x</name></network>",
-            "unsupported attribute 'ipv6' on <network> in network 'x' (line 1)",
-        ),
-        (
             "<network trustGuestRxFilters='yes'><name>x</name></network>",
             "unsupported attribute 'trustGuestRxFilters' on <network> in network 'x' (line 1)",
         ),
@@ -1944,4 +1940,24 @@ fn numbers_are_read_like_libvirts_strtoul() {
     ] {
         assert_eq!(parse_err(xml), expected, "{xml}");
     }
+}
+
+/// `<network ipv6='yes'>` (guest-to-guest IPv6 without an IPv6 `<ip>`) is kept and
+/// written back as libvirt does, which writes nothing for 'no'.
+#[test]
+fn network_ipv6_attribute_is_kept_like_libvirt() {
+    let yes = parse("<network ipv6='yes'><name>x</name></network>");
+    assert!(yes.ipv6_without_gateway);
+    assert!(
+        yes.to_xml()
+            .starts_with("<network ipv6='yes'>\n  <name>x</name>\n")
+    );
+    assert_round_trip(&yes);
+    let no = parse("<network ipv6='no'><name>x</name></network>");
+    assert!(!no.ipv6_without_gateway);
+    assert!(no.to_xml().starts_with("<network>\n"));
+    assert_eq!(
+        parse_err("<network ipv6='maybe'><name>x</name></network>"),
+        "invalid value 'maybe' for attribute 'ipv6' of <network> in network 'x', expected 'yes' or 'no'"
+    );
 }
