@@ -112,6 +112,47 @@ fn guests_fetch_files_from_the_tftp_root_and_nothing_outside_it() {
             "{outside} leaked the file outside the root"
         );
     }
+
+    // One guest holds at most 8 transfers at once (here, requests it never
+    // acknowledges); the ninth is refused, and another guest is still served.
+    guest
+        .sh("ip addr add 10.60.0.51/24 dev eth0")
+        .expect("second address");
+    let first_replies = |source: &str, count: usize| -> Vec<u16> {
+        let source = source.to_owned();
+        guest
+            .run(move || {
+                let sockets: Vec<std::net::UdpSocket> = (0..count)
+                    .map(|_| std::net::UdpSocket::bind((source.as_str(), 0)).expect("bind"))
+                    .collect();
+                for socket in &sockets {
+                    socket
+                        .send_to(b"\x00\x01pxelinux.0\x00octet\x00", "10.60.0.1:69")
+                        .expect("read request");
+                    // One at a time, so the server sees them in order.
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                sockets
+                    .iter()
+                    .map(|socket| {
+                        socket
+                            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                            .expect("timeout");
+                        let mut reply = [0u8; 600];
+                        let len = socket.recv(&mut reply).expect("reply");
+                        assert!(len >= 2, "short reply");
+                        u16::from_be_bytes([reply[0], reply[1]])
+                    })
+                    .collect()
+            })
+            .expect("enter guest")
+    };
+    const DATA: u16 = 3;
+    const ERROR: u16 = 5;
+    let mut expected = vec![DATA; 8];
+    expected.push(ERROR);
+    assert_eq!(first_replies("10.60.0.50", 9), expected);
+    assert_eq!(first_replies("10.60.0.51", 1), [DATA]);
     daemon.ok(&["net-destroy", "pxe"]);
 }
 

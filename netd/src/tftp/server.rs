@@ -1,8 +1,9 @@
 //! The per-network TFTP task: requests on port 69 of the bridge address, each transfer
 //! on a port of its own (RFC 1350's transfer identifier), at most [`MAX_TRANSFERS`]
-//! at a time.
+//! at a time and [`MAX_TRANSFERS_PER_CLIENT`] for one guest.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -23,6 +24,9 @@ use crate::service::ServiceTask;
 
 /// Transfers served at once per network; more are refused until one ends.
 const MAX_TRANSFERS: usize = 64;
+/// Transfers served at once to one address, so that one guest cannot hold every slot of
+/// its network (a booting guest fetches a few files, one after another).
+const MAX_TRANSFERS_PER_CLIENT: usize = 8;
 /// How long to wait for an acknowledgement when the client names no timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a block is sent before the transfer is given up.
@@ -92,13 +96,24 @@ async fn serve(
     socket: UdpSocket,
     mut shutdown: oneshot::Receiver<()>,
 ) {
-    // Owned here, so the transfers end with the task.
+    // Owned here, so the transfers end with the task. Each yields its client's address.
     let mut transfers = JoinSet::new();
+    let mut per_client: HashMap<IpAddr, usize> = HashMap::new();
     let mut buffer = [0u8; REQUEST_BUFFER];
     loop {
         let (len, client) = tokio::select! {
             _ = &mut shutdown => break,
-            Some(_) = transfers.join_next(), if !transfers.is_empty() => continue,
+            Some(ended) = transfers.join_next(), if !transfers.is_empty() => {
+                if let Ok(address) = ended
+                    && let Some(count) = per_client.get_mut(&address)
+                {
+                    *count -= 1;
+                    if *count == 0 {
+                        per_client.remove(&address);
+                    }
+                }
+                continue;
+            }
             received = socket.recv_from(&mut buffer) => match received {
                 Ok(received) => received,
                 Err(e) => {
@@ -115,7 +130,8 @@ async fn serve(
                 continue;
             }
         };
-        if transfers.len() >= MAX_TRANSFERS {
+        let from_client = per_client.get(&client.ip()).copied().unwrap_or(0);
+        if transfers.len() >= MAX_TRANSFERS || from_client >= MAX_TRANSFERS_PER_CLIENT {
             let busy = error(ErrorCode::Undefined, "too many transfers, try again later");
             let _ = socket.try_send_to(&busy, client);
             continue;
@@ -131,10 +147,12 @@ async fn serve(
         tracing::debug!(network = %config.network, %client, file = %request.file.escape_debug(), "TFTP transfer");
         let network = config.network.clone();
         let listen = config.listen;
+        *per_client.entry(client.ip()).or_default() += 1;
         transfers.spawn(async move {
             if let Err(e) = transfer(listen, client, request, file).await {
                 tracing::debug!(%network, %client, error = %e, "TFTP transfer ended early");
             }
+            client.ip()
         });
     }
 }
