@@ -88,11 +88,29 @@ impl Dhcp6Server {
         lock(&self.engine).leases(unix_now())
     }
 
-    /// Reads this server's bound, unexpired leases from elsewhere (the network's DNS
-    /// server resolves their hostnames).
-    pub fn lease_reader(&self) -> impl Fn() -> Vec<Lease6Info> + Send + Sync + 'static {
+    /// Reads, from elsewhere (the network's DNS server), the names this server puts in
+    /// DNS: those of its bound leases, and those of the `<host name= ip=>` reservations
+    /// (dnsmasq serves a `dhcp-host` with name and address before its lease too).
+    pub fn name_reader(&self) -> impl Fn() -> Vec<(Ipv6Addr, String)> + Send + Sync + 'static {
         let engine = Arc::clone(&self.engine);
-        move || lock(&engine).leases(unix_now())
+        move || {
+            let engine = lock(&engine);
+            let mut names: Vec<(Ipv6Addr, String)> = engine
+                .config()
+                .hosts
+                .iter()
+                .filter_map(|host| Some((host.ip, host.name.clone()?)))
+                .collect();
+            let reserved: Vec<Ipv6Addr> = names.iter().map(|(ip, _)| *ip).collect();
+            names.extend(
+                engine
+                    .leases(unix_now())
+                    .into_iter()
+                    .filter(|lease| !reserved.contains(&lease.ip))
+                    .filter_map(|lease| Some((lease.ip, lease.hostname?))),
+            );
+            names
+        }
     }
 
     /// Stops the task after the batch in progress.
