@@ -287,3 +287,70 @@ fn a_dynamic_client_gets_an_address_from_the_range() {
         .ok();
     daemon.ok(&["net-destroy", "v6"]);
 }
+
+#[test]
+fn a_reservation_added_live_is_served_without_a_restart() {
+    if !require(DAEMON_NEEDS) || !require(&[Need::Program("dhclient")]) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    daemon
+        .ns
+        .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0")
+        .expect("sysctl");
+    let xml = "<network><name>v6</name><bridge name='kvv6' stp='off'/>\
+        <ip family='ipv6' address='fd00:6::1' prefix='64'/></network>";
+    let path = xml_file(daemon.dirs.path(), "v6.xml", xml);
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    daemon.ok(&["net-start", "v6"]);
+    // The <ip> has no <dhcp> yet: the first range and host come with net-update.
+    daemon.ok(&[
+        "net-update",
+        "v6",
+        "add",
+        "ip-dhcp-range",
+        "<range start='fd00:6::1:10' end='fd00:6::1:ff'/>",
+        "--live",
+        "--config",
+    ]);
+    daemon.ok(&[
+        "net-update",
+        "v6",
+        "add",
+        "ip-dhcp-host",
+        "<host id='00:03:00:01:52:54:00:00:06:02' name='late' ip='fd00:6::4:1'/>",
+        "--parent-index",
+        "0",
+        "--live",
+        "--config",
+    ]);
+    let dumped = daemon.ok(&["net-dumpxml", "v6"]);
+    assert!(
+        dumped.contains(
+            "  <ip family='ipv6' address='fd00:6::1' prefix='64'>\n    <dhcp>\n      \
+             <range start='fd00:6::1:10' end='fd00:6::1:ff'/>\n      \
+             <host id='00:03:00:01:52:54:00:00:06:02' name='late' ip='fd00:6::4:1'/>\n    \
+             </dhcp>\n  </ip>\n"
+        ),
+        "{dumped}"
+    );
+    let guest = Netns::new("guest6u").expect("guest ns");
+    guest
+        .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0")
+        .expect("sysctl");
+    attach_guest(&daemon, &guest, "kvv6", "", "");
+    guest
+        .sh(&format!(
+            "ip link set eth0 down && ip link set eth0 address {GUEST_MAC} && ip link set eth0 up"
+        ))
+        .expect("guest mac");
+    let bound = dhclient_bind(&daemon, &guest);
+    assert!(bound.starts_with("BOUND6|fd00:6::4:1|"), "{bound}");
+    let dir = daemon.dirs.path().display().to_string();
+    guest
+        .sh(&format!(
+            "kill $(cat {dir}/dhclient6.pid) 2>/dev/null; true"
+        ))
+        .ok();
+    daemon.ok(&["net-destroy", "v6"]);
+}
