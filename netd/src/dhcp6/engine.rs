@@ -467,8 +467,8 @@ fn client_fqdn_label(opts: &DhcpOptions) -> Option<String> {
 }
 
 /// Whether the options in `data` are well-formed enough for dhcproto to decode without
-/// arithmetic overflow: every option fits, options with a fixed header are at least
-/// that long, and encapsulated options (IA_NA, IA_TA, IA_PD, IA address, IA prefix,
+/// arithmetic overflow or misreading: every option fits, options with a fixed header are
+/// at least that long, fixed-size options exactly their size, and encapsulated options (IA_NA, IA_TA, IA_PD, IA address, IA prefix,
 /// vendor options, relay message) are checked the same way, up to [`MAX_DEPTH`].
 pub fn well_formed(mut data: &[u8], depth: u8) -> bool {
     if depth > MAX_DEPTH {
@@ -494,12 +494,18 @@ pub fn well_formed(mut data: &[u8], depth: u8) -> bool {
             11 => (11, None),         // authentication
             13 => (2, None),          // status code
             16 => (4, None),          // vendor class
-            7 | 19 => (1, None),      // preference, reconfigure message
-            8 => (2, None),           // elapsed time
-            12 => (16, None),         // server unicast
             _ => (0, None),
         };
-        if len < min {
+        // dhcproto reads fixed-size options by their type, not their length: any other
+        // length would shift every option after it.
+        let exact = match code {
+            7 | 19 => Some(1),  // preference, reconfigure message
+            8 => Some(2),       // elapsed time
+            12 => Some(16),     // server unicast
+            14 | 20 => Some(0), // rapid commit, reconfigure accept
+            _ => None,
+        };
+        if len < min || exact.is_some_and(|exact| len != exact) {
             return false;
         }
         if let Some(start) = nested
