@@ -158,18 +158,14 @@ impl Engine {
                 if assigned {
                     needs_commit = rapid;
                 } else {
-                    // RFC 8415 18.3.9: only a status when nothing can be assigned.
-                    let kept: Vec<DhcpOption> = reply
-                        .opts()
-                        .iter()
-                        .filter(|o| {
-                            matches!(o, DhcpOption::RapidCommit | DhcpOption::Preference(_))
-                        })
-                        .cloned()
-                        .collect();
-                    let mut only_status: DhcpOptions = kept.into_iter().collect();
-                    only_status.insert(status(Status::NoAddrsAvail, "no addresses available"));
-                    reply.set_opts(only_status);
+                    // RFC 8415 18.3.9: an ADVERTISE with only a status when nothing can
+                    // be assigned (clients ignore it and keep soliciting).
+                    reply.set_msg_type(MessageType::Advertise);
+                    reply.set_opts(
+                        [status(Status::NoAddrsAvail, "no addresses available")]
+                            .into_iter()
+                            .collect(),
+                    );
                 }
             }
             (MessageType::Request, Some(client)) => {
@@ -832,6 +828,20 @@ pub(crate) mod tests {
             vec![ia(1, None)],
         );
         let reply = decode(&engine.handle(&second, CLIENT_LL, 0).unwrap());
+        assert_eq!(top_status(&reply), Some(Status::NoAddrsAvail));
+        assert_eq!(reply.msg_type(), MessageType::Advertise);
+        let rapid = message(
+            MessageType::Solicit,
+            &[0, 3, 0, 1, 9, 9, 9, 9, 9, 9],
+            vec![ia(1, None), DhcpOption::RapidCommit],
+        );
+        let reply = decode(&engine.handle(&rapid, CLIENT_LL, 0).unwrap());
+        assert_eq!(
+            reply.msg_type(),
+            MessageType::Advertise,
+            "nothing to commit"
+        );
+        assert!(reply.opts().get(OptionCode::RapidCommit).is_none());
         assert_eq!(top_status(&reply), Some(Status::NoAddrsAvail));
         assert!(ia_nas(reply.opts()).next().is_none());
 
