@@ -301,11 +301,13 @@ impl Engine {
     /// have no record of is bound again when it is free for the client (the lease file
     /// was lost), else returned with zero lifetimes; an IA without either gets NoBinding.
     fn extend_all(&mut self, opts: &DhcpOptions, client: &Client, now: i64, out: &mut DhcpOptions) {
-        let reservation = self
+        // As in assign_all, a reservation is one address: the first IA_NA's.
+        let mut reservation_left = self
             .leases
             .reservation(&client.duid, client.name.as_deref())
             .cloned();
         for ia in ia_nas(opts) {
+            let reservation = reservation_left.take();
             let key = key(client, ia.id);
             let asked: Vec<Ipv6Addr> = ia_addresses(&ia.opts).collect();
             let bound = self.leases.binding(&key, now);
@@ -317,6 +319,12 @@ impl Engine {
                         self.leases.assignable(&key, reservation.as_ref(), ip, now)
                             && reservation.as_ref().is_none_or(|host| host.ip == ip)
                     })
+                })
+                // A reservation made since the client bound: the reply adds it (RFC
+                // 8415 18.3.4 lets a server add addresses), its old one gets lifetime 0.
+                .or_else(|| {
+                    let host = reservation.as_ref()?;
+                    self.leases.offer(&key, Some(host), None, now)
                 });
             let mut ia_opts = DhcpOptions::new();
             let (t1, t2) = match keep {
@@ -728,6 +736,29 @@ pub(crate) mod tests {
         assert_eq!(
             the_ia(&reply).3,
             vec![("2001:db8:ca2:2:1::20".parse().unwrap(), 3600, 3600)]
+        );
+        // A reservation added for a client with a dynamic lease: its renewal gets the
+        // reserved address and the old one with lifetimes 0.
+        let mut config = config();
+        config.hosts[0].duid = Some(CLIENT_DUID.to_vec());
+        engine.update(config);
+        let renew = message(
+            MessageType::Renew,
+            &CLIENT_DUID,
+            vec![sid.clone(), ia(1, Some("2001:db8:ca2:2:1::20"))],
+        );
+        let reply = decode(&engine.handle(&renew, CLIENT_LL, 10).unwrap());
+        assert_eq!(
+            the_ia(&reply).3,
+            vec![
+                ("2001:db8:ca2:2:1::20".parse().unwrap(), 0, 0),
+                ("2001:db8:ca2:2:3::1".parse().unwrap(), 3600, 3600),
+            ]
+        );
+        assert_eq!(engine.leases(10).len(), 1);
+        assert_eq!(
+            engine.leases(10)[0].ip,
+            "2001:db8:ca2:2:3::1".parse::<Ipv6Addr>().unwrap()
         );
         // Off the network: lifetimes 0.
         let rebind = message(
