@@ -115,6 +115,9 @@ pub struct LeaseDb {
     path: Option<PathBuf>,
     /// Bindings changed since the last commit.
     dirty: bool,
+    /// After a walk found the pool full: no address frees up before this time unless
+    /// one is released (a flood of SOLICITs then costs no walk each).
+    exhausted_until: Option<i64>,
 }
 
 impl LeaseDb {
@@ -133,6 +136,7 @@ impl LeaseDb {
             by_client: HashMap::new(),
             path: None,
             dirty: false,
+            exhausted_until: None,
         };
         db.configure(config);
         db
@@ -248,6 +252,7 @@ impl LeaseDb {
             .collect();
         self.pool_size = self.pool.iter().map(|r| r.end - r.start + 1).sum();
         self.hosts = config.hosts.clone();
+        self.exhausted_until = None;
         self.reserved_ips = self.hosts.iter().map(|host| host.ip).collect();
         let stale: Vec<Ipv6Addr> = self
             .by_ip
@@ -375,6 +380,9 @@ impl LeaseDb {
     }
 
     fn allocate(&mut self, key: &ClientKey, now: i64) -> Option<Ipv6Addr> {
+        if self.exhausted_until.is_some_and(|until| now < until) {
+            return None;
+        }
         let size = self.pool_size.max(1);
         for step in 0..self.pool_size {
             let position = (self.cursor + step) % size;
@@ -387,6 +395,14 @@ impl LeaseDb {
                 return Some(ip);
             }
         }
+        self.exhausted_until = Some(
+            self.by_ip
+                .values()
+                .map(|lease| lease.expiry)
+                .min()
+                .unwrap_or(i64::MAX),
+        );
+        tracing::warn!(network = %self.network, "DHCPv6 range full: no address to give");
         None
     }
 
@@ -494,6 +510,7 @@ impl LeaseDb {
     }
 
     fn remove(&mut self, ip: Ipv6Addr) {
+        self.exhausted_until = None;
         if let Some(lease) = self.by_ip.remove(&ip)
             && self.by_client.get(&lease.key) == Some(&ip)
         {
@@ -590,6 +607,8 @@ mod tests {
         let b = db.offer(&key(2), None, None, 0).unwrap();
         assert_ne!(a, b);
         assert_eq!(db.offer(&key(3), None, None, 0), None, "pool of two");
+        assert_eq!(db.exhausted_until, Some(OFFER_HOLD_SECS));
+        assert_eq!(db.offer(&key(5), None, None, 1), None, "no walk until then");
         // Offers lapse; bound leases do not.
         db.bind(&key(1), a, None, None, 3600, 0);
         let c = db.offer(&key(3), None, None, OFFER_HOLD_SECS + 1).unwrap();
