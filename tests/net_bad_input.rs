@@ -86,6 +86,22 @@ fn malformed_and_invalid_definitions_are_refused() {
         "<network><name>v</name><ip address='192.168.9.1' prefix='24'><dhcp><range start='192.168.10.2' end='192.168.10.9'/></dhcp></ip></network>",
         &["192.168.10.2"],
     );
+    // DHCPv6: a range off the subnet, a host with a MAC, a DUID with a bad character.
+    define_rejects(
+        &daemon,
+        "<network><name>v</name><ip family='ipv6' address='fd00:9::1' prefix='64'><dhcp><range start='fd00:8::10' end='fd00:8::20'/></dhcp></ip></network>",
+        &["fd00:8::10", "'v'"],
+    );
+    define_rejects(
+        &daemon,
+        "<network><name>v</name><ip family='ipv6' address='fd00:9::1' prefix='64'><dhcp><host mac='52:54:00:00:00:01' ip='fd00:9::5'/></dhcp></ip></network>",
+        &["52:54:00:00:00:01", "IPv6 static host"],
+    );
+    define_rejects(
+        &daemon,
+        "<network><name>v</name><ip family='ipv6' address='fd00:9::1' prefix='64'><dhcp><host id='0:1:x' ip='fd00:9::5'/></dhcp></ip></network>",
+        &["Invalid character 'x' in id '0:1:x' of network 'v'"],
+    );
     define_rejects(
         &daemon,
         "<network><name>v</name><bandwidth><inbound average='1'/></bandwidth></network>",

@@ -9,6 +9,7 @@
 pub mod api;
 mod daemon;
 pub mod dhcp;
+pub mod dhcp6;
 pub mod dns;
 pub mod firewall;
 pub mod link;

@@ -18,6 +18,7 @@ use tracing::{info, instrument, warn};
 use crate::api::types::{Lease, NetworkSummary, UpdateResponse};
 use crate::api::{ApiError, ErrorKind};
 use crate::dhcp::{self, DhcpConfig, DhcpHostConfig, DhcpServer};
+use crate::dhcp6::{self, Dhcp6Config, Dhcp6HostConfig, Dhcp6Server};
 use crate::dns::{self, DnsConfig, DnsServer};
 use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
 use crate::link::{self, BridgeSpec, Link, LinkInfo, PrefixCache, sysctl};
@@ -151,6 +152,8 @@ struct Network {
     autostart: bool,
     /// The network's DHCP server, while it is active and has `<dhcp>`.
     dhcp: Option<DhcpServer>,
+    /// The network's DHCPv6 server, while it is active and its IPv6 `<ip>` has `<dhcp>`.
+    dhcp6: Option<Dhcp6Server>,
     /// The network's DNS server, while it is active with DNS enabled.
     dns: Option<DnsServer>,
     /// The network's router advertisements, while it is active with an IPv6 `<ip>`.
@@ -167,6 +170,7 @@ impl Network {
             live: None,
             autostart,
             dhcp: None,
+            dhcp6: None,
             dns: None,
             ra: None,
             tftp: None,
@@ -180,6 +184,7 @@ impl Network {
             live: None,
             autostart: false,
             dhcp: None,
+            dhcp6: None,
             dns: None,
             ra: None,
             tftp: None,
@@ -192,6 +197,7 @@ impl Network {
     fn run(&mut self, def: NetworkDef, servers: Servers) {
         self.live = Some(def);
         self.dhcp = servers.dhcp;
+        self.dhcp6 = servers.dhcp6;
         self.dns = servers.dns;
         self.ra = servers.ra;
         self.tftp = servers.tftp;
@@ -201,6 +207,7 @@ impl Network {
     fn take_servers(&mut self) -> Servers {
         Servers {
             dhcp: self.dhcp.take(),
+            dhcp6: self.dhcp6.take(),
             dns: self.dns.take(),
             ra: self.ra.take(),
             tftp: self.tftp.take(),
@@ -237,17 +244,18 @@ pub struct Manager {
     firewall: Box<dyn Firewall>,
 }
 
-/// The DHCP, DNS, router advertisement and TFTP servers of a running network.
+/// The DHCP, DHCPv6, DNS, router advertisement and TFTP servers of a running network.
 #[derive(Debug, Default)]
 struct Servers {
     dhcp: Option<DhcpServer>,
+    dhcp6: Option<Dhcp6Server>,
     dns: Option<DnsServer>,
     ra: Option<RaServer>,
     tftp: Option<TftpServer>,
 }
 
 impl Servers {
-    /// Stops them, DNS before DHCP (it reads the DHCP leases).
+    /// Stops them, DNS before DHCP and DHCPv6 (it reads their leases).
     async fn stop(self) {
         if let Some(server) = self.tftp {
             server.stop().await;
@@ -259,6 +267,9 @@ impl Servers {
             server.stop().await;
         }
         if let Some(server) = self.dhcp {
+            server.stop().await;
+        }
+        if let Some(server) = self.dhcp6 {
             server.stop().await;
         }
     }
@@ -455,13 +466,15 @@ impl Manager {
         }
         let network = def.name.as_str();
         let dhcp = logged(network, "DHCP server", self.start_dhcp(def));
+        let dhcp6 = logged(network, "DHCPv6 server", self.start_dhcp6(def));
         let dns = logged(
             network,
             "DNS server",
-            self.start_dns(def, dhcp.as_ref(), networks),
+            self.start_dns(def, lease_names(dhcp.as_ref(), dhcp6.as_ref()), networks),
         );
         Servers {
             dhcp,
+            dhcp6,
             dns,
             ra: logged(network, "router advertisements", self.start_ra(def)),
             tftp: logged(network, "TFTP server", self.start_tftp(def)),
@@ -878,7 +891,8 @@ impl Manager {
         };
         // A lease journal this start creates goes with a failed start; an older one
         // holds the leases of an earlier run.
-        let had_leases = self.store.lease_path(&def.name).exists();
+        let had_leases =
+            self.store.lease_path(&def.name).exists() || self.store.lease6_path(&def.name).exists();
         self.store
             .save_status(&def.name, &status(Phase::Starting))?;
         let mut undo = Vec::new();
@@ -889,7 +903,12 @@ impl Manager {
                 ..Servers::default()
             };
             let started = self
-                .start_dns(def, servers.dhcp.as_ref(), networks)
+                .start_dhcp6(def)
+                .map(|dhcp6| servers.dhcp6 = dhcp6)
+                .and_then(|()| {
+                    let names = lease_names(servers.dhcp.as_ref(), servers.dhcp6.as_ref());
+                    self.start_dns(def, names, networks)
+                })
                 .map(|dns| servers.dns = dns)
                 .and_then(|()| self.start_ra(def))
                 .map(|ra| servers.ra = ra)
@@ -942,18 +961,28 @@ impl Manager {
             .map_err(|e| failed_step(def, "starting the DHCP server", e))
     }
 
+    /// Starts the DHCPv6 server of a network whose IPv6 `<ip>` has `<dhcp>`.
+    fn start_dhcp6(&self, def: &NetworkDef) -> Result<Option<Dhcp6Server>, Error> {
+        let Some(config) = dhcp6_config(def) else {
+            return Ok(None);
+        };
+        Dhcp6Server::start(config, self.store.lease6_path(&def.name))
+            .map(Some)
+            .map_err(|e| failed_step(def, "starting the DHCPv6 server", e))
+    }
+
     /// Starts the DNS server of a network with DNS enabled; it resolves the hostnames
-    /// of `dhcp`'s leases. `networks` are the others, whose addresses are never upstreams.
+    /// `lease_names` reads. `networks` are the others, whose addresses are never upstreams.
     fn start_dns(
         &self,
         def: &NetworkDef,
-        dhcp: Option<&DhcpServer>,
+        lease_names: Option<dns::LeaseSource>,
         networks: &BTreeMap<String, Network>,
     ) -> Result<Option<DnsServer>, Error> {
         let Some(config) = dns_config(def, networks) else {
             return Ok(None);
         };
-        DnsServer::start(config, lease_names(dhcp))
+        DnsServer::start(config, lease_names)
             .map(Some)
             .map_err(|e| failed_step(def, "starting the DNS server", e))
     }
@@ -1346,11 +1375,37 @@ impl Manager {
             ),
             _ => None,
         };
-        let lease_source = match (&new_dhcp, &started_dhcp) {
-            (None, _) => None,
-            (Some(_), Some(started)) => lease_names(Some(started)),
-            (Some(_), None) => lease_names(network.dhcp.as_ref()),
+        let new_dhcp6 = new_live.as_ref().and_then(dhcp6_config);
+        let had_leases6 = self.store.lease6_path(&name).exists();
+        let started_dhcp6 = match (&new_dhcp6, &network.dhcp6) {
+            (Some(dhcp6), None) => {
+                match Dhcp6Server::start(dhcp6.clone(), self.store.lease6_path(&name)) {
+                    Ok(server) => Some(server),
+                    Err(e) => {
+                        if let Some(server) = started_dhcp {
+                            server.stop().await;
+                            if !had_leases && let Err(cleanup) = self.store.delete_leases(&name) {
+                                warn!(network = %name, "{}", error_chain(&cleanup));
+                            }
+                        }
+                        return Err(Error::Live {
+                            network: name.clone(),
+                            step: "starting the DHCPv6 server",
+                            source: Box::new(e),
+                        });
+                    }
+                }
+            }
+            _ => None,
         };
+        let lease_source = lease_names(
+            new_dhcp
+                .as_ref()
+                .and(started_dhcp.as_ref().or(network.dhcp.as_ref())),
+            new_dhcp6
+                .as_ref()
+                .and(started_dhcp6.as_ref().or(network.dhcp6.as_ref())),
+        );
         let started_at = self.started_at(&name);
         let persistent = network.config.is_some();
         let recorded = (|| {
@@ -1385,6 +1440,12 @@ impl Manager {
                         warn!(network = %name, "{}", error_chain(&cleanup));
                     }
                 }
+                if let Some(server) = started_dhcp6 {
+                    server.stop().await;
+                    if !had_leases6 && let Err(cleanup) = self.store.delete_leases(&name) {
+                        warn!(network = %name, "{}", error_chain(&cleanup));
+                    }
+                }
                 return Err(e);
             }
         };
@@ -1403,8 +1464,31 @@ impl Manager {
                 (Some(server), None) => server.stop().await,
                 (None, _) => network.dhcp = started_dhcp,
             }
+            match (network.dhcp6.take(), new_dhcp6) {
+                (Some(server), Some(dhcp6)) => {
+                    server.update(dhcp6);
+                    network.dhcp6 = Some(server);
+                }
+                (Some(server), None) => server.stop().await,
+                (None, _) => network.dhcp6 = started_dhcp6,
+            }
             if let (Some(server), Some(resolver)) = (&network.dns, new_resolver) {
                 server.replace(resolver);
+            }
+            // A DHCPv6 range added or removed changes the M and O flags: advertise anew.
+            let new_ra = ra_config(&def);
+            if new_ra != network.live.as_ref().and_then(ra_config) {
+                match new_ra.map(RaServer::start).transpose() {
+                    Ok(started) => {
+                        // Dropped, not stopped: its last advertisement would withdraw
+                        // the router the new one announces.
+                        drop(network.ra.take());
+                        network.ra = started;
+                    }
+                    Err(e) => {
+                        warn!(network = %name, "router advertisements not updated: {}", error_chain(&e))
+                    }
+                }
             }
             network.live = Some(def);
         }
@@ -1420,23 +1504,48 @@ impl Manager {
         let networks = self.networks.lock().await;
         let name = lookup(&networks, key)?;
         let network = &networks[&name];
-        let (Some(server), Some(def)) = (&network.dhcp, &network.live) else {
+        let Some(def) = &network.live else {
             return Ok(Vec::new());
         };
-        let prefix = def
-            .first_ipv4()
-            .and_then(|ip| ip.prefix_len())
-            .unwrap_or(32);
-        let leases = server.leases().into_iter().map(|lease| Lease {
-            expiry_time: lease.expiry_unix,
-            mac: dhcp::format_mac(&lease.mac),
-            ip_address: lease.ip.into(),
-            prefix,
-            hostname: lease.hostname,
-            // virsh prints client identifiers colon-separated, like MACs.
-            client_id: lease.client_id.as_deref().map(dhcp::format_mac),
-        });
-        Ok(leases.collect())
+        // libvirt prints each lease with the prefix of the network's first <ip> of its family.
+        let prefix_of = |ipv4: bool, default: u8| {
+            def.ips
+                .iter()
+                .find(|ip| ip.is_ipv4() == ipv4)
+                .and_then(|ip| ip.prefix_len())
+                .unwrap_or(default)
+        };
+        let mut leases = Vec::new();
+        if let Some(server) = &network.dhcp {
+            let prefix = prefix_of(true, 32);
+            leases.extend(server.leases().into_iter().map(|lease| Lease {
+                expiry_time: lease.expiry_unix,
+                mac: dhcp::format_mac(&lease.mac),
+                ip_address: lease.ip.into(),
+                prefix,
+                hostname: lease.hostname,
+                // virsh prints client identifiers colon-separated, like MACs.
+                client_id: lease.client_id.as_deref().map(dhcp::format_mac),
+            }));
+        }
+        if let Some(server) = &network.dhcp6 {
+            let prefix = prefix_of(false, 128);
+            leases.extend(server.leases().into_iter().map(|lease| {
+                Lease {
+                    expiry_time: lease.expiry_unix,
+                    // virsh prints a lease without a known MAC with "-".
+                    mac: lease
+                        .mac
+                        .map_or_else(|| "-".to_owned(), |mac| dhcp::format_mac(&mac)),
+                    ip_address: lease.ip.into(),
+                    prefix,
+                    hostname: lease.hostname,
+                    // dnsmasq hands libvirt the DUID in the same colon-separated hex.
+                    client_id: Some(dhcp::format_mac(&lease.duid)),
+                }
+            }));
+        }
+        Ok(leases)
     }
 }
 
@@ -1577,17 +1686,28 @@ fn lease_duration(lease: Option<&xml::Lease>) -> Option<std::time::Duration> {
     lease.map(|lease| std::time::Duration::from_secs(lease.seconds().unwrap_or(0)))
 }
 
-/// The hostnames of `dhcp`'s leases, as the network's DNS server reads them.
-fn lease_names(dhcp: Option<&DhcpServer>) -> Option<dns::LeaseSource> {
-    dhcp.map(|server| {
-        let read = server.lease_reader();
-        Arc::new(move || {
-            read()
-                .into_iter()
-                .filter_map(|lease| Some((lease.ip, lease.hostname?)))
-                .collect()
-        }) as dns::LeaseSource
-    })
+/// The hostnames of `dhcp`'s and `dhcp6`'s leases (and of the DHCPv6 reservations), as
+/// the network's DNS server reads them.
+fn lease_names(dhcp: Option<&DhcpServer>, dhcp6: Option<&Dhcp6Server>) -> Option<dns::LeaseSource> {
+    if dhcp.is_none() && dhcp6.is_none() {
+        return None;
+    }
+    let read = dhcp.map(DhcpServer::lease_reader);
+    let read6 = dhcp6.map(Dhcp6Server::name_reader);
+    Some(Arc::new(move || {
+        let mut names: Vec<(std::net::IpAddr, String)> = Vec::new();
+        if let Some(read) = &read {
+            names.extend(
+                read()
+                    .into_iter()
+                    .filter_map(|lease| Some((lease.ip.into(), lease.hostname?))),
+            );
+        }
+        if let Some(read6) = &read6 {
+            names.extend(read6().into_iter().map(|(ip, name)| (ip.into(), name)));
+        }
+        names
+    }) as dns::LeaseSource)
 }
 
 /// The status of a running network whose definition is `live`.
@@ -1636,6 +1756,7 @@ fn ra_config(def: &NetworkDef) -> Option<RaConfig> {
             .filter_map(|&(address, prefix)| ipnet::Ipv6Net::new(address, prefix).ok())
             .map(|net| net.trunc())
             .collect(),
+        managed_prefix: dhcp6_config(def).map(|config| config.subnet),
         router_lifetime: if def.forward_mode() == ForwardMode::Isolated {
             Duration::ZERO
         } else {
@@ -1677,6 +1798,47 @@ fn dns_config(def: &NetworkDef, networks: &BTreeMap<String, Network>) -> Option<
         txts: def.dns.txts.clone(),
         forwarders: def.dns.forwarders.clone(),
         default_upstreams,
+    })
+}
+
+/// What the DHCPv6 server serves, from the IPv6 `<ip>` with `<dhcp>` (libvirt allows
+/// only one). `None` when the network hands out no IPv6 addresses, or on a bridge whose
+/// MAC is not known yet.
+fn dhcp6_config(def: &NetworkDef) -> Option<Dhcp6Config> {
+    let ip = def.ips.iter().find(|ip| !ip.is_ipv4() && ip.has_dhcp())?;
+    let std::net::IpAddr::V6(address) = ip.address else {
+        return None;
+    };
+    let subnet = ipnet::Ipv6Net::new(address, ip.prefix_len()?).ok()?.trunc();
+    let ipv6 = |addr: std::net::IpAddr| match addr {
+        std::net::IpAddr::V6(v6) => Some(v6),
+        std::net::IpAddr::V4(_) => None,
+    };
+    let ranges = ip.dhcp_ranges.iter().filter_map(|range| {
+        Some((
+            ipv6(range.start)?,
+            ipv6(range.end)?,
+            lease_duration(range.lease.as_ref()),
+        ))
+    });
+    let hosts = ip.dhcp_hosts.iter().filter_map(|host| {
+        Some(Dhcp6HostConfig {
+            duid: host.duid(),
+            name: host.name.clone(),
+            ip: ipv6(host.ip)?,
+            lease: lease_duration(host.lease.as_ref()),
+        })
+    });
+    Some(Dhcp6Config {
+        network: def.name.clone(),
+        interface: def.bridge_name()?.to_owned(),
+        server_mac: def.mac.map(|mac| mac.0)?,
+        subnet,
+        ranges: ranges.collect(),
+        hosts: hosts.collect(),
+        dns_server: def.is_dns_enabled().then_some(address),
+        domain: def.domain.as_ref().map(|domain| domain.name.clone()),
+        default_lease: dhcp6::DEFAULT_LEASE,
     })
 }
 

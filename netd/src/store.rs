@@ -281,7 +281,12 @@ impl Store {
         self.status_dir.join(format!("{name}.leases"))
     }
 
-    /// The networks that have a lease file, by name.
+    /// Where a network's DHCPv6 server keeps its leases.
+    pub fn lease6_path(&self, name: &str) -> PathBuf {
+        self.status_dir.join(format!("{name}.leases6"))
+    }
+
+    /// The networks that have a lease file (DHCP or DHCPv6), by name.
     pub fn lease_file_names(&self) -> Result<Vec<String>, Error> {
         let entries = match fs::read_dir(&self.status_dir) {
             Ok(entries) => entries,
@@ -291,19 +296,23 @@ impl Store {
         let mut names = Vec::new();
         for entry in entries {
             let path = entry.map_err(io_err("listing", &self.status_dir))?.path();
-            if path.extension().is_some_and(|ext| ext == "leases")
+            if path
+                .extension()
+                .is_some_and(|ext| ext == "leases" || ext == "leases6")
                 && let Some(name) = stem(&path)
             {
                 names.push(name);
             }
         }
         names.sort();
+        names.dedup();
         Ok(names)
     }
 
     /// Forgets a network's leases (undefined, or a transient network stopped).
     pub fn delete_leases(&self, name: &str) -> Result<(), Error> {
-        remove_if_exists(&self.lease_path(name))
+        remove_if_exists(&self.lease_path(name))?;
+        remove_if_exists(&self.lease6_path(name))
     }
 
     /// Removes a network's live status.

@@ -51,7 +51,7 @@ fn resolver() -> &'static Resolver {
         };
         let leases = Arc::new(|| {
             (0..40u8)
-                .map(|i| (Ipv4Addr::new(192, 168, 77, 100 + i), format!("guest{i}")))
+                .map(|i| (Ipv4Addr::new(192, 168, 77, 100 + i).into(), format!("guest{i}")))
                 .collect()
         });
         Resolver::new(&config, Some(leases)).expect("invariant: valid fuzz config")

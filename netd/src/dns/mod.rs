@@ -24,7 +24,7 @@ pub mod resolver;
 pub mod server;
 pub mod zone;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -36,8 +36,9 @@ use crate::xml::{DnsForwarder, DnsHost, DnsSrv, DnsTxt};
 /// The DNS port.
 pub const DNS_PORT: u16 = 53;
 
-/// Reads the current DHCP leases of the network as `(address, hostname)` pairs.
-pub type LeaseSource = Arc<dyn Fn() -> Vec<(Ipv4Addr, String)> + Send + Sync>;
+/// Reads the current DHCP and DHCPv6 leases (and named DHCPv6 reservations) of the
+/// network as `(address, hostname)` pairs.
+pub type LeaseSource = Arc<dyn Fn() -> Vec<(IpAddr, String)> + Send + Sync>;
 
 /// What the DNS server of one network serves; built by the manager from the network XML.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -581,7 +581,7 @@ mod tests {
     }
 
     fn leases() -> LeaseSource {
-        Arc::new(|| vec![(Ipv4Addr::new(192, 168, 122, 77), "web1".to_owned())])
+        Arc::new(|| vec![(Ipv4Addr::new(192, 168, 122, 77).into(), "web1".to_owned())])
     }
 
     fn query(name: &str, rtype: RecordType, edns: bool) -> Vec<u8> {
@@ -643,6 +643,33 @@ mod tests {
         assert!(reply.answers.is_empty());
         let reply = ask(&resolver, "static1.example.test.", RecordType::ANY);
         assert_eq!(reply.answers.len(), 2);
+    }
+
+    #[test]
+    fn dhcpv6_leases_answer_aaaa_and_ip6_arpa_ptr() {
+        let leases: LeaseSource = Arc::new(|| {
+            vec![
+                (Ipv4Addr::new(192, 168, 122, 77).into(), "web1".to_owned()),
+                ("2001:db8:ca2:2::77".parse().unwrap(), "web1".to_owned()),
+            ]
+        });
+        let resolver = Resolver::new(&config(), Some(leases)).unwrap();
+        let v6: Ipv6Addr = "2001:db8:ca2:2::77".parse().unwrap();
+        let reply = ask(&resolver, "web1.example.test.", RecordType::AAAA);
+        assert_eq!(rdata(&reply), [RData::AAAA(v6.into())]);
+        let reply = ask(&resolver, "web1.example.test.", RecordType::A);
+        assert_eq!(
+            rdata(&reply),
+            [RData::A(Ipv4Addr::new(192, 168, 122, 77).into())]
+        );
+        let reverse = "7.7.0.0.0.0.0.0.0.0.0.0.0.0.0.0.2.0.0.0.2.a.c.0.8.b.d.0.1.0.0.2.ip6.arpa.";
+        let reply = ask(&resolver, reverse, RecordType::PTR);
+        assert_eq!(
+            rdata(&reply),
+            [RData::PTR(hickory_proto::rr::rdata::PTR(
+                Name::from_ascii("web1.example.test.").unwrap()
+            ))]
+        );
     }
 
     #[test]
@@ -808,7 +835,7 @@ mod tests {
     fn names_above_local_names_exist_without_records() {
         let lease_in_subdomain: LeaseSource = Arc::new(|| {
             vec![(
-                Ipv4Addr::new(192, 168, 122, 78),
+                Ipv4Addr::new(192, 168, 122, 78).into(),
                 "vm.lab.private.test".to_owned(),
             )]
         });
@@ -874,8 +901,11 @@ mod tests {
         });
         let leases: LeaseSource = Arc::new(|| {
             vec![
-                (Ipv4Addr::new(192, 168, 122, 77), "web1".to_owned()),
-                (Ipv4Addr::new(192, 168, 122, 78), "static2".to_owned()),
+                (Ipv4Addr::new(192, 168, 122, 77).into(), "web1".to_owned()),
+                (
+                    Ipv4Addr::new(192, 168, 122, 78).into(),
+                    "static2".to_owned(),
+                ),
             ]
         });
         let resolver = Resolver::new(&config, Some(leases)).unwrap();
@@ -947,7 +977,7 @@ mod tests {
         table
             .lock()
             .unwrap()
-            .push((Ipv4Addr::new(192, 168, 122, 9), "late".to_owned()));
+            .push((Ipv4Addr::new(192, 168, 122, 9).into(), "late".to_owned()));
         std::thread::sleep(LEASE_REFRESH_ON_MISS);
         let reply = ask(&resolver, "late.example.test.", RecordType::A);
         assert_eq!(

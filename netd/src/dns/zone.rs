@@ -7,7 +7,7 @@
 //! so a query is looked up straight from its packet bytes.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
@@ -115,13 +115,14 @@ impl Zone {
         Ok(zone)
     }
 
-    /// The dynamic part: one name per leased hostname, qualified with `domain`.
-    /// Hostnames that are not valid DNS names are skipped.
-    pub fn from_leases(leases: &[(Ipv4Addr, String)], domain: Option<&Name>) -> Zone {
+    /// The dynamic part: one name per leased hostname, qualified with `domain` (A for
+    /// DHCP leases, AAAA for DHCPv6 ones, and PTR for both). Hostnames that are not
+    /// valid DNS names are skipped.
+    pub fn from_leases(leases: &[(IpAddr, String)], domain: Option<&Name>) -> Zone {
         let mut zone = Zone::default();
         for (ip, hostname) in leases {
             if let Some(names) = qualified(hostname, domain) {
-                zone.add_address(&names, IpAddr::V4(*ip));
+                zone.add_address(&names, *ip);
             }
         }
         zone

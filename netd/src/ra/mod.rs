@@ -12,7 +12,12 @@
 //! prefixes are not advertised); the host as default router for 30 minutes, or not at
 //! all on isolated networks (libvirt's `ra-param=*,0,0`); the bridge's MTU when the
 //! network sets one; the bridge's first IPv6 address as DNS server (RDNSS) when the
-//! network serves DNS. No managed or other-config flag: kvnet has no DHCPv6.
+//! network serves DNS.
+//!
+//! The `<ip>` with DHCPv6 (libvirt's `enable-ra` with a plain `dhcp-range`) is advertised
+//! as dnsmasq's radv.c does for such a range: the managed (M) and other-config (O) flags
+//! are set, and its prefix is on-link but not autonomous, so guests take their address
+//! from DHCPv6 instead of making one up; other /64s stay autonomous.
 
 pub mod server;
 
@@ -38,8 +43,11 @@ pub struct RaConfig {
     pub interface: String,
     /// The bridge's MAC (source link-layer address option).
     pub mac: [u8; 6],
-    /// The /64 prefixes guests configure addresses in.
+    /// The /64 prefixes guests configure addresses in (SLAAC).
     pub prefixes: Vec<ipnet::Ipv6Net>,
+    /// The prefix of the `<ip>` whose addresses DHCPv6 hands out: advertised on-link
+    /// only, with the M and O flags.
+    pub managed_prefix: Option<ipnet::Ipv6Net>,
     /// How long guests may route through the host; zero on isolated networks.
     pub router_lifetime: Duration,
     /// `<mtu size=>`.
@@ -84,14 +92,22 @@ const OPTION_PREFIX_INFORMATION: u8 = 3;
 const OPTION_MTU: u8 = 5;
 const OPTION_RDNSS: u8 = 25;
 /// Prefix information flags: on-link (L) and autonomous address configuration (A).
-const PREFIX_ON_LINK_AUTONOMOUS: u8 = 0xc0;
+const PREFIX_ON_LINK: u8 = 0x80;
+const PREFIX_AUTONOMOUS: u8 = 0x40;
+/// Advertisement flags: managed address configuration (M) and other configuration (O).
+const MANAGED_AND_OTHER: u8 = 0xc0;
 
 /// The router advertisement of `config`, with `router_lifetime` in place of the
 /// configured one (zero in the last advertisement). The checksum is left zero: the
 /// kernel fills it in on ICMPv6 raw sockets.
 pub fn advertisement(config: &RaConfig, router_lifetime: Duration) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + 8 + 8 + 32 * config.prefixes.len() + 24);
-    out.extend_from_slice(&[ROUTER_ADVERTISEMENT, 0, 0, 0, CUR_HOP_LIMIT, 0]);
+    let flags = if config.managed_prefix.is_some() {
+        MANAGED_AND_OTHER
+    } else {
+        0
+    };
+    out.extend_from_slice(&[ROUTER_ADVERTISEMENT, 0, 0, 0, CUR_HOP_LIMIT, flags]);
     out.extend_from_slice(&seconds_u16(router_lifetime).to_be_bytes());
     // Reachable time and retransmission timer: unspecified.
     out.extend_from_slice(&[0; 8]);
@@ -102,12 +118,18 @@ pub fn advertisement(config: &RaConfig, router_lifetime: Duration) -> Vec<u8> {
         out.extend_from_slice(&[OPTION_MTU, 1, 0, 0]);
         out.extend_from_slice(&mtu.to_be_bytes());
     }
-    for prefix in &config.prefixes {
+    let managed = config.managed_prefix.iter().map(|p| (p, PREFIX_ON_LINK));
+    let slaac = config
+        .prefixes
+        .iter()
+        .filter(|p| Some(**p) != config.managed_prefix)
+        .map(|p| (p, PREFIX_ON_LINK | PREFIX_AUTONOMOUS));
+    for (prefix, prefix_flags) in managed.chain(slaac) {
         out.extend_from_slice(&[
             OPTION_PREFIX_INFORMATION,
             4,
             prefix.prefix_len(),
-            PREFIX_ON_LINK_AUTONOMOUS,
+            prefix_flags,
         ]);
         let lifetime = seconds_u32(PREFIX_LIFETIME).to_be_bytes();
         out.extend_from_slice(&lifetime); // valid
@@ -160,6 +182,7 @@ mod tests {
             interface: "virbr9".into(),
             mac: [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc],
             prefixes: vec!["2001:db8:ca2:2::1/64".parse().unwrap()],
+            managed_prefix: None,
             router_lifetime: ROUTER_LIFETIME,
             mtu: Some(9000),
             dns_server: Some("2001:db8:ca2:2::1".parse().unwrap()),
@@ -187,6 +210,32 @@ mod tests {
         ]
         .concat();
         assert_eq!(packet, expected);
+    }
+
+    /// As dnsmasq's radv.c for a plain DHCPv6 `dhcp-range` with `enable-ra`: M and O
+    /// set, the DHCPv6 prefix on-link without A, a SLAAC /64 beside it still autonomous.
+    #[test]
+    fn a_dhcpv6_prefix_is_managed_and_not_autonomous() {
+        let managed: ipnet::Ipv6Net = "2001:db8:ca2:2::/64".parse().unwrap();
+        let with_dhcp6 = RaConfig {
+            prefixes: vec![managed, "fd00:1::/64".parse().unwrap()],
+            managed_prefix: Some(managed),
+            mtu: None,
+            dns_server: None,
+            ..config()
+        };
+        let packet = advertisement(&with_dhcp6, ROUTER_LIFETIME);
+        assert_eq!(packet[5], 0xc0, "M and O flags");
+        // Header, source link-layer address, then the two prefixes.
+        assert_eq!(packet.len(), 16 + 8 + 32 + 32);
+        assert_eq!(packet[24..28], [3, 4, 64, 0x80]);
+        assert_eq!(packet[40..56], managed.network().octets());
+        assert_eq!(packet[56..60], [3, 4, 64, 0xc0]);
+        assert_eq!(
+            advertisement(&config(), ROUTER_LIFETIME)[5],
+            0,
+            "SLAAC only: no flags"
+        );
     }
 
     #[test]

@@ -441,7 +441,18 @@ pub struct DhcpHost {
     pub lease: Option<Lease>,
 }
 
+/// Longest DUID (RFC 8415 11.1: at most 128 octets plus the 2-octet type).
+pub const MAX_DUID_LEN: usize = 130;
+
 impl DhcpHost {
+    /// The `id` as DUID bytes, read the way dnsmasq reads it: `:`-separated groups of
+    /// one or two hex digits are one byte each (`0:4:7e`), longer groups of an even
+    /// count of digits several bytes (`000102`). `None` without an `id` or when it is
+    /// not that shape.
+    pub fn duid(&self) -> Option<Vec<u8>> {
+        parse_duid(self.id.as_deref()?)
+    }
+
     /// The MAC the way it is written back: as the document spelled it, else canonical.
     pub fn mac_display(&self) -> Option<String> {
         self.mac_text
@@ -687,4 +698,25 @@ impl NetworkDef {
             self.forward.nat.port = Some(DEFAULT_NAT_PORTS);
         }
     }
+}
+
+/// Reads a DUID written as in `<host id=>` (see [`DhcpHost::duid`]).
+pub fn parse_duid(text: &str) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    for group in text.split(':') {
+        if !group.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        match group.len() {
+            1 | 2 => bytes.push(u8::from_str_radix(group, 16).ok()?),
+            n if n > 2 && n % 2 == 0 => {
+                for pair in group.as_bytes().chunks(2) {
+                    let pair = std::str::from_utf8(pair).ok()?;
+                    bytes.push(u8::from_str_radix(pair, 16).ok()?);
+                }
+            }
+            _ => return None,
+        }
+    }
+    (!bytes.is_empty() && bytes.len() <= MAX_DUID_LEN).then_some(bytes)
 }

@@ -763,13 +763,6 @@ impl Parser {
     /// matches on any of mac, name and ip).
     pub(super) fn dhcp_host_fields(&self, element: &Element) -> Result<DhcpHostFields, Error> {
         self.check_attrs(element, &["mac", "id", "name", "ip"])?;
-        if element.attr("id").is_some() {
-            return Err(self.unsupported(
-                "attribute 'id' on <host> (a DHCPv6 client DUID; DHCPv4 reservations use mac)"
-                    .to_string(),
-                element.line,
-            ));
-        }
         let mac = match element.attr("mac") {
             None => None,
             Some(text) => Some(text.parse::<MacAddr>().map_err(|_| {
@@ -928,13 +921,6 @@ impl Parser {
             ip.tftp_root = Some(self.required(tftp, "root")?.to_owned());
         }
         if let Some(dhcp) = dhcp {
-            if address.is_ipv6() {
-                return Err(self.unsupported(
-                    "element <dhcp> inside IPv6 <ip> (kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements)"
-                        .to_string(),
-                    dhcp.line,
-                ));
-            }
             self.check_attrs(dhcp, &[])?;
             self.check_no_text(dhcp)?;
             let mut bootp = None;
@@ -942,6 +928,14 @@ impl Parser {
                 match child.name.as_str() {
                     "range" => ip.dhcp_ranges.push(self.dhcp_range(child)?),
                     "host" => ip.dhcp_hosts.push(self.dhcp_host(child)?),
+                    // libvirt reads <bootp> of IPv4 only (network boot is DHCPv4's).
+                    "bootp" if address.is_ipv6() => {
+                        return Err(self.unsupported(
+                            "element <bootp> inside IPv6 <dhcp> (network boot is served over DHCPv4)"
+                                .to_string(),
+                            child.line,
+                        ));
+                    }
                     "bootp" => self.once(&mut bootp, child)?,
                     _ => return Err(self.unsupported_child(dhcp, child)),
                 }

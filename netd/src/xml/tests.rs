@@ -716,26 +716,22 @@ fn unsupported_libvirt_features_are_rejected_by_name() {
 /// Features kvnet does not serve are refused by name rather than stored and
 /// silently ignored; their `no` forms (the defaults) stay accepted.
 #[test]
-fn unimplemented_ipv6_dhcp_nat_duid_and_local_ptr_are_rejected_by_name() {
+fn unimplemented_ipv6_bootp_v4_duid_nat_and_local_ptr_are_rejected_by_name() {
     let v6_ip = "family='ipv6' address='fd00::1' prefix='64'";
     let cases = [
         (
             net_with_ip(
                 v6_ip,
-                "\n<dhcp><range start='fd00::10' end='fd00::20'/></dhcp>",
+                "<dhcp><range start='fd00::10' end='fd00::20'/>\n<bootp file='a'/></dhcp>",
             ),
-            "unsupported element <dhcp> inside IPv6 <ip> (kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements) in network 'n' (line 2)",
-        ),
-        (
-            net_with_ip(v6_ip, "<dhcp><host id='0:1:2' ip='fd00::5'/></dhcp>"),
-            "unsupported element <dhcp> inside IPv6 <ip> (kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements) in network 'n' (line 1)",
+            "unsupported element <bootp> inside IPv6 <dhcp> (network boot is served over DHCPv4) in network 'n' (line 2)",
         ),
         (
             net_with_ip(
                 "address='10.0.0.1' prefix='24'",
                 "<dhcp><host id='0:1:2' name='a' ip='10.0.0.5'/></dhcp>",
             ),
-            "unsupported attribute 'id' on <host> (a DHCPv6 client DUID; DHCPv4 reservations use mac) in network 'n' (line 1)",
+            "unsupported id '0:1:2' on dhcp <host> 10.0.0.5 in network 'n': it is a DHCPv6 client DUID, DHCPv4 reservations use mac",
         ),
         (
             net_with_ip("address='10.0.0.1' prefix='24' localPtr='yes'", ""),
@@ -754,16 +750,6 @@ fn unimplemented_ipv6_dhcp_nat_duid_and_local_ptr_are_rejected_by_name() {
     assert_round_trip(&defaults);
 
     // Definitions edited in code are refused by validate() as well.
-    let mut edited = parse(&net_with_ip(v6_ip, ""));
-    edited.ips[0].dhcp_ranges.push(DhcpRange {
-        start: "fd00::10".parse().unwrap(),
-        end: "fd00::20".parse().unwrap(),
-        lease: None,
-    });
-    assert_eq!(
-        edited.validate().unwrap_err().to_string(),
-        "unsupported <dhcp> on IPv6 address 'fd00::1' in network 'n': kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements"
-    );
     let mut edited = defaults.clone();
     edited.ips[0].local_ptr = Some(true);
     assert!(
@@ -1959,5 +1945,99 @@ fn network_ipv6_attribute_is_kept_like_libvirt() {
     assert_eq!(
         parse_err("<network ipv6='maybe'><name>x</name></network>"),
         "invalid value 'maybe' for attribute 'ipv6' of <network> in network 'x', expected 'yes' or 'no'"
+    );
+}
+
+/// libvirt's networkxml2xmlin/dhcp6host-routed-network.xml: DUID and name
+/// reservations under the IPv6 `<ip>`, written back as `net-dumpxml` does.
+const DHCP6_HOSTS_XML: &str = "<network>
+  <name>local</name>
+  <uuid>81ff0d90-c91e-6742-64da-4a736edb9a9b</uuid>
+  <forward mode='route'/>
+  <bridge name='virbr1' stp='on' delay='0'/>
+  <mac address='12:34:56:78:9a:bc'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp>
+      <host mac='00:16:3e:77:e2:ed' name='a.example.com' ip='192.168.122.10'/>
+    </dhcp>
+  </ip>
+  <ip family='ipv6' address='2001:db8:ac10:fd01::1' prefix='64'>
+    <dhcp>
+      <range start='2001:db8:ac10:fd01::1:10' end='2001:db8:ac10:fd01::1:1f'>
+        <lease expiry='2' unit='hours'/>
+      </range>
+      <host id='0:4:7e:7d:f0:7d:a8:bc:c5:d2:13:32:11:ed:16:ea:84:63' ip='2001:db8:ac10:fd01::1:20'/>
+      <host name='paul' ip='2001:db8:ac10:fd01::1:21'/>
+      <host id='0:3:0:1:0:16:3e:11:22:33' name='peter.xyz' ip='2001:db8:ac10:fd01::1:22'/>
+      <host id='0:1:0:1:18:aa:62:fe:0:16:3e:44:55:66' name='badbob' ip='2001:db8:ac10:fd01::1:24'/>
+    </dhcp>
+  </ip>
+</network>
+";
+
+#[test]
+fn ipv6_dhcp_hosts_and_ranges_round_trip() {
+    let def = parse(DHCP6_HOSTS_XML);
+    assert_eq!(def.to_xml(), DHCP6_HOSTS_XML);
+    let v6 = &def.ips[1];
+    assert_eq!(v6.dhcp_ranges.len(), 1);
+    assert_eq!(
+        v6.dhcp_hosts[2].duid(),
+        Some(vec![0, 3, 0, 1, 0, 0x16, 0x3e, 0x11, 0x22, 0x33])
+    );
+    assert_eq!(v6.dhcp_hosts[1].duid(), None);
+}
+
+#[test]
+fn ipv6_dhcp_errors_name_the_network_and_value() {
+    let v6_ip = "family='ipv6' address='fd00::1' prefix='64'";
+    let cases = [
+        (
+            "<dhcp><range start='fd00:0:0:1::10' end='fd00:0:0:1::20'/></dhcp>",
+            "range fd00:0:0:1::10 - fd00:0:0:1::20 is not entirely within network fd00::/64 of network 'n'",
+        ),
+        (
+            "<dhcp><range start='fd00::10' end='fd00::1:20'/></dhcp>",
+            "range fd00::10 - fd00::1:20 is too large (> 65535)",
+        ),
+        (
+            "<dhcp><host mac='52:54:00:00:00:01' name='a' ip='fd00::5'/></dhcp>",
+            "Invalid to specify MAC address '52:54:00:00:00:01' in network 'n' IPv6 static host definition",
+        ),
+        (
+            "<dhcp><host ip='fd00::5'/></dhcp>",
+            "Static host definition in IPv6 network 'n' must have id or name attribute",
+        ),
+        (
+            "<dhcp><host id='0:1:g' ip='fd00::5'/></dhcp>",
+            "Invalid character 'g' in id '0:1:g' of network 'n'",
+        ),
+        (
+            "<dhcp><host id='0::1' ip='fd00::5'/></dhcp>",
+            "Invalid id '0::1' of network 'n': a DUID is 1 to 130 hex bytes separated by ':'",
+        ),
+        (
+            "<dhcp><host id='0:1' ip='fd01::5'/></dhcp>",
+            "static host address fd01::5 is not within network fd00::/64 of network 'n'",
+        ),
+        (
+            "<dhcp><host name='-x' ip='fd00::5'/></dhcp>",
+            "Cannot use host name '-x' in network 'n'",
+        ),
+        (
+            "<dhcp><range start='fd00::10' end='fd00::20'><lease expiry='1'/></range></dhcp>",
+            "The minimum lease time should be greater than 2 minutes",
+        ),
+    ];
+    for (body, expected) in cases {
+        let xml = net_with_ip(v6_ip, body);
+        assert_eq!(parse_err(&xml), expected, "{xml}");
+    }
+    let two = "<network><name>n</name>\
+        <ip family='ipv6' address='fd00::1' prefix='64'><dhcp><range start='fd00::10' end='fd00::20'/></dhcp></ip>\
+        <ip family='ipv6' address='fd01::1' prefix='64'><dhcp><host name='a' ip='fd01::5'/></dhcp></ip></network>";
+    assert_eq!(
+        parse_err(two),
+        "Multiple IPv6 dhcp sections found -- dhcp is supported only for a single IPv6 address on each network"
     );
 }

@@ -255,19 +255,6 @@ impl NetworkDef {
             })
     }
 
-    /// Refuses DHCP entries under an IPv6 `<ip>`: kvnet has no DHCPv6 service, so
-    /// they would be stored but never served.
-    fn check_not_dhcpv6(&self, index: usize, entry: &str) -> Result<(), Error> {
-        let address = self.ips[index].address;
-        if address.is_ipv6() {
-            return Err(Error::UpdateUnsupported(format!(
-                "can't add a dhcp {entry} to the IPv6 <ip> '{address}' of network '{}': kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements",
-                self.name
-            )));
-        }
-        Ok(())
-    }
-
     /// Refuses to give a second `<ip>` of a family a `<dhcp>` (libvirt checks on add).
     fn check_single_dhcp(&self, index: usize) -> Result<(), Error> {
         let target = &self.ips[index];
@@ -322,7 +309,6 @@ impl NetworkDef {
                     .into(),
             ));
         }
-        self.check_not_dhcpv6(index, "host")?;
         let shown = |host: &DhcpHost| {
             (
                 host.mac_display().unwrap_or_else(|| "unknown".to_owned()),
@@ -384,9 +370,6 @@ impl NetworkDef {
                 "the address family of a dhcp range must match the address family of the dhcp element's parent"
                     .into(),
             ));
-        }
-        if command.is_add() {
-            self.check_not_dhcpv6(index, "range")?;
         }
         let position = self.ips[index]
             .dhcp_ranges
@@ -895,50 +878,81 @@ mod tests {
         );
     }
 
-    /// kvnet has no DHCPv6 service: entries under an IPv6 <ip> would be stored and
-    /// never served, and a DUID (`id`) only identifies DHCPv6 clients.
+    /// DHCPv6 entries go to the IPv6 `<ip>` `--parent-index` names; a DUID (`id`) is
+    /// refused under the IPv4 one, a MAC under the IPv6 one.
     #[test]
-    fn dhcpv6_hosts_ranges_and_duids_are_refused() {
+    fn dhcpv6_hosts_and_ranges_are_added_to_the_ipv6_parent() {
         let def = net();
-        let e = update(
+        let with_host = update(
             &def,
             "add",
             "ip-dhcp-host",
             Some(1),
-            "<host name='v6h' ip='2001:db8:ca2:2::30'/>",
+            "<host id='0:4:7e:7d:f0:7d' name='v6h' ip='2001:db8:ca2:2::30'/>",
         )
-        .expect_err("IPv6 host");
-        assert!(matches!(e, Error::UpdateUnsupported(_)), "{e:?}");
-        assert_eq!(
-            e.to_string(),
-            "can't add a dhcp host to the IPv6 <ip> '2001:db8:ca2:2::1' of network 'default': kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements"
-        );
-        let e = update(
-            &def,
+        .expect("IPv6 host");
+        let host = &with_host.ips[1].dhcp_hosts[0];
+        assert_eq!(host.duid(), Some(vec![0, 4, 0x7e, 0x7d, 0xf0, 0x7d]));
+        assert_eq!(host.name.as_deref(), Some("v6h"));
+        let with_range = update(
+            &with_host,
             "add-first",
             "ip-dhcp-range",
             Some(1),
             "<range start='2001:db8:ca2:2::10' end='2001:db8:ca2:2::20'/>",
         )
-        .expect_err("IPv6 range");
-        assert_eq!(
-            e.to_string(),
-            "can't add a dhcp range to the IPv6 <ip> '2001:db8:ca2:2::1' of network 'default': kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements"
-        );
-        for parent in [Some(1), Some(0), None] {
-            let e = update(
-                &def,
-                "add",
-                "ip-dhcp-host",
-                parent,
-                "<host id='0:1:0:1:aa' name='v6h' ip='2001:db8:ca2:2::30'/>",
-            )
-            .expect_err("DUID host");
-            assert!(
-                e.to_string()
-                    .starts_with("unsupported attribute 'id' on <host>"),
-                "{e}"
-            );
+        .expect("IPv6 range");
+        assert!(with_range.to_xml().contains(
+            "  <ip family='ipv6' address='2001:db8:ca2:2::1' prefix='64'>\n    <dhcp>\n      <range start='2001:db8:ca2:2::10' end='2001:db8:ca2:2::20'/>\n      <host id='0:4:7e:7d:f0:7d' name='v6h' ip='2001:db8:ca2:2::30'/>\n    </dhcp>\n  </ip>\n"
+        ), "{}", with_range.to_xml());
+        // The default parent is now the first <ip> with <dhcp>: the IPv4 one.
+        let e = update(
+            &with_range,
+            "modify",
+            "ip-dhcp-host",
+            Some(1),
+            "<host name='v6h' ip='2001:db8:ca2:2::31'/>",
+        )
+        .expect("modify by name");
+        assert_eq!(e.ips[1].dhcp_hosts[0].ip.to_string(), "2001:db8:ca2:2::31");
+        let removed = update(
+            &with_range,
+            "delete",
+            "ip-dhcp-host",
+            Some(1),
+            "<host name='v6h'/>",
+        )
+        .expect("delete by name");
+        assert!(removed.ips[1].dhcp_hosts.is_empty());
+        for (parent, xml, expected) in [
+            (
+                Some(0),
+                "<host id='0:1:0:1:aa' name='v4h' ip='192.168.122.30'/>",
+                "unsupported id '0:1:0:1:aa' on dhcp <host> 192.168.122.30 in network 'default': it is a DHCPv6 client DUID, DHCPv4 reservations use mac",
+            ),
+            (
+                Some(1),
+                "<host mac='52:54:00:00:00:09' ip='2001:db8:ca2:2::30'/>",
+                "Invalid to specify MAC address '52:54:00:00:00:09' in network 'default' IPv6 static host definition",
+            ),
+            (
+                Some(1),
+                "<host ip='2001:db8:ca2:2::30'/>",
+                "Static host definition in IPv6 network 'default' must have id or name attribute",
+            ),
+            (
+                Some(1),
+                "<host id='0:1:zz' ip='2001:db8:ca2:2::30'/>",
+                "Invalid character 'z' in id '0:1:zz' of network 'default'",
+            ),
+            (
+                Some(1),
+                "<host name='far' ip='2001:db8:ca2:3::30'/>",
+                "static host address 2001:db8:ca2:3::30 is not within network 2001:db8:ca2:2::/64 of network 'default'",
+            ),
+        ] {
+            let e = update(&def, "add", "ip-dhcp-host", parent, xml).expect_err(xml);
+            assert_eq!(e.to_string(), expected, "{xml}");
         }
     }
 

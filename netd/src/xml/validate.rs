@@ -635,11 +635,6 @@ impl NetworkDef {
         if !ip.has_dhcp() {
             return Ok(());
         }
-        if address.is_ipv6() {
-            return Err(invalid(format!(
-                "unsupported <dhcp> on IPv6 address '{address}' in network '{name}': kvnet has no DHCPv6 server; guests configure IPv6 from its router advertisements"
-            )));
-        }
         for range in &ip.dhcp_ranges {
             check_range(name, subnet, range.start, range.end)?;
             if let Some(lease) = range.lease {
@@ -679,10 +674,32 @@ impl NetworkDef {
                     host.mac_display().unwrap_or_else(|| mac.to_string())
                 )));
             }
-            if let Some(id) = &host.id {
+            if address.is_ipv6()
+                && let Some(mac) = host.mac_display()
+            {
                 return Err(invalid(format!(
-                    "unsupported id '{id}' on dhcp <host> {host_ip} in network '{name}': it is a DHCPv6 client DUID, DHCPv4 reservations use mac"
+                    "Invalid to specify MAC address '{mac}' in network '{name}' IPv6 static host definition"
                 )));
+            }
+            if let Some(id) = &host.id {
+                if address.is_ipv4() {
+                    return Err(invalid(format!(
+                        "unsupported id '{id}' on dhcp <host> {host_ip} in network '{name}': it is a DHCPv6 client DUID, DHCPv4 reservations use mac"
+                    )));
+                }
+                if let Some(bad) = id.chars().find(|c| !c.is_ascii_hexdigit() && *c != ':') {
+                    return Err(invalid(format!(
+                        "Invalid character '{bad}' in id '{id}' of network '{name}'"
+                    )));
+                }
+                // libvirt checks only the characters; dnsmasq would then ignore an id it
+                // cannot read as bytes. Refuse it instead of never matching the client.
+                if host.duid().is_none() {
+                    return Err(invalid(format!(
+                        "Invalid id '{id}' of network '{name}': a DUID is 1 to {} hex bytes separated by ':'",
+                        super::model::MAX_DUID_LEN
+                    )));
+                }
             }
             if let Some(host_name) = &host.name
                 && !host_name
@@ -701,7 +718,12 @@ impl NetworkDef {
                     "Cannot use host name '{host_name}' in network '{name}': {reason}"
                 )));
             }
-            if host.mac.is_none() && host.name.is_none() {
+            if address.is_ipv6() && host.id.is_none() && host.name.is_none() {
+                return Err(invalid(format!(
+                    "Static host definition in IPv6 network '{name}' must have id or name attribute"
+                )));
+            }
+            if address.is_ipv4() && host.mac.is_none() && host.name.is_none() {
                 return Err(invalid(format!(
                     "Static host definition in IPv4 network '{name}' must have mac or name attribute"
                 )));
@@ -714,16 +736,17 @@ impl NetworkDef {
     }
 
     fn validate_dhcp_count(&self) -> Result<(), Error> {
-        // IPv6 <ip> elements cannot have <dhcp> at all (validate_ip).
-        let with_dhcp = self
-            .ips
-            .iter()
-            .filter(|ip| ip.is_ipv4() && ip.has_dhcp())
-            .count();
-        if with_dhcp > 1 {
-            return Err(invalid(
-                "Multiple IPv4 dhcp sections found -- dhcp is supported only for a single IPv4 address on each network",
-            ));
+        for (ipv4, family) in [(true, "IPv4"), (false, "IPv6")] {
+            let with_dhcp = self
+                .ips
+                .iter()
+                .filter(|ip| ip.is_ipv4() == ipv4 && ip.has_dhcp())
+                .count();
+            if with_dhcp > 1 {
+                return Err(invalid(format!(
+                    "Multiple {family} dhcp sections found -- dhcp is supported only for a single {family} address on each network"
+                )));
+            }
         }
         Ok(())
     }

@@ -1,0 +1,1108 @@
+//! One DHCPv6 message in, at most one reply out (RFC 8415 section 18.3): the protocol
+//! logic without sockets or clocks, so unit tests and the fuzz target call exactly what
+//! the server calls. Replies go back to the address and port the message came from.
+//!
+//! Hostile input: messages are checked by [`well_formed`] before dhcproto decodes them,
+//! because its decoder subtracts fixed header sizes from option lengths (an
+//! Authentication, Status Code or Vendor option shorter than its header would overflow).
+
+use std::net::Ipv6Addr;
+use std::path::Path;
+
+use dhcproto::v6::{
+    DhcpOption, DhcpOptions, IAAddr, IANA, IAPD, IATA, Message, MessageType, OptionCode, Status,
+    StatusCode,
+};
+use dhcproto::{Decodable, Decoder, Encodable, Name};
+
+use super::leases::{ClientKey, INFINITE, LeaseDb, MAX_DUID};
+use super::{Dhcp6Config, Error, Lease6Info, duid_mac, eui64_mac};
+use crate::dhcp::sanitize_hostname;
+
+/// The DHCPv6 server port.
+pub const SERVER_PORT: u16 = 547;
+/// The DHCPv6 client port.
+pub const CLIENT_PORT: u16 = 546;
+/// Option code of the Client FQDN option (RFC 4704), which dhcproto does not name.
+const OPTION_CLIENT_FQDN: u16 = 39;
+/// Deepest option nesting accepted (relay message in IA in ...): real messages nest 2.
+const MAX_DEPTH: u8 = 4;
+
+/// A reply to send back to the message's source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The encoded DHCPv6 message.
+    pub bytes: Vec<u8>,
+    /// The reply confirms a binding: send it only once [`Engine::commit`] succeeded.
+    pub needs_commit: bool,
+}
+
+/// The DHCPv6 logic of one network.
+#[derive(Debug)]
+pub struct Engine {
+    config: Dhcp6Config,
+    server_duid: Vec<u8>,
+    leases: LeaseDb,
+}
+
+/// What one client message says about its sender.
+struct Client {
+    duid: Vec<u8>,
+    mac: Option<[u8; 6]>,
+    /// The first label of its FQDN option, sanitised.
+    name: Option<String>,
+}
+
+impl Engine {
+    /// An engine whose leases live only in memory (tests, fuzzing).
+    pub fn new(config: Dhcp6Config) -> Engine {
+        let leases = LeaseDb::in_memory(&config);
+        Engine {
+            server_duid: config.server_duid(),
+            config,
+            leases,
+        }
+    }
+
+    /// An engine whose leases are loaded from and written to `lease_file`.
+    pub fn with_lease_file(
+        config: Dhcp6Config,
+        lease_file: &Path,
+        now: i64,
+    ) -> Result<Engine, Error> {
+        let leases = LeaseDb::open(&config, lease_file, now)?;
+        Ok(Engine {
+            server_duid: config.server_duid(),
+            config,
+            leases,
+        })
+    }
+
+    /// Applies a new configuration, keeping the leases.
+    pub fn update(&mut self, config: Dhcp6Config) {
+        self.leases.configure(&config);
+        self.server_duid = config.server_duid();
+        self.config = config;
+    }
+
+    /// The configuration served.
+    pub fn config(&self) -> &Dhcp6Config {
+        &self.config
+    }
+
+    /// The bound, unexpired leases.
+    pub fn leases(&self, now: i64) -> Vec<Lease6Info> {
+        self.leases.leases(now)
+    }
+
+    /// Makes the bindings of the replies handled so far durable.
+    pub fn commit(&mut self, now: i64) -> Result<(), Error> {
+        self.leases.commit(now)
+    }
+
+    /// Handles one datagram from `source` (the client's link-local address); `None`
+    /// when it gets no answer (malformed, not for us, a server message).
+    pub fn handle(&mut self, packet: &[u8], source: Ipv6Addr, now: i64) -> Option<Reply> {
+        if packet.len() < 4 || !well_formed(&packet[4..], 0) {
+            return None;
+        }
+        let message = Message::decode(&mut Decoder::new(packet)).ok()?;
+        let opts = message.opts();
+        let server_id = match opts.get(OptionCode::ServerId) {
+            Some(DhcpOption::ServerId(id)) => Some(id.as_slice()),
+            _ => None,
+        };
+        let duid = match opts.get(OptionCode::ClientId) {
+            Some(DhcpOption::ClientId(id)) if !id.is_empty() && id.len() <= MAX_DUID => {
+                Some(id.clone())
+            }
+            Some(_) => return None,
+            None => None,
+        };
+        let for_us = server_id == Some(self.server_duid.as_slice());
+        let msg_type = message.msg_type();
+        // RFC 8415 16: which messages must and must not carry a server identifier.
+        let acceptable = match msg_type {
+            MessageType::Solicit | MessageType::Confirm | MessageType::Rebind => {
+                server_id.is_none() && duid.is_some()
+            }
+            MessageType::Request
+            | MessageType::Renew
+            | MessageType::Release
+            | MessageType::Decline => for_us && duid.is_some(),
+            MessageType::InformationRequest => server_id.is_none() || for_us,
+            _ => false,
+        };
+        if !acceptable {
+            return None;
+        }
+        let client = duid.map(|duid| Client {
+            mac: duid_mac(&duid).or_else(|| eui64_mac(source)),
+            name: client_fqdn_label(opts),
+            duid,
+        });
+        let mut reply = Message::new_with_id(MessageType::Reply, message.xid());
+        let mut needs_commit = false;
+        match (msg_type, &client) {
+            (MessageType::Solicit, Some(client)) => {
+                let rapid = opts.get(OptionCode::RapidCommit).is_some();
+                if rapid {
+                    reply.opts_mut().insert(DhcpOption::RapidCommit);
+                } else {
+                    reply.set_msg_type(MessageType::Advertise);
+                    // Clients take a preference-255 ADVERTISE at once instead of
+                    // collecting others for a second (RFC 8415 18.2.1).
+                    reply.opts_mut().insert(DhcpOption::Preference(255));
+                }
+                let assigned = self.assign_all(opts, client, rapid, now, reply.opts_mut());
+                if assigned {
+                    needs_commit = rapid;
+                } else {
+                    // RFC 8415 18.3.9: an ADVERTISE with only a status when nothing can
+                    // be assigned (clients ignore it and keep soliciting).
+                    reply.set_msg_type(MessageType::Advertise);
+                    reply.set_opts(
+                        [status(Status::NoAddrsAvail, "no addresses available")]
+                            .into_iter()
+                            .collect(),
+                    );
+                }
+            }
+            (MessageType::Request, Some(client)) => {
+                self.assign_all(opts, client, true, now, reply.opts_mut());
+                needs_commit = true;
+            }
+            (MessageType::Renew | MessageType::Rebind, Some(client)) => {
+                self.extend_all(opts, client, now, reply.opts_mut());
+                needs_commit = true;
+            }
+            (MessageType::Confirm, Some(_)) => {
+                let addresses: Vec<Ipv6Addr> = ia_nas(opts)
+                    .flat_map(|ia| ia_addresses(&ia.opts))
+                    .chain(ia_tas(opts).flat_map(|ia| ia_addresses(&ia.opts)))
+                    .collect();
+                // RFC 8415 18.3.3: no addresses, no reply.
+                if addresses.is_empty() {
+                    return None;
+                }
+                let on_link = addresses.iter().all(|a| self.config.subnet.contains(a));
+                reply.opts_mut().insert(if on_link {
+                    status(Status::Success, "all addresses still on link")
+                } else {
+                    status(Status::NotOnLink, "addresses not on link")
+                });
+            }
+            (MessageType::Release | MessageType::Decline, Some(client)) => {
+                let decline = msg_type == MessageType::Decline;
+                for ia in ia_nas(opts) {
+                    let key = key(client, ia.id);
+                    let mut held = false;
+                    for address in ia_addresses(&ia.opts) {
+                        held |= if decline {
+                            self.leases.decline(&key, address, now)
+                        } else {
+                            self.leases.release(&key, address)
+                        };
+                    }
+                    if !held {
+                        reply.opts_mut().insert(DhcpOption::IANA(IANA {
+                            id: ia.id,
+                            t1: 0,
+                            t2: 0,
+                            opts: [status(Status::NoBinding, "no binding")]
+                                .into_iter()
+                                .collect(),
+                        }));
+                    }
+                }
+                if decline {
+                    tracing::warn!(network = %self.config.network, "a DHCPv6 client declined its address: in use by another host");
+                }
+                reply.opts_mut().insert(status(
+                    Status::Success,
+                    if decline { "declined" } else { "released" },
+                ));
+                needs_commit = true;
+            }
+            (MessageType::InformationRequest, _) => {}
+            _ => return None,
+        }
+        let reply_opts = reply.opts_mut();
+        reply_opts.insert(DhcpOption::ServerId(self.server_duid.clone()));
+        if let Some(client) = &client {
+            reply_opts.insert(DhcpOption::ClientId(client.duid.clone()));
+        }
+        if let Some(server) = self.config.dns_server {
+            reply_opts.insert(DhcpOption::DomainNameServers(vec![server]));
+        }
+        if let Some(domain) = self.config.domain.as_deref()
+            && let Ok(name) = Name::from_ascii(format!("{}.", domain.trim_end_matches('.')))
+        {
+            reply_opts.insert(DhcpOption::DomainSearchList(vec![name]));
+        }
+        let bytes = reply.to_vec().ok()?;
+        Some(Reply {
+            bytes,
+            needs_commit,
+        })
+    }
+
+    /// Answers each IA_NA of a SOLICIT or REQUEST with an address (bound when `bind`),
+    /// and each IA_TA / IA_PD with its "none available" status. Whether any IA_NA got
+    /// an address.
+    fn assign_all(
+        &mut self,
+        opts: &DhcpOptions,
+        client: &Client,
+        bind: bool,
+        now: i64,
+        out: &mut DhcpOptions,
+    ) -> bool {
+        let reservation = self
+            .leases
+            .reservation(&client.duid, client.name.as_deref())
+            .cloned();
+        let mut any = false;
+        // One reservation is one address: it goes to the client's first IA_NA.
+        let mut reservation_left = reservation.clone();
+        for ia in ia_nas(opts) {
+            let key = key(client, ia.id);
+            let hint = ia_addresses(&ia.opts).next();
+            let host = reservation_left.take();
+            match self.leases.offer(&key, host.as_ref(), hint, now) {
+                Some(ip) => {
+                    any = true;
+                    let secs = self.leases.lease_secs(host.as_ref(), ip);
+                    if bind {
+                        let hostname = host
+                            .as_ref()
+                            .and_then(|h| h.name.as_deref())
+                            .and_then(sanitize_hostname)
+                            .or_else(|| client.name.clone());
+                        self.leases.bind(&key, ip, client.mac, hostname, secs, now);
+                    }
+                    out.insert(ia_with_address(ia.id, ip, secs));
+                }
+                None => out.insert(DhcpOption::IANA(IANA {
+                    id: ia.id,
+                    t1: 0,
+                    t2: 0,
+                    opts: [status(Status::NoAddrsAvail, "no addresses available")]
+                        .into_iter()
+                        .collect(),
+                })),
+            }
+        }
+        refuse_ta_and_pd(opts, out);
+        any
+    }
+
+    /// Answers the IA_NAs of a RENEW or REBIND: a binding is extended; an address we
+    /// have no record of is bound again when it is free for the client (the lease file
+    /// was lost), else returned with zero lifetimes; an IA without either gets NoBinding.
+    fn extend_all(&mut self, opts: &DhcpOptions, client: &Client, now: i64, out: &mut DhcpOptions) {
+        // As in assign_all, a reservation is one address: the first IA_NA's.
+        let mut reservation_left = self
+            .leases
+            .reservation(&client.duid, client.name.as_deref())
+            .cloned();
+        for ia in ia_nas(opts) {
+            let reservation = reservation_left.take();
+            let key = key(client, ia.id);
+            let asked: Vec<Ipv6Addr> = ia_addresses(&ia.opts).collect();
+            let bound = self.leases.binding(&key, now);
+            let keep = bound
+                .filter(|&ip| self.leases.assignable(&key, reservation.as_ref(), ip, now))
+                .filter(|&ip| reservation.as_ref().is_none_or(|host| host.ip == ip))
+                .or_else(|| {
+                    asked.iter().copied().find(|&ip| {
+                        self.leases.assignable(&key, reservation.as_ref(), ip, now)
+                            && reservation.as_ref().is_none_or(|host| host.ip == ip)
+                    })
+                })
+                // A reservation made since the client bound: the reply adds it (RFC
+                // 8415 18.3.4 lets a server add addresses), its old one gets lifetime 0.
+                .or_else(|| {
+                    let host = reservation.as_ref()?;
+                    self.leases.offer(&key, Some(host), None, now)
+                });
+            let mut ia_opts = DhcpOptions::new();
+            let (t1, t2) = match keep {
+                Some(ip) => {
+                    let secs = self.leases.lease_secs(reservation.as_ref(), ip);
+                    let hostname = reservation
+                        .as_ref()
+                        .and_then(|h| h.name.as_deref())
+                        .and_then(sanitize_hostname)
+                        .or_else(|| client.name.clone());
+                    self.leases.bind(&key, ip, client.mac, hostname, secs, now);
+                    ia_opts.insert(iaaddr(ip, secs, secs));
+                    renew_times(secs)
+                }
+                None if asked.is_empty() => {
+                    ia_opts.insert(status(Status::NoBinding, "no binding for this IA"));
+                    (0, 0)
+                }
+                None => (0, 0),
+            };
+            // Addresses the client may no longer use (RFC 8415 18.3.4/18.3.5).
+            for ip in asked.into_iter().filter(|&ip| Some(ip) != keep) {
+                ia_opts.insert(iaaddr(ip, 0, 0));
+            }
+            out.insert(DhcpOption::IANA(IANA {
+                id: ia.id,
+                t1,
+                t2,
+                opts: ia_opts,
+            }));
+        }
+        refuse_ta_and_pd(opts, out);
+    }
+}
+
+fn key(client: &Client, iaid: u32) -> ClientKey {
+    ClientKey {
+        duid: client.duid.clone().into(),
+        iaid,
+    }
+}
+
+fn status(status: Status, msg: &str) -> DhcpOption {
+    DhcpOption::StatusCode(StatusCode {
+        status,
+        msg: msg.to_owned(),
+    })
+}
+
+/// T1 and T2 of a lease: half and seven eighths of it (RFC 8415 21.4), infinite stays
+/// infinite.
+fn renew_times(secs: u32) -> (u32, u32) {
+    if secs == INFINITE {
+        (INFINITE, INFINITE)
+    } else {
+        (
+            secs / 2,
+            u32::try_from(u64::from(secs) * 7 / 8).unwrap_or(secs),
+        )
+    }
+}
+
+fn iaaddr(addr: Ipv6Addr, preferred: u32, valid: u32) -> DhcpOption {
+    DhcpOption::IAAddr(IAAddr {
+        addr,
+        preferred_life: preferred,
+        valid_life: valid,
+        opts: DhcpOptions::new(),
+    })
+}
+
+fn ia_with_address(iaid: u32, ip: Ipv6Addr, secs: u32) -> DhcpOption {
+    let (t1, t2) = renew_times(secs);
+    DhcpOption::IANA(IANA {
+        id: iaid,
+        t1,
+        t2,
+        opts: [iaaddr(ip, secs, secs)].into_iter().collect(),
+    })
+}
+
+fn refuse_ta_and_pd(opts: &DhcpOptions, out: &mut DhcpOptions) {
+    for ia in ia_tas(opts) {
+        out.insert(DhcpOption::IATA(IATA {
+            id: ia.id,
+            opts: [status(Status::NoAddrsAvail, "no temporary addresses")]
+                .into_iter()
+                .collect(),
+        }));
+    }
+    for ia in ia_pds(opts) {
+        out.insert(DhcpOption::IAPD(IAPD {
+            id: ia.id,
+            t1: 0,
+            t2: 0,
+            opts: [status(Status::NoPrefixAvail, "no prefixes delegated")]
+                .into_iter()
+                .collect(),
+        }));
+    }
+}
+
+fn ia_nas(opts: &DhcpOptions) -> impl Iterator<Item = &IANA> {
+    opts.iter().filter_map(|o| match o {
+        DhcpOption::IANA(ia) => Some(ia),
+        _ => None,
+    })
+}
+
+fn ia_tas(opts: &DhcpOptions) -> impl Iterator<Item = &IATA> {
+    opts.iter().filter_map(|o| match o {
+        DhcpOption::IATA(ia) => Some(ia),
+        _ => None,
+    })
+}
+
+fn ia_pds(opts: &DhcpOptions) -> impl Iterator<Item = &IAPD> {
+    opts.iter().filter_map(|o| match o {
+        DhcpOption::IAPD(ia) => Some(ia),
+        _ => None,
+    })
+}
+
+fn ia_addresses(opts: &DhcpOptions) -> impl Iterator<Item = Ipv6Addr> + '_ {
+    opts.iter().filter_map(|o| match o {
+        DhcpOption::IAAddr(a) => Some(a.addr),
+        _ => None,
+    })
+}
+
+/// The first label of the Client FQDN option (RFC 4704: flags, then a DNS wire name,
+/// possibly partial), sanitised as a hostname.
+fn client_fqdn_label(opts: &DhcpOptions) -> Option<String> {
+    opts.iter().find_map(|o| match o {
+        DhcpOption::Unknown(u) if u16::from(u.code()) == OPTION_CLIENT_FQDN => {
+            let [_flags, len, rest @ ..] = u.data() else {
+                return None;
+            };
+            let label = rest.get(..usize::from(*len))?;
+            sanitize_hostname(std::str::from_utf8(label).ok()?)
+        }
+        _ => None,
+    })
+}
+
+/// Whether the options in `data` are well-formed enough for dhcproto to decode without
+/// arithmetic overflow or misreading: every option fits, options with a fixed header are
+/// at least that long, fixed-size options exactly their size, and encapsulated options (IA_NA, IA_TA, IA_PD, IA address, IA prefix,
+/// vendor options, relay message) are checked the same way, up to [`MAX_DEPTH`].
+pub fn well_formed(mut data: &[u8], depth: u8) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    while !data.is_empty() {
+        let [c0, c1, l0, l1, rest @ ..] = data else {
+            return false;
+        };
+        let code = u16::from_be_bytes([*c0, *c1]);
+        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+        let Some(body) = rest.get(..len) else {
+            return false;
+        };
+        // (minimum length, where encapsulated options start)
+        let (min, nested) = match code {
+            3 | 25 => (12, Some(12)), // IA_NA, IA_PD
+            4 => (4, Some(4)),        // IA_TA
+            5 => (24, Some(24)),      // IA address
+            26 => (25, Some(25)),     // IA prefix
+            17 => (4, Some(4)),       // vendor-specific information
+            9 => (34, Some(34)),      // relay message: a relay header, then options
+            11 => (11, None),         // authentication
+            13 => (2, None),          // status code
+            16 => (4, None),          // vendor class
+            _ => (0, None),
+        };
+        // dhcproto reads fixed-size options by their type, not their length: any other
+        // length would shift every option after it.
+        let exact = match code {
+            7 | 19 => Some(1),  // preference, reconfigure message
+            8 => Some(2),       // elapsed time
+            12 => Some(16),     // server unicast
+            14 | 20 => Some(0), // rapid commit, reconfigure accept
+            _ => None,
+        };
+        if len < min || exact.is_some_and(|exact| len != exact) {
+            return false;
+        }
+        if let Some(start) = nested
+            && !well_formed(&body[start..], depth + 1)
+        {
+            return false;
+        }
+        data = &rest[len..];
+    }
+    true
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
+pub(crate) mod tests {
+    use super::*;
+    use crate::dhcp6::Dhcp6HostConfig;
+    use std::time::Duration;
+
+    pub(crate) fn config() -> Dhcp6Config {
+        Dhcp6Config {
+            network: "n".into(),
+            interface: "virbr9".into(),
+            server_mac: [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc],
+            subnet: "2001:db8:ca2:2::/64".parse().unwrap(),
+            ranges: vec![(
+                "2001:db8:ca2:2:1::10".parse().unwrap(),
+                "2001:db8:ca2:2:1::ff".parse().unwrap(),
+                None,
+            )],
+            hosts: vec![
+                Dhcp6HostConfig {
+                    duid: Some(vec![0, 4, 0x7e, 0x7d, 0xf0, 0x7d, 0xa8, 0xbc]),
+                    name: Some("atlas".into()),
+                    ip: "2001:db8:ca2:2:3::1".parse().unwrap(),
+                    lease: None,
+                },
+                Dhcp6HostConfig {
+                    duid: None,
+                    name: Some("paul".into()),
+                    ip: "2001:db8:ca2:2:3::2".parse().unwrap(),
+                    lease: Some(Duration::from_secs(600)),
+                },
+            ],
+            dns_server: Some("2001:db8:ca2:2::1".parse().unwrap()),
+            domain: Some("example.org".into()),
+            default_lease: crate::dhcp6::DEFAULT_LEASE,
+        }
+    }
+
+    const CLIENT_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x5054, 0xff, 0xfe01, 0x0203);
+    const CLIENT_DUID: [u8; 10] = [0, 3, 0, 1, 0x52, 0x54, 0, 1, 2, 3];
+
+    fn message(kind: MessageType, duid: &[u8], extra: Vec<DhcpOption>) -> Vec<u8> {
+        let mut m = Message::new_with_id(kind, [1, 2, 3]);
+        m.opts_mut().insert(DhcpOption::ClientId(duid.to_vec()));
+        for opt in extra {
+            m.opts_mut().insert(opt);
+        }
+        m.to_vec().unwrap()
+    }
+
+    fn ia(id: u32, addr: Option<&str>) -> DhcpOption {
+        DhcpOption::IANA(IANA {
+            id,
+            t1: 0,
+            t2: 0,
+            opts: addr
+                .map(|a| iaaddr(a.parse().unwrap(), 0, 0))
+                .into_iter()
+                .collect(),
+        })
+    }
+
+    fn decode(reply: &Reply) -> Message {
+        Message::decode(&mut Decoder::new(&reply.bytes)).unwrap()
+    }
+
+    fn server_id(engine: &Engine) -> DhcpOption {
+        DhcpOption::ServerId(engine.config().server_duid())
+    }
+
+    /// An IA_NA as tests compare it: (iaid, t1, t2, [(addr, preferred, valid)], status).
+    type IaSummary = (u32, u32, u32, Vec<(Ipv6Addr, u32, u32)>, Option<Status>);
+
+    /// The first IA_NA of a reply.
+    fn the_ia(m: &Message) -> IaSummary {
+        let ia = ia_nas(m.opts()).next().expect("an IA_NA");
+        let addrs = ia
+            .opts
+            .iter()
+            .filter_map(|o| match o {
+                DhcpOption::IAAddr(a) => Some((a.addr, a.preferred_life, a.valid_life)),
+                _ => None,
+            })
+            .collect();
+        let status = ia.opts.iter().find_map(|o| match o {
+            DhcpOption::StatusCode(s) => Some(s.status),
+            _ => None,
+        });
+        (ia.id, ia.t1, ia.t2, addrs, status)
+    }
+
+    fn top_status(m: &Message) -> Option<Status> {
+        m.opts().iter().find_map(|o| match o {
+            DhcpOption::StatusCode(s) => Some(s.status),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn solicit_is_advertised_byte_for_byte() {
+        let mut engine = Engine::new(config());
+        let solicit = message(MessageType::Solicit, &CLIENT_DUID, vec![ia(7, None)]);
+        let reply = engine.handle(&solicit, CLIENT_LL, 1000).unwrap();
+        assert!(!reply.needs_commit);
+        #[rustfmt::skip]
+        let expected: Vec<u8> = [
+            // ADVERTISE, transaction id
+            &[2, 1, 2, 3][..],
+            // client id
+            &[0, 1, 0, 10], &CLIENT_DUID,
+            // server id: DUID-LL of the bridge MAC
+            &[0, 2, 0, 10, 0, 3, 0, 1, 0x52, 0x54, 0, 0xaa, 0xbb, 0xcc],
+            // IA_NA 7, T1 1800, T2 3150, IA address 2001:db8:ca2:2:1::10 for 3600/3600
+            &[0, 3, 0, 40, 0, 0, 0, 7, 0, 0, 0x07, 0x08, 0, 0, 0x0c, 0x4e],
+            &[0, 5, 0, 24, 0x20, 0x01, 0x0d, 0xb8, 0x0c, 0xa2, 0, 2, 0, 1, 0, 0, 0, 0, 0, 0x10],
+            &[0, 0, 0x0e, 0x10, 0, 0, 0x0e, 0x10],
+            // preference 255
+            &[0, 7, 0, 1, 255],
+            // DNS server 2001:db8:ca2:2::1
+            &[0, 23, 0, 16, 0x20, 0x01, 0x0d, 0xb8, 0x0c, 0xa2, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1],
+            // domain search list example.org.
+            &[0, 24, 0, 13, 7, b'e', b'x', b'a', b'm', b'p', b'l', b'e', 3, b'o', b'r', b'g', 0],
+        ]
+        .concat();
+        assert_eq!(reply.bytes, expected);
+        assert!(
+            engine.leases(1000).is_empty(),
+            "an advertisement binds nothing"
+        );
+    }
+
+    #[test]
+    fn request_binds_renew_keeps_release_frees() {
+        let mut engine = Engine::new(config());
+        let sid = server_id(&engine);
+        let advertise = decode(
+            &engine
+                .handle(
+                    &message(MessageType::Solicit, &CLIENT_DUID, vec![ia(7, None)]),
+                    CLIENT_LL,
+                    0,
+                )
+                .unwrap(),
+        );
+        let (_, _, _, addrs, _) = the_ia(&advertise);
+        let offered = addrs[0].0;
+        let request = message(
+            MessageType::Request,
+            &CLIENT_DUID,
+            vec![sid.clone(), ia(7, Some(&offered.to_string()))],
+        );
+        let reply = engine.handle(&request, CLIENT_LL, 10).unwrap();
+        assert!(reply.needs_commit);
+        let reply = decode(&reply);
+        assert_eq!(reply.msg_type(), MessageType::Reply);
+        assert_eq!(
+            the_ia(&reply),
+            (7, 1800, 3150, vec![(offered, 3600, 3600)], None)
+        );
+        let leases = engine.leases(10);
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].ip, offered);
+        assert_eq!(leases[0].iaid, 7);
+        assert_eq!(leases[0].mac, Some([0x52, 0x54, 0, 1, 2, 3]));
+        assert_eq!(leases[0].expiry_unix, 3610);
+
+        // A request without the server id, or another server's, is not for us.
+        let other = message(MessageType::Request, &CLIENT_DUID, vec![ia(7, None)]);
+        assert_eq!(engine.handle(&other, CLIENT_LL, 10), None);
+
+        let renew = message(
+            MessageType::Renew,
+            &CLIENT_DUID,
+            vec![sid.clone(), ia(7, Some(&offered.to_string()))],
+        );
+        let reply = decode(&engine.handle(&renew, CLIENT_LL, 2000).unwrap());
+        assert_eq!(the_ia(&reply).3, vec![(offered, 3600, 3600)]);
+        assert_eq!(engine.leases(2000)[0].expiry_unix, 5600);
+
+        let rebind = message(
+            MessageType::Rebind,
+            &CLIENT_DUID,
+            vec![ia(7, Some(&offered.to_string()))],
+        );
+        let reply = decode(&engine.handle(&rebind, CLIENT_LL, 3000).unwrap());
+        assert_eq!(the_ia(&reply).3, vec![(offered, 3600, 3600)]);
+
+        let release = message(
+            MessageType::Release,
+            &CLIENT_DUID,
+            vec![sid.clone(), ia(7, Some(&offered.to_string()))],
+        );
+        let reply = decode(&engine.handle(&release, CLIENT_LL, 3001).unwrap());
+        assert_eq!(top_status(&reply), Some(Status::Success));
+        assert!(engine.leases(3001).is_empty());
+
+        // Releasing again: NoBinding for the IA.
+        let reply = decode(&engine.handle(&release, CLIENT_LL, 3002).unwrap());
+        assert_eq!(the_ia(&reply).4, Some(Status::NoBinding));
+    }
+
+    #[test]
+    fn renew_of_an_unknown_binding_rebinds_a_free_address_and_zeroes_a_foreign_one() {
+        let mut engine = Engine::new(config());
+        let sid = server_id(&engine);
+        let renew = message(
+            MessageType::Renew,
+            &CLIENT_DUID,
+            vec![sid.clone(), ia(1, Some("2001:db8:ca2:2:1::20"))],
+        );
+        let reply = decode(&engine.handle(&renew, CLIENT_LL, 0).unwrap());
+        assert_eq!(
+            the_ia(&reply).3,
+            vec![("2001:db8:ca2:2:1::20".parse().unwrap(), 3600, 3600)]
+        );
+        // A reservation added for a client with a dynamic lease: its renewal gets the
+        // reserved address and the old one with lifetimes 0.
+        let mut config = config();
+        config.hosts[0].duid = Some(CLIENT_DUID.to_vec());
+        engine.update(config);
+        let renew = message(
+            MessageType::Renew,
+            &CLIENT_DUID,
+            vec![sid.clone(), ia(1, Some("2001:db8:ca2:2:1::20"))],
+        );
+        let reply = decode(&engine.handle(&renew, CLIENT_LL, 10).unwrap());
+        assert_eq!(
+            the_ia(&reply).3,
+            vec![
+                ("2001:db8:ca2:2:1::20".parse().unwrap(), 0, 0),
+                ("2001:db8:ca2:2:3::1".parse().unwrap(), 3600, 3600),
+            ]
+        );
+        assert_eq!(engine.leases(10).len(), 1);
+        assert_eq!(
+            engine.leases(10)[0].ip,
+            "2001:db8:ca2:2:3::1".parse::<Ipv6Addr>().unwrap()
+        );
+        // Off the network: lifetimes 0.
+        let rebind = message(
+            MessageType::Rebind,
+            &[0, 3, 0, 1, 1, 1, 1, 1, 1, 1],
+            vec![ia(1, Some("2001:db8:ffff::20"))],
+        );
+        let reply = decode(&engine.handle(&rebind, CLIENT_LL, 0).unwrap());
+        assert_eq!(
+            the_ia(&reply),
+            (
+                1,
+                0,
+                0,
+                vec![("2001:db8:ffff::20".parse().unwrap(), 0, 0)],
+                None
+            )
+        );
+        // No address and no binding: NoBinding.
+        let renew = message(
+            MessageType::Renew,
+            &[0, 3, 0, 1, 2, 2, 2, 2, 2, 2],
+            vec![sid, ia(1, None)],
+        );
+        let reply = decode(&engine.handle(&renew, CLIENT_LL, 0).unwrap());
+        assert_eq!(the_ia(&reply).4, Some(Status::NoBinding));
+    }
+
+    #[test]
+    fn reserved_duid_and_name_get_their_addresses_and_names() {
+        let mut engine = Engine::new(config());
+        let atlas = [0, 4, 0x7e, 0x7d, 0xf0, 0x7d, 0xa8, 0xbc];
+        let solicit = message(
+            MessageType::Solicit,
+            &atlas,
+            vec![ia(1, Some("2001:db8:ca2:2:1::99")), DhcpOption::RapidCommit],
+        );
+        let reply = engine.handle(&solicit, CLIENT_LL, 0).unwrap();
+        assert!(reply.needs_commit, "rapid commit binds");
+        let reply = decode(&reply);
+        assert_eq!(reply.msg_type(), MessageType::Reply);
+        assert!(reply.opts().get(OptionCode::RapidCommit).is_some());
+        assert_eq!(
+            the_ia(&reply).3,
+            vec![("2001:db8:ca2:2:3::1".parse().unwrap(), 3600, 3600)]
+        );
+        assert_eq!(engine.leases(0)[0].hostname.as_deref(), Some("atlas"));
+        // The MAC of a non-link-layer DUID comes from the EUI-64 source address.
+        assert_eq!(engine.leases(0)[0].mac, Some([0x52, 0x54, 0, 1, 2, 3]));
+
+        // paul is matched by the name in its FQDN option, and gets its 600 s lease.
+        let fqdn = DhcpOption::Unknown(dhcproto::v6::UnknownOption::new(
+            OptionCode::from(OPTION_CLIENT_FQDN),
+            b"\x01\x04Paul\x07example\x03org\x00".to_vec(),
+        ));
+        let solicit = message(
+            MessageType::Solicit,
+            &[0, 2, 0, 0, 0, 9, 1],
+            vec![ia(1, None), fqdn, DhcpOption::RapidCommit],
+        );
+        let reply = decode(
+            &engine
+                .handle(&solicit, "fe80::1".parse().unwrap(), 0)
+                .unwrap(),
+        );
+        assert_eq!(
+            the_ia(&reply),
+            (
+                1,
+                300,
+                525,
+                vec![("2001:db8:ca2:2:3::2".parse().unwrap(), 600, 600)],
+                None
+            )
+        );
+        let paul = engine
+            .leases(0)
+            .into_iter()
+            .find(|l| l.hostname.as_deref() == Some("paul"))
+            .unwrap();
+        assert_eq!(paul.mac, None);
+    }
+
+    #[test]
+    fn a_full_pool_advertises_only_no_addrs_avail_and_ta_pd_are_refused() {
+        let mut config = config();
+        config.ranges = vec![(
+            "2001:db8:ca2:2:1::10".parse().unwrap(),
+            "2001:db8:ca2:2:1::10".parse().unwrap(),
+            None,
+        )];
+        let mut engine = Engine::new(config);
+        let first = message(MessageType::Solicit, &CLIENT_DUID, vec![ia(1, None)]);
+        assert!(engine.handle(&first, CLIENT_LL, 0).is_some());
+        let second = message(
+            MessageType::Solicit,
+            &[0, 3, 0, 1, 9, 9, 9, 9, 9, 9],
+            vec![ia(1, None)],
+        );
+        let reply = decode(&engine.handle(&second, CLIENT_LL, 0).unwrap());
+        assert_eq!(top_status(&reply), Some(Status::NoAddrsAvail));
+        assert_eq!(reply.msg_type(), MessageType::Advertise);
+        let rapid = message(
+            MessageType::Solicit,
+            &[0, 3, 0, 1, 9, 9, 9, 9, 9, 9],
+            vec![ia(1, None), DhcpOption::RapidCommit],
+        );
+        let reply = decode(&engine.handle(&rapid, CLIENT_LL, 0).unwrap());
+        assert_eq!(
+            reply.msg_type(),
+            MessageType::Advertise,
+            "nothing to commit"
+        );
+        assert!(reply.opts().get(OptionCode::RapidCommit).is_none());
+        assert_eq!(top_status(&reply), Some(Status::NoAddrsAvail));
+        assert!(ia_nas(reply.opts()).next().is_none());
+
+        let ta_pd = message(
+            MessageType::Solicit,
+            &CLIENT_DUID,
+            vec![
+                ia(1, None),
+                DhcpOption::IATA(IATA {
+                    id: 2,
+                    opts: DhcpOptions::new(),
+                }),
+                DhcpOption::IAPD(IAPD {
+                    id: 3,
+                    t1: 0,
+                    t2: 0,
+                    opts: DhcpOptions::new(),
+                }),
+            ],
+        );
+        let reply = decode(&engine.handle(&ta_pd, CLIENT_LL, 0).unwrap());
+        let ta = ia_tas(reply.opts()).next().unwrap();
+        assert!(
+            ta.opts.iter().any(
+                |o| matches!(o, DhcpOption::StatusCode(s) if s.status == Status::NoAddrsAvail)
+            )
+        );
+        let pd = ia_pds(reply.opts()).next().unwrap();
+        assert!(
+            pd.opts.iter().any(
+                |o| matches!(o, DhcpOption::StatusCode(s) if s.status == Status::NoPrefixAvail)
+            )
+        );
+    }
+
+    #[test]
+    fn confirm_decline_and_information_request() {
+        let mut engine = Engine::new(config());
+        let confirm =
+            |addr: &str| message(MessageType::Confirm, &CLIENT_DUID, vec![ia(1, Some(addr))]);
+        let reply = decode(
+            &engine
+                .handle(&confirm("2001:db8:ca2:2::99"), CLIENT_LL, 0)
+                .unwrap(),
+        );
+        assert_eq!(top_status(&reply), Some(Status::Success));
+        let reply = decode(
+            &engine
+                .handle(&confirm("2001:db8:1::99"), CLIENT_LL, 0)
+                .unwrap(),
+        );
+        assert_eq!(top_status(&reply), Some(Status::NotOnLink));
+        let empty = message(MessageType::Confirm, &CLIENT_DUID, vec![ia(1, None)]);
+        assert_eq!(engine.handle(&empty, CLIENT_LL, 0), None);
+
+        let sid = server_id(&engine);
+        let solicit = message(
+            MessageType::Solicit,
+            &CLIENT_DUID,
+            vec![ia(1, None), DhcpOption::RapidCommit],
+        );
+        let addr = the_ia(&decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap())).3[0].0;
+        let decline = message(
+            MessageType::Decline,
+            &CLIENT_DUID,
+            vec![sid, ia(1, Some(&addr.to_string()))],
+        );
+        let reply = decode(&engine.handle(&decline, CLIENT_LL, 1).unwrap());
+        assert_eq!(top_status(&reply), Some(Status::Success));
+        assert!(engine.leases(1).is_empty());
+        let next = the_ia(&decode(&engine.handle(&solicit, CLIENT_LL, 2).unwrap())).3[0].0;
+        assert_ne!(
+            next, addr,
+            "a declined address is not handed out again at once"
+        );
+
+        let mut info = Message::new_with_id(MessageType::InformationRequest, [9, 9, 9]);
+        info.opts_mut().insert(DhcpOption::ElapsedTime(0));
+        let reply = decode(
+            &engine
+                .handle(&info.to_vec().unwrap(), CLIENT_LL, 0)
+                .unwrap(),
+        );
+        assert_eq!(reply.msg_type(), MessageType::Reply);
+        assert_eq!(
+            reply.opts().get(OptionCode::DomainNameServers),
+            Some(&DhcpOption::DomainNameServers(vec![
+                "2001:db8:ca2:2::1".parse().unwrap()
+            ]))
+        );
+        assert!(ia_nas(reply.opts()).next().is_none());
+    }
+
+    #[test]
+    fn server_messages_relays_and_solicits_with_a_server_id_get_no_answer() {
+        let mut engine = Engine::new(config());
+        for kind in [
+            MessageType::Advertise,
+            MessageType::Reply,
+            MessageType::Reconfigure,
+            MessageType::RelayForw,
+            MessageType::RelayRepl,
+        ] {
+            assert_eq!(
+                engine.handle(
+                    &message(kind, &CLIENT_DUID, vec![ia(1, None)]),
+                    CLIENT_LL,
+                    0
+                ),
+                None
+            );
+        }
+        let with_sid = message(
+            MessageType::Solicit,
+            &CLIENT_DUID,
+            vec![server_id(&engine), ia(1, None)],
+        );
+        assert_eq!(engine.handle(&with_sid, CLIENT_LL, 0), None);
+        let no_client = Message::new(MessageType::Solicit).to_vec().unwrap();
+        assert_eq!(engine.handle(&no_client, CLIENT_LL, 0), None);
+    }
+
+    #[test]
+    fn options_too_short_for_their_header_are_refused_before_decoding() {
+        for (code, len) in [
+            (11u16, 3u16),
+            (13, 1),
+            (16, 2),
+            (17, 0),
+            (3, 4),
+            (5, 8),
+            (9, 10),
+        ] {
+            let mut packet = vec![1, 0, 0, 1];
+            packet.extend_from_slice(&code.to_be_bytes());
+            packet.extend_from_slice(&len.to_be_bytes());
+            packet.extend(std::iter::repeat_n(0, usize::from(len)));
+            assert!(!well_formed(&packet[4..], 0), "option {code} length {len}");
+            let mut engine = Engine::new(config());
+            assert_eq!(engine.handle(&packet, CLIENT_LL, 0), None);
+        }
+        // A status code nested inside an IA address inside an IA_NA.
+        let mut nested = vec![0, 13, 0, 1, 0];
+        let mut addr = vec![0, 5, 0, 29];
+        addr.extend_from_slice(&[0; 24]);
+        addr.append(&mut nested);
+        let mut iana = vec![0, 3];
+        iana.extend_from_slice(&u16::try_from(12 + addr.len()).unwrap().to_be_bytes());
+        iana.extend_from_slice(&[0; 12]);
+        iana.extend_from_slice(&addr);
+        assert!(!well_formed(&iana, 0));
+    }
+
+    /// xorshift64*: deterministic, dependency-free randomness for the fuzz test.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            usize::try_from(self.next() % u64::try_from(n).unwrap()).unwrap()
+        }
+    }
+
+    /// Random and mutated packets through the engine: nothing may panic (debug builds
+    /// check arithmetic overflow, which is what dhcproto's decoder would hit).
+    #[test]
+    fn random_and_mutated_packets_never_panic() {
+        let mut engine = Engine::new(config());
+        let sid = server_id(&engine);
+        let fqdn = DhcpOption::Unknown(dhcproto::v6::UnknownOption::new(
+            OptionCode::from(OPTION_CLIENT_FQDN),
+            b"\x01\x04host\x00".to_vec(),
+        ));
+        let seeds: Vec<Vec<u8>> = [
+            MessageType::Solicit,
+            MessageType::Request,
+            MessageType::Renew,
+            MessageType::Rebind,
+            MessageType::Release,
+            MessageType::Decline,
+            MessageType::Confirm,
+        ]
+        .into_iter()
+        .map(|kind| {
+            message(
+                kind,
+                &CLIENT_DUID,
+                vec![
+                    sid.clone(),
+                    ia(1, Some("2001:db8:ca2:2:1::20")),
+                    fqdn.clone(),
+                    DhcpOption::RapidCommit,
+                ],
+            )
+        })
+        .collect();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut replies = 0;
+        for round in 0..30_000 {
+            let mut packet = match round % 4 {
+                0 => (0..rng.below(200)).map(|_| rng.next() as u8).collect(),
+                _ => seeds[rng.below(seeds.len())].clone(),
+            };
+            for _ in 0..=rng.below(4) {
+                if packet.is_empty() {
+                    break;
+                }
+                let at = rng.below(packet.len());
+                match rng.below(3) {
+                    0 => packet[at] = rng.next() as u8,
+                    1 => packet.truncate(at),
+                    _ => packet.insert(at, rng.next() as u8),
+                }
+            }
+            if engine
+                .handle(&packet, CLIENT_LL, i64::from(round))
+                .is_some()
+            {
+                replies += 1;
+            }
+        }
+        assert!(
+            replies > 1000,
+            "mutated seeds should often stay valid: {replies} replies"
+        );
+    }
+}

@@ -1,0 +1,710 @@
+//! The DHCPv6 lease database of one network: allocation from the ranges, reservations
+//! by DUID or name, expiry, decline, and its file on disk.
+//!
+//! A lease belongs to one identity association of one client: (DUID, IAID). Memory is
+//! bounded by the pool: only addresses of the ranges or of reservations are ever held.
+//! Allocation walks the pool from a cursor, so a new client costs O(1) while the pool has
+//! room (ranges hold at most 65,536 addresses each, as libvirt requires).
+//!
+//! Disk: the bound leases as JSON lines, rewritten whole (temp file, fsync, rename) by
+//! [`LeaseDb::commit`] when a batch changed them, before the server sends its replies.
+//! The file is untrusted input on load: invalid lines are skipped with a warning.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Dhcp6Config, Dhcp6HostConfig, Error, Lease6Info};
+use crate::dhcp::{format_mac, parse_hex_bytes, sanitize_hostname};
+
+/// How long an advertised address stays held for the client it was advertised to.
+pub const OFFER_HOLD_SECS: i64 = 60;
+/// How long a declined address (in use by someone unknown) stays out of the pool.
+pub const DECLINE_HOLD_SECS: i64 = 600;
+/// Lifetime meaning "infinite" on the wire (RFC 8415 7.7).
+pub const INFINITE: u32 = u32::MAX;
+/// Largest lease file read on load.
+const MAX_FILE: u64 = 64 << 20;
+/// Longest DUID accepted from a client (RFC 8415 11.1: 2 + 128 octets).
+pub const MAX_DUID: usize = 130;
+
+/// Who a lease belongs to: the client's DUID and the IAID of its IA_NA.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    /// Client identifier (option 1).
+    pub duid: Box<[u8]>,
+    /// Identity association id.
+    pub iaid: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeaseState {
+    /// Advertised, waiting for the REQUEST; not persisted.
+    Offered,
+    /// Bound by a REPLY and persisted.
+    Bound,
+    /// Declined: held by nobody until it expires.
+    Declined,
+}
+
+#[derive(Clone, Debug)]
+struct Lease {
+    key: ClientKey,
+    mac: Option<[u8; 6]>,
+    hostname: Option<String>,
+    /// Unix seconds; `i64::MAX` for an infinite lease.
+    expiry: i64,
+    state: LeaseState,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PoolRange {
+    start: u128,
+    end: u128,
+    lease: Option<u32>,
+}
+
+/// One line of the lease file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    ip: Ipv6Addr,
+    duid: String,
+    iaid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hostname: Option<String>,
+    /// Unix seconds; 0 for an infinite lease.
+    expiry: i64,
+}
+
+/// Seconds of a configured lease time; zero means infinite.
+pub fn lease_secs(duration: std::time::Duration) -> u32 {
+    match duration.as_secs() {
+        0 => INFINITE,
+        secs => u32::try_from(secs).unwrap_or(INFINITE - 1),
+    }
+}
+
+fn expiry_after(now: i64, secs: u32) -> i64 {
+    if secs == INFINITE {
+        i64::MAX
+    } else {
+        now.saturating_add(i64::from(secs))
+    }
+}
+
+/// The lease database of one network.
+#[derive(Debug)]
+pub struct LeaseDb {
+    network: String,
+    subnet: ipnet::Ipv6Net,
+    default_lease: u32,
+    pool: Vec<PoolRange>,
+    pool_size: u128,
+    cursor: u128,
+    hosts: Vec<Dhcp6HostConfig>,
+    reserved_ips: HashSet<Ipv6Addr>,
+    by_ip: HashMap<Ipv6Addr, Lease>,
+    by_client: HashMap<ClientKey, Ipv6Addr>,
+    /// Where the bound leases are kept; `None` in memory only.
+    path: Option<PathBuf>,
+    /// Bindings changed since the last commit.
+    dirty: bool,
+    /// After a walk found the pool full: no address frees up before this time unless
+    /// one is released (a flood of SOLICITs then costs no walk each).
+    exhausted_until: Option<i64>,
+}
+
+impl LeaseDb {
+    /// An in-memory database (tests, fuzzing).
+    pub fn in_memory(config: &Dhcp6Config) -> LeaseDb {
+        let mut db = LeaseDb {
+            network: config.network.clone(),
+            subnet: config.subnet,
+            default_lease: lease_secs(config.default_lease),
+            pool: Vec::new(),
+            pool_size: 0,
+            cursor: 0,
+            hosts: Vec::new(),
+            reserved_ips: HashSet::new(),
+            by_ip: HashMap::new(),
+            by_client: HashMap::new(),
+            path: None,
+            dirty: false,
+            exhausted_until: None,
+        };
+        db.configure(config);
+        db
+    }
+
+    /// Loads `path` (a missing file is an empty database), dropping expired leases and
+    /// those the configuration does not allow.
+    pub fn open(config: &Dhcp6Config, path: &Path, now: i64) -> Result<LeaseDb, Error> {
+        let mut db = LeaseDb::in_memory(config);
+        let mut text = Vec::new();
+        match std::fs::File::open(path) {
+            Ok(file) => {
+                file.take(MAX_FILE)
+                    .read_to_end(&mut text)
+                    .map_err(|source| Error::LeaseFile {
+                        network: config.network.clone(),
+                        path: path.to_path_buf(),
+                        action: "read",
+                        source,
+                    })?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::LeaseFile {
+                    network: config.network.clone(),
+                    path: path.to_path_buf(),
+                    action: "open",
+                    source,
+                });
+            }
+        }
+        db.load(&text, now);
+        db.path = Some(path.to_path_buf());
+        Ok(db)
+    }
+
+    fn load(&mut self, text: &[u8], now: i64) {
+        let mut skipped = 0usize;
+        for line in text.split(|&b| b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let loaded = serde_json::from_slice::<Record>(line)
+                .ok()
+                .is_some_and(|record| self.load_record(record, now));
+            if !loaded {
+                skipped += 1;
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(network = %self.network, skipped, "DHCPv6 lease file: skipped invalid or stale records");
+        }
+    }
+
+    fn load_record(&mut self, record: Record, now: i64) -> bool {
+        let Some(duid) = parse_hex_bytes(&record.duid, MAX_DUID) else {
+            return false;
+        };
+        let mac = match record.mac {
+            Some(text) => match parse_hex_bytes(&text, 6).and_then(|m| <[u8; 6]>::try_from(m).ok())
+            {
+                Some(mac) => Some(mac),
+                None => return false,
+            },
+            None => None,
+        };
+        let expiry = if record.expiry == 0 {
+            i64::MAX
+        } else {
+            record.expiry
+        };
+        let key = ClientKey {
+            duid: duid.into(),
+            iaid: record.iaid,
+        };
+        if expiry <= now
+            || !self.assignable(&key, None, record.ip, now)
+            || self.by_client.contains_key(&key)
+        {
+            return false;
+        }
+        let hostname = record.hostname.as_deref().and_then(sanitize_hostname);
+        self.insert(
+            record.ip,
+            Lease {
+                key,
+                mac,
+                hostname,
+                expiry,
+                state: LeaseState::Bound,
+            },
+        );
+        true
+    }
+
+    /// Applies a (new) configuration; leases are kept, and those it no longer allows
+    /// are refused at their next renewal. Offers on addresses it reserves are dropped.
+    pub fn configure(&mut self, config: &Dhcp6Config) {
+        self.network = config.network.clone();
+        self.subnet = config.subnet;
+        self.default_lease = lease_secs(config.default_lease);
+        self.pool = config
+            .ranges
+            .iter()
+            .filter(|(start, end, _)| {
+                config.subnet.contains(start) && config.subnet.contains(end) && start <= end
+            })
+            .map(|&(start, end, lease)| PoolRange {
+                start: u128::from(start),
+                end: u128::from(end),
+                lease: lease.map(lease_secs),
+            })
+            .collect();
+        self.pool_size = self.pool.iter().map(|r| r.end - r.start + 1).sum();
+        self.hosts = config.hosts.clone();
+        self.exhausted_until = None;
+        self.reserved_ips = self.hosts.iter().map(|host| host.ip).collect();
+        let stale: Vec<Ipv6Addr> = self
+            .by_ip
+            .iter()
+            .filter(|(ip, lease)| {
+                lease.state == LeaseState::Offered && self.reserved_ips.contains(ip)
+            })
+            .map(|(&ip, _)| ip)
+            .collect();
+        for ip in stale {
+            self.remove(ip);
+        }
+    }
+
+    /// The reservation of a client: by DUID, else (for hosts without `id`) by the name
+    /// the client sent in its FQDN option.
+    pub fn reservation(&self, duid: &[u8], name: Option<&str>) -> Option<&Dhcp6HostConfig> {
+        self.hosts
+            .iter()
+            .find(|host| host.duid.as_deref() == Some(duid))
+            .or_else(|| {
+                let name = name?;
+                self.hosts.iter().find(|host| {
+                    host.duid.is_none()
+                        && host
+                            .name
+                            .as_deref()
+                            .and_then(sanitize_hostname)
+                            .is_some_and(|host_name| host_name == name)
+                })
+            })
+    }
+
+    /// Lease time of `ip` for a client with `reservation`: the host's `<lease>`, else
+    /// the `<lease>` of the range holding the address, else the default.
+    pub fn lease_secs(&self, reservation: Option<&Dhcp6HostConfig>, ip: Ipv6Addr) -> u32 {
+        if let Some(lease) = reservation.and_then(|host| host.lease) {
+            return lease_secs(lease);
+        }
+        let ip = u128::from(ip);
+        self.pool
+            .iter()
+            .find(|range| range.start <= ip && ip <= range.end)
+            .or_else(|| self.pool.first())
+            .and_then(|range| range.lease)
+            .unwrap_or(self.default_lease)
+    }
+
+    fn in_pool(&self, ip: Ipv6Addr) -> bool {
+        let ip = u128::from(ip);
+        self.pool.iter().any(|r| r.start <= ip && ip <= r.end)
+    }
+
+    /// Whether `ip` may be given to `key` (whose reservation is `reservation`) now.
+    pub fn assignable(
+        &self,
+        key: &ClientKey,
+        reservation: Option<&Dhcp6HostConfig>,
+        ip: Ipv6Addr,
+        now: i64,
+    ) -> bool {
+        let own_reservation = reservation.is_some_and(|host| host.ip == ip);
+        if !self.subnet.contains(&ip) {
+            return false;
+        }
+        if !own_reservation && (self.reserved_ips.contains(&ip) || !self.in_pool(ip)) {
+            return false;
+        }
+        match self.by_ip.get(&ip) {
+            None => true,
+            Some(lease) if lease.expiry <= now => true,
+            Some(lease) => lease.key == *key && lease.state != LeaseState::Declined,
+        }
+    }
+
+    /// The address to give `key` in an ADVERTISE or REPLY: its current lease, its
+    /// reservation, the address it asked for (`hint`), or a free one from the pool.
+    /// The address is held for the client for [`OFFER_HOLD_SECS`] unless bound already.
+    pub fn offer(
+        &mut self,
+        key: &ClientKey,
+        reservation: Option<&Dhcp6HostConfig>,
+        hint: Option<Ipv6Addr>,
+        now: i64,
+    ) -> Option<Ipv6Addr> {
+        let current = self
+            .by_client
+            .get(key)
+            .copied()
+            .filter(|&ip| self.assignable(key, reservation, ip, now));
+        let reserved = reservation.map(|host| host.ip);
+        let ip = match (reserved, current) {
+            // A reservation wins over the client's other lease and over any holder.
+            (Some(reserved), _) => {
+                if let Some(holder) = self.by_ip.get(&reserved)
+                    && holder.key != *key
+                {
+                    self.remove(reserved);
+                }
+                reserved
+            }
+            (None, Some(current)) => current,
+            (None, None) => match hint.filter(|&ip| self.assignable(key, None, ip, now)) {
+                Some(hint) => hint,
+                None => self.allocate(key, now)?,
+            },
+        };
+        let bound = self
+            .by_ip
+            .get(&ip)
+            .is_some_and(|lease| lease.key == *key && lease.state == LeaseState::Bound);
+        if !bound {
+            self.insert(
+                ip,
+                Lease {
+                    key: key.clone(),
+                    mac: None,
+                    hostname: None,
+                    expiry: now.saturating_add(OFFER_HOLD_SECS),
+                    state: LeaseState::Offered,
+                },
+            );
+        }
+        Some(ip)
+    }
+
+    fn allocate(&mut self, key: &ClientKey, now: i64) -> Option<Ipv6Addr> {
+        if self.exhausted_until.is_some_and(|until| now < until) {
+            return None;
+        }
+        let size = self.pool_size.max(1);
+        for step in 0..self.pool_size {
+            let position = (self.cursor + step) % size;
+            let ip = self.pool_address(position)?;
+            if self.assignable(key, None, ip, now) {
+                self.cursor = (position + 1) % size;
+                if self.by_ip.contains_key(&ip) {
+                    self.remove(ip);
+                }
+                return Some(ip);
+            }
+        }
+        self.exhausted_until = Some(
+            self.by_ip
+                .values()
+                .map(|lease| lease.expiry)
+                .min()
+                .unwrap_or(i64::MAX),
+        );
+        tracing::warn!(network = %self.network, "DHCPv6 range full: no address to give");
+        None
+    }
+
+    fn pool_address(&self, mut position: u128) -> Option<Ipv6Addr> {
+        for range in &self.pool {
+            let size = range.end - range.start + 1;
+            if position < size {
+                return Some(Ipv6Addr::from(range.start + position));
+            }
+            position -= size;
+        }
+        None
+    }
+
+    /// Binds `ip` to `key` for `secs` (see [`LeaseDb::lease_secs`]); the caller checked
+    /// [`LeaseDb::assignable`] or got `ip` from [`LeaseDb::offer`].
+    pub fn bind(
+        &mut self,
+        key: &ClientKey,
+        ip: Ipv6Addr,
+        mac: Option<[u8; 6]>,
+        hostname: Option<String>,
+        secs: u32,
+        now: i64,
+    ) {
+        if let Some(old) = self.by_client.get(key).copied()
+            && old != ip
+        {
+            self.remove(old);
+        }
+        if self.by_ip.get(&ip).is_some_and(|lease| lease.key != *key) {
+            self.remove(ip);
+        }
+        self.insert(
+            ip,
+            Lease {
+                key: key.clone(),
+                mac,
+                hostname,
+                expiry: expiry_after(now, secs),
+                state: LeaseState::Bound,
+            },
+        );
+        self.dirty = true;
+    }
+
+    /// The live binding of `key`, if any.
+    pub fn binding(&self, key: &ClientKey, now: i64) -> Option<Ipv6Addr> {
+        let ip = *self.by_client.get(key)?;
+        self.by_ip
+            .get(&ip)
+            .filter(|lease| lease.state == LeaseState::Bound && lease.expiry > now)
+            .map(|_| ip)
+    }
+
+    /// Frees `ip` if `key` holds it; whether it did.
+    pub fn release(&mut self, key: &ClientKey, ip: Ipv6Addr) -> bool {
+        if self.by_ip.get(&ip).is_some_and(|lease| lease.key == *key) {
+            self.remove(ip);
+            self.dirty = true;
+            return true;
+        }
+        false
+    }
+
+    /// Takes `ip`, held by `key`, out of the pool for a while; whether `key` held it.
+    pub fn decline(&mut self, key: &ClientKey, ip: Ipv6Addr, now: i64) -> bool {
+        if !self.by_ip.get(&ip).is_some_and(|lease| lease.key == *key) {
+            return false;
+        }
+        self.remove(ip);
+        self.dirty = true;
+        if !self.reserved_ips.contains(&ip) {
+            self.insert(
+                ip,
+                Lease {
+                    // Nobody's: an empty DUID is never a client's key.
+                    key: ClientKey {
+                        duid: Box::default(),
+                        iaid: 0,
+                    },
+                    mac: None,
+                    hostname: None,
+                    expiry: now.saturating_add(DECLINE_HOLD_SECS),
+                    state: LeaseState::Declined,
+                },
+            );
+        }
+        true
+    }
+
+    /// Puts `lease` on `ip`, replacing whoever held it; a client's IA holds one address,
+    /// so its previous one is freed. Declined addresses belong to nobody.
+    fn insert(&mut self, ip: Ipv6Addr, lease: Lease) {
+        self.remove(ip);
+        if lease.state != LeaseState::Declined {
+            if let Some(old) = self.by_client.get(&lease.key).copied()
+                && old != ip
+            {
+                self.remove(old);
+            }
+            self.by_client.insert(lease.key.clone(), ip);
+        }
+        self.by_ip.insert(ip, lease);
+    }
+
+    fn remove(&mut self, ip: Ipv6Addr) {
+        self.exhausted_until = None;
+        if let Some(lease) = self.by_ip.remove(&ip)
+            && self.by_client.get(&lease.key) == Some(&ip)
+        {
+            self.by_client.remove(&lease.key);
+        }
+    }
+
+    /// The bound, unexpired leases, by address.
+    pub fn leases(&self, now: i64) -> Vec<Lease6Info> {
+        let mut leases: Vec<Lease6Info> = self
+            .by_ip
+            .iter()
+            .filter(|(_, lease)| lease.state == LeaseState::Bound && lease.expiry > now)
+            .map(|(&ip, lease)| Lease6Info {
+                expiry_unix: if lease.expiry == i64::MAX {
+                    0
+                } else {
+                    lease.expiry
+                },
+                duid: lease.key.duid.to_vec(),
+                iaid: lease.key.iaid,
+                mac: lease.mac,
+                ip,
+                hostname: lease.hostname.clone(),
+            })
+            .collect();
+        leases.sort_by_key(|lease| lease.ip);
+        leases
+    }
+
+    /// Writes the bound leases to the file if bindings changed since the last commit.
+    /// Blocking (fsync); the server calls it once per batch, before the replies.
+    pub fn commit(&mut self, now: i64) -> Result<(), Error> {
+        let Some(path) = &self.path else {
+            self.dirty = false;
+            return Ok(());
+        };
+        if !self.dirty {
+            return Ok(());
+        }
+        let mut text = Vec::new();
+        for lease in self.leases(now) {
+            let record = Record {
+                ip: lease.ip,
+                duid: format_mac(&lease.duid),
+                iaid: lease.iaid,
+                mac: lease.mac.map(|mac| format_mac(&mac)),
+                hostname: lease.hostname,
+                expiry: lease.expiry_unix,
+            };
+            if serde_json::to_writer(&mut text, &record).is_ok() {
+                text.push(b'\n');
+            }
+        }
+        crate::store::write_atomic(path, &text).map_err(|e| Error::LeaseFile {
+            network: self.network.clone(),
+            path: path.clone(),
+            action: "write",
+            source: std::io::Error::other(e),
+        })?;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config() -> Dhcp6Config {
+        super::super::engine::tests::config()
+    }
+
+    fn key(n: u8) -> ClientKey {
+        ClientKey {
+            duid: vec![0, 3, 0, 1, 0x52, 0x54, 0, 0, 0, n].into(),
+            iaid: 1,
+        }
+    }
+
+    fn ip(text: &str) -> Ipv6Addr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn pool_runs_out_and_released_addresses_come_back() {
+        let mut config = config();
+        config.ranges = vec![(ip("2001:db8:ca2:2::10"), ip("2001:db8:ca2:2::11"), None)];
+        config.hosts.clear();
+        let mut db = LeaseDb::in_memory(&config);
+        let a = db.offer(&key(1), None, None, 0).unwrap();
+        let b = db.offer(&key(2), None, None, 0).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(db.offer(&key(3), None, None, 0), None, "pool of two");
+        assert_eq!(db.exhausted_until, Some(OFFER_HOLD_SECS));
+        assert_eq!(db.offer(&key(5), None, None, 1), None, "no walk until then");
+        // Offers lapse; bound leases do not.
+        db.bind(&key(1), a, None, None, 3600, 0);
+        let c = db.offer(&key(3), None, None, OFFER_HOLD_SECS + 1).unwrap();
+        assert_eq!(c, b);
+        assert!(db.release(&key(1), a));
+        assert!(!db.release(&key(1), a));
+        assert_eq!(db.offer(&key(4), None, None, OFFER_HOLD_SECS + 1), Some(a));
+    }
+
+    #[test]
+    fn a_reservation_wins_and_reserved_addresses_stay_out_of_the_pool() {
+        let config = config();
+        let mut db = LeaseDb::in_memory(&config);
+        let host = config.hosts[0].clone();
+        assert_eq!(
+            db.reservation(host.duid.as_deref().unwrap(), None),
+            Some(&host)
+        );
+        let by_name = db.reservation(&[9, 9], Some("paul")).cloned();
+        assert_eq!(by_name.as_ref().map(|h| h.ip), Some(config.hosts[1].ip));
+        assert!(!db.assignable(&key(1), None, host.ip, 0));
+        let reserved_key = ClientKey {
+            duid: host.duid.clone().unwrap().into(),
+            iaid: 7,
+        };
+        assert_eq!(db.offer(&reserved_key, Some(&host), None, 0), Some(host.ip));
+        db.bind(&reserved_key, host.ip, None, None, 3600, 0);
+        assert_eq!(db.binding(&reserved_key, 1), Some(host.ip));
+    }
+
+    #[test]
+    fn lease_times_come_from_host_then_range_then_default() {
+        let mut config = config();
+        config.ranges[0].2 = Some(Duration::from_secs(7200));
+        config.hosts[0].lease = Some(Duration::ZERO);
+        let db = LeaseDb::in_memory(&config);
+        assert_eq!(
+            db.lease_secs(Some(&config.hosts[0]), config.hosts[0].ip),
+            INFINITE
+        );
+        assert_eq!(db.lease_secs(None, ip("2001:db8:ca2:2:1::10")), 7200);
+        config.ranges[0].2 = None;
+        let db = LeaseDb::in_memory(&config);
+        assert_eq!(db.lease_secs(None, ip("2001:db8:ca2:2:1::10")), 3600);
+    }
+
+    #[test]
+    fn declined_addresses_stay_out_for_a_while() {
+        let mut config = config();
+        config.ranges = vec![(ip("2001:db8:ca2:2::10"), ip("2001:db8:ca2:2::10"), None)];
+        let mut db = LeaseDb::in_memory(&config);
+        let a = db.offer(&key(1), None, None, 0).unwrap();
+        db.bind(&key(1), a, None, None, 3600, 0);
+        assert!(db.decline(&key(1), a, 10));
+        assert_eq!(db.offer(&key(2), None, None, 20), None);
+        assert_eq!(
+            db.offer(&key(2), None, None, 10 + DECLINE_HOLD_SECS + 1),
+            Some(a)
+        );
+    }
+
+    #[test]
+    fn leases_survive_a_reopen_and_junk_lines_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.leases6");
+        let config = config();
+        let mut db = LeaseDb::open(&config, &path, 0).unwrap();
+        let a = db.offer(&key(1), None, None, 0).unwrap();
+        db.bind(
+            &key(1),
+            a,
+            Some([0x52, 0x54, 0, 0, 0, 1]),
+            Some("web".into()),
+            3600,
+            0,
+        );
+        let b = db.offer(&key(2), None, None, 0).unwrap();
+        db.bind(&key(2), b, None, None, INFINITE, 0);
+        db.commit(0).unwrap();
+        let mut text = std::fs::read(&path).unwrap();
+        text.extend_from_slice(
+            b"{\"ip\":\"::1\",\"duid\":\"00\",\"iaid\":1,\"expiry\":99}\nnot json\n\xff\n",
+        );
+        std::fs::write(&path, &text).unwrap();
+        let db = LeaseDb::open(&config, &path, 100).unwrap();
+        let leases = db.leases(100);
+        assert_eq!(leases.len(), 2, "{leases:?}");
+        assert_eq!(db.binding(&key(1), 100), Some(a));
+        assert_eq!(db.binding(&key(2), 100), Some(b));
+        let web = leases.iter().find(|l| l.ip == a).unwrap();
+        assert_eq!(web.hostname.as_deref(), Some("web"));
+        assert_eq!(web.mac, Some([0x52, 0x54, 0, 0, 0, 1]));
+        assert_eq!(web.expiry_unix, 3600);
+        assert_eq!(leases.iter().find(|l| l.ip == b).unwrap().expiry_unix, 0);
+        // Expired by the time of the next load.
+        let db = LeaseDb::open(&config, &path, 4000).unwrap();
+        assert_eq!(db.leases(4000).len(), 1);
+    }
+}

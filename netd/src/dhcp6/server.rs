@@ -1,0 +1,208 @@
+//! The per-network DHCPv6 task: a UDP socket on port 547 bound to the bridge and joined
+//! to All_DHCP_Relay_Agents_and_Servers (`ff02::1:2`), feeding [`Engine::handle`].
+//!
+//! The socket is bound to `[::]`, not to the bridge's link-local address: that address
+//! is tentative (duplicate address detection) for a moment after the bridge comes up,
+//! and binding to it would fail then. Replies go to the client's link-local address
+//! with the bridge as scope, so the kernel picks the bridge's link-local address as
+//! source once it is usable, which it is long before a guest's first SOLICIT.
+//!
+//! Packets are handled in batches; replies that confirm bindings are sent only after
+//! the lease file was rewritten ([`Engine::commit`]), once per batch.
+
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+
+use super::engine::{Engine, Reply, SERVER_PORT};
+use super::{Dhcp6Config, Error, Lease6Info};
+use crate::service::ServiceTask;
+
+/// All_DHCP_Relay_Agents_and_Servers (RFC 8415 7.1).
+pub const ALL_DHCP_SERVERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
+/// Most packets handled per commit.
+const MAX_BATCH: usize = 256;
+/// Largest datagram read; larger ones are truncated garbage.
+const RECV_BUFFER: usize = 4096;
+
+/// A running DHCPv6 server of one network. Dropping it, or [`Dhcp6Server::stop`], ends it.
+#[derive(Debug)]
+pub struct Dhcp6Server {
+    engine: Arc<Mutex<Engine>>,
+    task: ServiceTask,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    // A panic cannot leave the engine half-updated in a way later packets cannot handle.
+    engine
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Dhcp6Server {
+    /// Binds UDP `[::]:547` on `config.interface`, joins `ff02::1:2` there, loads the
+    /// leases from `lease_file` and spawns the serving task on the current runtime.
+    pub fn start(config: Dhcp6Config, lease_file: PathBuf) -> Result<Dhcp6Server, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
+            network: config.network.clone(),
+        })?;
+        let network = config.network.clone();
+        let socket = open_socket(&config)?;
+        let socket = {
+            let _enter = runtime.enter();
+            UdpSocket::from_std(socket).map_err(|source| Error::Socket {
+                network: config.network.clone(),
+                interface: config.interface.clone(),
+                step: "register with the runtime",
+                source,
+            })?
+        };
+        let engine = Engine::with_lease_file(config, &lease_file, unix_now())?;
+        let engine = Arc::new(Mutex::new(engine));
+        tracing::info!(%network, lease_file = %lease_file.display(), "DHCPv6 server started");
+        let served = Arc::clone(&engine);
+        let task = ServiceTask::spawn(&runtime, network, "DHCPv6 server", |stop| {
+            serve(socket, served, stop)
+        });
+        Ok(Dhcp6Server { engine, task })
+    }
+
+    /// Applies a new configuration (net-update) without dropping the leases.
+    pub fn update(&self, config: Dhcp6Config) {
+        lock(&self.engine).update(config);
+    }
+
+    /// The bound, unexpired leases.
+    pub fn leases(&self) -> Vec<Lease6Info> {
+        lock(&self.engine).leases(unix_now())
+    }
+
+    /// Reads, from elsewhere (the network's DNS server), the names this server puts in
+    /// DNS: those of its bound leases, and those of the `<host name= ip=>` reservations
+    /// (dnsmasq serves a `dhcp-host` with name and address before its lease too).
+    pub fn name_reader(&self) -> impl Fn() -> Vec<(Ipv6Addr, String)> + Send + Sync + 'static {
+        let engine = Arc::clone(&self.engine);
+        move || {
+            let engine = lock(&engine);
+            let mut names: Vec<(Ipv6Addr, String)> = engine
+                .config()
+                .hosts
+                .iter()
+                .filter_map(|host| Some((host.ip, host.name.clone()?)))
+                .collect();
+            let reserved: Vec<Ipv6Addr> = names.iter().map(|(ip, _)| *ip).collect();
+            names.extend(
+                engine
+                    .leases(unix_now())
+                    .into_iter()
+                    .filter(|lease| !reserved.contains(&lease.ip))
+                    .filter_map(|lease| Some((lease.ip, lease.hostname?))),
+            );
+            names
+        }
+    }
+
+    /// Stops the task after the batch in progress.
+    pub async fn stop(self) {
+        self.task.stop().await;
+    }
+}
+
+fn open_socket(config: &Dhcp6Config) -> Result<std::net::UdpSocket, Error> {
+    let fail = |step: &'static str| {
+        move |source: std::io::Error| Error::Socket {
+            network: config.network.clone(),
+            interface: config.interface.clone(),
+            step,
+            source,
+        }
+    };
+    let socket = Socket::new(
+        Domain::IPV6,
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )
+    .map_err(fail("create"))?;
+    socket.set_only_v6(true).map_err(fail("set IPV6_V6ONLY"))?;
+    // Every network's server binds the port, each on its own bridge.
+    socket
+        .set_reuse_address(true)
+        .map_err(fail("set SO_REUSEADDR"))?;
+    socket
+        .bind_device(Some(config.interface.as_bytes()))
+        .map_err(fail("set SO_BINDTODEVICE"))?;
+    let index = nix::net::if_::if_nametoindex(config.interface.as_str())
+        .map_err(|e| fail("find the interface index")(e.into()))?;
+    socket
+        .join_multicast_v6(&ALL_DHCP_SERVERS, index)
+        .map_err(fail("join ff02::1:2"))?;
+    let any = SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, SERVER_PORT, 0, 0);
+    socket
+        .bind(&SocketAddr::V6(any).into())
+        .map_err(fail("bind port 547"))?;
+    Ok(socket.into())
+}
+
+async fn serve(socket: UdpSocket, engine: Arc<Mutex<Engine>>, mut shutdown: oneshot::Receiver<()>) {
+    let mut buf = vec![0u8; RECV_BUFFER];
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            ready = socket.readable() => match ready {
+                Ok(()) => handle_batch(&socket, &engine, &mut buf),
+                Err(e) => {
+                    let network = lock(&engine).config().network.clone();
+                    tracing::warn!(%network, error = %e, "DHCPv6 socket failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+fn handle_batch(socket: &UdpSocket, engine: &Mutex<Engine>, buf: &mut [u8]) {
+    let mut replies: Vec<(SocketAddr, Reply)> = Vec::new();
+    let mut engine = lock(engine);
+    let now = unix_now();
+    for _ in 0..MAX_BATCH {
+        match socket.try_recv_from(buf) {
+            Ok((len, from)) => {
+                let SocketAddr::V6(from_v6) = from else {
+                    continue;
+                };
+                if let Some(reply) = engine.handle(&buf[..len], *from_v6.ip(), now) {
+                    replies.push((from, reply));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                tracing::debug!(network = %engine.config().network, error = %e, "DHCPv6 receive failed");
+                break;
+            }
+        }
+    }
+    if replies.iter().any(|(_, reply)| reply.needs_commit)
+        && let Err(e) = engine.commit(now)
+    {
+        tracing::error!(error = %crate::manager::error_chain(&e), "DHCPv6 bindings not saved; their replies are dropped");
+        replies.retain(|(_, reply)| !reply.needs_commit);
+    }
+    let network = engine.config().network.clone();
+    drop(engine);
+    for (to, reply) in replies {
+        if let Err(e) = socket.try_send_to(&reply.bytes, to) {
+            tracing::debug!(%network, %to, error = %e, "DHCPv6 reply not sent");
+        }
+    }
+}
