@@ -76,9 +76,18 @@ fn network_xml(rng: &mut Rng, name: &str) -> String {
     } else {
         String::new()
     };
+    // Some networks also serve DHCPv6 (and advertise it) on an IPv6 subnet.
+    let ipv6 = if rng.chance(30) {
+        format!(
+            "<ip family='ipv6' address='fd77:{octet}::1' prefix='64'><dhcp>\
+             <range start='fd77:{octet}::100' end='fd77:{octet}::1ff'/></dhcp></ip>"
+        )
+    } else {
+        String::new()
+    };
     format!(
         "<network><name>{name}</name>{bridge}{mode}\
-         <ip address='10.77.{octet}.1' prefix='24'>{dhcp}</ip></network>"
+         <ip address='10.77.{octet}.1' prefix='24'>{dhcp}</ip>{ipv6}</network>"
     )
 }
 
@@ -294,6 +303,8 @@ struct Snapshot {
     dns_listeners: BTreeSet<String>,
     /// Devices with a DHCP (UDP port 67) listener.
     dhcp_listeners: BTreeSet<String>,
+    /// Devices with a DHCPv6 (UDP port 547) listener.
+    dhcp6_listeners: BTreeSet<String>,
     /// Files in `<state>/networks` -> content (status files) or "" (others).
     state_files: BTreeMap<String, String>,
     /// Files in `<config>/networks` and `autostart/`, symlinks as "-> target".
@@ -372,15 +383,19 @@ fn snapshot(daemon: &Daemon) -> Snapshot {
         .filter_map(|l| l.split_whitespace().nth(3))
         .filter_map(|local| local.rsplit_once(':').map(|(addr, _)| addr.to_owned()))
         .collect();
-    // `0.0.0.0%kvsa:67`: bound to the bridge.
-    let dhcp_listeners = daemon
-        .ns
-        .sh("ss -Hlnu 'sport = :67'")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(3))
-        .filter_map(|local| Some(local.split_once('%')?.1.rsplit_once(':')?.0.to_owned()))
-        .collect();
+    // `0.0.0.0%kvsa:67`, `[::]%kvsa:547`: bound to the bridge.
+    let bound_devices = |port: u16| -> BTreeSet<String> {
+        daemon
+            .ns
+            .sh(&format!("ss -Hlnu 'sport = :{port}'"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3))
+            .filter_map(|local| Some(local.split_once('%')?.1.rsplit_once(':')?.0.to_owned()))
+            .collect()
+    };
+    let dhcp_listeners = bound_devices(67);
+    let dhcp6_listeners = bound_devices(547);
     let networks_dir = daemon.config_dir().join("networks");
     let mut config_files = dir_files(&networks_dir);
     for (name, content) in dir_files(&networks_dir.join("autostart")) {
@@ -392,6 +407,7 @@ fn snapshot(daemon: &Daemon) -> Snapshot {
         table,
         dns_listeners,
         dhcp_listeners,
+        dhcp6_listeners,
         state_files: dir_files(&daemon.state_dir().join("networks")),
         config_files,
     }
@@ -414,11 +430,12 @@ fn quiet(daemon: &Daemon) -> Snapshot {
 /// The product rule: every side agrees, nothing is orphaned.
 fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
     eprintln!(
-        "{when}: {} networks, bridges {:?}, DNS on {:?}, DHCP on {:?}",
+        "{when}: {} networks, bridges {:?}, DNS on {:?}, DHCP on {:?}, DHCPv6 on {:?}",
         snap.listed.len(),
         snap.bridges.keys().collect::<Vec<_>>(),
         snap.dns_listeners,
-        snap.dhcp_listeners
+        snap.dhcp_listeners,
+        snap.dhcp6_listeners
     );
     let mut problems = Vec::new();
     let active: BTreeMap<&str, &str> = snap
@@ -438,7 +455,9 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
     // Status files: one per active network, active, naming its bridge and persistence.
     let mut statuses = BTreeSet::new();
     let mut listen = BTreeSet::new();
+    let mut listen6 = BTreeSet::new();
     let mut serve_dhcp = BTreeSet::new();
+    let mut serve_dhcp6 = BTreeSet::new();
     for (file, content) in &snap.state_files {
         if let Some(name) = file.strip_suffix(".json") {
             statuses.insert(name);
@@ -472,8 +491,23 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
                 ));
             }
             let xml = status["xml"].as_str().unwrap_or_default();
-            if xml.contains("<dhcp>") {
+            let (ipv4_xml, ipv6_xml) = xml
+                .split_once("<ip family='ipv6' address='")
+                .unwrap_or((xml, ""));
+            if ipv4_xml.contains("<dhcp>") {
                 serve_dhcp.insert(status["bridge"].as_str().unwrap_or_default().to_owned());
+            }
+            if let Some(address) = ipv6_xml.split('\'').next().filter(|a| !a.is_empty()) {
+                let bridge = status["bridge"].as_str().unwrap_or_default();
+                serve_dhcp6.insert(bridge.to_owned());
+                listen6.insert(format!("[{address}]"));
+                if !snap
+                    .bridges
+                    .get(bridge)
+                    .is_some_and(|(_, addresses)| addresses.contains(&format!("{address}/64")))
+                {
+                    problems.push(format!("bridge {bridge} of {name} lacks {address}/64"));
+                }
             }
             if let Some(rest) = xml.split("<ip address='").nth(1)
                 && let Some(address) = rest.split('\'').next()
@@ -499,7 +533,10 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
                     problems.push(format!("no firewall rules for {bridge} of {name}"));
                 }
             }
-        } else if let Some(name) = file.strip_suffix(".leases") {
+        } else if let Some(name) = file
+            .strip_suffix(".leases")
+            .or_else(|| file.strip_suffix(".leases6"))
+        {
             if !snap.listed.contains_key(name) {
                 problems.push(format!("lease file {file} of an unknown network"));
             }
@@ -525,10 +562,17 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
             "status files {statuses:?}, active networks {active_names:?}"
         ));
     }
-    if snap.dns_listeners != listen {
+    let all_addresses: BTreeSet<String> = listen.union(&listen6).cloned().collect();
+    if snap.dns_listeners != all_addresses {
         problems.push(format!(
-            "DNS listens on {:?}, active networks' addresses {listen:?}",
+            "DNS listens on {:?}, active networks' addresses {all_addresses:?}",
             snap.dns_listeners
+        ));
+    }
+    if snap.dhcp6_listeners != serve_dhcp6 {
+        problems.push(format!(
+            "DHCPv6 listens on {:?}, active networks with IPv6 <dhcp> are on {serve_dhcp6:?}",
+            snap.dhcp6_listeners
         ));
     }
     if snap.dhcp_listeners != serve_dhcp {
