@@ -151,11 +151,26 @@ fn duplicates_and_conflicts_are_refused() {
         "<network><name>other</name><bridge name='hostdev0'/></network>",
         &["hostdev0"],
     );
-    // net-create of a name that exists.
+    // net-create of a name that exists: without its UUID (a new one would be made), and
+    // with it while it runs. libvirt's messages name the existing network's UUID.
+    let uuid = daemon.ok(&["net-uuid", "default"]);
+    let uuid = uuid.trim();
     let path = xml_file(
         daemon.dirs.path(),
         "dup.xml",
         "<network><name>default</name></network>",
+    );
+    rejects(
+        &daemon,
+        &["net-create", path.to_str().expect("path")],
+        &[&format!(
+            "network 'default' already exists with uuid {uuid}"
+        )],
+    );
+    let path = xml_file(
+        daemon.dirs.path(),
+        "dup-uuid.xml",
+        &format!("<network><name>default</name><uuid>{uuid}</uuid></network>"),
     );
     rejects(
         &daemon,
@@ -506,15 +521,20 @@ fn a_bridge_name_saved_for_a_running_networks_next_start_is_taken() {
         let path = xml_file(daemon.dirs.path(), file, xml);
         daemon.ok(&["net-define", path.to_str().expect("path")]);
     };
+    let uuid = "<uuid>7a1d1c3e-5f0b-4c4e-9f57-5b2f4f2a0a01</uuid>";
     define(
         "a1.xml",
-        "<network><name>a</name><bridge name='bra'/><ip address='10.95.0.1' prefix='24'/></network>",
+        &format!(
+            "<network><name>a</name>{uuid}<bridge name='bra'/><ip address='10.95.0.1' prefix='24'/></network>"
+        ),
     );
     daemon.ok(&["net-start", "a"]);
     // Redefined while running: it runs on bra and will start on bra2 next time.
     define(
         "a2.xml",
-        "<network><name>a</name><bridge name='bra2'/><ip address='10.95.0.1' prefix='24'/></network>",
+        &format!(
+            "<network><name>a</name>{uuid}<bridge name='bra2'/><ip address='10.95.0.1' prefix='24'/></network>"
+        ),
     );
     define_rejects(
         &daemon,

@@ -205,7 +205,23 @@ fn defining_a_running_transient_network_records_it_as_persistent() {
     let path = path.to_str().expect("path");
     daemon.ok(&["net-create", path]);
     assert!(!status_persistent(&daemon, "later"));
-    daemon.ok(&["net-define", path]);
+    // As with libvirt, the definition must name the running network's UUID: the file
+    // without one would be another network of the same name.
+    let uuid = daemon.ok(&["net-uuid", "later"]);
+    let err = daemon.fails(&["net-define", path]);
+    assert!(
+        err.contains(&format!(
+            "network 'later' already exists with uuid {}",
+            uuid.trim()
+        )),
+        "{err}"
+    );
+    let dumped = xml_file(
+        daemon.dirs.path(),
+        "dumped.xml",
+        &daemon.ok(&["net-dumpxml", "later"]),
+    );
+    daemon.ok(&["net-define", dumped.to_str().expect("path")]);
     assert_eq!(
         daemon.ok(&["-q", "net-list", "--all"]),
         " later   active   no   yes\n"
@@ -267,9 +283,7 @@ fn net_create_of_a_defined_inactive_network_runs_it_with_that_xml() {
     );
     let err = daemon.fails(&["net-create", other.to_str().expect("path")]);
     assert!(
-        err.contains(
-            "network 'net1' already exists with uuid 22222222-2222-4222-8222-222222222222"
-        ),
+        err.contains(&format!("network 'net1' already exists with uuid {uuid}")),
         "{err}"
     );
     // The persistent definition comes back once the network stops.

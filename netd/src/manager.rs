@@ -674,7 +674,7 @@ impl Manager {
     pub async fn define(&self, xml: &str) -> Result<NetworkSummary, Error> {
         let mut def = NetworkDef::from_xml(xml)?;
         let mut networks = self.networks.lock().await;
-        self.check_identity(&networks, &mut def)?;
+        self.check_identity(&networks, &def)?;
         self.complete_and_check_bridge(&networks, &mut def).await?;
         // A running transient network becomes persistent: its status says so first, and
         // says so no more if the definition cannot be written.
@@ -709,13 +709,13 @@ impl Manager {
     }
 
     /// Creates and starts a transient network. As in libvirt, the XML of a defined,
-    /// inactive network (same name, and same UUID if it gives one) starts that network
+    /// inactive network (same name and UUID) starts that network
     /// with this XML as its running definition; its persistent one stays as it is.
     #[instrument(skip_all)]
     pub async fn create(&self, xml: &str) -> Result<NetworkSummary, Error> {
         let mut def = NetworkDef::from_xml(xml)?;
         let mut networks = self.networks.lock().await;
-        self.check_identity(&networks, &mut def)?;
+        self.check_identity(&networks, &def)?;
         if networks.get(&def.name).is_some_and(|n| n.live.is_some()) {
             return Err(Error::OperationInvalid(format!(
                 "network is already active as '{}'",
@@ -737,12 +737,13 @@ impl Manager {
     }
 
     /// Refuses a name or UUID that belongs to another network, with libvirt's messages.
-    /// A definition with the name of a known network (and its UUID, if it gives one)
-    /// is that network's, and takes the known UUID.
+    /// A definition with the name of a known network must carry that network's UUID, as
+    /// libvirt requires: without one it would get a new UUID, and a name may belong to
+    /// one UUID only.
     fn check_identity(
         &self,
         networks: &BTreeMap<String, Network>,
-        def: &mut NetworkDef,
+        def: &NetworkDef,
     ) -> Result<(), Error> {
         if let Some(uuid) = def.uuid {
             let holder = networks
@@ -759,15 +760,12 @@ impl Manager {
         let Some(existing) = networks.get(&def.name).and_then(Network::current) else {
             return Ok(());
         };
-        match def.uuid {
-            Some(uuid) if Some(uuid) != existing.uuid => Err(Error::AlreadyExists(format!(
-                "network '{}' already exists with uuid {uuid}",
+        match existing.uuid {
+            Some(known) if def.uuid != Some(known) => Err(Error::AlreadyExists(format!(
+                "network '{}' already exists with uuid {known}",
                 def.name
             ))),
-            _ => {
-                def.uuid = existing.uuid;
-                Ok(())
-            }
+            _ => Ok(()),
         }
     }
 
