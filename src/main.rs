@@ -70,6 +70,16 @@ fn usage_error(error: &clap::Error) -> ExitCode {
         .unwrap_or_default();
     // clap names an option with its value placeholder (`--network <NETWORK>`).
     let option = |text: &str| text.split([' ', '=']).next().unwrap_or_default().to_owned();
+    let quiet = args.iter().any(|arg| arg == "-q" || arg == "--quiet");
+    // virsh checks some options only once the command runs, so it ends those refusals
+    // with the command's blank line.
+    let refused_while_running = |line: String| {
+        eprintln!("error: {line}");
+        if !quiet {
+            let _ = std::io::stdout().write_all(b"\n");
+        }
+        ExitCode::FAILURE
+    };
     let lines = match (error.kind(), context(ContextKind::InvalidArg)) {
         (ErrorKind::DisplayHelp | ErrorKind::DisplayVersion, _) => {
             let _ = error.print();
@@ -86,27 +96,34 @@ fn usage_error(error: &clap::Error) -> ExitCode {
                 .iter()
                 .position(|arg| *arg == verb)
                 .map_or(&args[..0], |at| &args[at + 1..]);
-            vec![conflict_line(&prior, &argument, after_verb)]
+            let line = conflict_line(&prior, &argument, after_verb);
+            if line.starts_with("Options ") {
+                return refused_while_running(line);
+            }
+            vec![line]
         }
         (ErrorKind::InvalidValue, Some(argument))
             if context(ContextKind::InvalidValue).is_some_and(|value| value.is_empty()) =>
         {
             if args.iter().any(String::is_empty) {
-                // virsh finds an empty argument when the command runs, so it ends with
-                // the command's blank line.
-                eprintln!(
-                    "error: Failed to get option '{}': Option argument is empty",
+                return refused_while_running(format!(
+                    "Failed to get option '{}': Option argument is empty",
                     option_name(&argument)
-                );
-                if !args.iter().any(|arg| arg == "-q" || arg == "--quiet") {
-                    let _ = std::io::stdout().write_all(b"\n");
-                }
-                return ExitCode::FAILURE;
+                ));
             }
             vec![format!(
                 "expected syntax: --{} <string>",
                 option_name(&argument)
             )]
+        }
+        (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(argument))
+            if NUMERIC_OPTIONS.contains(&option_name(&argument).as_str()) =>
+        {
+            return refused_while_running(format!(
+                "Numeric value '{}' for <{}> option is malformed or out of range",
+                context(ContextKind::InvalidValue).unwrap_or_default(),
+                option_name(&argument)
+            ));
         }
         (ErrorKind::InvalidSubcommand, _) => vec![format!(
             "unknown command: '{}'",
@@ -144,6 +161,9 @@ fn usage_error(error: &clap::Error) -> ExitCode {
     }
     ExitCode::FAILURE
 }
+
+/// Options whose values virsh reads as numbers.
+const NUMERIC_OPTIONS: [&str; 1] = ["parent-index"];
 
 /// virsh's line for two options clap found in conflict (`args`: those after the verb).
 /// The network may be given as the positional argument or as `--network`, which virsh

@@ -172,7 +172,7 @@ fn transient_networks_run_without_a_definition_and_vanish_on_destroy() {
     assert_eq!(daemon.addresses("virbr0"), ["10.98.0.1/24"]);
     assert!(!daemon.config_dir().join("networks/scratch.xml").exists());
     let err = daemon.fails(&["net-undefine", "scratch"]);
-    assert!(err.contains("cannot undefine transient network"), "{err}");
+    assert!(err.contains("can't undefine transient network"), "{err}");
     let err = daemon.fails(&["net-autostart", "scratch"]);
     assert!(err.contains("transient"), "{err}");
     daemon.ok(&["net-destroy", "scratch"]);

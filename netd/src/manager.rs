@@ -1261,7 +1261,7 @@ impl Manager {
         let network = &networks[&name];
         if network.config.is_none() {
             return Err(Error::OperationInvalid(
-                "cannot undefine transient network".into(),
+                "can't undefine transient network".into(),
             ));
         }
         if let Some(live) = &network.live {
@@ -1549,20 +1549,16 @@ impl Manager {
 
 /// Resolves a name or UUID (virsh tries a UUID first when the argument looks like one).
 fn lookup(networks: &BTreeMap<String, Network>, key: &str) -> Result<String, Error> {
-    if let Ok(uuid) = uuid::Uuid::parse_str(key) {
-        if let Some(def) = networks
+    // virsh's order: by UUID when the argument has a UUID's length, then by name; what
+    // is found by neither is reported as a name.
+    if key.len() == UUID_STRING_LEN
+        && let Ok(uuid) = uuid::Uuid::parse_str(key)
+        && let Some(def) = networks
             .values()
             .filter_map(Network::current)
             .find(|def| def.uuid == Some(uuid))
-        {
-            return Ok(def.name.clone());
-        }
-        if key.len() == 36 {
-            return Err(Error::NotFound {
-                field: "uuid",
-                value: key.to_owned(),
-            });
-        }
+    {
+        return Ok(def.name.clone());
     }
     if networks.contains_key(key) {
         Ok(key.to_owned())
@@ -1573,6 +1569,9 @@ fn lookup(networks: &BTreeMap<String, Network>, key: &str) -> Result<String, Err
         })
     }
 }
+
+/// The length of a UUID written as 8-4-4-4-12 hex digits.
+const UUID_STRING_LEN: usize = 36;
 
 fn summary_of(networks: &BTreeMap<String, Network>, name: &str) -> Result<NetworkSummary, Error> {
     networks

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::Command as Process;
 
+use netd::api::ErrorKind;
 use netd::api::client::{self, Client};
 use netd::api::types::{NetworkSummary, UpdateRequest};
 use netd::xml::{UpdateCommand, UpdateSection};
@@ -174,13 +175,18 @@ pub fn dumpxml(
 }
 
 pub fn uuid(client: &Client, network: &str, json: bool, quiet: bool) -> Result<String, Failure> {
-    let net = client.get(network).map_err(|e| {
+    let failed = |e| {
         Failure::call(
             format!("failed to get network '{network}'"),
             Some(network),
             e,
         )
-    })?;
+    };
+    let net = client.get(network).map_err(failed)?;
+    // virsh looks networks up here by name only.
+    if net.name != network {
+        return Err(not_found(network, "name"));
+    }
     Ok(if json {
         output::json(&serde_json::json!({ "uuid": net.uuid }))
     } else {
@@ -190,17 +196,32 @@ pub fn uuid(client: &Client, network: &str, json: bool, quiet: bool) -> Result<S
 
 pub fn name(client: &Client, uuid: &str, json: bool, quiet: bool) -> Result<String, Failure> {
     // virsh looks networks up here by UUID only; anything else is not found, one line.
-    if uuid.parse::<uuid::Uuid>().is_err() {
+    let Ok(parsed) = uuid.parse::<uuid::Uuid>() else {
         return Err(Failure::msg(format!("failed to get network '{uuid}'")));
+    };
+    let net = match client.get(uuid) {
+        Err(client::Error::Api(api)) if api.kind == ErrorKind::NotFound => {
+            return Err(not_found(uuid, "uuid"));
+        }
+        other => other
+            .map_err(|e| Failure::call(format!("failed to get network '{uuid}'"), Some(uuid), e))?,
+    };
+    if net.uuid != parsed {
+        return Err(not_found(uuid, "uuid"));
     }
-    let net = client
-        .get(uuid)
-        .map_err(|e| Failure::call(format!("failed to get network '{uuid}'"), Some(uuid), e))?;
     Ok(if json {
         output::json(&serde_json::json!({ "name": net.name }))
     } else {
         output::finish(format!("{}\n", net.name), quiet)
     })
+}
+
+/// virsh's failed lookup of `key` by `field` (`name` or `uuid`).
+fn not_found(key: &str, field: &str) -> Failure {
+    Failure::two(
+        format!("failed to get network '{key}'"),
+        format!("Network not found: no network with matching {field} '{key}'"),
+    )
 }
 
 /// `net-edit`: dumpxml --inactive, edit, and define; an unchanged file or an invalid
