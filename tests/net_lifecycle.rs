@@ -634,6 +634,10 @@ fn guests_get_dhcp_leases_that_net_dhcp_leases_lists() {
         ]),
         ""
     );
+    // As with libvirt, a network that is not running still lists the leases it gave.
+    let listed = daemon.ok(&["net-dhcp-leases", "default"]);
+    daemon.ok(&["net-destroy", "default"]);
+    assert_eq!(daemon.ok(&["net-dhcp-leases", "default"]), listed);
 }
 
 /// libvirt's `<bridge name='…%d'/>` templates get the lowest free number at define, and

@@ -70,6 +70,15 @@ pub enum Error {
         /// What the kernel refused.
         problem: String,
     },
+    /// The lease file of an inactive network could not be read.
+    #[error("cannot read the leases of network '{network}'")]
+    Leases {
+        /// The network.
+        network: String,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The DNS records of an update cannot be served.
     #[error(transparent)]
     DnsRecords(dns::Error),
@@ -107,6 +116,7 @@ impl From<Error> for ApiError {
             Error::Start { .. }
             | Error::Stop { .. }
             | Error::Live { .. }
+            | Error::Leases { .. }
             | Error::Store(_)
             | Error::Link(_)
             | Error::Firewall(_) => ErrorKind::Internal,
@@ -1497,12 +1507,47 @@ impl Manager {
         Ok(UpdateResponse { name, live, config })
     }
 
-    /// The network's current DHCP leases (none while it is inactive).
+    /// The network's DHCP and DHCPv6 leases: those its servers hold while it runs, and
+    /// while it does not, those its lease files recorded (libvirt lists them too).
     pub async fn leases(&self, key: &str) -> Result<Vec<Lease>, Error> {
         let networks = self.networks.lock().await;
         let name = lookup(&networks, key)?;
         let network = &networks[&name];
-        let Some(def) = &network.live else {
+        let (v4, v6) = match (&network.live, &network.config) {
+            (Some(_), _) => (
+                network.dhcp.as_ref().map(DhcpServer::leases),
+                network.dhcp6.as_ref().map(Dhcp6Server::leases),
+            ),
+            (None, Some(def)) => {
+                let now = chrono::Utc::now().timestamp();
+                let v4 = dhcp_config(def)
+                    .map(|config| {
+                        dhcp::leases::LeaseDb::read_leases(
+                            &config,
+                            &self.store.lease_path(&name),
+                            now,
+                        )
+                    })
+                    .transpose()
+                    .map_err(|e| Error::Leases {
+                        network: name.clone(),
+                        source: Box::new(e),
+                    })?;
+                let v6 = dhcp6_config(def)
+                    .map(|config| {
+                        dhcp6::leases::LeaseDb::open(&config, &self.store.lease6_path(&name), now)
+                            .map(|db| db.leases(now))
+                    })
+                    .transpose()
+                    .map_err(|e| Error::Leases {
+                        network: name.clone(),
+                        source: Box::new(e),
+                    })?;
+                (v4, v6)
+            }
+            (None, None) => (None, None),
+        };
+        let Some(def) = network.current() else {
             return Ok(Vec::new());
         };
         // libvirt prints each lease with the prefix of the network's first <ip> of its family.
@@ -1514,35 +1559,31 @@ impl Manager {
                 .unwrap_or(default)
         };
         let mut leases = Vec::new();
-        if let Some(server) = &network.dhcp {
-            let prefix = prefix_of(true, 32);
-            leases.extend(server.leases().into_iter().map(|lease| Lease {
+        let prefix = prefix_of(true, 32);
+        leases.extend(v4.into_iter().flatten().map(|lease| Lease {
+            expiry_time: lease.expiry_unix,
+            mac: dhcp::format_mac(&lease.mac),
+            ip_address: lease.ip.into(),
+            prefix,
+            hostname: lease.hostname,
+            // virsh prints client identifiers colon-separated, like MACs.
+            client_id: lease.client_id.as_deref().map(dhcp::format_mac),
+        }));
+        let prefix = prefix_of(false, 128);
+        leases.extend(v6.into_iter().flatten().map(|lease| {
+            Lease {
                 expiry_time: lease.expiry_unix,
-                mac: dhcp::format_mac(&lease.mac),
+                // virsh prints a lease without a known MAC with "-".
+                mac: lease
+                    .mac
+                    .map_or_else(|| "-".to_owned(), |mac| dhcp::format_mac(&mac)),
                 ip_address: lease.ip.into(),
                 prefix,
                 hostname: lease.hostname,
-                // virsh prints client identifiers colon-separated, like MACs.
-                client_id: lease.client_id.as_deref().map(dhcp::format_mac),
-            }));
-        }
-        if let Some(server) = &network.dhcp6 {
-            let prefix = prefix_of(false, 128);
-            leases.extend(server.leases().into_iter().map(|lease| {
-                Lease {
-                    expiry_time: lease.expiry_unix,
-                    // virsh prints a lease without a known MAC with "-".
-                    mac: lease
-                        .mac
-                        .map_or_else(|| "-".to_owned(), |mac| dhcp::format_mac(&mac)),
-                    ip_address: lease.ip.into(),
-                    prefix,
-                    hostname: lease.hostname,
-                    // dnsmasq hands libvirt the DUID in the same colon-separated hex.
-                    client_id: Some(dhcp::format_mac(&lease.duid)),
-                }
-            }));
-        }
+                // dnsmasq hands libvirt the DUID in the same colon-separated hex.
+                client_id: Some(dhcp::format_mac(&lease.duid)),
+            }
+        }));
         Ok(leases)
     }
 }

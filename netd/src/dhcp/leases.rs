@@ -226,31 +226,26 @@ impl LeaseDb {
         db
     }
 
+    /// The bound, unexpired leases recorded in `path` (a missing file has none), read
+    /// without changing the file: for a network that is not running.
+    pub fn read_leases(
+        config: &DhcpConfig,
+        path: &Path,
+        now: i64,
+    ) -> Result<Vec<LeaseInfo>, Error> {
+        let text = read_journal(config, path)?;
+        let mut db = LeaseDb::in_memory(config);
+        db.replay(&text, now);
+        Ok(db.leases(now))
+    }
+
     /// Loads `path` (a missing file is an empty database), drops expired leases and
     /// those the configuration no longer allows, and rewrites the file compactly (unless
     /// it was empty).
     pub fn open(config: &DhcpConfig, path: &Path, now: i64) -> Result<LeaseDb, Error> {
         let mut db = LeaseDb::in_memory(config);
-        let file_error = |action: &'static str| {
-            let network = config.network.clone();
-            let path = path.to_path_buf();
-            move |source| Error::LeaseFile {
-                network,
-                path,
-                action,
-                source,
-            }
-        };
-        let mut text = Vec::new();
-        match File::open(path) {
-            Ok(file) => {
-                file.take(MAX_FILE)
-                    .read_to_end(&mut text)
-                    .map_err(file_error("read"))?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(file_error("open")(e)),
-        }
+        let file_error = |action: &'static str| file_error(config, path, action);
+        let text = read_journal(config, path)?;
         db.replay(&text, now);
         db.pending.clear();
         // A new network's (empty) journal needs no rewrite: appending creates it, and its
@@ -933,6 +928,37 @@ impl LeaseDb {
         crate::store::write_atomic(path, &text).map_err(std::io::Error::other)?;
         Ok(())
     }
+}
+
+/// An `Error::LeaseFile` maker for `action` on `path`.
+fn file_error(
+    config: &DhcpConfig,
+    path: &Path,
+    action: &'static str,
+) -> impl FnOnce(std::io::Error) -> Error {
+    let network = config.network.clone();
+    let path = path.to_path_buf();
+    move |source| Error::LeaseFile {
+        network,
+        path,
+        action,
+        source,
+    }
+}
+
+/// The journal's bytes (at most [`MAX_FILE`]); a missing file is empty.
+fn read_journal(config: &DhcpConfig, path: &Path) -> Result<Vec<u8>, Error> {
+    let mut text = Vec::new();
+    match File::open(path) {
+        Ok(file) => {
+            file.take(MAX_FILE)
+                .read_to_end(&mut text)
+                .map_err(file_error(config, path, "read"))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(file_error(config, path, "open")(e)),
+    }
+    Ok(text)
 }
 
 /// Journal lines on their way to disk (see [`LeaseDb::begin_commit`]).
