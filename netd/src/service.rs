@@ -4,6 +4,8 @@
 //! daemon exiting while networks keep running) aborts the task.
 
 use std::future::Future;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -65,6 +67,21 @@ impl Drop for ServiceTask {
             task.abort();
         }
     }
+}
+
+/// The wall clock as Unix seconds, the time base of leases.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Locks the state a service shares with the daemon. A panic while it was held is
+/// not a reason to stop serving: every change to it is made whole or not at all.
+pub fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use std::io::IoSlice;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, MultiHeaders, SockFlag, SockProtocol, SockType,
@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 
 use super::engine::{Engine, Reply};
 use super::{DhcpConfig, Error, LeaseInfo};
-use crate::service::ServiceTask;
+use crate::service::{ServiceTask, lock, unix_now};
 
 /// The DHCP server port.
 pub const SERVER_PORT: u16 = 67;
@@ -55,19 +55,6 @@ const RECV_BUFFER: usize = 4096;
 pub struct DhcpServer {
     engine: Arc<Mutex<Engine>>,
     task: ServiceTask,
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
-    // A panic cannot leave the engine half-updated in a way later packets cannot handle.
-    engine
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl DhcpServer {

@@ -12,8 +12,8 @@
 
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 
 use super::engine::{Engine, Reply, SERVER_PORT};
 use super::{Dhcp6Config, Error, Lease6Info};
-use crate::service::ServiceTask;
+use crate::service::{ServiceTask, lock, unix_now};
 
 /// All_DHCP_Relay_Agents_and_Servers (RFC 8415 7.1).
 pub const ALL_DHCP_SERVERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
@@ -35,19 +35,6 @@ const RECV_BUFFER: usize = 4096;
 pub struct Dhcp6Server {
     engine: Arc<Mutex<Engine>>,
     task: ServiceTask,
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
-    // A panic cannot leave the engine half-updated in a way later packets cannot handle.
-    engine
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Dhcp6Server {

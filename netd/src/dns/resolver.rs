@@ -8,13 +8,14 @@
 //! neither allocates nor builds a message.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
 
 use super::zone::{Found, Zone, fqdn, wire_key};
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
+use crate::service::lock;
 
 /// Largest UDP response we send to an EDNS client (the DNS flag day 2020 value).
 pub const MAX_UDP_PAYLOAD: u16 = 1232;
@@ -119,13 +120,6 @@ struct LeaseView {
 struct LeaseCache {
     zone: Zone,
     read_at: Option<Instant>,
-}
-
-fn lock(cache: &Mutex<LeaseCache>) -> MutexGuard<'_, LeaseCache> {
-    // The cache is rebuilt whole or not at all: a poisoned one is still consistent.
-    cache
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The question of a query, as parsed from its bytes.

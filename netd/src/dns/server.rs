@@ -189,9 +189,7 @@ struct Health {
 impl Health {
     fn suspects(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Instant>> {
         // A map of timestamps is consistent whatever panicked while holding it.
-        self.suspects
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::service::lock(&self.suspects)
     }
 
     /// `servers` in the order to ask them: those that did not fail lately first, each
