@@ -299,7 +299,8 @@ impl Engine {
 
     /// Answers the IA_NAs of a RENEW or REBIND: a binding is extended; an address we
     /// have no record of is bound again when it is free for the client (the lease file
-    /// was lost), else returned with zero lifetimes; an IA without either gets NoBinding.
+    /// was lost); an IA with neither gets NoBinding, unless all it asks for are addresses
+    /// of other links, which come back with lifetimes 0.
     fn extend_all(&mut self, opts: &DhcpOptions, client: &Client, now: i64, out: &mut DhcpOptions) {
         // As in assign_all, a reservation is one address: the first IA_NA's.
         let mut reservation_left = self
@@ -339,10 +340,24 @@ impl Engine {
                     ia_opts.insert(iaaddr(ip, secs, secs));
                     renew_times(secs)
                 }
-                None if asked.is_empty() => {
+                // Nothing to extend, and an address of this link among those asked
+                // (or none asked): RFC 8415 18.3.4/18.3.5 NoBinding, with no addresses,
+                // sends the client to REQUEST at once. Lifetimes 0 would leave it
+                // renewing an address it must drop, and some clients (dhcpcd) discard
+                // a REPLY whose IAs hold no usable address.
+                None if asked.is_empty()
+                    || asked.iter().any(|ip| self.config.subnet.contains(ip)) =>
+                {
                     ia_opts.insert(status(Status::NoBinding, "no binding for this IA"));
-                    (0, 0)
+                    out.insert(DhcpOption::IANA(IANA {
+                        id: ia.id,
+                        t1: 0,
+                        t2: 0,
+                        opts: ia_opts,
+                    }));
+                    continue;
                 }
+                // Only addresses of other links: they are returned with lifetimes 0.
                 None => (0, 0),
             };
             // Addresses the client may no longer use (RFC 8415 18.3.4/18.3.5).
@@ -785,6 +800,67 @@ pub(crate) mod tests {
         );
         let reply = decode(&engine.handle(&renew, CLIENT_LL, 0).unwrap());
         assert_eq!(the_ia(&reply).4, Some(Status::NoBinding));
+    }
+
+    /// RFC 8415 18.3.4/18.3.5: a RENEW or REBIND for an address of this link that the
+    /// client holds no binding of, and that cannot be bound to it (another client has
+    /// it, or it is outside the ranges), gets NoBinding in an IA without addresses, so
+    /// the client sends a REQUEST instead of renewing an address it must not use.
+    #[test]
+    fn renew_and_rebind_of_an_address_the_client_cannot_have_get_no_binding() {
+        let mut engine = Engine::new(config());
+        let solicit = message(
+            MessageType::Solicit,
+            &CLIENT_DUID,
+            vec![ia(1, None), DhcpOption::RapidCommit],
+        );
+        let taken = the_ia(&decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap())).3[0].0;
+        let other = [0, 3, 0, 1, 2, 2, 2, 2, 2, 2];
+        let sid = server_id(&engine);
+        let outside_ranges = "2001:db8:ca2:2::99";
+        for address in [taken.to_string().as_str(), outside_ranges] {
+            for (kind, with_sid) in [(MessageType::Renew, true), (MessageType::Rebind, false)] {
+                let mut opts = vec![ia(4, Some(address))];
+                if with_sid {
+                    opts.push(sid.clone());
+                }
+                let reply = decode(
+                    &engine
+                        .handle(&message(kind, &other, opts), CLIENT_LL, 5)
+                        .unwrap(),
+                );
+                assert_eq!(
+                    the_ia(&reply),
+                    (4, 0, 0, vec![], Some(Status::NoBinding)),
+                    "{kind:?} of {address}"
+                );
+                assert_eq!(top_status(&reply), None, "the status is the IA's");
+            }
+        }
+        // One address of this link is enough for NoBinding; the foreign one is not
+        // listed (the client's REQUEST starts over).
+        let mut both = ia(4, Some(outside_ranges));
+        if let DhcpOption::IANA(ia) = &mut both {
+            ia.opts
+                .insert(iaaddr("2001:db8:ffff::20".parse().unwrap(), 0, 0));
+        }
+        let reply = decode(
+            &engine
+                .handle(
+                    &message(MessageType::Rebind, &other, vec![both]),
+                    CLIENT_LL,
+                    5,
+                )
+                .unwrap(),
+        );
+        assert_eq!(the_ia(&reply), (4, 0, 0, vec![], Some(Status::NoBinding)));
+        // The holder's binding is untouched.
+        let leases = engine.leases(5);
+        assert_eq!(leases.len(), 1);
+        assert_eq!(
+            (leases[0].ip, leases[0].duid.as_slice()),
+            (taken, &CLIENT_DUID[..])
+        );
     }
 
     #[test]
