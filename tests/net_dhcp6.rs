@@ -2,7 +2,8 @@
 //! ISC dhclient (`-6`): a reserved DUID gets its address and name, which DNS then
 //! resolves; the lease is listed by `net-dhcp-leases`; renewals (sent by the test as
 //! raw RENEW messages, since dhclient renews only after T1) keep the address, also
-//! across a daemon restart; dhclient's release frees it. dhcpcd, a second real client,
+//! across a daemon restart, and one sent by unicast gets UseMulticast; dhclient's release
+//! frees it. dhcpcd, a second real client,
 //! takes a name reservation through its FQDN option and a dynamic address in one
 //! rapid-commit exchange (two IA_NAs), moves to a new address through NoBinding and
 //! REQUEST when its old one went to another client while the daemon's lease file was
@@ -92,15 +93,15 @@ fn renew(iaid: u32, address: Ipv6Addr) -> Vec<u8> {
     ia_message(5, &GUEST_DUID, iaid, address, &option(2, &SERVER_DUID))
 }
 
-/// Sends `message` from `guest`'s eth0 to ff02::1:2 and returns the IA address of the
-/// REPLY as (address, preferred, valid).
-fn exchange(guest: &Netns, message: Vec<u8>) -> (Ipv6Addr, u32, u32) {
+/// Sends `message` from `guest`'s eth0 to `server` (port 547, scope eth0) until a
+/// REPLY to its transaction comes, and returns that REPLY.
+fn send_to_server(guest: &Netns, message: Vec<u8>, server: Ipv6Addr) -> Vec<u8> {
     let reply = guest
         .run(move || -> std::io::Result<Vec<u8>> {
             let index = nix::net::if_::if_nametoindex("eth0").map_err(std::io::Error::from)?;
             let socket = UdpSocket::bind("[::]:0")?;
             socket.set_read_timeout(Some(Duration::from_secs(2)))?;
-            let server = SocketAddrV6::new("ff02::1:2".parse().expect("ip"), 547, 0, index);
+            let server = SocketAddrV6::new(server, 547, 0, index);
             let mut buf = [0u8; 1500];
             for _ in 0..5 {
                 socket.send_to(&message, server)?;
@@ -117,21 +118,30 @@ fn exchange(guest: &Netns, message: Vec<u8>) -> (Ipv6Addr, u32, u32) {
         [7, 0x12, 0x34, 0x56],
         "a REPLY to our transaction"
     );
-    // Walk to the IA_NA (3), then its IA address (5).
-    let find = |mut data: &[u8], code: u16| -> Option<Vec<u8>> {
-        while data.len() >= 4 {
-            let this = u16::from_be_bytes([data[0], data[1]]);
-            let len = usize::from(u16::from_be_bytes([data[2], data[3]]));
-            let body = data.get(4..4 + len)?;
-            if this == code {
-                return Some(body.to_vec());
-            }
-            data = &data[4 + len..];
+    reply
+}
+
+/// The body of the first option `code` among the encoded options `data`.
+fn find_option(mut data: &[u8], code: u16) -> Option<Vec<u8>> {
+    while data.len() >= 4 {
+        let this = u16::from_be_bytes([data[0], data[1]]);
+        let len = usize::from(u16::from_be_bytes([data[2], data[3]]));
+        let body = data.get(4..4 + len)?;
+        if this == code {
+            return Some(body.to_vec());
         }
-        None
-    };
-    let ia_na = find(&reply[4..], 3).expect("an IA_NA in the reply");
-    let iaaddr = find(&ia_na[12..], 5).expect("an IA address in the IA_NA");
+        data = &data[4 + len..];
+    }
+    None
+}
+
+/// Sends `message` from `guest`'s eth0 to ff02::1:2 and returns the IA address of the
+/// REPLY as (address, preferred, valid).
+fn exchange(guest: &Netns, message: Vec<u8>) -> (Ipv6Addr, u32, u32) {
+    let reply = send_to_server(guest, message, "ff02::1:2".parse().expect("ip"));
+    // Walk to the IA_NA (3), then its IA address (5).
+    let ia_na = find_option(&reply[4..], 3).expect("an IA_NA in the reply");
+    let iaaddr = find_option(&ia_na[12..], 5).expect("an IA address in the IA_NA");
     let address = Ipv6Addr::from(<[u8; 16]>::try_from(&iaaddr[..16]).expect("16 bytes"));
     let preferred = u32::from_be_bytes(iaaddr[16..20].try_into().expect("4 bytes"));
     let valid = u32::from_be_bytes(iaaddr[20..24].try_into().expect("4 bytes"));
@@ -228,6 +238,17 @@ fn dhclient_gets_its_reserved_address_name_and_dns_and_keeps_it_across_a_restart
         exchange(&guest, renew(iaid, address)),
         (address, 3600, 3600)
     );
+    // The server sends no Server Unicast option: a RENEW sent to its link-local
+    // address gets only UseMulticast (status 5) and the identifiers (RFC 8415 18.4).
+    let bridge_ll: Ipv6Addr = "fe80::5054:ff:fe00:601".parse().expect("ip");
+    let reply = send_to_server(&guest, renew(iaid, address), bridge_ll);
+    assert_eq!(
+        find_option(&reply[4..], 13),
+        Some(b"\0\x05send to ff02::1:2".to_vec())
+    );
+    assert_eq!(find_option(&reply[4..], 1), Some(GUEST_DUID.to_vec()));
+    assert_eq!(find_option(&reply[4..], 2), Some(SERVER_DUID.to_vec()));
+    assert_eq!(find_option(&reply[4..], 3), None, "no IA_NA");
 
     // The daemon restarts (the network keeps running); the binding comes back from
     // the lease file, and a renewal keeps the address.

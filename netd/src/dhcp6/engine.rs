@@ -100,9 +100,29 @@ impl Engine {
         self.leases.commit(now)
     }
 
-    /// Handles one datagram from `source` (the client's link-local address); `None`
-    /// when it gets no answer (malformed, not for us, a server message).
+    /// Handles one datagram from `source` (the client's link-local address) sent to
+    /// All_DHCP_Relay_Agents_and_Servers; `None` when it gets no answer (malformed, not
+    /// for us, a server message).
     pub fn handle(&mut self, packet: &[u8], source: Ipv6Addr, now: i64) -> Option<Reply> {
+        self.respond(packet, source, false, now)
+    }
+
+    /// Handles one datagram sent to one of the server's unicast addresses. This server
+    /// sends no Server Unicast option, so clients must multicast (RFC 8415 18.4): a
+    /// REQUEST, RENEW, RELEASE or DECLINE gets a REPLY with only UseMulticast and the
+    /// identifiers, and the client sends it again by multicast; other messages are
+    /// dropped (RFC 8415 16).
+    pub fn handle_unicast(&mut self, packet: &[u8], source: Ipv6Addr, now: i64) -> Option<Reply> {
+        self.respond(packet, source, true, now)
+    }
+
+    fn respond(
+        &mut self,
+        packet: &[u8],
+        source: Ipv6Addr,
+        unicast: bool,
+        now: i64,
+    ) -> Option<Reply> {
         if packet.len() < 4 || !well_formed(&packet[4..], 0) {
             return None;
         }
@@ -135,6 +155,26 @@ impl Engine {
         };
         if !acceptable {
             return None;
+        }
+        if unicast {
+            let duid = duid.filter(|_| {
+                matches!(
+                    msg_type,
+                    MessageType::Request
+                        | MessageType::Renew
+                        | MessageType::Release
+                        | MessageType::Decline
+                )
+            })?;
+            let mut reply = Message::new_with_id(MessageType::Reply, message.xid());
+            let reply_opts = reply.opts_mut();
+            reply_opts.insert(status(Status::UseMulticast, "send to ff02::1:2"));
+            reply_opts.insert(DhcpOption::ServerId(self.server_duid.clone()));
+            reply_opts.insert(DhcpOption::ClientId(duid));
+            return Some(Reply {
+                bytes: reply.to_vec().ok()?,
+                needs_commit: false,
+            });
         }
         let client = duid.map(|duid| Client {
             mac: duid_mac(&duid).or_else(|| eui64_mac(source)),
@@ -861,6 +901,70 @@ pub(crate) mod tests {
             (leases[0].ip, leases[0].duid.as_slice()),
             (taken, &CLIENT_DUID[..])
         );
+    }
+
+    /// RFC 8415 16 and 18.4: without a Server Unicast option, messages sent to the
+    /// server's unicast address bind nothing; those that name the server get a REPLY
+    /// with only UseMulticast and the identifiers, the others none.
+    #[test]
+    fn unicast_messages_get_use_multicast_or_nothing() {
+        let mut engine = Engine::new(config());
+        let sid = server_id(&engine);
+        for kind in [
+            MessageType::Request,
+            MessageType::Renew,
+            MessageType::Release,
+            MessageType::Decline,
+        ] {
+            let request = message(
+                kind,
+                &CLIENT_DUID,
+                vec![sid.clone(), ia(1, Some("2001:db8:ca2:2:1::20"))],
+            );
+            let reply = engine.handle_unicast(&request, CLIENT_LL, 0).unwrap();
+            assert!(!reply.needs_commit, "{kind:?}");
+            let reply = decode(&reply);
+            assert_eq!(reply.msg_type(), MessageType::Reply);
+            assert_eq!(reply.xid(), [1, 2, 3]);
+            let opts: Vec<&DhcpOption> = reply.opts().iter().collect();
+            assert_eq!(
+                opts,
+                [
+                    &DhcpOption::ClientId(CLIENT_DUID.to_vec()),
+                    &sid,
+                    &status(Status::UseMulticast, "send to ff02::1:2"),
+                ],
+                "{kind:?}"
+            );
+        }
+        assert!(engine.leases(0).is_empty());
+        for kind in [
+            MessageType::Solicit,
+            MessageType::Confirm,
+            MessageType::Rebind,
+            MessageType::InformationRequest,
+        ] {
+            let other = message(
+                kind,
+                &CLIENT_DUID,
+                vec![ia(1, Some("2001:db8:ca2:2:1::20"))],
+            );
+            assert_eq!(
+                engine.handle_unicast(&other, CLIENT_LL, 0),
+                None,
+                "{kind:?}"
+            );
+        }
+        // A REQUEST for another server stays unanswered, unicast or not.
+        let foreign = message(
+            MessageType::Request,
+            &CLIENT_DUID,
+            vec![
+                DhcpOption::ServerId(vec![0, 3, 0, 1, 1, 2, 3, 4, 5, 6]),
+                ia(1, None),
+            ],
+        );
+        assert_eq!(engine.handle_unicast(&foreign, CLIENT_LL, 0), None);
     }
 
     #[test]
