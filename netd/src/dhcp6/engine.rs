@@ -150,7 +150,13 @@ impl Engine {
             | MessageType::Renew
             | MessageType::Release
             | MessageType::Decline => for_us && duid.is_some(),
-            MessageType::InformationRequest => server_id.is_none() || for_us,
+            // 16.12: nor may it carry an IA (the client wants no addresses).
+            MessageType::InformationRequest => {
+                (server_id.is_none() || for_us)
+                    && ia_nas(opts).next().is_none()
+                    && ia_tas(opts).next().is_none()
+                    && ia_pds(opts).next().is_none()
+            }
             _ => false,
         };
         if !acceptable {
@@ -429,8 +435,8 @@ fn status(status: Status, msg: &str) -> DhcpOption {
     })
 }
 
-/// T1 and T2 of a lease: half and seven eighths of it (RFC 8415 21.4), infinite stays
-/// infinite.
+/// T1 and T2 of a lease: half and seven eighths of it, as DHCPv4's (RFC 8415 21.4
+/// recommends 0.5 and 0.8 but leaves them to the server); infinite stays infinite.
 fn renew_times(secs: u32) -> (u32, u32) {
     if secs == INFINITE {
         (INFINITE, INFINITE)
@@ -1144,6 +1150,9 @@ pub(crate) mod tests {
             ]))
         );
         assert!(ia_nas(reply.opts()).next().is_none());
+        // RFC 8415 16.12: an INFORMATION-REQUEST with an IA is dropped.
+        info.opts_mut().insert(ia(1, None));
+        assert_eq!(engine.handle(&info.to_vec().unwrap(), CLIENT_LL, 0), None);
     }
 
     #[test]
