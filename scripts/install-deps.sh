@@ -7,6 +7,7 @@ packages=(
   nftables                   # nft CLI: the tests read the ruleset back with it
   iproute2                   # ip netns / ip -j for test namespaces and assertions
   busybox isc-dhcp-client    # DHCP clients for the DHCP tests
+  dhcpcd-base                # dhcpcd, a second DHCPv6 client for the DHCPv6 tests
   dnsutils dnsmasq-base      # dig for the DNS tests; dnsmasq as their upstream server
   procps psmisc              # ps/pkill in scripts
 )

@@ -2,11 +2,18 @@
 //! ISC dhclient (`-6`): a reserved DUID gets its address and name, which DNS then
 //! resolves; the lease is listed by `net-dhcp-leases`; renewals (sent by the test as
 //! raw RENEW messages, since dhclient renews only after T1) keep the address, also
-//! across a daemon restart; dhclient's release frees it.
+//! across a daemon restart, and one sent by unicast gets UseMulticast; dhclient's release
+//! frees it. dhcpcd, a second real client,
+//! takes a name reservation through its FQDN option and a dynamic address in one
+//! rapid-commit exchange (two IA_NAs), moves to a new address through NoBinding and
+//! REQUEST when its old one went to another client while the daemon's lease file was
+//! lost, and releases both.
 
 mod common;
 
 use std::net::{Ipv6Addr, SocketAddrV6, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{DAEMON_NEEDS, Daemon, Need, Netns, attach_guest, require, xml_file};
@@ -66,29 +73,35 @@ fn option(code: u16, data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A RENEW for `address` in IA_NA `iaid` of the guest's DUID.
-fn renew(iaid: u32, address: Ipv6Addr) -> Vec<u8> {
+/// A client message of type `kind` from `client` (transaction 0x123456) asking for
+/// `address` in IA_NA `iaid`, followed by the encoded options `more`.
+fn ia_message(kind: u8, client: &[u8], iaid: u32, address: Ipv6Addr, more: &[u8]) -> Vec<u8> {
     let mut iaaddr = address.octets().to_vec();
     iaaddr.extend_from_slice(&[0; 8]);
     let mut ia_na = iaid.to_be_bytes().to_vec();
     ia_na.extend_from_slice(&[0; 8]);
     ia_na.extend(option(5, &iaaddr));
-    let mut message = vec![5, 0x12, 0x34, 0x56];
-    message.extend(option(1, &GUEST_DUID));
-    message.extend(option(2, &SERVER_DUID));
+    let mut message = vec![kind, 0x12, 0x34, 0x56];
+    message.extend(option(1, client));
     message.extend(option(3, &ia_na));
+    message.extend_from_slice(more);
     message
 }
 
-/// Sends `message` from `guest`'s eth0 to ff02::1:2 and returns the IA address of the
-/// REPLY as (address, preferred, valid).
-fn exchange(guest: &Netns, message: Vec<u8>) -> (Ipv6Addr, u32, u32) {
+/// A RENEW for `address` in IA_NA `iaid` of the guest's DUID.
+fn renew(iaid: u32, address: Ipv6Addr) -> Vec<u8> {
+    ia_message(5, &GUEST_DUID, iaid, address, &option(2, &SERVER_DUID))
+}
+
+/// Sends `message` from `guest`'s eth0 to `server` (port 547, scope eth0) until a
+/// REPLY to its transaction comes, and returns that REPLY.
+fn send_to_server(guest: &Netns, message: Vec<u8>, server: Ipv6Addr) -> Vec<u8> {
     let reply = guest
         .run(move || -> std::io::Result<Vec<u8>> {
             let index = nix::net::if_::if_nametoindex("eth0").map_err(std::io::Error::from)?;
             let socket = UdpSocket::bind("[::]:0")?;
             socket.set_read_timeout(Some(Duration::from_secs(2)))?;
-            let server = SocketAddrV6::new("ff02::1:2".parse().expect("ip"), 547, 0, index);
+            let server = SocketAddrV6::new(server, 547, 0, index);
             let mut buf = [0u8; 1500];
             for _ in 0..5 {
                 socket.send_to(&message, server)?;
@@ -105,21 +118,30 @@ fn exchange(guest: &Netns, message: Vec<u8>) -> (Ipv6Addr, u32, u32) {
         [7, 0x12, 0x34, 0x56],
         "a REPLY to our transaction"
     );
-    // Walk to the IA_NA (3), then its IA address (5).
-    let find = |mut data: &[u8], code: u16| -> Option<Vec<u8>> {
-        while data.len() >= 4 {
-            let this = u16::from_be_bytes([data[0], data[1]]);
-            let len = usize::from(u16::from_be_bytes([data[2], data[3]]));
-            let body = data.get(4..4 + len)?;
-            if this == code {
-                return Some(body.to_vec());
-            }
-            data = &data[4 + len..];
+    reply
+}
+
+/// The body of the first option `code` among the encoded options `data`.
+fn find_option(mut data: &[u8], code: u16) -> Option<Vec<u8>> {
+    while data.len() >= 4 {
+        let this = u16::from_be_bytes([data[0], data[1]]);
+        let len = usize::from(u16::from_be_bytes([data[2], data[3]]));
+        let body = data.get(4..4 + len)?;
+        if this == code {
+            return Some(body.to_vec());
         }
-        None
-    };
-    let ia_na = find(&reply[4..], 3).expect("an IA_NA in the reply");
-    let iaaddr = find(&ia_na[12..], 5).expect("an IA address in the IA_NA");
+        data = &data[4 + len..];
+    }
+    None
+}
+
+/// Sends `message` from `guest`'s eth0 to ff02::1:2 and returns the IA address of the
+/// REPLY as (address, preferred, valid).
+fn exchange(guest: &Netns, message: Vec<u8>) -> (Ipv6Addr, u32, u32) {
+    let reply = send_to_server(guest, message, "ff02::1:2".parse().expect("ip"));
+    // Walk to the IA_NA (3), then its IA address (5).
+    let ia_na = find_option(&reply[4..], 3).expect("an IA_NA in the reply");
+    let iaaddr = find_option(&ia_na[12..], 5).expect("an IA address in the IA_NA");
     let address = Ipv6Addr::from(<[u8; 16]>::try_from(&iaaddr[..16]).expect("16 bytes"));
     let preferred = u32::from_be_bytes(iaaddr[16..20].try_into().expect("4 bytes"));
     let valid = u32::from_be_bytes(iaaddr[20..24].try_into().expect("4 bytes"));
@@ -216,6 +238,17 @@ fn dhclient_gets_its_reserved_address_name_and_dns_and_keeps_it_across_a_restart
         exchange(&guest, renew(iaid, address)),
         (address, 3600, 3600)
     );
+    // The server sends no Server Unicast option: a RENEW sent to its link-local
+    // address gets only UseMulticast (status 5) and the identifiers (RFC 8415 18.4).
+    let bridge_ll: Ipv6Addr = "fe80::5054:ff:fe00:601".parse().expect("ip");
+    let reply = send_to_server(&guest, renew(iaid, address), bridge_ll);
+    assert_eq!(
+        find_option(&reply[4..], 13),
+        Some(b"\0\x05send to ff02::1:2".to_vec())
+    );
+    assert_eq!(find_option(&reply[4..], 1), Some(GUEST_DUID.to_vec()));
+    assert_eq!(find_option(&reply[4..], 2), Some(SERVER_DUID.to_vec()));
+    assert_eq!(find_option(&reply[4..], 3), None, "no IA_NA");
 
     // The daemon restarts (the network keeps running); the binding comes back from
     // the lease file, and a renewal keeps the address.
@@ -350,5 +383,188 @@ fn a_reservation_added_live_is_served_without_a_restart() {
             "kill $(cat {dir}/dhclient6.pid) 2>/dev/null; true"
         ))
         .ok();
+    daemon.ok(&["net-destroy", "v6"]);
+}
+
+/// The dhcpcd guest's MAC; `duid ll` makes its DUID-LL from it.
+const DHCPCD_MAC: &str = "52:54:00:00:06:07";
+const DHCPCD_DUID: &str = "00:03:00:01:52:54:00:00:06:07";
+
+/// Starts dhcpcd -6 in the foreground (`-B`) in `guest` and returns it; its log goes
+/// to `<dir>/dhcpcd.log`. It runs in a mount namespace of its own whose `/run` and
+/// `/var/lib` are temp dirs (its run and lease dirs are compiled in), and its script
+/// only records, in `<dir>/dhcpcd-hook.sh.out`, one `reason|addresses|name servers|
+/// domain search` line per binding event: it touches no host file (no resolv.conf,
+/// no hostname). It asks for two IA_NAs and rapid commit, and sends the name `venus`
+/// in its FQDN option.
+fn spawn_dhcpcd(dir: &Path, guest: &Netns) -> Child {
+    let hook = dir.join("dhcpcd-hook.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\ncase \"$reason\" in BOUND6|RENEW6|REBIND6|REBOOT6|RELEASE6)\n\
+         addresses=$(env | grep '^new_dhcp6_ia_na[0-9]*_ia_addr[0-9]*=' | cut -d= -f2 | sort | paste -sd ' ' -)\n\
+         echo \"$reason|$addresses|$new_dhcp6_name_servers|$new_dhcp6_domain_search\" >> \"$0.out\";;\nesac\nexit 0\n",
+    )
+    .expect("hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let conf = dir.join("dhcpcd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "script {}\nduid ll\nhostname venus\nipv6only\nnoipv4ll\n\
+             option dhcp6_name_servers, dhcp6_domain_search, dhcp6_rapid_commit\n\
+             interface eth0\n  ia_na 1\n  ia_na 2\n",
+            hook.display()
+        ),
+    )
+    .expect("dhcpcd.conf");
+    let root = dir.join("dhcpcd-root");
+    for sub in ["run", "lib/dhcpcd"] {
+        std::fs::create_dir_all(root.join(sub)).expect("dhcpcd dirs");
+    }
+    let log = std::fs::File::create(dir.join("dhcpcd.log")).expect("dhcpcd log");
+    guest
+        .command("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind {root}/run /run && mount --bind {root}/lib /var/lib \
+             && exec dhcpcd -f {conf} -B -d -6 eth0",
+            root = root.display(),
+            conf = conf.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn dhcpcd")
+}
+
+/// The lines dhcpcd's hook recorded so far.
+fn dhcpcd_events(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("dhcpcd-hook.sh.out"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The `net-dhcp-leases` rows of `duid`, as (address/prefix, hostname): the fields
+/// after the expiry date and time, MAC and protocol.
+fn leases_of(daemon: &Daemon, duid: &str) -> Vec<(String, String)> {
+    let table = daemon.ok(&["net-dhcp-leases", "v6"]);
+    let mut rows: Vec<(String, String)> = table
+        .lines()
+        .skip(2)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| fields.last() == Some(&duid))
+        .map(|fields| (fields[4].to_owned(), fields[5].to_owned()))
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn signal(child: &Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, signal).expect("signal dhcpcd");
+}
+
+#[test]
+fn dhcpcd_gets_a_name_reservation_and_a_dynamic_address_renews_past_a_lost_lease_and_releases() {
+    if !require(DAEMON_NEEDS) || !require(&[Need::Program("dhcpcd"), Need::Program("unshare")]) {
+        return;
+    }
+    let mut daemon = Daemon::without_default_network();
+    daemon
+        .ns
+        .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0")
+        .expect("sysctl");
+    let xml = NET_XML.replace(
+        "    </dhcp>",
+        "      <host name='venus' ip='fd00:6::3:2'/>\n    </dhcp>",
+    );
+    let path = xml_file(daemon.dirs.path(), "v6.xml", &xml);
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    daemon.ok(&["net-start", "v6"]);
+    let guest = Netns::new("guest6c").expect("guest ns");
+    guest
+        .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0")
+        .expect("sysctl");
+    attach_guest(&daemon, &guest, "kvv6", "", "");
+    guest
+        .sh(&format!(
+            "ip link set eth0 down && ip link set eth0 address {DHCPCD_MAC} && ip link set eth0 up"
+        ))
+        .expect("guest mac");
+    let dir = daemon.dirs.path().to_owned();
+    let mut dhcpcd = spawn_dhcpcd(&dir, &guest);
+
+    // The RA's M flag starts DHCPv6. IA_NA 1 gets the reservation of the name in the
+    // FQDN option, IA_NA 2 the first address of the range, in one rapid-commit
+    // exchange (dhcpcd logs "ADV" when an ADVERTISE comes instead).
+    wait_until("dhcpcd to bind", || !dhcpcd_events(&dir).is_empty());
+    assert_eq!(
+        dhcpcd_events(&dir),
+        ["BOUND6|fd00:6::1:10 fd00:6::3:2|fd00:6::1|v6.test"]
+    );
+    let log = std::fs::read_to_string(dir.join("dhcpcd.log")).expect("dhcpcd log");
+    assert!(!log.contains(" ADV "), "no rapid commit:\n{log}");
+    let addresses = guest
+        .sh("ip -6 -br addr show dev eth0 scope global")
+        .expect("addresses");
+    assert!(
+        addresses.contains("fd00:6::1:10/128") && addresses.contains("fd00:6::3:2/128"),
+        "{addresses}"
+    );
+    let venus = |ip: &str| (format!("{ip}/64"), "venus".to_owned());
+    assert_eq!(
+        leases_of(&daemon, DHCPCD_DUID),
+        [venus("fd00:6::1:10"), venus("fd00:6::3:2")]
+    );
+
+    // The daemon restarts without its lease file, and another client takes
+    // fd00:6::1:10. dhcpcd's RENEW keeps the reservation and gets NoBinding for the
+    // other IA, so it sends a REQUEST and gets the next free address.
+    daemon.stop();
+    std::fs::remove_file(daemon.state_dir().join("networks/v6.leases6")).expect("lease file");
+    daemon.spawn(&common::DaemonOptions {
+        no_default_network: true,
+        ..Default::default()
+    });
+    let other = [0, 3, 0, 1, 2, 2, 2, 2, 2, 2];
+    let taken: Ipv6Addr = "fd00:6::1:10".parse().expect("ip");
+    let rapid_solicit = ia_message(1, &other, 9, taken, &option(14, &[]));
+    assert_eq!(exchange(&guest, rapid_solicit), (taken, 3600, 3600));
+    signal(&dhcpcd, nix::sys::signal::Signal::SIGUSR1);
+    wait_until("dhcpcd to move to a new address", || {
+        dhcpcd_events(&dir).len() > 1
+    });
+    assert_eq!(
+        dhcpcd_events(&dir)[1],
+        "BOUND6|fd00:6::1:11 fd00:6::3:2|fd00:6::1|v6.test"
+    );
+    let log = std::fs::read_to_string(dir.join("dhcpcd.log")).expect("dhcpcd log");
+    assert!(log.contains("RENEW6") && log.contains("REQUEST6"), "{log}");
+    assert_eq!(
+        leases_of(&daemon, DHCPCD_DUID),
+        [venus("fd00:6::1:11"), venus("fd00:6::3:2")]
+    );
+    assert_eq!(
+        leases_of(&daemon, "00:03:00:01:02:02:02:02:02:02"),
+        [("fd00:6::1:10/64".to_owned(), "-".to_owned())]
+    );
+
+    // SIGALRM: dhcpcd releases its addresses and exits; the leases are gone.
+    signal(&dhcpcd, nix::sys::signal::Signal::SIGALRM);
+    let status = dhcpcd.wait().expect("dhcpcd exit");
+    assert!(status.success(), "dhcpcd: {status}");
+    // dhcpcd sends its RELEASE and exits without waiting for the REPLY.
+    wait_until("the released leases to go", || {
+        leases_of(&daemon, DHCPCD_DUID).is_empty()
+    });
+    assert_eq!(
+        dhcpcd_events(&dir).last().map(String::as_str),
+        Some("RELEASE6|||")
+    );
     daemon.ok(&["net-destroy", "v6"]);
 }

@@ -100,9 +100,29 @@ impl Engine {
         self.leases.commit(now)
     }
 
-    /// Handles one datagram from `source` (the client's link-local address); `None`
-    /// when it gets no answer (malformed, not for us, a server message).
+    /// Handles one datagram from `source` (the client's link-local address) sent to
+    /// All_DHCP_Relay_Agents_and_Servers; `None` when it gets no answer (malformed, not
+    /// for us, a server message).
     pub fn handle(&mut self, packet: &[u8], source: Ipv6Addr, now: i64) -> Option<Reply> {
+        self.respond(packet, source, false, now)
+    }
+
+    /// Handles one datagram sent to one of the server's unicast addresses. This server
+    /// sends no Server Unicast option, so clients must multicast (RFC 8415 18.4): a
+    /// REQUEST, RENEW, RELEASE or DECLINE gets a REPLY with only UseMulticast and the
+    /// identifiers, and the client sends it again by multicast; other messages are
+    /// dropped (RFC 8415 16).
+    pub fn handle_unicast(&mut self, packet: &[u8], source: Ipv6Addr, now: i64) -> Option<Reply> {
+        self.respond(packet, source, true, now)
+    }
+
+    fn respond(
+        &mut self,
+        packet: &[u8],
+        source: Ipv6Addr,
+        unicast: bool,
+        now: i64,
+    ) -> Option<Reply> {
         if packet.len() < 4 || !well_formed(&packet[4..], 0) {
             return None;
         }
@@ -130,11 +150,37 @@ impl Engine {
             | MessageType::Renew
             | MessageType::Release
             | MessageType::Decline => for_us && duid.is_some(),
-            MessageType::InformationRequest => server_id.is_none() || for_us,
+            // 16.12: nor may it carry an IA (the client wants no addresses).
+            MessageType::InformationRequest => {
+                (server_id.is_none() || for_us)
+                    && ia_nas(opts).next().is_none()
+                    && ia_tas(opts).next().is_none()
+                    && ia_pds(opts).next().is_none()
+            }
             _ => false,
         };
         if !acceptable {
             return None;
+        }
+        if unicast {
+            let duid = duid.filter(|_| {
+                matches!(
+                    msg_type,
+                    MessageType::Request
+                        | MessageType::Renew
+                        | MessageType::Release
+                        | MessageType::Decline
+                )
+            })?;
+            let mut reply = Message::new_with_id(MessageType::Reply, message.xid());
+            let reply_opts = reply.opts_mut();
+            reply_opts.insert(status(Status::UseMulticast, "send to ff02::1:2"));
+            reply_opts.insert(DhcpOption::ServerId(self.server_duid.clone()));
+            reply_opts.insert(DhcpOption::ClientId(duid));
+            return Some(Reply {
+                bytes: reply.to_vec().ok()?,
+                needs_commit: false,
+            });
         }
         let client = duid.map(|duid| Client {
             mac: duid_mac(&duid).or_else(|| eui64_mac(source)),
@@ -299,7 +345,8 @@ impl Engine {
 
     /// Answers the IA_NAs of a RENEW or REBIND: a binding is extended; an address we
     /// have no record of is bound again when it is free for the client (the lease file
-    /// was lost), else returned with zero lifetimes; an IA without either gets NoBinding.
+    /// was lost); an IA with neither gets NoBinding, unless all it asks for are addresses
+    /// of other links, which come back with lifetimes 0.
     fn extend_all(&mut self, opts: &DhcpOptions, client: &Client, now: i64, out: &mut DhcpOptions) {
         // As in assign_all, a reservation is one address: the first IA_NA's.
         let mut reservation_left = self
@@ -339,10 +386,24 @@ impl Engine {
                     ia_opts.insert(iaaddr(ip, secs, secs));
                     renew_times(secs)
                 }
-                None if asked.is_empty() => {
+                // Nothing to extend, and an address of this link among those asked
+                // (or none asked): RFC 8415 18.3.4/18.3.5 NoBinding, with no addresses,
+                // sends the client to REQUEST at once. Lifetimes 0 would leave it
+                // renewing an address it must drop, and some clients (dhcpcd) discard
+                // a REPLY whose IAs hold no usable address.
+                None if asked.is_empty()
+                    || asked.iter().any(|ip| self.config.subnet.contains(ip)) =>
+                {
                     ia_opts.insert(status(Status::NoBinding, "no binding for this IA"));
-                    (0, 0)
+                    out.insert(DhcpOption::IANA(IANA {
+                        id: ia.id,
+                        t1: 0,
+                        t2: 0,
+                        opts: ia_opts,
+                    }));
+                    continue;
                 }
+                // Only addresses of other links: they are returned with lifetimes 0.
                 None => (0, 0),
             };
             // Addresses the client may no longer use (RFC 8415 18.3.4/18.3.5).
@@ -374,8 +435,8 @@ fn status(status: Status, msg: &str) -> DhcpOption {
     })
 }
 
-/// T1 and T2 of a lease: half and seven eighths of it (RFC 8415 21.4), infinite stays
-/// infinite.
+/// T1 and T2 of a lease: half and seven eighths of it, as DHCPv4's (RFC 8415 21.4
+/// recommends 0.5 and 0.8 but leaves them to the server); infinite stays infinite.
 fn renew_times(secs: u32) -> (u32, u32) {
     if secs == INFINITE {
         (INFINITE, INFINITE)
@@ -787,6 +848,131 @@ pub(crate) mod tests {
         assert_eq!(the_ia(&reply).4, Some(Status::NoBinding));
     }
 
+    /// RFC 8415 18.3.4/18.3.5: a RENEW or REBIND for an address of this link that the
+    /// client holds no binding of, and that cannot be bound to it (another client has
+    /// it, or it is outside the ranges), gets NoBinding in an IA without addresses, so
+    /// the client sends a REQUEST instead of renewing an address it must not use.
+    #[test]
+    fn renew_and_rebind_of_an_address_the_client_cannot_have_get_no_binding() {
+        let mut engine = Engine::new(config());
+        let solicit = message(
+            MessageType::Solicit,
+            &CLIENT_DUID,
+            vec![ia(1, None), DhcpOption::RapidCommit],
+        );
+        let taken = the_ia(&decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap())).3[0].0;
+        let other = [0, 3, 0, 1, 2, 2, 2, 2, 2, 2];
+        let sid = server_id(&engine);
+        let outside_ranges = "2001:db8:ca2:2::99";
+        for address in [taken.to_string().as_str(), outside_ranges] {
+            for (kind, with_sid) in [(MessageType::Renew, true), (MessageType::Rebind, false)] {
+                let mut opts = vec![ia(4, Some(address))];
+                if with_sid {
+                    opts.push(sid.clone());
+                }
+                let reply = decode(
+                    &engine
+                        .handle(&message(kind, &other, opts), CLIENT_LL, 5)
+                        .unwrap(),
+                );
+                assert_eq!(
+                    the_ia(&reply),
+                    (4, 0, 0, vec![], Some(Status::NoBinding)),
+                    "{kind:?} of {address}"
+                );
+                assert_eq!(top_status(&reply), None, "the status is the IA's");
+            }
+        }
+        // One address of this link is enough for NoBinding; the foreign one is not
+        // listed (the client's REQUEST starts over).
+        let mut both = ia(4, Some(outside_ranges));
+        if let DhcpOption::IANA(ia) = &mut both {
+            ia.opts
+                .insert(iaaddr("2001:db8:ffff::20".parse().unwrap(), 0, 0));
+        }
+        let reply = decode(
+            &engine
+                .handle(
+                    &message(MessageType::Rebind, &other, vec![both]),
+                    CLIENT_LL,
+                    5,
+                )
+                .unwrap(),
+        );
+        assert_eq!(the_ia(&reply), (4, 0, 0, vec![], Some(Status::NoBinding)));
+        // The holder's binding is untouched.
+        let leases = engine.leases(5);
+        assert_eq!(leases.len(), 1);
+        assert_eq!(
+            (leases[0].ip, leases[0].duid.as_slice()),
+            (taken, &CLIENT_DUID[..])
+        );
+    }
+
+    /// RFC 8415 16 and 18.4: without a Server Unicast option, messages sent to the
+    /// server's unicast address bind nothing; those that name the server get a REPLY
+    /// with only UseMulticast and the identifiers, the others none.
+    #[test]
+    fn unicast_messages_get_use_multicast_or_nothing() {
+        let mut engine = Engine::new(config());
+        let sid = server_id(&engine);
+        for kind in [
+            MessageType::Request,
+            MessageType::Renew,
+            MessageType::Release,
+            MessageType::Decline,
+        ] {
+            let request = message(
+                kind,
+                &CLIENT_DUID,
+                vec![sid.clone(), ia(1, Some("2001:db8:ca2:2:1::20"))],
+            );
+            let reply = engine.handle_unicast(&request, CLIENT_LL, 0).unwrap();
+            assert!(!reply.needs_commit, "{kind:?}");
+            let reply = decode(&reply);
+            assert_eq!(reply.msg_type(), MessageType::Reply);
+            assert_eq!(reply.xid(), [1, 2, 3]);
+            let opts: Vec<&DhcpOption> = reply.opts().iter().collect();
+            assert_eq!(
+                opts,
+                [
+                    &DhcpOption::ClientId(CLIENT_DUID.to_vec()),
+                    &sid,
+                    &status(Status::UseMulticast, "send to ff02::1:2"),
+                ],
+                "{kind:?}"
+            );
+        }
+        assert!(engine.leases(0).is_empty());
+        for kind in [
+            MessageType::Solicit,
+            MessageType::Confirm,
+            MessageType::Rebind,
+            MessageType::InformationRequest,
+        ] {
+            let other = message(
+                kind,
+                &CLIENT_DUID,
+                vec![ia(1, Some("2001:db8:ca2:2:1::20"))],
+            );
+            assert_eq!(
+                engine.handle_unicast(&other, CLIENT_LL, 0),
+                None,
+                "{kind:?}"
+            );
+        }
+        // A REQUEST for another server stays unanswered, unicast or not.
+        let foreign = message(
+            MessageType::Request,
+            &CLIENT_DUID,
+            vec![
+                DhcpOption::ServerId(vec![0, 3, 0, 1, 1, 2, 3, 4, 5, 6]),
+                ia(1, None),
+            ],
+        );
+        assert_eq!(engine.handle_unicast(&foreign, CLIENT_LL, 0), None);
+    }
+
     #[test]
     fn reserved_duid_and_name_get_their_addresses_and_names() {
         let mut engine = Engine::new(config());
@@ -964,6 +1150,9 @@ pub(crate) mod tests {
             ]))
         );
         assert!(ia_nas(reply.opts()).next().is_none());
+        // RFC 8415 16.12: an INFORMATION-REQUEST with an IA is dropped.
+        info.opts_mut().insert(ia(1, None));
+        assert_eq!(engine.handle(&info.to_vec().unwrap(), CLIENT_LL, 0), None);
     }
 
     #[test]

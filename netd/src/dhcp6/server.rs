@@ -7,14 +7,19 @@
 //! with the bridge as scope, so the kernel picks the bridge's link-local address as
 //! source once it is usable, which it is long before a guest's first SOLICIT.
 //!
+//! IPV6_PKTINFO tells which messages were sent to a unicast address of the server:
+//! they go to [`Engine::handle_unicast`], which answers UseMulticast or nothing.
+//!
 //! Packets are handled in batches; replies that confirm bindings are sent only after
 //! the lease file was rewritten ([`Engine::commit`]), once per batch.
 
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn6, recvmsg, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
@@ -134,6 +139,9 @@ fn open_socket(config: &Dhcp6Config) -> Result<std::net::UdpSocket, Error> {
     socket
         .join_multicast_v6(&ALL_DHCP_SERVERS, index)
         .map_err(fail("join ff02::1:2"))?;
+    // The destination of each message, to tell unicast from multicast ones.
+    nix::sys::socket::setsockopt(&socket, sockopt::Ipv6RecvPacketInfo, &true)
+        .map_err(|e| fail("set IPV6_RECVPKTINFO")(e.into()))?;
     let any = SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, SERVER_PORT, 0, 0);
     socket
         .bind(&SocketAddr::V6(any).into())
@@ -163,13 +171,16 @@ fn handle_batch(socket: &UdpSocket, engine: &Mutex<Engine>, buf: &mut [u8]) {
     let mut engine = lock(engine);
     let now = unix_now();
     for _ in 0..MAX_BATCH {
-        match socket.try_recv_from(buf) {
-            Ok((len, from)) => {
-                let SocketAddr::V6(from_v6) = from else {
-                    continue;
+        match receive(socket, buf) {
+            Ok((len, from, unicast)) => {
+                let packet = &buf[..len];
+                let reply = if unicast {
+                    engine.handle_unicast(packet, *from.ip(), now)
+                } else {
+                    engine.handle(packet, *from.ip(), now)
                 };
-                if let Some(reply) = engine.handle(&buf[..len], *from_v6.ip(), now) {
-                    replies.push((from, reply));
+                if let Some(reply) = reply {
+                    replies.push((SocketAddr::V6(from), reply));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -192,4 +203,27 @@ fn handle_batch(socket: &UdpSocket, engine: &Mutex<Engine>, buf: &mut [u8]) {
             tracing::debug!(%network, %to, error = %e, "DHCPv6 reply not sent");
         }
     }
+}
+
+/// Reads one datagram into `buf`: its length, its sender, and whether it was sent to a
+/// unicast address of the server (a datagram without IPV6_PKTINFO counts as multicast).
+fn receive(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddrV6, bool)> {
+    socket.try_io(tokio::io::Interest::READABLE, || {
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        let mut control = nix::cmsg_space!(nix::libc::in6_pktinfo);
+        let message = recvmsg::<SockaddrIn6>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut control),
+            MsgFlags::empty(),
+        )?;
+        let from = message
+            .address
+            .ok_or_else(|| std::io::Error::other("a datagram without a source address"))?;
+        let unicast = message.cmsgs()?.any(|cmsg| {
+            matches!(cmsg, ControlMessageOwned::Ipv6PacketInfo(info)
+                if !Ipv6Addr::from(info.ipi6_addr.s6_addr).is_multicast())
+        });
+        Ok((message.bytes, SocketAddrV6::from(from), unicast))
+    })
 }
