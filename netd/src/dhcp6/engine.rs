@@ -240,6 +240,7 @@ impl Engine {
             }
             (MessageType::Release | MessageType::Decline, Some(client)) => {
                 let decline = msg_type == MessageType::Decline;
+                let mut unbound = Vec::new();
                 for ia in ia_nas(opts) {
                     let key = key(client, ia.id);
                     let mut held = false;
@@ -251,7 +252,7 @@ impl Engine {
                         };
                     }
                     if !held {
-                        reply.opts_mut().insert(DhcpOption::IANA(IANA {
+                        unbound.push(DhcpOption::IANA(IANA {
                             id: ia.id,
                             t1: 0,
                             t2: 0,
@@ -261,6 +262,7 @@ impl Engine {
                         }));
                     }
                 }
+                insert_in_order(reply.opts_mut(), unbound);
                 if decline {
                     tracing::warn!(network = %self.config.network, "a DHCPv6 client declined its address: in use by another host");
                 }
@@ -311,6 +313,7 @@ impl Engine {
         let mut any = false;
         // One reservation is one address: it goes to the client's first IA_NA.
         let mut reservation_left = reservation.clone();
+        let mut answers = Vec::new();
         for ia in ia_nas(opts) {
             let key = key(client, ia.id);
             let hint = ia_addresses(&ia.opts).next();
@@ -327,9 +330,9 @@ impl Engine {
                             .or_else(|| client.name.clone());
                         self.leases.bind(&key, ip, client.mac, hostname, secs, now);
                     }
-                    out.insert(ia_with_address(ia.id, ip, secs));
+                    answers.push(ia_with_address(ia.id, ip, secs));
                 }
-                None => out.insert(DhcpOption::IANA(IANA {
+                None => answers.push(DhcpOption::IANA(IANA {
                     id: ia.id,
                     t1: 0,
                     t2: 0,
@@ -339,6 +342,7 @@ impl Engine {
                 })),
             }
         }
+        insert_in_order(out, answers);
         refuse_ta_and_pd(opts, out);
         any
     }
@@ -353,6 +357,7 @@ impl Engine {
             .leases
             .reservation(&client.duid, client.name.as_deref())
             .cloned();
+        let mut answers = Vec::new();
         for ia in ia_nas(opts) {
             let reservation = reservation_left.take();
             let key = key(client, ia.id);
@@ -395,7 +400,7 @@ impl Engine {
                     || asked.iter().any(|ip| self.config.subnet.contains(ip)) =>
                 {
                     ia_opts.insert(status(Status::NoBinding, "no binding for this IA"));
-                    out.insert(DhcpOption::IANA(IANA {
+                    answers.push(DhcpOption::IANA(IANA {
                         id: ia.id,
                         t1: 0,
                         t2: 0,
@@ -410,13 +415,14 @@ impl Engine {
             for ip in asked.into_iter().filter(|&ip| Some(ip) != keep) {
                 ia_opts.insert(iaaddr(ip, 0, 0));
             }
-            out.insert(DhcpOption::IANA(IANA {
+            answers.push(DhcpOption::IANA(IANA {
                 id: ia.id,
                 t1,
                 t2,
                 opts: ia_opts,
             }));
         }
+        insert_in_order(out, answers);
         refuse_ta_and_pd(opts, out);
     }
 }
@@ -468,8 +474,9 @@ fn ia_with_address(iaid: u32, ip: Ipv6Addr, secs: u32) -> DhcpOption {
 }
 
 fn refuse_ta_and_pd(opts: &DhcpOptions, out: &mut DhcpOptions) {
+    let mut refusals = Vec::new();
     for ia in ia_tas(opts) {
-        out.insert(DhcpOption::IATA(IATA {
+        refusals.push(DhcpOption::IATA(IATA {
             id: ia.id,
             opts: [status(Status::NoAddrsAvail, "no temporary addresses")]
                 .into_iter()
@@ -477,7 +484,7 @@ fn refuse_ta_and_pd(opts: &DhcpOptions, out: &mut DhcpOptions) {
         }));
     }
     for ia in ia_pds(opts) {
-        out.insert(DhcpOption::IAPD(IAPD {
+        refusals.push(DhcpOption::IAPD(IAPD {
             id: ia.id,
             t1: 0,
             t2: 0,
@@ -485,6 +492,16 @@ fn refuse_ta_and_pd(opts: &DhcpOptions, out: &mut DhcpOptions) {
                 .into_iter()
                 .collect(),
         }));
+    }
+    insert_in_order(out, refusals);
+}
+
+/// Inserts `options` so that those of one code keep their order, the order of the IAs
+/// in the client's message: `DhcpOptions::insert` puts an option before the others
+/// of its code, which reversed them (dhcpcd then names its first IA by the second).
+fn insert_in_order(out: &mut DhcpOptions, options: Vec<DhcpOption>) {
+    for option in options.into_iter().rev() {
+        out.insert(option);
     }
 }
 
@@ -712,6 +729,26 @@ pub(crate) mod tests {
             engine.leases(1000).is_empty(),
             "an advertisement binds nothing"
         );
+    }
+
+    /// The IAs of a reply come in the order of the client's message.
+    #[test]
+    fn replies_keep_the_order_of_the_clients_ias() {
+        let mut engine = Engine::new(config());
+        // The test encoder inserts each IA before those of its code: the wire order
+        // of this SOLICIT is 1, 2, 3.
+        let solicit = message(
+            MessageType::Solicit,
+            &CLIENT_DUID,
+            vec![ia(3, None), ia(2, None), ia(1, None)],
+        );
+        let sent: Vec<u32> = ia_nas(Message::decode(&mut Decoder::new(&solicit)).unwrap().opts())
+            .map(|ia| ia.id)
+            .collect();
+        assert_eq!(sent, [1, 2, 3]);
+        let reply = decode(&engine.handle(&solicit, CLIENT_LL, 1000).unwrap());
+        let answered: Vec<u32> = ia_nas(reply.opts()).map(|ia| ia.id).collect();
+        assert_eq!(answered, [1, 2, 3]);
     }
 
     #[test]
