@@ -157,6 +157,29 @@ fn leased_iaid(daemon: &Daemon) -> u32 {
     u32::try_from(record["iaid"].as_u64().expect("iaid")).expect("u32")
 }
 
+/// Duplicate address detection in the daemon's namespace.
+enum Dad {
+    /// As the kernel has it: the bridge's addresses are tentative for a second.
+    On,
+    /// Off, so that the bridge's addresses are usable at once.
+    Off,
+}
+
+/// A daemon running the network `v6` defined by `xml`.
+fn running(xml: &str, dad: Dad) -> Daemon {
+    let daemon = Daemon::without_default_network();
+    if matches!(dad, Dad::Off) {
+        daemon
+            .ns
+            .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0")
+            .expect("sysctl");
+    }
+    let path = xml_file(daemon.dirs.path(), "v6.xml", xml);
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    daemon.ok(&["net-start", "v6"]);
+    daemon
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
@@ -170,15 +193,7 @@ fn dhclient_gets_its_reserved_address_name_and_dns_and_keeps_it_across_a_restart
     if !require(DAEMON_NEEDS) || !require(&[Need::Program("dhclient"), Need::Program("dig")]) {
         return;
     }
-    let mut daemon = Daemon::without_default_network();
-    // Duplicate address detection would hold the bridge's addresses back for a second.
-    daemon
-        .ns
-        .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0")
-        .expect("sysctl");
-    let path = xml_file(daemon.dirs.path(), "v6.xml", NET_XML);
-    daemon.ok(&["net-define", path.to_str().expect("path")]);
-    daemon.ok(&["net-start", "v6"]);
+    let mut daemon = running(NET_XML, Dad::Off);
 
     let guest = Netns::new("guest6").expect("guest ns");
     guest
@@ -287,12 +302,8 @@ fn a_dynamic_client_gets_an_address_from_the_range() {
     if !require(DAEMON_NEEDS) || !require(&[Need::Program("dhclient")]) {
         return;
     }
-    // Duplicate address detection stays on in the daemon's namespace: the bridge's
-    // addresses are tentative right after the start, and the server must cope.
-    let daemon = Daemon::without_default_network();
-    let path = xml_file(daemon.dirs.path(), "v6.xml", NET_XML);
-    daemon.ok(&["net-define", path.to_str().expect("path")]);
-    daemon.ok(&["net-start", "v6"]);
+    // The bridge's addresses are tentative right after the start: the server must cope.
+    let daemon = running(NET_XML, Dad::On);
     let guest = Netns::new("guest6d").expect("guest ns");
     guest
         .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0")
@@ -324,16 +335,11 @@ fn a_reservation_added_live_is_served_without_a_restart() {
     if !require(DAEMON_NEEDS) || !require(&[Need::Program("dhclient")]) {
         return;
     }
-    let daemon = Daemon::without_default_network();
-    daemon
-        .ns
-        .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0")
-        .expect("sysctl");
-    let xml = "<network><name>v6</name><bridge name='kvv6' stp='off'/>\
-        <ip family='ipv6' address='fd00:6::1' prefix='64'/></network>";
-    let path = xml_file(daemon.dirs.path(), "v6.xml", xml);
-    daemon.ok(&["net-define", path.to_str().expect("path")]);
-    daemon.ok(&["net-start", "v6"]);
+    let daemon = running(
+        "<network><name>v6</name><bridge name='kvv6' stp='off'/>\
+         <ip family='ipv6' address='fd00:6::1' prefix='64'/></network>",
+        Dad::Off,
+    );
     // The <ip> has no <dhcp> yet: the first range and host come with net-update.
     daemon.ok(&[
         "net-update",
@@ -474,18 +480,11 @@ fn dhcpcd_gets_a_name_reservation_and_a_dynamic_address_renews_past_a_lost_lease
     if !require(DAEMON_NEEDS) || !require(&[Need::Program("dhcpcd"), Need::Program("unshare")]) {
         return;
     }
-    let mut daemon = Daemon::without_default_network();
-    daemon
-        .ns
-        .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0")
-        .expect("sysctl");
     let xml = NET_XML.replace(
         "    </dhcp>",
         "      <host name='venus' ip='fd00:6::3:2'/>\n    </dhcp>",
     );
-    let path = xml_file(daemon.dirs.path(), "v6.xml", &xml);
-    daemon.ok(&["net-define", path.to_str().expect("path")]);
-    daemon.ok(&["net-start", "v6"]);
+    let mut daemon = running(&xml, Dad::Off);
     let guest = Netns::new("guest6c").expect("guest ns");
     guest
         .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0")
