@@ -40,6 +40,16 @@ const SERVER_DUID: [u8; 10] = [0, 3, 0, 1, 0x52, 0x54, 0, 0, 6, 1];
 
 /// Runs dhclient -6 in `guest` until it binds (it then stays in the background) and
 /// returns what its script saw: `reason|address|name servers|domain search`.
+/// Ends the dhclient that [`dhclient_bind`] left running in the background.
+fn stop_dhclient(daemon: &Daemon, guest: &Netns) {
+    let dir = daemon.dirs.path().display().to_string();
+    guest
+        .sh(&format!(
+            "kill $(cat {dir}/dhclient6.pid) 2>/dev/null; true"
+        ))
+        .ok();
+}
+
 fn dhclient_bind(daemon: &Daemon, guest: &Netns) -> String {
     let dir = daemon.dirs.path();
     let script = dir.join("dhclient6.sh");
@@ -321,12 +331,7 @@ fn a_dynamic_client_gets_an_address_from_the_range() {
     );
     let table = daemon.ok(&["net-dhcp-leases", "v6"]);
     assert!(table.contains(&format!("{address}/64")), "{table}");
-    let dir = daemon.dirs.path().display().to_string();
-    guest
-        .sh(&format!(
-            "kill $(cat {dir}/dhclient6.pid) 2>/dev/null; true"
-        ))
-        .ok();
+    stop_dhclient(&daemon, &guest);
     daemon.ok(&["net-destroy", "v6"]);
 }
 
@@ -383,12 +388,7 @@ fn a_reservation_added_live_is_served_without_a_restart() {
         .expect("guest mac");
     let bound = dhclient_bind(&daemon, &guest);
     assert!(bound.starts_with("BOUND6|fd00:6::4:1|"), "{bound}");
-    let dir = daemon.dirs.path().display().to_string();
-    guest
-        .sh(&format!(
-            "kill $(cat {dir}/dhclient6.pid) 2>/dev/null; true"
-        ))
-        .ok();
+    stop_dhclient(&daemon, &guest);
     daemon.ok(&["net-destroy", "v6"]);
 }
 
