@@ -143,3 +143,119 @@ fn a_taken_dns_port_rolls_the_start_back() {
     assert!(!daemon.ruleset().contains("virbr0"), "{}", daemon.ruleset());
     assert_eq!(daemon.ok(&["-q", "net-list", "--all"]).trim(), "");
 }
+
+/// The host's resolvers answer for guests of forwarding networks only: libvirt's
+/// dnsmasq of an isolated network has `no-resolv`. And the bridge's DNS answers only
+/// what arrives on the bridge: the upstream side, routed to the bridge's address,
+/// gets nothing.
+#[test]
+fn host_resolvers_serve_forwarding_networks_only_and_only_on_the_bridge() {
+    if !require(DAEMON_NEEDS)
+        || !require(&[
+            common::Need::Program("dig"),
+            common::Need::Program("dnsmasq"),
+            common::Need::Program("timeout"),
+        ])
+    {
+        return;
+    }
+    let upstream = testkit::Netns::new("dnsup").expect("upstream ns");
+    let mut daemon = Daemon::start_with(DaemonOptions {
+        no_default_network: true,
+        ..DaemonOptions::default()
+    });
+    // The host's resolver: dnsmasq in "upstream", behind a veth of the daemon's namespace.
+    daemon
+        .ns
+        .sh(&format!(
+            "ip link add up0 type veth peer name eth0 netns {} && ip addr add 10.98.0.1/24 dev up0 && ip link set up0 up",
+            upstream.name()
+        ))
+        .expect("veth to upstream");
+    upstream
+        .sh("ip addr add 10.98.0.2/24 dev eth0 && ip link set eth0 up && ip route add default via 10.98.0.1")
+        .expect("upstream addressing");
+    let mut dnsmasq = upstream
+        .command("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--pid-file",
+            "--user=root",
+            "--listen-address=10.98.0.2",
+            "--address=/up.test/10.77.7.7",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start dnsmasq");
+    let resolv_conf = daemon.dirs.path().join("resolv.conf");
+    std::fs::write(&resolv_conf, "nameserver 10.98.0.2\n").expect("resolv.conf");
+    let options = DaemonOptions {
+        no_default_network: true,
+        resolv_conf: Some(resolv_conf),
+        ..DaemonOptions::default()
+    };
+    daemon.stop();
+    daemon.spawn(&options);
+
+    let mut guests = Vec::new();
+    for (name, forward, octet) in [("fwd", "<forward/>", 131), ("iso", "", 132)] {
+        let xml = daemon.dirs.path().join(format!("{name}.xml"));
+        std::fs::write(
+            &xml,
+            format!(
+                "<network><name>{name}</name><bridge name='kv{name}' stp='off'/>{forward}\
+                 <ip address='192.168.{octet}.1' prefix='24'/></network>"
+            ),
+        )
+        .expect("xml");
+        daemon.ok(&["net-create", xml.to_str().expect("path")]);
+        let guest = testkit::Netns::new(&format!("dns{name}")).expect("guest ns");
+        daemon
+            .ns
+            .sh(&format!(
+                "ip link add vg{name} type veth peer name eth0 netns {} && ip link set vg{name} master kv{name} && ip link set vg{name} up",
+                guest.name()
+            ))
+            .expect("veth to guest");
+        guest
+            .sh(&format!(
+                "ip addr add 192.168.{octet}.10/24 dev eth0 && ip link set eth0 up"
+            ))
+            .expect("guest addressing");
+        guests.push((guest, octet));
+    }
+    let ask = |ns: &testkit::Netns, server: &str| {
+        ns.sh(&format!(
+            "timeout 10 dig +time=2 +tries=2 @{server} www.up.test || true"
+        ))
+        .unwrap_or_default()
+    };
+    let (fwd_guest, _) = &guests[0];
+    let answer = ask(fwd_guest, "192.168.131.1");
+    assert!(
+        answer.contains("status: NOERROR") && answer.contains("10.77.7.7"),
+        "the NAT network's guest did not reach the host's resolver:\n{answer}\n{}",
+        daemon.log()
+    );
+    let (iso_guest, _) = &guests[1];
+    let answer = ask(iso_guest, "192.168.132.1");
+    assert!(
+        !answer.contains("10.77.7.7"),
+        "the isolated network forwarded to the host's resolver:\n{answer}"
+    );
+    upstream
+        .sh("ip route add 192.168.131.0/24 via 10.98.0.1")
+        .expect("route to the bridge's subnet");
+    let answer = ask(&upstream, "192.168.131.1");
+    assert!(
+        !answer.contains("status: NOERROR"),
+        "the bridge's DNS answered a query from outside the bridge:\n{answer}"
+    );
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
+}

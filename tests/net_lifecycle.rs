@@ -417,7 +417,7 @@ fn a_failed_destroy_keeps_the_network_serving_and_a_retry_finishes_it() {
         " default   active   yes   yes\n ports     active   no    yes\n"
     );
     let listening = daemon.ns.sh("ss -Hlun").expect("ss");
-    for service in ["10.57.0.1:53", "0.0.0.0%kvports:67"] {
+    for service in ["10.57.0.1%kvports:53", "0.0.0.0%kvports:67"] {
         assert!(
             listening.contains(service),
             "{service} not served after the failed destroy:\n{listening}\n{}",

@@ -299,7 +299,7 @@ struct Snapshot {
     bridges: BTreeMap<String, (bool, Vec<String>)>,
     /// kvnet's table, `None` when absent.
     table: Option<String>,
-    /// Addresses with a UDP listener on port 53.
+    /// Addresses with a UDP listener on port 53, as `address%device`.
     dns_listeners: BTreeSet<String>,
     /// Devices with a DHCP (UDP port 67) listener.
     dhcp_listeners: BTreeSet<String>,
@@ -500,7 +500,7 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
             if let Some(address) = ipv6_xml.split('\'').next().filter(|a| !a.is_empty()) {
                 let bridge = status["bridge"].as_str().unwrap_or_default();
                 serve_dhcp6.insert(bridge.to_owned());
-                listen6.insert(format!("[{address}]"));
+                listen6.insert(format!("[{address}]%{bridge}"));
                 if !snap
                     .bridges
                     .get(bridge)
@@ -512,8 +512,9 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
             if let Some(rest) = xml.split("<ip address='").nth(1)
                 && let Some(address) = rest.split('\'').next()
             {
-                listen.insert(address.to_owned());
                 let bridge = status["bridge"].as_str().unwrap_or_default();
+                // Bound to the bridge: queries from elsewhere are not seen.
+                listen.insert(format!("{address}%{bridge}"));
                 match snap.bridges.get(bridge) {
                     Some((up, addresses)) => {
                         if !up {

@@ -37,6 +37,10 @@ struct Args {
     /// Do not define libvirt's `default` network on first start.
     #[arg(long)]
     no_default_network: bool,
+    /// The host's resolvers, where guests' DNS queries go when their network names no
+    /// `<forwarder addr=>` (never from isolated networks), as dnsmasq's `--resolv-file`.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Networks keep running after it exits,
@@ -82,6 +86,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             config_dir: args.config_dir.clone(),
             state_dir: args.state_dir.clone(),
             define_default_network: !args.no_default_network,
+            resolv_conf: args.resolv_conf.clone(),
         };
         let manager = Manager::open(config, firewall)
             .await

@@ -149,6 +149,9 @@ pub struct ManagerConfig {
     pub state_dir: PathBuf,
     /// Define libvirt's `default` network when the config dir is new.
     pub define_default_network: bool,
+    /// Where the host's resolvers are listed (`/etc/resolv.conf`): the upstreams of
+    /// guests' DNS on networks that are not isolated and name no `<forwarder addr=>`.
+    pub resolv_conf: PathBuf,
 }
 
 /// A network the daemon knows: defined, running, or both.
@@ -252,6 +255,8 @@ pub struct Manager {
     /// The host's used prefixes, for the collision check of every start.
     prefixes: Arc<PrefixCache>,
     firewall: Box<dyn Firewall>,
+    /// See [`ManagerConfig::resolv_conf`].
+    resolv_conf: PathBuf,
 }
 
 /// The DHCP, DHCPv6, DNS, router advertisement and TFTP servers of a running network.
@@ -285,9 +290,6 @@ impl Servers {
     }
 }
 
-/// Where the host's resolvers are listed: the default upstreams of DNS forwarding.
-const RESOLV_CONF: &str = "/etc/resolv.conf";
-
 /// One kernel change made by a start, and how to take it back.
 #[derive(Debug)]
 enum Undo {
@@ -314,6 +316,7 @@ impl Manager {
             link: Link::new()?,
             prefixes: Arc::new(PrefixCache::new()?),
             firewall,
+            resolv_conf: config.resolv_conf,
         };
         manager.load_configs().await?;
         manager.adopt_running().await?;
@@ -987,7 +990,7 @@ impl Manager {
         lease_names: Option<dns::LeaseSource>,
         networks: &BTreeMap<String, Network>,
     ) -> Result<Option<DnsServer>, Error> {
-        let Some(config) = dns_config(def, networks) else {
+        let Some(config) = dns_config(def, networks, &self.resolv_conf) else {
             return Ok(None);
         };
         DnsServer::start(config, lease_names)
@@ -1419,7 +1422,7 @@ impl Manager {
         let recorded = (|| {
             let new_resolver = new_live
                 .as_ref()
-                .and_then(|def| dns_config(def, &networks))
+                .and_then(|def| dns_config(def, &networks, &self.resolv_conf))
                 .map(|dns| dns::Resolver::new(&dns, lease_source))
                 .transpose()
                 .map_err(Error::DnsRecords)?;
@@ -1808,7 +1811,11 @@ fn ra_config(def: &NetworkDef) -> Option<RaConfig> {
 /// What the DNS server serves and where it listens; `None` when DNS is disabled.
 /// Addresses of the active `networks` and of this one are never used as upstreams: a
 /// host whose resolv.conf names a kvnet bridge would otherwise forward to itself.
-fn dns_config(def: &NetworkDef, networks: &BTreeMap<String, Network>) -> Option<DnsConfig> {
+fn dns_config(
+    def: &NetworkDef,
+    networks: &BTreeMap<String, Network>,
+    resolv_conf: &Path,
+) -> Option<DnsConfig> {
     if !def.is_dns_enabled() {
         return None;
     }
@@ -1821,13 +1828,20 @@ fn dns_config(def: &NetworkDef, networks: &BTreeMap<String, Network>) -> Option<
             .chain([def])
             .any(|def| def.ips.iter().any(|ip| ip.address == *addr))
     };
-    let default_upstreams = dns::host_resolvers(Path::new(RESOLV_CONF))
-        .into_iter()
-        .filter(|addr| !is_ours(addr))
-        .collect();
+    // libvirt's dnsmasq of an isolated network has `no-resolv`: its guests' names go to
+    // the `<forwarder>`s, if any, never out through the host's resolvers.
+    let default_upstreams = if def.forward_mode() == ForwardMode::Isolated {
+        Vec::new()
+    } else {
+        dns::host_resolvers(resolv_conf)
+            .into_iter()
+            .filter(|addr| !is_ours(addr))
+            .collect()
+    };
     Some(DnsConfig {
         network: def.name.clone(),
         listen: bridge_addresses(def).map(|(address, _)| address).collect(),
+        interface: def.bridge_name().map(str::to_owned),
         domain: def.domain.as_ref().map(|domain| domain.name.clone()),
         local_only: def.domain.as_ref().and_then(|domain| domain.local_only) == Some(true),
         forward_plain_names: def.dns.forward_plain_names != Some(false),

@@ -180,6 +180,7 @@ fn config() -> DnsConfig {
             SERVER_IP.parse().expect("ip"),
             SERVER_IP6.parse().expect("ip6"),
         ],
+        interface: Some("br0".into()),
         domain: Some("example.test".into()),
         local_only: true,
         forward_plain_names: true,
@@ -264,6 +265,42 @@ fn dig_resolves_guest_names_reverse_srv_txt_over_udp_tcp_and_ipv6() {
             lab.dig_status(&format!("{at} web1.example.test AAAA")),
             "NOERROR"
         );
+    });
+}
+
+/// Like libvirt's dnsmasq (`interface=` the bridge), the server answers only what
+/// arrives on the bridge: a host that routes to the bridge's address from elsewhere
+/// (here the upstream side) gets neither local names nor recursion, over UDP or TCP.
+#[test]
+fn queries_from_outside_the_bridge_are_not_answered() {
+    if !needs() {
+        return;
+    }
+    let lab = Lab::new("dnso");
+    lab.wait_for_upstream();
+    lab.upstream
+        .sh("ip route add 192.168.88.0/24 via 10.99.0.1")
+        .expect("route to the bridge's subnet");
+    with_server(&lab, config(), || {
+        // From the guest on the bridge, it answers.
+        assert_eq!(
+            lab.dig_short(&format!("@{SERVER_IP} static1.example.test")),
+            ["192.168.88.50"]
+        );
+        for transport in ["+notcp", "+tcp"] {
+            for name in ["static1.example.test", "www.up.test"] {
+                let out = lab
+                    .upstream
+                    .sh(&format!(
+                        "timeout 10 dig {transport} +tries=1 +time=2 @{SERVER_IP} {name} || true"
+                    ))
+                    .unwrap_or_default();
+                assert!(
+                    !out.contains("status: NOERROR"),
+                    "{name} answered {transport} from outside the bridge:\n{out}"
+                );
+            }
+        }
     });
 }
 

@@ -29,6 +29,8 @@ pub struct DaemonOptions {
     pub state_dir: Option<PathBuf>,
     /// `NOTIFY_SOCKET`, as systemd sets it for a `Type=notify` unit.
     pub notify_socket: Option<PathBuf>,
+    /// `--resolv-conf`: the host resolvers the daemon forwards to.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -106,6 +108,9 @@ impl Daemon {
         }
         if let Some(socket) = &options.notify_socket {
             cmd.env("NOTIFY_SOCKET", socket);
+        }
+        if let Some(path) = &options.resolv_conf {
+            cmd.arg("--resolv-conf").arg(path);
         }
         let mut child = cmd.spawn().expect("spawn kvnetd");
         let deadline = Instant::now() + Duration::from_secs(20);

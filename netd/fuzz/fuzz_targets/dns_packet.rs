@@ -23,6 +23,7 @@ fn resolver() -> &'static Resolver {
         let config = DnsConfig {
             network: "fuzz".into(),
             listen: Vec::new(),
+            interface: None,
             domain: Some("fuzz.test".into()),
             local_only: true,
             forward_plain_names: false,

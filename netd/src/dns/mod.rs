@@ -47,6 +47,11 @@ pub struct DnsConfig {
     pub network: String,
     /// The bridge's addresses; the server listens on port 53 of each.
     pub listen: Vec<IpAddr>,
+    /// The bridge: only queries that arrive on it are seen (`SO_BINDTODEVICE`), as
+    /// libvirt's dnsmasq answers only on its `interface=`. Without it, anyone who can
+    /// route to the bridge's address (a LAN neighbour, a routed network's upstream)
+    /// could use the host as a resolver. `None` (tests on loopback) answers on any.
+    pub interface: Option<String>,
     /// `<domain name=>`: hostnames are also answered qualified with it.
     pub domain: Option<String>,
     /// `<domain localOnly='yes'>`: names in the domain are never forwarded.

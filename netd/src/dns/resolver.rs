@@ -534,6 +534,7 @@ mod tests {
         DnsConfig {
             network: "test".into(),
             listen: vec![IpAddr::V4(Ipv4Addr::new(192, 168, 122, 1))],
+            interface: None,
             domain: Some("example.test".into()),
             local_only: true,
             forward_plain_names: true,

@@ -105,14 +105,15 @@ impl DnsServer {
                         source,
                     }
                 };
-                let socket =
-                    open_socket(address, SockType::Datagram).map_err(fail("udp", "bind"))?;
+                let interface = config.interface.as_deref();
+                let socket = open_socket(address, interface, SockType::Datagram)
+                    .map_err(fail("udp", "bind"))?;
                 udp.push(
                     UdpSocket::from_std(socket.into())
                         .map_err(fail("udp", "register with the runtime"))?,
                 );
-                let socket =
-                    open_socket(address, SockType::Stream).map_err(fail("tcp", "listen"))?;
+                let socket = open_socket(address, interface, SockType::Stream)
+                    .map_err(fail("tcp", "listen"))?;
                 tcp.push(
                     TcpListener::from_std(socket.into())
                         .map_err(fail("tcp", "register with the runtime"))?,
@@ -148,10 +149,15 @@ impl DnsServer {
     }
 }
 
-/// A socket bound to `address`:53 (and listening, for TCP). `SO_REUSEADDR` lets a
-/// restarted daemon listen again while old connections linger in TIME_WAIT;
-/// `IP_FREEBIND` lets it bind an IPv6 address still in duplicate address detection.
-fn open_socket(address: IpAddr, kind: SockType) -> Result<std::os::fd::OwnedFd, std::io::Error> {
+/// A socket bound to `address`:53 (and listening, for TCP), seeing only what arrives on
+/// `interface` when one is given. `SO_REUSEADDR` lets a restarted daemon listen again
+/// while old connections linger in TIME_WAIT; `IP_FREEBIND` lets it bind an IPv6
+/// address still in duplicate address detection.
+fn open_socket(
+    address: IpAddr,
+    interface: Option<&str>,
+    kind: SockType,
+) -> Result<std::os::fd::OwnedFd, std::io::Error> {
     let family = match address {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
@@ -168,6 +174,13 @@ fn open_socket(address: IpAddr, kind: SockType) -> Result<std::os::fd::OwnedFd, 
     )?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     setsockopt(&fd, sockopt::IpFreebind, &true)?;
+    if let Some(interface) = interface {
+        setsockopt(
+            &fd,
+            sockopt::BindToDevice,
+            &std::ffi::OsString::from(interface),
+        )?;
+    }
     if address.is_ipv6() {
         setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
     }
