@@ -175,23 +175,9 @@ fn host_resolvers_serve_forwarding_networks_only_and_only_on_the_bridge() {
     upstream
         .sh("ip addr add 10.98.0.2/24 dev eth0 && ip link set eth0 up && ip route add default via 10.98.0.1")
         .expect("upstream addressing");
-    let mut dnsmasq = upstream
-        .command("dnsmasq")
-        .args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--pid-file",
-            "--user=root",
-            "--listen-address=10.98.0.2",
-            "--address=/up.test/10.77.7.7",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start dnsmasq");
+    let _dnsmasq =
+        testkit::Dnsmasq::start(&upstream, "10.98.0.2", &["--address=/up.test/10.77.7.7"])
+            .expect("start dnsmasq");
     let resolv_conf = daemon.dirs.path().join("resolv.conf");
     std::fs::write(&resolv_conf, "nameserver 10.98.0.2\n").expect("resolv.conf");
     let options = DaemonOptions {
@@ -256,6 +242,4 @@ fn host_resolvers_serve_forwarding_networks_only_and_only_on_the_bridge() {
         !answer.contains("status: NOERROR"),
         "the bridge's DNS answered a query from outside the bridge:\n{answer}"
     );
-    let _ = dnsmasq.kill();
-    let _ = dnsmasq.wait();
 }

@@ -9,13 +9,12 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use netd::dns::{DnsConfig, DnsServer, LeaseSource};
 use netd::xml::{DnsForwarder, DnsHost, DnsSrv, DnsTxt};
-use testkit::{Need, Netns};
+use testkit::{Dnsmasq, Need, Netns};
 
 const SERVER_IP: &str = "192.168.88.1";
 const SERVER_IP6: &str = "fd88::1";
@@ -40,7 +39,7 @@ struct Lab {
     server: Netns,
     client: Netns,
     upstream: Netns,
-    dnsmasq: Child,
+    _dnsmasq: Dnsmasq,
 }
 
 impl Lab {
@@ -69,29 +68,20 @@ impl Lab {
                 "ip addr add {UPSTREAM_IP}/24 dev eth0 && ip link set eth0 up"
             ))
             .expect("upstream eth0");
-        let dnsmasq = upstream
-            .command("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--pid-file",
-                "--user=root",
-                &format!("--listen-address={UPSTREAM_IP}"),
+        let dnsmasq = Dnsmasq::start(
+            &upstream,
+            UPSTREAM_IP,
+            &[
                 "--address=/up.test/10.77.7.7",
                 "--txt-record=big.up.test,upstream says hello",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start dnsmasq");
+            ],
+        )
+        .expect("start dnsmasq");
         Lab {
             server,
             client,
             upstream,
-            dnsmasq,
+            _dnsmasq: dnsmasq,
         }
     }
 
@@ -153,13 +143,6 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("dnsmasq in the upstream namespace never answered");
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.dnsmasq.kill();
-        let _ = self.dnsmasq.wait();
     }
 }
 
@@ -359,22 +342,7 @@ fn dead_and_refusing_upstreams_are_passed_over_for_the_next() {
             "ip addr add {DEAD_UPSTREAM_IP}/24 dev eth0 && ip addr add {REFUSING_UPSTREAM_IP}/24 dev eth0"
         ))
         .expect("upstream addresses");
-    let mut refusing = lab
-        .upstream
-        .command("dnsmasq")
-        .args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--pid-file",
-            "--user=root",
-            &format!("--listen-address={REFUSING_UPSTREAM_IP}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let refusing = Dnsmasq::start(&lab.upstream, REFUSING_UPSTREAM_IP, &[])
         .expect("start the refusing dnsmasq");
     lab.wait_for_upstream();
     let refused = lab
@@ -419,8 +387,7 @@ fn dead_and_refusing_upstreams_are_passed_over_for_the_next() {
             ["10.77.7.7"]
         );
     });
-    let _ = refusing.kill();
-    let _ = refusing.wait();
+    drop(refusing);
 }
 
 /// A query for `labels` of type A with ID `id`, RD set.

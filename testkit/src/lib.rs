@@ -277,6 +277,42 @@ impl Drop for Netns {
     }
 }
 
+/// An upstream DNS server for tests: dnsmasq in a namespace, answering on one address
+/// from the records given as dnsmasq options (`--address=/up.test/10.77.7.7`), and
+/// REFUSED for everything else (it forwards nothing). Killed when dropped.
+#[derive(Debug)]
+pub struct Dnsmasq(std::process::Child);
+
+impl Dnsmasq {
+    /// Starts dnsmasq in `ns` on `listen`:53.
+    pub fn start(ns: &Netns, listen: &str, records: &[&str]) -> std::io::Result<Dnsmasq> {
+        ns.command("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--pid-file",
+                "--user=root",
+                &format!("--listen-address={listen}"),
+            ])
+            .args(records)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(Dnsmasq)
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs a command and returns its output; a non-zero exit becomes an error that
 /// names the command and carries its stderr.
 pub fn run_checked(cmd: &mut Command) -> std::io::Result<Output> {
