@@ -190,6 +190,25 @@ fn running(xml: &str, dad: Dad) -> Daemon {
     daemon
 }
 
+/// A guest namespace on the test network's bridge, without duplicate address
+/// detection (its addresses are usable at once), with `mac` on its eth0 if given.
+fn guest_on_the_bridge(daemon: &Daemon, tag: &str, mac: Option<&str>) -> Netns {
+    let guest = Netns::new(tag).expect("guest ns");
+    guest
+        .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0")
+        .expect("sysctl");
+    attach_guest(daemon, &guest, "kvv6", "", "");
+    if let Some(mac) = mac {
+        guest
+            .sh(&format!(
+                "sysctl -qw net.ipv6.conf.eth0.accept_dad=0 && ip link set eth0 down \
+                 && ip link set eth0 address {mac} && ip link set eth0 up"
+            ))
+            .expect("guest mac");
+    }
+    guest
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
@@ -205,17 +224,7 @@ fn dhclient_gets_its_reserved_address_name_and_dns_and_keeps_it_across_a_restart
     }
     let mut daemon = running(NET_XML, Dad::Off);
 
-    let guest = Netns::new("guest6").expect("guest ns");
-    guest
-        .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0")
-        .expect("sysctl");
-    attach_guest(&daemon, &guest, "kvv6", "", "");
-    guest
-        .sh(&format!(
-            "sysctl -qw net.ipv6.conf.eth0.accept_dad=0 && ip link set eth0 down \
-             && ip link set eth0 address {GUEST_MAC} && ip link set eth0 up"
-        ))
-        .expect("guest mac");
+    let guest = guest_on_the_bridge(&daemon, "guest6", Some(GUEST_MAC));
 
     // The router advertisement puts the prefix on-link but, DHCPv6 serving it, not
     // autonomous: the guest makes no SLAAC address in it.
@@ -314,11 +323,7 @@ fn a_dynamic_client_gets_an_address_from_the_range() {
     }
     // The bridge's addresses are tentative right after the start: the server must cope.
     let daemon = running(NET_XML, Dad::On);
-    let guest = Netns::new("guest6d").expect("guest ns");
-    guest
-        .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0")
-        .expect("sysctl");
-    attach_guest(&daemon, &guest, "kvv6", "", "");
+    let guest = guest_on_the_bridge(&daemon, "guest6d", None);
     let bound = dhclient_bind(&daemon, &guest);
     let fields: Vec<&str> = bound.split('|').collect();
     assert_eq!(fields[0], "BOUND6", "{bound}");
@@ -376,16 +381,7 @@ fn a_reservation_added_live_is_served_without_a_restart() {
         ),
         "{dumped}"
     );
-    let guest = Netns::new("guest6u").expect("guest ns");
-    guest
-        .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0")
-        .expect("sysctl");
-    attach_guest(&daemon, &guest, "kvv6", "", "");
-    guest
-        .sh(&format!(
-            "ip link set eth0 down && ip link set eth0 address {GUEST_MAC} && ip link set eth0 up"
-        ))
-        .expect("guest mac");
+    let guest = guest_on_the_bridge(&daemon, "guest6u", Some(GUEST_MAC));
     let bound = dhclient_bind(&daemon, &guest);
     assert!(bound.starts_with("BOUND6|fd00:6::4:1|"), "{bound}");
     stop_dhclient(&daemon, &guest);
@@ -485,16 +481,7 @@ fn dhcpcd_gets_a_name_reservation_and_a_dynamic_address_renews_past_a_lost_lease
         "      <host name='venus' ip='fd00:6::3:2'/>\n    </dhcp>",
     );
     let mut daemon = running(&xml, Dad::Off);
-    let guest = Netns::new("guest6c").expect("guest ns");
-    guest
-        .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0")
-        .expect("sysctl");
-    attach_guest(&daemon, &guest, "kvv6", "", "");
-    guest
-        .sh(&format!(
-            "ip link set eth0 down && ip link set eth0 address {DHCPCD_MAC} && ip link set eth0 up"
-        ))
-        .expect("guest mac");
+    let guest = guest_on_the_bridge(&daemon, "guest6c", Some(DHCPCD_MAC));
     let dir = daemon.dirs.path().to_owned();
     let mut dhcpcd = spawn_dhcpcd(&dir, &guest);
 
