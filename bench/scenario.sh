@@ -57,10 +57,11 @@ for _ in $(seq "$runs"); do
 done
 echo "kernel_bridge_delete_ms $(ms "$(median <"$work/floor")")"
 
-# (b) scale: SCALE networks. Starting them all is measured three ways: one CLI call
-# after another (sequential), from PARALLEL concurrent clients, and (kvnet) as the
-# daemon's boot-time autostart of SCALE autostart networks, from daemon start until
-# its socket answers (it serves only once autostart is done).
+# (b) scale: SCALE networks. Starting them all is measured four ways: one CLI call
+# after another (sequential), all in one CLI call (a virsh command string), from
+# PARALLEL concurrent clients, and (kvnet) as the daemon's boot-time autostart of SCALE
+# autostart networks, from daemon start until its socket answers (it serves only once
+# autostart is done).
 parallel=8
 scale_names() { for i in $(seq 0 $((scale - 1))); do echo "scale$i"; done; }
 # Runs `cli VERB NAME` for every scale network from $1 concurrent clients (xargs execs
@@ -87,6 +88,14 @@ echo "daemon_rss_mb $(awk -v k="$rss_kb" 'BEGIN {printf "%.1f", k/1024}')"
 echo "helpers_rss_mb $(awk -v k="$dnsmasq_kb" 'BEGIN {printf "%.1f", k/1024}')"
 t0=$(now_us); each_net 1 net-destroy; t1=$(now_us)
 echo "scale_destroy_ms $(ms $((t1 - t0)))"
+
+# One CLI process for all of them: a virsh command string (`'net-start a; net-start b'`).
+session() { $BENCH_CLI "$(scale_names | sed "s/^/$1 /" | paste -sd ';')" >/dev/null 2>&1 || true; }
+t0=$(now_us); session net-start; t1=$(now_us)
+echo "scale_start_session_ms $(ms $((t1 - t0)))"
+echo "scale_started_session_count $(active_count)"
+t0=$(now_us); session net-destroy; t1=$(now_us)
+echo "scale_destroy_session_ms $(ms $((t1 - t0)))"
 
 t0=$(now_us); each_net "$parallel" net-start; t1=$(now_us)
 echo "scale_start_ms $(ms $((t1 - t0)))"

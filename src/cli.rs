@@ -10,7 +10,14 @@ pub const DEFAULT_SOCKET: &str = "/run/kvnet/kvnetd.sock";
 
 /// kvnet: manage kvnetd's virtual networks with virsh's verbs and formats.
 #[derive(Debug, Parser)]
-#[command(name = "kvnet", version, about)]
+#[command(
+    name = "kvnet",
+    version,
+    about,
+    override_usage = "kvnet [OPTIONS] <COMMAND> [ARGS]...\n       \
+                      kvnet [OPTIONS] '<COMMAND> [ARGS]...; <COMMAND> [ARGS]...'\n       \
+                      kvnet [OPTIONS]    (an interactive terminal reading commands from stdin)"
+)]
 pub struct Cli {
     /// The daemon's socket [default: $KVNET_SOCKET, else /run/kvnet/kvnetd.sock]; virsh's
     /// URIs for the local system daemon (qemu:///system, network:///system) mean the

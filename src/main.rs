@@ -1,20 +1,27 @@
 //! `kvnet`: virsh's network verbs against kvnetd.
+//!
+//! As with virsh, the command line holds one command (`kvnet net-start default`), a
+//! command string of several (`kvnet 'net-start a; net-start b'`), or none, for the
+//! interactive terminal that reads commands from standard input.
 
 mod cli;
 mod commands;
 mod output;
+mod shell;
+mod usage;
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use clap::error::{ContextKind, ContextValue, ErrorKind};
+
+use crate::usage::Refusal;
+
+/// The name the shell greets with and prompts with.
+const PROGRAM: &str = "kvnet";
 
 fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(error) => return usage_error(&error),
-    };
     // The CLI itself logs nothing; a subscriber (and its filter parsing) is only worth
     // its startup cost when someone asks for library logs.
     if std::env::var_os("RUST_LOG").is_some() {
@@ -27,185 +34,182 @@ fn main() -> ExitCode {
             )
             .init();
     }
-    match commands::run(&cli) {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let succeeded = match split_global_options(&args) {
+        Some((globals, [])) => interactive(globals),
+        Some((globals, [text])) => run_command_string(globals, &text.to_string_lossy()).succeeded,
+        _ => run_argv(&args),
+    };
+    if succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Splits the leading global options (`-c SOCKET`, `--connect=SOCKET`, `-q`) from the
+/// words after them, which virsh reads as a command string when there is exactly one.
+/// `None` when an argument before the verb is any other option (`--help`, a typo...):
+/// clap then reads the whole line and reports it.
+fn split_global_options(args: &[OsString]) -> Option<(&[OsString], &[OsString])> {
+    let mut at = 0;
+    while let Some(arg) = args.get(at) {
+        let arg = arg.to_str()?;
+        at += match arg {
+            "-q" | "--quiet" => 1,
+            "-c" | "--connect" if at + 1 < args.len() => 2,
+            _ if arg.starts_with("--connect=") || (arg.starts_with("-c") && arg.len() > 2) => 1,
+            _ if arg.starts_with('-') => return None,
+            _ => break,
+        };
+    }
+    Some(args.split_at(at))
+}
+
+/// Runs the command line as one command, clap reading every argument.
+fn run_argv(args: &[OsString]) -> bool {
+    let argv = std::iter::once(OsString::from(PROGRAM)).chain(args.iter().cloned());
+    match cli::Cli::try_parse_from(argv) {
+        Ok(cli) => execute(&cli).succeeded,
+        Err(error) => Refusal::new(error, &lossy(args)).report(),
+    }
+}
+
+/// What running a command (or several) came to.
+struct Outcome {
+    /// Whether the last command succeeded: the exit status.
+    succeeded: bool,
+    /// Whether the daemon was reachable; virsh runs no command without a connection.
+    connected: bool,
+    /// Whether a `quit` or `exit` ended the commands.
+    quit: bool,
+}
+
+/// Runs one command and prints its result.
+fn execute(cli: &cli::Cli) -> Outcome {
+    match commands::run(cli) {
         Ok(text) => {
             let mut stdout = std::io::stdout().lock();
             // A closed stdout (`kvnet net-list | head -0`) is not an error worth reporting.
             let _ = stdout
                 .write_all(text.as_bytes())
                 .and_then(|()| stdout.flush());
-            ExitCode::SUCCESS
+            Outcome {
+                succeeded: true,
+                connected: true,
+                quit: false,
+            }
         }
         Err(failure) => {
-            for line in failure.lines() {
-                eprintln!("error: {line}");
-            }
+            usage::print_errors(failure.lines());
             // virsh ends every command it ran with a blank line on stdout, failed or not.
             if failure.ran() && !cli.quiet && !cli.command.prints_json() {
                 let _ = std::io::stdout().write_all(b"\n");
             }
-            ExitCode::FAILURE
+            Outcome {
+                succeeded: false,
+                connected: failure.ran(),
+                quit: false,
+            }
         }
     }
 }
 
-/// Reports a command line clap refused the way virsh does (`error: command 'net-start'
-/// requires <network> option`, exit status 1), so scripts written for virsh see the
-/// same lines; help and version requests print as clap has them.
-fn usage_error(error: &clap::Error) -> ExitCode {
-    let contexts = |kind| match error.get(kind) {
-        Some(ContextValue::String(value)) => vec![value.clone()],
-        Some(ContextValue::Strings(values)) => values.clone(),
-        _ => Vec::new(),
-    };
-    let context = |kind| contexts(kind).into_iter().next();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // The verb is the first argument that names one (an option's value may look like one
-    // only after it).
-    let verbs = <cli::Cli as clap::CommandFactory>::command();
-    let verb = args
-        .iter()
-        .find(|arg| verbs.find_subcommand(arg).is_some())
-        .cloned()
-        .unwrap_or_default();
-    // clap names an option with its value placeholder (`--network <NETWORK>`).
-    let option = |text: &str| text.split([' ', '=']).next().unwrap_or_default().to_owned();
-    let quiet = args.iter().any(|arg| arg == "-q" || arg == "--quiet");
-    // virsh checks some options only once the command runs, so it ends those refusals
-    // with the command's blank line.
-    let refused_while_running = |line: String| {
-        eprintln!("error: {line}");
-        if !quiet {
-            let _ = std::io::stdout().write_all(b"\n");
-        }
-        ExitCode::FAILURE
-    };
-    let lines = match (error.kind(), context(ContextKind::InvalidArg)) {
-        (ErrorKind::DisplayHelp | ErrorKind::DisplayVersion, _) => {
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        (ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand, _) => {
-            let _ = error.print();
-            return ExitCode::FAILURE;
-        }
-        (ErrorKind::ArgumentConflict, Some(argument)) => {
-            let prior = option(&context(ContextKind::PriorArg).unwrap_or_default());
-            let argument = option(&argument);
-            let after_verb = args
-                .iter()
-                .position(|arg| *arg == verb)
-                .map_or(&args[..0], |at| &args[at + 1..]);
-            let line = conflict_line(&prior, &argument, after_verb);
-            if line.starts_with("Options ") {
-                return refused_while_running(line);
-            }
-            vec![line]
-        }
-        (ErrorKind::InvalidValue, Some(argument))
-            if context(ContextKind::InvalidValue).is_some_and(|value| value.is_empty()) =>
-        {
-            if args.iter().any(String::is_empty) {
-                return refused_while_running(format!(
-                    "Failed to get option '{}': Option argument is empty",
-                    option_name(&argument)
-                ));
-            }
-            vec![format!(
-                "expected syntax: --{} <string>",
-                option_name(&argument)
-            )]
-        }
-        (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(argument))
-            if NUMERIC_OPTIONS.contains(&option_name(&argument).as_str()) =>
-        {
-            return refused_while_running(format!(
-                "Numeric value '{}' for <{}> option is malformed or out of range",
-                context(ContextKind::InvalidValue).unwrap_or_default(),
-                option_name(&argument)
-            ));
-        }
-        (ErrorKind::InvalidSubcommand, _) => vec![format!(
-            "unknown command: '{}'",
-            context(ContextKind::InvalidSubcommand).unwrap_or_default()
-        )],
-        (ErrorKind::MissingRequiredArgument, Some(_)) => contexts(ContextKind::InvalidArg)
-            .iter()
-            .map(|argument| {
-                format!(
-                    "command '{verb}' requires {} option",
-                    argument.to_lowercase()
-                )
-            })
-            .collect(),
-        (ErrorKind::UnknownArgument, Some(argument)) if argument.starts_with("--") => {
-            let option = argument.split('=').next().unwrap_or_default();
-            vec![format!("command '{verb}' doesn't support option {option}")]
-        }
-        (ErrorKind::UnknownArgument, Some(argument)) => {
-            vec![format!("unexpected data '{argument}'")]
-        }
-        // `--name=foo` for a flag.
-        (ErrorKind::TooManyValues, Some(argument)) => {
-            vec![format!("invalid '=' after option {}", option(&argument))]
-        }
-        _ => {
-            // Any other refusal: clap's own first line, in virsh's `error: ` shape.
-            let rendered = error.render().to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            vec![first.strip_prefix("error: ").unwrap_or(first).to_owned()]
-        }
-    };
-    for line in lines {
-        eprintln!("error: {line}");
-    }
-    ExitCode::FAILURE
+/// One command of a command string, parsed.
+enum Step {
+    Run(Box<cli::Cli>),
+    /// A refusal or help text virsh would print only when reaching this command.
+    Refused(Refusal),
+    Quit,
 }
 
-/// Options whose values virsh reads as numbers.
-const NUMERIC_OPTIONS: [&str; 1] = ["parent-index"];
-
-/// virsh's line for two options clap found in conflict (`args`: those after the verb).
-/// The network may be given as the positional argument or as `--network`, which virsh
-/// treats as one option: a positional after `--network NAME` is unexpected data,
-/// `--network` after a positional is "already seen".
-fn conflict_line(prior: &str, argument: &str, args: &[String]) -> String {
-    if prior == argument {
-        return format!("option {argument} already seen");
+/// Runs a command string, as virsh does: every command is parsed before any runs, so
+/// a typo anywhere runs nothing; then they run in order, and the last one's result is
+/// the exit status.
+fn run_command_string(globals: &[OsString], text: &str) -> Outcome {
+    let refused = Outcome {
+        succeeded: false,
+        connected: true,
+        quit: false,
+    };
+    // virsh refuses an empty command string without a word.
+    if text.is_empty() {
+        return refused;
     }
-    let positional = |text: &str| text.starts_with(['[', '<']);
-    if [prior, argument].contains(&"--network") && (positional(prior) || positional(argument)) {
-        let option_at = args.iter().position(|arg| arg == "--network");
-        // The positional value: a later argument that is neither an option nor the
-        // value after `--network`.
-        let value_at = args
-            .iter()
-            .enumerate()
-            .position(|(at, arg)| !arg.starts_with('-') && Some(at) != option_at.map(|o| o + 1));
-        return match (option_at, value_at) {
-            (Some(option), Some(value)) if option < value => {
-                format!("unexpected data '{}'", args[value])
+    let commands = match shell::split_commands(text) {
+        Ok(commands) => commands,
+        Err(error) => {
+            usage::print_errors(&[error.to_string()]);
+            return refused;
+        }
+    };
+    let mut steps = Vec::with_capacity(commands.len());
+    for words in commands {
+        if shell::is_quit(&words) {
+            steps.push(Step::Quit);
+            continue;
+        }
+        let mut args = globals.to_vec();
+        args.extend(words.into_iter().map(OsString::from));
+        let argv = std::iter::once(OsString::from(PROGRAM)).chain(args.iter().cloned());
+        match cli::Cli::try_parse_from(argv) {
+            Ok(cli) => steps.push(Step::Run(Box::new(cli))),
+            Err(error) => {
+                let refusal = Refusal::new(error, &lossy(&args));
+                if !refusal.comes_at_run_time() {
+                    refusal.report();
+                    return refused;
+                }
+                steps.push(Step::Refused(refusal));
             }
-            _ => "option --network already seen".to_owned(),
+        }
+    }
+    let mut outcome = Outcome {
+        succeeded: true,
+        connected: true,
+        quit: false,
+    };
+    for step in steps {
+        outcome = match step {
+            Step::Run(cli) => execute(&cli),
+            Step::Refused(refusal) => Outcome {
+                succeeded: refusal.report(),
+                ..outcome
+            },
+            Step::Quit => Outcome {
+                succeeded: true,
+                connected: true,
+                quit: true,
+            },
         };
+        if outcome.quit || !outcome.connected {
+            break;
+        }
     }
-    // virsh names the pair in its own order (net-update's `--current` first), not in
-    // the order typed.
-    let (first, second) = if prior == "--current" {
-        (prior, argument)
-    } else {
-        (argument, prior)
-    };
-    format!("Options {first} and {second} are mutually exclusive")
+    outcome
 }
 
-/// virsh's name of an option clap shows as `--network <NETWORK>` or `<NETWORK>`.
-fn option_name(argument: &str) -> String {
-    argument
-        .split(' ')
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches('-')
-        .trim_matches(['<', '>', '[', ']'])
-        .to_lowercase()
+/// virsh's interactive terminal: a greeting (unless quiet), then a prompt for each
+/// line of commands until `quit`, `exit` or the end of input. Its exit status is
+/// success whatever the commands did, as virsh's is.
+fn interactive(globals: &[OsString]) -> bool {
+    let quiet = globals.iter().any(|arg| arg == "-q" || arg == "--quiet");
+    if !quiet {
+        let _ = std::io::stdout().write_all(shell::Terminal::welcome(PROGRAM).as_bytes());
+    }
+    let terminal = shell::Terminal::new(PROGRAM);
+    while let Some(line) = terminal.read_line() {
+        if !line.is_empty() && run_command_string(globals, &line).quit {
+            break;
+        }
+    }
+    // virsh ends the session's last line (the prompt left at the end of input).
+    let _ = std::io::stdout().write_all(b"\n");
+    true
+}
+
+fn lossy(args: &[OsString]) -> Vec<String> {
+    args.iter()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect()
 }

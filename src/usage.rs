@@ -1,0 +1,206 @@
+//! Command lines clap refused, reported the way virsh reports them (`error: command
+//! 'net-start' requires <network> option`, exit status 1), so scripts written for
+//! virsh see the same lines.
+
+use std::io::Write;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+
+/// A refused command line, or a request for help or the version.
+pub enum Refusal {
+    /// Help or version text, as clap renders it.
+    Text(clap::Error),
+    /// Refused while parsing: virsh prints only the error lines.
+    AtParse(Vec<String>),
+    /// Refused once running: virsh checks some options only when the command runs,
+    /// so the error lines are followed by the command's blank line (unless quiet).
+    AtRun { lines: Vec<String>, quiet: bool },
+}
+
+impl Refusal {
+    /// Reads clap's `error` for the command line `args` (without the program name).
+    pub fn new(error: clap::Error, args: &[String]) -> Refusal {
+        let contexts = |kind| match error.get(kind) {
+            Some(ContextValue::String(value)) => vec![value.clone()],
+            Some(ContextValue::Strings(values)) => values.clone(),
+            _ => Vec::new(),
+        };
+        let context = |kind| contexts(kind).into_iter().next();
+        // The verb is the first argument that names one (an option's value may look
+        // like one only after it).
+        let verbs = <crate::cli::Cli as clap::CommandFactory>::command();
+        let verb = args
+            .iter()
+            .find(|arg| verbs.find_subcommand(arg).is_some())
+            .cloned()
+            .unwrap_or_default();
+        // clap names an option with its value placeholder (`--network <NETWORK>`).
+        let option = |text: &str| text.split([' ', '=']).next().unwrap_or_default().to_owned();
+        let at_run = |line: String| Refusal::AtRun {
+            lines: vec![line],
+            quiet: args.iter().any(|arg| arg == "-q" || arg == "--quiet"),
+        };
+        let lines = match (error.kind(), context(ContextKind::InvalidArg)) {
+            (
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand,
+                _,
+            ) => return Refusal::Text(error),
+            (ErrorKind::ArgumentConflict, Some(argument)) => {
+                let prior = option(&context(ContextKind::PriorArg).unwrap_or_default());
+                let argument = option(&argument);
+                let after_verb = args
+                    .iter()
+                    .position(|arg| *arg == verb)
+                    .map_or(&args[..0], |at| &args[at + 1..]);
+                let line = conflict_line(&prior, &argument, after_verb);
+                if line.starts_with("Options ") {
+                    return at_run(line);
+                }
+                vec![line]
+            }
+            (ErrorKind::InvalidValue, Some(argument))
+                if context(ContextKind::InvalidValue).is_some_and(|value| value.is_empty()) =>
+            {
+                if args.iter().any(String::is_empty) {
+                    return at_run(format!(
+                        "Failed to get option '{}': Option argument is empty",
+                        option_name(&argument)
+                    ));
+                }
+                vec![format!(
+                    "expected syntax: --{} <string>",
+                    option_name(&argument)
+                )]
+            }
+            (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(argument))
+                if NUMERIC_OPTIONS.contains(&option_name(&argument).as_str()) =>
+            {
+                return at_run(format!(
+                    "Numeric value '{}' for <{}> option is malformed or out of range",
+                    context(ContextKind::InvalidValue).unwrap_or_default(),
+                    option_name(&argument)
+                ));
+            }
+            (ErrorKind::InvalidSubcommand, _) => vec![format!(
+                "unknown command: '{}'",
+                context(ContextKind::InvalidSubcommand).unwrap_or_default()
+            )],
+            (ErrorKind::MissingRequiredArgument, Some(_)) => contexts(ContextKind::InvalidArg)
+                .iter()
+                .map(|argument| {
+                    format!(
+                        "command '{verb}' requires {} option",
+                        argument.to_lowercase()
+                    )
+                })
+                .collect(),
+            (ErrorKind::UnknownArgument, Some(argument)) if argument.starts_with("--") => {
+                let option = argument.split('=').next().unwrap_or_default();
+                vec![format!("command '{verb}' doesn't support option {option}")]
+            }
+            (ErrorKind::UnknownArgument, Some(argument)) => {
+                vec![format!("unexpected data '{argument}'")]
+            }
+            // `--name=foo` for a flag.
+            (ErrorKind::TooManyValues, Some(argument)) => {
+                vec![format!("invalid '=' after option {}", option(&argument))]
+            }
+            _ => {
+                // Any other refusal: clap's own first line, in virsh's `error: ` shape.
+                let rendered = error.render().to_string();
+                let first = rendered.lines().next().unwrap_or_default();
+                vec![first.strip_prefix("error: ").unwrap_or(first).to_owned()]
+            }
+        };
+        Refusal::AtParse(lines)
+    }
+
+    /// Whether virsh would have run the commands before this one: it refuses these only
+    /// when the command runs, and it shows help when the command runs.
+    pub fn comes_at_run_time(&self) -> bool {
+        !matches!(self, Refusal::AtParse(_))
+    }
+
+    /// Prints the refusal; returns whether it counts as success (help and version do).
+    pub fn report(&self) -> bool {
+        match self {
+            Refusal::Text(text) => {
+                let _ = text.print();
+                !matches!(
+                    text.kind(),
+                    ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                )
+            }
+            Refusal::AtParse(lines) => {
+                print_errors(lines);
+                false
+            }
+            Refusal::AtRun { lines, quiet } => {
+                print_errors(lines);
+                if !quiet {
+                    let _ = std::io::stdout().write_all(b"\n");
+                }
+                false
+            }
+        }
+    }
+}
+
+/// virsh's error lines on stderr, after whatever stdout holds so far (virsh flushes
+/// stdout first, so `2>&1` keeps the order).
+pub fn print_errors(lines: &[String]) {
+    let _ = std::io::stdout().flush();
+    for line in lines {
+        eprintln!("error: {line}");
+    }
+}
+
+/// Options whose values virsh reads as numbers.
+const NUMERIC_OPTIONS: [&str; 1] = ["parent-index"];
+
+/// virsh's line for two options clap found in conflict (`args`: those after the verb).
+/// The network may be given as the positional argument or as `--network`, which virsh
+/// treats as one option: a positional after `--network NAME` is unexpected data,
+/// `--network` after a positional is "already seen".
+fn conflict_line(prior: &str, argument: &str, args: &[String]) -> String {
+    if prior == argument {
+        return format!("option {argument} already seen");
+    }
+    let positional = |text: &str| text.starts_with(['[', '<']);
+    if [prior, argument].contains(&"--network") && (positional(prior) || positional(argument)) {
+        let option_at = args.iter().position(|arg| arg == "--network");
+        // The positional value: a later argument that is neither an option nor the
+        // value after `--network`.
+        let value_at = args
+            .iter()
+            .enumerate()
+            .position(|(at, arg)| !arg.starts_with('-') && Some(at) != option_at.map(|o| o + 1));
+        return match (option_at, value_at) {
+            (Some(option), Some(value)) if option < value => {
+                format!("unexpected data '{}'", args[value])
+            }
+            _ => "option --network already seen".to_owned(),
+        };
+    }
+    // virsh names the pair in its own order (net-update's `--current` first), not in
+    // the order typed.
+    let (first, second) = if prior == "--current" {
+        (prior, argument)
+    } else {
+        (argument, prior)
+    };
+    format!("Options {first} and {second} are mutually exclusive")
+}
+
+/// virsh's name of an option clap shows as `--network <NETWORK>` or `<NETWORK>`.
+fn option_name(argument: &str) -> String {
+    argument
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches('-')
+        .trim_matches(['<', '>', '[', ']'])
+        .to_lowercase()
+}
