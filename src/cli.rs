@@ -1,6 +1,8 @@
 //! The command line: virsh's network verbs, their arguments and spellings.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand};
@@ -41,37 +43,108 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// The daemon's socket: `--connect`, else a non-empty `KVNET_SOCKET`, else the
-    /// default. A libvirt URI in `--connect` is refused unless it means the local system
-    /// daemon, which kvnetd stands in for.
-    pub fn socket(&self) -> Result<PathBuf, String> {
+    /// Where the daemon is: `--connect`, else a non-empty `KVNET_SOCKET`, else the
+    /// default socket. A libvirt URI in `--connect` is refused unless it means the local
+    /// system daemon, which kvnetd stands in for.
+    pub fn connection(&self) -> Result<Connection, String> {
         let Some(connect) = &self.socket else {
-            return Ok(std::env::var_os("KVNET_SOCKET")
+            let socket = std::env::var_os("KVNET_SOCKET")
                 .filter(|value| !value.is_empty())
-                .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from));
+                .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);
+            return Ok(Connection::to_socket(socket));
         };
         let Some(uri) = connect.to_str().filter(|text| text.contains("://")) else {
-            return Ok(connect.clone());
+            return Ok(Connection::to_socket(connect.clone()));
         };
-        if is_local_system_uri(uri) {
-            Ok(PathBuf::from(DEFAULT_SOCKET))
-        } else {
-            Err(format!(
+        match local_system_socket(uri) {
+            Some(socket) => Ok(Connection {
+                socket,
+                uri: uri.to_owned(),
+            }),
+            None => Err(format!(
                 "unsupported connection URI '{uri}': kvnet connects to the local system \
                  daemon (qemu:///system) or to a socket path"
-            ))
+            )),
         }
     }
 }
 
-/// `DRIVER:///system` with no host and no transport but the local `+unix`: the URIs with
-/// which virsh reaches the local system daemon.
-fn is_local_system_uri(uri: &str) -> bool {
-    let Some((scheme, "/system")) = uri.split_once("://") else {
-        return false;
-    };
+/// The daemon to talk to.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Connection {
+    /// Its socket.
+    pub socket: PathBuf,
+    /// The libvirt URI naming it, as `uri` prints it.
+    pub uri: String,
+}
+
+impl Connection {
+    /// The daemon on `socket`, named as libvirt names a system daemon on another
+    /// socket (`network+unix:///system?socket=PATH`), which `--connect` accepts back.
+    fn to_socket(socket: PathBuf) -> Connection {
+        let uri = if socket == Path::new(DEFAULT_SOCKET) {
+            "network:///system".to_owned()
+        } else {
+            format!(
+                "network+unix:///system?socket={}",
+                percent_encode(socket.as_os_str().as_bytes())
+            )
+        };
+        Connection { socket, uri }
+    }
+}
+
+/// The socket of a libvirt URI for the local system daemon: `DRIVER:///system` with no
+/// host and no transport but the local `+unix`, and at most a `socket=PATH` parameter.
+fn local_system_socket(uri: &str) -> Option<PathBuf> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (driver, transport) = scheme.split_once('+').unwrap_or((scheme, "unix"));
-    !driver.is_empty() && driver.bytes().all(|b| b.is_ascii_lowercase()) && transport == "unix"
+    let local = path == "/system"
+        && !driver.is_empty()
+        && driver.bytes().all(|b| b.is_ascii_lowercase())
+        && transport == "unix";
+    if !local {
+        return None;
+    }
+    if query.is_empty() {
+        return Some(PathBuf::from(DEFAULT_SOCKET));
+    }
+    let socket = percent_decode(query.strip_prefix("socket=")?)?;
+    (!socket.is_empty()).then(|| PathBuf::from(OsString::from_vec(socket)))
+}
+
+/// A path as a URI parameter: bytes other than letters, digits and `/-._~` as `%XX`.
+fn percent_encode(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len());
+    for &byte in bytes {
+        if byte.is_ascii_alphanumeric() || b"/-._~".contains(&byte) {
+            text.push(char::from(byte));
+        } else {
+            text.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    text
+}
+
+/// The bytes of a URI parameter; `None` for a malformed `%` escape or a second
+/// parameter (`&`).
+fn percent_decode(text: &str) -> Option<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, after)) = rest.split_first() {
+        rest = after;
+        match byte {
+            b'&' => return None,
+            b'%' => {
+                let hex = std::str::from_utf8(rest.get(..2)?).ok()?;
+                bytes.push(u8::from_str_radix(hex, 16).ok()?);
+                rest = &rest[2..];
+            }
+            _ => bytes.push(byte),
+        }
+    }
+    Some(bytes)
 }
 
 #[cfg(test)]
@@ -81,18 +154,38 @@ mod tests {
     #[test]
     fn only_uris_of_the_local_system_daemon_are_kvnetd() {
         for uri in ["qemu:///system", "network:///system", "qemu+unix:///system"] {
-            assert!(is_local_system_uri(uri), "{uri}");
+            assert_eq!(
+                local_system_socket(uri),
+                Some(PathBuf::from(DEFAULT_SOCKET)),
+                "{uri}"
+            );
         }
         for uri in [
             "qemu:///session",
             "qemu+ssh://host/system",
             "qemu://host/system",
-            "qemu:///system?socket=/x",
+            "qemu:///system?mode=legacy",
+            "qemu:///system?socket=",
+            "qemu:///system?socket=/x&mode=legacy",
+            "qemu:///system?socket=/x%2",
             ":///system",
             "qemu+tcp:///system",
         ] {
-            assert!(!is_local_system_uri(uri), "{uri}");
+            assert_eq!(local_system_socket(uri), None, "{uri}");
         }
+    }
+
+    #[test]
+    fn another_socket_is_named_by_a_uri_that_connects_back_to_it() {
+        let default = Connection::to_socket(PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(default.uri, "network:///system");
+        let socket = PathBuf::from("/tmp/my dir/kvnetd%.sock");
+        let other = Connection::to_socket(socket.clone());
+        assert_eq!(
+            other.uri,
+            "network+unix:///system?socket=/tmp/my%20dir/kvnetd%25.sock"
+        );
+        assert_eq!(local_system_socket(&other.uri), Some(socket));
     }
 }
 
@@ -230,6 +323,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the URI of the daemon connected to (after checking that it answers).
+    #[command(name = "uri")]
+    Uri {
+        /// Print JSON (with the daemon's version) instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `net-update`'s arguments, in virsh's order.
@@ -309,7 +409,8 @@ impl Command {
             | Command::NetDumpxml { json, .. }
             | Command::NetUuid { json, .. }
             | Command::NetName { json, .. }
-            | Command::NetDhcpLeases { json, .. } => *json,
+            | Command::NetDhcpLeases { json, .. }
+            | Command::Uri { json } => *json,
             _ => false,
         }
     }

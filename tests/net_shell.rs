@@ -1,6 +1,6 @@
-//! netns tier: virsh's shell forms of the command line against a real daemon: one
-//! argument holding several commands, and the interactive terminal on stdin. The
-//! expected transcripts are virsh 9.0's for the same commands.
+//! netns tier: the command line around the verbs, against a real daemon: one argument
+//! holding several commands, the interactive terminal on stdin (the expected
+//! transcripts are virsh 9.0's for the same commands), and the connection's URI.
 
 mod common;
 
@@ -198,5 +198,41 @@ fn commands_stop_at_an_unreachable_daemon() {
             "error: cannot connect to kvnetd at {}: No such file or directory (is kvnetd running?)\n",
             socket.display()
         )
+    );
+}
+
+#[test]
+fn uri_names_the_daemon_by_a_uri_that_connects_back_to_it() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::without_default_network();
+    let uri = format!(
+        "network+unix:///system?socket={}",
+        daemon.socket().display()
+    );
+    assert_eq!(daemon.ok(&["uri"]), format!("{uri}\n\n"));
+    assert_eq!(daemon.ok(&["-q", "uri"]), format!("{uri}\n"));
+    let json: serde_json::Value =
+        serde_json::from_str(&daemon.ok(&["uri", "--json"])).expect("json");
+    assert_eq!(json["uri"], uri.as_str());
+    assert_eq!(json["daemon"], "kvnetd");
+    assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
+
+    // The URI reaches the same daemon.
+    let out = Command::new(env!("CARGO_BIN_EXE_kvnet"))
+        .args(["-c", &uri, "net-list", "--all", "--name"])
+        .env_remove("KVNET_SOCKET")
+        .output()
+        .expect("run kvnet");
+    assert_eq!(text(&out.stdout), "\n", "{}", text(&out.stderr));
+    assert!(out.status.success());
+
+    // `uri` checks that the daemon answers, as virsh's connection does.
+    daemon.stop();
+    let err = daemon.fails(&["uri"]);
+    assert!(
+        err.starts_with("error: cannot connect to kvnetd at "),
+        "{err}"
     );
 }

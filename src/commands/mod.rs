@@ -84,11 +84,11 @@ impl Failure {
 
 /// Runs the verb named on the command line.
 pub fn run(cli: &Cli) -> Result<String, Failure> {
-    let socket = cli.socket().map_err(|reason| Failure {
+    let connection = cli.connection().map_err(|reason| Failure {
         ran: false,
         ..Failure::two("failed to connect to the hypervisor", reason)
     })?;
-    let client = Client::new(socket);
+    let client = Client::new(connection.socket);
     let quiet = cli.quiet;
     match &cli.command {
         Command::NetDefine(file) => net::from_file(&client, &file.get(), false, quiet),
@@ -113,7 +113,24 @@ pub fn run(cli: &Cli) -> Result<String, Failure> {
         Command::NetDhcpLeases { network, mac, json } => {
             net::dhcp_leases(&client, network.get(), mac.as_deref(), *json, quiet)
         }
+        Command::Uri { json } => uri(&client, &connection.uri, *json, quiet),
     }
+}
+
+/// virsh's `uri`: the connection's URI, once the daemon has answered.
+fn uri(client: &Client, uri: &str, json: bool, quiet: bool) -> Result<String, Failure> {
+    let daemon = client
+        .version()
+        .map_err(|e| Failure::call("failed to get the daemon's version", None, e))?;
+    Ok(if json {
+        crate::output::json(&serde_json::json!({
+            "uri": uri,
+            "daemon": daemon.daemon,
+            "version": daemon.version,
+        }))
+    } else {
+        crate::output::finish(format!("{uri}\n"), quiet)
+    })
 }
 
 /// An I/O error as virsh prints it: the C library's text (`No such file or

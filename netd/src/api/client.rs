@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::types::{
-    AutostartRequest, ErrorBody, Lease, NetworkSummary, UpdateRequest, UpdateResponse, XmlRequest,
-    XmlResponse,
+    AutostartRequest, DaemonVersion, ErrorBody, Lease, NetworkSummary, UpdateRequest,
+    UpdateResponse, XmlRequest, XmlResponse,
 };
 
 /// Errors of a client call.
@@ -73,6 +73,11 @@ impl Client {
     /// The socket this client talks to.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// Which daemon answers on the socket: the cheapest call that proves one does.
+    pub fn version(&self) -> Result<DaemonVersion, Error> {
+        self.call(Method::GET, "/v1/version".into(), None::<()>)
     }
 
     /// All networks, active and inactive.

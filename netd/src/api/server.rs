@@ -19,7 +19,8 @@ use tokio::sync::RwLock;
 
 use super::error::{ApiError, ErrorKind};
 use super::types::{
-    AutostartRequest, Lease, NetworkSummary, UpdateRequest, UpdateResponse, XmlRequest, XmlResponse,
+    AutostartRequest, DaemonVersion, Lease, NetworkSummary, UpdateRequest, UpdateResponse,
+    XmlRequest, XmlResponse,
 };
 use crate::manager::{self, Manager};
 use crate::xml;
@@ -199,6 +200,7 @@ fn remove_stale_staging(socket: &Path) -> std::io::Result<()> {
 
 fn router(state: AppState) -> Router {
     Router::new()
+        .route("/v1/version", get(version))
         .route("/v1/networks", get(list).post(define))
         .route("/v1/networks/{network}", get(info).delete(undefine))
         .route("/v1/networks/{network}/start", post(start))
@@ -270,6 +272,13 @@ struct DefineQuery {
 struct XmlQuery {
     #[serde(default)]
     inactive: bool,
+}
+
+async fn version() -> Json<DaemonVersion> {
+    Json(DaemonVersion {
+        daemon: "kvnetd".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
 }
 
 async fn list(State(state): State<AppState>) -> Json<Vec<NetworkSummary>> {

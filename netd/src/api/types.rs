@@ -24,6 +24,15 @@ pub struct NetworkSummary {
     pub title: Option<String>,
 }
 
+/// The daemon answering on a socket (`GET /v1/version`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonVersion {
+    /// The program: `kvnetd`.
+    pub daemon: String,
+    /// Its version.
+    pub version: String,
+}
+
 /// A network definition in libvirt's network XML (define, create).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
