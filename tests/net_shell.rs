@@ -36,6 +36,14 @@ fn text(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).expect("utf-8")
 }
 
+/// A daemon without the default network, with docker-machines defined (inactive).
+fn with_docker_machines_defined() -> Daemon {
+    let daemon = Daemon::without_default_network();
+    let path = xml_file(daemon.dirs.path(), "dm.xml", DOCKER_MACHINES);
+    daemon.ok(&["net-define", path.to_str().expect("utf-8 path")]);
+    daemon
+}
+
 fn active(daemon: &Daemon) -> String {
     daemon.ok(&["net-list", "--name"])
 }
@@ -94,9 +102,7 @@ fn a_command_string_that_does_not_parse_runs_nothing() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let daemon = Daemon::without_default_network();
-    let path = xml_file(daemon.dirs.path(), "dm.xml", DOCKER_MACHINES);
-    daemon.ok(&["net-define", path.to_str().expect("utf-8 path")]);
+    let daemon = with_docker_machines_defined();
     for (script, error) in [
         (
             "net-start docker-machines; net-list --bogus",
@@ -145,9 +151,7 @@ fn the_interactive_terminal_reads_commands_from_stdin() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let daemon = Daemon::without_default_network();
-    let path = xml_file(daemon.dirs.path(), "dm.xml", DOCKER_MACHINES);
-    daemon.ok(&["net-define", path.to_str().expect("utf-8 path")]);
+    let daemon = with_docker_machines_defined();
 
     // Piped input is echoed after each prompt, as virsh's readline does; failures do
     // not change the exit status; `quit` ends the session before the last line.
