@@ -52,13 +52,11 @@ pub(super) enum Error {
         #[source]
         source: io::Error,
     },
-    /// The kernel answered fewer messages than it was sent.
-    #[error("the kernel acknowledged {got} of {expected} messages")]
-    MissingAcks {
-        /// Acknowledgements read.
-        got: usize,
-        /// Messages that asked for one.
-        expected: usize,
+    /// The kernel never answered the batch's last message.
+    #[error("the kernel did not acknowledge the batch ({messages} messages)")]
+    Unacknowledged {
+        /// Messages in the batch.
+        messages: usize,
     },
     /// A dump request failed (ENOENT: the table or set does not exist).
     #[error("{what}: {source}")]
@@ -87,7 +85,7 @@ impl Error {
 pub(super) struct Message {
     /// `NFT_MSG_*`.
     pub kind: u16,
-    /// `NLM_F_*` on top of `NLM_F_REQUEST | NLM_F_ACK`.
+    /// `NLM_F_*` on top of `NLM_F_REQUEST` (and `NLM_F_ACK` on a batch's last message).
     pub flags: u16,
     /// `nfgenmsg.nfgen_family`.
     pub family: u8,
@@ -117,7 +115,7 @@ impl Socket {
         Ok(Socket { fd, next_seq: 1 })
     }
 
-    /// Sends `messages` as one transaction and waits for every acknowledgement.
+    /// Sends `messages` as one transaction and reads the kernel's verdict.
     pub(super) fn commit(&mut self, messages: &[Message]) -> Result<(), Error> {
         if messages.is_empty() {
             return Ok(());
@@ -127,7 +125,7 @@ impl Socket {
         // Begin, one per message, end: every sequence number is used.
         self.next_seq = first_seq.wrapping_add(messages.len() as u32 + 2);
         self.send(&batch)?;
-        self.read_acks(first_seq, messages)
+        self.read_verdict(first_seq, messages)
     }
 
     /// The bodies (after `nfgenmsg`) and families of every message a dump request answers.
@@ -193,49 +191,53 @@ impl Socket {
         .map_err(|e| Error::Socket(e.into()))
     }
 
-    /// Reads one acknowledgement per message. The kernel processes the whole batch inside
-    /// `sendmsg`, so every answer is queued by the time this runs; a missing one means the
-    /// batch was not understood, and reading without waiting turns that into an error
-    /// instead of a hang.
-    fn read_acks(&mut self, first_seq: u32, sent: &[Message]) -> Result<(), Error> {
+    /// Reads the answers to a batch. Only its last message asks for an
+    /// acknowledgement: the kernel reports every refused message whether asked or not,
+    /// then the acknowledgement, and a failed commit as an error on the begin marker. So
+    /// the batch went through when the last message is acknowledged with no error
+    /// before it. (One acknowledgement per message cost the kernel an skb and the daemon
+    /// a `recv` each: ~80 for the first network's table.) The kernel processes the batch
+    /// inside `sendmsg`, so every answer is queued by the time this runs; reading without
+    /// waiting turns a missing one into an error instead of a hang.
+    fn read_verdict(&mut self, first_seq: u32, sent: &[Message]) -> Result<(), Error> {
+        let last_seq = first_seq.wrapping_add(sent.len() as u32);
         let mut buffer = vec![0u8; 16 * 1024];
-        let mut acked = 0;
         let mut refused = None;
-        while acked < sent.len() {
+        let mut acknowledged = false;
+        while !acknowledged {
             let len = match recv(self.fd.as_raw_fd(), &mut buffer, MsgFlags::MSG_DONTWAIT) {
                 Ok(len) => len,
                 Err(nix::errno::Errno::EAGAIN) => break,
                 Err(e) => return Err(Error::Socket(e.into())),
             };
             for (seq, errno) in acknowledgements(&buffer[..len]) {
-                // Messages 0 and len+1 are the batch markers, which ask for no answer.
-                let Some(index) = seq.wrapping_sub(first_seq).checked_sub(1) else {
-                    continue;
+                let what = match seq.wrapping_sub(first_seq) {
+                    0 => "commit the batch".to_owned(),
+                    offset => match sent.get(offset as usize - 1) {
+                        Some(message) => message.what.clone(),
+                        None => continue, // not this batch's
+                    },
                 };
-                let Some(message) = sent.get(index as usize) else {
-                    continue;
-                };
-                acked += 1;
                 if errno != 0 && refused.is_none() {
                     refused = Some(Error::Refused {
-                        what: message.what.clone(),
+                        what,
                         source: io::Error::from_raw_os_error(errno),
                     });
                 }
+                acknowledged |= seq == last_seq;
             }
         }
         match refused {
             Some(error) => Err(error),
-            None if acked < sent.len() => Err(Error::MissingAcks {
-                got: acked,
-                expected: sent.len(),
+            None if !acknowledged => Err(Error::Unacknowledged {
+                messages: sent.len(),
             }),
             None => Ok(()),
         }
     }
 }
 
-/// The whole batch: begin marker, the messages (each asking for an ack), end marker.
+/// The whole batch: begin marker, the messages (the last asking for an ack), end marker.
 fn encode_batch(first_seq: u32, messages: &[Message]) -> Vec<u8> {
     let size: usize = messages.iter().map(|m| m.body.len() + 32).sum();
     let mut out = Vec::with_capacity(size + 64);
@@ -251,10 +253,15 @@ fn encode_batch(first_seq: u32, messages: &[Message]) -> Vec<u8> {
     );
     for (offset, message) in messages.iter().enumerate() {
         let seq = first_seq.wrapping_add(offset as u32 + 1);
+        let ack = if offset + 1 == messages.len() {
+            NLM_F_ACK
+        } else {
+            0
+        };
         write_message(
             &mut out,
             (NFNL_SUBSYS_NFTABLES << 8) | message.kind,
-            NLM_F_REQUEST | NLM_F_ACK | message.flags,
+            NLM_F_REQUEST | ack | message.flags,
             seq,
             message.family,
             [0, 0],
@@ -448,7 +455,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_is_begin_messages_end_with_consecutive_sequence_numbers() {
+    fn a_batch_is_begin_messages_end_with_consecutive_sequence_numbers_and_one_ack() {
         let batch = encode_batch(40, &[message(12, "add"), message(14, "delete")]);
         let mut headers = Vec::new();
         let mut rest = &batch[..];
@@ -462,13 +469,13 @@ mod tests {
             rest = &rest[len..];
         }
         let nft = |kind| (NFNL_SUBSYS_NFTABLES << 8) | kind;
-        let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
+        let flags = NLM_F_REQUEST | NLM_F_CREATE;
         assert_eq!(
             headers,
             [
                 (NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 40, 0),
                 (nft(12), flags, 41, 1),
-                (nft(14), flags, 42, 1),
+                (nft(14), flags | NLM_F_ACK, 42, 1),
                 (NFNL_MSG_BATCH_END, NLM_F_REQUEST, 43, 0),
             ]
         );

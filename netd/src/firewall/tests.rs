@@ -404,6 +404,15 @@ fn element_batches_reach_the_kernel_atomically() {
         "{refused:?}"
     );
     assert!(elements(&ruleset(&ns), "bridges").contains(&Value::from("kvbr-z")));
+    // Only the last message asks for an acknowledgement; a refused one before it is
+    // still reported, and named.
+    let refused = commit(&[(Change::Delete, &ghost), (Change::Delete, &single)]);
+    assert!(
+        matches!(&refused, Err(BatchError::Refused { what, .. })
+            if what == "delete element kvbr-ghost in set bridges"),
+        "{refused:?}"
+    );
+    assert!(elements(&ruleset(&ns), "bridges").contains(&Value::from("kvbr-z")));
 
     commit(&[(Change::Delete, &single), (Change::Delete, &pair)]).unwrap();
     let objects = ruleset(&ns);
