@@ -1,9 +1,10 @@
 //! kvnetd: named virtual networks managed over a Unix-socket API.
 //!
 //! Layers, each with one job: [`api`] (HTTP over a Unix socket), [`manager`] (the
-//! registry and every change to it), [`store`] (files), [`xml`] (libvirt's network
-//! XML), [`link`] (the only netlink code), [`firewall`] (the only nftables code), and
-//! the services on each bridge: [`dhcp`], [`dns`], [`ra`] (IPv6 router advertisements),
+//! registry and every change to it), [`events`] (the lifecycle events of those changes,
+//! broadcast to subscribers), [`store`] (files), [`xml`] (libvirt's network XML),
+//! [`link`] (the only netlink code), [`firewall`] (the only nftables code), and the
+//! services on each bridge: [`dhcp`], [`dns`], [`ra`] (IPv6 router advertisements),
 //! [`tftp`].
 
 pub mod api;
@@ -11,6 +12,7 @@ mod daemon;
 pub mod dhcp;
 pub mod dhcp6;
 pub mod dns;
+pub mod events;
 pub mod firewall;
 pub mod link;
 pub mod manager;

@@ -20,6 +20,7 @@ use crate::api::{ApiError, ErrorKind};
 use crate::dhcp::{self, DhcpConfig, DhcpHostConfig, DhcpServer};
 use crate::dhcp6::{self, Dhcp6Config, Dhcp6HostConfig, Dhcp6Server};
 use crate::dns::{self, DnsConfig, DnsServer};
+use crate::events::{Events, Lifecycle};
 use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
 use crate::link::{self, BridgeSpec, Link, LinkInfo, PrefixCache, sysctl};
 use crate::ra::{self, RaConfig, RaServer};
@@ -257,6 +258,9 @@ pub struct Manager {
     firewall: Box<dyn Firewall>,
     /// See [`ManagerConfig::resolv_conf`].
     resolv_conf: PathBuf,
+    /// Where each change's lifecycle event goes (published under the lock, so that
+    /// subscribers see them in the order the changes were made).
+    events: Events,
 }
 
 /// The DHCP, DHCPv6, DNS, router advertisement and TFTP servers of a running network.
@@ -317,6 +321,7 @@ impl Manager {
             prefixes: Arc::new(PrefixCache::new()?),
             firewall,
             resolv_conf: config.resolv_conf,
+            events: Events::new(),
         };
         manager.load_configs().await?;
         manager.adopt_running().await?;
@@ -664,6 +669,15 @@ impl Manager {
         Ok(())
     }
 
+    /// The lifecycle events of every change from now on (libvirt's network events).
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    fn publish(&self, network: &NetworkSummary, lifecycle: Lifecycle) {
+        self.events.publish(&network.name, network.uuid, lifecycle);
+    }
+
     /// Every network, in name order.
     pub async fn list(&self) -> Vec<NetworkSummary> {
         self.networks
@@ -718,7 +732,9 @@ impl Manager {
                 networks.insert(name.clone(), Network::defined(def, false));
             }
         }
-        summary_of(&networks, &name)
+        let summary = summary_of(&networks, &name)?;
+        self.publish(&summary, Lifecycle::Defined);
+        Ok(summary)
     }
 
     /// Creates and starts a transient network. As in libvirt, the XML of a defined,
@@ -746,7 +762,9 @@ impl Manager {
                 networks.insert(name.clone(), Network::transient(def, servers));
             }
         }
-        summary_of(&networks, &name)
+        let summary = summary_of(&networks, &name)?;
+        self.publish(&summary, Lifecycle::Started);
+        Ok(summary)
     }
 
     /// Refuses a name or UUID that belongs to another network, with libvirt's messages.
@@ -871,7 +889,9 @@ impl Manager {
         if let Some(network) = networks.get_mut(&name) {
             network.run(def, servers);
         }
-        summary_of(&networks, &name)
+        let summary = summary_of(&networks, &name)?;
+        self.publish(&summary, Lifecycle::Started);
+        Ok(summary)
     }
 
     /// Checks `def` against the host and the other networks, then creates its kernel
@@ -1225,6 +1245,7 @@ impl Manager {
         }
         info!(network = %name, "stopped");
         summary.active = false;
+        self.publish(&summary, Lifecycle::Stopped);
         Ok(summary)
     }
 
@@ -1295,6 +1316,7 @@ impl Manager {
         info!(network = %name, "undefined");
         summary.persistent = false;
         summary.autostart = false;
+        self.publish(&summary, Lifecycle::Undefined);
         Ok(summary)
     }
 
