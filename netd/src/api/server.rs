@@ -1,27 +1,32 @@
 //! The API server: an axum router over a Unix socket. Handlers only translate between
-//! HTTP and the [`Manager`]; the work happens there.
+//! HTTP and the [`Manager`]; the work happens there. `GET /v1/events` streams the
+//! manager's lifecycle events as newline-delimited JSON until the client goes away or
+//! the daemon stops.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use axum::body::{Body, Bytes};
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path as UrlPath, Query, Request, State};
-use axum::http::Method;
+use axum::http::{Method, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::serve::IncomingStream;
 use axum::{Json, Router};
+use futures::Stream;
 use serde::Deserialize;
 use tokio::net::UnixListener;
-use tokio::sync::RwLock;
+use tokio::sync::{RwLock, watch};
 
 use super::error::{ApiError, ErrorKind};
 use super::types::{
-    AutostartRequest, DaemonVersion, Lease, NetworkSummary, UpdateRequest, UpdateResponse,
-    XmlRequest, XmlResponse,
+    AutostartRequest, DaemonVersion, EventRecord, Lease, LifecycleEvent, LifecycleKind,
+    NetworkSummary, UpdateRequest, UpdateResponse, XmlRequest, XmlResponse,
 };
+use crate::events::{self, Lifecycle, Received, Subscription};
 use crate::manager::{self, Manager};
 use crate::xml;
 
@@ -75,6 +80,9 @@ struct AppState {
     /// Held shared by every change in progress; [`serve`] takes it exclusively before it
     /// returns, so the daemon never exits halfway through a change.
     changes: Arc<RwLock<()>>,
+    /// Changes (its sender is dropped) when the daemon stops: event streams end then, so
+    /// that the graceful shutdown, which waits for every response, can finish.
+    stopping: watch::Receiver<()>,
 }
 
 impl AppState {
@@ -139,11 +147,17 @@ pub async fn serve(
     listening();
 
     let changes = Arc::new(RwLock::new(()));
+    let (stop_streams, stopping) = watch::channel(());
     let app = router(AppState {
         manager,
         socket_gid,
         changes: Arc::clone(&changes),
+        stopping,
     });
+    let shutdown = async move {
+        shutdown.await;
+        drop(stop_streams);
+    };
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(shutdown)
         .await;
@@ -209,6 +223,7 @@ fn router(state: AppState) -> Router {
         .route("/v1/networks/{network}/xml", get(dumpxml))
         .route("/v1/networks/{network}/leases", get(leases))
         .route("/v1/networks/{network}/update", post(update))
+        .route("/v1/events", get(events))
         .layer(DefaultBodyLimit::max(super::MAX_REQUEST_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -272,6 +287,13 @@ struct DefineQuery {
 struct XmlQuery {
     #[serde(default)]
     inactive: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    /// Only this network's events (name or UUID; it must exist now, and is followed by
+    /// its UUID, as libvirt does).
+    network: Option<String>,
 }
 
 async fn version() -> Json<DaemonVersion> {
@@ -390,6 +412,105 @@ async fn update(
         .map(Json)
 }
 
+/// Streams lifecycle events, one JSON object per line ([`EventRecord`]), from the moment
+/// of this request on: the subscription exists before the answer's header is sent, so a
+/// client that has the header misses nothing after it.
+async fn events(
+    State(state): State<AppState>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let subscription = state.manager.events().subscribe();
+    let only = match &query.network {
+        Some(key) => Some(state.manager.get(key).await?.uuid),
+        None => None,
+    };
+    tracing::debug!(
+        network = ?query.network,
+        subscribers = state.manager.events().subscribers(),
+        "event subscriber joined"
+    );
+    let lines = event_lines(subscription, only, state.stopping.clone());
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+/// The lines of one event stream: every event of the network with UUID `only` (of all,
+/// without it), a [`EventRecord::Missed`] line where the subscriber fell behind, and the
+/// end when `stopping` changes. hyper pulls the next line only once the previous one is
+/// written, so a client that reads slowly holds up only its own subscription, which then
+/// drops the oldest events instead of slowing the manager.
+fn event_lines(
+    subscription: Subscription,
+    only: Option<uuid::Uuid>,
+    stopping: watch::Receiver<()>,
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
+    let state = (subscription, stopping, Subscriber);
+    futures::stream::unfold(
+        state,
+        move |(mut subscription, mut stopping, subscriber)| async move {
+            loop {
+                let received = tokio::select! {
+                    received = subscription.recv() => received,
+                    _ = stopping.changed() => return None,
+                };
+                let record = match received {
+                    Received::Event(event) if only.is_none_or(|uuid| uuid == event.uuid) => {
+                        EventRecord::Lifecycle(lifecycle_event(event))
+                    }
+                    Received::Event(_) => continue,
+                    Received::Missed(count) => {
+                        tracing::warn!(
+                            count,
+                            "an event subscriber reads too slowly: dropped the oldest events it had not read"
+                        );
+                        EventRecord::Missed { count }
+                    }
+                    Received::Closed => return None,
+                };
+                let line = match serde_json::to_vec(&record) {
+                    Ok(mut line) => {
+                        line.push(b'\n');
+                        line
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot encode an event: {e}");
+                        continue;
+                    }
+                };
+                return Some((Ok(Bytes::from(line)), (subscription, stopping, subscriber)));
+            }
+        },
+    )
+}
+
+/// Lives as long as one event stream: hyper drops the stream when its client goes away.
+#[derive(Debug)]
+struct Subscriber;
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        tracing::debug!("event subscriber left");
+    }
+}
+
+fn lifecycle_event(event: events::Event) -> LifecycleEvent {
+    LifecycleEvent {
+        network: event.network,
+        uuid: event.uuid,
+        event: match event.lifecycle {
+            Lifecycle::Defined => LifecycleKind::Defined,
+            Lifecycle::Undefined => LifecycleKind::Undefined,
+            Lifecycle::Started => LifecycleKind::Started,
+            Lifecycle::Stopped => LifecycleKind::Stopped,
+        },
+        time: chrono::DateTime::<chrono::Utc>::from(event.time)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,5 +551,64 @@ mod tests {
             },
             100
         ));
+    }
+
+    use futures::StreamExt;
+
+    async fn next_line(
+        lines: &mut (impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Unpin),
+    ) -> Option<serde_json::Value> {
+        let line = lines.next().await?.expect("infallible");
+        assert_eq!(line.last(), Some(&b'\n'), "{line:?}");
+        Some(serde_json::from_slice(&line).expect("one JSON object per line"))
+    }
+
+    #[tokio::test]
+    async fn event_lines_are_json_records_of_the_chosen_network_until_the_daemon_stops() {
+        let events = events::Events::new();
+        let (stop, stopping) = watch::channel(());
+        let ours = uuid::Uuid::from_u128(1);
+        let mut lines = Box::pin(event_lines(events.subscribe(), Some(ours), stopping));
+        events.publish("other", uuid::Uuid::from_u128(2), Lifecycle::Started);
+        events.publish("ours", ours, Lifecycle::Defined);
+        let line = next_line(&mut lines).await.expect("a line");
+        assert_eq!(line["type"], "lifecycle");
+        assert_eq!(line["network"], "ours");
+        assert_eq!(line["uuid"], ours.to_string());
+        assert_eq!(line["event"], "defined");
+        let time = line["time"].as_str().expect("time");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(time).is_ok() && time.ends_with('Z'),
+            "{time}"
+        );
+        drop(stop);
+        assert_eq!(next_line(&mut lines).await, None);
+        drop(lines);
+        assert_eq!(
+            events.subscribers(),
+            0,
+            "the stream's end frees its subscription"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_gets_a_missed_record_and_then_the_events_still_kept() {
+        let events = events::Events::with_capacity(2);
+        let (_stop, stopping) = watch::channel(());
+        let mut lines = Box::pin(event_lines(events.subscribe(), None, stopping));
+        for n in 0..5 {
+            events.publish(
+                &format!("n{n}"),
+                uuid::Uuid::from_u128(n),
+                Lifecycle::Started,
+            );
+        }
+        let line = next_line(&mut lines).await.expect("a line");
+        assert_eq!(line, serde_json::json!({"type": "missed", "count": 3}));
+        for n in 3..5 {
+            let line = next_line(&mut lines).await.expect("a line");
+            assert_eq!(line["network"], format!("n{n}"));
+            assert_eq!(line["event"], "started");
+        }
     }
 }

@@ -116,3 +116,51 @@ pub struct ErrorBody {
     /// A sentence that names what went wrong and with what.
     pub message: String,
 }
+
+/// One line of the event stream (`GET /v1/events`, newline-delimited JSON), told apart by
+/// its `type`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventRecord {
+    /// A network was defined, undefined, started or stopped (libvirt's `lifecycle`).
+    Lifecycle(LifecycleEvent),
+    /// The subscriber read too slowly and the daemon dropped this many events, the
+    /// oldest first; the stream goes on with the ones it kept.
+    Missed {
+        /// How many.
+        count: u64,
+    },
+    /// A record a newer daemon sends that this client does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A network's lifecycle event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleEvent {
+    /// The network's name.
+    pub network: String,
+    /// Its UUID.
+    pub uuid: uuid::Uuid,
+    /// What happened.
+    pub event: LifecycleKind,
+    /// When, in RFC 3339 (UTC, milliseconds).
+    pub time: String,
+}
+
+/// What a lifecycle event reports, as libvirt's `virNetworkEventLifecycleType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LifecycleKind {
+    /// A persistent definition was written (new, or replacing the previous one).
+    Defined,
+    /// The persistent definition was removed.
+    Undefined,
+    /// The network started.
+    Started,
+    /// The network stopped.
+    Stopped,
+    /// One a newer daemon sends that this client does not know.
+    #[serde(other)]
+    Unknown,
+}
