@@ -1,11 +1,13 @@
 //! A typed client for the daemon's API (HTTP/1.1 over the Unix socket, one connection per
-//! call, blocking std I/O), used by the CLI.
+//! call, blocking std I/O), used by the CLI. [`Client::events`] keeps its connection and
+//! reads the event stream as it comes ([`EventStream`]).
 
 use std::path::{Path, PathBuf};
 
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
 use serde::Serialize;
@@ -13,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::types::{
-    AutostartRequest, DaemonVersion, ErrorBody, Lease, NetworkSummary, UpdateRequest,
+    AutostartRequest, DaemonVersion, ErrorBody, EventRecord, Lease, NetworkSummary, UpdateRequest,
     UpdateResponse, XmlRequest, XmlResponse,
 };
 
@@ -166,6 +168,56 @@ impl Client {
         )
     }
 
+    /// Subscribes to the daemon's lifecycle events (all networks, or those of `network`,
+    /// a name or UUID that must exist). Once this returns, every later event arrives
+    /// through the stream.
+    pub fn events(&self, network: Option<&str>) -> Result<EventStream, Error> {
+        let path = match network {
+            Some(network) => format!("/v1/events?network={}", percent_encode(network)),
+            None => "/v1/events".to_owned(),
+        };
+        let mut stream = self.send(Method::GET, &path, None::<()>)?;
+        let mut read = Vec::with_capacity(4096);
+        let mut more = |read: &mut Vec<u8>| {
+            let mut buffer = [0; 4096];
+            let n = stream.read(&mut buffer).map_err(|e| self.read_error(&e))?;
+            read.extend_from_slice(&buffer[..n]);
+            Ok::<_, Error>(n > 0)
+        };
+        let head_end = loop {
+            if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if !more(&mut read)? {
+                return Err(self.protocol("the answer ended inside its header".into()));
+            }
+        };
+        let head = parse_head(&read[..head_end]).map_err(|e| self.protocol(e))?;
+        if head.status != StatusCode::OK {
+            // An error answer is short: read it whole (as sized, or to the end).
+            let end = head.length.map(|length| head_end + length);
+            while end.is_none_or(|end| read.len() < end) && more(&mut read)? {}
+            let (status, body) = parse_response(&read).map_err(|e| self.protocol(e))?;
+            return Err(self.error_answer(status, &body));
+        }
+        let framing = if head.chunked {
+            Framing::Chunked(Dechunker::default())
+        } else {
+            Framing::Identity(head.length)
+        };
+        let mut events = EventStream {
+            socket: self.socket.clone(),
+            stream,
+            framing,
+            body: Vec::new(),
+            ended: false,
+        };
+        events
+            .decode(&read[head_end..])
+            .map_err(|e| self.protocol(e))?;
+        Ok(events)
+    }
+
     /// One request on a fresh connection, as blocking I/O on a std socket: that is
     /// what a one-request CLI wants (no runtime to build, no task to spawn). Async
     /// callers run it with `tokio::task::spawn_blocking`.
@@ -175,16 +227,34 @@ impl Client {
         path: String,
         body: Option<impl Serialize>,
     ) -> Result<T, Error> {
-        let protocol = |message: String| Error::Protocol {
-            socket: self.socket.clone(),
-            message,
-        };
+        let mut stream = self.send(method, &path, body)?;
+        // Room for most answers at once (net-list at 1,000 networks is ~150 KB): no
+        // regrowing copies.
+        let mut answer = Vec::with_capacity(256 * 1024);
+        stream
+            .read_to_end(&mut answer)
+            .map_err(|e| self.read_error(&e))?;
+        let (status, bytes) = parse_response(&answer).map_err(|e| self.protocol(e))?;
+        if status == StatusCode::OK {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| self.protocol(format!("unreadable answer: {e}")));
+        }
+        Err(self.error_answer(status, &bytes))
+    }
+
+    /// Connects and sends one request; the answer is the caller's to read.
+    fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<impl Serialize>,
+    ) -> Result<UnixStream, Error> {
         let body = match body {
-            Some(body) => serde_json::to_vec(&body).map_err(|e| protocol(e.to_string()))?,
+            Some(body) => serde_json::to_vec(&body).map_err(|e| self.protocol(e.to_string()))?,
             None => Vec::new(),
         };
         if body.len() > super::MAX_REQUEST_BYTES {
-            return Err(protocol(format!(
+            return Err(self.protocol(format!(
                 "the request is {} bytes; kvnetd reads at most {}",
                 body.len(),
                 super::MAX_REQUEST_BYTES
@@ -205,46 +275,251 @@ impl Client {
         stream
             .set_read_timeout(Some(self.answer_timeout))
             .and_then(|()| stream.set_write_timeout(Some(self.answer_timeout)))
-            .map_err(|e| protocol(format!("setting a timeout: {e}")))?;
+            .map_err(|e| self.protocol(format!("setting a timeout: {e}")))?;
         stream
             .write_all(&request)
-            .map_err(|e| protocol(format!("sending the request: {e}")))?;
-        // Room for most answers at once (net-list at 1,000 networks is ~150 KB): no
-        // regrowing copies.
-        let mut answer = Vec::with_capacity(256 * 1024);
-        stream
-            .read_to_end(&mut answer)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    protocol(format!("no answer within {:?}", self.answer_timeout))
-                }
-                _ => protocol(format!("reading the answer: {e}")),
-            })?;
-        let (status, bytes) = parse_response(&answer).map_err(protocol)?;
-        if status == StatusCode::OK {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| protocol(format!("unreadable answer: {e}")));
+            .map_err(|e| self.protocol(format!("sending the request: {e}")))?;
+        Ok(stream)
+    }
+
+    fn protocol(&self, message: String) -> Error {
+        Error::Protocol {
+            socket: self.socket.clone(),
+            message,
         }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(body) => Err(Error::Api(body.into())),
-            Err(_) => Err(protocol(format!(
-                "HTTP {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            ))),
+    }
+
+    fn read_error(&self, e: &std::io::Error) -> Error {
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                self.protocol(format!("no answer within {:?}", self.answer_timeout))
+            }
+            _ => self.protocol(format!("reading the answer: {e}")),
+        }
+    }
+
+    /// The error a non-200 answer carries.
+    fn error_answer(&self, status: StatusCode, body: &[u8]) -> Error {
+        match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(body) => Error::Api(body.into()),
+            Err(_) => self.protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(body))),
         }
     }
 }
 
-/// Splits an HTTP/1.1 answer read to its end into the status and the body (sized by
-/// `content-length`, chunked, or up to the end).
-fn parse_response(answer: &[u8]) -> Result<(StatusCode, Vec<u8>), String> {
-    let head_end = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("the answer ended inside its header")?;
-    let head =
-        std::str::from_utf8(&answer[..head_end]).map_err(|_| "the answer header is not UTF-8")?;
-    let body = &answer[head_end + 4..];
+/// The daemon's event stream ([`Client::events`]), read one record at a time.
+#[derive(Debug)]
+pub struct EventStream {
+    socket: PathBuf,
+    stream: UnixStream,
+    framing: Framing,
+    /// Body bytes received and not yet returned (the start of the next line).
+    body: Vec<u8>,
+    /// The body is complete: what is left in `body` is all there is.
+    ended: bool,
+}
+
+/// What [`EventStream::next`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// The next record.
+    Record(EventRecord),
+    /// The deadline passed first.
+    TimedOut,
+    /// The interrupt descriptor became readable first.
+    Interrupted,
+    /// The daemon ended the stream (it stopped, or went away).
+    Ended,
+}
+
+impl EventStream {
+    /// Waits for the next record, until `deadline` if one is given, and only as long as
+    /// `interrupt` (e.g. a signalfd) has nothing to read. Records that arrived together
+    /// are returned one by one without waiting.
+    pub fn next(
+        &mut self,
+        deadline: Option<Instant>,
+        interrupt: Option<BorrowedFd<'_>>,
+    ) -> Result<Next, Error> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        loop {
+            if let Some(record) = self.buffered_record()? {
+                return Ok(Next::Record(record));
+            }
+            if self.ended {
+                return Ok(Next::Ended);
+            }
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(Next::TimedOut);
+                    }
+                    // Rounded up, so that a wake-up comes at or after the deadline.
+                    let millis = left.as_micros().div_ceil(1000);
+                    PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = vec![PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+            if let Some(fd) = interrupt {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(self.protocol(format!("waiting for events: {e}"))),
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|events| !events.is_empty());
+            if fds.get(1).is_some_and(ready) {
+                return Ok(Next::Interrupted);
+            }
+            if fds.first().is_some_and(ready) {
+                let mut buffer = [0; 16 * 1024];
+                match self.stream.read(&mut buffer) {
+                    Ok(0) => self.ended = true,
+                    Ok(n) => self.decode(&buffer[..n]).map_err(|e| self.protocol(e))?,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // A reset connection is a daemon that went away, like an EOF.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => self.ended = true,
+                    Err(e) => return Err(self.protocol(format!("reading events: {e}"))),
+                }
+            }
+        }
+    }
+
+    /// The next complete line in `body`, decoded. A line cut off by the end of the
+    /// stream is dropped.
+    fn buffered_record(&mut self) -> Result<Option<EventRecord>, Error> {
+        while let Some(end) = self.body.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.body.drain(..=end).collect();
+            let line = &line[..end];
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return serde_json::from_slice(line)
+                .map(Some)
+                .map_err(|e| self.protocol(format!("unreadable event: {e}")));
+        }
+        Ok(None)
+    }
+
+    /// Appends what `bytes` carries of the body, undoing the chunked framing.
+    fn decode(&mut self, bytes: &[u8]) -> Result<(), String> {
+        match &mut self.framing {
+            Framing::Identity(left) => {
+                let take = left.map_or(bytes.len(), |left| left.min(bytes.len()));
+                self.body.extend_from_slice(&bytes[..take]);
+                if let Some(left) = left {
+                    *left -= take;
+                    self.ended |= *left == 0;
+                }
+            }
+            Framing::Chunked(chunks) => self.ended |= chunks.feed(bytes, &mut self.body)?,
+        }
+        Ok(())
+    }
+
+    fn protocol(&self, message: String) -> Error {
+        Error::Protocol {
+            socket: self.socket.clone(),
+            message,
+        }
+    }
+}
+
+impl AsFd for EventStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+/// How an answer's body is framed.
+#[derive(Debug)]
+enum Framing {
+    /// `transfer-encoding: chunked`.
+    Chunked(Dechunker),
+    /// As is: `content-length` bytes, or (`None`) up to the end of the connection.
+    Identity(Option<usize>),
+}
+
+/// An incremental decoder of a `transfer-encoding: chunked` body: bytes go in as they
+/// arrive, in pieces cut anywhere.
+#[derive(Debug, Default)]
+struct Dechunker {
+    /// Bytes not decoded yet: an incomplete size line or chunk end.
+    pending: Vec<u8>,
+    /// Data bytes of the current chunk still to come.
+    left: usize,
+    /// The CRLF after the current chunk's data is still to come.
+    crlf_due: bool,
+    /// The last (empty) chunk was seen.
+    done: bool,
+}
+
+/// The longest chunk size line accepted (hex size plus extensions).
+const MAX_CHUNK_LINE: usize = 1024;
+
+impl Dechunker {
+    /// Decodes `bytes`, appending the data to `out`; returns whether the body is complete.
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<bool, String> {
+        self.pending.extend_from_slice(bytes);
+        let buffer = &self.pending;
+        let mut at = 0;
+        while !self.done {
+            if self.left > 0 {
+                let take = self.left.min(buffer.len() - at);
+                out.extend_from_slice(&buffer[at..at + take]);
+                at += take;
+                self.left -= take;
+                if self.left > 0 {
+                    break;
+                }
+                self.crlf_due = true;
+            }
+            if self.crlf_due {
+                match buffer.get(at..at + 2) {
+                    None => break,
+                    Some(b"\r\n") => {
+                        at += 2;
+                        self.crlf_due = false;
+                    }
+                    Some(_) => return Err("a chunk does not end with CRLF".into()),
+                }
+            }
+            let Some(line_end) = buffer[at..].windows(2).position(|w| w == b"\r\n") else {
+                if buffer.len() - at > MAX_CHUNK_LINE {
+                    return Err("a chunk header is too long".into());
+                }
+                break;
+            };
+            let line = std::str::from_utf8(&buffer[at..at + line_end]).unwrap_or_default();
+            let size_text = line.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size_text, 16)
+                .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+            at += line_end + 2;
+            if size == 0 {
+                // Trailers, if any, are not read: the connection closes after them.
+                self.done = true;
+            }
+            self.left = size;
+        }
+        self.pending.drain(..at);
+        Ok(self.done)
+    }
+}
+
+/// The parts of an answer's header that matter here.
+#[derive(Debug, PartialEq, Eq)]
+struct Head {
+    status: StatusCode,
+    length: Option<usize>,
+    chunked: bool,
+}
+
+/// Parses an answer's status line and header fields (`head` may include the blank line).
+fn parse_head(head: &[u8]) -> Result<Head, String> {
+    let head = std::str::from_utf8(head).map_err(|_| "the answer header is not UTF-8")?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
     let status = status_line
@@ -270,53 +545,54 @@ fn parse_response(answer: &[u8]) -> Result<(StatusCode, Vec<u8>), String> {
             chunked = value.eq_ignore_ascii_case("chunked");
         }
     }
-    let body = if chunked {
-        dechunk(body)?
-    } else if let Some(length) = length {
+    Ok(Head {
+        status,
+        length,
+        chunked,
+    })
+}
+
+/// Splits an HTTP/1.1 answer read to its end into the status and the body (sized by
+/// `content-length`, chunked, or up to the end).
+fn parse_response(answer: &[u8]) -> Result<(StatusCode, Vec<u8>), String> {
+    let head_end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("the answer ended inside its header")?;
+    let head = parse_head(&answer[..head_end])?;
+    let body = &answer[head_end + 4..];
+    let body = if head.chunked {
+        let mut out = Vec::new();
+        if !Dechunker::default().feed(body, &mut out)? {
+            return Err("the answer ended inside a chunk".into());
+        }
+        out
+    } else if let Some(length) = head.length {
         body.get(..length)
             .ok_or("the answer ended inside its body")?
             .to_vec()
     } else {
         body.to_vec()
     };
-    Ok((status, body))
+    Ok((head.status, body))
 }
 
-/// Decodes a `transfer-encoding: chunked` body.
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("the answer ended inside a chunk header")?;
-        let size_text = std::str::from_utf8(&body[..line_end]).unwrap_or_default();
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
+/// A path segment or query value, percent-encoded.
+fn percent_encode(text: &str) -> String {
+    let mut encoded = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
         }
-        out.extend_from_slice(body.get(..size).ok_or("the answer ended inside a chunk")?);
-        body = body
-            .get(size + 2..)
-            .ok_or("the answer ended after a chunk")?;
     }
+    encoded
 }
 
 /// `/v1/networks/<percent-encoded name>` plus a suffix.
 fn network_path(network: &str, suffix: &str) -> String {
-    let mut path = String::from("/v1/networks/");
-    for byte in network.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            path.push(char::from(byte));
-        } else {
-            path.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    path.push_str(suffix);
-    path
+    format!("/v1/networks/{}{suffix}", percent_encode(network))
 }
 
 #[cfg(test)]
@@ -375,5 +651,170 @@ mod tests {
             "/v1/networks/default/start"
         );
         assert_eq!(network_path("a b%c?", ""), "/v1/networks/a%20b%25c%3F");
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_pieces_they_arrive_in() {
+        let body = b"3\r\n[1,\r\n2;x=y\r\n2]\r\nA\r\n0123456789\r\n0\r\n\r\n";
+        for piece in [1, 2, 3, 7, body.len()] {
+            let mut chunks = Dechunker::default();
+            let mut out = Vec::new();
+            let mut done = false;
+            for bytes in body.chunks(piece) {
+                done |= chunks.feed(bytes, &mut out).expect("valid");
+            }
+            assert!(done, "piece {piece}");
+            assert_eq!(out, b"[1,2]0123456789", "piece {piece}");
+        }
+        let mut out = Vec::new();
+        assert!(Dechunker::default().feed(b"3\r\nabcXY", &mut out).is_err());
+        assert!(Dechunker::default().feed(b"zz\r\n", &mut out).is_err());
+        assert!(
+            Dechunker::default()
+                .feed(&[b'1'; MAX_CHUNK_LINE + 1], &mut out)
+                .is_err()
+        );
+    }
+
+    /// A daemon stand-in: answers the first connection with `answer`, written in the
+    /// pieces given with a pause between them, then keeps the connection open until the
+    /// test ends. Returns the socket and what the client sent.
+    fn fake_daemon(
+        dir: &Path,
+        answer: Vec<Vec<u8>>,
+    ) -> (PathBuf, std::sync::mpsc::Receiver<String>) {
+        let socket = dir.join("fake.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+        let (sent, request) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut head = Vec::new();
+            let mut byte = [0];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = sent.send(String::from_utf8_lossy(&head).into_owned());
+            for piece in answer {
+                if stream.write_all(&piece).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Held open (the client's timeouts are under test), until the client closes.
+            let _ = stream.read(&mut byte);
+        });
+        (socket, request)
+    }
+
+    const STREAM_HEAD: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n";
+
+    fn lifecycle(network: &str, event: &str) -> String {
+        format!(
+            "{{\"type\":\"lifecycle\",\"network\":\"{network}\",\"uuid\":\"{}\",\"event\":\"{event}\",\"time\":\"2026-11-27T07:24:07.211Z\"}}\n",
+            uuid::Uuid::from_u128(7)
+        )
+    }
+
+    fn chunk(data: &str) -> Vec<u8> {
+        format!("{:x}\r\n{data}\r\n", data.len()).into_bytes()
+    }
+
+    fn network_of(next: Next) -> String {
+        match next {
+            Next::Record(EventRecord::Lifecycle(event)) => event.network,
+            other => panic!("expected a lifecycle record, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn event_records_come_one_at_a_time_however_the_stream_is_cut() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let two = format!("{}{}", lifecycle("a", "defined"), lifecycle("b", "started"));
+        let third = lifecycle("c", "stopped");
+        let (cut_head, cut_tail) = third.split_at(10);
+        let answer = vec![
+            // The header and the first chunk in one piece, the next record cut in two
+            // chunks, a chunk header cut in two writes, records of a newer daemon.
+            [STREAM_HEAD, &chunk(&two)].concat(),
+            chunk(cut_head),
+            chunk(cut_tail)[..1].to_vec(),
+            chunk(cut_tail)[1..].to_vec(),
+            chunk("{\"type\":\"from_the_future\",\"x\":1}\n{\"type\":\"missed\",\"count\":3}\n"),
+            b"0\r\n\r\n".to_vec(),
+        ];
+        let (socket, request) = fake_daemon(dir.path(), answer);
+        let mut events = Client::new(&socket).events(None).expect("subscribed");
+        assert!(
+            request
+                .recv()
+                .expect("request")
+                .starts_with("GET /v1/events HTTP/1.1\r\n")
+        );
+        assert_eq!(network_of(events.next(None, None).expect("next")), "a");
+        assert_eq!(network_of(events.next(None, None).expect("next")), "b");
+        let c = events.next(None, None).expect("next");
+        let Next::Record(EventRecord::Lifecycle(c)) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(c.event, super::super::types::LifecycleKind::Stopped);
+        assert_eq!(c.uuid, uuid::Uuid::from_u128(7));
+        assert_eq!(
+            events.next(None, None).expect("next"),
+            Next::Record(EventRecord::Unknown)
+        );
+        assert_eq!(
+            events.next(None, None).expect("next"),
+            Next::Record(EventRecord::Missed { count: 3 })
+        );
+        assert_eq!(events.next(None, None).expect("next"), Next::Ended);
+    }
+
+    #[test]
+    fn the_wait_ends_at_the_deadline_or_when_the_interrupt_fd_turns_readable() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (socket, request) = fake_daemon(dir.path(), vec![STREAM_HEAD.to_vec()]);
+        let mut events = Client::new(&socket)
+            .events(Some("a b"))
+            .expect("subscribed");
+        assert!(
+            request
+                .recv()
+                .expect("request")
+                .starts_with("GET /v1/events?network=a%20b HTTP/1.1\r\n")
+        );
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(100);
+        assert_eq!(
+            events.next(Some(deadline), None).expect("next"),
+            Next::TimedOut
+        );
+        assert!(Instant::now() >= deadline);
+        let (mut ring, interrupt) = UnixStream::pair().expect("pair");
+        ring.write_all(b"!").expect("ring");
+        assert_eq!(
+            events.next(None, Some(interrupt.as_fd())).expect("next"),
+            Next::Interrupted
+        );
+    }
+
+    #[test]
+    fn an_error_answer_to_a_subscription_is_the_daemons_error() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let body = r#"{"kind":"not_found","message":"no network with matching name 'x'"}"#;
+        let answer = format!(
+            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (socket, _request) = fake_daemon(dir.path(), vec![answer.into_bytes()]);
+        // The stand-in keeps the connection open after its answer; a daemon closes it.
+        let err = Client::new(&socket)
+            .with_answer_timeout(Duration::from_millis(200))
+            .events(Some("x"));
+        let Err(Error::Api(api)) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(api.kind, super::super::ErrorKind::NotFound);
+        assert_eq!(api.message, "no network with matching name 'x'");
     }
 }
