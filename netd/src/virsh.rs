@@ -12,6 +12,8 @@ use std::net::IpAddr;
 
 use uuid::Uuid;
 
+use crate::api::types::LifecycleKind;
+
 /// Renders a table exactly like libvirt's `vshTablePrint`
 /// (tools/vsh-table.c): every cell is printed as `" " + cell`; every column
 /// but the last is padded with `maxwidth - width + 2` spaces; the header is
@@ -297,6 +299,32 @@ pub fn net_dhcp_leases(leases: &[DhcpLeaseRow], quiet: bool) -> String {
     )
 }
 
+/// `virsh net-event --list`: the event types of virsh 9.0 (`metadata-change` came in 9.8).
+pub const NET_EVENT_TYPES: [&str; 1] = ["lifecycle"];
+
+/// One `virsh net-event` line for a lifecycle event: the network's name unquoted, the
+/// event capitalised (`unknown` for one this virsh does not know), and with
+/// `--timestamp` the time first, in UTC with milliseconds (libvirt's
+/// `virTimeStringNowRaw`).
+pub fn net_event_lifecycle(
+    network: &str,
+    event: LifecycleKind,
+    timestamp: Option<chrono::DateTime<chrono::Utc>>,
+) -> String {
+    let event = match event {
+        LifecycleKind::Defined => "Defined",
+        LifecycleKind::Undefined => "Undefined",
+        LifecycleKind::Started => "Started",
+        LifecycleKind::Stopped => "Stopped",
+        LifecycleKind::Unknown => "unknown",
+    };
+    let line = format!("event 'lifecycle' for network {network}: {event}\n");
+    match timestamp {
+        Some(time) => format!("{}: {line}", time.format("%Y-%m-%d %H:%M:%S%.3f+0000")),
+        None => line,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
@@ -490,5 +518,24 @@ Bridge:         virbr0
             false,
         );
         assert_eq!(out, " A        B\n-------------\n x\\x0ay   z\n");
+    }
+
+    #[test]
+    fn net_event_lines_as_virsh_9_0_prints_them() {
+        assert_eq!(
+            net_event_lifecycle("default", LifecycleKind::Started, None),
+            "event 'lifecycle' for network default: Started\n"
+        );
+        assert_eq!(
+            net_event_lifecycle("my net", LifecycleKind::Unknown, None),
+            "event 'lifecycle' for network my net: unknown\n"
+        );
+        let time = chrono::DateTime::parse_from_rfc3339("2026-11-27T07:24:07.2119+01:00")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            net_event_lifecycle("evnet", LifecycleKind::Undefined, Some(time)),
+            "2026-11-27 06:24:07.211+0000: event 'lifecycle' for network evnet: Undefined\n"
+        );
     }
 }
