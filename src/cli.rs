@@ -330,6 +330,46 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List event types, or wait for network events to occur.
+    #[command(name = "net-event")]
+    NetEvent(EventArgs),
+}
+
+/// `net-event`'s arguments, as virsh 9.0 has them. `--timeout` is read as text and
+/// checked when the verb runs, as virsh does (`--list` ignores it).
+#[derive(Debug, Args)]
+pub struct EventArgs {
+    /// Only the events of this network (name or UUID).
+    #[arg(value_name = "NETWORK", value_parser = NonEmptyStringValueParser::new())]
+    network: Option<String>,
+    /// Only the events of this network (name or UUID).
+    #[arg(long = "network", value_name = "NETWORK", conflicts_with = "network", value_parser = NonEmptyStringValueParser::new())]
+    network_option: Option<String>,
+    /// Which event type to wait for (see --list).
+    #[arg(long, value_name = "EVENT", value_parser = NonEmptyStringValueParser::new())]
+    pub event: Option<String>,
+    /// Loop until timeout or interrupt, rather than one-shot.
+    #[arg(long = "loop")]
+    pub looping: bool,
+    /// Timeout seconds.
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
+    pub timeout: Option<String>,
+    /// List valid event types.
+    #[arg(long)]
+    pub list: bool,
+    /// Show a timestamp for each printed event.
+    #[arg(long)]
+    pub timestamp: bool,
+    /// Print one JSON object per event instead.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl EventArgs {
+    /// The network given, if any.
+    pub fn network(&self) -> Option<&str> {
+        self.network.as_deref().or(self.network_option.as_deref())
+    }
 }
 
 /// `net-update`'s arguments, in virsh's order.
@@ -411,6 +451,7 @@ impl Command {
             | Command::NetName { json, .. }
             | Command::NetDhcpLeases { json, .. }
             | Command::Uri { json } => *json,
+            Command::NetEvent(args) => args.json,
             _ => false,
         }
     }

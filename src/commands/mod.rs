@@ -1,5 +1,6 @@
 //! One function per verb; each returns the text to print or a [`Failure`].
 
+mod interrupt;
 mod net;
 
 use netd::api::ErrorKind;
@@ -71,6 +72,14 @@ impl Failure {
         Failure::two(context, format!("{prefix}{}", api.message))
     }
 
+    /// A failure whose output the verb printed itself: exit status 1, no `error:` line.
+    pub fn printed() -> Failure {
+        Failure {
+            lines: Vec::new(),
+            ran: true,
+        }
+    }
+
     /// The lines to print.
     pub fn lines(&self) -> &[String] {
         &self.lines
@@ -114,6 +123,7 @@ pub fn run(cli: &Cli) -> Result<String, Failure> {
             net::dhcp_leases(&client, network.get(), mac.as_deref(), *json, quiet)
         }
         Command::Uri { json } => uri(&client, &connection.uri, *json, quiet),
+        Command::NetEvent(args) => net::event(&client, &connection.uri, args, quiet),
     }
 }
 

@@ -1,15 +1,20 @@
 //! The `net-*` verbs.
 
+use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Command as Process;
+use std::time::{Duration, Instant};
 
 use netd::api::ErrorKind;
-use netd::api::client::{self, Client};
-use netd::api::types::{NetworkSummary, UpdateRequest};
+use netd::api::client::{self, Client, Next};
+use netd::api::types::{EventRecord, NetworkSummary, UpdateRequest};
+use netd::virsh;
 use netd::xml::{UpdateCommand, UpdateSection};
 
+use super::interrupt::Interrupt;
 use super::{Failure, system_message};
-use crate::cli::{ListArgs, UpdateArgs};
+use crate::cli::{EventArgs, ListArgs, UpdateArgs};
 use crate::output;
 
 fn read_file(path: &Path) -> Result<String, Failure> {
@@ -379,4 +384,181 @@ pub fn update(client: &Client, args: &UpdateArgs, quiet: bool) -> Result<String,
             quiet,
         )
     })
+}
+
+/// `net-event`: with `--list` the event types; else subscribes (to one network's events
+/// with `--network`), then prints each event as it comes, until the first one, or with
+/// `--loop` until `--timeout` seconds have passed or Ctrl-C. Like virsh it ends with
+/// `events received: N` (after `event loop timed out` or `event loop interrupted`) and
+/// fails when none came. With `--json`, each event is one line of JSON and nothing else
+/// is printed. `uri` names the daemon when it goes away.
+pub fn event(client: &Client, uri: &str, args: &EventArgs, quiet: bool) -> Result<String, Failure> {
+    if args.list {
+        return Ok(if args.json {
+            output::json(&virsh::NET_EVENT_TYPES)
+        } else {
+            let types: String = virsh::NET_EVENT_TYPES
+                .iter()
+                .map(|name| format!("{name}\n"))
+                .collect();
+            output::finish(types, quiet)
+        });
+    }
+    let Some(event) = args.event.as_deref() else {
+        return Err(Failure::msg("either --list or --event <type> is required"));
+    };
+    if !virsh::NET_EVENT_TYPES.contains(&event) {
+        return Err(Failure::msg(format!("unknown event type {event}")));
+    }
+    let timeout = args.timeout.as_deref().map(event_timeout).transpose()?;
+    // As virsh: the timeout runs from here, and Ctrl-C is caught before subscribing.
+    let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    let interrupt = Interrupt::catch()
+        .map_err(|e| Failure::msg(format!("cannot catch SIGINT: {}", e.desc())))?;
+    let network = args.network();
+    let mut events = client
+        .events(network)
+        .map_err(|e| Failure::call("failed to register for network events", network, e))?;
+    let mut stdout = std::io::stdout();
+    let mut received = 0u64;
+    let end = loop {
+        let next = events
+            .next(deadline, Some(interrupt.as_fd()))
+            .map_err(|e| Failure::call("failed to receive network events", network, e))?;
+        let text = match next {
+            Next::Record(EventRecord::Lifecycle(event)) => {
+                received += 1;
+                if args.json {
+                    json_line(&EventRecord::Lifecycle(event))
+                } else {
+                    let time = args.timestamp.then(|| {
+                        chrono::DateTime::parse_from_rfc3339(&event.time)
+                            .map_or_else(|_| chrono::Utc::now(), |time| time.to_utc())
+                    });
+                    virsh::net_event_lifecycle(&event.network, event.event, time)
+                }
+            }
+            Next::Record(EventRecord::Missed { count }) if args.json => {
+                json_line(&EventRecord::Missed { count })
+            }
+            Next::Record(EventRecord::Missed { count }) => {
+                eprintln!(
+                    "warning: kvnetd dropped {count} network events that this client did not read in time"
+                );
+                continue;
+            }
+            Next::Record(EventRecord::Unknown) => continue,
+            Next::TimedOut => break "event loop timed out\n",
+            Next::Interrupted => break "event loop interrupted\n",
+            Next::Ended => {
+                // virsh's lines when the daemon goes away: the count, then the error.
+                if !args.json {
+                    print_now(&mut stdout, &format!("events received: {received}\n"));
+                }
+                return Err(Failure::msg(format!(
+                    "Disconnected from {uri} due to end of file"
+                )));
+            }
+        };
+        // A reader that went away (`| head -1`) ends the wait: no one would see more.
+        if !print_now(&mut stdout, &text) {
+            return Err(Failure::printed());
+        }
+        if !args.looping {
+            break "";
+        }
+    };
+    if args.json {
+        return if received > 0 {
+            Ok(String::new())
+        } else {
+            Err(Failure::printed())
+        };
+    }
+    let summary = format!("{end}events received: {received}\n");
+    if received > 0 {
+        Ok(output::finish(summary, quiet))
+    } else {
+        print_now(&mut stdout, &summary);
+        Err(Failure::printed())
+    }
+}
+
+/// Writes and flushes `text` (events are printed as they come, also into a pipe);
+/// false if stdout is gone.
+fn print_now(stdout: &mut std::io::Stdout, text: &str) -> bool {
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .is_ok()
+}
+
+/// One record as a line of JSON.
+fn json_line(record: &EventRecord) -> String {
+    let mut line = serde_json::to_string(record).unwrap_or_default();
+    line.push('\n');
+    line
+}
+
+/// `--timeout` as virsh reads it (`vshCommandOptTimeoutToMs`): a decimal integer (after
+/// optional blanks and sign, `strtol`'s way) of seconds from 1 to `INT_MAX / 1000`.
+fn event_timeout(text: &str) -> Result<Duration, Failure> {
+    let digits = text.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let digits = digits.strip_prefix('+').unwrap_or(digits);
+    digits
+        .parse::<i32>()
+        .ok()
+        .filter(|_| digits.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+        .filter(|seconds| (1..=i32::MAX / 1000).contains(seconds))
+        .and_then(|seconds| u64::try_from(seconds).ok())
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            Failure::msg(format!(
+                "Numeric value '{text}' for <timeout> option is malformed or out of range"
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_timeouts_are_read_as_virsh_reads_them() {
+        for (text, seconds) in [
+            ("1", 1),
+            ("+5", 5),
+            (" 7", 7),
+            ("010", 10),
+            ("2147483", 2147483),
+        ] {
+            assert_eq!(
+                event_timeout(text).ok(),
+                Some(Duration::from_secs(seconds)),
+                "{text:?}"
+            );
+        }
+        for text in [
+            "0",
+            "-1",
+            "-0",
+            "abc",
+            "",
+            "0x1",
+            "1 ",
+            "1.5",
+            "2147484",
+            "99999999999",
+            "+-1",
+            "--1",
+        ] {
+            let failure = event_timeout(text).expect_err(text);
+            assert_eq!(
+                failure.lines(),
+                [format!(
+                    "Numeric value '{text}' for <timeout> option is malformed or out of range"
+                )]
+            );
+        }
+    }
 }
