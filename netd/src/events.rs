@@ -11,8 +11,9 @@ use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
-/// How many events a subscriber may fall behind before it misses the oldest.
-pub const CAPACITY: usize = 1024;
+/// How many events a subscriber may fall behind before it misses the oldest, on top of
+/// what its socket holds (~180 events): a client reading as they come never gets near.
+pub const CAPACITY: usize = 256;
 
 /// What happened to a network, as libvirt's `virNetworkEventLifecycleType` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
