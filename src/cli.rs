@@ -317,7 +317,7 @@ pub enum Command {
         #[command(flatten)]
         network: NetworkArg,
         /// Only the lease of this MAC address.
-        #[arg(long)]
+        #[arg(long, value_parser = NonEmptyStringValueParser::new())]
         mac: Option<String>,
         /// Print JSON instead.
         #[arg(long)]

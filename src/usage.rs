@@ -63,16 +63,26 @@ impl Refusal {
             (ErrorKind::InvalidValue, Some(argument))
                 if context(ContextKind::InvalidValue).is_some_and(|value| value.is_empty()) =>
             {
-                if args.iter().any(String::is_empty) {
-                    return at_run(format!(
-                        "Failed to get option '{}': Option argument is empty",
-                        option_name(&argument)
-                    ));
+                let name = option_name(&argument);
+                let numeric = NUMERIC_OPTIONS.contains(&name.as_str());
+                // An empty value given (`--mac ''`, `--mac=`), rather than none at all.
+                let given_empty = args
+                    .iter()
+                    .any(|arg| arg.is_empty() || *arg == format!("--{name}="));
+                match (given_empty, numeric) {
+                    (true, true) => {
+                        return at_run(format!(
+                            "Numeric value '' for <{name}> option is malformed or out of range"
+                        ));
+                    }
+                    (true, false) => {
+                        return at_run(format!(
+                            "Failed to get option '{name}': Option argument is empty"
+                        ));
+                    }
+                    (false, true) => vec![format!("expected syntax: --{name} <number>")],
+                    (false, false) => vec![format!("expected syntax: --{name} <string>")],
                 }
-                vec![format!(
-                    "expected syntax: --{} <string>",
-                    option_name(&argument)
-                )]
             }
             (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(argument))
                 if NUMERIC_OPTIONS.contains(&option_name(&argument).as_str()) =>
@@ -158,7 +168,7 @@ pub fn print_errors(lines: &[String]) {
 }
 
 /// Options whose values virsh reads as numbers.
-const NUMERIC_OPTIONS: [&str; 1] = ["parent-index"];
+const NUMERIC_OPTIONS: [&str; 2] = ["parent-index", "timeout"];
 
 /// virsh's line for two options clap found in conflict (`args`: those after the verb).
 /// The network may be given as the positional argument or as `--network`, which virsh

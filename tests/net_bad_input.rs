@@ -377,6 +377,17 @@ fn command_line_mistakes_get_virsh_lines_and_exit_1() {
             "error: expected syntax: --file <string>\n",
         ),
         (
+            &[
+                "net-update",
+                "n",
+                "add",
+                "dns-host",
+                "<host/>",
+                "--parent-index",
+            ],
+            "error: expected syntax: --parent-index <number>\n",
+        ),
+        (
             &["net-start", "--network", "a", "b"],
             "error: unexpected data 'b'\n",
         ),
@@ -396,6 +407,21 @@ fn command_line_mistakes_get_virsh_lines_and_exit_1() {
         (
             &["net-info", ""][..],
             "error: Failed to get option 'network': Option argument is empty\n",
+        ),
+        (
+            &["net-dhcp-leases", "n", "--mac="],
+            "error: Failed to get option 'mac': Option argument is empty\n",
+        ),
+        (
+            &[
+                "net-update",
+                "n",
+                "add",
+                "dns-host",
+                "<host/>",
+                "--parent-index=",
+            ],
+            "error: Numeric value '' for <parent-index> option is malformed or out of range\n",
         ),
         (
             &[
