@@ -9,6 +9,7 @@ mod commands;
 mod output;
 mod shell;
 mod usage;
+mod xpath;
 
 use std::ffi::OsString;
 use std::io::Write;
