@@ -283,6 +283,12 @@ pub enum Command {
         /// The persistent definition rather than the running one.
         #[arg(long)]
         inactive: bool,
+        /// Print only the nodes this XPath 1.0 expression selects, one per line.
+        #[arg(long, value_name = "EXPR", conflicts_with = "json")]
+        xpath: Option<String>,
+        /// With --xpath: print the nodes inside one <nodes> element.
+        #[arg(long)]
+        wrap: bool,
         /// Print JSON (`{"xml": ...}`) instead.
         #[arg(long)]
         json: bool,

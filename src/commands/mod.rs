@@ -72,8 +72,9 @@ impl Failure {
         Failure::two(context, format!("{prefix}{}", api.message))
     }
 
-    /// A failure whose output the verb printed itself: exit status 1, no `error:` line.
-    pub fn printed() -> Failure {
+    /// A failure with no `error:` line (virsh has none, or the verb printed its own
+    /// output): exit status 1 and the command's blank line.
+    pub fn silent() -> Failure {
         Failure {
             lines: Vec::new(),
             ran: true,
@@ -113,8 +114,20 @@ pub fn run(cli: &Cli) -> Result<String, Failure> {
         Command::NetDumpxml {
             network,
             inactive,
+            xpath,
+            wrap,
             json,
-        } => net::dumpxml(&client, network.get(), *inactive, *json, quiet),
+        } => net::dumpxml(
+            &client,
+            network.get(),
+            *inactive,
+            net::Select {
+                xpath: xpath.as_deref(),
+                wrap: *wrap,
+            },
+            *json,
+            quiet,
+        ),
         Command::NetUuid { network, json } => net::uuid(&client, network.get(), *json, quiet),
         Command::NetName { network, json } => net::name(&client, network.get(), *json, quiet),
         Command::NetEdit(network) => net::edit(&client, network.get(), quiet),

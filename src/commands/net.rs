@@ -158,25 +158,48 @@ pub fn info(client: &Client, network: &str, json: bool, quiet: bool) -> Result<S
     })
 }
 
+/// `net-dumpxml`'s `--xpath EXPR` and `--wrap`.
+#[derive(Debug, Clone, Copy)]
+pub struct Select<'a> {
+    pub xpath: Option<&'a str>,
+    pub wrap: bool,
+}
+
+/// `net-dumpxml`. With `--xpath`, only the nodes EXPR selects, as virsh 9.0 prints
+/// them (`crate::xpath`); `--wrap` means nothing without it.
 pub fn dumpxml(
     client: &Client,
     network: &str,
     inactive: bool,
+    select: Select,
     json: bool,
     quiet: bool,
 ) -> Result<String, Failure> {
-    let xml = client.xml(network, inactive).map_err(|e| {
+    let failed = |e| {
         Failure::call(
             format!("failed to get network '{network}'"),
             Some(network),
             e,
         )
-    })?;
-    Ok(if json {
-        output::json(&serde_json::json!({ "xml": xml }))
-    } else {
-        output::finish(xml, quiet)
-    })
+    };
+    if select.xpath == Some("") {
+        // virsh looks the network up, then refuses an empty expression without a word.
+        client.get(network).map_err(failed)?;
+        return Err(Failure::silent());
+    }
+    let xml = client.xml(network, inactive).map_err(failed)?;
+    if json {
+        return Ok(output::json(&serde_json::json!({ "xml": xml })));
+    }
+    let Some(expr) = select.xpath else {
+        return Ok(output::finish(xml, quiet));
+    };
+    let dump =
+        crate::xpath::dump(&xml, expr, select.wrap).map_err(|e| Failure::msg(e.to_string()))?;
+    // What libxml2 itself writes to stderr about an expression it cannot evaluate;
+    // virsh then prints no results and succeeds.
+    eprint!("{}", dump.stderr);
+    Ok(output::finish(dump.stdout, quiet))
 }
 
 pub fn uuid(client: &Client, network: &str, json: bool, quiet: bool) -> Result<String, Failure> {
@@ -462,7 +485,7 @@ pub fn event(client: &Client, uri: &str, args: &EventArgs, quiet: bool) -> Resul
         };
         // A reader that went away (`| head -1`) ends the wait: no one would see more.
         if !print_now(&mut stdout, &text) {
-            return Err(Failure::printed());
+            return Err(Failure::silent());
         }
         if !args.looping {
             break "";
@@ -472,7 +495,7 @@ pub fn event(client: &Client, uri: &str, args: &EventArgs, quiet: bool) -> Resul
         return if received > 0 {
             Ok(String::new())
         } else {
-            Err(Failure::printed())
+            Err(Failure::silent())
         };
     }
     let summary = format!("{end}events received: {received}\n");
@@ -480,7 +503,7 @@ pub fn event(client: &Client, uri: &str, args: &EventArgs, quiet: bool) -> Resul
         Ok(output::finish(summary, quiet))
     } else {
         print_now(&mut stdout, &summary);
-        Err(Failure::printed())
+        Err(Failure::silent())
     }
 }
 
