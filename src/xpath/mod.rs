@@ -31,6 +31,9 @@ pub enum Error {
     /// The daemon's XML could not be read (it always can).
     #[error("XML error: {0}")]
     Xml(#[from] tree::ParseError),
+    /// The evaluation's thread could not be started, or failed.
+    #[error("internal error: cannot evaluate the expression: {0}")]
+    Evaluation(String),
 }
 
 /// What `net-dumpxml --xpath` prints: the results, and what libxml2 says on
@@ -44,7 +47,7 @@ pub struct Dump {
 /// The nodes `expr` selects in `xml`, written as virsh writes them.
 pub fn dump(xml: &str, expr: &str, wrap: bool) -> Result<Dump, Error> {
     let tree = Tree::parse(xml)?;
-    let nodes = match select(&tree, expr) {
+    let nodes = match select_on_own_stack(&tree, expr)? {
         Ok(Some(nodes)) => nodes,
         Ok(None) => return Err(Error::NotNodeSet(expr.to_owned())),
         Err(diagnostic) => {
@@ -77,9 +80,67 @@ pub fn dump(xml: &str, expr: &str, wrap: bool) -> Result<Dump, Error> {
     })
 }
 
+/// What [`select`] gives: a node-set, `None` for another value, or libxml2's complaint.
+type Selection<'a> = Result<Option<Vec<XNode<'a>>>, Diagnostic>;
+
+/// The stack [`select`] runs on. Parsing, evaluating and dropping an expression
+/// recurse once per level of nesting and per operator; [`too_deep`] bounds both,
+/// and this stack holds the deepest expression it lets through with room to spare
+/// (a debug build needs under half of it), whatever stack the caller has.
+const SELECT_STACK: usize = 64 << 20;
+
+fn select_on_own_stack<'a>(tree: &'a Tree, expr: &str) -> Result<Selection<'a>, Error> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("xpath".to_owned())
+            .stack_size(SELECT_STACK)
+            .spawn_scoped(scope, || select(tree, expr))
+            .map_err(|e| Error::Evaluation(e.to_string()))?
+            .join()
+            .map_err(|_| Error::Evaluation("the evaluation failed".to_owned()))
+    })
+}
+
+/// Nesting (of parentheses, predicates and calls) at which libxml2 stops with
+/// "Recursion limit exceeded".
+const MAX_NESTING: usize = 500;
+
+/// The longest expression kvnet evaluates; libxml2 has no such limit. An
+/// expression's tree is at most about as deep as it is long.
+const MAX_LENGTH: usize = 4096;
+
+/// Whether `expr` nests as deep as libxml2 refuses (literals aside), or is longer
+/// than kvnet evaluates.
+fn too_deep(expr: &str) -> bool {
+    if expr.len() > MAX_LENGTH {
+        return true;
+    }
+    let mut depth = 0usize;
+    let mut quote = None;
+    for c in expr.chars() {
+        match (quote, c) {
+            (Some(open), _) if c == open => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '(' | '[') => {
+                depth += 1;
+                if depth >= MAX_NESTING {
+                    return true;
+                }
+            }
+            (None, ')' | ']') => depth = depth.saturating_sub(1),
+            (None, _) => {}
+        }
+    }
+    false
+}
+
 /// Evaluates `expr` from the document element: the node-set in document order,
 /// `None` for any other value, or what libxml2 would complain about.
-fn select<'a>(tree: &'a Tree, expr: &str) -> Result<Option<Vec<XNode<'a>>>, Diagnostic> {
+fn select<'a>(tree: &'a Tree, expr: &str) -> Selection<'a> {
+    if too_deep(expr) {
+        return Err(Diagnostic::xpath(XPathError::RecursionLimit));
+    }
     let ast = xpath_eval::parse(expr).map_err(|error| Diagnostic::from_parse(expr, &error))?;
     // libxml2 looks a step's prefix up whenever it evaluates the step, even on
     // an empty node-set; predicates are evaluated per node, and lazily below.
@@ -162,6 +223,7 @@ enum XPathError {
     InvalidFunction,
     UnclosedNodeTest,
     UndefinedPrefix,
+    RecursionLimit,
 }
 
 impl XPathError {
@@ -179,6 +241,7 @@ impl XPathError {
             // libxml2's message for XPATH_UNCLOSED_ERROR, whatever was left open.
             XPathError::UnclosedNodeTest => "Missing closing curly brace",
             XPathError::UndefinedPrefix => "Undefined namespace prefix",
+            XPathError::RecursionLimit => "Recursion limit exceeded",
         }
     }
 }

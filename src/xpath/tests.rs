@@ -275,3 +275,54 @@ fn unreadable_xml_is_an_error() {
         );
     }
 }
+
+#[test]
+fn deep_expressions_stop_where_libxml2_stops() {
+    let xml = include_str!("testdata/default.xml");
+    let nested =
+        |open: &str, close: &str, n: usize| format!("{}//ip{}", open.repeat(n), close.repeat(n));
+    // Captured from virsh 9.0: 499 levels evaluate, 500 are refused.
+    let refused = "XPath error : Recursion limit exceeded\n";
+    for (open, close) in [("(", ")"), ("count(", ")")] {
+        assert_ne!(
+            dump(xml, &nested(open, close, 499), false)
+                .map(|d| d.stderr)
+                .ok(),
+            Some(refused.to_owned())
+        );
+        assert_eq!(
+            dump(xml, &nested(open, close, 500), false)
+                .map(|d| d.stderr)
+                .ok(),
+            Some(refused.to_owned())
+        );
+    }
+    // The deepest trees kvnet lets through, evaluated and dropped without
+    // exhausting a stack: long chains of operators and signs.
+    let longest = MAX_LENGTH;
+    for expr in [
+        format!("{}1", "-".repeat(longest - 1)),
+        format!("1{}", "+1".repeat(longest / 2 - 1)),
+        format!("//ip{}", "[1]".repeat(longest / 3 - 2)),
+        format!("(1){}", "or(1)".repeat(longest / 5 - 1)),
+        format!(
+            "{}{}",
+            "(".repeat(MAX_NESTING - 1),
+            ")".repeat(MAX_NESTING - 1)
+        ),
+        format!(
+            "{}-1{}",
+            "(-".repeat(MAX_NESTING - 1),
+            ")".repeat(MAX_NESTING - 1)
+        ),
+    ] {
+        assert!(expr.len() <= longest);
+        let _ = dump(xml, &expr, false);
+    }
+    assert_eq!(
+        dump(xml, &format!("{}1", "-".repeat(longest)), false)
+            .map(|d| d.stderr)
+            .ok(),
+        Some(refused.to_owned())
+    );
+}
