@@ -26,29 +26,36 @@ net_xml() { # name bridge third-octet second-octet: a NAT network like libvirt's
 XML
 }
 
-# (a) start/destroy wall time of one NAT network, median of RUNS.
+# (a) start/destroy wall time of one NAT network, median of RUNS cycles: back to back,
+# and paced as the baseline's harness paces them (0.3 s idle before each call; at most
+# 20 cycles). An idle machine is slower to wake: the CPU the call needs may be halted.
+idle() { [ "$1" = 0 ] || sleep "$1"; }
+# cycles KEY_SUFFIX IDLE_S COUNT: prints net_start<suffix>_ms and net_destroy<suffix>_ms.
+cycles() {
+  local t0 t1
+  : >"$work/start" ; : >"$work/stop"
+  for _ in $(seq "$3"); do
+    idle "$2"; t0=${EPOCHREALTIME/./}; cli net-start benchnet; t1=${EPOCHREALTIME/./}
+    echo $((t1 - t0)) >>"$work/start"
+    idle "$2"; t0=${EPOCHREALTIME/./}; cli net-destroy benchnet; t1=${EPOCHREALTIME/./}
+    echo $((t1 - t0)) >>"$work/stop"
+  done
+  echo "net_start$1_ms $(ms "$(median <"$work/start")")"
+  echo "net_destroy$1_ms $(ms "$(median <"$work/stop")")"
+}
+paced_runs=$((runs < 20 ? runs : 20))
 net_xml benchnet vbrbench 1 200 >"$work/benchnet.xml"
 cli net-define "$work/benchnet.xml"
-: >"$work/start" ; : >"$work/stop"
-for _ in $(seq "$runs"); do
-  t0=${EPOCHREALTIME/./}; cli net-start benchnet; t1=${EPOCHREALTIME/./}; cli net-destroy benchnet; t2=${EPOCHREALTIME/./}
-  echo $((t1 - t0)) >>"$work/start"; echo $((t2 - t1)) >>"$work/stop"
-done
-echo "net_start_ms $(ms "$(median <"$work/start")")"
-echo "net_destroy_ms $(ms "$(median <"$work/stop")")"
+cycles "" 0 "$runs"
+cycles _paced 0.3 "$paced_runs"
 
 # The same with another network running (the usual host: libvirt's default network is
 # up), so a start or destroy never creates or deletes the firewall table itself.
 net_xml keepnet vbrkeep 1 202 >"$work/keepnet.xml"
 cli net-define "$work/keepnet.xml"; cli net-start keepnet
-: >"$work/start" ; : >"$work/stop"
-for _ in $(seq "$runs"); do
-  t0=${EPOCHREALTIME/./}; cli net-start benchnet; t1=${EPOCHREALTIME/./}; cli net-destroy benchnet; t2=${EPOCHREALTIME/./}
-  echo $((t1 - t0)) >>"$work/start"; echo $((t2 - t1)) >>"$work/stop"
-done
+cycles _warm 0 "$runs"
+cycles _warm_paced 0.3 "$paced_runs"
 cli net-destroy keepnet; cli net-undefine keepnet; cli net-undefine benchnet
-echo "net_start_warm_ms $(ms "$(median <"$work/start")")"
-echo "net_destroy_warm_ms $(ms "$(median <"$work/stop")")"
 
 # The floor for destroy: the kernel's own deletion of an up, addressed bridge.
 : >"$work/floor"
