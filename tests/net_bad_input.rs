@@ -462,9 +462,7 @@ fn an_invalid_edit_changes_nothing() {
     }
     let daemon = Daemon::start();
     let before = daemon.config_snapshot();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvnet"))
-        .arg("-c")
-        .arg(daemon.socket())
+    let out = common::kvnet_command(&daemon.socket())
         .args(["net-edit", "default"])
         .env("EDITOR", "sed -i 's/<name>default/<name>de\\/fault/'")
         .env_remove("VISUAL")
@@ -479,9 +477,7 @@ fn an_invalid_edit_changes_nothing() {
     assert_eq!(daemon.config_snapshot(), before);
 
     // A valid edit redefines.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvnet"))
-        .arg("-c")
-        .arg(daemon.socket())
+    let out = common::kvnet_command(&daemon.socket())
         .args(["net-edit", "default"])
         .env(
             "EDITOR",

@@ -35,12 +35,9 @@ impl Watcher {
     /// (its debug log says so), so that no change made after this is missed.
     fn start(daemon: &Daemon, args: &[&str]) -> Watcher {
         let joined = subscriptions(daemon);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kvnet"))
-            .arg("-c")
-            .arg(daemon.socket())
+        let mut child = common::kvnet_command(&daemon.socket())
             .arg("net-event")
             .args(args)
-            .env_remove("KVNET_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -177,9 +174,7 @@ fn loop_prints_every_lifecycle_event_until_the_timeout() {
     let plain = Watcher::start(&daemon, &args);
     let quiet = {
         let joined = subscriptions(&daemon);
-        let out = Command::new(env!("CARGO_BIN_EXE_kvnet"))
-            .arg("-c")
-            .arg(daemon.socket())
+        let out = common::kvnet_command(&daemon.socket())
             .args(["-q", "net-event"])
             .args(args)
             .stdout(Stdio::piped())

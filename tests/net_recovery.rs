@@ -86,9 +86,7 @@ fn kill_9_at_random_points_of_starts_never_leaves_orphans() {
     let definition = define_nat_network_n(&daemon, "10.56.0.1");
     for round in 0..8u64 {
         // Spread the kills from before the request arrives to after the start completed.
-        let mut start = std::process::Command::new(env!("CARGO_BIN_EXE_kvnet"))
-            .arg("-c")
-            .arg(daemon.socket())
+        let mut start = common::kvnet_command(&daemon.socket())
             .args(["net-start", "n"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -5,7 +5,8 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 
 use common::{DAEMON_NEEDS, Daemon, require, xml_file};
 
@@ -13,11 +14,8 @@ const DOCKER_MACHINES: &str = include_str!("../examples/networks/docker-machines
 
 /// Runs `kvnet -c SOCKET args...` with `input` on its stdin.
 fn kvnet_with_input(daemon: &Daemon, args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvnet"))
-        .arg("-c")
-        .arg(daemon.socket())
+    let mut child = common::kvnet_command(&daemon.socket())
         .args(args)
-        .env_remove("KVNET_SOCKET")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -224,9 +222,8 @@ fn uri_names_the_daemon_by_a_uri_that_connects_back_to_it() {
     assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
 
     // The URI reaches the same daemon.
-    let out = Command::new(env!("CARGO_BIN_EXE_kvnet"))
-        .args(["-c", &uri, "net-list", "--all", "--name"])
-        .env_remove("KVNET_SOCKET")
+    let out = common::kvnet_command(Path::new(&uri))
+        .args(["net-list", "--all", "--name"])
         .output()
         .expect("run kvnet");
     assert_eq!(text(&out.stdout), "\n", "{}", text(&out.stderr));

@@ -12,7 +12,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -219,11 +219,8 @@ fn client(
             continue;
         }
         let args = random_op(&mut rng, &dir, &format!("c{id}-{n}"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kvnet"))
-            .arg("-c")
-            .arg(&socket)
+        let mut child = common::kvnet_command(&socket)
             .args(&args)
-            .env_remove("KVNET_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

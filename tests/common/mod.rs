@@ -233,14 +233,18 @@ impl Drop for Daemon {
 
 /// Runs the CLI against a socket.
 pub fn kvnet_at(socket: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvnet"))
-        .arg("-c")
-        .arg(socket)
+    kvnet_command(socket)
         .args(args)
-        .env_remove("KVNET_SOCKET")
         .stdin(Stdio::null())
         .output()
         .expect("run kvnet")
+}
+
+/// `kvnet -c <socket>`, for a test to add arguments and stdio to.
+pub fn kvnet_command(socket: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kvnet"));
+    command.arg("-c").arg(socket).env_remove("KVNET_SOCKET");
+    command
 }
 
 fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
