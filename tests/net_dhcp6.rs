@@ -554,8 +554,16 @@ fn dhcpcd_gets_a_name_reservation_and_a_dynamic_address_renews_past_a_lost_lease
     );
 
     // SIGALRM: dhcpcd releases its addresses and exits; the leases are gone.
-    signal(&dhcpcd, nix::sys::signal::Signal::SIGALRM);
-    let status = dhcpcd.wait().expect("dhcpcd exit");
+    // Sent again while dhcpcd runs, for the same reason as SIGUSR1 above.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = dhcpcd.try_wait().expect("dhcpcd status") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "dhcpcd never took SIGALRM");
+        signal(&dhcpcd, nix::sys::signal::Signal::SIGALRM);
+        std::thread::sleep(Duration::from_secs(1));
+    };
     assert!(status.success(), "dhcpcd: {status}");
     // dhcpcd sends its RELEASE and exits without waiting for the REPLY.
     wait_until("the released leases to go", || {
