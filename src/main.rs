@@ -198,15 +198,36 @@ fn interactive(globals: &[OsString]) -> bool {
     if !quiet {
         let _ = std::io::stdout().write_all(shell::Terminal::welcome(PROGRAM).as_bytes());
     }
-    let terminal = shell::Terminal::new(PROGRAM);
+    let mut terminal = shell::Terminal::new(PROGRAM, completion());
     while let Some(line) = terminal.read_line() {
         if !line.is_empty() && run_command_string(globals, &line).quit {
             break;
         }
     }
+    terminal.save_history();
     // virsh ends the session's last line (the prompt left at the end of input).
     let _ = std::io::stdout().write_all(b"\n");
     true
+}
+
+/// What Tab completes in the terminal: the verbs (and `quit`, `exit`), each with its
+/// long options, read from the command line's own definition.
+fn completion() -> shell::Completion {
+    let cli = <cli::Cli as clap::CommandFactory>::command();
+    let mut verbs: Vec<(String, Vec<String>)> = cli
+        .get_subcommands()
+        .map(|verb| {
+            let options = verb
+                .get_arguments()
+                .filter_map(|arg| arg.get_long())
+                .filter(|long| !matches!(*long, "connect" | "quiet" | "help"))
+                .map(|long| format!("--{long}"))
+                .collect();
+            (verb.get_name().to_owned(), options)
+        })
+        .collect();
+    verbs.extend(["quit", "exit"].map(|verb| (verb.to_owned(), Vec::new())));
+    shell::Completion::new(verbs)
 }
 
 fn lossy(args: &[OsString]) -> Vec<String> {

@@ -8,6 +8,11 @@
 //! backslash-newline is elided.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use rustyline::Editor;
+use rustyline::error::ReadlineError;
+use rustyline::history::FileHistory;
 
 /// A command string virsh would refuse to parse, with virsh's message.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -112,18 +117,38 @@ pub fn is_quit(words: &[String]) -> bool {
 /// prompt on standard output.
 pub struct Terminal {
     prompt: String,
-    /// When standard input is not a terminal, virsh's readline echoes what it reads
-    /// after the prompt, so a transcript shows each command; a terminal echoes by itself.
-    echo: bool,
+    input: Input,
 }
 
+/// Where the terminal's lines come from.
+enum Input {
+    /// A terminal: a line editor with history and completion, as virsh's readline.
+    Editor {
+        editor: Box<Editor<Completion, FileHistory>>,
+        /// Where the history is kept between sessions, if there is a home for it.
+        history: Option<PathBuf>,
+    },
+    /// Anything else. virsh's readline echoes what it reads after the prompt, so a
+    /// transcript shows each command.
+    Piped,
+}
+
+/// Lines of history kept, as virsh keeps (`VIRSH_HISTSIZE`'s default).
+const HISTORY_LINES: usize = 500;
+
 impl Terminal {
-    /// Standard input as a terminal whose prompt names `program`.
-    pub fn new(program: &str) -> Terminal {
-        Terminal {
-            prompt: format!("{program} # "),
-            echo: !std::io::stdin().is_terminal(),
-        }
+    /// Standard input as a terminal whose prompt names `program`. On a terminal, the
+    /// words of `completion` complete with Tab, and the history of earlier sessions is
+    /// read from `$XDG_CACHE_HOME/<program>/history` (virsh keeps its own in
+    /// `~/.cache/virsh/history`).
+    pub fn new(program: &str, completion: Completion) -> Terminal {
+        let prompt = format!("{program} # ");
+        let input = if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+            editor(program, completion).unwrap_or(Input::Piped)
+        } else {
+            Input::Piped
+        };
+        Terminal { prompt, input }
     }
 
     /// virsh's greeting, unless quiet.
@@ -135,27 +160,155 @@ impl Terminal {
     }
 
     /// Prompts for and reads the next line, without its line end; `None` at the end of
-    /// input (or when it cannot be read).
-    pub fn read_line(&self) -> Option<String> {
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout
-            .write_all(self.prompt.as_bytes())
-            .and_then(|()| stdout.flush());
-        let mut bytes = Vec::new();
-        match std::io::stdin().lock().read_until(b'\n', &mut bytes) {
-            Ok(0) | Err(_) => return None,
-            Ok(_) => {}
+    /// input (or when it cannot be read). Ctrl-C on a terminal drops the line being
+    /// typed and prompts again.
+    pub fn read_line(&mut self) -> Option<String> {
+        match &mut self.input {
+            Input::Editor { editor, .. } => loop {
+                match editor.readline(self.prompt.as_str()) {
+                    Ok(line) => {
+                        if !line.trim().is_empty() {
+                            let _ = editor.add_history_entry(line.as_str());
+                        }
+                        return Some(line);
+                    }
+                    Err(ReadlineError::Interrupted) => continue,
+                    Err(_) => return None,
+                }
+            },
+            Input::Piped => read_piped_line(&self.prompt),
         }
-        if bytes.last() == Some(&b'\n') {
-            bytes.pop();
+    }
+
+    /// Keeps the session's history for the next one (best effort, as virsh).
+    pub fn save_history(&mut self) {
+        if let Input::Editor {
+            editor,
+            history: Some(path),
+        } = &mut self.input
+        {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            if let Err(e) = editor.save_history(path) {
+                tracing::debug!(path = %path.display(), error = %e, "history not saved");
+            }
         }
-        let line = String::from_utf8_lossy(&bytes).into_owned();
-        if self.echo {
-            let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
-        }
-        Some(line)
     }
 }
+
+/// A line editor reading the history of earlier sessions.
+fn editor(program: &str, completion: Completion) -> Option<Input> {
+    let config = rustyline::Config::builder()
+        .max_history_size(HISTORY_LINES)
+        .ok()?
+        .auto_add_history(false)
+        .build();
+    let mut editor: Editor<Completion, FileHistory> = Editor::with_config(config).ok()?;
+    editor.set_helper(Some(completion));
+    let history = history_path(program);
+    if let Some(path) = &history {
+        // None yet is the usual first session.
+        let _ = editor.load_history(path);
+    }
+    Some(Input::Editor {
+        editor: Box::new(editor),
+        history,
+    })
+}
+
+/// `$XDG_CACHE_HOME/<program>/history`, else `$HOME/.cache/<program>/history`.
+fn history_path(program: &str) -> Option<PathBuf> {
+    let non_empty = |name| std::env::var_os(name).filter(|value| !value.is_empty());
+    let cache = non_empty("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| non_empty("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(cache.join(program).join("history"))
+}
+
+/// A prompt, then one line of piped input, echoed after the prompt.
+fn read_piped_line(prompt: &str) -> Option<String> {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(prompt.as_bytes())
+        .and_then(|()| stdout.flush());
+    let mut bytes = Vec::new();
+    match std::io::stdin().lock().read_until(b'\n', &mut bytes) {
+        Ok(0) | Err(_) => return None,
+        Ok(_) => {}
+    }
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    let line = String::from_utf8_lossy(&bytes).into_owned();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    Some(line)
+}
+
+/// Tab completion of the terminal: the verbs as a command's first word, then that
+/// verb's options.
+pub struct Completion {
+    /// Each verb with its long options (`--all`...).
+    verbs: Vec<(String, Vec<String>)>,
+}
+
+impl Completion {
+    /// Completes `verbs`, each with its long options.
+    pub fn new(verbs: Vec<(String, Vec<String>)>) -> Completion {
+        Completion { verbs }
+    }
+
+    /// Where the word under the cursor starts in `line`, and its completions.
+    fn candidates(&self, line: &str, pos: usize) -> (usize, Vec<String>) {
+        let before = line.get(..pos).unwrap_or(line);
+        // Only the command the cursor is in: after the last `;`.
+        let command_start = before.rfind([';', '\n']).map_or(0, |at| at + 1);
+        let command = &before[command_start..];
+        let word_start = command.rfind([' ', '\t']).map_or(0, |at| at + 1);
+        let word = &command[word_start..];
+        let start = command_start + word_start;
+        let mut earlier = command[..word_start].split_whitespace();
+        let words: Vec<String> = match earlier.next() {
+            None => self.verbs.iter().map(|(verb, _)| verb.clone()).collect(),
+            Some(verb) if word.starts_with('-') || word.is_empty() => self
+                .verbs
+                .iter()
+                .find(|(name, _)| name == verb)
+                .map(|(_, options)| options.clone())
+                .unwrap_or_default(),
+            Some(_) => Vec::new(),
+        };
+        let mut matching: Vec<String> = words
+            .into_iter()
+            .filter(|candidate| candidate.starts_with(word))
+            .collect();
+        matching.sort();
+        (start, matching)
+    }
+}
+
+impl rustyline::completion::Completer for Completion {
+    type Candidate = String;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        Ok(self.candidates(line, pos))
+    }
+}
+
+impl rustyline::hint::Hinter for Completion {
+    type Hint = String;
+}
+
+impl rustyline::highlight::Highlighter for Completion {}
+
+impl rustyline::validate::Validator for Completion {}
+
+impl rustyline::Helper for Completion {}
 
 #[cfg(test)]
 mod tests {
@@ -236,6 +389,56 @@ mod tests {
         );
         assert_eq!(SyntaxError::DanglingBackslash.to_string(), "dangling \\");
         assert_eq!(SyntaxError::MissingQuote.to_string(), "missing \"");
+    }
+
+    fn completion() -> Completion {
+        let verb = |name: &str, options: &[&str]| {
+            (
+                name.to_owned(),
+                options.iter().map(|option| (*option).to_owned()).collect(),
+            )
+        };
+        Completion::new(vec![
+            verb("net-list", &["--all", "--autostart", "--name"]),
+            verb("net-start", &["--network"]),
+            verb("net-info", &["--network", "--json"]),
+            verb("quit", &[]),
+        ])
+    }
+
+    fn complete(line: &str) -> (usize, Vec<String>) {
+        completion().candidates(line, line.len())
+    }
+
+    #[test]
+    fn tab_completes_verbs_then_their_options() {
+        assert_eq!(
+            complete("net-"),
+            (
+                0,
+                vec!["net-info".into(), "net-list".into(), "net-start".into()]
+            )
+        );
+        assert_eq!(complete("net-s"), (0, vec!["net-start".into()]));
+        assert_eq!(complete("  q"), (2, vec!["quit".into()]));
+        assert_eq!(
+            complete("net-list --a"),
+            (9, vec!["--all".into(), "--autostart".into()])
+        );
+        assert_eq!(complete("net-list --all --n"), (15, vec!["--name".into()]));
+        // After a `;`, a new command starts.
+        assert_eq!(
+            complete("net-list --all; net-i"),
+            (16, vec!["net-info".into()])
+        );
+        // A network name is not completed; an unknown verb has no options.
+        assert_eq!(complete("net-start def"), (10, Vec::new()));
+        assert_eq!(complete("net-nosuch --"), (11, Vec::new()));
+        // The cursor, not the line's end, says which word.
+        assert_eq!(
+            completion().candidates("net-l --all", 5),
+            (0, vec!["net-list".into()])
+        );
     }
 
     #[test]

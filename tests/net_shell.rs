@@ -237,3 +237,138 @@ fn uri_names_the_daemon_by_a_uri_that_connects_back_to_it() {
         "{err}"
     );
 }
+
+/// A kvnet terminal session on a pseudo-terminal, as a person at a terminal has it.
+struct PtySession {
+    child: std::process::Child,
+    master: std::fs::File,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// How much of the output [`PtySession::expect`] has gone past.
+    seen: usize,
+}
+
+impl PtySession {
+    /// `kvnet -c <socket>` with no command, its stdio on a new pseudo-terminal.
+    fn start(daemon: &Daemon, cache: &Path) -> PtySession {
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let slave = std::fs::File::from(pty.slave);
+        let child = common::kvnet_command(&daemon.socket())
+            .env("TERM", "xterm")
+            .env("XDG_CACHE_HOME", cache)
+            .stdin(slave.try_clone().expect("slave"))
+            .stdout(slave.try_clone().expect("slave"))
+            .stderr(slave)
+            .spawn()
+            .expect("run kvnet on a pty");
+        let master = std::fs::File::from(pty.master);
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().expect("master");
+        let collected = std::sync::Arc::clone(&output);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(read @ 1..) = std::io::Read::read(&mut reader, &mut buffer) {
+                collected
+                    .lock()
+                    .expect("output")
+                    .extend_from_slice(&buffer[..read]);
+            }
+        });
+        PtySession {
+            child,
+            master,
+            output,
+            seen: 0,
+        }
+    }
+
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().expect("output")).into_owned()
+    }
+
+    /// Waits until `text` appears after what was expected before, and goes past it.
+    /// (The editor redraws the prompt as a line changes, so only order tells.)
+    fn expect(&mut self, text: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let output = self.output.lock().expect("output").clone();
+            let after = &output[self.seen.min(output.len())..];
+            if let Some(at) = after.windows(text.len()).position(|w| w == text.as_bytes()) {
+                self.seen += at + text.len();
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {text:?} after {:?}",
+                String::from_utf8_lossy(after)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn type_keys(&mut self, keys: &[u8]) {
+        self.master.write_all(keys).expect("type");
+    }
+
+    /// Waits (10 s at most) for kvnet to exit; its status must be success.
+    fn finish(mut self) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("kvnet status") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("kvnet did not exit: {:?}", self.output());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status}: {}", self.output());
+        self.output()
+    }
+}
+
+#[test]
+fn on_a_terminal_lines_complete_edit_and_recall_across_sessions() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = with_docker_machines_defined();
+    let cache = tempfile::tempdir().expect("cache dir");
+    let prompt = "kvnet # ";
+    let listed = "docker-machines\r\n";
+
+    // Tab completes the option; Up recalls the line; Ctrl-C drops a typed line.
+    let mut session = PtySession::start(&daemon, cache.path());
+    session.expect("Welcome to kvnet");
+    session.expect(prompt);
+    session.type_keys(b"net-list --all --na\t\r");
+    session.expect(listed);
+    session.expect(prompt);
+    session.type_keys(b"\x1b[A\r");
+    session.expect(listed);
+    session.expect(prompt);
+    session.type_keys(b"net-start docker-machines");
+    session.expect("docker-machines");
+    session.type_keys(b"\x03");
+    session.expect(prompt);
+    session.type_keys(b"quit\r");
+    let output = session.finish();
+    assert_eq!(
+        active(&daemon),
+        "\n",
+        "the interrupted line ran: {output:?}"
+    );
+    let history =
+        std::fs::read_to_string(cache.path().join("kvnet/history")).expect("history file");
+    assert!(history.contains("net-list --all --name"), "{history:?}");
+    assert!(!history.contains("net-start"), "{history:?}");
+
+    // The next session recalls it (before `quit`); Ctrl-D at an empty prompt ends it.
+    let mut session = PtySession::start(&daemon, cache.path());
+    session.expect(prompt);
+    session.type_keys(b"\x1b[A\x1b[A\r");
+    session.expect(listed);
+    session.expect(prompt);
+    session.type_keys(b"\x04");
+    session.finish();
+}
