@@ -310,7 +310,7 @@ impl PtySession {
     }
 
     /// Waits (10 s at most) for kvnet to exit; its status must be success.
-    fn finish(mut self) -> String {
+    fn finish(&mut self) -> String {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("kvnet status") {
@@ -324,6 +324,14 @@ impl PtySession {
         };
         assert!(status.success(), "{status}: {}", self.output());
         self.output()
+    }
+}
+
+impl Drop for PtySession {
+    /// A session a failed test leaves behind must not outlive it.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
