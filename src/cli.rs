@@ -351,15 +351,26 @@ pub struct EventArgs {
     /// Only the events of this network (name or UUID).
     #[arg(long = "network", value_name = "NETWORK", conflicts_with = "network", value_parser = NonEmptyStringValueParser::new())]
     network_option: Option<String>,
+    /// Which event type to wait for (see --list); virsh takes it after the network too.
+    #[arg(value_name = "EVENT", requires = "network", value_parser = NonEmptyStringValueParser::new())]
+    event: Option<String>,
     /// Which event type to wait for (see --list).
-    #[arg(long, value_name = "EVENT", value_parser = NonEmptyStringValueParser::new())]
-    pub event: Option<String>,
+    #[arg(long = "event", value_name = "EVENT", conflicts_with = "event", value_parser = NonEmptyStringValueParser::new())]
+    event_option: Option<String>,
     /// Loop until timeout or interrupt, rather than one-shot.
     #[arg(long = "loop")]
     pub looping: bool,
+    /// Timeout seconds; virsh takes it after the event type too.
+    #[arg(value_name = "TIMEOUT", requires = "event", allow_hyphen_values = true)]
+    timeout: Option<String>,
     /// Timeout seconds.
-    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
-    pub timeout: Option<String>,
+    #[arg(
+        long = "timeout",
+        value_name = "SECONDS",
+        conflicts_with = "timeout",
+        allow_hyphen_values = true
+    )]
+    timeout_option: Option<String>,
     /// List valid event types.
     #[arg(long)]
     pub list: bool,
@@ -375,6 +386,16 @@ impl EventArgs {
     /// The network given, if any.
     pub fn network(&self) -> Option<&str> {
         self.network.as_deref().or(self.network_option.as_deref())
+    }
+
+    /// The event type given, if any.
+    pub fn event(&self) -> Option<&str> {
+        self.event.as_deref().or(self.event_option.as_deref())
+    }
+
+    /// The timeout given, as typed (checked when the verb runs, as virsh does).
+    pub fn timeout(&self) -> Option<&str> {
+        self.timeout.as_deref().or(self.timeout_option.as_deref())
     }
 }
 

@@ -194,6 +194,20 @@ fn conflict_line(prior: &str, argument: &str, args: &[String]) -> String {
             _ => "option --network already seen".to_owned(),
         };
     }
+    // Another option that virsh also takes positionally (net-event's `--event`,
+    // `--timeout`), given both ways.
+    let twin = |positional_arg: &str, option: &str| {
+        positional(positional_arg)
+            && option.strip_prefix("--").is_some_and(|name| {
+                positional_arg
+                    .trim_matches(['[', ']', '<', '>'])
+                    .eq_ignore_ascii_case(name)
+            })
+    };
+    if twin(prior, argument) || twin(argument, prior) {
+        let option = if positional(prior) { argument } else { prior };
+        return format!("option {option} already seen");
+    }
     // virsh names the pair in its own order (net-update's `--current` first), not in
     // the order typed.
     let (first, second) = if prior == "--current" {

@@ -395,6 +395,10 @@ fn command_line_mistakes_get_virsh_lines_and_exit_1() {
             &["net-start", "a", "--network", "b"],
             "error: option --network already seen\n",
         ),
+        (
+            &["net-event", "a", "lifecycle", "--event", "lifecycle"],
+            "error: option --event already seen\n",
+        ),
     ] {
         let out = common::kvnet_at(&socket, args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");

@@ -273,15 +273,22 @@ fn one_shot_ends_at_the_first_event_or_fails_at_the_timeout() {
         )
     );
 
-    let out = daemon.kvnet(&["net-event", "--event", "lifecycle", "--timeout", "1"]);
-    assert_eq!(
-        (out.status.code(), String::from_utf8_lossy(&out.stdout)),
-        (
-            Some(1),
-            "event loop timed out\nevents received: 0\n\n".into()
-        )
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    // virsh also takes the network, event type and timeout positionally.
+    for args in [
+        &["net-event", "--event", "lifecycle", "--timeout", "1"][..],
+        &["net-event", "evnet", "lifecycle", "1"],
+    ] {
+        let out = daemon.kvnet(args);
+        assert_eq!(
+            (out.status.code(), String::from_utf8_lossy(&out.stdout)),
+            (
+                Some(1),
+                "event loop timed out\nevents received: 0\n\n".into()
+            ),
+            "{args:?}"
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{args:?}");
+    }
     let out = daemon.kvnet(&[
         "net-event",
         "--event",

@@ -427,13 +427,13 @@ pub fn event(client: &Client, uri: &str, args: &EventArgs, quiet: bool) -> Resul
             output::finish(types, quiet)
         });
     }
-    let Some(event) = args.event.as_deref() else {
+    let Some(event) = args.event() else {
         return Err(Failure::msg("either --list or --event <type> is required"));
     };
     if !virsh::NET_EVENT_TYPES.contains(&event) {
         return Err(Failure::msg(format!("unknown event type {event}")));
     }
-    let timeout = args.timeout.as_deref().map(event_timeout).transpose()?;
+    let timeout = args.timeout().map(event_timeout).transpose()?;
     // As virsh: the timeout runs from here, and Ctrl-C is caught before subscribing.
     let deadline = timeout.map(|timeout| Instant::now() + timeout);
     let interrupt = Interrupt::catch()
