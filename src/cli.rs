@@ -87,7 +87,7 @@ impl Connection {
         } else {
             format!(
                 "network+unix:///system?socket={}",
-                percent_encode(socket.as_os_str().as_bytes())
+                netd::api::percent_encode(socket.as_os_str().as_bytes(), b"/")
             )
         };
         Connection { socket, uri }
@@ -112,19 +112,6 @@ fn local_system_socket(uri: &str) -> Option<PathBuf> {
     }
     let socket = percent_decode(query.strip_prefix("socket=")?)?;
     (!socket.is_empty()).then(|| PathBuf::from(OsString::from_vec(socket)))
-}
-
-/// A path as a URI parameter: bytes other than letters, digits and `/-._~` as `%XX`.
-fn percent_encode(bytes: &[u8]) -> String {
-    let mut text = String::with_capacity(bytes.len());
-    for &byte in bytes {
-        if byte.is_ascii_alphanumeric() || b"/-._~".contains(&byte) {
-            text.push(char::from(byte));
-        } else {
-            text.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    text
 }
 
 /// The bytes of a URI parameter; `None` for a malformed `%` escape or a second

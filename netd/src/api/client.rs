@@ -173,7 +173,10 @@ impl Client {
     /// through the stream.
     pub fn events(&self, network: Option<&str>) -> Result<EventStream, Error> {
         let path = match network {
-            Some(network) => format!("/v1/events?network={}", percent_encode(network)),
+            Some(network) => format!(
+                "/v1/events?network={}",
+                super::percent_encode(network.as_bytes(), b"")
+            ),
             None => "/v1/events".to_owned(),
         };
         let mut stream = self.send(Method::GET, &path, None::<()>)?;
@@ -577,22 +580,12 @@ fn parse_response(answer: &[u8]) -> Result<(StatusCode, Vec<u8>), String> {
     Ok((head.status, body))
 }
 
-/// A path segment or query value, percent-encoded.
-fn percent_encode(text: &str) -> String {
-    let mut encoded = String::new();
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            encoded.push(char::from(byte));
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
-}
-
 /// `/v1/networks/<percent-encoded name>` plus a suffix.
 fn network_path(network: &str, suffix: &str) -> String {
-    format!("/v1/networks/{}{suffix}", percent_encode(network))
+    format!(
+        "/v1/networks/{}{suffix}",
+        super::percent_encode(network.as_bytes(), b"")
+    )
 }
 
 #[cfg(test)]

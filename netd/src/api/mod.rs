@@ -14,3 +14,18 @@ pub use error::{ApiError, ErrorKind};
 /// DHCP hosts is a few MB). The client refuses larger ones itself, with that reason,
 /// rather than have the daemon drop the connection mid-request.
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
+/// `bytes` for a URI: letters, digits, `-._~` and the bytes of `keep` as they are,
+/// every other byte as `%XX` (RFC 3986). Network names in API paths keep nothing;
+/// the CLI's `socket=` URI parameter keeps `/`.
+pub fn percent_encode(bytes: &[u8], keep: &[u8]) -> String {
+    let mut encoded = String::with_capacity(bytes.len());
+    for &byte in bytes {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) || keep.contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
