@@ -128,9 +128,10 @@ enum Input {
         /// Where the history is kept between sessions, if there is a home for it.
         history: Option<PathBuf>,
     },
-    /// Anything else. virsh's readline echoes what it reads after the prompt, so a
-    /// transcript shows each command.
-    Piped,
+    /// Anything else, read line by line. Off a terminal, virsh's readline echoes what
+    /// it reads after the prompt, so a transcript shows each command; a terminal
+    /// (when the editor cannot run on it) echoes by itself.
+    Lines { echo: bool },
 }
 
 /// Lines of history kept, as virsh keeps (`VIRSH_HISTSIZE`'s default).
@@ -143,10 +144,12 @@ impl Terminal {
     /// `~/.cache/virsh/history`).
     pub fn new(program: &str, completion: Completion) -> Terminal {
         let prompt = format!("{program} # ");
-        let input = if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-            editor(program, completion).unwrap_or(Input::Piped)
+        let on_terminal = std::io::stdin().is_terminal();
+        let lines = Input::Lines { echo: !on_terminal };
+        let input = if on_terminal && std::io::stdout().is_terminal() {
+            editor(program, completion).unwrap_or(lines)
         } else {
-            Input::Piped
+            lines
         };
         Terminal { prompt, input }
     }
@@ -176,7 +179,7 @@ impl Terminal {
                     Err(_) => return None,
                 }
             },
-            Input::Piped => read_piped_line(&self.prompt),
+            Input::Lines { echo } => read_line_after_prompt(&self.prompt, *echo),
         }
     }
 
@@ -226,8 +229,8 @@ fn history_path(program: &str) -> Option<PathBuf> {
     Some(cache.join(program).join("history"))
 }
 
-/// A prompt, then one line of piped input, echoed after the prompt.
-fn read_piped_line(prompt: &str) -> Option<String> {
+/// A prompt, then one line of standard input, echoed after the prompt if `echo`.
+fn read_line_after_prompt(prompt: &str, echo: bool) -> Option<String> {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout
         .write_all(prompt.as_bytes())
@@ -241,7 +244,9 @@ fn read_piped_line(prompt: &str) -> Option<String> {
         bytes.pop();
     }
     let line = String::from_utf8_lossy(&bytes).into_owned();
-    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    if echo {
+        let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    }
     Some(line)
 }
 
