@@ -16,7 +16,7 @@ fn shell_safe(text: &str) -> bool {
 /// Escapes an element body the way libvirt's `virBufferEscapeString` does, except
 /// that a carriage return is written as `&#xd;`: a parser reads a bare one as a
 /// newline, so the value would change when the file is read back.
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     escape_as(text, false)
 }
 
@@ -24,7 +24,7 @@ fn escape(text: &str) -> String {
 /// newline and carriage return as character references. libvirt writes them
 /// bare, and XML's attribute-value normalization reads those back as spaces: the
 /// value a definition was given (with `&#10;`) would change across a restart.
-fn escape_attr(text: &str) -> String {
+pub(super) fn escape_attr(text: &str) -> String {
     escape_as(text, true)
 }
 
@@ -51,13 +51,26 @@ fn escape_as(text: &str, attribute: bool) -> String {
 }
 
 /// Line-oriented writer with libvirt's two-space indentation.
-struct Out {
+pub(super) struct Out {
     buf: String,
     indent: usize,
 }
 
 impl Out {
-    fn line(&mut self, text: &str) {
+    /// An empty document at indentation 0.
+    pub(super) fn new() -> Out {
+        Out {
+            buf: String::new(),
+            indent: 0,
+        }
+    }
+
+    /// The text written so far.
+    pub(super) fn finish(self) -> String {
+        self.buf
+    }
+
+    pub(super) fn line(&mut self, text: &str) {
         for _ in 0..self.indent {
             self.buf.push_str("  ");
         }
@@ -65,12 +78,12 @@ impl Out {
         self.buf.push('\n');
     }
 
-    fn open(&mut self, text: &str) {
+    pub(super) fn open(&mut self, text: &str) {
         self.line(text);
         self.indent += 1;
     }
 
-    fn close(&mut self, text: &str) {
+    pub(super) fn close(&mut self, text: &str) {
         self.indent = self.indent.saturating_sub(1);
         self.line(text);
     }
@@ -90,10 +103,7 @@ fn yes_no(value: bool) -> &'static str {
 impl NetworkDef {
     /// The definition as libvirt formats it (`net-dumpxml`), ending in a newline.
     pub fn to_xml(&self) -> String {
-        let mut out = Out {
-            buf: String::new(),
-            indent: 0,
-        };
+        let mut out = Out::new();
         out.open(if self.ipv6_without_gateway {
             "<network ipv6='yes'>"
         } else {
@@ -152,7 +162,7 @@ impl NetworkDef {
             ));
         }
         out.close("</network>");
-        out.buf
+        out.finish()
     }
 
     fn format_forward(&self, out: &mut Out) {

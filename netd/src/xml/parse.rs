@@ -30,7 +30,7 @@ impl NetworkDef {
 /// with `-` or space allowed before any pair and whitespace around the whole. So
 /// `2e2d...` without dashes is accepted, while the braced and `urn:uuid:` forms that
 /// `Uuid::try_parse` also takes, and which libvirt refuses, are not.
-fn parse_uuid(text: &str) -> Option<Uuid> {
+pub(super) fn parse_uuid(text: &str) -> Option<Uuid> {
     let mut digits = text
         .trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b')
         .bytes()
