@@ -8,7 +8,7 @@ use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand};
 
 /// The daemon socket used when neither `--connect` nor `KVNET_SOCKET` says otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/kvnet/kvnetd.sock";
+pub const DEFAULT_SOCKET: &str = netd::api::DEFAULT_SOCKET;
 
 /// kvnet: manage kvnetd's virtual networks with virsh's verbs and formats.
 #[derive(Debug, Parser)]
@@ -48,10 +48,7 @@ impl Cli {
     /// system daemon, which kvnetd stands in for.
     pub fn connection(&self) -> Result<Connection, String> {
         let Some(connect) = &self.socket else {
-            let socket = std::env::var_os("KVNET_SOCKET")
-                .filter(|value| !value.is_empty())
-                .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);
-            return Ok(Connection::to_socket(socket));
+            return Ok(Connection::to_socket(netd::api::default_client_socket()));
         };
         let Some(uri) = connect.to_str().filter(|text| text.contains("://")) else {
             return Ok(Connection::to_socket(connect.clone()));

@@ -99,7 +99,7 @@ fn bad_net_specs_are_named_before_the_vm_is_built() {
     let (code, err) = run(&["--kernel", k, "--net", "mtu=9000"]);
     assert_eq!(code, Some(1));
     assert!(
-        err.contains("invalid --net \"mtu=9000\": --net needs exactly one of tap-fd=N or tap=NAME"),
+        err.contains("invalid --net \"mtu=9000\": --net needs exactly one of network=NAME, tap-fd=N or tap=NAME"),
         "{err}"
     );
     let (code, err) = run(&["--kernel", k, "--net", "tap-fd=3,mac=01:02:03:04:05:06"]);

@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, default_value = "/run/kvnet")]
     state_dir: PathBuf,
     /// The API socket.
-    #[arg(long, default_value = "/run/kvnet/kvnetd.sock")]
+    #[arg(long, default_value = crate::api::DEFAULT_SOCKET)]
     socket: PathBuf,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]

@@ -5,7 +5,7 @@
 //! broadcast to subscribers), [`store`] (files), [`xml`] (libvirt's network XML),
 //! [`link`] (the only netlink code), [`firewall`] (the only nftables code), and the
 //! services on each bridge: [`dhcp`], [`dns`], [`ra`] (IPv6 router advertisements),
-//! [`tftp`].
+//! [`tftp`]. [`fdpass`] hands guests' taps to kvnet-vmm.
 
 pub mod api;
 mod daemon;
@@ -13,6 +13,7 @@ pub mod dhcp;
 pub mod dhcp6;
 pub mod dns;
 pub mod events;
+pub mod fdpass;
 pub mod firewall;
 pub mod link;
 pub mod manager;

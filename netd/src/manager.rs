@@ -28,6 +28,10 @@ use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
 use crate::tftp::{TftpConfig, TftpServer};
 use crate::xml::{self, DEFAULT_NAT_PORTS, ForwardMode, NetworkDef};
 
+mod ports;
+
+pub use ports::NewPort;
+
 /// Errors of network operations. Each maps to one API error kind.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -103,12 +107,28 @@ pub enum Error {
     /// nftables failed outside a start or stop.
     #[error(transparent)]
     Firewall(#[from] firewall::Error),
+    /// A port's tap could not be created, plugged or deleted; nothing was left half done.
+    #[error("network '{network}': {source}")]
+    Port {
+        /// The network.
+        network: String,
+        /// What the kernel refused.
+        #[source]
+        source: link::Error,
+    },
+    /// No port of the network has this UUID.
+    #[error("Network port with UUID {0} does not exist")]
+    PortNotFound(uuid::Uuid),
+    /// A port was named by something that is not a UUID.
+    #[error("invalid network port UUID '{0}'")]
+    InvalidPortUuid(String),
 }
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> ApiError {
         let kind = match &error {
-            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::NotFound { .. } | Error::PortNotFound(_) => ErrorKind::NotFound,
+            Error::InvalidPortUuid(_) => ErrorKind::InvalidArgument,
             Error::Xml(xml::Error::UpdateRefused(_)) => ErrorKind::OperationInvalid,
             Error::Xml(xml::Error::UpdateUnsupported(_)) => ErrorKind::Unsupported,
             Error::Xml(_) | Error::DnsRecords(_) | Error::Conflict(_) => ErrorKind::InvalidArgument,
@@ -120,7 +140,8 @@ impl From<Error> for ApiError {
             | Error::Leases { .. }
             | Error::Store(_)
             | Error::Link(_)
-            | Error::Firewall(_) => ErrorKind::Internal,
+            | Error::Firewall(_)
+            | Error::Port { .. } => ErrorKind::Internal,
         };
         ApiError::new(kind, error_chain(&error))
     }
@@ -174,6 +195,8 @@ struct Network {
     ra: Option<RaServer>,
     /// The network's TFTP server, while it is active with `<tftp root=>`.
     tftp: Option<TftpServer>,
+    /// The guests' taps on it, while it is active.
+    ports: ports::Ports,
 }
 
 impl Network {
@@ -188,6 +211,7 @@ impl Network {
             dns: None,
             ra: None,
             tftp: None,
+            ports: ports::Ports::new(),
         }
     }
 
@@ -202,6 +226,7 @@ impl Network {
             dns: None,
             ra: None,
             tftp: None,
+            ports: ports::Ports::new(),
         };
         network.run(def, servers);
         network
@@ -398,6 +423,7 @@ impl Manager {
                 Ok(status) => status,
                 Err(e) => {
                     warn!(network = %name, "discarding unreadable status: {}", error_chain(&e));
+                    self.discard_recorded_ports(&name).await;
                     self.store.delete_status(&name)?;
                     continue;
                 }
@@ -408,6 +434,7 @@ impl Manager {
                     warn!(network = %name, "discarding status with unreadable XML: {}", error_chain(&e));
                     self.release(&status.bridge, owns_bridge_mode(&status.xml))
                         .await;
+                    self.discard_recorded_ports(&name).await;
                     self.store.delete_status(&name)?;
                     continue;
                 }
@@ -418,6 +445,7 @@ impl Manager {
                 let delete_bridge =
                     owns_bridge && self.is_bridge_it_created(&def, &status.bridge).await;
                 self.release(&status.bridge, delete_bridge).await;
+                self.discard_recorded_ports(&name).await;
                 self.store.delete_status(&name)?;
                 continue;
             }
@@ -429,6 +457,7 @@ impl Manager {
             let Some(bridge) = bridge else {
                 warn!(network = %name, bridge = %status.bridge, "bridge vanished while the daemon was away; marking the network inactive");
                 self.release(&status.bridge, false).await;
+                self.discard_recorded_ports(&name).await;
                 self.store.delete_status(&name)?;
                 continue;
             };
@@ -452,6 +481,7 @@ impl Manager {
                         )?;
                     }
                     network.run(def, servers);
+                    self.adopt_ports(&name, network).await;
                 }
                 None => {
                     if status.persistent {
@@ -465,7 +495,9 @@ impl Manager {
                             },
                         )?;
                     }
-                    networks.insert(name, Network::transient(def, servers));
+                    let mut network = Network::transient(def, servers);
+                    self.adopt_ports(&name, &mut network).await;
+                    networks.insert(name, network);
                 }
             }
         }
@@ -1234,9 +1266,10 @@ impl Manager {
             }
             return Err(e);
         }
-        self.store.delete_status(&name)?;
         let network = networks.get_mut(&name);
         if let Some(network) = network {
+            self.unplug_all(&name, network).await;
+            self.store.delete_status(&name)?;
             network.live = None;
             if network.config.is_none() {
                 networks.remove(&name);

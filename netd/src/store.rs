@@ -3,6 +3,7 @@
 //! - `<config>/networks/NAME.xml`: persistent definitions;
 //! - `<config>/networks/autostart/NAME.xml`: symlinks to them marking autostart;
 //! - `<state>/networks/NAME.json`: the live status of a running network;
+//! - `<state>/networks/NAME.ports`: the ports (guest taps) on it, as JSON;
 //! - `<state>/autostarted`: the once-per-boot autostart marker (the state dir is on tmpfs).
 //!
 //! Every write is atomic (temp file, fsync, rename, fsync of the directory), so a crash
@@ -82,6 +83,20 @@ pub const STATUS_VERSION: u32 = 1;
 /// A status file found on disk: the network name from the file name, and its
 /// content or why it could not be read.
 pub type LoadedStatus = (String, Result<Status, Error>);
+
+/// A port on a running network: the guest tap kvnetd made for it. Stored per network in
+/// `<state>/networks/NAME.ports`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStatus {
+    /// The port's definition (libvirt's `<networkport>` XML, plug filled in).
+    pub xml: String,
+    /// The tap's name.
+    pub tap: String,
+    /// The tap's ifindex: a tap of that name with another index is not this port's.
+    pub ifindex: u32,
+    /// Whether the tap outlives its descriptors (see [`crate::api::types::PortSummary`]).
+    pub persistent: bool,
+}
 
 /// A persistent definition found on disk.
 #[derive(Clone, Debug)]
@@ -315,9 +330,39 @@ impl Store {
         remove_if_exists(&self.lease6_path(name))
     }
 
-    /// Removes a network's live status.
+    /// Removes a network's live status, its ports' included.
     pub fn delete_status(&self, name: &str) -> Result<(), Error> {
+        remove_if_exists(&self.ports_path(name))?;
         remove_if_exists(&self.status_path(name))
+    }
+
+    fn ports_path(&self, name: &str) -> PathBuf {
+        self.status_dir.join(format!("{name}.ports"))
+    }
+
+    /// Reads the ports of a running network (none when it has no ports file).
+    pub fn load_ports(&self, name: &str) -> Result<Vec<PortStatus>, Error> {
+        let path = self.ports_path(name);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| Error::CorruptStatus { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_err("reading", &path)(e)),
+        }
+    }
+
+    /// Writes the ports of a running network atomically (an empty list removes the file).
+    pub fn save_ports(&self, name: &str, ports: &[PortStatus]) -> Result<(), Error> {
+        let path = self.ports_path(name);
+        if ports.is_empty() {
+            return remove_if_exists(&path);
+        }
+        let bytes = serde_json::to_vec_pretty(ports).map_err(|e| Error::Io {
+            action: "encoding",
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
+        write_atomic(&path, &bytes)
     }
 
     /// Marks that autostart ran in this boot; returns whether it had already run.

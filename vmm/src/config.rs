@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::devices::serial::SharedBuffer;
-use crate::devices::virtio::net::{NetSpec, TapSource};
+use crate::devices::virtio::net::{NetSpec, Owner, TapSource};
 
 /// Kernel command line used when none is given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -100,6 +100,8 @@ pub struct VmConfig {
     pub serial: SerialSink,
     /// virtio-net NICs, one virtio-net-pci device each, in bus order.
     pub net: Vec<NetSpec>,
+    /// The VM's name and UUID: the owner kvnetd records for its network ports.
+    pub owner: Owner,
 }
 
 impl VmConfig {
@@ -113,6 +115,7 @@ impl VmConfig {
             vcpus: 1,
             serial: SerialSink::Stdio,
             net: Vec::new(),
+            owner: Owner::unnamed(),
         }
     }
 
@@ -182,8 +185,17 @@ pub struct Cli {
     pub serial: String,
     /// A virtio-net NIC on a tap: tap-fd=N (an inherited, attached tap fd) or
     /// tap=NAME, plus optional mac=52:54:00:xx:xx:xx and mtu=M. Repeatable.
+    /// network=NAME[,socket=PATH] instead asks kvnetd for a new port on that network:
+    /// a tap on its bridge, handed over kvnetd's socket ($KVNET_SOCKET, else
+    /// /run/kvnet/kvnetd.sock), which lasts as long as the VM.
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
+    /// The VM's name, as kvnetd's port list shows it [default: kvnet-vmm-PID].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// The VM's UUID [default: a new random one].
+    #[arg(long, value_name = "UUID")]
+    pub uuid: Option<uuid::Uuid>,
 }
 
 impl Cli {
@@ -207,6 +219,10 @@ impl Cli {
             vcpus: self.vcpus,
             serial: self.serial.parse()?,
             net,
+            owner: Owner {
+                name: self.name.unwrap_or_else(|| Owner::unnamed().name),
+                uuid: self.uuid.unwrap_or_else(uuid::Uuid::new_v4),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -310,7 +326,9 @@ mod tests {
             parse(&["--kernel", path, "--net", "fd=3"]).err(),
             Some(ConfigError::Net {
                 spec: "fd=3".into(),
-                reason: "unknown --net key \"fd\" (expected tap-fd, tap, mac or mtu)".into()
+                reason:
+                    "unknown --net key \"fd\" (expected network, socket, tap-fd, tap, mac or mtu)"
+                        .into()
             })
         );
         assert_eq!(

@@ -121,7 +121,10 @@ impl Vm {
         let taps = config
             .net
             .iter()
-            .map(|spec| Ok((spec.config(), spec.open_tap()?)))
+            .map(|spec| {
+                let nic = spec.config();
+                Ok((nic, spec.open_tap(&nic, &config.owner)?))
+            })
             .collect::<Result<Vec<_>, Error>>()?;
         vcpu_kick_handler()?;
         let kvm = kvm::vm::open_kvm()?;

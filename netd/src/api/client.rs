@@ -1,11 +1,12 @@
 //! A typed client for the daemon's API (HTTP/1.1 over the Unix socket, one connection per
 //! call, blocking std I/O), used by the CLI. [`Client::events`] keeps its connection and
-//! reads the event stream as it comes ([`EventStream`]).
+//! reads the event stream as it comes ([`EventStream`]); [`Client::plug`] receives a new
+//! port's tap over its connection.
 
 use std::path::{Path, PathBuf};
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -15,9 +16,10 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::types::{
-    AutostartRequest, DaemonVersion, ErrorBody, EventRecord, Lease, NetworkSummary, UpdateRequest,
-    UpdateResponse, XmlRequest, XmlResponse,
+    AutostartRequest, DaemonVersion, ErrorBody, EventRecord, Lease, NetworkSummary, PortSummary,
+    TAP_UPGRADE, UpdateRequest, UpdateResponse, XmlRequest, XmlResponse,
 };
+use crate::fdpass;
 
 /// Errors of a client call.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +170,94 @@ impl Client {
         )
     }
 
+    /// The ports of a network (none when it is not running).
+    pub fn ports(&self, network: &str) -> Result<Vec<PortSummary>, Error> {
+        self.call(Method::GET, network_path(network, "/ports"), None::<()>)
+    }
+
+    /// Creates a port with a persistent tap from a `<networkport>` document
+    /// (`net-port-create`); it lasts until [`Client::delete_port`].
+    pub fn create_port(&self, network: &str, xml: &str) -> Result<PortSummary, Error> {
+        let request = XmlRequest {
+            xml: xml.to_owned(),
+        };
+        self.call(Method::POST, network_path(network, "/ports"), Some(request))
+    }
+
+    /// A port's `<networkport>` document.
+    pub fn port_xml(&self, network: &str, port: &str) -> Result<String, Error> {
+        let path = network_path(
+            network,
+            &format!("/ports/{}/xml", super::percent_encode(port.as_bytes(), b"")),
+        );
+        let response: XmlResponse = self.call(Method::GET, path, None::<()>)?;
+        Ok(response.xml)
+    }
+
+    /// Deletes a port and its tap.
+    pub fn delete_port(&self, network: &str, port: &str) -> Result<PortSummary, Error> {
+        let path = network_path(
+            network,
+            &format!("/ports/{}", super::percent_encode(port.as_bytes(), b"")),
+        );
+        self.call(Method::DELETE, path, None::<()>)
+    }
+
+    /// Creates a port from a `<networkport>` document and takes its tap: the descriptor
+    /// (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, close-on-exec) comes over the connection.
+    /// The port lasts until the last copy of the descriptor closes.
+    pub fn plug(&self, network: &str, xml: &str) -> Result<(PortSummary, OwnedFd), Error> {
+        let request = XmlRequest {
+            xml: xml.to_owned(),
+        };
+        let stream = self.send_upgrade(
+            Method::POST,
+            &network_path(network, "/ports"),
+            Some(request),
+            Some(TAP_UPGRADE),
+        )?;
+        // Every read goes through recvmsg: a plain read of the bytes the tap rides on
+        // would close it.
+        let mut answer = Vec::with_capacity(4096);
+        let mut fds = Vec::new();
+        let mut more = |answer: &mut Vec<u8>| {
+            let mut buffer = [0; 4096];
+            let n = fdpass::recv_with_fds(stream.as_fd(), &mut buffer, &mut fds)
+                .map_err(|e| self.read_error(&e))?;
+            answer.extend_from_slice(&buffer[..n]);
+            Ok::<_, Error>(n > 0)
+        };
+        let head_end = loop {
+            if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if !more(&mut answer)? {
+                return Err(self.protocol("the answer ended inside its header".into()));
+            }
+        };
+        let head = parse_head(&answer[..head_end]).map_err(|e| self.protocol(e))?;
+        if head.status != StatusCode::SWITCHING_PROTOCOLS {
+            // Refused: an ordinary answer on a connection the daemon may keep open.
+            let end = head.length.map(|length| head_end + length);
+            while end.is_none_or(|end| answer.len() < end) && more(&mut answer)? {}
+            let (status, body) = parse_response(&answer).map_err(|e| self.protocol(e))?;
+            return Err(self.error_answer(status, &body));
+        }
+        // Switched: the port follows, with its tap, and then the daemon closes.
+        while more(&mut answer)? {}
+        let summary: PortSummary = serde_json::from_slice(&answer[head_end..])
+            .map_err(|e| self.protocol(format!("unreadable port: {e}")))?;
+        let mut fds = fds.into_iter();
+        match (fds.next(), fds.next()) {
+            (Some(tap), None) => Ok((summary, tap)),
+            (None, _) => Err(self.protocol(format!(
+                "port {} was created but its tap did not arrive",
+                summary.uuid
+            ))),
+            (Some(_), Some(_)) => Err(self.protocol("more than one descriptor arrived".into())),
+        }
+    }
+
     /// Subscribes to the daemon's lifecycle events (all networks, or those of `network`,
     /// a name or UUID that must exist). Once this returns, every later event arrives
     /// through the stream.
@@ -252,6 +342,17 @@ impl Client {
         path: &str,
         body: Option<impl Serialize>,
     ) -> Result<UnixStream, Error> {
+        self.send_upgrade(method, path, body, None)
+    }
+
+    /// [`Client::send`], asking to switch the connection to the `upgrade` protocol.
+    fn send_upgrade(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<impl Serialize>,
+        upgrade: Option<&str>,
+    ) -> Result<UnixStream, Error> {
         let body = match body {
             Some(body) => serde_json::to_vec(&body).map_err(|e| self.protocol(e.to_string()))?,
             None => Vec::new(),
@@ -267,9 +368,13 @@ impl Client {
             socket: self.socket.clone(),
             source,
         })?;
+        let connection = match upgrade {
+            Some(protocol) => format!("connection: upgrade\r\nupgrade: {protocol}"),
+            None => "connection: close".to_owned(),
+        };
         let mut request = format!(
             "{method} {path} HTTP/1.1\r\nhost: kvnetd\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\nconnection: close\r\n\r\n",
+             content-length: {}\r\n{connection}\r\n\r\n",
             body.len()
         )
         .into_bytes();

@@ -10,6 +10,18 @@ pub mod types;
 
 pub use error::{ApiError, ErrorKind};
 
+/// Where kvnetd listens unless told otherwise (`kvnetd --socket`; clients take
+/// `KVNET_SOCKET`).
+pub const DEFAULT_SOCKET: &str = "/run/kvnet/kvnetd.sock";
+
+/// The socket clients use when not given one: a non-empty `KVNET_SOCKET`, else
+/// [`DEFAULT_SOCKET`].
+pub fn default_client_socket() -> std::path::PathBuf {
+    std::env::var_os("KVNET_SOCKET")
+        .filter(|value| !value.is_empty())
+        .map_or_else(|| DEFAULT_SOCKET.into(), std::path::PathBuf::from)
+}
+
 /// The largest request body the daemon reads (a definition with tens of thousands of
 /// DHCP hosts is a few MB). The client refuses larger ones itself, with that reason,
 /// rather than have the daemon drop the connection mid-request.

@@ -1,32 +1,40 @@
 //! The API server: an axum router over a Unix socket. Handlers only translate between
 //! HTTP and the [`Manager`]; the work happens there. `GET /v1/events` streams the
 //! manager's lifecycle events as newline-delimited JSON until the client goes away or
-//! the daemon stops.
+//! the daemon stops. `POST /v1/networks/{network}/ports` with `Upgrade: kvnet-tap` hands the
+//! new port's tap over the connection itself ([`TAP_UPGRADE`]).
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path as UrlPath, Query, Request, State};
-use axum::http::{Method, header};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequestParts, Path as UrlPath, Query, Request, State,
+};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use futures::Stream;
 use serde::Deserialize;
+use tokio::io::Interest;
 use tokio::net::UnixListener;
 use tokio::sync::{RwLock, watch};
 
 use super::error::{ApiError, ErrorKind};
 use super::types::{
     AutostartRequest, DaemonVersion, EventRecord, Lease, LifecycleEvent, LifecycleKind,
-    NetworkSummary, UpdateRequest, UpdateResponse, XmlRequest, XmlResponse,
+    NetworkSummary, PortSummary, TAP_UPGRADE, UpdateRequest, UpdateResponse, XmlRequest,
+    XmlResponse,
 };
 use crate::events::{self, Lifecycle, Received, Subscription};
+use crate::fdpass;
 use crate::manager::{self, Manager};
 use crate::xml;
 
@@ -46,27 +54,33 @@ pub enum Error {
     },
 }
 
-/// Who is on the other end of a connection (SO_PEERCRED).
-#[derive(Clone, Copy, Debug)]
+/// Who is on the other end of a connection (SO_PEERCRED), and the connection itself.
+#[derive(Clone, Debug)]
 struct Peer {
     uid: u32,
     gid: u32,
     pid: Option<i32>,
+    /// A duplicate of the connection's socket: hyper owns the socket and writes only bytes,
+    /// so a tap's descriptor goes out through this one ([`create_port`]).
+    connection: Option<Arc<OwnedFd>>,
 }
 
 impl Connected<IncomingStream<'_, UnixListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Peer {
+        let connection = stream.io().as_fd().try_clone_to_owned().ok().map(Arc::new);
         match stream.io().peer_cred() {
             Ok(cred) => Peer {
                 uid: cred.uid(),
                 gid: cred.gid(),
                 pid: cred.pid(),
+                connection,
             },
             // Unknown peers get no rights: uid/gid of nobody.
             Err(_) => Peer {
                 uid: u32::MAX,
                 gid: u32::MAX,
                 pid: None,
+                connection,
             },
         }
     }
@@ -223,6 +237,12 @@ fn router(state: AppState) -> Router {
         .route("/v1/networks/{network}/xml", get(dumpxml))
         .route("/v1/networks/{network}/leases", get(leases))
         .route("/v1/networks/{network}/update", post(update))
+        .route(
+            "/v1/networks/{network}/ports",
+            get(list_ports).post(create_port),
+        )
+        .route("/v1/networks/{network}/ports/{port}", delete(delete_port))
+        .route("/v1/networks/{network}/ports/{port}/xml", get(port_xml))
         .route("/v1/events", get(events))
         .layer(DefaultBodyLimit::max(super::MAX_REQUEST_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -412,6 +432,142 @@ async fn update(
         .map(Json)
 }
 
+async fn list_ports(
+    State(state): State<AppState>,
+    UrlPath(network): UrlPath<String>,
+) -> Result<Json<Vec<PortSummary>>, ApiError> {
+    Ok(Json(state.manager.list_ports(&network).await?))
+}
+
+async fn port_xml(
+    State(state): State<AppState>,
+    UrlPath((network, port)): UrlPath<(String, String)>,
+) -> Result<Json<XmlResponse>, ApiError> {
+    let xml = state.manager.port_xml(&network, &port).await?;
+    Ok(Json(XmlResponse { xml }))
+}
+
+async fn delete_port(
+    State(state): State<AppState>,
+    UrlPath((network, port)): UrlPath<(String, String)>,
+) -> Result<Json<PortSummary>, ApiError> {
+    state
+        .change(|manager| async move { manager.delete_port(&network, &port).await })
+        .await
+        .map(Json)
+}
+
+/// A request that asks for its port's tap (`Connection: upgrade`, `Upgrade: kvnet-tap`):
+/// the upgrade that hyper completes once the `101` answer is written.
+struct TapUpgrade(Option<hyper::upgrade::OnUpgrade>);
+
+impl<S: Send + Sync> FromRequestParts<S> for TapUpgrade {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<TapUpgrade, ApiError> {
+        if !asks_for_tap(&parts.headers) {
+            return Ok(TapUpgrade(None));
+        }
+        match parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+            Some(upgrade) => Ok(TapUpgrade(Some(upgrade))),
+            None => Err(ApiError::new(
+                ErrorKind::InvalidArgument,
+                "this connection cannot be upgraded to receive a tap",
+            )),
+        }
+    }
+}
+
+fn asks_for_tap(headers: &HeaderMap) -> bool {
+    let has = |name, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|value| {
+                value
+                    .split(',')
+                    .any(|item| item.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, TAP_UPGRADE)
+}
+
+/// Creates a port (`net-port-create`, or kvnet-vmm plugging a NIC in). Asked as an upgrade
+/// to [`TAP_UPGRADE`], it answers `101`, then sends the [`PortSummary`] with the tap's
+/// descriptor attached and closes; the port then lasts as long as the caller keeps the tap.
+/// Otherwise the tap is persistent and the answer is the [`PortSummary`].
+async fn create_port(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(network): UrlPath<String>,
+    TapUpgrade(upgrade): TapUpgrade,
+    Json(request): Json<XmlRequest>,
+) -> Result<Response, ApiError> {
+    let hand_over = upgrade.is_some();
+    let connection = match (&upgrade, peer.connection) {
+        (None, _) => None,
+        (Some(_), Some(connection)) => Some(connection),
+        (Some(_), None) => {
+            return Err(ApiError::new(
+                ErrorKind::Internal,
+                "cannot pass descriptors on this connection",
+            ));
+        }
+    };
+    let port = state
+        .change(
+            |manager| async move { manager.create_port(&network, &request.xml, hand_over).await },
+        )
+        .await?;
+    let (Some(upgrade), Some(connection), Some(tap)) = (upgrade, connection, port.tap) else {
+        return Ok(Json(port.summary).into_response());
+    };
+    let payload = serde_json::to_vec(&port.summary)
+        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+    let uuid = port.summary.uuid;
+    tokio::spawn(async move {
+        // The upgrade completes once the 101 answer is written; the tap follows it.
+        let sent = match upgrade.await {
+            Ok(_upgraded) => send_tap(&connection, &payload, tap).await,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        if let Err(e) = sent {
+            // The tap closes with this task: the port ends, and its record goes at the
+            // next look at the network's ports.
+            tracing::warn!(port = %uuid, "handing over the tap failed: {e}");
+        }
+    });
+    Ok((
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, "upgrade"),
+            (header::UPGRADE, TAP_UPGRADE),
+        ],
+    )
+        .into_response())
+}
+
+/// Sends `payload` with `tap` attached on the connection, waiting while its buffer is full.
+async fn send_tap(connection: &OwnedFd, payload: &[u8], tap: OwnedFd) -> std::io::Result<()> {
+    let socket = tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(
+        connection.try_clone()?,
+    ))?;
+    let mut sent = 0;
+    while sent < payload.len() {
+        // The descriptor rides on the first byte that goes out.
+        let fds = if sent == 0 {
+            vec![tap.as_fd()]
+        } else {
+            Vec::new()
+        };
+        sent += socket
+            .async_io(Interest::WRITABLE, || {
+                fdpass::send_with_fds(socket.as_fd(), &payload[sent..], &fds)
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// Streams lifecycle events, one JSON object per line ([`EventRecord`]), from the moment
 /// of this request on: the subscription exists before the answer's header is sent, so a
 /// client that has the header misses nothing after it.
@@ -523,7 +679,8 @@ mod tests {
             &Peer {
                 uid: 0,
                 gid: 0,
-                pid: None
+                pid: None,
+                connection: None
             },
             100
         ));
@@ -531,7 +688,8 @@ mod tests {
             &Peer {
                 uid: me,
                 gid: 7,
-                pid: None
+                pid: None,
+                connection: None
             },
             100
         ));
@@ -539,7 +697,8 @@ mod tests {
             &Peer {
                 uid: stranger,
                 gid: 100,
-                pid: None
+                pid: None,
+                connection: None
             },
             100
         ));
@@ -547,7 +706,8 @@ mod tests {
             &Peer {
                 uid: stranger,
                 gid: 7,
-                pid: None
+                pid: None,
+                connection: None
             },
             100
         ));

@@ -24,6 +24,30 @@ pub struct NetworkSummary {
     pub title: Option<String>,
 }
 
+/// One network port: a guest NIC's tap on a network's bridge (`net-port-list`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSummary {
+    /// The port's UUID.
+    pub uuid: uuid::Uuid,
+    /// The network it is on.
+    pub network: String,
+    /// The guest that owns it (`<owner><name>`).
+    pub owner: String,
+    /// The guest NIC's MAC address.
+    pub mac: String,
+    /// The tap device that carries the guest's frames.
+    pub tap: String,
+    /// Whether the tap outlives its descriptors: a port made by `net-port-create` does, and
+    /// lasts until deleted; a port whose tap was handed to a VMM ends when the VMM closes it.
+    pub persistent: bool,
+}
+
+/// The HTTP upgrade protocol that asks for a new port's tap descriptor
+/// (`POST /v1/networks/{network}/ports`). After `101 Switching Protocols`, the daemon sends
+/// the [`PortSummary`] as JSON with the tap's descriptor attached (`SCM_RIGHTS`) and
+/// closes the connection.
+pub const TAP_UPGRADE: &str = "kvnet-tap";
+
 /// The daemon answering on a socket (`GET /v1/version`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonVersion {

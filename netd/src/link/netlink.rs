@@ -243,6 +243,50 @@ impl Link {
             .map_err(failed(Op::SetMaster(bridge.to_owned()), ifname))
     }
 
+    /// Makes the tap `ifname` a running port of `bridge` (ifindex `bridge_index`) in one
+    /// change, and returns the tap's ifindex. The kernel applies the MAC and MTU before the
+    /// bridge: a port joining with a smaller MTU would lower the bridge's.
+    pub async fn plug_port(
+        &self,
+        ifname: &str,
+        mac: [u8; 6],
+        mtu: u32,
+        bridge_index: u32,
+        bridge: &str,
+    ) -> Result<u32, Error> {
+        let index = self.index(ifname).await?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
+                    .mtu(mtu)
+                    .controller(bridge_index)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(failed(Op::SetMaster(bridge.to_owned()), ifname))?;
+        Ok(index)
+    }
+
+    /// Deletes the link with ifindex `index` if it is still named `ifname`; returns
+    /// `Ok(false)` when there is no such link (any more).
+    pub async fn delete_link_at(&self, index: u32, ifname: &str) -> Result<bool, Error> {
+        if self.link_name(index).await?.as_deref() != Some(ifname) {
+            return Ok(false);
+        }
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => {
+                tracing::debug!(%ifname, "deleted link");
+                Ok(true)
+            }
+            Err(err) if errno(&err) == Some(libc::ENODEV) => Ok(false),
+            Err(err) => Err(failed(Op::Delete, ifname)(err)),
+        }
+    }
+
     /// Deletes a link; returns `Ok(false)` when there was no such link.
     pub async fn delete_link(&self, ifname: &str) -> Result<bool, Error> {
         let Some(link) = self.find(ifname).await? else {

@@ -17,6 +17,7 @@ pub mod test_utils;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -216,11 +217,23 @@ pub enum NetConfigError {
     #[error("invalid tap-fd {0:?}")]
     TapFd(String),
     /// A key the option does not know.
-    #[error("unknown --net key {0:?} (expected tap-fd, tap, mac or mtu)")]
+    #[error("unknown --net key {0:?} (expected network, socket, tap-fd, tap, mac or mtu)")]
     UnknownKey(String),
-    /// Neither or both of tap-fd and tap.
-    #[error("--net needs exactly one of tap-fd=N or tap=NAME")]
+    /// Not exactly one of network, tap-fd and tap.
+    #[error("--net needs exactly one of network=NAME, tap-fd=N or tap=NAME")]
     Backend,
+    /// `socket=` without `network=`.
+    #[error("--net socket=PATH only goes with network=NAME")]
+    SocketWithoutNetwork,
+    /// kvnetd did not give the NIC a port on the network.
+    #[error("cannot plug the NIC into network '{network}'")]
+    Plug {
+        /// The network.
+        network: String,
+        /// kvnetd's error, or why it could not be reached.
+        #[source]
+        source: netd::api::client::Error,
+    },
     /// Opening the tap failed.
     #[error("cannot open the tap for --net")]
     Tap(#[source] tap::TapError),
@@ -233,9 +246,18 @@ pub enum TapSource {
     Fd(RawFd),
     /// An existing tap opened by name (`tap=NAME`, needs root).
     Name(String),
+    /// A new port on one of kvnetd's networks (`network=NAME[,socket=PATH]`): kvnetd makes
+    /// the tap on the network's bridge and hands its fd over the socket.
+    Network {
+        /// The network's name or UUID.
+        network: String,
+        /// kvnetd's socket; `KVNET_SOCKET` or the default when absent.
+        socket: Option<PathBuf>,
+    },
 }
 
-/// One `--net` option: `tap-fd=N[,mac=52:54:00:..][,mtu=M]` or `tap=NAME[,...]`.
+/// One `--net` option: `network=NAME[,socket=PATH]`, `tap-fd=N` or `tap=NAME`, each with
+/// optional `mac=52:54:00:..` and `mtu=M`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetSpec {
     /// The tap.
@@ -250,11 +272,20 @@ impl FromStr for NetSpec {
     type Err = NetConfigError;
 
     fn from_str(s: &str) -> Result<NetSpec, NetConfigError> {
-        let (mut tap, mut mac, mut mtu) = (None, None, None);
+        let (mut tap, mut mac, mut mtu, mut socket) = (None, None, None, None);
         for item in s.split(',').filter(|item| !item.is_empty()) {
             let (key, value) = item.split_once('=').unwrap_or((item, ""));
             match key {
-                "tap-fd" | "tap" if tap.is_some() => return Err(NetConfigError::Backend),
+                "network" | "tap-fd" | "tap" if tap.is_some() => {
+                    return Err(NetConfigError::Backend);
+                }
+                "network" => {
+                    tap = Some(TapSource::Network {
+                        network: value.to_owned(),
+                        socket: None,
+                    });
+                }
+                "socket" => socket = Some(PathBuf::from(value)),
                 "tap-fd" => {
                     let fd = value
                         .parse::<RawFd>()
@@ -276,21 +307,38 @@ impl FromStr for NetSpec {
                 _ => return Err(NetConfigError::UnknownKey(key.to_owned())),
             }
         }
-        Ok(NetSpec {
-            tap: tap.ok_or(NetConfigError::Backend)?,
-            mac,
-            mtu,
-        })
+        let mut tap = tap.ok_or(NetConfigError::Backend)?;
+        match (&mut tap, socket) {
+            (TapSource::Network { socket, .. }, given) => *socket = given,
+            (_, Some(_)) => return Err(NetConfigError::SocketWithoutNetwork),
+            (_, None) => {}
+        }
+        Ok(NetSpec { tap, mac, mtu })
     }
 }
 
 impl NetSpec {
-    /// Opens the tap this spec names. `Fd` takes ownership of the inherited fd
-    /// (see [`Tap::from_inherited_fd`]): call it once per spec.
-    pub fn open_tap(&self) -> Result<Tap, NetConfigError> {
+    /// Opens the tap this spec names, for a NIC with `config`; a port on a network is
+    /// registered as `owner`'s. `Fd` takes ownership of the inherited fd (see
+    /// [`Tap::from_inherited_fd`]): call it once per spec.
+    pub fn open_tap(&self, config: &NetConfig, owner: &Owner) -> Result<Tap, NetConfigError> {
         match &self.tap {
             TapSource::Fd(fd) => Tap::from_inherited_fd(*fd).map_err(NetConfigError::Tap),
             TapSource::Name(name) => Tap::open_named(name).map_err(NetConfigError::Tap),
+            TapSource::Network { network, socket } => {
+                let socket = socket
+                    .clone()
+                    .unwrap_or_else(netd::api::default_client_socket);
+                let plugged = |source| NetConfigError::Plug {
+                    network: network.clone(),
+                    source,
+                };
+                let (port, fd) = netd::api::client::Client::new(socket)
+                    .plug(network, &owner.port_xml(config.mac))
+                    .map_err(plugged)?;
+                tracing::info!(network, port = %port.uuid, tap = %port.tap, "plugged into network");
+                Tap::from_fd(fd).map_err(NetConfigError::Tap)
+            }
         }
     }
 
@@ -300,6 +348,37 @@ impl NetSpec {
             mac: self.mac.unwrap_or_else(MacAddr::random),
             mtu: self.mtu,
         }
+    }
+}
+
+/// The VM a network port belongs to (libvirt's `<owner>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The VM's name.
+    pub name: String,
+    /// The VM's UUID.
+    pub uuid: uuid::Uuid,
+}
+
+impl Owner {
+    /// A VM nobody named: `kvnet-vmm-PID`, with a new random UUID.
+    pub fn unnamed() -> Owner {
+        Owner {
+            name: format!("kvnet-vmm-{}", std::process::id()),
+            uuid: uuid::Uuid::new_v4(),
+        }
+    }
+
+    /// The `<networkport>` document that asks for a port for the NIC with `mac`.
+    fn port_xml(&self, mac: MacAddr) -> String {
+        netd::xml::PortDef {
+            uuid: None,
+            owner_name: self.name.clone(),
+            owner_uuid: self.uuid,
+            mac: netd::xml::MacAddr(mac.0),
+            plug: None,
+        }
+        .to_xml()
     }
 }
 

@@ -1,0 +1,360 @@
+//! Network ports: a guest NIC's place on a running network, which is a tap kvnetd creates on
+//! the network's bridge (libvirt's `virNetworkPort`, whose taps libvirt's QEMU driver makes).
+//!
+//! A port's tap is either handed to the caller (kvnet-vmm) and lives as long as the caller
+//! keeps it open, or made persistent (`net-port-create`) and lives until the port is
+//! deleted. A tap is created non-persistent and fully plugged before its port is recorded,
+//! so a daemon that dies half-way leaves nothing behind: the tap goes with the daemon's
+//! descriptor. Records whose tap has gone (the VMM exited) are dropped whenever the ports
+//! of a network are looked at.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::{Error, Manager, Network, error_chain, lookup};
+use crate::api::types::PortSummary;
+use crate::link::tap::Tap;
+use crate::store::PortStatus;
+use crate::xml::{ForwardMode, NetworkDef, PortDef, PortPlug};
+
+/// The name template of port taps, as libvirt's (the kernel picks the number).
+const TAP_TEMPLATE: &str = "vnet%d";
+
+/// A port of a running network.
+#[derive(Clone, Debug)]
+pub(super) struct Port {
+    def: PortDef,
+    tap: String,
+    ifindex: u32,
+    persistent: bool,
+}
+
+impl Port {
+    fn summary(&self, network: &str) -> PortSummary {
+        PortSummary {
+            uuid: self.def.uuid.unwrap_or_default(),
+            network: network.to_owned(),
+            owner: self.def.owner_name.clone(),
+            mac: self.def.mac.to_string(),
+            tap: self.tap.clone(),
+            persistent: self.persistent,
+        }
+    }
+
+    fn status(&self) -> PortStatus {
+        PortStatus {
+            xml: self.def.to_xml(),
+            tap: self.tap.clone(),
+            ifindex: self.ifindex,
+            persistent: self.persistent,
+        }
+    }
+
+    fn from_status(status: &PortStatus) -> Result<Port, crate::xml::Error> {
+        Ok(Port {
+            def: PortDef::from_xml(&status.xml)?,
+            tap: status.tap.clone(),
+            ifindex: status.ifindex,
+            persistent: status.persistent,
+        })
+    }
+}
+
+/// The ports of one network, by UUID.
+pub(super) type Ports = BTreeMap<Uuid, Port>;
+
+/// A new port and, when the caller asked for it, its tap's descriptor.
+#[derive(Debug)]
+pub struct NewPort {
+    /// The port as `net-port-list` shows it.
+    pub summary: PortSummary,
+    /// The tap, for a caller that takes it over (the port then ends when it closes it).
+    pub tap: Option<OwnedFd>,
+}
+
+/// The MAC address of a guest's tap: the guest's with the first byte `fe` (`fa` if the
+/// guest's starts with `fe`), as libvirt does, so that the bridge, which takes the lowest
+/// address of its ports, never takes the guest's, and frames from the guest never look like
+/// the bridge's own.
+fn tap_mac(guest: [u8; 6]) -> [u8; 6] {
+    let mut mac = guest;
+    mac[0] = if guest[0] == 0xfe { 0xfa } else { 0xfe };
+    mac
+}
+
+/// How a network's ports join its bridge: libvirt's plug types.
+fn plug_of(def: &NetworkDef, bridge: &str) -> PortPlug {
+    let bridge = bridge.to_owned();
+    if def.forward_mode() == ForwardMode::Bridge {
+        PortPlug::Bridge { bridge }
+    } else {
+        PortPlug::Network { bridge }
+    }
+}
+
+impl Manager {
+    /// Creates a port on a running network from a `<networkport>` document: a tap on the
+    /// network's bridge with the guest's MAC (first byte `fe`) and the bridge's MTU. With
+    /// `hand_over`, the tap's descriptor is returned and the port lasts while it is open;
+    /// otherwise the tap is persistent and lasts until [`Manager::delete_port`].
+    pub async fn create_port(
+        &self,
+        key: &str,
+        xml: &str,
+        hand_over: bool,
+    ) -> Result<NewPort, Error> {
+        let mut networks = self.networks.lock().await;
+        let name = lookup(&networks, key)?;
+        let mut def = PortDef::from_xml(xml)?;
+        if def.plug.is_some() {
+            // libvirt takes a plug only when reclaiming a port after a restart, which
+            // kvnetd does by itself (see `adopt_ports`).
+            return Err(Error::Xml(crate::xml::Error::Invalid(
+                "Port reclaim not requested but plug type is not none".into(),
+            )));
+        }
+        def.fill_defaults();
+        let uuid = def.uuid.unwrap_or_default();
+        let network = networks.get_mut(&name).ok_or_else(|| Error::NotFound {
+            field: "name",
+            value: name.clone(),
+        })?;
+        let Some(bridge) = network
+            .live
+            .as_ref()
+            .and_then(|live| Some((live.bridge_name()?.to_owned(), live)))
+            .map(|(bridge, live)| {
+                def.plug = Some(plug_of(live, &bridge));
+                bridge
+            })
+        else {
+            return Err(Error::OperationInvalid(format!(
+                "network '{name}' is not active"
+            )));
+        };
+        self.prune_ports(&name, network).await;
+        if network.ports.contains_key(&uuid) {
+            return Err(Error::AlreadyExists(format!(
+                "Network port with UUID {uuid} already exists"
+            )));
+        }
+        let failed = |source: crate::link::Error| Error::Port {
+            network: name.clone(),
+            source,
+        };
+        let bridge_info = self
+            .link
+            .link_info(&bridge)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| failed(crate::link::Error::NoSuchLink(bridge.clone())))?;
+        // Until the port is recorded, dropping `tap` on an error removes the device.
+        let tap = Tap::create(TAP_TEMPLATE, false).map_err(failed)?;
+        let ifindex = self
+            .link
+            .plug_port(
+                tap.name(),
+                tap_mac(def.mac.0),
+                bridge_info.mtu.unwrap_or(1500),
+                bridge_info.index,
+                &bridge,
+            )
+            .await
+            .map_err(failed)?;
+        let port = Port {
+            def,
+            tap: tap.name().to_owned(),
+            ifindex,
+            persistent: !hand_over,
+        };
+        network.ports.insert(uuid, port.clone());
+        if let Err(e) = self.save_ports(&name, &network.ports) {
+            network.ports.remove(&uuid);
+            return Err(e);
+        }
+        if !hand_over && let Err(e) = tap.set_persistent(true) {
+            network.ports.remove(&uuid);
+            self.save_ports_or_warn(&name, &network.ports);
+            return Err(failed(e));
+        }
+        info!(network = %name, port = %uuid, tap = %port.tap, owner = %port.def.owner_name, "created port");
+        Ok(NewPort {
+            summary: port.summary(&name),
+            tap: hand_over.then(|| tap.into_fd()),
+        })
+    }
+
+    /// The ports of a network, by UUID (none when it is not running).
+    pub async fn list_ports(&self, key: &str) -> Result<Vec<PortSummary>, Error> {
+        let mut networks = self.networks.lock().await;
+        let name = lookup(&networks, key)?;
+        let Some(network) = networks.get_mut(&name) else {
+            return Ok(Vec::new());
+        };
+        self.prune_ports(&name, network).await;
+        Ok(network
+            .ports
+            .values()
+            .map(|port| port.summary(&name))
+            .collect())
+    }
+
+    /// A port's `<networkport>` document.
+    pub async fn port_xml(&self, key: &str, port: &str) -> Result<String, Error> {
+        let mut networks = self.networks.lock().await;
+        let name = lookup(&networks, key)?;
+        let uuid = parse_port_uuid(port)?;
+        let network = networks
+            .get_mut(&name)
+            .ok_or_else(|| port_not_found(uuid))?;
+        self.prune_ports(&name, network).await;
+        let port = network
+            .ports
+            .get(&uuid)
+            .ok_or_else(|| port_not_found(uuid))?;
+        Ok(port.def.to_xml())
+    }
+
+    /// Deletes a port and its tap (a VMM that holds it loses the link).
+    pub async fn delete_port(&self, key: &str, port: &str) -> Result<PortSummary, Error> {
+        let mut networks = self.networks.lock().await;
+        let name = lookup(&networks, key)?;
+        let uuid = parse_port_uuid(port)?;
+        let network = networks
+            .get_mut(&name)
+            .ok_or_else(|| port_not_found(uuid))?;
+        self.prune_ports(&name, network).await;
+        let port = network
+            .ports
+            .get(&uuid)
+            .ok_or_else(|| port_not_found(uuid))?;
+        self.link
+            .delete_link_at(port.ifindex, &port.tap)
+            .await
+            .map_err(|source| Error::Port {
+                network: name.clone(),
+                source,
+            })?;
+        let summary = port.summary(&name);
+        network.ports.remove(&uuid);
+        self.save_ports(&name, &network.ports)?;
+        info!(network = %name, port = %uuid, tap = %summary.tap, "deleted port");
+        Ok(summary)
+    }
+
+    /// Deletes the taps of every port of a network that is stopping. The port records go
+    /// with the network's status.
+    pub(super) async fn unplug_all(&self, name: &str, network: &mut Network) {
+        for port in std::mem::take(&mut network.ports).into_values() {
+            self.delete_tap_or_warn(name, &port.tap, port.ifindex).await;
+        }
+    }
+
+    /// Takes over the ports an earlier daemon recorded for an adopted network: those whose
+    /// tap is still there.
+    pub(super) async fn adopt_ports(&self, name: &str, network: &mut Network) {
+        let stored = match self.store.load_ports(name) {
+            Ok(stored) => stored,
+            Err(e) => {
+                warn!(network = %name, "forgetting unreadable port records: {}", error_chain(&e));
+                Vec::new()
+            }
+        };
+        for status in &stored {
+            match Port::from_status(status) {
+                Ok(port) => {
+                    network
+                        .ports
+                        .insert(port.def.uuid.unwrap_or_default(), port);
+                }
+                Err(e) => {
+                    warn!(network = %name, tap = %status.tap, "forgetting a port with unreadable XML: {}", error_chain(&e));
+                }
+            }
+        }
+        let before = network.ports.len();
+        self.prune_ports(name, network).await;
+        if network.ports.len() != before || stored.len() != before {
+            self.save_ports_or_warn(name, &network.ports);
+        }
+        if !network.ports.is_empty() {
+            info!(network = %name, ports = network.ports.len(), "adopted ports");
+        }
+    }
+
+    /// Deletes the taps recorded for a network that is not running any more (its bridge
+    /// vanished while the daemon was away): persistent ones would otherwise stay forever.
+    pub(super) async fn discard_recorded_ports(&self, name: &str) {
+        match self.store.load_ports(name) {
+            Ok(stored) => {
+                for status in stored {
+                    self.delete_tap_or_warn(name, &status.tap, status.ifindex)
+                        .await;
+                }
+            }
+            Err(e) => warn!(network = %name, "cannot read port records: {}", error_chain(&e)),
+        }
+    }
+
+    /// Drops the ports whose tap has gone (its VMM closed it, or someone deleted it).
+    async fn prune_ports(&self, name: &str, network: &mut Network) {
+        let mut gone = Vec::new();
+        for (uuid, port) in &network.ports {
+            match self.link.link_name(port.ifindex).await {
+                Ok(Some(found)) if found == port.tap => {}
+                Ok(_) => gone.push(*uuid),
+                Err(e) => {
+                    warn!(network = %name, tap = %port.tap, "cannot check a port's tap: {}", error_chain(&e))
+                }
+            }
+        }
+        if gone.is_empty() {
+            return;
+        }
+        for uuid in &gone {
+            if let Some(port) = network.ports.remove(uuid) {
+                info!(network = %name, port = %uuid, tap = %port.tap, "port ended: its tap is gone");
+            }
+        }
+        self.save_ports_or_warn(name, &network.ports);
+    }
+
+    async fn delete_tap_or_warn(&self, network: &str, tap: &str, ifindex: u32) {
+        if let Err(e) = self.link.delete_link_at(ifindex, tap).await {
+            warn!(network, tap, "deleting a port's tap: {}", error_chain(&e));
+        }
+    }
+
+    fn save_ports(&self, name: &str, ports: &Ports) -> Result<(), Error> {
+        let statuses: Vec<PortStatus> = ports.values().map(Port::status).collect();
+        Ok(self.store.save_ports(name, &statuses)?)
+    }
+
+    fn save_ports_or_warn(&self, name: &str, ports: &Ports) {
+        if let Err(e) = self.save_ports(name, ports) {
+            warn!(network = %name, "recording ports: {}", error_chain(&e));
+        }
+    }
+}
+
+fn parse_port_uuid(port: &str) -> Result<Uuid, Error> {
+    Uuid::parse_str(port).map_err(|_| Error::InvalidPortUuid(port.to_owned()))
+}
+
+fn port_not_found(uuid: Uuid) -> Error {
+    Error::PortNotFound(uuid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taps_mac_never_equals_its_guests() {
+        assert_eq!(tap_mac([0x52, 0x54, 0, 1, 2, 3]), [0xfe, 0x54, 0, 1, 2, 3]);
+        assert_eq!(tap_mac([0xfe, 0x54, 0, 1, 2, 3]), [0xfa, 0x54, 0, 1, 2, 3]);
+    }
+}
