@@ -1,0 +1,304 @@
+//! netns tier: network ports. kvnetd makes a guest's tap on a network's bridge and hands
+//! its descriptor over the API socket (what `kvnet-vmm --net network=NAME` does), or
+//! keeps it persistent (`net-port-create`); ports last as long as their tap, survive a
+//! daemon restart, and go with their network.
+
+mod common;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use common::{DAEMON_NEEDS, Daemon, Need, require, wait_for_forwarding};
+use netd::api::ErrorKind;
+use netd::api::client::{Client, Error};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01];
+const GUEST_IP: [u8; 4] = [192, 168, 122, 77];
+const BRIDGE_IP: [u8; 4] = [192, 168, 122, 1];
+const VNET_HDR_LEN: usize = 12;
+
+fn needs() -> Vec<Need> {
+    let mut needs = DAEMON_NEEDS.to_vec();
+    needs.push(Need::Tun);
+    needs
+}
+
+fn port_xml(owner: &str, mac: &str) -> String {
+    format!(
+        "<networkport>\n  <owner>\n    <name>{owner}</name>\n    \
+         <uuid>c0b6a7f5-4deb-4cf6-b4e7-eab4e3aafd4c</uuid>\n  </owner>\n  \
+         <mac address='{mac}'/>\n</networkport>\n"
+    )
+}
+
+fn api_error(result: Result<impl std::fmt::Debug, Error>) -> (ErrorKind, String) {
+    match result {
+        Err(Error::Api(e)) => (e.kind, e.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// The taps (tun devices) in the daemon's namespace.
+fn taps(daemon: &Daemon) -> Vec<String> {
+    let links = daemon.ip_json("-d link show");
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|link| link["linkinfo"]["info_kind"] == "tun")
+        .filter_map(|link| link["ifname"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn link(daemon: &Daemon, ifname: &str) -> serde_json::Value {
+    daemon.ip_json(&format!("link show {ifname}"))[0].clone()
+}
+
+/// An ARP request from the guest for the bridge's address, after the virtio-net header.
+fn arp_request() -> Vec<u8> {
+    let mut frame = vec![0u8; VNET_HDR_LEN];
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&GUEST_MAC);
+    frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    frame.extend_from_slice(&GUEST_MAC);
+    frame.extend_from_slice(&GUEST_IP);
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&BRIDGE_IP);
+    frame
+}
+
+/// Reads frames from the tap until the bridge's ARP reply to the guest arrives.
+fn wait_for_arp_reply(tap: &OwnedFd) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buffer = [0u8; 2048];
+    while Instant::now() < deadline {
+        let mut fds = [PollFd::new(tap.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(200u16)).expect("poll") == 0 {
+            continue;
+        }
+        let n = nix::unistd::read(tap, &mut buffer).expect("read tap");
+        let frame = &buffer[VNET_HDR_LEN..n];
+        let is_reply = frame.len() >= 42
+            && frame[..6] == GUEST_MAC
+            && frame[12..14] == [0x08, 0x06]
+            && frame[20..22] == [0, 2]
+            && frame[28..32] == BRIDGE_IP;
+        if is_reply {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_vmm_plugs_into_a_network_and_its_tap_carries_frames_until_it_lets_go() {
+    if !require(&needs()) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let client = Client::new(daemon.socket());
+    let (port, tap) = client
+        .plug("default", &port_xml("guest1", "52:54:00:aa:bb:01"))
+        .expect("plug");
+    assert!(port.tap.starts_with("vnet"), "{port:?}");
+    assert_eq!(
+        (
+            port.network.as_str(),
+            port.owner.as_str(),
+            port.mac.as_str()
+        ),
+        ("default", "guest1", "52:54:00:aa:bb:01")
+    );
+    assert!(!port.persistent);
+    let kernel = link(&daemon, &port.tap);
+    assert_eq!(kernel["master"], "virbr0", "{kernel}");
+    assert_eq!(kernel["address"], "fe:54:00:aa:bb:01", "{kernel}");
+    assert_eq!(kernel["mtu"], 1500, "{kernel}");
+    assert!(
+        kernel["flags"]
+            .as_array()
+            .is_some_and(|flags| flags.iter().any(|f| f == "UP")),
+        "{kernel}"
+    );
+    assert_eq!(client.ports("default").expect("ports"), [port.clone()]);
+    let xml = client
+        .port_xml("default", &port.uuid.to_string())
+        .expect("port xml");
+    assert!(
+        xml.contains("  <plug type='network' bridge='virbr0'/>\n"),
+        "{xml}"
+    );
+
+    // Frames cross: the guest's ARP request reaches the host, whose reply comes back.
+    wait_for_forwarding(&daemon, &port.tap);
+    nix::unistd::write(&tap, &arp_request()).expect("write tap");
+    assert!(wait_for_arp_reply(&tap), "no ARP reply through the tap");
+
+    // The VMM exits: its tap goes, and so does the port.
+    drop(tap);
+    assert!(taps(&daemon).is_empty(), "{:?}", taps(&daemon));
+    assert_eq!(client.ports("default").expect("ports"), []);
+    assert!(daemon.log().contains("port ended: its tap is gone"));
+}
+
+#[test]
+fn a_persistent_port_lasts_until_deleted() {
+    if !require(&needs()) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let client = Client::new(daemon.socket());
+    let port = client
+        .create_port("default", &port_xml("guest2", "52:54:00:aa:bb:02"))
+        .expect("create port");
+    assert!(port.persistent);
+    assert_eq!(taps(&daemon), [port.tap.clone()]);
+    assert_eq!(link(&daemon, &port.tap)["master"], "virbr0");
+    // By UUID as well as by name.
+    let uuid = client.get("default").expect("network").uuid.to_string();
+    assert_eq!(client.ports(&uuid).expect("ports"), [port.clone()]);
+
+    let deleted = client
+        .delete_port("default", &port.uuid.to_string())
+        .expect("delete port");
+    assert_eq!(deleted, port);
+    assert!(taps(&daemon).is_empty());
+    assert_eq!(client.ports("default").expect("ports"), []);
+    let (kind, message) = api_error(client.delete_port("default", &port.uuid.to_string()));
+    assert_eq!(kind, ErrorKind::NotFound);
+    assert_eq!(
+        message,
+        format!("Network port with UUID {} does not exist", port.uuid)
+    );
+}
+
+#[test]
+fn ports_survive_a_daemon_restart_and_go_with_their_network() {
+    if !require(&needs()) {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let client = Client::new(daemon.socket());
+    let (handed, tap) = client
+        .plug("default", &port_xml("guest3", "52:54:00:aa:bb:03"))
+        .expect("plug");
+    let kept = client
+        .create_port("default", &port_xml("guest4", "52:54:00:aa:bb:04"))
+        .expect("create port");
+    let mut both = vec![handed.clone(), kept.clone()];
+    both.sort_by_key(|port| port.uuid);
+
+    daemon.stop();
+    daemon.spawn(&Default::default());
+    assert_eq!(client.ports("default").expect("ports"), both);
+    daemon.kill9();
+    daemon.spawn(&Default::default());
+    assert_eq!(client.ports("default").expect("ports"), both);
+    assert!(daemon.log().contains("adopted ports"));
+
+    // Destroying the network removes every tap it gave out; the VMM's descriptor is
+    // left without a device.
+    daemon.ok(&["net-destroy", "default"]);
+    assert!(taps(&daemon).is_empty(), "{:?}", taps(&daemon));
+    assert!(nix::unistd::write(&tap, &arp_request()).is_err());
+    assert_eq!(client.ports("default").expect("ports"), []);
+    // Nor do they come back with it.
+    daemon.ok(&["net-start", "default"]);
+    assert_eq!(client.ports("default").expect("ports"), []);
+    assert!(taps(&daemon).is_empty());
+}
+
+#[test]
+fn refused_ports_leave_nothing_behind() {
+    if !require(&needs()) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let client = Client::new(daemon.socket());
+    let dir = tempfile::tempdir().expect("tmp");
+    let inactive = common::xml_file(
+        dir.path(),
+        "quiet",
+        "<network><name>quiet</name><ip address='10.99.0.1' prefix='24'/></network>",
+    );
+    daemon.ok(&["net-define", inactive.to_str().expect("utf-8")]);
+    let good = port_xml("guest5", "52:54:00:aa:bb:05");
+    let kept = client.create_port("default", &good).expect("create port");
+    let with_uuid = good.replace(
+        "<networkport>\n",
+        &format!("<networkport>\n  <uuid>{}</uuid>\n", kept.uuid),
+    );
+    let cases: [(&str, String, ErrorKind, String); 7] = [
+        (
+            "quiet",
+            good.clone(),
+            ErrorKind::OperationInvalid,
+            "network 'quiet' is not active".into(),
+        ),
+        (
+            "nosuch",
+            good.clone(),
+            ErrorKind::NotFound,
+            "no network with matching name 'nosuch'".into(),
+        ),
+        (
+            "default",
+            "<networkport><owner>".into(),
+            ErrorKind::InvalidArgument,
+            "malformed".into(),
+        ),
+        (
+            "default",
+            port_xml("guest6", "fe:54:00:aa:bb:06"),
+            ErrorKind::InvalidArgument,
+            "Unable to use MAC address starting with reserved value 0xFE".into(),
+        ),
+        (
+            "default",
+            good.replace(
+                "</networkport>",
+                "  <plug type='network' bridge='virbr0'/>\n</networkport>",
+            ),
+            ErrorKind::InvalidArgument,
+            "Port reclaim not requested but plug type is not none".into(),
+        ),
+        (
+            "default",
+            good.replace("</networkport>", "  <bandwidth/>\n</networkport>"),
+            ErrorKind::InvalidArgument,
+            "bandwidth".into(),
+        ),
+        (
+            "default",
+            with_uuid,
+            ErrorKind::AlreadyExists,
+            format!("Network port with UUID {} already exists", kept.uuid),
+        ),
+    ];
+    for (network, xml, kind, message) in cases {
+        for handed_over in [false, true] {
+            let result = if handed_over {
+                client.plug(network, &xml).map(|(port, _)| port)
+            } else {
+                client.create_port(network, &xml)
+            };
+            let (got_kind, got_message) = api_error(result);
+            assert_eq!(got_kind, kind, "{network} {xml}: {got_message}");
+            assert!(
+                got_message.contains(&message),
+                "{network} {xml}: {got_message}"
+            );
+            assert_eq!(taps(&daemon), [kept.tap.clone()], "{network} {xml}");
+            assert_eq!(client.ports("default").expect("ports"), [kept.clone()]);
+        }
+    }
+    let (kind, message) = api_error(client.port_xml("default", "not-a-uuid"));
+    assert_eq!(
+        (kind, message.as_str()),
+        (
+            ErrorKind::InvalidArgument,
+            "invalid network port UUID 'not-a-uuid'"
+        )
+    );
+}
