@@ -5,21 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{DAEMON_NEEDS, Daemon, Netns, attach_guest, require, wait_for_forwarding};
-
-/// An "upstream" namespace at 10.77.0.2, reachable from the daemon's namespace via 10.77.0.1.
-fn attach_upstream(daemon: &Daemon, upstream: &Netns) {
-    daemon
-        .ns
-        .sh(&format!(
-            "ip link add up0 type veth peer name eth0 netns {} && ip addr add 10.77.0.1/24 dev up0 && ip link set up0 up",
-            upstream.name()
-        ))
-        .expect("veth to upstream");
-    upstream
-        .sh("ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up")
-        .expect("upstream addressing");
-}
+use common::{
+    DAEMON_NEEDS, Daemon, Netns, attach_guest, attach_upstream, require, wait_for_forwarding,
+};
 
 #[test]
 fn guests_reach_upstream_masqueraded_through_the_default_network() {

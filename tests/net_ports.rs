@@ -121,7 +121,10 @@ fn a_vmm_plugs_into_a_network_and_its_tap_carries_frames_until_it_lets_go() {
             .is_some_and(|flags| flags.iter().any(|f| f == "UP")),
         "{kernel}"
     );
-    assert_eq!(client.ports("default").expect("ports"), [port.clone()]);
+    assert_eq!(
+        client.ports("default").expect("ports"),
+        std::slice::from_ref(&port)
+    );
     let xml = client
         .port_xml("default", &port.uuid.to_string())
         .expect("port xml");
@@ -153,11 +156,14 @@ fn a_persistent_port_lasts_until_deleted() {
         .create_port("default", &port_xml("guest2", "52:54:00:aa:bb:02"))
         .expect("create port");
     assert!(port.persistent);
-    assert_eq!(taps(&daemon), [port.tap.clone()]);
+    assert_eq!(taps(&daemon), std::slice::from_ref(&port.tap));
     assert_eq!(link(&daemon, &port.tap)["master"], "virbr0");
     // By UUID as well as by name.
     let uuid = client.get("default").expect("network").uuid.to_string();
-    assert_eq!(client.ports(&uuid).expect("ports"), [port.clone()]);
+    assert_eq!(
+        client.ports(&uuid).expect("ports"),
+        std::slice::from_ref(&port)
+    );
 
     let deleted = client
         .delete_port("default", &port.uuid.to_string())
@@ -289,8 +295,15 @@ fn refused_ports_leave_nothing_behind() {
                 got_message.contains(&message),
                 "{network} {xml}: {got_message}"
             );
-            assert_eq!(taps(&daemon), [kept.tap.clone()], "{network} {xml}");
-            assert_eq!(client.ports("default").expect("ports"), [kept.clone()]);
+            assert_eq!(
+                taps(&daemon),
+                std::slice::from_ref(&kept.tap),
+                "{network} {xml}"
+            );
+            assert_eq!(
+                client.ports("default").expect("ports"),
+                std::slice::from_ref(&kept)
+            );
         }
     }
     let (kind, message) = api_error(client.port_xml("default", "not-a-uuid"));

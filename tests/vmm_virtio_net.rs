@@ -10,39 +10,27 @@
 //! sends a frame and waits for the RX interrupt, whose handler prints what it saw on
 //! COM1.
 
+mod miniguest;
+
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use miniguest::*;
 use nix::sys::socket::{
     AddressFamily, LinkAddr, MsgFlags, SockFlag, SockProtocol, SockType, recvfrom, sendto,
     setsockopt, socket, sockopt,
 };
 use nix::sys::time::TimeVal;
 use testkit::{Need, Netns};
-use vmm::boot::layout;
 use vmm::devices::virtio::net::{MacAddr, Net, NetConfig, Tap};
 use vmm::testing::asm::*;
-use vmm::testing::{self, QueueRings, hex32_subroutine, poweroff, print, virtio_regs};
+use vmm::testing::{self, hex32_subroutine, poweroff, print, virtio_regs};
 use vmm::{ExitReason, SerialSink, SharedBuffer, Vm, VmConfig};
 
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 /// IEEE "local experimental" EtherType: nothing else in the namespaces sends it.
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
-const VECTOR: u32 = 0x41;
-const QUEUE_SIZE: u32 = 8;
-
-// Guest RAM layout (all in the zeroed scratch area).
-const RX_DESC: u64 = 0x21_0000;
-const RX_AVAIL: u64 = 0x21_1000;
-const RX_USED: u64 = 0x21_2000;
-const TX_DESC: u64 = 0x22_0000;
-const TX_AVAIL: u64 = 0x22_1000;
-const TX_USED: u64 = 0x22_2000;
-const RX_BUF: u64 = 0x23_0000;
-const RX_BUF_LEN: u32 = 2048;
-const TX_BUF: u64 = 0x24_0000;
-const VNET_HDR_LEN: usize = 12;
 
 /// A minimum-size (60-byte) frame of our EtherType.
 fn frame(dst: [u8; 6], src: [u8; 6], text: &[u8]) -> Vec<u8> {
@@ -67,142 +55,6 @@ fn guest_frame(src: [u8; 6], nth: u32) -> Vec<u8> {
     frame([0xff; 6], src, text)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `hex8`: prints `al` as two hex digits on COM1; clobbers nothing but flags.
-fn hex8_subroutine(a: &mut CodeAssembler, label: &mut CodeLabel) -> Result<(), IcedError> {
-    let mut nibble = a.create_label();
-    let mut digit = a.create_label();
-    a.set_label(label)?;
-    a.push(rax)?;
-    a.push(rbx)?;
-    a.push(rdx)?;
-    a.movzx(ebx, al)?;
-    a.mov(dx, layout::SERIAL_PORT as u32)?;
-    a.mov(eax, ebx)?;
-    a.shr(eax, 4)?;
-    a.call(nibble)?;
-    a.mov(eax, ebx)?;
-    a.and(eax, 0xf)?;
-    a.call(nibble)?;
-    a.pop(rdx)?;
-    a.pop(rbx)?;
-    a.pop(rax)?;
-    a.ret()?;
-    a.set_label(&mut nibble)?;
-    a.add(eax, b'0' as i32)?;
-    a.cmp(eax, b'9' as i32)?;
-    a.jbe(digit)?;
-    a.add(eax, (b'a' - b'9' - 1) as i32)?;
-    a.set_label(&mut digit)?;
-    a.out(dx, al)?;
-    a.ret()?;
-    Ok(())
-}
-
-const RX_RINGS: QueueRings = QueueRings {
-    desc: RX_DESC,
-    avail: RX_AVAIL,
-    used: RX_USED,
-};
-const TX_RINGS: QueueRings = QueueRings {
-    desc: TX_DESC,
-    avail: TX_AVAIL,
-    used: TX_USED,
-};
-/// VERSION_1 (bit 32) and MAC (bit 5).
-const FEATURES: u64 = (1 << 32) | (1 << 5);
-/// `VRING_AVAIL_F_NO_INTERRUPT`.
-const AVAIL_NO_INTERRUPT: u32 = 1;
-
-/// Posts `count` device-writable RX buffers of [`RX_BUF_LEN`] (descriptor n at
-/// `RX_BUF + n * 0x1000`). Clobbers rax, rdi.
-fn post_rx_buffers(a: &mut CodeAssembler, count: u32) -> Result<(), IcedError> {
-    for n in 0..count {
-        a.mov(rdi, RX_DESC + u64::from(n) * 16)?;
-        a.mov(rax, RX_BUF + u64::from(n) * 0x1000)?;
-        a.mov(qword_ptr(rdi), rax)?;
-        a.mov(dword_ptr(rdi + 8), RX_BUF_LEN)?;
-        a.mov(word_ptr(rdi + 12), 2)?; // VIRTQ_DESC_F_WRITE
-        a.mov(rdi, RX_AVAIL + 4 + u64::from(n) * 2)?;
-        a.mov(word_ptr(rdi), n)?;
-    }
-    a.mov(rdi, RX_AVAIL)?;
-    a.mov(word_ptr(rdi + 2), count)?;
-    Ok(())
-}
-
-/// Writes the guest's frame after a zeroed virtio-net header into TX descriptor 0,
-/// with the source MAC read from the device configuration. Clobbers rax, rdi.
-fn prepare_tx_frame(a: &mut CodeAssembler) -> Result<(), IcedError> {
-    a.mov(rdi, TX_BUF + VNET_HDR_LEN as u64)?;
-    for (i, chunk) in guest_frame([0; 6], 1).chunks(4).enumerate() {
-        let value = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        a.mov(dword_ptr(rdi + (i * 4) as i32), value)?;
-    }
-    a.mov(eax, dword_ptr(virtio_regs::DEVICE_CFG))?;
-    a.mov(dword_ptr(rdi + 6), eax)?;
-    a.mov(ax, word_ptr(virtio_regs::DEVICE_CFG + 4))?;
-    a.mov(word_ptr(rdi + 10), ax)?;
-    a.mov(rdi, TX_DESC)?;
-    a.mov(rax, TX_BUF)?;
-    a.mov(qword_ptr(rdi), rax)?;
-    a.mov(dword_ptr(rdi + 8), (VNET_HDR_LEN + 60) as u32)?;
-    a.mov(word_ptr(rdi + 12), 0)?;
-    Ok(())
-}
-
-/// Offers TX descriptor 0 as the `nth` (1-based) available entry and kicks TX queue
-/// (notify address in rbp); from the second on, the text is rewritten first to that of
-/// [`guest_frame`]`(_, nth)` (the header and MACs stay). Clobbers rdi.
-fn send_tx_frame(a: &mut CodeAssembler, nth: u32) -> Result<(), IcedError> {
-    if nth > 1 {
-        let (first, this) = (guest_frame([0; 6], 1), guest_frame([0; 6], nth));
-        a.mov(rdi, TX_BUF + VNET_HDR_LEN as u64)?;
-        for (i, (old, new)) in first.chunks(4).zip(this.chunks(4)).enumerate() {
-            if old != new {
-                let value = u32::from_le_bytes([new[0], new[1], new[2], new[3]]);
-                a.mov(dword_ptr(rdi + (i * 4) as i32), value)?;
-            }
-        }
-    }
-    a.mov(rdi, TX_AVAIL)?;
-    a.mov(
-        word_ptr(rdi + 4 + (nth as i32 - 1) % QUEUE_SIZE as i32 * 2),
-        0,
-    )?;
-    a.mov(word_ptr(rdi + 2), nth)?;
-    a.mov(word_ptr(rbp), 1)?;
-    Ok(())
-}
-
-/// Common prologue: handler for [`VECTOR`], the device found and negotiated, RX queue 0
-/// (notify in r8) on `rx_vector` and TX queue 1 (notify in rbp) without a vector.
-fn driver_prologue(
-    a: &mut CodeAssembler,
-    handler: CodeLabel,
-    rx_vector: u32,
-) -> Result<(), IcedError> {
-    testing::install_interrupt_handler(a, VECTOR, handler)?;
-    testing::virtio_pci_find(a, 0x1af4, 0x1041)?;
-    testing::virtio_negotiate(a, FEATURES)?;
-    testing::virtio_setup_queue(a, 0, QUEUE_SIZE, rx_vector, RX_RINGS, r8)?;
-    testing::virtio_setup_queue(a, 1, QUEUE_SIZE, 0xffff, TX_RINGS, rbp)?;
-    Ok(())
-}
-
-/// `hlt` until an interrupt, forever (the handlers end the guest).
-fn wait_for_interrupts(a: &mut CodeAssembler) -> Result<CodeLabel, IcedError> {
-    let mut wait = a.create_label();
-    a.set_label(&mut wait)?;
-    a.sti()?;
-    a.hlt()?;
-    a.jmp(wait)?;
-    Ok(wait)
-}
-
 /// The MSI-X guest driver: RX on MSI-X vector 1 -> [`VECTOR`]; its handler prints
 /// used.idx, the used length and the received bytes, then powers off.
 fn guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
@@ -216,18 +68,9 @@ fn guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
 
     a.set_label(&mut main)?;
     driver_prologue(a, handler, 1)?;
-    // MSI-X table entry 1 -> VECTOR on APIC 0, unmasked; then enable MSI-X.
-    let table = virtio_regs::MSIX_TABLE;
-    a.mov(dword_ptr(table + 16), 0xfee0_0000u32 as i32)?;
-    a.mov(dword_ptr(table + 20), 0)?;
-    a.mov(dword_ptr(table + 24), VECTOR)?;
-    a.mov(dword_ptr(table + 28), 0)?;
-    a.mov(
-        word_ptr(virtio_regs::ECAM + virtio_regs::MSIX_CAP + 2),
-        0x8000,
-    )?;
+    enable_msix(a, 1)?;
     post_rx_buffers(a, 1)?;
-    prepare_tx_frame(a)?;
+    prepare_tx_frame(a, &guest_frame([0; 6], 1))?;
     testing::virtio_driver_ok(a)?;
     print(a, "kick\n")?;
     a.mov(word_ptr(r8), 0)?;
@@ -295,7 +138,7 @@ fn intx_guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.movzx(eax, byte_ptr(virtio_regs::ECAM + 0x3c))?;
     testing::ioapic_route_level_low(a, VECTOR)?;
     post_rx_buffers(a, 2)?;
-    prepare_tx_frame(a)?;
+    prepare_tx_frame(a, &guest_frame([0; 6], 1))?;
     a.mov(rdi, TX_AVAIL)?;
     a.mov(word_ptr(rdi), AVAIL_NO_INTERRUPT)?;
     a.mov(rdi, IRQ_COUNT)?;
@@ -343,6 +186,7 @@ fn intx_guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
     print(a, "irq 2: ")?;
     report(a)?;
     testing::lapic_eoi(a)?;
+    rewrite_tx_frame(a, &guest_frame([0; 6], 1), &guest_frame([0; 6], 2))?;
     send_tx_frame(a, 2)?;
     a.jmp(wait)?;
     a.set_label(&mut third)?;

@@ -304,6 +304,20 @@ pub fn attach_guest(daemon: &Daemon, guest: &Netns, bridge: &str, addr: &str, ga
     }
 }
 
+/// An "upstream" namespace at 10.77.0.2, reachable from the daemon's namespace via 10.77.0.1.
+pub fn attach_upstream(daemon: &Daemon, upstream: &Netns) {
+    daemon
+        .ns
+        .sh(&format!(
+            "ip link add up0 type veth peer name eth0 netns {} && ip addr add 10.77.0.1/24 dev up0 && ip link set up0 up",
+            upstream.name()
+        ))
+        .expect("veth to upstream");
+    upstream
+        .sh("ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up")
+        .expect("upstream addressing");
+}
+
 /// Waits until a bridge port is forwarding (STP on: listening + learning first).
 pub fn wait_for_forwarding(daemon: &Daemon, port: &str) {
     for _ in 0..100 {

@@ -1,0 +1,266 @@
+//! e2e tier: a VM on a kvnet network, end to end. kvnetd runs a NAT network in its
+//! namespace; kvnet-vmm's NIC is `--net network=e2e`, so kvnetd makes the tap on the
+//! network's bridge and hands it over the API socket. The mini-guest sends a UDP datagram
+//! to a server in an "upstream" namespace, which sees it come from the host's upstream
+//! address (masqueraded) and answers; the answer comes back through conntrack, bridge, tap
+//! and virtio-net into the guest, whose RX interrupt handler prints it.
+//!
+//! mini-guest <-> virtio-net <-> tap <-> bridge <-> NAT <-> upstream namespace
+
+mod common;
+mod miniguest;
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use common::{DAEMON_NEEDS, Daemon, Need, Netns, attach_upstream, require, xml_file};
+use miniguest::*;
+use netd::api::client::Client;
+use vmm::testing::asm::*;
+use vmm::testing::{self, hex32_subroutine, poweroff, print};
+use vmm::{ExitReason, SerialSink, SharedBuffer, Vm, VmConfig};
+
+const BRIDGE_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x0e, 0x2e, 0x01];
+const GUEST_MAC: &str = "52:54:00:0e:2e:50";
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 150, 50);
+const UPSTREAM: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2)), 7777);
+const GUEST_PORT: u16 = 40_000;
+const PING: &[u8] = b"kvnet e2e ping from the guest";
+const PONG: &[u8] = b"kvnet e2e pong from upstream";
+
+/// The NAT network the VM joins. STP off: the tap forwards at once, and no BPDUs compete
+/// for the guest's one RX buffer.
+const NETWORK_XML: &str = "<network>
+  <name>e2e</name>
+  <forward mode='nat'/>
+  <bridge name='kve2e0' stp='off'/>
+  <mac address='52:54:00:0e:2e:01'/>
+  <ip address='192.168.150.1' netmask='255.255.255.0'/>
+</network>
+";
+
+/// The Internet checksum of `bytes`.
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The guest's datagram to [`UPSTREAM`] as an Ethernet frame to the bridge (its router);
+/// the source MAC is left zero for the guest to fill in. UDP checksum 0: none, as IPv4
+/// allows.
+fn ping_frame() -> Vec<u8> {
+    let SocketAddr::V4(upstream) = UPSTREAM else {
+        unreachable!("UPSTREAM is IPv4")
+    };
+    let udp_len = 8 + PING.len();
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    ip.extend_from_slice(&GUEST_IP.octets());
+    ip.extend_from_slice(&upstream.ip().octets());
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = BRIDGE_MAC.to_vec();
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&GUEST_PORT.to_be_bytes());
+    frame.extend_from_slice(&upstream.port().to_be_bytes());
+    frame.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    frame.extend_from_slice(&[0, 0]);
+    frame.extend_from_slice(PING);
+    frame
+}
+
+/// The guest: MSI-X RX interrupts, one RX buffer, sends [`ping_frame`]. Its handler skips
+/// (and re-posts the buffer for) anything that is not IPv4, prints the first IPv4 frame
+/// as `rx len <used length>` and its bytes in hex, and powers off.
+fn guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut handler = a.create_label();
+    let mut hex32 = a.create_label();
+    let mut hex8 = a.create_label();
+    let mut main = a.create_label();
+    a.jmp(main)?;
+    hex32_subroutine(a, &mut hex32)?;
+    hex8_subroutine(a, &mut hex8)?;
+
+    a.set_label(&mut main)?;
+    driver_prologue(a, handler, 1)?;
+    enable_msix(a, 1)?;
+    post_rx_buffers(a, 1)?;
+    prepare_tx_frame(a, &ping_frame())?;
+    testing::virtio_driver_ok(a)?;
+    a.mov(word_ptr(r8), 0)?;
+    send_tx_frame(a, 1)?;
+    let wait = wait_for_interrupts(a)?;
+
+    let (mut ipv4, mut byte, mut done) = (a.create_label(), a.create_label(), a.create_label());
+    a.set_label(&mut handler)?;
+    // The length of the newest used entry: used.ring[(used.idx - 1) % size].len.
+    a.mov(rdi, RX_USED)?;
+    a.movzx(eax, word_ptr(rdi + 2))?;
+    a.dec(eax)?;
+    a.and(eax, QUEUE_SIZE as i32 - 1)?;
+    a.mov(ecx, dword_ptr(rdi + rax * 8 + 8))?;
+    // EtherType 0x0800 right after the 12-byte virtio-net header and the two MACs.
+    a.mov(rsi, RX_BUF)?;
+    a.cmp(word_ptr(rsi + (VNET_HDR_LEN + 12) as i32), 0x0008)?;
+    a.je(ipv4)?;
+    print(a, "skipped a frame\n")?;
+    // Offer descriptor 0 again as the next available entry, and notify the RX queue.
+    a.mov(rdi, RX_AVAIL)?;
+    a.movzx(eax, word_ptr(rdi + 2))?;
+    a.mov(edx, eax)?;
+    a.and(edx, QUEUE_SIZE as i32 - 1)?;
+    a.mov(word_ptr(rdi + rdx * 2 + 4), 0)?;
+    a.inc(eax)?;
+    a.mov(word_ptr(rdi + 2), ax)?;
+    a.mov(word_ptr(r8), 0)?;
+    testing::lapic_eoi(a)?;
+    a.jmp(wait)?;
+
+    a.set_label(&mut ipv4)?;
+    print(a, "rx len ")?;
+    a.mov(eax, ecx)?;
+    a.call(hex32)?;
+    print(a, "\n")?;
+    a.cmp(ecx, RX_BUF_LEN)?;
+    a.jbe(byte)?;
+    a.mov(ecx, RX_BUF_LEN)?;
+    a.set_label(&mut byte)?;
+    a.test(ecx, ecx)?;
+    a.jz(done)?;
+    a.mov(al, byte_ptr(rsi))?;
+    a.call(hex8)?;
+    a.inc(rsi)?;
+    a.dec(ecx)?;
+    a.jmp(byte)?;
+    a.set_label(&mut done)?;
+    print(a, "\n")?;
+    testing::lapic_eoi(a)?;
+    poweroff(a)
+}
+
+/// Parses the guest's `rx len` report into the received frame (virtio-net header off).
+fn received_frame(serial: &str) -> Option<Vec<u8>> {
+    let mut lines = serial
+        .lines()
+        .skip_while(|line| !line.starts_with("rx len "));
+    let len = usize::from_str_radix(lines.next()?.strip_prefix("rx len ")?, 16).ok()?;
+    let hex = lines.next()?;
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    (bytes.len() == len).then(|| bytes[VNET_HDR_LEN..].to_vec())
+}
+
+#[test]
+fn a_guest_on_a_kvnet_network_reaches_upstream_through_nat_and_hears_back() {
+    let mut needs = DAEMON_NEEDS.to_vec();
+    needs.extend([Need::Tun, Need::Kvm]);
+    if !require(&needs) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    // No IPv6 on the bridge: no router solicitations or MLD reports for the guest.
+    daemon
+        .ns
+        .sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+        .expect("sysctl in the test namespace");
+    let dir = tempfile::tempdir().expect("tmp");
+    let network = xml_file(dir.path(), "e2e", NETWORK_XML);
+    daemon.ok(&["net-create", network.to_str().expect("utf-8")]);
+    // Nor multicast snooping's IGMP; and the host reaches the guest without asking.
+    daemon
+        .ns
+        .sh(&format!(
+            "ip link set kve2e0 type bridge mcast_snooping 0 && \
+             ip neigh replace {GUEST_IP} lladdr {GUEST_MAC} dev kve2e0 nud permanent"
+        ))
+        .expect("bridge setup");
+    let upstream = Netns::new("upstream").expect("upstream ns");
+    attach_upstream(&daemon, &upstream);
+    let server = upstream
+        .run(|| UdpSocket::bind(UPSTREAM))
+        .expect("enter upstream")
+        .expect("bind in upstream");
+    server
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let answering = std::thread::spawn(move || {
+        let mut buffer = [0u8; 512];
+        let (n, from) = server.recv_from(&mut buffer)?;
+        server.send_to(PONG, from)?;
+        Ok::<_, std::io::Error>((buffer[..n].to_vec(), from))
+    });
+
+    let kernel = testing::write_guest(dir.path(), "e2e.elf", guest).expect("assemble");
+    let serial = SharedBuffer::new();
+    let mut config = VmConfig::new(&kernel);
+    config.serial = SerialSink::Buffer(serial.clone());
+    config.net = vec![
+        format!(
+            "network=e2e,socket={},mac={GUEST_MAC}",
+            daemon.socket().display()
+        )
+        .parse()
+        .expect("net spec"),
+    ];
+    config.owner.name = "e2e-guest".into();
+    let vm = Vm::new(config).expect("build the vm, plugged into e2e");
+    let client = Client::new(daemon.socket());
+    let ports = client.ports("e2e").expect("ports");
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(
+        (ports[0].owner.as_str(), ports[0].mac.as_str()),
+        ("e2e-guest", GUEST_MAC)
+    );
+    let outcome = vm.run_with_timeout(Some(Duration::from_secs(30)));
+
+    let (datagram, from) = answering
+        .join()
+        .expect("server thread")
+        .unwrap_or_else(|e| panic!("upstream heard nothing ({e}); serial: {:?}", serial.text()));
+    assert_eq!(datagram, PING);
+    // Masqueraded: upstream sees the host's address on its link, not the guest's.
+    assert_eq!(from.ip(), std::net::IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)));
+    assert_eq!(
+        outcome.expect("run"),
+        ExitReason::Poweroff,
+        "{:?}",
+        serial.text()
+    );
+    let frame = received_frame(&serial.text())
+        .unwrap_or_else(|| panic!("no frame in the guest's report: {:?}", serial.text()));
+    let SocketAddr::V4(upstream_addr) = UPSTREAM else {
+        unreachable!("UPSTREAM is IPv4")
+    };
+    let guest_mac: Vec<u8> = GUEST_MAC
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    assert_eq!(frame[..6], guest_mac[..], "to the guest");
+    assert_eq!(
+        frame[26..30],
+        upstream_addr.ip().octets(),
+        "source: upstream"
+    );
+    assert_eq!(
+        frame[30..34],
+        GUEST_IP.octets(),
+        "destination: the guest, de-NATed"
+    );
+    assert_eq!(frame[34..36], UPSTREAM.port().to_be_bytes());
+    assert_eq!(frame[36..38], GUEST_PORT.to_be_bytes());
+    assert_eq!(&frame[42..], PONG);
+
+    // The VM is gone, and with it its tap and its port.
+    assert_eq!(client.ports("e2e").expect("ports"), []);
+}
