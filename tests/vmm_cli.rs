@@ -108,6 +108,26 @@ fn bad_net_specs_are_named_before_the_vm_is_built() {
         err.contains("invalid MAC address \"01:02:03:04:05:06\""),
         "{err}"
     );
+    let (code, err) = run(&["--kernel", k, "--net", "tap=vnet0,socket=/x.sock"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("--net socket=PATH only goes with network=NAME"),
+        "{err}"
+    );
+    // A network port needs kvnetd; the error says which socket was tried.
+    let (code, err) = run(&[
+        "--kernel",
+        k,
+        "--net",
+        "network=default,socket=/nonexistent/kvnetd.sock",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(
+            "cannot plug the NIC into network 'default': cannot connect to kvnetd at /nonexistent/kvnetd.sock"
+        ),
+        "{err}"
+    );
     // An fd number the VMM did not inherit.
     let (code, err) = run(&["--kernel", k, "--net", "tap-fd=99"]);
     assert_eq!(code, Some(1));

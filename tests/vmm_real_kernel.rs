@@ -4,7 +4,8 @@
 //! - The boot test: the guest must print a marker on ttyS0 and power off, which ends
 //!   `kvnet-vmm` with status 0.
 //! - The network test: a kvnetd in a test namespace runs an isolated network with DHCP on
-//!   bridge virbr0; the VM's virtio-net NIC sits on a tap on that bridge. The guest's
+//!   bridge virbr0; the VM's virtio-net NIC is `--net network=vmnet`, so kvnetd makes
+//!   its tap on that bridge and hands it to kvnet-vmm over the API socket. The guest's
 //!   init (cmdline `kvnet.test=net`) loads virtio_pci/virtio_net (copied from the
 //!   kernel's module tree unless built in), takes a lease with `udhcpc`, pings the DHCP
 //!   server and prints `KVNET-NET-PASS` or `KVNET-NET-FAIL <reason>`.
@@ -263,14 +264,10 @@ fn virtio_net_leases_from_kvnetd_and_pings_the_server(extra_cmdline: &str) -> Op
     let dir = tempfile::tempdir().expect("tmp");
     let initrd = build_initramfs(dir.path(), Some(&kernel));
 
-    // kvnetd serves DHCP on virbr0 in its namespace; the guest's tap joins that bridge.
+    // kvnetd serves DHCP on virbr0 in its namespace and plugs the guest's tap into it.
     let daemon = Daemon::without_default_network();
     let xml = common::xml_file(dir.path(), "vmnet.xml", NETWORK_XML);
     daemon.ok(&["net-create", xml.to_str().expect("utf-8 path")]);
-    daemon
-        .ns
-        .sh("ip tuntap add dev kvt0 mode tap vnet_hdr && ip link set kvt0 master virbr0 up")
-        .expect("tap on virbr0");
 
     let mut cmd = daemon.ns.command(env!("CARGO_BIN_EXE_kvnet-vmm"));
     cmd.args(vmm_args(
@@ -278,7 +275,13 @@ fn virtio_net_leases_from_kvnetd_and_pings_the_server(extra_cmdline: &str) -> Op
         &initrd,
         &format!("kvnet.test=net {extra_cmdline}"),
     ))
-    .args(["--net", &format!("tap=kvt0,mac={GUEST_MAC}")]);
+    .args([
+        "--net",
+        &format!(
+            "network=vmnet,socket={},mac={GUEST_MAC}",
+            daemon.socket().display()
+        ),
+    ]);
     let run = run_guest(cmd, NET_TIMEOUT, Some((NET_FAIL, FAIL_GRACE)));
     if let Some(failure) = run.console.lines().find(|l| l.starts_with(NET_FAIL)) {
         panic!(

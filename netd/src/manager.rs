@@ -108,7 +108,7 @@ pub enum Error {
     #[error(transparent)]
     Firewall(#[from] firewall::Error),
     /// A port's tap could not be created, plugged or deleted; nothing was left half done.
-    #[error("network '{network}': {source}")]
+    #[error("port on network '{network}'")]
     Port {
         /// The network.
         network: String,

@@ -226,13 +226,14 @@ pub enum NetConfigError {
     #[error("--net socket=PATH only goes with network=NAME")]
     SocketWithoutNetwork,
     /// kvnetd did not give the NIC a port on the network.
-    #[error("cannot plug the NIC into network '{network}'")]
+    // The client's errors already name their causes (the socket and the OS error), so
+    // the reason is part of this message rather than a source printed again after it.
+    #[error("cannot plug the NIC into network '{network}': {reason}")]
     Plug {
         /// The network.
         network: String,
         /// kvnetd's error, or why it could not be reached.
-        #[source]
-        source: netd::api::client::Error,
+        reason: netd::api::client::Error,
     },
     /// Opening the tap failed.
     #[error("cannot open the tap for --net")]
@@ -329,9 +330,9 @@ impl NetSpec {
                 let socket = socket
                     .clone()
                     .unwrap_or_else(netd::api::default_client_socket);
-                let plugged = |source| NetConfigError::Plug {
+                let plugged = |reason| NetConfigError::Plug {
                     network: network.clone(),
-                    source,
+                    reason,
                 };
                 let (port, fd) = netd::api::client::Client::new(socket)
                     .plug(network, &owner.port_xml(config.mac))
