@@ -122,19 +122,16 @@ impl Manager {
             field: "name",
             value: name.clone(),
         })?;
-        let Some(bridge) = network
-            .live
-            .as_ref()
-            .and_then(|live| Some((live.bridge_name()?.to_owned(), live)))
-            .map(|(bridge, live)| {
-                def.plug = Some(plug_of(live, &bridge));
-                bridge
-            })
-        else {
+        let Some((bridge, plug)) = network.live.as_ref().and_then(|live| {
+            let bridge = live.bridge_name()?.to_owned();
+            let plug = plug_of(live, &bridge);
+            Some((bridge, plug))
+        }) else {
             return Err(Error::OperationInvalid(format!(
                 "network '{name}' is not active"
             )));
         };
+        def.plug = Some(plug);
         self.prune_ports(&name, network).await;
         if network.ports.contains_key(&uuid) {
             return Err(Error::AlreadyExists(format!(
@@ -207,14 +204,9 @@ impl Manager {
         let mut networks = self.networks.lock().await;
         let name = lookup(&networks, key)?;
         let uuid = parse_port_uuid(port)?;
-        let network = networks
-            .get_mut(&name)
-            .ok_or_else(|| port_not_found(uuid))?;
+        let network = networks.get_mut(&name).ok_or(Error::PortNotFound(uuid))?;
         self.prune_ports(&name, network).await;
-        let port = network
-            .ports
-            .get(&uuid)
-            .ok_or_else(|| port_not_found(uuid))?;
+        let port = network.ports.get(&uuid).ok_or(Error::PortNotFound(uuid))?;
         Ok(port.def.to_xml())
     }
 
@@ -223,14 +215,9 @@ impl Manager {
         let mut networks = self.networks.lock().await;
         let name = lookup(&networks, key)?;
         let uuid = parse_port_uuid(port)?;
-        let network = networks
-            .get_mut(&name)
-            .ok_or_else(|| port_not_found(uuid))?;
+        let network = networks.get_mut(&name).ok_or(Error::PortNotFound(uuid))?;
         self.prune_ports(&name, network).await;
-        let port = network
-            .ports
-            .get(&uuid)
-            .ok_or_else(|| port_not_found(uuid))?;
+        let port = network.ports.get(&uuid).ok_or(Error::PortNotFound(uuid))?;
         self.link
             .delete_link_at(port.ifindex, &port.tap)
             .await
@@ -275,11 +262,11 @@ impl Manager {
                 }
             }
         }
-        let before = network.ports.len();
-        self.prune_ports(name, network).await;
-        if network.ports.len() != before || stored.len() != before {
+        if network.ports.len() != stored.len() {
+            // Unreadable records are gone for good.
             self.save_ports_or_warn(name, &network.ports);
         }
+        self.prune_ports(name, network).await;
         if !network.ports.is_empty() {
             info!(network = %name, ports = network.ports.len(), "adopted ports");
         }
@@ -342,10 +329,6 @@ impl Manager {
 
 fn parse_port_uuid(port: &str) -> Result<Uuid, Error> {
     Uuid::parse_str(port).map_err(|_| Error::InvalidPortUuid(port.to_owned()))
-}
-
-fn port_not_found(uuid: Uuid) -> Error {
-    Error::PortNotFound(uuid)
 }
 
 #[cfg(test)]
