@@ -2,7 +2,7 @@
 //! namespace; kvnet-vmm's NIC is `--net network=e2e`, so kvnetd makes the tap on the
 //! network's bridge and hands it over the API socket. The mini-guest sends a UDP datagram
 //! to a server in an "upstream" namespace, which sees it come from the host's upstream
-//! address (masqueraded) and answers; the answer comes back through conntrack, bridge, tap
+//! address (masqueraded) and answers after a broadcast the guest must skip; the answer comes back through conntrack, bridge, tap
 //! and virtio-net into the guest, whose RX interrupt handler prints it.
 //!
 //! mini-guest <-> virtio-net <-> tap <-> bridge <-> NAT <-> upstream namespace
@@ -17,7 +17,7 @@ use common::{DAEMON_NEEDS, Daemon, Need, Netns, attach_upstream, require, xml_fi
 use miniguest::*;
 use netd::api::client::Client;
 use vmm::testing::asm::*;
-use vmm::testing::{self, hex32_subroutine, poweroff, print};
+use vmm::testing::{self, hex32_subroutine, print};
 use vmm::{ExitReason, SerialSink, SharedBuffer, Vm, VmConfig};
 
 const BRIDGE_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x0e, 0x2e, 0x01];
@@ -79,7 +79,7 @@ fn ping_frame() -> Vec<u8> {
 }
 
 /// The guest: MSI-X RX interrupts, one RX buffer, sends [`ping_frame`]. Its handler skips
-/// (and re-posts the buffer for) anything that is not IPv4, prints the first IPv4 frame
+/// (and re-posts the buffer for) anything but unicast UDP, prints the first such frame
 /// as `rx len <used length>` and its bytes in hex, and powers off.
 fn guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
     let mut handler = a.create_label();
@@ -91,16 +91,9 @@ fn guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
     hex8_subroutine(a, &mut hex8)?;
 
     a.set_label(&mut main)?;
-    driver_prologue(a, handler, 1)?;
-    enable_msix(a, 1)?;
-    post_rx_buffers(a, 1)?;
-    prepare_tx_frame(a, &ping_frame())?;
-    testing::virtio_driver_ok(a)?;
-    a.mov(word_ptr(r8), 0)?;
-    send_tx_frame(a, 1)?;
-    let wait = wait_for_interrupts(a)?;
+    let wait = msix_send(a, handler, &ping_frame())?;
 
-    let (mut ipv4, mut byte, mut done) = (a.create_label(), a.create_label(), a.create_label());
+    let mut udp = a.create_label();
     a.set_label(&mut handler)?;
     // The length of the newest used entry: used.ring[(used.idx - 1) % size].len.
     a.mov(rdi, RX_USED)?;
@@ -108,10 +101,17 @@ fn guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.dec(eax)?;
     a.and(eax, QUEUE_SIZE as i32 - 1)?;
     a.mov(ecx, dword_ptr(rdi + rax * 8 + 8))?;
-    // EtherType 0x0800 right after the 12-byte virtio-net header and the two MACs.
+    // Unicast (the bridge's IGMP reports are not), IPv4 (EtherType 0x0800 after the
+    // 12-byte virtio-net header and the two MACs), UDP (IP protocol 17).
+    let mut skip = a.create_label();
     a.mov(rsi, RX_BUF)?;
+    a.test(byte_ptr(rsi + VNET_HDR_LEN as i32), 1)?;
+    a.jnz(skip)?;
     a.cmp(word_ptr(rsi + (VNET_HDR_LEN + 12) as i32), 0x0008)?;
-    a.je(ipv4)?;
+    a.jne(skip)?;
+    a.cmp(byte_ptr(rsi + (VNET_HDR_LEN + 14 + 9) as i32), 17)?;
+    a.je(udp)?;
+    a.set_label(&mut skip)?;
     print(a, "skipped a frame\n")?;
     // Offer descriptor 0 again as the next available entry, and notify the RX queue.
     a.mov(rdi, RX_AVAIL)?;
@@ -125,26 +125,12 @@ fn guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
     testing::lapic_eoi(a)?;
     a.jmp(wait)?;
 
-    a.set_label(&mut ipv4)?;
+    a.set_label(&mut udp)?;
     print(a, "rx len ")?;
     a.mov(eax, ecx)?;
     a.call(hex32)?;
     print(a, "\n")?;
-    a.cmp(ecx, RX_BUF_LEN)?;
-    a.jbe(byte)?;
-    a.mov(ecx, RX_BUF_LEN)?;
-    a.set_label(&mut byte)?;
-    a.test(ecx, ecx)?;
-    a.jz(done)?;
-    a.mov(al, byte_ptr(rsi))?;
-    a.call(hex8)?;
-    a.inc(rsi)?;
-    a.dec(ecx)?;
-    a.jmp(byte)?;
-    a.set_label(&mut done)?;
-    print(a, "\n")?;
-    testing::lapic_eoi(a)?;
-    poweroff(a)
+    print_rx_buffer_and_power_off(a, hex8)
 }
 
 /// Parses the guest's `rx len` report into the received frame (virtio-net header off).
@@ -194,9 +180,20 @@ fn a_guest_on_a_kvnet_network_reaches_upstream_through_nat_and_hears_back() {
     server
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
+    // A broadcast on the network just before the answer: the guest must skip it.
+    let broadcaster = daemon
+        .ns
+        .run(|| {
+            let socket = UdpSocket::bind("192.168.150.1:0")?;
+            socket.set_broadcast(true)?;
+            Ok::<_, std::io::Error>(socket)
+        })
+        .expect("enter the daemon's namespace")
+        .expect("broadcast socket");
     let answering = std::thread::spawn(move || {
         let mut buffer = [0u8; 512];
         let (n, from) = server.recv_from(&mut buffer)?;
+        broadcaster.send_to(b"not for the guest", "192.168.150.255:9")?;
         server.send_to(PONG, from)?;
         Ok::<_, std::io::Error>((buffer[..n].to_vec(), from))
     });
@@ -234,6 +231,11 @@ fn a_guest_on_a_kvnet_network_reaches_upstream_through_nat_and_hears_back() {
     assert_eq!(
         outcome.expect("run"),
         ExitReason::Poweroff,
+        "{:?}",
+        serial.text()
+    );
+    assert!(
+        serial.text().contains("skipped a frame\n"),
         "{:?}",
         serial.text()
     );

@@ -67,18 +67,9 @@ fn guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
     hex8_subroutine(a, &mut hex8)?;
 
     a.set_label(&mut main)?;
-    driver_prologue(a, handler, 1)?;
-    enable_msix(a, 1)?;
-    post_rx_buffers(a, 1)?;
-    prepare_tx_frame(a, &guest_frame([0; 6], 1))?;
-    testing::virtio_driver_ok(a)?;
-    print(a, "kick\n")?;
-    a.mov(word_ptr(r8), 0)?;
-    send_tx_frame(a, 1)?;
-    wait_for_interrupts(a)?;
+    msix_send(a, handler, &guest_frame([0; 6], 1))?;
 
     // The RX handler: used.idx, the used length, the buffer bytes; EOI; power off.
-    let mut dump = a.create_label();
     a.set_label(&mut handler)?;
     print(a, "rx used ")?;
     a.mov(rdi, RX_USED)?;
@@ -89,24 +80,7 @@ fn guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.mov(eax, ecx)?;
     a.call(hex32)?;
     print(a, "\n")?;
-    a.cmp(ecx, RX_BUF_LEN)?;
-    a.jbe(dump)?;
-    a.mov(ecx, RX_BUF_LEN)?;
-    a.set_label(&mut dump)?;
-    let (mut byte, mut done) = (a.create_label(), a.create_label());
-    a.mov(rsi, RX_BUF)?;
-    a.set_label(&mut byte)?;
-    a.test(ecx, ecx)?;
-    a.jz(done)?;
-    a.mov(al, byte_ptr(rsi))?;
-    a.call(hex8)?;
-    a.inc(rsi)?;
-    a.dec(ecx)?;
-    a.jmp(byte)?;
-    a.set_label(&mut done)?;
-    print(a, "\n")?;
-    testing::lapic_eoi(a)?;
-    poweroff(a)
+    print_rx_buffer_and_power_off(a, hex8)
 }
 
 /// Counts INTx handler entries.

@@ -5,7 +5,7 @@
 
 use vmm::boot::layout;
 use vmm::testing::asm::*;
-use vmm::testing::{self, QueueRings, virtio_regs};
+use vmm::testing::{self, QueueRings, poweroff, print, virtio_regs};
 
 pub const VECTOR: u32 = 0x41;
 pub const QUEUE_SIZE: u32 = 8;
@@ -180,4 +180,49 @@ pub fn enable_msix(a: &mut CodeAssembler, entry: i32) -> Result<(), IcedError> {
         0x8000,
     )?;
     Ok(())
+}
+
+/// The MSI-X driver's main line: the device set up with RX on MSI-X entry 1 -> [`VECTOR`]
+/// (handled at `handler`), one RX buffer posted, "kick" printed and `frame` sent; then
+/// `hlt` until interrupts. Returns the label of that wait loop.
+pub fn msix_send(
+    a: &mut CodeAssembler,
+    handler: CodeLabel,
+    frame: &[u8],
+) -> Result<CodeLabel, IcedError> {
+    driver_prologue(a, handler, 1)?;
+    enable_msix(a, 1)?;
+    post_rx_buffers(a, 1)?;
+    prepare_tx_frame(a, frame)?;
+    testing::virtio_driver_ok(a)?;
+    print(a, "kick\n")?;
+    a.mov(word_ptr(r8), 0)?;
+    send_tx_frame(a, 1)?;
+    wait_for_interrupts(a)
+}
+
+/// Prints the first `ecx` bytes (at most [`RX_BUF_LEN`]) of RX buffer 0 in hex and a
+/// newline (`hex8` is [`hex8_subroutine`]'s label), EOIs and powers off.
+pub fn print_rx_buffer_and_power_off(
+    a: &mut CodeAssembler,
+    hex8: CodeLabel,
+) -> Result<(), IcedError> {
+    let (mut clamped, mut byte, mut done) = (a.create_label(), a.create_label(), a.create_label());
+    a.cmp(ecx, RX_BUF_LEN)?;
+    a.jbe(clamped)?;
+    a.mov(ecx, RX_BUF_LEN)?;
+    a.set_label(&mut clamped)?;
+    a.mov(rsi, RX_BUF)?;
+    a.set_label(&mut byte)?;
+    a.test(ecx, ecx)?;
+    a.jz(done)?;
+    a.mov(al, byte_ptr(rsi))?;
+    a.call(hex8)?;
+    a.inc(rsi)?;
+    a.dec(ecx)?;
+    a.jmp(byte)?;
+    a.set_label(&mut done)?;
+    print(a, "\n")?;
+    testing::lapic_eoi(a)?;
+    poweroff(a)
 }

@@ -227,22 +227,8 @@ impl Client {
             answer.extend_from_slice(&buffer[..n]);
             Ok::<_, Error>(n > 0)
         };
-        let head_end = loop {
-            if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            if !more(&mut answer)? {
-                return Err(self.protocol("the answer ended inside its header".into()));
-            }
-        };
-        let head = parse_head(&answer[..head_end]).map_err(|e| self.protocol(e))?;
-        if head.status != StatusCode::SWITCHING_PROTOCOLS {
-            // Refused: an ordinary answer on a connection the daemon may keep open.
-            let end = head.length.map(|length| head_end + length);
-            while end.is_none_or(|end| answer.len() < end) && more(&mut answer)? {}
-            let (status, body) = parse_response(&answer).map_err(|e| self.protocol(e))?;
-            return Err(self.error_answer(status, &body));
-        }
+        let (_, head_end) =
+            self.read_head(&mut answer, StatusCode::SWITCHING_PROTOCOLS, &mut more)?;
         // Switched: the port follows, with its tap, and then the daemon closes.
         while more(&mut answer)? {}
         let summary: PortSummary = serde_json::from_slice(&answer[head_end..])
@@ -277,22 +263,7 @@ impl Client {
             read.extend_from_slice(&buffer[..n]);
             Ok::<_, Error>(n > 0)
         };
-        let head_end = loop {
-            if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            if !more(&mut read)? {
-                return Err(self.protocol("the answer ended inside its header".into()));
-            }
-        };
-        let head = parse_head(&read[..head_end]).map_err(|e| self.protocol(e))?;
-        if head.status != StatusCode::OK {
-            // An error answer is short: read it whole (as sized, or to the end).
-            let end = head.length.map(|length| head_end + length);
-            while end.is_none_or(|end| read.len() < end) && more(&mut read)? {}
-            let (status, body) = parse_response(&read).map_err(|e| self.protocol(e))?;
-            return Err(self.error_answer(status, &body));
-        }
+        let (head, head_end) = self.read_head(&mut read, StatusCode::OK, &mut more)?;
         let framing = if head.chunked {
             Framing::Chunked(Dechunker::default())
         } else {
@@ -309,6 +280,35 @@ impl Client {
             .decode(&read[head_end..])
             .map_err(|e| self.protocol(e))?;
         Ok(events)
+    }
+
+    /// Reads an answer's header into `answer` through `more` (which appends what it reads
+    /// and says whether the stream goes on), for answers whose body is read as it comes.
+    /// With the `expected` status, returns the header and where the body starts; with any
+    /// other, reads the error answer whole (it is short; the daemon may keep the
+    /// connection open after it) and returns its error.
+    fn read_head(
+        &self,
+        answer: &mut Vec<u8>,
+        expected: StatusCode,
+        more: &mut impl FnMut(&mut Vec<u8>) -> Result<bool, Error>,
+    ) -> Result<(Head, usize), Error> {
+        let head_end = loop {
+            if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if !more(answer)? {
+                return Err(self.protocol("the answer ended inside its header".into()));
+            }
+        };
+        let head = parse_head(&answer[..head_end]).map_err(|e| self.protocol(e))?;
+        if head.status != expected {
+            let end = head.length.map(|length| head_end + length);
+            while end.is_none_or(|end| answer.len() < end) && more(answer)? {}
+            let (status, body) = parse_response(answer).map_err(|e| self.protocol(e))?;
+            return Err(self.error_answer(status, &body));
+        }
+        Ok((head, head_end))
     }
 
     /// One request on a fresh connection, as blocking I/O on a std socket: that is

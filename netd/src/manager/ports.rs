@@ -202,10 +202,7 @@ impl Manager {
     /// A port's `<networkport>` document.
     pub async fn port_xml(&self, key: &str, port: &str) -> Result<String, Error> {
         let mut networks = self.networks.lock().await;
-        let name = lookup(&networks, key)?;
-        let uuid = parse_port_uuid(port)?;
-        let network = networks.get_mut(&name).ok_or(Error::PortNotFound(uuid))?;
-        self.prune_ports(&name, network).await;
+        let (_, uuid, network) = self.find_port(&mut networks, key, port).await?;
         let port = network.ports.get(&uuid).ok_or(Error::PortNotFound(uuid))?;
         Ok(port.def.to_xml())
     }
@@ -213,10 +210,7 @@ impl Manager {
     /// Deletes a port and its tap (a VMM that holds it loses the link).
     pub async fn delete_port(&self, key: &str, port: &str) -> Result<PortSummary, Error> {
         let mut networks = self.networks.lock().await;
-        let name = lookup(&networks, key)?;
-        let uuid = parse_port_uuid(port)?;
-        let network = networks.get_mut(&name).ok_or(Error::PortNotFound(uuid))?;
-        self.prune_ports(&name, network).await;
+        let (name, uuid, network) = self.find_port(&mut networks, key, port).await?;
         let port = network.ports.get(&uuid).ok_or(Error::PortNotFound(uuid))?;
         self.link
             .delete_link_at(port.ifindex, &port.tap)
@@ -286,6 +280,23 @@ impl Manager {
         }
     }
 
+    /// The network (name or UUID `key`) and UUID of a port that is still there.
+    async fn find_port<'a>(
+        &self,
+        networks: &'a mut BTreeMap<String, Network>,
+        key: &str,
+        port: &str,
+    ) -> Result<(String, Uuid, &'a mut Network), Error> {
+        let name = lookup(networks, key)?;
+        let uuid = Uuid::parse_str(port).map_err(|_| Error::InvalidPortUuid(port.to_owned()))?;
+        let network = networks.get_mut(&name).ok_or(Error::PortNotFound(uuid))?;
+        self.prune_ports(&name, network).await;
+        if !network.ports.contains_key(&uuid) {
+            return Err(Error::PortNotFound(uuid));
+        }
+        Ok((name, uuid, network))
+    }
+
     /// Drops the ports whose tap has gone (its VMM closed it, or someone deleted it).
     async fn prune_ports(&self, name: &str, network: &mut Network) {
         let mut gone = Vec::new();
@@ -325,10 +336,6 @@ impl Manager {
             warn!(network = %name, "recording ports: {}", error_chain(&e));
         }
     }
-}
-
-fn parse_port_uuid(port: &str) -> Result<Uuid, Error> {
-    Uuid::parse_str(port).map_err(|_| Error::InvalidPortUuid(port.to_owned()))
 }
 
 #[cfg(test)]
