@@ -218,6 +218,28 @@ impl FileArg {
     }
 }
 
+/// A network port named on the command line by its UUID, positionally or as `--port`
+/// (virsh accepts both).
+#[derive(Debug, Args)]
+pub struct PortArg {
+    /// Port UUID.
+    #[arg(value_name = "PORT", required_unless_present = "port_option", value_parser = NonEmptyStringValueParser::new())]
+    port: Option<String>,
+    /// Port UUID.
+    #[arg(long = "port", value_name = "PORT", conflicts_with = "port", value_parser = NonEmptyStringValueParser::new())]
+    port_option: Option<String>,
+}
+
+impl PortArg {
+    /// The UUID given, as typed.
+    pub fn get(&self) -> &str {
+        self.port
+            .as_deref()
+            .or(self.port_option.as_deref())
+            .unwrap_or_default()
+    }
+}
+
 /// The verbs.
 // The variants mirror virsh's `net-*` verb names one to one.
 #[allow(clippy::enum_variant_names)]
@@ -312,6 +334,58 @@ pub enum Command {
         /// Print JSON instead.
         #[arg(long)]
         json: bool,
+    },
+    /// List a running network's ports (guest NICs' taps on its bridge).
+    #[command(name = "net-port-list")]
+    NetPortList {
+        #[command(flatten)]
+        network: NetworkArg,
+        /// The table (default).
+        #[arg(long)]
+        table: bool,
+        /// UUIDs only, one per line.
+        #[arg(long)]
+        uuid: bool,
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a port from an XML file: a persistent tap on the network's bridge.
+    #[command(
+        name = "net-port-create",
+        mut_arg("file", |arg| arg.help("File containing a network port XML description")),
+        mut_arg("file_option", |arg| arg.help("File containing a network port XML description"))
+    )]
+    NetPortCreate {
+        #[command(flatten)]
+        network: NetworkArg,
+        #[command(flatten)]
+        file: FileArg,
+    },
+    /// Print a network port's XML.
+    #[command(name = "net-port-dumpxml")]
+    NetPortDumpxml {
+        #[command(flatten)]
+        network: NetworkArg,
+        #[command(flatten)]
+        port: PortArg,
+        /// Print only the nodes this XPath 1.0 expression selects, one per line.
+        #[arg(long, value_name = "EXPR", conflicts_with = "json")]
+        xpath: Option<String>,
+        /// With --xpath: print the nodes inside one <nodes> element.
+        #[arg(long)]
+        wrap: bool,
+        /// Print JSON (`{"xml": ...}`) instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a network port and its tap.
+    #[command(name = "net-port-delete")]
+    NetPortDelete {
+        #[command(flatten)]
+        network: NetworkArg,
+        #[command(flatten)]
+        port: PortArg,
     },
     /// Print the URI of the daemon connected to (after checking that it answers).
     #[command(name = "uri")]
@@ -458,6 +532,8 @@ impl Command {
             Command::NetList(args) => args.json,
             Command::NetInfo { json, .. }
             | Command::NetDumpxml { json, .. }
+            | Command::NetPortList { json, .. }
+            | Command::NetPortDumpxml { json, .. }
             | Command::NetUuid { json, .. }
             | Command::NetName { json, .. }
             | Command::NetDhcpLeases { json, .. }

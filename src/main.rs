@@ -235,3 +235,37 @@ fn lossy(args: &[OsString]) -> Vec<String> {
         .map(|arg| arg.to_string_lossy().into_owned())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(line: &str) -> Vec<String> {
+        completion().candidates(line, line.len()).1
+    }
+
+    #[test]
+    fn tab_completes_every_verb_from_the_command_line_definition() {
+        assert_eq!(
+            complete("net-port-"),
+            [
+                "net-port-create",
+                "net-port-delete",
+                "net-port-dumpxml",
+                "net-port-list"
+            ]
+        );
+        assert_eq!(
+            complete("net-port-dumpxml default --"),
+            ["--json", "--network", "--port", "--wrap", "--xpath"]
+        );
+        assert_eq!(
+            complete("net-port-list x --"),
+            ["--json", "--network", "--table", "--uuid"]
+        );
+        assert_eq!(
+            complete("net-port-create x --"),
+            ["--file", "--network", "--validate"]
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! What the verbs print: virsh's text, byte for byte, or JSON for scripts.
 
-use netd::api::types::{Lease, NetworkSummary};
+use netd::api::types::{Lease, NetworkSummary, PortSummary};
 use netd::virsh;
 use serde::Serialize;
 
@@ -79,4 +79,15 @@ pub fn lease_table(leases: &[Lease], quiet: bool) -> String {
         })
         .collect();
     finish(virsh::net_dhcp_leases(&rows, quiet), quiet)
+}
+
+/// `net-port-list`'s table, or with `uuids` its UUIDs one per line.
+pub fn port_table(ports: &[PortSummary], uuids: bool, quiet: bool) -> String {
+    let ids: Vec<_> = ports.iter().map(|port| port.uuid).collect();
+    let text = if uuids {
+        virsh::net_port_list_plain(&ids)
+    } else {
+        virsh::net_port_list(&ids, quiet)
+    };
+    finish(text, quiet)
 }

@@ -264,7 +264,7 @@ impl Completion {
     }
 
     /// Where the word under the cursor starts in `line`, and its completions.
-    fn candidates(&self, line: &str, pos: usize) -> (usize, Vec<String>) {
+    pub(crate) fn candidates(&self, line: &str, pos: usize) -> (usize, Vec<String>) {
         let before = line.get(..pos).unwrap_or(line);
         // Only the command the cursor is in: after the last `;`.
         let command_start = before.rfind([';', '\n']).map_or(0, |at| at + 1);

@@ -54,7 +54,14 @@ impl Refusal {
                     .iter()
                     .position(|arg| *arg == verb)
                     .map_or(&args[..0], |at| &args[at + 1..]);
-                let line = conflict_line(&prior, &argument, after_verb);
+                let takes_value = |name: &str| {
+                    verbs.find_subcommand(&verb).is_some_and(|command| {
+                        command.get_arguments().any(|arg| {
+                            arg.get_long() == Some(name) && arg.get_action().takes_values()
+                        })
+                    })
+                };
+                let line = conflict_line(&prior, &argument, after_verb, &takes_value);
                 if line.starts_with("Options ") {
                     return at_run(line);
                 }
@@ -97,15 +104,35 @@ impl Refusal {
                 "unknown command: '{}'",
                 context(ContextKind::InvalidSubcommand).unwrap_or_default()
             )],
-            (ErrorKind::MissingRequiredArgument, Some(_)) => contexts(ContextKind::InvalidArg)
-                .iter()
-                .map(|argument| {
-                    format!(
-                        "command '{verb}' requires {} option",
-                        argument.to_lowercase()
-                    )
-                })
-                .collect(),
+            // clap names every positional it counts as required and did not get, also
+            // one given as its option (`--network NAME`): virsh names only the missing.
+            (ErrorKind::MissingRequiredArgument, Some(_)) => {
+                let missing = contexts(ContextKind::InvalidArg);
+                let given_as_option = |argument: &String| {
+                    let option = format!("--{}", option_name(argument));
+                    args.iter().any(|arg| {
+                        *arg == option
+                            || arg
+                                .strip_prefix(option.as_str())
+                                .is_some_and(|rest| rest.starts_with('='))
+                    })
+                };
+                let absent: Vec<&String> = missing.iter().filter(|a| !given_as_option(a)).collect();
+                let named = if absent.is_empty() {
+                    missing.iter().collect()
+                } else {
+                    absent
+                };
+                named
+                    .into_iter()
+                    .map(|argument| {
+                        format!(
+                            "command '{verb}' requires {} option",
+                            argument.to_lowercase()
+                        )
+                    })
+                    .collect()
+            }
             (ErrorKind::UnknownArgument, Some(argument)) if argument.starts_with("--") => {
                 let option = argument.split('=').next().unwrap_or_default();
                 vec![format!("command '{verb}' doesn't support option {option}")]
@@ -170,15 +197,33 @@ pub fn print_errors(lines: &[String]) {
 /// Options whose values virsh reads as numbers.
 const NUMERIC_OPTIONS: [&str; 2] = ["parent-index", "timeout"];
 
-/// virsh's line for two options clap found in conflict (`args`: those after the verb).
-/// The network may be given as the positional argument or as `--network`, which virsh
-/// treats as one option: a positional after `--network NAME` is unexpected data,
-/// `--network` after a positional is "already seen".
-fn conflict_line(prior: &str, argument: &str, args: &[String]) -> String {
+/// virsh's line for two options clap found in conflict (`args`: those after the verb;
+/// `takes_value`: whether the verb's `--NAME` takes a value). The network may be given
+/// as the positional argument or as `--network`, which virsh treats as one option: a
+/// positional after `--network NAME` is unexpected data, `--network` after a positional
+/// is "already seen". The same holds for a network port, the second positional.
+fn conflict_line(
+    prior: &str,
+    argument: &str,
+    args: &[String],
+    takes_value: &dyn Fn(&str) -> bool,
+) -> String {
     if prior == argument {
         return format!("option {argument} already seen");
     }
     let positional = |text: &str| text.starts_with(['[', '<']);
+    if [prior, argument].contains(&"--port") && (positional(prior) || positional(argument)) {
+        let option_at = args
+            .iter()
+            .position(|arg| arg == "--port" || arg.starts_with("--port="));
+        let value_at = bare_words(args, takes_value).get(1).copied();
+        return match (option_at, value_at) {
+            (Some(option), Some(value)) if option < value => {
+                format!("unexpected data '{}'", args[value])
+            }
+            _ => "option --port already seen".to_owned(),
+        };
+    }
     if [prior, argument].contains(&"--network") && (positional(prior) || positional(argument)) {
         let option_at = args.iter().position(|arg| arg == "--network");
         // The positional value: a later argument that is neither an option nor the
@@ -216,6 +261,23 @@ fn conflict_line(prior: &str, argument: &str, args: &[String]) -> String {
         (argument, prior)
     };
     format!("Options {first} and {second} are mutually exclusive")
+}
+
+/// Where the words that virsh reads as positional data are in `args`: neither an option
+/// nor the value of one (`--xpath EXPR`).
+fn bare_words(args: &[String], takes_value: &dyn Fn(&str) -> bool) -> Vec<usize> {
+    let mut words = Vec::new();
+    let mut at = 0;
+    while let Some(arg) = args.get(at) {
+        match arg.strip_prefix("--") {
+            Some(name) if !name.contains('=') && takes_value(name) => at += 1,
+            Some(_) => {}
+            None if arg.starts_with('-') && arg.len() > 1 => {}
+            None => words.push(at),
+        }
+        at += 1;
+    }
+    words
 }
 
 /// virsh's name of an option clap shows as `--network <NETWORK>` or `<NETWORK>`.

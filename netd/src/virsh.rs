@@ -299,6 +299,22 @@ pub fn net_dhcp_leases(leases: &[DhcpLeaseRow], quiet: bool) -> String {
     )
 }
 
+/// `virsh net-port-list` table: one column, `UUID`, rows sorted by the UUIDs' bytes
+/// (virsh's `memcmp`, which is [`Uuid`]'s order).
+pub fn net_port_list(ports: &[Uuid], quiet: bool) -> String {
+    let mut sorted = ports.to_vec();
+    sorted.sort_unstable();
+    let rows: Vec<Vec<String>> = sorted.iter().map(|uuid| vec![uuid.to_string()]).collect();
+    table(&["UUID"], &rows, quiet)
+}
+
+/// `virsh net-port-list --uuid`: one UUID per line, sorted as the table, no header.
+pub fn net_port_list_plain(ports: &[Uuid]) -> String {
+    let mut sorted = ports.to_vec();
+    sorted.sort_unstable();
+    sorted.iter().map(|uuid| format!("{uuid}\n")).collect()
+}
+
 /// `virsh net-event --list`: the event types of virsh 9.0 (`metadata-change` came in 9.8).
 pub const NET_EVENT_TYPES: [&str; 1] = ["lifecycle"];
 
@@ -518,6 +534,29 @@ Bridge:         virbr0
             false,
         );
         assert_eq!(out, " A        B\n-------------\n x\\x0ay   z\n");
+    }
+
+    #[test]
+    fn port_list_is_sorted_by_uuid_bytes_in_virshs_table() {
+        let low: Uuid = "0ae63b5f-fe96-4af0-a7c3-da04ba1b3f54".parse().unwrap();
+        let high: Uuid = "7ae63b5f-fe96-4af0-a7c3-da04ba1b3f54".parse().unwrap();
+        let expected = " UUID
+---------------------------------------
+ 0ae63b5f-fe96-4af0-a7c3-da04ba1b3f54
+ 7ae63b5f-fe96-4af0-a7c3-da04ba1b3f54
+";
+        assert_eq!(net_port_list(&[high, low], false), expected);
+        assert_eq!(
+            net_port_list(&[high, low], true),
+            " 0ae63b5f-fe96-4af0-a7c3-da04ba1b3f54\n 7ae63b5f-fe96-4af0-a7c3-da04ba1b3f54\n"
+        );
+        assert_eq!(
+            net_port_list_plain(&[high, low]),
+            "0ae63b5f-fe96-4af0-a7c3-da04ba1b3f54\n7ae63b5f-fe96-4af0-a7c3-da04ba1b3f54\n"
+        );
+        // No ports: the header alone, its dashes as wide as `UUID` (virsh prints it so).
+        assert_eq!(net_port_list(&[], false), " UUID\n-------\n");
+        assert_eq!(net_port_list(&[], true), "");
     }
 
     #[test]

@@ -2,9 +2,10 @@
 
 mod interrupt;
 mod net;
+mod port;
 
-use netd::api::ErrorKind;
 use netd::api::client::{self, Client};
+use netd::api::{ApiError, ErrorKind};
 
 use crate::cli::{Cli, Command};
 
@@ -42,34 +43,25 @@ impl Failure {
         network: Option<&str>,
         error: client::Error,
     ) -> Failure {
-        let api = match error {
-            client::Error::Api(api) => api,
-            client::Error::Connect { socket, source } => {
-                return Failure {
-                    ran: false,
-                    ..Failure::msg(format!(
-                        "cannot connect to kvnetd at {}: {} (is kvnetd running?)",
-                        socket.display(),
-                        system_message(&source)
-                    ))
-                };
-            }
-            other => return Failure::msg(other.to_string()),
+        let api = match answered(error) {
+            Ok(api) => api,
+            Err(failure) => return failure,
         };
         let context = match (api.kind, network) {
             (ErrorKind::NotFound, Some(network)) => format!("failed to get network '{network}'"),
             _ => context.into(),
         };
-        let prefix = match api.kind {
-            ErrorKind::NotFound => "Network not found: ",
-            ErrorKind::OperationInvalid => "Requested operation is not valid: ",
-            ErrorKind::InvalidArgument => "invalid argument: ",
-            ErrorKind::Unsupported => "Operation not supported: ",
-            ErrorKind::AlreadyExists => "operation failed: ",
-            ErrorKind::PermissionDenied => "access denied: ",
-            ErrorKind::Internal => "internal error: ",
-        };
-        Failure::two(context, format!("{prefix}{}", api.message))
+        Failure::two(context, reason(&api, NETWORK_NOT_FOUND))
+    }
+
+    /// A failed daemon call after which virsh prints no line of its own: only the
+    /// reason, with libvirt's prefix for its kind (`not_found`: the words for a missing
+    /// thing, [`NETWORK_NOT_FOUND`] or [`PORT_NOT_FOUND`]).
+    pub fn reason_only(error: client::Error, not_found: &str) -> Failure {
+        match answered(error) {
+            Ok(api) => Failure::msg(reason(&api, not_found)),
+            Err(failure) => failure,
+        }
     }
 
     /// A failure with no `error:` line (virsh has none, or the verb printed its own
@@ -90,6 +82,43 @@ impl Failure {
     pub fn ran(&self) -> bool {
         self.ran
     }
+}
+
+/// libvirt's words for a missing network (`VIR_ERR_NO_NETWORK`) and a missing network
+/// port (`VIR_ERR_NO_NETWORK_PORT`), which head the daemon's `not_found` message.
+pub const NETWORK_NOT_FOUND: &str = "Network not found: ";
+pub const PORT_NOT_FOUND: &str = "network port not found: ";
+
+/// The daemon's own error, or the failure to reach it (one line naming the socket: the
+/// verb did not run) or to understand it.
+fn answered(error: client::Error) -> Result<ApiError, Failure> {
+    match error {
+        client::Error::Api(api) => Ok(api),
+        client::Error::Connect { socket, source } => Err(Failure {
+            ran: false,
+            ..Failure::msg(format!(
+                "cannot connect to kvnetd at {}: {} (is kvnetd running?)",
+                socket.display(),
+                system_message(&source)
+            ))
+        }),
+        other => Err(Failure::msg(other.to_string())),
+    }
+}
+
+/// The daemon's message with libvirt's prefix for its kind, as virsh's second error line
+/// shows it; `not_found` is the prefix of a missing thing.
+fn reason(api: &ApiError, not_found: &str) -> String {
+    let prefix = match api.kind {
+        ErrorKind::NotFound => not_found,
+        ErrorKind::OperationInvalid => "Requested operation is not valid: ",
+        ErrorKind::InvalidArgument => "invalid argument: ",
+        ErrorKind::Unsupported => "Operation not supported: ",
+        ErrorKind::AlreadyExists => "operation failed: ",
+        ErrorKind::PermissionDenied => "access denied: ",
+        ErrorKind::Internal => "internal error: ",
+    };
+    format!("{prefix}{}", api.message)
 }
 
 /// Runs the verb named on the command line.
@@ -134,6 +163,35 @@ pub fn run(cli: &Cli) -> Result<String, Failure> {
         Command::NetUpdate(args) => net::update(&client, args, quiet),
         Command::NetDhcpLeases { network, mac, json } => {
             net::dhcp_leases(&client, network.get(), mac.as_deref(), *json, quiet)
+        }
+        Command::NetPortList {
+            network,
+            table,
+            uuid,
+            json,
+        } => port::list(&client, network.get(), *table, *uuid, *json, quiet),
+        Command::NetPortCreate { network, file } => {
+            port::create(&client, network.get(), &file.get(), quiet)
+        }
+        Command::NetPortDumpxml {
+            network,
+            port,
+            xpath,
+            wrap,
+            json,
+        } => port::dumpxml(
+            &client,
+            network.get(),
+            port.get(),
+            net::Select {
+                xpath: xpath.as_deref(),
+                wrap: *wrap,
+            },
+            *json,
+            quiet,
+        ),
+        Command::NetPortDelete { network, port } => {
+            port::delete(&client, network.get(), port.get(), quiet)
         }
         Command::Uri { json } => uri(&client, &connection.uri, *json, quiet),
         Command::NetEvent(args) => net::event(&client, &connection.uri, args, quiet),

@@ -17,7 +17,7 @@ use super::{Failure, system_message};
 use crate::cli::{EventArgs, ListArgs, UpdateArgs};
 use crate::output;
 
-fn read_file(path: &Path) -> Result<String, Failure> {
+pub(super) fn read_file(path: &Path) -> Result<String, Failure> {
     std::fs::read_to_string(path).map_err(|e| {
         Failure::msg(format!(
             "Failed to open file '{}': {}",
@@ -191,6 +191,13 @@ pub fn dumpxml(
     if json {
         return Ok(output::json(&serde_json::json!({ "xml": xml })));
     }
+    print_xml(xml, select, quiet)
+}
+
+/// An XML document as `*-dumpxml` prints it: whole, or with `--xpath` only the nodes
+/// EXPR selects, as virsh 9.0 prints them (`crate::xpath`); `--wrap` means nothing
+/// without it.
+pub(super) fn print_xml(xml: String, select: Select, quiet: bool) -> Result<String, Failure> {
     let Some(expr) = select.xpath else {
         return Ok(output::finish(xml, quiet));
     };
