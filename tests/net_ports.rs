@@ -208,7 +208,13 @@ fn ports_survive_a_daemon_restart_and_go_with_their_network() {
     daemon.ok(&["net-destroy", "default"]);
     assert!(taps(&daemon).is_empty(), "{:?}", taps(&daemon));
     assert!(nix::unistd::write(&tap, &arp_request()).is_err());
-    assert_eq!(client.ports("default").expect("ports"), []);
+    assert_eq!(
+        api_error(client.ports("default")),
+        (
+            ErrorKind::OperationInvalid,
+            "network 'default' is not active".to_owned()
+        )
+    );
     // Nor do they come back with it.
     daemon.ok(&["net-start", "default"]);
     assert_eq!(client.ports("default").expect("ports"), []);

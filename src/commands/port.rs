@@ -27,20 +27,14 @@ pub fn list(
             "Only one argument from --table and --uuid may be specified.",
         ));
     }
-    let net = client
-        .get(network)
-        .map_err(|e| network_failure(network, e))?;
-    if !net.active {
-        // libvirt lists the ports of a running network only (`networkListAllPorts`),
-        // and virsh prints its error alone.
-        return Err(Failure::msg(format!(
-            "Requested operation is not valid: network '{}' is not active",
-            net.name
-        )));
-    }
-    let mut ports = client
-        .ports(network)
-        .map_err(|e| Failure::reason_only(e, NETWORK_NOT_FOUND))?;
+    // The daemon lists the ports of a running network only, as libvirt does; virsh
+    // prints that refusal alone.
+    let mut ports = client.ports(network).map_err(|e| match e {
+        client::Error::Api(api) if api.kind == ErrorKind::NotFound => {
+            network_failure(network, client::Error::Api(api))
+        }
+        other => Failure::reason_only(other, NETWORK_NOT_FOUND),
+    })?;
     ports.sort_by_key(|port| port.uuid);
     Ok(if json {
         output::json(&ports)

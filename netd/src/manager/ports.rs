@@ -184,13 +184,15 @@ impl Manager {
         })
     }
 
-    /// The ports of a network, by UUID (none when it is not running).
+    /// The ports of a running network, by UUID (libvirt lists only those of a running
+    /// network).
     pub async fn list_ports(&self, key: &str) -> Result<Vec<PortSummary>, Error> {
         let mut networks = self.networks.lock().await;
         let name = lookup(&networks, key)?;
-        let Some(network) = networks.get_mut(&name) else {
-            return Ok(Vec::new());
-        };
+        let network = networks
+            .get_mut(&name)
+            .filter(|network| network.live.is_some())
+            .ok_or_else(|| Error::OperationInvalid(format!("network '{name}' is not active")))?;
         self.prune_ports(&name, network).await;
         Ok(network
             .ports
