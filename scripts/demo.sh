@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Demo: builds kvnet, runs kvnetd with the `default` network inside a private network
 # namespace (nothing is changed in this host's own namespace), defines libvirt's
-# docker-machines network, and shows net-list, net-info and net-dumpxml.
+# docker-machines network, and shows net-list, net-info and net-dumpxml; then a network
+# port (a guest's tap on virbr0) and, where /dev/kvm works, a mini-guest VM whose NIC
+# kvnetd plugs into the default network.
 # With --keep, the daemon keeps running until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +46,36 @@ echo "\$ ip -br addr   # inside namespace $ns"
 ip netns exec "$ns" ip -br addr
 echo "\$ nft list table inet kvnet   # inside namespace $ns"
 ip netns exec "$ns" nft list table inet kvnet
+
+# A guest NIC's place on the network: kvnetd makes the tap on virbr0.
+cat > "$work/port.xml" <<'XML'
+<networkport>
+  <owner>
+    <name>demo-guest</name>
+    <uuid>c0b6a7f5-4deb-4cf6-b4e7-eab4e3aafd4c</uuid>
+  </owner>
+  <mac address='52:54:00:de:00:01'/>
+</networkport>
+XML
+kvnet net-port-create default "$work/port.xml"
+kvnet net-port-list default
+port=$("$bin/kvnet" -c "$sock" net-port-list default --uuid | head -n 1)
+kvnet net-port-dumpxml default "$port"
+echo "\$ ip -br link show master virbr0   # inside namespace $ns"
+ip netns exec "$ns" ip -br link show master virbr0
+kvnet net-port-delete default "$port"
+
+# A VM on the default network: run from this namespace, it needs no network privileges;
+# kvnetd hands it the tap over its socket, and the port ends with the VM.
+if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+  cargo build -q --release -p kvnet-vmm --features test-guest --example mini_guest
+  guest=$("$bin/examples/mini_guest" "$work/guest.elf")
+  echo "\$ kvnet-vmm --kernel guest.elf --net network=default --name demo-vm"
+  KVNET_SOCKET=$sock "$bin/kvnet-vmm" --kernel "$guest" --net network=default --name demo-vm
+else
+  echo "(no usable /dev/kvm: skipping the VM)"
+fi
+kvnet net-port-list default
 echo "daemon log: $work/kvnetd.log" >&2
 if [ "$keep" = 1 ]; then
   echo "kvnetd is running in namespace $ns; try: $bin/kvnet -c $sock net-list --all (Ctrl-C to stop)"
