@@ -240,6 +240,20 @@ impl PortArg {
     }
 }
 
+/// How `net-dumpxml` and `net-port-dumpxml` print their XML.
+#[derive(Debug, Args)]
+pub struct XmlOutput {
+    /// Print only the nodes this XPath 1.0 expression selects, one per line.
+    #[arg(long, value_name = "EXPR", conflicts_with = "json")]
+    pub xpath: Option<String>,
+    /// With --xpath: print the nodes inside one <nodes> element.
+    #[arg(long)]
+    pub wrap: bool,
+    /// Print JSON (`{"xml": ...}`) instead.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// The verbs.
 // The variants mirror virsh's `net-*` verb names one to one.
 #[allow(clippy::enum_variant_names)]
@@ -289,15 +303,8 @@ pub enum Command {
         /// The persistent definition rather than the running one.
         #[arg(long)]
         inactive: bool,
-        /// Print only the nodes this XPath 1.0 expression selects, one per line.
-        #[arg(long, value_name = "EXPR", conflicts_with = "json")]
-        xpath: Option<String>,
-        /// With --xpath: print the nodes inside one <nodes> element.
-        #[arg(long)]
-        wrap: bool,
-        /// Print JSON (`{"xml": ...}`) instead.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: XmlOutput,
     },
     /// Print a network's UUID.
     #[command(name = "net-uuid")]
@@ -369,15 +376,8 @@ pub enum Command {
         network: NetworkArg,
         #[command(flatten)]
         port: PortArg,
-        /// Print only the nodes this XPath 1.0 expression selects, one per line.
-        #[arg(long, value_name = "EXPR", conflicts_with = "json")]
-        xpath: Option<String>,
-        /// With --xpath: print the nodes inside one <nodes> element.
-        #[arg(long)]
-        wrap: bool,
-        /// Print JSON (`{"xml": ...}`) instead.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: XmlOutput,
     },
     /// Delete a network port and its tap.
     #[command(name = "net-port-delete")]
@@ -530,10 +530,11 @@ impl Command {
     pub fn prints_json(&self) -> bool {
         match self {
             Command::NetList(args) => args.json,
+            Command::NetDumpxml { output, .. } | Command::NetPortDumpxml { output, .. } => {
+                output.json
+            }
             Command::NetInfo { json, .. }
-            | Command::NetDumpxml { json, .. }
             | Command::NetPortList { json, .. }
-            | Command::NetPortDumpxml { json, .. }
             | Command::NetUuid { json, .. }
             | Command::NetName { json, .. }
             | Command::NetDhcpLeases { json, .. }

@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
 
-use common::{DAEMON_NEEDS, Daemon, require, xml_file};
+use common::{DAEMON_NEEDS, Daemon, kvnet_with_input, require, xml_file};
 
 /// The ports these tests create: UUIDs whose byte order is not their creation order.
 const LATE: &str = "7ae63b5f-fe96-4af0-a7c3-da04ba1b3f54";
@@ -474,23 +472,6 @@ fn failures_read_as_virsh_reports_them() {
     );
 }
 
-/// Runs `kvnet -c SOCKET` with `input` on its stdin.
-fn kvnet_with_input(daemon: &Daemon, input: &str) -> Output {
-    let mut child = common::kvnet_command(&daemon.socket())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kvnet");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("kvnet output")
-}
-
 #[test]
 fn command_strings_and_the_terminal_know_the_port_verbs() {
     if !require(DAEMON_NEEDS) {
@@ -524,6 +505,7 @@ fn command_strings_and_the_terminal_know_the_port_verbs() {
 
     let out = kvnet_with_input(
         &daemon,
+        &[],
         &format!(
             "net-port-dumpxml default {LATE} --xpath //plug/@type\nnet-port-delete default {LATE}\n"
         ),

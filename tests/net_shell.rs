@@ -6,29 +6,10 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Output, Stdio};
 
-use common::{DAEMON_NEEDS, Daemon, require, xml_file};
+use common::{DAEMON_NEEDS, Daemon, kvnet_with_input, require, xml_file};
 
 const DOCKER_MACHINES: &str = include_str!("../examples/networks/docker-machines.xml");
-
-/// Runs `kvnet -c SOCKET args...` with `input` on its stdin.
-fn kvnet_with_input(daemon: &Daemon, args: &[&str], input: &str) -> Output {
-    let mut child = common::kvnet_command(&daemon.socket())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kvnet");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("kvnet output")
-}
 
 fn text(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).expect("utf-8")

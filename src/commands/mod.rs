@@ -143,18 +143,13 @@ pub fn run(cli: &Cli) -> Result<String, Failure> {
         Command::NetDumpxml {
             network,
             inactive,
-            xpath,
-            wrap,
-            json,
+            output,
         } => net::dumpxml(
             &client,
             network.get(),
             *inactive,
-            net::Select {
-                xpath: xpath.as_deref(),
-                wrap: *wrap,
-            },
-            *json,
+            net::Select::of(output),
+            output.json,
             quiet,
         ),
         Command::NetUuid { network, json } => net::uuid(&client, network.get(), *json, quiet),
@@ -176,18 +171,13 @@ pub fn run(cli: &Cli) -> Result<String, Failure> {
         Command::NetPortDumpxml {
             network,
             port,
-            xpath,
-            wrap,
-            json,
+            output,
         } => port::dumpxml(
             &client,
             network.get(),
             port.get(),
-            net::Select {
-                xpath: xpath.as_deref(),
-                wrap: *wrap,
-            },
-            *json,
+            net::Select::of(output),
+            output.json,
             quiet,
         ),
         Command::NetPortDelete { network, port } => {

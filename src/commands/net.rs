@@ -165,6 +165,16 @@ pub struct Select<'a> {
     pub wrap: bool,
 }
 
+impl Select<'_> {
+    /// The selection the command line asked for.
+    pub fn of(output: &crate::cli::XmlOutput) -> Select<'_> {
+        Select {
+            xpath: output.xpath.as_deref(),
+            wrap: output.wrap,
+        }
+    }
+}
+
 /// `net-dumpxml`. With `--xpath`, only the nodes EXPR selects, as virsh 9.0 prints
 /// them (`crate::xpath`); `--wrap` means nothing without it.
 pub fn dumpxml(

@@ -2,6 +2,7 @@
 //! network namespace with its own temp dirs and socket, and the CLI pointed at it.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -316,6 +317,24 @@ pub fn attach_upstream(daemon: &Daemon, upstream: &Netns) {
     upstream
         .sh("ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up")
         .expect("upstream addressing");
+}
+
+/// Runs `kvnet -c SOCKET args...` with `input` on its stdin.
+pub fn kvnet_with_input(daemon: &Daemon, args: &[&str], input: &str) -> Output {
+    let mut child = kvnet_command(&daemon.socket())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kvnet");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("kvnet output")
 }
 
 /// Waits until a bridge port is forwarding (STP on: listening + learning first).
