@@ -321,3 +321,42 @@ fn refused_ports_leave_nothing_behind() {
         )
     );
 }
+
+#[test]
+fn a_port_of_a_host_bridge_network_joins_that_bridge_which_outlives_it() {
+    if !require(&needs()) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    daemon
+        .ns
+        .sh("ip link add br-host type bridge && ip link set br-host mtu 9000 up")
+        .expect("host bridge");
+    let dir = tempfile::tempdir().expect("tmp");
+    let xml = common::xml_file(
+        dir.path(),
+        "host",
+        "<network><name>host</name><forward mode='bridge'/><bridge name='br-host'/></network>",
+    );
+    daemon.ok(&["net-create", xml.to_str().expect("utf-8")]);
+    let client = Client::new(daemon.socket());
+    let port = client
+        .create_port("host", &port_xml("guest7", "52:54:00:aa:bb:07"))
+        .expect("create port");
+    let kernel = link(&daemon, &port.tap);
+    assert_eq!(kernel["master"], "br-host", "{kernel}");
+    // The tap takes the bridge's MTU, so joining does not lower it.
+    assert_eq!(kernel["mtu"], 9000, "{kernel}");
+    assert_eq!(link(&daemon, "br-host")["mtu"], 9000);
+    let xml = client
+        .port_xml("host", &port.uuid.to_string())
+        .expect("port xml");
+    assert!(
+        xml.contains("  <plug type='bridge' bridge='br-host'/>\n"),
+        "{xml}"
+    );
+
+    daemon.ok(&["net-destroy", "host"]);
+    assert!(taps(&daemon).is_empty(), "{:?}", taps(&daemon));
+    assert_eq!(daemon.bridges(), ["br-host"]);
+}
