@@ -14,8 +14,10 @@ mod xpath;
 use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+use netd::api::client::Client;
 
 use crate::usage::Refusal;
 
@@ -198,7 +200,7 @@ fn interactive(globals: &[OsString]) -> bool {
     if !quiet {
         let _ = std::io::stdout().write_all(shell::Terminal::welcome(PROGRAM).as_bytes());
     }
-    let mut terminal = shell::Terminal::new(PROGRAM, completion());
+    let mut terminal = shell::Terminal::new(PROGRAM, completion(daemon_of(globals)));
     while let Some(line) = terminal.read_line() {
         if !line.is_empty() && run_command_string(globals, &line).quit {
             break;
@@ -210,10 +212,49 @@ fn interactive(globals: &[OsString]) -> bool {
     true
 }
 
+/// The daemon the terminal's commands go to (as its global options name it), for Tab
+/// to ask for network names.
+fn daemon_of(globals: &[OsString]) -> Option<Client> {
+    let argv = std::iter::once(OsString::from(PROGRAM))
+        .chain(globals.iter().cloned())
+        .chain([OsString::from("uri")]);
+    let cli = cli::Cli::try_parse_from(argv).ok()?;
+    let socket = cli.connection().ok()?.socket;
+    // Tab must not hang on a daemon that does not answer.
+    Some(Client::new(socket).with_answer_timeout(Duration::from_secs(2)))
+}
+
+/// The networks Tab offers for `verb`: those it can act on (net-start the inactive ones,
+/// net-destroy and the verbs of running networks the active ones, the verbs of
+/// definitions the persistent ones).
+fn network_names(daemon: &Client, verb: &str) -> Vec<String> {
+    let networks = daemon.list().unwrap_or_default();
+    networks
+        .into_iter()
+        .filter(|network| match verb {
+            "net-start" => !network.active,
+            "net-destroy" | "net-dhcp-leases" | "net-update" => network.active,
+            "net-undefine" | "net-autostart" | "net-edit" => network.persistent,
+            verb if verb.starts_with("net-port-") => network.active,
+            _ => true,
+        })
+        .map(|network| network.name)
+        .collect()
+}
+
 /// What Tab completes in the terminal: the verbs (and `quit`, `exit`), each with its
-/// long options, read from the command line's own definition.
-fn completion() -> shell::Completion {
+/// long options, read from the command line's own definition; and the network of the
+/// verbs that take one, asked of `daemon`.
+fn completion(daemon: Option<Client>) -> shell::Completion {
     let cli = <cli::Cli as clap::CommandFactory>::command();
+    let takes_network = cli
+        .get_subcommands()
+        .filter(|verb| {
+            verb.get_arguments()
+                .any(|arg| arg.is_positional() && arg.get_id() == "network")
+        })
+        .map(|verb| verb.get_name().to_owned())
+        .collect();
     let mut verbs: Vec<(String, Vec<String>)> = cli
         .get_subcommands()
         .map(|verb| {
@@ -227,7 +268,11 @@ fn completion() -> shell::Completion {
         })
         .collect();
     verbs.extend(["quit", "exit"].map(|verb| (verb.to_owned(), Vec::new())));
-    shell::Completion::new(verbs)
+    let networks: shell::NetworkNames = match daemon {
+        Some(daemon) => Box::new(move |verb| network_names(&daemon, verb)),
+        None => Box::new(|_| Vec::new()),
+    };
+    shell::Completion::new(verbs, takes_network, networks)
 }
 
 fn lossy(args: &[OsString]) -> Vec<String> {
@@ -241,7 +286,7 @@ mod tests {
     use super::*;
 
     fn complete(line: &str) -> Vec<String> {
-        completion().candidates(line, line.len()).1
+        completion(None).candidates(line, line.len()).1
     }
 
     #[test]

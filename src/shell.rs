@@ -250,17 +250,33 @@ fn read_line_after_prompt(prompt: &str, echo: bool) -> Option<String> {
     Some(line)
 }
 
+/// The names a verb's network argument can take (asked of the daemon when Tab is
+/// pressed; none when it cannot be reached).
+pub type NetworkNames = Box<dyn Fn(&str) -> Vec<String>>;
+
 /// Tab completion of the terminal: the verbs as a command's first word, then that
-/// verb's options.
+/// verb's options, and network names where the verb takes a network.
 pub struct Completion {
     /// Each verb with its long options (`--all`...).
     verbs: Vec<(String, Vec<String>)>,
+    /// The verbs whose first positional argument is a network.
+    takes_network: Vec<String>,
+    networks: NetworkNames,
 }
 
 impl Completion {
-    /// Completes `verbs`, each with its long options.
-    pub fn new(verbs: Vec<(String, Vec<String>)>) -> Completion {
-        Completion { verbs }
+    /// Completes `verbs`, each with its long options, and for the verbs in
+    /// `takes_network` the names `networks` gives for that verb.
+    pub fn new(
+        verbs: Vec<(String, Vec<String>)>,
+        takes_network: Vec<String>,
+        networks: NetworkNames,
+    ) -> Completion {
+        Completion {
+            verbs,
+            takes_network,
+            networks,
+        }
     }
 
     /// Where the word under the cursor starts in `line`, and its completions.
@@ -273,8 +289,18 @@ impl Completion {
         let word = &command[word_start..];
         let start = command_start + word_start;
         let mut earlier = command[..word_start].split_whitespace();
-        let words: Vec<String> = match earlier.next() {
+        let verb = earlier.next();
+        let earlier: Vec<&str> = earlier.collect();
+        let wants_network = verb.is_some_and(|verb| {
+            self.takes_network.iter().any(|name| name == verb)
+                && !word.starts_with('-')
+                && (earlier.last() == Some(&"--network")
+                    // The network is the first word that is not an option.
+                    || earlier.iter().all(|earlier| earlier.starts_with('-')))
+        });
+        let words: Vec<String> = match verb {
             None => self.verbs.iter().map(|(verb, _)| verb.clone()).collect(),
+            Some(verb) if wants_network => (self.networks)(verb),
             Some(verb) if word.starts_with('-') || word.is_empty() => self
                 .verbs
                 .iter()
@@ -403,12 +429,24 @@ mod tests {
                 options.iter().map(|option| (*option).to_owned()).collect(),
             )
         };
-        Completion::new(vec![
-            verb("net-list", &["--all", "--autostart", "--name"]),
-            verb("net-start", &["--network"]),
-            verb("net-info", &["--network", "--json"]),
-            verb("quit", &[]),
-        ])
+        Completion::new(
+            vec![
+                verb("net-list", &["--all", "--autostart", "--name"]),
+                verb("net-start", &["--network"]),
+                verb("net-info", &["--network", "--json"]),
+                verb("quit", &[]),
+            ],
+            vec!["net-start".into(), "net-info".into()],
+            // The daemon's answer for net-start: its inactive networks.
+            Box::new(|verb| match verb {
+                "net-start" => vec!["default".into(), "docker-machines".into()],
+                _ => vec![
+                    "default".into(),
+                    "docker-machines".into(),
+                    "isolated".into(),
+                ],
+            }),
+        )
     }
 
     fn complete(line: &str) -> (usize, Vec<String>) {
@@ -436,13 +474,43 @@ mod tests {
             complete("net-list --all; net-i"),
             (16, vec!["net-info".into()])
         );
-        // A network name is not completed; an unknown verb has no options.
-        assert_eq!(complete("net-start def"), (10, Vec::new()));
+        // An unknown verb has no options.
         assert_eq!(complete("net-nosuch --"), (11, Vec::new()));
         // The cursor, not the line's end, says which word.
         assert_eq!(
             completion().candidates("net-l --all", 5),
             (0, vec!["net-list".into()])
+        );
+    }
+
+    #[test]
+    fn tab_completes_the_network_of_verbs_that_take_one() {
+        assert_eq!(complete("net-start def"), (10, vec!["default".into()]));
+        assert_eq!(
+            complete("net-info "),
+            (
+                9,
+                vec![
+                    "default".into(),
+                    "docker-machines".into(),
+                    "isolated".into()
+                ]
+            )
+        );
+        assert_eq!(
+            complete("net-info --network i"),
+            (19, vec!["isolated".into()])
+        );
+        assert_eq!(complete("net-info --json i"), (16, vec!["isolated".into()]));
+        // Which networks is the verb's business: net-start offers the inactive ones.
+        assert_eq!(complete("net-start i"), (10, Vec::new()));
+        // Once the network is given, or for a verb without one, nothing.
+        assert_eq!(complete("net-info default d"), (17, Vec::new()));
+        assert_eq!(complete("net-list d"), (9, Vec::new()));
+        // Options still complete after the network.
+        assert_eq!(
+            complete("net-info default --j"),
+            (17, vec!["--json".into()])
         );
     }
 

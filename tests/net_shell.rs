@@ -352,11 +352,15 @@ fn on_a_terminal_lines_complete_edit_and_recall_across_sessions() {
     assert!(history.contains("net-list --all --name"), "{history:?}");
     assert!(!history.contains("net-start"), "{history:?}");
 
-    // The next session recalls it (before `quit`); Ctrl-D at an empty prompt ends it.
+    // The next session recalls it (before `quit`); Tab completes a network the daemon
+    // has (net-start: an inactive one); Ctrl-D at an empty prompt ends it.
     let mut session = PtySession::start(&daemon, cache.path());
     session.expect(prompt);
     session.type_keys(b"\x1b[A\x1b[A\r");
     session.expect(listed);
+    session.expect(prompt);
+    session.type_keys(b"net-start dock\t\r");
+    session.expect("Network docker-machines started");
     session.expect(prompt);
     session.type_keys(b"\x04");
     session.finish();
