@@ -461,6 +461,33 @@ mod tests {
     }
 
     #[test]
+    fn ports_are_kept_beside_the_status_and_go_with_it() {
+        let (_dir, store) = store();
+        store.create_dirs().unwrap();
+        assert_eq!(store.load_ports("net").unwrap(), []);
+        let ports = vec![PortStatus {
+            xml: "<networkport/>".into(),
+            tap: "vnet0".into(),
+            ifindex: 7,
+            persistent: true,
+        }];
+        store.save_ports("net", &ports).unwrap();
+        assert_eq!(store.load_ports("net").unwrap(), ports);
+        // The ports file is not a status file.
+        assert!(store.load_statuses().unwrap().is_empty());
+        store.save_ports("net", &[]).unwrap();
+        assert!(!store.ports_path("net").exists());
+        store.save_ports("net", &ports).unwrap();
+        store.delete_status("net").unwrap();
+        assert_eq!(store.load_ports("net").unwrap(), []);
+        fs::write(store.ports_path("net"), b"{").unwrap();
+        assert!(matches!(
+            store.load_ports("net"),
+            Err(Error::CorruptStatus { .. })
+        ));
+    }
+
+    #[test]
     fn a_definition_that_cannot_be_removed_keeps_its_autostart_link() {
         let (dir, store) = store();
         store.create_dirs().unwrap();
