@@ -225,6 +225,9 @@ pub enum NetConfigError {
     /// `socket=` without `network=`.
     #[error("--net socket=PATH only goes with network=NAME")]
     SocketWithoutNetwork,
+    /// `network=` or `socket=` with nothing after it.
+    #[error("--net {0}= needs a value")]
+    Empty(&'static str),
     /// kvnetd did not give the NIC a port on the network.
     // The client's errors already name their causes (the socket and the OS error), so
     // the reason is part of this message rather than a source printed again after it.
@@ -279,6 +282,13 @@ impl FromStr for NetSpec {
             match key {
                 "network" | "tap-fd" | "tap" if tap.is_some() => {
                     return Err(NetConfigError::Backend);
+                }
+                "network" | "socket" if value.is_empty() => {
+                    return Err(NetConfigError::Empty(if key == "network" {
+                        "network"
+                    } else {
+                        "socket"
+                    }));
                 }
                 "network" => {
                     tap = Some(TapSource::Network {
@@ -406,6 +416,35 @@ mod tests {
         assert_eq!(spec.mtu, Some(9000));
         let spec: NetSpec = "tap=vnet0".parse().expect("parse");
         assert_eq!(spec.tap, TapSource::Name("vnet0".into()));
+        let plugged: NetSpec = "mac=52:54:00:12:34:56,network=default,socket=/run/k.sock"
+            .parse()
+            .expect("parse");
+        assert_eq!(
+            plugged.tap,
+            TapSource::Network {
+                network: "default".into(),
+                socket: Some("/run/k.sock".into())
+            }
+        );
+        assert_eq!(
+            plugged.mac,
+            Some(MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]))
+        );
+        for (bad, message) in [
+            (
+                "socket=/x,tap=vnet0",
+                "--net socket=PATH only goes with network=NAME",
+            ),
+            ("network=", "--net network= needs a value"),
+            ("network=default,socket=", "--net socket= needs a value"),
+            (
+                "network=a,tap-fd=3",
+                "--net needs exactly one of network=NAME, tap-fd=N or tap=NAME",
+            ),
+        ] {
+            let error = bad.parse::<NetSpec>().expect_err(bad);
+            assert_eq!(error.to_string(), message, "{bad}");
+        }
         assert_eq!((spec.mac, spec.mtu), (None, None));
         for bad in [
             "",
