@@ -213,7 +213,7 @@ fn interactive(globals: &[OsString]) -> bool {
 }
 
 /// The daemon the terminal's commands go to (as its global options name it), for Tab
-/// to ask for network names.
+/// to ask for network and port names.
 fn daemon_of(globals: &[OsString]) -> Option<Client> {
     let argv = std::iter::once(OsString::from(PROGRAM))
         .chain(globals.iter().cloned())
@@ -224,37 +224,58 @@ fn daemon_of(globals: &[OsString]) -> Option<Client> {
     Some(Client::new(socket).with_answer_timeout(Duration::from_secs(2)))
 }
 
-/// The networks Tab offers for `verb`: those it can act on (net-start the inactive ones,
-/// net-destroy and the verbs of running networks the active ones, the verbs of
-/// definitions the persistent ones).
-fn network_names(daemon: &Client, verb: &str) -> Vec<String> {
-    let networks = daemon.list().unwrap_or_default();
-    networks
-        .into_iter()
-        .filter(|network| match verb {
-            "net-start" => !network.active,
-            "net-destroy" | "net-dhcp-leases" | "net-update" => network.active,
-            "net-undefine" | "net-autostart" | "net-edit" => network.persistent,
-            verb if verb.starts_with("net-port-") => network.active,
-            _ => true,
-        })
-        .map(|network| network.name)
-        .collect()
+/// The daemon as Tab sees it: the names it offers.
+struct Daemon(Option<Client>);
+
+impl shell::DaemonNames for Daemon {
+    /// The networks `verb` can act on: net-start the inactive ones, net-destroy and the
+    /// verbs of running networks the active ones, the verbs of definitions the
+    /// persistent ones.
+    fn networks(&self, verb: &str) -> Vec<String> {
+        let Some(daemon) = &self.0 else {
+            return Vec::new();
+        };
+        let networks = daemon.list().unwrap_or_default();
+        networks
+            .into_iter()
+            .filter(|network| match verb {
+                "net-start" => !network.active,
+                "net-destroy" | "net-dhcp-leases" | "net-update" => network.active,
+                "net-undefine" | "net-autostart" | "net-edit" => network.persistent,
+                verb if verb.starts_with("net-port-") => network.active,
+                _ => true,
+            })
+            .map(|network| network.name)
+            .collect()
+    }
+
+    fn ports(&self, network: &str) -> Vec<String> {
+        let Some(daemon) = &self.0 else {
+            return Vec::new();
+        };
+        let ports = daemon.ports(network).unwrap_or_default();
+        ports
+            .into_iter()
+            .map(|port| port.uuid.to_string())
+            .collect()
+    }
 }
 
 /// What Tab completes in the terminal: the verbs (and `quit`, `exit`), each with its
-/// long options, read from the command line's own definition; and the network of the
-/// verbs that take one, asked of `daemon`.
+/// long options, read from the command line's own definition; and the network and port
+/// of the verbs that take them, asked of `daemon`.
 fn completion(daemon: Option<Client>) -> shell::Completion {
     let cli = <cli::Cli as clap::CommandFactory>::command();
-    let takes_network = cli
-        .get_subcommands()
-        .filter(|verb| {
-            verb.get_arguments()
-                .any(|arg| arg.is_positional() && arg.get_id() == "network")
-        })
-        .map(|verb| verb.get_name().to_owned())
-        .collect();
+    let taking = |argument: &str| {
+        cli.get_subcommands()
+            .filter(|verb| {
+                verb.get_arguments()
+                    .any(|arg| arg.is_positional() && arg.get_id() == argument)
+            })
+            .map(|verb| verb.get_name().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let (takes_network, takes_port) = (taking("network"), taking("port"));
     let mut verbs: Vec<(String, Vec<String>)> = cli
         .get_subcommands()
         .map(|verb| {
@@ -268,11 +289,7 @@ fn completion(daemon: Option<Client>) -> shell::Completion {
         })
         .collect();
     verbs.extend(["quit", "exit"].map(|verb| (verb.to_owned(), Vec::new())));
-    let networks: shell::NetworkNames = match daemon {
-        Some(daemon) => Box::new(move |verb| network_names(&daemon, verb)),
-        None => Box::new(|_| Vec::new()),
-    };
-    shell::Completion::new(verbs, takes_network, networks)
+    shell::Completion::new(verbs, takes_network, takes_port, Box::new(Daemon(daemon)))
 }
 
 fn lossy(args: &[OsString]) -> Vec<String> {

@@ -250,32 +250,40 @@ fn read_line_after_prompt(prompt: &str, echo: bool) -> Option<String> {
     Some(line)
 }
 
-/// The names a verb's network argument can take (asked of the daemon when Tab is
-/// pressed; none when it cannot be reached).
-pub type NetworkNames = Box<dyn Fn(&str) -> Vec<String>>;
+/// What Tab asks the daemon for (nothing when it cannot be reached).
+pub trait DaemonNames {
+    /// The networks `verb` can act on.
+    fn networks(&self, verb: &str) -> Vec<String>;
+    /// The UUIDs of the ports of `network`.
+    fn ports(&self, network: &str) -> Vec<String>;
+}
 
 /// Tab completion of the terminal: the verbs as a command's first word, then that
-/// verb's options, and network names where the verb takes a network.
+/// verb's options, and the network and port arguments of the verbs that take them.
 pub struct Completion {
     /// Each verb with its long options (`--all`...).
     verbs: Vec<(String, Vec<String>)>,
     /// The verbs whose first positional argument is a network.
     takes_network: Vec<String>,
-    networks: NetworkNames,
+    /// The verbs whose second positional argument is one of that network's ports.
+    takes_port: Vec<String>,
+    names: Box<dyn DaemonNames>,
 }
 
 impl Completion {
-    /// Completes `verbs`, each with its long options, and for the verbs in
-    /// `takes_network` the names `networks` gives for that verb.
+    /// Completes `verbs`, each with its long options, the network of the verbs in
+    /// `takes_network` and the port of those in `takes_port`, from `names`.
     pub fn new(
         verbs: Vec<(String, Vec<String>)>,
         takes_network: Vec<String>,
-        networks: NetworkNames,
+        takes_port: Vec<String>,
+        names: Box<dyn DaemonNames>,
     ) -> Completion {
         Completion {
             verbs,
             takes_network,
-            networks,
+            takes_port,
+            names,
         }
     }
 
@@ -291,23 +299,20 @@ impl Completion {
         let mut earlier = command[..word_start].split_whitespace();
         let verb = earlier.next();
         let earlier: Vec<&str> = earlier.collect();
-        let wants_network = verb.is_some_and(|verb| {
-            self.takes_network.iter().any(|name| name == verb)
-                && !word.starts_with('-')
-                && (earlier.last() == Some(&"--network")
-                    // The network is the first word that is not an option.
-                    || earlier.iter().all(|earlier| earlier.starts_with('-')))
-        });
-        let words: Vec<String> = match verb {
-            None => self.verbs.iter().map(|(verb, _)| verb.clone()).collect(),
-            Some(verb) if wants_network => (self.networks)(verb),
-            Some(verb) if word.starts_with('-') || word.is_empty() => self
+        let slot = verb
+            .filter(|_| !word.starts_with('-'))
+            .and_then(|verb| self.argument_slot(verb, &earlier));
+        let words: Vec<String> = match (verb, slot) {
+            (None, _) => self.verbs.iter().map(|(verb, _)| verb.clone()).collect(),
+            (Some(verb), Some(Slot::Network)) => self.names.networks(verb),
+            (Some(_), Some(Slot::Port(network))) => self.names.ports(network),
+            (Some(verb), None) if word.starts_with('-') || word.is_empty() => self
                 .verbs
                 .iter()
                 .find(|(name, _)| name == verb)
                 .map(|(_, options)| options.clone())
                 .unwrap_or_default(),
-            Some(_) => Vec::new(),
+            (Some(_), None) => Vec::new(),
         };
         let mut matching: Vec<String> = words
             .into_iter()
@@ -315,6 +320,45 @@ impl Completion {
             .collect();
         matching.sort();
         (start, matching)
+    }
+}
+
+/// Which argument the word being typed is, where it can be completed from the daemon.
+#[derive(Debug, PartialEq, Eq)]
+enum Slot<'a> {
+    Network,
+    /// A port of this network.
+    Port(&'a str),
+}
+
+impl Completion {
+    /// The argument slot of the next word of `verb` after the `earlier` words: the
+    /// network (first positional, or after `--network`), then the port (second
+    /// positional, or after `--port`).
+    fn argument_slot<'a>(&self, verb: &str, earlier: &[&'a str]) -> Option<Slot<'a>> {
+        let (mut network, mut port_given, mut bare) = (None, false, Vec::new());
+        let mut words = earlier.iter();
+        while let Some(&word) = words.next() {
+            match word {
+                "--network" => network = words.next().copied(),
+                "--port" => port_given = words.next().is_some(),
+                option if option.starts_with('-') => {}
+                word => bare.push(word),
+            }
+        }
+        let takes = |verbs: &[String]| verbs.iter().any(|name| name == verb);
+        let last = earlier.last().copied();
+        if takes(&self.takes_network)
+            && last != Some("--port")
+            && (last == Some("--network") || network.is_none() && bare.is_empty())
+        {
+            return Some(Slot::Network);
+        }
+        let network_from_bare = network.is_none();
+        let network = network.or(bare.first().copied())?;
+        let ports_given = bare.len() - usize::from(network_from_bare);
+        (takes(&self.takes_port) && (last == Some("--port") || !port_given && ports_given == 0))
+            .then_some(Slot::Port(network))
     }
 }
 
@@ -436,17 +480,38 @@ mod tests {
                 verb("net-info", &["--network", "--json"]),
                 verb("quit", &[]),
             ],
-            vec!["net-start".into(), "net-info".into()],
-            // The daemon's answer for net-start: its inactive networks.
-            Box::new(|verb| match verb {
+            vec![
+                "net-start".into(),
+                "net-info".into(),
+                "net-port-delete".into(),
+            ],
+            vec!["net-port-delete".into()],
+            Box::new(FakeDaemon),
+        )
+    }
+
+    /// What a daemon with three networks, one port on `default`, would answer.
+    struct FakeDaemon;
+
+    impl DaemonNames for FakeDaemon {
+        fn networks(&self, verb: &str) -> Vec<String> {
+            match verb {
+                // net-start: the inactive ones.
                 "net-start" => vec!["default".into(), "docker-machines".into()],
                 _ => vec![
                     "default".into(),
                     "docker-machines".into(),
                     "isolated".into(),
                 ],
-            }),
-        )
+            }
+        }
+
+        fn ports(&self, network: &str) -> Vec<String> {
+            match network {
+                "default" => vec!["7ae63b5f-fe96-4af0-a7c3-da04ba1b3f54".into()],
+                _ => Vec::new(),
+            }
+        }
     }
 
     fn complete(line: &str) -> (usize, Vec<String>) {
@@ -511,6 +576,26 @@ mod tests {
         assert_eq!(
             complete("net-info default --j"),
             (17, vec!["--json".into()])
+        );
+    }
+
+    #[test]
+    fn tab_completes_a_port_of_the_network_given() {
+        let port = || vec!["7ae63b5f-fe96-4af0-a7c3-da04ba1b3f54".to_owned()];
+        assert_eq!(complete("net-port-delete default 7"), (24, port()));
+        assert_eq!(complete("net-port-delete --network default "), (34, port()));
+        assert_eq!(complete("net-port-delete default --port "), (31, port()));
+        // A port before its network has nothing to come from.
+        assert_eq!(complete("net-port-delete --port "), (23, Vec::new()));
+        assert_eq!(complete("net-port-delete isolated "), (25, Vec::new()));
+        // The network comes first; once the port is given, nothing more.
+        assert_eq!(
+            complete("net-port-delete d"),
+            (16, vec!["default".into(), "docker-machines".into()])
+        );
+        assert_eq!(
+            complete("net-port-delete default 7ae63b5f-fe96-4af0-a7c3-da04ba1b3f54 x"),
+            (61, Vec::new())
         );
     }
 
