@@ -17,7 +17,7 @@ use common::{DAEMON_NEEDS, Daemon, Need, Netns, attach_upstream, require, xml_fi
 use miniguest::*;
 use netd::api::client::Client;
 use vmm::testing::asm::*;
-use vmm::testing::{self, hex32_subroutine, print};
+use vmm::testing::{self, print};
 use vmm::{ExitReason, SerialSink, SharedBuffer, Vm, VmConfig};
 
 const BRIDGE_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x0e, 0x2e, 0x01];
@@ -83,14 +83,7 @@ fn ping_frame() -> Vec<u8> {
 /// as `rx len <used length>` and its bytes in hex, and powers off.
 fn guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
     let mut handler = a.create_label();
-    let mut hex32 = a.create_label();
-    let mut hex8 = a.create_label();
-    let mut main = a.create_label();
-    a.jmp(main)?;
-    hex32_subroutine(a, &mut hex32)?;
-    hex8_subroutine(a, &mut hex8)?;
-
-    a.set_label(&mut main)?;
+    let (hex32, hex8) = hex_printers(a)?;
     let wait = msix_send(a, handler, &ping_frame())?;
 
     let mut udp = a.create_label();

@@ -59,14 +59,7 @@ fn guest_frame(src: [u8; 6], nth: u32) -> Vec<u8> {
 /// used.idx, the used length and the received bytes, then powers off.
 fn guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
     let mut handler = a.create_label();
-    let mut hex32 = a.create_label();
-    let mut hex8 = a.create_label();
-    let mut main = a.create_label();
-    a.jmp(main)?;
-    hex32_subroutine(a, &mut hex32)?;
-    hex8_subroutine(a, &mut hex8)?;
-
-    a.set_label(&mut main)?;
+    let (hex32, hex8) = hex_printers(a)?;
     msix_send(a, handler, &guest_frame([0; 6], 1))?;
 
     // The RX handler: used.idx, the used length, the buffer bytes; EOI; power off.

@@ -5,7 +5,7 @@
 
 use vmm::boot::layout;
 use vmm::testing::asm::*;
-use vmm::testing::{self, QueueRings, poweroff, print, virtio_regs};
+use vmm::testing::{self, QueueRings, hex32_subroutine, poweroff, print, virtio_regs};
 
 pub const VECTOR: u32 = 0x41;
 pub const QUEUE_SIZE: u32 = 8;
@@ -225,4 +225,15 @@ pub fn print_rx_buffer_and_power_off(
     print(a, "\n")?;
     testing::lapic_eoi(a)?;
     poweroff(a)
+}
+
+/// Emits the subroutines that print `eax` (8 hex digits) and `al` (2), jumped over, and
+/// returns their labels for `call`.
+pub fn hex_printers(a: &mut CodeAssembler) -> Result<(CodeLabel, CodeLabel), IcedError> {
+    let (mut hex32, mut hex8, mut after) = (a.create_label(), a.create_label(), a.create_label());
+    a.jmp(after)?;
+    hex32_subroutine(a, &mut hex32)?;
+    hex8_subroutine(a, &mut hex8)?;
+    a.set_label(&mut after)?;
+    Ok((hex32, hex8))
 }
