@@ -360,3 +360,30 @@ fn a_port_of_a_host_bridge_network_joins_that_bridge_which_outlives_it() {
     assert!(taps(&daemon).is_empty(), "{:?}", taps(&daemon));
     assert_eq!(daemon.bridges(), ["br-host"]);
 }
+
+#[test]
+fn only_the_creator_of_a_persistent_port_may_attach_to_its_tap() {
+    if !require(&needs()) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let client = Client::new(daemon.socket());
+    let port = client
+        .create_port("default", &port_xml("guest8", "52:54:00:aa:bb:08"))
+        .expect("create port");
+    // The tap belongs to whoever asked for it (root here), not to anyone who opens it.
+    let owner = daemon
+        .ns
+        .sh(&format!("cat /sys/class/net/{}/owner", port.tap))
+        .expect("owner");
+    assert_eq!(owner.trim(), "0");
+    let attach = daemon
+        .ns
+        .sh(&format!(
+            "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
+             ip tuntap add dev {} mode tap vnet_hdr 2>&1 && echo ATTACHED || echo REFUSED",
+            port.tap
+        ))
+        .expect("attach as nobody");
+    assert!(attach.contains("REFUSED"), "{attach}");
+}

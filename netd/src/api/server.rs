@@ -503,6 +503,8 @@ async fn create_port(
     Json(request): Json<XmlRequest>,
 ) -> Result<Response, ApiError> {
     let hand_over = upgrade.is_some();
+    // The tap is the caller's: only it (and CAP_NET_ADMIN) may attach to it.
+    let owner = peer.uid;
     let connection = match (&upgrade, peer.connection) {
         (None, _) => None,
         (Some(_), Some(connection)) => Some(connection),
@@ -514,9 +516,11 @@ async fn create_port(
         }
     };
     let port = state
-        .change(
-            |manager| async move { manager.create_port(&network, &request.xml, hand_over).await },
-        )
+        .change(|manager| async move {
+            manager
+                .create_port(&network, &request.xml, hand_over, owner)
+                .await
+        })
         .await?;
     let (Some(upgrade), Some(connection), Some(tap)) = (upgrade, connection, port.tap) else {
         return Ok(Json(port.summary).into_response());

@@ -181,6 +181,17 @@ pub enum Op {
     CreateTap,
     /// Making a tap persistent or not.
     SetPersistent(bool),
+    /// Giving a tap an owner.
+    SetOwner(u32),
+    /// Setting a port's MAC address and MTU, attaching it to a bridge and bringing it up.
+    PlugPort {
+        /// The bridge.
+        bridge: String,
+        /// The port's MAC address.
+        mac: [u8; 6],
+        /// The port's MTU.
+        mtu: u32,
+    },
 }
 
 impl Op {
@@ -202,6 +213,11 @@ impl Op {
             Op::CreateTap => format!("creating tap {ifname}"),
             Op::SetPersistent(true) => format!("making tap {ifname} persistent"),
             Op::SetPersistent(false) => format!("making tap {ifname} non-persistent"),
+            Op::SetOwner(uid) => format!("giving tap {ifname} to uid {uid}"),
+            Op::PlugPort { bridge, mac, mtu } => format!(
+                "plugging {ifname} into bridge {bridge} (mac {}, mtu {mtu})",
+                format_mac(mac)
+            ),
         }
     }
 }

@@ -267,7 +267,14 @@ impl Link {
             )
             .execute()
             .await
-            .map_err(failed(Op::SetMaster(bridge.to_owned()), ifname))?;
+            .map_err(failed(
+                Op::PlugPort {
+                    bridge: bridge.to_owned(),
+                    mac,
+                    mtu,
+                },
+                ifname,
+            ))?;
         Ok(index)
     }
 

@@ -96,6 +96,31 @@ impl Tap {
             })
     }
 
+    /// Lets only `uid` (and holders of CAP_NET_ADMIN) attach to the device: without an
+    /// owner, anyone who can open `/dev/net/tun` can attach to a persistent tap nobody
+    /// holds, and so join its bridge.
+    pub fn set_owner(&self, uid: u32) -> Result<(), Error> {
+        // The kernel reads the uid as an unsigned long, so it is passed as one (nix's
+        // by-value ioctl wrappers pass an int).
+        // SAFETY: the fd is an attached tap; TUNSETOWNER takes its argument by value and
+        // touches no memory of ours.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::TUNSETOWNER,
+                libc::c_ulong::from(uid),
+            )
+        };
+        if rc < 0 {
+            return Err(Error::Kernel {
+                op: Op::SetOwner(uid),
+                ifname: self.name.clone(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
     /// The interface name the kernel gave the tap.
     pub fn name(&self) -> &str {
         &self.name

@@ -75,13 +75,13 @@ pub struct NewPort {
     pub tap: Option<OwnedFd>,
 }
 
-/// The MAC address of a guest's tap: the guest's with the first byte `fe` (`fa` if the
-/// guest's starts with `fe`), as libvirt does, so that the bridge, which takes the lowest
-/// address of its ports, never takes the guest's, and frames from the guest never look like
-/// the bridge's own.
+/// The MAC address of a guest's tap: the guest's with the first byte `fe`, as libvirt
+/// does, so that the bridge, which takes the lowest address of its ports, never takes the
+/// guest's, and frames from the guest never look like the bridge's own. (A guest MAC that
+/// starts with `fe` is refused when the port is defined.)
 fn tap_mac(guest: [u8; 6]) -> [u8; 6] {
     let mut mac = guest;
-    mac[0] = if guest[0] == 0xfe { 0xfa } else { 0xfe };
+    mac[0] = 0xfe;
     mac
 }
 
@@ -99,12 +99,14 @@ impl Manager {
     /// Creates a port on a running network from a `<networkport>` document: a tap on the
     /// network's bridge with the guest's MAC (first byte `fe`) and the bridge's MTU. With
     /// `hand_over`, the tap's descriptor is returned and the port lasts while it is open;
-    /// otherwise the tap is persistent and lasts until [`Manager::delete_port`].
+    /// otherwise the tap is persistent and lasts until [`Manager::delete_port`]. Only
+    /// `owner_uid` (the caller) and holders of CAP_NET_ADMIN may attach to the tap.
     pub async fn create_port(
         &self,
         key: &str,
         xml: &str,
         hand_over: bool,
+        owner_uid: u32,
     ) -> Result<NewPort, Error> {
         let mut networks = self.networks.lock().await;
         let name = lookup(&networks, key)?;
@@ -150,6 +152,7 @@ impl Manager {
             .ok_or_else(|| failed(crate::link::Error::NoSuchLink(bridge.clone())))?;
         // Until the port is recorded, dropping `tap` on an error removes the device.
         let tap = Tap::create(TAP_TEMPLATE, false).map_err(failed)?;
+        tap.set_owner(owner_uid).map_err(failed)?;
         let ifindex = self
             .link
             .plug_port(
@@ -347,6 +350,5 @@ mod tests {
     #[test]
     fn a_taps_mac_never_equals_its_guests() {
         assert_eq!(tap_mac([0x52, 0x54, 0, 1, 2, 3]), [0xfe, 0x54, 0, 1, 2, 3]);
-        assert_eq!(tap_mac([0xfe, 0x54, 0, 1, 2, 3]), [0xfa, 0x54, 0, 1, 2, 3]);
     }
 }
