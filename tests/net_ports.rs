@@ -387,3 +387,27 @@ fn only_the_creator_of_a_persistent_port_may_attach_to_its_tap() {
         .expect("attach as nobody");
     assert!(attach.contains("REFUSED"), "{attach}");
 }
+
+#[test]
+fn a_tap_upgrade_without_connection_upgrade_is_refused_and_creates_nothing() {
+    if !require(&needs()) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let body = serde_json::json!({ "xml": port_xml("guest9", "52:54:00:aa:bb:09") }).to_string();
+    let mut stream = std::os::unix::net::UnixStream::connect(daemon.socket()).expect("connect");
+    let request = format!(
+        "POST /v1/networks/default/ports HTTP/1.1\r\nhost: kvnetd\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\
+         upgrade: kvnet-tap\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    std::io::Write::write_all(&mut stream, request.as_bytes()).expect("send");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("needs 'Connection: upgrade'"), "{answer}");
+    assert!(taps(&daemon).is_empty(), "{:?}", taps(&daemon));
+    let client = Client::new(daemon.socket());
+    assert_eq!(client.ports("default").expect("ports"), []);
+}

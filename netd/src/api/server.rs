@@ -465,30 +465,35 @@ impl<S: Send + Sync> FromRequestParts<S> for TapUpgrade {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<TapUpgrade, ApiError> {
-        if !asks_for_tap(&parts.headers) {
+        if !has_token(&parts.headers, header::UPGRADE, TAP_UPGRADE) {
             return Ok(TapUpgrade(None));
         }
-        match parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+        // Without `Connection: upgrade` hyper answers the request as an ordinary one, and
+        // the caller would get a persistent tap it never asked for.
+        let upgrade = has_token(&parts.headers, header::CONNECTION, "upgrade")
+            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+            .flatten();
+        match upgrade {
             Some(upgrade) => Ok(TapUpgrade(Some(upgrade))),
             None => Err(ApiError::new(
                 ErrorKind::InvalidArgument,
-                "this connection cannot be upgraded to receive a tap",
+                format!(
+                    "'Upgrade: {TAP_UPGRADE}' needs 'Connection: upgrade' on an HTTP/1.1 request"
+                ),
             )),
         }
     }
 }
 
-fn asks_for_tap(headers: &HeaderMap) -> bool {
-    let has = |name, token: &str| {
-        headers.get_all(name).iter().any(|value| {
-            value.to_str().is_ok_and(|value| {
-                value
-                    .split(',')
-                    .any(|item| item.trim().eq_ignore_ascii_case(token))
-            })
+/// Whether a comma-separated header `name` lists `token`.
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value.to_str().is_ok_and(|value| {
+            value
+                .split(',')
+                .any(|item| item.trim().eq_ignore_ascii_case(token))
         })
-    };
-    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, TAP_UPGRADE)
+    })
 }
 
 /// Creates a port (`net-port-create`, or kvnet-vmm plugging a NIC in). Asked as an upgrade
