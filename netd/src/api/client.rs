@@ -219,21 +219,22 @@ impl Client {
         // Every read goes through recvmsg: a plain read of the bytes the tap rides on
         // would close it.
         let mut answer = Vec::with_capacity(4096);
-        let mut fds = Vec::new();
+        let fds = std::cell::RefCell::new(Vec::new());
         let mut more = |answer: &mut Vec<u8>| {
             let mut buffer = [0; 4096];
-            let n = fdpass::recv_with_fds(stream.as_fd(), &mut buffer, &mut fds)
+            let n = fdpass::recv_with_fds(stream.as_fd(), &mut buffer, &mut fds.borrow_mut())
                 .map_err(|e| self.read_error(&e))?;
             answer.extend_from_slice(&buffer[..n]);
             Ok::<_, Error>(n > 0)
         };
         let (_, head_end) =
             self.read_head(&mut answer, StatusCode::SWITCHING_PROTOCOLS, &mut more)?;
-        // Switched: the port follows, with its tap, and then the daemon closes.
-        while more(&mut answer)? {}
-        let summary: PortSummary = serde_json::from_slice(&answer[head_end..])
-            .map_err(|e| self.protocol(format!("unreadable port: {e}")))?;
-        let mut fds = fds.into_iter();
+        // Switched: the port follows with its tap attached; stop once both are here rather
+        // than wait for the end of the stream.
+        let port = |answer: &[u8]| serde_json::from_slice::<PortSummary>(&answer[head_end..]);
+        while (fds.borrow().is_empty() || port(&answer).is_err()) && more(&mut answer)? {}
+        let summary = port(&answer).map_err(|e| self.protocol(format!("unreadable port: {e}")))?;
+        let mut fds = fds.into_inner().into_iter();
         match (fds.next(), fds.next()) {
             (Some(tap), None) => Ok((summary, tap)),
             (None, _) => Err(self.protocol(format!(

@@ -533,12 +533,23 @@ async fn create_port(
     let payload = serde_json::to_vec(&port.summary)
         .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
     let uuid = port.summary.uuid;
+    // A daemon that stops waits for the tap to go out, as for any change.
+    let in_progress = Arc::clone(&state.changes).read_owned().await;
     tokio::spawn(async move {
         // The upgrade completes once the 101 answer is written; the tap follows it.
-        let sent = match upgrade.await {
-            Ok(_upgraded) => send_tap(&connection, &payload, tap).await,
-            Err(e) => Err(std::io::Error::other(e)),
+        let hand_over = async {
+            let _upgraded = upgrade.await.map_err(std::io::Error::other)?;
+            send_tap(&connection, &payload, tap).await
         };
+        let sent = tokio::time::timeout(TAP_HAND_OVER_TIMEOUT, hand_over)
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("not done within {TAP_HAND_OVER_TIMEOUT:?}"),
+                ))
+            });
+        drop(in_progress);
         if let Err(e) = sent {
             // The tap closes with this task: the port ends, and its record goes at the
             // next look at the network's ports.
@@ -555,7 +566,13 @@ async fn create_port(
         .into_response())
 }
 
-/// Sends `payload` with `tap` attached on the connection, waiting while its buffer is full.
+/// How long a tap's hand-over may take once its port exists: the answer and one small
+/// message, so only a client that stopped reading takes this long.
+const TAP_HAND_OVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends `payload` with `tap` attached on the connection, waiting while its buffer is full,
+/// then ends the stream: the client sees the end even while other copies of the socket
+/// are still open.
 async fn send_tap(connection: &OwnedFd, payload: &[u8], tap: OwnedFd) -> std::io::Result<()> {
     let socket = tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(
         connection.try_clone()?,
@@ -574,7 +591,7 @@ async fn send_tap(connection: &OwnedFd, payload: &[u8], tap: OwnedFd) -> std::io
             })
             .await?;
     }
-    Ok(())
+    socket.into_std()?.shutdown(std::net::Shutdown::Write)
 }
 
 /// Streams lifecycle events, one JSON object per line ([`EventRecord`]), from the moment
