@@ -284,6 +284,12 @@ impl Link {
         if self.link_name(index).await?.as_deref() != Some(ifname) {
             return Ok(false);
         }
+        self.delete_index(index, ifname).await
+    }
+
+    /// Deletes the link with ifindex `index` (named `ifname`, for messages), whatever its
+    /// name now; returns `Ok(false)` when there is no such link (any more).
+    pub async fn delete_index(&self, index: u32, ifname: &str) -> Result<bool, Error> {
         match self.handle.link().del(index).execute().await {
             Ok(()) => {
                 tracing::debug!(%ifname, "deleted link");
@@ -417,7 +423,8 @@ impl Link {
         Ok(blockers.into_iter().collect())
     }
 
-    async fn link_names_by_index(&self) -> Result<BTreeMap<u32, String>, Error> {
+    /// The name of every link in the namespace, by ifindex (one dump).
+    pub async fn link_names_by_index(&self) -> Result<BTreeMap<u32, String>, Error> {
         let links: Vec<LinkMessage> = self
             .handle
             .link()

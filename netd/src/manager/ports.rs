@@ -234,9 +234,12 @@ impl Manager {
     /// Deletes the taps of every port of a network that is stopping. The port records go
     /// with the network's status.
     pub(super) async fn unplug_all(&self, name: &str, network: &mut Network) {
-        for port in std::mem::take(&mut network.ports).into_values() {
-            self.delete_tap_or_warn(name, &port.tap, port.ifindex).await;
-        }
+        let ports = std::mem::take(&mut network.ports);
+        self.delete_taps(
+            name,
+            ports.values().map(|port| (port.ifindex, port.tap.as_str())),
+        )
+        .await;
     }
 
     /// Takes over the ports an earlier daemon recorded for an adopted network: those whose
@@ -276,10 +279,8 @@ impl Manager {
     pub(super) async fn discard_recorded_ports(&self, name: &str) {
         match self.store.load_ports(name) {
             Ok(stored) => {
-                for status in stored {
-                    self.delete_tap_or_warn(name, &status.tap, status.ifindex)
-                        .await;
-                }
+                let taps = stored.iter().map(|port| (port.ifindex, port.tap.as_str()));
+                self.delete_taps(name, taps).await;
             }
             Err(e) => warn!(network = %name, "cannot read port records: {}", error_chain(&e)),
         }
@@ -302,18 +303,25 @@ impl Manager {
         Ok((name, uuid, network))
     }
 
-    /// Drops the ports whose tap has gone (its VMM closed it, or someone deleted it).
+    /// Drops the ports whose tap has gone (its VMM closed it, or someone deleted it). One
+    /// link dump answers for all of them.
     async fn prune_ports(&self, name: &str, network: &mut Network) {
-        let mut gone = Vec::new();
-        for (uuid, port) in &network.ports {
-            match self.link.link_name(port.ifindex).await {
-                Ok(Some(found)) if found == port.tap => {}
-                Ok(_) => gone.push(*uuid),
-                Err(e) => {
-                    warn!(network = %name, tap = %port.tap, "cannot check a port's tap: {}", error_chain(&e))
-                }
-            }
+        if network.ports.is_empty() {
+            return;
         }
+        let links = match self.link.link_names_by_index().await {
+            Ok(links) => links,
+            Err(e) => {
+                warn!(network = %name, "cannot check the ports' taps: {}", error_chain(&e));
+                return;
+            }
+        };
+        let gone: Vec<Uuid> = network
+            .ports
+            .iter()
+            .filter(|(_, port)| links.get(&port.ifindex) != Some(&port.tap))
+            .map(|(uuid, _)| *uuid)
+            .collect();
         if gone.is_empty() {
             return;
         }
@@ -325,9 +333,30 @@ impl Manager {
         self.save_ports_or_warn(name, &network.ports);
     }
 
-    async fn delete_tap_or_warn(&self, network: &str, tap: &str, ifindex: u32) {
-        if let Err(e) = self.link.delete_link_at(ifindex, tap).await {
-            warn!(network, tap, "deleting a port's tap: {}", error_chain(&e));
+    /// Deletes the taps (ifindex, name) that are still there under their name.
+    async fn delete_taps<'a>(&self, network: &str, taps: impl Iterator<Item = (u32, &'a str)>) {
+        let taps: Vec<(u32, &str)> = taps.collect();
+        if taps.is_empty() {
+            return;
+        }
+        let links = match self.link.link_names_by_index().await {
+            Ok(links) => links,
+            Err(e) => {
+                warn!(
+                    network,
+                    "cannot list the ports' taps to delete them: {}",
+                    error_chain(&e)
+                );
+                return;
+            }
+        };
+        for (ifindex, tap) in taps {
+            if links.get(&ifindex).map(String::as_str) != Some(tap) {
+                continue;
+            }
+            if let Err(e) = self.link.delete_index(ifindex, tap).await {
+                warn!(network, tap, "deleting a port's tap: {}", error_chain(&e));
+            }
         }
     }
 
