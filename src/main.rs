@@ -229,8 +229,8 @@ struct Daemon(Option<Client>);
 
 impl shell::DaemonNames for Daemon {
     /// The networks `verb` can act on: net-start the inactive ones, net-destroy and the
-    /// verbs of running networks the active ones, the verbs of definitions the
-    /// persistent ones.
+    /// port verbs the active ones, the verbs of definitions the persistent ones, the
+    /// others all (net-update and net-dhcp-leases work on inactive networks too).
     fn networks(&self, verb: &str) -> Vec<String> {
         let Some(daemon) = &self.0 else {
             return Vec::new();
@@ -240,7 +240,7 @@ impl shell::DaemonNames for Daemon {
             .into_iter()
             .filter(|network| match verb {
                 "net-start" => !network.active,
-                "net-destroy" | "net-dhcp-leases" | "net-update" => network.active,
+                "net-destroy" => network.active,
                 "net-undefine" | "net-autostart" | "net-edit" => network.persistent,
                 verb if verb.starts_with("net-port-") => network.active,
                 _ => true,
@@ -266,30 +266,37 @@ impl shell::DaemonNames for Daemon {
 /// of the verbs that take them, asked of `daemon`.
 fn completion(daemon: Option<Client>) -> shell::Completion {
     let cli = <cli::Cli as clap::CommandFactory>::command();
-    let taking = |argument: &str| {
-        cli.get_subcommands()
-            .filter(|verb| {
-                verb.get_arguments()
-                    .any(|arg| arg.is_positional() && arg.get_id() == argument)
-            })
-            .map(|verb| verb.get_name().to_owned())
-            .collect::<Vec<_>>()
-    };
-    let (takes_network, takes_port) = (taking("network"), taking("port"));
-    let mut verbs: Vec<(String, Vec<String>)> = cli
+    let mut verbs: Vec<shell::VerbSyntax> = cli
         .get_subcommands()
         .map(|verb| {
-            let options = verb
+            let named = |argument: &str| {
+                verb.get_arguments()
+                    .any(|arg| arg.is_positional() && arg.get_id() == argument)
+            };
+            let options: Vec<&clap::Arg> = verb
                 .get_arguments()
-                .filter_map(|arg| arg.get_long())
-                .filter(|long| !matches!(*long, "connect" | "quiet" | "help"))
-                .map(|long| format!("--{long}"))
+                .filter(|arg| !matches!(arg.get_long(), Some("connect" | "quiet" | "help")))
                 .collect();
-            (verb.get_name().to_owned(), options)
+            let long = |arg: &clap::Arg| arg.get_long().map(|long| format!("--{long}"));
+            shell::VerbSyntax {
+                name: verb.get_name().to_owned(),
+                options: options.iter().copied().filter_map(long).collect(),
+                valued: options
+                    .iter()
+                    .copied()
+                    .filter(|arg| arg.get_action().takes_values())
+                    .filter_map(long)
+                    .collect(),
+                network: named("network"),
+                port: named("port"),
+            }
         })
         .collect();
-    verbs.extend(["quit", "exit"].map(|verb| (verb.to_owned(), Vec::new())));
-    shell::Completion::new(verbs, takes_network, takes_port, Box::new(Daemon(daemon)))
+    verbs.extend(["quit", "exit"].map(|verb| shell::VerbSyntax {
+        name: verb.to_owned(),
+        ..Default::default()
+    }));
+    shell::Completion::new(verbs, Box::new(Daemon(daemon)))
 }
 
 fn lossy(args: &[OsString]) -> Vec<String> {

@@ -258,33 +258,33 @@ pub trait DaemonNames {
     fn ports(&self, network: &str) -> Vec<String>;
 }
 
+/// What Tab needs to know of a verb's command line.
+#[derive(Clone, Debug, Default)]
+pub struct VerbSyntax {
+    /// The verb.
+    pub name: String,
+    /// Its long options (`--all`...).
+    pub options: Vec<String>,
+    /// Those of its options that take a value (`--xpath EXPR`): the value is not an
+    /// argument.
+    pub valued: Vec<String>,
+    /// Its first positional argument is a network.
+    pub network: bool,
+    /// Its second positional argument is one of that network's ports.
+    pub port: bool,
+}
+
 /// Tab completion of the terminal: the verbs as a command's first word, then that
 /// verb's options, and the network and port arguments of the verbs that take them.
 pub struct Completion {
-    /// Each verb with its long options (`--all`...).
-    verbs: Vec<(String, Vec<String>)>,
-    /// The verbs whose first positional argument is a network.
-    takes_network: Vec<String>,
-    /// The verbs whose second positional argument is one of that network's ports.
-    takes_port: Vec<String>,
+    verbs: Vec<VerbSyntax>,
     names: Box<dyn DaemonNames>,
 }
 
 impl Completion {
-    /// Completes `verbs`, each with its long options, the network of the verbs in
-    /// `takes_network` and the port of those in `takes_port`, from `names`.
-    pub fn new(
-        verbs: Vec<(String, Vec<String>)>,
-        takes_network: Vec<String>,
-        takes_port: Vec<String>,
-        names: Box<dyn DaemonNames>,
-    ) -> Completion {
-        Completion {
-            verbs,
-            takes_network,
-            takes_port,
-            names,
-        }
+    /// Completes `verbs`, with the networks and ports `names` gives.
+    pub fn new(verbs: Vec<VerbSyntax>, names: Box<dyn DaemonNames>) -> Completion {
+        Completion { verbs, names }
     }
 
     /// Where the word under the cursor starts in `line`, and its completions.
@@ -297,22 +297,22 @@ impl Completion {
         let word = &command[word_start..];
         let start = command_start + word_start;
         let mut earlier = command[..word_start].split_whitespace();
-        let verb = earlier.next();
+        let verb = earlier
+            .next()
+            .map(|name| self.verbs.iter().find(|verb| verb.name == name));
         let earlier: Vec<&str> = earlier.collect();
-        let slot = verb
-            .filter(|_| !word.starts_with('-'))
-            .and_then(|verb| self.argument_slot(verb, &earlier));
-        let words: Vec<String> = match (verb, slot) {
-            (None, _) => self.verbs.iter().map(|(verb, _)| verb.clone()).collect(),
-            (Some(verb), Some(Slot::Network)) => self.names.networks(verb),
-            (Some(_), Some(Slot::Port(network))) => self.names.ports(network),
-            (Some(verb), None) if word.starts_with('-') || word.is_empty() => self
-                .verbs
-                .iter()
-                .find(|(name, _)| name == verb)
-                .map(|(_, options)| options.clone())
-                .unwrap_or_default(),
-            (Some(_), None) => Vec::new(),
+        let words: Vec<String> = match verb {
+            None => self.verbs.iter().map(|verb| verb.name.clone()).collect(),
+            // An unknown verb has nothing to offer.
+            Some(None) => Vec::new(),
+            Some(Some(verb)) => match argument_slot(verb, &earlier) {
+                _ if word.starts_with('-') => verb.options.clone(),
+                Slot::Network => self.names.networks(&verb.name),
+                Slot::Port(network) => self.names.ports(network),
+                Slot::OptionValue => Vec::new(),
+                Slot::Other if word.is_empty() => verb.options.clone(),
+                Slot::Other => Vec::new(),
+            },
         };
         let mut matching: Vec<String> = words
             .into_iter()
@@ -323,42 +323,69 @@ impl Completion {
     }
 }
 
-/// Which argument the word being typed is, where it can be completed from the daemon.
+/// What the word being typed is.
 #[derive(Debug, PartialEq, Eq)]
 enum Slot<'a> {
     Network,
     /// A port of this network.
     Port(&'a str),
+    /// The value of an option that is not a network or port.
+    OptionValue,
+    /// Anything else (an option, or an argument Tab cannot complete).
+    Other,
 }
 
-impl Completion {
-    /// The argument slot of the next word of `verb` after the `earlier` words: the
-    /// network (first positional, or after `--network`), then the port (second
-    /// positional, or after `--port`).
-    fn argument_slot<'a>(&self, verb: &str, earlier: &[&'a str]) -> Option<Slot<'a>> {
-        let (mut network, mut port_given, mut bare) = (None, false, Vec::new());
-        let mut words = earlier.iter();
-        while let Some(&word) = words.next() {
-            match word {
-                "--network" => network = words.next().copied(),
-                "--port" => port_given = words.next().is_some(),
-                option if option.starts_with('-') => {}
-                word => bare.push(word),
-            }
+/// The slot of the next word of `verb` after the `earlier` words: the network (its first
+/// positional argument, or after `--network`), then the port (the second, or after
+/// `--port`); the values of other options are skipped.
+fn argument_slot<'a>(verb: &VerbSyntax, earlier: &[&'a str]) -> Slot<'a> {
+    let (mut network, mut port_given, mut bare) = (None, false, Vec::new());
+    let mut words = earlier.iter().copied();
+    let mut pending = None;
+    while let Some(word) = words.next() {
+        let (option, inline) = match word.split_once('=') {
+            Some((option, value)) if word.starts_with("--") => (option, Some(value)),
+            _ => (word, None),
+        };
+        if !option.starts_with('-') {
+            bare.push(word);
+            continue;
         }
-        let takes = |verbs: &[String]| verbs.iter().any(|name| name == verb);
-        let last = earlier.last().copied();
-        if takes(&self.takes_network)
-            && last != Some("--port")
-            && (last == Some("--network") || network.is_none() && bare.is_empty())
-        {
-            return Some(Slot::Network);
+        let takes_value = verb.valued.iter().any(|valued| valued == option);
+        let value = match (takes_value, inline) {
+            (false, _) => continue,
+            (true, Some(value)) => Some(value),
+            (true, None) => words.next(),
+        };
+        match (option, value) {
+            ("--network", Some(value)) => network = Some(value),
+            ("--port", Some(_)) => port_given = true,
+            (_, None) => pending = Some(option),
+            _ => {}
         }
-        let network_from_bare = network.is_none();
-        let network = network.or(bare.first().copied())?;
-        let ports_given = bare.len() - usize::from(network_from_bare);
-        (takes(&self.takes_port) && (last == Some("--port") || !port_given && ports_given == 0))
-            .then_some(Slot::Port(network))
+    }
+    match pending {
+        Some("--network") if verb.network => return Slot::Network,
+        Some("--port") if verb.port => {
+            return network
+                .or(bare.first().copied())
+                .map_or(Slot::OptionValue, Slot::Port);
+        }
+        Some(_) => return Slot::OptionValue,
+        None => {}
+    }
+    if verb.network && network.is_none() && bare.is_empty() {
+        return Slot::Network;
+    }
+    let network_from_bare = network.is_none();
+    let Some(network) = network.or(bare.first().copied()) else {
+        return Slot::Other;
+    };
+    let ports_given = bare.len() - usize::from(network_from_bare);
+    if verb.port && !port_given && ports_given == 0 {
+        Slot::Port(network)
+    } else {
+        Slot::Other
     }
 }
 
@@ -467,25 +494,30 @@ mod tests {
     }
 
     fn completion() -> Completion {
-        let verb = |name: &str, options: &[&str]| {
-            (
-                name.to_owned(),
-                options.iter().map(|option| (*option).to_owned()).collect(),
-            )
+        let verb = |name: &str, options: &[&str], network: bool, port: bool| VerbSyntax {
+            name: name.to_owned(),
+            options: options.iter().map(|option| (*option).to_owned()).collect(),
+            valued: options
+                .iter()
+                .filter(|option| matches!(**option, "--network" | "--port" | "--xpath"))
+                .map(|option| (*option).to_owned())
+                .collect(),
+            network,
+            port,
         };
         Completion::new(
             vec![
-                verb("net-list", &["--all", "--autostart", "--name"]),
-                verb("net-start", &["--network"]),
-                verb("net-info", &["--network", "--json"]),
-                verb("quit", &[]),
+                verb(
+                    "net-list",
+                    &["--all", "--autostart", "--name"],
+                    false,
+                    false,
+                ),
+                verb("net-start", &["--network"], true, false),
+                verb("net-info", &["--network", "--json", "--xpath"], true, false),
+                verb("net-port-delete", &["--network", "--port"], true, true),
+                verb("quit", &[], false, false),
             ],
-            vec![
-                "net-start".into(),
-                "net-info".into(),
-                "net-port-delete".into(),
-            ],
-            vec!["net-port-delete".into()],
             Box::new(FakeDaemon),
         )
     }
@@ -524,7 +556,12 @@ mod tests {
             complete("net-"),
             (
                 0,
-                vec!["net-info".into(), "net-list".into(), "net-start".into()]
+                vec![
+                    "net-info".into(),
+                    "net-list".into(),
+                    "net-port-delete".into(),
+                    "net-start".into()
+                ]
             )
         );
         assert_eq!(complete("net-s"), (0, vec!["net-start".into()]));
@@ -576,6 +613,27 @@ mod tests {
         assert_eq!(
             complete("net-info default --j"),
             (17, vec!["--json".into()])
+        );
+    }
+
+    #[test]
+    fn the_values_of_options_are_not_arguments() {
+        let all = || {
+            vec![
+                "default".to_owned(),
+                "docker-machines".to_owned(),
+                "isolated".to_owned(),
+            ]
+        };
+        // `--xpath` takes a value: the network is still to come.
+        assert_eq!(complete("net-info --xpath //ip "), (22, all()));
+        // Its value itself is not completed.
+        assert_eq!(complete("net-info --xpath "), (17, Vec::new()));
+        // `--opt=value` carries its value.
+        assert_eq!(complete("net-info --xpath=//ip "), (22, all()));
+        assert_eq!(
+            complete("net-port-delete --network=default "),
+            (34, vec!["7ae63b5f-fe96-4af0-a7c3-da04ba1b3f54".to_owned()])
         );
     }
 
