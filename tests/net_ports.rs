@@ -195,13 +195,20 @@ fn ports_survive_a_daemon_restart_and_go_with_their_network() {
     let mut both = vec![handed.clone(), kept.clone()];
     both.sort_by_key(|port| port.uuid);
 
-    daemon.stop();
-    daemon.spawn(&Default::default());
-    assert_eq!(client.ports("default").expect("ports"), both);
-    daemon.kill9();
-    daemon.spawn(&Default::default());
-    assert_eq!(client.ports("default").expect("ports"), both);
-    assert!(daemon.log().contains("adopted ports"));
+    for crash in [false, true] {
+        if crash {
+            daemon.kill9();
+        } else {
+            daemon.stop();
+        }
+        let logged = daemon.log().len();
+        daemon.spawn(&Default::default());
+        assert_eq!(client.ports("default").expect("ports"), both);
+        assert!(
+            daemon.log()[logged..].contains("adopted ports"),
+            "crash: {crash}"
+        );
+    }
 
     // Destroying the network removes every tap it gave out; the VMM's descriptor is
     // left without a device.
@@ -410,4 +417,31 @@ fn a_tap_upgrade_without_connection_upgrade_is_refused_and_creates_nothing() {
     assert!(taps(&daemon).is_empty(), "{:?}", taps(&daemon));
     let client = Client::new(daemon.socket());
     assert_eq!(client.ports("default").expect("ports"), []);
+}
+
+#[test]
+fn a_port_that_cannot_be_recorded_leaves_no_tap() {
+    if !require(&needs()) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let client = Client::new(daemon.socket());
+    // A directory where the ports file goes: the record cannot be written.
+    let record = daemon.state_dir().join("networks/default.ports");
+    std::fs::create_dir(&record).expect("mkdir");
+    let xml = port_xml("guest10", "52:54:00:aa:bb:0a");
+    for hand_over in [false, true] {
+        let result = if hand_over {
+            client.plug("default", &xml).map(|(port, _)| port)
+        } else {
+            client.create_port("default", &xml)
+        };
+        let (kind, message) = api_error(result);
+        assert_eq!(kind, ErrorKind::Internal, "{message}");
+        assert!(message.contains("default.ports"), "{message}");
+        assert!(taps(&daemon).is_empty(), "{:?}", taps(&daemon));
+    }
+    std::fs::remove_dir(&record).expect("rmdir");
+    let port = client.create_port("default", &xml).expect("create port");
+    assert_eq!(taps(&daemon), std::slice::from_ref(&port.tap));
 }
