@@ -445,3 +445,27 @@ fn a_port_that_cannot_be_recorded_leaves_no_tap() {
     let port = client.create_port("default", &xml).expect("create port");
     assert_eq!(taps(&daemon), std::slice::from_ref(&port.tap));
 }
+
+#[test]
+fn a_port_follows_its_tap_when_it_is_renamed_and_still_takes_it_along() {
+    if !require(&needs()) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let client = Client::new(daemon.socket());
+    let port = client
+        .create_port("default", &port_xml("guest11", "52:54:00:aa:bb:0b"))
+        .expect("create port");
+    daemon
+        .ns
+        .sh(&format!(
+            "ip link set {0} down && ip link set {0} name renamed0",
+            port.tap
+        ))
+        .expect("rename the tap");
+    let ports = client.ports("default").expect("ports");
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(ports[0].tap, "renamed0");
+    daemon.ok(&["net-destroy", "default"]);
+    assert!(taps(&daemon).is_empty(), "{:?}", taps(&daemon));
+}

@@ -278,15 +278,6 @@ impl Link {
         Ok(index)
     }
 
-    /// Deletes the link with ifindex `index` if it is still named `ifname`; returns
-    /// `Ok(false)` when there is no such link (any more).
-    pub async fn delete_link_at(&self, index: u32, ifname: &str) -> Result<bool, Error> {
-        if self.link_name(index).await?.as_deref() != Some(ifname) {
-            return Ok(false);
-        }
-        self.delete_index(index, ifname).await
-    }
-
     /// Deletes the link with ifindex `index` (named `ifname`, for messages), whatever its
     /// name now; returns `Ok(false)` when there is no such link (any more).
     pub async fn delete_index(&self, index: u32, ifname: &str) -> Result<bool, Error> {

@@ -218,7 +218,7 @@ impl Manager {
         let (name, uuid, network) = self.find_port(&mut networks, key, port).await?;
         let port = network.ports.get(&uuid).ok_or(Error::PortNotFound(uuid))?;
         self.link
-            .delete_link_at(port.ifindex, &port.tap)
+            .delete_index(port.ifindex, &port.tap)
             .await
             .map_err(|source| Error::Port {
                 network: name.clone(),
@@ -316,24 +316,32 @@ impl Manager {
                 return;
             }
         };
-        let gone: Vec<Uuid> = network
+        // A port follows its tap by ifindex, which the kernel does not hand out again: a
+        // tap renamed behind our back is still the port's (and still deleted with it).
+        let mut changed = false;
+        network
             .ports
-            .iter()
-            .filter(|(_, port)| links.get(&port.ifindex) != Some(&port.tap))
-            .map(|(uuid, _)| *uuid)
-            .collect();
-        if gone.is_empty() {
-            return;
+            .retain(|uuid, port| match links.get(&port.ifindex) {
+                None => {
+                    info!(network = %name, port = %uuid, tap = %port.tap, "port ended: its tap is gone");
+                    changed = true;
+                    false
+                }
+                Some(current) => {
+                    if *current != port.tap {
+                        info!(network = %name, port = %uuid, tap = %current, was = %port.tap, "a port's tap was renamed");
+                        port.tap.clone_from(current);
+                        changed = true;
+                    }
+                    true
+                }
+            });
+        if changed {
+            self.save_ports_or_warn(name, &network.ports);
         }
-        for uuid in &gone {
-            if let Some(port) = network.ports.remove(uuid) {
-                info!(network = %name, port = %uuid, tap = %port.tap, "port ended: its tap is gone");
-            }
-        }
-        self.save_ports_or_warn(name, &network.ports);
     }
 
-    /// Deletes the taps (ifindex, name) that are still there under their name.
+    /// Deletes the taps (ifindex, recorded name) that are still there.
     async fn delete_taps<'a>(&self, network: &str, taps: impl Iterator<Item = (u32, &'a str)>) {
         let taps: Vec<(u32, &str)> = taps.collect();
         if taps.is_empty() {
@@ -350,9 +358,12 @@ impl Manager {
                 return;
             }
         };
-        for (ifindex, tap) in taps {
-            if links.get(&ifindex).map(String::as_str) != Some(tap) {
+        for (ifindex, recorded) in taps {
+            let Some(tap) = links.get(&ifindex) else {
                 continue;
+            };
+            if tap != recorded {
+                info!(network, tap = %tap, was = %recorded, "deleting a port's renamed tap");
             }
             if let Err(e) = self.link.delete_index(ifindex, tap).await {
                 warn!(network, tap, "deleting a port's tap: {}", error_chain(&e));
