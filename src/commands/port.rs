@@ -13,7 +13,8 @@ use super::{Failure, NETWORK_NOT_FOUND, PORT_NOT_FOUND, reason};
 use crate::output;
 
 /// `net-port-list`: the table (default), or with `--uuid` the UUIDs one per line, both
-/// sorted by UUID; `--json` prints the ports' summaries in that order.
+/// sorted by UUID; `--json` prints the ports' summaries in the daemon's order, which is
+/// that one.
 pub fn list(
     client: &Client,
     network: &str,
@@ -29,13 +30,12 @@ pub fn list(
     }
     // The daemon lists the ports of a running network only, as libvirt does; virsh
     // prints that refusal alone.
-    let mut ports = client.ports(network).map_err(|e| match e {
+    let ports = client.ports(network).map_err(|e| match e {
         client::Error::Api(api) if api.kind == ErrorKind::NotFound => {
             network_failure(network, client::Error::Api(api))
         }
         other => Failure::reason_only(other, NETWORK_NOT_FOUND),
     })?;
-    ports.sort_by_key(|port| port.uuid);
     Ok(if json {
         output::json(&ports)
     } else {

@@ -211,6 +211,7 @@ impl Cli {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let unnamed = Owner::unnamed();
         let config = VmConfig {
             kernel: self.kernel,
             initrd: self.initrd,
@@ -220,8 +221,8 @@ impl Cli {
             serial: self.serial.parse()?,
             net,
             owner: Owner {
-                name: self.name.unwrap_or_else(|| Owner::unnamed().name),
-                uuid: self.uuid.unwrap_or_else(uuid::Uuid::new_v4),
+                name: self.name.unwrap_or(unnamed.name),
+                uuid: self.uuid.unwrap_or(unnamed.uuid),
             },
         };
         config.validate()?;

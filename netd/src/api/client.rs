@@ -170,7 +170,7 @@ impl Client {
         )
     }
 
-    /// The ports of a running network.
+    /// The ports of a running network, by UUID.
     pub fn ports(&self, network: &str) -> Result<Vec<PortSummary>, Error> {
         self.call(Method::GET, network_path(network, "/ports"), None::<()>)
     }

@@ -166,10 +166,6 @@ pub enum Op {
     Delete,
     /// Looking a link up.
     Query,
-    /// Setting the hardware address.
-    SetMac([u8; 6]),
-    /// Making a link a port of a bridge.
-    SetMaster(String),
     /// Adding a route through a gateway.
     AddRoute {
         /// Where the route leads.
@@ -204,8 +200,6 @@ impl Op {
             Op::SetUp => format!("bringing up {ifname}"),
             Op::Delete => format!("deleting {ifname}"),
             Op::Query => format!("looking up {ifname}"),
-            Op::SetMac(mac) => format!("setting mac {} on {ifname}", format_mac(mac)),
-            Op::SetMaster(bridge) => format!("attaching {ifname} to bridge {bridge}"),
             Op::AddRoute {
                 destination,
                 gateway,

@@ -200,49 +200,6 @@ impl Link {
             .map_err(failed(Op::SetUp, ifname))
     }
 
-    /// Sets a link's MTU (libvirt gives a guest's tap the MTU of its bridge).
-    pub async fn set_mtu(&self, ifname: &str, mtu: u32) -> Result<(), Error> {
-        let index = self.index(ifname).await?;
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
-            .execute()
-            .await
-            .map_err(failed(Op::SetMtu(mtu), ifname))
-    }
-
-    /// Sets a link's hardware address (libvirt gives a guest's tap its MAC with the first
-    /// byte `fe`, so the bridge never adopts the guest's address).
-    pub async fn set_mac(&self, ifname: &str, mac: [u8; 6]) -> Result<(), Error> {
-        let index = self.index(ifname).await?;
-        self.handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .address(mac.to_vec())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(failed(Op::SetMac(mac), ifname))
-    }
-
-    /// Makes `ifname` a port of `bridge`.
-    pub async fn set_master(&self, ifname: &str, bridge: &str) -> Result<(), Error> {
-        let index = self.index(ifname).await?;
-        let bridge_index = self.index(bridge).await?;
-        self.handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .controller(bridge_index)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(failed(Op::SetMaster(bridge.to_owned()), ifname))
-    }
-
     /// Makes the tap `ifname` a running port of `bridge` (ifindex `bridge_index`) in one
     /// change, and returns the tap's ifindex. The kernel applies the MAC and MTU before the
     /// bridge: a port joining with a smaller MTU would lower the bridge's.

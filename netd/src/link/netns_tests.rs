@@ -102,8 +102,16 @@ fn bridge_comes_up_keeps_its_mtu_and_takes_ports() {
             .await
             .expect("create");
         let before = link.link_info("kvbr0").await.expect("info");
-        link.set_master("kvp0", "kvbr0").await.expect("set master");
-        link.set_up("kvp0").await.expect("port up");
+        let bridge_index = before.as_ref().expect("bridge").index;
+        link.plug_port(
+            "kvp0",
+            [0xfe, 0x54, 0, 1, 2, 3],
+            1500,
+            bridge_index,
+            "kvbr0",
+        )
+        .await
+        .expect("plug the port");
         link.set_up("kvbr0").await.expect("bridge up");
         let after = link.link_info("kvbr0").await.expect("info");
         let port = link.link_info("kvp0").await.expect("port info");
@@ -121,6 +129,8 @@ fn bridge_comes_up_keeps_its_mtu_and_takes_ports() {
     assert_eq!(port.kind.as_deref(), Some("veth"));
     assert!(!port.is_bridge());
     assert_eq!(port.master, Some(before.index));
+    assert_eq!(port.mac, Some([0xfe, 0x54, 0, 1, 2, 3]));
+    assert!(port.up);
 
     // A 1500-byte port does not pull the bridge MTU down: it was set as a user choice.
     let json = link_json(&ns, "kvbr0");

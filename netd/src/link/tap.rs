@@ -233,21 +233,25 @@ mod tests {
                     .expect("runtime")
                     .block_on(async {
                         let link = Link::new().expect("netlink");
-                        link.create_bridge(&BridgeSpec {
-                            name: "kvbr0".into(),
-                            mac: [0x52, 0x54, 0, 0, 0, 1],
-                            mtu: Some(9000),
-                            stp: false,
-                            forward_delay_secs: 0,
-                        })
-                        .await
-                        .expect("bridge");
-                        link.set_mac("kvtap0", [0xfe, 0x54, 0, 0x12, 0x34, 0x56])
+                        let bridge = link
+                            .create_bridge(&BridgeSpec {
+                                name: "kvbr0".into(),
+                                mac: [0x52, 0x54, 0, 0, 0, 1],
+                                mtu: Some(9000),
+                                stp: false,
+                                forward_delay_secs: 0,
+                            })
                             .await
-                            .expect("mac");
-                        link.set_mtu("kvtap0", 9000).await.expect("mtu");
-                        link.set_master("kvtap0", "kvbr0").await.expect("master");
-                        link.set_up("kvtap0").await.expect("up");
+                            .expect("bridge");
+                        link.plug_port(
+                            "kvtap0",
+                            [0xfe, 0x54, 0, 0x12, 0x34, 0x56],
+                            9000,
+                            bridge,
+                            "kvbr0",
+                        )
+                        .await
+                        .expect("plug");
                         let json = link_json(&ns, "kvtap0");
                         assert_eq!(json["master"], "kvbr0");
                         assert_eq!(json["address"], "fe:54:00:12:34:56");
