@@ -247,8 +247,11 @@ fn ports_are_created_listed_dumped_and_deleted_as_virsh_shows_them() {
         daemon.ok(&["net-port-list", "default", "--uuid"]),
         format!("{uuid}\n\n")
     );
-    // net-destroy takes the network's ports with it.
+    // net-destroy leaves the ports for the network's next start; net-undefine takes them.
+    let taps = tap_names(&daemon);
     daemon.ok(&["net-destroy", "default"]);
+    assert_eq!(tap_names(&daemon), taps);
+    daemon.ok(&["net-undefine", "default"]);
     assert_eq!(tap_names(&daemon), Vec::<String>::new());
 }
 

@@ -195,7 +195,8 @@ struct Network {
     ra: Option<RaServer>,
     /// The network's TFTP server, while it is active with `<tftp root=>`.
     tftp: Option<TftpServer>,
-    /// The guests' taps on it, while it is active.
+    /// The guests' taps: on its bridge while it is active, detached and waiting for its
+    /// next start while it is not.
     ports: ports::Ports,
 }
 
@@ -423,7 +424,6 @@ impl Manager {
                 Ok(status) => status,
                 Err(e) => {
                     warn!(network = %name, "discarding unreadable status: {}", error_chain(&e));
-                    self.discard_recorded_ports(&name).await;
                     self.store.delete_status(&name)?;
                     continue;
                 }
@@ -434,7 +434,6 @@ impl Manager {
                     warn!(network = %name, "discarding status with unreadable XML: {}", error_chain(&e));
                     self.release(&status.bridge, owns_bridge_mode(&status.xml))
                         .await;
-                    self.discard_recorded_ports(&name).await;
                     self.store.delete_status(&name)?;
                     continue;
                 }
@@ -445,7 +444,6 @@ impl Manager {
                 let delete_bridge =
                     owns_bridge && self.is_bridge_it_created(&def, &status.bridge).await;
                 self.release(&status.bridge, delete_bridge).await;
-                self.discard_recorded_ports(&name).await;
                 self.store.delete_status(&name)?;
                 continue;
             }
@@ -457,7 +455,6 @@ impl Manager {
             let Some(bridge) = bridge else {
                 warn!(network = %name, bridge = %status.bridge, "bridge vanished while the daemon was away; marking the network inactive");
                 self.release(&status.bridge, false).await;
-                self.discard_recorded_ports(&name).await;
                 self.store.delete_status(&name)?;
                 continue;
             };
@@ -481,7 +478,6 @@ impl Manager {
                         )?;
                     }
                     network.run(def, servers);
-                    self.adopt_ports(&name, network).await;
                 }
                 None => {
                     if status.persistent {
@@ -495,12 +491,11 @@ impl Manager {
                             },
                         )?;
                     }
-                    let mut network = Network::transient(def, servers);
-                    self.adopt_ports(&name, &mut network).await;
-                    networks.insert(name, network);
+                    networks.insert(name, Network::transient(def, servers));
                 }
             }
         }
+        self.reconcile_ports(&mut networks).await;
         Ok(())
     }
 
@@ -789,7 +784,10 @@ impl Manager {
         let persistent = networks.get(&name).is_some_and(|n| n.config.is_some());
         let servers = self.bring_up(&networks, &def, persistent).await?;
         match networks.get_mut(&name) {
-            Some(network) => network.run(def, servers),
+            Some(network) => {
+                network.run(def, servers);
+                self.replug_ports(&name, network).await;
+            }
             None => {
                 networks.insert(name.clone(), Network::transient(def, servers));
             }
@@ -920,6 +918,7 @@ impl Manager {
         let servers = self.bring_up(&networks, &def, true).await?;
         if let Some(network) = networks.get_mut(&name) {
             network.run(def, servers);
+            self.replug_ports(&name, network).await;
         }
         let summary = summary_of(&networks, &name)?;
         self.publish(&summary, Lifecycle::Started);
@@ -1268,7 +1267,11 @@ impl Manager {
         }
         let network = networks.get_mut(&name);
         if let Some(network) = network {
-            self.unplug_all(&name, network).await;
+            if network.config.is_some() {
+                self.park_ports(&name, network, &def).await;
+            } else {
+                self.discard_ports(&name, network).await;
+            }
             self.store.delete_status(&name)?;
             network.live = None;
             if network.config.is_none() {
@@ -1342,6 +1345,7 @@ impl Manager {
             network.config = None;
             network.autostart = false;
             if network.live.is_none() {
+                self.discard_ports(&name, network).await;
                 networks.remove(&name);
                 self.store.delete_leases(&name)?;
             }

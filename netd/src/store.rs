@@ -3,7 +3,8 @@
 //! - `<config>/networks/NAME.xml`: persistent definitions;
 //! - `<config>/networks/autostart/NAME.xml`: symlinks to them marking autostart;
 //! - `<state>/networks/NAME.json`: the live status of a running network;
-//! - `<state>/networks/NAME.ports`: the ports (guest taps) on it, as JSON;
+//! - `<state>/networks/NAME.ports`: the ports (guest taps) of a network, as JSON: those on
+//!   it while it runs, those waiting to be plugged in again while it is stopped;
 //! - `<state>/autostarted`: the once-per-boot autostart marker (the state dir is on tmpfs).
 //!
 //! Every write is atomic (temp file, fsync, rename, fsync of the directory), so a crash
@@ -84,7 +85,7 @@ pub const STATUS_VERSION: u32 = 1;
 /// content or why it could not be read.
 pub type LoadedStatus = (String, Result<Status, Error>);
 
-/// A port on a running network: the guest tap kvnetd made for it. Stored per network in
+/// A port of a network: the guest tap kvnetd made for it. Stored per network in
 /// `<state>/networks/NAME.ports`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortStatus {
@@ -303,6 +304,16 @@ impl Store {
 
     /// The networks that have a lease file (DHCP or DHCPv6), by name.
     pub fn lease_file_names(&self) -> Result<Vec<String>, Error> {
+        self.status_file_names(&["leases", "leases6"])
+    }
+
+    /// The networks that have a ports file, by name.
+    pub fn ports_file_names(&self) -> Result<Vec<String>, Error> {
+        self.status_file_names(&["ports"])
+    }
+
+    /// The names of the state dir's files with one of these extensions, without it.
+    fn status_file_names(&self, extensions: &[&str]) -> Result<Vec<String>, Error> {
         let entries = match fs::read_dir(&self.status_dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -313,7 +324,7 @@ impl Store {
             let path = entry.map_err(io_err("listing", &self.status_dir))?.path();
             if path
                 .extension()
-                .is_some_and(|ext| ext == "leases" || ext == "leases6")
+                .is_some_and(|ext| extensions.iter().any(|wanted| ext == *wanted))
                 && let Some(name) = stem(&path)
             {
                 names.push(name);
@@ -330,9 +341,9 @@ impl Store {
         remove_if_exists(&self.lease6_path(name))
     }
 
-    /// Removes a network's live status, its ports' included.
+    /// Removes a network's live status. Its ports outlive it, to be plugged in again when
+    /// it starts; [`Store::save_ports`] with none removes them.
     pub fn delete_status(&self, name: &str) -> Result<(), Error> {
-        remove_if_exists(&self.ports_path(name))?;
         remove_if_exists(&self.status_path(name))
     }
 
@@ -340,7 +351,7 @@ impl Store {
         self.status_dir.join(format!("{name}.ports"))
     }
 
-    /// Reads the ports of a running network (none when it has no ports file).
+    /// Reads the ports of a network (none when it has no ports file).
     pub fn load_ports(&self, name: &str) -> Result<Vec<PortStatus>, Error> {
         let path = self.ports_path(name);
         match fs::read(&path) {
@@ -351,7 +362,7 @@ impl Store {
         }
     }
 
-    /// Writes the ports of a running network atomically (an empty list removes the file).
+    /// Writes the ports of a network atomically (an empty list removes the file).
     pub fn save_ports(&self, name: &str, ports: &[PortStatus]) -> Result<(), Error> {
         let path = self.ports_path(name);
         if ports.is_empty() {
@@ -461,7 +472,7 @@ mod tests {
     }
 
     #[test]
-    fn ports_are_kept_beside_the_status_and_go_with_it() {
+    fn ports_are_kept_beside_the_status_and_outlive_it() {
         let (_dir, store) = store();
         store.create_dirs().unwrap();
         assert_eq!(store.load_ports("net").unwrap(), []);
@@ -479,7 +490,9 @@ mod tests {
         assert!(!store.ports_path("net").exists());
         store.save_ports("net", &ports).unwrap();
         store.delete_status("net").unwrap();
-        assert_eq!(store.load_ports("net").unwrap(), []);
+        assert_eq!(store.load_ports("net").unwrap(), ports);
+        assert_eq!(store.ports_file_names().unwrap(), ["net"]);
+        assert!(store.lease_file_names().unwrap().is_empty());
         fs::write(store.ports_path("net"), b"{").unwrap();
         assert!(matches!(
             store.load_ports("net"),

@@ -65,6 +65,8 @@ impl BridgeSpec {
 pub struct LinkInfo {
     /// Interface index.
     pub index: u32,
+    /// Interface name (empty in the unlikely case the kernel sent none).
+    pub name: String,
     /// `IFLA_INFO_KIND` (`bridge`, `veth`, `tun`, ...); `None` for links without one (`lo`, NICs).
     pub kind: Option<String>,
     /// Hardware address, when the link has a 6-byte one.
@@ -188,6 +190,8 @@ pub enum Op {
         /// The port's MTU.
         mtu: u32,
     },
+    /// Detaching a port from its bridge.
+    UnplugPort,
 }
 
 impl Op {
@@ -212,6 +216,7 @@ impl Op {
                 "plugging {ifname} into bridge {bridge} (mac {}, mtu {mtu})",
                 format_mac(mac)
             ),
+            Op::UnplugPort => format!("detaching {ifname} from its bridge"),
         }
     }
 }

@@ -212,6 +212,21 @@ impl Link {
         bridge: &str,
     ) -> Result<u32, Error> {
         let index = self.index(ifname).await?;
+        self.plug_port_at(index, ifname, mac, mtu, bridge_index, bridge)
+            .await?;
+        Ok(index)
+    }
+
+    /// [`Link::plug_port`] for the link with ifindex `index` (named `ifname`, for messages).
+    pub async fn plug_port_at(
+        &self,
+        index: u32,
+        ifname: &str,
+        mac: [u8; 6],
+        mtu: u32,
+        bridge_index: u32,
+        bridge: &str,
+    ) -> Result<(), Error> {
         self.handle
             .link()
             .set(
@@ -231,8 +246,22 @@ impl Link {
                     mtu,
                 },
                 ifname,
-            ))?;
-        Ok(index)
+            ))
+    }
+
+    /// Detaches the link with ifindex `index` (named `ifname`, for messages) from its
+    /// bridge; a link that is gone is not an error.
+    pub async fn unplug_port_at(&self, index: u32, ifname: &str) -> Result<(), Error> {
+        match self
+            .handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).nocontroller().build())
+            .execute()
+            .await
+        {
+            Err(err) if errno(&err) == Some(libc::ENODEV) => Ok(()),
+            result => result.map_err(failed(Op::UnplugPort, ifname)),
+        }
     }
 
     /// Deletes the link with ifindex `index` (named `ifname`, for messages), whatever its
@@ -373,6 +402,16 @@ impl Link {
 
     /// The name of every link in the namespace, by ifindex (one dump).
     pub async fn link_names_by_index(&self) -> Result<BTreeMap<u32, String>, Error> {
+        Ok(self
+            .links_by_index()
+            .await?
+            .into_iter()
+            .map(|(index, info)| (index, info.name))
+            .collect())
+    }
+
+    /// Every link in the namespace, by ifindex (one dump).
+    pub async fn links_by_index(&self) -> Result<BTreeMap<u32, LinkInfo>, Error> {
         let links: Vec<LinkMessage> = self
             .handle
             .link()
@@ -383,7 +422,7 @@ impl Link {
             .map_err(|e| Error::Dump("links", kernel_error(e)))?;
         Ok(links
             .iter()
-            .filter_map(|link| Some((link.header.index, link_name(link)?)))
+            .map(|link| (link.header.index, link_info(link)))
             .collect())
     }
 
@@ -426,6 +465,7 @@ fn link_name(link: &LinkMessage) -> Option<String> {
 fn link_info(link: &LinkMessage) -> LinkInfo {
     let mut info = LinkInfo {
         index: link.header.index,
+        name: String::new(),
         kind: None,
         mac: None,
         mtu: None,
@@ -442,6 +482,7 @@ fn link_info(link: &LinkMessage) -> LinkInfo {
             }
             LinkAttribute::Address(bytes) => info.mac = bytes.as_slice().try_into().ok(),
             LinkAttribute::Mtu(mtu) => info.mtu = Some(*mtu),
+            LinkAttribute::IfName(name) => info.name.clone_from(name),
             LinkAttribute::Controller(index) if *index != 0 => info.master = Some(*index),
             _ => {}
         }

@@ -7,6 +7,12 @@
 //! so a daemon that dies half-way leaves nothing behind: the tap goes with the daemon's
 //! descriptor. Records whose tap has gone (the VMM exited) are dropped whenever the ports
 //! of a network are looked at.
+//!
+//! Ports outlive a stop of their network: `net-destroy` leaves the taps to their VMMs,
+//! detached, and `net-start` plugs them into the new bridge, so running guests get their
+//! link back (libvirt forgets them, and its guests stay cut off until their NICs are
+//! plugged again by hand). Only the end of the network itself (undefined, or transient
+//! and stopped) deletes its ports' taps.
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -16,6 +22,7 @@ use uuid::Uuid;
 
 use super::{Error, Manager, Network, error_chain, lookup};
 use crate::api::types::PortSummary;
+use crate::link::LinkInfo;
 use crate::link::tap::Tap;
 use crate::store::PortStatus;
 use crate::xml::{ForwardMode, NetworkDef, PortDef, PortPlug};
@@ -113,7 +120,7 @@ impl Manager {
         let mut def = PortDef::from_xml(xml)?;
         if def.plug.is_some() {
             // libvirt takes a plug only when reclaiming a port after a restart, which
-            // kvnetd does by itself (see `adopt_ports`).
+            // kvnetd does by itself (see `reconcile_ports`).
             return Err(Error::Xml(crate::xml::Error::Invalid(
                 "Port reclaim not requested but plug type is not none".into(),
             )));
@@ -231,20 +238,133 @@ impl Manager {
         Ok(summary)
     }
 
-    /// Deletes the taps of every port of a network that is stopping. The port records go
-    /// with the network's status.
-    pub(super) async fn unplug_all(&self, name: &str, network: &mut Network) {
+    /// Plugs a network that just started (or was adopted) back into its ports' taps:
+    /// those a stop left detached, whose VMMs kept them. A port that cannot be plugged in
+    /// is deleted, with a warning, rather than left on a running network without a link.
+    pub(super) async fn replug_ports(&self, name: &str, network: &mut Network) {
+        if network.ports.is_empty() {
+            return;
+        }
+        let Some((bridge, plug)) = network.live.as_ref().and_then(|live| {
+            let bridge = live.bridge_name()?.to_owned();
+            let plug = plug_of(live, &bridge);
+            Some((bridge, plug))
+        }) else {
+            return;
+        };
+        let Some(links) = self.port_links(name, network).await else {
+            return;
+        };
+        let Some(bridge_link) = links.values().find(|link| link.name == bridge) else {
+            warn!(network = %name, bridge = %bridge, "cannot plug the ports in: the bridge is gone");
+            return;
+        };
+        let mut unpluggable = Vec::new();
+        let mut plugged = 0;
+        for (uuid, port) in &mut network.ports {
+            if links
+                .get(&port.ifindex)
+                .is_some_and(|tap| tap.master == Some(bridge_link.index))
+            {
+                continue;
+            }
+            let mtu = bridge_link.mtu.unwrap_or(1500);
+            let mac = tap_mac(port.def.mac.0);
+            let result = self
+                .link
+                .plug_port_at(
+                    port.ifindex,
+                    &port.tap,
+                    mac,
+                    mtu,
+                    bridge_link.index,
+                    &bridge,
+                )
+                .await;
+            match result {
+                Ok(()) => {
+                    port.def.plug = Some(plug.clone());
+                    plugged += 1;
+                }
+                Err(e) => {
+                    warn!(network = %name, port = %uuid, "deleting a port that cannot be plugged in again: {}", error_chain(&e));
+                    unpluggable.push(*uuid);
+                }
+            }
+        }
+        let deleted: Vec<Port> = unpluggable
+            .iter()
+            .filter_map(|uuid| network.ports.remove(uuid))
+            .collect();
+        self.delete_taps(
+            name,
+            deleted.iter().map(|port| (port.ifindex, port.tap.as_str())),
+        )
+        .await;
+        if plugged > 0 {
+            info!(network = %name, ports = plugged, "plugged ports in again");
+        }
+        if plugged > 0 || !deleted.is_empty() {
+            self.save_ports_or_warn(name, &network.ports);
+        }
+    }
+
+    /// Leaves the ports of a network that stopped detached from its bridge, for its next
+    /// start. A bridge kvnetd deleted took them off itself; a host bridge outlives the
+    /// network, so they are taken off it here.
+    pub(super) async fn park_ports(&self, name: &str, network: &mut Network, stopped: &NetworkDef) {
+        if network.ports.is_empty() || stopped.forward_mode() != ForwardMode::Bridge {
+            return;
+        }
+        for port in network.ports.values() {
+            if let Err(e) = self.link.unplug_port_at(port.ifindex, &port.tap).await {
+                warn!(network = %name, tap = %port.tap, "{}", error_chain(&e));
+            }
+        }
+    }
+
+    /// Deletes the ports of a network that is gone for good, taps and records.
+    pub(super) async fn discard_ports(&self, name: &str, network: &mut Network) {
         let ports = std::mem::take(&mut network.ports);
         self.delete_taps(
             name,
             ports.values().map(|port| (port.ifindex, port.tap.as_str())),
         )
         .await;
+        self.save_ports_or_warn(name, &network.ports);
     }
 
-    /// Takes over the ports an earlier daemon recorded for an adopted network: those whose
-    /// tap is still there.
-    pub(super) async fn adopt_ports(&self, name: &str, network: &mut Network) {
+    /// Takes over the ports an earlier daemon recorded, once every network is loaded and
+    /// adopted: a running network's are plugged in if a crash interrupted that; a stopped
+    /// network's wait, detached, for its next start; those of a network that is gone are
+    /// deleted.
+    pub(super) async fn reconcile_ports(&self, networks: &mut BTreeMap<String, Network>) {
+        let names = match self.store.ports_file_names() {
+            Ok(names) => names,
+            Err(e) => {
+                warn!("cannot list port records: {}", error_chain(&e));
+                return;
+            }
+        };
+        for name in names {
+            let Some(network) = networks.get_mut(&name) else {
+                self.discard_recorded_ports(&name).await;
+                continue;
+            };
+            network.ports = self.load_ports(&name);
+            if network.live.is_some() {
+                self.replug_ports(&name, network).await;
+            } else {
+                self.park_recorded_ports(&name, network).await;
+            }
+            if !network.ports.is_empty() {
+                info!(network = %name, ports = network.ports.len(), "adopted ports");
+            }
+        }
+    }
+
+    /// The ports recorded for a network; unreadable records are dropped for good.
+    fn load_ports(&self, name: &str) -> Ports {
         let stored = match self.store.load_ports(name) {
             Ok(stored) => stored,
             Err(e) => {
@@ -252,31 +372,50 @@ impl Manager {
                 Vec::new()
             }
         };
+        let mut ports = Ports::new();
         for status in &stored {
             match Port::from_status(status) {
                 Ok(port) => {
-                    network
-                        .ports
-                        .insert(port.def.uuid.unwrap_or_default(), port);
+                    ports.insert(port.def.uuid.unwrap_or_default(), port);
                 }
                 Err(e) => {
                     warn!(network = %name, tap = %status.tap, "forgetting a port with unreadable XML: {}", error_chain(&e));
                 }
             }
         }
-        if network.ports.len() != stored.len() {
-            // Unreadable records are gone for good.
-            self.save_ports_or_warn(name, &network.ports);
+        if ports.len() != stored.len() {
+            self.save_ports_or_warn(name, &ports);
         }
-        self.prune_ports(name, network).await;
-        if !network.ports.is_empty() {
-            info!(network = %name, ports = network.ports.len(), "adopted ports");
+        ports
+    }
+
+    /// Detaches the recorded ports of a stopped network that are still on the bridge they
+    /// were plugged into: a daemon that died while stopping a host-bridge network, or
+    /// while starting one, may have left them there.
+    async fn park_recorded_ports(&self, name: &str, network: &mut Network) {
+        let Some(links) = self.port_links(name, network).await else {
+            return;
+        };
+        for port in network.ports.values() {
+            let Some(PortPlug::Network { bridge } | PortPlug::Bridge { bridge }) = &port.def.plug
+            else {
+                continue;
+            };
+            let on_its_bridge = links
+                .get(&port.ifindex)
+                .and_then(|tap| tap.master)
+                .and_then(|master| links.get(&master))
+                .is_some_and(|master| master.name == *bridge);
+            if on_its_bridge && let Err(e) = self.link.unplug_port_at(port.ifindex, &port.tap).await
+            {
+                warn!(network = %name, tap = %port.tap, "{}", error_chain(&e));
+            }
         }
     }
 
-    /// Deletes the taps recorded for a network that is not running any more (its bridge
-    /// vanished while the daemon was away): persistent ones would otherwise stay forever.
-    pub(super) async fn discard_recorded_ports(&self, name: &str) {
+    /// Deletes the taps recorded for a network that is gone (a transient network whose
+    /// bridge vanished while the daemon was away), and their records.
+    async fn discard_recorded_ports(&self, name: &str) {
         match self.store.load_ports(name) {
             Ok(stored) => {
                 let taps = stored.iter().map(|port| (port.ifindex, port.tap.as_str()));
@@ -284,9 +423,13 @@ impl Manager {
             }
             Err(e) => warn!(network = %name, "cannot read port records: {}", error_chain(&e)),
         }
+        if let Err(e) = self.store.save_ports(name, &[]) {
+            warn!(network = %name, "{}", error_chain(&e));
+        }
     }
 
-    /// The network (name or UUID `key`) and UUID of a port that is still there.
+    /// The network (name or UUID `key`) and UUID of a port that is still there, on a
+    /// running network.
     async fn find_port<'a>(
         &self,
         networks: &'a mut BTreeMap<String, Network>,
@@ -300,20 +443,35 @@ impl Manager {
         if !network.ports.contains_key(&uuid) {
             return Err(Error::PortNotFound(uuid));
         }
+        // As libvirt: a port waiting for its network to start again is out of reach.
+        if network.live.is_none() {
+            return Err(Error::OperationInvalid(format!(
+                "network '{name}' is not active"
+            )));
+        }
         Ok((name, uuid, network))
     }
 
     /// Drops the ports whose tap has gone (its VMM closed it, or someone deleted it). One
     /// link dump answers for all of them.
     async fn prune_ports(&self, name: &str, network: &mut Network) {
-        if network.ports.is_empty() {
-            return;
+        if !network.ports.is_empty() {
+            self.port_links(name, network).await;
         }
-        let links = match self.link.link_names_by_index().await {
+    }
+
+    /// Every link, by ifindex, after dropping the ports whose tap has gone and following
+    /// renamed ones; `None` (logged) when the kernel cannot be asked.
+    async fn port_links(
+        &self,
+        name: &str,
+        network: &mut Network,
+    ) -> Option<BTreeMap<u32, LinkInfo>> {
+        let links = match self.link.links_by_index().await {
             Ok(links) => links,
             Err(e) => {
                 warn!(network = %name, "cannot check the ports' taps: {}", error_chain(&e));
-                return;
+                return None;
             }
         };
         // A port follows its tap by ifindex, which the kernel does not hand out again: a
@@ -328,9 +486,9 @@ impl Manager {
                     false
                 }
                 Some(current) => {
-                    if *current != port.tap {
-                        info!(network = %name, port = %uuid, tap = %current, was = %port.tap, "a port's tap was renamed");
-                        port.tap.clone_from(current);
+                    if current.name != port.tap {
+                        info!(network = %name, port = %uuid, tap = %current.name, was = %port.tap, "a port's tap was renamed");
+                        port.tap.clone_from(&current.name);
                         changed = true;
                     }
                     true
@@ -339,6 +497,7 @@ impl Manager {
         if changed {
             self.save_ports_or_warn(name, &network.ports);
         }
+        Some(links)
     }
 
     /// Deletes the taps (ifindex, recorded name) that are still there.
