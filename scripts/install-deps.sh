@@ -10,6 +10,7 @@ packages=(
   dhcpcd-base                # dhcpcd, a second DHCPv6 client for the DHCPv6 tests
   dnsutils dnsmasq-base      # dig for the DNS tests; dnsmasq as their upstream server
   procps psmisc              # ps/pkill in scripts
+  systemd util-linux         # systemd-analyze and setpriv: the unit's checks (tests/net_confined.rs)
 )
 missing=()
 for pkg in "${packages[@]}"; do

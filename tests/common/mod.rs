@@ -32,6 +32,10 @@ pub struct DaemonOptions {
     pub notify_socket: Option<PathBuf>,
     /// `--resolv-conf`: the host resolvers the daemon forwards to.
     pub resolv_conf: Option<PathBuf>,
+    /// Run the daemon with only these capabilities (`setpriv` names: `net_admin`, ...)
+    /// and no new privileges, as a systemd unit's `CapabilityBoundingSet=` and
+    /// `NoNewPrivileges=` confine a root service.
+    pub capabilities: Option<Vec<String>>,
 }
 
 impl Daemon {
@@ -93,7 +97,17 @@ impl Daemon {
             .state_dir
             .clone()
             .unwrap_or_else(|| self.state_dir());
-        let mut cmd = self.ns.command(env!("CARGO_BIN_EXE_kvnetd"));
+        let mut cmd = match &options.capabilities {
+            None => self.ns.command(env!("CARGO_BIN_EXE_kvnetd")),
+            Some(capabilities) => {
+                let kept: Vec<String> = capabilities.iter().map(|cap| format!("+{cap}")).collect();
+                let mut cmd = self.ns.command("setpriv");
+                cmd.arg(format!("--bounding-set=-all,{}", kept.join(",")))
+                    .args(["--inh-caps=-all", "--no-new-privs"])
+                    .arg(env!("CARGO_BIN_EXE_kvnetd"));
+                cmd
+            }
+        };
         cmd.arg("--config-dir")
             .arg(self.config_dir())
             .arg("--state-dir")
@@ -132,7 +146,8 @@ impl Daemon {
         self.child = Some(child);
     }
 
-    /// The daemon's pid (`ip netns exec` execs it, so the child's pid is the daemon's).
+    /// The daemon's pid (`ip netns exec`, and `setpriv`, exec it, so the child's pid is
+    /// the daemon's).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
