@@ -6,6 +6,9 @@
 //! and virtio-net into the guest, whose RX interrupt handler prints it.
 //!
 //! mini-guest <-> virtio-net <-> tap <-> bridge <-> NAT <-> upstream namespace
+//!
+//! A second run restarts the network between the VM's plug and its boot: kvnetd keeps
+//! the VM's tap and plugs it into the new bridge.
 
 mod common;
 mod miniguest;
@@ -142,6 +145,34 @@ fn received_frame(serial: &str) -> Option<Vec<u8>> {
 
 #[test]
 fn a_guest_on_a_kvnet_network_reaches_upstream_through_nat_and_hears_back() {
+    exchange_with_upstream(false);
+}
+
+/// kvnetd keeps a running VM's tap across a restart of its network and plugs it into the
+/// new bridge: the VM built (and plugged in) before `net-destroy` and `net-start` talks
+/// through the same descriptor afterwards.
+#[test]
+fn a_guest_keeps_its_link_across_a_restart_of_its_network() {
+    exchange_with_upstream(true);
+}
+
+/// The bridge's settings for the test, which a restart of the network undoes: no
+/// multicast snooping (its IGMP queries would take the guest's one RX buffer), and the
+/// guest's address resolved without asking it (the mini-guest does not answer ARP).
+fn prepare_bridge(daemon: &Daemon) {
+    daemon
+        .ns
+        .sh(&format!(
+            "ip link set kve2e0 type bridge mcast_snooping 0 && \
+             ip neigh replace {GUEST_IP} lladdr {GUEST_MAC} dev kve2e0 nud permanent"
+        ))
+        .expect("bridge setup");
+}
+
+/// Boots the mini-guest with its NIC on the `e2e` NAT network (restarted between the
+/// plug and the boot when `restart_network`) and checks its datagram's way out and the
+/// answer's way back.
+fn exchange_with_upstream(restart_network: bool) {
     let mut needs = DAEMON_NEEDS.to_vec();
     needs.extend([Need::Tun, Need::Kvm]);
     if !require(&needs) {
@@ -155,17 +186,40 @@ fn a_guest_on_a_kvnet_network_reaches_upstream_through_nat_and_hears_back() {
         .expect("sysctl in the test namespace");
     let dir = tempfile::tempdir().expect("tmp");
     let network = xml_file(dir.path(), "e2e", NETWORK_XML);
-    daemon.ok(&["net-create", network.to_str().expect("utf-8")]);
-    // Nor multicast snooping's IGMP; and the host reaches the guest without asking.
-    daemon
-        .ns
-        .sh(&format!(
-            "ip link set kve2e0 type bridge mcast_snooping 0 && \
-             ip neigh replace {GUEST_IP} lladdr {GUEST_MAC} dev kve2e0 nud permanent"
-        ))
-        .expect("bridge setup");
+    daemon.ok(&["net-define", network.to_str().expect("utf-8")]);
+    daemon.ok(&["net-start", "e2e"]);
+    prepare_bridge(&daemon);
     let upstream = Netns::new("upstream").expect("upstream ns");
     attach_upstream(&daemon, &upstream);
+
+    let kernel = testing::write_guest(dir.path(), "e2e.elf", guest).expect("assemble");
+    let serial = SharedBuffer::new();
+    let mut config = VmConfig::new(&kernel);
+    config.serial = SerialSink::Buffer(serial.clone());
+    config.net = vec![
+        format!(
+            "network=e2e,socket={},mac={GUEST_MAC}",
+            daemon.socket().display()
+        )
+        .parse()
+        .expect("net spec"),
+    ];
+    config.owner.name = "e2e-guest".into();
+    let vm = Vm::new(config).expect("build the vm, plugged into e2e");
+    let client = Client::new(daemon.socket());
+    let ports = client.ports("e2e").expect("ports");
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(
+        (ports[0].owner.as_str(), ports[0].mac.as_str()),
+        ("e2e-guest", GUEST_MAC)
+    );
+    if restart_network {
+        daemon.ok(&["net-destroy", "e2e"]);
+        daemon.ok(&["net-start", "e2e"]);
+        assert_eq!(client.ports("e2e").expect("ports"), ports);
+        prepare_bridge(&daemon);
+    }
+
     let server = upstream
         .run(|| UdpSocket::bind(UPSTREAM))
         .expect("enter upstream")
@@ -190,28 +244,6 @@ fn a_guest_on_a_kvnet_network_reaches_upstream_through_nat_and_hears_back() {
         server.send_to(PONG, from)?;
         Ok::<_, std::io::Error>((buffer[..n].to_vec(), from))
     });
-
-    let kernel = testing::write_guest(dir.path(), "e2e.elf", guest).expect("assemble");
-    let serial = SharedBuffer::new();
-    let mut config = VmConfig::new(&kernel);
-    config.serial = SerialSink::Buffer(serial.clone());
-    config.net = vec![
-        format!(
-            "network=e2e,socket={},mac={GUEST_MAC}",
-            daemon.socket().display()
-        )
-        .parse()
-        .expect("net spec"),
-    ];
-    config.owner.name = "e2e-guest".into();
-    let vm = Vm::new(config).expect("build the vm, plugged into e2e");
-    let client = Client::new(daemon.socket());
-    let ports = client.ports("e2e").expect("ports");
-    assert_eq!(ports.len(), 1, "{ports:?}");
-    assert_eq!(
-        (ports[0].owner.as_str(), ports[0].mac.as_str()),
-        ("e2e-guest", GUEST_MAC)
-    );
     let outcome = vm.run_with_timeout(Some(Duration::from_secs(30)));
 
     let (datagram, from) = answering
