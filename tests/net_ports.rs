@@ -58,38 +58,55 @@ fn link(daemon: &Daemon, ifname: &str) -> serde_json::Value {
 
 /// An ARP request from the guest for the bridge's address, after the virtio-net header.
 fn arp_request() -> Vec<u8> {
+    arp_request_from(GUEST_MAC, GUEST_IP)
+}
+
+/// An ARP request (a broadcast) from `mac` at `ip` for the bridge's address, after the
+/// virtio-net header.
+fn arp_request_from(mac: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
     let mut frame = vec![0u8; VNET_HDR_LEN];
     frame.extend_from_slice(&[0xff; 6]);
-    frame.extend_from_slice(&GUEST_MAC);
+    frame.extend_from_slice(&mac);
     frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    frame.extend_from_slice(&GUEST_MAC);
-    frame.extend_from_slice(&GUEST_IP);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&ip);
     frame.extend_from_slice(&[0; 6]);
     frame.extend_from_slice(&BRIDGE_IP);
     frame
 }
 
-/// Reads frames from the tap until the bridge's ARP reply to the guest arrives.
-fn wait_for_arp_reply(tap: &OwnedFd) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// Reads frames (without their virtio-net header) from the tap until one satisfies
+/// `wanted`, for at most `timeout`.
+fn wait_for_frame(tap: &OwnedFd, timeout: Duration, wanted: impl Fn(&[u8]) -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
     let mut buffer = [0u8; 2048];
     while Instant::now() < deadline {
         let mut fds = [PollFd::new(tap.as_fd(), PollFlags::POLLIN)];
-        if poll(&mut fds, PollTimeout::from(200u16)).expect("poll") == 0 {
+        if poll(&mut fds, PollTimeout::from(100u16)).expect("poll") == 0 {
             continue;
         }
         let n = nix::unistd::read(tap, &mut buffer).expect("read tap");
-        let frame = &buffer[VNET_HDR_LEN..n];
-        let is_reply = frame.len() >= 42
-            && frame[..6] == GUEST_MAC
-            && frame[12..14] == [0x08, 0x06]
-            && frame[20..22] == [0, 2]
-            && frame[28..32] == BRIDGE_IP;
-        if is_reply {
+        if wanted(&buffer[VNET_HDR_LEN..n]) {
             return true;
         }
     }
     false
+}
+
+/// Whether `frame` is the bridge's ARP reply to `mac`.
+fn is_arp_reply_to(frame: &[u8], mac: [u8; 6]) -> bool {
+    frame.len() >= 42
+        && frame[..6] == mac
+        && frame[12..14] == [0x08, 0x06]
+        && frame[20..22] == [0, 2]
+        && frame[28..32] == BRIDGE_IP
+}
+
+/// Reads frames from the tap until the bridge's ARP reply to the guest arrives.
+fn wait_for_arp_reply(tap: &OwnedFd) -> bool {
+    wait_for_frame(tap, Duration::from_secs(10), |frame| {
+        is_arp_reply_to(frame, GUEST_MAC)
+    })
 }
 
 #[test]
@@ -455,4 +472,84 @@ fn a_port_follows_its_tap_when_it_is_renamed_and_still_takes_it_along() {
     assert_eq!(taps(&daemon), ["renamed0"]);
     daemon.ok(&["net-undefine", "default"]);
     assert!(taps(&daemon).is_empty(), "{:?}", taps(&daemon));
+}
+
+/// The kernel's `isolated` flag of a bridge port.
+fn port_isolated(daemon: &Daemon, ifname: &str) -> bool {
+    let link = daemon.ip_json(&format!("-d link show {ifname}"));
+    link[0]["linkinfo"]["info_slave_data"]["isolated"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("{ifname} is no bridge port: {link}"))
+}
+
+#[test]
+fn isolated_ports_reach_the_host_but_not_each_other() {
+    if !require(&needs()) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let dir = tempfile::tempdir().expect("tmp");
+    let xml = common::xml_file(
+        dir.path(),
+        "tenants",
+        "<network><name>tenants</name><bridge name='virbr0' stp='off'/><port isolated='yes'/>\
+         <ip address='192.168.122.1' prefix='24'/></network>",
+    );
+    daemon.ok(&["net-define", xml.to_str().expect("utf-8")]);
+    daemon.ok(&["net-start", "tenants"]);
+    let client = Client::new(daemon.socket());
+    let mac = |last: u8| [0x52, 0x54, 0x00, 0xaa, 0xbb, last];
+    let plug = |last: u8, port: &str| {
+        let xml = port_xml(
+            &format!("tenant{last}"),
+            &format!("52:54:00:aa:bb:{last:02x}"),
+        )
+        .replace("</networkport>", &format!("{port}</networkport>"));
+        client.plug("tenants", &xml).expect("plug")
+    };
+    let (first, first_tap) = plug(0x21, "");
+    let (second, second_tap) = plug(0x22, "");
+    // A port may leave the network's isolation, as in libvirt.
+    let (open, open_tap) = plug(0x23, "<port isolated='no'/>");
+    assert!(port_isolated(&daemon, &first.tap));
+    assert!(port_isolated(&daemon, &second.tap));
+    assert!(!port_isolated(&daemon, &open.tap));
+    let open_xml = client
+        .port_xml("tenants", &open.uuid.to_string())
+        .expect("port xml");
+    assert!(open_xml.contains("<port isolated='no'/>"), "{open_xml}");
+
+    let check = |phase: &str| {
+        // The first guest's broadcast reaches the host (it answers) and the port that
+        // is not isolated, but not the other isolated one.
+        nix::unistd::write(
+            &first_tap,
+            &arp_request_from(mac(0x21), [192, 168, 122, 21]),
+        )
+        .expect("write tap");
+        assert!(
+            wait_for_frame(&first_tap, Duration::from_secs(10), |frame| {
+                is_arp_reply_to(frame, mac(0x21))
+            }),
+            "{phase}: the host did not answer"
+        );
+        let from_first = |frame: &[u8]| frame.len() >= 12 && frame[6..12] == mac(0x21);
+        assert!(
+            wait_for_frame(&open_tap, Duration::from_secs(10), from_first),
+            "{phase}: the open port did not see the broadcast"
+        );
+        assert!(
+            !wait_for_frame(&second_tap, Duration::from_millis(300), from_first),
+            "{phase}: an isolated port saw another's broadcast"
+        );
+    };
+    check("first start");
+
+    // The kernel drops the flag with the port; the re-plug after a restart sets it again.
+    daemon.ok(&["net-destroy", "tenants"]);
+    daemon.ok(&["net-start", "tenants"]);
+    assert!(port_isolated(&daemon, &first.tap));
+    assert!(port_isolated(&daemon, &second.tap));
+    assert!(!port_isolated(&daemon, &open.tap));
+    check("after a restart");
 }

@@ -192,6 +192,8 @@ pub enum Op {
     },
     /// Detaching a port from its bridge.
     UnplugPort,
+    /// Setting a bridge port's `isolated` flag.
+    SetIsolated(bool),
 }
 
 impl Op {
@@ -217,6 +219,8 @@ impl Op {
                 format_mac(mac)
             ),
             Op::UnplugPort => format!("detaching {ifname} from its bridge"),
+            Op::SetIsolated(true) => format!("isolating bridge port {ifname}"),
+            Op::SetIsolated(false) => format!("lifting the isolation of bridge port {ifname}"),
         }
     }
 }

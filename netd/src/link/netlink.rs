@@ -8,12 +8,12 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    BridgeStpState, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+    BridgeStpState, InfoBridgePort, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
-use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use super::{BridgeSpec, Error, LinkInfo, Op, sysctl, validate_ifname};
 
@@ -247,6 +247,26 @@ impl Link {
                 },
                 ifname,
             ))
+    }
+
+    /// Isolates the bridge port with ifindex `index` (named `ifname`, for messages) from
+    /// its bridge's other isolated ports, or lifts that: the kernel's `isolated` port flag,
+    /// which a port keeps only while it is on the bridge.
+    pub async fn set_port_isolated(
+        &self,
+        index: u32,
+        ifname: &str,
+        isolated: bool,
+    ) -> Result<(), Error> {
+        let message = LinkBridgePort::new(index)
+            .append_info_data(InfoBridgePort::Isolated(isolated))
+            .build();
+        self.handle
+            .link()
+            .set_port(message)
+            .execute()
+            .await
+            .map_err(failed(Op::SetIsolated(isolated), ifname))
     }
 
     /// Detaches the link with ifindex `index` (named `ifname`, for messages) from its

@@ -92,6 +92,12 @@ fn tap_mac(guest: [u8; 6]) -> [u8; 6] {
     mac
 }
 
+/// Whether a port is isolated from the other isolated ports on its bridge: its own
+/// `<port isolated=>`, else its network's.
+fn is_isolated(port: &PortDef, network: &NetworkDef) -> bool {
+    port.isolated.or(network.isolated_ports).unwrap_or(false)
+}
+
 /// How a network's ports join its bridge: libvirt's plug types.
 fn plug_of(def: &NetworkDef, bridge: &str) -> PortPlug {
     let bridge = bridge.to_owned();
@@ -131,10 +137,10 @@ impl Manager {
             field: "name",
             value: name.clone(),
         })?;
-        let Some((bridge, plug)) = network.live.as_ref().and_then(|live| {
+        let Some((bridge, plug, isolated)) = network.live.as_ref().and_then(|live| {
             let bridge = live.bridge_name()?.to_owned();
             let plug = plug_of(live, &bridge);
-            Some((bridge, plug))
+            Some((bridge, plug, is_isolated(&def, live)))
         }) else {
             return Err(Error::OperationInvalid(format!(
                 "network '{name}' is not active"
@@ -171,6 +177,12 @@ impl Manager {
             )
             .await
             .map_err(failed)?;
+        if isolated {
+            self.link
+                .set_port_isolated(ifindex, tap.name(), true)
+                .await
+                .map_err(failed)?;
+        }
         let port = Port {
             def,
             tap: tap.name().to_owned(),
@@ -245,10 +257,10 @@ impl Manager {
         if network.ports.is_empty() {
             return;
         }
-        let Some((bridge, plug)) = network.live.as_ref().and_then(|live| {
+        let Some((bridge, plug, live)) = network.live.as_ref().and_then(|live| {
             let bridge = live.bridge_name()?.to_owned();
             let plug = plug_of(live, &bridge);
-            Some((bridge, plug))
+            Some((bridge, plug, live.clone()))
         }) else {
             return;
         };
@@ -270,7 +282,7 @@ impl Manager {
             }
             let mtu = bridge_link.mtu.unwrap_or(1500);
             let mac = tap_mac(port.def.mac.0);
-            let result = self
+            let mut result = self
                 .link
                 .plug_port_at(
                     port.ifindex,
@@ -281,6 +293,13 @@ impl Manager {
                     &bridge,
                 )
                 .await;
+            // A port loses the flag when it leaves the bridge.
+            if result.is_ok() && is_isolated(&port.def, &live) {
+                result = self
+                    .link
+                    .set_port_isolated(port.ifindex, &port.tap, true)
+                    .await;
+            }
             match result {
                 Ok(()) => {
                     port.def.plug = Some(plug.clone());

@@ -104,3 +104,16 @@ pub enum Error {
 pub(crate) fn invalid(message: impl Into<String>) -> Error {
     Error::Invalid(message.into())
 }
+
+/// The `isolated` attribute of a `<port>` element (in a network or a network port), with
+/// libvirt's message for a value other than `yes` or `no`.
+fn isolated_ports(port: &dom::Element) -> Result<Option<bool>, Error> {
+    match port.attr("isolated") {
+        None => Ok(None),
+        Some("yes") => Ok(Some(true)),
+        Some("no") => Ok(Some(false)),
+        Some(other) => Err(invalid(format!(
+            "Invalid value for attribute 'isolated' in element 'port': '{other}'."
+        ))),
+    }
+}

@@ -40,6 +40,10 @@ pub struct NetworkDef {
     pub domain: Option<Domain>,
     /// `<dns>` settings and records.
     pub dns: Dns,
+    /// `<port isolated=>`: whether guests' ports are isolated from each other (they
+    /// reach the bridge, and through it the host and the outside, but not one another),
+    /// unless a port says otherwise.
+    pub isolated_ports: Option<bool>,
     /// `<ip>` elements in document order.
     pub ips: Vec<IpDef>,
     /// `<route>` elements: subnets reached through a guest, added on the bridge.
@@ -587,6 +591,7 @@ impl NetworkDef {
             mac: None,
             domain: None,
             dns: Dns::default(),
+            isolated_ports: None,
             ips: Vec::new(),
             routes: Vec::new(),
         }

@@ -303,6 +303,7 @@ impl Parser {
         let mut mac = None;
         let mut domain = None;
         let mut dns = None;
+        let mut port = None;
         let mut ips = Vec::new();
         let mut routes = Vec::new();
         for child in &root.children {
@@ -317,6 +318,7 @@ impl Parser {
                 "mac" => self.once(&mut mac, child)?,
                 "domain" => self.once(&mut domain, child)?,
                 "dns" => self.once(&mut dns, child)?,
+                "port" => self.once(&mut port, child)?,
                 "ip" => ips.push(child),
                 "route" => routes.push(child),
                 _ => return Err(self.unsupported_child(root, child)),
@@ -383,6 +385,11 @@ impl Parser {
         }
         if let Some(element) = dns {
             def.dns = self.dns(element)?;
+        }
+        if let Some(element) = port {
+            self.check_attrs(element, &["isolated"])?;
+            self.check_leaf(element)?;
+            def.isolated_ports = super::isolated_ports(element)?;
         }
         for element in ips {
             def.ips.push(self.ip_def(element)?);

@@ -28,6 +28,10 @@ pub struct PortDef {
     pub owner_uuid: Uuid,
     /// `<mac address=>`: the guest side MAC of the NIC.
     pub mac: MacAddr,
+    /// `<port isolated=>`: whether the port is isolated from the network's other
+    /// isolated ports; when absent, the network's `<port isolated=>` decides, each time
+    /// the port is plugged in.
+    pub isolated: Option<bool>,
     /// `<plug>`: where the NIC is attached; filled in by the daemon when it
     /// allocates the port, accepted on input too (libvirt's reclaim after a restart).
     pub plug: Option<PortPlug>,
@@ -161,6 +165,10 @@ impl PortDef {
         out.line(&format!("<uuid>{}</uuid>", self.owner_uuid));
         out.close("</owner>");
         out.line(&format!("<mac address='{}'/>", self.mac));
+        if let Some(isolated) = self.isolated {
+            let value = if isolated { "yes" } else { "no" };
+            out.line(&format!("<port isolated='{value}'/>"));
+        }
         if let Some(plug) = &self.plug {
             out.line(&format!(
                 "<plug type='{}' bridge='{}'/>",
@@ -286,15 +294,17 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
     let mut uuid = None;
     let mut owner = None;
     let mut mac = None;
+    let mut port = None;
     let mut plug = None;
     for child in &root.children {
         match child.name.as_str() {
             "uuid" => once(&mut uuid, child)?,
             "owner" => once(&mut owner, child)?,
             "mac" => once(&mut mac, child)?,
+            "port" => once(&mut port, child)?,
             "plug" => once(&mut plug, child)?,
-            // <group>, <bandwidth>, <vlan>, <virtualport>, <rxfilters>, <port> and
-            // anything unknown.
+            // <group>, <bandwidth>, <vlan>, <virtualport>, <rxfilters> and anything
+            // unknown.
             _ => return Err(unsupported_child(root, child)),
         }
     }
@@ -306,6 +316,10 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
     };
     let (owner_name, owner_uuid) = parse_owner(owner)?;
     let mac = parse_mac(mac)?;
+    let isolated = match port {
+        Some(element) => parse_isolated(element)?,
+        None => None,
+    };
     let plug = match plug {
         Some(element) => parse_plug(element)?,
         None => None,
@@ -315,8 +329,16 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
         owner_name,
         owner_uuid,
         mac,
+        isolated,
         plug,
     })
+}
+
+/// `<port isolated='yes|no'/>`.
+fn parse_isolated(port: &Element) -> Result<Option<bool>, Error> {
+    check_attrs(port, &["isolated"])?;
+    check_leaf(port)?;
+    super::isolated_ports(port)
 }
 
 /// `<owner><name/><uuid/></owner>`, children in either order.

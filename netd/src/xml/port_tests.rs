@@ -39,6 +39,7 @@ fn sample() -> PortDef {
         owner_name: "myguest".to_string(),
         owner_uuid: Uuid::parse_str(OWNER_UUID).unwrap(),
         mac: MacAddr([0x52, 0x54, 0x00, 0x7b, 0x35, 0x93]),
+        isolated: None,
         plug: Some(PortPlug::Network {
             bridge: "virbr0".to_string(),
         }),
@@ -102,6 +103,15 @@ fn round_trips() {
     assert!(def.to_xml().contains("<plug type='bridge' bridge='br0'/>"));
     def.plug = None;
     assert_round_trip(&def);
+    for isolated in [true, false] {
+        def.isolated = Some(isolated);
+        assert_round_trip(&def);
+    }
+    assert!(
+        def.to_xml()
+            .contains("  <mac address='52:54:00:7b:35:93'/>\n  <port isolated='no'/>\n")
+    );
+    def.isolated = None;
     def.uuid = None;
     assert_round_trip(&def);
     // Characters XML must escape, and whitespace kept as written.
@@ -191,6 +201,10 @@ fn missing_required_fields_use_libvirts_messages() {
             "Invalid value for attribute 'type' in element 'plug': 'ovs'.",
         ),
         (
+            &with("<mac address='52:54:00:00:00:01'/><port isolated='on'/>"),
+            "Invalid value for attribute 'isolated' in element 'port': 'on'.",
+        ),
+        (
             "<network><name>x</name></network>",
             "expecting root element of 'networkport', not 'network'",
         ),
@@ -227,8 +241,8 @@ fn unimplemented_elements_are_refused_by_name() {
             "unsupported element <rxfilters> in network port (line 4)",
         ),
         (
-            with(&format!("{mac}<port isolated='yes'/>")),
-            "unsupported element <port> in network port (line 4)",
+            with(&format!("{mac}<port isolated='yes'><vlan/></port>")),
+            "unsupported element <vlan> inside <port> in network port (line 4)",
         ),
         (
             with(&format!("{mac}<bogus/>")),

@@ -349,6 +349,7 @@ fn full_feature_document_is_reproduced_byte_for_byte() {
     assert_eq!(def.dns.srvs[0].port, Some(389));
     assert_eq!(def.dns.srvs[1].target, None);
     assert_eq!(def.dns.hosts[0].hostnames, vec!["db", "db.lab.example"]);
+    assert_eq!(def.isolated_ports, Some(true));
     let v4 = &def.ips[0];
     assert_eq!(v4.prefix, Some(24));
     assert_eq!(v4.netmask, None);
@@ -650,8 +651,12 @@ fn unsupported_libvirt_features_are_rejected_by_name() {
             "unsupported element <metadata> in network 'x' (line 1)",
         ),
         (
-            "<network><name>x</name><port isolated='yes'/></network>",
-            "unsupported element <port> in network 'x' (line 1)",
+            "<network><name>x</name><port isolated='yes' trunk='no'/></network>",
+            "unsupported attribute 'trunk' on <port> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><port isolated='yes'><vlan/></port></network>",
+            "unsupported element <vlan> inside <port> in network 'x' (line 1)",
         ),
         (
             "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'><name>x</name>\
@@ -924,6 +929,10 @@ fn dns_names_added_by_net_update_are_checked_too() {
 fn validation_errors_use_specific_messages() {
     let cases: &[(&str, &str)] = &[
         ("<network/>", "missing <name> element in network definition"),
+        (
+            "<network><name>x</name><port isolated='true'/></network>",
+            "Invalid value for attribute 'isolated' in element 'port': 'true'.",
+        ),
         (
             "<network><name></name></network>",
             "network name must not be empty",

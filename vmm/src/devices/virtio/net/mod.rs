@@ -387,6 +387,7 @@ impl Owner {
             owner_name: self.name.clone(),
             owner_uuid: self.uuid,
             mac: netd::xml::MacAddr(mac.0),
+            isolated: None,
             plug: None,
         }
         .to_xml()
