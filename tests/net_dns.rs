@@ -175,9 +175,16 @@ fn host_resolvers_serve_forwarding_networks_only_and_only_on_the_bridge() {
     upstream
         .sh("ip addr add 10.98.0.2/24 dev eth0 && ip link set eth0 up && ip route add default via 10.98.0.1")
         .expect("upstream addressing");
-    let _dnsmasq =
-        testkit::Dnsmasq::start(&upstream, "10.98.0.2", &["--address=/up.test/10.77.7.7"])
-            .expect("start dnsmasq");
+    let _dnsmasq = testkit::Dnsmasq::start(
+        &upstream,
+        "10.98.0.2",
+        &[
+            "--address=/up.test/10.77.7.7",
+            "--ptr-record=99.131.168.192.in-addr.arpa,leaked131.up.test",
+            "--ptr-record=99.133.168.192.in-addr.arpa,leaked133.up.test",
+        ],
+    )
+    .expect("start dnsmasq");
     let resolv_conf = daemon.dirs.path().join("resolv.conf");
     std::fs::write(&resolv_conf, "nameserver 10.98.0.2\n").expect("resolv.conf");
     let options = DaemonOptions {
@@ -189,13 +196,17 @@ fn host_resolvers_serve_forwarding_networks_only_and_only_on_the_bridge() {
     daemon.spawn(&options);
 
     let mut guests = Vec::new();
-    for (name, forward, octet) in [("fwd", "<forward/>", 131), ("iso", "", 132)] {
+    for (name, forward, octet, local_ptr) in [
+        ("fwd", "<forward/>", 131, ""),
+        ("iso", "", 132, ""),
+        ("ptr", "<forward/>", 133, " localPtr='yes'"),
+    ] {
         let xml = daemon.dirs.path().join(format!("{name}.xml"));
         std::fs::write(
             &xml,
             format!(
                 "<network><name>{name}</name><bridge name='kv{name}' stp='off'/>{forward}\
-                 <ip address='192.168.{octet}.1' prefix='24'/></network>"
+                 <ip address='192.168.{octet}.1' prefix='24'{local_ptr}/></network>"
             ),
         )
         .expect("xml");
@@ -215,18 +226,28 @@ fn host_resolvers_serve_forwarding_networks_only_and_only_on_the_bridge() {
             .expect("guest addressing");
         guests.push((guest, octet));
     }
-    let ask = |ns: &testkit::Netns, server: &str| {
+    let ask_about = |ns: &testkit::Netns, server: &str, question: &str| {
         ns.sh(&format!(
-            "timeout 10 dig +time=2 +tries=2 @{server} www.up.test || true"
+            "timeout 10 dig +time=2 +tries=2 @{server} {question} || true"
         ))
         .unwrap_or_default()
     };
+    let ask = |ns: &testkit::Netns, server: &str| ask_about(ns, server, "www.up.test");
     let (fwd_guest, _) = &guests[0];
     let answer = ask(fwd_guest, "192.168.131.1");
     assert!(
         answer.contains("status: NOERROR") && answer.contains("10.77.7.7"),
         "the NAT network's guest did not reach the host's resolver:\n{answer}\n{}",
         daemon.log()
+    );
+    // Reverse lookups of the subnet go upstream too, unless localPtr keeps them home.
+    let answer = ask_about(fwd_guest, "192.168.131.1", "-x 192.168.131.99");
+    assert!(answer.contains("leaked131.up.test."), "{answer}");
+    let (ptr_guest, _) = &guests[2];
+    let answer = ask_about(ptr_guest, "192.168.133.1", "-x 192.168.133.99");
+    assert!(
+        answer.contains("status: NXDOMAIN") && !answer.contains("leaked133"),
+        "localPtr='yes' forwarded a reverse lookup of its subnet:\n{answer}"
     );
     let (iso_guest, _) = &guests[1];
     let answer = ask(iso_guest, "192.168.132.1");

@@ -26,7 +26,7 @@ use crate::link::{self, BridgeSpec, Link, LinkInfo, PrefixCache, sysctl};
 use crate::ra::{self, RaConfig, RaServer};
 use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
 use crate::tftp::{TftpConfig, TftpServer};
-use crate::xml::{self, DEFAULT_NAT_PORTS, ForwardMode, NetworkDef};
+use crate::xml::{self, DEFAULT_NAT_PORTS, ForwardMode, IpDef, NetworkDef};
 
 mod ports;
 
@@ -1904,6 +1904,12 @@ fn dns_config(
         domain: def.domain.as_ref().map(|domain| domain.name.clone()),
         local_only: def.domain.as_ref().and_then(|domain| domain.local_only) == Some(true),
         forward_plain_names: def.dns.forward_plain_names != Some(false),
+        local_ptr_domains: def
+            .ips
+            .iter()
+            .filter(|ip| ip.local_ptr == Some(true))
+            .filter_map(IpDef::ptr_domain)
+            .collect(),
         hosts: def.dns.hosts.clone(),
         srvs: def.dns.srvs.clone(),
         txts: def.dns.txts.clone(),

@@ -167,6 +167,7 @@ fn config() -> DnsConfig {
         domain: Some("example.test".into()),
         local_only: true,
         forward_plain_names: true,
+        local_ptr_domains: Vec::new(),
         hosts: vec![DnsHost {
             ip: "192.168.88.50".parse().expect("ip"),
             hostnames: vec!["static1".into()],

@@ -58,6 +58,9 @@ pub struct DnsConfig {
     pub local_only: bool,
     /// `forwardPlainNames` (default yes): whether single-label names go upstream.
     pub forward_plain_names: bool,
+    /// The reverse-lookup domains of the `<ip localPtr='yes'>` subnets: lookups in them
+    /// that no lease or `<host>` answers get NXDOMAIN instead of going upstream.
+    pub local_ptr_domains: Vec<String>,
     /// `<dns><host>` entries.
     pub hosts: Vec<DnsHost>,
     /// `<dns><srv>` entries.

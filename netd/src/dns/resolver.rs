@@ -87,7 +87,7 @@ pub struct Resolver {
     /// Its [`wire_key`].
     domain_key: Option<Vec<u8>>,
     /// Names at or under these [`wire_key`]s are never forwarded (`localOnly`,
-    /// `<forwarder domain=>` without `addr`).
+    /// `<forwarder domain=>` without `addr`, `localPtr`).
     local_domains: Vec<Vec<u8>>,
     forward_plain_names: bool,
     /// `<forwarder domain= addr=>` by [`wire_key`] of the domain, most specific first;
@@ -156,6 +156,9 @@ impl Resolver {
             && let Some(domain) = &domain
         {
             local_domains.push(wire_key(domain));
+        }
+        for text in &config.local_ptr_domains {
+            local_domains.push(wire_key(&fqdn(text).ok_or_else(|| invalid(text))?));
         }
         let mut routes: Vec<(Vec<u8>, Vec<SocketAddr>)> = Vec::new();
         let mut plain = Vec::new();
@@ -538,6 +541,7 @@ mod tests {
             domain: Some("example.test".into()),
             local_only: true,
             forward_plain_names: true,
+            local_ptr_domains: Vec::new(),
             hosts: vec![
                 DnsHost {
                     ip: "192.168.122.50".parse().unwrap(),
@@ -684,6 +688,40 @@ mod tests {
                 Name::from_ascii("static1.example.test.").unwrap()
             ))]
         );
+    }
+
+    #[test]
+    fn local_ptr_keeps_the_subnet_s_reverse_lookups_home() {
+        let defaults: [SocketAddr; 2] = [
+            "10.0.0.53:53".parse().unwrap(),
+            "10.0.0.54:53".parse().unwrap(),
+        ];
+        let unknown = "99.122.168.192.in-addr.arpa.";
+        let forward = |resolver: &Resolver, name: &str| {
+            let mut out = Vec::new();
+            resolver.answer(
+                &query(name, RecordType::PTR, false),
+                Transport::Udp,
+                &mut out,
+            ) == Outcome::Forward(&defaults)
+        };
+        // Without localPtr, an address nobody has goes upstream, as with dnsmasq.
+        let resolver = Resolver::new(&config(), Some(leases())).unwrap();
+        assert!(forward(&resolver, unknown));
+
+        let mut local = config();
+        local.local_ptr_domains = vec!["122.168.192.in-addr.arpa".into()];
+        let resolver = Resolver::new(&local, Some(leases())).unwrap();
+        let reply = ask(&resolver, unknown, RecordType::PTR);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+        assert!(reply.metadata.authoritative);
+        // Known addresses are still answered; other subnets still go upstream.
+        let reply = ask(&resolver, "77.122.168.192.in-addr.arpa.", RecordType::PTR);
+        assert_eq!(reply.answers.len(), 1, "{reply:?}");
+        assert!(forward(&resolver, "99.123.168.192.in-addr.arpa."));
+
+        local.local_ptr_domains = vec!["in valid".into()];
+        assert!(Resolver::new(&local, None).is_err());
     }
 
     #[test]

@@ -1009,6 +1009,7 @@ mod tests {
                     network: "ports".into(),
                     listen: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
                     forward_plain_names: true,
+                    local_ptr_domains: Vec::new(),
                     default_upstreams: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))],
                     ..DnsConfig::default()
                 };

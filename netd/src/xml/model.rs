@@ -367,6 +367,36 @@ impl IpDef {
     pub fn is_ipv4(&self) -> bool {
         self.address.is_ipv4()
     }
+
+    /// The reverse-lookup domain of the subnet (`122.168.192.in-addr.arpa`), for
+    /// `localPtr='yes'`. `None` unless the prefix ends on a label: a multiple of 8 bits
+    /// for IPv4, of 4 for IPv6 (libvirt refuses the others too).
+    pub fn ptr_domain(&self) -> Option<String> {
+        let prefix = self.prefix_len()?;
+        match self.address {
+            IpAddr::V4(address) if prefix % 8 == 0 => {
+                let octets = address.octets();
+                let labels: Vec<String> = octets[..usize::from(prefix / 8)]
+                    .iter()
+                    .rev()
+                    .map(u8::to_string)
+                    .collect();
+                Some(labels.iter().map(|l| format!("{l}.")).collect::<String>() + "in-addr.arpa")
+            }
+            IpAddr::V6(address) if prefix % 4 == 0 => {
+                let nibbles: Vec<String> = address
+                    .octets()
+                    .iter()
+                    .flat_map(|byte| [byte >> 4, byte & 0xf])
+                    .take(usize::from(prefix / 4))
+                    .map(|nibble| format!("{nibble:x}"))
+                    .collect();
+                let reversed: String = nibbles.iter().rev().map(|n| format!("{n}.")).collect();
+                Some(reversed + "ip6.arpa")
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Bit count of a contiguous IPv4 netmask, `None` if not contiguous.

@@ -188,24 +188,6 @@ impl Parser {
         }
     }
 
-    /// A yes/no attribute whose `yes` asks for a feature kvnet does not
-    /// implement: `no` (the default) is kept, `yes` is refused by name.
-    fn yes_no_without_yes(
-        &self,
-        element: &Element,
-        attr: &str,
-        reason: &str,
-    ) -> Result<Option<bool>, Error> {
-        let value = self.yes_no(element, attr)?;
-        if value == Some(true) {
-            return Err(self.unsupported(
-                format!("attribute {attr}='yes' on <{}> ({reason})", element.name),
-                element.line,
-            ));
-        }
-        Ok(value)
-    }
-
     /// An unsigned attribute in `radix` (see [`c_unsigned`]).
     fn number<T: TryFrom<u64>>(
         &self,
@@ -897,11 +879,7 @@ impl Parser {
             address,
             netmask,
             prefix,
-            local_ptr: self.yes_no_without_yes(
-                element,
-                "localPtr",
-                "the DNS server does not answer reverse lookups locally",
-            )?,
+            local_ptr: self.yes_no(element, "localPtr")?,
             dhcp_ranges: Vec::new(),
             dhcp_hosts: Vec::new(),
             dhcp_bootp: None,

@@ -582,9 +582,11 @@ impl NetworkDef {
                 "Invalid <ip> address '{address}' in network '{name}': {reason}"
             )));
         }
-        if ip.local_ptr == Some(true) {
+        if ip.local_ptr == Some(true) && ip.ptr_domain().is_none() {
             return Err(invalid(format!(
-                "unsupported localPtr='yes' on <ip> address '{address}' in network '{name}': the DNS server does not answer reverse lookups locally"
+                "PTR domain for {} network with prefix {} cannot be automatically created",
+                if address.is_ipv4() { "IPv4" } else { "IPv6" },
+                ip.prefix_len().unwrap_or(0)
             )));
         }
         if ip.netmask.is_some() && ip.prefix.is_some() {
