@@ -209,6 +209,19 @@ fn not_active(network: &str) -> (ErrorKind, String) {
     )
 }
 
+/// Runs the network `xml` (named `name`) on `daemon`: defined and started when
+/// `persistent`, else created (transient).
+fn run_network(daemon: &Daemon, name: &str, xml: &str, persistent: bool) {
+    let file = common::xml_file(daemon.dirs.path(), name, xml);
+    let file = file.to_str().expect("utf-8");
+    if persistent {
+        daemon.ok(&["net-define", file]);
+        daemon.ok(&["net-start", name]);
+    } else {
+        daemon.ok(&["net-create", file]);
+    }
+}
+
 #[test]
 fn ports_survive_daemon_and_network_restarts_and_go_with_their_network() {
     if !require(&needs()) {
@@ -292,13 +305,12 @@ fn the_ports_of_a_transient_network_go_with_it() {
         return;
     }
     let daemon = Daemon::without_default_network();
-    let dir = tempfile::tempdir().expect("tmp");
-    let xml = common::xml_file(
-        dir.path(),
+    run_network(
+        &daemon,
         "passing",
         "<network><name>passing</name><ip address='10.77.0.1' prefix='24'/></network>",
+        false,
     );
-    daemon.ok(&["net-create", xml.to_str().expect("utf-8")]);
     let client = Client::new(daemon.socket());
     let (_, tap) = client
         .plug("passing", &port_xml("guest5", "52:54:00:aa:bb:05"))
@@ -324,14 +336,12 @@ fn a_port_of_a_host_bridge_network_joins_that_bridge_which_outlives_it() {
         .ns
         .sh("ip link add br-host type bridge && ip link set br-host mtu 9000 up")
         .expect("host bridge");
-    let dir = tempfile::tempdir().expect("tmp");
-    let xml = common::xml_file(
-        dir.path(),
+    run_network(
+        &daemon,
         "host",
         "<network><name>host</name><forward mode='bridge'/><bridge name='br-host'/></network>",
+        true,
     );
-    daemon.ok(&["net-define", xml.to_str().expect("utf-8")]);
-    daemon.ok(&["net-start", "host"]);
     let client = Client::new(daemon.socket());
     let port = client
         .create_port("host", &port_xml("guest7", "52:54:00:aa:bb:07"))
@@ -488,15 +498,13 @@ fn isolated_ports_reach_the_host_but_not_each_other() {
         return;
     }
     let daemon = Daemon::without_default_network();
-    let dir = tempfile::tempdir().expect("tmp");
-    let xml = common::xml_file(
-        dir.path(),
+    run_network(
+        &daemon,
         "tenants",
         "<network><name>tenants</name><bridge name='virbr0' stp='off'/><port isolated='yes'/>\
          <ip address='192.168.122.1' prefix='24'/></network>",
+        true,
     );
-    daemon.ok(&["net-define", xml.to_str().expect("utf-8")]);
-    daemon.ok(&["net-start", "tenants"]);
     let client = Client::new(daemon.socket());
     let mac = |last: u8| [0x52, 0x54, 0x00, 0xaa, 0xbb, last];
     let plug = |last: u8, port: &str| {

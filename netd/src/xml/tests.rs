@@ -2040,23 +2040,27 @@ fn ipv6_dhcp_errors_name_the_network_and_value() {
 
 #[test]
 fn local_ptr_needs_a_subnet_that_ends_on_a_label() {
-    let ptr = |attrs: &str| parse(&net_with_ip(attrs, "")).ips[0].ptr_domain();
-    assert_eq!(
-        ptr("address='192.168.122.1' prefix='24'").as_deref(),
-        Some("122.168.192.in-addr.arpa")
-    );
-    assert_eq!(
-        ptr("address='10.20.0.1' netmask='255.255.0.0'").as_deref(),
-        Some("20.10.in-addr.arpa")
-    );
-    assert_eq!(
-        ptr("family='ipv6' address='fd00:20::1' prefix='64'").as_deref(),
-        Some("0.0.0.0.0.0.0.0.0.2.0.0.0.0.d.f.ip6.arpa")
-    );
-    assert_eq!(
-        ptr("family='ipv6' address='2001:db8:ab::1' prefix='52'").as_deref(),
-        Some("0.b.a.0.0.8.b.d.0.1.0.0.2.ip6.arpa")
-    );
+    for (attrs, domain) in [
+        (
+            "address='192.168.122.1' prefix='24'",
+            "122.168.192.in-addr.arpa",
+        ),
+        (
+            "address='10.20.0.1' netmask='255.255.0.0'",
+            "20.10.in-addr.arpa",
+        ),
+        (
+            "family='ipv6' address='fd00:20::1' prefix='64'",
+            "0.0.0.0.0.0.0.0.0.2.0.0.0.0.d.f.ip6.arpa",
+        ),
+        (
+            "family='ipv6' address='2001:db8:ab::1' prefix='52'",
+            "0.b.a.0.0.8.b.d.0.1.0.0.2.ip6.arpa",
+        ),
+    ] {
+        let def = parse(&net_with_ip(attrs, ""));
+        assert_eq!(def.ips[0].ptr_domain().as_deref(), Some(domain), "{attrs}");
+    }
     let def = parse(&net_with_ip(
         "address='10.0.0.1' prefix='16' localPtr='yes'",
         "",
