@@ -526,6 +526,10 @@ fn isolated_ports_reach_the_host_but_not_each_other() {
         .port_xml("tenants", &open.uuid.to_string())
         .expect("port xml");
     assert!(open_xml.contains("<port isolated='no'/>"), "{open_xml}");
+    let first_xml = client
+        .port_xml("tenants", &first.uuid.to_string())
+        .expect("port xml");
+    assert!(first_xml.contains("<port isolated='yes'/>"), "{first_xml}");
 
     let check = |phase: &str| {
         // The first guest's broadcast reaches the host (it answers) and the port that

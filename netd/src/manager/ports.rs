@@ -93,7 +93,7 @@ fn tap_mac(guest: [u8; 6]) -> [u8; 6] {
 }
 
 /// Whether a port is isolated from the other isolated ports on its bridge: its own
-/// `<port isolated=>`, else its network's.
+/// `<port isolated=>` (set from the network's when it was created), else its network's.
 fn is_isolated(port: &PortDef, network: &NetworkDef) -> bool {
     port.isolated.or(network.isolated_ports).unwrap_or(false)
 }
@@ -140,7 +140,8 @@ impl Manager {
         let Some((bridge, plug, isolated)) = network.live.as_ref().and_then(|live| {
             let bridge = live.bridge_name()?.to_owned();
             let plug = plug_of(live, &bridge);
-            Some((bridge, plug, is_isolated(&def, live)))
+            // As libvirt's ports, a port takes the network's setting when it has none.
+            Some((bridge, plug, def.isolated.or(live.isolated_ports)))
         }) else {
             return Err(Error::OperationInvalid(format!(
                 "network '{name}' is not active"
@@ -177,7 +178,8 @@ impl Manager {
             )
             .await
             .map_err(failed)?;
-        if isolated {
+        def.isolated = isolated;
+        if isolated == Some(true) {
             self.link
                 .set_port_isolated(ifindex, tap.name(), true)
                 .await

@@ -29,8 +29,8 @@ pub struct PortDef {
     /// `<mac address=>`: the guest side MAC of the NIC.
     pub mac: MacAddr,
     /// `<port isolated=>`: whether the port is isolated from the network's other
-    /// isolated ports; when absent, the network's `<port isolated=>` decides, each time
-    /// the port is plugged in.
+    /// isolated ports; when absent, the network's `<port isolated=>` is filled in as the
+    /// port is created.
     pub isolated: Option<bool>,
     /// `<plug>`: where the NIC is attached; filled in by the daemon when it
     /// allocates the port, accepted on input too (libvirt's reclaim after a restart).
