@@ -92,12 +92,6 @@ fn tap_mac(guest: [u8; 6]) -> [u8; 6] {
     mac
 }
 
-/// Whether a port is isolated from the other isolated ports on its bridge: its own
-/// `<port isolated=>` (set from the network's when it was created), else its network's.
-fn is_isolated(port: &PortDef, network: &NetworkDef) -> bool {
-    port.isolated.or(network.isolated_ports).unwrap_or(false)
-}
-
 /// How a network's ports join its bridge: libvirt's plug types.
 fn plug_of(def: &NetworkDef, bridge: &str) -> PortPlug {
     let bridge = bridge.to_owned();
@@ -259,10 +253,10 @@ impl Manager {
         if network.ports.is_empty() {
             return;
         }
-        let Some((bridge, plug, live)) = network.live.as_ref().and_then(|live| {
+        let Some((bridge, plug, isolated_ports)) = network.live.as_ref().and_then(|live| {
             let bridge = live.bridge_name()?.to_owned();
             let plug = plug_of(live, &bridge);
-            Some((bridge, plug, live.clone()))
+            Some((bridge, plug, live.isolated_ports))
         }) else {
             return;
         };
@@ -295,8 +289,9 @@ impl Manager {
                     &bridge,
                 )
                 .await;
-            // A port loses the flag when it leaves the bridge.
-            if result.is_ok() && is_isolated(&port.def, &live) {
+            // A port loses the flag when it leaves the bridge. One without a setting of
+            // its own (its network had none when it was made) follows the network's.
+            if result.is_ok() && port.def.isolated.or(isolated_ports) == Some(true) {
                 result = self
                     .link
                     .set_port_isolated(port.ifindex, &port.tap, true)
@@ -411,8 +406,8 @@ impl Manager {
     }
 
     /// Detaches the recorded ports of a stopped network that are still on the bridge they
-    /// were plugged into: a daemon that died while stopping a host-bridge network, or
-    /// while starting one, may have left them there.
+    /// were plugged into: those of a host-bridge network the daemon could not adopt (its
+    /// status was unreadable) are still on that bridge.
     async fn park_recorded_ports(&self, name: &str, network: &mut Network) {
         let Some(links) = self.port_links(name, network).await else {
             return;
