@@ -63,6 +63,11 @@ port=$("$bin/kvnet" -c "$sock" net-port-list default --uuid | head -n 1)
 kvnet net-port-dumpxml default "$port"
 echo "\$ ip -br link show master virbr0   # inside namespace $ns"
 ip netns exec "$ns" ip -br link show master virbr0
+# Ports outlive a restart of their network: the guest's tap goes back on the new bridge.
+kvnet net-destroy default
+kvnet net-start default
+echo "\$ ip -br link show master virbr0   # inside namespace $ns, after the restart"
+ip netns exec "$ns" ip -br link show master virbr0
 kvnet net-port-delete default "$port"
 
 # A VM on the default network: run from this namespace, it needs no network privileges;
