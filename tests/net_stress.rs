@@ -1,9 +1,11 @@
 //! netns tier: consistency under concurrency and interruption. Several clients run a
 //! seeded random mix of changes over a few networks that share bridge names and subnets
 //! (so they conflict), some clients are killed mid-request, some raw requests are closed
-//! right after they are sent, and once the daemon itself is killed mid-storm. At every
-//! quiet moment, and after every restart, the kernel (bridges, addresses, kvnet's nft
-//! table, DNS listeners), the state dir, the config dir and `net-list --all` must agree.
+//! right after they are sent, and once the daemon itself is killed mid-storm. Guests'
+//! ports come and go on the networks too. At every quiet moment, and after every
+//! restart, the kernel (bridges, addresses, kvnet's nft table, DNS listeners, port taps
+//! and what they are plugged into), the state dir, the config dir and `net-list --all`
+//! must agree.
 //!
 //! `KVNET_STRESS_SEED=N` replays a run; the seed is printed at the start.
 
@@ -112,6 +114,24 @@ fn random_op(rng: &mut Rng, dir: &Path, tag: &str) -> Vec<String> {
                 op.push("--disable".into());
             }
             op
+        }
+        80..88 => {
+            // A few port slots per network, so that creates collide and deletes find
+            // something.
+            let slot = rng.below(3);
+            let uuid = format!("5e1f0000-0000-4000-8000-00000000000{slot}");
+            if rng.chance(60) {
+                let path = dir.join(format!("{tag}-port.xml"));
+                let xml = format!(
+                    "<networkport><uuid>{uuid}</uuid><owner><name>guest{slot}</name>\
+                     <uuid>5e1f0000-0000-4000-8000-0000000000f{slot}</uuid></owner>\
+                     <mac address='52:54:00:5e:00:0{slot}'/></networkport>"
+                );
+                std::fs::write(&path, xml).expect("write port xml");
+                vec!["net-port-create".into(), name, path.display().to_string()]
+            } else {
+                vec!["net-port-delete".into(), name, uuid]
+            }
         }
         _ => {
             let host = rng.below(3);
@@ -306,6 +326,8 @@ struct Snapshot {
     state_files: BTreeMap<String, String>,
     /// Files in `<config>/networks` and `autostart/`, symlinks as "-> target".
     config_files: BTreeMap<String, String>,
+    /// Taps in the namespace -> the bridge each is plugged into.
+    taps: BTreeMap<String, Option<String>>,
 }
 
 fn dir_files(dir: &Path) -> BTreeMap<String, String> {
@@ -320,7 +342,7 @@ fn dir_files(dir: &Path) -> BTreeMap<String, String> {
             let target = std::fs::read_link(&path).unwrap_or_default();
             files.insert(name, format!("-> {}", target.display()));
         } else if meta.is_file() {
-            let content = if name.ends_with(".json") {
+            let content = if name.ends_with(".json") || name.ends_with(".ports") {
                 std::fs::read_to_string(&path).unwrap_or_default()
             } else {
                 String::new()
@@ -393,6 +415,16 @@ fn snapshot(daemon: &Daemon) -> Snapshot {
     };
     let dhcp_listeners = bound_devices(67);
     let dhcp6_listeners = bound_devices(547);
+    let taps = daemon
+        .ip_json("-d link show type tun")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|link| {
+            let name = link["ifname"].as_str()?.to_owned();
+            Some((name, link["master"].as_str().map(str::to_owned)))
+        })
+        .collect();
     let networks_dir = daemon.config_dir().join("networks");
     let mut config_files = dir_files(&networks_dir);
     for (name, content) in dir_files(&networks_dir.join("autostart")) {
@@ -407,6 +439,7 @@ fn snapshot(daemon: &Daemon) -> Snapshot {
         dhcp6_listeners,
         state_files: dir_files(&daemon.state_dir().join("networks")),
         config_files,
+        taps,
     }
 }
 
@@ -427,12 +460,13 @@ fn quiet(daemon: &Daemon) -> Snapshot {
 /// The product rule: every side agrees, nothing is orphaned.
 fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
     eprintln!(
-        "{when}: {} networks, bridges {:?}, DNS on {:?}, DHCP on {:?}, DHCPv6 on {:?}",
+        "{when}: {} networks, bridges {:?}, DNS on {:?}, DHCP on {:?}, DHCPv6 on {:?}, taps {:?}",
         snap.listed.len(),
         snap.bridges.keys().collect::<Vec<_>>(),
         snap.dns_listeners,
         snap.dhcp_listeners,
-        snap.dhcp6_listeners
+        snap.dhcp6_listeners,
+        snap.taps
     );
     let mut problems = Vec::new();
     let active: BTreeMap<&str, &str> = snap
@@ -455,6 +489,7 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
     let mut listen6 = BTreeSet::new();
     let mut serve_dhcp = BTreeSet::new();
     let mut serve_dhcp6 = BTreeSet::new();
+    let mut recorded_taps = BTreeSet::new();
     for (file, content) in &snap.state_files {
         if let Some(name) = file.strip_suffix(".json") {
             statuses.insert(name);
@@ -538,8 +573,16 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
             if !snap.listed.contains_key(name) {
                 problems.push(format!("lease file {file} of an unknown network"));
             }
+        } else if let Some(name) = file.strip_suffix(".ports") {
+            check_ports(snap, name, content, &mut recorded_taps, &mut problems);
         } else {
             problems.push(format!("stray file {file} in the state dir"));
+        }
+    }
+    // Every tap is a recorded port's: none outlives its port or network.
+    for tap in snap.taps.keys() {
+        if !recorded_taps.contains(tap) {
+            problems.push(format!("tap {tap} is no port's"));
         }
     }
     if expected_bridges.len() != active.len() {
@@ -644,6 +687,45 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
         problems.join("\n  "),
         daemon.log()
     );
+}
+
+/// The ports file of network `name`: a known network's, each port's tap there, plugged
+/// into the network's bridge while it runs and detached while it does not.
+fn check_ports(
+    snap: &Snapshot,
+    name: &str,
+    content: &str,
+    recorded_taps: &mut BTreeSet<String>,
+    problems: &mut Vec<String>,
+) {
+    let Some((active, _, _, bridge)) = snap.listed.get(name) else {
+        problems.push(format!("ports of an unknown network {name}"));
+        return;
+    };
+    let ports: Vec<serde_json::Value> = match serde_json::from_str(content) {
+        Ok(ports) => ports,
+        Err(e) => {
+            problems.push(format!("ports of {name} unreadable: {e}"));
+            return;
+        }
+    };
+    for port in &ports {
+        let tap = port["tap"].as_str().unwrap_or_default();
+        if !recorded_taps.insert(tap.to_owned()) {
+            problems.push(format!("tap {tap} is recorded twice"));
+        }
+        match snap.taps.get(tap) {
+            None => problems.push(format!("port of {name} on tap {tap}, which is gone")),
+            Some(master) => {
+                let expected = if *active { bridge.as_ref() } else { None };
+                if master.as_ref() != expected {
+                    problems.push(format!(
+                        "tap {tap} of {name} (active={active}) is on {master:?}, not {expected:?}"
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn seed() -> u64 {
