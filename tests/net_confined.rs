@@ -70,10 +70,11 @@ fn kvnetd_serves_its_networks_with_only_the_units_capabilities() {
     }
     assert_eq!(unit_values("NoNewPrivileges"), ["yes"]);
     let caps = bounding_set();
-    let mut daemon = Daemon::start_with(DaemonOptions {
+    let confined = DaemonOptions {
         capabilities: Some(caps.iter().map(|(name, _)| name.clone()).collect()),
         ..DaemonOptions::default()
-    });
+    };
+    let mut daemon = Daemon::start_with(confined.clone());
     let mask = caps
         .iter()
         .fold(0u64, |mask, (_, number)| mask | 1 << number);
@@ -100,10 +101,7 @@ fn kvnetd_serves_its_networks_with_only_the_units_capabilities() {
     daemon.ok(&["net-start", "default"]);
     assert_eq!(client.ports("default").expect("ports"), [port]);
     daemon.stop();
-    daemon.spawn(&DaemonOptions {
-        capabilities: Some(caps.iter().map(|(name, _)| name.clone()).collect()),
-        ..DaemonOptions::default()
-    });
+    daemon.spawn(&confined);
     assert!(daemon.log().contains("adopted running network"));
     assert!(!daemon.log().contains("WARN"), "{}", daemon.log());
 }
