@@ -326,8 +326,8 @@ struct Snapshot {
     state_files: BTreeMap<String, String>,
     /// Files in `<config>/networks` and `autostart/`, symlinks as "-> target".
     config_files: BTreeMap<String, String>,
-    /// Taps in the namespace -> the bridge each is plugged into.
-    taps: BTreeMap<String, Option<String>>,
+    /// Taps in the namespace -> (up, the bridge it is plugged into).
+    taps: BTreeMap<String, (bool, Option<String>)>,
 }
 
 fn dir_files(dir: &Path) -> BTreeMap<String, String> {
@@ -422,7 +422,10 @@ fn snapshot(daemon: &Daemon) -> Snapshot {
         .flatten()
         .filter_map(|link| {
             let name = link["ifname"].as_str()?.to_owned();
-            Some((name, link["master"].as_str().map(str::to_owned)))
+            let up = link["flags"]
+                .as_array()
+                .is_some_and(|flags| flags.iter().any(|f| f == "UP"));
+            Some((name, (up, link["master"].as_str().map(str::to_owned))))
         })
         .collect();
     let networks_dir = daemon.config_dir().join("networks");
@@ -689,8 +692,8 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
     );
 }
 
-/// The ports file of network `name`: a known network's, each port's tap there, plugged
-/// into the network's bridge while it runs and detached while it does not.
+/// The ports file of network `name`: a known network's, each port's tap there, up on the
+/// network's bridge while it runs, down and on no bridge while it does not.
 fn check_ports(
     snap: &Snapshot,
     name: &str,
@@ -716,11 +719,11 @@ fn check_ports(
         }
         match snap.taps.get(tap) {
             None => problems.push(format!("port of {name} on tap {tap}, which is gone")),
-            Some(master) => {
+            Some((up, master)) => {
                 let expected = if *active { bridge.as_ref() } else { None };
-                if master.as_ref() != expected {
+                if master.as_ref() != expected || up != active {
                     problems.push(format!(
-                        "tap {tap} of {name} (active={active}) is on {master:?}, not {expected:?}"
+                        "tap {tap} of {name} (active={active}) is on {master:?} (up={up}), not {expected:?}"
                     ));
                 }
             }

@@ -1253,6 +1253,8 @@ impl Manager {
         let mut summary = summary_of(&networks, &name)?;
         if let Some(network) = networks.get_mut(&name) {
             network.take_servers().stop().await;
+            // Before the bridge goes, so that no tap is ever up off its bridge.
+            self.park_ports(&name, network).await;
         }
         let torn_down = self.tear_down(&def).await;
         self.catch_up_prefixes_when_idle();
@@ -1262,14 +1264,13 @@ impl Manager {
             let servers = self.restart_servers(&def, &networks);
             if let Some(network) = networks.get_mut(&name) {
                 network.run(def, servers);
+                self.replug_ports(&name, network).await;
             }
             return Err(e);
         }
         let network = networks.get_mut(&name);
         if let Some(network) = network {
-            if network.config.is_some() {
-                self.park_ports(&name, network, &def).await;
-            } else {
+            if network.config.is_none() {
                 self.discard_ports(&name, network).await;
             }
             self.store.delete_status(&name)?;

@@ -190,7 +190,7 @@ pub enum Op {
         /// The port's MTU.
         mtu: u32,
     },
-    /// Detaching a port from its bridge.
+    /// Detaching a port from its bridge and taking it down.
     UnplugPort,
     /// Setting a bridge port's `isolated` flag.
     SetIsolated(bool),
@@ -218,7 +218,7 @@ impl Op {
                 "plugging {ifname} into bridge {bridge} (mac {}, mtu {mtu})",
                 format_mac(mac)
             ),
-            Op::UnplugPort => format!("detaching {ifname} from its bridge"),
+            Op::UnplugPort => format!("detaching {ifname} from its bridge and taking it down"),
             Op::SetIsolated(true) => format!("isolating bridge port {ifname}"),
             Op::SetIsolated(false) => format!("lifting the isolation of bridge port {ifname}"),
         }

@@ -270,12 +270,19 @@ impl Link {
     }
 
     /// Detaches the link with ifindex `index` (named `ifname`, for messages) from its
-    /// bridge; a link that is gone is not an error.
+    /// bridge and takes it down; a link that is gone is not an error. Off its bridge, an
+    /// up tap would be a link into the host, outside every firewall rule, for whoever
+    /// writes to it; a down one refuses the writes.
     pub async fn unplug_port_at(&self, index: u32, ifname: &str) -> Result<(), Error> {
         match self
             .handle
             .link()
-            .set(LinkUnspec::new_with_index(index).nocontroller().build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .nocontroller()
+                    .down()
+                    .build(),
+            )
             .execute()
             .await
         {

@@ -9,7 +9,7 @@
 //! of a network are looked at.
 //!
 //! Ports outlive a stop of their network: `net-destroy` leaves the taps to their VMMs,
-//! detached, and `net-start` plugs them into the new bridge, so running guests get their
+//! detached and down, and `net-start` plugs them into the new bridge, so running guests get their
 //! link back (libvirt forgets them, and its guests stay cut off until their NICs are
 //! plugged again by hand). Only the end of the network itself (undefined, or transient
 //! and stopped) deletes its ports' taps.
@@ -325,13 +325,11 @@ impl Manager {
         }
     }
 
-    /// Leaves the ports of a network that stopped detached from its bridge, for its next
-    /// start. A bridge kvnetd deleted took them off itself; a host bridge outlives the
-    /// network, so they are taken off it here.
-    pub(super) async fn park_ports(&self, name: &str, network: &mut Network, stopped: &NetworkDef) {
-        if network.ports.is_empty() || stopped.forward_mode() != ForwardMode::Bridge {
-            return;
-        }
+    /// Takes the ports of a network that is stopping off its bridge and down, to wait for
+    /// its next start: a VMM's writes to its tap fail meanwhile instead of reaching the
+    /// host (a host bridge outlives the network, and a tap off a bridge is an interface
+    /// of the host's own).
+    pub(super) async fn park_ports(&self, name: &str, network: &mut Network) {
         for port in network.ports.values() {
             if let Err(e) = self.link.unplug_port_at(port.ifindex, &port.tap).await {
                 warn!(network = %name, tap = %port.tap, "{}", error_chain(&e));
@@ -405,25 +403,18 @@ impl Manager {
         ports
     }
 
-    /// Detaches the recorded ports of a stopped network that are still on the bridge they
-    /// were plugged into: those of a host-bridge network the daemon could not adopt (its
-    /// status was unreadable) are still on that bridge.
+    /// Parks the recorded ports of a stopped network that are not parked yet: the daemon
+    /// died while stopping it, or could not adopt it (its status was unreadable), and
+    /// they are still up, or still on a host bridge.
     async fn park_recorded_ports(&self, name: &str, network: &mut Network) {
         let Some(links) = self.port_links(name, network).await else {
             return;
         };
         for port in network.ports.values() {
-            let Some(PortPlug::Network { bridge } | PortPlug::Bridge { bridge }) = &port.def.plug
-            else {
-                continue;
-            };
-            let on_its_bridge = links
+            let parked = links
                 .get(&port.ifindex)
-                .and_then(|tap| tap.master)
-                .and_then(|master| links.get(&master))
-                .is_some_and(|master| master.name == *bridge);
-            if on_its_bridge && let Err(e) = self.link.unplug_port_at(port.ifindex, &port.tap).await
-            {
+                .is_none_or(|tap| !tap.up && tap.master.is_none());
+            if !parked && let Err(e) = self.link.unplug_port_at(port.ifindex, &port.tap).await {
                 warn!(network = %name, tap = %port.tap, "{}", error_chain(&e));
             }
         }
