@@ -139,6 +139,16 @@ fn a_vmm_plugs_into_a_network_and_its_tap_carries_frames_until_it_lets_go() {
             .is_some_and(|flags| flags.iter().any(|f| f == "UP")),
         "{kernel}"
     );
+    // The tap has no IPv6 of its own: nothing of the host's (DAD, MLD, router
+    // solicitations) reaches the guest from it.
+    let ipv6 = daemon
+        .ns
+        .sh(&format!(
+            "cat /proc/sys/net/ipv6/conf/{0}/disable_ipv6; ip -6 -o addr show dev {0}",
+            port.tap
+        ))
+        .expect("tap's IPv6");
+    assert_eq!(ipv6, "1\n", "{ipv6}");
     assert_eq!(
         client.ports("default").expect("ports"),
         std::slice::from_ref(&port)

@@ -50,6 +50,19 @@ pub fn configure_bridge_ipv6(bridge: &str, has_ipv6: bool) -> Result<(), Error> 
     write(&format!("{conf}/autoconf"), "0")
 }
 
+/// Turns IPv6 off on a guest's tap before it comes up. As a bridge port it carries the
+/// guest's IPv6 either way; its own would only send the guest the host's duplicate
+/// address detection, MLD reports and router solicitations from a link-local address, and
+/// cost address changes whenever the tap goes up or down. A kernel without IPv6 needs
+/// nothing.
+pub fn disable_port_ipv6(tap: &str) -> Result<(), Error> {
+    validate_ifname(tap)?;
+    if !path_of("ipv6").exists() {
+        return Ok(());
+    }
+    write(&format!("ipv6/conf/{tap}/disable_ipv6"), "1")
+}
+
 /// Whether `net.ipv6.conf.<ifname>.accept_ra` is 2, the value that keeps accepting router
 /// advertisements (and the routes they taught) once forwarding is on.
 pub fn accepts_ra_when_forwarding(ifname: &str) -> Result<bool, Error> {

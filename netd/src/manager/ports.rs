@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use super::{Error, Manager, Network, error_chain, lookup};
 use crate::api::types::PortSummary;
-use crate::link::LinkInfo;
 use crate::link::tap::Tap;
+use crate::link::{LinkInfo, sysctl};
 use crate::store::PortStatus;
 use crate::xml::{ForwardMode, NetworkDef, PortDef, PortPlug};
 
@@ -161,6 +161,7 @@ impl Manager {
         // Until the port is recorded, dropping `tap` on an error removes the device.
         let tap = Tap::create(TAP_TEMPLATE, false).map_err(failed)?;
         tap.set_owner(owner_uid).map_err(failed)?;
+        sysctl::disable_port_ipv6(tap.name()).map_err(failed)?;
         let ifindex = self
             .link
             .plug_port(
