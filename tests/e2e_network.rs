@@ -179,11 +179,6 @@ fn exchange_with_upstream(restart_network: bool) {
         return;
     }
     let daemon = Daemon::without_default_network();
-    // No IPv6 on the bridge: no router solicitations or MLD reports for the guest.
-    daemon
-        .ns
-        .sh("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
-        .expect("sysctl in the test namespace");
     let dir = tempfile::tempdir().expect("tmp");
     let network = xml_file(dir.path(), "e2e", NETWORK_XML);
     daemon.ok(&["net-define", network.to_str().expect("utf-8")]);
