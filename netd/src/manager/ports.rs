@@ -73,6 +73,9 @@ impl Port {
 /// The ports of one network, by UUID.
 pub(super) type Ports = BTreeMap<Uuid, Port>;
 
+/// Every link of the namespace, by ifindex (one dump).
+type Links = BTreeMap<u32, LinkInfo>;
+
 /// A new port and, when the caller asked for it, its tap's descriptor.
 #[derive(Debug)]
 pub struct NewPort {
@@ -247,21 +250,26 @@ impl Manager {
         Ok(summary)
     }
 
-    /// Plugs a network that just started (or was adopted) back into its ports' taps:
-    /// those a stop left detached, whose VMMs kept them. A port that cannot be plugged in
+    /// Plugs a network that just started back into its ports' taps: those a stop left
+    /// parked, whose VMMs kept them. A port that cannot be plugged in
     /// is deleted, with a warning, rather than left on a running network without a link.
     pub(super) async fn replug_ports(&self, name: &str, network: &mut Network) {
         if network.ports.is_empty() {
             return;
         }
+        if let Some(links) = self.port_links(name, network).await {
+            self.plug_in(name, network, &links).await;
+        }
+    }
+
+    /// [`Manager::replug_ports`] with the links already dumped (and the ports' taps
+    /// followed).
+    async fn plug_in(&self, name: &str, network: &mut Network, links: &Links) {
         let Some((bridge, plug, isolated_ports)) = network.live.as_ref().and_then(|live| {
             let bridge = live.bridge_name()?.to_owned();
             let plug = plug_of(live, &bridge);
             Some((bridge, plug, live.isolated_ports))
         }) else {
-            return;
-        };
-        let Some(links) = self.port_links(name, network).await else {
             return;
         };
         let Some(bridge_link) = links.values().find(|link| link.name == bridge) else {
@@ -361,16 +369,29 @@ impl Manager {
                 return;
             }
         };
+        if names.is_empty() {
+            return;
+        }
+        // One dump for all networks: each looks only at its own taps, and at its bridge.
+        let links = self
+            .link
+            .links_by_index()
+            .await
+            .map_err(|e| warn!("cannot check the ports' taps: {}", error_chain(&e)))
+            .ok();
         for name in names {
             let Some(network) = networks.get_mut(&name) else {
                 self.discard_recorded_ports(&name).await;
                 continue;
             };
             network.ports = self.load_ports(&name);
-            if network.live.is_some() {
-                self.replug_ports(&name, network).await;
-            } else {
-                self.park_recorded_ports(&name, network).await;
+            if let Some(links) = &links {
+                self.follow_taps(&name, network, links);
+                if network.live.is_some() {
+                    self.plug_in(&name, network, links).await;
+                } else {
+                    self.park_recorded_ports(&name, network, links).await;
+                }
             }
             if !network.ports.is_empty() {
                 info!(network = %name, ports = network.ports.len(), "adopted ports");
@@ -407,10 +428,7 @@ impl Manager {
     /// Parks the recorded ports of a stopped network that are not parked yet: the daemon
     /// died while stopping it, or could not adopt it (its status was unreadable), and
     /// they are still up, or still on a host bridge.
-    async fn park_recorded_ports(&self, name: &str, network: &mut Network) {
-        let Some(links) = self.port_links(name, network).await else {
-            return;
-        };
+    async fn park_recorded_ports(&self, name: &str, network: &Network, links: &Links) {
         for port in network.ports.values() {
             let parked = links
                 .get(&port.ifindex)
@@ -470,11 +488,7 @@ impl Manager {
 
     /// Every link, by ifindex, after dropping the ports whose tap has gone and following
     /// renamed ones; `None` (logged) when the kernel cannot be asked.
-    async fn port_links(
-        &self,
-        name: &str,
-        network: &mut Network,
-    ) -> Option<BTreeMap<u32, LinkInfo>> {
+    async fn port_links(&self, name: &str, network: &mut Network) -> Option<Links> {
         let links = match self.link.links_by_index().await {
             Ok(links) => links,
             Err(e) => {
@@ -482,6 +496,12 @@ impl Manager {
                 return None;
             }
         };
+        self.follow_taps(name, network, &links);
+        Some(links)
+    }
+
+    /// Drops the ports whose tap is not in `links` and follows renamed taps.
+    fn follow_taps(&self, name: &str, network: &mut Network, links: &Links) {
         // A port follows its tap by ifindex, which the kernel does not hand out again: a
         // tap renamed behind our back is still the port's (and still deleted with it).
         let mut changed = false;
@@ -505,7 +525,6 @@ impl Manager {
         if changed {
             self.save_ports_or_warn(name, &network.ports);
         }
-        Some(links)
     }
 
     /// Deletes the taps (ifindex, recorded name) that are still there.
