@@ -133,12 +133,7 @@ fn a_vmm_plugs_into_a_network_and_its_tap_carries_frames_until_it_lets_go() {
     assert_eq!(kernel["master"], "virbr0", "{kernel}");
     assert_eq!(kernel["address"], "fe:54:00:aa:bb:01", "{kernel}");
     assert_eq!(kernel["mtu"], 1500, "{kernel}");
-    assert!(
-        kernel["flags"]
-            .as_array()
-            .is_some_and(|flags| flags.iter().any(|f| f == "UP")),
-        "{kernel}"
-    );
+    assert!(common::is_up(&kernel), "{kernel}");
     // The tap has no IPv6 of its own: nothing of the host's (DAD, MLD, router
     // solicitations) reaches the guest from it.
     let ipv6 = daemon
@@ -215,10 +210,7 @@ fn master(daemon: &Daemon, ifname: &str) -> Option<String> {
 /// Whether a tap is parked: on no bridge, and down.
 fn is_parked(daemon: &Daemon, ifname: &str) -> bool {
     let link = link(daemon, ifname);
-    let up = link["flags"]
-        .as_array()
-        .is_some_and(|flags| flags.iter().any(|f| f == "UP"));
-    link["master"].is_null() && !up
+    link["master"].is_null() && !common::is_up(&link)
 }
 
 fn not_active(network: &str) -> (ErrorKind, String) {

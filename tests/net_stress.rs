@@ -385,9 +385,7 @@ fn snapshot(daemon: &Daemon) -> Snapshot {
         .flatten()
         .filter_map(|l| {
             let name = l["ifname"].as_str()?.to_owned();
-            let up = l["flags"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|f| f == "UP"));
+            let up = common::is_up(l);
             let mut addresses = daemon.addresses(&name);
             addresses.sort();
             Some((name, (up, addresses)))
@@ -422,10 +420,8 @@ fn snapshot(daemon: &Daemon) -> Snapshot {
         .flatten()
         .filter_map(|link| {
             let name = link["ifname"].as_str()?.to_owned();
-            let up = link["flags"]
-                .as_array()
-                .is_some_and(|flags| flags.iter().any(|f| f == "UP"));
-            Some((name, (up, link["master"].as_str().map(str::to_owned))))
+            let master = link["master"].as_str().map(str::to_owned);
+            Some((name, (common::is_up(link), master)))
         })
         .collect();
     let networks_dir = daemon.config_dir().join("networks");

@@ -293,6 +293,13 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
 }
 
 /// Writes an XML file for a test and returns its path.
+/// Whether a link from `ip -j link show` is administratively up.
+pub fn is_up(link: &serde_json::Value) -> bool {
+    link["flags"]
+        .as_array()
+        .is_some_and(|flags| flags.iter().any(|flag| flag == "UP"))
+}
+
 pub fn xml_file(dir: &Path, name: &str, xml: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, xml).expect("write xml");
