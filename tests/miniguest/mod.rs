@@ -3,9 +3,10 @@
 //! sends a frame. Each test writes its own interrupt handler around these.
 #![allow(dead_code)]
 
-use vmm::boot::layout;
 use vmm::testing::asm::*;
-use vmm::testing::{self, QueueRings, hex32_subroutine, poweroff, print, virtio_regs};
+use vmm::testing::{
+    self, QueueRings, hex_subroutine, hex32_subroutine, poweroff, print, virtio_regs,
+};
 
 pub const VECTOR: u32 = 0x41;
 pub const QUEUE_SIZE: u32 = 8;
@@ -24,37 +25,6 @@ pub const VNET_HDR_LEN: usize = 12;
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `hex8`: prints `al` as two hex digits on COM1; clobbers nothing but flags.
-pub fn hex8_subroutine(a: &mut CodeAssembler, label: &mut CodeLabel) -> Result<(), IcedError> {
-    let mut nibble = a.create_label();
-    let mut digit = a.create_label();
-    a.set_label(label)?;
-    a.push(rax)?;
-    a.push(rbx)?;
-    a.push(rdx)?;
-    a.movzx(ebx, al)?;
-    a.mov(dx, layout::SERIAL_PORT as u32)?;
-    a.mov(eax, ebx)?;
-    a.shr(eax, 4)?;
-    a.call(nibble)?;
-    a.mov(eax, ebx)?;
-    a.and(eax, 0xf)?;
-    a.call(nibble)?;
-    a.pop(rdx)?;
-    a.pop(rbx)?;
-    a.pop(rax)?;
-    a.ret()?;
-    a.set_label(&mut nibble)?;
-    a.add(eax, b'0' as i32)?;
-    a.cmp(eax, b'9' as i32)?;
-    a.jbe(digit)?;
-    a.add(eax, (b'a' - b'9' - 1) as i32)?;
-    a.set_label(&mut digit)?;
-    a.out(dx, al)?;
-    a.ret()?;
-    Ok(())
 }
 
 pub const RX_RINGS: QueueRings = QueueRings {
@@ -202,7 +172,7 @@ pub fn msix_send(
 }
 
 /// Prints the first `ecx` bytes (at most [`RX_BUF_LEN`]) of RX buffer 0 in hex and a
-/// newline (`hex8` is [`hex8_subroutine`]'s label), EOIs and powers off.
+/// newline (`hex8` prints `al`: [`hex_subroutine`] with 2 digits), EOIs and powers off.
 pub fn print_rx_buffer_and_power_off(
     a: &mut CodeAssembler,
     hex8: CodeLabel,
@@ -233,7 +203,7 @@ pub fn hex_printers(a: &mut CodeAssembler) -> Result<(CodeLabel, CodeLabel), Ice
     let (mut hex32, mut hex8, mut after) = (a.create_label(), a.create_label(), a.create_label());
     a.jmp(after)?;
     hex32_subroutine(a, &mut hex32)?;
-    hex8_subroutine(a, &mut hex8)?;
+    hex_subroutine(a, &mut hex8, 2)?;
     a.set_label(&mut after)?;
     Ok((hex32, hex8))
 }

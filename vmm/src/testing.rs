@@ -163,13 +163,28 @@ pub fn spin(a: &mut CodeAssembler) -> Result<(), IcedError> {
 /// A subroutine printing `eax` as 8 lowercase hex digits on COM1. Call it with
 /// `a.call(label)`; clobbers nothing but flags.
 pub fn hex32_subroutine(a: &mut CodeAssembler, label: &mut CodeLabel) -> Result<(), IcedError> {
+    hex_subroutine(a, label, 8)
+}
+
+/// A subroutine printing the low `digits` nibbles of `eax` (1 to 8) as lowercase hex
+/// digits on COM1, most significant first: 2 prints `al`. Clobbers nothing but flags.
+pub fn hex_subroutine(
+    a: &mut CodeAssembler,
+    label: &mut CodeLabel,
+    digits: u32,
+) -> Result<(), IcedError> {
+    let digits = digits.clamp(1, 8);
     a.set_label(label)?;
     a.push(rax)?;
     a.push(rbx)?;
     a.push(rcx)?;
     a.push(rdx)?;
     a.mov(ebx, eax)?;
-    a.mov(ecx, 8)?;
+    if digits < 8 {
+        // The first digit to print goes to the top nibble, where the loop takes it.
+        a.rol(ebx, 32 - 4 * digits)?;
+    }
+    a.mov(ecx, digits)?;
     a.mov(dx, layout::SERIAL_PORT as u32)?;
     let mut next = a.create_label();
     let mut digit = a.create_label();
