@@ -28,6 +28,11 @@ fn write(daemon: &Daemon, name: &str, xml: &str) -> PathBuf {
     xml_file(daemon.dirs.path(), name, xml)
 }
 
+/// The `<networkport>` file of the port with UUID [`LATE`] (MAC 52:54:00:7b:35:93).
+fn late_port_file(daemon: &Daemon, name: &str) -> PathBuf {
+    write(daemon, name, &port_xml(Some(LATE), "52:54:00:7b:35:93", ""))
+}
+
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
@@ -89,11 +94,7 @@ fn ports_are_created_listed_dumped_and_deleted_as_virsh_shows_them() {
     let daemon = Daemon::start();
     assert_eq!(daemon.ok(&["net-port-list", "default"]), table(&[]));
 
-    let late = write(
-        &daemon,
-        "late.xml",
-        &port_xml(Some(LATE), "52:54:00:7b:35:93", ""),
-    );
+    let late = late_port_file(&daemon, "late.xml");
     assert_eq!(
         daemon.ok(&["net-port-create", "default", path_str(&late)]),
         format!("Network port {LATE} created from {}\n\n", late.display())
@@ -261,11 +262,7 @@ fn failures_read_as_virsh_reports_them() {
         return;
     }
     let daemon = Daemon::start();
-    let good = write(
-        &daemon,
-        "good.xml",
-        &port_xml(Some(LATE), "52:54:00:7b:35:93", ""),
-    );
+    let good = late_port_file(&daemon, "good.xml");
     daemon.ok(&["net-port-create", "default", path_str(&good)]);
 
     // A port no one has, on a network that has ports.
@@ -481,11 +478,7 @@ fn command_strings_and_the_terminal_know_the_port_verbs() {
         return;
     }
     let daemon = Daemon::start();
-    let path = write(
-        &daemon,
-        "port.xml",
-        &port_xml(Some(LATE), "52:54:00:7b:35:93", ""),
-    );
+    let path = late_port_file(&daemon, "port.xml");
     let create = format!("Network port {LATE} created from {}\n\n", path.display());
 
     let out = daemon.kvnet(&[&format!(
