@@ -8,6 +8,7 @@
 
 mod netlink;
 mod prefixes;
+pub mod shaping;
 pub mod sysctl;
 pub mod tap;
 
@@ -194,6 +195,16 @@ pub enum Op {
     UnplugPort,
     /// Setting a bridge port's `isolated` flag.
     SetIsolated(bool),
+    /// Adding a qdisc (`root htb`, `ingress`) for `<bandwidth>`.
+    AddQdisc(&'static str),
+    /// Adding the HTB class that limits a device to this many bytes per second.
+    AddHtbClass(u64),
+    /// Deleting a qdisc (`root`, `ingress`).
+    DeleteQdisc(&'static str),
+    /// Creating the IFB device that shapes another device's ingress.
+    CreateIfb,
+    /// Redirecting a device's ingress to this IFB device.
+    RedirectIngress(String),
 }
 
 impl Op {
@@ -221,6 +232,13 @@ impl Op {
             Op::UnplugPort => format!("detaching {ifname} from its bridge and taking it down"),
             Op::SetIsolated(true) => format!("isolating bridge port {ifname}"),
             Op::SetIsolated(false) => format!("lifting the isolation of bridge port {ifname}"),
+            Op::AddQdisc(kind) => format!("adding the {kind} qdisc to {ifname}"),
+            Op::AddHtbClass(rate) => {
+                format!("adding the htb class limiting {ifname} to {rate} bytes/s")
+            }
+            Op::DeleteQdisc(kind) => format!("deleting the {kind} qdisc of {ifname}"),
+            Op::CreateIfb => format!("creating ifb device {ifname}"),
+            Op::RedirectIngress(ifb) => format!("redirecting the ingress of {ifname} to {ifb}"),
         }
     }
 }

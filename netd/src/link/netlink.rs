@@ -22,7 +22,7 @@ use super::{BridgeSpec, Error, LinkInfo, Op, sysctl, validate_ifname};
 /// Cheap to clone: clones share the socket and its connection task.
 #[derive(Clone, Debug)]
 pub struct Link {
-    handle: rtnetlink::Handle,
+    pub(super) handle: rtnetlink::Handle,
 }
 
 /// The kernel's errno for a failed request, or the library's reason when there is none.
@@ -33,7 +33,7 @@ fn kernel_error(err: rtnetlink::Error) -> io::Error {
     }
 }
 
-fn failed(op: Op, ifname: &str) -> impl FnOnce(rtnetlink::Error) -> Error {
+pub(super) fn failed(op: Op, ifname: &str) -> impl FnOnce(rtnetlink::Error) -> Error {
     let ifname = ifname.to_owned();
     move |err| Error::Kernel {
         op,
@@ -454,7 +454,7 @@ impl Link {
     }
 
     /// The link's ifindex, or [`Error::NoSuchLink`].
-    async fn index(&self, ifname: &str) -> Result<u32, Error> {
+    pub(super) async fn index(&self, ifname: &str) -> Result<u32, Error> {
         match self.find(ifname).await? {
             Some(link) => Ok(link.header.index),
             None => Err(Error::NoSuchLink(ifname.to_owned())),
@@ -475,7 +475,7 @@ impl Link {
     }
 }
 
-fn errno(err: &rtnetlink::Error) -> Option<i32> {
+pub(super) fn errno(err: &rtnetlink::Error) -> Option<i32> {
     match err {
         rtnetlink::Error::NetlinkError(message) => Some(message.raw_code().abs()),
         _ => None,

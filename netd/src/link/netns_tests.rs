@@ -585,3 +585,188 @@ fn run_sh(script: &str) {
 fn index_of(ifname: &str) -> u32 {
     nix::net::if_::if_nametoindex(ifname).expect("interface exists")
 }
+
+fn tc_json(ns: &Netns, what: &str) -> Vec<Value> {
+    let out = ns.sh(&format!("tc -s -j {what}")).expect("tc show");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("tc -j {what}: {e}: {out}"))
+}
+
+/// The HTB class `1:1` of `dev` as `tc class show` prints it (iproute2 6.1 has no JSON
+/// for HTB classes): `class htb 1:1 root prio 0 rate 1Mbit ceil 2Mbit burst 64Kb ...`.
+fn htb_class(ns: &Netns, dev: &str) -> String {
+    let out = ns
+        .sh(&format!("tc class show dev {dev}"))
+        .expect("tc class show");
+    out.lines()
+        .find(|line| line.starts_with("class htb 1:1 "))
+        .unwrap_or_else(|| panic!("no htb class 1:1 on {dev}: {out}"))
+        .to_owned()
+}
+
+/// Packets that went through the root HTB qdisc of `dev`.
+fn htb_packets(ns: &Netns, dev: &str) -> u64 {
+    tc_json(ns, &format!("qdisc show dev {dev}"))
+        .iter()
+        .find(|qdisc| qdisc["kind"] == "htb")
+        .and_then(|qdisc| qdisc["packets"].as_u64())
+        .unwrap_or_else(|| panic!("no htb qdisc on {dev}"))
+}
+
+#[test]
+fn shaping_limits_egress_with_htb_and_ingress_through_an_ifb() {
+    use super::shaping::{Shaping, TokenBucket, ifb_name};
+    let Some(ns) = netns("link-shape") else {
+        return;
+    };
+    // A veth pair: frames sent on one end arrive on the other's ingress.
+    ns.sh("ip link add kvshape0 type veth peer name kvshape1 && ip link set kvshape0 up && ip link set kvshape1 up")
+        .expect("veth pair");
+    let shaping = Shaping {
+        egress: Some(TokenBucket {
+            rate: 125_000,
+            ceil: 250_000,
+            burst: Some(64 * 1024),
+        }),
+        ingress: Some(TokenBucket {
+            rate: 50_000,
+            ceil: 50_000,
+            burst: None,
+        }),
+    };
+    let index = block_on_in(&ns, || async {
+        let link = Link::new().expect("netlink socket");
+        let index = link.index("kvshape0").await.expect("veth index");
+        link.shape(index, "kvshape0", &shaping)
+            .await
+            .expect("shape");
+        // Shaping again replaces the limits rather than failing on the existing qdiscs.
+        link.shape(index, "kvshape0", &shaping)
+            .await
+            .expect("reshape");
+        index
+    });
+    let ifb = ifb_name(index);
+
+    // 125,000 bytes/s is 1 Mbit/s.
+    let egress = htb_class(&ns, "kvshape0");
+    assert!(
+        egress.contains(" rate 1Mbit ceil 2Mbit burst 64Kb "),
+        "{egress}"
+    );
+    let ingress = htb_class(&ns, &ifb);
+    assert!(
+        ingress.contains(" rate 400Kbit ceil 400Kbit burst 1600b "),
+        "{ingress}"
+    );
+    assert_eq!(link_json(&ns, &ifb)["linkinfo"]["info_kind"], "ifb");
+    let qdiscs = tc_json(&ns, "qdisc show dev kvshape0");
+    assert!(qdiscs.iter().any(|q| q["kind"] == "ingress"), "{qdiscs:?}");
+    let filters = tc_json(&ns, "filter show dev kvshape0 ingress");
+    let filter_text = serde_json::to_string(&filters).expect("json");
+    assert!(
+        filter_text.contains("mirred") && filter_text.contains(&ifb),
+        "{filter_text}"
+    );
+
+    // Real frames go through both shapers: what kvshape0 sends passes its class, what it
+    // receives passes the IFB's.
+    // The peer end in a namespace of its own, so the pings cross the veth.
+    let peer = Netns::new("link-shape-peer").expect("peer netns");
+    ns.sh(&format!(
+        "ip link set kvshape1 netns {} && ip addr add 10.77.0.1/24 dev kvshape0",
+        peer.name()
+    ))
+    .expect("move the peer");
+    peer.sh("ip addr add 10.77.0.2/24 dev kvshape1 && ip link set kvshape1 up")
+        .expect("peer address");
+    // Three datagrams out; the peer answers each with an ICMP port unreachable.
+    ns.sh("bash -c 'for _ in 1 2 3; do echo x >/dev/udp/10.77.0.2/9; sleep 0.1; done'")
+        .expect("datagrams through the shapers");
+    let sent = htb_packets(&ns, "kvshape0");
+    let received = htb_packets(&ns, &ifb);
+    assert!(
+        sent >= 3 && received >= 3,
+        "egress {sent}, ingress {received} packets"
+    );
+
+    block_on_in(&ns, || async {
+        let link = Link::new().expect("netlink socket");
+        link.unshape(index, "kvshape0").await.expect("unshape");
+        link.unshape(index, "kvshape0")
+            .await
+            .expect("unshaping twice is fine");
+    });
+    let qdiscs = tc_json(&ns, "qdisc show dev kvshape0");
+    assert!(
+        qdiscs
+            .iter()
+            .all(|q| q["kind"] != "htb" && q["kind"] != "ingress"),
+        "{qdiscs:?}"
+    );
+    assert!(
+        ns.sh(&format!("ip link show {ifb}")).is_err(),
+        "{ifb} deleted"
+    );
+}
+
+#[test]
+fn failed_shaping_leaves_nothing_and_orphan_ifbs_are_swept() {
+    use super::shaping::{Shaping, TokenBucket, ifb_name};
+    let Some(ns) = netns("link-shape-fail") else {
+        return;
+    };
+    ns.sh("ip link add kvshape0 type veth peer name kvshape1")
+        .expect("veth pair");
+    let index = link_json(&ns, "kvshape0")["ifindex"]
+        .as_u64()
+        .expect("ifindex") as u32;
+    // A device of someone else's under the IFB's name: the ingress step must fail on it,
+    // never delete it.
+    let squatter = ifb_name(index);
+    ns.sh(&format!("ip link add {squatter} type bridge"))
+        .expect("squatter");
+    let bucket = TokenBucket {
+        rate: 125_000,
+        ceil: 125_000,
+        burst: None,
+    };
+    let shaping = Shaping {
+        egress: Some(bucket),
+        ingress: Some(bucket),
+    };
+    let error = block_on_in(&ns, || async {
+        let link = Link::new().expect("netlink socket");
+        link.shape(index, "kvshape0", &shaping)
+            .await
+            .expect_err("the IFB name is taken")
+    });
+    assert!(error.to_string().contains(&squatter), "{error}");
+    assert_eq!(link_json(&ns, &squatter)["linkinfo"]["info_kind"], "bridge");
+    let qdiscs = tc_json(&ns, "qdisc show dev kvshape0");
+    assert!(
+        qdiscs.iter().all(|q| q["kind"] != "htb"),
+        "egress limit undone: {qdiscs:?}"
+    );
+
+    // IFBs whose device is gone are swept; one whose device exists, and others' IFBs, stay.
+    ns.sh(&format!(
+        "ip link del {squatter} && ip link add {squatter} type ifb"
+    ))
+    .expect("live ifb");
+    ns.sh("ip link add kvifb99999 type ifb && ip link add ifb7 type ifb")
+        .expect("ifbs");
+    let swept = block_on_in(&ns, || async {
+        Link::new()
+            .expect("netlink socket")
+            .delete_orphan_ifbs()
+            .await
+            .expect("sweep")
+    });
+    assert_eq!(swept, ["kvifb99999"]);
+    for kept in [squatter.as_str(), "ifb7"] {
+        assert!(
+            ns.sh(&format!("ip link show {kept}")).is_ok(),
+            "{kept} kept"
+        );
+    }
+}

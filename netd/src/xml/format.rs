@@ -147,6 +147,9 @@ impl NetworkDef {
             ));
         }
         format_dns(&mut out, &self.dns);
+        if let Some(bandwidth) = &self.bandwidth {
+            super::bandwidth::format(&mut out, bandwidth);
+        }
         if let Some(isolated) = self.isolated_ports {
             out.line(&format!("<port isolated='{}'/>", yes_no(isolated)));
         }

@@ -11,6 +11,7 @@
 //! a libvirt host. [`PortDef`] does the same for network port documents
 //! (`<networkport>`, `virNetworkPortDefFormat`).
 
+mod bandwidth;
 mod dom;
 mod format;
 mod model;
@@ -24,6 +25,7 @@ mod port_tests;
 #[cfg(test)]
 mod tests;
 
+pub use bandwidth::{Bandwidth, Rate};
 pub use model::{
     Bootp, Bridge, DEFAULT_NAT_PORTS, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv,
     DnsTxt, Domain, Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr,

@@ -12,6 +12,7 @@ use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
 use super::Error;
+use super::bandwidth::Bandwidth;
 
 /// One libvirt virtual network definition (`<network>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,6 +45,9 @@ pub struct NetworkDef {
     /// reach the bridge, and through it the host and the outside, but not one another),
     /// unless a port says otherwise.
     pub isolated_ports: Option<bool>,
+    /// `<bandwidth>`: limits on the traffic between the guests and everything beyond the
+    /// bridge, all guests together.
+    pub bandwidth: Option<Bandwidth>,
     /// `<ip>` elements in document order.
     pub ips: Vec<IpDef>,
     /// `<route>` elements: subnets reached through a guest, added on the bridge.
@@ -622,6 +626,7 @@ impl NetworkDef {
             domain: None,
             dns: Dns::default(),
             isolated_ports: None,
+            bandwidth: None,
             ips: Vec::new(),
             routes: Vec::new(),
         }

@@ -286,6 +286,7 @@ impl Parser {
         let mut domain = None;
         let mut dns = None;
         let mut port = None;
+        let mut bandwidth = None;
         let mut ips = Vec::new();
         let mut routes = Vec::new();
         for child in &root.children {
@@ -301,6 +302,7 @@ impl Parser {
                 "domain" => self.once(&mut domain, child)?,
                 "dns" => self.once(&mut dns, child)?,
                 "port" => self.once(&mut port, child)?,
+                "bandwidth" => self.once(&mut bandwidth, child)?,
                 "ip" => ips.push(child),
                 "route" => routes.push(child),
                 _ => return Err(self.unsupported_child(root, child)),
@@ -372,6 +374,17 @@ impl Parser {
             self.check_attrs(element, &["isolated"])?;
             self.check_leaf(element)?;
             def.isolated_ports = super::isolated_ports(element)?;
+        }
+        if let Some(element) = bandwidth {
+            // libvirt shapes even a host bridge it does not own; kvnet leaves those alone.
+            if def.forward.mode == ForwardMode::Bridge {
+                return Err(self.unsupported(
+                    "element <bandwidth> with forward mode='bridge'".to_string(),
+                    element.line,
+                ));
+            }
+            let context = super::bandwidth::Context::Network(&self.network);
+            def.bandwidth = Some(super::bandwidth::parse(element, &context)?);
         }
         for element in ips {
             def.ips.push(self.ip_def(element)?);

@@ -10,6 +10,7 @@
 
 use uuid::Uuid;
 
+use super::bandwidth::{self, Bandwidth};
 use super::dom::{Element, parse_document};
 use super::format::{Out, escape, escape_attr};
 use super::model::MacAddr;
@@ -32,6 +33,8 @@ pub struct PortDef {
     /// isolated ports; when absent, the network's `<port isolated=>` is filled in as the
     /// port is created.
     pub isolated: Option<bool>,
+    /// `<bandwidth>`: limits on this guest's traffic, applied on its tap.
+    pub bandwidth: Option<Bandwidth>,
     /// `<plug>`: where the NIC is attached; filled in by the daemon when it
     /// allocates the port, accepted on input too (libvirt's reclaim after a restart).
     pub plug: Option<PortPlug>,
@@ -165,6 +168,9 @@ impl PortDef {
         out.line(&format!("<uuid>{}</uuid>", self.owner_uuid));
         out.close("</owner>");
         out.line(&format!("<mac address='{}'/>", self.mac));
+        if let Some(bandwidth) = &self.bandwidth {
+            bandwidth::format(&mut out, bandwidth);
+        }
         if let Some(isolated) = self.isolated {
             let value = if isolated { "yes" } else { "no" };
             out.line(&format!("<port isolated='{value}'/>"));
@@ -295,6 +301,7 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
     let mut owner = None;
     let mut mac = None;
     let mut port = None;
+    let mut bandwidth = None;
     let mut plug = None;
     for child in &root.children {
         match child.name.as_str() {
@@ -302,8 +309,9 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
             "owner" => once(&mut owner, child)?,
             "mac" => once(&mut mac, child)?,
             "port" => once(&mut port, child)?,
+            "bandwidth" => once(&mut bandwidth, child)?,
             "plug" => once(&mut plug, child)?,
-            // <group>, <bandwidth>, <vlan>, <virtualport>, <rxfilters> and anything
+            // <group>, <vlan>, <virtualport>, <rxfilters> and anything
             // unknown.
             _ => return Err(unsupported_child(root, child)),
         }
@@ -320,6 +328,9 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
         Some(element) => parse_isolated(element)?,
         None => None,
     };
+    let bandwidth = bandwidth
+        .map(|element| bandwidth::parse(element, &bandwidth::Context::Port))
+        .transpose()?;
     let plug = match plug {
         Some(element) => parse_plug(element)?,
         None => None,
@@ -330,6 +341,7 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
         owner_uuid,
         mac,
         isolated,
+        bandwidth,
         plug,
     })
 }

@@ -40,6 +40,7 @@ fn sample() -> PortDef {
         owner_uuid: Uuid::parse_str(OWNER_UUID).unwrap(),
         mac: MacAddr([0x52, 0x54, 0x00, 0x7b, 0x35, 0x93]),
         isolated: None,
+        bandwidth: None,
         plug: Some(PortPlug::Network {
             bridge: "virbr0".to_string(),
         }),
@@ -111,6 +112,20 @@ fn round_trips() {
         def.to_xml()
             .contains("  <mac address='52:54:00:7b:35:93'/>\n  <port isolated='no'/>\n")
     );
+    def.bandwidth = Some(Bandwidth {
+        inbound: Some(Rate {
+            average: 1000,
+            peak: Some(5000),
+            burst: Some(1024),
+        }),
+        outbound: None,
+    });
+    assert_round_trip(&def);
+    // libvirt's place for it: after the MAC, before <port>.
+    assert!(def.to_xml().contains(
+        "  <mac address='52:54:00:7b:35:93'/>\n  <bandwidth>\n    <inbound average='1000' peak='5000' burst='1024'/>\n  </bandwidth>\n  <port isolated='no'/>\n"
+    ));
+    def.bandwidth = None;
     def.isolated = None;
     def.uuid = None;
     assert_round_trip(&def);
@@ -224,9 +239,13 @@ fn unimplemented_elements_are_refused_by_name() {
         ),
         (
             with(&format!(
-                "{mac}\n<bandwidth><inbound average='1000'/></bandwidth>"
+                "{mac}\n<bandwidth><inbound average='1000' floor='200'/></bandwidth>"
             )),
-            "unsupported element <bandwidth> in network port (line 5)",
+            "unsupported attribute 'floor' on <inbound> in network port (line 5)",
+        ),
+        (
+            with(&format!("{mac}<bandwidth classID='3'/>")),
+            "unsupported attribute 'classID' on <bandwidth> in network port (line 4)",
         ),
         (
             with(&format!("{mac}<vlan><tag id='42'/></vlan>")),

@@ -631,8 +631,16 @@ fn leading_comments_and_declaration_are_accepted() {
 fn unsupported_libvirt_features_are_rejected_by_name() {
     let cases: &[(&str, &str)] = &[
         (
-            "<network><name>x</name><bandwidth><inbound average='1000'/></bandwidth></network>",
-            "unsupported element <bandwidth> in network 'x' (line 1)",
+            "<network><name>x</name><bandwidth><inbound average='1' burst='2' mode='x'/></bandwidth></network>",
+            "unsupported attribute 'mode' on <inbound> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><bandwidth>\n<sideways average='1'/></bandwidth></network>",
+            "unsupported element <sideways> inside <bandwidth> in network 'x' (line 2)",
+        ),
+        (
+            "<network><name>x</name><forward mode='bridge'/><bridge name='br0'/>\n<bandwidth><inbound average='1'/></bandwidth></network>",
+            "unsupported element <bandwidth> with forward mode='bridge' in network 'x' (line 2)",
         ),
         (
             "<network><name>x</name>\n<portgroup name='a'/></network>",
@@ -2080,5 +2088,76 @@ fn local_ptr_needs_a_subnet_that_ends_on_a_label() {
         ),
     ] {
         assert_eq!(parse_err(&net_with_ip(attrs, "")), expected);
+    }
+}
+
+#[test]
+fn bandwidth_round_trips_in_libvirts_place_and_form() {
+    let xml = "<network>\n  <name>shaped</name>\n  <uuid>8d1f2f4e-1f0c-4b7e-9d2b-0d6c1b0c8a11</uuid>\n  <bridge name='virbr5' stp='on' delay='0'/>\n  <mac address='52:54:00:12:34:56'/>\n  <bandwidth>\n    <inbound average='1000' peak='5000' burst='1024'/>\n    <outbound average='128'/>\n  </bandwidth>\n  <port isolated='yes'/>\n  <ip address='10.5.0.1' prefix='24'>\n  </ip>\n</network>\n";
+    let def = parse(xml);
+    let bandwidth = def.bandwidth.clone().expect("bandwidth");
+    assert_eq!(
+        bandwidth.inbound,
+        Some(Rate {
+            average: 1000,
+            peak: Some(5000),
+            burst: Some(1024),
+        })
+    );
+    assert_eq!(
+        bandwidth.outbound_limit().map(|rate| rate.average),
+        Some(128)
+    );
+    assert_eq!(def.to_xml(), xml);
+    assert_round_trip(&def);
+
+    // libvirt keeps an element whose average is 0 in the model but writes nothing of it,
+    // and leaves out a peak or burst of 0.
+    let zeroes = parse(
+        "<network><name>z</name><bandwidth><inbound average='0' peak='9'/><outbound average='7' peak='0' burst='0'/></bandwidth></network>",
+    );
+    let bandwidth = zeroes.bandwidth.clone().expect("bandwidth");
+    assert_eq!(bandwidth.inbound_limit(), None);
+    assert!(
+        zeroes
+            .to_xml()
+            .contains("  <bandwidth>\n    <outbound average='7'/>\n  </bandwidth>\n"),
+        "{}",
+        zeroes.to_xml()
+    );
+}
+
+#[test]
+fn bandwidth_errors_are_libvirts() {
+    let net =
+        |body: &str| format!("<network><name>x</name><bandwidth>{body}</bandwidth></network>");
+    let cases: &[(String, &str)] = &[
+        (
+            net("<inbound peak='5'/>"),
+            "Missing mandatory average or floor attributes",
+        ),
+        (
+            net("<outbound average='1' floor='5'/>"),
+            "floor attribute is not supported for this config",
+        ),
+        (
+            "<network><name>x</name><bandwidth classID='3'/></network>".to_string(),
+            "classID attribute not supported on <bandwidth> in this usage context",
+        ),
+        (
+            net("<inbound average='-1'/>"),
+            "Invalid value for attribute 'average' in element 'inbound': '-1'. Expected non-negative integer value",
+        ),
+        (
+            net("<inbound average='1' burst='18446744073709551615'/>"),
+            "Invalid value for attribute 'burst' in element 'inbound': '18446744073709551615'. Expected non-negative integer value",
+        ),
+        (
+            net("<inbound average='1'/><inbound average='2'/>"),
+            "duplicate element <inbound> inside <bandwidth> (line 1)",
+        ),
+    ];
+    for (xml, expected) in cases {
+        assert_eq!(parse_err(xml), *expected, "{xml}");
     }
 }

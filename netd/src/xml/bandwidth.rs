@@ -1,0 +1,189 @@
+//! `<bandwidth>` of a network or a network port: libvirt's traffic limits
+//! (`virNetDevBandwidthParse` and `virNetDevBandwidthFormat`, src/conf/netdev_bandwidth_conf.c).
+//!
+//! `floor` (a guaranteed minimum, for ports of a network that has an inbound limit) and
+//! `classID` (the tc class libvirt gave such a port) are not implemented, and are refused
+//! by name.
+
+use serde::Serialize;
+
+use super::dom::Element;
+use super::format::Out;
+use super::{Error, invalid};
+
+/// `<bandwidth>`: the limits in each direction, as seen from the guests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Bandwidth {
+    /// `<inbound>`: traffic to the guests.
+    pub inbound: Option<Rate>,
+    /// `<outbound>`: traffic from the guests.
+    pub outbound: Option<Rate>,
+}
+
+/// `<inbound>` or `<outbound>`, in libvirt's units.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Rate {
+    /// `average`: the sustained rate, kilobytes (1,000 bytes) per second; 0 is no limit.
+    pub average: u64,
+    /// `peak`: the rate the traffic may reach while it has burst left, kB/s.
+    pub peak: Option<u64>,
+    /// `burst`: kibibytes that may go at `peak` speed before `average` applies.
+    pub burst: Option<u64>,
+}
+
+impl Rate {
+    /// Whether the rate limits anything (libvirt ignores an `average` of 0).
+    pub fn limits(&self) -> bool {
+        self.average > 0
+    }
+}
+
+impl Bandwidth {
+    /// The inbound limit, if it limits anything.
+    pub fn inbound_limit(&self) -> Option<&Rate> {
+        self.inbound.as_ref().filter(|rate| rate.limits())
+    }
+
+    /// The outbound limit, if it limits anything.
+    pub fn outbound_limit(&self) -> Option<&Rate> {
+        self.outbound.as_ref().filter(|rate| rate.limits())
+    }
+}
+
+/// Where a `<bandwidth>` appears, which decides the messages for what kvnet refuses.
+pub(crate) enum Context<'a> {
+    /// In `<network>` named so.
+    Network(&'a str),
+    /// In `<networkport>`.
+    Port,
+}
+
+impl Context<'_> {
+    fn unsupported(&self, what: String, line: u64) -> Error {
+        match self {
+            Context::Network(network) => Error::Unsupported {
+                what,
+                network: (*network).to_owned(),
+                line,
+            },
+            Context::Port => Error::UnsupportedPort { what, line },
+        }
+    }
+}
+
+/// Reads a `<bandwidth>` element.
+pub(crate) fn parse(element: &Element, context: &Context<'_>) -> Result<Bandwidth, Error> {
+    for (key, _) in &element.attrs {
+        return Err(match (key.as_str(), context) {
+            ("classID", Context::Network(_)) => {
+                invalid("classID attribute not supported on <bandwidth> in this usage context")
+            }
+            _ => context.unsupported(format!("attribute '{key}' on <bandwidth>"), element.line),
+        });
+    }
+    if !element.text.trim().is_empty() {
+        return Err(invalid(format!(
+            "unexpected text '{}' inside <bandwidth> (line {})",
+            element.text.trim(),
+            element.line
+        )));
+    }
+    let mut bandwidth = Bandwidth::default();
+    for child in &element.children {
+        let slot = match child.name.as_str() {
+            "inbound" => &mut bandwidth.inbound,
+            "outbound" => &mut bandwidth.outbound,
+            other => {
+                return Err(context
+                    .unsupported(format!("element <{other}> inside <bandwidth>"), child.line));
+            }
+        };
+        if slot.is_some() {
+            return Err(invalid(format!(
+                "duplicate element <{}> inside <bandwidth> (line {})",
+                child.name, child.line
+            )));
+        }
+        *slot = Some(parse_rate(child, context)?);
+    }
+    Ok(bandwidth)
+}
+
+fn parse_rate(element: &Element, context: &Context<'_>) -> Result<Rate, Error> {
+    if let Some(child) = element.children.first() {
+        return Err(context.unsupported(
+            format!("element <{}> inside <{}>", child.name, element.name),
+            child.line,
+        ));
+    }
+    let mut average = None;
+    let mut rate = Rate::default();
+    for (key, value) in &element.attrs {
+        let slot = match key.as_str() {
+            "average" => &mut average,
+            "peak" => &mut rate.peak,
+            "burst" => &mut rate.burst,
+            "floor" => {
+                return Err(match context {
+                    Context::Network(_) => {
+                        invalid("floor attribute is not supported for this config")
+                    }
+                    Context::Port => context.unsupported(
+                        format!("attribute 'floor' on <{}>", element.name),
+                        element.line,
+                    ),
+                });
+            }
+            _ => {
+                return Err(context.unsupported(
+                    format!("attribute '{key}' on <{}>", element.name),
+                    element.line,
+                ));
+            }
+        };
+        *slot = Some(kilo_units(value, key, &element.name)?);
+    }
+    let Some(average) = average else {
+        return Err(invalid("Missing mandatory average or floor attributes"));
+    };
+    rate.average = average;
+    Ok(rate)
+}
+
+/// A non-negative decimal, as libvirt's `virXMLPropULongLong` reads it, small enough
+/// that it still fits 64 bits once multiplied into bytes.
+fn kilo_units(value: &str, attr: &str, element: &str) -> Result<u64, Error> {
+    let refused = || {
+        invalid(format!(
+            "Invalid value for attribute '{attr}' in element '{element}': '{value}'. Expected non-negative integer value"
+        ))
+    };
+    let number: u64 = value.trim().parse().map_err(|_| refused())?;
+    if number.checked_mul(1024).is_none() {
+        return Err(refused());
+    }
+    Ok(number)
+}
+
+/// Writes `<bandwidth>` as libvirt does: a direction with an `average` of 0 is left out,
+/// and so are a `peak` or `burst` of 0.
+pub(crate) fn format(out: &mut Out, bandwidth: &Bandwidth) {
+    out.open("<bandwidth>");
+    for (name, rate) in [
+        ("inbound", &bandwidth.inbound),
+        ("outbound", &bandwidth.outbound),
+    ] {
+        let Some(rate) = rate.filter(Rate::limits) else {
+            continue;
+        };
+        let mut line = format!("<{name} average='{}'", rate.average);
+        for (attr, value) in [("peak", rate.peak), ("burst", rate.burst)] {
+            if let Some(value) = value.filter(|value| *value > 0) {
+                line.push_str(&format!(" {attr}='{value}'"));
+            }
+        }
+        line.push_str("/>");
+        out.line(&line);
+    }
+    out.close("</bandwidth>");
+}
