@@ -104,8 +104,13 @@ fn malformed_and_invalid_definitions_are_refused() {
     );
     define_rejects(
         &daemon,
-        "<network><name>v</name><bandwidth><inbound average='1'/></bandwidth></network>",
-        &["bandwidth"],
+        "<network><name>v</name><bandwidth><inbound average='1' floor='1'/></bandwidth></network>",
+        &["floor attribute is not supported for this config"],
+    );
+    define_rejects(
+        &daemon,
+        "<network><name>v</name><bandwidth><outbound average='fast'/></bandwidth></network>",
+        &["'average'", "'outbound'", "'fast'"],
     );
     define_rejects(
         &daemon,

@@ -22,11 +22,12 @@ use crate::dhcp6::{self, Dhcp6Config, Dhcp6HostConfig, Dhcp6Server};
 use crate::dns::{self, DnsConfig, DnsServer};
 use crate::events::{Events, Lifecycle};
 use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
+use crate::link::shaping::{Shaping, TokenBucket};
 use crate::link::{self, BridgeSpec, Link, LinkInfo, PrefixCache, sysctl};
 use crate::ra::{self, RaConfig, RaServer};
 use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
 use crate::tftp::{TftpConfig, TftpServer};
-use crate::xml::{self, DEFAULT_NAT_PORTS, ForwardMode, IpDef, NetworkDef};
+use crate::xml::{self, Bandwidth, DEFAULT_NAT_PORTS, ForwardMode, IpDef, NetworkDef, Rate};
 
 mod ports;
 
@@ -325,6 +326,9 @@ impl Servers {
 enum Undo {
     DeleteBridge(String),
     RemoveRules(String),
+    /// The IFB device shaping the ingress of the bridge with this ifindex: it outlives
+    /// the bridge.
+    DeleteIfbOf(u32),
 }
 
 impl Manager {
@@ -496,6 +500,9 @@ impl Manager {
             }
         }
         self.reconcile_ports(&mut networks).await;
+        // Shaped bridges and taps deleted while the daemon was away, or by the undoing
+        // above, leave their IFB devices behind.
+        self.delete_orphan_ifbs().await;
         Ok(())
     }
 
@@ -1208,6 +1215,16 @@ impl Manager {
                         )
                     })?;
             }
+            let shaping = shaping_of(def.bandwidth.as_ref());
+            if !shaping.is_empty() {
+                undo.push(Undo::DeleteIfbOf(index));
+                self.link
+                    .shape(index, bridge, &shaping)
+                    .await
+                    .map_err(|e| {
+                        failed_step(def, format!("limiting the bandwidth of {bridge}"), e)
+                    })?;
+            }
         }
         if matches!(
             mode,
@@ -1233,6 +1250,11 @@ impl Manager {
                 Undo::RemoveRules(bridge) => {
                     self.firewall.remove(bridge).map_err(|e| error_chain(&e))
                 }
+                Undo::DeleteIfbOf(index) => self
+                    .link
+                    .delete_ifb_of(*index)
+                    .await
+                    .map_err(|e| error_chain(&e)),
             };
             if let Err(e) = result {
                 warn!("rolling back {step:?}: {e}");
@@ -1310,6 +1332,11 @@ impl Manager {
                 .remove(bridge)
                 .map_err(|e| failed(error_chain(&e)))?;
         }
+        // Deleting the bridge takes its qdiscs but leaves the IFB shaping its ingress.
+        let ifb_owner = match shaping_of(def.bandwidth.as_ref()).ingress {
+            Some(_) => self.link.link_info(bridge).await.ok().flatten(),
+            None => None,
+        };
         if def.forward_mode() != ForwardMode::Bridge
             && let Err(e) = self.link.delete_link(bridge).await
         {
@@ -1319,6 +1346,11 @@ impl Manager {
                 warn!(network = %def.name, "putting back the firewall rules of a network that stays active: {}", error_chain(&again));
             }
             return Err(failed(error_chain(&e)));
+        }
+        if let Some(bridge) = ifb_owner
+            && let Err(e) = self.link.delete_ifb_of(bridge.index).await
+        {
+            warn!(network = %def.name, "{}", error_chain(&e));
         }
         Ok(())
     }
@@ -1726,6 +1758,24 @@ fn bridge_spec(def: &NetworkDef, bridge: &str) -> BridgeSpec {
         mtu: def.mtu,
         stp: def.bridge.stp,
         forward_delay_secs: u32::try_from(def.bridge.delay).unwrap_or(u32::MAX),
+    }
+}
+
+/// The tc limits for a `<bandwidth>` on a bridge or a tap, whose egress carries the
+/// traffic to the guests (inbound) and whose ingress the traffic from them (outbound).
+/// A burst not given is tc's default, one packet.
+pub(super) fn shaping_of(bandwidth: Option<&Bandwidth>) -> Shaping {
+    let bucket = |rate: &Rate| {
+        let kilobytes = |units: u64| units.saturating_mul(1000);
+        TokenBucket {
+            rate: kilobytes(rate.average),
+            ceil: kilobytes(rate.peak.unwrap_or(rate.average)),
+            burst: rate.burst.map(|kib| kib.saturating_mul(1024)),
+        }
+    };
+    Shaping {
+        egress: bandwidth.and_then(Bandwidth::inbound_limit).map(bucket),
+        ingress: bandwidth.and_then(Bandwidth::outbound_limit).map(bucket),
     }
 }
 

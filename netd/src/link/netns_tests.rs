@@ -756,11 +756,9 @@ fn failed_shaping_leaves_nothing_and_orphan_ifbs_are_swept() {
     ns.sh("ip link add kvifb99999 type ifb && ip link add ifb7 type ifb")
         .expect("ifbs");
     let swept = block_on_in(&ns, || async {
-        Link::new()
-            .expect("netlink socket")
-            .delete_orphan_ifbs()
-            .await
-            .expect("sweep")
+        let link = Link::new().expect("netlink socket");
+        let links = link.links_by_index().await.expect("dump");
+        link.delete_orphan_ifbs(&links).await.expect("sweep")
     });
     assert_eq!(swept, ["kvifb99999"]);
     for kept in [squatter.as_str(), "ifb7"] {

@@ -1,7 +1,10 @@
 //! Traffic shaping for libvirt's `<bandwidth>`: tc over rtnetlink.
 //!
 //! A device's egress gets a root HTB qdisc with one class, `1:1`, whose rate, ceiling and
-//! bucket are the limit; unclassified traffic defaults to that class. Its ingress cannot
+//! bucket are the limit; unclassified traffic defaults to that class, whose queue is a
+//! `bfifo` holding [`QUEUE_TIME_MS`] of traffic at the rate. (libvirt's leaf is `sfq`, which
+//! not every kernel has; HTB's own default leaf is as long as the device's transmit
+//! queue, and a bridge has none: one packet, and every burst would be dropped.) Its ingress cannot
 //! be queued, so it is redirected (an ingress qdisc and a match-all u32 filter with a
 //! mirred action) to an IFB device named after the device's ifindex, `kvifb<index>`, whose
 //! egress is shaped the same way. libvirt polices ingress with the `police` action
@@ -11,6 +14,8 @@
 //! netlink-packet-route knows neither HTB's options nor IFB-free ingress shaping, so the
 //! HTB attributes are encoded here from the kernel's `struct tc_htb_glob` and
 //! `struct tc_htb_opt` (`include/uapi/linux/pkt_sched.h`).
+
+use std::collections::BTreeMap;
 
 use futures::StreamExt;
 use netlink_packet_route::link::InfoKind;
@@ -22,7 +27,7 @@ use rtnetlink::packet_core::{
 use rtnetlink::{LinkMessageBuilder, LinkUnspec};
 
 use super::netlink::{errno, failed};
-use super::{Error, Link, Op, sysctl};
+use super::{Error, Link, LinkInfo, Op, sysctl};
 
 /// One direction's limit, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +81,13 @@ const TC_H_INGRESS: u32 = 0xFFFF_FFF1;
 const HTB_QDISC: u32 = 0x0001_0000;
 const HTB_CLASS: u32 = 0x0001_0001;
 const INGRESS_QDISC: u32 = 0xFFFF_0000;
+const LEAF_QDISC: u32 = 0x0002_0000;
+/// How long a packet may wait in the class's queue, at the rate, before it is dropped.
+pub const QUEUE_TIME_MS: u64 = 100;
+/// The shortest queue: ten full Ethernet frames.
+const MIN_QUEUE_BYTES: u64 = 10 * 1_514;
+/// `TCA_OPTIONS`, which for a FIFO is a bare `struct tc_fifo_qopt`, not nested attributes.
+const TCA_OPTIONS: u16 = 2;
 /// `ETH_P_ALL`: filters match every protocol.
 const ETH_P_ALL: u16 = 0x0003;
 
@@ -154,6 +166,15 @@ fn htb_class_options(bucket: &TokenBucket) -> Vec<TcOption> {
         options.push(raw_u64(TCA_HTB_CEIL64, ceil));
     }
     options
+}
+
+/// `struct tc_fifo_qopt` of the leaf queue for `rate` bytes/s.
+fn leaf_queue_limit(rate: u64) -> Vec<u8> {
+    let bytes = (rate.saturating_mul(QUEUE_TIME_MS) / 1_000).max(MIN_QUEUE_BYTES);
+    u32::try_from(bytes)
+        .unwrap_or(u32::MAX)
+        .to_ne_bytes()
+        .to_vec()
 }
 
 fn raw_u64(kind: u16, value: u64) -> TcOption {
@@ -240,12 +261,15 @@ impl Link {
         }
     }
 
-    /// Deletes the IFB devices of ours whose device is gone (a crash between deleting a
-    /// device and its IFB); returns their names.
-    pub async fn delete_orphan_ifbs(&self) -> Result<Vec<String>, Error> {
-        let links = self.links_by_index().await?;
+    /// Deletes the IFB devices of ours whose device is gone from `links` (a dump of every
+    /// link): a tap its VMM closed, a crash between deleting a device and its IFB. Returns
+    /// their names.
+    pub async fn delete_orphan_ifbs(
+        &self,
+        links: &BTreeMap<u32, LinkInfo>,
+    ) -> Result<Vec<String>, Error> {
         let mut deleted = Vec::new();
-        for (index, link) in &links {
+        for (index, link) in links {
             if link.kind.as_deref() == Some("ifb")
                 && let Some(owner) = ifb_owner(&link.name)
                 && !links.contains_key(&owner)
@@ -277,7 +301,13 @@ impl Link {
         );
         self.create(RouteNetlinkMessage::NewTrafficClass(class))
             .await
-            .map_err(failed(Op::AddHtbClass(bucket.rate), ifname))
+            .map_err(failed(Op::AddHtbClass(bucket.rate), ifname))?;
+        let mut leaf = tc_message(index, LEAF_QDISC, HTB_CLASS, Some("bfifo"), Vec::new());
+        let limit = DefaultNla::new(TCA_OPTIONS, leaf_queue_limit(bucket.rate));
+        leaf.attributes.push(TcAttribute::Other(limit));
+        self.create(RouteNetlinkMessage::NewQueueDiscipline(leaf))
+            .await
+            .map_err(failed(Op::AddQdisc("bfifo"), ifname))
     }
 
     /// Redirects the device's ingress to its IFB device, created here and shaped on egress.
@@ -448,6 +478,14 @@ mod tests {
             .collect();
         // The ceiling is raised to the rate.
         assert_eq!(kinds, [TCA_HTB_PARMS, TCA_HTB_RATE64, TCA_HTB_CEIL64]);
+    }
+
+    #[test]
+    fn the_leaf_queue_holds_a_tenth_of_a_second_and_at_least_ten_frames() {
+        let limit = |rate| u32::from_ne_bytes(leaf_queue_limit(rate).try_into().unwrap());
+        assert_eq!(limit(1_000_000), 100_000);
+        assert_eq!(limit(1_000), 15_140);
+        assert_eq!(limit(u64::MAX), u32::MAX);
     }
 
     #[test]

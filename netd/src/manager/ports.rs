@@ -20,7 +20,7 @@ use std::os::fd::OwnedFd;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::{Error, Manager, Network, error_chain, lookup};
+use super::{Error, Manager, Network, error_chain, lookup, shaping_of};
 use crate::api::types::PortSummary;
 use crate::link::tap::Tap;
 use crate::link::{LinkInfo, sysctl};
@@ -183,6 +183,16 @@ impl Manager {
                 .await
                 .map_err(failed)?;
         }
+        // Kept across parking and plugging in again: a tap keeps its qdiscs, and its IFB
+        // lives until the tap is deleted. On an error the tap goes, and shape() has taken
+        // its IFB away already.
+        let shaping = shaping_of(def.bandwidth.as_ref());
+        if !shaping.is_empty() {
+            self.link
+                .shape(ifindex, tap.name(), &shaping)
+                .await
+                .map_err(failed)?;
+        }
         let port = Port {
             def,
             tap: tap.name().to_owned(),
@@ -243,6 +253,11 @@ impl Manager {
                 network: name.clone(),
                 source,
             })?;
+        if shaping_of(port.def.bandwidth.as_ref()).ingress.is_some()
+            && let Err(e) = self.link.delete_ifb_of(port.ifindex).await
+        {
+            warn!(network = %name, tap = %port.tap, "{}", error_chain(&e));
+        }
         let summary = port.summary(&name);
         network.ports.remove(&uuid);
         self.save_ports(&name, &network.ports)?;
@@ -497,6 +512,10 @@ impl Manager {
             }
         };
         self.follow_taps(name, network, &links);
+        // The IFB of a shaped tap its VMM closed outlives it.
+        if let Err(e) = self.link.delete_orphan_ifbs(&links).await {
+            warn!(network = %name, "deleting ifb devices left over: {}", error_chain(&e));
+        }
         Some(links)
     }
 
@@ -554,6 +573,23 @@ impl Manager {
             if let Err(e) = self.link.delete_index(ifindex, tap).await {
                 warn!(network, tap, "deleting a port's tap: {}", error_chain(&e));
             }
+        }
+        self.delete_orphan_ifbs().await;
+    }
+
+    /// Deletes the IFB devices left by ports whose tap is gone; see
+    /// [`Link::delete_orphan_ifbs`].
+    pub(super) async fn delete_orphan_ifbs(&self) {
+        let swept = match self.link.links_by_index().await {
+            Ok(links) => self.link.delete_orphan_ifbs(&links).await,
+            Err(e) => Err(e),
+        };
+        match swept {
+            Ok(deleted) if !deleted.is_empty() => {
+                info!(devices = ?deleted, "deleted the ifb devices of links that are gone");
+            }
+            Ok(_) => {}
+            Err(e) => warn!("deleting ifb devices left over: {}", error_chain(&e)),
         }
     }
 

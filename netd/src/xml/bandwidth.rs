@@ -73,7 +73,7 @@ impl Context<'_> {
 
 /// Reads a `<bandwidth>` element.
 pub(crate) fn parse(element: &Element, context: &Context<'_>) -> Result<Bandwidth, Error> {
-    for (key, _) in &element.attrs {
+    if let Some((key, _)) = element.attrs.first() {
         return Err(match (key.as_str(), context) {
             ("classID", Context::Network(_)) => {
                 invalid("classID attribute not supported on <bandwidth> in this usage context")

@@ -388,6 +388,7 @@ impl Owner {
             owner_uuid: self.uuid,
             mac: netd::xml::MacAddr(mac.0),
             isolated: None,
+            bandwidth: None,
             plug: None,
         }
         .to_xml()

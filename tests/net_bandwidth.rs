@@ -1,0 +1,267 @@
+//! netns tier: `<bandwidth>` on networks and ports, checked on the kernel's qdiscs and
+//! with real traffic through them.
+//!
+//! A limit on what a device sends is an HTB class `1:1` on it; a limit on what it
+//! receives is the same on its IFB device, `kvifb<ifindex>`, which its ingress is
+//! redirected to. `1000` kB/s shows as `8Mbit` in tc's output.
+
+mod common;
+
+use common::{DAEMON_NEEDS, Daemon, Netns, attach_guest, require, xml_file};
+
+/// A NAT network on `virbr9` (10.9.0.0/24) with `bandwidth` inside `<network>`.
+fn network_xml(bandwidth: &str) -> String {
+    format!(
+        "<network>\n  <name>shaped</name>\n  <forward mode='nat'/>\n  <bridge name='virbr9' stp='off'/>\n{bandwidth}  <ip address='10.9.0.1' netmask='255.255.255.0'/>\n</network>\n"
+    )
+}
+
+const NETWORK_BANDWIDTH: &str = "  <bandwidth>\n    <inbound average='1000' peak='2000' burst='64'/>\n    <outbound average='500'/>\n  </bandwidth>\n";
+
+fn ifindex(daemon: &Daemon, name: &str) -> u64 {
+    daemon.ip_json(&format!("link show dev {name}"))[0]["ifindex"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no link {name}"))
+}
+
+fn link_exists(daemon: &Daemon, name: &str) -> bool {
+    daemon.ns.sh(&format!("ip link show dev {name}")).is_ok()
+}
+
+/// The `class htb 1:1 ...` line of `dev` (iproute2 6.1 prints no JSON for HTB classes).
+fn htb_class(daemon: &Daemon, dev: &str) -> String {
+    let out = daemon
+        .ns
+        .sh(&format!("tc class show dev {dev}"))
+        .expect("tc class show");
+    out.lines()
+        .find(|line| line.starts_with("class htb 1:1 "))
+        .unwrap_or_else(|| panic!("no htb class 1:1 on {dev}: {out}"))
+        .to_owned()
+}
+
+/// The qdisc kinds on `dev`, and the root HTB qdisc's statistics.
+fn qdiscs(daemon: &Daemon, dev: &str) -> (Vec<String>, serde_json::Value) {
+    let out = daemon
+        .ns
+        .sh(&format!("tc -s -j qdisc show dev {dev}"))
+        .expect("tc qdisc show");
+    let all: Vec<serde_json::Value> = serde_json::from_str(&out).expect("tc -j");
+    let kinds = all
+        .iter()
+        .filter_map(|qdisc| qdisc["kind"].as_str().map(str::to_owned))
+        .collect();
+    let htb = all
+        .into_iter()
+        .find(|qdisc| qdisc["kind"] == "htb")
+        .unwrap_or_default();
+    (kinds, htb)
+}
+
+/// Sends `count` datagrams of 1,400 bytes from `ns` to `address`, port 9, as fast as
+/// the shell writes them: far faster than any limit here. Each goes from a socket of its
+/// own, as the port unreachable answering one would fail the next write on the same socket.
+fn flood(ns: &Netns, address: &str, count: u32) {
+    ns.sh(&format!(
+        "bash -c 'data=$(head -c 1400 /dev/zero | tr \\\\0 x); for _ in $(seq {count}); do printf %s \"$data\" >/dev/udp/{address}/9; done'"
+    ))
+    .expect("send datagrams");
+}
+
+#[test]
+fn a_networks_bandwidth_shapes_its_bridge_both_ways_and_goes_with_it() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let file = xml_file(
+        daemon.dirs.path(),
+        "shaped.xml",
+        &network_xml(NETWORK_BANDWIDTH),
+    );
+    daemon.ok(&["net-define", file.to_str().expect("utf-8 path")]);
+    daemon.ok(&["net-start", "shaped"]);
+    assert!(
+        daemon
+            .ok(&["net-dumpxml", "shaped"])
+            .contains(NETWORK_BANDWIDTH),
+        "{}",
+        daemon.ok(&["net-dumpxml", "shaped"])
+    );
+
+    // Inbound (to the guests) on the bridge's egress; outbound on its IFB.
+    let ifb = format!("kvifb{}", ifindex(&daemon, "virbr9"));
+    let inbound = htb_class(&daemon, "virbr9");
+    assert!(
+        inbound.contains(" rate 8Mbit ceil 16Mbit burst 64Kb "),
+        "{inbound}"
+    );
+    let outbound = htb_class(&daemon, &ifb);
+    assert!(outbound.contains(" rate 4Mbit ceil 4Mbit "), "{outbound}");
+    let (kinds, _) = qdiscs(&daemon, "virbr9");
+    assert!(kinds.iter().any(|kind| kind == "ingress"), "{kinds:?}");
+
+    // A guest's burst to the host waits in the IFB's class; the host's burst back, in
+    // the bridge's.
+    let guest = Netns::new("bw-guest").expect("guest netns");
+    attach_guest(&daemon, &guest, "virbr9", "10.9.0.2/24", "10.9.0.1");
+    // Static neighbours: a burst sent before ARP answers would mostly be dropped unsent.
+    let mac = |ns: &Netns, dev: &str| {
+        let out = ns
+            .sh(&format!("cat /sys/class/net/{dev}/address"))
+            .expect("mac");
+        out.trim().to_owned()
+    };
+    let (bridge_mac, guest_mac) = (mac(&daemon.ns, "virbr9"), mac(&guest, "eth0"));
+    guest
+        .sh(&format!(
+            "ip neigh replace 10.9.0.1 lladdr {bridge_mac} dev eth0"
+        ))
+        .expect("guest neighbour");
+    daemon
+        .ns
+        .sh(&format!(
+            "ip neigh replace 10.9.0.2 lladdr {guest_mac} dev virbr9"
+        ))
+        .expect("host neighbour");
+    flood(&guest, "10.9.0.1", 400);
+    flood(&daemon.ns, "10.9.0.2", 400);
+    for (dev, queue) in [(ifb.as_str(), "limit 50000b"), ("virbr9", "limit 100000b")] {
+        let (_, htb) = qdiscs(&daemon, dev);
+        let count = |key: &str| htb[key].as_u64().unwrap_or(0);
+        assert!(
+            count("packets") + count("drops") + count("qlen") >= 400 && count("overlimits") > 0,
+            "{dev}: the burst did not go through the limit, or was not held back: {htb}"
+        );
+        // The queue holds 100 ms at the rate: 50 kB on the IFB (500 kB/s), 100 kB on the
+        // bridge; the rest of the 560 kB burst is dropped.
+        let leaf = daemon
+            .ns
+            .sh(&format!("tc qdisc show dev {dev} parent 1:1"))
+            .expect("tc qdisc show");
+        assert!(
+            leaf.starts_with("qdisc bfifo 2: ") && leaf.contains(queue),
+            "{leaf}"
+        );
+    }
+
+    // Destroy takes the IFB as well as the bridge; a new start makes a new pair.
+    daemon.ok(&["net-destroy", "shaped"]);
+    assert!(!link_exists(&daemon, "virbr9") && !link_exists(&daemon, &ifb));
+    daemon.ok(&["net-start", "shaped"]);
+    let ifb = format!("kvifb{}", ifindex(&daemon, "virbr9"));
+    assert!(htb_class(&daemon, &ifb).contains(" rate 4Mbit "));
+    daemon.ok(&["net-destroy", "shaped"]);
+    daemon.ok(&["net-undefine", "shaped"]);
+    let leftovers = daemon.ns.sh("ip -br link show type ifb").expect("ip link");
+    assert!(!leftovers.contains("kvifb"), "{leftovers}");
+}
+
+#[test]
+fn a_ports_bandwidth_shapes_its_tap_through_restarts_until_it_is_deleted() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let port = xml_file(
+        daemon.dirs.path(),
+        "port.xml",
+        "<networkport>\n  <owner>\n    <name>guest</name>\n    <uuid>06578fc1-c686-46fa-bc2c-220893b466a6</uuid>\n  </owner>\n  <mac address='52:54:00:7b:35:93'/>\n  <bandwidth>\n    <inbound average='250' burst='32'/>\n    <outbound average='125' peak='250'/>\n  </bandwidth>\n</networkport>\n",
+    );
+    let created = daemon.ok(&["net-port-create", "default", port.to_str().expect("utf-8")]);
+    let uuid = created
+        .split_whitespace()
+        .nth(2)
+        .expect("Network port UUID created ...")
+        .to_owned();
+    assert!(
+        daemon
+            .ok(&["net-port-dumpxml", "default", &uuid])
+            .contains("  <bandwidth>\n    <inbound average='250' burst='32'/>\n    <outbound average='125' peak='250'/>\n  </bandwidth>\n")
+    );
+    let ifb = format!("kvifb{}", ifindex(&daemon, "vnet0"));
+    // Inbound to the guest is what its tap sends.
+    assert!(htb_class(&daemon, "vnet0").contains(" rate 2Mbit ceil 2Mbit burst 32Kb "));
+    assert!(htb_class(&daemon, &ifb).contains(" rate 1Mbit ceil 2Mbit "));
+
+    // Parked and plugged in again, the tap keeps its limits.
+    daemon.ok(&["net-destroy", "default"]);
+    daemon.ok(&["net-start", "default"]);
+    assert!(htb_class(&daemon, "vnet0").contains(" rate 2Mbit "));
+    assert!(htb_class(&daemon, &ifb).contains(" rate 1Mbit "));
+
+    daemon.ok(&["net-port-delete", "default", &uuid]);
+    assert!(!link_exists(&daemon, "vnet0") && !link_exists(&daemon, &ifb));
+
+    // A floor is refused by name, and no port is made.
+    let floor = xml_file(
+        daemon.dirs.path(),
+        "floor.xml",
+        "<networkport><owner><name>g</name><uuid>06578fc1-c686-46fa-bc2c-220893b466a6</uuid></owner><mac address='52:54:00:00:00:09'/><bandwidth><inbound average='1' floor='1'/></bandwidth></networkport>",
+    );
+    let error = daemon.fails(&["net-port-create", "default", floor.to_str().expect("utf-8")]);
+    assert!(
+        error.contains("unsupported attribute 'floor' on <inbound> in network port"),
+        "{error}"
+    );
+    assert!(!link_exists(&daemon, "vnet0"));
+}
+
+#[test]
+fn ifb_devices_left_by_a_crash_are_deleted_when_the_daemon_comes_back() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::without_default_network();
+    let file = xml_file(
+        daemon.dirs.path(),
+        "shaped.xml",
+        &network_xml(NETWORK_BANDWIDTH),
+    );
+    daemon.ok(&["net-define", file.to_str().expect("utf-8 path")]);
+    daemon.ok(&["net-start", "shaped"]);
+    let ifb = format!("kvifb{}", ifindex(&daemon, "virbr9"));
+    daemon.kill9();
+    // The bridge vanishes while the daemon is away; its IFB does not.
+    daemon
+        .ns
+        .sh("ip link del virbr9")
+        .expect("delete the bridge");
+    assert!(link_exists(&daemon, &ifb));
+    daemon.spawn(&common::DaemonOptions {
+        no_default_network: true,
+        ..Default::default()
+    });
+    assert!(
+        daemon
+            .ok(&["net-list", "--inactive", "--name"])
+            .contains("shaped")
+    );
+    assert!(!link_exists(&daemon, &ifb), "{}", daemon.log());
+}
+
+#[test]
+fn the_ifb_of_a_vmms_shaped_port_goes_when_the_vmm_lets_go_of_its_tap() {
+    let mut needs = DAEMON_NEEDS.to_vec();
+    needs.push(common::Need::Tun);
+    if !require(&needs) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let client = netd::api::client::Client::new(daemon.socket());
+    let (port, tap) = client
+        .plug(
+            "default",
+            "<networkport><owner><name>vm</name><uuid>06578fc1-c686-46fa-bc2c-220893b466a6</uuid></owner><mac address='52:54:00:aa:bb:02'/><bandwidth><outbound average='100'/></bandwidth></networkport>",
+        )
+        .expect("plug");
+    let ifb = format!("kvifb{}", ifindex(&daemon, &port.tap));
+    assert!(htb_class(&daemon, &ifb).contains(" rate 800Kbit "));
+    // Only outbound is limited: nothing on the tap's own egress.
+    let (kinds, _) = qdiscs(&daemon, &port.tap);
+    assert!(!kinds.iter().any(|kind| kind == "htb"), "{kinds:?}");
+
+    drop(tap);
+    assert_eq!(client.ports("default").expect("ports"), []);
+    assert!(!link_exists(&daemon, &ifb), "{}", daemon.log());
+}
