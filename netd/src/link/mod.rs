@@ -1,5 +1,5 @@
-//! The only module that speaks netlink: bridges, addresses, links, routes; plus the network
-//! sysctls and tap devices.
+//! The only module that speaks netlink: bridges, addresses, links, routes, traffic control;
+//! plus the network sysctls and tap devices.
 //!
 //! Everything here acts on the network namespace of the thread that created the [`Link`]
 //! (netlink), or that calls a [`sysctl`] function or [`tap::Tap::create`] (`/proc/sys/net` and

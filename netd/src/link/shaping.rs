@@ -1,19 +1,20 @@
 //! Traffic shaping for libvirt's `<bandwidth>`: tc over rtnetlink.
 //!
 //! A device's egress gets a root HTB qdisc with one class, `1:1`, whose rate, ceiling and
-//! bucket are the limit; unclassified traffic defaults to that class, whose queue is a
-//! `bfifo` holding [`QUEUE_TIME_MS`] of traffic at the rate. (libvirt's leaf is `sfq`, which
-//! not every kernel has; HTB's own default leaf is as long as the device's transmit
-//! queue, and a bridge has none: one packet, and every burst would be dropped.) Its ingress cannot
-//! be queued, so it is redirected (an ingress qdisc and a match-all u32 filter with a
-//! mirred action) to an IFB device named after the device's ifindex, `kvifb<index>`, whose
-//! egress is shaped the same way. libvirt polices ingress with the `police` action
-//! instead, dropping what exceeds the rate; shaping delays it, which TCP handles far
-//! better, and needs no `act_police`, which not every kernel has.
+//! bucket are the limit, and which all traffic goes to. The class queues in a `bfifo`
+//! holding 100 ms of traffic at the rate: HTB's default queue is as long as the device's
+//! transmit queue, and a bridge has none, so every burst would be dropped rather than
+//! delayed (libvirt's queue is `sfq`, which not every kernel has).
 //!
-//! netlink-packet-route knows neither HTB's options nor IFB-free ingress shaping, so the
-//! HTB attributes are encoded here from the kernel's `struct tc_htb_glob` and
-//! `struct tc_htb_opt` (`include/uapi/linux/pkt_sched.h`).
+//! A device's ingress cannot be queued where it arrives, so it is redirected (an ingress
+//! qdisc and a match-all u32 filter with a mirred action) to an IFB device named after the
+//! device's ifindex, `kvifb<index>`, whose egress is shaped the same way. libvirt polices
+//! ingress with tc's `police` action instead, dropping what exceeds the rate; a delay is
+//! far kinder to TCP than a loss, and `act_police` is not in every kernel either.
+//!
+//! netlink-packet-route has no HTB or FIFO options and rtnetlink no request for classes, so
+//! the kernel's `struct tc_htb_glob`, `struct tc_htb_opt` and `struct tc_fifo_qopt`
+//! (`include/uapi/linux/pkt_sched.h`) are encoded here.
 
 use std::collections::BTreeMap;
 
@@ -83,7 +84,7 @@ const HTB_CLASS: u32 = 0x0001_0001;
 const INGRESS_QDISC: u32 = 0xFFFF_0000;
 const LEAF_QDISC: u32 = 0x0002_0000;
 /// How long a packet may wait in the class's queue, at the rate, before it is dropped.
-pub const QUEUE_TIME_MS: u64 = 100;
+const QUEUE_TIME_MS: u64 = 100;
 /// The shortest queue: ten full Ethernet frames.
 const MIN_QUEUE_BYTES: u64 = 10 * 1_514;
 /// `TCA_OPTIONS`, which for a FIFO is a bare `struct tc_fifo_qopt`, not nested attributes.
@@ -311,6 +312,8 @@ impl Link {
     }
 
     /// Redirects the device's ingress to its IFB device, created here and shaped on egress.
+    /// [`Link::shape`] has deleted an IFB left by an earlier device with the same index;
+    /// a device of another kind by that name is not ours, and the creation fails on it.
     async fn shape_ingress(
         &self,
         index: u32,
@@ -318,13 +321,6 @@ impl Link {
         bucket: &TokenBucket,
     ) -> Result<(), Error> {
         let ifb = ifb_name(index);
-        // A new device's ifindex is fresh, so an IFB of that name is a leftover; anything
-        // else by that name is not ours to delete, and the creation below fails on it.
-        if let Some(leftover) = self.link_info(&ifb).await?
-            && leftover.kind.as_deref() == Some("ifb")
-        {
-            self.delete_index(leftover.index, &ifb).await?;
-        }
         let message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Ifb)
             .name(ifb.clone())
             .build();
