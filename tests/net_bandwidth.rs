@@ -265,3 +265,78 @@ fn the_ifb_of_a_vmms_shaped_port_goes_when_the_vmm_lets_go_of_its_tap() {
     assert_eq!(client.ports("default").expect("ports"), []);
     assert!(!link_exists(&daemon, &ifb), "{}", daemon.log());
 }
+
+/// A `<networkport>` for a guest with MAC `52:54:00:00:01:NN`, with `extra` after the
+/// owner.
+fn port_file(daemon: &Daemon, name: &str, mac_byte: u8, extra: &str) -> std::path::PathBuf {
+    xml_file(
+        daemon.dirs.path(),
+        name,
+        &format!(
+            "<networkport><owner><name>g</name><uuid>06578fc1-c686-46fa-bc2c-220893b466a6</uuid></owner>{extra}<mac address='52:54:00:00:01:{mac_byte:02x}'/></networkport>"
+        ),
+    )
+}
+
+#[test]
+fn ports_take_the_limits_of_their_portgroup_or_the_default_one() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let groups = "  <portgroup name='engineering' default='yes'>\n    <bandwidth>\n      <inbound average='1000'/>\n    </bandwidth>\n  </portgroup>\n  <portgroup name='sales'>\n    <bandwidth>\n      <inbound average='250'/>\n    </bandwidth>\n  </portgroup>\n";
+    let xml = network_xml("").replace("</network>", &format!("{groups}</network>"));
+    let file = xml_file(daemon.dirs.path(), "groups.xml", &xml);
+    daemon.ok(&["net-define", file.to_str().expect("utf-8")]);
+    daemon.ok(&["net-start", "shaped"]);
+    assert!(daemon.ok(&["net-dumpxml", "shaped"]).contains(groups));
+
+    let create = |name: &str, mac_byte: u8, extra: &str| {
+        let file = port_file(&daemon, name, mac_byte, extra);
+        let out = daemon.ok(&["net-port-create", "shaped", file.to_str().expect("utf-8")]);
+        out.split_whitespace().nth(2).expect("port uuid").to_owned()
+    };
+    // No group: the default one's limits, copied into the port.
+    let plain = create("plain.xml", 1, "");
+    assert!(htb_class(&daemon, "vnet0").contains(" rate 8Mbit "));
+    assert!(
+        daemon
+            .ok(&["net-port-dumpxml", "shaped", &plain])
+            .contains("  <bandwidth>\n    <inbound average='1000'/>\n  </bandwidth>\n")
+    );
+    // A named group's; a port's own limits win over its group's.
+    let sales = create("sales.xml", 2, "<group>sales</group>");
+    assert!(htb_class(&daemon, "vnet1").contains(" rate 2Mbit "));
+    assert!(
+        daemon
+            .ok(&["net-port-dumpxml", "shaped", &sales])
+            .contains("  <group>sales</group>\n")
+    );
+    create(
+        "own.xml",
+        3,
+        "<group>sales</group><bandwidth><inbound average='125'/></bandwidth>",
+    );
+    assert!(htb_class(&daemon, "vnet2").contains(" rate 1Mbit "));
+
+    // A group the network does not have is refused, and makes no tap.
+    let stray = port_file(&daemon, "stray.xml", 4, "<group>marketing</group>");
+    let error = daemon.fails(&["net-port-create", "shaped", stray.to_str().expect("utf-8")]);
+    assert!(
+        error.contains("network 'shaped' has no portgroup named 'marketing'"),
+        "{error}"
+    );
+    assert!(!link_exists(&daemon, "vnet3"));
+
+    // A group added to the running network serves the next port at once.
+    daemon.ok(&[
+        "net-update",
+        "shaped",
+        "add",
+        "portgroup",
+        "<portgroup name='marketing'><bandwidth><inbound average='500'/></bandwidth></portgroup>",
+        "--live",
+    ]);
+    create("marketing.xml", 5, "<group>marketing</group>");
+    assert!(htb_class(&daemon, "vnet3").contains(" rate 4Mbit "));
+}

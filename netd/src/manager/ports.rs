@@ -134,16 +134,33 @@ impl Manager {
             field: "name",
             value: name.clone(),
         })?;
-        let Some((bridge, plug, isolated)) = network.live.as_ref().and_then(|live| {
-            let bridge = live.bridge_name()?.to_owned();
-            let plug = plug_of(live, &bridge);
-            // As libvirt's ports, a port takes the network's setting when it has none.
-            Some((bridge, plug, def.isolated.or(live.isolated_ports)))
-        }) else {
+        let Some(live) = network.live.as_ref() else {
             return Err(Error::OperationInvalid(format!(
                 "network '{name}' is not active"
             )));
         };
+        let Some(bridge) = live.bridge_name().map(str::to_owned) else {
+            return Err(Error::OperationInvalid(format!(
+                "network '{name}' has no bridge"
+            )));
+        };
+        let plug = plug_of(live, &bridge);
+        // As libvirt's ports, a port takes the network's setting when it has none.
+        let isolated = def.isolated.or(live.isolated_ports);
+        let portgroup = live.portgroup(def.group.as_deref());
+        if let Some(group) = &def.group
+            && portgroup.is_none()
+        {
+            // libvirt quietly gives such a port nothing of any group.
+            return Err(Error::Xml(crate::xml::Error::Invalid(format!(
+                "network '{name}' has no portgroup named '{group}'"
+            ))));
+        }
+        // The group's limits are copied into the port, as libvirt's networkAllocatePort
+        // does: they stay with it whatever becomes of the group.
+        if def.bandwidth.is_none() {
+            def.bandwidth = portgroup.and_then(|group| group.bandwidth.clone());
+        }
         def.plug = Some(plug);
         self.prune_ports(&name, network).await;
         if network.ports.contains_key(&uuid) {

@@ -167,6 +167,21 @@ impl NetworkDef {
                 attr("metric", route.metric)
             ));
         }
+        for group in &self.portgroups {
+            out.open(&format!(
+                "<portgroup{}{}{}>",
+                attr("name", Some(&group.name)),
+                if group.default { " default='yes'" } else { "" },
+                attr(
+                    "trustGuestRxFilters",
+                    group.trust_guest_rx_filters.map(yes_no)
+                )
+            ));
+            if let Some(bandwidth) = &group.bandwidth {
+                super::bandwidth::format(&mut out, bandwidth);
+            }
+            out.close("</portgroup>");
+        }
         out.close("</network>");
         out.finish()
     }

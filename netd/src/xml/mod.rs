@@ -29,7 +29,7 @@ pub use bandwidth::{Bandwidth, Rate};
 pub use model::{
     Bootp, Bridge, DEFAULT_NAT_PORTS, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv,
     DnsTxt, Domain, Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr,
-    MacAddrParseError, Nat, NatAddressRange, NetworkDef, PortRange,
+    MacAddrParseError, Nat, NatAddressRange, NetworkDef, PortGroup, PortRange,
 };
 pub use port::{PortDef, PortPlug};
 pub use update::{Update, UpdateCommand, UpdateSection};
@@ -107,15 +107,21 @@ pub(crate) fn invalid(message: impl Into<String>) -> Error {
     Error::Invalid(message.into())
 }
 
-/// The `isolated` attribute of a `<port>` element (in a network or a network port), with
-/// libvirt's message for a value other than `yes` or `no`.
+/// The `isolated` attribute of a `<port>` element (in a network or a network port).
 fn isolated_ports(port: &dom::Element) -> Result<Option<bool>, Error> {
-    match port.attr("isolated") {
+    tristate(port, "isolated")
+}
+
+/// A `yes`/`no` attribute libvirt reads with `virXMLPropTristateBool`, with its message
+/// for any other value.
+fn tristate(element: &dom::Element, attr: &str) -> Result<Option<bool>, Error> {
+    match element.attr(attr) {
         None => Ok(None),
         Some("yes") => Ok(Some(true)),
         Some("no") => Ok(Some(false)),
         Some(other) => Err(invalid(format!(
-            "Invalid value for attribute 'isolated' in element 'port': '{other}'."
+            "Invalid value for attribute '{attr}' in element '{}': '{other}'.",
+            element.name
         ))),
     }
 }

@@ -52,6 +52,23 @@ pub struct NetworkDef {
     pub ips: Vec<IpDef>,
     /// `<route>` elements: subnets reached through a guest, added on the bridge.
     pub routes: Vec<RouteDef>,
+    /// `<portgroup>` elements in document order.
+    pub portgroups: Vec<PortGroup>,
+}
+
+/// `<portgroup>`: settings shared by the ports that name it with `<group>`; a port that
+/// names none gets the `default='yes'` group's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortGroup {
+    /// `name`, unique in the network.
+    pub name: String,
+    /// `default='yes'`: the group of ports that name none (at most one per network).
+    pub default: bool,
+    /// `trustGuestRxFilters`: kept for the round trip. libvirt applies it to macvtap
+    /// devices only; on a tap, as here, it changes nothing under libvirt either.
+    pub trust_guest_rx_filters: Option<bool>,
+    /// `<bandwidth>` for a port of the group that has none of its own.
+    pub bandwidth: Option<Bandwidth>,
 }
 
 /// `<route address= prefix=|netmask= gateway= metric=>`: a static route on the bridge to
@@ -611,6 +628,15 @@ impl FromStr for MacAddr {
 }
 
 impl NetworkDef {
+    /// The port group a port naming `group` belongs to: that one, or for `None` the
+    /// default group if there is one.
+    pub fn portgroup(&self, group: Option<&str>) -> Option<&PortGroup> {
+        match group {
+            Some(name) => self.portgroups.iter().find(|group| group.name == name),
+            None => self.portgroups.iter().find(|group| group.default),
+        }
+    }
+
     /// A definition with only a name; everything else empty/default.
     pub fn new(name: impl Into<String>) -> NetworkDef {
         NetworkDef {
@@ -629,6 +655,7 @@ impl NetworkDef {
             bandwidth: None,
             ips: Vec::new(),
             routes: Vec::new(),
+            portgroups: Vec::new(),
         }
     }
 

@@ -9,7 +9,7 @@ use super::dom::{Element, parse_document};
 use super::model::{
     Bootp, Bridge, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv, DnsTxt, Domain,
     Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr, Nat, NatAddressRange,
-    NetworkDef, PortRange, RouteDef,
+    NetworkDef, PortGroup, PortRange, RouteDef,
 };
 use super::{Error, invalid};
 
@@ -287,6 +287,7 @@ impl Parser {
         let mut dns = None;
         let mut port = None;
         let mut bandwidth = None;
+        let mut portgroups = Vec::new();
         let mut ips = Vec::new();
         let mut routes = Vec::new();
         for child in &root.children {
@@ -303,6 +304,7 @@ impl Parser {
                 "dns" => self.once(&mut dns, child)?,
                 "port" => self.once(&mut port, child)?,
                 "bandwidth" => self.once(&mut bandwidth, child)?,
+                "portgroup" => portgroups.push(child),
                 "ip" => ips.push(child),
                 "route" => routes.push(child),
                 _ => return Err(self.unsupported_child(root, child)),
@@ -392,7 +394,50 @@ impl Parser {
         for element in routes {
             def.routes.push(self.route(element)?);
         }
+        for element in portgroups {
+            def.portgroups.push(self.portgroup(element)?);
+        }
         Ok(def)
+    }
+
+    /// `<portgroup name= [default=] [trustGuestRxFilters=]>` with an optional
+    /// `<bandwidth>` (libvirt's `virNetworkPortGroupParseXML`).
+    pub(super) fn portgroup(&self, element: &Element) -> Result<PortGroup, Error> {
+        self.check_attrs(element, &["name", "default", "trustGuestRxFilters"])?;
+        self.check_no_text(element)?;
+        let name = element
+            .attr("name")
+            .ok_or_else(|| invalid("Missing required name attribute in portgroup"))?;
+        // libvirt takes `yes` in any case as yes and anything else as no; kvnet refuses
+        // what is neither, rather than guess.
+        let default = match element.attr("default") {
+            None => false,
+            Some(value) if value.eq_ignore_ascii_case("yes") => true,
+            Some(value) if value.eq_ignore_ascii_case("no") => false,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "invalid value '{other}' for attribute 'default' of <portgroup name='{name}'> in network '{}', expected 'yes' or 'no'",
+                    self.network
+                )));
+            }
+        };
+        let mut bandwidth = None;
+        for child in &element.children {
+            match child.name.as_str() {
+                "bandwidth" => self.once(&mut bandwidth, child)?,
+                // <vlan> and <virtualport>, as in the network itself.
+                _ => return Err(self.unsupported_child(element, child)),
+            }
+        }
+        let context = super::bandwidth::Context::Network(&self.network);
+        Ok(PortGroup {
+            name: name.to_owned(),
+            default,
+            trust_guest_rx_filters: super::tristate(element, "trustGuestRxFilters")?,
+            bandwidth: bandwidth
+                .map(|element| super::bandwidth::parse(element, &context))
+                .transpose()?,
+        })
     }
 
     fn route(&self, element: &Element) -> Result<RouteDef, Error> {

@@ -27,6 +27,9 @@ pub struct PortDef {
     pub owner_name: String,
     /// `<owner><uuid>`: uuid of the domain the NIC belongs to.
     pub owner_uuid: Uuid,
+    /// `<group>`: the network's `<portgroup>` the port belongs to; none means the
+    /// network's default group, if it has one.
+    pub group: Option<String>,
     /// `<mac address=>`: the guest side MAC of the NIC.
     pub mac: MacAddr,
     /// `<port isolated=>`: whether the port is isolated from the network's other
@@ -167,6 +170,9 @@ impl PortDef {
         out.line(&format!("<name>{}</name>", escape(&self.owner_name)));
         out.line(&format!("<uuid>{}</uuid>", self.owner_uuid));
         out.close("</owner>");
+        if let Some(group) = &self.group {
+            out.line(&format!("<group>{}</group>", escape(group)));
+        }
         out.line(&format!("<mac address='{}'/>", self.mac));
         if let Some(bandwidth) = &self.bandwidth {
             bandwidth::format(&mut out, bandwidth);
@@ -299,6 +305,7 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
 
     let mut uuid = None;
     let mut owner = None;
+    let mut group = None;
     let mut mac = None;
     let mut port = None;
     let mut bandwidth = None;
@@ -307,11 +314,12 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
         match child.name.as_str() {
             "uuid" => once(&mut uuid, child)?,
             "owner" => once(&mut owner, child)?,
+            "group" => once(&mut group, child)?,
             "mac" => once(&mut mac, child)?,
             "port" => once(&mut port, child)?,
             "bandwidth" => once(&mut bandwidth, child)?,
             "plug" => once(&mut plug, child)?,
-            // <group>, <vlan>, <virtualport>, <rxfilters> and anything
+            // <vlan>, <virtualport>, <rxfilters> and anything
             // unknown.
             _ => return Err(unsupported_child(root, child)),
         }
@@ -323,6 +331,9 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
         _ => None,
     };
     let (owner_name, owner_uuid) = parse_owner(owner)?;
+    let group = group
+        .map(|element| text_of(element).map(str::to_owned))
+        .transpose()?;
     let mac = parse_mac(mac)?;
     let isolated = match port {
         Some(element) => parse_isolated(element)?,
@@ -339,6 +350,7 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
         uuid,
         owner_name,
         owner_uuid,
+        group,
         mac,
         isolated,
         bandwidth,

@@ -5,8 +5,9 @@ use uuid::Uuid;
 
 use super::*;
 
-/// The formatnetworkport.rst example, without the `<group>` kvnet does not
-/// implement: owner uuid before name, and a MAC with a one-digit group.
+/// The formatnetworkport.rst example, without its `<group>` (see
+/// `a_group_is_kept_between_owner_and_mac`): owner uuid before name, and a MAC with a
+/// one-digit group.
 const DOCS_XML: &str = "<networkport>
   <uuid>7ae63b5f-fe96-4af0-a7c3-da04ba1b3f54</uuid>
   <owner>
@@ -38,6 +39,7 @@ fn sample() -> PortDef {
         uuid: Some(Uuid::parse_str(PORT_UUID).unwrap()),
         owner_name: "myguest".to_string(),
         owner_uuid: Uuid::parse_str(OWNER_UUID).unwrap(),
+        group: None,
         mac: MacAddr([0x52, 0x54, 0x00, 0x7b, 0x35, 0x93]),
         isolated: None,
         bandwidth: None,
@@ -234,8 +236,8 @@ fn unimplemented_elements_are_refused_by_name() {
     let mac = "<mac address='52:54:00:00:00:01'/>";
     let cases: &[(String, &str)] = &[
         (
-            with(&format!("<group>webfront</group>{mac}")),
-            "unsupported element <group> in network port (line 4)",
+            with(&format!("<group>web<front/></group>{mac}")),
+            "unsupported element <front> inside <group> in network port (line 4)",
         ),
         (
             with(&format!(
@@ -495,10 +497,10 @@ fn hostile_documents_get_errors() {
     );
     assert!(parse_err(&deep).contains("elements nested too deeply"));
     // Many unknown siblings: refused at the first, by name.
-    let wide = with(&"<group/>".repeat(100_000));
+    let wide = with(&"<bogus/>".repeat(100_000));
     assert_eq!(
         parse_err(&wide),
-        "unsupported element <group> in network port (line 4)"
+        "unsupported element <bogus> in network port (line 4)"
     );
     // A huge owner name is refused by length, not held or echoed back.
     let huge = format!(
@@ -525,4 +527,24 @@ fn comments_declaration_and_namespace_are_accepted() {
         )
     );
     assert_eq!(parse(&xml), sample());
+}
+
+#[test]
+fn a_group_is_kept_between_owner_and_mac() {
+    let mut def = sample();
+    def.group = Some("web & front".to_string());
+    assert_round_trip(&def);
+    assert!(def.to_xml().contains(
+        "  </owner>\n  <group>web &amp; front</group>\n  <mac address='52:54:00:7b:35:93'/>\n"
+    ));
+    let parsed = parse(&with(
+        "<group>webfront</group><mac address='52:54:00:00:00:01'/>",
+    ));
+    assert_eq!(parsed.group.as_deref(), Some("webfront"));
+    assert_eq!(
+        parse_err(&with(
+            "<group>a</group><group>b</group><mac address='52:54:00:00:00:01'/>"
+        )),
+        "duplicate element <group> in network port (line 4)"
+    );
 }

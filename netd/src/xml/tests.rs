@@ -643,8 +643,8 @@ fn unsupported_libvirt_features_are_rejected_by_name() {
             "unsupported element <bandwidth> with forward mode='bridge' in network 'x' (line 2)",
         ),
         (
-            "<network><name>x</name>\n<portgroup name='a'/></network>",
-            "unsupported element <portgroup> in network 'x' (line 2)",
+            "<network><name>x</name>\n<portgroup name='a'><vlan><tag id='4'/></vlan></portgroup></network>",
+            "unsupported element <vlan> inside <portgroup> in network 'x' (line 2)",
         ),
         (
             "<network><name>x</name><vlan><tag id='4'/></vlan></network>",
@@ -2155,6 +2155,56 @@ fn bandwidth_errors_are_libvirts() {
         (
             net("<inbound average='1'/><inbound average='2'/>"),
             "duplicate element <inbound> inside <bandwidth> (line 1)",
+        ),
+    ];
+    for (xml, expected) in cases {
+        assert_eq!(parse_err(xml), *expected, "{xml}");
+    }
+}
+
+#[test]
+fn portgroups_round_trip_last_with_libvirts_checks() {
+    let xml = "<network>\n  <name>groups</name>\n  <uuid>8d1f2f4e-1f0c-4b7e-9d2b-0d6c1b0c8a12</uuid>\n  <bridge name='virbr6' stp='on' delay='0'/>\n  <mac address='52:54:00:12:34:57'/>\n  <ip address='10.6.0.1' prefix='24'>\n  </ip>\n  <portgroup name='engineering' default='yes'>\n    <bandwidth>\n      <inbound average='1000' peak='5000' burst='5120'/>\n      <outbound average='1000' peak='5000' burst='5120'/>\n    </bandwidth>\n  </portgroup>\n  <portgroup name='sales' trustGuestRxFilters='yes'>\n  </portgroup>\n</network>\n";
+    let def = parse(xml);
+    assert_eq!(def.to_xml(), xml);
+    assert_round_trip(&def);
+    assert_eq!(
+        def.portgroup(None).map(|group| group.name.as_str()),
+        Some("engineering")
+    );
+    assert_eq!(
+        def.portgroup(Some("sales")).map(|group| group.default),
+        Some(false)
+    );
+    assert!(def.portgroup(Some("marketing")).is_none());
+    // `default` is read without regard to case, as libvirt reads it.
+    let upper = parse("<network><name>u</name><portgroup name='a' default='YES'/></network>");
+    assert!(upper.portgroups[0].default);
+
+    let cases: &[(&str, &str)] = &[
+        (
+            "<network><name>x</name><portgroup name='a' default='yes'/><portgroup name='b' default='yes'/></network>",
+            "network 'x' has multiple default <portgroup> elements (a and b), but only one default is allowed",
+        ),
+        (
+            "<network><name>x</name><portgroup name='a'/><portgroup name='a'/></network>",
+            "multiple <portgroup> elements with the same name (a) in network 'x'",
+        ),
+        (
+            "<network><name>x</name><portgroup/></network>",
+            "Missing required name attribute in portgroup",
+        ),
+        (
+            "<network><name>x</name><portgroup name='a' default='maybe'/></network>",
+            "invalid value 'maybe' for attribute 'default' of <portgroup name='a'> in network 'x', expected 'yes' or 'no'",
+        ),
+        (
+            "<network><name>x</name><portgroup name='a' trustGuestRxFilters='on'/></network>",
+            "Invalid value for attribute 'trustGuestRxFilters' in element 'portgroup': 'on'.",
+        ),
+        (
+            "<network><name>x</name><portgroup name='a'><bandwidth><inbound average='1' floor='1'/></bandwidth></portgroup></network>",
+            "floor attribute is not supported for this config",
         ),
     ];
     for (xml, expected) in cases {

@@ -82,7 +82,7 @@ pub enum UpdateSection {
     ForwardInterface,
     /// `<forward><pf>` (libvirt cannot update it either).
     ForwardPf,
-    /// `<portgroup>` (kvnet has no port groups).
+    /// `<portgroup>`.
     Portgroup,
     /// `<dns><host>`.
     DnsHost,
@@ -113,15 +113,15 @@ impl UpdateSection {
 
     /// The element an update of this section carries, for the sections kvnet updates
     /// (libvirt cannot update bridge, domain, ip and forward; kvnet has no interface
-    /// pools or portgroups).
+    /// pools).
     fn element(self) -> Option<&'static str> {
         match self {
             UpdateSection::IpDhcpHost | UpdateSection::DnsHost => Some("host"),
             UpdateSection::IpDhcpRange => Some("range"),
             UpdateSection::DnsTxt => Some("txt"),
             UpdateSection::DnsSrv => Some("srv"),
+            UpdateSection::Portgroup => Some("portgroup"),
             UpdateSection::ForwardInterface
-            | UpdateSection::Portgroup
             | UpdateSection::Bridge
             | UpdateSection::Domain
             | UpdateSection::Ip
@@ -226,6 +226,7 @@ impl NetworkDef {
             UpdateSection::DnsHost => self.update_dns_host(command, &parser, &root),
             UpdateSection::DnsTxt => self.update_dns_txt(command, &parser, &root),
             UpdateSection::DnsSrv => self.update_dns_srv(command, &parser, &root),
+            UpdateSection::Portgroup => self.update_portgroup(command, &parser, &root),
             _ => Err(unsupported()),
         }
     }
@@ -520,6 +521,55 @@ impl NetworkDef {
             )));
         };
         self.dns.txts.remove(position);
+        Ok(())
+    }
+
+    /// libvirt's `virNetworkDefUpdatePortGroup`: groups match by name; a new or modified
+    /// group may be the default only if no other group is. Ports made already keep what
+    /// they took from a group.
+    fn update_portgroup(
+        &mut self,
+        command: UpdateCommand,
+        parser: &Parser,
+        element: &super::dom::Element,
+    ) -> Result<(), Error> {
+        let name = self.name.clone();
+        let group = parser.portgroup(element)?;
+        let found = self
+            .portgroups
+            .iter()
+            .position(|existing| existing.name == group.name);
+        let default = self.portgroups.iter().position(|existing| existing.default);
+        let position = match (found, command.is_add()) {
+            (None, false) => {
+                return Err(refused(format!(
+                    "couldn't find a portgroup entry in network '{name}' matching <portgroup name='{}'>",
+                    group.name
+                )));
+            }
+            (Some(_), true) => {
+                return Err(refused(format!(
+                    "there is an existing portgroup entry in network '{name}' that matches \"<portgroup name='{}'>\"",
+                    group.name
+                )));
+            }
+            (position, _) => position,
+        };
+        if command != UpdateCommand::Delete
+            && group.default
+            && default.is_some_and(|default| Some(default) != position)
+        {
+            return Err(refused(format!(
+                "a different portgroup entry in network '{name}' is already set as the default. Only one default is allowed."
+            )));
+        }
+        match (command, position) {
+            (UpdateCommand::Modify, Some(position)) => self.portgroups[position] = group,
+            (UpdateCommand::Delete, Some(position)) => {
+                self.portgroups.remove(position);
+            }
+            (command, _) => insert(&mut self.portgroups, command, group),
+        }
         Ok(())
     }
 }
@@ -1187,7 +1237,7 @@ mod tests {
         for (section, what) in [
             ("bridge", "bridge"),
             ("forward-pf", "forward pf"),
-            ("portgroup", "portgroup"),
+            ("forward-interface", "forward-interface"),
         ] {
             let e = err(&def, "add", section, "<x/>");
             assert!(matches!(e, Error::UpdateUnsupported(_)), "{e:?}");
@@ -1206,5 +1256,66 @@ mod tests {
             ),
             Error::Unsupported { .. }
         ));
+    }
+
+    #[test]
+    fn portgroups_follow_libvirt_s_matching_by_name_and_single_default() {
+        let def = net();
+        let names = |def: &NetworkDef| -> Vec<(String, bool)> {
+            def.portgroups
+                .iter()
+                .map(|group| (group.name.clone(), group.default))
+                .collect()
+        };
+        let def = ok(
+            &def,
+            "add",
+            "portgroup",
+            "<portgroup name='web' default='yes'/>",
+        );
+        let def = ok(
+            &def,
+            "add-first",
+            "portgroup",
+            "<portgroup name='db'><bandwidth><inbound average='100'/></bandwidth></portgroup>",
+        );
+        assert_eq!(
+            names(&def),
+            [("db".to_string(), false), ("web".to_string(), true)]
+        );
+        assert_eq!(
+            err(&def, "add", "portgroup", "<portgroup name='db'/>").to_string(),
+            "there is an existing portgroup entry in network 'default' that matches \"<portgroup name='db'>\""
+        );
+        assert_eq!(
+            err(
+                &def,
+                "modify",
+                "portgroup",
+                "<portgroup name='db' default='yes'/>"
+            )
+            .to_string(),
+            "a different portgroup entry in network 'default' is already set as the default. Only one default is allowed."
+        );
+        // The default group itself may be modified and stay the default.
+        let def = ok(
+            &def,
+            "modify",
+            "portgroup",
+            "<portgroup name='web' default='yes' trustGuestRxFilters='no'/>",
+        );
+        assert_eq!(def.portgroups[1].trust_guest_rx_filters, Some(false));
+        let def = ok(&def, "modify", "portgroup", "<portgroup name='db'/>");
+        assert_eq!(def.portgroups[0].bandwidth, None);
+        assert_eq!(
+            err(&def, "delete", "portgroup", "<portgroup name='none'/>").to_string(),
+            "couldn't find a portgroup entry in network 'default' matching <portgroup name='none'>"
+        );
+        let def = ok(&def, "delete", "portgroup", "<portgroup name='web'/>");
+        assert_eq!(names(&def), [("db".to_string(), false)]);
+        assert_eq!(
+            err(&def, "add", "portgroup", "<portgroup default='yes'/>").to_string(),
+            "Missing required name attribute in portgroup"
+        );
     }
 }

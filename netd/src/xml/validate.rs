@@ -203,6 +203,7 @@ impl NetworkDef {
     pub fn validate(&self) -> Result<(), Error> {
         validate_network_name(&self.name)?;
         let name = self.name.as_str();
+        self.validate_portgroups()?;
         if self.title.as_deref().is_some_and(|t| t.contains('\n')) {
             return Err(invalid("Network title can't contain newlines"));
         }
@@ -346,6 +347,34 @@ impl NetworkDef {
                 "unreachable static route gateway '{}' specified for network '{name}'",
                 route.gateway
             )));
+        }
+        Ok(())
+    }
+
+    /// At most one default group, and no two of the same name (libvirt's
+    /// `networkValidate`).
+    fn validate_portgroups(&self) -> Result<(), Error> {
+        let name = &self.name;
+        let mut default: Option<&str> = None;
+        for (index, group) in self.portgroups.iter().enumerate() {
+            if group.default {
+                if let Some(first) = default {
+                    return Err(invalid(format!(
+                        "network '{name}' has multiple default <portgroup> elements ({first} and {}), but only one default is allowed",
+                        group.name
+                    )));
+                }
+                default = Some(&group.name);
+            }
+            if self.portgroups[index + 1..]
+                .iter()
+                .any(|later| later.name == group.name)
+            {
+                return Err(invalid(format!(
+                    "multiple <portgroup> elements with the same name ({}) in network '{name}'",
+                    group.name
+                )));
+            }
         }
         Ok(())
     }

@@ -386,6 +386,7 @@ impl Owner {
             uuid: None,
             owner_name: self.name.clone(),
             owner_uuid: self.uuid,
+            group: None,
             mac: netd::xml::MacAddr(mac.0),
             isolated: None,
             bandwidth: None,
