@@ -8,6 +8,7 @@
 mod common;
 
 use common::{DAEMON_NEEDS, Daemon, Netns, attach_guest, require, xml_file};
+use testkit::htb_class;
 
 /// A NAT network on `virbr9` (10.9.0.0/24) with `bandwidth` inside `<network>`.
 fn network_xml(bandwidth: &str) -> String {
@@ -26,18 +27,6 @@ fn ifindex(daemon: &Daemon, name: &str) -> u64 {
 
 fn link_exists(daemon: &Daemon, name: &str) -> bool {
     daemon.ns.sh(&format!("ip link show dev {name}")).is_ok()
-}
-
-/// The `class htb 1:1 ...` line of `dev` (iproute2 6.1 prints no JSON for HTB classes).
-fn htb_class(daemon: &Daemon, dev: &str) -> String {
-    let out = daemon
-        .ns
-        .sh(&format!("tc class show dev {dev}"))
-        .expect("tc class show");
-    out.lines()
-        .find(|line| line.starts_with("class htb 1:1 "))
-        .unwrap_or_else(|| panic!("no htb class 1:1 on {dev}: {out}"))
-        .to_owned()
 }
 
 /// The qdisc kinds on `dev`, and the root HTB qdisc's statistics.
@@ -91,12 +80,12 @@ fn a_networks_bandwidth_shapes_its_bridge_both_ways_and_goes_with_it() {
 
     // Inbound (to the guests) on the bridge's egress; outbound on its IFB.
     let ifb = format!("kvifb{}", ifindex(&daemon, "virbr9"));
-    let inbound = htb_class(&daemon, "virbr9");
+    let inbound = htb_class(&daemon.ns, "virbr9");
     assert!(
         inbound.contains(" rate 8Mbit ceil 16Mbit burst 64Kb "),
         "{inbound}"
     );
-    let outbound = htb_class(&daemon, &ifb);
+    let outbound = htb_class(&daemon.ns, &ifb);
     assert!(outbound.contains(" rate 4Mbit ceil 4Mbit "), "{outbound}");
     let (kinds, _) = qdiscs(&daemon, "virbr9");
     assert!(kinds.iter().any(|kind| kind == "ingress"), "{kinds:?}");
@@ -150,7 +139,7 @@ fn a_networks_bandwidth_shapes_its_bridge_both_ways_and_goes_with_it() {
     assert!(!link_exists(&daemon, "virbr9") && !link_exists(&daemon, &ifb));
     daemon.ok(&["net-start", "shaped"]);
     let ifb = format!("kvifb{}", ifindex(&daemon, "virbr9"));
-    assert!(htb_class(&daemon, &ifb).contains(" rate 4Mbit "));
+    assert!(htb_class(&daemon.ns, &ifb).contains(" rate 4Mbit "));
     daemon.ok(&["net-destroy", "shaped"]);
     daemon.ok(&["net-undefine", "shaped"]);
     let leftovers = daemon.ns.sh("ip -br link show type ifb").expect("ip link");
@@ -181,14 +170,14 @@ fn a_ports_bandwidth_shapes_its_tap_through_restarts_until_it_is_deleted() {
     );
     let ifb = format!("kvifb{}", ifindex(&daemon, "vnet0"));
     // Inbound to the guest is what its tap sends.
-    assert!(htb_class(&daemon, "vnet0").contains(" rate 2Mbit ceil 2Mbit burst 32Kb "));
-    assert!(htb_class(&daemon, &ifb).contains(" rate 1Mbit ceil 2Mbit "));
+    assert!(htb_class(&daemon.ns, "vnet0").contains(" rate 2Mbit ceil 2Mbit burst 32Kb "));
+    assert!(htb_class(&daemon.ns, &ifb).contains(" rate 1Mbit ceil 2Mbit "));
 
     // Parked and plugged in again, the tap keeps its limits.
     daemon.ok(&["net-destroy", "default"]);
     daemon.ok(&["net-start", "default"]);
-    assert!(htb_class(&daemon, "vnet0").contains(" rate 2Mbit "));
-    assert!(htb_class(&daemon, &ifb).contains(" rate 1Mbit "));
+    assert!(htb_class(&daemon.ns, "vnet0").contains(" rate 2Mbit "));
+    assert!(htb_class(&daemon.ns, &ifb).contains(" rate 1Mbit "));
 
     daemon.ok(&["net-port-delete", "default", &uuid]);
     assert!(!link_exists(&daemon, "vnet0") && !link_exists(&daemon, &ifb));
@@ -256,7 +245,7 @@ fn the_ifb_of_a_vmms_shaped_port_goes_when_the_vmm_lets_go_of_its_tap() {
         )
         .expect("plug");
     let ifb = format!("kvifb{}", ifindex(&daemon, &port.tap));
-    assert!(htb_class(&daemon, &ifb).contains(" rate 800Kbit "));
+    assert!(htb_class(&daemon.ns, &ifb).contains(" rate 800Kbit "));
     // Only outbound is limited: nothing on the tap's own egress.
     let (kinds, _) = qdiscs(&daemon, &port.tap);
     assert!(!kinds.iter().any(|kind| kind == "htb"), "{kinds:?}");
@@ -298,7 +287,7 @@ fn ports_take_the_limits_of_their_portgroup_or_the_default_one() {
     };
     // No group: the default one's limits, copied into the port.
     let plain = create("plain.xml", 1, "");
-    assert!(htb_class(&daemon, "vnet0").contains(" rate 8Mbit "));
+    assert!(htb_class(&daemon.ns, "vnet0").contains(" rate 8Mbit "));
     assert!(
         daemon
             .ok(&["net-port-dumpxml", "shaped", &plain])
@@ -306,7 +295,7 @@ fn ports_take_the_limits_of_their_portgroup_or_the_default_one() {
     );
     // A named group's; a port's own limits win over its group's.
     let sales = create("sales.xml", 2, "<group>sales</group>");
-    assert!(htb_class(&daemon, "vnet1").contains(" rate 2Mbit "));
+    assert!(htb_class(&daemon.ns, "vnet1").contains(" rate 2Mbit "));
     assert!(
         daemon
             .ok(&["net-port-dumpxml", "shaped", &sales])
@@ -317,7 +306,7 @@ fn ports_take_the_limits_of_their_portgroup_or_the_default_one() {
         3,
         "<group>sales</group><bandwidth><inbound average='125'/></bandwidth>",
     );
-    assert!(htb_class(&daemon, "vnet2").contains(" rate 1Mbit "));
+    assert!(htb_class(&daemon.ns, "vnet2").contains(" rate 1Mbit "));
 
     // A group the network does not have is refused, and makes no tap.
     let stray = port_file(&daemon, "stray.xml", 4, "<group>marketing</group>");
@@ -338,5 +327,5 @@ fn ports_take_the_limits_of_their_portgroup_or_the_default_one() {
         "--live",
     ]);
     create("marketing.xml", 5, "<group>marketing</group>");
-    assert!(htb_class(&daemon, "vnet3").contains(" rate 4Mbit "));
+    assert!(htb_class(&daemon.ns, "vnet3").contains(" rate 4Mbit "));
 }

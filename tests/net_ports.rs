@@ -457,7 +457,11 @@ fn a_port_that_cannot_be_recorded_leaves_no_tap() {
     // A directory where the ports file goes: the record cannot be written.
     let record = daemon.state_dir().join("networks/default.ports");
     std::fs::create_dir(&record).expect("mkdir");
-    let xml = port_xml("guest10", "52:54:00:aa:bb:0a");
+    // Limits on what the guest sends give the tap an IFB device, which must go too.
+    let xml = port_xml("guest10", "52:54:00:aa:bb:0a").replace(
+        "</networkport>",
+        "  <bandwidth>\n    <outbound average='100'/>\n  </bandwidth>\n</networkport>",
+    );
     for hand_over in [false, true] {
         let result = if hand_over {
             client.plug("default", &xml).map(|(port, _)| port)
@@ -468,6 +472,8 @@ fn a_port_that_cannot_be_recorded_leaves_no_tap() {
         assert_eq!(kind, ErrorKind::Internal, "{message}");
         assert!(message.contains("default.ports"), "{message}");
         assert!(taps(&daemon).is_empty(), "{:?}", taps(&daemon));
+        let ifbs = daemon.ns.sh("ip -br link show type ifb").expect("ip link");
+        assert!(!ifbs.contains("kvifb"), "{ifbs}");
     }
     std::fs::remove_dir(&record).expect("rmdir");
     let port = client.create_port("default", &xml).expect("create port");

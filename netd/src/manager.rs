@@ -22,14 +22,16 @@ use crate::dhcp6::{self, Dhcp6Config, Dhcp6HostConfig, Dhcp6Server};
 use crate::dns::{self, DnsConfig, DnsServer};
 use crate::events::{Events, Lifecycle};
 use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
-use crate::link::shaping::{Shaping, TokenBucket};
 use crate::link::{self, BridgeSpec, Link, LinkInfo, PrefixCache, sysctl};
 use crate::ra::{self, RaConfig, RaServer};
 use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
 use crate::tftp::{TftpConfig, TftpServer};
-use crate::xml::{self, Bandwidth, DEFAULT_NAT_PORTS, ForwardMode, IpDef, NetworkDef, Rate};
+use crate::xml::{self, DEFAULT_NAT_PORTS, ForwardMode, IpDef, NetworkDef};
 
+mod bandwidth;
 mod ports;
+
+use bandwidth::shaping_of;
 
 pub use ports::NewPort;
 
@@ -1334,7 +1336,10 @@ impl Manager {
         }
         // Deleting the bridge takes its qdiscs but leaves the IFB shaping its ingress.
         let ifb_owner = match shaping_of(def.bandwidth.as_ref()).ingress {
-            Some(_) => self.link.link_info(bridge).await.ok().flatten(),
+            Some(_) => self.link.link_info(bridge).await.unwrap_or_else(|e| {
+                warn!(network = %def.name, "the ifb device of {bridge} stays until the daemon restarts: {}", error_chain(&e));
+                None
+            }),
             None => None,
         };
         if def.forward_mode() != ForwardMode::Bridge
@@ -1758,24 +1763,6 @@ fn bridge_spec(def: &NetworkDef, bridge: &str) -> BridgeSpec {
         mtu: def.mtu,
         stp: def.bridge.stp,
         forward_delay_secs: u32::try_from(def.bridge.delay).unwrap_or(u32::MAX),
-    }
-}
-
-/// The tc limits for a `<bandwidth>` on a bridge or a tap, whose egress carries the
-/// traffic to the guests (inbound) and whose ingress the traffic from them (outbound).
-/// A burst not given is tc's default, one packet.
-pub(super) fn shaping_of(bandwidth: Option<&Bandwidth>) -> Shaping {
-    let bucket = |rate: &Rate| {
-        let kilobytes = |units: u64| units.saturating_mul(1000);
-        TokenBucket {
-            rate: kilobytes(rate.average),
-            ceil: kilobytes(rate.peak.unwrap_or(rate.average)),
-            burst: rate.burst.map(|kib| kib.saturating_mul(1024)),
-        }
-    };
-    Shaping {
-        egress: bandwidth.and_then(Bandwidth::inbound_limit).map(bucket),
-        ingress: bandwidth.and_then(Bandwidth::outbound_limit).map(bucket),
     }
 }
 

@@ -313,6 +313,18 @@ impl Drop for Dnsmasq {
     }
 }
 
+/// The `class htb 1:1 ...` line of `dev` in `ns`, as `tc class show` prints it
+/// (iproute2 6.1 has no JSON for HTB classes): kvnet's limit on what `dev` sends.
+pub fn htb_class(ns: &Netns, dev: &str) -> String {
+    let out = ns
+        .sh(&format!("tc class show dev {dev}"))
+        .unwrap_or_else(|e| panic!("tc class show dev {dev}: {e}"));
+    out.lines()
+        .find(|line| line.starts_with("class htb 1:1 "))
+        .unwrap_or_else(|| panic!("no htb class 1:1 on {dev}: {out}"))
+        .to_owned()
+}
+
 /// Runs a command and returns its output; a non-zero exit becomes an error that
 /// names the command and carries its stderr.
 pub fn run_checked(cmd: &mut Command) -> std::io::Result<Output> {

@@ -78,6 +78,8 @@ pub struct LinkInfo {
     pub up: bool,
     /// Index of the bridge (or other controller) this link is a port of.
     pub master: Option<u32>,
+    /// `IFLA_IFALIAS`, the link's free-text description.
+    pub alias: Option<String>,
 }
 
 impl LinkInfo {
@@ -201,8 +203,8 @@ pub enum Op {
     AddHtbClass(u64),
     /// Deleting a qdisc (`root`, `ingress`).
     DeleteQdisc(&'static str),
-    /// Creating the IFB device that shapes another device's ingress.
-    CreateIfb,
+    /// Creating the IFB device that shapes the ingress of this device.
+    CreateIfb(String),
     /// Redirecting a device's ingress to this IFB device.
     RedirectIngress(String),
 }
@@ -237,7 +239,9 @@ impl Op {
                 format!("adding the htb class limiting {ifname} to {rate} bytes/s")
             }
             Op::DeleteQdisc(kind) => format!("deleting the {kind} qdisc of {ifname}"),
-            Op::CreateIfb => format!("creating ifb device {ifname}"),
+            Op::CreateIfb(shaped) => {
+                format!("creating ifb device {ifname} for the ingress of {shaped}")
+            }
             Op::RedirectIngress(ifb) => format!("redirecting the ingress of {ifname} to {ifb}"),
         }
     }

@@ -498,6 +498,7 @@ fn link_info(link: &LinkMessage) -> LinkInfo {
         mtu: None,
         up: link.header.flags.contains(LinkFlags::Up),
         master: None,
+        alias: None,
     };
     for attr in &link.attributes {
         match attr {
@@ -510,6 +511,7 @@ fn link_info(link: &LinkMessage) -> LinkInfo {
             LinkAttribute::Address(bytes) => info.mac = bytes.as_slice().try_into().ok(),
             LinkAttribute::Mtu(mtu) => info.mtu = Some(*mtu),
             LinkAttribute::IfName(name) => info.name.clone_from(name),
+            LinkAttribute::IfAlias(alias) => info.alias = Some(alias.clone()),
             LinkAttribute::Controller(index) if *index != 0 => info.master = Some(*index),
             _ => {}
         }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testkit::{Need, Netns};
+use testkit::{Need, Netns, htb_class};
 
 use super::{BridgeSpec, Error, Link, sysctl};
 
@@ -591,18 +591,6 @@ fn tc_json(ns: &Netns, what: &str) -> Vec<Value> {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("tc -j {what}: {e}: {out}"))
 }
 
-/// The HTB class `1:1` of `dev` as `tc class show` prints it (iproute2 6.1 has no JSON
-/// for HTB classes): `class htb 1:1 root prio 0 rate 1Mbit ceil 2Mbit burst 64Kb ...`.
-fn htb_class(ns: &Netns, dev: &str) -> String {
-    let out = ns
-        .sh(&format!("tc class show dev {dev}"))
-        .expect("tc class show");
-    out.lines()
-        .find(|line| line.starts_with("class htb 1:1 "))
-        .unwrap_or_else(|| panic!("no htb class 1:1 on {dev}: {out}"))
-        .to_owned()
-}
-
 /// Packets that went through the root HTB qdisc of `dev`.
 fn htb_packets(ns: &Netns, dev: &str) -> u64 {
     tc_json(ns, &format!("qdisc show dev {dev}"))
@@ -626,11 +614,13 @@ fn shaping_limits_egress_with_htb_and_ingress_through_an_ifb() {
             rate: 125_000,
             ceil: 250_000,
             burst: Some(64 * 1024),
+            ceil_burst: None,
         }),
         ingress: Some(TokenBucket {
             rate: 50_000,
             ceil: 50_000,
             burst: None,
+            ceil_burst: None,
         }),
     };
     let index = block_on_in(&ns, || async {
@@ -729,6 +719,7 @@ fn failed_shaping_leaves_nothing_and_orphan_ifbs_are_swept() {
         rate: 125_000,
         ceil: 125_000,
         burst: None,
+        ceil_burst: None,
     };
     let shaping = Shaping {
         egress: Some(bucket),
@@ -753,15 +744,20 @@ fn failed_shaping_leaves_nothing_and_orphan_ifbs_are_swept() {
         "ip link del {squatter} && ip link add {squatter} type ifb"
     ))
     .expect("live ifb");
-    ns.sh("ip link add kvifb99999 type ifb && ip link add ifb7 type ifb")
-        .expect("ifbs");
+    // Ours by name and alias (its device, 99999, is gone); one without kvnet's alias and
+    // one of another name are someone else's.
+    ns.sh(
+        "ip link add kvifb99999 type ifb && ip link set kvifb99999 alias 'kvnet: shapes the ingress of gone0' \
+         && ip link add kvifb88888 type ifb && ip link add ifb7 type ifb",
+    )
+    .expect("ifbs");
     let swept = block_on_in(&ns, || async {
         let link = Link::new().expect("netlink socket");
         let links = link.links_by_index().await.expect("dump");
         link.delete_orphan_ifbs(&links).await.expect("sweep")
     });
     assert_eq!(swept, ["kvifb99999"]);
-    for kept in [squatter.as_str(), "ifb7"] {
+    for kept in [squatter.as_str(), "kvifb88888", "ifb7"] {
         assert!(
             ns.sh(&format!("ip link show {kept}")).is_ok(),
             "{kept} kept"

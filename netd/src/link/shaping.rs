@@ -41,6 +41,8 @@ pub struct TokenBucket {
     /// Bytes that may pass at `ceil` before the rate applies; `None` for tc's default
     /// (one 1,600-byte packet's worth).
     pub burst: Option<u64>,
+    /// Bytes that may pass at once, beyond `ceil`; `None` for tc's default, one packet.
+    pub ceil_burst: Option<u64>,
 }
 
 /// The limits of one device: what it sends (egress) and what it receives (ingress).
@@ -74,6 +76,19 @@ pub fn ifb_owner(name: &str) -> Option<u32> {
 }
 
 const IFB_PREFIX: &str = "kvifb";
+/// The start of the alias kvnet gives its IFB devices: one by the right name without it
+/// is someone else's, and never deleted.
+const IFB_ALIAS_PREFIX: &str = "kvnet: shapes the ingress of ";
+
+/// Whether `link` is an IFB device kvnet made (by kind, name and alias).
+fn is_ours(link: &LinkInfo) -> bool {
+    link.kind.as_deref() == Some("ifb")
+        && ifb_owner(&link.name).is_some()
+        && link
+            .alias
+            .as_deref()
+            .is_some_and(|alias| alias.starts_with(IFB_ALIAS_PREFIX))
+}
 
 /// `TC_H_ROOT`, `TC_H_INGRESS` and the handles used: HTB qdisc `1:`, its class `1:1`, the
 /// ingress qdisc `ffff:`.
@@ -149,9 +164,10 @@ fn htb_class_options(bucket: &TokenBucket) -> Vec<TcOption> {
     let mut parms = Vec::with_capacity(44);
     parms.extend_from_slice(&ratespec(rate));
     parms.extend_from_slice(&ratespec(ceil));
+    let ceil_buffer = bucket.ceil_burst.unwrap_or(TC_DEFAULT_MTU);
     for field in [
         xmit_ticks(rate, buffer),
-        xmit_ticks(ceil, TC_DEFAULT_MTU),
+        xmit_ticks(ceil, ceil_buffer),
         // Bounded by MAX_QUANTUM above.
         u32::try_from(quantum).unwrap_or(u32::MAX),
         0, // level: computed by the kernel
@@ -238,11 +254,13 @@ impl Link {
             let message = tc_message(index, handle, parent, None, Vec::new());
             let request = RouteNetlinkMessage::DelQueueDiscipline(message);
             match self.acked(request, NLM_F_REQUEST | NLM_F_ACK).await {
-                // No such qdisc (ENOENT; EINVAL for the built-in root one) or no device.
+                // Nothing to delete: the kernel answers EINVAL for the device's built-in
+                // root qdisc and for an ingress qdisc it does not have, ENOENT or ENODEV
+                // when the qdisc or the device is gone.
                 Err(err)
                     if matches!(
                         errno(&err),
-                        Some(libc::ENOENT | libc::EINVAL | libc::ENODEV)
+                        Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)
                     ) => {}
                 result => result.map_err(failed(Op::DeleteQdisc(what), ifname))?,
             }
@@ -255,9 +273,7 @@ impl Link {
     pub async fn delete_ifb_of(&self, index: u32) -> Result<(), Error> {
         let ifb = ifb_name(index);
         match self.link_info(&ifb).await? {
-            Some(link) if link.kind.as_deref() == Some("ifb") => {
-                self.delete_index(link.index, &ifb).await.map(drop)
-            }
+            Some(link) if is_ours(&link) => self.delete_index(link.index, &ifb).await.map(drop),
             _ => Ok(()),
         }
     }
@@ -271,7 +287,7 @@ impl Link {
     ) -> Result<Vec<String>, Error> {
         let mut deleted = Vec::new();
         for (index, link) in links {
-            if link.kind.as_deref() == Some("ifb")
+            if is_ours(link)
                 && let Some(owner) = ifb_owner(&link.name)
                 && !links.contains_key(&owner)
                 && self.delete_index(*index, &link.name).await?
@@ -329,11 +345,32 @@ impl Link {
             .add(message)
             .execute()
             .await
-            .map_err(failed(Op::CreateIfb, &ifb))?;
+            .map_err(failed(Op::CreateIfb(ifname.to_owned()), &ifb))?;
         let ifb_index = self.index(&ifb).await?;
-        // The IFB only carries redirected frames: no addresses, DAD or MLD of its own.
-        sysctl::disable_port_ipv6(&ifb)?;
-        self.set_up_at(ifb_index, &ifb).await?;
+        // The kernel ignores an alias given at creation; it goes with bringing it up.
+        // Until it has the alias, nothing else would know the IFB for ours.
+        let marked = async {
+            // The IFB only carries redirected frames: no addresses, DAD or MLD of its own.
+            sysctl::disable_port_ipv6(&ifb)?;
+            self.handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(ifb_index)
+                        .alias(format!("{IFB_ALIAS_PREFIX}{ifname}"))
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(failed(Op::SetUp, &ifb))
+        }
+        .await;
+        if let Err(e) = marked {
+            if let Err(cleanup) = self.delete_index(ifb_index, &ifb).await {
+                tracing::warn!(%ifb, "deleting an ifb device that could not be set up: {cleanup}");
+            }
+            return Err(e);
+        }
         self.shape_egress(ifb_index, &ifb, bucket).await?;
 
         let qdisc = tc_message(
@@ -439,6 +476,7 @@ mod tests {
             rate: 1_000_000,
             ceil: 2_000_000,
             burst: Some(256 * 1024),
+            ceil_burst: None,
         };
         let options = htb_class_options(&bucket);
         assert_eq!(options.len(), 1, "no 64-bit rates below 4 GB/s");
@@ -455,6 +493,18 @@ mod tests {
         assert_eq!(u32_at(&parms, 24), xmit_ticks(1_000_000, 256 * 1024));
         assert_eq!(u32_at(&parms, 28), xmit_ticks(2_000_000, 1_600));
         assert_eq!(u32_at(&parms, 32), 100_000, "quantum: rate / r2q");
+
+        // A bucket at the ceiling of its own.
+        let options = htb_class_options(&TokenBucket {
+            ceil_burst: Some(64 * 1024),
+            ..bucket
+        });
+        let TcOption::Other(nla) = &options[0] else {
+            panic!("{options:?}")
+        };
+        let mut parms = vec![0; nla.value_len()];
+        nla.emit_value(&mut parms);
+        assert_eq!(u32_at(&parms, 28), xmit_ticks(2_000_000, 64 * 1024));
     }
 
     #[test]
@@ -463,6 +513,7 @@ mod tests {
             rate: 5_000_000_000,
             ceil: 1,
             burst: None,
+            ceil_burst: None,
         };
         let options = htb_class_options(&bucket);
         let kinds: Vec<u16> = options
@@ -491,6 +542,7 @@ mod tests {
                 rate,
                 ceil: rate,
                 burst: None,
+                ceil_burst: None,
             });
             let TcOption::Other(nla) = &options[0] else {
                 panic!()

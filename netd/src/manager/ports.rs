@@ -201,8 +201,7 @@ impl Manager {
                 .map_err(failed)?;
         }
         // Kept across parking and plugging in again: a tap keeps its qdiscs, and its IFB
-        // lives until the tap is deleted. On an error the tap goes, and shape() has taken
-        // its IFB away already.
+        // lives until the tap is deleted. shape() leaves no IFB when it fails.
         let shaping = shaping_of(def.bandwidth.as_ref());
         if !shaping.is_empty() {
             self.link
@@ -217,14 +216,24 @@ impl Manager {
             persistent: !hand_over,
         };
         network.ports.insert(uuid, port.clone());
-        if let Err(e) = self.save_ports(&name, &network.ports) {
-            network.ports.remove(&uuid);
-            return Err(e);
-        }
-        if !hand_over && let Err(e) = tap.set_persistent(true) {
+        let mut recorded = self.save_ports(&name, &network.ports);
+        if recorded.is_ok()
+            && !hand_over
+            && let Err(e) = tap.set_persistent(true)
+        {
             network.ports.remove(&uuid);
             self.save_ports_or_warn(&name, &network.ports);
-            return Err(failed(e));
+            recorded = Err(failed(e));
+        }
+        if let Err(e) = recorded {
+            network.ports.remove(&uuid);
+            // The tap goes when `tap` is dropped; its IFB would outlive it.
+            if shaping.ingress.is_some()
+                && let Err(cleanup) = self.link.delete_ifb_of(ifindex).await
+            {
+                warn!(network = %name, tap = %port.tap, "{}", error_chain(&cleanup));
+            }
+            return Err(e);
         }
         info!(network = %name, port = %uuid, tap = %port.tap, owner = %port.def.owner_name, "created port");
         Ok(NewPort {

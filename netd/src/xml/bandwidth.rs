@@ -71,8 +71,10 @@ impl Context<'_> {
     }
 }
 
-/// Reads a `<bandwidth>` element.
-pub(crate) fn parse(element: &Element, context: &Context<'_>) -> Result<Bandwidth, Error> {
+/// Reads a `<bandwidth>` element, with libvirt 9.0's messages
+/// (`virNetDevBandwidthParse`). One with neither `<inbound>` nor `<outbound>` is `None`,
+/// as libvirt drops it.
+pub(crate) fn parse(element: &Element, context: &Context<'_>) -> Result<Option<Bandwidth>, Error> {
     if let Some((key, _)) = element.attrs.first() {
         return Err(match (key.as_str(), context) {
             ("classID", Context::Network(_)) => {
@@ -90,9 +92,9 @@ pub(crate) fn parse(element: &Element, context: &Context<'_>) -> Result<Bandwidt
     }
     let mut bandwidth = Bandwidth::default();
     for child in &element.children {
-        let slot = match child.name.as_str() {
-            "inbound" => &mut bandwidth.inbound,
-            "outbound" => &mut bandwidth.outbound,
+        let (slot, inbound) = match child.name.as_str() {
+            "inbound" => (&mut bandwidth.inbound, true),
+            "outbound" => (&mut bandwidth.outbound, false),
             other => {
                 return Err(context
                     .unsupported(format!("element <{other}> inside <bandwidth>"), child.line));
@@ -100,67 +102,78 @@ pub(crate) fn parse(element: &Element, context: &Context<'_>) -> Result<Bandwidt
         };
         if slot.is_some() {
             return Err(invalid(format!(
-                "duplicate element <{}> inside <bandwidth> (line {})",
-                child.name, child.line
+                "Only one child <{}> element allowed",
+                child.name
             )));
         }
-        *slot = Some(parse_rate(child, context)?);
+        *slot = Some(parse_rate(child, inbound, context)?);
     }
-    Ok(bandwidth)
+    Ok((bandwidth.inbound.is_some() || bandwidth.outbound.is_some()).then_some(bandwidth))
 }
 
-fn parse_rate(element: &Element, context: &Context<'_>) -> Result<Rate, Error> {
+fn parse_rate(element: &Element, inbound: bool, context: &Context<'_>) -> Result<Rate, Error> {
     if let Some(child) = element.children.first() {
         return Err(context.unsupported(
             format!("element <{}> inside <{}>", child.name, element.name),
             child.line,
         ));
     }
-    let mut average = None;
-    let mut rate = Rate::default();
-    for (key, value) in &element.attrs {
-        let slot = match key.as_str() {
-            "average" => &mut average,
-            "peak" => &mut rate.peak,
-            "burst" => &mut rate.burst,
-            "floor" => {
-                return Err(match context {
-                    Context::Network(_) => {
-                        invalid("floor attribute is not supported for this config")
-                    }
-                    Context::Port => context.unsupported(
-                        format!("attribute 'floor' on <{}>", element.name),
-                        element.line,
-                    ),
-                });
-            }
-            _ => {
-                return Err(context.unsupported(
-                    format!("attribute '{key}' on <{}>", element.name),
-                    element.line,
-                ));
-            }
-        };
-        *slot = Some(kilo_units(value, key, &element.name)?);
+    if let Some((key, _)) = element
+        .attrs
+        .iter()
+        .find(|(key, _)| !["average", "peak", "burst", "floor"].contains(&key.as_str()))
+    {
+        return Err(context.unsupported(
+            format!("attribute '{key}' on <{}>", element.name),
+            element.line,
+        ));
     }
-    let Some(average) = average else {
-        return Err(invalid("Missing mandatory average or floor attributes"));
+    // In libvirt's order, which decides the message for a rate with several faults.
+    let number = |attr: &str| {
+        element
+            .attr(attr)
+            .map(|value| kilo_units(value, attr))
+            .transpose()
     };
-    rate.average = average;
-    Ok(rate)
+    let average = number("average")?;
+    let has = |attr: &str| element.attr(attr).is_some();
+    if average.is_none() && !has("floor") {
+        return Err(invalid("Missing mandatory average or floor attributes"));
+    }
+    if (has("peak") || has("burst")) && average.is_none() {
+        return Err(invalid("'peak' and 'burst' require 'average' attribute"));
+    }
+    let (peak, burst, floor) = (number("peak")?, number("burst")?, number("floor")?);
+    // A floor of 0 guarantees nothing, and libvirt takes it as none.
+    if floor.is_some_and(|floor| floor > 0) {
+        return Err(match context {
+            _ if !inbound => invalid("'floor' attribute allowed only in <inbound> element"),
+            Context::Network(_) => invalid("floor attribute is not supported for this config"),
+            Context::Port => context.unsupported(
+                format!("attribute 'floor' on <{}>", element.name),
+                element.line,
+            ),
+        });
+    }
+    Ok(Rate {
+        average: average.unwrap_or(0),
+        peak,
+        burst,
+    })
 }
 
-/// A non-negative decimal, as libvirt's `virXMLPropULongLong` reads it, small enough
+/// A non-negative decimal, as libvirt 9.0 reads one (`virStrToLong_ullp`), small enough
 /// that it still fits 64 bits once multiplied into bytes.
-fn kilo_units(value: &str, attr: &str, element: &str) -> Result<u64, Error> {
-    let refused = || {
+fn kilo_units(value: &str, attr: &str) -> Result<u64, Error> {
+    let number: u64 = value.trim().parse().map_err(|_| {
         invalid(format!(
-            "Invalid value for attribute '{attr}' in element '{element}': '{value}'. Expected non-negative integer value"
+            "could not convert bandwidth {attr} value '{value}'"
         ))
-    };
-    let number: u64 = value.trim().parse().map_err(|_| refused())?;
+    })?;
     if number.checked_mul(1024).is_none() {
-        return Err(refused());
+        return Err(invalid(format!(
+            "bandwidth {attr} value '{value}' is too large: it must be below 2^54"
+        )));
     }
     Ok(number)
 }

@@ -386,7 +386,7 @@ impl Parser {
                 ));
             }
             let context = super::bandwidth::Context::Network(&self.network);
-            def.bandwidth = Some(super::bandwidth::parse(element, &context)?);
+            def.bandwidth = super::bandwidth::parse(element, &context)?;
         }
         for element in ips {
             def.ips.push(self.ip_def(element)?);
@@ -434,9 +434,10 @@ impl Parser {
             name: name.to_owned(),
             default,
             trust_guest_rx_filters: super::tristate(element, "trustGuestRxFilters")?,
-            bandwidth: bandwidth
-                .map(|element| super::bandwidth::parse(element, &context))
-                .transpose()?,
+            bandwidth: match bandwidth {
+                Some(element) => super::bandwidth::parse(element, &context)?,
+                None => None,
+            },
         })
     }
 

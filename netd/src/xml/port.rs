@@ -339,9 +339,10 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
         Some(element) => parse_isolated(element)?,
         None => None,
     };
-    let bandwidth = bandwidth
-        .map(|element| bandwidth::parse(element, &bandwidth::Context::Port))
-        .transpose()?;
+    let bandwidth = match bandwidth {
+        Some(element) => bandwidth::parse(element, &bandwidth::Context::Port)?,
+        None => None,
+    };
     let plug = match plug {
         Some(element) => parse_plug(element)?,
         None => None,

@@ -2128,17 +2128,25 @@ fn bandwidth_round_trips_in_libvirts_place_and_form() {
 }
 
 #[test]
-fn bandwidth_errors_are_libvirts() {
+fn bandwidth_errors_are_libvirt_9s() {
     let net =
         |body: &str| format!("<network><name>x</name><bandwidth>{body}</bandwidth></network>");
     let cases: &[(String, &str)] = &[
         (
-            net("<inbound peak='5'/>"),
+            net("<inbound peak='x'/>"),
             "Missing mandatory average or floor attributes",
         ),
         (
-            net("<outbound average='1' floor='5'/>"),
+            net("<inbound floor='0' burst='5'/>"),
+            "'peak' and 'burst' require 'average' attribute",
+        ),
+        (
+            net("<inbound average='1' floor='5'/>"),
             "floor attribute is not supported for this config",
+        ),
+        (
+            net("<outbound average='1' floor='5'/>"),
+            "'floor' attribute allowed only in <inbound> element",
         ),
         (
             "<network><name>x</name><bandwidth classID='3'/></network>".to_string(),
@@ -2146,20 +2154,35 @@ fn bandwidth_errors_are_libvirts() {
         ),
         (
             net("<inbound average='-1'/>"),
-            "Invalid value for attribute 'average' in element 'inbound': '-1'. Expected non-negative integer value",
+            "could not convert bandwidth average value '-1'",
+        ),
+        (
+            net("<outbound average='1' peak='2' burst='1k'/>"),
+            "could not convert bandwidth burst value '1k'",
         ),
         (
             net("<inbound average='1' burst='18446744073709551615'/>"),
-            "Invalid value for attribute 'burst' in element 'inbound': '18446744073709551615'. Expected non-negative integer value",
+            "bandwidth burst value '18446744073709551615' is too large: it must be below 2^54",
         ),
         (
             net("<inbound average='1'/><inbound average='2'/>"),
-            "duplicate element <inbound> inside <bandwidth> (line 1)",
+            "Only one child <inbound> element allowed",
         ),
     ];
     for (xml, expected) in cases {
         assert_eq!(parse_err(xml), *expected, "{xml}");
     }
+    // A floor of 0 is no floor; an empty <bandwidth> is dropped, as libvirt drops it.
+    let def = parse(&net("<inbound average='5' floor='0'/>"));
+    assert_eq!(
+        def.bandwidth.and_then(|b| b.inbound),
+        Some(Rate {
+            average: 5,
+            peak: None,
+            burst: None
+        })
+    );
+    assert_eq!(parse(&net("")).bandwidth, None);
 }
 
 #[test]
