@@ -87,8 +87,14 @@ fn network_xml(rng: &mut Rng, name: &str) -> String {
     } else {
         String::new()
     };
+    // Some are shaped, which gives their bridge an IFB device when outbound is limited.
+    let bandwidth = match rng.below(4) {
+        0 => "<bandwidth><inbound average='1000'/><outbound average='500'/></bandwidth>",
+        1 => "<bandwidth><outbound average='200' burst='64'/></bandwidth>",
+        _ => "",
+    };
     format!(
-        "<network><name>{name}</name>{bridge}{mode}\
+        "<network><name>{name}</name>{bridge}{mode}{bandwidth}\
          <ip address='10.77.{octet}.1' prefix='24'>{dhcp}</ip>{ipv6}</network>"
     )
 }
@@ -122,10 +128,15 @@ fn random_op(rng: &mut Rng, dir: &Path, tag: &str) -> Vec<String> {
             let uuid = format!("5e1f0000-0000-4000-8000-00000000000{slot}");
             if rng.chance(60) {
                 let path = dir.join(format!("{tag}-port.xml"));
+                let bandwidth = if rng.chance(50) {
+                    "<bandwidth><outbound average='100'/></bandwidth>"
+                } else {
+                    ""
+                };
                 let xml = format!(
                     "<networkport><uuid>{uuid}</uuid><owner><name>guest{slot}</name>\
                      <uuid>5e1f0000-0000-4000-8000-0000000000f{slot}</uuid></owner>\
-                     <mac address='52:54:00:5e:00:0{slot}'/></networkport>"
+                     <mac address='52:54:00:5e:00:0{slot}'/>{bandwidth}</networkport>"
                 );
                 std::fs::write(&path, xml).expect("write port xml");
                 vec!["net-port-create".into(), name, path.display().to_string()]
@@ -328,6 +339,9 @@ struct Snapshot {
     config_files: BTreeMap<String, String>,
     /// Taps in the namespace -> (up, the bridge it is plugged into).
     taps: BTreeMap<String, (bool, Option<String>)>,
+    /// kvnet's IFB devices (by their alias) -> whether the device whose ingress each
+    /// shapes (by the ifindex in its name) exists.
+    ifbs: BTreeMap<String, bool>,
 }
 
 fn dir_files(dir: &Path) -> BTreeMap<String, String> {
@@ -424,6 +438,26 @@ fn snapshot(daemon: &Daemon) -> Snapshot {
             Some((name, (common::is_up(link), master)))
         })
         .collect();
+    let all_links = daemon.ip_json("-d link show");
+    let all_links = all_links.as_array().cloned().unwrap_or_default();
+    let indexes: BTreeSet<u64> = all_links
+        .iter()
+        .filter_map(|link| link["ifindex"].as_u64())
+        .collect();
+    let ifbs = all_links
+        .iter()
+        .filter(|link| {
+            link["linkinfo"]["info_kind"] == "ifb"
+                && link["ifalias"]
+                    .as_str()
+                    .is_some_and(|alias| alias.starts_with("kvnet: "))
+        })
+        .filter_map(|link| {
+            let name = link["ifname"].as_str()?.to_owned();
+            let owner = name.strip_prefix("kvifb")?.parse::<u64>().ok()?;
+            Some((name, indexes.contains(&owner)))
+        })
+        .collect();
     let networks_dir = daemon.config_dir().join("networks");
     let mut config_files = dir_files(&networks_dir);
     for (name, content) in dir_files(&networks_dir.join("autostart")) {
@@ -439,6 +473,7 @@ fn snapshot(daemon: &Daemon) -> Snapshot {
         state_files: dir_files(&daemon.state_dir().join("networks")),
         config_files,
         taps,
+        ifbs,
     }
 }
 
@@ -459,13 +494,14 @@ fn quiet(daemon: &Daemon) -> Snapshot {
 /// The product rule: every side agrees, nothing is orphaned.
 fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
     eprintln!(
-        "{when}: {} networks, bridges {:?}, DNS on {:?}, DHCP on {:?}, DHCPv6 on {:?}, taps {:?}",
+        "{when}: {} networks, bridges {:?}, DNS on {:?}, DHCP on {:?}, DHCPv6 on {:?}, taps {:?}, ifbs {:?}",
         snap.listed.len(),
         snap.bridges.keys().collect::<Vec<_>>(),
         snap.dns_listeners,
         snap.dhcp_listeners,
         snap.dhcp6_listeners,
-        snap.taps
+        snap.taps,
+        snap.ifbs.keys().collect::<Vec<_>>()
     );
     let mut problems = Vec::new();
     let active: BTreeMap<&str, &str> = snap
@@ -672,6 +708,12 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
         problems.push(format!(
             "autostart links {links:?}, autostart networks {autostart:?}"
         ));
+    }
+    // A shaped bridge's or tap's IFB goes with it.
+    for (ifb, owner_exists) in &snap.ifbs {
+        if !owner_exists {
+            problems.push(format!("ifb device {ifb} outlived the device it shaped"));
+        }
     }
     for name in snap.listed.keys() {
         if !active_names.contains(name.as_str()) && !persistent.contains(name.as_str()) {
