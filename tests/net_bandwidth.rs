@@ -250,9 +250,14 @@ fn the_ifb_of_a_vmms_shaped_port_goes_when_the_vmm_lets_go_of_its_tap() {
     let (kinds, _) = qdiscs(&daemon, &port.tap);
     assert!(!kinds.iter().any(|kind| kind == "htb"), "{kinds:?}");
 
+    // The VMM exits: its tap goes, and its IFB follows without anyone asking the daemon.
     drop(tap);
-    assert_eq!(client.ports("default").expect("ports"), []);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while link_exists(&daemon, &ifb) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(!link_exists(&daemon, &ifb), "{}", daemon.log());
+    assert_eq!(client.ports("default").expect("ports"), []);
 }
 
 /// A `<networkport>` for a guest with MAC `52:54:00:00:01:NN`, with `extra` after the

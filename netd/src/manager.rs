@@ -355,6 +355,13 @@ impl Manager {
             resolv_conf: config.resolv_conf,
             events: Events::new(),
         };
+        // Before adopting: the IFBs of links deleted from here on go at once.
+        if let Err(e) = manager.link.follow_deletions() {
+            warn!(
+                "shaped taps' ifb devices will wait for the next port request: {}",
+                error_chain(&e)
+            );
+        }
         manager.load_configs().await?;
         manager.adopt_running().await?;
         manager.forget_orphan_leases().await?;

@@ -19,12 +19,13 @@
 use std::collections::BTreeMap;
 
 use futures::StreamExt;
-use netlink_packet_route::link::InfoKind;
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo as NlLinkInfo};
 use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcOption};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::packet_core::{
     DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
+use rtnetlink::sys::AsyncSocket;
 use rtnetlink::{LinkMessageBuilder, LinkUnspec};
 
 use super::netlink::{errno, failed};
@@ -104,6 +105,8 @@ const QUEUE_TIME_MS: u64 = 100;
 const MIN_QUEUE_BYTES: u64 = 10 * 1_514;
 /// `TCA_OPTIONS`, which for a FIFO is a bare `struct tc_fifo_qopt`, not nested attributes.
 const TCA_OPTIONS: u16 = 2;
+/// `RTMGRP_LINK`: the multicast group of link notifications.
+const RTMGRP_LINK: u32 = 0x1;
 /// `ETH_P_ALL`: filters match every protocol.
 const ETH_P_ALL: u16 = 0x0003;
 
@@ -276,6 +279,46 @@ impl Link {
             Some(link) if is_ours(&link) => self.delete_index(link.index, &ifb).await.map(drop),
             _ => Ok(()),
         }
+    }
+
+    /// Follows the kernel's link deletions from now on and deletes the IFB device of each
+    /// tap or bridge that goes: a VMM's tap goes when the VMM exits, and nobody asks the
+    /// daemon anything then. Notifications lost to a full socket leave the IFB to
+    /// [`Link::delete_orphan_ifbs`].
+    pub fn follow_deletions(&self) -> Result<(), Error> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| Error::Connect(std::io::Error::other(e)))?;
+        let (mut connection, _, mut notifications) =
+            rtnetlink::new_connection().map_err(Error::Connect)?;
+        connection
+            .socket_mut()
+            .socket_mut()
+            .bind(&rtnetlink::sys::SocketAddr::new(0, RTMGRP_LINK))
+            .map_err(Error::Connect)?;
+        runtime.spawn(connection);
+        let link = self.clone();
+        runtime.spawn(async move {
+            while let Some((notification, _)) = notifications.next().await {
+                let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(gone)) =
+                    notification.payload
+                else {
+                    continue;
+                };
+                // Only taps and bridges are shaped: no lookup for the IFBs themselves.
+                let shapeable = gone.attributes.iter().any(|attr| {
+                    matches!(attr, LinkAttribute::LinkInfo(infos) if infos.iter().any(|info| {
+                        matches!(info, NlLinkInfo::Kind(InfoKind::Tun | InfoKind::Bridge))
+                    }))
+                });
+                if shapeable && let Err(e) = link.delete_ifb_of(gone.header.index).await {
+                    tracing::warn!(
+                        index = gone.header.index,
+                        "deleting the ifb device of a link that went: {e}"
+                    );
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Deletes the IFB devices of ours whose device is gone from `links` (a dump of every
