@@ -278,7 +278,7 @@ fn ports_take_the_limits_of_their_portgroup_or_the_default_one() {
         return;
     }
     let daemon = Daemon::without_default_network();
-    let groups = "  <portgroup name='engineering' default='yes'>\n    <bandwidth>\n      <inbound average='1000'/>\n    </bandwidth>\n  </portgroup>\n  <portgroup name='sales'>\n    <bandwidth>\n      <inbound average='250'/>\n    </bandwidth>\n  </portgroup>\n";
+    let groups = "  <portgroup name='engineering' default='yes'>\n    <bandwidth>\n      <inbound average='1000'/>\n    </bandwidth>\n  </portgroup>\n  <portgroup name='sales'>\n    <bandwidth>\n      <inbound average='250'/>\n      <outbound average='125'/>\n    </bandwidth>\n  </portgroup>\n";
     let xml = network_xml("").replace("</network>", &format!("{groups}</network>"));
     let file = xml_file(daemon.dirs.path(), "groups.xml", &xml);
     daemon.ok(&["net-define", file.to_str().expect("utf-8")]);
@@ -301,10 +301,12 @@ fn ports_take_the_limits_of_their_portgroup_or_the_default_one() {
     // A named group's; a port's own limits win over its group's.
     let sales = create("sales.xml", 2, "<group>sales</group>");
     assert!(htb_class(&daemon.ns, "vnet1").contains(" rate 2Mbit "));
+    let sales_ifb = format!("kvifb{}", ifindex(&daemon, "vnet1"));
+    assert!(htb_class(&daemon.ns, &sales_ifb).contains(" rate 1Mbit "));
+    let sales_xml = daemon.ok(&["net-port-dumpxml", "shaped", &sales]);
     assert!(
-        daemon
-            .ok(&["net-port-dumpxml", "shaped", &sales])
-            .contains("  <group>sales</group>\n")
+        sales_xml.contains("  <group>sales</group>\n"),
+        "{sales_xml}"
     );
     create(
         "own.xml",
@@ -333,4 +335,20 @@ fn ports_take_the_limits_of_their_portgroup_or_the_default_one() {
     ]);
     create("marketing.xml", 5, "<group>marketing</group>");
     assert!(htb_class(&daemon.ns, "vnet3").contains(" rate 4Mbit "));
+
+    // A port keeps what it took from its group when the group changes, as libvirt's do.
+    daemon.ok(&[
+        "net-update",
+        "shaped",
+        "modify",
+        "portgroup",
+        "<portgroup name='sales'><bandwidth><inbound average='500'/></bandwidth></portgroup>",
+        "--live",
+    ]);
+    assert!(htb_class(&daemon.ns, "vnet1").contains(" rate 2Mbit "));
+    assert!(htb_class(&daemon.ns, &sales_ifb).contains(" rate 1Mbit "));
+    assert_eq!(
+        daemon.ok(&["net-port-dumpxml", "shaped", &sales]),
+        sales_xml
+    );
 }

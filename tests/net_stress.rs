@@ -339,9 +339,9 @@ struct Snapshot {
     config_files: BTreeMap<String, String>,
     /// Taps in the namespace -> (up, the bridge it is plugged into).
     taps: BTreeMap<String, (bool, Option<String>)>,
-    /// kvnet's IFB devices (by their alias) -> whether the device whose ingress each
-    /// shapes (by the ifindex in its name) exists.
-    ifbs: BTreeMap<String, bool>,
+    /// IFB devices named as kvnet names them -> (whether they carry kvnet's alias,
+    /// whether the device whose ingress each shapes, by the ifindex in its name, exists).
+    ifbs: BTreeMap<String, (bool, bool)>,
 }
 
 fn dir_files(dir: &Path) -> BTreeMap<String, String> {
@@ -446,16 +446,14 @@ fn snapshot(daemon: &Daemon) -> Snapshot {
         .collect();
     let ifbs = all_links
         .iter()
-        .filter(|link| {
-            link["linkinfo"]["info_kind"] == "ifb"
-                && link["ifalias"]
-                    .as_str()
-                    .is_some_and(|alias| alias.starts_with("kvnet: "))
-        })
+        .filter(|link| link["linkinfo"]["info_kind"] == "ifb")
         .filter_map(|link| {
             let name = link["ifname"].as_str()?.to_owned();
             let owner = name.strip_prefix("kvifb")?.parse::<u64>().ok()?;
-            Some((name, indexes.contains(&owner)))
+            let marked = link["ifalias"]
+                .as_str()
+                .is_some_and(|alias| alias.starts_with("kvnet: "));
+            Some((name, (marked, indexes.contains(&owner))))
         })
         .collect();
     let networks_dir = daemon.config_dir().join("networks");
@@ -710,9 +708,12 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
         ));
     }
     // A shaped bridge's or tap's IFB goes with it.
-    for (ifb, owner_exists) in &snap.ifbs {
+    for (ifb, (marked, owner_exists)) in &snap.ifbs {
         if !owner_exists {
             problems.push(format!("ifb device {ifb} outlived the device it shaped"));
+        }
+        if !marked {
+            problems.push(format!("ifb device {ifb} lacks kvnet's alias"));
         }
     }
     for name in snap.listed.keys() {

@@ -744,11 +744,13 @@ fn failed_shaping_leaves_nothing_and_orphan_ifbs_are_swept() {
         "ip link del {squatter} && ip link add {squatter} type ifb"
     ))
     .expect("live ifb");
-    // Ours by name and alias (its device, 99999, is gone); one without kvnet's alias and
-    // one of another name are someone else's.
+    // Ours by name and alias (its device, 99999, is gone), or by name, down and without
+    // an alias (a crash before it came up); one up without kvnet's alias and one of
+    // another name are someone else's.
     ns.sh(
         "ip link add kvifb99999 type ifb && ip link set kvifb99999 alias 'kvnet: shapes the ingress of gone0' \
-         && ip link add kvifb88888 type ifb && ip link add ifb7 type ifb",
+         && ip link add kvifb77777 type ifb \
+         && ip link add kvifb88888 type ifb && ip link set kvifb88888 up && ip link add ifb7 type ifb",
     )
     .expect("ifbs");
     let swept = block_on_in(&ns, || async {
@@ -756,11 +758,43 @@ fn failed_shaping_leaves_nothing_and_orphan_ifbs_are_swept() {
         let links = link.links_by_index().await.expect("dump");
         link.delete_orphan_ifbs(&links).await.expect("sweep")
     });
-    assert_eq!(swept, ["kvifb99999"]);
+    assert_eq!(swept, ["kvifb99999", "kvifb77777"]);
     for kept in [squatter.as_str(), "kvifb88888", "ifb7"] {
         assert!(
             ns.sh(&format!("ip link show {kept}")).is_ok(),
             "{kept} kept"
         );
     }
+}
+
+#[test]
+fn the_deletion_filter_passes_link_deletions_only() {
+    let Some(ns) = netns("link-dellink") else {
+        return;
+    };
+    let types = ns
+        .run(|| {
+            use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+            let mut socket = Socket::new(NETLINK_ROUTE).expect("netlink socket");
+            socket.bind(&SocketAddr::new(0, 0x1)).expect("join RTMGRP_LINK");
+            socket2::SockRef::from(&socket)
+                .attach_filter(&super::shaping::deletions_only())
+                .expect("filter");
+            // New, up, down and deleted: four or more notifications, one deletion.
+            testkit::run_checked(std::process::Command::new("sh").args([
+                "-c",
+                "ip link add kvdl0 type bridge && ip link set kvdl0 up && ip link set kvdl0 down && ip link del kvdl0",
+            ]))
+            .expect("link changes");
+            socket.set_non_blocking(true).expect("non-blocking");
+            let mut types = Vec::new();
+            let mut buffer = vec![0u8; 65536];
+            while let Ok(len) = socket.recv(&mut &mut buffer[..], 0) {
+                assert!(len >= 16, "short message");
+                types.push(u16::from_ne_bytes([buffer[4], buffer[5]]));
+            }
+            types
+        })
+        .expect("run in netns");
+    assert_eq!(types, [17], "only RTM_DELLINK");
 }

@@ -27,6 +27,7 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::sys::AsyncSocket;
 use rtnetlink::{LinkMessageBuilder, LinkUnspec};
+use socket2::SockFilter;
 
 use super::netlink::{errno, failed};
 use super::{Error, Link, LinkInfo, Op, sysctl};
@@ -107,6 +108,31 @@ const MIN_QUEUE_BYTES: u64 = 10 * 1_514;
 const TCA_OPTIONS: u16 = 2;
 /// `RTMGRP_LINK`: the multicast group of link notifications.
 const RTMGRP_LINK: u32 = 0x1;
+/// `RTM_DELLINK`: a link notification saying a link was deleted.
+const RTM_DELLINK: u16 = 17;
+
+/// The kernel's socket filter for link notifications: keep `RTM_DELLINK`, drop the rest
+/// before it is queued. The filter sees the `nlmsghdr` at offset 0, its type at 4 in host
+/// byte order, which a classic BPF half-word load reads as big-endian.
+pub(super) fn deletions_only() -> [SockFilter; 4] {
+    use libc::{BPF_ABS, BPF_H, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET};
+    let dellink_as_loaded = u16::from_be_bytes(RTM_DELLINK.to_ne_bytes());
+    [
+        // ldh [4]: nlmsg_type
+        SockFilter::new((BPF_LD | BPF_H | BPF_ABS) as u16, 0, 0, 4),
+        // jeq RTM_DELLINK, next, skip one
+        SockFilter::new(
+            (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+            0,
+            1,
+            u32::from(dellink_as_loaded),
+        ),
+        // ret #-1: the whole message
+        SockFilter::new((BPF_RET | BPF_K) as u16, 0, 0, u32::MAX),
+        // ret #0: nothing
+        SockFilter::new((BPF_RET | BPF_K) as u16, 0, 0, 0),
+    ]
+}
 /// `ETH_P_ALL`: filters match every protocol.
 const ETH_P_ALL: u16 = 0x0003;
 
@@ -290,10 +316,14 @@ impl Link {
             .map_err(|e| Error::Connect(std::io::Error::other(e)))?;
         let (mut connection, _, mut notifications) =
             rtnetlink::new_connection().map_err(Error::Connect)?;
-        connection
-            .socket_mut()
-            .socket_mut()
+        let socket = connection.socket_mut().socket_mut();
+        socket
             .bind(&rtnetlink::sys::SocketAddr::new(0, RTMGRP_LINK))
+            .map_err(Error::Connect)?;
+        // Every bridge, tap and address change sends link notifications; only deletions
+        // may wake the daemon.
+        socket2::SockRef::from(&*socket)
+            .attach_filter(&deletions_only())
             .map_err(Error::Connect)?;
         runtime.spawn(connection);
         let link = self.clone();
@@ -322,15 +352,17 @@ impl Link {
     }
 
     /// Deletes the IFB devices of ours whose device is gone from `links` (a dump of every
-    /// link): a tap its VMM closed, a crash between deleting a device and its IFB. Returns
-    /// their names.
+    /// link): a tap its VMM closed, a crash between deleting a device and its IFB. One by
+    /// our name that is down and has no alias is ours too: a crash came between creating it
+    /// and bringing it up with its alias. Returns their names.
     pub async fn delete_orphan_ifbs(
         &self,
         links: &BTreeMap<u32, LinkInfo>,
     ) -> Result<Vec<String>, Error> {
         let mut deleted = Vec::new();
         for (index, link) in links {
-            if is_ours(link)
+            let half_made = link.kind.as_deref() == Some("ifb") && !link.up && link.alias.is_none();
+            if (is_ours(link) || half_made)
                 && let Some(owner) = ifb_owner(&link.name)
                 && !links.contains_key(&owner)
                 && self.delete_index(*index, &link.name).await?
@@ -380,6 +412,7 @@ impl Link {
         bucket: &TokenBucket,
     ) -> Result<(), Error> {
         let ifb = ifb_name(index);
+        // An IFB of that name without kvnet's alias is not ours: creation fails on it.
         let message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Ifb)
             .name(ifb.clone())
             .build();

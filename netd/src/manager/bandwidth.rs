@@ -20,7 +20,8 @@ pub(super) fn shaping_of(bandwidth: Option<&Bandwidth>) -> Shaping {
         ceil_burst: None,
     };
     let outbound = |rate: &Rate| {
-        // libvirt's cap: tc holds a burst in 32 bits.
+        // libvirt caps this default (not a burst given) as here: tc holds a burst in
+        // 32 bits of bytes.
         let default_burst = kibibytes(rate.average.min(u64::from(u32::MAX) / 1024));
         let burst = rate
             .burst
@@ -104,7 +105,7 @@ mod tests {
             (ingress.ceil, ingress.burst, ingress.ceil_burst),
             (800_000, Some(102_400), None)
         );
-        // libvirt's cap on the default burst: what 32 bits of bytes hold.
+        // The default burst is capped at what 32 bits of bytes hold, as libvirt caps it.
         let huge = Bandwidth {
             inbound: None,
             outbound: Some(rate(u64::MAX / 1024, None, None)),

@@ -152,9 +152,9 @@ impl Manager {
             && portgroup.is_none()
         {
             // libvirt quietly gives such a port nothing of any group.
-            return Err(Error::Xml(crate::xml::Error::Invalid(format!(
+            return Err(Error::OperationInvalid(format!(
                 "network '{name}' has no portgroup named '{group}'"
-            ))));
+            )));
         }
         // The group's limits are copied into the port, as libvirt's networkAllocatePort
         // does: they stay with it whatever becomes of the group.
@@ -216,15 +216,17 @@ impl Manager {
             persistent: !hand_over,
         };
         network.ports.insert(uuid, port.clone());
-        let mut recorded = self.save_ports(&name, &network.ports);
-        if recorded.is_ok()
-            && !hand_over
-            && let Err(e) = tap.set_persistent(true)
-        {
-            network.ports.remove(&uuid);
-            self.save_ports_or_warn(&name, &network.ports);
-            recorded = Err(failed(e));
-        }
+        let recorded = self.save_ports(&name, &network.ports).and_then(|()| {
+            if hand_over {
+                return Ok(());
+            }
+            tap.set_persistent(true).map_err(|e| {
+                // Recorded already: the record goes again.
+                network.ports.remove(&uuid);
+                self.save_ports_or_warn(&name, &network.ports);
+                failed(e)
+            })
+        });
         if let Err(e) = recorded {
             network.ports.remove(&uuid);
             // The tap goes when `tap` is dropped; its IFB would outlive it.

@@ -71,9 +71,27 @@ impl Context<'_> {
     }
 }
 
-/// Reads a `<bandwidth>` element, with libvirt 9.0's messages
-/// (`virNetDevBandwidthParse`). One with neither `<inbound>` nor `<outbound>` is `None`,
-/// as libvirt drops it.
+/// Which way a rate limits, as seen from the guests.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// Reads the `<bandwidth>` element, if there is one; see [`parse`].
+pub(crate) fn parse_optional(
+    element: Option<&Element>,
+    context: &Context<'_>,
+) -> Result<Option<Bandwidth>, Error> {
+    match element {
+        Some(element) => parse(element, context),
+        None => Ok(None),
+    }
+}
+
+/// Reads a `<bandwidth>` element, with libvirt 9.0's messages and in its order
+/// (`virNetDevBandwidthParse`: the children first, then inbound, then outbound). One with
+/// neither `<inbound>` nor `<outbound>` is `None`, as libvirt drops it.
 pub(crate) fn parse(element: &Element, context: &Context<'_>) -> Result<Option<Bandwidth>, Error> {
     if let Some((key, _)) = element.attrs.first() {
         return Err(match (key.as_str(), context) {
@@ -90,11 +108,11 @@ pub(crate) fn parse(element: &Element, context: &Context<'_>) -> Result<Option<B
             element.line
         )));
     }
-    let mut bandwidth = Bandwidth::default();
+    let (mut inbound, mut outbound) = (None, None);
     for child in &element.children {
-        let (slot, inbound) = match child.name.as_str() {
-            "inbound" => (&mut bandwidth.inbound, true),
-            "outbound" => (&mut bandwidth.outbound, false),
+        let slot = match child.name.as_str() {
+            "inbound" => &mut inbound,
+            "outbound" => &mut outbound,
             other => {
                 return Err(context
                     .unsupported(format!("element <{other}> inside <bandwidth>"), child.line));
@@ -106,12 +124,27 @@ pub(crate) fn parse(element: &Element, context: &Context<'_>) -> Result<Option<B
                 child.name
             )));
         }
-        *slot = Some(parse_rate(child, inbound, context)?);
+        *slot = Some(child);
     }
-    Ok((bandwidth.inbound.is_some() || bandwidth.outbound.is_some()).then_some(bandwidth))
+    if inbound.is_none() && outbound.is_none() {
+        return Ok(None);
+    }
+    let rate = |element: Option<&Element>, direction| {
+        element
+            .map(|element| parse_rate(element, direction, context))
+            .transpose()
+    };
+    Ok(Some(Bandwidth {
+        inbound: rate(inbound, Direction::Inbound)?,
+        outbound: rate(outbound, Direction::Outbound)?,
+    }))
 }
 
-fn parse_rate(element: &Element, inbound: bool, context: &Context<'_>) -> Result<Rate, Error> {
+fn parse_rate(
+    element: &Element,
+    direction: Direction,
+    context: &Context<'_>,
+) -> Result<Rate, Error> {
     if let Some(child) = element.children.first() {
         return Err(context.unsupported(
             format!("element <{}> inside <{}>", child.name, element.name),
@@ -132,7 +165,7 @@ fn parse_rate(element: &Element, inbound: bool, context: &Context<'_>) -> Result
     let number = |attr: &str| {
         element
             .attr(attr)
-            .map(|value| kilo_units(value, attr))
+            .map(|value| kilo_units(value, attr, &element.name))
             .transpose()
     };
     let average = number("average")?;
@@ -147,7 +180,9 @@ fn parse_rate(element: &Element, inbound: bool, context: &Context<'_>) -> Result
     // A floor of 0 guarantees nothing, and libvirt takes it as none.
     if floor.is_some_and(|floor| floor > 0) {
         return Err(match context {
-            _ if !inbound => invalid("'floor' attribute allowed only in <inbound> element"),
+            _ if direction == Direction::Outbound => {
+                invalid("'floor' attribute allowed only in <inbound> element")
+            }
             Context::Network(_) => invalid("floor attribute is not supported for this config"),
             Context::Port => context.unsupported(
                 format!("attribute 'floor' on <{}>", element.name),
@@ -162,17 +197,18 @@ fn parse_rate(element: &Element, inbound: bool, context: &Context<'_>) -> Result
     })
 }
 
-/// A non-negative decimal, as libvirt 9.0 reads one (`virStrToLong_ullp`), small enough
-/// that it still fits 64 bits once multiplied into bytes.
-fn kilo_units(value: &str, attr: &str) -> Result<u64, Error> {
-    let number: u64 = value.trim().parse().map_err(|_| {
+/// A non-negative decimal, as libvirt 9.0 reads one (`virStrToLong_ullp`: leading
+/// blanks are skipped, nothing may follow), small enough that it still fits 64 bits once
+/// multiplied into bytes.
+fn kilo_units(value: &str, attr: &str, element: &str) -> Result<u64, Error> {
+    let number: u64 = value.trim_start().parse().map_err(|_| {
         invalid(format!(
             "could not convert bandwidth {attr} value '{value}'"
         ))
     })?;
     if number.checked_mul(1024).is_none() {
         return Err(invalid(format!(
-            "bandwidth {attr} value '{value}' is too large: it must be below 2^54"
+            "bandwidth {attr} value '{value}' of <{element}> is too large: it must be below 2^54"
         )));
     }
     Ok(number)

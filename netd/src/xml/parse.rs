@@ -405,8 +405,10 @@ impl Parser {
     pub(super) fn portgroup(&self, element: &Element) -> Result<PortGroup, Error> {
         self.check_attrs(element, &["name", "default", "trustGuestRxFilters"])?;
         self.check_no_text(element)?;
+        // libvirt reads an empty name as none.
         let name = element
             .attr("name")
+            .filter(|name| !name.is_empty())
             .ok_or_else(|| invalid("Missing required name attribute in portgroup"))?;
         // libvirt takes `yes` in any case as yes and anything else as no; kvnet refuses
         // what is neither, rather than guess.
@@ -434,10 +436,7 @@ impl Parser {
             name: name.to_owned(),
             default,
             trust_guest_rx_filters: super::tristate(element, "trustGuestRxFilters")?,
-            bandwidth: match bandwidth {
-                Some(element) => super::bandwidth::parse(element, &context)?,
-                None => None,
-            },
+            bandwidth: super::bandwidth::parse_optional(bandwidth, &context)?,
         })
     }
 

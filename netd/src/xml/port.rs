@@ -331,18 +331,18 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
         _ => None,
     };
     let (owner_name, owner_uuid) = parse_owner(owner)?;
+    // libvirt reads an empty <group/> as none: the port joins the default group.
     let group = group
-        .map(|element| text_of(element).map(str::to_owned))
-        .transpose()?;
+        .map(text_of)
+        .transpose()?
+        .filter(|group| !group.is_empty())
+        .map(str::to_owned);
     let mac = parse_mac(mac)?;
     let isolated = match port {
         Some(element) => parse_isolated(element)?,
         None => None,
     };
-    let bandwidth = match bandwidth {
-        Some(element) => bandwidth::parse(element, &bandwidth::Context::Port)?,
-        None => None,
-    };
+    let bandwidth = bandwidth::parse_optional(bandwidth, &bandwidth::Context::Port)?;
     let plug = match plug {
         Some(element) => parse_plug(element)?,
         None => None,

@@ -541,6 +541,9 @@ fn a_group_is_kept_between_owner_and_mac() {
         "<group>webfront</group><mac address='52:54:00:00:00:01'/>",
     ));
     assert_eq!(parsed.group.as_deref(), Some("webfront"));
+    // libvirt reads an empty group as none: the port joins the default group.
+    let empty = parse(&with("<group/><mac address='52:54:00:00:00:01'/>"));
+    assert_eq!(empty.group, None);
     assert_eq!(
         parse_err(&with(
             "<group>a</group><group>b</group><mac address='52:54:00:00:00:01'/>"

@@ -2162,11 +2162,26 @@ fn bandwidth_errors_are_libvirt_9s() {
         ),
         (
             net("<inbound average='1' burst='18446744073709551615'/>"),
-            "bandwidth burst value '18446744073709551615' is too large: it must be below 2^54",
+            "bandwidth burst value '18446744073709551615' of <inbound> is too large: it must be below 2^54",
         ),
         (
             net("<inbound average='1'/><inbound average='2'/>"),
             "Only one child <inbound> element allowed",
+        ),
+        // libvirt looks at the children before it reads any rate.
+        (
+            net("<outbound average='x'/><inbound average='1'/><outbound average='2'/>"),
+            "Only one child <outbound> element allowed",
+        ),
+        // Then inbound before outbound.
+        (
+            net("<outbound average='y'/><inbound average='x'/>"),
+            "could not convert bandwidth average value 'x'",
+        ),
+        // Leading blanks are read past, trailing ones are not.
+        (
+            net("<inbound average='5 '/>"),
+            "could not convert bandwidth average value '5 '",
         ),
     ];
     for (xml, expected) in cases {
@@ -2215,6 +2230,10 @@ fn portgroups_round_trip_last_with_libvirts_checks() {
         ),
         (
             "<network><name>x</name><portgroup/></network>",
+            "Missing required name attribute in portgroup",
+        ),
+        (
+            "<network><name>x</name><portgroup name=''/></network>",
             "Missing required name attribute in portgroup",
         ),
         (
