@@ -606,7 +606,7 @@ impl Manager {
     }
 
     /// Deletes the IFB devices left by ports whose tap is gone; see
-    /// [`Link::delete_orphan_ifbs`].
+    /// [`crate::link::Link::delete_orphan_ifbs`].
     pub(super) async fn delete_orphan_ifbs(&self) {
         let swept = match self.link.links_by_index().await {
             Ok(links) => self.link.delete_orphan_ifbs(&links).await,
