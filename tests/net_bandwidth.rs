@@ -19,6 +19,17 @@ fn network_xml(bandwidth: &str) -> String {
 
 const NETWORK_BANDWIDTH: &str = "  <bandwidth>\n    <inbound average='1000' peak='2000' burst='64'/>\n    <outbound average='500'/>\n  </bandwidth>\n";
 
+/// Defines and starts `shaped`, limited by [`NETWORK_BANDWIDTH`].
+fn start_shaped(daemon: &Daemon) {
+    let file = xml_file(
+        daemon.dirs.path(),
+        "shaped.xml",
+        &network_xml(NETWORK_BANDWIDTH),
+    );
+    daemon.ok(&["net-define", file.to_str().expect("utf-8 path")]);
+    daemon.ok(&["net-start", "shaped"]);
+}
+
 fn ifindex(daemon: &Daemon, name: &str) -> u64 {
     daemon.ip_json(&format!("link show dev {name}"))[0]["ifindex"]
         .as_u64()
@@ -63,13 +74,7 @@ fn a_networks_bandwidth_shapes_its_bridge_both_ways_and_goes_with_it() {
         return;
     }
     let daemon = Daemon::without_default_network();
-    let file = xml_file(
-        daemon.dirs.path(),
-        "shaped.xml",
-        &network_xml(NETWORK_BANDWIDTH),
-    );
-    daemon.ok(&["net-define", file.to_str().expect("utf-8 path")]);
-    daemon.ok(&["net-start", "shaped"]);
+    start_shaped(&daemon);
     assert!(
         daemon
             .ok(&["net-dumpxml", "shaped"])
@@ -202,13 +207,7 @@ fn ifb_devices_left_by_a_crash_are_deleted_when_the_daemon_comes_back() {
         return;
     }
     let mut daemon = Daemon::without_default_network();
-    let file = xml_file(
-        daemon.dirs.path(),
-        "shaped.xml",
-        &network_xml(NETWORK_BANDWIDTH),
-    );
-    daemon.ok(&["net-define", file.to_str().expect("utf-8 path")]);
-    daemon.ok(&["net-start", "shaped"]);
+    start_shaped(&daemon);
     let ifb = format!("kvifb{}", ifindex(&daemon, "virbr9"));
     daemon.kill9();
     // The bridge vanishes while the daemon is away; its IFB does not.
