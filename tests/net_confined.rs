@@ -54,6 +54,7 @@ fn effective_capabilities(pid: u32) -> u64 {
 const PORT_XML: &str = "<networkport>
   <owner><name>confined</name><uuid>0ab5e2c4-5c1d-4f49-9f53-6b4f0a8f7e21</uuid></owner>
   <mac address='52:54:00:c0:ff:01'/>
+  <bandwidth><inbound average='1000'/><outbound average='500'/></bandwidth>
 </networkport>
 ";
 
@@ -93,9 +94,13 @@ fn kvnetd_serves_its_networks_with_only_the_units_capabilities() {
     common::wait_for_forwarding(&daemon, "vg0");
     let bound = common::udhcpc_lease(&daemon, &guest, "conf1");
     assert!(bound.ip.starts_with("192.168.122."), "{bound:?}");
-    // A port: a tap made, given to its owner and plugged in.
+    // A port: a tap made, given to its owner, plugged in and shaped (tc, and an IFB device
+    // with its IPv6 sysctl).
     let client = Client::new(daemon.socket());
     let port = client.create_port("default", PORT_XML).expect("port");
+    assert!(testkit::htb_class(&daemon.ns, &port.tap).contains(" rate 8Mbit "));
+    let ifbs = daemon.ns.sh("ip -br link show type ifb").expect("ip link");
+    assert!(ifbs.contains("kvifb"), "{ifbs}");
     // A restart of the network, and of the daemon, which adopts it.
     daemon.ok(&["net-destroy", "default"]);
     daemon.ok(&["net-start", "default"]);
