@@ -193,7 +193,7 @@ fn exchange_with_upstream(restart_network: bool) {
     config.serial = SerialSink::Buffer(serial.clone());
     config.net = vec![
         format!(
-            "network=e2e,socket={},mac={GUEST_MAC}",
+            "network=e2e,socket={},mac={GUEST_MAC},inbound=1000,outbound=500",
             daemon.socket().display()
         )
         .parse()
@@ -208,6 +208,13 @@ fn exchange_with_upstream(restart_network: bool) {
         (ports[0].owner.as_str(), ports[0].mac.as_str()),
         ("e2e-guest", GUEST_MAC)
     );
+    // The NIC's limits, on its tap: what the guest receives on the tap's egress, what it
+    // sends through the tap's IFB device.
+    assert!(testkit::htb_class(&daemon.ns, &ports[0].tap).contains(" rate 8Mbit "));
+    let tap_index = daemon.ip_json(&format!("link show dev {}", ports[0].tap))[0]["ifindex"]
+        .as_u64()
+        .expect("tap ifindex");
+    assert!(testkit::htb_class(&daemon.ns, &format!("kvifb{tap_index}")).contains(" rate 4Mbit "));
     if restart_network {
         daemon.ok(&["net-destroy", "e2e"]);
         daemon.ok(&["net-start", "e2e"]);

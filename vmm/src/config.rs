@@ -187,7 +187,9 @@ pub struct Cli {
     /// tap=NAME, plus optional mac=52:54:00:xx:xx:xx and mtu=M. Repeatable.
     /// network=NAME[,socket=PATH] instead asks kvnetd for a new port on that network:
     /// a tap on its bridge, handed over kvnetd's socket ($KVNET_SOCKET, else
-    /// /run/kvnet/kvnetd.sock), which lasts as long as the VM.
+    /// /run/kvnet/kvnetd.sock), which lasts as long as the VM; group=NAME joins one of the
+    /// network's portgroups, and inbound= / outbound=AVERAGE[:PEAK[:BURST]] (kB/s, KiB)
+    /// limit the guest's traffic as libvirt's <bandwidth> does.
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
     /// The VM's name, as kvnetd's port list shows it [default: kvnet-vmm-PID].
@@ -328,7 +330,7 @@ mod tests {
             Some(ConfigError::Net {
                 spec: "fd=3".into(),
                 reason:
-                    "unknown --net key \"fd\" (expected network, socket, tap-fd, tap, mac or mtu)"
+                    "unknown --net key \"fd\" (expected network, socket, group, inbound, outbound, tap-fd, tap, mac or mtu)"
                         .into()
             })
         );

@@ -217,14 +217,26 @@ pub enum NetConfigError {
     #[error("invalid tap-fd {0:?}")]
     TapFd(String),
     /// A key the option does not know.
-    #[error("unknown --net key {0:?} (expected network, socket, tap-fd, tap, mac or mtu)")]
+    #[error(
+        "unknown --net key {0:?} (expected network, socket, group, inbound, outbound, tap-fd, tap, mac or mtu)"
+    )]
     UnknownKey(String),
+    /// An `inbound=` or `outbound=` that is not `AVERAGE[:PEAK[:BURST]]`.
+    #[error(
+        "invalid --net {key}={value:?}: expected AVERAGE[:PEAK[:BURST]], in kB/s and KiB as libvirt's <bandwidth>"
+    )]
+    Rate {
+        /// `inbound` or `outbound`.
+        key: &'static str,
+        /// What was given.
+        value: String,
+    },
     /// Not exactly one of network, tap-fd and tap.
     #[error("--net needs exactly one of network=NAME, tap-fd=N or tap=NAME")]
     Backend,
-    /// `socket=` without `network=`.
-    #[error("--net socket=PATH only goes with network=NAME")]
-    SocketWithoutNetwork,
+    /// `socket=`, `group=`, `inbound=` or `outbound=` without `network=`.
+    #[error("--net {0} only goes with network=NAME")]
+    WithoutNetwork(&'static str),
     /// `network=` or `socket=` with nothing after it.
     #[error("--net {0}= needs a value")]
     Empty(&'static str),
@@ -257,7 +269,41 @@ pub enum TapSource {
         network: String,
         /// kvnetd's socket; `KVNET_SOCKET` or the default when absent.
         socket: Option<PathBuf>,
+        /// What the port asks for besides the guest's MAC.
+        port: PortRequest,
     },
+}
+
+/// What a NIC's port asks of its network (`group=`, `inbound=`, `outbound=`): the port's
+/// `<group>` and `<bandwidth>`, which kvnetd applies to the tap as for any port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortRequest {
+    /// The network's `<portgroup>` to join; none joins the default group, if any.
+    pub group: Option<String>,
+    /// Limits on the guest's traffic; none takes its group's.
+    pub bandwidth: Option<netd::xml::Bandwidth>,
+}
+
+/// `AVERAGE[:PEAK[:BURST]]`: a rate as libvirt's `<inbound>` or `<outbound>` gives it.
+fn parse_rate(key: &'static str, value: &str) -> Result<netd::xml::Rate, NetConfigError> {
+    let bad = || NetConfigError::Rate {
+        key,
+        value: value.to_owned(),
+    };
+    let mut fields = value
+        .split(':')
+        .map(|field| field.parse::<u64>().map_err(|_| bad()));
+    let average = fields.next().ok_or_else(bad)??;
+    let peak = fields.next().transpose()?;
+    let burst = fields.next().transpose()?;
+    if fields.next().is_some() || average == 0 {
+        return Err(bad());
+    }
+    Ok(netd::xml::Rate {
+        average,
+        peak,
+        burst,
+    })
 }
 
 /// One `--net` option: `network=NAME[,socket=PATH]`, `tap-fd=N` or `tap=NAME`, each with
@@ -277,6 +323,9 @@ impl FromStr for NetSpec {
 
     fn from_str(s: &str) -> Result<NetSpec, NetConfigError> {
         let (mut tap, mut mac, mut mtu, mut socket) = (None, None, None, None);
+        let mut port = PortRequest::default();
+        // The keys given that only a port on a network can take.
+        let mut port_keys = Vec::new();
         for item in s.split(',').filter(|item| !item.is_empty()) {
             let (key, value) = item.split_once('=').unwrap_or((item, ""));
             match key {
@@ -294,9 +343,33 @@ impl FromStr for NetSpec {
                     tap = Some(TapSource::Network {
                         network: value.to_owned(),
                         socket: None,
+                        port: PortRequest::default(),
                     });
                 }
-                "socket" => socket = Some(PathBuf::from(value)),
+                "socket" => {
+                    socket = Some(PathBuf::from(value));
+                    port_keys.push("socket=PATH");
+                }
+                "group" if value.is_empty() => return Err(NetConfigError::Empty("group")),
+                "group" => {
+                    port.group = Some(value.to_owned());
+                    port_keys.push("group=NAME");
+                }
+                "inbound" | "outbound" => {
+                    let (key, usage, inbound) = if key == "inbound" {
+                        ("inbound", "inbound=RATE", true)
+                    } else {
+                        ("outbound", "outbound=RATE", false)
+                    };
+                    let rate = Some(parse_rate(key, value)?);
+                    let bandwidth = port.bandwidth.get_or_insert_with(Default::default);
+                    if inbound {
+                        bandwidth.inbound = rate;
+                    } else {
+                        bandwidth.outbound = rate;
+                    }
+                    port_keys.push(usage);
+                }
                 "tap-fd" => {
                     let fd = value
                         .parse::<RawFd>()
@@ -319,10 +392,20 @@ impl FromStr for NetSpec {
             }
         }
         let mut tap = tap.ok_or(NetConfigError::Backend)?;
-        match (&mut tap, socket) {
-            (TapSource::Network { socket, .. }, given) => *socket = given,
-            (_, Some(_)) => return Err(NetConfigError::SocketWithoutNetwork),
-            (_, None) => {}
+        match &mut tap {
+            TapSource::Network {
+                socket: given_socket,
+                port: given_port,
+                ..
+            } => {
+                *given_socket = socket;
+                *given_port = port;
+            }
+            _ => {
+                if let Some(key) = port_keys.first() {
+                    return Err(NetConfigError::WithoutNetwork(key));
+                }
+            }
         }
         Ok(NetSpec { tap, mac, mtu })
     }
@@ -336,7 +419,11 @@ impl NetSpec {
         match &self.tap {
             TapSource::Fd(fd) => Tap::from_inherited_fd(*fd).map_err(NetConfigError::Tap),
             TapSource::Name(name) => Tap::open_named(name).map_err(NetConfigError::Tap),
-            TapSource::Network { network, socket } => {
+            TapSource::Network {
+                network,
+                socket,
+                port: request,
+            } => {
                 let socket = socket
                     .clone()
                     .unwrap_or_else(netd::api::default_client_socket);
@@ -345,7 +432,7 @@ impl NetSpec {
                     reason,
                 };
                 let (port, fd) = netd::api::client::Client::new(socket)
-                    .plug(network, &owner.port_xml(config.mac))
+                    .plug(network, &owner.port_xml(config.mac, request))
                     .map_err(plugged)?;
                 tracing::info!(network, port = %port.uuid, tap = %port.tap, "plugged into network");
                 Tap::from_fd(fd).map_err(NetConfigError::Tap)
@@ -381,15 +468,15 @@ impl Owner {
     }
 
     /// The `<networkport>` document that asks for a port for the NIC with `mac`.
-    fn port_xml(&self, mac: MacAddr) -> String {
+    fn port_xml(&self, mac: MacAddr, request: &PortRequest) -> String {
         netd::xml::PortDef {
             uuid: None,
             owner_name: self.name.clone(),
             owner_uuid: self.uuid,
-            group: None,
+            group: request.group.clone(),
             mac: netd::xml::MacAddr(mac.0),
             isolated: None,
-            bandwidth: None,
+            bandwidth: request.bandwidth.clone(),
             plug: None,
         }
         .to_xml()
@@ -426,8 +513,42 @@ mod tests {
             plugged.tap,
             TapSource::Network {
                 network: "default".into(),
-                socket: Some("/run/k.sock".into())
+                socket: Some("/run/k.sock".into()),
+                port: PortRequest::default(),
             }
+        );
+        // A port's group and limits, for kvnetd.
+        let shaped: NetSpec = "network=default,group=web,inbound=1000:2000:64,outbound=500"
+            .parse()
+            .expect("parse");
+        let TapSource::Network { port, .. } = &shaped.tap else {
+            panic!("{shaped:?}")
+        };
+        let rate = |average, peak, burst| netd::xml::Rate {
+            average,
+            peak,
+            burst,
+        };
+        assert_eq!(
+            *port,
+            PortRequest {
+                group: Some("web".into()),
+                bandwidth: Some(netd::xml::Bandwidth {
+                    inbound: Some(rate(1000, Some(2000), Some(64))),
+                    outbound: Some(rate(500, None, None)),
+                }),
+            }
+        );
+        let owner = Owner {
+            name: "vm".into(),
+            uuid: uuid::Uuid::nil(),
+        };
+        let xml = owner.port_xml(MacAddr([0x52, 0x54, 0, 1, 2, 3]), port);
+        assert!(
+            xml.contains("  <group>web</group>\n")
+                && xml.contains("    <inbound average='1000' peak='2000' burst='64'/>\n")
+                && xml.contains("    <outbound average='500'/>\n"),
+            "{xml}"
         );
         assert_eq!(
             plugged.mac,
@@ -438,6 +559,15 @@ mod tests {
                 "socket=/x,tap=vnet0",
                 "--net socket=PATH only goes with network=NAME",
             ),
+            (
+                "tap=vnet0,outbound=100",
+                "--net outbound=RATE only goes with network=NAME",
+            ),
+            (
+                "network=a,inbound=fast",
+                "invalid --net inbound=\"fast\": expected AVERAGE[:PEAK[:BURST]], in kB/s and KiB as libvirt's <bandwidth>",
+            ),
+            ("network=a,group=", "--net group= needs a value"),
             ("network=", "--net network= needs a value"),
             ("network=default,socket=", "--net socket= needs a value"),
             (
@@ -461,6 +591,9 @@ mod tests {
             "tap-fd=3,mac=52:54:00:12:34",
             "tap-fd=3,mac=52:54:00:12:34:56:78",
             "tap-fd=3,speed=10",
+            "network=a,inbound=0",
+            "network=a,outbound=1:2:3:4",
+            "network=a,outbound=1::3",
         ] {
             assert!(bad.parse::<NetSpec>().is_err(), "{bad:?} parsed");
         }
