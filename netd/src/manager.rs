@@ -1341,10 +1341,11 @@ impl Manager {
                 .remove(bridge)
                 .map_err(|e| failed(error_chain(&e)))?;
         }
-        // Deleting the bridge takes its qdiscs but leaves the IFB shaping its ingress.
+        // Deleting the bridge takes its qdiscs but leaves the IFB shaping its ingress. The
+        // link-deletion follower would delete it later; here it is gone when stop returns.
         let ifb_owner = match shaping_of(def.bandwidth.as_ref()).ingress {
             Some(_) => self.link.link_info(bridge).await.unwrap_or_else(|e| {
-                warn!(network = %def.name, "the ifb device of {bridge} stays until the daemon restarts: {}", error_chain(&e));
+                warn!(network = %def.name, "the ifb device of {bridge} is left to the link-deletion follower: {}", error_chain(&e));
                 None
             }),
             None => None,
