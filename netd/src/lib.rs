@@ -17,6 +17,7 @@ pub mod fdpass;
 pub mod firewall;
 pub mod link;
 pub mod manager;
+pub mod owner;
 pub mod ra;
 mod service;
 pub mod store;

@@ -119,6 +119,16 @@ pub enum Error {
         #[source]
         source: link::Error,
     },
+    /// The process asking for a macvtap port could not be told, so the port could not
+    /// be tied to it.
+    #[error("port on network '{network}'")]
+    PortHolder {
+        /// The network.
+        network: String,
+        /// Why.
+        #[source]
+        source: crate::owner::Error,
+    },
     /// No port of the network has this UUID.
     #[error("Network port with UUID {0} does not exist")]
     PortNotFound(uuid::Uuid),
@@ -144,7 +154,8 @@ impl From<Error> for ApiError {
             | Error::Store(_)
             | Error::Link(_)
             | Error::Firewall(_)
-            | Error::Port { .. } => ErrorKind::Internal,
+            | Error::Port { .. }
+            | Error::PortHolder { .. } => ErrorKind::Internal,
         };
         ApiError::new(kind, error_chain(&error))
     }
@@ -403,7 +414,7 @@ impl Manager {
             .values()
             .filter_map(|network| network.config.clone())
             .filter(|def| {
-                let owns_bridge = def.forward_mode() != ForwardMode::Bridge;
+                let owns_bridge = def.forward_mode().has_managed_bridge();
                 def.uuid.is_none()
                     || owns_bridge
                         && (def.mac.is_none()
@@ -451,7 +462,7 @@ impl Manager {
                     continue;
                 }
             };
-            let owns_bridge = def.forward_mode() != ForwardMode::Bridge;
+            let owns_bridge = def.forward_mode().has_managed_bridge();
             if status.phase == Phase::Starting {
                 warn!(network = %name, bridge = %status.bridge, "undoing a start interrupted by a daemon crash");
                 let delete_bridge =
@@ -460,21 +471,24 @@ impl Manager {
                 self.store.delete_status(&name)?;
                 continue;
             }
-            let bridge = self
-                .link
-                .link_info(&status.bridge)
-                .await?
-                .filter(LinkInfo::is_bridge);
-            let Some(bridge) = bridge else {
-                warn!(network = %name, bridge = %status.bridge, "bridge vanished while the daemon was away; marking the network inactive");
-                self.release(&status.bridge, false).await;
-                self.store.delete_status(&name)?;
-                continue;
-            };
-            info!(network = %name, bridge = %status.bridge, "adopted running network");
-            if owns_bridge {
-                self.restore_bridge(&def, &status.bridge, &bridge).await;
+            // A macvtap network has nothing in the kernel but its ports' devices.
+            if def.macvtap_mode().is_none() {
+                let bridge = self
+                    .link
+                    .link_info(&status.bridge)
+                    .await?
+                    .filter(LinkInfo::is_bridge);
+                let Some(bridge) = bridge else {
+                    warn!(network = %name, bridge = %status.bridge, "bridge vanished while the daemon was away; marking the network inactive");
+                    self.release(&status.bridge, false).await;
+                    self.store.delete_status(&name)?;
+                    continue;
+                };
+                if owns_bridge {
+                    self.restore_bridge(&def, &status.bridge, &bridge).await;
+                }
             }
+            info!(network = %name, bridge = %status.bridge, "adopted running network");
             let servers = self.restart_servers(&def, &networks);
             match networks.get_mut(&name) {
                 Some(network) => {
@@ -510,8 +524,8 @@ impl Manager {
         }
         self.reconcile_ports(&mut networks).await;
         // Shaped bridges and taps deleted while the daemon was away, or by the undoing
-        // above, leave their IFB devices behind.
-        self.delete_orphan_ifbs().await;
+        // above, leave their IFB devices behind; a crash in a port's creation, a macvtap.
+        self.delete_orphan_devices(&networks).await;
         Ok(())
     }
 
@@ -608,6 +622,10 @@ impl Manager {
 
     /// Best-effort removal of a network's kernel objects by bridge name (recovery paths).
     async fn release(&self, bridge: &str, delete_bridge: bool) {
+        // A macvtap network's status names no bridge: it has no rules either.
+        if bridge.is_empty() {
+            return;
+        }
         if let Err(e) = self.firewall.remove(bridge) {
             warn!(bridge, "removing firewall rules: {}", error_chain(&e));
         }
@@ -862,7 +880,7 @@ impl Manager {
             .filter(|other| other.name != def.name)
             .filter_map(NetworkDef::bridge_name)
             .collect();
-        let owns_bridge = def.forward_mode() != ForwardMode::Bridge;
+        let owns_bridge = def.forward_mode().has_managed_bridge();
         match def.bridge_name() {
             None if owns_bridge => {
                 let name = self
@@ -949,12 +967,16 @@ impl Manager {
         def: &NetworkDef,
         persistent: bool,
     ) -> Result<Servers, Error> {
-        let bridge = def
-            .bridge_name()
-            .ok_or_else(|| {
-                Error::OperationInvalid(format!("network '{}' has no bridge name", def.name))
-            })?
-            .to_owned();
+        // A macvtap network has no bridge, and nothing in the kernel until its ports.
+        let bridge = match def.macvtap_mode() {
+            Some(_) => String::new(),
+            None => def
+                .bridge_name()
+                .ok_or_else(|| {
+                    Error::OperationInvalid(format!("network '{}' has no bridge name", def.name))
+                })?
+                .to_owned(),
+        };
         self.check_collisions(networks, def, &bridge).await?;
 
         let xml = def.to_xml();
@@ -1091,6 +1113,16 @@ impl Manager {
         def: &NetworkDef,
         bridge: &str,
     ) -> Result<(), Error> {
+        if def.macvtap_mode().is_some() {
+            // As libvirt, the pool is not checked until a port needs a device (one may be
+            // plugged in later); a missing one is worth a word now.
+            for dev in &def.forward.interfaces {
+                if !self.link.link_exists(dev).await? {
+                    warn!(network = %def.name, "the forward interface {dev} does not exist (yet)");
+                }
+            }
+            return Ok(());
+        }
         if def.forward_mode() == ForwardMode::Bridge {
             return match self.link.link_info(bridge).await? {
                 Some(info) if info.is_bridge() => Ok(()),
@@ -1162,7 +1194,7 @@ impl Manager {
         let mode = def.forward_mode();
         // The ifindex of the bridge this start creates: later steps need no lookup by name.
         let mut created = None;
-        if mode != ForwardMode::Bridge {
+        if mode.has_managed_bridge() {
             let spec = bridge_spec(def, bridge);
             // No lookup beforehand: the kernel refuses a taken name atomically (EEXIST).
             let index = self.link.create_bridge(&spec).await.map_err(|e| {
@@ -1350,7 +1382,7 @@ impl Manager {
             }),
             None => None,
         };
-        if def.forward_mode() != ForwardMode::Bridge
+        if def.forward_mode().has_managed_bridge()
             && let Err(e) = self.link.delete_link(bridge).await
         {
             if let Some(rules) = &rules
@@ -1754,7 +1786,7 @@ fn overlap(a: IpNet, b: IpNet) -> bool {
 /// Whether a status XML describes a network that created its own bridge; unreadable
 /// XML is treated as not owning it, so recovery never deletes a host bridge.
 fn owns_bridge_mode(xml: &str) -> bool {
-    NetworkDef::from_xml(xml).is_ok_and(|def| def.forward_mode() != ForwardMode::Bridge)
+    NetworkDef::from_xml(xml).is_ok_and(|def| def.forward_mode().has_managed_bridge())
 }
 
 /// The bridge's addresses: one per `<ip>` (validation guarantees a prefix length).
@@ -1780,7 +1812,11 @@ fn firewall_rules(def: &NetworkDef) -> Option<NetworkRules> {
         ForwardMode::Isolated => RuleMode::Isolated,
         ForwardMode::Nat => RuleMode::Nat,
         ForwardMode::Route => RuleMode::Route,
-        ForwardMode::Open | ForwardMode::Bridge => return None,
+        ForwardMode::Open
+        | ForwardMode::Bridge
+        | ForwardMode::Private
+        | ForwardMode::Vepa
+        | ForwardMode::Passthrough => return None,
     };
     let nat = &def.forward.nat;
     let ports = nat.port.unwrap_or(DEFAULT_NAT_PORTS);
@@ -1881,7 +1917,7 @@ fn tftp_config(def: &NetworkDef) -> Option<TftpConfig> {
 /// What the router advertisements of a network say; `None` for a network without an
 /// IPv6 `<ip>` or on a host bridge (whose router is not ours).
 fn ra_config(def: &NetworkDef) -> Option<RaConfig> {
-    if def.forward_mode() == ForwardMode::Bridge {
+    if !def.forward_mode().has_managed_bridge() {
         return None;
     }
     let ipv6: Vec<(Ipv6Addr, u8)> = bridge_addresses(def)

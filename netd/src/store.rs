@@ -97,6 +97,9 @@ pub struct PortStatus {
     pub ifindex: u32,
     /// Whether the tap outlives its descriptors (see [`crate::api::types::PortSummary`]).
     pub persistent: bool,
+    /// The process a handed-over macvtap goes with (a tap goes with its descriptors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<crate::owner::ProcessId>,
 }
 
 /// A persistent definition found on disk.
@@ -131,6 +134,12 @@ impl Store {
             status_dir: state_dir.join("networks"),
             autostart_marker: state_dir.join("autostarted"),
         }
+    }
+
+    /// The daemon's own directory of live state, where short-lived files (a device node
+    /// opened once) may go.
+    pub fn status_dir(&self) -> &Path {
+        &self.status_dir
     }
 
     /// Whether the config directory has never been set up (first start of the daemon).
@@ -476,12 +485,25 @@ mod tests {
         let (_dir, store) = store();
         store.create_dirs().unwrap();
         assert_eq!(store.load_ports("net").unwrap(), []);
-        let ports = vec![PortStatus {
-            xml: "<networkport/>".into(),
-            tap: "vnet0".into(),
-            ifindex: 7,
-            persistent: true,
-        }];
+        let ports = vec![
+            PortStatus {
+                xml: "<networkport/>".into(),
+                tap: "vnet0".into(),
+                ifindex: 7,
+                persistent: true,
+                holder: None,
+            },
+            PortStatus {
+                xml: "<networkport/>".into(),
+                tap: "macvtap0".into(),
+                ifindex: 8,
+                persistent: false,
+                holder: Some(crate::owner::ProcessId {
+                    pid: 4242,
+                    start_time: 987_654,
+                }),
+            },
+        ];
         store.save_ports("net", &ports).unwrap();
         assert_eq!(store.load_ports("net").unwrap(), ports);
         // The ports file is not a status file.

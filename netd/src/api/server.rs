@@ -36,6 +36,7 @@ use super::types::{
 use crate::events::{self, Lifecycle, Received, Subscription};
 use crate::fdpass;
 use crate::manager::{self, Manager};
+use crate::owner::Owner;
 use crate::xml;
 
 /// Errors setting up the listening socket.
@@ -520,10 +521,20 @@ async fn create_port(
             ));
         }
     };
+    // A handed-over macvtap goes when the process that asked for it exits.
+    let holder = connection
+        .as_deref()
+        .and_then(|socket| match Owner::of_peer(socket.as_fd()) {
+            Ok(holder) => Some(holder),
+            Err(e) => {
+                tracing::warn!(network = %network, "{}", manager::error_chain(&e));
+                None
+            }
+        });
     let port = state
         .change(|manager| async move {
             manager
-                .create_port(&network, &request.xml, hand_over, owner)
+                .create_port(&network, &request.xml, hand_over, owner, holder)
                 .await
         })
         .await?;

@@ -6,6 +6,7 @@
 //! `/dev/net/tun` follow the calling thread's namespace), so the daemon and the tests can run
 //! inside a namespace.
 
+pub mod macvtap;
 mod netlink;
 mod prefixes;
 pub mod shaping;
@@ -207,6 +208,17 @@ pub enum Op {
     CreateIfb(String),
     /// Redirecting a device's ingress to this IFB device.
     RedirectIngress(String),
+    /// Creating a macvtap device on this host interface.
+    CreateMacvtap {
+        /// The interface it sits on.
+        lower: String,
+    },
+    /// Setting the alias that marks a device as kvnet's.
+    SetAlias,
+    /// Taking a link down.
+    SetDown,
+    /// Opening a macvtap's character device.
+    OpenMacvtap,
 }
 
 impl Op {
@@ -243,6 +255,10 @@ impl Op {
                 format!("creating ifb device {ifname} for the ingress of {shaped}")
             }
             Op::RedirectIngress(ifb) => format!("redirecting the ingress of {ifname} to {ifb}"),
+            Op::CreateMacvtap { lower } => format!("creating macvtap {ifname} on {lower}"),
+            Op::SetAlias => format!("labelling {ifname} as kvnet's"),
+            Op::SetDown => format!("taking {ifname} down"),
+            Op::OpenMacvtap => format!("opening the character device of macvtap {ifname}"),
         }
     }
 }

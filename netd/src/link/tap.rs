@@ -3,9 +3,13 @@
 //! A tap is created in the network namespace of the thread that calls [`Tap::create`].
 //! Its fd is close-on-exec: whoever hands it to kvnet-vmm decides how it crosses over.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 
 use super::{Error, Op, validate_ifname};
 
@@ -84,6 +88,81 @@ impl Tap {
         Ok(tap)
     }
 
+    /// Opens a queue of the macvtap `name` (ifindex `index`) through its character device,
+    /// set up as [`Tap::create`] sets up a tap: frames with a 12-byte virtio-net header (a macvtap starts with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`).
+    ///
+    /// The device's number comes from sysfs, which must show this network namespace (as
+    /// `ip netns exec` mounts it). devtmpfs names the node `/dev/tap<ifindex>`, but ifindexes
+    /// repeat across namespaces and the first device keeps the name; when the node there is
+    /// another device, a private node is made in `scratch_dir` for the open and removed.
+    pub fn open_macvtap(index: u32, name: &str, scratch_dir: &Path) -> Result<Tap, Error> {
+        validate_ifname(name)?;
+        let failed = |source: io::Error| Error::Kernel {
+            op: Op::OpenMacvtap,
+            ifname: name.to_owned(),
+            source,
+        };
+        let class = Path::new("/sys/class/net").join(name);
+        let shown = fs::read_to_string(class.join("ifindex"))
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok());
+        if shown != Some(index) {
+            return Err(failed(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{} is not this network namespace's device #{index}: sysfs must be mounted in the daemon's namespace",
+                    class.display()
+                ),
+            )));
+        }
+        let numbers_path = class.join(format!("macvtap/tap{index}/dev"));
+        let numbers = fs::read_to_string(&numbers_path).map_err(|e| {
+            failed(io::Error::new(
+                e.kind(),
+                format!("reading {}: {e}", numbers_path.display()),
+            ))
+        })?;
+        let device = parse_device_numbers(&numbers).ok_or_else(|| {
+            failed(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} holds {numbers:?}", numbers_path.display()),
+            ))
+        })?;
+        let file = match open_if_device(&Path::new("/dev").join(format!("tap{index}")), device)
+            .map_err(failed)?
+        {
+            Some(file) => file,
+            None => {
+                let node = scratch_dir.join(format!(".tap{index}.{}", std::process::id()));
+                mknod(&node, SFlag::S_IFCHR, Mode::S_IRUSR | Mode::S_IWUSR, device).map_err(
+                    |errno| {
+                        failed(io::Error::new(
+                            io::Error::from(errno).kind(),
+                            format!("making device node {}: {errno}", node.display()),
+                        ))
+                    },
+                )?;
+                let opened = open_if_device(&node, device);
+                let _ = fs::remove_file(&node);
+                opened.map_err(failed)?.ok_or_else(|| {
+                    failed(io::Error::other(format!(
+                        "device node {} does not open device {device:#x}",
+                        node.display()
+                    )))
+                })?
+            }
+        };
+        let header_len = VIRTIO_NET_HDR_V1_LEN;
+        // SAFETY: the fd is an open macvtap queue and `header_len` a live c_int the kernel
+        // only reads.
+        unsafe { tun_set_vnet_hdr_sz(file.as_raw_fd(), &header_len) }
+            .map_err(|errno| failed(errno.into()))?;
+        Ok(Tap {
+            fd: OwnedFd::from(file),
+            name: name.to_owned(),
+        })
+    }
+
     /// Makes the device outlive its fds (`true`) or vanish when the last one closes.
     pub fn set_persistent(&self, persistent: bool) -> Result<(), Error> {
         // SAFETY: the fd is an attached tap; TUNSETPERSIST takes its argument by value.
@@ -142,6 +221,34 @@ impl From<Tap> for File {
     fn from(tap: Tap) -> File {
         File::from(tap.fd)
     }
+}
+
+/// `major:minor` as sysfs writes a device's numbers.
+fn parse_device_numbers(text: &str) -> Option<libc::dev_t> {
+    let (major, minor) = text.trim().split_once(':')?;
+    Some(makedev(major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// Opens `path` read-write if it is the character device `device`; `None` when there is
+/// no such node or it is another device, which is never opened: opening a macvtap's node
+/// adds a queue to it, and frames would be steered to that queue.
+fn open_if_device(path: &Path, device: libc::dev_t) -> io::Result<Option<File>> {
+    let is_device = |metadata: &fs::Metadata| {
+        metadata.file_type().is_char_device() && metadata.rdev() == device
+    };
+    match fs::metadata(path) {
+        Ok(metadata) if is_device(&metadata) => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
+    // Checked again on the open file: the node may have been replaced in between.
+    Ok(is_device(&file.metadata()?).then_some(file))
 }
 
 fn ifreq_named(name: &str) -> libc::ifreq {

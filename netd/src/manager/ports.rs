@@ -22,10 +22,12 @@ use uuid::Uuid;
 
 use super::{Error, Manager, Network, error_chain, lookup, shaping_of};
 use crate::api::types::PortSummary;
+use crate::link::macvtap::{self, MacvtapSpec};
 use crate::link::tap::Tap;
 use crate::link::{LinkInfo, sysctl};
+use crate::owner::{Owner, ProcessId};
 use crate::store::PortStatus;
-use crate::xml::{ForwardMode, NetworkDef, PortDef, PortPlug};
+use crate::xml::{ForwardMode, MacvtapMode, NetworkDef, PortDef, PortPlug};
 
 /// The name template of port taps, as libvirt's (the kernel picks the number).
 const TAP_TEMPLATE: &str = "vnet%d";
@@ -34,9 +36,12 @@ const TAP_TEMPLATE: &str = "vnet%d";
 #[derive(Clone, Debug)]
 pub(super) struct Port {
     def: PortDef,
+    /// The tap's name, or the macvtap's.
     tap: String,
     ifindex: u32,
     persistent: bool,
+    /// The process a handed-over macvtap goes with.
+    holder: Option<ProcessId>,
 }
 
 impl Port {
@@ -57,6 +62,7 @@ impl Port {
             tap: self.tap.clone(),
             ifindex: self.ifindex,
             persistent: self.persistent,
+            holder: self.holder,
         }
     }
 
@@ -66,7 +72,12 @@ impl Port {
             tap: status.tap.clone(),
             ifindex: status.ifindex,
             persistent: status.persistent,
+            holder: status.holder,
         })
+    }
+
+    fn is_macvtap(&self) -> bool {
+        matches!(self.def.plug, Some(PortPlug::Direct { .. }))
     }
 }
 
@@ -95,6 +106,56 @@ fn tap_mac(guest: [u8; 6]) -> [u8; 6] {
     mac
 }
 
+/// Where a new port goes.
+enum Attachment {
+    /// A tap on this bridge.
+    Bridge(String),
+    /// A macvtap in this mode on a device of the network's pool.
+    Macvtap(MacvtapMode),
+}
+
+/// The device of a macvtap network's pool a new port goes on: the one with the fewest
+/// ports (the first of those), or in passthrough mode the first with none, as libvirt's
+/// `networkAllocatePort`, with its messages.
+fn pool_device(
+    network: &str,
+    pool: &[String],
+    ports: &Ports,
+    mode: MacvtapMode,
+) -> Result<String, Error> {
+    if pool.is_empty() {
+        return Err(Error::OperationInvalid(format!(
+            "network '{network}' uses a direct mode, but has no forward dev and no interface pool"
+        )));
+    }
+    let connections = |dev: &String| {
+        ports
+            .values()
+            .filter(|port| matches!(&port.def.plug, Some(PortPlug::Direct { dev: used, .. }) if used == dev))
+            .count()
+    };
+    let chosen = if mode == MacvtapMode::Passthrough {
+        pool.iter().find(|dev| connections(dev) == 0)
+    } else {
+        pool.iter().min_by_key(|dev| connections(dev))
+    };
+    chosen.cloned().ok_or_else(|| {
+        Error::OperationInvalid(format!(
+            "network '{network}' requires exclusive access to interfaces, but none are available"
+        ))
+    })
+}
+
+/// The link layer's name for a macvtap mode.
+fn link_mode(mode: MacvtapMode) -> macvtap::MacvtapMode {
+    match mode {
+        MacvtapMode::Bridge => macvtap::MacvtapMode::Bridge,
+        MacvtapMode::Private => macvtap::MacvtapMode::Private,
+        MacvtapMode::Vepa => macvtap::MacvtapMode::Vepa,
+        MacvtapMode::Passthrough => macvtap::MacvtapMode::Passthrough,
+    }
+}
+
 /// How a network's ports join its bridge: libvirt's plug types.
 fn plug_of(def: &NetworkDef, bridge: &str) -> PortPlug {
     let bridge = bridge.to_owned();
@@ -107,16 +168,19 @@ fn plug_of(def: &NetworkDef, bridge: &str) -> PortPlug {
 
 impl Manager {
     /// Creates a port on a running network from a `<networkport>` document: a tap on the
-    /// network's bridge with the guest's MAC (first byte `fe`) and the bridge's MTU. With
-    /// `hand_over`, the tap's descriptor is returned and the port lasts while it is open;
-    /// otherwise the tap is persistent and lasts until [`Manager::delete_port`]. Only
-    /// `owner_uid` (the caller) and holders of CAP_NET_ADMIN may attach to the tap.
+    /// network's bridge with the guest's MAC (first byte `fe`) and the bridge's MTU, or on a
+    /// macvtap network a macvtap with the guest's MAC on a device of its pool. With
+    /// `hand_over`, the device's descriptor is returned and the port lasts while it is open
+    /// (a macvtap: while `holder`, the caller, runs); otherwise it lasts until
+    /// [`Manager::delete_port`]. Only `owner_uid` (the caller) and holders of CAP_NET_ADMIN
+    /// may attach to a tap.
     pub async fn create_port(
         &self,
         key: &str,
         xml: &str,
         hand_over: bool,
         owner_uid: u32,
+        holder: Option<Owner>,
     ) -> Result<NewPort, Error> {
         let mut networks = self.networks.lock().await;
         let name = lookup(&networks, key)?;
@@ -139,14 +203,19 @@ impl Manager {
                 "network '{name}' is not active"
             )));
         };
-        let Some(bridge) = live.bridge_name().map(str::to_owned) else {
-            return Err(Error::OperationInvalid(format!(
-                "network '{name}' has no bridge"
-            )));
+        let attachment = match live.macvtap_mode() {
+            Some(mode) => Attachment::Macvtap(mode),
+            None => match live.bridge_name() {
+                Some(bridge) => Attachment::Bridge(bridge.to_owned()),
+                None => {
+                    return Err(Error::OperationInvalid(format!(
+                        "network '{name}' has no bridge"
+                    )));
+                }
+            },
         };
-        let plug = plug_of(live, &bridge);
         // As libvirt's ports, a port takes the network's setting when it has none.
-        let isolated = def.isolated.or(live.isolated_ports);
+        def.isolated = def.isolated.or(live.isolated_ports);
         let portgroup = live.portgroup(def.group.as_deref());
         if let Some(group) = &def.group
             && portgroup.is_none()
@@ -161,23 +230,59 @@ impl Manager {
         if def.bandwidth.is_none() {
             def.bandwidth = portgroup.and_then(|group| group.bandwidth.clone());
         }
-        def.plug = Some(plug);
         self.prune_ports(&name, network).await;
         if network.ports.contains_key(&uuid) {
             return Err(Error::AlreadyExists(format!(
                 "Network port with UUID {uuid} already exists"
             )));
         }
+        let port = match attachment {
+            Attachment::Bridge(bridge) => {
+                self.create_tap(&name, network, def, &bridge, hand_over, owner_uid)
+                    .await?
+            }
+            Attachment::Macvtap(mode) => {
+                let holder = match (hand_over, holder) {
+                    (false, _) => None,
+                    (true, Some(holder)) => Some(holder),
+                    (true, None) => {
+                        return Err(Error::OperationInvalid(format!(
+                            "network '{name}': a macvtap port goes with the process holding it, and the caller's process could not be told"
+                        )));
+                    }
+                };
+                self.create_macvtap(&name, network, def, mode, holder)
+                    .await?
+            }
+        };
+        info!(network = %name, port = %uuid, tap = %port.summary.tap, owner = %port.summary.owner, "created port");
+        Ok(port)
+    }
+
+    /// [`Manager::create_port`] on a network with a bridge: a tap plugged into it.
+    async fn create_tap(
+        &self,
+        name: &str,
+        network: &mut Network,
+        mut def: PortDef,
+        bridge: &str,
+        hand_over: bool,
+        owner_uid: u32,
+    ) -> Result<NewPort, Error> {
+        let uuid = def.uuid.unwrap_or_default();
+        if let Some(live) = &network.live {
+            def.plug = Some(plug_of(live, bridge));
+        }
         let failed = |source: crate::link::Error| Error::Port {
-            network: name.clone(),
+            network: name.to_owned(),
             source,
         };
         let bridge_info = self
             .link
-            .link_info(&bridge)
+            .link_info(bridge)
             .await
             .map_err(failed)?
-            .ok_or_else(|| failed(crate::link::Error::NoSuchLink(bridge.clone())))?;
+            .ok_or_else(|| failed(crate::link::Error::NoSuchLink(bridge.to_owned())))?;
         // Until the port is recorded, dropping `tap` on an error removes the device.
         let tap = Tap::create(TAP_TEMPLATE, false).map_err(failed)?;
         tap.set_owner(owner_uid).map_err(failed)?;
@@ -189,12 +294,11 @@ impl Manager {
                 tap_mac(def.mac.0),
                 bridge_info.mtu.unwrap_or(1500),
                 bridge_info.index,
-                &bridge,
+                bridge,
             )
             .await
             .map_err(failed)?;
-        def.isolated = isolated;
-        if isolated == Some(true) {
+        if def.isolated == Some(true) {
             self.link
                 .set_port_isolated(ifindex, tap.name(), true)
                 .await
@@ -214,16 +318,17 @@ impl Manager {
             tap: tap.name().to_owned(),
             ifindex,
             persistent: !hand_over,
+            holder: None,
         };
         network.ports.insert(uuid, port.clone());
-        let recorded = self.save_ports(&name, &network.ports).and_then(|()| {
+        let recorded = self.save_ports(name, &network.ports).and_then(|()| {
             if hand_over {
                 return Ok(());
             }
             tap.set_persistent(true).map_err(|e| {
                 // Recorded already: the record goes again.
                 network.ports.remove(&uuid);
-                self.save_ports_or_warn(&name, &network.ports);
+                self.save_ports_or_warn(name, &network.ports);
                 failed(e)
             })
         });
@@ -237,11 +342,121 @@ impl Manager {
             }
             return Err(e);
         }
-        info!(network = %name, port = %uuid, tap = %port.tap, owner = %port.def.owner_name, "created port");
         Ok(NewPort {
-            summary: port.summary(&name),
+            summary: port.summary(name),
             tap: hand_over.then(|| tap.into_fd()),
         })
+    }
+
+    /// [`Manager::create_port`] on a macvtap network: a macvtap with the guest's MAC on the
+    /// pool's device with the fewest ports (in passthrough mode, one with none), as
+    /// libvirt's `networkAllocatePort` picks it. Handed over (`holder`), its queue's
+    /// descriptor is returned and the macvtap is deleted when the holder exits.
+    async fn create_macvtap(
+        &self,
+        name: &str,
+        network: &mut Network,
+        mut def: PortDef,
+        mode: MacvtapMode,
+        holder: Option<Owner>,
+    ) -> Result<NewPort, Error> {
+        let uuid = def.uuid.unwrap_or_default();
+        // libvirt's domain start refuses both for a direct interface; its network driver
+        // leaves bandwidth to QEMU, which kvnet is not.
+        if def.isolated == Some(true) {
+            return Err(Error::OperationInvalid(format!(
+                "interface {} - <port isolated='yes'/> is not supported for network interfaces with type='direct'",
+                def.mac
+            )));
+        }
+        if def.bandwidth.is_some() {
+            return Err(Error::OperationInvalid(format!(
+                "network '{name}': kvnet does not limit the bandwidth of macvtap ports"
+            )));
+        }
+        let pool = network
+            .live
+            .as_ref()
+            .map(|live| live.forward.interfaces.as_slice())
+            .unwrap_or_default();
+        let dev = pool_device(name, pool, &network.ports, mode)?;
+        let failed = |source: crate::link::Error| Error::Port {
+            network: name.to_owned(),
+            source,
+        };
+        let purpose = format!("{uuid} of network {name}");
+        let (ifindex, macvtap) = self
+            .link
+            .create_macvtap(&MacvtapSpec {
+                lower: &dev,
+                mac: def.mac.0,
+                mode: link_mode(mode),
+                purpose: &purpose,
+            })
+            .await
+            .map_err(failed)?;
+        // A macvtap does not go with its descriptors: until it is recorded, every failure
+        // deletes it.
+        let opened = async {
+            // The host has no business on the guest's link (DAD, MLD from the guest's MAC).
+            sysctl::disable_port_ipv6(&macvtap)?;
+            let queue = Tap::open_macvtap(ifindex, &macvtap, self.store.status_dir())?;
+            self.link.set_up_at(ifindex, &macvtap).await?;
+            Ok(queue)
+        }
+        .await;
+        def.plug = Some(PortPlug::Direct { dev, mode });
+        let port = Port {
+            def,
+            tap: macvtap,
+            ifindex,
+            persistent: holder.is_none(),
+            holder: holder.as_ref().map(|holder| holder.id),
+        };
+        let recorded = opened.map_err(failed).and_then(|queue| {
+            network.ports.insert(uuid, port.clone());
+            self.save_ports(name, &network.ports).map(|()| queue)
+        });
+        let queue = match recorded {
+            Ok(queue) => queue,
+            Err(e) => {
+                network.ports.remove(&uuid);
+                if let Err(cleanup) = self.link.delete_index(ifindex, &port.tap).await {
+                    warn!(network = %name, macvtap = %port.tap, "{}", error_chain(&cleanup));
+                }
+                return Err(e);
+            }
+        };
+        let hand_over = holder.is_some();
+        if let Some(holder) = holder {
+            self.delete_when_gone(name, holder, ifindex, &port.tap);
+        }
+        Ok(NewPort {
+            summary: port.summary(name),
+            tap: hand_over.then(|| queue.into_fd()),
+        })
+    }
+
+    /// Deletes the macvtap `ifindex` once `holder` has exited; the port's record goes at
+    /// the next look at its network's ports, as a tap's does.
+    fn delete_when_gone(&self, network: &str, holder: Owner, ifindex: u32, macvtap: &str) {
+        let link = self.link.clone();
+        let network = network.to_owned();
+        let macvtap = macvtap.to_owned();
+        tokio::spawn(async move {
+            let pid = holder.id.pid;
+            if let Err(e) = holder.exited().await {
+                warn!(network = %network, macvtap = %macvtap, "the macvtap stays until its port is deleted: {}", error_chain(&e));
+                return;
+            }
+            match link.delete_index(ifindex, &macvtap).await {
+                Ok(true) => {
+                    info!(network = %network, macvtap = %macvtap, pid, "deleted the macvtap of a process that exited");
+                }
+                Ok(false) => {}
+                Err(e) => warn!(network = %network, macvtap = %macvtap, "{}", error_chain(&e)),
+            }
+        });
     }
 
     /// The ports of a running network, by UUID (libvirt lists only those of a running
@@ -308,52 +523,66 @@ impl Manager {
     /// [`Manager::replug_ports`] with the links already dumped (and the ports' taps
     /// followed).
     async fn plug_in(&self, name: &str, network: &mut Network, links: &Links) {
-        let Some((bridge, plug, isolated_ports)) = network.live.as_ref().and_then(|live| {
-            let bridge = live.bridge_name()?.to_owned();
-            let plug = plug_of(live, &bridge);
-            Some((bridge, plug, live.isolated_ports))
-        }) else {
+        let Some(live) = network.live.as_ref() else {
             return;
         };
-        let Some(bridge_link) = links.values().find(|link| link.name == bridge) else {
-            warn!(network = %name, bridge = %bridge, "cannot plug the ports in: the bridge is gone");
-            return;
+        // A macvtap network's ports only come up again; a bridge's are plugged into it.
+        let target = match live.bridge_name() {
+            _ if live.macvtap_mode().is_some() => None,
+            Some(bridge) => {
+                let Some(bridge_link) = links.values().find(|link| link.name == bridge) else {
+                    warn!(network = %name, bridge = %bridge, "cannot plug the ports in: the bridge is gone");
+                    return;
+                };
+                Some((bridge.to_owned(), plug_of(live, bridge), bridge_link))
+            }
+            None => return,
         };
+        let isolated_ports = live.isolated_ports;
         let mut unpluggable = Vec::new();
         let mut plugged = 0;
         for (uuid, port) in &mut network.ports {
-            if links
-                .get(&port.ifindex)
-                .is_some_and(|tap| tap.master == Some(bridge_link.index))
-            {
-                continue;
-            }
-            let mtu = bridge_link.mtu.unwrap_or(1500);
-            let mac = tap_mac(port.def.mac.0);
-            let mut result = self
-                .link
-                .plug_port_at(
-                    port.ifindex,
-                    &port.tap,
-                    mac,
-                    mtu,
-                    bridge_link.index,
-                    &bridge,
-                )
-                .await;
-            // A port loses the flag when it leaves the bridge. One without a setting of
-            // its own (its network had none when it was made) follows the network's.
-            if result.is_ok() && port.def.isolated.or(isolated_ports) == Some(true) {
-                result = self
-                    .link
-                    .set_port_isolated(port.ifindex, &port.tap, true)
-                    .await;
-            }
-            match result {
-                Ok(()) => {
-                    port.def.plug = Some(plug.clone());
-                    plugged += 1;
+            let current = links.get(&port.ifindex);
+            let result = match (&target, port.is_macvtap()) {
+                (None, true) if current.is_some_and(|link| link.up) => continue,
+                (None, true) => self.link.set_up_at(port.ifindex, &port.tap).await,
+                (Some((_, _, bridge_link)), false)
+                    if current.is_some_and(|tap| tap.master == Some(bridge_link.index)) =>
+                {
+                    continue;
                 }
+                (Some((bridge, plug, bridge_link)), false) => {
+                    let mtu = bridge_link.mtu.unwrap_or(1500);
+                    let mac = tap_mac(port.def.mac.0);
+                    let mut result = self
+                        .link
+                        .plug_port_at(port.ifindex, &port.tap, mac, mtu, bridge_link.index, bridge)
+                        .await;
+                    // A port loses the flag when it leaves the bridge. One without a
+                    // setting of its own (its network had none when it was made) follows
+                    // the network's.
+                    if result.is_ok() && port.def.isolated.or(isolated_ports) == Some(true) {
+                        result = self
+                            .link
+                            .set_port_isolated(port.ifindex, &port.tap, true)
+                            .await;
+                    }
+                    if result.is_ok() {
+                        port.def.plug = Some(plug.clone());
+                    }
+                    result
+                }
+                // The network was redefined, between a macvtap pool and a bridge, while it
+                // was stopped.
+                (_, is_macvtap) => {
+                    let kind = if is_macvtap { "macvtap" } else { "tap" };
+                    warn!(network = %name, port = %uuid, "deleting a {kind} port the network does not take any more");
+                    unpluggable.push(*uuid);
+                    continue;
+                }
+            };
+            match result {
+                Ok(()) => plugged += 1,
                 Err(e) => {
                     warn!(network = %name, port = %uuid, "deleting a port that cannot be plugged in again: {}", error_chain(&e));
                     unpluggable.push(*uuid);
@@ -383,9 +612,18 @@ impl Manager {
     /// of the host's own).
     pub(super) async fn park_ports(&self, name: &str, network: &mut Network) {
         for port in network.ports.values() {
-            if let Err(e) = self.link.unplug_port_at(port.ifindex, &port.tap).await {
+            if let Err(e) = self.park(port).await {
                 warn!(network = %name, tap = %port.tap, "{}", error_chain(&e));
             }
+        }
+    }
+
+    /// Takes a tap off its bridge and down, or a macvtap down (it drops every frame then).
+    async fn park(&self, port: &Port) -> Result<(), crate::link::Error> {
+        if port.is_macvtap() {
+            self.link.set_down_at(port.ifindex, &port.tap).await
+        } else {
+            self.link.unplug_port_at(port.ifindex, &port.tap).await
         }
     }
 
@@ -430,6 +668,7 @@ impl Manager {
             network.ports = self.load_ports(&name);
             if let Some(links) = &links {
                 self.follow_taps(&name, network, links);
+                self.follow_holders(&name, network).await;
                 if network.live.is_some() {
                     self.plug_in(&name, network, links).await;
                 } else {
@@ -439,6 +678,67 @@ impl Manager {
             if !network.ports.is_empty() {
                 info!(network = %name, ports = network.ports.len(), "adopted ports");
             }
+        }
+    }
+
+    /// Watches again the processes of the network's handed-over macvtaps, after a daemon
+    /// restart; those that exited meanwhile lose their ports now.
+    async fn follow_holders(&self, name: &str, network: &mut Network) {
+        let mut gone = Vec::new();
+        for (uuid, port) in &network.ports {
+            let Some(id) = port.holder else {
+                continue;
+            };
+            match Owner::reopen(id) {
+                Some(holder) => self.delete_when_gone(name, holder, port.ifindex, &port.tap),
+                None => {
+                    info!(network = %name, port = %uuid, macvtap = %port.tap, pid = id.pid, "port ended: its process exited while the daemon was away");
+                    gone.push(*uuid);
+                }
+            }
+        }
+        if gone.is_empty() {
+            return;
+        }
+        let ended: Vec<Port> = gone
+            .iter()
+            .filter_map(|uuid| network.ports.remove(uuid))
+            .collect();
+        self.delete_taps(
+            name,
+            ended.iter().map(|port| (port.ifindex, port.tap.as_str())),
+        )
+        .await;
+        self.save_ports_or_warn(name, &network.ports);
+    }
+
+    /// Deletes the macvtaps kvnet made that no port claims (a daemon that died between
+    /// creating one and recording its port), and the IFB devices of links that are gone.
+    pub(super) async fn delete_orphan_devices(&self, networks: &BTreeMap<String, Network>) {
+        let links = match self.link.links_by_index().await {
+            Ok(links) => links,
+            Err(e) => {
+                warn!("cannot look for devices left over: {}", error_chain(&e));
+                return;
+            }
+        };
+        let claimed = |index: u32| {
+            networks
+                .values()
+                .any(|network| network.ports.values().any(|port| port.ifindex == index))
+        };
+        for (index, macvtap) in macvtap::orphan_macvtaps(&links, claimed) {
+            match self.link.delete_index(index, &macvtap).await {
+                Ok(_) => info!(macvtap = %macvtap, "deleted a macvtap no port claims"),
+                Err(e) => warn!(macvtap = %macvtap, "{}", error_chain(&e)),
+            }
+        }
+        match self.link.delete_orphan_ifbs(&links).await {
+            Ok(deleted) if !deleted.is_empty() => {
+                info!(devices = ?deleted, "deleted the ifb devices of links that are gone");
+            }
+            Ok(_) => {}
+            Err(e) => warn!("deleting ifb devices left over: {}", error_chain(&e)),
         }
     }
 
@@ -476,7 +776,7 @@ impl Manager {
             let parked = links
                 .get(&port.ifindex)
                 .is_none_or(|tap| !tap.up && tap.master.is_none());
-            if !parked && let Err(e) = self.link.unplug_port_at(port.ifindex, &port.tap).await {
+            if !parked && let Err(e) = self.park(port).await {
                 warn!(network = %name, tap = %port.tap, "{}", error_chain(&e));
             }
         }

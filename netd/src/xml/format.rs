@@ -191,16 +191,17 @@ impl NetworkDef {
             return;
         };
         let nat = &self.forward.nat;
-        let head = format!(
-            "<forward{} mode='{mode}'",
-            attr("dev", self.forward.dev.as_ref())
-        );
-        // libvirt stores `dev` as the first pool interface and writes it
-        // back as an `<interface>` child too.
-        let short = self.forward.dev.is_none()
-            && nat.address.is_none()
-            && nat.port.is_none()
-            && nat.ipv6.is_none();
+        // libvirt keeps `dev` as the first device of the pool and writes it both as the
+        // attribute and as an `<interface>` child.
+        let pool: Vec<&String> = self
+            .forward
+            .dev
+            .iter()
+            .chain(&self.forward.interfaces)
+            .collect();
+        let head = format!("<forward{} mode='{mode}'", attr("dev", pool.first()));
+        let short =
+            pool.is_empty() && nat.address.is_none() && nat.port.is_none() && nat.ipv6.is_none();
         if short {
             out.line(&format!("{head}/>"));
             return;
@@ -227,7 +228,7 @@ impl NetworkDef {
                 out.close("</nat>");
             }
         }
-        if let Some(dev) = &self.forward.dev {
+        for dev in pool {
             out.line(&format!("<interface dev='{}'/>", escape_attr(dev)));
         }
         out.close("</forward>");

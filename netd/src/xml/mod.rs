@@ -29,7 +29,7 @@ pub use bandwidth::{Bandwidth, Rate};
 pub use model::{
     Bootp, Bridge, DEFAULT_NAT_PORTS, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv,
     DnsTxt, Domain, Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr,
-    MacAddrParseError, Nat, NatAddressRange, NetworkDef, PortGroup, PortRange,
+    MacAddrParseError, MacvtapMode, Nat, NatAddressRange, NetworkDef, PortGroup, PortRange,
 };
 pub use port::{PortDef, PortPlug};
 pub use update::{Update, UpdateCommand, UpdateSection};

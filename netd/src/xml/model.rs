@@ -115,8 +115,15 @@ pub enum ForwardMode {
     Route,
     /// `mode='open'`: forward without any firewall rules.
     Open,
-    /// `mode='bridge'`: attach guests to an existing host bridge.
+    /// `mode='bridge'`: attach guests to an existing host bridge (`<bridge name=>`), or,
+    /// without one, each guest by a macvtap in bridge mode on a device of the pool.
     Bridge,
+    /// `mode='private'`: a macvtap per guest that reaches no other guest.
+    Private,
+    /// `mode='vepa'`: a macvtap per guest whose frames all go to the external switch.
+    Vepa,
+    /// `mode='passthrough'`: a macvtap per guest with a pool device to itself.
+    Passthrough,
 }
 
 impl ForwardMode {
@@ -128,6 +135,9 @@ impl ForwardMode {
             ForwardMode::Route => Some("route"),
             ForwardMode::Open => Some("open"),
             ForwardMode::Bridge => Some("bridge"),
+            ForwardMode::Private => Some("private"),
+            ForwardMode::Vepa => Some("vepa"),
+            ForwardMode::Passthrough => Some("passthrough"),
         }
     }
 
@@ -136,15 +146,56 @@ impl ForwardMode {
         self.as_libvirt_str().unwrap_or("none")
     }
 
-    /// True for the modes where kvnet owns the bridge (everything but `bridge`).
+    /// True for the modes where kvnet owns the bridge (isolated, nat, route, open).
     pub fn has_managed_bridge(self) -> bool {
-        self != ForwardMode::Bridge
+        matches!(
+            self,
+            ForwardMode::Isolated | ForwardMode::Nat | ForwardMode::Route | ForwardMode::Open
+        )
     }
 }
 
 impl fmt::Display for ForwardMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// How a macvtap shares its device with the others on it: libvirt's macvtap forward
+/// modes, and the `mode` of a `<plug type='direct'>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum MacvtapMode {
+    /// Guests on the same device reach each other inside the host.
+    Bridge,
+    /// Guests never reach each other.
+    Private,
+    /// Every frame goes to the external switch (802.1Qbg).
+    Vepa,
+    /// One guest has the device to itself.
+    Passthrough,
+}
+
+impl MacvtapMode {
+    /// libvirt's name (`virNetDevMacVLanMode`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MacvtapMode::Bridge => "bridge",
+            MacvtapMode::Private => "private",
+            MacvtapMode::Vepa => "vepa",
+            MacvtapMode::Passthrough => "passthrough",
+        }
+    }
+
+    /// Reads libvirt's name.
+    pub fn from_libvirt(text: &str) -> Option<MacvtapMode> {
+        [
+            MacvtapMode::Vepa,
+            MacvtapMode::Private,
+            MacvtapMode::Bridge,
+            MacvtapMode::Passthrough,
+        ]
+        .into_iter()
+        .find(|mode| mode.as_str() == text)
     }
 }
 
@@ -155,6 +206,9 @@ pub struct Forward {
     pub mode: ForwardMode,
     /// `dev`: restrict forwarding to this host interface (nat/route).
     pub dev: Option<String>,
+    /// The `<interface dev=>` pool of a macvtap network (its `dev` attribute is the first),
+    /// whose devices its guests' macvtaps sit on.
+    pub interfaces: Vec<String>,
     /// `<nat>` options (mode nat only).
     pub nat: Nat,
 }
@@ -662,6 +716,19 @@ impl NetworkDef {
     /// The forwarding mode ([`ForwardMode::Isolated`] without `<forward>`).
     pub fn forward_mode(&self) -> ForwardMode {
         self.forward.mode
+    }
+
+    /// How the guests of a network without a bridge are attached: a macvtap each, in
+    /// this mode (forward modes private, vepa and passthrough, and bridge without a
+    /// `<bridge name=>`); `None` for networks with a bridge.
+    pub fn macvtap_mode(&self) -> Option<MacvtapMode> {
+        match self.forward.mode {
+            ForwardMode::Bridge if self.bridge.name.is_none() => Some(MacvtapMode::Bridge),
+            ForwardMode::Private => Some(MacvtapMode::Private),
+            ForwardMode::Vepa => Some(MacvtapMode::Vepa),
+            ForwardMode::Passthrough => Some(MacvtapMode::Passthrough),
+            _ => None,
+        }
     }
 
     /// The bridge device name, if set.

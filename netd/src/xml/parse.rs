@@ -378,6 +378,12 @@ impl Parser {
             def.isolated_ports = super::isolated_ports(element)?;
         }
         if let Some(element) = bandwidth {
+            if def.macvtap_mode().is_some() {
+                return Err(invalid(format!(
+                    "Unsupported network-wide <bandwidth> element in network {} with forward mode='{}'",
+                    self.network, def.forward.mode
+                )));
+            }
             // libvirt shapes even a host bridge it does not own; kvnet leaves those alone.
             if def.forward.mode == ForwardMode::Bridge {
                 return Err(self.unsupported(
@@ -470,7 +476,10 @@ impl Parser {
             Some("route") => ForwardMode::Route,
             Some("open") => ForwardMode::Open,
             Some("bridge") => ForwardMode::Bridge,
-            Some(other @ ("passthrough" | "private" | "vepa" | "hostdev")) => {
+            Some("private") => ForwardMode::Private,
+            Some("vepa") => ForwardMode::Vepa,
+            Some("passthrough") => ForwardMode::Passthrough,
+            Some(other @ "hostdev") => {
                 return Err(self.unsupported(format!("forward mode '{other}'"), element.line));
             }
             Some(other) => {
@@ -484,6 +493,7 @@ impl Parser {
             mode,
             dev: element.attr("dev").map(str::to_string),
             nat: Nat::default(),
+            interfaces: Vec::new(),
         };
         let mut nat = None;
         let mut interfaces = Vec::new();
@@ -491,38 +501,63 @@ impl Parser {
             match child.name.as_str() {
                 "nat" => self.once(&mut nat, child)?,
                 "interface" => interfaces.push(child),
+                // <pf>, <address> (SR-IOV and PCI pools) and <driver> (hostdev).
                 _ => return Err(self.unsupported_child(element, child)),
             }
         }
-        // libvirt writes `<forward dev='X'>` back with a single matching
-        // `<interface dev='X'/>` child; that form is accepted. Interface pools
-        // (macvtap) are not implemented.
-        if let Some(extra) = interfaces.get(1) {
-            return Err(self.unsupported_child(element, extra));
-        }
-        if let Some(interface) = interfaces.first() {
+        // As libvirt's pool: `dev` is its first device, and a first <interface> must name
+        // the same one (libvirt writes both back).
+        let mut pool: Vec<String> = forward.dev.iter().cloned().collect();
+        for (position, interface) in interfaces.iter().enumerate() {
             // `connections` is a live counter in net-dumpxml output; ignored like libvirt does.
             self.check_attrs(interface, &["dev", "connections"])?;
             self.check_leaf(interface)?;
-            let dev = self.required(interface, "dev")?;
-            if mode == ForwardMode::Bridge {
-                return Err(self.unsupported_child(element, interface));
-            }
+            let dev = interface.attr("dev").ok_or_else(|| {
+                invalid(format!(
+                    "Missing required dev attribute in <forward> <interface> element of network {}",
+                    self.network
+                ))
+            })?;
             match &forward.dev {
-                Some(forward_dev) if forward_dev != dev => {
+                Some(forward_dev) if position == 0 && forward_dev != dev => {
                     return Err(invalid(format!(
                         "<forward dev='{forward_dev}'> must match first <interface dev='{dev}'/> in network {}",
                         self.network
                     )));
                 }
-                _ => forward.dev = Some(dev.to_string()),
+                Some(_) if position == 0 => continue,
+                _ => {}
             }
+            if pool.iter().any(|listed| listed == dev) {
+                return Err(invalid(format!(
+                    "interface '{dev}' can only be listed once in network {}",
+                    self.network
+                )));
+            }
+            pool.push(dev.to_string());
         }
-        if mode == ForwardMode::Bridge && forward.dev.is_some() {
-            return Err(self.unsupported(
-                "attribute 'dev' on <forward mode='bridge'> (macvtap)".to_string(),
-                element.line,
-            ));
+        let uses_macvtap = matches!(
+            mode,
+            ForwardMode::Bridge
+                | ForwardMode::Private
+                | ForwardMode::Vepa
+                | ForwardMode::Passthrough
+        );
+        if uses_macvtap {
+            // With a <bridge name=> as well, validation refuses the pair by libvirt's message.
+            forward.dev = None;
+            forward.interfaces = pool;
+        } else {
+            // nat and route forward through one device; a pool means nothing to them.
+            if let Some(extra) = pool.get(1) {
+                let interface = interfaces
+                    .iter()
+                    .find(|interface| interface.attr("dev") == Some(extra.as_str()))
+                    .copied()
+                    .unwrap_or(element);
+                return Err(self.unsupported_child(element, interface));
+            }
+            forward.dev = pool.into_iter().next();
         }
         if let Some(nat) = nat {
             if mode != ForwardMode::Nat {
@@ -599,11 +634,22 @@ impl Parser {
     fn bridge(&self, element: &Element, mode: ForwardMode) -> Result<Bridge, Error> {
         self.check_attrs(element, &["name", "stp", "delay"])?;
         self.check_leaf(element)?;
-        if mode == ForwardMode::Bridge
-            && (element.attr("stp").is_some() || element.attr("delay").is_some())
+        if !mode.has_managed_bridge()
+            && mode != ForwardMode::Bridge
+            && element.attr("name").is_some()
         {
             return Err(invalid(format!(
-                "bridge delay/stp/zone options only allowed in route, nat, and isolated mode, not in bridge (network '{}')",
+                "bridge name not allowed in {mode} mode (network '{}')",
+                self.network
+            )));
+        }
+        // libvirt lets `delay='0'` through, which is what it writes itself.
+        if !mode.has_managed_bridge()
+            && (element.attr("stp").is_some()
+                || element.attr("delay").is_some_and(|delay| delay != "0"))
+        {
+            return Err(invalid(format!(
+                "bridge delay/stp/zone options only allowed in route, nat, and isolated mode, not in {mode} (network '{}')",
                 self.network
             )));
         }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::bandwidth::{self, Bandwidth};
 use super::dom::{Element, parse_document};
 use super::format::{Out, escape, escape_attr};
-use super::model::MacAddr;
+use super::model::{MacAddr, MacvtapMode};
 use super::parse::parse_uuid;
 use super::validate::IFNAME_MAX_BYTES;
 use super::{Error, invalid};
@@ -43,19 +43,27 @@ pub struct PortDef {
     pub plug: Option<PortPlug>,
 }
 
-/// `<plug type='network'|'bridge' bridge='..'/>`: the bridge a port is attached to.
+/// `<plug>`: where a port is attached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PortPlug {
-    /// `type='network'`: a bridge the network manages (forward mode nat, route,
+    /// `type='network' bridge=`: a bridge the network manages (forward mode nat, route,
     /// open or none).
     Network {
         /// `bridge`: the network's bridge device.
         bridge: String,
     },
-    /// `type='bridge'`: an existing host bridge (forward mode bridge).
+    /// `type='bridge' bridge=`: an existing host bridge (forward mode bridge).
     Bridge {
         /// `bridge`: the host bridge device.
         bridge: String,
+    },
+    /// `type='direct' dev= mode=`: a macvtap on a host interface (the macvtap forward
+    /// modes).
+    Direct {
+        /// `dev`: the host interface the macvtap sits on.
+        dev: String,
+        /// `mode`: how the macvtap shares it.
+        mode: MacvtapMode,
     },
 }
 
@@ -65,13 +73,15 @@ impl PortPlug {
         match self {
             PortPlug::Network { .. } => "network",
             PortPlug::Bridge { .. } => "bridge",
+            PortPlug::Direct { .. } => "direct",
         }
     }
 
-    /// The bridge device the port is attached to.
-    pub fn bridge(&self) -> &str {
+    /// The bridge device the port is attached to; `None` for a macvtap.
+    pub fn bridge(&self) -> Option<&str> {
         match self {
-            PortPlug::Network { bridge } | PortPlug::Bridge { bridge } => bridge,
+            PortPlug::Network { bridge } | PortPlug::Bridge { bridge } => Some(bridge),
+            PortPlug::Direct { .. } => None,
         }
     }
 }
@@ -127,8 +137,12 @@ impl PortDef {
             )));
         }
         self.validate_for_tap()?;
-        if let Some(plug) = &self.plug {
-            validate_bridge_name(plug.bridge())?;
+        match &self.plug {
+            Some(PortPlug::Network { bridge } | PortPlug::Bridge { bridge }) => {
+                validate_bridge_name(bridge)?;
+            }
+            Some(PortPlug::Direct { dev, .. }) => validate_link_device(dev)?,
+            None => {}
         }
         Ok(())
     }
@@ -181,12 +195,22 @@ impl PortDef {
             let value = if isolated { "yes" } else { "no" };
             out.line(&format!("<port isolated='{value}'/>"));
         }
-        if let Some(plug) = &self.plug {
-            out.line(&format!(
-                "<plug type='{}' bridge='{}'/>",
-                plug.type_name(),
-                escape_attr(plug.bridge())
-            ));
+        match &self.plug {
+            Some(plug @ (PortPlug::Network { bridge } | PortPlug::Bridge { bridge })) => {
+                out.line(&format!(
+                    "<plug type='{}' bridge='{}'/>",
+                    plug.type_name(),
+                    escape_attr(bridge)
+                ));
+            }
+            Some(PortPlug::Direct { dev, mode }) => {
+                out.line(&format!(
+                    "<plug type='direct' dev='{}' mode='{}'/>",
+                    escape_attr(dev),
+                    mode.as_str()
+                ));
+            }
+            None => {}
         }
         out.close("</networkport>");
         out.finish()
@@ -199,12 +223,24 @@ fn validate_bridge_name(name: &str) -> Result<(), Error> {
     if name.is_empty() {
         return Err(invalid("Missing network port bridge name"));
     }
+    validate_plug_ifname("bridge name", name)
+}
+
+/// A direct plug's device, as [`validate_bridge_name`] a bridge's.
+fn validate_link_device(name: &str) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(invalid("Missing network port link device name"));
+    }
+    validate_plug_ifname("link device name", name)
+}
+
+fn validate_plug_ifname(what: &str, name: &str) -> Result<(), Error> {
     let bad_char = name
         .chars()
         .find(|c| matches!(c, '/' | ':' | '%') || c.is_whitespace() || c.is_control());
     if name.len() > IFNAME_MAX_BYTES || name == "." || name == ".." || bad_char.is_some() {
         return Err(invalid(format!(
-            "invalid network port bridge name {name:?}: it must be an interface name of 1 to {IFNAME_MAX_BYTES} bytes without '/', ':', '%' or whitespace"
+            "invalid network port {what} {name:?}: it must be an interface name of 1 to {IFNAME_MAX_BYTES} bytes without '/', ':', '%' or whitespace"
         )));
     }
     Ok(())
@@ -408,7 +444,8 @@ fn parse_mac(mac: Option<&Element>) -> Result<MacAddr, Error> {
         .map_err(|_| invalid(format!("Unable to parse MAC '{address}'")))
 }
 
-/// `<plug type bridge/>`; `type='none'` is no plug, as in libvirt.
+/// `<plug type bridge/>` or `<plug type='direct' dev mode/>`; `type='none'` is no plug,
+/// as in libvirt.
 fn parse_plug(plug: &Element) -> Result<Option<PortPlug>, Error> {
     let kind = plug.attr("type").ok_or_else(|| {
         invalid(format!(
@@ -424,10 +461,28 @@ fn parse_plug(plug: &Element) -> Result<Option<PortPlug>, Error> {
         }
         "network" => |bridge| PortPlug::Network { bridge },
         "bridge" => |bridge| PortPlug::Bridge { bridge },
-        // macvtap and PCI passthrough ports: kvnet only attaches guests to bridges.
-        "direct" | "hostdev-pci" => {
+        "direct" => {
+            check_attrs(plug, &["type", "dev", "mode"])?;
+            check_leaf(plug)?;
+            let dev = plug
+                .attr("dev")
+                .ok_or_else(|| invalid("Missing network port link device name"))?;
+            // libvirt's default is the first mode of its enum.
+            let mode = match plug.attr("mode") {
+                None => MacvtapMode::Vepa,
+                Some(text) => MacvtapMode::from_libvirt(text).ok_or_else(|| {
+                    invalid(format!("Invalid mode setting '{text}' in network port"))
+                })?,
+            };
+            return Ok(Some(PortPlug::Direct {
+                dev: dev.to_owned(),
+                mode,
+            }));
+        }
+        // PCI passthrough ports.
+        "hostdev-pci" => {
             return Err(unsupported(
-                format!("<plug type='{kind}'> (kvnet attaches ports to bridges only)"),
+                format!("<plug type='{kind}'> (kvnet attaches ports to bridges and macvtaps only)"),
                 plug.line,
             ));
         }

@@ -271,15 +271,9 @@ fn unimplemented_elements_are_refused_by_name() {
         ),
         (
             with(&format!(
-                "{mac}\n\n<plug type='direct' dev='eth0' mode='vepa'/>"
-            )),
-            "unsupported <plug type='direct'> (kvnet attaches ports to bridges only) in network port (line 6)",
-        ),
-        (
-            with(&format!(
                 "{mac}<plug type='hostdev-pci' managed='yes'><address domain='0x0001' bus='0x02' slot='0x03' function='0x4'/></plug>"
             )),
-            "unsupported <plug type='hostdev-pci'> (kvnet attaches ports to bridges only) in network port (line 4)",
+            "unsupported <plug type='hostdev-pci'> (kvnet attaches ports to bridges and macvtaps only) in network port (line 4)",
         ),
         (
             with(&format!(
@@ -463,7 +457,7 @@ fn plug_bridge_must_be_an_interface_name() {
         "<mac address='52:54:00:00:00:01'/><plug type='bridge' bridge='0123456789abcde'/>",
     ));
     assert_eq!(
-        def.plug.as_ref().map(PortPlug::bridge),
+        def.plug.as_ref().and_then(PortPlug::bridge),
         Some("0123456789abcde")
     );
     assert_eq!(def.plug.as_ref().map(PortPlug::type_name), Some("bridge"));
@@ -550,4 +544,54 @@ fn a_group_is_kept_between_owner_and_mac() {
         )),
         "duplicate element <group> in network port (line 4)"
     );
+}
+
+#[test]
+fn a_direct_plug_round_trips_and_gets_libvirts_messages() {
+    let mac = "<mac address='52:54:00:00:00:01'/>";
+    let def = parse(&with(&format!(
+        "{mac}<plug type='direct' dev='eth0' mode='private'/>"
+    )));
+    assert_eq!(
+        def.plug,
+        Some(PortPlug::Direct {
+            dev: "eth0".into(),
+            mode: MacvtapMode::Private
+        })
+    );
+    assert_eq!(def.plug.as_ref().and_then(PortPlug::bridge), None);
+    let xml = def.to_xml();
+    assert!(
+        xml.contains("  <plug type='direct' dev='eth0' mode='private'/>\n"),
+        "{xml}"
+    );
+    assert_eq!(PortDef::from_xml(&xml).expect("reparse"), def);
+    // libvirt's default mode is the first of its enum.
+    let def = parse(&with(&format!("{mac}<plug type='direct' dev='eth0'/>")));
+    assert_eq!(
+        def.plug,
+        Some(PortPlug::Direct {
+            dev: "eth0".into(),
+            mode: MacvtapMode::Vepa
+        })
+    );
+    for (plug, expected) in [
+        (
+            "<plug type='direct' mode='vepa'/>",
+            "Missing network port link device name",
+        ),
+        (
+            "<plug type='direct' dev='eth0' mode='bogus'/>",
+            "Invalid mode setting 'bogus' in network port",
+        ),
+        (
+            "<plug type='direct' dev='a/b'/>",
+            "invalid network port link device name \"a/b\"",
+        ),
+    ] {
+        let err = PortDef::from_xml(&with(&format!("{mac}{plug}")))
+            .expect_err(plug)
+            .to_string();
+        assert!(err.contains(expected), "{plug}: {err}");
+    }
 }

@@ -672,28 +672,24 @@ fn unsupported_libvirt_features_are_rejected_by_name() {
             "unsupported element <dnsmasq:options> in network 'x' (line 1)",
         ),
         (
-            "<network><name>x</name><forward mode='passthrough'><interface dev='eth0'/></forward></network>",
-            "unsupported forward mode 'passthrough' in network 'x' (line 1)",
-        ),
-        (
             "<network><name>x</name><forward mode='hostdev' managed='yes'/></network>",
             "unsupported attribute 'managed' on <forward> in network 'x' (line 1)",
         ),
         (
-            "<network><name>x</name><forward mode='vepa'/></network>",
-            "unsupported forward mode 'vepa' in network 'x' (line 1)",
+            "<network><name>x</name><forward mode='hostdev'/></network>",
+            "unsupported forward mode 'hostdev' in network 'x' (line 1)",
         ),
         (
-            "<network><name>x</name><forward mode='private'/></network>",
-            "unsupported forward mode 'private' in network 'x' (line 1)",
+            "<network><name>x</name><forward mode='passthrough'><pf dev='eth0'/></forward></network>",
+            "unsupported element <pf> inside <forward> in network 'x' (line 1)",
+        ),
+        (
+            "<network><name>x</name><forward mode='vepa'><driver name='vfio'/></forward></network>",
+            "unsupported element <driver> inside <forward> in network 'x' (line 1)",
         ),
         (
             "<network><name>x</name><forward mode='bridge'><pf dev='eth0'/></forward></network>",
             "unsupported element <pf> inside <forward> in network 'x' (line 1)",
-        ),
-        (
-            "<network><name>x</name><forward mode='bridge'><interface dev='eth0'/></forward></network>",
-            "unsupported element <interface> inside <forward> in network 'x' (line 1)",
         ),
         (
             "<network><name>x</name><forward mode='nat'><interface dev='eth0'/><interface dev='eth1'/></forward>\
@@ -1050,10 +1046,6 @@ fn validation_errors_use_specific_messages() {
             "Bad ipv4 start address '2001:db8::1' in <nat> in <forward> in network 'x'",
         ),
         (
-            "<network><name>x</name><forward mode='bridge'/></network>",
-            "forward mode='bridge' requires <bridge name='...'/> in network 'x'",
-        ),
-        (
             "<network><name>x</name><forward mode='bridge'/><bridge name='br0'/><ip address='10.0.0.1' prefix='24'/></network>",
             "Unsupported <ip> element in network x with forward mode='bridge'",
         ),
@@ -1080,7 +1072,7 @@ fn validation_errors_use_specific_messages() {
         ),
         (
             "<network><name>x</name><forward mode='bridge' dev='eth0'/><bridge name='br0'/></network>",
-            "unsupported attribute 'dev' on <forward mode='bridge'> (macvtap) in network 'x' (line 1)",
+            "A network with forward mode='bridge' can specify a bridge name or a forward dev, but not both (network 'x')",
         ),
         (
             "<network><name>x</name><dns enable='no'><txt name='a' value='b'/></dns></network>",
@@ -2251,5 +2243,140 @@ fn portgroups_round_trip_last_with_libvirts_checks() {
     ];
     for (xml, expected) in cases {
         assert_eq!(parse_err(xml), *expected, "{xml}");
+    }
+}
+
+#[test]
+fn macvtap_networks_round_trip_as_libvirt_writes_them() {
+    // libvirt keeps `dev` as the first device of the pool and writes it twice.
+    let def = NetworkDef::from_xml(
+        "<network><name>lan</name><uuid>11111111-2222-3333-4444-555555555555</uuid>\
+         <forward mode='vepa' dev='eth0'><interface dev='eth0'/><interface dev='eth1'/></forward></network>",
+    )
+    .expect("parse");
+    assert_eq!(def.macvtap_mode(), Some(MacvtapMode::Vepa));
+    assert_eq!(def.forward.interfaces, ["eth0", "eth1"]);
+    assert_eq!(def.bridge_name(), None);
+    let xml = def.to_xml();
+    assert_eq!(
+        xml,
+        "<network>\n  <name>lan</name>\n  <uuid>11111111-2222-3333-4444-555555555555</uuid>\n  \
+         <forward dev='eth0' mode='vepa'>\n    <interface dev='eth0'/>\n    <interface dev='eth1'/>\n  \
+         </forward>\n</network>\n"
+    );
+    assert_eq!(NetworkDef::from_xml(&xml).expect("reparse"), def);
+
+    // `dev` alone is a pool of one; no pool at all is accepted (ports fail, as libvirt's).
+    for (input, mode, pool, written) in [
+        (
+            "<forward mode='bridge' dev='eth0'/>",
+            MacvtapMode::Bridge,
+            &["eth0"][..],
+            "<forward dev='eth0' mode='bridge'>\n    <interface dev='eth0'/>\n  </forward>",
+        ),
+        (
+            "<forward mode='bridge'><interface dev='eth3'/></forward>",
+            MacvtapMode::Bridge,
+            &["eth3"][..],
+            "<forward dev='eth3' mode='bridge'>\n    <interface dev='eth3'/>\n  </forward>",
+        ),
+        (
+            "<forward mode='private'/>",
+            MacvtapMode::Private,
+            &[][..],
+            "<forward mode='private'/>",
+        ),
+        (
+            "<forward mode='passthrough'><interface dev='eth0' connections='1'/></forward>",
+            MacvtapMode::Passthrough,
+            &["eth0"][..],
+            "<forward dev='eth0' mode='passthrough'>\n    <interface dev='eth0'/>\n  </forward>",
+        ),
+    ] {
+        let def = NetworkDef::from_xml(&format!("<network><name>lan</name>{input}</network>"))
+            .unwrap_or_else(|e| panic!("{input}: {e}"));
+        assert_eq!(def.macvtap_mode(), Some(mode), "{input}");
+        assert_eq!(def.forward.interfaces, pool, "{input}");
+        assert_eq!(def.mac, None, "no bridge MAC is made up for {input}");
+        let mut filled = def.clone();
+        filled.fill_defaults(|_| false).expect("fill");
+        assert_eq!(
+            filled.bridge_name(),
+            None,
+            "no bridge is made up for {input}"
+        );
+        assert!(def.to_xml().contains(written), "{input}:\n{}", def.to_xml());
+    }
+    // A host bridge is not a macvtap network.
+    let host_bridge = NetworkDef::from_xml(
+        "<network><name>br</name><forward mode='bridge'/><bridge name='br0'/></network>",
+    )
+    .expect("parse");
+    assert_eq!(host_bridge.macvtap_mode(), None);
+}
+
+#[test]
+fn macvtap_networks_get_libvirts_messages() {
+    for (body, expected) in [
+        (
+            "<forward mode='vepa'><interface/></forward>",
+            "Missing required dev attribute in <forward> <interface> element of network x",
+        ),
+        (
+            "<forward mode='vepa' dev='eth0'><interface dev='eth1'/></forward>",
+            "<forward dev='eth0'> must match first <interface dev='eth1'/> in network x",
+        ),
+        (
+            "<forward mode='vepa'><interface dev='eth0'/><interface dev='eth0'/></forward>",
+            "interface 'eth0' can only be listed once in network x",
+        ),
+        (
+            "<forward mode='private' dev='eth0'/><bridge name='br0'/>",
+            "bridge name not allowed in private mode (network 'x')",
+        ),
+        (
+            "<forward mode='passthrough' dev='eth0'/><bridge stp='off'/>",
+            "bridge delay/stp/zone options only allowed in route, nat, and isolated mode, not in passthrough (network 'x')",
+        ),
+        (
+            "<forward mode='vepa' dev='eth0'/><mtu size='9000'/>",
+            "mtu size only allowed in open, route, nat, and isolated mode, not in vepa (network 'x')",
+        ),
+        (
+            "<forward mode='vepa' dev='eth0'/><mac address='52:54:00:00:00:01'/>",
+            "Unsupported <mac> element in network x with forward mode='vepa'",
+        ),
+        (
+            "<forward mode='bridge' dev='eth0'/><ip address='10.0.0.1' prefix='24'/>",
+            "Unsupported <ip> element in network x with forward mode='bridge'",
+        ),
+        (
+            "<forward mode='private' dev='eth0'/><domain name='lan'/>",
+            "Unsupported <domain> element in network x with forward mode='private'",
+        ),
+        (
+            "<forward mode='vepa' dev='eth0'/><bandwidth><inbound average='1000'/></bandwidth>",
+            "Unsupported network-wide <bandwidth> element in network x with forward mode='vepa'",
+        ),
+        (
+            "<forward mode='vepa' dev='eth0'/><portgroup name='slow'><bandwidth><inbound average='10'/></bandwidth></portgroup>",
+            "Unsupported <bandwidth> element in network 'x' in portgroup 'slow' with forward mode='vepa'",
+        ),
+        (
+            "<forward mode='vepa'><interface dev='../x'/></forward>",
+            "forward interface \"../x\" in network 'x' contains the invalid character '/'",
+        ),
+        (
+            "<forward mode='nat'><interface dev='eth0'/><interface dev='eth1'/></forward><ip address='10.0.0.1' prefix='24'/>",
+            "unsupported element <interface> inside <forward> in network 'x' (line 1)",
+        ),
+    ] {
+        let err = NetworkDef::from_xml(&format!("<network><name>x</name>{body}</network>"))
+            .expect_err(body)
+            .to_string();
+        assert!(
+            err.contains(expected),
+            "{body}\n  got: {err}\n want: {expected}"
+        );
     }
 }

@@ -412,25 +412,31 @@ impl NetworkDef {
                     )));
                 }
             }
-            ForwardMode::Bridge => {
-                if self.bridge.name.is_none() {
+            ForwardMode::Bridge
+            | ForwardMode::Private
+            | ForwardMode::Vepa
+            | ForwardMode::Passthrough => {
+                // libvirt's order (virNetworkDefParseXML, then networkValidate).
+                if mode != ForwardMode::Bridge && self.bridge.name.is_some() {
                     return Err(invalid(format!(
-                        "forward mode='bridge' requires <bridge name='...'/> in network '{name}'"
-                    )));
-                }
-                if self.forward.dev.is_some() {
-                    return Err(invalid(format!(
-                        "A network with forward mode='bridge' can specify a bridge name or a forward dev, but not both (network '{name}')"
+                        "bridge name not allowed in {mode} mode (network '{name}')"
                     )));
                 }
                 if !self.bridge.stp || self.bridge.delay != 0 {
                     return Err(invalid(format!(
-                        "bridge delay/stp/zone options only allowed in route, nat, and isolated mode, not in bridge (network '{name}')"
+                        "bridge delay/stp/zone options only allowed in route, nat, and isolated mode, not in {mode} (network '{name}')"
+                    )));
+                }
+                if self.bridge.name.is_some()
+                    && (self.forward.dev.is_some() || !self.forward.interfaces.is_empty())
+                {
+                    return Err(invalid(format!(
+                        "A network with forward mode='{mode}' can specify a bridge name or a forward dev, but not both (network '{name}')"
                     )));
                 }
                 if self.mtu.is_some() {
                     return Err(invalid(format!(
-                        "mtu size only allowed in open, route, nat, and isolated mode, not in bridge (network '{name}')"
+                        "mtu size only allowed in open, route, nat, and isolated mode, not in {mode} (network '{name}')"
                     )));
                 }
                 if self.mac.is_some() {
@@ -447,6 +453,17 @@ impl NetworkDef {
                 }
                 if self.domain.is_some() {
                     return Err(unsupported_with_mode("domain"));
+                }
+                if self.macvtap_mode().is_some()
+                    && let Some(group) = self.portgroups.iter().find(|g| g.bandwidth.is_some())
+                {
+                    return Err(invalid(format!(
+                        "Unsupported <bandwidth> element in network '{name}' in portgroup '{}' with forward mode='{mode}'",
+                        group.name
+                    )));
+                }
+                for dev in &self.forward.interfaces {
+                    validate_ifname("forward interface", dev, name)?;
                 }
             }
         }

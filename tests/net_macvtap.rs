@@ -1,0 +1,466 @@
+//! netns tier: macvtap networks (libvirt's `<forward mode='bridge'|'private'|'vepa'|
+//! 'passthrough'>` with an `<interface dev=>` pool). Each port is a macvtap with the guest's
+//! MAC on a device of the pool; a guest's frames cross it to the LAN behind that device
+//! (here a veth to a "lan" namespace). Ports are parked down while their network is
+//! stopped, survive daemon restarts and crashes, and a handed-over one goes with the
+//! process that asked for it.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{DAEMON_NEEDS, Daemon, Need, Netns, require};
+use netd::api::ErrorKind;
+use netd::api::client::{Client, Error};
+use netd::api::types::PortSummary;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+const VNET_HDR_LEN: usize = 12;
+const LAN_IP: [u8; 4] = [10, 88, 0, 1];
+const GUEST_IP: [u8; 4] = [10, 88, 0, 50];
+/// Set for the copy of this test binary that holds a port ([`macvtap_port_holder`]).
+const HOLDER_SOCKET_ENV: &str = "KVNET_TEST_MACVTAP_HOLDER_SOCKET";
+
+fn needs() -> Vec<Need> {
+    let mut needs = DAEMON_NEEDS.to_vec();
+    needs.push(Need::Tun);
+    needs
+}
+
+fn port_xml(owner: &str, mac: &str) -> String {
+    format!(
+        "<networkport><owner><name>{owner}</name>\
+         <uuid>c0b6a7f5-4deb-4cf6-b4e7-eab4e3aafd4c</uuid></owner>\
+         <mac address='{mac}'/></networkport>"
+    )
+}
+
+fn mac_bytes(mac: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|byte| u8::from_str_radix(byte, 16).expect("hex"))
+        .collect();
+    bytes.try_into().expect("six bytes")
+}
+
+/// A daemon without networks, and a "lan" namespace behind veths `lan0`, `lan1`, ... of the
+/// daemon's namespace (peers `eth0`, `eth1`, ... on one bridge, at 10.88.0.1).
+fn daemon_with_lan(devices: usize) -> (Daemon, Netns) {
+    let daemon = Daemon::without_default_network();
+    let lan = Netns::new("lan").expect("lan namespace");
+    lan.sh("ip link add lanbr type bridge && ip addr add 10.88.0.1/24 dev lanbr && ip link set lanbr up")
+        .expect("lan bridge");
+    for n in 0..devices {
+        daemon
+            .ns
+            .sh(&format!(
+                "ip link add lan{n} type veth peer name eth{n} netns {lan} && ip link set lan{n} up",
+                lan = lan.name()
+            ))
+            .expect("veth to the lan");
+        lan.sh(&format!(
+            "ip link set eth{n} master lanbr && ip link set eth{n} up"
+        ))
+        .expect("lan port");
+    }
+    (daemon, lan)
+}
+
+fn define_and_start(daemon: &Daemon, name: &str, forward: &str) {
+    let xml = format!("<network><name>{name}</name>{forward}</network>");
+    let file = common::xml_file(daemon.dirs.path(), name, &xml);
+    daemon.ok(&["net-define", file.to_str().expect("utf-8")]);
+    daemon.ok(&["net-start", name]);
+}
+
+/// The daemon namespace's macvtaps: name -> `ip -d -j link` object.
+fn macvtaps(daemon: &Daemon) -> Vec<serde_json::Value> {
+    daemon
+        .ip_json("-d link show")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|link| link["linkinfo"]["info_kind"] == "macvtap")
+        .cloned()
+        .collect()
+}
+
+fn macvtap(daemon: &Daemon, name: &str) -> serde_json::Value {
+    daemon.ip_json(&format!("-d link show {name}"))[0].clone()
+}
+
+fn lower_of(daemon: &Daemon, name: &str) -> String {
+    let index = macvtap(daemon, name)["link_index"]
+        .as_u64()
+        .map(|i| i.to_string());
+    // `ip -j` names the lower device in "link" when it is in the same namespace.
+    macvtap(daemon, name)["link"]
+        .as_str()
+        .map(str::to_owned)
+        .or(index)
+        .unwrap_or_default()
+}
+
+fn api_error(result: Result<impl std::fmt::Debug, Error>) -> (ErrorKind, String) {
+    match result {
+        Err(Error::Api(e)) => (e.kind, e.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// An ARP request (broadcast) from the guest for the LAN's address, after the
+/// virtio-net header.
+fn arp_request(mac: [u8; 6]) -> Vec<u8> {
+    let mut frame = vec![0u8; VNET_HDR_LEN];
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&GUEST_IP);
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&LAN_IP);
+    frame
+}
+
+/// Sends the guest's ARP request through its queue until the LAN's reply comes back
+/// through it (the first may go before the LAN bridge's port forwards).
+fn lan_answers(queue: &OwnedFd, mac: [u8; 6], timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut buffer = [0u8; 2048];
+    let mut next_request = Instant::now();
+    while Instant::now() < deadline {
+        if Instant::now() >= next_request {
+            // A down macvtap may refuse the frame; the reply just never comes then.
+            let _ = nix::unistd::write(queue, &arp_request(mac));
+            next_request = Instant::now() + Duration::from_millis(500);
+        }
+        let mut fds = [PollFd::new(queue.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(100u16)).expect("poll") == 0 {
+            continue;
+        }
+        let n = nix::unistd::read(queue, &mut buffer).expect("read the macvtap");
+        let frame = &buffer[VNET_HDR_LEN.min(n)..n];
+        let is_reply = frame.len() >= 42
+            && frame[..6] == mac
+            && frame[12..14] == [0x08, 0x06]
+            && frame[20..22] == [0, 2]
+            && frame[28..32] == LAN_IP;
+        if is_reply {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_macvtap_network_puts_each_guest_on_a_device_of_its_pool() {
+    if !require(&needs()) {
+        return;
+    }
+    let (mut daemon, _lan) = daemon_with_lan(2);
+    define_and_start(
+        &daemon,
+        "lan",
+        "<forward mode='bridge'><interface dev='lan0'/><interface dev='lan1'/></forward>",
+    );
+    // No bridge: net-info has no Bridge line, as virsh's, and nothing was created.
+    let info = daemon.ok(&["net-info", "lan"]);
+    assert!(!info.contains("Bridge:"), "{info}");
+    assert!(info.contains("Active:         yes"), "{info}");
+    assert!(daemon.bridges().is_empty(), "{:?}", daemon.bridges());
+    assert!(!daemon.ruleset().contains("kvnet"), "{}", daemon.ruleset());
+    let xml = daemon.ok(&["net-dumpxml", "lan"]);
+    assert!(
+        xml.contains(
+            "  <forward dev='lan0' mode='bridge'>\n    <interface dev='lan0'/>\n    <interface dev='lan1'/>\n  </forward>\n"
+        ),
+        "{xml}"
+    );
+
+    let client = Client::new(daemon.socket());
+    let (handed, queue) = client
+        .plug("lan", &port_xml("guest1", "52:54:00:aa:cc:01"))
+        .expect("plug");
+    assert!(handed.tap.starts_with("macvtap"), "{handed:?}");
+    assert!(!handed.persistent);
+    let link = macvtap(&daemon, &handed.tap);
+    assert_eq!(link["address"], "52:54:00:aa:cc:01", "{link}");
+    assert_eq!(link["linkinfo"]["info_data"]["mode"], "bridge", "{link}");
+    assert_eq!(lower_of(&daemon, &handed.tap), "lan0");
+    assert!(common::is_up(&link), "{link}");
+    assert!(
+        link["ifalias"]
+            .as_str()
+            .is_some_and(|alias| alias == format!("kvnet: port {} of network lan", handed.uuid)),
+        "{link}"
+    );
+    let ipv6 = daemon
+        .ns
+        .sh(&format!(
+            "cat /proc/sys/net/ipv6/conf/{}/disable_ipv6",
+            handed.tap
+        ))
+        .expect("sysctl");
+    assert_eq!(ipv6, "1\n");
+    let port_xml_text = client
+        .port_xml("lan", &handed.uuid.to_string())
+        .expect("port xml");
+    assert!(
+        port_xml_text.contains("  <plug type='direct' dev='lan0' mode='bridge'/>\n"),
+        "{port_xml_text}"
+    );
+    let guest1 = mac_bytes("52:54:00:aa:cc:01");
+    assert!(
+        lan_answers(&queue, guest1, Duration::from_secs(10)),
+        "no ARP reply from the LAN through the macvtap"
+    );
+
+    // The next port goes on the device with the fewest, then the first of a tie.
+    let second = client
+        .create_port("lan", &port_xml("guest2", "52:54:00:aa:cc:02"))
+        .expect("second port");
+    assert!(second.persistent);
+    assert_eq!(lower_of(&daemon, &second.tap), "lan1");
+    let third = client
+        .create_port("lan", &port_xml("guest3", "52:54:00:aa:cc:03"))
+        .expect("third port");
+    assert_eq!(lower_of(&daemon, &third.tap), "lan0");
+    assert_eq!(macvtaps(&daemon).len(), 3);
+
+    // Stopped, the network leaves the macvtaps to their guests, down; they come back
+    // up with it, across a daemon crash too.
+    daemon.ok(&["net-destroy", "lan"]);
+    for port in [&handed, &second, &third] {
+        assert!(!common::is_up(&macvtap(&daemon, &port.tap)), "{port:?}");
+    }
+    assert!(
+        !lan_answers(&queue, guest1, Duration::from_secs(2)),
+        "a parked macvtap still carries frames"
+    );
+    daemon.kill9();
+    daemon.spawn(&Default::default());
+    assert_eq!(macvtaps(&daemon).len(), 3);
+    daemon.ok(&["net-start", "lan"]);
+    for port in [&handed, &second, &third] {
+        assert!(common::is_up(&macvtap(&daemon, &port.tap)), "{port:?}");
+    }
+    assert!(daemon.log().contains("plugged ports in again"));
+    assert!(
+        lan_answers(&queue, guest1, Duration::from_secs(10)),
+        "no ARP reply after the network's restart"
+    );
+
+    // A deleted port takes its macvtap; undefining the stopped network, the rest.
+    client
+        .delete_port("lan", &second.uuid.to_string())
+        .expect("delete");
+    assert_eq!(macvtaps(&daemon).len(), 2);
+    daemon.ok(&["net-destroy", "lan"]);
+    daemon.ok(&["net-undefine", "lan"]);
+    assert!(macvtaps(&daemon).is_empty(), "{:?}", macvtaps(&daemon));
+    drop(queue);
+}
+
+/// Not a test of its own: the process [`a_handed_over_macvtap_goes_with_its_process`]
+/// runs (this test binary again) to hold a port. It prints the port, then holds it until
+/// its stdin closes or it is killed.
+#[test]
+fn macvtap_port_holder() {
+    let Ok(socket) = std::env::var(HOLDER_SOCKET_ENV) else {
+        return;
+    };
+    let (port, _queue) = Client::new(socket)
+        .plug("lan", &port_xml("held", "52:54:00:aa:cc:09"))
+        .expect("plug");
+    println!("PORT {}", serde_json::to_string(&port).expect("json"));
+    std::io::stdout().flush().expect("flush");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+/// Starts a holder process and waits for its port.
+fn hold_port(daemon: &Daemon) -> (Child, PortSummary) {
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "macvtap_port_holder", "--nocapture"])
+        .env(HOLDER_SOCKET_ENV, daemon.socket())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("holder");
+    let stdout = child.stdout.take().expect("stdout");
+    let port = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.strip_prefix("PORT ")
+                .map(|json| serde_json::from_str::<PortSummary>(json).expect("port json"))
+        })
+        .expect("the holder's port");
+    (child, port)
+}
+
+fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_handed_over_macvtap_goes_with_its_process() {
+    if !require(&needs()) {
+        return;
+    }
+    let (mut daemon, _lan) = daemon_with_lan(1);
+    define_and_start(&daemon, "lan", "<forward mode='vepa' dev='lan0'/>");
+    let client = Client::new(daemon.socket());
+
+    // The holder exits: its macvtap goes at once, and its port with it.
+    let (holder, port) = hold_port(&daemon);
+    assert_eq!(
+        macvtap(&daemon, &port.tap)["linkinfo"]["info_data"]["mode"],
+        "vepa"
+    );
+    let gone = |daemon: &Daemon, mut holder: Child| {
+        holder.kill().expect("kill the holder");
+        holder.wait().expect("reap");
+        wait_until(
+            "the macvtap of an exited process goes",
+            Duration::from_secs(10),
+            || macvtaps(daemon).is_empty(),
+        );
+        assert_eq!(client.ports("lan").expect("ports"), []);
+    };
+    gone(&daemon, holder);
+    assert!(
+        daemon
+            .log()
+            .contains("deleted the macvtap of a process that exited")
+    );
+
+    // A restarted daemon watches the holder again.
+    let (holder, _) = hold_port(&daemon);
+    daemon.stop();
+    daemon.spawn(&Default::default());
+    assert_eq!(macvtaps(&daemon).len(), 1);
+    let logged = daemon.log().len();
+    gone(&daemon, holder);
+    assert!(daemon.log()[logged..].contains("deleted the macvtap of a process that exited"));
+
+    // A holder that exits while the daemon is away loses its port when it comes back.
+    let (mut holder, _) = hold_port(&daemon);
+    daemon.kill9();
+    holder.kill().expect("kill the holder");
+    holder.wait().expect("reap");
+    assert_eq!(macvtaps(&daemon).len(), 1);
+    daemon.spawn(&Default::default());
+    assert!(macvtaps(&daemon).is_empty(), "{:?}", macvtaps(&daemon));
+    assert!(
+        daemon
+            .log()
+            .contains("its process exited while the daemon was away")
+    );
+    assert_eq!(client.ports("lan").expect("ports"), []);
+}
+
+#[test]
+fn macvtap_ports_follow_libvirts_allocation_rules() {
+    if !require(&needs()) {
+        return;
+    }
+    let (mut daemon, _lan) = daemon_with_lan(3);
+    define_and_start(
+        &daemon,
+        "solo",
+        "<forward mode='passthrough'><interface dev='lan0'/><interface dev='lan1'/></forward>",
+    );
+    let client = Client::new(daemon.socket());
+    let first = client
+        .create_port("solo", &port_xml("a", "52:54:00:aa:dd:01"))
+        .expect("first");
+    let second = client
+        .create_port("solo", &port_xml("b", "52:54:00:aa:dd:02"))
+        .expect("second");
+    assert_eq!(lower_of(&daemon, &first.tap), "lan0");
+    assert_eq!(lower_of(&daemon, &second.tap), "lan1");
+    assert_eq!(
+        macvtap(&daemon, &first.tap)["linkinfo"]["info_data"]["mode"],
+        "passthru"
+    );
+    assert_eq!(
+        api_error(client.create_port("solo", &port_xml("c", "52:54:00:aa:dd:03"))),
+        (
+            ErrorKind::OperationInvalid,
+            "network 'solo' requires exclusive access to interfaces, but none are available"
+                .to_owned()
+        )
+    );
+    // A device is free again once its port is gone.
+    client
+        .delete_port("solo", &first.uuid.to_string())
+        .expect("delete");
+    let third = client
+        .create_port("solo", &port_xml("c", "52:54:00:aa:dd:03"))
+        .expect("third");
+    assert_eq!(lower_of(&daemon, &third.tap), "lan0");
+
+    // An empty pool starts, as libvirt's, and refuses ports.
+    define_and_start(&daemon, "empty", "<forward mode='private'/>");
+    assert_eq!(
+        api_error(client.create_port("empty", &port_xml("d", "52:54:00:aa:dd:04"))),
+        (
+            ErrorKind::OperationInvalid,
+            "network 'empty' uses a direct mode, but has no forward dev and no interface pool"
+                .to_owned()
+        )
+    );
+    // What a macvtap cannot do is refused, and nothing is left behind.
+    let before = macvtaps(&daemon).len();
+    define_and_start(&daemon, "private", "<forward mode='private' dev='lan2'/>");
+    let isolated = "<networkport><owner><name>e</name><uuid>c0b6a7f5-4deb-4cf6-b4e7-eab4e3aafd4c</uuid></owner>\
+                    <mac address='52:54:00:aa:dd:05'/><port isolated='yes'/></networkport>";
+    assert_eq!(
+        api_error(client.create_port("private", isolated)).1,
+        "interface 52:54:00:aa:dd:05 - <port isolated='yes'/> is not supported for network interfaces with type='direct'"
+    );
+    let limited = "<networkport><owner><name>e</name><uuid>c0b6a7f5-4deb-4cf6-b4e7-eab4e3aafd4c</uuid></owner>\
+                   <mac address='52:54:00:aa:dd:05'/><bandwidth><inbound average='100'/></bandwidth></networkport>";
+    assert_eq!(
+        api_error(client.create_port("private", limited)).1,
+        "network 'private': kvnet does not limit the bandwidth of macvtap ports"
+    );
+    // A pool device that does not exist is named.
+    define_and_start(&daemon, "ghost", "<forward mode='vepa' dev='nosuch0'/>");
+    let (kind, message) =
+        api_error(client.create_port("ghost", &port_xml("f", "52:54:00:aa:dd:06")));
+    assert_eq!(kind, ErrorKind::Internal);
+    assert!(message.contains("nosuch0"), "{message}");
+    assert_eq!(macvtaps(&daemon).len(), before);
+
+    // kvnet's macvtaps that no port claims (a crash between creating one and recording
+    // its port) go when the daemon starts; anyone else's stay.
+    daemon.kill9();
+    daemon
+        .ns
+        .sh(
+            "ip link add link lan2 name macvtap77 type macvtap mode bridge && \
+             ip link set macvtap77 alias 'kvnet: port 0 of network private' && \
+             ip link add link lan2 name theirs0 type macvtap mode bridge",
+        )
+        .expect("stray macvtaps");
+    daemon.spawn(&Default::default());
+    let names: Vec<String> = macvtaps(&daemon)
+        .iter()
+        .filter_map(|link| link["ifname"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!names.contains(&"macvtap77".to_owned()), "{names:?}");
+    assert!(names.contains(&"theirs0".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&second.tap) && names.contains(&third.tap),
+        "{names:?}"
+    );
+}
