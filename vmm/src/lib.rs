@@ -41,7 +41,7 @@ use devices::i8042::{I8042, I8042_PORT_COUNT};
 use devices::pci::{PciBarWindow, PciBus, PciConfigIo, PciConfigMmio};
 use devices::serial::{SERIAL_PORT_COUNT, SerialDevice};
 use devices::virtio::VirtioDevice;
-use devices::virtio::net::Net;
+use devices::virtio::net::{Net, PortLease};
 use devices::virtio::pci::VirtioPciDevice;
 use event_loop::ExitSignal;
 use kvm::{GuestMemory, IrqRouting, KvmIoEvents, Vcpu, VmFd};
@@ -57,6 +57,8 @@ pub struct Vm {
     exit: Arc<ExitSignal>,
     first_run: Arc<OnceLock<StartupReport>>,
     measure_startup: bool,
+    /// The NICs' ports on kvnetd networks, given back after the devices are gone.
+    _ports: Vec<PortLease>,
     vm: Arc<VmFd>,
     memory: GuestMemory,
 }
@@ -118,12 +120,15 @@ impl Vm {
     pub fn new(config: VmConfig) -> Result<Vm, Error> {
         config.validate()?;
         // Inherited tap fds first, before the VMM opens descriptors of its own.
+        let mut ports = Vec::new();
         let taps = config
             .net
             .iter()
             .map(|spec| {
                 let nic = spec.config();
-                Ok((nic, spec.open_tap(&nic, &config.owner)?))
+                let (tap, lease) = spec.open_tap(&nic, &config.owner)?;
+                ports.extend(lease);
+                Ok((nic, tap))
             })
             .collect::<Result<Vec<_>, Error>>()?;
         vcpu_kick_handler()?;
@@ -237,6 +242,7 @@ impl Vm {
             exit,
             first_run: Arc::new(OnceLock::new()),
             measure_startup: false,
+            _ports: ports,
             vm,
             memory,
         })

@@ -413,12 +413,21 @@ impl FromStr for NetSpec {
 
 impl NetSpec {
     /// Opens the tap this spec names, for a NIC with `config`; a port on a network is
-    /// registered as `owner`'s. `Fd` takes ownership of the inherited fd (see
-    /// [`Tap::from_inherited_fd`]): call it once per spec.
-    pub fn open_tap(&self, config: &NetConfig, owner: &Owner) -> Result<Tap, NetConfigError> {
+    /// registered as `owner`'s, and comes with the [`PortLease`] that gives it back. `Fd`
+    /// takes ownership of the inherited fd (see [`Tap::from_inherited_fd`]): call it once
+    /// per spec.
+    pub fn open_tap(
+        &self,
+        config: &NetConfig,
+        owner: &Owner,
+    ) -> Result<(Tap, Option<PortLease>), NetConfigError> {
         match &self.tap {
-            TapSource::Fd(fd) => Tap::from_inherited_fd(*fd).map_err(NetConfigError::Tap),
-            TapSource::Name(name) => Tap::open_named(name).map_err(NetConfigError::Tap),
+            TapSource::Fd(fd) => Tap::from_inherited_fd(*fd)
+                .map(|tap| (tap, None))
+                .map_err(NetConfigError::Tap),
+            TapSource::Name(name) => Tap::open_named(name)
+                .map(|tap| (tap, None))
+                .map_err(NetConfigError::Tap),
             TapSource::Network {
                 network,
                 socket,
@@ -431,11 +440,17 @@ impl NetSpec {
                     network: network.clone(),
                     reason,
                 };
-                let (port, fd) = netd::api::client::Client::new(socket)
+                let client = netd::api::client::Client::new(socket);
+                let (port, fd) = client
                     .plug(network, &owner.port_xml(config.mac, request))
                     .map_err(plugged)?;
                 tracing::info!(network, port = %port.uuid, tap = %port.tap, "plugged into network");
-                Tap::from_fd(fd).map_err(NetConfigError::Tap)
+                let lease = PortLease {
+                    client,
+                    network: network.clone(),
+                    port: port.uuid,
+                };
+                Ok((Tap::from_fd(fd).map_err(NetConfigError::Tap)?, Some(lease)))
             }
         }
     }
@@ -445,6 +460,34 @@ impl NetSpec {
         NetConfig {
             mac: self.mac.unwrap_or_else(MacAddr::random),
             mtu: self.mtu,
+        }
+    }
+}
+
+/// A NIC's port on a kvnetd network, given back when the VM ends. A tap's port ends
+/// when its descriptor closes anyway, but a macvtap's lasts until its process exits, and
+/// a process may run more than one VM.
+#[derive(Debug)]
+pub struct PortLease {
+    client: netd::api::client::Client,
+    network: String,
+    port: uuid::Uuid,
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        match self
+            .client
+            .delete_port(&self.network, &self.port.to_string())
+        {
+            Ok(_) => {
+                tracing::debug!(network = %self.network, port = %self.port, "gave the port back")
+            }
+            // Ended already with its tap, or with the network.
+            Err(netd::api::client::Error::Api(e)) if e.kind == netd::api::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(network = %self.network, port = %self.port, "giving the port back: {e}");
+            }
         }
     }
 }
