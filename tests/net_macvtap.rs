@@ -408,6 +408,49 @@ fn macvtap_ports_follow_libvirts_allocation_rules() {
         .expect("third");
     assert_eq!(lower_of(&daemon, &third.tap), "lan0");
 
+    // The pool changes live (net-update forward-interface), but not under a port.
+    let in_use = daemon.fails(&[
+        "net-update",
+        "solo",
+        "delete",
+        "forward-interface",
+        "<interface dev='lan1'/>",
+        "--live",
+    ]);
+    assert!(
+        in_use.contains(
+            "unable to delete interface 'lan1' in network 'solo'. It is currently being used  by 1 domains."
+        ),
+        "{in_use}"
+    );
+    client
+        .delete_port("solo", &second.uuid.to_string())
+        .expect("delete");
+    daemon.ok(&[
+        "net-update",
+        "solo",
+        "delete",
+        "forward-interface",
+        "<interface dev='lan1'/>",
+        "--live",
+    ]);
+    assert_eq!(
+        api_error(client.create_port("solo", &port_xml("d", "52:54:00:aa:dd:04"))).1,
+        "network 'solo' requires exclusive access to interfaces, but none are available"
+    );
+    daemon.ok(&[
+        "net-update",
+        "solo",
+        "add",
+        "forward-interface",
+        "<interface dev='lan1'/>",
+        "--live",
+    ]);
+    let second = client
+        .create_port("solo", &port_xml("b", "52:54:00:aa:dd:02"))
+        .expect("second again");
+    assert_eq!(lower_of(&daemon, &second.tap), "lan1");
+
     // An empty pool starts, as libvirt's, and refuses ports.
     define_and_start(&daemon, "empty", "<forward mode='private'/>");
     assert_eq!(

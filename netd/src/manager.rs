@@ -1506,6 +1506,10 @@ impl Manager {
             (true, Some(def)) => Some(def.updated(update)?),
             _ => None,
         };
+        if let Some(new) = &new_live {
+            self.check_pool_shrink(&mut networks, &name, new).await?;
+        }
+        let network = &networks[&name];
         // Everything that can fail comes before the first change. A DHCP server started
         // here is dropped (stopped) if a later step fails, with the lease journal it made.
         let new_dhcp = new_live.as_ref().and_then(dhcp_config);

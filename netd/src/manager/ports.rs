@@ -627,6 +627,46 @@ impl Manager {
         }
     }
 
+    /// Refuses a live change that takes a device out of a running macvtap network's pool
+    /// while ports sit on it, as libvirt does (with its message, double space included).
+    pub(super) async fn check_pool_shrink(
+        &self,
+        networks: &mut BTreeMap<String, Network>,
+        name: &str,
+        new: &NetworkDef,
+    ) -> Result<(), Error> {
+        let Some(network) = networks.get_mut(name) else {
+            return Ok(());
+        };
+        let Some(live) = &network.live else {
+            return Ok(());
+        };
+        let removed: Vec<String> = live
+            .forward
+            .interfaces
+            .iter()
+            .filter(|dev| !new.forward.interfaces.contains(dev))
+            .cloned()
+            .collect();
+        if removed.is_empty() {
+            return Ok(());
+        }
+        self.prune_ports(name, network).await;
+        for dev in removed {
+            let users = network
+                .ports
+                .values()
+                .filter(|port| matches!(&port.def.plug, Some(PortPlug::Direct { dev: used, .. }) if *used == dev))
+                .count();
+            if users > 0 {
+                return Err(Error::Xml(crate::xml::Error::UpdateRefused(format!(
+                    "unable to delete interface '{dev}' in network '{name}'. It is currently being used  by {users} domains."
+                ))));
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes the ports of a network that is gone for good, taps and records.
     pub(super) async fn discard_ports(&self, name: &str, network: &mut Network) {
         let ports = std::mem::take(&mut network.ports);

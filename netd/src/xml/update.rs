@@ -121,8 +121,8 @@ impl UpdateSection {
             UpdateSection::DnsTxt => Some("txt"),
             UpdateSection::DnsSrv => Some("srv"),
             UpdateSection::Portgroup => Some("portgroup"),
-            UpdateSection::ForwardInterface
-            | UpdateSection::Bridge
+            UpdateSection::ForwardInterface => Some("interface"),
+            UpdateSection::Bridge
             | UpdateSection::Domain
             | UpdateSection::Ip
             | UpdateSection::Forward
@@ -227,6 +227,11 @@ impl NetworkDef {
             UpdateSection::DnsTxt => self.update_dns_txt(command, &parser, &root),
             UpdateSection::DnsSrv => self.update_dns_srv(command, &parser, &root),
             UpdateSection::Portgroup => self.update_portgroup(command, &parser, &root),
+            // A nat or route network forwards through one device; kvnet keeps it in
+            // `<forward dev=>`, and no pool.
+            UpdateSection::ForwardInterface if self.macvtap_mode().is_some() => {
+                self.update_forward_interface(command, &root)
+            }
             _ => Err(unsupported()),
         }
     }
@@ -571,6 +576,45 @@ impl NetworkDef {
             (command, _) => insert(&mut self.portgroups, command, group),
         }
         Ok(())
+    }
+
+    /// libvirt's `virNetworkDefUpdateForwardInterface`, on a macvtap network's pool. A
+    /// device in use by ports is checked by the daemon, which knows them.
+    fn update_forward_interface(
+        &mut self,
+        command: UpdateCommand,
+        element: &super::dom::Element,
+    ) -> Result<(), Error> {
+        let name = self.name.clone();
+        if command == UpdateCommand::Modify {
+            return Err(Error::UpdateUnsupported(
+                "forward interface entries cannot be modified, only added or deleted".into(),
+            ));
+        }
+        let Some(dev) = element.attr("dev") else {
+            return Err(invalid("missing dev attribute in <interface> element"));
+        };
+        let found = self
+            .forward
+            .interfaces
+            .iter()
+            .position(|listed| listed == dev);
+        match (found, command) {
+            (Some(_), UpdateCommand::AddFirst | UpdateCommand::AddLast) => Err(refused(format!(
+                "there is an existing interface entry in network '{name}' that matches \"<interface dev='{dev}'>\""
+            ))),
+            (None, UpdateCommand::Delete) => Err(refused(format!(
+                "couldn't find an interface entry in network '{name}' matching <interface dev='{dev}'>"
+            ))),
+            (Some(position), _) => {
+                self.forward.interfaces.remove(position);
+                Ok(())
+            }
+            (None, command) => {
+                insert(&mut self.forward.interfaces, command, dev.to_owned());
+                Ok(())
+            }
+        }
     }
 }
 
@@ -1224,6 +1268,74 @@ mod tests {
     }
 
     #[test]
+    fn a_macvtap_networks_pool_takes_devices_and_gives_them_up() {
+        let def = NetworkDef::from_xml(
+            "<network><name>lan</name><forward mode='vepa' dev='eth0'/></network>",
+        )
+        .expect("parse");
+        let added = ok(&def, "add", "forward-interface", "<interface dev='eth1'/>");
+        assert_eq!(added.forward.interfaces, ["eth0", "eth1"]);
+        let first = ok(
+            &def,
+            "add-first",
+            "forward-interface",
+            "<interface dev='eth1'/>",
+        );
+        assert_eq!(first.forward.interfaces, ["eth1", "eth0"]);
+        assert!(
+            first.to_xml().contains("<forward dev='eth1' mode='vepa'>"),
+            "{}",
+            first.to_xml()
+        );
+        let emptied = ok(
+            &def,
+            "delete",
+            "forward-interface",
+            "<interface dev='eth0'/>",
+        );
+        assert!(emptied.forward.interfaces.is_empty());
+        assert!(emptied.to_xml().contains("<forward mode='vepa'/>"));
+        for (command, xml, expected) in [
+            (
+                "add",
+                "<interface dev='eth0'/>",
+                "there is an existing interface entry in network 'lan' that matches \"<interface dev='eth0'>\"",
+            ),
+            (
+                "delete",
+                "<interface dev='eth9'/>",
+                "couldn't find an interface entry in network 'lan' matching <interface dev='eth9'>",
+            ),
+            (
+                "modify",
+                "<interface dev='eth0'/>",
+                "forward interface entries cannot be modified, only added or deleted",
+            ),
+            (
+                "add",
+                "<interface/>",
+                "missing dev attribute in <interface> element",
+            ),
+            (
+                "add",
+                "<interface dev='a/b'/>",
+                "forward interface \"a/b\" in network 'lan' contains the invalid character '/'",
+            ),
+            (
+                "add",
+                "<pf dev='eth0'/>",
+                "unexpected element <pf>, expecting <interface>, while updating network 'lan'",
+            ),
+        ] {
+            assert_eq!(
+                err(&def, command, "forward-interface", xml).to_string(),
+                expected,
+                "{command} {xml}"
+            );
+        }
+    }
+
+    #[test]
     fn wrong_element_malformed_xml_and_unsupported_sections_are_refused() {
         let def = net();
         assert_eq!(
@@ -1234,12 +1346,17 @@ mod tests {
             err(&def, "add", "dns-host", "<host ip='192.168.122.9'"),
             Error::Malformed { .. }
         ));
-        for (section, what) in [
-            ("bridge", "bridge"),
-            ("forward-pf", "forward pf"),
-            ("forward-interface", "forward-interface"),
+        for (section, what, xml) in [
+            ("bridge", "bridge", "<x/>"),
+            ("forward-pf", "forward pf", "<x/>"),
+            // A nat network has no pool (its one device is `<forward dev=>`).
+            (
+                "forward-interface",
+                "forward-interface",
+                "<interface dev='eth0'/>",
+            ),
         ] {
-            let e = err(&def, "add", section, "<x/>");
+            let e = err(&def, "add", section, xml);
             assert!(matches!(e, Error::UpdateUnsupported(_)), "{e:?}");
             assert_eq!(
                 e.to_string(),
