@@ -38,6 +38,42 @@ fn port_xml(owner: &str, mac: &str) -> String {
     )
 }
 
+/// A port limited to 1000 kB/s towards the guest and 500 kB/s from it.
+fn limited_port_xml(owner: &str, mac: &str) -> String {
+    format!(
+        "<networkport><owner><name>{owner}</name>\
+         <uuid>c0b6a7f5-4deb-4cf6-b4e7-eab4e3aafd4c</uuid></owner>\
+         <mac address='{mac}'/>\
+         <bandwidth><inbound average='1000'/><outbound average='500'/></bandwidth></networkport>"
+    )
+}
+
+/// The IFB devices in the daemon's namespace.
+fn ifbs(daemon: &Daemon) -> Vec<String> {
+    daemon
+        .ip_json("-d link show")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|link| link["linkinfo"]["info_kind"] == "ifb")
+        .filter_map(|link| link["ifname"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Packets sent through the HTB class that limits `dev`.
+fn class_packets(daemon: &Daemon, dev: &str) -> u64 {
+    let out = daemon
+        .ns
+        .sh(&format!("tc -s class show dev {dev}"))
+        .expect("tc -s class");
+    out.split("class htb 1:1 ")
+        .nth(1)
+        .and_then(|class| class.split(" bytes ").nth(1))
+        .and_then(|rest| rest.split(" pkt").next())
+        .and_then(|packets| packets.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no packet count for {dev}: {out}"))
+}
+
 fn mac_bytes(mac: &str) -> [u8; 6] {
     let bytes: Vec<u8> = mac
         .split(':')
@@ -273,7 +309,7 @@ fn macvtap_port_holder() {
         return;
     };
     let (port, _queue) = Client::new(socket)
-        .plug("lan", &port_xml("held", "52:54:00:aa:cc:09"))
+        .plug("lan", &limited_port_xml("held", "52:54:00:aa:cc:09"))
         .expect("plug");
     println!("PORT {}", serde_json::to_string(&port).expect("json"));
     std::io::stdout().flush().expect("flush");
@@ -325,13 +361,14 @@ fn a_handed_over_macvtap_goes_with_its_process() {
         macvtap(&daemon, &port.tap)["linkinfo"]["info_data"]["mode"],
         "vepa"
     );
+    assert_eq!(ifbs(&daemon).len(), 1, "the port's limits");
     let gone = |daemon: &Daemon, mut holder: Child| {
         holder.kill().expect("kill the holder");
         holder.wait().expect("reap");
         wait_until(
-            "the macvtap of an exited process goes",
+            "the macvtap of an exited process goes, with its ifb",
             Duration::from_secs(10),
-            || macvtaps(daemon).is_empty(),
+            || macvtaps(daemon).is_empty() && ifbs(daemon).is_empty(),
         );
         assert_eq!(client.ports("lan").expect("ports"), []);
     };
@@ -470,12 +507,6 @@ fn macvtap_ports_follow_libvirts_allocation_rules() {
         api_error(client.create_port("private", isolated)).1,
         "interface 52:54:00:aa:dd:05 - <port isolated='yes'/> is not supported for network interfaces with type='direct'"
     );
-    let limited = "<networkport><owner><name>e</name><uuid>c0b6a7f5-4deb-4cf6-b4e7-eab4e3aafd4c</uuid></owner>\
-                   <mac address='52:54:00:aa:dd:05'/><bandwidth><inbound average='100'/></bandwidth></networkport>";
-    assert_eq!(
-        api_error(client.create_port("private", limited)).1,
-        "network 'private': kvnet does not limit the bandwidth of macvtap ports"
-    );
     // A pool device that does not exist is named.
     define_and_start(&daemon, "ghost", "<forward mode='vepa' dev='nosuch0'/>");
     let (kind, message) =
@@ -506,4 +537,51 @@ fn macvtap_ports_follow_libvirts_allocation_rules() {
         names.contains(&second.tap) && names.contains(&third.tap),
         "{names:?}"
     );
+}
+
+#[test]
+fn a_macvtap_ports_limits_are_its_guests_own() {
+    if !require(&needs()) {
+        return;
+    }
+    let (daemon, _lan) = daemon_with_lan(1);
+    define_and_start(&daemon, "lan", "<forward mode='bridge' dev='lan0'/>");
+    let client = Client::new(daemon.socket());
+    let (port, queue) = client
+        .plug("lan", &limited_port_xml("limited", "52:54:00:aa:ee:01"))
+        .expect("plug");
+    // A macvtap sees the guest's traffic the other way round from a tap: what the guest
+    // sends leaves through its egress (outbound, 500 kB/s = 4 Mbit), and what it receives
+    // is redirected from its ingress to its IFB (inbound, 1000 kB/s).
+    assert!(testkit::htb_class(&daemon.ns, &port.tap).contains(" rate 4Mbit "));
+    let index = macvtap(&daemon, &port.tap)["ifindex"]
+        .as_u64()
+        .expect("ifindex");
+    let ifb = format!("kvifb{index}");
+    assert!(testkit::htb_class(&daemon.ns, &ifb).contains(" rate 8Mbit "));
+    let xml = client
+        .port_xml("lan", &port.uuid.to_string())
+        .expect("port xml");
+    assert!(
+        xml.contains("<inbound average='1000'/>") && xml.contains("<outbound average='500'/>"),
+        "{xml}"
+    );
+    // Frames cross both limits.
+    let guest = mac_bytes("52:54:00:aa:ee:01");
+    assert!(lan_answers(&queue, guest, Duration::from_secs(10)));
+    assert!(
+        class_packets(&daemon, &port.tap) > 0,
+        "nothing went out through the limit"
+    );
+    assert!(
+        class_packets(&daemon, &ifb) > 0,
+        "nothing came in through the limit"
+    );
+
+    client
+        .delete_port("lan", &port.uuid.to_string())
+        .expect("delete");
+    assert!(macvtaps(&daemon).is_empty());
+    assert!(ifbs(&daemon).is_empty(), "{:?}", ifbs(&daemon));
+    drop(queue);
 }

@@ -31,7 +31,7 @@ use crate::xml::{self, DEFAULT_NAT_PORTS, ForwardMode, IpDef, NetworkDef};
 mod bandwidth;
 mod ports;
 
-use bandwidth::shaping_of;
+use bandwidth::{macvtap_shaping_of, shaping_of};
 
 pub use ports::NewPort;
 

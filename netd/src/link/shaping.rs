@@ -308,8 +308,8 @@ impl Link {
     }
 
     /// Follows the kernel's link deletions from now on and deletes the IFB device of each
-    /// tap or bridge that goes: a VMM's tap goes when the VMM exits, and nobody asks the
-    /// daemon anything then. Notifications lost to a full socket leave the IFB to
+    /// tap, macvtap or bridge that goes: a VMM's tap goes when the VMM exits, and nobody
+    /// asks the daemon anything then. Notifications lost to a full socket leave the IFB to
     /// [`Link::delete_orphan_ifbs`].
     pub fn follow_deletions(&self) -> Result<(), Error> {
         let runtime = tokio::runtime::Handle::try_current()
@@ -334,10 +334,14 @@ impl Link {
                 else {
                     continue;
                 };
-                // Only taps and bridges are shaped: no lookup for the IFBs themselves.
+                // Only taps, macvtaps and bridges are shaped: no lookup for the IFBs
+                // themselves.
                 let shapeable = gone.attributes.iter().any(|attr| {
                     matches!(attr, LinkAttribute::LinkInfo(infos) if infos.iter().any(|info| {
-                        matches!(info, NlLinkInfo::Kind(InfoKind::Tun | InfoKind::Bridge))
+                        matches!(
+                            info,
+                            NlLinkInfo::Kind(InfoKind::Tun | InfoKind::MacVtap | InfoKind::Bridge)
+                        )
                     }))
                 });
                 if shapeable && let Err(e) = link.delete_ifb_of(gone.header.index).await {

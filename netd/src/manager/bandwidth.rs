@@ -3,6 +3,18 @@
 use crate::link::shaping::{Shaping, TokenBucket};
 use crate::xml::{Bandwidth, Rate};
 
+/// The tc limits for a `<bandwidth>` on a macvtap, which sees the guest's traffic the
+/// other way round from a tap: what the guest sends leaves through the macvtap's egress,
+/// and what it receives passes the macvtap's ingress on its way to the queue (libvirt's
+/// `virNetDevBandwidthSet` without `swapped`).
+pub(super) fn macvtap_shaping_of(bandwidth: Option<&Bandwidth>) -> Shaping {
+    let shaping = shaping_of(bandwidth);
+    Shaping {
+        egress: shaping.ingress,
+        ingress: shaping.egress,
+    }
+}
+
 /// The tc limits for a `<bandwidth>` on a bridge or a tap, whose egress carries the
 /// traffic to the guests (inbound) and whose ingress the traffic from them (outbound).
 ///

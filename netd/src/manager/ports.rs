@@ -20,9 +20,10 @@ use std::os::fd::OwnedFd;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::{Error, Manager, Network, error_chain, lookup, shaping_of};
+use super::{Error, Manager, Network, error_chain, lookup, macvtap_shaping_of, shaping_of};
 use crate::api::types::PortSummary;
 use crate::link::macvtap::{self, MacvtapSpec};
+use crate::link::shaping::Shaping;
 use crate::link::tap::Tap;
 use crate::link::{LinkInfo, sysctl};
 use crate::owner::{Owner, ProcessId};
@@ -78,6 +79,15 @@ impl Port {
 
     fn is_macvtap(&self) -> bool {
         matches!(self.def.plug, Some(PortPlug::Direct { .. }))
+    }
+
+    /// The tc limits of the port's device.
+    fn shaping(&self) -> Shaping {
+        if self.is_macvtap() {
+            macvtap_shaping_of(self.def.bandwidth.as_ref())
+        } else {
+            shaping_of(self.def.bandwidth.as_ref())
+        }
     }
 }
 
@@ -361,17 +371,11 @@ impl Manager {
         holder: Option<Owner>,
     ) -> Result<NewPort, Error> {
         let uuid = def.uuid.unwrap_or_default();
-        // libvirt's domain start refuses both for a direct interface; its network driver
-        // leaves bandwidth to QEMU, which kvnet is not.
+        // libvirt's domain start refuses this for a direct interface.
         if def.isolated == Some(true) {
             return Err(Error::OperationInvalid(format!(
                 "interface {} - <port isolated='yes'/> is not supported for network interfaces with type='direct'",
                 def.mac
-            )));
-        }
-        if def.bandwidth.is_some() {
-            return Err(Error::OperationInvalid(format!(
-                "network '{name}': kvnet does not limit the bandwidth of macvtap ports"
             )));
         }
         let pool = network
@@ -397,11 +401,18 @@ impl Manager {
             .map_err(failed)?;
         // A macvtap does not go with its descriptors: until it is recorded, every failure
         // deletes it.
+        // libvirt's network driver leaves a direct port's limits to QEMU, which applies
+        // them to the macvtap; kvnetd is the one that has it here.
+        let shaping = macvtap_shaping_of(def.bandwidth.as_ref());
         let opened = async {
             // The host has no business on the guest's link (DAD, MLD from the guest's MAC).
             sysctl::disable_port_ipv6(&macvtap)?;
             let queue = Tap::open_macvtap(ifindex, &macvtap, self.store.status_dir())?;
             self.link.set_up_at(ifindex, &macvtap).await?;
+            // shape() leaves no IFB when it fails.
+            if !shaping.is_empty() {
+                self.link.shape(ifindex, &macvtap, &shaping).await?;
+            }
             Ok(queue)
         }
         .await;
@@ -422,6 +433,11 @@ impl Manager {
             Err(e) => {
                 network.ports.remove(&uuid);
                 if let Err(cleanup) = self.link.delete_index(ifindex, &port.tap).await {
+                    warn!(network = %name, macvtap = %port.tap, "{}", error_chain(&cleanup));
+                }
+                if shaping.ingress.is_some()
+                    && let Err(cleanup) = self.link.delete_ifb_of(ifindex).await
+                {
                     warn!(network = %name, macvtap = %port.tap, "{}", error_chain(&cleanup));
                 }
                 return Err(e);
@@ -496,7 +512,7 @@ impl Manager {
                 network: name.clone(),
                 source,
             })?;
-        if shaping_of(port.def.bandwidth.as_ref()).ingress.is_some()
+        if port.shaping().ingress.is_some()
             && let Err(e) = self.link.delete_ifb_of(port.ifindex).await
         {
             warn!(network = %name, tap = %port.tap, "{}", error_chain(&e));
