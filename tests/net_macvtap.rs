@@ -8,6 +8,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::UdpSocket;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use common::{DAEMON_NEEDS, Daemon, Need, Netns, require};
 use netd::api::ErrorKind;
 use netd::api::client::{Client, Error};
 use netd::api::types::PortSummary;
+use netd::link::macvtap::KVNET_LINK_GROUP;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 const VNET_HDR_LEN: usize = 12;
@@ -161,6 +163,46 @@ fn arp_request(mac: [u8; 6]) -> Vec<u8> {
     frame
 }
 
+/// Calls `send` every 200 ms and reads the queue until a frame (without its virtio-net
+/// header) satisfies `wanted`, for at most `timeout`.
+fn receives(
+    queue: &OwnedFd,
+    timeout: Duration,
+    send: impl Fn(),
+    wanted: impl Fn(&[u8]) -> bool,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut buffer = [0u8; 2048];
+    let mut next_send = Instant::now();
+    while Instant::now() < deadline {
+        if Instant::now() >= next_send {
+            send();
+            next_send = Instant::now() + Duration::from_millis(200);
+        }
+        let mut fds = [PollFd::new(queue.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(50u16)).expect("poll") == 0 {
+            continue;
+        }
+        let n = nix::unistd::read(queue, &mut buffer).expect("read the macvtap");
+        if wanted(&buffer[VNET_HDR_LEN.min(n)..n]) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Reads and drops whatever frames wait in the queue.
+fn drain(queue: &OwnedFd) {
+    let mut buffer = [0u8; 2048];
+    loop {
+        let mut fds = [PollFd::new(queue.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::ZERO).expect("poll") == 0 {
+            return;
+        }
+        nix::unistd::read(queue, &mut buffer).expect("read the macvtap");
+    }
+}
+
 /// Sends the guest's ARP request through its queue until the LAN's reply comes back
 /// through it (the first may go before the LAN bridge's port forwards).
 fn lan_answers(queue: &OwnedFd, mac: [u8; 6], timeout: Duration) -> bool {
@@ -196,7 +238,7 @@ fn a_macvtap_network_puts_each_guest_on_a_device_of_its_pool() {
     if !require(&needs()) {
         return;
     }
-    let (mut daemon, _lan) = daemon_with_lan(2);
+    let (mut daemon, lan) = daemon_with_lan(2);
     define_and_start(
         &daemon,
         "lan",
@@ -253,6 +295,26 @@ fn a_macvtap_network_puts_each_guest_on_a_device_of_its_pool() {
         lan_answers(&queue, guest1, Duration::from_secs(10)),
         "no ARP reply from the LAN through the macvtap"
     );
+    // Multicast the host never joined reaches the guest too (its IPv6 router
+    // advertisements and neighbour solicitations are multicast).
+    lan.sh("ip route add 224.0.0.0/4 dev lanbr")
+        .expect("multicast route");
+    let sender = lan
+        .run(|| UdpSocket::bind("10.88.0.1:0"))
+        .expect("enter the lan")
+        .expect("udp socket");
+    let group_mac = [0x01, 0x00, 0x5e, 0x01, 0x02, 0x03];
+    assert!(
+        receives(
+            &queue,
+            Duration::from_secs(10),
+            || {
+                sender.send_to(b"to a group", "239.1.2.3:9").expect("send");
+            },
+            |frame| frame.len() > 6 && frame[..6] == group_mac
+        ),
+        "multicast from the LAN does not reach the guest"
+    );
 
     // The next port goes on the device with the fewest, then the first of a tie.
     let second = client
@@ -272,6 +334,7 @@ fn a_macvtap_network_puts_each_guest_on_a_device_of_its_pool() {
     for port in [&handed, &second, &third] {
         assert!(!common::is_up(&macvtap(&daemon, &port.tap)), "{port:?}");
     }
+    drain(&queue);
     assert!(
         !lan_answers(&queue, guest1, Duration::from_secs(2)),
         "a parked macvtap still carries frames"
@@ -301,9 +364,10 @@ fn a_macvtap_network_puts_each_guest_on_a_device_of_its_pool() {
 }
 
 /// Not a test of its own: the process [`a_handed_over_macvtap_goes_with_its_process`]
-/// runs (this test binary again) to hold a port. It prints the port, then holds it until
-/// its stdin closes or it is killed.
+/// runs (this test binary again, `--ignored --exact`) to hold a port. It prints the port,
+/// then holds it until its stdin closes or it is killed.
 #[test]
+#[ignore = "a helper process of a_handed_over_macvtap_goes_with_its_process"]
 fn macvtap_port_holder() {
     let Ok(socket) = std::env::var(HOLDER_SOCKET_ENV) else {
         return;
@@ -320,7 +384,7 @@ fn macvtap_port_holder() {
 /// Starts a holder process and waits for its port.
 fn hold_port(daemon: &Daemon) -> (Child, PortSummary) {
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "macvtap_port_holder", "--nocapture"])
+        .args(["--ignored", "--exact", "macvtap_port_holder", "--nocapture"])
         .env(HOLDER_SOCKET_ENV, daemon.socket())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -394,13 +458,10 @@ fn a_handed_over_macvtap_goes_with_its_process() {
     holder.kill().expect("kill the holder");
     holder.wait().expect("reap");
     assert_eq!(macvtaps(&daemon).len(), 1);
+    let logged = daemon.log().len();
     daemon.spawn(&Default::default());
     assert!(macvtaps(&daemon).is_empty(), "{:?}", macvtaps(&daemon));
-    assert!(
-        daemon
-            .log()
-            .contains("its process exited while the daemon was away")
-    );
+    assert!(daemon.log()[logged..].contains("port ended: its process exited"));
     assert_eq!(client.ports("lan").expect("ports"), []);
 }
 
@@ -431,7 +492,7 @@ fn macvtap_ports_follow_libvirts_allocation_rules() {
     assert_eq!(
         api_error(client.create_port("solo", &port_xml("c", "52:54:00:aa:dd:03"))),
         (
-            ErrorKind::OperationInvalid,
+            ErrorKind::Internal,
             "network 'solo' requires exclusive access to interfaces, but none are available"
                 .to_owned()
         )
@@ -493,7 +554,7 @@ fn macvtap_ports_follow_libvirts_allocation_rules() {
     assert_eq!(
         api_error(client.create_port("empty", &port_xml("d", "52:54:00:aa:dd:04"))),
         (
-            ErrorKind::OperationInvalid,
+            ErrorKind::Internal,
             "network 'empty' uses a direct mode, but has no forward dev and no interface pool"
                 .to_owned()
         )
@@ -504,8 +565,12 @@ fn macvtap_ports_follow_libvirts_allocation_rules() {
     let isolated = "<networkport><owner><name>e</name><uuid>c0b6a7f5-4deb-4cf6-b4e7-eab4e3aafd4c</uuid></owner>\
                     <mac address='52:54:00:aa:dd:05'/><port isolated='yes'/></networkport>";
     assert_eq!(
-        api_error(client.create_port("private", isolated)).1,
-        "interface 52:54:00:aa:dd:05 - <port isolated='yes'/> is not supported for network interfaces with type='direct'"
+        api_error(client.create_port("private", isolated)),
+        (
+            ErrorKind::Unsupported,
+            "interface 52:54:00:aa:dd:05 - <port isolated='yes'/> is not supported for network interfaces with type='direct'"
+                .to_owned()
+        )
     );
     // A pool device that does not exist is named.
     define_and_start(&daemon, "ghost", "<forward mode='vepa' dev='nosuch0'/>");
@@ -515,23 +580,32 @@ fn macvtap_ports_follow_libvirts_allocation_rules() {
     assert!(message.contains("nosuch0"), "{message}");
     assert_eq!(macvtaps(&daemon).len(), before);
 
-    // kvnet's macvtaps that no port claims (a crash between creating one and recording
-    // its port) go when the daemon starts; anyone else's stay.
+    // kvnet's macvtaps that no port claims go when the daemon starts: one a crash left
+    // between creating it and recording its port, one left before its alias, one of a
+    // network that is gone. Anyone else's stay, even with kvnet's alias.
     daemon.kill9();
+    let group = KVNET_LINK_GROUP;
+    let port = "0ab5e2c4-5c1d-4f49-9f53-6b4f0a8f7e21";
     daemon
         .ns
-        .sh(
-            "ip link add link lan2 name macvtap77 type macvtap mode bridge && \
-             ip link set macvtap77 alias 'kvnet: port 0 of network private' && \
-             ip link add link lan2 name theirs0 type macvtap mode bridge",
-        )
+        .sh(&format!(
+            "ip link add link lan2 name macvtap77 group {group} type macvtap mode bridge && \
+             ip link set macvtap77 alias 'kvnet: port {port} of network private' && \
+             ip link add link lan2 name macvtap78 group {group} type macvtap mode bridge && \
+             ip link add link lan2 name macvtap79 group {group} type macvtap mode bridge && \
+             ip link set macvtap79 alias 'kvnet: port {port} of network gone' && \
+             ip link add link lan2 name theirs0 type macvtap mode bridge && \
+             ip link set theirs0 alias 'kvnet: port {port} of network private'"
+        ))
         .expect("stray macvtaps");
     daemon.spawn(&Default::default());
     let names: Vec<String> = macvtaps(&daemon)
         .iter()
         .filter_map(|link| link["ifname"].as_str().map(str::to_owned))
         .collect();
-    assert!(!names.contains(&"macvtap77".to_owned()), "{names:?}");
+    for orphan in ["macvtap77", "macvtap78", "macvtap79"] {
+        assert!(!names.contains(&orphan.to_owned()), "{orphan}: {names:?}");
+    }
     assert!(names.contains(&"theirs0".to_owned()), "{names:?}");
     assert!(
         names.contains(&second.tap) && names.contains(&third.tap),

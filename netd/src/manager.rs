@@ -29,6 +29,7 @@ use crate::tftp::{TftpConfig, TftpServer};
 use crate::xml::{self, DEFAULT_NAT_PORTS, ForwardMode, IpDef, NetworkDef};
 
 mod bandwidth;
+mod macvtaps;
 mod ports;
 
 use bandwidth::{macvtap_shaping_of, shaping_of};
@@ -58,6 +59,13 @@ pub enum Error {
     /// The network is not in a state that allows this.
     #[error("{0}")]
     OperationInvalid(String),
+    /// The request asks for something the network cannot do (libvirt's unsupported
+    /// configuration).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The network cannot serve the request, as libvirt reports it (an internal error).
+    #[error("{0}")]
+    Internal(String),
     /// A start failed at `step`; everything it had done was undone.
     #[error("failed to start network '{network}': {step}")]
     Start {
@@ -147,6 +155,7 @@ impl From<Error> for ApiError {
             Error::Xml(_) | Error::DnsRecords(_) | Error::Conflict(_) => ErrorKind::InvalidArgument,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::OperationInvalid(_) => ErrorKind::OperationInvalid,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Start { .. }
             | Error::Stop { .. }
             | Error::Live { .. }
@@ -155,7 +164,8 @@ impl From<Error> for ApiError {
             | Error::Link(_)
             | Error::Firewall(_)
             | Error::Port { .. }
-            | Error::PortHolder { .. } => ErrorKind::Internal,
+            | Error::PortHolder { .. }
+            | Error::Internal(_) => ErrorKind::Internal,
         };
         ApiError::new(kind, error_chain(&error))
     }
@@ -488,7 +498,7 @@ impl Manager {
                     self.restore_bridge(&def, &status.bridge, &bridge).await;
                 }
             }
-            info!(network = %name, bridge = %status.bridge, "adopted running network");
+            info!(network = %name, bridge = ?def.bridge_name(), "adopted running network");
             let servers = self.restart_servers(&def, &networks);
             match networks.get_mut(&name) {
                 Some(network) => {
@@ -522,10 +532,11 @@ impl Manager {
                 }
             }
         }
-        self.reconcile_ports(&mut networks).await;
+        let complete = self.reconcile_ports(&mut networks).await;
         // Shaped bridges and taps deleted while the daemon was away, or by the undoing
         // above, leave their IFB devices behind; a crash in a port's creation, a macvtap.
-        self.delete_orphan_devices(&networks).await;
+        self.delete_orphan_devices(&networks, complete.as_ref())
+            .await;
         Ok(())
     }
 
@@ -977,7 +988,11 @@ impl Manager {
                 })?
                 .to_owned(),
         };
-        self.check_collisions(networks, def, &bridge).await?;
+        if def.macvtap_mode().is_some() {
+            self.warn_about_missing_pool_devices(def).await?;
+        } else {
+            self.check_collisions(networks, def, &bridge).await?;
+        }
 
         let xml = def.to_xml();
         let started_at = chrono::Utc::now().timestamp();
@@ -1030,7 +1045,7 @@ impl Manager {
         .await;
         match result {
             Ok(servers) => {
-                info!(network = %def.name, bridge = %bridge, "started");
+                info!(network = %def.name, bridge = ?def.bridge_name(), "started");
                 self.catch_up_prefixes_when_idle();
                 Ok(servers)
             }
@@ -1107,22 +1122,23 @@ impl Manager {
             .map_err(|e| failed_step(def, "starting the TFTP server", e))
     }
 
+    /// As libvirt, a macvtap network's pool is not checked until a port needs a device
+    /// (one may be plugged in later); a missing one is worth a word at the start.
+    async fn warn_about_missing_pool_devices(&self, def: &NetworkDef) -> Result<(), Error> {
+        for dev in &def.forward.interfaces {
+            if !self.link.link_exists(dev).await? {
+                warn!(network = %def.name, "the forward interface {dev} does not exist (yet)");
+            }
+        }
+        Ok(())
+    }
+
     async fn check_collisions(
         &self,
         networks: &BTreeMap<String, Network>,
         def: &NetworkDef,
         bridge: &str,
     ) -> Result<(), Error> {
-        if def.macvtap_mode().is_some() {
-            // As libvirt, the pool is not checked until a port needs a device (one may be
-            // plugged in later); a missing one is worth a word now.
-            for dev in &def.forward.interfaces {
-                if !self.link.link_exists(dev).await? {
-                    warn!(network = %def.name, "the forward interface {dev} does not exist (yet)");
-                }
-            }
-            return Ok(());
-        }
         if def.forward_mode() == ForwardMode::Bridge {
             return match self.link.link_info(bridge).await? {
                 Some(info) if info.is_bridge() => Ok(()),

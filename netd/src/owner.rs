@@ -3,15 +3,16 @@
 //! A tap handed to a VMM goes when the VMM's last descriptor closes; a macvtap is a link
 //! of its own, which stays until someone deletes it. So kvnetd keeps a pidfd of the
 //! process that asked for the port (`SO_PEERPIDFD`: the very process on the socket, with
-//! no pid reuse race) and deletes the macvtap when it exits. Across a daemon restart a
-//! pidfd cannot be kept, so the port's record holds the pid and the process's start time,
-//! which tell the same process from a later one with the pid.
+//! no pid reuse race; before Linux 6.5, the pid of `SO_PEERCRED`) and deletes the macvtap
+//! when it exits. Across a daemon restart a pidfd cannot be kept, so the port's record
+//! holds the pid and the process's start time, which tell the same process from a later
+//! one with the pid.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -24,16 +25,25 @@ pub enum Error {
     /// The kernel would not give the peer's pidfd.
     #[error("getting the pidfd of the process on the API socket")]
     PeerPidfd(#[source] io::Error),
-    /// A pidfd's process could not be identified.
-    #[error("identifying the process of pidfd {fd}")]
+    /// The peer's process could not be identified.
+    #[error("identifying process {pid} on the API socket")]
     Identify {
-        /// The pidfd.
-        fd: i32,
+        /// The process (0 when even its pid could not be read).
+        pid: i32,
         /// Why.
         #[source]
         source: io::Error,
     },
-    /// Waiting for the process could not start.
+    /// A recorded process could not be looked at (not: it has exited).
+    #[error("looking for process {pid}")]
+    Reopen {
+        /// The process.
+        pid: i32,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Waiting for the process could not start, or the watcher stopped.
     #[error("watching process {pid}")]
     Watch {
         /// The process.
@@ -53,6 +63,24 @@ pub struct ProcessId {
     pub start_time: u64,
 }
 
+impl ProcessId {
+    /// Whether the process has exited: no such pid, another start time (a later process
+    /// with the pid), or a zombie waiting for its parent. An unreadable `/proc` is an
+    /// error, not an exit.
+    pub fn has_exited(&self) -> io::Result<bool> {
+        let path = format!("/proc/{}/stat", self.pid);
+        let stat = match fs::read_to_string(&path) {
+            Ok(stat) => stat,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        let (state, started) = parse_stat(&stat).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("unreadable {path}"))
+        })?;
+        Ok(started != self.start_time || matches!(state, 'Z' | 'X'))
+    }
+}
+
 /// A live process kvnetd is waiting for.
 #[derive(Debug)]
 pub struct Owner {
@@ -64,27 +92,54 @@ pub struct Owner {
 impl Owner {
     /// The process on the other end of the Unix socket `socket`.
     pub fn of_peer(socket: BorrowedFd<'_>) -> Result<Owner, Error> {
-        let pidfd = nix::sys::socket::getsockopt(&socket, nix::sys::socket::sockopt::PeerPidfd)
-            .map_err(|errno| Error::PeerPidfd(errno.into()))?;
-        Owner::from_pidfd(pidfd)
+        use nix::sys::socket::{getsockopt, sockopt};
+        match getsockopt(&socket, sockopt::PeerPidfd) {
+            Ok(pidfd) => Owner::from_pidfd(pidfd),
+            // Before Linux 6.5: the pid the peer had when it connected, which a pidfd
+            // then pins; the start time tells whether it is still that process.
+            Err(nix::errno::Errno::ENOPROTOOPT) => {
+                let pid = getsockopt(&socket, sockopt::PeerCredentials)
+                    .map_err(|errno| Error::PeerPidfd(errno.into()))?
+                    .pid();
+                let identify = |source| Error::Identify { pid, source };
+                let pidfd = open_pidfd(pid).map_err(identify)?;
+                let start_time = start_time(pid).map_err(identify)?;
+                Ok(Owner {
+                    id: ProcessId { pid, start_time },
+                    pidfd,
+                })
+            }
+            Err(errno) => Err(Error::PeerPidfd(errno.into())),
+        }
     }
 
-    /// The process `id`, if it is still running; `None` when it has exited (or its pid
-    /// now belongs to a later process).
-    pub fn reopen(id: ProcessId) -> Option<Owner> {
-        let pid = rustix::process::Pid::from_raw(id.pid)?;
-        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
-        // Read after the pidfd is held: the process cannot be replaced any more.
-        (start_time(id.pid).ok()? == id.start_time).then_some(Owner { id, pidfd })
+    /// The process `id`, if it is still running; `Ok(None)` when it has exited (or its
+    /// pid now belongs to a later process). An error says nothing either way.
+    pub fn reopen(id: ProcessId) -> Result<Option<Owner>, Error> {
+        let failed = |source| Error::Reopen {
+            pid: id.pid,
+            source,
+        };
+        let pidfd = match open_pidfd(id.pid) {
+            Ok(pidfd) => pidfd,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+            Err(e) => return Err(failed(e)),
+        };
+        // Read after the pidfd is open: the same start time then means the pidfd is of
+        // the recorded process (a pid is not handed out twice within a clock tick).
+        if id.has_exited().map_err(failed)? {
+            return Ok(None);
+        }
+        Ok(Some(Owner { id, pidfd }))
     }
 
     fn from_pidfd(pidfd: OwnedFd) -> Result<Owner, Error> {
-        let fd = pidfd.as_raw_fd();
-        let identify = |source| Error::Identify { fd, source };
-        let pid = pid_of(&pidfd).map_err(identify)?;
+        let pid = pid_of(&pidfd).map_err(|source| Error::Identify { pid: 0, source })?;
+        let identify = |source| Error::Identify { pid, source };
         let start_time = start_time(pid).map_err(identify)?;
-        // A pidfd of a process that has exited already reads pid -1 above; one that exits
-        // from here on is seen by `exited`.
+        // Had the process exited and its pid gone to another before the start time was
+        // read, the pidfd would read no pid any more.
+        pid_of(&pidfd).map_err(identify)?;
         Ok(Owner {
             id: ProcessId { pid, start_time },
             pidfd,
@@ -110,6 +165,8 @@ impl Owner {
 /// `unsafe`, and kvnet keeps `unsafe` to the tap and fd-passing modules.)
 struct Watcher {
     epoll: Epoll,
+    /// Set when the thread has stopped: nothing is watched any more.
+    stopped: AtomicBool,
     /// Each pidfd being watched, by its epoll token, with who to tell.
     waiting: Mutex<HashMap<u64, (OwnedFd, oneshot::Sender<()>)>>,
     next_token: AtomicU64,
@@ -121,6 +178,9 @@ impl Watcher {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         // Registered under the lock, so that the thread finds the entry of any event.
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(io::Error::other("the process watcher has stopped"));
+        }
         self.epoll
             .add(&pidfd, EpollEvent::new(EpollFlags::EPOLLIN, token))
             .map_err(io::Error::from)?;
@@ -136,6 +196,10 @@ impl Watcher {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(errno) => {
                     tracing::error!("waiting for the processes of macvtap ports: {errno}");
+                    // Dropping the senders fails every wait, rather than leave them hanging.
+                    let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+                    self.stopped.store(true, Ordering::Release);
+                    waiting.clear();
                     return;
                 }
             };
@@ -160,6 +224,7 @@ fn watcher() -> io::Result<&'static Watcher> {
             // Lives as long as the process, as its thread does.
             let watcher: &'static Watcher = Box::leak(Box::new(Watcher {
                 epoll,
+                stopped: AtomicBool::new(false),
                 waiting: Mutex::new(HashMap::new()),
                 next_token: AtomicU64::new(0),
             }));
@@ -192,20 +257,32 @@ fn pid_of(pidfd: &OwnedFd) -> io::Result<i32> {
     Ok(pid)
 }
 
+/// A pidfd for `pid`.
+fn open_pidfd(pid: i32) -> io::Result<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).map_err(io::Error::from)
+}
+
 /// A process's start time in clock ticks after boot.
 fn start_time(pid: i32) -> io::Result<u64> {
     let path = format!("/proc/{pid}/stat");
     let stat = fs::read_to_string(&path)?;
-    parse_start_time(&stat)
+    parse_stat(&stat)
+        .map(|(_, started)| started)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unreadable {path}")))
 }
 
-/// Field 22 of `/proc/PID/stat`. The second field, the command name in parentheses, may
-/// itself hold spaces and parentheses, so the fields are counted after its last `)`.
-fn parse_start_time(stat: &str) -> Option<u64> {
+/// The state (field 3) and start time (field 22) of `/proc/PID/stat`. The second field,
+/// the command name in parentheses, may itself hold spaces and parentheses, so the
+/// fields are counted after its last `)`.
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
     let (_, after_name) = stat.rsplit_once(')')?;
-    // After the name come field 3 (state) onwards; field 22 is the 20th of those.
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = after_name.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Field 22 is the 19th after the state.
+    let started = fields.nth(18)?.parse().ok()?;
+    Some((state, started))
 }
 
 #[cfg(test)]
@@ -215,11 +292,13 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     #[test]
-    fn start_time_is_counted_after_the_last_parenthesis() {
+    fn stat_fields_are_counted_after_the_last_parenthesis() {
         let stat =
             "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 50";
-        assert_eq!(parse_start_time(stat), Some(987_654));
-        assert_eq!(parse_start_time("4242 (x) S 1"), None);
+        assert_eq!(parse_stat(stat), Some(('S', 987_654)));
+        let zombie = stat.replace(") S ", ") Z ");
+        assert_eq!(parse_stat(&zombie), Some(('Z', 987_654)));
+        assert_eq!(parse_stat("4242 (x) S 1"), None);
     }
 
     #[tokio::test]
@@ -228,14 +307,17 @@ mod tests {
         // The peer of a socketpair is this very process.
         let owner = Owner::of_peer(ours.as_fd()).expect("peer pidfd");
         assert_eq!(owner.id.pid, std::process::id() as i32);
-        let again = Owner::reopen(owner.id).expect("still running");
+        let again = Owner::reopen(owner.id)
+            .expect("reopen")
+            .expect("still running");
         assert_eq!(again.id, owner.id);
+        assert!(!owner.id.has_exited().expect("stat"));
         let later = ProcessId {
             start_time: owner.id.start_time + 1,
             ..owner.id
         };
         assert!(
-            Owner::reopen(later).is_none(),
+            Owner::reopen(later).expect("reopen").is_none(),
             "another start time is another process"
         );
 
@@ -247,12 +329,18 @@ mod tests {
             pid: child.id() as i32,
             start_time: start_time(child.id() as i32).expect("child's start time"),
         };
-        let watched = Owner::reopen(id).expect("child running");
+        let watched = Owner::reopen(id).expect("reopen").expect("child running");
         tokio::time::timeout(std::time::Duration::from_secs(10), watched.exited())
             .await
             .expect("the child's exit is seen")
             .expect("watch");
+        // Exited and not yet reaped: a zombie has exited too.
+        assert!(id.has_exited().expect("stat"));
         child.wait().expect("reap");
-        assert!(Owner::reopen(id).is_none(), "an exited process is gone");
+        assert!(
+            Owner::reopen(id).expect("reopen").is_none(),
+            "an exited process is gone"
+        );
+        assert!(id.has_exited().expect("stat"));
     }
 }

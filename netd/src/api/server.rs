@@ -521,16 +521,12 @@ async fn create_port(
             ));
         }
     };
-    // A handed-over macvtap goes when the process that asked for it exits.
+    // A handed-over macvtap goes when the process that asked for it exits (a tap, when
+    // its descriptor closes: a tap network does not look at this).
     let holder = connection
         .as_deref()
-        .and_then(|socket| match Owner::of_peer(socket.as_fd()) {
-            Ok(holder) => Some(holder),
-            Err(e) => {
-                tracing::warn!(network = %network, "{}", manager::error_chain(&e));
-                None
-            }
-        });
+        .map(|socket| Owner::of_peer(socket.as_fd()));
+    let network_name = network.clone();
     let port = state
         .change(|manager| async move {
             manager
@@ -546,6 +542,7 @@ async fn create_port(
     let uuid = port.summary.uuid;
     // A daemon that stops waits for the tap to go out, as for any change.
     let in_progress = Arc::clone(&state.changes).read_owned().await;
+    let cleanup = state.clone();
     tokio::spawn(async move {
         // The upgrade completes once the 101 answer is written; the tap follows it.
         let hand_over = async {
@@ -562,9 +559,17 @@ async fn create_port(
             });
         drop(in_progress);
         if let Err(e) = sent {
-            // The tap closes with this task: the port ends, and its record goes at the
-            // next look at the network's ports.
             tracing::warn!(port = %uuid, "handing over the tap failed: {e}");
+            // A tap closes with this task, and its port ends with it; a macvtap would stay
+            // as long as its holder runs. The port goes either way.
+            let deleted = cleanup
+                .change(|manager| async move {
+                    manager.delete_port(&network_name, &uuid.to_string()).await
+                })
+                .await;
+            if let Err(e) = deleted {
+                tracing::debug!(port = %uuid, "deleting the port not handed over: {}", e.message);
+            }
         }
     });
     Ok((

@@ -3,11 +3,11 @@
 //!
 //! A macvtap is a netlink link on its lower device; its frames cross a character device,
 //! `/dev/tap<ifindex>`, which [`super::tap::Tap::open_macvtap`] opens. Unlike a tap, the
-//! link does not go when the last descriptor closes, so whoever creates one deletes it. The
-//! alias [`MACVTAP_ALIAS_PREFIX`] marks the devices kvnet made, so a sweep after a crash
-//! deletes no one else's.
+//! link does not go when the last descriptor closes, so whoever creates one deletes it.
+//! The link group [`KVNET_LINK_GROUP`], set in the message that creates the device, and
+//! the alias [`MACVTAP_ALIAS_PREFIX`] set right after, mark the devices kvnet made, so a
+//! sweep after a crash deletes no one else's.
 
-use std::collections::BTreeMap;
 use std::io;
 
 use netlink_packet_route::link::MacVtapMode;
@@ -25,6 +25,11 @@ const NAME_ATTEMPTS: usize = 32;
 
 /// The start of the alias of every macvtap kvnet creates.
 pub const MACVTAP_ALIAS_PREFIX: &str = "kvnet: port ";
+
+/// The link group of every macvtap kvnet creates ("kvnt"). The kernel takes a group in
+/// `RTM_NEWLINK`, unlike an alias, so even a device whose alias a crash kept from being set
+/// is known as kvnet's.
+pub const KVNET_LINK_GROUP: u32 = 0x6b76_6e74;
 
 /// How a macvtap passes frames between its guest and the others on the lower device
 /// (libvirt's forward modes of the same names; `passthrough` is the kernel's `passthru`).
@@ -66,11 +71,11 @@ pub struct MacvtapSpec<'a> {
 }
 
 impl Link {
-    /// Creates a macvtap, down, on `spec.lower`, named the first free `macvtapN`, and gives
-    /// it kvnet's alias; returns its ifindex and name. If the alias cannot be set the device
-    /// is deleted again. The kernel ignores an alias in `RTM_NEWLINK`, so it takes a second
-    /// message: a crash between the two leaves a down macvtap without the alias, which
-    /// kvnet does not touch.
+    /// Creates a macvtap, down and in kvnet's link group, on `spec.lower`, named the first
+    /// free `macvtapN`, and gives it kvnet's alias; returns its ifindex and name. If the
+    /// alias cannot be set the device is deleted again. The kernel ignores an alias in
+    /// `RTM_NEWLINK`, so it takes a second message: a crash between the two leaves a down
+    /// macvtap in kvnet's group without the alias (see [`is_kvnet_macvtap`]).
     pub async fn create_macvtap(&self, spec: &MacvtapSpec<'_>) -> Result<(u32, String), Error> {
         let lower_index = self.index(spec.lower).await?;
         let names = self.link_names().await?;
@@ -85,6 +90,7 @@ impl Link {
         for name in candidates {
             let message = LinkMacVtap::new(&name, lower_index, spec.mode.netlink())
                 .address(spec.mac.to_vec())
+                .link_group(KVNET_LINK_GROUP)
                 .build();
             match self.handle.link().add(message).execute().await {
                 Ok(()) => {
@@ -103,7 +109,15 @@ impl Link {
                 source: io::Error::from_raw_os_error(libc::EEXIST),
             });
         };
-        let index = self.index(&name).await?;
+        let index = match self.index(&name).await {
+            Ok(index) => index,
+            Err(e) => {
+                if let Err(cleanup) = self.delete_link(&name).await {
+                    tracing::warn!(macvtap = %name, "deleting a macvtap whose index is unknown: {cleanup}");
+                }
+                return Err(e);
+            }
+        };
         let alias = format!("{MACVTAP_ALIAS_PREFIX}{}", spec.purpose);
         let labelled = self
             .handle
@@ -122,76 +136,80 @@ impl Link {
         Ok((index, name))
     }
 
-    /// Takes the link with ifindex `index` (named `ifname`, for messages) down; a link that
-    /// is gone is not an error.
-    pub async fn set_down_at(&self, index: u32, ifname: &str) -> Result<(), Error> {
-        match self
-            .handle
+    /// Brings a macvtap up to receive every multicast group: macvlan hands a device only
+    /// the groups it joined itself, and the host's side of a guest's macvtap joins none
+    /// (it has no IPv6), so the guest's router advertisements and neighbour solicitations
+    /// would never reach it. (libvirt's macvtaps get the groups of the host's IPv6
+    /// link-local address, which happens to be the guest's.)
+    pub async fn bring_up_macvtap(&self, index: u32, ifname: &str) -> Result<(), Error> {
+        self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).down().build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .up()
+                    .allmulticast(true)
+                    .build(),
+            )
             .execute()
             .await
-        {
-            Err(err) if errno(&err) == Some(libc::ENODEV) => Ok(()),
-            result => result.map_err(failed(Op::SetDown, ifname)),
-        }
+            .map_err(failed(Op::SetUp, ifname))
     }
 }
 
-/// Whether a link is a macvtap kvnet created (by its alias).
+/// Whether a link is a macvtap kvnet created.
 pub fn is_kvnet_macvtap(link: &LinkInfo) -> bool {
-    link.kind.as_deref() == Some("macvtap")
-        && link
-            .alias
-            .as_deref()
-            .is_some_and(|alias| alias.starts_with(MACVTAP_ALIAS_PREFIX))
+    link.kind.as_deref() == Some("macvtap") && link.group == KVNET_LINK_GROUP
 }
 
-/// kvnet's macvtaps among `links` that `keep` does not claim: those a crash left between
-/// creating a port and recording it, or whose records were lost.
-pub fn orphan_macvtaps(
-    links: &BTreeMap<u32, LinkInfo>,
-    keep: impl Fn(u32) -> bool,
-) -> Vec<(u32, String)> {
-    links
-        .values()
-        .filter(|link| is_kvnet_macvtap(link) && !keep(link.index))
-        .map(|link| (link.index, link.name.clone()))
-        .collect()
+/// What a macvtap of kvnet's is for: its alias after [`MACVTAP_ALIAS_PREFIX`].
+pub fn purpose_of(link: &LinkInfo) -> Option<&str> {
+    if !is_kvnet_macvtap(link) {
+        return None;
+    }
+    link.alias.as_deref()?.strip_prefix(MACVTAP_ALIAS_PREFIX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn link(index: u32, kind: &str, alias: Option<&str>) -> LinkInfo {
+    fn link(kind: &str, group: u32, alias: Option<&str>) -> LinkInfo {
         LinkInfo {
-            index,
-            name: format!("dev{index}"),
+            index: 3,
+            name: "macvtap0".into(),
             kind: Some(kind.to_owned()),
             mac: None,
             mtu: None,
             up: true,
             master: None,
             alias: alias.map(str::to_owned),
+            group,
         }
     }
 
     #[test]
-    fn only_kvnets_unclaimed_macvtaps_are_orphans() {
-        let links: BTreeMap<u32, LinkInfo> = [
-            link(3, "macvtap", Some("kvnet: port a of network lan")),
-            link(4, "macvtap", Some("kvnet: port b of network lan")),
-            link(5, "macvtap", None),
-            link(6, "macvtap", Some("libvirt's")),
-            link(7, "tun", Some("kvnet: port c of network lan")),
-        ]
-        .into_iter()
-        .map(|link| (link.index, link))
-        .collect();
-        assert_eq!(
-            orphan_macvtaps(&links, |index| index == 4),
-            vec![(3, "dev3".to_owned())]
+    fn kvnets_macvtaps_are_known_by_their_group_and_purpose_by_their_alias() {
+        let ours = link(
+            "macvtap",
+            KVNET_LINK_GROUP,
+            Some("kvnet: port a of network lan"),
         );
+        assert!(is_kvnet_macvtap(&ours));
+        assert_eq!(purpose_of(&ours), Some("a of network lan"));
+        let half_made = link("macvtap", KVNET_LINK_GROUP, None);
+        assert!(is_kvnet_macvtap(&half_made));
+        assert_eq!(purpose_of(&half_made), None);
+        // Another's macvtap, even with kvnet's alias; and no other kind.
+        for other in [
+            link("macvtap", 0, Some("kvnet: port a of network lan")),
+            link(
+                "tun",
+                KVNET_LINK_GROUP,
+                Some("kvnet: port a of network lan"),
+            ),
+        ] {
+            assert!(!is_kvnet_macvtap(&other));
+            assert_eq!(purpose_of(&other), None);
+        }
     }
 }

@@ -81,6 +81,8 @@ pub struct LinkInfo {
     pub master: Option<u32>,
     /// `IFLA_IFALIAS`, the link's free-text description.
     pub alias: Option<String>,
+    /// `IFLA_GROUP`, the link's group (0 by default).
+    pub group: u32,
 }
 
 impl LinkInfo {

@@ -269,6 +269,21 @@ impl Link {
             .map_err(failed(Op::SetIsolated(isolated), ifname))
     }
 
+    /// Takes the link with ifindex `index` (named `ifname`, for messages) down; a link that
+    /// is gone is not an error.
+    pub async fn set_down_at(&self, index: u32, ifname: &str) -> Result<(), Error> {
+        match self
+            .handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).down().build())
+            .execute()
+            .await
+        {
+            Err(err) if errno(&err) == Some(libc::ENODEV) => Ok(()),
+            result => result.map_err(failed(Op::SetDown, ifname)),
+        }
+    }
+
     /// Detaches the link with ifindex `index` (named `ifname`, for messages) from its
     /// bridge and takes it down; a link that is gone is not an error. Off its bridge, an
     /// up tap would be a link into the host, outside every firewall rule, for whoever
@@ -323,6 +338,16 @@ impl Link {
     /// Whether a link with this name exists.
     pub async fn link_exists(&self, ifname: &str) -> Result<bool, Error> {
         Ok(self.find(ifname).await?.is_some())
+    }
+
+    /// Kind and state of the link with ifindex `index`, or `None` if there is none.
+    pub async fn link_info_at(&self, index: u32) -> Result<Option<LinkInfo>, Error> {
+        let mut replies = self.handle.link().get().match_index(index).execute();
+        match replies.try_next().await {
+            Ok(link) => Ok(link.as_ref().map(link_info)),
+            Err(err) if errno(&err) == Some(libc::ENODEV) => Ok(None),
+            Err(err) => Err(failed(Op::Query, &format!("#{index}"))(err)),
+        }
     }
 
     /// Kind and state of a link, or `None` if there is no such link.
@@ -499,6 +524,7 @@ fn link_info(link: &LinkMessage) -> LinkInfo {
         up: link.header.flags.contains(LinkFlags::Up),
         master: None,
         alias: None,
+        group: 0,
     };
     for attr in &link.attributes {
         match attr {
@@ -512,6 +538,7 @@ fn link_info(link: &LinkMessage) -> LinkInfo {
             LinkAttribute::Mtu(mtu) => info.mtu = Some(*mtu),
             LinkAttribute::IfName(name) => info.name.clone_from(name),
             LinkAttribute::IfAlias(alias) => info.alias = Some(alias.clone()),
+            LinkAttribute::Group(group) => info.group = *group,
             LinkAttribute::Controller(index) if *index != 0 => info.master = Some(*index),
             _ => {}
         }

@@ -92,10 +92,17 @@ impl Tap {
     /// set up as [`Tap::create`] sets up a tap: frames with a 12-byte virtio-net header (a macvtap starts with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`).
     ///
     /// The device's number comes from sysfs, which must show this network namespace (as
-    /// `ip netns exec` mounts it). devtmpfs names the node `/dev/tap<ifindex>`, but ifindexes
-    /// repeat across namespaces and the first device keeps the name; when the node there is
-    /// another device, a private node is made in `scratch_dir` for the open and removed.
-    pub fn open_macvtap(index: u32, name: &str, scratch_dir: &Path) -> Result<Tap, Error> {
+    /// `ip netns exec` mounts it): the device there must have the ifindex and the alias
+    /// (`expected_alias`) this one has. devtmpfs names the node `/dev/tap<ifindex>`, but
+    /// ifindexes repeat across namespaces and the first device keeps the name; when the
+    /// node there is another device, a private node is made in `scratch_dir` for the open
+    /// and removed, which needs CAP_MKNOD and a directory that allows device nodes.
+    pub fn open_macvtap(
+        index: u32,
+        name: &str,
+        expected_alias: &str,
+        scratch_dir: &Path,
+    ) -> Result<Tap, Error> {
         validate_ifname(name)?;
         let failed = |source: io::Error| Error::Kernel {
             op: Op::OpenMacvtap,
@@ -106,7 +113,8 @@ impl Tap {
         let shown = fs::read_to_string(class.join("ifindex"))
             .ok()
             .and_then(|text| text.trim().parse::<u32>().ok());
-        if shown != Some(index) {
+        let alias = fs::read_to_string(class.join("ifalias")).unwrap_or_default();
+        if shown != Some(index) || alias.trim_end_matches('\n') != expected_alias {
             return Err(failed(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!(
@@ -134,22 +142,35 @@ impl Tap {
             Some(file) => file,
             None => {
                 let node = scratch_dir.join(format!(".tap{index}.{}", std::process::id()));
+                // One a crash left behind.
+                let _ = fs::remove_file(&node);
                 mknod(&node, SFlag::S_IFCHR, Mode::S_IRUSR | Mode::S_IWUSR, device).map_err(
                     |errno| {
                         failed(io::Error::new(
                             io::Error::from(errno).kind(),
-                            format!("making device node {}: {errno}", node.display()),
+                            format!(
+                            "/dev/tap{index} is another namespace's device, and making a node of our own at {} failed (it needs CAP_MKNOD): {errno}",
+                            node.display()
+                        ),
                         ))
                     },
                 )?;
                 let opened = open_if_device(&node, device);
                 let _ = fs::remove_file(&node);
-                opened.map_err(failed)?.ok_or_else(|| {
-                    failed(io::Error::other(format!(
-                        "device node {} does not open device {device:#x}",
-                        node.display()
-                    )))
-                })?
+                // A directory mounted nodev refuses to open its device nodes (EACCES).
+                opened
+                    .map_err(|e| {
+                        failed(io::Error::new(
+                            e.kind(),
+                            format!("{e} (the state directory must allow device nodes)"),
+                        ))
+                    })?
+                    .ok_or_else(|| {
+                        failed(io::Error::other(format!(
+                            "device node {} does not open device {device:#x}",
+                            node.display()
+                        )))
+                    })?
             }
         };
         let header_len = VIRTIO_NET_HDR_V1_LEN;

@@ -1,5 +1,7 @@
 //! Network ports: a guest NIC's place on a running network, which is a tap kvnetd creates on
-//! the network's bridge (libvirt's `virNetworkPort`, whose taps libvirt's QEMU driver makes).
+//! the network's bridge (libvirt's `virNetworkPort`, whose taps libvirt's QEMU driver makes),
+//! or on a macvtap network a macvtap on a device of its pool (see [`super::macvtaps`], which
+//! also says how those end: unlike taps, not with their descriptors).
 //!
 //! A port's tap is either handed to the caller (kvnet-vmm) and lives as long as the caller
 //! keeps it open, or made persistent (`net-port-create`) and lives until the port is
@@ -14,15 +16,16 @@
 //! plugged again by hand). Only the end of the network itself (undefined, or transient
 //! and stopped) deletes its ports' taps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::{Error, Manager, Network, error_chain, lookup, macvtap_shaping_of, shaping_of};
+use super::{
+    Error, Manager, Network, error_chain, lookup, macvtap_shaping_of, macvtaps, shaping_of,
+};
 use crate::api::types::PortSummary;
-use crate::link::macvtap::{self, MacvtapSpec};
 use crate::link::shaping::Shaping;
 use crate::link::tap::Tap;
 use crate::link::{LinkInfo, sysctl};
@@ -36,17 +39,17 @@ const TAP_TEMPLATE: &str = "vnet%d";
 /// A port of a running network.
 #[derive(Clone, Debug)]
 pub(super) struct Port {
-    def: PortDef,
+    pub(super) def: PortDef,
     /// The tap's name, or the macvtap's.
-    tap: String,
-    ifindex: u32,
-    persistent: bool,
+    pub(super) tap: String,
+    pub(super) ifindex: u32,
+    pub(super) persistent: bool,
     /// The process a handed-over macvtap goes with.
-    holder: Option<ProcessId>,
+    pub(super) holder: Option<ProcessId>,
 }
 
 impl Port {
-    fn summary(&self, network: &str) -> PortSummary {
+    pub(super) fn summary(&self, network: &str) -> PortSummary {
         PortSummary {
             uuid: self.def.uuid.unwrap_or_default(),
             network: network.to_owned(),
@@ -95,7 +98,7 @@ impl Port {
 pub(super) type Ports = BTreeMap<Uuid, Port>;
 
 /// Every link of the namespace, by ifindex (one dump).
-type Links = BTreeMap<u32, LinkInfo>;
+pub(super) type Links = BTreeMap<u32, LinkInfo>;
 
 /// A new port and, when the caller asked for it, its tap's descriptor.
 #[derive(Debug)]
@@ -124,48 +127,6 @@ enum Attachment {
     Macvtap(MacvtapMode),
 }
 
-/// The device of a macvtap network's pool a new port goes on: the one with the fewest
-/// ports (the first of those), or in passthrough mode the first with none, as libvirt's
-/// `networkAllocatePort`, with its messages.
-fn pool_device(
-    network: &str,
-    pool: &[String],
-    ports: &Ports,
-    mode: MacvtapMode,
-) -> Result<String, Error> {
-    if pool.is_empty() {
-        return Err(Error::OperationInvalid(format!(
-            "network '{network}' uses a direct mode, but has no forward dev and no interface pool"
-        )));
-    }
-    let connections = |dev: &String| {
-        ports
-            .values()
-            .filter(|port| matches!(&port.def.plug, Some(PortPlug::Direct { dev: used, .. }) if used == dev))
-            .count()
-    };
-    let chosen = if mode == MacvtapMode::Passthrough {
-        pool.iter().find(|dev| connections(dev) == 0)
-    } else {
-        pool.iter().min_by_key(|dev| connections(dev))
-    };
-    chosen.cloned().ok_or_else(|| {
-        Error::OperationInvalid(format!(
-            "network '{network}' requires exclusive access to interfaces, but none are available"
-        ))
-    })
-}
-
-/// The link layer's name for a macvtap mode.
-fn link_mode(mode: MacvtapMode) -> macvtap::MacvtapMode {
-    match mode {
-        MacvtapMode::Bridge => macvtap::MacvtapMode::Bridge,
-        MacvtapMode::Private => macvtap::MacvtapMode::Private,
-        MacvtapMode::Vepa => macvtap::MacvtapMode::Vepa,
-        MacvtapMode::Passthrough => macvtap::MacvtapMode::Passthrough,
-    }
-}
-
 /// How a network's ports join its bridge: libvirt's plug types.
 fn plug_of(def: &NetworkDef, bridge: &str) -> PortPlug {
     let bridge = bridge.to_owned();
@@ -190,7 +151,7 @@ impl Manager {
         xml: &str,
         hand_over: bool,
         owner_uid: u32,
-        holder: Option<Owner>,
+        holder: Option<Result<Owner, crate::owner::Error>>,
     ) -> Result<NewPort, Error> {
         let mut networks = self.networks.lock().await;
         let name = lookup(&networks, key)?;
@@ -254,10 +215,16 @@ impl Manager {
             Attachment::Macvtap(mode) => {
                 let holder = match (hand_over, holder) {
                     (false, _) => None,
-                    (true, Some(holder)) => Some(holder),
+                    (true, Some(Ok(holder))) => Some(holder),
+                    (true, Some(Err(source))) => {
+                        return Err(Error::PortHolder {
+                            network: name.clone(),
+                            source,
+                        });
+                    }
                     (true, None) => {
-                        return Err(Error::OperationInvalid(format!(
-                            "network '{name}': a macvtap port goes with the process holding it, and the caller's process could not be told"
+                        return Err(Error::Internal(format!(
+                            "network '{name}': a handed-over macvtap port goes with the process that asked for it, and none was named"
                         )));
                     }
                 };
@@ -358,123 +325,6 @@ impl Manager {
         })
     }
 
-    /// [`Manager::create_port`] on a macvtap network: a macvtap with the guest's MAC on the
-    /// pool's device with the fewest ports (in passthrough mode, one with none), as
-    /// libvirt's `networkAllocatePort` picks it. Handed over (`holder`), its queue's
-    /// descriptor is returned and the macvtap is deleted when the holder exits.
-    async fn create_macvtap(
-        &self,
-        name: &str,
-        network: &mut Network,
-        mut def: PortDef,
-        mode: MacvtapMode,
-        holder: Option<Owner>,
-    ) -> Result<NewPort, Error> {
-        let uuid = def.uuid.unwrap_or_default();
-        // libvirt's domain start refuses this for a direct interface.
-        if def.isolated == Some(true) {
-            return Err(Error::OperationInvalid(format!(
-                "interface {} - <port isolated='yes'/> is not supported for network interfaces with type='direct'",
-                def.mac
-            )));
-        }
-        let pool = network
-            .live
-            .as_ref()
-            .map(|live| live.forward.interfaces.as_slice())
-            .unwrap_or_default();
-        let dev = pool_device(name, pool, &network.ports, mode)?;
-        let failed = |source: crate::link::Error| Error::Port {
-            network: name.to_owned(),
-            source,
-        };
-        let purpose = format!("{uuid} of network {name}");
-        let (ifindex, macvtap) = self
-            .link
-            .create_macvtap(&MacvtapSpec {
-                lower: &dev,
-                mac: def.mac.0,
-                mode: link_mode(mode),
-                purpose: &purpose,
-            })
-            .await
-            .map_err(failed)?;
-        // A macvtap does not go with its descriptors: until it is recorded, every failure
-        // deletes it.
-        // libvirt's network driver leaves a direct port's limits to QEMU, which applies
-        // them to the macvtap; kvnetd is the one that has it here.
-        let shaping = macvtap_shaping_of(def.bandwidth.as_ref());
-        let opened = async {
-            // The host has no business on the guest's link (DAD, MLD from the guest's MAC).
-            sysctl::disable_port_ipv6(&macvtap)?;
-            let queue = Tap::open_macvtap(ifindex, &macvtap, self.store.status_dir())?;
-            self.link.set_up_at(ifindex, &macvtap).await?;
-            // shape() leaves no IFB when it fails.
-            if !shaping.is_empty() {
-                self.link.shape(ifindex, &macvtap, &shaping).await?;
-            }
-            Ok(queue)
-        }
-        .await;
-        def.plug = Some(PortPlug::Direct { dev, mode });
-        let port = Port {
-            def,
-            tap: macvtap,
-            ifindex,
-            persistent: holder.is_none(),
-            holder: holder.as_ref().map(|holder| holder.id),
-        };
-        let recorded = opened.map_err(failed).and_then(|queue| {
-            network.ports.insert(uuid, port.clone());
-            self.save_ports(name, &network.ports).map(|()| queue)
-        });
-        let queue = match recorded {
-            Ok(queue) => queue,
-            Err(e) => {
-                network.ports.remove(&uuid);
-                if let Err(cleanup) = self.link.delete_index(ifindex, &port.tap).await {
-                    warn!(network = %name, macvtap = %port.tap, "{}", error_chain(&cleanup));
-                }
-                if shaping.ingress.is_some()
-                    && let Err(cleanup) = self.link.delete_ifb_of(ifindex).await
-                {
-                    warn!(network = %name, macvtap = %port.tap, "{}", error_chain(&cleanup));
-                }
-                return Err(e);
-            }
-        };
-        let hand_over = holder.is_some();
-        if let Some(holder) = holder {
-            self.delete_when_gone(name, holder, ifindex, &port.tap);
-        }
-        Ok(NewPort {
-            summary: port.summary(name),
-            tap: hand_over.then(|| queue.into_fd()),
-        })
-    }
-
-    /// Deletes the macvtap `ifindex` once `holder` has exited; the port's record goes at
-    /// the next look at its network's ports, as a tap's does.
-    fn delete_when_gone(&self, network: &str, holder: Owner, ifindex: u32, macvtap: &str) {
-        let link = self.link.clone();
-        let network = network.to_owned();
-        let macvtap = macvtap.to_owned();
-        tokio::spawn(async move {
-            let pid = holder.id.pid;
-            if let Err(e) = holder.exited().await {
-                warn!(network = %network, macvtap = %macvtap, "the macvtap stays until its port is deleted: {}", error_chain(&e));
-                return;
-            }
-            match link.delete_index(ifindex, &macvtap).await {
-                Ok(true) => {
-                    info!(network = %network, macvtap = %macvtap, pid, "deleted the macvtap of a process that exited");
-                }
-                Ok(false) => {}
-                Err(e) => warn!(network = %network, macvtap = %macvtap, "{}", error_chain(&e)),
-            }
-        });
-    }
-
     /// The ports of a running network, by UUID (libvirt lists only those of a running
     /// network).
     pub async fn list_ports(&self, key: &str) -> Result<Vec<PortSummary>, Error> {
@@ -560,8 +410,13 @@ impl Manager {
         for (uuid, port) in &mut network.ports {
             let current = links.get(&port.ifindex);
             let result = match (&target, port.is_macvtap()) {
+                (None, true) if !macvtaps::fits(port, live) => {
+                    warn!(network = %name, port = %uuid, "deleting a macvtap port whose device or mode the network does not have any more");
+                    unpluggable.push(*uuid);
+                    continue;
+                }
                 (None, true) if current.is_some_and(|link| link.up) => continue,
-                (None, true) => self.link.set_up_at(port.ifindex, &port.tap).await,
+                (None, true) => self.link.bring_up_macvtap(port.ifindex, &port.tap).await,
                 (Some((_, _, bridge_link)), false)
                     if current.is_some_and(|tap| tap.master == Some(bridge_link.index)) =>
                 {
@@ -643,46 +498,6 @@ impl Manager {
         }
     }
 
-    /// Refuses a live change that takes a device out of a running macvtap network's pool
-    /// while ports sit on it, as libvirt does (with its message, double space included).
-    pub(super) async fn check_pool_shrink(
-        &self,
-        networks: &mut BTreeMap<String, Network>,
-        name: &str,
-        new: &NetworkDef,
-    ) -> Result<(), Error> {
-        let Some(network) = networks.get_mut(name) else {
-            return Ok(());
-        };
-        let Some(live) = &network.live else {
-            return Ok(());
-        };
-        let removed: Vec<String> = live
-            .forward
-            .interfaces
-            .iter()
-            .filter(|dev| !new.forward.interfaces.contains(dev))
-            .cloned()
-            .collect();
-        if removed.is_empty() {
-            return Ok(());
-        }
-        self.prune_ports(name, network).await;
-        for dev in removed {
-            let users = network
-                .ports
-                .values()
-                .filter(|port| matches!(&port.def.plug, Some(PortPlug::Direct { dev: used, .. }) if *used == dev))
-                .count();
-            if users > 0 {
-                return Err(Error::Xml(crate::xml::Error::UpdateRefused(format!(
-                    "unable to delete interface '{dev}' in network '{name}'. It is currently being used  by {users} domains."
-                ))));
-            }
-        }
-        Ok(())
-    }
-
     /// Deletes the ports of a network that is gone for good, taps and records.
     pub(super) async fn discard_ports(&self, name: &str, network: &mut Network) {
         let ports = std::mem::take(&mut network.ports);
@@ -698,16 +513,24 @@ impl Manager {
     /// adopted: a running network's are plugged in if a crash interrupted that; a stopped
     /// network's wait, detached, for its next start; those of a network that is gone are
     /// deleted.
-    pub(super) async fn reconcile_ports(&self, networks: &mut BTreeMap<String, Network>) {
+    ///
+    /// Returns the networks whose port records were all read (those without any
+    /// included), or `None` when the records could not even be listed: only the devices
+    /// of those networks may be taken for orphans.
+    pub(super) async fn reconcile_ports(
+        &self,
+        networks: &mut BTreeMap<String, Network>,
+    ) -> Option<BTreeSet<String>> {
         let names = match self.store.ports_file_names() {
             Ok(names) => names,
             Err(e) => {
                 warn!("cannot list port records: {}", error_chain(&e));
-                return;
+                return None;
             }
         };
+        let mut complete: BTreeSet<String> = networks.keys().cloned().collect();
         if names.is_empty() {
-            return;
+            return Some(complete);
         }
         // One dump for all networks: each looks only at its own taps, and at its bridge.
         let links = self
@@ -721,10 +544,14 @@ impl Manager {
                 self.discard_recorded_ports(&name).await;
                 continue;
             };
-            network.ports = self.load_ports(&name);
+            let (ports, read_whole) = self.load_ports(&name);
+            network.ports = ports;
+            if !read_whole {
+                complete.remove(&name);
+            }
             if let Some(links) = &links {
                 self.follow_taps(&name, network, links);
-                self.follow_holders(&name, network).await;
+                self.end_exited_holders(&name, network, true).await;
                 if network.live.is_some() {
                     self.plug_in(&name, network, links).await;
                 } else {
@@ -735,42 +562,17 @@ impl Manager {
                 info!(network = %name, ports = network.ports.len(), "adopted ports");
             }
         }
+        Some(complete)
     }
 
-    /// Watches again the processes of the network's handed-over macvtaps, after a daemon
-    /// restart; those that exited meanwhile lose their ports now.
-    async fn follow_holders(&self, name: &str, network: &mut Network) {
-        let mut gone = Vec::new();
-        for (uuid, port) in &network.ports {
-            let Some(id) = port.holder else {
-                continue;
-            };
-            match Owner::reopen(id) {
-                Some(holder) => self.delete_when_gone(name, holder, port.ifindex, &port.tap),
-                None => {
-                    info!(network = %name, port = %uuid, macvtap = %port.tap, pid = id.pid, "port ended: its process exited while the daemon was away");
-                    gone.push(*uuid);
-                }
-            }
-        }
-        if gone.is_empty() {
-            return;
-        }
-        let ended: Vec<Port> = gone
-            .iter()
-            .filter_map(|uuid| network.ports.remove(uuid))
-            .collect();
-        self.delete_taps(
-            name,
-            ended.iter().map(|port| (port.ifindex, port.tap.as_str())),
-        )
-        .await;
-        self.save_ports_or_warn(name, &network.ports);
-    }
-
-    /// Deletes the macvtaps kvnet made that no port claims (a daemon that died between
-    /// creating one and recording its port), and the IFB devices of links that are gone.
-    pub(super) async fn delete_orphan_devices(&self, networks: &BTreeMap<String, Network>) {
+    /// Deletes the devices left over from ports: kvnet's macvtaps that no port claims,
+    /// when the port records of their network were read whole (`complete`), and the IFB
+    /// devices of links that are gone.
+    pub(super) async fn delete_orphan_devices(
+        &self,
+        networks: &BTreeMap<String, Network>,
+        complete: Option<&BTreeSet<String>>,
+    ) {
         let links = match self.link.links_by_index().await {
             Ok(links) => links,
             Err(e) => {
@@ -778,33 +580,21 @@ impl Manager {
                 return;
             }
         };
-        let claimed = |index: u32| {
-            networks
-                .values()
-                .any(|network| network.ports.values().any(|port| port.ifindex == index))
+        let links = match complete {
+            Some(complete) => self.delete_orphan_macvtaps(networks, complete, links).await,
+            None => links,
         };
-        for (index, macvtap) in macvtap::orphan_macvtaps(&links, claimed) {
-            match self.link.delete_index(index, &macvtap).await {
-                Ok(_) => info!(macvtap = %macvtap, "deleted a macvtap no port claims"),
-                Err(e) => warn!(macvtap = %macvtap, "{}", error_chain(&e)),
-            }
-        }
-        match self.link.delete_orphan_ifbs(&links).await {
-            Ok(deleted) if !deleted.is_empty() => {
-                info!(devices = ?deleted, "deleted the ifb devices of links that are gone");
-            }
-            Ok(_) => {}
-            Err(e) => warn!("deleting ifb devices left over: {}", error_chain(&e)),
-        }
+        self.delete_orphan_ifbs_among(&links).await;
     }
 
-    /// The ports recorded for a network; unreadable records are dropped for good.
-    fn load_ports(&self, name: &str) -> Ports {
+    /// The ports recorded for a network, and whether every record could be read;
+    /// unreadable records are dropped for good.
+    fn load_ports(&self, name: &str) -> (Ports, bool) {
         let stored = match self.store.load_ports(name) {
             Ok(stored) => stored,
             Err(e) => {
                 warn!(network = %name, "forgetting unreadable port records: {}", error_chain(&e));
-                Vec::new()
+                return (Ports::new(), false);
             }
         };
         let mut ports = Ports::new();
@@ -818,10 +608,11 @@ impl Manager {
                 }
             }
         }
-        if ports.len() != stored.len() {
+        let whole = ports.len() == stored.len();
+        if !whole {
             self.save_ports_or_warn(name, &ports);
         }
-        ports
+        (ports, whole)
     }
 
     /// Parks the recorded ports of a stopped network that are not parked yet: the daemon
@@ -879,7 +670,7 @@ impl Manager {
 
     /// Drops the ports whose tap has gone (its VMM closed it, or someone deleted it). One
     /// link dump answers for all of them.
-    async fn prune_ports(&self, name: &str, network: &mut Network) {
+    pub(super) async fn prune_ports(&self, name: &str, network: &mut Network) {
         if !network.ports.is_empty() {
             self.port_links(name, network).await;
         }
@@ -896,10 +687,9 @@ impl Manager {
             }
         };
         self.follow_taps(name, network, &links);
+        self.end_exited_holders(name, network, false).await;
         // The IFB of a shaped tap its VMM closed outlives it.
-        if let Err(e) = self.link.delete_orphan_ifbs(&links).await {
-            warn!(network = %name, "deleting ifb devices left over: {}", error_chain(&e));
-        }
+        self.delete_orphan_ifbs_among(&links).await;
         Some(links)
     }
 
@@ -964,11 +754,15 @@ impl Manager {
     /// Deletes the IFB devices left by ports whose tap is gone; see
     /// [`crate::link::Link::delete_orphan_ifbs`].
     pub(super) async fn delete_orphan_ifbs(&self) {
-        let swept = match self.link.links_by_index().await {
-            Ok(links) => self.link.delete_orphan_ifbs(&links).await,
-            Err(e) => Err(e),
-        };
-        match swept {
+        match self.link.links_by_index().await {
+            Ok(links) => self.delete_orphan_ifbs_among(&links).await,
+            Err(e) => warn!("deleting ifb devices left over: {}", error_chain(&e)),
+        }
+    }
+
+    /// [`Manager::delete_orphan_ifbs`] with the links already dumped.
+    async fn delete_orphan_ifbs_among(&self, links: &Links) {
+        match self.link.delete_orphan_ifbs(links).await {
             Ok(deleted) if !deleted.is_empty() => {
                 info!(devices = ?deleted, "deleted the ifb devices of links that are gone");
             }
@@ -977,12 +771,12 @@ impl Manager {
         }
     }
 
-    fn save_ports(&self, name: &str, ports: &Ports) -> Result<(), Error> {
+    pub(super) fn save_ports(&self, name: &str, ports: &Ports) -> Result<(), Error> {
         let statuses: Vec<PortStatus> = ports.values().map(Port::status).collect();
         Ok(self.store.save_ports(name, &statuses)?)
     }
 
-    fn save_ports_or_warn(&self, name: &str, ports: &Ports) {
+    pub(super) fn save_ports_or_warn(&self, name: &str, ports: &Ports) {
         if let Err(e) = self.save_ports(name, ports) {
             warn!(network = %name, "recording ports: {}", error_chain(&e));
         }

@@ -120,7 +120,7 @@ impl Parser {
     }
 
     /// Rejects attributes outside `allowed`.
-    fn check_attrs(&self, element: &Element, allowed: &[&str]) -> Result<(), Error> {
+    pub(super) fn check_attrs(&self, element: &Element, allowed: &[&str]) -> Result<(), Error> {
         match element
             .attrs
             .iter()
@@ -135,7 +135,7 @@ impl Parser {
     }
 
     /// Rejects any child element and any non-whitespace text.
-    fn check_leaf(&self, element: &Element) -> Result<(), Error> {
+    pub(super) fn check_leaf(&self, element: &Element) -> Result<(), Error> {
         if let Some(child) = element.children.first() {
             return Err(self.unsupported_child(element, child));
         }

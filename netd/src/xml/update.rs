@@ -230,6 +230,9 @@ impl NetworkDef {
             // A nat or route network forwards through one device; kvnet keeps it in
             // `<forward dev=>`, and no pool.
             UpdateSection::ForwardInterface if self.macvtap_mode().is_some() => {
+                // `connections` is a live counter net-dumpxml shows; ignored as on input.
+                parser.check_attrs(&root, &["dev", "connections"])?;
+                parser.check_leaf(&root)?;
                 self.update_forward_interface(command, &root)
             }
             _ => Err(unsupported()),

@@ -446,7 +446,8 @@ impl NetSpec {
                     .map_err(plugged)?;
                 tracing::info!(network, port = %port.uuid, tap = %port.tap, "plugged into network");
                 let lease = PortLease {
-                    client,
+                    // Given back while the VM is torn down: not worth a long wait.
+                    client: client.with_answer_timeout(PORT_RETURN_TIMEOUT),
                     network: network.clone(),
                     port: port.uuid,
                 };
@@ -463,6 +464,9 @@ impl NetSpec {
         }
     }
 }
+
+/// How long a VM's teardown waits for kvnetd to take a port back.
+const PORT_RETURN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A NIC's port on a kvnetd network, given back when the VM ends. A tap's port ends
 /// when its descriptor closes anyway, but a macvtap's lasts until its process exits, and
