@@ -477,9 +477,14 @@ fn macvtap_ports_follow_libvirts_allocation_rules() {
         "<forward mode='passthrough'><interface dev='lan0'/><interface dev='lan1'/></forward>",
     );
     let client = Client::new(daemon.socket());
+    let lan0_mac = macvtap(&daemon, "lan0")["address"].clone();
     let first = client
         .create_port("solo", &port_xml("a", "52:54:00:aa:dd:01"))
         .expect("first");
+    // In passthrough mode the device takes the guest's MAC, as under libvirt, and gets its
+    // own back when the port goes.
+    assert_eq!(macvtap(&daemon, "lan0")["address"], "52:54:00:aa:dd:01");
+    assert_eq!(macvtap(&daemon, &first.tap)["address"], "52:54:00:aa:dd:01");
     let second = client
         .create_port("solo", &port_xml("b", "52:54:00:aa:dd:02"))
         .expect("second");
@@ -501,6 +506,7 @@ fn macvtap_ports_follow_libvirts_allocation_rules() {
     client
         .delete_port("solo", &first.uuid.to_string())
         .expect("delete");
+    assert_eq!(macvtap(&daemon, "lan0")["address"], lan0_mac);
     let third = client
         .create_port("solo", &port_xml("c", "52:54:00:aa:dd:03"))
         .expect("third");

@@ -136,16 +136,30 @@ impl Link {
         Ok((index, name))
     }
 
-    /// Brings a macvtap up to receive every multicast group: macvlan hands a device only
-    /// the groups it joined itself, and the host's side of a guest's macvtap joins none
-    /// (it has no IPv6), so the guest's router advertisements and neighbour solicitations
-    /// would never reach it. (libvirt's macvtaps get the groups of the host's IPv6
-    /// link-local address, which happens to be the guest's.)
-    pub async fn bring_up_macvtap(&self, index: u32, ifname: &str) -> Result<(), Error> {
+    /// Brings a macvtap up with the guest's MAC, receiving every multicast group.
+    ///
+    /// In passthrough mode the kernel gives a new macvtap its lower device's MAC, and
+    /// setting the guest's here sets the lower device's, as libvirt does (an SR-IOV VF
+    /// that may not go promiscuous then still takes the guest's unicast); the kernel puts
+    /// the lower device's own MAC back when the macvtap is deleted. In the other modes the
+    /// MAC is the one it was created with.
+    ///
+    /// macvlan hands a device only the multicast groups it joined itself, and the host's
+    /// side of a guest's macvtap joins none (it has no IPv6), so the guest's router
+    /// advertisements and neighbour solicitations would never reach it. (libvirt's
+    /// macvtaps get the groups of the host's IPv6 link-local address, which happens to be
+    /// the guest's.)
+    pub async fn bring_up_macvtap(
+        &self,
+        index: u32,
+        ifname: &str,
+        mac: [u8; 6],
+    ) -> Result<(), Error> {
         self.handle
             .link()
             .set(
                 LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
                     .up()
                     .allmulticast(true)
                     .build(),

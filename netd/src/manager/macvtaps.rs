@@ -158,7 +158,9 @@ impl Manager {
             sysctl::disable_port_ipv6(&macvtap)?;
             let alias = format!("{}{purpose}", macvtap::MACVTAP_ALIAS_PREFIX);
             let queue = Tap::open_macvtap(ifindex, &macvtap, &alias, self.store.status_dir())?;
-            self.link.bring_up_macvtap(ifindex, &macvtap).await?;
+            self.link
+                .bring_up_macvtap(ifindex, &macvtap, def.mac.0)
+                .await?;
             // shape() leaves no IFB when it fails.
             if !shaping.is_empty() {
                 self.link.shape(ifindex, &macvtap, &shaping).await?;

@@ -416,7 +416,11 @@ impl Manager {
                     continue;
                 }
                 (None, true) if current.is_some_and(|link| link.up) => continue,
-                (None, true) => self.link.bring_up_macvtap(port.ifindex, &port.tap).await,
+                (None, true) => {
+                    self.link
+                        .bring_up_macvtap(port.ifindex, &port.tap, port.def.mac.0)
+                        .await
+                }
                 (Some((_, _, bridge_link)), false)
                     if current.is_some_and(|tap| tap.master == Some(bridge_link.index)) =>
                 {
