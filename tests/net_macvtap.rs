@@ -327,6 +327,20 @@ fn a_macvtap_network_puts_each_guest_on_a_device_of_its_pool() {
         .expect("third port");
     assert_eq!(lower_of(&daemon, &third.tap), "lan0");
     assert_eq!(macvtaps(&daemon).len(), 3);
+    // The live XML counts them, as libvirt's; --inactive does not.
+    let live = daemon.ok(&["net-dumpxml", "lan"]);
+    assert!(live.starts_with("<network connections='3'>\n"), "{live}");
+    assert!(
+        live.contains(
+            "    <interface dev='lan0' connections='2'/>\n    <interface dev='lan1' connections='1'/>\n"
+        ),
+        "{live}"
+    );
+    assert!(
+        !daemon
+            .ok(&["net-dumpxml", "lan", "--inactive"])
+            .contains("connections")
+    );
 
     // Stopped, the network leaves the macvtaps to their guests, down; they come back
     // up with it, across a daemon crash too.

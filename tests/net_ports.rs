@@ -155,6 +155,9 @@ fn a_vmm_plugs_into_a_network_and_its_tap_carries_frames_until_it_lets_go() {
         xml.contains("  <plug type='network' bridge='virbr0'/>\n"),
         "{xml}"
     );
+    // The network's live XML counts its ports, as libvirt's does.
+    let live = daemon.ok(&["net-dumpxml", "default"]);
+    assert!(live.starts_with("<network connections='1'>\n"), "{live}");
 
     // Frames cross: the guest's ARP request reaches the host, whose reply comes back.
     wait_for_forwarding(&daemon, &port.tap);

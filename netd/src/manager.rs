@@ -1469,18 +1469,20 @@ impl Manager {
 
     /// The network's XML: the running definition, or with `inactive` the persistent one.
     pub async fn xml(&self, key: &str, inactive: bool) -> Result<String, Error> {
-        let networks = self.networks.lock().await;
+        let mut networks = self.networks.lock().await;
         let name = lookup(&networks, key)?;
-        let network = &networks[&name];
-        let def = if inactive {
-            network.config.as_ref().or(network.live.as_ref())
-        } else {
-            network.current()
-        };
-        def.map(NetworkDef::to_xml).ok_or_else(|| Error::NotFound {
+        let not_found = || Error::NotFound {
             field: "name",
             value: key.to_owned(),
-        })
+        };
+        let network = networks.get_mut(&name).ok_or_else(not_found)?;
+        if inactive {
+            let def = network.config.as_ref().or(network.live.as_ref());
+            return def.map(NetworkDef::to_xml).ok_or_else(not_found);
+        }
+        let connections = self.connections(&name, network).await;
+        let def = network.current().ok_or_else(not_found)?;
+        Ok(def.to_live_xml(&connections))
     }
 
     /// virsh's `net-update`: applies `update` to the running definition (`live`), the

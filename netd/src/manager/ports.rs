@@ -31,7 +31,7 @@ use crate::link::tap::Tap;
 use crate::link::{LinkInfo, sysctl};
 use crate::owner::{Owner, ProcessId};
 use crate::store::PortStatus;
-use crate::xml::{ForwardMode, MacvtapMode, NetworkDef, PortDef, PortPlug};
+use crate::xml::{Connections, ForwardMode, MacvtapMode, NetworkDef, PortDef, PortPlug};
 
 /// The name template of port taps, as libvirt's (the kernel picks the number).
 const TAP_TEMPLATE: &str = "vnet%d";
@@ -323,6 +323,25 @@ impl Manager {
             summary: port.summary(name),
             tap: hand_over.then(|| tap.into_fd()),
         })
+    }
+
+    /// The ports of a running network counted as libvirt's live XML counts them (none for
+    /// a stopped one, whose ports wait for its next start).
+    pub(super) async fn connections(&self, name: &str, network: &mut Network) -> Connections {
+        if network.live.is_none() || network.ports.is_empty() {
+            return Connections::default();
+        }
+        self.prune_ports(name, network).await;
+        let mut connections = Connections {
+            network: network.ports.len(),
+            ..Connections::default()
+        };
+        for port in network.ports.values() {
+            if let Some(PortPlug::Direct { dev, .. }) = &port.def.plug {
+                *connections.by_device.entry(dev.clone()).or_default() += 1;
+            }
+        }
+        connections
     }
 
     /// The ports of a running network, by UUID (libvirt lists only those of a running

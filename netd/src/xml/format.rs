@@ -1,6 +1,7 @@
 //! [`NetworkDef`] -> XML, byte-compatible with libvirt's
 //! `virNetworkDefFormatBuf` (src/conf/network_conf.c).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::model::{DhcpHost, DhcpRange, Dns, IpDef, Lease, NetworkDef};
@@ -100,15 +101,40 @@ fn yes_no(value: bool) -> &'static str {
     if value { "yes" } else { "no" }
 }
 
+/// How many ports a running network has, as libvirt's live XML counts them: on the
+/// network, and on each device of a macvtap network's pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Connections {
+    /// Every port of the network.
+    pub network: usize,
+    /// The ports on each pool device, by device name.
+    pub by_device: BTreeMap<String, usize>,
+}
+
 impl NetworkDef {
-    /// The definition as libvirt formats it (`net-dumpxml`), ending in a newline.
+    /// The definition as libvirt formats it (`net-dumpxml`, or `--inactive`), ending in
+    /// a newline.
     pub fn to_xml(&self) -> String {
+        self.format(&Connections::default())
+    }
+
+    /// The running definition as libvirt formats it, with its ports counted (its
+    /// `connections` attributes, where they are not 0).
+    pub fn to_live_xml(&self, connections: &Connections) -> String {
+        self.format(connections)
+    }
+
+    fn format(&self, connections: &Connections) -> String {
         let mut out = Out::new();
-        out.open(if self.ipv6_without_gateway {
-            "<network ipv6='yes'>"
-        } else {
-            "<network>"
-        });
+        out.open(&format!(
+            "<network{}{}>",
+            attr("connections", Some(connections.network).filter(|n| *n > 0)),
+            if self.ipv6_without_gateway {
+                " ipv6='yes'"
+            } else {
+                ""
+            }
+        ));
         out.line(&format!("<name>{}</name>", escape(&self.name)));
         if let Some(uuid) = self.uuid {
             out.line(&format!("<uuid>{uuid}</uuid>"));
@@ -122,7 +148,7 @@ impl NetworkDef {
                 escape(description)
             ));
         }
-        self.format_forward(&mut out);
+        self.format_forward(&mut out, connections);
         let managed = self.forward.mode.has_managed_bridge();
         if managed || self.bridge.name.is_some() {
             let mut bridge = format!("<bridge{}", attr("name", self.bridge.name.as_ref()));
@@ -186,7 +212,7 @@ impl NetworkDef {
         out.finish()
     }
 
-    fn format_forward(&self, out: &mut Out) {
+    fn format_forward(&self, out: &mut Out, connections: &Connections) {
         let Some(mode) = self.forward.mode.as_libvirt_str() else {
             return;
         };
@@ -229,7 +255,12 @@ impl NetworkDef {
             }
         }
         for dev in pool {
-            out.line(&format!("<interface dev='{}'/>", escape_attr(dev)));
+            let used = connections.by_device.get(dev.as_str()).copied();
+            out.line(&format!(
+                "<interface dev='{}'{}/>",
+                escape_attr(dev),
+                attr("connections", used.filter(|n| *n > 0))
+            ));
         }
         out.close("</forward>");
     }

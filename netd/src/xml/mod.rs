@@ -26,6 +26,7 @@ mod port_tests;
 mod tests;
 
 pub use bandwidth::{Bandwidth, Rate};
+pub use format::Connections;
 pub use model::{
     Bootp, Bridge, DEFAULT_NAT_PORTS, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv,
     DnsTxt, Domain, Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr,

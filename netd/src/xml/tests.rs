@@ -2380,3 +2380,28 @@ fn macvtap_networks_get_libvirts_messages() {
         );
     }
 }
+
+#[test]
+fn live_xml_counts_connections_as_libvirt_does() {
+    let def = NetworkDef::from_xml(
+        "<network ipv6='yes'><name>lan</name><forward mode='vepa'><interface dev='eth0'/>\
+         <interface dev='eth1'/></forward></network>",
+    )
+    .expect("parse");
+    let connections = Connections {
+        network: 2,
+        by_device: [("eth1".to_owned(), 2)].into_iter().collect(),
+    };
+    let live = def.to_live_xml(&connections);
+    assert!(
+        live.starts_with("<network connections='2' ipv6='yes'>\n"),
+        "{live}"
+    );
+    assert!(
+        live.contains("    <interface dev='eth0'/>\n    <interface dev='eth1' connections='2'/>\n"),
+        "{live}"
+    );
+    // The counters are read back as libvirt reads them: not at all.
+    assert_eq!(NetworkDef::from_xml(&live).expect("reparse"), def);
+    assert_eq!(def.to_live_xml(&Connections::default()), def.to_xml());
+}
