@@ -129,6 +129,19 @@ fn guest(a: &mut CodeAssembler) -> Result<(), IcedError> {
     print_rx_buffer_and_power_off(a, hex8)
 }
 
+/// The mini-guest's VM, its NIC given by `net` (kvnet-vmm's `--net`), owned by `owner`,
+/// and its serial output.
+fn guest_vm(dir: &std::path::Path, net: &str, owner: &str) -> (Vm, SharedBuffer) {
+    let kernel = testing::write_guest(dir, "e2e.elf", guest).expect("assemble");
+    let serial = SharedBuffer::new();
+    let mut config = VmConfig::new(&kernel);
+    config.serial = SerialSink::Buffer(serial.clone());
+    config.net = vec![net.parse().expect("net spec")];
+    config.owner.name = owner.into();
+    let vm = Vm::new(config).unwrap_or_else(|e| panic!("build the vm ({net}): {e}"));
+    (vm, serial)
+}
+
 /// Parses the guest's `rx len` report into the received frame (virtio-net header off).
 fn received_frame(serial: &str) -> Option<Vec<u8>> {
     let mut lines = serial
@@ -187,20 +200,14 @@ fn exchange_with_upstream(restart_network: bool) {
     let upstream = Netns::new("upstream").expect("upstream ns");
     attach_upstream(&daemon, &upstream);
 
-    let kernel = testing::write_guest(dir.path(), "e2e.elf", guest).expect("assemble");
-    let serial = SharedBuffer::new();
-    let mut config = VmConfig::new(&kernel);
-    config.serial = SerialSink::Buffer(serial.clone());
-    config.net = vec![
-        format!(
+    let (vm, serial) = guest_vm(
+        dir.path(),
+        &format!(
             "network=e2e,socket={},mac={GUEST_MAC},inbound=1000,outbound=500",
             daemon.socket().display()
-        )
-        .parse()
-        .expect("net spec"),
-    ];
-    config.owner.name = "e2e-guest".into();
-    let vm = Vm::new(config).expect("build the vm, plugged into e2e");
+        ),
+        "e2e-guest",
+    );
     let client = Client::new(daemon.socket());
     let ports = client.ports("e2e").expect("ports");
     assert_eq!(ports.len(), 1, "{ports:?}");
@@ -347,20 +354,14 @@ fn a_guest_on_a_macvtap_network_talks_to_the_lan_directly() {
     daemon.ok(&["net-define", network.to_str().expect("utf-8")]);
     daemon.ok(&["net-start", "lan"]);
 
-    let kernel = testing::write_guest(dir.path(), "e2e.elf", guest).expect("assemble");
-    let serial = SharedBuffer::new();
-    let mut config = VmConfig::new(&kernel);
-    config.serial = SerialSink::Buffer(serial.clone());
-    config.net = vec![
-        format!(
+    let (vm, serial) = guest_vm(
+        dir.path(),
+        &format!(
             "network=lan,socket={},mac={GUEST_MAC}",
             daemon.socket().display()
-        )
-        .parse()
-        .expect("net spec"),
-    ];
-    config.owner.name = "lan-guest".into();
-    let vm = Vm::new(config).expect("build the vm, plugged into lan");
+        ),
+        "lan-guest",
+    );
     let client = Client::new(daemon.socket());
     let ports = client.ports("lan").expect("ports");
     assert_eq!(ports.len(), 1, "{ports:?}");

@@ -13,14 +13,13 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DAEMON_NEEDS, Daemon, Need, Netns, require};
+use common::{DAEMON_NEEDS, Daemon, Need, Netns, arp_request, is_arp_reply, receives, require};
 use netd::api::ErrorKind;
 use netd::api::client::{Client, Error};
 use netd::api::types::PortSummary;
 use netd::link::macvtap::KVNET_LINK_GROUP;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-const VNET_HDR_LEN: usize = 12;
 const LAN_IP: [u8; 4] = [10, 88, 0, 1];
 const GUEST_IP: [u8; 4] = [10, 88, 0, 50];
 /// Set for the copy of this test binary that holds a port ([`macvtap_port_holder`]).
@@ -149,46 +148,18 @@ fn api_error(result: Result<impl std::fmt::Debug, Error>) -> (ErrorKind, String)
     }
 }
 
-/// An ARP request (broadcast) from the guest for the LAN's address, after the
-/// virtio-net header.
-fn arp_request(mac: [u8; 6]) -> Vec<u8> {
-    let mut frame = vec![0u8; VNET_HDR_LEN];
-    frame.extend_from_slice(&[0xff; 6]);
-    frame.extend_from_slice(&mac);
-    frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    frame.extend_from_slice(&mac);
-    frame.extend_from_slice(&GUEST_IP);
-    frame.extend_from_slice(&[0; 6]);
-    frame.extend_from_slice(&LAN_IP);
-    frame
-}
-
-/// Calls `send` every 200 ms and reads the queue until a frame (without its virtio-net
-/// header) satisfies `wanted`, for at most `timeout`.
-fn receives(
-    queue: &OwnedFd,
-    timeout: Duration,
-    send: impl Fn(),
-    wanted: impl Fn(&[u8]) -> bool,
-) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut buffer = [0u8; 2048];
-    let mut next_send = Instant::now();
-    while Instant::now() < deadline {
-        if Instant::now() >= next_send {
-            send();
-            next_send = Instant::now() + Duration::from_millis(200);
-        }
-        let mut fds = [PollFd::new(queue.as_fd(), PollFlags::POLLIN)];
-        if poll(&mut fds, PollTimeout::from(50u16)).expect("poll") == 0 {
-            continue;
-        }
-        let n = nix::unistd::read(queue, &mut buffer).expect("read the macvtap");
-        if wanted(&buffer[VNET_HDR_LEN.min(n)..n]) {
-            return true;
-        }
-    }
-    false
+/// Sends the guest's ARP request through its queue until the LAN's reply comes back
+/// through it (the first may go before the LAN bridge's port forwards).
+fn lan_answers(queue: &OwnedFd, mac: [u8; 6], timeout: Duration) -> bool {
+    receives(
+        queue,
+        timeout,
+        || {
+            // A down macvtap may refuse the frame; the reply just never comes then.
+            let _ = nix::unistd::write(queue, &arp_request(mac, GUEST_IP, LAN_IP));
+        },
+        |frame| is_arp_reply(frame, mac, LAN_IP),
+    )
 }
 
 /// Reads and drops whatever frames wait in the queue.
@@ -201,36 +172,6 @@ fn drain(queue: &OwnedFd) {
         }
         nix::unistd::read(queue, &mut buffer).expect("read the macvtap");
     }
-}
-
-/// Sends the guest's ARP request through its queue until the LAN's reply comes back
-/// through it (the first may go before the LAN bridge's port forwards).
-fn lan_answers(queue: &OwnedFd, mac: [u8; 6], timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut buffer = [0u8; 2048];
-    let mut next_request = Instant::now();
-    while Instant::now() < deadline {
-        if Instant::now() >= next_request {
-            // A down macvtap may refuse the frame; the reply just never comes then.
-            let _ = nix::unistd::write(queue, &arp_request(mac));
-            next_request = Instant::now() + Duration::from_millis(500);
-        }
-        let mut fds = [PollFd::new(queue.as_fd(), PollFlags::POLLIN)];
-        if poll(&mut fds, PollTimeout::from(100u16)).expect("poll") == 0 {
-            continue;
-        }
-        let n = nix::unistd::read(queue, &mut buffer).expect("read the macvtap");
-        let frame = &buffer[VNET_HDR_LEN.min(n)..n];
-        let is_reply = frame.len() >= 42
-            && frame[..6] == mac
-            && frame[12..14] == [0x08, 0x06]
-            && frame[20..22] == [0, 2]
-            && frame[28..32] == LAN_IP;
-        if is_reply {
-            return true;
-        }
-    }
-    false
 }
 
 #[test]

@@ -6,18 +6,16 @@
 
 mod common;
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::os::fd::OwnedFd;
+use std::time::Duration;
 
-use common::{DAEMON_NEEDS, Daemon, Need, require, wait_for_forwarding};
+use common::{DAEMON_NEEDS, Daemon, Need, require, wait_for_forwarding, wait_for_frame};
 use netd::api::ErrorKind;
 use netd::api::client::{Client, Error};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01];
 const GUEST_IP: [u8; 4] = [192, 168, 122, 77];
 const BRIDGE_IP: [u8; 4] = [192, 168, 122, 1];
-const VNET_HDR_LEN: usize = 12;
 
 fn needs() -> Vec<Need> {
     let mut needs = DAEMON_NEEDS.to_vec();
@@ -58,48 +56,12 @@ fn link(daemon: &Daemon, ifname: &str) -> serde_json::Value {
 
 /// An ARP request from the guest for the bridge's address, after the virtio-net header.
 fn arp_request() -> Vec<u8> {
-    arp_request_from(GUEST_MAC, GUEST_IP)
-}
-
-/// An ARP request (a broadcast) from `mac` at `ip` for the bridge's address, after the
-/// virtio-net header.
-fn arp_request_from(mac: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
-    let mut frame = vec![0u8; VNET_HDR_LEN];
-    frame.extend_from_slice(&[0xff; 6]);
-    frame.extend_from_slice(&mac);
-    frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    frame.extend_from_slice(&mac);
-    frame.extend_from_slice(&ip);
-    frame.extend_from_slice(&[0; 6]);
-    frame.extend_from_slice(&BRIDGE_IP);
-    frame
-}
-
-/// Reads frames (without their virtio-net header) from the tap until one satisfies
-/// `wanted`, for at most `timeout`.
-fn wait_for_frame(tap: &OwnedFd, timeout: Duration, wanted: impl Fn(&[u8]) -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut buffer = [0u8; 2048];
-    while Instant::now() < deadline {
-        let mut fds = [PollFd::new(tap.as_fd(), PollFlags::POLLIN)];
-        if poll(&mut fds, PollTimeout::from(100u16)).expect("poll") == 0 {
-            continue;
-        }
-        let n = nix::unistd::read(tap, &mut buffer).expect("read tap");
-        if wanted(&buffer[VNET_HDR_LEN..n]) {
-            return true;
-        }
-    }
-    false
+    common::arp_request(GUEST_MAC, GUEST_IP, BRIDGE_IP)
 }
 
 /// Whether `frame` is the bridge's ARP reply to `mac`.
 fn is_arp_reply_to(frame: &[u8], mac: [u8; 6]) -> bool {
-    frame.len() >= 42
-        && frame[..6] == mac
-        && frame[12..14] == [0x08, 0x06]
-        && frame[20..22] == [0, 2]
-        && frame[28..32] == BRIDGE_IP
+    common::is_arp_reply(frame, mac, BRIDGE_IP)
 }
 
 /// Reads frames from the tap until the bridge's ARP reply to the guest arrives.
@@ -561,7 +523,7 @@ fn isolated_ports_reach_the_host_but_not_each_other() {
         // is not isolated, but not the other isolated one.
         nix::unistd::write(
             &first_tap,
-            &arp_request_from(mac(0x21), [192, 168, 122, 21]),
+            &common::arp_request(mac(0x21), [192, 168, 122, 21], BRIDGE_IP),
         )
         .expect("write tap");
         assert!(

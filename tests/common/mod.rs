@@ -426,3 +426,68 @@ pub fn udhcpc_lease(daemon: &Daemon, guest: &Netns, hostname: &str) -> Bound {
         siaddr: siaddr.to_owned(),
     }
 }
+
+/// Length of the virtio-net header before every frame on a port's tap or macvtap queue.
+pub const VNET_HDR_LEN: usize = 12;
+
+/// An ARP request (a broadcast) from `mac` at `sender` for `target`, after the virtio-net
+/// header: what a guest writes to its tap or macvtap.
+pub fn arp_request(mac: [u8; 6], sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut frame = vec![0u8; VNET_HDR_LEN];
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&sender);
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&target);
+    frame
+}
+
+/// Whether `frame` (without its virtio-net header) is `from`'s ARP reply to `mac`.
+pub fn is_arp_reply(frame: &[u8], mac: [u8; 6], from: [u8; 4]) -> bool {
+    frame.len() >= 42
+        && frame[..6] == mac
+        && frame[12..14] == [0x08, 0x06]
+        && frame[20..22] == [0, 2]
+        && frame[28..32] == from
+}
+
+/// Reads frames from a tap or macvtap queue until one (without its virtio-net header)
+/// satisfies `wanted`, for at most `timeout`, calling `send` first and every 200 ms.
+pub fn receives(
+    queue: &std::os::fd::OwnedFd,
+    timeout: Duration,
+    send: impl Fn(),
+    wanted: impl Fn(&[u8]) -> bool,
+) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let deadline = Instant::now() + timeout;
+    let mut buffer = [0u8; 2048];
+    let mut next_send = Instant::now();
+    while Instant::now() < deadline {
+        if Instant::now() >= next_send {
+            send();
+            next_send = Instant::now() + Duration::from_millis(200);
+        }
+        let mut fds = [PollFd::new(queue.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(50u16)).expect("poll") == 0 {
+            continue;
+        }
+        let n = nix::unistd::read(queue, &mut buffer).expect("read the queue");
+        if wanted(&buffer[VNET_HDR_LEN.min(n)..n]) {
+            return true;
+        }
+    }
+    false
+}
+
+/// [`receives`] without sending anything.
+pub fn wait_for_frame(
+    queue: &std::os::fd::OwnedFd,
+    timeout: Duration,
+    wanted: impl Fn(&[u8]) -> bool,
+) -> bool {
+    receives(queue, timeout, || {}, wanted)
+}
