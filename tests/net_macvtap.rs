@@ -620,3 +620,65 @@ fn a_macvtap_ports_limits_are_its_guests_own() {
     assert!(ifbs(&daemon).is_empty(), "{:?}", ifbs(&daemon));
     drop(queue);
 }
+
+#[test]
+fn unreadable_port_records_keep_their_macvtaps() {
+    if !require(&needs()) {
+        return;
+    }
+    let (mut daemon, _lan) = daemon_with_lan(1);
+    define_and_start(&daemon, "lan", "<forward mode='bridge' dev='lan0'/>");
+    let client = Client::new(daemon.socket());
+    let kept = client
+        .create_port("lan", &port_xml("kept", "52:54:00:aa:ff:01"))
+        .expect("port");
+    let records = daemon.state_dir().join("networks/lan.ports");
+
+    // A record whose XML this daemon cannot read (a newer one's, or damaged) is kept as
+    // it is, and its device with it, however often the daemon restarts.
+    daemon.kill9();
+    let text = std::fs::read_to_string(&records).expect("records");
+    let damaged = text.replacen("<networkport>", "<networkport future='yes'>", 1);
+    assert_ne!(damaged, text);
+    std::fs::write(&records, &damaged).expect("damage a record");
+    for _ in 0..2 {
+        daemon.spawn(&Default::default());
+        assert_eq!(macvtaps(&daemon).len(), 1, "{}", daemon.log());
+        // A change to the network's ports writes the record back as it was.
+        let other = client
+            .create_port("lan", &port_xml("other", "52:54:00:aa:ff:02"))
+            .expect("another port");
+        client
+            .delete_port("lan", &other.uuid.to_string())
+            .expect("delete it");
+        assert!(
+            std::fs::read_to_string(&records)
+                .expect("records")
+                .contains("future='yes'")
+        );
+        daemon.kill9();
+    }
+    assert!(
+        daemon
+            .log()
+            .contains("keeping a port record whose XML cannot be read")
+    );
+
+    // A file that cannot be read at all is set aside, and the network's devices stay.
+    std::fs::write(&records, "{ not json").expect("damage the file");
+    for _ in 0..2 {
+        daemon.spawn(&Default::default());
+        let names: Vec<String> = macvtaps(&daemon)
+            .iter()
+            .filter_map(|link| link["ifname"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(names, std::slice::from_ref(&kept.tap), "{}", daemon.log());
+        daemon.kill9();
+    }
+    assert!(
+        daemon
+            .state_dir()
+            .join("networks/lan.ports.unreadable")
+            .exists()
+    );
+}

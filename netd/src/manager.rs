@@ -222,6 +222,9 @@ struct Network {
     /// The guests' taps: on its bridge while it is active, detached and waiting for its
     /// next start while it is not.
     ports: ports::Ports,
+    /// Port records this daemon cannot read (a newer daemon's, or damaged): kept as they
+    /// are and written back, so that the devices they name stay claimed.
+    unreadable_ports: Vec<store::PortStatus>,
 }
 
 impl Network {
@@ -237,6 +240,7 @@ impl Network {
             ra: None,
             tftp: None,
             ports: ports::Ports::new(),
+            unreadable_ports: Vec::new(),
         }
     }
 
@@ -252,6 +256,7 @@ impl Network {
             ra: None,
             tftp: None,
             ports: ports::Ports::new(),
+            unreadable_ports: Vec::new(),
         };
         network.run(def, servers);
         network
@@ -532,11 +537,10 @@ impl Manager {
                 }
             }
         }
-        let complete = self.reconcile_ports(&mut networks).await;
+        let records_listed = self.reconcile_ports(&mut networks).await;
         // Shaped bridges and taps deleted while the daemon was away, or by the undoing
         // above, leave their IFB devices behind; a crash in a port's creation, a macvtap.
-        self.delete_orphan_devices(&networks, complete.as_ref())
-            .await;
+        self.delete_orphan_devices(&networks, records_listed).await;
         Ok(())
     }
 

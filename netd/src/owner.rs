@@ -11,9 +11,9 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,9 @@ pub enum Error {
     /// The kernel would not give the peer's pidfd.
     #[error("getting the pidfd of the process on the API socket")]
     PeerPidfd(#[source] io::Error),
+    /// The kernel would not say who the peer is (before Linux 6.5).
+    #[error("getting the credentials of the process on the API socket")]
+    PeerCredentials(#[source] io::Error),
     /// The peer's process could not be identified.
     #[error("identifying process {pid} on the API socket")]
     Identify {
@@ -59,34 +62,17 @@ pub enum Error {
 pub struct ProcessId {
     /// The pid, in the daemon's pid namespace.
     pub pid: i32,
-    /// When it started, in clock ticks after boot (`/proc/PID/stat`, field 22).
+    /// When it started, in clock ticks after boot (`/proc/PID/stat`, field 22); 0 when
+    /// `/proc` would not say (`hidepid`), and then not compared.
     pub start_time: u64,
 }
 
-impl ProcessId {
-    /// Whether the process has exited: no such pid, another start time (a later process
-    /// with the pid), or a zombie waiting for its parent. An unreadable `/proc` is an
-    /// error, not an exit.
-    pub fn has_exited(&self) -> io::Result<bool> {
-        let path = format!("/proc/{}/stat", self.pid);
-        let stat = match fs::read_to_string(&path) {
-            Ok(stat) => stat,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
-            Err(e) => return Err(e),
-        };
-        let (state, started) = parse_stat(&stat).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("unreadable {path}"))
-        })?;
-        Ok(started != self.start_time || matches!(state, 'Z' | 'X'))
-    }
-}
-
-/// A live process kvnetd is waiting for.
-#[derive(Debug)]
+/// A live process kvnetd is waiting for. Clones share its pidfd.
+#[derive(Clone, Debug)]
 pub struct Owner {
     /// Who it is, for the port's record.
     pub id: ProcessId,
-    pidfd: OwnedFd,
+    pidfd: Arc<OwnedFd>,
 }
 
 impl Owner {
@@ -95,19 +81,15 @@ impl Owner {
         use nix::sys::socket::{getsockopt, sockopt};
         match getsockopt(&socket, sockopt::PeerPidfd) {
             Ok(pidfd) => Owner::from_pidfd(pidfd),
-            // Before Linux 6.5: the pid the peer had when it connected, which a pidfd
-            // then pins; the start time tells whether it is still that process.
+            // Before Linux 6.5: the pid the peer had when it connected, pinned by a pidfd
+            // opened now. It is the peer's unless the peer exited in between and its pid
+            // went to another process: a window this kernel leaves open.
             Err(nix::errno::Errno::ENOPROTOOPT) => {
                 let pid = getsockopt(&socket, sockopt::PeerCredentials)
-                    .map_err(|errno| Error::PeerPidfd(errno.into()))?
+                    .map_err(|errno| Error::PeerCredentials(errno.into()))?
                     .pid();
-                let identify = |source| Error::Identify { pid, source };
-                let pidfd = open_pidfd(pid).map_err(identify)?;
-                let start_time = start_time(pid).map_err(identify)?;
-                Ok(Owner {
-                    id: ProcessId { pid, start_time },
-                    pidfd,
-                })
+                let pidfd = open_pidfd(pid).map_err(|source| Error::Identify { pid, source })?;
+                Owner::from_pidfd(pidfd)
             }
             Err(errno) => Err(Error::PeerPidfd(errno.into())),
         }
@@ -116,33 +98,77 @@ impl Owner {
     /// The process `id`, if it is still running; `Ok(None)` when it has exited (or its
     /// pid now belongs to a later process). An error says nothing either way.
     pub fn reopen(id: ProcessId) -> Result<Option<Owner>, Error> {
-        let failed = |source| Error::Reopen {
-            pid: id.pid,
-            source,
-        };
         let pidfd = match open_pidfd(id.pid) {
             Ok(pidfd) => pidfd,
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
-            Err(e) => return Err(failed(e)),
+            // No such process, or the pid is now a thread of another process.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH | libc::EINVAL)) => {
+                return Ok(None);
+            }
+            Err(source) => {
+                return Err(Error::Reopen {
+                    pid: id.pid,
+                    source,
+                });
+            }
         };
-        // Read after the pidfd is open: the same start time then means the pidfd is of
-        // the recorded process (a pid is not handed out twice within a clock tick).
-        if id.has_exited().map_err(failed)? {
+        let owner = Owner {
+            id,
+            pidfd: Arc::new(pidfd),
+        };
+        if owner.has_exited() {
             return Ok(None);
         }
-        Ok(Some(Owner { id, pidfd }))
+        // Read after the pidfd is open: the same start time then means the pidfd is of
+        // the recorded process (a pid is not handed out twice within a clock tick).
+        match start_time(id.pid) {
+            Ok(started) if id.start_time != 0 && started != id.start_time => Ok(None),
+            Ok(_) => Ok(Some(owner)),
+            // hidepid: the pid is alive, and nothing says it is another process.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                Ok(Some(owner))
+            }
+            Err(source) => Err(Error::Reopen {
+                pid: id.pid,
+                source,
+            }),
+        }
+    }
+
+    /// Whether the process has exited, by the kernel's rule for pidfds: every thread of
+    /// it has (a main thread that exited first leaves a running process).
+    pub fn has_exited(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
     }
 
     fn from_pidfd(pidfd: OwnedFd) -> Result<Owner, Error> {
         let pid = pid_of(&pidfd).map_err(|source| Error::Identify { pid: 0, source })?;
         let identify = |source| Error::Identify { pid, source };
-        let start_time = start_time(pid).map_err(identify)?;
+        let start_time = match start_time(pid) {
+            Ok(started) => started,
+            // hidepid: the daemon may not read another user's /proc.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                0
+            }
+            Err(e) => return Err(identify(e)),
+        };
         // Had the process exited and its pid gone to another before the start time was
         // read, the pidfd would read no pid any more.
         pid_of(&pidfd).map_err(identify)?;
         Ok(Owner {
             id: ProcessId { pid, start_time },
-            pidfd,
+            pidfd: Arc::new(pidfd),
         })
     }
 
@@ -160,6 +186,9 @@ impl Owner {
     }
 }
 
+/// A pidfd being watched, and who to tell when its process exits.
+type Watched = (Arc<OwnedFd>, oneshot::Sender<()>);
+
 /// One thread waits for every owner: a pidfd polls readable once its process has exited.
 /// (tokio's `AsyncFd` could wait on the runtime, but registering an fd with it is now
 /// `unsafe`, and kvnet keeps `unsafe` to the tap and fd-passing modules.)
@@ -168,12 +197,12 @@ struct Watcher {
     /// Set when the thread has stopped: nothing is watched any more.
     stopped: AtomicBool,
     /// Each pidfd being watched, by its epoll token, with who to tell.
-    waiting: Mutex<HashMap<u64, (OwnedFd, oneshot::Sender<()>)>>,
+    waiting: Mutex<HashMap<u64, Watched>>,
     next_token: AtomicU64,
 }
 
 impl Watcher {
-    fn watch(&self, pidfd: OwnedFd) -> io::Result<oneshot::Receiver<()>> {
+    fn watch(&self, pidfd: Arc<OwnedFd>) -> io::Result<oneshot::Receiver<()>> {
         let (exited, receiver) = oneshot::channel();
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         // Registered under the lock, so that the thread finds the entry of any event.
@@ -311,7 +340,7 @@ mod tests {
             .expect("reopen")
             .expect("still running");
         assert_eq!(again.id, owner.id);
-        assert!(!owner.id.has_exited().expect("stat"));
+        assert!(!owner.has_exited());
         let later = ProcessId {
             start_time: owner.id.start_time + 1,
             ..owner.id
@@ -330,17 +359,22 @@ mod tests {
             start_time: start_time(child.id() as i32).expect("child's start time"),
         };
         let watched = Owner::reopen(id).expect("reopen").expect("child running");
+        let polled = watched.clone();
+        assert!(!polled.has_exited());
         tokio::time::timeout(std::time::Duration::from_secs(10), watched.exited())
             .await
             .expect("the child's exit is seen")
             .expect("watch");
         // Exited and not yet reaped: a zombie has exited too.
-        assert!(id.has_exited().expect("stat"));
+        assert!(polled.has_exited());
+        assert!(
+            Owner::reopen(id).expect("reopen").is_none(),
+            "a zombie has exited"
+        );
         child.wait().expect("reap");
         assert!(
             Owner::reopen(id).expect("reopen").is_none(),
             "an exited process is gone"
         );
-        assert!(id.has_exited().expect("stat"));
     }
 }

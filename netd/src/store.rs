@@ -360,6 +360,23 @@ impl Store {
         self.status_dir.join(format!("{name}.ports"))
     }
 
+    /// Moves a ports file that cannot be read out of the way, to `NAME.ports.unreadable`,
+    /// so that the records it may hold are not overwritten; returns the new path.
+    pub fn set_aside_ports(&self, name: &str) -> Result<PathBuf, Error> {
+        let path = self.ports_path(name);
+        let aside = self.status_dir.join(format!("{name}.ports.unreadable"));
+        fs::rename(&path, &aside).map_err(io_err("renaming", &path))?;
+        Ok(aside)
+    }
+
+    /// Whether a ports file of the network was set aside as unreadable: the devices its
+    /// records named may still be in use.
+    pub fn has_set_aside_ports(&self, name: &str) -> bool {
+        self.status_dir
+            .join(format!("{name}.ports.unreadable"))
+            .exists()
+    }
+
     /// Reads the ports of a network (none when it has no ports file).
     pub fn load_ports(&self, name: &str) -> Result<Vec<PortStatus>, Error> {
         let path = self.ports_path(name);

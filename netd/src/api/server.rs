@@ -557,20 +557,23 @@ async fn create_port(
                     format!("not done within {TAP_HAND_OVER_TIMEOUT:?}"),
                 ))
             });
-        drop(in_progress);
         if let Err(e) = sent {
             tracing::warn!(port = %uuid, "handing over the tap failed: {e}");
             // A tap closes with this task, and its port ends with it; a macvtap would stay
-            // as long as its holder runs. The port goes either way.
-            let deleted = cleanup
-                .change(|manager| async move {
-                    manager.delete_port(&network_name, &uuid.to_string()).await
-                })
-                .await;
-            if let Err(e) = deleted {
-                tracing::debug!(port = %uuid, "deleting the port not handed over: {}", e.message);
+            // as long as its holder runs. The port goes either way, before the daemon may
+            // stop (this task still counts as a change in progress).
+            match cleanup
+                .manager
+                .delete_port(&network_name, &uuid.to_string())
+                .await
+            {
+                Ok(_) | Err(manager::Error::PortNotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(port = %uuid, "deleting the port not handed over: {}", manager::error_chain(&e));
+                }
             }
         }
+        drop(in_progress);
     });
     Ok((
         StatusCode::SWITCHING_PROTOCOLS,

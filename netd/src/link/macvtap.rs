@@ -112,13 +112,19 @@ impl Link {
         let index = match self.index(&name).await {
             Ok(index) => index,
             Err(e) => {
-                if let Err(cleanup) = self.delete_link(&name).await {
-                    tracing::warn!(macvtap = %name, "deleting a macvtap whose index is unknown: {cleanup}");
+                // Only if it is the one just made (the name may have gone to another).
+                match self.link_info(&name).await {
+                    Ok(Some(link)) if is_kvnet_macvtap(&link) && link.alias.is_none() => {
+                        if let Err(cleanup) = self.delete_index(link.index, &name).await {
+                            tracing::warn!(macvtap = %name, "deleting a macvtap whose index was not found: {cleanup}");
+                        }
+                    }
+                    _ => {}
                 }
                 return Err(e);
             }
         };
-        let alias = format!("{MACVTAP_ALIAS_PREFIX}{}", spec.purpose);
+        let alias = alias(spec.purpose);
         let labelled = self
             .handle
             .link()
@@ -168,6 +174,11 @@ impl Link {
             .await
             .map_err(failed(Op::SetUp, ifname))
     }
+}
+
+/// The alias of kvnet's macvtap made for `purpose`.
+pub fn alias(purpose: &str) -> String {
+    format!("{MACVTAP_ALIAS_PREFIX}{purpose}")
 }
 
 /// Whether a link is a macvtap kvnet created.

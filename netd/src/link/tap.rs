@@ -113,8 +113,14 @@ impl Tap {
         let shown = fs::read_to_string(class.join("ifindex"))
             .ok()
             .and_then(|text| text.trim().parse::<u32>().ok());
-        let alias = fs::read_to_string(class.join("ifalias")).unwrap_or_default();
-        if shown != Some(index) || alias.trim_end_matches('\n') != expected_alias {
+        let alias_path = class.join("ifalias");
+        let alias = fs::read_to_string(&alias_path).map_err(|e| {
+            failed(io::Error::new(
+                e.kind(),
+                format!("reading {}: {e}", alias_path.display()),
+            ))
+        });
+        if shown != Some(index) || alias?.trim_end_matches('\n') != expected_alias {
             return Err(failed(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!(

@@ -9,7 +9,7 @@
 //! port and network set right after, so that a sweep at start-up deletes those that no
 //! port claims, including one a crash left between the two messages, and nobody else's.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -31,6 +31,11 @@ fn purpose(port: Uuid, network: &str) -> String {
 fn port_of(link: &LinkInfo) -> Option<(Uuid, &str)> {
     let (port, network) = macvtap::purpose_of(link)?.split_once(" of network ")?;
     Some((Uuid::parse_str(port).ok()?, network))
+}
+
+/// Whether `link` is kvnet's macvtap of port `port`.
+pub(super) fn is_port_device(link: &LinkInfo, port: Uuid) -> bool {
+    port_of(link).is_some_and(|(owner, _)| owner == port)
 }
 
 /// How many of `ports` sit on the pool device `dev`.
@@ -97,9 +102,7 @@ async fn delete_if_port_device(
     port: Uuid,
 ) -> Result<bool, crate::link::Error> {
     match link.link_info_at(ifindex).await? {
-        Some(device) if port_of(&device).is_some_and(|(owner, _)| owner == port) => {
-            link.delete_index(ifindex, name).await
-        }
+        Some(device) if is_port_device(&device, port) => link.delete_index(ifindex, name).await,
         _ => Ok(false),
     }
 }
@@ -156,8 +159,16 @@ impl Manager {
             // The host has no business on the guest's link: its own IPv6 would claim the
             // guest's link-local address (DAD, MLD from the guest's MAC).
             sysctl::disable_port_ipv6(&macvtap)?;
-            let alias = format!("{}{purpose}", macvtap::MACVTAP_ALIAS_PREFIX);
-            let queue = Tap::open_macvtap(ifindex, &macvtap, &alias, self.store.status_dir())?;
+            // A persistent port's queue is its VMM's to open.
+            let queue = match &holder {
+                Some(_) => Some(Tap::open_macvtap(
+                    ifindex,
+                    &macvtap,
+                    &macvtap::alias(&purpose),
+                    self.store.status_dir(),
+                )?),
+                None => None,
+            };
             self.link
                 .bring_up_macvtap(ifindex, &macvtap, def.mac.0)
                 .await?;
@@ -175,10 +186,11 @@ impl Manager {
             ifindex,
             persistent: holder.is_none(),
             holder: holder.as_ref().map(|holder| holder.id),
+            owner: holder.clone(),
         };
         let recorded = opened.map_err(failed).and_then(|queue| {
             network.ports.insert(uuid, port.clone());
-            self.save_ports(name, &network.ports).map(|()| queue)
+            self.save_ports(name, network).map(|()| queue)
         });
         let queue = match recorded {
             Ok(queue) => queue,
@@ -195,13 +207,12 @@ impl Manager {
                 return Err(e);
             }
         };
-        let hand_over = holder.is_some();
         if let Some(holder) = holder {
             self.delete_when_gone(name, uuid, holder, ifindex, &port.tap);
         }
         Ok(NewPort {
             summary: port.summary(name),
-            tap: hand_over.then(|| queue.into_fd()),
+            tap: queue.map(Tap::into_fd),
         })
     }
 
@@ -247,14 +258,15 @@ impl Manager {
         rewatch: bool,
     ) {
         let mut ended = Vec::new();
-        for (uuid, port) in &network.ports {
+        for (uuid, port) in &mut network.ports {
             let Some(id) = port.holder else {
                 continue;
             };
             let exited = if rewatch {
                 match Owner::reopen(id) {
                     Ok(Some(holder)) => {
-                        self.delete_when_gone(name, *uuid, holder, port.ifindex, &port.tap);
+                        self.delete_when_gone(name, *uuid, holder.clone(), port.ifindex, &port.tap);
+                        port.owner = Some(holder);
                         false
                     }
                     Ok(None) => true,
@@ -264,10 +276,8 @@ impl Manager {
                     }
                 }
             } else {
-                id.has_exited().unwrap_or_else(|e| {
-                    warn!(network = %name, port = %uuid, pid = id.pid, "keeping the port: {e}");
-                    false
-                })
+                // A holder the daemon could not find again after a restart is not polled.
+                port.owner.as_ref().is_some_and(Owner::has_exited)
             };
             if exited {
                 info!(network = %name, port = %uuid, macvtap = %port.tap, pid = id.pid, "port ended: its process exited");
@@ -285,7 +295,7 @@ impl Manager {
                 warn!(network = %name, macvtap = %port.tap, "{}", error_chain(&e));
             }
         }
-        self.save_ports_or_warn(name, &network.ports);
+        self.save_ports_or_warn(name, network);
     }
 
     /// Refuses a live change that takes a device out of a running macvtap network's pool
@@ -326,13 +336,12 @@ impl Manager {
 
     /// Deletes the macvtaps kvnet made that no port claims: those of networks that are
     /// gone, those a crash left between creating a port's macvtap and recording the port,
-    /// and one a crash left before its alias (kvnet's link group, down). A macvtap naming
-    /// a network whose port records could not all be read is left alone: its guest may be
-    /// running. Returns the links that are left.
+    /// and one a crash left before its alias (kvnet's link group, down). A record that
+    /// cannot be read still claims its device, and a network whose ports file was set
+    /// aside claims all of its own: their guests may be running. Returns the links left.
     pub(super) async fn delete_orphan_macvtaps(
         &self,
         networks: &BTreeMap<String, Network>,
-        complete: &BTreeSet<String>,
         mut links: Links,
     ) -> Links {
         let mut orphans = Vec::new();
@@ -343,7 +352,14 @@ impl Manager {
             let orphan = match port_of(link) {
                 Some((port, network)) => match networks.get(network) {
                     None => true,
-                    Some(known) => complete.contains(network) && !known.ports.contains_key(&port),
+                    Some(known) => {
+                        let claimed = known.ports.contains_key(&port)
+                            || known
+                                .unreadable_ports
+                                .iter()
+                                .any(|record| record.ifindex == link.index);
+                        !claimed && !self.store.has_set_aside_ports(network)
+                    }
                 },
                 // No alias: creation was cut short, so no port ever had it.
                 None => !link.up && macvtap::purpose_of(link).is_none(),
@@ -385,6 +401,7 @@ mod tests {
             ifindex: 1,
             persistent: true,
             holder: None,
+            owner: None,
         }
     }
 

@@ -16,7 +16,7 @@
 //! plugged again by hand). Only the end of the network itself (undefined, or transient
 //! and stopped) deletes its ports' taps.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 
 use tracing::{info, warn};
@@ -46,6 +46,9 @@ pub(super) struct Port {
     pub(super) persistent: bool,
     /// The process a handed-over macvtap goes with.
     pub(super) holder: Option<ProcessId>,
+    /// That process while the daemon watches it (not after a restart that could not find
+    /// it again).
+    pub(super) owner: Option<Owner>,
 }
 
 impl Port {
@@ -77,11 +80,21 @@ impl Port {
             ifindex: status.ifindex,
             persistent: status.persistent,
             holder: status.holder,
+            owner: None,
         })
     }
 
     fn is_macvtap(&self) -> bool {
         matches!(self.def.plug, Some(PortPlug::Direct { .. }))
+    }
+
+    /// Whether `link` is the port's device: a tap, or kvnet's macvtap made for it.
+    fn is_its_device(&self, uuid: Uuid, link: &LinkInfo) -> bool {
+        if self.is_macvtap() {
+            macvtaps::is_port_device(link, uuid)
+        } else {
+            link.kind.as_deref() == Some("tun")
+        }
     }
 
     /// The tc limits of the port's device.
@@ -296,16 +309,17 @@ impl Manager {
             ifindex,
             persistent: !hand_over,
             holder: None,
+            owner: None,
         };
         network.ports.insert(uuid, port.clone());
-        let recorded = self.save_ports(name, &network.ports).and_then(|()| {
+        let recorded = self.save_ports(name, network).and_then(|()| {
             if hand_over {
                 return Ok(());
             }
             tap.set_persistent(true).map_err(|e| {
                 // Recorded already: the record goes again.
                 network.ports.remove(&uuid);
-                self.save_ports_or_warn(name, &network.ports);
+                self.save_ports_or_warn(name, network);
                 failed(e)
             })
         });
@@ -388,7 +402,7 @@ impl Manager {
         }
         let summary = port.summary(&name);
         network.ports.remove(&uuid);
-        self.save_ports(&name, &network.ports)?;
+        self.save_ports(&name, network)?;
         info!(network = %name, port = %uuid, tap = %summary.tap, "deleted port");
         Ok(summary)
     }
@@ -496,7 +510,7 @@ impl Manager {
             info!(network = %name, ports = plugged, "plugged ports in again");
         }
         if plugged > 0 || !deleted.is_empty() {
-            self.save_ports_or_warn(name, &network.ports);
+            self.save_ports_or_warn(name, network);
         }
     }
 
@@ -524,12 +538,20 @@ impl Manager {
     /// Deletes the ports of a network that is gone for good, taps and records.
     pub(super) async fn discard_ports(&self, name: &str, network: &mut Network) {
         let ports = std::mem::take(&mut network.ports);
+        let unreadable = std::mem::take(&mut network.unreadable_ports);
         self.delete_taps(
             name,
-            ports.values().map(|port| (port.ifindex, port.tap.as_str())),
+            ports
+                .values()
+                .map(|port| (port.ifindex, port.tap.as_str()))
+                .chain(
+                    unreadable
+                        .iter()
+                        .map(|port| (port.ifindex, port.tap.as_str())),
+                ),
         )
         .await;
-        self.save_ports_or_warn(name, &network.ports);
+        self.save_ports_or_warn(name, network);
     }
 
     /// Takes over the ports an earlier daemon recorded, once every network is loaded and
@@ -537,23 +559,18 @@ impl Manager {
     /// network's wait, detached, for its next start; those of a network that is gone are
     /// deleted.
     ///
-    /// Returns the networks whose port records were all read (those without any
-    /// included), or `None` when the records could not even be listed: only the devices
-    /// of those networks may be taken for orphans.
-    pub(super) async fn reconcile_ports(
-        &self,
-        networks: &mut BTreeMap<String, Network>,
-    ) -> Option<BTreeSet<String>> {
+    /// Returns whether the records could be listed: if not, no device may be taken for
+    /// an orphan.
+    pub(super) async fn reconcile_ports(&self, networks: &mut BTreeMap<String, Network>) -> bool {
         let names = match self.store.ports_file_names() {
             Ok(names) => names,
             Err(e) => {
                 warn!("cannot list port records: {}", error_chain(&e));
-                return None;
+                return false;
             }
         };
-        let mut complete: BTreeSet<String> = networks.keys().cloned().collect();
         if names.is_empty() {
-            return Some(complete);
+            return true;
         }
         // One dump for all networks: each looks only at its own taps, and at its bridge.
         let links = self
@@ -567,14 +584,11 @@ impl Manager {
                 self.discard_recorded_ports(&name).await;
                 continue;
             };
-            let (ports, read_whole) = self.load_ports(&name);
-            network.ports = ports;
-            if !read_whole {
-                complete.remove(&name);
-            }
+            (network.ports, network.unreadable_ports) = self.load_ports(&name);
+            // Not tied to the dump: a holder left unwatched keeps its device for good.
+            self.end_exited_holders(&name, network, true).await;
             if let Some(links) = &links {
                 self.follow_taps(&name, network, links);
-                self.end_exited_holders(&name, network, true).await;
                 if network.live.is_some() {
                     self.plug_in(&name, network, links).await;
                 } else {
@@ -585,16 +599,16 @@ impl Manager {
                 info!(network = %name, ports = network.ports.len(), "adopted ports");
             }
         }
-        Some(complete)
+        true
     }
 
     /// Deletes the devices left over from ports: kvnet's macvtaps that no port claims,
-    /// when the port records of their network were read whole (`complete`), and the IFB
-    /// devices of links that are gone.
+    /// when the port records could be listed (`records_listed`), and the IFB devices of
+    /// links that are gone.
     pub(super) async fn delete_orphan_devices(
         &self,
         networks: &BTreeMap<String, Network>,
-        complete: Option<&BTreeSet<String>>,
+        records_listed: bool,
     ) {
         let links = match self.link.links_by_index().await {
             Ok(links) => links,
@@ -603,39 +617,46 @@ impl Manager {
                 return;
             }
         };
-        let links = match complete {
-            Some(complete) => self.delete_orphan_macvtaps(networks, complete, links).await,
-            None => links,
+        let links = if records_listed {
+            self.delete_orphan_macvtaps(networks, links).await
+        } else {
+            links
         };
         self.delete_orphan_ifbs_among(&links).await;
     }
 
-    /// The ports recorded for a network, and whether every record could be read;
-    /// unreadable records are dropped for good.
-    fn load_ports(&self, name: &str) -> (Ports, bool) {
+    /// The ports recorded for a network, and the records that could not be read, which
+    /// are kept as they are. A file that cannot be read at all is set aside (see
+    /// [`crate::store::Store::set_aside_ports`]) rather than overwritten.
+    fn load_ports(&self, name: &str) -> (Ports, Vec<PortStatus>) {
         let stored = match self.store.load_ports(name) {
             Ok(stored) => stored,
             Err(e) => {
-                warn!(network = %name, "forgetting unreadable port records: {}", error_chain(&e));
-                return (Ports::new(), false);
+                match self.store.set_aside_ports(name) {
+                    Ok(aside) => {
+                        warn!(network = %name, "setting unreadable port records aside as {}: {}", aside.display(), error_chain(&e));
+                    }
+                    Err(again) => {
+                        warn!(network = %name, "unreadable port records: {}; {}", error_chain(&e), error_chain(&again));
+                    }
+                }
+                return (Ports::new(), Vec::new());
             }
         };
         let mut ports = Ports::new();
-        for status in &stored {
-            match Port::from_status(status) {
+        let mut unreadable = Vec::new();
+        for status in stored {
+            match Port::from_status(&status) {
                 Ok(port) => {
                     ports.insert(port.def.uuid.unwrap_or_default(), port);
                 }
                 Err(e) => {
-                    warn!(network = %name, tap = %status.tap, "forgetting a port with unreadable XML: {}", error_chain(&e));
+                    warn!(network = %name, tap = %status.tap, "keeping a port record whose XML cannot be read: {}", error_chain(&e));
+                    unreadable.push(status);
                 }
             }
         }
-        let whole = ports.len() == stored.len();
-        if !whole {
-            self.save_ports_or_warn(name, &ports);
-        }
-        (ports, whole)
+        (ports, unreadable)
     }
 
     /// Parks the recorded ports of a stopped network that are not parked yet: the daemon
@@ -729,6 +750,13 @@ impl Manager {
                     changed = true;
                     false
                 }
+                // The state dir outlived the namespace its devices were in: the index is
+                // someone else's now.
+                Some(current) if !port.is_its_device(*uuid, current) => {
+                    warn!(network = %name, port = %uuid, device = %current.name, "port ended: its ifindex belongs to another device");
+                    changed = true;
+                    false
+                }
                 Some(current) => {
                     if current.name != port.tap {
                         info!(network = %name, port = %uuid, tap = %current.name, was = %port.tap, "a port's tap was renamed");
@@ -739,7 +767,7 @@ impl Manager {
                 }
             });
         if changed {
-            self.save_ports_or_warn(name, &network.ports);
+            self.save_ports_or_warn(name, network);
         }
     }
 
@@ -794,13 +822,19 @@ impl Manager {
         }
     }
 
-    pub(super) fn save_ports(&self, name: &str, ports: &Ports) -> Result<(), Error> {
-        let statuses: Vec<PortStatus> = ports.values().map(Port::status).collect();
+    /// Records the network's ports, with the records it could not read as they were.
+    pub(super) fn save_ports(&self, name: &str, network: &Network) -> Result<(), Error> {
+        let statuses: Vec<PortStatus> = network
+            .ports
+            .values()
+            .map(Port::status)
+            .chain(network.unreadable_ports.iter().cloned())
+            .collect();
         Ok(self.store.save_ports(name, &statuses)?)
     }
 
-    pub(super) fn save_ports_or_warn(&self, name: &str, ports: &Ports) {
-        if let Err(e) = self.save_ports(name, ports) {
+    pub(super) fn save_ports_or_warn(&self, name: &str, network: &Network) {
+        if let Err(e) = self.save_ports(name, network) {
             warn!(network = %name, "recording ports: {}", error_chain(&e));
         }
     }
