@@ -13,9 +13,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DAEMON_NEEDS, Daemon, Need, Netns, arp_request, is_arp_reply, receives, require};
+use common::{
+    Daemon, Netns, api_error, arp_request, is_arp_reply, port_needs, port_xml, receives, require,
+};
 use netd::api::ErrorKind;
-use netd::api::client::{Client, Error};
+use netd::api::client::Client;
 use netd::api::types::PortSummary;
 use netd::link::macvtap::KVNET_LINK_GROUP;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -24,20 +26,6 @@ const LAN_IP: [u8; 4] = [10, 88, 0, 1];
 const GUEST_IP: [u8; 4] = [10, 88, 0, 50];
 /// Set for the copy of this test binary that holds a port ([`macvtap_port_holder`]).
 const HOLDER_SOCKET_ENV: &str = "KVNET_TEST_MACVTAP_HOLDER_SOCKET";
-
-fn needs() -> Vec<Need> {
-    let mut needs = DAEMON_NEEDS.to_vec();
-    needs.push(Need::Tun);
-    needs
-}
-
-fn port_xml(owner: &str, mac: &str) -> String {
-    format!(
-        "<networkport><owner><name>{owner}</name>\
-         <uuid>c0b6a7f5-4deb-4cf6-b4e7-eab4e3aafd4c</uuid></owner>\
-         <mac address='{mac}'/></networkport>"
-    )
-}
 
 /// A port limited to 1000 kB/s towards the guest and 500 kB/s from it.
 fn limited_port_xml(owner: &str, mac: &str) -> String {
@@ -141,13 +129,6 @@ fn lower_of(daemon: &Daemon, name: &str) -> String {
         .unwrap_or_default()
 }
 
-fn api_error(result: Result<impl std::fmt::Debug, Error>) -> (ErrorKind, String) {
-    match result {
-        Err(Error::Api(e)) => (e.kind, e.message),
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
-
 /// Sends the guest's ARP request through its queue until the LAN's reply comes back
 /// through it (the first may go before the LAN bridge's port forwards).
 fn lan_answers(queue: &OwnedFd, mac: [u8; 6], timeout: Duration) -> bool {
@@ -176,7 +157,7 @@ fn drain(queue: &OwnedFd) {
 
 #[test]
 fn a_macvtap_network_puts_each_guest_on_a_device_of_its_pool() {
-    if !require(&needs()) {
+    if !require(&port_needs()) {
         return;
     }
     let (mut daemon, lan) = daemon_with_lan(2);
@@ -367,7 +348,7 @@ fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {
 
 #[test]
 fn a_handed_over_macvtap_goes_with_its_process() {
-    if !require(&needs()) {
+    if !require(&port_needs()) {
         return;
     }
     let (mut daemon, _lan) = daemon_with_lan(1);
@@ -422,7 +403,7 @@ fn a_handed_over_macvtap_goes_with_its_process() {
 
 #[test]
 fn macvtap_ports_follow_libvirts_allocation_rules() {
-    if !require(&needs()) {
+    if !require(&port_needs()) {
         return;
     }
     let (mut daemon, _lan) = daemon_with_lan(3);
@@ -576,7 +557,7 @@ fn macvtap_ports_follow_libvirts_allocation_rules() {
 
 #[test]
 fn a_macvtap_ports_limits_are_its_guests_own() {
-    if !require(&needs()) {
+    if !require(&port_needs()) {
         return;
     }
     let (daemon, _lan) = daemon_with_lan(1);
@@ -623,7 +604,7 @@ fn a_macvtap_ports_limits_are_its_guests_own() {
 
 #[test]
 fn unreadable_port_records_keep_their_macvtaps() {
-    if !require(&needs()) {
+    if !require(&port_needs()) {
         return;
     }
     let (mut daemon, _lan) = daemon_with_lan(1);

@@ -9,34 +9,15 @@ mod common;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use common::{DAEMON_NEEDS, Daemon, Need, require, wait_for_forwarding, wait_for_frame};
+use common::{
+    Daemon, api_error, port_needs, port_xml, require, wait_for_forwarding, wait_for_frame,
+};
 use netd::api::ErrorKind;
-use netd::api::client::{Client, Error};
+use netd::api::client::Client;
 
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01];
 const GUEST_IP: [u8; 4] = [192, 168, 122, 77];
 const BRIDGE_IP: [u8; 4] = [192, 168, 122, 1];
-
-fn needs() -> Vec<Need> {
-    let mut needs = DAEMON_NEEDS.to_vec();
-    needs.push(Need::Tun);
-    needs
-}
-
-fn port_xml(owner: &str, mac: &str) -> String {
-    format!(
-        "<networkport>\n  <owner>\n    <name>{owner}</name>\n    \
-         <uuid>c0b6a7f5-4deb-4cf6-b4e7-eab4e3aafd4c</uuid>\n  </owner>\n  \
-         <mac address='{mac}'/>\n</networkport>\n"
-    )
-}
-
-fn api_error(result: Result<impl std::fmt::Debug, Error>) -> (ErrorKind, String) {
-    match result {
-        Err(Error::Api(e)) => (e.kind, e.message),
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
 
 /// The taps (tun devices) in the daemon's namespace.
 fn taps(daemon: &Daemon) -> Vec<String> {
@@ -73,7 +54,7 @@ fn wait_for_arp_reply(tap: &OwnedFd) -> bool {
 
 #[test]
 fn a_vmm_plugs_into_a_network_and_its_tap_carries_frames_until_it_lets_go() {
-    if !require(&needs()) {
+    if !require(&port_needs()) {
         return;
     }
     let daemon = Daemon::start();
@@ -135,7 +116,7 @@ fn a_vmm_plugs_into_a_network_and_its_tap_carries_frames_until_it_lets_go() {
 
 #[test]
 fn a_persistent_port_lasts_until_deleted() {
-    if !require(&needs()) {
+    if !require(&port_needs()) {
         return;
     }
     let daemon = Daemon::start();
@@ -200,7 +181,7 @@ fn run_network(daemon: &Daemon, name: &str, xml: &str, persistent: bool) {
 
 #[test]
 fn ports_survive_daemon_and_network_restarts_and_go_with_their_network() {
-    if !require(&needs()) {
+    if !require(&port_needs()) {
         return;
     }
     let mut daemon = Daemon::start();
@@ -282,7 +263,7 @@ fn ports_survive_daemon_and_network_restarts_and_go_with_their_network() {
 
 #[test]
 fn the_ports_of_a_transient_network_go_with_it() {
-    if !require(&needs()) {
+    if !require(&port_needs()) {
         return;
     }
     let daemon = Daemon::without_default_network();
@@ -309,7 +290,7 @@ fn the_ports_of_a_transient_network_go_with_it() {
 
 #[test]
 fn a_port_of_a_host_bridge_network_joins_that_bridge_which_outlives_it() {
-    if !require(&needs()) {
+    if !require(&port_needs()) {
         return;
     }
     let mut daemon = Daemon::without_default_network();
@@ -363,7 +344,7 @@ fn a_port_of_a_host_bridge_network_joins_that_bridge_which_outlives_it() {
 
 #[test]
 fn only_the_creator_of_a_persistent_port_may_attach_to_its_tap() {
-    if !require(&needs()) {
+    if !require(&port_needs()) {
         return;
     }
     let daemon = Daemon::start();
@@ -390,7 +371,7 @@ fn only_the_creator_of_a_persistent_port_may_attach_to_its_tap() {
 
 #[test]
 fn a_tap_upgrade_without_connection_upgrade_is_refused_and_creates_nothing() {
-    if !require(&needs()) {
+    if !require(&port_needs()) {
         return;
     }
     let daemon = Daemon::start();
@@ -414,7 +395,7 @@ fn a_tap_upgrade_without_connection_upgrade_is_refused_and_creates_nothing() {
 
 #[test]
 fn a_port_that_cannot_be_recorded_leaves_no_tap() {
-    if !require(&needs()) {
+    if !require(&port_needs()) {
         return;
     }
     let daemon = Daemon::start();
@@ -447,7 +428,7 @@ fn a_port_that_cannot_be_recorded_leaves_no_tap() {
 
 #[test]
 fn a_port_follows_its_tap_when_it_is_renamed_and_still_takes_it_along() {
-    if !require(&needs()) {
+    if !require(&port_needs()) {
         return;
     }
     let daemon = Daemon::start();
@@ -481,7 +462,7 @@ fn port_isolated(daemon: &Daemon, ifname: &str) -> bool {
 
 #[test]
 fn isolated_ports_reach_the_host_but_not_each_other() {
-    if !require(&needs()) {
+    if !require(&port_needs()) {
         return;
     }
     let daemon = Daemon::without_default_network();

@@ -491,3 +491,29 @@ pub fn wait_for_frame(
 ) -> bool {
     receives(queue, timeout, || {}, wanted)
 }
+
+/// The needs of a test that makes network ports (taps).
+pub fn port_needs() -> Vec<Need> {
+    let mut needs = DAEMON_NEEDS.to_vec();
+    needs.push(Need::Tun);
+    needs
+}
+
+/// A `<networkport>` for a guest `owner`'s NIC with `mac`.
+pub fn port_xml(owner: &str, mac: &str) -> String {
+    format!(
+        "<networkport>\n  <owner>\n    <name>{owner}</name>\n    \
+         <uuid>c0b6a7f5-4deb-4cf6-b4e7-eab4e3aafd4c</uuid>\n  </owner>\n  \
+         <mac address='{mac}'/>\n</networkport>\n"
+    )
+}
+
+/// The API error a call failed with; any other outcome fails the test.
+pub fn api_error(
+    result: Result<impl std::fmt::Debug, netd::api::client::Error>,
+) -> (netd::api::ErrorKind, String) {
+    match result {
+        Err(netd::api::client::Error::Api(e)) => (e.kind, e.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}

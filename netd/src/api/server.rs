@@ -36,7 +36,6 @@ use super::types::{
 use crate::events::{self, Lifecycle, Received, Subscription};
 use crate::fdpass;
 use crate::manager::{self, Manager};
-use crate::owner::Owner;
 use crate::xml;
 
 /// Errors setting up the listening socket.
@@ -508,7 +507,6 @@ async fn create_port(
     TapUpgrade(upgrade): TapUpgrade,
     Json(request): Json<XmlRequest>,
 ) -> Result<Response, ApiError> {
-    let hand_over = upgrade.is_some();
     // The tap is the caller's: only it (and CAP_NET_ADMIN) may attach to it.
     let owner = peer.uid;
     let connection = match (&upgrade, peer.connection) {
@@ -521,16 +519,17 @@ async fn create_port(
             ));
         }
     };
-    // A handed-over macvtap goes when the process that asked for it exits (a tap, when
-    // its descriptor closes: a tap network does not look at this).
-    let holder = connection
-        .as_deref()
-        .map(|socket| Owner::of_peer(socket.as_fd()));
     let network_name = network.clone();
+    let on = connection.clone();
     let port = state
         .change(|manager| async move {
             manager
-                .create_port(&network, &request.xml, hand_over, owner, holder)
+                .create_port(
+                    &network,
+                    &request.xml,
+                    owner,
+                    on.as_deref().map(AsFd::as_fd),
+                )
                 .await
         })
         .await?;

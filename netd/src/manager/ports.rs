@@ -17,7 +17,7 @@
 //! and stopped) deletes its ports' taps.
 
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -153,19 +153,19 @@ fn plug_of(def: &NetworkDef, bridge: &str) -> PortPlug {
 impl Manager {
     /// Creates a port on a running network from a `<networkport>` document: a tap on the
     /// network's bridge with the guest's MAC (first byte `fe`) and the bridge's MTU, or on a
-    /// macvtap network a macvtap with the guest's MAC on a device of its pool. With
-    /// `hand_over`, the device's descriptor is returned and the port lasts while it is open
-    /// (a macvtap: while `holder`, the caller, runs); otherwise it lasts until
-    /// [`Manager::delete_port`]. Only `owner_uid` (the caller) and holders of CAP_NET_ADMIN
-    /// may attach to a tap.
+    /// macvtap network a macvtap with the guest's MAC on a device of its pool. Handed over
+    /// on the caller's `connection`, the device's descriptor is returned and the port
+    /// lasts while it is open (a macvtap: while the process on the connection runs);
+    /// without one it lasts until [`Manager::delete_port`]. Only `owner_uid` (the caller)
+    /// and holders of CAP_NET_ADMIN may attach to a tap.
     pub async fn create_port(
         &self,
         key: &str,
         xml: &str,
-        hand_over: bool,
         owner_uid: u32,
-        holder: Option<Result<Owner, crate::owner::Error>>,
+        connection: Option<BorrowedFd<'_>>,
     ) -> Result<NewPort, Error> {
+        let hand_over = connection.is_some();
         let mut networks = self.networks.lock().await;
         let name = lookup(&networks, key)?;
         let mut def = PortDef::from_xml(xml)?;
@@ -226,21 +226,14 @@ impl Manager {
                     .await?
             }
             Attachment::Macvtap(mode) => {
-                let holder = match (hand_over, holder) {
-                    (false, _) => None,
-                    (true, Some(Ok(holder))) => Some(holder),
-                    (true, Some(Err(source))) => {
-                        return Err(Error::PortHolder {
-                            network: name.clone(),
-                            source,
-                        });
-                    }
-                    (true, None) => {
-                        return Err(Error::Internal(format!(
-                            "network '{name}': a handed-over macvtap port goes with the process that asked for it, and none was named"
-                        )));
-                    }
-                };
+                // A handed-over macvtap goes when the process that asked for it exits.
+                let holder = connection
+                    .map(Owner::of_peer)
+                    .transpose()
+                    .map_err(|source| Error::PortHolder {
+                        network: name.clone(),
+                        source,
+                    })?;
                 self.create_macvtap(&name, network, def, mode, holder)
                     .await?
             }
