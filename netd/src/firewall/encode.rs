@@ -3,7 +3,9 @@
 
 use super::TABLE;
 use super::netlink::{Message, NLM_F_CREATE, Writer};
-use super::rules::{ChainKind, Change, CmpOp, Expr, Hook, MetaKey, Object, PayloadBase, Verdict};
+use super::rules::{
+    ChainKind, Change, CmpOp, CtKey, Expr, Hook, MetaKey, Object, PayloadBase, Verdict,
+};
 
 /// `IFNAMSIZ`: an `ifname` key or comparison is the name, NUL-padded to this length.
 pub(super) const IFNAMSIZ: usize = 16;
@@ -92,7 +94,6 @@ const NFT_REJECT_ICMPX_PORT_UNREACH: u8 = 1;
 /// `NFTA_FIB_F_SADDR | NFTA_FIB_F_IIF | NFTA_FIB_F_PRESENT` with `NFT_FIB_RESULT_OIF`.
 const FIB_SADDR_IIF_PRESENT: u32 = 0x1 | 0x8 | 0x20;
 const NFT_FIB_RESULT_OIF: u32 = 1;
-const NFT_CT_STATE: u32 = 0;
 
 /// The netlink message for one object.
 pub(super) fn message(object: &Object) -> Message {
@@ -241,7 +242,7 @@ fn expression(w: &mut Writer, expr: &Expr) {
         Expr::Lookup { .. } => "lookup",
         Expr::Payload(..) => "payload",
         Expr::Bitwise(..) => "bitwise",
-        Expr::CtState(_) => "ct",
+        Expr::Ct(..) => "ct",
         Expr::FibSourceViaIif(_) => "fib",
         Expr::Counter => "counter",
         Expr::Load(..) | Expr::Verdict(_) => "immediate",
@@ -295,8 +296,12 @@ fn expression(w: &mut Writer, expr: &Expr) {
             value(d, 4, mask);
             value(d, 5, xor);
         }
-        Expr::CtState(reg) => {
-            d.be32(1, *reg).be32(2, NFT_CT_STATE); // DREG, KEY
+        Expr::Ct(key, reg) => {
+            let key = match key {
+                CtKey::State => 0,
+                CtKey::Status => 2,
+            };
+            d.be32(1, *reg).be32(2, key); // DREG, KEY
         }
         Expr::FibSourceViaIif(reg) => {
             // DREG, RESULT, FLAGS

@@ -36,7 +36,10 @@
 //!   host routes into the network by a static route (a subnet behind a guest) is accepted,
 //!   where libvirt rejects it.
 //! - **libvirt's verdicts and order**: guest <-> guest on one bridge accepted; into a NAT
-//!   network only replies (`ct state established,related`), into a routed one anything;
+//!   network only replies (`ct state established,related`) and what the administrator's
+//!   own rules DNAT there (`ct status dnat`: libvirt's port-forwarding recipe inserts an
+//!   accept ahead of libvirt's chains, which cannot overrule a reject in our table), into
+//!   a routed one anything;
 //!   everything else into or out of a managed bridge rejected; destination bridge before
 //!   source bridge, so a guest on one NAT network cannot open connections into another.
 //!   NAT masquerades IPv4 from the bridge (source ports 1024-65535 for TCP/UDP) except to

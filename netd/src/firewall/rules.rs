@@ -13,8 +13,10 @@
 //!   iifname . oifname @same_bridge accept                      B . B    guest <-> guest
 //!   meta nfproto ipv4 oifname @reply4 ct state established,related accept     nat: replies
 //!   meta nfproto ipv4 oifname . iifname @reply4_dev ct state ... accept       B . D
+//!   meta nfproto ipv4 oifname @reply4 ct status dnat accept (and @reply4_dev) port forwards
 //!   meta nfproto ipv4 oifname @in4 accept (and @in4_dev)                      route
 //!   meta nfproto ipv6 oifname @reply6 ct state established,related accept     nat ipv6='yes'
+//!   meta nfproto ipv6 oifname @reply6 ct status dnat accept (and @reply6_dev)
 //!   meta nfproto ipv6 oifname @in6 accept (and @in6_dev)                      nat or route
 //!   oifname @bridges reject                                                   the rest in
 //!   meta nfproto ipv4 iifname @out4 fib saddr . iif oif exists accept (and @out4_dev: B . D)
@@ -223,6 +225,15 @@ pub enum MetaKey {
     L4proto,
 }
 
+/// The conntrack keys kvnet matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtKey {
+    /// `ct state`: new, established, related...
+    State,
+    /// `ct status`: what was done to the connection (NAT among it).
+    Status,
+}
+
 /// Where a payload load starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadBase {
@@ -270,8 +281,8 @@ pub enum Expr {
     Payload(PayloadBase, u32, u32, Register),
     /// `bitwise reg = (reg & MASK) ^ XOR`.
     Bitwise(Register, Vec<u8>, Vec<u8>),
-    /// `ct load state => reg`.
-    CtState(Register),
+    /// `ct load KEY => reg`.
+    Ct(CtKey, Register),
     /// `fib saddr . iif oif present => reg`: 1 if the source is routed via the input
     /// interface.
     FibSourceViaIif(Register),
@@ -308,6 +319,8 @@ const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
 /// `ct state established,related` bits.
 const CT_ESTABLISHED_RELATED: u32 = 0x2 | 0x4;
+/// `ct status dnat`: `IPS_DST_NAT`.
+const CT_STATUS_DNAT: u32 = 1 << 5;
 /// Link-local multicast, which is never forwarded: NAT leaves it alone.
 const LINK_LOCAL_MULTICAST_V4: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(224, 0, 0, 0), 24);
 const LINK_LOCAL_MULTICAST_V6: Ipv6Net =
@@ -442,6 +455,15 @@ pub fn skeleton() -> Vec<Object> {
             in_pair(MetaKey::Oifname, MetaKey::Iifname, "reply4_dev"),
             established(),
         ]),
+        // Port forwarding: what the administrator's own rules DNAT into a NAT network.
+        // With iptables they would insert an accept ahead of libvirt's reject; an accept in
+        // their table cannot overrule a reject in ours, so ours accepts it.
+        accept([ipv4(), in_set(oif(), "reply4"), destination_natted()]),
+        accept([
+            ipv4(),
+            in_pair(MetaKey::Oifname, MetaKey::Iifname, "reply4_dev"),
+            destination_natted(),
+        ]),
         accept([ipv4(), in_set(oif(), "in4")]),
         accept([
             ipv4(),
@@ -452,6 +474,12 @@ pub fn skeleton() -> Vec<Object> {
             ipv6(),
             in_pair(MetaKey::Oifname, MetaKey::Iifname, "reply6_dev"),
             established(),
+        ]),
+        accept([ipv6(), in_set(oif(), "reply6"), destination_natted()]),
+        accept([
+            ipv6(),
+            in_pair(MetaKey::Oifname, MetaKey::Iifname, "reply6_dev"),
+            destination_natted(),
         ]),
         accept([ipv6(), in_set(oif(), "in6")]),
         accept([
@@ -813,13 +841,20 @@ fn ip_prefix(field: u32, net: impl Into<IpNet>) -> Vec<Expr> {
 
 /// `ct state established,related`.
 fn established() -> Vec<Expr> {
+    ct_any_of(CtKey::State, CT_ESTABLISHED_RELATED)
+}
+
+/// `ct status dnat`: the connection's destination was rewritten by a DNAT rule, which
+/// only the host's administrator writes (kvnet has none).
+fn destination_natted() -> Vec<Expr> {
+    ct_any_of(CtKey::Status, CT_STATUS_DNAT)
+}
+
+/// `ct KEY & BITS != 0`.
+fn ct_any_of(key: CtKey, bits: u32) -> Vec<Expr> {
     vec![
-        Expr::CtState(REG1),
-        Expr::Bitwise(
-            REG1,
-            CT_ESTABLISHED_RELATED.to_ne_bytes().to_vec(),
-            vec![0; 4],
-        ),
+        Expr::Ct(key, REG1),
+        Expr::Bitwise(REG1, bits.to_ne_bytes().to_vec(), vec![0; 4]),
         Expr::Cmp(CmpOp::Neq, REG1, vec![0; 4]),
     ]
 }
@@ -1041,7 +1076,7 @@ mod tests {
                 rules_of("forward"),
                 rules_of("postrouting")
             ],
-            [5, 4, 15, 17]
+            [5, 4, 19, 17]
         );
         // Each base chain is flushed right after it is (re)declared.
         for (at, object) in skeleton.iter().enumerate() {

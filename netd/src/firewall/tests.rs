@@ -148,7 +148,7 @@ fn default_nat_network_lands_in_the_kernel() {
     inside(&ns, &*fw, |fw| fw.apply(&default)).unwrap();
     let again = ruleset(&ns);
     assert_eq!(owned_by(&again, "virbr0"), owned);
-    assert_eq!(chain_rules(&again, "forward").len(), 15);
+    assert_eq!(chain_rules(&again, "forward").len(), 19);
     assert_eq!(chain_rules(&again, "postrouting").len(), 17);
 }
 
@@ -601,32 +601,56 @@ impl Topology {
 
     fn connect_from(&self, source: Ipv4Addr) -> Result<SocketAddrV4, String> {
         let server = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 2), 8080);
-        let listener = self
-            .upstream
-            .run(|| TcpListener::bind(server))
-            .unwrap()
-            .unwrap();
-        listener.set_nonblocking(true).unwrap();
-        self.guest
-            .run(|| connect_from_low_port(SocketAddrV4::new(source, 700), server))
-            .unwrap()?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match listener.accept() {
-                Ok((_, std::net::SocketAddr::V4(peer))) => return Ok(peer),
-                Ok((_, peer)) => return Err(format!("unexpected peer {peer}")),
-                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => return Err(format!("server saw no connection: {e}")),
+        tcp_connection(
+            (&self.guest, SocketAddrV4::new(source, 700)),
+            (&self.upstream, server),
+            server,
+        )
+    }
+
+    /// Connects from upstream's 10.77.0.2 to `dial`, with a listener on the guest's
+    /// 192.168.50.10:8080; returns the peer address the guest saw.
+    fn connect_in(&self, dial: SocketAddrV4) -> Result<SocketAddrV4, String> {
+        tcp_connection(
+            (
+                &self.upstream,
+                SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 2), 0),
+            ),
+            (
+                &self.guest,
+                SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 10), 8080),
+            ),
+            dial,
+        )
+    }
+}
+
+/// Connects from `client`'s `source` to `dial` while `server` listens on `listen`; returns
+/// the peer address the server saw, or the client's error.
+fn tcp_connection(
+    (client, source): (&Netns, SocketAddrV4),
+    (server, listen): (&Netns, SocketAddrV4),
+    dial: SocketAddrV4,
+) -> Result<SocketAddrV4, String> {
+    let listener = server.run(|| TcpListener::bind(listen)).unwrap().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    client.run(|| connect_bound(source, dial)).unwrap()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match listener.accept() {
+            Ok((_, std::net::SocketAddr::V4(peer))) => return Ok(peer),
+            Ok((_, peer)) => return Err(format!("unexpected peer {peer}")),
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
             }
+            Err(e) => return Err(format!("server saw no connection: {e}")),
         }
     }
 }
 
-/// A TCP connection from `source` (port 700: below 1024, which NAT must not keep), bounded
-/// by a 3 s send timeout (Linux applies it to connect).
-fn connect_from_low_port(source: SocketAddrV4, server: SocketAddrV4) -> Result<TcpStream, String> {
+/// A TCP connection from `source` (the guest's port 700 is below 1024, which NAT must not
+/// keep), bounded by a 3 s send timeout (Linux applies it to connect).
+fn connect_bound(source: SocketAddrV4, server: SocketAddrV4) -> Result<TcpStream, String> {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
     };
@@ -717,6 +741,71 @@ fn nat_masquerades_guest_traffic_and_isolated_does_not_forward() {
         (2000..=2010).contains(&peer.port()),
         "port {} outside 2000-2010",
         peer.port()
+    );
+}
+
+#[test]
+fn port_forwards_reach_nat_guests_and_no_other_connection_in_does() {
+    if !ready() {
+        return;
+    }
+    let net = Topology::new();
+    net.upstream
+        .sh("ip route add 192.168.50.0/24 via 10.77.0.1")
+        .unwrap();
+    let fw = backend(&net.host);
+    let nat = network("br0", RuleMode::Nat, "192.168.50.0/24");
+    inside(&net.host, &*fw, |fw| fw.apply(&nat)).unwrap();
+    let guest = SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 10), 8080);
+    let refused = |result: &Result<SocketAddrV4, String>| {
+        result.as_ref().is_err_and(|e| e.contains("ECONNREFUSED"))
+    };
+    let direct = net.connect_in(guest);
+    assert!(
+        refused(&direct),
+        "outside connection into a NAT network: {direct:?}"
+    );
+
+    // The administrator forwards the host's port 2222 to the guest, in a table of their own.
+    net.host
+        .sh(concat!(
+            "set -e; nft add table ip admin; ",
+            "nft add chain ip admin prerouting '{ type nat hook prerouting priority dstnat; }'; ",
+            "nft add rule ip admin prerouting iifname vup tcp dport 2222 dnat to 192.168.50.10:8080",
+        ))
+        .unwrap();
+    let forwarded = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 1), 2222);
+    let peer = net
+        .connect_in(forwarded)
+        .expect("the forwarded port reaches the guest");
+    assert_eq!(
+        *peer.ip(),
+        Ipv4Addr::new(10, 77, 0, 2),
+        "the client's own address"
+    );
+    let direct = net.connect_in(guest);
+    assert!(
+        refused(&direct),
+        "a port forward opened the whole guest: {direct:?}"
+    );
+
+    // An isolated network forwards nothing, forwarded ports included.
+    let isolated = NetworkRules {
+        mode: RuleMode::Isolated,
+        ..nat
+    };
+    inside(&net.host, &*fw, |fw| fw.apply(&isolated)).unwrap();
+    let forwarded_in = net.connect_in(forwarded);
+    assert!(
+        refused(&forwarded_in),
+        "into an isolated network: {forwarded_in:?}"
+    );
+    assert!(
+        net.host
+            .sh("nft list table ip admin")
+            .unwrap()
+            .contains("dnat to 192.168.50.10:8080"),
+        "the administrator's table was touched"
     );
 }
 
