@@ -46,6 +46,7 @@ struct Args {
 /// Runs the daemon until SIGTERM or SIGINT. Networks keep running after it exits,
 /// like libvirt's: the next daemon adopts them.
 pub fn main() -> ExitCode {
+    close_inherited_descriptors();
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level));
@@ -68,6 +69,24 @@ pub fn main() -> ExitCode {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Closes the descriptors above stderr that the daemon inherited, as daemon(7) asks:
+/// everything kvnetd opens is close-on-exec, but what its parent left open would reach
+/// every hook script, and any process a script leaves running would hold it. Runs first,
+/// while nothing of the daemon's own is open.
+fn close_inherited_descriptors() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let inherited: Vec<i32> = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    // The listing's own descriptor is among them, closed already: that close fails.
+    for fd in inherited {
+        let _ = nix::unistd::close(fd);
     }
 }
 

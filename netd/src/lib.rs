@@ -15,6 +15,7 @@ pub mod dns;
 pub mod events;
 pub mod fdpass;
 pub mod firewall;
+pub mod hooks;
 pub mod link;
 pub mod manager;
 pub mod owner;

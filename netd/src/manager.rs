@@ -22,6 +22,7 @@ use crate::dhcp6::{self, Dhcp6Config, Dhcp6HostConfig, Dhcp6Server};
 use crate::dns::{self, DnsConfig, DnsServer};
 use crate::events::{Events, Lifecycle};
 use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
+use crate::hooks::{Hooks, Operation};
 use crate::link::{self, BridgeSpec, Link, LinkInfo, PrefixCache, sysctl};
 use crate::ra::{self, RaConfig, RaServer};
 use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
@@ -29,6 +30,7 @@ use crate::tftp::{TftpConfig, TftpServer};
 use crate::xml::{self, DEFAULT_NAT_PORTS, ForwardMode, IpDef, NetworkDef};
 
 mod bandwidth;
+mod hooks;
 mod macvtaps;
 mod ports;
 
@@ -137,6 +139,9 @@ pub enum Error {
         #[source]
         source: crate::owner::Error,
     },
+    /// A hook script refused the change, or could not be run.
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::Error),
     /// No port of the network has this UUID.
     #[error("Network port with UUID {0} does not exist")]
     PortNotFound(uuid::Uuid),
@@ -156,6 +161,7 @@ impl From<Error> for ApiError {
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::OperationInvalid(_) => ErrorKind::OperationInvalid,
             Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::Hook(_) => ErrorKind::HookFailed,
             Error::Start { .. }
             | Error::Stop { .. }
             | Error::Live { .. }
@@ -313,6 +319,8 @@ pub struct Manager {
     firewall: Box<dyn Firewall>,
     /// See [`ManagerConfig::resolv_conf`].
     resolv_conf: PathBuf,
+    /// The network hook scripts of the config dir.
+    hooks: Hooks,
     /// Where each change's lifecycle event goes (published under the lock, so that
     /// subscribers see them in the order the changes were made).
     events: Events,
@@ -379,6 +387,7 @@ impl Manager {
             prefixes: Arc::new(PrefixCache::new()?),
             firewall,
             resolv_conf: config.resolv_conf,
+            hooks: Hooks::new(&config.config_dir.join("hooks")),
             events: Events::new(),
         };
         // Before adopting: the IFBs of links deleted from here on go at once.
@@ -982,6 +991,9 @@ impl Manager {
         def: &NetworkDef,
         persistent: bool,
     ) -> Result<Servers, Error> {
+        // Before the checks, as libvirt runs it: a script may create what the network
+        // needs (a host bridge, a pool's device). Its failure cancels the start.
+        self.run_hooks(def, Operation::Start).await?;
         // A macvtap network has no bridge, and nothing in the kernel until its ports.
         let bridge = match def.macvtap_mode() {
             Some(_) => String::new(),
@@ -1032,12 +1044,17 @@ impl Manager {
                 .and_then(|()| self.start_ra(def))
                 .map(|ra| servers.ra = ra)
                 .and_then(|()| self.start_tftp(def))
-                .map(|tftp| servers.tftp = tftp)
-                .and_then(|()| {
-                    self.store
-                        .save_status(&def.name, &status(Phase::Active))
-                        .map_err(|e| failed_step(def, "recording the network as active", e))
-                });
+                .map(|tftp| servers.tftp = tftp);
+            // The network runs: the scripts may still refuse it, as in libvirt.
+            let started = match started {
+                Ok(()) => self.run_hooks(def, Operation::Started).await,
+                Err(e) => Err(e),
+            }
+            .and_then(|()| {
+                self.store
+                    .save_status(&def.name, &status(Phase::Active))
+                    .map_err(|e| failed_step(def, "recording the network as active", e))
+            });
             match started {
                 Ok(()) => Ok(servers),
                 Err(e) => {
@@ -1364,6 +1381,7 @@ impl Manager {
             }
         }
         info!(network = %name, "stopped");
+        self.run_hooks_logged(&def, Operation::Stopped).await;
         summary.active = false;
         self.publish(&summary, Lifecycle::Stopped);
         Ok(summary)
@@ -1670,6 +1688,8 @@ impl Manager {
             network.config = Some(def);
         }
         info!(network = %name, live, config, "updated");
+        // As in libvirt, a script's failure is reported but the change stays.
+        self.run_update_hooks(&networks[&name]).await?;
         Ok(UpdateResponse { name, live, config })
     }
 

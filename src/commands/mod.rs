@@ -117,6 +117,8 @@ fn reason(api: &ApiError, not_found: &str) -> String {
         ErrorKind::AlreadyExists => "operation failed: ",
         ErrorKind::PermissionDenied => "access denied: ",
         ErrorKind::Internal => "internal error: ",
+        // The message starts with libvirt's "Hook script execution failed: ".
+        ErrorKind::HookFailed => "",
     };
     format!("{prefix}{}", api.message)
 }

@@ -23,6 +23,8 @@ pub enum ErrorKind {
     Unsupported,
     /// The caller may not do this.
     PermissionDenied,
+    /// A hook script refused the change or could not run.
+    HookFailed,
     /// Anything else: the kernel or the disk refused.
     Internal,
 }
@@ -37,6 +39,7 @@ impl ErrorKind {
             ErrorKind::OperationInvalid => "operation_invalid",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::HookFailed => "hook_failed",
             ErrorKind::Internal => "internal",
         }
     }
@@ -50,6 +53,7 @@ impl ErrorKind {
             "operation_invalid" => ErrorKind::OperationInvalid,
             "unsupported" => ErrorKind::Unsupported,
             "permission_denied" => ErrorKind::PermissionDenied,
+            "hook_failed" => ErrorKind::HookFailed,
             _ => ErrorKind::Internal,
         }
     }
@@ -60,7 +64,7 @@ impl ErrorKind {
             ErrorKind::AlreadyExists | ErrorKind::OperationInvalid => StatusCode::CONFLICT,
             ErrorKind::InvalidArgument | ErrorKind::Unsupported => StatusCode::BAD_REQUEST,
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
-            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Internal | ErrorKind::HookFailed => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -251,12 +251,14 @@ impl Manager {
     /// now, so that a guest restarted at once finds its MAC and device free. With
     /// `rewatch` (a daemon restart), the processes still running are watched again. A
     /// process that cannot be looked at keeps its port.
+    ///
+    /// Returns the definitions of the ports that ended.
     pub(super) async fn end_exited_holders(
         &self,
         name: &str,
         network: &mut Network,
         rewatch: bool,
-    ) {
+    ) -> Vec<PortDef> {
         let mut ended = Vec::new();
         for (uuid, port) in &mut network.ports {
             let Some(id) = port.holder else {
@@ -285,8 +287,9 @@ impl Manager {
             }
         }
         if ended.is_empty() {
-            return;
+            return Vec::new();
         }
+        let mut defs = Vec::new();
         for uuid in ended {
             let Some(port) = network.ports.remove(&uuid) else {
                 continue;
@@ -294,8 +297,10 @@ impl Manager {
             if let Err(e) = delete_if_port_device(&self.link, port.ifindex, &port.tap, uuid).await {
                 warn!(network = %name, macvtap = %port.tap, "{}", error_chain(&e));
             }
+            defs.push(port.def);
         }
         self.save_ports_or_warn(name, network);
+        defs
     }
 
     /// Refuses a live change that takes a device out of a running macvtap network's pool

@@ -26,6 +26,7 @@ use super::{
     Error, Manager, Network, error_chain, lookup, macvtap_shaping_of, macvtaps, shaping_of,
 };
 use crate::api::types::PortSummary;
+use crate::hooks::Operation;
 use crate::link::shaping::Shaping;
 use crate::link::tap::Tap;
 use crate::link::{LinkInfo, sysctl};
@@ -150,6 +151,20 @@ fn plug_of(def: &NetworkDef, bridge: &str) -> PortPlug {
     }
 }
 
+/// The recorded ports of `network` counted as libvirt's live XML counts them.
+pub(super) fn count_connections(network: &Network) -> Connections {
+    let mut connections = Connections {
+        network: network.ports.len(),
+        ..Connections::default()
+    };
+    for port in network.ports.values() {
+        if let Some(PortPlug::Direct { dev, .. }) = &port.def.plug {
+            *connections.by_device.entry(dev.clone()).or_default() += 1;
+        }
+    }
+    connections
+}
+
 impl Manager {
     /// Creates a port on a running network from a `<networkport>` document: a tap on the
     /// network's bridge with the guest's MAC (first byte `fe`) and the bridge's MTU, or on a
@@ -239,6 +254,18 @@ impl Manager {
             }
         };
         info!(network = %name, port = %uuid, tap = %port.summary.tap, owner = %port.summary.owner, "created port");
+        let created = network.ports.get(&uuid).map(|port| port.def.clone());
+        if let Some(def) = created
+            && let Err(e) = self
+                .run_port_hooks(&name, network, Operation::PortCreated, &def)
+                .await
+        {
+            // As in libvirt, the scripts may refuse the port.
+            if let Err(cleanup) = self.remove_port(&name, network, uuid).await {
+                warn!(network = %name, port = %uuid, "{}", error_chain(&cleanup));
+            }
+            return Err(e);
+        }
         Ok(port)
     }
 
@@ -339,16 +366,7 @@ impl Manager {
             return Connections::default();
         }
         self.prune_ports(name, network).await;
-        let mut connections = Connections {
-            network: network.ports.len(),
-            ..Connections::default()
-        };
-        for port in network.ports.values() {
-            if let Some(PortPlug::Direct { dev, .. }) = &port.def.plug {
-                *connections.by_device.entry(dev.clone()).or_default() += 1;
-            }
-        }
-        connections
+        count_connections(network)
     }
 
     /// The ports of a running network, by UUID (libvirt lists only those of a running
@@ -380,12 +398,31 @@ impl Manager {
     pub async fn delete_port(&self, key: &str, port: &str) -> Result<PortSummary, Error> {
         let mut networks = self.networks.lock().await;
         let (name, uuid, network) = self.find_port(&mut networks, key, port).await?;
+        let port = self.remove_port(&name, network, uuid).await?;
+        info!(network = %name, port = %uuid, tap = %port.tap, "deleted port");
+        self.run_port_hooks_logged(
+            &name,
+            network,
+            Operation::PortDeleted,
+            std::slice::from_ref(&port.def),
+        )
+        .await;
+        Ok(port.summary(&name))
+    }
+
+    /// Deletes a port's device (and IFB) and its record.
+    async fn remove_port(
+        &self,
+        name: &str,
+        network: &mut Network,
+        uuid: Uuid,
+    ) -> Result<Port, Error> {
         let port = network.ports.get(&uuid).ok_or(Error::PortNotFound(uuid))?;
         self.link
             .delete_index(port.ifindex, &port.tap)
             .await
             .map_err(|source| Error::Port {
-                network: name.clone(),
+                network: name.to_owned(),
                 source,
             })?;
         if port.shaping().ingress.is_some()
@@ -393,11 +430,12 @@ impl Manager {
         {
             warn!(network = %name, tap = %port.tap, "{}", error_chain(&e));
         }
-        let summary = port.summary(&name);
-        network.ports.remove(&uuid);
-        self.save_ports(&name, network)?;
-        info!(network = %name, port = %uuid, tap = %summary.tap, "deleted port");
-        Ok(summary)
+        let port = network
+            .ports
+            .remove(&uuid)
+            .ok_or(Error::PortNotFound(uuid))?;
+        self.save_ports(name, network)?;
+        Ok(port)
     }
 
     /// Plugs a network that just started back into its ports' taps: those a stop left
@@ -579,9 +617,9 @@ impl Manager {
             };
             (network.ports, network.unreadable_ports) = self.load_ports(&name);
             // Not tied to the dump: a holder left unwatched keeps its device for good.
-            self.end_exited_holders(&name, network, true).await;
+            let mut ended = self.end_exited_holders(&name, network, true).await;
             if let Some(links) = &links {
-                self.follow_taps(&name, network, links);
+                ended.extend(self.follow_taps(&name, network, links));
                 if network.live.is_some() {
                     self.plug_in(&name, network, links).await;
                 } else {
@@ -591,6 +629,8 @@ impl Manager {
             if !network.ports.is_empty() {
                 info!(network = %name, ports = network.ports.len(), "adopted ports");
             }
+            self.run_port_hooks_logged(&name, network, Operation::PortDeleted, &ended)
+                .await;
         }
         true
     }
@@ -723,31 +763,32 @@ impl Manager {
                 return None;
             }
         };
-        self.follow_taps(name, network, &links);
-        self.end_exited_holders(name, network, false).await;
+        let mut ended = self.follow_taps(name, network, &links);
+        ended.extend(self.end_exited_holders(name, network, false).await);
         // The IFB of a shaped tap its VMM closed outlives it.
         self.delete_orphan_ifbs_among(&links).await;
+        self.run_port_hooks_logged(name, network, Operation::PortDeleted, &ended)
+            .await;
         Some(links)
     }
 
-    /// Drops the ports whose tap is not in `links` and follows renamed taps.
-    fn follow_taps(&self, name: &str, network: &mut Network, links: &Links) {
+    /// Drops the ports whose tap is not in `links` and follows renamed taps. Returns the
+    /// definitions of the ports that ended.
+    fn follow_taps(&self, name: &str, network: &mut Network, links: &Links) -> Vec<PortDef> {
         // A port follows its tap by ifindex, which the kernel does not hand out again: a
         // tap renamed behind our back is still the port's (and still deleted with it).
         let mut changed = false;
-        network
-            .ports
-            .retain(|uuid, port| match links.get(&port.ifindex) {
+        let mut ended = Vec::new();
+        network.ports.retain(|uuid, port| {
+            let keep = match links.get(&port.ifindex) {
                 None => {
                     info!(network = %name, port = %uuid, tap = %port.tap, "port ended: its tap is gone");
-                    changed = true;
                     false
                 }
                 // The state dir outlived the namespace its devices were in: the index is
                 // someone else's now.
                 Some(current) if !port.is_its_device(*uuid, current) => {
                     warn!(network = %name, port = %uuid, device = %current.name, "port ended: its ifindex belongs to another device");
-                    changed = true;
                     false
                 }
                 Some(current) => {
@@ -758,10 +799,16 @@ impl Manager {
                     }
                     true
                 }
-            });
-        if changed {
+            };
+            if !keep {
+                ended.push(port.def.clone());
+            }
+            keep
+        });
+        if changed || !ended.is_empty() {
             self.save_ports_or_warn(name, network);
         }
+        ended
     }
 
     /// Deletes the taps (ifindex, recorded name) that are still there.

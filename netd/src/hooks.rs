@@ -1,0 +1,469 @@
+//! libvirt's network hook scripts. kvnetd runs `<config>/hooks/network`, then every
+//! executable in `<config>/hooks/network.d/` in name order, where libvirt runs
+//! `/etc/libvirt/hooks/network` and `network.d/`, with libvirt's arguments
+//! (`NETWORK OPERATION PHASE -`) and input (a `<hookData>` element holding the network's
+//! XML, and the port's for port operations, on stdin), so a libvirt host's scripts can be
+//! copied in as they are. A script's failure fails `start`, `started`, `port-created`
+//! and `updated` as it fails them in libvirt; `stopped` and `port-deleted` only log it.
+//!
+//! Scripts run in a clean environment (libvirt's: `LC_ALL=C`, and `PATH`, `HOME`, `USER`,
+//! `LOGNAME`, `TMPDIR`, `LD_PRELOAD`, `LD_LIBRARY_PATH` passed on), with stdout discarded,
+//! in a process group of their own, which is killed when a script runs longer than
+//! [`HOOK_TIMEOUT`]: the daemon holds its lock while a hook runs (libvirt holds the
+//! network's), and one stuck script must not hold up every network for good.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, warn};
+
+/// How long one script may run before its process group is killed.
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much of a script's stderr an error message quotes.
+const STDERR_LIMIT: usize = 4096;
+/// The environment libvirt's `virCommandAddEnvPassCommon` passes on.
+const PASSED_ENV: [&str; 7] = [
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "TMPDIR",
+];
+
+/// A point in a network's life where the scripts run, as libvirt names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Before a start changes anything; a failure cancels the start.
+    Start,
+    /// Once the network runs; a failure stops it again.
+    Started,
+    /// After the network stopped.
+    Stopped,
+    /// A port was created; a failure deletes it.
+    PortCreated,
+    /// A port ended: deleted, or its guest gone.
+    PortDeleted,
+    /// `net-update` changed the network; a failure is reported, the change stays.
+    Updated,
+}
+
+impl Operation {
+    /// The script's second argument.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Start => "start",
+            Operation::Started => "started",
+            Operation::Stopped => "stopped",
+            Operation::PortCreated => "port-created",
+            Operation::PortDeleted => "port-deleted",
+            Operation::Updated => "updated",
+        }
+    }
+
+    /// The script's third argument: libvirt calls `stopped` at the end of its step,
+    /// everything else at the beginning.
+    fn phase(self) -> &'static str {
+        match self {
+            Operation::Stopped => "end",
+            _ => "begin",
+        }
+    }
+}
+
+/// Why a hook failed. The messages start as libvirt's `VIR_ERR_HOOK_SCRIPT_FAILED`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The script exited unsuccessfully.
+    #[error(
+        "Hook script execution failed: internal error: Child process ({command}) unexpected {status}{}",
+        stderr_suffix(stderr)
+    )]
+    Failed {
+        /// The command line.
+        command: String,
+        /// "exit status N" or "fatal signal N", as libvirt words it.
+        status: String,
+        /// The start of what the script wrote to stderr.
+        stderr: String,
+    },
+    /// The script could not be started.
+    #[error("Hook script execution failed: cannot run {command}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The script ran too long and was killed with its process group.
+    #[error(
+        "Hook script execution failed: {command} did not finish within {seconds} s and was killed"
+    )]
+    TimedOut {
+        /// The command line.
+        command: String,
+        /// How long it was given.
+        seconds: u64,
+    },
+    /// The scripts directory could not be read.
+    #[error("Hook script execution failed: cannot list {}", dir.display())]
+    List {
+        /// `<config>/hooks/network.d`.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    match stderr.trim_end() {
+        "" => String::new(),
+        text => format!(": {text}"),
+    }
+}
+
+/// The network hook scripts of one config dir.
+#[derive(Debug, Clone)]
+pub struct Hooks {
+    /// `<config>/hooks/network`.
+    script: PathBuf,
+    /// `<config>/hooks/network.d`.
+    dir: PathBuf,
+}
+
+impl Hooks {
+    /// The scripts under `hooks_dir` (`<config>/hooks`). They are looked up at every
+    /// call, so a script installed or removed takes effect without a restart.
+    pub fn new(hooks_dir: &Path) -> Hooks {
+        Hooks {
+            script: hooks_dir.join("network"),
+            dir: hooks_dir.join("network.d"),
+        }
+    }
+
+    /// The scripts to run, in order: `network` if it is executable, then the executables
+    /// of `network.d` by name (byte order, as libvirt's `strcmp`). A file that is there
+    /// but not executable is skipped with a warning, as libvirt does. Without scripts
+    /// this costs a `stat` and an `opendir`, so callers ask before building the input.
+    pub fn scripts(&self) -> Result<Vec<PathBuf>, Error> {
+        let mut scripts = Vec::new();
+        if is_executable(&self.script) {
+            scripts.push(self.script.clone());
+        }
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(scripts),
+            Err(source) => {
+                return Err(Error::List {
+                    dir: self.dir.clone(),
+                    source,
+                });
+            }
+        };
+        let mut listed = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| Error::List {
+                dir: self.dir.clone(),
+                source,
+            })?;
+            listed.push(entry.path());
+        }
+        listed.sort();
+        for path in listed {
+            if is_executable(&path) {
+                scripts.push(path);
+            } else {
+                warn!(path = %path.display(), "skipping a hook script that is not an executable file");
+            }
+        }
+        Ok(scripts)
+    }
+}
+
+/// Runs `scripts` for `operation` on `network` with `input` on stdin. All of them run, as
+/// in libvirt, even after one failed; the first failure is returned and the others are
+/// logged.
+pub async fn run(
+    scripts: &[PathBuf],
+    network: &str,
+    operation: Operation,
+    input: &str,
+) -> Result<(), Error> {
+    let mut first_failure = None;
+    for script in scripts {
+        let Err(e) = run_script(script, network, operation, input, HOOK_TIMEOUT).await else {
+            continue;
+        };
+        match first_failure {
+            None => first_failure = Some(e),
+            Some(_) => warn!(network, "{e}"),
+        }
+    }
+    first_failure.map_or(Ok(()), Err)
+}
+
+/// A regular file (symlinks followed) with an execute bit, as libvirt's
+/// `virFileIsExecutable` checks.
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+/// The input of every script: libvirt's `<hookData>`, the network's XML and, for port
+/// operations, the port's, each indented by two spaces.
+pub fn hook_data(network_xml: &str, port_xml: Option<&str>) -> String {
+    let mut out = String::from("<hookData>\n");
+    for document in std::iter::once(network_xml).chain(port_xml) {
+        for line in document.lines() {
+            if !line.is_empty() {
+                out.push_str("  ");
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str("</hookData>");
+    out
+}
+
+async fn run_script(
+    script: &Path,
+    network: &str,
+    operation: Operation,
+    input: &str,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let args = [network, operation.as_str(), operation.phase(), "-"];
+    let command = format!("{} {}", script.display(), args.join(" "));
+    debug!(%command, "running hook script");
+    let mut cmd = tokio::process::Command::new(script);
+    cmd.args(args)
+        .env_clear()
+        .env("LC_ALL", "C")
+        .envs(
+            PASSED_ENV.iter().filter_map(|name| {
+                std::env::var_os(name).map(|value| (OsString::from(name), value))
+            }),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .current_dir("/")
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+        command: command.clone(),
+        source,
+    })?;
+    let group = child.id();
+    let stdin = child.stdin.take();
+    // Read while the script runs, so that much output cannot block it on a full pipe.
+    let stderr = child
+        .stderr
+        .take()
+        .map(|stderr| tokio::spawn(read_capped(stderr)));
+    // A script that exits without reading its input closes the pipe: not an error.
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
+            let _ = stdin.write_all(input.as_bytes()).await;
+        }
+    };
+    let finished = tokio::time::timeout(timeout, async {
+        let ((), status) = tokio::join!(feed, child.wait());
+        status
+    })
+    .await;
+    let Ok(status) = finished else {
+        if let Some(group) = group.and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(group),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = child.wait().await;
+        return Err(Error::TimedOut {
+            command,
+            seconds: timeout.as_secs(),
+        });
+    };
+    // A process the script left running may hold stderr open: the exit decides, and
+    // what was written by then is quoted.
+    let stderr = match stderr {
+        Some(mut reader) => {
+            match tokio::time::timeout(Duration::from_millis(100), &mut reader).await {
+                Ok(Ok(text)) => text,
+                _ => {
+                    reader.abort();
+                    Vec::new()
+                }
+            }
+        }
+        None => Vec::new(),
+    };
+    let status = status.map_err(|source| Error::Spawn {
+        command: command.clone(),
+        source,
+    })?;
+    if status.success() {
+        return Ok(());
+    }
+    Err(Error::Failed {
+        command,
+        status: describe(status),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    })
+}
+
+/// Reads `stream` to its end, keeping the first [`STDERR_LIMIT`] bytes.
+async fn read_capped(mut stream: tokio::process::ChildStderr) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut chunk = [0; 1024];
+    while let Ok(read @ 1..) = stream.read(&mut chunk).await {
+        let room = STDERR_LIMIT.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..read.min(room)]);
+    }
+    kept
+}
+
+/// libvirt's `virProcessTranslateStatus` wording.
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("fatal signal {signal}"),
+        (None, None) => "status".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Instant;
+
+    use super::*;
+
+    fn install(dir: &Path, name: &str, script: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn hook_data_indents_the_documents_as_libvirt_does() {
+        assert_eq!(
+            hook_data(
+                "<network>\n  <name>a</name>\n</network>\n",
+                Some("<networkport>\n</networkport>\n")
+            ),
+            "<hookData>\n  <network>\n    <name>a</name>\n  </network>\n  <networkport>\n  </networkport>\n</hookData>"
+        );
+    }
+
+    #[test]
+    fn scripts_run_in_libvirts_order_and_skip_what_cannot_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = Hooks::new(dir.path());
+        assert!(hooks.scripts().unwrap().is_empty(), "no scripts, no error");
+        let main = install(dir.path(), "network", "#!/bin/sh\n");
+        let second = install(&dir.path().join("network.d"), "b", "#!/bin/sh\n");
+        let first = install(&dir.path().join("network.d"), "a", "#!/bin/sh\n");
+        std::fs::write(dir.path().join("network.d/c"), "not executable").unwrap();
+        std::fs::create_dir(dir.path().join("network.d/d")).unwrap();
+        assert_eq!(hooks.scripts().unwrap(), [main, first, second]);
+    }
+
+    #[test]
+    fn a_failure_quotes_the_command_status_and_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = install(
+            dir.path(),
+            "network",
+            "#!/bin/sh\necho \"no $2 for $1\" >&2\nexit 4\n",
+        );
+        let result = runtime().block_on(run(
+            std::slice::from_ref(&script),
+            "net1",
+            Operation::Start,
+            "",
+        ));
+        assert_eq!(
+            result.unwrap_err().to_string(),
+            format!(
+                "Hook script execution failed: internal error: Child process ({} net1 start begin -) unexpected exit status 4: no start for net1",
+                script.display()
+            )
+        );
+        let killed = install(dir.path(), "killed", "#!/bin/sh\nkill -9 $$\n");
+        let result = runtime().block_on(run(&[killed], "net1", Operation::Stopped, ""));
+        assert!(
+            result
+                .unwrap_err()
+                .to_string()
+                .ends_with("stopped end -) unexpected fatal signal 9"),
+        );
+    }
+
+    #[test]
+    fn input_that_is_not_read_and_output_left_open_do_not_hold_a_script_up() {
+        let dir = tempfile::tempdir().unwrap();
+        // Exits without reading 1 MB of input, and leaves a process holding stderr.
+        let script = install(dir.path(), "network", "#!/bin/sh\nsleep 30 &\nexit 0\n");
+        let input = "x".repeat(1 << 20);
+        let started = Instant::now();
+        runtime()
+            .block_on(run(&[script], "net1", Operation::Updated, &input))
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_script_that_runs_too_long_is_killed_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let script = install(
+            dir.path(),
+            "network",
+            &format!(
+                "#!/bin/sh\n(sleep 2; touch {}) &\nsleep 30\n",
+                marker.display()
+            ),
+        );
+        let started = Instant::now();
+        let result = runtime().block_on(run_script(
+            &script,
+            "net1",
+            Operation::Start,
+            "",
+            Duration::from_millis(300),
+        ));
+        assert!(matches!(result, Err(Error::TimedOut { .. })), "{result:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(!marker.exists(), "a child of the script outlived the kill");
+    }
+}

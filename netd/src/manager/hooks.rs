@@ -1,0 +1,87 @@
+//! When the network hook scripts ([`crate::hooks`]) run for networks and ports, and what
+//! they are given: the network's XML as libvirt formats it for its hooks (the running
+//! definition, its ports counted) and, for port operations, the port's.
+
+use tracing::warn;
+
+use super::{Error, Manager, Network, error_chain, ports::count_connections};
+use crate::hooks::{self, Operation, hook_data};
+use crate::xml::{NetworkDef, PortDef};
+
+impl Manager {
+    /// Runs the scripts for `operation` on network `def`.
+    pub(super) async fn run_hooks(
+        &self,
+        def: &NetworkDef,
+        operation: Operation,
+    ) -> Result<(), Error> {
+        let scripts = self.hooks.scripts()?;
+        if scripts.is_empty() {
+            return Ok(());
+        }
+        let input = hook_data(&def.to_xml(), None);
+        Ok(hooks::run(&scripts, &def.name, operation, &input).await?)
+    }
+
+    /// [`Manager::run_hooks`] where a failure changes nothing (libvirt ignores it too).
+    pub(super) async fn run_hooks_logged(&self, def: &NetworkDef, operation: Operation) {
+        if let Err(e) = self.run_hooks(def, operation).await {
+            warn!(network = %def.name, "{}", error_chain(&e));
+        }
+    }
+
+    /// Runs the scripts after `net-update` changed `network`: given its running
+    /// definition with its ports counted, or its persistent one if it is stopped.
+    pub(super) async fn run_update_hooks(&self, network: &Network) -> Result<(), Error> {
+        let Some(current) = network.current() else {
+            return Ok(());
+        };
+        let scripts = self.hooks.scripts()?;
+        if scripts.is_empty() {
+            return Ok(());
+        }
+        let network_xml = match &network.live {
+            Some(live) => live.to_live_xml(&count_connections(network)),
+            None => current.to_xml(),
+        };
+        let input = hook_data(&network_xml, None);
+        Ok(hooks::run(&scripts, &current.name, Operation::Updated, &input).await?)
+    }
+
+    /// Runs the scripts for `operation` on `port` of network `name`, once per port, if
+    /// the network runs (a stopped network's ports wait for its next start, and libvirt
+    /// has none then).
+    pub(super) async fn run_port_hooks(
+        &self,
+        name: &str,
+        network: &Network,
+        operation: Operation,
+        port: &PortDef,
+    ) -> Result<(), Error> {
+        let Some(live) = &network.live else {
+            return Ok(());
+        };
+        let scripts = self.hooks.scripts()?;
+        if scripts.is_empty() {
+            return Ok(());
+        }
+        let network_xml = live.to_live_xml(&count_connections(network));
+        let input = hook_data(&network_xml, Some(&port.to_xml()));
+        Ok(hooks::run(&scripts, name, operation, &input).await?)
+    }
+
+    /// [`Manager::run_port_hooks`] for each of `ports`, failures logged.
+    pub(super) async fn run_port_hooks_logged(
+        &self,
+        name: &str,
+        network: &Network,
+        operation: Operation,
+        ports: &[PortDef],
+    ) {
+        for port in ports {
+            if let Err(e) = self.run_port_hooks(name, network, operation, port).await {
+                warn!(network = %name, "{}", error_chain(&e));
+            }
+        }
+    }
+}
