@@ -111,7 +111,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
         let ready = || tell_systemd("READY=1");
-        server::serve(Arc::new(manager), &args.socket, ready, shutdown_signal())
+        let manager = Arc::new(manager);
+        manager.follow_port_exits();
+        server::serve(manager, &args.socket, ready, shutdown_signal())
             .await
             .context("serving the API")?;
         tracing::info!("stopped; networks keep running");

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
 use tracing::{info, instrument, warn};
 
 use crate::api::types::{Lease, NetworkSummary, UpdateResponse};
@@ -321,6 +321,9 @@ pub struct Manager {
     resolv_conf: PathBuf,
     /// The network hook scripts of the config dir.
     hooks: Hooks,
+    /// The ifindexes of the taps and macvtaps the kernel deletes, until
+    /// [`Manager::follow_port_exits`] takes them.
+    gone_ports: std::sync::Mutex<Option<mpsc::UnboundedReceiver<u32>>>,
     /// Where each change's lifecycle event goes (published under the lock, so that
     /// subscribers see them in the order the changes were made).
     events: Events,
@@ -380,23 +383,28 @@ impl Manager {
         for path in store.remove_leftovers()? {
             warn!(path = %path.display(), "removed what a change interrupted by a crash left behind");
         }
+        let link = Link::new()?;
+        // Before adopting: the IFBs of links deleted from here on go at once.
+        let gone_ports = link
+            .follow_deletions()
+            .map_err(|e| {
+                warn!(
+                    "shaped taps' ifb devices, and the ports of exited guests, will wait for the next look: {}",
+                    error_chain(&e)
+                );
+            })
+            .ok();
         let manager = Manager {
             networks: Mutex::new(BTreeMap::new()),
             store,
-            link: Link::new()?,
+            link,
             prefixes: Arc::new(PrefixCache::new()?),
             firewall,
             resolv_conf: config.resolv_conf,
             hooks: Hooks::new(&config.config_dir.join("hooks")),
+            gone_ports: std::sync::Mutex::new(gone_ports),
             events: Events::new(),
         };
-        // Before adopting: the IFBs of links deleted from here on go at once.
-        if let Err(e) = manager.link.follow_deletions() {
-            warn!(
-                "shaped taps' ifb devices will wait for the next port request: {}",
-                error_chain(&e)
-            );
-        }
         manager.load_configs().await?;
         manager.adopt_running().await?;
         manager.forget_orphan_leases().await?;

@@ -28,6 +28,7 @@ use rtnetlink::packet_core::{
 use rtnetlink::sys::AsyncSocket;
 use rtnetlink::{LinkMessageBuilder, LinkUnspec};
 use socket2::SockFilter;
+use tokio::sync::mpsc;
 
 use super::netlink::{errno, failed};
 use super::{Error, Link, LinkInfo, Op, sysctl};
@@ -309,9 +310,11 @@ impl Link {
 
     /// Follows the kernel's link deletions from now on and deletes the IFB device of each
     /// tap, macvtap or bridge that goes: a VMM's tap goes when the VMM exits, and nobody
-    /// asks the daemon anything then. Notifications lost to a full socket leave the IFB to
-    /// [`Link::delete_orphan_ifbs`].
-    pub fn follow_deletions(&self) -> Result<(), Error> {
+    /// asks the daemon anything then. The ifindex of each tap and macvtap that goes is
+    /// sent on the returned channel, for the ports they were. Notifications lost to a full
+    /// socket leave the IFB to [`Link::delete_orphan_ifbs`], and the port to the next look
+    /// at its network's ports.
+    pub fn follow_deletions(&self) -> Result<mpsc::UnboundedReceiver<u32>, Error> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| Error::Connect(std::io::Error::other(e)))?;
         let (mut connection, _, mut notifications) =
@@ -327,6 +330,7 @@ impl Link {
             .map_err(Error::Connect)?;
         runtime.spawn(connection);
         let link = self.clone();
+        let (gone_ports, gone) = mpsc::unbounded_channel();
         runtime.spawn(async move {
             while let Some((notification, _)) = notifications.next().await {
                 let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(gone)) =
@@ -334,16 +338,21 @@ impl Link {
                 else {
                     continue;
                 };
+                let kind = gone.attributes.iter().find_map(|attr| match attr {
+                    LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
+                        NlLinkInfo::Kind(kind) => Some(kind),
+                        _ => None,
+                    }),
+                    _ => None,
+                });
+                let port_kind = matches!(kind, Some(InfoKind::Tun | InfoKind::MacVtap));
+                if port_kind {
+                    // The receiver is gone only when the daemon is.
+                    let _ = gone_ports.send(gone.header.index);
+                }
                 // Only taps, macvtaps and bridges are shaped: no lookup for the IFBs
                 // themselves.
-                let shapeable = gone.attributes.iter().any(|attr| {
-                    matches!(attr, LinkAttribute::LinkInfo(infos) if infos.iter().any(|info| {
-                        matches!(
-                            info,
-                            NlLinkInfo::Kind(InfoKind::Tun | InfoKind::MacVtap | InfoKind::Bridge)
-                        )
-                    }))
-                });
+                let shapeable = port_kind || matches!(kind, Some(InfoKind::Bridge));
                 if shapeable && let Err(e) = link.delete_ifb_of(gone.header.index).await {
                     tracing::warn!(
                         index = gone.header.index,
@@ -352,7 +361,7 @@ impl Link {
                 }
             }
         });
-        Ok(())
+        Ok(gone)
     }
 
     /// Deletes the IFB devices of ours whose device is gone from `links` (a dump of every

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::{Arc, PoisonError};
 
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -743,6 +744,42 @@ impl Manager {
             )));
         }
         Ok((name, uuid, network))
+    }
+
+    /// Ends the ports whose device the kernel deletes as soon as it does (a VMM exited,
+    /// a macvtap's process ended), so that their `port-deleted` hooks run then rather than
+    /// at the next look at their network. Holds the manager only while handling a deletion.
+    pub fn follow_port_exits(self: &Arc<Manager>) {
+        let gone = self
+            .gone_ports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(mut gone) = gone else {
+            return;
+        };
+        let manager = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(index) = gone.recv().await {
+                let Some(manager) = manager.upgrade() else {
+                    break;
+                };
+                manager.port_device_gone(index).await;
+            }
+        });
+    }
+
+    /// [`Manager::follow_port_exits`] for one deleted device: the ports of the network
+    /// that had it are looked at (those the daemon deleted itself are no longer recorded).
+    async fn port_device_gone(&self, index: u32) {
+        let mut networks = self.networks.lock().await;
+        let owner = networks
+            .iter_mut()
+            .find(|(_, network)| network.ports.values().any(|port| port.ifindex == index));
+        if let Some((name, network)) = owner {
+            let name = name.clone();
+            self.prune_ports(&name, network).await;
+        }
     }
 
     /// Drops the ports whose tap has gone (its VMM closed it, or someone deleted it). One
