@@ -14,6 +14,7 @@
 mod bandwidth;
 mod dom;
 mod format;
+pub mod libxml;
 mod model;
 mod parse;
 mod port;
