@@ -148,6 +148,10 @@ impl NetworkDef {
                 escape(description)
             ));
         }
+        if let Some(metadata) = &self.metadata {
+            // Its lines after the first are indented already.
+            out.line(metadata);
+        }
         self.format_forward(&mut out, connections);
         let managed = self.forward.mode.has_managed_bridge();
         if managed || self.bridge.name.is_some() {

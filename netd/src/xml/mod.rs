@@ -15,6 +15,7 @@ mod bandwidth;
 mod dom;
 mod format;
 pub mod libxml;
+mod metadata;
 mod model;
 mod parse;
 mod port;

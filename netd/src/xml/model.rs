@@ -29,6 +29,9 @@ pub struct NetworkDef {
     pub title: Option<String>,
     /// `<description>`: free text.
     pub description: Option<String>,
+    /// `<metadata>`: applications' own elements, as libvirt writes them back (see
+    /// `metadata.rs`), from `<metadata` to its end tag.
+    pub metadata: Option<String>,
     /// `<forward>`; mode [`ForwardMode::Isolated`] means the element is absent.
     pub forward: Forward,
     /// `<bridge>` attributes.
@@ -699,6 +702,7 @@ impl NetworkDef {
             uuid: None,
             title: None,
             description: None,
+            metadata: None,
             forward: Forward::default(),
             bridge: Bridge::default(),
             mtu: None,

@@ -20,7 +20,10 @@ impl NetworkDef {
     /// [`NetworkDef::fill_defaults`] before persisting a new definition.
     pub fn from_xml(input: &str) -> Result<NetworkDef, Error> {
         let root = parse_document(input)?;
-        let def = Parser::new(&root).network(&root)?;
+        let mut def = Parser::new(&root).network(&root)?;
+        if root.children.iter().any(|child| child.name == "metadata") {
+            def.metadata = super::metadata::network_metadata(input)?;
+        }
         def.validate()?;
         Ok(def)
     }
@@ -296,6 +299,8 @@ impl Parser {
                 "uuid" => self.once(&mut uuid, child)?,
                 "title" => self.once(&mut title, child)?,
                 "description" => self.once(&mut description, child)?,
+                // Read from the text by `metadata::network_metadata`, as libxml2 reads it.
+                "metadata" => {}
                 "forward" => self.once(&mut forward, child)?,
                 "bridge" => self.once(&mut bridge, child)?,
                 "mtu" => self.once(&mut mtu, child)?,

@@ -655,10 +655,6 @@ fn unsupported_libvirt_features_are_rejected_by_name() {
             "unsupported element <virtualport> in network 'x' (line 1)",
         ),
         (
-            "<network><name>x</name><metadata><a:b xmlns:a='urn:x'/></metadata></network>",
-            "unsupported element <metadata> in network 'x' (line 1)",
-        ),
-        (
             "<network><name>x</name><port isolated='yes' trunk='no'/></network>",
             "unsupported attribute 'trunk' on <port> in network 'x' (line 1)",
         ),
@@ -2404,4 +2400,44 @@ fn live_xml_counts_connections_as_libvirt_does() {
     // The counters are read back as libvirt reads them: not at all.
     assert_eq!(NetworkDef::from_xml(&live).expect("reparse"), def);
     assert_eq!(def.to_live_xml(&Connections::default()), def.to_xml());
+}
+
+#[test]
+fn metadata_is_kept_as_libvirt_copies_and_sanitizes_it() {
+    let def = parse(
+        "<network xmlns:app2='http://example.org/app2/' xmlns:app3='http://example.org/app1/'>
+  <name>meta</name>
+  <uuid>3f0d1d0a-3b3c-4f6f-9a53-0c1c2b4f7a10</uuid>
+  <description>with metadata</description>
+  <metadata>
+    <!-- dropped: not an element -->
+    <app1:foo xmlns:app1='http://example.org/app1/' a='1'>fooish<app1:b/></app1:foo>
+    <plain>dropped: no namespace</plain>
+    <app2:bar app2:x='y &amp; z'>
+      <app2:baz>text</app2:baz>
+    </app2:bar>
+    <app3:again>dropped: app1's namespace again, its declaration copied first</app3:again>
+  </metadata>
+</network>",
+    );
+    let expected = "  <metadata xmlns:app2=\"http://example.org/app2/\" xmlns:app3=\"http://example.org/app1/\">
+    <app1:foo xmlns:app1=\"http://example.org/app1/\" a=\"1\">fooish<app1:b/></app1:foo>
+    <app2:bar app2:x=\"y &amp; z\">
+      <app2:baz>text</app2:baz>
+    </app2:bar>
+  </metadata>
+";
+    let xml = def.to_xml();
+    assert!(
+        xml.contains(&format!(
+            "  <description>with metadata</description>\n{expected}  <bridge"
+        )),
+        "{xml}"
+    );
+    // Written once, it reads back as itself.
+    assert_eq!(NetworkDef::from_xml(&xml).unwrap(), def);
+    assert_eq!(NetworkDef::from_xml(&xml).unwrap().to_xml(), xml);
+
+    let empty = parse("<network><name>x</name><metadata>only text</metadata></network>");
+    assert_eq!(empty.metadata.as_deref(), Some("<metadata/>"));
 }
