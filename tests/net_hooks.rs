@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    Daemon, Netns, attach_guest, attach_upstream, port_needs, port_xml, require,
+    Daemon, DaemonOptions, Netns, attach_guest, attach_upstream, port_needs, port_xml, require,
     wait_for_forwarding, xml_file,
 };
 
@@ -35,21 +35,25 @@ fn install(path: &Path, script: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
-/// A `network` script that records each call: its arguments, its input, the descriptors
-/// a program it runs inherits, and the names in its environment.
-fn install_recorder(daemon: &Daemon) -> PathBuf {
+/// A script at `at` (under the hooks dir) that records each call: its arguments, its
+/// input, the descriptors a program it runs inherits, and the names in its environment.
+/// Each record is appended whole, so a reader never sees half of one.
+fn install_recorder(daemon: &Daemon, at: &str) -> PathBuf {
     let log = daemon.dirs.path().join("hooks.log");
     install(
-        &daemon.config_dir().join("hooks/network"),
+        &daemon.config_dir().join("hooks").join(at),
         &format!(
             "#!/bin/sh\n\
+             record=$(mktemp)\n\
              {{\n\
                echo \"== $*\"\n\
                cat\n\
                echo\n\
                echo \"fds: $(ls /proc/self/fd | tr '\\n' ' ')\"\n\
                echo \"env: $(env | cut -d= -f1 | sort | tr '\\n' ' ')\"\n\
-             }} >> {}\n",
+             }} > \"$record\"\n\
+             cat \"$record\" >> {}\n\
+             rm -f \"$record\"\n",
             log.display()
         ),
     );
@@ -83,6 +87,14 @@ fn calls(log: &Path) -> Vec<Call> {
         .collect()
 }
 
+/// How many whole records `log` holds.
+fn records(log: &Path) -> usize {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|line| line.starts_with("env: "))
+        .count()
+}
+
 fn network_file(daemon: &Daemon) -> String {
     xml_file(daemon.dirs.path(), "hooknet.xml", NETWORK)
         .to_string_lossy()
@@ -104,8 +116,13 @@ fn hook_scripts_run_at_each_step_with_libvirts_arguments_and_input() {
     if !require(&port_needs()) {
         return;
     }
-    let daemon = Daemon::without_default_network();
-    let log = install_recorder(&daemon);
+    // Started with a descriptor its parent left inheritable, which no script may get.
+    let daemon = Daemon::start_with(DaemonOptions {
+        no_default_network: true,
+        inherited_fd: true,
+        ..DaemonOptions::default()
+    });
+    let log = install_recorder(&daemon, "network");
     daemon.ok(&["net-define", &network_file(&daemon)]);
     assert!(calls(&log).is_empty(), "a define runs no script");
 
@@ -117,7 +134,7 @@ fn hook_scripts_run_at_each_step_with_libvirts_arguments_and_input() {
     daemon.ok(&["net-port-create", "hooknet", &port_file(&daemon)]);
     daemon.ns.sh("ip link del vnet0").expect("delete the tap");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while calls(&log).len() < 6 {
+    while records(&log) < 6 {
         assert!(
             Instant::now() < deadline,
             "no port-deleted call:\n{}",
@@ -197,12 +214,13 @@ fn hook_scripts_run_at_each_step_with_libvirts_arguments_and_input() {
     );
 }
 
-/// A `network.d` script that fails the operation named in `gate`, with a message.
+/// A `network` script, the first to run, that fails the operation named in `gate`, with
+/// a message.
 fn install_gate(daemon: &Daemon) -> PathBuf {
     let gate = daemon.dirs.path().join("gate");
     std::fs::write(&gate, "").expect("gate");
     install(
-        &daemon.config_dir().join("hooks/network.d/50-gate"),
+        &daemon.config_dir().join("hooks/network"),
         &format!(
             "#!/bin/sh\ncat > /dev/null\n\
              if [ \"$2\" = \"$(cat {})\" ]; then echo \"refused $2 of $1\" >&2; exit 3; fi\n",
@@ -213,7 +231,7 @@ fn install_gate(daemon: &Daemon) -> PathBuf {
 }
 
 fn refusal(daemon: &Daemon, operation: &str) -> String {
-    let script = daemon.config_dir().join("hooks/network.d/50-gate");
+    let script = daemon.config_dir().join("hooks/network");
     format!(
         "Hook script execution failed: internal error: Child process ({} hooknet {operation} begin -) \
          unexpected exit status 3: refused {operation} of hooknet",
@@ -227,8 +245,8 @@ fn a_failing_hook_script_cancels_what_libvirt_lets_it_cancel_and_leaves_nothing(
         return;
     }
     let daemon = Daemon::without_default_network();
-    let log = install_recorder(&daemon);
     let gate = install_gate(&daemon);
+    let log = install_recorder(&daemon, "network.d/90-record");
     // Not executable: skipped, as libvirt skips it.
     std::fs::write(
         daemon.config_dir().join("hooks/network.d/10-notes"),
@@ -264,7 +282,7 @@ fn a_failing_hook_script_cancels_what_libvirt_lets_it_cancel_and_leaves_nothing(
             "hooknet start begin -",
             "hooknet started begin -"
         ],
-        "every script runs, the failing one's siblings too"
+        "the scripts after a failing one run too"
     );
 
     // A refused port: no record, no tap.
@@ -278,6 +296,11 @@ fn a_failing_hook_script_cancels_what_libvirt_lets_it_cancel_and_leaves_nothing(
     );
     let taps = daemon.ns.sh("ip -br link show type tun").expect("ip");
     assert!(taps.trim().is_empty(), "tap left: {taps}");
+    let last = calls(&log).pop().expect("calls").args;
+    assert_eq!(
+        last, "hooknet port-created begin -",
+        "a refused port was never made"
+    );
 
     // A refused update is reported, and stays made, as in libvirt.
     std::fs::write(&gate, "updated").expect("gate");

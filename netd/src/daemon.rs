@@ -46,7 +46,7 @@ struct Args {
 /// Runs the daemon until SIGTERM or SIGINT. Networks keep running after it exits,
 /// like libvirt's: the next daemon adopts them.
 pub fn main() -> ExitCode {
-    close_inherited_descriptors();
+    let kept_from_children = crate::fdpass::keep_inherited_fds_from_children();
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level));
@@ -62,6 +62,9 @@ pub fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .init();
+    if let Err(e) = kept_from_children {
+        tracing::warn!("descriptors inherited from the parent may reach hook scripts: {e}");
+    }
 
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,24 +72,6 @@ pub fn main() -> ExitCode {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Closes the descriptors above stderr that the daemon inherited, as daemon(7) asks:
-/// everything kvnetd opens is close-on-exec, but what its parent left open would reach
-/// every hook script, and any process a script leaves running would hold it. Runs first,
-/// while nothing of the daemon's own is open.
-fn close_inherited_descriptors() {
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let inherited: Vec<i32> = entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2)
-        .collect();
-    // The listing's own descriptor is among them, closed already: that close fails.
-    for fd in inherited {
-        let _ = nix::unistd::close(fd);
     }
 }
 

@@ -1,5 +1,6 @@
 //! Passing file descriptors over a Unix stream socket (`SCM_RIGHTS`): how kvnetd hands a
-//! guest's tap to kvnet-vmm, which then needs no CAP_NET_ADMIN.
+//! guest's tap to kvnet-vmm, which then needs no CAP_NET_ADMIN. And keeping the ones it
+//! inherited from passing on to the programs it runs.
 //!
 //! Ancillary data rides on the bytes it was sent with, and a plain `read` of those bytes
 //! closes the descriptors it carries. So a receiver reads the whole exchange through
@@ -83,6 +84,38 @@ pub fn recv_with_fds(
     }
     fds.append(&mut received);
     Ok(message.bytes)
+}
+
+/// Marks every descriptor above stderr that this process inherited close-on-exec, so
+/// that none reaches a program it runs (kvnetd's hook scripts) or whatever such a program
+/// leaves running. Unlike closing them, this leaves the process itself any it was handed
+/// on purpose. Call it first in `main`, while the process has one thread and nothing of
+/// its own open.
+pub fn keep_inherited_fds_from_children() -> io::Result<()> {
+    use nix::dir::Dir;
+    use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+    use nix::sys::stat::Mode;
+
+    let mut dir = Dir::open(
+        "/proc/self/fd",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let listing = dir.as_raw_fd();
+    let inherited: Vec<RawFd> = dir
+        .iter()
+        .filter_map(|entry| entry.ok()?.file_name().to_str().ok()?.parse().ok())
+        .filter(|&fd| fd > 2 && fd != listing)
+        .collect();
+    drop(dir);
+    for fd in inherited {
+        // SAFETY: `fd` was listed open in /proc/self/fd just now, and with one thread
+        // nothing can close it while this loop iteration borrows it.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let flags = FdFlag::from_bits_truncate(fcntl(borrowed, FcntlArg::F_GETFD)?);
+        fcntl(borrowed, FcntlArg::F_SETFD(flags | FdFlag::FD_CLOEXEC))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,12 +12,14 @@
 //! [`HOOK_TIMEOUT`]: the daemon holds its lock while a hook runs (libvirt holds the
 //! network's), and one stuck script must not hold up every network for good.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +29,9 @@ use tracing::{debug, warn};
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much of a script's stderr an error message quotes.
 const STDERR_LIMIT: usize = 4096;
+/// How long the end of stderr is waited for once a script has exited: a process it left
+/// running may hold the pipe.
+const STDERR_GRACE: Duration = Duration::from_millis(100);
 /// The environment libvirt's `virCommandAddEnvPassCommon` passes on.
 const PASSED_ENV: [&str; 7] = [
     "LD_PRELOAD",
@@ -103,6 +108,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The script's exit could not be waited for.
+    #[error("Hook script execution failed: lost track of {command}")]
+    Wait {
+        /// The command line.
+        command: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// The script ran too long and was killed with its process group.
     #[error(
         "Hook script execution failed: {command} did not finish within {seconds} s and was killed"
@@ -132,12 +146,14 @@ fn stderr_suffix(stderr: &str) -> String {
 }
 
 /// The network hook scripts of one config dir.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Hooks {
     /// `<config>/hooks/network`.
     script: PathBuf,
     /// `<config>/hooks/network.d`.
     dir: PathBuf,
+    /// The files of `network.d` that are not executable and were warned about once.
+    skipped: std::sync::Mutex<HashSet<PathBuf>>,
 }
 
 impl Hooks {
@@ -147,12 +163,14 @@ impl Hooks {
         Hooks {
             script: hooks_dir.join("network"),
             dir: hooks_dir.join("network.d"),
+            skipped: std::sync::Mutex::default(),
         }
     }
 
     /// The scripts to run, in order: `network` if it is executable, then the executables
     /// of `network.d` by name (byte order, as libvirt's `strcmp`). A file that is there
-    /// but not executable is skipped with a warning, as libvirt does. Without scripts
+    /// but not executable is skipped, with a warning the first time, as libvirt warns once
+    /// when it starts. Without scripts
     /// this costs a `stat` and an `opendir`, so callers ask before building the input.
     pub fn scripts(&self) -> Result<Vec<PathBuf>, Error> {
         let mut scripts = Vec::new();
@@ -182,7 +200,11 @@ impl Hooks {
             if is_executable(&path) {
                 scripts.push(path);
             } else {
-                warn!(path = %path.display(), "skipping a hook script that is not an executable file");
+                let mut skipped = self.skipped.lock().unwrap_or_else(PoisonError::into_inner);
+                if !skipped.contains(&path) {
+                    warn!(path = %path.display(), "skipping a hook script that is not an executable file");
+                    skipped.insert(path);
+                }
             }
         }
         Ok(scripts)
@@ -190,25 +212,24 @@ impl Hooks {
 }
 
 /// Runs `scripts` for `operation` on `network` with `input` on stdin. All of them run, as
-/// in libvirt, even after one failed; the first failure is returned and the others are
-/// logged.
+/// in libvirt, even after one failed; the last failure is returned, as libvirt reports
+/// its last error, and the earlier ones are logged.
 pub async fn run(
     scripts: &[PathBuf],
     network: &str,
     operation: Operation,
     input: &str,
 ) -> Result<(), Error> {
-    let mut first_failure = None;
+    let mut last_failure = None;
     for script in scripts {
         let Err(e) = run_script(script, network, operation, input, HOOK_TIMEOUT).await else {
             continue;
         };
-        match first_failure {
-            None => first_failure = Some(e),
-            Some(_) => warn!(network, "{e}"),
+        if let Some(earlier) = last_failure.replace(e) {
+            warn!(network, "{earlier}");
         }
     }
-    first_failure.map_or(Ok(()), Err)
+    last_failure.map_or(Ok(()), Err)
 }
 
 /// A regular file (symlinks followed) with an execute bit, as libvirt's
@@ -265,57 +286,60 @@ async fn run_script(
         source,
     })?;
     let group = child.id();
-    let stdin = child.stdin.take();
-    // Read while the script runs, so that much output cannot block it on a full pipe.
-    let stderr = child
+    // Fed and read beside the script, so that neither a script that does not read its
+    // input nor one that writes much to stderr blocks on a full pipe, and ended once
+    // it exits: a process it left running may hold either pipe open.
+    let feed = child.stdin.take().map(|mut stdin| {
+        let input = input.to_owned();
+        // A script that exits without reading its input closes the pipe: not an error.
+        tokio::spawn(async move { drop(stdin.write_all(input.as_bytes()).await) })
+    });
+    let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = child
         .stderr
         .take()
-        .map(|stderr| tokio::spawn(read_capped(stderr)));
-    // A script that exits without reading its input closes the pipe: not an error.
-    let feed = async move {
-        if let Some(mut stdin) = stdin {
-            let _ = stdin.write_all(input.as_bytes()).await;
-        }
-    };
-    let finished = tokio::time::timeout(timeout, async {
-        let ((), status) = tokio::join!(feed, child.wait());
-        status
-    })
-    .await;
-    let Ok(status) = finished else {
-        if let Some(group) = group.and_then(|pid| i32::try_from(pid).ok()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(group),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = child.wait().await;
-        return Err(Error::TimedOut {
-            command,
-            seconds: timeout.as_secs(),
-        });
-    };
-    // A process the script left running may hold stderr open: the exit decides, and
-    // what was written by then is quoted.
-    let stderr = match stderr {
-        Some(mut reader) => {
-            match tokio::time::timeout(Duration::from_millis(100), &mut reader).await {
-                Ok(Ok(text)) => text,
-                _ => {
+        .map(|pipe| tokio::spawn(read_capped(pipe, Arc::clone(&stderr))));
+    let finished = tokio::time::timeout(timeout, child.wait()).await;
+    if let Some(feed) = feed {
+        feed.abort();
+    }
+    let status = match finished {
+        Ok(status) => {
+            if let Some(mut reader) = reader {
+                // What the script wrote before it exited is in the pipe by now.
+                if tokio::time::timeout(STDERR_GRACE, &mut reader)
+                    .await
+                    .is_err()
+                {
                     reader.abort();
-                    Vec::new()
                 }
             }
+            status.map_err(|source| Error::Wait {
+                command: command.clone(),
+                source,
+            })?
         }
-        None => Vec::new(),
+        Err(_) => {
+            if let Some(reader) = reader {
+                reader.abort();
+            }
+            if let Some(group) = group.and_then(|pid| i32::try_from(pid).ok()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(group),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = child.wait().await;
+            return Err(Error::TimedOut {
+                command,
+                seconds: timeout.as_secs(),
+            });
+        }
     };
-    let status = status.map_err(|source| Error::Spawn {
-        command: command.clone(),
-        source,
-    })?;
     if status.success() {
         return Ok(());
     }
+    let stderr = std::mem::take(&mut *stderr.lock().unwrap_or_else(PoisonError::into_inner));
     Err(Error::Failed {
         command,
         status: describe(status),
@@ -323,15 +347,15 @@ async fn run_script(
     })
 }
 
-/// Reads `stream` to its end, keeping the first [`STDERR_LIMIT`] bytes.
-async fn read_capped(mut stream: tokio::process::ChildStderr) -> Vec<u8> {
-    let mut kept = Vec::new();
+/// Reads `pipe` to its end into `kept`, up to [`STDERR_LIMIT`] bytes; the rest is read
+/// and dropped.
+async fn read_capped(mut pipe: tokio::process::ChildStderr, kept: Arc<std::sync::Mutex<Vec<u8>>>) {
     let mut chunk = [0; 1024];
-    while let Ok(read @ 1..) = stream.read(&mut chunk).await {
+    while let Ok(read @ 1..) = pipe.read(&mut chunk).await {
+        let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
         let room = STDERR_LIMIT.saturating_sub(kept.len());
         kept.extend_from_slice(&chunk[..read.min(room)]);
     }
-    kept
 }
 
 /// libvirt's `virProcessTranslateStatus` wording.
@@ -423,15 +447,29 @@ mod tests {
     #[test]
     fn input_that_is_not_read_and_output_left_open_do_not_hold_a_script_up() {
         let dir = tempfile::tempdir().unwrap();
-        // Exits without reading 1 MB of input, and leaves a process holding stderr.
-        let script = install(dir.path(), "network", "#!/bin/sh\nsleep 30 &\nexit 0\n");
+        // Exits without reading 1 MB of input, leaving a process that holds both its
+        // stdin (unread) and its stderr.
+        let script = install(
+            dir.path(),
+            "network",
+            "#!/bin/sh\nexec 3<&0\nsleep 3 <&3 3<&- &\necho \"half done\" >&2\nexit 1\n",
+        );
         let input = "x".repeat(1 << 20);
         let started = Instant::now();
-        runtime()
-            .block_on(run(&[script], "net1", Operation::Updated, &input))
-            .unwrap();
+        let result = runtime().block_on(run_script(
+            &script,
+            "net1",
+            Operation::Updated,
+            &input,
+            Duration::from_secs(2),
+        ));
+        let message = result.unwrap_err().to_string();
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            message.ends_with("unexpected exit status 1: half done"),
+            "{message}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
             "{:?}",
             started.elapsed()
         );

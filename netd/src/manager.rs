@@ -27,7 +27,7 @@ use crate::link::{self, BridgeSpec, Link, LinkInfo, PrefixCache, sysctl};
 use crate::ra::{self, RaConfig, RaServer};
 use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
 use crate::tftp::{TftpConfig, TftpServer};
-use crate::xml::{self, DEFAULT_NAT_PORTS, ForwardMode, IpDef, NetworkDef};
+use crate::xml::{self, Connections, DEFAULT_NAT_PORTS, ForwardMode, IpDef, NetworkDef};
 
 mod bandwidth;
 mod hooks;
@@ -37,6 +37,7 @@ mod ports;
 use bandwidth::{macvtap_shaping_of, shaping_of};
 
 pub use ports::NewPort;
+use ports::count_connections;
 
 /// Errors of network operations. Each maps to one API error kind.
 #[derive(Debug, thiserror::Error)]
@@ -323,7 +324,7 @@ pub struct Manager {
     hooks: Hooks,
     /// The ifindexes of the taps and macvtaps the kernel deletes, until
     /// [`Manager::follow_port_exits`] takes them.
-    gone_ports: std::sync::Mutex<Option<mpsc::UnboundedReceiver<u32>>>,
+    gone_ports: std::sync::Mutex<Option<mpsc::Receiver<u32>>>,
     /// Where each change's lifecycle event goes (published under the lock, so that
     /// subscribers see them in the order the changes were made).
     events: Events,
@@ -1001,7 +1002,8 @@ impl Manager {
     ) -> Result<Servers, Error> {
         // Before the checks, as libvirt runs it: a script may create what the network
         // needs (a host bridge, a pool's device). Its failure cancels the start.
-        self.run_hooks(def, Operation::Start).await?;
+        self.run_hooks(def, &Connections::default(), Operation::Start)
+            .await?;
         // A macvtap network has no bridge, and nothing in the kernel until its ports.
         let bridge = match def.macvtap_mode() {
             Some(_) => String::new(),
@@ -1055,7 +1057,10 @@ impl Manager {
                 .map(|tftp| servers.tftp = tftp);
             // The network runs: the scripts may still refuse it, as in libvirt.
             let started = match started {
-                Ok(()) => self.run_hooks(def, Operation::Started).await,
+                Ok(()) => {
+                    self.run_hooks(def, &Connections::default(), Operation::Started)
+                        .await
+                }
                 Err(e) => Err(e),
             }
             .and_then(|()| {
@@ -1376,6 +1381,12 @@ impl Manager {
             }
             return Err(e);
         }
+        // Down: the scripts hear of it now, with the ports that wait for its next start
+        // counted, as libvirt counts its ports then.
+        if let Some(network) = networks.get(&name) {
+            self.run_hooks_logged(&def, &count_connections(network), Operation::Stopped)
+                .await;
+        }
         let network = networks.get_mut(&name);
         if let Some(network) = network {
             if network.config.is_none() {
@@ -1389,7 +1400,6 @@ impl Manager {
             }
         }
         info!(network = %name, "stopped");
-        self.run_hooks_logged(&def, Operation::Stopped).await;
         summary.active = false;
         self.publish(&summary, Lifecycle::Stopped);
         Ok(summary)

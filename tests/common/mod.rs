@@ -36,6 +36,9 @@ pub struct DaemonOptions {
     /// and no new privileges, as a systemd unit's `CapabilityBoundingSet=` and
     /// `NoNewPrivileges=` confine a root service.
     pub capabilities: Option<Vec<String>>,
+    /// Start the daemon with descriptor 7 open and inheritable, as a careless parent
+    /// might leave one.
+    pub inherited_fd: bool,
 }
 
 impl Daemon {
@@ -98,6 +101,12 @@ impl Daemon {
             .clone()
             .unwrap_or_else(|| self.state_dir());
         let mut cmd = match &options.capabilities {
+            None if options.inherited_fd => {
+                let mut cmd = self.ns.command("sh");
+                cmd.args(["-c", "exec 7</dev/null; exec \"$0\" \"$@\""])
+                    .arg(env!("CARGO_BIN_EXE_kvnetd"));
+                cmd
+            }
             None => self.ns.command(env!("CARGO_BIN_EXE_kvnetd")),
             Some(capabilities) => {
                 let kept: Vec<String> = capabilities.iter().map(|cap| format!("+{cap}")).collect();

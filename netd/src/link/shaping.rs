@@ -33,6 +33,10 @@ use tokio::sync::mpsc;
 use super::netlink::{errno, failed};
 use super::{Error, Link, LinkInfo, Op, sysctl};
 
+/// How many deleted taps and macvtaps wait for [`Link::follow_deletions`]' reader; more
+/// (a storm, or a reader that never came) are left to the next look at their ports.
+const GONE_PORTS_BACKLOG: usize = 4096;
+
 /// One direction's limit, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TokenBucket {
@@ -314,7 +318,7 @@ impl Link {
     /// sent on the returned channel, for the ports they were. Notifications lost to a full
     /// socket leave the IFB to [`Link::delete_orphan_ifbs`], and the port to the next look
     /// at its network's ports.
-    pub fn follow_deletions(&self) -> Result<mpsc::UnboundedReceiver<u32>, Error> {
+    pub fn follow_deletions(&self) -> Result<mpsc::Receiver<u32>, Error> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| Error::Connect(std::io::Error::other(e)))?;
         let (mut connection, _, mut notifications) =
@@ -330,7 +334,7 @@ impl Link {
             .map_err(Error::Connect)?;
         runtime.spawn(connection);
         let link = self.clone();
-        let (gone_ports, gone) = mpsc::unbounded_channel();
+        let (gone_ports, gone) = mpsc::channel(GONE_PORTS_BACKLOG);
         runtime.spawn(async move {
             while let Some((notification, _)) = notifications.next().await {
                 let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(gone)) =
@@ -347,8 +351,8 @@ impl Link {
                 });
                 let port_kind = matches!(kind, Some(InfoKind::Tun | InfoKind::MacVtap));
                 if port_kind {
-                    // The receiver is gone only when the daemon is.
-                    let _ = gone_ports.send(gone.header.index);
+                    // Full (nobody reads), or closed: the port goes at the next look.
+                    let _ = gone_ports.try_send(gone.header.index);
                 }
                 // Only taps, macvtaps and bridges are shaped: no lookup for the IFBs
                 // themselves.

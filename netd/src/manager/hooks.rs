@@ -6,26 +6,32 @@ use tracing::warn;
 
 use super::{Error, Manager, Network, error_chain, ports::count_connections};
 use crate::hooks::{self, Operation, hook_data};
-use crate::xml::{NetworkDef, PortDef};
+use crate::xml::{Connections, NetworkDef, PortDef};
 
 impl Manager {
-    /// Runs the scripts for `operation` on network `def`.
+    /// Runs the scripts for `operation` on network `def`, whose ports `connections` counts.
     pub(super) async fn run_hooks(
         &self,
         def: &NetworkDef,
+        connections: &Connections,
         operation: Operation,
     ) -> Result<(), Error> {
         let scripts = self.hooks.scripts()?;
         if scripts.is_empty() {
             return Ok(());
         }
-        let input = hook_data(&def.to_xml(), None);
+        let input = hook_data(&def.to_live_xml(connections), None);
         Ok(hooks::run(&scripts, &def.name, operation, &input).await?)
     }
 
     /// [`Manager::run_hooks`] where a failure changes nothing (libvirt ignores it too).
-    pub(super) async fn run_hooks_logged(&self, def: &NetworkDef, operation: Operation) {
-        if let Err(e) = self.run_hooks(def, operation).await {
+    pub(super) async fn run_hooks_logged(
+        &self,
+        def: &NetworkDef,
+        connections: &Connections,
+        operation: Operation,
+    ) {
+        if let Err(e) = self.run_hooks(def, connections, operation).await {
             warn!(network = %def.name, "{}", error_chain(&e));
         }
     }
@@ -33,19 +39,17 @@ impl Manager {
     /// Runs the scripts after `net-update` changed `network`: given its running
     /// definition with its ports counted, or its persistent one if it is stopped.
     pub(super) async fn run_update_hooks(&self, network: &Network) -> Result<(), Error> {
-        let Some(current) = network.current() else {
-            return Ok(());
-        };
-        let scripts = self.hooks.scripts()?;
-        if scripts.is_empty() {
-            return Ok(());
+        match (&network.live, &network.config) {
+            (Some(live), _) => {
+                self.run_hooks(live, &count_connections(network), Operation::Updated)
+                    .await
+            }
+            (None, Some(config)) => {
+                self.run_hooks(config, &Connections::default(), Operation::Updated)
+                    .await
+            }
+            (None, None) => Ok(()),
         }
-        let network_xml = match &network.live {
-            Some(live) => live.to_live_xml(&count_connections(network)),
-            None => current.to_xml(),
-        };
-        let input = hook_data(&network_xml, None);
-        Ok(hooks::run(&scripts, &current.name, Operation::Updated, &input).await?)
     }
 
     /// Runs the scripts for `operation` on `port` of network `name`, once per port, if

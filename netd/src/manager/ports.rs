@@ -254,7 +254,6 @@ impl Manager {
                     .await?
             }
         };
-        info!(network = %name, port = %uuid, tap = %port.summary.tap, owner = %port.summary.owner, "created port");
         let created = network.ports.get(&uuid).map(|port| port.def.clone());
         if let Some(def) = created
             && let Err(e) = self
@@ -267,6 +266,7 @@ impl Manager {
             }
             return Err(e);
         }
+        info!(network = %name, port = %uuid, tap = %port.summary.tap, owner = %port.summary.owner, "created port");
         Ok(port)
     }
 
@@ -446,8 +446,10 @@ impl Manager {
         if network.ports.is_empty() {
             return;
         }
-        if let Some(links) = self.port_links(name, network).await {
+        if let Some((links, ended)) = self.port_links(name, network).await {
             self.plug_in(name, network, &links).await;
+            self.run_port_hooks_logged(name, network, Operation::PortDeleted, &ended)
+                .await;
         }
     }
 
@@ -785,14 +787,19 @@ impl Manager {
     /// Drops the ports whose tap has gone (its VMM closed it, or someone deleted it). One
     /// link dump answers for all of them.
     pub(super) async fn prune_ports(&self, name: &str, network: &mut Network) {
-        if !network.ports.is_empty() {
-            self.port_links(name, network).await;
+        if !network.ports.is_empty()
+            && let Some((_, ended)) = self.port_links(name, network).await
+        {
+            self.run_port_hooks_logged(name, network, Operation::PortDeleted, &ended)
+                .await;
         }
     }
 
     /// Every link, by ifindex, after dropping the ports whose tap has gone and following
-    /// renamed ones; `None` (logged) when the kernel cannot be asked.
-    async fn port_links(&self, name: &str, network: &mut Network) -> Option<Links> {
+    /// renamed ones, with the definitions of the ports that ended (their `port-deleted`
+    /// scripts are the caller's to run, once it is done with the links); `None` (logged)
+    /// when the kernel cannot be asked.
+    async fn port_links(&self, name: &str, network: &mut Network) -> Option<(Links, Vec<PortDef>)> {
         let links = match self.link.links_by_index().await {
             Ok(links) => links,
             Err(e) => {
@@ -804,9 +811,7 @@ impl Manager {
         ended.extend(self.end_exited_holders(name, network, false).await);
         // The IFB of a shaped tap its VMM closed outlives it.
         self.delete_orphan_ifbs_among(&links).await;
-        self.run_port_hooks_logged(name, network, Operation::PortDeleted, &ended)
-            .await;
-        Some(links)
+        Some((links, ended))
     }
 
     /// Drops the ports whose tap is not in `links` and follows renamed taps. Returns the
