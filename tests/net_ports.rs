@@ -10,7 +10,7 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use common::{
-    Daemon, api_error, port_needs, port_xml, require, wait_for_forwarding, wait_for_frame,
+    Daemon, api_error, port_needs, port_xml, require, wait_for_forwarding, wait_for_frame, xml_file,
 };
 use netd::api::ErrorKind;
 use netd::api::client::Client;
@@ -532,4 +532,56 @@ fn isolated_ports_reach_the_host_but_not_each_other() {
     assert!(port_isolated(&daemon, &second.tap));
     assert!(!port_isolated(&daemon, &open.tap));
     check("after a restart");
+}
+
+#[test]
+fn with_libvirt_managing_the_mac_table_a_port_gets_only_its_guests_traffic() {
+    if !require(&port_needs()) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let network = xml_file(
+        daemon.dirs.path(),
+        "pinned.xml",
+        "<network>
+  <name>pinned</name>
+  <bridge name='kvpin0' stp='off' macTableManager='libvirt'/>
+  <ip address='192.168.151.1' prefix='24'/>
+</network>
+",
+    );
+    daemon.ok(&["net-define", &network.to_string_lossy()]);
+    daemon.ok(&["net-start", "pinned"]);
+    assert!(
+        daemon
+            .ok(&["net-dumpxml", "pinned"])
+            .contains("<bridge name='kvpin0' stp='off' delay='0' macTableManager='libvirt'/>")
+    );
+    let port = xml_file(
+        daemon.dirs.path(),
+        "port.xml",
+        &port_xml("vm1", "52:54:00:51:00:01"),
+    );
+    daemon.ok(&["net-port-create", "pinned", &port.to_string_lossy()]);
+    let pinned = |when: &str| {
+        let tap = &daemon.ip_json("-d link show vnet0")[0];
+        let port = &tap["linkinfo"]["info_slave_data"];
+        assert_eq!(tap["master"], "kvpin0", "{when}: {tap}");
+        assert_eq!(port["learning"], false, "{when}: {port}");
+        assert_eq!(port["flood"], false, "{when}: {port}");
+        let fdb = daemon
+            .ns
+            .sh("bridge fdb show dev vnet0 master kvpin0")
+            .expect("bridge fdb");
+        assert!(
+            fdb.lines()
+                .any(|entry| entry.starts_with("52:54:00:51:00:01 ") && entry.contains(" static")),
+            "{when}: the guest's MAC is not pinned:\n{fdb}"
+        );
+    };
+    pinned("created");
+    // A restart of the network plugs the port into a new bridge, which knows nothing of it.
+    daemon.ok(&["net-destroy", "pinned"]);
+    daemon.ok(&["net-start", "pinned"]);
+    pinned("plugged in again");
 }

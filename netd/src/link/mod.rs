@@ -200,6 +200,10 @@ pub enum Op {
     UnplugPort,
     /// Setting a bridge port's `isolated` flag.
     SetIsolated(bool),
+    /// Turning a bridge port's learning and unicast flooding off.
+    StopLearning,
+    /// Adding a static forwarding entry for this MAC on a bridge port.
+    AddFdbEntry([u8; 6]),
     /// Adding a qdisc (`root htb`, `ingress`) for `<bandwidth>`.
     AddQdisc(&'static str),
     /// Adding the HTB class that limits a device to this many bytes per second.
@@ -248,6 +252,13 @@ impl Op {
             Op::UnplugPort => format!("detaching {ifname} from its bridge and taking it down"),
             Op::SetIsolated(true) => format!("isolating bridge port {ifname}"),
             Op::SetIsolated(false) => format!("lifting the isolation of bridge port {ifname}"),
+            Op::StopLearning => {
+                format!("turning learning and unicast flooding off on bridge port {ifname}")
+            }
+            Op::AddFdbEntry(mac) => format!(
+                "adding a forwarding entry for {} on bridge port {ifname}",
+                format_mac(mac)
+            ),
             Op::AddQdisc(kind) => format!("adding the {kind} qdisc to {ifname}"),
             Op::AddHtbClass(rate) => {
                 format!("adding the htb class limiting {ifname} to {rate} bytes/s")

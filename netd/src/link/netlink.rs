@@ -10,6 +10,7 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     BridgeStpState, InfoBridgePort, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
+use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
@@ -267,6 +268,34 @@ impl Link {
             .execute()
             .await
             .map_err(failed(Op::SetIsolated(isolated), ifname))
+    }
+
+    /// Makes the bridge port with ifindex `index` (named `ifname`, for messages) carry only
+    /// its guest's traffic, as libvirt does under `macTableManager='libvirt'`: no learning,
+    /// no flooding of unknown unicast, and a static forwarding entry for the guest's `mac`.
+    /// A port loses all of it when it leaves its bridge.
+    pub async fn pin_guest_mac(&self, index: u32, ifname: &str, mac: [u8; 6]) -> Result<(), Error> {
+        let message = LinkBridgePort::new(index)
+            .append_info_data(InfoBridgePort::Learning(false))
+            .append_info_data(InfoBridgePort::UnicastFlood(false))
+            .build();
+        self.handle
+            .link()
+            .set_port(message)
+            .execute()
+            .await
+            .map_err(failed(Op::StopLearning, ifname))?;
+        // NTF_MASTER: the bridge's table, not the device's own; static (NUD_NOARP), as
+        // libvirt's entry is.
+        self.handle
+            .neighbours()
+            .add_bridge(index, &mac)
+            .flags(NeighbourFlags::Controller)
+            .state(NeighbourState::Noarp)
+            .replace()
+            .execute()
+            .await
+            .map_err(failed(Op::AddFdbEntry(mac), ifname))
     }
 
     /// Takes the link with ifindex `index` (named `ifname`, for messages) down; a link that

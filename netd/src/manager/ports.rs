@@ -33,7 +33,9 @@ use crate::link::tap::Tap;
 use crate::link::{LinkInfo, sysctl};
 use crate::owner::{Owner, ProcessId};
 use crate::store::PortStatus;
-use crate::xml::{Connections, ForwardMode, MacvtapMode, NetworkDef, PortDef, PortPlug};
+use crate::xml::{
+    Connections, ForwardMode, MacTableManager, MacvtapMode, NetworkDef, PortDef, PortPlug,
+};
 
 /// The name template of port taps, as libvirt's (the kernel picks the number).
 const TAP_TEMPLATE: &str = "vnet%d";
@@ -150,6 +152,12 @@ fn plug_of(def: &NetworkDef, bridge: &str) -> PortPlug {
     } else {
         PortPlug::Network { bridge }
     }
+}
+
+/// Whether the bridge of network `live` takes its guests' MACs from kvnet instead of
+/// learning them (`<bridge macTableManager='libvirt'>`).
+fn pins_guest_macs(live: Option<&NetworkDef>) -> bool {
+    live.is_some_and(|def| def.bridge.mac_table_manager == Some(MacTableManager::Libvirt))
 }
 
 /// The recorded ports of `network` counted as libvirt's live XML counts them.
@@ -315,6 +323,12 @@ impl Manager {
                 .await
                 .map_err(failed)?;
         }
+        if pins_guest_macs(network.live.as_ref()) {
+            self.link
+                .pin_guest_mac(ifindex, tap.name(), def.mac.0)
+                .await
+                .map_err(failed)?;
+        }
         // Kept across parking and plugging in again: a tap keeps its qdiscs, and its IFB
         // lives until the tap is deleted. shape() leaves no IFB when it fails.
         let shaping = shaping_of(def.bandwidth.as_ref());
@@ -472,6 +486,7 @@ impl Manager {
             None => return,
         };
         let isolated_ports = live.isolated_ports;
+        let pin_macs = pins_guest_macs(Some(live));
         let mut unpluggable = Vec::new();
         let mut plugged = 0;
         for (uuid, port) in &mut network.ports {
@@ -507,6 +522,13 @@ impl Manager {
                         result = self
                             .link
                             .set_port_isolated(port.ifindex, &port.tap, true)
+                            .await;
+                    }
+                    // Its forwarding entry and flags went with the old bridge too.
+                    if result.is_ok() && pin_macs {
+                        result = self
+                            .link
+                            .pin_guest_mac(port.ifindex, &port.tap, port.def.mac.0)
                             .await;
                     }
                     if result.is_ok() {

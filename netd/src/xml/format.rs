@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::model::{DhcpHost, DhcpRange, Dns, IpDef, Lease, NetworkDef};
+use super::model::{DhcpHost, DhcpRange, Dns, IpDef, Lease, MacTableManager, NetworkDef};
 
 /// Characters that are safe in a shell command line, as libvirt's
 /// `virXMLPickShellSafeComment` decides whether to name the network or its
@@ -154,12 +154,17 @@ impl NetworkDef {
         }
         self.format_forward(&mut out, connections);
         let managed = self.forward.mode.has_managed_bridge();
-        if managed || self.bridge.name.is_some() {
+        let mac_table_manager = self.bridge.mac_table_manager;
+        if managed || self.bridge.name.is_some() || mac_table_manager.is_some() {
             let mut bridge = format!("<bridge{}", attr("name", self.bridge.name.as_ref()));
             if managed {
                 let stp = if self.bridge.stp { "on" } else { "off" };
                 let _ = write!(bridge, " stp='{stp}' delay='{}'", self.bridge.delay);
             }
+            bridge.push_str(&attr(
+                "macTableManager",
+                mac_table_manager.map(MacTableManager::as_str),
+            ));
             bridge.push_str("/>");
             out.line(&bridge);
         }

@@ -32,7 +32,8 @@ pub use format::Connections;
 pub use model::{
     Bootp, Bridge, DEFAULT_NAT_PORTS, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv,
     DnsTxt, Domain, Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr,
-    MacAddrParseError, MacvtapMode, Nat, NatAddressRange, NetworkDef, PortGroup, PortRange,
+    MacAddrParseError, MacTableManager, MacvtapMode, Nat, NatAddressRange, NetworkDef, PortGroup,
+    PortRange,
 };
 pub use port::{PortDef, PortPlug};
 pub use update::{Update, UpdateCommand, UpdateSection};

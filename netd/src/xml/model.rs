@@ -267,6 +267,9 @@ pub struct Bridge {
     pub stp: bool,
     /// `delay`: STP forward delay in seconds, default 0.
     pub delay: u64,
+    /// `macTableManager`: who fills the bridge's forwarding database; `None` is the
+    /// kernel, without saying so.
+    pub mac_table_manager: Option<MacTableManager>,
 }
 
 impl Default for Bridge {
@@ -275,6 +278,27 @@ impl Default for Bridge {
             name: None,
             stp: true,
             delay: 0,
+            mac_table_manager: None,
+        }
+    }
+}
+
+/// `<bridge macTableManager=>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum MacTableManager {
+    /// The bridge learns guests' MACs from their traffic and floods unknown ones.
+    Kernel,
+    /// The guests' ports neither learn nor flood unknown unicast; each guest's MAC is a
+    /// static entry on its port, so the bridge sends a guest only its own traffic.
+    Libvirt,
+}
+
+impl MacTableManager {
+    /// The attribute's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MacTableManager::Kernel => "kernel",
+            MacTableManager::Libvirt => "libvirt",
         }
     }
 }

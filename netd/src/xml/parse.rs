@@ -8,8 +8,8 @@ use uuid::Uuid;
 use super::dom::{Element, parse_document};
 use super::model::{
     Bootp, Bridge, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv, DnsTxt, Domain,
-    Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr, Nat, NatAddressRange,
-    NetworkDef, PortGroup, PortRange, RouteDef,
+    Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr, MacTableManager, Nat,
+    NatAddressRange, NetworkDef, PortGroup, PortRange, RouteDef,
 };
 use super::{Error, invalid};
 
@@ -637,8 +637,30 @@ impl Parser {
     }
 
     fn bridge(&self, element: &Element, mode: ForwardMode) -> Result<Bridge, Error> {
-        self.check_attrs(element, &["name", "stp", "delay"])?;
+        self.check_attrs(element, &["name", "stp", "delay", "macTableManager"])?;
         self.check_leaf(element)?;
+        let mac_table_manager = match element.attr("macTableManager") {
+            None => None,
+            Some("kernel") => Some(MacTableManager::Kernel),
+            Some("libvirt") => Some(MacTableManager::Libvirt),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "Invalid macTableManager setting '{other}' in network '{}'",
+                    self.network
+                )));
+            }
+        };
+        // A macvtap pool in bridge mode takes it, and ignores it, as libvirt does.
+        if matches!(
+            mode,
+            ForwardMode::Private | ForwardMode::Vepa | ForwardMode::Passthrough
+        ) && mac_table_manager.is_some()
+        {
+            return Err(invalid(format!(
+                "bridge macTableManager setting not allowed in {mode} mode (network '{}')",
+                self.network
+            )));
+        }
         if !mode.has_managed_bridge()
             && mode != ForwardMode::Bridge
             && element.attr("name").is_some()
@@ -678,6 +700,7 @@ impl Parser {
             name: element.attr("name").map(str::to_string),
             stp,
             delay,
+            mac_table_manager,
         })
     }
 

@@ -697,10 +697,6 @@ fn unsupported_libvirt_features_are_rejected_by_name() {
             "unsupported attribute 'zone' on <bridge> in network 'x' (line 1)",
         ),
         (
-            "<network><name>x</name><bridge name='virbr9' macTableManager='libvirt'/></network>",
-            "unsupported attribute 'macTableManager' on <bridge> in network 'x' (line 1)",
-        ),
-        (
             "<network trustGuestRxFilters='yes'><name>x</name></network>",
             "unsupported attribute 'trustGuestRxFilters' on <network> in network 'x' (line 1)",
         ),
@@ -2440,4 +2436,43 @@ fn metadata_is_kept_as_libvirt_copies_and_sanitizes_it() {
 
     let empty = parse("<network><name>x</name><metadata>only text</metadata></network>");
     assert_eq!(empty.metadata.as_deref(), Some("<metadata/>"));
+}
+
+#[test]
+fn mac_table_manager_is_read_and_written_where_libvirt_takes_it() {
+    let def =
+        parse("<network><name>m</name><bridge name='virbr7' macTableManager='libvirt'/></network>");
+    assert_eq!(def.bridge.mac_table_manager, Some(MacTableManager::Libvirt));
+    assert!(
+        def.to_xml()
+            .contains("<bridge name='virbr7' stp='on' delay='0' macTableManager='libvirt'/>"),
+        "{}",
+        def.to_xml()
+    );
+    assert_round_trip(&def);
+    // Said explicitly, the kernel's is written back too, as libvirt does.
+    let kernel =
+        parse("<network><name>m</name><bridge name='virbr7' macTableManager='kernel'/></network>");
+    assert!(kernel.to_xml().contains(" macTableManager='kernel'/>"));
+    // A host bridge's taps can be pinned too; a macvtap pool in bridge mode ignores it.
+    let host = parse(
+        "<network><name>m</name><forward mode='bridge'/>\
+         <bridge name='br0' macTableManager='libvirt'/></network>",
+    );
+    assert!(
+        host.to_xml()
+            .contains("<bridge name='br0' macTableManager='libvirt'/>")
+    );
+    assert_round_trip(&host);
+    assert_eq!(
+        parse_err("<network><name>m</name><bridge macTableManager='default'/></network>"),
+        "Invalid macTableManager setting 'default' in network 'm'"
+    );
+    assert_eq!(
+        parse_err(
+            "<network><name>m</name><forward mode='vepa'><interface dev='eth0'/></forward>\
+             <bridge macTableManager='libvirt'/></network>"
+        ),
+        "bridge macTableManager setting not allowed in vepa mode (network 'm')"
+    );
 }
