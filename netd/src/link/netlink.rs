@@ -259,15 +259,33 @@ impl Link {
         ifname: &str,
         isolated: bool,
     ) -> Result<(), Error> {
-        let message = LinkBridgePort::new(index)
-            .append_info_data(InfoBridgePort::Isolated(isolated))
-            .build();
+        self.set_bridge_port(
+            index,
+            ifname,
+            [InfoBridgePort::Isolated(isolated)],
+            Op::SetIsolated(isolated),
+        )
+        .await
+    }
+
+    /// Sets `flags` on the bridge port with ifindex `index` in one message.
+    async fn set_bridge_port(
+        &self,
+        index: u32,
+        ifname: &str,
+        flags: impl IntoIterator<Item = InfoBridgePort>,
+        op: Op,
+    ) -> Result<(), Error> {
+        let mut message = LinkBridgePort::new(index);
+        for flag in flags {
+            message = message.append_info_data(flag);
+        }
         self.handle
             .link()
-            .set_port(message)
+            .set_port(message.build())
             .execute()
             .await
-            .map_err(failed(Op::SetIsolated(isolated), ifname))
+            .map_err(failed(op, ifname))
     }
 
     /// Makes the bridge port with ifindex `index` (named `ifname`, for messages) carry only
@@ -275,16 +293,16 @@ impl Link {
     /// no flooding of unknown unicast, and a static forwarding entry for the guest's `mac`.
     /// A port loses all of it when it leaves its bridge.
     pub async fn pin_guest_mac(&self, index: u32, ifname: &str, mac: [u8; 6]) -> Result<(), Error> {
-        let message = LinkBridgePort::new(index)
-            .append_info_data(InfoBridgePort::Learning(false))
-            .append_info_data(InfoBridgePort::UnicastFlood(false))
-            .build();
-        self.handle
-            .link()
-            .set_port(message)
-            .execute()
-            .await
-            .map_err(failed(Op::StopLearning, ifname))?;
+        self.set_bridge_port(
+            index,
+            ifname,
+            [
+                InfoBridgePort::Learning(false),
+                InfoBridgePort::UnicastFlood(false),
+            ],
+            Op::StopLearning,
+        )
+        .await?;
         // NTF_MASTER: the bridge's table, not the device's own; static (NUD_NOARP), as
         // libvirt's entry is.
         self.handle
