@@ -304,21 +304,10 @@ async fn run_script(
         feed.abort();
     }
     let status = match finished {
-        Ok(status) => {
-            if let Some(mut reader) = reader {
-                // What the script wrote before it exited is in the pipe by now.
-                if tokio::time::timeout(STDERR_GRACE, &mut reader)
-                    .await
-                    .is_err()
-                {
-                    reader.abort();
-                }
-            }
-            status.map_err(|source| Error::Wait {
-                command: command.clone(),
-                source,
-            })?
-        }
+        Ok(status) => status.map_err(|source| Error::Wait {
+            command: command.clone(),
+            source,
+        })?,
         Err(_) => {
             if let Some(reader) = reader {
                 reader.abort();
@@ -337,7 +326,19 @@ async fn run_script(
         }
     };
     if status.success() {
+        if let Some(reader) = reader {
+            reader.abort();
+        }
         return Ok(());
+    }
+    if let Some(mut reader) = reader {
+        // What the script wrote before it exited is in the pipe by now.
+        if tokio::time::timeout(STDERR_GRACE, &mut reader)
+            .await
+            .is_err()
+        {
+            reader.abort();
+        }
     }
     let stderr = std::mem::take(&mut *stderr.lock().unwrap_or_else(PoisonError::into_inner));
     Err(Error::Failed {
