@@ -580,6 +580,13 @@ fn with_libvirt_managing_the_mac_table_a_port_gets_only_its_guests_traffic() {
         );
     };
     pinned("created");
+    let uuid = daemon.ok(&["net-port-list", "pinned", "--uuid"]);
+    assert!(
+        daemon
+            .ok(&["net-port-dumpxml", "pinned", uuid.trim()])
+            .contains("<plug type='network' bridge='kvpin0' macTableManager='libvirt'/>"),
+        "the port's plug names its manager, as libvirt's does"
+    );
     // A restart of the network plugs the port into a new bridge, which knows nothing of it.
     daemon.ok(&["net-destroy", "pinned"]);
     daemon.ok(&["net-start", "pinned"]);

@@ -201,7 +201,7 @@ pub enum Op {
     /// Setting a bridge port's `isolated` flag.
     SetIsolated(bool),
     /// Turning a bridge port's learning and unicast flooding off.
-    StopLearning,
+    StopLearningAndFlooding,
     /// Adding a static forwarding entry for this MAC on a bridge port.
     AddFdbEntry([u8; 6]),
     /// Adding a qdisc (`root htb`, `ingress`) for `<bandwidth>`.
@@ -252,7 +252,7 @@ impl Op {
             Op::UnplugPort => format!("detaching {ifname} from its bridge and taking it down"),
             Op::SetIsolated(true) => format!("isolating bridge port {ifname}"),
             Op::SetIsolated(false) => format!("lifting the isolation of bridge port {ifname}"),
-            Op::StopLearning => {
+            Op::StopLearningAndFlooding => {
                 format!("turning learning and unicast flooding off on bridge port {ifname}")
             }
             Op::AddFdbEntry(mac) => format!(

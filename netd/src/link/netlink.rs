@@ -300,20 +300,25 @@ impl Link {
                 InfoBridgePort::Learning(false),
                 InfoBridgePort::UnicastFlood(false),
             ],
-            Op::StopLearning,
+            Op::StopLearningAndFlooding,
         )
         .await?;
         // NTF_MASTER: the bridge's table, not the device's own; static (NUD_NOARP), as
-        // libvirt's entry is.
-        self.handle
+        // libvirt's entry is. Created only, as libvirt creates it: a MAC another port
+        // holds stays that port's (taking it would leave that guest unreachable when
+        // this port goes, with learning off), and one this port holds already is fine.
+        match self
+            .handle
             .neighbours()
             .add_bridge(index, &mac)
             .flags(NeighbourFlags::Controller)
             .state(NeighbourState::Noarp)
-            .replace()
             .execute()
             .await
-            .map_err(failed(Op::AddFdbEntry(mac), ifname))
+        {
+            Err(err) if errno(&err) == Some(libc::EEXIST) => Ok(()),
+            result => result.map_err(failed(Op::AddFdbEntry(mac), ifname)),
+        }
     }
 
     /// Takes the link with ifindex `index` (named `ifname`, for messages) down; a link that

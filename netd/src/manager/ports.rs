@@ -147,17 +147,24 @@ enum Attachment {
 /// How a network's ports join its bridge: libvirt's plug types.
 fn plug_of(def: &NetworkDef, bridge: &str) -> PortPlug {
     let bridge = bridge.to_owned();
+    let mac_table_manager = def.bridge.mac_table_manager;
     if def.forward_mode() == ForwardMode::Bridge {
-        PortPlug::Bridge { bridge }
+        PortPlug::Bridge {
+            bridge,
+            mac_table_manager,
+        }
     } else {
-        PortPlug::Network { bridge }
+        PortPlug::Network {
+            bridge,
+            mac_table_manager,
+        }
     }
 }
 
-/// Whether the bridge of network `live` takes its guests' MACs from kvnet instead of
+/// Whether the bridge of network `def` takes its guests' MACs from kvnet instead of
 /// learning them (`<bridge macTableManager='libvirt'>`).
-fn pins_guest_macs(live: Option<&NetworkDef>) -> bool {
-    live.is_some_and(|def| def.bridge.mac_table_manager == Some(MacTableManager::Libvirt))
+fn pins_guest_macs(def: &NetworkDef) -> bool {
+    def.bridge.mac_table_manager == Some(MacTableManager::Libvirt)
 }
 
 /// The recorded ports of `network` counted as libvirt's live XML counts them.
@@ -323,7 +330,7 @@ impl Manager {
                 .await
                 .map_err(failed)?;
         }
-        if pins_guest_macs(network.live.as_ref()) {
+        if network.live.as_ref().is_some_and(pins_guest_macs) {
             self.link
                 .pin_guest_mac(ifindex, tap.name(), def.mac.0)
                 .await
@@ -486,7 +493,7 @@ impl Manager {
             None => return,
         };
         let isolated_ports = live.isolated_ports;
-        let pin_macs = pins_guest_macs(Some(live));
+        let pin_macs = pins_guest_macs(live);
         let mut unpluggable = Vec::new();
         let mut plugged = 0;
         for (uuid, port) in &mut network.ports {
@@ -503,9 +510,19 @@ impl Manager {
                         .bring_up_macvtap(port.ifindex, &port.tap, port.def.mac.0)
                         .await
                 }
+                // On the bridge already: after a crash between plugging it in and pinning
+                // its MAC, only the pinning is missing (it is idempotent).
                 (Some((_, _, bridge_link)), false)
                     if current.is_some_and(|tap| tap.master == Some(bridge_link.index)) =>
                 {
+                    if pin_macs
+                        && let Err(e) = self
+                            .link
+                            .pin_guest_mac(port.ifindex, &port.tap, port.def.mac.0)
+                            .await
+                    {
+                        warn!(network = %name, port = %uuid, "{}", error_chain(&e));
+                    }
                     continue;
                 }
                 (Some((bridge, plug, bridge_link)), false) => {

@@ -285,6 +285,7 @@ impl Default for Bridge {
 
 /// `<bridge macTableManager=>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MacTableManager {
     /// The bridge learns guests' MACs from their traffic and floods unknown ones.
     Kernel,

@@ -639,8 +639,9 @@ impl Parser {
     fn bridge(&self, element: &Element, mode: ForwardMode) -> Result<Bridge, Error> {
         self.check_attrs(element, &["name", "stp", "delay", "macTableManager"])?;
         self.check_leaf(element)?;
+        // libvirt reads an empty value as none.
         let mac_table_manager = match element.attr("macTableManager") {
-            None => None,
+            None | Some("") => None,
             Some("kernel") => Some(MacTableManager::Kernel),
             Some("libvirt") => Some(MacTableManager::Libvirt),
             Some(other) => {
@@ -650,6 +651,15 @@ impl Parser {
                 )));
             }
         };
+        if !mode.has_managed_bridge()
+            && mode != ForwardMode::Bridge
+            && element.attr("name").is_some()
+        {
+            return Err(invalid(format!(
+                "bridge name not allowed in {mode} mode (network '{}')",
+                self.network
+            )));
+        }
         // A macvtap pool in bridge mode takes it, and ignores it, as libvirt does.
         if matches!(
             mode,
@@ -658,15 +668,6 @@ impl Parser {
         {
             return Err(invalid(format!(
                 "bridge macTableManager setting not allowed in {mode} mode (network '{}')",
-                self.network
-            )));
-        }
-        if !mode.has_managed_bridge()
-            && mode != ForwardMode::Bridge
-            && element.attr("name").is_some()
-        {
-            return Err(invalid(format!(
-                "bridge name not allowed in {mode} mode (network '{}')",
                 self.network
             )));
         }

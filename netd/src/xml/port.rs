@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::bandwidth::{self, Bandwidth};
 use super::dom::{Element, parse_document};
 use super::format::{Out, escape, escape_attr};
-use super::model::{MacAddr, MacvtapMode};
+use super::model::{MacAddr, MacTableManager, MacvtapMode};
 use super::parse::parse_uuid;
 use super::validate::IFNAME_MAX_BYTES;
 use super::{Error, invalid};
@@ -51,11 +51,15 @@ pub enum PortPlug {
     Network {
         /// `bridge`: the network's bridge device.
         bridge: String,
+        /// `macTableManager`: the network's, when it names one.
+        mac_table_manager: Option<MacTableManager>,
     },
     /// `type='bridge' bridge=`: an existing host bridge (forward mode bridge).
     Bridge {
         /// `bridge`: the host bridge device.
         bridge: String,
+        /// `macTableManager`: the network's, when it names one.
+        mac_table_manager: Option<MacTableManager>,
     },
     /// `type='direct' dev= mode=`: a macvtap on a host interface (the macvtap forward
     /// modes).
@@ -80,7 +84,7 @@ impl PortPlug {
     /// The bridge device the port is attached to; `None` for a macvtap.
     pub fn bridge(&self) -> Option<&str> {
         match self {
-            PortPlug::Network { bridge } | PortPlug::Bridge { bridge } => Some(bridge),
+            PortPlug::Network { bridge, .. } | PortPlug::Bridge { bridge, .. } => Some(bridge),
             PortPlug::Direct { .. } => None,
         }
     }
@@ -138,7 +142,7 @@ impl PortDef {
         }
         self.validate_for_tap()?;
         match &self.plug {
-            Some(PortPlug::Network { bridge } | PortPlug::Bridge { bridge }) => {
+            Some(PortPlug::Network { bridge, .. } | PortPlug::Bridge { bridge, .. }) => {
                 validate_bridge_name(bridge)?;
             }
             Some(PortPlug::Direct { dev, .. }) => validate_link_device(dev)?,
@@ -196,9 +200,21 @@ impl PortDef {
             out.line(&format!("<port isolated='{value}'/>"));
         }
         match &self.plug {
-            Some(plug @ (PortPlug::Network { bridge } | PortPlug::Bridge { bridge })) => {
+            Some(
+                plug @ (PortPlug::Network {
+                    bridge,
+                    mac_table_manager,
+                }
+                | PortPlug::Bridge {
+                    bridge,
+                    mac_table_manager,
+                }),
+            ) => {
+                let manager = mac_table_manager
+                    .map(|manager| format!(" macTableManager='{}'", manager.as_str()))
+                    .unwrap_or_default();
                 out.line(&format!(
-                    "<plug type='{}' bridge='{}'/>",
+                    "<plug type='{}' bridge='{}'{manager}/>",
                     plug.type_name(),
                     escape_attr(bridge)
                 ));
@@ -453,14 +469,20 @@ fn parse_plug(plug: &Element) -> Result<Option<PortPlug>, Error> {
             plug.line
         ))
     })?;
-    let make: fn(String) -> PortPlug = match kind {
+    let make: fn(String, Option<MacTableManager>) -> PortPlug = match kind {
         "none" => {
             check_attrs(plug, &["type"])?;
             check_leaf(plug)?;
             return Ok(None);
         }
-        "network" => |bridge| PortPlug::Network { bridge },
-        "bridge" => |bridge| PortPlug::Bridge { bridge },
+        "network" => |bridge, mac_table_manager| PortPlug::Network {
+            bridge,
+            mac_table_manager,
+        },
+        "bridge" => |bridge, mac_table_manager| PortPlug::Bridge {
+            bridge,
+            mac_table_manager,
+        },
         "direct" => {
             check_attrs(plug, &["type", "dev", "mode"])?;
             check_leaf(plug)?;
@@ -492,10 +514,20 @@ fn parse_plug(plug: &Element) -> Result<Option<PortPlug>, Error> {
             )));
         }
     };
-    check_attrs(plug, &["type", "bridge"])?;
+    check_attrs(plug, &["type", "bridge", "macTableManager"])?;
     check_leaf(plug)?;
     let bridge = plug
         .attr("bridge")
         .ok_or_else(|| invalid("Missing network port bridge name"))?;
-    Ok(Some(make(bridge.to_owned())))
+    let mac_table_manager = match plug.attr("macTableManager") {
+        None => None,
+        Some("kernel") => Some(MacTableManager::Kernel),
+        Some("libvirt") => Some(MacTableManager::Libvirt),
+        Some(other) => {
+            return Err(invalid(format!(
+                "Invalid macTableManager setting '{other}' in network port"
+            )));
+        }
+    };
+    Ok(Some(make(bridge.to_owned(), mac_table_manager)))
 }

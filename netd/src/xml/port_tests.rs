@@ -45,6 +45,7 @@ fn sample() -> PortDef {
         bandwidth: None,
         plug: Some(PortPlug::Network {
             bridge: "virbr0".to_string(),
+            mac_table_manager: None,
         }),
     }
 }
@@ -101,9 +102,26 @@ fn round_trips() {
     assert_round_trip(&def);
     def.plug = Some(PortPlug::Bridge {
         bridge: "br0".to_string(),
+        mac_table_manager: None,
     });
     assert_round_trip(&def);
     assert!(def.to_xml().contains("<plug type='bridge' bridge='br0'/>"));
+    def.plug = Some(PortPlug::Network {
+        bridge: "virbr0".to_string(),
+        mac_table_manager: Some(MacTableManager::Libvirt),
+    });
+    assert_round_trip(&def);
+    assert!(
+        def.to_xml()
+            .contains("<plug type='network' bridge='virbr0' macTableManager='libvirt'/>")
+    );
+    let bad = def
+        .to_xml()
+        .replace("macTableManager='libvirt'", "macTableManager='default'");
+    assert_eq!(
+        PortDef::from_xml(&bad).unwrap_err().to_string(),
+        "Invalid macTableManager setting 'default' in network port"
+    );
     def.plug = None;
     assert_round_trip(&def);
     for isolated in [true, false] {
@@ -274,12 +292,6 @@ fn unimplemented_elements_are_refused_by_name() {
                 "{mac}<plug type='hostdev-pci' managed='yes'><address domain='0x0001' bus='0x02' slot='0x03' function='0x4'/></plug>"
             )),
             "unsupported <plug type='hostdev-pci'> (kvnet attaches ports to bridges and macvtaps only) in network port (line 4)",
-        ),
-        (
-            with(&format!(
-                "{mac}<plug type='bridge' bridge='br0' macTableManager='libvirt'/>"
-            )),
-            "unsupported attribute 'macTableManager' on <plug> in network port (line 4)",
         ),
         (
             with(&format!(

@@ -2436,6 +2436,16 @@ fn metadata_is_kept_as_libvirt_copies_and_sanitizes_it() {
 
     let empty = parse("<network><name>x</name><metadata>only text</metadata></network>");
     assert_eq!(empty.metadata.as_deref(), Some("<metadata/>"));
+
+    // Only the first <metadata> counts; attribute values write non-ASCII as references.
+    let first = parse(
+        "<network><name>x</name><metadata><a:m xmlns:a='urn:a' v='é'/></metadata>\
+         <metadata><b:m xmlns:b='urn:b'/></metadata></network>",
+    );
+    assert_eq!(
+        first.metadata.as_deref(),
+        Some("<metadata>\n    <a:m xmlns:a=\"urn:a\" v=\"&#xE9;\"/>\n  </metadata>")
+    );
 }
 
 #[test]
@@ -2464,9 +2474,26 @@ fn mac_table_manager_is_read_and_written_where_libvirt_takes_it() {
             .contains("<bridge name='br0' macTableManager='libvirt'/>")
     );
     assert_round_trip(&host);
+    let pool = parse(
+        "<network><name>m</name><forward mode='bridge'><interface dev='eth0'/></forward>\
+         <bridge macTableManager='libvirt'/></network>",
+    );
+    assert_eq!(pool.macvtap_mode(), Some(MacvtapMode::Bridge));
+    assert_round_trip(&pool);
+    // Empty reads as none, as libvirt reads it.
+    let empty = parse("<network><name>m</name><bridge macTableManager=''/></network>");
+    assert_eq!(empty.bridge.mac_table_manager, None);
     assert_eq!(
         parse_err("<network><name>m</name><bridge macTableManager='default'/></network>"),
         "Invalid macTableManager setting 'default' in network 'm'"
+    );
+    // libvirt names the bridge name first.
+    assert_eq!(
+        parse_err(
+            "<network><name>m</name><forward mode='private'><interface dev='eth0'/></forward>\
+             <bridge name='br0' macTableManager='libvirt'/></network>"
+        ),
+        "bridge name not allowed in private mode (network 'm')"
     );
     assert_eq!(
         parse_err(
