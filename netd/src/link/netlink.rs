@@ -228,16 +228,43 @@ impl Link {
         bridge_index: u32,
         bridge: &str,
     ) -> Result<(), Error> {
+        let message = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .mtu(mtu)
+            .controller(bridge_index)
+            .up();
+        self.join_bridge(message, ifname, mac, mtu, bridge).await
+    }
+
+    /// [`Link::plug_port_at`] leaving the link down, so that its bridge port's flags can
+    /// be set before a frame passes; [`Link::set_up_at`] then lets the traffic in.
+    pub async fn attach_port_at(
+        &self,
+        index: u32,
+        ifname: &str,
+        mac: [u8; 6],
+        mtu: u32,
+        bridge_index: u32,
+        bridge: &str,
+    ) -> Result<(), Error> {
+        let message = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .mtu(mtu)
+            .controller(bridge_index);
+        self.join_bridge(message, ifname, mac, mtu, bridge).await
+    }
+
+    async fn join_bridge(
+        &self,
+        message: LinkMessageBuilder<LinkUnspec>,
+        ifname: &str,
+        mac: [u8; 6],
+        mtu: u32,
+        bridge: &str,
+    ) -> Result<(), Error> {
         self.handle
             .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .address(mac.to_vec())
-                    .mtu(mtu)
-                    .controller(bridge_index)
-                    .up()
-                    .build(),
-            )
+            .set(message.build())
             .execute()
             .await
             .map_err(failed(

@@ -528,25 +528,29 @@ impl Manager {
                 (Some((bridge, plug, bridge_link)), false) => {
                     let mtu = bridge_link.mtu.unwrap_or(1500);
                     let mac = tap_mac(port.def.mac.0);
-                    let mut result = self
-                        .link
-                        .plug_port_at(port.ifindex, &port.tap, mac, mtu, bridge_link.index, bridge)
-                        .await;
-                    // A port loses the flag when it leaves the bridge. One without a
-                    // setting of its own (its network had none when it was made) follows
-                    // the network's.
-                    if result.is_ok() && port.def.isolated.or(isolated_ports) == Some(true) {
-                        result = self
-                            .link
-                            .set_port_isolated(port.ifindex, &port.tap, true)
-                            .await;
+                    // A port loses its flags (and forwarding entry) when it leaves the
+                    // bridge. One without an isolation setting of its own (its network
+                    // had none when it was made) follows the network's.
+                    let isolated = port.def.isolated.or(isolated_ports) == Some(true);
+                    let (index, tap) = (port.ifindex, port.tap.as_str());
+                    let mut result = if isolated || pin_macs {
+                        // The guest runs: no frame may pass before the flags are set.
+                        self.link
+                            .attach_port_at(index, tap, mac, mtu, bridge_link.index, bridge)
+                            .await
+                    } else {
+                        self.link
+                            .plug_port_at(index, tap, mac, mtu, bridge_link.index, bridge)
+                            .await
+                    };
+                    if result.is_ok() && isolated {
+                        result = self.link.set_port_isolated(index, tap, true).await;
                     }
-                    // Its forwarding entry and flags went with the old bridge too.
                     if result.is_ok() && pin_macs {
-                        result = self
-                            .link
-                            .pin_guest_mac(port.ifindex, &port.tap, port.def.mac.0)
-                            .await;
+                        result = self.link.pin_guest_mac(index, tap, port.def.mac.0).await;
+                    }
+                    if result.is_ok() && (isolated || pin_macs) {
+                        result = self.link.set_up_at(index, tap).await;
                     }
                     if result.is_ok() {
                         port.def.plug = Some(plug.clone());
