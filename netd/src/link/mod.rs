@@ -30,6 +30,15 @@ const STP_FORWARD_DELAY_SECS: std::ops::RangeInclusive<u32> = 2..=30;
 /// `USER_HZ`: bridge timers cross netlink in clock_t, hundredths of a second.
 const CLOCK_T_PER_SEC: u32 = 100;
 
+/// Whether a port comes up in the change that plugs it into its bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortState {
+    /// Up at once.
+    Up,
+    /// Left down, for its bridge port's flags to be set first.
+    Down,
+}
+
 /// What a network's bridge looks like when it is created.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BridgeSpec {

@@ -16,7 +16,7 @@ use netlink_packet_route::route::{
 };
 use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
-use super::{BridgeSpec, Error, LinkInfo, Op, sysctl, validate_ifname};
+use super::{BridgeSpec, Error, LinkInfo, Op, PortState, sysctl, validate_ifname};
 
 /// A netlink route connection bound to one network namespace.
 ///
@@ -213,12 +213,16 @@ impl Link {
         bridge: &str,
     ) -> Result<u32, Error> {
         let index = self.index(ifname).await?;
-        self.plug_port_at(index, ifname, mac, mtu, bridge_index, bridge)
+        self.plug_port_at(index, ifname, mac, mtu, bridge_index, bridge, PortState::Up)
             .await?;
         Ok(index)
     }
 
-    /// [`Link::plug_port`] for the link with ifindex `index` (named `ifname`, for messages).
+    /// [`Link::plug_port`] for the link with ifindex `index` (named `ifname`, for messages),
+    /// brought up in the same change or, with [`PortState::Down`], left down, so that its
+    /// bridge port's flags can be set before a frame passes ([`Link::set_up_at`] then lets
+    /// the traffic in).
+    #[allow(clippy::too_many_arguments)]
     pub async fn plug_port_at(
         &self,
         index: u32,
@@ -227,41 +231,15 @@ impl Link {
         mtu: u32,
         bridge_index: u32,
         bridge: &str,
+        state: PortState,
     ) -> Result<(), Error> {
-        let message = LinkUnspec::new_with_index(index)
-            .address(mac.to_vec())
-            .mtu(mtu)
-            .controller(bridge_index)
-            .up();
-        self.join_bridge(message, ifname, mac, mtu, bridge).await
-    }
-
-    /// [`Link::plug_port_at`] leaving the link down, so that its bridge port's flags can
-    /// be set before a frame passes; [`Link::set_up_at`] then lets the traffic in.
-    pub async fn attach_port_at(
-        &self,
-        index: u32,
-        ifname: &str,
-        mac: [u8; 6],
-        mtu: u32,
-        bridge_index: u32,
-        bridge: &str,
-    ) -> Result<(), Error> {
-        let message = LinkUnspec::new_with_index(index)
+        let mut message = LinkUnspec::new_with_index(index)
             .address(mac.to_vec())
             .mtu(mtu)
             .controller(bridge_index);
-        self.join_bridge(message, ifname, mac, mtu, bridge).await
-    }
-
-    async fn join_bridge(
-        &self,
-        message: LinkMessageBuilder<LinkUnspec>,
-        ifname: &str,
-        mac: [u8; 6],
-        mtu: u32,
-        bridge: &str,
-    ) -> Result<(), Error> {
+        if state == PortState::Up {
+            message = message.up();
+        }
         self.handle
             .link()
             .set(message.build())

@@ -30,7 +30,7 @@ use crate::api::types::PortSummary;
 use crate::hooks::Operation;
 use crate::link::shaping::Shaping;
 use crate::link::tap::Tap;
-use crate::link::{LinkInfo, sysctl};
+use crate::link::{LinkInfo, PortState, sysctl};
 use crate::owner::{Owner, ProcessId};
 use crate::store::PortStatus;
 use crate::xml::{
@@ -533,23 +533,24 @@ impl Manager {
                     // had none when it was made) follows the network's.
                     let isolated = port.def.isolated.or(isolated_ports) == Some(true);
                     let (index, tap) = (port.ifindex, port.tap.as_str());
-                    let mut result = if isolated || pin_macs {
-                        // The guest runs: no frame may pass before the flags are set.
-                        self.link
-                            .attach_port_at(index, tap, mac, mtu, bridge_link.index, bridge)
-                            .await
+                    // The guest runs: no frame may pass before its flags are set.
+                    let needs_flags = isolated || pin_macs;
+                    let state = if needs_flags {
+                        PortState::Down
                     } else {
-                        self.link
-                            .plug_port_at(index, tap, mac, mtu, bridge_link.index, bridge)
-                            .await
+                        PortState::Up
                     };
+                    let mut result = self
+                        .link
+                        .plug_port_at(index, tap, mac, mtu, bridge_link.index, bridge, state)
+                        .await;
                     if result.is_ok() && isolated {
                         result = self.link.set_port_isolated(index, tap, true).await;
                     }
                     if result.is_ok() && pin_macs {
                         result = self.link.pin_guest_mac(index, tap, port.def.mac.0).await;
                     }
-                    if result.is_ok() && (isolated || pin_macs) {
+                    if result.is_ok() && needs_flags {
                         result = self.link.set_up_at(index, tap).await;
                     }
                     if result.is_ok() {
