@@ -302,6 +302,13 @@ impl MacTableManager {
             MacTableManager::Libvirt => "libvirt",
         }
     }
+
+    /// The setting libvirt names `text` (its `default` is no setting, and refused).
+    pub fn from_libvirt(text: &str) -> Option<MacTableManager> {
+        [MacTableManager::Kernel, MacTableManager::Libvirt]
+            .into_iter()
+            .find(|manager| manager.as_str() == text)
+    }
 }
 
 /// `<domain name localOnly/>`.

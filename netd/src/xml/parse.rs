@@ -640,17 +640,18 @@ impl Parser {
         self.check_attrs(element, &["name", "stp", "delay", "macTableManager"])?;
         self.check_leaf(element)?;
         // libvirt reads an empty value as none.
-        let mac_table_manager = match element.attr("macTableManager") {
-            None | Some("") => None,
-            Some("kernel") => Some(MacTableManager::Kernel),
-            Some("libvirt") => Some(MacTableManager::Libvirt),
-            Some(other) => {
-                return Err(invalid(format!(
-                    "Invalid macTableManager setting '{other}' in network '{}'",
-                    self.network
-                )));
-            }
-        };
+        let mac_table_manager = element
+            .attr("macTableManager")
+            .filter(|text| !text.is_empty())
+            .map(|text| {
+                MacTableManager::from_libvirt(text).ok_or_else(|| {
+                    invalid(format!(
+                        "Invalid macTableManager setting '{text}' in network '{}'",
+                        self.network
+                    ))
+                })
+            })
+            .transpose()?;
         if !mode.has_managed_bridge()
             && mode != ForwardMode::Bridge
             && element.attr("name").is_some()

@@ -519,15 +519,15 @@ fn parse_plug(plug: &Element) -> Result<Option<PortPlug>, Error> {
     let bridge = plug
         .attr("bridge")
         .ok_or_else(|| invalid("Missing network port bridge name"))?;
-    let mac_table_manager = match plug.attr("macTableManager") {
-        None => None,
-        Some("kernel") => Some(MacTableManager::Kernel),
-        Some("libvirt") => Some(MacTableManager::Libvirt),
-        Some(other) => {
-            return Err(invalid(format!(
-                "Invalid macTableManager setting '{other}' in network port"
-            )));
-        }
-    };
+    let mac_table_manager = plug
+        .attr("macTableManager")
+        .map(|text| {
+            MacTableManager::from_libvirt(text).ok_or_else(|| {
+                invalid(format!(
+                    "Invalid macTableManager setting '{text}' in network port"
+                ))
+            })
+        })
+        .transpose()?;
     Ok(Some(make(bridge.to_owned(), mac_table_manager)))
 }
