@@ -7,11 +7,12 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{
-    Daemon, DaemonOptions, Netns, attach_guest, attach_upstream, port_needs, port_xml, require,
-    wait_for_forwarding, xml_file,
+    Daemon, DaemonOptions, Netns, attach_guest, attach_upstream, kvnet_command, port_needs,
+    port_xml, require, wait_for_forwarding, xml_file,
 };
 
 const NETWORK: &str = "<network>
@@ -397,4 +398,91 @@ fn a_started_hook_forwards_a_host_port_to_a_guest() {
     daemon.ok(&["net-destroy", "hooknet"]);
     let tables = daemon.ns.sh("nft list tables").expect("nft");
     assert!(tables.trim().is_empty(), "the stopped hook left: {tables}");
+}
+
+#[test]
+fn a_daemon_killed_while_a_stopped_script_runs_finishes_the_stop_when_it_restarts() {
+    if !require(&port_needs()) {
+        return;
+    }
+    let mut daemon = Daemon::without_default_network();
+    // A host bridge outlives the network, so a restarted daemon could take the network
+    // for running.
+    daemon
+        .ns
+        .sh("ip link add br-host type bridge && ip link set br-host up")
+        .expect("host bridge");
+    // Stuck: the daemon is killed meanwhile, as systemd kills one whose stop outlasts
+    // its TimeoutStopSec.
+    let stuck = daemon.dirs.path().join("stopped.pid");
+    install(
+        &daemon.config_dir().join("hooks/network"),
+        &format!(
+            "#!/bin/sh\ncat > /dev/null\n[ \"$2\" = stopped ] || exit 0\n\
+             echo $$ > {0}.tmp && mv {0}.tmp {0}\nexec sleep 60\n",
+            stuck.display()
+        ),
+    );
+    let network = xml_file(
+        daemon.dirs.path(),
+        "host.xml",
+        "<network><name>host</name><forward mode='bridge'/><bridge name='br-host'/></network>",
+    );
+    daemon.ok(&["net-define", &network.to_string_lossy()]);
+    daemon.ok(&["net-start", "host"]);
+    let port = xml_file(
+        daemon.dirs.path(),
+        "port.xml",
+        &port_xml("vm1", "52:54:00:15:00:02"),
+    );
+    daemon.ok(&["net-port-create", "host", &port.to_string_lossy()]);
+    let tap_master = |daemon: &Daemon| {
+        daemon.ip_json("link show type tun")[0]["master"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert_eq!(tap_master(&daemon).as_deref(), Some("br-host"));
+
+    let mut destroy = kvnet_command(&daemon.socket())
+        .args(["net-destroy", "host"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run net-destroy");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let script = loop {
+        if let Ok(pid) = std::fs::read_to_string(&stuck) {
+            break pid.trim().parse::<i32>().expect("the script's pid");
+        }
+        assert!(Instant::now() < deadline, "the stopped script never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    daemon.kill9();
+    let _ = destroy.wait();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(script),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+
+    daemon.spawn(&DaemonOptions {
+        no_default_network: true,
+        ..Default::default()
+    });
+    assert!(
+        daemon
+            .log()
+            .contains("finishing a stop interrupted by a daemon crash"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(
+        daemon.ok(&["net-list", "--inactive", "--name"]).trim(),
+        "host"
+    );
+    assert!(!daemon.state_dir().join("networks/host.json").exists());
+    assert_eq!(
+        tap_master(&daemon),
+        None,
+        "the port waits off the host bridge"
+    );
 }

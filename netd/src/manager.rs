@@ -496,8 +496,12 @@ impl Manager {
                 }
             };
             let owns_bridge = def.forward_mode().has_managed_bridge();
-            if status.phase == Phase::Starting {
-                warn!(network = %name, bridge = %status.bridge, "undoing a start interrupted by a daemon crash");
+            if status.phase != Phase::Active {
+                let interrupted = match status.phase {
+                    Phase::Stopping => "finishing a stop interrupted by a daemon crash",
+                    _ => "undoing a start interrupted by a daemon crash",
+                };
+                warn!(network = %name, bridge = %status.bridge, "{interrupted}");
                 let delete_bridge =
                     owns_bridge && self.is_bridge_it_created(&def, &status.bridge).await;
                 self.release(&status.bridge, delete_bridge).await;
@@ -1364,6 +1368,18 @@ impl Manager {
             )));
         };
         let mut summary = summary_of(&networks, &name)?;
+        let active = active_status(
+            &def,
+            networks[&name].config.is_some(),
+            self.started_at(&name),
+        );
+        self.store.save_status(
+            &name,
+            &Status {
+                phase: Phase::Stopping,
+                ..active.clone()
+            },
+        )?;
         if let Some(network) = networks.get_mut(&name) {
             network.take_servers().stop().await;
             // Before the bridge goes, so that no tap is ever up off its bridge.
@@ -1374,6 +1390,9 @@ impl Manager {
         if let Err(e) = torn_down {
             // The network stays active (a retry finishes the teardown), so it keeps
             // serving its guests meanwhile.
+            if let Err(status) = self.store.save_status(&name, &active) {
+                warn!(network = %name, "a daemon restart will finish stopping it: {}", error_chain(&status));
+            }
             let servers = self.restart_servers(&def, &networks);
             if let Some(network) = networks.get_mut(&name) {
                 network.run(def, servers);
@@ -1392,7 +1411,10 @@ impl Manager {
             if network.config.is_none() {
                 self.discard_ports(&name, network).await;
             }
-            self.store.delete_status(&name)?;
+            // It is down whatever becomes of the file: one left says it was stopping.
+            if let Err(e) = self.store.delete_status(&name) {
+                warn!(network = %name, "the next daemon start finishes the stop: {}", error_chain(&e));
+            }
             network.live = None;
             if network.config.is_none() {
                 networks.remove(&name);

@@ -59,6 +59,10 @@ pub enum Phase {
     Starting,
     /// Every kernel object of the network is in place.
     Active,
+    /// Recorded before a stop takes anything down (libvirt removes its status file
+    /// first): a daemon that finds this after a crash finishes the stop instead of
+    /// adopting the network again.
+    Stopping,
 }
 
 /// The live status of a network, written to `<state>/networks/NAME.json`.
