@@ -8,8 +8,9 @@
 //!
 //! Scripts run in a clean environment (libvirt's: `LC_ALL=C`, and `PATH`, `HOME`, `USER`,
 //! `LOGNAME`, `TMPDIR`, `LD_PRELOAD`, `LD_LIBRARY_PATH` passed on), with stdout discarded,
-//! in a process group of their own, which is killed when a script runs longer than
-//! [`HOOK_TIMEOUT`]: the daemon holds its lock while a hook runs (libvirt holds the
+//! in a process group of their own. The scripts of one operation get [`HOOK_TIMEOUT`]
+//! together: the one running when it is spent is killed with its process group, and the
+//! rest are not started. The daemon holds its lock while hooks run (libvirt holds the
 //! network's), and one stuck script must not hold up every network for good.
 
 use std::collections::HashSet;
@@ -23,9 +24,10 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
-/// How long one script may run before its process group is killed.
+/// How long the scripts of one operation may run together.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much of a script's stderr an error message quotes.
 const STDERR_LIMIT: usize = 4096;
@@ -117,15 +119,29 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The script ran too long and was killed with its process group.
+    /// The scripts ran too long: this one was killed with its process group.
     #[error(
-        "Hook script execution failed: {command} did not finish within {seconds} s and was killed"
+        "Hook script execution failed: {command} was killed: the scripts of one operation \
+         may run {:?} together",
+        budget.total
     )]
     TimedOut {
         /// The command line.
         command: String,
-        /// How long it was given.
-        seconds: u64,
+        /// The time the scripts were given.
+        budget: Budget,
+    },
+    /// The scripts before this one used up the time they were given.
+    #[error(
+        "Hook script execution failed: {command} was not run: the scripts before it used up \
+         the {:?} the scripts of one operation may run together",
+        budget.total
+    )]
+    NotRun {
+        /// The command line.
+        command: String,
+        /// The time the scripts were given.
+        budget: Budget,
     },
     /// The scripts directory could not be read.
     #[error("Hook script execution failed: cannot list {}", dir.display())]
@@ -211,18 +227,46 @@ impl Hooks {
     }
 }
 
-/// Runs `scripts` for `operation` on `network` with `input` on stdin. All of them run, as
-/// in libvirt, even after one failed; the last failure is returned, as libvirt reports
-/// its last error, and the earlier ones are logged.
+/// The time the scripts of an operation may run together, from when it was made.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    total: Duration,
+    deadline: Instant,
+}
+
+impl Budget {
+    /// [`HOOK_TIMEOUT`] from now.
+    pub fn new() -> Budget {
+        Budget::of(HOOK_TIMEOUT)
+    }
+
+    fn of(total: Duration) -> Budget {
+        Budget {
+            total,
+            deadline: Instant::now() + total,
+        }
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget::new()
+    }
+}
+
+/// Runs `scripts` for `operation` on `network` with `input` on stdin, within `budget`.
+/// All of them run, as in libvirt, even after one failed; the last failure is returned,
+/// as libvirt reports its last error, and the earlier ones are logged.
 pub async fn run(
     scripts: &[PathBuf],
     network: &str,
     operation: Operation,
     input: &str,
+    budget: Budget,
 ) -> Result<(), Error> {
     let mut last_failure = None;
     for script in scripts {
-        let Err(e) = run_script(script, network, operation, input, HOOK_TIMEOUT).await else {
+        let Err(e) = run_script(script, network, operation, input, budget).await else {
             continue;
         };
         if let Some(earlier) = last_failure.replace(e) {
@@ -261,10 +305,13 @@ async fn run_script(
     network: &str,
     operation: Operation,
     input: &str,
-    timeout: Duration,
+    budget: Budget,
 ) -> Result<(), Error> {
     let args = [network, operation.as_str(), operation.phase(), "-"];
     let command = format!("{} {}", script.display(), args.join(" "));
+    if Instant::now() >= budget.deadline {
+        return Err(Error::NotRun { command, budget });
+    }
     debug!(%command, "running hook script");
     let mut cmd = tokio::process::Command::new(script);
     cmd.args(args)
@@ -299,7 +346,7 @@ async fn run_script(
         .stderr
         .take()
         .map(|pipe| tokio::spawn(read_capped(pipe, Arc::clone(&stderr))));
-    let finished = tokio::time::timeout(timeout, child.wait()).await;
+    let finished = tokio::time::timeout_at(budget.deadline, child.wait()).await;
     if let Some(feed) = feed {
         feed.abort();
     }
@@ -319,10 +366,7 @@ async fn run_script(
                 );
             }
             let _ = child.wait().await;
-            return Err(Error::TimedOut {
-                command,
-                seconds: timeout.as_secs(),
-            });
+            return Err(Error::TimedOut { command, budget });
         }
     };
     if status.success() {
@@ -427,6 +471,7 @@ mod tests {
             "net1",
             Operation::Start,
             "",
+            Budget::new(),
         ));
         assert_eq!(
             result.unwrap_err().to_string(),
@@ -436,7 +481,13 @@ mod tests {
             )
         );
         let killed = install(dir.path(), "killed", "#!/bin/sh\nkill -9 $$\n");
-        let result = runtime().block_on(run(&[killed], "net1", Operation::Stopped, ""));
+        let result = runtime().block_on(run(
+            &[killed],
+            "net1",
+            Operation::Stopped,
+            "",
+            Budget::new(),
+        ));
         assert!(
             result
                 .unwrap_err()
@@ -462,7 +513,7 @@ mod tests {
             "net1",
             Operation::Updated,
             &input,
-            Duration::from_secs(2),
+            Budget::of(Duration::from_secs(2)),
         ));
         let message = result.unwrap_err().to_string();
         assert!(
@@ -477,10 +528,11 @@ mod tests {
     }
 
     #[test]
-    fn a_script_that_runs_too_long_is_killed_with_its_children() {
+    fn scripts_that_run_too_long_are_killed_with_their_children_or_not_started() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("survived");
-        let script = install(
+        let started_late = dir.path().join("started");
+        let stuck = install(
             dir.path(),
             "network",
             &format!(
@@ -488,21 +540,32 @@ mod tests {
                 marker.display()
             ),
         );
+        let after = install(
+            &dir.path().join("network.d"),
+            "after",
+            &format!("#!/bin/sh\ntouch {}\n", started_late.display()),
+        );
+        let budget = Budget::of(Duration::from_millis(300));
         let started = Instant::now();
-        let result = runtime().block_on(run_script(
-            &script,
-            "net1",
-            Operation::Start,
-            "",
-            Duration::from_millis(300),
-        ));
-        assert!(matches!(result, Err(Error::TimedOut { .. })), "{result:?}");
+        let killed = runtime().block_on(run_script(&stuck, "net1", Operation::Start, "", budget));
+        assert!(matches!(killed, Err(Error::TimedOut { .. })), "{killed:?}");
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "{:?}",
             started.elapsed()
         );
+        // The operation's time is spent: the next script is not started.
+        let result = runtime().block_on(run(&[stuck, after], "net1", Operation::Start, "", budget));
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.ends_with("network.d/after net1 start begin - was not run: the scripts before it used up the 300ms the scripts of one operation may run together"),
+            "{message}"
+        );
         std::thread::sleep(Duration::from_secs(3));
         assert!(!marker.exists(), "a child of the script outlived the kill");
+        assert!(
+            !started_late.exists(),
+            "a script ran after the time was spent"
+        );
     }
 }

@@ -5,7 +5,7 @@
 use tracing::warn;
 
 use super::{Error, Manager, Network, error_chain, ports::count_connections};
-use crate::hooks::{self, Operation, hook_data};
+use crate::hooks::{self, Budget, Operation, hook_data};
 use crate::xml::{Connections, NetworkDef, PortDef};
 
 impl Manager {
@@ -21,7 +21,7 @@ impl Manager {
             return Ok(());
         }
         let input = hook_data(&def.to_live_xml(connections), None);
-        Ok(hooks::run(&scripts, &def.name, operation, &input).await?)
+        Ok(hooks::run(&scripts, &def.name, operation, &input, Budget::new()).await?)
     }
 
     /// [`Manager::run_hooks`] where a failure changes nothing (libvirt ignores it too).
@@ -52,15 +52,26 @@ impl Manager {
         }
     }
 
-    /// Runs the scripts for `operation` on `port` of network `name`, once per port, if
-    /// the network runs (a stopped network's ports wait for its next start, and libvirt
-    /// has none then).
+    /// Runs the scripts for `operation` on `port` of network `name`, if the network runs
+    /// (a stopped network's ports wait for its next start, and libvirt has none then).
     pub(super) async fn run_port_hooks(
         &self,
         name: &str,
         network: &Network,
         operation: Operation,
         port: &PortDef,
+    ) -> Result<(), Error> {
+        self.run_port_hooks_within(name, network, operation, port, Budget::new())
+            .await
+    }
+
+    async fn run_port_hooks_within(
+        &self,
+        name: &str,
+        network: &Network,
+        operation: Operation,
+        port: &PortDef,
+        budget: Budget,
     ) -> Result<(), Error> {
         let Some(live) = &network.live else {
             return Ok(());
@@ -71,10 +82,11 @@ impl Manager {
         }
         let network_xml = live.to_live_xml(&count_connections(network));
         let input = hook_data(&network_xml, Some(&port.to_xml()));
-        Ok(hooks::run(&scripts, name, operation, &input).await?)
+        Ok(hooks::run(&scripts, name, operation, &input, budget).await?)
     }
 
-    /// [`Manager::run_port_hooks`] for each of `ports`, failures logged.
+    /// [`Manager::run_port_hooks`] for each of `ports`, failures logged. The ports share
+    /// one operation's time: guests that end together cannot hold the lock for longer.
     pub(super) async fn run_port_hooks_logged(
         &self,
         name: &str,
@@ -82,9 +94,14 @@ impl Manager {
         operation: Operation,
         ports: &[PortDef],
     ) {
+        let budget = Budget::new();
         for port in ports {
-            if let Err(e) = self.run_port_hooks(name, network, operation, port).await {
-                warn!(network = %name, "{}", error_chain(&e));
+            if let Err(e) = self
+                .run_port_hooks_within(name, network, operation, port, budget)
+                .await
+            {
+                let uuid = port.uuid.unwrap_or_default();
+                warn!(network = %name, port = %uuid, "{}", error_chain(&e));
             }
         }
     }

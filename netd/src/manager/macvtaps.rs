@@ -188,10 +188,16 @@ impl Manager {
             holder: holder.as_ref().map(|holder| holder.id),
             owner: holder.clone(),
         };
-        let recorded = opened.map_err(failed).and_then(|queue| {
-            network.ports.insert(uuid, port.clone());
-            self.save_ports(name, network).map(|()| queue)
-        });
+        let recorded = match opened {
+            Ok(queue) => {
+                network.ports.insert(uuid, port.clone());
+                self.approve_port(name, network, &port.def)
+                    .await
+                    .and_then(|()| self.save_ports(name, network))
+                    .map(|()| queue)
+            }
+            Err(e) => Err(failed(e)),
+        };
         let queue = match recorded {
             Ok(queue) => queue,
             Err(e) => {

@@ -269,18 +269,6 @@ impl Manager {
                     .await?
             }
         };
-        let created = network.ports.get(&uuid).map(|port| port.def.clone());
-        if let Some(def) = created
-            && let Err(e) = self
-                .run_port_hooks(&name, network, Operation::PortCreated, &def)
-                .await
-        {
-            // As in libvirt, the scripts may refuse the port.
-            if let Err(cleanup) = self.remove_port(&name, network, uuid).await {
-                warn!(network = %name, port = %uuid, "{}", error_chain(&cleanup));
-            }
-            return Err(e);
-        }
         info!(network = %name, port = %uuid, tap = %port.summary.tap, owner = %port.summary.owner, "created port");
         Ok(port)
     }
@@ -354,17 +342,21 @@ impl Manager {
             owner: None,
         };
         network.ports.insert(uuid, port.clone());
-        let recorded = self.save_ports(name, network).and_then(|()| {
-            if hand_over {
-                return Ok(());
-            }
-            tap.set_persistent(true).map_err(|e| {
-                // Recorded already: the record goes again.
-                network.ports.remove(&uuid);
-                self.save_ports_or_warn(name, network);
-                failed(e)
-            })
-        });
+        let recorded = self
+            .approve_port(name, network, &port.def)
+            .await
+            .and_then(|()| self.save_ports(name, network))
+            .and_then(|()| {
+                if hand_over {
+                    return Ok(());
+                }
+                tap.set_persistent(true).map_err(|e| {
+                    // Recorded already: the record goes again.
+                    network.ports.remove(&uuid);
+                    self.save_ports_or_warn(name, network);
+                    failed(e)
+                })
+            });
         if let Err(e) = recorded {
             network.ports.remove(&uuid);
             // The tap goes when `tap` is dropped; its IFB would outlive it.
@@ -416,6 +408,19 @@ impl Manager {
         Ok(port.def.to_xml())
     }
 
+    /// Runs the `port-created` scripts for a port that is in `network`'s ports (they count
+    /// it) but not recorded yet: as in libvirt, they may refuse it, and a crash while they
+    /// run leaves no record of a port they never approved.
+    pub(super) async fn approve_port(
+        &self,
+        name: &str,
+        network: &Network,
+        def: &PortDef,
+    ) -> Result<(), Error> {
+        self.run_port_hooks(name, network, Operation::PortCreated, def)
+            .await
+    }
+
     /// Deletes a port and its tap (a VMM that holds it loses the link).
     pub async fn delete_port(&self, key: &str, port: &str) -> Result<PortSummary, Error> {
         let mut networks = self.networks.lock().await;
@@ -456,7 +461,9 @@ impl Manager {
             .ports
             .remove(&uuid)
             .ok_or(Error::PortNotFound(uuid))?;
-        self.save_ports(name, network)?;
+        // Its device is gone: the port has ended whatever becomes of the record, which
+        // the next look at the network's ports (or a daemon restart) finds without a tap.
+        self.save_ports_or_warn(name, network);
         Ok(port)
     }
 
@@ -467,18 +474,18 @@ impl Manager {
         if network.ports.is_empty() {
             return;
         }
-        if let Some((links, ended)) = self.port_links(name, network).await {
-            self.plug_in(name, network, &links).await;
+        if let Some((links, mut ended)) = self.port_links(name, network).await {
+            ended.extend(self.plug_in(name, network, &links).await);
             self.run_port_hooks_logged(name, network, Operation::PortDeleted, &ended)
                 .await;
         }
     }
 
     /// [`Manager::replug_ports`] with the links already dumped (and the ports' taps
-    /// followed).
-    async fn plug_in(&self, name: &str, network: &mut Network, links: &Links) {
+    /// followed). Returns the definitions of the ports it had to delete.
+    async fn plug_in(&self, name: &str, network: &mut Network, links: &Links) -> Vec<PortDef> {
         let Some(live) = network.live.as_ref() else {
-            return;
+            return Vec::new();
         };
         // A macvtap network's ports only come up again; a bridge's are plugged into it.
         let target = match live.bridge_name() {
@@ -486,11 +493,11 @@ impl Manager {
             Some(bridge) => {
                 let Some(bridge_link) = links.values().find(|link| link.name == bridge) else {
                     warn!(network = %name, bridge = %bridge, "cannot plug the ports in: the bridge is gone");
-                    return;
+                    return Vec::new();
                 };
                 Some((bridge.to_owned(), plug_of(live, bridge), bridge_link))
             }
-            None => return,
+            None => return Vec::new(),
         };
         let isolated_ports = live.isolated_ports;
         let pin_macs = pins_guest_macs(live);
@@ -590,6 +597,7 @@ impl Manager {
         if plugged > 0 || !deleted.is_empty() {
             self.save_ports_or_warn(name, network);
         }
+        deleted.into_iter().map(|port| port.def).collect()
     }
 
     /// Takes the ports of a network that is stopping off its bridge and down, to wait for
@@ -668,7 +676,7 @@ impl Manager {
             if let Some(links) = &links {
                 ended.extend(self.follow_taps(&name, network, links));
                 if network.live.is_some() {
-                    self.plug_in(&name, network, links).await;
+                    ended.extend(self.plug_in(&name, network, links).await);
                 } else {
                     self.park_recorded_ports(&name, network, links).await;
                 }
