@@ -370,16 +370,24 @@ impl LeaseDb {
         self.reservations.get(&client.mac)?.name.as_deref()
     }
 
-    /// `client`'s reservation, unless its address was declined and is still held out
-    /// (RFC 2131 4.3.3: the server must mark a declined address unavailable). Meanwhile
-    /// the client is served from the pool, as dnsmasq does.
+    /// `client`'s reservation, unless its address is out of reach: declined and still held
+    /// out (RFC 2131 4.3.3: the server must mark a declined address unavailable), or bound
+    /// to a client that leased it before it was reserved (dnsmasq's "not using configured
+    /// address ... because it is leased to ..."): two guests must never share it.
+    /// Meanwhile the client is served from the pool, as dnsmasq does, and the holder's
+    /// next renewal is refused.
     fn usable_reservation(&self, client: &Client, now: i64) -> Option<&Reservation> {
         let res = self.reservations.get(&client.mac)?;
-        let declined = self
+        let out_of_reach = self
             .by_ip
             .get(&res.ip)
-            .is_some_and(|lease| lease.state == LeaseState::Declined && lease.live(now));
-        (!declined).then_some(res)
+            .filter(|lease| lease.live(now))
+            .is_some_and(|lease| match lease.state {
+                LeaseState::Declined => true,
+                LeaseState::Bound => !lease.client.same_as(client),
+                LeaseState::Offered => false,
+            });
+        (!out_of_reach).then_some(res)
     }
 
     fn in_pool(&self, ip: Ipv4Addr) -> bool {
@@ -419,8 +427,7 @@ impl LeaseDb {
         now: i64,
     ) -> Option<Ipv4Addr> {
         if let Some(res) = self.usable_reservation(client, now) {
-            // Not held: a reserved address cannot be taken by anyone else anyway, and
-            // a dynamic holder is only evicted when the reserved client binds.
+            // Not held: a reserved address cannot be taken by anyone else anyway.
             return self.subnet.contains(&res.ip).then_some(res.ip);
         }
         let current = self.find_lease(client);
@@ -550,8 +557,11 @@ impl LeaseDb {
     }
 
     /// Binds `ip` to `client` if allowed, for the lease time [`LeaseDb::granted_secs`]
-    /// gives it; returns that time. A dynamic holder of a reserved address is evicted
-    /// here: the reservation wins.
+    /// gives it; returns that time. An offer on a reserved address made before it was
+    /// reserved is taken over here: the reservation wins.
+    ///
+    /// When refused, a lease `client` holds on `ip` ends: it is told to stop using the
+    /// address (NAK), so a reserved client waiting for it gets it at once.
     pub fn bind_requesting(
         &mut self,
         client: &Client,
@@ -561,6 +571,7 @@ impl LeaseDb {
         now: i64,
     ) -> Option<u32> {
         if !self.assignable(client, ip, now) {
+            self.release(client, ip);
             return None;
         }
         let secs = self.granted_secs(client, ip, requested_secs);
@@ -1116,7 +1127,7 @@ mod tests {
     }
 
     #[test]
-    fn reservation_wins_over_a_dynamic_lease() {
+    fn a_reservation_waits_for_the_dynamic_lease_on_its_address() {
         let mut cfg = config();
         cfg.hosts.clear();
         let mut db = LeaseDb::in_memory(&cfg);
@@ -1124,16 +1135,24 @@ mod tests {
         // The reservation arrives by a live update.
         db.configure(&config());
         let reserved = mac(0x99);
+        // Two guests must never share the address: the pool serves the reserved one.
+        let interim = db.offer(&reserved, None, NOW).expect("offer");
+        assert_ne!(interim, ip(11));
+        assert_eq!(db.bind(&reserved, ip(11), None, NOW), None);
+        assert_eq!(db.bind(&reserved, interim, None, NOW), Some(3600));
+        // The dynamic holder's renewal is refused, and its lease ends.
+        assert_eq!(db.bind(&mac(1), ip(11), None, NOW), None);
+        assert_eq!(db.leases(NOW).len(), 1);
+        // Then the reserved client's renewal is refused, and it moves to its address.
+        assert_eq!(db.bind(&reserved, interim, None, NOW), None);
         assert_eq!(db.offer(&reserved, None, NOW), Some(ip(11)));
         assert_eq!(
             db.bind(&reserved, ip(11), Some("guest".into()), NOW),
             Some(120)
         );
-        // The dynamic holder lost it: its renewal is refused.
-        assert_eq!(db.bind(&mac(1), ip(11), None, NOW), None);
         let leases = db.leases(NOW);
         assert_eq!(leases.len(), 1);
-        assert_eq!(leases[0].mac, reserved.mac);
+        assert_eq!((leases[0].mac, leases[0].ip), (reserved.mac, ip(11)));
         assert_eq!(leases[0].hostname.as_deref(), Some("reserved"));
         assert_eq!(leases[0].expiry_unix, NOW + 120);
         // And the reserved client cannot take another address.

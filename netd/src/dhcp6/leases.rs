@@ -343,9 +343,14 @@ impl LeaseDb {
             .get(key)
             .copied()
             .filter(|&ip| self.assignable(key, reservation, ip, now));
-        let reserved = reservation.map(|host| host.ip);
+        // A reservation wins over the client's other lease and over an offer on its
+        // address, not over another client's binding made before the reservation: two
+        // guests must never share the address. Until that client moves at its next
+        // renewal, the pool serves this one, as dnsmasq does.
+        let reserved = reservation
+            .map(|host| host.ip)
+            .filter(|&ip| !self.bound_to_another(key, ip, now));
         let ip = match (reserved, current) {
-            // A reservation wins over the client's other lease and over any holder.
             (Some(reserved), _) => {
                 if let Some(holder) = self.by_ip.get(&reserved)
                     && holder.key != *key
@@ -377,6 +382,13 @@ impl LeaseDb {
             );
         }
         Some(ip)
+    }
+
+    /// Whether a client other than `key` has a live binding on `ip`.
+    fn bound_to_another(&self, key: &ClientKey, ip: Ipv6Addr, now: i64) -> bool {
+        self.by_ip.get(&ip).is_some_and(|lease| {
+            lease.key != *key && lease.state == LeaseState::Bound && lease.expiry > now
+        })
     }
 
     fn allocate(&mut self, key: &ClientKey, now: i64) -> Option<Ipv6Addr> {
@@ -637,6 +649,33 @@ mod tests {
         assert_eq!(db.offer(&reserved_key, Some(&host), None, 0), Some(host.ip));
         db.bind(&reserved_key, host.ip, None, None, 3600, 0);
         assert_eq!(db.binding(&reserved_key, 1), Some(host.ip));
+    }
+
+    #[test]
+    fn a_reservation_waits_for_another_clients_binding_on_its_address() {
+        let mut config = config();
+        // An address of the pool, which a client could lease before it was reserved.
+        config.hosts[0].ip = ip("2001:db8:ca2:2:1::30");
+        let host = config.hosts[0].clone();
+        let mut unreserved = config.clone();
+        unreserved.hosts.clear();
+        let mut db = LeaseDb::in_memory(&unreserved);
+        assert_eq!(db.offer(&key(1), None, Some(host.ip), 0), Some(host.ip));
+        db.bind(&key(1), host.ip, None, None, 3600, 0);
+        // The reservation arrives by a live update.
+        db.configure(&config);
+        let reserved_key = ClientKey {
+            duid: host.duid.clone().unwrap().into(),
+            iaid: 7,
+        };
+        let interim = db.offer(&reserved_key, Some(&host), None, 1).unwrap();
+        assert_ne!(interim, host.ip, "two guests would share the address");
+        db.bind(&reserved_key, interim, None, None, 3600, 1);
+        // The holder moves at its next renewal; then the reserved client gets its address.
+        let moved = db.offer(&key(1), None, Some(host.ip), 2).unwrap();
+        assert_ne!(moved, host.ip);
+        db.bind(&key(1), moved, None, None, 3600, 2);
+        assert_eq!(db.offer(&reserved_key, Some(&host), None, 3), Some(host.ip));
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //! Deliberate choices, following dnsmasq:
 //! - authoritative: a RENEW/REBIND for a free address of our pool that we have no
 //!   record of (lease file lost) binds it again;
-//! - a `<host>` reservation always wins: the reserved client gets its address, a
-//!   dynamic holder of it is moved elsewhere at its next renewal;
+//! - a `<host>` reservation wins: a dynamic holder of the address is moved elsewhere at
+//!   its next renewal, and the reserved client gets it then (the pool serves it until
+//!   then: two clients never share an address);
 //! - relayed messages are dropped (the network is one link; there are no relays on it);
 //! - temporary addresses (IA_TA) and prefix delegation (IA_PD) are answered with
 //!   NoAddrsAvail / NoPrefixAvail, as dnsmasq without `ra-*`/`prefix` options does.
