@@ -393,6 +393,23 @@ fn read_question(message: &[u8], key: &mut [u8; MAX_NAME_LEN]) -> Option<(Questi
     Some((question, len))
 }
 
+/// Lowers the EDNS UDP payload size a query offers (RFC 6891 6.2.3) to
+/// [`MAX_UDP_PAYLOAD`] before it is forwarded over UDP, as dnsmasq puts its own
+/// `edns-packet-max`: an upstream answer up to a larger size a client offered could be
+/// cut short by our receive buffer, where over the limit the upstream truncates it (TC)
+/// and the client asks again over TCP. `query` passed [`Resolver::answer`].
+pub fn clamp_edns_payload(query: &mut [u8]) {
+    let mut key = [0u8; MAX_NAME_LEN];
+    let Some((question, _)) = read_question(query, &mut key) else {
+        return;
+    };
+    if edns_payload_size(query, question.end).is_some_and(|size| size > MAX_UDP_PAYLOAD)
+        && let Some(size) = query.get_mut(question.end + 3..question.end + 5)
+    {
+        size.copy_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
+    }
+}
+
 /// Whether `reply` is a response to `query`, a query we forwarded: same ID and one
 /// question equal to the query's (name compared case-insensitively, type and class).
 /// RFC 5452 9.1: a forged reply then has to guess the question as well as the ID and
@@ -610,6 +627,25 @@ mod tests {
 
     fn rdata(reply: &Message) -> Vec<RData> {
         reply.answers.iter().map(|r| r.data.clone()).collect()
+    }
+
+    #[test]
+    fn a_forwarded_query_offers_at_most_our_payload_size() {
+        let mut offered = query("example.org.", RecordType::TXT, true);
+        clamp_edns_payload(&mut offered);
+        let forwarded = Message::from_vec(&offered).unwrap();
+        assert_eq!(forwarded.max_payload(), MAX_UDP_PAYLOAD);
+        assert_eq!(
+            forwarded.queries,
+            Message::from_vec(&query("example.org.", RecordType::TXT, true))
+                .unwrap()
+                .queries
+        );
+        // Nothing to lower: the query stays as it was.
+        let classic = query("example.org.", RecordType::TXT, false);
+        let mut forwarded = classic.clone();
+        clamp_edns_payload(&mut forwarded);
+        assert_eq!(forwarded, classic);
     }
 
     #[test]

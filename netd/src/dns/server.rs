@@ -41,7 +41,9 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
-use super::resolver::{Outcome, Resolver, Transport, is_reply_to, is_upstream_failure};
+use super::resolver::{
+    Outcome, Resolver, Transport, clamp_edns_payload, is_reply_to, is_upstream_failure,
+};
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 use crate::service::ServiceTask;
 
@@ -58,7 +60,7 @@ const SUSPECT_FOR: Duration = Duration::from_secs(30);
 const MAX_PENDING: usize = 512;
 /// Most TCP connections served at once; more are closed on accept.
 pub const MAX_TCP_CLIENTS: usize = 64;
-/// A TCP client idle this long is disconnected.
+/// A TCP client idle this long, or that leaves an answer unread this long, is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Largest UDP datagram read (EDNS clients may send up to this much).
 const RECV_BUFFER: usize = 4096;
@@ -681,6 +683,7 @@ impl Serve {
         // A fresh random ID per forward, on top of the random port, makes a spoofed
         // upstream answer hard to match.
         query[..2].copy_from_slice(&rand::random::<u16>().to_be_bytes());
+        clamp_edns_payload(query);
         let forward = UdpForward {
             client,
             client_id,
@@ -840,8 +843,10 @@ async fn serve_tcp(mut stream: TcpStream, resolver: &Resolver, health: &Health) 
             }
             Outcome::Drop => return,
         }
-        if write_message(&mut stream, &out).await.is_err() {
-            return;
+        // A client that stops reading must not keep its connection slot for good.
+        match tokio::time::timeout(TCP_IDLE, write_message(&mut stream, &out)).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
     }
 }
