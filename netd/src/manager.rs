@@ -1966,9 +1966,9 @@ fn lease_names(dhcp: Option<&DhcpServer>, dhcp6: Option<&Dhcp6Server>) -> Option
         let mut names: Vec<(std::net::IpAddr, String)> = Vec::new();
         if let Some(read) = &read {
             names.extend(
-                read()
+                dhcp::dns_names(read())
                     .into_iter()
-                    .filter_map(|lease| Some((lease.ip.into(), lease.hostname?))),
+                    .map(|(ip, name)| (ip.into(), name)),
             );
         }
         if let Some(read6) = &read6 {

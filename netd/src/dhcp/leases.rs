@@ -170,6 +170,8 @@ pub struct LeaseDb {
     reservations: HashMap<[u8; 6], Reservation>,
     /// Every reserved address, with the MAC it is reserved for (if any).
     reserved_ips: HashMap<Ipv4Addr, Option<[u8; 6]>>,
+    /// The reservations' names, lowercased, with the MAC each is reserved for (if any).
+    reserved_names: HashMap<Box<str>, Option<[u8; 6]>>,
     by_ip: HashMap<Ipv4Addr, Lease>,
     by_client: HashMap<ClientKey, Ipv4Addr>,
     /// Addresses of the leases that carry a client identifier, by MAC: a request without
@@ -214,6 +216,7 @@ impl LeaseDb {
             cursor: 0,
             reservations: HashMap::new(),
             reserved_ips: HashMap::new(),
+            reserved_names: HashMap::new(),
             by_ip: HashMap::new(),
             by_client: HashMap::new(),
             id_leases_by_mac: HashMap::new(),
@@ -305,8 +308,13 @@ impl LeaseDb {
         self.exhausted_until = None;
         self.reservations.clear();
         self.reserved_ips.clear();
+        self.reserved_names.clear();
         for host in &config.hosts {
             self.reserved_ips.insert(host.ip, host.mac);
+            if let Some(name) = &host.name {
+                self.reserved_names
+                    .insert(name.to_ascii_lowercase().into(), host.mac);
+            }
             if let Some(mac) = host.mac {
                 self.reservations.insert(
                     mac,
@@ -580,6 +588,13 @@ impl LeaseDb {
             .get(&ip)
             .filter(|lease| lease.client.same_as(client))
             .and_then(|lease| lease.hostname.clone());
+        // As in dnsmasq, a name the client gives cannot take a reservation's name: a
+        // guest would otherwise answer for another one in DNS.
+        let client_hostname = client_hostname.filter(|name| {
+            self.reserved_names
+                .get(name.to_ascii_lowercase().as_str())
+                .is_none_or(|&owner| owner == Some(client.mac))
+        });
         let hostname = self
             .reserved_name(client)
             .map(Box::from)
@@ -1157,6 +1172,26 @@ mod tests {
         assert_eq!(leases[0].expiry_unix, NOW + 120);
         // And the reserved client cannot take another address.
         assert_eq!(db.bind(&reserved, ip(10), None, NOW), None);
+    }
+
+    #[test]
+    fn a_client_cannot_take_a_reservations_name() {
+        let mut db = LeaseDb::in_memory(&config());
+        assert_eq!(
+            db.bind(&mac(1), ip(10), Some("reserved".into()), NOW),
+            Some(3600)
+        );
+        assert_eq!(
+            db.bind(&mac(2), ip(12), Some("free".into()), NOW),
+            Some(3600)
+        );
+        let names: Vec<_> = db
+            .leases(NOW)
+            .into_iter()
+            .map(|lease| (lease.ip, lease.hostname))
+            .collect();
+        assert!(names.contains(&(ip(10), None)), "{names:?}");
+        assert!(names.contains(&(ip(12), Some("free".into()))), "{names:?}");
     }
 
     #[test]

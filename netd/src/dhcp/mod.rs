@@ -22,6 +22,8 @@ pub mod engine;
 pub mod leases;
 pub mod server;
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -155,6 +157,36 @@ pub(crate) fn parse_hex_bytes(text: &str, max: usize) -> Option<Vec<u8>> {
     bytes.filter(|bytes| bytes.len() <= max)
 }
 
+/// The names DNS answers for `leases`: one address per name, the lease's that expires
+/// last (renewed last, or infinite), as dnsmasq gives a name to the client that claimed
+/// it last. Cloned guests that all call themselves `ubuntu` resolve to the one that
+/// spoke last, not to a list of stale addresses.
+pub fn dns_names(leases: Vec<LeaseInfo>) -> Vec<(Ipv4Addr, String)> {
+    let newest = |lease: &LeaseInfo| match lease.expiry_unix {
+        0 => i64::MAX,
+        expiry => expiry,
+    };
+    let mut by_name: HashMap<String, LeaseInfo> = HashMap::new();
+    for lease in leases {
+        let Some(name) = &lease.hostname else {
+            continue;
+        };
+        match by_name.entry(name.to_ascii_lowercase()) {
+            Entry::Occupied(mut held) if newest(held.get()) < newest(&lease) => {
+                held.insert(lease);
+            }
+            Entry::Occupied(_) => {}
+            Entry::Vacant(free) => {
+                free.insert(lease);
+            }
+        }
+    }
+    by_name
+        .into_values()
+        .filter_map(|lease| Some((lease.ip, lease.hostname?)))
+        .collect()
+}
+
 /// Turns a client-sent hostname (option 12) into one DNS label, or `None`.
 ///
 /// Takes the part before the first dot (as dnsmasq does), lowercases it and accepts only
@@ -174,6 +206,35 @@ pub fn sanitize_hostname(raw: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_claimed_by_several_leases_answers_with_the_newest() {
+        let lease = |ip: u8, name: Option<&str>, expiry_unix| LeaseInfo {
+            expiry_unix,
+            mac: [2, 0, 0, 0, 0, ip],
+            ip: Ipv4Addr::new(192, 168, 1, ip),
+            hostname: name.map(str::to_owned),
+            client_id: None,
+        };
+        let mut names = dns_names(vec![
+            lease(10, Some("ubuntu"), 2000),
+            lease(11, Some("ubuntu"), 3000),
+            lease(12, Some("ubuntu"), 1000),
+            lease(13, Some("db"), 1000),
+            lease(14, None, 5000),
+            lease(15, Some("Pinned"), 0),
+            lease(16, Some("pinned"), 9000),
+        ]);
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                (Ipv4Addr::new(192, 168, 1, 11), "ubuntu".to_owned()),
+                (Ipv4Addr::new(192, 168, 1, 13), "db".to_owned()),
+                (Ipv4Addr::new(192, 168, 1, 15), "Pinned".to_owned()),
+            ]
+        );
+    }
 
     #[test]
     fn hostnames_become_one_safe_label() {

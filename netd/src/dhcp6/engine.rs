@@ -16,7 +16,7 @@ use dhcproto::v6::{
 use dhcproto::{Decodable, Decoder, Encodable, Name};
 
 use super::leases::{ClientKey, INFINITE, LeaseDb, MAX_DUID};
-use super::{Dhcp6Config, Error, Lease6Info, duid_mac, eui64_mac};
+use super::{Dhcp6Config, Dhcp6HostConfig, Error, Lease6Info, duid_mac, eui64_mac};
 use crate::dhcp::sanitize_hostname;
 
 /// The DHCPv6 server port.
@@ -327,7 +327,7 @@ impl Engine {
                             .as_ref()
                             .and_then(|h| h.name.as_deref())
                             .and_then(sanitize_hostname)
-                            .or_else(|| client.name.clone());
+                            .or_else(|| self.client_name(client, host.as_ref()));
                         self.leases.bind(&key, ip, client.mac, hostname, secs, now);
                     }
                     answers.push(ia_with_address(ia.id, ip, secs));
@@ -351,6 +351,18 @@ impl Engine {
     /// have no record of is bound again when it is free for the client (the lease file
     /// was lost); an IA with neither gets NoBinding, unless all it asks for are addresses
     /// of other links, which come back with lifetimes 0.
+    /// The name `client` gave, unless it is another reservation's.
+    fn client_name(
+        &self,
+        client: &Client,
+        reservation: Option<&Dhcp6HostConfig>,
+    ) -> Option<String> {
+        client
+            .name
+            .clone()
+            .filter(|name| self.leases.may_take_name(name, reservation))
+    }
+
     fn extend_all(&mut self, opts: &DhcpOptions, client: &Client, now: i64, out: &mut DhcpOptions) {
         // As in assign_all, a reservation is one address: the first IA_NA's.
         let mut reservation_left = self
@@ -386,7 +398,7 @@ impl Engine {
                         .as_ref()
                         .and_then(|h| h.name.as_deref())
                         .and_then(sanitize_hostname)
-                        .or_else(|| client.name.clone());
+                        .or_else(|| self.client_name(client, reservation.as_ref()));
                     self.leases.bind(&key, ip, client.mac, hostname, secs, now);
                     ia_opts.insert(iaaddr(ip, secs, secs));
                     renew_times(secs)
@@ -604,7 +616,6 @@ pub fn well_formed(mut data: &[u8], depth: u8) -> bool {
 #[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 pub(crate) mod tests {
     use super::*;
-    use crate::dhcp6::Dhcp6HostConfig;
     use std::time::Duration;
 
     pub(crate) fn config() -> Dhcp6Config {
@@ -1063,6 +1074,27 @@ pub(crate) mod tests {
             .find(|l| l.hostname.as_deref() == Some("paul"))
             .unwrap();
         assert_eq!(paul.mac, None);
+    }
+
+    #[test]
+    fn a_client_cannot_take_a_reservations_name() {
+        let mut engine = Engine::new(config());
+        // atlas's name belongs to its DUID's reservation: another client calling itself
+        // atlas gets an address, not the name.
+        let fqdn = DhcpOption::Unknown(dhcproto::v6::UnknownOption::new(
+            OptionCode::from(OPTION_CLIENT_FQDN),
+            b"\x01\x05atlas\x00".to_vec(),
+        ));
+        let solicit = message(
+            MessageType::Solicit,
+            &CLIENT_DUID,
+            vec![ia(1, None), fqdn, DhcpOption::RapidCommit],
+        );
+        let reply = decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap());
+        assert_eq!(the_ia(&reply).3.len(), 1);
+        let leases = engine.leases(0);
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].hostname, None);
     }
 
     #[test]

@@ -286,6 +286,20 @@ impl LeaseDb {
             })
     }
 
+    /// Whether a client whose reservation is `reservation` may go by `name`, a name it
+    /// gave: not by another reservation's name (dnsmasq does not let a client's name
+    /// override a configured one), or a guest would answer for another one in DNS.
+    pub fn may_take_name(&self, name: &str, reservation: Option<&Dhcp6HostConfig>) -> bool {
+        !self.hosts.iter().any(|host| {
+            Some(host) != reservation
+                && host
+                    .name
+                    .as_deref()
+                    .and_then(sanitize_hostname)
+                    .is_some_and(|reserved| reserved == name)
+        })
+    }
+
     /// Lease time of `ip` for a client with `reservation`: the host's `<lease>`, else
     /// the `<lease>` of the range holding the address, else the default.
     pub fn lease_secs(&self, reservation: Option<&Dhcp6HostConfig>, ip: Ipv6Addr) -> u32 {
