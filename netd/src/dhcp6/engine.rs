@@ -327,7 +327,7 @@ impl Engine {
                             .as_ref()
                             .and_then(|h| h.name.as_deref())
                             .and_then(sanitize_hostname)
-                            .or_else(|| self.client_name(client, host.as_ref()));
+                            .or_else(|| self.client_name(client, reservation.as_ref()));
                         self.leases.bind(&key, ip, client.mac, hostname, secs, now);
                     }
                     answers.push(ia_with_address(ia.id, ip, secs));
