@@ -372,6 +372,32 @@ fn write_chain_bytes(
     Ok(())
 }
 
+/// Reads one frame from `backend` into `slices`: its length, or what the receive loop
+/// does instead.
+fn read_from(
+    backend: &mut dyn NetBackend,
+    slices: &[VolatileSlice<'_>],
+    counters: &NetCounters,
+) -> Result<u64, RxStep> {
+    match backend.read_frame(slices) {
+        Ok(0) => {
+            // End of file: the backend's peer is gone (never a tap).
+            NetCounters::add(&counters.rx_errors, 1);
+            Err(RxStep::Failed)
+        }
+        Ok(len) => Ok(len as u64),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(RxStep::Empty),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(RxStep::Dropped),
+        Err(e) => {
+            // Stop polling a failing backend (e.g. a tap deleted under us)
+            // until the guest next notifies RX, rather than spin on it.
+            tracing::debug!(error = %e, "virtio-net: backend read failed");
+            NetCounters::add(&counters.rx_errors, 1);
+            Err(RxStep::Failed)
+        }
+    }
+}
+
 /// Takes the next available head off `queue`, if any.
 fn pop_head(
     queue: &mut Queue,
@@ -410,12 +436,15 @@ fn used_event_crossed(
 }
 
 /// The outcome of one receive attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RxStep {
     /// A frame landed in this many chains.
     Delivered(u32),
     Dropped,
     Empty,
     Failed,
+    /// The guest's buffers cannot take the next frame until it posts more.
+    NoRoom,
 }
 
 /// The running half of a virtio-net device: owns the queues and the backend.
@@ -439,6 +468,11 @@ pub struct NetWorker {
     rx_capacity: u64,
     rx_paused: bool,
     broken: bool,
+    /// Where a frame is read first when the guest has posted fewer bytes than a largest
+    /// frame (see [`NetWorker::receive_bounced`]); allocated the first time.
+    bounce: Vec<u8>,
+    /// The length of the frame waiting in `bounce` for buffers; 0 for none.
+    pending: usize,
 }
 
 /// Everything a [`NetWorker`] is built from (see [`super::Net::prepare_worker`]).
@@ -497,6 +531,8 @@ impl NetWorker {
             rx_capacity: 0,
             rx_paused: false,
             broken: false,
+            bounce: Vec::new(),
+            pending: 0,
         }
     }
 
@@ -600,7 +636,16 @@ impl NetWorker {
         // Used entries the driver has not been told about yet.
         let mut unsignalled = 0;
         loop {
-            if !self.refill_rx(&mem, &mut unsignalled)? {
+            let largest_fits = self.refill_rx(&mem, &mut unsignalled)?;
+            let step =
+                if self.pending > 0 || (self.mergeable && !largest_fits && self.rx_capacity > 0) {
+                    self.receive_bounced(&mem)?
+                } else if largest_fits {
+                    self.receive_one(&mem)?
+                } else {
+                    RxStep::NoRoom
+                };
+            if step == RxStep::NoRoom {
                 // Out of buffers: ask for a notification when the guest adds some,
                 // unless it already did while we were looking.
                 let more =
@@ -620,7 +665,7 @@ impl NetWorker {
                 break;
             }
             self.rx_paused = false;
-            match self.receive_one(&mem)? {
+            match step {
                 RxStep::Delivered(chains) => {
                     unsignalled += chains;
                     if unsignalled >= SIGNAL_BATCH {
@@ -628,7 +673,7 @@ impl NetWorker {
                         unsignalled = 0;
                     }
                 }
-                RxStep::Dropped => {}
+                RxStep::Dropped | RxStep::NoRoom => {}
                 RxStep::Empty => break,
                 RxStep::Failed => {
                     self.rx_paused = true;
@@ -699,6 +744,8 @@ impl NetWorker {
         }
     }
 
+    /// Reads the next frame straight into the held chains, a largest frame's worth of
+    /// them (one without mergeable buffers).
     fn receive_one(&mut self, mem: &GuestMemoryMmap) -> Result<RxStep, QueueError> {
         let mut slices = Vec::with_capacity(self.rx_chains.len().min(IOV_MAX));
         let mut capacity = 0u64;
@@ -716,22 +763,9 @@ impl NetWorker {
                 break;
             }
         }
-        let len = match self.backend.read_frame(&slices) {
-            Ok(0) => {
-                // End of file: the backend's peer is gone (never a tap).
-                NetCounters::add(&self.counters.rx_errors, 1);
-                return Ok(RxStep::Failed);
-            }
-            Ok(len) => len as u64,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(RxStep::Empty),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(RxStep::Dropped),
-            Err(e) => {
-                // Stop polling a failing backend (e.g. a tap deleted under us)
-                // until the guest next notifies RX, rather than spin on it.
-                tracing::debug!(error = %e, "virtio-net: backend read failed");
-                NetCounters::add(&self.counters.rx_errors, 1);
-                return Ok(RxStep::Failed);
-            }
+        let len = match read_from(&mut *self.backend, &slices, &self.counters) {
+            Ok(len) => len,
+            Err(step) => return Ok(step),
         };
         drop(slices);
         if len > capacity || len < VNET_HDR_LEN as u64 {
@@ -740,8 +774,65 @@ impl NetWorker {
             NetCounters::add(&self.counters.rx_dropped, 1);
             return Ok(RxStep::Dropped);
         }
-        // The frame fills the offered chains in order: `num_buffers` of them,
-        // all full but the last.
+        self.publish_frame(mem, len, offered)
+    }
+
+    /// Receives through the bounce buffer while the guest has posted fewer bytes than a
+    /// largest frame (a small ring, or small buffers): waiting for a largest frame's
+    /// room, as [`NetWorker::receive_one`] does, would hold up every frame for good.
+    /// The frame is read first and copied into the chains if it fits them. One that
+    /// does not waits for more buffers, or is dropped when the guest has no descriptor
+    /// left to post them with (Virtio 1.2 5.1.6.3.1 only asks each mergeable buffer to
+    /// hold the header).
+    fn receive_bounced(&mut self, mem: &GuestMemoryMmap) -> Result<RxStep, QueueError> {
+        if self.pending == 0 {
+            if self.bounce.is_empty() {
+                self.bounce = vec![0; usize::try_from(self.max_frame).unwrap_or(usize::MAX)];
+            }
+            let slice = VolatileSlice::from(&mut self.bounce[..]);
+            let len = match read_from(&mut *self.backend, &[slice], &self.counters) {
+                Ok(len) => len,
+                Err(step) => return Ok(step),
+            };
+            if len > self.max_frame || len < VNET_HDR_LEN as u64 {
+                NetCounters::add(&self.counters.rx_dropped, 1);
+                return Ok(RxStep::Dropped);
+            }
+            self.pending = len as usize;
+        }
+        let len = self.pending as u64;
+        if len > self.rx_capacity {
+            let descriptors: usize = self.rx_chains.iter().map(Chain::segment_count).sum();
+            if descriptors < usize::from(self.rx.size()) {
+                return Ok(RxStep::NoRoom);
+            }
+            self.pending = 0;
+            NetCounters::add(&self.counters.rx_dropped, 1);
+            return Ok(RxStep::Dropped);
+        }
+        let mut copied = 0;
+        let mut offered = 0;
+        for chain in &self.rx_chains {
+            if copied == self.pending {
+                break;
+            }
+            let n = (self.pending - copied).min(usize::try_from(chain.len).unwrap_or(usize::MAX));
+            write_chain_bytes(mem, chain, 0, &self.bounce[copied..copied + n])?;
+            copied += n;
+            offered += 1;
+        }
+        self.pending = 0;
+        self.publish_frame(mem, len, offered)
+    }
+
+    /// Marks the `len` bytes of a frame written into the first `offered` held chains as
+    /// used: `num_buffers` of them, all full but the last.
+    fn publish_frame(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        len: u64,
+        offered: usize,
+    ) -> Result<RxStep, QueueError> {
         let mut num_buffers = 0u16;
         let mut remaining = len;
         for chain in self.rx_chains.iter().take(offered) {
