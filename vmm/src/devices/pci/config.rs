@@ -342,6 +342,12 @@ impl PciConfig {
         self.read_u16(COMMAND) & COMMAND_INTX_DISABLE != 0
     }
 
+    /// Whether the command register's Bus Master bit is set: the function may read and
+    /// write memory, and send MSIs.
+    pub fn bus_master(&self) -> bool {
+        self.read_u16(COMMAND) & COMMAND_BUS_MASTER != 0
+    }
+
     /// Raw access for device code (e.g. a capability's state bytes).
     pub fn bytes_mut(&mut self) -> &mut [u8; CONFIG_SPACE_SIZE] {
         &mut self.bytes

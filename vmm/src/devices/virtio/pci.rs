@@ -598,6 +598,12 @@ impl VirtioPciDevice {
                 self.status |= VIRTIO_CONFIG_S_NEEDS_RESET as u8;
                 return;
             }
+            if !self.config.bus_master() {
+                // It could not touch the rings, nor interrupt the driver.
+                tracing::warn!("virtio-pci: DRIVER_OK with bus mastering off");
+                self.status |= VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+                return;
+            }
             self.activate();
         }
     }
@@ -798,6 +804,17 @@ impl PciDevice for VirtioPciDevice {
     }
 
     fn config_written(&mut self, offset: usize, data: &[u8]) {
+        if self.active && !self.config.bus_master() {
+            // The driver took the function off the bus (a kexec'd kernel's
+            // pci_device_shutdown does, without a virtio reset): the device must stop
+            // writing what is now the next kernel's memory. As QEMU, it stops and
+            // drops DRIVER_OK; it asks for the reset a new driver does anyway.
+            tracing::info!("virtio-pci: bus mastering turned off; device stopped");
+            self.device.reset();
+            self.active = false;
+            self.status = (self.status & !(VIRTIO_CONFIG_S_DRIVER_OK as u8))
+                | VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+        }
         let msix_enabled = {
             let mut msix = lock_msix(&self.msix);
             msix.config_written(&self.config);

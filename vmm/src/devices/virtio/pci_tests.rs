@@ -109,10 +109,12 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let log = Arc::new(Mutex::new(Log::default()));
-    let (dev, router, _) = transport(Box::new(Recorder {
+    let (mut dev, router, _) = transport(Box::new(Recorder {
         log: log.clone(),
         sizes: [16, 8],
     }));
+    // Memory space and bus mastering, as a driver enables them before using it.
+    dev.config_write(COMMAND, &[0x06, 0]);
     Fixture { dev, log, router }
 }
 
@@ -409,6 +411,31 @@ fn hostile_queue_setups_set_needs_reset_instead_of_activating() {
     f.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK);
     assert!(!f.dev.is_active());
     assert_ne!(f.status() & VIRTIO_CONFIG_S_NEEDS_RESET as u8, 0);
+}
+
+#[test]
+fn the_device_stops_when_bus_mastering_goes_and_will_not_start_without_it() {
+    let mut f = fixture();
+    f.negotiate(OFFERED);
+    f.setup_queue(0, 16, 0x1_0000);
+    f.setup_queue(1, 8, 0x2_0000);
+    f.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
+    assert!(f.dev.is_active());
+    // A kexec'd kernel's shutdown turns bus mastering off without a virtio reset.
+    f.dev.config_write(COMMAND, &[0x02, 0]);
+    assert!(!f.dev.is_active());
+    assert_eq!(f.log.lock().expect("log").resets, 2);
+    let status = u32::from(f.status());
+    assert_eq!(status & VIRTIO_CONFIG_S_DRIVER_OK, 0);
+    assert_ne!(status & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+    // The next driver resets it, but forgets bus mastering: DRIVER_OK is refused.
+    f.negotiate(OFFERED);
+    f.setup_queue(0, 16, 0x1_0000);
+    f.setup_queue(1, 8, 0x2_0000);
+    f.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
+    assert!(!f.dev.is_active());
+    assert_ne!(u32::from(f.status()) & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+    assert_eq!(f.log.lock().expect("log").activations.len(), 1);
 }
 
 #[test]
@@ -761,7 +788,8 @@ fn real_net_device_transmits_and_survives_reset_and_reinitialisation() {
         },
         Box::new(backend),
     );
-    let (dev, router, mem) = transport(Box::new(net));
+    let (mut dev, router, mem) = transport(Box::new(net));
+    dev.config_write(COMMAND, &[0x06, 0]);
     let mut f = Fixture {
         dev,
         log: Arc::default(),
