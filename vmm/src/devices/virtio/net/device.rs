@@ -69,7 +69,8 @@ pub fn tap_offload_flags(acked: u64) -> u32 {
 #[derive(Debug)]
 struct RunningWorker {
     kill: EventFd,
-    thread: JoinHandle<Box<dyn NetBackend>>,
+    /// Gives the backend back; `None` if the worker never arrived.
+    thread: JoinHandle<Option<Box<dyn NetBackend>>>,
 }
 
 /// A virtio-net device on a [`NetBackend`].
@@ -197,6 +198,7 @@ impl Net {
             counters: Arc::clone(&self.counters),
             needs_reset: Arc::clone(&self.needs_reset),
             mergeable: self.acked_features & bit(VIRTIO_NET_F_MRG_RXBUF) != 0,
+            guest_csum: self.acked_features & bit(VIRTIO_NET_F_GUEST_CSUM) != 0,
             max_frame,
         }))
     }
@@ -256,6 +258,10 @@ impl VirtioDevice for Net {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<(Queue, EventFd)>,
     ) -> Result<(), ActivateError> {
+        // Made before the worker takes the backend: a failure after that would lose it,
+        // and every later activation would fail.
+        let kill = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Spawn)?;
+        let kill_worker = kill.try_clone().map_err(ActivateError::Spawn)?;
         let worker = self.prepare_worker(mem, Arc::clone(&interrupt), queues);
         let worker = match worker {
             Ok(worker) => worker,
@@ -267,12 +273,26 @@ impl VirtioDevice for Net {
                 return Err(e);
             }
         };
-        let kill = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Spawn)?;
-        let kill_worker = kill.try_clone().map_err(ActivateError::Spawn)?;
-        let thread = std::thread::Builder::new()
+        // The worker is handed over once the thread runs, so that it (and the backend)
+        // comes back if the thread cannot be started.
+        let (hand_over, handed) = std::sync::mpsc::sync_channel::<NetWorker>(1);
+        let spawned = std::thread::Builder::new()
             .name(format!("virtio-net-{}", self.name))
-            .spawn(move || worker.run(&kill_worker))
-            .map_err(ActivateError::Spawn)?;
+            .spawn(move || handed.recv().ok().map(|worker| worker.run(&kill_worker)));
+        let thread = match spawned {
+            Ok(thread) => thread,
+            Err(e) => {
+                self.backend = Some(worker.into_backend());
+                return Err(ActivateError::Spawn(e));
+            }
+        };
+        if let Err(std::sync::mpsc::SendError(worker)) = hand_over.send(worker) {
+            // The thread is gone already (it cannot be, short of a panic).
+            self.backend = Some(worker.into_backend());
+            return Err(ActivateError::Spawn(std::io::Error::other(
+                "the worker thread ended before it started",
+            )));
+        }
         self.worker = Some(RunningWorker { kill, thread });
         tracing::info!(device = %self.name, mac = %self.config.mac,
             features = format_args!("{:#x}", self.acked_features), "virtio-net: activated");
@@ -289,7 +309,8 @@ impl VirtioDevice for Net {
             tracing::error!(device = %self.name, error = %e, "virtio-net: cannot stop worker");
         }
         match worker.thread.join() {
-            Ok(backend) => self.backend = Some(backend),
+            Ok(Some(backend)) => self.backend = Some(backend),
+            Ok(None) => tracing::error!(device = %self.name, "virtio-net: worker never started"),
             Err(_) => tracing::error!(device = %self.name, "virtio-net: worker panicked"),
         }
         true

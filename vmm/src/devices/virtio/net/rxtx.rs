@@ -460,6 +460,7 @@ pub struct NetWorker {
     counters: Arc<NetCounters>,
     needs_reset: Arc<AtomicBool>,
     mergeable: bool,
+    guest_csum: bool,
     max_frame: u64,
     /// The RX used index the last interrupt decision covered.
     rx_signalled: u16,
@@ -494,6 +495,8 @@ pub struct NetWorkerSetup {
     pub needs_reset: Arc<AtomicBool>,
     /// `VIRTIO_NET_F_MRG_RXBUF` was negotiated.
     pub mergeable: bool,
+    /// `VIRTIO_NET_F_GUEST_CSUM` was negotiated.
+    pub guest_csum: bool,
     /// Largest frame the backend may deliver, vnet header included.
     pub max_frame: usize,
 }
@@ -501,6 +504,11 @@ pub struct NetWorkerSetup {
 /// Used entries after which a long batch signals the driver (as vhost-net does
 /// every 64), so it can recycle buffers before the batch ends.
 const SIGNAL_BATCH: u32 = 64;
+
+/// Frames (or TX chains) one pass moves before the worker goes back to its event loop,
+/// which then sees a stop request, and the other direction, between passes: a steady
+/// flood in one direction must not starve the other, nor hold up a reset.
+const PASS_LIMIT: u32 = 256;
 
 /// Most buffers one `readv` may take (the kernel's `UIO_MAXIOV`).
 const IOV_MAX: usize = 1024;
@@ -525,6 +533,7 @@ impl NetWorker {
             counters: setup.counters,
             needs_reset: setup.needs_reset,
             mergeable: setup.mergeable,
+            guest_csum: setup.guest_csum,
             max_frame: setup.max_frame as u64,
             rx_signalled,
             rx_chains: VecDeque::new(),
@@ -573,6 +582,7 @@ impl NetWorker {
         };
         let mut slices: Vec<VolatileSlice<'_>> = Vec::new();
         let table = DescTable::of(&mem, &self.tx);
+        let mut moved = 0;
         loop {
             self.tx.disable_notification(&*mem).map_err(ring_err)?;
             while let Some(head) = pop_head(&mut self.tx, &mem, TX_QUEUE)? {
@@ -604,6 +614,17 @@ impl NetWorker {
                     self.signal(TX_QUEUE)?;
                     unsignalled = 0;
                 }
+                moved += 1;
+                if moved == PASS_LIMIT {
+                    break;
+                }
+            }
+            if moved == PASS_LIMIT {
+                // Notifications stay off: the next pass is ours to ask for.
+                if let Err(e) = self.tx_evt.write(1) {
+                    tracing::warn!(error = %e, "virtio-net: cannot requeue TX");
+                }
+                break;
             }
             if !self.tx.enable_notification(&*mem).map_err(ring_err)? {
                 break;
@@ -635,7 +656,8 @@ impl NetWorker {
         let mem = Arc::clone(&self.mem);
         // Used entries the driver has not been told about yet.
         let mut unsignalled = 0;
-        loop {
+        // The backend stays readable if frames are left: the event loop comes back.
+        for _ in 0..PASS_LIMIT {
             let largest_fits = self.refill_rx(&mem, &mut unsignalled)?;
             let step =
                 if self.pending > 0 || (self.mergeable && !largest_fits && self.rx_capacity > 0) {
@@ -849,6 +871,11 @@ impl NetWorker {
                 NUM_BUFFERS_OFFSET as u64,
                 &num_buffers.to_le_bytes(),
             )?;
+            if !self.guest_csum {
+                // A tap sets DATA_VALID whatever its offloads; a driver that did not
+                // accept GUEST_CSUM must see no flags (Virtio 1.2 5.1.6.4.1).
+                write_chain_bytes(mem, first, 0, &[0])?;
+            }
         }
         // Fill the used elements, then publish them with one index update.
         let ring_err = |source| QueueError::Ring {
