@@ -185,11 +185,12 @@ fn host_resolvers_serve_forwarding_networks_only_and_only_on_the_bridge() {
         ],
     )
     .expect("start dnsmasq");
+    // No resolver yet, as at boot before the host's network manager wrote one.
     let resolv_conf = daemon.dirs.path().join("resolv.conf");
-    std::fs::write(&resolv_conf, "nameserver 10.98.0.2\n").expect("resolv.conf");
+    std::fs::write(&resolv_conf, "# not yet\n").expect("resolv.conf");
     let options = DaemonOptions {
         no_default_network: true,
-        resolv_conf: Some(resolv_conf),
+        resolv_conf: Some(resolv_conf.clone()),
         ..DaemonOptions::default()
     };
     daemon.stop();
@@ -235,6 +236,17 @@ fn host_resolvers_serve_forwarding_networks_only_and_only_on_the_bridge() {
     let ask = |ns: &testkit::Netns, server: &str| ask_about(ns, server, "www.up.test");
     let (fwd_guest, _) = &guests[0];
     let answer = ask(fwd_guest, "192.168.131.1");
+    assert!(answer.contains("status: REFUSED"), "{answer}");
+    // The resolver arrives: the running networks follow the file, as dnsmasq does.
+    std::fs::write(&resolv_conf, "nameserver 10.98.0.2\n").expect("resolv.conf");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let answer = loop {
+        let answer = ask(fwd_guest, "192.168.131.1");
+        if answer.contains("status: NOERROR") || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     assert!(
         answer.contains("status: NOERROR") && answer.contains("10.77.7.7"),
         "the NAT network's guest did not reach the host's resolver:\n{answer}\n{}",

@@ -98,6 +98,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let ready = || tell_systemd("READY=1");
         let manager = Arc::new(manager);
         manager.follow_port_exits();
+        manager.follow_host_resolvers();
         server::serve(manager, &args.socket, ready, shutdown_signal())
             .await
             .context("serving the API")?;

@@ -33,6 +33,7 @@ mod bandwidth;
 mod hooks;
 mod macvtaps;
 mod ports;
+mod upstreams;
 
 use bandwidth::{macvtap_shaping_of, shaping_of};
 
