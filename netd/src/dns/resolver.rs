@@ -314,13 +314,28 @@ impl Resolver {
         cache.read_at = Some(Instant::now());
     }
 
-    /// Whether a name we do not know must get NXDOMAIN rather than be forwarded.
+    /// Whether a name we do not know must get NXDOMAIN rather than be forwarded: a plain
+    /// name without `forwardPlainNames`, or a name in a local domain, unless a forwarder
+    /// routes a domain under that one which holds it (dnsmasq takes the most specific of
+    /// its `server=` and `local=` entries).
     fn is_local(&self, key: &[u8]) -> bool {
-        (!self.forward_plain_names && label_count(key) == 1)
-            || self
-                .local_domains
-                .iter()
-                .any(|domain| is_at_or_under(key, domain))
+        if !self.forward_plain_names && label_count(key) == 1 {
+            return true;
+        }
+        let Some(local) = self
+            .local_domains
+            .iter()
+            .filter(|domain| is_at_or_under(key, domain))
+            .map(Vec::len)
+            .max()
+        else {
+            return false;
+        };
+        // Both are suffixes of `key` at label boundaries: the longer is under the other.
+        !self
+            .routes
+            .iter()
+            .any(|(domain, _)| domain.len() > local && is_at_or_under(key, domain))
     }
 
     /// The servers to ask about a name: its domain's forwarders, or the upstreams.
@@ -838,6 +853,30 @@ mod tests {
         // Only whole labels match a domain.
         assert_eq!(decide("a.bcorp.test."), Outcome::Forward(&defaults));
         assert_eq!(decide("plain."), Outcome::Forward(&defaults));
+
+        // A forwarder for a domain inside a local one gets its names, as dnsmasq's
+        // most specific entry wins; the rest of the local domain stays local.
+        let mut nested = config();
+        nested.forwarders.push(DnsForwarder {
+            addr: Some("10.0.0.5".parse().unwrap()),
+            domain: Some("ad.example.test".into()),
+        });
+        let nested = Resolver::new(&nested, None).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(
+            nested.answer(
+                &query("dc.ad.example.test.", RecordType::A, false),
+                Transport::Udp,
+                &mut out
+            ),
+            Outcome::Forward(&["10.0.0.5:53".parse().unwrap()])
+        );
+        assert_eq!(
+            ask(&nested, "nobody.example.test.", RecordType::A)
+                .metadata
+                .response_code,
+            ResponseCode::NXDomain
+        );
         for local in ["nobody.example.test.", "x.private.test."] {
             let reply = ask(&resolver, local, RecordType::A);
             assert_eq!(
