@@ -138,7 +138,11 @@ impl Engine {
             Some(DhcpOption::ClientIdentifier(id)) => Some(id.as_slice()),
             _ => None,
         };
-        let client = Client::new(mac, client_id);
+        let name = match request.opts().get(OptionCode::Hostname) {
+            Some(DhcpOption::Hostname(name)) => sanitize_hostname(name),
+            _ => None,
+        };
+        let client = Client::new(mac, client_id).named(name.as_deref());
         match request.opts().msg_type()? {
             MessageType::Discover => self.discover(&request, &client, now),
             MessageType::Request => self.request(&request, &client, now),
@@ -201,10 +205,7 @@ impl Engine {
             (None, None) if !ciaddr.is_unspecified() => ciaddr,
             (None, None) => return None,
         };
-        let hostname = match request.opts().get(OptionCode::Hostname) {
-            Some(DhcpOption::Hostname(name)) => sanitize_hostname(name),
-            _ => None,
-        };
+        let hostname = client.name.as_deref().map(str::to_owned);
         match self
             .leases
             .bind_requesting(client, ip, hostname, requested_lease(request), now)
@@ -735,6 +736,43 @@ mod tests {
         assert_eq!(engine.leases(NOW)[0].hostname.as_deref(), Some("guest-1"));
         // Reserved names are not echoed to dynamic clients.
         assert_eq!(ack.opts().get(OptionCode::Hostname), None);
+    }
+
+    #[test]
+    fn a_host_without_a_mac_is_reserved_for_the_client_going_by_its_name() {
+        let mut config = config();
+        let by_name = Ipv4Addr::new(192, 168, 77, 60);
+        config.hosts.push(DhcpHostConfig {
+            mac: None,
+            ip: by_name,
+            name: Some("Builder".into()),
+            lease: Some(Duration::from_secs(900)),
+        });
+        let mut engine = Engine::new(config);
+        let named = |kind, mac| {
+            let mut m = message(kind, mac);
+            m.opts_mut().insert(DhcpOption::Hostname("builder".into()));
+            m
+        };
+        let mac = [2, 0, 0, 0, 0, 9];
+        let (_, offer) =
+            exchange(&mut engine, &named(MessageType::Discover, mac), NOW).expect("offer");
+        assert_eq!(offer.yiaddr(), by_name);
+        let mut request = named(MessageType::Request, mac);
+        request
+            .opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(by_name));
+        request
+            .opts_mut()
+            .insert(DhcpOption::ServerIdentifier(SERVER));
+        let (_, ack) = exchange(&mut engine, &request, NOW).expect("ack");
+        assert_eq!((kind(&ack), ack.yiaddr()), (MessageType::Ack, by_name));
+        let lease = &engine.leases(NOW)[0];
+        assert_eq!(lease.hostname.as_deref(), Some("Builder"));
+        assert_eq!(lease.expiry_unix, NOW + 900);
+        // A client going by another name gets the pool, never the reserved address.
+        let (_, other) = dora(&mut engine, [2, 0, 0, 0, 0, 10], NOW);
+        assert_ne!(other.yiaddr(), by_name);
     }
 
     #[test]

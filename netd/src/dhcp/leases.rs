@@ -58,6 +58,9 @@ pub struct Client {
     pub mac: [u8; 6],
     /// Client identifier (option 61), if any.
     pub client_id: Option<Box<[u8]>>,
+    /// The name it sent (option 12, sanitised): a `<host>` without a MAC matches on it,
+    /// as dnsmasq's `dhcp-host=NAME,IP` that libvirt writes for one does.
+    pub name: Option<Box<str>>,
 }
 
 impl Client {
@@ -66,6 +69,15 @@ impl Client {
         Client {
             mac,
             client_id: client_id.filter(|id| !id.is_empty()).map(Box::from),
+            name: None,
+        }
+    }
+
+    /// The client, going by `name` (see [`Client::name`]).
+    pub fn named(self, name: Option<&str>) -> Client {
+        Client {
+            name: name.map(Box::from),
+            ..self
         }
     }
 
@@ -168,6 +180,8 @@ pub struct LeaseDb {
     pool_size: u64,
     cursor: u64,
     reservations: HashMap<[u8; 6], Reservation>,
+    /// The reservations of `<host>`s without a MAC, by name (lowercased).
+    name_reservations: HashMap<Box<str>, Reservation>,
     /// Every reserved address, with the MAC it is reserved for (if any).
     reserved_ips: HashMap<Ipv4Addr, Option<[u8; 6]>>,
     /// The reservations' names, lowercased, with the MAC each is reserved for (if any).
@@ -217,6 +231,7 @@ impl LeaseDb {
             reservations: HashMap::new(),
             reserved_ips: HashMap::new(),
             reserved_names: HashMap::new(),
+            name_reservations: HashMap::new(),
             by_ip: HashMap::new(),
             by_client: HashMap::new(),
             id_leases_by_mac: HashMap::new(),
@@ -307,6 +322,7 @@ impl LeaseDb {
         self.cursor = 0;
         self.exhausted_until = None;
         self.reservations.clear();
+        self.name_reservations.clear();
         self.reserved_ips.clear();
         self.reserved_names.clear();
         for host in &config.hosts {
@@ -315,15 +331,20 @@ impl LeaseDb {
                 self.reserved_names
                     .insert(name.to_ascii_lowercase().into(), host.mac);
             }
-            if let Some(mac) = host.mac {
-                self.reservations.insert(
-                    mac,
-                    Reservation {
-                        ip: host.ip,
-                        name: host.name.as_deref().map(Box::from),
-                        lease: host.lease.map(lease_secs),
-                    },
-                );
+            let reservation = Reservation {
+                ip: host.ip,
+                name: host.name.as_deref().map(Box::from),
+                lease: host.lease.map(lease_secs),
+            };
+            match (host.mac, &host.name) {
+                (Some(mac), _) => {
+                    self.reservations.insert(mac, reservation);
+                }
+                (None, Some(name)) => {
+                    self.name_reservations
+                        .insert(name.to_ascii_lowercase().into(), reservation);
+                }
+                (None, None) => {}
             }
         }
         // An offer on an address now reserved or out of the pool would be handed over
@@ -347,7 +368,7 @@ impl LeaseDb {
     /// range, else the default. libvirt writes hosts without a lease time and dnsmasq
     /// gives them the lease time of the dhcp-range of their subnet.
     pub fn lease_secs(&self, client: &Client, ip: Ipv4Addr) -> u32 {
-        if let Some(res) = self.reservations.get(&client.mac).filter(|r| r.ip == ip)
+        if let Some(res) = self.reservation_of(client).filter(|r| r.ip == ip)
             && let Some(lease) = res.lease
         {
             return lease;
@@ -373,9 +394,19 @@ impl LeaseDb {
         }
     }
 
-    /// The reserved name for `client`, if its MAC has a reservation with one.
+    /// `client`'s reservation: its MAC's, else (a `<host>` without a MAC) that of the
+    /// name it sent.
+    fn reservation_of(&self, client: &Client) -> Option<&Reservation> {
+        self.reservations.get(&client.mac).or_else(|| {
+            let name = client.name.as_deref()?;
+            self.name_reservations
+                .get(name.to_ascii_lowercase().as_str())
+        })
+    }
+
+    /// The reserved name for `client`, if its reservation has one.
     pub fn reserved_name(&self, client: &Client) -> Option<&str> {
-        self.reservations.get(&client.mac)?.name.as_deref()
+        self.reservation_of(client)?.name.as_deref()
     }
 
     /// `client`'s reservation, unless its address is out of reach: declined and still held
@@ -385,7 +416,7 @@ impl LeaseDb {
     /// Meanwhile the client is served from the pool, as dnsmasq does, and the holder's
     /// next renewal is refused.
     fn usable_reservation(&self, client: &Client, now: i64) -> Option<&Reservation> {
-        let res = self.reservations.get(&client.mac)?;
+        let res = self.reservation_of(client)?;
         let out_of_reach = self
             .by_ip
             .get(&res.ip)
@@ -590,10 +621,11 @@ impl LeaseDb {
             .and_then(|lease| lease.hostname.clone());
         // As in dnsmasq, a name the client gives cannot take a reservation's name: a
         // guest would otherwise answer for another one in DNS.
+        // (A name reserved without a MAC is the name its client goes by.)
         let client_hostname = client_hostname.filter(|name| {
             self.reserved_names
                 .get(name.to_ascii_lowercase().as_str())
-                .is_none_or(|&owner| owner == Some(client.mac))
+                .is_none_or(|&owner| owner.is_none_or(|mac| mac == client.mac))
         });
         let hostname = self
             .reserved_name(client)

@@ -76,7 +76,8 @@ pub struct DhcpBoot {
 /// One `<host>` reservation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DhcpHostConfig {
-    /// The client's MAC; a host without one only keeps its address out of the pool.
+    /// The client's MAC; a host without one is reserved for the client that sends its
+    /// `name` (option 12), as dnsmasq's `dhcp-host=NAME,IP`.
     pub mac: Option<[u8; 6]>,
     /// The reserved address.
     pub ip: Ipv4Addr,
