@@ -355,3 +355,52 @@ fn staging_sockets_of_dead_daemons_are_removed_at_start() {
         "a live process's staging socket was removed"
     );
 }
+
+#[test]
+fn a_definition_that_cannot_be_loaded_keeps_its_leases_and_ports_until_it_is_mended() {
+    if !require(&common::port_needs()) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(no_default());
+    let xml = "<network><name>lab</name><forward/><ip address='10.56.0.1' prefix='24'>\
+               <dhcp><range start='10.56.0.10' end='10.56.0.20'/></dhcp></ip></network>";
+    let path = xml_file(daemon.dirs.path(), "lab.xml", xml);
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    daemon.ok(&["net-start", "lab"]);
+    let port = xml_file(
+        daemon.dirs.path(),
+        "port.xml",
+        &common::port_xml("vm1", "52:54:00:56:00:01"),
+    );
+    daemon.ok(&["net-port-create", "lab", port.to_str().expect("path")]);
+    daemon.ok(&["net-destroy", "lab"]);
+    let taps = |daemon: &Daemon| daemon.ns.sh("ip -br link show type tun").expect("ip");
+    assert!(!taps(&daemon).trim().is_empty(), "the parked port's tap");
+    let definition_path = daemon.config_dir().join("networks/lab.xml");
+    let definition = std::fs::read(&definition_path).expect("definition");
+    let lease_file = daemon.state_dir().join("networks/lab.leases");
+    let ports_file = daemon.state_dir().join("networks/lab.ports");
+    assert!(lease_file.exists() && ports_file.exists());
+
+    // A hand edit gone wrong, in bytes that are not even UTF-8.
+    daemon.kill9();
+    std::fs::write(&definition_path, b"<network>\xff").expect("break the definition");
+    daemon.spawn(&no_default());
+    assert!(
+        daemon.log().contains("skipping unreadable definition"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.ok(&["net-list", "--all", "--name"]).trim(), "");
+    assert!(!taps(&daemon).trim().is_empty(), "the tap was deleted");
+    assert!(lease_file.exists() && ports_file.exists(), "files deleted");
+
+    // Mended: the network, its port and its leases are all there again.
+    daemon.kill9();
+    std::fs::write(&definition_path, definition).expect("mend the definition");
+    daemon.spawn(&no_default());
+    assert_eq!(daemon.ok(&["net-list", "--all", "--name"]).trim(), "lab");
+    daemon.ok(&["net-start", "lab"]);
+    let ports = daemon.ok(&["net-port-list", "lab", "--uuid"]);
+    assert_eq!(ports.split_whitespace().count(), 1, "{ports}");
+}

@@ -314,6 +314,10 @@ impl Network {
 #[derive(Debug)]
 pub struct Manager {
     networks: Mutex<BTreeMap<String, Network>>,
+    /// The names of the definitions on disk that could not be loaded at start (bad XML,
+    /// unreadable): their lease files, ports and devices are kept, for when the file is
+    /// mended, as libvirt skips a bad file and removes nothing.
+    unloaded: std::sync::Mutex<std::collections::BTreeSet<String>>,
     store: Store,
     link: Link,
     /// The host's used prefixes, for the collision check of every start.
@@ -398,6 +402,7 @@ impl Manager {
             .ok();
         let manager = Manager {
             networks: Mutex::new(BTreeMap::new()),
+            unloaded: std::sync::Mutex::default(),
             store,
             link,
             prefixes: Arc::new(PrefixCache::new()?),
@@ -422,20 +427,31 @@ impl Manager {
 
     async fn load_configs(&self) -> Result<(), Error> {
         let mut networks = self.networks.lock().await;
+        let mut unloaded = std::collections::BTreeSet::new();
         for stored in self.store.load_configs()? {
-            let def = match NetworkDef::from_xml(&stored.xml) {
+            let parsed = stored
+                .xml
+                .map_err(Error::from)
+                .and_then(|xml| Ok(NetworkDef::from_xml(&xml)?));
+            let def = match parsed {
                 Ok(def) => def,
                 Err(e) => {
-                    warn!(path = %stored.path.display(), "skipping unreadable definition: {}", error_chain(&e));
+                    warn!(path = %stored.path.display(), "skipping unreadable definition (its leases and ports are kept): {}", error_chain(&e));
+                    unloaded.insert(stored.file_name);
                     continue;
                 }
             };
             if def.name != stored.file_name {
-                warn!(path = %stored.path.display(), network = %def.name, "skipping definition whose file name differs from its <name>");
+                warn!(path = %stored.path.display(), network = %def.name, "skipping definition whose file name differs from its <name> (its leases and ports are kept)");
+                unloaded.insert(stored.file_name);
                 continue;
             }
             networks.insert(def.name.clone(), Network::defined(def, stored.autostart));
         }
+        *self
+            .unloaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = unloaded;
         self.complete_copied_definitions(&mut networks).await;
         Ok(())
     }
@@ -545,7 +561,8 @@ impl Manager {
                     network.run(def, servers);
                 }
                 None => {
-                    if status.persistent {
+                    // (One whose definition is there but unreadable stays persistent.)
+                    if status.persistent && !self.was_unloaded(&name) {
                         // Its definition was removed behind our back: keep it running, as transient.
                         warn!(network = %name, "running network has no definition on disk any more; it is now transient");
                         self.store.save_status(
@@ -600,12 +617,20 @@ impl Manager {
     async fn forget_orphan_leases(&self) -> Result<(), Error> {
         let networks = self.networks.lock().await;
         for name in self.store.lease_file_names()? {
-            if !networks.contains_key(&name) {
+            if !networks.contains_key(&name) && !self.was_unloaded(&name) {
                 info!(network = %name, "removing the lease file of a network that is gone");
                 self.store.delete_leases(&name)?;
             }
         }
         Ok(())
+    }
+
+    /// Whether `name`'s definition is on disk but could not be loaded at start.
+    fn was_unloaded(&self, name: &str) -> bool {
+        self.unloaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(name)
     }
 
     /// Puts back what was taken from an adopted network's own bridge while the daemon was

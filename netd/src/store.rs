@@ -107,14 +107,15 @@ pub struct PortStatus {
 }
 
 /// A persistent definition found on disk.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct StoredConfig {
     /// The name taken from the file name.
     pub file_name: String,
     /// The file's path (for messages).
     pub path: PathBuf,
-    /// The file's text.
-    pub xml: String,
+    /// The file's text, or why it could not be read (the others still load, as in
+    /// libvirt, where one bad file must not stop the daemon).
+    pub xml: Result<String, Error>,
     /// Whether an autostart link for it exists.
     pub autostart: bool,
 }
@@ -209,7 +210,7 @@ impl Store {
             let Some(file_name) = stem(&path) else {
                 continue;
             };
-            let xml = fs::read_to_string(&path).map_err(io_err("reading", &path))?;
+            let xml = fs::read_to_string(&path).map_err(io_err("reading", &path));
             let autostart = self.autostart_path(&file_name).exists();
             configs.push(StoredConfig {
                 file_name,
@@ -446,10 +447,9 @@ fn xml_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     for entry in entries {
         let entry = entry.map_err(io_err("listing", dir))?;
         let path = entry.path();
-        let is_file = entry
-            .file_type()
-            .map_err(io_err("inspecting", &path))?
-            .is_file();
+        // Symlinks followed, as libvirt opens what it lists; one pointing nowhere is
+        // listed too, and fails to read with a message naming it.
+        let is_file = fs::metadata(&path).map_or(true, |meta| meta.is_file());
         if is_file && path.extension().is_some_and(|ext| ext == "xml") {
             files.push(path);
         }
@@ -578,7 +578,7 @@ mod tests {
         let configs = store.load_configs().unwrap();
         let summary: Vec<_> = configs
             .iter()
-            .map(|c| (c.file_name.as_str(), c.autostart, c.xml.as_str()))
+            .map(|c| (c.file_name.as_str(), c.autostart, c.xml.as_deref().unwrap()))
             .collect();
         assert_eq!(
             summary,

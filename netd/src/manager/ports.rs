@@ -643,10 +643,10 @@ impl Manager {
     /// Takes over the ports an earlier daemon recorded, once every network is loaded and
     /// adopted: a running network's are plugged in if a crash interrupted that; a stopped
     /// network's wait, detached, for its next start; those of a network that is gone are
-    /// deleted.
+    /// deleted (not those of a definition that could not be loaded).
     ///
-    /// Returns whether the records could be listed: if not, no device may be taken for
-    /// an orphan.
+    /// Returns whether the records could be listed and claim every device of theirs: if
+    /// not, no device may be taken for an orphan.
     pub(super) async fn reconcile_ports(&self, networks: &mut BTreeMap<String, Network>) -> bool {
         let names = match self.store.ports_file_names() {
             Ok(names) => names,
@@ -665,9 +665,15 @@ impl Manager {
             .await
             .map_err(|e| warn!("cannot check the ports' taps: {}", error_chain(&e)))
             .ok();
+        let mut all_claimed = true;
         for name in names {
             let Some(network) = networks.get_mut(&name) else {
-                self.discard_recorded_ports(&name).await;
+                if self.was_unloaded(&name) {
+                    // Its macvtaps are not known to be claimed: none is deleted as an orphan.
+                    all_claimed = false;
+                } else {
+                    self.discard_recorded_ports(&name).await;
+                }
                 continue;
             };
             (network.ports, network.unreadable_ports) = self.load_ports(&name);
@@ -687,7 +693,7 @@ impl Manager {
             self.run_port_hooks_logged(&name, network, Operation::PortDeleted, &ended)
                 .await;
         }
-        true
+        all_claimed
     }
 
     /// Deletes the devices left over from ports: kvnet's macvtaps that no port claims,
