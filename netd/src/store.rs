@@ -164,6 +164,8 @@ impl Store {
     /// (see [`write_atomic`] and [`Store::set_autostart`]) and autostart links whose
     /// definition is gone (see [`Store::delete_config`]); returns what it removed. Only
     /// for a daemon that has not started writing yet: the temporary names are its own too.
+    /// A link is judged by its name, not its target: one copied from libvirt points at
+    /// `/etc/libvirt/...`, which may not exist here.
     pub fn remove_leftovers(&self) -> Result<Vec<PathBuf>, Error> {
         let mut removed = Vec::new();
         for dir in [&self.networks_dir, &self.autostart_dir, &self.status_dir] {
@@ -178,10 +180,13 @@ impl Store {
                     .file_name()
                     .and_then(|n| n.to_str())
                     .is_some_and(is_temp_name);
-                let is_dangling_link = dir == &self.autostart_dir
-                    && fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink())
-                    && !path.exists();
-                if is_temp || is_dangling_link {
+                let is_orphan_link = dir == &self.autostart_dir
+                    && !is_temp
+                    && path.extension().is_some_and(|ext| ext == "xml")
+                    && path.file_name().is_some_and(|name| {
+                        fs::symlink_metadata(self.networks_dir.join(name)).is_err()
+                    });
+                if is_temp || is_orphan_link {
                     remove_if_exists(&path)?;
                     removed.push(path);
                 }
@@ -203,7 +208,8 @@ impl Store {
         self.status_dir.join(format!("{name}.json"))
     }
 
-    /// Reads every `NAME.xml` in the networks directory, with its autostart flag.
+    /// Reads every `NAME.xml` in the networks directory, with its autostart flag (making
+    /// an autostart link copied from libvirt kvnet's own).
     pub fn load_configs(&self) -> Result<Vec<StoredConfig>, Error> {
         let mut configs = Vec::new();
         for path in xml_files(&self.networks_dir)? {
@@ -211,7 +217,7 @@ impl Store {
                 continue;
             };
             let xml = fs::read_to_string(&path).map_err(io_err("reading", &path));
-            let autostart = self.autostart_path(&file_name).exists();
+            let autostart = self.adopt_autostart_link(&file_name);
             configs.push(StoredConfig {
                 file_name,
                 path,
@@ -220,6 +226,25 @@ impl Store {
             });
         }
         Ok(configs)
+    }
+
+    /// Whether network `name` has an autostart link. One that points elsewhere (libvirt's
+    /// point at `/etc/libvirt/qemu/networks/NAME.xml`) is replaced by kvnet's own, so it
+    /// keeps meaning autostart whatever becomes of its target; if that fails it still
+    /// counts.
+    fn adopt_autostart_link(&self, name: &str) -> bool {
+        let link = self.autostart_path(name);
+        let Ok(target) = fs::read_link(&link) else {
+            // No link, or a plain file put there by hand.
+            return fs::symlink_metadata(&link).is_ok();
+        };
+        if target != own_autostart_target(name) {
+            let adopted = remove_if_exists(&link).and_then(|()| self.set_autostart(name, true));
+            if let Err(e) = adopted {
+                tracing::warn!(network = name, link = %link.display(), "keeping an autostart link that points elsewhere: {e}");
+            }
+        }
+        true
     }
 
     /// Writes a network's persistent definition atomically.
@@ -255,7 +280,7 @@ impl Store {
             .autostart_dir
             .join(format!(".{name}.xml.tmp-{}", std::process::id()));
         remove_if_exists(&tmp)?;
-        std::os::unix::fs::symlink(Path::new("..").join(format!("{name}.xml")), &tmp)
+        std::os::unix::fs::symlink(own_autostart_target(name), &tmp)
             .map_err(io_err("creating autostart link", &tmp))?;
         fs::rename(&tmp, &link).map_err(io_err("renaming autostart link into", &link))?;
         sync_dir(&self.autostart_dir)
@@ -437,6 +462,12 @@ fn stem(path: &Path) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Where kvnet's autostart link for network `name` points: its definition, relatively,
+/// so the config dir can move.
+fn own_autostart_target(name: &str) -> PathBuf {
+    Path::new("..").join(format!("{name}.xml"))
+}
+
 fn xml_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -605,17 +636,34 @@ mod tests {
     }
 
     #[test]
-    fn libvirt_absolute_autostart_links_count() {
+    fn libvirt_absolute_autostart_links_count_and_become_ours() {
         let (dir, store) = store();
         store.create_dirs().unwrap();
-        store.save_config("default", "<network/>").unwrap();
-        let target = dir.path().join("etc/networks/default.xml");
+        for name in ["here", "libvirt"] {
+            store.save_config(name, "<network/>").unwrap();
+        }
+        // Copied from a libvirt host with `cp -a`: one points at this file, the other at
+        // libvirt's, which this host does not have.
+        let links = dir.path().join("etc/networks/autostart");
         std::os::unix::fs::symlink(
-            &target,
-            dir.path().join("etc/networks/autostart/default.xml"),
+            dir.path().join("etc/networks/here.xml"),
+            links.join("here.xml"),
         )
         .unwrap();
-        assert!(store.load_configs().unwrap()[0].autostart);
+        std::os::unix::fs::symlink(
+            "/etc/libvirt/qemu/networks/libvirt.xml",
+            links.join("libvirt.xml"),
+        )
+        .unwrap();
+        assert!(store.remove_leftovers().unwrap().is_empty());
+        let configs = store.load_configs().unwrap();
+        assert!(configs.iter().all(|config| config.autostart));
+        for name in ["here", "libvirt"] {
+            assert_eq!(
+                fs::read_link(links.join(format!("{name}.xml"))).unwrap(),
+                Path::new("..").join(format!("{name}.xml"))
+            );
+        }
     }
 
     #[test]
