@@ -257,7 +257,7 @@ impl Store {
     /// a crash in between) points nowhere and means nothing; [`Store::remove_leftovers`]
     /// removes it when the daemon next opens the store.
     pub fn delete_config(&self, name: &str) -> Result<(), Error> {
-        remove_if_exists(&self.config_path(name))?;
+        remove_durably(&self.config_path(name))?;
         if let Err(e) = self.set_autostart(name, false) {
             tracing::warn!(network = name, "removing the autostart link: {e}");
         }
@@ -268,7 +268,7 @@ impl Store {
     pub fn set_autostart(&self, name: &str, enabled: bool) -> Result<(), Error> {
         let link = self.autostart_path(name);
         if !enabled {
-            return remove_if_exists(&link);
+            return remove_durably(&link);
         }
         if link.exists() {
             return Ok(());
@@ -504,7 +504,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         let _ = fs::remove_file(&tmp);
     }
     result?;
-    sync_dir(dir)
+    // The new content is in place: a caller told the write failed would act as if the
+    // old one were, so a failure to make the rename durable is only logged.
+    if let Err(e) = sync_dir(dir) {
+        tracing::warn!(path = %path.display(), "written, but maybe not durably: {e}");
+    }
+    Ok(())
 }
 
 /// Makes the entries of `dir` (a file just created or renamed into it) durable.
@@ -512,6 +517,13 @@ pub fn sync_dir(dir: &Path) -> Result<(), Error> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("syncing directory", dir))
+}
+
+/// [`remove_if_exists`], the removal made durable: an undefine or an autostart turned
+/// off must not come back after a power loss.
+fn remove_durably(path: &Path) -> Result<(), Error> {
+    remove_if_exists(path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), Error> {
