@@ -338,6 +338,9 @@ pub enum Command {
         /// Only the lease of this MAC address.
         #[arg(long, value_parser = NonEmptyStringValueParser::new())]
         mac: Option<String>,
+        /// The MAC address without `--mac`, as virsh fills its next option with a bare word.
+        #[arg(value_name = "MAC", conflicts_with = "mac", hide = true, value_parser = NonEmptyStringValueParser::new())]
+        mac_word: Option<String>,
         /// Print JSON instead.
         #[arg(long)]
         json: bool,

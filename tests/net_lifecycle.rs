@@ -629,6 +629,12 @@ fn guests_get_dhcp_leases_that_net_dhcp_leases_lists() {
         ]),
         ""
     );
+    // Compared as an address, and given without --mac, as virsh takes both.
+    let short = daemon.ok(&["-q", "net-dhcp-leases", "default", "52:54:0:aa:bb:cc"]);
+    assert!(short.contains(ip), "{short}");
+    // The network is looked up before the MAC is checked.
+    let error = daemon.fails(&["net-dhcp-leases", "nosuch", "--mac", "bad"]);
+    assert!(error.contains("failed to get network 'nosuch'"), "{error}");
     // As with libvirt, a network that is not running still lists the leases it gave.
     let listed = daemon.ok(&["net-dhcp-leases", "default"]);
     daemon.ok(&["net-destroy", "default"]);

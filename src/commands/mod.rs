@@ -158,9 +158,18 @@ pub fn run(cli: &Cli) -> Result<String, Failure> {
         Command::NetName { network, json } => net::name(&client, network.get(), *json, quiet),
         Command::NetEdit(network) => net::edit(&client, network.get(), quiet),
         Command::NetUpdate(args) => net::update(&client, args, quiet),
-        Command::NetDhcpLeases { network, mac, json } => {
-            net::dhcp_leases(&client, network.get(), mac.as_deref(), *json, quiet)
-        }
+        Command::NetDhcpLeases {
+            network,
+            mac,
+            mac_word,
+            json,
+        } => net::dhcp_leases(
+            &client,
+            network.get(),
+            mac.as_deref().or(mac_word.as_deref()),
+            *json,
+            quiet,
+        ),
         Command::NetPortList {
             network,
             table,

@@ -350,14 +350,8 @@ pub fn dhcp_leases(
     json: bool,
     quiet: bool,
 ) -> Result<String, Failure> {
-    if let Some(mac) = mac
-        && mac.parse::<netd::xml::MacAddr>().is_err()
-    {
-        return Err(Failure::two(
-            format!("Failed to get leases info for {network}"),
-            format!("invalid MAC address: {mac}"),
-        ));
-    }
+    // As virsh: the network is looked up first, then the MAC checked, and compared as an
+    // address (`52:54:0:7b:35:93` is `52:54:00:7b:35:93`, as virMacAddrCompare has it).
     let mut leases = client.leases(network).map_err(|e| {
         Failure::call(
             format!("Failed to get leases info for {network}"),
@@ -366,7 +360,13 @@ pub fn dhcp_leases(
         )
     })?;
     if let Some(mac) = mac {
-        leases.retain(|lease| lease.mac.eq_ignore_ascii_case(mac));
+        let Ok(wanted) = mac.parse::<netd::xml::MacAddr>() else {
+            return Err(Failure::two(
+                format!("Failed to get leases info for {network}"),
+                format!("invalid MAC address: {mac}"),
+            ));
+        };
+        leases.retain(|lease| lease.mac.parse::<netd::xml::MacAddr>().ok() == Some(wanted));
     }
     Ok(if json {
         output::json(&leases)
