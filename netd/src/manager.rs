@@ -415,8 +415,11 @@ impl Manager {
         manager.load_configs().await?;
         manager.adopt_running().await?;
         manager.forget_orphan_leases().await?;
-        if fresh && config.define_default_network {
-            manager.define_default_network().await?;
+        if fresh {
+            if config.define_default_network {
+                manager.define_default_network().await?;
+            }
+            manager.store.first_start_done()?;
         }
         manager.reconcile_firewall().await;
         if !manager.store.mark_autostarted()? {
@@ -766,30 +769,33 @@ impl Manager {
     /// Defines libvirt's `default` network (virbr0, 192.168.122.0/24, NAT, autostart),
     /// moving to the next free 192.168.N.0/24 if that subnet is taken on this host.
     async fn define_default_network(&self) -> Result<(), Error> {
-        let used = self.prefixes.used_prefixes(&self.link).await?;
-        let taken = |subnet: IpNet| {
-            used.iter()
-                .any(|(prefix, _)| prefix.prefix_len() > 0 && overlap(*prefix, subnet))
-        };
-        let Some(octet) = (122..=254u8).find(|n| {
-            let subnet =
-                IpNet::V4(ipnet::Ipv4Net::new([192, 168, *n, 0].into(), 24).unwrap_or_default());
-            !taken(subnet)
-        }) else {
-            warn!("no free 192.168.N.0/24 subnet for the default network; not defining it");
-            return Ok(());
-        };
-        if octet != 122 {
-            info!(
-                "192.168.122.0/24 is in use on this host; the default network uses 192.168.{octet}.0/24"
-            );
+        // A first start cut short after the definition only lacks the autostart.
+        if !self.networks.lock().await.contains_key(DEFAULT_NETWORK) {
+            let used = self.prefixes.used_prefixes(&self.link).await?;
+            let taken = |subnet: IpNet| {
+                used.iter()
+                    .any(|(prefix, _)| prefix.prefix_len() > 0 && overlap(*prefix, subnet))
+            };
+            let Some(octet) = (122..=254u8).find(|n| {
+                let subnet = IpNet::V4(
+                    ipnet::Ipv4Net::new([192, 168, *n, 0].into(), 24).unwrap_or_default(),
+                );
+                !taken(subnet)
+            }) else {
+                warn!("no free 192.168.N.0/24 subnet for the default network; not defining it");
+                return Ok(());
+            };
+            if octet != 122 {
+                info!(
+                    "192.168.122.0/24 is in use on this host; the default network uses 192.168.{octet}.0/24"
+                );
+            }
+            let bridge_free = !self.link.link_exists("virbr0").await?;
+            self.define(&default_network_xml(octet, bridge_free))
+                .await?;
         }
-        let bridge_free = !self.link.link_exists("virbr0").await?;
-        let summary = self
-            .define(&default_network_xml(octet, bridge_free))
-            .await?;
-        self.set_autostart(&summary.name, true).await?;
-        info!(network = %summary.name, "defined the default network");
+        self.set_autostart(DEFAULT_NETWORK, true).await?;
+        info!(network = DEFAULT_NETWORK, "defined the default network");
         Ok(())
     }
 
@@ -1945,6 +1951,9 @@ fn firewall_rules(def: &NetworkDef) -> Option<NetworkRules> {
 }
 
 /// libvirt's shipped `default` network on 192.168.`octet`.0/24.
+/// The network libvirt ships, defined on a first start.
+const DEFAULT_NETWORK: &str = "default";
+
 fn default_network_xml(octet: u8, with_virbr0: bool) -> String {
     let bridge = if with_virbr0 {
         "  <bridge name='virbr0'/>\n"

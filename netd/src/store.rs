@@ -127,6 +127,10 @@ pub struct Store {
     autostart_dir: PathBuf,
     status_dir: PathBuf,
     autostart_marker: PathBuf,
+    /// `<config>/.first-start`: there from before the config dir is first set up until the
+    /// default network is defined and autostarted, so that a first start cut short is a
+    /// first start again.
+    first_start_marker: PathBuf,
 }
 
 impl Store {
@@ -138,6 +142,7 @@ impl Store {
             networks_dir,
             status_dir: state_dir.join("networks"),
             autostart_marker: state_dir.join("autostarted"),
+            first_start_marker: config_dir.join(".first-start"),
         }
     }
 
@@ -147,13 +152,21 @@ impl Store {
         &self.status_dir
     }
 
-    /// Whether the config directory has never been set up (first start of the daemon).
+    /// Whether the config directory has never been set up (first start of the daemon), or
+    /// a first start did not get to its end.
     pub fn is_fresh(&self) -> bool {
-        !self.networks_dir.exists()
+        !self.networks_dir.exists() || self.first_start_marker.exists()
     }
 
-    /// Creates the directories the store writes into.
+    /// Creates the directories the store writes into; on a first start, marked as one
+    /// before the networks directory appears (see [`Store::first_start_done`]).
     pub fn create_dirs(&self) -> Result<(), Error> {
+        if !self.networks_dir.exists()
+            && let Some(config_dir) = self.first_start_marker.parent()
+        {
+            fs::create_dir_all(config_dir).map_err(io_err("creating directory", config_dir))?;
+            write_atomic(&self.first_start_marker, b"")?;
+        }
         for dir in [&self.networks_dir, &self.autostart_dir, &self.status_dir] {
             fs::create_dir_all(dir).map_err(io_err("creating directory", dir))?;
         }
@@ -193,6 +206,12 @@ impl Store {
             }
         }
         Ok(removed)
+    }
+
+    /// Ends a first start: from now on the config dir is the user's (an undefined
+    /// `default` network stays undefined).
+    pub fn first_start_done(&self) -> Result<(), Error> {
+        remove_durably(&self.first_start_marker)
     }
 
     /// The path of a network's persistent definition.
@@ -760,6 +779,22 @@ mod tests {
         let configs = store.load_configs().unwrap();
         assert_eq!(configs.len(), 1);
         assert!(configs[0].autostart && configs[0].file_name == "kept");
+    }
+
+    #[test]
+    fn a_first_start_cut_short_is_a_first_start_again() {
+        let (dir, store) = store();
+        assert!(store.is_fresh());
+        store.create_dirs().unwrap();
+        // Killed before the default network was set up: still a first start.
+        let again = Store::new(&dir.path().join("etc"), &dir.path().join("run"));
+        assert!(again.is_fresh());
+        again.create_dirs().unwrap();
+        again.first_start_done().unwrap();
+        assert!(!again.is_fresh());
+        // Later starts set nothing up again.
+        again.create_dirs().unwrap();
+        assert!(!again.is_fresh());
     }
 
     #[test]
