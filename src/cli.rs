@@ -37,6 +37,11 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
+    /// Read-only: every command that would change something is refused, as on virsh's
+    /// read-only connection (monitoring scripts use `virsh -r`).
+    #[arg(short = 'r', long = "readonly", global = true)]
+    pub read_only: bool,
+
     /// The verb.
     #[command(subcommand)]
     pub command: Command,

@@ -59,7 +59,7 @@ fn split_global_options(args: &[OsString]) -> Option<(&[OsString], &[OsString])>
     while let Some(arg) = args.get(at) {
         let arg = arg.to_str()?;
         at += match arg {
-            "-q" | "--quiet" => 1,
+            "-q" | "--quiet" | "-r" | "--readonly" => 1,
             "-c" | "--connect" if at + 1 < args.len() => 2,
             _ if arg.starts_with("--connect=") || (arg.starts_with("-c") && arg.len() > 2) => 1,
             _ if arg.starts_with('-') => return None,
@@ -275,7 +275,12 @@ fn completion(daemon: Option<Client>) -> shell::Completion {
             };
             let options: Vec<&clap::Arg> = verb
                 .get_arguments()
-                .filter(|arg| !matches!(arg.get_long(), Some("connect" | "quiet" | "help")))
+                .filter(|arg| {
+                    !matches!(
+                        arg.get_long(),
+                        Some("connect" | "quiet" | "readonly" | "help")
+                    )
+                })
                 .collect();
             let long = |arg: &clap::Arg| arg.get_long().map(|long| format!("--{long}"));
             shell::VerbSyntax {

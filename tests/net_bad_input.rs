@@ -643,3 +643,55 @@ fn an_ipv4_network_with_an_mtu_below_1280_starts() {
     daemon.ok(&["net-create", path.to_str().expect("path")]);
     assert_eq!(daemon.addresses("virbr0"), ["10.94.0.1/24"]);
 }
+
+#[test]
+fn a_read_only_client_reads_and_changes_nothing() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let file = xml_file(
+        daemon.dirs.path(),
+        "ro.xml",
+        "<network><name>ro</name><ip address='10.57.0.1' prefix='24'/></network>",
+    );
+    let file = file.to_str().expect("path");
+    for (args, first, api) in [
+        (
+            vec!["-r", "net-start", "default"],
+            "Failed to start network default",
+            "virNetworkCreate",
+        ),
+        (
+            vec!["--readonly", "net-destroy", "default"],
+            "Failed to destroy network default",
+            "virNetworkDestroy",
+        ),
+        (
+            vec!["-r", "net-define", file],
+            "Failed to define network from",
+            "virNetworkDefineXML",
+        ),
+        (
+            vec!["-r", "net-autostart", "default", "--disable"],
+            "failed to unmark network default as autostarted",
+            "virNetworkSetAutostart",
+        ),
+    ] {
+        rejects(
+            &daemon,
+            &args,
+            &[
+                first,
+                &format!("error: operation forbidden: read only access prevents {api}"),
+            ],
+        );
+    }
+    let listed = daemon.ok(&["-r", "-q", "net-list", "--all"]);
+    assert!(listed.contains("default"), "{listed}");
+    assert!(
+        daemon
+            .ok(&["-r", "net-dumpxml", "default"])
+            .contains("<name>default</name>")
+    );
+}

@@ -116,6 +116,7 @@ fn reason(api: &ApiError, not_found: &str) -> String {
         ErrorKind::Unsupported => "Operation not supported: ",
         ErrorKind::AlreadyExists => "operation failed: ",
         ErrorKind::PermissionDenied => "access denied: ",
+        ErrorKind::OperationForbidden => "operation forbidden: ",
         ErrorKind::Internal => "internal error: ",
         // The message starts with libvirt's "Hook script execution failed: ".
         ErrorKind::HookFailed => "",
@@ -130,6 +131,11 @@ pub fn run(cli: &Cli) -> Result<String, Failure> {
         ..Failure::two("failed to connect to the hypervisor", reason)
     })?;
     let client = Client::new(connection.socket);
+    let client = if cli.read_only {
+        client.read_only()
+    } else {
+        client
+    };
     let quiet = cli.quiet;
     match &cli.command {
         Command::NetDefine(file) => net::from_file(&client, &file.get(), false, quiet),

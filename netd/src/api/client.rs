@@ -14,7 +14,7 @@ use axum::http::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorKind};
 use super::types::{
     AutostartRequest, DaemonVersion, ErrorBody, EventRecord, Lease, NetworkSummary, PortSummary,
     TAP_UPGRADE, UpdateRequest, UpdateResponse, XmlRequest, XmlResponse,
@@ -55,6 +55,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Client {
     socket: PathBuf,
     answer_timeout: Duration,
+    read_only: bool,
 }
 
 impl Client {
@@ -63,7 +64,28 @@ impl Client {
         Client {
             socket: socket.into(),
             answer_timeout: ANSWER_TIMEOUT,
+            read_only: false,
         }
+    }
+
+    /// The same client, refusing every call that changes something, as a libvirt
+    /// read-only connection (`virsh -r`) does, with libvirt's message.
+    pub fn read_only(self) -> Client {
+        Client {
+            read_only: true,
+            ..self
+        }
+    }
+
+    /// Refuses a change on a read-only client; `api` is the libvirt call it stands for.
+    fn writable(&self, api: &str) -> Result<(), Error> {
+        if !self.read_only {
+            return Ok(());
+        }
+        Err(Error::Api(ApiError::new(
+            ErrorKind::OperationForbidden,
+            format!("read only access prevents {api}"),
+        )))
     }
 
     /// The same client, waiting at most `timeout` for each answer.
@@ -96,6 +118,7 @@ impl Client {
 
     /// Defines (or redefines) a persistent network from XML.
     pub fn define(&self, xml: &str) -> Result<NetworkSummary, Error> {
+        self.writable("virNetworkDefineXML")?;
         self.call(
             Method::POST,
             "/v1/networks".into(),
@@ -107,6 +130,7 @@ impl Client {
 
     /// Creates and starts a transient network from XML.
     pub fn create(&self, xml: &str) -> Result<NetworkSummary, Error> {
+        self.writable("virNetworkCreateXML")?;
         let request = XmlRequest {
             xml: xml.to_owned(),
         };
@@ -119,21 +143,25 @@ impl Client {
 
     /// Removes a network's persistent definition.
     pub fn undefine(&self, network: &str) -> Result<NetworkSummary, Error> {
+        self.writable("virNetworkUndefine")?;
         self.call(Method::DELETE, network_path(network, ""), None::<()>)
     }
 
     /// Starts a defined network.
     pub fn start(&self, network: &str) -> Result<NetworkSummary, Error> {
+        self.writable("virNetworkCreate")?;
         self.call(Method::POST, network_path(network, "/start"), None::<()>)
     }
 
     /// Stops a network (virsh's net-destroy).
     pub fn stop(&self, network: &str) -> Result<NetworkSummary, Error> {
+        self.writable("virNetworkDestroy")?;
         self.call(Method::POST, network_path(network, "/stop"), None::<()>)
     }
 
     /// Turns autostart on or off.
     pub fn set_autostart(&self, network: &str, enabled: bool) -> Result<NetworkSummary, Error> {
+        self.writable("virNetworkSetAutostart")?;
         let request = AutostartRequest { enabled };
         self.call(
             Method::PUT,
@@ -163,6 +191,7 @@ impl Client {
 
     /// Changes one entry of a network's definition (net-update).
     pub fn update(&self, network: &str, request: &UpdateRequest) -> Result<UpdateResponse, Error> {
+        self.writable("virNetworkUpdate")?;
         self.call(
             Method::POST,
             network_path(network, "/update"),
@@ -178,6 +207,7 @@ impl Client {
     /// Creates a port with a persistent tap from a `<networkport>` document
     /// (`net-port-create`); it lasts until [`Client::delete_port`].
     pub fn create_port(&self, network: &str, xml: &str) -> Result<PortSummary, Error> {
+        self.writable("virNetworkPortCreateXML")?;
         let request = XmlRequest {
             xml: xml.to_owned(),
         };
@@ -196,6 +226,7 @@ impl Client {
 
     /// Deletes a port and its tap.
     pub fn delete_port(&self, network: &str, port: &str) -> Result<PortSummary, Error> {
+        self.writable("virNetworkPortDelete")?;
         let path = network_path(
             network,
             &format!("/ports/{}", super::percent_encode(port.as_bytes(), b"")),
@@ -207,6 +238,7 @@ impl Client {
     /// (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, close-on-exec) comes over the connection.
     /// The port lasts until the last copy of the descriptor closes.
     pub fn plug(&self, network: &str, xml: &str) -> Result<(PortSummary, OwnedFd), Error> {
+        self.writable("virNetworkPortCreateXML")?;
         let request = XmlRequest {
             xml: xml.to_owned(),
         };

@@ -23,6 +23,9 @@ pub enum ErrorKind {
     Unsupported,
     /// The caller may not do this.
     PermissionDenied,
+    /// The client was opened read-only (`kvnet -r`) and this call changes something;
+    /// refused by the client itself, as libvirt refuses it on a read-only connection.
+    OperationForbidden,
     /// A hook script refused the change or could not run.
     HookFailed,
     /// Anything else: the kernel or the disk refused.
@@ -39,6 +42,7 @@ impl ErrorKind {
             ErrorKind::OperationInvalid => "operation_invalid",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::OperationForbidden => "operation_forbidden",
             ErrorKind::HookFailed => "hook_failed",
             ErrorKind::Internal => "internal",
         }
@@ -53,6 +57,7 @@ impl ErrorKind {
             "operation_invalid" => ErrorKind::OperationInvalid,
             "unsupported" => ErrorKind::Unsupported,
             "permission_denied" => ErrorKind::PermissionDenied,
+            "operation_forbidden" => ErrorKind::OperationForbidden,
             "hook_failed" => ErrorKind::HookFailed,
             _ => ErrorKind::Internal,
         }
@@ -63,7 +68,7 @@ impl ErrorKind {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::AlreadyExists | ErrorKind::OperationInvalid => StatusCode::CONFLICT,
             ErrorKind::InvalidArgument | ErrorKind::Unsupported => StatusCode::BAD_REQUEST,
-            ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+            ErrorKind::PermissionDenied | ErrorKind::OperationForbidden => StatusCode::FORBIDDEN,
             ErrorKind::Internal | ErrorKind::HookFailed => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
