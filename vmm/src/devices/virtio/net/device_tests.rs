@@ -277,6 +277,17 @@ impl Harness {
             .add_chain(&[(a, hdr.len() as u32, 0), (b, data.len() as u32, 0)])
     }
 
+    /// Posts `count` RX chains of one `len`-byte buffer each; returns each chain's
+    /// (head, buffer address).
+    fn guest_post_rx_buffers(&mut self, count: u16, len: u32) -> Vec<(u16, u64)> {
+        (0..count)
+            .map(|_| {
+                let (head, bufs) = self.guest_post_rx(&[len]);
+                (head, bufs[0])
+            })
+            .collect()
+    }
+
     /// Posts an RX chain of writable buffers with the given lengths; returns
     /// (head, buffer addresses).
     fn guest_post_rx(&mut self, lens: &[u32]) -> (u16, Vec<u64>) {
@@ -454,12 +465,7 @@ fn rx_mergeable_buffers_span_chains() {
     let mut h = harness(GSO | MRG);
     // 1536-byte chains, like Linux posts them: the device reads only while a
     // largest (64 KiB) frame would fit, so it needs 43 of them per frame.
-    let chains: Vec<(u16, u64)> = (0..48)
-        .map(|_| {
-            let (head, bufs) = h.guest_post_rx(&[1536]);
-            (head, bufs[0])
-        })
-        .collect();
+    let chains = h.guest_post_rx_buffers(48, 1536);
     let big = frame(4000, 0, 4);
     let small = frame(100, 0, 5);
     h.host_send(&big);
@@ -494,12 +500,7 @@ fn rx_mergeable_buffers_span_chains() {
 #[test]
 fn rx_mergeable_64k_gso_frame_arrives_whole() {
     let mut h = harness(GSO | MRG);
-    let chains: Vec<(u16, u64)> = (0..20)
-        .map(|_| {
-            let (head, bufs) = h.guest_post_rx(&[4096]);
-            (head, bufs[0])
-        })
-        .collect();
+    let chains = h.guest_post_rx_buffers(20, 4096);
     let big = frame(65000, VIRTIO_NET_HDR_GSO_TCPV4 as u8, 6);
     h.host_send(&big);
     h.worker.process_rx();
@@ -524,12 +525,7 @@ fn rx_mergeable_ring_smaller_than_a_largest_frame_still_receives() {
     let mut h = harness(GSO | MRG);
     // Every descriptor posted, 51,200 bytes in all: less than a 64 KiB GSO frame, which
     // the device must not wait for.
-    let chains: Vec<(u16, u64)> = (0..SIZE)
-        .map(|_| {
-            let (head, bufs) = h.guest_post_rx(&[200]);
-            (head, bufs[0])
-        })
-        .collect();
+    let chains = h.guest_post_rx_buffers(SIZE, 200);
     let arp = frame(60, 0, 1);
     let too_big = frame(60000, VIRTIO_NET_HDR_GSO_TCPV4 as u8, 2);
     let spanning = frame(500, 0, 3);
@@ -569,12 +565,7 @@ fn rx_mergeable_ring_smaller_than_a_largest_frame_still_receives() {
 #[test]
 fn rx_mergeable_frame_waits_while_the_guest_can_post_more_buffers() {
     let mut h = harness(GSO | MRG);
-    let first: Vec<(u16, u64)> = (0..2)
-        .map(|_| {
-            let (head, bufs) = h.guest_post_rx(&[1536]);
-            (head, bufs[0])
-        })
-        .collect();
+    let first = h.guest_post_rx_buffers(2, 1536);
     let big = frame(5000, 0, 4);
     let small = frame(100, 0, 5);
     h.host_send(&big);
@@ -584,12 +575,7 @@ fn rx_mergeable_frame_waits_while_the_guest_can_post_more_buffers() {
     // and so does the frame behind it.
     assert!(h.rx.used().is_empty());
     assert!(h.worker.rx_paused());
-    let more: Vec<(u16, u64)> = (0..3)
-        .map(|_| {
-            let (head, bufs) = h.guest_post_rx(&[1536]);
-            (head, bufs[0])
-        })
-        .collect();
+    let more = h.guest_post_rx_buffers(3, 1536);
     h.worker.process_rx_notify();
     let chains: Vec<(u16, u64)> = first.into_iter().chain(more).collect();
     let used = h.rx.used();
@@ -743,12 +729,7 @@ fn rings_straddling_memory_regions_still_work() {
         used < 0x9000 && used + 4 + 8 * u64::from(SIZE) > 0x9000,
         "{used:#x}"
     );
-    let chains: Vec<(u16, u64)> = (0..20)
-        .map(|_| {
-            let (head, bufs) = h.guest_post_rx(&[4096]);
-            (head, bufs[0])
-        })
-        .collect();
+    let chains = h.guest_post_rx_buffers(20, 4096);
     let big = frame(9000, 0, 8);
     h.host_send(&big);
     h.worker.process_rx();
