@@ -417,12 +417,16 @@ impl LeaseDb {
     /// next renewal is refused.
     fn usable_reservation(&self, client: &Client, now: i64) -> Option<&Reservation> {
         let res = self.reservation_of(client)?;
+        // A MAC reservation's own MAC is its client whatever identifier it sends now
+        // (iPXE, then the installed system's DUID), as dnsmasq matches `dhcp-host` by MAC.
+        let by_mac = self.reservations.contains_key(&client.mac);
         let out_of_reach = self
             .by_ip
             .get(&res.ip)
             .filter(|lease| lease.live(now))
             .is_some_and(|lease| match lease.state {
                 LeaseState::Declined => true,
+                LeaseState::Bound if by_mac => lease.client.mac != client.mac,
                 LeaseState::Bound => !lease.client.same_as(client),
                 LeaseState::Offered => false,
             });
@@ -621,17 +625,22 @@ impl LeaseDb {
             .and_then(|lease| lease.hostname.clone());
         // As in dnsmasq, a name the client gives cannot take a reservation's name: a
         // guest would otherwise answer for another one in DNS.
-        // (A name reserved without a MAC is the name its client goes by.)
-        let client_hostname = client_hostname.filter(|name| {
+        // (A name reserved without a MAC is the name its client goes by.) A name kept
+        // from before the reservation was made is held to the same rule.
+        let may_go_by = |name: &str| {
             self.reserved_names
                 .get(name.to_ascii_lowercase().as_str())
                 .is_none_or(|&owner| owner.is_none_or(|mac| mac == client.mac))
-        });
+        };
         let hostname = self
             .reserved_name(client)
             .map(Box::from)
-            .or_else(|| client_hostname.map(Box::from))
-            .or(previous_name);
+            .or_else(|| {
+                client_hostname
+                    .filter(|name| may_go_by(name))
+                    .map(Box::from)
+            })
+            .or(previous_name.filter(|name| may_go_by(name)));
         let expiry = expiry_after(now, secs);
         // One address per client: its lease elsewhere goes.
         self.detach_client(client, ip);
@@ -1204,6 +1213,19 @@ mod tests {
         assert_eq!(leases[0].expiry_unix, NOW + 120);
         // And the reserved client cannot take another address.
         assert_eq!(db.bind(&reserved, ip(10), None, NOW), None);
+    }
+
+    #[test]
+    fn a_reserved_mac_keeps_its_address_across_client_identifiers() {
+        let mut db = LeaseDb::in_memory(&config());
+        // iPXE, then the installed system: one MAC, two client identifiers.
+        let pxe = Client::new([2, 0, 0, 0, 0, 0x99], Some(b"\x01pxe"));
+        let system = Client::new([2, 0, 0, 0, 0, 0x99], Some(b"\xffduid"));
+        assert_eq!(db.offer(&pxe, None, NOW), Some(ip(11)));
+        assert_eq!(db.bind(&pxe, ip(11), None, NOW), Some(120));
+        assert_eq!(db.offer(&system, None, NOW), Some(ip(11)));
+        assert_eq!(db.bind(&system, ip(11), None, NOW), Some(120));
+        assert_eq!(db.leases(NOW).len(), 1);
     }
 
     #[test]

@@ -347,10 +347,6 @@ impl Engine {
         any
     }
 
-    /// Answers the IA_NAs of a RENEW or REBIND: a binding is extended; an address we
-    /// have no record of is bound again when it is free for the client (the lease file
-    /// was lost); an IA with neither gets NoBinding, unless all it asks for are addresses
-    /// of other links, which come back with lifetimes 0.
     /// The name `client` gave, unless it is another reservation's.
     fn client_name(
         &self,
@@ -363,6 +359,10 @@ impl Engine {
             .filter(|name| self.leases.may_take_name(name, reservation))
     }
 
+    /// Answers the IA_NAs of a RENEW or REBIND: a binding is extended; an address we
+    /// have no record of is bound again when it is free for the client (the lease file
+    /// was lost); an IA with neither gets NoBinding, unless all it asks for are addresses
+    /// of other links, which come back with lifetimes 0.
     fn extend_all(&mut self, opts: &DhcpOptions, client: &Client, now: i64, out: &mut DhcpOptions) {
         // As in assign_all, a reservation is one address: the first IA_NA's.
         let mut reservation_left = self

@@ -398,10 +398,11 @@ impl LeaseDb {
         Some(ip)
     }
 
-    /// Whether a client other than `key` has a live binding on `ip`.
+    /// Whether a client other than `key`'s (another DUID: the same one with another
+    /// IAID is the same client) has a live binding on `ip`.
     fn bound_to_another(&self, key: &ClientKey, ip: Ipv6Addr, now: i64) -> bool {
         self.by_ip.get(&ip).is_some_and(|lease| {
-            lease.key != *key && lease.state == LeaseState::Bound && lease.expiry > now
+            lease.key.duid != key.duid && lease.state == LeaseState::Bound && lease.expiry > now
         })
     }
 
