@@ -8,10 +8,10 @@
 //!
 //! Scripts run in a clean environment (libvirt's: `LC_ALL=C`, and `PATH`, `HOME`, `USER`,
 //! `LOGNAME`, `TMPDIR`, `LD_PRELOAD`, `LD_LIBRARY_PATH` passed on), with stdout discarded,
-//! in a process group of their own. The scripts of one operation get [`HOOK_TIMEOUT`]
-//! together: the one running when it is spent is killed with its process group, and the
-//! rest are not started. The daemon holds its lock while hooks run (libvirt holds the
-//! network's), and one stuck script must not hold up every network for good.
+//! in a process group of their own, which is killed when a script runs longer than
+//! [`HOOK_TIMEOUT`]; the scripts after a killed one are not started. The daemon holds
+//! its lock while hooks run (libvirt holds the network's), and one stuck script must not
+//! hold up every network for good.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -24,10 +24,9 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::Instant;
 use tracing::{debug, warn};
 
-/// How long the scripts of one operation may run together.
+/// How long one script may run before its process group is killed.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much of a script's stderr an error message quotes.
 const STDERR_LIMIT: usize = 4096;
@@ -119,29 +118,23 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The scripts ran too long: this one was killed with its process group.
+    /// The script ran too long and was killed with its process group.
     #[error(
-        "Hook script execution failed: {command} was killed: the scripts of one operation \
-         may run {:?} together",
-        budget.total
+        "Hook script execution failed: {command} did not finish within {timeout:?} and was killed"
     )]
     TimedOut {
         /// The command line.
         command: String,
-        /// The time the scripts were given.
-        budget: Budget,
+        /// How long it was given.
+        timeout: Duration,
     },
-    /// The scripts before this one used up the time they were given.
+    /// A script before this one was killed for running too long: this one was not started.
     #[error(
-        "Hook script execution failed: {command} was not run: the scripts before it used up \
-         the {:?} the scripts of one operation may run together",
-        budget.total
+        "Hook script execution failed: {command} was not run: a script before it was killed for running too long"
     )]
     NotRun {
         /// The command line.
         command: String,
-        /// The time the scripts were given.
-        budget: Budget,
     },
     /// The scripts directory could not be read.
     #[error("Hook script execution failed: cannot list {}", dir.display())]
@@ -152,6 +145,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+impl Error {
+    /// Whether a script was killed for running too long (or not run after one was): the
+    /// caller should not start more scripts while it holds its lock.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::TimedOut { .. } | Error::NotRun { .. })
+    }
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -227,46 +228,36 @@ impl Hooks {
     }
 }
 
-/// The time the scripts of an operation may run together, from when it was made.
-#[derive(Debug, Clone, Copy)]
-pub struct Budget {
-    total: Duration,
-    deadline: Instant,
-}
-
-impl Budget {
-    /// [`HOOK_TIMEOUT`] from now.
-    pub fn new() -> Budget {
-        Budget::of(HOOK_TIMEOUT)
-    }
-
-    fn of(total: Duration) -> Budget {
-        Budget {
-            total,
-            deadline: Instant::now() + total,
-        }
-    }
-}
-
-impl Default for Budget {
-    fn default() -> Budget {
-        Budget::new()
-    }
-}
-
-/// Runs `scripts` for `operation` on `network` with `input` on stdin, within `budget`.
-/// All of them run, as in libvirt, even after one failed; the last failure is returned,
-/// as libvirt reports its last error, and the earlier ones are logged.
+/// Runs `scripts` for `operation` on `network` with `input` on stdin, each for at most
+/// [`HOOK_TIMEOUT`]. All of them run, as in libvirt, even after one failed, but none
+/// after one was killed; the last failure is returned, as libvirt reports its last
+/// error, and the earlier ones are logged.
 pub async fn run(
     scripts: &[PathBuf],
     network: &str,
     operation: Operation,
     input: &str,
-    budget: Budget,
 ) -> Result<(), Error> {
-    let mut last_failure = None;
+    run_within(scripts, network, operation, input, HOOK_TIMEOUT).await
+}
+
+async fn run_within(
+    scripts: &[PathBuf],
+    network: &str,
+    operation: Operation,
+    input: &str,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let mut last_failure: Option<Error> = None;
     for script in scripts {
-        let Err(e) = run_script(script, network, operation, input, budget).await else {
+        let result = if last_failure.as_ref().is_some_and(Error::is_timeout) {
+            Err(Error::NotRun {
+                command: command_line(script, network, operation),
+            })
+        } else {
+            run_script(script, network, operation, input, timeout).await
+        };
+        let Err(e) = result else {
             continue;
         };
         if let Some(earlier) = last_failure.replace(e) {
@@ -274,6 +265,12 @@ pub async fn run(
         }
     }
     last_failure.map_or(Ok(()), Err)
+}
+
+/// The script's command line, as messages show it.
+fn command_line(script: &Path, network: &str, operation: Operation) -> String {
+    let args = [network, operation.as_str(), operation.phase(), "-"];
+    format!("{} {}", script.display(), args.join(" "))
 }
 
 /// A regular file (symlinks followed) with an execute bit, as libvirt's
@@ -305,13 +302,10 @@ async fn run_script(
     network: &str,
     operation: Operation,
     input: &str,
-    budget: Budget,
+    timeout: Duration,
 ) -> Result<(), Error> {
     let args = [network, operation.as_str(), operation.phase(), "-"];
-    let command = format!("{} {}", script.display(), args.join(" "));
-    if Instant::now() >= budget.deadline {
-        return Err(Error::NotRun { command, budget });
-    }
+    let command = command_line(script, network, operation);
     debug!(%command, "running hook script");
     let mut cmd = tokio::process::Command::new(script);
     cmd.args(args)
@@ -346,7 +340,7 @@ async fn run_script(
         .stderr
         .take()
         .map(|pipe| tokio::spawn(read_capped(pipe, Arc::clone(&stderr))));
-    let finished = tokio::time::timeout_at(budget.deadline, child.wait()).await;
+    let finished = tokio::time::timeout(timeout, child.wait()).await;
     if let Some(feed) = feed {
         feed.abort();
     }
@@ -366,7 +360,7 @@ async fn run_script(
                 );
             }
             let _ = child.wait().await;
-            return Err(Error::TimedOut { command, budget });
+            return Err(Error::TimedOut { command, timeout });
         }
     };
     if status.success() {
@@ -471,7 +465,6 @@ mod tests {
             "net1",
             Operation::Start,
             "",
-            Budget::new(),
         ));
         assert_eq!(
             result.unwrap_err().to_string(),
@@ -481,13 +474,7 @@ mod tests {
             )
         );
         let killed = install(dir.path(), "killed", "#!/bin/sh\nkill -9 $$\n");
-        let result = runtime().block_on(run(
-            &[killed],
-            "net1",
-            Operation::Stopped,
-            "",
-            Budget::new(),
-        ));
+        let result = runtime().block_on(run(&[killed], "net1", Operation::Stopped, ""));
         assert!(
             result
                 .unwrap_err()
@@ -513,7 +500,7 @@ mod tests {
             "net1",
             Operation::Updated,
             &input,
-            Budget::of(Duration::from_secs(2)),
+            Duration::from_secs(2),
         ));
         let message = result.unwrap_err().to_string();
         assert!(
@@ -545,27 +532,32 @@ mod tests {
             "after",
             &format!("#!/bin/sh\ntouch {}\n", started_late.display()),
         );
-        let budget = Budget::of(Duration::from_millis(300));
+        let timeout = Duration::from_millis(300);
         let started = Instant::now();
-        let killed = runtime().block_on(run_script(&stuck, "net1", Operation::Start, "", budget));
-        assert!(matches!(killed, Err(Error::TimedOut { .. })), "{killed:?}");
+        // Killed after its time, with its child; the script after it is not started.
+        let result = runtime().block_on(run_within(
+            &[stuck, after],
+            "net1",
+            Operation::Start,
+            "",
+            timeout,
+        ));
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "{:?}",
             started.elapsed()
         );
-        // The operation's time is spent: the next script is not started.
-        let result = runtime().block_on(run(&[stuck, after], "net1", Operation::Start, "", budget));
-        let message = result.unwrap_err().to_string();
+        let error = result.unwrap_err();
+        assert!(error.is_timeout());
+        let message = error.to_string();
         assert!(
-            message.ends_with("network.d/after net1 start begin - was not run: the scripts before it used up the 300ms the scripts of one operation may run together"),
+            message.ends_with(
+                "network.d/after net1 start begin - was not run: a script before it was killed for running too long"
+            ),
             "{message}"
         );
         std::thread::sleep(Duration::from_secs(3));
         assert!(!marker.exists(), "a child of the script outlived the kill");
-        assert!(
-            !started_late.exists(),
-            "a script ran after the time was spent"
-        );
+        assert!(!started_late.exists(), "a script ran after one was killed");
     }
 }

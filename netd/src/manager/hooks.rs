@@ -5,7 +5,7 @@
 use tracing::warn;
 
 use super::{Error, Manager, Network, error_chain, ports::count_connections};
-use crate::hooks::{self, Budget, Operation, hook_data};
+use crate::hooks::{self, Operation, hook_data};
 use crate::xml::{Connections, NetworkDef, PortDef};
 
 impl Manager {
@@ -21,7 +21,7 @@ impl Manager {
             return Ok(());
         }
         let input = hook_data(&def.to_live_xml(connections), None);
-        Ok(hooks::run(&scripts, &def.name, operation, &input, Budget::new()).await?)
+        Ok(hooks::run(&scripts, &def.name, operation, &input).await?)
     }
 
     /// [`Manager::run_hooks`] where a failure changes nothing (libvirt ignores it too).
@@ -61,18 +61,6 @@ impl Manager {
         operation: Operation,
         port: &PortDef,
     ) -> Result<(), Error> {
-        self.run_port_hooks_within(name, network, operation, port, Budget::new())
-            .await
-    }
-
-    async fn run_port_hooks_within(
-        &self,
-        name: &str,
-        network: &Network,
-        operation: Operation,
-        port: &PortDef,
-        budget: Budget,
-    ) -> Result<(), Error> {
         let Some(live) = &network.live else {
             return Ok(());
         };
@@ -82,11 +70,12 @@ impl Manager {
         }
         let network_xml = live.to_live_xml(&count_connections(network));
         let input = hook_data(&network_xml, Some(&port.to_xml()));
-        Ok(hooks::run(&scripts, name, operation, &input, budget).await?)
+        Ok(hooks::run(&scripts, name, operation, &input).await?)
     }
 
-    /// [`Manager::run_port_hooks`] for each of `ports`, failures logged. The ports share
-    /// one operation's time: guests that end together cannot hold the lock for longer.
+    /// [`Manager::run_port_hooks`] for each of `ports`, failures logged. Once a script has
+    /// been killed for running too long, the other ports' scripts are not started: guests
+    /// that end together must not hold the daemon's lock for a minute each.
     pub(super) async fn run_port_hooks_logged(
         &self,
         name: &str,
@@ -94,14 +83,18 @@ impl Manager {
         operation: Operation,
         ports: &[PortDef],
     ) {
-        let budget = Budget::new();
-        for port in ports {
-            if let Err(e) = self
-                .run_port_hooks_within(name, network, operation, port, budget)
-                .await
-            {
-                let uuid = port.uuid.unwrap_or_default();
-                warn!(network = %name, port = %uuid, "{}", error_chain(&e));
+        for (done, port) in ports.iter().enumerate() {
+            let Err(e) = self.run_port_hooks(name, network, operation, port).await else {
+                continue;
+            };
+            let uuid = port.uuid.unwrap_or_default();
+            warn!(network = %name, port = %uuid, "{}", error_chain(&e));
+            if matches!(&e, Error::Hook(hook) if hook.is_timeout()) {
+                let skipped = ports.len() - done - 1;
+                if skipped > 0 {
+                    warn!(network = %name, ports = skipped, "{} scripts not run for the other ports: one was killed for running too long", operation.as_str());
+                }
+                break;
             }
         }
     }
