@@ -403,4 +403,12 @@ fn a_definition_that_cannot_be_loaded_keeps_its_leases_and_ports_until_it_is_men
     daemon.ok(&["net-start", "lab"]);
     let ports = daemon.ok(&["net-port-list", "lab", "--uuid"]);
     assert_eq!(ports.split_whitespace().count(), 1, "{ports}");
+
+    // Broken while it runs: adopted, and stopping it keeps its leases and port too.
+    daemon.kill9();
+    std::fs::write(&definition_path, b"<network").expect("break the definition");
+    daemon.spawn(&no_default());
+    daemon.ok(&["net-destroy", "lab"]);
+    assert!(!taps(&daemon).trim().is_empty(), "the tap was deleted");
+    assert!(lease_file.exists() && ports_file.exists(), "files deleted");
 }

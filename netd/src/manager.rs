@@ -1440,7 +1440,9 @@ impl Manager {
         }
         let network = networks.get_mut(&name);
         if let Some(network) = network {
-            if network.config.is_none() {
+            // One whose definition is on disk but unreadable keeps its ports and leases.
+            let transient = network.config.is_none() && !self.was_unloaded(&name);
+            if transient {
                 self.discard_ports(&name, network).await;
             }
             // It is down whatever becomes of the file: one left says it was stopping.
@@ -1450,6 +1452,8 @@ impl Manager {
             network.live = None;
             if network.config.is_none() {
                 networks.remove(&name);
+            }
+            if transient {
                 self.store.delete_leases(&name)?;
             }
         }

@@ -199,9 +199,13 @@ impl Store {
                     && path.file_name().is_some_and(|name| {
                         fs::symlink_metadata(self.networks_dir.join(name)).is_err()
                     });
-                if is_temp || is_orphan_link {
-                    remove_if_exists(&path)?;
-                    removed.push(path);
+                if !(is_temp || is_orphan_link) {
+                    continue;
+                }
+                // A read-only config dir must not keep the daemon from starting.
+                match remove_if_exists(&path) {
+                    Ok(()) => removed.push(path),
+                    Err(e) => tracing::warn!("leaving a leftover in place: {e}"),
                 }
             }
         }
@@ -257,11 +261,10 @@ impl Store {
             // No link, or a plain file put there by hand.
             return fs::symlink_metadata(&link).is_ok();
         };
-        if target != own_autostart_target(name) {
-            let adopted = remove_if_exists(&link).and_then(|()| self.set_autostart(name, true));
-            if let Err(e) = adopted {
-                tracing::warn!(network = name, link = %link.display(), "keeping an autostart link that points elsewhere: {e}");
-            }
+        if target != own_autostart_target(name)
+            && let Err(e) = self.write_autostart_link(name)
+        {
+            tracing::warn!(network = name, link = %link.display(), "keeping an autostart link that points elsewhere: {e}");
         }
         true
     }
@@ -289,12 +292,16 @@ impl Store {
         if !enabled {
             return remove_durably(&link);
         }
-        if link.exists() {
+        if fs::read_link(&link).is_ok_and(|target| target == own_autostart_target(name)) {
             return Ok(());
         }
-        // Replace a dangling link, then create the new one under a temporary name
-        // and rename it, so the link appears atomically.
-        remove_if_exists(&link)?;
+        self.write_autostart_link(name)
+    }
+
+    /// Creates kvnet's autostart link for `name` under a temporary name and renames it
+    /// over whatever is there, so a link is there throughout.
+    fn write_autostart_link(&self, name: &str) -> Result<(), Error> {
+        let link = self.autostart_path(name);
         let tmp = self
             .autostart_dir
             .join(format!(".{name}.xml.tmp-{}", std::process::id()));
@@ -542,7 +549,11 @@ pub fn sync_dir(dir: &Path) -> Result<(), Error> {
 /// off must not come back after a power loss.
 fn remove_durably(path: &Path) -> Result<(), Error> {
     remove_if_exists(path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    // It is gone: a caller told otherwise would act as if it were still there.
+    if let Err(e) = sync_dir(path.parent().unwrap_or(Path::new("."))) {
+        tracing::warn!(path = %path.display(), "removed, but maybe not durably: {e}");
+    }
+    Ok(())
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), Error> {
