@@ -1954,10 +1954,10 @@ fn firewall_rules(def: &NetworkDef) -> Option<NetworkRules> {
     })
 }
 
-/// libvirt's shipped `default` network on 192.168.`octet`.0/24.
 /// The network libvirt ships, defined on a first start.
 const DEFAULT_NETWORK: &str = "default";
 
+/// libvirt's shipped `default` network on 192.168.`octet`.0/24.
 fn default_network_xml(octet: u8, with_virbr0: bool) -> String {
     let bridge = if with_virbr0 {
         "  <bridge name='virbr0'/>\n"
