@@ -694,4 +694,34 @@ fn bridge_name_templates_and_hand_written_definitions_are_completed() {
     let mut bridges = daemon.bridges();
     bridges.sort();
     assert_eq!(bridges, ["kvt2", "virbr0"]);
+
+    // A copy with only its <name> changed claims plain's UUID: refused at load, as
+    // libvirt refuses it, and plain is left alone.
+    daemon.stop();
+    let copy = std::fs::read_to_string(networks.join("plain.xml"))
+        .expect("plain")
+        .replace("<name>plain</name>", "<name>qcopy</name>");
+    std::fs::write(networks.join("qcopy.xml"), &copy).expect("copy");
+    daemon.spawn(&DaemonOptions {
+        no_default_network: true,
+        ..Default::default()
+    });
+    assert!(
+        daemon
+            .log()
+            .contains("network 'plain' is already defined with uuid"),
+        "{}",
+        daemon.log()
+    );
+    let listed = daemon.ok(&["net-list", "--all", "--name"]);
+    assert!(!listed.contains("qcopy"), "{listed}");
+    assert!(
+        daemon
+            .ok(&["net-info", "plain"])
+            .contains("Active:         yes")
+    );
+    assert_eq!(
+        std::fs::read_to_string(networks.join("qcopy.xml")).expect("kept"),
+        copy
+    );
 }

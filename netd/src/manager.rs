@@ -449,6 +449,13 @@ impl Manager {
                 unloaded.insert(stored.file_name);
                 continue;
             }
+            // A file copied from another without a new <uuid>: libvirt refuses the second
+            // one too (files load in name order). Both would claim one network.
+            if let Err(e) = self.check_identity(&networks, &def) {
+                warn!(path = %stored.path.display(), "skipping definition (its leases and ports are kept): {}", error_chain(&e));
+                unloaded.insert(stored.file_name);
+                continue;
+            }
             networks.insert(def.name.clone(), Network::defined(def, stored.autostart));
         }
         *self
