@@ -216,10 +216,7 @@ fn ifb_devices_left_by_a_crash_are_deleted_when_the_daemon_comes_back() {
         .sh("ip link del virbr9")
         .expect("delete the bridge");
     assert!(link_exists(&daemon, &ifb));
-    daemon.spawn(&common::DaemonOptions {
-        no_default_network: true,
-        ..Default::default()
-    });
+    daemon.spawn(&common::DaemonOptions::no_default_network());
     assert!(
         daemon
             .ok(&["net-list", "--inactive", "--name"])

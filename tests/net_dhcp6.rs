@@ -287,10 +287,7 @@ fn dhclient_gets_its_reserved_address_name_and_dns_and_keeps_it_across_a_restart
     // The daemon restarts (the network keeps running); the binding comes back from
     // the lease file, and a renewal keeps the address.
     daemon.stop();
-    daemon.spawn(&common::DaemonOptions {
-        no_default_network: true,
-        ..Default::default()
-    });
+    daemon.spawn(&common::DaemonOptions::no_default_network());
     assert_eq!(
         exchange(&guest, renew(iaid, address)),
         (address, 3600, 3600)
@@ -513,10 +510,7 @@ fn dhcpcd_gets_a_name_reservation_and_a_dynamic_address_renews_past_a_lost_lease
     // other IA, so it sends a REQUEST and gets the next free address.
     daemon.stop();
     std::fs::remove_file(daemon.state_dir().join("networks/v6.leases6")).expect("lease file");
-    daemon.spawn(&common::DaemonOptions {
-        no_default_network: true,
-        ..Default::default()
-    });
+    daemon.spawn(&common::DaemonOptions::no_default_network());
     let other = [0, 3, 0, 1, 2, 2, 2, 2, 2, 2];
     let taken: Ipv6Addr = "fd00:6::1:10".parse().expect("ip");
     let rapid_solicit = ia_message(1, &other, 9, taken, &option(14, &[]));

@@ -45,10 +45,7 @@ fn guests_resolve_leased_and_static_names_through_the_bridge() {
     {
         return;
     }
-    let options = DaemonOptions {
-        no_default_network: true,
-        ..DaemonOptions::default()
-    };
+    let options = DaemonOptions::no_default_network();
     let mut daemon = Daemon::start_with(options.clone());
     let xml = daemon.dirs.path().join("dnsnet.xml");
     std::fs::write(&xml, NETWORK_XML).expect("write xml");
@@ -160,10 +157,7 @@ fn host_resolvers_serve_forwarding_networks_only_and_only_on_the_bridge() {
         return;
     }
     let upstream = testkit::Netns::new("dnsup").expect("upstream ns");
-    let mut daemon = Daemon::start_with(DaemonOptions {
-        no_default_network: true,
-        ..DaemonOptions::default()
-    });
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
     // The host's resolver: dnsmasq in "upstream", behind a veth of the daemon's namespace.
     daemon
         .ns

@@ -464,17 +464,8 @@ fn a_daemon_killed_while_a_stopped_script_runs_finishes_the_stop_when_it_restart
         nix::sys::signal::Signal::SIGKILL,
     );
 
-    daemon.spawn(&DaemonOptions {
-        no_default_network: true,
-        ..Default::default()
-    });
-    assert!(
-        daemon
-            .log()
-            .contains("finishing a stop interrupted by a daemon crash"),
-        "{}",
-        daemon.log()
-    );
+    daemon.spawn(&DaemonOptions::no_default_network());
+    daemon.assert_logged("finishing a stop interrupted by a daemon crash");
     assert_eq!(
         daemon.ok(&["net-list", "--inactive", "--name"]).trim(),
         "host"

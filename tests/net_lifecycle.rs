@@ -677,10 +677,7 @@ fn bridge_name_templates_and_hand_written_definitions_are_completed() {
         "<network><name>templ</name><bridge name='kvt%d'/><ip address='10.63.0.1' prefix='24'/></network>\n",
     )
     .expect("hand-written template");
-    daemon.spawn(&DaemonOptions {
-        no_default_network: true,
-        ..Default::default()
-    });
+    daemon.spawn(&DaemonOptions::no_default_network());
     for (name, bridge) in [("plain", "virbr0"), ("templ", "kvt2")] {
         let saved = std::fs::read_to_string(networks.join(format!("{name}.xml"))).expect("saved");
         assert!(saved.contains("<uuid>"), "{saved}");
@@ -702,17 +699,8 @@ fn bridge_name_templates_and_hand_written_definitions_are_completed() {
         .expect("plain")
         .replace("<name>plain</name>", "<name>qcopy</name>");
     std::fs::write(networks.join("qcopy.xml"), &copy).expect("copy");
-    daemon.spawn(&DaemonOptions {
-        no_default_network: true,
-        ..Default::default()
-    });
-    assert!(
-        daemon
-            .log()
-            .contains("network 'plain' is already defined with uuid"),
-        "{}",
-        daemon.log()
-    );
+    daemon.spawn(&DaemonOptions::no_default_network());
+    daemon.assert_logged("network 'plain' is already defined with uuid");
     let listed = daemon.ok(&["net-list", "--all", "--name"]);
     assert!(!listed.contains("qcopy"), "{listed}");
     assert!(

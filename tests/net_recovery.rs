@@ -8,13 +8,6 @@ use std::time::Duration;
 
 use common::{DAEMON_NEEDS, Daemon, DaemonOptions, require, xml_file};
 
-fn no_default() -> DaemonOptions {
-    DaemonOptions {
-        no_default_network: true,
-        ..Default::default()
-    }
-}
-
 /// Asserts the network is either fully up or fully down, and its definition intact.
 fn assert_consistent(daemon: &Daemon, name: &str, bridge: &str, definition: &str) {
     let listed = daemon.ok(&["-q", "net-list", "--all"]);
@@ -48,7 +41,7 @@ fn a_start_interrupted_after_its_intent_record_is_undone_on_restart() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let mut daemon = Daemon::start_with(no_default());
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
     let definition = define_nat_network_n(&daemon, "10.55.0.1");
     daemon.ok(&["net-start", "n"]);
     daemon.kill9();
@@ -64,7 +57,7 @@ fn a_start_interrupted_after_its_intent_record_is_undone_on_restart() {
     )
     .expect("rewrite");
 
-    daemon.spawn(&no_default());
+    daemon.spawn(&DaemonOptions::no_default_network());
     assert_eq!(
         daemon.ok(&["-q", "net-list", "--all"]),
         " n   inactive   no   yes\n"
@@ -82,7 +75,7 @@ fn kill_9_at_random_points_of_starts_never_leaves_orphans() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let mut daemon = Daemon::start_with(no_default());
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
     let definition = define_nat_network_n(&daemon, "10.56.0.1");
     for round in 0..8u64 {
         // Spread the kills from before the request arrives to after the start completed.
@@ -95,7 +88,7 @@ fn kill_9_at_random_points_of_starts_never_leaves_orphans() {
         std::thread::sleep(Duration::from_millis(round * round));
         daemon.kill9();
         let _ = start.wait();
-        daemon.spawn(&no_default());
+        daemon.spawn(&DaemonOptions::no_default_network());
         assert_consistent(&daemon, "n", "virbr0", &definition);
         if daemon.ok(&["-q", "net-list", "--name"]).contains('n') {
             daemon.ok(&["net-destroy", "n"]);
@@ -109,7 +102,7 @@ fn a_start_whose_client_goes_away_finishes_anyway() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let daemon = Daemon::start_with(no_default());
+    let daemon = Daemon::start_with(DaemonOptions::no_default_network());
     // Thousands of reservations keep the start busy long after the client is gone.
     let hosts: String = (0..20_000)
         .map(|i| {
@@ -160,7 +153,7 @@ fn a_restart_after_an_interrupted_undefine_or_write_leaves_no_disagreement() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let mut daemon = Daemon::start_with(no_default());
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
     let definition = define_nat_network_n(&daemon, "10.58.0.1");
     daemon.ok(&["net-start", "n"]);
     daemon.kill9();
@@ -186,7 +179,7 @@ fn a_restart_after_an_interrupted_undefine_or_write_leaves_no_disagreement() {
         std::fs::write(file, "half").expect("leftover");
     }
 
-    daemon.spawn(&no_default());
+    daemon.spawn(&DaemonOptions::no_default_network());
     assert_eq!(
         daemon.ok(&["-q", "net-list", "--all"]),
         " n   active   no   yes\n"
@@ -207,7 +200,7 @@ fn a_transient_network_a_crash_ended_leaves_no_lease_file() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let mut daemon = Daemon::start_with(no_default());
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
     let create = |daemon: &Daemon, name: &str, octet: u8| {
         let xml = format!(
             "<network><name>{name}</name><forward/><bridge name='kv{name}'/>\
@@ -235,7 +228,7 @@ fn a_transient_network_a_crash_ended_leaves_no_lease_file() {
     .expect("rewrite");
     daemon.ns.sh("ip link del kvgone").expect("delete bridge");
 
-    daemon.spawn(&no_default());
+    daemon.spawn(&DaemonOptions::no_default_network());
     assert_eq!(daemon.ok(&["-q", "net-list", "--all"]), "");
     assert!(daemon.bridges().is_empty(), "{:?}", daemon.bridges());
     for name in ["mid", "gone"] {
@@ -254,7 +247,7 @@ fn recovery_leaves_a_foreign_interface_under_the_bridge_name_alone() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let mut daemon = Daemon::start_with(no_default());
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
     let definition = define_nat_network_n(&daemon, "10.56.0.1");
     daemon.ok(&["net-start", "n"]);
     daemon.kill9();
@@ -273,7 +266,7 @@ fn recovery_leaves_a_foreign_interface_under_the_bridge_name_alone() {
         .expect("foreign bridge");
     let foreign_mac = daemon.ip_json("link show virbr0")[0]["address"].clone();
 
-    daemon.spawn(&no_default());
+    daemon.spawn(&DaemonOptions::no_default_network());
     assert_eq!(
         daemon.ok(&["-q", "net-list", "--all"]),
         " n   inactive   no   yes\n"
@@ -340,7 +333,7 @@ fn staging_sockets_of_dead_daemons_are_removed_at_start() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let mut daemon = Daemon::start_with(no_default());
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
     daemon.stop();
     // Above the kernel's pid limit: that process cannot exist.
     let dead = daemon.dirs.path().join(".kvnetd.sock.4194305");
@@ -348,7 +341,7 @@ fn staging_sockets_of_dead_daemons_are_removed_at_start() {
     for path in [&dead, &alive] {
         std::os::unix::net::UnixListener::bind(path).expect("leftover socket");
     }
-    daemon.spawn(&no_default());
+    daemon.spawn(&DaemonOptions::no_default_network());
     assert!(!dead.exists(), "a dead daemon's staging socket stayed");
     assert!(
         alive.exists(),
@@ -361,7 +354,7 @@ fn a_definition_that_cannot_be_loaded_keeps_its_leases_and_ports_until_it_is_men
     if !require(&common::port_needs()) {
         return;
     }
-    let mut daemon = Daemon::start_with(no_default());
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
     let xml = "<network><name>lab</name><forward/><ip address='10.56.0.1' prefix='24'>\
                <dhcp><range start='10.56.0.10' end='10.56.0.20'/></dhcp></ip></network>";
     let path = xml_file(daemon.dirs.path(), "lab.xml", xml);
@@ -385,12 +378,8 @@ fn a_definition_that_cannot_be_loaded_keeps_its_leases_and_ports_until_it_is_men
     // A hand edit gone wrong, in bytes that are not even UTF-8.
     daemon.kill9();
     std::fs::write(&definition_path, b"<network>\xff").expect("break the definition");
-    daemon.spawn(&no_default());
-    assert!(
-        daemon.log().contains("skipping unreadable definition"),
-        "{}",
-        daemon.log()
-    );
+    daemon.spawn(&DaemonOptions::no_default_network());
+    daemon.assert_logged("skipping unreadable definition");
     assert_eq!(daemon.ok(&["net-list", "--all", "--name"]).trim(), "");
     assert!(!taps(&daemon).trim().is_empty(), "the tap was deleted");
     assert!(lease_file.exists() && ports_file.exists(), "files deleted");
@@ -398,7 +387,7 @@ fn a_definition_that_cannot_be_loaded_keeps_its_leases_and_ports_until_it_is_men
     // Mended: the network, its port and its leases are all there again.
     daemon.kill9();
     std::fs::write(&definition_path, definition).expect("mend the definition");
-    daemon.spawn(&no_default());
+    daemon.spawn(&DaemonOptions::no_default_network());
     assert_eq!(daemon.ok(&["net-list", "--all", "--name"]).trim(), "lab");
     daemon.ok(&["net-start", "lab"]);
     let ports = daemon.ok(&["net-port-list", "lab", "--uuid"]);
@@ -407,7 +396,7 @@ fn a_definition_that_cannot_be_loaded_keeps_its_leases_and_ports_until_it_is_men
     // Broken while it runs: adopted, and stopping it keeps its leases and port too.
     daemon.kill9();
     std::fs::write(&definition_path, b"<network").expect("break the definition");
-    daemon.spawn(&no_default());
+    daemon.spawn(&DaemonOptions::no_default_network());
     daemon.ok(&["net-destroy", "lab"]);
     assert!(!taps(&daemon).trim().is_empty(), "the tap was deleted");
     assert!(lease_file.exists() && ports_file.exists(), "files deleted");

@@ -59,13 +59,6 @@ impl Rng {
     }
 }
 
-fn no_default() -> DaemonOptions {
-    DaemonOptions {
-        no_default_network: true,
-        ..Default::default()
-    }
-}
-
 fn network_xml(rng: &mut Rng, name: &str) -> String {
     let bridge = rng
         .pick(BRIDGES)
@@ -314,7 +307,7 @@ fn storm(daemon: &mut Daemon, seed: u64, interrupt: Interrupt) {
         started.elapsed()
     );
     if !matches!(interrupt, Interrupt::None) {
-        daemon.spawn(&no_default());
+        daemon.spawn(&DaemonOptions::no_default_network());
     }
 }
 
@@ -789,13 +782,13 @@ fn a_storm_of_interrupted_changes_leaves_every_side_in_agreement() {
     let seed = seed();
     eprintln!("KVNET_STRESS_SEED={seed}");
     let mut rng = Rng(seed);
-    let mut daemon = Daemon::start_with(no_default());
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
 
     storm(&mut daemon, rng.next(), Interrupt::None);
     let before = quiet(&daemon);
     assert_consistent(&daemon, &before, seed, "after the storm");
     daemon.stop();
-    daemon.spawn(&no_default());
+    daemon.spawn(&DaemonOptions::no_default_network());
     let after = quiet(&daemon);
     assert_consistent(&daemon, &after, seed, "after a restart");
     assert_eq!(
@@ -821,7 +814,7 @@ fn a_storm_of_interrupted_changes_leaves_every_side_in_agreement() {
         );
     }
     daemon.stop();
-    daemon.spawn(&no_default());
+    daemon.spawn(&DaemonOptions::no_default_network());
     let after = quiet(&daemon);
     assert_consistent(&daemon, &after, seed, "after a last restart");
     assert_eq!(

@@ -74,10 +74,7 @@ fn live_updates_reach_the_running_dhcp_and_dns_servers_without_a_restart() {
     {
         return;
     }
-    let options = DaemonOptions {
-        no_default_network: true,
-        ..DaemonOptions::default()
-    };
+    let options = DaemonOptions::no_default_network();
     let mut daemon = Daemon::start_with(options.clone());
     start_network(&daemon);
     let guest = Netns::new("updguest").expect("guest ns");

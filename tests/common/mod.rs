@@ -41,6 +41,16 @@ pub struct DaemonOptions {
     pub inherited_fd: bool,
 }
 
+impl DaemonOptions {
+    /// A daemon that defines no network of its own.
+    pub fn no_default_network() -> DaemonOptions {
+        DaemonOptions {
+            no_default_network: true,
+            ..Default::default()
+        }
+    }
+}
+
 impl Daemon {
     /// A daemon in a new namespace, with libvirt's `default` network defined (first start).
     pub fn start() -> Daemon {
@@ -49,10 +59,7 @@ impl Daemon {
 
     /// A daemon in a new namespace that defines no network of its own.
     pub fn without_default_network() -> Daemon {
-        Daemon::start_with(DaemonOptions {
-            no_default_network: true,
-            ..Default::default()
-        })
+        Daemon::start_with(DaemonOptions::no_default_network())
     }
 
     pub fn start_with(options: DaemonOptions) -> Daemon {
@@ -86,6 +93,12 @@ impl Daemon {
     /// The daemon's log so far (for assertions and failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Asserts the daemon's log holds `text`, showing the log if not.
+    pub fn assert_logged(&self, text: &str) {
+        let log = self.log();
+        assert!(log.contains(text), "{text:?} not logged:\n{log}");
     }
 
     /// Starts (or restarts) the daemon process with the same dirs.
