@@ -58,8 +58,8 @@ pub struct Client {
     pub mac: [u8; 6],
     /// Client identifier (option 61), if any.
     pub client_id: Option<Box<[u8]>>,
-    /// The name it sent (option 12, sanitised): a `<host>` without a MAC matches on it,
-    /// as dnsmasq's `dhcp-host=NAME,IP` that libvirt writes for one does.
+    /// The name it sent (option 12, sanitised, lowercased): a `<host>` without a MAC
+    /// matches on it, as dnsmasq's `dhcp-host=NAME,IP` that libvirt writes for one does.
     pub name: Option<Box<str>>,
 }
 
@@ -76,7 +76,7 @@ impl Client {
     /// The client, going by `name` (see [`Client::name`]).
     pub fn named(self, name: Option<&str>) -> Client {
         Client {
-            name: name.map(Box::from),
+            name: name.map(|name| name.to_ascii_lowercase().into()),
             ..self
         }
     }
@@ -397,11 +397,10 @@ impl LeaseDb {
     /// `client`'s reservation: its MAC's, else (a `<host>` without a MAC) that of the
     /// name it sent.
     fn reservation_of(&self, client: &Client) -> Option<&Reservation> {
-        self.reservations.get(&client.mac).or_else(|| {
-            let name = client.name.as_deref()?;
-            self.name_reservations
-                .get(name.to_ascii_lowercase().as_str())
-        })
+        // Looked up several times per message: the name is lowercased once, in `named`.
+        self.reservations
+            .get(&client.mac)
+            .or_else(|| self.name_reservations.get(client.name.as_deref()?))
     }
 
     /// The reserved name for `client`, if its reservation has one.

@@ -463,8 +463,8 @@ fn rx_frame_fills_one_chain_and_sets_num_buffers() {
 #[test]
 fn rx_mergeable_buffers_span_chains() {
     let mut h = harness(GSO | MRG);
-    // 1536-byte chains, like Linux posts them: the device reads only while a
-    // largest (64 KiB) frame would fit, so it needs 43 of them per frame.
+    // 1536-byte chains, like Linux posts them: with room for a largest (64 KiB) frame,
+    // 43 of them, the device reads straight into them.
     let chains = h.guest_post_rx_buffers(48, 1536);
     let big = frame(4000, 0, 4);
     let small = frame(100, 0, 5);
