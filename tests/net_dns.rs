@@ -146,7 +146,7 @@ fn a_taken_dns_port_rolls_the_start_back() {
 /// what arrives on the bridge: the upstream side, routed to the bridge's address,
 /// gets nothing.
 #[test]
-fn host_resolvers_serve_forwarding_networks_only_and_only_on_the_bridge() {
+fn host_resolvers_and_hosts_file_serve_guests_only_on_the_bridge() {
     if !require(DAEMON_NEEDS)
         || !require(&[
             common::Need::Program("dig"),
@@ -182,9 +182,12 @@ fn host_resolvers_serve_forwarding_networks_only_and_only_on_the_bridge() {
     // No resolver yet, as at boot before the host's network manager wrote one.
     let resolv_conf = daemon.dirs.path().join("resolv.conf");
     std::fs::write(&resolv_conf, "# not yet\n").expect("resolv.conf");
+    let hosts_file = daemon.dirs.path().join("hosts");
+    std::fs::write(&hosts_file, "10.5.5.5 hostbox # the host's own name\n").expect("hosts");
     let options = DaemonOptions {
         no_default_network: true,
         resolv_conf: Some(resolv_conf.clone()),
+        hosts_file: Some(hosts_file.clone()),
         ..DaemonOptions::default()
     };
     daemon.stop();
@@ -229,6 +232,31 @@ fn host_resolvers_serve_forwarding_networks_only_and_only_on_the_bridge() {
     };
     let ask = |ns: &testkit::Netns, server: &str| ask_about(ns, server, "www.up.test");
     let (fwd_guest, _) = &guests[0];
+    let (iso_guest, _) = &guests[1];
+    // The hosts file is served on every network, isolated ones too, as libvirt's
+    // dnsmasq serves /etc/hosts; and followed when it changes.
+    for (guest, server) in [(fwd_guest, "192.168.131.1"), (iso_guest, "192.168.132.1")] {
+        let answer = ask_about(guest, server, "hostbox");
+        assert!(
+            answer.contains("status: NOERROR") && answer.contains("10.5.5.5"),
+            "{answer}"
+        );
+    }
+    std::fs::write(&hosts_file, "10.5.5.6 hostbox newbox\n").expect("hosts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let answer = loop {
+        let answer = ask_about(iso_guest, "192.168.132.1", "hostbox");
+        if answer.contains("10.5.5.6") || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(answer.contains("10.5.5.6"), "{answer}\n{}", daemon.log());
+    let answer = ask_about(iso_guest, "192.168.132.1", "-x 10.5.5.6");
+    assert!(answer.contains("hostbox."), "{answer}");
+    let answer = ask_about(fwd_guest, "192.168.131.1", "newbox");
+    assert!(answer.contains("10.5.5.6"), "{answer}");
+
     let answer = ask(fwd_guest, "192.168.131.1");
     assert!(answer.contains("status: REFUSED"), "{answer}");
     // The resolver arrives: the running networks follow the file, as dnsmasq does.
@@ -255,18 +283,19 @@ fn host_resolvers_serve_forwarding_networks_only_and_only_on_the_bridge() {
         answer.contains("status: NXDOMAIN") && !answer.contains("leaked133"),
         "localPtr='yes' forwarded a reverse lookup of its subnet:\n{answer}"
     );
-    let (iso_guest, _) = &guests[1];
+    // Its server answers, but has nowhere to send the question.
     let answer = ask(iso_guest, "192.168.132.1");
     assert!(
-        !answer.contains("10.77.7.7"),
+        answer.contains("status: REFUSED") && !answer.contains("10.77.7.7"),
         "the isolated network forwarded to the host's resolver:\n{answer}"
     );
     upstream
         .sh("ip route add 192.168.131.0/24 via 10.98.0.1")
         .expect("route to the bridge's subnet");
+    // Not even a refusal: the query never reaches the server.
     let answer = ask(&upstream, "192.168.131.1");
     assert!(
-        !answer.contains("status: NOERROR"),
+        !answer.contains("status:") && answer.contains("no servers could be reached"),
         "the bridge's DNS answered a query from outside the bridge:\n{answer}"
     );
 }

@@ -41,6 +41,14 @@ struct Args {
     /// `<forwarder addr=>` (never from isolated networks), as dnsmasq's `--resolv-file`.
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// The host's hosts file, whose names guests resolve (plain names also under their
+    /// network's domain), as libvirt's dnsmasq serves `/etc/hosts`; followed while the
+    /// daemon runs.
+    #[arg(long, default_value = "/etc/hosts")]
+    hosts_file: PathBuf,
+    /// Serve no hosts file (dnsmasq's `--no-hosts`).
+    #[arg(long)]
+    no_hosts: bool,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Networks keep running after it exits,
@@ -91,6 +99,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             state_dir: args.state_dir.clone(),
             define_default_network: !args.no_default_network,
             resolv_conf: args.resolv_conf.clone(),
+            hosts_file: (!args.no_hosts).then(|| args.hosts_file.clone()),
         };
         let manager = Manager::open(config, firewall)
             .await
@@ -98,7 +107,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let ready = || tell_systemd("READY=1");
         let manager = Arc::new(manager);
         manager.follow_port_exits();
-        manager.follow_host_resolvers();
+        manager.follow_host_dns();
         server::serve(manager, &args.socket, ready, shutdown_signal())
             .await
             .context("serving the API")?;

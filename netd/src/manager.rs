@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv6Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,15 +25,16 @@ use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
 use crate::hooks::{Hooks, Operation};
 use crate::link::{self, BridgeSpec, Link, LinkInfo, PrefixCache, sysctl};
 use crate::ra::{self, RaConfig, RaServer};
+use crate::service::lock;
 use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
 use crate::tftp::{TftpConfig, TftpServer};
 use crate::xml::{self, Connections, DEFAULT_NAT_PORTS, ForwardMode, IpDef, NetworkDef};
 
 mod bandwidth;
 mod hooks;
+mod host_dns;
 mod macvtaps;
 mod ports;
-mod upstreams;
 
 use bandwidth::{macvtap_shaping_of, shaping_of};
 
@@ -206,6 +207,9 @@ pub struct ManagerConfig {
     /// Where the host's resolvers are listed (`/etc/resolv.conf`): the upstreams of
     /// guests' DNS on networks that are not isolated and name no `<forwarder addr=>`.
     pub resolv_conf: PathBuf,
+    /// The host's hosts file (`/etc/hosts`), whose names guests resolve, as libvirt's
+    /// dnsmasq serves it; `None` serves none (dnsmasq's `no-hosts`).
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// A network the daemon knows: defined, running, or both.
@@ -325,6 +329,10 @@ pub struct Manager {
     firewall: Box<dyn Firewall>,
     /// See [`ManagerConfig::resolv_conf`].
     resolv_conf: PathBuf,
+    /// See [`ManagerConfig::hosts_file`].
+    hosts_file: Option<PathBuf>,
+    /// The hosts file's entries as last read.
+    host_names: std::sync::Mutex<Arc<dns::HostsFile>>,
     /// The network hook scripts of the config dir.
     hooks: Hooks,
     /// The ifindexes of the taps and macvtaps the kernel deletes, until
@@ -408,6 +416,14 @@ impl Manager {
             prefixes: Arc::new(PrefixCache::new()?),
             firewall,
             resolv_conf: config.resolv_conf,
+            host_names: std::sync::Mutex::new(Arc::new(
+                config
+                    .hosts_file
+                    .as_deref()
+                    .map(dns::HostsFile::read)
+                    .unwrap_or_default(),
+            )),
+            hosts_file: config.hosts_file,
             hooks: Hooks::new(&config.config_dir.join("hooks")),
             gone_ports: std::sync::Mutex::new(gone_ports),
             events: Events::new(),
@@ -458,10 +474,7 @@ impl Manager {
             }
             networks.insert(def.name.clone(), Network::defined(def, stored.autostart));
         }
-        *self
-            .unloaded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = unloaded;
+        *lock(&self.unloaded) = unloaded;
         self.complete_copied_definitions(&mut networks).await;
         Ok(())
     }
@@ -637,10 +650,7 @@ impl Manager {
 
     /// Whether `name`'s definition is on disk but could not be loaded at start.
     fn was_unloaded(&self, name: &str) -> bool {
-        self.unloaded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(name)
+        lock(&self.unloaded).contains(name)
     }
 
     /// Puts back what was taken from an adopted network's own bridge while the daemon was
@@ -1171,7 +1181,7 @@ impl Manager {
         lease_names: Option<dns::LeaseSource>,
         networks: &BTreeMap<String, Network>,
     ) -> Result<Option<DnsServer>, Error> {
-        let Some(config) = dns_config(def, networks, &self.resolv_conf) else {
+        let Some(config) = dns_config(def, networks, &self.host_dns()) else {
             return Ok(None);
         };
         DnsServer::start(config, lease_names)
@@ -1686,7 +1696,7 @@ impl Manager {
         let recorded = (|| {
             let new_resolver = new_live
                 .as_ref()
-                .and_then(|def| dns_config(def, &networks, &self.resolv_conf))
+                .and_then(|def| dns_config(def, &networks, &self.host_dns()))
                 .map(|dns| dns::Resolver::new(&dns, lease_source))
                 .transpose()
                 .map_err(Error::DnsRecords)?;
@@ -2087,7 +2097,7 @@ fn ra_config(def: &NetworkDef) -> Option<RaConfig> {
 fn dns_config(
     def: &NetworkDef,
     networks: &BTreeMap<String, Network>,
-    resolv_conf: &Path,
+    host: &host_dns::HostDns,
 ) -> Option<DnsConfig> {
     if !def.is_dns_enabled() {
         return None;
@@ -2106,7 +2116,7 @@ fn dns_config(
     let default_upstreams = if def.forward_mode() == ForwardMode::Isolated {
         Vec::new()
     } else {
-        dns::host_resolvers(resolv_conf)
+        dns::host_resolvers(host.resolv_conf)
             .into_iter()
             .filter(|addr| !is_ours(addr))
             .collect()
@@ -2125,6 +2135,7 @@ fn dns_config(
             .filter_map(IpDef::ptr_domain)
             .collect(),
         hosts: def.dns.hosts.clone(),
+        host_file: Arc::clone(&host.hosts),
         srvs: def.dns.srvs.clone(),
         txts: def.dns.txts.clone(),
         forwarders: def.dns.forwarders.clone(),

@@ -172,6 +172,7 @@ fn config() -> DnsConfig {
             ip: "192.168.88.50".parse().expect("ip"),
             hostnames: vec!["static1".into()],
         }],
+        host_file: Arc::default(),
         srvs: vec![DnsSrv {
             service: "http".into(),
             protocol: "tcp".into(),

@@ -30,8 +30,12 @@ pub struct DaemonOptions {
     pub state_dir: Option<PathBuf>,
     /// `NOTIFY_SOCKET`, as systemd sets it for a `Type=notify` unit.
     pub notify_socket: Option<PathBuf>,
-    /// `--resolv-conf`: the host resolvers the daemon forwards to.
+    /// `--resolv-conf`: the host resolvers the daemon forwards to. By default, an empty
+    /// file of the test's own: this machine's resolvers mean nothing in a test's namespace.
     pub resolv_conf: Option<PathBuf>,
+    /// `--hosts-file`: names served to every guest. By default none (`--no-hosts`), so
+    /// no answer depends on this machine's /etc/hosts.
+    pub hosts_file: Option<PathBuf>,
     /// Run the daemon with only these capabilities (`setpriv` names: `net_admin`, ...)
     /// and no new privileges, as a systemd unit's `CapabilityBoundingSet=` and
     /// `NoNewPrivileges=` confine a root service.
@@ -146,9 +150,16 @@ impl Daemon {
         if let Some(socket) = &options.notify_socket {
             cmd.env("NOTIFY_SOCKET", socket);
         }
-        if let Some(path) = &options.resolv_conf {
-            cmd.arg("--resolv-conf").arg(path);
-        }
+        let resolv_conf = options.resolv_conf.clone().unwrap_or_else(|| {
+            let path = self.dirs.path().join("no-resolvers.conf");
+            std::fs::write(&path, "").expect("write an empty resolv.conf");
+            path
+        });
+        cmd.arg("--resolv-conf").arg(resolv_conf);
+        match &options.hosts_file {
+            Some(path) => cmd.arg("--hosts-file").arg(path),
+            None => cmd.arg("--no-hosts"),
+        };
         let mut child = cmd.spawn().expect("spawn kvnetd");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.socket().exists() {

@@ -16,10 +16,12 @@
 //! network's `<domain>` (`expand-hosts`), `localOnly='yes'` and `<forwarder domain=>`
 //! without `addr` keep a domain local (`local=/domain/`), and `forwardPlainNames='no'`
 //! keeps single-label names local (`domain-needed`). Without `<forwarder addr=>` entries
-//! queries go to the host's resolvers from `/etc/resolv.conf`.
+//! queries go to the host's resolvers from `/etc/resolv.conf`, and the host's
+//! `/etc/hosts` is served alongside `<dns><host>` (libvirt writes no `no-hosts`).
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod hosts;
 pub mod resolver;
 pub mod server;
 pub mod zone;
@@ -28,6 +30,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use hosts::HostsFile;
 pub use resolver::{Outcome, Resolver};
 pub use server::DnsServer;
 
@@ -63,6 +66,8 @@ pub struct DnsConfig {
     pub local_ptr_domains: Vec<String>,
     /// `<dns><host>` entries.
     pub hosts: Vec<DnsHost>,
+    /// The host's hosts file, served alongside `<dns><host>` (shared by every network).
+    pub host_file: Arc<HostsFile>,
     /// `<dns><srv>` entries.
     pub srvs: Vec<DnsSrv>,
     /// `<dns><txt>` entries.

@@ -559,6 +559,7 @@ mod tests {
     use std::sync::Arc;
 
     use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::rdata::PTR;
     use hickory_proto::rr::{Name, RData};
     use rand::{Rng, SeedableRng};
 
@@ -584,6 +585,7 @@ mod tests {
                     hostnames: vec!["static1".into()],
                 },
             ],
+            host_file: Arc::default(),
             srvs: vec![DnsSrv {
                 service: "ldap".into(),
                 protocol: "tcp".into(),
@@ -716,7 +718,7 @@ mod tests {
         let reply = ask(&resolver, reverse, RecordType::PTR);
         assert_eq!(
             rdata(&reply),
-            [RData::PTR(hickory_proto::rr::rdata::PTR(
+            [RData::PTR(PTR(
                 Name::from_ascii("web1.example.test.").unwrap()
             ))]
         );
@@ -728,14 +730,14 @@ mod tests {
         let reply = ask(&resolver, "77.122.168.192.in-addr.arpa.", RecordType::PTR);
         assert_eq!(
             rdata(&reply),
-            [RData::PTR(hickory_proto::rr::rdata::PTR(
+            [RData::PTR(PTR(
                 Name::from_ascii("web1.example.test.").unwrap()
             ))]
         );
         let reply = ask(&resolver, "50.122.168.192.in-addr.arpa.", RecordType::PTR);
         assert_eq!(
             rdata(&reply),
-            [RData::PTR(hickory_proto::rr::rdata::PTR(
+            [RData::PTR(PTR(
                 Name::from_ascii("static1.example.test.").unwrap()
             ))]
         );
@@ -1033,6 +1035,60 @@ mod tests {
                 [RData::A(Ipv4Addr::new(192, 168, 122, 51).into())]
             );
         }
+    }
+
+    #[test]
+    fn the_host_s_hosts_file_is_served_with_the_network_s_records() {
+        let mut config = config();
+        config.host_file = Arc::new(crate::dns::HostsFile::parse(
+            std::path::Path::new("hosts"),
+            "127.0.0.1 localhost\n\
+             10.1.1.1 gateway gw.lan.test\n\
+             192.168.122.50 fromhosts\n\
+             10.1.1.2 web1\n",
+        ));
+        let resolver = Resolver::new(&config, Some(leases())).unwrap();
+        let gateway = RData::A(Ipv4Addr::new(10, 1, 1, 1).into());
+        // A plain name also under the network's domain (expand-hosts); a dotted one as given.
+        for name in [
+            "gateway.",
+            "gateway.example.test.",
+            "gw.lan.test.",
+            "GW.lan.test.",
+        ] {
+            let reply = ask(&resolver, name, RecordType::A);
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::NoError,
+                "{name}"
+            );
+            assert!(reply.metadata.authoritative, "{name}");
+            assert_eq!(rdata(&reply), std::slice::from_ref(&gateway), "{name}");
+        }
+        let reply = ask(&resolver, "localhost.", RecordType::A);
+        assert_eq!(rdata(&reply), [RData::A(Ipv4Addr::LOCALHOST.into())]);
+        // The reverse name gives the line's first name, qualified.
+        let reply = ask(&resolver, "1.1.1.10.in-addr.arpa.", RecordType::PTR);
+        assert_eq!(
+            rdata(&reply),
+            [RData::PTR(PTR(
+                Name::from_ascii("gateway.example.test.").unwrap()
+            ))]
+        );
+        // The hosts file's first name for an address takes its reverse name, before
+        // `<dns><host>`'s, as dnsmasq reads /etc/hosts before libvirt's addn-hosts.
+        let reply = ask(&resolver, "50.122.168.192.in-addr.arpa.", RecordType::PTR);
+        assert_eq!(
+            rdata(&reply),
+            [RData::PTR(PTR(
+                Name::from_ascii("fromhosts.example.test.").unwrap()
+            ))]
+        );
+        let reply = ask(&resolver, "static1.example.test.", RecordType::A);
+        assert_eq!(reply.answers.len(), 1);
+        // A name in the hosts file hides a guest's lease of that name and type.
+        let reply = ask(&resolver, "web1.example.test.", RecordType::A);
+        assert_eq!(rdata(&reply), [RData::A(Ipv4Addr::new(10, 1, 1, 2).into())]);
     }
 
     #[test]

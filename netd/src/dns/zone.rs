@@ -61,7 +61,10 @@ impl Found {
 }
 
 impl Zone {
-    /// The static part of a network's zone: `<dns><host>`, `<srv>` and `<txt>`.
+    /// The static part of a network's zone: the host's hosts file, `<dns><host>`,
+    /// `<srv>` and `<txt>`. The hosts file comes first, as dnsmasq reads it before
+    /// libvirt's `addn-hosts`: its first name for an address is the one a reverse lookup
+    /// gives.
     pub fn from_config(config: &DnsConfig) -> Result<Zone, Error> {
         let invalid = |what: &'static str, value: &str| Error::Record {
             network: config.network.clone(),
@@ -73,6 +76,15 @@ impl Zone {
             None => None,
         };
         let mut zone = Zone::default();
+        for (ip, hostnames) in &config.host_file.entries {
+            // Checked when the file was read.
+            let names: Vec<Name> = hostnames
+                .iter()
+                .filter_map(|hostname| qualified(hostname, domain.as_ref()))
+                .flatten()
+                .collect();
+            zone.add_address(&names, *ip);
+        }
         for host in &config.hosts {
             let mut names = Vec::new();
             for hostname in &host.hostnames {

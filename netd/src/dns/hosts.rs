@@ -1,0 +1,99 @@
+//! The host's hosts file (`/etc/hosts`), which libvirt's dnsmasq serves to guests: its
+//! configuration has no `no-hosts`, so a name the administrator adds there resolves in
+//! every guest, plain names also under the network's domain (`expand-hosts`).
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use super::zone::fqdn;
+
+/// The entries of a hosts file, in file order: each address with its names, the first
+/// of which is the one its reverse lookup gives.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostsFile {
+    /// `(address, names)` per line that has both.
+    pub entries: Vec<(IpAddr, Vec<String>)>,
+}
+
+impl HostsFile {
+    /// Reads `path`. A missing file has no entries; one that cannot be read has none
+    /// either, and says so in the log, as dnsmasq goes on without it.
+    pub fn read(path: &Path) -> HostsFile {
+        match std::fs::read(path) {
+            Ok(bytes) => HostsFile::parse(path, &String::from_utf8_lossy(&bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HostsFile::default(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "guests get no names from the hosts file");
+                HostsFile::default()
+            }
+        }
+    }
+
+    /// Parses hosts-file text (`ADDRESS NAME [NAME...]`, `#` comments). Lines with a bad
+    /// address and names that are not DNS names are skipped and logged, as dnsmasq does;
+    /// `path` names the file in those warnings.
+    pub fn parse(path: &Path, text: &str) -> HostsFile {
+        let mut entries = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or_default();
+            let mut words = line.split_whitespace();
+            let Some(address) = words.next() else {
+                continue;
+            };
+            // A scoped IPv6 address (`fe80::1%eth0`) means nothing on a guest's link.
+            let Ok(ip) = address.parse::<IpAddr>() else {
+                tracing::warn!(path = %path.display(), line = index + 1, address, "hosts file: not an address; line skipped");
+                continue;
+            };
+            let names: Vec<String> = words
+                .filter(|name| {
+                    let valid = fqdn(name).is_some_and(|name| name.num_labels() > 0);
+                    if !valid {
+                        tracing::warn!(path = %path.display(), line = index + 1, name, "hosts file: not a DNS name; skipped");
+                    }
+                    valid
+                })
+                .map(str::to_owned)
+                .collect();
+            if !names.is_empty() {
+                entries.push((ip, names));
+            }
+        }
+        HostsFile { entries }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_addresses_with_their_names_in_order() {
+        let text = "127.0.0.1\tlocalhost\n\
+                    # a comment\n\
+                    127.0.1.1 host.example.org host  # trailing comment\n\
+                    ::1 localhost ip6-localhost\n\
+                    fe80::1%eth0 scoped\n\
+                    999.1.1.1 bogus\n\
+                    10.0.0.5\n\
+                    10.0.0.6 good bad..name also-good\n";
+        let hosts = HostsFile::parse(Path::new("hosts"), text);
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let names = |list: &[&str]| list.iter().map(|name| name.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            hosts.entries,
+            vec![
+                (ip("127.0.0.1"), names(&["localhost"])),
+                (ip("127.0.1.1"), names(&["host.example.org", "host"])),
+                (ip("::1"), names(&["localhost", "ip6-localhost"])),
+                (ip("10.0.0.6"), names(&["good", "also-good"])),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_file_has_no_entries() {
+        let hosts = HostsFile::read(Path::new("/nonexistent/kvnet/hosts"));
+        assert!(hosts.entries.is_empty());
+    }
+}

@@ -1,0 +1,143 @@
+//! The host's DNS files, followed while the daemon runs: its resolvers
+//! (`--resolv-conf`), as dnsmasq polls its resolv.conf, and its hosts file
+//! (`--hosts-file`), which dnsmasq reads only at start and on SIGHUP, where kvnetd
+//! follows it too. When either changes, the DNS server of every running network gets
+//! the new contents. An autostart network that came up before the host's network manager
+//! wrote resolv.conf, or a laptop that moved to another network, would otherwise refuse
+//! or misroute its guests' queries until the network was restarted.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::MissedTickBehavior;
+use tracing::{info, warn};
+
+use super::{Manager, dns_config, error_chain, lease_names};
+use crate::dns::{self, HostsFile};
+use crate::service::lock;
+
+/// How often the files are looked at: a `stat` each, as often as dnsmasq looks.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a network's DNS takes from the host.
+pub(super) struct HostDns<'a> {
+    /// The resolv.conf listing the upstreams of networks that forward to the host's.
+    pub resolv_conf: &'a Path,
+    /// The hosts file's entries, served to every network.
+    pub hosts: Arc<HostsFile>,
+}
+
+/// One version of a file, told apart without reading it (a file replaced by a rename,
+/// as resolvconf and NetworkManager write it, is another inode).
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode: meta.ino(),
+    })
+}
+
+/// A file being followed: its path and the stamp it had when last read.
+struct Followed {
+    path: PathBuf,
+    seen: Option<Stamp>,
+}
+
+impl Followed {
+    fn new(path: PathBuf) -> Followed {
+        let seen = stamp(&path);
+        Followed { path, seen }
+    }
+
+    /// Whether the file looks different from when this was last asked.
+    fn changed(&mut self) -> bool {
+        let now = stamp(&self.path);
+        if now == self.seen {
+            return false;
+        }
+        self.seen = now;
+        true
+    }
+}
+
+impl Manager {
+    /// What networks' DNS servers take from the host now.
+    pub(super) fn host_dns(&self) -> HostDns<'_> {
+        HostDns {
+            resolv_conf: &self.resolv_conf,
+            hosts: Arc::clone(&lock(&self.host_names)),
+        }
+    }
+
+    /// Follows the host's resolv.conf and hosts file for as long as the manager lives.
+    pub fn follow_host_dns(self: &Arc<Manager>) {
+        let manager = Arc::downgrade(self);
+        let mut resolv_conf = Followed::new(self.resolv_conf.clone());
+        let mut hosts_file = self.hosts_file.clone().map(Followed::new);
+        tokio::spawn(async move {
+            let mut servers = None;
+            let mut ticks = tokio::time::interval(POLL_INTERVAL);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let resolv_changed = resolv_conf.changed();
+                let hosts_changed = hosts_file.as_mut().is_some_and(Followed::changed);
+                if !resolv_changed && !hosts_changed {
+                    continue;
+                }
+                let Some(manager) = manager.upgrade() else {
+                    break;
+                };
+                let mut refresh = false;
+                if resolv_changed {
+                    let read = dns::host_resolvers(&resolv_conf.path);
+                    if servers.as_ref() != Some(&read) {
+                        info!(path = %resolv_conf.path.display(), servers = ?read, "the host's resolvers changed");
+                        servers = Some(read);
+                        refresh = true;
+                    }
+                }
+                if let Some(file) = hosts_file.as_ref().filter(|_| hosts_changed) {
+                    let read = HostsFile::read(&file.path);
+                    let mut current = lock(&manager.host_names);
+                    if **current != read {
+                        info!(path = %file.path.display(), entries = read.entries.len(), "the host's hosts file changed");
+                        *current = Arc::new(read);
+                        refresh = true;
+                    }
+                }
+                if refresh {
+                    manager.refresh_host_dns().await;
+                }
+            }
+        });
+    }
+
+    /// Gives the DNS server of every running network what it now takes from the host.
+    async fn refresh_host_dns(&self) {
+        let networks = self.networks.lock().await;
+        let host = self.host_dns();
+        for network in networks.values() {
+            let (Some(live), Some(server)) = (&network.live, &network.dns) else {
+                continue;
+            };
+            let Some(config) = dns_config(live, &networks, &host) else {
+                continue;
+            };
+            let leases = lease_names(network.dhcp.as_ref(), network.dhcp6.as_ref());
+            if let Err(e) = server.update(&config, leases) {
+                warn!(network = %live.name, "DNS keeps what it served: {}", error_chain(&e));
+            }
+        }
+    }
+}
