@@ -480,20 +480,22 @@ impl IpDef {
 
     /// The reverse-lookup domain of the subnet (`122.168.192.in-addr.arpa`), for
     /// `localPtr='yes'`. `None` unless the prefix ends on a label: a multiple of 8 bits
-    /// for IPv4, of 4 for IPv6 (libvirt refuses the others too).
+    /// for IPv4, of 4 for IPv6 (libvirt refuses the others too), and no longer than the
+    /// address.
     pub fn ptr_domain(&self) -> Option<String> {
         let prefix = self.prefix_len()?;
         match self.address {
             IpAddr::V4(address) if prefix % 8 == 0 => {
                 let octets = address.octets();
-                let labels: Vec<String> = octets[..usize::from(prefix / 8)]
+                let labels: Vec<String> = octets
+                    .get(..usize::from(prefix / 8))?
                     .iter()
                     .rev()
                     .map(u8::to_string)
                     .collect();
                 Some(labels.iter().map(|l| format!("{l}.")).collect::<String>() + "in-addr.arpa")
             }
-            IpAddr::V6(address) if prefix % 4 == 0 => {
+            IpAddr::V6(address) if prefix % 4 == 0 && prefix <= 128 => {
                 let nibbles: Vec<String> = address
                     .octets()
                     .iter()

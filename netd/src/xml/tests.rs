@@ -2070,6 +2070,15 @@ fn local_ptr_needs_a_subnet_that_ends_on_a_label() {
             "family='ipv6' address='fd00::1' prefix='62' localPtr='yes'",
             "PTR domain for IPv6 network with prefix 62 cannot be automatically created",
         ),
+        // A prefix longer than the address is refused as such, never sliced.
+        (
+            "address='10.0.0.1' prefix='40' localPtr='yes'",
+            "Invalid IPv4 prefix '40' in network 'n'",
+        ),
+        (
+            "family='ipv6' address='fd00::1' prefix='136' localPtr='yes'",
+            "Invalid IPv6 prefix '136' in network 'n'",
+        ),
     ] {
         assert_eq!(parse_err(&net_with_ip(attrs, "")), expected);
     }
