@@ -44,8 +44,22 @@ fn guests_fetch_files_from_the_tftp_root_and_nothing_outside_it() {
         return;
     }
     let daemon = Daemon::without_default_network();
+    // Served only beneath directories every user may pass through, as dnsmasq, an
+    // unprivileged user under libvirt, would be able to.
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .expect("chmod")
+    };
     let root = daemon.dirs.path().join("tftproot");
     std::fs::create_dir_all(root.join("boot")).expect("root");
+    std::fs::create_dir_all(root.join("locked")).expect("locked dir");
+    std::fs::write(root.join("locked/readable"), b"secret").expect("file in locked dir");
+    chmod(&root.join("locked"), 0o700);
+    let fifo = root.join("fifo");
+    std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
     // Sizes around the block boundaries: one short block, exactly two blocks (an empty
     // third one ends the transfer), and many.
     let files: Vec<(&str, Vec<u8>)> = vec![
@@ -59,11 +73,7 @@ fn guests_fetch_files_from_the_tftp_root_and_nothing_outside_it() {
     std::fs::write(daemon.dirs.path().join("secret"), b"secret").expect("secret");
     std::os::unix::fs::symlink("../secret", root.join("escape")).expect("symlink");
     std::fs::write(root.join("private"), b"secret").expect("private");
-    std::fs::set_permissions(
-        root.join("private"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .expect("chmod");
+    chmod(&root.join("private"), 0o600);
     let xml = format!(
         "<network><name>pxe</name><bridge name='kvtftp' stp='off'/>\
          <ip address='10.60.0.1' prefix='24'><tftp root='{}'/><dhcp>\
@@ -100,6 +110,8 @@ fn guests_fetch_files_from_the_tftp_root_and_nothing_outside_it() {
         "boot",
         "missing",
         "private",
+        "locked/readable",
+        "fifo",
     ] {
         let _ = std::fs::remove_file(&local);
         let fetched = guest.sh(&format!(
@@ -157,24 +169,42 @@ fn guests_fetch_files_from_the_tftp_root_and_nothing_outside_it() {
 }
 
 #[test]
-fn a_missing_tftp_root_fails_the_start_and_leaves_nothing() {
+fn a_tftp_root_missing_or_out_of_others_reach_fails_the_start_and_leaves_nothing() {
     if !require(DAEMON_NEEDS) {
         return;
     }
     let daemon = Daemon::without_default_network();
-    let missing = daemon.dirs.path().join("no-such-root");
-    let xml = format!(
-        "<network><name>pxe</name><bridge name='kvtftp' stp='off'/>\
-         <ip address='10.61.0.1' prefix='24'><tftp root='{}'/></ip></network>",
-        missing.display()
-    );
-    let path = common::xml_file(daemon.dirs.path(), "pxe.xml", &xml);
-    daemon.ok(&["net-define", path.to_str().expect("path")]);
-    let error = daemon.fails(&["net-start", "pxe"]);
-    assert!(
-        error.contains("starting the TFTP server") && error.contains("no-such-root"),
-        "{error}"
-    );
-    assert!(daemon.bridges().is_empty(), "{:?}", daemon.bridges());
-    assert!(!daemon.ruleset().contains("kvtftp"));
+    // Beneath a private directory, nothing is anyone's to read.
+    let locked = daemon.dirs.path().join("locked");
+    std::fs::create_dir_all(locked.join("root")).expect("root");
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod");
+    for (root, why) in [
+        (
+            daemon.dirs.path().join("no-such-root"),
+            "No such file".to_owned(),
+        ),
+        (
+            locked.join("root"),
+            format!("{} is not world-searchable", locked.display()),
+        ),
+    ] {
+        let xml = format!(
+            "<network><name>pxe</name><bridge name='kvtftp' stp='off'/>\
+             <ip address='10.61.0.1' prefix='24'><tftp root='{}'/></ip></network>",
+            root.display()
+        );
+        let path = common::xml_file(daemon.dirs.path(), "pxe.xml", &xml);
+        daemon.ok(&["net-define", path.to_str().expect("path")]);
+        let error = daemon.fails(&["net-start", "pxe"]);
+        assert!(
+            error.contains("starting the TFTP server")
+                && error.contains(&root.display().to_string())
+                && error.contains(&why),
+            "{error}"
+        );
+        assert!(daemon.bridges().is_empty(), "{:?}", daemon.bridges());
+        assert!(!daemon.ruleset().contains("kvtftp"));
+        daemon.ok(&["net-undefine", "pxe"]);
+    }
 }

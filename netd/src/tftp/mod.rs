@@ -9,7 +9,8 @@
 //!
 //! Only reads in octet mode are served; writes, netascii and mail are refused with an
 //! error packet, as is anything outside the root, not a regular file, or not readable
-//! by everyone.
+//! by everyone: libvirt's dnsmasq serves as an unprivileged user, and kvnetd, which
+//! runs as root, serves no more than any user could read.
 
 pub mod server;
 
@@ -53,6 +54,21 @@ pub enum Error {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// The root, or a directory above it, cannot be searched by every user, so no file
+    /// beneath it could be served.
+    #[error(
+        "TFTP root {} of network '{network}' is not reachable by every user: {} is not world-searchable",
+        root.display(),
+        directory.display()
+    )]
+    RootNotPublic {
+        /// Network name.
+        network: String,
+        /// The configured root.
+        root: PathBuf,
+        /// The first directory on the way that others may not search.
+        directory: PathBuf,
     },
     /// The socket cannot be set up.
     #[error("cannot {step} for TFTP of network '{network}' on {listen}")]

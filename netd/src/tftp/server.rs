@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
@@ -33,6 +33,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 const ATTEMPTS: u32 = 5;
 /// Largest request read; requests are a file name and a few options.
 const REQUEST_BUFFER: usize = 1024;
+/// Permission bits of "others": read, and search for a directory.
+const OTHERS_READ: u32 = 0o004;
+const OTHERS_SEARCH: u32 = 0o001;
 
 /// A running TFTP server of one network. Dropping it, or [`TftpServer::stop`], ends it
 /// and every transfer in progress.
@@ -46,16 +49,29 @@ impl TftpServer {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
             network: config.network.clone(),
         })?;
+        let root_error = |source: std::io::Error| Error::Root {
+            network: config.network.clone(),
+            root: config.root.clone(),
+            source,
+        };
         let root = nix::fcntl::open(
             &config.root,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| Error::Root {
-            network: config.network.clone(),
-            root: config.root.clone(),
-            source: e.into(),
-        })?;
+        .map_err(|e| root_error(e.into()))?;
+        let root = Root {
+            real_path: real_path(&root).map_err(root_error)?,
+            fd: root,
+        };
+        // As dnsmasq refuses to start on a tftp-root it cannot reach.
+        if let Some(directory) = root.real_path.ancestors().find(|dir| !is_searchable(dir)) {
+            return Err(Error::RootNotPublic {
+                network: config.network.clone(),
+                root: config.root.clone(),
+                directory: directory.to_owned(),
+            });
+        }
         let socket = std::net::UdpSocket::bind(SocketAddrV4::new(config.listen, PORT))
             .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
             .map_err(socket_error(&config, "bind port 69"))?;
@@ -90,9 +106,15 @@ fn socket_error<'a>(
     }
 }
 
+/// The served directory: open, and where it really is (its symlinks resolved).
+struct Root {
+    fd: OwnedFd,
+    real_path: PathBuf,
+}
+
 async fn serve(
     config: TftpConfig,
-    root: OwnedFd,
+    root: Root,
     socket: UdpSocket,
     mut shutdown: oneshot::Receiver<()>,
 ) {
@@ -158,9 +180,12 @@ async fn serve(
 }
 
 /// Opens `file` for reading, beneath `root` only: no `..` or symlink out of it, no
-/// /proc magic links, and only a regular file that anyone may read. The daemon runs as
-/// root; dnsmasq, which serves as an unprivileged user, serves no more than that.
-fn open_beneath(root: &OwnedFd, file: &str) -> Result<std::fs::File, super::Refusal> {
+/// /proc magic links, and only a regular file that anyone may read in directories
+/// anyone may search. The daemon runs as root; dnsmasq, which serves as an
+/// unprivileged user, serves no more than that. The file is looked at through an
+/// `O_PATH` descriptor before it is opened, so that a device node is never opened (a
+/// watchdog's open arms it).
+fn open_beneath(root: &Root, file: &str) -> Result<std::fs::File, super::Refusal> {
     let not_found = super::Refusal {
         code: ErrorCode::FileNotFound,
         message: "file not found",
@@ -170,20 +195,47 @@ fn open_beneath(root: &OwnedFd, file: &str) -> Result<std::fs::File, super::Refu
         message: "access denied",
     };
     let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = openat2(root, Path::new(file), how).map_err(|errno| match errno {
+    let found = openat2(&root.fd, Path::new(file), how).map_err(|errno| match errno {
         nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR => not_found.clone(),
         _ => denied.clone(),
     })?;
-    let file = std::fs::File::from(fd);
-    match file.metadata() {
-        Ok(metadata) if metadata.is_file() && metadata.permissions().mode() & 0o004 != 0 => {
-            Ok(file)
-        }
-        Ok(_) => Err(denied),
-        Err(_) => Err(not_found),
+    let found = std::fs::File::from(found);
+    let metadata = found.metadata().map_err(|_| not_found.clone())?;
+    if !metadata.is_file() || metadata.permissions().mode() & OTHERS_READ == 0 {
+        return Err(denied);
     }
+    let real = real_path(&found).map_err(|_| not_found.clone())?;
+    let hidden = real
+        .ancestors()
+        .skip(1)
+        .take_while(|dir| *dir != root.real_path)
+        .any(|dir| !is_searchable(dir));
+    if hidden {
+        return Err(denied);
+    }
+    // Reopened for reading through the descriptor itself: the file checked is the one read.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(descriptor_path(&found))
+        .map_err(|_| not_found)
+}
+
+/// `/proc/self/fd/N` of `fd`: the file it refers to, whatever its name now.
+fn descriptor_path(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Where the file `fd` refers to is, symlinks resolved.
+fn real_path(fd: &impl AsRawFd) -> std::io::Result<PathBuf> {
+    std::fs::read_link(descriptor_path(fd))
+}
+
+/// Whether every user may search (pass through) `dir`.
+fn is_searchable(dir: &Path) -> bool {
+    std::fs::metadata(dir).is_ok_and(|metadata| metadata.permissions().mode() & OTHERS_SEARCH != 0)
 }
 
 /// Sends `file` to `client` from a port of its own, block by block, each after the
