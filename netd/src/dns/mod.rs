@@ -13,9 +13,10 @@
 //!
 //! What it answers follows libvirt's dnsmasq configuration: names are served with TTL 0
 //! (dnsmasq's `local-ttl` default), plain hostnames are also qualified with the
-//! network's `<domain>` (`expand-hosts`), `localOnly='yes'` and `<forwarder domain=>`
-//! without `addr` keep a domain local (`local=/domain/`), and `forwardPlainNames='no'`
-//! keeps single-label names local (`domain-needed`). Without `<forwarder addr=>` entries
+//! network's `<domain>` (`expand-hosts`), `localOnly='yes'` keeps a domain local
+//! (`local=/domain/`), `<forwarder domain=>` without `addr` sends a domain to the
+//! default servers (`server=/domain/#`), and `forwardPlainNames='no'` keeps
+//! single-label names local (`domain-needed`). Without `<forwarder addr=>` entries
 //! queries go to the host's resolvers from `/etc/resolv.conf`, and the host's
 //! `/etc/hosts` is served alongside `<dns><host>` (libvirt writes no `no-hosts`).
 

@@ -87,11 +87,13 @@ pub struct Resolver {
     /// Its [`wire_key`].
     domain_key: Option<Vec<u8>>,
     /// Names at or under these [`wire_key`]s are never forwarded (`localOnly`,
-    /// `<forwarder domain=>` without `addr`, `localPtr`).
+    /// `localPtr`).
     local_domains: Vec<Vec<u8>>,
     forward_plain_names: bool,
     /// `<forwarder domain= addr=>` by [`wire_key`] of the domain, most specific first;
-    /// a domain's servers in document order.
+    /// a domain's servers in document order. A `<forwarder domain=>` without `addr`
+    /// routes its domain to the default servers (libvirt's `server=/domain/#`), out of
+    /// a broader domain's forwarder or a local domain.
     routes: Vec<(Vec<u8>, Vec<SocketAddr>)>,
     /// Servers for every other name, in order of preference.
     upstreams: Vec<SocketAddr>,
@@ -161,6 +163,7 @@ impl Resolver {
             local_domains.push(wire_key(&fqdn(text).ok_or_else(|| invalid(text))?));
         }
         let mut routes: Vec<(Vec<u8>, Vec<SocketAddr>)> = Vec::new();
+        let mut to_defaults = Vec::new();
         let mut plain = Vec::new();
         for forwarder in &config.forwarders {
             match (&forwarder.domain, forwarder.addr) {
@@ -172,16 +175,13 @@ impl Resolver {
                     }
                 }
                 (Some(text), None) => {
-                    local_domains.push(wire_key(&fqdn(text).ok_or_else(|| invalid(text))?));
+                    to_defaults.push(wire_key(&fqdn(text).ok_or_else(|| invalid(text))?));
                 }
                 (None, Some(addr)) => plain.push(upstream(addr)),
                 (None, None) => {}
             }
         }
-        // Longer keys have more labels or longer ones; what matters is that a domain
-        // comes before every domain it is under, which holds either way.
-        routes.sort_by_key(|(key, _)| std::cmp::Reverse(key.len()));
-        let upstreams = if plain.is_empty() {
+        let upstreams: Vec<SocketAddr> = if plain.is_empty() {
             config
                 .default_upstreams
                 .iter()
@@ -191,6 +191,14 @@ impl Resolver {
         } else {
             plain
         };
+        for key in to_defaults {
+            if !routes.iter().any(|(domain, _)| *domain == key) {
+                routes.push((key, upstreams.clone()));
+            }
+        }
+        // Longer keys have more labels or longer ones; what matters is that a domain
+        // comes before every domain it is under, which holds either way.
+        routes.sort_by_key(|(key, _)| std::cmp::Reverse(key.len()));
         Ok(Resolver {
             network: config.network.clone(),
             static_zone: Zone::from_config(config)?,
@@ -316,8 +324,9 @@ impl Resolver {
 
     /// Whether a name we do not know must get NXDOMAIN rather than be forwarded: a plain
     /// name without `forwardPlainNames`, or a name in a local domain, unless a forwarder
-    /// routes a domain under that one which holds it (dnsmasq takes the most specific of
-    /// its `server=` and `local=` entries).
+    /// routes that domain or one under it which holds the name (dnsmasq takes the most
+    /// specific of its `server=` and `local=` entries, and a `server=` of a `local=`'s
+    /// own domain).
     fn is_local(&self, key: &[u8]) -> bool {
         if !self.forward_plain_names && label_count(key) == 1 {
             return true;
@@ -335,7 +344,7 @@ impl Resolver {
         !self
             .routes
             .iter()
-            .any(|(domain, _)| domain.len() > local && is_at_or_under(key, domain))
+            .any(|(domain, _)| domain.len() >= local && is_at_or_under(key, domain))
     }
 
     /// The servers to ask about a name: its domain's forwarders, or the upstreams.
@@ -855,6 +864,41 @@ mod tests {
         // Only whole labels match a domain.
         assert_eq!(decide("a.bcorp.test."), Outcome::Forward(&defaults));
         assert_eq!(decide("plain."), Outcome::Forward(&defaults));
+        // A domain without a forwarder address goes to the default servers (libvirt's
+        // `server=/private.test/#`).
+        assert_eq!(decide("x.private.test."), Outcome::Forward(&defaults));
+
+        // libvirt's own example: a domain's forwarder, and a domain under it taken back
+        // to the default servers; and a forwarder for the local domain itself.
+        let mut carved = config();
+        carved.forwarders = vec![
+            DnsForwarder {
+                addr: Some("8.8.4.4".parse().unwrap()),
+                domain: Some("example.com".into()),
+            },
+            DnsForwarder {
+                addr: None,
+                domain: Some("www.example.com".into()),
+            },
+            DnsForwarder {
+                addr: Some("10.0.0.6".parse().unwrap()),
+                domain: Some("example.test".into()),
+            },
+        ];
+        let carved = Resolver::new(&carved, None).unwrap();
+        let mut decide = |name: &str| {
+            carved.answer(&query(name, RecordType::A, false), Transport::Udp, &mut out)
+        };
+        assert_eq!(
+            decide("a.example.com."),
+            Outcome::Forward(&["8.8.4.4:53".parse().unwrap()])
+        );
+        assert_eq!(decide("www.example.com."), Outcome::Forward(&defaults));
+        assert_eq!(decide("x.www.example.com."), Outcome::Forward(&defaults));
+        assert_eq!(
+            decide("nobody.example.test."),
+            Outcome::Forward(&["10.0.0.6:53".parse().unwrap()])
+        );
 
         // A forwarder for a domain inside a local one gets its names, as dnsmasq's
         // most specific entry wins; the rest of the local domain stays local.
@@ -879,7 +923,7 @@ mod tests {
                 .response_code,
             ResponseCode::NXDomain
         );
-        for local in ["nobody.example.test.", "x.private.test."] {
+        for local in ["nobody.example.test.", "nobody.EXAMPLE.test."] {
             let reply = ask(&resolver, local, RecordType::A);
             assert_eq!(
                 reply.metadata.response_code,
@@ -946,7 +990,7 @@ mod tests {
         let lease_in_subdomain: LeaseSource = Arc::new(|| {
             vec![(
                 Ipv4Addr::new(192, 168, 122, 78).into(),
-                "vm.lab.private.test".to_owned(),
+                "vm.lab.example.test".to_owned(),
             )]
         });
         let resolver = Resolver::new(&config(), Some(lease_in_subdomain)).unwrap();
@@ -954,8 +998,8 @@ mod tests {
         for name in [
             "example.test.",
             "_TCP.example.test.",
-            "lab.private.test.",
-            "private.test.",
+            "lab.example.test.",
+            "LAB.example.test.",
         ] {
             for rtype in [RecordType::A, RecordType::SOA] {
                 let reply = ask(&resolver, name, rtype);
@@ -970,8 +1014,8 @@ mod tests {
         }
         for name in [
             "x._tcp.example.test.",
-            "y.private.test.",
-            "nobody.lab.private.test.",
+            "y.example.test.",
+            "nobody.lab.example.test.",
         ] {
             let reply = ask(&resolver, name, RecordType::A);
             assert_eq!(

@@ -357,7 +357,8 @@ impl Dns {
 pub struct DnsForwarder {
     /// Upstream server address.
     pub addr: Option<IpAddr>,
-    /// Only forward queries for this domain (no addr: resolve locally only).
+    /// Only forward queries for this domain (no addr: to the default servers, not to a
+    /// broader domain's forwarder).
     pub domain: Option<String>,
 }
 
