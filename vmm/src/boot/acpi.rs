@@ -36,7 +36,6 @@ const MADT_PCAT_COMPAT: u32 = 1;
 /// MADT structure types.
 const MADT_LOCAL_APIC: u8 = 0;
 const MADT_IO_APIC: u8 = 1;
-const MADT_INTERRUPT_SOURCE_OVERRIDE: u8 = 2;
 const MADT_LOCAL_APIC_NMI: u8 = 4;
 
 /// Errors placing the tables.
@@ -184,11 +183,8 @@ fn build_madt(vcpus: u32) -> Vec<u8> {
     ioapic.extend_from_slice(&(layout::IOAPIC_START as u32).to_le_bytes());
     ioapic.extend_from_slice(&0u32.to_le_bytes()); // GSI base
     madt.append_slice(&ioapic);
-    // ISA IRQ 0 (the PIT) arrives on GSI 2, as KVM wires it; flags: bus default.
-    let mut iso = vec![MADT_INTERRUPT_SOURCE_OVERRIDE, 10, 0, 0];
-    iso.extend_from_slice(&2u32.to_le_bytes());
-    iso.extend_from_slice(&0u16.to_le_bytes());
-    madt.append_slice(&iso);
+    // No interrupt source override: ISA IRQ n is GSI n (the PIT's IRQ 0 too), as KVM's
+    // default routing wires them to IOAPIC pin n.
     // LINT1 of every processor (UID 0xff) is the NMI input.
     madt.append_slice(&[MADT_LOCAL_APIC_NMI, 6, 0xff, 0, 0, 1]);
     madt.as_slice().to_vec()
@@ -347,6 +343,8 @@ fn pci_routing_table() -> PackageBuilder {
 mod tests {
     use super::*;
 
+    const MADT_INTERRUPT_SOURCE_OVERRIDE: u8 = 2;
+
     fn sum(bytes: &[u8]) -> u8 {
         bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b))
     }
@@ -416,7 +414,7 @@ mod tests {
     }
 
     #[test]
-    fn madt_lists_each_vcpu_the_ioapic_and_the_pit_override() {
+    fn madt_lists_each_vcpu_and_the_ioapic_and_no_override() {
         let t = build_tables(3).expect("tables");
         let (_, madt) = t.find(b"APIC").expect("madt");
         assert_eq!(u32_at(madt, 36), 0xfee0_0000);
@@ -439,7 +437,7 @@ mod tests {
         assert_eq!(off, madt.len(), "structures fill the table exactly");
         assert_eq!(apic_ids, vec![(0, 1), (1, 1), (2, 1)]);
         assert_eq!(ioapic, Some(0xfec0_0000));
-        assert_eq!(iso, Some((0, 2)));
+        assert_eq!(iso, None, "KVM wires ISA IRQ n to GSI n");
     }
 
     #[test]

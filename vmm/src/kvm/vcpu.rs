@@ -350,6 +350,7 @@ const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
 const APIC_MODE_EXTINT: u32 = 0x7;
 const APIC_MODE_NMI: u32 = 0x4;
+const APIC_LVT_MASKED: u32 = 1 << 16;
 
 fn lapic_reg(lapic: &kvm_lapic_state, offset: usize) -> u32 {
     let b = &lapic.regs[offset..offset + 4];
@@ -365,11 +366,20 @@ fn set_lapic_reg(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
     }
 }
 
-/// LINT0 = ExtINT (the PIC's output), LINT1 = NMI, as PC firmware leaves them.
+/// LINT0 = ExtINT (the PIC's output), masked; LINT1 = NMI. KVM resets the boot CPU's
+/// LINT0 unmasked, and a guest on the IOAPIC (Linux with a hardware-reduced FADT
+/// never programs the 8259) keeps it so: KVM's 8259 starts with every line open and
+/// vector base 0, so the serial IRQ, routed to both chips, would also arrive as vector
+/// 4, the overflow exception. Masked, Linux leaves it masked ("masked ExtINT on
+/// CPU#0"), as its own IOAPIC set-up does in check_timer().
 fn set_lint(lapic: &mut kvm_lapic_state) {
     let set_mode = |reg: u32, mode: u32| (reg & !0x700) | (mode << 8);
     let lvt0 = lapic_reg(lapic, APIC_LVT0);
-    set_lapic_reg(lapic, APIC_LVT0, set_mode(lvt0, APIC_MODE_EXTINT));
+    set_lapic_reg(
+        lapic,
+        APIC_LVT0,
+        set_mode(lvt0, APIC_MODE_EXTINT) | APIC_LVT_MASKED,
+    );
     let lvt1 = lapic_reg(lapic, APIC_LVT1);
     set_lapic_reg(lapic, APIC_LVT1, set_mode(lvt1, APIC_MODE_NMI));
 }
@@ -410,9 +420,10 @@ mod tests {
     }
 
     #[test]
-    fn lint_modes_are_extint_and_nmi() {
+    fn lint_modes_are_masked_extint_and_nmi() {
         let mut lapic = kvm_lapic_state::default();
-        set_lapic_reg(&mut lapic, APIC_LVT0, 0x0001_0000);
+        // KVM's reset state of the boot CPU: ExtINT, unmasked.
+        set_lapic_reg(&mut lapic, APIC_LVT0, 0x0000_0700);
         set_lint(&mut lapic);
         assert_eq!(lapic_reg(&lapic, APIC_LVT0), 0x0001_0700);
         assert_eq!(lapic_reg(&lapic, APIC_LVT1), 0x400);

@@ -253,7 +253,10 @@ impl IrqRouting {
 }
 
 /// The full routing table: KVM's default legacy routes (GSI n -> PIC pin n for n < 16,
-/// except 2, and IOAPIC pin n for n < 24), then the MSI routes.
+/// and IOAPIC pin n for n < 24; the MADT has no override), then the MSI routes. Kept
+/// identical to what KVM_CREATE_IRQCHIP installs, so the first MSI route changes no
+/// legacy line: the PIT's acknowledgement notifier is registered on GSI 0 and must stay
+/// the one GSI behind its pin.
 fn routing_entries(msi_routes: &BTreeMap<u32, MsiMessage>) -> Vec<kvm_irq_routing_entry> {
     let irqchip = |gsi: u32, chip: u32, pin: u32| {
         let mut e = kvm_irq_routing_entry {
@@ -266,7 +269,7 @@ fn routing_entries(msi_routes: &BTreeMap<u32, MsiMessage>) -> Vec<kvm_irq_routin
     };
     let mut entries = Vec::new();
     for gsi in 0..layout::IOAPIC_PINS {
-        if gsi < 16 && gsi != 2 {
+        if gsi < 16 {
             let (chip, pin) = if gsi < 8 {
                 (KVM_IRQCHIP_PIC_MASTER, gsi)
             } else {
@@ -274,9 +277,7 @@ fn routing_entries(msi_routes: &BTreeMap<u32, MsiMessage>) -> Vec<kvm_irq_routin
             };
             entries.push(irqchip(gsi, chip, pin));
         }
-        // GSI 0 is the PIT: KVM wires it to IOAPIC pin 2 (the ISA override in our MADT).
-        let pin = if gsi == 0 { 2 } else { gsi };
-        entries.push(irqchip(gsi, KVM_IRQCHIP_IOAPIC, pin));
+        entries.push(irqchip(gsi, KVM_IRQCHIP_IOAPIC, gsi));
     }
     for (&gsi, msg) in msi_routes {
         let mut e = kvm_irq_routing_entry {
@@ -302,8 +303,8 @@ mod tests {
     #[test]
     fn legacy_routes_match_kvm_defaults() {
         let entries = routing_entries(&BTreeMap::new());
-        // 15 PIC routes (0..16 without 2) + 24 IOAPIC routes.
-        assert_eq!(entries.len(), 15 + 24);
+        // 16 PIC routes + 24 IOAPIC routes, as KVM's default_routing.
+        assert_eq!(entries.len(), 16 + 24);
         let ioapic: Vec<(u32, u32)> = entries
             .iter()
             .filter(|e| e.type_ == KVM_IRQ_ROUTING_IRQCHIP)
@@ -314,8 +315,12 @@ mod tests {
                 (chip.irqchip == KVM_IRQCHIP_IOAPIC).then_some((e.gsi, chip.pin))
             })
             .collect();
-        assert_eq!(ioapic[0], (0, 2));
-        assert_eq!(ioapic[4], (4, 4));
+        assert!(
+            ioapic
+                .iter()
+                .enumerate()
+                .all(|(pin, &(gsi, to))| gsi == pin as u32 && to == gsi)
+        );
         assert_eq!(ioapic.len(), 24);
     }
 
