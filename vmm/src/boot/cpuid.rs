@@ -43,7 +43,10 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], vcpu_id: u32, vcpu_count: u32
                     entry.edx &= !LEAF1_EDX_HTT;
                 }
             }
-            0xb => {
+            // Linux prefers 0x1F where it exists (recent Intel hosts): left with the
+            // host's shifts, it would make vCPUs hyperthread siblings, against leaf 0xB
+            // and the MADT.
+            0xb | 0x1f => {
                 entry.edx = vcpu_id;
                 match entry.index {
                     0 => {
@@ -63,9 +66,14 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], vcpu_id: u32, vcpu_count: u32
                     }
                 }
             }
-            0x1f => {
-                // Same topology as leaf 0xB; vendors that lack it report nothing useful.
-                entry.edx = vcpu_id;
+            4 => {
+                // Deterministic cache parameters: cores per package, and how many
+                // threads share this cache (a core's own caches: one; the last level:
+                // every vCPU), instead of the host's counts.
+                let level = (entry.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { vcpu_count.max(1) - 1 } else { 0 };
+                let cores = vcpu_count.clamp(1, 64) - 1;
+                entry.eax = (entry.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (cores << 26);
             }
             _ => {}
         }
@@ -175,6 +183,39 @@ mod tests {
             (2, 3, 0x201, 2)
         );
         assert_eq!((table[2].ebx, table[2].ecx >> 8), (0, 0));
+    }
+
+    #[test]
+    fn leaf_1f_matches_leaf_b_and_caches_are_ours() {
+        let host_like = |function, index, eax| kvm_cpuid_entry2 {
+            function,
+            index,
+            eax,
+            ebx: 0xdead,
+            ecx: 0xbeef,
+            ..Default::default()
+        };
+        let mut table = vec![
+            host_like(0x1f, 0, 1),
+            host_like(0x1f, 1, 7),
+            host_like(0x1f, 2, 9),
+            // L1 data cache (type 1, level 1) and L3 (type 3, level 3), with the host's
+            // sharing and core counts in their high bits.
+            host_like(4, 0, (0x3f << 26) | (1 << 14) | (1 << 5) | 1),
+            host_like(4, 3, (0x3f << 26) | (0x7f << 14) | (3 << 5) | 3),
+        ];
+        normalize(&mut table, 1, 2);
+        assert_eq!(
+            (table[0].eax, table[0].ebx, table[0].ecx, table[0].edx),
+            (0, 1, 0x100, 1)
+        );
+        assert_eq!(
+            (table[1].eax, table[1].ebx, table[1].ecx, table[1].edx),
+            (1, 2, 0x201, 1)
+        );
+        assert_eq!((table[2].ebx, table[2].ecx >> 8), (0, 0));
+        assert_eq!(table[3].eax, (1 << 26) | (1 << 5) | 1);
+        assert_eq!(table[4].eax, (1 << 26) | (1 << 14) | (3 << 5) | 3);
     }
 
     #[test]
