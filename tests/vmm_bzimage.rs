@@ -156,7 +156,11 @@ fn debian_bzimage_zero_page_e820_cmdline_and_initrd() {
     assert_eq!(back, initrd_data);
 
     let cmdline = "console=ttyS0 reboot=k panic=1 root=/dev/ram0";
-    let cmdline_size = loader::write_cmdline(&mem, cmdline).expect("cmdline");
+    let cmdline_size = loader::write_cmdline(&mem, cmdline, &kernel).expect("cmdline");
+    // The kernel's own limit: a longer line would lose its end in the kernel.
+    let too_long = "x".repeat(file_header.cmdline_size as usize + 1);
+    let err = loader::write_cmdline(&mem, &too_long, &kernel).expect_err("too long");
+    assert!(err.to_string().contains("takes at most"), "{err}");
     let tables = acpi::build_tables(2).expect("acpi");
     tables.write(&mem).expect("write acpi");
     loader::write_boot_info(
@@ -179,13 +183,13 @@ fn debian_bzimage_zero_page_e820_cmdline_and_initrd() {
     assert!({ hdr.version } >= 0x020c);
     assert_eq!({ hdr.setup_sects }, { file_header.setup_sects });
     assert_eq!({ hdr.init_size }, { file_header.init_size });
+    assert_eq!({ hdr.cmdline_size }, { file_header.cmdline_size });
     assert_eq!({ hdr.pref_address }, { file_header.pref_address });
     assert_ne!({ hdr.xloadflags } & 1, 0, "XLF_KERNEL_64");
     // Fields the loader fills in.
     assert_eq!({ hdr.type_of_loader }, 0xff);
     assert_ne!({ hdr.loadflags } & 1, 0, "LOADED_HIGH");
     assert_eq!({ hdr.cmd_line_ptr }, layout::CMDLINE_START as u32);
-    assert_eq!({ hdr.cmdline_size }, cmdline.len() as u32 + 1);
     assert_eq!({ hdr.ramdisk_image }, initrd.addr as u32);
     assert_eq!({ hdr.ramdisk_size }, initrd.size as u32);
     assert!(u64::from(hdr.initrd_addr_max) >= initrd.addr + initrd.size - 1);

@@ -148,7 +148,7 @@ impl Vm {
             .as_deref()
             .map(|path| loader::load_initrd(&memory, path, &kernel))
             .transpose()?;
-        let cmdline_size = loader::write_cmdline(&memory, &config.cmdline)?;
+        let cmdline_size = loader::write_cmdline(&memory, &config.cmdline, &kernel)?;
         let tables = acpi::build_tables(config.vcpus)?;
         tables.write(&memory)?;
         loader::write_boot_info(

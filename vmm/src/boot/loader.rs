@@ -125,6 +125,16 @@ pub enum LoaderError {
         #[source]
         source: linux_loader::cmdline::Error,
     },
+    /// The command line is longer than the kernel takes: it would cut it short.
+    #[error(
+        "kernel command line is {len} bytes long; this kernel takes at most {max} (its setup header's cmdline_size)"
+    )]
+    CmdlineTooLong {
+        /// The line's length.
+        len: usize,
+        /// The kernel's limit.
+        max: usize,
+    },
     /// Writing a boot structure into guest memory failed.
     #[error("cannot write the {what} into guest memory")]
     Write {
@@ -371,7 +381,22 @@ pub fn load_initrd(
 }
 
 /// Writes the command line at [`layout::CMDLINE_START`]; returns its size with the NUL.
-pub fn write_cmdline(mem: &GuestMemory, cmdline: &str) -> Result<u32, LoaderError> {
+/// A bzImage's `cmdline_size` is the longest line it takes (2047 bytes for most
+/// kernels): a longer one is refused, as the kernel would silently cut its end off.
+pub fn write_cmdline(
+    mem: &GuestMemory,
+    cmdline: &str,
+    kernel: &LoadedKernel,
+) -> Result<u32, LoaderError> {
+    if let Some(header) = &kernel.setup_header {
+        let max = header.cmdline_size as usize;
+        if cmdline.len() > max {
+            return Err(LoaderError::CmdlineTooLong {
+                len: cmdline.len(),
+                max,
+            });
+        }
+    }
     let cmdline_err = |source| LoaderError::Cmdline {
         cmdline: cmdline.to_owned(),
         source,
@@ -407,7 +432,10 @@ pub fn build_boot_params(
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.loadflags |= LOADED_HIGH;
     params.hdr.cmd_line_ptr = layout::CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline_size;
+    // A bzImage's own value is its limit, for the loader to read; ELF kernels have none.
+    if setup_header.is_none() {
+        params.hdr.cmdline_size = cmdline_size;
+    }
     if let Some(initrd) = initrd {
         params.hdr.ramdisk_image = initrd.addr as u32;
         params.hdr.ramdisk_size = initrd.size as u32;
