@@ -74,8 +74,70 @@ fn vmm_args(kernel: &str, initrd: &Path, cmdline: &str) -> Vec<String> {
         "--vcpus".into(),
         "2".into(),
         "--cmdline".into(),
-        format!("console=ttyS0 reboot=k panic=-1 rdinit=/init quiet {cmdline}"),
+        // Not `quiet`: warnings must reach the console, where they are looked for.
+        format!("console=ttyS0 reboot=k panic=-1 rdinit=/init {cmdline}"),
     ]
+}
+
+/// The guest kernel named by `KVNET_GUEST_KERNEL`, or `None` (SKIPPED) without it. Once
+/// a kernel is named the tier was asked for: any other need missing fails the test.
+fn guest_kernel(needs: &[Need]) -> Option<String> {
+    if !common::require(&[Need::GuestKernel]) {
+        return None;
+    }
+    let mut all = vec![Need::Kvm];
+    if std::env::var_os("BUSYBOX_DEB").is_none() {
+        all.push(Need::Program("apt-get"));
+    }
+    all.extend_from_slice(needs);
+    testkit::demand(&all);
+    std::env::var("KVNET_GUEST_KERNEL").ok()
+}
+
+/// What a kernel prints when something went wrong on the way, though the guest may
+/// still reach its init.
+const KERNEL_FAULTS: &[&str] = &[
+    "Oops",
+    "BUG:",
+    "Call Trace",
+    "WARNING:",
+    "Kernel panic",
+    "No irq handler",
+    "do_boot_cpu failed",
+    "failed to report alive",
+];
+
+/// The guest booted cleanly: no kernel fault on its console, both vCPUs up, and at
+/// least `pci_functions` PCI functions found (the host bridge, and the NICs).
+fn assert_clean_boot(run: &Run, pci_functions: usize) {
+    if let Some(fault) = KERNEL_FAULTS
+        .iter()
+        .find(|fault| run.console.contains(**fault))
+    {
+        panic!("the guest kernel reported {fault:?}\n{run}");
+    }
+    // "kvnet: 2 cpus, 3 pci functions", from the initramfs's init.
+    let report = run
+        .console
+        .lines()
+        .find_map(|line| line.trim_end().strip_prefix("kvnet: "))
+        .filter(|report| report.ends_with("pci functions"))
+        .unwrap_or_else(|| {
+            panic!("the guest's init never reported its CPUs and PCI functions\n{run}")
+        });
+    let numbers: Vec<usize> = report
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    assert_eq!(
+        numbers.first(),
+        Some(&2),
+        "both vCPUs must come up: {report}\n{run}"
+    );
+    assert!(
+        numbers.get(1).is_some_and(|found| *found >= pci_functions),
+        "at least {pci_functions} PCI functions expected: {report}\n{run}"
+    );
 }
 
 /// What a guest run left behind.
@@ -230,10 +292,9 @@ fn guest_runner_never_outlives_its_timeout_and_cuts_a_failed_guest_short() {
 
 #[test]
 fn distro_kernel_boots_to_initramfs_prints_marker_and_powers_off() {
-    if !common::require(&[Need::GuestKernel, Need::Kvm, Need::Program("apt-get")]) {
+    let Some(kernel) = guest_kernel(&[]) else {
         return;
-    }
-    let kernel = std::env::var("KVNET_GUEST_KERNEL").expect("checked by require");
+    };
     let dir = tempfile::tempdir().expect("tmp");
     let initrd = build_initramfs(dir.path(), None);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"));
@@ -248,19 +309,15 @@ fn distro_kernel_boots_to_initramfs_prints_marker_and_powers_off() {
     );
     assert!(status.success(), "kvnet-vmm failed\n{run}");
     assert!(run.stderr.contains("guest powered off"), "{run}");
+    assert_clean_boot(&run, 1);
 }
 
 /// The network self-test: returns the guest console once the guest passed it, got a
 /// lease from kvnetd in the DHCP range, kvnetd lists that lease, and the VM powered off.
 /// `None` when the test is skipped.
 fn virtio_net_leases_from_kvnetd_and_pings_the_server(extra_cmdline: &str) -> Option<String> {
-    if !common::require(&[Need::GuestKernel, Need::Kvm, Need::Program("apt-get")])
-        || !common::require(DAEMON_NEEDS)
-        || !common::require(&[Need::Tun])
-    {
-        return None;
-    }
-    let kernel = std::env::var("KVNET_GUEST_KERNEL").expect("checked by require");
+    let needs: Vec<Need> = DAEMON_NEEDS.iter().copied().chain([Need::Tun]).collect();
+    let kernel = guest_kernel(&needs)?;
     let dir = tempfile::tempdir().expect("tmp");
     let initrd = build_initramfs(dir.path(), Some(&kernel));
 
@@ -328,6 +385,7 @@ fn virtio_net_leases_from_kvnetd_and_pings_the_server(extra_cmdline: &str) -> Op
     );
     assert!(status.success(), "kvnet-vmm failed\n{run}");
     assert!(run.stderr.contains("guest powered off"), "{run}");
+    assert_clean_boot(&run, 2);
     Some(run.console)
 }
 

@@ -77,6 +77,20 @@ pub fn require(needs: &[Need]) -> bool {
     true
 }
 
+/// Checks needs a test cannot do without once it has chosen to run (an opted-in tier
+/// whose opt-in was given): a missing one fails the test, naming it, instead of
+/// skipping it.
+pub fn demand(needs: &[Need]) {
+    for &need in needs {
+        if let Err(why) = probe(need) {
+            panic!(
+                "{} needs {need}: {why} (its tier was asked for, so it does not skip)",
+                current_test_name()
+            );
+        }
+    }
+}
+
 /// Reports a need the test found missing: prints `SKIPPED <test>: <need>: <why>`, or
 /// panics when `KVNET_TEST_REQUIRE` makes the need mandatory. [`require`] uses it for
 /// the needs it probes; tests use it directly for [`Need::Resource`]s they probe themselves.
