@@ -114,8 +114,8 @@ impl Engine {
     /// Handles one UDP payload received on port 67 at unix time `now`. Never panics,
     /// whatever the bytes: anything malformed or not for us yields `None`.
     pub fn handle(&mut self, packet: &[u8], now: i64) -> Option<Reply> {
-        let request = match decode_request(packet) {
-            Ok(message) => message,
+        let (request, client_fqdn) = match decode_request(packet) {
+            Ok(decoded) => decoded,
             Err(e) => {
                 tracing::debug!(network = %self.config.network, error = %e, "undecodable DHCP packet dropped");
                 return None;
@@ -138,10 +138,14 @@ impl Engine {
             Some(DhcpOption::ClientIdentifier(id)) => Some(id.as_slice()),
             _ => None,
         };
-        let name = match request.opts().get(OptionCode::Hostname) {
-            Some(DhcpOption::Hostname(name)) => sanitize_hostname(name),
-            _ => None,
-        };
+        // The Client FQDN first, as dnsmasq takes it (systemd-networkd sends only it
+        // for a dotted hostname), then the Hostname option.
+        let name = client_fqdn.as_deref().and_then(fqdn_label).or_else(|| {
+            match request.opts().get(OptionCode::Hostname) {
+                Some(DhcpOption::Hostname(name)) => sanitize_hostname(name),
+                _ => None,
+            }
+        });
         let client = Client::new(mac, client_id).named(name.as_deref());
         match request.opts().msg_type()? {
             MessageType::Discover => self.discover(&request, &client, now),
@@ -370,17 +374,23 @@ fn add_boot(message: &mut Message, request: &Message, config: &DhcpConfig) {
 /// Offset of the options in a BOOTP message (fixed header and magic cookie).
 const OPTIONS_OFFSET: usize = 240;
 
-/// Decodes a request, each option on its own. dhcproto 0.15's `DhcpOptions::decode`
-/// stops at the first option it cannot decode and drops every later one: an ASCII client
-/// FQDN (option 81, which it parses as DNS wire format) before options 50 and 54 made a
-/// REQUEST unanswerable. An option that does not decode is skipped alone, as dnsmasq
-/// ignores what it cannot use.
-fn decode_request(packet: &[u8]) -> Result<Message, DecodeError> {
+/// Decodes a request, each option on its own, and returns it with the raw Client FQDN
+/// option (81), which dhcproto reads as DNS wire format only. dhcproto 0.15's
+/// `DhcpOptions::decode` stops at the first option it cannot decode and drops every
+/// later one: an ASCII client FQDN before options 50 and 54 made a REQUEST unanswerable.
+/// An option that does not decode is skipped alone, as dnsmasq ignores what it cannot
+/// use.
+fn decode_request(packet: &[u8]) -> Result<(Message, Option<Vec<u8>>), DecodeError> {
     // The fixed header alone: dhcproto reads no options from it.
     let header = packet.get(..OPTIONS_OFFSET).unwrap_or(packet);
     let mut message = Message::decode(&mut Decoder::new(header))?;
     let mut single = Vec::new();
+    let mut client_fqdn = None;
     for (code, data) in option_runs(packet.get(OPTIONS_OFFSET..).unwrap_or_default()) {
+        if code == OPTION_CLIENT_FQDN {
+            client_fqdn = Some(data);
+            continue;
+        }
         if dhcproto_asserts_on(code, data.len()) {
             tracing::debug!(code, len = data.len(), "misframed DHCP option skipped");
             continue;
@@ -394,7 +404,30 @@ fn decode_request(packet: &[u8]) -> Result<Message, DecodeError> {
             Err(e) => tracing::debug!(code, error = %e, "undecodable DHCP option skipped"),
         }
     }
-    Ok(message)
+    Ok((message, client_fqdn))
+}
+
+/// The Client FQDN option (RFC 4702).
+const OPTION_CLIENT_FQDN: u8 = 81;
+/// Its E flag: the name is in DNS wire format, not ASCII.
+const FQDN_FLAG_ENCODED: u8 = 0x04;
+
+/// The first label of a Client FQDN option's name, sanitised as a hostname: flags, two
+/// obsolete rcode bytes, then the name, in DNS wire format with the E flag, else ASCII
+/// (which older Windows clients send).
+fn fqdn_label(data: &[u8]) -> Option<String> {
+    let [flags, _rcode1, _rcode2, name @ ..] = data else {
+        return None;
+    };
+    let label = if flags & FQDN_FLAG_ENCODED != 0 {
+        let (&len, rest) = name.split_first()?;
+        rest.get(..usize::from(len))?
+    } else {
+        // ASCII, maybe NUL-terminated; the label ends at the first dot.
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        &name[..end]
+    };
+    sanitize_hostname(std::str::from_utf8(label).ok()?)
 }
 
 /// The options of a message as `(code, data)`, runs of one code concatenated (RFC 3396)
@@ -1041,7 +1074,7 @@ mod tests {
                     .chain(body.iter().copied()),
             );
             assert!(dhcproto_asserts_on(code, body.len()), "option {code}");
-            let request = decode_request(&bad).expect("decodes");
+            let (request, _) = decode_request(&bad).expect("decodes");
             assert_eq!(request.opts().get(OptionCode::from(code)), None);
             assert!(engine.handle(&bad, NOW).is_some(), "option {code}");
         }
@@ -1049,7 +1082,7 @@ mod tests {
         let end = valid.len() - 1;
         let mut good = valid.clone();
         good.splice(end..end, [94, 1, 1, 94, 2, 2, 0]);
-        let request = decode_request(&good).expect("decodes");
+        let (request, _) = decode_request(&good).expect("decodes");
         assert!(
             request
                 .opts()
@@ -1103,6 +1136,43 @@ mod tests {
                 "option 81 first: {fqdn_first}"
             );
             assert_eq!(ack.xid(), 0xdead_beef);
+        }
+    }
+
+    /// dnsmasq names a lease from the Client FQDN before the Hostname option; ASCII and
+    /// wire forms alike.
+    #[test]
+    fn the_client_fqdn_names_the_lease() {
+        for (fqdn, expected) in [
+            (&b"\x05\x00\x00\x03db1\x07example\x03com\x00"[..], Some("db1")),
+            (b"\x00\xff\xffDESKTOP-ABC.corp.test", Some("desktop-abc")),
+            (b"\x01\x00\x00build_01\x00", Some("build_01")),
+            // Unusable: the Hostname option names it instead.
+            (b"\x04\x00\x00\x3fshort", Some("fallback")),
+            (b"\x00", Some("fallback")),
+        ] {
+            let mut engine = Engine::new(config());
+            let mac = [0x52, 0x54, 0, 0xaa, 0, 0x71];
+            let (_, offer) =
+                exchange(&mut engine, &message(MessageType::Discover, mac), NOW).expect("offer");
+            let requested = offer.yiaddr().octets();
+            let server = SERVER.octets();
+            let options = [
+                (12, &b"fallback"[..]),
+                (81, fqdn),
+                (50, &requested[..]),
+                (54, &server[..]),
+            ];
+            let reply = engine
+                .handle(&raw_request(mac, &options), NOW)
+                .expect("a reply");
+            let ack = Message::decode(&mut Decoder::new(&reply.bytes)).expect("decode reply");
+            assert_eq!(kind(&ack), MessageType::Ack, "{fqdn:?}");
+            assert_eq!(
+                engine.leases(NOW)[0].hostname.as_deref(),
+                expected,
+                "{fqdn:?}"
+            );
         }
     }
 

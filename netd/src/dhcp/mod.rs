@@ -188,19 +188,23 @@ pub fn dns_names(leases: Vec<LeaseInfo>) -> Vec<(Ipv4Addr, String)> {
         .collect()
 }
 
-/// Turns a client-sent hostname (option 12) into one DNS label, or `None`.
+/// Turns a client-sent hostname (option 12, or the first label of option 81) into one
+/// DNS label, or `None`.
 ///
-/// Takes the part before the first dot (as dnsmasq does), lowercases it and accepts only
-/// `[a-z0-9-]{1,63}` not starting or ending with `-`: the name will end up in DNS and in
-/// files, so anything else (NUL, spaces, non-ASCII, overlong) is dropped, not escaped.
+/// Takes the part before the first dot (as dnsmasq does), lowercases it and accepts what
+/// dnsmasq's `legal_hostname` does: 1 to 63 of `[a-z0-9_-]`, starting with a letter or
+/// digit. The name will end up in DNS and in files, so anything else (NUL, spaces,
+/// non-ASCII, overlong) is dropped, not escaped.
 pub fn sanitize_hostname(raw: &str) -> Option<String> {
     let label = raw.split('.').next()?.to_ascii_lowercase();
     let valid = (1..=63).contains(&label.len())
         && label
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !label.starts_with('-')
-        && !label.ends_with('-');
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && label
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
     valid.then_some(label)
 }
 
@@ -242,15 +246,17 @@ mod tests {
         assert_eq!(sanitize_hostname("Web1").as_deref(), Some("web1"));
         assert_eq!(sanitize_hostname("db.example.org").as_deref(), Some("db"));
         assert_eq!(sanitize_hostname("a-b-9").as_deref(), Some("a-b-9"));
+        // dnsmasq's legal_hostname: `_` and a final `-` after the first character.
+        assert_eq!(sanitize_hostname("Build_01").as_deref(), Some("build_01"));
+        assert_eq!(sanitize_hostname("a-").as_deref(), Some("a-"));
         for bad in [
             "",
             ".x",
             "-a",
-            "a-",
+            "_a",
             "sp ace",
             "nul\0x",
             "é",
-            "a_b",
             &"x".repeat(64),
         ] {
             assert_eq!(sanitize_hostname(bad), None, "{bad:?}");
