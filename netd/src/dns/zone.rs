@@ -115,14 +115,9 @@ impl Zone {
         }
         for txt in &config.txts {
             let name = fqdn(&txt.name).ok_or_else(|| invalid("txt", &txt.name))?;
-            // A character-string holds at most 255 bytes; longer text is split, as dnsmasq does.
-            let strings = txt
-                .value
-                .as_bytes()
-                .chunks(255)
-                .map(|chunk| String::from_utf8_lossy(chunk).into_owned())
-                .collect();
-            zone.add(name, &RData::TXT(TXT::new(strings)));
+            let strings = txt_strings(&txt.value);
+            let strings = strings.iter().map(Vec::as_slice).collect();
+            zone.add(name, &RData::TXT(TXT::from_bytes(strings)));
         }
         Ok(zone)
     }
@@ -275,6 +270,47 @@ fn qualified(hostname: &str, domain: Option<&Name>) -> Option<Vec<Name>> {
     Some(names)
 }
 
+/// The character-strings of a `<txt value=>`, as dnsmasq makes them of libvirt's
+/// `txt-record=NAME,VALUE`: a comma separates strings (libvirt: "multiple values
+/// separated by commas"), except inside double quotes, which are dropped along with
+/// the backslash of their escapes; a string longer than 255 bytes, the most one holds,
+/// goes on in the next. Bytes, not text: a split never breaks the record.
+fn txt_strings(value: &str) -> Vec<Vec<u8>> {
+    const MAX_STRING: usize = 255;
+    let mut strings = vec![Vec::new()];
+    let push = |strings: &mut Vec<Vec<u8>>, byte: u8| {
+        if strings.last().is_some_and(|last| last.len() == MAX_STRING) {
+            strings.push(Vec::new());
+        }
+        if let Some(last) = strings.last_mut() {
+            last.push(byte);
+        }
+    };
+    let mut quoted = false;
+    let mut bytes = value.bytes();
+    while let Some(byte) = bytes.next() {
+        match byte {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => strings.push(Vec::new()),
+            b'\\' if quoted => match bytes.next() {
+                Some(b't') => push(&mut strings, b'\t'),
+                Some(b'n') => push(&mut strings, b'\n'),
+                Some(b'r') => push(&mut strings, b'\r'),
+                Some(b'e') => push(&mut strings, 0x1b),
+                Some(b'b') => push(&mut strings, 0x08),
+                Some(escaped @ (b'"' | b'\\')) => push(&mut strings, escaped),
+                Some(other) => {
+                    push(&mut strings, b'\\');
+                    push(&mut strings, other);
+                }
+                None => push(&mut strings, b'\\'),
+            },
+            _ => push(&mut strings, byte),
+        }
+    }
+    strings
+}
+
 /// One resource record owned by the question name, with its encoded RDATA.
 fn wire_record(rdata: &RData) -> Option<Vec<u8>> {
     let mut data = Vec::new();
@@ -291,4 +327,40 @@ fn wire_record(rdata: &RData) -> Option<Vec<u8>> {
     record.extend_from_slice(&len.to_be_bytes());
     record.extend_from_slice(&data);
     Some(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn txt_values_split_at_commas_outside_quotes_and_every_255_bytes() {
+        let strings = txt_strings;
+        assert_eq!(strings("hello world"), [b"hello world".to_vec()]);
+        assert_eq!(strings("k1=a,k2=b"), [b"k1=a".to_vec(), b"k2=b".to_vec()]);
+        assert_eq!(strings(r#""a,b",c\d"#), [b"a,b".to_vec(), br"c\d".to_vec()]);
+        assert_eq!(strings(r#""say \"hi\"\t""#), [b"say \"hi\"\t".to_vec()]);
+        assert_eq!(strings(""), [Vec::<u8>::new()]);
+        // 300 bytes of two-byte characters: split by bytes, so nothing is re-encoded
+        // (and lengthened past 255) and the record is still served.
+        let long = "é".repeat(150);
+        let split = strings(&long);
+        assert_eq!(split.iter().map(Vec::len).collect::<Vec<_>>(), [255, 45]);
+        assert_eq!(split.concat(), long.as_bytes());
+        let config = DnsConfig {
+            network: "n".into(),
+            txts: vec![crate::xml::DnsTxt {
+                name: "long.test".into(),
+                value: long,
+            }],
+            ..DnsConfig::default()
+        };
+        let zone = Zone::from_config(&config).expect("zone");
+        let key = wire_key(&fqdn("long.test").expect("name"));
+        let mut out = Vec::new();
+        assert_eq!(
+            zone.append_answers(&key, RecordType::TXT, &mut out),
+            Found::Records(1)
+        );
+    }
 }
