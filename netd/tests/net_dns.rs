@@ -392,6 +392,53 @@ fn dead_and_refusing_upstreams_are_passed_over_for_the_next() {
     drop(refusing);
 }
 
+/// A query that can reach no upstream is refused at once, as dnsmasq does, rather
+/// than left to the client's timeouts; over TCP, a forward that failed gets SERVFAIL
+/// and the connection goes on serving.
+#[test]
+fn unreachable_upstreams_get_a_prompt_refusal_and_tcp_a_servfail() {
+    if !needs() {
+        return;
+    }
+    let lab = Lab::new("dnsf");
+    let mut config = config();
+    // No route to it from the server's namespace: every send fails at once.
+    config.forwarders = vec![DnsForwarder {
+        addr: Some("10.123.0.1".parse().expect("ip")),
+        domain: None,
+    }];
+    with_server(&lab, config, || {
+        let started = std::time::Instant::now();
+        let status = lab.dig_status(&format!("@{SERVER_IP} www.up.test"));
+        assert_eq!(status, "REFUSED");
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "refused only after {:?}",
+            started.elapsed()
+        );
+    });
+    let mut config = self::config();
+    // Reachable, but nothing listens: the TCP connection is refused.
+    lab.upstream
+        .sh(&format!("ip addr add {DEAD_UPSTREAM_IP}/24 dev eth0"))
+        .expect("upstream address");
+    config.forwarders = vec![DnsForwarder {
+        addr: Some(DEAD_UPSTREAM_IP.parse().expect("ip")),
+        domain: None,
+    }];
+    with_server(&lab, config, || {
+        let out = lab
+            .client
+            .sh(&format!(
+                "timeout 20 dig +tcp +keepopen +time=8 +tries=1 @{SERVER_IP} www.up.test static1.example.test"
+            ))
+            .expect("dig");
+        assert!(out.contains("status: SERVFAIL"), "{out}");
+        // The same connection then answers a local name.
+        assert!(out.contains("192.168.88.50"), "{out}");
+    });
+}
+
 /// A query for `labels` of type A with ID `id`, RD set.
 fn a_query(id: u16, labels: &[&str]) -> Vec<u8> {
     let mut query = id.to_be_bytes().to_vec();

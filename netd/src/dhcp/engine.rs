@@ -1144,7 +1144,10 @@ mod tests {
     #[test]
     fn the_client_fqdn_names_the_lease() {
         for (fqdn, expected) in [
-            (&b"\x05\x00\x00\x03db1\x07example\x03com\x00"[..], Some("db1")),
+            (
+                &b"\x05\x00\x00\x03db1\x07example\x03com\x00"[..],
+                Some("db1"),
+            ),
             (b"\x00\xff\xffDESKTOP-ABC.corp.test", Some("desktop-abc")),
             (b"\x01\x00\x00build_01\x00", Some("build_01")),
             // Unusable: the Hostname option names it instead.

@@ -79,6 +79,38 @@ pub fn is_upstream_failure(reply: &[u8]) -> bool {
     })
 }
 
+/// Why a query that was to be forwarded gets an answer of ours instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unforwarded {
+    /// It could not be sent anywhere (no route to any upstream, or too many queries in
+    /// flight): REFUSED, at once, as dnsmasq answers, so the client need not wait out
+    /// its timeouts.
+    NotSent,
+    /// Sent, but no upstream answered in time (over TCP, where the client does not
+    /// retry on its own): SERVFAIL.
+    NoAnswer,
+}
+
+/// Writes into `out` our reply to `query` for a forward that failed: its question,
+/// the code `why` calls for and, if the query had one, our OPT record. `out` stays
+/// empty for a query without a readable question.
+pub fn unforwarded_reply(query: &[u8], why: Unforwarded, out: &mut Vec<u8>) {
+    out.clear();
+    let mut key = [0u8; MAX_NAME_LEN];
+    let Ok((question, _)) = parse_query(query, &mut key) else {
+        return;
+    };
+    let edns = edns_payload_size(query, question.end);
+    begin_response(query, question.end, out);
+    let question_end = out.len();
+    let rcode = match why {
+        Unforwarded::NotSent => Rcode::Refused,
+        Unforwarded::NoAnswer => Rcode::ServFail,
+    };
+    set_rcode(out, rcode, false);
+    finish(out, question_end, 0, edns.is_some(), usize::from(u16::MAX));
+}
+
 /// Decides and builds answers for one network; shared by its UDP and TCP paths.
 pub struct Resolver {
     network: String,

@@ -42,7 +42,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::resolver::{
-    Outcome, Resolver, Transport, clamp_edns_payload, is_reply_to, is_upstream_failure,
+    Outcome, Resolver, Transport, Unforwarded, clamp_edns_payload, is_reply_to,
+    is_upstream_failure, unforwarded_reply,
 };
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 use crate::service::ServiceTask;
@@ -52,9 +53,11 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// An upstream server silent this long is passed over for the next one, if any (the
 /// last one asked gets what remains of [`FORWARD_TIMEOUT`]).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
-/// A server that timed out or failed is asked after the others for this long.
+/// A server that timed out or could not be sent to is asked after the others for this
+/// long. One that answered, even SERVFAIL or REFUSED about one name, is not: it may
+/// be the only one that knows a VPN's names.
 const SUSPECT_FOR: Duration = Duration::from_secs(30);
-/// Most UDP queries waiting for an upstream answer at once; more are dropped. Each
+/// Most UDP queries waiting for an upstream answer at once; more are refused. Each
 /// holds one or two sockets, so this bounds a network's file descriptors (dnsmasq's
 /// `dns-forward-max` is 150).
 const MAX_PENDING: usize = 512;
@@ -309,7 +312,7 @@ async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             Some(done) = state.forwards.join_next(), if !state.forwards.is_empty() => {
                 if let Ok(Some(answer)) = done {
-                    send(&state.udp[answer.socket], &answer.reply, answer.client);
+                    let _ = send(&state.udp[answer.socket], &answer.reply, answer.client);
                 }
                 continue;
             }
@@ -365,8 +368,9 @@ async fn next_event(udp: &[UdpSocket], tcp: &[TcpListener], next_listener: &mut 
 
 /// Sends a datagram if the socket has room now; UDP may lose it anyway, and the
 /// sender (a client, or our retry) tries again. Sent straight to the socket: the
-/// runtime learns a new socket is writable only on its next turn.
-fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+/// runtime learns a new socket is writable only on its next turn. An error (no route
+/// to `to`, say) is logged and returned.
+fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) -> nix::Result<usize> {
     let result = sendto(
         socket.as_raw_fd(),
         bytes,
@@ -376,6 +380,7 @@ fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
     if let Err(e) = result {
         tracing::debug!(%to, error = %e, "DNS datagram not sent");
     }
+    result
 }
 
 /// The buffers of a batch of datagrams, one set per runtime worker thread.
@@ -676,7 +681,12 @@ impl Serve {
         servers: &[SocketAddr],
     ) {
         if self.forwards.len() >= MAX_PENDING {
-            tracing::debug!(network = %self.resolver.network(), "too many DNS queries in flight; dropping one");
+            tracing::debug!(network = %self.resolver.network(), "too many DNS queries in flight; refusing one");
+            let mut refusal = Vec::new();
+            unforwarded_reply(query, Unforwarded::NotSent, &mut refusal);
+            if !refusal.is_empty() {
+                let _ = send(&self.udp[socket], &refusal, client);
+            }
             return;
         }
         let client_id = u16::from_be_bytes([query[0], query[1]]);
@@ -700,14 +710,16 @@ impl Serve {
 
 /// Asks the servers of `forward` over UDP in turn until one gives a usable answer:
 /// each but the last gets [`ATTEMPT_TIMEOUT`], all together [`FORWARD_TIMEOUT`]. A
-/// server that answered SERVFAIL or REFUSED is passed over at once; if it was the last,
-/// its answer goes to the client. Nothing when all were silent.
+/// server that answered SERVFAIL or REFUSED, or could not be sent to, is passed over at
+/// once; if it was the last to answer, its answer goes to the client. REFUSED when the
+/// query could be sent to none (the host lost its route to them), as dnsmasq answers;
+/// nothing when all were silent.
 async fn forward_udp(network: &str, forward: UdpForward, health: &Health) -> Option<UdpAnswer> {
     let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
     let mut sockets = ForwardSockets::default();
     let mut buf = vec![0u8; RECV_BUFFER];
     let servers = &forward.servers;
-    let mut asked = 0;
+    let mut sent_any = false;
     for (at, &server) in servers.iter().enumerate() {
         let now = tokio::time::Instant::now();
         if now >= deadline {
@@ -720,26 +732,28 @@ async fn forward_udp(network: &str, forward: UdpForward, health: &Health) -> Opt
             deadline.min(now + ATTEMPT_TIMEOUT)
         };
         match sockets.socket_for(server) {
-            Ok(socket) => send(socket, &forward.query, server),
+            Ok(socket) => {
+                if send(socket, &forward.query, server).is_err() {
+                    health.failed(network, server);
+                    continue;
+                }
+            }
             Err(e) => {
                 tracing::warn!(network, %server, error = %e, "cannot open a socket to forward DNS queries");
                 continue;
             }
         }
-        asked = at + 1;
-        let wait = sockets.receive_reply(&forward.query, &servers[..asked], &mut buf);
+        sent_any = true;
+        // A late answer from a server asked before counts as well.
+        let wait = sockets.receive_reply(&forward.query, &servers[..=at], &mut buf);
         let Ok((len, from)) = tokio::time::timeout_at(until, wait).await else {
             health.failed(network, server);
             continue;
         };
         let reply = &mut buf[..len];
-        if is_upstream_failure(reply) {
-            health.failed(network, from);
-            if !last {
-                continue;
-            }
-        } else {
-            health.answered(from);
+        health.answered(from);
+        if is_upstream_failure(reply) && !last {
+            continue;
         }
         reply[..2].copy_from_slice(&forward.client_id.to_be_bytes());
         return Some(UdpAnswer {
@@ -748,13 +762,22 @@ async fn forward_udp(network: &str, forward: UdpForward, health: &Health) -> Opt
             reply: reply.to_vec(),
         });
     }
-    if asked == 0 {
-        tracing::debug!(
-            network,
-            "DNS query not forwarded: no socket to send it from"
-        );
+    if sent_any {
+        return None;
     }
-    None
+    tracing::debug!(
+        network,
+        "DNS query refused: it could be sent to no upstream server"
+    );
+    let mut query = forward.query.to_vec();
+    query[..2].copy_from_slice(&forward.client_id.to_be_bytes());
+    let mut reply = Vec::new();
+    unforwarded_reply(&query, Unforwarded::NotSent, &mut reply);
+    (!reply.is_empty()).then_some(UdpAnswer {
+        client: forward.client,
+        socket: forward.socket,
+        reply,
+    })
 }
 
 /// The sockets one forwarded query leaves from: IPv4 and IPv6, each bound to port 0
@@ -837,8 +860,12 @@ async fn serve_tcp(mut stream: TcpStream, resolver: &Resolver, health: &Health) 
                 if let Err(e) =
                     forward_tcp(resolver.network(), servers, health, &query, &mut out).await
                 {
+                    // A TCP client does not retry by itself: tell it, and keep serving.
                     tracing::debug!(network = %resolver.network(), error = %e, "DNS query over TCP not forwarded");
-                    return;
+                    unforwarded_reply(&query, Unforwarded::NoAnswer, &mut out);
+                    if out.is_empty() {
+                        return;
+                    }
                 }
             }
             Outcome::Drop => return,
@@ -894,13 +921,13 @@ async fn forward_tcp(
             deadline.min(now + ATTEMPT_TIMEOUT)
         };
         match tokio::time::timeout_at(until, ask_tcp(server, query, out)).await {
-            Ok(Ok(())) if last || !is_upstream_failure(out) => {
-                if !is_upstream_failure(out) {
-                    health.answered(server);
+            Ok(Ok(())) => {
+                health.answered(server);
+                if last || !is_upstream_failure(out) {
+                    return Ok(());
                 }
-                return Ok(());
+                continue;
             }
-            Ok(Ok(())) => {}
             Ok(Err(e)) => failure = e,
             Err(_) => failure = std::io::Error::from(std::io::ErrorKind::TimedOut),
         }
