@@ -350,10 +350,12 @@ mod tests {
             "another start time is another process"
         );
 
-        let mut child = std::process::Command::new("sleep")
-            .arg("0.2")
+        // Alive until its stdin closes, however slowly this test runs.
+        let mut child = std::process::Command::new("cat")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
             .spawn()
-            .expect("spawn sleep");
+            .expect("spawn cat");
         let id = ProcessId {
             pid: child.id() as i32,
             start_time: start_time(child.id() as i32).expect("child's start time"),
@@ -361,6 +363,7 @@ mod tests {
         let watched = Owner::reopen(id).expect("reopen").expect("child running");
         let polled = watched.clone();
         assert!(!polled.has_exited());
+        drop(child.stdin.take());
         tokio::time::timeout(std::time::Duration::from_secs(10), watched.exited())
             .await
             .expect("the child's exit is seen")
