@@ -153,7 +153,7 @@ fn a_networks_bandwidth_shapes_its_bridge_both_ways_and_goes_with_it() {
 
 #[test]
 fn a_ports_bandwidth_shapes_its_tap_through_restarts_until_it_is_deleted() {
-    if !require(DAEMON_NEEDS) {
+    if !require(&common::port_needs()) {
         return;
     }
     let daemon = Daemon::start();
@@ -270,7 +270,7 @@ fn port_file(daemon: &Daemon, name: &str, mac_byte: u8, extra: &str) -> std::pat
 
 #[test]
 fn ports_take_the_limits_of_their_portgroup_or_the_default_one() {
-    if !require(DAEMON_NEEDS) {
+    if !require(&common::port_needs()) {
         return;
     }
     let daemon = Daemon::without_default_network();

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{DAEMON_NEEDS, Daemon, kvnet_with_input, require, xml_file};
+use common::{Daemon, kvnet_with_input, require, xml_file};
 
 /// The ports these tests create: UUIDs whose byte order is not their creation order.
 const LATE: &str = "7ae63b5f-fe96-4af0-a7c3-da04ba1b3f54";
@@ -88,7 +88,7 @@ fn table(uuids: &[&str]) -> String {
 
 #[test]
 fn ports_are_created_listed_dumped_and_deleted_as_virsh_shows_them() {
-    if !require(DAEMON_NEEDS) {
+    if !require(&common::port_needs()) {
         return;
     }
     let daemon = Daemon::start();
@@ -258,7 +258,7 @@ fn ports_are_created_listed_dumped_and_deleted_as_virsh_shows_them() {
 
 #[test]
 fn failures_read_as_virsh_reports_them() {
-    if !require(DAEMON_NEEDS) {
+    if !require(&common::port_needs()) {
         return;
     }
     let daemon = Daemon::start();
@@ -474,7 +474,7 @@ fn failures_read_as_virsh_reports_them() {
 
 #[test]
 fn command_strings_and_the_terminal_know_the_port_verbs() {
-    if !require(DAEMON_NEEDS) {
+    if !require(&common::port_needs()) {
         return;
     }
     let daemon = Daemon::start();

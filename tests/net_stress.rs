@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{DAEMON_NEEDS, Daemon, DaemonOptions, require};
+use common::{Daemon, DaemonOptions, require};
 
 /// Network names: the first four are defined and started, the last two only created.
 const NAMES: &[&str] = &["sa", "sb", "sc", "sd", "ta", "tb"];
@@ -272,7 +272,8 @@ enum Interrupt {
 }
 
 /// Runs the storm; an interrupted daemon is started again once the clients are done.
-fn storm(daemon: &mut Daemon, seed: u64, interrupt: Interrupt) {
+/// Returns how many CLI calls succeeded.
+fn storm(daemon: &mut Daemon, seed: u64, interrupt: Interrupt) -> usize {
     let started = Instant::now();
     let until = started + STORM;
     let count = Arc::new(AtomicUsize::new(0));
@@ -309,6 +310,7 @@ fn storm(daemon: &mut Daemon, seed: u64, interrupt: Interrupt) {
     if !matches!(interrupt, Interrupt::None) {
         daemon.spawn(&DaemonOptions::no_default_network());
     }
+    succeeded
 }
 
 /// What a quiet system looks like from every side, for comparison and assertions.
@@ -470,14 +472,19 @@ fn snapshot(daemon: &Daemon) -> Snapshot {
 
 /// Waits until two snapshots 300 ms apart agree (killed clients' changes finish).
 fn quiet(daemon: &Daemon) -> Snapshot {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = snapshot(daemon);
     loop {
         std::thread::sleep(Duration::from_millis(300));
         let now = snapshot(daemon);
-        if now == last || Instant::now() > deadline {
+        if now == last {
             return now;
         }
+        assert!(
+            Instant::now() < deadline,
+            "the system never settled: still changing 30 s after the storm\n{now:#?}\nkvnetd log:\n{}",
+            daemon.log()
+        );
         last = now;
     }
 }
@@ -776,7 +783,7 @@ fn seed() -> u64 {
 
 #[test]
 fn a_storm_of_interrupted_changes_leaves_every_side_in_agreement() {
-    if !require(DAEMON_NEEDS) {
+    if !require(&common::port_needs()) {
         return;
     }
     let seed = seed();
@@ -784,7 +791,14 @@ fn a_storm_of_interrupted_changes_leaves_every_side_in_agreement() {
     let mut rng = Rng(seed);
     let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
 
-    storm(&mut daemon, rng.next(), Interrupt::None);
+    // Most random operations fail by design (a start of a network another client
+    // undefined, say); but a storm whose calls all failed would test nothing.
+    let succeeded = storm(&mut daemon, rng.next(), Interrupt::None);
+    assert!(
+        succeeded >= 10,
+        "only {succeeded} CLI calls succeeded (KVNET_STRESS_SEED={seed})\n{}",
+        daemon.log()
+    );
     let before = quiet(&daemon);
     assert_consistent(&daemon, &before, seed, "after the storm");
     daemon.stop();
