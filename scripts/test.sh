@@ -13,8 +13,15 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# nextest gives each test its own process, a timeout (.config/nextest.toml: a hung
+# guest or daemon fails its test instead of hanging the run) and the serial KVM group.
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  echo "cargo-nextest missing: installing it from crates.io" >&2
+  cargo install --locked cargo-nextest >&2 || true
+fi
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
+  echo "cargo-nextest unavailable: running cargo test, without timeouts or the KVM group" >&2
   cargo test --workspace --no-fail-fast "$@"
 fi

@@ -217,8 +217,11 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates the namespace and sets its loopback up.
+    /// Creates the namespace and sets its loopback up. The first one a process creates
+    /// also removes those that killed test processes left (see [`remove_stale_netns`]).
     pub fn new(tag: &str) -> std::io::Result<Netns> {
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(remove_stale_netns);
         let seq = NETNS_SEQ.fetch_add(1, Ordering::Relaxed);
         let mut name = format!("kvt-{}-{seq}-{tag}", std::process::id());
         name.truncate(40);
@@ -270,24 +273,54 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        // Kill anything still running inside, then delete the namespace.
-        let _ = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-            .map(|out| {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse::<i32>() {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::SIGKILL,
-                        );
-                    }
+        remove_netns(&self.name);
+    }
+}
+
+/// Kills anything still running inside namespace `name`, then deletes it (and with it
+/// its bridges, taps and nft tables).
+fn remove_netns(name: &str) {
+    let _ = Command::new("ip")
+        .args(["netns", "pids", name])
+        .output()
+        .map(|out| {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::SIGKILL,
+                    );
                 }
-            });
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
+            }
+        });
+    let _ = Command::new("ip")
+        .args(["netns", "del", name])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Removes the `kvt-<pid>-…` namespaces of test processes that are gone: a test killed
+/// by nextest's timeout runs no `Drop`. Left alone, they would hold daemons' networks
+/// and, once a later test process gets the same pid, make its namespaces' names clash.
+/// This process's own pid counts as gone: it has created none yet.
+fn remove_stale_netns() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("kvt-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid != me && Path::new("/proc").join(pid.to_string()).exists();
+        if !alive {
+            remove_netns(&name);
+        }
     }
 }
 
