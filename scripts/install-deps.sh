@@ -11,6 +11,7 @@ packages=(
   dnsutils dnsmasq-base      # dig for the DNS tests; dnsmasq as their upstream server
   procps psmisc              # ps/pkill in scripts
   systemd util-linux         # systemd-analyze and setpriv: the unit's checks (tests/net_confined.rs)
+  python3-minimal            # /usr/bin/python3: a TUNSETIFF as another user (tests/net_ports.rs)
 )
 missing=()
 for pkg in "${packages[@]}"; do
