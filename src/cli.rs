@@ -14,7 +14,6 @@ pub const DEFAULT_SOCKET: &str = netd::api::DEFAULT_SOCKET;
 #[derive(Debug, Parser)]
 #[command(
     name = "kvnet",
-    version,
     about,
     override_usage = "kvnet [OPTIONS] <COMMAND> [ARGS]...\n       \
                       kvnet [OPTIONS] '<COMMAND> [ARGS]...; <COMMAND> [ARGS]...'\n       \

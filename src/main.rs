@@ -14,7 +14,7 @@ mod xpath;
 use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use netd::api::client::Client;
@@ -38,10 +38,18 @@ fn main() -> ExitCode {
             .init();
     }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let succeeded = match split_global_options(&args) {
-        Some((globals, [])) => interactive(globals),
-        Some((globals, [text])) => run_command_string(globals, &text.to_string_lossy()).succeeded,
-        _ => run_argv(&args),
+    let succeeded = match read_leading_options(&args) {
+        Leading::Help => run_argv(&args, false),
+        Leading::Done(succeeded) => succeeded,
+        Leading::Run {
+            globals,
+            timing,
+            words,
+        } => match words.as_slice() {
+            [] => interactive(&globals, timing),
+            [text] => run_command_string(&globals, timing, &text.to_string_lossy()).succeeded,
+            _ => run_argv(&[globals, words].concat(), timing),
+        },
     };
     if succeeded {
         ExitCode::SUCCESS
@@ -50,30 +58,133 @@ fn main() -> ExitCode {
     }
 }
 
-/// Splits the leading global options (`-c SOCKET`, `--connect=SOCKET`, `-q`) from the
-/// words after them, which virsh reads as a command string when there is exactly one.
-/// `None` when an argument before the verb is any other option (`--help`, a typo...):
-/// clap then reads the whole line and reports it.
-fn split_global_options(args: &[OsString]) -> Option<(&[OsString], &[OsString])> {
+/// What the options before the verb come to. As virsh's getopt (`+` in its option
+/// string), options end at the first word that is not one.
+enum Leading {
+    /// `-h`/`--help`: clap prints the usage.
+    Help,
+    /// A version printed, or an option refused: nothing else runs.
+    Done(bool),
+    /// Run `words` with `globals` (`-q`, `-r`, `-c SOCKET` in clap's spellings, which
+    /// every command of a string gets) and, with `-t`, each command's time after it.
+    Run {
+        globals: Vec<OsString>,
+        timing: bool,
+        words: Vec<OsString>,
+    },
+}
+
+/// Reads virsh's global options: `-c`/`--connect` (an empty one means the default, as
+/// libvirt takes an empty URI), `-q`, `-r`, `-t`, `-h`, and the versions (`-v`,
+/// `--version[=short]`: the bare version; `-V`, `--version=long`: a few lines), short
+/// ones bundled as getopt takes them (`-qr`, `-qcSOCKET`). Anything else is refused in
+/// virsh's words.
+fn read_leading_options(args: &[OsString]) -> Leading {
+    let mut globals: Vec<OsString> = Vec::new();
+    let mut timing = false;
+    let connect = |globals: &mut Vec<OsString>, uri: &OsString| {
+        if !uri.is_empty() {
+            globals.extend([OsString::from("-c"), uri.clone()]);
+        }
+    };
+    let refuse = |message: String| {
+        usage::print_errors(&[message]);
+        Leading::Done(false)
+    };
     let mut at = 0;
     while let Some(arg) = args.get(at) {
-        let arg = arg.to_str()?;
-        at += match arg {
-            "-q" | "--quiet" | "-r" | "--readonly" => 1,
-            "-c" | "--connect" if at + 1 < args.len() => 2,
-            _ if arg.starts_with("--connect=") || (arg.starts_with("-c") && arg.len() > 2) => 1,
-            _ if arg.starts_with('-') => return None,
-            _ => break,
+        let Some(text) = arg
+            .to_str()
+            .filter(|text| text.starts_with('-') && *text != "-")
+        else {
+            break;
         };
+        at += 1;
+        if text == "--" {
+            break;
+        }
+        if let Some(long) = text.strip_prefix("--") {
+            let (name, value) = match long.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (long, None),
+            };
+            match (name, value) {
+                ("quiet", None) => globals.push("-q".into()),
+                ("readonly", None) => globals.push("-r".into()),
+                ("timing", None) => timing = true,
+                ("help", None) => return Leading::Help,
+                ("version", Some("long")) => return print_version(true),
+                ("version", _) => return print_version(false),
+                ("connect", Some(uri)) => connect(&mut globals, &OsString::from(uri)),
+                ("connect", None) => match args.get(at) {
+                    Some(uri) => {
+                        connect(&mut globals, uri);
+                        at += 1;
+                    }
+                    None => return refuse(missing_argument('c', "connect")),
+                },
+                _ => return refuse(format!("unsupported option '{text}'. See --help.")),
+            }
+            continue;
+        }
+        for (index, letter) in text.char_indices().skip(1) {
+            match letter {
+                'q' => globals.push("-q".into()),
+                'r' => globals.push("-r".into()),
+                't' => timing = true,
+                'h' => return Leading::Help,
+                'v' => return print_version(false),
+                'V' => return print_version(true),
+                'c' => {
+                    // The rest of the word is the URI, else the next word is.
+                    let attached = &text[index + 1..];
+                    if !attached.is_empty() {
+                        connect(&mut globals, &OsString::from(attached));
+                    } else if let Some(uri) = args.get(at) {
+                        connect(&mut globals, uri);
+                        at += 1;
+                    } else {
+                        return refuse(missing_argument('c', "connect"));
+                    }
+                    break;
+                }
+                other => return refuse(format!("unsupported option '-{other}'. See --help.")),
+            }
+        }
     }
-    Some(args.split_at(at))
+    Leading::Run {
+        globals,
+        timing,
+        words: args[at..].to_vec(),
+    }
+}
+
+/// virsh's words for an option given without its argument.
+fn missing_argument(letter: char, name: &str) -> String {
+    format!("option '-{letter}'/'--{name}' requires an argument")
+}
+
+/// Prints the version, bare (`-v`, as virsh prints libvirt's) or with a few lines about
+/// the program (`-V`).
+fn print_version(long: bool) -> Leading {
+    let version = env!("CARGO_PKG_VERSION");
+    let text = if long {
+        format!(
+            "kvnet command line tool {version}\n\
+             virsh's network commands for kvnetd (network:///system)\n\n"
+        )
+    } else {
+        format!("{version}\n")
+    };
+    let written = std::io::stdout().write_all(text.as_bytes()).is_ok();
+    Leading::Done(written)
 }
 
 /// Runs the command line as one command, clap reading every argument.
-fn run_argv(args: &[OsString]) -> bool {
+fn run_argv(args: &[OsString], timing: bool) -> bool {
     let argv = std::iter::once(OsString::from(PROGRAM)).chain(args.iter().cloned());
     match cli::Cli::try_parse_from(argv) {
-        Ok(cli) => execute(&cli).succeeded,
+        Ok(cli) => execute(&cli, timing).succeeded,
         Err(error) => Refusal::new(error, &lossy(args)).report(),
     }
 }
@@ -88,10 +199,26 @@ struct Outcome {
     quit: bool,
 }
 
-/// Runs one command and prints its result.
-fn execute(cli: &cli::Cli) -> Outcome {
-    match commands::run(cli) {
-        Ok(text) => {
+/// Runs one command and prints its result; with `timing`, how long it took, as
+/// `virsh -t` prints it in place of the blank line that ends a command (even quiet).
+fn execute(cli: &cli::Cli, timing: bool) -> Outcome {
+    let started = Instant::now();
+    let result = commands::run(cli);
+    let ends_with_blank_line = !cli.quiet && !cli.command.prints_json();
+    let time = || {
+        format!(
+            "\n(Time: {:.3} ms)\n\n",
+            started.elapsed().as_secs_f64() * 1000.0
+        )
+    };
+    match result {
+        Ok(mut text) => {
+            if timing {
+                if ends_with_blank_line && text.ends_with('\n') {
+                    text.pop();
+                }
+                text.push_str(&time());
+            }
             let mut stdout = std::io::stdout().lock();
             // A closed stdout (`kvnet net-list | head -0`) is not an error worth reporting.
             let _ = stdout
@@ -106,7 +233,9 @@ fn execute(cli: &cli::Cli) -> Outcome {
         Err(failure) => {
             usage::print_errors(failure.lines());
             // virsh ends every command it ran with a blank line on stdout, failed or not.
-            if failure.ran() && !cli.quiet && !cli.command.prints_json() {
+            if failure.ran() && timing {
+                let _ = std::io::stdout().write_all(time().as_bytes());
+            } else if failure.ran() && ends_with_blank_line {
                 let _ = std::io::stdout().write_all(b"\n");
             }
             Outcome {
@@ -129,7 +258,7 @@ enum Step {
 /// Runs a command string, as virsh does: every command is parsed before any runs, so
 /// a typo anywhere runs nothing; then they run in order, and the last one's result is
 /// the exit status.
-fn run_command_string(globals: &[OsString], text: &str) -> Outcome {
+fn run_command_string(globals: &[OsString], timing: bool, text: &str) -> Outcome {
     let refused = Outcome {
         succeeded: false,
         connected: true,
@@ -174,7 +303,7 @@ fn run_command_string(globals: &[OsString], text: &str) -> Outcome {
     };
     for step in steps {
         outcome = match step {
-            Step::Run(cli) => execute(&cli),
+            Step::Run(cli) => execute(&cli, timing),
             Step::Refused(refusal) => Outcome {
                 succeeded: refusal.report(),
                 ..outcome
@@ -195,14 +324,15 @@ fn run_command_string(globals: &[OsString], text: &str) -> Outcome {
 /// virsh's interactive terminal: a greeting (unless quiet), then a prompt for each
 /// line of commands until `quit`, `exit` or the end of input. Its exit status is
 /// success whatever the commands did, as virsh's is.
-fn interactive(globals: &[OsString]) -> bool {
-    let quiet = globals.iter().any(|arg| arg == "-q" || arg == "--quiet");
+fn interactive(globals: &[OsString], timing: bool) -> bool {
+    let quiet = globals.iter().any(|arg| arg == "-q");
+    let read_only = globals.iter().any(|arg| arg == "-r");
     if !quiet {
         let _ = std::io::stdout().write_all(shell::Terminal::welcome(PROGRAM).as_bytes());
     }
-    let mut terminal = shell::Terminal::new(PROGRAM, completion(daemon_of(globals)));
+    let mut terminal = shell::Terminal::new(PROGRAM, read_only, completion(daemon_of(globals)));
     while let Some(line) = terminal.read_line() {
-        if !line.is_empty() && run_command_string(globals, &line).quit {
+        if !line.is_empty() && run_command_string(globals, timing, &line).quit {
             break;
         }
     }

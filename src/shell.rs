@@ -142,8 +142,9 @@ impl Terminal {
     /// words of `completion` complete with Tab, and the history of earlier sessions is
     /// read from `$XDG_CACHE_HOME/<program>/history` (virsh keeps its own in
     /// `~/.cache/virsh/history`).
-    pub fn new(program: &str, completion: Completion) -> Terminal {
-        let prompt = format!("{program} # ");
+    pub fn new(program: &str, read_only: bool, completion: Completion) -> Terminal {
+        // virsh's prompts: `#` for a connection that may change things, `>` read-only.
+        let prompt = format!("{program} {} ", if read_only { '>' } else { '#' });
         let on_terminal = std::io::stdin().is_terminal();
         let lines = Input::Lines { echo: !on_terminal };
         let input = if on_terminal && std::io::stdout().is_terminal() {

@@ -168,6 +168,135 @@ fn the_interactive_terminal_reads_commands_from_stdin() {
     assert_eq!(active(&daemon), "\n");
 }
 
+/// `text` with each `(Time: N ms)` of `virsh -t` made `(Time: T ms)`, after checking N
+/// is a number with three decimals.
+fn without_times(text: &str) -> String {
+    let mut rest = text;
+    let mut out = String::new();
+    while let Some(at) = rest.find("(Time: ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "(Time: ".len()..];
+        let end = after.find(" ms)").expect("a time ends with ' ms)'");
+        let (whole, decimals) = after[..end].split_once('.').expect("a decimal time");
+        assert!(
+            !whole.is_empty()
+                && whole.bytes().all(|b| b.is_ascii_digit())
+                && decimals.len() == 3
+                && decimals.bytes().all(|b| b.is_ascii_digit()),
+            "{text:?}"
+        );
+        out.push_str("(Time: T ms)");
+        rest = &after[end + " ms)".len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn global_options_read_as_virsh_reads_them() {
+    // Without a daemon: versions, and options virsh's getopt refuses.
+    let bare = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kvnet"))
+            .args(args)
+            .env_remove("KVNET_SOCKET")
+            .output()
+            .expect("run kvnet")
+    };
+    let version = format!("{}\n", env!("CARGO_PKG_VERSION"));
+    for args in [&["-v"][..], &["--version"], &["--version=short"], &["-qv"]] {
+        let out = bare(args);
+        assert_eq!(
+            (out.status.code(), text(&out.stdout)),
+            (Some(0), version.as_str()),
+            "{args:?}"
+        );
+    }
+    for args in [&["-V"][..], &["--version=long"]] {
+        let out = bare(args);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(
+            text(&out.stdout).contains(env!("CARGO_PKG_VERSION")),
+            "{args:?}"
+        );
+        assert_ne!(text(&out.stdout), version);
+    }
+    for (args, error) in [
+        (
+            &["-x", "net-list"][..],
+            "error: unsupported option '-x'. See --help.\n",
+        ),
+        (&["-qz"], "error: unsupported option '-z'. See --help.\n"),
+        (
+            &["--bogus"],
+            "error: unsupported option '--bogus'. See --help.\n",
+        ),
+        (
+            &["-c"],
+            "error: option '-c'/'--connect' requires an argument\n",
+        ),
+        (
+            &["--connect"],
+            "error: option '-c'/'--connect' requires an argument\n",
+        ),
+    ] {
+        let out = bare(args);
+        assert_eq!(
+            (out.status.code(), text(&out.stdout), text(&out.stderr)),
+            (Some(1), "", error),
+            "{args:?}"
+        );
+    }
+
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = with_docker_machines_defined();
+    let socket = daemon.socket();
+    let socket = socket.to_str().expect("utf-8 path");
+    // Bundled as getopt bundles them, the socket attached to -c; an empty -c is the
+    // default connection, and a later -c wins.
+    let out = bare(&[
+        "-qrc",
+        socket,
+        "net-list --all --name; net-start docker-machines",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "docker-machines\n");
+    assert!(
+        text(&out.stderr).contains("read only access"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = bare(&[
+        "-c",
+        "",
+        "-q",
+        &format!("-c{socket}"),
+        "net-list --all --name",
+    ]);
+    assert_eq!(text(&out.stdout), "docker-machines\n");
+    // -t: the time in place of the blank line ending each command, quiet or not.
+    let out = daemon.kvnet(&["-t", "net-start docker-machines; net-list --name"]);
+    assert_eq!(
+        without_times(text(&out.stdout)),
+        "Network docker-machines started\n\n(Time: T ms)\n\n\
+         docker-machines\n\n(Time: T ms)\n\n"
+    );
+    let out = daemon.kvnet(&[
+        "-q",
+        "--timing",
+        "net-destroy docker-machines; net-info nosuch",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        without_times(text(&out.stdout)),
+        "\n(Time: T ms)\n\n\n(Time: T ms)\n\n"
+    );
+    // The read-only terminal prompts with `>`, as virsh's.
+    let out = kvnet_with_input(&daemon, &["-q", "-r"], "net-list --name");
+    assert_eq!(text(&out.stdout), "kvnet > net-list --name\nkvnet > \n");
+}
+
 #[test]
 fn commands_stop_at_an_unreachable_daemon() {
     let dir = tempfile::tempdir().expect("tmp");
