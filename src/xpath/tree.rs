@@ -42,7 +42,7 @@ impl<'a> XNode<'a> {
     pub fn as_namespace(self) -> Option<&'a Namespace> {
         let index = self.namespace?;
         match &self.data().kind {
-            Kind::Element { in_scope, .. } => in_scope.get(index),
+            Kind::Element { in_scope, .. } => in_scope.get(index).map(|namespace| &**namespace),
             _ => None,
         }
     }
@@ -119,7 +119,7 @@ impl<'a> xpath_eval::Node<'a> for XNode<'a> {
         }
         match &self.data().kind {
             Kind::Element { name, .. } | Kind::Attribute { name, .. } => Some(ExpandedName {
-                namespace_uri: name.namespace.clone(),
+                namespace_uri: name.namespace.as_deref().map(str::to_owned),
                 local_name: name.local.clone(),
             }),
             Kind::ProcessingInstruction { target, .. } => Some(ExpandedName {
@@ -132,7 +132,7 @@ impl<'a> xpath_eval::Node<'a> for XNode<'a> {
 
     fn string_value(self) -> String {
         if let Some(namespace) = self.as_namespace() {
-            return namespace.uri.clone();
+            return namespace.uri.to_string();
         }
         match &self.data().kind {
             Kind::Document | Kind::Element { .. } => {

@@ -1,6 +1,9 @@
 //! XML text read into the tree libxml2 builds from it the way libvirt and virsh read
 //! it (`xmlKeepBlanksDefault(0)`: indentation between elements is no text node).
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
 
@@ -26,7 +29,8 @@ pub type NodeId = usize;
 pub struct Name {
     pub prefix: Option<String>,
     pub local: String,
-    pub namespace: Option<String>,
+    /// The URI, shared with the declaration: a long one is not copied per element.
+    pub namespace: Option<Arc<str>>,
 }
 
 impl Name {
@@ -43,7 +47,7 @@ impl Name {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
     pub prefix: Option<String>,
-    pub uri: String,
+    pub uri: Arc<str>,
 }
 
 /// What a node is, with what libxml2 keeps of it.
@@ -54,8 +58,10 @@ pub enum Kind {
         name: Name,
         /// Declarations made on this element, in document order (libxml2's `nsDef`).
         declared: Vec<Namespace>,
-        /// Namespaces in scope here, `xml` first: the element's namespace nodes.
-        in_scope: Vec<Namespace>,
+        /// Namespaces in scope here, `xml` first: the element's namespace nodes. Shared
+        /// with the parent when the element declares none, so that a document's size,
+        /// not its elements times its namespaces, bounds the memory it takes.
+        in_scope: Arc<[Arc<Namespace>]>,
         attributes: Vec<NodeId>,
     },
     Attribute {
@@ -88,6 +94,10 @@ pub struct Tree {
 
 /// Deepest nesting read; libxml2 refuses documents nested deeper than 256 levels.
 const MAX_DEPTH: usize = 256;
+/// Most namespace declarations read in one document: each declaring element gets a
+/// scope of its own, as long as every namespace in scope there. Network metadata uses
+/// a few.
+const MAX_DECLARATIONS: usize = 256;
 
 impl Tree {
     /// Reads `xml` as libxml2 does with blanks not kept.
@@ -103,6 +113,7 @@ impl Tree {
             open: vec![0],
             text: String::new(),
             text_has_reference: false,
+            declarations: 0,
         };
         let mut reader = Reader::from_str(xml);
         reader.config_mut().check_end_names = true;
@@ -196,6 +207,8 @@ struct Builder {
     text: String,
     /// Whether that data holds an entity or character reference (never blank then).
     text_has_reference: bool,
+    /// Namespace declarations read so far.
+    declarations: usize,
 }
 
 impl Builder {
@@ -272,39 +285,63 @@ impl Builder {
         }
         let mut declared = Vec::new();
         let mut attributes = Vec::new();
-        for attribute in start.attributes() {
+        // quick-xml's own duplicate check compares each attribute with every earlier
+        // one: quadratic in one element's attributes. A set is not.
+        let mut keys = HashSet::new();
+        for attribute in start.attributes().with_checks(false) {
             let attribute = attribute.map_err(ParseError::new)?;
             let key = std::str::from_utf8(attribute.key.as_ref()).map_err(ParseError::new)?;
+            if !keys.insert(key.to_owned()) {
+                return Err(ParseError::new(format!("attribute {key} redefined")));
+            }
             let raw = std::str::from_utf8(&attribute.value).map_err(ParseError::new)?;
             let value = attribute_value(raw)?;
             if key == "xmlns" {
                 declared.push(Namespace {
                     prefix: None,
-                    uri: value,
+                    uri: value.into(),
                 });
             } else if let Some(prefix) = key.strip_prefix("xmlns:") {
                 declared.push(Namespace {
                     prefix: Some(prefix.to_owned()),
-                    uri: value,
+                    uri: value.into(),
                 });
             } else {
                 attributes.push((key.to_owned(), value));
             }
         }
-        let mut in_scope = match &self.tree.nodes[parent].kind {
-            Kind::Element { in_scope, .. } => in_scope.clone(),
-            _ => vec![Namespace {
+        let inherited = match &self.tree.nodes[parent].kind {
+            Kind::Element { in_scope, .. } => Arc::clone(in_scope),
+            _ => Arc::from([Arc::new(Namespace {
                 prefix: Some("xml".to_owned()),
-                uri: XML_NAMESPACE.to_owned(),
-            }],
+                uri: Arc::from(XML_NAMESPACE),
+            })]),
         };
-        for namespace in &declared {
-            in_scope.retain(|known| known.prefix != namespace.prefix);
-            // xmlns="" takes the default namespace away.
-            if !namespace.uri.is_empty() || namespace.prefix.is_some() {
-                in_scope.push(namespace.clone());
-            }
+        self.declarations += declared.len();
+        if self.declarations > MAX_DECLARATIONS {
+            return Err(ParseError::new(format!(
+                "more than {MAX_DECLARATIONS} namespace declarations"
+            )));
         }
+        let in_scope: Arc<[Arc<Namespace>]> = if declared.is_empty() {
+            inherited
+        } else {
+            // A redeclared prefix moves to the end, with its new URI; `xmlns=""` takes
+            // the default namespace away. (The prefixes of one element are distinct.)
+            let redeclared: HashSet<&Option<String>> =
+                declared.iter().map(|namespace| &namespace.prefix).collect();
+            inherited
+                .iter()
+                .filter(|known| !redeclared.contains(&known.prefix))
+                .cloned()
+                .chain(
+                    declared
+                        .iter()
+                        .filter(|namespace| !namespace.uri.is_empty() || namespace.prefix.is_some())
+                        .map(|namespace| Arc::new(namespace.clone())),
+                )
+                .collect()
+        };
         let qname = std::str::from_utf8(start.name().as_ref())
             .map_err(ParseError::new)?
             .to_owned();
@@ -313,7 +350,7 @@ impl Builder {
             Kind::Element {
                 name,
                 declared,
-                in_scope: Vec::new(),
+                in_scope: Arc::clone(&in_scope),
                 attributes: Vec::new(),
             },
             parent,
@@ -325,12 +362,9 @@ impl Builder {
             attribute_ids.push(self.push(Kind::Attribute { name, value }, id));
         }
         if let Kind::Element {
-            in_scope: scope,
-            attributes: attrs,
-            ..
+            attributes: attrs, ..
         } = &mut self.tree.nodes[id].kind
         {
-            *scope = in_scope;
             *attrs = attribute_ids;
         }
         if open {
@@ -343,7 +377,7 @@ impl Builder {
 /// `prefix:local` resolved against the namespaces in scope; an unprefixed attribute
 /// has no namespace, an unprefixed element the default one. An unbound prefix
 /// (which libxml2 warns about and keeps) resolves to no namespace.
-fn resolve(qname: &str, in_scope: &[Namespace], element: bool) -> Name {
+fn resolve(qname: &str, in_scope: &[Arc<Namespace>], element: bool) -> Name {
     let (prefix, local) = match qname.split_once(':') {
         Some((prefix, local)) => (Some(prefix.to_owned()), local.to_owned()),
         None => (None, qname.to_owned()),
@@ -375,4 +409,57 @@ fn attribute_value(raw: &str) -> Result<String, ParseError> {
     Ok(quick_xml::escape::unescape(&spaced)
         .map_err(ParseError::new)?
         .into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Elements that declare nothing share their parent's namespaces: a long URI in
+    /// scope of many elements is not copied into each (a 16 MiB request once asked for
+    /// terabytes), and declarations are bounded.
+    #[test]
+    fn namespaces_are_shared_and_bounded() {
+        let uri = "u".repeat(1 << 20);
+        let xml = format!(
+            "<network xmlns:x='{uri}'><metadata>{}</metadata></network>",
+            "<x:a/>".repeat(100_000)
+        );
+        let tree = Tree::parse(&xml).expect("parses");
+        let scopes: Vec<&Arc<[Arc<Namespace>]>> = tree
+            .nodes
+            .iter()
+            .filter_map(|node| match &node.kind {
+                Kind::Element { in_scope, .. } => Some(in_scope),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(scopes.len(), 100_002);
+        assert!(scopes.iter().all(|scope| Arc::ptr_eq(scope, scopes[0])));
+        assert_eq!(scopes[0].len(), 2);
+
+        let many: String = (0..=MAX_DECLARATIONS)
+            .map(|n| format!("<a xmlns:p{n}='urn:{n}'/>"))
+            .collect();
+        let error = Tree::parse(&format!("<r>{many}</r>")).expect_err("too many");
+        assert!(
+            error.to_string().contains("namespace declarations"),
+            "{error}"
+        );
+
+        let error = Tree::parse("<r a='1' b='2' a='3'/>").expect_err("duplicate");
+        assert!(error.to_string().contains("redefined"), "{error}");
+        // Redeclared prefixes take their new URI; xmlns='' drops the default.
+        let tree =
+            Tree::parse("<r xmlns='urn:d' xmlns:p='urn:1'><s xmlns:p='urn:2' xmlns=''/></r>")
+                .expect("parses");
+        let Kind::Element { in_scope, .. } = &tree.nodes[2].kind else {
+            panic!("an element");
+        };
+        let scope: Vec<(Option<&str>, &str)> = in_scope
+            .iter()
+            .map(|ns| (ns.prefix.as_deref(), &*ns.uri))
+            .collect();
+        assert_eq!(scope, [(Some("xml"), XML_NAMESPACE), (Some("p"), "urn:2")]);
+    }
 }
