@@ -66,3 +66,30 @@ fn strangers_may_read_but_not_change() {
     );
     assert_eq!(daemon.bridges(), ["virbr0"]);
 }
+
+/// A client that sends half a request and then nothing holds a connection the graceful
+/// shutdown would wait for forever: the daemon closes it after a grace period, and stops.
+#[test]
+fn a_stuck_client_does_not_keep_the_daemon_from_stopping() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::without_default_network();
+    let mut stuck = std::os::unix::net::UnixStream::connect(daemon.socket()).expect("connect");
+    std::io::Write::write_all(
+        &mut stuck,
+        b"POST /v1/networks HTTP/1.1\r\nhost: kvnetd\r\ncontent-type: application/json\r\n\
+          content-length: 1000\r\n\r\n{\"xml\":",
+    )
+    .expect("half a request");
+    // The request is being read once the daemon answers others.
+    daemon.ok(&["net-list"]);
+    let started = std::time::Instant::now();
+    daemon.stop();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+    daemon.assert_logged("closing them");
+}

@@ -186,12 +186,22 @@ impl Daemon {
     }
 
     /// Stops the daemon with SIGTERM (networks stay up) and waits for it.
+    /// Stops the daemon with SIGTERM, as systemd does. One still running a minute later
+    /// is killed and fails the test, with its log: a stop must not hang.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // `ip netns exec` execs the daemon, so the child's pid is the daemon's.
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
-            let _ = child.wait();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while matches!(child.try_wait(), Ok(None)) {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("kvnetd still ran 60 s after SIGTERM; log:\n{}", self.log());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 

@@ -25,7 +25,7 @@ use futures::Stream;
 use serde::Deserialize;
 use tokio::io::Interest;
 use tokio::net::UnixListener;
-use tokio::sync::{RwLock, watch};
+use tokio::sync::{RwLock, oneshot, watch};
 
 use super::error::{ApiError, ErrorKind};
 use super::types::{
@@ -168,17 +168,36 @@ pub async fn serve(
         changes: Arc::clone(&changes),
         stopping,
     });
+    let (stopped, stop_seen) = oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
         drop(stop_streams);
+        drop(stopped);
     };
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+    let serving = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(shutdown)
-        .await;
+        .into_future();
+    // The graceful shutdown waits for every connection's response; a client that never
+    // finishes sending its request, or never reads its answer, must not keep the daemon
+    // from stopping until systemd kills it.
+    let grace = async {
+        let _ = stop_seen.await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let served = tokio::select! {
+        served = serving => served,
+        () = grace => {
+            tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after the stop; closing them");
+            Ok(())
+        }
+    };
     // Changes whose clients went away are still running.
     let _finished = changes.write().await;
     served.map_err(err("serving on"))
 }
+
+/// How long a stopping daemon waits for the responses of open connections.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where the socket is bound before it is renamed to `socket`: a hidden name in the same
 /// directory, unique to this process.
