@@ -197,3 +197,56 @@ fn net_tap_puts_a_virtio_net_pci_device_on_the_bus() {
         "virtio-net 1af4:1041, Ethernet class, revision 1"
     );
 }
+
+/// A guest printing more than anyone reads (stdout a pipe nobody drains) still powers
+/// off and ends the VMM: the vCPU never waits on the console.
+#[test]
+fn a_console_nobody_reads_holds_up_neither_the_guest_nor_the_exit() {
+    use testkit::Need;
+    use vmm::boot::layout;
+    use vmm::testing::{self, asm::*, poweroff};
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    // 200,000 bytes: three times what the pipe and the console's buffer hold.
+    let kernel = testing::write_guest(dir.path(), "chatty.elf", |a| {
+        let mut more = a.create_label();
+        a.mov(ecx, 200_000u32)?;
+        a.mov(dx, layout::SERIAL_PORT as u32)?;
+        a.mov(al, u32::from(b'x'))?;
+        a.set_label(&mut more)?;
+        a.out(dx, al)?;
+        a.dec(ecx)?;
+        a.jnz(more)?;
+        poweroff(a)
+    })
+    .expect("assemble");
+    let mut vmm = Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"))
+        .args(["--kernel", kernel.to_str().expect("utf8")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn kvnet-vmm");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = vmm.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = vmm.kill();
+            let _ = vmm.wait();
+            panic!("kvnet-vmm still ran 120 s after starting a guest that prints and powers off");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut vmm.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(stderr.contains("guest powered off"), "{stderr}");
+    assert!(
+        stderr.contains("serial output"),
+        "nothing said about the lost output:\n{stderr}"
+    );
+}

@@ -47,6 +47,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The thread writing serial output could not be started.
+    #[error("cannot start the serial output thread")]
+    SerialThread(#[source] std::io::Error),
     /// An eventfd could not be created.
     #[error("cannot create an eventfd for {what}")]
     EventFd {

@@ -52,6 +52,8 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     pio: Arc<Bus>,
     serial: Arc<Mutex<SerialDevice>>,
+    /// The thread writing serial output to a terminal or file, drained at the end.
+    console: Option<devices::console::ConsoleDrain>,
     pci: Arc<Mutex<PciBus>>,
     routing: Arc<IrqRouting>,
     exit: Arc<ExitSignal>,
@@ -169,10 +171,8 @@ impl Vm {
             source,
         })?;
         routing.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
-            serial_irq,
-            serial_writer(&config.serial)?,
-        )));
+        let (serial_out, console) = serial_writer(&config.serial)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_out)));
         let pci = Arc::new(Mutex::new(PciBus::new(Some(Arc::new(KvmIoEvents(
             vm.clone(),
         ))))));
@@ -237,6 +237,7 @@ impl Vm {
             vcpus,
             pio,
             serial,
+            console,
             pci,
             routing,
             exit,
@@ -339,6 +340,10 @@ impl Vm {
                 tracing::error!("a vCPU thread panicked");
             }
         }
+        // The guest's last words (a panic, a poweroff message) reach the terminal.
+        if let Some(console) = self.console.take() {
+            console.finish(CONSOLE_DRAIN_TIMEOUT);
+        }
         if let Some(error) = spawn_error {
             return Err(error);
         }
@@ -363,11 +368,21 @@ fn vcpu_kick_handler() -> Result<(), Error> {
     kvm::vcpu::install_kick_handler().map_err(Error::Signal)
 }
 
-fn serial_writer(sink: &SerialSink) -> Result<Box<dyn Write + Send>, Error> {
-    Ok(match sink {
+/// Where the UART's bytes go: straight into memory or nowhere, or through a thread of
+/// its own to a terminal or file, which may block (see [`devices::console`]).
+fn serial_writer(
+    sink: &SerialSink,
+) -> Result<
+    (
+        Box<dyn Write + Send>,
+        Option<devices::console::ConsoleDrain>,
+    ),
+    Error,
+> {
+    let blocking: Box<dyn Write + Send> = match sink {
+        SerialSink::None => return Ok((Box::new(std::io::sink()), None)),
+        SerialSink::Buffer(buffer) => return Ok((Box::new(buffer.clone()), None)),
         SerialSink::Stdio => Box::new(std::io::stdout()),
-        SerialSink::None => Box::new(std::io::sink()),
-        SerialSink::Buffer(buffer) => Box::new(buffer.clone()),
         SerialSink::File(path) => Box::new(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -378,8 +393,13 @@ fn serial_writer(sink: &SerialSink) -> Result<Box<dyn Write + Send>, Error> {
                     source,
                 })?,
         ),
-    })
+    };
+    let (output, drain) = devices::console::spawn(blocking).map_err(Error::SerialThread)?;
+    Ok((Box::new(output), Some(drain)))
 }
+
+/// How long an ending VM waits for its serial output to be written.
+const CONSOLE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The moment the first vCPU entered KVM_RUN.
 #[derive(Clone, Copy, Debug)]
