@@ -91,6 +91,22 @@ pub enum Unforwarded {
     NoAnswer,
 }
 
+/// Makes an upstream's NXDOMAIN for a name that exists here (a name with names of the
+/// network under it, or the network's domain itself) a NOERROR without answers, not
+/// authoritative, as dnsmasq does in its `process_reply`: an upstream knows nothing of
+/// a private domain, and a resolver told it does not exist takes everything under it
+/// for gone (RFC 8020).
+pub fn nxdomain_to_nodata(reply: &mut [u8]) {
+    if let Some(flags) = reply.get_mut(3)
+        && *flags & 0x0f == Rcode::NxDomain as u8
+    {
+        *flags &= 0xf0;
+        if let Some(flags) = reply.get_mut(2) {
+            *flags &= !0x04;
+        }
+    }
+}
+
 /// Writes into `out` our reply to `query` for a forward that failed: its question,
 /// the code `why` calls for and, if the query had one, our OPT record. `out` stays
 /// empty for a query without a readable question.
@@ -310,6 +326,14 @@ impl Resolver {
         };
         set_rcode(out, rcode, true);
         finish(out, question_end, answers, edns.is_some(), limit)
+    }
+
+    /// Whether the name `query` asks about exists here though nothing here answers it
+    /// (it has names of the network under it): an upstream's NXDOMAIN for it is then
+    /// made a NOERROR ([`nxdomain_to_nodata`]).
+    pub fn exists_without_records(&self, query: &[u8]) -> bool {
+        let mut key = [0u8; MAX_NAME_LEN];
+        parse_query(query, &mut key).is_ok_and(|(_, len)| self.is_ancestor(&key[..len]))
     }
 
     /// Looks `key` up among the leases, re-reading them when the view is stale; types
@@ -1072,6 +1096,49 @@ mod tests {
         let resolver = Resolver::new(&empty, None).unwrap();
         let reply = ask(&resolver, "example.test.", RecordType::A);
         assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    }
+
+    /// Outside a local-only domain such names go upstream, which has never heard of
+    /// them: its NXDOMAIN must not say that the network's names do not exist.
+    #[test]
+    fn upstream_nxdomain_for_a_name_that_exists_here_becomes_nodata() {
+        let mut open = config();
+        open.local_only = false;
+        let resolver = Resolver::new(&open, Some(leases())).unwrap();
+        for name in ["example.test.", "_tcp.example.test.", "EXAMPLE.test."] {
+            let query = query(name, RecordType::MX, false);
+            let mut out = Vec::new();
+            assert!(
+                matches!(
+                    resolver.answer(&query, Transport::Udp, &mut out),
+                    Outcome::Forward(_)
+                ),
+                "{name}"
+            );
+            assert!(resolver.exists_without_records(&query), "{name}");
+        }
+        for name in ["nobody.example.test.", "example.org."] {
+            assert!(
+                !resolver.exists_without_records(&query(name, RecordType::A, false)),
+                "{name}"
+            );
+        }
+        let mut reply = Message::new(0x1234, MessageType::Response, OpCode::Query);
+        reply.metadata.authoritative = true;
+        reply.metadata.response_code = ResponseCode::NXDomain;
+        let mut bytes = reply.to_vec().unwrap();
+        nxdomain_to_nodata(&mut bytes);
+        let rewritten = Message::from_vec(&bytes).unwrap();
+        assert_eq!(rewritten.metadata.response_code, ResponseCode::NoError);
+        assert!(!rewritten.metadata.authoritative);
+        // Other codes pass unchanged.
+        reply.metadata.response_code = ResponseCode::ServFail;
+        let mut bytes = reply.to_vec().unwrap();
+        nxdomain_to_nodata(&mut bytes);
+        assert_eq!(
+            Message::from_vec(&bytes).unwrap().metadata.response_code,
+            ResponseCode::ServFail
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ use tokio::task::JoinSet;
 
 use super::resolver::{
     Outcome, Resolver, Transport, Unforwarded, clamp_edns_payload, is_reply_to,
-    is_upstream_failure, unforwarded_reply,
+    is_upstream_failure, nxdomain_to_nodata, unforwarded_reply,
 };
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 use crate::service::ServiceTask;
@@ -247,6 +247,8 @@ struct UdpForward {
     query: Box<[u8]>,
     /// The servers to ask, in order.
     servers: Vec<SocketAddr>,
+    /// The name exists here: an NXDOMAIN for it becomes a NOERROR.
+    exists_here: bool,
 }
 
 /// An upstream's answer to a [`UdpForward`], with the client's ID back in place.
@@ -698,8 +700,9 @@ impl Serve {
             client,
             client_id,
             socket,
-            query: query.into(),
             servers: self.health.order(servers),
+            exists_here: self.resolver.exists_without_records(query),
+            query: query.into(),
         };
         let network = self.resolver.network().to_owned();
         let health = Arc::clone(&self.health);
@@ -756,6 +759,9 @@ async fn forward_udp(network: &str, forward: UdpForward, health: &Health) -> Opt
             continue;
         }
         reply[..2].copy_from_slice(&forward.client_id.to_be_bytes());
+        if forward.exists_here {
+            nxdomain_to_nodata(reply);
+        }
         return Some(UdpAnswer {
             client: forward.client,
             socket: forward.socket,
@@ -866,6 +872,8 @@ async fn serve_tcp(mut stream: TcpStream, resolver: &Resolver, health: &Health) 
                     if out.is_empty() {
                         return;
                     }
+                } else if resolver.exists_without_records(&query) {
+                    nxdomain_to_nodata(&mut out);
                 }
             }
             Outcome::Drop => return,
