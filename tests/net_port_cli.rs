@@ -366,7 +366,7 @@ fn failures_read_as_virsh_reports_them() {
         ),
         failed(&format!(
             "error: Failed to create network from {}\n\
-             error: invalid argument: Unable to use MAC address starting with reserved value \
+             error: unsupported configuration: Unable to use MAC address starting with reserved value \
              0xFE - 'fe:54:00:00:00:02'\n",
             reserved.display()
         ))

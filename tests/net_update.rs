@@ -300,7 +300,7 @@ fn rejected_updates_change_nothing_and_report_like_virsh() {
                 "<host mac='52:54:00:00:00:02' ip='10.0.0.5'/>",
             ],
             format!(
-                "{failed}error: invalid argument: static host address 10.0.0.5 is not within network 192.168.122.0/24 of network 'default'\n"
+                "{failed}error: XML error: static host address 10.0.0.5 is not within network 192.168.122.0/24 of network 'default'\n"
             ),
         ),
         (
@@ -352,9 +352,7 @@ fn rejected_updates_change_nothing_and_report_like_virsh() {
         "<host mac='52:54:00:00:00:03' ip='192.168.122.23'",
     ]);
     assert!(
-        malformed.starts_with(&format!(
-            "{failed}error: invalid argument: malformed network XML at line 1"
-        )),
+        malformed.starts_with(&format!("{failed}error: malformed network XML at line 1")),
         "{malformed}"
     );
     let missing = daemon.fails(&[
@@ -462,9 +460,10 @@ fn the_api_resolves_current_and_reports_stable_error_kinds() {
         kind(call("insert", "dns-txt", txt)),
         ErrorKind::InvalidArgument
     );
+    assert_eq!(kind(call("add", "dns-txt", "<txt")), ErrorKind::XmlDetail);
     assert_eq!(
-        kind(call("add", "dns-txt", "<txt")),
-        ErrorKind::InvalidArgument
+        kind(call("add", "dns-host", "<host ip='10.0.0.1'/>")),
+        ErrorKind::XmlDetail
     );
 }
 

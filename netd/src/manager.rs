@@ -158,9 +158,25 @@ impl From<Error> for ApiError {
         let kind = match &error {
             Error::NotFound { .. } | Error::PortNotFound(_) => ErrorKind::NotFound,
             Error::InvalidPortUuid(_) => ErrorKind::InvalidArgument,
-            Error::Xml(xml::Error::UpdateRefused(_)) => ErrorKind::OperationInvalid,
-            Error::Xml(xml::Error::UpdateUnsupported(_)) => ErrorKind::Unsupported,
-            Error::Xml(_) | Error::DnsRecords(_) | Error::Conflict(_) => ErrorKind::InvalidArgument,
+            Error::Xml(xml) => match xml {
+                xml::Error::UpdateRefused(_) => ErrorKind::OperationInvalid,
+                xml::Error::UpdateUnsupported(_) => ErrorKind::Unsupported,
+                xml::Error::Malformed { .. } => ErrorKind::XmlDetail,
+                xml::Error::Unsupported { .. } | xml::Error::UnsupportedPort { .. } => {
+                    ErrorKind::ConfigUnsupported
+                }
+                xml::Error::BridgeIdsExhausted(_) => ErrorKind::Internal,
+                xml::Error::Invalid(class, _) => match class {
+                    xml::Class::XmlError => ErrorKind::XmlError,
+                    xml::Class::XmlDetail => ErrorKind::XmlDetail,
+                    xml::Class::ConfigUnsupported => ErrorKind::ConfigUnsupported,
+                    xml::Class::Internal => ErrorKind::Internal,
+                    xml::Class::NoName => ErrorKind::NoName,
+                    xml::Class::OperationInvalid => ErrorKind::OperationInvalid,
+                    xml::Class::InvalidArgument => ErrorKind::InvalidArgument,
+                },
+            },
+            Error::DnsRecords(_) | Error::Conflict(_) => ErrorKind::InvalidArgument,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::OperationInvalid(_) => ErrorKind::OperationInvalid,
             Error::Unsupported(_) => ErrorKind::Unsupported,

@@ -113,6 +113,11 @@ fn reason(api: &ApiError, not_found: &str) -> String {
         ErrorKind::NotFound => not_found,
         ErrorKind::OperationInvalid => "Requested operation is not valid: ",
         ErrorKind::InvalidArgument => "invalid argument: ",
+        ErrorKind::XmlError => "XML error: ",
+        ErrorKind::XmlDetail => "",
+        ErrorKind::ConfigUnsupported => "unsupported configuration: ",
+        // libvirt raises it without a message.
+        ErrorKind::NoName => return "missing name information".to_owned(),
         ErrorKind::Unsupported => "Operation not supported: ",
         ErrorKind::AlreadyExists => "operation failed: ",
         ErrorKind::PermissionDenied => "access denied: ",

@@ -14,8 +14,17 @@ pub enum ErrorKind {
     NotFound,
     /// A network with that name or UUID, or a resource it needs, already exists.
     AlreadyExists,
-    /// The request or the definition in it is invalid.
+    /// The request is invalid (libvirt's `VIR_ERR_INVALID_ARG`).
     InvalidArgument,
+    /// The definition is invalid (`VIR_ERR_XML_ERROR`).
+    XmlError,
+    /// The definition is invalid or not well-formed (`VIR_ERR_XML_DETAIL`; virsh shows
+    /// no prefix).
+    XmlDetail,
+    /// The definition asks for what cannot be set up (`VIR_ERR_CONFIG_UNSUPPORTED`).
+    ConfigUnsupported,
+    /// The definition has no name (`VIR_ERR_NO_NAME`).
+    NoName,
     /// The request is valid but not in the network's current state (e.g. starting an active network).
     OperationInvalid,
     /// The request asks for something kvnet (and libvirt) cannot do, e.g. a net-update
@@ -39,6 +48,10 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::AlreadyExists => "already_exists",
             ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::XmlError => "xml_error",
+            ErrorKind::XmlDetail => "xml_detail",
+            ErrorKind::ConfigUnsupported => "config_unsupported",
+            ErrorKind::NoName => "no_name",
             ErrorKind::OperationInvalid => "operation_invalid",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::PermissionDenied => "permission_denied",
@@ -54,6 +67,10 @@ impl ErrorKind {
             "not_found" => ErrorKind::NotFound,
             "already_exists" => ErrorKind::AlreadyExists,
             "invalid_argument" => ErrorKind::InvalidArgument,
+            "xml_error" => ErrorKind::XmlError,
+            "xml_detail" => ErrorKind::XmlDetail,
+            "config_unsupported" => ErrorKind::ConfigUnsupported,
+            "no_name" => ErrorKind::NoName,
             "operation_invalid" => ErrorKind::OperationInvalid,
             "unsupported" => ErrorKind::Unsupported,
             "permission_denied" => ErrorKind::PermissionDenied,
@@ -67,7 +84,12 @@ impl ErrorKind {
         match self {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::AlreadyExists | ErrorKind::OperationInvalid => StatusCode::CONFLICT,
-            ErrorKind::InvalidArgument | ErrorKind::Unsupported => StatusCode::BAD_REQUEST,
+            ErrorKind::InvalidArgument
+            | ErrorKind::XmlError
+            | ErrorKind::XmlDetail
+            | ErrorKind::ConfigUnsupported
+            | ErrorKind::NoName
+            | ErrorKind::Unsupported => StatusCode::BAD_REQUEST,
             ErrorKind::PermissionDenied | ErrorKind::OperationForbidden => StatusCode::FORBIDDEN,
             ErrorKind::Internal | ErrorKind::HookFailed => StatusCode::INTERNAL_SERVER_ERROR,
         }

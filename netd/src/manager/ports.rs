@@ -204,6 +204,7 @@ impl Manager {
             // libvirt takes a plug only when reclaiming a port after a restart, which
             // kvnetd does by itself (see `reconcile_ports`).
             return Err(Error::Xml(crate::xml::Error::Invalid(
+                crate::xml::Class::InvalidArgument,
                 "Port reclaim not requested but plug type is not none".into(),
             )));
         }

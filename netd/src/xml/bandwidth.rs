@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::dom::Element;
 use super::format::Out;
-use super::{Error, invalid};
+use super::{Class, Error, invalid, invalid_as};
 
 /// `<bandwidth>`: the limits in each direction, as seen from the guests.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -95,9 +95,10 @@ pub(crate) fn parse_optional(
 pub(crate) fn parse(element: &Element, context: &Context<'_>) -> Result<Option<Bandwidth>, Error> {
     if let Some((key, _)) = element.attrs.first() {
         return Err(match (key.as_str(), context) {
-            ("classID", Context::Network(_)) => {
-                invalid("classID attribute not supported on <bandwidth> in this usage context")
-            }
+            ("classID", Context::Network(_)) => invalid_as(
+                Class::XmlDetail,
+                "classID attribute not supported on <bandwidth> in this usage context",
+            ),
             _ => context.unsupported(format!("attribute '{key}' on <bandwidth>"), element.line),
         });
     }
@@ -119,10 +120,10 @@ pub(crate) fn parse(element: &Element, context: &Context<'_>) -> Result<Option<B
             }
         };
         if slot.is_some() {
-            return Err(invalid(format!(
-                "Only one child <{}> element allowed",
-                child.name
-            )));
+            return Err(invalid_as(
+                Class::XmlDetail,
+                format!("Only one child <{}> element allowed", child.name),
+            ));
         }
         *slot = Some(child);
     }
@@ -171,19 +172,29 @@ fn parse_rate(
     let average = number("average")?;
     let has = |attr: &str| element.attr(attr).is_some();
     if average.is_none() && !has("floor") {
-        return Err(invalid("Missing mandatory average or floor attributes"));
+        return Err(invalid_as(
+            Class::XmlDetail,
+            "Missing mandatory average or floor attributes",
+        ));
     }
     if (has("peak") || has("burst")) && average.is_none() {
-        return Err(invalid("'peak' and 'burst' require 'average' attribute"));
+        return Err(invalid_as(
+            Class::ConfigUnsupported,
+            "'peak' and 'burst' require 'average' attribute",
+        ));
     }
     let (peak, burst, floor) = (number("peak")?, number("burst")?, number("floor")?);
     // A floor of 0 guarantees nothing, and libvirt takes it as none.
     if floor.is_some_and(|floor| floor > 0) {
         return Err(match context {
-            _ if direction == Direction::Outbound => {
-                invalid("'floor' attribute allowed only in <inbound> element")
-            }
-            Context::Network(_) => invalid("floor attribute is not supported for this config"),
+            _ if direction == Direction::Outbound => invalid_as(
+                Class::ConfigUnsupported,
+                "'floor' attribute allowed only in <inbound> element",
+            ),
+            Context::Network(_) => invalid_as(
+                Class::ConfigUnsupported,
+                "floor attribute is not supported for this config",
+            ),
             Context::Port => context.unsupported(
                 format!("attribute 'floor' on <{}>", element.name),
                 element.line,
@@ -202,9 +213,10 @@ fn parse_rate(
 /// multiplied into bytes.
 fn kilo_units(value: &str, attr: &str, element: &str) -> Result<u64, Error> {
     let number: u64 = value.trim_start().parse().map_err(|_| {
-        invalid(format!(
-            "could not convert bandwidth {attr} value '{value}'"
-        ))
+        invalid_as(
+            Class::ConfigUnsupported,
+            format!("could not convert bandwidth {attr} value '{value}'"),
+        )
     })?;
     if number.checked_mul(1024).is_none() {
         return Err(invalid(format!(

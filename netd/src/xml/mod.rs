@@ -91,9 +91,10 @@ pub enum Error {
         /// 1-based line where the construct starts.
         line: u64,
     },
-    /// The definition is well-formed but invalid; the message says why.
-    #[error("{0}")]
-    Invalid(String),
+    /// The definition is well-formed but invalid; the message says why, and the class
+    /// is the one libvirt reports that check with.
+    #[error("{1}")]
+    Invalid(Class, String),
     /// A `net-update` that does not fit the definition: a duplicate entry, no matching
     /// entry, no such `<ip>`.
     #[error("{0}")]
@@ -106,9 +107,35 @@ pub enum Error {
     BridgeIdsExhausted(String),
 }
 
-/// Shorthand used by the parser and validator for [`Error::Invalid`].
+/// The error class libvirt raises a refused definition with (its `VIR_ERR_*` code),
+/// which virsh shows as the reason's prefix (`XML error: `, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// `VIR_ERR_XML_ERROR`: most of libvirt's parse checks, and kvnet's own.
+    XmlError,
+    /// `VIR_ERR_XML_DETAIL`: shown without a prefix.
+    XmlDetail,
+    /// `VIR_ERR_CONFIG_UNSUPPORTED`: checks of what the driver can set up.
+    ConfigUnsupported,
+    /// `VIR_ERR_INTERNAL_ERROR`, which libvirt uses for ranges and ports.
+    Internal,
+    /// `VIR_ERR_NO_NAME`: a definition without its name.
+    NoName,
+    /// `VIR_ERR_OPERATION_INVALID`.
+    OperationInvalid,
+    /// `VIR_ERR_INVALID_ARG`: a request the definition does not allow.
+    InvalidArgument,
+}
+
+/// Shorthand used by the parser and validator for an [`Error::Invalid`] of libvirt's
+/// most common class, `VIR_ERR_XML_ERROR`.
 pub(crate) fn invalid(message: impl Into<String>) -> Error {
-    Error::Invalid(message.into())
+    Error::Invalid(Class::XmlError, message.into())
+}
+
+/// An [`Error::Invalid`] of another class.
+pub(crate) fn invalid_as(class: Class, message: impl Into<String>) -> Error {
+    Error::Invalid(class, message.into())
 }
 
 /// The `isolated` attribute of a `<port>` element (in a network or a network port).

@@ -11,7 +11,7 @@ use super::model::{
     Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr, MacTableManager, Nat,
     NatAddressRange, NetworkDef, PortGroup, PortRange, RouteDef,
 };
-use super::{Error, invalid};
+use super::{Class, Error, invalid, invalid_as};
 
 impl NetworkDef {
     /// Parses and validates a libvirt `<network>` document. Leading
@@ -275,7 +275,10 @@ impl Parser {
         }
         self.check_no_text(root)?;
         if !root.children.iter().any(|child| child.name == "name") {
-            return Err(invalid("missing <name> element in network definition"));
+            return Err(invalid_as(
+                Class::NoName,
+                "missing <name> element in network definition",
+            ));
         }
 
         let mut name = None;
@@ -318,7 +321,12 @@ impl Parser {
 
         let name = match name {
             Some(element) => self.text_of(element)?,
-            None => return Err(invalid("missing <name> element in network definition")),
+            None => {
+                return Err(invalid_as(
+                    Class::NoName,
+                    "missing <name> element in network definition",
+                ));
+            }
         };
         let mut def = NetworkDef::new(name);
         def.ipv6_without_gateway = self.yes_no(root, "ipv6")? == Some(true);
@@ -328,11 +336,14 @@ impl Parser {
             && !text.is_empty()
         {
             let parsed = parse_uuid(&text).ok_or_else(|| {
-                invalid(format!(
-                    "malformed uuid '{}' in network '{}'",
-                    text.trim(),
-                    self.network
-                ))
+                invalid_as(
+                    Class::Internal,
+                    format!(
+                        "malformed uuid '{}' in network '{}'",
+                        text.trim(),
+                        self.network
+                    ),
+                )
             })?;
             def.uuid = Some(parsed);
         }
@@ -384,10 +395,13 @@ impl Parser {
         }
         if let Some(element) = bandwidth {
             if def.macvtap_mode().is_some() {
-                return Err(invalid(format!(
-                    "Unsupported network-wide <bandwidth> element in network {} with forward mode='{}'",
-                    self.network, def.forward.mode
-                )));
+                return Err(invalid_as(
+                    Class::ConfigUnsupported,
+                    format!(
+                        "Unsupported network-wide <bandwidth> element in network {} with forward mode='{}'",
+                        self.network, def.forward.mode
+                    ),
+                ));
             }
             // libvirt shapes even a host bridge it does not own; kvnet leaves those alone.
             if def.forward.mode == ForwardMode::Bridge {
@@ -488,10 +502,13 @@ impl Parser {
                 return Err(self.unsupported(format!("forward mode '{other}'"), element.line));
             }
             Some(other) => {
-                return Err(invalid(format!(
-                    "unknown forwarding type '{other}' in network '{}'",
-                    self.network
-                )));
+                return Err(invalid_as(
+                    Class::ConfigUnsupported,
+                    format!(
+                        "unknown forwarding type '{other}' in network '{}'",
+                        self.network
+                    ),
+                ));
             }
         };
         let mut forward = Forward {
@@ -622,7 +639,7 @@ impl Parser {
                     .and_then(|value| c_unsigned::<u16>(value, 10))
                     .filter(|&value| value != 0)
                     .ok_or_else(|| {
-                        invalid(format!(
+                        invalid_as(Class::XmlDetail, format!(
                             "Missing or invalid '{attr}' attribute in <port> in <nat> in <forward> in network {}",
                             self.network
                         ))
@@ -755,20 +772,26 @@ impl Parser {
             Some(service) => service,
             None if partial => "",
             None => {
-                return Err(invalid(format!(
-                    "missing required service attribute in DNS SRV record of network '{}'",
-                    self.network
-                )));
+                return Err(invalid_as(
+                    Class::XmlDetail,
+                    format!(
+                        "missing required service attribute in DNS SRV record of network '{}'",
+                        self.network
+                    ),
+                ));
             }
         };
         let protocol = match element.attr("protocol") {
             Some(protocol) => protocol,
             None if partial => "",
             None => {
-                return Err(invalid(format!(
-                    "missing required protocol attribute in DNS SRV record '{service}' of network '{}'",
-                    self.network
-                )));
+                return Err(invalid_as(
+                    Class::XmlDetail,
+                    format!(
+                        "missing required protocol attribute in DNS SRV record '{service}' of network '{}'",
+                        self.network
+                    ),
+                ));
             }
         };
         // libvirt treats 0 as "not set" for these and does not write it back.
@@ -784,7 +807,7 @@ impl Parser {
                 None => None,
                 Some(value) => Some(c_unsigned::<u16>(value, 10).filter(|&p| p != 0).ok_or_else(
                     || {
-                        invalid(format!(
+                        invalid_as(Class::XmlDetail, format!(
                             "invalid DNS SRV port attribute for service '{service}' in network '{}'",
                             self.network
                         ))
@@ -802,19 +825,25 @@ impl Parser {
         self.check_attrs(element, &["name", "value"])?;
         self.check_leaf(element)?;
         let name = element.attr("name").ok_or_else(|| {
-            invalid(format!(
-                "missing required name attribute in DNS TXT record of network {}",
-                self.network
-            ))
+            invalid_as(
+                Class::XmlDetail,
+                format!(
+                    "missing required name attribute in DNS TXT record of network {}",
+                    self.network
+                ),
+            )
         })?;
         let value = match element.attr("value") {
             Some(value) => value,
             None if partial => "",
             None => {
-                return Err(invalid(format!(
-                    "missing required value attribute in DNS TXT record named '{name}' of network {}",
-                    self.network
-                )));
+                return Err(invalid_as(
+                    Class::XmlDetail,
+                    format!(
+                        "missing required value attribute in DNS TXT record named '{name}' of network {}",
+                        self.network
+                    ),
+                ));
             }
         };
         Ok(DnsTxt {
@@ -835,10 +864,13 @@ impl Parser {
             .attr("ip")
             .map(|value| {
                 value.parse::<IpAddr>().map_err(|_| {
-                    invalid(format!(
-                        "Invalid IP address in network '{}' DNS HOST record",
-                        self.network
-                    ))
+                    invalid_as(
+                        Class::XmlDetail,
+                        format!(
+                            "Invalid IP address in network '{}' DNS HOST record",
+                            self.network
+                        ),
+                    )
                 })
             })
             .transpose()?;
@@ -856,10 +888,13 @@ impl Parser {
     pub(super) fn dns_host(&self, element: &Element) -> Result<DnsHost, Error> {
         let (ip, hostnames) = self.dns_host_fields(element)?;
         let ip = ip.ok_or_else(|| {
-            invalid(format!(
-                "Missing IP address in network '{}' DNS HOST record",
-                self.network
-            ))
+            invalid_as(
+                Class::XmlDetail,
+                format!(
+                    "Missing IP address in network '{}' DNS HOST record",
+                    self.network
+                ),
+            )
         })?;
         Ok(DnsHost { ip, hostnames })
     }
@@ -979,16 +1014,22 @@ impl Parser {
             Some(text) => match text.parse::<IpAddr>() {
                 Ok(IpAddr::V4(mask)) => Some(mask),
                 Ok(IpAddr::V6(_)) if family == Some(IpFamily::Ipv6) || address.is_ipv6() => {
-                    return Err(invalid(format!(
-                        "netmask not allowed for IPv6 address '{address_text}' in network '{}'",
-                        self.network
-                    )));
+                    return Err(invalid_as(
+                        Class::ConfigUnsupported,
+                        format!(
+                            "netmask not allowed for IPv6 address '{address_text}' in network '{}'",
+                            self.network
+                        ),
+                    ));
                 }
                 Ok(IpAddr::V6(_)) => {
-                    return Err(invalid(format!(
-                        "Invalid netmask '{text}' for address '{address_text}' in network '{}' (both must be IPv4)",
-                        self.network
-                    )));
+                    return Err(invalid_as(
+                        Class::ConfigUnsupported,
+                        format!(
+                            "Invalid netmask '{text}' for address '{address_text}' in network '{}' (both must be IPv4)",
+                            self.network
+                        ),
+                    ));
                 }
                 Err(_) => {
                     return Err(invalid(format!(
@@ -1002,10 +1043,13 @@ impl Parser {
             None => None,
             Some(text) => Some(c_unsigned::<u8>(text, 10).ok_or_else(|| {
                 let family = if address.is_ipv4() { "IPv4" } else { "IPv6" };
-                invalid(format!(
-                    "Invalid {family} prefix '{text}' in network '{}'",
-                    self.network
-                ))
+                invalid_as(
+                    Class::ConfigUnsupported,
+                    format!(
+                        "Invalid {family} prefix '{text}' in network '{}'",
+                        self.network
+                    ),
+                )
             })?),
         };
         let mut ip = IpDef {

@@ -16,7 +16,7 @@ use super::format::{Out, escape, escape_attr};
 use super::model::{MacAddr, MacTableManager, MacvtapMode};
 use super::parse::parse_uuid;
 use super::validate::IFNAME_MAX_BYTES;
-use super::{Error, invalid};
+use super::{Class, Error, invalid, invalid_as};
 
 /// A network port: one guest NIC's place on a network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,7 +111,10 @@ impl PortDef {
     pub fn validate(&self) -> Result<(), Error> {
         // libvirt reads an empty <name> as a missing one.
         if self.owner_name.is_empty() {
-            return Err(invalid("network port has no owner name"));
+            return Err(invalid_as(
+                Class::Internal,
+                "network port has no owner name",
+            ));
         }
         if self.owner_name.len() > Self::OWNER_NAME_MAX_BYTES {
             return Err(invalid(format!(
@@ -158,10 +161,13 @@ impl PortDef {
     /// (`virNetDevTapCreateInBridgePort`), kvnet already when the port is defined.
     pub fn validate_for_tap(&self) -> Result<(), Error> {
         if self.mac.0[0] == 0xFE {
-            return Err(invalid(format!(
-                "Unable to use MAC address starting with reserved value 0xFE - '{}'",
-                self.mac
-            )));
+            return Err(invalid_as(
+                Class::ConfigUnsupported,
+                format!(
+                    "Unable to use MAC address starting with reserved value 0xFE - '{}'",
+                    self.mac
+                ),
+            ));
         }
         Ok(())
     }
@@ -334,7 +340,12 @@ fn once<'a>(slot: &mut Option<&'a Element>, element: &'a Element) -> Result<(), 
 /// A `<uuid>` body, with libvirt's message for one it cannot read.
 fn uuid_of(element: &Element) -> Result<Uuid, Error> {
     let text = text_of(element)?;
-    parse_uuid(text).ok_or_else(|| invalid(format!("Unable to parse UUID '{}'", text.trim())))
+    parse_uuid(text).ok_or_else(|| {
+        invalid_as(
+            Class::Internal,
+            format!("Unable to parse UUID '{}'", text.trim()),
+        )
+    })
 }
 
 fn parse_port(root: &Element) -> Result<PortDef, Error> {
@@ -420,7 +431,7 @@ fn parse_isolated(port: &Element) -> Result<Option<bool>, Error> {
 
 /// `<owner><name/><uuid/></owner>`, children in either order.
 fn parse_owner(owner: Option<&Element>) -> Result<(String, Uuid), Error> {
-    let no_name = || invalid("network port has no owner name");
+    let no_name = || invalid_as(Class::Internal, "network port has no owner name");
     let owner = owner.ok_or_else(no_name)?;
     check_attrs(owner, &[])?;
     check_no_text(owner)?;
@@ -437,7 +448,7 @@ fn parse_owner(owner: Option<&Element>) -> Result<(String, Uuid), Error> {
     if name.is_empty() {
         return Err(no_name());
     }
-    let no_uuid = || invalid("network port has no owner UUID");
+    let no_uuid = || invalid_as(Class::Internal, "network port has no owner UUID");
     let uuid = uuid.ok_or_else(no_uuid)?;
     if text_of(uuid)?.trim().is_empty() {
         return Err(no_uuid());
@@ -447,7 +458,7 @@ fn parse_owner(owner: Option<&Element>) -> Result<(String, Uuid), Error> {
 
 /// `<mac address/>`.
 fn parse_mac(mac: Option<&Element>) -> Result<MacAddr, Error> {
-    let no_mac = || invalid("network port has no mac");
+    let no_mac = || invalid_as(Class::Internal, "network port has no mac");
     let mac = mac.ok_or_else(no_mac)?;
     check_attrs(mac, &["address"])?;
     check_leaf(mac)?;
@@ -457,7 +468,7 @@ fn parse_mac(mac: Option<&Element>) -> Result<MacAddr, Error> {
     }
     address
         .parse()
-        .map_err(|_| invalid(format!("Unable to parse MAC '{address}'")))
+        .map_err(|_| invalid_as(Class::Internal, format!("Unable to parse MAC '{address}'")))
 }
 
 /// `<plug type bridge/>` or `<plug type='direct' dev mode/>`; `type='none'` is no plug,

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use super::dom::parse_document;
 use super::model::{DhcpHost, DnsHost, DnsSrv, DnsTxt, IpDef, NetworkDef};
 use super::parse::Parser;
-use super::{Error, invalid};
+use super::{Class, Error, invalid, invalid_as};
 
 /// What to do with the element (`<command>` of `virsh net-update`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +51,10 @@ impl FromStr for UpdateCommand {
             "delete" => Ok(UpdateCommand::Delete),
             "add-first" => Ok(UpdateCommand::AddFirst),
             "add" | "add-last" => Ok(UpdateCommand::AddLast),
-            other => Err(invalid(format!("unrecognized command name '{other}'"))),
+            other => Err(invalid_as(
+                Class::InvalidArgument,
+                format!("unrecognized command name '{other}'"),
+            )),
         }
     }
 }
@@ -151,7 +154,12 @@ impl FromStr for UpdateSection {
         ];
         ALL.into_iter()
             .find(|section| section.as_str() == text)
-            .ok_or_else(|| invalid(format!("unrecognized section name '{text}'")))
+            .ok_or_else(|| {
+                invalid_as(
+                    Class::InvalidArgument,
+                    format!("unrecognized section name '{text}'"),
+                )
+            })
     }
 }
 
@@ -429,9 +437,10 @@ impl NetworkDef {
         }
         let (ip, hostnames) = parser.dns_host_fields(element)?;
         if ip.is_none() && hostnames.is_empty() {
-            return Err(invalid(format!(
-                "Missing ip and hostname in network '{name}' DNS HOST record"
-            )));
+            return Err(invalid_as(
+                Class::XmlDetail,
+                format!("Missing ip and hostname in network '{name}' DNS HOST record"),
+            ));
         }
         let matches = |existing: &DnsHost| {
             Some(existing.ip) == ip

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use super::model::{
     ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr, NetworkDef, RouteDef, netmask_prefix,
 };
-use super::{Error, invalid};
+use super::{Class, Error, invalid, invalid_as};
 
 /// Longest accepted network name in bytes. The name becomes a file name
 /// (`NAME.xml`, `NAME.conf`, `NAME.hostsfile`, ...), so it must stay well
@@ -31,7 +31,7 @@ pub(super) const IFNAME_MAX_BYTES: usize = 15;
 /// Cf), no leading or trailing whitespace.
 pub fn validate_network_name(name: &str) -> Result<(), Error> {
     if name.is_empty() {
-        return Err(invalid("network name must not be empty"));
+        return Err(invalid_as(Class::NoName, "network name must not be empty"));
     }
     if name.len() > NETWORK_NAME_MAX_BYTES {
         return Err(invalid(format!(
@@ -40,9 +40,10 @@ pub fn validate_network_name(name: &str) -> Result<(), Error> {
         )));
     }
     if name.chars().any(char::is_control) {
-        return Err(invalid(format!(
-            "network name {name:?} must not contain control characters"
-        )));
+        return Err(invalid_as(
+            Class::XmlDetail,
+            format!("network name {name:?} must not contain control characters"),
+        ));
     }
     if let Some(format_char) = name.chars().find(|&c| is_format_character(c)) {
         return Err(invalid(format!(
@@ -51,9 +52,10 @@ pub fn validate_network_name(name: &str) -> Result<(), Error> {
         )));
     }
     if name.contains('/') {
-        return Err(invalid(format!(
-            "network name '{name}' must not contain '/'"
-        )));
+        return Err(invalid_as(
+            Class::XmlDetail,
+            format!("network name '{name}' must not contain '/'"),
+        ));
     }
     if name.starts_with('.') {
         return Err(invalid(format!(
@@ -343,10 +345,13 @@ impl NetworkDef {
             .filter_map(IpDef::subnet)
             .any(|subnet| subnet.contains(&route.gateway));
         if !reachable {
-            return Err(invalid(format!(
-                "unreachable static route gateway '{}' specified for network '{name}'",
-                route.gateway
-            )));
+            return Err(invalid_as(
+                Class::ConfigUnsupported,
+                format!(
+                    "unreachable static route gateway '{}' specified for network '{name}'",
+                    route.gateway
+                ),
+            ));
         }
         Ok(())
     }
@@ -362,18 +367,24 @@ impl NetworkDef {
         for group in &self.portgroups {
             if group.default {
                 if let Some(first) = default {
-                    return Err(invalid(format!(
-                        "network '{name}' has multiple default <portgroup> elements ({first} and {}), but only one default is allowed",
-                        group.name
-                    )));
+                    return Err(invalid_as(
+                        Class::ConfigUnsupported,
+                        format!(
+                            "network '{name}' has multiple default <portgroup> elements ({first} and {}), but only one default is allowed",
+                            group.name
+                        ),
+                    ));
                 }
                 default = Some(&group.name);
             }
             if !seen.insert(group.name.as_str()) {
-                return Err(invalid(format!(
-                    "multiple <portgroup> elements with the same name ({}) in network '{name}'",
-                    group.name
-                )));
+                return Err(invalid_as(
+                    Class::ConfigUnsupported,
+                    format!(
+                        "multiple <portgroup> elements with the same name ({}) in network '{name}'",
+                        group.name
+                    ),
+                ));
             }
         }
         Ok(())
@@ -383,9 +394,12 @@ impl NetworkDef {
         let name = self.name.as_str();
         let mode = self.forward.mode;
         let unsupported_with_mode = |element: &str| {
-            invalid(format!(
-                "Unsupported <{element}> element in network {name} with forward mode='{mode}'"
-            ))
+            invalid_as(
+                Class::ConfigUnsupported,
+                format!(
+                    "Unsupported <{element}> element in network {name} with forward mode='{mode}'"
+                ),
+            )
         };
         if mode != ForwardMode::Nat && !self.forward.nat.is_empty() {
             return Err(invalid(format!(
@@ -457,10 +471,13 @@ impl NetworkDef {
                 if self.macvtap_mode().is_some()
                     && let Some(group) = self.portgroups.iter().find(|g| g.bandwidth.is_some())
                 {
-                    return Err(invalid(format!(
-                        "Unsupported <bandwidth> element in network '{name}' in portgroup '{}' with forward mode='{mode}'",
-                        group.name
-                    )));
+                    return Err(invalid_as(
+                        Class::ConfigUnsupported,
+                        format!(
+                            "Unsupported <bandwidth> element in network '{name}' in portgroup '{}' with forward mode='{mode}'",
+                            group.name
+                        ),
+                    ));
                 }
                 for dev in &self.forward.interfaces {
                     validate_ifname("forward interface", dev, name)?;
@@ -470,21 +487,30 @@ impl NetworkDef {
         if let Some(range) = self.forward.nat.address
             && range.start > range.end
         {
-            return Err(invalid(format!(
-                "range {} - {} is reversed in <nat> in <forward> in network '{name}'",
-                range.start, range.end
-            )));
+            return Err(invalid_as(
+                Class::Internal,
+                format!(
+                    "range {} - {} is reversed in <nat> in <forward> in network '{name}'",
+                    range.start, range.end
+                ),
+            ));
         }
         if let Some(ports) = self.forward.nat.port {
             if ports.start == 0 {
-                return Err(invalid(format!(
-                    "Missing or invalid 'start' attribute in <port> in <nat> in <forward> in network {name}"
-                )));
+                return Err(invalid_as(
+                    Class::XmlDetail,
+                    format!(
+                        "Missing or invalid 'start' attribute in <port> in <nat> in <forward> in network {name}"
+                    ),
+                ));
             }
             if ports.end < ports.start {
-                return Err(invalid(format!(
-                    "Missing or invalid 'end' attribute in <port> in <nat> in <forward> in network {name}"
-                )));
+                return Err(invalid_as(
+                    Class::XmlDetail,
+                    format!(
+                        "Missing or invalid 'end' attribute in <port> in <nat> in <forward> in network {name}"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -523,10 +549,13 @@ impl NetworkDef {
         }
         for txt in &dns.txts {
             if txt.name.contains([' ', ',']) || txt.name.is_empty() {
-                return Err(invalid(format!(
-                    "prohibited character in DNS TXT record name '{}' of network {name}",
-                    txt.name
-                )));
+                return Err(invalid_as(
+                    Class::XmlDetail,
+                    format!(
+                        "prohibited character in DNS TXT record name '{}' of network {name}",
+                        txt.name
+                    ),
+                ));
             }
             bad_name("DNS TXT record name", &txt.name, true)?;
         }
@@ -534,30 +563,39 @@ impl NetworkDef {
             const SERVICE_EXTRA: &str = "_-+/*";
             const PROTOCOL_EXTRA: &str = "-+/";
             if srv.service.len() > 15 {
-                return Err(invalid(format!(
-                    "service attribute '{}' in network '{name}' is too long, limit is 15 bytes",
-                    srv.service
-                )));
+                return Err(invalid_as(
+                    Class::XmlDetail,
+                    format!(
+                        "service attribute '{}' in network '{name}' is too long, limit is 15 bytes",
+                        srv.service
+                    ),
+                ));
             }
             if !srv
                 .service
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || SERVICE_EXTRA.contains(c))
             {
-                return Err(invalid(format!(
-                    "invalid character in service attribute '{}' in DNS SRV record of network '{name}'",
-                    srv.service
-                )));
+                return Err(invalid_as(
+                    Class::XmlDetail,
+                    format!(
+                        "invalid character in service attribute '{}' in DNS SRV record of network '{name}'",
+                        srv.service
+                    ),
+                ));
             }
             if !srv
                 .protocol
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || PROTOCOL_EXTRA.contains(c))
             {
-                return Err(invalid(format!(
-                    "invalid character in protocol attribute '{}' in DNS SRV record of network '{name}'",
-                    srv.protocol
-                )));
+                return Err(invalid_as(
+                    Class::XmlDetail,
+                    format!(
+                        "invalid character in protocol attribute '{}' in DNS SRV record of network '{name}'",
+                        srv.protocol
+                    ),
+                ));
             }
             if let Some(domain) = &srv.domain {
                 bad_name("DNS SRV domain", domain, false)?;
@@ -574,19 +612,23 @@ impl NetworkDef {
                     ("weight", srv.weight.is_some()),
                 ] {
                     if set {
-                        return Err(invalid(format!(
-                            "DNS SRV {attr} attribute not permitted without target for service '{}' in network '{name}'",
-                            srv.service
-                        )));
+                        return Err(invalid_as(
+                            Class::XmlDetail,
+                            format!(
+                                "DNS SRV {attr} attribute not permitted without target for service '{}' in network '{name}'",
+                                srv.service
+                            ),
+                        ));
                     }
                 }
             }
         }
         for host in &dns.hosts {
             if host.hostnames.is_empty() || host.hostnames.iter().any(String::is_empty) {
-                return Err(invalid(format!(
-                    "Missing hostname in network '{name}' DNS HOST record"
-                )));
+                return Err(invalid_as(
+                    Class::XmlDetail,
+                    format!("Missing hostname in network '{name}' DNS HOST record"),
+                ));
             }
             for hostname in &host.hostnames {
                 bad_name("DNS HOST hostname", hostname, false)?;
@@ -607,19 +649,28 @@ impl NetworkDef {
         }
         match (ip.family, address) {
             (None, IpAddr::V6(_)) => {
-                return Err(invalid(format!(
-                    "no family specified for non-IPv4 address '{address}' in network '{name}'"
-                )));
+                return Err(invalid_as(
+                    Class::ConfigUnsupported,
+                    format!(
+                        "no family specified for non-IPv4 address '{address}' in network '{name}'"
+                    ),
+                ));
             }
             (Some(IpFamily::Ipv4), IpAddr::V6(_)) => {
-                return Err(invalid(format!(
-                    "ipv4 family specified for non-IPv4 address '{address}' in network '{name}'"
-                )));
+                return Err(invalid_as(
+                    Class::ConfigUnsupported,
+                    format!(
+                        "ipv4 family specified for non-IPv4 address '{address}' in network '{name}'"
+                    ),
+                ));
             }
             (Some(IpFamily::Ipv6), IpAddr::V4(_)) => {
-                return Err(invalid(format!(
-                    "Family 'ipv6' specified for non-IPv6 address '{address}' in network '{name}'"
-                )));
+                return Err(invalid_as(
+                    Class::ConfigUnsupported,
+                    format!(
+                        "Family 'ipv6' specified for non-IPv6 address '{address}' in network '{name}'"
+                    ),
+                ));
             }
             _ => {}
         }
@@ -629,15 +680,17 @@ impl NetworkDef {
             )));
         }
         if ip.netmask.is_some() && ip.prefix.is_some() {
-            return Err(invalid(format!(
-                "Network '{name}' IP address cannot have both a prefix and a netmask"
-            )));
+            return Err(invalid_as(
+                Class::ConfigUnsupported,
+                format!("Network '{name}' IP address cannot have both a prefix and a netmask"),
+            ));
         }
         if let Some(mask) = ip.netmask {
             if address.is_ipv6() {
-                return Err(invalid(format!(
-                    "netmask not allowed for IPv6 address '{address}' in network '{name}'"
-                )));
+                return Err(invalid_as(
+                    Class::ConfigUnsupported,
+                    format!("netmask not allowed for IPv6 address '{address}' in network '{name}'"),
+                ));
             }
             if netmask_prefix(mask).is_none_or(|p| p == 0) {
                 return Err(invalid(format!(
@@ -652,17 +705,21 @@ impl NetworkDef {
                 ("IPv6", 128)
             };
             if prefix == 0 || prefix > max {
-                return Err(invalid(format!(
-                    "Invalid {family} prefix '{prefix}' in network '{name}'"
-                )));
+                return Err(invalid_as(
+                    Class::ConfigUnsupported,
+                    format!("Invalid {family} prefix '{prefix}' in network '{name}'"),
+                ));
             }
         }
         if ip.local_ptr == Some(true) && ip.ptr_domain().is_none() {
-            return Err(invalid(format!(
-                "PTR domain for {} network with prefix {} cannot be automatically created",
-                if address.is_ipv4() { "IPv4" } else { "IPv6" },
-                ip.prefix_len().unwrap_or(0)
-            )));
+            return Err(invalid_as(
+                Class::ConfigUnsupported,
+                format!(
+                    "PTR domain for {} network with prefix {} cannot be automatically created",
+                    if address.is_ipv4() { "IPv4" } else { "IPv6" },
+                    ip.prefix_len().unwrap_or(0)
+                ),
+            ));
         }
         let subnet = ip.subnet().ok_or_else(|| {
             invalid(format!(
@@ -692,7 +749,8 @@ impl NetworkDef {
         for host in &ip.dhcp_hosts {
             let host_ip = host.ip;
             if host_ip.is_ipv4() != address.is_ipv4() {
-                return Err(invalid(
+                return Err(invalid_as(
+                    Class::OperationInvalid,
                     "the address family of a host entry IP must match the address family of the dhcp element's parent",
                 ));
             }
@@ -791,9 +849,12 @@ impl NetworkDef {
                 .filter(|ip| ip.is_ipv4() == ipv4 && ip.has_dhcp())
                 .count();
             if with_dhcp > 1 {
-                return Err(invalid(format!(
-                    "Multiple {family} dhcp sections found -- dhcp is supported only for a single {family} address on each network"
-                )));
+                return Err(invalid_as(
+                    Class::ConfigUnsupported,
+                    format!(
+                        "Multiple {family} dhcp sections found -- dhcp is supported only for a single {family} address on each network"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -821,29 +882,40 @@ fn unassignable_reason(address: IpAddr) -> Option<&'static str> {
 fn check_range(name: &str, subnet: IpNet, start: IpAddr, end: IpAddr) -> Result<(), Error> {
     let net = subnet.trunc();
     if start.is_ipv4() != subnet.addr().is_ipv4() || end.is_ipv4() != subnet.addr().is_ipv4() {
-        return Err(invalid(format!(
-            "mismatch of address family in range {start} - {end} for network {net} of network '{name}'"
-        )));
+        return Err(invalid_as(
+            Class::Internal,
+            format!(
+                "mismatch of address family in range {start} - {end} for network {net} of network '{name}'"
+            ),
+        ));
     }
     if !subnet.contains(&start) || !subnet.contains(&end) {
-        return Err(invalid(format!(
-            "range {start} - {end} is not entirely within network {net} of network '{name}'"
-        )));
+        return Err(invalid_as(
+            Class::Internal,
+            format!(
+                "range {start} - {end} is not entirely within network {net} of network '{name}'"
+            ),
+        ));
     }
     if let IpNet::V4(v4) = net {
         if start == IpAddr::V4(v4.network()) && v4.prefix_len() < 31 {
-            return Err(invalid(format!(
-                "start of range {start} - {end} in network {net} is the network address"
-            )));
+            return Err(invalid_as(
+                Class::Internal,
+                format!("start of range {start} - {end} in network {net} is the network address"),
+            ));
         }
         if end == IpAddr::V4(v4.broadcast()) && v4.prefix_len() < 31 {
-            return Err(invalid(format!(
-                "end of range {start} - {end} in network {net} is the broadcast address"
-            )));
+            return Err(invalid_as(
+                Class::Internal,
+                format!("end of range {start} - {end} in network {net} is the broadcast address"),
+            ));
         }
     }
     if start > end {
-        return Err(invalid(format!("range {start} - {end} is reversed")));
+        return Err(invalid_as(
+            Class::Internal,
+            format!("range {start} - {end} is reversed"),
+        ));
     }
     let too_large = match (start, end) {
         (IpAddr::V4(s), IpAddr::V4(e)) => s.octets()[..2] != e.octets()[..2],
@@ -851,9 +923,10 @@ fn check_range(name: &str, subnet: IpNet, start: IpAddr, end: IpAddr) -> Result<
         _ => false,
     };
     if too_large {
-        return Err(invalid(format!(
-            "range {start} - {end} is too large (> 65535)"
-        )));
+        return Err(invalid_as(
+            Class::Internal,
+            format!("range {start} - {end} is too large (> 65535)"),
+        ));
     }
     let bridge = subnet.addr();
     if start <= bridge && bridge <= end {
@@ -871,7 +944,8 @@ fn check_lease(lease: Lease) -> Result<(), Error> {
         LeaseUnit::Hours => false,
     };
     if lease.expiry > 0 && too_short {
-        return Err(invalid(
+        return Err(invalid_as(
+            Class::ConfigUnsupported,
             "The minimum lease time should be greater than 2 minutes",
         ));
     }
