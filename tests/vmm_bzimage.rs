@@ -150,6 +150,12 @@ fn debian_bzimage_zero_page_e820_cmdline_and_initrd() {
     assert_eq!(initrd.addr % 4096, 0);
     assert_eq!(initrd.addr, (mem_size - initrd.size) & !0xfff);
     assert!(initrd.addr >= kernel.kernel_end);
+    // Clear of the buffer the decompressor works in, from LOAD_PHYSICAL_ADDR.
+    assert!(initrd.addr >= file_header.pref_address + u64::from(file_header.init_size));
+    assert_eq!(
+        kernel.reserved_end,
+        file_header.pref_address + u64::from(file_header.init_size)
+    );
     let mut back = vec![0u8; initrd_data.len()];
     mem.read_slice(&mut back, GuestAddress(initrd.addr))
         .expect("read initrd");

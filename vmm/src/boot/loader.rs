@@ -104,14 +104,14 @@ pub enum LoaderError {
     },
     /// The initrd does not fit between the kernel and the top of low memory.
     #[error(
-        "initrd {path} ({size} bytes) does not fit between the kernel end {kernel_end:#x} and {limit:#x}"
+        "initrd {path} ({size} bytes) does not fit between the kernel end {kernel_end:#x} (its decompression included) and {limit:#x}"
     )]
     InitrdTooLarge {
         /// The file.
         path: PathBuf,
         /// Its size.
         size: u64,
-        /// End of the loaded kernel.
+        /// End of what the kernel uses while it boots.
         kernel_end: u64,
         /// Highest usable address.
         limit: u64,
@@ -173,6 +173,9 @@ pub struct LoadedKernel {
     pub setup_header: Option<setup_header>,
     /// First byte after the loaded image.
     pub kernel_end: u64,
+    /// First byte after all the kernel uses while it boots: its image and, for a
+    /// bzImage, the buffer its decompressor works in. The initrd goes above it.
+    pub reserved_end: u64,
 }
 
 /// An initrd placed in guest memory.
@@ -258,6 +261,7 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, Loade
             entry,
             setup_header: None,
             kernel_end: result.kernel_end,
+            reserved_end: result.kernel_end,
         });
     }
     let header = read_setup_header(&mut file)
@@ -282,6 +286,7 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, Loade
         },
         setup_header: result.setup_header,
         kernel_end: result.kernel_end,
+        reserved_end: result.kernel_end.max(decompression_end(&header)),
     })
 }
 
@@ -317,14 +322,26 @@ pub fn read_setup_header(
     }
 }
 
-/// The decompressor runs at the 1 MiB load address and needs `init_size` bytes there.
+/// The end of the `init_size` bytes a bzImage's decompressor needs (boot.rst: "starting
+/// at the kernel runtime start address"). It runs from the 1 MiB load address rounded up
+/// to `kernel_alignment`, but not below `pref_address` (LOAD_PHYSICAL_ADDR, 16 MiB for
+/// distro kernels), as the decompressor's head_64.S places itself.
+fn decompression_end(header: &setup_header) -> u64 {
+    let alignment = u64::from(header.kernel_alignment).max(1);
+    let start = layout::HIMEM_START
+        .next_multiple_of(alignment)
+        .max(header.pref_address);
+    start.saturating_add(u64::from(header.init_size))
+}
+
+/// The decompressor's buffer must lie in low RAM.
 fn check_init_size(
     mem: &GuestMemory,
     header: &setup_header,
     path: &Path,
 ) -> Result<(), LoaderError> {
     let low_end = low_ram_end(mem);
-    let needed = layout::HIMEM_START + u64::from(header.init_size);
+    let needed = decompression_end(header);
     if needed > low_end {
         return Err(LoaderError::MemoryTooSmall {
             path: path.to_owned(),
@@ -364,11 +381,11 @@ pub fn load_initrd(
     let too_large = || LoaderError::InitrdTooLarge {
         path: path.to_owned(),
         size,
-        kernel_end: kernel.kernel_end,
+        kernel_end: kernel.reserved_end,
         limit,
     };
     let addr = limit.checked_sub(size).ok_or_else(too_large)? & !0xfff;
-    if addr < kernel.kernel_end {
+    if addr < kernel.reserved_end {
         return Err(too_large());
     }
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
@@ -622,6 +639,24 @@ mod tests {
                 (1 << 32, 1 << 30)
             ]
         );
+    }
+
+    #[test]
+    fn the_decompressor_works_from_the_preferred_address_or_the_aligned_load_address() {
+        let header = |pref_address: u64, kernel_alignment: u32| setup_header {
+            pref_address,
+            kernel_alignment,
+            init_size: 0x300_0000,
+            ..Default::default()
+        };
+        // A distro kernel: LOAD_PHYSICAL_ADDR 16 MiB, 2 MiB alignment.
+        assert_eq!(
+            decompression_end(&header(0x100_0000, 0x20_0000)),
+            0x400_0000
+        );
+        // An old header without pref_address: from 1 MiB rounded up to its alignment.
+        assert_eq!(decompression_end(&header(0, 0x20_0000)), 0x320_0000);
+        assert_eq!(decompression_end(&header(0, 0)), 0x310_0000);
     }
 
     #[test]
