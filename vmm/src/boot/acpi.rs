@@ -1,6 +1,6 @@
 //! ACPI tables: RSDP, XSDT, FADT (hardware-reduced), MADT, MCFG and a DSDT describing the
 //! PCI host bridge (with the `_PRT` that maps each slot's INTx pins to IOAPIC GSIs), COM1,
-//! the i8042, the power button and the S5 sleep state.
+//! the i8042's ports, the power button and the S5 sleep state.
 //!
 //! Everything lives in [`layout::ACPI_START`]..1 MiB, which the e820 map marks reserved;
 //! the zero page and PVH start info point at the RSDP.
@@ -27,8 +27,8 @@ use crate::kvm::GuestMemory;
 pub const OEM_ID: [u8; 6] = *b"KVNET ";
 const OEM_REVISION: u32 = 1;
 
-/// FADT IA-PC boot architecture flags: an 8042 exists, there is no VGA, MSIs work.
-const IAPC_BOOT_ARCH_8042: u16 = 1 << 1;
+/// FADT IA-PC boot architecture flag: there is no VGA. Not the 8042 flag: the
+/// controller only resets (see [`dsdt_body`]).
 const IAPC_BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
 
 /// MADT flag: the machine also has dual 8259 PICs (Linux masks them).
@@ -165,7 +165,7 @@ fn build_fadt(dsdt: u64) -> Vec<u8> {
     fadt.sleep_status_reg = io8(layout::ACPI_PM_PORT + acpi_pm::SLEEP_STATUS);
     fadt.reset_reg = io8(layout::ACPI_PM_PORT + acpi_pm::RESET);
     fadt.reset_value = acpi_pm::RESET_VALUE;
-    fadt.iapc_boot_arch = (IAPC_BOOT_ARCH_8042 | IAPC_BOOT_ARCH_VGA_NOT_PRESENT).into();
+    fadt.iapc_boot_arch = IAPC_BOOT_ARCH_VGA_NOT_PRESENT.into();
     fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"KVNETVMM").into();
     to_bytes(&fadt.finalize())
 }
@@ -272,14 +272,19 @@ fn dsdt_body(aml: &mut Vec<u8>) {
         ],
     )));
 
-    let kbd_hid = EISAName::new("PNP0303");
+    // The i8042 only pulses the reset line (reboot=k); it reads back nothing. Declared
+    // as a keyboard controller (PNP0303, and the FADT's 8042 flag), Linux's driver
+    // probes it, waits out its timeouts (half a second) and fails ("Can't read CTR").
+    // Its ports are the motherboard's, reserved, and the driver stays away.
+    let kbd_hid = EISAName::new("PNP0C02");
     let kbd_data = IO::new(layout::I8042_PORT, layout::I8042_PORT, 1, 1);
     let kbd_cmd = IO::new(layout::I8042_PORT + 4, layout::I8042_PORT + 4, 1, 1);
     let kbd_crs = ResourceTemplate::new(vec![&kbd_data, &kbd_cmd]);
     let kbd = Raw(to_bytes(&Device::new(
-        "PS2K".into(),
+        "KRST".into(),
         vec![
             &Name::new("_HID".into(), &kbd_hid),
+            &Name::new("_UID".into(), &"KRST"),
             &Name::new("_CRS".into(), &kbd_crs),
         ],
     )));
@@ -411,6 +416,8 @@ mod tests {
             u64::from(layout::ACPI_PM_PORT + acpi_pm::RESET)
         );
         assert_eq!(fadt[128], acpi_pm::RESET_VALUE);
+        // IAPC_BOOT_ARCH (offset 109): no VGA, and no 8042 for Linux to probe.
+        assert_eq!(u16::from_le_bytes([fadt[109], fadt[110]]), 1 << 2);
     }
 
     #[test]
@@ -512,7 +519,7 @@ mod tests {
         for name in [
             &b"PCI0"[..],
             b"COM1",
-            b"PS2K",
+            b"KRST",
             b"PWRB",
             b"_S5_",
             b"_CRS",
@@ -522,6 +529,8 @@ mod tests {
         }
         // EISA id of PNP0A08 (compressed "PNP" + 0x0A08) as AML DWordConst.
         assert!(has(&[0x0c, 0x41, 0xd0, 0x0a, 0x08]), "PNP0A08 _HID");
+        // No keyboard controller for Linux's i8042 driver to probe (PNP0303).
+        assert!(!has(&[0x0c, 0x41, 0xd0, 0x03, 0x03]), "PNP0303 _HID");
         // The COM1 interrupt descriptor: Extended IRQ, consumer+edge, one IRQ = 4.
         assert!(has(&[0x89, 6, 0, 0x03, 1, 4, 0, 0, 0]), "COM1 IRQ 4");
     }
