@@ -48,7 +48,10 @@ fn resolver() -> &'static Resolver {
                 addr: Some("10.0.0.2".parse().expect("invariant: literal address")),
                 domain: Some("corp.test".into()),
             }],
-            default_upstreams: vec!["10.0.0.53".parse().expect("invariant: literal address")],
+            default_upstreams: vec!["10.0.0.53:53".parse().expect("invariant: literal address")],
+            local_ptr_domains: vec!["77.168.192.in-addr.arpa".into()],
+            // Fields added later get their defaults: the target keeps building.
+            ..DnsConfig::default()
         };
         let leases = Arc::new(|| {
             (0..40u8)
