@@ -2134,7 +2134,7 @@ fn dns_config(
     } else {
         dns::host_resolvers(host.resolv_conf)
             .into_iter()
-            .filter(|addr| !is_ours(addr))
+            .filter(|server| !is_ours(&server.ip()))
             .collect()
     };
     Some(DnsConfig {

@@ -191,7 +191,7 @@ fn config() -> DnsConfig {
             domain: None,
         }],
         // Never used: the forwarder above replaces the host's resolvers.
-        default_upstreams: vec!["127.0.0.1".parse().expect("ip")],
+        default_upstreams: vec!["127.0.0.1:53".parse().expect("address")],
     }
 }
 

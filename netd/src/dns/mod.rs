@@ -27,7 +27,7 @@ pub mod resolver;
 pub mod server;
 pub mod zone;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -77,7 +77,7 @@ pub struct DnsConfig {
     pub forwarders: Vec<DnsForwarder>,
     /// Servers for names no forwarder routes: used only when no `<forwarder addr=>`
     /// without `domain` exists (the host's resolvers, minus our own bridge addresses).
-    pub default_upstreams: Vec<IpAddr>,
+    pub default_upstreams: Vec<SocketAddr>,
 }
 
 /// Errors of the DNS server.
@@ -116,10 +116,10 @@ pub enum Error {
     },
 }
 
-/// The `nameserver` addresses of a resolv.conf; an unreadable file gives none.
-pub fn host_resolvers(path: &Path) -> Vec<IpAddr> {
+/// The `nameserver`s of a resolv.conf, on port 53; an unreadable file gives none.
+pub fn host_resolvers(path: &Path) -> Vec<SocketAddr> {
     match std::fs::read_to_string(path) {
-        Ok(text) => parse_resolv_conf(&text),
+        Ok(text) => parse_resolv_conf(&text, |name| nix::net::if_::if_nametoindex(name).ok()),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "no host resolvers to forward DNS to");
             Vec::new()
@@ -127,13 +127,28 @@ pub fn host_resolvers(path: &Path) -> Vec<IpAddr> {
     }
 }
 
-fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
+/// The nameservers of resolv.conf `text`. A link-local one (`fe80::1%eth0`, a router
+/// announcing itself as the resolver) is reached through the interface it names, whose
+/// index `ifindex` finds, as dnsmasq uses it; one on an interface that is gone is left
+/// out.
+fn parse_resolv_conf(text: &str, ifindex: impl Fn(&str) -> Option<u32>) -> Vec<SocketAddr> {
     text.lines()
         .filter_map(|line| {
             let mut words = line.split_whitespace();
             (words.next()? == "nameserver").then_some(())?;
-            // A scoped IPv6 address (`fe80::1%eth0`) cannot be used from another link.
-            words.next()?.parse().ok()
+            let word = words.next()?;
+            let Some((address, interface)) = word.split_once('%') else {
+                return Some(SocketAddr::new(word.parse().ok()?, DNS_PORT));
+            };
+            let address: Ipv6Addr = address.parse().ok()?;
+            let scope = if address.is_unicast_link_local() {
+                ifindex(interface)?
+            } else {
+                0
+            };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                address, DNS_PORT, 0, scope,
+            )))
         })
         .collect()
 }
@@ -144,12 +159,16 @@ mod tests {
 
     #[test]
     fn resolv_conf_nameservers_in_order() {
-        let text = "# comment\nsearch example.org\nnameserver 10.0.0.53\n nameserver  ::1 \nnameserver fe80::1%eth0\nnameserver bogus\noptions edns0\n";
+        let text = "# comment\nsearch example.org\nnameserver 10.0.0.53\n nameserver  ::1 \n\
+                    nameserver fe80::1%eth0\nnameserver fe80::2%gone0\nnameserver bogus\n\
+                    options edns0\n";
+        let ifindex = |name: &str| (name == "eth0").then_some(7);
         assert_eq!(
-            parse_resolv_conf(text),
+            parse_resolv_conf(text, ifindex),
             vec![
-                "10.0.0.53".parse::<IpAddr>().unwrap(),
-                "::1".parse().unwrap()
+                "10.0.0.53:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap(),
+                "[fe80::1%7]:53".parse().unwrap(),
             ]
         );
     }

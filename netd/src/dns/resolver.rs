@@ -230,12 +230,7 @@ impl Resolver {
             }
         }
         let upstreams: Vec<SocketAddr> = if plain.is_empty() {
-            config
-                .default_upstreams
-                .iter()
-                .copied()
-                .map(upstream)
-                .collect()
+            config.default_upstreams.clone()
         } else {
             plain
         };
@@ -674,7 +669,10 @@ mod tests {
                     domain: Some("private.test".into()),
                 },
             ],
-            default_upstreams: vec!["10.0.0.53".parse().unwrap(), "10.0.0.54".parse().unwrap()],
+            default_upstreams: vec![
+                "10.0.0.53:53".parse().unwrap(),
+                "10.0.0.54:53".parse().unwrap(),
+            ],
         }
     }
 

@@ -1050,7 +1050,10 @@ mod tests {
                     listen: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
                     forward_plain_names: true,
                     local_ptr_domains: Vec::new(),
-                    default_upstreams: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))],
+                    default_upstreams: vec![SocketAddr::new(
+                        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+                        DNS_PORT,
+                    )],
                     ..DnsConfig::default()
                 };
                 let server = DnsServer::start(config, None).expect("start");
