@@ -723,6 +723,20 @@ async fn forward_udp(network: &str, forward: UdpForward, health: &Health) -> Opt
     let mut buf = vec![0u8; RECV_BUFFER];
     let servers = &forward.servers;
     let mut sent_any = false;
+    // A SERVFAIL or REFUSED passed over for the next server: the answer if no other
+    // server gives a better one.
+    let mut failure: Option<Vec<u8>> = None;
+    let answer = |mut reply: Vec<u8>| {
+        reply[..2].copy_from_slice(&forward.client_id.to_be_bytes());
+        if forward.exists_here {
+            nxdomain_to_nodata(&mut reply);
+        }
+        UdpAnswer {
+            client: forward.client,
+            socket: forward.socket,
+            reply,
+        }
+    };
     for (at, &server) in servers.iter().enumerate() {
         let now = tokio::time::Instant::now();
         if now >= deadline {
@@ -753,23 +767,23 @@ async fn forward_udp(network: &str, forward: UdpForward, health: &Health) -> Opt
             health.failed(network, server);
             continue;
         };
-        let reply = &mut buf[..len];
+        let reply = buf[..len].to_vec();
         health.answered(from);
-        if is_upstream_failure(reply) && !last {
+        if is_upstream_failure(&reply) && !last {
+            failure = Some(reply);
             continue;
         }
-        reply[..2].copy_from_slice(&forward.client_id.to_be_bytes());
-        if forward.exists_here {
-            nxdomain_to_nodata(reply);
-        }
-        return Some(UdpAnswer {
-            client: forward.client,
-            socket: forward.socket,
-            reply: reply.to_vec(),
-        });
+        return Some(answer(reply));
     }
     if sent_any {
-        return None;
+        // The last servers could not be sent to: those asked before still have until
+        // the deadline, as the last one asked would have had.
+        let wait = sockets.receive_reply(&forward.query, servers, &mut buf);
+        if let Ok((len, from)) = tokio::time::timeout_at(deadline, wait).await {
+            health.answered(from);
+            return Some(answer(buf[..len].to_vec()));
+        }
+        return failure.map(answer);
     }
     tracing::debug!(
         network,
