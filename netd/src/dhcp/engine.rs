@@ -139,7 +139,8 @@ impl Engine {
             _ => None,
         };
         // The Client FQDN first, as dnsmasq takes it (systemd-networkd sends only it
-        // for a dotted hostname), then the Hostname option.
+        // for a dotted hostname), then the Hostname option: also when the FQDN holds
+        // no usable name, where dnsmasq looks no further.
         let name = client_fqdn.as_deref().and_then(fqdn_label).or_else(|| {
             match request.opts().get(OptionCode::Hostname) {
                 Some(DhcpOption::Hostname(name)) => sanitize_hostname(name),

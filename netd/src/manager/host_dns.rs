@@ -59,6 +59,12 @@ impl Followed {
         Followed { path, seen }
     }
 
+    /// Followed from its first look on, whatever it was: the file was read before the
+    /// follower started, and may have changed in between.
+    fn unseen(path: PathBuf) -> Followed {
+        Followed { path, seen: None }
+    }
+
     /// Whether the file looks different from when this was last asked.
     fn changed(&mut self) -> bool {
         let now = stamp(&self.path);
@@ -83,7 +89,9 @@ impl Manager {
     pub fn follow_host_dns(self: &Arc<Manager>) {
         let manager = Arc::downgrade(self);
         let mut resolv_conf = Followed::new(self.resolv_conf.clone());
-        let mut hosts_file = self.hosts_file.clone().map(Followed::new);
+        // Read when the manager opened, before the networks started: looked at again on
+        // the first tick (a boot-time edit, cloud-init's, may fall in between).
+        let mut hosts_file = self.hosts_file.clone().map(Followed::unseen);
         tokio::spawn(async move {
             let mut servers = None;
             let mut ticks = tokio::time::interval(POLL_INTERVAL);
