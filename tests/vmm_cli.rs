@@ -209,7 +209,8 @@ fn a_console_nobody_reads_holds_up_neither_the_guest_nor_the_exit() {
         return;
     }
     let dir = tempfile::tempdir().expect("tmp");
-    // 200,000 bytes: three times what the pipe and the console's buffer hold.
+    // 200,000 bytes: three times what the pipe holds; the console's writer blocks on it
+    // for good, the guest does not.
     let kernel = testing::write_guest(dir.path(), "chatty.elf", |a| {
         let mut more = a.create_label();
         a.mov(ecx, 200_000u32)?;

@@ -110,6 +110,11 @@ const KERNEL_FAULTS: &[&str] = &[
 /// The guest booted cleanly: no kernel fault on its console, both vCPUs up, and at
 /// least `pci_functions` PCI functions found (the host bridge, and the NICs).
 fn assert_clean_boot(run: &Run, pci_functions: usize) {
+    // What the console lost cannot be looked at.
+    assert!(
+        !run.stderr.contains("serial output dropped"),
+        "the VMM dropped console output: the test's reader fell behind\n{run}"
+    );
     if let Some(fault) = KERNEL_FAULTS
         .iter()
         .find(|fault| run.console.contains(**fault))

@@ -10,8 +10,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Bytes held for a sink that is not keeping up: a few screens of boot log.
-const CAPACITY: usize = 64 * 1024;
+/// Bytes held for a sink that is not keeping up: a whole verbose boot log.
+const CAPACITY: usize = 1024 * 1024;
 
 #[derive(Debug, Default)]
 struct Pending {
