@@ -39,7 +39,8 @@ fn main() -> ExitCode {
     }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let succeeded = match read_leading_options(&args) {
-        Leading::Help => run_argv(&args, false),
+        // clap's usage; the other options do not matter then.
+        Leading::Help => run_argv(&[OsString::from("--help")], false),
         Leading::Done(succeeded) => succeeded,
         Leading::Run {
             globals,
@@ -82,10 +83,10 @@ enum Leading {
 fn read_leading_options(args: &[OsString]) -> Leading {
     let mut globals: Vec<OsString> = Vec::new();
     let mut timing = false;
-    let connect = |globals: &mut Vec<OsString>, uri: &OsString| {
-        if !uri.is_empty() {
-            globals.extend([OsString::from("-c"), uri.clone()]);
-        }
+    // The last -c wins, an empty one meaning the default connection again.
+    let mut connection: Option<OsString> = None;
+    let connect = |connection: &mut Option<OsString>, uri: &OsString| {
+        *connection = (!uri.is_empty()).then(|| uri.clone());
     };
     let refuse = |message: String| {
         usage::print_errors(&[message]);
@@ -115,10 +116,10 @@ fn read_leading_options(args: &[OsString]) -> Leading {
                 ("help", None) => return Leading::Help,
                 ("version", Some("long")) => return print_version(true),
                 ("version", _) => return print_version(false),
-                ("connect", Some(uri)) => connect(&mut globals, &OsString::from(uri)),
+                ("connect", Some(uri)) => connect(&mut connection, &OsString::from(uri)),
                 ("connect", None) => match args.get(at) {
                     Some(uri) => {
-                        connect(&mut globals, uri);
+                        connect(&mut connection, uri);
                         at += 1;
                     }
                     None => return refuse(missing_argument('c', "connect")),
@@ -139,9 +140,9 @@ fn read_leading_options(args: &[OsString]) -> Leading {
                     // The rest of the word is the URI, else the next word is.
                     let attached = &text[index + 1..];
                     if !attached.is_empty() {
-                        connect(&mut globals, &OsString::from(attached));
+                        connect(&mut connection, &OsString::from(attached));
                     } else if let Some(uri) = args.get(at) {
-                        connect(&mut globals, uri);
+                        connect(&mut connection, uri);
                         at += 1;
                     } else {
                         return refuse(missing_argument('c', "connect"));
@@ -151,6 +152,9 @@ fn read_leading_options(args: &[OsString]) -> Leading {
                 other => return refuse(format!("unsupported option '-{other}'. See --help.")),
             }
         }
+    }
+    if let Some(uri) = connection {
+        globals.extend([OsString::from("-c"), uri]);
     }
     Leading::Run {
         globals,
