@@ -204,11 +204,14 @@ struct Outcome {
 }
 
 /// Runs one command and prints its result; with `timing`, how long it took, as
-/// `virsh -t` prints it in place of the blank line that ends a command (even quiet).
+/// `virsh -t` prints it in place of the blank line that ends a command (even quiet),
+/// but never after JSON, which a script parses whole.
 fn execute(cli: &cli::Cli, timing: bool) -> Outcome {
     let started = Instant::now();
     let result = commands::run(cli);
-    let ends_with_blank_line = !cli.quiet && !cli.command.prints_json();
+    let json = cli.command.prints_json();
+    let timing = timing && !json;
+    let ends_with_blank_line = !cli.quiet && !json;
     let time = || {
         format!(
             "\n(Time: {:.3} ms)\n\n",

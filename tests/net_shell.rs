@@ -292,6 +292,9 @@ fn global_options_read_as_virsh_reads_them() {
         without_times(text(&out.stdout)),
         "\n(Time: T ms)\n\n\n(Time: T ms)\n\n"
     );
+    // Never after JSON: a script parses it whole.
+    let out = daemon.kvnet(&["-t", "net-list", "--all", "--json"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("nothing but JSON");
     // The read-only terminal prompts with `>`, as virsh's.
     let out = kvnet_with_input(&daemon, &["-q", "-r"], "net-list --name");
     assert_eq!(text(&out.stdout), "kvnet > net-list --name\nkvnet > \n");
