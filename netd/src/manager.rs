@@ -2132,8 +2132,9 @@ fn dns_config(
     let default_upstreams = if def.forward_mode() == ForwardMode::Isolated {
         Vec::new()
     } else {
-        dns::host_resolvers(host.resolv_conf)
-            .into_iter()
+        host.resolvers
+            .iter()
+            .copied()
             .filter(|server| !is_ours(&server.ip()))
             .collect()
     };

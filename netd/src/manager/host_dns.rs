@@ -6,6 +6,7 @@
 //! wrote resolv.conf, or a laptop that moved to another network, would otherwise refuse
 //! or misroute its guests' queries until the network was restarted.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,14 +18,16 @@ use tracing::{info, warn};
 use super::{Manager, dns_config, error_chain, lease_names};
 use crate::dns::{self, HostsFile};
 use crate::service::lock;
+use crate::xml::ForwardMode;
 
 /// How often the files are looked at: a `stat` each, as often as dnsmasq looks.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What a network's DNS takes from the host.
-pub(super) struct HostDns<'a> {
-    /// The resolv.conf listing the upstreams of networks that forward to the host's.
-    pub resolv_conf: &'a Path,
+/// What a network's DNS takes from the host, read once for all the networks it is
+/// given to.
+pub(super) struct HostDns {
+    /// The resolvers in resolv.conf: the upstreams of networks that forward to the host's.
+    pub resolvers: Vec<SocketAddr>,
     /// The hosts file's entries, served to every network.
     pub hosts: Arc<HostsFile>,
 }
@@ -78,9 +81,9 @@ impl Followed {
 
 impl Manager {
     /// What networks' DNS servers take from the host now.
-    pub(super) fn host_dns(&self) -> HostDns<'_> {
+    pub(super) fn host_dns(&self) -> HostDns {
         HostDns {
-            resolv_conf: &self.resolv_conf,
+            resolvers: dns::host_resolvers(&self.resolv_conf),
             hosts: Arc::clone(&lock(&self.host_names)),
         }
     }
@@ -106,39 +109,44 @@ impl Manager {
                 let Some(manager) = manager.upgrade() else {
                     break;
                 };
-                let mut refresh = false;
+                let mut new_resolvers = false;
                 if resolv_changed {
                     let read = dns::host_resolvers(&resolv_conf.path);
                     if servers.as_ref() != Some(&read) {
                         info!(path = %resolv_conf.path.display(), servers = ?read, "the host's resolvers changed");
                         servers = Some(read);
-                        refresh = true;
+                        new_resolvers = true;
                     }
                 }
+                let mut new_hosts = false;
                 if let Some(file) = hosts_file.as_ref().filter(|_| hosts_changed) {
                     let read = HostsFile::read(&file.path);
                     let mut current = lock(&manager.host_names);
                     if **current != read {
                         info!(path = %file.path.display(), entries = read.entries.len(), "the host's hosts file changed");
                         *current = Arc::new(read);
-                        refresh = true;
+                        new_hosts = true;
                     }
                 }
-                if refresh {
-                    manager.refresh_host_dns().await;
+                if new_resolvers || new_hosts {
+                    manager.refresh_host_dns(new_hosts).await;
                 }
             }
         });
     }
 
-    /// Gives the DNS server of every running network what it now takes from the host.
-    async fn refresh_host_dns(&self) {
+    /// Gives the DNS server of every running network what it now takes from the host:
+    /// isolated networks, which never forward there, only when the hosts file changed.
+    async fn refresh_host_dns(&self, new_hosts: bool) {
         let networks = self.networks.lock().await;
         let host = self.host_dns();
         for network in networks.values() {
             let (Some(live), Some(server)) = (&network.live, &network.dns) else {
                 continue;
             };
+            if !new_hosts && live.forward_mode() == ForwardMode::Isolated {
+                continue;
+            }
             let Some(config) = dns_config(live, &networks, &host) else {
                 continue;
             };
