@@ -1109,6 +1109,32 @@ mod tests {
         bytes
     }
 
+    /// An option as [`raw_request`] writes it: code and data.
+    type RawOption<'a> = (u8, &'a [u8]);
+
+    /// A DISCOVER from `mac`, then a raw REQUEST for the address offered (options 50 and
+    /// 54) with `before` ahead of them and `after` behind; returns the offer and the
+    /// reply to the REQUEST.
+    fn request_offered(
+        engine: &mut Engine,
+        mac: [u8; 6],
+        before: &[RawOption],
+        after: &[RawOption],
+    ) -> (Message, Message) {
+        let (_, offer) =
+            exchange(engine, &message(MessageType::Discover, mac), NOW).expect("offer");
+        let requested = offer.yiaddr().octets();
+        let server = SERVER.octets();
+        let mut options = before.to_vec();
+        options.extend([(50, &requested[..]), (54, &server[..])]);
+        options.extend_from_slice(after);
+        let reply = engine
+            .handle(&raw_request(mac, &options), NOW)
+            .expect("a reply");
+        let reply = Message::decode(&mut Decoder::new(&reply.bytes)).expect("decode reply");
+        (offer, reply)
+    }
+
     /// The reviewer's t_opt81.sh: an ASCII client FQDN (flags 0, rcodes 0, then
     /// `DESKTOP-ABC`), which dhcproto fails to decode, must not hide options 50 and 54
     /// after it.
@@ -1118,19 +1144,13 @@ mod tests {
         for fqdn_first in [true, false] {
             let mut engine = Engine::new(config());
             let mac = [0x52, 0x54, 0, 0xaa, 0, 0x70];
-            let (_, offer) =
-                exchange(&mut engine, &message(MessageType::Discover, mac), NOW).expect("offer");
-            let requested = offer.yiaddr().octets();
-            let server = SERVER.octets();
-            let mut options = vec![(50, &requested[..]), (54, &server[..])];
-            if fqdn_first {
-                options.insert(0, (81, fqdn));
+            let fqdn_option = [(81, fqdn)];
+            let (before, after): (&[RawOption], &[RawOption]) = if fqdn_first {
+                (&fqdn_option, &[])
             } else {
-                options.push((81, fqdn));
-            }
-            let packet = raw_request(mac, &options);
-            let reply = engine.handle(&packet, NOW).expect("a reply");
-            let ack = Message::decode(&mut Decoder::new(&reply.bytes)).expect("decode reply");
+                (&[], &fqdn_option)
+            };
+            let (offer, ack) = request_offered(&mut engine, mac, before, after);
             assert_eq!(
                 (kind(&ack), ack.yiaddr()),
                 (MessageType::Ack, offer.yiaddr()),
@@ -1157,20 +1177,7 @@ mod tests {
         ] {
             let mut engine = Engine::new(config());
             let mac = [0x52, 0x54, 0, 0xaa, 0, 0x71];
-            let (_, offer) =
-                exchange(&mut engine, &message(MessageType::Discover, mac), NOW).expect("offer");
-            let requested = offer.yiaddr().octets();
-            let server = SERVER.octets();
-            let options = [
-                (12, &b"fallback"[..]),
-                (81, fqdn),
-                (50, &requested[..]),
-                (54, &server[..]),
-            ];
-            let reply = engine
-                .handle(&raw_request(mac, &options), NOW)
-                .expect("a reply");
-            let ack = Message::decode(&mut Decoder::new(&reply.bytes)).expect("decode reply");
+            let (_, ack) = request_offered(&mut engine, mac, &[(12, b"fallback"), (81, fqdn)], &[]);
             assert_eq!(kind(&ack), MessageType::Ack, "{fqdn:?}");
             assert_eq!(
                 engine.leases(NOW)[0].hostname.as_deref(),
