@@ -247,6 +247,26 @@ fn recovery_leaves_a_foreign_interface_under_the_bridge_name_alone() {
     if !require(DAEMON_NEEDS) {
         return;
     }
+    // As if it had been there when the start ran.
+    foreign_bridge_after_a_crash("starting", "leaving interface virbr0 alone");
+}
+
+#[test]
+fn a_running_network_whose_bridge_name_went_to_someone_else_is_not_adopted() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    // Deleted and made again while the daemon was away (by libvirt, say).
+    foreign_bridge_after_a_crash(
+        "active",
+        "bridge virbr0 is no longer this network's (another MAC address)",
+    );
+}
+
+/// Network n, recorded in `phase` by a daemon killed with SIGKILL, whose bridge name
+/// belongs to someone else's bridge (its own MAC address) when the daemon restarts: the
+/// network ends up inactive, the foreign bridge untouched and the log says why.
+fn foreign_bridge_after_a_crash(phase: &str, logged: &str) {
     let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
     let definition = define_nat_network_n(&daemon, "10.56.0.1");
     daemon.ok(&["net-start", "n"]);
@@ -255,11 +275,9 @@ fn recovery_leaves_a_foreign_interface_under_the_bridge_name_alone() {
     let status = std::fs::read_to_string(&status_path).expect("status");
     std::fs::write(
         &status_path,
-        status.replace("\"phase\": \"active\"", "\"phase\": \"starting\""),
+        status.replace("\"phase\": \"active\"", &format!("\"phase\": \"{phase}\"")),
     )
     .expect("rewrite");
-    // The name now belongs to another bridge (its own MAC address), as if it had been
-    // there when the start ran.
     daemon
         .ns
         .sh("ip link del virbr0 && ip link add virbr0 type bridge && ip link set virbr0 up")
@@ -279,7 +297,7 @@ fn recovery_leaves_a_foreign_interface_under_the_bridge_name_alone() {
     );
     assert!(!daemon.ruleset().contains("virbr0"), "orphan rules left");
     assert!(!status_path.exists());
-    assert!(daemon.log().contains("leaving interface virbr0 alone"));
+    assert!(daemon.log().contains(logged), "{}", daemon.log());
     let on_disk = std::fs::read_to_string(daemon.config_dir().join("networks/n.xml"))
         .expect("definition kept");
     assert_eq!(on_disk, definition);
@@ -400,4 +418,100 @@ fn a_definition_that_cannot_be_loaded_keeps_its_leases_and_ports_until_it_is_men
     daemon.ok(&["net-destroy", "lab"]);
     assert!(!taps(&daemon).trim().is_empty(), "the tap was deleted");
     assert!(lease_file.exists() && ports_file.exists(), "files deleted");
+}
+
+/// A daemon killed while it autostarts the networks at boot (a hook that hangs, the OOM
+/// killer) starts the ones it did not get to when it is restarted in the same boot.
+#[test]
+fn a_daemon_killed_during_boot_autostart_starts_the_rest_when_restarted() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    for (name, address) in [("a", "10.61.0.1"), ("b", "10.62.0.1")] {
+        let xml = format!(
+            "<network><name>{name}</name><forward/><ip address='{address}' prefix='24'/></network>"
+        );
+        let path = xml_file(daemon.dirs.path(), &format!("{name}.xml"), &xml);
+        daemon.ok(&["net-define", path.to_str().expect("path")]);
+        daemon.ok(&["net-autostart", name]);
+    }
+    daemon.stop();
+    // b's start hangs in its hook, once.
+    let hung = daemon.dirs.path().join("hung");
+    let hook = daemon.config_dir().join("hooks/network");
+    std::fs::create_dir_all(hook.parent().expect("hooks dir")).expect("hooks dir");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\n\
+             if [ \"$1 $2\" = \"b start\" ] && [ ! -e {0} ]; then echo $$ > {0}; exec sleep 60; fi\n",
+            hung.display()
+        ),
+    )
+    .expect("hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+
+    // A reboot: a new state dir, so autostart runs.
+    let options = DaemonOptions {
+        state_dir: Some(daemon.dirs.path().join("run-after-reboot")),
+        ..DaemonOptions::no_default_network()
+    };
+    daemon.launch(&options);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let hook_pid = loop {
+        match std::fs::read_to_string(&hung) {
+            Ok(pid) if pid.ends_with('\n') => break pid.trim().to_owned(),
+            _ => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "b's start hook did not run:\n{}",
+                    daemon.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    daemon.kill9();
+    let _ = std::process::Command::new("kill").arg(&hook_pid).status();
+
+    daemon.spawn(&options);
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--name"]),
+        "a\nb\n",
+        "{}",
+        daemon.log()
+    );
+}
+
+/// A new (empty) config dir while libvirt's default network runs from the state dir: the
+/// daemon adopts it as transient and starts, rather than failing to define a second one.
+#[test]
+fn a_new_config_dir_beside_a_running_default_network_still_starts() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    daemon.stop();
+    std::fs::remove_dir_all(daemon.config_dir()).expect("remove the config dir");
+    daemon.spawn(&DaemonOptions::default());
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " default   active   no   no\n"
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("a transient network named default is running"),
+        "{}",
+        daemon.log()
+    );
+    daemon.stop();
+    // And the next start is not a first start any more.
+    daemon.spawn(&DaemonOptions::default());
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " default   active   no   no\n"
+    );
 }

@@ -449,13 +449,23 @@ impl Manager {
         manager.forget_orphan_leases().await?;
         if fresh {
             if config.define_default_network {
-                manager.define_default_network().await?;
+                // A daemon that will not start is worse than a host without `default`.
+                if let Err(e) = manager.define_default_network().await {
+                    warn!(
+                        network = DEFAULT_NETWORK,
+                        "cannot define the default network: {}",
+                        error_chain(&e)
+                    );
+                }
             }
             manager.store.first_start_done()?;
         }
         manager.reconcile_firewall().await;
-        if !manager.store.mark_autostarted()? {
+        // Marked only once every autostart network was tried: a daemon killed half way
+        // (OOM, a hook that hangs until SIGKILL) starts the rest when it is restarted.
+        if !manager.store.autostarted()? {
             manager.autostart_all().await;
+            manager.store.mark_autostarted()?;
         }
         Ok(manager)
     }
@@ -577,6 +587,14 @@ impl Manager {
                     self.store.delete_status(&name)?;
                     continue;
                 };
+                // The name may since have gone to someone else's bridge (deleted and made
+                // again, by libvirt say): never take that over, nor delete it later.
+                if owns_bridge && bridge.mac != Some(bridge_spec(&def, &status.bridge).mac) {
+                    warn!(network = %name, bridge = %status.bridge, "bridge {} is no longer this network's (another MAC address); marking the network inactive and leaving the bridge alone", status.bridge);
+                    self.release(&status.bridge, false).await;
+                    self.store.delete_status(&name)?;
+                    continue;
+                }
                 if owns_bridge {
                     self.restore_bridge(&def, &status.bridge, &bridge).await;
                 }
@@ -802,8 +820,21 @@ impl Manager {
     /// Defines libvirt's `default` network (virbr0, 192.168.122.0/24, NAT, autostart),
     /// moving to the next free 192.168.N.0/24 if that subnet is taken on this host.
     async fn define_default_network(&self) -> Result<(), Error> {
-        // A first start cut short after the definition only lacks the autostart.
-        if !self.networks.lock().await.contains_key(DEFAULT_NETWORK) {
+        let persistent = match self.networks.lock().await.get(DEFAULT_NETWORK) {
+            None => false,
+            // A first start cut short after the definition only lacks the autostart.
+            Some(network) if network.config.is_some() => true,
+            Some(_) => {
+                // Adopted from a previous daemon whose definitions are gone (a new
+                // config dir): it keeps running as it is, and its name is taken.
+                warn!(
+                    network = DEFAULT_NETWORK,
+                    "a transient network named default is running; not defining the default network"
+                );
+                return Ok(());
+            }
+        };
+        if !persistent {
             let used = self.prefixes.used_prefixes(&self.link).await?;
             let taken = |subnet: IpNet| {
                 used.iter()

@@ -458,17 +458,22 @@ impl Store {
         write_atomic(&path, &bytes)
     }
 
-    /// Marks that autostart ran in this boot; returns whether it had already run.
-    pub fn mark_autostarted(&self) -> Result<bool, Error> {
-        match fs::OpenOptions::new()
+    /// Whether autostart already ran in this boot.
+    pub fn autostarted(&self) -> Result<bool, Error> {
+        self.autostart_marker
+            .try_exists()
+            .map_err(io_err("looking at", &self.autostart_marker))
+    }
+
+    /// Marks that autostart ran in this boot.
+    pub fn mark_autostarted(&self) -> Result<(), Error> {
+        fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(false)
             .open(&self.autostart_marker)
-        {
-            Ok(_) => Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
-            Err(e) => Err(io_err("creating", &self.autostart_marker)(e)),
-        }
+            .map(drop)
+            .map_err(io_err("creating", &self.autostart_marker))
     }
 }
 
@@ -812,7 +817,10 @@ mod tests {
     fn autostart_marker_is_once_per_state_dir() {
         let (_dir, store) = store();
         store.create_dirs().unwrap();
-        assert!(!store.mark_autostarted().unwrap());
-        assert!(store.mark_autostarted().unwrap());
+        assert!(!store.autostarted().unwrap());
+        store.mark_autostarted().unwrap();
+        assert!(store.autostarted().unwrap());
+        store.mark_autostarted().unwrap();
+        assert!(store.autostarted().unwrap());
     }
 }

@@ -107,6 +107,27 @@ impl Daemon {
 
     /// Starts (or restarts) the daemon process with the same dirs.
     pub fn spawn(&mut self, options: &DaemonOptions) {
+        self.launch(options);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket().exists() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "kvnetd exited with {status} before listening; log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kvnetd did not listen within 20 s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts kvnetd without waiting for it to listen (it listens once its networks are
+    /// adopted and autostarted).
+    pub fn launch(&mut self, options: &DaemonOptions) {
         let _ = std::fs::remove_file(self.socket());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -160,23 +181,7 @@ impl Daemon {
             Some(path) => cmd.arg("--hosts-file").arg(path),
             None => cmd.arg("--no-hosts"),
         };
-        let mut child = cmd.spawn().expect("spawn kvnetd");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket().exists() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "kvnetd exited with {status} before listening; log:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kvnetd did not listen within 20 s; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.child = Some(child);
+        self.child = Some(cmd.spawn().expect("spawn kvnetd"));
     }
 
     /// The daemon's pid (`ip netns exec`, and `setpriv`, exec it, so the child's pid is
