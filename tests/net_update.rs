@@ -516,3 +516,53 @@ fn a_live_update_that_adds_the_first_dhcp_range_starts_a_server_and_removing_it_
         "error: Failed to update network bare\nerror: Requested operation is not valid: cannot change persistent config of a transient network\n"
     );
 }
+
+/// An update that starts a network's first DHCPv6 server and then cannot write the
+/// definition is undone, and takes only that server's lease file with it: the running
+/// DHCPv4 server's leases stay.
+#[test]
+fn a_failed_update_that_started_dhcpv6_keeps_the_dhcpv4_leases() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let path = xml_file(
+        daemon.dirs.path(),
+        "dual.xml",
+        "<network><name>dual</name><bridge name='virbr0' stp='off'/>\
+         <ip address='192.168.122.1' prefix='24'><dhcp>\
+         <range start='192.168.122.100' end='192.168.122.200'/></dhcp></ip>\
+         <ip family='ipv6' address='fd00:7::1' prefix='64'/></network>",
+    );
+    daemon.ok(&["net-define", path.to_str().expect("utf-8 path")]);
+    daemon.ok(&["net-start", "dual"]);
+    let leases = daemon.state_dir().join("networks/dual.leases");
+    assert!(leases.exists(), "no DHCPv4 lease file");
+    // The definition's temporary file cannot be created: a directory is in its way.
+    let pid = daemon.pid().expect("daemon pid");
+    let blocker = daemon
+        .config_dir()
+        .join(format!("networks/.dual.xml.tmp-{pid}"));
+    std::fs::create_dir(&blocker).expect("blocker");
+
+    let range = "<range start='fd00:7::100' end='fd00:7::1ff'/>";
+    let refused = daemon.fails(&[
+        "net-update",
+        "dual",
+        "add",
+        "ip-dhcp-range",
+        range,
+        "--parent-index",
+        "1",
+        "--live",
+        "--config",
+    ]);
+    assert!(refused.contains(".dual.xml.tmp-"), "{refused}");
+    assert!(
+        leases.exists(),
+        "the DHCPv4 lease file went with the undone update"
+    );
+    assert!(!daemon.state_dir().join("networks/dual.leases6").exists());
+    assert!(!daemon.ok(&["net-dumpxml", "dual"]).contains(range));
+    std::fs::remove_dir(&blocker).expect("remove blocker");
+}

@@ -1716,7 +1716,7 @@ impl Manager {
                     Err(e) => {
                         if let Some(server) = started_dhcp {
                             server.stop().await;
-                            if !had_leases && let Err(cleanup) = self.store.delete_leases(&name) {
+                            if !had_leases && let Err(cleanup) = self.store.delete_leases4(&name) {
                                 warn!(network = %name, "{}", error_chain(&cleanup));
                             }
                         }
@@ -1768,13 +1768,15 @@ impl Manager {
             Err(e) => {
                 if let Some(server) = started_dhcp {
                     server.stop().await;
-                    if !had_leases && let Err(cleanup) = self.store.delete_leases(&name) {
+                    // Only the file of the server this update started: the other
+                    // family's server keeps running on its own.
+                    if !had_leases && let Err(cleanup) = self.store.delete_leases4(&name) {
                         warn!(network = %name, "{}", error_chain(&cleanup));
                     }
                 }
                 if let Some(server) = started_dhcp6 {
                     server.stop().await;
-                    if !had_leases6 && let Err(cleanup) = self.store.delete_leases(&name) {
+                    if !had_leases6 && let Err(cleanup) = self.store.delete_leases6(&name) {
                         warn!(network = %name, "{}", error_chain(&cleanup));
                     }
                 }

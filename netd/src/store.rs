@@ -402,7 +402,17 @@ impl Store {
 
     /// Forgets a network's leases (undefined, or a transient network stopped).
     pub fn delete_leases(&self, name: &str) -> Result<(), Error> {
-        remove_if_exists(&self.lease_path(name))?;
+        self.delete_leases4(name)?;
+        self.delete_leases6(name)
+    }
+
+    /// Removes a network's DHCPv4 lease file only.
+    pub fn delete_leases4(&self, name: &str) -> Result<(), Error> {
+        remove_if_exists(&self.lease_path(name))
+    }
+
+    /// Removes a network's DHCPv6 lease file only.
+    pub fn delete_leases6(&self, name: &str) -> Result<(), Error> {
         remove_if_exists(&self.lease6_path(name))
     }
 
