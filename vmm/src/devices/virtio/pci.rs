@@ -427,10 +427,11 @@ impl VirtioPciDevice {
         &*self.device
     }
 
-    /// The device status as the driver reads it.
+    /// The device status as the driver reads it. A reset device reads 0 whatever the
+    /// device reports (VIRTIO 1.2 4.1.4.3.1): Linux's `vp_reset()` polls for that 0.
     pub fn status(&self) -> u8 {
         let mut status = self.status;
-        if self.device.needs_reset() {
+        if status != 0 && self.device.needs_reset() {
             status |= VIRTIO_CONFIG_S_NEEDS_RESET as u8;
         }
         status

@@ -29,6 +29,8 @@ struct Log {
     interrupt: Option<Arc<dyn VirtioInterrupt>>,
     notify: Vec<EventFd>,
     config_writes: Vec<(u64, Vec<u8>)>,
+    /// What the device reports as `needs_reset()`.
+    needs_reset: bool,
 }
 
 #[derive(Debug)]
@@ -97,7 +99,7 @@ impl VirtioDevice for Recorder {
         true
     }
     fn needs_reset(&self) -> bool {
-        false
+        self.log.lock().map(|log| log.needs_reset).unwrap_or(false)
     }
 }
 
@@ -468,6 +470,23 @@ fn reset_stops_the_device_and_allows_reinitialisation() {
         f.log.lock().expect("log").activations[1],
         vec![(2, 0x3_0000), (2, 0x4_0000)]
     );
+}
+
+#[test]
+fn a_reset_device_reads_status_0_even_if_the_device_still_wants_a_reset() {
+    let mut f = fixture();
+    f.negotiate(OFFERED);
+    f.setup_queue(0, 16, 0x1_0000);
+    f.setup_queue(1, 8, 0x2_0000);
+    f.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
+    f.log.lock().expect("log").needs_reset = true;
+    assert_ne!(f.status() & VIRTIO_CONFIG_S_NEEDS_RESET as u8, 0);
+    // The device's flag lingers (a worker failing during the reset): Linux's
+    // vp_reset() still polls device_status until it reads 0.
+    f.w(common::DEVICE_STATUS, 1, 0);
+    assert_eq!(f.status(), 0);
+    f.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE);
+    assert_ne!(f.status() & VIRTIO_CONFIG_S_NEEDS_RESET as u8, 0);
 }
 
 #[test]

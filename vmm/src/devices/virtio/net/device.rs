@@ -301,8 +301,8 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) -> bool {
         self.acked_features = 0;
-        self.needs_reset.store(false, Ordering::SeqCst);
         let Some(worker) = self.worker.take() else {
+            self.needs_reset.store(false, Ordering::SeqCst);
             return false;
         };
         if let Err(e) = worker.kill.write(1) {
@@ -313,6 +313,9 @@ impl VirtioDevice for Net {
             Ok(None) => tracing::error!(device = %self.name, "virtio-net: worker never started"),
             Err(_) => tracing::error!(device = %self.name, "virtio-net: worker panicked"),
         }
+        // Only now: a worker still in its pass until the join may have failed on the
+        // old rings and set the flag again, and a reset device must not report it.
+        self.needs_reset.store(false, Ordering::SeqCst);
         true
     }
 

@@ -1403,3 +1403,71 @@ fn long_tx_batch_signals_every_64_frames() {
     assert_eq!(h.host_recv_all().len(), 64);
     assert_eq!(h.interrupt.count(InterruptKind::Queue(TX_QUEUE)), 3);
 }
+
+/// A backend that is always readable and whose reads take a while, so a test can
+/// catch the worker in the middle of a pass.
+#[derive(Debug)]
+struct SlowBackend {
+    fd: EventFd,
+    /// Set once a read has started.
+    reading: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::os::fd::AsRawFd for SlowBackend {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl NetBackend for SlowBackend {
+    fn read_frame(&mut self, bufs: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
+        self.reading.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+        let f = frame(60, 0, 0);
+        bufs[0]
+            .write(&f, 0)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(f.len())
+    }
+
+    fn write_frame(&mut self, bufs: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
+        Ok(bufs.iter().map(|b| b.len()).sum())
+    }
+
+    fn set_offload(&mut self, _tun_flags: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn reset_clears_needs_reset_set_by_a_worker_still_in_its_pass() {
+    let fd = EventFd::new(EFD_NONBLOCK).expect("evt");
+    fd.write(1).expect("readable");
+    let reading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut net = test_net(Box::new(SlowBackend {
+        fd,
+        reading: Arc::clone(&reading),
+    }));
+    net.ack_features(MODERN);
+    let mem = new_mem();
+    let mut rx = Driver::new(mem, RX_RING, BUFFERS);
+    let tx = Driver::new(mem, TX_RING, BUFFERS + 0x10_0000);
+    let b = rx.buffer(2048);
+    rx.add_chain(&[(b, 2048, VRING_DESC_F_WRITE)]);
+    net.activate(
+        Arc::clone(mem),
+        Arc::new(RecordingInterrupt::default()),
+        vec![
+            (rx.queue(), EventFd::new(EFD_NONBLOCK).expect("evt")),
+            (tx.queue(), EventFd::new(EFD_NONBLOCK).expect("evt")),
+        ],
+    )
+    .expect("activate");
+    // The worker is inside a read; the ring it goes back to afterwards is corrupt,
+    // so it fails (and sets NEEDS_RESET) while the reset waits for it.
+    assert!(eventually(|| reading.load(Ordering::SeqCst)));
+    rx.mock.avail().idx().store(SIZE + 10);
+    assert!(net.reset());
+    assert!(net.stats().needs_reset_events >= 1, "the worker did fail");
+    assert!(!net.needs_reset(), "a reset device reports NEEDS_RESET");
+}
