@@ -8,15 +8,16 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
-    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::rxtx::{NetWorker, NetWorkerSetup};
+use super::rxtx::{GuestGso, NetWorker, NetWorkerSetup};
 use super::tap::{TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4, TUN_F_TSO6, Tap, TapError};
 use super::{
     DEFAULT_MTU, MAX_GSO_FRAME_LEN, NetBackend, NetConfig, NetCounters, NetStats, QUEUE_SIZE,
@@ -86,6 +87,8 @@ pub struct Net {
     worker: Option<RunningWorker>,
     counters: Arc<NetCounters>,
     needs_reset: Arc<AtomicBool>,
+    /// The backend has offloads on, which a reset turns off.
+    offloads_set: bool,
 }
 
 impl Net {
@@ -105,6 +108,7 @@ impl Net {
             worker: None,
             counters: Arc::new(NetCounters::default()),
             needs_reset: Arc::new(AtomicBool::new(false)),
+            offloads_set: false,
         }
     }
 
@@ -177,10 +181,12 @@ impl Net {
             queue.set_event_idx(event_idx);
         }
         let mut backend = self.backend.take().ok_or(ActivateError::NoBackend)?;
-        if let Err(e) = backend.set_offload(tap_offload_flags(self.acked_features)) {
+        let offloads = tap_offload_flags(self.acked_features);
+        if let Err(e) = backend.set_offload(offloads) {
             self.backend = Some(backend);
             return Err(ActivateError::Backend(e));
         }
+        self.offloads_set = offloads != 0;
         let guest_gso = bit(VIRTIO_NET_F_GUEST_TSO4) | bit(VIRTIO_NET_F_GUEST_TSO6);
         let max_frame = if self.acked_features & guest_gso != 0 {
             MAX_GSO_FRAME_LEN
@@ -199,8 +205,30 @@ impl Net {
             needs_reset: Arc::clone(&self.needs_reset),
             mergeable: self.acked_features & bit(VIRTIO_NET_F_MRG_RXBUF) != 0,
             guest_csum: self.acked_features & bit(VIRTIO_NET_F_GUEST_CSUM) != 0,
+            guest_gso: GuestGso {
+                tso4: self.acked_features & bit(VIRTIO_NET_F_GUEST_TSO4) != 0,
+                tso6: self.acked_features & bit(VIRTIO_NET_F_GUEST_TSO6) != 0,
+                ufo: self.acked_features & bit(VIRTIO_NET_F_GUEST_UFO) != 0,
+                ecn: self.acked_features & bit(VIRTIO_NET_F_GUEST_ECN) != 0,
+            },
             max_frame,
         }))
+    }
+
+    /// Turns the backend's offloads off once the driver that accepted them is gone: the
+    /// next driver may negotiate fewer features.
+    fn clear_offloads(&mut self) {
+        if !self.offloads_set {
+            return;
+        }
+        let Some(backend) = self.backend.as_mut() else {
+            return;
+        };
+        match backend.set_offload(0) {
+            Ok(()) => self.offloads_set = false,
+            Err(e) => tracing::warn!(device = %self.name, error = %e,
+                "virtio-net: cannot turn tap offloads off on reset"),
+        }
     }
 
     /// Takes the backend back from a worker driven outside [`VirtioDevice::activate`].
@@ -303,6 +331,8 @@ impl VirtioDevice for Net {
         self.acked_features = 0;
         let Some(worker) = self.worker.take() else {
             self.needs_reset.store(false, Ordering::SeqCst);
+            // A worker driven outside `activate` may have set offloads.
+            self.clear_offloads();
             return false;
         };
         if let Err(e) = worker.kill.write(1) {
@@ -316,6 +346,7 @@ impl VirtioDevice for Net {
         // Only now: a worker still in its pass until the join may have failed on the
         // old rings and set the flag again, and a reset device must not report it.
         self.needs_reset.store(false, Ordering::SeqCst);
+        self.clear_offloads();
         true
     }
 
