@@ -23,7 +23,9 @@ use super::{
     DEFAULT_MTU, MAX_GSO_FRAME_LEN, NetBackend, NetConfig, NetCounters, NetStats, QUEUE_SIZE,
     VNET_HDR_LEN,
 };
-use crate::devices::virtio::{ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::{
+    ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, WarnLatch, guest_warn,
+};
 
 /// `virtio_net_config` up to and including `mtu`: mac[6], status, max_virtqueue_pairs, mtu.
 const CONFIG_LEN: usize = 12;
@@ -89,7 +91,12 @@ pub struct Net {
     needs_reset: Arc<AtomicBool>,
     /// The backend has offloads on, which a reset turns off.
     offloads_set: bool,
+    /// Driver errors already logged at warn since the last reset.
+    warned: WarnLatch,
 }
+
+/// [`WarnLatch`] bit: the driver accepted features that were not offered.
+const WARN_UNOFFERED: u32 = 0;
 
 impl Net {
     /// A device on any backend; `name` labels logs and the worker thread.
@@ -109,6 +116,7 @@ impl Net {
             counters: Arc::new(NetCounters::default()),
             needs_reset: Arc::new(AtomicBool::new(false)),
             offloads_set: false,
+            warned: WarnLatch::default(),
         }
     }
 
@@ -203,6 +211,7 @@ impl Net {
             interrupt,
             counters: Arc::clone(&self.counters),
             needs_reset: Arc::clone(&self.needs_reset),
+            name: self.name.clone(),
             mergeable: self.acked_features & bit(VIRTIO_NET_F_MRG_RXBUF) != 0,
             guest_csum: self.acked_features & bit(VIRTIO_NET_F_GUEST_CSUM) != 0,
             guest_gso: GuestGso {
@@ -242,6 +251,10 @@ impl VirtioDevice for Net {
         VIRTIO_ID_NET
     }
 
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     fn queue_max_sizes(&self) -> &[u16] {
         &self.queue_sizes
     }
@@ -253,7 +266,8 @@ impl VirtioDevice for Net {
     fn ack_features(&mut self, features: u64) {
         let unknown = features & !self.avail_features;
         if unknown != 0 {
-            tracing::warn!(device = %self.name, unknown = format_args!("{unknown:#x}"),
+            guest_warn!(self.warned, WARN_UNOFFERED, device = %self.name,
+                unknown = format_args!("{unknown:#x}"),
                 "virtio-net: driver accepted features that were not offered");
         }
         self.acked_features = features & self.avail_features;
@@ -329,6 +343,7 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) -> bool {
         self.acked_features = 0;
+        self.warned.clear();
         let Some(worker) = self.worker.take() else {
             self.needs_reset.store(false, Ordering::SeqCst);
             // A worker driven outside `activate` may have set offloads.

@@ -484,6 +484,10 @@ pub struct NetWorker {
     interrupt: Arc<dyn VirtioInterrupt>,
     counters: Arc<NetCounters>,
     needs_reset: Arc<AtomicBool>,
+    /// The device's name, for logs.
+    name: String,
+    /// Interrupt failures already logged at warn by this worker (one per reset cycle).
+    interrupt_warned: bool,
     mergeable: bool,
     guest_csum: bool,
     guest_gso: GuestGso,
@@ -519,6 +523,8 @@ pub struct NetWorkerSetup {
     pub counters: Arc<NetCounters>,
     /// Set when the worker wants `NEEDS_RESET`.
     pub needs_reset: Arc<AtomicBool>,
+    /// The device's name (its tap's), for logs.
+    pub name: String,
     /// `VIRTIO_NET_F_MRG_RXBUF` was negotiated.
     pub mergeable: bool,
     /// `VIRTIO_NET_F_GUEST_CSUM` was negotiated.
@@ -593,6 +599,8 @@ impl NetWorker {
             interrupt: setup.interrupt,
             counters: setup.counters,
             needs_reset: setup.needs_reset,
+            name: setup.name,
+            interrupt_warned: false,
             mergeable: setup.mergeable,
             guest_csum: setup.guest_csum,
             guest_gso: setup.guest_gso,
@@ -684,7 +692,8 @@ impl NetWorker {
             if moved == PASS_LIMIT {
                 // Notifications stay off: the next pass is ours to ask for.
                 if let Err(e) = self.tx_evt.write(1) {
-                    tracing::warn!(error = %e, "virtio-net: cannot requeue TX");
+                    tracing::warn!(device = %self.name, error = %e,
+                        "virtio-net: cannot requeue TX");
                 }
                 break;
             }
@@ -1025,7 +1034,7 @@ impl NetWorker {
         if needed {
             NetCounters::add(&self.counters.interrupts, 1);
             if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(index)) {
-                tracing::warn!(error = %e, queue = index, "virtio-net: cannot raise interrupt");
+                self.interrupt_failed(&e, index);
             }
         }
         Ok(())
@@ -1044,7 +1053,8 @@ impl NetWorker {
         if self.broken {
             return;
         }
-        tracing::warn!(%error, "virtio-net: device needs reset");
+        // Once per worker (`broken` stops it), so once per reset cycle.
+        tracing::warn!(device = %self.name, %error, "virtio-net: device needs reset");
         self.broken = true;
         if let Some(counter) = error.counter(&self.counters) {
             NetCounters::add(counter, 1);
@@ -1052,7 +1062,17 @@ impl NetWorker {
         NetCounters::add(&self.counters.needs_reset_events, 1);
         self.needs_reset.store(true, Ordering::SeqCst);
         if let Err(e) = self.interrupt.trigger(InterruptKind::Config) {
-            tracing::warn!(error = %e, "virtio-net: cannot raise config interrupt");
+            self.interrupt_failed(&e, u16::MAX);
+        }
+    }
+
+    /// Logs a failed interrupt: at warn the first time for this worker, else at debug,
+    /// since it fails again on every frame. `queue` is `u16::MAX` for the config one.
+    fn interrupt_failed(&mut self, error: &io::Error, queue: u16) {
+        if std::mem::replace(&mut self.interrupt_warned, true) {
+            tracing::debug!(device = %self.name, %error, queue, "virtio-net: cannot raise interrupt");
+        } else {
+            tracing::warn!(device = %self.name, %error, queue, "virtio-net: cannot raise interrupt");
         }
     }
 
@@ -1061,7 +1081,7 @@ impl NetWorker {
     /// Returns the backend so a reset device can be activated again.
     pub fn run(mut self, kill: &EventFd) -> Box<dyn NetBackend> {
         if let Err(e) = self.event_loop(kill) {
-            tracing::error!(error = %e, "virtio-net: worker event loop failed");
+            tracing::error!(device = %self.name, error = %e, "virtio-net: worker event loop failed");
             self.broken = true;
             self.needs_reset.store(true, Ordering::SeqCst);
             let _ = self.interrupt.trigger(InterruptKind::Config);
