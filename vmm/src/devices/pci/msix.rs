@@ -96,6 +96,9 @@ struct Vector {
     irqfd: EventFd,
     /// The message last installed as this GSI's route.
     routed: Option<MsiMessage>,
+    /// A failure to install a route was logged at warn; repeats (every trigger of
+    /// the vector) go to debug until a route succeeds again.
+    route_warned: bool,
 }
 
 /// Where the table and PBA live.
@@ -148,6 +151,7 @@ impl Msix {
                 gsi,
                 irqfd,
                 routed: None,
+                route_warned: false,
             });
         }
         Ok(Msix {
@@ -351,10 +355,15 @@ impl Msix {
         };
         if slot.routed != Some(msg) {
             if let Err(error) = self.router.set_route(slot.gsi, msg) {
-                tracing::warn!(vector, %error, "cannot route MSI-X vector");
+                if std::mem::replace(&mut slot.route_warned, true) {
+                    tracing::debug!(vector, gsi = slot.gsi, %error, "cannot route MSI-X vector");
+                } else {
+                    tracing::warn!(vector, gsi = slot.gsi, %error, "cannot route MSI-X vector");
+                }
                 return false;
             }
             slot.routed = Some(msg);
+            slot.route_warned = false;
         }
         true
     }

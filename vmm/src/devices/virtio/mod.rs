@@ -71,8 +71,47 @@ pub enum ActivateError {
     Spawn(#[source] io::Error),
 }
 
+/// Guest-caused conditions already logged at warn in this reset cycle: a guest
+/// repeating one (in a loop, from a vCPU thread under the bus lock) must not flood
+/// the log. See [`guest_warn!`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WarnLatch(u32);
+
+impl WarnLatch {
+    /// Whether condition `bit` (below 32) is new since the last [`WarnLatch::clear`]; marks it seen.
+    pub fn first(&mut self, bit: u32) -> bool {
+        let mask = 1u32.checked_shl(bit).unwrap_or(0);
+        let new = self.0 & mask == 0;
+        self.0 |= mask;
+        new
+    }
+
+    /// Forgets every condition (on device reset).
+    pub fn clear(&mut self) {
+        self.0 = 0;
+    }
+}
+
+/// Logs a guest-caused condition at warn the first time in a reset cycle (per
+/// `$latch`, a [`WarnLatch`], and condition `$bit`), at debug after that.
+macro_rules! guest_warn {
+    ($latch:expr, $bit:expr, $($arg:tt)+) => {
+        if $latch.first($bit) {
+            tracing::warn!($($arg)+);
+        } else {
+            tracing::debug!($($arg)+);
+        }
+    };
+}
+pub(crate) use guest_warn;
+
 /// A virtio device as its transport sees it.
 pub trait VirtioDevice: Send + Debug {
+    /// A name for logs (a NIC's tap name).
+    fn name(&self) -> &str {
+        "virtio"
+    }
+
     /// The virtio device ID (1 for a network card).
     fn device_type(&self) -> u32;
 

@@ -29,7 +29,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{InterruptKind, VirtioDevice, VirtioInterrupt};
+use super::{InterruptKind, VirtioDevice, VirtioInterrupt, WarnLatch, guest_warn};
 use crate::devices::pci::config::{BarKind, CAP_ID_VENDOR, ConfigError, PciConfig, PciIds};
 use crate::devices::pci::intx::{self, IntxError, IntxLine, IntxRouter, LevelSource};
 use crate::devices::pci::msix::{MsiRouter, Msix, MsixError, MsixLayout};
@@ -306,6 +306,17 @@ pub struct VirtioPciDevice {
     active: bool,
     /// Offset of the `VIRTIO_PCI_CAP_PCI_CFG` capability in configuration space.
     pci_cfg_cap: usize,
+    /// Driver errors already logged at warn since the last reset.
+    warned: WarnLatch,
+}
+
+/// [`WarnLatch`] bits of the driver errors the transport logs.
+mod warn {
+    pub const FEATURES_REFUSED: u32 = 0;
+    pub const DRIVER_OK_EARLY: u32 = 1;
+    pub const NO_BUS_MASTER: u32 = 2;
+    pub const INVALID_QUEUE: u32 = 3;
+    pub const ACTIVATION_REFUSED: u32 = 4;
 }
 
 impl VirtioPciDevice {
@@ -419,6 +430,7 @@ impl VirtioPciDevice {
             queue_select: 0,
             active: false,
             pci_cfg_cap,
+            warned: WarnLatch::default(),
         })
     }
 
@@ -427,10 +439,11 @@ impl VirtioPciDevice {
         &*self.device
     }
 
-    /// The device status as the driver reads it.
+    /// The device status as the driver reads it. A reset device reads 0 whatever the
+    /// device reports (VIRTIO 1.2 4.1.4.3.1): Linux's `vp_reset()` polls for that 0.
     pub fn status(&self) -> u8 {
         let mut status = self.status;
-        if self.device.needs_reset() {
+        if status != 0 && self.device.needs_reset() {
             status |= VIRTIO_CONFIG_S_NEEDS_RESET as u8;
         }
         status
@@ -594,13 +607,15 @@ impl VirtioPciDevice {
         self.status |= added;
         if added & driver_ok != 0 {
             if self.status & features_ok == 0 {
-                tracing::warn!("virtio-pci: DRIVER_OK without FEATURES_OK");
+                guest_warn!(self.warned, warn::DRIVER_OK_EARLY, device = %self.device.name(),
+                    "virtio-pci: DRIVER_OK without FEATURES_OK");
                 self.status |= VIRTIO_CONFIG_S_NEEDS_RESET as u8;
                 return;
             }
             if !self.config.bus_master() {
                 // It could not touch the rings, nor interrupt the driver.
-                tracing::warn!("virtio-pci: DRIVER_OK with bus mastering off");
+                guest_warn!(self.warned, warn::NO_BUS_MASTER, device = %self.device.name(),
+                    "virtio-pci: DRIVER_OK with bus mastering off");
                 self.status |= VIRTIO_CONFIG_S_NEEDS_RESET as u8;
                 return;
             }
@@ -616,7 +631,10 @@ impl VirtioPciDevice {
         let acked = self.device.acked_features();
         let ok = acked == wanted && wanted & (1 << VIRTIO_F_VERSION_1) != 0;
         if !ok {
-            tracing::warn!(
+            guest_warn!(
+                self.warned,
+                warn::FEATURES_REFUSED,
+                device = %self.device.name(),
                 wanted = format_args!("{wanted:#x}"),
                 offered = format_args!("{:#x}", self.device.features()),
                 "virtio-pci: refusing FEATURES_OK"
@@ -626,7 +644,7 @@ impl VirtioPciDevice {
     }
 
     /// Builds the queues the driver enabled; `None` if any is malformed.
-    fn build_queues(&self) -> Option<Vec<(Queue, EventFd)>> {
+    fn build_queues(&mut self) -> Option<Vec<(Queue, EventFd)>> {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (index, (regs, notify)) in self.queues.iter().zip(&self.notify).enumerate() {
             if !regs.enabled {
@@ -647,7 +665,8 @@ impl VirtioPciDevice {
                     .is_ok();
             queue.set_ready(true);
             if !placed || !queue.is_valid(&*self.mem) {
-                tracing::warn!(index, ?regs, "virtio-pci: refusing an invalid queue");
+                guest_warn!(self.warned, warn::INVALID_QUEUE, device = %self.device.name(),
+                    index, ?regs, "virtio-pci: refusing an invalid queue");
                 return None;
             }
             let fd = match notify.try_clone() {
@@ -676,7 +695,8 @@ impl VirtioPciDevice {
         {
             Ok(()) => self.active = true,
             Err(error) => {
-                tracing::warn!(%error, "virtio-pci: device refused activation");
+                guest_warn!(self.warned, warn::ACTIVATION_REFUSED,
+                    device = %self.device.name(), %error, "virtio-pci: device refused activation");
                 self.status |= needs_reset;
                 let _ = interrupt.trigger(InterruptKind::Config);
             }
@@ -688,6 +708,7 @@ impl VirtioPciDevice {
         self.device.reset();
         self.active = false;
         self.status = 0;
+        self.warned.clear();
         self.driver_features = 0;
         self.device_feature_select = 0;
         self.driver_feature_select = 0;

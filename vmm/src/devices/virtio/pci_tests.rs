@@ -29,6 +29,8 @@ struct Log {
     interrupt: Option<Arc<dyn VirtioInterrupt>>,
     notify: Vec<EventFd>,
     config_writes: Vec<(u64, Vec<u8>)>,
+    /// What the device reports as `needs_reset()`.
+    needs_reset: bool,
 }
 
 #[derive(Debug)]
@@ -97,7 +99,7 @@ impl VirtioDevice for Recorder {
         true
     }
     fn needs_reset(&self) -> bool {
-        false
+        self.log.lock().map(|log| log.needs_reset).unwrap_or(false)
     }
 }
 
@@ -471,6 +473,23 @@ fn reset_stops_the_device_and_allows_reinitialisation() {
 }
 
 #[test]
+fn a_reset_device_reads_status_0_even_if_the_device_still_wants_a_reset() {
+    let mut f = fixture();
+    f.negotiate(OFFERED);
+    f.setup_queue(0, 16, 0x1_0000);
+    f.setup_queue(1, 8, 0x2_0000);
+    f.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
+    f.log.lock().expect("log").needs_reset = true;
+    assert_ne!(f.status() & VIRTIO_CONFIG_S_NEEDS_RESET as u8, 0);
+    // The device's flag lingers (a worker failing during the reset): Linux's
+    // vp_reset() still polls device_status until it reads 0.
+    f.w(common::DEVICE_STATUS, 1, 0);
+    assert_eq!(f.status(), 0);
+    f.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE);
+    assert_ne!(f.status() & VIRTIO_CONFIG_S_NEEDS_RESET as u8, 0);
+}
+
+#[test]
 fn queue_interrupts_fire_the_drivers_msix_vector() {
     let mut f = fixture();
     let interrupt = f.activate(); // queue 0 uses vector 1, queue 1 vector 2
@@ -832,4 +851,54 @@ fn real_net_device_transmits_and_survives_reset_and_reinitialisation() {
         assert!(!f.dev.is_active());
         assert_eq!(f.dev.device().acked_features(), 0);
     }
+}
+
+/// Collects formatted log lines for a test.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_driver_repeating_an_error_logs_one_warning_per_reset() {
+    let buf = LogBuf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let mut f = fixture();
+    tracing::subscriber::with_default(subscriber, || {
+        for _ in 0..2 {
+            // Every FEATURES_OK write with a feature the device does not offer fails.
+            f.negotiate(OFFERED | 1 << 40);
+            for _ in 0..50 {
+                f.set_status(VIRTIO_CONFIG_S_FEATURES_OK);
+            }
+            assert_eq!(f.status() & VIRTIO_CONFIG_S_FEATURES_OK as u8, 0);
+        }
+    });
+    let text = String::from_utf8(buf.0.lock().expect("log").clone()).expect("utf-8");
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("refusing FEATURES_OK"))
+        .collect();
+    // negotiate() resets first: one warning per reset cycle, each naming the device.
+    assert_eq!(warnings.len(), 2, "{text}");
+    assert!(
+        warnings.iter().all(|l| l.contains("device=virtio")),
+        "{text}"
+    );
 }

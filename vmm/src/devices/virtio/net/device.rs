@@ -8,21 +8,24 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
-    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::rxtx::{NetWorker, NetWorkerSetup};
+use super::rxtx::{GuestGso, NetWorker, NetWorkerSetup};
 use super::tap::{TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4, TUN_F_TSO6, Tap, TapError};
 use super::{
     DEFAULT_MTU, MAX_GSO_FRAME_LEN, NetBackend, NetConfig, NetCounters, NetStats, QUEUE_SIZE,
     VNET_HDR_LEN,
 };
-use crate::devices::virtio::{ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::{
+    ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt, WarnLatch, guest_warn,
+};
 
 /// `virtio_net_config` up to and including `mtu`: mac[6], status, max_virtqueue_pairs, mtu.
 const CONFIG_LEN: usize = 12;
@@ -86,7 +89,14 @@ pub struct Net {
     worker: Option<RunningWorker>,
     counters: Arc<NetCounters>,
     needs_reset: Arc<AtomicBool>,
+    /// The backend has offloads on, which a reset turns off.
+    offloads_set: bool,
+    /// Driver errors already logged at warn since the last reset.
+    warned: WarnLatch,
 }
+
+/// [`WarnLatch`] bit: the driver accepted features that were not offered.
+const WARN_UNOFFERED: u32 = 0;
 
 impl Net {
     /// A device on any backend; `name` labels logs and the worker thread.
@@ -105,6 +115,8 @@ impl Net {
             worker: None,
             counters: Arc::new(NetCounters::default()),
             needs_reset: Arc::new(AtomicBool::new(false)),
+            offloads_set: false,
+            warned: WarnLatch::default(),
         }
     }
 
@@ -177,10 +189,12 @@ impl Net {
             queue.set_event_idx(event_idx);
         }
         let mut backend = self.backend.take().ok_or(ActivateError::NoBackend)?;
-        if let Err(e) = backend.set_offload(tap_offload_flags(self.acked_features)) {
+        let offloads = tap_offload_flags(self.acked_features);
+        if let Err(e) = backend.set_offload(offloads) {
             self.backend = Some(backend);
             return Err(ActivateError::Backend(e));
         }
+        self.offloads_set = offloads != 0;
         let guest_gso = bit(VIRTIO_NET_F_GUEST_TSO4) | bit(VIRTIO_NET_F_GUEST_TSO6);
         let max_frame = if self.acked_features & guest_gso != 0 {
             MAX_GSO_FRAME_LEN
@@ -197,10 +211,33 @@ impl Net {
             interrupt,
             counters: Arc::clone(&self.counters),
             needs_reset: Arc::clone(&self.needs_reset),
+            name: self.name.clone(),
             mergeable: self.acked_features & bit(VIRTIO_NET_F_MRG_RXBUF) != 0,
             guest_csum: self.acked_features & bit(VIRTIO_NET_F_GUEST_CSUM) != 0,
+            guest_gso: GuestGso {
+                tso4: self.acked_features & bit(VIRTIO_NET_F_GUEST_TSO4) != 0,
+                tso6: self.acked_features & bit(VIRTIO_NET_F_GUEST_TSO6) != 0,
+                ufo: self.acked_features & bit(VIRTIO_NET_F_GUEST_UFO) != 0,
+                ecn: self.acked_features & bit(VIRTIO_NET_F_GUEST_ECN) != 0,
+            },
             max_frame,
         }))
+    }
+
+    /// Turns the backend's offloads off once the driver that accepted them is gone: the
+    /// next driver may negotiate fewer features.
+    fn clear_offloads(&mut self) {
+        if !self.offloads_set {
+            return;
+        }
+        let Some(backend) = self.backend.as_mut() else {
+            return;
+        };
+        match backend.set_offload(0) {
+            Ok(()) => self.offloads_set = false,
+            Err(e) => tracing::warn!(device = %self.name, error = %e,
+                "virtio-net: cannot turn tap offloads off on reset"),
+        }
     }
 
     /// Takes the backend back from a worker driven outside [`VirtioDevice::activate`].
@@ -214,6 +251,10 @@ impl VirtioDevice for Net {
         VIRTIO_ID_NET
     }
 
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     fn queue_max_sizes(&self) -> &[u16] {
         &self.queue_sizes
     }
@@ -225,7 +266,8 @@ impl VirtioDevice for Net {
     fn ack_features(&mut self, features: u64) {
         let unknown = features & !self.avail_features;
         if unknown != 0 {
-            tracing::warn!(device = %self.name, unknown = format_args!("{unknown:#x}"),
+            guest_warn!(self.warned, WARN_UNOFFERED, device = %self.name,
+                unknown = format_args!("{unknown:#x}"),
                 "virtio-net: driver accepted features that were not offered");
         }
         self.acked_features = features & self.avail_features;
@@ -301,8 +343,11 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) -> bool {
         self.acked_features = 0;
-        self.needs_reset.store(false, Ordering::SeqCst);
+        self.warned.clear();
         let Some(worker) = self.worker.take() else {
+            self.needs_reset.store(false, Ordering::SeqCst);
+            // A worker driven outside `activate` may have set offloads.
+            self.clear_offloads();
             return false;
         };
         if let Err(e) = worker.kill.write(1) {
@@ -313,6 +358,10 @@ impl VirtioDevice for Net {
             Ok(None) => tracing::error!(device = %self.name, "virtio-net: worker never started"),
             Err(_) => tracing::error!(device = %self.name, "virtio-net: worker panicked"),
         }
+        // Only now: a worker still in its pass until the join may have failed on the
+        // old rings and set the flag again, and a reset device must not report it.
+        self.needs_reset.store(false, Ordering::SeqCst);
+        self.clear_offloads();
         true
     }
 

@@ -301,10 +301,15 @@ impl Harness {
     }
 }
 
-/// A vnet header (NEEDS_CSUM, optional GSO) followed by an Ethernet frame of `len` bytes.
+/// A vnet header followed by an Ethernet frame of `len` bytes: NEEDS_CSUM with a GSO
+/// type, else DATA_VALID (which a tap sets whatever its offloads).
 fn frame(len: usize, gso_type: u8, seed: u8) -> Vec<u8> {
     let mut f = vec![0u8; VNET_HDR_LEN + len];
-    f[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+    f[0] = if gso_type != 0 {
+        VIRTIO_NET_HDR_F_NEEDS_CSUM
+    } else {
+        VIRTIO_NET_HDR_F_DATA_VALID
+    } as u8;
     f[1] = gso_type;
     f[2..4].copy_from_slice(&54u16.to_le_bytes());
     f[4..6].copy_from_slice(&(if gso_type != 0 { 1448u16 } else { 0 }).to_le_bytes());
@@ -1402,4 +1407,153 @@ fn long_tx_batch_signals_every_64_frames() {
     h.worker.process_tx();
     assert_eq!(h.host_recv_all().len(), 64);
     assert_eq!(h.interrupt.count(InterruptKind::Queue(TX_QUEUE)), 3);
+}
+
+/// A backend that is always readable and whose reads take a while, so a test can
+/// catch the worker in the middle of a pass.
+#[derive(Debug)]
+struct SlowBackend {
+    fd: EventFd,
+    /// Set once a read has started.
+    reading: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::os::fd::AsRawFd for SlowBackend {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl NetBackend for SlowBackend {
+    fn read_frame(&mut self, bufs: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
+        self.reading.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+        let f = frame(60, 0, 0);
+        bufs[0]
+            .write(&f, 0)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(f.len())
+    }
+
+    fn write_frame(&mut self, bufs: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
+        Ok(bufs.iter().map(|b| b.len()).sum())
+    }
+
+    fn set_offload(&mut self, _tun_flags: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn reset_clears_needs_reset_set_by_a_worker_still_in_its_pass() {
+    let fd = EventFd::new(EFD_NONBLOCK).expect("evt");
+    fd.write(1).expect("readable");
+    let reading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut net = test_net(Box::new(SlowBackend {
+        fd,
+        reading: Arc::clone(&reading),
+    }));
+    net.ack_features(MODERN);
+    let mem = new_mem();
+    let mut rx = Driver::new(mem, RX_RING, BUFFERS);
+    let tx = Driver::new(mem, TX_RING, BUFFERS + 0x10_0000);
+    let b = rx.buffer(2048);
+    rx.add_chain(&[(b, 2048, VRING_DESC_F_WRITE)]);
+    net.activate(
+        Arc::clone(mem),
+        Arc::new(RecordingInterrupt::default()),
+        vec![
+            (rx.queue(), EventFd::new(EFD_NONBLOCK).expect("evt")),
+            (tx.queue(), EventFd::new(EFD_NONBLOCK).expect("evt")),
+        ],
+    )
+    .expect("activate");
+    // The worker is inside a read; the ring it goes back to afterwards is corrupt,
+    // so it fails (and sets NEEDS_RESET) while the reset waits for it.
+    assert!(eventually(|| reading.load(Ordering::SeqCst)));
+    rx.mock.avail().idx().store(SIZE + 10);
+    assert!(net.reset());
+    assert!(net.stats().needs_reset_events >= 1, "the worker did fail");
+    assert!(!net.needs_reset(), "a reset device reports NEEDS_RESET");
+}
+
+#[test]
+fn rx_frames_needing_unnegotiated_offloads_are_dropped() {
+    // Without GUEST_CSUM or GUEST_TSO*: a partial checksum and a GSO frame (queued in
+    // the tap under an earlier driver's offloads) must not reach the driver.
+    let mut h = harness(0);
+    let chains = h.guest_post_rx_buffers(4, 2048);
+    let mut partial = frame(100, 0, 1);
+    partial[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+    let mut gso = frame(1000, VIRTIO_NET_HDR_GSO_TCPV4 as u8, 2);
+    gso[0] = 0;
+    let good = frame(100, 0, 3);
+    h.host_send(&partial);
+    h.host_send(&gso);
+    h.host_send(&good);
+    h.worker.process_rx();
+    assert_eq!(
+        h.rx.used(),
+        vec![(u32::from(chains[0].0), good.len() as u32)]
+    );
+    assert_eq!(&h.rx.read(chains[0].1, good.len())[12..], &good[12..]);
+    let s = h.stats();
+    assert_eq!((s.rx_frames, s.rx_dropped), (1, 2), "{s:?}");
+
+    // GUEST_CSUM and TSO4 but not TSO6 nor ECN (mergeable: through the bounce buffer).
+    let csum_tso4 = bit(VIRTIO_NET_F_GUEST_CSUM) | bit(VIRTIO_NET_F_GUEST_TSO4);
+    let mut h = harness(csum_tso4 | MRG);
+    h.guest_post_rx_buffers(8, 2048);
+    let tso6 = frame(3000, VIRTIO_NET_HDR_GSO_TCPV6 as u8, 4);
+    let ecn = frame(
+        3000,
+        (VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_ECN) as u8,
+        5,
+    );
+    let tso4 = frame(3000, VIRTIO_NET_HDR_GSO_TCPV4 as u8, 6);
+    h.host_send(&tso6);
+    h.host_send(&ecn);
+    h.host_send(&tso4);
+    h.worker.process_rx();
+    let s = h.stats();
+    assert_eq!((s.rx_frames, s.rx_dropped), (1, 2), "{s:?}");
+    assert_eq!(
+        h.rx.used().iter().map(|u| u.1 as usize).sum::<usize>(),
+        tso4.len()
+    );
+}
+
+#[test]
+fn reset_turns_the_backend_offloads_off() {
+    let (ours, _peer) = seqpacket_pair();
+    let backend = SeqpacketBackend::new(ours).expect("backend");
+    let offload = Arc::clone(&backend.offload);
+    let mut net = test_net(Box::new(backend));
+    let mem = new_mem();
+    net.ack_features(MODERN | GSO);
+    net.activate(
+        Arc::clone(mem),
+        Arc::new(RecordingInterrupt::default()),
+        vec![
+            (
+                Driver::new(mem, RX_RING, BUFFERS).queue(),
+                EventFd::new(EFD_NONBLOCK).expect("evt"),
+            ),
+            (
+                Driver::new(mem, TX_RING, BUFFERS).queue(),
+                EventFd::new(EFD_NONBLOCK).expect("evt"),
+            ),
+        ],
+    )
+    .expect("activate");
+    assert_eq!(
+        offload.load(Ordering::SeqCst),
+        TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+    );
+    assert!(net.reset());
+    assert_eq!(
+        offload.load(Ordering::SeqCst),
+        0,
+        "offloads outlive the driver"
+    );
 }

@@ -14,6 +14,10 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP,
+};
 use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -372,6 +376,27 @@ fn write_chain_bytes(
     Ok(())
 }
 
+/// Fills `bytes` from the start of a chain's buffers (which may split them).
+fn read_chain_bytes(
+    mem: &GuestMemoryMmap,
+    chain: &Chain,
+    mut bytes: &mut [u8],
+) -> Result<(), QueueError> {
+    for (addr, len) in chain.segments() {
+        if bytes.is_empty() {
+            break;
+        }
+        let n = bytes.len().min(len as usize);
+        let (now, later) = bytes.split_at_mut(n);
+        mem.read_slice(now, addr).map_err(|_| QueueError::Address {
+            addr: addr.raw_value(),
+            len: n as u64,
+        })?;
+        bytes = later;
+    }
+    Ok(())
+}
+
 /// Reads one frame from `backend` into `slices`: its length, or what the receive loop
 /// does instead.
 fn read_from(
@@ -459,8 +484,13 @@ pub struct NetWorker {
     interrupt: Arc<dyn VirtioInterrupt>,
     counters: Arc<NetCounters>,
     needs_reset: Arc<AtomicBool>,
+    /// The device's name, for logs.
+    name: String,
+    /// Interrupt failures already logged at warn by this worker (one per reset cycle).
+    interrupt_warned: bool,
     mergeable: bool,
     guest_csum: bool,
+    guest_gso: GuestGso,
     max_frame: u64,
     /// The RX used index the last interrupt decision covered.
     rx_signalled: u16,
@@ -493,12 +523,49 @@ pub struct NetWorkerSetup {
     pub counters: Arc<NetCounters>,
     /// Set when the worker wants `NEEDS_RESET`.
     pub needs_reset: Arc<AtomicBool>,
+    /// The device's name (its tap's), for logs.
+    pub name: String,
     /// `VIRTIO_NET_F_MRG_RXBUF` was negotiated.
     pub mergeable: bool,
     /// `VIRTIO_NET_F_GUEST_CSUM` was negotiated.
     pub guest_csum: bool,
+    /// The receive GSO features the driver negotiated.
+    pub guest_gso: GuestGso,
     /// Largest frame the backend may deliver, vnet header included.
     pub max_frame: usize,
+}
+
+/// The receive GSO features a driver negotiated: which `gso_type`s it can take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestGso {
+    /// `VIRTIO_NET_F_GUEST_TSO4`.
+    pub tso4: bool,
+    /// `VIRTIO_NET_F_GUEST_TSO6`.
+    pub tso6: bool,
+    /// `VIRTIO_NET_F_GUEST_UFO`.
+    pub ufo: bool,
+    /// `VIRTIO_NET_F_GUEST_ECN`.
+    pub ecn: bool,
+}
+
+impl GuestGso {
+    /// Whether a driver with these features (and `guest_csum`) may be handed a frame
+    /// whose vnet header starts with `flags` and `gso_type` (VIRTIO 1.2 5.1.6.4.1).
+    fn accepts(self, guest_csum: bool, flags: u8, gso_type: u8) -> bool {
+        if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0 && !guest_csum {
+            return false;
+        }
+        if gso_type & VIRTIO_NET_HDR_GSO_ECN as u8 != 0 && !self.ecn {
+            return false;
+        }
+        match u32::from(gso_type & !(VIRTIO_NET_HDR_GSO_ECN as u8)) {
+            VIRTIO_NET_HDR_GSO_NONE => true,
+            VIRTIO_NET_HDR_GSO_TCPV4 => self.tso4,
+            VIRTIO_NET_HDR_GSO_TCPV6 => self.tso6,
+            VIRTIO_NET_HDR_GSO_UDP => self.ufo,
+            _ => false,
+        }
+    }
 }
 
 /// Used entries after which a long batch signals the driver (as vhost-net does
@@ -532,8 +599,11 @@ impl NetWorker {
             interrupt: setup.interrupt,
             counters: setup.counters,
             needs_reset: setup.needs_reset,
+            name: setup.name,
+            interrupt_warned: false,
             mergeable: setup.mergeable,
             guest_csum: setup.guest_csum,
+            guest_gso: setup.guest_gso,
             max_frame: setup.max_frame as u64,
             rx_signalled,
             rx_chains: VecDeque::new(),
@@ -622,7 +692,8 @@ impl NetWorker {
             if moved == PASS_LIMIT {
                 // Notifications stay off: the next pass is ours to ask for.
                 if let Err(e) = self.tx_evt.write(1) {
-                    tracing::warn!(error = %e, "virtio-net: cannot requeue TX");
+                    tracing::warn!(device = %self.name, error = %e,
+                        "virtio-net: cannot requeue TX");
                 }
                 break;
             }
@@ -796,6 +867,13 @@ impl NetWorker {
             NetCounters::add(&self.counters.rx_dropped, 1);
             return Ok(RxStep::Dropped);
         }
+        let mut head = [0u8; 2];
+        if let Some(first) = self.rx_chains.front() {
+            read_chain_bytes(mem, first, &mut head)?;
+        }
+        if !self.header_acceptable(head) {
+            return Ok(RxStep::Dropped);
+        }
         self.publish_frame(mem, len, offered)
     }
 
@@ -818,6 +896,9 @@ impl NetWorker {
             };
             if len > self.max_frame || len < VNET_HDR_LEN as u64 {
                 NetCounters::add(&self.counters.rx_dropped, 1);
+                return Ok(RxStep::Dropped);
+            }
+            if !self.header_acceptable([self.bounce[0], self.bounce[1]]) {
                 return Ok(RxStep::Dropped);
             }
             self.pending = len as usize;
@@ -845,6 +926,22 @@ impl NetWorker {
         }
         self.pending = 0;
         self.publish_frame(mem, len, offered)
+    }
+
+    /// Whether a received frame whose vnet header starts with `flags, gso_type` may go
+    /// to this driver; counts it as dropped if not. Frames queued in the backend under
+    /// an earlier driver's offloads can need features this one did not negotiate.
+    fn header_acceptable(&self, [flags, gso_type]: [u8; 2]) -> bool {
+        if self.guest_gso.accepts(self.guest_csum, flags, gso_type) {
+            return true;
+        }
+        tracing::debug!(
+            flags,
+            gso_type,
+            "virtio-net: dropping a frame the driver cannot take"
+        );
+        NetCounters::add(&self.counters.rx_dropped, 1);
+        false
     }
 
     /// Marks the `len` bytes of a frame written into the first `offered` held chains as
@@ -937,7 +1034,7 @@ impl NetWorker {
         if needed {
             NetCounters::add(&self.counters.interrupts, 1);
             if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(index)) {
-                tracing::warn!(error = %e, queue = index, "virtio-net: cannot raise interrupt");
+                self.interrupt_failed(&e, index);
             }
         }
         Ok(())
@@ -956,7 +1053,8 @@ impl NetWorker {
         if self.broken {
             return;
         }
-        tracing::warn!(%error, "virtio-net: device needs reset");
+        // Once per worker (`broken` stops it), so once per reset cycle.
+        tracing::warn!(device = %self.name, %error, "virtio-net: device needs reset");
         self.broken = true;
         if let Some(counter) = error.counter(&self.counters) {
             NetCounters::add(counter, 1);
@@ -964,7 +1062,17 @@ impl NetWorker {
         NetCounters::add(&self.counters.needs_reset_events, 1);
         self.needs_reset.store(true, Ordering::SeqCst);
         if let Err(e) = self.interrupt.trigger(InterruptKind::Config) {
-            tracing::warn!(error = %e, "virtio-net: cannot raise config interrupt");
+            self.interrupt_failed(&e, u16::MAX);
+        }
+    }
+
+    /// Logs a failed interrupt: at warn the first time for this worker, else at debug,
+    /// since it fails again on every frame. `queue` is `u16::MAX` for the config one.
+    fn interrupt_failed(&mut self, error: &io::Error, queue: u16) {
+        if std::mem::replace(&mut self.interrupt_warned, true) {
+            tracing::debug!(device = %self.name, %error, queue, "virtio-net: cannot raise interrupt");
+        } else {
+            tracing::warn!(device = %self.name, %error, queue, "virtio-net: cannot raise interrupt");
         }
     }
 
@@ -973,7 +1081,7 @@ impl NetWorker {
     /// Returns the backend so a reset device can be activated again.
     pub fn run(mut self, kill: &EventFd) -> Box<dyn NetBackend> {
         if let Err(e) = self.event_loop(kill) {
-            tracing::error!(error = %e, "virtio-net: worker event loop failed");
+            tracing::error!(device = %self.name, error = %e, "virtio-net: worker event loop failed");
             self.broken = true;
             self.needs_reset.store(true, Ordering::SeqCst);
             let _ = self.interrupt.trigger(InterruptKind::Config);
