@@ -908,6 +908,22 @@ fn dns_names_added_by_net_update_are_checked_too() {
     );
 }
 
+/// libvirt takes any name that starts with a letter or digit, and dnsmasq's
+/// legal_hostname takes `_`: names such as `my_vm` are common.
+#[test]
+fn host_names_with_underscores_are_accepted() {
+    let def = parse(
+        "<network><name>n</name><domain name='example.test'/>\
+         <dns><host ip='10.9.0.7'><hostname>my_host</hostname></host></dns>\
+         <ip address='10.9.0.1' prefix='24'><dhcp>\
+         <host mac='52:54:00:00:00:04' name='my_vm' ip='10.9.0.109'/>\
+         </dhcp></ip></network>",
+    );
+    let xml = def.to_xml();
+    assert!(xml.contains("<hostname>my_host</hostname>"), "{xml}");
+    assert!(xml.contains("name='my_vm'"), "{xml}");
+}
+
 #[test]
 fn validation_errors_use_specific_messages() {
     let cases: &[(&str, &str)] = &[

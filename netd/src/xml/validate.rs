@@ -631,7 +631,8 @@ impl NetworkDef {
                 ));
             }
             for hostname in &host.hostnames {
-                bad_name("DNS HOST hostname", hostname, false)?;
+                // dnsmasq's legal_hostname takes `_`, as do guests' DHCP names here.
+                bad_name("DNS HOST hostname", hostname, true)?;
             }
         }
         Ok(())
@@ -818,7 +819,7 @@ impl NetworkDef {
                 )));
             }
             if let Some(host_name) = &host.name
-                && let Err(reason) = check_dns_name(host_name, false)
+                && let Err(reason) = check_dns_name(host_name, true)
             {
                 return Err(invalid(format!(
                     "Cannot use host name '{host_name}' in network '{name}': {reason}"
