@@ -473,7 +473,8 @@ pub struct UpdateArgs {
     /// Type of update: add-first, add-last (add), delete or modify.
     #[arg(value_name = "COMMAND")]
     pub command: String,
-    /// Which section to update: ip-dhcp-host, ip-dhcp-range, dns-host, dns-srv or dns-txt.
+    /// Which section to update: ip-dhcp-host, ip-dhcp-range, dns-host, dns-srv, dns-txt,
+    /// portgroup or forward-interface.
     #[arg(value_name = "SECTION")]
     pub section: String,
     /// The XML element itself (if it starts with '<') or a file containing it.

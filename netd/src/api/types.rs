@@ -86,8 +86,8 @@ pub struct AutostartRequest {
 pub struct UpdateRequest {
     /// `add-first`, `add-last` (or `add`), `delete` or `modify`.
     pub command: String,
-    /// `ip-dhcp-host`, `ip-dhcp-range`, `dns-host`, `dns-srv` or `dns-txt` (libvirt's
-    /// other section names are refused as not supported).
+    /// `ip-dhcp-host`, `ip-dhcp-range`, `dns-host`, `dns-srv`, `dns-txt`, `portgroup` or
+    /// `forward-interface` (libvirt's other section names are refused as not supported).
     pub section: String,
     /// The element, e.g. `<host mac='52:54:00:00:00:01' ip='192.168.122.10'/>`.
     pub xml: String,
