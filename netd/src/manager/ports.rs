@@ -92,12 +92,14 @@ impl Port {
         matches!(self.def.plug, Some(PortPlug::Direct { .. }))
     }
 
-    /// Whether `link` is the port's device: a tap, or kvnet's macvtap made for it.
+    /// Whether `link` is the port's device: a tap with the MAC kvnet gives it, or kvnet's
+    /// macvtap made for it. The recorded index alone may since name someone else's tap
+    /// (a state dir that outlived its namespace), which must not be taken over.
     fn is_its_device(&self, uuid: Uuid, link: &LinkInfo) -> bool {
         if self.is_macvtap() {
             macvtaps::is_port_device(link, uuid)
         } else {
-            link.kind.as_deref() == Some("tun")
+            link.kind.as_deref() == Some("tun") && link.mac == Some(tap_mac(self.def.mac.0))
         }
     }
 
@@ -988,5 +990,37 @@ mod tests {
     #[test]
     fn a_taps_mac_never_equals_its_guests() {
         assert_eq!(tap_mac([0x52, 0x54, 0, 1, 2, 3]), [0xfe, 0x54, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_tap_is_the_ports_only_with_the_mac_kvnet_gave_it() {
+        let def = PortDef::from_xml(
+            "<networkport><uuid>6b4e2a3c-1d2f-4b5a-9c8d-7e6f5a4b3c2d</uuid>\
+             <owner><name>vm</name><uuid>00000000-0000-0000-0000-000000000001</uuid></owner>\
+             <mac address='52:54:00:01:02:03'/></networkport>",
+        )
+        .expect("port XML");
+        let uuid = def.uuid.expect("uuid");
+        let port = Port {
+            def,
+            tap: "vnet0".into(),
+            ifindex: 7,
+            persistent: true,
+            holder: None,
+            owner: None,
+        };
+        let tap = |mac: [u8; 6]| LinkInfo {
+            index: 7,
+            name: "vnet0".into(),
+            kind: Some("tun".into()),
+            mac: Some(mac),
+            mtu: Some(1500),
+            up: true,
+            master: None,
+            alias: None,
+            group: 0,
+        };
+        assert!(port.is_its_device(uuid, &tap([0xfe, 0x54, 0, 1, 2, 3])));
+        assert!(!port.is_its_device(uuid, &tap([0x02, 0xaa, 0, 1, 2, 3])));
     }
 }
