@@ -71,10 +71,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench/bandwidth.sh: run as root (it creates namespaces)" >&2; exit 1; }
-scripts/install-deps.sh
-if ! command -v iperf3 >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iperf3 >/dev/null
-fi
+scripts/install-deps.sh iperf3
 cargo build --release --bins -q
 export BENCH_BIN=$PWD/target/x86_64-unknown-linux-gnu/release
 out=$(mktemp)

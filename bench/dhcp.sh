@@ -252,14 +252,10 @@ fi
 # ---------------------------------------------------------------------------------------
 # Outside: build, run both targets, report.
 [ "$(id -u)" = 0 ] || { echo "bench/dhcp.sh: run as root (it creates namespaces)" >&2; exit 1; }
-scripts/install-deps.sh   # busybox (udhcpc) and isc-dhcp-client (dhclient) among them
-# Bench-only: perfdhcp is in kea-admin.
-if ! command -v perfdhcp >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kea-admin >/dev/null
-fi
-if [ "$vs_libvirt" = 1 ] && ! { command -v libvirtd && command -v iptables && command -v dnsmasq; } >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libvirt-daemon libvirt-clients dnsmasq-base iptables >/dev/null
-fi
+# busybox (udhcpc) and isc-dhcp-client (dhclient) are among install-deps' own.
+tools=(kea-admin)   # perfdhcp
+[ "$vs_libvirt" = 1 ] && tools+=(libvirt-daemon libvirt-clients dnsmasq-base iptables)
+scripts/install-deps.sh "${tools[@]}"
 cargo build --release --bins -q
 export BENCH_BIN=$PWD/target/x86_64-unknown-linux-gnu/release RATES=$rates PERIOD=$period POOL BENCH_LEASE_DISK=$lease_disk
 out=$(mktemp -d)

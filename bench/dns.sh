@@ -92,13 +92,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench/dns.sh: run as root (it creates namespaces)" >&2; exit 1; }
-scripts/install-deps.sh
 # The load generator is this benchmark's own need, not the project's.
-command -v dnsperf >/dev/null ||
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dnsperf >/dev/null
-if [ "$vs_libvirt" = 1 ] && ! { command -v libvirtd && command -v iptables; } >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libvirt-daemon libvirt-clients dnsmasq-base iptables >/dev/null
-fi
+tools=(dnsperf)
+[ "$vs_libvirt" = 1 ] && tools+=(libvirt-daemon libvirt-clients dnsmasq-base iptables)
+scripts/install-deps.sh "${tools[@]}"
 cargo build --release --bins -q
 export BENCH_BIN=$PWD/target/x86_64-unknown-linux-gnu/release
 out=$(mktemp -d)

@@ -22,10 +22,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench/net.sh: run as root (it creates namespaces)" >&2; exit 1; }
-scripts/install-deps.sh
-if [ "$vs_libvirt" = 1 ] && ! { command -v libvirtd && command -v iptables; } >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libvirt-daemon libvirt-clients dnsmasq-base iptables >/dev/null
-fi
+tools=()
+[ "$vs_libvirt" = 1 ] && tools+=(libvirt-daemon libvirt-clients dnsmasq-base iptables)
+scripts/install-deps.sh "${tools[@]}"
 cargo build --release --bins -q
 export BENCH_BIN=$PWD/target/x86_64-unknown-linux-gnu/release
 out=$(mktemp -d)

@@ -13,7 +13,7 @@ keep=0
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (it creates a network namespace)" >&2; exit 1; }
 scripts/install-deps.sh
 cargo build --release --bins -q
-bin=$PWD/target/x86_64-unknown-linux-gnu/release  # the build target of .cargo/config.toml
+bin=${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release  # .cargo/config.toml's build target
 
 ns=kvnet-demo-$$
 work=$(mktemp -d /tmp/kvnet-demo.XXXXXX)

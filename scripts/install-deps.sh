@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages kvnet's build, demo and tests use, when missing.
-# Safe to run repeatedly; needs root (apt-get).
+# Installs the Debian packages kvnet's build, demo and tests use, when missing, and
+# any packages named as arguments (the benchmarks' tools). Safe to run repeatedly;
+# needs root (apt-get).
 set -euo pipefail
 
 packages=(
@@ -11,12 +12,19 @@ packages=(
   dnsutils dnsmasq-base      # dig for the DNS tests; dnsmasq as their upstream server
   procps psmisc              # ps/pkill in scripts
   systemd util-linux         # systemd-analyze and setpriv: the unit's checks (tests/net_confined.rs)
-  python3-minimal            # /usr/bin/python3: a TUNSETIFF as another user (tests/net_ports.rs)
+  python3                    # a TUNSETIFF as another user (tests/net_ports.rs); the benchmarks' reports
+  gcc libc6-dev              # the linker and libc.a of the static (+crt-static) binaries
+  "$@"
 )
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# No Rust toolchain on PATH (rustup's or another): Debian's own. bookworm's rustc is
+# 1.63, too old for edition 2024; its security suite carries a current one as -web.
+if ! command -v cargo >/dev/null 2>&1; then
+  missing+=(rustc-web cargo-web rustfmt-web rust-web-clippy)
+fi
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
