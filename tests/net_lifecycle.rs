@@ -713,3 +713,48 @@ fn bridge_name_templates_and_hand_written_definitions_are_completed() {
         copy
     );
 }
+
+/// `nft flush ruleset` (what restarting Debian's nftables.service does) takes kvnet's
+/// table with it; the daemon puts the running networks' rules back, as they were, within
+/// seconds: NAT guests get their way out back, isolated ones their isolation.
+#[test]
+fn rules_flushed_by_someone_else_come_back() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start();
+    define_docker_machines(&daemon);
+    daemon.ok(&["net-start", "docker-machines"]);
+    // Without counters (-s): they count on from zero after the flush.
+    let stateless = || {
+        daemon
+            .ns
+            .sh("nft -s list ruleset")
+            .expect("nft -s list ruleset")
+    };
+    let before = stateless();
+    assert!(
+        before.contains("virbr0") && before.contains("virbr1"),
+        "{before}"
+    );
+    daemon.ns.sh("nft flush ruleset").expect("flush");
+    assert_eq!(daemon.ruleset(), "");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let now = stateless();
+        if now == before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rules not back 15 s after the flush:\n{now}\nbefore:\n{before}\nlog:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        daemon.log().contains("putting them back"),
+        "{}",
+        daemon.log()
+    );
+}

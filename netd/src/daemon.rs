@@ -108,6 +108,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let manager = Arc::new(manager);
         manager.follow_port_exits();
         manager.follow_host_dns();
+        manager.follow_firewall();
         server::serve(manager, &args.socket, ready, shutdown_signal())
             .await
             .context("serving the API")?;

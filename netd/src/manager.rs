@@ -779,6 +779,57 @@ impl Manager {
         self.warn_about_foreign_drop_policies();
     }
 
+    /// Puts running networks' firewall rules back when someone else removes them (an
+    /// `nft flush ruleset`, a restart of nftables.service): without them NAT guests lose
+    /// their way out and isolated networks forward. Looked at every couple of seconds for
+    /// as long as the manager lives; libvirt re-adds its rules only on firewalld's reload.
+    pub fn follow_firewall(self: &Arc<Manager>) {
+        let manager = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(FIREWALL_CHECK_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick is at once, and the rules were just applied.
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(manager) = manager.upgrade() else {
+                    break;
+                };
+                manager.restore_lost_rules().await;
+            }
+        });
+    }
+
+    async fn restore_lost_rules(&self) {
+        // Under the lock, so that no start or stop changes the rules meanwhile.
+        let networks = self.networks.lock().await;
+        let rules: Vec<NetworkRules> = networks
+            .values()
+            .filter_map(|network| network.live.as_ref())
+            .filter_map(firewall_rules)
+            .collect();
+        if rules.is_empty() {
+            return;
+        }
+        let expected: Vec<String> = rules.iter().map(|rules| rules.bridge.clone()).collect();
+        let lost = match self.firewall.lost(&expected) {
+            Ok(lost) => lost,
+            Err(e) => {
+                warn!("looking for kvnet's firewall rules: {}", error_chain(&e));
+                return;
+            }
+        };
+        if lost.is_empty() {
+            return;
+        }
+        warn!(bridges = ?lost, "firewall rules of running networks were removed by someone else (nft flush ruleset?); putting them back");
+        for rules in rules.iter().filter(|rules| lost.contains(&rules.bridge)) {
+            if let Err(e) = self.firewall.apply(rules) {
+                warn!(bridge = %rules.bridge, "re-applying firewall rules: {}", error_chain(&e));
+            }
+        }
+    }
+
     /// When a running network started, from its status file (now if unreadable).
     fn started_at(&self, name: &str) -> i64 {
         self.store.load_status(name).map_or_else(
@@ -2022,6 +2073,10 @@ fn firewall_rules(def: &NetworkDef) -> Option<NetworkRules> {
 
 /// The network libvirt ships, defined on a first start.
 const DEFAULT_NETWORK: &str = "default";
+
+/// How often the kernel is asked whether running networks' firewall rules are still
+/// there ([`Manager::follow_firewall`]).
+const FIREWALL_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// libvirt's shipped `default` network on 192.168.`octet`.0/24.
 fn default_network_xml(octet: u8, with_virbr0: bool) -> String {

@@ -183,6 +183,11 @@ pub trait Firewall: Send + Sync + std::fmt::Debug {
     fn remove(&self, bridge: &str) -> Result<(), Error>;
     /// Bridges that have rules in our table (to prune leftovers after a crash), sorted.
     fn bridges(&self) -> Result<Vec<String>, Error>;
+    /// Of `expected`, the bridges whose rules are gone from the kernel: someone flushed
+    /// the ruleset (`nft flush ruleset`, a restart of nftables.service) or deleted our
+    /// table. When any are, forgets what it believed the kernel held, so that the next
+    /// [`Firewall::apply`] of each sends everything again.
+    fn lost(&self, expected: &[String]) -> Result<Vec<String>, Error>;
     /// Human descriptions of *other* tables' base chains on the input, forward or output
     /// hooks with policy drop, e.g. `table ip filter chain FORWARD (hook forward) has policy
     /// drop`: such a chain drops guest traffic whatever our table accepts.

@@ -292,6 +292,21 @@ impl Firewall for NftFirewall {
         Ok(bridges)
     }
 
+    fn lost(&self, expected: &[String]) -> Result<Vec<String>, Error> {
+        let present = self.bridges()?;
+        let lost: Vec<String> = expected
+            .iter()
+            .filter(|bridge| present.binary_search(bridge).is_err())
+            .cloned()
+            .collect();
+        if !lost.is_empty() {
+            let mut state = self.state();
+            state.record = None;
+            state.skeleton_present = false;
+        }
+        Ok(lost)
+    }
+
     fn foreign_drop_policies(&self) -> Result<Vec<String>, Error> {
         const WHAT: &str = "chains";
         // All families; chains only, no rules or set elements.

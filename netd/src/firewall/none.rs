@@ -20,6 +20,10 @@ impl Firewall for NoFirewall {
         Ok(Vec::new())
     }
 
+    fn lost(&self, _expected: &[String]) -> Result<Vec<String>, Error> {
+        Ok(Vec::new())
+    }
+
     fn foreign_drop_policies(&self) -> Result<Vec<String>, Error> {
         Ok(Vec::new())
     }
