@@ -738,7 +738,6 @@ fn rules_flushed_by_someone_else_come_back() {
         "{before}"
     );
     daemon.ns.sh("nft flush ruleset").expect("flush");
-    assert_eq!(daemon.ruleset(), "");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let now = stateless();

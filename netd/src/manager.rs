@@ -26,7 +26,7 @@ use crate::hooks::{Hooks, Operation};
 use crate::link::{self, BridgeSpec, Link, LinkInfo, PrefixCache, sysctl};
 use crate::ra::{self, RaConfig, RaServer};
 use crate::service::lock;
-use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
+use crate::store::{self, AutostartProgress, Phase, STATUS_VERSION, Status, Store};
 use crate::tftp::{TftpConfig, TftpServer};
 use crate::xml::{self, Connections, DEFAULT_NAT_PORTS, ForwardMode, IpDef, NetworkDef};
 
@@ -448,25 +448,26 @@ impl Manager {
         manager.adopt_running().await?;
         manager.forget_orphan_leases().await?;
         if fresh {
-            if config.define_default_network {
-                // A daemon that will not start is worse than a host without `default`.
-                if let Err(e) = manager.define_default_network().await {
-                    warn!(
-                        network = DEFAULT_NETWORK,
-                        "cannot define the default network: {}",
-                        error_chain(&e)
-                    );
-                }
+            // A daemon that will not start is worse than a host without `default`; the
+            // next start, a first start still, tries again.
+            let defined = !config.define_default_network
+                || manager
+                    .define_default_network()
+                    .await
+                    .inspect_err(|e| {
+                        warn!(
+                            network = DEFAULT_NETWORK,
+                            "cannot define the default network: {}",
+                            error_chain(e)
+                        );
+                    })
+                    .is_ok();
+            if defined {
+                manager.store.first_start_done()?;
             }
-            manager.store.first_start_done()?;
         }
         manager.reconcile_firewall().await;
-        // Marked only once every autostart network was tried: a daemon killed half way
-        // (OOM, a hook that hangs until SIGKILL) starts the rest when it is restarted.
-        if !manager.store.autostarted()? {
-            manager.autostart_all().await;
-            manager.store.mark_autostarted()?;
-        }
+        manager.autostart_once_per_boot().await;
         Ok(manager)
     }
 
@@ -790,17 +791,28 @@ impl Manager {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // The first tick is at once, and the rules were just applied.
             ticks.tick().await;
+            // A failure that lasts is logged at warn once, not every tick.
+            let mut failing = false;
             loop {
                 ticks.tick().await;
                 let Some(manager) = manager.upgrade() else {
                     break;
                 };
-                manager.restore_lost_rules().await;
+                match manager.restore_lost_rules(failing).await {
+                    Ok(()) => failing = false,
+                    Err(message) if failing => tracing::debug!("{message}"),
+                    Err(message) => {
+                        warn!("{message}");
+                        failing = true;
+                    }
+                }
             }
         });
     }
 
-    async fn restore_lost_rules(&self) {
+    /// Re-applies the rules of running networks that lost them; says what failed.
+    /// `failing`: the last attempt failed, and said so.
+    async fn restore_lost_rules(&self, failing: bool) -> Result<(), String> {
         // Under the lock, so that no start or stop changes the rules meanwhile.
         let networks = self.networks.lock().await;
         let rules: Vec<NetworkRules> = networks
@@ -809,24 +821,34 @@ impl Manager {
             .filter_map(firewall_rules)
             .collect();
         if rules.is_empty() {
-            return;
+            return Ok(());
         }
         let expected: Vec<String> = rules.iter().map(|rules| rules.bridge.clone()).collect();
-        let lost = match self.firewall.lost(&expected) {
-            Ok(lost) => lost,
-            Err(e) => {
-                warn!("looking for kvnet's firewall rules: {}", error_chain(&e));
-                return;
-            }
-        };
+        let lost = self
+            .firewall
+            .lost(&expected)
+            .map_err(|e| format!("looking for kvnet's firewall rules: {}", error_chain(&e)))?;
         if lost.is_empty() {
-            return;
+            return Ok(());
         }
-        warn!(bridges = ?lost, "firewall rules of running networks were removed by someone else (nft flush ruleset?); putting them back");
+        if !failing {
+            warn!(bridges = ?lost, "firewall rules of running networks were removed by someone else (nft flush ruleset?); putting them back");
+        }
+        let mut failed = Vec::new();
         for rules in rules.iter().filter(|rules| lost.contains(&rules.bridge)) {
             if let Err(e) = self.firewall.apply(rules) {
-                warn!(bridge = %rules.bridge, "re-applying firewall rules: {}", error_chain(&e));
+                failed.push(format!("{}: {}", rules.bridge, error_chain(&e)));
             }
+        }
+        if failed.is_empty() {
+            // Whoever flushed may have brought a drop policy of their own.
+            self.warn_about_foreign_drop_policies();
+            Ok(())
+        } else {
+            Err(format!(
+                "re-applying firewall rules of {}",
+                failed.join("; ")
+            ))
         }
     }
 
@@ -848,6 +870,30 @@ impl Manager {
                 }
             }
             Err(e) => warn!("inspecting other firewall tables: {}", error_chain(&e)),
+        }
+    }
+
+    /// Starts the autostart networks once per boot. A daemon killed part way (a hook that
+    /// hangs until systemd's SIGKILL, the OOM killer) leaves the rest to the next daemon,
+    /// which tries them once more: one killed every time must still come up in the end.
+    async fn autostart_once_per_boot(&self) {
+        let marked = match self.store.autostart_progress() {
+            Ok(AutostartProgress::Done) => return,
+            Ok(AutostartProgress::CutShort) => {
+                warn!(
+                    "this boot's autostart was cut short; starting the networks it did not get to, once"
+                );
+                self.store.mark_autostarted()
+            }
+            Ok(AutostartProgress::NotBegun) => self.store.mark_autostart_begun(),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = marked {
+            warn!("autostart may run again in this boot: {}", error_chain(&e));
+        }
+        self.autostart_all().await;
+        if let Err(e) = self.store.mark_autostarted() {
+            warn!("autostart may run again in this boot: {}", error_chain(&e));
         }
     }
 

@@ -126,7 +126,10 @@ pub struct Store {
     networks_dir: PathBuf,
     autostart_dir: PathBuf,
     status_dir: PathBuf,
+    /// `<state>/autostarted`: this boot's autostart ran to its end, or was retried once.
     autostart_marker: PathBuf,
+    /// `<state>/autostarting`: this boot's autostart began.
+    autostart_begun_marker: PathBuf,
     /// `<config>/.first-start`: there from before the config dir is first set up until the
     /// default network is defined and autostarted, so that a first start cut short is a
     /// first start again.
@@ -142,6 +145,7 @@ impl Store {
             networks_dir,
             status_dir: state_dir.join("networks"),
             autostart_marker: state_dir.join("autostarted"),
+            autostart_begun_marker: state_dir.join("autostarting"),
             first_start_marker: config_dir.join(".first-start"),
         }
     }
@@ -468,23 +472,47 @@ impl Store {
         write_atomic(&path, &bytes)
     }
 
-    /// Whether autostart already ran in this boot.
-    pub fn autostarted(&self) -> Result<bool, Error> {
-        self.autostart_marker
-            .try_exists()
-            .map_err(io_err("looking at", &self.autostart_marker))
+    /// How far this boot's autostart got.
+    pub fn autostart_progress(&self) -> Result<AutostartProgress, Error> {
+        let exists = |path: &Path| path.try_exists().map_err(io_err("looking at", path));
+        Ok(if exists(&self.autostart_marker)? {
+            AutostartProgress::Done
+        } else if exists(&self.autostart_begun_marker)? {
+            AutostartProgress::CutShort
+        } else {
+            AutostartProgress::NotBegun
+        })
     }
 
-    /// Marks that autostart ran in this boot.
-    pub fn mark_autostarted(&self) -> Result<(), Error> {
-        fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.autostart_marker)
-            .map(drop)
-            .map_err(io_err("creating", &self.autostart_marker))
+    /// Marks that this boot's autostart began.
+    pub fn mark_autostart_begun(&self) -> Result<(), Error> {
+        touch(&self.autostart_begun_marker)
     }
+
+    /// Marks that this boot's autostart is done: later daemons in this boot skip it.
+    pub fn mark_autostarted(&self) -> Result<(), Error> {
+        touch(&self.autostart_marker)
+    }
+}
+
+/// How far this boot's autostart got ([`Store::autostart_progress`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutostartProgress {
+    NotBegun,
+    /// Begun by a daemon that died before its end (a hook that hung, the OOM killer).
+    CutShort,
+    Done,
+}
+
+/// Creates `path` as an empty file if it is not there (a marker on tmpfs: no fsync).
+fn touch(path: &Path) -> Result<(), Error> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+        .map_err(io_err("creating", path))
 }
 
 /// Whether `name` is that of a temporary file of [`write_atomic`] or of an autostart link
@@ -827,10 +855,18 @@ mod tests {
     fn autostart_marker_is_once_per_state_dir() {
         let (_dir, store) = store();
         store.create_dirs().unwrap();
-        assert!(!store.autostarted().unwrap());
+        assert_eq!(
+            store.autostart_progress().unwrap(),
+            AutostartProgress::NotBegun
+        );
+        store.mark_autostart_begun().unwrap();
+        assert_eq!(
+            store.autostart_progress().unwrap(),
+            AutostartProgress::CutShort
+        );
         store.mark_autostarted().unwrap();
-        assert!(store.autostarted().unwrap());
+        assert_eq!(store.autostart_progress().unwrap(), AutostartProgress::Done);
         store.mark_autostarted().unwrap();
-        assert!(store.autostarted().unwrap());
+        assert_eq!(store.autostart_progress().unwrap(), AutostartProgress::Done);
     }
 }
