@@ -73,7 +73,7 @@ done
 [ "$(id -u)" = 0 ] || { echo "bench/bandwidth.sh: run as root (it creates namespaces)" >&2; exit 1; }
 scripts/install-deps.sh iperf3
 cargo build --release --bins -q
-export BENCH_BIN=$PWD/target/x86_64-unknown-linux-gnu/release
+export BENCH_BIN=${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release
 out=$(mktemp)
 bench/sandbox.sh kvnet -- "$0" --inside "$seconds" "$rates" | tee "$out"
 

@@ -257,7 +257,7 @@ tools=(kea-admin)   # perfdhcp
 [ "$vs_libvirt" = 1 ] && tools+=(libvirt-daemon libvirt-clients dnsmasq-base iptables)
 scripts/install-deps.sh "${tools[@]}"
 cargo build --release --bins -q
-export BENCH_BIN=$PWD/target/x86_64-unknown-linux-gnu/release RATES=$rates PERIOD=$period POOL BENCH_LEASE_DISK=$lease_disk
+export BENCH_BIN=${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release RATES=$rates PERIOD=$period POOL BENCH_LEASE_DISK=$lease_disk
 out=$(mktemp -d)
 inner_args=(--inner --runs "$runs")
 echo "kvnet (lease journal on $([ "$lease_disk" = 1 ] && echo "the root file system" || echo tmpfs)):"

@@ -97,7 +97,7 @@ tools=(dnsperf)
 [ "$vs_libvirt" = 1 ] && tools+=(libvirt-daemon libvirt-clients dnsmasq-base iptables)
 scripts/install-deps.sh "${tools[@]}"
 cargo build --release --bins -q
-export BENCH_BIN=$PWD/target/x86_64-unknown-linux-gnu/release
+export BENCH_BIN=${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 

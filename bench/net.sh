@@ -26,7 +26,7 @@ tools=()
 [ "$vs_libvirt" = 1 ] && tools+=(libvirt-daemon libvirt-clients dnsmasq-base iptables)
 scripts/install-deps.sh "${tools[@]}"
 cargo build --release --bins -q
-export BENCH_BIN=$PWD/target/x86_64-unknown-linux-gnu/release
+export BENCH_BIN=${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release
 out=$(mktemp -d)
 
 bench/sandbox.sh kvnet -- bench/scenario.sh "$runs" "$scale" | tee "$out/kvnet"

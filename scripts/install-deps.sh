@@ -31,3 +31,11 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The workspace's rust-version. Debian's main suite has rustc-web 1.85: without the
+# security suite in the sources, apt installs that, and the build would fail obscurely.
+need=1.88
+have=$(rustc --version 2>/dev/null | awk '{print $2}')
+if [ "$(printf '%s\n%s\n' "$need" "${have:-0}" | sort -V | head -1)" != "$need" ]; then
+  echo "install-deps: Rust ${have:-(none)} is older than the $need kvnet needs; install rustup's, or add bookworm-security to apt's sources for rustc-web" >&2
+  exit 1
+fi
