@@ -27,13 +27,15 @@ fn assert_consistent(daemon: &Daemon, name: &str, bridge: &str, definition: &str
     assert_eq!(on_disk, definition);
 }
 
-/// Defines NAT network `n` on `address`/24 and returns its definition file's content.
-fn define_nat_network_n(daemon: &Daemon, address: &str) -> String {
-    let xml =
-        format!("<network><name>n</name><forward/><ip address='{address}' prefix='24'/></network>");
-    let path = xml_file(daemon.dirs.path(), "n.xml", &xml);
+/// Defines NAT network `name` on `address`/24 and returns its definition file's content.
+fn define_nat_network(daemon: &Daemon, name: &str, address: &str) -> String {
+    let xml = format!(
+        "<network><name>{name}</name><forward/><ip address='{address}' prefix='24'/></network>"
+    );
+    let path = xml_file(daemon.dirs.path(), &format!("{name}.xml"), &xml);
     daemon.ok(&["net-define", path.to_str().expect("path")]);
-    std::fs::read_to_string(daemon.config_dir().join("networks/n.xml")).expect("definition")
+    std::fs::read_to_string(daemon.config_dir().join(format!("networks/{name}.xml")))
+        .expect("definition")
 }
 
 #[test]
@@ -42,7 +44,7 @@ fn a_start_interrupted_after_its_intent_record_is_undone_on_restart() {
         return;
     }
     let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
-    let definition = define_nat_network_n(&daemon, "10.55.0.1");
+    let definition = define_nat_network(&daemon, "n", "10.55.0.1");
     daemon.ok(&["net-start", "n"]);
     daemon.kill9();
 
@@ -76,7 +78,7 @@ fn kill_9_at_random_points_of_starts_never_leaves_orphans() {
         return;
     }
     let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
-    let definition = define_nat_network_n(&daemon, "10.56.0.1");
+    let definition = define_nat_network(&daemon, "n", "10.56.0.1");
     for round in 0..8u64 {
         // Spread the kills from before the request arrives to after the start completed.
         let mut start = common::kvnet_command(&daemon.socket())
@@ -154,7 +156,7 @@ fn a_restart_after_an_interrupted_undefine_or_write_leaves_no_disagreement() {
         return;
     }
     let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
-    let definition = define_nat_network_n(&daemon, "10.58.0.1");
+    let definition = define_nat_network(&daemon, "n", "10.58.0.1");
     daemon.ok(&["net-start", "n"]);
     daemon.kill9();
 
@@ -268,7 +270,7 @@ fn a_running_network_whose_bridge_name_went_to_someone_else_is_not_adopted() {
 /// network ends up inactive, the foreign bridge untouched and the log says why.
 fn foreign_bridge_after_a_crash(phase: &str, logged: &str) {
     let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
-    let definition = define_nat_network_n(&daemon, "10.56.0.1");
+    let definition = define_nat_network(&daemon, "n", "10.56.0.1");
     daemon.ok(&["net-start", "n"]);
     daemon.kill9();
     let status_path = daemon.state_dir().join("networks/n.json");
@@ -429,11 +431,7 @@ fn a_daemon_killed_during_boot_autostart_starts_the_rest_when_restarted() {
     }
     let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
     for (name, address) in [("a", "10.61.0.1"), ("b", "10.62.0.1")] {
-        let xml = format!(
-            "<network><name>{name}</name><forward/><ip address='{address}' prefix='24'/></network>"
-        );
-        let path = xml_file(daemon.dirs.path(), &format!("{name}.xml"), &xml);
-        daemon.ok(&["net-define", path.to_str().expect("path")]);
+        define_nat_network(&daemon, name, address);
         daemon.ok(&["net-autostart", name]);
     }
     daemon.stop();

@@ -293,6 +293,9 @@ impl Firewall for NftFirewall {
     }
 
     fn lost(&self, expected: &[String]) -> Result<Vec<String>, Error> {
+        // Two lockings of the state: the caller holds the manager's lock, so no batch
+        // of ours falls between them. Only the bridges set is looked at: a flushed
+        // chain whose set elements stay goes unnoticed.
         let present = self.bridges()?;
         let lost: Vec<String> = expected
             .iter()
