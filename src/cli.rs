@@ -5,7 +5,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use clap::builder::NonEmptyStringValueParser;
-use clap::{Args, Parser, Subcommand};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// The daemon socket used when neither `--connect` nor `KVNET_SOCKET` says otherwise.
 pub const DEFAULT_SOCKET: &str = netd::api::DEFAULT_SOCKET;
@@ -47,6 +48,20 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// Parses a command line (the program's name first) as virsh would: clap, then what
+    /// clap cannot express (net-update's arguments given by name).
+    pub fn parse_virsh<I, T>(argv: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut cli = Cli::try_parse_from(argv)?;
+        if let Command::NetUpdate(args) = &mut cli.command {
+            args.place_named()?;
+        }
+        Ok(cli)
+    }
+
     /// Where the daemon is: `--connect`, else a non-empty `KVNET_SOCKET`, else the
     /// default socket. A libvirt URI in `--connect` is refused unless it means the local
     /// system daemon, which kvnetd stands in for.
@@ -464,22 +479,36 @@ impl EventArgs {
     }
 }
 
-/// `net-update`'s arguments, in virsh's order.
+/// `net-update`'s arguments, in virsh's order. As in virsh, any of the four may be given
+/// by name instead (`--network default --command add ...`); the words fill the others in
+/// order. clap cannot express that, so [`Cli::parse_virsh`] moves them into place.
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
     /// Network name or UUID.
     #[arg(value_name = "NETWORK", value_parser = NonEmptyStringValueParser::new())]
-    pub network: String,
+    network: Option<String>,
     /// Type of update: add-first, add-last (add), delete or modify.
     #[arg(value_name = "COMMAND")]
-    pub command: String,
+    command: Option<String>,
     /// Which section to update: ip-dhcp-host, ip-dhcp-range, dns-host, dns-srv, dns-txt,
     /// portgroup or forward-interface.
     #[arg(value_name = "SECTION")]
-    pub section: String,
+    section: Option<String>,
     /// The XML element itself (if it starts with '<') or a file containing it.
     #[arg(value_name = "XML", value_parser = NonEmptyStringValueParser::new())]
-    pub xml: String,
+    xml: Option<String>,
+    /// Network name or UUID.
+    #[arg(long = "network", value_name = "NETWORK", value_parser = NonEmptyStringValueParser::new())]
+    network_option: Option<String>,
+    /// Type of update, as <COMMAND>.
+    #[arg(long = "command", value_name = "COMMAND")]
+    command_option: Option<String>,
+    /// Which section to update, as <SECTION>.
+    #[arg(long = "section", value_name = "SECTION")]
+    section_option: Option<String>,
+    /// The XML element or its file, as <XML>.
+    #[arg(long = "xml", value_name = "XML", value_parser = NonEmptyStringValueParser::new())]
+    xml_option: Option<String>,
     /// Which <ip> element (0-based) an ip-dhcp-* update changes; negative: the default.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub parent_index: Option<i64>,
@@ -492,6 +521,72 @@ pub struct UpdateArgs {
     /// Affect the running network if active, else the persistent definition (default).
     #[arg(long, conflicts_with_all = ["config", "live"])]
     pub current: bool,
+}
+
+impl UpdateArgs {
+    /// Puts the arguments given by name in their place and the words in the others, in
+    /// order; refused as virsh refuses a missing one or a word too many.
+    fn place_named(&mut self) -> Result<(), clap::Error> {
+        let mut words = [
+            self.network.take(),
+            self.command.take(),
+            self.section.take(),
+            self.xml.take(),
+        ]
+        .into_iter()
+        .flatten();
+        let named = [
+            (&mut self.network, self.network_option.take(), "<NETWORK>"),
+            (&mut self.command, self.command_option.take(), "<COMMAND>"),
+            (&mut self.section, self.section_option.take(), "<SECTION>"),
+            (&mut self.xml, self.xml_option.take(), "<XML>"),
+        ];
+        let mut missing = Vec::new();
+        for (slot, by_name, placeholder) in named {
+            *slot = by_name.or_else(|| words.next());
+            if slot.is_none() {
+                missing.push(placeholder.to_owned());
+            }
+        }
+        let refusal = |kind, context: ContextValue| {
+            let mut error = clap::Error::new(kind).with_cmd(&Cli::command());
+            error.insert(ContextKind::InvalidArg, context);
+            error
+        };
+        if let Some(extra) = words.next() {
+            return Err(refusal(
+                ErrorKind::UnknownArgument,
+                ContextValue::String(extra),
+            ));
+        }
+        if !missing.is_empty() {
+            return Err(refusal(
+                ErrorKind::MissingRequiredArgument,
+                ContextValue::Strings(missing),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The network's name or UUID.
+    pub fn network(&self) -> &str {
+        self.network.as_deref().unwrap_or_default()
+    }
+
+    /// The type of update, as typed.
+    pub fn command(&self) -> &str {
+        self.command.as_deref().unwrap_or_default()
+    }
+
+    /// The section to update, as typed.
+    pub fn section(&self) -> &str {
+        self.section.as_deref().unwrap_or_default()
+    }
+
+    /// The XML element, or the file that holds it.
+    pub fn xml(&self) -> &str {
+        self.xml.as_deref().unwrap_or_default()
+    }
 }
 
 /// `net-list`'s filters and formats. As in virsh, both flags of a pair mean no filter

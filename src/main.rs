@@ -16,7 +16,6 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use netd::api::client::Client;
 
 use crate::usage::Refusal;
@@ -187,7 +186,7 @@ fn print_version(long: bool) -> Leading {
 /// Runs the command line as one command, clap reading every argument.
 fn run_argv(args: &[OsString], timing: bool) -> bool {
     let argv = std::iter::once(OsString::from(PROGRAM)).chain(args.iter().cloned());
-    match cli::Cli::try_parse_from(argv) {
+    match cli::Cli::parse_virsh(argv) {
         Ok(cli) => execute(&cli, timing).succeeded,
         Err(error) => Refusal::new(error, &lossy(args)).report(),
     }
@@ -291,7 +290,7 @@ fn run_command_string(globals: &[OsString], timing: bool, text: &str) -> Outcome
         let mut args = globals.to_vec();
         args.extend(words.into_iter().map(OsString::from));
         let argv = std::iter::once(OsString::from(PROGRAM)).chain(args.iter().cloned());
-        match cli::Cli::try_parse_from(argv) {
+        match cli::Cli::parse_virsh(argv) {
             Ok(cli) => steps.push(Step::Run(Box::new(cli))),
             Err(error) => {
                 let refusal = Refusal::new(error, &lossy(&args));
@@ -355,7 +354,7 @@ fn daemon_of(globals: &[OsString]) -> Option<Client> {
     let argv = std::iter::once(OsString::from(PROGRAM))
         .chain(globals.iter().cloned())
         .chain([OsString::from("uri")]);
-    let cli = cli::Cli::try_parse_from(argv).ok()?;
+    let cli = cli::Cli::parse_virsh(argv).ok()?;
     let socket = cli.connection().ok()?.socket;
     // Tab must not hang on a daemon that does not answer.
     Some(Client::new(socket).with_answer_timeout(Duration::from_secs(2)))

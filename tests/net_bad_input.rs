@@ -383,6 +383,23 @@ fn command_line_mistakes_get_virsh_lines_and_exit_1() {
             &["net-update", "n", "add"],
             "error: command 'net-update' requires <section> option\nerror: command 'net-update' requires <xml> option\n",
         ),
+        // Given by name, an argument leaves its place to the words that follow.
+        (
+            &["net-update", "--xml", "<h/>", "n", "add"],
+            "error: command 'net-update' requires <section> option\n",
+        ),
+        (
+            &[
+                "net-update",
+                "--network",
+                "n",
+                "add",
+                "dns-host",
+                "<h/>",
+                "x",
+            ],
+            "error: unexpected data 'x'\n",
+        ),
         (&["net-list", "-a"], "error: unexpected data '-a'\n"),
         (
             &["net-list", "--name=x"],

@@ -154,23 +154,29 @@ fn live_updates_reach_the_running_dhcp_and_dns_servers_without_a_restart() {
         "extra.example.test."
     );
     assert_eq!(
+        // Each argument by name, as virsh also takes them.
         daemon.ok(&[
             "net-update",
+            "--network",
             "upd",
+            "--command",
             "delete",
+            "--section",
             "dns-host",
+            "--xml",
             "<host><hostname>extra</hostname></host>"
         ]),
         "Updated network upd live state\n",
         "--current on an active network is --live"
     );
     assert_nxdomain(&guest, "extra.example.test");
+    // One by name, the words fill the others in order.
     daemon.ok(&[
         "net-update",
+        "--xml=<txt name='info' value='hello world'/>",
         "upd",
         "add",
         "dns-txt",
-        "<txt name='info' value='hello world'/>",
     ]);
     assert_eq!(dig_short(&guest, "TXT info"), "\"hello world\"");
     daemon.ok(&[

@@ -380,17 +380,17 @@ pub fn dhcp_leases(
 /// blank line after it: virsh prints it without a newline of its own.
 pub fn update(client: &Client, args: &UpdateArgs, quiet: bool) -> Result<String, Failure> {
     let command: UpdateCommand = args
-        .command
+        .command()
         .parse()
         .map_err(|e: netd::xml::Error| Failure::msg(e.to_string()))?;
     let section: UpdateSection = args
-        .section
+        .section()
         .parse()
         .map_err(|e: netd::xml::Error| Failure::msg(e.to_string()))?;
-    let xml = if args.xml.starts_with('<') {
-        args.xml.clone()
+    let xml = if args.xml().starts_with('<') {
+        args.xml().to_owned()
     } else {
-        read_file(Path::new(&args.xml))?
+        read_file(Path::new(args.xml()))?
     };
     let request = UpdateRequest {
         command: command.as_str().to_owned(),
@@ -402,7 +402,7 @@ pub fn update(client: &Client, args: &UpdateArgs, quiet: bool) -> Result<String,
         live: args.live,
         config: args.config,
     };
-    let network = args.network.as_str();
+    let network = args.network();
     let updated = client.update(network, &request).map_err(|e| {
         Failure::call(
             format!("Failed to update network {network}"),
