@@ -117,7 +117,7 @@ if [ "$BENCH_TARGET" = kvnet ]; then
   # It stays a zombie until the sandbox reaps it; wait for it to have exited.
   while [ -e "/proc/$BENCH_DAEMON_PID" ] && ! grep -q '^State:.*Z' "/proc/$BENCH_DAEMON_PID/status" 2>/dev/null; do sleep 0.01; done
   # A new boot: no autostart marker yet.
-  rm -f /run/kvnet/autostarted "$BENCH_SOCKET"
+  rm -f /run/kvnet/autostarting /run/kvnet/autostarted "$BENCH_SOCKET"
   t0=${EPOCHREALTIME/./}
   $BENCH_DAEMON_CMD 2>>/run/kvnetd.log &
   BENCH_DAEMON_PID=$!
