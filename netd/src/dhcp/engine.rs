@@ -984,6 +984,27 @@ mod tests {
     }
 
     #[test]
+    fn a_range_holding_the_bridge_address_never_hands_it_out() {
+        let mut cfg = config();
+        cfg.ranges = vec![(SERVER, Ipv4Addr::new(192, 168, 77, 3), None)];
+        let mut engine = Engine::new(cfg);
+        let (_, first) = dora(&mut engine, [2, 0, 0, 0, 0, 1], NOW);
+        let (_, second) = dora(&mut engine, [2, 0, 0, 0, 0, 2], NOW);
+        assert_eq!(
+            [first.yiaddr(), second.yiaddr()],
+            [
+                Ipv4Addr::new(192, 168, 77, 2),
+                Ipv4Addr::new(192, 168, 77, 3)
+            ]
+        );
+        let taken = request_for([2, 0, 0, 0, 0, 3], SERVER, Some(SERVER));
+        let (_, nak) = exchange(&mut engine, &taken, NOW).expect("nak");
+        assert_eq!(kind(&nak), MessageType::Nak);
+        let discover = message(MessageType::Discover, [2, 0, 0, 0, 0, 3]);
+        assert!(engine.handle(&encode(&discover), NOW).is_none());
+    }
+
+    #[test]
     fn full_pool_answers_nothing() {
         let mut cfg = config();
         cfg.ranges = vec![(

@@ -1186,10 +1186,6 @@ fn dhcp_ranges_and_hosts_are_checked_against_the_subnet() {
             "end of range 192.168.50.2 - 192.168.50.255 in network 192.168.50.0/24 is the broadcast address",
         ),
         (
-            "<dhcp><range start='192.168.50.1' end='192.168.50.9'/></dhcp>",
-            "range 192.168.50.1 - 192.168.50.9 in network 'n' includes the bridge address 192.168.50.1",
-        ),
-        (
             "<dhcp><range start='fd00::2' end='fd00::9'/></dhcp>",
             "mismatch of address family in range fd00::2 - fd00::9 for network 192.168.50.0/24 of network 'n'",
         ),
@@ -1248,6 +1244,14 @@ fn dhcp_ranges_and_hosts_are_checked_against_the_subnet() {
         "<dhcp><range start='10.0.0.1' end='10.0.0.1'/></dhcp>",
     ));
     assert_round_trip(&p2p);
+
+    // vagrant-libvirt's management network starts its range at the bridge address;
+    // libvirt accepts it and the DHCP server skips its own address.
+    let vagrant = parse(&net_with_ip(
+        ip,
+        "<dhcp><range start='192.168.50.1' end='192.168.50.254'/></dhcp>",
+    ));
+    assert_round_trip(&vagrant);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Semantic checks on a [`NetworkDef`], with libvirt's wording where libvirt
 //! has a check, and kvnet's own where it is stricter (names, bridge names,
-//! DHCP ranges that contain the bridge address, hosts outside the subnet).
+//! hosts outside the subnet).
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -878,8 +878,7 @@ fn unassignable_reason(address: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// libvirt's `virSocketAddrGetRange` checks plus: the range must not contain
-/// the bridge's own address (dnsmasq would hand it out).
+/// libvirt's `virSocketAddrGetRange` checks.
 fn check_range(name: &str, subnet: IpNet, start: IpAddr, end: IpAddr) -> Result<(), Error> {
     let net = subnet.trunc();
     if start.is_ipv4() != subnet.addr().is_ipv4() || end.is_ipv4() != subnet.addr().is_ipv4() {
@@ -929,12 +928,9 @@ fn check_range(name: &str, subnet: IpNet, start: IpAddr, end: IpAddr) -> Result<
             format!("range {start} - {end} is too large (> 65535)"),
         ));
     }
-    let bridge = subnet.addr();
-    if start <= bridge && bridge <= end {
-        return Err(invalid(format!(
-            "range {start} - {end} in network '{name}' includes the bridge address {bridge}"
-        )));
-    }
+    // A range may contain the bridge's own address (vagrant-libvirt's management
+    // network starts its range there, and libvirt accepts it): the DHCP server
+    // never hands that address out.
     Ok(())
 }
 
