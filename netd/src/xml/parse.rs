@@ -492,6 +492,8 @@ impl Parser {
         self.check_no_text(element)?;
         let mode = match element.attr("mode") {
             None | Some("nat") => ForwardMode::Nat,
+            // libvirt's "none" is its isolated network: net-dumpxml prints no <forward>.
+            Some("none") => ForwardMode::Isolated,
             Some("route") => ForwardMode::Route,
             Some("open") => ForwardMode::Open,
             Some("bridge") => ForwardMode::Bridge,
@@ -579,7 +581,11 @@ impl Parser {
                     .unwrap_or(element);
                 return Err(self.unsupported_child(element, interface));
             }
-            forward.dev = pool.into_iter().next();
+            // An isolated network forwards through nothing; libvirt drops the device too.
+            forward.dev = pool
+                .into_iter()
+                .next()
+                .filter(|_| mode != ForwardMode::Isolated);
         }
         if let Some(nat) = nat {
             if mode != ForwardMode::Nat {

@@ -177,6 +177,26 @@ fn docker_machines_network_is_isolated_and_gets_first_free_bridge() {
 }
 
 #[test]
+fn forward_mode_none_is_libvirts_isolated_network() {
+    for forward in [
+        "<forward mode='none'/>",
+        "<forward mode='none' dev='eth0'/>",
+    ] {
+        let def = parse(&format!(
+            "<network><name>n</name>{forward}<ip address='10.9.0.1' prefix='24'/></network>"
+        ));
+        assert_eq!(def.forward_mode(), ForwardMode::Isolated, "{forward}");
+        let xml = def.to_xml();
+        assert!(!xml.contains("<forward"), "{xml}");
+        assert_round_trip(&def);
+    }
+    assert_eq!(
+        parse_err("<network><name>n</name><forward mode='none'><nat/></forward></network>"),
+        "The <nat> element can only be used when <forward> 'mode' is 'nat' in network n"
+    );
+}
+
+#[test]
 fn minikube_network_has_dns_disabled() {
     let def = parse(MK_MINIKUBE_XML);
     assert_eq!(def.name, "mk-minikube");
