@@ -305,6 +305,63 @@ fn foreign_bridge_after_a_crash(phase: &str, logged: &str) {
     assert_eq!(on_disk, definition);
 }
 
+/// A status file that cannot be read says nothing about what ran: the bridge and rules of
+/// the network the definition names go, so that the network can be started again.
+#[test]
+fn an_unreadable_status_does_not_leave_the_bridge_in_the_way() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    define_nat_network(&daemon, "n", "10.58.0.1");
+    daemon.ok(&["net-start", "n"]);
+    daemon.kill9();
+    let status_path = daemon.state_dir().join("networks/n.json");
+    std::fs::write(&status_path, "{\"phase\": ").expect("damage the status");
+
+    daemon.spawn(&DaemonOptions::no_default_network());
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " n   inactive   no   yes\n"
+    );
+    assert!(daemon.bridges().is_empty(), "{}", daemon.log());
+    assert!(!daemon.ruleset().contains("virbr0"), "rules left");
+    daemon.assert_logged("discarding unreadable status");
+    assert_eq!(daemon.ok(&["net-start", "n"]), "Network n started\n\n");
+    assert_eq!(daemon.addresses("virbr0"), ["10.58.0.1/24"]);
+}
+
+/// The bridge of a running network deleted behind kvnet's back and its name taken by
+/// someone else's bridge: net-destroy removes the network's rules and leaves that bridge.
+#[test]
+fn net_destroy_leaves_someone_elses_bridge_under_the_name_alone() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    define_nat_network(&daemon, "n", "10.57.0.1");
+    daemon.ok(&["net-start", "n"]);
+    daemon
+        .ns
+        .sh("ip link del virbr0 && ip link add virbr0 type bridge")
+        .expect("foreign bridge");
+    let foreign_mac = daemon.ip_json("link show virbr0")[0]["address"].clone();
+
+    assert_eq!(daemon.ok(&["net-destroy", "n"]), "Network n destroyed\n\n");
+    assert_eq!(
+        daemon.ip_json("link show virbr0")[0]["address"],
+        foreign_mac,
+        "the foreign bridge was deleted:\n{}",
+        daemon.log()
+    );
+    assert!(!daemon.ruleset().contains("virbr0"), "rules left");
+    daemon.assert_logged("leaving interface virbr0 alone: it is not the network's bridge");
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " n   inactive   no   yes\n"
+    );
+}
+
 /// A second daemon on the same state dir (a manual start beside systemd's) would adopt
 /// the same networks and fight over them: it is refused, naming the running one, and
 /// changes nothing.

@@ -548,6 +548,17 @@ impl Manager {
                 Ok(status) => status,
                 Err(e) => {
                     warn!(network = %name, "discarding unreadable status: {}", error_chain(&e));
+                    // What it recorded is lost, so the network cannot be adopted; its
+                    // bridge, if the definition says which, goes rather than block a start.
+                    let defined = networks.get(&name).and_then(|n| n.config.clone());
+                    if let Some(def) = defined
+                        && def.forward_mode().has_managed_bridge()
+                        && let Some(bridge) = def.bridge_name()
+                        && self.is_bridge_it_created(&def, bridge).await
+                    {
+                        warn!(network = %name, bridge, "removing the bridge and rules of the network whose status was unreadable");
+                        self.release(bridge, true).await;
+                    }
                     self.store.delete_status(&name)?;
                     continue;
                 }
@@ -590,7 +601,7 @@ impl Manager {
                 };
                 // The name may since have gone to someone else's bridge (deleted and made
                 // again, by libvirt say): never take that over, nor delete it later.
-                if owns_bridge && bridge.mac != Some(bridge_spec(&def, &status.bridge).mac) {
+                if owns_bridge && !is_network_bridge(&def, &status.bridge, &bridge) {
                     warn!(network = %name, bridge = %status.bridge, "bridge {} is no longer this network's (another MAC address); marking the network inactive and leaving the bridge alone", status.bridge);
                     self.release(&status.bridge, false).await;
                     self.store.delete_status(&name)?;
@@ -715,19 +726,15 @@ impl Manager {
         }
     }
 
-    /// Whether `bridge` is the bridge an interrupted start of `def` created: a bridge with
-    /// the network's MAC. The name may belong to someone else's interface instead (the
-    /// kernel refused the start because the name was taken, and the daemon died before
-    /// clearing its intent), and that must survive the recovery.
+    /// Whether `bridge` is the bridge a start of `def` created: a bridge with the network's
+    /// MAC. The name may belong to someone else's interface instead (the kernel refused an
+    /// interrupted start because the name was taken, and the daemon died before clearing
+    /// its intent), and that must survive the recovery.
     async fn is_bridge_it_created(&self, def: &NetworkDef, bridge: &str) -> bool {
         match self.link.link_info(bridge).await {
-            Ok(Some(info))
-                if info.is_bridge() && info.mac == Some(bridge_spec(def, bridge).mac) =>
-            {
-                true
-            }
+            Ok(Some(info)) if is_network_bridge(def, bridge, &info) => true,
             Ok(Some(_)) => {
-                warn!(network = %def.name, bridge, "leaving interface {bridge} alone: it is not the bridge the interrupted start created (another kind or MAC address)");
+                warn!(network = %def.name, bridge, "leaving interface {bridge} alone: it is not the network's bridge (another kind or MAC address)");
                 false
             }
             Ok(None) => false,
@@ -1642,6 +1649,25 @@ impl Manager {
             network: def.name.clone(),
             problem,
         };
+        // Only the network's own bridge goes: the name may have passed to someone else's
+        // interface since (the bridge deleted behind kvnet's back and the name reused).
+        let own_bridge = if def.forward_mode().has_managed_bridge() {
+            let current = self
+                .link
+                .link_info(bridge)
+                .await
+                .map_err(|e| failed(error_chain(&e)))?;
+            match current {
+                Some(info) if is_network_bridge(def, bridge, &info) => Some(info),
+                Some(_) => {
+                    warn!(network = %def.name, bridge, "leaving interface {bridge} alone: it is not the network's bridge (another kind or MAC address)");
+                    None
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
         let rules = firewall_rules(def);
         if rules.is_some() {
             self.firewall
@@ -1650,15 +1676,11 @@ impl Manager {
         }
         // Deleting the bridge takes its qdiscs but leaves the IFB shaping its ingress. The
         // link-deletion follower would delete it later; here it is gone when stop returns.
-        let ifb_owner = match shaping_of(def.bandwidth.as_ref()).ingress {
-            Some(_) => self.link.link_info(bridge).await.unwrap_or_else(|e| {
-                warn!(network = %def.name, "the ifb device of {bridge} is left to the link-deletion follower: {}", error_chain(&e));
-                None
-            }),
-            None => None,
-        };
-        if def.forward_mode().has_managed_bridge()
-            && let Err(e) = self.link.delete_link(bridge).await
+        let ifb_owner = shaping_of(def.bandwidth.as_ref())
+            .ingress
+            .and(own_bridge.as_ref());
+        if let Some(info) = &own_bridge
+            && let Err(e) = self.link.delete_index(info.index, bridge).await
         {
             if let Some(rules) = &rules
                 && let Err(again) = self.firewall.apply(rules)
@@ -2079,6 +2101,12 @@ fn bridge_addresses(def: &NetworkDef) -> impl Iterator<Item = (std::net::IpAddr,
     def.ips
         .iter()
         .filter_map(|ip| Some((ip.address, ip.prefix_len()?)))
+}
+
+/// Whether `info`, the link named `bridge`, is `def`'s own bridge: a bridge with the
+/// network's MAC address (which its start set).
+fn is_network_bridge(def: &NetworkDef, bridge: &str, info: &LinkInfo) -> bool {
+    info.is_bridge() && info.mac == Some(bridge_spec(def, bridge).mac)
 }
 
 fn bridge_spec(def: &NetworkDef, bridge: &str) -> BridgeSpec {
