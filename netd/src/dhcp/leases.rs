@@ -259,17 +259,27 @@ impl LeaseDb {
 
     /// Loads `path` (a missing file is an empty database), drops expired leases and
     /// those the configuration no longer allows, and rewrites the file compactly (unless
-    /// it was empty).
+    /// it was empty). A rewrite that fails (a full disk) leaves the file as it was, to be
+    /// appended to and compacted later: the server still runs.
     pub fn open(config: &DhcpConfig, path: &Path, now: i64) -> Result<LeaseDb, Error> {
         let mut db = LeaseDb::in_memory(config);
         let file_error = |action: &'static str| file_error(config, path, action);
         let text = read_journal(config, path)?;
         db.replay(&text, now);
         db.pending.clear();
+        let mut lines = db.bound_count();
+        let mut needs_rewrite = false;
         // A new network's (empty) journal needs no rewrite: appending creates it, and its
         // directory entry is made durable before any lease is written to it.
-        if !text.is_empty() {
-            db.write_compact(path).map_err(file_error("rewrite"))?;
+        if !text.is_empty()
+            && let Err(source) = db.write_compact(path)
+        {
+            let e = file_error("rewrite")(source);
+            tracing::warn!(network = %config.network, "DHCP lease journal kept as it is, not compacted: {}", crate::manager::error_chain(&e));
+            lines = text.iter().filter(|&&b| b == b'\n').count();
+            // New lines must not be glued to a torn last one, nor follow a tail that was
+            // never read: the first commit rewrites the file whole.
+            needs_rewrite = !text.ends_with(b"\n") || text.len() as u64 >= MAX_FILE;
         }
         let file = open_append(path).map_err(file_error("open for appending"))?;
         if text.is_empty()
@@ -282,8 +292,8 @@ impl LeaseDb {
         db.journal = Some(Journal {
             path: path.to_path_buf(),
             file: Arc::new(file),
-            lines: db.bound_count(),
-            needs_rewrite: false,
+            lines,
+            needs_rewrite,
         });
         Ok(db)
     }
@@ -1606,6 +1616,57 @@ mod tests {
         let leases = db.leases(NOW);
         assert_eq!(leases.len(), 1);
         assert_eq!(leases[0].ip, ip(10));
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_rewritten_at_open_is_appended_to() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.leases");
+        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open");
+        db.bind(&mac(1), ip(10), None, NOW).expect("bind");
+        db.commit().expect("commit");
+        drop(db);
+        // The rewrite's temporary file cannot be created (as on a full disk).
+        let blocker = dir
+            .path()
+            .join(format!(".t.leases.tmp-{}", std::process::id()));
+        std::fs::create_dir(&blocker).expect("block the temporary file");
+
+        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open without a rewrite");
+        assert_eq!(db.leases(NOW).len(), 1);
+        db.bind(&mac(2), ip(12), None, NOW).expect("bind");
+        db.commit().expect("the new lease is appended");
+        drop(db);
+        std::fs::remove_dir(&blocker).expect("unblock");
+        let db = LeaseDb::open(&config(), &path, NOW).expect("reopen");
+        let ips: Vec<Ipv4Addr> = db.leases(NOW).iter().map(|l| l.ip).collect();
+        assert_eq!(ips, [ip(10), ip(12)]);
+    }
+
+    #[test]
+    fn a_torn_journal_that_cannot_be_rewritten_is_rewritten_before_appending() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.leases");
+        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open");
+        db.bind(&mac(1), ip(10), None, NOW).expect("bind");
+        db.commit().expect("commit");
+        drop(db);
+        let mut torn = std::fs::read(&path).expect("read");
+        torn.extend_from_slice(b"{\"bind");
+        std::fs::write(&path, &torn).expect("tear the last line");
+        let blocker = dir
+            .path()
+            .join(format!(".t.leases.tmp-{}", std::process::id()));
+        std::fs::create_dir(&blocker).expect("block the temporary file");
+
+        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open without a rewrite");
+        db.bind(&mac(2), ip(12), None, NOW).expect("bind");
+        assert!(db.commit().is_err(), "appended after a torn line");
+        std::fs::remove_dir(&blocker).expect("unblock");
+        db.commit().expect("rewritten whole");
+        drop(db);
+        let db = LeaseDb::open(&config(), &path, NOW).expect("reopen");
+        assert_eq!(db.leases(NOW).len(), 2);
     }
 
     #[test]

@@ -195,7 +195,9 @@ async fn serve(socket: UdpSocket, engine: Arc<Mutex<Engine>>, mut shutdown: ones
     }
     match lock(&engine).commit() {
         Ok(()) => outbox.append(&mut waiting),
-        Err(e) => tracing::error!(error = %e, "DHCP leases not persisted at shutdown"),
+        Err(e) => {
+            tracing::error!(error = %crate::manager::error_chain(&e), "DHCP leases not persisted at shutdown")
+        }
     }
     send(&socket, &mut outbox).await;
 }
@@ -249,7 +251,7 @@ fn start_sync(
     let pending = match lock(engine).begin_commit() {
         Ok(pending) => pending,
         Err(e) => {
-            tracing::error!(error = %e, "DHCP leases not persisted: their ACKs are not sent");
+            tracing::error!(error = %crate::manager::error_chain(&e), "DHCP leases not persisted: their ACKs are not sent");
             waiting.clear();
             return None;
         }
@@ -293,7 +295,7 @@ fn finish_sync(
     match lock(engine).finish_commit(lines, result) {
         Ok(()) => outbox.append(covered),
         Err(e) => {
-            tracing::error!(error = %e, "DHCP leases not persisted: their ACKs are not sent");
+            tracing::error!(error = %crate::manager::error_chain(&e), "DHCP leases not persisted: their ACKs are not sent");
             covered.clear();
         }
     }
