@@ -329,6 +329,31 @@ fn a_failing_hook_script_cancels_what_libvirt_lets_it_cancel_and_leaves_nothing(
     clean("stopped");
 }
 
+/// A scripts directory that cannot be listed is the host's failure, not a script's:
+/// the start is refused (a hook might have vetoed it), naming the directory and why.
+#[test]
+fn an_unlistable_scripts_directory_refuses_the_start_naming_it() {
+    if !require(common::DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let scripts = daemon.config_dir().join("hooks/network.d");
+    std::fs::create_dir_all(scripts.parent().expect("hooks dir")).expect("hooks dir");
+    std::fs::write(&scripts, "not a directory").expect("network.d");
+    daemon.ok(&["net-define", &network_file(&daemon)]);
+
+    let error = daemon.fails(&["net-start", "hooknet"]);
+    assert_eq!(
+        error,
+        format!(
+            "error: Failed to start network hooknet\n\
+             error: internal error: cannot open directory '{}': Not a directory (os error 20)\n",
+            scripts.display()
+        )
+    );
+    assert!(!daemon.bridges().contains(&"kvhook0".to_owned()));
+}
+
 #[test]
 fn a_started_hook_forwards_a_host_port_to_a_guest() {
     if !require(&port_needs()) {

@@ -136,8 +136,9 @@ pub enum Error {
         /// The command line.
         command: String,
     },
-    /// The scripts directory could not be read.
-    #[error("Hook script execution failed: cannot list {}", dir.display())]
+    /// The scripts directory could not be read (no script ran: this is the host's
+    /// failure, not a hook's, in libvirt's words for it).
+    #[error("cannot open directory '{}'", dir.display())]
     List {
         /// `<config>/hooks/network.d`.
         dir: PathBuf,

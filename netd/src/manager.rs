@@ -180,6 +180,7 @@ impl From<Error> for ApiError {
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::OperationInvalid(_) => ErrorKind::OperationInvalid,
             Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::Hook(crate::hooks::Error::List { .. }) => ErrorKind::Internal,
             Error::Hook(_) => ErrorKind::HookFailed,
             Error::Start { .. }
             | Error::Stop { .. }
