@@ -311,7 +311,7 @@ impl Store {
             .join(format!(".{name}.xml.tmp-{}", std::process::id()));
         remove_if_exists(&tmp)?;
         std::os::unix::fs::symlink(own_autostart_target(name), &tmp)
-            .map_err(io_err("creating autostart link", &tmp))?;
+            .map_err(io_err("creating autostart link", &link))?;
         fs::rename(&tmp, &link).map_err(io_err("renaming autostart link into", &link))?;
         sync_dir(&self.autostart_dir)
     }
@@ -564,9 +564,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut file = fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
-        file.write_all(bytes).map_err(io_err("writing", &tmp))?;
-        file.sync_all().map_err(io_err("syncing", &tmp))?;
+        // Errors name the file the user knows, not the temporary one beside it.
+        let mut file = fs::File::create(&tmp).map_err(io_err("writing", path))?;
+        file.write_all(bytes).map_err(io_err("writing", path))?;
+        file.sync_all().map_err(io_err("writing", path))?;
         fs::rename(&tmp, path).map_err(io_err("renaming into", path))
     })();
     if result.is_err() {
