@@ -305,6 +305,30 @@ fn foreign_bridge_after_a_crash(phase: &str, logged: &str) {
     assert_eq!(on_disk, definition);
 }
 
+/// A state directory that takes no new file (full, say) does not keep a network from
+/// stopping: only the record of the stop's intent is skipped.
+#[test]
+fn a_network_stops_when_its_status_cannot_be_rewritten() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    define_nat_network(&daemon, "n", "10.59.0.1");
+    daemon.ok(&["net-start", "n"]);
+    let pid = daemon.pid().expect("daemon pid");
+    let blocker = daemon
+        .state_dir()
+        .join(format!("networks/.n.json.tmp-{pid}"));
+    std::fs::create_dir(&blocker).expect("block the status's temporary file");
+
+    assert_eq!(daemon.ok(&["net-destroy", "n"]), "Network n destroyed\n\n");
+    assert!(daemon.bridges().is_empty());
+    assert!(!daemon.ruleset().contains("virbr0"), "rules left");
+    assert!(!daemon.state_dir().join("networks/n.json").exists());
+    daemon.assert_logged("stopping without recording it first");
+    std::fs::remove_dir(&blocker).expect("unblock");
+}
+
 /// A status file that cannot be read says nothing about what ran: the bridge and rules of
 /// the network the definition names go, so that the network can be started again.
 #[test]

@@ -1574,13 +1574,16 @@ impl Manager {
             networks[&name].config.is_some(),
             self.started_at(&name),
         );
-        self.store.save_status(
-            &name,
-            &Status {
-                phase: Phase::Stopping,
-                ..active.clone()
-            },
-        )?;
+        let intent = Status {
+            phase: Phase::Stopping,
+            ..active.clone()
+        };
+        if let Err(e) = self.store.save_status(&name, &intent) {
+            // A full disk must not keep a network from stopping. Without the record, a
+            // crash in the teardown leaves a network that a restart adopts (its bridge
+            // still there, rules re-applied) or marks inactive (bridge gone).
+            warn!(network = %name, "stopping without recording it first: {}", error_chain(&e));
+        }
         if let Some(network) = networks.get_mut(&name) {
             network.take_servers().stop().await;
             // Before the bridge goes, so that no tap is ever up off its bridge.
