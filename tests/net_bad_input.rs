@@ -101,7 +101,7 @@ fn malformed_and_invalid_definitions_are_refused() {
     define_rejects(
         &daemon,
         "<network><name>v</name><ip family='ipv6' address='fd00:9::1' prefix='64'><dhcp><range start='fd00:8::10' end='fd00:8::20'/></dhcp></ip></network>",
-        &["fd00:8::10", "'v'"],
+        &["range fd00:8::10 - fd00:8::20 is not entirely within network fd00:9::1/64"],
     );
     define_rejects(
         &daemon,
@@ -205,6 +205,20 @@ fn duplicates_and_conflicts_are_refused() {
         &daemon,
         &["net-start", "overlap"],
         &["Failed to start network overlap", "192.168.122", "default"],
+    );
+
+    // Exactly the subnet of another network's bridge: libvirt's words, which tools
+    // look for.
+    let path = xml_file(
+        daemon.dirs.path(),
+        "twin.xml",
+        "<network><name>twin</name><bridge name='kvtwin0'/><ip address='192.168.122.50' prefix='24'/></network>",
+    );
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    assert_eq!(
+        daemon.fails(&["net-start", "twin"]),
+        "error: Failed to start network twin\n\
+         error: internal error: Network is already in use by interface virbr0\n"
     );
 
     // A subnet a host route uses.

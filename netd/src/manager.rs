@@ -58,7 +58,8 @@ pub enum Error {
     /// A network with that name or UUID, or something it needs, already exists.
     #[error("{0}")]
     AlreadyExists(String),
-    /// The request conflicts with the host or another network (subnet, bridge name).
+    /// The request conflicts with the host or another network (subnet, bridge name);
+    /// an internal error in libvirt's classes.
     #[error("{0}")]
     Conflict(String),
     /// The network is not in a state that allows this.
@@ -176,7 +177,9 @@ impl From<Error> for ApiError {
                     xml::Class::InvalidArgument => ErrorKind::InvalidArgument,
                 },
             },
-            Error::DnsRecords(_) | Error::Conflict(_) => ErrorKind::InvalidArgument,
+            Error::DnsRecords(_) => ErrorKind::InvalidArgument,
+            // libvirt reports a subnet or bridge name in use as an internal error.
+            Error::Conflict(_) => ErrorKind::Internal,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::OperationInvalid(_) => ErrorKind::OperationInvalid,
             Error::Unsupported(_) => ErrorKind::Unsupported,
@@ -1417,6 +1420,18 @@ impl Manager {
             })
             .await?;
         if let Some((used, ifindex)) = clash {
+            let device = self
+                .link
+                .link_name(ifindex)
+                .await?
+                .unwrap_or_else(|| format!("#{ifindex}"));
+            // A route to exactly this subnet is the one collision libvirt detects; tools
+            // look for its words.
+            if ours.iter().any(|subnet| subnet.trunc() == used.trunc()) {
+                return Err(Error::Conflict(format!(
+                    "Network is already in use by interface {device}"
+                )));
+            }
             // Every active network's subnets are on its bridge, so the kernel's view covers
             // them (one lookup, not a walk over every network); name the network if it is one.
             if let Some(message) = overlapping_network(networks, def) {
@@ -1426,11 +1441,6 @@ impl Manager {
                 .iter()
                 .find(|subnet| overlap(**subnet, used))
                 .unwrap_or(&used);
-            let device = self
-                .link
-                .link_name(ifindex)
-                .await?
-                .unwrap_or_else(|| format!("#{ifindex}"));
             return Err(Error::Conflict(format!(
                 "network '{}' subnet {subnet} is already in use by interface {device} ({used})",
                 def.name

@@ -1187,27 +1187,27 @@ fn dhcp_ranges_and_hosts_are_checked_against_the_subnet() {
     let cases: &[(&str, &str)] = &[
         (
             "<dhcp><range start='192.168.51.2' end='192.168.51.9'/></dhcp>",
-            "range 192.168.51.2 - 192.168.51.9 is not entirely within network 192.168.50.0/24 of network 'n'",
+            "range 192.168.51.2 - 192.168.51.9 is not entirely within network 192.168.50.1/24",
         ),
         (
             "<dhcp><range start='192.168.50.2' end='192.168.51.9'/></dhcp>",
-            "range 192.168.50.2 - 192.168.51.9 is not entirely within network 192.168.50.0/24 of network 'n'",
+            "range 192.168.50.2 - 192.168.51.9 is not entirely within network 192.168.50.1/24",
         ),
         (
             "<dhcp><range start='192.168.50.9' end='192.168.50.2'/></dhcp>",
-            "range 192.168.50.9 - 192.168.50.2 is reversed",
+            "range 192.168.50.9 - 192.168.50.2 is reversed ",
         ),
         (
             "<dhcp><range start='192.168.50.0' end='192.168.50.9'/></dhcp>",
-            "start of range 192.168.50.0 - 192.168.50.9 in network 192.168.50.0/24 is the network address",
+            "start of range 192.168.50.0 - 192.168.50.9 in network 192.168.50.1/24 is the network address",
         ),
         (
             "<dhcp><range start='192.168.50.2' end='192.168.50.255'/></dhcp>",
-            "end of range 192.168.50.2 - 192.168.50.255 in network 192.168.50.0/24 is the broadcast address",
+            "end of range 192.168.50.2 - 192.168.50.255 in network 192.168.50.1/24 is the broadcast address",
         ),
         (
             "<dhcp><range start='fd00::2' end='fd00::9'/></dhcp>",
-            "mismatch of address family in range fd00::2 - fd00::9 for network 192.168.50.0/24 of network 'n'",
+            "mismatch of address family in range fd00::2 - fd00::9 for network 192.168.50.1",
         ),
         (
             "<dhcp><range start='192.168.50.2'/></dhcp>",
@@ -1390,7 +1390,7 @@ fn programmatic_edits_are_revalidated() {
     def.ips[0].dhcp_ranges[0].end = "192.168.123.9".parse().unwrap();
     assert_eq!(
         def.validate().unwrap_err().to_string(),
-        "range 192.168.122.2 - 192.168.123.9 is not entirely within network 192.168.122.0/24 of network 'default'"
+        "range 192.168.122.2 - 192.168.123.9 is not entirely within network 192.168.122.1/24"
     );
     let mut def = parse(DEFAULT_XML);
     def.forward.mode = ForwardMode::Isolated;
@@ -2022,11 +2022,15 @@ fn ipv6_dhcp_errors_name_the_network_and_value() {
     let cases = [
         (
             "<dhcp><range start='fd00:0:0:1::10' end='fd00:0:0:1::20'/></dhcp>",
-            "range fd00:0:0:1::10 - fd00:0:0:1::20 is not entirely within network fd00::/64 of network 'n'",
+            "range fd00:0:0:1::10 - fd00:0:0:1::20 is not entirely within network fd00::1/64",
         ),
         (
             "<dhcp><range start='fd00::10' end='fd00::1:20'/></dhcp>",
             "range fd00::10 - fd00::1:20 is too large (> 65535)",
+        ),
+        (
+            "<dhcp><range start='fd00::20' end='fd00::10'/></dhcp>",
+            "range fd00::20 - fd00::10 start larger than end",
         ),
         (
             "<dhcp><host mac='52:54:00:00:00:01' name='a' ip='fd00::5'/></dhcp>",

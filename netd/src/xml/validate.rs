@@ -742,7 +742,7 @@ impl NetworkDef {
             return Ok(());
         }
         for range in &ip.dhcp_ranges {
-            check_range(name, subnet, range.start, range.end)?;
+            check_range(subnet, range.start, range.end)?;
             if let Some(lease) = range.lease {
                 check_lease(lease)?;
             }
@@ -878,44 +878,38 @@ fn unassignable_reason(address: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// libvirt's `virSocketAddrGetRange` checks.
-fn check_range(name: &str, subnet: IpNet, start: IpAddr, end: IpAddr) -> Result<(), Error> {
-    let net = subnet.trunc();
-    if start.is_ipv4() != subnet.addr().is_ipv4() || end.is_ipv4() != subnet.addr().is_ipv4() {
-        return Err(invalid_as(
-            Class::Internal,
-            format!(
-                "mismatch of address family in range {start} - {end} for network {net} of network '{name}'"
-            ),
+/// libvirt's `virSocketAddrGetRange` checks, in its order and words: like libvirt, the
+/// messages show the `<ip>` address with its prefix, not the network address.
+fn check_range(subnet: IpNet, start: IpAddr, end: IpAddr) -> Result<(), Error> {
+    let internal = |message: String| Err(invalid_as(Class::Internal, message));
+    if start.is_ipv4() != end.is_ipv4() {
+        return internal(format!(
+            "mismatch of address family in range {start} - {end}"
+        ));
+    }
+    if start.is_ipv4() != subnet.addr().is_ipv4() {
+        return internal(format!(
+            "mismatch of address family in range {start} - {end} for network {}",
+            subnet.addr()
         ));
     }
     if !subnet.contains(&start) || !subnet.contains(&end) {
-        return Err(invalid_as(
-            Class::Internal,
-            format!(
-                "range {start} - {end} is not entirely within network {net} of network '{name}'"
-            ),
+        return internal(format!(
+            "range {start} - {end} is not entirely within network {subnet}"
         ));
     }
-    if let IpNet::V4(v4) = net {
+    if let IpNet::V4(v4) = subnet.trunc() {
+        // A /31 has neither (RFC 3021); libvirt refuses both of its addresses.
         if start == IpAddr::V4(v4.network()) && v4.prefix_len() < 31 {
-            return Err(invalid_as(
-                Class::Internal,
-                format!("start of range {start} - {end} in network {net} is the network address"),
+            return internal(format!(
+                "start of range {start} - {end} in network {subnet} is the network address"
             ));
         }
         if end == IpAddr::V4(v4.broadcast()) && v4.prefix_len() < 31 {
-            return Err(invalid_as(
-                Class::Internal,
-                format!("end of range {start} - {end} in network {net} is the broadcast address"),
+            return internal(format!(
+                "end of range {start} - {end} in network {subnet} is the broadcast address"
             ));
         }
-    }
-    if start > end {
-        return Err(invalid_as(
-            Class::Internal,
-            format!("range {start} - {end} is reversed"),
-        ));
     }
     let too_large = match (start, end) {
         (IpAddr::V4(s), IpAddr::V4(e)) => s.octets()[..2] != e.octets()[..2],
@@ -923,10 +917,14 @@ fn check_range(name: &str, subnet: IpNet, start: IpAddr, end: IpAddr) -> Result<
         _ => false,
     };
     if too_large {
-        return Err(invalid_as(
-            Class::Internal,
-            format!("range {start} - {end} is too large (> 65535)"),
-        ));
+        return internal(format!("range {start} - {end} is too large (> 65535)"));
+    }
+    if start > end {
+        // libvirt's words, trailing space included.
+        return internal(match start {
+            IpAddr::V4(_) => format!("range {start} - {end} is reversed "),
+            IpAddr::V6(_) => format!("range {start} - {end} start larger than end"),
+        });
     }
     // A range may contain the bridge's own address (vagrant-libvirt's management
     // network starts its range there, and libvirt accepts it): the DHCP server
