@@ -610,6 +610,9 @@ impl VirtioPciDevice {
                 guest_warn!(self.warned, warn::DRIVER_OK_EARLY, device = %self.device.name(),
                     "virtio-pci: DRIVER_OK without FEATURES_OK");
                 self.status |= VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+                // Virtio 1.x 2.1.2: setting NEEDS_RESET comes with a config-change
+                // notification (not when bus mastering is off, below: MSI cannot go out).
+                let _ = self.interrupt().trigger(InterruptKind::Config);
                 return;
             }
             if !self.config.bus_master() {

@@ -413,6 +413,7 @@ fn hostile_queue_setups_set_needs_reset_instead_of_activating() {
     f.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK);
     assert!(!f.dev.is_active());
     assert_ne!(f.status() & VIRTIO_CONFIG_S_NEEDS_RESET as u8, 0);
+    assert_eq!(f.r(ISR_CFG_OFFSET, 1) as u8, ISR_CONFIG);
 }
 
 #[test]
