@@ -1391,6 +1391,18 @@ fn failing_backend_pauses_rx_instead_of_spinning() {
 }
 
 #[test]
+fn a_failing_backend_with_event_idx_still_asks_for_the_next_rx_notification() {
+    let mut h = harness(EVENT_IDX);
+    h.guest_post_rx(&[2048]);
+    let Harness { peer, .. } = &mut h;
+    drop(std::mem::replace(peer, seqpacket_pair().0));
+    h.worker.process_rx();
+    assert!(h.worker.rx_paused());
+    // The driver's next buffer (avail index 1 to 2) crosses avail_event: it notifies.
+    assert_eq!(h.rx.avail_event(), 1);
+}
+
+#[test]
 fn long_tx_batch_signals_every_64_frames() {
     let mut h = harness(0);
     for i in 0..100 {

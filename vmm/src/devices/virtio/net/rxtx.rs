@@ -769,6 +769,14 @@ impl NetWorker {
                 RxStep::Dropped | RxStep::NoRoom => {}
                 RxStep::Empty => break,
                 RxStep::Failed => {
+                    // The guest's next RX notification brings a retry. With EVENT_IDX
+                    // it sends one only past avail_event, which must be current.
+                    self.rx
+                        .enable_notification(&*mem)
+                        .map_err(|source| QueueError::Ring {
+                            queue: RX_QUEUE,
+                            source,
+                        })?;
                     self.rx_paused = true;
                     break;
                 }
