@@ -17,7 +17,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::rxtx::{GuestGso, NetWorker, NetWorkerSetup};
+use super::rxtx::{GuestGso, HostOffloads, NetWorker, NetWorkerSetup};
 use super::tap::{TUN_F_CSUM, TUN_F_TSO_ECN, TUN_F_TSO4, TUN_F_TSO6, Tap, TapError};
 use super::{
     DEFAULT_MTU, MAX_GSO_FRAME_LEN, NetBackend, NetConfig, NetCounters, NetStats, QUEUE_SIZE,
@@ -219,6 +219,11 @@ impl Net {
                 tso6: self.acked_features & bit(VIRTIO_NET_F_GUEST_TSO6) != 0,
                 ufo: self.acked_features & bit(VIRTIO_NET_F_GUEST_UFO) != 0,
                 ecn: self.acked_features & bit(VIRTIO_NET_F_GUEST_ECN) != 0,
+            },
+            host_offloads: HostOffloads {
+                csum: self.acked_features & bit(VIRTIO_NET_F_CSUM) != 0,
+                tso4: self.acked_features & bit(VIRTIO_NET_F_HOST_TSO4) != 0,
+                tso6: self.acked_features & bit(VIRTIO_NET_F_HOST_TSO6) != 0,
             },
             max_frame,
         }))

@@ -1403,6 +1403,53 @@ fn a_failing_backend_with_event_idx_still_asks_for_the_next_rx_notification() {
 }
 
 #[test]
+fn tx_headers_asking_for_offloads_not_negotiated_or_not_fitting_are_refused() {
+    let tcp4 = VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+    let with = |f: &mut Vec<u8>, at: usize, value: u16| {
+        f[at..at + 2].copy_from_slice(&value.to_le_bytes());
+    };
+    let mut udp = frame(2000, VIRTIO_NET_HDR_GSO_UDP as u8, 1);
+    let mut ecn = frame(2000, tcp4 | VIRTIO_NET_HDR_GSO_ECN as u8, 2);
+    let mut no_size = frame(2000, tcp4, 3);
+    with(&mut no_size, 4, 0);
+    let mut csum_beyond = frame(60, 0, 4);
+    csum_beyond[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+    with(&mut csum_beyond, 6, 50);
+    let refused_with_gso = [&mut udp, &mut ecn, &mut no_size, &mut csum_beyond];
+    let mut h = harness(GSO);
+    let count = refused_with_gso.len();
+    for f in refused_with_gso {
+        h.guest_send(f);
+    }
+    h.guest_send(&frame(2000, tcp4, 5));
+    h.worker.process_tx();
+    let sent = h.host_recv_all();
+    assert_eq!(sent.len(), 1, "only the valid TSO frame goes out");
+    assert_eq!(sent[0][VNET_HDR_LEN], 5);
+    let s = h.stats();
+    assert_eq!(
+        (s.bad_tx_header, s.tx_dropped),
+        (count as u64, count as u64)
+    );
+    assert_eq!(
+        h.tx.used().len(),
+        count + 1,
+        "refused chains go back to the driver"
+    );
+
+    // Without VIRTIO_NET_F_CSUM and HOST_TSO4, a checksum or TSO request is refused.
+    let mut h = harness(0);
+    h.guest_send(&frame(2000, tcp4, 6));
+    let mut partial = frame(60, 0, 7);
+    partial[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+    h.guest_send(&partial);
+    h.guest_send(&frame(60, 0, 8));
+    h.worker.process_tx();
+    assert_eq!(h.host_recv_all().len(), 1);
+    assert_eq!(h.stats().bad_tx_header, 2);
+}
+
+#[test]
 fn long_tx_batch_signals_every_64_frames() {
     let mut h = harness(0);
     for i in 0..100 {
@@ -1412,13 +1459,17 @@ fn long_tx_batch_signals_every_64_frames() {
     assert_eq!(h.host_recv_all().len(), 100);
     // One interrupt after the 64th used entry, one at the end of the batch.
     assert_eq!(h.interrupt.count(InterruptKind::Queue(TX_QUEUE)), 2);
-    // Exactly 64 more: the mid-batch interrupt covers them all, no empty one follows.
+    // Exactly 64: the mid-batch interrupt covers them all, no empty one follows. On a
+    // new harness: virtio-queue 0.18's mock lays its used ring over the second half of
+    // the avail ring (`AvailRing::end` counts entries, not bytes), so one harness may
+    // publish at most 128 chains before the device reads its own used ring as heads.
+    let mut h = harness(0);
     for i in 0..64 {
         h.guest_send(&frame(60, 0, i));
     }
     h.worker.process_tx();
     assert_eq!(h.host_recv_all().len(), 64);
-    assert_eq!(h.interrupt.count(InterruptKind::Queue(TX_QUEUE)), 3);
+    assert_eq!(h.interrupt.count(InterruptKind::Queue(TX_QUEUE)), 1);
 }
 
 /// A backend that is always readable and whose reads take a while, so a test can

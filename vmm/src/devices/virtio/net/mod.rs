@@ -129,6 +129,8 @@ counters! {
     bad_desc_direction,
     /// Indirect descriptors (not negotiated).
     bad_desc_indirect,
+    /// TX vnet headers asking for offloads not negotiated, or not fitting their frame.
+    bad_tx_header,
     /// Queues refused at activation (size, readiness, ring placement).
     bad_queue,
     /// Ring corruption that put the device into `NEEDS_RESET`.

@@ -85,6 +85,15 @@ pub enum QueueError {
         /// The descriptor index.
         index: u16,
     },
+    /// A TX vnet header asking for an offload the driver did not negotiate, or whose
+    /// fields do not fit its frame.
+    #[error("TX chain from head {head}: {problem}")]
+    Header {
+        /// Head index of the chain.
+        head: u16,
+        /// What is wrong with the header.
+        problem: &'static str,
+    },
     /// The ring itself is corrupt or unreachable.
     #[error("queue {queue} ring error")]
     Ring {
@@ -107,6 +116,7 @@ impl QueueError {
             QueueError::Length { .. } => &counters.bad_chain_len,
             QueueError::Direction { .. } => &counters.bad_desc_direction,
             QueueError::Indirect { .. } => &counters.bad_desc_indirect,
+            QueueError::Header { .. } => &counters.bad_tx_header,
             QueueError::Ring { .. } => return None,
         })
     }
@@ -397,6 +407,66 @@ fn read_chain_bytes(
     Ok(())
 }
 
+/// The transmit offloads a driver accepted (`VIRTIO_NET_F_CSUM`, `HOST_TSO4/6`); the
+/// device offers neither `HOST_UFO` nor `HOST_ECN`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostOffloads {
+    /// `VIRTIO_NET_F_CSUM`: the driver may leave checksums to the device.
+    pub csum: bool,
+    /// `VIRTIO_NET_F_HOST_TSO4`.
+    pub tso4: bool,
+    /// `VIRTIO_NET_F_HOST_TSO6`.
+    pub tso6: bool,
+}
+
+/// Refuses a TX vnet header that asks for an offload the driver did not negotiate, or
+/// whose checksum or segmentation fields cannot describe its frame (virtio 1.2
+/// 5.1.6.2.1): the host kernel's parser is then not the only check on what a guest
+/// hands it.
+fn check_tx_header(
+    mem: &GuestMemoryMmap,
+    chain: &Chain,
+    offloads: HostOffloads,
+) -> Result<(), QueueError> {
+    let mut header = [0u8; VNET_HDR_LEN];
+    read_chain_bytes(mem, chain, &mut header)?;
+    let field = |at: usize| u64::from(u16::from_le_bytes([header[at], header[at + 1]]));
+    let (flags, gso_type, gso_size) = (header[0], header[1], field(4));
+    let frame_len = chain.len.saturating_sub(VNET_HDR_LEN as u64);
+    let problem = if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0 {
+        if !offloads.csum {
+            Some("checksum offload without VIRTIO_NET_F_CSUM")
+        } else if field(6) + field(8) + 2 > frame_len {
+            Some("checksum field beyond the frame")
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    let problem = problem.or(match u32::from(gso_type) {
+        VIRTIO_NET_HDR_GSO_NONE => None,
+        VIRTIO_NET_HDR_GSO_TCPV4 if !offloads.tso4 => {
+            Some("TCPv4 segmentation without VIRTIO_NET_F_HOST_TSO4")
+        }
+        VIRTIO_NET_HDR_GSO_TCPV6 if !offloads.tso6 => {
+            Some("TCPv6 segmentation without VIRTIO_NET_F_HOST_TSO6")
+        }
+        VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_TCPV6 if gso_size == 0 => {
+            Some("segmentation with gso_size 0")
+        }
+        VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_TCPV6 => None,
+        _ => Some("a segmentation type the device does not offer (UDP, ECN or unknown)"),
+    });
+    match problem {
+        Some(problem) => Err(QueueError::Header {
+            head: chain.head,
+            problem,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Reads one frame from `backend` into `slices`: its length, or what the receive loop
 /// does instead.
 fn read_from(
@@ -491,6 +561,7 @@ pub struct NetWorker {
     mergeable: bool,
     guest_csum: bool,
     guest_gso: GuestGso,
+    host_offloads: HostOffloads,
     max_frame: u64,
     /// The RX used index the last interrupt decision covered.
     rx_signalled: u16,
@@ -531,6 +602,8 @@ pub struct NetWorkerSetup {
     pub guest_csum: bool,
     /// The receive GSO features the driver negotiated.
     pub guest_gso: GuestGso,
+    /// The transmit offloads the driver negotiated.
+    pub host_offloads: HostOffloads,
     /// Largest frame the backend may deliver, vnet header included.
     pub max_frame: usize,
 }
@@ -604,6 +677,7 @@ impl NetWorker {
             mergeable: setup.mergeable,
             guest_csum: setup.guest_csum,
             guest_gso: setup.guest_gso,
+            host_offloads: setup.host_offloads,
             max_frame: setup.max_frame as u64,
             rx_signalled,
             rx_chains: VecDeque::new(),
@@ -657,7 +731,12 @@ impl NetWorker {
             self.tx.disable_notification(&*mem).map_err(ring_err)?;
             while let Some(head) = pop_head(&mut self.tx, &mem, TX_QUEUE)? {
                 let limits = (VNET_HDR_LEN as u64, super::MAX_GSO_FRAME_LEN as u64);
-                match parse_chain(&mem, table, head, Direction::DeviceReads, limits) {
+                let parsed = parse_chain(&mem, table, head, Direction::DeviceReads, limits)
+                    .and_then(|chain| {
+                        check_tx_header(&mem, &chain, self.host_offloads)?;
+                        Ok(chain)
+                    });
+                match parsed {
                     Ok(chain) => {
                         slices.clear();
                         chain_slices(&mem, &chain, &mut slices)?;
