@@ -9,11 +9,12 @@
 //!   before replies, and the [`DhcpServer`] handle the manager keeps.
 //!
 //! Deliberate choices, following what libvirt's dnsmasq config does
-//! (`dhcp-authoritative`, `dhcp-no-override`, no ping check):
+//! (`dhcp-authoritative`, `dhcp-no-override`), except for its ping check:
 //! - authoritative: a client asking for a free address of our pool that we have no
 //!   record of (e.g. after the lease file was lost) gets it; an address held by someone
 //!   else or outside the network gets a NAK;
-//! - no ICMP probe before offering (dnsmasq's probe made udhcpc wait 3 s);
+//! - no ICMP probe before offering (dnsmasq's probe made udhcpc wait 3 s; the README
+//!   says what that costs);
 //! - a `<host mac=>` reservation always wins: a dynamic holder of that address is evicted;
 //! - relayed requests are answered only from a relay agent inside the network's subnet
 //!   (replies go back to it, never off the network); others are dropped.
