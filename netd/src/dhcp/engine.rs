@@ -150,7 +150,7 @@ impl Engine {
         let client = Client::new(mac, client_id).named(name.as_deref());
         match request.opts().msg_type()? {
             MessageType::Discover => self.discover(&request, &client, now),
-            MessageType::Request => self.request(&request, &client, now),
+            MessageType::Request => self.request(&request, &client, name, now),
             MessageType::Decline => {
                 self.decline(&request, &client, now);
                 None
@@ -193,7 +193,15 @@ impl Engine {
         self.reply(request, MessageType::Offer, ip, Some(lease), hostname)
     }
 
-    fn request(&mut self, request: &Message, client: &Client, now: i64) -> Option<Reply> {
+    /// `name`: the hostname the client gave, in its own case (`client` goes by it
+    /// lowercased, for matching).
+    fn request(
+        &mut self,
+        request: &Message,
+        client: &Client,
+        name: Option<String>,
+        now: i64,
+    ) -> Option<Reply> {
         let ciaddr = request.ciaddr();
         let ip = match (server_id(request), requested_ip(request)) {
             // SELECTING: the client chose an offer; ours or someone else's.
@@ -210,10 +218,9 @@ impl Engine {
             (None, None) if !ciaddr.is_unspecified() => ciaddr,
             (None, None) => return None,
         };
-        let hostname = client.name.as_deref().map(str::to_owned);
         match self
             .leases
-            .bind_requesting(client, ip, hostname, requested_lease(request), now)
+            .bind_requesting(client, ip, name, requested_lease(request), now)
         {
             Some(lease) => {
                 let hostname = self.leases.reserved_name(client).map(str::to_owned);
@@ -767,7 +774,8 @@ mod tests {
             .insert(DhcpOption::Hostname("Guest-1.example".into()));
         let (_, ack) = exchange(&mut engine, &request, NOW).expect("init-reboot ack");
         assert_eq!(kind(&ack), MessageType::Ack);
-        assert_eq!(engine.leases(NOW)[0].hostname.as_deref(), Some("guest-1"));
+        // The guest's own case, as dnsmasq keeps it.
+        assert_eq!(engine.leases(NOW)[0].hostname.as_deref(), Some("Guest-1"));
         // Reserved names are not echoed to dynamic clients.
         assert_eq!(ack.opts().get(OptionCode::Hostname), None);
     }
@@ -1190,7 +1198,7 @@ mod tests {
                 &b"\x05\x00\x00\x03db1\x07example\x03com\x00"[..],
                 Some("db1"),
             ),
-            (b"\x00\xff\xffDESKTOP-ABC.corp.test", Some("desktop-abc")),
+            (b"\x00\xff\xffDESKTOP-ABC.corp.test", Some("DESKTOP-ABC")),
             (b"\x01\x00\x00build_01\x00", Some("build_01")),
             // Unusable: the Hostname option names it instead.
             (b"\x04\x00\x00\x3fshort", Some("fallback")),

@@ -192,21 +192,22 @@ pub fn dns_names(leases: Vec<LeaseInfo>) -> Vec<(Ipv4Addr, String)> {
 /// Turns a client-sent hostname (option 12, or the first label of option 81) into one
 /// DNS label, or `None`.
 ///
-/// Takes the part before the first dot (as dnsmasq does), lowercases it and accepts what
-/// dnsmasq's `legal_hostname` does: 1 to 63 of `[a-z0-9_-]`, starting with a letter or
-/// digit. The name will end up in DNS and in files, so anything else (NUL, spaces,
-/// non-ASCII, overlong) is dropped, not escaped.
+/// Takes the part before the first dot (as dnsmasq does) and accepts what dnsmasq's
+/// `legal_hostname` does: 1 to 63 of `[A-Za-z0-9_-]`, starting with a letter or digit.
+/// Its case is kept, as dnsmasq keeps it (net-dhcp-leases and PTR answers show the name
+/// the guest gave); names are compared without case. The name will end up in DNS and
+/// in files, so anything else (NUL, spaces, non-ASCII, overlong) is dropped, not escaped.
 pub fn sanitize_hostname(raw: &str) -> Option<String> {
-    let label = raw.split('.').next()?.to_ascii_lowercase();
+    let label = raw.split('.').next()?;
     let valid = (1..=63).contains(&label.len())
         && label
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         && label
             .bytes()
             .next()
             .is_some_and(|b| b.is_ascii_alphanumeric());
-    valid.then_some(label)
+    valid.then(|| label.to_owned())
 }
 
 #[cfg(test)]
@@ -244,11 +245,11 @@ mod tests {
 
     #[test]
     fn hostnames_become_one_safe_label() {
-        assert_eq!(sanitize_hostname("Web1").as_deref(), Some("web1"));
+        assert_eq!(sanitize_hostname("Web1").as_deref(), Some("Web1"));
         assert_eq!(sanitize_hostname("db.example.org").as_deref(), Some("db"));
         assert_eq!(sanitize_hostname("a-b-9").as_deref(), Some("a-b-9"));
         // dnsmasq's legal_hostname: `_` and a final `-` after the first character.
-        assert_eq!(sanitize_hostname("Build_01").as_deref(), Some("build_01"));
+        assert_eq!(sanitize_hostname("Build_01").as_deref(), Some("Build_01"));
         assert_eq!(sanitize_hostname("a-").as_deref(), Some("a-"));
         for bad in [
             "",

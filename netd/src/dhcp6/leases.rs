@@ -268,7 +268,7 @@ impl LeaseDb {
     }
 
     /// The reservation of a client: by DUID, else (for hosts without `id`) by the name
-    /// the client sent in its FQDN option.
+    /// the client sent in its FQDN option, in any case.
     pub fn reservation(&self, duid: &[u8], name: Option<&str>) -> Option<&Dhcp6HostConfig> {
         self.hosts
             .iter()
@@ -281,7 +281,7 @@ impl LeaseDb {
                             .name
                             .as_deref()
                             .and_then(sanitize_hostname)
-                            .is_some_and(|host_name| host_name == name)
+                            .is_some_and(|host_name| host_name.eq_ignore_ascii_case(name))
                 })
             })
     }
@@ -296,7 +296,7 @@ impl LeaseDb {
                     .name
                     .as_deref()
                     .and_then(sanitize_hostname)
-                    .is_some_and(|reserved| reserved == name)
+                    .is_some_and(|reserved| reserved.eq_ignore_ascii_case(name))
         })
     }
 
