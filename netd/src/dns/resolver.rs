@@ -369,7 +369,7 @@ impl Resolver {
 
     fn reload_leases(&self, view: &LeaseView, cache: &mut LeaseCache) {
         let leases = (view.source)();
-        cache.zone = Zone::from_leases(&leases, self.domain.as_ref());
+        cache.zone = Zone::from_leases(&leases, self.domain.as_ref(), &self.static_zone);
         cache.read_at = Some(Instant::now());
     }
 
@@ -1176,6 +1176,18 @@ mod tests {
                 [RData::A(Ipv4Addr::new(192, 168, 122, 51).into())]
             );
         }
+        // And that lease gets no name at all, as in dnsmasq: its reverse name must not
+        // point at a name that resolves to another address.
+        let mut out = Vec::new();
+        let reverse = query("78.122.168.192.in-addr.arpa.", RecordType::PTR, false);
+        let outcome = resolver.answer(&reverse, Transport::Udp, &mut out);
+        assert!(matches!(outcome, Outcome::Forward(_)), "{outcome:?}");
+        let reply = ask(&resolver, "77.122.168.192.in-addr.arpa.", RecordType::PTR);
+        assert_eq!(
+            reply.answers.len(),
+            1,
+            "a TXT does not take the lease's name"
+        );
     }
 
     #[test]

@@ -124,15 +124,37 @@ impl Zone {
 
     /// The dynamic part: one name per leased hostname, qualified with `domain` (A for
     /// DHCP leases, AAAA for DHCPv6 ones, and PTR for both). Hostnames that are not
-    /// valid DNS names are skipped.
-    pub fn from_leases(leases: &[(IpAddr, String)], domain: Option<&Name>) -> Zone {
+    /// valid DNS names are skipped, and so are those `configured` has addresses of the
+    /// lease's family for: as dnsmasq ("not giving name ... to the DHCP lease"), such a
+    /// lease gets no name at all, so its reverse name cannot point at a name whose
+    /// address is someone else's.
+    pub fn from_leases(
+        leases: &[(IpAddr, String)],
+        domain: Option<&Name>,
+        configured: &Zone,
+    ) -> Zone {
         let mut zone = Zone::default();
         for (ip, hostname) in leases {
-            if let Some(names) = qualified(hostname, domain) {
-                zone.add_address(&names, *ip);
+            let family = match ip {
+                IpAddr::V4(_) => RecordType::A,
+                IpAddr::V6(_) => RecordType::AAAA,
+            };
+            let Some(names) = qualified(hostname, domain) else {
+                continue;
+            };
+            if names.iter().any(|name| configured.has(name, family)) {
+                continue;
             }
+            zone.add_address(&names, *ip);
         }
         zone
+    }
+
+    /// Whether `name` has records of type `rtype` here.
+    fn has(&self, name: &Name, rtype: RecordType) -> bool {
+        self.names
+            .get(wire_key(name).as_slice())
+            .is_some_and(|sets| sets.iter().any(|(held, _)| *held == rtype))
     }
 
     /// Whether the zone holds no names.
