@@ -289,6 +289,11 @@ fn unknown_networks_and_wrong_states_are_refused() {
         daemon.fails(&["net-name", "default"]),
         "error: failed to get network 'default'\n"
     );
+    // A UUID without its dashes is not 36 characters: virsh does not look it up.
+    assert_eq!(
+        daemon.fails(&["net-name", "11111111222233334444555555555555"]),
+        "error: failed to get network '11111111222233334444555555555555'\n"
+    );
     let unknown = "11111111-2222-3333-4444-555555555555";
     assert_eq!(
         daemon.fails(&["net-name", unknown]),

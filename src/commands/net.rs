@@ -240,8 +240,13 @@ pub fn uuid(client: &Client, network: &str, json: bool, quiet: bool) -> Result<S
 }
 
 pub fn name(client: &Client, uuid: &str, json: bool, quiet: bool) -> Result<String, Failure> {
-    // virsh looks networks up here by UUID only; anything else is not found, one line.
-    let Ok(parsed) = uuid.parse::<uuid::Uuid>() else {
+    // virsh looks networks up here by UUID only, and only for a string of a UUID's 36
+    // characters; anything else is not found, one line.
+    let parsed = uuid
+        .parse::<uuid::Uuid>()
+        .ok()
+        .filter(|_| uuid.len() == uuid::fmt::Hyphenated::LENGTH);
+    let Some(parsed) = parsed else {
         return Err(Failure::msg(format!("failed to get network '{uuid}'")));
     };
     let net = match client.get(uuid) {
