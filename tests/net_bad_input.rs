@@ -221,6 +221,25 @@ fn duplicates_and_conflicts_are_refused() {
          error: internal error: Network is already in use by interface virbr0\n"
     );
 
+    // A firewalld zone: the definition is kept as written, the start refused by name.
+    let path = xml_file(
+        daemon.dirs.path(),
+        "zoned.xml",
+        "<network><name>zoned</name><forward/><bridge name='kvzone0' zone='trusted'/>\
+         <ip address='10.22.1.1' prefix='24'/></network>",
+    );
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    assert!(
+        daemon
+            .ok(&["net-dumpxml", "zoned"])
+            .contains("zone='trusted'")
+    );
+    rejects(
+        &daemon,
+        &["net-start", "zoned"],
+        &["zone 'trusted' requested for network 'zoned'", "firewalld"],
+    );
+
     // A subnet a host route uses.
     daemon.ns.sh("ip link set hostdev0p up && ip link set hostdev0 up && ip route add 10.20.0.0/16 dev hostdev0").expect("route");
     let path = xml_file(

@@ -1208,6 +1208,15 @@ impl Manager {
         def: &NetworkDef,
         persistent: bool,
     ) -> Result<Servers, Error> {
+        if let Some(zone) = &def.bridge.zone {
+            // libvirt fails here too unless firewalld runs; kvnet never talks to it.
+            return Err(Error::Unsupported(format!(
+                "zone '{zone}' requested for network '{}', but kvnet does not put bridges \
+                 in firewalld zones (its own nftables rules stand in for them); remove \
+                 zone= from <bridge>",
+                def.name
+            )));
+        }
         // Before the checks, as libvirt runs it: a script may create what the network
         // needs (a host bridge, a pool's device). Its failure cancels the start.
         self.run_hooks(def, &Connections::default(), Operation::Start)

@@ -127,13 +127,17 @@ impl NetworkDef {
     fn format(&self, connections: &Connections) -> String {
         let mut out = Out::new();
         out.open(&format!(
-            "<network{}{}>",
+            "<network{}{}{}>",
             attr("connections", Some(connections.network).filter(|n| *n > 0)),
             if self.ipv6_without_gateway {
                 " ipv6='yes'"
             } else {
                 ""
-            }
+            },
+            attr(
+                "trustGuestRxFilters",
+                self.trust_guest_rx_filters.map(yes_no)
+            )
         ));
         out.line(&format!("<name>{}</name>", escape(&self.name)));
         if let Some(uuid) = self.uuid {
@@ -156,7 +160,11 @@ impl NetworkDef {
         let managed = self.forward.mode.has_managed_bridge();
         let mac_table_manager = self.bridge.mac_table_manager;
         if managed || self.bridge.name.is_some() || mac_table_manager.is_some() {
-            let mut bridge = format!("<bridge{}", attr("name", self.bridge.name.as_ref()));
+            let mut bridge = format!(
+                "<bridge{}{}",
+                attr("name", self.bridge.name.as_ref()),
+                attr("zone", self.bridge.zone.as_ref())
+            );
             if managed {
                 let stp = if self.bridge.stp { "on" } else { "off" };
                 let _ = write!(bridge, " stp='{stp}' delay='{}'", self.bridge.delay);

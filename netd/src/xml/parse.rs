@@ -268,7 +268,8 @@ impl Parser {
             let known = key == "xmlns"
                 || key.starts_with("xmlns:")
                 || key == "connections"
-                || key == "ipv6";
+                || key == "ipv6"
+                || key == "trustGuestRxFilters";
             if !known {
                 return Err(self.unsupported(format!("attribute '{key}' on <network>"), root.line));
             }
@@ -330,6 +331,7 @@ impl Parser {
         };
         let mut def = NetworkDef::new(name);
         def.ipv6_without_gateway = self.yes_no(root, "ipv6")? == Some(true);
+        def.trust_guest_rx_filters = super::tristate(root, "trustGuestRxFilters")?;
         // libvirt reads an empty <uuid/> as no uuid at all and generates one.
         if let Some(element) = uuid
             && let text = self.text_of(element)?
@@ -660,7 +662,10 @@ impl Parser {
     }
 
     fn bridge(&self, element: &Element, mode: ForwardMode) -> Result<Bridge, Error> {
-        self.check_attrs(element, &["name", "stp", "delay", "macTableManager"])?;
+        self.check_attrs(
+            element,
+            &["name", "zone", "stp", "delay", "macTableManager"],
+        )?;
         self.check_leaf(element)?;
         // libvirt reads an empty value as none.
         let mac_table_manager = element
@@ -721,8 +726,15 @@ impl Parser {
                 invalid(format!("Invalid delay value in network '{}'", self.network))
             })?,
         };
+        if !mode.has_managed_bridge() && element.attr("zone").is_some() {
+            return Err(invalid(format!(
+                "bridge zone not allowed in {mode} mode (network '{}')",
+                self.network
+            )));
+        }
         Ok(Bridge {
             name: element.attr("name").map(str::to_string),
+            zone: element.attr("zone").map(str::to_string),
             stp,
             delay,
             mac_table_manager,

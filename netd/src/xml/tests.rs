@@ -197,6 +197,36 @@ fn forward_mode_none_is_libvirts_isolated_network() {
 }
 
 #[test]
+fn bridge_zone_and_network_trust_guest_rx_filters_are_kept_as_written() {
+    let xml = "<network trustGuestRxFilters='no'>\n  <name>z</name>\n  \
+               <uuid>3e3fce45-4f53-4fa7-bb32-11f34168b82b</uuid>\n  <forward mode='nat'/>\n  \
+               <bridge name='virbr9' zone='trusted' stp='on' delay='0'/>\n  \
+               <mac address='52:54:00:0a:0b:0c'/>\n  \
+               <ip address='10.98.1.1' prefix='24'>\n  </ip>\n</network>\n";
+    let def = parse(xml);
+    assert_eq!(def.trust_guest_rx_filters, Some(false));
+    assert_eq!(def.bridge.zone.as_deref(), Some("trusted"));
+    assert_round_trip(&def);
+    assert!(
+        def.to_xml()
+            .starts_with("<network trustGuestRxFilters='no'>\n")
+    );
+    assert!(
+        def.to_xml()
+            .contains("<bridge name='virbr9' zone='trusted' stp='on' delay='0'/>"),
+        "{}",
+        def.to_xml()
+    );
+    assert_eq!(
+        parse_err(
+            "<network><name>z</name><forward mode='bridge'><interface dev='eth0'/></forward>\
+             <bridge zone='trusted'/></network>"
+        ),
+        "bridge zone not allowed in bridge mode (network 'z')"
+    );
+}
+
+#[test]
 fn minikube_network_has_dns_disabled() {
     let def = parse(MK_MINIKUBE_XML);
     assert_eq!(def.name, "mk-minikube");
@@ -711,14 +741,6 @@ fn unsupported_libvirt_features_are_rejected_by_name() {
             "<network><name>x</name><forward mode='nat'><interface dev='eth0'/><interface dev='eth1'/></forward>\
              <ip address='10.0.0.1' prefix='24'/></network>",
             "unsupported element <interface> inside <forward> in network 'x' (line 1)",
-        ),
-        (
-            "<network><name>x</name><bridge name='virbr9' zone='trusted'/></network>",
-            "unsupported attribute 'zone' on <bridge> in network 'x' (line 1)",
-        ),
-        (
-            "<network trustGuestRxFilters='yes'><name>x</name></network>",
-            "unsupported attribute 'trustGuestRxFilters' on <network> in network 'x' (line 1)",
         ),
         (
             "<network><name>x</name><domain name='a' register='yes'/></network>",
