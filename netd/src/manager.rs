@@ -415,7 +415,7 @@ impl Manager {
         let fresh = store.is_fresh();
         store.create_dirs()?;
         for path in store.remove_leftovers()? {
-            warn!(path = %path.display(), "removed what a change interrupted by a crash left behind");
+            warn!(path = %path.display(), "removed a leftover: the temporary file of an interrupted write, or an autostart link whose definition is gone");
         }
         let link = Link::new()?;
         // Before adopting: the IFBs of links deleted from here on go at once.
