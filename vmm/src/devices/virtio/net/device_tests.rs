@@ -1450,6 +1450,21 @@ fn tx_headers_asking_for_offloads_not_negotiated_or_not_fitting_are_refused() {
 }
 
 #[test]
+fn rx_frames_larger_than_the_mtu_are_dropped_even_when_they_fit() {
+    // The device promised an MTU of 1500 and the driver took no GSO: a 2000-byte frame
+    // (from a tap or bridge with a larger MTU) must not reach it, though it would fit.
+    let mut h = harness(0);
+    h.guest_post_rx(&[4096]);
+    h.host_send(&frame(2000, 0, 1));
+    h.worker.process_rx();
+    assert_eq!(h.stats().rx_dropped, 1);
+    assert!(h.rx.used().is_empty());
+    h.host_send(&frame(1514, 0, 2));
+    h.worker.process_rx();
+    assert_eq!(h.rx.used().len(), 1);
+}
+
+#[test]
 fn long_tx_batch_signals_every_64_frames() {
     let mut h = harness(0);
     for i in 0..100 {

@@ -948,9 +948,11 @@ impl NetWorker {
             Err(step) => return Ok(step),
         };
         drop(slices);
-        if len > capacity || len < VNET_HDR_LEN as u64 {
-            // The frame did not fit (a tap reports the full length) or is
-            // headerless; it is gone, the buffers stay for the next one.
+        if len > capacity || len > self.max_frame || len < VNET_HDR_LEN as u64 {
+            // The frame did not fit (a tap reports the full length), is larger than the
+            // MTU the driver was promised (virtio 1.2 5.1.4.1: a bridge or tap with a
+            // larger one sent it), or is headerless; it is gone, the buffers stay for
+            // the next one.
             NetCounters::add(&self.counters.rx_dropped, 1);
             return Ok(RxStep::Dropped);
         }
