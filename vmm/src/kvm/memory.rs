@@ -32,6 +32,12 @@ pub enum MemoryError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// vm-memory gave no host address for a region's own start (never seen).
+    #[error("guest RAM region at {guest_addr:#x} has no host mapping")]
+    Unmapped {
+        /// Guest-physical start.
+        guest_addr: u64,
+    },
 }
 
 /// Maps `size` bytes of RAM following [`layout::ram_regions`] (not yet registered with KVM).
@@ -47,14 +53,16 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemory, MemoryError> {
 }
 
 /// Registers every region of `mem` as a KVM memory slot (slot = region index).
-pub fn register_guest_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), MemoryError> {
+///
+/// Sound only while `mem` outlives `vm`'s slots: [`crate::Vm`] owns both, and this is
+/// its only caller (crate-private for that reason).
+pub(crate) fn register_guest_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), MemoryError> {
     for (slot, region) in mem.iter().enumerate() {
         let slot = slot as u32;
         let guest_addr = region.start_addr().0;
-        // A region always contains its own start address.
         let host = mem
             .get_host_address(region.start_addr())
-            .expect("invariant: region start is inside guest memory");
+            .map_err(|_| MemoryError::Unmapped { guest_addr })?;
         let entry = kvm_userspace_memory_region {
             slot,
             guest_phys_addr: guest_addr,
