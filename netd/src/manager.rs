@@ -2217,13 +2217,13 @@ fn lease_names(dhcp: Option<&DhcpServer>, dhcp6: Option<&Dhcp6Server>) -> Option
     if dhcp.is_none() && dhcp6.is_none() {
         return None;
     }
-    let read = dhcp.map(DhcpServer::lease_reader);
+    let read4 = dhcp.map(DhcpServer::lease_reader);
     let read6 = dhcp6.map(Dhcp6Server::name_reader);
-    Some(Arc::new(move || {
+    let read: dns::LeaseReader = Arc::new(move || {
         let mut names: Vec<(std::net::IpAddr, String)> = Vec::new();
-        if let Some(read) = &read {
+        if let Some(read4) = &read4 {
             names.extend(
-                dhcp::dns_names(read())
+                dhcp::dns_names(read4())
                     .into_iter()
                     .map(|(ip, name)| (ip.into(), name)),
             );
@@ -2232,7 +2232,18 @@ fn lease_names(dhcp: Option<&DhcpServer>, dhcp6: Option<&Dhcp6Server>) -> Option
             names.extend(read6().into_iter().map(|(ip, name)| (ip.into(), name)));
         }
         names
-    }) as dns::LeaseSource)
+    });
+    let mut source = dns::LeaseSource::new(read);
+    for changes in [
+        dhcp.map(DhcpServer::changes),
+        dhcp6.map(Dhcp6Server::changes),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        source = source.with_changes(changes);
+    }
+    Some(source)
 }
 
 /// The status of a running network whose definition is `live`.

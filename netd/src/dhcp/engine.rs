@@ -15,6 +15,8 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dhcproto::error::DecodeError;
 use dhcproto::v4::{DhcpOption, DhcpOptions, HType, Message, MessageType, Opcode, OptionCode};
@@ -48,6 +50,9 @@ pub struct Engine {
     config: DhcpConfig,
     leases: LeaseDb,
     last_full_log: Option<i64>,
+    /// Bumped by every message and configuration change: the DNS server re-reads the
+    /// lease names when it moves.
+    changes: Arc<AtomicU64>,
 }
 
 impl Engine {
@@ -58,6 +63,7 @@ impl Engine {
             config,
             leases,
             last_full_log: None,
+            changes: Arc::default(),
         }
     }
 
@@ -72,6 +78,7 @@ impl Engine {
             config,
             leases,
             last_full_log: None,
+            changes: Arc::default(),
         })
     }
 
@@ -79,6 +86,12 @@ impl Engine {
     pub fn update(&mut self, config: DhcpConfig) {
         self.leases.configure(&config);
         self.config = config;
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// A counter that moves whenever a binding may have changed.
+    pub fn changes(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.changes)
     }
 
     /// The configuration served.
@@ -114,6 +127,7 @@ impl Engine {
     /// Handles one UDP payload received on port 67 at unix time `now`. Never panics,
     /// whatever the bytes: anything malformed or not for us yields `None`.
     pub fn handle(&mut self, packet: &[u8], now: i64) -> Option<Reply> {
+        self.changes.fetch_add(1, Ordering::Release);
         let (request, client_fqdn) = match decode_request(packet) {
             Ok(decoded) => decoded,
             Err(e) => {

@@ -18,6 +18,7 @@ use std::io::IoSlice;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,11 @@ impl DhcpServer {
     /// The bound, unexpired leases.
     pub fn leases(&self) -> Vec<LeaseInfo> {
         lock(&self.engine).leases(unix_now())
+    }
+
+    /// A counter that moves whenever a binding may have changed (see the reader).
+    pub fn changes(&self) -> Arc<AtomicU64> {
+        lock(&self.engine).changes()
     }
 
     /// Reads this server's bound, unexpired leases from elsewhere (the network's DNS

@@ -8,6 +8,8 @@
 
 use std::net::Ipv6Addr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dhcproto::v6::{
     DhcpOption, DhcpOptions, IAAddr, IANA, IAPD, IATA, Message, MessageType, OptionCode, Status,
@@ -43,6 +45,9 @@ pub struct Engine {
     config: Dhcp6Config,
     server_duid: Vec<u8>,
     leases: LeaseDb,
+    /// Bumped by every message and configuration change: the DNS server re-reads the
+    /// lease names when it moves.
+    changes: Arc<AtomicU64>,
 }
 
 /// What one client message says about its sender.
@@ -61,6 +66,7 @@ impl Engine {
             server_duid: config.server_duid(),
             config,
             leases,
+            changes: Arc::default(),
         }
     }
 
@@ -75,6 +81,7 @@ impl Engine {
             server_duid: config.server_duid(),
             config,
             leases,
+            changes: Arc::default(),
         })
     }
 
@@ -83,6 +90,12 @@ impl Engine {
         self.leases.configure(&config);
         self.server_duid = config.server_duid();
         self.config = config;
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// A counter that moves whenever a binding may have changed.
+    pub fn changes(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.changes)
     }
 
     /// The configuration served.
@@ -123,6 +136,7 @@ impl Engine {
         unicast: bool,
         now: i64,
     ) -> Option<Reply> {
+        self.changes.fetch_add(1, Ordering::Release);
         if packet.len() < 4 || !well_formed(&packet[4..], 0) {
             return None;
         }

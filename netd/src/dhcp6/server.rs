@@ -16,6 +16,7 @@
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,6 +79,11 @@ impl Dhcp6Server {
     /// The bound, unexpired leases.
     pub fn leases(&self) -> Vec<Lease6Info> {
         lock(&self.engine).leases(unix_now())
+    }
+
+    /// A counter that moves whenever a binding may have changed (see the reader).
+    pub fn changes(&self) -> Arc<AtomicU64> {
+        lock(&self.engine).changes()
     }
 
     /// Reads, from elsewhere (the network's DNS server), the names this server puts in

@@ -30,6 +30,7 @@ pub mod zone;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use hosts::HostsFile;
 pub use resolver::{Outcome, Resolver};
@@ -42,7 +43,53 @@ pub const DNS_PORT: u16 = 53;
 
 /// Reads the current DHCP and DHCPv6 leases (and named DHCPv6 reservations) of the
 /// network as `(address, hostname)` pairs.
-pub type LeaseSource = Arc<dyn Fn() -> Vec<(IpAddr, String)> + Send + Sync>;
+pub type LeaseReader = Arc<dyn Fn() -> Vec<(IpAddr, String)> + Send + Sync>;
+
+/// Where the DNS server gets the network's lease names: a reader, and a counter the
+/// DHCP servers bump whenever a binding may have changed, so that a released or
+/// renamed guest stops resolving at once instead of at the next periodic re-read.
+#[derive(Clone)]
+pub struct LeaseSource {
+    read: LeaseReader,
+    changes: Vec<Arc<AtomicU64>>,
+}
+
+impl std::fmt::Debug for LeaseSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseSource")
+            .field("generation", &self.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseSource {
+    /// A source re-read only periodically (and on a miss).
+    pub fn new(read: LeaseReader) -> LeaseSource {
+        LeaseSource {
+            read,
+            changes: Vec::new(),
+        }
+    }
+
+    /// The source, also re-read after `changes` moves.
+    pub fn with_changes(mut self, changes: Arc<AtomicU64>) -> LeaseSource {
+        self.changes.push(changes);
+        self
+    }
+
+    /// The names now.
+    pub fn read(&self) -> Vec<(IpAddr, String)> {
+        (self.read)()
+    }
+
+    /// A number that differs from an earlier one when bindings changed in between.
+    pub fn generation(&self) -> u64 {
+        self.changes
+            .iter()
+            .map(|changes| changes.load(Ordering::Acquire))
+            .fold(0, u64::wrapping_add)
+    }
+}
 
 /// What the DNS server of one network serves; built by the manager from the network XML.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

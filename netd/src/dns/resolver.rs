@@ -27,7 +27,8 @@ const HEADER_LEN: usize = 12;
 const MAX_NAME_LEN: usize = 255;
 /// The lease view is re-read at least this often...
 const LEASE_REFRESH: Duration = Duration::from_secs(1);
-/// ...and sooner when a name is missing, so a guest that just got its lease resolves.
+/// ...and sooner when a name is missing, so a guest that just got its lease resolves, or
+/// when the DHCP servers changed a binding, so a released or renamed one stops resolving.
 const LEASE_REFRESH_ON_MISS: Duration = Duration::from_millis(50);
 /// The OPT record we add when the client used EDNS: root owner, type 41, our payload
 /// size, no extended rcode or flags, no options.
@@ -170,6 +171,8 @@ struct LeaseView {
 struct LeaseCache {
     zone: Zone,
     read_at: Option<Instant>,
+    /// [`LeaseSource::generation`] when last read.
+    generation: u64,
 }
 
 /// The question of a query, as parsed from its bytes.
@@ -339,7 +342,9 @@ impl Resolver {
         };
         let mut cache = lock(&view.cache);
         let age = |cache: &LeaseCache| cache.read_at.map_or(Duration::MAX, |at| at.elapsed());
-        if age(&cache) >= LEASE_REFRESH {
+        let changed = |cache: &LeaseCache| view.source.generation() != cache.generation;
+        if age(&cache) >= LEASE_REFRESH || (age(&cache) >= LEASE_REFRESH_ON_MISS && changed(&cache))
+        {
             self.reload_leases(view, &mut cache);
         }
         let from_leases = |cache: &LeaseCache, out: &mut Vec<u8>| {
@@ -368,7 +373,9 @@ impl Resolver {
     }
 
     fn reload_leases(&self, view: &LeaseView, cache: &mut LeaseCache) {
-        let leases = (view.source)();
+        // The generation first: a change while reading is seen again next time.
+        cache.generation = view.source.generation();
+        let leases = view.source.read();
         cache.zone = Zone::from_leases(&leases, self.domain.as_ref(), &self.static_zone);
         cache.read_at = Some(Instant::now());
     }
@@ -618,6 +625,8 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::sync::Arc;
 
+    use crate::dns::LeaseReader;
+
     use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
     use hickory_proto::rr::rdata::PTR;
     use hickory_proto::rr::{Name, RData};
@@ -677,7 +686,9 @@ mod tests {
     }
 
     fn leases() -> LeaseSource {
-        Arc::new(|| vec![(Ipv4Addr::new(192, 168, 122, 77).into(), "web1".to_owned())])
+        LeaseSource::new(Arc::new(|| {
+            vec![(Ipv4Addr::new(192, 168, 122, 77).into(), "web1".to_owned())]
+        }))
     }
 
     fn query(name: &str, rtype: RecordType, edns: bool) -> Vec<u8> {
@@ -762,13 +773,13 @@ mod tests {
 
     #[test]
     fn dhcpv6_leases_answer_aaaa_and_ip6_arpa_ptr() {
-        let leases: LeaseSource = Arc::new(|| {
+        let leases: LeaseReader = Arc::new(|| {
             vec![
                 (Ipv4Addr::new(192, 168, 122, 77).into(), "web1".to_owned()),
                 ("2001:db8:ca2:2::77".parse().unwrap(), "web1".to_owned()),
             ]
         });
-        let resolver = Resolver::new(&config(), Some(leases)).unwrap();
+        let resolver = Resolver::new(&config(), Some(LeaseSource::new(leases))).unwrap();
         let v6: Ipv6Addr = "2001:db8:ca2:2::77".parse().unwrap();
         let reply = ask(&resolver, "web1.example.test.", RecordType::AAAA);
         assert_eq!(rdata(&reply), [RData::AAAA(v6.into())]);
@@ -1041,13 +1052,14 @@ mod tests {
 
     #[test]
     fn names_above_local_names_exist_without_records() {
-        let lease_in_subdomain: LeaseSource = Arc::new(|| {
+        let lease_in_subdomain: LeaseReader = Arc::new(|| {
             vec![(
                 Ipv4Addr::new(192, 168, 122, 78).into(),
                 "vm.lab.example.test".to_owned(),
             )]
         });
-        let resolver = Resolver::new(&config(), Some(lease_in_subdomain)).unwrap();
+        let resolver =
+            Resolver::new(&config(), Some(LeaseSource::new(lease_in_subdomain))).unwrap();
         // The domain apex, the parent of an SRV name and the parents of a leased name.
         for name in [
             "example.test.",
@@ -1150,7 +1162,7 @@ mod tests {
             ip: "192.168.122.51".parse().unwrap(),
             hostnames: vec!["static2".into()],
         });
-        let leases: LeaseSource = Arc::new(|| {
+        let leases: LeaseReader = Arc::new(|| {
             vec![
                 (Ipv4Addr::new(192, 168, 122, 77).into(), "web1".to_owned()),
                 (
@@ -1159,7 +1171,7 @@ mod tests {
                 ),
             ]
         });
-        let resolver = Resolver::new(&config, Some(leases)).unwrap();
+        let resolver = Resolver::new(&config, Some(LeaseSource::new(leases))).unwrap();
         let leased = RData::A(Ipv4Addr::new(192, 168, 122, 77).into());
         let reply = ask(&resolver, "web1.", RecordType::A);
         assert_eq!(rdata(&reply), std::slice::from_ref(&leased));
@@ -1282,11 +1294,34 @@ mod tests {
     }
 
     #[test]
+    fn a_released_lease_stops_resolving_once_the_dhcp_server_says_it_changed() {
+        let table = Arc::new(std::sync::Mutex::new(vec![(
+            IpAddr::from(Ipv4Addr::new(192, 168, 122, 9)),
+            "gone".to_owned(),
+        )]));
+        let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let source = {
+            let table = Arc::clone(&table);
+            LeaseSource::new(Arc::new(move || table.lock().unwrap().clone()))
+                .with_changes(Arc::clone(&changes))
+        };
+        let resolver = Resolver::new(&config(), Some(source)).unwrap();
+        let reply = ask(&resolver, "gone.example.test.", RecordType::A);
+        assert_eq!(reply.answers.len(), 1);
+        // Released: well before the periodic re-read, it no longer resolves.
+        table.lock().unwrap().clear();
+        changes.fetch_add(1, std::sync::atomic::Ordering::Release);
+        std::thread::sleep(LEASE_REFRESH_ON_MISS);
+        let reply = ask(&resolver, "gone.example.test.", RecordType::A);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+    }
+
+    #[test]
     fn new_leases_resolve_without_waiting_for_the_refresh() {
         let table = Arc::new(std::sync::Mutex::new(Vec::new()));
         let source = {
             let table = Arc::clone(&table);
-            Arc::new(move || table.lock().unwrap().clone()) as LeaseSource
+            LeaseSource::new(Arc::new(move || table.lock().unwrap().clone()))
         };
         let resolver = Resolver::new(&config(), Some(source)).unwrap();
         let reply = ask(&resolver, "late.example.test.", RecordType::A);
