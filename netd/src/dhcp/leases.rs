@@ -1618,19 +1618,28 @@ mod tests {
         assert_eq!(leases[0].ip, ip(10));
     }
 
-    #[test]
-    fn a_journal_that_cannot_be_rewritten_at_open_is_appended_to() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("t.leases");
+    /// A journal `t.leases` in `dir` holding one lease, of ip(10).
+    fn journal_with_one_lease(dir: &Path) -> PathBuf {
+        let path = dir.join("t.leases");
         let mut db = LeaseDb::open(&config(), &path, NOW).expect("open");
         db.bind(&mac(1), ip(10), None, NOW).expect("bind");
         db.commit().expect("commit");
-        drop(db);
-        // The rewrite's temporary file cannot be created (as on a full disk).
-        let blocker = dir
-            .path()
-            .join(format!(".t.leases.tmp-{}", std::process::id()));
+        path
+    }
+
+    /// Makes the journal's rewrite fail, as on a full disk: a directory takes the name
+    /// of its temporary file. Returns it, to be removed.
+    fn block_rewrites(dir: &Path) -> PathBuf {
+        let blocker = dir.join(format!(".t.leases.tmp-{}", std::process::id()));
         std::fs::create_dir(&blocker).expect("block the temporary file");
+        blocker
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_rewritten_at_open_is_appended_to() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = journal_with_one_lease(dir.path());
+        let blocker = block_rewrites(dir.path());
 
         let mut db = LeaseDb::open(&config(), &path, NOW).expect("open without a rewrite");
         assert_eq!(db.leases(NOW).len(), 1);
@@ -1646,18 +1655,11 @@ mod tests {
     #[test]
     fn a_torn_journal_that_cannot_be_rewritten_is_rewritten_before_appending() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("t.leases");
-        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open");
-        db.bind(&mac(1), ip(10), None, NOW).expect("bind");
-        db.commit().expect("commit");
-        drop(db);
+        let path = journal_with_one_lease(dir.path());
         let mut torn = std::fs::read(&path).expect("read");
         torn.extend_from_slice(b"{\"bind");
         std::fs::write(&path, &torn).expect("tear the last line");
-        let blocker = dir
-            .path()
-            .join(format!(".t.leases.tmp-{}", std::process::id()));
-        std::fs::create_dir(&blocker).expect("block the temporary file");
+        let blocker = block_rewrites(dir.path());
 
         let mut db = LeaseDb::open(&config(), &path, NOW).expect("open without a rewrite");
         db.bind(&mac(2), ip(12), None, NOW).expect("bind");

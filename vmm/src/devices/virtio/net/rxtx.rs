@@ -820,14 +820,7 @@ impl NetWorker {
             if step == RxStep::NoRoom {
                 // Out of buffers: ask for a notification when the guest adds some,
                 // unless it already did while we were looking.
-                let more =
-                    self.rx
-                        .enable_notification(&*mem)
-                        .map_err(|source| QueueError::Ring {
-                            queue: RX_QUEUE,
-                            source,
-                        })?;
-                if more {
+                if self.enable_rx_notification(&mem)? {
                     continue;
                 }
                 if !self.rx_paused {
@@ -850,12 +843,7 @@ impl NetWorker {
                 RxStep::Failed => {
                     // The guest's next RX notification brings a retry. With EVENT_IDX
                     // it sends one only past avail_event, which must be current.
-                    self.rx
-                        .enable_notification(&*mem)
-                        .map_err(|source| QueueError::Ring {
-                            queue: RX_QUEUE,
-                            source,
-                        })?;
+                    self.enable_rx_notification(&mem)?;
                     self.rx_paused = true;
                     break;
                 }
@@ -865,6 +853,17 @@ impl NetWorker {
             self.signal(RX_QUEUE)?;
         }
         Ok(())
+    }
+
+    /// Asks the driver to notify RX when it adds buffers; returns whether it added some
+    /// meanwhile.
+    fn enable_rx_notification(&mut self, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+        self.rx
+            .enable_notification(mem)
+            .map_err(|source| QueueError::Ring {
+                queue: RX_QUEUE,
+                source,
+            })
     }
 
     /// Takes chains off the RX ring until a largest frame fits (mergeable) or one
