@@ -196,7 +196,9 @@ fn config() -> DnsConfig {
 }
 
 fn leases() -> LeaseSource {
-    Arc::new(|| vec![(Ipv4Addr::new(192, 168, 88, 77).into(), "web1".to_owned())])
+    LeaseSource::new(Arc::new(|| {
+        vec![(Ipv4Addr::new(192, 168, 88, 77).into(), "web1".to_owned())]
+    }))
 }
 
 /// Runs `scenario` while a DNS server for `config` runs in the server namespace.
