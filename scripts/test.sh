@@ -11,6 +11,12 @@ else
   echo "not root: privileged tiers will be skipped (see the SKIPPED lines)" >&2
 fi
 
+# A full disk shows up as a linker crash deep in the build; say it plainly first.
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "${free_kib:-0}" -lt $((3 * 1024 * 1024)) ] && [ ! -d target ]; then
+  echo "warning: $((free_kib / 1024)) MiB free here; a clean build and test run needs about 2.5 GiB" >&2
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # nextest gives each test its own process, a timeout (.config/nextest.toml: a hung
