@@ -184,9 +184,11 @@ pub trait Firewall: Send + Sync + std::fmt::Debug {
     /// Bridges that have rules in our table (to prune leftovers after a crash), sorted.
     fn bridges(&self) -> Result<Vec<String>, Error>;
     /// Of `expected`, the bridges whose rules are gone from the kernel: someone flushed
-    /// the ruleset (`nft flush ruleset`, a restart of nftables.service) or deleted our
-    /// table. When any are, forgets what it believed the kernel held, so that the next
-    /// [`Firewall::apply`] of each sends everything again.
+    /// the ruleset (`nft flush ruleset`, a restart of nftables.service), deleted or
+    /// flushed our table, or flushed or edited one of its chains. When any are, forgets
+    /// what it believed the kernel held, so that the next [`Firewall::apply`] of each
+    /// sends everything again. Cheap while no table changed since the last call found
+    /// everything in place.
     fn lost(&self, expected: &[String]) -> Result<Vec<String>, Error>;
     /// Human descriptions of *other* tables' base chains on the input, forward or output
     /// hooks with policy drop, e.g. `table ip filter chain FORWARD (hook forward) has policy

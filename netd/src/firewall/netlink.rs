@@ -136,6 +136,39 @@ impl Socket {
         attributes: &[u8],
         what: &str,
     ) -> Result<Vec<(u8, Vec<u8>)>, Error> {
+        self.exchange(kind, NLM_F_DUMP, family, attributes, what)
+    }
+
+    /// The body (after `nfgenmsg`) of the one answer to a plain get request.
+    pub(super) fn get(
+        &mut self,
+        kind: u16,
+        family: u8,
+        attributes: &[u8],
+        what: &str,
+    ) -> Result<Vec<u8>, Error> {
+        // The kernel ends a get with no done message: the acknowledgement marks the end.
+        let answers = self.exchange(kind, NLM_F_ACK, family, attributes, what)?;
+        answers
+            .into_iter()
+            .next()
+            .map(|(_, body)| body)
+            .ok_or_else(|| Error::Dump {
+                what: what.to_owned(),
+                source: io::Error::from_raw_os_error(libc::ENODATA),
+            })
+    }
+
+    /// Sends one request and collects the answers until the done message or the
+    /// acknowledgement.
+    fn exchange(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        family: u8,
+        attributes: &[u8],
+        what: &str,
+    ) -> Result<Vec<(u8, Vec<u8>)>, Error> {
         let seq = self.next_seq;
         self.next_seq = seq.wrapping_add(1);
         let mut request = Vec::with_capacity(64);
@@ -143,7 +176,7 @@ impl Socket {
         write_message(
             &mut request,
             kind,
-            NLM_F_REQUEST | NLM_F_DUMP,
+            NLM_F_REQUEST | flags,
             seq,
             family,
             [0, 0],

@@ -8,6 +8,10 @@
 //! stop of a network without a custom `<nat>`) is sent as just those elements. The rest,
 //! and any element batch the kernel refuses, is sent with the full "delete if present"
 //! teardown and, when the table may be missing or damaged, the skeleton.
+//!
+//! The daemon asks every few seconds whether the rules are still there. The ruleset
+//! generation answers "nothing changed" in one round trip; only after a change (anyone's)
+//! are the bridges set and the number of rules in each chain read back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
@@ -41,6 +45,8 @@ const POLICY_DROP: u32 = 0;
 pub(super) struct NftFirewall {
     /// One batch at a time; the ownership record changes with them.
     state: Mutex<State>,
+    /// The rules each skeleton chain holds when nobody else touched our table.
+    skeleton_rules: HashMap<String, usize>,
 }
 
 #[derive(Debug)]
@@ -52,6 +58,9 @@ struct State {
     /// it may be missing: at first use, after we deleted the table, and to retry a batch
     /// that failed (someone may have flushed or deleted it).
     skeleton_present: bool,
+    /// The ruleset generation at which [`Firewall::lost`] last found everything in place:
+    /// while the kernel reports it still, nobody has changed any table since.
+    intact_at: Option<u32>,
 }
 
 /// What the bridges own in our table.
@@ -107,6 +116,62 @@ impl State {
         Ok(Some(keys))
     }
 
+    /// The ruleset's generation, which every batch committed by anyone changes.
+    fn generation(&mut self) -> Result<u32, Error> {
+        const WHAT: &str = "ruleset generation";
+        let body = self
+            .socket
+            .get(encode::NFT_MSG_GETGEN, 0, &[], WHAT)
+            .map_err(|e| list_error(WHAT, e))?;
+        netlink::attribute(&body, encode::NFTA_GEN_ID)
+            .and_then(netlink::be32)
+            .ok_or_else(|| Error::List {
+                what: WHAT.to_owned(),
+                nft: "the kernel's answer has no generation id".to_owned(),
+            })
+    }
+
+    /// The bridges that have elements in the bridges set, sorted.
+    fn bridges(&mut self) -> Result<Vec<String>, Error> {
+        let keys = self.set_keys(BRIDGES_SET)?.unwrap_or_default();
+        let mut bridges: Vec<String> = keys
+            .into_iter()
+            .filter_map(|key| key.into_iter().next())
+            .collect();
+        bridges.sort();
+        bridges.dedup();
+        Ok(bridges)
+    }
+
+    /// How many rules each chain of our table holds (chains without rules are absent).
+    fn rule_counts(&mut self) -> Result<HashMap<String, usize>, Error> {
+        const WHAT: &str = "rules of table inet kvnet";
+        let mut request = Writer::new();
+        request.string(encode::NFTA_RULE_TABLE, TABLE);
+        let answers = match self.socket.dump(
+            encode::NFT_MSG_GETRULE,
+            NFPROTO_INET,
+            &request.finish(),
+            WHAT,
+        ) {
+            Ok(answers) => answers,
+            Err(e) if e.errno() == Some(libc::ENOENT) => Vec::new(),
+            Err(e) => return Err(list_error(WHAT, e)),
+        };
+        let mut counts = HashMap::new();
+        for (_, body) in answers {
+            // The kernel filters by table since Linux 4.x; older ones answer with all.
+            let table = netlink::attribute(&body, encode::NFTA_RULE_TABLE).map(netlink::text);
+            let chain = netlink::attribute(&body, encode::NFTA_RULE_CHAIN).map(netlink::text);
+            if let (Some(table), Some(chain)) = (table, chain)
+                && table == TABLE
+            {
+                *counts.entry(chain).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     /// The ownership record, read from the kernel the first time.
     fn record(&mut self) -> Result<&mut Record, Error> {
         if self.record.is_none() {
@@ -158,7 +223,9 @@ impl NftFirewall {
                 socket,
                 record: None,
                 skeleton_present: false,
+                intact_at: None,
             }),
+            skeleton_rules: rules::skeleton_rule_counts(),
         })
     }
 
@@ -282,28 +349,41 @@ impl Firewall for NftFirewall {
     }
 
     fn bridges(&self) -> Result<Vec<String>, Error> {
-        let keys = self.state().set_keys(BRIDGES_SET)?.unwrap_or_default();
-        let mut bridges: Vec<String> = keys
-            .into_iter()
-            .filter_map(|key| key.into_iter().next())
-            .collect();
-        bridges.sort();
-        bridges.dedup();
-        Ok(bridges)
+        self.state().bridges()
     }
 
     fn lost(&self, expected: &[String]) -> Result<Vec<String>, Error> {
-        // Two lockings of the state: the caller holds the manager's lock, so no batch
-        // of ours falls between them. Only the bridges set is looked at: a flushed
-        // chain whose set elements stay goes unnoticed.
-        let present = self.bridges()?;
+        // The caller holds the manager's lock, so no batch of ours runs meanwhile.
+        let mut state = self.state();
+        // Read before looking: a change made while we look moves it on, so the next
+        // call looks again.
+        let generation = state.generation()?;
+        if state.intact_at == Some(generation) {
+            return Ok(Vec::new());
+        }
+        let present = state.bridges()?;
+        let rule_counts = state.rule_counts()?;
+        // A skeleton chain flushed or edited (`nft flush table inet kvnet`) breaks every
+        // network at once; re-applying any one of them sends the skeleton again.
+        let skeleton_intact = self
+            .skeleton_rules
+            .iter()
+            .all(|(chain, rules)| rule_counts.get(chain).copied().unwrap_or(0) == *rules);
+        let custom_nat = state.record()?.custom_nat.clone();
         let lost: Vec<String> = expected
             .iter()
-            .filter(|bridge| present.binary_search(bridge).is_err())
+            .filter(|bridge| {
+                !skeleton_intact
+                    || present.binary_search(bridge).is_err()
+                    || (custom_nat.contains(*bridge)
+                        && !rule_counts.contains_key(&rules::nat_chain(bridge)))
+            })
             .cloned()
             .collect();
-        if !lost.is_empty() {
-            let mut state = self.state();
+        if lost.is_empty() {
+            state.intact_at = Some(generation);
+        } else {
+            state.intact_at = None;
             state.record = None;
             state.skeleton_present = false;
         }

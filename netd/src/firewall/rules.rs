@@ -40,6 +40,7 @@
 //! only in `bridges` and `same_bridge`. Every rule counts (`counter`), so
 //! `nft list table inet kvnet` shows where guest traffic goes.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -558,6 +559,22 @@ pub fn skeleton() -> Vec<Object> {
         postrouting,
     );
     out
+}
+
+/// How many rules each chain of [`skeleton`] holds: a chain that holds another number was
+/// flushed or edited by someone else.
+pub(super) fn skeleton_rule_counts() -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for object in skeleton() {
+        match object {
+            Object::Chain { name, .. } => {
+                counts.entry(name).or_insert(0);
+            }
+            Object::Rule { chain, .. } => *counts.entry(chain).or_insert(0) += 1,
+            _ => {}
+        }
+    }
+    counts
 }
 
 /// `add` (idempotent) a base chain with policy accept, flush it and add its rules, so the

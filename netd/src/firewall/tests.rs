@@ -354,6 +354,61 @@ fn a_foreign_flush_is_healed_by_the_next_change() {
     assert_eq!(owned_by(&objects, "virbr0").len(), 5);
 }
 
+#[test]
+fn lost_sees_every_way_our_rules_can_be_taken_away() {
+    if !ready() {
+        return;
+    }
+    let ns = Netns::new("fw-lost").unwrap();
+    let fw = backend(&ns);
+    let plain = network("virbr0", RuleMode::Nat, "192.168.122.0/24");
+    let mut custom = network("virbr1", RuleMode::Nat, "192.168.100.0/24");
+    custom.nat_ports = (2000, 3000);
+    let expected = ["virbr0".to_owned(), "virbr1".to_owned()];
+    let apply_both = || {
+        inside(&ns, &*fw, |fw| {
+            fw.apply(&plain)?;
+            fw.apply(&custom)
+        })
+        .unwrap()
+    };
+    let lost = || inside(&ns, &*fw, |fw| fw.lost(&expected)).unwrap();
+    apply_both();
+    assert!(lost().is_empty());
+    // Asked again with nothing changed (the generation check), still nothing.
+    assert!(lost().is_empty());
+    let intact = ns.sh("nft -s list ruleset").unwrap();
+
+    for (damage, gone) in [
+        ("nft flush ruleset", &expected[..]),
+        ("nft flush table inet kvnet", &expected[..]),
+        ("nft flush chain inet kvnet forward", &expected[..]),
+        ("nft add rule inet kvnet input accept", &expected[..]),
+        ("nft flush chain inet kvnet nat-virbr1", &expected[1..]),
+        (
+            "nft delete element inet kvnet bridges '{ virbr0 }'",
+            &expected[..1],
+        ),
+    ] {
+        ns.sh(damage).unwrap();
+        assert_eq!(lost(), gone, "after {damage}");
+        // What the manager does with the answer; then all is as it was.
+        inside(&ns, &*fw, |fw| {
+            for bridge in gone {
+                fw.apply(if bridge == "virbr0" { &plain } else { &custom })?;
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        assert_eq!(
+            ns.sh("nft -s list ruleset").unwrap(),
+            intact,
+            "after {damage}"
+        );
+        assert!(lost().is_empty(), "after repairing {damage}");
+    }
+}
+
 /// Element-only batches on their own (the backend falls back to the full batch when one
 /// fails, which would hide a broken element encoding from every other test).
 #[test]
