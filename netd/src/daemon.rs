@@ -5,18 +5,56 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Parser;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::api::server;
 use crate::firewall;
-use crate::manager::{Manager, ManagerConfig, error_chain};
+use crate::manager::{self, Manager, ManagerConfig, error_chain};
 use crate::systemd;
 
 /// The lock file in the state dir that keeps a second daemon out.
 const PID_FILE: &str = "kvnetd.pid";
+
+/// Why the daemon could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("creating the state dir {path}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening {path}")]
+    OpenLock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("locking {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("another kvnetd (pid {pid}) is already running with the state dir {state_dir}")]
+    AlreadyRunning { pid: String, state_dir: PathBuf },
+    #[error("writing the pid to {path}")]
+    WritePid {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("opening nftables")]
+    Firewall(#[source] firewall::Error),
+    #[error(transparent)]
+    Manager(manager::Error),
+    #[error("serving the API")]
+    Serve(#[source] server::Error),
+}
 
 /// kvnetd: owns named virtual networks (bridges, NAT, DHCP, DNS) and serves the kvnet API.
 #[derive(Debug, Parser)]
@@ -77,13 +115,13 @@ pub fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(args: Args) -> Result<(), Error> {
     let _only_daemon = lock_state_dir(&args.state_dir)?;
     raise_fd_limit();
     // One thread is plenty: every change is serialised by the manager's lock, and
@@ -91,9 +129,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?;
+        .map_err(Error::Runtime)?;
     runtime.block_on(async {
-        let firewall = firewall::nft().context("opening nftables")?;
+        let firewall = firewall::nft().map_err(Error::Firewall)?;
         let config = ManagerConfig {
             config_dir: args.config_dir.clone(),
             state_dir: args.state_dir.clone(),
@@ -103,7 +141,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         let manager = Manager::open(config, firewall)
             .await
-            .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+            .map_err(Error::Manager)?;
         let ready = || tell_systemd("READY=1");
         let manager = Arc::new(manager);
         manager.follow_port_exits();
@@ -111,7 +149,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         manager.follow_firewall();
         server::serve(manager, &args.socket, ready, shutdown_signal())
             .await
-            .context("serving the API")?;
+            .map_err(Error::Serve)?;
         tracing::info!("stopped; networks keep running");
         Ok(())
     })
@@ -144,38 +182,45 @@ fn tell_systemd(state: &str) {
 /// would both adopt the same networks and fight over their bridges, servers and
 /// files. The lock is held until the process exits, however it exits; the file then
 /// names the pid that held it last.
-fn lock_state_dir(state_dir: &Path) -> anyhow::Result<Flock<File>> {
+fn lock_state_dir(state_dir: &Path) -> Result<Flock<File>, Error> {
     use std::io::{Read, Seek, Write};
     let path = state_dir.join(PID_FILE);
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating the state dir {}", state_dir.display()))?;
+    std::fs::create_dir_all(state_dir).map_err(|source| Error::StateDir {
+        path: state_dir.to_owned(),
+        source,
+    })?;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+        .map_err(|source| Error::OpenLock {
+            path: path.clone(),
+            source,
+        })?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((mut file, Errno::EWOULDBLOCK)) => {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
-            anyhow::bail!(
-                "another kvnetd (pid {}) is already running with the state dir {}",
-                holder.trim(),
-                state_dir.display()
-            );
+            return Err(Error::AlreadyRunning {
+                pid: holder.trim().to_owned(),
+                state_dir: state_dir.to_owned(),
+            });
         }
         Err((_, errno)) => {
-            return Err(errno).with_context(|| format!("locking {}", path.display()));
+            return Err(Error::Lock {
+                path,
+                source: errno,
+            });
         }
     };
     let recorded = lock
         .set_len(0)
         .and_then(|()| lock.rewind())
         .and_then(|()| writeln!(lock, "{}", std::process::id()));
-    recorded.with_context(|| format!("writing the pid to {}", path.display()))?;
+    recorded.map_err(|source| Error::WritePid { path, source })?;
     Ok(lock)
 }
 
