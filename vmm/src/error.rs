@@ -69,6 +69,6 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The kick signal handler could not be installed.
-    #[error("{0}")]
-    Signal(String),
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
 }

@@ -93,14 +93,11 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 }
 
 /// Installs the kick handler once per process.
-pub fn install_kick_handler() -> Result<(), String> {
-    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    INSTALLED
-        .get_or_init(|| {
-            vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
-                .map_err(|e| format!("cannot install the vCPU kick signal handler: {e}"))
-        })
-        .clone()
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    static INSTALLED: std::sync::OnceLock<Result<(), vmm_sys_util::errno::Error>> =
+        std::sync::OnceLock::new();
+    *INSTALLED
+        .get_or_init(|| vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler))
 }
 
 impl Vcpu {
