@@ -417,6 +417,9 @@ impl Manager {
         for path in store.remove_leftovers()? {
             warn!(path = %path.display(), "removed a leftover: the temporary file of an interrupted write, or an autostart link whose definition is gone");
         }
+        for path in link::tap::remove_stale_private_nodes(store.status_dir()) {
+            warn!(path = %path.display(), "removed a macvtap device node left by a daemon killed while opening it");
+        }
         let link = Link::new()?;
         // Before adopting: the IFBs of links deleted from here on go at once.
         let gone_ports = link

@@ -147,8 +147,8 @@ impl Tap {
         {
             Some(file) => file,
             None => {
-                let node = scratch_dir.join(format!(".tap{index}.{}", std::process::id()));
-                // One a crash left behind.
+                let node = scratch_dir.join(private_node_name(index, std::process::id()));
+                // One a crash of a daemon with our pid left behind.
                 let _ = fs::remove_file(&node);
                 mknod(&node, SFlag::S_IFCHR, Mode::S_IRUSR | Mode::S_IWUSR, device).map_err(
                     |errno| {
@@ -298,6 +298,52 @@ fn name_of(raw: &[libc::c_char; libc::IFNAMSIZ]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// The name of the device node [`Tap::open_macvtap`] makes for a moment, in its scratch
+/// dir, when `/dev/tap<index>` is another namespace's device.
+fn private_node_name(index: u32, pid: u32) -> String {
+    format!(".tap{index}.{pid}")
+}
+
+/// Whether `name` is one of [`private_node_name`]'s.
+fn is_private_node_name(name: &str) -> bool {
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    name.strip_prefix(".tap")
+        .and_then(|rest| rest.split_once('.'))
+        .is_some_and(|(index, pid)| digits(index) && digits(pid))
+}
+
+/// Removes the device nodes that a daemon killed inside [`Tap::open_macvtap`] left in
+/// `scratch_dir` (each still opens its macvtap's queue, whoever owns that macvtap now);
+/// returns what it removed. Only for the one daemon using the directory, before it opens
+/// any queue.
+pub fn remove_stale_private_nodes(scratch_dir: &Path) -> Vec<std::path::PathBuf> {
+    let entries = match fs::read_dir(scratch_dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(dir = %scratch_dir.display(), "cannot look for stale macvtap device nodes: {e}");
+            }
+            return Vec::new();
+        }
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let is_node = entry.file_name().to_str().is_some_and(is_private_node_name)
+            && entry.file_type().is_ok_and(|kind| kind.is_char_device());
+        if !is_node {
+            continue;
+        }
+        let path = entry.path();
+        match fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot remove a stale macvtap device node: {e}")
+            }
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +372,44 @@ mod tests {
         // SAFETY: the fd is an attached tap and `len` a live c_int the kernel writes.
         unsafe { tun_get_vnet_hdr_sz(tap.as_fd().as_raw_fd(), &mut len) }.expect("TUNGETVNETHDRSZ");
         len
+    }
+
+    #[test]
+    fn private_node_names_are_recognised_and_nothing_else() {
+        assert!(is_private_node_name(&private_node_name(12, 4242)));
+        for other in [
+            ".tap12.",
+            ".tap.4242",
+            ".tap12",
+            "tap12.4242",
+            ".tap1x.2",
+            "n.json",
+        ] {
+            assert!(!is_private_node_name(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn only_stale_private_device_nodes_are_removed() {
+        if !testkit::require(&[Need::Root]) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let null = makedev(1, 3);
+        let node = dir.path().join(private_node_name(7, 999_999));
+        mknod(&node, SFlag::S_IFCHR, Mode::S_IRUSR, null).unwrap();
+        // Same name pattern but a plain file, and a device node under another name.
+        let plain = dir.path().join(private_node_name(8, 1));
+        fs::write(&plain, "").unwrap();
+        let other_node = dir.path().join("null");
+        mknod(&other_node, SFlag::S_IFCHR, Mode::S_IRUSR, null).unwrap();
+        assert_eq!(
+            remove_stale_private_nodes(dir.path()),
+            std::slice::from_ref(&node)
+        );
+        assert!(!node.exists());
+        assert!(plain.exists() && other_node.exists());
+        assert!(remove_stale_private_nodes(&dir.path().join("missing")).is_empty());
     }
 
     #[test]
