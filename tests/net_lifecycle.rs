@@ -463,7 +463,7 @@ fn static_routes_come_and_go_with_the_bridge() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let daemon = Daemon::without_default_network();
+    let mut daemon = Daemon::without_default_network();
     let xml = "<network><name>routed</name><forward mode='route'/><bridge name='kvrt0'/>\
         <ip address='10.59.0.1' prefix='24'/>\
         <ip family='ipv6' address='fd00:59::1' prefix='64'/>\
@@ -473,22 +473,39 @@ fn static_routes_come_and_go_with_the_bridge() {
     let path = common::xml_file(daemon.dirs.path(), "routed.xml", xml);
     daemon.ok(&["net-define", path.to_str().expect("path")]);
     daemon.ok(&["net-start", "routed"]);
-    let routes = daemon
-        .ns
-        .sh("ip route show 10.159.0.0/16; ip -6 route show fd00:159::/48")
-        .expect("ip route");
+    let routes = |daemon: &Daemon| {
+        daemon
+            .ns
+            .sh("ip route show 10.159.0.0/16; ip -6 route show fd00:159::/48")
+            .expect("ip route")
+    };
+    let assert_present = |routes: String| {
+        assert!(
+            routes.contains("10.159.0.0/16 via 10.59.0.2 dev kvrt0")
+                && routes.contains("fd00:159::/48 via fd00:59::2 dev kvrt0")
+                && routes.contains("metric 5"),
+            "{routes}"
+        )
+    };
+    assert_present(routes(&daemon));
+
+    // The kernel deletes a link's routes when it goes down; the next daemon to adopt the
+    // network brings the bridge up and puts them back.
+    daemon.stop();
+    daemon.ns.sh("ip link set kvrt0 down").expect("set down");
+    assert_eq!(routes(&daemon).trim(), "", "routes stayed on a down link");
+    daemon.spawn(&DaemonOptions::default());
+    assert_present(routes(&daemon));
     assert!(
-        routes.contains("10.159.0.0/16 via 10.59.0.2 dev kvrt0")
-            && routes.contains("fd00:159::/48 via fd00:59::2 dev kvrt0")
-            && routes.contains("metric 5"),
-        "{routes}"
+        daemon
+            .log()
+            .contains("the route to 10.159.0.0/16 via 10.59.0.2 had been removed"),
+        "{}",
+        daemon.log()
     );
+
     daemon.ok(&["net-destroy", "routed"]);
-    let after = daemon
-        .ns
-        .sh("ip route show 10.159.0.0/16; ip -6 route show fd00:159::/48")
-        .expect("ip route");
-    assert_eq!(after.trim(), "", "routes outlived the network");
+    assert_eq!(routes(&daemon).trim(), "", "routes outlived the network");
 }
 
 #[test]

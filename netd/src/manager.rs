@@ -28,7 +28,7 @@ use crate::ra::{self, RaConfig, RaServer};
 use crate::service::lock;
 use crate::store::{self, AutostartProgress, Phase, STATUS_VERSION, Status, Store};
 use crate::tftp::{TftpConfig, TftpServer};
-use crate::xml::{self, Connections, DEFAULT_NAT_PORTS, ForwardMode, IpDef, NetworkDef};
+use crate::xml::{self, Connections, DEFAULT_NAT_PORTS, ForwardMode, IpDef, NetworkDef, RouteDef};
 
 mod bandwidth;
 mod hooks;
@@ -731,6 +731,34 @@ impl Manager {
                 Err(e) => warn!(network = %def.name, "{}", error_chain(&e)),
             }
         }
+        // The kernel deletes a link's routes when it goes down.
+        for route in &def.routes {
+            match self.add_static_route(bridge, route).await {
+                Ok(()) => {
+                    warn!(network = %def.name, bridge, "the route to {route} had been removed; added it back")
+                }
+                Err(e) if e.is_already_exists() => {}
+                Err(e) => {
+                    warn!(network = %def.name, "adding the route to {route}: {}", error_chain(&e))
+                }
+            }
+        }
+    }
+
+    /// Adds a `<route>` of the network through its bridge (one without a destination was
+    /// refused at define).
+    async fn add_static_route(&self, bridge: &str, route: &RouteDef) -> Result<(), link::Error> {
+        let Some(destination) = route.destination() else {
+            return Ok(());
+        };
+        self.link
+            .add_route(
+                bridge,
+                destination,
+                route.gateway,
+                route.metric.unwrap_or(1),
+            )
+            .await
     }
 
     /// Whether `bridge` is the bridge a start of `def` created: a bridge with the network's
@@ -1514,24 +1542,9 @@ impl Manager {
                 .map_err(|e| failed_step(def, format!("bringing {bridge} up"), e))?;
             // They go with the bridge, on destroy as on a failed start.
             for route in &def.routes {
-                let Some(destination) = route.destination() else {
-                    continue; // refused at define
-                };
-                self.link
-                    .add_route(
-                        bridge,
-                        destination,
-                        route.gateway,
-                        route.metric.unwrap_or(1),
-                    )
+                self.add_static_route(bridge, route)
                     .await
-                    .map_err(|e| {
-                        failed_step(
-                            def,
-                            format!("adding the route to {destination} via {}", route.gateway),
-                            e,
-                        )
-                    })?;
+                    .map_err(|e| failed_step(def, format!("adding the route to {route}"), e))?;
             }
             let shaping = shaping_of(def.bandwidth.as_ref());
             if !shaping.is_empty() {

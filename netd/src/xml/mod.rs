@@ -33,7 +33,7 @@ pub use model::{
     Bootp, Bridge, DEFAULT_NAT_PORTS, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv,
     DnsTxt, Domain, Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr,
     MacAddrParseError, MacTableManager, MacvtapMode, Nat, NatAddressRange, NetworkDef, PortGroup,
-    PortRange,
+    PortRange, RouteDef,
 };
 pub use port::{PortDef, PortPlug};
 pub use update::{Update, UpdateCommand, UpdateSection};

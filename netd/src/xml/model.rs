@@ -108,6 +108,16 @@ impl RouteDef {
     }
 }
 
+/// `10.159.0.0/16 via 10.59.0.2`, as `ip route` shows it.
+impl std::fmt::Display for RouteDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.destination() {
+            Some(destination) => write!(f, "{destination} via {}", self.gateway),
+            None => write!(f, "{} via {}", self.address, self.gateway),
+        }
+    }
+}
+
 /// How traffic leaves the network (`<forward mode>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
