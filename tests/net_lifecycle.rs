@@ -459,6 +459,39 @@ fn systemd_hears_ready_once_the_daemon_serves_and_stopping_at_sigterm() {
 }
 
 #[test]
+fn a_drop_policy_set_while_networks_run_is_warned_about_once() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let wait_for_warning = |warning: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !daemon.log().contains(warning) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no warning {warning:?} 15 s after the policy was set:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    // What starting Docker does to forwarding (iptables-nft), long after the daemon.
+    daemon
+        .ns
+        .sh("nft add table ip filter && nft add chain ip filter FORWARD '{ type filter hook forward priority 0; policy drop; }'")
+        .expect("set a forward drop policy");
+    let forward = "table ip filter chain FORWARD (hook forward) has policy drop";
+    wait_for_warning(forward);
+    // A later change is looked at too, and the first policy is not warned about again.
+    daemon
+        .ns
+        .sh("nft add table ip6 filter && nft add chain ip6 filter INPUT '{ type filter hook input priority 0; policy drop; }'")
+        .expect("set an input drop policy");
+    wait_for_warning("table ip6 filter chain INPUT (hook input) has policy drop");
+    assert_eq!(daemon.log().matches(forward).count(), 1, "{}", daemon.log());
+}
+
+#[test]
 fn static_routes_come_and_go_with_the_bridge() {
     if !require(DAEMON_NEEDS) {
         return;

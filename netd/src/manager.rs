@@ -361,6 +361,8 @@ pub struct Manager {
     /// Where each change's lifecycle event goes (published under the lock, so that
     /// subscribers see them in the order the changes were made).
     events: Events,
+    /// Other tables' drop policies found at the last look, already warned about.
+    warned_drop_policies: std::sync::Mutex<Vec<String>>,
 }
 
 /// The DHCP, DHCPv6, DNS, router advertisement and TFTP servers of a running network.
@@ -450,6 +452,7 @@ impl Manager {
             hooks: Hooks::new(&config.config_dir.join("hooks")),
             gone_ports: std::sync::Mutex::new(gone_ports),
             events: Events::new(),
+            warned_drop_policies: std::sync::Mutex::default(),
         };
         manager.load_configs().await?;
         manager.adopt_running().await?;
@@ -866,14 +869,12 @@ impl Manager {
             return Ok(());
         }
         let expected: Vec<String> = rules.iter().map(|rules| rules.bridge.clone()).collect();
-        let lost = self
+        let inspection = self
             .firewall
-            .lost(&expected)
+            .inspect(&expected)
             .map_err(|e| format!("looking for kvnet's firewall rules: {}", error_chain(&e)))?;
-        if lost.is_empty() {
-            return Ok(());
-        }
-        if !failing {
+        let lost = inspection.lost;
+        if !lost.is_empty() && !failing {
             warn!(bridges = ?lost, "firewall rules of running networks were removed by someone else (nft flush ruleset?); putting them back");
         }
         let mut failed = Vec::new();
@@ -882,9 +883,11 @@ impl Manager {
                 failed.push(format!("{}: {}", rules.bridge, error_chain(&e)));
             }
         }
-        if failed.is_empty() {
-            // Whoever flushed may have brought a drop policy of their own.
+        if inspection.ruleset_changed {
+            // Docker, ufw or whoever flushed ours may have set a drop policy since.
             self.warn_about_foreign_drop_policies();
+        }
+        if failed.is_empty() {
             Ok(())
         } else {
             Err(format!(
@@ -902,17 +905,24 @@ impl Manager {
         )
     }
 
+    /// Warns about other tables' drop policies that can block guests: each once while it
+    /// lasts (one removed and set again is warned about again).
     fn warn_about_foreign_drop_policies(&self) {
-        match self.firewall.foreign_drop_policies() {
-            Ok(found) => {
-                for description in found {
-                    warn!(
-                        "{description}: it can drop guest traffic that kvnet's own table accepts"
-                    );
-                }
+        let found = match self.firewall.foreign_drop_policies() {
+            Ok(found) => found,
+            Err(e) => {
+                warn!("inspecting other firewall tables: {}", error_chain(&e));
+                return;
             }
-            Err(e) => warn!("inspecting other firewall tables: {}", error_chain(&e)),
+        };
+        let mut warned = self
+            .warned_drop_policies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for description in found.iter().filter(|found| !warned.contains(found)) {
+            warn!("{description}: it can drop guest traffic that kvnet's own table accepts");
         }
+        *warned = found;
     }
 
     /// Starts the autostart networks once per boot. A daemon killed part way (a hook that

@@ -175,6 +175,16 @@ pub enum Error {
     },
 }
 
+/// What [`Firewall::inspect`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// Some table (anyone's, ours too) changed since the last inspection that found
+    /// everything in place: other tables' chain policies may have changed with it.
+    pub ruleset_changed: bool,
+    /// The expected bridges whose rules are gone.
+    pub lost: Vec<String>,
+}
+
 /// A firewall backend. All methods act on the network namespace the backend was created in.
 pub trait Firewall: Send + Sync + std::fmt::Debug {
     /// Atomically replaces the rules of `rules.bridge` (mode `Open` removes them).
@@ -183,13 +193,13 @@ pub trait Firewall: Send + Sync + std::fmt::Debug {
     fn remove(&self, bridge: &str) -> Result<(), Error>;
     /// Bridges that have rules in our table (to prune leftovers after a crash), sorted.
     fn bridges(&self) -> Result<Vec<String>, Error>;
-    /// Of `expected`, the bridges whose rules are gone from the kernel: someone flushed
-    /// the ruleset (`nft flush ruleset`, a restart of nftables.service), deleted or
-    /// flushed our table, or flushed or edited one of its chains. When any are, forgets
-    /// what it believed the kernel held, so that the next [`Firewall::apply`] of each
-    /// sends everything again. Cheap while no table changed since the last call found
-    /// everything in place.
-    fn lost(&self, expected: &[String]) -> Result<Vec<String>, Error>;
+    /// Whether the ruleset changed, and of `expected`, the bridges whose rules are gone
+    /// from the kernel: someone flushed the ruleset (`nft flush ruleset`, a restart of
+    /// nftables.service), deleted or flushed our table, or flushed or edited one of its
+    /// chains. When any are, forgets what it believed the kernel held, so that the next
+    /// [`Firewall::apply`] of each sends everything again. Cheap while no table changed
+    /// since the last call found everything in place.
+    fn inspect(&self, expected: &[String]) -> Result<Inspection, Error>;
     /// Human descriptions of *other* tables' base chains on the input, forward or output
     /// hooks with policy drop, e.g. `table ip filter chain FORWARD (hook forward) has policy
     /// drop`: such a chain drops guest traffic whatever our table accepts.

@@ -20,7 +20,7 @@ use std::time::Instant;
 use super::encode::{self, NFPROTO_INET};
 use super::netlink::{self, Message, Socket, Writer};
 use super::rules::{self, BRIDGES_SET, Change, NAT_MAP, Object, OwnedElement, SETS, check_ifname};
-use super::{Error, Firewall, NetworkRules, TABLE};
+use super::{Error, Firewall, Inspection, NetworkRules, TABLE};
 
 /// Netfilter families and the hooks of theirs where a foreign drop policy breaks guest
 /// traffic: DHCP/DNS to the host (input), their replies (output), and everything the
@@ -58,7 +58,7 @@ struct State {
     /// it may be missing: at first use, after we deleted the table, and to retry a batch
     /// that failed (someone may have flushed or deleted it).
     skeleton_present: bool,
-    /// The ruleset generation at which [`Firewall::lost`] last found everything in place:
+    /// The ruleset generation at which [`Firewall::inspect`] last found everything in place:
     /// while the kernel reports it still, nobody has changed any table since.
     intact_at: Option<u32>,
 }
@@ -352,14 +352,14 @@ impl Firewall for NftFirewall {
         self.state().bridges()
     }
 
-    fn lost(&self, expected: &[String]) -> Result<Vec<String>, Error> {
+    fn inspect(&self, expected: &[String]) -> Result<Inspection, Error> {
         // The caller holds the manager's lock, so no batch of ours runs meanwhile.
         let mut state = self.state();
         // Read before looking: a change made while we look moves it on, so the next
         // call looks again.
         let generation = state.generation()?;
         if state.intact_at == Some(generation) {
-            return Ok(Vec::new());
+            return Ok(Inspection::default());
         }
         let present = state.bridges()?;
         let rule_counts = state.rule_counts()?;
@@ -387,7 +387,10 @@ impl Firewall for NftFirewall {
             state.record = None;
             state.skeleton_present = false;
         }
-        Ok(lost)
+        Ok(Inspection {
+            ruleset_changed: true,
+            lost,
+        })
     }
 
     fn foreign_drop_policies(&self) -> Result<Vec<String>, Error> {

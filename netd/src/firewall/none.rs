@@ -1,6 +1,6 @@
 //! The no-op backend, for hosts or builds where kvnet must not touch the firewall.
 
-use super::{Error, Firewall, NetworkRules};
+use super::{Error, Firewall, Inspection, NetworkRules};
 
 /// Accepts every change and does nothing.
 #[derive(Debug)]
@@ -20,8 +20,8 @@ impl Firewall for NoFirewall {
         Ok(Vec::new())
     }
 
-    fn lost(&self, _expected: &[String]) -> Result<Vec<String>, Error> {
-        Ok(Vec::new())
+    fn inspect(&self, _expected: &[String]) -> Result<Inspection, Error> {
+        Ok(Inspection::default())
     }
 
     fn foreign_drop_policies(&self) -> Result<Vec<String>, Error> {

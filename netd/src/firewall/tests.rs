@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use testkit::{Need, Netns};
 
-use super::{Error, Firewall, NetworkRules, RuleMode};
+use super::{Error, Firewall, Inspection, NetworkRules, RuleMode};
 
 fn ready() -> bool {
     testkit::require(&[Need::Root, Need::Netns, Need::Nft])
@@ -355,7 +355,7 @@ fn a_foreign_flush_is_healed_by_the_next_change() {
 }
 
 #[test]
-fn lost_sees_every_way_our_rules_can_be_taken_away() {
+fn inspect_sees_every_way_our_rules_can_be_taken_away() {
     if !ready() {
         return;
     }
@@ -372,11 +372,22 @@ fn lost_sees_every_way_our_rules_can_be_taken_away() {
         })
         .unwrap()
     };
-    let lost = || inside(&ns, &*fw, |fw| fw.lost(&expected)).unwrap();
+    let inspect = || inside(&ns, &*fw, |fw| fw.inspect(&expected)).unwrap();
     apply_both();
-    assert!(lost().is_empty());
-    // Asked again with nothing changed (the generation check), still nothing.
-    assert!(lost().is_empty());
+    // Our own batches changed the ruleset; then nothing did.
+    assert_eq!(
+        inspect(),
+        Inspection {
+            ruleset_changed: true,
+            lost: vec![]
+        }
+    );
+    assert_eq!(inspect(), Inspection::default());
+    // Someone else's table changed: looked at, and nothing of ours is lost.
+    ns.sh("nft add table ip other").unwrap();
+    assert_eq!(inspect().lost, Vec::<String>::new());
+    assert_eq!(inspect(), Inspection::default());
+    ns.sh("nft delete table ip other").unwrap();
     let intact = ns.sh("nft -s list ruleset").unwrap();
 
     for (damage, gone) in [
@@ -391,7 +402,14 @@ fn lost_sees_every_way_our_rules_can_be_taken_away() {
         ),
     ] {
         ns.sh(damage).unwrap();
-        assert_eq!(lost(), gone, "after {damage}");
+        assert_eq!(
+            inspect(),
+            Inspection {
+                ruleset_changed: true,
+                lost: gone.to_vec()
+            },
+            "after {damage}"
+        );
         // What the manager does with the answer; then all is as it was.
         inside(&ns, &*fw, |fw| {
             for bridge in gone {
@@ -405,7 +423,7 @@ fn lost_sees_every_way_our_rules_can_be_taken_away() {
             intact,
             "after {damage}"
         );
-        assert!(lost().is_empty(), "after repairing {damage}");
+        assert!(inspect().lost.is_empty(), "after repairing {damage}");
     }
 }
 
