@@ -2414,6 +2414,7 @@ fn dhcp6_config(def: &NetworkDef) -> Option<Dhcp6Config> {
         network: def.name.clone(),
         interface: def.bridge_name()?.to_owned(),
         server_mac: def.mac.map(|mac| mac.0)?,
+        server_ip: address,
         subnet,
         ranges: ranges.collect(),
         hosts: hosts.collect(),

@@ -20,6 +20,7 @@ fn config() -> Dhcp6Config {
         network: "fuzz".into(),
         interface: "br0".into(),
         server_mac: [0x52, 0x54, 0, 0, 0, 1],
+        server_ip: ip("fd00:77::1"),
         subnet: "fd00:77::/64".parse().expect("invariant: literal subnet"),
         ranges: vec![(ip("fd00:77::100"), ip("fd00:77::103"), None)],
         hosts: vec![

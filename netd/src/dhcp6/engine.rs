@@ -637,6 +637,7 @@ pub(crate) mod tests {
             network: "n".into(),
             interface: "virbr9".into(),
             server_mac: [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc],
+            server_ip: "2001:db8:ca2:2::1".parse().unwrap(),
             subnet: "2001:db8:ca2:2::/64".parse().unwrap(),
             ranges: vec![(
                 "2001:db8:ca2:2:1::10".parse().unwrap(),
@@ -1109,6 +1110,30 @@ pub(crate) mod tests {
         let leases = engine.leases(0);
         assert_eq!(leases.len(), 1);
         assert_eq!(leases[0].hostname, None);
+    }
+
+    #[test]
+    fn a_range_holding_the_bridge_address_never_hands_it_out() {
+        let mut config = config();
+        let bridge = config.server_ip;
+        config.ranges = vec![(bridge, "2001:db8:ca2:2::2".parse().unwrap(), None)];
+        let mut engine = Engine::new(config);
+        let first = message(
+            MessageType::Solicit,
+            &CLIENT_DUID,
+            vec![ia(1, Some("2001:db8:ca2:2::1")), DhcpOption::RapidCommit],
+        );
+        let reply = decode(&engine.handle(&first, CLIENT_LL, 0).unwrap());
+        let addrs: Vec<Ipv6Addr> = the_ia(&reply).3.iter().map(|a| a.0).collect();
+        assert_eq!(addrs, ["2001:db8:ca2:2::2".parse::<Ipv6Addr>().unwrap()]);
+        let second = message(
+            MessageType::Solicit,
+            &[0, 3, 0, 1, 9, 9, 9, 9, 9, 9],
+            vec![ia(1, None)],
+        );
+        let reply = decode(&engine.handle(&second, CLIENT_LL, 0).unwrap());
+        assert_eq!(top_status(&reply), Some(Status::NoAddrsAvail));
+        assert!(engine.leases(0).iter().all(|lease| lease.ip != bridge));
     }
 
     #[test]

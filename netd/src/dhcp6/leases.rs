@@ -109,6 +109,7 @@ pub struct LeaseDb {
     cursor: u128,
     hosts: Vec<Dhcp6HostConfig>,
     reserved_ips: HashSet<Ipv6Addr>,
+    server_ip: Ipv6Addr,
     by_ip: HashMap<Ipv6Addr, Lease>,
     by_client: HashMap<ClientKey, Ipv6Addr>,
     /// Where the bound leases are kept; `None` in memory only.
@@ -132,6 +133,7 @@ impl LeaseDb {
             cursor: 0,
             hosts: Vec::new(),
             reserved_ips: HashSet::new(),
+            server_ip: config.server_ip,
             by_ip: HashMap::new(),
             by_client: HashMap::new(),
             path: None,
@@ -237,6 +239,7 @@ impl LeaseDb {
     pub fn configure(&mut self, config: &Dhcp6Config) {
         self.network = config.network.clone();
         self.subnet = config.subnet;
+        self.server_ip = config.server_ip;
         self.default_lease = lease_secs(config.default_lease);
         self.pool = config
             .ranges
@@ -329,7 +332,7 @@ impl LeaseDb {
         now: i64,
     ) -> bool {
         let own_reservation = reservation.is_some_and(|host| host.ip == ip);
-        if !self.subnet.contains(&ip) {
+        if !self.subnet.contains(&ip) || ip == self.server_ip {
             return false;
         }
         if !own_reservation && (self.reserved_ips.contains(&ip) || !self.in_pool(ip)) {

@@ -42,6 +42,9 @@ pub struct Dhcp6Config {
     pub interface: String,
     /// The bridge's MAC: the server's DUID-LL (option 2) is made from it.
     pub server_mac: [u8; 6],
+    /// The bridge's own address (`<ip address=>`): never handed out, even when a
+    /// range holds it.
+    pub server_ip: Ipv6Addr,
     /// The `<ip address= prefix=>` subnet, truncated.
     pub subnet: ipnet::Ipv6Net,
     /// `<range start= end=>` with its optional `<lease>`; `Some(Duration::ZERO)` means
