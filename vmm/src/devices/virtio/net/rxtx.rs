@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
@@ -569,6 +570,11 @@ pub struct NetWorker {
     rx_chains: VecDeque<Chain>,
     rx_capacity: u64,
     rx_paused: bool,
+    /// Backend reads that failed in a row. RX retries them on a timer: a driver whose
+    /// ring is full has nothing to post, so its next RX notification may never come.
+    rx_failures: u32,
+    /// When the event loop retries a failed backend.
+    rx_retry_at: Option<Instant>,
     broken: bool,
     /// Where a frame is read first when the guest has posted fewer bytes than a largest
     /// frame (see [`NetWorker::receive_bounced`]); allocated the first time.
@@ -653,6 +659,11 @@ const PASS_LIMIT: u32 = 256;
 /// Most buffers one `readv` may take (the kernel's `UIO_MAXIOV`).
 const IOV_MAX: usize = 1024;
 
+/// The wait before retrying a failed backend read; it doubles with each failure in a
+/// row, up to [`RX_RETRY_MAX`].
+const RX_RETRY_FIRST: Duration = Duration::from_millis(10);
+const RX_RETRY_MAX: Duration = Duration::from_secs(1);
+
 const TOKEN_RX_QUEUE: u64 = 0;
 const TOKEN_TX_QUEUE: u64 = 1;
 const TOKEN_BACKEND: u64 = 2;
@@ -683,6 +694,8 @@ impl NetWorker {
             rx_chains: VecDeque::new(),
             rx_capacity: 0,
             rx_paused: false,
+            rx_failures: 0,
+            rx_retry_at: None,
             broken: false,
             bounce: Vec::new(),
             pending: 0,
@@ -693,6 +706,20 @@ impl NetWorker {
     /// the guest is out of buffers, or the backend failed.
     pub fn rx_paused(&self) -> bool {
         self.rx_paused
+    }
+
+    /// How long RX waits before retrying the backend after its last read failed;
+    /// `None` while reads succeed.
+    pub fn rx_retry_delay(&self) -> Option<Duration> {
+        if self.rx_failures == 0 || self.broken {
+            return None;
+        }
+        let doublings = (self.rx_failures - 1).min(8);
+        Some(
+            RX_RETRY_FIRST
+                .saturating_mul(1 << doublings)
+                .min(RX_RETRY_MAX),
+        )
     }
 
     /// Whether the worker stopped on a corrupt ring.
@@ -794,6 +821,8 @@ impl NetWorker {
     /// Moves frames from the backend into the guest's RX buffers until the
     /// backend is empty or the guest runs out of buffers (then RX pauses).
     pub fn process_rx(&mut self) {
+        // This pass is the retry; a failing one schedules the next.
+        self.rx_retry_at = None;
         if self.broken {
             return;
         }
@@ -832,19 +861,26 @@ impl NetWorker {
             self.rx_paused = false;
             match step {
                 RxStep::Delivered(chains) => {
+                    self.rx_failures = 0;
                     unsignalled += chains;
                     if unsignalled >= SIGNAL_BATCH {
                         self.signal(RX_QUEUE)?;
                         unsignalled = 0;
                     }
                 }
-                RxStep::Dropped | RxStep::NoRoom => {}
-                RxStep::Empty => break,
+                RxStep::Dropped | RxStep::NoRoom => self.rx_failures = 0,
+                RxStep::Empty => {
+                    self.rx_failures = 0;
+                    break;
+                }
                 RxStep::Failed => {
-                    // The guest's next RX notification brings a retry. With EVENT_IDX
-                    // it sends one only past avail_event, which must be current.
+                    // Retried on a timer, or sooner at the guest's next RX
+                    // notification. With EVENT_IDX the driver sends one only past
+                    // avail_event, which must be current.
                     self.enable_rx_notification(&mem)?;
                     self.rx_paused = true;
+                    self.rx_failures = self.rx_failures.saturating_add(1);
+                    self.rx_retry_at = self.rx_retry_delay().map(|delay| Instant::now() + delay);
                     break;
                 }
             }
@@ -1210,11 +1246,19 @@ impl NetWorker {
                 )?;
                 backend_polled = want_backend;
             }
-            let n = match epoll.wait(-1, &mut events) {
+            let timeout = self.rx_retry_at.map_or(-1, |at| {
+                let wait = at.saturating_duration_since(Instant::now());
+                // Rounded up: waking a millisecond early would spin until the deadline.
+                i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+            });
+            let n = match epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            if self.rx_retry_at.is_some_and(|at| at <= Instant::now()) {
+                self.process_rx();
+            }
             for event in &events[..n] {
                 match event.data() {
                     TOKEN_KILL => return Ok(()),
