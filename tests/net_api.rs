@@ -8,8 +8,19 @@ use common::{DAEMON_NEEDS, Daemon, Need, require};
 
 /// Runs the CLI as uid/gid 65534 (nobody) with no supplementary groups.
 fn kvnet_as_nobody(daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    kvnet_as_nobody_in(daemon, &[], args)
+}
+
+/// Runs the CLI as uid/gid 65534 (nobody) with the supplementary `groups`.
+fn kvnet_as_nobody_in(daemon: &Daemon, groups: &[u32], args: &[&str]) -> std::process::Output {
+    let groups = if groups.is_empty() {
+        "--clear-groups".to_owned()
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        format!("--groups={}", list.join(","))
+    };
     std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--reuid=65534", "--regid=65534", &groups])
         .arg(env!("CARGO_BIN_EXE_kvnet"))
         .arg("-c")
         .arg(daemon.socket())
@@ -62,6 +73,50 @@ fn strangers_may_read_but_not_change() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("access denied: uid 65534 may not change networks"),
+        "{err}"
+    );
+    assert_eq!(daemon.bridges(), ["virbr0"]);
+}
+
+/// The socket's group (the daemon's, root here) counts among the groups a client
+/// connected with, however many it has (more than SO_PEERGROUPS' first guess).
+#[test]
+fn members_of_the_socket_group_may_change() {
+    if !require(DAEMON_NEEDS) || !require(&[Need::Program("setpriv")]) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let socket_group =
+        std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(daemon.socket()).expect("socket"));
+    std::fs::set_permissions(daemon.dirs.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod dir");
+
+    let out = kvnet_as_nobody_in(&daemon, &[socket_group], &["net-destroy", "default"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(daemon.bridges().is_empty());
+
+    let mut many: Vec<u32> = (5000..5100).collect();
+    many.push(socket_group);
+    let out = kvnet_as_nobody_in(&daemon, &many, &["net-start", "default"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(daemon.bridges(), ["virbr0"]);
+
+    // Opened to everyone, the socket still lets no one else change anything.
+    std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666))
+        .expect("chmod socket");
+    let out = kvnet_as_nobody_in(&daemon, &[5000, 5001], &["net-destroy", "default"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("needs root or group id {socket_group}")),
         "{err}"
     );
     assert_eq!(daemon.bridges(), ["virbr0"]);

@@ -1,6 +1,7 @@
 //! Passing file descriptors over a Unix stream socket (`SCM_RIGHTS`): how kvnetd hands a
 //! guest's tap to kvnet-vmm, which then needs no CAP_NET_ADMIN. And keeping the ones it
-//! inherited from passing on to the programs it runs.
+//! inherited from passing on to the programs it runs, and reading the groups a Unix
+//! socket's peer connected with.
 //!
 //! Ancillary data rides on the bytes it was sent with, and a plain `read` of those bytes
 //! closes the descriptors it carries. So a receiver reads the whole exchange through
@@ -118,6 +119,41 @@ pub fn keep_inherited_fds_from_children() -> io::Result<()> {
     Ok(())
 }
 
+/// The supplementary groups of the process at the other end of `socket`, as they were
+/// when it connected (`SO_PEERGROUPS`). Unlike reading `/proc/PID/status` later, this
+/// cannot see another process that took over the peer's pid, nor groups the peer
+/// dropped or gained since.
+pub fn peer_groups(socket: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    // NGROUPS_MAX is 65536; start small and grow to what the kernel asks for.
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let capacity = groups.len() * std::mem::size_of::<libc::gid_t>();
+        let mut len = libc::socklen_t::try_from(capacity).map_err(io::Error::other)?;
+        // SAFETY: `groups` is a live buffer of `len` bytes that the kernel fills with at
+        // most `len` bytes of gid_t values, and `len` is a valid socklen_t it updates.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let needed = usize::try_from(len).map_err(io::Error::other)?;
+        if rc == 0 {
+            groups.truncate(needed / std::mem::size_of::<libc::gid_t>());
+            return Ok(groups);
+        }
+        let error = io::Error::last_os_error();
+        // ERANGE: the buffer was too small and `len` now says how large it must be.
+        if error.raw_os_error() != Some(libc::ERANGE) || needed <= capacity {
+            return Err(error);
+        }
+        groups.resize(needed.div_ceil(std::mem::size_of::<libc::gid_t>()), 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Seek, Write};
@@ -131,6 +167,20 @@ mod tests {
         file.write_all(text.as_bytes()).expect("write");
         file.rewind().expect("rewind");
         file
+    }
+
+    #[test]
+    fn peer_groups_are_the_connecting_processs_groups() {
+        let (ours, _theirs) = UnixStream::pair().expect("pair");
+        let mut got = peer_groups(ours.as_fd()).expect("SO_PEERGROUPS");
+        let mut expected: Vec<u32> = nix::unistd::getgroups()
+            .expect("getgroups")
+            .into_iter()
+            .map(|gid| gid.as_raw())
+            .collect();
+        got.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(got, expected);
     }
 
     #[test]

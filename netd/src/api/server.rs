@@ -59,7 +59,8 @@ pub enum Error {
 struct Peer {
     uid: u32,
     gid: u32,
-    pid: Option<i32>,
+    /// Supplementary groups when it connected.
+    groups: Arc<[u32]>,
     /// A duplicate of the connection's socket: hyper owns the socket and writes only bytes,
     /// so a tap's descriptor goes out through this one ([`create_port`]).
     connection: Option<Arc<OwnedFd>>,
@@ -68,18 +69,20 @@ struct Peer {
 impl Connected<IncomingStream<'_, UnixListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Peer {
         let connection = stream.io().as_fd().try_clone_to_owned().ok().map(Arc::new);
+        // A peer whose groups cannot be read has only its primary one.
+        let groups = fdpass::peer_groups(stream.io().as_fd()).unwrap_or_default();
         match stream.io().peer_cred() {
             Ok(cred) => Peer {
                 uid: cred.uid(),
                 gid: cred.gid(),
-                pid: cred.pid(),
+                groups: groups.into(),
                 connection,
             },
             // Unknown peers get no rights: uid/gid of nobody.
             Err(_) => Peer {
                 uid: u32::MAX,
                 gid: u32::MAX,
-                pid: None,
+                groups: Arc::new([]),
                 connection,
             },
         }
@@ -293,27 +296,7 @@ fn may_change(peer: &Peer, socket_gid: u32) -> bool {
     peer.uid == 0
         || peer.uid == nix::unistd::geteuid().as_raw()
         || peer.gid == socket_gid
-        || peer
-            .pid
-            .is_some_and(|pid| supplementary_groups(pid).contains(&socket_gid))
-}
-
-/// The peer's supplementary groups, from /proc (SO_PEERCRED carries only the primary one).
-fn supplementary_groups(pid: i32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Groups:"))
-                .map(|groups| {
-                    groups
-                        .split_whitespace()
-                        .filter_map(|g| g.parse().ok())
-                        .collect()
-                })
-        })
-        .unwrap_or_default()
+        || peer.groups.contains(&socket_gid)
 }
 
 #[derive(Debug, Deserialize)]
@@ -738,42 +721,17 @@ mod tests {
     fn changes_need_root_owner_or_socket_group() {
         let me = nix::unistd::geteuid().as_raw();
         let stranger = if me == 4242 { 4243 } else { 4242 };
-        assert!(may_change(
-            &Peer {
-                uid: 0,
-                gid: 0,
-                pid: None,
-                connection: None
-            },
-            100
-        ));
-        assert!(may_change(
-            &Peer {
-                uid: me,
-                gid: 7,
-                pid: None,
-                connection: None
-            },
-            100
-        ));
-        assert!(may_change(
-            &Peer {
-                uid: stranger,
-                gid: 100,
-                pid: None,
-                connection: None
-            },
-            100
-        ));
-        assert!(!may_change(
-            &Peer {
-                uid: stranger,
-                gid: 7,
-                pid: None,
-                connection: None
-            },
-            100
-        ));
+        let peer = |uid, gid, groups: &[u32]| Peer {
+            uid,
+            gid,
+            groups: groups.into(),
+            connection: None,
+        };
+        assert!(may_change(&peer(0, 0, &[]), 100));
+        assert!(may_change(&peer(me, 7, &[]), 100));
+        assert!(may_change(&peer(stranger, 100, &[]), 100));
+        assert!(may_change(&peer(stranger, 7, &[3, 100]), 100));
+        assert!(!may_change(&peer(stranger, 7, &[3, 101]), 100));
     }
 
     use futures::StreamExt;
