@@ -122,12 +122,21 @@ impl From<ErrorBody> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The response for this error with a status other than its kind's (413 for a body
+    /// too large, 405 for a method a path does not take, ...).
+    pub fn into_response_with(self, status: StatusCode) -> Response {
         let body = ErrorBody {
             kind: self.kind.as_str().to_owned(),
             message: self.message,
         };
-        (self.kind.status(), Json(body)).into_response()
+        (status, Json(body)).into_response()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.kind.status();
+        self.into_response_with(status)
     }
 }

@@ -8,9 +8,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::connect_info::Connected;
 use axum::extract::{
     ConnectInfo, DefaultBodyLimit, FromRequestParts, Path as UrlPath, Query, Request, State,
 };
@@ -19,13 +19,16 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use futures::Stream;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use tokio::io::Interest;
-use tokio::net::UnixListener;
-use tokio::sync::{RwLock, oneshot, watch};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, RwLock, Semaphore, watch};
+use tower::ServiceExt;
 
 use super::error::{ApiError, ErrorKind};
 use super::types::{
@@ -41,7 +44,7 @@ use crate::xml;
 /// Errors setting up the listening socket.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The socket could not be bound, chmod'ed or served.
+    /// The socket could not be bound, chmod'ed or put in place.
     #[error("{action} socket {path}")]
     Socket {
         /// What was being done.
@@ -54,7 +57,8 @@ pub enum Error {
     },
 }
 
-/// Who is on the other end of a connection (SO_PEERCRED), and the connection itself.
+/// Who is on the other end of a connection (SO_PEERCRED, SO_PEERGROUPS), and the
+/// connection itself.
 #[derive(Clone, Debug)]
 struct Peer {
     uid: u32,
@@ -66,12 +70,13 @@ struct Peer {
     connection: Option<Arc<OwnedFd>>,
 }
 
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Peer {
-        let connection = stream.io().as_fd().try_clone_to_owned().ok().map(Arc::new);
+impl Peer {
+    /// The credentials `stream`'s client connected with.
+    fn of(stream: &UnixStream) -> Peer {
+        let connection = stream.as_fd().try_clone_to_owned().ok().map(Arc::new);
         // A peer whose groups cannot be read has only its primary one.
-        let groups = fdpass::peer_groups(stream.io().as_fd()).unwrap_or_default();
-        match stream.io().peer_cred() {
+        let groups = fdpass::peer_groups(stream.as_fd()).unwrap_or_default();
+        match stream.peer_cred() {
             Ok(cred) => Peer {
                 uid: cred.uid(),
                 gid: cred.gid(),
@@ -171,36 +176,110 @@ pub async fn serve(
         changes: Arc::clone(&changes),
         stopping,
     });
-    let (stopped, stop_seen) = oneshot::channel::<()>();
-    let shutdown = async move {
-        shutdown.await;
-        drop(stop_streams);
-        drop(stopped);
-    };
-    let serving = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-        .with_graceful_shutdown(shutdown)
-        .into_future();
-    // The graceful shutdown waits for every connection's response; a client that never
-    // finishes sending its request, or never reads its answer, must not keep the daemon
-    // from stopping until systemd kills it.
-    let grace = async {
-        let _ = stop_seen.await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    let served = tokio::select! {
-        served = serving => served,
-        () = grace => {
-            tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after the stop; closing them");
-            Ok(())
+    // Connections wait on this to shut down gracefully: it changes when dropped.
+    let (stop_connections, connections_stopping) = watch::channel(());
+    // Every connection holds a receiver: the sender is closed once all have ended.
+    let (all_ended, connection_open) = watch::channel(());
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // At the limit, new clients wait in the socket's backlog; a connection that
+        // sends nothing frees its slot after HEADER_TIMEOUT.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else { break };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        match accepted {
+            Ok((stream, _)) => serve_connection(
+                stream,
+                app.clone(),
+                slot,
+                connections_stopping.clone(),
+                connection_open.clone(),
+            ),
+            Err(e) => {
+                // Out of descriptors or memory: try again once some are freed.
+                tracing::warn!(error = %e, "cannot accept an API connection");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
         }
-    };
+    }
+    drop(listener);
+    drop(stop_streams);
+    drop(stop_connections);
+    drop(connection_open);
+    // The graceful shutdown waits for every connection's response; a client that never
+    // reads its answer must not keep the daemon from stopping until systemd kills it.
+    if tokio::time::timeout(SHUTDOWN_GRACE, all_ended.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after the stop; closing them");
+    }
     // Changes whose clients went away are still running.
     let _finished = changes.write().await;
-    served.map_err(err("serving on"))
+    Ok(())
 }
 
+/// Serves one connection in a task of its own until the client closes it, it breaks a
+/// timeout, or the daemon stops (then after its response in progress).
+fn serve_connection(
+    stream: UnixStream,
+    app: Router,
+    slot: OwnedSemaphorePermit,
+    mut stopping: watch::Receiver<()>,
+    open: watch::Receiver<()>,
+) {
+    let peer = Peer::of(&stream);
+    let service = app.map_request(move |request: Request<Incoming>| {
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(peer.clone()));
+        request
+    });
+    tokio::spawn(async move {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        // The timer also ends a keep-alive connection idle that long between requests.
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT);
+        let connection = http
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+            .with_upgrades();
+        let mut connection = std::pin::pin!(connection);
+        let served = tokio::select! {
+            served = connection.as_mut() => served,
+            _ = stopping.changed() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = served {
+            tracing::debug!(error = %e, "API connection ended");
+        }
+        drop(slot);
+        drop(open);
+    });
+}
+
+/// Most API connections served at once (event streams hold theirs).
+const MAX_CONNECTIONS: usize = 512;
+
+/// How long a client has to send a request's headers, and a keep-alive connection may
+/// sit idle between requests.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client has to send a request's body once its headers arrived.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pause after a failed `accept` (out of descriptors) before the next one.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 /// How long a stopping daemon waits for the responses of open connections.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Where the socket is bound before it is renamed to `socket`: a hidden name in the same
 /// directory, unique to this process.
@@ -267,8 +346,82 @@ fn router(state: AppState) -> Router {
         .route("/v1/networks/{network}/ports/{port}/xml", get(port_xml))
         .route("/v1/events", get(events))
         .layer(DefaultBodyLimit::max(super::MAX_REQUEST_BYTES))
+        .layer(middleware::from_fn(read_body))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn(errors_as_json))
         .with_state(state)
+}
+
+/// Reads a request's whole body before its handler runs, so that a client that stops
+/// halfway through sending it holds its connection for [`BODY_TIMEOUT`] only, and a
+/// body declared larger than the limit is refused before any of it is read.
+async fn read_body(request: Request, next: Next) -> Response {
+    let limit = super::MAX_REQUEST_BYTES;
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return ApiError::new(
+            ErrorKind::InvalidArgument,
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .into_response_with(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            return ApiError::new(
+                ErrorKind::InvalidArgument,
+                format!("cannot read the request body (at most {limit} bytes): {e}"),
+            )
+            .into_response_with(StatusCode::BAD_REQUEST);
+        }
+        Err(_) => {
+            return ApiError::new(
+                ErrorKind::InvalidArgument,
+                format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+            )
+            .into_response_with(StatusCode::REQUEST_TIMEOUT);
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// Gives every error the API's `{kind, message}` body: axum's own (an unknown path or
+/// method, a body that is not the JSON a handler takes) come as plain text or empty.
+async fn errors_as_json(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let (kind, message) = match status {
+        StatusCode::NOT_FOUND => (ErrorKind::NotFound, format!("no API path {path}")),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            ErrorKind::Unsupported,
+            format!("{method} is not allowed on {path}"),
+        ),
+        _ if text.is_empty() => (
+            ErrorKind::Internal,
+            status.canonical_reason().unwrap_or("error").to_owned(),
+        ),
+        _ if status.is_client_error() => (ErrorKind::InvalidArgument, text),
+        _ => (ErrorKind::Internal, text),
+    };
+    ApiError::new(kind, message).into_response_with(status)
 }
 
 /// Reads are open to anyone who can reach the socket; changes need root, the daemon's
