@@ -341,6 +341,21 @@ fn unknown_networks_and_wrong_states_are_refused() {
             "error: failed to get network '{uuid}'\nerror: Network not found: no network with matching name '{uuid}'\n"
         )
     );
+    // A network named like another's UUID: net-uuid finds it by its name.
+    let named_like_a_uuid = xml_file(
+        daemon.dirs.path(),
+        "uuid-named.xml",
+        &format!(
+            "<network><name>{uuid}</name><uuid>aaaaaaaa-2222-3333-4444-555555555555</uuid>\
+             <bridge name='kvuuid0'/></network>"
+        ),
+    );
+    daemon.ok(&["net-define", named_like_a_uuid.to_str().expect("utf-8")]);
+    assert_eq!(
+        daemon.ok(&["net-uuid", uuid]).trim(),
+        "aaaaaaaa-2222-3333-4444-555555555555"
+    );
+    daemon.ok(&["net-undefine", "aaaaaaaa-2222-3333-4444-555555555555"]);
     let simple = uuid.replace('-', "");
     assert!(
         daemon

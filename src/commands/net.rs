@@ -227,11 +227,17 @@ pub fn uuid(client: &Client, network: &str, json: bool, quiet: bool) -> Result<S
             e,
         )
     };
-    let net = client.get(network).map_err(failed)?;
-    // virsh looks networks up here by name only.
-    if net.name != network {
-        return Err(not_found(network, "name"));
-    }
+    let found = client.get(network).map_err(failed)?;
+    // virsh looks networks up here by name only; the daemon tries a UUID-like argument
+    // as a UUID first, and may have found another network by it.
+    let net = if found.name == network {
+        found
+    } else {
+        let all = client.list().map_err(failed)?;
+        all.into_iter()
+            .find(|net| net.name == network)
+            .ok_or_else(|| not_found(network, "name"))?
+    };
     Ok(if json {
         output::json(&serde_json::json!({ "uuid": net.uuid }))
     } else {
