@@ -333,7 +333,7 @@ fn a_port_of_a_host_bridge_network_joins_that_bridge_which_outlives_it() {
     daemon.kill9();
     std::fs::write(daemon.state_dir().join("networks/host.json"), b"{").expect("corrupt");
     daemon.spawn(&Default::default());
-    assert!(daemon.log().contains("discarding unreadable status"));
+    assert!(daemon.log().contains("discarding a damaged status"));
     assert!(is_parked(&daemon, &port.tap));
     assert_eq!(taps(&daemon), std::slice::from_ref(&port.tap));
 

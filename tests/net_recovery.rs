@@ -329,8 +329,8 @@ fn a_network_stops_when_its_status_cannot_be_rewritten() {
     std::fs::remove_dir(&blocker).expect("unblock");
 }
 
-/// A status file that cannot be read says nothing about what ran: the bridge and rules of
-/// the network the definition names go, so that the network can be started again.
+/// A damaged status file says nothing about what ran: the bridge and rules of the
+/// network the definition names go, so that the network can be started again.
 #[test]
 fn an_unreadable_status_does_not_leave_the_bridge_in_the_way() {
     if !require(DAEMON_NEEDS) {
@@ -350,9 +350,32 @@ fn an_unreadable_status_does_not_leave_the_bridge_in_the_way() {
     );
     assert!(daemon.bridges().is_empty(), "{}", daemon.log());
     assert!(!daemon.ruleset().contains("virbr0"), "rules left");
-    daemon.assert_logged("discarding unreadable status");
+    daemon.assert_logged("discarding a damaged status");
     assert_eq!(daemon.ok(&["net-start", "n"]), "Network n started\n\n");
     assert_eq!(daemon.addresses("virbr0"), ["10.58.0.1/24"]);
+}
+
+/// A status file that cannot be read at the moment (here a directory in its place;
+/// permissions or a disk error elsewhere) is not a damaged one: the network may be
+/// running, so its bridge and the file stay as they are.
+#[test]
+fn a_status_that_cannot_be_read_now_leaves_the_running_network_alone() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    define_nat_network(&daemon, "n", "10.59.0.1");
+    daemon.ok(&["net-start", "n"]);
+    daemon.kill9();
+    let status_path = daemon.state_dir().join("networks/n.json");
+    std::fs::remove_file(&status_path).expect("remove the status");
+    std::fs::create_dir(&status_path).expect("a directory in its place");
+
+    daemon.spawn(&DaemonOptions::no_default_network());
+    daemon.assert_logged("cannot read the status");
+    assert_eq!(daemon.bridges(), ["virbr0"], "{}", daemon.log());
+    assert_eq!(daemon.addresses("virbr0"), ["10.59.0.1/24"]);
+    assert!(status_path.is_dir(), "the status was removed");
 }
 
 /// The bridge of a running network deleted behind kvnet's back and its name taken by

@@ -556,20 +556,16 @@ impl Manager {
         for (name, status) in self.store.load_statuses()? {
             let status = match status {
                 Ok(status) => status,
-                Err(e) => {
-                    warn!(network = %name, "discarding unreadable status: {}", error_chain(&e));
-                    // What it recorded is lost, so the network cannot be adopted; its
-                    // bridge, if the definition says which, goes rather than block a start.
-                    let defined = networks.get(&name).and_then(|n| n.config.clone());
-                    if let Some(def) = defined
-                        && def.forward_mode().has_managed_bridge()
-                        && let Some(bridge) = def.bridge_name()
-                        && self.is_bridge_it_created(&def, bridge).await
-                    {
-                        warn!(network = %name, bridge, "removing the bridge and rules of the network whose status was unreadable");
-                        self.release(bridge, true).await;
-                    }
+                Err(e @ store::Error::CorruptStatus { .. }) => {
+                    warn!(network = %name, "discarding a damaged status: {}", error_chain(&e));
+                    self.release_unadoptable(&networks, &name, None).await;
                     self.store.delete_status(&name)?;
+                    continue;
+                }
+                Err(e) => {
+                    // Not damaged but unreadable now (permissions, an I/O error): the
+                    // network may well be running, and a later daemon may read it.
+                    warn!(network = %name, "cannot read the status, so the network stays inactive and its bridge and status file are left as they are: {}", error_chain(&e));
                     continue;
                 }
             };
@@ -577,7 +573,7 @@ impl Manager {
                 Ok(def) => def,
                 Err(e) => {
                     warn!(network = %name, "discarding status with unreadable XML: {}", error_chain(&e));
-                    self.release(&status.bridge, owns_bridge_mode(&status.xml))
+                    self.release_unadoptable(&networks, &name, Some(&status.bridge))
                         .await;
                     self.store.delete_status(&name)?;
                     continue;
@@ -781,6 +777,36 @@ impl Manager {
                 false
             }
         }
+    }
+
+    /// Clears the way for a network whose status was discarded, unread: what it recorded
+    /// is lost, so it cannot be adopted, and its bridge would block its next start. The
+    /// rules of its bridge (`recorded_bridge`, else the definition's) go; the bridge
+    /// itself only when the definition on disk names it and the kernel's has the
+    /// definition's MAC address.
+    async fn release_unadoptable(
+        &self,
+        networks: &BTreeMap<String, Network>,
+        name: &str,
+        recorded_bridge: Option<&str>,
+    ) {
+        let defined = networks.get(name).and_then(|n| n.config.as_ref());
+        let defined_bridge = defined
+            .filter(|def| def.forward_mode().has_managed_bridge())
+            .and_then(|def| Some((def, def.bridge_name()?)));
+        let Some(bridge) = recorded_bridge.or(defined_bridge.map(|(_, bridge)| bridge)) else {
+            return;
+        };
+        let ours = match defined_bridge {
+            Some((def, defined)) if defined == bridge => {
+                self.is_bridge_it_created(def, bridge).await
+            }
+            _ => false,
+        };
+        if ours {
+            warn!(network = %name, bridge, "removing the bridge and rules of the network whose status was discarded");
+        }
+        self.release(bridge, ours).await;
     }
 
     /// Best-effort removal of a network's kernel objects by bridge name (recovery paths).
@@ -2141,10 +2167,6 @@ fn overlap(a: IpNet, b: IpNet) -> bool {
 
 /// Whether a status XML describes a network that created its own bridge; unreadable
 /// XML is treated as not owning it, so recovery never deletes a host bridge.
-fn owns_bridge_mode(xml: &str) -> bool {
-    NetworkDef::from_xml(xml).is_ok_and(|def| def.forward_mode().has_managed_bridge())
-}
-
 /// The bridge's addresses: one per `<ip>` (validation guarantees a prefix length).
 fn bridge_addresses(def: &NetworkDef) -> impl Iterator<Item = (std::net::IpAddr, u8)> + '_ {
     def.ips
