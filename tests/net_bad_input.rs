@@ -249,6 +249,23 @@ fn duplicates_and_conflicts_are_refused() {
     );
     daemon.ok(&["net-define", path.to_str().expect("path")]);
     rejects(&daemon, &["net-start", "routed"], &["10.20", "hostdev0"]);
+    // A route to exactly the subnet wins over a wider one for libvirt's message,
+    // whichever the kernel lists first.
+    daemon
+        .ns
+        .sh("ip route add 10.20.7.0/24 dev hostdev0p")
+        .expect("route");
+    let path = xml_file(
+        daemon.dirs.path(),
+        "exact.xml",
+        "<network><name>exact</name><bridge name='kvexact0'/><ip address='10.20.7.1' prefix='24'/></network>",
+    );
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    assert_eq!(
+        daemon.fails(&["net-start", "exact"]),
+        "error: Failed to start network exact\n\
+         error: internal error: Network is already in use by interface hostdev0p\n"
+    );
 
     // A bridge name some interface took after the network was defined: refused at start,
     // the interface untouched, no status left behind.

@@ -1488,11 +1488,19 @@ impl Manager {
             .map(IpNet::V4)
             .chain(def.ipv6_subnets().into_iter().map(IpNet::V6))
             .collect();
-        // The default route overlaps everything; libvirt ignores it too.
+        // A route to exactly one of our subnets first: it gets libvirt's message. The
+        // default route overlaps everything; libvirt ignores it too.
         let clash = self
             .prefixes
-            .first_used(&self.link, |used| {
-                used.prefix_len() > 0 && ours.iter().any(|subnet| overlap(*subnet, *used))
+            .best_used(&self.link, |used| {
+                if ours.iter().any(|subnet| subnet.trunc() == used.trunc()) {
+                    Some(0)
+                } else if used.prefix_len() > 0 && ours.iter().any(|subnet| overlap(*subnet, *used))
+                {
+                    Some(1)
+                } else {
+                    None
+                }
             })
             .await?;
         if let Some((used, ifindex)) = clash {

@@ -152,15 +152,20 @@ impl PrefixCache {
         .await
     }
 
-    /// The lowest used prefix (in [`PrefixCache::used_prefixes`] order) for which `wanted`
-    /// holds, without listing them all: the collision check of a start.
-    pub async fn first_used(
+    /// The used prefix `rank` puts first (lowest rank, then in
+    /// [`PrefixCache::used_prefixes`] order; `None` leaves a prefix out), without listing
+    /// them all: the collision check of a start.
+    pub async fn best_used(
         &self,
         link: &Link,
-        wanted: impl Fn(&IpNet) -> bool,
+        rank: impl Fn(&IpNet) -> Option<u8>,
     ) -> Result<Option<(IpNet, u32)>, Error> {
         self.answer(link, |known| {
-            known.used().filter(|(net, _)| wanted(net)).min()
+            known
+                .used()
+                .filter_map(|(net, ifindex)| Some((rank(&net)?, net, ifindex)))
+                .min()
+                .map(|(_, net, ifindex)| (net, ifindex))
         })
         .await
     }
