@@ -611,8 +611,13 @@ impl VirtioPciDevice {
                     "virtio-pci: DRIVER_OK without FEATURES_OK");
                 self.status |= VIRTIO_CONFIG_S_NEEDS_RESET as u8;
                 // Virtio 1.x 2.1.2: setting NEEDS_RESET comes with a config-change
-                // notification (not when bus mastering is off, below: MSI cannot go out).
-                let _ = self.interrupt().trigger(InterruptKind::Config);
+                // notification. With bus mastering off no MSI may go out; INTx and the
+                // ISR byte need none.
+                if self.config.bus_master() || !lock_msix(&self.msix).enabled() {
+                    let _ = self.interrupt().trigger(InterruptKind::Config);
+                } else {
+                    self.isr.fetch_or(ISR_CONFIG, Ordering::SeqCst);
+                }
                 return;
             }
             if !self.config.bus_master() {

@@ -519,6 +519,35 @@ fn queue_interrupts_fire_the_drivers_msix_vector() {
     assert_eq!(f.r(ISR_CFG_OFFSET, 1), 0, "reading the ISR clears it");
 }
 
+#[test]
+fn needs_reset_sends_no_msi_with_bus_mastering_off() {
+    let mut f = fixture();
+    // Config vector 0, programmed and unmasked; MSI-X on; then bus mastering off.
+    f.w(MSIX_TABLE_OFFSET, 4, 0xfee0_0000);
+    f.w(MSIX_TABLE_OFFSET + 8, 4, 0x40);
+    f.w(MSIX_TABLE_OFFSET + 12, 4, 0);
+    f.w(common::MSIX_CONFIG, 2, 0);
+    let cap = f.msix_cap();
+    f.dev.config_write(cap + 3, &[0x80]);
+    let gsi = lock_msix(&f.dev.msix).gsi(0).expect("gsi");
+    f.dev.config_write(COMMAND, &[0x02, 0]);
+    // DRIVER_OK without FEATURES_OK: NEEDS_RESET, recorded in the ISR only.
+    f.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK);
+    assert_ne!(f.status() & VIRTIO_CONFIG_S_NEEDS_RESET as u8, 0);
+    assert_eq!(
+        f.router.fired(gsi),
+        0,
+        "an MSI went out without bus mastering"
+    );
+    assert_eq!(f.r(ISR_CFG_OFFSET, 1) as u8, ISR_CONFIG);
+    // With bus mastering on, the same mistake fires the config vector.
+    f.w(common::DEVICE_STATUS, 1, 0);
+    f.dev.config_write(COMMAND, &[0x06, 0]);
+    f.w(common::MSIX_CONFIG, 2, 0);
+    f.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK);
+    assert_eq!(f.router.fired(gsi), 1);
+}
+
 /// The INTx GSI the fixture's device is wired to (as the bus would for slot 1).
 const INTX_GSI: u32 = 17;
 
