@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::net::Ipv6Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -363,6 +364,9 @@ pub struct Manager {
     events: Events,
     /// Other tables' drop policies found at the last look, already warned about.
     warned_drop_policies: std::sync::Mutex<Vec<String>>,
+    /// The last look for foreign drop policies failed: the next firewall watch looks
+    /// again even if the ruleset did not change.
+    drop_policy_check_due: AtomicBool,
 }
 
 /// The DHCP, DHCPv6, DNS, router advertisement and TFTP servers of a running network.
@@ -453,6 +457,7 @@ impl Manager {
             gone_ports: std::sync::Mutex::new(gone_ports),
             events: Events::new(),
             warned_drop_policies: std::sync::Mutex::default(),
+            drop_policy_check_due: AtomicBool::new(false),
         };
         manager.load_configs().await?;
         manager.adopt_running().await?;
@@ -909,7 +914,7 @@ impl Manager {
                 failed.push(format!("{}: {}", rules.bridge, error_chain(&e)));
             }
         }
-        if inspection.ruleset_changed {
+        if inspection.ruleset_changed || self.drop_policy_check_due.load(Ordering::Relaxed) {
             // Docker, ufw or whoever flushed ours may have set a drop policy since.
             self.warn_about_foreign_drop_policies();
         }
@@ -937,10 +942,13 @@ impl Manager {
         let found = match self.firewall.foreign_drop_policies() {
             Ok(found) => found,
             Err(e) => {
-                warn!("inspecting other firewall tables: {}", error_chain(&e));
+                if !self.drop_policy_check_due.swap(true, Ordering::Relaxed) {
+                    warn!("inspecting other firewall tables: {}", error_chain(&e));
+                }
                 return;
             }
         };
+        self.drop_policy_check_due.store(false, Ordering::Relaxed);
         let mut warned = self
             .warned_drop_policies
             .lock()
