@@ -347,7 +347,7 @@ fn an_unlistable_scripts_directory_refuses_the_start_naming_it() {
         error,
         format!(
             "error: Failed to start network hooknet\n\
-             error: internal error: cannot open directory '{}': Not a directory (os error 20)\n",
+             error: cannot open directory '{}': Not a directory\n",
             scripts.display()
         )
     );

@@ -137,14 +137,13 @@ pub enum Error {
         command: String,
     },
     /// The scripts directory could not be read (no script ran: this is the host's
-    /// failure, not a hook's, in libvirt's words for it).
-    #[error("cannot open directory '{}'", dir.display())]
+    /// failure, not a hook's, in libvirt's words for it: a system error).
+    #[error("cannot open directory '{}': {}", dir.display(), crate::virsh::system_message(cause))]
     List {
         /// `<config>/hooks/network.d`.
         dir: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
+        /// Why; in the message, as libvirt puts the C library's text there.
+        cause: io::Error,
     },
 }
 
@@ -198,18 +197,18 @@ impl Hooks {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(scripts),
-            Err(source) => {
+            Err(cause) => {
                 return Err(Error::List {
                     dir: self.dir.clone(),
-                    source,
+                    cause,
                 });
             }
         };
         let mut listed = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|source| Error::List {
+            let entry = entry.map_err(|cause| Error::List {
                 dir: self.dir.clone(),
-                source,
+                cause,
             })?;
             listed.push(entry.path());
         }

@@ -184,7 +184,7 @@ impl From<Error> for ApiError {
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::OperationInvalid(_) => ErrorKind::OperationInvalid,
             Error::Unsupported(_) => ErrorKind::Unsupported,
-            Error::Hook(crate::hooks::Error::List { .. }) => ErrorKind::Internal,
+            Error::Hook(crate::hooks::Error::List { .. }) => ErrorKind::System,
             Error::Hook(_) => ErrorKind::HookFailed,
             Error::Start { .. }
             | Error::Stop { .. }

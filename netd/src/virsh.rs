@@ -14,6 +14,16 @@ use uuid::Uuid;
 
 use crate::api::types::LifecycleKind;
 
+/// An I/O error as virsh prints it: the C library's text (`No such file or
+/// directory`), without Rust's `(os error 2)`.
+pub fn system_message(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    match text.rsplit_once(" (os error ") {
+        Some((message, _)) if error.raw_os_error().is_some() => message.to_owned(),
+        _ => text,
+    }
+}
+
 /// Renders a table exactly like libvirt's `vshTablePrint`
 /// (tools/vsh-table.c): every cell is printed as `" " + cell`; every column
 /// but the last is padded with `maxwidth - width + 2` spaces; the header is

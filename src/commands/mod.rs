@@ -123,6 +123,7 @@ fn reason(api: &ApiError, not_found: &str) -> String {
         ErrorKind::PermissionDenied => "access denied: ",
         ErrorKind::OperationForbidden => "operation forbidden: ",
         ErrorKind::Internal => "internal error: ",
+        ErrorKind::System => "",
         // The message starts with libvirt's "Hook script execution failed: ".
         ErrorKind::HookFailed => "",
     };
@@ -226,12 +227,4 @@ fn uri(client: &Client, uri: &str, json: bool, quiet: bool) -> Result<String, Fa
     })
 }
 
-/// An I/O error as virsh prints it: the C library's text (`No such file or
-/// directory`), without Rust's `(os error 2)`.
-pub fn system_message(error: &std::io::Error) -> String {
-    let text = error.to_string();
-    match text.rsplit_once(" (os error ") {
-        Some((message, _)) if error.raw_os_error().is_some() => message.to_owned(),
-        _ => text,
-    }
-}
+pub use netd::virsh::system_message;

@@ -39,6 +39,9 @@ pub enum ErrorKind {
     HookFailed,
     /// Anything else: the kernel or the disk refused.
     Internal,
+    /// A system call failed where libvirt reports it as such (`VIR_ERR_SYSTEM_ERROR`;
+    /// virsh shows no prefix): the message ends with the C library's text.
+    System,
 }
 
 impl ErrorKind {
@@ -58,6 +61,7 @@ impl ErrorKind {
             ErrorKind::OperationForbidden => "operation_forbidden",
             ErrorKind::HookFailed => "hook_failed",
             ErrorKind::Internal => "internal",
+            ErrorKind::System => "system_error",
         }
     }
 
@@ -76,6 +80,7 @@ impl ErrorKind {
             "permission_denied" => ErrorKind::PermissionDenied,
             "operation_forbidden" => ErrorKind::OperationForbidden,
             "hook_failed" => ErrorKind::HookFailed,
+            "system_error" => ErrorKind::System,
             _ => ErrorKind::Internal,
         }
     }
@@ -91,7 +96,9 @@ impl ErrorKind {
             | ErrorKind::NoName
             | ErrorKind::Unsupported => StatusCode::BAD_REQUEST,
             ErrorKind::PermissionDenied | ErrorKind::OperationForbidden => StatusCode::FORBIDDEN,
-            ErrorKind::Internal | ErrorKind::HookFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Internal | ErrorKind::HookFailed | ErrorKind::System => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }
