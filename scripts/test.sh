@@ -14,7 +14,7 @@ fi
 # A full disk shows up as a linker crash deep in the build; say it plainly first.
 free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
 if [ "${free_kib:-0}" -lt $((3 * 1024 * 1024)) ] && [ ! -d target ]; then
-  echo "warning: $((free_kib / 1024)) MiB free here; a clean build and test run needs about 2.5 GiB" >&2
+  echo "warning: $((free_kib / 1024)) MiB free here; a clean build and test run needs about 3 GiB (about 2 GB of target/, and the crates cargo downloads)" >&2
 fi
 
 cargo fmt --all -- --check
