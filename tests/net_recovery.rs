@@ -363,9 +363,18 @@ fn a_status_that_cannot_be_read_now_leaves_the_running_network_alone() {
     if !require(DAEMON_NEEDS) {
         return;
     }
+    if !require(&common::port_needs()) {
+        return;
+    }
     let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
     define_nat_network(&daemon, "n", "10.59.0.1");
     daemon.ok(&["net-start", "n"]);
+    let port = xml_file(
+        daemon.dirs.path(),
+        "port.xml",
+        &common::port_xml("vm1", "52:54:00:59:00:01"),
+    );
+    daemon.ok(&["net-port-create", "n", &port.to_string_lossy()]);
     daemon.kill9();
     let status_path = daemon.state_dir().join("networks/n.json");
     std::fs::remove_file(&status_path).expect("remove the status");
@@ -376,6 +385,11 @@ fn a_status_that_cannot_be_read_now_leaves_the_running_network_alone() {
     assert_eq!(daemon.bridges(), ["virbr0"], "{}", daemon.log());
     assert_eq!(daemon.addresses("virbr0"), ["10.59.0.1/24"]);
     assert!(status_path.is_dir(), "the status was removed");
+    // The guest keeps its link and its NAT.
+    let tap = &daemon.ip_json("link show vnet0")[0];
+    assert_eq!(tap["master"], "virbr0", "{tap}\n{}", daemon.log());
+    assert!(daemon.ruleset().contains("virbr0"), "{}", daemon.ruleset());
+    assert!(daemon.state_dir().join("networks/n.ports").exists());
 }
 
 /// The bridge of a running network deleted behind kvnet's back and its name taken by

@@ -340,8 +340,9 @@ impl Network {
 pub struct Manager {
     networks: Mutex<BTreeMap<String, Network>>,
     /// The names of the definitions on disk that could not be loaded at start (bad XML,
-    /// unreadable): their lease files, ports and devices are kept, for when the file is
-    /// mended, as libvirt skips a bad file and removes nothing.
+    /// unreadable), and of the networks whose status could not be read then: their lease
+    /// files, ports, devices and firewall chains are kept, for when the file is mended,
+    /// as libvirt skips a bad file and removes nothing.
     unloaded: std::sync::Mutex<std::collections::BTreeSet<String>>,
     store: Store,
     link: Link,
@@ -570,7 +571,8 @@ impl Manager {
                 Err(e) => {
                     // Not damaged but unreadable now (permissions, an I/O error): the
                     // network may well be running, and a later daemon may read it.
-                    warn!(network = %name, "cannot read the status, so the network stays inactive and its bridge and status file are left as they are: {}", error_chain(&e));
+                    warn!(network = %name, "cannot read the status, so the network stays inactive and its bridge, ports, leases, rules and status file are left as they are: {}", error_chain(&e));
+                    lock(&self.unloaded).insert(name);
                     continue;
                 }
             };
@@ -841,6 +843,16 @@ impl Manager {
                 }
                 active_bridges.push(rules.bridge);
             }
+        }
+        let unloaded = lock(&self.unloaded).len();
+        if unloaded > 0 {
+            // Which bridges those networks have is unknown: any chain may be theirs.
+            info!(
+                unloaded,
+                "keeping the firewall chains of inactive networks: some definitions or statuses could not be read"
+            );
+            self.warn_about_foreign_drop_policies();
+            return;
         }
         match self.firewall.bridges() {
             Ok(bridges) => {

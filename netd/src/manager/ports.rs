@@ -670,13 +670,15 @@ impl Manager {
             .ok();
         let mut all_claimed = true;
         for name in names {
+            if self.was_unloaded(&name) {
+                // Left as they are, even a defined network's whose status could not be
+                // read (it may be running); its macvtaps are not known to be claimed:
+                // none is deleted as an orphan.
+                all_claimed = false;
+                continue;
+            }
             let Some(network) = networks.get_mut(&name) else {
-                if self.was_unloaded(&name) {
-                    // Its macvtaps are not known to be claimed: none is deleted as an orphan.
-                    all_claimed = false;
-                } else {
-                    self.discard_recorded_ports(&name).await;
-                }
+                self.discard_recorded_ports(&name).await;
                 continue;
             };
             (network.ports, network.unreadable_ports) = self.load_ports(&name);
