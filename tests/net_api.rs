@@ -152,15 +152,7 @@ fn a_stuck_client_does_not_keep_the_daemon_from_stopping() {
 /// Sends `request` on a connection of its own and reads the answer to its end: the status
 /// and the JSON body.
 fn exchange(daemon: &Daemon, request: &[u8]) -> (u16, serde_json::Value) {
-    use std::io::{Read, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(daemon.socket()).expect("connect");
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .expect("timeout");
-    stream.write_all(request).expect("send");
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).expect("read the answer");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = raw_answer(daemon, request);
     let status = answer
         .strip_prefix("HTTP/1.1 ")
         .and_then(|rest| rest.get(..3)?.parse().ok())
@@ -220,6 +212,12 @@ fn api_errors_are_json_whatever_went_wrong() {
             "",
         ),
         (
+            request("GET /v1/networks", json, "{}"),
+            400,
+            "invalid_argument",
+            "a GET request takes no body",
+        ),
+        (
             // Refused before any of the body is sent.
             request("POST /v1/networks", json, "")
                 .replace("content-length: 0", "content-length: 99999999"),
@@ -241,7 +239,53 @@ fn api_errors_are_json_whatever_went_wrong() {
             "{request}: {body}"
         );
     }
+    // A 405 keeps its Allow header.
+    let answer = raw_answer(&daemon, request("PATCH /v1/networks", json, "").as_bytes());
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nallow: get,head,post\r\n"),
+        "{answer}"
+    );
+    // A body over the limit without a declared length is refused once it passes it.
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(daemon.socket()).expect("connect");
+    let mut writer = stream.try_clone().expect("clone");
+    let sender = std::thread::spawn(move || {
+        let head = "POST /v1/networks HTTP/1.1\r\nhost: kvnetd\r\nconnection: close\r\n\
+                    content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+        let chunk = vec![b' '; 1 << 20];
+        let _ = writer.write_all(head.as_bytes());
+        for _ in 0..17 {
+            // The daemon stops reading once it has answered.
+            if writer.write_all(b"100000\r\n").is_err()
+                || writer.write_all(&chunk).is_err()
+                || writer.write_all(b"\r\n").is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("the request body is larger than 16777216 bytes"),
+        "{answer}"
+    );
+    sender.join().expect("sender");
     daemon.ok(&["net-list", "--all"]);
+}
+
+/// The whole answer to `request`, sent on a connection of its own.
+fn raw_answer(daemon: &Daemon, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(daemon.socket()).expect("connect");
+    stream.write_all(request).expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read the answer");
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// A client that connects and sends nothing, or part of a request, holds its connection
@@ -285,11 +329,6 @@ fn clients_that_stop_sending_are_cut_off() {
         }
     });
     let started = std::time::Instant::now();
-    // More silent clients than the daemon serves at once: a real one gets its turn
-    // when theirs run out.
-    let crowd: Vec<_> = (0..600).map(|_| connect()).collect();
-    daemon.ok(&["net-list", "--all"]);
-    drop(crowd);
     let mut rest = Vec::new();
     assert_eq!(
         silent
@@ -316,4 +355,69 @@ fn clients_that_stop_sending_are_cut_off() {
         started.elapsed()
     );
     daemon.ok(&["net-list", "--all"]);
+}
+
+/// More connections from a stranger than the daemon serves at once: the stranger's next
+/// one is closed, an administrator's still served.
+#[test]
+fn a_crowd_of_connections_cannot_lock_out_the_administrators() {
+    if !require(DAEMON_NEEDS)
+        || !require(&[Need::Program("setpriv"), Need::Program("/usr/bin/python3")])
+    {
+        return;
+    }
+    use std::io::BufRead;
+    let daemon = Daemon::start();
+    std::fs::set_permissions(daemon.dirs.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod dir");
+    std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666))
+        .expect("chmod socket");
+    // Opens 520 connections (the daemon serves 512) that send nothing, then waits for
+    // its stdin to close.
+    let crowd_script = "import socket, sys\n\
+        held = []\n\
+        for _ in range(520):\n\
+        \x20   s = socket.socket(socket.AF_UNIX)\n\
+        \x20   s.connect(sys.argv[1])\n\
+        \x20   held.append(s)\n\
+        print('ready', flush=True)\n\
+        sys.stdin.read()\n";
+    let mut crowd = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", crowd_script])
+        .arg(daemon.socket())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the crowd");
+    let mut ready = String::new();
+    std::io::BufReader::new(crowd.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("read");
+    assert_eq!(ready, "ready\n");
+
+    let out = kvnet_as_nobody(&daemon, &["-q", "net-list"]);
+    assert!(
+        !out.status.success(),
+        "a 521st stranger's connection was served"
+    );
+    assert_eq!(
+        daemon.ok(&["-q", "net-list"]),
+        " default   active   yes   yes\n"
+    );
+    daemon.assert_logged("refusing API connections: 512 are open already");
+
+    drop(crowd.stdin.take());
+    crowd.wait().expect("crowd");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !kvnet_as_nobody(&daemon, &["-q", "net-list"])
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "strangers stay locked out"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

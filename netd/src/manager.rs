@@ -2193,8 +2193,6 @@ fn overlap(a: IpNet, b: IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-/// Whether a status XML describes a network that created its own bridge; unreadable
-/// XML is treated as not owning it, so recovery never deletes a host bridge.
 /// The bridge's addresses: one per `<ip>` (validation guarantees a prefix length).
 fn bridge_addresses(def: &NetworkDef) -> impl Iterator<Item = (std::net::IpAddr, u8)> + '_ {
     def.ips

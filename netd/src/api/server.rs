@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{
@@ -20,7 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -74,8 +74,10 @@ impl Peer {
     /// The credentials `stream`'s client connected with.
     fn of(stream: &UnixStream) -> Peer {
         let connection = stream.as_fd().try_clone_to_owned().ok().map(Arc::new);
-        // A peer whose groups cannot be read has only its primary one.
-        let groups = fdpass::peer_groups(stream.as_fd()).unwrap_or_default();
+        // A peer whose groups cannot be read (Linux before 4.13) has only its primary one.
+        let groups = fdpass::peer_groups(stream.as_fd())
+            .inspect_err(|e| tracing::debug!(error = %e, "cannot read an API client's groups"))
+            .unwrap_or_default();
         match stream.peer_cred() {
             Ok(cred) => Peer {
                 uid: cred.uid(),
@@ -181,27 +183,38 @@ pub async fn serve(
     // Every connection holds a receiver: the sender is closed once all have ended.
     let (all_ended, connection_open) = watch::channel(());
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut refusal_logged: Option<Instant> = None;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        // At the limit, new clients wait in the socket's backlog; a connection that
-        // sends nothing frees its slot after HEADER_TIMEOUT.
-        let slot = tokio::select! {
-            slot = Arc::clone(&slots).acquire_owned() => slot,
-            () = &mut shutdown => break,
-        };
-        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
         match accepted {
-            Ok((stream, _)) => serve_connection(
-                stream,
-                app.clone(),
-                slot,
-                connections_stopping.clone(),
-                connection_open.clone(),
-            ),
+            Ok((stream, _)) => {
+                let peer = Peer::of(&stream);
+                // Those who may change networks are served beyond the limit: a crowd of
+                // other clients must not lock the administrators out.
+                let slot = Arc::clone(&slots).try_acquire_owned().ok();
+                if slot.is_none() && !may_change(&peer, socket_gid) {
+                    if refusal_logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                        tracing::warn!(
+                            uid = peer.uid,
+                            "refusing API connections: {MAX_CONNECTIONS} are open already"
+                        );
+                        refusal_logged = Some(Instant::now());
+                    }
+                    continue;
+                }
+                serve_connection(
+                    stream,
+                    peer,
+                    app.clone(),
+                    slot,
+                    connections_stopping.clone(),
+                    connection_open.clone(),
+                );
+            }
             Err(e) => {
                 // Out of descriptors or memory: try again once some are freed.
                 tracing::warn!(error = %e, "cannot accept an API connection");
@@ -230,12 +243,12 @@ pub async fn serve(
 /// timeout, or the daemon stops (then after its response in progress).
 fn serve_connection(
     stream: UnixStream,
+    peer: Peer,
     app: Router,
-    slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
     mut stopping: watch::Receiver<()>,
     open: watch::Receiver<()>,
 ) {
-    let peer = Peer::of(&stream);
     let service = app.map_request(move |request: Request<Incoming>| {
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(peer.clone()));
@@ -265,8 +278,12 @@ fn serve_connection(
     });
 }
 
-/// Most API connections served at once (event streams hold theirs).
+/// Most API connections served at once (event streams hold theirs) to clients that may
+/// not change networks; more are closed at once.
 const MAX_CONNECTIONS: usize = 512;
+
+/// How often refused connections are logged, at most.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long a client has to send a request's headers, and a keep-alive connection may
 /// sit idle between requests.
@@ -354,27 +371,58 @@ fn router(state: AppState) -> Router {
 
 /// Reads a request's whole body before its handler runs, so that a client that stops
 /// halfway through sending it holds its connection for [`BODY_TIMEOUT`] only, and a
-/// body declared larger than the limit is refused before any of it is read.
+/// body larger than the limit is refused as soon as that is known (before any of it is
+/// read when its length is declared). Reads, open to anyone who can reach the socket,
+/// take no body at all.
 async fn read_body(request: Request, next: Next) -> Response {
-    let limit = super::MAX_REQUEST_BYTES;
     let (parts, body) = request.into_parts();
+    let takes_body = !matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE);
+    let limit = if takes_body {
+        super::MAX_REQUEST_BYTES
+    } else {
+        0
+    };
+    let too_large = || {
+        if takes_body {
+            ApiError::new(
+                ErrorKind::InvalidArgument,
+                format!("the request body is larger than {limit} bytes"),
+            )
+            .into_response_with(StatusCode::PAYLOAD_TOO_LARGE)
+        } else {
+            ApiError::new(
+                ErrorKind::InvalidArgument,
+                format!("a {} request takes no body", parts.method),
+            )
+            .into_response_with(StatusCode::BAD_REQUEST)
+        }
+    };
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return ApiError::new(
-            ErrorKind::InvalidArgument,
-            format!("the request body is larger than {limit} bytes"),
-        )
-        .into_response_with(StatusCode::PAYLOAD_TOO_LARGE);
+        return too_large();
     }
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => bytes,
+    let read = async {
+        let mut chunks = body.into_data_stream();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            if bytes.len().saturating_add(chunk.len()) > limit {
+                return Ok(None);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok::<_, axum::Error>(Some(bytes))
+    };
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(Some(bytes))) => bytes,
+        Ok(Ok(None)) => return too_large(),
         Ok(Err(e)) => {
             return ApiError::new(
                 ErrorKind::InvalidArgument,
-                format!("cannot read the request body (at most {limit} bytes): {e}"),
+                format!("cannot read the request body: {e}"),
             )
             .into_response_with(StatusCode::BAD_REQUEST);
         }
@@ -392,6 +440,7 @@ async fn read_body(request: Request, next: Next) -> Response {
 
 /// Gives every error the API's `{kind, message}` body: axum's own (an unknown path or
 /// method, a body that is not the JSON a handler takes) come as plain text or empty.
+/// What hyper answers by itself (a request head it cannot parse) never gets here.
 async fn errors_as_json(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -404,7 +453,8 @@ async fn errors_as_json(request: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
-    let text = axum::body::to_bytes(response.into_body(), 64 << 10)
+    let (mut head, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
         .await
         .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
         .unwrap_or_default();
@@ -421,7 +471,12 @@ async fn errors_as_json(request: Request, next: Next) -> Response {
         _ if status.is_client_error() => (ErrorKind::InvalidArgument, text),
         _ => (ErrorKind::Internal, text),
     };
-    ApiError::new(kind, message).into_response_with(status)
+    let mut answer = ApiError::new(kind, message).into_response_with(status);
+    // The rest of the head stays: a 405's `Allow`, say.
+    head.headers.remove(header::CONTENT_TYPE);
+    head.headers.remove(header::CONTENT_LENGTH);
+    answer.headers_mut().extend(head.headers);
+    answer
 }
 
 /// Reads are open to anyone who can reach the socket; changes need root, the daemon's

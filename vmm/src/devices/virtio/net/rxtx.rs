@@ -485,8 +485,8 @@ fn read_from(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(RxStep::Empty),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(RxStep::Dropped),
         Err(e) => {
-            // Stop polling a failing backend (e.g. a tap deleted under us)
-            // until the guest next notifies RX, rather than spin on it.
+            // Stop polling a failing backend (e.g. a tap deleted under us) until the
+            // retry timer or the guest's next RX notification, rather than spin on it.
             tracing::debug!(error = %e, "virtio-net: backend read failed");
             NetCounters::add(&counters.rx_errors, 1);
             Err(RxStep::Failed)
@@ -868,6 +868,7 @@ impl NetWorker {
                         unsignalled = 0;
                     }
                 }
+                // NoRoom broke out of the loop above.
                 RxStep::Dropped | RxStep::NoRoom => self.rx_failures = 0,
                 RxStep::Empty => {
                     self.rx_failures = 0;
