@@ -1396,59 +1396,25 @@ fn failing_backend_pauses_rx_instead_of_spinning() {
     assert_eq!(h.worker.rx_retry_delay(), Some(Duration::from_secs(1)));
 }
 
-/// A backend whose first reads fail (as a tap's do while its link is being
-/// replaced), then delivers one frame.
-#[derive(Debug)]
-struct FlakyBackend {
-    /// Readable until the frame is delivered.
-    fd: EventFd,
-    failures_left: u32,
-    frame: Option<Vec<u8>>,
-}
-
-impl std::os::fd::AsRawFd for FlakyBackend {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-impl NetBackend for FlakyBackend {
-    fn read_frame(&mut self, bufs: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
-        if self.failures_left > 0 {
-            self.failures_left -= 1;
-            return Err(std::io::Error::from_raw_os_error(libc::EIO));
-        }
-        let Some(f) = self.frame.take() else {
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        };
-        self.fd.read()?;
-        bufs[0]
-            .write(&f, 0)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(f.len())
-    }
-
-    fn write_frame(&mut self, bufs: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
-        Ok(bufs.iter().map(|b| b.len()).sum())
-    }
-
-    fn set_offload(&mut self, _tun_flags: u32) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn rx_retries_a_failed_backend_without_waiting_for_the_guest() {
     // The guest posted its buffers before the reads failed and posts no more (as when
     // its ring is full), so no RX notification comes: the worker retries by itself.
-    let fd = EventFd::new(EFD_NONBLOCK).expect("evt");
-    fd.write(1).expect("readable");
+    // Its first reads fail (as a tap's do while its link is being replaced), then it
+    // delivers one frame.
     let f = frame(300, 0, 7);
-    let mut net = test_net(Box::new(FlakyBackend {
-        fd,
-        failures_left: 3,
-        frame: Some(f.clone()),
-    }));
+    let (mut failures_left, mut pending) = (3, Some(f.clone()));
+    let mut net = test_net(ScriptedBackend::readable(Box::new(move |fd, bufs| {
+        if failures_left > 0 {
+            failures_left -= 1;
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        let Some(frame) = pending.take() else {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        };
+        fd.read()?;
+        deliver(bufs, &frame)
+    })));
     net.ack_features(MODERN | EVENT_IDX);
     let mem = new_mem();
     let mut rx = Driver::new(mem, RX_RING, BUFFERS);
@@ -1582,30 +1548,41 @@ fn long_tx_batch_signals_every_64_frames() {
     assert_eq!(h.interrupt.count(InterruptKind::Queue(TX_QUEUE)), 2);
 }
 
-/// A backend that is always readable and whose reads take a while, so a test can
-/// catch the worker in the middle of a pass.
-#[derive(Debug)]
-struct SlowBackend {
+/// What a [`ScriptedBackend`] read does: with the backend's descriptor (to make it
+/// unreadable) and the buffers to fill.
+type ScriptedRead =
+    Box<dyn FnMut(&EventFd, &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> + Send>;
+
+/// A backend polled through `fd` whose reads `read` answers; it takes every write.
+struct ScriptedBackend {
     fd: EventFd,
-    /// Set once a read has started.
-    reading: Arc<std::sync::atomic::AtomicBool>,
+    read: ScriptedRead,
 }
 
-impl std::os::fd::AsRawFd for SlowBackend {
+impl ScriptedBackend {
+    /// A backend that is readable until `read` makes its descriptor unreadable.
+    fn readable(read: ScriptedRead) -> Box<ScriptedBackend> {
+        let fd = EventFd::new(EFD_NONBLOCK).expect("evt");
+        fd.write(1).expect("readable");
+        Box::new(ScriptedBackend { fd, read })
+    }
+}
+
+impl std::fmt::Debug for ScriptedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScriptedBackend")
+    }
+}
+
+impl std::os::fd::AsRawFd for ScriptedBackend {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.fd.as_raw_fd()
     }
 }
 
-impl NetBackend for SlowBackend {
+impl NetBackend for ScriptedBackend {
     fn read_frame(&mut self, bufs: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
-        self.reading.store(true, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(200));
-        let f = frame(60, 0, 0);
-        bufs[0]
-            .write(&f, 0)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(f.len())
+        (self.read)(&self.fd, bufs)
     }
 
     fn write_frame(&mut self, bufs: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
@@ -1617,15 +1594,25 @@ impl NetBackend for SlowBackend {
     }
 }
 
+/// Puts `frame` in the first of `bufs`, as a read of it.
+fn deliver(bufs: &[vm_memory::VolatileSlice<'_>], frame: &[u8]) -> std::io::Result<usize> {
+    bufs[0]
+        .write(frame, 0)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(frame.len())
+}
+
 #[test]
 fn reset_clears_needs_reset_set_by_a_worker_still_in_its_pass() {
-    let fd = EventFd::new(EFD_NONBLOCK).expect("evt");
-    fd.write(1).expect("readable");
+    // Always readable, and its reads take a while: the test catches the worker in the
+    // middle of a pass.
     let reading = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut net = test_net(Box::new(SlowBackend {
-        fd,
-        reading: Arc::clone(&reading),
-    }));
+    let started = Arc::clone(&reading);
+    let mut net = test_net(ScriptedBackend::readable(Box::new(move |_, bufs| {
+        started.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+        deliver(bufs, &frame(60, 0, 0))
+    })));
     net.ack_features(MODERN);
     let mem = new_mem();
     let mut rx = Driver::new(mem, RX_RING, BUFFERS);
