@@ -308,6 +308,9 @@ pub struct VirtioPciDevice {
     pci_cfg_cap: usize,
     /// Driver errors already logged at warn since the last reset.
     warned: WarnLatch,
+    /// A config-change MSI held back while bus mastering is off (an MSI is a memory
+    /// write); sent when the driver turns bus mastering on again.
+    config_msi_held: bool,
 }
 
 /// [`WarnLatch`] bits of the driver errors the transport logs.
@@ -429,6 +432,7 @@ impl VirtioPciDevice {
             config_generation: 0,
             queue_select: 0,
             active: false,
+            config_msi_held: false,
             pci_cfg_cap,
             warned: WarnLatch::default(),
         })
@@ -609,22 +613,14 @@ impl VirtioPciDevice {
             if self.status & features_ok == 0 {
                 guest_warn!(self.warned, warn::DRIVER_OK_EARLY, device = %self.device.name(),
                     "virtio-pci: DRIVER_OK without FEATURES_OK");
-                self.status |= VIRTIO_CONFIG_S_NEEDS_RESET as u8;
-                // Virtio 1.x 2.1.2: setting NEEDS_RESET comes with a config-change
-                // notification. With bus mastering off no MSI may go out; INTx and the
-                // ISR byte need none.
-                if self.config.bus_master() || !lock_msix(&self.msix).enabled() {
-                    let _ = self.interrupt().trigger(InterruptKind::Config);
-                } else {
-                    self.isr.fetch_or(ISR_CONFIG, Ordering::SeqCst);
-                }
+                self.set_needs_reset();
                 return;
             }
             if !self.config.bus_master() {
-                // It could not touch the rings, nor interrupt the driver.
+                // It could not touch the rings.
                 guest_warn!(self.warned, warn::NO_BUS_MASTER, device = %self.device.name(),
                     "virtio-pci: DRIVER_OK with bus mastering off");
-                self.status |= VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+                self.set_needs_reset();
                 return;
             }
             self.activate();
@@ -712,11 +708,26 @@ impl VirtioPciDevice {
     }
 
     /// Device reset (status 0): stops the device and forgets all driver state.
+    /// Sets `NEEDS_RESET` for a mistake of the driver's, with the config-change
+    /// notification that comes with it (virtio 1.x 2.1.2). With bus mastering off an MSI
+    /// may not go out: it waits until the driver turns bus mastering on; INTx and the
+    /// ISR byte need none.
+    fn set_needs_reset(&mut self) {
+        self.status |= VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+        if self.config.bus_master() || !lock_msix(&self.msix).enabled() {
+            let _ = self.interrupt().trigger(InterruptKind::Config);
+        } else {
+            self.isr.fetch_or(ISR_CONFIG, Ordering::SeqCst);
+            self.config_msi_held = true;
+        }
+    }
+
     fn reset(&mut self) {
         self.device.reset();
         self.active = false;
         self.status = 0;
         self.warned.clear();
+        self.config_msi_held = false;
         self.driver_features = 0;
         self.device_feature_select = 0;
         self.driver_feature_select = 0;
@@ -841,6 +852,8 @@ impl PciDevice for VirtioPciDevice {
             tracing::info!("virtio-pci: bus mastering turned off; device stopped");
             self.device.reset();
             self.active = false;
+            // No notification: the driver that would take it is gone, and an MSI held
+            // for the next one would reach a kernel that never asked for it.
             self.status = (self.status & !(VIRTIO_CONFIG_S_DRIVER_OK as u8))
                 | VIRTIO_CONFIG_S_NEEDS_RESET as u8;
         }
@@ -850,6 +863,10 @@ impl PciDevice for VirtioPciDevice {
             msix.enabled()
         };
         self.sync_intx_enable(msix_enabled);
+        if self.config_msi_held && self.config.bus_master() {
+            self.config_msi_held = false;
+            let _ = self.interrupt().trigger(InterruptKind::Config);
+        }
         if let Some((bar, bar_offset, len)) = self.pci_cfg_window(offset, data.len()) {
             let data_at = self.pci_cfg_cap + PCI_CFG_DATA;
             let mut bytes = [0u8; 4];

@@ -520,7 +520,7 @@ fn queue_interrupts_fire_the_drivers_msix_vector() {
 }
 
 #[test]
-fn needs_reset_sends_no_msi_with_bus_mastering_off() {
+fn needs_reset_holds_its_msi_while_bus_mastering_is_off() {
     let mut f = fixture();
     // Config vector 0, programmed and unmasked; MSI-X on; then bus mastering off.
     f.w(MSIX_TABLE_OFFSET, 4, 0xfee0_0000);
@@ -540,12 +540,25 @@ fn needs_reset_sends_no_msi_with_bus_mastering_off() {
         "an MSI went out without bus mastering"
     );
     assert_eq!(f.r(ISR_CFG_OFFSET, 1) as u8, ISR_CONFIG);
-    // With bus mastering on, the same mistake fires the config vector.
-    f.w(common::DEVICE_STATUS, 1, 0);
+    // It goes out once the driver turns bus mastering on, and only once (`fired`
+    // counts since it was last asked).
     f.dev.config_write(COMMAND, &[0x06, 0]);
+    assert_eq!(f.router.fired(gsi), 1);
+    f.dev.config_write(COMMAND, &[0x06, 0]);
+    assert_eq!(f.router.fired(gsi), 0);
+    // With bus mastering on, the same mistake fires the config vector at once.
+    f.w(common::DEVICE_STATUS, 1, 0);
     f.w(common::MSIX_CONFIG, 2, 0);
     f.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK);
     assert_eq!(f.router.fired(gsi), 1);
+    // A reset drops a held one.
+    f.w(common::DEVICE_STATUS, 1, 0);
+    f.w(common::MSIX_CONFIG, 2, 0);
+    f.dev.config_write(COMMAND, &[0x02, 0]);
+    f.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK);
+    f.w(common::DEVICE_STATUS, 1, 0);
+    f.dev.config_write(COMMAND, &[0x06, 0]);
+    assert_eq!(f.router.fired(gsi), 0);
 }
 
 /// The INTx GSI the fixture's device is wired to (as the bus would for slot 1).
