@@ -148,8 +148,13 @@ impl Engine {
             return None;
         }
         let mac = <[u8; 6]>::try_from(request.chaddr()).ok()?;
+        // An identifier longer than one option can carry (split over several, RFC
+        // 3396) is no identifier anyone sends; kept, it could not be stored in the lease
+        // file, and the lease would be lost at the next restart: the MAC keys it.
         let client_id = match request.opts().get(OptionCode::ClientIdentifier) {
-            Some(DhcpOption::ClientIdentifier(id)) => Some(id.as_slice()),
+            Some(DhcpOption::ClientIdentifier(id)) if id.len() <= MAX_CLIENT_ID => {
+                Some(id.as_slice())
+            }
             _ => None,
         };
         // The Client FQDN first, as dnsmasq takes it (systemd-networkd sends only it
@@ -428,6 +433,9 @@ fn decode_request(packet: &[u8]) -> Result<(Message, Option<Vec<u8>>), DecodeErr
     }
     Ok((message, client_fqdn))
 }
+
+/// The longest client identifier kept (one option's worth, what the lease file stores).
+pub(crate) const MAX_CLIENT_ID: usize = 255;
 
 /// The Client FQDN option (RFC 4702).
 const OPTION_CLIENT_FQDN: u8 = 81;
@@ -1176,6 +1184,22 @@ mod tests {
             .expect("a reply");
         let reply = Message::decode(&mut Decoder::new(&reply.bytes)).expect("decode reply");
         (offer, reply)
+    }
+
+    /// A client identifier split over two options (RFC 3396) into more than one option
+    /// can carry is not kept: the lease file could not hold it. One of 255 bytes is.
+    #[test]
+    fn a_client_identifier_longer_than_one_option_is_ignored() {
+        for (first, second, kept) in [(200, 100, false), (200, 55, true)] {
+            let mut engine = Engine::new(config());
+            let mac = [0x52, 0x54, 0, 0xaa, 0, 0x61];
+            let (head, tail) = (vec![7u8; first], vec![8u8; second]);
+            let (_, ack) = request_offered(&mut engine, mac, &[(61, &head), (61, &tail)], &[]);
+            assert_eq!(kind(&ack), MessageType::Ack);
+            let leases = engine.leases(NOW);
+            let expected = kept.then(|| [head.clone(), tail.clone()].concat());
+            assert_eq!(leases[0].client_id, expected, "{first}+{second} bytes");
+        }
     }
 
     /// The reviewer's t_opt81.sh: an ASCII client FQDN (flags 0, rcodes 0, then

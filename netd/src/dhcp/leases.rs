@@ -854,7 +854,7 @@ impl LeaseDb {
                     return false;
                 };
                 let client_id = match client_id {
-                    Some(text) => match parse_hex_bytes(&text, 255) {
+                    Some(text) => match parse_hex_bytes(&text, super::engine::MAX_CLIENT_ID) {
                         Some(id) => Some(id),
                         None => return false,
                     },
