@@ -83,18 +83,26 @@ fn print_row(out: &mut String, row: &[(Cow<'_, str>, usize)], max_widths: &[usiz
 }
 
 /// Escapes what libvirt's `vshTableSafeEncode` escapes (non-printable
-/// characters become `\xNN` per byte) and returns the display width.
+/// characters become `\xNN` per byte, and so does the backslash of a literal `\x`, so
+/// that an escape in the output is always one) and returns the display width.
 fn safe_encode(cell: &str) -> (Cow<'_, str>, usize) {
     // Names are almost always plain ASCII: no copy (net-list prints a thousand rows).
     if cell
         .bytes()
         .all(|byte| byte == b' ' || byte.is_ascii_graphic())
+        && !cell.contains("\\x")
     {
         return (Cow::Borrowed(cell), cell.len());
     }
     let mut out = String::with_capacity(cell.len());
     let mut width = 0;
-    for c in cell.chars() {
+    let mut chars = cell.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' && chars.peek() == Some(&'x') {
+            out.push_str("\\x5c");
+            width += 4;
+            continue;
+        }
         let printable = if c.is_ascii() {
             c == ' ' || c.is_ascii_graphic()
         } else {
@@ -536,6 +544,8 @@ Bridge:         virbr0
         assert_eq!(safe_encode("a\tb"), (Cow::Borrowed("a\\x09b"), 6));
         assert_eq!(safe_encode("\u{85}"), (Cow::Borrowed("\\xc2\\x85"), 8));
         assert_eq!(safe_encode("plain name"), (Cow::Borrowed("plain name"), 10));
+        assert_eq!(safe_encode("a\\xb"), (Cow::Borrowed("a\\x5cxb"), 7));
+        assert_eq!(safe_encode("a\\b"), (Cow::Borrowed("a\\b"), 3));
         assert_eq!(display_width("日本"), 2 * 2);
         assert_eq!(display_width("e\u{301}"), 1);
         let out = table(
