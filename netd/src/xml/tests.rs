@@ -999,6 +999,16 @@ fn validation_errors_use_specific_messages() {
             "duplicate element <name> in network 'a' (line 1)",
         ),
         (
+            "<network><name>x</name><ip address='10.90.0.1' prefix='24'><dhcp>\
+             <host mac='52:54:00:00:00:a7' ip='10.90.0.255'/></dhcp></ip></network>",
+            "static host address 10.90.0.255 in network 'x' is the broadcast address of 10.90.0.0/24",
+        ),
+        (
+            "<network><name>x</name><ip address='10.90.0.1' prefix='24'><dhcp>\
+             <host mac='52:54:00:00:00:a7' ip='10.90.0.0'/></dhcp></ip></network>",
+            "static host address 10.90.0.0 in network 'x' is the network address of 10.90.0.0/24",
+        ),
+        (
             "<network><name>x</name><uuid>not-a-uuid</uuid></network>",
             "malformed uuid 'not-a-uuid' in network 'x'",
         ),

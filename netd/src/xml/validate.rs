@@ -766,6 +766,24 @@ impl NetworkDef {
                     "static host address {host_ip} in network '{name}' is the bridge address"
                 )));
             }
+            // No guest can use either, and the server would never hand it out.
+            if let IpNet::V4(v4) = subnet
+                && v4.prefix_len() < 31
+            {
+                let which = if host_ip == IpAddr::V4(v4.network()) {
+                    Some("network")
+                } else if host_ip == IpAddr::V4(v4.broadcast()) {
+                    Some("broadcast")
+                } else {
+                    None
+                };
+                if let Some(which) = which {
+                    return Err(invalid(format!(
+                        "static host address {host_ip} in network '{name}' is the {which} address of {}",
+                        v4.trunc()
+                    )));
+                }
+            }
             if let Some(text) = &host.mac_text
                 && text.parse::<MacAddr>().ok() != host.mac
             {
