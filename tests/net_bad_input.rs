@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{DAEMON_NEEDS, Daemon, require, xml_file};
+use common::{DAEMON_NEEDS, Daemon, Need, require, xml_file};
 
 /// Runs a failing verb and checks the error text and that nothing changed.
 fn rejects(daemon: &Daemon, args: &[&str], expected: &[&str]) {
@@ -610,6 +610,90 @@ fn an_invalid_edit_changes_nothing() {
             .ok(&["net-dumpxml", "default"])
             .contains("<bridge name='virbr0'")
     );
+
+    // A change someone else made while the editor ran is not overwritten.
+    let kvnet = format!(
+        "{} -c {}",
+        env!("CARGO_BIN_EXE_kvnet"),
+        daemon.socket().display()
+    );
+    let before = daemon.config_snapshot();
+    let out = common::kvnet_command(&daemon.socket())
+        .args(["net-edit", "default"])
+        .env(
+            "EDITOR",
+            format!(
+                "{kvnet} net-update default add ip-dhcp-host \
+                 \"<host mac='52:54:00:00:00:79' ip='192.168.122.79'/>\" --config >/dev/null; \
+                 sed -i 's/<bridge name=.virbr7./<bridge name=\"virbr8\"/'"
+            ),
+        )
+        .env_remove("VISUAL")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: The XML configuration was changed by another user.\n"
+    );
+    let inactive = daemon.ok(&["net-dumpxml", "--inactive", "default"]);
+    assert!(inactive.contains("192.168.122.79"), "{inactive}");
+    assert!(inactive.contains("<bridge name='virbr7'"), "{inactive}");
+    assert_ne!(daemon.config_snapshot(), before, "the update stays");
+
+    // Nor is a network undefined meanwhile brought back.
+    let path = xml_file(
+        daemon.dirs.path(),
+        "zeta.xml",
+        "<network><name>zeta</name><bridge name='kvzeta0'/></network>",
+    );
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    let out = common::kvnet_command(&daemon.socket())
+        .args(["net-edit", "zeta"])
+        .env(
+            "EDITOR",
+            format!("{kvnet} net-undefine zeta >/dev/null; sed -i 's/kvzeta0/kvzeta1/'"),
+        )
+        .env_remove("VISUAL")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: failed to get network 'zeta'\n"),
+        "{err}"
+    );
+    assert!(
+        daemon
+            .fails(&["net-info", "zeta"])
+            .contains("no network with matching name 'zeta'")
+    );
+
+    // On a terminal, virsh's question: here "?" (help), then "n" gives up; the bad edit
+    // changed nothing.
+    if !require(&[Need::Program("script")]) {
+        return;
+    }
+    let before = daemon.config_snapshot();
+    let command = format!("{kvnet} net-edit default");
+    let mut run = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("EDITOR", "sed -i 's/<name>default/<name>de\\/fault/'")
+        .env_remove("VISUAL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run script");
+    std::io::Write::write_all(run.stdin.as_mut().expect("stdin"), b"?\nn\n").expect("answer");
+    let out = run.wait_with_output().expect("wait");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("Failed. Try again? [y,n,f,?]: ")
+            && shown.contains("n - no, throw away my changes"),
+        "{shown}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert_eq!(daemon.config_snapshot(), before);
 }
 
 #[test]

@@ -280,16 +280,28 @@ fn not_found(key: &str, field: &str) -> Failure {
     )
 }
 
-/// `net-edit`: dumpxml --inactive, edit, and define; an unchanged file or an invalid
-/// edit changes nothing (virsh then offers to re-edit; non-interactively, we stop).
+/// `net-edit`: dumpxml --inactive, edit, and define, as virsh's `virsh-edit.c` does: an
+/// unchanged file changes nothing; a definition changed (or removed) by someone else
+/// while the editor ran is not overwritten; and an edit that cannot be defined changes
+/// nothing. On a terminal, virsh's `Try again? [y,n,f,?]` then offers to edit again or
+/// to define anyway; otherwise the command fails.
 pub fn edit(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
-    let original = client.xml(network, true).map_err(|e| {
+    let get_failed = |e| {
         Failure::call(
             format!("failed to get network '{network}'"),
             Some(network),
             e,
         )
-    })?;
+    };
+    let mut current = client.xml(network, true).map_err(get_failed)?;
+    // The network is looked at again by its UUID: a rename in the edit keeps it.
+    let original_def = netd::xml::NetworkDef::from_xml(&current).ok();
+    let name = original_def
+        .as_ref()
+        .map_or_else(|| network.to_owned(), |def| def.name.clone());
+    let key = original_def
+        .and_then(|def| def.uuid)
+        .map_or_else(|| network.to_owned(), |uuid| uuid.to_string());
     let dir = tempfile::Builder::new()
         .prefix("kvnet-edit")
         .tempdir()
@@ -297,9 +309,96 @@ pub fn edit(client: &Client, network: &str, quiet: bool) -> Result<String, Failu
     let path = dir
         .path()
         .join(format!("{}.xml", sanitize_file_name(network)));
-    std::fs::write(&path, &original)
+    std::fs::write(&path, &current)
         .map_err(|e| Failure::msg(format!("cannot write {}: {e}", path.display())))?;
+    loop {
+        run_editor(&path)?;
+        let edited = read_file(&path)?;
+        if edited == current {
+            // virsh names the network here, whatever identified it.
+            return Ok(output::message(
+                &format!("Network {name} XML configuration not changed."),
+                quiet,
+            ));
+        }
+        loop {
+            let reread = client.xml(&key, true).map_err(get_failed)?;
+            let changed = "The XML configuration was changed by another user.";
+            let (failure, question) = if reread != current {
+                current = reread;
+                (Failure::msg(changed), changed)
+            } else {
+                match client.define(&edited) {
+                    Ok(net) => {
+                        return Ok(output::message(
+                            &format!("Network {} XML configuration edited.", net.name),
+                            quiet,
+                        ));
+                    }
+                    Err(e) => (
+                        Failure::call(
+                            format!("Failed to define network from {}", path.display()),
+                            None,
+                            e,
+                        ),
+                        "Failed.",
+                    ),
+                }
+            };
+            match ask_reedit(&failure, question)? {
+                Reedit::Edit => break,
+                Reedit::Define => continue,
+                Reedit::Stop => return Err(failure),
+            }
+        }
+    }
+}
 
+/// What the user chose after a failed `net-edit` step.
+enum Reedit {
+    Edit,
+    Define,
+    Stop,
+}
+
+/// virsh's `vshAskReedit`: on a terminal, shows `failure` and asks `question` what to
+/// do; elsewhere the edit stops.
+fn ask_reedit(failure: &Failure, question: &str) -> Result<Reedit, Failure> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Ok(Reedit::Stop);
+    }
+    if question != failure.lines().join(" ") {
+        for line in failure.lines() {
+            eprintln!("error: {line}");
+        }
+    }
+    let failed = |e: std::io::Error| Failure::msg(format!("cannot read the answer: {e}"));
+    let mut stdout = std::io::stdout();
+    loop {
+        print!("{question} Try again? [y,n,f,?]: ");
+        stdout.flush().map_err(failed)?;
+        let mut answer = String::new();
+        if stdin.lock().read_line(&mut answer).map_err(failed)? == 0 {
+            return Ok(Reedit::Stop);
+        }
+        match answer.trim().to_ascii_lowercase().as_str() {
+            "y" => return Ok(Reedit::Edit),
+            "n" => return Ok(Reedit::Stop),
+            "f" => return Ok(Reedit::Define),
+            _ => println!(
+                "y - yes, start editor again\n\
+                 n - no, throw away my changes\n\
+                 f - force, try to redefine again\n\
+                 ? - print this help"
+            ),
+        }
+    }
+}
+
+/// Runs `$VISUAL`, `$EDITOR` or `vi` on `path`.
+fn run_editor(path: &std::path::Path) -> Result<(), Failure> {
     let editor = ["VISUAL", "EDITOR"]
         .iter()
         .find_map(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()))
@@ -309,36 +408,16 @@ pub fn edit(client: &Client, network: &str, quiet: bool) -> Result<String, Failu
         .arg("-c")
         .arg(format!("{editor} \"$1\""))
         .arg("kvnet-edit")
-        .arg(&path)
+        .arg(path)
         .status()
         .map_err(|e| Failure::msg(format!("cannot run editor '{editor}': {e}")))?;
-    if !status.success() {
-        return Err(Failure::msg(format!(
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Failure::msg(format!(
             "editor '{editor}' exited with {status}; nothing changed"
-        )));
+        )))
     }
-    let edited = read_file(&path)?;
-    if edited == original {
-        // virsh names the network here, whatever identified it.
-        let name = netd::xml::NetworkDef::from_xml(&original)
-            .map(|def| def.name)
-            .unwrap_or_else(|_| network.to_owned());
-        return Ok(output::message(
-            &format!("Network {name} XML configuration not changed."),
-            quiet,
-        ));
-    }
-    let net = client.define(&edited).map_err(|e| {
-        Failure::call(
-            format!("Failed to define network from {}", path.display()),
-            None,
-            e,
-        )
-    })?;
-    Ok(output::message(
-        &format!("Network {} XML configuration edited.", net.name),
-        quiet,
-    ))
 }
 
 fn sanitize_file_name(network: &str) -> String {
