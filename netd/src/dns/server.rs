@@ -14,7 +14,8 @@
 //! and sent to the client from the socket the query came in on. The sockets close when
 //! the forward ends. A server that does not answer within `ATTEMPT_TIMEOUT`, or answers
 //! SERVFAIL or REFUSED, is passed over for the next one of the list (resolv.conf or
-//! forwarder order); servers that failed lately go last for `SUSPECT_FOR`. A forward
+//! forwarder order), as dnsmasq's `strict-order` (which libvirt sets) keeps it; a server
+//! that failed `SUSPECT_AFTER` times in a row goes last for `SUSPECT_FOR`. A forward
 //! unanswered after [`FORWARD_TIMEOUT`] is forgotten (the client retries). A TCP client
 //! gets a small task per connection (at most [`MAX_TCP_CLIENTS`] at once) that forwards
 //! over TCP, with the same order and time bounds, so large upstream answers get through
@@ -53,9 +54,13 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// An upstream server silent this long is passed over for the next one, if any (the
 /// last one asked gets what remains of [`FORWARD_TIMEOUT`]).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
-/// A server that timed out or could not be sent to is asked after the others for this
-/// long. One that answered, even SERVFAIL or REFUSED about one name, is not: it may
-/// be the only one that knows a VPN's names.
+/// A server that timed out or could not be sent to this many times in a row is asked
+/// after the others for [`SUSPECT_FOR`]. One slow answer does not demote it: a VPN's
+/// resolver may be slow for a name and still be the only one that knows it, and the
+/// servers after it would answer NXDOMAIN for its names.
+const SUSPECT_AFTER: u32 = 3;
+/// How long a suspect server is asked after the others. One that answers, even SERVFAIL
+/// or REFUSED about one name, is trusted again.
 const SUSPECT_FOR: Duration = Duration::from_secs(30);
 /// Most UDP queries waiting for an upstream answer at once; more are refused. Each
 /// holds one or two sockets, so this bounds a network's file descriptors (dnsmasq's
@@ -200,38 +205,46 @@ fn open_socket(
 /// Upstream servers that failed lately, shared by a network's UDP and TCP paths.
 #[derive(Debug, Default)]
 struct Health {
-    /// When each server last timed out or failed.
-    suspects: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Each failing server's failures in a row, and when the last one was.
+    failures: Mutex<HashMap<SocketAddr, (u32, Instant)>>,
 }
 
 impl Health {
-    fn suspects(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Instant>> {
-        // A map of timestamps is consistent whatever panicked while holding it.
-        crate::service::lock(&self.suspects)
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, (u32, Instant)>> {
+        // A map of counts and timestamps is consistent whatever panicked while holding it.
+        crate::service::lock(&self.failures)
     }
 
-    /// `servers` in the order to ask them: those that did not fail lately first, each
-    /// group in configured order.
+    /// `servers` in the order to ask them: those not suspect first, each group in
+    /// configured order.
     fn order(&self, servers: &[SocketAddr]) -> Vec<SocketAddr> {
-        let mut suspects = self.suspects();
-        suspects.retain(|_, since| since.elapsed() < SUSPECT_FOR);
-        let (mut ordered, late): (Vec<_>, Vec<_>) = servers
-            .iter()
-            .partition(|server| !suspects.contains_key(server));
+        let mut failures = self.failures();
+        failures.retain(|_, (_, last)| last.elapsed() < SUSPECT_FOR);
+        let suspect = |server: &SocketAddr| {
+            failures
+                .get(server)
+                .is_some_and(|(count, _)| *count >= SUSPECT_AFTER)
+        };
+        let (mut ordered, late): (Vec<_>, Vec<_>) =
+            servers.iter().partition(|server| !suspect(server));
         ordered.extend(late);
         ordered
     }
 
     fn failed(&self, network: &str, server: SocketAddr) {
-        if self.suspects().insert(server, Instant::now()).is_none() {
+        let mut failures = self.failures();
+        let (count, last) = failures.entry(server).or_insert((0, Instant::now()));
+        *count = count.saturating_add(1);
+        *last = Instant::now();
+        if *count == SUSPECT_AFTER {
             tracing::info!(network, %server, "upstream DNS server not answering; asking the others first");
         }
     }
 
     fn answered(&self, server: SocketAddr) {
-        let mut suspects = self.suspects();
-        if !suspects.is_empty() {
-            suspects.remove(&server);
+        let mut failures = self.failures();
+        if !failures.is_empty() {
+            failures.remove(&server);
         }
     }
 }
@@ -982,6 +995,29 @@ mod tests {
 
     /// Listeners with datagrams left queued (a turn ended) must not keep the other
     /// listeners or the TCP accepts waiting.
+    #[test]
+    fn servers_keep_their_order_until_they_fail_several_times_in_a_row() {
+        let health = Health::default();
+        let vpn: SocketAddr = "10.8.0.1:53".parse().expect("addr");
+        let public: SocketAddr = "192.0.2.53:53".parse().expect("addr");
+        let servers = [vpn, public];
+        // One slow answer: the VPN's resolver is still asked first.
+        health.failed("n", vpn);
+        assert_eq!(health.order(&servers), [vpn, public]);
+        health.failed("n", vpn);
+        health.failed("n", vpn);
+        assert_eq!(health.order(&servers), [public, vpn]);
+        // Any answer restores it.
+        health.answered(vpn);
+        assert_eq!(health.order(&servers), [vpn, public]);
+        // Failures in a row only: an answer in between starts the count again.
+        health.failed("n", vpn);
+        health.failed("n", vpn);
+        health.answered(vpn);
+        health.failed("n", vpn);
+        assert_eq!(health.order(&servers), [vpn, public]);
+    }
+
     #[test]
     fn listeners_take_turns() {
         if !testkit::require(&[Need::Root, Need::Netns]) {
