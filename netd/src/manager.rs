@@ -2425,9 +2425,25 @@ fn dns_config(
         host_file: Arc::clone(&host.hosts),
         srvs: def.dns.srvs.clone(),
         txts: def.dns.txts.clone(),
-        forwarders: def.dns.forwarders.clone(),
+        forwarders: own_forwarders_dropped(def),
         default_upstreams,
     })
+}
+
+/// The network's `<forwarder>`s but those naming one of its own addresses: its DNS
+/// server would forward to itself until every pending slot was taken. dnsmasq ignores
+/// such a server too ("ignoring nameserver - local interface").
+fn own_forwarders_dropped(def: &NetworkDef) -> Vec<xml::DnsForwarder> {
+    let (ours, others): (Vec<_>, Vec<_>) =
+        def.dns.forwarders.iter().cloned().partition(|forwarder| {
+            forwarder
+                .addr
+                .is_some_and(|addr| def.ips.iter().any(|ip| ip.address == addr))
+        });
+    for forwarder in ours {
+        warn!(network = %def.name, addr = ?forwarder.addr, domain = ?forwarder.domain, "ignoring a DNS forwarder that is this network's own address");
+    }
+    others
 }
 
 /// What the DHCPv6 server serves, from the IPv6 `<ip>` with `<dhcp>` (libvirt allows
@@ -2513,4 +2529,35 @@ fn dhcp_config(def: &NetworkDef) -> Option<DhcpConfig> {
             server: bootp.server.unwrap_or(server_ip),
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forwarder_at_the_networks_own_address_is_dropped() {
+        let def = NetworkDef::from_xml(
+            "<network><name>n</name><dns><forwarder addr='10.9.0.1'/>\
+             <forwarder domain='corp' addr='10.9.0.1'/><forwarder addr='10.9.0.53'/>\
+             <forwarder domain='lan'/></dns><ip address='10.9.0.1' prefix='24'/></network>",
+        )
+        .expect("valid");
+        let kept: Vec<_> = own_forwarders_dropped(&def)
+            .into_iter()
+            .map(|forwarder| {
+                (
+                    forwarder.addr.map(|addr| addr.to_string()),
+                    forwarder.domain,
+                )
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                (Some("10.9.0.53".to_owned()), None),
+                (None, Some("lan".to_owned()))
+            ]
+        );
+    }
 }
