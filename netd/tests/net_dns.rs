@@ -367,14 +367,20 @@ fn dead_and_refusing_upstreams_are_passed_over_for_the_next() {
         .collect();
     with_server(&lab, config.clone(), || {
         let at = format!("@{SERVER_IP}");
-        // The dead server costs one attempt timeout, the refusing one nothing.
-        let (answers, first) = lab.dig_timed(&format!("{at} first.up.test"));
-        assert_eq!(answers, ["10.77.7.7"]);
-        assert!(
-            first >= 900,
-            "answered in {first} ms without waiting for the dead server"
-        );
-        // Both are then asked last: the next query goes straight to the good one.
+        // The dead server costs one attempt timeout, the refusing one nothing. One
+        // timeout does not demote a server (strict order, as libvirt's dnsmasq keeps
+        // it): the dead one is asked first three times.
+        let mut first = u64::MAX;
+        for n in 0..3 {
+            let (answers, took) = lab.dig_timed(&format!("{at} first{n}.up.test"));
+            assert_eq!(answers, ["10.77.7.7"]);
+            assert!(
+                took >= 900,
+                "query {n} answered in {took} ms without waiting for the dead server"
+            );
+            first = first.min(took);
+        }
+        // Then it is asked last: the next query goes straight to the good one.
         let (answers, second) = lab.dig_timed(&format!("{at} second.up.test"));
         assert_eq!(answers, ["10.77.7.7"]);
         assert!(second < first, "{second} ms, first {first} ms");
