@@ -50,7 +50,7 @@ pub struct Engine {
     config: DhcpConfig,
     leases: LeaseDb,
     last_full_log: Option<i64>,
-    /// Bumped by every message and configuration change: the DNS server re-reads the
+    /// Bumped by every binding and configuration change: the DNS server re-reads the
     /// lease names when it moves.
     changes: Arc<AtomicU64>,
 }
@@ -127,7 +127,15 @@ impl Engine {
     /// Handles one UDP payload received on port 67 at unix time `now`. Never panics,
     /// whatever the bytes: anything malformed or not for us yields `None`.
     pub fn handle(&mut self, packet: &[u8], now: i64) -> Option<Reply> {
-        self.changes.fetch_add(1, Ordering::Release);
+        let revision = self.leases.revision();
+        let reply = self.handle_message(packet, now);
+        if self.leases.revision() != revision {
+            self.changes.fetch_add(1, Ordering::Release);
+        }
+        reply
+    }
+
+    fn handle_message(&mut self, packet: &[u8], now: i64) -> Option<Reply> {
         let (request, client_fqdn) = match decode_request(packet) {
             Ok(decoded) => decoded,
             Err(e) => {

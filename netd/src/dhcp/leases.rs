@@ -199,6 +199,8 @@ pub struct LeaseDb {
     exhausted_until: Option<i64>,
     /// Journal lines not yet written.
     pending: Vec<u8>,
+    /// Bumped by every binding change journaled: what the DNS server follows.
+    revision: u64,
     journal: Option<Journal>,
 }
 
@@ -238,6 +240,7 @@ impl LeaseDb {
             offers: BTreeSet::new(),
             exhausted_until: None,
             pending: Vec::new(),
+            revision: 0,
             journal: None,
         };
         db.configure(config);
@@ -806,7 +809,13 @@ impl LeaseDb {
         }
     }
 
+    /// Moves whenever a binding changes (bound, renewed, released).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
     fn journal(&mut self, record: &Record) {
+        self.revision = self.revision.wrapping_add(1);
         // Serialising a plain struct of strings and numbers cannot fail.
         if serde_json::to_writer(&mut self.pending, record).is_ok() {
             self.pending.push(b'\n');

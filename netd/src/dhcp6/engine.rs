@@ -136,7 +136,21 @@ impl Engine {
         unicast: bool,
         now: i64,
     ) -> Option<Reply> {
-        self.changes.fetch_add(1, Ordering::Release);
+        let revision = self.leases.revision();
+        let reply = self.respond_to_message(packet, source, unicast, now);
+        if self.leases.revision() != revision {
+            self.changes.fetch_add(1, Ordering::Release);
+        }
+        reply
+    }
+
+    fn respond_to_message(
+        &mut self,
+        packet: &[u8],
+        source: Ipv6Addr,
+        unicast: bool,
+        now: i64,
+    ) -> Option<Reply> {
         if packet.len() < 4 || !well_formed(&packet[4..], 0) {
             return None;
         }

@@ -116,6 +116,8 @@ pub struct LeaseDb {
     path: Option<PathBuf>,
     /// Bindings changed since the last commit.
     dirty: bool,
+    /// Bumped by every binding change: what the DNS server follows.
+    revision: u64,
     /// After a walk found the pool full: no address frees up before this time unless
     /// one is released (a flood of SOLICITs then costs no walk each).
     exhausted_until: Option<i64>,
@@ -138,6 +140,7 @@ impl LeaseDb {
             by_client: HashMap::new(),
             path: None,
             dirty: false,
+            revision: 0,
             exhausted_until: None,
         };
         db.configure(config);
@@ -476,7 +479,18 @@ impl LeaseDb {
                 state: LeaseState::Bound,
             },
         );
+        self.changed();
+    }
+
+    /// Records a binding change: to commit, and for the DNS server to follow.
+    fn changed(&mut self) {
         self.dirty = true;
+        self.revision = self.revision.wrapping_add(1);
+    }
+
+    /// Moves whenever a binding changes (bound, renewed, released, declined).
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// The live binding of `key`, if any.
@@ -492,7 +506,7 @@ impl LeaseDb {
     pub fn release(&mut self, key: &ClientKey, ip: Ipv6Addr) -> bool {
         if self.by_ip.get(&ip).is_some_and(|lease| lease.key == *key) {
             self.remove(ip);
-            self.dirty = true;
+            self.changed();
             return true;
         }
         false
@@ -504,7 +518,7 @@ impl LeaseDb {
             return false;
         }
         self.remove(ip);
-        self.dirty = true;
+        self.changed();
         if !self.reserved_ips.contains(&ip) {
             self.insert(
                 ip,

@@ -353,7 +353,7 @@ impl Resolver {
                 .append_answers_under(&self.static_zone, key, qtype, out)
         };
         match from_leases(&cache, out) {
-            Found::NoName if age(&cache) >= LEASE_REFRESH_ON_MISS => {
+            Found::NoName if age(&cache) >= LEASE_REFRESH_ON_MISS && changed(&cache) => {
                 self.reload_leases(view, &mut cache);
                 from_leases(&cache, out)
             }
@@ -1319,9 +1319,11 @@ mod tests {
     #[test]
     fn new_leases_resolve_without_waiting_for_the_refresh() {
         let table = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let source = {
             let table = Arc::clone(&table);
             LeaseSource::new(Arc::new(move || table.lock().unwrap().clone()))
+                .with_changes(Arc::clone(&changes))
         };
         let resolver = Resolver::new(&config(), Some(source)).unwrap();
         let reply = ask(&resolver, "late.example.test.", RecordType::A);
@@ -1330,7 +1332,12 @@ mod tests {
             .lock()
             .unwrap()
             .push((Ipv4Addr::new(192, 168, 122, 9).into(), "late".to_owned()));
+        // A miss re-reads the leases only once the DHCP server says they changed: a
+        // stream of forwarded names must not rebuild the lease zone every time.
         std::thread::sleep(LEASE_REFRESH_ON_MISS);
+        let reply = ask(&resolver, "late.example.test.", RecordType::A);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+        changes.fetch_add(1, std::sync::atomic::Ordering::Release);
         let reply = ask(&resolver, "late.example.test.", RecordType::A);
         assert_eq!(
             rdata(&reply),
