@@ -842,6 +842,13 @@ mod tests {
         let lease = &engine.leases(NOW)[0];
         assert_eq!(lease.hostname.as_deref(), Some("Builder"));
         assert_eq!(lease.expiry_unix, NOW + 900);
+        // Its renewal need not send the name again (RFC 2131 table 5): it keeps the
+        // address.
+        let mut renew = message(MessageType::Request, mac);
+        renew.set_ciaddr(by_name);
+        let (_, ack) = exchange(&mut engine, &renew, NOW + 450).expect("renewal ack");
+        assert_eq!((kind(&ack), ack.yiaddr()), (MessageType::Ack, by_name));
+        assert_eq!(engine.leases(NOW + 450)[0].expiry_unix, NOW + 450 + 900);
         // A client going by another name gets the pool, never the reserved address.
         let (_, other) = dora(&mut engine, [2, 0, 0, 0, 0, 10], NOW);
         assert_ne!(other.yiaddr(), by_name);

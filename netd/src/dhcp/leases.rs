@@ -408,12 +408,22 @@ impl LeaseDb {
     }
 
     /// `client`'s reservation: its MAC's, else (a `<host>` without a MAC) that of the
-    /// name it sent.
+    /// name it sent, or, when it sent none (a renewal need not: RFC 2131 table 5), that
+    /// of the name its lease on the reserved address was bound under.
     fn reservation_of(&self, client: &Client) -> Option<&Reservation> {
+        if let Some(reservation) = self.reservations.get(&client.mac) {
+            return Some(reservation);
+        }
         // Looked up several times per message: the name is lowercased once, in `named`.
-        self.reservations
-            .get(&client.mac)
-            .or_else(|| self.name_reservations.get(client.name.as_deref()?))
+        if let Some(name) = client.name.as_deref() {
+            return self.name_reservations.get(name);
+        }
+        let ip = self.find_lease(client)?;
+        let held = self.by_ip.get(&ip)?;
+        let reservation = self
+            .name_reservations
+            .get(held.hostname.as_deref()?.to_ascii_lowercase().as_str())?;
+        (reservation.ip == ip && held.client.same_as(client)).then_some(reservation)
     }
 
     /// The reserved name for `client`, if its reservation has one.
