@@ -459,6 +459,8 @@ pub fn dhcp_leases(
         leases.retain(|lease| lease.mac.parse::<netd::xml::MacAddr>().ok() == Some(wanted));
     }
     Ok(if json {
+        // In the table's order (by MAC, as virsh sorts it), whatever the daemon's.
+        leases.sort_by(|a, b| netd::virsh::ascii_casecmp(&a.mac, &b.mac));
         output::json(&leases)
     } else {
         output::lease_table(&leases, quiet)
