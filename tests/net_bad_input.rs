@@ -53,6 +53,17 @@ fn malformed_and_invalid_definitions_are_refused() {
         return;
     }
     let daemon = Daemon::start();
+    // A file over virsh's 10 MiB limit is not read, as virsh refuses it.
+    let huge = daemon.dirs.path().join("huge.xml");
+    let mut text = String::from("<network><name>huge</name><description>");
+    text.push_str(&"x".repeat(10 << 20));
+    text.push_str("</description></network>");
+    std::fs::write(&huge, text).expect("write");
+    let huge = huge.to_str().expect("utf-8");
+    assert_eq!(
+        daemon.fails(&["net-define", huge]),
+        format!("error: Failed to read file '{huge}': File too large\n")
+    );
     // The reason carries the prefix of libvirt's error class for the check, as virsh
     // prints it: "XML error: ", "unsupported configuration: ", none...
     define_rejects(

@@ -18,14 +18,31 @@ use crate::cli::{EventArgs, ListArgs, UpdateArgs};
 use crate::output;
 
 pub(super) fn read_file(path: &Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path).map_err(|e| {
+    use std::io::Read;
+    let failed = |action: &str, e: &std::io::Error| {
         Failure::msg(format!(
-            "Failed to open file '{}': {}",
+            "Failed to {action} file '{}': {}",
             path.display(),
-            system_message(&e)
+            system_message(e)
         ))
-    })
+    };
+    let file = std::fs::File::open(path).map_err(|e| failed("open", &e))?;
+    let mut text = String::new();
+    file.take(MAX_XML_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| failed("read", &e))?;
+    if text.len() as u64 > MAX_XML_FILE {
+        // virsh's limit (VSH_MAX_XML_FILE), with the error it gives (EFBIG).
+        return Err(failed(
+            "read",
+            &std::io::Error::from(nix::errno::Errno::EFBIG),
+        ));
+    }
+    Ok(text)
 }
+
+/// The largest XML file virsh reads: 10 MiB.
+const MAX_XML_FILE: u64 = 10 << 20;
 
 /// `net-define` (`transient` false) and `net-create` (`transient` true).
 pub fn from_file(
