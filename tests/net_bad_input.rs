@@ -64,6 +64,18 @@ fn malformed_and_invalid_definitions_are_refused() {
         daemon.fails(&["net-define", huge]),
         format!("error: Failed to read file '{huge}': File too large\n")
     );
+    // One in another encoding is refused, saying so (libxml2 would convert it).
+    let latin1 = daemon.dirs.path().join("latin1.xml");
+    std::fs::write(
+        &latin1,
+        b"<?xml version='1.0' encoding='ISO-8859-1'?><network><name>caf\xe9</name></network>",
+    )
+    .expect("write");
+    let latin1 = latin1.to_str().expect("utf-8");
+    assert_eq!(
+        daemon.fails(&["net-define", latin1]),
+        format!("error: Failed to read file '{latin1}': it is not UTF-8 (save it as UTF-8)\n")
+    );
     // The reason carries the prefix of libvirt's error class for the check, as virsh
     // prints it: "XML error: ", "unsupported configuration: ", none...
     define_rejects(

@@ -30,7 +30,17 @@ pub(super) fn read_file(path: &Path) -> Result<String, Failure> {
     let mut text = String::new();
     file.take(MAX_XML_FILE + 1)
         .read_to_string(&mut text)
-        .map_err(|e| failed("read", &e))?;
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                // libxml2 would convert another declared encoding; kvnet reads UTF-8.
+                Failure::msg(format!(
+                    "Failed to read file '{}': it is not UTF-8 (save it as UTF-8)",
+                    path.display()
+                ))
+            } else {
+                failed("read", &e)
+            }
+        })?;
     if text.len() as u64 > MAX_XML_FILE {
         // virsh's limit (VSH_MAX_XML_FILE), with the error it gives (EFBIG).
         return Err(failed(
