@@ -737,3 +737,55 @@ fn stopping_closes_tcp_clients_and_frees_port_53() {
         })
         .expect("scenario in the server namespace");
 }
+
+/// One guest holding TCP connections open takes no more than its share: the next one
+/// it opens is closed at once, and another guest is still served.
+#[test]
+fn one_client_cannot_take_every_tcp_slot() {
+    if !needs() {
+        return;
+    }
+    let lab = Lab::new("dnsp");
+    let server: SocketAddr = format!("{SERVER_IP}:53").parse().expect("addr");
+    with_server(&lab, config(), || {
+        let answered = |stream: &mut TcpStream, id: u16| {
+            let message = a_query(id, &["static1", "example", "test"]);
+            let mut query = (message.len() as u16).to_be_bytes().to_vec();
+            query.extend_from_slice(&message);
+            stream.write_all(&query).expect("send query");
+            let mut reply_len = [0u8; 2];
+            stream.read_exact(&mut reply_len).is_ok()
+        };
+        let connect = || {
+            let stream = lab
+                .client
+                .run(|| TcpStream::connect(server).expect("tcp connect"))
+                .expect("connect from the client namespace");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            stream
+        };
+        // Eight connections, each answered once so the server surely holds them.
+        let mut held: Vec<TcpStream> = (0..8).map(|_| connect()).collect();
+        for (n, stream) in held.iter_mut().enumerate() {
+            let mut rest = vec![0u8; 512];
+            assert!(answered(stream, n as u16), "connection {n} not served");
+            let _ = stream.read(&mut rest);
+        }
+        let mut ninth = connect();
+        let mut rest = Vec::new();
+        let started = std::time::Instant::now();
+        assert_eq!(
+            ninth.read_to_end(&mut rest).expect("closed, not timed out"),
+            0
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // The same guest's other address is another client.
+        assert_eq!(
+            lab.dig_short(&format!("+tcp @{SERVER_IP6} static1.example.test")),
+            ["192.168.88.50"]
+        );
+        drop(held);
+    });
+}

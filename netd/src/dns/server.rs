@@ -17,7 +17,8 @@
 //! forwarder order), as dnsmasq's `strict-order` (which libvirt sets) keeps it; a server
 //! that failed `SUSPECT_AFTER` times in a row goes last for `SUSPECT_FOR`. A forward
 //! unanswered after [`FORWARD_TIMEOUT`] is forgotten (the client retries). A TCP client
-//! gets a small task per connection (at most [`MAX_TCP_CLIENTS`] at once) that forwards
+//! gets a small task per connection (at most [`MAX_TCP_CLIENTS`] at once, eight per
+//! client address) that forwards
 //! over TCP, with the same order and time bounds, so large upstream answers get through
 //! whole.
 
@@ -68,6 +69,9 @@ const SUSPECT_FOR: Duration = Duration::from_secs(30);
 const MAX_PENDING: usize = 512;
 /// Most TCP connections served at once; more are closed on accept.
 pub const MAX_TCP_CLIENTS: usize = 64;
+/// Most TCP connections one guest (source address) may hold at once, so that one guest
+/// cannot take every slot for the others.
+const MAX_TCP_PER_CLIENT: usize = 8;
 /// A TCP client idle this long, or that leaves an answer unread this long, is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Largest UDP datagram read (EDNS clients may send up to this much).
@@ -299,8 +303,10 @@ async fn serve(
     tcp: Vec<TcpListener>,
     mut shutdown: oneshot::Receiver<()>,
 ) {
-    // Owned here, so the connections end with the task.
+    // Owned here, so the connections end with the task. Each gives back its client's
+    // address when it ends.
     let mut connections = JoinSet::new();
+    let mut per_client: HashMap<IpAddr, usize> = HashMap::new();
     let mut state = Serve {
         resolver: Arc::clone(&resolvers.borrow_and_update()),
         health: Arc::default(),
@@ -324,7 +330,17 @@ async fn serve(
                 tracing::debug!(network = %state.resolver.network(), "DNS records replaced");
                 continue;
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                if let Ok(Some(client)) = ended
+                    && let Some(count) = per_client.get_mut(&client)
+                {
+                    *count -= 1;
+                    if *count == 0 {
+                        per_client.remove(&client);
+                    }
+                }
+                continue;
+            }
             Some(done) = state.forwards.join_next(), if !state.forwards.is_empty() => {
                 if let Ok(Some(answer)) = done {
                     let _ = send(&state.udp[answer.socket], &answer.reply, answer.client);
@@ -335,13 +351,22 @@ async fn serve(
         };
         match event {
             Event::Queries(socket) => state.queries(socket),
-            Event::Accept(stream) if connections.len() < MAX_TCP_CLIENTS => {
+            Event::Accept(stream) => {
+                let client = stream.peer_addr().ok().map(|addr| addr.ip());
+                let held = client.map_or(0, |ip| per_client.get(&ip).copied().unwrap_or(0));
+                if connections.len() >= MAX_TCP_CLIENTS || held >= MAX_TCP_PER_CLIENT {
+                    tracing::debug!(network = %state.resolver.network(), ?client, "too many DNS TCP clients; connection closed");
+                    continue;
+                }
+                if let Some(ip) = client {
+                    *per_client.entry(ip).or_default() += 1;
+                }
                 let resolver = Arc::clone(&state.resolver);
                 let health = Arc::clone(&state.health);
-                connections.spawn(async move { serve_tcp(stream, &resolver, &health).await });
-            }
-            Event::Accept(_) => {
-                tracing::debug!(network = %state.resolver.network(), "too many DNS TCP clients; connection closed");
+                connections.spawn(async move {
+                    serve_tcp(stream, &resolver, &health).await;
+                    client
+                });
             }
             Event::Failed(e) => {
                 tracing::debug!(network = %state.resolver.network(), error = %e, "DNS socket error");
