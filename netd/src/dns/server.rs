@@ -18,9 +18,8 @@
 //! that failed `SUSPECT_AFTER` times in a row goes last for `SUSPECT_FOR`. A forward
 //! unanswered after [`FORWARD_TIMEOUT`] is forgotten (the client retries). A TCP client
 //! gets a small task per connection (at most [`MAX_TCP_CLIENTS`] at once, eight per
-//! client address) that forwards
-//! over TCP, with the same order and time bounds, so large upstream answers get through
-//! whole.
+//! client address) that forwards over TCP, with the same order and time bounds, so large
+//! upstream answers get through whole.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
