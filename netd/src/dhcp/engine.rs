@@ -318,6 +318,13 @@ impl Engine {
         let opts = message.opts_mut();
         opts.insert(DhcpOption::MessageType(kind));
         opts.insert(DhcpOption::ServerIdentifier(config.server_ip));
+        // RFC 6842: the client identifier comes back as sent, in every reply.
+        if let Some(DhcpOption::ClientIdentifier(id)) =
+            request.opts().get(OptionCode::ClientIdentifier)
+            && id.len() <= MAX_CLIENT_ID
+        {
+            opts.insert(DhcpOption::ClientIdentifier(id.clone()));
+        }
         if kind != MessageType::Nak {
             add_network_options(opts, config);
             if let Some(secs) = lease {
@@ -954,6 +961,18 @@ mod tests {
         let leases = engine.leases(NOW + 2);
         assert_eq!(leases.len(), 1, "{leases:?}");
         assert_eq!(leases[0].client_id.as_deref(), Some(&client_id[..]));
+        // RFC 6842: replies carry the identifier back; those to a client without one
+        // carry none.
+        let echoed = DhcpOption::ClientIdentifier(client_id.clone());
+        assert_eq!(
+            offer.opts().get(OptionCode::ClientIdentifier),
+            Some(&echoed)
+        );
+        assert_eq!(
+            reacked.opts().get(OptionCode::ClientIdentifier),
+            Some(&echoed)
+        );
+        assert_eq!(ack.opts().get(OptionCode::ClientIdentifier), None);
     }
 
     /// RFC 2131 4.3.3: a declined address is marked unavailable, reserved or not; the
