@@ -1089,6 +1089,7 @@ impl Manager {
     #[instrument(skip_all)]
     pub async fn define(&self, xml: &str) -> Result<NetworkSummary, Error> {
         let mut def = NetworkDef::from_xml(xml)?;
+        def.check_dhcp_hosts_usable()?;
         let mut networks = self.networks.lock().await;
         self.check_identity(&networks, &def)?;
         self.complete_and_check_bridge(&networks, &mut def).await?;
@@ -1132,6 +1133,7 @@ impl Manager {
     #[instrument(skip_all)]
     pub async fn create(&self, xml: &str) -> Result<NetworkSummary, Error> {
         let mut def = NetworkDef::from_xml(xml)?;
+        def.check_dhcp_hosts_usable()?;
         let mut networks = self.networks.lock().await;
         self.check_identity(&networks, &def)?;
         if networks.get(&def.name).is_some_and(|n| n.live.is_some()) {

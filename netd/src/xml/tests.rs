@@ -999,16 +999,6 @@ fn validation_errors_use_specific_messages() {
             "duplicate element <name> in network 'a' (line 1)",
         ),
         (
-            "<network><name>x</name><ip address='10.90.0.1' prefix='24'><dhcp>\
-             <host mac='52:54:00:00:00:a7' ip='10.90.0.255'/></dhcp></ip></network>",
-            "static host address 10.90.0.255 in network 'x' is the broadcast address of 10.90.0.0/24",
-        ),
-        (
-            "<network><name>x</name><ip address='10.90.0.1' prefix='24'><dhcp>\
-             <host mac='52:54:00:00:00:a7' ip='10.90.0.0'/></dhcp></ip></network>",
-            "static host address 10.90.0.0 in network 'x' is the network address of 10.90.0.0/24",
-        ),
-        (
             "<network><name>x</name><uuid>not-a-uuid</uuid></network>",
             "malformed uuid 'not-a-uuid' in network 'x'",
         ),
@@ -2587,4 +2577,24 @@ fn mac_table_manager_is_read_and_written_where_libvirt_takes_it() {
         ),
         "bridge macTableManager setting not allowed in vepa mode (network 'm')"
     );
+}
+
+/// A `<host>` at the subnet's network or broadcast address is refused when given, but a
+/// stored definition holding one (written before the check) still loads.
+#[test]
+fn dhcp_hosts_at_the_network_or_broadcast_address_are_refused_when_given() {
+    for (ip, which) in [("10.90.0.255", "broadcast"), ("10.90.0.0", "network")] {
+        let def = NetworkDef::from_xml(&format!(
+            "<network><name>x</name><ip address='10.90.0.1' prefix='24'><dhcp>\
+             <host mac='52:54:00:00:00:a7' ip='{ip}'/></dhcp></ip></network>"
+        ))
+        .expect("loads");
+        let err = def.check_dhcp_hosts_usable().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "static host address {ip} in network 'x' is the {which} address of 10.90.0.0/24"
+            )
+        );
+    }
 }

@@ -326,6 +326,7 @@ impl NetworkDef {
                     .into(),
             ));
         }
+        super::validate::check_dhcp_host_usable(&self.name, &self.ips[index], host.ip)?;
         let shown = |host: &DhcpHost| {
             (
                 host.mac_display().unwrap_or_else(|| "unknown".to_owned()),
@@ -712,6 +713,30 @@ mod tests {
             .iter()
             .map(|h| h.ip.to_string())
             .collect()
+    }
+
+    #[test]
+    fn a_host_at_the_broadcast_address_is_refused_and_one_there_can_still_be_deleted() {
+        let e = err(
+            &net(),
+            "add",
+            "ip-dhcp-host",
+            "<host mac='52:54:00:00:00:a7' ip='192.168.122.255'/>",
+        );
+        assert_eq!(
+            e.to_string(),
+            "static host address 192.168.122.255 in network 'default' is the broadcast address of 192.168.122.0/24"
+        );
+        // A definition stored before the check holds one: it can be taken out.
+        let stored =
+            NetworkDef::from_xml(&NET.replace("192.168.122.12", "192.168.122.255")).expect("loads");
+        let mended = ok(
+            &stored,
+            "delete",
+            "ip-dhcp-host",
+            "<host mac='52:54:00:00:00:02'/>",
+        );
+        assert_eq!(host_ips(&mended), ["192.168.122.11"]);
     }
 
     #[test]

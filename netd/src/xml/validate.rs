@@ -766,24 +766,6 @@ impl NetworkDef {
                     "static host address {host_ip} in network '{name}' is the bridge address"
                 )));
             }
-            // No guest can use either, and the server would never hand it out.
-            if let IpNet::V4(v4) = subnet
-                && v4.prefix_len() < 31
-            {
-                let which = if host_ip == IpAddr::V4(v4.network()) {
-                    Some("network")
-                } else if host_ip == IpAddr::V4(v4.broadcast()) {
-                    Some("broadcast")
-                } else {
-                    None
-                };
-                if let Some(which) = which {
-                    return Err(invalid(format!(
-                        "static host address {host_ip} in network '{name}' is the {which} address of {}",
-                        v4.trunc()
-                    )));
-                }
-            }
             if let Some(text) = &host.mac_text
                 && text.parse::<MacAddr>().ok() != host.mac
             {
@@ -963,4 +945,44 @@ fn check_lease(lease: Lease) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+impl NetworkDef {
+    /// Refuses a DHCP `<host>` at its IPv4 subnet's network or broadcast address: no
+    /// guest can use either, and the server never hands them out, so its guest would get
+    /// no answer at all. Checked when a definition is given (define, create, net-update),
+    /// not when one is loaded: a definition stored before this check must still load.
+    pub fn check_dhcp_hosts_usable(&self) -> Result<(), Error> {
+        for ip in self.ips.iter().filter(|ip| ip.has_dhcp()) {
+            for host in &ip.dhcp_hosts {
+                check_dhcp_host_usable(&self.name, ip, host.ip)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`NetworkDef::check_dhcp_hosts_usable`] for one host address of `ip`.
+pub(crate) fn check_dhcp_host_usable(
+    network: &str,
+    ip: &IpDef,
+    host_ip: IpAddr,
+) -> Result<(), Error> {
+    let Some(IpNet::V4(v4)) = ip.subnet() else {
+        return Ok(());
+    };
+    if v4.prefix_len() >= 31 {
+        return Ok(());
+    }
+    let which = if host_ip == IpAddr::V4(v4.network()) {
+        "network"
+    } else if host_ip == IpAddr::V4(v4.broadcast()) {
+        "broadcast"
+    } else {
+        return Ok(());
+    };
+    Err(invalid(format!(
+        "static host address {host_ip} in network '{network}' is the {which} address of {}",
+        v4.trunc()
+    )))
 }
