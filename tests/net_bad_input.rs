@@ -716,6 +716,14 @@ fn an_invalid_edit_changes_nothing() {
         "{shown}"
     );
     assert_eq!(out.status.code(), Some(1), "{shown}");
+    // The reason is shown once, before the question, as virsh shows it.
+    assert_eq!(
+        shown
+            .matches("error: Failed to define network from")
+            .count(),
+        1,
+        "{shown}"
+    );
     assert_eq!(daemon.config_snapshot(), before);
 }
 

@@ -27,28 +27,22 @@ pub(super) fn read_file(path: &Path) -> Result<String, Failure> {
         ))
     };
     let file = std::fs::File::open(path).map_err(|e| failed("open", &e))?;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     file.take(MAX_XML_FILE + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::InvalidData {
-                // libxml2 would convert another declared encoding; kvnet reads UTF-8.
-                Failure::msg(format!(
-                    "Failed to read file '{}': it is not UTF-8 (save it as UTF-8)",
-                    path.display()
-                ))
-            } else {
-                failed("read", &e)
-            }
-        })?;
-    if text.len() as u64 > MAX_XML_FILE {
+        .read_to_end(&mut bytes)
+        .map_err(|e| failed("read", &e))?;
+    if bytes.len() as u64 > MAX_XML_FILE {
         // virsh's limit (VSH_MAX_XML_FILE), with the error it gives (EFBIG).
-        return Err(failed(
-            "read",
-            &std::io::Error::from(nix::errno::Errno::EFBIG),
-        ));
+        let too_large = std::io::Error::from(nix::errno::Errno::EFBIG);
+        return Err(failed("read", &too_large));
     }
-    Ok(text)
+    String::from_utf8(bytes).map_err(|_| {
+        // libxml2 would convert another declared encoding; kvnet reads UTF-8.
+        Failure::msg(format!(
+            "Failed to read file '{}': it is not UTF-8 (save it as UTF-8)",
+            path.display()
+        ))
+    })
 }
 
 /// The largest XML file virsh reads: 10 MiB.
@@ -376,16 +370,23 @@ pub fn edit(client: &Client, network: &str, quiet: bool) -> Result<String, Failu
                 Reedit::Edit => break,
                 Reedit::Define => continue,
                 Reedit::Stop => return Err(failure),
+                // Shown already: virsh shows it once.
+                Reedit::GaveUp => return Err(Failure::silent()),
             }
         }
     }
 }
 
-/// What the user chose after a failed `net-edit` step.
+/// What to do after a failed `net-edit` step.
 enum Reedit {
+    /// Edit the file again.
     Edit,
+    /// Define it anyway (virsh's "force").
     Define,
+    /// Not on a terminal: fail, reporting the failure.
     Stop,
+    /// The user said no, with the failure shown already.
+    GaveUp,
 }
 
 /// virsh's `vshAskReedit`: on a terminal, shows `failure` and asks `question` what to
@@ -408,11 +409,11 @@ fn ask_reedit(failure: &Failure, question: &str) -> Result<Reedit, Failure> {
         stdout.flush().map_err(failed)?;
         let mut answer = String::new();
         if stdin.lock().read_line(&mut answer).map_err(failed)? == 0 {
-            return Ok(Reedit::Stop);
+            return Ok(Reedit::GaveUp);
         }
         match answer.trim().to_ascii_lowercase().as_str() {
             "y" => return Ok(Reedit::Edit),
-            "n" => return Ok(Reedit::Stop),
+            "n" => return Ok(Reedit::GaveUp),
             "f" => return Ok(Reedit::Define),
             _ => println!(
                 "y - yes, start editor again\n\
