@@ -418,6 +418,9 @@ impl LeaseDb {
         if let Some(name) = client.name.as_deref() {
             return self.name_reservations.get(name);
         }
+        if self.name_reservations.is_empty() {
+            return None;
+        }
         let ip = self.find_lease(client)?;
         let held = self.by_ip.get(&ip)?;
         let reservation = self

@@ -45,7 +45,7 @@ pub struct Engine {
     config: Dhcp6Config,
     server_duid: Vec<u8>,
     leases: LeaseDb,
-    /// Bumped by every message and configuration change: the DNS server re-reads the
+    /// Bumped by every binding and configuration change: the DNS server re-reads the
     /// lease names when it moves.
     changes: Arc<AtomicU64>,
 }

@@ -302,9 +302,10 @@ async fn serve(
     tcp: Vec<TcpListener>,
     mut shutdown: oneshot::Receiver<()>,
 ) {
-    // Owned here, so the connections end with the task. Each gives back its client's
-    // address when it ends.
+    // Owned here, so the connections end with the task. Each connection's client is
+    // known by its task, so that its count goes down however the task ends.
     let mut connections = JoinSet::new();
+    let mut client_of: HashMap<tokio::task::Id, IpAddr> = HashMap::new();
     let mut per_client: HashMap<IpAddr, usize> = HashMap::new();
     let mut state = Serve {
         resolver: Arc::clone(&resolvers.borrow_and_update()),
@@ -329,8 +330,12 @@ async fn serve(
                 tracing::debug!(network = %state.resolver.network(), "DNS records replaced");
                 continue;
             }
-            Some(ended) = connections.join_next(), if !connections.is_empty() => {
-                if let Ok(Some(client)) = ended
+            Some(ended) = connections.join_next_with_id(), if !connections.is_empty() => {
+                let id = match ended {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                if let Some(client) = client_of.remove(&id)
                     && let Some(count) = per_client.get_mut(&client)
                 {
                     *count -= 1;
@@ -357,15 +362,15 @@ async fn serve(
                     tracing::debug!(network = %state.resolver.network(), ?client, "too many DNS TCP clients; connection closed");
                     continue;
                 }
-                if let Some(ip) = client {
-                    *per_client.entry(ip).or_default() += 1;
-                }
                 let resolver = Arc::clone(&state.resolver);
                 let health = Arc::clone(&state.health);
-                connections.spawn(async move {
+                let task = connections.spawn(async move {
                     serve_tcp(stream, &resolver, &health).await;
-                    client
                 });
+                if let Some(ip) = client {
+                    *per_client.entry(ip).or_default() += 1;
+                    client_of.insert(task.id(), ip);
+                }
             }
             Event::Failed(e) => {
                 tracing::debug!(network = %state.resolver.network(), error = %e, "DNS socket error");
@@ -1017,8 +1022,6 @@ mod tests {
         (ns, runtime)
     }
 
-    /// Listeners with datagrams left queued (a turn ended) must not keep the other
-    /// listeners or the TCP accepts waiting.
     #[test]
     fn servers_keep_their_order_until_they_fail_several_times_in_a_row() {
         let health = Health::default();
@@ -1042,6 +1045,8 @@ mod tests {
         assert_eq!(health.order(&servers), [vpn, public]);
     }
 
+    /// Listeners with datagrams left queued (a turn ended) must not keep the other
+    /// listeners or the TCP accepts waiting.
     #[test]
     fn listeners_take_turns() {
         if !testkit::require(&[Need::Root, Need::Netns]) {
