@@ -1126,6 +1126,17 @@ pub(crate) mod tests {
         assert_eq!(leases[0].hostname, None);
     }
 
+    /// The ADVERTISE to a SOLICIT for one address from a client other than
+    /// [`CLIENT_DUID`].
+    fn another_client_solicits(engine: &mut Engine) -> Message {
+        let solicit = message(
+            MessageType::Solicit,
+            &[0, 3, 0, 1, 9, 9, 9, 9, 9, 9],
+            vec![ia(1, None)],
+        );
+        decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap())
+    }
+
     #[test]
     fn a_range_holding_the_bridge_address_never_hands_it_out() {
         let mut config = config();
@@ -1140,12 +1151,7 @@ pub(crate) mod tests {
         let reply = decode(&engine.handle(&first, CLIENT_LL, 0).unwrap());
         let addrs: Vec<Ipv6Addr> = the_ia(&reply).3.iter().map(|a| a.0).collect();
         assert_eq!(addrs, ["2001:db8:ca2:2::2".parse::<Ipv6Addr>().unwrap()]);
-        let second = message(
-            MessageType::Solicit,
-            &[0, 3, 0, 1, 9, 9, 9, 9, 9, 9],
-            vec![ia(1, None)],
-        );
-        let reply = decode(&engine.handle(&second, CLIENT_LL, 0).unwrap());
+        let reply = another_client_solicits(&mut engine);
         assert_eq!(top_status(&reply), Some(Status::NoAddrsAvail));
         assert!(engine.leases(0).iter().all(|lease| lease.ip != bridge));
     }
@@ -1161,12 +1167,7 @@ pub(crate) mod tests {
         let mut engine = Engine::new(config);
         let first = message(MessageType::Solicit, &CLIENT_DUID, vec![ia(1, None)]);
         assert!(engine.handle(&first, CLIENT_LL, 0).is_some());
-        let second = message(
-            MessageType::Solicit,
-            &[0, 3, 0, 1, 9, 9, 9, 9, 9, 9],
-            vec![ia(1, None)],
-        );
-        let reply = decode(&engine.handle(&second, CLIENT_LL, 0).unwrap());
+        let reply = another_client_solicits(&mut engine);
         assert_eq!(top_status(&reply), Some(Status::NoAddrsAvail));
         assert_eq!(reply.msg_type(), MessageType::Advertise);
         let rapid = message(
