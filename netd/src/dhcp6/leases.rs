@@ -541,16 +541,29 @@ impl LeaseDb {
     /// Puts `lease` on `ip`, replacing whoever held it; a client's IA holds one address,
     /// so its previous one is freed. Declined addresses belong to nobody.
     fn insert(&mut self, ip: Ipv6Addr, lease: Lease) {
-        self.remove(ip);
+        self.remove_binding(ip);
         if lease.state != LeaseState::Declined {
             if let Some(old) = self.by_client.get(&lease.key).copied()
                 && old != ip
             {
-                self.remove(old);
+                self.remove_binding(old);
             }
             self.by_client.insert(lease.key.clone(), ip);
         }
         self.by_ip.insert(ip, lease);
+    }
+
+    /// [`LeaseDb::remove`], recording the change when a binding goes with it (an offer
+    /// that moves a client to its new reservation ends its old binding).
+    fn remove_binding(&mut self, ip: Ipv6Addr) {
+        if self
+            .by_ip
+            .get(&ip)
+            .is_some_and(|lease| lease.state == LeaseState::Bound)
+        {
+            self.changed();
+        }
+        self.remove(ip);
     }
 
     fn remove(&mut self, ip: Ipv6Addr) {
@@ -660,6 +673,30 @@ mod tests {
         assert!(db.release(&key(1), a));
         assert!(!db.release(&key(1), a));
         assert_eq!(db.offer(&key(4), None, None, OFFER_HOLD_SECS + 1), Some(a));
+    }
+
+    #[test]
+    fn a_binding_an_offer_moves_is_a_change() {
+        let config = config();
+        let host = config.hosts[0].clone();
+        let mut unreserved = config.clone();
+        unreserved.hosts.clear();
+        let mut db = LeaseDb::in_memory(&unreserved);
+        let reserved_key = ClientKey {
+            duid: host.duid.clone().unwrap().into(),
+            iaid: 7,
+        };
+        let pool = db.offer(&reserved_key, None, None, 0).unwrap();
+        db.bind(&reserved_key, pool, None, None, 3600, 0);
+        db.commit(0).unwrap();
+        // The reservation arrives; the client's next SOLICIT is offered it, which ends
+        // its pool binding: the DNS server and the lease file must hear of it.
+        db.configure(&config);
+        let revision = db.revision();
+        assert_eq!(db.offer(&reserved_key, Some(&host), None, 1), Some(host.ip));
+        assert_eq!(db.binding(&reserved_key, 1), None);
+        assert_ne!(db.revision(), revision);
+        assert!(db.dirty);
     }
 
     #[test]
