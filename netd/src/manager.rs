@@ -851,9 +851,14 @@ impl Manager {
                 unloaded,
                 "keeping the firewall chains of inactive networks: some definitions or statuses could not be read"
             );
-            self.warn_about_foreign_drop_policies();
-            return;
+        } else {
+            self.remove_stale_chains(&active_bridges);
         }
+        self.warn_about_foreign_drop_policies();
+    }
+
+    /// Removes kvnet's chains of bridges no active network has.
+    fn remove_stale_chains(&self, active_bridges: &[String]) {
         match self.firewall.bridges() {
             Ok(bridges) => {
                 for bridge in bridges.into_iter().filter(|b| !active_bridges.contains(b)) {
@@ -865,7 +870,6 @@ impl Manager {
             }
             Err(e) => warn!("listing kvnet firewall chains: {}", error_chain(&e)),
         }
-        self.warn_about_foreign_drop_policies();
     }
 
     /// Puts running networks' firewall rules back when someone else removes them (an

@@ -127,6 +127,7 @@ impl Engine {
     /// Handles one UDP payload received on port 67 at unix time `now`. Never panics,
     /// whatever the bytes: anything malformed or not for us yields `None`.
     pub fn handle(&mut self, packet: &[u8], now: i64) -> Option<Reply> {
+        // The DNS server follows the bindings, not every packet.
         let revision = self.leases.revision();
         let reply = self.handle_message(packet, now);
         if self.leases.revision() != revision {

@@ -117,7 +117,7 @@ impl Engine {
     /// All_DHCP_Relay_Agents_and_Servers; `None` when it gets no answer (malformed, not
     /// for us, a server message).
     pub fn handle(&mut self, packet: &[u8], source: Ipv6Addr, now: i64) -> Option<Reply> {
-        self.respond(packet, source, false, now)
+        self.following_bindings(|engine| engine.respond(packet, source, false, now))
     }
 
     /// Handles one datagram sent to one of the server's unicast addresses. This server
@@ -126,25 +126,20 @@ impl Engine {
     /// identifiers, and the client sends it again by multicast; other messages are
     /// dropped (RFC 8415 16).
     pub fn handle_unicast(&mut self, packet: &[u8], source: Ipv6Addr, now: i64) -> Option<Reply> {
-        self.respond(packet, source, true, now)
+        self.following_bindings(|engine| engine.respond(packet, source, true, now))
     }
 
-    fn respond(
-        &mut self,
-        packet: &[u8],
-        source: Ipv6Addr,
-        unicast: bool,
-        now: i64,
-    ) -> Option<Reply> {
+    /// Runs `handle`, moving [`Engine::changes`] if it changed a binding.
+    fn following_bindings<T>(&mut self, handle: impl FnOnce(&mut Engine) -> T) -> T {
         let revision = self.leases.revision();
-        let reply = self.respond_to_message(packet, source, unicast, now);
+        let result = handle(self);
         if self.leases.revision() != revision {
             self.changes.fetch_add(1, Ordering::Release);
         }
-        reply
+        result
     }
 
-    fn respond_to_message(
+    fn respond(
         &mut self,
         packet: &[u8],
         source: Ipv6Addr,

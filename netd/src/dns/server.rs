@@ -303,10 +303,9 @@ async fn serve(
     mut shutdown: oneshot::Receiver<()>,
 ) {
     // Owned here, so the connections end with the task. Each connection's client is
-    // known by its task, so that its count goes down however the task ends.
+    // known by its task, so that it is forgotten however the task ends.
     let mut connections = JoinSet::new();
     let mut client_of: HashMap<tokio::task::Id, IpAddr> = HashMap::new();
-    let mut per_client: HashMap<IpAddr, usize> = HashMap::new();
     let mut state = Serve {
         resolver: Arc::clone(&resolvers.borrow_and_update()),
         health: Arc::default(),
@@ -335,14 +334,7 @@ async fn serve(
                     Ok((id, ())) => id,
                     Err(e) => e.id(),
                 };
-                if let Some(client) = client_of.remove(&id)
-                    && let Some(count) = per_client.get_mut(&client)
-                {
-                    *count -= 1;
-                    if *count == 0 {
-                        per_client.remove(&client);
-                    }
-                }
+                client_of.remove(&id);
                 continue;
             }
             Some(done) = state.forwards.join_next(), if !state.forwards.is_empty() => {
@@ -357,7 +349,10 @@ async fn serve(
             Event::Queries(socket) => state.queries(socket),
             Event::Accept(stream) => {
                 let client = stream.peer_addr().ok().map(|addr| addr.ip());
-                let held = client.map_or(0, |ip| per_client.get(&ip).copied().unwrap_or(0));
+                // At most MAX_TCP_CLIENTS to count.
+                let held = client.map_or(0, |ip| {
+                    client_of.values().filter(|&&other| other == ip).count()
+                });
                 if connections.len() >= MAX_TCP_CLIENTS || held >= MAX_TCP_PER_CLIENT {
                     tracing::debug!(network = %state.resolver.network(), ?client, "too many DNS TCP clients; connection closed");
                     continue;
@@ -368,7 +363,6 @@ async fn serve(
                     serve_tcp(stream, &resolver, &health).await;
                 });
                 if let Some(ip) = client {
-                    *per_client.entry(ip).or_default() += 1;
                     client_of.insert(task.id(), ip);
                 }
             }
