@@ -372,6 +372,16 @@ fn rejected_updates_change_nothing_and_report_like_virsh() {
         missing,
         "error: failed to get network 'nosuch'\nerror: Network not found: no network with matching name 'nosuch'\n"
     );
+    // virsh looks the network up before it reads the command, section or file.
+    for args in [
+        ["bogus", "ip-dhcp-host", "<host/>"],
+        ["add", "bogus", "<host/>"],
+        ["add", "ip-dhcp-host", "/nonexistent.xml"],
+    ] {
+        let mut full = vec!["net-update", "nosuch"];
+        full.extend_from_slice(&args);
+        assert_eq!(daemon.fails(&full), missing, "{args:?}");
+    }
     let after = (
         daemon.ok(&["net-dumpxml", "default"]),
         daemon.ok(&["net-dumpxml", "--inactive", "default"]),
@@ -416,6 +426,60 @@ fn rejected_updates_change_nothing_and_report_like_virsh() {
         daemon.fails(&["net-update", "default", "add", "dns-txt", txt, "--config"]),
         "error: Failed to update network default\nerror: Requested operation is not valid: cannot change persistent config of a transient network\n"
     );
+}
+
+/// As in libvirt, a nat network's forward device is added and deleted live, and its
+/// firewall rules follow at once.
+#[test]
+fn a_live_forward_interface_update_reaches_the_firewall_rules() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let before = daemon.ruleset();
+    assert!(!before.contains("\"eth9\""), "{before}");
+    let device = "<interface dev='eth9'/>";
+    assert_eq!(
+        daemon.ok(&["net-update", "default", "add", "forward-interface", device]),
+        "Updated network default live state\n"
+    );
+    let restricted = daemon.ruleset();
+    assert!(restricted.contains("\"virbr0\" . \"eth9\""), "{restricted}");
+    assert!(
+        daemon
+            .ok(&["net-dumpxml", "default"])
+            .contains("<forward dev='eth9' mode='nat'>"),
+    );
+    assert_eq!(
+        daemon.fails(&[
+            "net-update",
+            "default",
+            "add",
+            "forward-interface",
+            "<interface dev='eth8'/>"
+        ]),
+        "error: Failed to update network default\nerror: XML error: multiple forwarding interfaces specified for network 'default', only one is supported\n"
+    );
+    daemon.ok(&[
+        "net-update",
+        "default",
+        "delete",
+        "forward-interface",
+        device,
+    ]);
+    // Counters aside (the bridge's own multicast may pass meanwhile), as before.
+    let without_counters = |ruleset: String| {
+        ruleset
+            .lines()
+            .map(|line| {
+                line.split(" counter packets")
+                    .next()
+                    .unwrap_or(line)
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(without_counters(daemon.ruleset()), without_counters(before));
 }
 
 #[test]

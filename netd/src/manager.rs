@@ -1968,6 +1968,20 @@ impl Manager {
         );
         let started_at = self.started_at(&name);
         let persistent = network.config.is_some();
+        // A forward-interface update changes the device a nat or route network's rules
+        // name. Both rule sets have the same mode and bridge.
+        let old_rules = network.live.as_ref().and_then(firewall_rules);
+        let new_rules = new_live
+            .as_ref()
+            .and_then(firewall_rules)
+            .filter(|rules| Some(rules) != old_rules.as_ref());
+        let restore_rules = || {
+            if let (Some(_), Some(old)) = (&new_rules, &old_rules)
+                && let Err(e) = self.firewall.apply(old)
+            {
+                warn!(network = %name, "putting back the firewall rules of an update that failed: {}", error_chain(&e));
+            }
+        };
         let recorded = (|| {
             let new_resolver = new_live
                 .as_ref()
@@ -1975,14 +1989,26 @@ impl Manager {
                 .map(|dns| dns::Resolver::new(&dns, lease_source))
                 .transpose()
                 .map_err(Error::DnsRecords)?;
+            if let Some(rules) = &new_rules {
+                self.firewall.apply(rules).map_err(|e| Error::Live {
+                    network: name.clone(),
+                    step: "applying the firewall rules",
+                    source: Box::new(e),
+                })?;
+            }
             // The status file first: if the config write then fails, the old status goes back.
-            if let Some(def) = &new_live {
-                self.store
-                    .save_status(&name, &active_status(def, persistent, started_at))?;
+            if let Some(def) = &new_live
+                && let Err(e) = self
+                    .store
+                    .save_status(&name, &active_status(def, persistent, started_at))
+            {
+                restore_rules();
+                return Err(e.into());
             }
             if let Some(def) = &new_config
                 && let Err(e) = self.store.save_config(&name, &def.to_config_file())
             {
+                restore_rules();
                 if let (Some(_), Some(old)) = (&new_live, &network.live) {
                     self.store
                         .save_status(&name, &active_status(old, persistent, started_at))?;

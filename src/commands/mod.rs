@@ -54,6 +54,16 @@ impl Failure {
         Failure::two(context, reason(&api, NETWORK_NOT_FOUND))
     }
 
+    /// virsh's failed lookup of `network`, by the name or UUID given
+    /// (`virshCommandOptNetwork`).
+    pub fn lookup(network: &str, error: client::Error) -> Failure {
+        Failure::call(
+            format!("failed to get network '{network}'"),
+            Some(network),
+            error,
+        )
+    }
+
     /// A failed daemon call after which virsh prints no line of its own: only the
     /// reason, with libvirt's prefix for its kind (`not_found`: the words for a missing
     /// thing, [`NETWORK_NOT_FOUND`] or [`PORT_NOT_FOUND`]).

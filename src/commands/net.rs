@@ -165,13 +165,9 @@ pub fn list(client: &Client, args: &ListArgs, quiet: bool) -> Result<String, Fai
 }
 
 pub fn info(client: &Client, network: &str, json: bool, quiet: bool) -> Result<String, Failure> {
-    let net = client.get(network).map_err(|e| {
-        Failure::call(
-            format!("failed to get network '{network}'"),
-            Some(network),
-            e,
-        )
-    })?;
+    let net = client
+        .get(network)
+        .map_err(|e| Failure::lookup(network, e))?;
     Ok(if json {
         output::json(&net)
     } else {
@@ -206,13 +202,7 @@ pub fn dumpxml(
     json: bool,
     quiet: bool,
 ) -> Result<String, Failure> {
-    let failed = |e| {
-        Failure::call(
-            format!("failed to get network '{network}'"),
-            Some(network),
-            e,
-        )
-    };
+    let failed = |e| Failure::lookup(network, e);
     if select.xpath == Some("") {
         // virsh looks the network up, then refuses an empty expression without a word.
         client.get(network).map_err(failed)?;
@@ -241,13 +231,7 @@ pub(super) fn print_xml(xml: String, select: Select, quiet: bool) -> Result<Stri
 }
 
 pub fn uuid(client: &Client, network: &str, json: bool, quiet: bool) -> Result<String, Failure> {
-    let failed = |e| {
-        Failure::call(
-            format!("failed to get network '{network}'"),
-            Some(network),
-            e,
-        )
-    };
+    let failed = |e| Failure::lookup(network, e);
     let found = client.get(network).map_err(failed)?;
     // virsh looks networks up here by name only; the daemon tries a UUID-like argument
     // as a UUID first, and may have found another network by it.
@@ -307,13 +291,7 @@ fn not_found(key: &str, field: &str) -> Failure {
 /// nothing. On a terminal, virsh's `Try again? [y,n,f,?]` then offers to edit again or
 /// to define anyway; otherwise the command fails.
 pub fn edit(client: &Client, network: &str, quiet: bool) -> Result<String, Failure> {
-    let get_failed = |e| {
-        Failure::call(
-            format!("failed to get network '{network}'"),
-            Some(network),
-            e,
-        )
-    };
+    let get_failed = |e| Failure::lookup(network, e);
     let mut current = client.xml(network, true).map_err(get_failed)?;
     // The network is looked at again by its UUID: a rename in the edit keeps it.
     let original_def = netd::xml::NetworkDef::from_xml(&current).ok();
@@ -499,6 +477,11 @@ pub fn dhcp_leases(
 /// argument is read (as a file unless it starts with '<'), and the success line has no
 /// blank line after it: virsh prints it without a newline of its own.
 pub fn update(client: &Client, args: &UpdateArgs, quiet: bool) -> Result<String, Failure> {
+    let network = args.network();
+    // virsh looks the network up before it reads the command, section or file.
+    client
+        .get(network)
+        .map_err(|e| Failure::lookup(network, e))?;
     let command: UpdateCommand = args
         .command()
         .parse()
@@ -522,7 +505,6 @@ pub fn update(client: &Client, args: &UpdateArgs, quiet: bool) -> Result<String,
         live: args.live,
         config: args.config,
     };
-    let network = args.network();
     let updated = client.update(network, &request).map_err(|e| {
         Failure::call(
             format!("Failed to update network {network}"),

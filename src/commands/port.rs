@@ -32,7 +32,7 @@ pub fn list(
     // prints that refusal alone.
     let ports = client.ports(network).map_err(|e| match e {
         client::Error::Api(api) if api.kind == ErrorKind::NotFound => {
-            network_failure(network, client::Error::Api(api))
+            Failure::lookup(network, client::Error::Api(api))
         }
         other => Failure::reason_only(other, NETWORK_NOT_FOUND),
     })?;
@@ -51,7 +51,7 @@ pub fn create(client: &Client, network: &str, file: &Path, quiet: bool) -> Resul
             // virsh looks the network up before it reads the file.
             client
                 .get(network)
-                .map_err(|e| network_failure(network, e))?;
+                .map_err(|e| Failure::lookup(network, e))?;
             return Err(unreadable);
         }
     };
@@ -104,15 +104,6 @@ pub fn delete(client: &Client, network: &str, port: &str, quiet: bool) -> Result
     Ok(output::message(&line, quiet))
 }
 
-/// virsh's failed lookup of a network, by the name or UUID given.
-fn network_failure(network: &str, error: client::Error) -> Failure {
-    Failure::call(
-        format!("failed to get network '{network}'"),
-        Some(network),
-        error,
-    )
-}
-
 /// Whether the daemon's error is a failed lookup of the network or the port: either is
 /// missing, or the port's UUID is malformed.
 fn is_lookup(api: &netd::api::ApiError) -> bool {
@@ -131,7 +122,7 @@ fn lookup_failure(
     if api.kind == ErrorKind::NotFound
         && let Err(e) = client.get(network)
     {
-        return network_failure(network, e);
+        return Failure::lookup(network, e);
     }
     Failure::two(
         format!("failed to get network port '{port}'"),

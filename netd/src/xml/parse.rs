@@ -349,8 +349,15 @@ impl Parser {
             })?;
             def.uuid = Some(parsed);
         }
-        def.title = title.map(|e| self.text_of(e)).transpose()?;
-        def.description = description.map(|e| self.text_of(e)).transpose()?;
+        // libvirt reads both with virXPathString, which takes an empty text for none.
+        let text = |element: Option<&Element>| -> Result<Option<String>, Error> {
+            Ok(element
+                .map(|e| self.text_of(e))
+                .transpose()?
+                .filter(|text| !text.is_empty()))
+        };
+        def.title = text(title)?;
+        def.description = text(description)?;
         if let Some(element) = forward {
             def.forward = self.forward(element)?;
         }
@@ -575,13 +582,11 @@ impl Parser {
             forward.interfaces = pool;
         } else {
             // nat and route forward through one device; a pool means nothing to them.
-            if let Some(extra) = pool.get(1) {
-                let interface = interfaces
-                    .iter()
-                    .find(|interface| interface.attr("dev") == Some(extra.as_str()))
-                    .copied()
-                    .unwrap_or(element);
-                return Err(self.unsupported_child(element, interface));
+            if pool.len() > 1 {
+                return Err(invalid(format!(
+                    "multiple forwarding interfaces specified for network '{}', only one is supported",
+                    self.network
+                )));
             }
             // An isolated network forwards through nothing; libvirt drops the device too.
             forward.dev = pool
@@ -645,7 +650,6 @@ impl Parser {
             let bound = |attr: &str| -> Result<u16, Error> {
                 port.attr(attr)
                     .and_then(|value| c_unsigned::<u16>(value, 10))
-                    .filter(|&value| value != 0)
                     .ok_or_else(|| {
                         invalid_as(Class::XmlDetail, format!(
                             "Missing or invalid '{attr}' attribute in <port> in <nat> in <forward> in network {}",
@@ -653,10 +657,12 @@ impl Parser {
                         ))
                     })
             };
-            nat.port = Some(PortRange {
+            let range = PortRange {
                 start: bound("start")?,
                 end: bound("end")?,
-            });
+            };
+            // libvirt takes 0-0 for no range (and writes no <port> back).
+            nat.port = Some(range).filter(|range| range.start != 0 || range.end != 0);
         }
         Ok(nat)
     }
@@ -776,9 +782,14 @@ impl Parser {
         Ok(dns)
     }
 
-    /// `<srv>`. With `partial` (a net-update match pattern) `service` and `protocol`
-    /// may be absent; they are then empty.
+    /// `<srv>`, checked in the order of libvirt's `virNetworkDNSSrvDefParseXML`. With
+    /// `partial` (a net-update match pattern) `service` and `protocol` may be absent
+    /// (not both); they are then empty.
     pub(super) fn srv(&self, element: &Element, partial: bool) -> Result<DnsSrv, Error> {
+        const SERVICE_EXTRA: &str = "_-+/*";
+        const PROTOCOL_EXTRA: &str = "-+/";
+        let network = &self.network;
+        let detail = |message: String| invalid_as(Class::XmlDetail, message);
         self.check_attrs(
             element,
             &[
@@ -790,50 +801,90 @@ impl Parser {
             Some(service) => service,
             None if partial => "",
             None => {
-                return Err(invalid_as(
-                    Class::XmlDetail,
-                    format!(
-                        "missing required service attribute in DNS SRV record of network '{}'",
-                        self.network
-                    ),
-                ));
+                return Err(detail(format!(
+                    "missing required service attribute in DNS SRV record of network '{network}'"
+                )));
             }
         };
+        if service.len() > 15 {
+            return Err(detail(format!(
+                "service attribute '{service}' in network '{network}' is too long, limit is 15 bytes"
+            )));
+        }
+        if !service
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || SERVICE_EXTRA.contains(c))
+        {
+            return Err(detail(format!(
+                "invalid character in service attribute '{service}' in DNS SRV record of network '{network}'"
+            )));
+        }
         let protocol = match element.attr("protocol") {
             Some(protocol) => protocol,
             None if partial => "",
             None => {
-                return Err(invalid_as(
-                    Class::XmlDetail,
-                    format!(
-                        "missing required protocol attribute in DNS SRV record '{service}' of network '{}'",
-                        self.network
-                    ),
-                ));
+                return Err(detail(format!(
+                    "missing required protocol attribute in DNS SRV record '{service}' of network '{network}'"
+                )));
             }
         };
-        // libvirt treats 0 as "not set" for these and does not write it back.
-        let nonzero = |attr: &str| -> Result<Option<u16>, Error> {
-            Ok(self.number::<u16>(element, attr, 10)?.filter(|&v| v != 0))
+        if !protocol
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || PROTOCOL_EXTRA.contains(c))
+        {
+            return Err(detail(format!(
+                "invalid character in protocol attribute '{protocol}' in DNS SRV record of network '{network}'"
+            )));
+        }
+        let target = element.attr("target");
+        // A port, priority or weight needs a target; 0 is "not set" for all three
+        // (libvirt does not write it back), and a port must not be 0.
+        let number = |attr: &str, invalid: &str| -> Result<Option<u16>, Error> {
+            let Some(value) = element.attr(attr) else {
+                return Ok(None);
+            };
+            if target.is_none() {
+                return Err(detail(format!(
+                    "DNS SRV {attr} attribute not permitted without target for service '{service}' in network '{network}'"
+                )));
+            }
+            match c_unsigned::<u16>(value, 10) {
+                Some(0) if attr == "port" => Err(detail(invalid.to_string())),
+                Some(number) => Ok(Some(number).filter(|&n| n != 0)),
+                None => Err(detail(invalid.to_string())),
+            }
         };
+        let port = number(
+            "port",
+            &format!(
+                "invalid DNS SRV port attribute for service '{service}' in network '{network}'"
+            ),
+        )?;
+        let priority = number(
+            "priority",
+            &format!(
+                "Invalid DNS SRV priority attribute for service '{service}' in network '{network}'"
+            ),
+        )?;
+        let weight = number(
+            "weight",
+            &format!(
+                "Invalid DNS SRV weight attribute for service '{service}' in network '{network}'"
+            ),
+        )?;
+        if service.is_empty() && protocol.is_empty() {
+            return Err(detail(format!(
+                "Missing required service attribute or protocol in DNS SRV record of network '{network}'"
+            )));
+        }
         Ok(DnsSrv {
             service: service.to_string(),
             protocol: protocol.to_string(),
             domain: element.attr("domain").map(str::to_string),
-            target: element.attr("target").map(str::to_string),
-            port: match element.attr("port") {
-                None => None,
-                Some(value) => Some(c_unsigned::<u16>(value, 10).filter(|&p| p != 0).ok_or_else(
-                    || {
-                        invalid_as(Class::XmlDetail, format!(
-                            "invalid DNS SRV port attribute for service '{service}' in network '{}'",
-                            self.network
-                        ))
-                    },
-                )?),
-            },
-            priority: nonzero("priority")?,
-            weight: nonzero("weight")?,
+            target: target.map(str::to_string),
+            port,
+            priority,
+            weight,
         })
     }
 
@@ -851,6 +902,15 @@ impl Parser {
                 ),
             )
         })?;
+        if name.contains([' ', ',']) {
+            return Err(invalid_as(
+                Class::XmlDetail,
+                format!(
+                    "prohibited character in DNS TXT record name '{name}' of network {}",
+                    self.network
+                ),
+            ));
+        }
         let value = match element.attr("value") {
             Some(value) => value,
             None if partial => "",
@@ -897,14 +957,32 @@ impl Parser {
             if name.name != "hostname" {
                 return Err(self.unsupported_child(element, name));
             }
-            hostnames.push(self.text_of(name)?);
+            let hostname = self.text_of(name)?;
+            // Refused in a delete pattern too, as libvirt does.
+            if hostname.is_empty() {
+                return Err(self.missing_dns_hostname());
+            }
+            hostnames.push(hostname);
         }
         Ok((ip, hostnames))
+    }
+
+    fn missing_dns_hostname(&self) -> Error {
+        invalid_as(
+            Class::XmlDetail,
+            format!(
+                "Missing hostname in network '{}' DNS HOST record",
+                self.network
+            ),
+        )
     }
 
     /// `<host ip><hostname/>+</host>` inside `<dns>`.
     pub(super) fn dns_host(&self, element: &Element) -> Result<DnsHost, Error> {
         let (ip, hostnames) = self.dns_host_fields(element)?;
+        if hostnames.is_empty() {
+            return Err(self.missing_dns_hostname());
+        }
         let ip = ip.ok_or_else(|| {
             invalid_as(
                 Class::XmlDetail,

@@ -9,7 +9,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::dom::parse_document;
-use super::model::{DhcpHost, DnsHost, DnsSrv, DnsTxt, IpDef, NetworkDef};
+use super::model::{DhcpHost, DnsHost, DnsSrv, DnsTxt, ForwardMode, IpDef, NetworkDef};
 use super::parse::Parser;
 use super::{Class, Error, invalid, invalid_as};
 
@@ -81,7 +81,8 @@ pub enum UpdateSection {
     IpDhcpRange,
     /// `<forward>` (libvirt cannot update it either).
     Forward,
-    /// `<forward><interface>` (kvnet has no interface pools).
+    /// `<forward><interface>`: a macvtap network's pool, or a nat, route or open
+    /// network's one device.
     ForwardInterface,
     /// `<forward><pf>` (libvirt cannot update it either).
     ForwardPf,
@@ -115,8 +116,7 @@ impl UpdateSection {
     }
 
     /// The element an update of this section carries, for the sections kvnet updates
-    /// (libvirt cannot update bridge, domain, ip and forward; kvnet has no interface
-    /// pools).
+    /// (libvirt cannot update bridge, domain, ip and forward).
     fn element(self) -> Option<&'static str> {
         match self {
             UpdateSection::IpDhcpHost | UpdateSection::DnsHost => Some("host"),
@@ -214,6 +214,20 @@ impl NetworkDef {
         let Some(element) = section.element() else {
             return Err(unsupported());
         };
+        // libvirt refuses to modify DNS records before it looks at the element.
+        let records = match section {
+            UpdateSection::DnsHost => Some("HOST"),
+            UpdateSection::DnsSrv => Some("SRV"),
+            UpdateSection::DnsTxt => Some("TXT"),
+            _ => None,
+        };
+        if let Some(records) = records
+            && update.command == UpdateCommand::Modify
+        {
+            return Err(Error::UpdateUnsupported(format!(
+                "DNS {records} records cannot be modified, only added or deleted"
+            )));
+        }
         if root.name != element {
             return Err(invalid(format!(
                 "unexpected element <{}>, expecting <{element}>, while updating network '{}'",
@@ -235,9 +249,15 @@ impl NetworkDef {
             UpdateSection::DnsTxt => self.update_dns_txt(command, &parser, &root),
             UpdateSection::DnsSrv => self.update_dns_srv(command, &parser, &root),
             UpdateSection::Portgroup => self.update_portgroup(command, &parser, &root),
-            // A nat or route network forwards through one device; kvnet keeps it in
-            // `<forward dev=>`, and no pool.
-            UpdateSection::ForwardInterface if self.macvtap_mode().is_some() => {
+            // A macvtap network's pool, or the one device a nat, route or open network
+            // forwards through (`<forward dev=>`).
+            UpdateSection::ForwardInterface
+                if self.macvtap_mode().is_some()
+                    || matches!(
+                        self.forward.mode,
+                        ForwardMode::Nat | ForwardMode::Route | ForwardMode::Open
+                    ) =>
+            {
                 // `connections` is a live counter net-dumpxml shows; ignored as on input.
                 parser.check_attrs(&root, &["dev", "connections"])?;
                 parser.check_leaf(&root)?;
@@ -299,6 +319,18 @@ impl NetworkDef {
         let name = self.name.clone();
         if command == UpdateCommand::Delete {
             let pattern = parser.dhcp_host_fields(element)?;
+            super::validate::check_dhcp_host_identity(
+                &name,
+                !self.ips[index].is_ipv4(),
+                pattern.mac,
+                pattern
+                    .mac_text
+                    .clone()
+                    .or_else(|| pattern.mac.map(|mac| mac.to_string()))
+                    .as_deref(),
+                pattern.id.as_deref(),
+                pattern.name.as_deref(),
+            )?;
             if pattern.mac.is_none() && pattern.name.is_none() && pattern.ip.is_none() {
                 return Err(invalid(format!(
                     "At least one of name, mac, or ip attribute must be specified for static host definition in network '{name}'"
@@ -420,11 +452,6 @@ impl NetworkDef {
         element: &super::dom::Element,
     ) -> Result<(), Error> {
         let name = self.name.clone();
-        if command == UpdateCommand::Modify {
-            return Err(Error::UpdateUnsupported(
-                "DNS HOST records cannot be modified, only added or deleted".into(),
-            ));
-        }
         if command.is_add() {
             let host = parser.dns_host(element)?;
             // Several addresses for one name are legitimate: only the address must be new.
@@ -467,11 +494,6 @@ impl NetworkDef {
         element: &super::dom::Element,
     ) -> Result<(), Error> {
         let name = self.name.clone();
-        if command == UpdateCommand::Modify {
-            return Err(Error::UpdateUnsupported(
-                "DNS SRV records cannot be modified, only added or deleted".into(),
-            ));
-        }
         let srv = parser.srv(element, !command.is_add())?;
         // Attributes not given (empty in a delete pattern) match anything.
         let given = |wanted: &str, have: &str| wanted.is_empty() || wanted == have;
@@ -512,11 +534,6 @@ impl NetworkDef {
         element: &super::dom::Element,
     ) -> Result<(), Error> {
         let name = self.name.clone();
-        if command == UpdateCommand::Modify {
-            return Err(Error::UpdateUnsupported(
-                "DNS TXT records cannot be modified, only added or deleted".into(),
-            ));
-        }
         let txt: DnsTxt = parser.dns_txt(element, !command.is_add())?;
         let position = self
             .dns
@@ -591,8 +608,10 @@ impl NetworkDef {
         Ok(())
     }
 
-    /// libvirt's `virNetworkDefUpdateForwardInterface`, on a macvtap network's pool. A
-    /// device in use by ports is checked by the daemon, which knows them.
+    /// libvirt's `virNetworkDefUpdateForwardInterface`: on a macvtap network's pool, or
+    /// on the device a nat, route or open network forwards through, which may be one at
+    /// most (libvirt refuses a second when it parses the result). A pool device in use
+    /// by ports is checked by the daemon, which knows them.
     fn update_forward_interface(
         &mut self,
         command: UpdateCommand,
@@ -607,12 +626,14 @@ impl NetworkDef {
         let Some(dev) = element.attr("dev") else {
             return Err(invalid("missing dev attribute in <interface> element"));
         };
-        let found = self
-            .forward
-            .interfaces
-            .iter()
-            .position(|listed| listed == dev);
-        match (found, command) {
+        let single_device = self.macvtap_mode().is_none();
+        let mut pool = if single_device {
+            self.forward.dev.iter().cloned().collect()
+        } else {
+            std::mem::take(&mut self.forward.interfaces)
+        };
+        let found = pool.iter().position(|listed| listed == dev);
+        let outcome = match (found, command) {
             (Some(_), UpdateCommand::AddFirst | UpdateCommand::AddLast) => Err(refused(format!(
                 "there is an existing interface entry in network '{name}' that matches \"<interface dev='{dev}'>\""
             ))),
@@ -620,14 +641,26 @@ impl NetworkDef {
                 "couldn't find an interface entry in network '{name}' matching <interface dev='{dev}'>"
             ))),
             (Some(position), _) => {
-                self.forward.interfaces.remove(position);
+                pool.remove(position);
                 Ok(())
             }
             (None, command) => {
-                insert(&mut self.forward.interfaces, command, dev.to_owned());
+                insert(&mut pool, command, dev.to_owned());
                 Ok(())
             }
+        };
+        outcome?;
+        if single_device {
+            if pool.len() > 1 {
+                return Err(invalid(format!(
+                    "multiple forwarding interfaces specified for network '{name}', only one is supported"
+                )));
+            }
+            self.forward.dev = pool.pop();
+        } else {
+            self.forward.interfaces = pool;
         }
+        Ok(())
     }
 }
 
@@ -1373,6 +1406,142 @@ mod tests {
     }
 
     #[test]
+    fn a_nat_networks_one_forward_device_is_added_and_deleted() {
+        let def = net();
+        let added = ok(&def, "add", "forward-interface", "<interface dev='eth0'/>");
+        assert_eq!(added.forward.dev.as_deref(), Some("eth0"));
+        assert!(added.forward.interfaces.is_empty());
+        assert_eq!(
+            err(
+                &added,
+                "add",
+                "forward-interface",
+                "<interface dev='eth1'/>"
+            )
+            .to_string(),
+            "multiple forwarding interfaces specified for network 'default', only one is supported"
+        );
+        assert_eq!(
+            err(
+                &added,
+                "delete",
+                "forward-interface",
+                "<interface dev='eth1'/>"
+            )
+            .to_string(),
+            "couldn't find an interface entry in network 'default' matching <interface dev='eth1'>"
+        );
+        let deleted = ok(
+            &added,
+            "delete",
+            "forward-interface",
+            "<interface dev='eth0'/>",
+        );
+        assert_eq!(deleted.forward.dev, None);
+        let isolated = NetworkDef::from_xml(
+            "<network><name>iso</name><ip address='10.0.0.1' prefix='24'/></network>",
+        )
+        .expect("parse");
+        assert!(matches!(
+            err(
+                &isolated,
+                "add",
+                "forward-interface",
+                "<interface dev='eth0'/>"
+            ),
+            Error::UpdateUnsupported(_)
+        ));
+    }
+
+    #[test]
+    fn delete_patterns_are_checked_as_libvirt_checks_them() {
+        let def = NetworkDef::from_xml(
+            "<network><name>n</name>\
+             <ip address='10.0.0.1' prefix='24'><dhcp><host mac='52:54:00:00:00:01' ip='10.0.0.5'/></dhcp></ip>\
+             <ip family='ipv6' address='fd00::1' prefix='64'><dhcp><host id='0:1:2' name='v6h' ip='fd00::5'/></dhcp></ip>\
+             <dns><host ip='10.0.0.7'><hostname>seven</hostname></host></dns></network>",
+        )
+        .expect("parse");
+        let delete_v6 = |xml: &str| update(&def, "delete", "ip-dhcp-host", Some(1), xml);
+        // IPv6 hosts have no MAC, and one without a MAC matches any MAC: the pattern
+        // must be refused, not delete v6h.
+        assert_eq!(
+            delete_v6("<host mac='52:54:00:00:00:01'/>")
+                .expect_err("a MAC on IPv6")
+                .to_string(),
+            "Invalid to specify MAC address '52:54:00:00:00:01' in network 'n' IPv6 static host definition"
+        );
+        for (xml, expected) in [
+            (
+                "<host mac='01:00:5e:00:00:01'/>",
+                "expected unicast mac address, found multicast '01:00:5e:00:00:01' in network 'n'",
+            ),
+            (
+                "<host id='0:zz'/>",
+                "Invalid character 'z' in id '0:zz' of network 'n'",
+            ),
+            (
+                "<host name='-x'/>",
+                "Cannot use host name '-x' in network 'n'",
+            ),
+        ] {
+            assert_eq!(
+                err(&def, "delete", "ip-dhcp-host", xml).to_string(),
+                expected,
+                "{xml}"
+            );
+        }
+        for (section, xml, expected) in [
+            (
+                "dns-host",
+                "<host ip='10.0.0.7'><hostname></hostname></host>",
+                "Missing hostname in network 'n' DNS HOST record",
+            ),
+            (
+                "dns-txt",
+                "<txt name='a b'/>",
+                "prohibited character in DNS TXT record name 'a b' of network n",
+            ),
+            (
+                "dns-srv",
+                "<srv service='x' port='5'/>",
+                "DNS SRV port attribute not permitted without target for service 'x' in network 'n'",
+            ),
+        ] {
+            assert_eq!(
+                err(&def, "delete", section, xml).to_string(),
+                expected,
+                "{section} {xml}"
+            );
+        }
+        assert_eq!(def.dns.hosts.len(), 1);
+    }
+
+    #[test]
+    fn dns_records_are_refused_modification_before_their_element_is_read() {
+        let def = net();
+        assert_eq!(
+            err(&def, "modify", "dns-host", "<txt name='a' value='b'/>").to_string(),
+            "DNS HOST records cannot be modified, only added or deleted"
+        );
+        // A new host without a name is told so before its missing address.
+        assert_eq!(
+            err(&def, "add", "dns-host", "<host/>").to_string(),
+            "Missing hostname in network 'default' DNS HOST record"
+        );
+        assert_eq!(
+            err(
+                &def,
+                "add",
+                "dns-srv",
+                "<srv service='x' protocol='udp' port='0'/>"
+            )
+            .to_string(),
+            "DNS SRV port attribute not permitted without target for service 'x' in network 'default'"
+        );
+    }
+
+    #[test]
     fn wrong_element_malformed_xml_and_unsupported_sections_are_refused() {
         let def = net();
         assert_eq!(
@@ -1386,12 +1555,6 @@ mod tests {
         for (section, what, xml) in [
             ("bridge", "bridge", "<x/>"),
             ("forward-pf", "forward pf", "<x/>"),
-            // A nat network has no pool (its one device is `<forward dev=>`).
-            (
-                "forward-interface",
-                "forward-interface",
-                "<interface dev='eth0'/>",
-            ),
         ] {
             let e = err(&def, "add", section, xml);
             assert!(matches!(e, Error::UpdateUnsupported(_)), "{e:?}");

@@ -495,23 +495,15 @@ impl NetworkDef {
                 ),
             ));
         }
-        if let Some(ports) = self.forward.nat.port {
-            if ports.start == 0 {
-                return Err(invalid_as(
-                    Class::XmlDetail,
-                    format!(
-                        "Missing or invalid 'start' attribute in <port> in <nat> in <forward> in network {name}"
-                    ),
-                ));
-            }
-            if ports.end < ports.start {
-                return Err(invalid_as(
-                    Class::XmlDetail,
-                    format!(
-                        "Missing or invalid 'end' attribute in <port> in <nat> in <forward> in network {name}"
-                    ),
-                ));
-            }
+        if let Some(ports) = self.forward.nat.port
+            && ports.end < ports.start
+        {
+            return Err(invalid_as(
+                Class::XmlDetail,
+                format!(
+                    "Missing or invalid 'end' attribute in <port> in <nat> in <forward> in network {name}"
+                ),
+            ));
         }
         Ok(())
     }
@@ -548,7 +540,8 @@ impl NetworkDef {
             }
         }
         for txt in &dns.txts {
-            if txt.name.contains([' ', ',']) || txt.name.is_empty() {
+            // A space or comma is refused as it is parsed (delete patterns included).
+            if txt.name.is_empty() {
                 return Err(invalid_as(
                     Class::XmlDetail,
                     format!(
@@ -559,44 +552,9 @@ impl NetworkDef {
             }
             bad_name("DNS TXT record name", &txt.name, true)?;
         }
+        // The service, protocol, port, priority and weight are checked as they are
+        // parsed, in libvirt's order, delete patterns included.
         for srv in &dns.srvs {
-            const SERVICE_EXTRA: &str = "_-+/*";
-            const PROTOCOL_EXTRA: &str = "-+/";
-            if srv.service.len() > 15 {
-                return Err(invalid_as(
-                    Class::XmlDetail,
-                    format!(
-                        "service attribute '{}' in network '{name}' is too long, limit is 15 bytes",
-                        srv.service
-                    ),
-                ));
-            }
-            if !srv
-                .service
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || SERVICE_EXTRA.contains(c))
-            {
-                return Err(invalid_as(
-                    Class::XmlDetail,
-                    format!(
-                        "invalid character in service attribute '{}' in DNS SRV record of network '{name}'",
-                        srv.service
-                    ),
-                ));
-            }
-            if !srv
-                .protocol
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || PROTOCOL_EXTRA.contains(c))
-            {
-                return Err(invalid_as(
-                    Class::XmlDetail,
-                    format!(
-                        "invalid character in protocol attribute '{}' in DNS SRV record of network '{name}'",
-                        srv.protocol
-                    ),
-                ));
-            }
             if let Some(domain) = &srv.domain {
                 bad_name("DNS SRV domain", domain, false)?;
             }
@@ -604,23 +562,6 @@ impl NetworkDef {
             // at this domain"; libvirt accepts it and the zone encodes it as the root.
             if let Some(target) = srv.target.as_deref().filter(|&t| t != ".") {
                 bad_name("DNS SRV target", target, false)?;
-            }
-            if srv.target.is_none() {
-                for (attr, set) in [
-                    ("port", srv.port.is_some()),
-                    ("priority", srv.priority.is_some()),
-                    ("weight", srv.weight.is_some()),
-                ] {
-                    if set {
-                        return Err(invalid_as(
-                            Class::XmlDetail,
-                            format!(
-                                "DNS SRV {attr} attribute not permitted without target for service '{}' in network '{name}'",
-                                srv.service
-                            ),
-                        ));
-                    }
-                }
             }
         }
         for host in &dns.hosts {
@@ -773,30 +714,18 @@ impl NetworkDef {
                     "dhcp <host> {host_ip} in network '{name}': MAC spelling '{text}' does not match its address"
                 )));
             }
-            if let Some(mac) = host.mac
-                && mac.is_multicast()
-            {
-                return Err(invalid(format!(
-                    "expected unicast mac address, found multicast '{}' in network '{name}'",
-                    host.mac_display().unwrap_or_else(|| mac.to_string())
-                )));
-            }
-            if address.is_ipv6()
-                && let Some(mac) = host.mac_display()
-            {
-                return Err(invalid(format!(
-                    "Invalid to specify MAC address '{mac}' in network '{name}' IPv6 static host definition"
-                )));
-            }
+            check_dhcp_host_identity(
+                name,
+                address.is_ipv6(),
+                host.mac,
+                host.mac_display().as_deref(),
+                host.id.as_deref(),
+                host.name.as_deref(),
+            )?;
             if let Some(id) = &host.id {
                 if address.is_ipv4() {
                     return Err(invalid(format!(
                         "unsupported id '{id}' on dhcp <host> {host_ip} in network '{name}': it is a DHCPv6 client DUID, DHCPv4 reservations use mac"
-                    )));
-                }
-                if let Some(bad) = id.chars().find(|c| !c.is_ascii_hexdigit() && *c != ':') {
-                    return Err(invalid(format!(
-                        "Invalid character '{bad}' in id '{id}' of network '{name}'"
                     )));
                 }
                 // libvirt checks only the characters; dnsmasq would then ignore an id it
@@ -807,23 +736,6 @@ impl NetworkDef {
                         super::model::MAX_DUID_LEN
                     )));
                 }
-            }
-            if let Some(host_name) = &host.name
-                && !host_name
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphanumeric())
-            {
-                return Err(invalid(format!(
-                    "Cannot use host name '{host_name}' in network '{name}'"
-                )));
-            }
-            if let Some(host_name) = &host.name
-                && let Err(reason) = check_dns_name(host_name, true)
-            {
-                return Err(invalid(format!(
-                    "Cannot use host name '{host_name}' in network '{name}': {reason}"
-                )));
             }
             if address.is_ipv6() && host.id.is_none() && host.name.is_none() {
                 return Err(invalid(format!(
@@ -960,6 +872,57 @@ impl NetworkDef {
         }
         Ok(())
     }
+}
+
+/// The checks libvirt's `virNetworkDHCPHostDefParseXML` makes of a `<dhcp><host>`'s
+/// mac, id and name, in its order. A net-update delete pattern gets them too, so a
+/// pattern no host could have (a MAC on an IPv6 `<ip>`, where hosts have none and
+/// would all match it) is refused instead of deleting an unrelated host.
+pub(crate) fn check_dhcp_host_identity(
+    network: &str,
+    ipv6: bool,
+    mac: Option<MacAddr>,
+    mac_shown: Option<&str>,
+    id: Option<&str>,
+    host_name: Option<&str>,
+) -> Result<(), Error> {
+    if ipv6 && let Some(mac) = mac_shown {
+        return Err(invalid(format!(
+            "Invalid to specify MAC address '{mac}' in network '{network}' IPv6 static host definition"
+        )));
+    }
+    if let Some(mac) = mac
+        && mac.is_multicast()
+    {
+        return Err(invalid(format!(
+            "expected unicast mac address, found multicast '{}' in network '{network}'",
+            mac_shown.map_or_else(|| mac.to_string(), str::to_string)
+        )));
+    }
+    if let Some(id) = id
+        && let Some(bad) = id.chars().find(|c| !c.is_ascii_hexdigit() && *c != ':')
+    {
+        return Err(invalid(format!(
+            "Invalid character '{bad}' in id '{id}' of network '{network}'"
+        )));
+    }
+    if let Some(host_name) = host_name {
+        if !host_name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(invalid(format!(
+                "Cannot use host name '{host_name}' in network '{network}'"
+            )));
+        }
+        if let Err(reason) = check_dns_name(host_name, true) {
+            return Err(invalid(format!(
+                "Cannot use host name '{host_name}' in network '{network}': {reason}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// [`NetworkDef::check_dhcp_hosts_usable`] for one host address of `ip`.
