@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use netd::dns::fuzzing::check_answer;
 use netd::dns::resolver::Transport;
-use netd::dns::{DnsConfig, Resolver};
+use netd::dns::{DnsConfig, LeaseSource, Resolver};
 use netd::xml::{DnsForwarder, DnsHost, DnsSrv, DnsTxt};
 
 fn resolver() -> &'static Resolver {
@@ -58,7 +58,7 @@ fn resolver() -> &'static Resolver {
                 .map(|i| (Ipv4Addr::new(192, 168, 77, 100 + i).into(), format!("guest{i}")))
                 .collect()
         });
-        Resolver::new(&config, Some(leases)).expect("invariant: valid fuzz config")
+        Resolver::new(&config, Some(LeaseSource::new(leases))).expect("invariant: valid fuzz config")
     })
 }
 

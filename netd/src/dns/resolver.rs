@@ -31,11 +31,13 @@ const LEASE_REFRESH: Duration = Duration::from_secs(1);
 /// when the DHCP servers changed a binding, so a released or renamed one stops resolving.
 const LEASE_REFRESH_ON_MISS: Duration = Duration::from_millis(50);
 /// The OPT record we add when the client used EDNS: root owner, type 41, our payload
-/// size, no extended rcode or flags, no options.
+/// size, no extended rcode, no options; its DO flag (byte 7) echoes the query's.
 const OPT_RECORD: [u8; 11] = {
     let size = MAX_UDP_PAYLOAD.to_be_bytes();
     [0, 0, 41, size[0], size[1], 0, 0, 0, 0, 0, 0]
 };
+/// The DNSSEC OK bit in byte 7 of an OPT record (RFC 3225).
+const OPT_DO_BIT: u8 = 0x80;
 /// The class of Internet names.
 const CLASS_IN: u16 = 1;
 
@@ -117,7 +119,7 @@ pub fn unforwarded_reply(query: &[u8], why: Unforwarded, out: &mut Vec<u8>) {
     let Ok((question, _)) = parse_query(query, &mut key) else {
         return;
     };
-    let edns = edns_payload_size(query, question.end);
+    let edns = query_edns(query, question.end);
     begin_response(query, question.end, out);
     let question_end = out.len();
     let rcode = match why {
@@ -125,7 +127,33 @@ pub fn unforwarded_reply(query: &[u8], why: Unforwarded, out: &mut Vec<u8>) {
         Unforwarded::NoAnswer => Rcode::ServFail,
     };
     set_rcode(out, rcode, false);
-    finish(out, question_end, 0, edns.is_some(), usize::from(u16::MAX));
+    finish(out, question_end, 0, edns, usize::from(u16::MAX));
+}
+
+/// Cuts an upstream's `reply` to `query` (a client's UDP query, as forwarded) down to
+/// what the client can take: an upstream that ignores the EDNS size offered, or whose
+/// datagram outgrew our receive buffer, would otherwise send the client more than it
+/// can take or a message cut mid-record. What does not fit keeps the upstream's header
+/// and the question, with TC set, so the client asks again over TCP (RFC 2181 9).
+pub fn fit_udp_reply(query: &[u8], reply: &mut Vec<u8>) {
+    let mut key = [0u8; MAX_NAME_LEN];
+    let Some((question, _)) = read_question(query, &mut key) else {
+        return;
+    };
+    let edns = query_edns(query, question.end);
+    let limit = response_limit(Transport::Udp, edns);
+    if reply.len() <= limit {
+        return;
+    }
+    let mut answered = [0u8; MAX_NAME_LEN];
+    // `reply` answers `query` (`is_reply_to`): it has the question, the name maybe in
+    // other letter case.
+    let question_end = read_question(reply, &mut answered).map_or(HEADER_LEN, |(q, _)| q.end);
+    reply.truncate(question_end);
+    reply[2] |= 0x02;
+    reply[4..6].copy_from_slice(&u16::from(question_end > HEADER_LEN).to_be_bytes());
+    reply[6..12].fill(0);
+    finish(reply, question_end, 0, edns, limit);
 }
 
 /// Decides and builds answers for one network; shared by its UDP and TCP paths.
@@ -281,14 +309,8 @@ impl Resolver {
             }
         };
         let key = &key[..key_len];
-        let edns = edns_payload_size(query, question.end);
-        let limit = match (transport, edns) {
-            (Transport::Tcp, _) => usize::from(u16::MAX),
-            (Transport::Udp, None) => CLASSIC_UDP_PAYLOAD,
-            (Transport::Udp, Some(size)) => {
-                usize::from(size.min(MAX_UDP_PAYLOAD)).max(CLASSIC_UDP_PAYLOAD)
-            }
-        };
+        let edns = query_edns(query, question.end);
+        let limit = response_limit(transport, edns);
         let qtype = RecordType::from(question.qtype);
         begin_response(query, question.end, out);
         let question_end = out.len();
@@ -296,7 +318,7 @@ impl Resolver {
             // Keep the question and the OPT record: a reply without them does not
             // match its query for a client (RFC 5452 9.1, RFC 6891 7).
             set_rcode(out, Rcode::NotImp, false);
-            return finish(out, question_end, 0, edns.is_some(), limit);
+            return finish(out, question_end, 0, edns, limit);
         }
         // A configured record on a guest's name (a TXT, say) must not hide the
         // addresses of its lease: the leases are asked unless the configuration
@@ -319,11 +341,11 @@ impl Resolver {
                 }
                 tracing::debug!(network = %self.network, name = %WireName(key), "no upstream DNS server to forward to");
                 set_rcode(out, Rcode::Refused, false);
-                return finish(out, question_end, 0, edns.is_some(), limit);
+                return finish(out, question_end, 0, edns, limit);
             }
         };
         set_rcode(out, rcode, true);
-        finish(out, question_end, answers, edns.is_some(), limit)
+        finish(out, question_end, answers, edns, limit)
     }
 
     /// Whether the name `query` asks about exists here though nothing here answers it
@@ -485,7 +507,7 @@ pub fn clamp_edns_payload(query: &mut [u8]) {
     let Some((question, _)) = read_question(query, &mut key) else {
         return;
     };
-    if edns_payload_size(query, question.end).is_some_and(|size| size > MAX_UDP_PAYLOAD)
+    if query_edns(query, question.end).is_some_and(|edns| edns.payload_size > MAX_UDP_PAYLOAD)
         && let Some(size) = query.get_mut(question.end + 3..question.end + 5)
     {
         size.copy_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
@@ -558,19 +580,42 @@ impl std::fmt::Display for WireName<'_> {
     }
 }
 
-/// The UDP payload size of the query's OPT record, if it has one. The OPT record is
-/// looked for only where queries carry it: as the sole additional record right after
-/// the question.
-fn edns_payload_size(query: &[u8], question_end: usize) -> Option<u16> {
+/// What a query's OPT record asks of the response (RFC 6891).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Edns {
+    /// The UDP payload size the client can take.
+    payload_size: u16,
+    /// DNSSEC OK, which the response's OPT record must echo (RFC 3225 3).
+    dnssec_ok: bool,
+}
+
+/// The query's OPT record, if it has one. It is looked for only where queries carry
+/// it: as the sole additional record right after the question.
+fn query_edns(query: &[u8], question_end: usize) -> Option<Edns> {
     // ANCOUNT and NSCOUNT zero, ARCOUNT not.
     if query[6..10] != [0, 0, 0, 0] || query[10..12] == [0, 0] {
         return None;
     }
     match query.get(question_end..)? {
-        rest @ [0, 0, 41, hi, lo, ..] if rest.len() >= OPT_RECORD.len() => {
-            Some(u16::from_be_bytes([*hi, *lo]))
+        rest @ [0, 0, 41, hi, lo, _, _, flags, ..] if rest.len() >= OPT_RECORD.len() => {
+            Some(Edns {
+                payload_size: u16::from_be_bytes([*hi, *lo]),
+                dnssec_ok: flags & OPT_DO_BIT != 0,
+            })
         }
         _ => None,
+    }
+}
+
+/// The largest response `transport` takes for a query with `edns`: over UDP 512
+/// bytes, or the client's EDNS size up to [`MAX_UDP_PAYLOAD`].
+fn response_limit(transport: Transport, edns: Option<Edns>) -> usize {
+    match (transport, edns) {
+        (Transport::Tcp, _) => usize::from(u16::MAX),
+        (Transport::Udp, None) => CLASSIC_UDP_PAYLOAD,
+        (Transport::Udp, Some(edns)) => {
+            usize::from(edns.payload_size.min(MAX_UDP_PAYLOAD)).max(CLASSIC_UDP_PAYLOAD)
+        }
     }
 }
 
@@ -602,18 +647,22 @@ fn finish(
     out: &mut Vec<u8>,
     question_end: usize,
     answers: u16,
-    edns: bool,
+    edns: Option<Edns>,
     limit: usize,
 ) -> Outcome<'static> {
     let mut answers = answers;
-    if out.len() + if edns { OPT_RECORD.len() } else { 0 } > limit {
+    if out.len() + if edns.is_some() { OPT_RECORD.len() } else { 0 } > limit {
         out.truncate(question_end);
         out[2] |= 0x02;
         answers = 0;
     }
     out[6..8].copy_from_slice(&answers.to_be_bytes());
-    if edns {
+    if let Some(edns) = edns {
+        let opt_at = out.len();
         out.extend_from_slice(&OPT_RECORD);
+        if edns.dnssec_ok {
+            out[opt_at + 7] |= OPT_DO_BIT;
+        }
         out[10..12].copy_from_slice(&1u16.to_be_bytes());
     }
     debug_assert!(out.len() >= HEADER_LEN);
@@ -1291,6 +1340,60 @@ mod tests {
             &mut out,
         );
         assert_eq!(Message::from_vec(&out).unwrap().answers.len(), 60);
+    }
+
+    #[test]
+    fn the_dnssec_ok_bit_is_echoed() {
+        let resolver = Resolver::new(&config(), None).unwrap();
+        for dnssec_ok in [false, true] {
+            let mut message =
+                Message::from_vec(&query("static1.example.test.", RecordType::A, true)).unwrap();
+            if let Some(edns) = message.edns.as_mut() {
+                edns.set_dnssec_ok(dnssec_ok);
+            }
+            let mut out = Vec::new();
+            resolver.answer(&message.to_vec().unwrap(), Transport::Udp, &mut out);
+            let reply = Message::from_vec(&out).unwrap();
+            let edns = reply.edns.as_ref().expect("OPT in the reply");
+            assert_eq!(edns.flags().dnssec_ok, dnssec_ok);
+        }
+    }
+
+    #[test]
+    fn forwarded_udp_replies_are_cut_to_what_the_client_takes() {
+        let mut big = config();
+        big.hosts = (0..100)
+            .map(|i| DnsHost {
+                ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)),
+                hostnames: vec!["many".into()],
+            })
+            .collect();
+        let resolver = Resolver::new(&big, None).unwrap();
+        // An upstream's 1.6 kB answer (as TCP would carry it), for clients that offered
+        // 512 bytes, 4096 (clamped to 1232 when forwarded), and over TCP.
+        for (edns, limit) in [(false, 512), (true, usize::from(MAX_UDP_PAYLOAD))] {
+            let mut forwarded = query("many.example.test.", RecordType::A, edns);
+            clamp_edns_payload(&mut forwarded);
+            let mut reply = Vec::new();
+            resolver.answer(&forwarded, Transport::Tcp, &mut reply);
+            assert!(reply.len() > limit);
+            fit_udp_reply(&forwarded, &mut reply);
+            assert!(reply.len() <= limit, "{} > {limit}", reply.len());
+            let message = Message::from_vec(&reply).unwrap();
+            assert!(message.metadata.truncation);
+            assert!(message.answers.is_empty());
+            assert_eq!(message.metadata.id, 0x1234);
+            assert_eq!(message.metadata.response_code, ResponseCode::NoError);
+            assert_eq!(message.queries.len(), 1);
+            assert_eq!(message.edns.is_some(), edns);
+        }
+        // What fits is passed on as it came.
+        let small = query("static1.example.test.", RecordType::A, false);
+        let mut reply = Vec::new();
+        resolver.answer(&small, Transport::Udp, &mut reply);
+        let before = reply.clone();
+        fit_udp_reply(&small, &mut reply);
+        assert_eq!(reply, before);
     }
 
     #[test]

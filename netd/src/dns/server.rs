@@ -43,7 +43,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::resolver::{
-    Outcome, Resolver, Transport, Unforwarded, clamp_edns_payload, is_reply_to,
+    Outcome, Resolver, Transport, Unforwarded, clamp_edns_payload, fit_udp_reply, is_reply_to,
     is_upstream_failure, nxdomain_to_nodata, unforwarded_reply,
 };
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
@@ -764,6 +764,7 @@ async fn forward_udp(network: &str, forward: UdpForward, health: &Health) -> Opt
     let mut failure: Option<Vec<u8>> = None;
     let answer = |mut reply: Vec<u8>| {
         reply[..2].copy_from_slice(&forward.client_id.to_be_bytes());
+        fit_udp_reply(&forward.query, &mut reply);
         if forward.exists_here {
             nxdomain_to_nodata(&mut reply);
         }
@@ -994,11 +995,20 @@ async fn forward_tcp(
     Err(failure)
 }
 
-/// Asks `server` over TCP, leaving its answer in `out`.
+/// Asks `server` over TCP, leaving its answer in `out`: a message that does not answer
+/// `query` (ID or question differ, or it is no response) is an error, as over UDP.
 async fn ask_tcp(server: SocketAddr, query: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
     let mut upstream = TcpStream::connect(server).await?;
     write_message(&mut upstream, query).await?;
-    read_message(&mut upstream, out).await
+    read_message(&mut upstream, out).await?;
+    if !is_reply_to(query, out) {
+        out.clear();
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the reply from {server} does not answer the query (ID or question differ)"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1184,6 +1194,55 @@ mod tests {
                 std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, from.port()))
                     .expect("the forward's port still taken");
                 server.stop().await;
+            })
+        })
+        .expect("run in the netns");
+    }
+
+    /// Over TCP too, only a reply with the query's ID and question, and marked a
+    /// response, is taken; anything else is a failed forward (the client gets SERVFAIL).
+    #[test]
+    fn tcp_forwards_take_only_matching_replies() {
+        if !testkit::require(&[Need::Root, Need::Netns]) {
+            return;
+        }
+        let (ns, runtime) = netns_and_runtime("dnstcpmatch");
+        ns.run(|| {
+            runtime.block_on(async {
+                let upstream = TcpListener::bind(("127.0.0.1", 0))
+                    .await
+                    .expect("bind the upstream");
+                let server = upstream.local_addr().expect("address");
+                let query = a_query(0x1111, "one.example.");
+                let mut other_name = response(&query, 0);
+                other_name[13] ^= 1;
+                let mut other_id = response(&query, 0);
+                other_id[0] ^= 0xff;
+                let mut not_a_response = response(&query, 0);
+                not_a_response[2] &= 0x7f;
+                let replies = [other_name, other_id, not_a_response, response(&query, 3)];
+                let answering = tokio::spawn({
+                    let replies = replies.clone();
+                    async move {
+                        for reply in replies {
+                            let (mut stream, _) = upstream.accept().await.expect("accept");
+                            let mut asked = Vec::new();
+                            read_message(&mut stream, &mut asked).await.expect("query");
+                            write_message(&mut stream, &reply).await.expect("reply");
+                        }
+                    }
+                });
+                let health = Health::default();
+                let mut out = Vec::new();
+                for _ in 0..3 {
+                    let forwarded = forward_tcp("n", &[server], &health, &query, &mut out).await;
+                    assert!(forwarded.is_err(), "a forged reply was taken: {out:?}");
+                }
+                forward_tcp("n", &[server], &health, &query, &mut out)
+                    .await
+                    .expect("the matching reply");
+                assert_eq!(out, replies[3]);
+                answering.await.expect("upstream task");
             })
         })
         .expect("run in the netns");
