@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dhcproto::error::DecodeError;
-use dhcproto::v4::{DhcpOption, DhcpOptions, HType, Message, MessageType, Opcode, OptionCode};
+use dhcproto::v4::{
+    DhcpOption, DhcpOptions, HType, Message, MessageType, Opcode, OptionCode, UnknownOption,
+};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
 use super::leases::{Client, INFINITE_LEASE, LeaseDb, PendingSync};
@@ -137,6 +139,11 @@ impl Engine {
     }
 
     fn handle_message(&mut self, packet: &[u8], now: i64) -> Option<Reply> {
+        // BOOTP without the cookie is not DHCP (RFC 2131 3), and dhcproto does not check.
+        if packet.get(OPTIONS_OFFSET - MAGIC_COOKIE.len()..OPTIONS_OFFSET) != Some(&MAGIC_COOKIE) {
+            tracing::debug!(network = %self.config.network, "packet without the DHCP magic cookie dropped");
+            return None;
+        }
         let (request, client_fqdn) = match decode_request(packet) {
             Ok(decoded) => decoded,
             Err(e) => {
@@ -171,7 +178,8 @@ impl Engine {
         // no usable name, where dnsmasq looks no further.
         let name = client_fqdn.as_deref().and_then(fqdn_label).or_else(|| {
             match request.opts().get(OptionCode::Hostname) {
-                Some(DhcpOption::Hostname(name)) => sanitize_hostname(name),
+                // RFC 2132 2: trailing NULs (Windows sends one) are to be deleted.
+                Some(DhcpOption::Hostname(name)) => sanitize_hostname(name.trim_end_matches('\0')),
                 _ => None,
             }
         });
@@ -246,6 +254,18 @@ impl Engine {
             (None, None) if !ciaddr.is_unspecified() => ciaddr,
             (None, None) => return None,
         };
+        // Verifying or extending an address while its lease here is on another: the
+        // address is wrong (RFC 2131 4.3.2; dnsmasq's "wrong address"). The lease stays,
+        // for the DISCOVER that follows the NAK.
+        if server_id(request).is_none()
+            && self
+                .leases
+                .bound_address(client, now)
+                .is_some_and(|held| held != ip)
+        {
+            tracing::debug!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP request for an address other than the client's lease refused");
+            return self.reply(request, MessageType::Nak, Ipv4Addr::UNSPECIFIED, None, None);
+        }
         match self
             .leases
             .bind_requesting(client, ip, name, requested_lease(request), now)
@@ -302,7 +322,9 @@ impl Engine {
     ) -> Option<Reply> {
         let config = &self.config;
         let mut message = Message::default();
-        let ciaddr = if kind == MessageType::Ack {
+        // A client SELECTING or in INIT-REBOOT (option 50) has no address yet, whatever
+        // a buggy one puts in ciaddr (RFC 2131 4.3.2): its ACK must not go there.
+        let ciaddr = if kind == MessageType::Ack && requested_ip(request).is_none() {
             request.ciaddr()
         } else {
             Ipv4Addr::UNSPECIFIED
@@ -325,6 +347,11 @@ impl Engine {
             && id.len() <= MAX_CLIENT_ID
         {
             opts.insert(DhcpOption::ClientIdentifier(id.clone()));
+        }
+        // RFC 3046 2.2: the relay's option comes back in every reply (dhcproto writes
+        // it last, where the relay looks for it).
+        if let Some(relay_info) = request.opts().get(OptionCode::RelayAgentInformation) {
+            opts.insert(relay_info.clone());
         }
         if kind != MessageType::Nak {
             add_network_options(opts, config);
@@ -434,6 +461,13 @@ fn decode_request(packet: &[u8]) -> Result<(Message, Option<Vec<u8>>), DecodeErr
             client_fqdn = Some(data);
             continue;
         }
+        // Kept as sent, to be echoed to the relay agent (RFC 3046 2.2): dhcproto's
+        // decode and encode of its sub-options need not give the same bytes back.
+        if code == OPTION_RELAY_AGENT_INFORMATION {
+            let raw = UnknownOption::new(OptionCode::RelayAgentInformation, data);
+            message.opts_mut().insert(DhcpOption::Unknown(raw));
+            continue;
+        }
         if dhcproto_asserts_on(code, data.len()) {
             tracing::debug!(code, len = data.len(), "misframed DHCP option skipped");
             continue;
@@ -455,6 +489,10 @@ pub(crate) const MAX_CLIENT_ID: usize = 255;
 
 /// The Client FQDN option (RFC 4702).
 const OPTION_CLIENT_FQDN: u8 = 81;
+/// The Relay Agent Information option (RFC 3046).
+const OPTION_RELAY_AGENT_INFORMATION: u8 = 82;
+/// What follows the fixed header of every DHCP message (RFC 2131 3).
+const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
 /// Its E flag: the name is in DNS wire format, not ASCII.
 const FQDN_FLAG_ENCODED: u8 = 0x04;
 
@@ -880,6 +918,129 @@ mod tests {
             assert!(!reply.needs_commit);
             assert_eq!(nak.opts().get(OptionCode::AddressLeaseTime), None);
         }
+    }
+
+    /// RFC 2132 2: a hostname's trailing NULs (Windows sends one) are deleted, so the
+    /// guest keeps its name, and a reservation by that name finds it.
+    #[test]
+    fn a_hostname_with_a_trailing_nul_keeps_its_name() {
+        let mut config = config();
+        let reserved = Ipv4Addr::new(192, 168, 77, 61);
+        config.hosts.push(DhcpHostConfig {
+            mac: None,
+            ip: reserved,
+            name: Some("winbox".into()),
+            lease: None,
+        });
+        let mut engine = Engine::new(config);
+        for (mac, name, expected_ip) in [
+            ([2, 0, 0, 0, 0, 21], "nulhost\0", None),
+            ([2, 0, 0, 0, 0, 22], "winbox\0", Some(reserved)),
+        ] {
+            let named = |kind| {
+                let mut m = message(kind, mac);
+                m.opts_mut().insert(DhcpOption::Hostname(name.into()));
+                m
+            };
+            let (_, offer) =
+                exchange(&mut engine, &named(MessageType::Discover), NOW).expect("offer");
+            if let Some(ip) = expected_ip {
+                assert_eq!(offer.yiaddr(), ip);
+            }
+            let mut request = named(MessageType::Request);
+            request
+                .opts_mut()
+                .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+            request
+                .opts_mut()
+                .insert(DhcpOption::ServerIdentifier(SERVER));
+            exchange(&mut engine, &request, NOW).expect("ack");
+        }
+        let names: Vec<_> = engine
+            .leases(NOW)
+            .into_iter()
+            .map(|lease| lease.hostname)
+            .collect();
+        assert_eq!(names, [Some("winbox".into()), Some("nulhost".into())]);
+    }
+
+    /// RFC 2131 4.3.2: ciaddr is zero while SELECTING or in INIT-REBOOT; one a buggy
+    /// client sets anyway must not take the ACK somewhere the client cannot hear it.
+    #[test]
+    fn a_stray_ciaddr_in_a_request_with_option_50_does_not_direct_the_ack() {
+        let mut engine = Engine::new(config());
+        let mac = [2, 0, 0, 0, 0, 23];
+        let (_, offer) =
+            exchange(&mut engine, &message(MessageType::Discover, mac), NOW).expect("offer");
+        let mut request = request_for(mac, offer.yiaddr(), Some(SERVER));
+        request.set_ciaddr(Ipv4Addr::new(192, 168, 77, 99));
+        let (reply, ack) = exchange(&mut engine, &request, NOW).expect("ack");
+        assert_eq!(kind(&ack), MessageType::Ack);
+        assert_eq!(
+            reply.to,
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+        );
+        assert_eq!(ack.ciaddr(), Ipv4Addr::UNSPECIFIED);
+    }
+
+    /// dnsmasq's "wrong address": a client verifying or renewing an address other than
+    /// the one it holds a lease on gets a NAK, and keeps its lease for the DISCOVER.
+    #[test]
+    fn verifying_another_address_than_the_lease_held_is_nakked() {
+        let mut engine = Engine::new(config());
+        let mac = [2, 0, 0, 0, 0, 24];
+        let (_, ack) = dora(&mut engine, mac, NOW);
+        let held = ack.yiaddr();
+        let other = Ipv4Addr::new(192, 168, 77, 150);
+        assert_ne!(held, other);
+        let mut renew = message(MessageType::Request, mac);
+        renew.set_ciaddr(other);
+        for request in [request_for(mac, other, None), renew] {
+            let (reply, nak) = exchange(&mut engine, &request, NOW + 10).expect("nak");
+            assert_eq!(kind(&nak), MessageType::Nak);
+            assert_eq!(
+                reply.to,
+                SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+            );
+            let leases = engine.leases(NOW + 10);
+            assert_eq!((leases.len(), leases[0].ip), (1, held));
+        }
+        let (_, again) = dora(&mut engine, mac, NOW + 20);
+        assert_eq!(again.yiaddr(), held);
+        // Its own address is verified as before.
+        let (_, ack) = exchange(&mut engine, &request_for(mac, held, None), NOW + 30).expect("ack");
+        assert_eq!(kind(&ack), MessageType::Ack);
+    }
+
+    /// RFC 3046 2.2: a relay's option 82 comes back byte for byte, as the last option.
+    #[test]
+    fn relay_agent_information_is_echoed_last() {
+        let mut engine = Engine::new(config());
+        let relay_info: &[u8] = &[1, 6, b'p', b'o', b'r', b't', b'4', b'2', 2, 2, 0xab, 0xcd];
+        let mut discover = raw_request([2, 0, 0, 0, 0, 25], &[(82, relay_info)]);
+        discover[OPTIONS_OFFSET + 2] = 1; // message type DISCOVER
+        discover[24..28].copy_from_slice(&[192, 168, 77, 254]); // giaddr
+        let reply = engine.handle(&discover, NOW).expect("offer");
+        let end = reply
+            .bytes
+            .iter()
+            .rposition(|&b| b == 255)
+            .expect("end option");
+        let tail = &reply.bytes[end - relay_info.len() - 2..end];
+        assert_eq!(
+            tail[..2],
+            [82, u8::try_from(relay_info.len()).expect("short")]
+        );
+        assert_eq!(&tail[2..], relay_info);
+    }
+
+    #[test]
+    fn a_packet_without_the_magic_cookie_is_not_dhcp() {
+        let mut engine = Engine::new(config());
+        let mut discover = encode(&message(MessageType::Discover, [2, 0, 0, 0, 0, 26]));
+        assert!(engine.handle(&discover, NOW).is_some());
+        discover[OPTIONS_OFFSET - 4..OPTIONS_OFFSET].fill(0);
+        assert!(engine.handle(&discover, NOW).is_none());
     }
 
     #[test]

@@ -157,6 +157,12 @@ enum Record {
     Release {
         ip: Ipv4Addr,
     },
+    /// Declined by a client (someone else answers for it): out of the pool until
+    /// `expiry`, across a restart too.
+    Decline {
+        ip: Ipv4Addr,
+        expiry: i64,
+    },
 }
 
 #[derive(Debug)]
@@ -270,7 +276,7 @@ impl LeaseDb {
         let text = read_journal(config, path)?;
         db.replay(&text, now);
         db.pending.clear();
-        let mut lines = db.bound_count();
+        let mut lines = db.persisted_count();
         let mut needs_rewrite = false;
         // A new network's (empty) journal needs no rewrite: appending creates it, and its
         // directory entry is made durable before any lease is written to it.
@@ -533,6 +539,15 @@ impl LeaseDb {
     /// The address of `client`'s lease (any state), found as dnsmasq's
     /// `lease_find_by_client` does: by client identifier, else by MAC where the lease or
     /// the request has none.
+    /// The address `client` holds a bound, unexpired lease on, if any.
+    pub fn bound_address(&self, client: &Client, now: i64) -> Option<Ipv4Addr> {
+        self.find_lease(client).filter(|ip| {
+            self.by_ip
+                .get(ip)
+                .is_some_and(|lease| lease.state == LeaseState::Bound && lease.live(now))
+        })
+    }
+
     fn find_lease(&self, client: &Client) -> Option<Ipv4Addr> {
         if let Some(id) = &client.client_id
             && let Some(&ip) = self.by_client.get(&ClientKey::Id(id.clone()))
@@ -679,6 +694,9 @@ impl LeaseDb {
     /// Makes `client` the bound holder of `ip`, dropping whatever held `ip`.
     fn put_bound(&mut self, client: Client, ip: Ipv4Addr, hostname: Option<Box<str>>, expiry: i64) {
         self.remove_ip(ip);
+        // A lease made shorter (a renewal asking for less) frees its address sooner
+        // than the pool walk that found no free address expected.
+        self.exhausted_until = self.exhausted_until.map(|until| until.min(expiry));
         self.insert_lease(
             ip,
             Lease {
@@ -752,16 +770,24 @@ impl LeaseDb {
         if !self.release(client, ip) {
             return false;
         }
+        let expiry = now.saturating_add(DECLINE_HOLD_SECS);
+        self.hold_declined(ip, expiry);
+        self.journal(&Record::Decline { ip, expiry });
+        true
+    }
+
+    /// Keeps `ip` from everyone until `expiry`.
+    fn hold_declined(&mut self, ip: Ipv4Addr, expiry: i64) {
+        self.remove_ip(ip);
         self.by_ip.insert(
             ip,
             Lease {
                 client: Client::new([0; 6], None),
                 hostname: None,
-                expiry: now.saturating_add(DECLINE_HOLD_SECS),
+                expiry,
                 state: LeaseState::Declined,
             },
         );
-        true
     }
 
     /// Forgets the offer made to `client` (it chose another server).
@@ -794,15 +820,27 @@ impl LeaseDb {
         out
     }
 
-    fn bound_count(&self) -> usize {
+    /// The leases a compacted journal holds: bound and declined ones.
+    fn persisted_count(&self) -> usize {
         self.by_ip
             .values()
-            .filter(|l| l.state == LeaseState::Bound)
+            .filter(|l| l.state != LeaseState::Offered)
             .count()
     }
 
-    fn bind_record(&self, ip: Ipv4Addr) -> Option<Record> {
+    /// The journal record of the lease on `ip`; none for an offer, which is not kept.
+    fn record_of(&self, ip: Ipv4Addr) -> Option<Record> {
         let lease = self.by_ip.get(&ip)?;
+        match lease.state {
+            LeaseState::Offered => return None,
+            LeaseState::Declined => {
+                return Some(Record::Decline {
+                    ip,
+                    expiry: lease.expiry,
+                });
+            }
+            LeaseState::Bound => {}
+        }
         Some(Record::Bind {
             ip,
             mac: format_mac(&lease.client.mac),
@@ -817,7 +855,7 @@ impl LeaseDb {
     }
 
     fn journal_bind(&mut self, ip: Ipv4Addr) {
-        if let Some(record) = self.bind_record(ip) {
+        if let Some(record) = self.record_of(ip) {
             self.journal(&record);
         }
     }
@@ -862,6 +900,17 @@ impl LeaseDb {
         match record {
             Record::Release { ip } => {
                 self.free(ip);
+                true
+            }
+            Record::Decline { ip, expiry } => {
+                if !self.subnet.contains(&ip) {
+                    return false;
+                }
+                if expiry <= now {
+                    self.free(ip);
+                } else {
+                    self.hold_declined(ip, expiry);
+                }
                 true
             }
             Record::Bind {
@@ -984,7 +1033,7 @@ impl LeaseDb {
         let result = self.write_compact(&path).and_then(|()| open_append(&path));
         match result {
             Ok(file) => {
-                let lines = self.bound_count();
+                let lines = self.persisted_count();
                 if let Some(journal) = self.journal.as_mut() {
                     *journal = Journal {
                         path,
@@ -1012,14 +1061,9 @@ impl LeaseDb {
     /// Writes all bound leases to `path` atomically: temp file, fsync, rename, fsync dir.
     fn write_compact(&self, path: &Path) -> std::io::Result<()> {
         let mut text = Vec::new();
-        let mut ips: Vec<Ipv4Addr> = self
-            .by_ip
-            .iter()
-            .filter(|(_, l)| l.state == LeaseState::Bound)
-            .map(|(&ip, _)| ip)
-            .collect();
+        let mut ips: Vec<Ipv4Addr> = self.by_ip.keys().copied().collect();
         ips.sort();
-        for record in ips.into_iter().filter_map(|ip| self.bind_record(ip)) {
+        for record in ips.into_iter().filter_map(|ip| self.record_of(ip)) {
             serde_json::to_writer(&mut text, &record).map_err(std::io::Error::other)?;
             text.push(b'\n');
         }
@@ -1399,6 +1443,47 @@ mod tests {
         let leases = db.leases(later);
         assert_eq!(leases.len(), 1, "{leases:?}");
         assert_eq!(leases[0].ip, ip(11));
+    }
+
+    /// A lease renewed for less time frees its address sooner than the pool walk that
+    /// found none free expected: the next walk comes when it expires.
+    #[test]
+    fn a_lease_shortened_after_the_pool_ran_out_is_reclaimed_when_it_expires() {
+        let mut db = LeaseDb::in_memory(&config());
+        let pool: Vec<Ipv4Addr> = (0u8..2)
+            .map(|n| {
+                let ip = db.offer(&mac(n), None, NOW).expect("a free address");
+                db.bind(&mac(n), ip, None, NOW).expect("bound");
+                ip
+            })
+            .collect();
+        assert_eq!(db.offer(&mac(20), None, NOW), None, "the pool is full");
+        let granted = db
+            .bind_requesting(&mac(0), pool[0], None, Some(MIN_REQUESTED_LEASE), NOW + 10)
+            .expect("renewed");
+        assert_eq!(granted, MIN_REQUESTED_LEASE);
+        let later = NOW + 10 + i64::from(MIN_REQUESTED_LEASE) + 1;
+        assert_eq!(db.offer(&mac(20), None, later), Some(pool[0]));
+    }
+
+    #[test]
+    fn a_declined_address_stays_held_across_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("n.leases");
+        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open");
+        let ip = db.offer(&mac(1), None, NOW).expect("offer");
+        db.bind(&mac(1), ip, None, NOW).expect("bound");
+        assert!(db.decline(&mac(1), ip, NOW + 5));
+        db.commit().expect("commit");
+        let mut reopened = LeaseDb::open(&config(), &path, NOW + 10).expect("reopen");
+        assert!(!reopened.assignable(&mac(2), ip, NOW + 10));
+        assert_ne!(reopened.offer(&mac(2), Some(ip), NOW + 10), Some(ip));
+        // The compacted file keeps the hold too, and it ends when it was to end.
+        let again = LeaseDb::open(&config(), &path, NOW + 20).expect("reopen again");
+        assert!(!again.assignable(&mac(2), ip, NOW + 20));
+        let after = NOW + 5 + DECLINE_HOLD_SECS;
+        let expired = LeaseDb::open(&config(), &path, after).expect("reopen after the hold");
+        assert!(expired.assignable(&mac(2), ip, after));
     }
 
     #[test]
