@@ -214,3 +214,54 @@ fn bar_ioeventfd_counts_guest_notifies_without_exits() {
     assert_eq!(serial.text(), "notified\n");
     assert_eq!(notify.read().expect("eventfd signalled"), 5);
 }
+
+/// A string input (`rep insd`, `rep insb`) comes to the VMM as several elements in one
+/// exit: each must be its own read, as on hardware. Read as one wide access, the PCI
+/// config data port gave register 0 then register 4, and the UART dropped the input.
+#[test]
+fn string_port_input_reads_each_element_on_its_own() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = testing::write_guest(dir.path(), "rep.elf", |a| {
+        let mut hex = a.create_label();
+        let mut main = a.create_label();
+        a.jmp(main)?;
+        hex32_subroutine(a, &mut hex)?;
+        a.set_label(&mut main)?;
+        // Two dwords of 00:00.0 register 0, by `rep insd` from the config data port.
+        a.mov(eax, 0x8000_0000u32)?;
+        a.mov(dx, layout::PCI_CONFIG_ADDRESS_PORT as u32)?;
+        a.out(dx, eax)?;
+        a.mov(dx, layout::PCI_CONFIG_ADDRESS_PORT as u32 + 4)?;
+        a.mov(rdi, testing::GUEST_SCRATCH)?;
+        a.mov(ecx, 2u32)?;
+        a.rep().insd()?;
+        print(a, "CFC ")?;
+        a.mov(rdi, testing::GUEST_SCRATCH)?;
+        a.mov(eax, dword_ptr(rdi))?;
+        a.call(hex)?;
+        print(a, " ")?;
+        a.mov(eax, dword_ptr(rdi + 4))?;
+        a.call(hex)?;
+        // Two bytes of the serial input, by `rep insb` from the receive buffer.
+        a.mov(dx, layout::SERIAL_PORT as u32)?;
+        a.mov(rdi, testing::GUEST_SCRATCH + 0x100)?;
+        a.mov(ecx, 2u32)?;
+        a.rep().insb()?;
+        print(a, "\nRBR ")?;
+        a.mov(rdi, testing::GUEST_SCRATCH + 0x100)?;
+        a.movzx(eax, word_ptr(rdi))?;
+        a.call(hex)?;
+        print(a, "\n")?;
+        poweroff(a)
+    })
+    .expect("assemble");
+    let (vm, serial) = build(&kernel);
+    assert_eq!(vm.serial_input().send(b"AB"), 2);
+    let reason = vm.run_with_timeout(Some(TIMEOUT)).expect("run");
+    assert_eq!(reason, ExitReason::Poweroff, "{}", serial.text());
+    // The host bridge's ID dword twice; 'A' then 'B'.
+    assert_eq!(serial.text(), "CFC 00081b36 00081b36\nRBR 00004241\n");
+}

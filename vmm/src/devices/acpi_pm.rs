@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::bus::BusDevice;
+use super::virtio::{WarnLatch, guest_warn};
 use crate::event_loop::{ExitReason, ExitSignal};
 
 /// Offset of the sleep control register.
@@ -30,12 +31,17 @@ const WAK_STS: u8 = 1 << 7;
 #[derive(Debug)]
 pub struct AcpiPmDevice {
     exit: Arc<ExitSignal>,
+    /// A guest looping on an unsupported sleep state is told of once at warn.
+    warned: WarnLatch,
 }
 
 impl AcpiPmDevice {
     /// Reports poweroff and reset to `exit`.
     pub fn new(exit: Arc<ExitSignal>) -> AcpiPmDevice {
-        AcpiPmDevice { exit }
+        AcpiPmDevice {
+            exit,
+            warned: WarnLatch::default(),
+        }
     }
 }
 
@@ -57,7 +63,12 @@ impl BusDevice for AcpiPmDevice {
                     if sleep_type == S5_SLEEP_TYPE {
                         self.exit.request(Ok(ExitReason::Poweroff));
                     } else {
-                        tracing::warn!(sleep_type, "guest asked for an unsupported sleep state");
+                        guest_warn!(
+                            self.warned,
+                            u32::from(sleep_type),
+                            sleep_type,
+                            "guest asked for an unsupported sleep state"
+                        );
                     }
                 }
             }
@@ -91,5 +102,22 @@ mod tests {
         assert!(!exit.is_requested());
         dev.write(2, &[RESET_VALUE]);
         assert_eq!(exit.wait(None), Ok(ExitReason::Reset));
+    }
+
+    #[test]
+    fn a_guest_looping_on_an_unsupported_sleep_state_is_logged_once() {
+        let exit = Arc::new(ExitSignal::default());
+        let mut dev = AcpiPmDevice::new(exit.clone());
+        let text = crate::testing::warnings_logged(|| {
+            for _ in 0..1000 {
+                dev.write(0, &[(1 << SLP_TYP_SHIFT) | SLP_EN]);
+            }
+        });
+        let warnings = text
+            .lines()
+            .filter(|line| line.contains("unsupported sleep state"))
+            .count();
+        assert_eq!(warnings, 1, "{text}");
+        assert!(!exit.is_requested());
     }
 }

@@ -244,19 +244,46 @@ impl Vcpu {
         }
     }
 
+    /// The width of each element of the port I/O exit being handled (1, 2 or 4 bytes).
+    fn io_width(&mut self) -> usize {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: KVM filled the `io` member of the exit union for KVM_EXIT_IO, the
+        // exit being handled.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        usize::from(io.size).max(1)
+    }
+
     /// One KVM_RUN. `Ok(None)`: keep going; `Ok(Some(..))`: the VM should end.
     fn run_once(&mut self) -> Result<Option<Result<ExitReason, VcpuError>>, VcpuError> {
         let id = self.id;
         let unhandled = match self.fd.run() {
+            // A string instruction (`rep ins`/`rep outs`) may bring `count` elements in
+            // one exit, back to back in `data`: each is its own access to the port.
             Ok(VcpuExit::IoOut(port, data)) => {
-                if !self.pio.write(u64::from(port), data) {
-                    tracing::trace!(vcpu = id, port, ?data, "write to unmapped port");
+                let (at, len) = (data.as_ptr(), data.len());
+                let width = self.io_width();
+                // SAFETY: `at` and `len` are those of the slice kvm-ioctls just made of
+                // the I/O data in this vCPU's kvm_run mapping, which lives as long as
+                // `self.fd`; `io_width` copied only the `io` header, in the mapping's first
+                // page, where KVM never puts the data (KVM_PIO_PAGE_OFFSET), and nothing
+                // else touches the mapping until the next KVM_RUN.
+                let data = unsafe { std::slice::from_raw_parts(at, len) };
+                for element in data.chunks(width) {
+                    if !self.pio.write(u64::from(port), element) {
+                        tracing::trace!(vcpu = id, port, ?element, "write to unmapped port");
+                    }
                 }
                 return Ok(None);
             }
             Ok(VcpuExit::IoIn(port, data)) => {
-                if !self.pio.read(u64::from(port), data) {
-                    data.fill(0xff);
+                let (at, len) = (data.as_mut_ptr(), data.len());
+                let width = self.io_width();
+                // SAFETY: as for `IoOut` above.
+                let data = unsafe { std::slice::from_raw_parts_mut(at, len) };
+                for element in data.chunks_mut(width) {
+                    if !self.pio.read(u64::from(port), element) {
+                        element.fill(0xff);
+                    }
                 }
                 return Ok(None);
             }

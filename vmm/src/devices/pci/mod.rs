@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::layout;
 use crate::devices::bus::BusDevice;
+use crate::devices::virtio::{WarnLatch, guest_warn};
 use crate::kvm::KvmError;
 pub use config::{BarKind, PciConfig, PciIds};
 pub use host_bridge::HostBridge;
@@ -167,6 +168,9 @@ pub struct PciBus {
     slots: BTreeMap<u8, Slot>,
     ioevents: Option<Arc<dyn IoEventRegistrar>>,
     next_bar_addr: u64,
+    /// Devices (by number) whose ioeventfds could not follow their BARs, told of once
+    /// at warn: a guest overlapping two BARs may keep rewriting them.
+    ioevents_warned: WarnLatch,
 }
 
 impl std::fmt::Debug for PciBus {
@@ -188,6 +192,7 @@ impl PciBus {
             slots: BTreeMap::new(),
             ioevents,
             next_bar_addr: layout::PCI_MMIO32_START,
+            ioevents_warned: WarnLatch::default(),
         };
         bus.slots.insert(
             0,
@@ -312,7 +317,13 @@ impl PciBus {
         let touches_bars =
             offset < config::BAR0 + 4 * config::NUM_BARS && offset + data.len() > config::COMMAND;
         if touches_bars && let Err(error) = self.sync_ioevents(addr.device) {
-            tracing::warn!(device = %addr, %error, "cannot move ioeventfds");
+            guest_warn!(
+                self.ioevents_warned,
+                u32::from(addr.device),
+                device = %addr,
+                %error,
+                "cannot move ioeventfds (overlapping BARs?); notifications take the slow path"
+            );
         }
     }
 
@@ -551,6 +562,45 @@ mod tests {
             self.0.lock().expect("lock").push((false, addr, dm));
             Ok(())
         }
+    }
+
+    /// A registrar that, once told to, refuses every ioeventfd, as KVM refuses a second
+    /// one on an address already taken (two BARs placed on top of each other).
+    #[derive(Debug, Default)]
+    struct RefusingIoEvents(std::sync::atomic::AtomicBool);
+
+    impl IoEventRegistrar for RefusingIoEvents {
+        fn register(&self, _fd: &EventFd, _addr: u64, _dm: Option<u32>) -> Result<(), KvmError> {
+            if self.0.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(KvmError::MissingCap("KVM_IOEVENTFD (refused in this test)"));
+            }
+            Ok(())
+        }
+        fn unregister(&self, _fd: &EventFd, _addr: u64, _dm: Option<u32>) -> Result<(), KvmError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn ioeventfds_that_cannot_follow_a_bar_are_logged_once() {
+        let events = Arc::new(RefusingIoEvents::default());
+        let bus = Arc::new(Mutex::new(PciBus::new(Some(events.clone()))));
+        lock_bus(&bus)
+            .add_device(Arc::new(Mutex::new(Probe::new())))
+            .expect("add");
+        events.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut ecam = PciConfigMmio::new(bus.clone());
+        let text = crate::testing::warnings_logged(|| {
+            for round in 0..100u32 {
+                let base = layout::PCI_MMIO32_START as u32 + (round % 2) * 0x10_0000;
+                ecam.write((1 << 15) | 0x10, &base.to_le_bytes());
+            }
+        });
+        let warnings = text
+            .lines()
+            .filter(|line| line.contains("cannot move ioeventfds"))
+            .count();
+        assert_eq!(warnings, 1, "{text}");
     }
 
     fn cf8(io: &mut PciConfigIo, dev: u8, reg: u32) {

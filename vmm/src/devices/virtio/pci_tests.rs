@@ -896,34 +896,10 @@ fn real_net_device_transmits_and_survives_reset_and_reinitialisation() {
     }
 }
 
-/// Collects formatted log lines for a test.
-#[derive(Clone, Default)]
-struct LogBuf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn a_driver_repeating_an_error_logs_one_warning_per_reset() {
-    let buf = LogBuf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
     let mut f = fixture();
-    tracing::subscriber::with_default(subscriber, || {
+    let text = crate::testing::warnings_logged(|| {
         for _ in 0..2 {
             // Every FEATURES_OK write with a feature the device does not offer fails.
             f.negotiate(OFFERED | 1 << 40);
@@ -933,7 +909,6 @@ fn a_driver_repeating_an_error_logs_one_warning_per_reset() {
             assert_eq!(f.status() & VIRTIO_CONFIG_S_FEATURES_OK as u8, 0);
         }
     });
-    let text = String::from_utf8(buf.0.lock().expect("log").clone()).expect("utf-8");
     let warnings: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("refusing FEATURES_OK"))
