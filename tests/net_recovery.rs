@@ -463,6 +463,83 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_and_changes_nothing() {
     );
 }
 
+/// A second daemon on the same config dir with a state dir of its own would find no
+/// status for the running networks and take their bridges for leftovers: it is refused.
+#[test]
+fn a_second_daemon_on_the_same_config_dir_is_refused_and_changes_nothing() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let bridges = daemon.bridges();
+    let ruleset = daemon.ruleset();
+    let second_socket = daemon.dirs.path().join("second.sock");
+    let second = daemon
+        .ns
+        .command(env!("CARGO_BIN_EXE_kvnetd"))
+        .arg("--config-dir")
+        .arg(daemon.config_dir())
+        .arg("--state-dir")
+        .arg(daemon.dirs.path().join("another-state-dir"))
+        .arg("--socket")
+        .arg(&second_socket)
+        .output()
+        .expect("run a second kvnetd");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let expected = format!(
+        "another kvnetd is already running with the config dir {} (and another state dir)",
+        daemon.config_dir().display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!second_socket.exists());
+    assert_eq!(daemon.bridges(), bridges);
+    assert_eq!(daemon.ruleset(), ruleset);
+}
+
+/// The state dir lost while networks run (removed by hand, or a daemon pointed at a new
+/// one): their bridges, found by name and MAC address, are deleted, so the networks
+/// start again, autostart included, instead of failing on their own bridge as an
+/// interface in use.
+#[test]
+fn bridges_left_by_a_lost_state_dir_are_reclaimed() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    for (name, address) in [("a", "10.61.0.1"), ("b", "10.62.0.1")] {
+        define_nat_network(&daemon, name, address);
+        daemon.ok(&["net-start", name]);
+    }
+    daemon.ok(&["net-autostart", "a"]);
+    // Someone else's bridge that happens to have a network's name is left alone.
+    daemon.ok(&["net-destroy", "b"]);
+    daemon
+        .ns
+        .sh("ip link add virbr1 type bridge")
+        .expect("a foreign bridge named like b's");
+    daemon.kill9();
+    std::fs::remove_dir_all(daemon.state_dir()).expect("remove the state dir");
+    daemon.spawn(&DaemonOptions::no_default_network());
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " a   active     yes   yes\n b   inactive   no    yes\n",
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.bridges().contains(&"virbr1".to_owned()));
+    assert!(
+        daemon.log().contains("left running without a status"),
+        "{}",
+        daemon.log()
+    );
+    daemon
+        .ns
+        .sh("ip link del virbr1")
+        .expect("delete the foreign bridge");
+    daemon.ok(&["net-start", "b"]);
+}
+
 /// A daemon killed between binding its socket under a staging name and renaming it
 /// into place leaves the staging file; the next daemon removes it, but not one whose
 /// daemon is still alive.
@@ -596,6 +673,71 @@ fn a_daemon_killed_during_boot_autostart_starts_the_rest_when_restarted() {
     assert_eq!(
         daemon.ok(&["-q", "net-list", "--name"]),
         "a\nb\n",
+        "{}",
+        daemon.log()
+    );
+}
+
+/// A network whose autostart kills the daemon every time (its hook hangs past the
+/// service's start timeout) is tried twice, then skipped: the networks after it start.
+#[test]
+fn a_network_whose_autostart_a_daemon_dies_in_twice_is_skipped() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    for (name, address) in [("a", "10.61.0.1"), ("b", "10.62.0.1"), ("c", "10.63.0.1")] {
+        define_nat_network(&daemon, name, address);
+        daemon.ok(&["net-autostart", name]);
+    }
+    daemon.stop();
+    let hung = daemon.dirs.path().join("hung");
+    let hook = daemon.config_dir().join("hooks/network");
+    std::fs::create_dir_all(hook.parent().expect("hooks dir")).expect("hooks dir");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\n\
+             if [ \"$1 $2\" = \"b start\" ]; then echo $$ >> {0}; exec sleep 60; fi\n",
+            hung.display()
+        ),
+    )
+    .expect("hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let options = DaemonOptions {
+        state_dir: Some(daemon.dirs.path().join("run-after-reboot")),
+        ..DaemonOptions::no_default_network()
+    };
+    for death in 1..=2 {
+        daemon.launch(&options);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let hook_pid = loop {
+            let pids = std::fs::read_to_string(&hung).unwrap_or_default();
+            if pids.lines().count() == death && pids.ends_with('\n') {
+                break pids.lines().last().unwrap_or_default().to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "b's start hook did not run:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        daemon.kill9();
+        let _ = std::process::Command::new("kill").arg(&hook_pid).status();
+    }
+    daemon.spawn(&options);
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--name"]),
+        "a\nc\n",
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("not autostarted: daemons died while starting it"),
         "{}",
         daemon.log()
     );

@@ -462,6 +462,7 @@ impl Manager {
         };
         manager.load_configs().await?;
         manager.adopt_running().await?;
+        manager.release_orphan_bridges().await;
         manager.forget_orphan_leases().await?;
         if fresh {
             // A daemon that will not start is worse than a host without `default`; the
@@ -816,6 +817,35 @@ impl Manager {
         self.release(bridge, ours).await;
     }
 
+    /// Deletes the bridges of inactive networks that a daemon left without a status (the
+    /// state dir was lost or replaced while they ran): the bridge with a network's name
+    /// and MAC address is its own, and would otherwise block its every start as an
+    /// interface in use. A network whose status could not be read now keeps its bridge.
+    /// (The config dir's lock keeps a second daemon, with a state dir of its own, from
+    /// taking a running network's bridge for such a leftover.)
+    async fn release_orphan_bridges(&self) {
+        let candidates: Vec<(NetworkDef, String)> = {
+            let networks = self.networks.lock().await;
+            networks
+                .iter()
+                .filter(|(name, network)| network.live.is_none() && !self.was_unloaded(name))
+                .filter_map(|(_, network)| network.config.clone())
+                .filter(|def| def.forward_mode().has_managed_bridge())
+                .filter_map(|def| Some((def.clone(), def.bridge_name()?.to_owned())))
+                .collect()
+        };
+        for (def, bridge) in candidates {
+            let ours = matches!(
+                self.link.link_info(&bridge).await,
+                Ok(Some(info)) if is_network_bridge(&def, &bridge, &info)
+            );
+            if ours {
+                warn!(network = %def.name, bridge, "deleting the network's bridge, left running without a status (a lost state dir); the network is inactive");
+                self.release(&bridge, true).await;
+            }
+        }
+    }
+
     /// Best-effort removal of a network's kernel objects by bridge name (recovery paths).
     async fn release(&self, bridge: &str, delete_bridge: bool) {
         // A macvtap network's status names no bridge: it has no rules either.
@@ -979,27 +1009,37 @@ impl Manager {
     /// hangs until systemd's SIGKILL, the OOM killer) leaves the rest to the next daemon,
     /// which tries them once more: one killed every time must still come up in the end.
     async fn autostart_once_per_boot(&self) {
-        let marked = match self.store.autostart_progress() {
+        let under_way = match self.store.autostart_progress() {
             Ok(AutostartProgress::Done) => return,
-            Ok(AutostartProgress::CutShort) => {
+            Ok(AutostartProgress::CutShort { under_way }) => {
                 warn!(
-                    "this boot's autostart was cut short; starting the networks it did not get to, once"
+                    "this boot's autostart was cut short; starting the networks it did not get to"
                 );
-                self.store.mark_autostarted()
+                under_way
             }
-            Ok(AutostartProgress::NotBegun) => self.store.mark_autostart_begun(),
-            Err(e) => Err(e),
+            Ok(AutostartProgress::NotBegun) => {
+                if let Err(e) = self.store.mark_autostart_begun() {
+                    warn!("autostart may run again in this boot: {}", error_chain(&e));
+                }
+                Vec::new()
+            }
+            Err(e) => {
+                warn!("autostart may run again in this boot: {}", error_chain(&e));
+                Vec::new()
+            }
         };
-        if let Err(e) = marked {
-            warn!("autostart may run again in this boot: {}", error_chain(&e));
-        }
-        self.autostart_all().await;
+        self.autostart_all(&under_way).await;
         if let Err(e) = self.store.mark_autostarted() {
             warn!("autostart may run again in this boot: {}", error_chain(&e));
         }
     }
 
-    async fn autostart_all(&self) {
+    /// Starts the autostart networks that are not running. `under_way` names the network
+    /// whose start each earlier daemon of this boot died in: one may be what killed it
+    /// (a hook that hangs past systemd's start timeout), so a network a daemon died
+    /// starting [`AUTOSTART_TRIES`] times is skipped, and a daemon restarted after each
+    /// such death still gets through the rest.
+    async fn autostart_all(&self, under_way: &[String]) {
         let names: Vec<String> = {
             let networks = self.networks.lock().await;
             networks
@@ -1009,6 +1049,14 @@ impl Manager {
                 .collect()
         };
         for name in names {
+            let deaths = under_way.iter().filter(|dead| **dead == name).count();
+            if deaths >= AUTOSTART_TRIES {
+                warn!(network = %name, deaths, "not autostarted: daemons died while starting it in this boot; start it by hand");
+                continue;
+            }
+            if let Err(e) = self.store.note_autostarting(under_way, &name) {
+                warn!(network = %name, "{}", error_chain(&e));
+            }
             match self.start(&name).await {
                 Ok(_) => info!(network = %name, "autostarted"),
                 Err(e) => warn!(network = %name, "autostart failed: {}", error_chain(&e)),
@@ -2273,6 +2321,9 @@ fn firewall_rules(def: &NetworkDef) -> Option<NetworkRules> {
         nat_ipv6: nat.ipv6 == Some(true),
     })
 }
+
+/// How many times a network's boot autostart is tried when daemons die during it.
+const AUTOSTART_TRIES: usize = 2;
 
 /// The network libvirt ships, defined on a first start.
 const DEFAULT_NETWORK: &str = "default";

@@ -475,13 +475,35 @@ impl Store {
     /// How far this boot's autostart got.
     pub fn autostart_progress(&self) -> Result<AutostartProgress, Error> {
         let exists = |path: &Path| path.try_exists().map_err(io_err("looking at", path));
-        Ok(if exists(&self.autostart_marker)? {
-            AutostartProgress::Done
-        } else if exists(&self.autostart_begun_marker)? {
-            AutostartProgress::CutShort
-        } else {
-            AutostartProgress::NotBegun
-        })
+        if exists(&self.autostart_marker)? {
+            return Ok(AutostartProgress::Done);
+        }
+        match fs::read_to_string(&self.autostart_begun_marker) {
+            Ok(text) => Ok(AutostartProgress::CutShort {
+                under_way: text.lines().map(str::to_owned).collect(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AutostartProgress::NotBegun),
+            Err(e) => Err(io_err("reading", &self.autostart_begun_marker)(e)),
+        }
+    }
+
+    /// Records, in the autostart-begun marker, the networks whose autostart was under
+    /// way when a daemon died (`under_way`) and the one being started now: a daemon
+    /// that dies during a start leaves that network to be skipped by the next.
+    /// Replaced by a rename (a marker on tmpfs: no fsync), so it is never read half
+    /// written.
+    pub fn note_autostarting(&self, under_way: &[String], starting: &str) -> Result<(), Error> {
+        let mut text = String::new();
+        for name in under_way.iter().map(String::as_str).chain([starting]) {
+            text.push_str(name);
+            text.push('\n');
+        }
+        let marker = &self.autostart_begun_marker;
+        // One daemon per state dir (its pid lock): a fixed name, which a later write replaces.
+        let temp = marker.with_file_name(".autostarting.tmp");
+        fs::write(&temp, text)
+            .and_then(|()| fs::rename(&temp, marker))
+            .map_err(io_err("writing", marker))
     }
 
     /// Marks that this boot's autostart began.
@@ -496,11 +518,14 @@ impl Store {
 }
 
 /// How far this boot's autostart got ([`Store::autostart_progress`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AutostartProgress {
     NotBegun,
     /// Begun by a daemon that died before its end (a hook that hung, the OOM killer).
-    CutShort,
+    CutShort {
+        /// The networks whose start was under way when a daemon died, oldest first.
+        under_way: Vec<String>,
+    },
     Done,
 }
 
@@ -863,7 +888,15 @@ mod tests {
         store.mark_autostart_begun().unwrap();
         assert_eq!(
             store.autostart_progress().unwrap(),
-            AutostartProgress::CutShort
+            AutostartProgress::CutShort { under_way: vec![] }
+        );
+        store.note_autostarting(&[], "a").unwrap();
+        store.note_autostarting(&["a".into()], "b").unwrap();
+        assert_eq!(
+            store.autostart_progress().unwrap(),
+            AutostartProgress::CutShort {
+                under_way: vec!["a".into(), "b".into()]
+            }
         );
         store.mark_autostarted().unwrap();
         assert_eq!(store.autostart_progress().unwrap(), AutostartProgress::Done);
