@@ -195,11 +195,12 @@ pub trait Firewall: Send + Sync + std::fmt::Debug {
     fn bridges(&self) -> Result<Vec<String>, Error>;
     /// Whether the ruleset changed, and of `expected`, the bridges whose rules are gone
     /// from the kernel: someone flushed the ruleset (`nft flush ruleset`, a restart of
-    /// nftables.service), deleted or flushed our table, or flushed one of its chains or
-    /// added or deleted rules in one (a rule replaced in place, or a chain's policy
-    /// changed, goes unnoticed). When any are, forgets what it believed the kernel held, so that the next
-    /// [`Firewall::apply`] of each sends everything again. Cheap while no table changed
-    /// since the last call found everything in place.
+    /// nftables.service), deleted or flushed our table, flushed one of its chains or
+    /// added or deleted rules in one, or deleted any element a bridge owns (an older
+    /// ruleset restored); a rule replaced in place, or a chain's policy changed, goes
+    /// unnoticed. When any are, forgets what it believed the kernel held, so that the
+    /// next [`Firewall::apply`] of each sends everything again. Cheap while no table
+    /// changed since the last call found everything in place.
     fn inspect(&self, expected: &[String]) -> Result<Inspection, Error>;
     /// Human descriptions of *other* tables' base chains on the input, forward or output
     /// hooks with policy drop, e.g. `table ip filter chain FORWARD (hook forward) has policy

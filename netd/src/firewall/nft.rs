@@ -175,27 +175,7 @@ impl State {
     /// The ownership record, read from the kernel the first time.
     fn record(&mut self) -> Result<&mut Record, Error> {
         if self.record.is_none() {
-            let mut record = Record::default();
-            for (set, _) in SETS {
-                let Some(keys) = self.set_keys(set)? else {
-                    continue;
-                };
-                for key in keys {
-                    let element = OwnedElement {
-                        set: set.to_owned(),
-                        key,
-                    };
-                    if let Some(bridge) = element.bridge() {
-                        let bridge = bridge.to_owned();
-                        record.elements.entry(bridge).or_default().push(element);
-                    }
-                }
-            }
-            // Verdict-map keys are the bridges with a custom NAT chain.
-            let mapped = self.set_keys(NAT_MAP)?.unwrap_or_default();
-            record
-                .custom_nat
-                .extend(mapped.into_iter().filter_map(|key| key.into_iter().next()));
+            let record = self.read_record()?;
             tracing::debug!(
                 bridges = record.elements.len(),
                 "read kvnet's set elements from the kernel"
@@ -203,6 +183,32 @@ impl State {
             self.record = Some(record);
         }
         Ok(self.record.get_or_insert_with(Record::default))
+    }
+
+    /// What the bridges own in our table now, as the kernel tells it.
+    fn read_record(&mut self) -> Result<Record, Error> {
+        let mut record = Record::default();
+        for (set, _) in SETS {
+            let Some(keys) = self.set_keys(set)? else {
+                continue;
+            };
+            for key in keys {
+                let element = OwnedElement {
+                    set: set.to_owned(),
+                    key,
+                };
+                if let Some(bridge) = element.bridge() {
+                    let bridge = bridge.to_owned();
+                    record.elements.entry(bridge).or_default().push(element);
+                }
+            }
+        }
+        // Verdict-map keys are the bridges with a custom NAT chain.
+        let mapped = self.set_keys(NAT_MAP)?.unwrap_or_default();
+        record
+            .custom_nat
+            .extend(mapped.into_iter().filter_map(|key| key.into_iter().next()));
+        Ok(record)
     }
 }
 
@@ -361,7 +367,6 @@ impl Firewall for NftFirewall {
         if state.intact_at == Some(generation) {
             return Ok(Inspection::default());
         }
-        let present = state.bridges()?;
         let rule_counts = state.rule_counts()?;
         // A skeleton chain flushed or edited (`nft flush table inet kvnet`) breaks every
         // network at once; re-applying any one of them sends the skeleton again.
@@ -369,14 +374,26 @@ impl Firewall for NftFirewall {
             .skeleton_rules
             .iter()
             .all(|(chain, rules)| rule_counts.get(chain).copied().unwrap_or(0) == *rules);
-        let custom_nat = state.record()?.custom_nat.clone();
+        // Every element a bridge owns, not only its place in the bridges set: one lost
+        // from `nat4` (an old ruleset restored, an element deleted by hand) stops its
+        // NAT alone.
+        let found = state.read_record()?;
+        let committed = state.record()?;
         let lost: Vec<String> = expected
             .iter()
             .filter(|bridge| {
-                !skeleton_intact
-                    || present.binary_search(bridge).is_err()
-                    || (custom_nat.contains(*bridge)
-                        && !rule_counts.contains_key(&rules::nat_chain(bridge)))
+                let have = found
+                    .elements
+                    .get(*bridge)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let has_all_elements = committed.elements.get(*bridge).is_some_and(|owned| {
+                    !owned.is_empty() && owned.iter().all(|element| have.contains(element))
+                });
+                let has_custom_nat = !committed.custom_nat.contains(*bridge)
+                    || (found.custom_nat.contains(*bridge)
+                        && rule_counts.contains_key(&rules::nat_chain(bridge)));
+                !skeleton_intact || !has_all_elements || !has_custom_nat
             })
             .cloned()
             .collect();

@@ -400,6 +400,19 @@ fn inspect_sees_every_way_our_rules_can_be_taken_away() {
             "nft delete element inet kvnet bridges '{ virbr0 }'",
             &expected[..1],
         ),
+        // One element of a network's own, the rest in place: its NAT alone stops.
+        (
+            "nft delete element inet kvnet nat4 '{ virbr0 }'",
+            &expected[..1],
+        ),
+        (
+            "nft delete element inet kvnet reply4 '{ virbr1 }'",
+            &expected[1..],
+        ),
+        (
+            "nft delete element inet kvnet postrouting_iif '{ virbr1 }'",
+            &expected[1..],
+        ),
     ] {
         ns.sh(damage).unwrap();
         assert_eq!(
