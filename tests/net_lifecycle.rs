@@ -366,6 +366,26 @@ fn a_restarted_daemon_puts_back_what_was_taken_from_its_bridges() {
     assert!(common::is_up(&link), "bridge left down: {link}");
 }
 
+/// libvirt's `<nat><port start='0' end='N'/>` defines and starts: nft masquerades to
+/// ports 0-N.
+#[test]
+fn a_nat_port_range_from_zero_starts() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let path = common::xml_file(
+        daemon.dirs.path(),
+        "zero.xml",
+        "<network><name>zero</name><forward mode='nat'><nat><port start='0' end='1024'/></nat></forward>\
+         <bridge name='kvzero'/><ip address='10.58.0.1' prefix='24'/></network>",
+    );
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    daemon.ok(&["net-start", "zero"]);
+    let ruleset = daemon.ruleset();
+    assert!(ruleset.contains("masquerade to :0-1024"), "{ruleset}");
+}
+
 /// A destroy the kernel refuses halfway leaves the network active and still serving its
 /// guests, and a retry finishes it.
 #[test]

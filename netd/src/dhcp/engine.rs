@@ -257,12 +257,7 @@ impl Engine {
         // Verifying or extending an address while its lease here is on another: the
         // address is wrong (RFC 2131 4.3.2; dnsmasq's "wrong address"). The lease stays,
         // for the DISCOVER that follows the NAK.
-        if server_id(request).is_none()
-            && self
-                .leases
-                .bound_address(client, now)
-                .is_some_and(|held| held != ip)
-        {
+        if server_id(request).is_none() && self.leases.holds_other_than(client, ip, now) {
             tracing::debug!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP request for an address other than the client's lease refused");
             return self.reply(request, MessageType::Nak, Ipv4Addr::UNSPECIFIED, None, None);
         }
@@ -1007,14 +1002,46 @@ mod tests {
         }
         let (_, again) = dora(&mut engine, mac, NOW + 20);
         assert_eq!(again.yiaddr(), held);
+        // One MAC holding leases under two client identifiers (iPXE's, then the OS's):
+        // a client without one verifying either is verifying its own.
+        let two_ids = [9, 0, 0, 0, 0, 9];
+        let mut addresses = Vec::new();
+        for id in [&[1u8, 9, 0, 0, 0, 0, 9][..], &[255, 0, 0, 0, 1]] {
+            let with_id = |kind| {
+                let mut m = message(kind, two_ids);
+                m.opts_mut()
+                    .insert(DhcpOption::ClientIdentifier(id.to_vec()));
+                m
+            };
+            let (_, offer) =
+                exchange(&mut engine, &with_id(MessageType::Discover), NOW).expect("offer");
+            let mut request = with_id(MessageType::Request);
+            request
+                .opts_mut()
+                .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+            request
+                .opts_mut()
+                .insert(DhcpOption::ServerIdentifier(SERVER));
+            let (_, ack) = exchange(&mut engine, &request, NOW).expect("ack");
+            addresses.push(ack.yiaddr());
+        }
+        assert_ne!(addresses[0], addresses[1]);
+        let (_, ack) = exchange(
+            &mut engine,
+            &request_for(two_ids, addresses[1], None),
+            NOW + 40,
+        )
+        .expect("ack");
+        assert_eq!((kind(&ack), ack.yiaddr()), (MessageType::Ack, addresses[1]));
         // Its own address is verified as before.
         let (_, ack) = exchange(&mut engine, &request_for(mac, held, None), NOW + 30).expect("ack");
         assert_eq!(kind(&ack), MessageType::Ack);
     }
 
-    /// RFC 3046 2.2: a relay's option 82 comes back byte for byte, as the last option.
+    /// RFC 3046 2.2: a relay's option 82 comes back byte for byte (dhcproto writes it
+    /// after every other option, as the RFC asks).
     #[test]
-    fn relay_agent_information_is_echoed_last() {
+    fn relay_agent_information_is_echoed_byte_for_byte() {
         let mut engine = Engine::new(config());
         let relay_info: &[u8] = &[1, 6, b'p', b'o', b'r', b't', b'4', b'2', 2, 2, 0xab, 0xcd];
         let mut discover = raw_request([2, 0, 0, 0, 0, 25], &[(82, relay_info)]);

@@ -9,10 +9,11 @@
 //! and the takeover of an unanswered offer pops the oldest one from an ordered set, so a
 //! flood of DISCOVERs against a full pool costs O(log n) each, not a walk of the pool.
 //!
-//! Disk: an append-only journal of JSON lines (`bind` / `release`), made durable with
-//! `fdatasync` by [`LeaseDb::commit`] before the server sends the ACKs of a batch, and
-//! rewritten compactly (temp file + fsync + rename) at load and when it grows. The file
-//! is untrusted input on load: long, torn or invalid lines are skipped with a warning.
+//! Disk: an append-only journal of JSON lines (`bind` / `release` / `decline`), made
+//! durable with `fdatasync` by [`LeaseDb::commit`] before the server sends the ACKs of a
+//! batch, and rewritten compactly (temp file + fsync + rename) at load and when it
+//! grows. The file is untrusted input on load: long, torn or invalid lines are skipped
+//! with a warning.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -536,18 +537,25 @@ impl LeaseDb {
         );
     }
 
+    /// Whether `client` holds a bound, unexpired lease here, and not on `ip`: an address
+    /// it asks to verify or renew that is not its own. (One MAC may hold leases under
+    /// several client identifiers; a client without one is matched by MAC, and any of
+    /// them is its own.)
+    pub fn holds_other_than(&self, client: &Client, ip: Ipv4Addr, now: i64) -> bool {
+        let bound_to_client = |lease: &Lease| {
+            lease.state == LeaseState::Bound && lease.live(now) && lease.client.same_as(client)
+        };
+        if self.by_ip.get(&ip).is_some_and(bound_to_client) {
+            return false;
+        }
+        self.find_lease(client)
+            .and_then(|held| self.by_ip.get(&held))
+            .is_some_and(bound_to_client)
+    }
+
     /// The address of `client`'s lease (any state), found as dnsmasq's
     /// `lease_find_by_client` does: by client identifier, else by MAC where the lease or
     /// the request has none.
-    /// The address `client` holds a bound, unexpired lease on, if any.
-    pub fn bound_address(&self, client: &Client, now: i64) -> Option<Ipv4Addr> {
-        self.find_lease(client).filter(|ip| {
-            self.by_ip
-                .get(ip)
-                .is_some_and(|lease| lease.state == LeaseState::Bound && lease.live(now))
-        })
-    }
-
     fn find_lease(&self, client: &Client) -> Option<Ipv4Addr> {
         if let Some(id) = &client.client_id
             && let Some(&ip) = self.by_client.get(&ClientKey::Id(id.clone()))
@@ -909,7 +917,8 @@ impl LeaseDb {
                 if expiry <= now {
                     self.free(ip);
                 } else {
-                    self.hold_declined(ip, expiry);
+                    // A hold never outlasts what a DECLINE gives, whatever the file says.
+                    self.hold_declined(ip, expiry.min(now.saturating_add(DECLINE_HOLD_SECS)));
                 }
                 true
             }
@@ -1058,7 +1067,8 @@ impl LeaseDb {
         }
     }
 
-    /// Writes all bound leases to `path` atomically: temp file, fsync, rename, fsync dir.
+    /// Writes every bound lease and declined address to `path` atomically: temp file,
+    /// fsync, rename, fsync dir.
     fn write_compact(&self, path: &Path) -> std::io::Result<()> {
         let mut text = Vec::new();
         let mut ips: Vec<Ipv4Addr> = self.by_ip.keys().copied().collect();
@@ -1484,6 +1494,18 @@ mod tests {
         let after = NOW + 5 + DECLINE_HOLD_SECS;
         let expired = LeaseDb::open(&config(), &path, after).expect("reopen after the hold");
         assert!(expired.assignable(&mac(2), ip, after));
+        // A hold the file makes endless (edited, damaged) lasts one hold time at most.
+        std::fs::write(
+            &path,
+            format!(
+                "{{\"op\":\"decline\",\"ip\":\"{ip}\",\"expiry\":{}}}\n",
+                i64::MAX
+            ),
+        )
+        .expect("write");
+        let forever = LeaseDb::open(&config(), &path, NOW).expect("reopen");
+        assert!(!forever.assignable(&mac(2), ip, NOW));
+        assert!(forever.assignable(&mac(2), ip, NOW + DECLINE_HOLD_SECS));
     }
 
     #[test]

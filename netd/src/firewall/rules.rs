@@ -363,7 +363,8 @@ pub(super) fn check_ifname(bridge: &str, what: &'static str, name: &str) -> Resu
 
 impl NetworkRules {
     /// Checks what nft would otherwise reject or misread: interface names, and the NAT
-    /// ranges of a nat network (port 0 or start after end).
+    /// ranges of a nat network (start after end, or no port at all). A port range may
+    /// start at 0, as libvirt's does (`to :0-1024`).
     pub fn validate(&self) -> Result<(), Error> {
         check_ifname(&self.bridge, "bridge", &self.bridge)?;
         if let Some(dev) = &self.forward_dev {
@@ -374,7 +375,7 @@ impl NetworkRules {
             return Ok(());
         }
         let (first, last) = self.nat_ports;
-        if first == 0 || first > last {
+        if last == 0 || first > last {
             return Err(Error::InvalidRange {
                 bridge: self.bridge.clone(),
                 what: "port",
@@ -1213,6 +1214,10 @@ mod tests {
             rules.validate(),
             Err(Error::InvalidRange { what: "port", .. })
         ));
+        // libvirt's `<port start='0' end='1024'/>` is a range nft takes.
+        let mut rules = good.clone();
+        rules.nat_ports = (0, 1024);
+        rules.validate().unwrap();
         let mut rules = good.clone();
         rules.nat_addresses = Some((Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::new(10, 0, 0, 1)));
         assert!(matches!(

@@ -783,8 +783,8 @@ impl Parser {
     }
 
     /// `<srv>`, checked in the order of libvirt's `virNetworkDNSSrvDefParseXML`. With
-    /// `partial` (a net-update match pattern) `service` and `protocol` may be absent
-    /// (not both); they are then empty.
+    /// `partial` (a net-update match pattern) `service` and `protocol` may be absent;
+    /// they are then empty.
     pub(super) fn srv(&self, element: &Element, partial: bool) -> Result<DnsSrv, Error> {
         const SERVICE_EXTRA: &str = "_-+/*";
         const PROTOCOL_EXTRA: &str = "-+/";
@@ -837,46 +837,43 @@ impl Parser {
             )));
         }
         let target = element.attr("target");
-        // A port, priority or weight needs a target; 0 is "not set" for all three
-        // (libvirt does not write it back), and a port must not be 0.
-        let number = |attr: &str, invalid: &str| -> Result<Option<u16>, Error> {
-            let Some(value) = element.attr(attr) else {
+        // libvirt's virXPathUInt: an empty value is none; a number is refused without a
+        // target, then out of range (a port of 0 too); anything else is invalid. 0 is
+        // "not set" for all three (libvirt does not write it back).
+        let number = |attr: &str, invalid: String| -> Result<Option<u16>, Error> {
+            let Some(value) = element.attr(attr).filter(|value| !value.is_empty()) else {
                 return Ok(None);
             };
-            if target.is_none() {
+            let parsed = c_unsigned::<u32>(value, 10);
+            if parsed.is_some() && target.is_none() {
                 return Err(detail(format!(
                     "DNS SRV {attr} attribute not permitted without target for service '{service}' in network '{network}'"
                 )));
             }
-            match c_unsigned::<u16>(value, 10) {
-                Some(0) if attr == "port" => Err(detail(invalid.to_string())),
-                Some(number) => Ok(Some(number).filter(|&n| n != 0)),
-                None => Err(detail(invalid.to_string())),
+            match parsed.map(u16::try_from) {
+                Some(Ok(0)) if attr == "port" => Err(detail(invalid)),
+                Some(Ok(number)) => Ok(Some(number).filter(|&n| n != 0)),
+                _ => Err(detail(invalid)),
             }
         };
         let port = number(
             "port",
-            &format!(
+            format!(
                 "invalid DNS SRV port attribute for service '{service}' in network '{network}'"
             ),
         )?;
         let priority = number(
             "priority",
-            &format!(
+            format!(
                 "Invalid DNS SRV priority attribute for service '{service}' in network '{network}'"
             ),
         )?;
         let weight = number(
             "weight",
-            &format!(
-                "Invalid DNS SRV weight attribute for service '{service}' in network '{network}'"
+            format!(
+                "invalid DNS SRV weight attribute for service '{service}' in network '{network}'"
             ),
         )?;
-        if service.is_empty() && protocol.is_empty() {
-            return Err(detail(format!(
-                "Missing required service attribute or protocol in DNS SRV record of network '{network}'"
-            )));
-        }
         Ok(DnsSrv {
             service: service.to_string(),
             protocol: protocol.to_string(),

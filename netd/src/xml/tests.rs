@@ -527,6 +527,7 @@ fn nat_port_zero_is_accepted_and_zero_to_zero_is_no_range() {
         from_zero.forward.nat.port,
         Some(PortRange { start: 0, end: 100 })
     );
+    // (The firewall takes the range too: `NetworkRules::validate` in firewall::rules.)
     let none = parse(
         "<network><name>n</name><forward><nat><port start='0' end='0'/></nat></forward>\
          <ip address='10.9.0.1' prefix='24'/></network>",

@@ -81,8 +81,8 @@ pub enum UpdateSection {
     IpDhcpRange,
     /// `<forward>` (libvirt cannot update it either).
     Forward,
-    /// `<forward><interface>`: a macvtap network's pool, or a nat, route or open
-    /// network's one device.
+    /// `<forward><interface>`: a macvtap network's pool, or a nat or route network's
+    /// one device.
     ForwardInterface,
     /// `<forward><pf>` (libvirt cannot update it either).
     ForwardPf,
@@ -249,8 +249,9 @@ impl NetworkDef {
             UpdateSection::DnsTxt => self.update_dns_txt(command, &parser, &root),
             UpdateSection::DnsSrv => self.update_dns_srv(command, &parser, &root),
             UpdateSection::Portgroup => self.update_portgroup(command, &parser, &root),
-            // A macvtap network's pool, or the one device a nat, route or open network
-            // forwards through (`<forward dev=>`).
+            // A macvtap network's pool, or the one device a nat or route network
+            // forwards through (`<forward dev=>`). An open network takes none: the
+            // validation of the result refuses it with libvirt's message.
             UpdateSection::ForwardInterface
                 if self.macvtap_mode().is_some()
                     || matches!(
@@ -609,9 +610,9 @@ impl NetworkDef {
     }
 
     /// libvirt's `virNetworkDefUpdateForwardInterface`: on a macvtap network's pool, or
-    /// on the device a nat, route or open network forwards through, which may be one at
-    /// most (libvirt refuses a second when it parses the result). A pool device in use
-    /// by ports is checked by the daemon, which knows them.
+    /// on the device a nat or route network forwards through, which may be one at most
+    /// (libvirt refuses a second when it parses the result). A pool device in use by
+    /// ports is checked by the daemon, which knows them.
     fn update_forward_interface(
         &mut self,
         command: UpdateCommand,
@@ -1438,6 +1439,14 @@ mod tests {
             "<interface dev='eth0'/>",
         );
         assert_eq!(deleted.forward.dev, None);
+        let open = NetworkDef::from_xml(
+            "<network><name>op</name><forward mode='open'/><ip address='10.0.0.1' prefix='24'/></network>",
+        )
+        .expect("parse");
+        assert_eq!(
+            err(&open, "add", "forward-interface", "<interface dev='eth0'/>").to_string(),
+            "forward dev not allowed for network 'op' with forward mode='open'"
+        );
         let isolated = NetworkDef::from_xml(
             "<network><name>iso</name><ip address='10.0.0.1' prefix='24'/></network>",
         )
@@ -1538,6 +1547,45 @@ mod tests {
             )
             .to_string(),
             "DNS SRV port attribute not permitted without target for service 'x' in network 'default'"
+        );
+        // As libvirt's virXPathUInt reads them: a value that is no number is invalid
+        // before it is refused for the missing target; an empty one is none.
+        assert_eq!(
+            err(
+                &def,
+                "add",
+                "dns-srv",
+                "<srv service='x' protocol='udp' port='abc'/>"
+            )
+            .to_string(),
+            "invalid DNS SRV port attribute for service 'x' in network 'default'"
+        );
+        assert_eq!(
+            err(
+                &def,
+                "add",
+                "dns-srv",
+                "<srv service='x' protocol='udp' target='t.example' weight='70000'/>"
+            )
+            .to_string(),
+            "invalid DNS SRV weight attribute for service 'x' in network 'default'"
+        );
+        ok(
+            &def,
+            "add",
+            "dns-srv",
+            "<srv service='x' protocol='udp' port=''/>",
+        );
+        // A pattern without service or protocol is matched, as in libvirt.
+        assert_eq!(
+            err(
+                &def,
+                "delete",
+                "dns-srv",
+                "<srv domain='d.example' target='t.example'/>"
+            )
+            .to_string(),
+            "couldn't locate a matching DNS SRV record in network default"
         );
     }
 
