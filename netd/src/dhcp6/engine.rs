@@ -329,18 +329,13 @@ impl Engine {
         now: i64,
         out: &mut DhcpOptions,
     ) -> bool {
-        let reservation = self
-            .leases
-            .reservation(&client.duid, client.name.as_deref())
-            .cloned();
+        let (reservation, reserved_iaid) = self.reserved_ia(opts, client, now);
         let mut any = false;
-        // One reservation is one address: it goes to the client's first IA_NA.
-        let mut reservation_left = reservation.clone();
         let mut answers = Vec::new();
         for ia in ia_nas(opts) {
             let key = key(client, ia.id);
             let hint = ia_addresses(&ia.opts).next();
-            let host = reservation_left.take();
+            let host = reservation.clone().filter(|_| Some(ia.id) == reserved_iaid);
             match self.leases.offer(&key, host.as_ref(), hint, now) {
                 Some(ip) => {
                     any = true;
@@ -370,6 +365,31 @@ impl Engine {
         any
     }
 
+    /// The client's reservation, and the IA (by IAID) of this message it goes to: one
+    /// reservation is one address. The IA already bound to it keeps it; if another IA
+    /// of the client, not in this message, holds it, none of these gets it; else the
+    /// first IA_NA does.
+    fn reserved_ia(
+        &self,
+        opts: &DhcpOptions,
+        client: &Client,
+        now: i64,
+    ) -> (Option<Dhcp6HostConfig>, Option<u32>) {
+        let iaids: Vec<u32> = ia_nas(opts).map(|ia| ia.id).collect();
+        let reservation = self
+            .leases
+            .reservation_of(&client.duid, client.name.as_deref(), &iaids, now)
+            .cloned();
+        let Some(host) = &reservation else {
+            return (None, None);
+        };
+        let iaid = match self.leases.iaid_holding(&client.duid, host.ip, now) {
+            Some(holder) => iaids.contains(&holder).then_some(holder),
+            None => iaids.first().copied(),
+        };
+        (reservation, iaid)
+    }
+
     /// The name `client` gave, unless it is another reservation's.
     fn client_name(
         &self,
@@ -387,14 +407,12 @@ impl Engine {
     /// was lost); an IA with neither gets NoBinding, unless all it asks for are addresses
     /// of other links, which come back with lifetimes 0.
     fn extend_all(&mut self, opts: &DhcpOptions, client: &Client, now: i64, out: &mut DhcpOptions) {
-        // As in assign_all, a reservation is one address: the first IA_NA's.
-        let mut reservation_left = self
-            .leases
-            .reservation(&client.duid, client.name.as_deref())
-            .cloned();
+        let (client_reservation, reserved_iaid) = self.reserved_ia(opts, client, now);
         let mut answers = Vec::new();
         for ia in ia_nas(opts) {
-            let reservation = reservation_left.take();
+            let reservation = client_reservation
+                .clone()
+                .filter(|_| Some(ia.id) == reserved_iaid);
             let key = key(client, ia.id);
             let asked: Vec<Ipv6Addr> = ia_addresses(&ia.opts).collect();
             let bound = self.leases.binding(&key, now);
@@ -434,6 +452,11 @@ impl Engine {
                 None if asked.is_empty()
                     || asked.iter().any(|ip| self.config.subnet.contains(ip)) =>
                 {
+                    // A binding it may no longer keep ends here, as the client is told:
+                    // a reserved client waiting for the address gets it at once.
+                    if let Some(ip) = bound {
+                        self.leases.release(&key, ip);
+                    }
                     ia_opts.insert(status(Status::NoBinding, "no binding for this IA"));
                     answers.push(DhcpOption::IANA(IANA {
                         id: ia.id,
@@ -1098,6 +1121,146 @@ pub(crate) mod tests {
             .find(|l| l.hostname.as_deref() == Some("paul"))
             .unwrap();
         assert_eq!(paul.mac, None);
+    }
+
+    /// A name-reserved client renewing without its FQDN option (RFC 4704 does not ask
+    /// for it again) keeps its address; a reserved client with two IAs keeps each IA's
+    /// address whichever it renews; and both leases survive a restart.
+    #[test]
+    fn reserved_clients_keep_their_addresses_across_renewals_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.leases6");
+        let mut engine = Engine::with_lease_file(config(), &path, 0).unwrap();
+        let paul_duid = [0, 2, 0, 0, 0, 9, 1];
+        let paul_ip: Ipv6Addr = "2001:db8:ca2:2:3::2".parse().unwrap();
+        let fqdn = DhcpOption::Unknown(dhcproto::v6::UnknownOption::new(
+            OptionCode::from(OPTION_CLIENT_FQDN),
+            b"\x01\x04paul\x00".to_vec(),
+        ));
+        let solicit = message(
+            MessageType::Solicit,
+            &paul_duid,
+            vec![ia(1, None), fqdn, DhcpOption::RapidCommit],
+        );
+        let reply = decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap());
+        assert_eq!(the_ia(&reply).3[0].0, paul_ip);
+        let renew = message(
+            MessageType::Renew,
+            &paul_duid,
+            vec![ia(1, Some("2001:db8:ca2:2:3::2")), server_id(&engine)],
+        );
+        let reply = decode(&engine.handle(&renew, CLIENT_LL, 100).unwrap());
+        assert_eq!(the_ia(&reply).3, vec![(paul_ip, 600, 600)], "{reply:?}");
+
+        let atlas = [0, 4, 0x7e, 0x7d, 0xf0, 0x7d, 0xa8, 0xbc];
+        let atlas_ip: Ipv6Addr = "2001:db8:ca2:2:3::1".parse().unwrap();
+        let request = message(
+            MessageType::Solicit,
+            &atlas,
+            vec![ia(5, None), ia(6, None), DhcpOption::RapidCommit],
+        );
+        let reply = decode(&engine.handle(&request, CLIENT_LL, 0).unwrap());
+        // The reservation goes to one IA (the first on the wire), the pool serves the other.
+        let ias: Vec<(u32, Ipv6Addr)> = ia_nas(reply.opts())
+            .map(|ia| (ia.id, the_addresses(ia)[0]))
+            .collect();
+        let reserved_ia = ias
+            .iter()
+            .find(|(_, ip)| *ip == atlas_ip)
+            .expect("reserved")
+            .0;
+        let (other_ia, pool_ip) = *ias.iter().find(|(_, ip)| *ip != atlas_ip).expect("pool");
+        // Each IA renewed alone keeps its own address, the one without the
+        // reservation first.
+        for (iaid, ip) in [(other_ia, pool_ip), (reserved_ia, atlas_ip)] {
+            let renew = message(
+                MessageType::Renew,
+                &atlas,
+                vec![ia(iaid, Some(&ip.to_string())), server_id(&engine)],
+            );
+            let reply = decode(&engine.handle(&renew, CLIENT_LL, 200).unwrap());
+            assert_eq!(the_ia(&reply).3, vec![(ip, 3600, 3600)], "IA {iaid}");
+        }
+        engine.commit(300).unwrap();
+        drop(engine);
+        let reopened = Engine::with_lease_file(config(), &path, 300).unwrap();
+        let mut kept: Vec<Ipv6Addr> = reopened.leases(300).into_iter().map(|l| l.ip).collect();
+        kept.sort();
+        let mut expected = vec![atlas_ip, paul_ip, pool_ip];
+        expected.sort();
+        assert_eq!(kept, expected);
+    }
+
+    /// A reserved client that declines its address (someone else answers for it) is
+    /// served from the pool meanwhile, not offered the same address again.
+    #[test]
+    fn a_declined_reservation_is_not_offered_back_at_once() {
+        let mut engine = Engine::new(config());
+        let atlas = [0, 4, 0x7e, 0x7d, 0xf0, 0x7d, 0xa8, 0xbc];
+        let solicit = message(
+            MessageType::Solicit,
+            &atlas,
+            vec![ia(1, None), DhcpOption::RapidCommit],
+        );
+        let reply = decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap());
+        let reserved = the_ia(&reply).3[0].0;
+        let decline = message(
+            MessageType::Decline,
+            &atlas,
+            vec![ia(1, Some(&reserved.to_string())), server_id(&engine)],
+        );
+        engine.handle(&decline, CLIENT_LL, 10).unwrap();
+        let solicit = message(MessageType::Solicit, &atlas, vec![ia(1, None)]);
+        let reply = decode(&engine.handle(&solicit, CLIENT_LL, 20).unwrap());
+        let offered = the_ia(&reply).3[0].0;
+        assert_ne!(offered, reserved);
+    }
+
+    /// A binding the server refuses to extend (its address was reserved for another
+    /// client since) ends with the NoBinding answer: the reserved client gets it.
+    #[test]
+    fn a_binding_answered_no_binding_ends_and_the_reserved_client_gets_its_address() {
+        let mut config = config();
+        let mut engine = Engine::new(config.clone());
+        let solicit = message(
+            MessageType::Solicit,
+            &CLIENT_DUID,
+            vec![ia(1, None), DhcpOption::RapidCommit],
+        );
+        let reply = decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap());
+        let held = the_ia(&reply).3[0].0;
+        let newcomer = [0, 4, 1, 2, 3, 4];
+        config.hosts.push(Dhcp6HostConfig {
+            duid: Some(newcomer.to_vec()),
+            name: None,
+            ip: held,
+            lease: None,
+        });
+        engine.update(config);
+        let renew = message(
+            MessageType::Renew,
+            &CLIENT_DUID,
+            vec![ia(1, Some(&held.to_string())), server_id(&engine)],
+        );
+        let reply = decode(&engine.handle(&renew, CLIENT_LL, 100).unwrap());
+        assert_eq!(the_ia(&reply).4, Some(Status::NoBinding));
+        let solicit = message(MessageType::Solicit, &newcomer, vec![ia(1, None)]);
+        let reply = decode(
+            &engine
+                .handle(&solicit, "fe80::9".parse().unwrap(), 110)
+                .unwrap(),
+        );
+        assert_eq!(the_ia(&reply).3[0].0, held);
+    }
+
+    fn the_addresses(ia: &IANA) -> Vec<Ipv6Addr> {
+        ia.opts
+            .iter()
+            .filter_map(|o| match o {
+                DhcpOption::IAAddr(a) => Some(a.addr),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]

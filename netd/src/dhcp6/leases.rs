@@ -217,13 +217,15 @@ impl LeaseDb {
             duid: duid.into(),
             iaid: record.iaid,
         };
+        let hostname = record.hostname.as_deref().and_then(sanitize_hostname);
+        // A reserved host's lease is on its reserved address: its own, by DUID or name.
+        let reservation = self.reservation(&key.duid, hostname.as_deref()).cloned();
         if expiry <= now
-            || !self.assignable(&key, None, record.ip, now)
+            || !self.assignable(&key, reservation.as_ref(), record.ip, now)
             || self.by_client.contains_key(&key)
         {
             return false;
         }
-        let hostname = record.hostname.as_deref().and_then(sanitize_hostname);
         self.insert(
             record.ip,
             Lease {
@@ -290,6 +292,39 @@ impl LeaseDb {
                             .is_some_and(|host_name| host_name.eq_ignore_ascii_case(name))
                 })
             })
+    }
+
+    /// The reservation of the client `duid`, which sent `name` (if any) and asks about
+    /// its IAs `iaids`: by DUID, by that name, else by the name one of those IAs' bindings
+    /// carries (a renewal need not send the FQDN again, RFC 4704).
+    pub fn reservation_of(
+        &self,
+        duid: &[u8],
+        name: Option<&str>,
+        iaids: &[u32],
+        now: i64,
+    ) -> Option<&Dhcp6HostConfig> {
+        self.reservation(duid, name).or_else(|| {
+            iaids.iter().find_map(|&iaid| {
+                let key = ClientKey {
+                    duid: duid.into(),
+                    iaid,
+                };
+                let ip = self.binding(&key, now)?;
+                let hostname = self.by_ip.get(&ip)?.hostname.as_deref()?;
+                self.reservation(duid, Some(hostname))
+            })
+        })
+    }
+
+    /// The IA (its IAID) of the client `duid` bound to `ip` now, if any.
+    pub fn iaid_holding(&self, duid: &[u8], ip: Ipv6Addr, now: i64) -> Option<u32> {
+        self.by_ip
+            .get(&ip)
+            .filter(|lease| {
+                *lease.key.duid == *duid && lease.state == LeaseState::Bound && lease.expiry > now
+            })
+            .map(|lease| lease.key.iaid)
     }
 
     /// Whether a client whose reservation is `reservation` may go by `name`, a name it
@@ -369,7 +404,7 @@ impl LeaseDb {
         // renewal, the pool serves this one, as dnsmasq does.
         let reserved = reservation
             .map(|host| host.ip)
-            .filter(|&ip| !self.bound_to_another(key, ip, now));
+            .filter(|&ip| !self.bound_to_another(key, ip, now) && !self.declined(ip, now));
         let ip = match (reserved, current) {
             (Some(reserved), _) => {
                 if let Some(holder) = self.by_ip.get(&reserved)
@@ -410,6 +445,13 @@ impl LeaseDb {
         self.by_ip.get(&ip).is_some_and(|lease| {
             lease.key.duid != key.duid && lease.state == LeaseState::Bound && lease.expiry > now
         })
+    }
+
+    /// Whether `ip` is held after a DECLINE (someone else answers for it).
+    fn declined(&self, ip: Ipv6Addr, now: i64) -> bool {
+        self.by_ip
+            .get(&ip)
+            .is_some_and(|lease| lease.state == LeaseState::Declined && lease.expiry > now)
     }
 
     fn allocate(&mut self, key: &ClientKey, now: i64) -> Option<Ipv6Addr> {
@@ -519,22 +561,22 @@ impl LeaseDb {
         }
         self.remove(ip);
         self.changed();
-        if !self.reserved_ips.contains(&ip) {
-            self.insert(
-                ip,
-                Lease {
-                    // Nobody's: an empty DUID is never a client's key.
-                    key: ClientKey {
-                        duid: Box::default(),
-                        iaid: 0,
-                    },
-                    mac: None,
-                    hostname: None,
-                    expiry: now.saturating_add(DECLINE_HOLD_SECS),
-                    state: LeaseState::Declined,
+        // A reserved address too (RFC 8415 18.4.8): its client is served from the pool
+        // meanwhile, rather than offered the address it just found taken.
+        self.insert(
+            ip,
+            Lease {
+                // Nobody's: an empty DUID is never a client's key.
+                key: ClientKey {
+                    duid: Box::default(),
+                    iaid: 0,
                 },
-            );
-        }
+                mac: None,
+                hostname: None,
+                expiry: now.saturating_add(DECLINE_HOLD_SECS),
+                state: LeaseState::Declined,
+            },
+        );
         true
     }
 

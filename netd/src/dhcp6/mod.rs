@@ -17,7 +17,8 @@
 //!   then: two clients never share an address);
 //! - relayed messages are dropped (the network is one link; there are no relays on it);
 //! - temporary addresses (IA_TA) and prefix delegation (IA_PD) are answered with
-//!   NoAddrsAvail / NoPrefixAvail, as dnsmasq without `ra-*`/`prefix` options does.
+//!   NoAddrsAvail / NoPrefixAvail. (dnsmasq 2.90 gives IA_TAs an address from the range;
+//!   guests use SLAAC privacy addresses, and ask for IA_TA only when told to.)
 
 pub mod engine;
 pub mod leases;
