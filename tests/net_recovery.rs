@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{DAEMON_NEEDS, Daemon, DaemonOptions, require, xml_file};
@@ -617,6 +618,67 @@ fn a_definition_that_cannot_be_loaded_keeps_its_leases_and_ports_until_it_is_men
     assert!(lease_file.exists() && ports_file.exists(), "files deleted");
 }
 
+/// Defines autostart NAT networks `names` (10.61.0.0/24 on), stops the daemon, and
+/// installs a hook that hangs b's start (`sleep 60`, its pid appended to the file
+/// returned), every time or only the first; the options of a daemon after a reboot (a
+/// new state dir, so autostart runs).
+fn autostart_with_b_hanging(
+    daemon: &mut Daemon,
+    names: &[&str],
+    only_once: bool,
+) -> (PathBuf, DaemonOptions) {
+    for (n, name) in names.iter().enumerate() {
+        define_nat_network(daemon, name, &format!("10.{}.0.1", 61 + n));
+        daemon.ok(&["net-autostart", name]);
+    }
+    daemon.stop();
+    let hung = daemon.dirs.path().join("hung");
+    let hook = daemon.config_dir().join("hooks/network");
+    std::fs::create_dir_all(hook.parent().expect("hooks dir")).expect("hooks dir");
+    let once = if only_once {
+        format!(" && [ ! -e {} ]", hung.display())
+    } else {
+        String::new()
+    };
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\n\
+             if [ \"$1 $2\" = \"b start\" ]{once}; then echo $$ >> {0}; exec sleep 60; fi\n",
+            hung.display()
+        ),
+    )
+    .expect("hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let options = DaemonOptions {
+        state_dir: Some(daemon.dirs.path().join("run-after-reboot")),
+        ..DaemonOptions::no_default_network()
+    };
+    (hung, options)
+}
+
+/// Launches the daemon, waits until b's hook has hung for the `death`th time, and kills
+/// both, as systemd would after its start timeout.
+fn kill_while_b_hangs(daemon: &mut Daemon, options: &DaemonOptions, hung: &Path, death: usize) {
+    daemon.launch(options);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let hook_pid = loop {
+        let pids = std::fs::read_to_string(hung).unwrap_or_default();
+        if pids.lines().count() == death && pids.ends_with('\n') {
+            break pids.lines().last().unwrap_or_default().to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b's start hook did not run:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    daemon.kill9();
+    let _ = std::process::Command::new("kill").arg(&hook_pid).status();
+}
+
 /// A daemon killed while it autostarts the networks at boot (a hook that hangs, the OOM
 /// killer) starts the ones it did not get to when it is restarted in the same boot.
 #[test]
@@ -625,50 +687,8 @@ fn a_daemon_killed_during_boot_autostart_starts_the_rest_when_restarted() {
         return;
     }
     let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
-    for (name, address) in [("a", "10.61.0.1"), ("b", "10.62.0.1")] {
-        define_nat_network(&daemon, name, address);
-        daemon.ok(&["net-autostart", name]);
-    }
-    daemon.stop();
-    // b's start hangs in its hook, once.
-    let hung = daemon.dirs.path().join("hung");
-    let hook = daemon.config_dir().join("hooks/network");
-    std::fs::create_dir_all(hook.parent().expect("hooks dir")).expect("hooks dir");
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\ncat > /dev/null\n\
-             if [ \"$1 $2\" = \"b start\" ] && [ ! -e {0} ]; then echo $$ > {0}; exec sleep 60; fi\n",
-            hung.display()
-        ),
-    )
-    .expect("hook");
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-
-    // A reboot: a new state dir, so autostart runs.
-    let options = DaemonOptions {
-        state_dir: Some(daemon.dirs.path().join("run-after-reboot")),
-        ..DaemonOptions::no_default_network()
-    };
-    daemon.launch(&options);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let hook_pid = loop {
-        match std::fs::read_to_string(&hung) {
-            Ok(pid) if pid.ends_with('\n') => break pid.trim().to_owned(),
-            _ => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "b's start hook did not run:\n{}",
-                    daemon.log()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    };
-    daemon.kill9();
-    let _ = std::process::Command::new("kill").arg(&hook_pid).status();
-
+    let (hung, options) = autostart_with_b_hanging(&mut daemon, &["a", "b"], true);
+    kill_while_b_hangs(&mut daemon, &options, &hung, 1);
     daemon.spawn(&options);
     assert_eq!(
         daemon.ok(&["-q", "net-list", "--name"]),
@@ -686,46 +706,9 @@ fn a_network_whose_autostart_a_daemon_dies_in_twice_is_skipped() {
         return;
     }
     let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
-    for (name, address) in [("a", "10.61.0.1"), ("b", "10.62.0.1"), ("c", "10.63.0.1")] {
-        define_nat_network(&daemon, name, address);
-        daemon.ok(&["net-autostart", name]);
-    }
-    daemon.stop();
-    let hung = daemon.dirs.path().join("hung");
-    let hook = daemon.config_dir().join("hooks/network");
-    std::fs::create_dir_all(hook.parent().expect("hooks dir")).expect("hooks dir");
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\ncat > /dev/null\n\
-             if [ \"$1 $2\" = \"b start\" ]; then echo $$ >> {0}; exec sleep 60; fi\n",
-            hung.display()
-        ),
-    )
-    .expect("hook");
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    let options = DaemonOptions {
-        state_dir: Some(daemon.dirs.path().join("run-after-reboot")),
-        ..DaemonOptions::no_default_network()
-    };
+    let (hung, options) = autostart_with_b_hanging(&mut daemon, &["a", "b", "c"], false);
     for death in 1..=2 {
-        daemon.launch(&options);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let hook_pid = loop {
-            let pids = std::fs::read_to_string(&hung).unwrap_or_default();
-            if pids.lines().count() == death && pids.ends_with('\n') {
-                break pids.lines().last().unwrap_or_default().to_owned();
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "b's start hook did not run:\n{}",
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        daemon.kill9();
-        let _ = std::process::Command::new("kill").arg(&hook_pid).status();
+        kill_while_b_hangs(&mut daemon, &options, &hung, death);
     }
     daemon.spawn(&options);
     assert_eq!(

@@ -686,6 +686,25 @@ mod tests {
         (reply, ack)
     }
 
+    /// DISCOVER + REQUEST, both carrying `extra`; returns the ACK.
+    fn dora_with(engine: &mut Engine, mac: [u8; 6], extra: &[DhcpOption], now: i64) -> Message {
+        let with_extra = |mut m: Message| {
+            for option in extra {
+                m.opts_mut().insert(option.clone());
+            }
+            m
+        };
+        let discover = with_extra(message(MessageType::Discover, mac));
+        let (_, offer) = exchange(engine, &discover, now).expect("offer");
+        let request = with_extra(request_for(mac, offer.yiaddr(), Some(SERVER)));
+        let (_, ack) = exchange(engine, &request, now).expect("ack");
+        assert_eq!(
+            (kind(&ack), ack.yiaddr()),
+            (MessageType::Ack, offer.yiaddr())
+        );
+        ack
+    }
+
     #[test]
     fn network_boot_goes_in_the_header_and_in_option_67_when_asked() {
         let mut engine = Engine::new(DhcpConfig {
@@ -932,24 +951,10 @@ mod tests {
             ([2, 0, 0, 0, 0, 21], "nulhost\0", None),
             ([2, 0, 0, 0, 0, 22], "winbox\0", Some(reserved)),
         ] {
-            let named = |kind| {
-                let mut m = message(kind, mac);
-                m.opts_mut().insert(DhcpOption::Hostname(name.into()));
-                m
-            };
-            let (_, offer) =
-                exchange(&mut engine, &named(MessageType::Discover), NOW).expect("offer");
+            let ack = dora_with(&mut engine, mac, &[DhcpOption::Hostname(name.into())], NOW);
             if let Some(ip) = expected_ip {
-                assert_eq!(offer.yiaddr(), ip);
+                assert_eq!(ack.yiaddr(), ip);
             }
-            let mut request = named(MessageType::Request);
-            request
-                .opts_mut()
-                .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
-            request
-                .opts_mut()
-                .insert(DhcpOption::ServerIdentifier(SERVER));
-            exchange(&mut engine, &request, NOW).expect("ack");
         }
         let names: Vec<_> = engine
             .leases(NOW)
@@ -1007,22 +1012,12 @@ mod tests {
         let two_ids = [9, 0, 0, 0, 0, 9];
         let mut addresses = Vec::new();
         for id in [&[1u8, 9, 0, 0, 0, 0, 9][..], &[255, 0, 0, 0, 1]] {
-            let with_id = |kind| {
-                let mut m = message(kind, two_ids);
-                m.opts_mut()
-                    .insert(DhcpOption::ClientIdentifier(id.to_vec()));
-                m
-            };
-            let (_, offer) =
-                exchange(&mut engine, &with_id(MessageType::Discover), NOW).expect("offer");
-            let mut request = with_id(MessageType::Request);
-            request
-                .opts_mut()
-                .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
-            request
-                .opts_mut()
-                .insert(DhcpOption::ServerIdentifier(SERVER));
-            let (_, ack) = exchange(&mut engine, &request, NOW).expect("ack");
+            let ack = dora_with(
+                &mut engine,
+                two_ids,
+                &[DhcpOption::ClientIdentifier(id.to_vec())],
+                NOW,
+            );
             addresses.push(ack.yiaddr());
         }
         assert_ne!(addresses[0], addresses[1]);
