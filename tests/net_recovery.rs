@@ -424,15 +424,9 @@ fn net_destroy_leaves_someone_elses_bridge_under_the_name_alone() {
     );
 }
 
-/// A second daemon on the same state dir (a manual start beside systemd's) would adopt
-/// the same networks and fight over them: it is refused, naming the running one, and
-/// changes nothing.
-#[test]
-fn a_second_daemon_on_the_same_state_dir_is_refused_and_changes_nothing() {
-    if !require(DAEMON_NEEDS) {
-        return;
-    }
-    let daemon = Daemon::start();
+/// Runs a second daemon beside `daemon`'s, on its config dir and `state_dir`; asserts
+/// it refuses with a message containing `expected` and changes nothing.
+fn assert_second_daemon_refused(daemon: &Daemon, state_dir: &Path, expected: &str) {
     let bridges = daemon.bridges();
     let ruleset = daemon.ruleset();
     let second_socket = daemon.dirs.path().join("second.sock");
@@ -442,19 +436,14 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_and_changes_nothing() {
         .arg("--config-dir")
         .arg(daemon.config_dir())
         .arg("--state-dir")
-        .arg(daemon.state_dir())
+        .arg(state_dir)
         .arg("--socket")
         .arg(&second_socket)
         .output()
         .expect("run a second kvnetd");
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
-    let expected = format!(
-        "another kvnetd (pid {}) is already running with the state dir {}",
-        daemon.pid().expect("pid"),
-        daemon.state_dir().display()
-    );
-    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stderr.contains(expected), "{stderr}");
     assert!(!second_socket.exists());
     assert_eq!(daemon.bridges(), bridges);
     assert_eq!(daemon.ruleset(), ruleset);
@@ -462,6 +451,23 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_and_changes_nothing() {
         daemon.ok(&["-q", "net-list"]),
         " default   active   yes   yes\n"
     );
+}
+
+/// A second daemon on the same state dir (a manual start beside systemd's) would adopt
+/// the same networks and fight over them: it is refused, naming the running one, and
+/// changes nothing.
+#[test]
+fn a_second_daemon_on_the_same_state_dir_is_refused_and_changes_nothing() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start();
+    let expected = format!(
+        "another kvnetd (pid {}) is already running with the state dir {}",
+        daemon.pid().expect("pid"),
+        daemon.state_dir().display()
+    );
+    assert_second_daemon_refused(&daemon, &daemon.state_dir(), &expected);
 }
 
 /// A second daemon on the same config dir with a state dir of its own would find no
@@ -472,30 +478,15 @@ fn a_second_daemon_on_the_same_config_dir_is_refused_and_changes_nothing() {
         return;
     }
     let daemon = Daemon::start();
-    let bridges = daemon.bridges();
-    let ruleset = daemon.ruleset();
-    let second_socket = daemon.dirs.path().join("second.sock");
-    let second = daemon
-        .ns
-        .command(env!("CARGO_BIN_EXE_kvnetd"))
-        .arg("--config-dir")
-        .arg(daemon.config_dir())
-        .arg("--state-dir")
-        .arg(daemon.dirs.path().join("another-state-dir"))
-        .arg("--socket")
-        .arg(&second_socket)
-        .output()
-        .expect("run a second kvnetd");
-    assert!(!second.status.success());
-    let stderr = String::from_utf8_lossy(&second.stderr);
     let expected = format!(
         "another kvnetd is already running with the config dir {} (and another state dir)",
         daemon.config_dir().display()
     );
-    assert!(stderr.contains(&expected), "{stderr}");
-    assert!(!second_socket.exists());
-    assert_eq!(daemon.bridges(), bridges);
-    assert_eq!(daemon.ruleset(), ruleset);
+    assert_second_daemon_refused(
+        &daemon,
+        &daemon.dirs.path().join("another-state-dir"),
+        &expected,
+    );
 }
 
 /// The state dir lost while networks run (removed by hand, or a daemon pointed at a new
