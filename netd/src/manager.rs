@@ -1006,8 +1006,9 @@ impl Manager {
     }
 
     /// Starts the autostart networks once per boot. A daemon killed part way (a hook that
-    /// hangs until systemd's SIGKILL, the OOM killer) leaves the rest to the next daemon,
-    /// which tries them once more: one killed every time must still come up in the end.
+    /// hangs until systemd's SIGKILL, the OOM killer) leaves the rest to the next daemon;
+    /// a daemon killed every time must still come up in the end, so the network a
+    /// daemon keeps dying in is skipped after [`AUTOSTART_TRIES`] ([`Manager::autostart_all`]).
     async fn autostart_once_per_boot(&self) {
         let under_way = match self.store.autostart_progress() {
             Ok(AutostartProgress::Done) => return,
