@@ -470,68 +470,6 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_and_changes_nothing() {
     assert_second_daemon_refused(&daemon, &daemon.state_dir(), &expected);
 }
 
-/// A second daemon on the same config dir with a state dir of its own would find no
-/// status for the running networks and take their bridges for leftovers: it is refused.
-#[test]
-fn a_second_daemon_on_the_same_config_dir_is_refused_and_changes_nothing() {
-    if !require(DAEMON_NEEDS) {
-        return;
-    }
-    let daemon = Daemon::start();
-    let expected = format!(
-        "another kvnetd is already running with the config dir {} (and another state dir)",
-        daemon.config_dir().display()
-    );
-    assert_second_daemon_refused(
-        &daemon,
-        &daemon.dirs.path().join("another-state-dir"),
-        &expected,
-    );
-}
-
-/// The state dir lost while networks run (removed by hand, or a daemon pointed at a new
-/// one): their bridges, found by name and MAC address, are deleted, so the networks
-/// start again, autostart included, instead of failing on their own bridge as an
-/// interface in use.
-#[test]
-fn bridges_left_by_a_lost_state_dir_are_reclaimed() {
-    if !require(DAEMON_NEEDS) {
-        return;
-    }
-    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
-    for (name, address) in [("a", "10.61.0.1"), ("b", "10.62.0.1")] {
-        define_nat_network(&daemon, name, address);
-        daemon.ok(&["net-start", name]);
-    }
-    daemon.ok(&["net-autostart", "a"]);
-    // Someone else's bridge that happens to have a network's name is left alone.
-    daemon.ok(&["net-destroy", "b"]);
-    daemon
-        .ns
-        .sh("ip link add virbr1 type bridge")
-        .expect("a foreign bridge named like b's");
-    daemon.kill9();
-    std::fs::remove_dir_all(daemon.state_dir()).expect("remove the state dir");
-    daemon.spawn(&DaemonOptions::no_default_network());
-    assert_eq!(
-        daemon.ok(&["-q", "net-list", "--all"]),
-        " a   active     yes   yes\n b   inactive   no    yes\n",
-        "{}",
-        daemon.log()
-    );
-    assert!(daemon.bridges().contains(&"virbr1".to_owned()));
-    assert!(
-        daemon.log().contains("left running without a status"),
-        "{}",
-        daemon.log()
-    );
-    daemon
-        .ns
-        .sh("ip link del virbr1")
-        .expect("delete the foreign bridge");
-    daemon.ok(&["net-start", "b"]);
-}
-
 /// A daemon killed between binding its socket under a staging name and renaming it
 /// into place leaves the staging file; the next daemon removes it, but not one whose
 /// daemon is still alive.

@@ -40,16 +40,6 @@ enum Error {
     },
     #[error("another kvnetd (pid {pid}) is already running with the state dir {state_dir}")]
     AlreadyRunning { pid: String, state_dir: PathBuf },
-    #[error(
-        "another kvnetd is already running with the config dir {config_dir} (and another state dir)"
-    )]
-    ConfigDirInUse { config_dir: PathBuf },
-    #[error("creating the config dir {path}")]
-    ConfigDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("writing the pid to {path}")]
     WritePid {
         path: PathBuf,
@@ -133,7 +123,6 @@ pub fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<(), Error> {
     let _only_daemon = lock_state_dir(&args.state_dir)?;
-    let _only_daemon_of_config = lock_config_dir(&args.config_dir)?;
     raise_fd_limit();
     // One thread is plenty: every change is serialised by the manager's lock, and
     // netlink must stay in this thread's network namespace.
@@ -233,31 +222,6 @@ fn lock_state_dir(state_dir: &Path) -> Result<Flock<File>, Error> {
         .and_then(|()| writeln!(lock, "{}", std::process::id()));
     recorded.map_err(|source| Error::WritePid { path, source })?;
     Ok(lock)
-}
-
-/// Makes this the only daemon using `config_dir`, whatever its state dir: a daemon
-/// started with another state dir finds no status for the networks the first one runs,
-/// and would take their bridges for leftovers of a lost state dir and delete them. The
-/// directory itself is locked (`flock`), so nothing is written into it.
-fn lock_config_dir(config_dir: &Path) -> Result<Flock<File>, Error> {
-    std::fs::create_dir_all(config_dir).map_err(|source| Error::ConfigDir {
-        path: config_dir.to_owned(),
-        source,
-    })?;
-    let dir = File::open(config_dir).map_err(|source| Error::OpenLock {
-        path: config_dir.to_owned(),
-        source,
-    })?;
-    match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(lock),
-        Err((_, Errno::EWOULDBLOCK)) => Err(Error::ConfigDirInUse {
-            config_dir: config_dir.to_owned(),
-        }),
-        Err((_, errno)) => Err(Error::Lock {
-            path: config_dir.to_owned(),
-            source: errno,
-        }),
-    }
 }
 
 /// Each active network holds a few sockets (DHCP, DNS over UDP and TCP), so a thousand

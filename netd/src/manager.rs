@@ -462,7 +462,6 @@ impl Manager {
         };
         manager.load_configs().await?;
         manager.adopt_running().await?;
-        manager.release_orphan_bridges().await;
         manager.forget_orphan_leases().await?;
         if fresh {
             // A daemon that will not start is worse than a host without `default`; the
@@ -817,35 +816,6 @@ impl Manager {
         self.release(bridge, ours).await;
     }
 
-    /// Deletes the bridges of inactive networks that a daemon left without a status (the
-    /// state dir was lost or replaced while they ran): the bridge with a network's name
-    /// and MAC address is its own, and would otherwise block its every start as an
-    /// interface in use. A network whose status could not be read now keeps its bridge.
-    /// (The config dir's lock keeps a second daemon, with a state dir of its own, from
-    /// taking a running network's bridge for such a leftover.)
-    async fn release_orphan_bridges(&self) {
-        let candidates: Vec<(NetworkDef, String)> = {
-            let networks = self.networks.lock().await;
-            networks
-                .iter()
-                .filter(|(name, network)| network.live.is_none() && !self.was_unloaded(name))
-                .filter_map(|(_, network)| network.config.clone())
-                .filter(|def| def.forward_mode().has_managed_bridge())
-                .filter_map(|def| Some((def.clone(), def.bridge_name()?.to_owned())))
-                .collect()
-        };
-        for (def, bridge) in candidates {
-            let ours = matches!(
-                self.link.link_info(&bridge).await,
-                Ok(Some(info)) if is_network_bridge(&def, &bridge, &info)
-            );
-            if ours {
-                warn!(network = %def.name, bridge, "deleting the network's bridge, left running without a status (a lost state dir); the network is inactive");
-                self.release(&bridge, true).await;
-            }
-        }
-    }
-
     /// Best-effort removal of a network's kernel objects by bridge name (recovery paths).
     async fn release(&self, bridge: &str, delete_bridge: bool) {
         // A macvtap network's status names no bridge: it has no rules either.
@@ -1055,12 +1025,16 @@ impl Manager {
                 warn!(network = %name, deaths, "not autostarted: daemons died while starting it in this boot; start it by hand");
                 continue;
             }
-            if let Err(e) = self.store.note_autostarting(under_way, &name) {
+            if let Err(e) = self.store.note_autostarting(under_way, Some(&name)) {
                 warn!(network = %name, "{}", error_chain(&e));
             }
             match self.start(&name).await {
                 Ok(_) => info!(network = %name, "autostarted"),
                 Err(e) => warn!(network = %name, "autostart failed: {}", error_chain(&e)),
+            }
+            // Its start returned: a death from now on is not in it.
+            if let Err(e) = self.store.note_autostarting(under_way, None) {
+                warn!(network = %name, "{}", error_chain(&e));
             }
         }
     }

@@ -488,13 +488,17 @@ impl Store {
     }
 
     /// Records, in the autostart-begun marker, the networks whose autostart was under
-    /// way when a daemon died (`under_way`) and the one being started now: a daemon
-    /// that dies during a start leaves that network to be skipped by the next.
+    /// way when a daemon died (`under_way`) and the one being started now, if any: a
+    /// daemon that dies during a start leaves that network counted by the next.
     /// Replaced by a rename (a marker on tmpfs: no fsync), so it is never read half
     /// written.
-    pub fn note_autostarting(&self, under_way: &[String], starting: &str) -> Result<(), Error> {
+    pub fn note_autostarting(
+        &self,
+        under_way: &[String],
+        starting: Option<&str>,
+    ) -> Result<(), Error> {
         let mut text = String::new();
-        for name in under_way.iter().map(String::as_str).chain([starting]) {
+        for name in under_way.iter().map(String::as_str).chain(starting) {
             text.push_str(name);
             text.push('\n');
         }
@@ -890,8 +894,8 @@ mod tests {
             store.autostart_progress().unwrap(),
             AutostartProgress::CutShort { under_way: vec![] }
         );
-        store.note_autostarting(&[], "a").unwrap();
-        store.note_autostarting(&["a".into()], "b").unwrap();
+        store.note_autostarting(&[], Some("a")).unwrap();
+        store.note_autostarting(&["a".into()], Some("b")).unwrap();
         assert_eq!(
             store.autostart_progress().unwrap(),
             AutostartProgress::CutShort {

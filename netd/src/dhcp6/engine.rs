@@ -329,7 +329,7 @@ impl Engine {
         now: i64,
         out: &mut DhcpOptions,
     ) -> bool {
-        let (reservation, reserved_iaid) = self.reserved_ia(opts, client, now);
+        let (reservation, reserved_iaid) = self.reserved_ia(opts, client, false, now);
         let mut any = false;
         let mut answers = Vec::new();
         for ia in ia_nas(opts) {
@@ -366,13 +366,15 @@ impl Engine {
     }
 
     /// The client's reservation, and the IA (by IAID) of this message it goes to: one
-    /// reservation is one address. The IA already bound to it keeps it; if another IA
-    /// of the client, not in this message, holds it, none of these gets it; else the
-    /// first IA_NA does.
+    /// reservation is one address. The IA already bound to it keeps it; else the first
+    /// IA_NA gets it, unless `renewing` and another IA of the client, not in this
+    /// message, holds it (a RENEW or REBIND lists only the IAs it extends; a SOLICIT
+    /// or REQUEST lists all the client wants, so an IA it forgot gives the address up).
     fn reserved_ia(
         &self,
         opts: &DhcpOptions,
         client: &Client,
+        renewing: bool,
         now: i64,
     ) -> (Option<Dhcp6HostConfig>, Option<u32>) {
         let iaids: Vec<u32> = ia_nas(opts).map(|ia| ia.id).collect();
@@ -384,8 +386,9 @@ impl Engine {
             return (None, None);
         };
         let iaid = match self.leases.iaid_holding(&client.duid, host.ip, now) {
-            Some(holder) => iaids.contains(&holder).then_some(holder),
-            None => iaids.first().copied(),
+            Some(holder) if iaids.contains(&holder) => Some(holder),
+            Some(_) if renewing => None,
+            _ => iaids.first().copied(),
         };
         (reservation, iaid)
     }
@@ -407,7 +410,7 @@ impl Engine {
     /// was lost); an IA with neither gets NoBinding, unless all it asks for are addresses
     /// of other links, which come back with lifetimes 0.
     fn extend_all(&mut self, opts: &DhcpOptions, client: &Client, now: i64, out: &mut DhcpOptions) {
-        let (client_reservation, reserved_iaid) = self.reserved_ia(opts, client, now);
+        let (client_reservation, reserved_iaid) = self.reserved_ia(opts, client, true, now);
         let mut answers = Vec::new();
         for ia in ia_nas(opts) {
             let reservation = client_reservation
@@ -439,7 +442,7 @@ impl Engine {
                         .as_ref()
                         .and_then(|h| h.name.as_deref())
                         .and_then(sanitize_hostname)
-                        .or_else(|| self.client_name(client, reservation.as_ref()));
+                        .or_else(|| self.client_name(client, client_reservation.as_ref()));
                     self.leases.bind(&key, ip, client.mac, hostname, secs, now);
                     ia_opts.insert(iaaddr(ip, secs, secs));
                     renew_times(secs)
@@ -1251,6 +1254,59 @@ pub(crate) mod tests {
                 .unwrap(),
         );
         assert_eq!(the_ia(&reply).3[0].0, held);
+    }
+
+    /// A reserved client that asks with a new IAID (reinstalled, its interface renamed)
+    /// gets its reservation on the new IA.
+    #[test]
+    fn a_reserved_client_with_a_new_iaid_gets_its_reservation() {
+        let mut engine = Engine::new(config());
+        let atlas = [0, 4, 0x7e, 0x7d, 0xf0, 0x7d, 0xa8, 0xbc];
+        let atlas_ip: Ipv6Addr = "2001:db8:ca2:2:3::1".parse().unwrap();
+        for iaid in [1, 7] {
+            let solicit = message(
+                MessageType::Solicit,
+                &atlas,
+                vec![ia(iaid, None), DhcpOption::RapidCommit],
+            );
+            let reply = decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap());
+            assert_eq!(the_ia(&reply).3[0].0, atlas_ip, "IA {iaid}");
+        }
+    }
+
+    /// A lease on an address reserved since for another client survives a restart
+    /// as it survives while the daemon runs: the reserved client is not offered it.
+    #[test]
+    fn a_lease_on_an_address_reserved_since_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.leases6");
+        let mut config = config();
+        let mut engine = Engine::with_lease_file(config.clone(), &path, 0).unwrap();
+        let solicit = message(
+            MessageType::Solicit,
+            &CLIENT_DUID,
+            vec![ia(1, None), DhcpOption::RapidCommit],
+        );
+        let reply = decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap());
+        let held = the_ia(&reply).3[0].0;
+        engine.commit(0).unwrap();
+        drop(engine);
+        let newcomer = [0, 4, 1, 2, 3, 4];
+        config.hosts.push(Dhcp6HostConfig {
+            duid: Some(newcomer.to_vec()),
+            name: None,
+            ip: held,
+            lease: None,
+        });
+        let mut engine = Engine::with_lease_file(config, &path, 10).unwrap();
+        assert_eq!(engine.leases(10).len(), 1);
+        let solicit = message(MessageType::Solicit, &newcomer, vec![ia(1, None)]);
+        let reply = decode(
+            &engine
+                .handle(&solicit, "fe80::9".parse().unwrap(), 10)
+                .unwrap(),
+        );
+        assert_ne!(the_ia(&reply).3[0].0, held);
     }
 
     fn the_addresses(ia: &IANA) -> Vec<Ipv6Addr> {

@@ -218,8 +218,10 @@ impl LeaseDb {
             iaid: record.iaid,
         };
         let hostname = record.hostname.as_deref().and_then(sanitize_hostname);
-        // A reserved host's lease is on its reserved address: its own, by DUID or name.
-        let reservation = self.reservation(&key.duid, hostname.as_deref()).cloned();
+        // A lease on a reserved address is kept: its holder's own, or one bound before
+        // the address was reserved for another client, which keeps it until its next
+        // renewal as while the daemon runs (two guests never share an address).
+        let reservation = self.hosts.iter().find(|host| host.ip == record.ip).cloned();
         if expiry <= now
             || !self.assignable(&key, reservation.as_ref(), record.ip, now)
             || self.by_client.contains_key(&key)

@@ -54,6 +54,9 @@ struct State {
     socket: Socket,
     /// What each bridge owns, as last committed; `None` until read from the kernel.
     record: Option<Record>,
+    /// What each bridge's rules need, from our batches only: `record` is read back from
+    /// the kernel after a loss, and a loss a repair failed to mend must still show.
+    owed: Record,
     /// Whether our last batch left the table skeleton in place. It is sent again only when
     /// it may be missing: at first use, after we deleted the table, and to retry a batch
     /// that failed (someone may have flushed or deleted it).
@@ -70,6 +73,23 @@ struct Record {
     elements: HashMap<String, Vec<OwnedElement>>,
     /// Bridges with a custom NAT chain (and its verdict-map element).
     custom_nat: HashSet<String>,
+}
+
+impl Record {
+    /// Records that `bridge` owns `elements` (none: nothing) and, with `custom_nat`, its
+    /// own NAT chain.
+    fn set(&mut self, bridge: &str, custom_nat: bool, elements: &[OwnedElement]) {
+        if custom_nat {
+            self.custom_nat.insert(bridge.to_owned());
+        } else {
+            self.custom_nat.remove(bridge);
+        }
+        if elements.is_empty() {
+            self.elements.remove(bridge);
+        } else {
+            self.elements.insert(bridge.to_owned(), elements.to_vec());
+        }
+    }
 }
 
 impl State {
@@ -228,6 +248,7 @@ impl NftFirewall {
             state: Mutex::new(State {
                 socket,
                 record: None,
+                owed: Record::default(),
                 skeleton_present: false,
                 intact_at: None,
             }),
@@ -288,17 +309,9 @@ impl NftFirewall {
             bridge: bridge.to_owned(),
             nft: e.to_string(),
         })?;
+        state.owed.set(bridge, custom_nat, &now);
         let record = state.record()?;
-        if custom_nat {
-            record.custom_nat.insert(bridge.to_owned());
-        } else {
-            record.custom_nat.remove(bridge);
-        }
-        if now.is_empty() {
-            record.elements.remove(bridge);
-        } else {
-            record.elements.insert(bridge.to_owned(), now);
-        }
+        record.set(bridge, custom_nat, &now);
         if record.elements.is_empty() && record.custom_nat.is_empty() {
             // Nothing of kvnet's is left: remove the table too, so the ruleset is exactly
             // as it was before the first network started.
@@ -378,7 +391,7 @@ impl Firewall for NftFirewall {
         // from `nat4` (an old ruleset restored, an element deleted by hand) stops its
         // NAT alone.
         let found = state.read_record()?;
-        let committed = state.record()?;
+        let owed = &state.owed;
         let lost: Vec<String> = expected
             .iter()
             .filter(|bridge| {
@@ -387,10 +400,10 @@ impl Firewall for NftFirewall {
                     .get(*bridge)
                     .map(Vec::as_slice)
                     .unwrap_or_default();
-                let has_all_elements = committed.elements.get(*bridge).is_some_and(|owned| {
+                let has_all_elements = owed.elements.get(*bridge).is_some_and(|owned| {
                     !owned.is_empty() && owned.iter().all(|element| have.contains(element))
                 });
-                let has_custom_nat = !committed.custom_nat.contains(*bridge)
+                let has_custom_nat = !owed.custom_nat.contains(*bridge)
                     || (found.custom_nat.contains(*bridge)
                         && rule_counts.contains_key(&rules::nat_chain(bridge)));
                 !skeleton_intact || !has_all_elements || !has_custom_nat
