@@ -424,35 +424,6 @@ fn net_destroy_leaves_someone_elses_bridge_under_the_name_alone() {
     );
 }
 
-/// Runs a second daemon beside `daemon`'s, on its config dir and `state_dir`; asserts
-/// it refuses with a message containing `expected` and changes nothing.
-fn assert_second_daemon_refused(daemon: &Daemon, state_dir: &Path, expected: &str) {
-    let bridges = daemon.bridges();
-    let ruleset = daemon.ruleset();
-    let second_socket = daemon.dirs.path().join("second.sock");
-    let second = daemon
-        .ns
-        .command(env!("CARGO_BIN_EXE_kvnetd"))
-        .arg("--config-dir")
-        .arg(daemon.config_dir())
-        .arg("--state-dir")
-        .arg(state_dir)
-        .arg("--socket")
-        .arg(&second_socket)
-        .output()
-        .expect("run a second kvnetd");
-    assert!(!second.status.success());
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(stderr.contains(expected), "{stderr}");
-    assert!(!second_socket.exists());
-    assert_eq!(daemon.bridges(), bridges);
-    assert_eq!(daemon.ruleset(), ruleset);
-    assert_eq!(
-        daemon.ok(&["-q", "net-list"]),
-        " default   active   yes   yes\n"
-    );
-}
-
 /// A second daemon on the same state dir (a manual start beside systemd's) would adopt
 /// the same networks and fight over them: it is refused, naming the running one, and
 /// changes nothing.
@@ -462,12 +433,35 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_and_changes_nothing() {
         return;
     }
     let daemon = Daemon::start();
+    let bridges = daemon.bridges();
+    let ruleset = daemon.ruleset();
+    let second_socket = daemon.dirs.path().join("second.sock");
+    let second = daemon
+        .ns
+        .command(env!("CARGO_BIN_EXE_kvnetd"))
+        .arg("--config-dir")
+        .arg(daemon.config_dir())
+        .arg("--state-dir")
+        .arg(daemon.state_dir())
+        .arg("--socket")
+        .arg(&second_socket)
+        .output()
+        .expect("run a second kvnetd");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
     let expected = format!(
         "another kvnetd (pid {}) is already running with the state dir {}",
         daemon.pid().expect("pid"),
         daemon.state_dir().display()
     );
-    assert_second_daemon_refused(&daemon, &daemon.state_dir(), &expected);
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!second_socket.exists());
+    assert_eq!(daemon.bridges(), bridges);
+    assert_eq!(daemon.ruleset(), ruleset);
+    assert_eq!(
+        daemon.ok(&["-q", "net-list"]),
+        " default   active   yes   yes\n"
+    );
 }
 
 /// A daemon killed between binding its socket under a staging name and renaming it

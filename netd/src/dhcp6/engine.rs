@@ -723,6 +723,28 @@ pub(crate) mod tests {
         })
     }
 
+    /// A Client FQDN option with the S flag and `name` in DNS wire format.
+    fn fqdn_option(name: &[u8]) -> DhcpOption {
+        let mut data = vec![0x01];
+        data.extend_from_slice(name);
+        DhcpOption::Unknown(dhcproto::v6::UnknownOption::new(
+            OptionCode::from(OPTION_CLIENT_FQDN),
+            data,
+        ))
+    }
+
+    /// A SOLICIT with Rapid Commit from `duid` (at [`CLIENT_LL`]) carrying `opts`; the REPLY.
+    fn rapid_solicit(
+        engine: &mut Engine,
+        duid: &[u8],
+        mut opts: Vec<DhcpOption>,
+        now: i64,
+    ) -> Message {
+        opts.push(DhcpOption::RapidCommit);
+        let solicit = message(MessageType::Solicit, duid, opts);
+        decode(&engine.handle(&solicit, CLIENT_LL, now).expect("a reply"))
+    }
+
     fn decode(reply: &Reply) -> Message {
         Message::decode(&mut Decoder::new(&reply.bytes)).unwrap()
     }
@@ -1094,10 +1116,7 @@ pub(crate) mod tests {
         assert_eq!(engine.leases(0)[0].mac, Some([0x52, 0x54, 0, 1, 2, 3]));
 
         // paul is matched by the name in its FQDN option, and gets its 600 s lease.
-        let fqdn = DhcpOption::Unknown(dhcproto::v6::UnknownOption::new(
-            OptionCode::from(OPTION_CLIENT_FQDN),
-            b"\x01\x04Paul\x07example\x03org\x00".to_vec(),
-        ));
+        let fqdn = fqdn_option(b"\x04Paul\x07example\x03org\x00");
         let solicit = message(
             MessageType::Solicit,
             &[0, 2, 0, 0, 0, 9, 1],
@@ -1136,16 +1155,8 @@ pub(crate) mod tests {
         let mut engine = Engine::with_lease_file(config(), &path, 0).unwrap();
         let paul_duid = [0, 2, 0, 0, 0, 9, 1];
         let paul_ip: Ipv6Addr = "2001:db8:ca2:2:3::2".parse().unwrap();
-        let fqdn = DhcpOption::Unknown(dhcproto::v6::UnknownOption::new(
-            OptionCode::from(OPTION_CLIENT_FQDN),
-            b"\x01\x04paul\x00".to_vec(),
-        ));
-        let solicit = message(
-            MessageType::Solicit,
-            &paul_duid,
-            vec![ia(1, None), fqdn, DhcpOption::RapidCommit],
-        );
-        let reply = decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap());
+        let fqdn = fqdn_option(b"\x04paul\x00");
+        let reply = rapid_solicit(&mut engine, &paul_duid, vec![ia(1, None), fqdn], 0);
         assert_eq!(the_ia(&reply).3[0].0, paul_ip);
         let renew = message(
             MessageType::Renew,
@@ -1200,12 +1211,7 @@ pub(crate) mod tests {
     fn a_declined_reservation_is_not_offered_back_at_once() {
         let mut engine = Engine::new(config());
         let atlas = [0, 4, 0x7e, 0x7d, 0xf0, 0x7d, 0xa8, 0xbc];
-        let solicit = message(
-            MessageType::Solicit,
-            &atlas,
-            vec![ia(1, None), DhcpOption::RapidCommit],
-        );
-        let reply = decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap());
+        let reply = rapid_solicit(&mut engine, &atlas, vec![ia(1, None)], 0);
         let reserved = the_ia(&reply).3[0].0;
         let decline = message(
             MessageType::Decline,
@@ -1225,12 +1231,7 @@ pub(crate) mod tests {
     fn a_binding_answered_no_binding_ends_and_the_reserved_client_gets_its_address() {
         let mut config = config();
         let mut engine = Engine::new(config.clone());
-        let solicit = message(
-            MessageType::Solicit,
-            &CLIENT_DUID,
-            vec![ia(1, None), DhcpOption::RapidCommit],
-        );
-        let reply = decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap());
+        let reply = rapid_solicit(&mut engine, &CLIENT_DUID, vec![ia(1, None)], 0);
         let held = the_ia(&reply).3[0].0;
         let newcomer = [0, 4, 1, 2, 3, 4];
         config.hosts.push(Dhcp6HostConfig {
@@ -1247,13 +1248,7 @@ pub(crate) mod tests {
         );
         let reply = decode(&engine.handle(&renew, CLIENT_LL, 100).unwrap());
         assert_eq!(the_ia(&reply).4, Some(Status::NoBinding));
-        let solicit = message(MessageType::Solicit, &newcomer, vec![ia(1, None)]);
-        let reply = decode(
-            &engine
-                .handle(&solicit, "fe80::9".parse().unwrap(), 110)
-                .unwrap(),
-        );
-        assert_eq!(the_ia(&reply).3[0].0, held);
+        assert_eq!(advertised(&mut engine, &newcomer, 110), held);
     }
 
     /// A reserved client that asks with a new IAID (reinstalled, its interface renamed)
@@ -1264,12 +1259,7 @@ pub(crate) mod tests {
         let atlas = [0, 4, 0x7e, 0x7d, 0xf0, 0x7d, 0xa8, 0xbc];
         let atlas_ip: Ipv6Addr = "2001:db8:ca2:2:3::1".parse().unwrap();
         for iaid in [1, 7] {
-            let solicit = message(
-                MessageType::Solicit,
-                &atlas,
-                vec![ia(iaid, None), DhcpOption::RapidCommit],
-            );
-            let reply = decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap());
+            let reply = rapid_solicit(&mut engine, &atlas, vec![ia(iaid, None)], 0);
             assert_eq!(the_ia(&reply).3[0].0, atlas_ip, "IA {iaid}");
         }
     }
@@ -1282,12 +1272,7 @@ pub(crate) mod tests {
         let path = dir.path().join("n.leases6");
         let mut config = config();
         let mut engine = Engine::with_lease_file(config.clone(), &path, 0).unwrap();
-        let solicit = message(
-            MessageType::Solicit,
-            &CLIENT_DUID,
-            vec![ia(1, None), DhcpOption::RapidCommit],
-        );
-        let reply = decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap());
+        let reply = rapid_solicit(&mut engine, &CLIENT_DUID, vec![ia(1, None)], 0);
         let held = the_ia(&reply).3[0].0;
         engine.commit(0).unwrap();
         drop(engine);
@@ -1300,13 +1285,18 @@ pub(crate) mod tests {
         });
         let mut engine = Engine::with_lease_file(config, &path, 10).unwrap();
         assert_eq!(engine.leases(10).len(), 1);
-        let solicit = message(MessageType::Solicit, &newcomer, vec![ia(1, None)]);
+        assert_ne!(advertised(&mut engine, &newcomer, 10), held);
+    }
+
+    /// The address advertised to `duid` (at another link-local address) for one IA.
+    fn advertised(engine: &mut Engine, duid: &[u8], now: i64) -> Ipv6Addr {
+        let solicit = message(MessageType::Solicit, duid, vec![ia(1, None)]);
         let reply = decode(
             &engine
-                .handle(&solicit, "fe80::9".parse().unwrap(), 10)
+                .handle(&solicit, "fe80::9".parse().unwrap(), now)
                 .unwrap(),
         );
-        assert_ne!(the_ia(&reply).3[0].0, held);
+        the_ia(&reply).3[0].0
     }
 
     fn the_addresses(ia: &IANA) -> Vec<Ipv6Addr> {
@@ -1324,16 +1314,8 @@ pub(crate) mod tests {
         let mut engine = Engine::new(config());
         // atlas's name belongs to its DUID's reservation: another client calling itself
         // atlas gets an address, not the name.
-        let fqdn = DhcpOption::Unknown(dhcproto::v6::UnknownOption::new(
-            OptionCode::from(OPTION_CLIENT_FQDN),
-            b"\x01\x05atlas\x00".to_vec(),
-        ));
-        let solicit = message(
-            MessageType::Solicit,
-            &CLIENT_DUID,
-            vec![ia(1, None), fqdn, DhcpOption::RapidCommit],
-        );
-        let reply = decode(&engine.handle(&solicit, CLIENT_LL, 0).unwrap());
+        let fqdn = fqdn_option(b"\x05atlas\x00");
+        let reply = rapid_solicit(&mut engine, &CLIENT_DUID, vec![ia(1, None), fqdn], 0);
         assert_eq!(the_ia(&reply).3.len(), 1);
         let leases = engine.leases(0);
         assert_eq!(leases.len(), 1);
@@ -1574,10 +1556,7 @@ pub(crate) mod tests {
     fn random_and_mutated_packets_never_panic() {
         let mut engine = Engine::new(config());
         let sid = server_id(&engine);
-        let fqdn = DhcpOption::Unknown(dhcproto::v6::UnknownOption::new(
-            OptionCode::from(OPTION_CLIENT_FQDN),
-            b"\x01\x04host\x00".to_vec(),
-        ));
+        let fqdn = fqdn_option(b"\x04host\x00");
         let seeds: Vec<Vec<u8>> = [
             MessageType::Solicit,
             MessageType::Request,
