@@ -1,18 +1,20 @@
 //! `cargo +nightly fuzz run dns_packet`: raw bytes through the DNS server's decode and
 //! answer path (the same `Resolver::answer` the UDP and TCP paths call).
 //!
-//! The first input byte picks the transport (even: UDP, odd: TCP); the rest is the
-//! query. Oracles besides "no panic": those of `netd::dns::fuzzing::check_answer` (the
+//! The first input byte picks what the rest is: a query over UDP (0 mod 4) or TCP (1),
+//! or an upstream's reply to a forwarded query (2 and 3), which the answer cache may
+//! keep. Oracles besides "no panic": those of `netd::dns::fuzzing::check_answer` (the
 //! reply decodes with hickory-proto and carries the query's ID and question; the
-//! resolver's parser agrees with hickory-proto's decoder), which the resolver's seeded
-//! mutation test runs too.
+//! resolver's parser agrees with hickory-proto's decoder) and `check_kept_reply` (a
+//! kept reply goes out with the next client's ID and question and fits UDP), which the
+//! seeded mutation tests run too.
 #![no_main]
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use netd::dns::fuzzing::check_answer;
+use netd::dns::fuzzing::{check_answer, check_kept_reply};
 use netd::dns::resolver::Transport;
 use netd::dns::{DnsConfig, LeaseSource, Resolver};
 use netd::xml::{DnsForwarder, DnsHost, DnsSrv, DnsTxt};
@@ -66,8 +68,12 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, query)) = data.split_first() else {
         return;
     };
-    let transport = if mode % 2 == 0 { Transport::Udp } else { Transport::Tcp };
-    if let Err(broken) = check_answer(resolver(), query, transport) {
+    let checked = match mode % 4 {
+        0 => check_answer(resolver(), query, Transport::Udp).map(drop),
+        1 => check_answer(resolver(), query, Transport::Tcp).map(drop),
+        _ => check_kept_reply(resolver(), query),
+    };
+    if let Err(broken) = checked {
         panic!("{broken}");
     }
 });

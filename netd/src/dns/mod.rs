@@ -6,6 +6,7 @@
 //! - [`resolver`]: one query in, one decision out: a local answer written into a buffer,
 //!   a forward to the upstream servers in order of preference, or nothing. No sockets:
 //!   tests and the fuzz target drive it;
+//! - [`cache`]: upstream answers kept for their TTL, as dnsmasq's cache keeps them;
 //! - [`server`]: the UDP sockets (read and answered in batches) and TCP listeners on
 //!   port 53, the queries forwarded upstream (one task and random source port each)
 //!   with their retries of the next server, and the [`DnsServer`] handle the manager
@@ -20,6 +21,7 @@
 //! queries go to the host's resolvers from `/etc/resolv.conf`, and the host's
 //! `/etc/hosts` is served alongside `<dns><host>` (libvirt writes no `no-hosts`).
 
+pub mod cache;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod hosts;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
 
+use super::cache::AnswerCache;
 use super::zone::{Found, Zone, fqdn, wire_key};
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 use crate::service::lock;
@@ -22,9 +23,9 @@ pub const MAX_UDP_PAYLOAD: u16 = 1232;
 /// Largest UDP response to a client without EDNS (RFC 1035).
 const CLASSIC_UDP_PAYLOAD: usize = 512;
 /// Length of the DNS header.
-const HEADER_LEN: usize = 12;
+pub(super) const HEADER_LEN: usize = 12;
 /// Longest name in wire form (RFC 1035 3.1).
-const MAX_NAME_LEN: usize = 255;
+pub(super) const MAX_NAME_LEN: usize = 255;
 /// The lease view is re-read at least this often...
 const LEASE_REFRESH: Duration = Duration::from_secs(1);
 /// ...and sooner when a name is missing, so a guest that just got its lease resolves, or
@@ -176,6 +177,9 @@ pub struct Resolver {
     upstreams: Vec<SocketAddr>,
     static_zone: Zone,
     leases: Option<LeaseView>,
+    /// Upstream answers kept for their TTL. A new resolver (new records or upstreams)
+    /// starts with none.
+    cache: Mutex<AnswerCache>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -204,11 +208,11 @@ struct LeaseCache {
 }
 
 /// The question of a query, as parsed from its bytes.
-struct Question {
+pub(super) struct Question {
     /// Offset just past the question (name, type and class) in the query.
-    end: usize,
-    qtype: u16,
-    qclass: u16,
+    pub(super) end: usize,
+    pub(super) qtype: u16,
+    pub(super) qclass: u16,
 }
 
 /// Why a query gets no answer from the zone.
@@ -286,6 +290,7 @@ impl Resolver {
                 source,
                 cache: Mutex::default(),
             }),
+            cache: Mutex::default(),
         })
     }
 
@@ -346,6 +351,34 @@ impl Resolver {
         };
         set_rcode(out, rcode, true);
         finish(out, question_end, answers, edns, limit)
+    }
+
+    /// Writes into `out` the kept upstream answer to `query` (a query
+    /// [`Resolver::answer`] would forward), made ready for the client over `transport`,
+    /// and returns whether there was one.
+    pub fn cached_reply(&self, query: &[u8], transport: Transport, out: &mut Vec<u8>) -> bool {
+        if !lock(&self.cache).lookup(query, Instant::now(), out) {
+            return false;
+        }
+        let mut key = [0u8; MAX_NAME_LEN];
+        if let Some((question, _)) = read_question(query, &mut key)
+            && let Some(edns) = query_edns(query, question.end)
+        {
+            append_opt(out, edns);
+        }
+        if self.exists_without_records(query) {
+            nxdomain_to_nodata(out);
+        }
+        if transport == Transport::Udp {
+            fit_udp_reply(query, out);
+        }
+        true
+    }
+
+    /// Keeps `reply`, an upstream's answer to `query` (checked to answer it), for
+    /// [`Resolver::cached_reply`] if it may be kept.
+    pub fn remember(&self, query: &[u8], reply: &[u8]) {
+        lock(&self.cache).store(query, reply, Instant::now());
     }
 
     /// Whether the name `query` asks about exists here though nothing here answers it
@@ -465,7 +498,10 @@ fn parse_query(query: &[u8], key: &mut [u8; MAX_NAME_LEN]) -> Result<(Question, 
 /// Reads the question that follows the header of `message`, its name lowercased into
 /// `key`; returns it and the key's length, or `None` if it is cut short or its name
 /// is compressed, uses extended labels or is longer than 255 bytes.
-fn read_question(message: &[u8], key: &mut [u8; MAX_NAME_LEN]) -> Option<(Question, usize)> {
+pub(super) fn read_question(
+    message: &[u8],
+    key: &mut [u8; MAX_NAME_LEN],
+) -> Option<(Question, usize)> {
     let mut at = HEADER_LEN;
     let mut len = 0;
     loop {
@@ -582,16 +618,16 @@ impl std::fmt::Display for WireName<'_> {
 
 /// What a query's OPT record asks of the response (RFC 6891).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Edns {
+pub(super) struct Edns {
     /// The UDP payload size the client can take.
-    payload_size: u16,
+    pub(super) payload_size: u16,
     /// DNSSEC OK, which the response's OPT record must echo (RFC 3225 3).
-    dnssec_ok: bool,
+    pub(super) dnssec_ok: bool,
 }
 
 /// The query's OPT record, if it has one. It is looked for only where queries carry
 /// it: as the sole additional record right after the question.
-fn query_edns(query: &[u8], question_end: usize) -> Option<Edns> {
+pub(super) fn query_edns(query: &[u8], question_end: usize) -> Option<Edns> {
     // ANCOUNT and NSCOUNT zero, ARCOUNT not.
     if query[6..10] != [0, 0, 0, 0] || query[10..12] == [0, 0] {
         return None;
@@ -658,15 +694,22 @@ fn finish(
     }
     out[6..8].copy_from_slice(&answers.to_be_bytes());
     if let Some(edns) = edns {
-        let opt_at = out.len();
-        out.extend_from_slice(&OPT_RECORD);
-        if edns.dnssec_ok {
-            out[opt_at + 7] |= OPT_DO_BIT;
-        }
-        out[10..12].copy_from_slice(&1u16.to_be_bytes());
+        append_opt(out, edns);
     }
     debug_assert!(out.len() >= HEADER_LEN);
     Outcome::Reply
+}
+
+/// Appends our OPT record, echoing the DO bit of `edns`, to the response in `out` and
+/// counts it among the additional records.
+fn append_opt(out: &mut Vec<u8>, edns: Edns) {
+    let opt_at = out.len();
+    out.extend_from_slice(&OPT_RECORD);
+    if edns.dnssec_ok {
+        out[opt_at + 7] |= OPT_DO_BIT;
+    }
+    let additional = u16::from_be_bytes([out[10], out[11]]).saturating_add(1);
+    out[10..12].copy_from_slice(&additional.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -1357,6 +1400,91 @@ mod tests {
             let edns = reply.edns.as_ref().expect("OPT in the reply");
             assert_eq!(edns.flags().dnssec_ok, dnssec_ok);
         }
+    }
+
+    /// A kept upstream answer reaches the client as a forwarded one would: with our
+    /// OPT record (DO echoed) where the query had one, NOERROR for a name that exists
+    /// here, cut to what a UDP client takes.
+    #[test]
+    fn kept_upstream_answers_are_made_ready_for_each_client() {
+        let resolver = Resolver::new(&config(), None).unwrap();
+        let upstream_reply = |asked: &[u8], addresses: u8, rcode: ResponseCode| {
+            let asked = Message::from_vec(asked).unwrap();
+            let mut reply = Message::new(asked.metadata.id, MessageType::Response, OpCode::Query);
+            reply.metadata.response_code = rcode;
+            reply.add_query(asked.queries[0].clone());
+            for last in 0..addresses {
+                let address = RData::A(Ipv4Addr::new(192, 0, 2, last).into());
+                reply.add_answer(hickory_proto::rr::Record::from_rdata(
+                    asked.queries[0].name().clone(),
+                    300,
+                    address,
+                ));
+            }
+            let soa = hickory_proto::rr::rdata::SOA::new(
+                Name::from_ascii("ns.test.").unwrap(),
+                Name::from_ascii("admin.test.").unwrap(),
+                1,
+                60,
+                60,
+                600,
+                300,
+            );
+            reply.add_authority(hickory_proto::rr::Record::from_rdata(
+                Name::from_ascii("test.").unwrap(),
+                300,
+                RData::SOA(soa),
+            ));
+            if let Some(edns) = &asked.edns {
+                let mut theirs = Edns::new();
+                theirs.set_max_payload(4096);
+                theirs.set_dnssec_ok(edns.flags().dnssec_ok);
+                reply.set_edns(theirs);
+            }
+            reply.to_vec().unwrap()
+        };
+        let mut out = Vec::new();
+
+        let mut with_do = Message::from_vec(&query("www.up.test.", RecordType::A, true)).unwrap();
+        if let Some(edns) = with_do.edns.as_mut() {
+            edns.set_dnssec_ok(true);
+        }
+        let with_do = with_do.to_vec().unwrap();
+        let outcome = resolver.answer(&with_do, Transport::Udp, &mut out);
+        assert!(matches!(outcome, Outcome::Forward(_)), "{outcome:?}");
+        assert!(!resolver.cached_reply(&with_do, Transport::Udp, &mut out));
+        resolver.remember(
+            &with_do,
+            &upstream_reply(&with_do, 1, ResponseCode::NoError),
+        );
+        assert!(resolver.cached_reply(&with_do, Transport::Udp, &mut out));
+        let reply = Message::from_vec(&out).unwrap();
+        assert_eq!(reply.answers.len(), 1);
+        let edns = reply.edns.as_ref().expect("our OPT record");
+        assert_eq!(edns.max_payload(), MAX_UDP_PAYLOAD);
+        assert!(edns.flags().dnssec_ok);
+
+        // "other.test" has "alias.other.test" under it.
+        let above = query("other.test.", RecordType::A, false);
+        resolver.remember(&above, &upstream_reply(&above, 0, ResponseCode::NXDomain));
+        assert!(resolver.cached_reply(&above, Transport::Udp, &mut out));
+        let reply = Message::from_vec(&out).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert!(reply.edns.is_none());
+
+        // Learnt over TCP, asked again over UDP without EDNS: 40 addresses are too many.
+        let many = query("many.up.test.", RecordType::A, false);
+        resolver.remember(&many, &upstream_reply(&many, 40, ResponseCode::NoError));
+        assert!(resolver.cached_reply(&many, Transport::Tcp, &mut out));
+        assert_eq!(Message::from_vec(&out).unwrap().answers.len(), 40);
+        assert!(resolver.cached_reply(&many, Transport::Udp, &mut out));
+        assert!(out.len() <= CLASSIC_UDP_PAYLOAD);
+        let reply = Message::from_vec(&out).unwrap();
+        assert!(reply.metadata.truncation && reply.answers.is_empty());
+
+        // A new resolver (net-update, new upstreams) starts afresh.
+        let resolver = Resolver::new(&config(), None).unwrap();
+        assert!(!resolver.cached_reply(&with_do, Transport::Udp, &mut out));
     }
 
     #[test]

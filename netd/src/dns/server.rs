@@ -688,6 +688,12 @@ impl Serve {
                     answered[replies] = at;
                     replies += 1;
                 }
+                Outcome::Forward(_)
+                    if resolver.cached_reply(query, Transport::Udp, &mut batch.replies[at]) =>
+                {
+                    answered[replies] = at;
+                    replies += 1;
+                }
                 Outcome::Forward(servers) => {
                     if let Some(client) = socket_addr(&from) {
                         self.forward(socket, query, client, servers);
@@ -740,10 +746,10 @@ impl Serve {
             exists_here: self.resolver.exists_without_records(query),
             query: query.into(),
         };
-        let network = self.resolver.network().to_owned();
+        let resolver = Arc::clone(&self.resolver);
         let health = Arc::clone(&self.health);
         self.forwards
-            .spawn(async move { forward_udp(&network, forward, &health).await });
+            .spawn(async move { forward_udp(&resolver, forward, &health).await });
     }
 }
 
@@ -753,7 +759,12 @@ impl Serve {
 /// once; if it was the last to answer, its answer goes to the client. REFUSED when the
 /// query could be sent to none (the host lost its route to them), as dnsmasq answers;
 /// nothing when all were silent.
-async fn forward_udp(network: &str, forward: UdpForward, health: &Health) -> Option<UdpAnswer> {
+async fn forward_udp(
+    resolver: &Resolver,
+    forward: UdpForward,
+    health: &Health,
+) -> Option<UdpAnswer> {
+    let network = resolver.network();
     let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
     let mut sockets = ForwardSockets::default();
     let mut buf = vec![0u8; RECV_BUFFER];
@@ -810,6 +821,7 @@ async fn forward_udp(network: &str, forward: UdpForward, health: &Health) -> Opt
             failure = Some(reply);
             continue;
         }
+        resolver.remember(&forward.query, &reply);
         return Some(answer(reply));
     }
     if sent_any {
@@ -818,6 +830,7 @@ async fn forward_udp(network: &str, forward: UdpForward, health: &Health) -> Opt
         let wait = sockets.receive_reply(&forward.query, servers, &mut buf);
         if let Ok((len, from)) = tokio::time::timeout_at(deadline, wait).await {
             health.answered(from);
+            resolver.remember(&forward.query, &buf[..len]);
             return Some(answer(buf[..len].to_vec()));
         }
         return failure.map(answer);
@@ -913,6 +926,7 @@ async fn serve_tcp(mut stream: TcpStream, resolver: &Resolver, health: &Health) 
         }
         match resolver.answer(&query, Transport::Tcp, &mut out) {
             Outcome::Reply => {}
+            Outcome::Forward(_) if resolver.cached_reply(&query, Transport::Tcp, &mut out) => {}
             Outcome::Forward(servers) => {
                 if let Err(e) =
                     forward_tcp(resolver.network(), servers, health, &query, &mut out).await
@@ -923,8 +937,11 @@ async fn serve_tcp(mut stream: TcpStream, resolver: &Resolver, health: &Health) 
                     if out.is_empty() {
                         return;
                     }
-                } else if resolver.exists_without_records(&query) {
-                    nxdomain_to_nodata(&mut out);
+                } else {
+                    resolver.remember(&query, &out);
+                    if resolver.exists_without_records(&query) {
+                        nxdomain_to_nodata(&mut out);
+                    }
                 }
             }
             Outcome::Drop => return,
@@ -1193,6 +1210,109 @@ mod tests {
                 // The answered forward's socket is closed: its port is free again.
                 std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, from.port()))
                     .expect("the forward's port still taken");
+                server.stop().await;
+            })
+        })
+        .expect("run in the netns");
+    }
+
+    /// A name asked again, in other letters, over UDP or TCP, is answered from the
+    /// reply kept the first time: the upstream is asked once.
+    #[test]
+    fn a_name_asked_again_is_answered_without_asking_upstream() {
+        use hickory_proto::op::Message;
+        use hickory_proto::rr::{RData, Record};
+
+        if !testkit::require(&[Need::Root, Need::Netns]) {
+            return;
+        }
+        let (ns, runtime) = netns_and_runtime("dnscache");
+        ns.run(|| {
+            runtime.block_on(async {
+                let config = DnsConfig {
+                    network: "cache".into(),
+                    listen: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                    forward_plain_names: true,
+                    local_ptr_domains: Vec::new(),
+                    default_upstreams: vec![SocketAddr::new(
+                        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+                        DNS_PORT,
+                    )],
+                    ..DnsConfig::default()
+                };
+                let server = DnsServer::start(config, None).expect("start");
+                let upstream = UdpSocket::bind(("127.0.0.2", DNS_PORT))
+                    .await
+                    .expect("bind the upstream");
+                let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                    .await
+                    .expect("bind the client");
+                let to_server = SocketAddr::from((Ipv4Addr::LOCALHOST, DNS_PORT));
+                let mut buf = [0u8; 512];
+                let within = |what: &'static str| move |_| panic!("timed out waiting for {what}");
+                client
+                    .send_to(&a_query(0x1111, "www.example."), to_server)
+                    .await
+                    .expect("send");
+                let (len, from) =
+                    tokio::time::timeout(Duration::from_secs(2), upstream.recv_from(&mut buf))
+                        .await
+                        .unwrap_or_else(within("the forwarded query"))
+                        .expect("receive");
+                let mut reply = Message::from_vec(&response(&buf[..len], 0)).expect("decode");
+                let address = RData::A(Ipv4Addr::new(192, 0, 2, 7).into());
+                let name = reply.queries[0].name().clone();
+                reply.add_answer(Record::from_rdata(name, 60, address));
+                upstream
+                    .send_to(&reply.to_vec().expect("encode"), from)
+                    .await
+                    .expect("send");
+                let (len, _) =
+                    tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
+                        .await
+                        .unwrap_or_else(within("the forwarded answer"))
+                        .expect("receive");
+                assert_eq!(
+                    Message::from_vec(&buf[..len])
+                        .expect("decode")
+                        .answers
+                        .len(),
+                    1
+                );
+
+                client
+                    .send_to(&a_query(0x2222, "WwW.example."), to_server)
+                    .await
+                    .expect("send");
+                let (len, _) =
+                    tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
+                        .await
+                        .unwrap_or_else(within("the kept answer"))
+                        .expect("receive");
+                let kept = Message::from_vec(&buf[..len]).expect("decode");
+                assert_eq!(kept.metadata.id, 0x2222);
+                assert_eq!(kept.queries[0].name().to_ascii(), "WwW.example.");
+                assert!(kept.answers[0].ttl <= 60);
+
+                let mut stream = TcpStream::connect(to_server).await.expect("connect");
+                write_message(&mut stream, &a_query(0x3333, "www.example."))
+                    .await
+                    .expect("send over TCP");
+                let mut answer = Vec::new();
+                tokio::time::timeout(
+                    Duration::from_secs(2),
+                    read_message(&mut stream, &mut answer),
+                )
+                .await
+                .expect("the kept answer over TCP in time")
+                .expect("receive over TCP");
+                let kept = Message::from_vec(&answer).expect("decode");
+                assert_eq!((kept.metadata.id, kept.answers.len()), (0x3333, 1));
+
+                let asked_again =
+                    tokio::time::timeout(Duration::from_millis(300), upstream.recv_from(&mut buf))
+                        .await;
+                assert!(asked_again.is_err(), "the upstream was asked again");
                 server.stop().await;
             })
         })

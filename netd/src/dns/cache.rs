@@ -1,0 +1,567 @@
+//! Upstream answers kept for their TTL, as dnsmasq's cache (150 names by default, which
+//! libvirt keeps) keeps them: a guest asking again for a name it just resolved, or the
+//! same name another guest asked, is answered at once instead of waiting for the
+//! host's resolvers.
+//!
+//! A whole reply is kept per question, never its records one by one, so a reply can
+//! only ever answer the question it was the answer to: what an upstream adds in its
+//! authority or additional sections is never served for other names. What is kept:
+//! - NOERROR and NXDOMAIN replies, not truncated, without TSIG, and at most
+//!   [`MAX_ENTRY_BYTES`];
+//! - for as long as their shortest TTL (the OPT record's is flags, not a TTL); a
+//!   negative reply (NXDOMAIN, or no answers) for its SOA's TTL or minimum, whichever is
+//!   shorter (RFC 2308 5), and not at all without an SOA, as dnsmasq's default `neg-ttl`;
+//! - with their OPT record taken off: its options (a DNS cookie, NSID) were for the
+//!   client that asked first. A query with EDNS gets our OPT record instead, as local
+//!   answers do.
+//!
+//! Queries with and without EDNS, the DNSSEC OK bit, or the AD or CD bit are told apart:
+//! an upstream answers them differently. A hit's TTLs are lowered by the time it was kept,
+//! and it takes the asker's ID, question (its letter case: resolvers randomise it, RFC
+//! draft "0x20") and RD bit.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::resolver::{HEADER_LEN, MAX_NAME_LEN, query_edns, read_question};
+
+/// Replies kept at most per network: dnsmasq's default `cache-size`.
+pub const MAX_ENTRIES: usize = 150;
+/// Bytes of replies kept at most per network, so a network whose guests ask for many
+/// large answers keeps fewer of them instead of more memory.
+pub const MAX_BYTES: usize = 128 * 1024;
+/// A larger reply is not kept (one that came over TCP, most likely).
+pub const MAX_ENTRY_BYTES: usize = 4096;
+/// No reply is kept longer than a day, whatever its TTL says.
+const MAX_TTL: u32 = 24 * 60 * 60;
+
+const TYPE_SOA: u16 = 6;
+const TYPE_OPT: u16 = 41;
+const TYPE_TSIG: u16 = 250;
+const RCODE_NOERROR: u8 = 0;
+const RCODE_NXDOMAIN: u8 = 3;
+
+/// What tells apart the queries one reply answers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    /// The question's name in wire form, lowercased.
+    name: Box<[u8]>,
+    qtype: u16,
+    qclass: u16,
+    /// Whether the query has EDNS, its DO bit, and the header's AD and CD bits (RFC
+    /// 6840 5.7, 5.9: what the AD bit of the response depends on).
+    edns: bool,
+    dnssec_ok: bool,
+    authentic_data: bool,
+    checking_disabled: bool,
+}
+
+impl Key {
+    /// The key of the query `message`, and where its question ends; `None` if it has
+    /// no readable question.
+    fn of(message: &[u8]) -> Option<(Key, usize)> {
+        let mut name = [0u8; MAX_NAME_LEN];
+        let (question, len) = read_question(message, &mut name)?;
+        let edns = query_edns(message, question.end);
+        let key = Key {
+            name: name.get(..len)?.into(),
+            qtype: question.qtype,
+            qclass: question.qclass,
+            edns: edns.is_some(),
+            dnssec_ok: edns.is_some_and(|edns| edns.dnssec_ok),
+            authentic_data: message.get(3).is_some_and(|flags| flags & 0x20 != 0),
+            checking_disabled: message.get(3).is_some_and(|flags| flags & 0x10 != 0),
+        };
+        Some((key, question.end))
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// The reply without its OPT record, header and question included.
+    reply: Box<[u8]>,
+    /// Offsets in `reply` of every record's TTL.
+    ttl_at: Box<[usize]>,
+    stored: Instant,
+    /// How long it may be served: its shortest TTL.
+    lifetime: Duration,
+}
+
+impl Entry {
+    fn expires(&self) -> Instant {
+        self.stored + self.lifetime
+    }
+}
+
+/// One network's kept replies.
+#[derive(Debug, Default)]
+pub struct AnswerCache {
+    entries: HashMap<Key, Entry>,
+    /// Sum of the entries' reply lengths.
+    bytes: usize,
+}
+
+impl AnswerCache {
+    /// Writes into `out` the kept reply to `query` as of `now`, without an OPT record
+    /// (the caller adds its own), and returns whether there was one. `out` is left
+    /// empty on a miss.
+    pub fn lookup(&mut self, query: &[u8], now: Instant, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let Some((key, question_end)) = Key::of(query) else {
+            return false;
+        };
+        let Some(entry) = self.entries.get(&key) else {
+            return false;
+        };
+        if now >= entry.expires() {
+            self.remove(&key);
+            return false;
+        }
+        // Both questions have the same name up to case, type and class: same length.
+        let (Some(asked), Some(kept)) = (
+            query.get(HEADER_LEN..question_end),
+            entry.reply.get(HEADER_LEN..question_end),
+        ) else {
+            return false;
+        };
+        if asked.len() != kept.len() {
+            return false;
+        }
+        let kept_for =
+            u32::try_from(now.duration_since(entry.stored).as_secs()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&entry.reply);
+        out[..2].copy_from_slice(&query[..2]);
+        out[2] = (out[2] & !0x01) | (query[2] & 0x01);
+        out[HEADER_LEN..question_end].copy_from_slice(asked);
+        for &at in &entry.ttl_at {
+            if let Some(ttl) = out.get_mut(at..at + 4) {
+                let left =
+                    u32::from_be_bytes([ttl[0], ttl[1], ttl[2], ttl[3]]).saturating_sub(kept_for);
+                ttl.copy_from_slice(&left.to_be_bytes());
+            }
+        }
+        true
+    }
+
+    /// Keeps `reply`, an upstream's answer to `query` (checked by the caller to answer
+    /// it), if it may be kept (see the module's documentation).
+    pub fn store(&mut self, query: &[u8], reply: &[u8], now: Instant) {
+        let Some((key, _)) = Key::of(query) else {
+            return;
+        };
+        let Some(entry) = Entry::from_reply(reply, now) else {
+            return;
+        };
+        self.remove(&key);
+        if self.entries.len() >= MAX_ENTRIES || self.bytes + entry.reply.len() > MAX_BYTES {
+            self.entries.retain(|_, kept| kept.expires() > now);
+            self.bytes = self.entries.values().map(|kept| kept.reply.len()).sum();
+        }
+        while self.entries.len() >= MAX_ENTRIES || self.bytes + entry.reply.len() > MAX_BYTES {
+            let Some(soonest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, kept)| kept.expires())
+                .map(|(key, _)| key.clone())
+            else {
+                break;
+            };
+            self.remove(&soonest);
+        }
+        self.bytes += entry.reply.len();
+        self.entries.insert(key, entry);
+    }
+
+    /// How many replies are kept.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no reply is kept.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some(gone) = self.entries.remove(key) {
+            self.bytes -= gone.reply.len();
+        }
+    }
+}
+
+impl Entry {
+    /// The entry for `reply`, or `None` if it must not be kept or does not parse.
+    fn from_reply(reply: &[u8], now: Instant) -> Option<Entry> {
+        let header = reply.get(..HEADER_LEN)?;
+        let truncated = header[2] & 0x02 != 0;
+        let rcode = header[3] & 0x0f;
+        if reply.len() > MAX_ENTRY_BYTES
+            || truncated
+            || !(rcode == RCODE_NOERROR || rcode == RCODE_NXDOMAIN)
+        {
+            return None;
+        }
+        let count = |at: usize| usize::from(u16::from_be_bytes([header[at], header[at + 1]]));
+        let (answers, authority, additional) = (count(6), count(8), count(10));
+        let mut name = [0u8; MAX_NAME_LEN];
+        let mut at = read_question(reply, &mut name)?.0.end;
+        let mut ttl_at = Vec::new();
+        let mut shortest = MAX_TTL;
+        let mut negative_ttl = None;
+        let mut opt_at = None;
+        for index in 0..answers + authority + additional {
+            let record_at = at;
+            at = skip_name(reply, at)?;
+            let fixed = reply.get(at..at + 10)?;
+            let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+            let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+            let rdata_len = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+            let rdata = reply.get(at + 10..at + 10 + rdata_len)?;
+            match rtype {
+                TYPE_TSIG => return None,
+                TYPE_OPT => {
+                    // Its "TTL" holds the extended RCODE, which must be 0 too.
+                    if opt_at.is_some() || fixed[4] != 0 || index < answers + authority {
+                        return None;
+                    }
+                    opt_at = Some(record_at);
+                }
+                _ => {
+                    if opt_at.is_some() {
+                        // Taking the OPT record out would move the records after it,
+                        // and the names that point into them.
+                        return None;
+                    }
+                    ttl_at.push(at + 4);
+                    shortest = shortest.min(ttl);
+                    let in_authority = (answers..answers + authority).contains(&index);
+                    if rtype == TYPE_SOA && in_authority && rdata.len() >= 4 {
+                        let tail = &rdata[rdata.len() - 4..];
+                        let minimum = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]);
+                        negative_ttl = Some(ttl.min(minimum));
+                    }
+                }
+            }
+            at += 10 + rdata_len;
+        }
+        if at != reply.len() {
+            return None;
+        }
+        let negative = rcode == RCODE_NXDOMAIN || answers == 0;
+        let lifetime = if negative {
+            shortest.min(negative_ttl?)
+        } else {
+            shortest
+        };
+        if lifetime == 0 {
+            return None;
+        }
+        let mut kept = reply.get(..opt_at.unwrap_or(reply.len()))?.to_vec();
+        if opt_at.is_some() {
+            kept[10..12].copy_from_slice(&u16::try_from(additional - 1).ok()?.to_be_bytes());
+        }
+        Some(Entry {
+            reply: kept.into_boxed_slice(),
+            ttl_at: ttl_at.into_boxed_slice(),
+            stored: now,
+            lifetime: Duration::from_secs(u64::from(lifetime)),
+        })
+    }
+}
+
+/// The offset just past the name at `at` in `message`: its labels up to the root, or a
+/// compression pointer.
+fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let label = *message.get(at)?;
+        match label {
+            0 => return Some(at + 1),
+            0xc0..=0xff => {
+                message.get(at + 1)?;
+                return Some(at + 2);
+            }
+            1..=63 => at += 1 + usize::from(label),
+            // Extended label types (RFC 6891 deprecated them).
+            _ => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::rdata::{A, SOA};
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// An OPT record without options: root name, type, size, flags, no data.
+    const OPT_LEN: usize = 11;
+
+    fn name(text: &str) -> Name {
+        Name::from_ascii(text).expect("name")
+    }
+
+    fn query(id: u16, qname: &str, edns: Option<bool>) -> Message {
+        let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+        message.metadata.recursion_desired = true;
+        message.add_query(Query::query(name(qname), RecordType::A));
+        if let Some(dnssec_ok) = edns {
+            let mut options = Edns::new();
+            options.set_max_payload(1232);
+            options.set_dnssec_ok(dnssec_ok);
+            message.set_edns(options);
+        }
+        message
+    }
+
+    fn bytes(message: &Message) -> Vec<u8> {
+        message.to_vec().expect("encode")
+    }
+
+    /// The upstream's reply to `asked`: an A record with `ttl` (none if `ttl` is
+    /// `None`) and, in the authority section, an SOA with TTL `soa.0`, minimum `soa.1`.
+    fn reply(asked: &Message, ttl: Option<u32>, soa: Option<(u32, u32)>) -> Vec<u8> {
+        let mut message = Message::new(asked.metadata.id, MessageType::Response, OpCode::Query);
+        message.metadata.recursion_desired = asked.metadata.recursion_desired;
+        message.metadata.recursion_available = true;
+        message.metadata.checking_disabled = asked.metadata.checking_disabled;
+        let qname = asked.queries[0].name().clone();
+        message.add_query(asked.queries[0].clone());
+        if let Some(ttl) = ttl {
+            let address = RData::A(A(Ipv4Addr::new(192, 0, 2, 7)));
+            message.add_answer(Record::from_rdata(qname, ttl, address));
+        }
+        if let Some((soa_ttl, minimum)) = soa {
+            let soa = SOA::new(
+                name("ns.example."),
+                name("admin.example."),
+                1,
+                60,
+                60,
+                600,
+                minimum,
+            );
+            message.add_authority(Record::from_rdata(
+                name("example."),
+                soa_ttl,
+                RData::SOA(soa),
+            ));
+        }
+        if let Some(edns) = &asked.edns {
+            let mut options = Edns::new();
+            options.set_max_payload(4096);
+            options.set_dnssec_ok(edns.flags().dnssec_ok);
+            message.set_edns(options);
+        }
+        bytes(&message)
+    }
+
+    fn decode(reply: &[u8]) -> Message {
+        Message::from_vec(reply).expect("a kept reply decodes")
+    }
+
+    #[test]
+    fn a_hit_takes_the_asker_s_id_case_and_rd_and_counts_its_ttl_down() {
+        let mut cache = AnswerCache::default();
+        let first = query(1, "www.Example.", None);
+        let t0 = Instant::now();
+        cache.store(&bytes(&first), &reply(&first, Some(300), None), t0);
+        let mut again = query(2, "WWW.example.", None);
+        again.metadata.recursion_desired = false;
+        let mut out = Vec::new();
+        assert!(cache.lookup(&bytes(&again), t0 + Duration::from_secs(100), &mut out));
+        let hit = decode(&out);
+        assert_eq!(hit.metadata.id, 2);
+        assert!(!hit.metadata.recursion_desired);
+        assert_eq!(hit.queries[0].name().to_ascii(), "WWW.example.");
+        assert_eq!(hit.answers[0].ttl, 200);
+        assert!(!cache.lookup(&bytes(&again), t0 + Duration::from_secs(300), &mut out));
+        assert!(out.is_empty());
+        assert!(cache.is_empty(), "an expired reply is let go");
+    }
+
+    #[test]
+    fn negative_replies_last_as_their_soa_says_and_not_without_one() {
+        let mut cache = AnswerCache::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let asked = query(1, "gone.example.", None);
+        let mut nxdomain = decode(&reply(&asked, None, Some((3600, 60))));
+        nxdomain.metadata.response_code = ResponseCode::NXDomain;
+        cache.store(&bytes(&asked), &bytes(&nxdomain), t0);
+        assert!(cache.lookup(&bytes(&asked), t0 + Duration::from_secs(59), &mut out));
+        assert_eq!(decode(&out).metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(decode(&out).authorities[0].ttl, 3600 - 59);
+        assert!(!cache.lookup(&bytes(&asked), t0 + Duration::from_secs(60), &mut out));
+
+        let asked = query(1, "nodata.example.", None);
+        cache.store(&bytes(&asked), &reply(&asked, None, Some((30, 600))), t0);
+        assert!(cache.lookup(&bytes(&asked), t0 + Duration::from_secs(29), &mut out));
+        assert!(!cache.lookup(&bytes(&asked), t0 + Duration::from_secs(30), &mut out));
+
+        let asked = query(1, "nosoa.example.", None);
+        cache.store(&bytes(&asked), &reply(&asked, None, None), t0);
+        assert!(cache.is_empty(), "a negative reply without an SOA was kept");
+    }
+
+    #[test]
+    fn failures_truncated_and_zero_ttl_replies_are_not_kept() {
+        let mut cache = AnswerCache::default();
+        let t0 = Instant::now();
+        let asked = query(1, "www.example.", None);
+        let asked_bytes = bytes(&asked);
+        let good = reply(&asked, Some(300), None);
+        for rcode in [
+            ResponseCode::ServFail,
+            ResponseCode::Refused,
+            ResponseCode::FormErr,
+        ] {
+            let mut failed = decode(&good);
+            failed.metadata.response_code = rcode;
+            cache.store(&asked_bytes, &bytes(&failed), t0);
+        }
+        let mut truncated = good.clone();
+        truncated[2] |= 0x02;
+        cache.store(&asked_bytes, &truncated, t0);
+        cache.store(&asked_bytes, &reply(&asked, Some(0), None), t0);
+        // A record the counts do not account for, or a count with no record.
+        let mut trailing = good.clone();
+        trailing.push(0);
+        cache.store(&asked_bytes, &trailing, t0);
+        let mut short = good.clone();
+        short[7] += 1;
+        cache.store(&asked_bytes, &short, t0);
+        assert!(cache.is_empty());
+        cache.store(&asked_bytes, &good, t0);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn the_opt_record_is_taken_off_and_edns_dnssec_and_cd_are_told_apart() {
+        let mut cache = AnswerCache::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let with_do = query(1, "www.example.", Some(true));
+        cache.store(&bytes(&with_do), &reply(&with_do, Some(300), None), t0);
+        assert!(cache.lookup(&bytes(&with_do), t0, &mut out));
+        let hit = decode(&out);
+        assert!(hit.edns.is_none(), "the upstream's OPT record was kept");
+        assert_eq!(hit.additionals.len(), 0);
+        for other in [
+            query(1, "www.example.", Some(false)),
+            query(1, "www.example.", None),
+            {
+                let mut cd = query(1, "www.example.", Some(true));
+                cd.metadata.checking_disabled = true;
+                cd
+            },
+            {
+                let mut ad = query(1, "www.example.", Some(true));
+                ad.metadata.authentic_data = true;
+                ad
+            },
+        ] {
+            assert!(!cache.lookup(&bytes(&other), t0, &mut out), "{other:?}");
+        }
+        // An OPT record with records after it is not taken apart.
+        let asked = query(1, "late.example.", Some(false));
+        let mut upstream = decode(&reply(&asked, Some(300), None));
+        // Without the extra record: header, question, answer, then the OPT record.
+        let before_extra = bytes(&upstream).len() - OPT_LEN;
+        let extra = Record::from_rdata(name("ns.example."), 60, RData::A(A(Ipv4Addr::LOCALHOST)));
+        upstream.add_additional(extra);
+        let encoded = bytes(&upstream);
+        let opt_at = encoded.len() - OPT_LEN;
+        let mut opt_first = encoded[..before_extra].to_vec();
+        opt_first.extend_from_slice(&encoded[opt_at..]);
+        opt_first.extend_from_slice(&encoded[before_extra..opt_at]);
+        let reordered = decode(&opt_first);
+        assert_eq!(
+            (reordered.additionals.len(), reordered.edns.is_some()),
+            (1, true)
+        );
+        cache.store(&bytes(&asked), &opt_first, t0);
+        assert!(!cache.lookup(&bytes(&asked), t0, &mut out));
+        cache.store(&bytes(&asked), &encoded, t0);
+        assert!(
+            cache.lookup(&bytes(&asked), t0, &mut out),
+            "an OPT record last is taken off"
+        );
+        assert_eq!(decode(&out).additionals.len(), 1);
+    }
+
+    #[test]
+    fn it_keeps_at_most_max_entries_and_lets_the_soonest_to_expire_go_first() {
+        let mut cache = AnswerCache::default();
+        let t0 = Instant::now();
+        for at in 0..MAX_ENTRIES + 10 {
+            let asked = query(1, &format!("n{at}.example."), None);
+            let ttl = if at == 0 {
+                10
+            } else {
+                1000 + u32::try_from(at).expect("small")
+            };
+            cache.store(&bytes(&asked), &reply(&asked, Some(ttl), None), t0);
+        }
+        assert_eq!(cache.len(), MAX_ENTRIES);
+        let mut out = Vec::new();
+        assert!(!cache.lookup(&bytes(&query(1, "n0.example.", None)), t0, &mut out));
+        assert!(!cache.lookup(&bytes(&query(1, "n1.example.", None)), t0, &mut out));
+        let newest = format!("n{}.example.", MAX_ENTRIES + 9);
+        assert!(cache.lookup(&bytes(&query(1, &newest, None)), t0, &mut out));
+        assert!(cache.bytes <= MAX_BYTES);
+        assert_eq!(
+            cache.bytes,
+            cache
+                .entries
+                .values()
+                .map(|kept| kept.reply.len())
+                .sum::<usize>()
+        );
+    }
+
+    #[test]
+    fn mutated_replies_never_panic() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x0ca0_c4e5);
+        // The query the fuzz target's replies answer.
+        let asked = Message::from_vec(crate::dns::fuzzing::KEPT_QUERY).expect("decode");
+        let asked_bytes = bytes(&asked);
+        assert_eq!(asked_bytes, crate::dns::fuzzing::KEPT_QUERY);
+        let good = reply(&asked, Some(300), Some((300, 300)));
+        let config = crate::dns::DnsConfig {
+            network: "fuzz".into(),
+            forward_plain_names: true,
+            default_upstreams: vec!["10.0.0.53:53".parse().expect("address")],
+            ..crate::dns::DnsConfig::default()
+        };
+        let mut kept = 0;
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        for _ in 0..20_000 {
+            let mut mutated = good.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..mutated.len());
+                mutated[at] = rng.random();
+            }
+            mutated.truncate(rng.random_range(0..=mutated.len()));
+            let mut cache = AnswerCache::default();
+            cache.store(&asked_bytes, &mutated, t0);
+            if cache.lookup(&asked_bytes, t0 + Duration::from_secs(1), &mut out) {
+                assert!(out.len() >= HEADER_LEN);
+                kept += 1;
+            }
+            let resolver = crate::dns::Resolver::new(&config, None).expect("resolver");
+            if let Err(broken) = crate::dns::fuzzing::check_kept_reply(&resolver, &mutated) {
+                panic!("{broken}");
+            }
+        }
+        assert!(
+            kept > 100,
+            "too few mutated replies kept ({kept}) to test much"
+        );
+    }
+}
