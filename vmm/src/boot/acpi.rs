@@ -27,9 +27,11 @@ use crate::kvm::GuestMemory;
 pub const OEM_ID: [u8; 6] = *b"KVNET ";
 const OEM_REVISION: u32 = 1;
 
-/// FADT IA-PC boot architecture flag: there is no VGA. Not the 8042 flag: the
-/// controller only resets (see [`dsdt_body`]).
+/// FADT IA-PC boot architecture flags: there is no VGA, and no CMOS RTC at ports
+/// 0x70/0x71 (Linux then registers no `rtc_cmos` to probe them and fail; kvmclock gives
+/// it the time). Not the 8042 flag: the controller only resets (see [`dsdt_body`]).
 const IAPC_BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
+const IAPC_BOOT_ARCH_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
 
 /// MADT flag: the machine also has dual 8259 PICs (Linux masks them).
 const MADT_PCAT_COMPAT: u32 = 1;
@@ -165,7 +167,8 @@ fn build_fadt(dsdt: u64) -> Vec<u8> {
     fadt.sleep_status_reg = io8(layout::ACPI_PM_PORT + acpi_pm::SLEEP_STATUS);
     fadt.reset_reg = io8(layout::ACPI_PM_PORT + acpi_pm::RESET);
     fadt.reset_value = acpi_pm::RESET_VALUE;
-    fadt.iapc_boot_arch = IAPC_BOOT_ARCH_VGA_NOT_PRESENT.into();
+    fadt.iapc_boot_arch =
+        (IAPC_BOOT_ARCH_VGA_NOT_PRESENT | IAPC_BOOT_ARCH_CMOS_RTC_NOT_PRESENT).into();
     fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"KVNETVMM").into();
     to_bytes(&fadt.finalize())
 }
@@ -416,8 +419,12 @@ mod tests {
             u64::from(layout::ACPI_PM_PORT + acpi_pm::RESET)
         );
         assert_eq!(fadt[128], acpi_pm::RESET_VALUE);
-        // IAPC_BOOT_ARCH (offset 109): no VGA, and no 8042 for Linux to probe.
-        assert_eq!(u16::from_le_bytes([fadt[109], fadt[110]]), 1 << 2);
+        // IAPC_BOOT_ARCH (offset 109): no VGA and no CMOS RTC, and no 8042 for Linux
+        // to probe.
+        assert_eq!(
+            u16::from_le_bytes([fadt[109], fadt[110]]),
+            (1 << 2) | (1 << 5)
+        );
     }
 
     #[test]

@@ -21,13 +21,21 @@ const CLFLUSH_LINE_SIZE: u32 = 8;
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
 
+/// Leaf 0 vendor strings (EBX, EDX, ECX) whose topology leaves are AMD's.
+const AMD_VENDORS: [&[u8; 12]; 2] = [b"AuthenticAMD", b"HygonGenuine"];
+
 /// Normalises `entries` (from KVM_GET_SUPPORTED_CPUID) for vCPU `vcpu_id` of `vcpu_count`.
 ///
 /// Topology: one socket, one thread per core, `vcpu_count` cores; APIC id = vCPU index.
-pub fn normalize(entries: &mut [kvm_cpuid_entry2], vcpu_id: u32, vcpu_count: u32) {
+/// Every leaf that describes it says so, leaf 0xB/0x1F levels KVM left out included,
+/// and on AMD hosts the extended leaves too (KVM zeroes 0x8000001E rather than give
+/// the host's topology; Linux reads the extended APIC ID there when TOPOEXT is set).
+pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, vcpu_id: u32, vcpu_count: u32) {
+    add_missing_core_levels(entries);
     let apic_id = vcpu_id & 0xff;
     // Cores per package as a power-of-two shift for leaf 0xB.
     let core_shift = 32 - vcpu_count.max(1).saturating_sub(1).leading_zeros();
+    let amd = is_amd(entries);
     for entry in entries.iter_mut() {
         match entry.function {
             1 => {
@@ -75,7 +83,66 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], vcpu_id: u32, vcpu_count: u32
                 let cores = vcpu_count.clamp(1, 64) - 1;
                 entry.eax = (entry.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (cores << 26);
             }
+            // Cores per package (NC) and the APIC ID bits that number them
+            // (ApicIdCoreIdSize); reserved on Intel.
+            0x8000_0008 if amd => {
+                let cores = vcpu_count.clamp(1, 256) - 1;
+                entry.ecx = (entry.ecx & !0xf0ff) | (core_shift.min(0xf) << 12) | cores;
+            }
+            // Extended APIC ID; compute unit (core) ID with one thread per unit; one
+            // node, node 0.
+            0x8000_001e if amd => {
+                entry.eax = vcpu_id;
+                entry.ebx = apic_id;
+                entry.ecx = 0;
+                entry.edx = 0;
+            }
             _ => {}
+        }
+    }
+}
+
+/// Whether leaf 0 names a vendor whose topology leaves are AMD's.
+fn is_amd(entries: &[kvm_cpuid_entry2]) -> bool {
+    entries
+        .iter()
+        .find(|entry| entry.function == 0)
+        .is_some_and(|leaf0| {
+            let mut vendor = [0u8; 12];
+            vendor[..4].copy_from_slice(&leaf0.ebx.to_le_bytes());
+            vendor[4..8].copy_from_slice(&leaf0.edx.to_le_bytes());
+            vendor[8..].copy_from_slice(&leaf0.ecx.to_le_bytes());
+            AMD_VENDORS.contains(&&vendor)
+        })
+}
+
+/// Adds the Core level (subleaf 1) and the terminating subleaf 2 to leaves 0xB and
+/// 0x1F where KVM gave only the SMT level: without a Core level, Linux takes every
+/// vCPU for a package of its own, against leaf 1 and the MADT. [`normalize`] fills
+/// them in.
+fn add_missing_core_levels(entries: &mut Vec<kvm_cpuid_entry2>) {
+    for function in [0xb, 0x1f] {
+        let Some(smt) = entries
+            .iter()
+            .find(|entry| entry.function == function && entry.index == 0)
+            .copied()
+        else {
+            continue;
+        };
+        for index in 1..=2 {
+            if !entries
+                .iter()
+                .any(|entry| entry.function == function && entry.index == index)
+            {
+                entries.push(kvm_cpuid_entry2 {
+                    index,
+                    eax: 0,
+                    ebx: 0,
+                    ecx: 0,
+                    edx: 0,
+                    ..smt
+                });
+            }
         }
     }
 }
@@ -216,6 +283,80 @@ mod tests {
         assert_eq!((table[2].ebx, table[2].ecx >> 8), (0, 0));
         assert_eq!(table[3].eax, (1 << 26) | (1 << 5) | 1);
         assert_eq!(table[4].eax, (1 << 26) | (1 << 14) | (3 << 5) | 3);
+    }
+
+    /// An AMD host's KVM gives only leaf 0xB's SMT level (seen on this project's EPYC
+    /// development host): the Core level and the terminator are added.
+    #[test]
+    fn a_leaf_b_without_its_core_level_gets_one() {
+        let smt_only = kvm_cpuid_entry2 {
+            function: 0xb,
+            index: 0,
+            flags: 1,
+            ecx: 0x100,
+            ..Default::default()
+        };
+        let mut table = vec![entry(1, 0), smt_only];
+        normalize(&mut table, 1, 3);
+        let level = |index| {
+            let e = table
+                .iter()
+                .find(|e| e.function == 0xb && e.index == index)
+                .copied()
+                .expect("subleaf present");
+            (e.eax, e.ebx, e.ecx, e.edx, e.flags)
+        };
+        assert_eq!(level(0), (0, 1, 0x100, 1, 1));
+        assert_eq!(level(1), (2, 3, 0x201, 1, 1));
+        assert_eq!(level(2), (0, 0, 2, 1, 1));
+        assert_eq!(table.len(), 4);
+    }
+
+    fn vendor(name: &[u8; 12]) -> kvm_cpuid_entry2 {
+        let word =
+            |at: usize| u32::from_le_bytes([name[at], name[at + 1], name[at + 2], name[at + 3]]);
+        kvm_cpuid_entry2 {
+            function: 0,
+            eax: 0x10,
+            ebx: word(0),
+            edx: word(4),
+            ecx: word(8),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn amd_extended_topology_leaves_follow_the_vcpus() {
+        let host_like = |function| kvm_cpuid_entry2 {
+            function,
+            // 0x80000008: the host's 128 cores (ApicIdCoreIdSize 7, NC 127) and
+            // PerfTscSize kept; 0x8000001E: whatever KVM left.
+            ecx: (1 << 16) | (7 << 12) | 127,
+            eax: 0x3030,
+            ..Default::default()
+        };
+        let mut table = vec![
+            vendor(b"AuthenticAMD"),
+            host_like(0x8000_0008),
+            host_like(0x8000_001e),
+        ];
+        normalize(&mut table, 2, 3);
+        assert_eq!(table[1].ecx, (1 << 16) | (2 << 12) | 2);
+        assert_eq!(table[1].eax, 0x3030, "address sizes kept");
+        assert_eq!(
+            (table[2].eax, table[2].ebx, table[2].ecx, table[2].edx),
+            (2, 2, 0, 0)
+        );
+
+        let mut intel = vec![
+            vendor(b"GenuineIntel"),
+            host_like(0x8000_0008),
+            host_like(0x8000_001e),
+        ];
+        let before = intel.clone();
+        normalize(&mut intel, 2, 3);
+        assert_eq!(intel[1].ecx, before[1].ecx, "reserved on Intel");
+        assert_eq!(intel[2].eax, before[2].eax);
     }
 
     #[test]

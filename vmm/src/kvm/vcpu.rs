@@ -116,8 +116,13 @@ impl Vcpu {
 
     /// Sets CPUID (normalised for this vCPU), the boot MSRs, LINT0/LINT1 and the FPU.
     pub fn configure_cpu(&self, supported: &CpuId, vcpu_count: u32) -> Result<(), VcpuError> {
-        let mut table = supported.clone();
-        cpuid::normalize(table.as_mut_slice(), self.id, vcpu_count);
+        let mut entries = supported.as_slice().to_vec();
+        cpuid::normalize(&mut entries, self.id, vcpu_count);
+        let table = CpuId::from_entries(&entries).map_err(|e| VcpuError::Setup {
+            vcpu: self.id,
+            op: "building the CPUID table",
+            message: format!("{e:?}"),
+        })?;
         self.fd
             .set_cpuid2(&table)
             .map_err(setup(self.id, "KVM_SET_CPUID2"))?;
