@@ -288,6 +288,47 @@ fn the_ports_of_a_transient_network_go_with_it() {
     assert!(!daemon.state_dir().join("networks/passing.ports").exists());
 }
 
+/// As with libvirt, a host-bridge network starts (at boot, say) before the bridge is
+/// made; a port asked for meanwhile is refused, naming the bridge, and the network
+/// stays running across a daemon restart.
+#[test]
+fn a_host_bridge_network_runs_before_its_bridge_exists() {
+    if !require(&port_needs()) {
+        return;
+    }
+    let mut daemon = Daemon::without_default_network();
+    run_network(
+        &daemon,
+        "later",
+        "<network><name>later</name><forward mode='bridge'/><bridge name='br-later'/></network>",
+        true,
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("the host bridge br-later does not exist (yet)")
+    );
+    let client = Client::new(daemon.socket());
+    let refused = client
+        .create_port("later", &port_xml("guest8", "52:54:00:aa:bb:08"))
+        .expect_err("no bridge to plug into");
+    assert!(refused.to_string().contains("br-later"), "{refused}");
+    assert!(taps(&daemon).is_empty(), "{:?}", taps(&daemon));
+
+    daemon.kill9();
+    daemon.spawn(&Default::default());
+    assert!(daemon.ok(&["net-list", "--name"]).contains("later"));
+    daemon
+        .ns
+        .sh("ip link add br-later type bridge && ip link set br-later up")
+        .expect("host bridge");
+    let port = client
+        .create_port("later", &port_xml("guest8", "52:54:00:aa:bb:08"))
+        .expect("create port");
+    assert_eq!(master(&daemon, &port.tap).as_deref(), Some("br-later"));
+    daemon.ok(&["net-destroy", "later"]);
+}
+
 #[test]
 fn a_port_of_a_host_bridge_network_joins_that_bridge_which_outlives_it() {
     if !require(&port_needs()) {

@@ -599,8 +599,9 @@ impl Manager {
                 self.store.delete_status(&name)?;
                 continue;
             }
-            // A macvtap network has nothing in the kernel but its ports' devices.
-            if def.macvtap_mode().is_none() {
+            // A macvtap network has nothing in the kernel but its ports' devices, and a
+            // host-bridge network may be running before its bridge exists.
+            if owns_bridge {
                 let bridge = self
                     .link
                     .link_info(&status.bridge)
@@ -614,15 +615,13 @@ impl Manager {
                 };
                 // The name may since have gone to someone else's bridge (deleted and made
                 // again, by libvirt say): never take that over, nor delete it later.
-                if owns_bridge && !is_network_bridge(&def, &status.bridge, &bridge) {
+                if !is_network_bridge(&def, &status.bridge, &bridge) {
                     warn!(network = %name, bridge = %status.bridge, "bridge {} is no longer this network's (another MAC address); marking the network inactive and leaving the bridge alone", status.bridge);
                     self.release(&status.bridge, false).await;
                     self.store.delete_status(&name)?;
                     continue;
                 }
-                if owns_bridge {
-                    self.restore_bridge(&def, &status.bridge, &bridge).await;
-                }
+                self.restore_bridge(&def, &status.bridge, &bridge).await;
             }
             info!(network = %name, bridge = ?def.bridge_name(), "adopted running network");
             let servers = self.restart_servers(&def, &networks);
@@ -1507,14 +1506,18 @@ impl Manager {
         bridge: &str,
     ) -> Result<(), Error> {
         if def.forward_mode() == ForwardMode::Bridge {
+            // As libvirt, a host bridge made later (by ifupdown or NetworkManager after
+            // the daemon's boot-time autostart, or by a `start` hook) is fine: a port
+            // asked for before then is refused, naming the bridge.
             return match self.link.link_info(bridge).await? {
                 Some(info) if info.is_bridge() => Ok(()),
                 Some(_) => Err(Error::Conflict(format!(
                     "interface '{bridge}' is not a bridge"
                 ))),
-                None => Err(Error::Conflict(format!(
-                    "host bridge '{bridge}' does not exist"
-                ))),
+                None => {
+                    warn!(network = %def.name, "the host bridge {bridge} does not exist (yet)");
+                    Ok(())
+                }
             };
         }
         let forwards = matches!(
