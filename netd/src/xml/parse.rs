@@ -716,16 +716,8 @@ impl Parser {
                 self.network
             )));
         }
-        let stp = match element.attr("stp") {
-            None | Some("on") => true,
-            Some("off") => false,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "invalid stp value '{other}' in network '{}', expected 'on' or 'off'",
-                    self.network
-                )));
-            }
-        };
+        // As libvirt: STP is on unless `stp='off'` (a file with `stp='yes'` loads).
+        let stp = element.attr("stp") != Some("off");
         let delay = match element.attr("delay") {
             None => 0,
             Some(value) => c_unsigned(value, 10).ok_or_else(|| {

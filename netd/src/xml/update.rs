@@ -353,6 +353,16 @@ impl NetworkDef {
             return Ok(());
         }
         let host = parser.dhcp_host(element)?;
+        // libvirt's host parser knows the <ip> the host goes to, and checks the host
+        // against it before the update compares address families.
+        super::validate::check_dhcp_host_identity(
+            &name,
+            !self.ips[index].is_ipv4(),
+            host.mac,
+            host.mac_display().as_deref(),
+            host.id.as_deref(),
+            host.name.as_deref(),
+        )?;
         if host.ip.is_ipv4() != self.ips[index].is_ipv4() {
             return Err(refused(
                 "the address family of a host entry IP must match the address family of the dhcp element's parent"
@@ -416,6 +426,11 @@ impl NetworkDef {
             ));
         }
         let range = parser.dhcp_range(element)?;
+        // libvirt's range parser checks the range against its <ip> (family, subnet,
+        // order) before the update compares address families.
+        if let Some(subnet) = self.ips[index].subnet() {
+            super::validate::check_range(subnet, range.start, range.end)?;
+        }
         if range.start.is_ipv4() != self.ips[index].is_ipv4() {
             return Err(refused(
                 "the address family of a dhcp range must match the address family of the dhcp element's parent"
@@ -1040,6 +1055,32 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "couldn't update dhcp host entry - no <ip> element found at index 2 in network 'default'"
+        );
+        // libvirt's parsers check against the parent first: a MAC has no place on the
+        // IPv6 <ip>, and an IPv4 range is of the wrong family for it.
+        let e = update(
+            &def,
+            "add",
+            "ip-dhcp-host",
+            Some(1),
+            "<host mac='52:54:00:00:00:10' ip='192.168.122.10'/>",
+        )
+        .expect_err("MAC on the IPv6 parent");
+        assert_eq!(
+            e.to_string(),
+            "Invalid to specify MAC address '52:54:00:00:00:10' in network 'default' IPv6 static host definition"
+        );
+        let e = update(
+            &def,
+            "add",
+            "ip-dhcp-range",
+            Some(1),
+            "<range start='192.168.122.2' end='192.168.122.9'/>",
+        )
+        .expect_err("IPv4 range on the IPv6 parent");
+        assert_eq!(
+            e.to_string(),
+            "mismatch of address family in range 192.168.122.2 - 192.168.122.9 for network 2001:db8:ca2:2::1"
         );
     }
 

@@ -489,10 +489,8 @@ impl NetworkDef {
         {
             return Err(invalid_as(
                 Class::Internal,
-                format!(
-                    "range {} - {} is reversed in <nat> in <forward> in network '{name}'",
-                    range.start, range.end
-                ),
+                // libvirt's words, trailing space included.
+                format!("range {} - {} is reversed ", range.start, range.end),
             ));
         }
         if let Some(ports) = self.forward.nat.port
@@ -792,7 +790,7 @@ fn unassignable_reason(address: IpAddr) -> Option<&'static str> {
 
 /// libvirt's `virSocketAddrGetRange` checks, in its order and words: like libvirt, the
 /// messages show the `<ip>` address with its prefix, not the network address.
-fn check_range(subnet: IpNet, start: IpAddr, end: IpAddr) -> Result<(), Error> {
+pub(crate) fn check_range(subnet: IpNet, start: IpAddr, end: IpAddr) -> Result<(), Error> {
     let internal = |message: String| Err(invalid_as(Class::Internal, message));
     if start.is_ipv4() != end.is_ipv4() {
         return internal(format!(
