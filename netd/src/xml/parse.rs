@@ -179,15 +179,41 @@ impl Parser {
             .ok_or_else(|| self.missing(element, attr))
     }
 
+    /// A yes/no attribute; anything else gets the words of libvirt's
+    /// `virXMLPropTristateBool`.
     fn yes_no(&self, element: &Element, attr: &str) -> Result<Option<bool>, Error> {
         match element.attr(attr) {
             None => Ok(None),
             Some("yes") => Ok(Some(true)),
             Some("no") => Ok(Some(false)),
             Some(other) => Err(invalid(format!(
-                "invalid value '{other}' for attribute '{attr}' of <{}> in network '{}', expected 'yes' or 'no'",
-                element.name, self.network
+                "Invalid value for attribute '{attr}' in element '{}': '{other}'.",
+                element.name
             ))),
+        }
+    }
+
+    /// An unsigned decimal attribute read as libvirt's `virXMLPropUInt` reads it, with
+    /// its words for a value that is no such number or, if `nonzero`, is zero.
+    fn prop_uint(
+        &self,
+        element: &Element,
+        attr: &str,
+        nonzero: bool,
+    ) -> Result<Option<u32>, Error> {
+        let Some(text) = element.attr(attr) else {
+            return Ok(None);
+        };
+        let prefix = format!(
+            "Invalid value for attribute '{attr}' in element '{}': ",
+            element.name
+        );
+        match c_unsigned::<u32>(text, 10) {
+            None => Err(invalid(format!(
+                "{prefix}'{text}'. Expected non-negative integer value"
+            ))),
+            Some(0) if nonzero => Err(invalid(format!("{prefix}Zero is not permitted"))),
+            Some(value) => Ok(Some(value)),
         }
     }
 
@@ -257,7 +283,7 @@ impl Parser {
     fn network(&self, root: &Element) -> Result<NetworkDef, Error> {
         if root.name != "network" {
             return Err(invalid(format!(
-                "unexpected root element <{}>, expecting <network>",
+                "expecting root element of 'network', not '{}'",
                 root.name
             )));
         }
@@ -330,23 +356,24 @@ impl Parser {
             }
         };
         let mut def = NetworkDef::new(name);
-        def.ipv6_without_gateway = self.yes_no(root, "ipv6")? == Some(true);
+        def.ipv6_without_gateway = match root.attr("ipv6") {
+            None | Some("no") => false,
+            Some("yes") => true,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "Invalid ipv6 setting '{other}' in network '{}'",
+                    self.network
+                )));
+            }
+        };
         def.trust_guest_rx_filters = super::tristate(root, "trustGuestRxFilters")?;
         // libvirt reads an empty <uuid/> as no uuid at all and generates one.
         if let Some(element) = uuid
             && let text = self.text_of(element)?
             && !text.is_empty()
         {
-            let parsed = parse_uuid(&text).ok_or_else(|| {
-                invalid_as(
-                    Class::Internal,
-                    format!(
-                        "malformed uuid '{}' in network '{}'",
-                        text.trim(),
-                        self.network
-                    ),
-                )
-            })?;
+            let parsed = parse_uuid(&text)
+                .ok_or_else(|| invalid_as(Class::Internal, "malformed uuid element".to_owned()))?;
             def.uuid = Some(parsed);
         }
         // libvirt reads both with virXPathString, which takes an empty text for none.
@@ -474,6 +501,9 @@ impl Parser {
         })
     }
 
+    /// A `<route>`, checked in the order and words of libvirt's `virNetDevIPRouteParseXML`
+    /// (its messages lead with the network's name). Whether its gateway is reachable, and
+    /// whether the network may have routes at all, is for [`NetworkDef::validate`].
     fn route(&self, element: &Element) -> Result<RouteDef, Error> {
         self.check_attrs(
             element,
@@ -482,18 +512,120 @@ impl Parser {
             ],
         )?;
         self.check_leaf(element)?;
-        let family = self.family(element, "in route definition of network")?;
-        let address = self.required_ip(element, "address")?;
-        let gateway = self.required_ip(element, "gateway")?;
-        let netmask = self.ipv4(element, "netmask", "route netmask")?;
-        Ok(RouteDef {
+        let fail = |message: String| Err(invalid(format!("{}: {message}", self.network)));
+        let prefix = self.prop_uint(element, "prefix", false)?;
+        let metric = self.prop_uint(element, "metric", true)?;
+        let Some(address_text) = element.attr("address") else {
+            return fail("Missing required address attribute in route definition".into());
+        };
+        let Some(gateway_text) = element.attr("gateway") else {
+            return fail("Missing required gateway attribute in route definition".into());
+        };
+        let Ok(address) = address_text.parse::<IpAddr>() else {
+            return fail(format!(
+                "Bad network address '{address_text}' in route definition"
+            ));
+        };
+        let Ok(gateway) = gateway_text.parse::<IpAddr>() else {
+            return fail(format!(
+                "Bad gateway address '{gateway_text}' in route definition"
+            ));
+        };
+        let netmask_text = element.attr("netmask");
+        let (family, netmask, max_prefix) = match element.attr("family") {
+            family @ (None | Some("ipv4")) => {
+                let given = if family.is_none() {
+                    "No family specified"
+                } else {
+                    "IPv4 family specified"
+                };
+                if !address.is_ipv4() {
+                    return fail(format!(
+                        "{given} for non-IPv4 address '{address_text}' in route definition"
+                    ));
+                }
+                if !gateway.is_ipv4() {
+                    // libvirt names the address here too.
+                    return fail(format!(
+                        "{given} for non-IPv4 gateway '{address_text}' in route definition"
+                    ));
+                }
+                let netmask = match netmask_text {
+                    None => None,
+                    Some(text) => match text.parse::<IpAddr>() {
+                        Err(_) => {
+                            return fail(format!(
+                                "Bad netmask address '{text}' in route definition"
+                            ));
+                        }
+                        Ok(IpAddr::V6(_)) => {
+                            return fail(format!(
+                                "Invalid netmask '{text}' for address '{address_text}' (both must be IPv4)"
+                            ));
+                        }
+                        Ok(IpAddr::V4(_)) if prefix.is_some() => {
+                            return fail(
+                                "Route definition cannot have both a prefix and a netmask".into(),
+                            );
+                        }
+                        Ok(IpAddr::V4(mask)) => Some(mask),
+                    },
+                };
+                (family.map(|_| IpFamily::Ipv4), netmask, 32)
+            }
+            Some("ipv6") => {
+                if !address.is_ipv6() {
+                    return fail(format!(
+                        "ipv6 family specified for non-IPv6 address '{address_text}' in route definition"
+                    ));
+                }
+                if netmask_text.is_some() {
+                    return fail(format!(
+                        "Specifying netmask invalid for IPv6 address '{address_text}' in route definition"
+                    ));
+                }
+                if !gateway.is_ipv6() {
+                    return fail(format!(
+                        "ipv6 specified for non-IPv6 gateway address '{gateway_text}' in route definition"
+                    ));
+                }
+                (Some(IpFamily::Ipv6), None, 128)
+            }
+            Some(other) => {
+                return fail(format!("Unrecognized family '{other}' in route definition"));
+            }
+        };
+        let prefix = match prefix.map(u8::try_from) {
+            None => None,
+            Some(Ok(prefix)) if prefix <= max_prefix => Some(prefix),
+            Some(_) => {
+                return fail(format!(
+                    "Invalid prefix {} specified in route definition, must be 0 - {max_prefix}",
+                    prefix.unwrap_or_default()
+                ));
+            }
+        };
+        let route = RouteDef {
             family,
             address,
             netmask,
-            prefix: self.number::<u8>(element, "prefix", 10)?,
+            prefix,
             gateway,
-            metric: self.number::<u32>(element, "metric", 10)?,
-        })
+            metric,
+        };
+        // libvirt masks with any netmask; the kernel takes contiguous ones only.
+        let Some(destination) = route.destination() else {
+            return fail(format!(
+                "Invalid netmask '{}' in route definition (not a contiguous netmask)",
+                netmask_text.unwrap_or_default()
+            ));
+        };
+        if destination.trunc().addr() != address {
+            return fail(format!(
+                "Address '{address_text}' in route definition is not a network address"
+            ));
+        }
+        Ok(route)
     }
 
     fn forward(&self, element: &Element) -> Result<Forward, Error> {
@@ -515,10 +647,7 @@ impl Parser {
             Some(other) => {
                 return Err(invalid_as(
                     Class::ConfigUnsupported,
-                    format!(
-                        "unknown forwarding type '{other}' in network '{}'",
-                        self.network
-                    ),
+                    format!("unknown forwarding type '{other}'"),
                 ));
             }
         };
@@ -1124,14 +1253,14 @@ impl Parser {
                 }
             },
         };
-        let prefix = match element.attr("prefix") {
+        let prefix = match self.prop_uint(element, "prefix", false)? {
             None => None,
-            Some(text) => Some(c_unsigned::<u8>(text, 10).ok_or_else(|| {
+            Some(value) => Some(u8::try_from(value).map_err(|_| {
                 let family = if address.is_ipv4() { "IPv4" } else { "IPv6" };
                 invalid_as(
                     Class::ConfigUnsupported,
                     format!(
-                        "Invalid {family} prefix '{text}' in network '{}'",
+                        "Invalid {family} prefix '{value}' in network '{}'",
                         self.network
                     ),
                 )
@@ -1159,9 +1288,12 @@ impl Parser {
         }
         if let Some(tftp) = tftp {
             if address.is_ipv6() {
-                return Err(self.unsupported(
-                    "element <tftp> inside IPv6 <ip> (TFTP is served on IPv4)".to_string(),
-                    tftp.line,
+                return Err(invalid_as(
+                    Class::ConfigUnsupported,
+                    format!(
+                        "Unsupported <tftp> element in an IPv6 element in network '{}'",
+                        self.network
+                    ),
                 ));
             }
             self.check_attrs(tftp, &["root"])?;
@@ -1245,8 +1377,7 @@ impl Parser {
             Some("hours") => LeaseUnit::Hours,
             Some(other) => {
                 return Err(invalid(format!(
-                    "invalid lease unit '{other}' in network '{}', expected seconds, minutes or hours",
-                    self.network
+                    "Invalid value for attribute 'unit' in element 'lease': '{other}'."
                 )));
             }
         };
