@@ -288,6 +288,50 @@ fn the_ports_of_a_transient_network_go_with_it() {
     assert!(!daemon.state_dir().join("networks/passing.ports").exists());
 }
 
+/// Port records name their device by index; one that now names another program's
+/// device (a state dir that outlived its namespace, a record copied in) must not get
+/// it deleted with the records of a network that is gone, readable or not.
+#[test]
+fn stale_port_records_never_delete_another_program_s_devices() {
+    if !require(&port_needs()) {
+        return;
+    }
+    let mut daemon = Daemon::without_default_network();
+    daemon.stop();
+    daemon
+        .ns
+        .sh("ip link add victim0 type veth peer name victim1 && ip link add hostbr type bridge")
+        .expect("someone else's devices");
+    let index = |name: &str| link(&daemon, name)["ifindex"].as_u64().expect("ifindex");
+    let records = serde_json::json!([
+        {
+            "xml": port_xml("guest9", "52:54:00:aa:bb:09"),
+            "tap": "vnet1",
+            "ifindex": index("victim0"),
+            "persistent": true,
+        },
+        {
+            "xml": "<networkport from-a-newer-daemon",
+            "tap": "vnet2",
+            "ifindex": index("hostbr"),
+            "persistent": true,
+        },
+    ]);
+    let networks = daemon.state_dir().join("networks");
+    std::fs::create_dir_all(&networks).expect("state dir");
+    std::fs::write(networks.join("gone.ports"), records.to_string()).expect("records");
+    daemon.spawn(&Default::default());
+    daemon.ok(&["net-list", "--all"]);
+    for device in ["victim0", "victim1", "hostbr"] {
+        assert!(
+            link(&daemon, device).is_object(),
+            "{device} was deleted\n{}",
+            daemon.log()
+        );
+    }
+    daemon.assert_logged("now names another device; leaving it alone");
+}
+
 /// As with libvirt, a host-bridge network starts (at boot, say) before the bridge is
 /// made; a port asked for meanwhile is refused, naming the bridge, and the network
 /// stays running across a daemon restart.

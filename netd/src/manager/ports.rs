@@ -116,6 +116,43 @@ impl Port {
 /// The ports of one network, by UUID.
 pub(super) type Ports = BTreeMap<Uuid, Port>;
 
+/// A port's device as its record knows it, to be found again before it is deleted: the
+/// recorded index alone may since name another program's device (a state dir that
+/// outlived its namespace, or a record copied in by hand).
+enum RecordedDevice<'a> {
+    /// A port whose record was read: its device is known by kind and MAC, or alias.
+    Port(Uuid, &'a Port),
+    /// A record whose XML cannot be read: only its device's index and name are known.
+    Unreadable(&'a PortStatus),
+}
+
+impl RecordedDevice<'_> {
+    fn ifindex(&self) -> u32 {
+        match self {
+            RecordedDevice::Port(_, port) => port.ifindex,
+            RecordedDevice::Unreadable(status) => status.ifindex,
+        }
+    }
+
+    fn tap(&self) -> &str {
+        match self {
+            RecordedDevice::Port(_, port) => &port.tap,
+            RecordedDevice::Unreadable(status) => &status.tap,
+        }
+    }
+
+    /// Whether `link` is the recorded device: for an unreadable record, a tap or
+    /// macvtap still of the recorded name.
+    fn is(&self, link: &LinkInfo) -> bool {
+        match self {
+            RecordedDevice::Port(uuid, port) => port.is_its_device(*uuid, link),
+            RecordedDevice::Unreadable(status) => {
+                matches!(link.kind.as_deref(), Some("tun" | "macvtap")) && link.name == status.tap
+            }
+        }
+    }
+}
+
 /// Every link of the namespace, by ifindex (one dump).
 pub(super) type Links = BTreeMap<u32, LinkInfo>;
 
@@ -585,13 +622,15 @@ impl Manager {
                 }
             }
         }
-        let deleted: Vec<Port> = unpluggable
+        let deleted: Vec<(Uuid, Port)> = unpluggable
             .iter()
-            .filter_map(|uuid| network.ports.remove(uuid))
+            .filter_map(|uuid| network.ports.remove(uuid).map(|port| (*uuid, port)))
             .collect();
         self.delete_taps(
             name,
-            deleted.iter().map(|port| (port.ifindex, port.tap.as_str())),
+            deleted
+                .iter()
+                .map(|(uuid, port)| RecordedDevice::Port(*uuid, port)),
         )
         .await;
         if plugged > 0 {
@@ -600,7 +639,7 @@ impl Manager {
         if plugged > 0 || !deleted.is_empty() {
             self.save_ports_or_warn(name, network);
         }
-        deleted.into_iter().map(|port| port.def).collect()
+        deleted.into_iter().map(|(_, port)| port.def).collect()
     }
 
     /// Takes the ports of a network that is stopping off its bridge and down, to wait for
@@ -631,13 +670,9 @@ impl Manager {
         self.delete_taps(
             name,
             ports
-                .values()
-                .map(|port| (port.ifindex, port.tap.as_str()))
-                .chain(
-                    unreadable
-                        .iter()
-                        .map(|port| (port.ifindex, port.tap.as_str())),
-                ),
+                .iter()
+                .map(|(uuid, port)| RecordedDevice::Port(*uuid, port))
+                .chain(unreadable.iter().map(RecordedDevice::Unreadable)),
         )
         .await;
         self.save_ports_or_warn(name, network);
@@ -762,9 +797,10 @@ impl Manager {
     /// died while stopping it, or could not adopt it (its status was unreadable), and
     /// they are still up, or still on a host bridge.
     async fn park_recorded_ports(&self, name: &str, network: &Network, links: &Links) {
-        for port in network.ports.values() {
+        for (uuid, port) in &network.ports {
             let parked = links
                 .get(&port.ifindex)
+                .filter(|link| port.is_its_device(*uuid, link))
                 .is_none_or(|tap| !tap.up && tap.master.is_none());
             if !parked && let Err(e) = self.park(port).await {
                 warn!(network = %name, tap = %port.tap, "{}", error_chain(&e));
@@ -777,8 +813,15 @@ impl Manager {
     async fn discard_recorded_ports(&self, name: &str) {
         match self.store.load_ports(name) {
             Ok(stored) => {
-                let taps = stored.iter().map(|port| (port.ifindex, port.tap.as_str()));
-                self.delete_taps(name, taps).await;
+                let read: Vec<(&PortStatus, Option<Port>)> = stored
+                    .iter()
+                    .map(|status| (status, Port::from_status(status).ok()))
+                    .collect();
+                let devices = read.iter().map(|(status, port)| match port {
+                    Some(port) => RecordedDevice::Port(port.def.uuid.unwrap_or_default(), port),
+                    None => RecordedDevice::Unreadable(status),
+                });
+                self.delete_taps(name, devices).await;
             }
             Err(e) => warn!(network = %name, "cannot read port records: {}", error_chain(&e)),
         }
@@ -917,12 +960,18 @@ impl Manager {
     }
 
     /// Deletes the taps (ifindex, recorded name) that are still there.
-    async fn delete_taps<'a>(&self, network: &str, taps: impl Iterator<Item = (u32, &'a str)>) {
-        let taps: Vec<(u32, &str)> = taps.collect();
-        if taps.is_empty() {
+    /// Deletes the devices of ports that are gone; one whose index names a device that
+    /// is not the port's any more is left alone, with a warning.
+    async fn delete_taps<'a>(
+        &self,
+        network: &str,
+        devices: impl Iterator<Item = RecordedDevice<'a>>,
+    ) {
+        let devices: Vec<RecordedDevice> = devices.collect();
+        if devices.is_empty() {
             return;
         }
-        let links = match self.link.link_names_by_index().await {
+        let links = match self.link.links_by_index().await {
             Ok(links) => links,
             Err(e) => {
                 warn!(
@@ -933,15 +982,19 @@ impl Manager {
                 return;
             }
         };
-        for (ifindex, recorded) in taps {
-            let Some(tap) = links.get(&ifindex) else {
+        for device in devices {
+            let Some(link) = links.get(&device.ifindex()) else {
                 continue;
             };
-            if tap != recorded {
-                info!(network, tap = %tap, was = %recorded, "deleting a port's renamed tap");
+            if !device.is(link) {
+                warn!(network, device = %link.name, was = %device.tap(), "a port's recorded device index now names another device; leaving it alone");
+                continue;
             }
-            if let Err(e) = self.link.delete_index(ifindex, tap).await {
-                warn!(network, tap, "deleting a port's tap: {}", error_chain(&e));
+            if link.name != device.tap() {
+                info!(network, tap = %link.name, was = %device.tap(), "deleting a port's renamed tap");
+            }
+            if let Err(e) = self.link.delete_index(device.ifindex(), &link.name).await {
+                warn!(network, tap = %link.name, "deleting a port's tap: {}", error_chain(&e));
             }
         }
         self.delete_orphan_ifbs().await;
