@@ -679,3 +679,50 @@ fn a_new_config_dir_beside_a_running_default_network_still_starts() {
         " default   active   no   no\n"
     );
 }
+
+/// A FIFO where the daemon keeps a file (a status, port records, the autostart marker,
+/// a definition, a lease journal) must not hold it up: each is refused, naming the
+/// file, and everything else is served.
+#[test]
+fn fifos_in_the_config_and_state_dirs_hold_nothing_up() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::without_default_network();
+    let definition = define_nat_network(&daemon, "leasing", "10.77.1.1");
+    daemon.stop();
+    let fifo = |path: PathBuf| {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        path
+    };
+    let state = daemon.state_dir();
+    // A new boot, whose autostart marker is a FIFO.
+    for marker in ["autostarted", "autostarting"] {
+        let _ = std::fs::remove_file(state.join(marker));
+    }
+    let fifos = [
+        fifo(state.join("networks/stuck.json")),
+        fifo(state.join("networks/leasing.ports")),
+        fifo(state.join("autostarting")),
+        fifo(daemon.config_dir().join("networks/piped.xml")),
+    ];
+    daemon.spawn(&Default::default());
+    daemon.ok(&["net-list", "--all"]);
+    for path in &fifos {
+        daemon.assert_logged(&format!("{}: not a regular file", path.display()));
+    }
+
+    // The lease journal: the start is refused, naming it, and leaves nothing behind.
+    let xml = "<network><name>pipe</name><ip address='10.77.2.1' prefix='24'>\
+               <dhcp><range start='10.77.2.10' end='10.77.2.20'/></dhcp></ip></network>";
+    let path = xml_file(daemon.dirs.path(), "pipe.xml", xml);
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    let journal = fifo(state.join("networks/pipe.leases"));
+    let refused = daemon.fails(&["net-start", "pipe"]);
+    assert!(refused.contains(&journal.display().to_string()), "{refused}");
+    assert!(refused.contains("not a regular file"), "{refused}");
+    assert!(daemon.bridges().is_empty(), "{:?}", daemon.bridges());
+    daemon.ok(&["net-start", "leasing"]);
+    assert_consistent(&daemon, "leasing", "virbr0", &definition);
+}

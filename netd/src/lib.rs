@@ -14,6 +14,7 @@ pub mod dhcp6;
 pub mod dns;
 pub mod events;
 pub mod fdpass;
+pub mod files;
 pub mod firewall;
 pub mod hooks;
 pub mod link;

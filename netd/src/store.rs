@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::files;
+
 /// Errors of the on-disk store; each names the path involved.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -243,7 +245,7 @@ impl Store {
             let Some(file_name) = stem(&path) else {
                 continue;
             };
-            let xml = fs::read_to_string(&path).map_err(io_err("reading", &path));
+            let xml = files::read_text(&path).map_err(io_err("reading", &path));
             let autostart = self.adopt_autostart_link(&file_name);
             configs.push(StoredConfig {
                 file_name,
@@ -330,7 +332,7 @@ impl Store {
                 continue;
             }
             let Some(name) = stem(&path) else { continue };
-            let status = fs::read(&path)
+            let status = files::read_regular(&path, files::MAX_FILE_BYTES)
                 .map_err(io_err("reading", &path))
                 .and_then(|bytes| {
                     serde_json::from_slice(&bytes).map_err(|source| Error::CorruptStatus {
@@ -346,7 +348,8 @@ impl Store {
     /// Reads one network's status file.
     pub fn load_status(&self, name: &str) -> Result<Status, Error> {
         let path = self.status_path(name);
-        let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
+        let bytes =
+            files::read_regular(&path, files::MAX_FILE_BYTES).map_err(io_err("reading", &path))?;
         serde_json::from_slice(&bytes).map_err(|source| Error::CorruptStatus { path, source })
     }
 
@@ -450,7 +453,7 @@ impl Store {
     /// Reads the ports of a network (none when it has no ports file).
     pub fn load_ports(&self, name: &str) -> Result<Vec<PortStatus>, Error> {
         let path = self.ports_path(name);
-        match fs::read(&path) {
+        match files::read_regular(&path, files::MAX_FILE_BYTES) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|source| Error::CorruptStatus { path, source }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -478,7 +481,7 @@ impl Store {
         if exists(&self.autostart_marker)? {
             return Ok(AutostartProgress::Done);
         }
-        match fs::read_to_string(&self.autostart_begun_marker) {
+        match files::read_text(&self.autostart_begun_marker) {
             Ok(text) => Ok(AutostartProgress::CutShort {
                 under_way: text.lines().map(str::to_owned).collect(),
             }),
@@ -572,19 +575,19 @@ fn xml_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_err("listing", dir)(e)),
     };
-    let mut files = Vec::new();
+    let mut found = Vec::new();
     for entry in entries {
         let entry = entry.map_err(io_err("listing", dir))?;
         let path = entry.path();
-        // Symlinks followed, as libvirt opens what it lists; one pointing nowhere is
-        // listed too, and fails to read with a message naming it.
-        let is_file = fs::metadata(&path).map_or(true, |meta| meta.is_file());
-        if is_file && path.extension().is_some_and(|ext| ext == "xml") {
-            files.push(path);
+        // Symlinks followed, as libvirt opens what it lists. What is no regular file
+        // (a symlink pointing nowhere, a FIFO, a directory) is listed too, and fails to
+        // read with a message naming it.
+        if path.extension().is_some_and(|ext| ext == "xml") {
+            found.push(path);
         }
     }
-    files.sort();
-    Ok(files)
+    found.sort();
+    Ok(found)
 }
 
 /// Writes `bytes` to `path` so that readers see either the old or the new content.

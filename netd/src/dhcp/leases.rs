@@ -1101,7 +1101,7 @@ fn file_error(
 /// The journal's bytes (at most [`MAX_FILE`]); a missing file is empty.
 fn read_journal(config: &DhcpConfig, path: &Path) -> Result<Vec<u8>, Error> {
     let mut text = Vec::new();
-    match File::open(path) {
+    match crate::files::open_regular(File::options().read(true), path) {
         Ok(file) => {
             file.take(MAX_FILE)
                 .read_to_end(&mut text)
@@ -1141,7 +1141,7 @@ impl PendingSync {
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
-    File::options().append(true).create(true).open(path)
+    crate::files::open_regular(File::options().append(true).create(true), path)
 }
 
 #[cfg(test)]

@@ -152,7 +152,7 @@ impl LeaseDb {
     pub fn open(config: &Dhcp6Config, path: &Path, now: i64) -> Result<LeaseDb, Error> {
         let mut db = LeaseDb::in_memory(config);
         let mut text = Vec::new();
-        match std::fs::File::open(path) {
+        match crate::files::open_regular(std::fs::File::options().read(true), path) {
             Ok(file) => {
                 file.take(MAX_FILE)
                     .read_to_end(&mut text)

@@ -19,7 +19,7 @@ impl HostsFile {
     /// Reads `path`. A missing file has no entries; one that cannot be read has none
     /// either, and says so in the log, as dnsmasq goes on without it.
     pub fn read(path: &Path) -> HostsFile {
-        match std::fs::read(path) {
+        match crate::files::read_regular(path, crate::files::MAX_FILE_BYTES) {
             Ok(bytes) => HostsFile::parse(path, &String::from_utf8_lossy(&bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HostsFile::default(),
             Err(e) => {

@@ -167,7 +167,7 @@ pub enum Error {
 
 /// The `nameserver`s of a resolv.conf, on port 53; an unreadable file gives none.
 pub fn host_resolvers(path: &Path) -> Vec<SocketAddr> {
-    match std::fs::read_to_string(path) {
+    match crate::files::read_text(path) {
         Ok(text) => parse_resolv_conf(&text, |name| nix::net::if_::if_nametoindex(name).ok()),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "no host resolvers to forward DNS to");

@@ -1,0 +1,88 @@
+//! Opening the files the daemon reads, and the lease journals it appends to, so that
+//! no file can hold it: only regular files are read or written, opened without
+//! blocking (a FIFO put in the config or state dir, by mistake or not, would otherwise
+//! stop the daemon in `open` or `read` for good), and no more than [`MAX_FILE_BYTES`]
+//! is read (a huge or endless file, `/dev/zero` through a symlink, would fill its
+//! memory).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Most a file the daemon reads may hold: virsh's limit for XML files, far beyond any
+/// definition, status, record or hosts file.
+pub const MAX_FILE_BYTES: u64 = 10 * 1024 * 1024;
+
+/// Opens `path` with `options`, without blocking, and checks that it is a regular
+/// file.
+pub fn open_regular(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    let file = options
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads the regular file `path`, of at most `limit` bytes.
+pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let file = open_regular(OpenOptions::new().read(true), path)?;
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_regular`] for a UTF-8 text file of at most [`MAX_FILE_BYTES`].
+pub fn read_text(path: &Path) -> io::Result<String> {
+    String::from_utf8(read_regular(path, MAX_FILE_BYTES)?)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let error = read_regular(&fifo, 10).expect_err("a FIFO is refused, at once");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        let appending = open_regular(OpenOptions::new().append(true).create(true), &fifo);
+        assert!(
+            appending.is_err(),
+            "a FIFO with no reader is refused at once"
+        );
+        assert!(read_regular(dir.path(), 10).is_err(), "a directory");
+        assert!(
+            read_regular(Path::new("/dev/zero"), 10).is_err(),
+            "a device"
+        );
+
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"0123456789").expect("write");
+        assert_eq!(
+            read_regular(&file, 10).expect("at the limit"),
+            b"0123456789"
+        );
+        let error = read_regular(&file, 9).expect_err("over the limit");
+        assert_eq!(error.kind(), io::ErrorKind::FileTooLarge);
+        std::fs::write(&file, [0xff, 0xfe]).expect("write");
+        assert_eq!(
+            read_text(&file).expect_err("not UTF-8").kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+}
