@@ -720,9 +720,77 @@ fn fifos_in_the_config_and_state_dirs_hold_nothing_up() {
     daemon.ok(&["net-define", path.to_str().expect("path")]);
     let journal = fifo(state.join("networks/pipe.leases"));
     let refused = daemon.fails(&["net-start", "pipe"]);
-    assert!(refused.contains(&journal.display().to_string()), "{refused}");
+    assert!(
+        refused.contains(&journal.display().to_string()),
+        "{refused}"
+    );
     assert!(refused.contains("not a regular file"), "{refused}");
     assert!(daemon.bridges().is_empty(), "{:?}", daemon.bridges());
     daemon.ok(&["net-start", "leasing"]);
     assert_consistent(&daemon, "leasing", "virbr0", &definition);
+}
+
+/// A status file whose XML names another network (copied or edited by hand) is not
+/// adopted: two entries would claim one bridge, and destroying one would take the
+/// other's bridge down.
+#[test]
+fn a_status_describing_another_network_is_not_adopted() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::without_default_network();
+    let first = define_nat_network(&daemon, "first", "10.78.1.1");
+    let second = define_nat_network(&daemon, "second", "10.78.2.1");
+    daemon.ok(&["net-start", "first"]);
+    daemon.ok(&["net-start", "second"]);
+    daemon.stop();
+    let statuses = daemon.state_dir().join("networks");
+    std::fs::copy(statuses.join("second.json"), statuses.join("first.json")).expect("copy");
+    daemon.spawn(&Default::default());
+    daemon.assert_logged("the status file describes network 'second', not this one");
+    let listed = daemon.ok(&["-q", "net-list", "--all"]);
+    let rows: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|line| line.split_whitespace().take(2).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [["first", "inactive"], ["second", "active"]],
+        "{listed}"
+    );
+    // first's bridge is left as it was; second stays whole.
+    assert_eq!(daemon.bridges(), ["virbr0", "virbr1"]);
+    daemon.fails(&["net-destroy", "first"]);
+    assert_consistent(&daemon, "second", "virbr1", &second);
+    let on_disk = std::fs::read_to_string(daemon.config_dir().join("networks/first.xml"))
+        .expect("definition kept");
+    assert_eq!(on_disk, first);
+}
+
+/// The autostart link of a definition that could not be loaded stays, and a network
+/// defined again under that name says autostart, as a restart would find it.
+#[test]
+fn a_definition_replacing_an_unreadable_one_shows_its_autostart_link() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::without_default_network();
+    daemon.stop();
+    let networks = daemon.config_dir().join("networks");
+    std::fs::create_dir_all(networks.join("autostart")).expect("dirs");
+    std::fs::write(
+        networks.join("x.xml"),
+        "<network><name>x</name><bogus/></network>",
+    )
+    .expect("unreadable definition");
+    std::os::unix::fs::symlink("../x.xml", networks.join("autostart/x.xml")).expect("link");
+    daemon.spawn(&Default::default());
+    daemon.assert_logged("skipping unreadable definition");
+    define_nat_network(&daemon, "x", "10.78.3.1");
+    let listed = daemon.ok(&["-q", "net-list", "--all"]);
+    assert_eq!(
+        listed.split_whitespace().collect::<Vec<_>>(),
+        ["x", "inactive", "yes", "yes"],
+        "{listed}"
+    );
 }

@@ -586,6 +586,13 @@ impl Manager {
                     continue;
                 }
             };
+            if def.name != name {
+                // Copied or edited by hand: adopting it would give two entries one bridge,
+                // and a destroy of either would take the other's down.
+                warn!(network = %name, "the status file describes network '{}', not this one, so the network stays inactive and its bridge, ports, leases, rules and status file are left as they are", def.name);
+                lock(&self.unloaded).insert(name);
+                continue;
+            }
             let owns_bridge = def.forward_mode().has_managed_bridge();
             if status.phase != Phase::Active {
                 let interrupted = match status.phase {
@@ -1145,7 +1152,10 @@ impl Manager {
         match networks.get_mut(&name) {
             Some(network) => network.config = Some(def),
             None => {
-                networks.insert(name.clone(), Network::defined(def, false));
+                // A definition that could not be loaded may have left its autostart
+                // link: what is on disk is what a restart will find.
+                let autostart = self.store.has_autostart_link(&name);
+                networks.insert(name.clone(), Network::defined(def, autostart));
             }
         }
         let summary = summary_of(&networks, &name)?;

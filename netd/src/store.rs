@@ -265,7 +265,7 @@ impl Store {
         let link = self.autostart_path(name);
         let Ok(target) = fs::read_link(&link) else {
             // No link, or a plain file put there by hand.
-            return fs::symlink_metadata(&link).is_ok();
+            return self.has_autostart_link(name);
         };
         if target != own_autostart_target(name)
             && let Err(e) = self.write_autostart_link(name)
@@ -273,6 +273,11 @@ impl Store {
             tracing::warn!(network = name, link = %link.display(), "keeping an autostart link that points elsewhere: {e}");
         }
         true
+    }
+
+    /// Whether network `name` has an autostart link (or something in its place).
+    pub fn has_autostart_link(&self, name: &str) -> bool {
+        fs::symlink_metadata(self.autostart_path(name)).is_ok()
     }
 
     /// Writes a network's persistent definition atomically.
