@@ -749,6 +749,8 @@ fn stopping_closes_tcp_clients_and_frees_port_53() {
 /// it opens is closed at once, and another guest is still served.
 #[test]
 fn one_client_cannot_take_every_tcp_slot() {
+    use netd::dns::server::{MAX_TCP_PER_CLIENT, MAX_TCP_SERVED_PER_CLIENT};
+
     if !needs() {
         return;
     }
@@ -765,19 +767,52 @@ fn one_client_cannot_take_every_tcp_slot() {
                 .expect("timeout");
             stream
         };
-        // Eight connections, each answered once so the server surely holds them.
-        let mut held: Vec<TcpStream> = (0..8).map(|_| connect()).collect();
+        // As many connections as one guest is served at once, each answered once so
+        // the server surely holds them.
+        let mut held: Vec<TcpStream> = (0..MAX_TCP_SERVED_PER_CLIENT).map(|_| connect()).collect();
         for (n, stream) in held.iter_mut().enumerate() {
             assert!(
                 tcp_query(stream, n as u16).is_ok(),
                 "connection {n} not served"
             );
         }
-        let mut ninth = connect();
+        // The next waits its turn, and gets it when one of the others closes.
+        let mut waiting = connect();
+        waiting
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        assert!(
+            tcp_query(&mut waiting, 100).is_err(),
+            "served beyond its turns"
+        );
+        drop(held.remove(0));
+        waiting
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut reply_len = [0u8; 2];
+        waiting
+            .read_exact(&mut reply_len)
+            .expect("served once a turn was free");
+        // Beyond what one guest may hold, a connection is closed at once.
+        let mut more: Vec<TcpStream> = (held.len() + 1..MAX_TCP_PER_CLIENT)
+            .map(|_| connect())
+            .collect();
+        // Each is accepted (and waits) before the next is counted.
+        for stream in &mut more {
+            stream
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            let mut byte = [0u8; 1];
+            assert!(
+                stream.read(&mut byte).is_err(),
+                "closed while within the limit"
+            );
+        }
+        let mut over = connect();
         let mut rest = Vec::new();
         let started = std::time::Instant::now();
         assert_eq!(
-            ninth.read_to_end(&mut rest).expect("closed, not timed out"),
+            over.read_to_end(&mut rest).expect("closed, not timed out"),
             0
         );
         assert!(started.elapsed() < Duration::from_secs(2));
@@ -786,6 +821,6 @@ fn one_client_cannot_take_every_tcp_slot() {
             lab.dig_short(&format!("+tcp @{SERVER_IP6} static1.example.test")),
             ["192.168.88.50"]
         );
-        drop(held);
+        drop((held, more, waiting));
     });
 }

@@ -17,8 +17,9 @@
 //!
 //! Queries with and without EDNS, the DNSSEC OK bit, or the AD or CD bit are told apart:
 //! an upstream answers them differently. A hit's TTLs are lowered by the time it was kept,
-//! and it takes the asker's ID, question (its letter case: resolvers randomise it, RFC
-//! draft "0x20") and RD bit.
+//! its AA bit is cleared (what a cache serves is no authority's answer, RFC 2181 5.4.1,
+//! as dnsmasq serves it), and it takes the asker's ID, question (its letter case:
+//! resolvers randomise it, "0x20") and RD bit.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -131,7 +132,7 @@ impl AnswerCache {
             u32::try_from(now.duration_since(entry.stored).as_secs()).unwrap_or(u32::MAX);
         out.extend_from_slice(&entry.reply);
         out[..2].copy_from_slice(&query[..2]);
-        out[2] = (out[2] & !0x01) | (query[2] & 0x01);
+        out[2] = (out[2] & !0x05) | (query[2] & 0x01);
         out[HEADER_LEN..question_end].copy_from_slice(asked);
         for &at in &entry.ttl_at {
             if let Some(ttl) = out.get_mut(at..at + 4) {
@@ -328,6 +329,7 @@ mod tests {
         let mut message = Message::new(asked.metadata.id, MessageType::Response, OpCode::Query);
         message.metadata.recursion_desired = asked.metadata.recursion_desired;
         message.metadata.recursion_available = true;
+        message.metadata.authoritative = true;
         message.metadata.checking_disabled = asked.metadata.checking_disabled;
         let qname = asked.queries[0].name().clone();
         message.add_query(asked.queries[0].clone());
@@ -377,6 +379,7 @@ mod tests {
         let hit = decode(&out);
         assert_eq!(hit.metadata.id, 2);
         assert!(!hit.metadata.recursion_desired);
+        assert!(!hit.metadata.authoritative);
         assert_eq!(hit.queries[0].name().to_ascii(), "WWW.example.");
         assert_eq!(hit.answers[0].ttl, 200);
         assert!(!cache.lookup(&bytes(&again), t0 + Duration::from_secs(300), &mut out));

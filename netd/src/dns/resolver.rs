@@ -308,14 +308,22 @@ impl Resolver {
             Ok(parsed) => parsed,
             Err(Malformed::Drop) => return Outcome::Drop,
             Err(Malformed::Reply(rcode)) => {
-                begin_response(query, HEADER_LEN, out);
-                set_rcode(out, rcode, false);
-                return Outcome::Reply;
+                return refuse_malformed(query, rcode, transport, out);
             }
         };
         let key = &key[..key_len];
         let edns = query_edns(query, question.end);
         let limit = response_limit(transport, edns);
+        if let Some(edns) = edns
+            && edns.version != 0
+        {
+            // RFC 6891 6.1.3: our version (0) in our OPT record, BADVERS.
+            begin_response(query, question.end, out);
+            let question_end = out.len();
+            finish(out, question_end, 0, Some(edns), limit);
+            set_extended_rcode(out, BADVERS);
+            return Outcome::Reply;
+        }
         let qtype = RecordType::from(question.qtype);
         begin_response(query, question.end, out);
         let question_end = out.len();
@@ -623,6 +631,8 @@ pub(super) struct Edns {
     pub(super) payload_size: u16,
     /// DNSSEC OK, which the response's OPT record must echo (RFC 3225 3).
     pub(super) dnssec_ok: bool,
+    /// The EDNS version; we speak 0 (RFC 6891 6.1.3).
+    pub(super) version: u8,
 }
 
 /// The query's OPT record, if it has one. It is looked for only where queries carry
@@ -633,10 +643,11 @@ pub(super) fn query_edns(query: &[u8], question_end: usize) -> Option<Edns> {
         return None;
     }
     match query.get(question_end..)? {
-        rest @ [0, 0, 41, hi, lo, _, _, flags, ..] if rest.len() >= OPT_RECORD.len() => {
+        rest @ [0, 0, 41, hi, lo, _, version, flags, ..] if rest.len() >= OPT_RECORD.len() => {
             Some(Edns {
                 payload_size: u16::from_be_bytes([*hi, *lo]),
                 dnssec_ok: flags & OPT_DO_BIT != 0,
+                version: *version,
             })
         }
         _ => None,
@@ -667,6 +678,37 @@ fn begin_response(query: &[u8], question_end: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(&questions.to_be_bytes());
     out.extend_from_slice(&[0; 6]);
     out.extend_from_slice(&query[HEADER_LEN..question_end]);
+}
+
+/// The reply to a query [`parse_query`] refused with `rcode`: the question too when
+/// there is exactly one that can be read, and our OPT record when the query had one
+/// where it can be found (RFC 6891 6.1.1), so the client can match the reply.
+fn refuse_malformed(
+    query: &[u8],
+    rcode: Rcode,
+    transport: Transport,
+    out: &mut Vec<u8>,
+) -> Outcome<'static> {
+    let mut key = [0u8; MAX_NAME_LEN];
+    let question_end = match read_question(query, &mut key) {
+        Some((question, _)) if query[4..6] == [0, 1] => question.end,
+        _ => HEADER_LEN,
+    };
+    let edns = query_edns(query, question_end);
+    begin_response(query, question_end, out);
+    set_rcode(out, rcode, false);
+    finish(out, question_end, 0, edns, response_limit(transport, edns))
+}
+
+/// Extended RCODE BADVERS (RFC 6891 9): 16, whose upper 8 bits go in the OPT record.
+const BADVERS: u16 = 16;
+
+/// Sets the extended `rcode` of the response in `out`, whose last record is our OPT
+/// record: its upper 8 bits in the OPT record, its lower 4 in the header.
+fn set_extended_rcode(out: &mut [u8], rcode: u16) {
+    let opt_at = out.len() - OPT_RECORD.len();
+    out[opt_at + 5] = u8::try_from(rcode >> 4).unwrap_or(u8::MAX);
+    out[3] = (out[3] & 0xf0) | u8::try_from(rcode & 0x0f).unwrap_or(0);
 }
 
 /// Sets the response code (RFC 1035 4.1.1: low 4 bits of byte 3) and the AA bit.
@@ -1630,6 +1672,64 @@ mod tests {
             resolver.answer(&response, Transport::Udp, &mut out),
             Outcome::Drop
         );
+    }
+
+    /// Refusals keep what lets the client match them: the question when there is one to
+    /// read, our OPT record when the query had one (RFC 6891 6.1.1), as dnsmasq's do.
+    #[test]
+    fn refusals_keep_the_question_and_the_opt_record() {
+        let resolver = Resolver::new(&config(), None).unwrap();
+        let mut out = Vec::new();
+        // Opcode NOTIFY (4).
+        let mut notify = query("web1.example.test.", RecordType::A, true);
+        notify[2] = (notify[2] & 0x87) | (4 << 3);
+        assert_eq!(
+            resolver.answer(&notify, Transport::Udp, &mut out),
+            Outcome::Reply
+        );
+        let reply = Message::from_vec(&out).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
+        assert_eq!(reply.queries.len(), 1);
+        assert!(reply.edns.is_some());
+        // No question, and an OPT record (a DNS cookie, say).
+        let mut bare = notify[..12].to_vec();
+        bare[2] &= 0x87;
+        bare[4..6].copy_from_slice(&[0, 0]);
+        bare.extend_from_slice(&notify[notify.len() - 11..]);
+        assert_eq!(
+            resolver.answer(&bare, Transport::Udp, &mut out),
+            Outcome::Reply
+        );
+        let reply = Message::from_vec(&out).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+        assert!(reply.queries.is_empty());
+        assert!(reply.edns.is_some());
+    }
+
+    /// RFC 6891 6.1.3: an EDNS version we do not speak gets BADVERS with our version,
+    /// for local and forwarded names alike.
+    #[test]
+    fn an_unknown_edns_version_gets_badvers() {
+        let resolver = Resolver::new(&config(), None).unwrap();
+        let mut out = Vec::new();
+        for name in ["static1.example.test.", "www.upstream.test."] {
+            let mut asked = Message::from_vec(&query(name, RecordType::A, true)).unwrap();
+            if let Some(edns) = asked.edns.as_mut() {
+                edns.set_version(1);
+            }
+            let asked = asked.to_vec().unwrap();
+            assert_eq!(
+                resolver.answer(&asked, Transport::Udp, &mut out),
+                Outcome::Reply,
+                "{name}"
+            );
+            let reply = Message::from_vec(&out).unwrap();
+            // 16: BADVERS in an OPT record (hickory names it by TSIG's BADSIG).
+            assert_eq!(u16::from(reply.metadata.response_code), 16, "{name}");
+            assert!(reply.answers.is_empty());
+            assert_eq!(reply.edns.as_ref().map(|edns| edns.version()), Some(0));
+            assert_eq!(reply.queries.len(), 1);
+        }
     }
 
     #[test]

@@ -17,8 +17,9 @@
 //! forwarder order), as dnsmasq's `strict-order` (which libvirt sets) keeps it; a server
 //! that failed `SUSPECT_AFTER` times in a row goes last for `SUSPECT_FOR`. A forward
 //! unanswered after [`FORWARD_TIMEOUT`] is forgotten (the client retries). A TCP client
-//! gets a small task per connection (at most [`MAX_TCP_CLIENTS`] at once, eight per
-//! client address) that forwards over TCP, with the same order and time bounds, so large
+//! gets a small task per connection (at most [`MAX_TCP_CLIENTS`] at once, and
+//! [`MAX_TCP_PER_CLIENT`] per client address, of which [`MAX_TCP_SERVED_PER_CLIENT`] are
+//! served at once while the others wait their turn) that forwards over TCP, with the same order and time bounds, so large
 //! upstream answers get through whole.
 
 use std::cell::RefCell;
@@ -39,7 +40,7 @@ use nix::sys::socket::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::resolver::{
@@ -66,11 +67,17 @@ const SUSPECT_FOR: Duration = Duration::from_secs(30);
 /// holds one or two sockets, so this bounds a network's file descriptors (dnsmasq's
 /// `dns-forward-max` is 150).
 const MAX_PENDING: usize = 512;
-/// Most TCP connections served at once; more are closed on accept.
-pub const MAX_TCP_CLIENTS: usize = 64;
+/// Most TCP connections held at once, served or waiting their turn; more are closed on
+/// accept.
+pub const MAX_TCP_CLIENTS: usize = 128;
 /// Most TCP connections one guest (source address) may hold at once, so that one guest
-/// cannot take every slot for the others.
-const MAX_TCP_PER_CLIENT: usize = 8;
+/// cannot take every slot for the others; more are closed on accept. Loose, as RFC 7766
+/// 6.2.2 asks: glibc's `use-vc` opens a connection per lookup, and a guest may be a
+/// resolver or a NAT for many.
+pub const MAX_TCP_PER_CLIENT: usize = 32;
+/// Most of one guest's TCP connections served at once; the others wait their turn (up
+/// to [`TCP_IDLE`]), as dnsmasq leaves connections over its limit in the backlog.
+pub const MAX_TCP_SERVED_PER_CLIENT: usize = 8;
 /// A TCP client idle this long, or that leaves an answer unread this long, is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Largest UDP datagram read (EDNS clients may send up to this much).
@@ -305,7 +312,7 @@ async fn serve(
     // Owned here, so the connections end with the task. Each connection's client is
     // known by its task, so that it is forgotten however the task ends.
     let mut connections = JoinSet::new();
-    let mut client_of: HashMap<tokio::task::Id, IpAddr> = HashMap::new();
+    let mut clients = TcpClients::default();
     let mut state = Serve {
         resolver: Arc::clone(&resolvers.borrow_and_update()),
         health: Arc::default(),
@@ -330,11 +337,7 @@ async fn serve(
                 continue;
             }
             Some(ended) = connections.join_next_with_id(), if !connections.is_empty() => {
-                let id = match ended {
-                    Ok((id, ())) => id,
-                    Err(e) => e.id(),
-                };
-                client_of.remove(&id);
+                clients.ended(ended);
                 continue;
             }
             Some(done) = state.forwards.join_next(), if !state.forwards.is_empty() => {
@@ -348,22 +351,34 @@ async fn serve(
         match event {
             Event::Queries(socket) => state.queries(socket),
             Event::Accept(stream) => {
+                // Connections that ended meanwhile are not counted: a burst of short
+                // ones is not refused for those the loop has not reaped yet.
+                while let Some(ended) = connections.try_join_next_with_id() {
+                    clients.ended(ended);
+                }
                 let client = stream.peer_addr().ok().map(|addr| addr.ip());
-                // At most MAX_TCP_CLIENTS to count.
-                let held = client.map_or(0, |ip| {
-                    client_of.values().filter(|&&other| other == ip).count()
-                });
+                let held = client.map_or(0, |ip| clients.held_by(ip));
                 if connections.len() >= MAX_TCP_CLIENTS || held >= MAX_TCP_PER_CLIENT {
                     tracing::debug!(network = %state.resolver.network(), ?client, "too many DNS TCP clients; connection closed");
                     continue;
                 }
+                let turns = client.map(|ip| clients.turns_of(ip));
                 let resolver = Arc::clone(&state.resolver);
                 let health = Arc::clone(&state.health);
                 let task = connections.spawn(async move {
+                    let _turn = match turns {
+                        Some(turns) => {
+                            match tokio::time::timeout(TCP_IDLE, turns.acquire_owned()).await {
+                                Ok(Ok(turn)) => Some(turn),
+                                _ => return,
+                            }
+                        }
+                        None => None,
+                    };
                     serve_tcp(stream, &resolver, &health).await;
                 });
                 if let Some(ip) = client {
-                    client_of.insert(task.id(), ip);
+                    clients.started(task.id(), ip);
                 }
             }
             Event::Failed(e) => {
@@ -377,6 +392,50 @@ async fn serve(
     // a connection still bound to port 53 would make the next listen() on it fail.
     drop(tcp);
     connections.shutdown().await;
+}
+
+/// The TCP connections being served or waiting, by client address.
+#[derive(Default)]
+struct TcpClients {
+    /// The client of each connection's task.
+    client_of: HashMap<tokio::task::Id, IpAddr>,
+    /// Each client's turns to be served ([`MAX_TCP_SERVED_PER_CLIENT`]), while it holds
+    /// a connection.
+    turns: HashMap<IpAddr, Arc<Semaphore>>,
+}
+
+impl TcpClients {
+    fn held_by(&self, ip: IpAddr) -> usize {
+        self.client_of
+            .values()
+            .filter(|&&other| other == ip)
+            .count()
+    }
+
+    fn turns_of(&mut self, ip: IpAddr) -> Arc<Semaphore> {
+        Arc::clone(
+            self.turns
+                .entry(ip)
+                .or_insert_with(|| Arc::new(Semaphore::new(MAX_TCP_SERVED_PER_CLIENT))),
+        )
+    }
+
+    fn started(&mut self, task: tokio::task::Id, ip: IpAddr) {
+        self.client_of.insert(task, ip);
+    }
+
+    /// Forgets a connection whose task ended, however it ended.
+    fn ended(&mut self, ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let id = match ended {
+            Ok((id, ())) => id,
+            Err(e) => e.id(),
+        };
+        if let Some(ip) = self.client_of.remove(&id)
+            && self.held_by(ip) == 0
+        {
+            self.turns.remove(&ip);
+        }
+    }
 }
 
 /// Waits for the first listener with something to read, without allocating. The
