@@ -787,6 +787,7 @@ fn a_definition_replacing_an_unreadable_one_shows_its_autostart_link() {
     daemon.spawn(&Default::default());
     daemon.assert_logged("skipping unreadable definition");
     define_nat_network(&daemon, "x", "10.78.3.1");
+    daemon.assert_logged("replaced a definition file that could not be loaded");
     let listed = daemon.ok(&["-q", "net-list", "--all"]);
     assert_eq!(
         listed.split_whitespace().collect::<Vec<_>>(),

@@ -1148,6 +1148,11 @@ impl Manager {
             return Err(e.into());
         }
         info!(network = %def.name, "defined");
+        if lock(&self.unloaded).remove(&def.name) {
+            // Its leases and ports were kept for when it was mended; they are now this
+            // definition's, as with libvirt, which overwrites such a file too.
+            warn!(network = %def.name, "replaced a definition file that could not be loaded");
+        }
         let name = def.name.clone();
         match networks.get_mut(&name) {
             Some(network) => network.config = Some(def),

@@ -346,9 +346,12 @@ impl Parser {
             }
         }
 
+        // In a default namespace every element is in it, and libvirt's XPath, which asks
+        // for elements in no namespace, finds no <name>: the definition has none.
+        let in_a_namespace = root.attr("xmlns").is_some_and(|uri| !uri.is_empty());
         let name = match name {
-            Some(element) => self.text_of(element)?,
-            None => {
+            Some(element) if !in_a_namespace => self.text_of(element)?,
+            _ => {
                 return Err(invalid_as(
                     Class::NoName,
                     "missing <name> element in network definition",

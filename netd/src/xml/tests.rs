@@ -1013,6 +1013,10 @@ fn validation_errors_use_specific_messages() {
     let cases: &[(&str, &str)] = &[
         ("<network/>", "missing <name> element in network definition"),
         (
+            "<network xmlns='http://example.org/ns'><name>x</name></network>",
+            "missing <name> element in network definition",
+        ),
+        (
             "<network><name>x</name><port isolated='true'/></network>",
             "Invalid value for attribute 'isolated' in element 'port': 'true'.",
         ),
