@@ -66,7 +66,8 @@ XML
       { echo "dns.sh: $BENCH_TARGET does not answer $name" >&2; exit 1; }
   done
   # The process answering port 53: kvnetd itself, or libvirt's dnsmasq.
-  if [ "$BENCH_TARGET" = kvnet ]; then server=$BENCH_DAEMON_PID; else server=$(pgrep -x dnsmasq | head -1); fi
+  # (Not the upstream dnsmasq on 127.0.0.53.)
+  if [ "$BENCH_TARGET" = kvnet ]; then server=$BENCH_DAEMON_PID; else server=$(pgrep -f 'conf-file=/var/lib/libvirt/dnsmasq/' | head -1); fi
   cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
   printf 'anchost A\nanchost.anc.test A\n' >"$work/queries"
   for rep in $(seq "$reps"); do
