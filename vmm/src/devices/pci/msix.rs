@@ -303,6 +303,11 @@ impl Msix {
                 .is_none_or(|e| e.control & VECTOR_MASKED != 0)
     }
 
+    /// Drops every pending message: the device reset, and the events are gone.
+    pub fn clear_pending(&mut self) {
+        self.pending.fill(0);
+    }
+
     /// Whether `vector` has a pending (undelivered, masked) message.
     pub fn is_pending(&self, vector: u16) -> bool {
         let v = usize::from(vector);

@@ -574,7 +574,16 @@ impl VirtioPciDevice {
             return;
         };
         match offset {
-            QUEUE_SIZE => queue.size = value as u16,
+            // A split ring's size is a power of 2 no larger than the device's (Virtio
+            // 1.2 4.1.4.3.1: what reads back must be one); another is not taken.
+            QUEUE_SIZE => {
+                let size = value as u16;
+                if size.is_power_of_two() && size <= queue.max_size {
+                    queue.size = size;
+                } else {
+                    tracing::debug!(size, max = queue.max_size, "virtio-pci: queue size refused");
+                }
+            }
             QUEUE_MSIX_VECTOR => {
                 if let Some(v) = self.vectors.queues.get(index) {
                     v.store(vector, Ordering::SeqCst);
@@ -734,6 +743,9 @@ impl VirtioPciDevice {
         self.queue_select = 0;
         self.isr.store(0, Ordering::SeqCst);
         self.vectors.reset();
+        // The events behind pending messages are gone with the worker: the next driver
+        // must not get a stale interrupt when it unmasks.
+        lock_msix(&self.msix).clear_pending();
         for q in &mut self.queues {
             *q = QueueRegs::new(q.max_size);
         }

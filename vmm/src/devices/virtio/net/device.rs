@@ -196,11 +196,17 @@ impl Net {
         }
         self.offloads_set = offloads != 0;
         let guest_gso = bit(VIRTIO_NET_F_GUEST_TSO4) | bit(VIRTIO_NET_F_GUEST_TSO6);
+        // Ethernet + VLAN header around an MTU-sized packet.
+        let mtu_frame = VNET_HDR_LEN + 18 + usize::from(self.config.mtu.unwrap_or(DEFAULT_MTU));
         let max_frame = if self.acked_features & guest_gso != 0 {
             MAX_GSO_FRAME_LEN
         } else {
-            // Ethernet + VLAN header around an MTU-sized packet.
-            VNET_HDR_LEN + 18 + usize::from(self.config.mtu.unwrap_or(DEFAULT_MTU))
+            mtu_frame
+        };
+        let max_plain_frame = if self.acked_features & bit(VIRTIO_NET_F_MTU) != 0 {
+            mtu_frame
+        } else {
+            max_frame
         };
         self.needs_reset.store(false, Ordering::SeqCst);
         Ok(NetWorker::new(NetWorkerSetup {
@@ -226,6 +232,7 @@ impl Net {
                 tso6: self.acked_features & bit(VIRTIO_NET_F_HOST_TSO6) != 0,
             },
             max_frame,
+            max_plain_frame,
         }))
     }
 

@@ -121,8 +121,6 @@ counters! {
     bad_desc_index,
     /// Descriptors whose buffer lies (partly) outside guest memory.
     bad_desc_address,
-    /// Zero-length descriptors.
-    bad_desc_zero_len,
     /// Chains longer than the largest frame (or shorter than the vnet header on TX).
     bad_chain_len,
     /// Read-only descriptors on RX or write-only descriptors on TX.

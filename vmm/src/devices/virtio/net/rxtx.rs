@@ -56,12 +56,6 @@ pub enum QueueError {
         /// Length.
         len: u64,
     },
-    /// A descriptor with length 0.
-    #[error("zero-length descriptor in chain from head {head}")]
-    ZeroLength {
-        /// Head index of the chain.
-        head: u16,
-    },
     /// The chain is too short for a vnet header or longer than the largest frame.
     #[error("descriptor chain from head {head} has length {len}, outside {min}..={max}")]
     Length {
@@ -113,7 +107,6 @@ impl QueueError {
             QueueError::Loop { .. } => &counters.bad_chain_loop,
             QueueError::Index { .. } => &counters.bad_desc_index,
             QueueError::Address { .. } => &counters.bad_desc_address,
-            QueueError::ZeroLength { .. } => &counters.bad_desc_zero_len,
             QueueError::Length { .. } => &counters.bad_chain_len,
             QueueError::Direction { .. } => &counters.bad_desc_direction,
             QueueError::Indirect { .. } => &counters.bad_desc_indirect,
@@ -294,9 +287,6 @@ fn parse_chain(
         if desc.is_write_only() != (direction == Direction::DeviceWrites) {
             return Err(QueueError::Direction { index });
         }
-        if desc.len() == 0 {
-            return Err(QueueError::ZeroLength { head });
-        }
         len += u64::from(desc.len());
         if len > max_len {
             return Err(QueueError::Length {
@@ -306,16 +296,20 @@ fn parse_chain(
                 max: max_len,
             });
         }
-        if !GuestMemoryBackend::check_range(mem, desc.addr(), desc.len() as usize) {
-            return Err(QueueError::Address {
-                addr: desc.addr().raw_value(),
-                len: u64::from(desc.len()),
-            });
-        }
-        if first.is_none() {
-            first = Some((desc.addr(), desc.len()));
-        } else {
-            rest.push((desc.addr(), desc.len()));
+        // An empty descriptor carries nothing (DPDK sends one for an empty mbuf
+        // segment): no rule forbids it, so it is passed over, not refused.
+        if desc.len() > 0 {
+            if !GuestMemoryBackend::check_range(mem, desc.addr(), desc.len() as usize) {
+                return Err(QueueError::Address {
+                    addr: desc.addr().raw_value(),
+                    len: u64::from(desc.len()),
+                });
+            }
+            let segment = (desc.addr(), desc.len());
+            match first {
+                None => first = Some(segment),
+                Some(_) => rest.push(segment),
+            }
         }
         if !desc.has_next() {
             if len < min_len {
@@ -326,7 +320,7 @@ fn parse_chain(
                     max: max_len,
                 });
             }
-            // The loop ran at least once, so `first` is set.
+            // `len` reached `min_len`, so some descriptor had bytes and `first` is set.
             return first
                 .map(|first| Chain {
                     head,
@@ -334,7 +328,12 @@ fn parse_chain(
                     rest,
                     len,
                 })
-                .ok_or(QueueError::ZeroLength { head });
+                .ok_or(QueueError::Length {
+                    head,
+                    len,
+                    min: min_len,
+                    max: max_len,
+                });
         }
         index = desc.next();
     }
@@ -564,6 +563,9 @@ pub struct NetWorker {
     guest_gso: GuestGso,
     host_offloads: HostOffloads,
     max_frame: u64,
+    /// Largest frame without GSO (`gso_type` NONE) the driver takes, vnet header
+    /// included.
+    max_plain_frame: u64,
     /// The RX used index the last interrupt decision covered.
     rx_signalled: u16,
     /// Validated RX chains taken from the ring but not yet used, in ring order.
@@ -612,6 +614,10 @@ pub struct NetWorkerSetup {
     pub host_offloads: HostOffloads,
     /// Largest frame the backend may deliver, vnet header included.
     pub max_frame: usize,
+    /// Largest frame without GSO the driver takes, vnet header included: with
+    /// `VIRTIO_NET_F_MTU` negotiated, one MTU in an Ethernet + VLAN header (Virtio 1.2
+    /// 5.1.4.1), whatever GSO lets through.
+    pub max_plain_frame: usize,
 }
 
 /// The receive GSO features a driver negotiated: which `gso_type`s it can take.
@@ -690,6 +696,7 @@ impl NetWorker {
             guest_gso: setup.guest_gso,
             host_offloads: setup.host_offloads,
             max_frame: setup.max_frame as u64,
+            max_plain_frame: setup.max_plain_frame as u64,
             rx_signalled,
             rx_chains: VecDeque::new(),
             rx_capacity: 0,
@@ -996,7 +1003,7 @@ impl NetWorker {
         if let Some(first) = self.rx_chains.front() {
             read_chain_bytes(mem, first, &mut head)?;
         }
-        if !self.header_acceptable(head) {
+        if !self.header_acceptable(head, len) {
             return Ok(RxStep::Dropped);
         }
         self.publish_frame(mem, len, offered)
@@ -1023,7 +1030,7 @@ impl NetWorker {
                 NetCounters::add(&self.counters.rx_dropped, 1);
                 return Ok(RxStep::Dropped);
             }
-            if !self.header_acceptable([self.bounce[0], self.bounce[1]]) {
+            if !self.header_acceptable([self.bounce[0], self.bounce[1]], len) {
                 return Ok(RxStep::Dropped);
             }
             self.pending = len as usize;
@@ -1056,13 +1063,19 @@ impl NetWorker {
     /// Whether a received frame whose vnet header starts with `flags, gso_type` may go
     /// to this driver; counts it as dropped if not. Frames queued in the backend under
     /// an earlier driver's offloads can need features this one did not negotiate.
-    fn header_acceptable(&self, [flags, gso_type]: [u8; 2]) -> bool {
-        if self.guest_gso.accepts(self.guest_csum, flags, gso_type) {
+    fn header_acceptable(&self, [flags, gso_type]: [u8; 2], len: u64) -> bool {
+        // Without GSO (the ECN bit aside), no larger than the MTU promised.
+        let plain =
+            u32::from(gso_type & !(VIRTIO_NET_HDR_GSO_ECN as u8)) == VIRTIO_NET_HDR_GSO_NONE;
+        if self.guest_gso.accepts(self.guest_csum, flags, gso_type)
+            && !(plain && len > self.max_plain_frame)
+        {
             return true;
         }
         tracing::debug!(
             flags,
             gso_type,
+            len,
             "virtio-net: dropping a frame the driver cannot take"
         );
         NetCounters::add(&self.counters.rx_dropped, 1);
