@@ -15,18 +15,30 @@ use std::path::Path;
 pub const MAX_FILE_BYTES: u64 = 10 * 1024 * 1024;
 
 /// Opens `path` with `options`, without blocking, and checks that it is a regular
-/// file.
+/// file, which is then read and written as usual (blocking: a write to it must never
+/// come back short with EAGAIN).
 pub fn open_regular(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
-    let file = options
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(path)?;
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+
+    let file = options.custom_flags(OFlag::O_NONBLOCK.bits()).open(path)?;
     if !file.metadata()?.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
+    let flags = OFlag::from_bits_retain(fcntl(&file, FcntlArg::F_GETFL)?);
+    fcntl(
+        &file,
+        FcntlArg::F_SETFL(flags.difference(OFlag::O_NONBLOCK)),
+    )?;
     Ok(file)
+}
+
+/// Whether `path` is `/dev/null`, which an administrator names to turn a file off
+/// (`--hosts-file /dev/null`): it reads as empty, and is no regular file.
+pub fn is_dev_null(path: &Path) -> bool {
+    path == Path::new("/dev/null")
 }
 
 /// Reads the regular file `path`, of at most `limit` bytes.
@@ -69,6 +81,16 @@ mod tests {
         assert!(
             read_regular(Path::new("/dev/zero"), 10).is_err(),
             "a device"
+        );
+
+        let appended = dir.path().join("journal");
+        let journal = open_regular(OpenOptions::new().append(true).create(true), &appended)
+            .expect("a regular file");
+        let flags = nix::fcntl::fcntl(&journal, nix::fcntl::FcntlArg::F_GETFL).expect("flags");
+        assert_eq!(
+            flags & nix::fcntl::OFlag::O_NONBLOCK.bits(),
+            0,
+            "left non-blocking"
         );
 
         let file = dir.path().join("file");

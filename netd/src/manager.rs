@@ -494,7 +494,7 @@ impl Manager {
             let parsed = stored
                 .xml
                 .map_err(Error::from)
-                .and_then(|xml| Ok(NetworkDef::from_xml(&xml)?));
+                .and_then(|xml| Ok(NetworkDef::from_stored_xml(&xml)?));
             let def = match parsed {
                 Ok(def) => def,
                 Err(e) => {
@@ -576,7 +576,7 @@ impl Manager {
                     continue;
                 }
             };
-            let def = match NetworkDef::from_xml(&status.xml) {
+            let def = match NetworkDef::from_stored_xml(&status.xml) {
                 Ok(def) => def,
                 Err(e) => {
                     warn!(network = %name, "discarding status with unreadable XML: {}", error_chain(&e));
@@ -1126,6 +1126,12 @@ impl Manager {
         let mut networks = self.networks.lock().await;
         self.check_identity(&networks, &def)?;
         self.complete_and_check_bridge(&networks, &mut def).await?;
+        // A file on disk for a network not known as persistent: one that could not be
+        // loaded.
+        let replaces_unloadable = networks
+            .get(&def.name)
+            .is_none_or(|network| network.config.is_none())
+            && self.store.config_path(&def.name).exists();
         // A running transient network becomes persistent: its status says so first, and
         // says so no more if the definition cannot be written.
         let live = networks
@@ -1148,7 +1154,8 @@ impl Manager {
             return Err(e.into());
         }
         info!(network = %def.name, "defined");
-        if lock(&self.unloaded).remove(&def.name) {
+        lock(&self.unloaded).remove(&def.name);
+        if replaces_unloadable {
             // Its leases and ports were kept for when it was mended; they are now this
             // definition's, as with libvirt, which overwrites such a file too.
             warn!(network = %def.name, "replaced a definition file that could not be loaded");

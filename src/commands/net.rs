@@ -294,7 +294,7 @@ pub fn edit(client: &Client, network: &str, quiet: bool) -> Result<String, Failu
     let get_failed = |e| Failure::lookup(network, e);
     let mut current = client.xml(network, true).map_err(get_failed)?;
     // The network is looked at again by its UUID: a rename in the edit keeps it.
-    let original_def = netd::xml::NetworkDef::from_xml(&current).ok();
+    let original_def = netd::xml::NetworkDef::from_stored_xml(&current).ok();
     let name = original_def
         .as_ref()
         .map_or_else(|| network.to_owned(), |def| def.name.clone());

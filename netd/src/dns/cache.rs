@@ -8,39 +8,61 @@
 //! authority or additional sections is never served for other names. What is kept:
 //! - NOERROR and NXDOMAIN replies, not truncated, without TSIG, and at most
 //!   [`MAX_ENTRY_BYTES`];
-//! - for as long as their shortest TTL (the OPT record's is flags, not a TTL); a
-//!   negative reply (NXDOMAIN, or no answers) for its SOA's TTL or minimum, whichever is
-//!   shorter (RFC 2308 5), and not at all without an SOA, as dnsmasq's default `neg-ttl`;
+//! - for as long as their shortest TTL (a TTL with its top bit set counts as 0, RFC
+//!   2181 8; the OPT record's is flags, not a TTL); a negative reply (NXDOMAIN, or no
+//!   answers) for its SOA's TTL or minimum, whichever is shorter, which its SOA then
+//!   carries (RFC 2308 5), and not at all without an SOA, as dnsmasq's default
+//!   `neg-ttl`;
 //! - with their OPT record taken off: its options (a DNS cookie, NSID) were for the
 //!   client that asked first. A query with EDNS gets our OPT record instead, as local
 //!   answers do.
 //!
-//! Queries with and without EDNS, the DNSSEC OK bit, or the AD or CD bit are told apart:
-//! an upstream answers them differently. A hit's TTLs are lowered by the time it was kept,
-//! its AA bit is cleared (what a cache serves is no authority's answer, RFC 2181 5.4.1,
-//! as dnsmasq serves it), and it takes the asker's ID, question (its letter case:
-//! resolvers randomise it, "0x20") and RD bit.
+//! Only plain queries share replies: one question, and nothing else but an OPT record
+//! right after it. Queries with and without EDNS, the DNSSEC OK bit, or the RD, AD or
+//! CD bit are told apart: an upstream answers them differently (without RD, from its
+//! cache only: a CNAME without its target, say). A query with an EDNS Client Subnet
+//! option neither takes a kept reply nor leaves one, as with dnsmasq: its answer is for
+//! that subnet. A hit's TTLs are lowered by the time it was kept, its AA bit is cleared
+//! (what a cache serves is no authority's answer, RFC 2181 5.4.1, as dnsmasq serves
+//! it), and it takes the asker's ID and question (its letter case: resolvers randomise
+//! it, "0x20").
+//!
+//! Memory is bounded per network ([`MAX_ENTRIES`], [`MAX_BYTES`]) and across all
+//! networks ([`MAX_TOTAL_BYTES`]): when every cache together is full, a reply is not
+//! kept.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::resolver::{HEADER_LEN, MAX_NAME_LEN, query_edns, read_question};
 
 /// Replies kept at most per network: dnsmasq's default `cache-size`.
 pub const MAX_ENTRIES: usize = 150;
-/// Bytes of replies kept at most per network, so a network whose guests ask for many
-/// large answers keeps fewer of them instead of more memory.
+/// Bytes kept at most per network (replies and what they take to find and age), so a
+/// network whose guests ask for many large answers keeps fewer of them.
 pub const MAX_BYTES: usize = 128 * 1024;
+/// Bytes kept at most by every network's cache together: a thousand networks whose
+/// guests fill their caches cannot take more than this of the daemon's memory.
+pub const MAX_TOTAL_BYTES: usize = 16 * 1024 * 1024;
 /// A larger reply is not kept (one that came over TCP, most likely).
 pub const MAX_ENTRY_BYTES: usize = 4096;
 /// No reply is kept longer than a day, whatever its TTL says.
 const MAX_TTL: u32 = 24 * 60 * 60;
+/// What an entry costs besides its reply and TTL offsets: its key, times, and the
+/// map's slot (an estimate).
+const ENTRY_OVERHEAD: usize = 96;
+
+/// Bytes every network's cache holds together.
+static TOTAL_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 const TYPE_SOA: u16 = 6;
 const TYPE_OPT: u16 = 41;
 const TYPE_TSIG: u16 = 250;
 const RCODE_NOERROR: u8 = 0;
 const RCODE_NXDOMAIN: u8 = 3;
+/// EDNS option code of Client Subnet (RFC 7871).
+const OPTION_CLIENT_SUBNET: u16 = 8;
 
 /// What tells apart the queries one reply answers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -49,40 +71,80 @@ struct Key {
     name: Box<[u8]>,
     qtype: u16,
     qclass: u16,
-    /// Whether the query has EDNS, its DO bit, and the header's AD and CD bits (RFC
-    /// 6840 5.7, 5.9: what the AD bit of the response depends on).
+    /// Whether the query has EDNS, and its DO bit.
     edns: bool,
     dnssec_ok: bool,
+    /// The header's RD, AD and CD bits (RFC 6840 5.7, 5.9: what the AD bit of the
+    /// response depends on).
+    recursion_desired: bool,
     authentic_data: bool,
     checking_disabled: bool,
 }
 
 impl Key {
-    /// The key of the query `message`, and where its question ends; `None` if it has
-    /// no readable question.
+    /// The key of the query `message`, and where its question ends; `None` if it is no
+    /// plain query (see the module's documentation) or carries a Client Subnet option.
     fn of(message: &[u8]) -> Option<(Key, usize)> {
         let mut name = [0u8; MAX_NAME_LEN];
         let (question, len) = read_question(message, &mut name)?;
-        let edns = query_edns(message, question.end);
+        let header = message.get(..HEADER_LEN)?;
+        if header[4..10] != [0, 1, 0, 0, 0, 0] {
+            return None;
+        }
+        let edns = match header[10..12] {
+            [0, 0] if message.len() == question.end => None,
+            [0, 1] => {
+                let edns = query_edns(message, question.end)?;
+                let options = opt_options(message, question.end)?;
+                if options_contain(options, OPTION_CLIENT_SUBNET)? {
+                    return None;
+                }
+                Some(edns)
+            }
+            _ => return None,
+        };
         let key = Key {
             name: name.get(..len)?.into(),
             qtype: question.qtype,
             qclass: question.qclass,
             edns: edns.is_some(),
             dnssec_ok: edns.is_some_and(|edns| edns.dnssec_ok),
-            authentic_data: message.get(3).is_some_and(|flags| flags & 0x20 != 0),
-            checking_disabled: message.get(3).is_some_and(|flags| flags & 0x10 != 0),
+            recursion_desired: header[2] & 0x01 != 0,
+            authentic_data: header[3] & 0x20 != 0,
+            checking_disabled: header[3] & 0x10 != 0,
         };
         Some((key, question.end))
     }
+}
+
+/// The options of the OPT record at `at`, which must end `message`.
+fn opt_options(message: &[u8], at: usize) -> Option<&[u8]> {
+    let fixed = message.get(at..at + 11)?;
+    let len = usize::from(u16::from_be_bytes([fixed[9], fixed[10]]));
+    let options = message.get(at + 11..)?;
+    (options.len() == len).then_some(options)
+}
+
+/// Whether the EDNS `options` hold one with `code`; `None` if they do not parse.
+fn options_contain(mut options: &[u8], code: u16) -> Option<bool> {
+    let mut found = false;
+    while !options.is_empty() {
+        let &[c0, c1, l0, l1, ref rest @ ..] = options else {
+            return None;
+        };
+        found |= u16::from_be_bytes([c0, c1]) == code;
+        options = rest.get(usize::from(u16::from_be_bytes([l0, l1]))..)?;
+    }
+    Some(found)
 }
 
 #[derive(Debug)]
 struct Entry {
     /// The reply without its OPT record, header and question included.
     reply: Box<[u8]>,
-    /// Offsets in `reply` of every record's TTL.
-    ttl_at: Box<[usize]>,
+    /// Offsets in `reply` of every record's TTL (replies are at most
+    /// [`MAX_ENTRY_BYTES`]).
+    ttl_at: Box<[u16]>,
     stored: Instant,
     /// How long it may be served: its shortest TTL.
     lifetime: Duration,
@@ -92,14 +154,38 @@ impl Entry {
     fn expires(&self) -> Instant {
         self.stored + self.lifetime
     }
+
+    /// The bytes it holds, counted against [`MAX_BYTES`] and [`MAX_TOTAL_BYTES`].
+    fn cost(&self, key: &Key) -> usize {
+        self.reply.len() + 2 * self.ttl_at.len() + key.name.len() + ENTRY_OVERHEAD
+    }
 }
 
 /// One network's kept replies.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AnswerCache {
-    entries: HashMap<Key, Entry>,
-    /// Sum of the entries' reply lengths.
+    /// Each entry with its cost.
+    entries: HashMap<Key, (Entry, usize)>,
+    /// Sum of the entries' costs.
     bytes: usize,
+    /// What every cache holds together ([`TOTAL_BYTES`]; tests bring their own).
+    total: &'static AtomicUsize,
+}
+
+impl Default for AnswerCache {
+    fn default() -> AnswerCache {
+        AnswerCache {
+            entries: HashMap::new(),
+            bytes: 0,
+            total: &TOTAL_BYTES,
+        }
+    }
+}
+
+impl Drop for AnswerCache {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl AnswerCache {
@@ -111,7 +197,7 @@ impl AnswerCache {
         let Some((key, question_end)) = Key::of(query) else {
             return false;
         };
-        let Some(entry) = self.entries.get(&key) else {
+        let Some((entry, _)) = self.entries.get(&key) else {
             return false;
         };
         if now >= entry.expires() {
@@ -132,9 +218,10 @@ impl AnswerCache {
             u32::try_from(now.duration_since(entry.stored).as_secs()).unwrap_or(u32::MAX);
         out.extend_from_slice(&entry.reply);
         out[..2].copy_from_slice(&query[..2]);
-        out[2] = (out[2] & !0x05) | (query[2] & 0x01);
+        out[2] &= !0x04;
         out[HEADER_LEN..question_end].copy_from_slice(asked);
         for &at in &entry.ttl_at {
+            let at = usize::from(at);
             if let Some(ttl) = out.get_mut(at..at + 4) {
                 let left =
                     u32::from_be_bytes([ttl[0], ttl[1], ttl[2], ttl[3]]).saturating_sub(kept_for);
@@ -154,23 +241,41 @@ impl AnswerCache {
             return;
         };
         self.remove(&key);
-        if self.entries.len() >= MAX_ENTRIES || self.bytes + entry.reply.len() > MAX_BYTES {
-            self.entries.retain(|_, kept| kept.expires() > now);
-            self.bytes = self.entries.values().map(|kept| kept.reply.len()).sum();
+        let cost = entry.cost(&key);
+        let own_full = |cache: &AnswerCache| {
+            cache.entries.len() >= MAX_ENTRIES || cache.bytes + cost > MAX_BYTES
+        };
+        let total = self.total;
+        let all_full = || total.load(Ordering::Relaxed) + cost > MAX_TOTAL_BYTES;
+        if own_full(self) || all_full() {
+            let expired: Vec<Key> = self
+                .entries
+                .iter()
+                .filter(|(_, (kept, _))| kept.expires() <= now)
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in &expired {
+                self.remove(key);
+            }
         }
-        while self.entries.len() >= MAX_ENTRIES || self.bytes + entry.reply.len() > MAX_BYTES {
+        while own_full(self) {
             let Some(soonest) = self
                 .entries
                 .iter()
-                .min_by_key(|(_, kept)| kept.expires())
+                .min_by_key(|(_, (kept, _))| kept.expires())
                 .map(|(key, _)| key.clone())
             else {
                 break;
             };
             self.remove(&soonest);
         }
-        self.bytes += entry.reply.len();
-        self.entries.insert(key, entry);
+        // Other networks' replies are theirs to let go.
+        if own_full(self) || all_full() {
+            return;
+        }
+        self.bytes += cost;
+        self.total.fetch_add(cost, Ordering::Relaxed);
+        self.entries.insert(key, (entry, cost));
     }
 
     /// How many replies are kept.
@@ -184,8 +289,9 @@ impl AnswerCache {
     }
 
     fn remove(&mut self, key: &Key) {
-        if let Some(gone) = self.entries.remove(key) {
-            self.bytes -= gone.reply.len();
+        if let Some((_, cost)) = self.entries.remove(key) {
+            self.bytes -= cost;
+            self.total.fetch_sub(cost, Ordering::Relaxed);
         }
     }
 }
@@ -206,9 +312,10 @@ impl Entry {
         let (answers, authority, additional) = (count(6), count(8), count(10));
         let mut name = [0u8; MAX_NAME_LEN];
         let mut at = read_question(reply, &mut name)?.0.end;
-        let mut ttl_at = Vec::new();
+        let mut ttl_at: Vec<u16> = Vec::new();
         let mut shortest = MAX_TTL;
-        let mut negative_ttl = None;
+        // The SOA's TTL offset, and the negative answer's lifetime it gives.
+        let mut negative: Option<(usize, u32)> = None;
         let mut opt_at = None;
         for index in 0..answers + authority + additional {
             let record_at = at;
@@ -216,6 +323,8 @@ impl Entry {
             let fixed = reply.get(at..at + 10)?;
             let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
             let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+            // RFC 2181 8: a TTL with its top bit set is 0.
+            let ttl = if ttl > i32::MAX as u32 { 0 } else { ttl };
             let rdata_len = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
             let rdata = reply.get(at + 10..at + 10 + rdata_len)?;
             match rtype {
@@ -233,13 +342,13 @@ impl Entry {
                         // and the names that point into them.
                         return None;
                     }
-                    ttl_at.push(at + 4);
+                    ttl_at.push(u16::try_from(at + 4).ok()?);
                     shortest = shortest.min(ttl);
                     let in_authority = (answers..answers + authority).contains(&index);
                     if rtype == TYPE_SOA && in_authority && rdata.len() >= 4 {
                         let tail = &rdata[rdata.len() - 4..];
                         let minimum = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]);
-                        negative_ttl = Some(ttl.min(minimum));
+                        negative = Some((at + 4, ttl.min(minimum)));
                     }
                 }
             }
@@ -248,18 +357,20 @@ impl Entry {
         if at != reply.len() {
             return None;
         }
-        let negative = rcode == RCODE_NXDOMAIN || answers == 0;
-        let lifetime = if negative {
-            shortest.min(negative_ttl?)
+        let mut kept = reply.get(..opt_at.unwrap_or(reply.len()))?.to_vec();
+        if opt_at.is_some() {
+            kept[10..12].copy_from_slice(&u16::try_from(additional - 1).ok()?.to_be_bytes());
+        }
+        let lifetime = if rcode == RCODE_NXDOMAIN || answers == 0 {
+            let (soa_ttl_at, negative_ttl) = negative?;
+            // The SOA says how long the answer lasts (RFC 2308 5), and counts down.
+            kept[soa_ttl_at..soa_ttl_at + 4].copy_from_slice(&negative_ttl.to_be_bytes());
+            shortest.min(negative_ttl)
         } else {
             shortest
         };
         if lifetime == 0 {
             return None;
-        }
-        let mut kept = reply.get(..opt_at.unwrap_or(reply.len()))?.to_vec();
-        if opt_at.is_some() {
-            kept[10..12].copy_from_slice(&u16::try_from(additional - 1).ok()?.to_be_bytes());
         }
         Some(Entry {
             reply: kept.into_boxed_slice(),
@@ -367,18 +478,16 @@ mod tests {
     }
 
     #[test]
-    fn a_hit_takes_the_asker_s_id_case_and_rd_and_counts_its_ttl_down() {
+    fn a_hit_takes_the_asker_s_id_and_case_and_counts_its_ttl_down() {
         let mut cache = AnswerCache::default();
         let first = query(1, "www.Example.", None);
         let t0 = Instant::now();
         cache.store(&bytes(&first), &reply(&first, Some(300), None), t0);
-        let mut again = query(2, "WWW.example.", None);
-        again.metadata.recursion_desired = false;
+        let again = query(2, "WWW.example.", None);
         let mut out = Vec::new();
         assert!(cache.lookup(&bytes(&again), t0 + Duration::from_secs(100), &mut out));
         let hit = decode(&out);
         assert_eq!(hit.metadata.id, 2);
-        assert!(!hit.metadata.recursion_desired);
         assert!(!hit.metadata.authoritative);
         assert_eq!(hit.queries[0].name().to_ascii(), "WWW.example.");
         assert_eq!(hit.answers[0].ttl, 200);
@@ -398,7 +507,8 @@ mod tests {
         cache.store(&bytes(&asked), &bytes(&nxdomain), t0);
         assert!(cache.lookup(&bytes(&asked), t0 + Duration::from_secs(59), &mut out));
         assert_eq!(decode(&out).metadata.response_code, ResponseCode::NXDomain);
-        assert_eq!(decode(&out).authorities[0].ttl, 3600 - 59);
+        // The SOA carries the answer's own lifetime, min(TTL, minimum) (RFC 2308 5).
+        assert_eq!(decode(&out).authorities[0].ttl, 60 - 59);
         assert!(!cache.lookup(&bytes(&asked), t0 + Duration::from_secs(60), &mut out));
 
         let asked = query(1, "nodata.example.", None);
@@ -458,6 +568,11 @@ mod tests {
             query(1, "www.example.", Some(false)),
             query(1, "www.example.", None),
             {
+                let mut rd0 = query(1, "www.example.", Some(true));
+                rd0.metadata.recursion_desired = false;
+                rd0
+            },
+            {
                 let mut cd = query(1, "www.example.", Some(true));
                 cd.metadata.checking_disabled = true;
                 cd
@@ -497,6 +612,80 @@ mod tests {
         assert_eq!(decode(&out).additionals.len(), 1);
     }
 
+    /// Only plain queries share replies: a Client Subnet option, a second question or
+    /// an OPT record where it does not belong keep a query out of the cache.
+    #[test]
+    fn only_plain_queries_share_replies() {
+        let t0 = Instant::now();
+        let plain = query(1, "www.example.", Some(false));
+        let mut ecs = plain.clone();
+        let mut options = Edns::new();
+        options.set_max_payload(1232);
+        options
+            .options_mut()
+            .insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(
+                OPTION_CLIENT_SUBNET,
+                vec![0, 1, 24, 0, 192, 0, 2],
+            ));
+        ecs.set_edns(options);
+        let ecs_bytes = bytes(&ecs);
+        let mut cache = AnswerCache::default();
+        cache.store(&ecs_bytes, &reply(&plain, Some(300), None), t0);
+        assert!(cache.is_empty(), "a reply for one client subnet was kept");
+        cache.store(&bytes(&plain), &reply(&plain, Some(300), None), t0);
+        let mut out = Vec::new();
+        assert!(
+            !cache.lookup(&ecs_bytes, t0, &mut out),
+            "a subnet's query took a kept reply"
+        );
+        // Bytes after the question, or an answer record in a query.
+        let mut odd = bytes(&query(1, "www.example.", None));
+        odd.push(0);
+        assert!(Key::of(&odd).is_none());
+        let mut answering = bytes(&query(1, "www.example.", None));
+        answering[7] = 1;
+        assert!(Key::of(&answering).is_none());
+    }
+
+    /// RFC 2181 8: a TTL with its top bit set is 0, so such a reply is not kept.
+    #[test]
+    fn ttls_with_the_top_bit_set_are_zero() {
+        let mut cache = AnswerCache::default();
+        let asked = query(1, "www.example.", None);
+        cache.store(
+            &bytes(&asked),
+            &reply(&asked, Some(0x8000_0000), None),
+            Instant::now(),
+        );
+        assert!(cache.is_empty());
+    }
+
+    /// What a cache holds counts against every cache's budget until it goes, and a
+    /// reply that would take the total over [`MAX_TOTAL_BYTES`] is not kept.
+    #[test]
+    fn every_cache_s_bytes_count_towards_the_total_until_dropped() {
+        static TOTAL: AtomicUsize = AtomicUsize::new(0);
+        let t0 = Instant::now();
+        let asked = query(1, "counted.example.", None);
+        let mut cache = AnswerCache {
+            entries: HashMap::new(),
+            bytes: 0,
+            total: &TOTAL,
+        };
+        cache.store(&bytes(&asked), &reply(&asked, Some(300), None), t0);
+        assert!(cache.bytes > 0);
+        assert_eq!(TOTAL.load(Ordering::Relaxed), cache.bytes);
+        // Other networks' caches hold all but a few bytes.
+        let others = MAX_TOTAL_BYTES - cache.bytes - 10;
+        TOTAL.fetch_add(others, Ordering::Relaxed);
+        let other = query(1, "other.example.", None);
+        cache.store(&bytes(&other), &reply(&other, Some(300), None), t0);
+        assert_eq!(cache.len(), 1, "kept beyond every cache's budget");
+        TOTAL.fetch_sub(others, Ordering::Relaxed);
+        drop(cache);
+        assert_eq!(TOTAL.load(Ordering::Relaxed), 0);
+    }
+
     #[test]
     fn it_keeps_at_most_max_entries_and_lets_the_soonest_to_expire_go_first() {
         let mut cache = AnswerCache::default();
@@ -519,11 +708,7 @@ mod tests {
         assert!(cache.bytes <= MAX_BYTES);
         assert_eq!(
             cache.bytes,
-            cache
-                .entries
-                .values()
-                .map(|kept| kept.reply.len())
-                .sum::<usize>()
+            cache.entries.values().map(|(_, cost)| cost).sum::<usize>()
         );
     }
 

@@ -19,6 +19,9 @@ impl HostsFile {
     /// Reads `path`. A missing file has no entries; one that cannot be read has none
     /// either, and says so in the log, as dnsmasq goes on without it.
     pub fn read(path: &Path) -> HostsFile {
+        if crate::files::is_dev_null(path) {
+            return HostsFile::default();
+        }
         match crate::files::read_regular(path, crate::files::MAX_FILE_BYTES) {
             Ok(bytes) => HostsFile::parse(path, &String::from_utf8_lossy(&bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HostsFile::default(),

@@ -19,8 +19,23 @@ impl NetworkDef {
     /// declaration are accepted. Defaults are *not* filled in; call
     /// [`NetworkDef::fill_defaults`] before persisting a new definition.
     pub fn from_xml(input: &str) -> Result<NetworkDef, Error> {
+        NetworkDef::parse(input, false)
+    }
+
+    /// Reads a definition from the daemon's own files (a definition on disk, a running
+    /// network's status) as [`NetworkDef::from_xml`] does, but taking what kvnet took
+    /// before it checked `<route>`s as libvirt does, so that an upgrade loses no
+    /// network: a route to IPv6 addresses without `family='ipv6'` (which it now gets),
+    /// or with neither prefix nor netmask (the subnet of its address's class, or /64).
+    pub fn from_stored_xml(input: &str) -> Result<NetworkDef, Error> {
+        NetworkDef::parse(input, true)
+    }
+
+    fn parse(input: &str, stored: bool) -> Result<NetworkDef, Error> {
         let root = parse_document(input)?;
-        let mut def = Parser::new(&root).network(&root)?;
+        let mut parser = Parser::new(&root);
+        parser.stored = stored;
+        let mut def = parser.network(&root)?;
         if root.children.iter().any(|child| child.name == "metadata") {
             def.metadata = super::metadata::network_metadata(input)?;
         }
@@ -85,6 +100,8 @@ pub(super) struct DhcpHostFields {
 /// Parsing context: the network name for messages.
 pub(super) struct Parser {
     network: String,
+    /// Reading the daemon's own files: see [`NetworkDef::from_stored_xml`].
+    stored: bool,
 }
 
 impl Parser {
@@ -92,6 +109,7 @@ impl Parser {
     pub(super) fn for_network(network: &str) -> Parser {
         Parser {
             network: network.to_owned(),
+            stored: false,
         }
     }
 
@@ -102,7 +120,10 @@ impl Parser {
             .find(|child| child.name == "name")
             .map(|name| name.text.clone())
             .unwrap_or_default();
-        Parser { network }
+        Parser {
+            network,
+            stored: false,
+        }
     }
 
     fn unsupported(&self, what: String, line: u64) -> Error {
@@ -535,7 +556,11 @@ impl Parser {
             ));
         };
         let netmask_text = element.attr("netmask");
-        let (family, netmask, max_prefix) = match element.attr("family") {
+        let family_text = match element.attr("family") {
+            None if self.stored && address.is_ipv6() => Some("ipv6"),
+            family => family,
+        };
+        let (family, netmask, max_prefix) = match family_text {
             family @ (None | Some("ipv4")) => {
                 let given = if family.is_none() {
                     "No family specified"
@@ -608,7 +633,7 @@ impl Parser {
                 ));
             }
         };
-        let route = RouteDef {
+        let mut route = RouteDef {
             family,
             address,
             netmask,
@@ -616,6 +641,16 @@ impl Parser {
             gateway,
             metric,
         };
+        // libvirt masks with prefix 0 when neither is given: only a default route passes.
+        if netmask.is_none() && prefix.is_none() && !address.is_unspecified() {
+            if !self.stored {
+                return fail(format!(
+                    "Address '{address_text}' in route definition is not a network address"
+                ));
+            }
+            // Written back with the prefix kvnet took, which libvirt reads the same.
+            route.prefix = route.prefix_len();
+        }
         // libvirt masks with any netmask; the kernel takes contiguous ones only.
         let Some(destination) = route.destination() else {
             return fail(format!(

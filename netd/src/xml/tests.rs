@@ -1700,6 +1700,44 @@ fn routes_follow_the_ips_in_libvirts_shape() {
     assert_round_trip(&def);
 }
 
+/// Definitions kvnet stored before it checked routes as libvirt does still load (an
+/// upgrade must not drop a running network), and are written back in the form libvirt
+/// takes; a new definition gets libvirt's checks.
+#[test]
+fn stored_routes_from_before_libvirt_s_checks_still_load() {
+    let xml = "<network><name>r</name><forward mode='route'/>\
+               <ip address='10.0.0.1' prefix='24'/><ip family='ipv6' address='fd77::1' prefix='64'/>\
+               <route address='fd78::' prefix='64' gateway='fd77::2'/>\
+               <route address='172.16.0.0' gateway='10.0.0.2'/></network>";
+    assert_eq!(
+        parse_err(xml),
+        "r: No family specified for non-IPv4 address 'fd78::' in route definition"
+    );
+    let without_prefix = xml.replace(
+        "<route address='fd78::' prefix='64' gateway='fd77::2'/>",
+        "",
+    );
+    assert_eq!(
+        parse_err(&without_prefix),
+        "r: Address '172.16.0.0' in route definition is not a network address"
+    );
+    let def = NetworkDef::from_stored_xml(xml).expect("a stored definition loads");
+    let written = def.to_xml();
+    assert!(
+        written.contains("<route family='ipv6' address='fd78::' prefix='64' gateway='fd77::2'/>"),
+        "{written}"
+    );
+    assert!(
+        written.contains("<route address='172.16.0.0' prefix='16' gateway='10.0.0.2'/>"),
+        "{written}"
+    );
+    assert_eq!(
+        parse(&written),
+        def,
+        "what is written back is a valid definition"
+    );
+}
+
 #[test]
 fn routes_that_cannot_be_added_are_refused_by_name() {
     let net = |route: &str| {
