@@ -1194,6 +1194,39 @@ mod tests {
         reply
     }
 
+    /// A server on 127.0.0.1 forwarding to an upstream socket on 127.0.0.2, and a client.
+    struct Forwarding {
+        server: DnsServer,
+        upstream: UdpSocket,
+        client: UdpSocket,
+        to_server: SocketAddr,
+    }
+
+    /// [`Forwarding`] for network `network`, in the current namespace.
+    async fn forwarding(network: &str) -> Forwarding {
+        let config = DnsConfig {
+            network: network.into(),
+            listen: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            forward_plain_names: true,
+            local_ptr_domains: Vec::new(),
+            default_upstreams: vec![SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+                DNS_PORT,
+            )],
+            ..DnsConfig::default()
+        };
+        Forwarding {
+            server: DnsServer::start(config, None).expect("start"),
+            upstream: UdpSocket::bind(("127.0.0.2", DNS_PORT))
+                .await
+                .expect("bind the upstream"),
+            client: UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .expect("bind the client"),
+            to_server: SocketAddr::from((Ipv4Addr::LOCALHOST, DNS_PORT)),
+        }
+    }
+
     /// RFC 5452: each forwarded query leaves from its own random port, which closes
     /// once answered, and only a reply with the query's ID and question is taken.
     #[test]
@@ -1204,25 +1237,12 @@ mod tests {
         let (ns, runtime) = netns_and_runtime("dnsports");
         ns.run(|| {
             runtime.block_on(async {
-                let config = DnsConfig {
-                    network: "ports".into(),
-                    listen: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-                    forward_plain_names: true,
-                    local_ptr_domains: Vec::new(),
-                    default_upstreams: vec![SocketAddr::new(
-                        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
-                        DNS_PORT,
-                    )],
-                    ..DnsConfig::default()
-                };
-                let server = DnsServer::start(config, None).expect("start");
-                let upstream = UdpSocket::bind(("127.0.0.2", DNS_PORT))
-                    .await
-                    .expect("bind the upstream");
-                let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-                    .await
-                    .expect("bind the client");
-                let to_server = SocketAddr::from((Ipv4Addr::LOCALHOST, DNS_PORT));
+                let Forwarding {
+                    server,
+                    upstream,
+                    client,
+                    to_server,
+                } = forwarding("ports").await;
                 let mut buf = [0u8; 512];
                 let within = |what: &'static str| move |_| panic!("timed out waiting for {what}");
                 let mut forwarded = Vec::new();
@@ -1288,25 +1308,12 @@ mod tests {
         let (ns, runtime) = netns_and_runtime("dnscache");
         ns.run(|| {
             runtime.block_on(async {
-                let config = DnsConfig {
-                    network: "cache".into(),
-                    listen: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-                    forward_plain_names: true,
-                    local_ptr_domains: Vec::new(),
-                    default_upstreams: vec![SocketAddr::new(
-                        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
-                        DNS_PORT,
-                    )],
-                    ..DnsConfig::default()
-                };
-                let server = DnsServer::start(config, None).expect("start");
-                let upstream = UdpSocket::bind(("127.0.0.2", DNS_PORT))
-                    .await
-                    .expect("bind the upstream");
-                let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-                    .await
-                    .expect("bind the client");
-                let to_server = SocketAddr::from((Ipv4Addr::LOCALHOST, DNS_PORT));
+                let Forwarding {
+                    server,
+                    upstream,
+                    client,
+                    to_server,
+                } = forwarding("cache").await;
                 let mut buf = [0u8; 512];
                 let within = |what: &'static str| move |_| panic!("timed out waiting for {what}");
                 client
