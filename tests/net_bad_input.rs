@@ -360,6 +360,12 @@ fn unknown_networks_and_wrong_states_are_refused() {
             "error: failed to get network '{unknown}'\nerror: Network not found: no network with matching uuid '{unknown}'\n"
         )
     );
+    // libvirt names the UUID it looked for in lower case.
+    assert_eq!(
+        daemon.fails(&["net-name", "11111111-2222-3333-4444-5555555555AA"]),
+        "error: failed to get network '11111111-2222-3333-4444-5555555555AA'\n\
+         error: Network not found: no network with matching uuid '11111111-2222-3333-4444-5555555555aa'\n"
+    );
     // Other verbs try a UUID-long argument as a UUID, then as a name, and report the
     // name (virsh's message); net-uuid looks up names only.
     assert_eq!(

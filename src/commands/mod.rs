@@ -130,6 +130,8 @@ fn reason(api: &ApiError, not_found: &str) -> String {
         ErrorKind::NoName => return "missing name information".to_owned(),
         ErrorKind::Unsupported => "Operation not supported: ",
         ErrorKind::AlreadyExists => "operation failed: ",
+        // libvirt's words wrap the message: "network port %s exists already".
+        ErrorKind::PortExists => return format!("network port {} exists already", api.message),
         ErrorKind::PermissionDenied => "access denied: ",
         ErrorKind::OperationForbidden => "operation forbidden: ",
         ErrorKind::Internal => "internal error: ",

@@ -260,15 +260,22 @@ pub fn name(client: &Client, uuid: &str, json: bool, quiet: bool) -> Result<Stri
     let Some(parsed) = parsed else {
         return Err(Failure::msg(format!("failed to get network '{uuid}'")));
     };
+    // libvirt names the UUID as it formats one: lower case.
+    let missing = || {
+        Failure::two(
+            format!("failed to get network '{uuid}'"),
+            format!("Network not found: no network with matching uuid '{parsed}'"),
+        )
+    };
     let net = match client.get(uuid) {
         Err(client::Error::Api(api)) if api.kind == ErrorKind::NotFound => {
-            return Err(not_found(uuid, "uuid"));
+            return Err(missing());
         }
         other => other
             .map_err(|e| Failure::call(format!("failed to get network '{uuid}'"), Some(uuid), e))?,
     };
     if net.uuid != parsed {
-        return Err(not_found(uuid, "uuid"));
+        return Err(missing());
     }
     Ok(if json {
         output::json(&serde_json::json!({ "name": net.name }))

@@ -14,6 +14,9 @@ pub enum ErrorKind {
     NotFound,
     /// A network with that name or UUID, or a resource it needs, already exists.
     AlreadyExists,
+    /// A network port with that UUID already exists (`VIR_ERR_NETWORK_PORT_EXIST`, which
+    /// virsh shows as `network port MESSAGE exists already`).
+    PortExists,
     /// The request is invalid (libvirt's `VIR_ERR_INVALID_ARG`).
     InvalidArgument,
     /// The definition is invalid (`VIR_ERR_XML_ERROR`).
@@ -50,6 +53,7 @@ impl ErrorKind {
         match self {
             ErrorKind::NotFound => "not_found",
             ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::PortExists => "port_exists",
             ErrorKind::InvalidArgument => "invalid_argument",
             ErrorKind::XmlError => "xml_error",
             ErrorKind::XmlDetail => "xml_detail",
@@ -70,6 +74,7 @@ impl ErrorKind {
         match kind {
             "not_found" => ErrorKind::NotFound,
             "already_exists" => ErrorKind::AlreadyExists,
+            "port_exists" => ErrorKind::PortExists,
             "invalid_argument" => ErrorKind::InvalidArgument,
             "xml_error" => ErrorKind::XmlError,
             "xml_detail" => ErrorKind::XmlDetail,
@@ -88,7 +93,9 @@ impl ErrorKind {
     fn status(self) -> StatusCode {
         match self {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::AlreadyExists | ErrorKind::OperationInvalid => StatusCode::CONFLICT,
+            ErrorKind::AlreadyExists | ErrorKind::PortExists | ErrorKind::OperationInvalid => {
+                StatusCode::CONFLICT
+            }
             ErrorKind::InvalidArgument
             | ErrorKind::XmlError
             | ErrorKind::XmlDetail

@@ -287,9 +287,7 @@ impl Manager {
         }
         self.prune_ports(&name, network).await;
         if network.ports.contains_key(&uuid) {
-            return Err(Error::AlreadyExists(format!(
-                "Network port with UUID {uuid} already exists"
-            )));
+            return Err(Error::PortExists(uuid));
         }
         let port = match attachment {
             Attachment::Bridge(bridge) => {

@@ -103,6 +103,7 @@ fn check_chars(input: &str, offset: u64, text: &str, place: &str) -> Result<(), 
 fn malformed(input: &str, offset: u64, reason: impl Into<String>) -> Error {
     let (line, column) = line_col(input, offset);
     Error::Malformed {
+        document: "network",
         line,
         column,
         reason: reason.into(),

@@ -13,6 +13,7 @@ use super::libxml::{Kind, Namespace, NodeId, Tree, Writer};
 /// children. `None` without one.
 pub(super) fn network_metadata(xml: &str) -> Result<Option<String>, Error> {
     let tree = Tree::parse(xml).map_err(|e| Error::Malformed {
+        document: "network",
         line: 1,
         column: 1,
         reason: e.to_string(),

@@ -63,8 +63,10 @@ pub fn bridge_names(template: &str) -> impl Iterator<Item = String> + '_ {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The document is not well-formed XML (or not a single `<network>` document).
-    #[error("malformed network XML at line {line}, column {column}: {reason}")]
+    #[error("malformed {document} XML at line {line}, column {column}: {reason}")]
     Malformed {
+        /// What the document was to be: `network`, or `network port`.
+        document: &'static str,
         /// 1-based line of the offending byte.
         line: u64,
         /// 1-based column (in bytes) of the offending byte.

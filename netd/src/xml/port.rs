@@ -100,7 +100,20 @@ impl PortDef {
     /// is accepted (libvirt's documentation promises one is generated); call
     /// [`PortDef::fill_defaults`] before storing the port.
     pub fn from_xml(input: &str) -> Result<PortDef, Error> {
-        let root = parse_document(input)?;
+        let root = parse_document(input).map_err(|e| match e {
+            Error::Malformed {
+                line,
+                column,
+                reason,
+                ..
+            } => Error::Malformed {
+                document: "network port",
+                line,
+                column,
+                reason,
+            },
+            other => other,
+        })?;
         let def = parse_port(&root)?;
         def.validate()?;
         Ok(def)

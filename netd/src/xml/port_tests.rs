@@ -445,7 +445,9 @@ fn owner_name_rules() {
         "network port owner name \"a\\u{85}b\" must not contain control characters"
     );
     // Raw control characters are not even XML.
-    assert!(parse_err(&name("a\u{1}b")).starts_with("malformed network XML at line 1, column "));
+    assert!(
+        parse_err(&name("a\u{1}b")).starts_with("malformed network port XML at line 1, column ")
+    );
     let longest = "x".repeat(PortDef::OWNER_NAME_MAX_BYTES);
     assert_eq!(parse(&name(&longest)).owner_name, longest);
     assert_eq!(
@@ -479,14 +481,14 @@ fn plug_bridge_must_be_an_interface_name() {
 fn malformed_xml_reports_line_and_column() {
     let err = parse_err("<networkport>\n  <owner>\n    <name>g</nam>\n  </owner>\n</networkport>");
     assert!(
-        err.starts_with("malformed network XML at line 3, column "),
+        err.starts_with("malformed network port XML at line 3, column "),
         "{err}"
     );
     let err = parse_err("<networkport>\n<owner>");
     assert!(err.contains("<owner> is not closed"), "{err}");
     assert_eq!(
         parse_err(""),
-        "malformed network XML at line 1, column 1: no root element"
+        "malformed network port XML at line 1, column 1: no root element"
     );
     assert!(
         parse_err("<!DOCTYPE networkport [<!ENTITY x 'y'>]><networkport/>")
