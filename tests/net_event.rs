@@ -281,14 +281,7 @@ fn one_shot_ends_at_the_first_event_or_fails_at_the_timeout() {
         &["net-event", "--event", "lifecycle", "--timeout", "1"][..],
         &["net-event", "evnet", "lifecycle", "1"],
         &["net-event", "--network", "evnet", "lifecycle", "1"],
-        &[
-            "net-event",
-            "--event",
-            "lifecycle",
-            "evnet",
-            "--timeout",
-            "1",
-        ],
+        &["net-event", "--event", "lifecycle", "evnet", "--timeout", "1"],
     ] {
         let out = daemon.kvnet(args);
         assert_eq!(
