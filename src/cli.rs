@@ -56,10 +56,8 @@ impl Cli {
         T: Into<OsString> + Clone,
     {
         let mut cli = Cli::try_parse_from(argv)?;
-        match &mut cli.command {
-            Command::NetUpdate(args) => args.place_named()?,
-            Command::NetEvent(args) => args.place_named()?,
-            _ => {}
+        if let Command::NetUpdate(args) = &mut cli.command {
+            args.place_named()?;
         }
         Ok(cli)
     }
@@ -431,22 +429,27 @@ pub struct EventArgs {
     #[arg(value_name = "NETWORK", value_parser = NonEmptyStringValueParser::new())]
     network: Option<String>,
     /// Only the events of this network (name or UUID).
-    #[arg(long = "network", value_name = "NETWORK", value_parser = NonEmptyStringValueParser::new())]
+    #[arg(long = "network", value_name = "NETWORK", conflicts_with = "network", value_parser = NonEmptyStringValueParser::new())]
     network_option: Option<String>,
     /// Which event type to wait for (see --list); virsh takes it after the network too.
-    #[arg(value_name = "EVENT", value_parser = NonEmptyStringValueParser::new())]
+    #[arg(value_name = "EVENT", requires = "network", value_parser = NonEmptyStringValueParser::new())]
     event: Option<String>,
     /// Which event type to wait for (see --list).
-    #[arg(long = "event", value_name = "EVENT", value_parser = NonEmptyStringValueParser::new())]
+    #[arg(long = "event", value_name = "EVENT", conflicts_with = "event", value_parser = NonEmptyStringValueParser::new())]
     event_option: Option<String>,
     /// Loop until timeout or interrupt, rather than one-shot.
     #[arg(long = "loop")]
     pub looping: bool,
     /// Timeout seconds; virsh takes it after the event type too.
-    #[arg(value_name = "TIMEOUT", allow_hyphen_values = true)]
+    #[arg(value_name = "TIMEOUT", requires = "event", allow_hyphen_values = true)]
     timeout: Option<String>,
     /// Timeout seconds.
-    #[arg(long = "timeout", value_name = "SECONDS", allow_hyphen_values = true)]
+    #[arg(
+        long = "timeout",
+        value_name = "SECONDS",
+        conflicts_with = "timeout",
+        allow_hyphen_values = true
+    )]
     timeout_option: Option<String>,
     /// List valid event types.
     #[arg(long)]
@@ -460,45 +463,19 @@ pub struct EventArgs {
 }
 
 impl EventArgs {
-    /// Puts the arguments given by name in their place and the words in the others, in
-    /// order, as virsh does (`net-event --network NET lifecycle` waits for lifecycle
-    /// events); a word too many is refused.
-    fn place_named(&mut self) -> Result<(), clap::Error> {
-        let mut words = [self.network.take(), self.event.take(), self.timeout.take()]
-            .into_iter()
-            .flatten();
-        let named = [
-            (&mut self.network, self.network_option.take()),
-            (&mut self.event, self.event_option.take()),
-            (&mut self.timeout, self.timeout_option.take()),
-        ];
-        for (slot, by_name) in named {
-            *slot = by_name.or_else(|| words.next());
-        }
-        match words.next() {
-            Some(extra) => {
-                let mut error =
-                    clap::Error::new(ErrorKind::UnknownArgument).with_cmd(&Cli::command());
-                error.insert(ContextKind::InvalidArg, ContextValue::String(extra));
-                Err(error)
-            }
-            None => Ok(()),
-        }
-    }
-
     /// The network given, if any.
     pub fn network(&self) -> Option<&str> {
-        self.network.as_deref()
+        self.network.as_deref().or(self.network_option.as_deref())
     }
 
     /// The event type given, if any.
     pub fn event(&self) -> Option<&str> {
-        self.event.as_deref()
+        self.event.as_deref().or(self.event_option.as_deref())
     }
 
     /// The timeout given, as typed (checked when the verb runs, as virsh does).
     pub fn timeout(&self) -> Option<&str> {
-        self.timeout.as_deref()
+        self.timeout.as_deref().or(self.timeout_option.as_deref())
     }
 }
 
