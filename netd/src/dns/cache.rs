@@ -248,15 +248,7 @@ impl AnswerCache {
         let total = self.total;
         let all_full = || total.load(Ordering::Relaxed) + cost > MAX_TOTAL_BYTES;
         if own_full(self) || all_full() {
-            let expired: Vec<Key> = self
-                .entries
-                .iter()
-                .filter(|(_, (kept, _))| kept.expires() <= now)
-                .map(|(key, _)| key.clone())
-                .collect();
-            for key in &expired {
-                self.remove(key);
-            }
+            self.purge_expired(now);
         }
         while own_full(self) {
             let Some(soonest) = self
@@ -276,6 +268,21 @@ impl AnswerCache {
         self.bytes += cost;
         self.total.fetch_add(cost, Ordering::Relaxed);
         self.entries.insert(key, (entry, cost));
+    }
+
+    /// Lets go of the replies expired by `now`. Each network's server does so now and
+    /// then, so that a network gone quiet does not hold on to its share of
+    /// [`MAX_TOTAL_BYTES`].
+    pub fn purge_expired(&mut self, now: Instant) {
+        let expired: Vec<Key> = self
+            .entries
+            .iter()
+            .filter(|(_, (kept, _))| kept.expires() <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &expired {
+            self.remove(key);
+        }
     }
 
     /// How many replies are kept.
@@ -675,6 +682,10 @@ mod tests {
         cache.store(&bytes(&asked), &reply(&asked, Some(300), None), t0);
         assert!(cache.bytes > 0);
         assert_eq!(TOTAL.load(Ordering::Relaxed), cache.bytes);
+        // Expired, it gives its bytes back when purged.
+        cache.purge_expired(t0 + Duration::from_secs(300));
+        assert_eq!((cache.len(), TOTAL.load(Ordering::Relaxed)), (0, 0));
+        cache.store(&bytes(&asked), &reply(&asked, Some(300), None), t0);
         // Other networks' caches hold all but a few bytes.
         let others = MAX_TOTAL_BYTES - cache.bytes - 10;
         TOTAL.fetch_add(others, Ordering::Relaxed);

@@ -383,6 +383,11 @@ impl Resolver {
         true
     }
 
+    /// Lets go of the kept answers that expired (see [`AnswerCache::purge_expired`]).
+    pub fn purge_expired_answers(&self) {
+        lock(&self.cache).purge_expired(Instant::now());
+    }
+
     /// Keeps `reply`, an upstream's answer to `query` (checked to answer it), for
     /// [`Resolver::cached_reply`] if it may be kept.
     pub fn remember(&self, query: &[u8], reply: &[u8]) {

@@ -78,6 +78,8 @@ pub const MAX_TCP_PER_CLIENT: usize = 32;
 /// Most of one guest's TCP connections served at once; the others wait their turn (up
 /// to [`TCP_IDLE`]), as dnsmasq leaves connections over its limit in the backlog.
 pub const MAX_TCP_SERVED_PER_CLIENT: usize = 8;
+/// How often a network's expired cached answers are let go.
+const CACHE_PURGE_INTERVAL: Duration = Duration::from_secs(60);
 /// A TCP client idle this long, or that leaves an answer unread this long, is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Largest UDP datagram read (EDNS clients may send up to this much).
@@ -328,9 +330,16 @@ async fn serve(
         forwards: JoinSet::new(),
         next_listener: 0,
     };
+    // Expired answers go now and then, also while the network is quiet.
+    let mut purge = tokio::time::interval(CACHE_PURGE_INTERVAL);
+    purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             _ = &mut shutdown => break,
+            _ = purge.tick() => {
+                state.resolver.purge_expired_answers();
+                continue;
+            }
             Ok(()) = resolvers.changed() => {
                 state.resolver = Arc::clone(&resolvers.borrow_and_update());
                 tracing::debug!(network = %state.resolver.network(), "DNS records replaced");

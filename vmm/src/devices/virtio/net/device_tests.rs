@@ -525,6 +525,26 @@ fn rx_mergeable_64k_gso_frame_arrives_whole() {
     assert_eq!(&got[12..], &big[12..]);
 }
 
+/// A ring full of chains with an empty descriptor each is full: a frame larger than
+/// all their buffers is dropped, not waited for (the guest has no slot left to post
+/// more with), so the frames after it still arrive.
+#[test]
+fn rx_ring_full_of_chains_with_empty_descriptors_does_not_wait_for_good() {
+    let mut h = harness(GSO | MRG);
+    let chains: Vec<(u16, Vec<u64>)> = (0..SIZE / 2).map(|_| h.guest_post_rx(&[0, 200])).collect();
+    let too_big = frame(60000, VIRTIO_NET_HDR_GSO_TCPV4 as u8, 1);
+    let small = frame(100, 0, 2);
+    h.host_send(&too_big);
+    h.host_send(&small);
+    h.worker.process_rx();
+    let s = h.stats();
+    assert_eq!((s.rx_dropped, s.rx_frames), (1, 1), "{s:?}");
+    assert_eq!(
+        h.rx.used(),
+        vec![(u32::from(chains[0].0), small.len() as u32)]
+    );
+}
+
 /// Virtio 1.2 5.1.4.1: with VIRTIO_NET_F_MTU negotiated, no frame without GSO larger
 /// than the MTU (a bridge or tap with a larger one sent it) reaches the driver, even
 /// though GSO lets 64 KiB frames through.

@@ -126,6 +126,8 @@ struct Chain {
     /// The buffers after the first.
     rest: Vec<(GuestAddress, u32)>,
     len: u64,
+    /// Ring descriptors the chain takes, empty ones (which have no buffer) included.
+    descriptors: u16,
 }
 
 impl Chain {
@@ -272,7 +274,7 @@ fn parse_chain(
     let mut rest = Vec::new();
     let mut len = 0u64;
     let mut index = head;
-    for _ in 0..size {
+    for descriptors in 1..=size {
         if index >= size {
             return Err(QueueError::Index { index, size });
         }
@@ -327,6 +329,7 @@ fn parse_chain(
                     first,
                     rest,
                     len,
+                    descriptors,
                 })
                 .ok_or(QueueError::Length {
                     head,
@@ -1037,7 +1040,12 @@ impl NetWorker {
         }
         let len = self.pending as u64;
         if len > self.rx_capacity {
-            let descriptors: usize = self.rx_chains.iter().map(Chain::segment_count).sum();
+            // Ring slots, not buffers: a chain's empty descriptors take slots too.
+            let descriptors: usize = self
+                .rx_chains
+                .iter()
+                .map(|chain| usize::from(chain.descriptors))
+                .sum();
             if descriptors < usize::from(self.rx.size()) {
                 return Ok(RxStep::NoRoom);
             }
