@@ -35,10 +35,11 @@ pub fn open_regular(options: &mut OpenOptions, path: &Path) -> io::Result<File> 
     Ok(file)
 }
 
-/// Whether `path` is `/dev/null`, which an administrator names to turn a file off
-/// (`--hosts-file /dev/null`): it reads as empty, and is no regular file.
+/// Whether `path` is `/dev/null` (or a link to it), which an administrator names to
+/// turn a file off (`--hosts-file /dev/null`): it reads as empty, and is no regular file.
 pub fn is_dev_null(path: &Path) -> bool {
-    path == Path::new("/dev/null")
+    let null = Path::new("/dev/null");
+    path == null || std::fs::canonicalize(path).is_ok_and(|target| target == null)
 }
 
 /// Reads the regular file `path`, of at most `limit` bytes.
@@ -82,6 +83,10 @@ mod tests {
             read_regular(Path::new("/dev/zero"), 10).is_err(),
             "a device"
         );
+        let link = dir.path().join("null");
+        std::os::unix::fs::symlink("/dev/null", &link).expect("symlink");
+        assert!(is_dev_null(&link) && is_dev_null(Path::new("/dev/null")));
+        assert!(!is_dev_null(Path::new("/dev/zero")));
 
         let appended = dir.path().join("journal");
         let journal = open_regular(OpenOptions::new().append(true).create(true), &appended)
