@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use testkit::Need;
 use vmm::testing::asm::*;
-use vmm::testing::{self, hex32_subroutine, poweroff, print};
+use vmm::testing::{self, poweroff, print};
 use vmm::{ExitReason, SerialSink, SharedBuffer, Vm, VmConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -181,11 +181,7 @@ fn guest_reads_its_zero_page_e820_and_cmdline() {
     // For each e820 entry print "E820 addr-hi addr-lo size-hi size-lo type", then the
     // command line and the RSDP address from the zero page (rsi at entry).
     let kernel = testing::write_guest(dir.path(), "e820.elf", |a| {
-        let mut hex = a.create_label();
-        let mut main = a.create_label();
-        a.jmp(main)?;
-        hex32_subroutine(a, &mut hex)?;
-        a.set_label(&mut main)?;
+        let hex = testing::begin_with_hex32(a)?;
         a.mov(r12, rsi)?;
         a.movzx(r13d, byte_ptr(r12 + 0x1e8))?;
         a.lea(r14, ptr(r12 + 0x2d0))?;

@@ -160,18 +160,14 @@ fn bad_net_specs_are_named_before_the_vm_is_built() {
 fn net_tap_puts_a_virtio_net_pci_device_on_the_bus() {
     use testkit::Need;
     use vmm::boot::layout;
-    use vmm::testing::{self, asm::*, hex32_subroutine, poweroff, print};
+    use vmm::testing::{self, asm::*, poweroff, print};
     if !testkit::require(&[Need::Kvm, Need::Root, Need::Netns, Need::Tun]) {
         return;
     }
     let dir = tempfile::tempdir().expect("tmp");
     // Reads vendor/device and class/revision of 00:01.0 through ECAM.
     let kernel = testing::write_guest(dir.path(), "pci-id.elf", |a| {
-        let mut hex = a.create_label();
-        let mut main = a.create_label();
-        a.jmp(main)?;
-        hex32_subroutine(a, &mut hex)?;
-        a.set_label(&mut main)?;
+        let hex = testing::begin_with_hex32(a)?;
         a.mov(rdi, layout::PCI_ECAM_START + (1 << 15))?;
         for reg in [0u32, 8] {
             a.mov(eax, dword_ptr(rdi + reg))?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use testkit::Need;
 use vmm::boot::layout;
 use vmm::testing::asm::*;
-use vmm::testing::{self, MsiTestDevice, hex32_subroutine, poweroff, print};
+use vmm::testing::{self, MsiTestDevice, poweroff, print};
 use vmm::{Error, ExitReason, SerialSink, SharedBuffer, Vm, VmConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,11 +37,7 @@ fn guest_enumerates_pci_through_cf8_cfc_and_ecam() {
     }
     let dir = tempfile::tempdir().expect("tmp");
     let kernel = testing::write_guest(dir.path(), "pci.elf", |a| {
-        let mut hex = a.create_label();
-        let mut main = a.create_label();
-        a.jmp(main)?;
-        hex32_subroutine(a, &mut hex)?;
-        a.set_label(&mut main)?;
+        let hex = testing::begin_with_hex32(a)?;
         for dev in 0u32..3 {
             for reg in [0u32, 8] {
                 print(a, &format!("CF8 {dev:02x}:{reg:02x} "))?;
@@ -225,11 +221,7 @@ fn string_port_input_reads_each_element_on_its_own() {
     }
     let dir = tempfile::tempdir().expect("tmp");
     let kernel = testing::write_guest(dir.path(), "rep.elf", |a| {
-        let mut hex = a.create_label();
-        let mut main = a.create_label();
-        a.jmp(main)?;
-        hex32_subroutine(a, &mut hex)?;
-        a.set_label(&mut main)?;
+        let hex = testing::begin_with_hex32(a)?;
         // Two dwords of 00:00.0 register 0, by `rep insd` from the config data port.
         a.mov(eax, 0x8000_0000u32)?;
         a.mov(dx, layout::PCI_CONFIG_ADDRESS_PORT as u32)?;

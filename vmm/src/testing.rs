@@ -160,6 +160,17 @@ pub fn spin(a: &mut CodeAssembler) -> Result<(), IcedError> {
     Ok(())
 }
 
+/// Starts a guest program with [`hex32_subroutine`] (jumped over) and returns its
+/// label, for the code that follows to `a.call`.
+pub fn begin_with_hex32(a: &mut CodeAssembler) -> Result<CodeLabel, IcedError> {
+    let mut hex = a.create_label();
+    let mut main = a.create_label();
+    a.jmp(main)?;
+    hex32_subroutine(a, &mut hex)?;
+    a.set_label(&mut main)?;
+    Ok(hex)
+}
+
 /// A subroutine printing `eax` as 8 lowercase hex digits on COM1. Call it with
 /// `a.call(label)`; clobbers nothing but flags.
 pub fn hex32_subroutine(a: &mut CodeAssembler, label: &mut CodeLabel) -> Result<(), IcedError> {

@@ -1234,12 +1234,7 @@ pub(crate) mod tests {
         let reply = rapid_solicit(&mut engine, &CLIENT_DUID, vec![ia(1, None)], 0);
         let held = the_ia(&reply).3[0].0;
         let newcomer = [0, 4, 1, 2, 3, 4];
-        config.hosts.push(Dhcp6HostConfig {
-            duid: Some(newcomer.to_vec()),
-            name: None,
-            ip: held,
-            lease: None,
-        });
+        reserve(&mut config, &newcomer, held);
         engine.update(config);
         let renew = message(
             MessageType::Renew,
@@ -1277,15 +1272,20 @@ pub(crate) mod tests {
         engine.commit(0).unwrap();
         drop(engine);
         let newcomer = [0, 4, 1, 2, 3, 4];
-        config.hosts.push(Dhcp6HostConfig {
-            duid: Some(newcomer.to_vec()),
-            name: None,
-            ip: held,
-            lease: None,
-        });
+        reserve(&mut config, &newcomer, held);
         let mut engine = Engine::with_lease_file(config, &path, 10).unwrap();
         assert_eq!(engine.leases(10).len(), 1);
         assert_ne!(advertised(&mut engine, &newcomer, 10), held);
+    }
+
+    /// Reserves `ip` for the client with DUID `duid`.
+    fn reserve(config: &mut Dhcp6Config, duid: &[u8], ip: Ipv6Addr) {
+        config.hosts.push(Dhcp6HostConfig {
+            duid: Some(duid.to_vec()),
+            name: None,
+            ip,
+            lease: None,
+        });
     }
 
     /// The address advertised to `duid` (at another link-local address) for one IA.

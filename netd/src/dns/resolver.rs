@@ -824,6 +824,19 @@ mod tests {
         }
     }
 
+    /// [`config`] whose only `<dns><host>`s give the name "many" `count` addresses.
+    fn with_many(count: u8) -> DnsConfig {
+        DnsConfig {
+            hosts: (0..count)
+                .map(|i| DnsHost {
+                    ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)),
+                    hostnames: vec!["many".into()],
+                })
+                .collect(),
+            ..config()
+        }
+    }
+
     fn leases() -> LeaseSource {
         LeaseSource::new(Arc::new(|| {
             vec![(Ipv4Addr::new(192, 168, 122, 77).into(), "web1".to_owned())]
@@ -1397,14 +1410,7 @@ mod tests {
 
     #[test]
     fn edns_is_echoed_and_oversized_udp_answers_are_truncated() {
-        let mut big = config();
-        big.hosts = (0..60)
-            .map(|i| DnsHost {
-                ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)),
-                hostnames: vec!["many".into()],
-            })
-            .collect();
-        let resolver = Resolver::new(&big, None).unwrap();
+        let resolver = Resolver::new(&with_many(60), None).unwrap();
         let mut out = Vec::new();
         // 60 A records (16 bytes each) exceed 512 bytes but fit 1232.
         resolver.answer(
@@ -1536,14 +1542,7 @@ mod tests {
 
     #[test]
     fn forwarded_udp_replies_are_cut_to_what_the_client_takes() {
-        let mut big = config();
-        big.hosts = (0..100)
-            .map(|i| DnsHost {
-                ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)),
-                hostnames: vec!["many".into()],
-            })
-            .collect();
-        let resolver = Resolver::new(&big, None).unwrap();
+        let resolver = Resolver::new(&with_many(100), None).unwrap();
         // An upstream's 1.6 kB answer (as TCP would carry it), for clients that offered
         // 512 bytes, 4096 (clamped to 1232 when forwarded), and over TCP.
         for (edns, limit) in [(false, 512), (true, usize::from(MAX_UDP_PAYLOAD))] {
