@@ -304,6 +304,9 @@ fn a_restarted_daemon_adopts_running_networks_without_touching_them() {
     let mut daemon = Daemon::start();
     let before = daemon.ip_json("link show virbr0");
     let ifindex = before[0]["ifindex"].clone();
+    // With handles: a rule deleted and added again (its counters reset) gets a new one.
+    let rules = |daemon: &Daemon| daemon.ns.sh("nft -a list table inet kvnet").expect("nft");
+    let rules_before = rules(&daemon);
     daemon.stop();
     // Networks outlive the daemon.
     assert_eq!(daemon.bridges(), ["virbr0"]);
@@ -318,6 +321,11 @@ fn a_restarted_daemon_adopts_running_networks_without_touching_them() {
         "the bridge was recreated instead of adopted"
     );
     assert!(daemon.log().contains("adopted running network"));
+    assert_eq!(
+        rules(&daemon),
+        rules_before,
+        "the firewall rules were replaced"
+    );
     // A second start in the same boot does not restart it.
     let err = daemon.fails(&["net-start", "default"]);
     assert!(err.contains("network is already active"), "{err}");

@@ -43,6 +43,7 @@ const NFTA_HOOK_PRIORITY: u16 = 2;
 pub(super) const NFTA_RULE_TABLE: u16 = 1;
 pub(super) const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
+pub(super) const NFTA_RULE_USERDATA: u16 = 7;
 const NFTA_SET_TABLE: u16 = 1;
 const NFTA_SET_NAME: u16 = 2;
 const NFTA_SET_FLAGS: u16 = 3;
@@ -76,6 +77,10 @@ const TYPE_BITS: u32 = 6;
 const USERDATA_IFNAME: &[u8] = &[0, 4, 1, 0, 0, 0];
 const USERDATA_IFNAME_PAIR: &[u8] = &[0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0];
 const USERDATA_VERDICT_MAP: &[u8] = &[0, 4, 1, 0, 0, 0, 1, 4, 0, 0, 0, 0, 6, 4, 0, 0, 0, 0];
+
+/// The type of the rule user data record that carries a stamp. nft shows only its own
+/// record types (0, a comment) and skips the rest, so `nft list` shows nothing of it.
+const UDATA_STAMP: u8 = 0xcb;
 
 /// Verdict codes: `NF_ACCEPT`, `NFT_JUMP`, `NFT_RETURN`.
 const NF_ACCEPT: i32 = 1;
@@ -156,7 +161,11 @@ pub(super) fn message(object: &Object) -> Message {
                 .string(NFTA_RULE_CHAIN, name);
             (NFT_MSG_DELRULE, 0)
         }
-        Object::Rule { chain, exprs } => {
+        Object::Rule {
+            chain,
+            exprs,
+            stamp,
+        } => {
             w.string(NFTA_RULE_TABLE, TABLE)
                 .string(NFTA_RULE_CHAIN, chain)
                 .nested(NFTA_RULE_EXPRESSIONS, |list| {
@@ -164,6 +173,11 @@ pub(super) fn message(object: &Object) -> Message {
                         list.nested(NFTA_LIST_ELEM, |e| expression(e, expr));
                     }
                 });
+            if let Some(stamp) = stamp {
+                let mut userdata = vec![UDATA_STAMP, 8];
+                userdata.extend_from_slice(&stamp.to_be_bytes());
+                w.bytes(NFTA_RULE_USERDATA, &userdata);
+            }
             (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND)
         }
         Object::Element(change, element) => {
@@ -202,6 +216,36 @@ pub(super) fn message(object: &Object) -> Message {
         body: w.finish(),
         what: object.to_string(),
     }
+}
+
+/// A fingerprint (64-bit FNV-1a) of the messages `objects` encode to: it changes with any
+/// change to the rules or to how they are encoded, and is the same in every run of a build.
+pub(super) fn fingerprint<'a>(objects: impl IntoIterator<Item = &'a Object>) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET_BASIS;
+    for object in objects {
+        let message = message(object);
+        let head = [message.kind.to_be_bytes(), message.flags.to_be_bytes()];
+        for byte in head.iter().flatten().chain(&message.body) {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(PRIME);
+        }
+    }
+    hash
+}
+
+/// The stamp in a rule's user data (`NFTA_RULE_USERDATA`, a list of type-length-value
+/// records), if it carries one.
+pub(super) fn stamp(userdata: &[u8]) -> Option<u64> {
+    let mut rest = userdata;
+    while let [kind, len, tail @ ..] = rest {
+        let (value, next) = tail.split_at_checked(usize::from(*len))?;
+        if *kind == UDATA_STAMP {
+            return value.try_into().ok().map(u64::from_be_bytes);
+        }
+        rest = next;
+    }
+    None
 }
 
 fn element_kind(change: Change) -> (u16, u16) {
@@ -360,4 +404,51 @@ fn expression(w: &mut Writer, expr: &Expr) {
         }
         Expr::Counter => {}
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(stamp: Option<u64>) -> Object {
+        Object::Rule {
+            chain: "input".to_owned(),
+            exprs: vec![Expr::Counter],
+            stamp,
+        }
+    }
+
+    #[test]
+    fn a_stamp_is_found_among_other_user_data_and_nowhere_else() {
+        let stamped = message(&rule(Some(0x0102_0304_0506_0708))).body;
+        let userdata = super::super::netlink::attribute(&stamped, NFTA_RULE_USERDATA);
+        assert_eq!(userdata.and_then(stamp), Some(0x0102_0304_0506_0708));
+        // After nft's comment record, as a rule someone commented might carry it.
+        let mut with_comment = vec![0, 3, b'h', b'i', 0];
+        with_comment.extend_from_slice(userdata.unwrap_or_default());
+        assert_eq!(stamp(&with_comment), Some(0x0102_0304_0506_0708));
+        // Nothing, a comment alone, a record cut short, a stamp of the wrong size.
+        for userdata in [
+            &[][..],
+            &[0, 3, b'h', b'i', 0],
+            &[UDATA_STAMP, 8, 1, 2, 3],
+            &[UDATA_STAMP, 4, 1, 2, 3, 4],
+            &[0, 200, 1],
+        ] {
+            assert_eq!(stamp(userdata), None, "{userdata:?}");
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_what_the_messages_say() {
+        let counter = fingerprint(&[rule(None)]);
+        assert_eq!(fingerprint(&[rule(None)]), counter);
+        assert_ne!(fingerprint(&[rule(Some(1))]), counter);
+        let reject = Object::Rule {
+            chain: "input".to_owned(),
+            exprs: vec![Expr::Counter, Expr::Reject],
+            stamp: None,
+        };
+        assert_ne!(fingerprint(&[reject]), counter);
+    }
 }

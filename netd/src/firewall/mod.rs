@@ -62,7 +62,11 @@
 //!   `destroy`. The kernel applies the batch atomically: a failure anywhere leaves the
 //!   previous ruleset untouched, and a foreign flush of our table is healed by the next
 //!   change. The backend remembers each bridge's elements (their forward device may change
-//!   between applies); a restarted daemon reads them back from the kernel once.
+//!   between applies); a restarted daemon reads them back from the kernel once. A change
+//!   that changes nothing sends nothing, so a restarted daemon that re-applies its networks
+//!   leaves their rules, and the rules' counters, in place; a stamp in the user data of the
+//!   first rule of the skeleton and of each custom NAT chain (invisible to `nft list`)
+//!   tells this build's rules from an older build's, which are replaced.
 //! - **Straight to the kernel.** The batches are nf_tables netlink messages built here
 //!   (`encode.rs`, sent by `netlink.rs`), the ones nft 1.0.6 sends for the same rules; a
 //!   netns test checks that `nft list` reads them back as intended. Going through

@@ -9,11 +9,17 @@
 //! and any element batch the kernel refuses, is sent with the full "delete if present"
 //! teardown and, when the table may be missing or damaged, the skeleton.
 //!
+//! A change that changes nothing (a restarted daemon re-applying the networks it adopts)
+//! sends nothing, so the rules keep their counters and handles. The first rule of the
+//! skeleton and of each custom NAT chain carries a stamp, a fingerprint of its chain as
+//! this build writes it, in its user data: a restarted daemon keeps what an earlier run of
+//! the same build left, and replaces what an older build wrote.
+//!
 //! The daemon asks every few seconds whether the rules are still there. The ruleset
 //! generation answers "nothing changed" in one round trip; only after a change (anyone's)
-//! are the bridges set and the number of rules in each chain read back.
+//! are the bridges set and the rules of each chain read back.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -39,12 +45,18 @@ const GUEST_HOOKS: [(u8, &str, &[Hook]); 5] = {
 type Hook = (u32, &'static str);
 /// `NF_DROP` as a chain policy.
 const POLICY_DROP: u32 = 0;
+/// The skeleton chain whose first rule carries the skeleton's stamp.
+const SKELETON_STAMP_CHAIN: &str = "input";
 
 /// Applies kvnet's batches through one nf_tables netlink socket.
 #[derive(Debug)]
 pub(super) struct NftFirewall {
     /// One batch at a time; the ownership record changes with them.
     state: Mutex<State>,
+    /// The table's skeleton, stamped.
+    skeleton: Vec<Object>,
+    /// The skeleton's stamp.
+    skeleton_stamp: u64,
     /// The rules each skeleton chain holds when nobody else touched our table.
     skeleton_rules: HashMap<String, usize>,
 }
@@ -54,12 +66,16 @@ struct State {
     socket: Socket,
     /// What each bridge owns, as last committed; `None` until read from the kernel.
     record: Option<Record>,
+    /// The ruleset generation at which `record` was read from the kernel, until our next
+    /// batch: while the kernel reports it still, `record` is what the kernel holds.
+    record_read_at: Option<u32>,
     /// What each bridge's rules need, from our batches only: `record` is read back from
     /// the kernel after a loss, and a loss a repair failed to mend must still show.
     owed: Record,
-    /// Whether our last batch left the table skeleton in place. It is sent again only when
-    /// it may be missing: at first use, after we deleted the table, and to retry a batch
-    /// that failed (someone may have flushed or deleted it).
+    /// Whether the table holds this build's skeleton, as read with `record` and kept by our
+    /// batches since. It is sent again only when it may be missing or outdated: the kernel
+    /// showed it so, we deleted the table, or a batch failed (someone may have flushed or
+    /// deleted it).
     skeleton_present: bool,
     /// The ruleset generation at which [`Firewall::inspect`] last found everything in place:
     /// while the kernel reports it still, nobody has changed any table since.
@@ -71,19 +87,19 @@ struct State {
 struct Record {
     /// Set elements, by bridge.
     elements: HashMap<String, Vec<OwnedElement>>,
-    /// Bridges with a custom NAT chain (and its verdict-map element).
-    custom_nat: HashSet<String>,
+    /// Bridges with a custom NAT chain (and its verdict-map element), and the chain's stamp
+    /// (`None`: the chain carries none, it is an older build's or empty).
+    custom_nat: HashMap<String, Option<u64>>,
 }
 
 impl Record {
     /// Records that `bridge` owns `elements` (none: nothing) and, with `custom_nat`, its
-    /// own NAT chain.
-    fn set(&mut self, bridge: &str, custom_nat: bool, elements: &[OwnedElement]) {
-        if custom_nat {
-            self.custom_nat.insert(bridge.to_owned());
-        } else {
-            self.custom_nat.remove(bridge);
-        }
+    /// own NAT chain with that stamp.
+    fn set(&mut self, bridge: &str, custom_nat: Option<u64>, elements: &[OwnedElement]) {
+        match custom_nat {
+            Some(stamp) => self.custom_nat.insert(bridge.to_owned(), Some(stamp)),
+            None => self.custom_nat.remove(bridge),
+        };
         if elements.is_empty() {
             self.elements.remove(bridge);
         } else {
@@ -163,8 +179,8 @@ impl State {
         Ok(bridges)
     }
 
-    /// How many rules each chain of our table holds (chains without rules are absent).
-    fn rule_counts(&mut self) -> Result<HashMap<String, usize>, Error> {
+    /// The rules of each chain of our table (chains without rules are absent).
+    fn chains(&mut self) -> Result<HashMap<String, ChainRules>, Error> {
         const WHAT: &str = "rules of table inet kvnet";
         let mut request = Writer::new();
         request.string(encode::NFTA_RULE_TABLE, TABLE);
@@ -178,7 +194,8 @@ impl State {
             Err(e) if e.errno() == Some(libc::ENOENT) => Vec::new(),
             Err(e) => return Err(list_error(WHAT, e)),
         };
-        let mut counts = HashMap::new();
+        let mut chains: HashMap<String, ChainRules> = HashMap::new();
+        // Rules come in their chains' order.
         for (_, body) in answers {
             // The kernel filters by table since Linux 4.x; older ones answer with all.
             let table = netlink::attribute(&body, encode::NFTA_RULE_TABLE).map(netlink::text);
@@ -186,27 +203,20 @@ impl State {
             if let (Some(table), Some(chain)) = (table, chain)
                 && table == TABLE
             {
-                *counts.entry(chain).or_insert(0) += 1;
+                let rules = chains.entry(chain).or_default();
+                if rules.count == 0 {
+                    rules.stamp = netlink::attribute(&body, encode::NFTA_RULE_USERDATA)
+                        .and_then(encode::stamp);
+                }
+                rules.count += 1;
             }
         }
-        Ok(counts)
+        Ok(chains)
     }
 
-    /// The ownership record, read from the kernel the first time.
-    fn record(&mut self) -> Result<&mut Record, Error> {
-        if self.record.is_none() {
-            let record = self.read_record()?;
-            tracing::debug!(
-                bridges = record.elements.len(),
-                "read kvnet's set elements from the kernel"
-            );
-            self.record = Some(record);
-        }
-        Ok(self.record.get_or_insert_with(Record::default))
-    }
-
-    /// What the bridges own in our table now, as the kernel tells it.
-    fn read_record(&mut self) -> Result<Record, Error> {
+    /// What the bridges own in our table now, as the kernel tells it; `chains` as
+    /// [`State::chains`] read them.
+    fn read_record(&mut self, chains: &HashMap<String, ChainRules>) -> Result<Record, Error> {
         let mut record = Record::default();
         for (set, _) in SETS {
             let Some(keys) = self.set_keys(set)? else {
@@ -225,11 +235,52 @@ impl State {
         }
         // Verdict-map keys are the bridges with a custom NAT chain.
         let mapped = self.set_keys(NAT_MAP)?.unwrap_or_default();
-        record
-            .custom_nat
-            .extend(mapped.into_iter().filter_map(|key| key.into_iter().next()));
+        for bridge in mapped.into_iter().filter_map(|key| key.into_iter().next()) {
+            let stamp = chains
+                .get(&rules::nat_chain(&bridge))
+                .and_then(|chain| chain.stamp);
+            record.custom_nat.insert(bridge, stamp);
+        }
         Ok(record)
     }
+}
+
+/// The rules of one chain of our table, as the kernel holds them.
+#[derive(Debug, Default)]
+struct ChainRules {
+    /// How many there are.
+    count: usize,
+    /// The stamp the first one carries.
+    stamp: Option<u64>,
+}
+
+/// Stamps the first rule of `chain` among `objects` with the fingerprint of the objects
+/// `covered` picks (taken before stamping), and returns the stamp; `None` when `objects`
+/// add no rule to `chain`.
+fn stamp_chain(
+    objects: &mut [Object],
+    chain: &str,
+    covered: impl Fn(&Object) -> bool,
+) -> Option<u64> {
+    let stamp = encode::fingerprint(objects.iter().filter(|object| covered(object)));
+    let first = objects.iter_mut().find_map(|object| match object {
+        Object::Rule {
+            chain: name, stamp, ..
+        } if name == chain => Some(stamp),
+        _ => None,
+    })?;
+    *first = Some(stamp);
+    Some(stamp)
+}
+
+/// Whether `object` adds a rule to `chain`.
+fn adds_rule_to(object: &Object, chain: &str) -> bool {
+    matches!(object, Object::Rule { chain: name, .. } if name == chain)
+}
+
+/// Whether `a` and `b` hold the same elements, in any order.
+fn same_elements(a: &[OwnedElement], b: &[OwnedElement]) -> bool {
+    a.len() == b.len() && a.iter().all(|element| b.contains(element))
 }
 
 fn list_error(what: &str, e: netlink::Error) -> Error {
@@ -244,16 +295,56 @@ impl NftFirewall {
         let socket = Socket::open().map_err(|e| Error::Init {
             message: e.to_string(),
         })?;
+        let mut skeleton = rules::skeleton();
+        let skeleton_stamp = stamp_chain(&mut skeleton, SKELETON_STAMP_CHAIN, |_| true)
+            .ok_or_else(|| Error::Init {
+                message: format!("the skeleton has no {SKELETON_STAMP_CHAIN} rule to stamp"),
+            })?;
         Ok(NftFirewall {
             state: Mutex::new(State {
                 socket,
                 record: None,
+                record_read_at: None,
                 owed: Record::default(),
                 skeleton_present: false,
                 intact_at: None,
             }),
+            skeleton,
+            skeleton_stamp,
             skeleton_rules: rules::skeleton_rule_counts(),
         })
+    }
+
+    /// Whether `chains` (as [`State::chains`] read them) hold this build's skeleton: each
+    /// skeleton chain its number of rules, and the stamped chain this skeleton's stamp.
+    fn skeleton_current(&self, chains: &HashMap<String, ChainRules>) -> bool {
+        let counts_match = self
+            .skeleton_rules
+            .iter()
+            .all(|(chain, rules)| chains.get(chain).map_or(0, |found| found.count) == *rules);
+        let stamp = chains
+            .get(SKELETON_STAMP_CHAIN)
+            .and_then(|found| found.stamp);
+        counts_match && stamp == Some(self.skeleton_stamp)
+    }
+
+    /// The ownership record, read from the kernel (with whether the skeleton is current)
+    /// when not known.
+    fn record<'a>(&self, state: &'a mut State) -> Result<&'a mut Record, Error> {
+        if state.record.is_none() {
+            // Read before looking: a change made while we look moves it on.
+            state.record_read_at = Some(state.generation()?);
+            let chains = state.chains()?;
+            let record = state.read_record(&chains)?;
+            state.skeleton_present = self.skeleton_current(&chains);
+            tracing::debug!(
+                bridges = record.elements.len(),
+                skeleton_current = state.skeleton_present,
+                "read kvnet's table from the kernel"
+            );
+            state.record = Some(record);
+        }
+        Ok(state.record.get_or_insert_with(Record::default))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -262,55 +353,73 @@ impl NftFirewall {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Replaces what `bridge` owns with `now` (nothing for a removal) in one batch.
-    /// `custom_nat` says whether the bridge gets a custom NAT chain; `full` renders the
-    /// complete change from the previous elements, for whatever the element batch cannot do.
+    /// Replaces what `bridge` owns with `now` (nothing for a removal) in one batch. `full`
+    /// renders the complete change from the previous elements (with the bridge's custom NAT
+    /// chain, if it gets one), for whatever the element batch cannot do.
     fn commit(
         &self,
         action: &'static str,
         bridge: &str,
-        custom_nat: bool,
         full: impl FnOnce(&[OwnedElement]) -> Vec<Object>,
         now: Vec<OwnedElement>,
     ) -> Result<(), Error> {
         let started = Instant::now();
         let mut state = self.state();
-        let record = state.record()?;
+        let record = self.record(&mut state)?;
         let previous = record.elements.get(bridge).cloned().unwrap_or_default();
-        let had_custom_nat = record.custom_nat.contains(bridge);
+        let had_custom_nat = record.custom_nat.get(bridge).copied();
+        let mut network = full(&previous);
+        let chain = rules::nat_chain(bridge);
+        let custom_nat = stamp_chain(&mut network, &chain, |object| adds_rule_to(object, &chain));
+        // The same elements, and the same custom NAT chain or none, in a current table, as
+        // read from the kernel with nothing changed since (a restarted daemon adopting its
+        // networks). Otherwise the batches below also heal what someone else took away.
+        let in_place = state.skeleton_present
+            && same_elements(&previous, &now)
+            && had_custom_nat == custom_nat.map(Some)
+            && state.record_read_at.is_some()
+            && state.generation().ok() == state.record_read_at;
         // Only set elements change, in a table we know is complete.
-        let elements_only = state.skeleton_present && !custom_nat && !had_custom_nat;
-        let result = if elements_only
-            && state
-                .commit(&element_changes(&previous, &now))
-                .inspect_err(|e| {
-                    // Someone may have changed our table; the full batch repairs it.
-                    tracing::debug!(bridge, "element batch failed ({e}); sending the full batch");
-                })
-                .is_ok()
-        {
+        let elements_only =
+            state.skeleton_present && custom_nat.is_none() && had_custom_nat.is_none();
+        let mut sent_elements = || {
+            elements_only
+                && state
+                    .commit(&element_changes(&previous, &now))
+                    .inspect_err(|e| {
+                        // Someone may have changed our table; the full batch repairs it.
+                        tracing::debug!(
+                            bridge,
+                            "element batch failed ({e}); sending the full batch"
+                        );
+                    })
+                    .is_ok()
+        };
+        let result = if in_place || sent_elements() {
             Ok(())
         } else {
-            let network = full(&previous);
             let without_skeleton =
                 (state.skeleton_present && !elements_only).then(|| state.commit(&network));
             match without_skeleton {
                 Some(Ok(())) => Ok(()),
                 _ => {
-                    let mut objects = rules::skeleton();
+                    let mut objects = self.skeleton.clone();
                     objects.extend(network);
                     state.commit(&objects)
                 }
             }
         };
         state.skeleton_present = result.is_ok();
+        if !in_place {
+            state.record_read_at = None;
+        }
         result.map_err(|e| Error::Batch {
             action,
             bridge: bridge.to_owned(),
             nft: e.to_string(),
         })?;
         state.owed.set(bridge, custom_nat, &now);
-        let record = state.record()?;
+        let record = self.record(&mut state)?;
         record.set(bridge, custom_nat, &now);
         if record.elements.is_empty() && record.custom_nat.is_empty() {
             // Nothing of kvnet's is left: remove the table too, so the ruleset is exactly
@@ -319,10 +428,12 @@ impl NftFirewall {
                 tracing::warn!("removing the empty table inet {TABLE}: {e}");
             }
             state.skeleton_present = false;
+            state.record_read_at = None;
         }
         tracing::debug!(
             bridge,
             action,
+            in_place,
             elapsed_us = started.elapsed().as_micros(),
             "nftables batch committed"
         );
@@ -350,7 +461,6 @@ impl Firewall for NftFirewall {
         self.commit(
             "apply",
             &rules.bridge,
-            rules::has_custom_nat(rules),
             |previous| rules::render(rules, previous),
             rules::elements(rules),
         )
@@ -361,7 +471,6 @@ impl Firewall for NftFirewall {
         self.commit(
             "remove",
             bridge,
-            false,
             |previous| rules::render_removal(bridge, previous),
             Vec::new(),
         )
@@ -380,17 +489,14 @@ impl Firewall for NftFirewall {
         if state.intact_at == Some(generation) {
             return Ok(Inspection::default());
         }
-        let rule_counts = state.rule_counts()?;
+        let chains = state.chains()?;
         // A skeleton chain flushed or edited (`nft flush table inet kvnet`) breaks every
         // network at once; re-applying any one of them sends the skeleton again.
-        let skeleton_intact = self
-            .skeleton_rules
-            .iter()
-            .all(|(chain, rules)| rule_counts.get(chain).copied().unwrap_or(0) == *rules);
+        let skeleton_intact = self.skeleton_current(&chains);
         // Every element a bridge owns, not only its place in the bridges set: one lost
         // from `nat4` (an old ruleset restored, an element deleted by hand) stops its
         // NAT alone.
-        let found = state.read_record()?;
+        let found = state.read_record(&chains)?;
         let owed = &state.owed;
         let lost: Vec<String> = expected
             .iter()
@@ -403,9 +509,11 @@ impl Firewall for NftFirewall {
                 let has_all_elements = owed.elements.get(*bridge).is_some_and(|owned| {
                     !owned.is_empty() && owned.iter().all(|element| have.contains(element))
                 });
-                let has_custom_nat = !owed.custom_nat.contains(*bridge)
-                    || (found.custom_nat.contains(*bridge)
-                        && rule_counts.contains_key(&rules::nat_chain(bridge)));
+                // The stamp is the chain's first rule's: it also says the chain has rules.
+                let has_custom_nat = owed
+                    .custom_nat
+                    .get(*bridge)
+                    .is_none_or(|stamp| found.custom_nat.get(*bridge) == Some(stamp));
                 !skeleton_intact || !has_all_elements || !has_custom_nat
             })
             .cloned()

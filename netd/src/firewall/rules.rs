@@ -173,6 +173,9 @@ pub enum Object {
         chain: String,
         /// The rule's expressions.
         exprs: Vec<Expr>,
+        /// A fingerprint of the chain as this build writes it, kept in the rule's user
+        /// data (the first rule's of a chain); see `nft.rs`.
+        stamp: Option<u64>,
     },
     /// `add`/`delete element` of a set.
     Element(Change, OwnedElement),
@@ -595,6 +598,7 @@ fn base_chain(
     out.extend(rules.into_iter().map(|exprs| Object::Rule {
         chain: name.to_owned(),
         exprs,
+        stamp: None,
     }));
 }
 
@@ -666,6 +670,7 @@ pub fn render(rules: &NetworkRules, previous: &[OwnedElement]) -> Vec<Object> {
         out.extend(custom_nat(rules).into_iter().map(|exprs| Object::Rule {
             chain: name.clone(),
             exprs,
+            stamp: None,
         }));
         out.push(Object::NatJump(Change::Add, rules.bridge.clone()));
     }

@@ -232,6 +232,100 @@ fn a_new_backend_replaces_what_an_earlier_one_left() {
     assert_eq!(owned_by(&ruleset(&ns), "virbr0"), []);
 }
 
+/// Rule handles of our table by chain, in order: a rule deleted and added again (a flushed
+/// chain, counters reset) gets a new handle.
+fn rule_handles(ns: &Netns) -> Vec<(String, u64)> {
+    let json: Value =
+        serde_json::from_str(&ns.sh("nft -a -j list table inet kvnet").unwrap()).unwrap();
+    json["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|object| object.get("rule"))
+        .map(|rule| {
+            let chain = rule["chain"].as_str().unwrap().to_owned();
+            (chain, rule["handle"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// The handle of the first rule of `chain`.
+fn first_handle(handles: &[(String, u64)], chain: &str) -> u64 {
+    handles.iter().find(|(name, _)| name == chain).unwrap().1
+}
+
+#[test]
+fn a_restarted_backend_leaves_current_rules_in_place_and_replaces_older_ones() {
+    if !ready() {
+        return;
+    }
+    let ns = Netns::new("fw-in-place").unwrap();
+    let plain = network("kvbr-plain", RuleMode::Nat, "192.168.80.0/24");
+    let custom = NetworkRules {
+        nat_addresses: Some(("10.9.0.1".parse().unwrap(), "10.9.0.4".parse().unwrap())),
+        ..network("kvbr-custom", RuleMode::Nat, "192.168.81.0/24")
+    };
+    let old = backend(&ns);
+    for net in [&plain, &custom] {
+        inside(&ns, &*old, |fw| fw.apply(net)).unwrap();
+    }
+    drop(old);
+    let before = rule_handles(&ns);
+    assert!(before.len() > 30, "{before:?}");
+
+    // A restarted daemon re-applies the networks it adopts: nothing is sent again, so no
+    // rule is replaced (its counters are kept), and nothing else changes.
+    let listing = ns.sh("nft -a list table inet kvnet").unwrap();
+    let restarted = backend(&ns);
+    for net in [&plain, &custom] {
+        inside(&ns, &*restarted, |fw| fw.apply(net)).unwrap();
+    }
+    assert_eq!(ns.sh("nft -a list table inet kvnet").unwrap(), listing);
+    drop(restarted);
+
+    // Rules an older build wrote (the same number, without this build's stamps) are
+    // replaced, the skeleton's and the custom NAT chain's alike.
+    for chain in ["input", "nat-kvbr-custom"] {
+        let rule = ns
+            .sh(&format!("nft list chain inet kvnet {chain}"))
+            .unwrap()
+            .lines()
+            .map(str::trim)
+            .find(|line| line.contains("counter"))
+            .unwrap()
+            .replace(" packets 0 bytes 0", "");
+        let handle = first_handle(&before, chain);
+        ns.sh(&format!(
+            "nft replace rule inet kvnet {chain} handle {handle} {rule}"
+        ))
+        .unwrap();
+    }
+    let older = rule_handles(&ns);
+    let upgraded = backend(&ns);
+    for net in [&plain, &custom] {
+        inside(&ns, &*upgraded, |fw| fw.apply(net)).unwrap();
+    }
+    let after = rule_handles(&ns);
+    assert_eq!(after.len(), before.len(), "{after:?}");
+    for chain in ["input", "forward", "nat-kvbr-custom"] {
+        assert_ne!(
+            first_handle(&after, chain),
+            first_handle(&older, chain),
+            "{chain} was not replaced"
+        );
+    }
+    // Once replaced, the rules are current again.
+    let upgraded_listing = ns.sh("nft -a list table inet kvnet").unwrap();
+    let again = backend(&ns);
+    for net in [&plain, &custom] {
+        inside(&ns, &*again, |fw| fw.apply(net)).unwrap();
+    }
+    assert_eq!(
+        ns.sh("nft -a list table inet kvnet").unwrap(),
+        upgraded_listing
+    );
+}
+
 #[test]
 fn foreign_drop_policies_are_reported_and_never_touched() {
     if !ready() {
