@@ -14,6 +14,7 @@ pub mod pci;
 use std::fmt::Debug;
 use std::io;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -71,29 +72,52 @@ pub enum ActivateError {
     Spawn(#[source] io::Error),
 }
 
-/// Guest-caused conditions already logged at warn in this reset cycle: a guest
-/// repeating one (in a loop, from a vCPU thread under the bus lock) must not flood
-/// the log. See [`guest_warn!`].
+/// How long conditions logged at warn stay latched across device resets: a reset is one
+/// register write, so a guest looping on "reset, then the same error" gets a warning a
+/// minute, not one per loop.
+const WARN_AGAIN_AFTER: Duration = Duration::from_secs(60);
+
+/// Guest-caused conditions already logged at warn: a guest repeating one (in a loop,
+/// from a vCPU thread under the bus lock) must not flood the log. See [`guest_warn!`].
 #[derive(Debug, Default, Clone, Copy)]
-pub struct WarnLatch(u32);
+pub struct WarnLatch {
+    /// One bit per condition logged.
+    seen: u32,
+    /// When the last one was.
+    last_warned: Option<Instant>,
+}
 
 impl WarnLatch {
-    /// Whether condition `bit` (below 32) is new since the last [`WarnLatch::clear`]; marks it seen.
+    /// Whether condition `bit` (below 32) is new since the latch was last cleared; marks
+    /// it seen.
     pub fn first(&mut self, bit: u32) -> bool {
         let mask = 1u32.checked_shl(bit).unwrap_or(0);
-        let new = self.0 & mask == 0;
-        self.0 |= mask;
+        let new = self.seen & mask == 0;
+        self.seen |= mask;
+        if new {
+            self.last_warned = Some(Instant::now());
+        }
         new
     }
 
-    /// Forgets every condition (on device reset).
+    /// Forgets every condition (on device reset), unless one was logged in the last
+    /// minute.
     pub fn clear(&mut self) {
-        self.0 = 0;
+        self.clear_at(Instant::now());
+    }
+
+    fn clear_at(&mut self, now: Instant) {
+        let recent = self
+            .last_warned
+            .is_some_and(|at| now.saturating_duration_since(at) < WARN_AGAIN_AFTER);
+        if !recent {
+            self.seen = 0;
+        }
     }
 }
 
-/// Logs a guest-caused condition at warn the first time in a reset cycle (per
-/// `$latch`, a [`WarnLatch`], and condition `$bit`), at debug after that.
+/// Logs a guest-caused condition at warn the first time (per `$latch`, a [`WarnLatch`],
+/// and condition `$bit`, until the latch is cleared), at debug after that.
 macro_rules! guest_warn {
     ($latch:expr, $bit:expr, $($arg:tt)+) => {
         if $latch.first($bit) {
@@ -150,4 +174,29 @@ pub trait VirtioDevice: Send + Debug {
     /// Whether the device hit an unrecoverable driver error and wants the transport
     /// to show `NEEDS_RESET` in the device status.
     fn needs_reset(&self) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_warning_latch_survives_resets_for_a_minute() {
+        let mut latch = WarnLatch::default();
+        assert!(latch.first(3));
+        assert!(!latch.first(3));
+        // Another condition still warns once.
+        assert!(latch.first(4));
+        // A reset loop: still latched.
+        latch.clear();
+        assert!(!latch.first(3));
+        // A reset a minute after the last warning forgets them.
+        let later = Instant::now() + WARN_AGAIN_AFTER;
+        latch.clear_at(later);
+        assert!(latch.first(3));
+        // A latch that has not warned yet clears at once.
+        let mut quiet = WarnLatch::default();
+        quiet.clear();
+        assert!(quiet.first(5));
+    }
 }

@@ -1,7 +1,7 @@
 //! The virtio-net device model: features, config space, activation and reset.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -91,8 +91,10 @@ pub struct Net {
     needs_reset: Arc<AtomicBool>,
     /// The backend has offloads on, which a reset turns off.
     offloads_set: bool,
-    /// Driver errors already logged at warn since the last reset.
+    /// Driver errors logged at warn (see [`WarnLatch::clear`]).
     warned: WarnLatch,
+    /// Its workers' (one per activation) errors logged at warn.
+    worker_warned: Arc<Mutex<WarnLatch>>,
 }
 
 /// [`WarnLatch`] bit: the driver accepted features that were not offered.
@@ -117,6 +119,7 @@ impl Net {
             needs_reset: Arc::new(AtomicBool::new(false)),
             offloads_set: false,
             warned: WarnLatch::default(),
+            worker_warned: Arc::default(),
         }
     }
 
@@ -217,6 +220,7 @@ impl Net {
             interrupt,
             counters: Arc::clone(&self.counters),
             needs_reset: Arc::clone(&self.needs_reset),
+            warned: Arc::clone(&self.worker_warned),
             name: self.name.clone(),
             mergeable: self.acked_features & bit(VIRTIO_NET_F_MRG_RXBUF) != 0,
             guest_csum: self.acked_features & bit(VIRTIO_NET_F_GUEST_CSUM) != 0,
@@ -356,6 +360,10 @@ impl VirtioDevice for Net {
     fn reset(&mut self) -> bool {
         self.acked_features = 0;
         self.warned.clear();
+        self.worker_warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         let Some(worker) = self.worker.take() else {
             self.needs_reset.store(false, Ordering::SeqCst);
             // A worker driven outside `activate` may have set offloads.

@@ -218,10 +218,20 @@ fn harness(features: u64) -> Harness {
 
 /// A harness on `mem` with the RX rings at `rx_ring`.
 fn harness_in(mem: &'static Arc<Mem>, rx_ring: u64, features: u64) -> Harness {
+    harness_wrapped(mem, rx_ring, features, |backend| Box::new(backend))
+}
+
+/// A harness whose device has the socketpair backend as `wrap` makes it.
+fn harness_wrapped(
+    mem: &'static Arc<Mem>,
+    rx_ring: u64,
+    features: u64,
+    wrap: impl FnOnce(SeqpacketBackend) -> Box<dyn NetBackend>,
+) -> Harness {
     let (ours, peer) = seqpacket_pair();
     let backend = SeqpacketBackend::new(ours).expect("backend");
     let offload = Arc::clone(&backend.offload);
-    let mut net = test_net(Box::new(backend));
+    let mut net = test_net(wrap(backend));
     net.ack_features(features | MODERN);
     let rx = Driver::new(mem, rx_ring, BUFFERS);
     let tx = Driver::new(mem, TX_RING, BUFFERS + 0x10_0000);
@@ -443,6 +453,85 @@ fn tx_frame_reaches_the_backend_with_its_header() {
     assert_eq!((s.tx_frames, s.tx_bytes), (2, 1514 + 60000));
     assert_eq!(h.interrupt.count(InterruptKind::Queue(TX_QUEUE)), 1);
     assert_eq!(s.interrupts, 1);
+}
+
+/// A backend that, as each frame is handed to it, has "another vCPU" write `byte` at
+/// `at` in guest memory first.
+#[derive(Debug)]
+struct RewritingBackend {
+    inner: SeqpacketBackend,
+    mem: &'static Arc<Mem>,
+    at: GuestAddress,
+    byte: u8,
+}
+
+impl std::os::fd::AsRawFd for RewritingBackend {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
+impl NetBackend for RewritingBackend {
+    fn read_frame(&mut self, bufs: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
+        self.inner.read_frame(bufs)
+    }
+
+    fn write_frame(&mut self, bufs: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
+        self.mem.write_obj(self.byte, self.at).expect("rewrite");
+        self.inner.write_frame(bufs)
+    }
+
+    fn set_offload(&mut self, tun_flags: u32) -> std::io::Result<()> {
+        self.inner.set_offload(tun_flags)
+    }
+}
+
+#[test]
+fn a_tx_header_rewritten_after_its_check_goes_out_as_checked() {
+    // The harness's TX driver hands out buffers from here on.
+    const FIRST_TX_BUFFER: u64 = BUFFERS + 0x10_0000;
+    let good = frame(2000, VIRTIO_NET_HDR_GSO_TCPV4 as u8, 9);
+    // Header and frame in one buffer (ANY_LAYOUT), and split after the header.
+    for split in [false, true] {
+        let mem = new_mem();
+        // Between the check and the send, the guest turns TCPv4 segmentation into UDP,
+        // which the device never offered.
+        let gso_type_at = GuestAddress(FIRST_TX_BUFFER + 1);
+        let mut h = harness_wrapped(mem, RX_RING, GSO, |inner| {
+            Box::new(RewritingBackend {
+                inner,
+                mem,
+                at: gso_type_at,
+                byte: VIRTIO_NET_HDR_GSO_UDP as u8,
+            })
+        });
+        let chain = if split {
+            let header = h.tx.buffer(VNET_HDR_LEN as u32);
+            let payload = h.tx.buffer(2000);
+            mem.write_slice(&good[..VNET_HDR_LEN], GuestAddress(header))
+                .expect("header");
+            mem.write_slice(&good[VNET_HDR_LEN..], GuestAddress(payload))
+                .expect("payload");
+            vec![(header, VNET_HDR_LEN as u32, 0), (payload, 2000, 0)]
+        } else {
+            let whole = h.tx.buffer(good.len() as u32);
+            mem.write_slice(&good, GuestAddress(whole)).expect("frame");
+            vec![(whole, good.len() as u32, 0)]
+        };
+        assert_eq!(chain[0].0, FIRST_TX_BUFFER);
+        h.tx.add_chain(&chain);
+        h.worker.process_tx();
+        let sent = h.host_recv_all();
+        let headers: Vec<&[u8]> = sent.iter().map(|f| &f[..VNET_HDR_LEN]).collect();
+        assert_eq!(headers, [&good[..VNET_HDR_LEN]], "split: {split}");
+        assert!(sent[0] == good, "split: {split}: the frame changed");
+        let rewritten: u8 = mem.read_obj(gso_type_at).expect("read");
+        assert_eq!(
+            u32::from(rewritten),
+            VIRTIO_NET_HDR_GSO_UDP,
+            "the guest did rewrite it"
+        );
+    }
 }
 
 #[test]

@@ -11,8 +11,8 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_net::{
@@ -29,7 +29,10 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{NUM_BUFFERS_OFFSET, NetBackend, NetCounters, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
-use crate::devices::virtio::{InterruptKind, VirtioInterrupt};
+use crate::devices::virtio::{InterruptKind, VirtioInterrupt, WarnLatch, guest_warn};
+
+/// [`WarnLatch`] bit: a worker stopped and asked for a reset.
+const WARN_NEEDS_RESET: u32 = 0;
 
 /// What is wrong with a descriptor chain or a queue.
 #[derive(Debug, thiserror::Error)]
@@ -343,13 +346,26 @@ fn parse_chain(
     Err(QueueError::Loop { head })
 }
 
-/// Appends the host slices of a validated chain to `out`.
+/// Appends the host slices of a validated chain, from its byte `skip` on, to `out`.
 fn chain_slices<'m>(
     mem: &'m GuestMemoryMmap,
     chain: &Chain,
+    mut skip: u64,
     out: &mut Vec<VolatileSlice<'m>>,
 ) -> Result<(), QueueError> {
     for (addr, len) in chain.segments() {
+        let (addr, len) = match skip.checked_sub(u64::from(len)) {
+            Some(left) => {
+                skip = left;
+                continue;
+            }
+            // `skip` < `len`, both within a validated descriptor.
+            None => (addr.unchecked_add(skip), len - skip as u32),
+        };
+        skip = 0;
+        if len == 0 {
+            continue;
+        }
         for slice in GuestMemoryBackend::get_slices(mem, addr, len as usize) {
             out.push(slice.map_err(|_| QueueError::Address {
                 addr: addr.raw_value(),
@@ -422,15 +438,16 @@ pub struct HostOffloads {
     pub tso6: bool,
 }
 
-/// Refuses a TX vnet header that asks for an offload the driver did not negotiate, or
-/// whose checksum or segmentation fields cannot describe its frame (virtio 1.2
-/// 5.1.6.2.1): the host kernel's parser is then not the only check on what a guest
-/// hands it.
+/// Reads a TX chain's vnet header and refuses one that asks for an offload the driver did
+/// not negotiate, or whose checksum or segmentation fields cannot describe its frame
+/// (virtio 1.2 5.1.6.2.1): the host kernel's parser is then not the only check on what a
+/// guest hands it. Returns the header checked, which is the one to send: the guest can
+/// rewrite its own copy meanwhile, from another vCPU.
 fn check_tx_header(
     mem: &GuestMemoryMmap,
     chain: &Chain,
     offloads: HostOffloads,
-) -> Result<(), QueueError> {
+) -> Result<[u8; VNET_HDR_LEN], QueueError> {
     let mut header = [0u8; VNET_HDR_LEN];
     read_chain_bytes(mem, chain, &mut header)?;
     let field = |at: usize| u64::from(u16::from_le_bytes([header[at], header[at + 1]]));
@@ -466,7 +483,7 @@ fn check_tx_header(
             head: chain.head,
             problem,
         }),
-        None => Ok(()),
+        None => Ok(header),
     }
 }
 
@@ -557,6 +574,9 @@ pub struct NetWorker {
     interrupt: Arc<dyn VirtioInterrupt>,
     counters: Arc<NetCounters>,
     needs_reset: Arc<AtomicBool>,
+    /// Guest-caused conditions logged at warn, shared with the device and its other
+    /// workers (a guest may reset and break the device in a loop).
+    warned: Arc<Mutex<WarnLatch>>,
     /// The device's name, for logs.
     name: String,
     /// Interrupt failures already logged at warn by this worker (one per reset cycle).
@@ -605,6 +625,8 @@ pub struct NetWorkerSetup {
     pub counters: Arc<NetCounters>,
     /// Set when the worker wants `NEEDS_RESET`.
     pub needs_reset: Arc<AtomicBool>,
+    /// Guest-caused conditions logged at warn, shared with the device.
+    pub warned: Arc<Mutex<WarnLatch>>,
     /// The device's name (its tap's), for logs.
     pub name: String,
     /// `VIRTIO_NET_F_MRG_RXBUF` was negotiated.
@@ -692,6 +714,7 @@ impl NetWorker {
             interrupt: setup.interrupt,
             counters: setup.counters,
             needs_reset: setup.needs_reset,
+            warned: setup.warned,
             name: setup.name,
             interrupt_warned: false,
             mergeable: setup.mergeable,
@@ -761,7 +784,10 @@ impl NetWorker {
             queue: TX_QUEUE,
             source,
         };
-        let mut slices: Vec<VolatileSlice<'_>> = Vec::new();
+        // Each frame goes out as the header checked, from this copy, then the rest of its
+        // chain from guest memory.
+        let mut checked_header = [0u8; VNET_HDR_LEN];
+        let mut slices: Vec<VolatileSlice<'_>> = vec![VolatileSlice::from(&mut checked_header[..])];
         let table = DescTable::of(&mem, &self.tx);
         let mut moved = 0;
         loop {
@@ -770,13 +796,16 @@ impl NetWorker {
                 let limits = (VNET_HDR_LEN as u64, super::MAX_GSO_FRAME_LEN as u64);
                 let parsed = parse_chain(&mem, table, head, Direction::DeviceReads, limits)
                     .and_then(|chain| {
-                        check_tx_header(&mem, &chain, self.host_offloads)?;
-                        Ok(chain)
+                        let header = check_tx_header(&mem, &chain, self.host_offloads)?;
+                        Ok((chain, header))
                     });
                 match parsed {
-                    Ok(chain) => {
-                        slices.clear();
-                        chain_slices(&mem, &chain, &mut slices)?;
+                    Ok((chain, header)) => {
+                        slices.truncate(1);
+                        if let Some(first) = slices.first() {
+                            first.copy_from(&header);
+                        }
+                        chain_slices(&mem, &chain, VNET_HDR_LEN as u64, &mut slices)?;
                         match self.backend.write_frame(&slices) {
                             Ok(_) => {
                                 NetCounters::add(&self.counters.tx_frames, 1);
@@ -982,7 +1011,7 @@ impl NetWorker {
             if offered > 0 && slices.len() + chain.segment_count() > IOV_MAX {
                 break;
             }
-            chain_slices(mem, chain, &mut slices)?;
+            chain_slices(mem, chain, 0, &mut slices)?;
             capacity += chain.len;
             offered += 1;
             if !self.mergeable || capacity >= self.max_frame {
@@ -1199,8 +1228,11 @@ impl NetWorker {
         if self.broken {
             return;
         }
-        // Once per worker (`broken` stops it), so once per reset cycle.
-        tracing::warn!(device = %self.name, %error, "virtio-net: device needs reset");
+        // Once per worker (`broken` stops it), and at warn once a minute at most.
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        guest_warn!(warned, WARN_NEEDS_RESET, device = %self.name, %error,
+            "virtio-net: device needs reset");
+        drop(warned);
         self.broken = true;
         if let Some(counter) = error.counter(&self.counters) {
             NetCounters::add(counter, 1);
