@@ -10,7 +10,8 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use common::{
-    Daemon, api_error, port_needs, port_xml, require, wait_for_forwarding, wait_for_frame, xml_file,
+    Daemon, DaemonOptions, api_error, port_needs, port_xml, require, wait_for_forwarding,
+    wait_for_frame, xml_file,
 };
 use netd::api::ErrorKind;
 use netd::api::client::Client;
@@ -603,7 +604,7 @@ fn isolated_ports_reach_the_host_but_not_each_other() {
     if !require(&port_needs()) {
         return;
     }
-    let daemon = Daemon::without_default_network();
+    let mut daemon = Daemon::without_default_network();
     run_network(
         &daemon,
         "tenants",
@@ -670,6 +671,22 @@ fn isolated_ports_reach_the_host_but_not_each_other() {
     assert!(port_isolated(&daemon, &second.tap));
     assert!(!port_isolated(&daemon, &open.tap));
     check("after a restart");
+
+    // A daemon killed in the middle of a re-plug leaves a port on the bridge, down and
+    // without its flag; the restarted daemon finishes it.
+    daemon.kill9();
+    daemon
+        .ns
+        .sh(&format!(
+            "bridge link set dev {0} isolated off && ip link set {0} down",
+            first.tap
+        ))
+        .expect("undo the end of the re-plug");
+    daemon.spawn(&DaemonOptions::no_default_network());
+    assert!(port_isolated(&daemon, &first.tap));
+    let flags = link(&daemon, &first.tap)["flags"].to_string();
+    assert!(flags.contains("\"UP\""), "{flags}");
+    check("after a crash in a re-plug");
 }
 
 #[test]

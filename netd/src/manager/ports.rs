@@ -555,17 +555,25 @@ impl Manager {
                         .bring_up_macvtap(port.ifindex, &port.tap, port.def.mac.0)
                         .await
                 }
-                // On the bridge already: after a crash between plugging it in and pinning
-                // its MAC, only the pinning is missing (it is idempotent).
+                // On the bridge already: a crash came between plugging it in (down, when
+                // it takes flags) and setting its flags and bringing it up. Each step is
+                // idempotent.
                 (Some((_, _, bridge_link)), false)
                     if current.is_some_and(|tap| tap.master == Some(bridge_link.index)) =>
                 {
-                    if pin_macs
-                        && let Err(e) = self
-                            .link
-                            .pin_guest_mac(port.ifindex, &port.tap, port.def.mac.0)
-                            .await
-                    {
+                    let isolated = port.def.isolated.or(isolated_ports) == Some(true);
+                    let (index, tap) = (port.ifindex, port.tap.as_str());
+                    let mut result = Ok(());
+                    if isolated {
+                        result = self.link.set_port_isolated(index, tap, true).await;
+                    }
+                    if result.is_ok() && pin_macs {
+                        result = self.link.pin_guest_mac(index, tap, port.def.mac.0).await;
+                    }
+                    if result.is_ok() && !current.is_some_and(|link| link.up) {
+                        result = self.link.set_up_at(index, tap).await;
+                    }
+                    if let Err(e) = result {
                         warn!(network = %name, port = %uuid, "{}", error_chain(&e));
                     }
                     continue;
