@@ -141,6 +141,42 @@ fn a_taken_dns_port_rolls_the_start_back() {
     assert_eq!(daemon.ok(&["-q", "net-list", "--all"]).trim(), "");
 }
 
+/// The host's resolver, 10.98.0.2: dnsmasq answering `up.test` names with 10.77.7.7 (and
+/// `extra` options), in an "upstream" namespace behind a veth of the daemon's.
+fn host_resolver(daemon: &Daemon, extra: &[&str]) -> (testkit::Netns, testkit::Dnsmasq) {
+    let upstream = testkit::Netns::new("dnsup").expect("upstream ns");
+    daemon
+        .ns
+        .sh(&format!(
+            "ip link add up0 type veth peer name eth0 netns {} && ip addr add 10.98.0.1/24 dev up0 && ip link set up0 up",
+            upstream.name()
+        ))
+        .expect("veth to upstream");
+    upstream
+        .sh("ip addr add 10.98.0.2/24 dev eth0 && ip link set eth0 up && ip route add default via 10.98.0.1")
+        .expect("upstream addressing");
+    let mut options = vec!["--address=/up.test/10.77.7.7"];
+    options.extend_from_slice(extra);
+    let dnsmasq = testkit::Dnsmasq::start(&upstream, "10.98.0.2", &options).expect("dnsmasq");
+    (upstream, dnsmasq)
+}
+
+/// Asks `server` from `guest` until the answer has `expected` (10 s at most).
+fn answer_with(guest: &testkit::Netns, server: &str, question: &str, expected: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let answer = guest
+            .sh(&format!(
+                "timeout 10 dig +time=2 +tries=2 @{server} {question} || true"
+            ))
+            .unwrap_or_default();
+        if answer.contains(expected) || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// The host's resolvers answer for guests of forwarding networks only: libvirt's
 /// dnsmasq of an isolated network has `no-resolv`. And the bridge's DNS answers only
 /// what arrives on the bridge: the upstream side, routed to the bridge's address,
@@ -156,29 +192,14 @@ fn host_resolvers_and_hosts_file_serve_guests_only_on_the_bridge() {
     {
         return;
     }
-    let upstream = testkit::Netns::new("dnsup").expect("upstream ns");
     let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
-    // The host's resolver: dnsmasq in "upstream", behind a veth of the daemon's namespace.
-    daemon
-        .ns
-        .sh(&format!(
-            "ip link add up0 type veth peer name eth0 netns {} && ip addr add 10.98.0.1/24 dev up0 && ip link set up0 up",
-            upstream.name()
-        ))
-        .expect("veth to upstream");
-    upstream
-        .sh("ip addr add 10.98.0.2/24 dev eth0 && ip link set eth0 up && ip route add default via 10.98.0.1")
-        .expect("upstream addressing");
-    let _dnsmasq = testkit::Dnsmasq::start(
-        &upstream,
-        "10.98.0.2",
+    let (upstream, _dnsmasq) = host_resolver(
+        &daemon,
         &[
-            "--address=/up.test/10.77.7.7",
             "--ptr-record=99.131.168.192.in-addr.arpa,leaked131.up.test",
             "--ptr-record=99.133.168.192.in-addr.arpa,leaked133.up.test",
         ],
-    )
-    .expect("start dnsmasq");
+    );
     // No resolver yet, as at boot before the host's network manager wrote one.
     let resolv_conf = daemon.dirs.path().join("resolv.conf");
     std::fs::write(&resolv_conf, "# not yet\n").expect("resolv.conf");
@@ -243,14 +264,7 @@ fn host_resolvers_and_hosts_file_serve_guests_only_on_the_bridge() {
         );
     }
     std::fs::write(&hosts_file, "10.5.5.6 hostbox newbox\n").expect("hosts");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let answer = loop {
-        let answer = ask_about(iso_guest, "192.168.132.1", "hostbox");
-        if answer.contains("10.5.5.6") || std::time::Instant::now() > deadline {
-            break answer;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    let answer = answer_with(iso_guest, "192.168.132.1", "hostbox", "10.5.5.6");
     assert!(answer.contains("10.5.5.6"), "{answer}\n{}", daemon.log());
     let answer = ask_about(iso_guest, "192.168.132.1", "-x 10.5.5.6");
     assert!(answer.contains("hostbox."), "{answer}");
@@ -261,14 +275,7 @@ fn host_resolvers_and_hosts_file_serve_guests_only_on_the_bridge() {
     assert!(answer.contains("status: REFUSED"), "{answer}");
     // The resolver arrives: the running networks follow the file, as dnsmasq does.
     std::fs::write(&resolv_conf, "nameserver 10.98.0.2\n").expect("resolv.conf");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let answer = loop {
-        let answer = ask(fwd_guest, "192.168.131.1");
-        if answer.contains("status: NOERROR") || std::time::Instant::now() > deadline {
-            break answer;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    let answer = answer_with(fwd_guest, "192.168.131.1", "www.up.test", "status: NOERROR");
     assert!(
         answer.contains("status: NOERROR") && answer.contains("10.77.7.7"),
         "the NAT network's guest did not reach the host's resolver:\n{answer}\n{}",
@@ -297,5 +304,80 @@ fn host_resolvers_and_hosts_file_serve_guests_only_on_the_bridge() {
     assert!(
         !answer.contains("status:") && answer.contains("no servers could be reached"),
         "the bridge's DNS answered a query from outside the bridge:\n{answer}"
+    );
+}
+
+/// At boot, the host's network manager may write resolv.conf while autostart runs: after
+/// a network's DNS server read it, before the daemon follows the file. The network must
+/// still take the new resolvers.
+#[test]
+fn a_resolver_written_during_boot_autostart_is_followed() {
+    if !require(DAEMON_NEEDS)
+        || !require(&[
+            common::Need::Program("dig"),
+            common::Need::Program("dnsmasq"),
+            common::Need::Program("timeout"),
+        ])
+    {
+        return;
+    }
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    let (_upstream, _dnsmasq) = host_resolver(&daemon, &[]);
+    let resolv_conf = daemon.dirs.path().join("resolv.conf");
+    std::fs::write(&resolv_conf, "# not yet\n").expect("resolv.conf");
+    let xml = daemon.dirs.path().join("boot.xml");
+    std::fs::write(
+        &xml,
+        "<network><name>boot</name><bridge name='kvboot' stp='off'/><forward/>\
+         <ip address='192.168.134.1' prefix='24'/></network>",
+    )
+    .expect("xml");
+    daemon.ok(&["net-define", xml.to_str().expect("path")]);
+    daemon.ok(&["net-autostart", "boot"]);
+    // Once the network runs (its DNS server has read the file), the "network manager"
+    // writes the resolver.
+    let hooks = daemon.config_dir().join("hooks");
+    std::fs::create_dir_all(&hooks).expect("hooks dir");
+    let script = hooks.join("network");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$2\" = started ] && echo 'nameserver 10.98.0.2' > {}\nexit 0\n",
+            resolv_conf.display()
+        ),
+    )
+    .expect("hook");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    // A reboot: a new state dir, so the network autostarts.
+    daemon.stop();
+    daemon.spawn(&DaemonOptions {
+        no_default_network: true,
+        state_dir: Some(daemon.dirs.path().join("run-after-boot")),
+        resolv_conf: Some(resolv_conf.clone()),
+        ..DaemonOptions::default()
+    });
+    assert_eq!(
+        std::fs::read_to_string(&resolv_conf).expect("resolv.conf"),
+        "nameserver 10.98.0.2\n",
+        "the hook did not run:\n{}",
+        daemon.log()
+    );
+    let guest = testkit::Netns::new("dnsboot").expect("guest ns");
+    daemon
+        .ns
+        .sh(&format!(
+            "ip link add vgboot type veth peer name eth0 netns {} && ip link set vgboot master kvboot && ip link set vgboot up",
+            guest.name()
+        ))
+        .expect("veth to guest");
+    guest
+        .sh("ip addr add 192.168.134.10/24 dev eth0 && ip link set eth0 up")
+        .expect("guest addressing");
+    let answer = answer_with(&guest, "192.168.134.1", "www.up.test", "10.77.7.7");
+    assert!(
+        answer.contains("status: NOERROR") && answer.contains("10.77.7.7"),
+        "the network kept the resolvers it read before the hook:\n{answer}\n{}",
+        daemon.log()
     );
 }

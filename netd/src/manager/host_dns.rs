@@ -57,11 +57,6 @@ struct Followed {
 }
 
 impl Followed {
-    fn new(path: PathBuf) -> Followed {
-        let seen = stamp(&path);
-        Followed { path, seen }
-    }
-
     /// Followed from its first look on, whatever it was: the file was read before the
     /// follower started, and may have changed in between.
     fn unseen(path: PathBuf) -> Followed {
@@ -91,9 +86,10 @@ impl Manager {
     /// Follows the host's resolv.conf and hosts file for as long as the manager lives.
     pub fn follow_host_dns(self: &Arc<Manager>) {
         let manager = Arc::downgrade(self);
-        let mut resolv_conf = Followed::new(self.resolv_conf.clone());
-        // Read when the manager opened, before the networks started: looked at again on
-        // the first tick (a boot-time edit, cloud-init's, may fall in between).
+        // Both were read when the networks started, which can be long before this (boot
+        // autostart, hook scripts): looked at again on the first tick, since a boot-time
+        // edit (NetworkManager's, cloud-init's) may fall in between.
+        let mut resolv_conf = Followed::unseen(self.resolv_conf.clone());
         let mut hosts_file = self.hosts_file.clone().map(Followed::unseen);
         tokio::spawn(async move {
             let mut servers = None;
