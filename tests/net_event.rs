@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{DAEMON_NEEDS, Daemon, kvnet_at, require, xml_file};
+use common::{DAEMON_NEEDS, Daemon, DaemonOptions, kvnet_at, require, xml_file};
 
 const UUID: &str = "6f1c0a52-9d51-4c0e-a4b7-3c2b1e0d9a01";
 
@@ -574,4 +574,52 @@ fn list_and_bad_arguments_answer_as_virsh_without_a_daemon() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn a_lease_file_that_cannot_be_removed_does_not_fail_a_stop_or_an_undefine() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    // A "lease file" that is a non-empty directory cannot be removed as a file.
+    let jam = |name: &str| {
+        let path = daemon.state_dir().join(format!("networks/{name}.leases6"));
+        std::fs::create_dir_all(path.join("stuck")).expect("jam the lease file");
+    };
+    let xml = |name: &str, octet: u8| {
+        let xml = format!(
+            "<network><name>{name}</name><bridge name='kv{name}' stp='off'/>\
+             <ip address='10.61.{octet}.1' prefix='24'/></network>"
+        );
+        xml_file(daemon.dirs.path(), &format!("{name}.xml"), &xml)
+    };
+    let transient = xml("brief", 1);
+    let events = Watcher::start(&daemon, &["--event", "lifecycle", "--loop"]);
+    daemon.ok(&["net-create", transient.to_str().expect("path")]);
+    jam("brief");
+    assert_eq!(
+        daemon.ok(&["net-destroy", "brief"]),
+        "Network brief destroyed\n\n"
+    );
+    let persistent = xml("kept", 2);
+    daemon.ok(&["net-define", persistent.to_str().expect("path")]);
+    jam("kept");
+    assert_eq!(
+        daemon.ok(&["net-undefine", "kept"]),
+        "Network kept has been undefined\n\n"
+    );
+    events.wait_until("both events", || {
+        let seen = events.stdout();
+        seen.contains(&line("brief", "Stopped")) && seen.contains(&line("kept", "Undefined"))
+    });
+    assert!(
+        daemon.log().contains("its leases stay on disk"),
+        "{}",
+        daemon.log()
+    );
+    // Nor a daemon start that finds them.
+    daemon.stop();
+    daemon.spawn(&DaemonOptions::no_default_network());
+    assert_eq!(daemon.ok(&["-q", "net-list", "--all"]), "");
 }

@@ -711,10 +711,18 @@ impl Manager {
         for name in self.store.lease_file_names()? {
             if !networks.contains_key(&name) && !self.was_unloaded(&name) {
                 info!(network = %name, "removing the lease file of a network that is gone");
-                self.store.delete_leases(&name)?;
+                self.delete_leases_or_warn(&name);
             }
         }
         Ok(())
+    }
+
+    /// Removes the lease files of a network that is gone. Done or not, the network is: a
+    /// file left is removed at the next daemon start.
+    fn delete_leases_or_warn(&self, name: &str) {
+        if let Err(e) = self.store.delete_leases(name) {
+            warn!(network = %name, "its leases stay on disk until the next daemon start: {}", error_chain(&e));
+        }
     }
 
     /// Whether `name`'s definition is on disk but could not be loaded at start.
@@ -1783,7 +1791,7 @@ impl Manager {
                 networks.remove(&name);
             }
             if transient {
-                self.store.delete_leases(&name)?;
+                self.delete_leases_or_warn(&name);
             }
         }
         info!(network = %name, "stopped");
@@ -1883,7 +1891,7 @@ impl Manager {
             if network.live.is_none() {
                 self.discard_ports(&name, network).await;
                 networks.remove(&name);
-                self.store.delete_leases(&name)?;
+                self.delete_leases_or_warn(&name);
             }
         }
         info!(network = %name, "undefined");
