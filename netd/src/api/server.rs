@@ -607,7 +607,11 @@ async fn dumpxml(
     UrlPath(network): UrlPath<String>,
     Query(query): Query<XmlQuery>,
 ) -> Result<Json<XmlResponse>, ApiError> {
-    let xml = state.manager.xml(&network, query.inactive).await?;
+    // Reading the ports may end those whose guests went (`port-deleted` scripts run): a
+    // change, which a client that goes away must not cut short.
+    let xml = state
+        .change(|manager| async move { manager.xml(&network, query.inactive).await })
+        .await?;
     Ok(Json(XmlResponse { xml }))
 }
 
@@ -646,14 +650,21 @@ async fn list_ports(
     State(state): State<AppState>,
     UrlPath(network): UrlPath<String>,
 ) -> Result<Json<Vec<PortSummary>>, ApiError> {
-    Ok(Json(state.manager.list_ports(&network).await?))
+    // As in `dumpxml`: a change.
+    let ports = state
+        .change(|manager| async move { manager.list_ports(&network).await })
+        .await?;
+    Ok(Json(ports))
 }
 
 async fn port_xml(
     State(state): State<AppState>,
     UrlPath((network, port)): UrlPath<(String, String)>,
 ) -> Result<Json<XmlResponse>, ApiError> {
-    let xml = state.manager.port_xml(&network, &port).await?;
+    // As in `dumpxml`: a change.
+    let xml = state
+        .change(|manager| async move { manager.port_xml(&network, &port).await })
+        .await?;
     Ok(Json(XmlResponse { xml }))
 }
 
