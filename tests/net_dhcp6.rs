@@ -270,7 +270,7 @@ fn dhclient_gets_its_reserved_address_name_and_dns_and_keeps_it_across_a_restart
     let iaid = leased_iaid(&daemon);
     assert_eq!(
         exchange(&guest, renew(iaid, address)),
-        (address, 3600, 3600)
+        (address, 86400, 86400)
     );
     // The server sends no Server Unicast option: a RENEW sent to its link-local
     // address gets only UseMulticast (status 5) and the identifiers (RFC 8415 18.4).
@@ -290,7 +290,7 @@ fn dhclient_gets_its_reserved_address_name_and_dns_and_keeps_it_across_a_restart
     daemon.spawn(&common::DaemonOptions::no_default_network());
     assert_eq!(
         exchange(&guest, renew(iaid, address)),
-        (address, 3600, 3600)
+        (address, 86400, 86400)
     );
     assert!(
         daemon
@@ -514,7 +514,7 @@ fn dhcpcd_gets_a_name_reservation_and_a_dynamic_address_renews_past_a_lost_lease
     let other = [0, 3, 0, 1, 2, 2, 2, 2, 2, 2];
     let taken: Ipv6Addr = "fd00:6::1:10".parse().expect("ip");
     let rapid_solicit = ia_message(1, &other, 9, taken, &option(14, &[]));
-    assert_eq!(exchange(&guest, rapid_solicit), (taken, 3600, 3600));
+    assert_eq!(exchange(&guest, rapid_solicit), (taken, 86400, 86400));
     // Under load, dhcpcd 9.4 (privilege separated) now and then never acts on a
     // SIGUSR1: its log has no "received SIGUSR1" and kvnetd sees no RENEW (3 runs in 16
     // with four at once). Send it again until dhcpcd says it heard one.

@@ -144,7 +144,7 @@ impl Engine {
             tracing::debug!(network = %self.config.network, "packet without the DHCP magic cookie dropped");
             return None;
         }
-        let (request, client_fqdn) = match decode_request(packet) {
+        let request = match decode_request(packet) {
             Ok(decoded) => decoded,
             Err(e) => {
                 tracing::debug!(network = %self.config.network, error = %e, "undecodable DHCP packet dropped");
@@ -176,16 +176,20 @@ impl Engine {
         // The Client FQDN first, as dnsmasq takes it (systemd-networkd sends only it
         // for a dotted hostname), then the Hostname option: also when the FQDN holds
         // no usable name, where dnsmasq looks no further.
-        let name = client_fqdn.as_deref().and_then(fqdn_label).or_else(|| {
-            match request.opts().get(OptionCode::Hostname) {
-                // RFC 2132 2: trailing NULs (Windows sends one) are to be deleted.
-                Some(DhcpOption::Hostname(name)) => sanitize_hostname(name.trim_end_matches('\0')),
-                _ => None,
-            }
-        });
+        let name = raw_option(&request, OptionCode::ClientFQDN)
+            .and_then(fqdn_label)
+            .or_else(|| {
+                match request.opts().get(OptionCode::Hostname) {
+                    // RFC 2132 2: trailing NULs (Windows sends one) are to be deleted.
+                    Some(DhcpOption::Hostname(name)) => {
+                        sanitize_hostname(name.trim_end_matches('\0'))
+                    }
+                    _ => None,
+                }
+            });
         let client = Client::new(mac, client_id).named(name.as_deref());
         match request.opts().msg_type()? {
-            MessageType::Discover => self.discover(&request, &client, now),
+            MessageType::Discover => self.discover(&request, &client, name.as_deref(), now),
             MessageType::Request => self.request(&request, &client, name, now),
             MessageType::Decline => {
                 self.decline(&request, &client, now);
@@ -210,7 +214,14 @@ impl Engine {
             && giaddr != subnet.broadcast()
     }
 
-    fn discover(&mut self, request: &Message, client: &Client, now: i64) -> Option<Reply> {
+    /// `name`: the hostname the client gave.
+    fn discover(
+        &mut self,
+        request: &Message,
+        client: &Client,
+        name: Option<&str>,
+        now: i64,
+    ) -> Option<Reply> {
         let requested = requested_ip(request);
         let Some(ip) = self.leases.offer(client, requested, now) else {
             if self
@@ -225,8 +236,11 @@ impl Engine {
         let lease = self
             .leases
             .granted_secs(client, ip, requested_lease(request));
-        let hostname = self.leases.reserved_name(client).map(str::to_owned);
-        self.reply(request, MessageType::Offer, ip, Some(lease), hostname)
+        let name = GuestName {
+            name: self.leases.name_for(client, name).map(str::to_owned),
+            reserved: self.leases.reserved_name(client).is_some(),
+        };
+        self.reply(request, MessageType::Offer, ip, Some(lease), &name)
     }
 
     /// `name`: the hostname the client gave, in its own case (`client` goes by it
@@ -259,16 +273,25 @@ impl Engine {
         // for the DISCOVER that follows the NAK.
         if server_id(request).is_none() && self.leases.holds_other_than(client, ip, now) {
             tracing::debug!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP request for an address other than the client's lease refused");
-            return self.reply(request, MessageType::Nak, Ipv4Addr::UNSPECIFIED, None, None);
+            return self.reply(
+                request,
+                MessageType::Nak,
+                Ipv4Addr::UNSPECIFIED,
+                None,
+                &GuestName::NONE,
+            );
         }
         match self
             .leases
             .bind_requesting(client, ip, name, requested_lease(request), now)
         {
             Some(lease) => {
-                let hostname = self.leases.reserved_name(client).map(str::to_owned);
+                let name = GuestName {
+                    name: self.leases.bound_name(ip).map(str::to_owned),
+                    reserved: self.leases.reserved_name(client).is_some(),
+                };
                 tracing::debug!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP lease bound");
-                let reply = self.reply(request, MessageType::Ack, ip, Some(lease), hostname)?;
+                let reply = self.reply(request, MessageType::Ack, ip, Some(lease), &name)?;
                 Some(Reply {
                     needs_commit: true,
                     ..reply
@@ -276,7 +299,13 @@ impl Engine {
             }
             None => {
                 tracing::debug!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP request refused");
-                self.reply(request, MessageType::Nak, Ipv4Addr::UNSPECIFIED, None, None)
+                self.reply(
+                    request,
+                    MessageType::Nak,
+                    Ipv4Addr::UNSPECIFIED,
+                    None,
+                    &GuestName::NONE,
+                )
             }
         }
     }
@@ -302,18 +331,24 @@ impl Engine {
     }
 
     fn inform(&self, request: &Message) -> Option<Reply> {
-        self.reply(request, MessageType::Ack, Ipv4Addr::UNSPECIFIED, None, None)
+        self.reply(
+            request,
+            MessageType::Ack,
+            Ipv4Addr::UNSPECIFIED,
+            None,
+            &GuestName::NONE,
+        )
     }
 
     /// Builds a reply of `kind` to `request`; `lease` is the lease time for OFFER and ACK
-    /// of an address (none for INFORM and NAK).
+    /// of an address (none for INFORM and NAK), `name` what the client goes by.
     fn reply(
         &self,
         request: &Message,
         kind: MessageType,
         yiaddr: Ipv4Addr,
         lease: Option<u32>,
-        hostname: Option<String>,
+        name: &GuestName,
     ) -> Option<Reply> {
         let config = &self.config;
         let mut message = Message::default();
@@ -343,11 +378,6 @@ impl Engine {
         {
             opts.insert(DhcpOption::ClientIdentifier(id.clone()));
         }
-        // RFC 3046 2.2: the relay's option comes back in every reply (dhcproto writes
-        // it last, where the relay looks for it).
-        if let Some(relay_info) = request.opts().get(OptionCode::RelayAgentInformation) {
-            opts.insert(relay_info.clone());
-        }
         if kind != MessageType::Nak {
             add_network_options(opts, config);
             if let Some(secs) = lease {
@@ -359,8 +389,14 @@ impl Engine {
                     ));
                 }
             }
-            if let Some(name) = hostname {
-                opts.insert(DhcpOption::Hostname(name));
+            // A reserved name tells the guest its name; its own comes back when asked
+            // for, as from dnsmasq.
+            let asked = matches!(
+                request.opts().get(OptionCode::ParameterRequestList),
+                Some(DhcpOption::ParameterRequestList(codes)) if codes.contains(&OptionCode::Hostname)
+            );
+            if let Some(hostname) = name.name.as_ref().filter(|_| name.reserved || asked) {
+                opts.insert(DhcpOption::Hostname(hostname.clone()));
             }
         }
         if lease.is_some() {
@@ -384,6 +420,21 @@ impl Engine {
             tracing::error!(network = %config.network, error = %e, "cannot encode DHCP reply");
             return None;
         }
+        // Written as dhcproto cannot: the Client FQDN answer (dhcproto's encoder takes
+        // ASCII names for wire format), and the relay's option as it was sent, last,
+        // where the relay looks for it (RFC 3046 2.2).
+        let mut raw = Vec::new();
+        if kind != MessageType::Nak
+            && let (Some(asked), Some(hostname)) =
+                (raw_option(request, OptionCode::ClientFQDN), &name.name)
+            && let Some(answer) = fqdn_answer(asked, hostname, config.domain.as_deref())
+        {
+            raw.push((OPTION_CLIENT_FQDN, answer));
+        }
+        if let Some(relay_info) = raw_option(request, OptionCode::RelayAgentInformation) {
+            raw.push((OPTION_RELAY_AGENT_INFORMATION, relay_info.to_vec()));
+        }
+        append_raw_options(&mut bytes, &raw);
         if bytes.len() < MIN_REPLY_LEN {
             bytes.resize(MIN_REPLY_LEN, 0);
         }
@@ -393,6 +444,83 @@ impl Engine {
             needs_commit: false,
         })
     }
+}
+
+/// The name a client goes by, for the Hostname and Client FQDN options of its replies.
+struct GuestName {
+    /// Its reservation's, else the one it gave if it may have it.
+    name: Option<String>,
+    /// Whether the name is its reservation's.
+    reserved: bool,
+}
+
+impl GuestName {
+    /// No name (NAK, INFORM).
+    const NONE: GuestName = GuestName {
+        name: None,
+        reserved: false,
+    };
+}
+
+/// The Client FQDN option answering the client's `asked` (RFC 4702 4), as dnsmasq
+/// answers: the name the client goes by under the network's `domain`, in the client's
+/// encoding; the server updates DNS (S, and O when the client asked to do it itself),
+/// never "no updates" (N). `None` when `asked` is too short to be the option.
+fn fqdn_answer(asked: &[u8], name: &str, domain: Option<&str>) -> Option<Vec<u8>> {
+    let [flags, _rcode1, _rcode2, given @ ..] = asked else {
+        return None;
+    };
+    // The high four bits must be zero.
+    let mut flags = flags & 0x0f;
+    if flags & FQDN_FLAG_SERVER_UPDATES == 0 {
+        flags |= FQDN_FLAG_SERVER_UPDATES | FQDN_FLAG_OVERRIDE;
+    }
+    flags &= !FQDN_FLAG_NO_UPDATES;
+    // RCODE1 and RCODE2: 255 from a server (RFC 4702 2.2).
+    let mut out = vec![flags, 255, 255];
+    if flags & FQDN_FLAG_ENCODED != 0 {
+        let labels = name
+            .split('.')
+            .chain(domain.into_iter().flat_map(|d| d.split('.')));
+        for label in labels.filter(|label| !label.is_empty()) {
+            out.push(u8::try_from(label.len()).ok()?);
+            out.extend_from_slice(label.as_bytes());
+        }
+        // Fully qualified under a domain; without one, a partial name (no root label).
+        if domain.is_some() {
+            out.push(0);
+        }
+    } else {
+        out.extend_from_slice(name.as_bytes());
+        if let Some(domain) = domain {
+            out.push(b'.');
+            out.extend_from_slice(domain.as_bytes());
+        }
+        // A client that ended its ASCII name with a NUL gets one back.
+        if given.last() == Some(&0) {
+            out.push(0);
+        }
+    }
+    Some(out)
+}
+
+/// Appends `options`, given as `(code, data)`, to an encoded message before its end
+/// option, each in chunks of at most 255 bytes (RFC 3396).
+fn append_raw_options(bytes: &mut Vec<u8>, options: &[(u8, Vec<u8>)]) {
+    if options.is_empty() {
+        return;
+    }
+    if bytes.last() == Some(&255) {
+        bytes.pop();
+    }
+    for (code, data) in options {
+        for chunk in data.chunks(usize::from(u8::MAX)) {
+            // `chunks` keeps each under 256 bytes.
+            bytes.extend([*code, u8::try_from(chunk.len()).unwrap_or(u8::MAX)]);
+            bytes.extend_from_slice(chunk);
+        }
+    }
+    bytes.push(255);
 }
 
 fn add_network_options(opts: &mut DhcpOptions, config: &DhcpConfig) {
@@ -439,27 +567,39 @@ fn add_boot(message: &mut Message, request: &Message, config: &DhcpConfig) {
 /// Offset of the options in a BOOTP message (fixed header and magic cookie).
 const OPTIONS_OFFSET: usize = 240;
 
-/// Decodes a request, each option on its own, and returns it with the raw Client FQDN
-/// option (81), which dhcproto reads as DNS wire format only. dhcproto 0.15's
-/// `DhcpOptions::decode` stops at the first option it cannot decode and drops every
-/// later one: an ASCII client FQDN before options 50 and 54 made a REQUEST unanswerable.
-/// An option that does not decode is skipped alone, as dnsmasq ignores what it cannot
-/// use.
-fn decode_request(packet: &[u8]) -> Result<(Message, Option<Vec<u8>>), DecodeError> {
+/// Decodes a request, each option on its own. dhcproto 0.15's `DhcpOptions::decode`
+/// stops at the first option it cannot decode and drops every later one: an ASCII client
+/// FQDN before options 50 and 54 made a REQUEST unanswerable. An option that does not
+/// decode is skipped alone, as dnsmasq ignores what it cannot use. Options overloaded
+/// into the `file` and `sname` fields (option 52) are read after the options field, and
+/// of an option given twice (not in one run), the first counts, as in dnsmasq.
+fn decode_request(packet: &[u8]) -> Result<Message, DecodeError> {
     // The fixed header alone: dhcproto reads no options from it.
     let header = packet.get(..OPTIONS_OFFSET).unwrap_or(packet);
     let mut message = Message::decode(&mut Decoder::new(header))?;
+    let mut runs = option_runs(packet.get(OPTIONS_OFFSET..).unwrap_or_default());
+    let overload = runs
+        .iter()
+        .find(|(code, _)| *code == OPTION_OVERLOAD)
+        .and_then(|(_, data)| data.first().copied())
+        .unwrap_or(0);
+    // RFC 2131 4.1: `file` first, then `sname`.
+    for (flag, field) in [(1, FILE_FIELD), (2, SNAME_FIELD)] {
+        if overload & flag != 0 {
+            runs.extend(option_runs(packet.get(field).unwrap_or_default()));
+        }
+    }
     let mut single = Vec::new();
-    let mut client_fqdn = None;
-    for (code, data) in option_runs(packet.get(OPTIONS_OFFSET..).unwrap_or_default()) {
-        if code == OPTION_CLIENT_FQDN {
-            client_fqdn = Some(data);
+    for (code, data) in runs {
+        if message.opts().get(OptionCode::from(code)).is_some() {
+            tracing::debug!(code, "repeated DHCP option skipped");
             continue;
         }
-        // Kept as sent, to be echoed to the relay agent (RFC 3046 2.2): dhcproto's
-        // decode and encode of its sub-options need not give the same bytes back.
-        if code == OPTION_RELAY_AGENT_INFORMATION {
-            let raw = UnknownOption::new(OptionCode::RelayAgentInformation, data);
+        // Kept as sent: the Client FQDN, which dhcproto reads as DNS wire format only,
+        // and the relay's option, echoed to it byte for byte (RFC 3046 2.2), which
+        // dhcproto's decode and encode of its sub-options need not give back.
+        if code == OPTION_CLIENT_FQDN || code == OPTION_RELAY_AGENT_INFORMATION {
+            let raw = UnknownOption::new(OptionCode::from(code), data);
             message.opts_mut().insert(DhcpOption::Unknown(raw));
             continue;
         }
@@ -476,7 +616,15 @@ fn decode_request(packet: &[u8]) -> Result<(Message, Option<Vec<u8>>), DecodeErr
             Err(e) => tracing::debug!(code, error = %e, "undecodable DHCP option skipped"),
         }
     }
-    Ok((message, client_fqdn))
+    Ok(message)
+}
+
+/// The data of an option [`decode_request`] keeps as sent.
+fn raw_option(message: &Message, code: OptionCode) -> Option<&[u8]> {
+    match message.opts().get(code) {
+        Some(DhcpOption::Unknown(option)) => Some(option.data()),
+        _ => None,
+    }
 }
 
 /// The longest client identifier kept (one option's worth, what the lease file stores).
@@ -486,10 +634,21 @@ pub(crate) const MAX_CLIENT_ID: usize = 255;
 const OPTION_CLIENT_FQDN: u8 = 81;
 /// The Relay Agent Information option (RFC 3046).
 const OPTION_RELAY_AGENT_INFORMATION: u8 = 82;
+/// Option Overload (RFC 2132 9.3): more options in `file` (1), `sname` (2) or both (3).
+const OPTION_OVERLOAD: u8 = 52;
+/// Where the `sname` and `file` fields lie in a BOOTP message.
+const SNAME_FIELD: std::ops::Range<usize> = 44..108;
+const FILE_FIELD: std::ops::Range<usize> = 108..236;
 /// What follows the fixed header of every DHCP message (RFC 2131 3).
 const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
-/// Its E flag: the name is in DNS wire format, not ASCII.
+/// Its flags (RFC 4702 2.1). S: the server updates the A record.
+const FQDN_FLAG_SERVER_UPDATES: u8 = 0x01;
+/// O: the server overrode the client's wish.
+const FQDN_FLAG_OVERRIDE: u8 = 0x02;
+/// E: the name is in DNS wire format, not ASCII.
 const FQDN_FLAG_ENCODED: u8 = 0x04;
+/// N: no server updates at all.
+const FQDN_FLAG_NO_UPDATES: u8 = 0x08;
 
 /// The first label of a Client FQDN option's name, sanitised as a hostname: flags, two
 /// obsolete rcode bytes, then the name, in DNS wire format with the E flag, else ASCII
@@ -1033,27 +1192,161 @@ mod tests {
         assert_eq!(kind(&ack), MessageType::Ack);
     }
 
-    /// RFC 3046 2.2: a relay's option 82 comes back byte for byte (dhcproto writes it
-    /// after every other option, as the RFC asks).
+    /// The options of a raw reply, as `(code, data)` (adjacent runs of one code joined).
+    fn reply_options(reply: &Reply) -> Vec<(u8, Vec<u8>)> {
+        option_runs(&reply.bytes[OPTIONS_OFFSET..])
+    }
+
+    /// A raw DISCOVER with `options` after the message type.
+    fn raw_discover(mac: [u8; 6], options: &[RawOption]) -> Vec<u8> {
+        let mut discover = raw_request(mac, options);
+        discover[OPTIONS_OFFSET + 2] = 1;
+        discover
+    }
+
+    /// RFC 3046 2.2: a relay's option 82 comes back byte for byte, once, after every
+    /// other option.
     #[test]
     fn relay_agent_information_is_echoed_byte_for_byte() {
         let mut engine = Engine::new(config());
         let relay_info: &[u8] = &[1, 6, b'p', b'o', b'r', b't', b'4', b'2', 2, 2, 0xab, 0xcd];
-        let mut discover = raw_request([2, 0, 0, 0, 0, 25], &[(82, relay_info)]);
-        discover[OPTIONS_OFFSET + 2] = 1; // message type DISCOVER
+        let mut discover = raw_discover([2, 0, 0, 0, 0, 25], &[(82, relay_info)]);
         discover[24..28].copy_from_slice(&[192, 168, 77, 254]); // giaddr
         let reply = engine.handle(&discover, NOW).expect("offer");
-        let end = reply
-            .bytes
-            .iter()
-            .rposition(|&b| b == 255)
-            .expect("end option");
-        let tail = &reply.bytes[end - relay_info.len() - 2..end];
+        let options = reply_options(&reply);
+        // Twice in a row would read as one option holding it twice (RFC 3396).
         assert_eq!(
-            tail[..2],
-            [82, u8::try_from(relay_info.len()).expect("short")]
+            options.last(),
+            Some(&(82, relay_info.to_vec())),
+            "{options:?}"
         );
-        assert_eq!(&tail[2..], relay_info);
+        assert_eq!(options.iter().filter(|(code, _)| *code == 82).count(), 1);
+    }
+
+    /// RFC 4702 4, as dnsmasq answers: the name the client goes by under the network's
+    /// domain, in its encoding, the server doing the updates.
+    #[test]
+    fn a_client_fqdn_is_answered_with_the_name_the_client_goes_by() {
+        let ours = |mac: [u8; 6], fqdn: &[u8], config: DhcpConfig| {
+            let mut engine = Engine::new(config);
+            let reply = engine
+                .handle(&raw_discover(mac, &[(81, fqdn)]), NOW)
+                .expect("offer");
+            reply_options(&reply)
+                .into_iter()
+                .find(|(code, _)| *code == 81)
+                .map(|(_, data)| data)
+        };
+        let mac = [0x52, 0x54, 0, 0xaa, 0, 0x72];
+        let wire = b"\x03db1\x05kvnet\x04test\x00";
+        for (asked, answer) in [
+            // E and S: kept.
+            (
+                &b"\x05\x00\x00\x03db1\x00"[..],
+                [&b"\x05\xff\xff"[..], wire].concat(),
+            ),
+            // E and N: the server updates all the same (S, O), N cleared.
+            (
+                b"\x0c\x00\x00\x03db1\x00",
+                [&b"\x07\xff\xff"[..], wire].concat(),
+            ),
+            // ASCII, NUL-terminated, and the high bits cleared.
+            (
+                b"\xf0\x00\x00db1\x00",
+                b"\x03\xff\xffdb1.kvnet.test\x00".to_vec(),
+            ),
+            (
+                b"\x01\x00\x00db1.elsewhere",
+                b"\x01\xff\xffdb1.kvnet.test".to_vec(),
+            ),
+        ] {
+            assert_eq!(ours(mac, asked, config()), Some(answer), "{asked:?}");
+        }
+        // A reserved client goes by its reservation's name.
+        assert_eq!(
+            ours(RESERVED_MAC, b"\x05\x00\x00\x05other\x00", config()),
+            Some(b"\x05\xff\xff\x08vm-fixed\x05kvnet\x04test\x00".to_vec())
+        );
+        // Another client asking for that name goes by none: no answer.
+        assert_eq!(ours(mac, b"\x05\x00\x00\x08vm-fixed\x00", config()), None);
+        // Without a domain, a partial name.
+        let no_domain = DhcpConfig {
+            domain: None,
+            ..config()
+        };
+        assert_eq!(
+            ours(mac, b"\x05\x00\x00\x03db1\x00", no_domain),
+            Some(b"\x05\xff\xff\x03db1".to_vec())
+        );
+        // A client without the option gets none.
+        let mut engine = Engine::new(config());
+        let reply = engine
+            .handle(&raw_discover(mac, &[(12, b"db1")]), NOW)
+            .expect("offer");
+        assert!(!reply_options(&reply).iter().any(|(code, _)| *code == 81));
+    }
+
+    /// dnsmasq returns the client's own name when it asks for option 12; a reserved
+    /// name is sent whether asked for or not.
+    #[test]
+    fn the_hostname_comes_back_when_asked_for() {
+        let mac = [0x52, 0x54, 0, 0xaa, 0, 0x73];
+        let hostname = |mac: [u8; 6], options: &[RawOption]| {
+            let mut engine = Engine::new(config());
+            let (_, ack) = request_offered(&mut engine, mac, options, &[]);
+            assert_eq!(kind(&ack), MessageType::Ack);
+            match ack.opts().get(OptionCode::Hostname) {
+                Some(DhcpOption::Hostname(name)) => Some(name.clone()),
+                _ => None,
+            }
+        };
+        assert_eq!(
+            hostname(mac, &[(12, b"web7"), (55, &[1, 3, 12])]).as_deref(),
+            Some("web7")
+        );
+        assert_eq!(hostname(mac, &[(12, b"web7"), (55, &[1, 3])]), None);
+        assert_eq!(
+            hostname(RESERVED_MAC, &[(12, b"web7")]).as_deref(),
+            Some("vm-fixed")
+        );
+    }
+
+    /// RFC 2132 9.3: options overloaded into `file` and `sname` count as any other.
+    #[test]
+    fn overloaded_options_in_file_and_sname_are_read() {
+        let mac = [0x52, 0x54, 0, 0xaa, 0, 0x74];
+        let mut engine = Engine::new(config());
+        // The message type in `sname` (overload 2), after a DISCOVER's options field
+        // that holds only the overload option.
+        let mut discover = raw_request(mac, &[]);
+        discover.truncate(OPTIONS_OFFSET);
+        discover.extend([52, 1, 2, 255]);
+        discover[SNAME_FIELD.start..SNAME_FIELD.start + 4].copy_from_slice(&[53, 1, 1, 255]);
+        let reply = engine.handle(&discover, NOW).expect("offer");
+        let offered = Ipv4Addr::from(<[u8; 4]>::try_from(&reply.bytes[16..20]).expect("yiaddr"));
+        assert!(offered != Ipv4Addr::UNSPECIFIED);
+        // The requested address and server in `file` (overload 1).
+        let mut request = raw_request(mac, &[(52, &[1])]);
+        let mut file = vec![50, 4];
+        file.extend(offered.octets());
+        file.extend([54, 4]);
+        file.extend(SERVER.octets());
+        file.push(255);
+        request[FILE_FIELD.start..FILE_FIELD.start + file.len()].copy_from_slice(&file);
+        let reply = engine.handle(&request, NOW).expect("ack");
+        let ack = Message::decode(&mut Decoder::new(&reply.bytes)).expect("decode");
+        assert_eq!((kind(&ack), ack.yiaddr()), (MessageType::Ack, offered));
+    }
+
+    /// Of an option given twice (not in one run), the first counts, as in dnsmasq.
+    #[test]
+    fn the_first_of_a_repeated_option_counts() {
+        let mac = [0x52, 0x54, 0, 0xaa, 0, 0x75];
+        let mut engine = Engine::new(config());
+        let discover = raw_discover(mac, &[(12, b"one"), (53, &[3])]);
+        let reply = engine.handle(&discover, NOW).expect("an offer, not a NAK");
+        let offer = Message::decode(&mut Decoder::new(&reply.bytes)).expect("decode");
+        assert_eq!(kind(&offer), MessageType::Offer);
     }
 
     #[test]
@@ -1344,15 +1637,20 @@ mod tests {
                     .chain(body.iter().copied()),
             );
             assert!(dhcproto_asserts_on(code, body.len()), "option {code}");
-            let (request, _) = decode_request(&bad).expect("decodes");
-            assert_eq!(request.opts().get(OptionCode::from(code)), None);
+            let request = decode_request(&bad).expect("decodes");
+            if code == OPTION_CLIENT_FQDN {
+                // Kept as sent, never decoded by dhcproto.
+                assert_eq!(raw_option(&request, OptionCode::ClientFQDN), Some(body));
+            } else {
+                assert_eq!(request.opts().get(OptionCode::from(code)), None);
+            }
             assert!(engine.handle(&bad, NOW).is_some(), "option {code}");
         }
         // Well-framed, and split in two (RFC 3396), they are fine.
         let end = valid.len() - 1;
         let mut good = valid.clone();
         good.splice(end..end, [94, 1, 1, 94, 2, 2, 0]);
-        let (request, _) = decode_request(&good).expect("decodes");
+        let request = decode_request(&good).expect("decodes");
         assert!(
             request
                 .opts()

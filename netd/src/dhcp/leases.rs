@@ -441,6 +441,31 @@ impl LeaseDb {
         self.reservation_of(client)?.name.as_deref()
     }
 
+    /// The name `client` goes by when it gives `given`: its reservation's, else `given`
+    /// unless it is reserved for another client.
+    pub fn name_for<'a>(&'a self, client: &Client, given: Option<&'a str>) -> Option<&'a str> {
+        self.reserved_name(client)
+            .or_else(|| given.filter(|name| self.may_go_by(client, name)))
+    }
+
+    /// Whether `client` may go by `name`. As in dnsmasq, a name the client gives cannot
+    /// take a reservation's name: a guest would otherwise answer for another one in DNS.
+    /// (A name reserved without a MAC is the name its client goes by.)
+    fn may_go_by(&self, client: &Client, name: &str) -> bool {
+        self.reserved_names
+            .get(name.to_ascii_lowercase().as_str())
+            .is_none_or(|&owner| owner.is_none_or(|mac| mac == client.mac))
+    }
+
+    /// The name of the bound lease on `ip`.
+    pub fn bound_name(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.by_ip
+            .get(&ip)
+            .filter(|lease| lease.state == LeaseState::Bound)?
+            .hostname
+            .as_deref()
+    }
+
     /// `client`'s reservation, unless its address is out of reach: declined and still held
     /// out (RFC 2131 4.3.3: the server must mark a declined address unavailable), or bound
     /// to a client that leased it before it was reserved (dnsmasq's "not using configured
@@ -671,24 +696,12 @@ impl LeaseDb {
             .get(&ip)
             .filter(|lease| lease.client.same_as(client))
             .and_then(|lease| lease.hostname.clone());
-        // As in dnsmasq, a name the client gives cannot take a reservation's name: a
-        // guest would otherwise answer for another one in DNS.
-        // (A name reserved without a MAC is the name its client goes by.) A name kept
-        // from before the reservation was made is held to the same rule.
-        let may_go_by = |name: &str| {
-            self.reserved_names
-                .get(name.to_ascii_lowercase().as_str())
-                .is_none_or(|&owner| owner.is_none_or(|mac| mac == client.mac))
-        };
+        // A name kept from before a reservation was made is held to the same rule as a
+        // name the client gives.
         let hostname = self
-            .reserved_name(client)
+            .name_for(client, client_hostname.as_deref())
             .map(Box::from)
-            .or_else(|| {
-                client_hostname
-                    .filter(|name| may_go_by(name))
-                    .map(Box::from)
-            })
-            .or(previous_name.filter(|name| may_go_by(name)));
+            .or(previous_name.filter(|name| self.may_go_by(client, name)));
         let expiry = expiry_after(now, secs);
         // One address per client: its lease elsewhere goes.
         self.detach_client(client, ip);

@@ -695,7 +695,7 @@ pub(crate) mod tests {
             ],
             dns_server: Some("2001:db8:ca2:2::1".parse().unwrap()),
             domain: Some("example.org".into()),
-            default_lease: crate::dhcp6::DEFAULT_LEASE,
+            default_lease: Duration::from_secs(3600),
         }
     }
 

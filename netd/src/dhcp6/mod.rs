@@ -31,8 +31,9 @@ use std::time::Duration;
 pub use engine::Engine;
 pub use server::Dhcp6Server;
 
-/// Lease time when neither the range nor the host sets one (libvirt's default: one hour).
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(3600);
+/// Lease time when neither the range nor the host sets one: dnsmasq's for DHCPv6, which
+/// libvirt leaves to it (one day, where DHCPv4's is one hour).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(24 * 3600);
 
 /// What the DHCPv6 server of one network serves; built by the manager from the XML.
 #[derive(Clone, Debug, PartialEq, Eq)]
