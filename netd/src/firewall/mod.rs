@@ -38,11 +38,14 @@
 //! - **libvirt's verdicts and order**: guest <-> guest on one bridge accepted; into a NAT
 //!   network only replies (`ct state established,related`) and what the administrator's
 //!   own rules DNAT there (`ct status dnat`: libvirt's port-forwarding recipe inserts an
-//!   accept ahead of libvirt's chains, which cannot overrule a reject in our table), into
-//!   a routed one anything;
+//!   accept ahead of libvirt's chains, which cannot overrule a reject in our table; from
+//!   another network only what may leave it, so no isolated guest or spoofed source),
+//!   into a routed one anything;
 //!   everything else into or out of a managed bridge rejected; destination bridge before
 //!   source bridge, so a guest on one NAT network cannot open connections into another.
-//!   NAT masquerades IPv4 from the bridge (source ports 1024-65535 for TCP/UDP) except to
+//!   NAT masquerades IPv4 from the bridge (source ports 1024-65535 for TCP/UDP; the host's
+//!   own packets from its address on the bridge are not, where libvirt's subnet match
+//!   takes them too) except to
 //!   224.0.0.0/24, 255.255.255.255 and back into the same bridge; IPv6 is routed, or with
 //!   `<nat ipv6='yes'>` masqueraded the same way (except to ff02::/16) and let in only as
 //!   replies.

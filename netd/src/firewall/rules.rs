@@ -462,7 +462,22 @@ pub fn skeleton() -> Vec<Object> {
         ]),
         // Port forwarding: what the administrator's own rules DNAT into a NAT network.
         // With iptables they would insert an accept ahead of libvirt's reject; an accept in
-        // their table cannot overrule a reject in ours, so ours accepts it.
+        // their table cannot overrule a reject in ours, so ours accepts it. From another
+        // network, only what may leave it: not from an isolated one, nor a spoofed source
+        // (which the NAT on the way out would otherwise hide).
+        accept([
+            ipv4(),
+            in_set(oif(), "reply4"),
+            destination_natted(),
+            in_set(iif(), "out4"),
+            source_via_iif(),
+        ]),
+        reject(rule([
+            ipv4(),
+            in_set(oif(), "reply4"),
+            destination_natted(),
+            in_set(iif(), BRIDGES_SET),
+        ])),
         accept([ipv4(), in_set(oif(), "reply4"), destination_natted()]),
         accept([
             ipv4(),
@@ -480,6 +495,19 @@ pub fn skeleton() -> Vec<Object> {
             in_pair(MetaKey::Oifname, MetaKey::Iifname, "reply6_dev"),
             established(),
         ]),
+        accept([
+            ipv6(),
+            in_set(oif(), "reply6"),
+            destination_natted(),
+            in_set(iif(), "out6"),
+            source_via_iif(),
+        ]),
+        reject(rule([
+            ipv6(),
+            in_set(oif(), "reply6"),
+            destination_natted(),
+            in_set(iif(), BRIDGES_SET),
+        ])),
         accept([ipv6(), in_set(oif(), "reply6"), destination_natted()]),
         accept([
             ipv6(),
@@ -1099,7 +1127,7 @@ mod tests {
                 rules_of("forward"),
                 rules_of("postrouting")
             ],
-            [5, 4, 19, 17]
+            [5, 4, 23, 17]
         );
         // Each base chain is flushed right after it is (re)declared.
         for (at, object) in skeleton.iter().enumerate() {

@@ -148,7 +148,7 @@ fn default_nat_network_lands_in_the_kernel() {
     inside(&ns, &*fw, |fw| fw.apply(&default)).unwrap();
     let again = ruleset(&ns);
     assert_eq!(owned_by(&again, "virbr0"), owned);
-    assert_eq!(chain_rules(&again, "forward").len(), 19);
+    assert_eq!(chain_rules(&again, "forward").len(), 23);
     assert_eq!(chain_rules(&again, "postrouting").len(), 17);
 }
 
@@ -986,6 +986,82 @@ fn port_forwards_reach_nat_guests_and_no_other_connection_in_does() {
             .unwrap()
             .contains("dnat to 192.168.50.10:8080"),
         "the administrator's table was touched"
+    );
+}
+
+/// A port forward that any interface reaches (Docker's kind) lets another network's guests
+/// in only as they may leave their network: not from an isolated one, nor with a source
+/// that is not theirs, which the NAT on the way out would otherwise hide. UDP, so that what
+/// gets in shows even when no answer could get out.
+#[test]
+fn port_forwards_from_other_networks_take_only_what_may_leave_them() {
+    if !ready() {
+        return;
+    }
+    let net = Topology::new();
+    let other = Netns::new("fw-other").unwrap();
+    net.host
+        .sh(&format!(
+            "set -e
+             ip link add br1 type bridge
+             ip addr add 192.168.51.1/24 dev br1
+             ip link set br1 up
+             ip link add vother type veth peer name eth0 netns {}
+             ip link set vother master br1 up
+             nft add table ip admin
+             nft add chain ip admin prerouting '{{ type nat hook prerouting priority dstnat; }}'
+             nft add rule ip admin prerouting ip daddr 10.77.0.1 udp dport 2222 dnat to 192.168.50.10:8080",
+            other.name()
+        ))
+        .unwrap();
+    other
+        .sh("set -e; ip addr add 192.168.51.10/24 dev eth0; ip addr add 10.99.0.5/32 dev eth0; ip link set eth0 up; ip route add default via 192.168.51.1")
+        .unwrap();
+    let fw = backend(&net.host);
+    inside(&net.host, &*fw, |fw| {
+        fw.apply(&network("br0", RuleMode::Nat, "192.168.50.0/24"))
+    })
+    .unwrap();
+    let listener = net
+        .guest
+        .run(|| std::net::UdpSocket::bind("192.168.50.10:8080"))
+        .unwrap()
+        .unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    // The source the guest sees for a datagram `other` sends from `source` to the
+    // forwarded port, if it gets there.
+    let from_other = |source: [u8; 4]| {
+        other
+            .run(|| {
+                let socket = std::net::UdpSocket::bind((Ipv4Addr::from(source), 0)).unwrap();
+                socket.send_to(b"hello", "10.77.0.1:2222").unwrap();
+            })
+            .unwrap();
+        let mut buffer = [0u8; 16];
+        listener
+            .recv_from(&mut buffer)
+            .ok()
+            .map(|(_, peer)| peer.ip())
+    };
+    let nat_other = network("br1", RuleMode::Nat, "192.168.51.0/24");
+    inside(&net.host, &*fw, |fw| fw.apply(&nat_other)).unwrap();
+    // A NAT network's guest, masqueraded as libvirt's rules do.
+    assert_eq!(
+        from_other([192, 168, 51, 10]),
+        Some([192, 168, 50, 1].into())
+    );
+    assert_eq!(from_other([10, 99, 0, 5]), None, "a spoofed source got in");
+    let isolated = NetworkRules {
+        mode: RuleMode::Isolated,
+        ..nat_other
+    };
+    inside(&net.host, &*fw, |fw| fw.apply(&isolated)).unwrap();
+    assert_eq!(
+        from_other([192, 168, 51, 10]),
+        None,
+        "out of an isolated network"
     );
 }
 
