@@ -479,17 +479,7 @@ fn fqdn_answer(asked: &[u8], name: &str, domain: Option<&str>) -> Option<Vec<u8>
     // RCODE1 and RCODE2: 255 from a server (RFC 4702 2.2).
     let mut out = vec![flags, 255, 255];
     if flags & FQDN_FLAG_ENCODED != 0 {
-        let labels = name
-            .split('.')
-            .chain(domain.into_iter().flat_map(|d| d.split('.')));
-        for label in labels.filter(|label| !label.is_empty()) {
-            out.push(u8::try_from(label.len()).ok()?);
-            out.extend_from_slice(label.as_bytes());
-        }
-        // Fully qualified under a domain; without one, a partial name (no root label).
-        if domain.is_some() {
-            out.push(0);
-        }
+        out.extend(super::fqdn_wire(name, domain)?);
     } else {
         out.extend_from_slice(name.as_bytes());
         if let Some(domain) = domain {

@@ -210,6 +210,24 @@ pub fn sanitize_hostname(raw: &str) -> Option<String> {
     valid.then(|| label.to_owned())
 }
 
+/// A guest's `name` under `domain` in DNS wire format, as the Client FQDN answers of
+/// DHCPv4 (with the E flag) and DHCPv6 carry it: fully qualified (ending in the root
+/// label) under a domain, else a partial name. `None` for a label over 63 bytes.
+pub(crate) fn fqdn_wire(name: &str, domain: Option<&str>) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let labels = name
+        .split('.')
+        .chain(domain.into_iter().flat_map(|domain| domain.split('.')));
+    for label in labels.filter(|label| !label.is_empty()) {
+        out.push(u8::try_from(label.len()).ok().filter(|&len| len <= 63)?);
+        out.extend_from_slice(label.as_bytes());
+    }
+    if domain.is_some() {
+        out.push(0);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dhcproto::v6::{
     DhcpOption, DhcpOptions, IAAddr, IANA, IAPD, IATA, Message, MessageType, OptionCode, Status,
-    StatusCode,
+    StatusCode, UnknownOption,
 };
 use dhcproto::{Decodable, Decoder, Encodable, Name};
 
@@ -298,6 +298,17 @@ impl Engine {
             (MessageType::InformationRequest, _) => {}
             _ => return None,
         }
+        let answers_ias = matches!(
+            msg_type,
+            MessageType::Solicit | MessageType::Request | MessageType::Renew | MessageType::Rebind
+        ) && reply.opts().get(OptionCode::IANA).is_some();
+        if let Some(client) = client.as_ref().filter(|_| answers_ias)
+            && let Some(asked) = client_fqdn(opts)
+            && let Some(name) = self.name_of(opts, client, now)
+            && let Some(answer) = fqdn_answer(asked, &name, self.config.domain.as_deref())
+        {
+            reply.opts_mut().insert(answer);
+        }
         let reply_opts = reply.opts_mut();
         reply_opts.insert(DhcpOption::ServerId(self.server_duid.clone()));
         if let Some(client) = &client {
@@ -391,6 +402,17 @@ impl Engine {
             _ => iaids.first().copied(),
         };
         (reservation, iaid)
+    }
+
+    /// The name `client` goes by: its reservation's, else the one it gave unless it is
+    /// another reservation's.
+    fn name_of(&self, opts: &DhcpOptions, client: &Client, now: i64) -> Option<String> {
+        let (reservation, _) = self.reserved_ia(opts, client, false, now);
+        reservation
+            .as_ref()
+            .and_then(|host| host.name.as_deref())
+            .and_then(sanitize_hostname)
+            .or_else(|| self.client_name(client, reservation.as_ref()))
     }
 
     /// The name `client` gave, unless it is another reservation's.
@@ -594,19 +616,43 @@ fn ia_addresses(opts: &DhcpOptions) -> impl Iterator<Item = Ipv6Addr> + '_ {
     })
 }
 
-/// The first label of the Client FQDN option (RFC 4704: flags, then a DNS wire name,
-/// possibly partial), sanitised as a hostname.
-fn client_fqdn_label(opts: &DhcpOptions) -> Option<String> {
+/// The Client FQDN option's data (RFC 4704: flags, then a DNS wire name, possibly
+/// partial).
+fn client_fqdn(opts: &DhcpOptions) -> Option<&[u8]> {
     opts.iter().find_map(|o| match o {
-        DhcpOption::Unknown(u) if u16::from(u.code()) == OPTION_CLIENT_FQDN => {
-            let [_flags, len, rest @ ..] = u.data() else {
-                return None;
-            };
-            let label = rest.get(..usize::from(*len))?;
-            sanitize_hostname(std::str::from_utf8(label).ok()?)
-        }
+        DhcpOption::Unknown(u) if u16::from(u.code()) == OPTION_CLIENT_FQDN => Some(u.data()),
         _ => None,
     })
+}
+
+/// The first label of the Client FQDN option's name, sanitised as a hostname.
+fn client_fqdn_label(opts: &DhcpOptions) -> Option<String> {
+    let [_flags, len, rest @ ..] = client_fqdn(opts)? else {
+        return None;
+    };
+    let label = rest.get(..usize::from(*len))?;
+    sanitize_hostname(std::str::from_utf8(label).ok()?)
+}
+
+/// The Client FQDN option answering the client's `asked` (RFC 4704 5), as dnsmasq
+/// answers: `name` under `domain`, the server doing the DNS update (S, and O when the
+/// client asked to do it itself), never "no updates" (N).
+fn fqdn_answer(asked: &[u8], name: &str, domain: Option<&str>) -> Option<DhcpOption> {
+    const SERVER_UPDATES: u8 = 0x01;
+    const OVERRIDE: u8 = 0x02;
+    const NO_UPDATES: u8 = 0x04;
+    // The high five bits must be zero.
+    let mut flags = asked.first()? & 0x07;
+    if flags & SERVER_UPDATES == 0 {
+        flags |= SERVER_UPDATES | OVERRIDE;
+    }
+    flags &= !NO_UPDATES;
+    let mut data = vec![flags];
+    data.extend(crate::dhcp::fqdn_wire(name, domain)?);
+    Some(DhcpOption::Unknown(UnknownOption::new(
+        OptionCode::from(OPTION_CLIENT_FQDN),
+        data,
+    )))
 }
 
 /// Whether the options in `data` are well-formed enough for dhcproto to decode without
@@ -1143,6 +1189,30 @@ pub(crate) mod tests {
             .find(|l| l.hostname.as_deref() == Some("paul"))
             .unwrap();
         assert_eq!(paul.mac, None);
+        // RFC 4704 5: the answer names it by its reservation, under the domain, S kept.
+        assert_eq!(
+            client_fqdn(reply.opts()),
+            Some(&b"\x01\x04paul\x07example\x03org\x00"[..])
+        );
+    }
+
+    #[test]
+    fn a_client_fqdn_is_answered_as_dnsmasq_does() {
+        let answer = |asked: &[u8], domain: Option<&str>| match fqdn_answer(asked, "web", domain) {
+            Some(DhcpOption::Unknown(option)) => option.data().to_vec(),
+            other => panic!("{other:?}"),
+        };
+        // No S: the server updates all the same (S, O); N cleared; high bits cleared.
+        assert_eq!(
+            answer(b"\xfc\x03web\x00", Some("example.org")),
+            b"\x03\x03web\x07example\x03org\x00"
+        );
+        // Without a domain, a partial name.
+        assert_eq!(answer(b"\x01\x03web", None), b"\x01\x03web");
+        // A client without the option gets none.
+        let mut engine = Engine::new(config());
+        let reply = rapid_solicit(&mut engine, &CLIENT_DUID, vec![ia(1, None)], 0);
+        assert_eq!(client_fqdn(reply.opts()), None);
     }
 
     /// A name-reserved client renewing without its FQDN option (RFC 4704 does not ask
