@@ -26,7 +26,9 @@ use std::time::Duration;
 
 pub use server::RaServer;
 
-/// Lifetime of the advertised prefixes (valid and preferred): dnsmasq's default lease.
+/// Lifetime of the advertised prefixes (valid and preferred). dnsmasq gives libvirt's
+/// `ra-only` ranges infinite ones; a finite one lets guests drop the prefix of a network
+/// that stopped, and advertisements renew it long before it runs out.
 pub const PREFIX_LIFETIME: Duration = Duration::from_secs(3600);
 /// Router lifetime on forwarding networks: dnsmasq's (and RFC 4861's) default.
 pub const ROUTER_LIFETIME: Duration = Duration::from_secs(1800);
