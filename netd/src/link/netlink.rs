@@ -201,19 +201,20 @@ impl Link {
             .map_err(failed(Op::SetUp, ifname))
     }
 
-    /// Makes the tap `ifname` a running port of `bridge` (ifindex `bridge_index`) in one
-    /// change, and returns the tap's ifindex. The kernel applies the MAC and MTU before the
-    /// bridge: a port joining with a smaller MTU would lower the bridge's.
+    /// Makes the tap `ifname` a port of `bridge` (ifindex `bridge_index`) in one change,
+    /// running or (see [`Link::plug_port_at`]) down, and returns the tap's ifindex. The
+    /// kernel applies the MAC and MTU before the bridge: a port joining with a smaller MTU
+    /// would lower the bridge's.
     pub async fn plug_port(
         &self,
         ifname: &str,
         mac: [u8; 6],
         mtu: u32,
-        bridge_index: u32,
-        bridge: &str,
+        (bridge_index, bridge): (u32, &str),
+        state: PortState,
     ) -> Result<u32, Error> {
         let index = self.index(ifname).await?;
-        self.plug_port_at(index, ifname, mac, mtu, bridge_index, bridge, PortState::Up)
+        self.plug_port_at(index, ifname, mac, mtu, bridge_index, bridge, state)
             .await?;
         Ok(index)
     }

@@ -107,8 +107,8 @@ fn bridge_comes_up_keeps_its_mtu_and_takes_ports() {
             "kvp0",
             [0xfe, 0x54, 0, 1, 2, 3],
             1500,
-            bridge_index,
-            "kvbr0",
+            (bridge_index, "kvbr0"),
+            crate::link::PortState::Up,
         )
         .await
         .expect("plug the port");

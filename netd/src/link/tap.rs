@@ -465,8 +465,8 @@ mod tests {
                             "kvtap0",
                             [0xfe, 0x54, 0, 0x12, 0x34, 0x56],
                             9000,
-                            bridge,
-                            "kvbr0",
+                            (bridge, "kvbr0"),
+                            crate::link::PortState::Up,
                         )
                         .await
                         .expect("plug");

@@ -339,26 +339,42 @@ impl Manager {
         let tap = Tap::create(TAP_TEMPLATE, false).map_err(failed)?;
         tap.set_owner(owner_uid).map_err(failed)?;
         sysctl::disable_port_ipv6(tap.name()).map_err(failed)?;
+        let isolated = def.isolated == Some(true);
+        let pin_mac = network.live.as_ref().is_some_and(pins_guest_macs);
+        // No frame may pass before the port's flags are set: it joins down if it takes any
+        // (another guest's broadcast would wait in the tap for the new guest).
+        let needs_flags = isolated || pin_mac;
+        let state = if needs_flags {
+            PortState::Down
+        } else {
+            PortState::Up
+        };
         let ifindex = self
             .link
             .plug_port(
                 tap.name(),
                 tap_mac(def.mac.0),
                 bridge_info.mtu.unwrap_or(1500),
-                bridge_info.index,
-                bridge,
+                (bridge_info.index, bridge),
+                state,
             )
             .await
             .map_err(failed)?;
-        if def.isolated == Some(true) {
+        if isolated {
             self.link
                 .set_port_isolated(ifindex, tap.name(), true)
                 .await
                 .map_err(failed)?;
         }
-        if network.live.as_ref().is_some_and(pins_guest_macs) {
+        if pin_mac {
             self.link
                 .pin_guest_mac(ifindex, tap.name(), def.mac.0)
+                .await
+                .map_err(failed)?;
+        }
+        if needs_flags {
+            self.link
+                .set_up_at(ifindex, tap.name())
                 .await
                 .map_err(failed)?;
         }
