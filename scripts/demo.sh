@@ -12,11 +12,17 @@ keep=0
 
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (it creates a network namespace)" >&2; exit 1; }
 scripts/install-deps.sh
+kvm=0
+[ -r /dev/kvm ] && [ -w /dev/kvm ] && kvm=1
+echo "demo.sh: building kvnet (release; the first build takes several minutes)" >&2
 cargo build --release --bins -q
+[ "$kvm" = 1 ] && cargo build -q --release -p kvnet-vmm --features test-guest --example mini_guest
 bin=${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release  # .cargo/config.toml's build target
 
 ns=kvnet-demo-$$
 work=$(mktemp -d /tmp/kvnet-demo.XXXXXX)
+# Outside $work, which goes at the end: the log stays for reading.
+log=$(mktemp /tmp/kvnet-demo-log.XXXXXX)
 daemon=
 cleanup() {
   [ -n "$daemon" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
@@ -30,10 +36,10 @@ ip netns add "$ns"
 ip netns exec "$ns" ip link set lo up
 sock=$work/kvnetd.sock
 ip netns exec "$ns" "$bin/kvnetd" --config-dir "$work/etc" --state-dir "$work/run" --socket "$sock" \
-  --log-level info 2>"$work/kvnetd.log" &
+  --log-level info 2>"$log" &
 daemon=$!
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
-[ -S "$sock" ] || { cat "$work/kvnetd.log" >&2; exit 1; }
+[ -S "$sock" ] || { cat "$log" >&2; exit 1; }
 
 kvnet() { echo "\$ kvnet $*"; "$bin/kvnet" -c "$sock" "$@"; }
 kvnet net-define examples/networks/docker-machines.xml
@@ -71,17 +77,36 @@ ip netns exec "$ns" ip -br link show master virbr0
 kvnet net-port-delete default "$port"
 
 # A VM on the default network: run from this namespace, it needs no network privileges;
-# kvnetd hands it the tap over its socket, and the port ends with the VM.
-if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
-  cargo build -q --release -p kvnet-vmm --features test-guest --example mini_guest
-  guest=$("$bin/examples/mini_guest" "$work/guest.elf")
-  echo "\$ kvnet-vmm --kernel guest.elf --net network=default --name demo-vm"
-  KVNET_SOCKET=$sock "$bin/kvnet-vmm" --kernel "$guest" --net network=default --name demo-vm
+# kvnetd hands it the tap over its socket, and the port ends with the VM. The mini-guest
+# runs until its console (the VMM's stdin) gets a line.
+if [ "$kvm" = 1 ]; then
+  guest=$("$bin/examples/mini_guest" --wait "$work/guest.elf")
+  mkfifo "$work/console"
+  echo "\$ kvnet-vmm --kernel guest.elf --net network=default --name demo-vm &"
+  KVNET_SOCKET=$sock "$bin/kvnet-vmm" --kernel "$guest" --net network=default --name demo-vm \
+    <"$work/console" &
+  vm=$!
+  exec 3>"$work/console"
+  for _ in $(seq 100); do
+    [ -n "$("$bin/kvnet" -c "$sock" net-port-list default --uuid)" ] && break
+    sleep 0.05
+  done
+  kvnet net-port-list default
+  echo "\$ ip -br link show master virbr0   # inside namespace $ns, while the VM runs"
+  ip netns exec "$ns" ip -br link show master virbr0
+  echo >&3   # the guest powers off
+  exec 3>&-
+  wait "$vm"
 else
   echo "(no usable /dev/kvm: skipping the VM)"
 fi
+echo "# the VM is gone, and its port with it:"
+for _ in $(seq 100); do
+  [ -z "$("$bin/kvnet" -c "$sock" net-port-list default --uuid)" ] && break
+  sleep 0.05
+done
 kvnet net-port-list default
-echo "daemon log: $work/kvnetd.log" >&2
+echo "daemon log: $log" >&2
 if [ "$keep" = 1 ]; then
   echo "kvnetd is running in namespace $ns; try: $bin/kvnet -c $sock net-list --all (Ctrl-C to stop)"
   wait "$daemon"

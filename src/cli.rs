@@ -15,7 +15,6 @@ pub const DEFAULT_SOCKET: &str = netd::api::DEFAULT_SOCKET;
 #[derive(Debug, Parser)]
 #[command(
     name = "kvnet",
-    about,
     override_usage = "kvnet [OPTIONS] <COMMAND> [ARGS]...\n       \
                       kvnet [OPTIONS] '<COMMAND> [ARGS]...; <COMMAND> [ARGS]...'\n       \
                       kvnet [OPTIONS]    (an interactive terminal reading commands from stdin)"
@@ -41,6 +40,23 @@ pub struct Cli {
     /// read-only connection (monitoring scripts use `virsh -r`).
     #[arg(short = 'r', long = "readonly", global = true)]
     pub read_only: bool,
+
+    // The options below are read before clap runs (`read_leading_options` in main.rs),
+    // as virsh's getopt reads them before the command; they are here for --help only.
+    /// Print how long each command took (as virsh -t)
+    #[arg(short = 't', long = "timing")]
+    #[allow(dead_code)]
+    timing: bool,
+
+    /// Print the version; --version=long as -V
+    #[arg(short = 'v', long = "version", value_name = "short|long", num_args = 0..=1, require_equals = true)]
+    #[allow(dead_code)]
+    version: Option<Option<String>>,
+
+    /// Print the version, with a few lines about the program
+    #[arg(short = 'V')]
+    #[allow(dead_code)]
+    long_version: bool,
 
     /// The verb.
     #[command(subcommand)]

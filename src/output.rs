@@ -66,6 +66,29 @@ pub fn network_info(net: &NetworkSummary, quiet: bool) -> String {
 }
 
 /// `net-dhcp-leases`' table; expiry in local time as virsh prints it.
+/// `net-dhcp-leases --json`: the leases with the table's Protocol column.
+pub fn lease_json(leases: &[Lease]) -> String {
+    #[derive(Serialize)]
+    struct WithProtocol<'a> {
+        #[serde(flatten)]
+        lease: &'a Lease,
+        /// `ipv4` or `ipv6`, as virsh's Protocol column.
+        protocol: &'static str,
+    }
+    let rows: Vec<WithProtocol<'_>> = leases
+        .iter()
+        .map(|lease| WithProtocol {
+            lease,
+            protocol: if lease.ip_address.is_ipv4() {
+                "ipv4"
+            } else {
+                "ipv6"
+            },
+        })
+        .collect();
+    json(&rows)
+}
+
 pub fn lease_table(leases: &[Lease], quiet: bool) -> String {
     let rows: Vec<_> = leases
         .iter()

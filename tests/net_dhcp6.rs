@@ -256,6 +256,7 @@ fn dhclient_gets_its_reserved_address_name_and_dns_and_keeps_it_across_a_restart
     assert_eq!(json[0]["prefix"], 64);
     assert_eq!(json[0]["mac"], GUEST_MAC);
     assert_eq!(json[0]["client_id"], "00:03:00:01:52:54:00:00:06:02");
+    assert_eq!(json[0]["protocol"], "ipv6");
 
     let answer = guest
         .sh("dig +short +time=2 +tries=3 AAAA atlas.v6.test @fd00:6::1")

@@ -107,6 +107,14 @@ fn define_start_autostart_list_info_destroy_undefine() {
         serde_json::from_str(&daemon.ok(&["net-info", "docker-machines", "--json"])).expect("json");
     assert_eq!(json["bridge"], "virbr1");
     assert_eq!(json["active"], true);
+    // --name and --uuid keep to names and UUIDs.
+    assert_eq!(
+        daemon.ok(&["net-list", "--all", "--name", "--json"]),
+        "[\n  \"default\",\n  \"docker-machines\"\n]\n"
+    );
+    let uuids: Vec<String> =
+        serde_json::from_str(&daemon.ok(&["net-list", "--uuid", "--json"])).expect("json");
+    assert!(uuids.contains(&uuid.to_owned()), "{uuids:?}");
 
     // Isolated: forwarding is rejected in and out of the bridge, no masquerade for it.
     let ruleset = daemon.ruleset();
@@ -697,6 +705,7 @@ fn guests_get_dhcp_leases_that_net_dhcp_leases_lists() {
     ]))
     .expect("json");
     assert_eq!(json[0]["ip_address"], ip);
+    assert_eq!(json[0]["protocol"], "ipv4");
     assert_eq!(
         daemon.ok(&[
             "-q",

@@ -156,7 +156,13 @@ pub fn list(client: &Client, args: &ListArgs, quiet: bool) -> Result<String, Fai
     // input that pass is linear).
     networks.sort_by(|a, b| netd::virsh::ascii_casecmp(&a.name, &b.name));
     if args.json {
-        return Ok(output::json(&networks));
+        // --name and --uuid: only those, as a list.
+        let listed: Vec<String> = match (args.name, args.uuid) {
+            (true, _) => networks.iter().map(|net| net.name.clone()).collect(),
+            (_, true) => networks.iter().map(|net| net.uuid.to_string()).collect(),
+            _ => return Ok(output::json(&networks)),
+        };
+        return Ok(output::json(&listed));
     }
     if args.name || args.uuid {
         return Ok(output::network_names(&networks, args.uuid, quiet));
@@ -474,7 +480,7 @@ pub fn dhcp_leases(
     Ok(if json {
         // In the table's order (by MAC, as virsh sorts it), whatever the daemon's.
         leases.sort_by(|a, b| netd::virsh::ascii_casecmp(&a.mac, &b.mac));
-        output::json(&leases)
+        output::lease_json(&leases)
     } else {
         output::lease_table(&leases, quiet)
     })

@@ -1,11 +1,17 @@
 //! Writes a mini-guest ELF (prints one line, then powers off through ACPI) to the path
-//! given as the only argument. Used by `bench/vmm_start.sh`.
+//! given as argument. With `--wait`, it powers off only once its console has input (a
+//! line on the VMM's stdin). Used by `bench/vmm_start.sh` and `scripts/demo.sh`.
 
-use vmm::testing::{self, poweroff, print};
+use vmm::testing::{self, poweroff, print, wait_for_input};
 
 fn main() -> std::process::ExitCode {
-    let Some(path) = std::env::args_os().nth(1) else {
-        eprintln!("usage: mini_guest OUTPUT.elf");
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let wait = args.first().is_some_and(|arg| arg == "--wait");
+    if wait {
+        args.remove(0);
+    }
+    let [path] = args.as_slice() else {
+        eprintln!("usage: mini_guest [--wait] OUTPUT.elf");
         return std::process::ExitCode::from(2);
     };
     let path = std::path::PathBuf::from(path);
@@ -13,6 +19,10 @@ fn main() -> std::process::ExitCode {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let written = testing::write_guest(dir, name.as_deref().unwrap_or("guest.elf"), |a| {
         print(a, "mini-guest up\n")?;
+        if wait {
+            wait_for_input(a)?;
+            print(a, "mini-guest: input read, powering off\n")?;
+        }
         poweroff(a)
     });
     match written {

@@ -135,6 +135,20 @@ pub fn print(a: &mut CodeAssembler, text: &str) -> Result<(), IcedError> {
     Ok(())
 }
 
+/// Waits until COM1 has a byte to read (line status bit 0, "data ready"), polling with
+/// `pause` (clobbers al, dx).
+pub fn wait_for_input(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    const LINE_STATUS: u32 = 5;
+    let mut poll = a.create_label();
+    a.mov(dx, layout::SERIAL_PORT as u32 + LINE_STATUS)?;
+    a.set_label(&mut poll)?;
+    a.pause()?;
+    a.in_(al, dx)?;
+    a.test(al, 1)?;
+    a.jz(poll)?;
+    Ok(())
+}
+
 /// Powers off through the ACPI sleep control register (S5 | SLP_EN), then spins.
 pub fn poweroff(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.mov(dx, (layout::ACPI_PM_PORT + acpi_pm::SLEEP_CONTROL) as u32)?;
