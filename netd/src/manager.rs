@@ -548,7 +548,7 @@ impl Manager {
                 .and_then(|()| Ok(self.store.save_config(&def.name, &def.to_config_file())?));
             match completed {
                 Ok(()) => {
-                    info!(network = %def.name, bridge = ?def.bridge_name(), "completed a definition written by hand");
+                    info!(network = %def.name, bridge = def.bridge_name().unwrap_or("-"), "completed a definition written by hand");
                     if let Some(network) = networks.get_mut(&def.name) {
                         network.config = Some(def);
                     }
@@ -634,7 +634,7 @@ impl Manager {
                 }
                 self.restore_bridge(&def, &status.bridge, &bridge).await;
             }
-            info!(network = %name, bridge = ?def.bridge_name(), "adopted running network");
+            info!(network = %name, bridge = def.bridge_name().unwrap_or("-"), "adopted running network");
             let servers = self.restart_servers(&def, &networks);
             match networks.get_mut(&name) {
                 Some(network) => {
@@ -1099,7 +1099,10 @@ impl Manager {
                 .await?;
         }
         self.set_autostart(DEFAULT_NETWORK, true).await?;
-        info!(network = DEFAULT_NETWORK, "defined the default network");
+        info!(
+            network = DEFAULT_NETWORK,
+            "marked the default network to start at boot"
+        );
         Ok(())
     }
 
@@ -1131,9 +1134,10 @@ impl Manager {
 
     /// Defines a persistent network, or redefines an existing one (the change applies
     /// at its next start if it is running).
-    #[instrument(skip_all)]
+    #[instrument(skip_all, fields(network = tracing::field::Empty))]
     pub async fn define(&self, xml: &str) -> Result<NetworkSummary, Error> {
         let mut def = NetworkDef::from_xml(xml)?;
+        tracing::Span::current().record("network", def.name.as_str());
         def.check_dhcp_hosts_usable()?;
         let mut networks = self.networks.lock().await;
         self.check_identity(&networks, &def)?;
@@ -1190,9 +1194,10 @@ impl Manager {
     /// Creates and starts a transient network. As in libvirt, the XML of a defined,
     /// inactive network (same name and UUID) starts that network
     /// with this XML as its running definition; its persistent one stays as it is.
-    #[instrument(skip_all)]
+    #[instrument(skip_all, fields(network = tracing::field::Empty))]
     pub async fn create(&self, xml: &str) -> Result<NetworkSummary, Error> {
         let mut def = NetworkDef::from_xml(xml)?;
+        tracing::Span::current().record("network", def.name.as_str());
         def.check_dhcp_hosts_usable()?;
         let mut networks = self.networks.lock().await;
         self.check_identity(&networks, &def)?;
@@ -1445,7 +1450,7 @@ impl Manager {
         .await;
         match result {
             Ok(servers) => {
-                info!(network = %def.name, bridge = ?def.bridge_name(), "started");
+                info!(network = %def.name, bridge = def.bridge_name().unwrap_or("-"), "started");
                 self.catch_up_prefixes_when_idle();
                 Ok(servers)
             }

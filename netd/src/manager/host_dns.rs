@@ -109,7 +109,10 @@ impl Manager {
                 if resolv_changed {
                     let read = dns::host_resolvers(&resolv_conf.path);
                     if servers.as_ref() != Some(&read) {
-                        info!(path = %resolv_conf.path.display(), servers = ?read, "the host's resolvers changed");
+                        // The first look is no news: the networks read it when they started.
+                        if servers.is_some() {
+                            info!(path = %resolv_conf.path.display(), servers = ?read, "the host's resolvers changed");
+                        }
                         servers = Some(read);
                         new_resolvers = true;
                     }
