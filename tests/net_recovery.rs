@@ -73,6 +73,81 @@ fn a_start_interrupted_after_its_intent_record_is_undone_on_restart() {
     assert_consistent(&daemon, "n", "virbr0", &definition);
 }
 
+/// A daemon killed in `net-update --live --config` between its two writes (the status
+/// with the new running definition, then the persistent one) finishes the second when it
+/// restarts: the definitions never disagree, and a retry is refused the same way by both.
+#[test]
+fn an_update_of_both_definitions_a_crash_interrupted_is_finished_on_restart() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    let before = define_nat_network(&daemon, "n", "10.56.0.1");
+    daemon.ok(&["net-start", "n"]);
+    let host = "<host mac='52:54:00:56:00:09' name='web9' ip='10.56.0.9'/>";
+    daemon.ok(&[
+        "net-update",
+        "n",
+        "add",
+        "ip-dhcp-host",
+        host,
+        "--live",
+        "--config",
+    ]);
+    let config_path = daemon.config_dir().join("networks/n.xml");
+    let after = std::fs::read_to_string(&config_path).expect("config");
+    assert_ne!(after, before);
+    let status_path = daemon.state_dir().join("networks/n.json");
+    let status = std::fs::read_to_string(&status_path).expect("status");
+    assert!(!status.contains("pending_config"), "{status}");
+    daemon.kill9();
+
+    // What a daemon killed between the writes leaves: the new running definition in the
+    // status, with the persistent one it was about to write; the old one on disk.
+    let mut record: serde_json::Value = serde_json::from_str(&status).expect("json");
+    record["pending_config"] = serde_json::Value::String(after.clone());
+    std::fs::write(&status_path, record.to_string()).expect("status");
+    std::fs::write(&config_path, &before).expect("config");
+
+    daemon.spawn(&DaemonOptions::no_default_network());
+    assert_eq!(
+        std::fs::read_to_string(&config_path).expect("config"),
+        after
+    );
+    assert!(
+        daemon
+            .ok(&["net-dumpxml", "n", "--inactive"])
+            .contains("name='web9'")
+    );
+    let status = std::fs::read_to_string(&status_path).expect("status");
+    assert!(!status.contains("pending_config"), "{status}");
+    let retry = daemon.fails(&[
+        "net-update",
+        "n",
+        "add",
+        "ip-dhcp-host",
+        host,
+        "--live",
+        "--config",
+    ]);
+    assert!(retry.contains("existing dhcp host entry"), "{retry}");
+    // Nor does a later definition get overwritten by the next restart.
+    daemon.ok(&[
+        "net-update",
+        "n",
+        "delete",
+        "ip-dhcp-host",
+        host,
+        "--config",
+    ]);
+    daemon.stop();
+    daemon.spawn(&DaemonOptions::no_default_network());
+    assert_eq!(
+        std::fs::read_to_string(&config_path).expect("config"),
+        before
+    );
+}
+
 #[test]
 fn kill_9_at_random_points_of_starts_never_leaves_orphans() {
     if !require(DAEMON_NEEDS) {

@@ -597,6 +597,7 @@ impl Manager {
                 lock(&self.unloaded).insert(name);
                 continue;
             }
+            let status = self.finish_pending_config(&mut networks, &name, status)?;
             let owns_bridge = def.forward_mode().has_managed_bridge();
             if status.phase != Phase::Active {
                 let interrupted = match status.phase {
@@ -674,6 +675,38 @@ impl Manager {
         // above, leave their IFB devices behind; a crash in a port's creation, a macvtap.
         self.delete_orphan_devices(&networks, records_listed).await;
         Ok(())
+    }
+
+    /// Finishes the persistent definition's write that an update of both definitions
+    /// recorded in `status` before a crash, so that the two agree, and returns the status
+    /// without it (written so).
+    fn finish_pending_config(
+        &self,
+        networks: &mut BTreeMap<String, Network>,
+        name: &str,
+        status: Status,
+    ) -> Result<Status, Error> {
+        let Some(file) = &status.pending_config else {
+            return Ok(status);
+        };
+        match NetworkDef::from_stored_xml(file) {
+            Ok(def) if def.name == name => {
+                self.store.save_config(name, file)?;
+                if let Some(network) = networks.get_mut(name) {
+                    network.config = Some(def);
+                }
+                info!(network = %name, "finished writing the definition of an update a crash interrupted");
+            }
+            Ok(_) | Err(_) => {
+                warn!(network = %name, "dropping an unusable definition an interrupted update left in the status file");
+            }
+        }
+        let status = Status {
+            pending_config: None,
+            ..status
+        };
+        self.store.save_status(name, &status)?;
+        Ok(status)
     }
 
     /// Starts an adopted network's servers again (the lease file carries every binding
@@ -1400,6 +1433,7 @@ impl Manager {
             persistent,
             xml: xml.clone(),
             started_at,
+            pending_config: None,
         };
         // A lease journal this start creates goes with a failed start; an older one
         // holds the leases of an earlier run.
@@ -2061,17 +2095,22 @@ impl Manager {
                     source: Box::new(e),
                 })?;
             }
-            // The status file first: if the config write then fails, the old status goes back.
-            if let Some(def) = &new_live
-                && let Err(e) = self
-                    .store
-                    .save_status(&name, &active_status(def, persistent, started_at))
-            {
-                restore_rules();
-                return Err(e.into());
+            // The status file first, with the new persistent definition when both change:
+            // a daemon killed before the config is written finishes the write when it
+            // restarts. If the config write fails, the old status goes back.
+            let config_file = new_config.as_ref().map(NetworkDef::to_config_file);
+            if let Some(def) = &new_live {
+                let status = Status {
+                    pending_config: config_file.clone(),
+                    ..active_status(def, persistent, started_at)
+                };
+                if let Err(e) = self.store.save_status(&name, &status) {
+                    restore_rules();
+                    return Err(e.into());
+                }
             }
-            if let Some(def) = &new_config
-                && let Err(e) = self.store.save_config(&name, &def.to_config_file())
+            if let Some(file) = &config_file
+                && let Err(e) = self.store.save_config(&name, file)
             {
                 restore_rules();
                 if let (Some(_), Some(old)) = (&new_live, &network.live) {
@@ -2079,6 +2118,11 @@ impl Manager {
                         .save_status(&name, &active_status(old, persistent, started_at))?;
                 }
                 return Err(e.into());
+            }
+            if let (Some(def), Some(_)) = (&new_live, &config_file) {
+                // Written: a later definition must not be overwritten by a restart.
+                self.store
+                    .save_status(&name, &active_status(def, persistent, started_at))?;
             }
             Ok(new_resolver)
         })();
@@ -2429,6 +2473,7 @@ fn active_status(live: &NetworkDef, persistent: bool, started_at: i64) -> Status
         persistent,
         xml: live.to_xml(),
         started_at,
+        pending_config: None,
     }
 }
 

@@ -82,6 +82,11 @@ pub struct Status {
     pub xml: String,
     /// When it was started, seconds since the Unix epoch.
     pub started_at: i64,
+    /// The persistent definition (its file's content) that an update of both definitions
+    /// (`net-update --live --config`) writes next: a daemon that finds it after a crash
+    /// finishes the write, so that the two never disagree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_config: Option<String>,
 }
 
 /// The current [`Status::version`].
@@ -800,6 +805,7 @@ mod tests {
             persistent: true,
             xml: "<network/>".into(),
             started_at: 1,
+            pending_config: None,
         };
         store.save_status("default", &status).unwrap();
         fs::write(dir.path().join("run/networks/broken.json"), "{").unwrap();
