@@ -141,6 +141,41 @@ fn a_taken_dns_port_rolls_the_start_back() {
     assert_eq!(daemon.ok(&["-q", "net-list", "--all"]).trim(), "");
 }
 
+/// The daemon, `dig`, and dnsmasq as the host's resolver.
+fn resolver_tests_can_run() -> bool {
+    require(DAEMON_NEEDS)
+        && require(&[
+            common::Need::Program("dig"),
+            common::Need::Program("dnsmasq"),
+            common::Need::Program("timeout"),
+        ])
+}
+
+/// A guest namespace `name` with `address`/24 on a veth whose peer `veth` is a port of
+/// `bridge`.
+fn guest_on(
+    daemon: &Daemon,
+    bridge: &str,
+    veth: &str,
+    name: &str,
+    address: &str,
+) -> testkit::Netns {
+    let guest = testkit::Netns::new(name).expect("guest ns");
+    daemon
+        .ns
+        .sh(&format!(
+            "ip link add {veth} type veth peer name eth0 netns {} && ip link set {veth} master {bridge} && ip link set {veth} up",
+            guest.name()
+        ))
+        .expect("veth to guest");
+    guest
+        .sh(&format!(
+            "ip addr add {address}/24 dev eth0 && ip link set eth0 up"
+        ))
+        .expect("guest addressing");
+    guest
+}
+
 /// The host's resolver, 10.98.0.2: dnsmasq answering `up.test` names with 10.77.7.7 (and
 /// `extra` options), in an "upstream" namespace behind a veth of the daemon's.
 fn host_resolver(daemon: &Daemon, extra: &[&str]) -> (testkit::Netns, testkit::Dnsmasq) {
@@ -183,13 +218,7 @@ fn answer_with(guest: &testkit::Netns, server: &str, question: &str, expected: &
 /// gets nothing.
 #[test]
 fn host_resolvers_and_hosts_file_serve_guests_only_on_the_bridge() {
-    if !require(DAEMON_NEEDS)
-        || !require(&[
-            common::Need::Program("dig"),
-            common::Need::Program("dnsmasq"),
-            common::Need::Program("timeout"),
-        ])
-    {
+    if !resolver_tests_can_run() {
         return;
     }
     let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
@@ -230,19 +259,13 @@ fn host_resolvers_and_hosts_file_serve_guests_only_on_the_bridge() {
         )
         .expect("xml");
         daemon.ok(&["net-create", xml.to_str().expect("path")]);
-        let guest = testkit::Netns::new(&format!("dns{name}")).expect("guest ns");
-        daemon
-            .ns
-            .sh(&format!(
-                "ip link add vg{name} type veth peer name eth0 netns {} && ip link set vg{name} master kv{name} && ip link set vg{name} up",
-                guest.name()
-            ))
-            .expect("veth to guest");
-        guest
-            .sh(&format!(
-                "ip addr add 192.168.{octet}.10/24 dev eth0 && ip link set eth0 up"
-            ))
-            .expect("guest addressing");
+        let guest = guest_on(
+            &daemon,
+            &format!("kv{name}"),
+            &format!("vg{name}"),
+            &format!("dns{name}"),
+            &format!("192.168.{octet}.10"),
+        );
         guests.push((guest, octet));
     }
     let ask_about = |ns: &testkit::Netns, server: &str, question: &str| {
@@ -312,13 +335,7 @@ fn host_resolvers_and_hosts_file_serve_guests_only_on_the_bridge() {
 /// still take the new resolvers.
 #[test]
 fn a_resolver_written_during_boot_autostart_is_followed() {
-    if !require(DAEMON_NEEDS)
-        || !require(&[
-            common::Need::Program("dig"),
-            common::Need::Program("dnsmasq"),
-            common::Need::Program("timeout"),
-        ])
-    {
+    if !resolver_tests_can_run() {
         return;
     }
     let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
@@ -363,17 +380,7 @@ fn a_resolver_written_during_boot_autostart_is_followed() {
         "the hook did not run:\n{}",
         daemon.log()
     );
-    let guest = testkit::Netns::new("dnsboot").expect("guest ns");
-    daemon
-        .ns
-        .sh(&format!(
-            "ip link add vgboot type veth peer name eth0 netns {} && ip link set vgboot master kvboot && ip link set vgboot up",
-            guest.name()
-        ))
-        .expect("veth to guest");
-    guest
-        .sh("ip addr add 192.168.134.10/24 dev eth0 && ip link set eth0 up")
-        .expect("guest addressing");
+    let guest = guest_on(&daemon, "kvboot", "vgboot", "dnsboot", "192.168.134.10");
     let answer = answer_with(&guest, "192.168.134.1", "www.up.test", "10.77.7.7");
     assert!(
         answer.contains("status: NOERROR") && answer.contains("10.77.7.7"),
