@@ -94,18 +94,20 @@ if [ "$kvm" = 1 ]; then
   kvnet net-port-list default
   echo "\$ ip -br link show master virbr0   # inside namespace $ns, while the VM runs"
   ip netns exec "$ns" ip -br link show master virbr0
-  echo >&3   # the guest powers off
+  # The guest powers off. (A VMM that ended early leaves no reader: the write fails
+  # instead of killing the script before its cleanup.)
+  (trap '' PIPE; echo >&3) 2>/dev/null || true
   exec 3>&-
-  wait "$vm"
+  wait "$vm" || echo "(kvnet-vmm failed; see above)"
+  echo "# the VM is gone, and its port with it:"
+  for _ in $(seq 100); do
+    [ -z "$("$bin/kvnet" -c "$sock" net-port-list default --uuid)" ] && break
+    sleep 0.05
+  done
+  kvnet net-port-list default
 else
   echo "(no usable /dev/kvm: skipping the VM)"
 fi
-echo "# the VM is gone, and its port with it:"
-for _ in $(seq 100); do
-  [ -z "$("$bin/kvnet" -c "$sock" net-port-list default --uuid)" ] && break
-  sleep 0.05
-done
-kvnet net-port-list default
 echo "daemon log: $log" >&2
 if [ "$keep" = 1 ]; then
   echo "kvnetd is running in namespace $ns; try: $bin/kvnet -c $sock net-list --all (Ctrl-C to stop)"

@@ -42,20 +42,18 @@ pub struct Cli {
     pub read_only: bool,
 
     // The options below are read before clap runs (`read_leading_options` in main.rs),
-    // as virsh's getopt reads them before the command; they are here for --help only.
+    // as virsh's getopt reads them before the command; here for --help, and to refuse
+    // them in a command string's later commands.
     /// Print how long each command took (as virsh -t)
     #[arg(short = 't', long = "timing")]
-    #[allow(dead_code)]
     timing: bool,
 
     /// Print the version; --version=long as -V
     #[arg(short = 'v', long = "version", value_name = "short|long", num_args = 0..=1, require_equals = true)]
-    #[allow(dead_code)]
     version: Option<Option<String>>,
 
     /// Print the version, with a few lines about the program
     #[arg(short = 'V')]
-    #[allow(dead_code)]
     long_version: bool,
 
     /// The verb.
@@ -72,6 +70,13 @@ impl Cli {
         T: Into<OsString> + Clone,
     {
         let mut cli = Cli::try_parse_from(argv)?;
+        if cli.timing || cli.version.is_some() || cli.long_version {
+            // Only before the first command (see the fields), as virsh takes them.
+            return Err(Cli::command().error(
+                ErrorKind::UnknownArgument,
+                "-t, -v and -V are taken only before the first command",
+            ));
+        }
         if let Command::NetUpdate(args) = &mut cli.command {
             args.place_named()?;
         }

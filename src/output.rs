@@ -65,7 +65,6 @@ pub fn network_info(net: &NetworkSummary, quiet: bool) -> String {
     finish(text, quiet)
 }
 
-/// `net-dhcp-leases`' table; expiry in local time as virsh prints it.
 /// `net-dhcp-leases --json`: the leases with the table's Protocol column.
 pub fn lease_json(leases: &[Lease]) -> String {
     #[derive(Serialize)]
@@ -89,6 +88,7 @@ pub fn lease_json(leases: &[Lease]) -> String {
     json(&rows)
 }
 
+/// `net-dhcp-leases`' table; expiry in local time as virsh prints it.
 pub fn lease_table(leases: &[Lease], quiet: bool) -> String {
     let rows: Vec<_> = leases
         .iter()

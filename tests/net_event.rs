@@ -614,7 +614,7 @@ fn a_lease_file_that_cannot_be_removed_does_not_fail_a_stop_or_an_undefine() {
         seen.contains(&line("brief", "Stopped")) && seen.contains(&line("kept", "Undefined"))
     });
     assert!(
-        daemon.log().contains("its leases stay on disk"),
+        daemon.log().contains("its lease file stays on disk"),
         "{}",
         daemon.log()
     );

@@ -355,6 +355,9 @@ pub struct Manager {
     firewall: Box<dyn Firewall>,
     /// See [`ManagerConfig::resolv_conf`].
     resolv_conf: PathBuf,
+    /// The host's resolvers as last handed to a network's DNS server, for the follower to
+    /// tell a change from what the networks have.
+    handed_resolvers: std::sync::Mutex<Option<Vec<std::net::SocketAddr>>>,
     /// See [`ManagerConfig::hosts_file`].
     hosts_file: Option<PathBuf>,
     /// The hosts file's entries as last read.
@@ -450,6 +453,7 @@ impl Manager {
             prefixes: Arc::new(PrefixCache::new()?),
             firewall,
             resolv_conf: config.resolv_conf,
+            handed_resolvers: std::sync::Mutex::new(None),
             host_names: std::sync::Mutex::new(Arc::new(
                 config
                     .hosts_file
@@ -750,11 +754,11 @@ impl Manager {
         Ok(())
     }
 
-    /// Removes the lease files of a network that is gone. Done or not, the network is: a
-    /// file left is removed at the next daemon start.
+    /// Removes the lease files of a network that is gone. Done or not, the network is; the
+    /// daemon tries again each time it starts.
     fn delete_leases_or_warn(&self, name: &str) {
         if let Err(e) = self.store.delete_leases(name) {
-            warn!(network = %name, "its leases stay on disk until the next daemon start: {}", error_chain(&e));
+            warn!(network = %name, "its lease file stays on disk (the daemon tries again when it next starts; remove it by hand if this persists): {}", error_chain(&e));
         }
     }
 

@@ -391,10 +391,7 @@ impl Engine {
             }
             // A reserved name tells the guest its name; its own comes back when asked
             // for, as from dnsmasq.
-            let asked = matches!(
-                request.opts().get(OptionCode::ParameterRequestList),
-                Some(DhcpOption::ParameterRequestList(codes)) if codes.contains(&OptionCode::Hostname)
-            );
+            let asked = asked_for(request, OptionCode::Hostname);
             if let Some(hostname) = name.name.as_ref().filter(|_| name.reserved || asked) {
                 opts.insert(DhcpOption::Hostname(hostname.clone()));
             }
@@ -444,6 +441,14 @@ impl Engine {
             needs_commit: false,
         })
     }
+}
+
+/// Whether `request` lists `code` in its Parameter Request List (option 55).
+fn asked_for(request: &Message, code: OptionCode) -> bool {
+    matches!(
+        request.opts().get(OptionCode::ParameterRequestList),
+        Some(DhcpOption::ParameterRequestList(codes)) if codes.contains(&code)
+    )
 }
 
 /// The name a client goes by, for the Hostname and Client FQDN options of its replies.
@@ -543,11 +548,7 @@ fn add_boot(message: &mut Message, request: &Message, config: &DhcpConfig) {
     message
         .set_siaddr(boot.server)
         .set_fname(boot.file.as_bytes());
-    let asked = matches!(
-        request.opts().get(OptionCode::ParameterRequestList),
-        Some(DhcpOption::ParameterRequestList(codes)) if codes.contains(&OptionCode::BootfileName)
-    );
-    if asked {
+    if asked_for(request, OptionCode::BootfileName) {
         message
             .opts_mut()
             .insert(DhcpOption::BootfileName(boot.file.as_bytes().to_vec()));

@@ -404,9 +404,16 @@ impl Engine {
         (reservation, iaid)
     }
 
-    /// The name `client` goes by: its reservation's, else the one it gave unless it is
-    /// another reservation's.
+    /// The name `client` goes by: its binding's (of the first IA_NA of `opts` bound), else
+    /// (nothing bound yet, as for an ADVERTISE) its reservation's, else the one it gave
+    /// unless it is another reservation's.
     fn name_of(&self, opts: &DhcpOptions, client: &Client, now: i64) -> Option<String> {
+        let bound = ia_nas(opts)
+            .map(|ia| key(client, ia.id))
+            .find(|key| self.leases.binding(key, now).is_some());
+        if let Some(bound) = bound {
+            return self.leases.bound_name(&bound, now).map(str::to_owned);
+        }
         let (reservation, _) = self.reserved_ia(opts, client, false, now);
         reservation
             .as_ref()

@@ -546,6 +546,12 @@ impl LeaseDb {
             .map(|_| ip)
     }
 
+    /// The name the live binding of `key` goes by, if it has both.
+    pub fn bound_name(&self, key: &ClientKey, now: i64) -> Option<&str> {
+        let ip = self.binding(key, now)?;
+        self.by_ip.get(&ip)?.hostname.as_deref()
+    }
+
     /// Frees `ip` if `key` holds it; whether it did.
     pub fn release(&mut self, key: &ClientKey, ip: Ipv6Addr) -> bool {
         if self.by_ip.get(&ip).is_some_and(|lease| lease.key == *key) {

@@ -300,6 +300,7 @@ impl NftFirewall {
             .ok_or_else(|| Error::Init {
                 message: format!("the skeleton has no {SKELETON_STAMP_CHAIN} rule to stamp"),
             })?;
+        let skeleton_rules = rules::skeleton_rule_counts(&skeleton);
         Ok(NftFirewall {
             state: Mutex::new(State {
                 socket,
@@ -311,7 +312,7 @@ impl NftFirewall {
             }),
             skeleton,
             skeleton_stamp,
-            skeleton_rules: rules::skeleton_rule_counts(),
+            skeleton_rules,
         })
     }
 

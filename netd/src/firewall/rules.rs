@@ -593,16 +593,16 @@ pub fn skeleton() -> Vec<Object> {
     out
 }
 
-/// How many rules each chain of [`skeleton`] holds: a chain that holds another number was
-/// flushed or edited by someone else.
-pub(super) fn skeleton_rule_counts() -> HashMap<String, usize> {
+/// How many rules each chain of `skeleton` (as [`skeleton`] made it) holds: a chain that
+/// holds another number was flushed or edited by someone else.
+pub(super) fn skeleton_rule_counts(skeleton: &[Object]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
-    for object in skeleton() {
+    for object in skeleton {
         match object {
             Object::Chain { name, .. } => {
-                counts.entry(name).or_insert(0);
+                counts.entry(name.clone()).or_insert(0);
             }
-            Object::Rule { chain, .. } => *counts.entry(chain).or_insert(0) += 1,
+            Object::Rule { chain, .. } => *counts.entry(chain.clone()).or_insert(0) += 1,
             _ => {}
         }
     }

@@ -77,8 +77,10 @@ impl Followed {
 impl Manager {
     /// What networks' DNS servers take from the host now.
     pub(super) fn host_dns(&self) -> HostDns {
+        let resolvers = dns::host_resolvers(&self.resolv_conf);
+        *lock(&self.handed_resolvers) = Some(resolvers.clone());
         HostDns {
-            resolvers: dns::host_resolvers(&self.resolv_conf),
+            resolvers,
             hosts: Arc::clone(&lock(&self.host_names)),
         }
     }
@@ -91,8 +93,12 @@ impl Manager {
         // edit (NetworkManager's, cloud-init's) may fall in between.
         let mut resolv_conf = Followed::unseen(self.resolv_conf.clone());
         let mut hosts_file = self.hosts_file.clone().map(Followed::unseen);
+        // What the networks started with (what a network starting now would get, if none
+        // runs yet): a first look that finds the same is no news.
+        let mut servers = lock(&self.handed_resolvers)
+            .clone()
+            .unwrap_or_else(|| dns::host_resolvers(&self.resolv_conf));
         tokio::spawn(async move {
-            let mut servers = None;
             let mut ticks = tokio::time::interval(POLL_INTERVAL);
             ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
@@ -108,12 +114,9 @@ impl Manager {
                 let mut new_resolvers = false;
                 if resolv_changed {
                     let read = dns::host_resolvers(&resolv_conf.path);
-                    if servers.as_ref() != Some(&read) {
-                        // The first look is no news: the networks read it when they started.
-                        if servers.is_some() {
-                            info!(path = %resolv_conf.path.display(), servers = ?read, "the host's resolvers changed");
-                        }
-                        servers = Some(read);
+                    if servers != read {
+                        info!(path = %resolv_conf.path.display(), servers = ?read, "the host's resolvers changed");
+                        servers = read;
                         new_resolvers = true;
                     }
                 }

@@ -165,6 +165,23 @@ pub struct NewPort {
     pub tap: Option<OwnedFd>,
 }
 
+/// The bridge-port flags a guest's port takes; a port loses them when it leaves its
+/// bridge.
+#[derive(Clone, Copy, Debug)]
+struct PortFlags {
+    /// The kernel's `isolated` flag (`<port isolated='yes'/>`).
+    isolated: bool,
+    /// Under libvirt's MAC table management: the guest's MAC, the only one the port gets
+    /// traffic for.
+    pinned_mac: Option<[u8; 6]>,
+}
+
+impl PortFlags {
+    fn any(self) -> bool {
+        self.isolated || self.pinned_mac.is_some()
+    }
+}
+
 /// The MAC address of a guest's tap: the guest's with the first byte `fe`, as libvirt
 /// does, so that the bridge, which takes the lowest address of its ports, never takes the
 /// guest's, and frames from the guest never look like the bridge's own. (A guest MAC that
@@ -339,12 +356,17 @@ impl Manager {
         let tap = Tap::create(TAP_TEMPLATE, false).map_err(failed)?;
         tap.set_owner(owner_uid).map_err(failed)?;
         sysctl::disable_port_ipv6(tap.name()).map_err(failed)?;
-        let isolated = def.isolated == Some(true);
-        let pin_mac = network.live.as_ref().is_some_and(pins_guest_macs);
+        let flags = PortFlags {
+            isolated: def.isolated == Some(true),
+            pinned_mac: network
+                .live
+                .as_ref()
+                .is_some_and(pins_guest_macs)
+                .then_some(def.mac.0),
+        };
         // No frame may pass before the port's flags are set: it joins down if it takes any
         // (another guest's broadcast would wait in the tap for the new guest).
-        let needs_flags = isolated || pin_mac;
-        let state = if needs_flags {
+        let state = if flags.any() {
             PortState::Down
         } else {
             PortState::Up
@@ -360,24 +382,9 @@ impl Manager {
             )
             .await
             .map_err(failed)?;
-        if isolated {
-            self.link
-                .set_port_isolated(ifindex, tap.name(), true)
-                .await
-                .map_err(failed)?;
-        }
-        if pin_mac {
-            self.link
-                .pin_guest_mac(ifindex, tap.name(), def.mac.0)
-                .await
-                .map_err(failed)?;
-        }
-        if needs_flags {
-            self.link
-                .set_up_at(ifindex, tap.name())
-                .await
-                .map_err(failed)?;
-        }
+        self.set_port_flags(ifindex, tap.name(), flags, flags.any())
+            .await
+            .map_err(failed)?;
         // Kept across parking and plugging in again: a tap keeps its qdiscs, and its IFB
         // lives until the tap is deleted. shape() leaves no IFB when it fails.
         let shaping = shaping_of(def.bandwidth.as_ref());
@@ -535,6 +542,28 @@ impl Manager {
         }
     }
 
+    /// Sets a guest port's bridge-port `flags`, then brings it up when `bring_up` (a port
+    /// that takes flags joins its bridge down, so that no frame passes before they are
+    /// set). Each step is idempotent.
+    async fn set_port_flags(
+        &self,
+        index: u32,
+        tap: &str,
+        flags: PortFlags,
+        bring_up: bool,
+    ) -> Result<(), crate::link::Error> {
+        if flags.isolated {
+            self.link.set_port_isolated(index, tap, true).await?;
+        }
+        if let Some(mac) = flags.pinned_mac {
+            self.link.pin_guest_mac(index, tap, mac).await?;
+        }
+        if bring_up {
+            self.link.set_up_at(index, tap).await?;
+        }
+        Ok(())
+    }
+
     /// [`Manager::replug_ports`] with the links already dumped (and the ports' taps
     /// followed). Returns the definitions of the ports it had to delete.
     async fn plug_in(&self, name: &str, network: &mut Network, links: &Links) -> Vec<PortDef> {
@@ -577,18 +606,14 @@ impl Manager {
                 (Some((_, _, bridge_link)), false)
                     if current.is_some_and(|tap| tap.master == Some(bridge_link.index)) =>
                 {
-                    let isolated = port.def.isolated.or(isolated_ports) == Some(true);
-                    let (index, tap) = (port.ifindex, port.tap.as_str());
-                    let mut result = Ok(());
-                    if isolated {
-                        result = self.link.set_port_isolated(index, tap, true).await;
-                    }
-                    if result.is_ok() && pin_macs {
-                        result = self.link.pin_guest_mac(index, tap, port.def.mac.0).await;
-                    }
-                    if result.is_ok() && !current.is_some_and(|link| link.up) {
-                        result = self.link.set_up_at(index, tap).await;
-                    }
+                    let flags = PortFlags {
+                        isolated: port.def.isolated.or(isolated_ports) == Some(true),
+                        pinned_mac: pin_macs.then_some(port.def.mac.0),
+                    };
+                    let down = !current.is_some_and(|link| link.up);
+                    let result = self
+                        .set_port_flags(port.ifindex, &port.tap, flags, down)
+                        .await;
                     if let Err(e) = result {
                         warn!(network = %name, port = %uuid, "{}", error_chain(&e));
                     }
@@ -600,11 +625,13 @@ impl Manager {
                     // A port loses its flags (and forwarding entry) when it leaves the
                     // bridge. One without an isolation setting of its own (its network
                     // had none when it was made) follows the network's.
-                    let isolated = port.def.isolated.or(isolated_ports) == Some(true);
+                    let flags = PortFlags {
+                        isolated: port.def.isolated.or(isolated_ports) == Some(true),
+                        pinned_mac: pin_macs.then_some(port.def.mac.0),
+                    };
                     let (index, tap) = (port.ifindex, port.tap.as_str());
                     // The guest runs: no frame may pass before its flags are set.
-                    let needs_flags = isolated || pin_macs;
-                    let state = if needs_flags {
+                    let state = if flags.any() {
                         PortState::Down
                     } else {
                         PortState::Up
@@ -613,14 +640,8 @@ impl Manager {
                         .link
                         .plug_port_at(index, tap, mac, mtu, bridge_link.index, bridge, state)
                         .await;
-                    if result.is_ok() && isolated {
-                        result = self.link.set_port_isolated(index, tap, true).await;
-                    }
-                    if result.is_ok() && pin_macs {
-                        result = self.link.pin_guest_mac(index, tap, port.def.mac.0).await;
-                    }
-                    if result.is_ok() && needs_flags {
-                        result = self.link.set_up_at(index, tap).await;
+                    if result.is_ok() {
+                        result = self.set_port_flags(index, tap, flags, flags.any()).await;
                     }
                     if result.is_ok() {
                         port.def.plug = Some(plug.clone());

@@ -85,34 +85,38 @@ pub struct WarnLatch {
     seen: u32,
     /// When the last one was.
     last_warned: Option<Instant>,
+    /// A reset asked to forget them, which happens once the last warning is a minute old.
+    forget: bool,
 }
 
 impl WarnLatch {
     /// Whether condition `bit` (below 32) is new since the latch was last cleared; marks
     /// it seen.
     pub fn first(&mut self, bit: u32) -> bool {
+        self.first_at(bit, Instant::now())
+    }
+
+    /// Forgets every condition (on device reset), as soon as the last warning is a
+    /// minute old: at once, or at the next condition after that.
+    pub fn clear(&mut self) {
+        self.forget = true;
+    }
+
+    fn first_at(&mut self, bit: u32, now: Instant) -> bool {
+        let recent = self
+            .last_warned
+            .is_some_and(|at| now.saturating_duration_since(at) < WARN_AGAIN_AFTER);
+        if self.forget && !recent {
+            self.seen = 0;
+            self.forget = false;
+        }
         let mask = 1u32.checked_shl(bit).unwrap_or(0);
         let new = self.seen & mask == 0;
         self.seen |= mask;
         if new {
-            self.last_warned = Some(Instant::now());
+            self.last_warned = Some(now);
         }
         new
-    }
-
-    /// Forgets every condition (on device reset), unless one was logged in the last
-    /// minute.
-    pub fn clear(&mut self) {
-        self.clear_at(Instant::now());
-    }
-
-    fn clear_at(&mut self, now: Instant) {
-        let recent = self
-            .last_warned
-            .is_some_and(|at| now.saturating_duration_since(at) < WARN_AGAIN_AFTER);
-        if !recent {
-            self.seen = 0;
-        }
     }
 }
 
@@ -182,18 +186,21 @@ mod tests {
 
     #[test]
     fn a_warning_latch_survives_resets_for_a_minute() {
+        let now = Instant::now();
+        let minute_later = now + WARN_AGAIN_AFTER;
         let mut latch = WarnLatch::default();
-        assert!(latch.first(3));
-        assert!(!latch.first(3));
+        assert!(latch.first_at(3, now));
+        assert!(!latch.first_at(3, now));
         // Another condition still warns once.
-        assert!(latch.first(4));
+        assert!(latch.first_at(4, now));
         // A reset loop: still latched.
         latch.clear();
-        assert!(!latch.first(3));
-        // A reset a minute after the last warning forgets them.
-        let later = Instant::now() + WARN_AGAIN_AFTER;
-        latch.clear_at(later);
-        assert!(latch.first(3));
+        assert!(!latch.first_at(3, now));
+        // The reset is remembered: a minute after the last warning, it takes effect.
+        assert!(latch.first_at(3, minute_later));
+        assert!(!latch.first_at(3, minute_later));
+        // Without a reset, a condition stays latched however long.
+        assert!(!latch.first_at(3, minute_later + WARN_AGAIN_AFTER * 10));
         // A latch that has not warned yet clears at once.
         let mut quiet = WarnLatch::default();
         quiet.clear();
