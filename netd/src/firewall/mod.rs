@@ -67,9 +67,10 @@
 //!   change. The backend remembers each bridge's elements (their forward device may change
 //!   between applies); a restarted daemon reads them back from the kernel once. A change
 //!   that changes nothing sends nothing, so a restarted daemon that re-applies its networks
-//!   leaves their rules, and the rules' counters, in place; a stamp in the user data of the
-//!   first rule of the skeleton and of each custom NAT chain (invisible to `nft list`)
-//!   tells this build's rules from an older build's, which are replaced.
+//!   leaves their rules, and the rules' counters, in place; a stamp in the user data of
+//!   every rule of the skeleton and of each custom NAT chain (invisible to `nft list`)
+//!   tells this build's rules from an older build's or a hand-made one, which are
+//!   replaced.
 //! - **Straight to the kernel.** The batches are nf_tables netlink messages built here
 //!   (`encode.rs`, sent by `netlink.rs`), the ones nft 1.0.6 sends for the same rules; a
 //!   netns test checks that `nft list` reads them back as intended. Going through
@@ -203,9 +204,8 @@ pub trait Firewall: Send + Sync + std::fmt::Debug {
     /// Whether the ruleset changed, and of `expected`, the bridges whose rules are gone
     /// from the kernel: someone flushed the ruleset (`nft flush ruleset`, a restart of
     /// nftables.service), deleted or flushed our table, flushed one of its chains or
-    /// added or deleted rules in one, or deleted any element a bridge owns (an older
-    /// ruleset restored); a rule replaced in place, or a chain's policy changed, goes
-    /// unnoticed. When any are, forgets what it believed the kernel held, so that the
+    /// added, deleted or replaced rules in one, or deleted any element a bridge owns (an
+    /// older ruleset restored); a chain's policy changed goes unnoticed. When any are, forgets what it believed the kernel held, so that the
     /// next [`Firewall::apply`] of each sends everything again. Cheap while no table
     /// changed since the last call found everything in place.
     fn inspect(&self, expected: &[String]) -> Result<Inspection, Error>;

@@ -10,10 +10,11 @@
 //! teardown and, when the table may be missing or damaged, the skeleton.
 //!
 //! A change that changes nothing (a restarted daemon re-applying the networks it adopts)
-//! sends nothing, so the rules keep their counters and handles. The first rule of the
-//! skeleton and of each custom NAT chain carries a stamp, a fingerprint of its chain as
-//! this build writes it, in its user data: a restarted daemon keeps what an earlier run of
-//! the same build left, and replaces what an older build wrote.
+//! sends nothing, so the rules keep their counters and handles. Every rule of the skeleton
+//! and of each custom NAT chain carries a stamp in its user data, a fingerprint of the
+//! skeleton or chain as this build writes it: a restarted daemon keeps what an earlier run
+//! of the same build left, and replaces what an older build wrote, or a rule someone
+//! replaced or added by hand (which carries none).
 //!
 //! The daemon asks every few seconds whether the rules are still there. The ruleset
 //! generation answers "nothing changed" in one round trip; only after a change (anyone's)
@@ -45,8 +46,6 @@ const GUEST_HOOKS: [(u8, &str, &[Hook]); 5] = {
 type Hook = (u32, &'static str);
 /// `NF_DROP` as a chain policy.
 const POLICY_DROP: u32 = 0;
-/// The skeleton chain whose first rule carries the skeleton's stamp.
-const SKELETON_STAMP_CHAIN: &str = "input";
 
 /// Applies kvnet's batches through one nf_tables netlink socket.
 #[derive(Debug)]
@@ -204,9 +203,11 @@ impl State {
                 && table == TABLE
             {
                 let rules = chains.entry(chain).or_default();
-                if rules.count == 0 {
-                    rules.stamp = netlink::attribute(&body, encode::NFTA_RULE_USERDATA)
-                        .and_then(encode::stamp);
+                let stamp =
+                    netlink::attribute(&body, encode::NFTA_RULE_USERDATA).and_then(encode::stamp);
+                // The chain's stamp is the one all its rules carry.
+                if rules.count == 0 || rules.stamp != stamp {
+                    rules.stamp = if rules.count == 0 { stamp } else { None };
                 }
                 rules.count += 1;
             }
@@ -250,27 +251,28 @@ impl State {
 struct ChainRules {
     /// How many there are.
     count: usize,
-    /// The stamp the first one carries.
+    /// The stamp every one of them carries; `None` if any carries another or none (a rule
+    /// someone replaced or added by hand carries none).
     stamp: Option<u64>,
 }
 
-/// Stamps the first rule of `chain` among `objects` with the fingerprint of the objects
-/// `covered` picks (taken before stamping), and returns the stamp; `None` when `objects`
-/// add no rule to `chain`.
-fn stamp_chain(
+/// Stamps every rule of `objects` that `stamped` picks with the fingerprint of the
+/// objects `covered` picks (taken before stamping), and returns the stamp; `None` when
+/// it picks no rule.
+fn stamp_rules(
     objects: &mut [Object],
-    chain: &str,
     covered: impl Fn(&Object) -> bool,
+    stamped: impl Fn(&Object) -> bool,
 ) -> Option<u64> {
-    let stamp = encode::fingerprint(objects.iter().filter(|object| covered(object)));
-    let first = objects.iter_mut().find_map(|object| match object {
-        Object::Rule {
-            chain: name, stamp, ..
-        } if name == chain => Some(stamp),
-        _ => None,
-    })?;
-    *first = Some(stamp);
-    Some(stamp)
+    let fingerprint = encode::fingerprint(objects.iter().filter(|object| covered(object)));
+    let mut any = false;
+    for object in objects.iter_mut().filter(|object| stamped(object)) {
+        if let Object::Rule { stamp, .. } = object {
+            *stamp = Some(fingerprint);
+            any = true;
+        }
+    }
+    any.then_some(fingerprint)
 }
 
 /// Whether `object` adds a rule to `chain`.
@@ -296,9 +298,9 @@ impl NftFirewall {
             message: e.to_string(),
         })?;
         let mut skeleton = rules::skeleton();
-        let skeleton_stamp = stamp_chain(&mut skeleton, SKELETON_STAMP_CHAIN, |_| true)
-            .ok_or_else(|| Error::Init {
-                message: format!("the skeleton has no {SKELETON_STAMP_CHAIN} rule to stamp"),
+        let skeleton_stamp =
+            stamp_rules(&mut skeleton, |_| true, |_| true).ok_or_else(|| Error::Init {
+                message: "the skeleton has no rule to stamp".to_owned(),
             })?;
         let skeleton_rules = rules::skeleton_rule_counts(&skeleton);
         Ok(NftFirewall {
@@ -317,16 +319,13 @@ impl NftFirewall {
     }
 
     /// Whether `chains` (as [`State::chains`] read them) hold this build's skeleton: each
-    /// skeleton chain its number of rules, and the stamped chain this skeleton's stamp.
+    /// skeleton chain its number of rules, every one with this skeleton's stamp.
     fn skeleton_current(&self, chains: &HashMap<String, ChainRules>) -> bool {
-        let counts_match = self
-            .skeleton_rules
-            .iter()
-            .all(|(chain, rules)| chains.get(chain).map_or(0, |found| found.count) == *rules);
-        let stamp = chains
-            .get(SKELETON_STAMP_CHAIN)
-            .and_then(|found| found.stamp);
-        counts_match && stamp == Some(self.skeleton_stamp)
+        self.skeleton_rules.iter().all(|(chain, rules)| {
+            chains.get(chain).map_or(*rules == 0, |found| {
+                found.count == *rules && found.stamp == Some(self.skeleton_stamp)
+            })
+        })
     }
 
     /// The ownership record, read from the kernel (with whether the skeleton is current)
@@ -371,7 +370,8 @@ impl NftFirewall {
         let had_custom_nat = record.custom_nat.get(bridge).copied();
         let mut network = full(&previous);
         let chain = rules::nat_chain(bridge);
-        let custom_nat = stamp_chain(&mut network, &chain, |object| adds_rule_to(object, &chain));
+        let in_chain = |object: &Object| adds_rule_to(object, &chain);
+        let custom_nat = stamp_rules(&mut network, in_chain, in_chain);
         // The same elements, and the same custom NAT chain or none, in a current table, as
         // read from the kernel with nothing changed since (a restarted daemon adopting its
         // networks). Otherwise the batches below also heal what someone else took away.
@@ -510,7 +510,7 @@ impl Firewall for NftFirewall {
                 let has_all_elements = owed.elements.get(*bridge).is_some_and(|owned| {
                     !owned.is_empty() && owned.iter().all(|element| have.contains(element))
                 });
-                // The stamp is the chain's first rule's: it also says the chain has rules.
+                // A stamp also says the chain has rules, all of them ours.
                 let has_custom_nat = owed
                     .custom_nat
                     .get(*bridge)

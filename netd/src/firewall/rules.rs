@@ -173,8 +173,8 @@ pub enum Object {
         chain: String,
         /// The rule's expressions.
         exprs: Vec<Expr>,
-        /// A fingerprint of the chain as this build writes it, kept in the rule's user
-        /// data (the first rule's of a chain); see `nft.rs`.
+        /// A fingerprint of the skeleton or chain as this build writes it, kept in the
+        /// rule's user data; see `nft.rs`.
         stamp: Option<u64>,
     },
     /// `add`/`delete element` of a set.

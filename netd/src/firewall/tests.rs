@@ -532,6 +532,39 @@ fn inspect_sees_every_way_our_rules_can_be_taken_away() {
         );
         assert!(inspect().lost.is_empty(), "after repairing {damage}");
     }
+
+    // A rule replaced in place keeps every count, but not our stamp.
+    for (chain, gone) in [("forward", &expected[..]), ("nat-virbr1", &expected[1..])] {
+        let listing: Value = serde_json::from_str(
+            &ns.sh(&format!("nft -a -j list chain inet kvnet {chain}"))
+                .unwrap(),
+        )
+        .unwrap();
+        let handle = listing["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|object| object["rule"]["handle"].as_u64())
+            .unwrap();
+        ns.sh(&format!(
+            "nft replace rule inet kvnet {chain} handle {handle} counter accept"
+        ))
+        .unwrap();
+        assert_eq!(
+            inspect().lost,
+            gone.to_vec(),
+            "after replacing a rule of {chain}"
+        );
+        inside(&ns, &*fw, |fw| {
+            for bridge in gone {
+                fw.apply(if bridge == "virbr0" { &plain } else { &custom })?;
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        assert_eq!(ns.sh("nft -s list ruleset").unwrap(), intact, "{chain}");
+    }
 }
 
 /// Element-only batches on their own (the backend falls back to the full batch when one
