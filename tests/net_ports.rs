@@ -694,7 +694,7 @@ fn with_libvirt_managing_the_mac_table_a_port_gets_only_its_guests_traffic() {
     if !require(&port_needs()) {
         return;
     }
-    let daemon = Daemon::without_default_network();
+    let mut daemon = Daemon::without_default_network();
     let network = xml_file(
         daemon.dirs.path(),
         "pinned.xml",
@@ -718,7 +718,7 @@ fn with_libvirt_managing_the_mac_table_a_port_gets_only_its_guests_traffic() {
         &port_xml("vm1", "52:54:00:51:00:01"),
     );
     daemon.ok(&["net-port-create", "pinned", &port.to_string_lossy()]);
-    let pinned = |when: &str| {
+    let pinned = |daemon: &Daemon, when: &str| {
         let tap = &daemon.ip_json("-d link show vnet0")[0];
         let port = &tap["linkinfo"]["info_slave_data"];
         assert_eq!(tap["master"], "kvpin0", "{when}: {tap}");
@@ -734,7 +734,7 @@ fn with_libvirt_managing_the_mac_table_a_port_gets_only_its_guests_traffic() {
             "{when}: the guest's MAC is not pinned:\n{fdb}"
         );
     };
-    pinned("created");
+    pinned(&daemon, "created");
     let uuid = daemon.ok(&["net-port-list", "pinned", "--uuid"]);
     assert!(
         daemon
@@ -745,5 +745,25 @@ fn with_libvirt_managing_the_mac_table_a_port_gets_only_its_guests_traffic() {
     // A restart of the network plugs the port into a new bridge, which knows nothing of it.
     daemon.ok(&["net-destroy", "pinned"]);
     daemon.ok(&["net-start", "pinned"]);
-    pinned("plugged in again");
+    pinned(&daemon, "plugged in again");
+
+    // A restart of the daemon changes nothing: not a link message about the port.
+    daemon.stop();
+    let events = daemon.dirs.path().join("link-events");
+    daemon
+        .ns
+        .sh(&format!(
+            "timeout 3 ip -o monitor link >{} 2>&1 &",
+            events.display()
+        ))
+        .expect("ip monitor");
+    std::thread::sleep(Duration::from_millis(200));
+    daemon.spawn(&DaemonOptions::no_default_network());
+    pinned(&daemon, "after a daemon restart");
+    std::thread::sleep(Duration::from_millis(3200));
+    let seen = std::fs::read_to_string(&events).expect("events");
+    assert!(
+        !seen.contains("vnet0"),
+        "the restart touched the port:\n{seen}"
+    );
 }

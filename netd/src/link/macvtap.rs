@@ -209,6 +209,7 @@ mod tests {
             master: None,
             alias: alias.map(str::to_owned),
             group,
+            port: None,
         }
     }
 

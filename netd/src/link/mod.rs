@@ -92,6 +92,26 @@ pub struct LinkInfo {
     pub alias: Option<String>,
     /// `IFLA_GROUP`, the link's group (0 by default).
     pub group: u32,
+    /// Its flags as a bridge port, when it is one.
+    pub port: Option<BridgePortFlags>,
+}
+
+/// A bridge port's flags kvnet sets on guest ports (`IFLA_BRPORT_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BridgePortFlags {
+    /// Kept from other isolated ports' traffic.
+    pub isolated: bool,
+    /// Learns the source addresses it sees.
+    pub learning: bool,
+    /// Gets unicast frames for unknown addresses.
+    pub unicast_flood: bool,
+}
+
+impl BridgePortFlags {
+    /// Whether the port takes only its guest's traffic ([`Link::pin_guest_mac`]'s flags).
+    pub fn pinned(&self) -> bool {
+        !self.learning && !self.unicast_flood
+    }
 }
 
 impl LinkInfo {

@@ -8,7 +8,8 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    BridgeStpState, InfoBridgePort, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+    BridgeStpState, InfoBridgePort, InfoPortData, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use netlink_packet_route::route::{
@@ -16,7 +17,7 @@ use netlink_packet_route::route::{
 };
 use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
-use super::{BridgeSpec, Error, LinkInfo, Op, PortState, sysctl, validate_ifname};
+use super::{BridgePortFlags, BridgeSpec, Error, LinkInfo, Op, PortState, sysctl, validate_ifname};
 
 /// A netlink route connection bound to one network namespace.
 ///
@@ -297,18 +298,28 @@ impl Link {
     /// Makes the bridge port with ifindex `index` (named `ifname`, for messages) carry only
     /// its guest's traffic, as libvirt does under `macTableManager='libvirt'`: no learning,
     /// no flooding of unknown unicast, and a static forwarding entry for the guest's `mac`.
-    /// A port loses all of it when it leaves its bridge.
-    pub async fn pin_guest_mac(&self, index: u32, ifname: &str, mac: [u8; 6]) -> Result<(), Error> {
-        self.set_bridge_port(
-            index,
-            ifname,
-            [
-                InfoBridgePort::Learning(false),
-                InfoBridgePort::UnicastFlood(false),
-            ],
-            Op::StopLearningAndFlooding,
-        )
-        .await?;
+    /// A port loses all of it when it leaves its bridge. `flags_set`: the port's flags
+    /// are as they should be already (a restart finishing a re-plug), and need no change
+    /// (which the kernel would announce to every listener all the same).
+    pub async fn pin_guest_mac(
+        &self,
+        index: u32,
+        ifname: &str,
+        mac: [u8; 6],
+        flags_set: bool,
+    ) -> Result<(), Error> {
+        if !flags_set {
+            self.set_bridge_port(
+                index,
+                ifname,
+                [
+                    InfoBridgePort::Learning(false),
+                    InfoBridgePort::UnicastFlood(false),
+                ],
+                Op::StopLearningAndFlooding,
+            )
+            .await?;
+        }
         // NTF_MASTER: the bridge's table, not the device's own; static (NUD_NOARP), as
         // libvirt's entry is. Created only, as libvirt creates it: a MAC another port
         // holds stays that port's (taking it would leave that guest unreachable when
@@ -583,14 +594,20 @@ fn link_info(link: &LinkMessage) -> LinkInfo {
         master: None,
         alias: None,
         group: 0,
+        port: None,
     };
     for attr in &link.attributes {
         match attr {
             LinkAttribute::LinkInfo(infos) => {
-                info.kind = infos.iter().find_map(|i| match i {
-                    NlLinkInfo::Kind(kind) => Some(kind.to_string()),
-                    _ => None,
-                });
+                for item in infos {
+                    match item {
+                        NlLinkInfo::Kind(kind) => info.kind = Some(kind.to_string()),
+                        NlLinkInfo::PortData(InfoPortData::BridgePort(attrs)) => {
+                            info.port = Some(bridge_port_flags(attrs));
+                        }
+                        _ => {}
+                    }
+                }
             }
             LinkAttribute::Address(bytes) => info.mac = bytes.as_slice().try_into().ok(),
             LinkAttribute::Mtu(mtu) => info.mtu = Some(*mtu),
@@ -602,6 +619,25 @@ fn link_info(link: &LinkMessage) -> LinkInfo {
         }
     }
     info
+}
+
+/// A bridge port's flags from its `IFLA_INFO_SLAVE_DATA`; an absent one has the
+/// kernel's default.
+fn bridge_port_flags(attrs: &[InfoBridgePort]) -> BridgePortFlags {
+    let mut flags = BridgePortFlags {
+        isolated: false,
+        learning: true,
+        unicast_flood: true,
+    };
+    for attr in attrs {
+        match attr {
+            InfoBridgePort::Isolated(on) => flags.isolated = *on,
+            InfoBridgePort::Learning(on) => flags.learning = *on,
+            InfoBridgePort::UnicastFlood(on) => flags.unicast_flood = *on,
+            _ => {}
+        }
+    }
+    flags
 }
 
 /// The subnet an interface address sits in (`10.0.0.1/24` → `10.0.0.0/24`).

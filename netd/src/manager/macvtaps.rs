@@ -454,6 +454,7 @@ mod tests {
             mtu: None,
             up: true,
             master: None,
+            port: None,
             alias: Some(format!(
                 "{}{}",
                 macvtap::MACVTAP_ALIAS_PREFIX,

@@ -30,7 +30,7 @@ use crate::api::types::PortSummary;
 use crate::hooks::Operation;
 use crate::link::shaping::Shaping;
 use crate::link::tap::Tap;
-use crate::link::{LinkInfo, PortState, sysctl};
+use crate::link::{BridgePortFlags, LinkInfo, PortState, sysctl};
 use crate::owner::{Owner, ProcessId};
 use crate::store::PortStatus;
 use crate::xml::{
@@ -382,7 +382,7 @@ impl Manager {
             )
             .await
             .map_err(failed)?;
-        self.set_port_flags(ifindex, tap.name(), flags, flags.any())
+        self.set_port_flags(ifindex, tap.name(), flags, None, flags.any())
             .await
             .map_err(failed)?;
         // Kept across parking and plugging in again: a tap keeps its qdiscs, and its IFB
@@ -542,21 +542,23 @@ impl Manager {
         }
     }
 
-    /// Sets a guest port's bridge-port `flags`, then brings it up when `bring_up` (a port
-    /// that takes flags joins its bridge down, so that no frame passes before they are
-    /// set). Each step is idempotent.
+    /// Sets a guest port's bridge-port `flags` (those not set already, as `current` has
+    /// them), then brings it up when `bring_up` (a port that takes flags joins its bridge
+    /// down, so that no frame passes before they are set). Each step is idempotent.
     async fn set_port_flags(
         &self,
         index: u32,
         tap: &str,
         flags: PortFlags,
+        current: Option<BridgePortFlags>,
         bring_up: bool,
     ) -> Result<(), crate::link::Error> {
-        if flags.isolated {
+        if flags.isolated && !current.is_some_and(|current| current.isolated) {
             self.link.set_port_isolated(index, tap, true).await?;
         }
         if let Some(mac) = flags.pinned_mac {
-            self.link.pin_guest_mac(index, tap, mac).await?;
+            let pinned = current.is_some_and(|current| current.pinned());
+            self.link.pin_guest_mac(index, tap, mac, pinned).await?;
         }
         if bring_up {
             self.link.set_up_at(index, tap).await?;
@@ -611,8 +613,9 @@ impl Manager {
                         pinned_mac: pin_macs.then_some(port.def.mac.0),
                     };
                     let down = !current.is_some_and(|link| link.up);
+                    let now = current.and_then(|link| link.port);
                     let result = self
-                        .set_port_flags(port.ifindex, &port.tap, flags, down)
+                        .set_port_flags(port.ifindex, &port.tap, flags, now, down)
                         .await;
                     if let Err(e) = result {
                         warn!(network = %name, port = %uuid, "{}", error_chain(&e));
@@ -641,7 +644,9 @@ impl Manager {
                         .plug_port_at(index, tap, mac, mtu, bridge_link.index, bridge, state)
                         .await;
                     if result.is_ok() {
-                        result = self.set_port_flags(index, tap, flags, flags.any()).await;
+                        result = self
+                            .set_port_flags(index, tap, flags, None, flags.any())
+                            .await;
                     }
                     if result.is_ok() {
                         port.def.plug = Some(plug.clone());
@@ -1117,6 +1122,7 @@ mod tests {
             master: None,
             alias: None,
             group: 0,
+            port: None,
         };
         assert!(port.is_its_device(uuid, &tap([0xfe, 0x54, 0, 1, 2, 3])));
         assert!(!port.is_its_device(uuid, &tap([0x02, 0xaa, 0, 1, 2, 3])));
