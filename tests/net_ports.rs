@@ -690,7 +690,7 @@ fn isolated_ports_reach_the_host_but_not_each_other() {
 }
 
 #[test]
-fn with_libvirt_managing_the_mac_table_a_port_gets_only_its_guests_traffic() {
+fn with_libvirt_managing_the_mac_table_a_port_is_pinned_to_its_guests_mac() {
     if !require(&port_needs()) {
         return;
     }
@@ -747,21 +747,42 @@ fn with_libvirt_managing_the_mac_table_a_port_gets_only_its_guests_traffic() {
     daemon.ok(&["net-start", "pinned"]);
     pinned(&daemon, "plugged in again");
 
-    // A restart of the daemon changes nothing: not a link message about the port.
+    // A restart of the daemon changes nothing: not a link message about the port. Marker
+    // links before and after show the monitor saw all that came in between.
     daemon.stop();
     let events = daemon.dirs.path().join("link-events");
     daemon
         .ns
         .sh(&format!(
-            "timeout 3 ip -o monitor link >{} 2>&1 &",
+            "ip -o monitor link >{} 2>&1 & echo $! >{0}.pid",
             events.display()
         ))
         .expect("ip monitor");
-    std::thread::sleep(Duration::from_millis(200));
+    let seen = || std::fs::read_to_string(&events).unwrap_or_default();
+    let mark = |daemon: &Daemon, name: &str| {
+        daemon
+            .ns
+            .sh(&format!("ip link add {name} type bridge"))
+            .expect("marker link");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !seen().contains(name) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no monitor: {}",
+                seen()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    mark(&daemon, "kvmark0");
     daemon.spawn(&DaemonOptions::no_default_network());
     pinned(&daemon, "after a daemon restart");
-    std::thread::sleep(Duration::from_millis(3200));
-    let seen = std::fs::read_to_string(&events).expect("events");
+    mark(&daemon, "kvmark1");
+    daemon
+        .ns
+        .sh(&format!("kill $(cat {}.pid)", events.display()))
+        .expect("stop the monitor");
+    let seen = seen();
     assert!(
         !seen.contains("vnet0"),
         "the restart touched the port:\n{seen}"
