@@ -22,6 +22,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The cargo-fuzz targets are a crate of their own (libfuzzer), outside the workspace:
 # check they still build against the library they drive.
 cargo check --manifest-path netd/fuzz/Cargo.toml --bins
+cargo check --manifest-path vmm/fuzz/Cargo.toml --bins
 # nextest gives each test its own process, a timeout (.config/nextest.toml: a hung
 # guest or daemon fails its test instead of hanging the run) and the serial KVM group.
 if ! command -v cargo-nextest >/dev/null 2>&1; then
