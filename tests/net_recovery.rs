@@ -148,6 +148,52 @@ fn an_update_of_both_definitions_a_crash_interrupted_is_finished_on_restart() {
     );
 }
 
+/// Definition files copied by hand are loaded as libvirt loads them: one whose file name
+/// differs from its `<name>`, or that repeats another's `<uuid>` (a copy without a new
+/// one), is skipped with a warning and left on disk, and the network it copied is intact.
+#[test]
+fn copied_definition_files_that_would_clash_are_skipped_and_kept() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    let original = define_nat_network(&daemon, "a", "10.57.0.1");
+    daemon.stop();
+    let networks = daemon.config_dir().join("networks");
+    // Renamed file, same content; and a new name with the same <uuid>.
+    std::fs::write(networks.join("b.xml"), &original).expect("b.xml");
+    let renamed = original.replace("<name>a</name>", "<name>c</name>");
+    assert_ne!(renamed, original);
+    std::fs::write(networks.join("c.xml"), &renamed).expect("c.xml");
+
+    daemon.spawn(&DaemonOptions::no_default_network());
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " a   inactive   no   yes\n"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("skipping definition whose file name differs from its <name>"),
+        "{log}"
+    );
+    assert!(
+        log.contains("c.xml") && log.contains("skipping definition"),
+        "{log}"
+    );
+    for (file, content) in [
+        ("a.xml", &original),
+        ("b.xml", &original),
+        ("c.xml", &renamed),
+    ] {
+        assert_eq!(
+            &std::fs::read_to_string(networks.join(file)).expect("kept"),
+            content,
+            "{file}"
+        );
+    }
+    daemon.ok(&["net-start", "a"]);
+}
+
 #[test]
 fn kill_9_at_random_points_of_starts_never_leaves_orphans() {
     if !require(DAEMON_NEEDS) {
