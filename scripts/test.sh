@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: every tier this machine can run (pure, netns, kvm).
-# Privileged tests call testkit::require(..), which prints `SKIPPED <test>: <why>`;
+# Privileged tests call testkit::require(..), which prints `SKIPPED <test>: <need>: <why>`;
 # set KVNET_TEST_REQUIRE=all to turn any skip into a failure (CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."

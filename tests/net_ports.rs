@@ -751,40 +751,61 @@ fn with_libvirt_managing_the_mac_table_a_port_is_pinned_to_its_guests_mac() {
     // links before and after show the monitor saw all that came in between.
     daemon.stop();
     let events = daemon.dirs.path().join("link-events");
-    daemon
-        .ns
-        .sh(&format!(
-            "ip -o monitor link >{} 2>&1 & echo $! >{0}.pid",
-            events.display()
-        ))
+    let monitor = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            daemon.ns.name(),
+            "ip",
+            "-o",
+            "monitor",
+            "link",
+        ])
+        .stdout(std::fs::File::create(&events).expect("events file"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .expect("ip monitor");
+    let _monitor = KillOnDrop(monitor);
     let seen = || std::fs::read_to_string(&events).unwrap_or_default();
+    // The monitor may not listen yet: a marker it missed is followed by another.
     let mark = |daemon: &Daemon, name: &str| {
-        daemon
-            .ns
-            .sh(&format!("ip link add {name} type bridge"))
-            .expect("marker link");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !seen().contains(name) {
+        for attempt in 0.. {
+            let link = format!("{name}{attempt}");
+            daemon
+                .ns
+                .sh(&format!("ip link add {link} type bridge"))
+                .expect("marker link");
+            for _ in 0..10 {
+                if seen().contains(&link) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "no monitor: {}",
                 seen()
             );
-            std::thread::sleep(Duration::from_millis(20));
         }
     };
-    mark(&daemon, "kvmark0");
+    mark(&daemon, "kvmarka");
     daemon.spawn(&DaemonOptions::no_default_network());
     pinned(&daemon, "after a daemon restart");
-    mark(&daemon, "kvmark1");
-    daemon
-        .ns
-        .sh(&format!("kill $(cat {}.pid)", events.display()))
-        .expect("stop the monitor");
+    mark(&daemon, "kvmarkb");
     let seen = seen();
     assert!(
         !seen.contains("vnet0"),
         "the restart touched the port:\n{seen}"
     );
+}
+
+/// A child process killed (and reaped) when the test is done with it, failed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -2124,9 +2124,13 @@ impl Manager {
                 return Err(e.into());
             }
             if let (Some(def), Some(_)) = (&new_live, &config_file) {
-                // Written: a later definition must not be overwritten by a restart.
-                self.store
-                    .save_status(&name, &active_status(def, persistent, started_at))?;
+                // Written: a later definition must not be overwritten by a restart. The
+                // update is done either way; a status left with it would only write the
+                // same definition again at the next start, unless one came after it.
+                let written = active_status(def, persistent, started_at);
+                if let Err(e) = self.store.save_status(&name, &written) {
+                    warn!(network = %name, "the status still holds the updated definition, which a restart writes again: {}", error_chain(&e));
+                }
             }
             Ok(new_resolver)
         })();

@@ -1,7 +1,7 @@
 //! Test helpers shared by kvnet's crates.
 //!
 //! Every test that needs a privilege calls [`require`] first. A missing need prints
-//! `SKIPPED <test>: <why>` and the test returns early, unless `KVNET_TEST_REQUIRE`
+//! `SKIPPED <test>: <need>: <why>` and the test returns early, unless `KVNET_TEST_REQUIRE`
 //! names that need (or `all`), in which case the test fails: CI sets it so a
 //! mis-provisioned machine cannot go green on skips.
 //!
@@ -64,7 +64,7 @@ impl fmt::Display for Need {
 
 /// Checks every need; returns `true` when the test can run.
 ///
-/// When a need is missing, prints `SKIPPED <test>: <why>` and returns `false`, or
+/// When a need is missing, prints `SKIPPED <test>: <need>: <why>` and returns `false`, or
 /// panics when `KVNET_TEST_REQUIRE` makes that need mandatory. Use as
 /// `if !require(&[Need::Root, Need::Netns]) { return; }`.
 pub fn require(needs: &[Need]) -> bool {

@@ -86,17 +86,25 @@ struct State {
 struct Record {
     /// Set elements, by bridge.
     elements: HashMap<String, Vec<OwnedElement>>,
-    /// Bridges with a custom NAT chain (and its verdict-map element), and the chain's stamp
-    /// (`None`: the chain carries none, it is an older build's or empty).
-    custom_nat: HashMap<String, Option<u64>>,
+    /// Bridges with a custom NAT chain (and its verdict-map element), and the chain's
+    /// stamp (`None`: its rules do not all carry one: an older build's, hand-made, empty).
+    custom_nat: HashMap<String, Option<StampedChain>>,
+}
+
+/// A chain whose rules all carry one stamp, and how many there are (a rule deleted
+/// leaves the others stamped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StampedChain {
+    stamp: u64,
+    rules: usize,
 }
 
 impl Record {
     /// Records that `bridge` owns `elements` (none: nothing) and, with `custom_nat`, its
-    /// own NAT chain with that stamp.
-    fn set(&mut self, bridge: &str, custom_nat: Option<u64>, elements: &[OwnedElement]) {
+    /// own NAT chain, so stamped.
+    fn set(&mut self, bridge: &str, custom_nat: Option<StampedChain>, elements: &[OwnedElement]) {
         match custom_nat {
-            Some(stamp) => self.custom_nat.insert(bridge.to_owned(), Some(stamp)),
+            Some(chain) => self.custom_nat.insert(bridge.to_owned(), Some(chain)),
             None => self.custom_nat.remove(bridge),
         };
         if elements.is_empty() {
@@ -237,10 +245,13 @@ impl State {
         // Verdict-map keys are the bridges with a custom NAT chain.
         let mapped = self.set_keys(NAT_MAP)?.unwrap_or_default();
         for bridge in mapped.into_iter().filter_map(|key| key.into_iter().next()) {
-            let stamp = chains
-                .get(&rules::nat_chain(&bridge))
-                .and_then(|chain| chain.stamp);
-            record.custom_nat.insert(bridge, stamp);
+            let stamped = chains.get(&rules::nat_chain(&bridge)).and_then(|chain| {
+                chain.stamp.map(|stamp| StampedChain {
+                    stamp,
+                    rules: chain.count,
+                })
+            });
+            record.custom_nat.insert(bridge, stamped);
         }
         Ok(record)
     }
@@ -371,7 +382,10 @@ impl NftFirewall {
         let mut network = full(&previous);
         let chain = rules::nat_chain(bridge);
         let in_chain = |object: &Object| adds_rule_to(object, &chain);
-        let custom_nat = stamp_rules(&mut network, in_chain, in_chain);
+        let custom_nat = stamp_rules(&mut network, in_chain, in_chain).map(|stamp| StampedChain {
+            stamp,
+            rules: network.iter().filter(|object| in_chain(object)).count(),
+        });
         // The same elements, and the same custom NAT chain or none, in a current table, as
         // read from the kernel with nothing changed since (a restarted daemon adopting its
         // networks). Otherwise the batches below also heal what someone else took away.

@@ -533,8 +533,13 @@ fn inspect_sees_every_way_our_rules_can_be_taken_away() {
         assert!(inspect().lost.is_empty(), "after repairing {damage}");
     }
 
-    // A rule replaced in place keeps every count, but not our stamp.
-    for (chain, gone) in [("forward", &expected[..]), ("nat-virbr1", &expected[1..])] {
+    // A rule replaced in place keeps every count, but not our stamp; one deleted leaves
+    // the others stamped, but not their count.
+    for (verb, chain, gone) in [
+        ("replace", "forward", &expected[..]),
+        ("replace", "nat-virbr1", &expected[1..]),
+        ("delete", "nat-virbr1", &expected[1..]),
+    ] {
         let listing: Value = serde_json::from_str(
             &ns.sh(&format!("nft -a -j list chain inet kvnet {chain}"))
                 .unwrap(),
@@ -547,14 +552,19 @@ fn inspect_sees_every_way_our_rules_can_be_taken_away() {
             .rev()
             .find_map(|object| object["rule"]["handle"].as_u64())
             .unwrap();
+        let rule = if verb == "replace" {
+            "counter accept"
+        } else {
+            ""
+        };
         ns.sh(&format!(
-            "nft replace rule inet kvnet {chain} handle {handle} counter accept"
+            "nft {verb} rule inet kvnet {chain} handle {handle} {rule}"
         ))
         .unwrap();
         assert_eq!(
             inspect().lost,
             gone.to_vec(),
-            "after replacing a rule of {chain}"
+            "after the {verb} of a rule of {chain}"
         );
         inside(&ns, &*fw, |fw| {
             for bridge in gone {
@@ -563,7 +573,11 @@ fn inspect_sees_every_way_our_rules_can_be_taken_away() {
             Ok::<_, Error>(())
         })
         .unwrap();
-        assert_eq!(ns.sh("nft -s list ruleset").unwrap(), intact, "{chain}");
+        assert_eq!(
+            ns.sh("nft -s list ruleset").unwrap(),
+            intact,
+            "{verb} {chain}"
+        );
     }
 }
 
