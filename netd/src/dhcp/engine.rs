@@ -273,13 +273,7 @@ impl Engine {
         // for the DISCOVER that follows the NAK.
         if server_id(request).is_none() && self.leases.holds_other_than(client, ip, now) {
             tracing::debug!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP request for an address other than the client's lease refused");
-            return self.reply(
-                request,
-                MessageType::Nak,
-                Ipv4Addr::UNSPECIFIED,
-                None,
-                &GuestName::NONE,
-            );
+            return self.nak(request, "wrong address");
         }
         match self
             .leases
@@ -299,13 +293,7 @@ impl Engine {
             }
             None => {
                 tracing::debug!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP request refused");
-                self.reply(
-                    request,
-                    MessageType::Nak,
-                    Ipv4Addr::UNSPECIFIED,
-                    None,
-                    &GuestName::NONE,
-                )
+                self.nak(request, "address not available")
             }
         }
     }
@@ -330,7 +318,19 @@ impl Engine {
         }
     }
 
+    /// A NAK telling the client why, in dnsmasq's words (option 56, RFC 2132 9.9).
+    fn nak(&self, request: &Message, reason: &str) -> Option<Reply> {
+        let name = GuestName::NONE;
+        let nak = (MessageType::Nak, Some(reason));
+        self.reply_noting(request, nak, Ipv4Addr::UNSPECIFIED, None, &name)
+    }
+
     fn inform(&self, request: &Message) -> Option<Reply> {
+        // RFC 2131 4.3.5: the answer goes to the address the client has; without one it
+        // is no INFORM (dnsmasq ignores it too).
+        if request.ciaddr().is_unspecified() {
+            return None;
+        }
         self.reply(
             request,
             MessageType::Ack,
@@ -346,6 +346,18 @@ impl Engine {
         &self,
         request: &Message,
         kind: MessageType,
+        yiaddr: Ipv4Addr,
+        lease: Option<u32>,
+        name: &GuestName,
+    ) -> Option<Reply> {
+        self.reply_noting(request, (kind, None), yiaddr, lease, name)
+    }
+
+    /// [`Engine::reply`] of `kind` with a message for the client (option 56), if any.
+    fn reply_noting(
+        &self,
+        request: &Message,
+        (kind, note): (MessageType, Option<&str>),
         yiaddr: Ipv4Addr,
         lease: Option<u32>,
         name: &GuestName,
@@ -371,6 +383,9 @@ impl Engine {
         let opts = message.opts_mut();
         opts.insert(DhcpOption::MessageType(kind));
         opts.insert(DhcpOption::ServerIdentifier(config.server_ip));
+        if let Some(note) = note {
+            opts.insert(DhcpOption::Message(note.to_owned()));
+        }
         // RFC 6842: the client identifier comes back as sent, in every reply.
         if let Some(DhcpOption::ClientIdentifier(id)) =
             request.opts().get(OptionCode::ClientIdentifier)
@@ -1077,6 +1092,12 @@ mod tests {
                 exchange(&mut engine, &request_for([2, 0, 0, 0, 0, 2], ip, None), NOW)
                     .expect("nak");
             assert_eq!(kind(&nak), MessageType::Nak, "{ip}");
+            // dnsmasq's words for why (option 56).
+            assert_eq!(
+                nak.opts().get(OptionCode::Message),
+                Some(&DhcpOption::Message("address not available".into())),
+                "{ip}"
+            );
             assert_eq!(nak.yiaddr(), Ipv4Addr::UNSPECIFIED);
             assert_eq!(reply.to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
             assert!(!reply.needs_commit);
@@ -1148,6 +1169,10 @@ mod tests {
         for request in [request_for(mac, other, None), renew] {
             let (reply, nak) = exchange(&mut engine, &request, NOW + 10).expect("nak");
             assert_eq!(kind(&nak), MessageType::Nak);
+            assert_eq!(
+                nak.opts().get(OptionCode::Message),
+                Some(&DhcpOption::Message("wrong address".into()))
+            );
             assert_eq!(
                 reply.to,
                 SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
@@ -1504,6 +1529,9 @@ mod tests {
         );
         assert_eq!(reply.to, SocketAddrV4::new(ip, 68));
         assert!(engine.leases(NOW).is_empty());
+        // Without an address of its own to answer to, it is no INFORM.
+        inform.set_ciaddr(Ipv4Addr::UNSPECIFIED);
+        assert!(exchange(&mut engine, &inform, NOW).is_none());
     }
 
     #[test]
