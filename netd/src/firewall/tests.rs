@@ -484,6 +484,32 @@ fn inspect_sees_every_way_our_rules_can_be_taken_away() {
     ns.sh("nft delete table ip other").unwrap();
     let intact = ns.sh("nft -s list ruleset").unwrap();
 
+    // Inspects after `damage`, expecting the networks `gone` lost; repairs them as the
+    // manager does; then all is as it was.
+    let expect_repaired = |damage: &str, gone: &[String]| {
+        assert_eq!(
+            inspect(),
+            Inspection {
+                ruleset_changed: true,
+                lost: gone.to_vec()
+            },
+            "after {damage}"
+        );
+        inside(&ns, &*fw, |fw| {
+            for bridge in gone {
+                fw.apply(if bridge == "virbr0" { &plain } else { &custom })?;
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        assert_eq!(
+            ns.sh("nft -s list ruleset").unwrap(),
+            intact,
+            "after {damage}"
+        );
+        assert!(inspect().lost.is_empty(), "after repairing {damage}");
+    };
+
     for (damage, gone) in [
         ("nft flush ruleset", &expected[..]),
         ("nft flush table inet kvnet", &expected[..]),
@@ -509,28 +535,7 @@ fn inspect_sees_every_way_our_rules_can_be_taken_away() {
         ),
     ] {
         ns.sh(damage).unwrap();
-        assert_eq!(
-            inspect(),
-            Inspection {
-                ruleset_changed: true,
-                lost: gone.to_vec()
-            },
-            "after {damage}"
-        );
-        // What the manager does with the answer; then all is as it was.
-        inside(&ns, &*fw, |fw| {
-            for bridge in gone {
-                fw.apply(if bridge == "virbr0" { &plain } else { &custom })?;
-            }
-            Ok::<_, Error>(())
-        })
-        .unwrap();
-        assert_eq!(
-            ns.sh("nft -s list ruleset").unwrap(),
-            intact,
-            "after {damage}"
-        );
-        assert!(inspect().lost.is_empty(), "after repairing {damage}");
+        expect_repaired(damage, gone);
     }
 
     // A rule replaced in place keeps every count, but not our stamp; one deleted leaves
@@ -557,27 +562,9 @@ fn inspect_sees_every_way_our_rules_can_be_taken_away() {
         } else {
             ""
         };
-        ns.sh(&format!(
-            "nft {verb} rule inet kvnet {chain} handle {handle} {rule}"
-        ))
-        .unwrap();
-        assert_eq!(
-            inspect().lost,
-            gone.to_vec(),
-            "after the {verb} of a rule of {chain}"
-        );
-        inside(&ns, &*fw, |fw| {
-            for bridge in gone {
-                fw.apply(if bridge == "virbr0" { &plain } else { &custom })?;
-            }
-            Ok::<_, Error>(())
-        })
-        .unwrap();
-        assert_eq!(
-            ns.sh("nft -s list ruleset").unwrap(),
-            intact,
-            "{verb} {chain}"
-        );
+        let damage = format!("nft {verb} rule inet kvnet {chain} handle {handle} {rule}");
+        ns.sh(&damage).unwrap();
+        expect_repaired(&damage, gone);
     }
 }
 
