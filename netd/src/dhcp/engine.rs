@@ -427,26 +427,56 @@ impl Engine {
         } else {
             SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
         };
-        let mut bytes = Vec::with_capacity(MIN_REPLY_LEN);
-        if let Err(e) = message.encode(&mut Encoder::new(&mut bytes)) {
-            tracing::error!(network = %config.network, error = %e, "cannot encode DHCP reply");
-            return None;
-        }
         // Written as dhcproto cannot: the Client FQDN answer (dhcproto's encoder takes
         // ASCII names for wire format), and the relay's option as it was sent, last,
         // where the relay looks for it (RFC 3046 2.2).
-        let mut raw = Vec::new();
+        let mut fqdn = None;
         if kind != MessageType::Nak
             && let (Some(asked), Some(hostname)) =
                 (raw_option(request, OptionCode::ClientFQDN), &name.name)
-            && let Some(answer) = fqdn_answer(asked, hostname, config.domain.as_deref())
         {
-            raw.push((OPTION_CLIENT_FQDN, answer));
+            fqdn = fqdn_answer(asked, hostname, config.domain.as_deref());
         }
-        if let Some(relay_info) = raw_option(request, OptionCode::RelayAgentInformation) {
-            raw.push((OPTION_RELAY_AGENT_INFORMATION, relay_info.to_vec()));
-        }
-        append_raw_options(&mut bytes, &raw);
+        let relay_info = raw_option(request, OptionCode::RelayAgentInformation);
+        // RFC 2132 9.10: no larger than the client takes (576 bytes at the least, IP and
+        // UDP headers included). Options it can do without go first, as dnsmasq leaves
+        // out what does not fit.
+        let limit = match request.opts().get(OptionCode::MaxMessageSize) {
+            Some(DhcpOption::MaxMessageSize(size)) => {
+                usize::from((*size).max(MIN_MAX_MESSAGE_SIZE)) - IP_UDP_HEADERS
+            }
+            _ => usize::MAX,
+        };
+        let mut droppable = DROPPABLE_OPTIONS.iter();
+        let mut bytes = loop {
+            let mut bytes = Vec::with_capacity(MIN_REPLY_LEN);
+            if let Err(e) = message.encode(&mut Encoder::new(&mut bytes)) {
+                tracing::error!(network = %config.network, error = %e, "cannot encode DHCP reply");
+                return None;
+            }
+            let mut raw = Vec::new();
+            if let Some(answer) = &fqdn {
+                raw.push((OPTION_CLIENT_FQDN, answer.clone()));
+            }
+            if let Some(relay_info) = relay_info {
+                raw.push((OPTION_RELAY_AGENT_INFORMATION, relay_info.to_vec()));
+            }
+            append_raw_options(&mut bytes, &raw);
+            if bytes.len() <= limit {
+                break bytes;
+            }
+            match droppable.next() {
+                // The FQDN answer, the largest of them, first.
+                Some(&OptionCode::ClientFQDN) if fqdn.is_some() => fqdn = None,
+                Some(code) => {
+                    message.opts_mut().remove(*code);
+                }
+                None => {
+                    tracing::debug!(network = %config.network, len = bytes.len(), limit, "DHCP reply larger than the client takes, with nothing left to leave out");
+                    break bytes;
+                }
+            }
+        };
         if bytes.len() < MIN_REPLY_LEN {
             bytes.resize(MIN_REPLY_LEN, 0);
         }
@@ -457,6 +487,20 @@ impl Engine {
         })
     }
 }
+
+/// The smallest Maximum DHCP Message Size a client may give (RFC 2132 9.10).
+const MIN_MAX_MESSAGE_SIZE: u16 = 576;
+/// The IPv4 and UDP headers, which the size includes.
+const IP_UDP_HEADERS: usize = 28;
+/// What a reply leaves out, in this order, to fit the client's maximum message size.
+const DROPPABLE_OPTIONS: &[OptionCode] = &[
+    OptionCode::ClientFQDN,
+    OptionCode::Hostname,
+    OptionCode::BootfileName,
+    OptionCode::DomainName,
+    OptionCode::BroadcastAddr,
+    OptionCode::InterfaceMtu,
+];
 
 /// Whether `request` lists `code` in its Parameter Request List (option 55).
 fn asked_for(request: &Message, code: OptionCode) -> bool {
@@ -1300,6 +1344,46 @@ mod tests {
             .handle(&raw_discover(mac, &[(12, b"db1")]), NOW)
             .expect("offer");
         assert!(!reply_options(&reply).iter().any(|(code, _)| *code == 81));
+    }
+
+    /// RFC 2132 9.10: a reply fits the client's maximum message size, leaving out what
+    /// the client can do without, largest first.
+    #[test]
+    fn a_reply_fits_the_clients_maximum_message_size() {
+        let mac = [0x52, 0x54, 0, 0xaa, 0, 0x76];
+        let client_id = [0x42; 200];
+        let fqdn = [&b"\x05\x00\x00\x3f"[..], &[b'a'; 63], b"\x00"].concat();
+        let offer = |max_size: Option<u16>| {
+            let mut engine = Engine::new(config());
+            let size = max_size.map(u16::to_be_bytes);
+            let mut options: Vec<RawOption> = vec![(61, &client_id), (81, &fqdn)];
+            if let Some(size) = &size {
+                options.push((57, size));
+            }
+            let reply = engine
+                .handle(&raw_discover(mac, &options), NOW)
+                .expect("offer");
+            let codes: Vec<u8> = reply_options(&reply).iter().map(|(c, _)| *c).collect();
+            (reply.bytes.len(), codes)
+        };
+        let (full, codes) = offer(None);
+        assert!(
+            full > 576 - 28,
+            "{full}: the test needs a reply over the limit"
+        );
+        assert!(codes.contains(&81) && codes.contains(&15), "{codes:?}");
+        let (len, codes) = offer(Some(576));
+        assert!(len <= 576 - 28, "{len}");
+        assert!(
+            !codes.contains(&81),
+            "the FQDN answer goes first: {codes:?}"
+        );
+        for kept in [53, 54, 51, 1, 3, 6, 61] {
+            assert!(codes.contains(&kept), "{kept} left out: {codes:?}");
+        }
+        // A size below the minimum counts as the minimum; a large one changes nothing.
+        assert_eq!(offer(Some(300)).0, len);
+        assert_eq!(offer(Some(1500)).0, full);
     }
 
     /// dnsmasq returns the client's own name when it asks for option 12; a reserved
