@@ -230,8 +230,12 @@ impl Health {
     /// `servers` in the order to ask them: those not suspect first, each group in
     /// configured order.
     fn order(&self, servers: &[SocketAddr]) -> Vec<SocketAddr> {
+        self.order_at(servers, Instant::now())
+    }
+
+    fn order_at(&self, servers: &[SocketAddr], now: Instant) -> Vec<SocketAddr> {
         let mut failures = self.failures();
-        failures.retain(|_, (_, last)| last.elapsed() < SUSPECT_FOR);
+        failures.retain(|_, (_, last)| now.saturating_duration_since(*last) < SUSPECT_FOR);
         let suspect = |server: &SocketAddr| {
             failures
                 .get(server)
@@ -1132,6 +1136,13 @@ mod tests {
         health.answered(vpn);
         health.failed("n", vpn);
         assert_eq!(health.order(&servers), [vpn, public]);
+        // A demoted server is asked first again once it has had 30 s of rest.
+        health.failed("n", vpn);
+        health.failed("n", vpn);
+        let demoted_at = Instant::now();
+        assert_eq!(health.order_at(&servers, demoted_at), [public, vpn]);
+        let rested = demoted_at + SUSPECT_FOR;
+        assert_eq!(health.order_at(&servers, rested), [vpn, public]);
     }
 
     /// Listeners with datagrams left queued (a turn ended) must not keep the other
