@@ -1222,6 +1222,18 @@ mod tests {
         to_server: SocketAddr,
     }
 
+    /// Runs `test` with a [`Forwarding`] for network `network`, in a namespace `ns_name`
+    /// of its own, on the daemon's kind of runtime.
+    fn with_forwarding<F, Fut>(ns_name: &str, network: &str, test: F)
+    where
+        F: FnOnce(Forwarding) -> Fut + Send,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let (ns, runtime) = netns_and_runtime(ns_name);
+        ns.run(|| runtime.block_on(async { test(forwarding(network).await).await }))
+            .expect("run in the netns");
+    }
+
     /// [`Forwarding`] for network `network`, in the current namespace.
     async fn forwarding(network: &str) -> Forwarding {
         let config = DnsConfig {
@@ -1254,65 +1266,60 @@ mod tests {
         if !testkit::require(&[Need::Root, Need::Netns]) {
             return;
         }
-        let (ns, runtime) = netns_and_runtime("dnsports");
-        ns.run(|| {
-            runtime.block_on(async {
-                let Forwarding {
-                    server,
-                    upstream,
-                    client,
-                    to_server,
-                } = forwarding("ports").await;
-                let mut buf = [0u8; 512];
-                let within = |what: &'static str| move |_| panic!("timed out waiting for {what}");
-                let mut forwarded = Vec::new();
-                for (id, name) in [(0x1111, "one.example."), (0x2222, "two.example.")] {
-                    client
-                        .send_to(&a_query(id, name), to_server)
-                        .await
-                        .expect("send");
-                    let (len, from) =
-                        tokio::time::timeout(Duration::from_secs(2), upstream.recv_from(&mut buf))
-                            .await
-                            .unwrap_or_else(within("a forwarded query"))
-                            .expect("receive");
-                    forwarded.push((buf[..len].to_vec(), from));
-                }
-                let (query, from) = &forwarded[0];
-                assert_ne!(
-                    from.port(),
-                    forwarded[1].1.port(),
-                    "one source port for both"
-                );
-                // Forged: another question, and the right question with another ID.
-                let mut other_name = response(query, 0);
-                other_name[13] ^= 1;
-                upstream.send_to(&other_name, from).await.expect("send");
-                let mut other_id = response(query, 0);
-                other_id[0] ^= 0xff;
-                upstream.send_to(&other_id, from).await.expect("send");
-                upstream
-                    .send_to(&response(query, 3), from)
+        with_forwarding("dnsports", "ports", |lab| async move {
+            let Forwarding {
+                server,
+                upstream,
+                client,
+                to_server,
+            } = lab;
+            let mut buf = [0u8; 512];
+            let within = |what: &'static str| move |_| panic!("timed out waiting for {what}");
+            let mut forwarded = Vec::new();
+            for (id, name) in [(0x1111, "one.example."), (0x2222, "two.example.")] {
+                client
+                    .send_to(&a_query(id, name), to_server)
                     .await
                     .expect("send");
-                let (len, _) =
-                    tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
+                let (len, from) =
+                    tokio::time::timeout(Duration::from_secs(2), upstream.recv_from(&mut buf))
                         .await
-                        .unwrap_or_else(within("the answer"))
+                        .unwrap_or_else(within("a forwarded query"))
                         .expect("receive");
-                let expected = {
-                    let mut reply = response(query, 3);
-                    reply[..2].copy_from_slice(&0x1111u16.to_be_bytes());
-                    reply
-                };
-                assert_eq!(&buf[..len], &expected[..], "a forged reply got through");
-                // The answered forward's socket is closed: its port is free again.
-                std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, from.port()))
-                    .expect("the forward's port still taken");
-                server.stop().await;
-            })
-        })
-        .expect("run in the netns");
+                forwarded.push((buf[..len].to_vec(), from));
+            }
+            let (query, from) = &forwarded[0];
+            assert_ne!(
+                from.port(),
+                forwarded[1].1.port(),
+                "one source port for both"
+            );
+            // Forged: another question, and the right question with another ID.
+            let mut other_name = response(query, 0);
+            other_name[13] ^= 1;
+            upstream.send_to(&other_name, from).await.expect("send");
+            let mut other_id = response(query, 0);
+            other_id[0] ^= 0xff;
+            upstream.send_to(&other_id, from).await.expect("send");
+            upstream
+                .send_to(&response(query, 3), from)
+                .await
+                .expect("send");
+            let (len, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
+                .await
+                .unwrap_or_else(within("the answer"))
+                .expect("receive");
+            let expected = {
+                let mut reply = response(query, 3);
+                reply[..2].copy_from_slice(&0x1111u16.to_be_bytes());
+                reply
+            };
+            assert_eq!(&buf[..len], &expected[..], "a forged reply got through");
+            // The answered forward's socket is closed: its port is free again.
+            std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, from.port()))
+                .expect("the forward's port still taken");
+            server.stop().await;
+        });
     }
 
     /// A name asked again, in other letters, over UDP or TCP, is answered from the
@@ -1325,84 +1332,78 @@ mod tests {
         if !testkit::require(&[Need::Root, Need::Netns]) {
             return;
         }
-        let (ns, runtime) = netns_and_runtime("dnscache");
-        ns.run(|| {
-            runtime.block_on(async {
-                let Forwarding {
-                    server,
-                    upstream,
-                    client,
-                    to_server,
-                } = forwarding("cache").await;
-                let mut buf = [0u8; 512];
-                let within = |what: &'static str| move |_| panic!("timed out waiting for {what}");
-                client
-                    .send_to(&a_query(0x1111, "www.example."), to_server)
-                    .await
-                    .expect("send");
-                let (len, from) =
-                    tokio::time::timeout(Duration::from_secs(2), upstream.recv_from(&mut buf))
-                        .await
-                        .unwrap_or_else(within("the forwarded query"))
-                        .expect("receive");
-                let mut reply = Message::from_vec(&response(&buf[..len], 0)).expect("decode");
-                let address = RData::A(Ipv4Addr::new(192, 0, 2, 7).into());
-                let name = reply.queries[0].name().clone();
-                reply.add_answer(Record::from_rdata(name, 60, address));
-                upstream
-                    .send_to(&reply.to_vec().expect("encode"), from)
-                    .await
-                    .expect("send");
-                let (len, _) =
-                    tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
-                        .await
-                        .unwrap_or_else(within("the forwarded answer"))
-                        .expect("receive");
-                assert_eq!(
-                    Message::from_vec(&buf[..len])
-                        .expect("decode")
-                        .answers
-                        .len(),
-                    1
-                );
-
-                client
-                    .send_to(&a_query(0x2222, "WwW.example."), to_server)
-                    .await
-                    .expect("send");
-                let (len, _) =
-                    tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
-                        .await
-                        .unwrap_or_else(within("the kept answer"))
-                        .expect("receive");
-                let kept = Message::from_vec(&buf[..len]).expect("decode");
-                assert_eq!(kept.metadata.id, 0x2222);
-                assert_eq!(kept.queries[0].name().to_ascii(), "WwW.example.");
-                assert!(kept.answers[0].ttl <= 60);
-
-                let mut stream = TcpStream::connect(to_server).await.expect("connect");
-                write_message(&mut stream, &a_query(0x3333, "www.example."))
-                    .await
-                    .expect("send over TCP");
-                let mut answer = Vec::new();
-                tokio::time::timeout(
-                    Duration::from_secs(2),
-                    read_message(&mut stream, &mut answer),
-                )
+        with_forwarding("dnscache", "cache", |lab| async move {
+            let Forwarding {
+                server,
+                upstream,
+                client,
+                to_server,
+            } = lab;
+            let mut buf = [0u8; 512];
+            let within = |what: &'static str| move |_| panic!("timed out waiting for {what}");
+            client
+                .send_to(&a_query(0x1111, "www.example."), to_server)
                 .await
-                .expect("the kept answer over TCP in time")
-                .expect("receive over TCP");
-                let kept = Message::from_vec(&answer).expect("decode");
-                assert_eq!((kept.metadata.id, kept.answers.len()), (0x3333, 1));
+                .expect("send");
+            let (len, from) =
+                tokio::time::timeout(Duration::from_secs(2), upstream.recv_from(&mut buf))
+                    .await
+                    .unwrap_or_else(within("the forwarded query"))
+                    .expect("receive");
+            let mut reply = Message::from_vec(&response(&buf[..len], 0)).expect("decode");
+            let address = RData::A(Ipv4Addr::new(192, 0, 2, 7).into());
+            let name = reply.queries[0].name().clone();
+            reply.add_answer(Record::from_rdata(name, 60, address));
+            upstream
+                .send_to(&reply.to_vec().expect("encode"), from)
+                .await
+                .expect("send");
+            let (len, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
+                .await
+                .unwrap_or_else(within("the forwarded answer"))
+                .expect("receive");
+            assert_eq!(
+                Message::from_vec(&buf[..len])
+                    .expect("decode")
+                    .answers
+                    .len(),
+                1
+            );
 
-                let asked_again =
-                    tokio::time::timeout(Duration::from_millis(300), upstream.recv_from(&mut buf))
-                        .await;
-                assert!(asked_again.is_err(), "the upstream was asked again");
-                server.stop().await;
-            })
-        })
-        .expect("run in the netns");
+            client
+                .send_to(&a_query(0x2222, "WwW.example."), to_server)
+                .await
+                .expect("send");
+            let (len, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
+                .await
+                .unwrap_or_else(within("the kept answer"))
+                .expect("receive");
+            let kept = Message::from_vec(&buf[..len]).expect("decode");
+            assert_eq!(kept.metadata.id, 0x2222);
+            assert_eq!(kept.queries[0].name().to_ascii(), "WwW.example.");
+            assert!(kept.answers[0].ttl <= 60);
+
+            let mut stream = TcpStream::connect(to_server).await.expect("connect");
+            write_message(&mut stream, &a_query(0x3333, "www.example."))
+                .await
+                .expect("send over TCP");
+            let mut answer = Vec::new();
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                read_message(&mut stream, &mut answer),
+            )
+            .await
+            .expect("the kept answer over TCP in time")
+            .expect("receive over TCP");
+            let kept = Message::from_vec(&answer).expect("decode");
+            assert_eq!((kept.metadata.id, kept.answers.len()), (0x3333, 1));
+
+            let asked_again =
+                tokio::time::timeout(Duration::from_millis(300), upstream.recv_from(&mut buf))
+                    .await;
+            assert!(asked_again.is_err(), "the upstream was asked again");
+            server.stop().await;
+        });
     }
 
     /// Over TCP too, only a reply with the query's ID and question, and marked a
