@@ -478,6 +478,64 @@ fn an_unreadable_status_does_not_leave_the_bridge_in_the_way() {
     assert_eq!(daemon.addresses("virbr0"), ["10.58.0.1/24"]);
 }
 
+/// A status that cannot be removed (its directory made immutable) keeps only its own
+/// network from being adopted: the daemon starts and takes over the others.
+#[test]
+fn a_status_that_cannot_be_removed_holds_up_no_other_network() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    define_nat_network(&daemon, "kept", "10.57.0.1");
+    define_nat_network(&daemon, "damaged", "10.57.1.1");
+    daemon.ok(&["net-start", "kept"]);
+    daemon.ok(&["net-start", "damaged"]);
+    daemon.kill9();
+    let statuses = daemon.state_dir().join("networks");
+    std::fs::write(statuses.join("damaged.json"), "{\"phase\": ").expect("damage the status");
+    let _immutable = Immutable::set(&statuses);
+
+    daemon.spawn(&DaemonOptions::no_default_network());
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " damaged   inactive   no   yes\n kept      active     no   yes\n",
+        "{}",
+        daemon.log()
+    );
+    daemon.assert_logged("its status file stays on disk");
+    assert!(statuses.join("damaged.json").exists());
+}
+
+/// Makes a directory immutable (no entry can be added or removed, even by root) until
+/// dropped.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(dir: &Path) -> Self {
+        chattr("+i", dir);
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        chattr("-i", &self.0);
+    }
+}
+
+fn chattr(change: &str, path: &Path) {
+    let status = std::process::Command::new("chattr")
+        .arg(change)
+        .arg(path)
+        .status()
+        .expect("run chattr");
+    assert!(
+        status.success(),
+        "chattr {change} {} failed",
+        path.display()
+    );
+}
+
 /// A status file that cannot be read at the moment (here a directory in its place;
 /// permissions or a disk error elsewhere) is not a damaged one: the network may be
 /// running, so its bridge and the file stay as they are.

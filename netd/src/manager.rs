@@ -573,7 +573,7 @@ impl Manager {
                 Err(e @ store::Error::CorruptStatus { .. }) => {
                     warn!(network = %name, "discarding a damaged status: {}", error_chain(&e));
                     self.release_unadoptable(&networks, &name, None).await;
-                    self.store.delete_status(&name)?;
+                    self.discard_status_or_warn(&name);
                     continue;
                 }
                 Err(e) => {
@@ -590,7 +590,7 @@ impl Manager {
                     warn!(network = %name, "discarding status with unreadable XML: {}", error_chain(&e));
                     self.release_unadoptable(&networks, &name, Some(&status.bridge))
                         .await;
-                    self.store.delete_status(&name)?;
+                    self.discard_status_or_warn(&name);
                     continue;
                 }
             };
@@ -612,7 +612,7 @@ impl Manager {
                 let delete_bridge =
                     owns_bridge && self.is_bridge_it_created(&def, &status.bridge).await;
                 self.release(&status.bridge, delete_bridge).await;
-                self.store.delete_status(&name)?;
+                self.discard_status_or_warn(&name);
                 continue;
             }
             // A macvtap network has nothing in the kernel but its ports' devices, and a
@@ -626,7 +626,7 @@ impl Manager {
                 let Some(bridge) = bridge else {
                     warn!(network = %name, bridge = %status.bridge, "bridge vanished while the daemon was away; marking the network inactive");
                     self.release(&status.bridge, false).await;
-                    self.store.delete_status(&name)?;
+                    self.discard_status_or_warn(&name);
                     continue;
                 };
                 // The name may since have gone to someone else's bridge (deleted and made
@@ -634,7 +634,7 @@ impl Manager {
                 if !is_network_bridge(&def, &status.bridge, &bridge) {
                     warn!(network = %name, bridge = %status.bridge, "bridge {} is no longer this network's (another MAC address); marking the network inactive and leaving the bridge alone", status.bridge);
                     self.release(&status.bridge, false).await;
-                    self.store.delete_status(&name)?;
+                    self.discard_status_or_warn(&name);
                     continue;
                 }
                 self.restore_bridge(&def, &status.bridge, &bridge).await;
@@ -647,13 +647,13 @@ impl Manager {
                         // Defined while it ran, or an undefine interrupted before its
                         // definition went: the definition on disk is what counts.
                         warn!(network = %name, "running network has a definition on disk; it is persistent");
-                        self.store.save_status(
+                        self.save_status_or_warn(
                             &name,
                             &Status {
                                 persistent: true,
                                 ..status
                             },
-                        )?;
+                        );
                     }
                     network.run(def, servers);
                 }
@@ -662,13 +662,13 @@ impl Manager {
                     if status.persistent && !self.was_unloaded(&name) {
                         // Its definition was removed behind our back: keep it running, as transient.
                         warn!(network = %name, "running network has no definition on disk any more; it is now transient");
-                        self.store.save_status(
+                        self.save_status_or_warn(
                             &name,
                             &Status {
                                 persistent: false,
                                 ..status
                             },
-                        )?;
+                        );
                     }
                     networks.insert(name, Network::transient(def, servers));
                 }
@@ -752,6 +752,23 @@ impl Manager {
             }
         }
         Ok(())
+    }
+
+    /// Records an adopted network's corrected status. One that cannot be written now is
+    /// corrected again by the next daemon, which finds it the same way.
+    fn save_status_or_warn(&self, name: &str, status: &Status) {
+        if let Err(e) = self.store.save_status(name, status) {
+            warn!(network = %name, "its status file keeps the old record (the daemon corrects it again when it next starts): {}", error_chain(&e));
+        }
+    }
+
+    /// Removes the status of a network that is not adopted. One that cannot be removed
+    /// is left for the next daemon, which finds it the same way, rather than keeping
+    /// every other network from being adopted.
+    fn discard_status_or_warn(&self, name: &str) {
+        if let Err(e) = self.store.delete_status(name) {
+            warn!(network = %name, "its status file stays on disk (the daemon looks at it again when it next starts): {}", error_chain(&e));
+        }
     }
 
     /// Removes the lease files of a network that is gone. Done or not, the network is; the
