@@ -248,6 +248,18 @@ pub(super) fn stamp(userdata: &[u8]) -> Option<u64> {
     None
 }
 
+/// The chain a verdict-map element (the attributes of one `NFTA_LIST_ELEM`) jumps to;
+/// `None` for any other verdict, or none.
+pub(super) fn jump_target(element: &[u8]) -> Option<String> {
+    use super::netlink::{attribute, be32, text};
+    let verdict = attribute(element, NFTA_SET_ELEM_DATA)
+        .and_then(|data| attribute(data, NFTA_DATA_VERDICT))?;
+    let code = attribute(verdict, NFTA_VERDICT_CODE).and_then(be32)?;
+    (code == NFT_JUMP as u32)
+        .then(|| attribute(verdict, NFTA_VERDICT_CHAIN).map(text))
+        .flatten()
+}
+
 fn element_kind(change: Change) -> (u16, u16) {
     match change {
         Change::Add => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),

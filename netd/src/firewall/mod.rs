@@ -130,7 +130,7 @@ pub struct NetworkRules {
     pub nat_ipv6: bool,
 }
 
-/// Errors of the firewall module. nft's own text is part of the message.
+/// Errors of the firewall module. The kernel's own error is part of the message.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A name that cannot be a Linux interface name.
@@ -163,23 +163,24 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
-    /// The kernel refused the batch for a bridge; nothing was changed.
-    #[error("cannot {action} firewall rules of bridge {bridge}: {nft}")]
+    /// The batch for a bridge failed: the kernel refused it (and changed nothing), or it
+    /// could not be sent or answered.
+    #[error("cannot {action} firewall rules of bridge {bridge}: {reason}")]
     Batch {
         /// "apply" or "remove".
         action: &'static str,
         /// The bridge concerned.
         bridge: String,
         /// The refused step and the kernel's error.
-        nft: String,
+        reason: String,
     },
     /// A listing failed.
-    #[error("cannot list nftables {what}: {nft}")]
+    #[error("cannot list nftables {what}: {reason}")]
     List {
         /// What was listed.
         what: String,
         /// The kernel's error.
-        nft: String,
+        reason: String,
     },
 }
 

@@ -5,9 +5,10 @@
 //! (daemon restart) reads that once from the kernel, on first use.
 //!
 //! A change that only adds and deletes set elements in a complete table (every start and
-//! stop of a network without a custom `<nat>`) is sent as just those elements. The rest,
-//! and any element batch the kernel refuses, is sent with the full "delete if present"
-//! teardown and, when the table may be missing or damaged, the skeleton.
+//! stop of a network without a custom `<nat>`) is sent as just those elements. The rest is
+//! sent with the full "delete if present" teardown and, when the table may be missing or
+//! outdated, the skeleton. A batch the kernel refuses means someone changed our table:
+//! what it holds is read again, and the full batch, skeleton first, rendered from that.
 //!
 //! A change that changes nothing (a restarted daemon re-applying the networks it adopts)
 //! sends nothing, so the rules keep their counters and handles. Every rule of the skeleton
@@ -20,7 +21,7 @@
 //! generation answers "nothing changed" in one round trip; only after a change (anyone's)
 //! are the bridges set and the rules of each chain read back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -86,9 +87,14 @@ struct State {
 struct Record {
     /// Set elements, by bridge.
     elements: HashMap<String, Vec<OwnedElement>>,
-    /// Bridges with a custom NAT chain (and its verdict-map element), and the chain's
-    /// stamp (`None`: its rules do not all carry one: an older build's, hand-made, empty).
+    /// Bridges with a custom NAT chain (and its verdict-map element jumping to it), and
+    /// the chain's stamp (`None`: its rules do not all carry one: an older build's,
+    /// hand-made, empty).
     custom_nat: HashMap<String, Option<StampedChain>>,
+    /// Bridges with an element in the verdict map, whatever its verdict: removing its
+    /// chain takes deleting it first, and adding it again would clash with a different
+    /// verdict.
+    nat_mapped: HashSet<String>,
 }
 
 /// A chain whose rules all carry one stamp, and how many there are (a rule deleted
@@ -100,13 +106,26 @@ struct StampedChain {
 }
 
 impl Record {
+    /// Whether `bridge` has anything in our table.
+    fn owns_anything(&self, bridge: &str) -> bool {
+        self.elements.contains_key(bridge)
+            || self.custom_nat.contains_key(bridge)
+            || self.nat_mapped.contains(bridge)
+    }
+
     /// Records that `bridge` owns `elements` (none: nothing) and, with `custom_nat`, its
     /// own NAT chain, so stamped.
     fn set(&mut self, bridge: &str, custom_nat: Option<StampedChain>, elements: &[OwnedElement]) {
         match custom_nat {
-            Some(chain) => self.custom_nat.insert(bridge.to_owned(), Some(chain)),
-            None => self.custom_nat.remove(bridge),
-        };
+            Some(chain) => {
+                self.custom_nat.insert(bridge.to_owned(), Some(chain));
+                self.nat_mapped.insert(bridge.to_owned());
+            }
+            None => {
+                self.custom_nat.remove(bridge);
+                self.nat_mapped.remove(bridge);
+            }
+        }
         if elements.is_empty() {
             self.elements.remove(bridge);
         } else {
@@ -124,6 +143,13 @@ impl State {
     /// The keys of every element of `set`, as interface names; `None` if the set (or the
     /// whole table) does not exist.
     fn set_keys(&mut self, set: &str) -> Result<Option<Vec<Vec<String>>>, Error> {
+        let elements = self.set_elements(set)?;
+        Ok(elements.map(|elements| elements.into_iter().map(|(key, _)| key).collect()))
+    }
+
+    /// Every element of `set`: its key, as interface names, and for a verdict map the
+    /// chain it jumps to; `None` if the set (or the whole table) does not exist.
+    fn set_elements(&mut self, set: &str) -> Result<Option<Vec<ReadElement>>, Error> {
         let mut request = Writer::new();
         request
             .string(encode::NFTA_SET_ELEM_LIST_TABLE, TABLE)
@@ -148,11 +174,8 @@ impl State {
                 let key = netlink::attribute(element, encode::NFTA_SET_ELEM_KEY)
                     .and_then(|key| netlink::attribute(key, encode::NFTA_DATA_VALUE));
                 if let Some(key) = key {
-                    keys.push(
-                        key.chunks(encode::IFNAMSIZ)
-                            .map(netlink::text)
-                            .collect::<Vec<_>>(),
-                    );
+                    let key = key.chunks(encode::IFNAMSIZ).map(netlink::text).collect();
+                    keys.push((key, encode::jump_target(element)));
                 }
             }
         }
@@ -170,8 +193,29 @@ impl State {
             .and_then(netlink::be32)
             .ok_or_else(|| Error::List {
                 what: WHAT.to_owned(),
-                nft: "the kernel's answer has no generation id".to_owned(),
+                reason: "the kernel's answer has no generation id".to_owned(),
             })
+    }
+
+    /// Whether a chain of our table has policy drop (set by hand): the skeleton's policies
+    /// are accept, and one base chain dropping stops every network.
+    fn own_chain_drops(&mut self) -> Result<bool, Error> {
+        const WHAT: &str = "chains of table inet kvnet";
+        // Chain dumps are not filtered by table.
+        let answers = match self
+            .socket
+            .dump(encode::NFT_MSG_GETCHAIN, NFPROTO_INET, &[], WHAT)
+        {
+            Ok(answers) => answers,
+            Err(e) if e.errno() == Some(libc::ENOENT) => Vec::new(),
+            Err(e) => return Err(list_error(WHAT, e)),
+        };
+        Ok(answers.iter().any(|(_, body)| {
+            let table = netlink::attribute(body, encode::NFTA_CHAIN_TABLE).map(netlink::text);
+            let policy =
+                netlink::attribute(body, encode::NFTA_CHAIN_POLICY).and_then(netlink::be32);
+            table.as_deref() == Some(TABLE) && policy == Some(POLICY_DROP)
+        }))
     }
 
     /// The bridges that have elements in the bridges set, sorted.
@@ -242,9 +286,17 @@ impl State {
                 }
             }
         }
-        // Verdict-map keys are the bridges with a custom NAT chain.
-        let mapped = self.set_keys(NAT_MAP)?.unwrap_or_default();
-        for bridge in mapped.into_iter().filter_map(|key| key.into_iter().next()) {
+        // Verdict-map keys are the bridges with a custom NAT chain, when they jump to it:
+        // one changed by hand (`accept`) is there to be deleted, but the NAT is gone.
+        let mapped = self.set_elements(NAT_MAP)?.unwrap_or_default();
+        for (key, jump) in mapped {
+            let Some(bridge) = key.into_iter().next() else {
+                continue;
+            };
+            record.nat_mapped.insert(bridge.clone());
+            if jump.as_deref() != Some(rules::nat_chain(&bridge).as_str()) {
+                continue;
+            }
             let stamped = chains.get(&rules::nat_chain(&bridge)).and_then(|chain| {
                 chain.stamp.map(|stamp| StampedChain {
                     stamp,
@@ -257,6 +309,10 @@ impl State {
     }
 }
 
+/// A set element as the kernel holds it: its key, as interface names, and the chain a
+/// verdict-map element jumps to.
+type ReadElement = (Vec<String>, Option<String>);
+
 /// The rules of one chain of our table, as the kernel holds them.
 #[derive(Debug, Default)]
 struct ChainRules {
@@ -265,6 +321,18 @@ struct ChainRules {
     /// The stamp every one of them carries; `None` if any carries another or none (a rule
     /// someone replaced or added by hand carries none).
     stamp: Option<u64>,
+}
+
+/// Stamps the rules of `bridge`'s custom NAT chain in `network`; returns its stamp and
+/// rule count, if `network` gives it one.
+fn stamp_custom_nat(bridge: &str, network: &mut [Object]) -> Option<StampedChain> {
+    let chain = rules::nat_chain(bridge);
+    let in_chain = |object: &Object| adds_rule_to(object, &chain);
+    let stamp = stamp_rules(network, in_chain, in_chain)?;
+    Some(StampedChain {
+        stamp,
+        rules: network.iter().filter(|object| in_chain(object)).count(),
+    })
 }
 
 /// Stamps every rule of `objects` that `stamped` picks with the fingerprint of the
@@ -299,7 +367,7 @@ fn same_elements(a: &[OwnedElement], b: &[OwnedElement]) -> bool {
 fn list_error(what: &str, e: netlink::Error) -> Error {
     Error::List {
         what: what.to_owned(),
-        nft: e.to_string(),
+        reason: e.to_string(),
     }
 }
 
@@ -329,14 +397,20 @@ impl NftFirewall {
         })
     }
 
-    /// Whether `chains` (as [`State::chains`] read them) hold this build's skeleton: each
-    /// skeleton chain its number of rules, every one with this skeleton's stamp.
-    fn skeleton_current(&self, chains: &HashMap<String, ChainRules>) -> bool {
-        self.skeleton_rules.iter().all(|(chain, rules)| {
+    /// Whether our table holds this build's skeleton: in `chains` (as [`State::chains`]
+    /// read them) each skeleton chain its number of rules, every one with this skeleton's
+    /// stamp, and no chain with a drop policy.
+    fn skeleton_current(
+        &self,
+        state: &mut State,
+        chains: &HashMap<String, ChainRules>,
+    ) -> Result<bool, Error> {
+        let rules_current = self.skeleton_rules.iter().all(|(chain, rules)| {
             chains.get(chain).map_or(*rules == 0, |found| {
                 found.count == *rules && found.stamp == Some(self.skeleton_stamp)
             })
-        })
+        });
+        Ok(rules_current && !state.own_chain_drops()?)
     }
 
     /// The ownership record, read from the kernel (with whether the skeleton is current)
@@ -347,7 +421,7 @@ impl NftFirewall {
             state.record_read_at = Some(state.generation()?);
             let chains = state.chains()?;
             let record = state.read_record(&chains)?;
-            state.skeleton_present = self.skeleton_current(&chains);
+            state.skeleton_present = self.skeleton_current(state, &chains)?;
             tracing::debug!(
                 bridges = record.elements.len(),
                 skeleton_current = state.skeleton_present,
@@ -360,18 +434,19 @@ impl NftFirewall {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock leaves at worst a stale ownership record, which
-        // the add-then-delete teardown tolerates.
+        // the next batch the kernel refuses has read again.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Replaces what `bridge` owns with `now` (nothing for a removal) in one batch. `full`
-    /// renders the complete change from the previous elements (with the bridge's custom NAT
-    /// chain, if it gets one), for whatever the element batch cannot do.
+    /// renders the complete change from the previous elements and whether the bridge has a
+    /// verdict-map element (with the bridge's custom NAT chain, if it gets one), for
+    /// whatever the element batch cannot do.
     fn commit(
         &self,
         action: &'static str,
         bridge: &str,
-        full: impl FnOnce(&[OwnedElement]) -> Vec<Object>,
+        full: impl Fn(&[OwnedElement], bool) -> Vec<Object>,
         now: Vec<OwnedElement>,
     ) -> Result<(), Error> {
         let started = Instant::now();
@@ -379,13 +454,16 @@ impl NftFirewall {
         let record = self.record(&mut state)?;
         let previous = record.elements.get(bridge).cloned().unwrap_or_default();
         let had_custom_nat = record.custom_nat.get(bridge).copied();
-        let mut network = full(&previous);
-        let chain = rules::nat_chain(bridge);
-        let in_chain = |object: &Object| adds_rule_to(object, &chain);
-        let custom_nat = stamp_rules(&mut network, in_chain, in_chain).map(|stamp| StampedChain {
-            stamp,
-            rules: network.iter().filter(|object| in_chain(object)).count(),
-        });
+        let render = |record: &Record| {
+            let previous = record.elements.get(bridge).map(Vec::as_slice);
+            let mut network = full(
+                previous.unwrap_or_default(),
+                record.nat_mapped.contains(bridge),
+            );
+            let custom_nat = stamp_custom_nat(bridge, &mut network);
+            (network, custom_nat)
+        };
+        let (network, custom_nat) = render(record);
         // The same elements, and the same custom NAT chain or none, in a current table, as
         // read from the kernel with nothing changed since (a restarted daemon adopting its
         // networks). Otherwise the batches below also heal what someone else took away.
@@ -397,41 +475,57 @@ impl NftFirewall {
         // Only set elements change, in a table we know is complete.
         let elements_only =
             state.skeleton_present && custom_nat.is_none() && had_custom_nat.is_none();
-        let mut sent_elements = || {
-            elements_only
-                && state
-                    .commit(&element_changes(&previous, &now))
-                    .inspect_err(|e| {
-                        // Someone may have changed our table; the full batch repairs it.
-                        tracing::debug!(
-                            bridge,
-                            "element batch failed ({e}); sending the full batch"
-                        );
-                    })
-                    .is_ok()
-        };
-        let result = if in_place || sent_elements() {
-            Ok(())
+        // The smallest batch that can make the change, if the table is as we recorded it.
+        let quick = if in_place {
+            Some(Ok(()))
+        } else if elements_only {
+            Some(state.commit(&element_changes(&previous, &now)))
+        } else if state.skeleton_present {
+            Some(state.commit(&network))
         } else {
-            let without_skeleton =
-                (state.skeleton_present && !elements_only).then(|| state.commit(&network));
-            match without_skeleton {
-                Some(Ok(())) => Ok(()),
-                _ => {
-                    let mut objects = self.skeleton.clone();
-                    objects.extend(network);
-                    state.commit(&objects)
+            None
+        };
+        let result = match quick {
+            Some(Ok(())) => Ok(()),
+            // The table may be missing or outdated: the skeleton goes first.
+            None => {
+                let mut objects = self.skeleton.clone();
+                objects.extend(network);
+                let result = state.commit(&objects);
+                state.skeleton_present = result.is_ok();
+                result
+            }
+            // Someone changed our table since we looked (flushed or deleted it, deleted
+            // or re-pointed an element): look again and send it all, skeleton first. A
+            // failed batch changed nothing, so what is read is what is there.
+            Some(Err(e)) => {
+                tracing::debug!(bridge, "batch failed ({e}); sending the full batch");
+                state.record = None;
+                match self.record(&mut state) {
+                    Err(_) => {
+                        state.skeleton_present = false;
+                        Err(e)
+                    }
+                    // Already gone (the table with it): nothing to rebuild first.
+                    Ok(record) if now.is_empty() && !record.owns_anything(bridge) => Ok(()),
+                    Ok(record) => {
+                        let (network, _) = render(record);
+                        let mut objects = self.skeleton.clone();
+                        objects.extend(network);
+                        let result = state.commit(&objects);
+                        state.skeleton_present = result.is_ok();
+                        result
+                    }
                 }
             }
         };
-        state.skeleton_present = result.is_ok();
         if !in_place {
             state.record_read_at = None;
         }
         result.map_err(|e| Error::Batch {
             action,
             bridge: bridge.to_owned(),
-            nft: e.to_string(),
+            reason: e.to_string(),
         })?;
         state.owed.set(bridge, custom_nat, &now);
         let record = self.record(&mut state)?;
@@ -439,8 +533,11 @@ impl NftFirewall {
         if record.elements.is_empty() && record.custom_nat.is_empty() {
             // Nothing of kvnet's is left: remove the table too, so the ruleset is exactly
             // as it was before the first network started.
-            if let Err(e) = state.commit(&[Object::DeleteTable]) {
-                tracing::warn!("removing the empty table inet {TABLE}: {e}");
+            match state.commit(&[Object::DeleteTable]) {
+                Err(e) if e.errno() != Some(libc::ENOENT) => {
+                    tracing::warn!("removing the empty table inet {TABLE}: {e}");
+                }
+                _ => {}
             }
             state.skeleton_present = false;
             state.record_read_at = None;
@@ -476,7 +573,7 @@ impl Firewall for NftFirewall {
         self.commit(
             "apply",
             &rules.bridge,
-            |previous| rules::render(rules, previous),
+            |previous, nat_mapped| rules::render(rules, previous, nat_mapped),
             rules::elements(rules),
         )
     }
@@ -486,7 +583,7 @@ impl Firewall for NftFirewall {
         self.commit(
             "remove",
             bridge,
-            |previous| rules::render_removal(bridge, previous),
+            |previous, nat_mapped| rules::render_removal(bridge, previous, nat_mapped),
             Vec::new(),
         )
     }
@@ -507,7 +604,7 @@ impl Firewall for NftFirewall {
         let chains = state.chains()?;
         // A skeleton chain flushed or edited (`nft flush table inet kvnet`) breaks every
         // network at once; re-applying any one of them sends the skeleton again.
-        let skeleton_intact = self.skeleton_current(&chains);
+        let skeleton_intact = self.skeleton_current(&mut state, &chains)?;
         // Every element a bridge owns, not only its place in the bridges set: one lost
         // from `nat4` (an old ruleset restored, an element deleted by hand) stops its
         // NAT alone.

@@ -680,10 +680,11 @@ pub fn elements(rules: &NetworkRules) -> Vec<OwnedElement> {
 }
 
 /// The objects that replace a network's rules: removal of the `previous` elements the
-/// bridge owned and of any custom NAT chain, then its new elements (and chain). Call
-/// [`NetworkRules::validate`] first; prepend [`skeleton`] when the table may be missing.
-pub fn render(rules: &NetworkRules, previous: &[OwnedElement]) -> Vec<Object> {
-    let mut out = render_removal(&rules.bridge, previous);
+/// bridge owned and of any custom NAT chain (and verdict-map element, when `nat_mapped`),
+/// then its new elements (and chain). Call [`NetworkRules::validate`] first; prepend
+/// [`skeleton`] when the table may be missing.
+pub fn render(rules: &NetworkRules, previous: &[OwnedElement], nat_mapped: bool) -> Vec<Object> {
+    let mut out = render_removal(&rules.bridge, previous, nat_mapped);
     out.extend(
         elements(rules)
             .into_iter()
@@ -707,16 +708,15 @@ pub fn render(rules: &NetworkRules, previous: &[OwnedElement]) -> Vec<Object> {
 
 /// The objects that remove a bridge's `previous` elements and custom NAT chain, whether or
 /// not they still exist: each is added, then deleted ("delete if present" inside one
-/// transaction). The map element goes before its chain.
-pub fn render_removal(bridge: &str, previous: &[OwnedElement]) -> Vec<Object> {
+/// transaction). Not the verdict-map element: adding it fails if it is there with another
+/// verdict (changed by hand), so it is deleted, before its chain, only when `nat_mapped`
+/// says it is there.
+pub fn render_removal(bridge: &str, previous: &[OwnedElement], nat_mapped: bool) -> Vec<Object> {
     let chain = nat_chain(bridge);
-    let mut out = vec![
-        Object::Chain {
-            name: chain.clone(),
-            base: None,
-        },
-        Object::NatJump(Change::Add, bridge.to_owned()),
-    ];
+    let mut out = vec![Object::Chain {
+        name: chain.clone(),
+        base: None,
+    }];
     out.extend(
         previous
             .iter()
@@ -727,7 +727,9 @@ pub fn render_removal(bridge: &str, previous: &[OwnedElement]) -> Vec<Object> {
             .iter()
             .map(|element| Object::Element(Change::Delete, element.clone())),
     );
-    out.push(Object::NatJump(Change::Delete, bridge.to_owned()));
+    if nat_mapped {
+        out.push(Object::NatJump(Change::Delete, bridge.to_owned()));
+    }
     out.push(Object::DeleteChain(chain));
     out
 }
@@ -1029,7 +1031,10 @@ mod tests {
         assert_eq!(owned(&isolated).len(), 2);
         let open = network("kvbr3", RuleMode::Open, &["192.168.130.0/24"], &[]);
         assert!(elements(&open).is_empty());
-        assert_eq!(render(&open, &[]), render_removal("kvbr3", &[]));
+        assert_eq!(
+            render(&open, &[], false),
+            render_removal("kvbr3", &[], false)
+        );
         // A custom <nat> replaces the nat4 element with a chain and a map element.
         let custom = NetworkRules {
             nat_ports: (2000, 3000),
@@ -1037,7 +1042,7 @@ mod tests {
             ..network("kvbr4", RuleMode::Nat, &["10.10.0.0/24"], &[])
         };
         assert!(!owned(&custom).iter().any(|e| e.contains("nat4")));
-        let objects = render(&custom, &[]);
+        let objects = render(&custom, &[], false);
         assert_eq!(
             objects.last(),
             Some(&Object::NatJump(Change::Add, "kvbr4".to_owned()))
@@ -1067,7 +1072,7 @@ mod tests {
             ..nat6.clone()
         };
         assert!(!owned(&custom6).iter().any(|e| e.contains("nat")));
-        let chain_rules = render(&custom6, &[])
+        let chain_rules = render(&custom6, &[], false)
             .into_iter()
             .filter(|o| matches!(o, Object::Rule { chain, .. } if chain == "nat-virbr0"))
             .count();
@@ -1081,19 +1086,15 @@ mod tests {
     }
 
     #[test]
-    fn removal_adds_then_deletes_and_unmaps_before_deleting_the_chain() {
+    fn removal_adds_then_deletes_and_unmaps_a_mapped_bridge_before_deleting_its_chain() {
         let before = network("virbr0", RuleMode::Route, &["192.168.150.0/24"], &[]);
         let previous = elements(&before);
-        let objects = render_removal("virbr0", &previous);
+        let objects = render_removal("virbr0", &previous, true);
         let text: Vec<String> = objects.iter().map(ToString::to_string).collect();
         assert_eq!(text[0], "add chain nat-virbr0");
+        assert_eq!(text[1], "add element virbr0 in set bridges");
         assert_eq!(
-            text[1],
-            "add element virbr0 : jump nat-virbr0 in map postrouting_iif"
-        );
-        assert_eq!(text[2], "add element virbr0 in set bridges");
-        assert_eq!(
-            text[2 + previous.len()],
+            text[1 + previous.len()],
             "delete element virbr0 in set bridges"
         );
         assert_eq!(
@@ -1103,6 +1104,10 @@ mod tests {
                 "delete chain nat-virbr0"
             ]
         );
+        // The map element is never added: with another verdict, that would clash.
+        let unmapped = render_removal("virbr0", &previous, false);
+        assert!(!unmapped.iter().any(|o| matches!(o, Object::NatJump(..))));
+        assert_eq!(unmapped.len(), objects.len() - 1);
     }
 
     #[test]

@@ -382,9 +382,9 @@ fn a_failing_batch_changes_nothing() {
         fw.apply(&custom("kvbr-a", "192.168.71.0/24"))
     })
     .unwrap();
-    // Make the kernel refuse the next apply: a verdict map cannot jump to a base chain,
-    // and one already sits where kvbr-b's NAT chain goes.
-    ns.sh("nft add chain inet kvnet nat-kvbr-b '{ type filter hook forward priority 5; }'")
+    // Make the kernel refuse the next apply: a chain where kvbr-b's NAT chain goes, which
+    // cannot be replaced while a rule jumps to it.
+    ns.sh("nft add chain inet kvnet nat-kvbr-b; nft add chain inet kvnet other; nft add rule inet kvnet other jump nat-kvbr-b")
         .unwrap();
     let snapshot = || ns.sh("nft -s list ruleset").unwrap();
     let before = snapshot();
@@ -405,13 +405,13 @@ fn a_failing_batch_changes_nothing() {
     );
     assert!(message.contains("kvbr-b"), "{message}");
     assert!(
-        message.contains("Operation not supported"),
+        message.contains("Device or resource busy"),
         "no nft text in: {message}"
     );
     assert_eq!(snapshot(), before);
 
     // Removal that the kernel refuses (someone else jumps to our chain) is atomic too.
-    ns.sh("nft delete chain inet kvnet nat-kvbr-b; nft add chain inet kvnet other; nft add rule inet kvnet other jump nat-kvbr-a").unwrap();
+    ns.sh("nft flush chain inet kvnet other; nft delete chain inet kvnet nat-kvbr-b; nft add rule inet kvnet other jump nat-kvbr-a").unwrap();
     let before = snapshot();
     let err = inside(&ns, &*fw, |fw| fw.remove("kvbr-a")).unwrap_err();
     assert!(err.to_string().contains("kvbr-a"), "{err}");
@@ -431,7 +431,7 @@ fn a_failing_batch_changes_nothing() {
 }
 
 #[test]
-fn a_foreign_flush_is_healed_by_the_next_change() {
+fn a_foreign_flush_or_delete_is_healed_by_the_next_change() {
     if !ready() {
         return;
     }
@@ -446,6 +446,16 @@ fn a_foreign_flush_is_healed_by_the_next_change() {
     let objects = ruleset(&ns);
     assert_eq!(chain_rules(&objects, "postrouting").len(), 17);
     assert_eq!(owned_by(&objects, "virbr0").len(), 5);
+
+    // A network stopping after the whole table went is stopped: the table is not built
+    // again for it (which would take every module the skeleton uses).
+    let other = network("virbr1", RuleMode::Isolated, "192.168.100.0/24");
+    inside(&ns, &*fw, |fw| fw.apply(&other)).unwrap();
+    ns.sh("nft delete table inet kvnet").unwrap();
+    inside(&ns, &*fw, |fw| fw.remove("virbr0")).unwrap();
+    assert_eq!(ns.sh("nft list ruleset").unwrap(), "");
+    inside(&ns, &*fw, |fw| fw.apply(&other)).unwrap();
+    assert_eq!(owned_by(&ruleset(&ns), "virbr1").len(), 2);
 }
 
 #[test]
@@ -533,6 +543,18 @@ fn inspect_sees_every_way_our_rules_can_be_taken_away() {
             "nft delete element inet kvnet postrouting_iif '{ virbr1 }'",
             &expected[1..],
         ),
+        // Re-pointed: the element is there, the NAT is not, and adding it back as it
+        // was clashes with the element there.
+        (
+            "nft delete element inet kvnet postrouting_iif '{ virbr1 }'; \
+             nft add element inet kvnet postrouting_iif '{ virbr1 : accept }'",
+            &expected[1..],
+        ),
+        // A drop policy on one of our base chains stops every network.
+        (
+            "nft chain inet kvnet forward '{ policy drop; }'",
+            &expected[..],
+        ),
     ] {
         ns.sh(damage).unwrap();
         expect_repaired(damage, gone);
@@ -566,6 +588,19 @@ fn inspect_sees_every_way_our_rules_can_be_taken_away() {
         ns.sh(&damage).unwrap();
         expect_repaired(&damage, gone);
     }
+
+    // A network whose map element was re-pointed stops, before any inspection saw it.
+    ns.sh(
+        "nft delete element inet kvnet postrouting_iif '{ virbr1 }'; \
+         nft add element inet kvnet postrouting_iif '{ virbr1 : accept }'",
+    )
+    .unwrap();
+    inside(&ns, &*fw, |fw| {
+        fw.remove("virbr1")?;
+        fw.remove("virbr0")
+    })
+    .unwrap();
+    assert_eq!(ns.sh("nft list ruleset").unwrap(), "");
 }
 
 /// Element-only batches on their own (the backend falls back to the full batch when one
