@@ -20,6 +20,11 @@ const NLMSG_DONE: u16 = 3;
 pub(super) const NLM_F_REQUEST: u16 = 0x1;
 pub(super) const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
+/// On a dump's message: the ruleset changed while it was read, so the dump may miss or
+/// repeat objects.
+const NLM_F_DUMP_INTR: u16 = 0x10;
+/// How many times a dump that a change interrupted is read again before that is an error.
+const DUMP_ATTEMPTS: usize = 4;
 pub(super) const NLM_F_CREATE: u16 = 0x400;
 const NLA_F_NESTED: u16 = 0x8000;
 /// Attribute type bits without the nested and byte-order flags.
@@ -128,7 +133,8 @@ impl Socket {
         self.read_verdict(first_seq, messages)
     }
 
-    /// The bodies (after `nfgenmsg`) and families of every message a dump request answers.
+    /// The bodies (after `nfgenmsg`) and families of every message a dump request answers,
+    /// read again when a change to the ruleset interrupted it.
     pub(super) fn dump(
         &mut self,
         kind: u16,
@@ -136,6 +142,14 @@ impl Socket {
         attributes: &[u8],
         what: &str,
     ) -> Result<Vec<(u8, Vec<u8>)>, Error> {
+        for _ in 1..DUMP_ATTEMPTS {
+            match self.exchange(kind, NLM_F_DUMP, family, attributes, what) {
+                Err(e) if e.errno() == Some(libc::EINTR) => {
+                    tracing::debug!("{e}; reading it again");
+                }
+                result => return result,
+            }
+        }
         self.exchange(kind, NLM_F_DUMP, family, attributes, what)
     }
 
@@ -185,6 +199,7 @@ impl Socket {
         self.send(&request)?;
         let mut buffer = vec![0u8; DUMP_BUFFER];
         let mut out = Vec::new();
+        let mut interrupted = false;
         loop {
             let len = recv(self.fd.as_raw_fd(), &mut buffer, MsgFlags::empty())
                 .map_err(|e| Error::Socket(e.into()))?;
@@ -192,7 +207,14 @@ impl Socket {
                 if message.seq != seq {
                     continue; // a late answer to something earlier
                 }
+                interrupted |= message.flags & NLM_F_DUMP_INTR != 0;
                 match message.kind {
+                    NLMSG_DONE if interrupted => {
+                        return Err(Error::Dump {
+                            what: format!("{what} (changed while read)"),
+                            source: io::Error::from_raw_os_error(libc::EINTR),
+                        });
+                    }
                     NLMSG_DONE => return Ok(out),
                     NLMSG_ERROR => {
                         let errno = error_code(message.payload);
@@ -430,6 +452,7 @@ pub(super) fn be32(payload: &[u8]) -> Option<u32> {
 /// One netlink message of a datagram.
 struct Received<'a> {
     kind: u16,
+    flags: u16,
     seq: u32,
     payload: &'a [u8],
 }
@@ -445,6 +468,7 @@ fn messages(datagram: &[u8]) -> Vec<Received<'_>> {
         }
         out.push(Received {
             kind: u16::from_ne_bytes([rest[4], rest[5]]),
+            flags: u16::from_ne_bytes([rest[6], rest[7]]),
             seq: u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]),
             payload: &rest[NLMSG_HDRLEN..len],
         });
