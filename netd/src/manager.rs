@@ -411,7 +411,9 @@ impl Servers {
 /// One kernel change made by a start, and how to take it back.
 #[derive(Debug)]
 enum Undo {
-    DeleteBridge(String),
+    /// The bridge this start created, by index: its name may be someone else's by the
+    /// time the start fails.
+    DeleteBridge(u32, String),
     RemoveRules(String),
     /// The IFB device shaping the ingress of the bridge with this ifindex: it outlives
     /// the bridge.
@@ -918,19 +920,19 @@ impl Manager {
         }
         let unloaded = lock(&self.unloaded).len();
         if unloaded > 0 {
-            // Which bridges those networks have is unknown: any chain may be theirs.
+            // Which bridges those networks have is unknown: any rules may be theirs.
             info!(
                 unloaded,
-                "keeping the firewall chains of inactive networks: some definitions or statuses could not be read"
+                "keeping the firewall rules of inactive networks: some definitions or statuses could not be read"
             );
         } else {
-            self.remove_stale_chains(&active_bridges);
+            self.remove_stale_rules(&active_bridges);
         }
         self.warn_about_foreign_drop_policies();
     }
 
-    /// Removes kvnet's chains of bridges no active network has.
-    fn remove_stale_chains(&self, active_bridges: &[String]) {
+    /// Removes kvnet's rules of bridges no active network has.
+    fn remove_stale_rules(&self, active_bridges: &[String]) {
         match self.firewall.bridges() {
             Ok(bridges) => {
                 for bridge in bridges.into_iter().filter(|b| !active_bridges.contains(b)) {
@@ -940,7 +942,10 @@ impl Manager {
                     }
                 }
             }
-            Err(e) => warn!("listing kvnet firewall chains: {}", error_chain(&e)),
+            Err(e) => warn!(
+                "listing the bridges in kvnet's firewall table: {}",
+                error_chain(&e)
+            ),
         }
     }
 
@@ -1702,7 +1707,7 @@ impl Manager {
                 }
             })?;
             created = Some(index);
-            undo.push(Undo::DeleteBridge(bridge.to_owned()));
+            undo.push(Undo::DeleteBridge(index, bridge.to_owned()));
             let has_ipv6 = !def.ipv6_subnets().is_empty();
             sysctl::configure_bridge_ipv6(bridge, has_ipv6)
                 .map_err(|e| failed_step(def, format!("setting IPv6 sysctls of {bridge}"), e))?;
@@ -1762,9 +1767,9 @@ impl Manager {
     async fn roll_back(&self, undo: Vec<Undo>) {
         for step in undo.into_iter().rev() {
             let result = match &step {
-                Undo::DeleteBridge(bridge) => self
+                Undo::DeleteBridge(index, bridge) => self
                     .link
-                    .delete_link(bridge)
+                    .delete_index(*index, bridge)
                     .await
                     .map(drop)
                     .map_err(|e| error_chain(&e)),

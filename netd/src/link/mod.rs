@@ -1,4 +1,4 @@
-//! The only module that speaks netlink: bridges, addresses, links, routes, traffic control;
+//! The only module that speaks rtnetlink: bridges, addresses, links, routes, traffic control;
 //! plus the network sysctls and tap devices.
 //!
 //! Everything here acts on the network namespace of the thread that created the [`Link`]

@@ -506,13 +506,25 @@ impl Manager {
         uuid: Uuid,
     ) -> Result<Port, Error> {
         let port = network.ports.get(&uuid).ok_or(Error::PortNotFound(uuid))?;
-        self.link
-            .delete_index(port.ifindex, &port.tap)
-            .await
-            .map_err(|source| Error::Port {
-                network: name.to_owned(),
-                source,
-            })?;
+        let failed = |source| Error::Port {
+            network: name.to_owned(),
+            source,
+        };
+        // The recorded index may since name another device (an index given again by
+        // `ip link add … index N`, or a device moved in from another namespace).
+        let device = self.link.link_info_at(port.ifindex).await.map_err(failed)?;
+        match device {
+            Some(link) if port.is_its_device(uuid, &link) => {
+                self.link
+                    .delete_index(port.ifindex, &port.tap)
+                    .await
+                    .map_err(failed)?;
+            }
+            Some(link) => {
+                warn!(network = %name, device = %link.name, was = %port.tap, "a port's recorded device index now names another device; leaving it alone");
+            }
+            None => {}
+        }
         if port.shaping().ingress.is_some()
             && let Err(e) = self.link.delete_ifb_of(port.ifindex).await
         {
@@ -954,13 +966,22 @@ impl Manager {
     /// scripts are the caller's to run, once it is done with the links); `None` (logged)
     /// when the kernel cannot be asked.
     async fn port_links(&self, name: &str, network: &mut Network) -> Option<(Links, Vec<PortDef>)> {
-        let links = match self.link.links_by_index().await {
+        let mut links = match self.link.links_by_index().await {
             Ok(links) => links,
             Err(e) => {
                 warn!(network = %name, "cannot check the ports' taps: {}", error_chain(&e));
                 return None;
             }
         };
+        // A dump that links came and went during may miss one that stayed (older
+        // kernels): a port's tap missing from it is asked after on its own first.
+        for port in network.ports.values() {
+            if !links.contains_key(&port.ifindex)
+                && let Ok(Some(link)) = self.link.link_info_at(port.ifindex).await
+            {
+                links.insert(port.ifindex, link);
+            }
+        }
         let mut ended = self.follow_taps(name, network, &links);
         ended.extend(self.end_exited_holders(name, network, false).await);
         // The IFB of a shaped tap its VMM closed outlives it.
@@ -971,8 +992,10 @@ impl Manager {
     /// Drops the ports whose tap is not in `links` and follows renamed taps. Returns the
     /// definitions of the ports that ended.
     fn follow_taps(&self, name: &str, network: &mut Network, links: &Links) -> Vec<PortDef> {
-        // A port follows its tap by ifindex, which the kernel does not hand out again: a
-        // tap renamed behind our back is still the port's (and still deleted with it).
+        // A port follows its tap by ifindex, which a rename keeps: a tap renamed behind our
+        // back is still the port's (and still deleted with it). The kernel gives an index
+        // again only when asked (`ip link add … index N`, a device moved in from another
+        // namespace), which the device check catches.
         let mut changed = false;
         let mut ended = Vec::new();
         network.ports.retain(|uuid, port| {
@@ -1007,7 +1030,6 @@ impl Manager {
         ended
     }
 
-    /// Deletes the taps (ifindex, recorded name) that are still there.
     /// Deletes the devices of ports that are gone; one whose index names a device that
     /// is not the port's any more is left alone, with a warning.
     async fn delete_taps<'a>(
