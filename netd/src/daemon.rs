@@ -130,7 +130,7 @@ fn run(args: Args) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let firewall = firewall::nft().map_err(Error::Firewall)?;
         let config = ManagerConfig {
             config_dir: args.config_dir.clone(),
@@ -152,23 +152,36 @@ fn run(args: Args) -> Result<(), Error> {
             .map_err(Error::Serve)?;
         tracing::info!("stopped; networks keep running");
         Ok(())
-    })
+    });
+    // Dropping the runtime would wait for its blocking threads without end; a stop must
+    // not hang on one (a lease file's fsync on a stuck disk).
+    runtime.shutdown_timeout(BLOCKING_GRACE);
+    result
 }
 
-async fn shutdown_signal() {
+/// How long a stopping daemon waits for work on the runtime's blocking threads.
+const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Completes on SIGTERM or SIGINT. The handlers are installed at the call, before the
+/// socket appears and systemd hears READY=1: a stop asked for right then is a clean one,
+/// not the signal's default death.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot listen for SIGTERM/SIGINT; stop the daemon with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            tracing::warn!("cannot listen for SIGTERM/SIGINT; stop the daemon with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        tell_systemd("STOPPING=1");
     }
-    tell_systemd("STOPPING=1");
 }
 
 /// Tells a `Type=notify` unit's systemd how the daemon is doing, if systemd started it.

@@ -90,7 +90,6 @@ pub mod rules;
 #[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 mod tests;
 
-
 /// The name of kvnet's nftables table (family `inet`).
 pub const TABLE: &str = "kvnet";
 

@@ -131,7 +131,9 @@ pub enum Error {
     #[error("opening /dev/net/tun")]
     OpenTun(#[source] io::Error),
     /// An interface name the kernel would refuse (or that would escape a sysctl path).
-    #[error("invalid interface name {0:?}: must be 1-15 bytes without '/', ':', NUL or whitespace, and not . or ..")]
+    #[error(
+        "invalid interface name {0:?}: must be 1-15 bytes without '/', ':', NUL or whitespace, and not . or .."
+    )]
     InvalidName(String),
     /// A prefix length too long for the address family.
     #[error("invalid prefix length {prefix_len} for address {addr}")]
