@@ -12,6 +12,7 @@
 //! (`<networkport>`, `virNetworkPortDefFormat`).
 
 mod bandwidth;
+mod dnsmasq;
 mod dom;
 mod format;
 pub mod libxml;

@@ -344,6 +344,7 @@ impl Parser {
         let mut portgroups = Vec::new();
         let mut ips = Vec::new();
         let mut routes = Vec::new();
+        let mut dnsmasq_options = Vec::new();
         for child in &root.children {
             match child.name.as_str() {
                 "name" => self.once(&mut name, child)?,
@@ -363,6 +364,9 @@ impl Parser {
                 "portgroup" => portgroups.push(child),
                 "ip" => ips.push(child),
                 "route" => routes.push(child),
+                _ if super::dnsmasq::is_dnsmasq(child, &[root], "options") => {
+                    dnsmasq_options.push(child);
+                }
                 _ => return Err(self.unsupported_child(root, child)),
             }
         }
@@ -482,7 +486,28 @@ impl Parser {
         for element in portgroups {
             def.portgroups.push(self.portgroup(element)?);
         }
+        for element in dnsmasq_options {
+            self.dnsmasq_options(root, element)?;
+        }
         Ok(def)
+    }
+
+    /// `<dnsmasq:options>`. libvirt drops one without options (terraform-provider-libvirt
+    /// writes an empty one into every network), and so does kvnet.
+    fn dnsmasq_options(&self, root: &Element, element: &Element) -> Result<(), Error> {
+        if let Some((key, _)) = element
+            .attrs
+            .iter()
+            .find(|(key, _)| !super::dnsmasq::is_declaration(key))
+        {
+            return Err(self.unsupported(
+                format!("attribute '{key}' on <{}>", element.name),
+                element.line,
+            ));
+        }
+        self.check_leaf(element)?;
+        let _ = root;
+        Ok(())
     }
 
     /// `<portgroup name= [default=] [trustGuestRxFilters=]>` with an optional

@@ -762,7 +762,7 @@ fn unsupported_libvirt_features_are_rejected_by_name() {
         (
             "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'><name>x</name>\
              <dnsmasq:options><dnsmasq:option value='foo'/></dnsmasq:options></network>",
-            "unsupported element <dnsmasq:options> in network 'x' (line 1)",
+            "unsupported element <dnsmasq:option> inside <dnsmasq:options> in network 'x' (line 1)",
         ),
         (
             "<network><name>x</name><forward mode='hostdev' managed='yes'/></network>",
@@ -2714,4 +2714,57 @@ fn dhcp_hosts_at_the_network_or_broadcast_address_are_refused_when_given() {
             )
         );
     }
+}
+
+/// terraform-provider-libvirt's libvirtxml writes this into every network it defines.
+const TERRAFORM_EMPTY_OPTIONS_XML: &str = r#"<network>
+  <name>tf</name>
+  <bridge name="virbr9"/>
+  <options xmlns="http://libvirt.org/schemas/network/dnsmasq/1.0"></options>
+  <ip address="10.1.0.1" netmask="255.255.255.0"/>
+</network>"#;
+
+#[test]
+fn empty_dnsmasq_options_are_accepted_and_dropped_as_libvirt_does() {
+    let def = parse(TERRAFORM_EMPTY_OPTIONS_XML);
+    let without = parse(&TERRAFORM_EMPTY_OPTIONS_XML.replace(
+        "  <options xmlns=\"http://libvirt.org/schemas/network/dnsmasq/1.0\"></options>\n",
+        "",
+    ));
+    assert_eq!(def, without);
+    // virsh 9 prints neither the element nor a namespace declaration for it.
+    assert!(!def.to_xml().contains("dnsmasq"), "{}", def.to_xml());
+    let prefixed = parse(
+        "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>\
+         <name>tf</name><dnsmasq:options/></network>",
+    );
+    assert!(
+        !prefixed.to_xml().contains("dnsmasq"),
+        "{}",
+        prefixed.to_xml()
+    );
+    // Any prefix bound to the namespace, on the element itself or on <network>.
+    parse(
+        "<network><name>tf</name>\
+         <d:options xmlns:d='http://libvirt.org/schemas/network/dnsmasq/1.0'/></network>",
+    );
+}
+
+#[test]
+fn options_outside_the_dnsmasq_namespace_are_refused() {
+    assert_eq!(
+        parse_err("<network><name>x</name><options/></network>"),
+        "unsupported element <options> in network 'x' (line 1)"
+    );
+    assert_eq!(
+        parse_err("<network xmlns:d='urn:other'><name>x</name><d:options/></network>"),
+        "unsupported element <d:options> in network 'x' (line 1)"
+    );
+    assert_eq!(
+        parse_err(
+            "<network><name>x</name>\
+             <options xmlns='http://libvirt.org/schemas/network/dnsmasq/1.0' a='1'/></network>"
+        ),
+        "unsupported attribute 'a' on <options> in network 'x' (line 1)"
+    );
 }
