@@ -127,8 +127,13 @@ impl NetworkDef {
     fn format(&self, connections: &Connections) -> String {
         let mut out = Out::new();
         out.open(&format!(
-            "<network{}{}{}>",
+            "<network{}{}{}{}>",
             attr("connections", Some(connections.network).filter(|n| *n > 0)),
+            if self.dnsmasq_options.is_empty() {
+                String::new()
+            } else {
+                attr("xmlns:dnsmasq", Some(super::dnsmasq::NAMESPACE))
+            },
             if self.ipv6_without_gateway {
                 " ipv6='yes'"
             } else {
@@ -224,6 +229,17 @@ impl NetworkDef {
                 super::bandwidth::format(&mut out, bandwidth);
             }
             out.close("</portgroup>");
+        }
+        // libvirt writes its namespaces' elements last, under its own prefix.
+        if !self.dnsmasq_options.is_empty() {
+            out.open("<dnsmasq:options>");
+            for option in &self.dnsmasq_options {
+                out.line(&format!(
+                    "<dnsmasq:option{}/>",
+                    attr("value", Some(&option.value))
+                ));
+            }
+            out.close("</dnsmasq:options>");
         }
         out.close("</network>");
         out.finish()

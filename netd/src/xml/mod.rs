@@ -12,7 +12,7 @@
 //! (`<networkport>`, `virNetworkPortDefFormat`).
 
 mod bandwidth;
-mod dnsmasq;
+pub mod dnsmasq;
 mod dom;
 mod format;
 pub mod libxml;
@@ -29,6 +29,7 @@ mod port_tests;
 mod tests;
 
 pub use bandwidth::{Bandwidth, Rate};
+pub use dnsmasq::{AddressRule, Directive, DnsmasqOption, MAX_CACHE_SIZE};
 pub use format::Connections;
 pub use model::{
     Bootp, Bridge, DEFAULT_NAT_PORTS, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv,

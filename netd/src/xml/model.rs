@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::Error;
 use super::bandwidth::Bandwidth;
+use super::dnsmasq::DnsmasqOption;
 
 /// One libvirt virtual network definition (`<network>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -60,6 +61,8 @@ pub struct NetworkDef {
     pub routes: Vec<RouteDef>,
     /// `<portgroup>` elements in document order.
     pub portgroups: Vec<PortGroup>,
+    /// `<dnsmasq:option>`s, in document order across every `<dnsmasq:options>`.
+    pub dnsmasq_options: Vec<DnsmasqOption>,
 }
 
 /// `<portgroup>`: settings shared by the ports that name it with `<group>`; a port that
@@ -768,6 +771,7 @@ impl NetworkDef {
             ips: Vec::new(),
             routes: Vec::new(),
             portgroups: Vec::new(),
+            dnsmasq_options: Vec::new(),
         }
     }
 

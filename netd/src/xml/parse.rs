@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use uuid::Uuid;
 
+use super::dnsmasq::{Directive, DnsmasqOption, Refusal};
 use super::dom::{Element, parse_document};
 use super::model::{
     Bootp, Bridge, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv, DnsTxt, Domain,
@@ -487,27 +488,64 @@ impl Parser {
             def.portgroups.push(self.portgroup(element)?);
         }
         for element in dnsmasq_options {
-            self.dnsmasq_options(root, element)?;
+            def.dnsmasq_options
+                .extend(self.dnsmasq_options(root, element)?);
         }
         Ok(def)
     }
 
-    /// `<dnsmasq:options>`. libvirt drops one without options (terraform-provider-libvirt
-    /// writes an empty one into every network), and so does kvnet.
-    fn dnsmasq_options(&self, root: &Element, element: &Element) -> Result<(), Error> {
-        if let Some((key, _)) = element
-            .attrs
-            .iter()
-            .find(|(key, _)| !super::dnsmasq::is_declaration(key))
-        {
-            return Err(self.unsupported(
+    /// `<dnsmasq:options>`: its `<dnsmasq:option value=>`s. libvirt drops one without
+    /// options (terraform-provider-libvirt writes an empty one into every network), and
+    /// so does kvnet. Each value must be a line kvnet carries out itself.
+    fn dnsmasq_options(
+        &self,
+        root: &Element,
+        element: &Element,
+    ) -> Result<Vec<DnsmasqOption>, Error> {
+        self.check_declarations_only(element, &[])?;
+        self.check_no_text(element)?;
+        let mut options = Vec::new();
+        for child in &element.children {
+            if !super::dnsmasq::is_dnsmasq(child, &[root, element], "option") {
+                return Err(self.unsupported_child(element, child));
+            }
+            self.check_declarations_only(child, &["value"])?;
+            self.check_leaf(child)?;
+            let value = child
+                .attr("value")
+                .ok_or_else(|| invalid_as(Class::Internal, "No dnsmasq options value specified"))?;
+            let directive = Directive::parse(value).map_err(|refusal| match refusal {
+                Refusal::Unsupported => invalid_as(
+                    Class::ConfigUnsupported,
+                    format!(
+                        "dnsmasq option '{value}' is not supported by kvnet (network '{}')",
+                        self.network
+                    ),
+                ),
+                Refusal::Invalid(why) => invalid(format!(
+                    "invalid dnsmasq option '{value}' in network '{}': {why}",
+                    self.network
+                )),
+            })?;
+            options.push(DnsmasqOption {
+                value: value.to_owned(),
+                directive,
+            });
+        }
+        Ok(options)
+    }
+
+    /// Rejects attributes other than namespace declarations and `allowed`.
+    fn check_declarations_only(&self, element: &Element, allowed: &[&str]) -> Result<(), Error> {
+        match element.attrs.iter().find(|(key, _)| {
+            !super::dnsmasq::is_declaration(key) && !allowed.contains(&key.as_str())
+        }) {
+            Some((key, _)) => Err(self.unsupported(
                 format!("attribute '{key}' on <{}>", element.name),
                 element.line,
-            ));
+            )),
+            None => Ok(()),
         }
-        self.check_leaf(element)?;
-        let _ = root;
-        Ok(())
     }
 
     /// `<portgroup name= [default=] [trustGuestRxFilters=]>` with an optional

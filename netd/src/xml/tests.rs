@@ -762,7 +762,7 @@ fn unsupported_libvirt_features_are_rejected_by_name() {
         (
             "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'><name>x</name>\
              <dnsmasq:options><dnsmasq:option value='foo'/></dnsmasq:options></network>",
-            "unsupported element <dnsmasq:option> inside <dnsmasq:options> in network 'x' (line 1)",
+            "dnsmasq option 'foo' is not supported by kvnet (network 'x')",
         ),
         (
             "<network><name>x</name><forward mode='hostdev' managed='yes'/></network>",
@@ -2766,5 +2766,171 @@ fn options_outside_the_dnsmasq_namespace_are_refused() {
              <options xmlns='http://libvirt.org/schemas/network/dnsmasq/1.0' a='1'/></network>"
         ),
         "unsupported attribute 'a' on <options> in network 'x' (line 1)"
+    );
+}
+
+/// OpenShift's libvirt IPI network, trimmed: wildcard DNS for its ingress.
+const OPENSHIFT_XML: &str = r#"<network xmlns:dnsmasq="http://libvirt.org/schemas/network/dnsmasq/1.0">
+  <name>ocp</name>
+  <forward mode="nat"/>
+  <bridge name="tt0"/>
+  <domain name="ocp.example.test" localOnly="yes"/>
+  <ip address="192.168.126.1" prefix="24"/>
+  <dnsmasq:options>
+    <dnsmasq:option value="address=/.apps.ocp.example.test/192.168.126.51"/>
+    <dnsmasq:option value="cache-size=0"/>
+  </dnsmasq:options>
+</network>"#;
+
+#[test]
+fn dnsmasq_options_are_kept_and_written_as_virsh_9_writes_them() {
+    let mut def = parse(OPENSHIFT_XML);
+    assert_eq!(
+        def.dnsmasq_options
+            .iter()
+            .map(|option| (option.value.as_str(), option.directive.clone()))
+            .collect::<Vec<_>>(),
+        [
+            (
+                "address=/.apps.ocp.example.test/192.168.126.51",
+                Directive::Address(AddressRule {
+                    domains: vec!["apps.ocp.example.test".into()],
+                    address: Some(IpAddr::V4(Ipv4Addr::new(192, 168, 126, 51))),
+                })
+            ),
+            ("cache-size=0", Directive::CacheSize(0)),
+        ]
+    );
+    assert_round_trip(&def);
+    // What virsh 9 printed (net-dumpxml, and the file it keeps) for a network defined
+    // with options: the declaration right after the element name, the options after
+    // everything else, single-quoted.
+    let virsh = "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0' ipv6='yes' trustGuestRxFilters='no'>
+  <name>o</name>
+  <uuid>e93d0bbe-1313-468f-b6a3-8fb3b4f8d201</uuid>
+  <bridge name='vbro' stp='on' delay='0'/>
+  <mac address='52:54:00:48:d4:d0'/>
+  <ip address='10.3.0.1' netmask='255.255.255.0'>
+  </ip>
+  <dnsmasq:options>
+    <dnsmasq:option value='cache-size=0'/>
+  </dnsmasq:options>
+</network>
+";
+    assert_eq!(parse(virsh).to_xml(), virsh);
+    def = parse(
+        "<network ipv6='yes' trustGuestRxFilters='no'><name>o</name>\
+         <uuid>e93d0bbe-1313-468f-b6a3-8fb3b4f8d201</uuid><bridge name='vbro'/>\
+         <d:options xmlns:d='http://libvirt.org/schemas/network/dnsmasq/1.0'>\
+         <d:option value='cache-size=0'/></d:options>\
+         <mac address='52:54:00:48:d4:d0'/><ip address='10.3.0.1' netmask='255.255.255.0'/>\
+         </network>",
+    );
+    assert_eq!(def.to_xml(), virsh);
+    assert_round_trip(&def);
+}
+
+#[test]
+fn dnsmasq_options_of_every_options_element_are_kept_in_order_whatever_the_prefix() {
+    let def = parse(
+        "<network><name>p</name>\
+         <foo:options xmlns:foo='http://libvirt.org/schemas/network/dnsmasq/1.0'>\
+         <foo:option value='cache-size=0'/></foo:options>\
+         <options xmlns='http://libvirt.org/schemas/network/dnsmasq/1.0'>\
+         <option value=\"address=/a.test/b.test/\"/><option value='  '/></options></network>",
+    );
+    let values: Vec<_> = def
+        .dnsmasq_options
+        .iter()
+        .map(|o| o.value.as_str())
+        .collect();
+    assert_eq!(values, ["cache-size=0", "address=/a.test/b.test/", "  "]);
+    assert_eq!(
+        def.dnsmasq_options[1].directive,
+        Directive::Address(AddressRule {
+            domains: vec!["a.test".into(), "b.test".into()],
+            address: None,
+        })
+    );
+    assert_eq!(def.dnsmasq_options[2].directive, Directive::Nothing);
+    assert_round_trip(&def);
+}
+
+#[test]
+fn dnsmasq_options_kvnet_does_not_carry_out_are_refused_by_name() {
+    let network = |options: &str| {
+        format!(
+            "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>\
+             <name>n</name><dnsmasq:options>{options}</dnsmasq:options></network>"
+        )
+    };
+    let refused = |value: &str| {
+        let err = NetworkDef::from_xml(&network(&format!("<dnsmasq:option value='{value}'/>")))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Invalid(Class::ConfigUnsupported, _)),
+            "{value}: {err:?}"
+        );
+        err.to_string()
+    };
+    assert_eq!(
+        refused("dhcp-script=/x"),
+        "dnsmasq option 'dhcp-script=/x' is not supported by kvnet (network 'n')"
+    );
+    for value in [
+        "server=/corp/10.0.0.1",
+        "address=/#/10.0.0.1",
+        "address=/a.test/#",
+        "address",
+        "no-resolv",
+        "dhcp-option=option:ntp-server,10.0.0.1",
+    ] {
+        refused(value);
+    }
+    for (value, why) in [
+        (
+            "cache-size=many",
+            "the cache size must be a number from 0 to 10000",
+        ),
+        (
+            "cache-size=10001",
+            "the cache size must be a number from 0 to 10000",
+        ),
+        (
+            "address=/a.test/10.0.0.300",
+            "'10.0.0.300' is not an IP address",
+        ),
+        (
+            "address=a.test/10.0.0.1",
+            "it must look like /DOMAIN/IP or /DOMAIN/",
+        ),
+        ("address=//10.0.0.1", "'' is not a domain name"),
+        (
+            "address=/a..test/10.0.0.1",
+            "'a..test' is not a domain name",
+        ),
+    ] {
+        assert_eq!(
+            parse_err(&network(&format!("<dnsmasq:option value='{value}'/>"))),
+            format!("invalid dnsmasq option '{value}' in network 'n': {why}")
+        );
+    }
+    // libvirt's own message for an option without a value.
+    assert_eq!(
+        parse_err(&network("<dnsmasq:option/>")),
+        "No dnsmasq options value specified"
+    );
+    // libvirt ignores these; kvnet drops nothing it was given without a word.
+    assert_eq!(
+        parse_err(&network("<dnsmasq:other value='x'/>")),
+        "unsupported element <dnsmasq:other> inside <dnsmasq:options> in network 'n' (line 1)"
+    );
+    assert_eq!(
+        parse_err(&network("<option value='cache-size=0'/>")),
+        "unsupported element <option> inside <dnsmasq:options> in network 'n' (line 1)"
+    );
+    assert_eq!(
+        parse_err(&network("<dnsmasq:option value='cache-size=0' x='1'/>")),
+        "unsupported attribute 'x' on <dnsmasq:option> in network 'n' (line 1)"
     );
 }
