@@ -388,3 +388,92 @@ fn a_resolver_written_during_boot_autostart_is_followed() {
         daemon.log()
     );
 }
+
+/// OpenShift's libvirt IPI network, trimmed: its ingress's wildcard name is a dnsmasq
+/// `address=` line, and `cache-size=0` is Red Hat's CVE advice.
+const OPENSHIFT_XML: &str =
+    "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>
+  <name>ocp</name>
+  <forward mode='nat'/>
+  <bridge name='tt0' stp='off' delay='0'/>
+  <domain name='ocp.example.test' localOnly='yes'/>
+  <dns>
+    <host ip='192.168.126.11'><hostname>api.ocp.example.test</hostname></host>
+  </dns>
+  <ip address='192.168.126.1' prefix='24'/>
+  <dnsmasq:options>
+    <dnsmasq:option value='address=/.apps.example.test/192.168.126.51'/>
+    <dnsmasq:option value='address=/blocked.example.test/'/>
+    <dnsmasq:option value='cache-size=0'/>
+  </dnsmasq:options>
+</network>
+";
+
+#[test]
+fn dnsmasq_address_options_answer_a_wildcard_domain() {
+    if !resolver_tests_can_run() {
+        return;
+    }
+    let daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    let xml = daemon.dirs.path().join("ocp.xml");
+    std::fs::write(&xml, OPENSHIFT_XML).expect("write xml");
+    daemon.ok(&["net-define", xml.to_str().expect("utf-8 path")]);
+    daemon.ok(&["net-start", "ocp"]);
+    let dumped = daemon.ok(&["net-dumpxml", "ocp"]);
+    assert!(
+        dumped.starts_with(
+            "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>\n"
+        ) && dumped.trim_end().ends_with(
+            "  <dnsmasq:options>
+    <dnsmasq:option value='address=/.apps.example.test/192.168.126.51'/>
+    <dnsmasq:option value='address=/blocked.example.test/'/>
+    <dnsmasq:option value='cache-size=0'/>
+  </dnsmasq:options>
+</network>"
+        ),
+        "{dumped}"
+    );
+
+    let guest = guest_on(&daemon, "tt0", "vg0", "ocpguest", "192.168.126.20");
+    common::wait_for_forwarding(&daemon, "vg0");
+    let ask = |args: &str| {
+        guest
+            .sh(&format!(
+                "timeout 10 dig +time=2 +tries=2 @192.168.126.1 {args}"
+            ))
+            .unwrap_or_else(|e| panic!("dig {args}: {e}"))
+    };
+    for name in [
+        "apps.example.test",
+        "foo.apps.example.test",
+        "a.b.APPS.example.test",
+    ] {
+        assert_eq!(
+            ask(&format!("+short {name}")).trim(),
+            "192.168.126.51",
+            "{name}"
+        );
+    }
+    assert_eq!(ask("+short api.ocp.example.test").trim(), "192.168.126.11");
+    let blocked = ask("www.blocked.example.test");
+    assert!(blocked.contains("status: NXDOMAIN"), "{blocked}");
+}
+
+#[test]
+fn dnsmasq_options_kvnet_does_not_implement_are_refused_by_name() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    let xml = daemon.dirs.path().join("ocp.xml");
+    std::fs::write(
+        &xml,
+        OPENSHIFT_XML.replace("cache-size=0", "dhcp-script=/bin/true"),
+    )
+    .expect("write xml");
+    let err = daemon.fails(&["net-define", xml.to_str().expect("utf-8 path")]);
+    assert!(
+        err.contains("unsupported configuration: dnsmasq option 'dhcp-script=/bin/true' is not supported by kvnet (network 'ocp')"),
+        "{err}"
+    );
+}

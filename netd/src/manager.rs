@@ -2602,6 +2602,23 @@ fn dns_config(
         txts: def.dns.txts.clone(),
         forwarders: own_forwarders_dropped(def),
         default_upstreams,
+        addresses: def
+            .dnsmasq_options
+            .iter()
+            .filter_map(|option| match &option.directive {
+                xml::Directive::Address(rule) => Some(rule.clone()),
+                _ => None,
+            })
+            .collect(),
+        // dnsmasq takes the last of a repeated option.
+        cache_size: def
+            .dnsmasq_options
+            .iter()
+            .filter_map(|option| match option.directive {
+                xml::Directive::CacheSize(size) => usize::try_from(size).ok(),
+                _ => None,
+            })
+            .next_back(),
     })
 }
 

@@ -192,6 +192,8 @@ fn config() -> DnsConfig {
         }],
         // Never used: the forwarder above replaces the host's resolvers.
         default_upstreams: vec!["127.0.0.1:53".parse().expect("address")],
+        addresses: Vec::new(),
+        cache_size: None,
     }
 }
 

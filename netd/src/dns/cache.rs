@@ -170,6 +170,9 @@ pub struct AnswerCache {
     bytes: usize,
     /// What every cache holds together ([`TOTAL_BYTES`]; tests bring their own).
     total: &'static AtomicUsize,
+    /// Replies kept at most ([`MAX_ENTRIES`] unless `cache-size` says otherwise; 0
+    /// keeps none).
+    max_entries: usize,
 }
 
 impl Default for AnswerCache {
@@ -178,6 +181,7 @@ impl Default for AnswerCache {
             entries: HashMap::new(),
             bytes: 0,
             total: &TOTAL_BYTES,
+            max_entries: MAX_ENTRIES,
         }
     }
 }
@@ -189,6 +193,17 @@ impl Drop for AnswerCache {
 }
 
 impl AnswerCache {
+    /// A cache of at most `max_entries` replies (dnsmasq's `cache-size`), still within
+    /// [`MAX_BYTES`]: 0 keeps none.
+    pub fn with_max_entries(max_entries: usize) -> AnswerCache {
+        AnswerCache {
+            entries: HashMap::new(),
+            bytes: 0,
+            total: &TOTAL_BYTES,
+            max_entries,
+        }
+    }
+
     /// Writes into `out` the kept reply to `query` as of `now`, without an OPT record
     /// (the caller adds its own), and returns whether there was one. `out` is left
     /// empty on a miss.
@@ -234,6 +249,9 @@ impl AnswerCache {
     /// Keeps `reply`, an upstream's answer to `query` (checked by the caller to answer
     /// it), if it may be kept (see the module's documentation).
     pub fn store(&mut self, query: &[u8], reply: &[u8], now: Instant) {
+        if self.max_entries == 0 {
+            return;
+        }
         let Some((key, _)) = Key::of(query) else {
             return;
         };
@@ -243,7 +261,7 @@ impl AnswerCache {
         self.remove(&key);
         let cost = entry.cost(&key);
         let own_full = |cache: &AnswerCache| {
-            cache.entries.len() >= MAX_ENTRIES || cache.bytes + cost > MAX_BYTES
+            cache.entries.len() >= cache.max_entries || cache.bytes + cost > MAX_BYTES
         };
         let total = self.total;
         let all_full = || total.load(Ordering::Relaxed) + cost > MAX_TOTAL_BYTES;
@@ -678,6 +696,7 @@ mod tests {
             entries: HashMap::new(),
             bytes: 0,
             total: &TOTAL,
+            max_entries: MAX_ENTRIES,
         };
         cache.store(&bytes(&asked), &reply(&asked, Some(300), None), t0);
         assert!(cache.bytes > 0);

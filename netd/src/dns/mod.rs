@@ -38,7 +38,7 @@ pub use hosts::HostsFile;
 pub use resolver::{Outcome, Resolver};
 pub use server::DnsServer;
 
-use crate::xml::{DnsForwarder, DnsHost, DnsSrv, DnsTxt};
+use crate::xml::{AddressRule, DnsForwarder, DnsHost, DnsSrv, DnsTxt};
 
 /// The DNS port.
 pub const DNS_PORT: u16 = 53;
@@ -127,6 +127,11 @@ pub struct DnsConfig {
     /// Servers for names no forwarder routes: used only when no `<forwarder addr=>`
     /// without `domain` exists (the host's resolvers, minus our own bridge addresses).
     pub default_upstreams: Vec<SocketAddr>,
+    /// `<dnsmasq:option value='address=...'>`s, in document order.
+    pub addresses: Vec<AddressRule>,
+    /// `<dnsmasq:option value='cache-size=N'>` (the last one): how many upstream
+    /// answers are kept. `None`: the default, [`cache::MAX_ENTRIES`].
+    pub cache_size: Option<usize>,
 }
 
 /// Errors of the DNS server.

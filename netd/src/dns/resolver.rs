@@ -11,10 +11,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hickory_proto::rr::RecordType;
+use hickory_proto::rr::{RData, RecordType};
 
 use super::cache::AnswerCache;
-use super::zone::{Found, Zone, fqdn, wire_key};
+use super::zone::{Found, Zone, fqdn, wire_key, wire_record};
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 use crate::service::lock;
 
@@ -176,6 +176,8 @@ pub struct Resolver {
     /// Servers for every other name, in order of preference.
     upstreams: Vec<SocketAddr>,
     static_zone: Zone,
+    /// `address=` domains, most specific first.
+    addresses: Vec<AddressDomain>,
     leases: Option<LeaseView>,
     /// Upstream answers kept for their TTL. A new resolver (new records or upstreams)
     /// starts with none.
@@ -190,6 +192,57 @@ impl std::fmt::Debug for Resolver {
             .field("routes", &self.routes)
             .field("upstreams", &self.upstreams)
             .finish_non_exhaustive()
+    }
+}
+
+/// What dnsmasq's `address=` lines give one domain and every name under it.
+#[derive(Debug, Default)]
+struct AddressDomain {
+    /// The domain's [`wire_key`].
+    key: Vec<u8>,
+    /// Its A records (owned by the question name, TTL 0, as a `<host>`'s).
+    a: Vec<Vec<u8>>,
+    /// Its AAAA records.
+    aaaa: Vec<Vec<u8>>,
+}
+
+impl AddressDomain {
+    /// The rules of `config` by domain, most specific first, or the first domain that
+    /// is no valid name.
+    fn from_config(config: &DnsConfig) -> Result<Vec<AddressDomain>, Error> {
+        let mut domains: Vec<AddressDomain> = Vec::new();
+        for rule in &config.addresses {
+            for text in &rule.domains {
+                let key = fqdn(text)
+                    .map(|name| wire_key(&name))
+                    .ok_or_else(|| Error::Record {
+                        network: config.network.clone(),
+                        what: "domain",
+                        value: text.clone(),
+                    })?;
+                let at = match domains.iter().position(|domain| domain.key == key) {
+                    Some(at) => at,
+                    None => {
+                        domains.push(AddressDomain {
+                            key,
+                            ..AddressDomain::default()
+                        });
+                        domains.len() - 1
+                    }
+                };
+                let domain = &mut domains[at];
+                match rule.address {
+                    Some(IpAddr::V4(ip)) => domain.a.extend(wire_record(&RData::A(ip.into()))),
+                    Some(IpAddr::V6(ip)) => {
+                        domain.aaaa.extend(wire_record(&RData::AAAA(ip.into())));
+                    }
+                    None => {}
+                }
+            }
+        }
+        // A domain comes before every domain it is under (see `routes`).
+        domains.sort_by_key(|domain| std::cmp::Reverse(domain.key.len()));
+        Ok(domains)
     }
 }
 
@@ -280,6 +333,7 @@ impl Resolver {
         Ok(Resolver {
             network: config.network.clone(),
             static_zone: Zone::from_config(config)?,
+            addresses: AddressDomain::from_config(config)?,
             domain_key: domain.as_ref().map(wire_key),
             domain,
             local_domains,
@@ -290,7 +344,11 @@ impl Resolver {
                 source,
                 cache: Mutex::default(),
             }),
-            cache: Mutex::default(),
+            cache: Mutex::new(
+                config
+                    .cache_size
+                    .map_or_else(AnswerCache::default, AnswerCache::with_max_entries),
+            ),
         })
     }
 
@@ -339,6 +397,19 @@ impl Resolver {
         let found = match self.static_zone.append_answers(key, qtype, out) {
             Found::Records(count) if count > 0 && qtype != RecordType::ANY => Found::Records(count),
             from_config => from_config.and(self.lease_answers(key, qtype, out)),
+        };
+        // The network's own names win over `address=`, as in dnsmasq, where hosts and
+        // DHCP names override it for individual names.
+        let found = match found {
+            Found::NoName => match self.address_answers(key, qtype, out) {
+                Some(Found::NoName) => {
+                    set_rcode(out, Rcode::NxDomain, true);
+                    return finish(out, question_end, 0, edns, limit);
+                }
+                Some(found) => found,
+                None => Found::NoName,
+            },
+            found => found,
         };
         let (rcode, answers) = match found {
             Found::Records(count) => (Rcode::NoError, count),
@@ -427,6 +498,35 @@ impl Resolver {
             }
             found => found,
         }
+    }
+
+    /// Answers `key` from the most specific `address=` domain it is at or under: its
+    /// records of type `qtype`, or `Some(Found::NoName)` (NXDOMAIN, never forwarded)
+    /// for a domain given no address. `None` where no domain has anything of that type
+    /// for it: the query then goes on as without `address=` (upstream), as dnsmasq 2.90
+    /// sends an AAAA query for a name it has only an IPv4 `address=` for.
+    fn address_answers(&self, key: &[u8], qtype: RecordType, out: &mut Vec<u8>) -> Option<Found> {
+        let domain = self
+            .addresses
+            .iter()
+            .find(|domain| is_at_or_under(key, &domain.key))?;
+        if domain.a.is_empty() && domain.aaaa.is_empty() {
+            return Some(Found::NoName);
+        }
+        let records = match qtype {
+            RecordType::A => &domain.a,
+            RecordType::AAAA => &domain.aaaa,
+            _ => return None,
+        };
+        if records.is_empty() {
+            return None;
+        }
+        for record in records {
+            out.extend_from_slice(record);
+        }
+        Some(Found::Records(
+            u16::try_from(records.len()).unwrap_or(u16::MAX),
+        ))
     }
 
     /// Whether names of the network are under `key`, or `key` is the network's own
@@ -821,6 +921,8 @@ mod tests {
                 "10.0.0.53:53".parse().unwrap(),
                 "10.0.0.54:53".parse().unwrap(),
             ],
+            addresses: Vec::new(),
+            cache_size: None,
         }
     }
 
@@ -1811,5 +1913,117 @@ mod tests {
         }
         // The mutations must leave many packets answerable, or the test tests nothing.
         assert!(replies > 5_000, "{replies}");
+    }
+
+    /// [`config`] with OpenShift-like `address=` lines and a `<host>` under one.
+    fn with_addresses() -> DnsConfig {
+        let rule = |domains: &[&str], address: Option<&str>| crate::xml::AddressRule {
+            domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+            address: address.map(|a| a.parse().unwrap()),
+        };
+        let mut config = config();
+        config.hosts.push(DnsHost {
+            ip: "192.168.122.7".parse().unwrap(),
+            hostnames: vec!["x.apps.example.test".into()],
+        });
+        config.addresses = vec![
+            rule(&["apps.example.test"], Some("192.168.122.51")),
+            rule(&["deep.apps.example.test"], Some("192.168.122.52")),
+            rule(&["gone.apps.example.test", "gone.test"], None),
+            rule(&["v6.test"], Some("fd00::5")),
+            rule(&["web1.example.test"], Some("192.168.122.53")),
+            rule(&["wild.test"], Some("192.168.122.54")),
+        ];
+        config
+    }
+
+    /// What dnsmasq 2.90 answered for the same lines under libvirt 9 (checked with dig).
+    #[test]
+    fn address_rules_answer_their_domain_and_every_name_under_it() {
+        let resolver = Resolver::new(&with_addresses(), Some(leases())).unwrap();
+        let a = |ip: [u8; 4]| RData::A(Ipv4Addr::from(ip).into());
+        for (name, want) in [
+            ("apps.example.test.", [192, 168, 122, 51]),
+            ("foo.apps.example.test.", [192, 168, 122, 51]),
+            ("A.B.Apps.Example.TEST.", [192, 168, 122, 51]),
+            // The more specific domain wins.
+            ("a.deep.apps.example.test.", [192, 168, 122, 52]),
+            // The network's own names win over address=, as in dnsmasq.
+            ("x.apps.example.test.", [192, 168, 122, 7]),
+            ("web1.example.test.", [192, 168, 122, 77]),
+        ] {
+            let reply = ask(&resolver, name, RecordType::A);
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::NoError,
+                "{name}"
+            );
+            assert!(reply.metadata.authoritative, "{name}");
+            assert_eq!(rdata(&reply), [a(want)], "{name}");
+            assert_eq!(reply.answers[0].ttl, 0, "{name}");
+        }
+        let reply = ask(&resolver, "v6.test.", RecordType::AAAA);
+        assert_eq!(
+            rdata(&reply),
+            [RData::AAAA("fd00::5".parse::<Ipv6Addr>().unwrap().into())]
+        );
+        // A domain without an address is NXDOMAIN here, whatever the type.
+        for (name, rtype) in [
+            ("gone.apps.example.test.", RecordType::A),
+            ("z.gone.apps.example.test.", RecordType::AAAA),
+            ("gone.test.", RecordType::MX),
+        ] {
+            let reply = ask(&resolver, name, rtype);
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{name}"
+            );
+            assert!(reply.answers.is_empty());
+        }
+        // Other types go on as without the line: upstream, as dnsmasq sends them (in
+        // the local example.test, NXDOMAIN as before).
+        for (name, rtype) in [
+            ("foo.wild.test.", RecordType::AAAA),
+            ("wild.test.", RecordType::MX),
+            ("v6.test.", RecordType::A),
+        ] {
+            let mut out = Vec::new();
+            let outcome = resolver.answer(&query(name, rtype, false), Transport::Udp, &mut out);
+            assert!(
+                matches!(outcome, Outcome::Forward(_)),
+                "{name} {rtype}: {outcome:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cache_size_zero_keeps_no_upstream_answer() {
+        let asked = query("www.up.test.", RecordType::A, false);
+        let mut reply = Message::from_vec(&asked).unwrap();
+        reply.metadata.message_type = MessageType::Response;
+        reply.add_answer(hickory_proto::rr::Record::from_rdata(
+            Name::from_ascii("www.up.test.").unwrap(),
+            300,
+            RData::A(Ipv4Addr::new(192, 0, 2, 1).into()),
+        ));
+        let reply = reply.to_vec().unwrap();
+        let mut out = Vec::new();
+        for (cache_size, kept) in [(None, true), (Some(1), true), (Some(0), false)] {
+            let resolver = Resolver::new(
+                &DnsConfig {
+                    cache_size,
+                    ..config()
+                },
+                None,
+            )
+            .unwrap();
+            resolver.remember(&asked, &reply);
+            assert_eq!(
+                resolver.cached_reply(&asked, Transport::Udp, &mut out),
+                kept,
+                "{cache_size:?}"
+            );
+        }
     }
 }

@@ -334,7 +334,7 @@ fn txt_strings(value: &str) -> Vec<Vec<u8>> {
 }
 
 /// One resource record owned by the question name, with its encoded RDATA.
-fn wire_record(rdata: &RData) -> Option<Vec<u8>> {
+pub(super) fn wire_record(rdata: &RData) -> Option<Vec<u8>> {
     let mut data = Vec::new();
     let mut encoder = BinEncoder::new(&mut data);
     // The RDATA is copied into other messages: a compression pointer would dangle.
