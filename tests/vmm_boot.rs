@@ -331,3 +331,96 @@ fn guest_echoes_serial_input_from_the_host() {
     assert_eq!(reason, ExitReason::Poweroff, "serial: {:?}", serial.text());
     assert_eq!(serial.text(), "ready\ntyped by the host\n");
 }
+
+/// Spawns `kvnet-vmm` with `args` and piped stdio (stdin empty), logging at `log`.
+fn spawn_binary(args: &[&str], log: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"))
+        .args(args)
+        .env("KVNET_VMM_LOG", log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvnet-vmm")
+}
+
+/// Reads `child`'s stdout on a thread of its own, into a buffer the test can watch.
+fn watch_stdout(child: &mut std::process::Child) -> SharedBuffer {
+    let mut stdout = child.stdout.take().expect("stdout piped");
+    let seen = SharedBuffer::new();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut sink = sink;
+        let _ = std::io::copy(&mut stdout, &mut sink);
+    });
+    seen
+}
+
+/// Waits for `child` at most [`TIMEOUT`], killing it after that; returns its exit code
+/// and stderr.
+fn finish(mut child: std::process::Child) -> (Option<i32>, String) {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "kvnet-vmm did not exit within {TIMEOUT:?}; stderr {:?}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    (status.code(), stderr)
+}
+
+/// Waits until `buffer` holds `text`, at most [`TIMEOUT`].
+fn wait_for(buffer: &SharedBuffer, text: &str) {
+    let start = Instant::now();
+    while !buffer.text().contains(text) {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "{text:?} never came: {:?}",
+            buffer.text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP stop the VM as a poweroff ends it: the console's output
+/// is all written, and the VMM says so and exits 0, as QEMU does on SIGTERM.
+#[test]
+fn stop_signals_end_the_vmm_cleanly_with_status_0() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = testing::write_guest(dir.path(), "spin.elf", |a| {
+        print(a, "spinning\n")?;
+        testing::spin(a)
+    })
+    .expect("assemble");
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        let mut child = spawn_binary(&["--kernel", kernel.to_str().expect("utf8")], "info");
+        let stdout = watch_stdout(&mut child);
+        wait_for(&stdout, "spinning\n");
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        kill(pid, signal).expect("kill");
+        let (code, stderr) = finish(child);
+        assert_eq!(code, Some(0), "{signal}: {stderr}");
+        assert!(
+            stderr.ends_with("kvnet-vmm: stopped\n"),
+            "{signal}: {stderr}"
+        );
+        assert!(stderr.contains(signal.as_str()), "names {signal}: {stderr}");
+        assert_eq!(stdout.text(), "spinning\n");
+    }
+}

@@ -68,6 +68,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// SIGTERM, SIGINT and SIGHUP could not be set up to stop the VM.
+    #[error(transparent)]
+    StopSignals(#[from] crate::signals::SignalError),
     /// The kick signal handler could not be installed.
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),

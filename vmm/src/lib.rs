@@ -14,6 +14,7 @@ pub mod devices;
 pub mod error;
 pub mod event_loop;
 pub mod kvm;
+pub mod signals;
 #[cfg(any(test, feature = "test-guest"))]
 pub mod testing;
 
@@ -455,9 +456,13 @@ pub fn main() -> ExitCode {
         .try_init();
     // KVNET_VMM_TIMINGS=1: report start-up time and RSS for the bench harness.
     let timings = std::env::var_os("KVNET_VMM_TIMINGS").is_some();
-    let result = cli.into_config().map_err(Error::from).and_then(|config| {
+    // Before any thread starts, so that every thread inherits the mask.
+    let blocked = signals::block();
+    let result = blocked.map_err(Error::from).and_then(|()| {
+        let config = cli.into_config()?;
         let stdio = matches!(config.serial, SerialSink::Stdio);
         let mut vm = Vm::new(config)?;
+        signals::spawn_waiter(vm.stop_handle())?;
         if timings {
             vm.measure_startup();
         }
