@@ -424,3 +424,168 @@ fn stop_signals_end_the_vmm_cleanly_with_status_0() {
         assert_eq!(stdout.text(), "spinning\n");
     }
 }
+
+/// A guest that prints "ready", then each byte it receives on COM1 as two hex digits and
+/// a space, and powers off after a `!`.
+fn hex_echo_guest(dir: &std::path::Path) -> std::path::PathBuf {
+    testing::write_guest(dir, "hex-echo.elf", |a| {
+        let mut hex = a.create_label();
+        let mut main = a.create_label();
+        a.jmp(main)?;
+        testing::hex_subroutine(a, &mut hex, 2)?;
+        a.set_label(&mut main)?;
+        print(a, "ready\n")?;
+        let mut next = a.create_label();
+        a.set_label(&mut next)?;
+        testing::wait_for_input(a)?;
+        a.mov(dx, vmm::boot::layout::SERIAL_PORT as u32)?;
+        a.in_(al, dx)?;
+        a.movzx(r12d, al)?;
+        a.mov(eax, r12d)?;
+        a.call(hex)?;
+        print(a, " ")?;
+        a.cmp(r12d, i32::from(b'!'))?;
+        a.jne(next)?;
+        poweroff(a)
+    })
+    .expect("assemble guest")
+}
+
+/// Piped input reaches the guest byte for byte, Ctrl-A included: the escape key is for
+/// terminals only.
+#[test]
+fn piped_input_reaches_the_guest_unfiltered() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = hex_echo_guest(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"))
+        .args(["--kernel", kernel.to_str().expect("utf8")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvnet-vmm");
+    let stdout = watch_stdout(&mut child);
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut stdin, b"\x01x\x01\x01\x03!").expect("write");
+    drop(stdin);
+    let (code, stderr) = finish(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.text(), "ready\n01 78 01 01 03 21 ");
+}
+
+/// Reads `master` on a thread of its own, into a buffer the test can watch.
+fn watch_pty(master: &std::os::fd::OwnedFd) -> SharedBuffer {
+    let master = master.try_clone().expect("dup");
+    let seen = SharedBuffer::new();
+    let mut sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        // EIO once every slave descriptor is closed.
+        while let Ok(n) = nix::unistd::read(&master, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let _ = std::io::Write::write_all(&mut sink, &buf[..n]);
+        }
+    });
+    seen
+}
+
+/// On a terminal (here a pty the VMM's session controls), what the user types goes to
+/// the guest as typed: no line buffering, no second echo, Ctrl-C, Ctrl-Z and Ctrl-D are
+/// the guest's; Ctrl-A Ctrl-A sends one Ctrl-A and Ctrl-A x stops the VM. The
+/// terminal's settings are back when the VMM ends.
+#[test]
+fn a_terminal_gives_the_guest_raw_input_and_ctrl_a_x_stops() {
+    use nix::sys::termios::{InputFlags, LocalFlags, tcgetattr};
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = hex_echo_guest(dir.path());
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let before = tcgetattr(&pty.slave).expect("tcgetattr");
+    let output = watch_pty(&pty.master);
+    let tty = || Stdio::from(pty.slave.try_clone().expect("dup"));
+    // A session of its own whose controlling terminal is the pty, with the VMM as its
+    // foreground process group, as a shell runs a command.
+    let child = Command::new("setsid")
+        .args([
+            "--ctty",
+            "--wait",
+            env!("CARGO_BIN_EXE_kvnet-vmm"),
+            "--kernel",
+        ])
+        .arg(&kernel)
+        .stdin(tty())
+        .stdout(tty())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn setsid kvnet-vmm");
+    wait_for(&output, "ready\r\n");
+    nix::unistd::write(&pty.master, b"ab\r\x03\x1a\x04\x01\x01c").expect("type");
+    wait_for(&output, "63 ");
+    assert_eq!(
+        output.text(),
+        "ready\r\n61 62 0d 03 1a 04 01 63 ",
+        "each byte reached the guest once, as typed, and was not echoed"
+    );
+    nix::unistd::write(&pty.master, b"\x01x").expect("type");
+    let (code, stderr) = finish(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.ends_with("kvnet-vmm: stopped\n"), "{stderr}");
+    let after = tcgetattr(&pty.slave).expect("tcgetattr");
+    assert_eq!(after.local_flags, before.local_flags);
+    assert_eq!(after.input_flags, before.input_flags);
+    assert!(
+        after
+            .local_flags
+            .contains(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG)
+            && after.input_flags.contains(InputFlags::ICRNL),
+        "{after:?}"
+    );
+}
+
+/// A VMM started in the background of a terminal (`kvnet-vmm ... &`) does not read it:
+/// that would stop it with SIGTTIN before the guest ran.
+#[test]
+fn a_vmm_in_the_terminals_background_runs_without_its_input() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = hello_guest(dir.path());
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let output = watch_pty(&pty.master);
+    let tty = || Stdio::from(pty.slave.try_clone().expect("dup"));
+    // An interactive shell's job control (`set -m`): the VMM gets a process group of
+    // its own, which is not the terminal's foreground one. `wait` also returns when the
+    // job is stopped.
+    let child = Command::new("setsid")
+        .args([
+            "--ctty",
+            "--wait",
+            "bash",
+            "-c",
+            "set -m; \"$0\" --kernel \"$1\" & wait $!",
+            env!("CARGO_BIN_EXE_kvnet-vmm"),
+        ])
+        .arg(&kernel)
+        .env("KVNET_VMM_LOG", "info")
+        .stdin(tty())
+        .stdout(tty())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn setsid bash");
+    let (code, stderr) = finish(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("console input is off"), "{stderr}");
+    assert!(
+        stderr.contains("kvnet-vmm: guest powered off\n"),
+        "{stderr}"
+    );
+    wait_for(&output, "Hello from a kvnet mini-guest\r\n");
+}

@@ -247,3 +247,17 @@ fn a_console_nobody_reads_holds_up_neither_the_guest_nor_the_exit() {
         "nothing said about the lost output:\n{stderr}"
     );
 }
+
+#[test]
+fn help_documents_the_console_escape() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"))
+        .arg("--help")
+        .output()
+        .expect("run kvnet-vmm --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(
+        help.contains("Ctrl-A x to stop the VM, Ctrl-A Ctrl-A to send one Ctrl-A"),
+        "{help}"
+    );
+}

@@ -12,9 +12,11 @@ pub mod boot;
 pub mod config;
 pub mod devices;
 pub mod error;
+pub mod escape;
 pub mod event_loop;
 pub mod kvm;
 pub mod signals;
+pub mod terminal;
 #[cfg(any(test, feature = "test-guest"))]
 pub mod testing;
 
@@ -106,13 +108,41 @@ impl SerialInput {
             if n == 0 {
                 return;
             }
-            let mut rest = &buf[..n];
-            while !rest.is_empty() {
-                let taken = self.send(rest);
-                rest = &rest[taken..];
-                if !rest.is_empty() {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+            self.send_all(&buf[..n]);
+        }
+    }
+
+    /// Forwards what the user types on a terminal in raw mode (`input`) until Ctrl-A `x`,
+    /// which stops the VM through `stop` (see [`escape`]).
+    pub fn forward_interactive(&self, mut input: impl std::io::Read, stop: &StopHandle) {
+        let mut filter = escape::EscapeFilter::default();
+        let mut buf = [0u8; 64];
+        let mut out = Vec::with_capacity(2 * buf.len());
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            out.clear();
+            let stopping = filter.filter(&buf[..n], &mut out);
+            self.send_all(&out);
+            if stopping {
+                tracing::info!("stopping the VM: Ctrl-A x typed on the console");
+                stop.stop();
+                return;
+            }
+        }
+    }
+
+    /// Queues all of `bytes`, waiting while the FIFO is full.
+    fn send_all(&self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let taken = self.send(bytes);
+            bytes = &bytes[taken..];
+            if !bytes.is_empty() {
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
     }
@@ -458,6 +488,8 @@ pub fn main() -> ExitCode {
     let timings = std::env::var_os("KVNET_VMM_TIMINGS").is_some();
     // Before any thread starts, so that every thread inherits the mask.
     let blocked = signals::block();
+    // The terminal's own settings, put back however the VM ends.
+    let mut terminal = None;
     let result = blocked.map_err(Error::from).and_then(|()| {
         let config = cli.into_config()?;
         let stdio = matches!(config.serial, SerialSink::Stdio);
@@ -467,11 +499,7 @@ pub fn main() -> ExitCode {
             vm.measure_startup();
         }
         if stdio {
-            // The guest console reads our stdin; the thread ends with the process.
-            let input = vm.serial_input();
-            let _ = std::thread::Builder::new()
-                .name("serial-in".into())
-                .spawn(move || input.forward(std::io::stdin()));
+            terminal = forward_stdin(&vm);
         }
         let startup = vm.startup_report();
         let outcome = vm.run();
@@ -480,6 +508,7 @@ pub fn main() -> ExitCode {
         }
         outcome
     });
+    drop(terminal);
     match result {
         Ok(reason) => {
             let what = match reason {
@@ -500,6 +529,48 @@ pub fn main() -> ExitCode {
             }
             eprintln!("kvnet-vmm: error: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Feeds the VMM's stdin to the guest's console, which is on stdio; the thread ends
+/// with the process. A terminal we are in the foreground of is switched to raw input
+/// until the returned guard is dropped.
+fn forward_stdin(vm: &Vm) -> Option<terminal::RawTerminal> {
+    let input = vm.serial_input();
+    let spawn = |forward: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name("serial-in".into())
+            .spawn(forward)
+            .map_err(|error| tracing::warn!(%error, "console input is off: no thread for it"))
+            .is_ok()
+    };
+    match terminal::stdin_kind() {
+        terminal::Stdin::NotTerminal => {
+            spawn(Box::new(move || input.forward(std::io::stdin())));
+            None
+        }
+        terminal::Stdin::Background => {
+            // Reading would get the VMM stopped (SIGTTIN) until it is brought back.
+            tracing::info!(
+                "console input is off: stdin is a terminal this process is not in the foreground of"
+            );
+            None
+        }
+        terminal::Stdin::Foreground => {
+            let raw = match terminal::RawTerminal::enter() {
+                Ok(raw) => raw,
+                Err(error) => {
+                    tracing::warn!(%error, "console input stays line-buffered");
+                    spawn(Box::new(move || input.forward(std::io::stdin())));
+                    return None;
+                }
+            };
+            let stop = vm.stop_handle();
+            spawn(Box::new(move || {
+                input.forward_interactive(std::io::stdin(), &stop)
+            }))
+            .then_some(raw)
         }
     }
 }
