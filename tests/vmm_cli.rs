@@ -261,3 +261,30 @@ fn help_documents_the_console_escape() {
         "{help}"
     );
 }
+
+/// `mtu=` above what the tap carries is refused before the guest runs: its larger frames
+/// would be dropped without a word.
+#[test]
+fn mtu_above_the_taps_is_refused_naming_both() {
+    use testkit::Need;
+    if !testkit::require(&[Need::Root, Need::Netns, Need::Tun]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = fake_bzimage(dir.path(), 0x100_0000);
+    let ns = testkit::Netns::new("vmm-mtu").expect("netns");
+    ns.sh("ip tuntap add dev kvt0 mode tap vnet_hdr && ip link set kvt0 up")
+        .expect("tap");
+    let out = ns
+        .command(env!("CARGO_BIN_EXE_kvnet-vmm"))
+        .args(["--kernel", kernel.to_str().expect("utf8")])
+        .args(["--net", "tap=kvt0,mtu=9000"])
+        .output()
+        .expect("run kvnet-vmm");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--net mtu=9000 is larger than the MTU of tap kvt0 (1500)"),
+        "{err}"
+    );
+}

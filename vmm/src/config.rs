@@ -187,7 +187,9 @@ pub struct Cli {
     #[arg(long, value_name = "SINK", default_value = "stdio")]
     pub serial: String,
     /// A virtio-net NIC on a tap: tap-fd=N (an inherited, attached tap fd) or
-    /// tap=NAME, plus optional mac=52:54:00:xx:xx:xx and mtu=M. Repeatable.
+    /// tap=NAME, plus optional mac=52:54:00:xx:xx:xx and mtu=M. Repeatable. mtu= is
+    /// offered to the guest: a tap the VMM creates is given it, and one larger than an
+    /// existing tap's (or network's) MTU is refused.
     /// network=NAME[,socket=PATH] instead asks kvnetd for a new port on that network:
     /// a tap on its bridge, handed over kvnetd's socket ($KVNET_SOCKET, else
     /// /run/kvnet/kvnetd.sock), which lasts as long as the VM; group=NAME joins one of the

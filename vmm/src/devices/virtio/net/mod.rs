@@ -253,6 +253,32 @@ pub enum NetConfigError {
     /// Opening the tap failed.
     #[error("cannot open the tap for --net")]
     Tap(#[source] tap::TapError),
+    /// `mtu=` offers the guest more than its tap carries.
+    #[error(
+        "--net mtu={mtu} is larger than the MTU of tap {tap} ({tap_mtu}): the guest's larger frames would be dropped; raise the tap's MTU, or give mtu={tap_mtu} or less"
+    )]
+    MtuAboveTap {
+        /// The tap.
+        tap: String,
+        /// Its MTU.
+        tap_mtu: u32,
+        /// The MTU given.
+        mtu: u16,
+    },
+    /// `mtu=` offers the guest more than its network port carries.
+    #[error(
+        "--net mtu={mtu} is larger than the MTU of network '{network}' (its port's tap {tap} has {tap_mtu}): the guest's larger frames would be dropped; give the network <mtu size='{mtu}'/>, or give mtu={tap_mtu} or less"
+    )]
+    MtuAboveNetwork {
+        /// The network.
+        network: String,
+        /// The port's tap.
+        tap: String,
+        /// Its MTU.
+        tap_mtu: u32,
+        /// The MTU given.
+        mtu: u16,
+    },
 }
 
 /// Where a NIC's tap comes from.
@@ -417,6 +443,52 @@ impl NetSpec {
     /// takes ownership of the inherited fd (see [`Tap::from_inherited_fd`]): call it once
     /// per spec.
     pub fn open_tap(
+        &self,
+        config: &NetConfig,
+        owner: &Owner,
+    ) -> Result<(Tap, Option<PortLease>), NetConfigError> {
+        let (tap, lease) = self.open_backend(config, owner)?;
+        if let Some(mtu) = config.mtu {
+            // On error the lease goes, and gives the port back.
+            self.fit_mtu(&tap, mtu)?;
+        }
+        Ok((tap, lease))
+    }
+
+    /// Makes sure the tap carries the `mtu` the guest is offered: a tap the VMM just
+    /// created takes it; any other must have it already, or the guest's larger frames
+    /// would be dropped without a word.
+    fn fit_mtu(&self, tap: &Tap, mtu: u16) -> Result<(), NetConfigError> {
+        if matches!(self.tap, TapSource::Name(_)) && !tap.is_persistent() {
+            tracing::info!(tap = tap.name(), mtu, "setting the new tap's MTU");
+            return tap.set_mtu(mtu).map_err(NetConfigError::Tap);
+        }
+        let tap_mtu = match tap.mtu() {
+            Ok(tap_mtu) => tap_mtu,
+            // A descriptor from another network namespace, where its name means nothing.
+            Err(error) => {
+                tracing::info!(tap = tap.name(), mtu, %error,
+                    "cannot read the tap's MTU: mtu= is not checked against it");
+                return Ok(());
+            }
+        };
+        if u32::from(mtu) <= tap_mtu {
+            return Ok(());
+        }
+        let tap = tap.name().to_owned();
+        Err(match &self.tap {
+            TapSource::Network { network, .. } => NetConfigError::MtuAboveNetwork {
+                network: network.clone(),
+                tap,
+                tap_mtu,
+                mtu,
+            },
+            _ => NetConfigError::MtuAboveTap { tap, tap_mtu, mtu },
+        })
+    }
+
+    /// Opens the tap itself (see [`NetSpec::open_tap`]).
+    fn open_backend(
         &self,
         config: &NetConfig,
         owner: &Owner,
@@ -654,5 +726,62 @@ mod tests {
         assert_eq!(&b.0[..3], &[0x52, 0x54, 0x00]);
         assert_ne!(a, b);
         assert_eq!(a.to_string().parse::<MacAddr>().expect("round trip"), a);
+    }
+
+    /// Opens `spec` for a NIC (with a random MAC and `spec`'s MTU) as a nameless VM would.
+    fn open(spec: &str) -> Result<(Tap, Option<PortLease>), NetConfigError> {
+        let spec: NetSpec = spec.parse().expect("spec");
+        spec.open_tap(&spec.config(), &Owner::unnamed())
+    }
+
+    #[test]
+    fn mtu_is_checked_against_an_existing_tap_and_given_to_a_new_one() {
+        use testkit::{Need, Netns};
+        if !testkit::require(&[Need::Root, Need::Netns, Need::Tun]) {
+            return;
+        }
+        let ns = Netns::new("tap-mtu").expect("netns");
+        ns.sh("ip tuntap add dev kvt0 mode tap vnet_hdr && ip tuntap add dev kvt1 mode tap vnet_hdr && ip link set kvt1 mtu 9000")
+            .expect("taps");
+        ns.run(|| {
+            // An existing tap keeps its MTU: more is refused, naming both.
+            let error = open("tap=kvt0,mtu=9000").expect_err("9000 over a 1500 tap");
+            assert_eq!(
+                error.to_string(),
+                "--net mtu=9000 is larger than the MTU of tap kvt0 (1500): the guest's larger frames would be dropped; raise the tap's MTU, or give mtu=1500 or less"
+            );
+            let (tap, _) = open("tap=kvt0,mtu=1400").expect("less is fine");
+            assert_eq!(tap.mtu().expect("mtu"), 1500, "left alone");
+            drop(tap);
+            let (tap, _) = open("tap=kvt1,mtu=9000").expect("as much");
+            assert_eq!(tap.mtu().expect("mtu"), 9000);
+            drop(tap);
+            // A tap the VMM creates takes the guest's MTU.
+            let (tap, _) = open("tap=kvnew,mtu=9000").expect("a new tap");
+            assert!(!tap.is_persistent());
+            assert_eq!(tap.mtu().expect("mtu"), 9000);
+            // Without mtu=, a new tap keeps the kernel's default.
+            let (tap, _) = open("tap=kvnew2").expect("a new tap");
+            assert_eq!(tap.mtu().expect("mtu"), 1500);
+        })
+        .expect("run in ns");
+    }
+
+    #[test]
+    fn a_network_port_too_small_for_mtu_names_the_network_setting() {
+        let spec: NetSpec = "network=default,mtu=9000".parse().expect("spec");
+        let TapSource::Network { network, .. } = &spec.tap else {
+            panic!("{spec:?}")
+        };
+        let error = NetConfigError::MtuAboveNetwork {
+            network: network.clone(),
+            tap: "vnet3".into(),
+            tap_mtu: 1500,
+            mtu: 9000,
+        };
+        assert_eq!(
+            error.to_string(),
+            "--net mtu=9000 is larger than the MTU of network 'default' (its port's tap vnet3 has 1500): the guest's larger frames would be dropped; give the network <mtu size='9000'/>, or give mtu=1500 or less"
+        );
     }
 }

@@ -28,6 +28,8 @@ const TUNGETVNETHDRSZ: libc::c_ulong = 0x8004_54d7;
 
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_TAP: libc::c_short = 0x0002;
+/// `TUNGETIFF` reports it for a tap that outlives its descriptors (`TUNSETPERSIST`).
+const IFF_PERSIST: libc::c_short = 0x0800;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 
@@ -116,6 +118,8 @@ pub enum TapError {
 pub struct Tap {
     fd: OwnedFd,
     name: String,
+    /// The flags `TUNGETIFF` reported when it was opened.
+    flags: u16,
 }
 
 impl Tap {
@@ -138,7 +142,7 @@ impl Tap {
             name: name.clone(),
             source,
         })?;
-        Ok(Tap { fd, name })
+        Ok(Tap { fd, name, flags })
     }
 
     /// Takes ownership of descriptor `raw`, inherited from the parent process for this
@@ -204,6 +208,71 @@ impl Tap {
     /// The interface name, as `TUNGETIFF` reported it.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the tap outlives its descriptors. One [`Tap::open_named`] attached to was
+    /// there before (a transient tap cannot take a second descriptor); one it created
+    /// is not.
+    pub fn is_persistent(&self) -> bool {
+        self.flags & IFF_PERSIST as u16 != 0
+    }
+
+    /// The tap's MTU, as the network namespace of this thread knows its name.
+    pub fn mtu(&self) -> Result<u32, TapError> {
+        let mut req = self.ifreq()?;
+        self.interface_ioctl(libc::SIOCGIFMTU, "SIOCGIFMTU", &mut req)?;
+        let mtu = libc::c_int::from_ne_bytes([
+            req[IFNAMSIZ],
+            req[IFNAMSIZ + 1],
+            req[IFNAMSIZ + 2],
+            req[IFNAMSIZ + 3],
+        ]);
+        // The kernel keeps MTUs unsigned; a negative one cannot come back.
+        Ok(u32::try_from(mtu).unwrap_or(0))
+    }
+
+    /// Sets the tap's MTU (needs `CAP_NET_ADMIN`).
+    pub fn set_mtu(&self, mtu: u16) -> Result<(), TapError> {
+        let mut req = self.ifreq()?;
+        req[IFNAMSIZ..IFNAMSIZ + 4].copy_from_slice(&libc::c_int::from(mtu).to_ne_bytes());
+        self.interface_ioctl(libc::SIOCSIFMTU, "SIOCSIFMTU", &mut req)
+    }
+
+    /// A `struct ifreq` naming this tap.
+    fn ifreq(&self) -> Result<[u8; IFREQ_LEN], TapError> {
+        let mut req = [0u8; IFREQ_LEN];
+        let name = self.name.as_bytes();
+        if name.len() >= IFNAMSIZ {
+            return Err(TapError::InvalidName(self.name.clone()));
+        }
+        req[..name.len()].copy_from_slice(name);
+        Ok(req)
+    }
+
+    /// An interface ioctl (`SIOC[GS]IF*`) on `req`, through a socket: the tap's
+    /// descriptor does not take them.
+    fn interface_ioctl(
+        &self,
+        request: libc::c_ulong,
+        op: &'static str,
+        req: &mut [u8; IFREQ_LEN],
+    ) -> Result<(), TapError> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+        let socket = socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|errno| TapError::Ioctl {
+            op: "socket(AF_INET)",
+            name: self.name.clone(),
+            source: errno.into(),
+        })?;
+        // SAFETY: interface ioctls read and write at most a `struct ifreq` (40 bytes),
+        // which `req` is, NUL-terminated within IFNAMSIZ; it lives across the call.
+        let rc = unsafe { libc::ioctl(socket.as_raw_fd(), request, req.as_mut_ptr()) };
+        self.check(rc, op)
     }
 
     /// Sets the virtio-net header size the kernel puts in front of each frame
