@@ -288,3 +288,34 @@ fn mtu_above_the_taps_is_refused_naming_both() {
         "{err}"
     );
 }
+
+/// Two NICs with one MAC would both answer for it, and a key given twice in one --net
+/// would silently lose its first value: both are refused, named, before any tap is
+/// opened (the descriptors here were not inherited).
+#[test]
+fn a_mac_on_two_nics_and_a_repeated_net_key_are_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = fake_bzimage(dir.path(), 0x100_0000);
+    let k = kernel.to_str().expect("utf8");
+    let (code, err) = run(&[
+        "--kernel",
+        k,
+        "--net",
+        "tap-fd=7,mac=52:54:00:12:34:56",
+        "--net",
+        "tap-fd=8,mac=52:54:00:12:34:56",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("MAC address 52:54:00:12:34:56 is given to two NICs"),
+        "{err}"
+    );
+    let (code, err) = run(&[
+        "--kernel",
+        k,
+        "--net",
+        "tap-fd=7,mac=52:54:00:12:34:56,mac=52:54:00:12:34:57",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--net mac= is given twice"), "{err}");
+}

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::devices::serial::SharedBuffer;
-use crate::devices::virtio::net::{NetSpec, Owner, TapSource};
+use crate::devices::virtio::net::{MacAddr, NetSpec, Owner, TapSource};
 
 /// Kernel command line used when none is given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -81,6 +81,9 @@ pub enum ConfigError {
     /// Two NICs on one inherited tap fd.
     #[error("--net tap-fd={0} is given twice")]
     DuplicateTapFd(i32),
+    /// Two NICs with one MAC address.
+    #[error("MAC address {0} is given to two NICs: each needs its own")]
+    DuplicateMac(MacAddr),
 }
 
 /// Everything needed to build and boot a VM.
@@ -148,13 +151,25 @@ impl VmConfig {
                 return Err(ConfigError::DuplicateTapFd(fd));
             }
         }
-        Ok(())
+        // The MACs generated later are random, and differ.
+        unique_macs(self.net.iter().filter_map(|spec| spec.mac))
     }
 
     /// Guest RAM in bytes.
     pub fn memory_bytes(&self) -> u64 {
         self.memory_mib << 20
     }
+}
+
+/// Refuses a MAC address that two NICs share: both would answer for it.
+pub fn unique_macs(macs: impl IntoIterator<Item = MacAddr>) -> Result<(), ConfigError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for mac in macs {
+        if !seen.insert(mac.0) {
+            return Err(ConfigError::DuplicateMac(mac));
+        }
+    }
+    Ok(())
 }
 
 /// `kvnet-vmm` command line.
@@ -350,6 +365,30 @@ mod tests {
             ])
             .err(),
             Some(ConfigError::DuplicateTapFd(5))
+        );
+        let duplicate = parse(&[
+            "--kernel",
+            path,
+            "--net",
+            "tap=a,mac=52:54:00:12:34:56",
+            "--net",
+            "tap=b,mac=52:54:00:12:34:56",
+        ])
+        .err();
+        assert_eq!(
+            duplicate.map(|e| e.to_string()),
+            Some("MAC address 52:54:00:12:34:56 is given to two NICs: each needs its own".into())
+        );
+        assert!(
+            parse(&[
+                "--kernel",
+                path,
+                "--net",
+                "tap=a,mac=52:54:00:12:34:56",
+                "--net",
+                "tap=b,mac=52:54:00:12:34:57",
+            ])
+            .is_ok()
         );
         assert!(
             ConfigError::TooManyVcpus(300)

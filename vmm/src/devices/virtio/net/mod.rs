@@ -221,6 +221,9 @@ pub enum NetConfigError {
         "unknown --net key {0:?} (expected network, socket, group, inbound, outbound, tap-fd, tap, mac or mtu)"
     )]
     UnknownKey(String),
+    /// A key given twice in one `--net`.
+    #[error("--net {0}= is given twice")]
+    RepeatedKey(String),
     /// An `inbound=` or `outbound=` that is not `AVERAGE[:PEAK[:BURST]]`.
     #[error(
         "invalid --net {key}={value:?}: expected AVERAGE[:PEAK[:BURST]], in kB/s and KiB as libvirt's <bandwidth>"
@@ -344,6 +347,11 @@ pub struct NetSpec {
     pub mtu: Option<u16>,
 }
 
+/// The keys of a `--net` option.
+const NET_KEYS: [&str; 9] = [
+    "network", "socket", "group", "inbound", "outbound", "tap-fd", "tap", "mac", "mtu",
+];
+
 impl FromStr for NetSpec {
     type Err = NetConfigError;
 
@@ -352,8 +360,16 @@ impl FromStr for NetSpec {
         let mut port = PortRequest::default();
         // The keys given that only a port on a network can take.
         let mut port_keys = Vec::new();
+        // A second value would silently replace the first.
+        let mut seen = Vec::new();
         for item in s.split(',').filter(|item| !item.is_empty()) {
             let (key, value) = item.split_once('=').unwrap_or((item, ""));
+            if NET_KEYS.contains(&key) {
+                if seen.contains(&key) {
+                    return Err(NetConfigError::RepeatedKey(key.to_owned()));
+                }
+                seen.push(key);
+            }
             match key {
                 "network" | "tap-fd" | "tap" if tap.is_some() => {
                     return Err(NetConfigError::Backend);
@@ -687,6 +703,16 @@ mod tests {
                 "invalid --net inbound=\"fast\": expected AVERAGE[:PEAK[:BURST]], in kB/s and KiB as libvirt's <bandwidth>",
             ),
             ("network=a,group=", "--net group= needs a value"),
+            (
+                "tap=vnet0,mac=52:54:00:00:00:01,mac=52:54:00:00:00:02",
+                "--net mac= is given twice",
+            ),
+            ("tap=a,tap=b", "--net tap= is given twice"),
+            ("tap=a,mtu=1500,mtu=1500", "--net mtu= is given twice"),
+            (
+                "network=a,inbound=1,inbound=2",
+                "--net inbound= is given twice",
+            ),
             ("network=", "--net network= needs a value"),
             ("network=default,socket=", "--net socket= needs a value"),
             (
