@@ -158,12 +158,13 @@ impl Vm {
             .net
             .iter()
             .map(|spec| {
-                let nic = spec.config();
-                let (tap, lease) = spec.open_tap(&nic, &config.owner)?;
+                let (nic, tap, lease) = spec.open_tap(&config.owner)?;
                 ports.extend(lease);
                 Ok((nic, tap))
             })
             .collect::<Result<Vec<_>, Error>>()?;
+        // MACs taken from taps, against each other and those given.
+        config::unique_macs(taps.iter().map(|(nic, _)| nic.mac))?;
         vcpu_kick_handler()?;
         let kvm = kvm::vm::open_kvm()?;
         kvm::vm::check_vcpu_count(&kvm, config.vcpus)?;

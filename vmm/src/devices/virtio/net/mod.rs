@@ -454,21 +454,57 @@ impl FromStr for NetSpec {
 }
 
 impl NetSpec {
-    /// Opens the tap this spec names, for a NIC with `config`; a port on a network is
-    /// registered as `owner`'s, and comes with the [`PortLease`] that gives it back. `Fd`
-    /// takes ownership of the inherited fd (see [`Tap::from_inherited_fd`]): call it once
-    /// per spec.
+    /// Opens the tap this spec names, and says what the guest is to see of the NIC; a
+    /// port on a network is registered as `owner`'s, and comes with the [`PortLease`]
+    /// that gives it back. `Fd` takes ownership of the inherited fd (see
+    /// [`Tap::from_inherited_fd`]): call it once per spec.
     pub fn open_tap(
         &self,
-        config: &NetConfig,
         owner: &Owner,
-    ) -> Result<(Tap, Option<PortLease>), NetConfigError> {
-        let (tap, lease) = self.open_backend(config, owner)?;
+    ) -> Result<(NetConfig, Tap, Option<PortLease>), NetConfigError> {
+        let mut config = self.config();
+        let (tap, lease) = self.open_backend(&config, owner)?;
+        if self.mac.is_none()
+            && let Some(mac) = self.guest_mac_of(&tap)
+        {
+            config.mac = mac;
+        }
         if let Some(mtu) = config.mtu {
             // On error the lease goes, and gives the port back.
             self.fit_mtu(&tap, mtu)?;
         }
-        Ok((tap, lease))
+        Ok((config, tap, lease))
+    }
+
+    /// The guest MAC an existing tap was made for: libvirt and kvnetd give a guest's tap
+    /// the guest's MAC with `fe` first (so that the bridge never takes the guest's
+    /// address), and a guest's is QEMU's 52:54:00 one. A persistent port's tap then
+    /// gives its guest the MAC its DHCP reservation or pinning knows.
+    fn guest_mac_of(&self, tap: &Tap) -> Option<MacAddr> {
+        let existing = match self.tap {
+            TapSource::Fd(_) => true,
+            TapSource::Name(_) => tap.is_persistent(),
+            // kvnetd made the tap for the MAC we gave it.
+            TapSource::Network { .. } => false,
+        };
+        if !existing {
+            return None;
+        }
+        let tap_mac = match tap.mac() {
+            Ok(mac) => MacAddr(mac),
+            Err(error) => {
+                tracing::debug!(tap = tap.name(), %error, "cannot read the tap's MAC");
+                return None;
+            }
+        };
+        let mut guest = tap_mac;
+        if guest.0[0] != 0xfe {
+            return None;
+        }
+        guest.0[0] = 0x52;
+        tracing::info!(tap = tap.name(), %tap_mac, mac = %guest,
+            "guest MAC taken from its tap's (fe: for 52:)");
+        Some(guest)
     }
 
     /// Makes sure the tap carries the `mtu` the guest is offered: a tap the VMM just
@@ -754,10 +790,56 @@ mod tests {
         assert_eq!(a.to_string().parse::<MacAddr>().expect("round trip"), a);
     }
 
-    /// Opens `spec` for a NIC (with a random MAC and `spec`'s MTU) as a nameless VM would.
+    /// Opens `spec` for a NIC as a nameless VM would.
     fn open(spec: &str) -> Result<(Tap, Option<PortLease>), NetConfigError> {
+        open_nic(spec).map(|(_, tap, lease)| (tap, lease))
+    }
+
+    fn open_nic(spec: &str) -> Result<(NetConfig, Tap, Option<PortLease>), NetConfigError> {
         let spec: NetSpec = spec.parse().expect("spec");
-        spec.open_tap(&spec.config(), &Owner::unnamed())
+        spec.open_tap(&Owner::unnamed())
+    }
+
+    #[test]
+    fn an_existing_taps_fe_mac_gives_the_guest_its_52_mac() {
+        use testkit::{Need, Netns};
+        if !testkit::require(&[Need::Root, Need::Netns, Need::Tun]) {
+            return;
+        }
+        let ns = Netns::new("tap-mac").expect("netns");
+        // As `kvnet net-port-create` leaves a persistent port's tap; and one that
+        // follows no convention.
+        ns.sh(
+            "ip tuntap add dev vnet0 mode tap vnet_hdr && ip link set vnet0 address fe:54:00:de:00:01 \
+             && ip tuntap add dev other0 mode tap vnet_hdr && ip link set other0 address 02:00:00:00:00:07",
+        )
+        .expect("taps");
+        let expected = MacAddr([0x52, 0x54, 0, 0xde, 0, 1]);
+        ns.run(|| {
+            let (nic, tap, _) = open_nic("tap=vnet0").expect("open");
+            assert_eq!(nic.mac, expected);
+            drop(tap);
+            // mac= wins.
+            let (nic, tap, _) = open_nic("tap=vnet0,mac=52:54:00:00:00:09").expect("open");
+            assert_eq!(nic.mac, MacAddr([0x52, 0x54, 0, 0, 0, 9]));
+            drop(tap);
+            // An inherited descriptor of the same tap.
+            let opened = Tap::open_named("vnet0").expect("open");
+            let dup = std::os::fd::AsFd::as_fd(&opened)
+                .try_clone_to_owned()
+                .expect("dup");
+            let fd = std::os::fd::IntoRawFd::into_raw_fd(dup);
+            let (nic, _tap, _) = open_nic(&format!("tap-fd={fd}")).expect("open");
+            assert_eq!(nic.mac, expected);
+            // Another tap's MAC says nothing: a random 52:54:00 one.
+            let (nic, _tap, _) = open_nic("tap=other0").expect("open");
+            assert_eq!(&nic.mac.0[..3], &[0x52, 0x54, 0]);
+            assert_ne!(nic.mac, expected);
+            // A tap the VMM creates has a random MAC of the kernel's.
+            let (nic, _tap, _) = open_nic("tap=kvnew").expect("open");
+            assert_eq!(&nic.mac.0[..3], &[0x52, 0x54, 0]);
+        })
+        .expect("run in ns");
     }
 
     #[test]

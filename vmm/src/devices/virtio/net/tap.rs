@@ -217,6 +217,20 @@ impl Tap {
         self.flags & IFF_PERSIST as u16 != 0
     }
 
+    /// The tap's own MAC address (`SIOCGIFHWADDR` on its descriptor, which answers in
+    /// whatever network namespace the tap is).
+    pub fn mac(&self) -> Result<[u8; 6], TapError> {
+        let mut req = [0u8; IFREQ_LEN];
+        // SAFETY: SIOCGIFHWADDR on a tun/tap descriptor reads and writes one `struct
+        // ifreq` (40 bytes), which `req` is; it lives across the call.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFHWADDR, req.as_mut_ptr()) };
+        self.check(rc, "SIOCGIFHWADDR")?;
+        // ifr_hwaddr is a sockaddr: the family, then the address.
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&req[IFNAMSIZ + 2..IFNAMSIZ + 8]);
+        Ok(mac)
+    }
+
     /// The tap's MTU, as the network namespace of this thread knows its name.
     pub fn mtu(&self) -> Result<u32, TapError> {
         let mut req = self.ifreq()?;
