@@ -95,6 +95,8 @@ pub struct Net {
     warned: WarnLatch,
     /// Its workers' (one per activation) errors logged at warn.
     worker_warned: Arc<Mutex<WarnLatch>>,
+    /// A failing backend was logged at warn, once for the device's life.
+    backend_warned: Arc<AtomicBool>,
 }
 
 /// [`WarnLatch`] bit: the driver accepted features that were not offered.
@@ -120,6 +122,7 @@ impl Net {
             offloads_set: false,
             warned: WarnLatch::default(),
             worker_warned: Arc::default(),
+            backend_warned: Arc::default(),
         }
     }
 
@@ -221,6 +224,7 @@ impl Net {
             counters: Arc::clone(&self.counters),
             needs_reset: Arc::clone(&self.needs_reset),
             warned: Arc::clone(&self.worker_warned),
+            backend_warned: Arc::clone(&self.backend_warned),
             name: self.name.clone(),
             mergeable: self.acked_features & bit(VIRTIO_NET_F_MRG_RXBUF) != 0,
             guest_csum: self.acked_features & bit(VIRTIO_NET_F_GUEST_CSUM) != 0,

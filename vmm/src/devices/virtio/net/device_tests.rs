@@ -1876,3 +1876,53 @@ fn reset_turns_the_backend_offloads_off() {
         "offloads outlive the driver"
     );
 }
+
+/// A backend whose every read and write fails as a deleted tap's do (EBADFD).
+#[derive(Debug)]
+struct DeletedTap(EventFd);
+
+impl std::os::fd::AsRawFd for DeletedTap {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl NetBackend for DeletedTap {
+    fn read_frame(&mut self, _: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
+        Err(std::io::Error::from_raw_os_error(libc::EBADFD))
+    }
+
+    fn write_frame(&mut self, _: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
+        Err(std::io::Error::from_raw_os_error(libc::EBADFD))
+    }
+
+    fn set_offload(&mut self, _tun_flags: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A tap that fails under a running VM (deleted with its network) is reported once,
+/// with its name and errno, not once per frame and not never.
+#[test]
+fn a_failing_tap_is_reported_once_with_its_name_and_errno() {
+    let mut h = harness_wrapped(new_mem(), RX_RING, 0, |_| {
+        let fd = EventFd::new(EFD_NONBLOCK).expect("evt");
+        fd.write(1).expect("readable");
+        Box::new(DeletedTap(fd))
+    });
+    h.guest_post_rx(&[2048]);
+    let log = crate::testing::warnings_logged(|| {
+        for i in 0..5 {
+            h.guest_send(&frame(60, 0, i));
+            h.worker.process_tx();
+            h.worker.process_rx();
+        }
+    });
+    let s = h.stats();
+    assert_eq!((s.tx_errors, s.rx_errors), (5, 5), "{s:?}");
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(
+        log.contains("tap=test") && log.contains("(os error 77)"),
+        "{log}"
+    );
+}

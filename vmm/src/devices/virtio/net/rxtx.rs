@@ -487,12 +487,34 @@ fn check_tx_header(
     }
 }
 
+/// Where a backend's failures are reported: the device's name and whether it warned.
+#[derive(Clone, Copy)]
+struct FailureReport<'a> {
+    name: &'a str,
+    warned: &'a AtomicBool,
+}
+
+impl FailureReport<'_> {
+    /// Logs a failed backend read or write: at warn the first time for the device, else
+    /// at debug. A tap deleted under the VM (its transient network destroyed) fails
+    /// every frame from then on, and nothing else would tell.
+    fn failed(self, op: &str, error: &io::Error) {
+        if self.warned.swap(true, Ordering::Relaxed) {
+            tracing::debug!(tap = %self.name, %error, "virtio-net: tap {op} failed");
+        } else {
+            tracing::warn!(tap = %self.name, %error,
+                "virtio-net: tap {op} failed: the NIC's frames are lost while it fails (not logged again)");
+        }
+    }
+}
+
 /// Reads one frame from `backend` into `slices`: its length, or what the receive loop
 /// does instead.
 fn read_from(
     backend: &mut dyn NetBackend,
     slices: &[VolatileSlice<'_>],
     counters: &NetCounters,
+    report: FailureReport<'_>,
 ) -> Result<u64, RxStep> {
     match backend.read_frame(slices) {
         Ok(0) => {
@@ -506,7 +528,7 @@ fn read_from(
         Err(e) => {
             // Stop polling a failing backend (e.g. a tap deleted under us) until the
             // retry timer or the guest's next RX notification, rather than spin on it.
-            tracing::debug!(error = %e, "virtio-net: backend read failed");
+            report.failed("read", &e);
             NetCounters::add(&counters.rx_errors, 1);
             Err(RxStep::Failed)
         }
@@ -577,6 +599,8 @@ pub struct NetWorker {
     /// Guest-caused conditions logged at warn, shared with the device and its other
     /// workers (a guest may reset and break the device in a loop).
     warned: Arc<Mutex<WarnLatch>>,
+    /// A failing backend was logged at warn (once per device, shared with it).
+    backend_warned: Arc<AtomicBool>,
     /// The device's name, for logs.
     name: String,
     /// Interrupt failures already logged at warn by this worker (one per reset cycle).
@@ -627,6 +651,8 @@ pub struct NetWorkerSetup {
     pub needs_reset: Arc<AtomicBool>,
     /// Guest-caused conditions logged at warn, shared with the device.
     pub warned: Arc<Mutex<WarnLatch>>,
+    /// Set once a failing backend was logged at warn, shared with the device.
+    pub backend_warned: Arc<AtomicBool>,
     /// The device's name (its tap's), for logs.
     pub name: String,
     /// `VIRTIO_NET_F_MRG_RXBUF` was negotiated.
@@ -715,6 +741,7 @@ impl NetWorker {
             counters: setup.counters,
             needs_reset: setup.needs_reset,
             warned: setup.warned,
+            backend_warned: setup.backend_warned,
             name: setup.name,
             interrupt_warned: false,
             mergeable: setup.mergeable,
@@ -815,7 +842,12 @@ impl NetWorker {
                                 );
                             }
                             Err(e) => {
-                                tracing::debug!(error = %e, "virtio-net: backend write failed");
+                                if !matches!(
+                                    e.kind(),
+                                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                                ) {
+                                    self.failure_report().failed("write", &e);
+                                }
                                 NetCounters::add(&self.counters.tx_errors, 1);
                             }
                         }
@@ -1018,7 +1050,11 @@ impl NetWorker {
                 break;
             }
         }
-        let len = match read_from(&mut *self.backend, &slices, &self.counters) {
+        let report = FailureReport {
+            name: &self.name,
+            warned: &self.backend_warned,
+        };
+        let len = match read_from(&mut *self.backend, &slices, &self.counters, report) {
             Ok(len) => len,
             Err(step) => return Ok(step),
         };
@@ -1054,7 +1090,11 @@ impl NetWorker {
                 self.bounce = vec![0; usize::try_from(self.max_frame).unwrap_or(usize::MAX)];
             }
             let slice = VolatileSlice::from(&mut self.bounce[..]);
-            let len = match read_from(&mut *self.backend, &[slice], &self.counters) {
+            let report = FailureReport {
+                name: &self.name,
+                warned: &self.backend_warned,
+            };
+            let len = match read_from(&mut *self.backend, &[slice], &self.counters, report) {
                 Ok(len) => len,
                 Err(step) => return Ok(step),
             };
@@ -1213,6 +1253,13 @@ impl NetWorker {
             }
         }
         Ok(())
+    }
+
+    fn failure_report(&self) -> FailureReport<'_> {
+        FailureReport {
+            name: &self.name,
+            warned: &self.backend_warned,
+        }
     }
 
     fn refuse(&self, error: &QueueError, dropped: &AtomicU64) {
