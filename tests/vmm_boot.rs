@@ -589,3 +589,42 @@ fn a_vmm_in_the_terminals_background_runs_without_its_input() {
     );
     wait_for(&output, "Hello from a kvnet mini-guest\r\n");
 }
+
+/// Logs written to a pipe or file carry no colour codes: they are for terminals.
+#[test]
+fn logs_on_a_pipe_have_no_colour_codes() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = hello_guest(dir.path());
+    let child = spawn_binary(&["--kernel", kernel.to_str().expect("utf8")], "info");
+    let (code, stderr) = finish(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("vm exit requested"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}
+
+/// A guest the VMM cannot emulate (code fetched from an address with no memory behind
+/// it) ends it with one error line, not a log line saying the same before it.
+#[test]
+fn an_emulation_failure_is_reported_once() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = testing::write_guest(dir.path(), "jump-out.elf", |a| {
+        // 512 MiB: identity-mapped, above the guest's 128 MiB of RAM, no device there.
+        a.mov(rax, 0x2000_0000u64)?;
+        a.jmp(rax)
+    })
+    .expect("assemble");
+    let (code, _, stderr) = run_binary(&["--kernel", kernel.to_str().expect("utf8")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.matches("unhandled exit").count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("kvnet-vmm: error: vcpu 0: guest stopped with unhandled exit")
+            && stderr.trim_end().ends_with("at rip 0x20000000"),
+        "{stderr}"
+    );
+}
