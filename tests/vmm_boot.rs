@@ -628,3 +628,32 @@ fn an_emulation_failure_is_reported_once() {
         "{stderr}"
     );
 }
+
+/// A triple fault ends the VMM (as a reset does, and as in Firecracker), and the log
+/// says so, with the guest's RIP in hex.
+#[test]
+fn a_triple_fault_is_logged_as_the_end_of_the_vm_with_rip_in_hex() {
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    // `ud2` with the boot IDT, which has no gate: #UD, #GP, #DF, shutdown.
+    let prefix = testing::assemble(|a| print(a, "faulting\n")).expect("assemble");
+    let ud2_rip = testing::GUEST_CODE_START + prefix.len() as u64;
+    let kernel = testing::write_guest(dir.path(), "ud2.elf", |a| {
+        print(a, "faulting\n")?;
+        a.ud2()?;
+        poweroff(a)
+    })
+    .expect("assemble");
+    let (code, stdout, stderr) = run_binary(&["--kernel", kernel.to_str().expect("utf8")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "faulting\n");
+    assert!(
+        stderr.contains("guest triple fault: the VM ends, as on a reset")
+            && stderr.contains(&format!("rip={ud2_rip:#x}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("resetting"), "{stderr}");
+    assert!(stderr.ends_with("kvnet-vmm: guest reset\n"), "{stderr}");
+}

@@ -194,7 +194,9 @@ impl Vm {
             tables.rsdp_addr(),
         )?;
         loader::write_boot_structures(&memory, kernel.entry.protocol)?;
-        tracing::debug!(entry = ?kernel.entry, kernel_end = kernel.kernel_end, ?initrd, "guest loaded");
+        tracing::debug!(rip = %format_args!("{:#x}", kernel.entry.rip),
+            protocol = ?kernel.entry.protocol,
+            kernel_end = %format_args!("{:#x}", kernel.kernel_end), ?initrd, "guest loaded");
 
         // Devices.
         let exit = Arc::new(ExitSignal::default());

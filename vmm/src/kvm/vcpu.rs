@@ -275,7 +275,8 @@ impl Vcpu {
                 let data = unsafe { std::slice::from_raw_parts(at, len) };
                 for element in data.chunks(width) {
                     if !self.pio.write(u64::from(port), element) {
-                        tracing::trace!(vcpu = id, port, ?element, "write to unmapped port");
+                        tracing::trace!(vcpu = id, port = %format_args!("{port:#x}"), ?element,
+                            "write to unmapped port");
                     }
                 }
                 return Ok(None);
@@ -294,20 +295,24 @@ impl Vcpu {
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 if !self.mmio.read(addr, data) {
-                    tracing::trace!(vcpu = id, addr, "read from unmapped MMIO");
+                    tracing::trace!(vcpu = id, addr = %format_args!("{addr:#x}"),
+                        "read from unmapped MMIO");
                     data.fill(0xff);
                 }
                 return Ok(None);
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 if !self.mmio.write(addr, data) {
-                    tracing::trace!(vcpu = id, addr, ?data, "write to unmapped MMIO");
+                    tracing::trace!(vcpu = id, addr = %format_args!("{addr:#x}"), ?data,
+                        "write to unmapped MMIO");
                 }
                 return Ok(None);
             }
             Ok(VcpuExit::Shutdown) => {
-                // A triple fault: what `reboot=t` does, and what a crashed guest does.
-                tracing::warn!(vcpu = id, rip = self.rip(), "guest triple fault, resetting");
+                // A triple fault: what `reboot=t` does, and what a crashed guest does. Like
+                // any reset it ends the VM (as in Firecracker): nothing runs it again.
+                tracing::warn!(vcpu = id, rip = %format_args!("{:#x}", self.rip()),
+                    "guest triple fault: the VM ends, as on a reset");
                 return Ok(Some(Ok(ExitReason::Reset)));
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
