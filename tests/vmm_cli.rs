@@ -319,3 +319,64 @@ fn a_mac_on_two_nics_and_a_repeated_net_key_are_refused() {
     assert_eq!(code, Some(1));
     assert!(err.contains("--net mac= is given twice"), "{err}");
 }
+
+/// Runs `kvnet-vmm` with `args`, killing it after 20 s: status and stderr, or `None`
+/// for a VMM that hung.
+fn run_bounded(args: &[&str]) -> Option<(Option<i32>, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn kvnet-vmm");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("output");
+    Some((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A FIFO as kernel or initrd used to block the VMM for good, /dev/zero passed for an
+/// empty initrd and a directory for "Guest memory error: Is a directory": anything but
+/// a regular file is refused, named.
+#[test]
+fn kernel_and_initrd_must_be_regular_files() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = fake_bzimage(dir.path(), 0x100_0000);
+    let k = kernel.to_str().expect("utf8");
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let f = fifo.to_str().expect("utf8");
+    for (args, message) in [
+        (
+            vec!["--kernel", f],
+            format!("kernel image {f} is not a regular file"),
+        ),
+        (
+            vec!["--kernel", k, "--initrd", f],
+            format!("initrd {f} is not a regular file"),
+        ),
+        (
+            vec!["--kernel", k, "--initrd", "/dev/zero"],
+            "initrd /dev/zero is not a regular file".to_owned(),
+        ),
+        (
+            vec!["--kernel", k, "--initrd", "/tmp"],
+            "initrd /tmp is not a regular file".to_owned(),
+        ),
+    ] {
+        let (code, err) = run_bounded(&args).unwrap_or_else(|| panic!("{args:?} hung"));
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(&message), "{args:?}: {err}");
+    }
+}

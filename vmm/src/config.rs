@@ -58,6 +58,14 @@ pub enum ConfigError {
     /// The initrd file does not exist.
     #[error("initrd {0} does not exist")]
     InitrdMissing(PathBuf),
+    /// A FIFO, device or directory given as the kernel or initrd.
+    #[error("{what} {path} is not a regular file")]
+    NotRegularFile {
+        /// "kernel image" or "initrd".
+        what: &'static str,
+        /// The path given.
+        path: PathBuf,
+    },
     /// Memory out of range.
     #[error("--memory {mib} MiB is out of range ({MIN_MEMORY_MIB}..={MAX_MEMORY_MIB} MiB)")]
     Memory {
@@ -124,13 +132,9 @@ impl VmConfig {
 
     /// Checks what can be checked without KVM.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.kernel.exists() {
-            return Err(ConfigError::KernelMissing(self.kernel.clone()));
-        }
-        if let Some(initrd) = &self.initrd
-            && !initrd.exists()
-        {
-            return Err(ConfigError::InitrdMissing(initrd.clone()));
+        regular_file(&self.kernel, "kernel image", ConfigError::KernelMissing)?;
+        if let Some(initrd) = &self.initrd {
+            regular_file(initrd, "initrd", ConfigError::InitrdMissing)?;
         }
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
             return Err(ConfigError::Memory {
@@ -158,6 +162,24 @@ impl VmConfig {
     /// Guest RAM in bytes.
     pub fn memory_bytes(&self) -> u64 {
         self.memory_mib << 20
+    }
+}
+
+/// Refuses a `path` that is missing or not a regular file (a FIFO would block the VMM,
+/// `/dev/zero` pass for an empty file). Other errors are the loader's to report, with
+/// their cause.
+fn regular_file(
+    path: &std::path::Path,
+    what: &'static str,
+    missing: fn(PathBuf) -> ConfigError,
+) -> Result<(), ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(metadata) if !metadata.is_file() => Err(ConfigError::NotRegularFile {
+            what,
+            path: path.to_owned(),
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(missing(path.to_owned())),
+        _ => Ok(()),
     }
 }
 
@@ -332,6 +354,19 @@ mod tests {
         assert_eq!(
             parse(&["--kernel", "/nonexistent/vmlinuz"]).err(),
             Some(ConfigError::KernelMissing("/nonexistent/vmlinuz".into()))
+        );
+        assert_eq!(
+            parse(&["--kernel", "/dev/zero"]).err(),
+            Some(ConfigError::NotRegularFile {
+                what: "kernel image",
+                path: "/dev/zero".into()
+            })
+        );
+        assert_eq!(
+            parse(&["--kernel", path, "--initrd", "/tmp"])
+                .err()
+                .map(|e| e.to_string()),
+            Some("initrd /tmp is not a regular file".into())
         );
         assert_eq!(
             parse(&["--kernel", path, "--vcpus", "0"]).err(),

@@ -59,6 +59,14 @@ pub enum LoaderError {
         #[source]
         source: std::io::Error,
     },
+    /// A FIFO, device or directory where a file was expected.
+    #[error("{what} {path} is not a regular file")]
+    NotRegularFile {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path given.
+        path: PathBuf,
+    },
     /// Neither an ELF nor a bzImage.
     #[error("kernel {path} is not a recognised image (neither an ELF vmlinux nor a bzImage)")]
     UnrecognisedKernel {
@@ -234,6 +242,30 @@ pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
     map
 }
 
+/// Opens `path`, which must be a regular file: a FIFO would block the VMM for good,
+/// `/dev/zero` would pass for empty, and a directory for unreadable.
+fn open_regular(path: &Path, what: &'static str) -> Result<File, LoaderError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let read_err = |source| LoaderError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    // Non-blocking, so that opening a FIFO with no writer returns at once.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read_err)?;
+    if !file.metadata().map_err(read_err)?.is_file() {
+        return Err(LoaderError::NotRegularFile {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    Ok(file)
+}
+
 /// Loads `path` at its preferred address: ELF first (PVH entry when it has the note),
 /// then bzImage (64-bit entry). Checks that `mem` can hold the kernel's `init_size`.
 pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, LoaderError> {
@@ -242,7 +274,7 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, Loade
         path: path.to_owned(),
         source,
     };
-    let mut file = File::open(path).map_err(read_err)?;
+    let mut file = open_regular(path, "kernel")?;
     let mut magic = [0u8; 4];
     let n = std::io::Read::read(&mut file, &mut magic).map_err(read_err)?;
     if n == 4 && magic == *b"\x7fELF" {
@@ -372,7 +404,7 @@ pub fn load_initrd(
         path: path.to_owned(),
         source,
     };
-    let mut file = File::open(path).map_err(read_err)?;
+    let mut file = open_regular(path, "initrd")?;
     let size = file.metadata().map_err(read_err)?.len();
     let mut limit = low_ram_end(mem);
     if let Some(h) = kernel.setup_header.filter(|h| h.initrd_addr_max != 0) {
@@ -592,6 +624,25 @@ pub fn write_boot_structures(mem: &GuestMemory, protocol: BootProtocol) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_are_opened_and_a_fifo_does_not_block() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        for path in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
+            match open_regular(path, "initrd") {
+                Err(error @ LoaderError::NotRegularFile { .. }) => assert_eq!(
+                    error.to_string(),
+                    format!("initrd {} is not a regular file", path.display())
+                ),
+                other => panic!("{}: {other:?}", path.display()),
+            }
+        }
+        let file = dir.path().join("initrd");
+        std::fs::write(&file, b"x").expect("write");
+        assert!(open_regular(&file, "initrd").is_ok());
+    }
 
     #[test]
     fn e820_has_low_ram_hole_high_ram_and_reserved_ecam() {
