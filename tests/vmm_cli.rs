@@ -249,7 +249,7 @@ fn a_console_nobody_reads_holds_up_neither_the_guest_nor_the_exit() {
 }
 
 #[test]
-fn help_documents_the_console_escape() {
+fn help_documents_the_console_escape_and_tap_creation() {
     let out = Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"))
         .arg("--help")
         .output()
@@ -258,6 +258,10 @@ fn help_documents_the_console_escape() {
     assert!(out.status.success(), "{help}");
     assert!(
         help.contains("Ctrl-A x to stop the VM, Ctrl-A Ctrl-A to send one Ctrl-A"),
+        "{help}"
+    );
+    assert!(
+        help.contains("if none has that name, the VMM creates it, as QEMU does"),
         "{help}"
     );
 }

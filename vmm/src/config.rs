@@ -224,7 +224,9 @@ pub struct Cli {
     #[arg(long, value_name = "SINK", default_value = "stdio")]
     pub serial: String,
     /// A virtio-net NIC on a tap: tap-fd=N (an inherited, attached tap fd) or
-    /// tap=NAME, plus optional mac=52:54:00:xx:xx:xx and mtu=M. Repeatable. mtu= is
+    /// tap=NAME (a tap the VMM attaches to as its owner or with CAP_NET_ADMIN; if none
+    /// has that name, the VMM creates it, as QEMU does: down, on no bridge, gone when
+    /// the VMM ends), plus optional mac=52:54:00:xx:xx:xx and mtu=M. Repeatable. mtu= is
     /// offered to the guest: a tap the VMM creates is given it, and one larger than an
     /// existing tap's (or network's) MTU is refused.
     /// network=NAME[,socket=PATH] instead asks kvnetd for a new port on that network:

@@ -289,7 +289,8 @@ pub enum NetConfigError {
 pub enum TapSource {
     /// An fd inherited from the parent (`tap-fd=N`).
     Fd(RawFd),
-    /// An existing tap opened by name (`tap=NAME`, needs root).
+    /// A tap opened by name (`tap=NAME`), created if none has that name; needs
+    /// `CAP_NET_ADMIN`, or ownership of an existing tap.
     Name(String),
     /// A new port on one of kvnetd's networks (`network=NAME[,socket=PATH]`): kvnetd makes
     /// the tap on the network's bridge and hands its fd over the socket.

@@ -1,8 +1,8 @@
 //! A tap device: the host end of a virtio-net NIC.
 //!
 //! The VMM normally receives an already configured tap as a file descriptor
-//! ([`Tap::from_fd`]); as root it can also attach to an existing tap by name
-//! ([`Tap::open_named`]). Frames carry the 12-byte `virtio_net_hdr_v1` in front, so
+//! ([`Tap::from_fd`]); as root it can also attach to a tap by name, creating it if
+//! there is none ([`Tap::open_named`]). Frames carry the 12-byte `virtio_net_hdr_v1` in front, so
 //! guest headers pass to the kernel unchanged. This is the only file of the device
 //! that talks to the kernel through raw ioctls and `readv`/`writev`.
 
