@@ -23,7 +23,8 @@ const NLM_F_DUMP: u16 = 0x300;
 /// On a dump's message: the ruleset changed while it was read, so the dump may miss or
 /// repeat objects.
 const NLM_F_DUMP_INTR: u16 = 0x10;
-/// How many times a dump that a change interrupted is read again before that is an error.
+/// How many times, in all, a dump that changes keep interrupting is read before that is
+/// an error.
 const DUMP_ATTEMPTS: usize = 4;
 pub(super) const NLM_F_CREATE: u16 = 0x400;
 const NLA_F_NESTED: u16 = 0x8000;

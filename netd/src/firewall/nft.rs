@@ -21,7 +21,7 @@
 //! generation answers "nothing changed" in one round trip; only after a change (anyone's)
 //! are the bridges set and the rules of each chain read back.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -59,6 +59,8 @@ pub(super) struct NftFirewall {
     skeleton_stamp: u64,
     /// The rules each skeleton chain holds when nobody else touched our table.
     skeleton_rules: HashMap<String, usize>,
+    /// The skeleton's base chains, whose policy is accept.
+    base_chains: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -91,10 +93,12 @@ struct Record {
     /// the chain's stamp (`None`: its rules do not all carry one: an older build's,
     /// hand-made, empty).
     custom_nat: HashMap<String, Option<StampedChain>>,
-    /// Bridges with an element in the verdict map, whatever its verdict: removing its
-    /// chain takes deleting it first, and adding it again would clash with a different
-    /// verdict.
-    nat_mapped: HashSet<String>,
+    /// Every element of the verdict map, whatever its verdict: its key and the chain it
+    /// jumps to. A bridge's NAT chain can be deleted only once no element jumps to it,
+    /// and an element added again with another verdict would clash.
+    nat_map: HashMap<String, Option<String>>,
+    /// Whether the table exists.
+    table_exists: bool,
 }
 
 /// A chain whose rules all carry one stamp, and how many there are (a rule deleted
@@ -106,24 +110,33 @@ struct StampedChain {
 }
 
 impl Record {
-    /// Whether `bridge` has anything in our table.
-    fn owns_anything(&self, bridge: &str) -> bool {
-        self.elements.contains_key(bridge)
-            || self.custom_nat.contains_key(bridge)
-            || self.nat_mapped.contains(bridge)
+    /// The verdict-map elements a change of `bridge` deletes: its own, whatever its
+    /// verdict, and any jumping to its NAT chain.
+    fn map_keys_of(&self, bridge: &str) -> Vec<String> {
+        let chain = rules::nat_chain(bridge);
+        let mut keys: Vec<String> = self
+            .nat_map
+            .iter()
+            .filter(|(key, jump)| *key == bridge || jump.as_deref() == Some(chain.as_str()))
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Records that `bridge` owns `elements` (none: nothing) and, with `custom_nat`, its
-    /// own NAT chain, so stamped.
+    /// own NAT chain, so stamped; the map elements [`Record::map_keys_of`] gives are gone.
     fn set(&mut self, bridge: &str, custom_nat: Option<StampedChain>, elements: &[OwnedElement]) {
+        let chain = rules::nat_chain(bridge);
+        self.nat_map
+            .retain(|key, jump| key != bridge && jump.as_deref() != Some(chain.as_str()));
         match custom_nat {
-            Some(chain) => {
-                self.custom_nat.insert(bridge.to_owned(), Some(chain));
-                self.nat_mapped.insert(bridge.to_owned());
+            Some(stamped) => {
+                self.custom_nat.insert(bridge.to_owned(), Some(stamped));
+                self.nat_map.insert(bridge.to_owned(), Some(chain));
             }
             None => {
                 self.custom_nat.remove(bridge);
-                self.nat_mapped.remove(bridge);
             }
         }
         if elements.is_empty() {
@@ -197,25 +210,34 @@ impl State {
             })
     }
 
-    /// Whether a chain of our table has policy drop (set by hand): the skeleton's policies
-    /// are accept, and one base chain dropping stops every network.
-    fn own_chain_drops(&mut self) -> Result<bool, Error> {
-        const WHAT: &str = "chains of table inet kvnet";
-        // Chain dumps are not filtered by table.
-        let answers = match self
-            .socket
-            .dump(encode::NFT_MSG_GETCHAIN, NFPROTO_INET, &[], WHAT)
-        {
-            Ok(answers) => answers,
-            Err(e) if e.errno() == Some(libc::ENOENT) => Vec::new(),
-            Err(e) => return Err(list_error(WHAT, e)),
-        };
-        Ok(answers.iter().any(|(_, body)| {
-            let table = netlink::attribute(body, encode::NFTA_CHAIN_TABLE).map(netlink::text);
+    /// Whether one of `base_chains` of our table has policy drop (set by hand): the
+    /// skeleton's policies are accept, and one base chain dropping stops every network.
+    /// Asked chain by chain: a dump would list every chain of the family.
+    fn base_chain_drops(&mut self, base_chains: &[String]) -> Result<bool, Error> {
+        for chain in base_chains {
+            let what = format!("chain {chain} of table inet {TABLE}");
+            let mut request = Writer::new();
+            request
+                .string(encode::NFTA_CHAIN_TABLE, TABLE)
+                .string(encode::NFTA_CHAIN_NAME, chain);
+            let body = match self.socket.get(
+                encode::NFT_MSG_GETCHAIN,
+                NFPROTO_INET,
+                &request.finish(),
+                &what,
+            ) {
+                Ok(body) => body,
+                // Missing: the rule count tells.
+                Err(e) if e.errno() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(list_error(&what, e)),
+            };
             let policy =
-                netlink::attribute(body, encode::NFTA_CHAIN_POLICY).and_then(netlink::be32);
-            table.as_deref() == Some(TABLE) && policy == Some(POLICY_DROP)
-        }))
+                netlink::attribute(&body, encode::NFTA_CHAIN_POLICY).and_then(netlink::be32);
+            if policy == Some(POLICY_DROP) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The bridges that have elements in the bridges set, sorted.
@@ -275,6 +297,7 @@ impl State {
             let Some(keys) = self.set_keys(set)? else {
                 continue;
             };
+            record.table_exists = true;
             for key in keys {
                 let element = OwnedElement {
                     set: set.to_owned(),
@@ -288,12 +311,13 @@ impl State {
         }
         // Verdict-map keys are the bridges with a custom NAT chain, when they jump to it:
         // one changed by hand (`accept`) is there to be deleted, but the NAT is gone.
-        let mapped = self.set_elements(NAT_MAP)?.unwrap_or_default();
-        for (key, jump) in mapped {
+        let mapped = self.set_elements(NAT_MAP)?;
+        record.table_exists |= mapped.is_some();
+        for (key, jump) in mapped.unwrap_or_default() {
             let Some(bridge) = key.into_iter().next() else {
                 continue;
             };
-            record.nat_mapped.insert(bridge.clone());
+            record.nat_map.insert(bridge.clone(), jump.clone());
             if jump.as_deref() != Some(rules::nat_chain(&bridge).as_str()) {
                 continue;
             }
@@ -382,6 +406,16 @@ impl NftFirewall {
                 message: "the skeleton has no rule to stamp".to_owned(),
             })?;
         let skeleton_rules = rules::skeleton_rule_counts(&skeleton);
+        let base_chains = skeleton
+            .iter()
+            .filter_map(|object| match object {
+                Object::Chain {
+                    name,
+                    base: Some(_),
+                } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
         Ok(NftFirewall {
             state: Mutex::new(State {
                 socket,
@@ -394,12 +428,13 @@ impl NftFirewall {
             skeleton,
             skeleton_stamp,
             skeleton_rules,
+            base_chains,
         })
     }
 
     /// Whether our table holds this build's skeleton: in `chains` (as [`State::chains`]
     /// read them) each skeleton chain its number of rules, every one with this skeleton's
-    /// stamp, and no chain with a drop policy.
+    /// stamp, and no base chain with a drop policy.
     fn skeleton_current(
         &self,
         state: &mut State,
@@ -410,7 +445,7 @@ impl NftFirewall {
                 found.count == *rules && found.stamp == Some(self.skeleton_stamp)
             })
         });
-        Ok(rules_current && !state.own_chain_drops()?)
+        Ok(rules_current && !state.base_chain_drops(&self.base_chains)?)
     }
 
     /// The ownership record, read from the kernel (with whether the skeleton is current)
@@ -439,14 +474,14 @@ impl NftFirewall {
     }
 
     /// Replaces what `bridge` owns with `now` (nothing for a removal) in one batch. `full`
-    /// renders the complete change from the previous elements and whether the bridge has a
-    /// verdict-map element (with the bridge's custom NAT chain, if it gets one), for
+    /// renders the complete change from the previous elements and the verdict-map
+    /// elements to delete (with the bridge's custom NAT chain, if it gets one), for
     /// whatever the element batch cannot do.
     fn commit(
         &self,
         action: &'static str,
         bridge: &str,
-        full: impl Fn(&[OwnedElement], bool) -> Vec<Object>,
+        full: impl Fn(&[OwnedElement], &[String]) -> Vec<Object>,
         now: Vec<OwnedElement>,
     ) -> Result<(), Error> {
         let started = Instant::now();
@@ -454,12 +489,12 @@ impl NftFirewall {
         let record = self.record(&mut state)?;
         let previous = record.elements.get(bridge).cloned().unwrap_or_default();
         let had_custom_nat = record.custom_nat.get(bridge).copied();
+        // Elements in the verdict map for this bridge or its chain: its own (when it
+        // has a custom NAT chain), or any someone added or re-pointed.
+        let map_keys = record.map_keys_of(bridge).len();
         let render = |record: &Record| {
             let previous = record.elements.get(bridge).map(Vec::as_slice);
-            let mut network = full(
-                previous.unwrap_or_default(),
-                record.nat_mapped.contains(bridge),
-            );
+            let mut network = full(previous.unwrap_or_default(), &record.map_keys_of(bridge));
             let custom_nat = stamp_custom_nat(bridge, &mut network);
             (network, custom_nat)
         };
@@ -470,11 +505,14 @@ impl NftFirewall {
         let in_place = state.skeleton_present
             && same_elements(&previous, &now)
             && had_custom_nat == custom_nat.map(Some)
+            && map_keys == usize::from(custom_nat.is_some())
             && state.record_read_at.is_some()
             && state.generation().ok() == state.record_read_at;
         // Only set elements change, in a table we know is complete.
-        let elements_only =
-            state.skeleton_present && custom_nat.is_none() && had_custom_nat.is_none();
+        let elements_only = state.skeleton_present
+            && custom_nat.is_none()
+            && had_custom_nat.is_none()
+            && map_keys == 0;
         // The smallest batch that can make the change, if the table is as we recorded it.
         let quick = if in_place {
             Some(Ok(()))
@@ -496,8 +534,9 @@ impl NftFirewall {
                 result
             }
             // Someone changed our table since we looked (flushed or deleted it, deleted
-            // or re-pointed an element): look again and send it all, skeleton first. A
-            // failed batch changed nothing, so what is read is what is there.
+            // or re-pointed an element): look again and send it all, with the skeleton if
+            // it needs mending. A failed batch changed nothing, so what is read is what is
+            // there.
             Some(Err(e)) => {
                 tracing::debug!(bridge, "batch failed ({e}); sending the full batch");
                 state.record = None;
@@ -506,15 +545,19 @@ impl NftFirewall {
                         state.skeleton_present = false;
                         Err(e)
                     }
-                    // Already gone (the table with it): nothing to rebuild first.
-                    Ok(record) if now.is_empty() && !record.owns_anything(bridge) => Ok(()),
+                    // Gone with the table: nothing to rebuild first.
+                    Ok(record) if now.is_empty() && !record.table_exists => Ok(()),
                     Ok(record) => {
                         let (network, _) = render(record);
-                        let mut objects = self.skeleton.clone();
-                        objects.extend(network);
-                        let result = state.commit(&objects);
-                        state.skeleton_present = result.is_ok();
-                        result
+                        if state.skeleton_present {
+                            state.commit(&network)
+                        } else {
+                            let mut objects = self.skeleton.clone();
+                            objects.extend(network);
+                            let result = state.commit(&objects);
+                            state.skeleton_present = result.is_ok();
+                            result
+                        }
                     }
                 }
             }
@@ -573,7 +616,7 @@ impl Firewall for NftFirewall {
         self.commit(
             "apply",
             &rules.bridge,
-            |previous, nat_mapped| rules::render(rules, previous, nat_mapped),
+            |previous, unmapped| rules::render(rules, previous, unmapped),
             rules::elements(rules),
         )
     }
@@ -583,7 +626,7 @@ impl Firewall for NftFirewall {
         self.commit(
             "remove",
             bridge,
-            |previous, nat_mapped| rules::render_removal(bridge, previous, nat_mapped),
+            |previous, unmapped| rules::render_removal(bridge, previous, unmapped),
             Vec::new(),
         )
     }
@@ -622,11 +665,14 @@ impl Firewall for NftFirewall {
                     !owned.is_empty() && owned.iter().all(|element| have.contains(element))
                 });
                 // A stamp also says the chain has rules, all of them ours.
-                let has_custom_nat = owed
-                    .custom_nat
-                    .get(*bridge)
-                    .is_none_or(|stamp| found.custom_nat.get(*bridge) == Some(stamp));
-                !skeleton_intact || !has_all_elements || !has_custom_nat
+                let owed_chain = owed.custom_nat.get(*bridge);
+                let has_custom_nat =
+                    owed_chain.is_none_or(|stamp| found.custom_nat.get(*bridge) == Some(stamp));
+                // Its own map element only if it has a chain, and none other jumping there
+                // (one added or re-pointed by hand changes or stops its NAT).
+                let map_as_owed =
+                    found.map_keys_of(bridge).len() == usize::from(owed_chain.is_some());
+                !skeleton_intact || !has_all_elements || !has_custom_nat || !map_as_owed
             })
             .cloned()
             .collect();
@@ -671,7 +717,9 @@ impl Firewall for NftFirewall {
             else {
                 continue;
             };
-            if *family_name == "inet" && table == TABLE {
+            // Our base chains' policies are mended; any other chain of our table is
+            // someone's, to be told about.
+            if *family_name == "inet" && table == TABLE && self.base_chains.contains(&name) {
                 continue;
             }
             out.push(format!(

@@ -179,7 +179,8 @@ pub enum Object {
     },
     /// `add`/`delete element` of a set.
     Element(Change, OwnedElement),
-    /// `add`/`delete element` of the NAT verdict map: bridge to `jump nat-<bridge>`.
+    /// `add` an element of the NAT verdict map (bridge to `jump nat-<bridge>`), or
+    /// `delete` the one with this key.
     NatJump(Change, String),
     /// `delete chain` (with its rules).
     DeleteChain(String),
@@ -201,12 +202,15 @@ impl fmt::Display for Object {
             Object::FlushChain(name) => write!(f, "flush chain {name}"),
             Object::Rule { chain, .. } => write!(f, "add rule to chain {chain}"),
             Object::Element(change, element) => write!(f, "{} element {element}", verb(change)),
-            Object::NatJump(change, bridge) => write!(
+            Object::NatJump(Change::Add, bridge) => write!(
                 f,
-                "{} element {bridge} : jump {} in map {NAT_MAP}",
-                verb(change),
+                "add element {bridge} : jump {} in map {NAT_MAP}",
                 nat_chain(bridge)
             ),
+            // By key, whatever the element's verdict.
+            Object::NatJump(Change::Delete, key) => {
+                write!(f, "delete element {key} in map {NAT_MAP}")
+            }
             Object::DeleteChain(name) => write!(f, "delete chain {name}"),
             Object::DeleteTable => write!(f, "delete table inet {}", super::TABLE),
         }
@@ -680,11 +684,11 @@ pub fn elements(rules: &NetworkRules) -> Vec<OwnedElement> {
 }
 
 /// The objects that replace a network's rules: removal of the `previous` elements the
-/// bridge owned and of any custom NAT chain (and verdict-map element, when `nat_mapped`),
+/// bridge owned and of any custom NAT chain (and the `unmapped` verdict-map elements),
 /// then its new elements (and chain). Call [`NetworkRules::validate`] first; prepend
 /// [`skeleton`] when the table may be missing.
-pub fn render(rules: &NetworkRules, previous: &[OwnedElement], nat_mapped: bool) -> Vec<Object> {
-    let mut out = render_removal(&rules.bridge, previous, nat_mapped);
+pub fn render(rules: &NetworkRules, previous: &[OwnedElement], unmapped: &[String]) -> Vec<Object> {
+    let mut out = render_removal(&rules.bridge, previous, unmapped);
     out.extend(
         elements(rules)
             .into_iter()
@@ -708,10 +712,10 @@ pub fn render(rules: &NetworkRules, previous: &[OwnedElement], nat_mapped: bool)
 
 /// The objects that remove a bridge's `previous` elements and custom NAT chain, whether or
 /// not they still exist: each is added, then deleted ("delete if present" inside one
-/// transaction). Not the verdict-map element: adding it fails if it is there with another
-/// verdict (changed by hand), so it is deleted, before its chain, only when `nat_mapped`
-/// says it is there.
-pub fn render_removal(bridge: &str, previous: &[OwnedElement], nat_mapped: bool) -> Vec<Object> {
+/// transaction). Not verdict-map elements: adding one fails if it is there with another
+/// verdict (changed by hand), so the `unmapped` ones, which are there (the bridge's own,
+/// and any jumping to its chain), are deleted by key before the chain.
+pub fn render_removal(bridge: &str, previous: &[OwnedElement], unmapped: &[String]) -> Vec<Object> {
     let chain = nat_chain(bridge);
     let mut out = vec![Object::Chain {
         name: chain.clone(),
@@ -727,9 +731,11 @@ pub fn render_removal(bridge: &str, previous: &[OwnedElement], nat_mapped: bool)
             .iter()
             .map(|element| Object::Element(Change::Delete, element.clone())),
     );
-    if nat_mapped {
-        out.push(Object::NatJump(Change::Delete, bridge.to_owned()));
-    }
+    out.extend(
+        unmapped
+            .iter()
+            .map(|key| Object::NatJump(Change::Delete, key.clone())),
+    );
     out.push(Object::DeleteChain(chain));
     out
 }
@@ -1031,10 +1037,7 @@ mod tests {
         assert_eq!(owned(&isolated).len(), 2);
         let open = network("kvbr3", RuleMode::Open, &["192.168.130.0/24"], &[]);
         assert!(elements(&open).is_empty());
-        assert_eq!(
-            render(&open, &[], false),
-            render_removal("kvbr3", &[], false)
-        );
+        assert_eq!(render(&open, &[], &[]), render_removal("kvbr3", &[], &[]));
         // A custom <nat> replaces the nat4 element with a chain and a map element.
         let custom = NetworkRules {
             nat_ports: (2000, 3000),
@@ -1042,7 +1045,7 @@ mod tests {
             ..network("kvbr4", RuleMode::Nat, &["10.10.0.0/24"], &[])
         };
         assert!(!owned(&custom).iter().any(|e| e.contains("nat4")));
-        let objects = render(&custom, &[], false);
+        let objects = render(&custom, &[], &[]);
         assert_eq!(
             objects.last(),
             Some(&Object::NatJump(Change::Add, "kvbr4".to_owned()))
@@ -1072,7 +1075,7 @@ mod tests {
             ..nat6.clone()
         };
         assert!(!owned(&custom6).iter().any(|e| e.contains("nat")));
-        let chain_rules = render(&custom6, &[], false)
+        let chain_rules = render(&custom6, &[], &[])
             .into_iter()
             .filter(|o| matches!(o, Object::Rule { chain, .. } if chain == "nat-virbr0"))
             .count();
@@ -1089,7 +1092,7 @@ mod tests {
     fn removal_adds_then_deletes_and_unmaps_a_mapped_bridge_before_deleting_its_chain() {
         let before = network("virbr0", RuleMode::Route, &["192.168.150.0/24"], &[]);
         let previous = elements(&before);
-        let objects = render_removal("virbr0", &previous, true);
+        let objects = render_removal("virbr0", &previous, &["virbr0".to_owned()]);
         let text: Vec<String> = objects.iter().map(ToString::to_string).collect();
         assert_eq!(text[0], "add chain nat-virbr0");
         assert_eq!(text[1], "add element virbr0 in set bridges");
@@ -1100,12 +1103,12 @@ mod tests {
         assert_eq!(
             text[text.len() - 2..],
             [
-                "delete element virbr0 : jump nat-virbr0 in map postrouting_iif",
+                "delete element virbr0 in map postrouting_iif",
                 "delete chain nat-virbr0"
             ]
         );
         // The map element is never added: with another verdict, that would clash.
-        let unmapped = render_removal("virbr0", &previous, false);
+        let unmapped = render_removal("virbr0", &previous, &[]);
         assert!(!unmapped.iter().any(|o| matches!(o, Object::NatJump(..))));
         assert_eq!(unmapped.len(), objects.len() - 1);
     }

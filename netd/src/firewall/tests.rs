@@ -362,6 +362,21 @@ fn foreign_drop_policies_are_reported_and_never_touched() {
             "table ip filter chain FORWARD (hook forward) has policy drop",
         ]
     );
+
+    // A base chain of someone's own in our table is theirs: told about, not "mended"
+    // (the skeleton never touches it, so that would go on every 2 s for ever).
+    ns.sh("nft add chain inet kvnet mine '{ type filter hook forward priority 10; policy drop; }'")
+        .unwrap();
+    let expected = ["virbr0".to_owned()];
+    let lost = inside(&ns, &*fw, |fw| fw.inspect(&expected)).unwrap().lost;
+    assert_eq!(lost, Vec::<String>::new());
+    let reported = inside(&ns, &*fw, |fw| fw.foreign_drop_policies()).unwrap();
+    assert!(
+        reported.contains(&"table inet kvnet chain mine (hook forward) has policy drop".to_owned()),
+        "{reported:?}"
+    );
+    ns.sh("nft delete chain inet kvnet mine").unwrap();
+
     inside(&ns, &*fw, |fw| fw.remove("virbr0")).unwrap();
     assert_eq!(foreign(), before);
 }
@@ -555,6 +570,16 @@ fn inspect_sees_every_way_our_rules_can_be_taken_away() {
             "nft chain inet kvnet forward '{ policy drop; }'",
             &expected[..],
         ),
+        // A map element for a network without a NAT chain of its own stops its NAT.
+        (
+            "nft add element inet kvnet postrouting_iif '{ virbr0 : accept }'",
+            &expected[..1],
+        ),
+        // One jumping to another network's chain gives it that network's NAT.
+        (
+            "nft add element inet kvnet postrouting_iif '{ virbr0 : jump nat-virbr1 }'",
+            &expected[..],
+        ),
     ] {
         ns.sh(damage).unwrap();
         expect_repaired(damage, gone);
@@ -595,11 +620,47 @@ fn inspect_sees_every_way_our_rules_can_be_taken_away() {
          nft add element inet kvnet postrouting_iif '{ virbr1 : accept }'",
     )
     .unwrap();
-    inside(&ns, &*fw, |fw| {
-        fw.remove("virbr1")?;
-        fw.remove("virbr0")
-    })
-    .unwrap();
+    inside(&ns, &*fw, |fw| fw.remove("virbr1")).unwrap();
+    let objects = ruleset(&ns);
+    assert_eq!(owned_by(&objects, "virbr1"), []);
+    assert!(chain_rules(&objects, "nat-virbr1").is_empty());
+
+    // Stopping a network whose chain another element jumps to, and one whose elements
+    // were all deleted by hand but its chain: nothing of it is left either way.
+    inside(&ns, &*fw, |fw| fw.apply(&custom)).unwrap();
+    ns.sh("nft add element inet kvnet postrouting_iif '{ kvbr-x : jump nat-virbr1 }'")
+        .unwrap();
+    inside(&ns, &*fw, |fw| fw.remove("virbr1")).unwrap();
+    assert_eq!(
+        elements(&ruleset(&ns), "postrouting_iif"),
+        Vec::<Value>::new()
+    );
+    inside(&ns, &*fw, |fw| fw.apply(&custom)).unwrap();
+    for (set, element) in owned_by(&ruleset(&ns), "virbr1") {
+        let key = match element {
+            Value::Array(pair) => pair[0].as_str().unwrap().to_owned(),
+            Value::Object(concat) => concat["concat"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|part| part.as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+                .join(" . "),
+            other => other.as_str().unwrap().to_owned(),
+        };
+        ns.sh(&format!(
+            "nft delete element inet kvnet {set} '{{ {key} }}'"
+        ))
+        .unwrap();
+    }
+    inside(&ns, &*fw, |fw| fw.remove("virbr1")).unwrap();
+    assert!(
+        !ns.sh("nft list table inet kvnet")
+            .unwrap()
+            .contains("nat-virbr1"),
+        "chain left behind"
+    );
+    inside(&ns, &*fw, |fw| fw.remove("virbr0")).unwrap();
     assert_eq!(ns.sh("nft list ruleset").unwrap(), "");
 }
 
