@@ -131,6 +131,9 @@ fn run(args: Args) -> Result<(), Error> {
         .build()
         .map_err(Error::Runtime)?;
     let result = runtime.block_on(async {
+        // First: a stop asked for while networks are adopted or autostarted waits for
+        // that to end, then stops cleanly.
+        let shutdown = shutdown_signal();
         let firewall = firewall::nft().map_err(Error::Firewall)?;
         let config = ManagerConfig {
             config_dir: args.config_dir.clone(),
@@ -147,7 +150,7 @@ fn run(args: Args) -> Result<(), Error> {
         manager.follow_port_exits();
         manager.follow_host_dns();
         manager.follow_firewall();
-        server::serve(manager, &args.socket, ready, shutdown_signal())
+        server::serve(manager, &args.socket, ready, shutdown)
             .await
             .map_err(Error::Serve)?;
         tracing::info!("stopped; networks keep running");
@@ -162,9 +165,9 @@ fn run(args: Args) -> Result<(), Error> {
 /// How long a stopping daemon waits for work on the runtime's blocking threads.
 const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Completes on SIGTERM or SIGINT. The handlers are installed at the call, before the
-/// socket appears and systemd hears READY=1: a stop asked for right then is a clean one,
-/// not the signal's default death.
+/// Completes on SIGTERM or SIGINT. The handlers are installed at the call, so that a
+/// signal that comes before the future is polled (before the socket appears and systemd
+/// hears READY=1) still makes a clean stop, not the signal's default death.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let signals = (

@@ -603,7 +603,7 @@ impl Manager {
                 lock(&self.unloaded).insert(name);
                 continue;
             }
-            let status = self.finish_pending_config(&mut networks, &name, status)?;
+            let status = self.finish_pending_config(&mut networks, &name, status);
             let owns_bridge = def.forward_mode().has_managed_bridge();
             if status.phase != Phase::Active {
                 let interrupted = match status.phase {
@@ -685,19 +685,23 @@ impl Manager {
 
     /// Finishes the persistent definition's write that an update of both definitions
     /// recorded in `status` before a crash, so that the two agree, and returns the status
-    /// without it (written so).
+    /// without it (written so). One that cannot be written now stays in the status, for
+    /// the next daemon to finish, and holds up no other network.
     fn finish_pending_config(
         &self,
         networks: &mut BTreeMap<String, Network>,
         name: &str,
         status: Status,
-    ) -> Result<Status, Error> {
+    ) -> Status {
         let Some(file) = &status.pending_config else {
-            return Ok(status);
+            return status;
         };
         match NetworkDef::from_stored_xml(file) {
             Ok(def) if def.name == name => {
-                self.store.save_config(name, file)?;
+                if let Err(e) = self.store.save_config(name, file) {
+                    warn!(network = %name, "cannot finish writing the definition of an update a crash interrupted (the daemon tries again when it next starts): {}", error_chain(&e));
+                    return status;
+                }
                 if let Some(network) = networks.get_mut(name) {
                     network.config = Some(def);
                 }
@@ -711,8 +715,8 @@ impl Manager {
             pending_config: None,
             ..status
         };
-        self.store.save_status(name, &status)?;
-        Ok(status)
+        self.save_status_or_warn(name, &status);
+        status
     }
 
     /// Starts an adopted network's servers again (the lease file carries every binding

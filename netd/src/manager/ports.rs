@@ -513,19 +513,23 @@ impl Manager {
         // The recorded index may since name another device (an index given again by
         // `ip link add … index N`, or a device moved in from another namespace).
         let device = self.link.link_info_at(port.ifindex).await.map_err(failed)?;
-        match device {
+        let someone_elses = match device {
             Some(link) if port.is_its_device(uuid, &link) => {
                 self.link
                     .delete_index(port.ifindex, &port.tap)
                     .await
                     .map_err(failed)?;
+                false
             }
             Some(link) => {
                 warn!(network = %name, device = %link.name, was = %port.tap, "a port's recorded device index now names another device; leaving it alone");
+                true
             }
-            None => {}
-        }
-        if port.shaping().ingress.is_some()
+            None => false,
+        };
+        // The IFB of a device that is not the port's is not the port's either.
+        if !someone_elses
+            && port.shaping().ingress.is_some()
             && let Err(e) = self.link.delete_ifb_of(port.ifindex).await
         {
             warn!(network = %name, tap = %port.tap, "{}", error_chain(&e));
