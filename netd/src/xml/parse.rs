@@ -730,6 +730,11 @@ impl Parser {
     }
 
     fn forward(&self, element: &Element) -> Result<Forward, Error> {
+        // The mode first: virt-manager's hostdev pools carry `managed='yes'`, and the
+        // mode is what kvnet lacks.
+        if element.attr("mode") == Some("hostdev") {
+            return Err(self.unsupported("forward mode 'hostdev'".to_owned(), element.line));
+        }
         self.check_attrs(element, &["mode", "dev"])?;
         self.check_no_text(element)?;
         let mode = match element.attr("mode") {
@@ -742,9 +747,6 @@ impl Parser {
             Some("private") => ForwardMode::Private,
             Some("vepa") => ForwardMode::Vepa,
             Some("passthrough") => ForwardMode::Passthrough,
-            Some(other @ "hostdev") => {
-                return Err(self.unsupported(format!("forward mode '{other}'"), element.line));
-            }
             Some(other) => {
                 return Err(invalid_as(
                     Class::ConfigUnsupported,

@@ -765,8 +765,9 @@ fn unsupported_libvirt_features_are_rejected_by_name() {
             "dnsmasq option 'foo' is not supported by kvnet (network 'x')",
         ),
         (
+            // virt-manager's SR-IOV pools carry managed='yes': the mode is what is missing.
             "<network><name>x</name><forward mode='hostdev' managed='yes'/></network>",
-            "unsupported attribute 'managed' on <forward> in network 'x' (line 1)",
+            "unsupported forward mode 'hostdev' in network 'x' (line 1)",
         ),
         (
             "<network><name>x</name><forward mode='hostdev'/></network>",
