@@ -2724,12 +2724,53 @@ fn dhcp_config(def: &NetworkDef) -> Option<DhcpConfig> {
             file: bootp.file.clone(),
             server: bootp.server.unwrap_or(server_ip),
         }),
+        options: dhcp_options(def),
     })
+}
+
+/// The network's `dhcp-option=` lines, one per option code: the last one written, as
+/// dnsmasq sends the last of a repeated option.
+fn dhcp_options(def: &NetworkDef) -> Vec<xml::DhcpOptionRule> {
+    let mut by_code = BTreeMap::new();
+    for option in &def.dnsmasq_options {
+        if let xml::Directive::DhcpOption(rule) = &option.directive {
+            by_code.insert(rule.code, rule.clone());
+        }
+    }
+    by_code.into_values().collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_dhcp_option_line_of_a_code_counts() {
+        let def = NetworkDef::from_xml(
+            "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>\
+             <name>n</name><bridge name='kvn0'/><ip address='10.9.0.1' prefix='24'><dhcp>\
+             <range start='10.9.0.10' end='10.9.0.20'/></dhcp></ip><dnsmasq:options>\
+             <dnsmasq:option value='dhcp-option=42,10.9.0.5'/>\
+             <dnsmasq:option value='cache-size=0'/>\
+             <dnsmasq:option value='dhcp-option=3,10.9.0.254'/>\
+             <dnsmasq:option value='dhcp-option-force=option:ntp-server,0.0.0.0'/>\
+             </dnsmasq:options></network>",
+        )
+        .expect("valid");
+        let options = dhcp_config(&def).expect("DHCP").options;
+        let summary: Vec<_> = options
+            .iter()
+            .map(|rule| (rule.code, rule.force, rule.value.clone()))
+            .collect();
+        let ip = |ip: [u8; 4]| xml::DhcpOptionValue::Addresses(vec![ip.into()]);
+        assert_eq!(
+            summary,
+            [
+                (3, false, ip([10, 9, 0, 254])),
+                (42, true, ip([0, 0, 0, 0]))
+            ]
+        );
+    }
 
     #[test]
     fn a_forwarder_at_the_networks_own_address_is_dropped() {

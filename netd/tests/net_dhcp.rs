@@ -50,6 +50,7 @@ fn config(network: &str) -> DhcpConfig {
         mtu: Some(1400),
         default_lease: Duration::from_secs(3600),
         boot: None,
+        options: Vec::new(),
     }
 }
 

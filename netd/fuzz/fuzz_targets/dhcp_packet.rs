@@ -12,6 +12,7 @@ use std::time::Duration;
 use dhcproto::{Decodable, Decoder};
 use libfuzzer_sys::fuzz_target;
 use netd::dhcp::{DhcpBoot, DhcpConfig, DhcpHostConfig, Engine};
+use netd::xml::{DhcpOptionRule, DhcpOptionValue};
 
 fn config() -> DhcpConfig {
     DhcpConfig {
@@ -35,6 +36,25 @@ fn config() -> DhcpConfig {
             file: "pxelinux.0".into(),
             server: Ipv4Addr::new(192, 168, 77, 1),
         }),
+        // dhcp-option lines: one sent when asked for, one forced, one that omits the
+        // router, so the size trimming and replacement paths are reached.
+        options: vec![
+            DhcpOptionRule {
+                code: 3,
+                value: DhcpOptionValue::Omitted,
+                force: false,
+            },
+            DhcpOptionRule {
+                code: 42,
+                value: DhcpOptionValue::Addresses(vec![Ipv4Addr::UNSPECIFIED; 8]),
+                force: false,
+            },
+            DhcpOptionRule {
+                code: 66,
+                value: DhcpOptionValue::Text("t".repeat(200)),
+                force: true,
+            },
+        ],
     }
 }
 

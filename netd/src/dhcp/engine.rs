@@ -395,6 +395,7 @@ impl Engine {
         }
         if kind != MessageType::Nak {
             add_network_options(opts, config);
+            add_configured_options(opts, request, config);
             if let Some(secs) = lease {
                 opts.insert(DhcpOption::AddressLeaseTime(secs));
                 if secs != INFINITE_LEASE {
@@ -447,7 +448,7 @@ impl Engine {
             }
             _ => usize::MAX,
         };
-        let mut droppable = DROPPABLE_OPTIONS.iter();
+        let mut droppable = droppable_options(&message, config).into_iter();
         let mut bytes = loop {
             let mut bytes = Vec::with_capacity(MIN_REPLY_LEN);
             if let Err(e) = message.encode(&mut Encoder::new(&mut bytes)) {
@@ -467,9 +468,9 @@ impl Engine {
             }
             match droppable.next() {
                 // The FQDN answer, the largest of them, first.
-                Some(&OptionCode::ClientFQDN) if fqdn.is_some() => fqdn = None,
+                Some(OptionCode::ClientFQDN) if fqdn.is_some() => fqdn = None,
                 Some(code) => {
-                    message.opts_mut().remove(*code);
+                    message.opts_mut().remove(code);
                 }
                 None => {
                     tracing::debug!(network = %config.network, len = bytes.len(), limit, "DHCP reply larger than the client takes, with nothing left to leave out");
@@ -501,6 +502,31 @@ const DROPPABLE_OPTIONS: &[OptionCode] = &[
     OptionCode::BroadcastAddr,
     OptionCode::InterfaceMtu,
 ];
+
+/// What a reply leaves out to fit, in order: [`DROPPABLE_OPTIONS`], then the options of
+/// `dhcp-option=` lines in `message`, largest first (dnsmasq too leaves out the options
+/// that do not fit). The router and DNS servers stay, as kvnet's own do.
+fn droppable_options(message: &Message, config: &DhcpConfig) -> Vec<OptionCode> {
+    let mut configured: Vec<(usize, OptionCode)> = config
+        .options
+        .iter()
+        .map(|rule| OptionCode::from(rule.code))
+        .filter(|code| {
+            !DROPPABLE_OPTIONS.contains(code)
+                && ![OptionCode::Router, OptionCode::DomainNameServer].contains(code)
+        })
+        .filter_map(|code| match message.opts().get(code) {
+            Some(DhcpOption::Unknown(option)) => Some((option.data().len(), code)),
+            _ => None,
+        })
+        .collect();
+    configured.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    DROPPABLE_OPTIONS
+        .iter()
+        .copied()
+        .chain(configured.into_iter().map(|(_, code)| code))
+        .collect()
+}
 
 /// Whether `request` lists `code` in its Parameter Request List (option 55).
 fn asked_for(request: &Message, code: OptionCode) -> bool {
@@ -594,6 +620,22 @@ fn add_network_options(opts: &mut DhcpOptions, config: &DhcpConfig) {
     }
 }
 
+/// The options of the network's `dhcp-option=` lines: each replaces the server's own
+/// option of its code, as in dnsmasq, and is sent when the client asked for it (option
+/// 55), or always for `dhcp-option-force=`. A line without a value sends nothing.
+fn add_configured_options(opts: &mut DhcpOptions, request: &Message, config: &DhcpConfig) {
+    for rule in &config.options {
+        let code = OptionCode::from(rule.code);
+        opts.remove(code);
+        let Some(data) = super::options::encode(&rule.value, config.server_ip) else {
+            continue;
+        };
+        if rule.force || asked_for(request, code) {
+            opts.insert(DhcpOption::Unknown(UnknownOption::new(code, data)));
+        }
+    }
+}
+
 /// Tells a guest that boots from the network where its boot file is: the header's
 /// `file` and `siaddr`, which PXE firmware reads, and option 67 for a client that asks.
 fn add_boot(message: &mut Message, request: &Message, config: &DhcpConfig) {
@@ -607,7 +649,9 @@ fn add_boot(message: &mut Message, request: &Message, config: &DhcpConfig) {
     message
         .set_siaddr(boot.server)
         .set_fname(boot.file.as_bytes());
-    if asked_for(request, OptionCode::BootfileName) {
+    // A `dhcp-option=` for the boot file name wins over `<bootp>`'s.
+    let configured = config.options.iter().any(|rule| rule.code == 67);
+    if asked_for(request, OptionCode::BootfileName) && !configured {
         message
             .opts_mut()
             .insert(DhcpOption::BootfileName(boot.file.as_bytes().to_vec()));
@@ -806,7 +850,9 @@ fn requested_ip(message: &Message) -> Option<Ipv4Addr> {
 mod tests {
     use super::*;
     use crate::dhcp::{DhcpBoot, DhcpHostConfig};
+    use crate::xml::{DhcpOptionRule, DhcpOptionValue};
     use dhcproto::v4::Flags;
+    use std::collections::BTreeMap;
     use std::time::Duration;
 
     const NOW: i64 = 1_700_000_000;
@@ -836,6 +882,7 @@ mod tests {
             mtu: Some(9000),
             default_lease: Duration::from_secs(3600),
             boot: None,
+            options: Vec::new(),
         }
     }
 
@@ -1388,6 +1435,146 @@ mod tests {
 
     /// dnsmasq returns the client's own name when it asks for option 12; a reserved
     /// name is sent whether asked for or not.
+    fn configured(options: &[(u8, DhcpOptionValue, bool)]) -> DhcpConfig {
+        DhcpConfig {
+            options: options
+                .iter()
+                .map(|(code, value, force)| DhcpOptionRule {
+                    code: *code,
+                    value: value.clone(),
+                    force: *force,
+                })
+                .collect(),
+            ..config()
+        }
+    }
+
+    /// The options of an OFFER to a DISCOVER with `options`, by code.
+    fn offered(config: DhcpConfig, options: &[RawOption]) -> BTreeMap<u8, Vec<u8>> {
+        let mut engine = Engine::new(config);
+        let reply = engine
+            .handle(&raw_discover([0x52, 0x54, 0, 0, 0, 0x77], options), NOW)
+            .expect("offer");
+        reply_options(&reply).into_iter().collect()
+    }
+
+    #[test]
+    fn dhcp_options_go_to_clients_that_ask_and_forced_ones_to_every_client() {
+        let config = configured(&[
+            (
+                42,
+                DhcpOptionValue::Addresses(vec![Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(10, 0, 0, 9)]),
+                false,
+            ),
+            (66, DhcpOptionValue::Text("tftp.lab".into()), true),
+            (
+                119,
+                DhcpOptionValue::Domains(vec!["a.test".into(), "b.a.test".into()]),
+                false,
+            ),
+        ]);
+        let silent = offered(config.clone(), &[]);
+        assert_eq!(silent.get(&42), None);
+        assert_eq!(silent.get(&119), None);
+        assert_eq!(silent.get(&66).map(Vec::as_slice), Some(&b"tftp.lab"[..]));
+        let asking = offered(config, &[(55, &[1, 3, 42, 119])]);
+        // 0.0.0.0 is the server's own address.
+        assert_eq!(asking.get(&42), Some(&vec![192, 168, 77, 1, 10, 0, 0, 9]));
+        assert_eq!(
+            asking.get(&119).map(Vec::as_slice),
+            Some(&b"\x01a\x04test\x00\x01b\xc0\x00"[..])
+        );
+        assert_eq!(asking.get(&66).map(Vec::as_slice), Some(&b"tftp.lab"[..]));
+    }
+
+    #[test]
+    fn dhcp_options_replace_the_servers_own_router_dns_domain_and_mtu() {
+        let lines = configured(&[
+            (3, DhcpOptionValue::Omitted, false),
+            (
+                6,
+                DhcpOptionValue::Addresses(vec![Ipv4Addr::new(10, 0, 0, 53)]),
+                false,
+            ),
+            (15, DhcpOptionValue::Text("corp.test".into()), false),
+            (26, DhcpOptionValue::U16(1500), true),
+        ]);
+        let asking = offered(lines.clone(), &[(55, &[1, 3, 6, 15])]);
+        assert_eq!(
+            asking.get(&3),
+            None,
+            "no router, as dnsmasq's option:router"
+        );
+        assert_eq!(asking.get(&6), Some(&vec![10, 0, 0, 53]));
+        assert_eq!(asking.get(&15).map(Vec::as_slice), Some(&b"corp.test"[..]));
+        assert_eq!(asking.get(&26), Some(&vec![0x05, 0xdc]));
+        // Not asked for: neither the line's value nor kvnet's own.
+        let silent = offered(lines, &[]);
+        assert_eq!(silent.get(&6), None);
+        assert_eq!(silent.get(&15), None);
+        assert_eq!(silent.get(&26), Some(&vec![0x05, 0xdc]));
+        // Without lines, kvnet's own.
+        let own = offered(config(), &[(55, &[1, 3, 6, 15])]);
+        assert_eq!(own.get(&3), Some(&SERVER.octets().to_vec()));
+        assert_eq!(own.get(&6), Some(&SERVER.octets().to_vec()));
+        assert_eq!(own.get(&15).map(Vec::as_slice), Some(&b"kvnet.test"[..]));
+        // A boot file name of a line wins over <bootp>'s.
+        let boot = DhcpConfig {
+            boot: Some(DhcpBoot {
+                file: "pxelinux.0".into(),
+                server: SERVER,
+            }),
+            ..configured(&[(67, DhcpOptionValue::Text("ipxe.efi".into()), false)])
+        };
+        let mac = [0x52, 0x54, 0, 0, 0, 0x78];
+        let mut engine = Engine::new(boot);
+        let ack = dora_with(
+            &mut engine,
+            mac,
+            &[DhcpOption::ParameterRequestList(vec![
+                OptionCode::BootfileName,
+            ])],
+            NOW,
+        );
+        assert_eq!(
+            ack.opts().get(OptionCode::BootfileName),
+            Some(&DhcpOption::BootfileName(b"ipxe.efi".to_vec()))
+        );
+        // The header keeps <bootp>'s file, which PXE firmware reads.
+        assert!(
+            ack.fname()
+                .is_some_and(|file| file.starts_with(b"pxelinux.0\0"))
+        );
+    }
+
+    #[test]
+    fn dhcp_options_are_left_out_when_the_reply_would_not_fit() {
+        let client_id = [0x42; 200];
+        let config = configured(&[
+            (66, DhcpOptionValue::Text("t".repeat(250)), true),
+            (42, DhcpOptionValue::Addresses(vec![SERVER]), true),
+        ]);
+        let full = offered(config.clone(), &[(61, &client_id)]);
+        assert!(full.contains_key(&66) && full.contains_key(&42));
+        let size = 576u16.to_be_bytes();
+        let mut engine = Engine::new(config);
+        let reply = engine
+            .handle(
+                &raw_discover(
+                    [0x52, 0x54, 0, 0, 0, 0x77],
+                    &[(61, &client_id), (57, &size)],
+                ),
+                NOW,
+            )
+            .expect("offer");
+        assert!(reply.bytes.len() <= 576 - 28, "{}", reply.bytes.len());
+        let codes: Vec<u8> = reply_options(&reply).iter().map(|(c, _)| *c).collect();
+        assert!(!codes.contains(&66), "the largest goes: {codes:?}");
+        for kept in [1, 3, 6, 42, 61] {
+            assert!(codes.contains(&kept), "{kept} left out: {codes:?}");
+        }
+    }
+
     #[test]
     fn the_hostname_comes_back_when_asked_for() {
         let mac = [0x52, 0x54, 0, 0xaa, 0, 0x73];

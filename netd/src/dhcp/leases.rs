@@ -1188,6 +1188,7 @@ mod tests {
             mtu: None,
             default_lease: Duration::from_secs(3600),
             boot: None,
+            options: Vec::new(),
         }
     }
 

@@ -21,6 +21,7 @@
 
 pub mod engine;
 pub mod leases;
+pub mod options;
 pub mod server;
 
 use std::collections::HashMap;
@@ -62,6 +63,10 @@ pub struct DhcpConfig {
     pub default_lease: Duration,
     /// `<bootp>`: where guests booting from the network find their boot file.
     pub boot: Option<DhcpBoot>,
+    /// `dhcp-option=` lines, one per option code. Each replaces what the server would
+    /// send for its code (router, DNS server, domain name, MTU, boot file), as dnsmasq's
+    /// do.
+    pub options: Vec<crate::xml::DhcpOptionRule>,
 }
 
 /// Network boot (PXE): the DHCP header's `file` and `siaddr` fields, as dnsmasq's

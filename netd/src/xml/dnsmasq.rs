@@ -1,7 +1,7 @@
 //! `<dnsmasq:options>`: the dnsmasq config lines libvirt passes through
 //! (namespace `http://libvirt.org/schemas/network/dnsmasq/1.0`, any prefix).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Serialize;
 
@@ -53,6 +53,8 @@ pub enum Directive {
     Address(AddressRule),
     /// `cache-size=N`: how many answers the DNS cache keeps (0: none).
     CacheSize(u32),
+    /// `dhcp-option=` or `dhcp-option-force=`: an option the DHCPv4 server sends.
+    DhcpOption(DhcpOptionRule),
 }
 
 /// `address=`: names at or under `domains` are answered locally.
@@ -64,6 +66,80 @@ pub struct AddressRule {
     /// query for them NXDOMAIN without forwarding it (dnsmasq's `local=`).
     pub address: Option<IpAddr>,
 }
+
+/// `dhcp-option=[option:NAME|NUMBER],VALUE...`: a DHCPv4 option the network's server
+/// sends instead of (or besides) its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DhcpOptionRule {
+    /// The option's code.
+    pub code: u8,
+    /// What it carries.
+    pub value: DhcpOptionValue,
+    /// `dhcp-option-force=`: sent even to a client that did not ask for it (option 55).
+    pub force: bool,
+}
+
+/// The value of a `dhcp-option=`, typed as dnsmasq types the option.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum DhcpOptionValue {
+    /// No value (`dhcp-option=option:router`): the option is not sent at all. dnsmasq
+    /// allows this for the options it sends by itself (router, DNS server, domain name).
+    Omitted,
+    /// IPv4 addresses; `0.0.0.0` stands for the DHCP server's own address.
+    Addresses(Vec<Ipv4Addr>),
+    /// Text, sent as its bytes without a NUL.
+    Text(String),
+    /// A 16-bit number.
+    U16(u16),
+    /// Domain names, as written (without a final dot); `""` is the root (`.`).
+    Domains(Vec<String>),
+    /// RFC 3442 routes.
+    Routes(Vec<ClasslessRoute>),
+}
+
+/// One classless static route (option 121): `DESTINATION/PREFIX,ROUTER`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClasslessRoute {
+    /// The destination network as written; only its first `prefix` bits go on the wire.
+    pub destination: Ipv4Addr,
+    /// Its prefix length, 0 to 32.
+    pub prefix: u8,
+    /// The router; `0.0.0.0` means on-link (RFC 3442), not the server.
+    pub router: Ipv4Addr,
+}
+
+/// How the value of an option is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValueKind {
+    Addresses,
+    Text,
+    Mtu,
+    Domains,
+    Routes,
+}
+
+/// The DHCPv4 options kvnet sends from `dhcp-option=`: their names in dnsmasq 2.90
+/// (`opttab` in dhcp-common.c, matched without case) and how their values are read.
+/// The netmask (1) and broadcast address (28) are not here: the subnet gives them.
+const DHCP_OPTIONS: &[(&str, u8, ValueKind)] = &[
+    ("router", 3, ValueKind::Addresses),
+    ("dns-server", 6, ValueKind::Addresses),
+    ("domain-name", 15, ValueKind::Text),
+    ("mtu", 26, ValueKind::Mtu),
+    ("ntp-server", 42, ValueKind::Addresses),
+    ("tftp-server", 66, ValueKind::Text),
+    ("bootfile-name", 67, ValueKind::Text),
+    ("domain-search", 119, ValueKind::Domains),
+    ("classless-static-route", 121, ValueKind::Routes),
+    ("tftp-server-address", 150, ValueKind::Addresses),
+];
+
+/// Options whose `dhcp-option=` without a value means "do not send it" in dnsmasq
+/// (rfc2131.c `do_options`): those it would send itself.
+const OMITTABLE: &[u8] = &[3, 6, 15];
+
+/// The most data one option carries (its length is a byte; dnsmasq refuses more).
+const MAX_OPTION_LEN: usize = 255;
 
 /// dnsmasq's largest `cache-size` (its `CACHESIZ` limit in option.c is 10000 in
 /// the versions libvirt ships with).
@@ -92,6 +168,10 @@ impl Directive {
         };
         match (name, value) {
             ("address", Some(value)) => address(value).map(Directive::Address),
+            ("dhcp-option", Some(value)) => dhcp_option(value, false).map(Directive::DhcpOption),
+            ("dhcp-option-force", Some(value)) => {
+                dhcp_option(value, true).map(Directive::DhcpOption)
+            }
             ("cache-size", Some(value)) => match value.parse::<u32>() {
                 Ok(size) if size <= MAX_CACHE_SIZE => Ok(Directive::CacheSize(size)),
                 _ => Err(Refusal::Invalid(format!(
@@ -141,6 +221,222 @@ fn address(value: &str) -> Result<AddressRule, Refusal> {
     Ok(AddressRule { domains, address })
 }
 
+/// `dhcp-option=` (`force`: `dhcp-option-force=`), read as dnsmasq 2.90's
+/// `parse_dhcp_opt` reads it, for the options of [`DHCP_OPTIONS`].
+fn dhcp_option(value: &str, force: bool) -> Result<DhcpOptionRule, Refusal> {
+    let (spec, rest) = match value.split_once(',') {
+        Some((spec, rest)) => (spec.trim(), Some(rest)),
+        None => (value.trim(), None),
+    };
+    // dnsmasq reads leading fields that are neither a number nor `option:` as tags
+    // (`tag:`, `set:`, `net:` or bare) or as `vendor:`, `encap:`, `vi-encap:` and
+    // `option6:` forms: kvnet has no tags and sends these options from nowhere.
+    let code = if !spec.is_empty() && spec.bytes().all(|b| b.is_ascii_digit()) {
+        spec.parse::<u8>().map_err(|_| Refusal::Unsupported)?
+    } else if let Some(name) = spec.strip_prefix("option:") {
+        DHCP_OPTIONS
+            .iter()
+            .find(|(known, ..)| known.eq_ignore_ascii_case(name))
+            .map(|&(_, code, _)| code)
+            .ok_or(Refusal::Unsupported)?
+    } else {
+        return Err(Refusal::Unsupported);
+    };
+    let kind = DHCP_OPTIONS
+        .iter()
+        .find(|&&(_, known, _)| known == code)
+        .map(|&(.., kind)| kind)
+        .ok_or(Refusal::Unsupported)?;
+    let omitted = || {
+        if OMITTABLE.contains(&code) {
+            Ok(DhcpOptionValue::Omitted)
+        } else {
+            Err(Refusal::Invalid("the option needs a value".to_owned()))
+        }
+    };
+    let Some(rest) = rest else {
+        return Ok(DhcpOptionRule {
+            code,
+            value: omitted()?,
+            force,
+        });
+    };
+    let value = match kind {
+        // dnsmasq takes everything after the first comma as the text, commas too.
+        ValueKind::Text => match unquoted(rest, false)?.pop().unwrap_or_default() {
+            text if text.is_empty() => omitted()?,
+            text => DhcpOptionValue::Text(text),
+        },
+        ValueKind::Addresses => DhcpOptionValue::Addresses(
+            unquoted(rest, true)?
+                .iter()
+                .map(|field| ipv4(field))
+                .collect::<Result<_, _>>()?,
+        ),
+        ValueKind::Mtu => {
+            let [field] = &unquoted(rest, true)?[..] else {
+                return Err(Refusal::Invalid("the MTU is one number".to_owned()));
+            };
+            match field.parse::<u16>() {
+                Ok(mtu) if mtu >= 68 && field.bytes().all(|b| b.is_ascii_digit()) => {
+                    DhcpOptionValue::U16(mtu)
+                }
+                _ => {
+                    return Err(Refusal::Invalid(
+                        "the MTU must be a number from 68 to 65535".to_owned(),
+                    ));
+                }
+            }
+        }
+        ValueKind::Domains => DhcpOptionValue::Domains(
+            unquoted(rest, true)?
+                .iter()
+                .map(|field| search_domain(field))
+                .collect::<Result<_, _>>()?,
+        ),
+        ValueKind::Routes => DhcpOptionValue::Routes(routes(&unquoted(rest, true)?)?),
+    };
+    if encoded_len(&value) > MAX_OPTION_LEN {
+        return Err(Refusal::Invalid(format!(
+            "it is longer than the {MAX_OPTION_LEN} bytes a DHCP option holds"
+        )));
+    }
+    Ok(DhcpOptionRule { code, value, force })
+}
+
+/// An IPv4 address of a `dhcp-option=` list.
+fn ipv4(field: &str) -> Result<Ipv4Addr, Refusal> {
+    field
+        .parse()
+        .map_err(|_| Refusal::Invalid(format!("'{field}' is not an IPv4 address")))
+}
+
+/// A domain of `domain-search`: `.` is the root, as in dnsmasq.
+fn search_domain(field: &str) -> Result<String, Refusal> {
+    if field == "." {
+        return Ok(String::new());
+    }
+    let name = field.strip_suffix('.').unwrap_or(field);
+    if is_domain(name) {
+        Ok(name.to_owned())
+    } else {
+        Err(Refusal::Invalid(format!("'{field}' is not a domain name")))
+    }
+}
+
+/// `classless-static-route`'s `DESTINATION/PREFIX,ROUTER` pairs.
+fn routes(fields: &[String]) -> Result<Vec<ClasslessRoute>, Refusal> {
+    let pairs = fields.chunks_exact(2);
+    if !pairs.remainder().is_empty() {
+        return Err(Refusal::Invalid(
+            "it must be pairs of NETWORK/PREFIX,ROUTER".to_owned(),
+        ));
+    }
+    pairs
+        .map(|pair| {
+            let [destination, router] = pair else {
+                return Err(Refusal::Invalid(
+                    "it must be pairs of NETWORK/PREFIX,ROUTER".to_owned(),
+                ));
+            };
+            let Some((network, prefix)) = destination.split_once('/') else {
+                return Err(Refusal::Invalid(format!(
+                    "'{destination}' is not a NETWORK/PREFIX"
+                )));
+            };
+            let prefix = prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|&prefix| prefix <= 32)
+                .ok_or_else(|| {
+                    Refusal::Invalid(format!("'{destination}' has no prefix length from 0 to 32"))
+                })?;
+            Ok(ClasslessRoute {
+                destination: ipv4(network)?,
+                prefix,
+                router: ipv4(router)?,
+            })
+        })
+        .collect()
+}
+
+/// The bytes `value` takes on the wire, at most: domain names are counted without the
+/// compression the DHCP server may apply.
+fn encoded_len(value: &DhcpOptionValue) -> usize {
+    match value {
+        DhcpOptionValue::Omitted => 0,
+        DhcpOptionValue::Addresses(addresses) => 4 * addresses.len(),
+        DhcpOptionValue::Text(text) => text.len(),
+        DhcpOptionValue::U16(_) => 2,
+        DhcpOptionValue::Domains(domains) => domains
+            .iter()
+            .map(|domain| {
+                if domain.is_empty() {
+                    1
+                } else {
+                    domain.len() + 2
+                }
+            })
+            .sum(),
+        DhcpOptionValue::Routes(routes) => routes
+            .iter()
+            .map(|route| 1 + usize::from(route.prefix).div_ceil(8) + 4)
+            .sum(),
+    }
+}
+
+/// The fields of a value as dnsmasq's config reader leaves them: `"..."` quotes text
+/// (commas and spaces in it included; `\"`, `\\`, `\t`, `\n`, `\r`, `\b`, `\e`
+/// escapes inside), and unquoted spaces around a field go. With `split`, commas outside
+/// quotes separate fields; without, there is one field.
+fn unquoted(value: &str, split: bool) -> Result<Vec<String>, Refusal> {
+    // Each character, and whether it was quoted (quoted spaces are kept).
+    let mut fields = Vec::new();
+    let mut field: Vec<(char, bool)> = Vec::new();
+    let mut quoted = false;
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if quoted => {
+                let escaped = match chars.next() {
+                    Some('t') => '\t',
+                    Some('n') => '\n',
+                    Some('r') => '\r',
+                    Some('b') => '\u{8}',
+                    Some('e') => '\u{1b}',
+                    Some(c @ ('"' | '\\')) => c,
+                    _ => {
+                        return Err(Refusal::Invalid(
+                            r#"a backslash in quotes must come before \, ", t, n, r, b or e"#
+                                .to_owned(),
+                        ));
+                    }
+                };
+                field.push((escaped, true));
+            }
+            ',' if split && !quoted => fields.push(std::mem::take(&mut field)),
+            c => field.push((c, quoted)),
+        }
+    }
+    if quoted {
+        return Err(Refusal::Invalid("a quote is not closed".to_owned()));
+    }
+    fields.push(field);
+    let bare = |&(c, quoted): &(char, bool)| !quoted && c.is_whitespace();
+    Ok(fields
+        .into_iter()
+        .map(|field| {
+            let start = field.iter().position(|c| !bare(c)).unwrap_or(field.len());
+            let end = field
+                .iter()
+                .rposition(|c| !bare(c))
+                .map_or(start, |end| end + 1);
+            field[start..end].iter().map(|&(c, _)| c).collect()
+        })
+        .collect())
+}
+
 /// Whether `name` is a domain name a query can ask for: dot-separated labels of 1 to
 /// 63 letters, digits, `-` or `_`, 253 bytes at most.
 fn is_domain(name: &str) -> bool {
@@ -153,4 +449,213 @@ fn is_domain(name: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(line: &str) -> DhcpOptionRule {
+        match Directive::parse(line) {
+            Ok(Directive::DhcpOption(rule)) => rule,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    fn value(line: &str) -> (u8, DhcpOptionValue) {
+        let rule = rule(line);
+        (rule.code, rule.value)
+    }
+
+    fn ips(ips: &[[u8; 4]]) -> DhcpOptionValue {
+        DhcpOptionValue::Addresses(ips.iter().map(|&ip| Ipv4Addr::from(ip)).collect())
+    }
+
+    #[test]
+    fn dhcp_options_are_read_by_name_or_number_with_typed_values() {
+        use DhcpOptionValue::*;
+        for (line, code, expected) in [
+            (
+                "dhcp-option=option:ntp-server,192.168.122.1",
+                42,
+                ips(&[[192, 168, 122, 1]]),
+            ),
+            ("dhcp-option=42,0.0.0.0", 42, ips(&[[0, 0, 0, 0]])),
+            (
+                "dhcp-option=option:router,10.0.0.254",
+                3,
+                ips(&[[10, 0, 0, 254]]),
+            ),
+            ("dhcp-option=option:router", 3, Omitted),
+            ("dhcp-option=3", 3, Omitted),
+            (
+                "dhcp-option=6,10.0.0.1, 10.0.0.2",
+                6,
+                ips(&[[10, 0, 0, 1], [10, 0, 0, 2]]),
+            ),
+            (
+                "dhcp-option=option:DNS-Server,1.1.1.1",
+                6,
+                ips(&[[1, 1, 1, 1]]),
+            ),
+            (
+                "dhcp-option=option:domain-name,corp.example",
+                15,
+                Text("corp.example".into()),
+            ),
+            ("dhcp-option=option:mtu,9000", 26, U16(9000)),
+            ("dhcp-option=26,1400", 26, U16(1400)),
+            (
+                "dhcp-option=66,192.168.1.10",
+                66,
+                Text("192.168.1.10".into()),
+            ),
+            (
+                "dhcp-option=option:tftp-server,tftp.example",
+                66,
+                Text("tftp.example".into()),
+            ),
+            (
+                "dhcp-option=option:bootfile-name,\"ipxe, snp.efi\"",
+                67,
+                Text("ipxe, snp.efi".into()),
+            ),
+            ("dhcp-option=67,pxelinux.0", 67, Text("pxelinux.0".into())),
+            // dnsmasq keeps the commas of a text option.
+            ("dhcp-option=67,a,b", 67, Text("a,b".into())),
+            ("dhcp-option=67,\" x\\\"y \"", 67, Text(" x\"y ".into())),
+            (
+                "dhcp-option=option:domain-search,example.com,lab.example.com.,.",
+                119,
+                Domains(vec![
+                    "example.com".into(),
+                    "lab.example.com".into(),
+                    String::new(),
+                ]),
+            ),
+            (
+                "dhcp-option=121,10.0.0.0/8,192.168.122.1,0.0.0.0/0,192.168.122.2",
+                121,
+                Routes(vec![
+                    ClasslessRoute {
+                        destination: Ipv4Addr::new(10, 0, 0, 0),
+                        prefix: 8,
+                        router: Ipv4Addr::new(192, 168, 122, 1),
+                    },
+                    ClasslessRoute {
+                        destination: Ipv4Addr::UNSPECIFIED,
+                        prefix: 0,
+                        router: Ipv4Addr::new(192, 168, 122, 2),
+                    },
+                ]),
+            ),
+            (
+                "dhcp-option=option:tftp-server-address,10.1.1.1",
+                150,
+                ips(&[[10, 1, 1, 1]]),
+            ),
+            (
+                "dhcp-option=150,10.1.1.1,10.1.1.2",
+                150,
+                ips(&[[10, 1, 1, 1], [10, 1, 1, 2]]),
+            ),
+        ] {
+            assert_eq!(value(line), (code, expected), "{line}");
+            assert!(!rule(line).force, "{line}");
+        }
+        let forced = rule("dhcp-option-force=option:ntp-server,10.0.0.1");
+        assert!(forced.force);
+        assert_eq!(forced.value, ips(&[[10, 0, 0, 1]]));
+        assert_eq!(rule(" dhcp-option = 42 , 10.0.0.1 ").code, 42);
+    }
+
+    #[test]
+    fn dhcp_option_forms_kvnet_has_no_use_for_are_refused_as_unsupported() {
+        for line in [
+            "dhcp-option=tag:pxe,option:bootfile-name,x.efi",
+            "dhcp-option=net:pxe,67,x.efi",
+            "dhcp-option=set:pxe,67,x.efi",
+            "dhcp-option=mytag,3,10.0.0.1",
+            "dhcp-option=option6:dns-server,[::1]",
+            "dhcp-option=encap:175,27,1",
+            "dhcp-option=vi-encap:2,1,x",
+            "dhcp-option=vendor:PXEClient,6,2b",
+            "dhcp-option=option:netmask,255.255.255.0",
+            "dhcp-option=1,255.255.255.0",
+            "dhcp-option=option:no-such-option,1",
+            "dhcp-option=option:hostname,x",
+            "dhcp-option=252,\"http://wpad/wpad.dat\"",
+            "dhcp-option=300,1",
+            "dhcp-option-force=tag:a,42,10.0.0.1",
+        ] {
+            assert_eq!(Directive::parse(line), Err(Refusal::Unsupported), "{line}");
+        }
+    }
+
+    #[test]
+    fn bad_dhcp_option_values_say_why() {
+        let invalid = |line: &str| match Directive::parse(line) {
+            Err(Refusal::Invalid(why)) => why,
+            other => panic!("{line}: {other:?}"),
+        };
+        for (line, why) in [
+            (
+                "dhcp-option=42,ntp.example",
+                "'ntp.example' is not an IPv4 address",
+            ),
+            ("dhcp-option=3,", "'' is not an IPv4 address"),
+            (
+                "dhcp-option=6,10.0.0.0/8",
+                "'10.0.0.0/8' is not an IPv4 address",
+            ),
+            ("dhcp-option=option:ntp-server", "the option needs a value"),
+            ("dhcp-option=67", "the option needs a value"),
+            (
+                "dhcp-option=26,67",
+                "the MTU must be a number from 68 to 65535",
+            ),
+            (
+                "dhcp-option=26,70000",
+                "the MTU must be a number from 68 to 65535",
+            ),
+            (
+                "dhcp-option=26,+1500",
+                "the MTU must be a number from 68 to 65535",
+            ),
+            ("dhcp-option=26,1500,1400", "the MTU is one number"),
+            ("dhcp-option=119,a..b", "'a..b' is not a domain name"),
+            (
+                "dhcp-option=121,10.0.0.0/8",
+                "it must be pairs of NETWORK/PREFIX,ROUTER",
+            ),
+            (
+                "dhcp-option=121,10.0.0.1,10.0.0.2",
+                "'10.0.0.1' is not a NETWORK/PREFIX",
+            ),
+            (
+                "dhcp-option=121,10.0.0.0/33,10.0.0.1",
+                "'10.0.0.0/33' has no prefix length from 0 to 32",
+            ),
+            ("dhcp-option=67,\"open", "a quote is not closed"),
+            (
+                "dhcp-option=67,\"a\\qb\"",
+                r#"a backslash in quotes must come before \, ", t, n, r, b or e"#,
+            ),
+        ] {
+            assert_eq!(invalid(line), why, "{line}");
+        }
+        let many = vec!["10.0.0.1"; 64].join(",");
+        assert_eq!(
+            invalid(&format!("dhcp-option=42,{many}")),
+            "it is longer than the 255 bytes a DHCP option holds"
+        );
+        assert_eq!(
+            value(&format!(
+                "dhcp-option=42,{}",
+                vec!["10.0.0.1"; 63].join(",")
+            ))
+            .0,
+            42
+        );
+    }
 }

@@ -29,7 +29,10 @@ mod port_tests;
 mod tests;
 
 pub use bandwidth::{Bandwidth, Rate};
-pub use dnsmasq::{AddressRule, Directive, DnsmasqOption, MAX_CACHE_SIZE};
+pub use dnsmasq::{
+    AddressRule, ClasslessRoute, DhcpOptionRule, DhcpOptionValue, Directive, DnsmasqOption,
+    MAX_CACHE_SIZE,
+};
 pub use format::Connections;
 pub use model::{
     Bootp, Bridge, DEFAULT_NAT_PORTS, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv,

@@ -2884,7 +2884,8 @@ fn dnsmasq_options_kvnet_does_not_carry_out_are_refused_by_name() {
         "address=/a.test/#",
         "address",
         "no-resolv",
-        "dhcp-option=option:ntp-server,10.0.0.1",
+        "dhcp-option=tag:pxe,option:ntp-server,10.0.0.1",
+        "dhcp-option=option:netmask,255.255.255.0",
     ] {
         refused(value);
     }
@@ -2933,5 +2934,44 @@ fn dnsmasq_options_kvnet_does_not_carry_out_are_refused_by_name() {
     assert_eq!(
         parse_err(&network("<dnsmasq:option value='cache-size=0' x='1'/>")),
         "unsupported attribute 'x' on <dnsmasq:option> in network 'n' (line 1)"
+    );
+}
+
+#[test]
+fn dhcp_options_are_kept_as_written() {
+    let xml = "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>
+  <name>pxe</name>
+  <bridge stp='on' delay='0'/>
+  <ip address='192.168.122.1' prefix='24'>
+  </ip>
+  <dnsmasq:options>
+    <dnsmasq:option value='dhcp-option=option:ntp-server,192.168.122.1'/>
+    <dnsmasq:option value='dhcp-option = 66, 192.168.122.5'/>
+    <dnsmasq:option value='dhcp-option=option:bootfile-name,&quot;ipxe, snp.efi&quot;'/>
+    <dnsmasq:option value='dhcp-option-force=121,10.0.0.0/8,192.168.122.2'/>
+    <dnsmasq:option value='dhcp-option=option:router'/>
+  </dnsmasq:options>
+</network>
+";
+    let def = parse(xml);
+    assert_eq!(def.to_xml(), xml);
+    assert_round_trip(&def);
+    let rules: Vec<_> = def
+        .dnsmasq_options
+        .iter()
+        .map(|option| match &option.directive {
+            Directive::DhcpOption(rule) => (rule.code, rule.force),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            (42, false),
+            (66, false),
+            (67, false),
+            (121, true),
+            (3, false)
+        ]
     );
 }
