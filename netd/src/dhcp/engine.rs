@@ -622,15 +622,20 @@ fn add_network_options(opts: &mut DhcpOptions, config: &DhcpConfig) {
 
 /// The options of the network's `dhcp-option=` lines: each replaces the server's own
 /// option of its code, as in dnsmasq, and is sent when the client asked for it (option
-/// 55), or always for `dhcp-option-force=`. A line without a value sends nothing.
+/// 55) or sent no list at all (dnsmasq's `in_list`: "send everything, not nothing"),
+/// and always for `dhcp-option-force=`. A line without a value sends nothing.
 fn add_configured_options(opts: &mut DhcpOptions, request: &Message, config: &DhcpConfig) {
+    let no_list = request
+        .opts()
+        .get(OptionCode::ParameterRequestList)
+        .is_none();
     for rule in &config.options {
         let code = OptionCode::from(rule.code);
         opts.remove(code);
         let Some(data) = super::options::encode(&rule.value, config.server_ip) else {
             continue;
         };
-        if rule.force || asked_for(request, code) {
+        if rule.force || no_list || asked_for(request, code) {
             opts.insert(DhcpOption::Unknown(UnknownOption::new(code, data)));
         }
     }
@@ -1473,10 +1478,13 @@ mod tests {
                 false,
             ),
         ]);
-        let silent = offered(config.clone(), &[]);
+        let silent = offered(config.clone(), &[(55, &[1, 3, 6])]);
         assert_eq!(silent.get(&42), None);
         assert_eq!(silent.get(&119), None);
         assert_eq!(silent.get(&66).map(Vec::as_slice), Some(&b"tftp.lab"[..]));
+        // A client that sends no list gets them all, as from dnsmasq.
+        let listless = offered(config.clone(), &[]);
+        assert!([42, 66, 119].iter().all(|code| listless.contains_key(code)));
         let asking = offered(config, &[(55, &[1, 3, 42, 119])]);
         // 0.0.0.0 is the server's own address.
         assert_eq!(asking.get(&42), Some(&vec![192, 168, 77, 1, 10, 0, 0, 9]));
@@ -1509,7 +1517,7 @@ mod tests {
         assert_eq!(asking.get(&15).map(Vec::as_slice), Some(&b"corp.test"[..]));
         assert_eq!(asking.get(&26), Some(&vec![0x05, 0xdc]));
         // Not asked for: neither the line's value nor kvnet's own.
-        let silent = offered(lines, &[]);
+        let silent = offered(lines, &[(55, &[1, 3])]);
         assert_eq!(silent.get(&6), None);
         assert_eq!(silent.get(&15), None);
         assert_eq!(silent.get(&26), Some(&vec![0x05, 0xdc]));
