@@ -1438,8 +1438,7 @@ mod tests {
         assert_eq!(offer(Some(1500)).0, full);
     }
 
-    /// dnsmasq returns the client's own name when it asks for option 12; a reserved
-    /// name is sent whether asked for or not.
+    /// [`config`] with `dhcp-option=` lines: (code, value, force).
     fn configured(options: &[(u8, DhcpOptionValue, bool)]) -> DhcpConfig {
         DhcpConfig {
             options: options
@@ -1583,6 +1582,8 @@ mod tests {
         }
     }
 
+    /// dnsmasq returns the client's own name when it asks for option 12; a reserved
+    /// name is sent whether asked for or not.
     #[test]
     fn the_hostname_comes_back_when_asked_for() {
         let mac = [0x52, 0x54, 0, 0xaa, 0, 0x73];
