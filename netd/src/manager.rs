@@ -361,7 +361,7 @@ pub struct Manager {
     /// See [`ManagerConfig::hosts_file`].
     hosts_file: Option<PathBuf>,
     /// The hosts file's entries as last read.
-    host_names: std::sync::Mutex<Arc<dns::HostsFile>>,
+    host_names: std::sync::Mutex<Arc<dns::SharedHosts>>,
     /// The network hook scripts of the config dir.
     hooks: Hooks,
     /// The ifindexes of the taps and macvtaps the kernel deletes, until
@@ -456,13 +456,13 @@ impl Manager {
             firewall,
             resolv_conf: config.resolv_conf,
             handed_resolvers: std::sync::Mutex::new(None),
-            host_names: std::sync::Mutex::new(Arc::new(
+            host_names: std::sync::Mutex::new(Arc::new(dns::SharedHosts::new(
                 config
                     .hosts_file
                     .as_deref()
                     .map(dns::HostsFile::read)
                     .unwrap_or_default(),
-            )),
+            ))),
             hosts_file: config.hosts_file,
             hooks: Hooks::new(&config.config_dir.join("hooks")),
             gone_ports: std::sync::Mutex::new(gone_ports),

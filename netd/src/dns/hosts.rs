@@ -2,10 +2,15 @@
 //! configuration has no `no-hosts`, so a name the administrator adds there resolves in
 //! every guest, plain names also under the network's domain (`expand-hosts`).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
 
-use super::zone::fqdn;
+use hickory_proto::rr::Name;
+
+use super::zone::{Zone, fqdn, wire_key};
+use crate::service::lock;
 
 /// The entries of a hosts file, in file order: each address with its names, the first
 /// of which is the one its reverse lookup gives.
@@ -13,6 +18,50 @@ use super::zone::fqdn;
 pub struct HostsFile {
     /// `(address, names)` per line that has both.
     pub entries: Vec<(IpAddr, Vec<String>)>,
+}
+
+/// A hosts file shared by every network's DNS server, with the zone made of it for each
+/// domain, made once for all the networks of that domain: a big hosts file (an ad
+/// blocker's 150,000 lines) would otherwise cost every network a copy of its own, and
+/// every change to it a rebuild per network.
+#[derive(Debug, Default)]
+pub struct SharedHosts {
+    /// The file's entries.
+    pub file: HostsFile,
+    /// The zones made so far, by the [`wire_key`] of their domain; a zone no server uses
+    /// any more goes.
+    zones: Mutex<HashMap<Option<Vec<u8>>, Weak<Zone>>>,
+}
+
+/// Two are the same when their files are: the zones are made of them.
+impl PartialEq for SharedHosts {
+    fn eq(&self, other: &SharedHosts) -> bool {
+        self.file == other.file
+    }
+}
+
+impl Eq for SharedHosts {}
+
+impl SharedHosts {
+    pub fn new(file: HostsFile) -> SharedHosts {
+        SharedHosts {
+            file,
+            zones: Mutex::default(),
+        }
+    }
+
+    /// The file's names and addresses, plain names also under `domain`.
+    pub fn zone(&self, domain: Option<&Name>) -> Arc<Zone> {
+        let key = domain.map(wire_key);
+        let mut zones = lock(&self.zones);
+        if let Some(zone) = zones.get(&key).and_then(Weak::upgrade) {
+            return zone;
+        }
+        zones.retain(|_, zone| zone.strong_count() > 0);
+        let zone = Arc::new(Zone::from_hosts(&self.file, domain));
+        zones.insert(key, Arc::downgrade(&zone));
+        zone
+    }
 }
 
 impl HostsFile {
@@ -69,6 +118,22 @@ impl HostsFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_networks_of_one_domain_share_one_zone_of_the_file() {
+        let shared = SharedHosts::new(HostsFile::parse(Path::new("hosts"), "10.0.0.1 a\n"));
+        let domain = fqdn("example.test");
+        let one = shared.zone(domain.as_ref());
+        let two = shared.zone(domain.as_ref());
+        assert!(Arc::ptr_eq(&one, &two));
+        let plain = shared.zone(None);
+        assert!(!Arc::ptr_eq(&one, &plain));
+        // Only zones some server holds are kept.
+        drop((one, two));
+        let other = shared.zone(fqdn("other.test").as_ref());
+        assert_eq!(lock(&shared.zones).len(), 2);
+        drop((plain, other));
+    }
 
     #[test]
     fn parses_addresses_with_their_names_in_order() {

@@ -34,7 +34,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use hosts::HostsFile;
+pub use hosts::{HostsFile, SharedHosts};
 pub use resolver::{Outcome, Resolver};
 pub use server::DnsServer;
 
@@ -117,7 +117,7 @@ pub struct DnsConfig {
     /// `<dns><host>` entries.
     pub hosts: Vec<DnsHost>,
     /// The host's hosts file, served alongside `<dns><host>` (shared by every network).
-    pub host_file: Arc<HostsFile>,
+    pub host_file: Arc<SharedHosts>,
     /// `<dns><srv>` entries.
     pub srvs: Vec<DnsSrv>,
     /// `<dns><txt>` entries.

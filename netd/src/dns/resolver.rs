@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::rr::{RData, RecordType};
 
 use super::cache::AnswerCache;
-use super::zone::{Found, Zone, fqdn, wire_key, wire_record};
+use super::zone::{Found, StaticZone, Zone, fqdn, wire_key, wire_record};
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 use crate::service::lock;
 
@@ -175,7 +175,7 @@ pub struct Resolver {
     routes: Vec<(Vec<u8>, Vec<SocketAddr>)>,
     /// Servers for every other name, in order of preference.
     upstreams: Vec<SocketAddr>,
-    static_zone: Zone,
+    static_zone: StaticZone,
     /// `address=` domains, most specific first.
     addresses: Vec<AddressDomain>,
     leases: Option<LeaseView>,
@@ -332,7 +332,7 @@ impl Resolver {
         routes.sort_by_key(|(key, _)| std::cmp::Reverse(key.len()));
         Ok(Resolver {
             network: config.network.clone(),
-            static_zone: Zone::from_config(config)?,
+            static_zone: StaticZone::from_config(config, config.host_file.zone(domain.as_ref()))?,
             addresses: AddressDomain::from_config(config)?,
             domain_key: domain.as_ref().map(wire_key),
             domain,
@@ -1459,13 +1459,13 @@ mod tests {
     #[test]
     fn the_host_s_hosts_file_is_served_with_the_network_s_records() {
         let mut config = config();
-        config.host_file = Arc::new(crate::dns::HostsFile::parse(
+        config.host_file = Arc::new(crate::dns::SharedHosts::new(crate::dns::HostsFile::parse(
             std::path::Path::new("hosts"),
             "127.0.0.1 localhost\n\
-             10.1.1.1 gateway gw.lan.test\n\
-             192.168.122.50 fromhosts\n\
-             10.1.1.2 web1\n",
-        ));
+                 10.1.1.1 gateway gw.lan.test\n\
+                 192.168.122.50 fromhosts\n\
+                 10.1.1.2 web1\n",
+        )));
         let resolver = Resolver::new(&config, Some(leases())).unwrap();
         let gateway = RData::A(Ipv4Addr::new(10, 1, 1, 1).into());
         // A plain name also under the network's domain (expand-hosts); a dotted one as given.

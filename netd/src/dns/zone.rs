@@ -8,12 +8,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 
-use super::{DnsConfig, Error};
+use super::{DnsConfig, Error, HostsFile};
 
 /// Pointer to the question name, the owner of every answer record.
 const OWNER_POINTER: [u8; 2] = [0xc0, 0x0c];
@@ -60,12 +61,64 @@ impl Found {
     }
 }
 
+/// The configured part of a network's names: the host's hosts file (its zone shared by
+/// the networks of one domain) and the network's own `<dns>` records, looked up as one
+/// zone. The hosts file comes first, as dnsmasq reads it before libvirt's `addn-hosts`:
+/// its first name for an address is the one a reverse lookup gives.
+#[derive(Debug)]
+pub struct StaticZone {
+    /// From the hosts file.
+    pub hosts: Arc<Zone>,
+    /// From `<dns><host|srv|txt>`.
+    pub config: Zone,
+}
+
+impl StaticZone {
+    /// `config`'s records, after `hosts` (made for `config`'s domain).
+    pub fn from_config(config: &DnsConfig, hosts: Arc<Zone>) -> Result<StaticZone, Error> {
+        let own = Zone::from_config(config, &hosts)?;
+        Ok(StaticZone { hosts, config: own })
+    }
+
+    /// Appends the records of the name whose [`wire_key`] is `key` matching `qtype`, the
+    /// hosts file's first.
+    pub fn append_answers(&self, key: &[u8], qtype: RecordType, out: &mut Vec<u8>) -> Found {
+        let from_hosts = self.hosts.append_answers(key, qtype, out);
+        from_hosts.and(self.config.append_answers(key, qtype, out))
+    }
+
+    /// Whether the name whose [`wire_key`] is `key` has names under it here.
+    pub fn is_ancestor(&self, key: &[u8]) -> bool {
+        self.hosts.is_ancestor(key) || self.config.is_ancestor(key)
+    }
+
+    /// Whether the name whose [`wire_key`] is `key` has records of type `rtype` here.
+    fn holds(&self, key: &[u8], rtype: RecordType) -> bool {
+        self.hosts.holds(key, rtype) || self.config.holds(key, rtype)
+    }
+}
+
 impl Zone {
-    /// The static part of a network's zone: the host's hosts file, `<dns><host>`,
-    /// `<srv>` and `<txt>`. The hosts file comes first, as dnsmasq reads it before
-    /// libvirt's `addn-hosts`: its first name for an address is the one a reverse lookup
+    /// A hosts file's names and addresses, plain names also under `domain`.
+    pub fn from_hosts(file: &HostsFile, domain: Option<&Name>) -> Zone {
+        let mut zone = Zone::default();
+        for (ip, hostnames) in &file.entries {
+            // Checked when the file was read.
+            let names: Vec<Name> = hostnames
+                .iter()
+                .filter_map(|hostname| qualified(hostname, domain))
+                .flatten()
+                .collect();
+            zone.add_address(&names, *ip, None);
+        }
+        zone
+    }
+
+    /// The network's own configured names: `<dns><host>`, `<srv>` and `<txt>`. A reverse
+    /// name `hosts` (the hosts file's zone) answers is left to it, as its first name for
+    /// an address is the one a reverse lookup
     /// gives.
-    pub fn from_config(config: &DnsConfig) -> Result<Zone, Error> {
+    fn from_config(config: &DnsConfig, hosts: &Zone) -> Result<Zone, Error> {
         let invalid = |what: &'static str, value: &str| Error::Record {
             network: config.network.clone(),
             what,
@@ -76,15 +129,6 @@ impl Zone {
             None => None,
         };
         let mut zone = Zone::default();
-        for (ip, hostnames) in &config.host_file.entries {
-            // Checked when the file was read.
-            let names: Vec<Name> = hostnames
-                .iter()
-                .filter_map(|hostname| qualified(hostname, domain.as_ref()))
-                .flatten()
-                .collect();
-            zone.add_address(&names, *ip);
-        }
         for host in &config.hosts {
             let mut names = Vec::new();
             for hostname in &host.hostnames {
@@ -93,7 +137,7 @@ impl Zone {
                         .ok_or_else(|| invalid("hostname", hostname))?,
                 );
             }
-            zone.add_address(&names, host.ip);
+            zone.add_address(&names, host.ip, Some(hosts));
         }
         for srv in &config.srvs {
             // libvirt writes `srv-host=_service._protocol[.domain]` and dnsmasq puts a
@@ -131,7 +175,7 @@ impl Zone {
     pub fn from_leases(
         leases: &[(IpAddr, String)],
         domain: Option<&Name>,
-        configured: &Zone,
+        configured: &StaticZone,
     ) -> Zone {
         let mut zone = Zone::default();
         for (ip, hostname) in leases {
@@ -142,18 +186,21 @@ impl Zone {
             let Some(names) = qualified(hostname, domain) else {
                 continue;
             };
-            if names.iter().any(|name| configured.has(name, family)) {
+            if names
+                .iter()
+                .any(|name| configured.holds(&wire_key(name), family))
+            {
                 continue;
             }
-            zone.add_address(&names, *ip);
+            zone.add_address(&names, *ip, None);
         }
         zone
     }
 
-    /// Whether `name` has records of type `rtype` here.
-    fn has(&self, name: &Name, rtype: RecordType) -> bool {
+    /// Whether the name whose [`wire_key`] is `key` has records of type `rtype` here.
+    fn holds(&self, key: &[u8], rtype: RecordType) -> bool {
         self.names
-            .get(wire_key(name).as_slice())
+            .get(key)
             .is_some_and(|sets| sets.iter().any(|(held, _)| *held == rtype))
     }
 
@@ -178,15 +225,12 @@ impl Zone {
     /// dnsmasq, where a host entry hides a lease's address but not the other way round.
     pub fn append_answers_under(
         &self,
-        over: &Zone,
+        over: &StaticZone,
         key: &[u8],
         qtype: RecordType,
         out: &mut Vec<u8>,
     ) -> Found {
-        let shadowing = over.names.get(key);
-        self.append_matching(key, qtype, out, |rtype| {
-            shadowing.is_some_and(|sets| sets.iter().any(|(other, _)| *other == rtype))
-        })
+        self.append_matching(key, qtype, out, |rtype| over.holds(key, rtype))
     }
 
     fn append_matching(
@@ -209,8 +253,9 @@ impl Zone {
         Found::Records(count)
     }
 
-    /// `names` resolve to `ip`; the address's reverse name points to the first of them.
-    fn add_address(&mut self, names: &[Name], ip: IpAddr) {
+    /// `names` resolve to `ip`; the address's reverse name points to the first of them,
+    /// unless it has a name here or in `earlier` already.
+    fn add_address(&mut self, names: &[Name], ip: IpAddr, earlier: Option<&Zone>) {
         let rdata = match ip {
             IpAddr::V4(v4) => RData::A(A(v4)),
             IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
@@ -221,7 +266,9 @@ impl Zone {
         if let Some(first) = names.first() {
             let reverse = Name::from(ip);
             // One PTR per address: the first name given for it wins, as in dnsmasq.
-            if !self.names.contains_key(wire_key(&reverse).as_slice()) {
+            let key = wire_key(&reverse);
+            let named = |zone: &Zone| zone.names.contains_key(key.as_slice());
+            if !named(self) && !earlier.is_some_and(named) {
                 self.add(reverse, &RData::PTR(PTR(first.clone())));
             }
         }
@@ -377,7 +424,7 @@ mod tests {
             }],
             ..DnsConfig::default()
         };
-        let zone = Zone::from_config(&config).expect("zone");
+        let zone = Zone::from_config(&config, &Zone::default()).expect("zone");
         let key = wire_key(&fqdn("long.test").expect("name"));
         let mut out = Vec::new();
         assert_eq!(

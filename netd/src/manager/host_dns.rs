@@ -16,7 +16,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
 use super::{Manager, dns_config, error_chain, lease_names};
-use crate::dns::{self, HostsFile};
+use crate::dns::{self, HostsFile, SharedHosts};
 use crate::service::lock;
 use crate::xml::ForwardMode;
 
@@ -29,7 +29,7 @@ pub(super) struct HostDns {
     /// The resolvers in resolv.conf: the upstreams of networks that forward to the host's.
     pub resolvers: Vec<SocketAddr>,
     /// The hosts file's entries, served to every network.
-    pub hosts: Arc<HostsFile>,
+    pub hosts: Arc<SharedHosts>,
 }
 
 /// One version of a file, told apart without reading it (a file replaced by a rename,
@@ -124,9 +124,9 @@ impl Manager {
                 if let Some(file) = hosts_file.as_ref().filter(|_| hosts_changed) {
                     let read = HostsFile::read(&file.path);
                     let mut current = lock(&manager.host_names);
-                    if **current != read {
+                    if current.file != read {
                         info!(path = %file.path.display(), entries = read.entries.len(), "the host's hosts file changed");
-                        *current = Arc::new(read);
+                        *current = Arc::new(SharedHosts::new(read));
                         new_hosts = true;
                     }
                 }
