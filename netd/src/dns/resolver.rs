@@ -501,10 +501,12 @@ impl Resolver {
     }
 
     /// Answers `key` from the most specific `address=` domain it is at or under: its
-    /// records of type `qtype`, or `Some(Found::NoName)` (NXDOMAIN, never forwarded)
-    /// for a domain given no address. `None` where no domain has anything of that type
-    /// for it: the query then goes on as without `address=` (upstream), as dnsmasq 2.90
-    /// sends an AAAA query for a name it has only an IPv4 `address=` for.
+    /// records of type `qtype` (both types for ANY), or `Some(Found::NoName)` (NXDOMAIN,
+    /// never forwarded) for a domain given no address. Where the domain has nothing of
+    /// that type, a name in a local domain exists without such records (NODATA, as from
+    /// dnsmasq: an NXDOMAIN beside the A answer would tell a stub resolver the name is
+    /// not there at all), and any other goes on as without `address=` (`None`: upstream),
+    /// as dnsmasq 2.90 sends an AAAA query for a name it has only an IPv4 `address=` for.
     fn address_answers(&self, key: &[u8], qtype: RecordType, out: &mut Vec<u8>) -> Option<Found> {
         let domain = self
             .addresses
@@ -513,15 +515,17 @@ impl Resolver {
         if domain.a.is_empty() && domain.aaaa.is_empty() {
             return Some(Found::NoName);
         }
-        let records = match qtype {
-            RecordType::A => &domain.a,
-            RecordType::AAAA => &domain.aaaa,
-            _ => return None,
+        let sets: &[&Vec<Vec<u8>>] = match qtype {
+            RecordType::A => &[&domain.a],
+            RecordType::AAAA => &[&domain.aaaa],
+            RecordType::ANY => &[&domain.a, &domain.aaaa],
+            _ => &[],
         };
+        let records: Vec<&Vec<u8>> = sets.iter().flat_map(|set| set.iter()).collect();
         if records.is_empty() {
-            return None;
+            return self.is_local(key).then_some(Found::Records(0));
         }
-        for record in records {
+        for record in &records {
             out.extend_from_slice(record);
         }
         Some(Found::Records(
@@ -1933,6 +1937,7 @@ mod tests {
             rule(&["v6.test"], Some("fd00::5")),
             rule(&["web1.example.test"], Some("192.168.122.53")),
             rule(&["wild.test"], Some("192.168.122.54")),
+            rule(&["wild.example.test"], Some("192.168.122.55")),
         ];
         config
     }
@@ -1981,8 +1986,16 @@ mod tests {
             );
             assert!(reply.answers.is_empty());
         }
-        // Other types go on as without the line: upstream, as dnsmasq sends them (in
-        // the local example.test, NXDOMAIN as before).
+        // ANY gets the domain's addresses, as from dnsmasq.
+        let reply = ask(&resolver, "foo.wild.test.", RecordType::ANY);
+        assert_eq!(rdata(&reply), [a([192, 168, 122, 54])]);
+        // In the network's own (local) domain, another type is NODATA, never NXDOMAIN
+        // beside the A answer.
+        let reply = ask(&resolver, "foo.wild.example.test.", RecordType::AAAA);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert!(reply.answers.is_empty());
+        // Elsewhere other types go on as without the line: upstream, as dnsmasq sends
+        // them.
         for (name, rtype) in [
             ("foo.wild.test.", RecordType::AAAA),
             ("wild.test.", RecordType::MX),

@@ -141,9 +141,9 @@ const OMITTABLE: &[u8] = &[3, 6, 15];
 /// The most data one option carries (its length is a byte; dnsmasq refuses more).
 const MAX_OPTION_LEN: usize = 255;
 
-/// dnsmasq's largest `cache-size` (its `CACHESIZ` limit in option.c is 10000 in
-/// the versions libvirt ships with).
-pub const MAX_CACHE_SIZE: u32 = 10_000;
+/// The largest `cache-size` dnsmasq keeps (2.90's option.c clamps larger ones to it,
+/// and negative ones to 0). kvnet's cache has byte limits of its own besides.
+pub const MAX_CACHE_SIZE: u32 = 5_000_000;
 
 /// Why a line is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,11 +172,14 @@ impl Directive {
             ("dhcp-option-force", Some(value)) => {
                 dhcp_option(value, true).map(Directive::DhcpOption)
             }
-            ("cache-size", Some(value)) => match value.parse::<u32>() {
-                Ok(size) if size <= MAX_CACHE_SIZE => Ok(Directive::CacheSize(size)),
-                _ => Err(Refusal::Invalid(format!(
-                    "the cache size must be a number from 0 to {MAX_CACHE_SIZE}"
-                ))),
+            // Clamped as dnsmasq clamps it: a size libvirt took is taken.
+            ("cache-size", Some(value)) => match value.parse::<i64>() {
+                Ok(size) => Ok(Directive::CacheSize(
+                    u32::try_from(size.clamp(0, i64::from(MAX_CACHE_SIZE))).unwrap_or(0),
+                )),
+                Err(_) => Err(Refusal::Invalid(
+                    "the cache size must be a number".to_owned(),
+                )),
             },
             _ => Err(Refusal::Unsupported),
         }
@@ -469,6 +472,21 @@ mod tests {
 
     fn ips(ips: &[[u8; 4]]) -> DhcpOptionValue {
         DhcpOptionValue::Addresses(ips.iter().map(|&ip| Ipv4Addr::from(ip)).collect())
+    }
+
+    #[test]
+    fn cache_sizes_are_clamped_as_dnsmasq_clamps_them() {
+        for (line, size) in [
+            ("cache-size=20000", 20_000),
+            ("cache-size=9999999", MAX_CACHE_SIZE),
+            ("cache-size=-3", 0),
+        ] {
+            assert_eq!(
+                Directive::parse(line),
+                Ok(Directive::CacheSize(size)),
+                "{line}"
+            );
+        }
     }
 
     #[test]

@@ -2890,14 +2890,7 @@ fn dnsmasq_options_kvnet_does_not_carry_out_are_refused_by_name() {
         refused(value);
     }
     for (value, why) in [
-        (
-            "cache-size=many",
-            "the cache size must be a number from 0 to 10000",
-        ),
-        (
-            "cache-size=10001",
-            "the cache size must be a number from 0 to 10000",
-        ),
+        ("cache-size=many", "the cache size must be a number"),
         (
             "address=/a.test/10.0.0.300",
             "'10.0.0.300' is not an IP address",
