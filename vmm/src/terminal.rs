@@ -80,6 +80,14 @@ impl RawTerminal {
 
 impl Drop for RawTerminal {
     fn drop(&mut self) {
+        // Put in the background meanwhile (Ctrl-Z from elsewhere, then `bg`), the VMM
+        // would be stopped by SIGTTOU here instead of ending; with it blocked, the
+        // settings are put back all the same.
+        let mut ttou = nix::sys::signal::SigSet::empty();
+        ttou.add(nix::sys::signal::Signal::SIGTTOU);
+        if let Err(error) = ttou.thread_block() {
+            tracing::debug!(%error, "cannot block SIGTTOU");
+        }
         if let Err(error) = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved) {
             tracing::warn!(%error, "cannot restore the terminal's settings");
         }
