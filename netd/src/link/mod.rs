@@ -6,6 +6,7 @@
 //! `/dev/net/tun` follow the calling thread's namespace), so the daemon and the tests can run
 //! inside a namespace.
 
+mod deletions;
 pub mod macvtap;
 mod netlink;
 mod prefixes;

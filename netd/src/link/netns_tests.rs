@@ -778,7 +778,7 @@ fn the_deletion_filter_passes_link_deletions_only() {
             let mut socket = Socket::new(NETLINK_ROUTE).expect("netlink socket");
             socket.bind(&SocketAddr::new(0, 0x1)).expect("join RTMGRP_LINK");
             socket2::SockRef::from(&socket)
-                .attach_filter(&super::shaping::deletions_only())
+                .attach_filter(&super::deletions::deletions_only())
                 .expect("filter");
             // New, up, down and deleted: four or more notifications, one deletion.
             testkit::run_checked(std::process::Command::new("sh").args([
