@@ -39,19 +39,31 @@ fn define_nat_network(daemon: &Daemon, name: &str, address: &str) -> String {
         .expect("definition")
 }
 
+/// A daemon that ran NAT network `name` on `address`/24 and was killed with SIGKILL (the
+/// network is left running), and the network's definition file's content.
+fn killed_while_running(name: &str, address: &str) -> (Daemon, String) {
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    let definition = define_nat_network(&daemon, name, address);
+    daemon.ok(&["net-start", name]);
+    daemon.kill9();
+    (daemon, definition)
+}
+
+/// Where `daemon` keeps network `name`'s live status.
+fn status_path(daemon: &Daemon, name: &str) -> PathBuf {
+    daemon.state_dir().join(format!("networks/{name}.json"))
+}
+
 #[test]
 fn a_start_interrupted_after_its_intent_record_is_undone_on_restart() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
-    let definition = define_nat_network(&daemon, "n", "10.55.0.1");
-    daemon.ok(&["net-start", "n"]);
-    daemon.kill9();
+    let (mut daemon, definition) = killed_while_running("n", "10.55.0.1");
 
     // Rewind the status to what a daemon killed mid-start leaves: intent recorded,
     // kernel objects (bridge, rules) partly or fully created, success not recorded.
-    let status_path = daemon.state_dir().join("networks/n.json");
+    let status_path = status_path(&daemon, "n");
     let status = std::fs::read_to_string(&status_path).expect("status");
     assert!(status.contains("\"phase\": \"active\""), "{status}");
     std::fs::write(
@@ -97,7 +109,7 @@ fn an_update_of_both_definitions_a_crash_interrupted_is_finished_on_restart() {
     let config_path = daemon.config_dir().join("networks/n.xml");
     let after = std::fs::read_to_string(&config_path).expect("config");
     assert_ne!(after, before);
-    let status_path = daemon.state_dir().join("networks/n.json");
+    let status_path = status_path(&daemon, "n");
     let status = std::fs::read_to_string(&status_path).expect("status");
     assert!(!status.contains("pending_config"), "{status}");
     daemon.kill9();
@@ -278,14 +290,11 @@ fn a_restart_after_an_interrupted_undefine_or_write_leaves_no_disagreement() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
-    let definition = define_nat_network(&daemon, "n", "10.58.0.1");
-    daemon.ok(&["net-start", "n"]);
-    daemon.kill9();
+    let (mut daemon, definition) = killed_while_running("n", "10.58.0.1");
 
     // An undefine killed after it recorded the network as transient, before the
     // definition went; and the temporary files of writes killed before their rename.
-    let status_path = daemon.state_dir().join("networks/n.json");
+    let status_path = status_path(&daemon, "n");
     let status = std::fs::read_to_string(&status_path).expect("status");
     assert!(status.contains("\"persistent\": true"), "{status}");
     std::fs::write(
@@ -392,11 +401,8 @@ fn a_running_network_whose_bridge_name_went_to_someone_else_is_not_adopted() {
 /// belongs to someone else's bridge (its own MAC address) when the daemon restarts: the
 /// network ends up inactive, the foreign bridge untouched and the log says why.
 fn foreign_bridge_after_a_crash(phase: &str, logged: &str) {
-    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
-    let definition = define_nat_network(&daemon, "n", "10.56.0.1");
-    daemon.ok(&["net-start", "n"]);
-    daemon.kill9();
-    let status_path = daemon.state_dir().join("networks/n.json");
+    let (mut daemon, definition) = killed_while_running("n", "10.56.0.1");
+    let status_path = status_path(&daemon, "n");
     let status = std::fs::read_to_string(&status_path).expect("status");
     std::fs::write(
         &status_path,
@@ -447,7 +453,7 @@ fn a_network_stops_when_its_status_cannot_be_rewritten() {
     assert_eq!(daemon.ok(&["net-destroy", "n"]), "Network n destroyed\n\n");
     assert!(daemon.bridges().is_empty());
     assert!(!daemon.ruleset().contains("virbr0"), "rules left");
-    assert!(!daemon.state_dir().join("networks/n.json").exists());
+    assert!(!status_path(&daemon, "n").exists());
     daemon.assert_logged("stopping without recording it first");
     std::fs::remove_dir(&blocker).expect("unblock");
 }
@@ -459,11 +465,8 @@ fn an_unreadable_status_does_not_leave_the_bridge_in_the_way() {
     if !require(DAEMON_NEEDS) {
         return;
     }
-    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
-    define_nat_network(&daemon, "n", "10.58.0.1");
-    daemon.ok(&["net-start", "n"]);
-    daemon.kill9();
-    let status_path = daemon.state_dir().join("networks/n.json");
+    let (mut daemon, _) = killed_while_running("n", "10.58.0.1");
+    let status_path = status_path(&daemon, "n");
     std::fs::write(&status_path, "{\"phase\": ").expect("damage the status");
 
     daemon.spawn(&DaemonOptions::no_default_network());
@@ -557,7 +560,7 @@ fn a_status_that_cannot_be_read_now_leaves_the_running_network_alone() {
     );
     daemon.ok(&["net-port-create", "n", &port.to_string_lossy()]);
     daemon.kill9();
-    let status_path = daemon.state_dir().join("networks/n.json");
+    let status_path = status_path(&daemon, "n");
     std::fs::remove_file(&status_path).expect("remove the status");
     std::fs::create_dir(&status_path).expect("a directory in its place");
 
