@@ -1214,6 +1214,17 @@ mod tests {
         reply
     }
 
+    /// The next datagram `socket` receives, and its sender; panics after 2 s, naming
+    /// `what` it waited for.
+    async fn next_datagram(socket: &UdpSocket, what: &str) -> (Vec<u8>, SocketAddr) {
+        let mut buf = [0u8; 512];
+        let (len, from) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .expect("receive");
+        (buf[..len].to_vec(), from)
+    }
+
     /// A server on 127.0.0.1 forwarding to an upstream socket on 127.0.0.2, and a client.
     struct Forwarding {
         server: DnsServer,
@@ -1273,20 +1284,13 @@ mod tests {
                 client,
                 to_server,
             } = lab;
-            let mut buf = [0u8; 512];
-            let within = |what: &'static str| move |_| panic!("timed out waiting for {what}");
             let mut forwarded = Vec::new();
             for (id, name) in [(0x1111, "one.example."), (0x2222, "two.example.")] {
                 client
                     .send_to(&a_query(id, name), to_server)
                     .await
                     .expect("send");
-                let (len, from) =
-                    tokio::time::timeout(Duration::from_secs(2), upstream.recv_from(&mut buf))
-                        .await
-                        .unwrap_or_else(within("a forwarded query"))
-                        .expect("receive");
-                forwarded.push((buf[..len].to_vec(), from));
+                forwarded.push(next_datagram(&upstream, "a forwarded query").await);
             }
             let (query, from) = &forwarded[0];
             assert_ne!(
@@ -1305,16 +1309,13 @@ mod tests {
                 .send_to(&response(query, 3), from)
                 .await
                 .expect("send");
-            let (len, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
-                .await
-                .unwrap_or_else(within("the answer"))
-                .expect("receive");
+            let (answer, _) = next_datagram(&client, "the answer").await;
             let expected = {
                 let mut reply = response(query, 3);
                 reply[..2].copy_from_slice(&0x1111u16.to_be_bytes());
                 reply
             };
-            assert_eq!(&buf[..len], &expected[..], "a forged reply got through");
+            assert_eq!(answer, expected, "a forged reply got through");
             // The answered forward's socket is closed: its port is free again.
             std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, from.port()))
                 .expect("the forward's port still taken");
@@ -1339,18 +1340,12 @@ mod tests {
                 client,
                 to_server,
             } = lab;
-            let mut buf = [0u8; 512];
-            let within = |what: &'static str| move |_| panic!("timed out waiting for {what}");
             client
                 .send_to(&a_query(0x1111, "www.example."), to_server)
                 .await
                 .expect("send");
-            let (len, from) =
-                tokio::time::timeout(Duration::from_secs(2), upstream.recv_from(&mut buf))
-                    .await
-                    .unwrap_or_else(within("the forwarded query"))
-                    .expect("receive");
-            let mut reply = Message::from_vec(&response(&buf[..len], 0)).expect("decode");
+            let (query, from) = next_datagram(&upstream, "the forwarded query").await;
+            let mut reply = Message::from_vec(&response(&query, 0)).expect("decode");
             let address = RData::A(Ipv4Addr::new(192, 0, 2, 7).into());
             let name = reply.queries[0].name().clone();
             reply.add_answer(Record::from_rdata(name, 60, address));
@@ -1358,27 +1353,15 @@ mod tests {
                 .send_to(&reply.to_vec().expect("encode"), from)
                 .await
                 .expect("send");
-            let (len, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
-                .await
-                .unwrap_or_else(within("the forwarded answer"))
-                .expect("receive");
-            assert_eq!(
-                Message::from_vec(&buf[..len])
-                    .expect("decode")
-                    .answers
-                    .len(),
-                1
-            );
+            let (answer, _) = next_datagram(&client, "the forwarded answer").await;
+            assert_eq!(Message::from_vec(&answer).expect("decode").answers.len(), 1);
 
             client
                 .send_to(&a_query(0x2222, "WwW.example."), to_server)
                 .await
                 .expect("send");
-            let (len, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
-                .await
-                .unwrap_or_else(within("the kept answer"))
-                .expect("receive");
-            let kept = Message::from_vec(&buf[..len]).expect("decode");
+            let (answer, _) = next_datagram(&client, "the kept answer").await;
+            let kept = Message::from_vec(&answer).expect("decode");
             assert_eq!(kept.metadata.id, 0x2222);
             assert_eq!(kept.queries[0].name().to_ascii(), "WwW.example.");
             assert!(kept.answers[0].ttl <= 60);
@@ -1398,6 +1381,7 @@ mod tests {
             let kept = Message::from_vec(&answer).expect("decode");
             assert_eq!((kept.metadata.id, kept.answers.len()), (0x3333, 1));
 
+            let mut buf = [0u8; 512];
             let asked_again =
                 tokio::time::timeout(Duration::from_millis(300), upstream.recv_from(&mut buf))
                     .await;
