@@ -978,6 +978,18 @@ mod tests {
         reply.answers.iter().map(|r| r.data.clone()).collect()
     }
 
+    /// The reply to `name`, which must be answered here (NOERROR, authoritative).
+    fn local_answer(resolver: &Resolver, name: &str, rtype: RecordType) -> Message {
+        let reply = ask(resolver, name, rtype);
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{name}"
+        );
+        assert!(reply.metadata.authoritative, "{name}");
+        reply
+    }
+
     #[test]
     fn a_forwarded_query_offers_at_most_our_payload_size() {
         let mut offered = query("example.org.", RecordType::TXT, true);
@@ -1479,13 +1491,7 @@ mod tests {
             "gw.lan.test.",
             "GW.lan.test.",
         ] {
-            let reply = ask(&resolver, name, RecordType::A);
-            assert_eq!(
-                reply.metadata.response_code,
-                ResponseCode::NoError,
-                "{name}"
-            );
-            assert!(reply.metadata.authoritative, "{name}");
+            let reply = local_answer(&resolver, name, RecordType::A);
             assert_eq!(rdata(&reply), std::slice::from_ref(&gateway), "{name}");
         }
         let reply = ask(&resolver, "localhost.", RecordType::A);
@@ -1957,13 +1963,7 @@ mod tests {
             ("x.apps.example.test.", [192, 168, 122, 7]),
             ("web1.example.test.", [192, 168, 122, 77]),
         ] {
-            let reply = ask(&resolver, name, RecordType::A);
-            assert_eq!(
-                reply.metadata.response_code,
-                ResponseCode::NoError,
-                "{name}"
-            );
-            assert!(reply.metadata.authoritative, "{name}");
+            let reply = local_answer(&resolver, name, RecordType::A);
             assert_eq!(rdata(&reply), [a(want)], "{name}");
             assert_eq!(reply.answers[0].ttl, 0, "{name}");
         }
