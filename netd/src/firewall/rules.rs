@@ -452,93 +452,81 @@ pub fn skeleton() -> Vec<Object> {
     }
     base_chain(&mut out, "output", Hook::Output, ChainKind::Filter, output);
 
-    let ipv4 = || nfproto(NFPROTO_IPV4);
-    let ipv6 = || nfproto(NFPROTO_IPV6);
-    let forward = vec![
-        accept([in_pair(MetaKey::Iifname, MetaKey::Oifname, "same_bridge")]),
-        // Into a network (by destination bridge first, as libvirt orders its chains);
-        // routing already chose the bridge by the destination's subnet.
-        accept([ipv4(), in_set(oif(), "reply4"), established()]),
-        accept([
-            ipv4(),
-            in_pair(MetaKey::Oifname, MetaKey::Iifname, "reply4_dev"),
-            established(),
-        ]),
-        // Port forwarding: what the administrator's own rules DNAT into a NAT network.
-        // With iptables they would insert an accept ahead of libvirt's reject; an accept in
-        // their table cannot overrule a reject in ours, so ours accepts it. From another
-        // network, only what may leave it: not from an isolated one, nor a spoofed source
-        // (which the NAT on the way out would otherwise hide).
-        accept([
-            ipv4(),
-            in_set(oif(), "reply4"),
-            destination_natted(),
-            in_set(iif(), "out4"),
-            source_via_iif(),
-        ]),
-        reject(rule([
-            ipv4(),
-            in_set(oif(), "reply4"),
-            destination_natted(),
-            in_set(iif(), BRIDGES_SET),
-        ])),
-        accept([ipv4(), in_set(oif(), "reply4"), destination_natted()]),
-        accept([
-            ipv4(),
-            in_pair(MetaKey::Oifname, MetaKey::Iifname, "reply4_dev"),
-            destination_natted(),
-        ]),
-        accept([ipv4(), in_set(oif(), "in4")]),
-        accept([
-            ipv4(),
-            in_pair(MetaKey::Oifname, MetaKey::Iifname, "in4_dev"),
-        ]),
-        accept([ipv6(), in_set(oif(), "reply6"), established()]),
-        accept([
-            ipv6(),
-            in_pair(MetaKey::Oifname, MetaKey::Iifname, "reply6_dev"),
-            established(),
-        ]),
-        accept([
-            ipv6(),
-            in_set(oif(), "reply6"),
-            destination_natted(),
-            in_set(iif(), "out6"),
-            source_via_iif(),
-        ]),
-        reject(rule([
-            ipv6(),
-            in_set(oif(), "reply6"),
-            destination_natted(),
-            in_set(iif(), BRIDGES_SET),
-        ])),
-        accept([ipv6(), in_set(oif(), "reply6"), destination_natted()]),
-        accept([
-            ipv6(),
-            in_pair(MetaKey::Oifname, MetaKey::Iifname, "reply6_dev"),
-            destination_natted(),
-        ]),
-        accept([ipv6(), in_set(oif(), "in6")]),
-        accept([
-            ipv6(),
-            in_pair(MetaKey::Oifname, MetaKey::Iifname, "in6_dev"),
-        ]),
-        reject(in_set(oif(), BRIDGES_SET)),
-        // Out of a network, from its own subnets only.
-        accept([ipv4(), in_set(iif(), "out4"), source_via_iif()]),
-        accept([
-            ipv4(),
-            in_pair(MetaKey::Iifname, MetaKey::Oifname, "out4_dev"),
-            source_via_iif(),
-        ]),
-        accept([ipv6(), in_set(iif(), "out6"), source_via_iif()]),
-        accept([
-            ipv6(),
-            in_pair(MetaKey::Iifname, MetaKey::Oifname, "out6_dev"),
-            source_via_iif(),
-        ]),
-        reject(in_set(iif(), BRIDGES_SET)),
-    ];
+    // Into a network of one family (`v` names its sets: "4" or "6"), by destination
+    // bridge first, as libvirt orders its chains; routing already chose the bridge by
+    // the destination's subnet.
+    let into_network = |family: u8, v: &str| {
+        let set = |name: &str| format!("{name}{v}");
+        let dev = |name: &str| format!("{name}{v}_dev");
+        let version = || nfproto(family);
+        vec![
+            accept([version(), in_set(oif(), &set("reply")), established()]),
+            accept([
+                version(),
+                in_pair(MetaKey::Oifname, MetaKey::Iifname, &dev("reply")),
+                established(),
+            ]),
+            // Port forwarding: what the administrator's own rules DNAT into a NAT network.
+            // With iptables they would insert an accept ahead of libvirt's reject; an
+            // accept in their table cannot overrule a reject in ours, so ours accepts it.
+            // From another network, only what may leave it: not from an isolated one, nor
+            // a spoofed source (which the NAT on the way out would otherwise hide).
+            accept([
+                version(),
+                in_set(oif(), &set("reply")),
+                destination_natted(),
+                in_set(iif(), &set("out")),
+                source_via_iif(),
+            ]),
+            reject(rule([
+                version(),
+                in_set(oif(), &set("reply")),
+                destination_natted(),
+                in_set(iif(), BRIDGES_SET),
+            ])),
+            accept([
+                version(),
+                in_set(oif(), &set("reply")),
+                destination_natted(),
+            ]),
+            accept([
+                version(),
+                in_pair(MetaKey::Oifname, MetaKey::Iifname, &dev("reply")),
+                destination_natted(),
+            ]),
+            accept([version(), in_set(oif(), &set("in"))]),
+            accept([
+                version(),
+                in_pair(MetaKey::Oifname, MetaKey::Iifname, &dev("in")),
+            ]),
+        ]
+    };
+    // Out of a network of one family, from its own subnets only.
+    let out_of_network = |family: u8, v: &str| {
+        vec![
+            accept([
+                nfproto(family),
+                in_set(iif(), &format!("out{v}")),
+                source_via_iif(),
+            ]),
+            accept([
+                nfproto(family),
+                in_pair(MetaKey::Iifname, MetaKey::Oifname, &format!("out{v}_dev")),
+                source_via_iif(),
+            ]),
+        ]
+    };
+    let mut forward = vec![accept([in_pair(
+        MetaKey::Iifname,
+        MetaKey::Oifname,
+        "same_bridge",
+    )])];
+    forward.extend(into_network(NFPROTO_IPV4, "4"));
+    forward.extend(into_network(NFPROTO_IPV6, "6"));
+    forward.push(reject(in_set(oif(), BRIDGES_SET)));
+    forward.extend(out_of_network(NFPROTO_IPV4, "4"));
+    forward.extend(out_of_network(NFPROTO_IPV6, "6"));
+    forward.push(reject(in_set(iif(), BRIDGES_SET)));
     base_chain(
         &mut out,
         "forward",
