@@ -8,7 +8,8 @@
 //! stop of a network without a custom `<nat>`) is sent as just those elements. The rest is
 //! sent with the full "delete if present" teardown and, when the table may be missing or
 //! outdated, the skeleton. A batch the kernel refuses means someone changed our table:
-//! what it holds is read again, and the full batch, skeleton first, rendered from that.
+//! what it holds is read again, and the full batch rendered from that (with the skeleton
+//! if it needs mending).
 //!
 //! A change that changes nothing (a restarted daemon re-applying the networks it adopts)
 //! sends nothing, so the rules keep their counters and handles. Every rule of the skeleton
@@ -178,7 +179,7 @@ impl State {
             Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(None),
             Err(e) => return Err(list_error(&what, e)),
         };
-        let mut keys = Vec::new();
+        let mut elements = Vec::new();
         for (_, body) in answers {
             let Some(list) = netlink::attribute(&body, encode::NFTA_SET_ELEM_LIST_ELEMENTS) else {
                 continue;
@@ -188,11 +189,11 @@ impl State {
                     .and_then(|key| netlink::attribute(key, encode::NFTA_DATA_VALUE));
                 if let Some(key) = key {
                     let key = key.chunks(encode::IFNAMSIZ).map(netlink::text).collect();
-                    keys.push((key, encode::jump_target(element)));
+                    elements.push((key, encode::jump_target(element)));
                 }
             }
         }
-        Ok(Some(keys))
+        Ok(Some(elements))
     }
 
     /// The ruleset's generation, which every batch committed by anyone changes.
@@ -473,6 +474,19 @@ impl NftFirewall {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Sends `network` after the skeleton, which is then present if the batch went in.
+    fn commit_with_skeleton(
+        &self,
+        state: &mut State,
+        network: Vec<Object>,
+    ) -> Result<(), netlink::Error> {
+        let mut objects = self.skeleton.clone();
+        objects.extend(network);
+        let result = state.commit(&objects);
+        state.skeleton_present = result.is_ok();
+        result
+    }
+
     /// Replaces what `bridge` owns with `now` (nothing for a removal) in one batch. `full`
     /// renders the complete change from the previous elements and the verdict-map
     /// elements to delete (with the bridge's custom NAT chain, if it gets one), for
@@ -526,13 +540,7 @@ impl NftFirewall {
         let result = match quick {
             Some(Ok(())) => Ok(()),
             // The table may be missing or outdated: the skeleton goes first.
-            None => {
-                let mut objects = self.skeleton.clone();
-                objects.extend(network);
-                let result = state.commit(&objects);
-                state.skeleton_present = result.is_ok();
-                result
-            }
+            None => self.commit_with_skeleton(&mut state, network),
             // Someone changed our table since we looked (flushed or deleted it, deleted
             // or re-pointed an element): look again and send it all, with the skeleton if
             // it needs mending. A failed batch changed nothing, so what is read is what is
@@ -552,11 +560,7 @@ impl NftFirewall {
                         if state.skeleton_present {
                             state.commit(&network)
                         } else {
-                            let mut objects = self.skeleton.clone();
-                            objects.extend(network);
-                            let result = state.commit(&objects);
-                            state.skeleton_present = result.is_ok();
-                            result
+                            self.commit_with_skeleton(&mut state, network)
                         }
                     }
                 }
