@@ -2606,23 +2606,9 @@ fn dns_config(
         txts: def.dns.txts.clone(),
         forwarders: own_forwarders_dropped(def),
         default_upstreams,
-        addresses: def
-            .dnsmasq_options
-            .iter()
-            .filter_map(|option| match &option.directive {
-                xml::Directive::Address(rule) => Some(rule.clone()),
-                _ => None,
-            })
-            .collect(),
-        // dnsmasq takes the last of a repeated option.
-        cache_size: def
-            .dnsmasq_options
-            .iter()
-            .filter_map(|option| match option.directive {
-                xml::Directive::CacheSize(size) => usize::try_from(size).ok(),
-                _ => None,
-            })
-            .next_back(),
+        addresses: xml::dnsmasq::address_rules(&def.dnsmasq_options),
+        cache_size: xml::dnsmasq::cache_size(&def.dnsmasq_options)
+            .and_then(|size| usize::try_from(size).ok()),
     })
 }
 
@@ -2724,20 +2710,8 @@ fn dhcp_config(def: &NetworkDef) -> Option<DhcpConfig> {
             file: bootp.file.clone(),
             server: bootp.server.unwrap_or(server_ip),
         }),
-        options: dhcp_options(def),
+        options: xml::dnsmasq::dhcp_options(&def.dnsmasq_options),
     })
-}
-
-/// The network's `dhcp-option=` lines, one per option code: the last one written, as
-/// dnsmasq sends the last of a repeated option.
-fn dhcp_options(def: &NetworkDef) -> Vec<xml::DhcpOptionRule> {
-    let mut by_code = BTreeMap::new();
-    for option in &def.dnsmasq_options {
-        if let xml::Directive::DhcpOption(rule) = &option.directive {
-            by_code.insert(rule.code, rule.clone());
-        }
-    }
-    by_code.into_values().collect()
 }
 
 #[cfg(test)]

@@ -145,6 +145,41 @@ const MAX_OPTION_LEN: usize = 255;
 /// and negative ones to 0). kvnet's cache has byte limits of its own besides.
 pub const MAX_CACHE_SIZE: u32 = 5_000_000;
 
+/// The `address=` rules of `options`, in order.
+pub fn address_rules(options: &[DnsmasqOption]) -> Vec<AddressRule> {
+    options
+        .iter()
+        .filter_map(|option| match &option.directive {
+            Directive::Address(rule) => Some(rule.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The cache size `options` set: the last `cache-size=`, as dnsmasq takes the last of a
+/// repeated option.
+pub fn cache_size(options: &[DnsmasqOption]) -> Option<u32> {
+    options
+        .iter()
+        .filter_map(|option| match option.directive {
+            Directive::CacheSize(size) => Some(size),
+            _ => None,
+        })
+        .next_back()
+}
+
+/// The `dhcp-option=` lines of `options`, one per option code: the last one written, as
+/// dnsmasq sends the last of a repeated option.
+pub fn dhcp_options(options: &[DnsmasqOption]) -> Vec<DhcpOptionRule> {
+    let mut by_code = std::collections::BTreeMap::new();
+    for option in options {
+        if let Directive::DhcpOption(rule) = &option.directive {
+            by_code.insert(rule.code, rule.clone());
+        }
+    }
+    by_code.into_values().collect()
+}
+
 /// Why a line is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Refusal {
