@@ -642,6 +642,7 @@ impl Manager {
                 self.restore_bridge(&def, &status.bridge, &bridge).await;
             }
             info!(network = %name, bridge = def.bridge_name().unwrap_or("-"), "adopted running network");
+            let _hosts_zone = self.hosts_zone_for(&def).await;
             let servers = self.restart_servers(&def, &networks);
             match networks.get_mut(&name) {
                 Some(network) => {
@@ -1472,6 +1473,7 @@ impl Manager {
         self.store
             .save_status(&def.name, &status(Phase::Starting))?;
         let mut undo = Vec::new();
+        let _hosts_zone = self.hosts_zone_for(def).await;
         let result = async {
             self.apply_kernel_state(def, &bridge, &mut undo).await?;
             let mut servers = Servers {
@@ -1831,6 +1833,7 @@ impl Manager {
             if let Err(status) = self.store.save_status(&name, &active) {
                 warn!(network = %name, "a daemon restart will finish stopping it: {}", error_chain(&status));
             }
+            let _hosts_zone = self.hosts_zone_for(&def).await;
             let servers = self.restart_servers(&def, &networks);
             if let Some(network) = networks.get_mut(&name) {
                 network.run(def, servers);

@@ -62,6 +62,27 @@ impl SharedHosts {
         zones.insert(key, Arc::downgrade(&zone));
         zone
     }
+
+    /// [`SharedHosts::zone`] for the domain named `domain`, made on a blocking thread
+    /// when no server holds it yet: a big file takes long to make into a zone (120 ms for
+    /// 20,000 lines), and the daemon's one thread serves every network's DHCP and DNS
+    /// meanwhile. The zone lives while the caller holds it, so a server made before it
+    /// is dropped finds it ready. `None` for a domain that is no DNS name, which the
+    /// server refuses anyway.
+    pub async fn zone_made_aside(self: &Arc<Self>, domain: Option<&str>) -> Option<Arc<Zone>> {
+        let domain = match domain {
+            Some(text) => Some(fqdn(text)?),
+            None => None,
+        };
+        let key = domain.as_ref().map(wire_key);
+        if let Some(zone) = lock(&self.zones).get(&key).and_then(Weak::upgrade) {
+            return Some(zone);
+        }
+        let shared = Arc::clone(self);
+        tokio::task::spawn_blocking(move || shared.zone(domain.as_ref()))
+            .await
+            .ok()
+    }
 }
 
 impl HostsFile {
@@ -133,6 +154,50 @@ mod tests {
         let other = shared.zone(fqdn("other.test").as_ref());
         assert_eq!(lock(&shared.zones).len(), 2);
         drop((plain, other));
+    }
+
+    #[test]
+    fn a_zone_made_aside_leaves_the_runtime_thread_serving_and_is_the_shared_one() {
+        let text: String = (0..20_000)
+            .map(|n| format!("10.{}.{}.{} host{n}\n", n >> 16, (n >> 8) & 255, n & 255))
+            .collect();
+        let shared = Arc::new(SharedHosts::new(HostsFile::parse(
+            Path::new("hosts"),
+            &text,
+        )));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let ticker = tokio::spawn({
+                let ticks = Arc::clone(&ticks);
+                async move {
+                    loop {
+                        ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::task::yield_now().await;
+                    }
+                }
+            });
+            let zone = shared
+                .zone_made_aside(Some("example.test"))
+                .await
+                .expect("zone");
+            // Another task of the thread ran while the zone was made.
+            assert!(ticks.load(std::sync::atomic::Ordering::Relaxed) > 0);
+            ticker.abort();
+            assert!(Arc::ptr_eq(
+                &zone,
+                &shared.zone(fqdn("example.test").as_ref())
+            ));
+            let again = shared
+                .zone_made_aside(Some("example.test"))
+                .await
+                .expect("zone");
+            assert!(Arc::ptr_eq(&zone, &again));
+            assert!(shared.zone_made_aside(Some("bad..name")).await.is_none());
+        });
     }
 
     #[test]

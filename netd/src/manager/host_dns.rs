@@ -6,6 +6,7 @@
 //! wrote resolv.conf, or a laptop that moved to another network, would otherwise refuse
 //! or misroute its guests' queries until the network was restarted.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -16,9 +17,10 @@ use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
 use super::{Manager, dns_config, error_chain, lease_names};
+use crate::dns::zone::Zone;
 use crate::dns::{self, HostsFile, SharedHosts};
 use crate::service::lock;
-use crate::xml::ForwardMode;
+use crate::xml::{ForwardMode, NetworkDef};
 
 /// How often the files are looked at: a `stat` each, as often as dnsmasq looks.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -120,21 +122,56 @@ impl Manager {
                         new_resolvers = true;
                     }
                 }
-                let mut new_hosts = false;
+                // The new file's zones, made before any server asks for them and held
+                // until every server has taken its own.
+                let mut new_zones = None;
                 if let Some(file) = hosts_file.as_ref().filter(|_| hosts_changed) {
-                    let read = HostsFile::read(&file.path);
-                    let mut current = lock(&manager.host_names);
-                    if current.file != read {
+                    let path = file.path.clone();
+                    // Off the daemon's thread, like the zones: the file may be big.
+                    let read = tokio::task::spawn_blocking(move || HostsFile::read(&path)).await;
+                    if let Ok(read) = read
+                        && lock(&manager.host_names).file != read
+                    {
                         info!(path = %file.path.display(), entries = read.entries.len(), "the host's hosts file changed");
-                        *current = Arc::new(SharedHosts::new(read));
-                        new_hosts = true;
+                        let hosts = Arc::new(SharedHosts::new(read));
+                        new_zones = Some(manager.make_hosts_zones(&hosts).await);
+                        *lock(&manager.host_names) = hosts;
                     }
                 }
-                if new_resolvers || new_hosts {
-                    manager.refresh_host_dns(new_hosts).await;
+                if new_resolvers || new_zones.is_some() {
+                    manager.refresh_host_dns(new_zones.is_some()).await;
                 }
             }
         });
+    }
+
+    /// The zones of `hosts` for the domains of the running networks that serve DNS.
+    async fn make_hosts_zones(&self, hosts: &Arc<SharedHosts>) -> Vec<Arc<Zone>> {
+        let domains: BTreeSet<Option<String>> = self
+            .networks
+            .lock()
+            .await
+            .values()
+            .filter_map(|network| network.live.as_ref())
+            .filter(|def| def.is_dns_enabled())
+            .map(|def| def.domain.as_ref().map(|domain| domain.name.clone()))
+            .collect();
+        let mut zones = Vec::new();
+        for domain in domains {
+            zones.extend(hosts.zone_made_aside(domain.as_deref()).await);
+        }
+        zones
+    }
+
+    /// The zone of the hosts file that `def`'s DNS server is about to take, made aside
+    /// (see [`SharedHosts::zone_made_aside`]); the caller holds it until the server runs.
+    pub(super) async fn hosts_zone_for(&self, def: &NetworkDef) -> Option<Arc<Zone>> {
+        if !def.is_dns_enabled() {
+            return None;
+        }
+        let hosts = Arc::clone(&lock(&self.host_names));
+        let domain = def.domain.as_ref().map(|domain| domain.name.as_str());
+        hosts.zone_made_aside(domain).await
     }
 
     /// Gives the DNS server of every running network what it now takes from the host:
