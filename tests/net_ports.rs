@@ -687,6 +687,21 @@ fn isolated_ports_reach_the_host_but_not_each_other() {
     let flags = link(&daemon, &first.tap)["flags"].to_string();
     assert!(flags.contains("\"UP\""), "{flags}");
     check("after a crash in a re-plug");
+
+    // Ports someone took down, with all their flags or taking none, stay down.
+    daemon
+        .ns
+        .sh(&format!(
+            "ip link set {} down && ip link set {} down",
+            second.tap, open.tap
+        ))
+        .expect("take ports down");
+    daemon.stop();
+    daemon.spawn(&DaemonOptions::no_default_network());
+    for tap in [&second.tap, &open.tap] {
+        let flags = link(&daemon, tap)["flags"].to_string();
+        assert!(!flags.contains("\"UP\""), "{tap}: {flags}");
+    }
 }
 
 #[test]

@@ -180,6 +180,13 @@ impl PortFlags {
     fn any(self) -> bool {
         self.isolated || self.pinned_mac.is_some()
     }
+
+    /// Whether a port with `current` flags has every one of these.
+    fn all_in(self, current: Option<BridgePortFlags>) -> bool {
+        let isolated = !self.isolated || current.is_some_and(|current| current.isolated);
+        let pinned = self.pinned_mac.is_none() || current.is_some_and(|current| current.pinned());
+        isolated && pinned
+    }
 }
 
 /// The MAC address of a guest's tap: the guest's with the first byte `fe`, as libvirt
@@ -618,9 +625,10 @@ impl Manager {
                         .bring_up_macvtap(port.ifindex, &port.tap, port.def.mac.0)
                         .await
                 }
-                // On the bridge already: a crash came between plugging it in (down, when
-                // it takes flags) and setting its flags and bringing it up. Each step is
-                // idempotent.
+                // On the bridge already. If it lacks flags it takes, a crash came between
+                // plugging it in (down) and setting them and bringing it up: finished
+                // here, each step being idempotent. Down with all its flags (or taking
+                // none, when it was plugged in up), someone took it down: left so.
                 (Some((_, _, bridge_link)), false)
                     if current.is_some_and(|tap| tap.master == Some(bridge_link.index)) =>
                 {
@@ -628,10 +636,11 @@ impl Manager {
                         isolated: port.def.isolated.or(isolated_ports) == Some(true),
                         pinned_mac: pin_macs.then_some(port.def.mac.0),
                     };
-                    let down = !current.is_some_and(|link| link.up);
                     let now = current.and_then(|link| link.port);
+                    let unfinished = !flags.all_in(now);
+                    let down = !current.is_some_and(|link| link.up);
                     let result = self
-                        .set_port_flags(port.ifindex, &port.tap, flags, now, down)
+                        .set_port_flags(port.ifindex, &port.tap, flags, now, down && unfinished)
                         .await;
                     if let Err(e) = result {
                         warn!(network = %name, port = %uuid, "{}", error_chain(&e));
