@@ -440,14 +440,14 @@ impl Engine {
         }
         let relay_info = raw_option(request, OptionCode::RelayAgentInformation);
         // RFC 2132 9.10: no larger than the client takes (576 bytes at the least, IP and
-        // UDP headers included). Options it can do without go first, as dnsmasq leaves
-        // out what does not fit.
+        // UDP headers included); without option 57, the 576 bytes every client takes
+        // (RFC 2131 2), as in dnsmasq. Options it can do without go first, as dnsmasq
+        // leaves out what does not fit.
         let limit = match request.opts().get(OptionCode::MaxMessageSize) {
-            Some(DhcpOption::MaxMessageSize(size)) => {
-                usize::from((*size).max(MIN_MAX_MESSAGE_SIZE)) - IP_UDP_HEADERS
-            }
-            _ => usize::MAX,
+            Some(DhcpOption::MaxMessageSize(size)) => *size,
+            _ => MIN_MAX_MESSAGE_SIZE,
         };
+        let limit = usize::from(limit.max(MIN_MAX_MESSAGE_SIZE)) - IP_UDP_HEADERS;
         let mut droppable = droppable_options(&message, config).into_iter();
         let mut bytes = loop {
             let mut bytes = Vec::with_capacity(MIN_REPLY_LEN);
@@ -1418,7 +1418,7 @@ mod tests {
             let codes: Vec<u8> = reply_options(&reply).iter().map(|(c, _)| *c).collect();
             (reply.bytes.len(), codes)
         };
-        let (full, codes) = offer(None);
+        let (full, codes) = offer(Some(1500));
         assert!(
             full > 576 - 28,
             "{full}: the test needs a reply over the limit"
@@ -1433,9 +1433,9 @@ mod tests {
         for kept in [53, 54, 51, 1, 3, 6, 61] {
             assert!(codes.contains(&kept), "{kept} left out: {codes:?}");
         }
-        // A size below the minimum counts as the minimum; a large one changes nothing.
+        // A size below the minimum counts as the minimum, and so does none.
         assert_eq!(offer(Some(300)).0, len);
-        assert_eq!(offer(Some(1500)).0, full);
+        assert_eq!(offer(None).0, len);
     }
 
     /// [`config`] with `dhcp-option=` lines: (code, value, force).
@@ -1561,7 +1561,8 @@ mod tests {
             (66, DhcpOptionValue::Text("t".repeat(250)), true),
             (42, DhcpOptionValue::Addresses(vec![SERVER]), true),
         ]);
-        let full = offered(config.clone(), &[(61, &client_id)]);
+        let large = 1500u16.to_be_bytes();
+        let full = offered(config.clone(), &[(61, &client_id), (57, &large)]);
         assert!(full.contains_key(&66) && full.contains_key(&42));
         let size = 576u16.to_be_bytes();
         let mut engine = Engine::new(config);
