@@ -412,7 +412,7 @@ impl LeaseDb {
                 if let Some(holder) = self.by_ip.get(&reserved)
                     && holder.key != *key
                 {
-                    self.remove(reserved);
+                    self.remove_binding(reserved);
                 }
                 reserved
             }
@@ -509,6 +509,7 @@ impl LeaseDb {
             && old != ip
         {
             self.remove(old);
+            self.freed();
         }
         if self.by_ip.get(&ip).is_some_and(|lease| lease.key != *key) {
             self.remove(ip);
@@ -556,6 +557,7 @@ impl LeaseDb {
     pub fn release(&mut self, key: &ClientKey, ip: Ipv6Addr) -> bool {
         if self.by_ip.get(&ip).is_some_and(|lease| lease.key == *key) {
             self.remove(ip);
+            self.freed();
             self.changed();
             return true;
         }
@@ -597,6 +599,7 @@ impl LeaseDb {
                 && old != ip
             {
                 self.remove_binding(old);
+                self.freed();
             }
             self.by_client.insert(lease.key.clone(), ip);
         }
@@ -616,13 +619,19 @@ impl LeaseDb {
         self.remove(ip);
     }
 
+    /// Takes the lease off `ip`. An address this leaves free reopens a full pool:
+    /// the caller says so with [`LeaseDb::freed`].
     fn remove(&mut self, ip: Ipv6Addr) {
-        self.exhausted_until = None;
         if let Some(lease) = self.by_ip.remove(&ip)
             && self.by_client.get(&lease.key) == Some(&ip)
         {
             self.by_client.remove(&lease.key);
         }
+    }
+
+    /// Records that an address went back to the pool.
+    fn freed(&mut self) {
+        self.exhausted_until = None;
     }
 
     /// The bound, unexpired leases, by address.
@@ -716,8 +725,10 @@ mod tests {
         assert_eq!(db.offer(&key(3), None, None, 0), None, "pool of two");
         assert_eq!(db.exhausted_until, Some(OFFER_HOLD_SECS));
         assert_eq!(db.offer(&key(5), None, None, 1), None, "no walk until then");
-        // Offers lapse; bound leases do not.
+        // Offers lapse; bound leases do not. Binding or renewing one frees nothing.
         db.bind(&key(1), a, None, None, 3600, 0);
+        db.bind(&key(1), a, None, None, 3600, 1);
+        assert_eq!(db.exhausted_until, Some(OFFER_HOLD_SECS));
         let c = db.offer(&key(3), None, None, OFFER_HOLD_SECS + 1).unwrap();
         assert_eq!(c, b);
         assert!(db.release(&key(1), a));
@@ -745,6 +756,25 @@ mod tests {
         let revision = db.revision();
         assert_eq!(db.offer(&reserved_key, Some(&host), None, 1), Some(host.ip));
         assert_eq!(db.binding(&reserved_key, 1), None);
+        assert_ne!(db.revision(), revision);
+        assert!(db.dirty);
+    }
+
+    #[test]
+    fn a_reserved_address_offered_to_another_ia_of_its_client_is_a_change() {
+        let config = config();
+        let host = config.hosts[0].clone();
+        let mut db = LeaseDb::in_memory(&config);
+        let ia = |iaid| ClientKey {
+            duid: host.duid.clone().unwrap().into(),
+            iaid,
+        };
+        assert_eq!(db.offer(&ia(1), Some(&host), None, 0), Some(host.ip));
+        db.bind(&ia(1), host.ip, None, None, 3600, 0);
+        db.commit(0).unwrap();
+        let revision = db.revision();
+        assert_eq!(db.offer(&ia(2), Some(&host), None, 1), Some(host.ip));
+        assert_eq!(db.binding(&ia(1), 1), None);
         assert_ne!(db.revision(), revision);
         assert!(db.dirty);
     }
