@@ -268,11 +268,15 @@ impl Engine {
                     let key = key(client, ia.id);
                     let mut held = false;
                     for address in ia_addresses(&ia.opts) {
-                        held |= if decline {
+                        let taken_back = if decline {
                             self.leases.decline(&key, address, now)
                         } else {
                             self.leases.release(&key, address)
                         };
+                        if taken_back && decline {
+                            tracing::warn!(network = %self.config.network, %address, "a DHCPv6 client declined its address: in use by another host");
+                        }
+                        held |= taken_back;
                     }
                     if !held {
                         unbound.push(DhcpOption::IANA(IANA {
@@ -286,9 +290,6 @@ impl Engine {
                     }
                 }
                 insert_in_order(reply.opts_mut(), unbound);
-                if decline {
-                    tracing::warn!(network = %self.config.network, "a DHCPv6 client declined its address: in use by another host");
-                }
                 reply.opts_mut().insert(status(
                     Status::Success,
                     if decline { "declined" } else { "released" },

@@ -289,6 +289,9 @@ struct UdpAnswer {
 }
 
 /// What woke the task.
+/// How long serving pauses after a socket error.
+const SOCKET_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 enum Event {
     /// A listening UDP socket has datagrams.
     Queries(usize),
@@ -396,6 +399,9 @@ async fn serve(
             }
             Event::Failed(e) => {
                 tracing::debug!(network = %state.resolver.network(), error = %e, "DNS socket error");
+                // An error that stays (accept() out of descriptors) would be polled
+                // again at once, for ever: the DHCP servers pause on errors too.
+                tokio::time::sleep(SOCKET_ERROR_PAUSE).await;
             }
         }
     }
