@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -639,12 +640,63 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_and_changes_nothing() {
     );
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(!second_socket.exists());
+
+    // With a state dir of its own but the first one's socket, it would take the socket
+    // over and remove the rules of networks it does not know.
+    let socket_inode = std::fs::metadata(daemon.socket()).expect("socket").ino();
+    let second = daemon
+        .ns
+        .command(env!("CARGO_BIN_EXE_kvnetd"))
+        .arg("--config-dir")
+        .arg(daemon.dirs.path().join("second-config"))
+        .arg("--state-dir")
+        .arg(daemon.dirs.path().join("second-state"))
+        .arg("--socket")
+        .arg(daemon.socket())
+        .arg("--no-default-network")
+        .output()
+        .expect("run a second kvnetd");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let expected = format!(
+        "another kvnetd already serves on the socket {}",
+        daemon.socket().display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    let socket_now = std::fs::metadata(daemon.socket()).expect("socket").ino();
+    assert_eq!(socket_now, socket_inode);
+
     assert_eq!(daemon.bridges(), bridges);
     assert_eq!(daemon.ruleset(), ruleset);
     assert_eq!(
         daemon.ok(&["-q", "net-list"]),
         " default   active   yes   yes\n"
     );
+}
+
+/// The pid file is root's alone, and a clean stop removes it: a lock someone took on
+/// it (a shared one, which any reader of the file can take) keeps no later daemon out.
+#[test]
+fn nobody_can_keep_the_next_daemon_out_by_locking_the_pid_file() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    let pid_file = daemon.state_dir().join("kvnetd.pid");
+    daemon.stop();
+    // As an older kvnetd left it: readable by all, and held open by some reader.
+    std::fs::write(&pid_file, "1\n").expect("old pid file");
+    std::fs::set_permissions(&pid_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let held = std::fs::File::open(&pid_file).expect("open the pid file");
+    daemon.spawn(&DaemonOptions::no_default_network());
+    let mode = std::fs::metadata(&pid_file).expect("pid file").mode();
+    assert_eq!(mode & 0o777, 0o600);
+    daemon.stop();
+    assert!(!pid_file.exists(), "a clean stop leaves the pid file");
+    let _shared =
+        nix::fcntl::Flock::lock(held, nix::fcntl::FlockArg::LockSharedNonblock).expect("lock");
+    daemon.spawn(&DaemonOptions::no_default_network());
+    daemon.ok(&["net-list"]);
 }
 
 /// A daemon killed between binding its socket under a staging name and renaming it

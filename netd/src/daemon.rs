@@ -40,6 +40,8 @@ enum Error {
     },
     #[error("another kvnetd (pid {pid}) is already running with the state dir {state_dir}")]
     AlreadyRunning { pid: String, state_dir: PathBuf },
+    #[error("another kvnetd already serves on the socket {socket}")]
+    SocketInUse { socket: PathBuf },
     #[error("writing the pid to {path}")]
     WritePid {
         path: PathBuf,
@@ -123,6 +125,7 @@ pub fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<(), Error> {
     let _only_daemon = lock_state_dir(&args.state_dir)?;
+    refuse_a_served_socket(&args.socket)?;
     raise_fd_limit();
     // One thread is plenty: every change is serialised by the manager's lock, and
     // netlink must stay in this thread's network namespace.
@@ -194,50 +197,110 @@ fn tell_systemd(state: &str) {
     }
 }
 
+/// How often a lock is tried on a pid file that a daemon exiting removed meanwhile.
+const LOCK_ATTEMPTS: usize = 3;
+
+/// The lock that makes this the only daemon using its state dir, held until the process
+/// exits, however it exits. A clean exit removes the pid file (before the lock goes, as
+/// libvirt does): the next daemon locks a new file, which nobody can have opened before
+/// it; a crash leaves it, naming the pid that held it last.
+struct StateDirLock {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl Drop for StateDirLock {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), "cannot remove the pid file: {e}");
+        }
+    }
+}
+
 /// Makes this the only daemon using `state_dir` (libvirt's pidfile lock): two daemons
 /// would both adopt the same networks and fight over their bridges, servers and
-/// files. The lock is held until the process exits, however it exits; the file then
-/// names the pid that held it last.
-fn lock_state_dir(state_dir: &Path) -> Result<Flock<File>, Error> {
+/// files. The file is root's alone (mode 0600): anyone who can open it can take a shared
+/// lock on it and keep every later daemon out.
+fn lock_state_dir(state_dir: &Path) -> Result<StateDirLock, Error> {
     use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let path = state_dir.join(PID_FILE);
     std::fs::create_dir_all(state_dir).map_err(|source| Error::StateDir {
         path: state_dir.to_owned(),
         source,
     })?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|source| Error::OpenLock {
+    let open_error = |source| Error::OpenLock {
+        path: path.clone(),
+        source,
+    };
+    for _ in 0..LOCK_ATTEMPTS {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(open_error)?;
+        // One an older kvnetd made readable by all.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(open_error)?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((mut file, Errno::EWOULDBLOCK)) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(Error::AlreadyRunning {
+                    pid: holder.trim().to_owned(),
+                    state_dir: state_dir.to_owned(),
+                });
+            }
+            Err((_, errno)) => {
+                return Err(Error::Lock {
+                    path,
+                    source: errno,
+                });
+            }
+        };
+        // A daemon exiting between the open and the lock removed the file: this lock
+        // keeps nobody out. Locked again, on the file now there.
+        let locked = lock.metadata().map_err(open_error)?;
+        let current = match std::fs::symlink_metadata(&path) {
+            Ok(current) => current,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(open_error(e)),
+        };
+        if (locked.dev(), locked.ino()) != (current.dev(), current.ino()) {
+            continue;
+        }
+        let recorded = lock
+            .set_len(0)
+            .and_then(|()| lock.rewind())
+            .and_then(|()| writeln!(lock, "{}", std::process::id()));
+        recorded.map_err(|source| Error::WritePid {
             path: path.clone(),
             source,
         })?;
-    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => lock,
-        Err((mut file, Errno::EWOULDBLOCK)) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            return Err(Error::AlreadyRunning {
-                pid: holder.trim().to_owned(),
-                state_dir: state_dir.to_owned(),
-            });
-        }
-        Err((_, errno)) => {
-            return Err(Error::Lock {
-                path,
-                source: errno,
-            });
-        }
-    };
-    let recorded = lock
-        .set_len(0)
-        .and_then(|()| lock.rewind())
-        .and_then(|()| writeln!(lock, "{}", std::process::id()));
-    recorded.map_err(|source| Error::WritePid { path, source })?;
-    Ok(lock)
+        return Ok(StateDirLock { path, _lock: lock });
+    }
+    Err(Error::Lock {
+        path,
+        source: Errno::EAGAIN,
+    })
+}
+
+/// Refuses to start when a daemon (with another state dir) answers on `socket`: putting
+/// ours in its place would cut its clients off from it for good, and its networks would
+/// be adopted, or their rules removed, by both.
+fn refuse_a_served_socket(socket: &Path) -> Result<(), Error> {
+    match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(_) => Err(Error::SocketInUse {
+            socket: socket.to_owned(),
+        }),
+        // None (ENOENT), or a stale one no process listens on (ECONNREFUSED).
+        Err(_) => Ok(()),
+    }
 }
 
 /// Each active network holds a few sockets (DHCP, DNS over UDP and TCP), so a thousand

@@ -190,8 +190,7 @@ impl Daemon {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Stops the daemon with SIGTERM (networks stay up) and waits for it.
-    /// Stops the daemon with SIGTERM, as systemd does. One still running a minute later
+    /// Stops the daemon with SIGTERM, as systemd does (networks stay up), and waits for it. One still running a minute later
     /// is killed and fails the test, with its log: a stop must not hang.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
