@@ -247,6 +247,13 @@ fn api_errors_are_json_whatever_went_wrong() {
             .contains("\r\nallow: get,head,post\r\n"),
         "{answer}"
     );
+    // Headers are held in a bounded buffer: 100 KiB of them are refused, not stored.
+    let long_header = format!(
+        "GET /v1/networks HTTP/1.1\r\nhost: kvnetd\r\nx-pad: {}\r\nconnection: close\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let answer = raw_answer(&daemon, long_header.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     // A body over the limit without a declared length is refused once it passes it.
     use std::io::{Read, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(daemon.socket()).expect("connect");
