@@ -18,9 +18,31 @@ pub const MAX_FILE_BYTES: u64 = 10 * 1024 * 1024;
 /// file, which is then read and written as usual (blocking: a write to it must never
 /// come back short with EAGAIN).
 pub fn open_regular(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    open_regular_with(options, path, nix::fcntl::OFlag::empty())
+}
+
+/// Opens the journal `path` for appending, created root's alone (0600) if missing,
+/// never through a symlink: the daemon appends as root, and must not append to a file
+/// someone who could write to the directory named.
+pub fn open_journal(path: &Path) -> io::Result<File> {
+    open_regular_with(
+        OpenOptions::new().append(true).create(true).mode(0o600),
+        path,
+        nix::fcntl::OFlag::O_NOFOLLOW,
+    )
+}
+
+/// [`open_regular`] with `flags` added to the open's own.
+fn open_regular_with(
+    options: &mut OpenOptions,
+    path: &Path,
+    flags: nix::fcntl::OFlag,
+) -> io::Result<File> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
-    let file = options.custom_flags(OFlag::O_NONBLOCK.bits()).open(path)?;
+    let file = options
+        .custom_flags((OFlag::O_NONBLOCK | flags).bits())
+        .open(path)?;
     if !file.metadata()?.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -89,8 +111,13 @@ mod tests {
         assert!(!is_dev_null(Path::new("/dev/zero")));
 
         let appended = dir.path().join("journal");
-        let journal = open_regular(OpenOptions::new().append(true).create(true), &appended)
-            .expect("a regular file");
+        let journal = open_journal(&appended).expect("a regular file");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = journal.metadata().expect("journal").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let linked = dir.path().join("linked");
+        std::os::unix::fs::symlink(&appended, &linked).expect("symlink");
+        assert!(open_journal(&linked).is_err(), "written through a symlink");
         let flags = nix::fcntl::fcntl(&journal, nix::fcntl::FcntlArg::F_GETFL).expect("flags");
         assert_eq!(
             flags & nix::fcntl::OFlag::O_NONBLOCK.bits(),

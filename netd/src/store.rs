@@ -13,6 +13,7 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -606,8 +607,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| {
-        // Errors name the file the user knows, not the temporary one beside it.
-        let mut file = fs::File::create(&tmp).map_err(io_err("writing", path))?;
+        // Errors name the file the user knows, not the temporary one beside it. The
+        // daemon's files are root's alone, as libvirt's are; and a temporary file left
+        // by a crash, or a link put in its place, is replaced, never written through.
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err("writing", path)(e));
+            }
+            _ => {}
+        }
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io_err("writing", path))?;
         file.write_all(bytes).map_err(io_err("writing", path))?;
         file.sync_all().map_err(io_err("writing", path))?;
         fs::rename(&tmp, path).map_err(io_err("renaming into", path))
@@ -816,6 +831,26 @@ mod tests {
         assert_eq!(statuses[1].1.as_ref().unwrap(), &status);
         store.delete_status("default").unwrap();
         store.delete_status("default").unwrap();
+    }
+
+    #[test]
+    fn files_are_written_roots_alone_and_never_through_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.xml");
+        let elsewhere = dir.path().join("elsewhere");
+        fs::write(&elsewhere, "kept").unwrap();
+        // A link where the temporary file goes (by a crash's leftover name).
+        let tmp = dir
+            .path()
+            .join(format!(".n.xml.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&elsewhere, &tmp).unwrap();
+        write_atomic(&path, b"<network/>").unwrap();
+        assert_eq!(fs::read_to_string(&elsewhere).unwrap(), "kept");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "<network/>");
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!tmp.exists());
     }
 
     #[test]

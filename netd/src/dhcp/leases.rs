@@ -291,7 +291,7 @@ impl LeaseDb {
             // never read: the first commit rewrites the file whole.
             needs_rewrite = !text.ends_with(b"\n") || text.len() as u64 >= MAX_FILE;
         }
-        let file = open_append(path).map_err(file_error("open for appending"))?;
+        let file = crate::files::open_journal(path).map_err(file_error("open for appending"))?;
         if text.is_empty()
             && let Some(dir) = path.parent()
         {
@@ -1052,7 +1052,9 @@ impl LeaseDb {
         let Some(path) = self.journal.as_ref().map(|j| j.path.clone()) else {
             return Ok(());
         };
-        let result = self.write_compact(&path).and_then(|()| open_append(&path));
+        let result = self
+            .write_compact(&path)
+            .and_then(|()| crate::files::open_journal(&path));
         match result {
             Ok(file) => {
                 let lines = self.persisted_count();
@@ -1151,10 +1153,6 @@ impl PendingSync {
         file.write_all(&self.bytes)?;
         file.sync_data()
     }
-}
-
-fn open_append(path: &Path) -> std::io::Result<File> {
-    crate::files::open_regular(File::options().append(true).create(true), path)
 }
 
 #[cfg(test)]
