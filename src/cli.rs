@@ -59,6 +59,11 @@ pub struct Cli {
     /// The verb.
     #[command(subcommand)]
     pub command: Command,
+
+    /// Whether the command came from the interactive terminal (virsh runs `cd` only
+    /// there).
+    #[arg(skip)]
+    pub interactive: bool,
 }
 
 impl Cli {
@@ -69,7 +74,8 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let mut cli = Cli::try_parse_from(argv)?;
+        let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+        let mut cli = Cli::try_parse_from(data_kept_from_clap(argv))?;
         if cli.timing || cli.version.is_some() || cli.long_version {
             // Only before the first command (see the fields), as virsh takes them.
             return Err(Cli::command().error(
@@ -104,6 +110,79 @@ impl Cli {
             )),
         }
     }
+}
+
+/// Whether virsh reads `word`, after the verb, as an option: `--` and a letter or digit
+/// (`--all`, `--xpath=EXPR`). Any other word (`-dash`, `-1`, `---x`, `-`) is data: a
+/// value, or a positional argument.
+pub fn is_option_word(word: &str) -> bool {
+    word.strip_prefix("--")
+        .and_then(|name| name.chars().next())
+        .is_some_and(char::is_alphanumeric)
+}
+
+/// `argv` (the program name, clap's spellings of the global options, the verb and its
+/// arguments) with the data words clap would read as short options (`-dash`) handed
+/// to it so that it cannot: joined to their option (`--xpath=-x`), or, with the other
+/// positional words, in order, after a `--`.
+fn data_kept_from_clap(argv: Vec<OsString>) -> Vec<OsString> {
+    let mut verb_at = 1;
+    loop {
+        match argv.get(verb_at).and_then(|word| word.to_str()) {
+            Some("-q" | "-r") => verb_at += 1,
+            Some("-c") => verb_at += 2,
+            _ => break,
+        }
+    }
+    let verbs = Cli::command();
+    let Some(verb) = argv
+        .get(verb_at)
+        .and_then(|word| word.to_str())
+        .and_then(|name| verbs.find_subcommand(name))
+    else {
+        return argv;
+    };
+    let looks_like_flags = |word: &OsString| {
+        word.to_str()
+            .is_none_or(|text| text.starts_with('-') && text.len() > 1 && !is_option_word(text))
+    };
+    let (head, rest) = argv.split_at(verb_at + 1);
+    if !rest.iter().any(looks_like_flags) {
+        return argv;
+    }
+    let takes_value = |name: &str| {
+        verb.get_arguments()
+            .any(|arg| arg.get_long() == Some(name) && arg.get_action().takes_values())
+    };
+    let mut options: Vec<OsString> = Vec::new();
+    let mut positionals: Vec<OsString> = Vec::new();
+    let mut words = rest.iter();
+    while let Some(word) = words.next() {
+        let Some(text) = word.to_str().filter(|text| is_option_word(text)) else {
+            if word == "--" {
+                positionals.extend(words.by_ref().cloned());
+            } else {
+                positionals.push(word.clone());
+            }
+            continue;
+        };
+        match words.clone().next() {
+            Some(value) if !text.contains('=') && takes_value(&text[2..]) => {
+                let mut joined = OsString::from(format!("{text}="));
+                joined.push(value);
+                options.push(joined);
+                words.next();
+            }
+            _ => options.push(word.clone()),
+        }
+    }
+    [
+        head.to_vec(),
+        options,
+        vec![OsString::from("--")],
+        positionals,
+    ]
+    .concat()
 }
 
 /// The daemon to talk to.
@@ -430,6 +509,24 @@ pub enum Command {
         #[command(flatten)]
         port: PortArg,
     },
+    /// Print the words given, joined by spaces (virsh's `echo`, which scripts use in
+    /// command strings).
+    #[command(name = "echo")]
+    Echo(EchoArgs),
+    /// Change the current directory (interactive mode only): to DIR, else to $HOME, else
+    /// to /.
+    #[command(name = "cd")]
+    Cd {
+        /// The directory.
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The directory, as <DIR>.
+        #[arg(long = "dir", value_name = "DIR", conflicts_with = "dir")]
+        dir_option: Option<PathBuf>,
+    },
+    /// Print the current directory.
+    #[command(name = "pwd")]
+    Pwd,
     /// Print the URI of the daemon connected to (after checking that it answers).
     #[command(name = "uri")]
     Uri {
@@ -518,6 +615,9 @@ pub struct UpdateArgs {
     /// The XML element itself (if it starts with '<') or a file containing it.
     #[arg(value_name = "XML", value_parser = NonEmptyStringValueParser::new())]
     xml: Option<String>,
+    /// As --parent-index.
+    #[arg(value_name = "PARENT_INDEX")]
+    parent_index_word: Option<String>,
     /// Network name or UUID.
     #[arg(long = "network", value_name = "NETWORK", value_parser = NonEmptyStringValueParser::new())]
     network_option: Option<String>,
@@ -553,6 +653,7 @@ impl UpdateArgs {
             self.command.take(),
             self.section.take(),
             self.xml.take(),
+            self.parent_index_word.take(),
         ]
         .into_iter()
         .flatten();
@@ -574,6 +675,11 @@ impl UpdateArgs {
             error.insert(ContextKind::InvalidArg, context);
             error
         };
+        // A fifth word is the parent index, unless given by name.
+        let index_word = match self.parent_index {
+            None => words.next(),
+            Some(_) => None,
+        };
         if let Some(extra) = words.next() {
             return Err(refusal(
                 ErrorKind::UnknownArgument,
@@ -585,6 +691,17 @@ impl UpdateArgs {
                 ErrorKind::MissingRequiredArgument,
                 ContextValue::Strings(missing),
             ));
+        }
+        if let Some(word) = index_word {
+            let Ok(index) = word.parse() else {
+                let mut error = refusal(
+                    ErrorKind::ValueValidation,
+                    ContextValue::String("--parent-index <N>".to_owned()),
+                );
+                error.insert(ContextKind::InvalidValue, ContextValue::String(word));
+                return Err(error);
+            };
+            self.parent_index = Some(index);
         }
         Ok(())
     }
@@ -647,6 +764,39 @@ pub struct ListArgs {
     /// Print JSON instead.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `echo`'s words and how they are quoted.
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    /// Quote each word for a POSIX shell where it needs it.
+    #[arg(long, conflicts_with_all = ["xml", "split"])]
+    pub shell: bool,
+    /// Escape each word for XML.
+    #[arg(long, conflicts_with = "split")]
+    pub xml: bool,
+    /// Split each word at ',' (',,' stands for a comma), one line per piece.
+    #[arg(long)]
+    pub split: bool,
+    /// Print to stderr, as an error line.
+    #[arg(long)]
+    pub err: bool,
+    /// The words.
+    #[arg(value_name = "STRING")]
+    words: Vec<String>,
+    /// A word, as <STRING>.
+    #[arg(long = "string", value_name = "STRING")]
+    word_options: Vec<String>,
+}
+
+impl EchoArgs {
+    /// The words given, positionally, then by name.
+    pub fn words(&self) -> impl Iterator<Item = &str> {
+        self.words
+            .iter()
+            .chain(&self.word_options)
+            .map(String::as_str)
+    }
 }
 
 impl Command {

@@ -24,18 +24,6 @@ use crate::usage::Refusal;
 const PROGRAM: &str = "kvnet";
 
 fn main() -> ExitCode {
-    // The CLI itself logs nothing; a subscriber (and its filter parsing) is only worth
-    // its startup cost when someone asks for library logs.
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .init();
-    }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let succeeded = match read_leading_options(&args) {
         // clap's usage; the other options do not matter then.
@@ -44,11 +32,20 @@ fn main() -> ExitCode {
         Leading::Run {
             globals,
             timing,
+            log,
             words,
-        } => match words.as_slice() {
-            [] => interactive(&globals, timing),
-            [text] => run_command_string(&globals, timing, &text.to_string_lossy()).succeeded,
-            _ => run_argv(&[globals, words].concat(), timing),
+        } => match start_logging(&log) {
+            Err(message) => {
+                usage::print_errors(&[message]);
+                false
+            }
+            Ok(()) => match words.as_slice() {
+                [] => interactive(&globals, timing),
+                [text] => {
+                    run_command_string(&globals, timing, &text.to_string_lossy(), false).succeeded
+                }
+                _ => run_argv(&[globals, words].concat(), timing),
+            },
         },
     };
     if succeeded {
@@ -70,23 +67,58 @@ enum Leading {
     Run {
         globals: Vec<OsString>,
         timing: bool,
+        log: LogSettings,
         words: Vec<OsString>,
     },
 }
 
+/// virsh's global options that take an argument, by letter and long name; the others
+/// are `-h`/`--help`, `-q`/`--quiet`, `-r`/`--readonly`, `-t`/`--timing`, `-v`, `-V`
+/// and `--version[=short|long]`.
+const LONG_OPTIONS: [&str; 11] = [
+    "connect",
+    "debug",
+    "escape",
+    "help",
+    "keepalive-interval",
+    "keepalive-count",
+    "log",
+    "quiet",
+    "readonly",
+    "timing",
+    "version",
+];
+
+/// The option `name` stands for, as getopt_long reads it: itself, else the one long
+/// option it begins (`--qui`, `--conn`); `None` for none or several (`--k`).
+fn long_option(name: &str) -> Option<&'static str> {
+    if let Some(exact) = LONG_OPTIONS.iter().find(|option| **option == name) {
+        return Some(exact);
+    }
+    let mut begun = LONG_OPTIONS
+        .iter()
+        .filter(|option| option.starts_with(name));
+    match (begun.next(), begun.next()) {
+        (Some(only), None) if !name.is_empty() => Some(only),
+        _ => None,
+    }
+}
+
 /// Reads virsh's global options: `-c`/`--connect` (an empty one means the default, as
-/// libvirt takes an empty URI), `-q`, `-r`, `-t`, `-h`, and the versions (`-v`,
-/// `--version[=short]`: the bare version; `-V`, `--version=long`: a few lines), short
-/// ones bundled as getopt takes them (`-qr`, `-qcSOCKET`). Anything else is refused in
-/// virsh's words.
+/// libvirt takes an empty URI), `-q`, `-r`, `-t`, `-h`, the versions (`-v`,
+/// `--version[=short]`: the bare version; `-V`, `--version=long`: a few lines), `-d`
+/// and `-l` (the CLI's own log: its level, 0 to 4 as virsh's, and its file), and `-k`,
+/// `-K`, `-e`, checked as virsh checks them (keepalives and the console's escape key
+/// mean nothing on kvnetd's local socket). Short ones are bundled as getopt takes them
+/// (`-qr`, `-qcSOCKET`), long ones may be shortened to a unique prefix (`--qui`).
+/// Anything else is refused in virsh's words.
 fn read_leading_options(args: &[OsString]) -> Leading {
-    let mut globals: Vec<OsString> = Vec::new();
+    let mut quiet = false;
+    let mut read_only = false;
     let mut timing = false;
+    let mut log = LogSettings::default();
     // The last -c wins, an empty one meaning the default connection again.
     let mut connection: Option<OsString> = None;
-    let connect = |connection: &mut Option<OsString>, uri: &OsString| {
-        *connection = (!uri.is_empty()).then(|| uri.clone());
-    };
     let refuse = |message: String| {
         usage::print_errors(&[message]);
         Leading::Done(false)
@@ -103,54 +135,97 @@ fn read_leading_options(args: &[OsString]) -> Leading {
         if text == "--" {
             break;
         }
+        // Each option as its letter, with the argument written into the same word.
+        let mut options: Vec<(char, Option<&str>)> = Vec::new();
         if let Some(long) = text.strip_prefix("--") {
             let (name, value) = match long.split_once('=') {
                 Some((name, value)) => (name, Some(value)),
                 None => (long, None),
             };
-            match (name, value) {
-                ("quiet", None) => globals.push("-q".into()),
-                ("readonly", None) => globals.push("-r".into()),
-                ("timing", None) => timing = true,
-                ("help", None) => return Leading::Help,
-                ("version", Some("long")) => return print_version(true),
-                ("version", _) => return print_version(false),
-                ("connect", Some(uri)) => connect(&mut connection, &OsString::from(uri)),
-                ("connect", None) => match args.get(at) {
-                    Some(uri) => {
-                        connect(&mut connection, uri);
-                        at += 1;
-                    }
-                    None => return refuse(missing_argument('c', "connect")),
+            let letter = match long_option(name) {
+                Some("connect") => 'c',
+                Some("debug") => 'd',
+                Some("escape") => 'e',
+                Some("help") => 'h',
+                Some("keepalive-interval") => 'k',
+                Some("keepalive-count") => 'K',
+                Some("log") => 'l',
+                Some("quiet") => 'q',
+                Some("readonly") => 'r',
+                Some("timing") => 't',
+                Some("version") => match value {
+                    Some("long") => 'V',
+                    _ => 'v',
                 },
                 _ => return refuse(format!("unsupported option '{text}'. See --help.")),
+            };
+            if value.is_some() && !"cdekKlvV".contains(letter) {
+                return refuse(format!("unsupported option '-{letter}'. See --help."));
             }
-            continue;
+            options.push((letter, value));
+        } else {
+            for (index, letter) in text.char_indices().skip(1) {
+                if "cdekKl".contains(letter) {
+                    // The rest of the word is the argument, else the next word is.
+                    let attached = &text[index + letter.len_utf8()..];
+                    options.push((letter, (!attached.is_empty()).then_some(attached)));
+                    break;
+                }
+                options.push((letter, None));
+            }
         }
-        for (index, letter) in text.char_indices().skip(1) {
+        for (letter, attached) in options {
+            let mut argument = || -> Option<OsString> {
+                if let Some(value) = attached {
+                    return Some(OsString::from(value));
+                }
+                let next = args.get(at).cloned();
+                at += usize::from(next.is_some());
+                next
+            };
             match letter {
-                'q' => globals.push("-q".into()),
-                'r' => globals.push("-r".into()),
+                'q' => quiet = true,
+                'r' => read_only = true,
                 't' => timing = true,
                 'h' => return Leading::Help,
                 'v' => return print_version(false),
                 'V' => return print_version(true),
-                'c' => {
-                    // The rest of the word is the URI, else the next word is.
-                    let attached = &text[index + 1..];
-                    if !attached.is_empty() {
-                        connect(&mut connection, &OsString::from(attached));
-                    } else if let Some(uri) = args.get(at) {
-                        connect(&mut connection, uri);
-                        at += 1;
-                    } else {
-                        return refuse(missing_argument('c', "connect"));
+                'c' | 'd' | 'e' | 'k' | 'K' | 'l' => {
+                    let Some(value) = argument() else {
+                        let name = LONG_OPTIONS
+                            .iter()
+                            .find(|name| long_letter(name) == Some(letter))
+                            .copied()
+                            .unwrap_or_default();
+                        return refuse(missing_argument(letter, name));
+                    };
+                    let checked = match letter {
+                        'c' => {
+                            connection = (!value.is_empty()).then_some(value);
+                            Ok(())
+                        }
+                        'd' => debug_level(&value).map(|level| log.level = level),
+                        'l' => {
+                            log.file = Some(value);
+                            Ok(())
+                        }
+                        'e' => escape_key(&value),
+                        _ => keepalive(letter, &value),
+                    };
+                    if let Err(message) = checked {
+                        return refuse(message);
                     }
-                    break;
                 }
                 other => return refuse(format!("unsupported option '-{other}'. See --help.")),
             }
         }
+    }
+    let mut globals: Vec<OsString> = Vec::new();
+    if quiet {
+        globals.push("-q".into());
+    }
+    if read_only {
+        globals.push("-r".into());
     }
     if let Some(uri) = connection {
         globals.extend([OsString::from("-c"), uri]);
@@ -158,7 +233,118 @@ fn read_leading_options(args: &[OsString]) -> Leading {
     Leading::Run {
         globals,
         timing,
+        log,
         words: args[at..].to_vec(),
+    }
+}
+
+/// The letter of the long option `name`, among those that take an argument.
+fn long_letter(name: &str) -> Option<char> {
+    match name {
+        "connect" => Some('c'),
+        "debug" => Some('d'),
+        "escape" => Some('e'),
+        "keepalive-interval" => Some('k'),
+        "keepalive-count" => Some('K'),
+        "log" => Some('l'),
+        _ => None,
+    }
+}
+
+/// Where and how much the CLI logs (`-d`, `-l`); by default nothing, unless `RUST_LOG`
+/// asks for the library's logs on stderr.
+#[derive(Default)]
+struct LogSettings {
+    /// virsh's debug level: 0 debug, 1 info, 2 notice, 3 warning, 4 error.
+    level: Option<u8>,
+    /// The file the log is appended to, instead of stderr.
+    file: Option<OsString>,
+}
+
+/// Starts the CLI's log, which holds the client library's records (the requests it
+/// sends): on stderr when `RUST_LOG` or `-d` asks for it, in `-l`'s file (appended to)
+/// at `-d`'s level, else info, as virsh's. A subscriber, and its filter parsing, is
+/// worth its start-up cost only then.
+fn start_logging(settings: &LogSettings) -> Result<(), String> {
+    let level = settings.level.map(|level| match level {
+        0 => "debug",
+        1 => "info",
+        2 | 3 => "warn",
+        _ => "error",
+    });
+    let filter = match (level, &settings.file, std::env::var("RUST_LOG")) {
+        (Some(level), _, _) => tracing_subscriber::EnvFilter::new(level),
+        (None, Some(_), _) => tracing_subscriber::EnvFilter::new("info"),
+        (None, None, Ok(_)) => {
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())
+        }
+        (None, None, Err(_)) => return Ok(()),
+    };
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match &settings.file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    format!(
+                        "failed to open the log file '{}': {e}",
+                        path.to_string_lossy()
+                    )
+                })?;
+            logs.with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => logs
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+    Ok(())
+}
+
+/// `-d`'s level. A number out of virsh's range is ignored with virsh's error line, and
+/// the command runs; anything else stops it.
+fn debug_level(value: &OsString) -> Result<Option<u8>, String> {
+    let number: i64 = value
+        .to_str()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| "option -d takes a numeric argument".to_owned())?;
+    match u8::try_from(number) {
+        Ok(level) if level <= 4 => Ok(Some(level)),
+        _ => {
+            usage::print_errors(&[format!("ignoring debug level {number} out of range [0-4]")]);
+            Ok(None)
+        }
+    }
+}
+
+/// Checks `-e`'s console escape key as virsh does: one ASCII character, or `^` and a
+/// control character's letter (`^]`, `^A`).
+fn escape_key(value: &OsString) -> Result<(), String> {
+    let text = value.to_string_lossy();
+    let valid = match text.as_bytes() {
+        [single] => single.is_ascii(),
+        [b'^', letter] => (b'@'..=b'_').contains(&letter.to_ascii_uppercase()),
+        _ => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("Invalid string '{text}' for escape sequence"))
+    }
+}
+
+/// Checks `-k`/`-K`'s count as virsh does: a number, not negative.
+fn keepalive(letter: char, value: &OsString) -> Result<(), String> {
+    match value.to_str().and_then(|text| text.parse::<i64>().ok()) {
+        Some(number) if number < 0 => Err(format!(
+            "option -{letter} requires a positive integer argument"
+        )),
+        Some(_) => Ok(()),
+        None => Err(format!("Invalid value for option -{letter}")),
     }
 }
 
@@ -207,7 +393,13 @@ struct Outcome {
 /// but never after JSON, which a script parses whole.
 fn execute(cli: &cli::Cli, timing: bool) -> Outcome {
     let started = Instant::now();
+    tracing::info!(command = ?cli.command, "running");
     let result = commands::run(cli);
+    tracing::info!(
+        succeeded = result.is_ok(),
+        ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+        "done"
+    );
     let json = cli.command.prints_json();
     let timing = timing && !json;
     let ends_with_blank_line = !cli.quiet && !json;
@@ -264,7 +456,12 @@ enum Step {
 /// Runs a command string, as virsh does: every command is parsed before any runs, so
 /// a typo anywhere runs nothing; then they run in order, and the last one's result is
 /// the exit status.
-fn run_command_string(globals: &[OsString], timing: bool, text: &str) -> Outcome {
+fn run_command_string(
+    globals: &[OsString],
+    timing: bool,
+    text: &str,
+    interactive: bool,
+) -> Outcome {
     let refused = Outcome {
         succeeded: false,
         connected: true,
@@ -291,7 +488,10 @@ fn run_command_string(globals: &[OsString], timing: bool, text: &str) -> Outcome
         args.extend(words.into_iter().map(OsString::from));
         let argv = std::iter::once(OsString::from(PROGRAM)).chain(args.iter().cloned());
         match cli::Cli::parse_virsh(argv) {
-            Ok(cli) => steps.push(Step::Run(Box::new(cli))),
+            Ok(mut cli) => {
+                cli.interactive = interactive;
+                steps.push(Step::Run(Box::new(cli)));
+            }
             Err(error) => {
                 let refusal = Refusal::new(error, &lossy(&args));
                 if !refusal.comes_at_run_time() {
@@ -338,7 +538,7 @@ fn interactive(globals: &[OsString], timing: bool) -> bool {
     }
     let mut terminal = shell::Terminal::new(PROGRAM, read_only, completion(daemon_of(globals)));
     while let Some(line) = terminal.read_line() {
-        if !line.is_empty() && run_command_string(globals, timing, &line).quit {
+        if !line.is_empty() && run_command_string(globals, timing, &line, true).quit {
             break;
         }
     }

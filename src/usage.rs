@@ -6,6 +6,8 @@ use std::io::Write;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 
+use crate::cli::is_option_word;
+
 /// A refused command line, or a request for help or the version.
 pub enum Refusal {
     /// Help or version text, as clap renders it.
@@ -197,6 +199,15 @@ pub fn print_errors(lines: &[String]) {
 /// Options whose values virsh reads as numbers.
 const NUMERIC_OPTIONS: [&str; 2] = ["parent-index", "timeout"];
 
+/// The options virsh refuses together, each pair in the order its error line names them.
+const EXCLUSIVE_OPTIONS: [(&str, &str); 5] = [
+    ("--current", "--live"),
+    ("--current", "--config"),
+    ("--shell", "--xml"),
+    ("--shell", "--split"),
+    ("--xml", "--split"),
+];
+
 /// virsh's line for two options clap found in conflict (`args`: those after the verb;
 /// `takes_value`: whether the verb's `--NAME` takes a value). The network may be given
 /// as the positional argument or as `--network`, which virsh treats as one option: a
@@ -228,10 +239,9 @@ fn conflict_line(
         let option_at = args.iter().position(|arg| arg == "--network");
         // The positional value: a later argument that is neither an option nor the
         // value after `--network`.
-        let value_at = args
-            .iter()
-            .enumerate()
-            .position(|(at, arg)| !arg.starts_with('-') && Some(at) != option_at.map(|o| o + 1));
+        let value_at = args.iter().enumerate().position(|(at, arg)| {
+            !is_option_word(arg) && arg != "--" && Some(at) != option_at.map(|o| o + 1)
+        });
         return match (option_at, value_at) {
             (Some(option), Some(value)) if option < value => {
                 format!("unexpected data '{}'", args[value])
@@ -253,13 +263,11 @@ fn conflict_line(
         let option = if positional(prior) { argument } else { prior };
         return format!("option {option} already seen");
     }
-    // virsh names the pair in its own order (net-update's `--current` first), not in
-    // the order typed.
-    let (first, second) = if prior == "--current" {
-        (prior, argument)
-    } else {
-        (argument, prior)
-    };
+    // virsh names the pair in its own order, not in the order typed.
+    let (first, second) = EXCLUSIVE_OPTIONS
+        .into_iter()
+        .find(|pair| *pair == (prior, argument) || *pair == (argument, prior))
+        .unwrap_or((argument, prior));
     format!("Options {first} and {second} are mutually exclusive")
 }
 
@@ -270,10 +278,11 @@ fn bare_words(args: &[String], takes_value: &dyn Fn(&str) -> bool) -> Vec<usize>
     let mut at = 0;
     while let Some(arg) = args.get(at) {
         match arg.strip_prefix("--") {
-            Some(name) if !name.contains('=') && takes_value(name) => at += 1,
-            Some(_) => {}
-            None if arg.starts_with('-') && arg.len() > 1 => {}
-            None => words.push(at),
+            Some(name) if is_option_word(arg) && !name.contains('=') && takes_value(name) => {
+                at += 1;
+            }
+            _ if is_option_word(arg) || arg == "--" => {}
+            _ => words.push(at),
         }
         at += 1;
     }

@@ -495,6 +495,7 @@ fn command_line_mistakes_get_virsh_lines_and_exit_1() {
                 "add",
                 "dns-host",
                 "<h/>",
+                "0",
                 "x",
             ],
             "error: unexpected data 'x'\n",

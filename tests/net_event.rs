@@ -539,7 +539,8 @@ fn list_and_bad_arguments_answer_as_virsh_without_a_daemon() {
             "{args:?}"
         );
     }
-    assert_eq!(text(&run(&["-q", "--list"]).stdout), "lifecycle\n");
+    let quiet = kvnet_at(socket, &["-q", "net-event", "--list"]);
+    assert_eq!(text(&quiet.stdout), "lifecycle\n");
     for (args, stderr) in [
         (
             &[][..],

@@ -238,6 +238,27 @@ fn global_options_read_as_virsh_reads_them() {
             &["--connect"],
             "error: option '-c'/'--connect' requires an argument\n",
         ),
+        // A prefix of two long options; a flag given a value.
+        (
+            &["--k", "0"],
+            "error: unsupported option '--k'. See --help.\n",
+        ),
+        (
+            &["--quiet=1"],
+            "error: unsupported option '-q'. See --help.\n",
+        ),
+        // Checked as virsh checks them, though keepalives and the console's escape key
+        // mean nothing on kvnetd's socket.
+        (&["-k", "x"], "error: Invalid value for option -k\n"),
+        (
+            &["-K", "-1"],
+            "error: option -K requires a positive integer argument\n",
+        ),
+        (&["-d", "2x"], "error: option -d takes a numeric argument\n"),
+        (
+            &["-e", "^1"],
+            "error: Invalid string '^1' for escape sequence\n",
+        ),
     ] {
         let out = bare(args);
         assert_eq!(
@@ -246,6 +267,38 @@ fn global_options_read_as_virsh_reads_them() {
             "{args:?}"
         );
     }
+    // Repeated, shortened to a unique prefix, or with arguments virsh takes: run.
+    let leading: [&[&str]; 5] = [
+        &["-q", "-q", "--qui", "-r", "--read"],
+        &["-k", "0", "-K3", "--keepalive-c=5", "-e", "^]", "--esc=x"],
+        &["-d", "4", "--deb=1"],
+        &["--conn", "/nonexistent/kvnetd.sock"],
+        &["-l", "/dev/null"],
+    ];
+    for options in leading {
+        let out = bare(&[options, &["echo", "ran"]].concat());
+        assert_eq!(
+            (out.status.code(), text(&out.stdout)),
+            (Some(0), if options[0] == "-q" { "ran" } else { "ran\n" }),
+            "{options:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // A level out of range is ignored with virsh's line, and the command runs.
+    let out = bare(&["-q", "-d", "5", "echo", "ran"]);
+    assert_eq!(
+        (text(&out.stdout), text(&out.stderr)),
+        ("ran", "error: ignoring debug level 5 out of range [0-4]\n")
+    );
+    // -d and -l log each command.
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let log_path = log.path().to_str().expect("utf-8 path");
+    bare(&["-q", "-l", log_path, "echo", "logged"]);
+    let logged = std::fs::read_to_string(log.path()).expect("log");
+    assert!(
+        logged.contains("running") && logged.contains("Echo"),
+        "{logged}"
+    );
 
     if !require(DAEMON_NEEDS) {
         return;
@@ -496,4 +549,140 @@ fn on_a_terminal_lines_complete_edit_and_recall_across_sessions() {
     session.expect(prompt);
     session.type_keys(b"\x04");
     session.finish();
+}
+
+/// virsh's own commands, which scripts use in command strings: no daemon needed.
+#[test]
+fn echo_pwd_and_cd_work_as_in_virsh() {
+    let run = |args: &[&str], input: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kvnet"));
+        command
+            .args(["-c", "/nonexistent/kvnetd.sock"])
+            .args(args)
+            .current_dir("/")
+            .env("HOME", "/tmp")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("run kvnet");
+        let mut stdin = child.stdin.take().expect("stdin");
+        std::io::Write::write_all(&mut stdin, input.unwrap_or_default().as_bytes()).expect("write");
+        drop(stdin);
+        let out = child.wait_with_output().expect("kvnet");
+        (
+            out.status.code(),
+            text(&out.stdout).to_owned(),
+            text(&out.stderr).to_owned(),
+        )
+    };
+    let ok = |stdout: &str| (Some(0), stdout.to_owned(), String::new());
+    // Bytes as virsh 9.0 prints them.
+    assert_eq!(run(&["-q", "echo", "a", "b"], None), ok("a b"));
+    assert_eq!(run(&["echo", "a", "b"], None), ok("a b\n"));
+    assert_eq!(
+        run(
+            &["-q", "echo", "--shell", "it's", "plain", "a b", "$x", ""],
+            None
+        ),
+        ok("'it'\\''s' plain 'a b' '$x' ''")
+    );
+    assert_eq!(
+        run(&["-q", "echo", "--xml", "\"q'<>&"], None),
+        ok("&quot;q&apos;&lt;&gt;&amp;")
+    );
+    assert_eq!(
+        run(&["-q", "echo", "--split", "a,b", "c,,d", "e"], None),
+        ok("a\nb\n c,d\n e\n")
+    );
+    assert_eq!(run(&["-q", "echo", "-x", "--", "--y"], None), ok("-x --y"));
+    assert_eq!(run(&["-q", "echo a; echo b"], None), ok("ab"));
+    assert_eq!(
+        run(&["echo", "--err", "x", "y"], None),
+        (Some(0), "\n".to_owned(), "error: x y\n".to_owned())
+    );
+    assert_eq!(
+        run(&["-q", "echo", "--split", "--xml", "a"], None),
+        (
+            Some(1),
+            String::new(),
+            "error: Options --xml and --split are mutually exclusive\n".to_owned()
+        )
+    );
+    assert_eq!(run(&["pwd"], None), ok("/\n\n"));
+    assert_eq!(
+        run(&["-q", "cd", "/tmp"], None),
+        (
+            Some(1),
+            String::new(),
+            "error: cd: command valid only in interactive mode\n".to_owned()
+        )
+    );
+    // In the terminal (here fed by a pipe), cd changes the directory.
+    let (status, stdout, stderr) = run(
+        &["-q"],
+        Some("cd /nonexistent\ncd /usr\npwd\ncd\npwd\ncd --dir /\npwd\n"),
+    );
+    assert_eq!(status, Some(0));
+    assert_eq!(
+        stdout,
+        "kvnet # cd /nonexistent\nkvnet # cd /usr\nkvnet # pwd\n/usr\nkvnet # cd\n\
+         kvnet # pwd\n/tmp\nkvnet # cd --dir /\nkvnet # pwd\n/\nkvnet # \n"
+    );
+    assert_eq!(
+        stderr,
+        "error: cd: No such file or directory: /nonexistent\n"
+    );
+}
+
+/// virsh reads a word as an option only when it starts with `--` and a letter or digit:
+/// `-dash` is a network's name, `-1` an option's value, `-q` after the verb data.
+#[test]
+fn words_with_one_dash_are_data_as_in_virsh() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvnet"))
+            .args(["-q", "-c", "/nonexistent/kvnetd.sock"])
+            .args(args)
+            .output()
+            .expect("run kvnet");
+        text(&out.stderr).to_owned()
+    };
+    let unreachable = "error: cannot connect to kvnetd at /nonexistent/kvnetd.sock";
+    for args in [
+        &["net-info", "-dash"][..],
+        &["net-info", "--network", "-dash"],
+        &["net-info", "---x"],
+        &["net-dumpxml", "n", "--xpath", "-x"],
+        &["net-dhcp-leases", "n", "--mac", "-x"],
+        &["net-update", "n", "add", "ip-dhcp-host", "<host/>", "-1"],
+    ] {
+        assert!(
+            run(args).starts_with(unreachable),
+            "{args:?}: {}",
+            run(args)
+        );
+    }
+    for (args, error) in [
+        (&["net-list", "-q"][..], "error: unexpected data '-q'\n"),
+        (&["net-info", "n", "-x"], "error: unexpected data '-x'\n"),
+        (&["net-info", "-x", "-y"], "error: unexpected data '-y'\n"),
+        (
+            &["net-info", "--bogus", "-x"],
+            "error: command 'net-info' doesn't support option --bogus\n",
+        ),
+        // net-update's fifth word is its parent index.
+        (
+            &[
+                "net-update",
+                "n",
+                "add",
+                "ip-dhcp-host",
+                "<host/>",
+                "0",
+                "1",
+            ],
+            "error: unexpected data '1'\n",
+        ),
+    ] {
+        assert_eq!(run(args), error, "{args:?}");
+    }
 }

@@ -1,5 +1,6 @@
 //! One function per verb; each returns the text to print or a [`Failure`].
 
+mod builtin;
 mod interrupt;
 mod net;
 mod port;
@@ -218,6 +219,11 @@ pub fn run(cli: &Cli) -> Result<String, Failure> {
         Command::NetPortDelete { network, port } => {
             port::delete(&client, network.get(), port.get(), quiet)
         }
+        Command::Echo(args) => Ok(builtin::echo(args, quiet)),
+        Command::Cd { dir, dir_option } => {
+            builtin::cd(dir.as_ref().or(dir_option.as_ref()), cli.interactive, quiet)
+        }
+        Command::Pwd => builtin::pwd(quiet),
         Command::Uri { json } => uri(&client, &connection.uri, *json, quiet),
         Command::NetEvent(args) => net::event(&client, &connection.uri, args, quiet),
     }

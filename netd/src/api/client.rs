@@ -361,6 +361,7 @@ impl Client {
             .read_to_end(&mut answer)
             .map_err(|e| self.read_error(&e))?;
         let (status, bytes) = parse_response(&answer).map_err(|e| self.protocol(e))?;
+        tracing::debug!(%status, bytes = bytes.len(), "answer");
         if status == StatusCode::OK {
             return serde_json::from_slice(&bytes)
                 .map_err(|e| self.protocol(format!("unreadable answer: {e}")));
@@ -390,6 +391,7 @@ impl Client {
             Some(body) => serde_json::to_vec(&body).map_err(|e| self.protocol(e.to_string()))?,
             None => Vec::new(),
         };
+        tracing::debug!(socket = %self.socket.display(), %method, path, bytes = body.len(), "request");
         if body.len() > super::MAX_REQUEST_BYTES {
             return Err(self.protocol(format!(
                 "the request is {} bytes; kvnetd reads at most {}",
