@@ -408,7 +408,7 @@ impl Entry {
 
 /// The offset just past the name at `at` in `message`: its labels up to the root, or a
 /// compression pointer.
-fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
+pub(super) fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
     loop {
         let label = *message.get(at)?;
         match label {

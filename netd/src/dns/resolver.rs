@@ -9,11 +9,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::{RData, RecordType};
 
-use super::cache::AnswerCache;
+use super::cache::{AnswerCache, skip_name};
 use super::zone::{Found, StaticZone, Zone, fqdn, wire_key, wire_record};
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 use crate::service::lock;
@@ -182,6 +183,8 @@ pub struct Resolver {
     /// Upstream answers kept for their TTL. A new resolver (new records or upstreams)
     /// starts with none.
     cache: Mutex<AnswerCache>,
+    /// How far the next answer of several addresses is rotated.
+    rotation: AtomicU16,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -349,6 +352,7 @@ impl Resolver {
                     .cache_size
                     .map_or_else(AnswerCache::default, AnswerCache::with_max_entries),
             ),
+            rotation: AtomicU16::new(0),
         })
     }
 
@@ -429,6 +433,12 @@ impl Resolver {
             }
         };
         set_rcode(out, rcode, true);
+        if matches!(qtype, RecordType::A | RecordType::AAAA) && answers > 1 {
+            // Round robin, as dnsmasq answers a name of several addresses: each query
+            // gets them one further on, so clients do not all take the first.
+            let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
+            rotate_records(out, question_end, answers, turn);
+        }
         finish(out, question_end, answers, edns, limit)
     }
 
@@ -838,10 +848,19 @@ fn finish(
     limit: usize,
 ) -> Outcome<'static> {
     let mut answers = answers;
-    if out.len() + if edns.is_some() { OPT_RECORD.len() } else { 0 } > limit {
-        out.truncate(question_end);
+    let room = limit.saturating_sub(if edns.is_some() { OPT_RECORD.len() } else { 0 });
+    if out.len() > room {
+        // The answers that fit, whole, as dnsmasq sends them: a client that cannot ask
+        // again over TCP has those at least.
+        let ends = record_ends(out, question_end, answers).unwrap_or_default();
+        let kept = ends.iter().take_while(|end| **end <= room).count();
+        out.truncate(
+            ends.get(kept.wrapping_sub(1))
+                .copied()
+                .unwrap_or(question_end),
+        );
         out[2] |= 0x02;
-        answers = 0;
+        answers = u16::try_from(kept).unwrap_or(0);
     }
     out[6..8].copy_from_slice(&answers.to_be_bytes());
     if let Some(edns) = edns {
@@ -849,6 +868,37 @@ fn finish(
     }
     debug_assert!(out.len() >= HEADER_LEN);
     Outcome::Reply
+}
+
+/// Where each of the `count` records from `start` in `out` ends; `None` if they do not
+/// parse (never for the records this module writes).
+fn record_ends(out: &[u8], start: usize, count: u16) -> Option<Vec<usize>> {
+    let mut ends = Vec::with_capacity(usize::from(count));
+    let mut at = start;
+    for _ in 0..count {
+        let fixed = skip_name(out, at)?;
+        let length = out.get(fixed + 8..fixed + 10)?;
+        at = fixed + 10 + usize::from(u16::from_be_bytes([length[0], length[1]]));
+        if at > out.len() {
+            return None;
+        }
+        ends.push(at);
+    }
+    Some(ends)
+}
+
+/// Rotates the `count` records from `start` in `out` by `turn` places (modulo `count`).
+fn rotate_records(out: &mut [u8], start: usize, count: u16, turn: u16) {
+    let Some(ends) = record_ends(out, start, count) else {
+        return;
+    };
+    let first = usize::from(turn % count);
+    if let (Some(&last), Some(&split)) = (
+        ends.last(),
+        first.checked_sub(1).and_then(|at| ends.get(at)),
+    ) {
+        out[start..last].rotate_left(split - start);
+    }
 }
 
 /// Appends our OPT record, echoing the DO bit of `edns`, to the response in `out` and
@@ -1530,9 +1580,11 @@ mod tests {
             Transport::Udp,
             &mut out,
         );
+        // As many whole records as fit, as from dnsmasq.
+        assert!(out.len() <= CLASSIC_UDP_PAYLOAD, "{}", out.len());
         let reply = Message::from_vec(&out).unwrap();
         assert!(reply.metadata.truncation);
-        assert!(reply.answers.is_empty());
+        assert_eq!(reply.answers.len(), (CLASSIC_UDP_PAYLOAD - 12 - 23) / 16);
         resolver.answer(
             &query("many.example.test.", RecordType::A, true),
             Transport::Udp,
@@ -1650,6 +1702,29 @@ mod tests {
         // A new resolver (net-update, new upstreams) starts afresh.
         let resolver = Resolver::new(&config(), None).unwrap();
         assert!(!resolver.cached_reply(&with_do, Transport::Udp, &mut out));
+    }
+
+    #[test]
+    fn a_name_of_several_addresses_answers_them_round_robin() {
+        let resolver = Resolver::new(&with_many(3), None).unwrap();
+        let addresses = |resolver: &Resolver| {
+            let reply = ask(resolver, "many.example.test.", RecordType::A);
+            rdata(&reply)
+        };
+        let first = addresses(&resolver);
+        let second = addresses(&resolver);
+        let third = addresses(&resolver);
+        assert_eq!(first.len(), 3);
+        assert_ne!(first[0], second[0]);
+        assert_ne!(second[0], third[0]);
+        assert_eq!(second, [&first[1..], &first[..1]].concat());
+        assert_eq!(addresses(&resolver), first);
+        // The same set, in the same cyclic order, every time.
+        let mut sorted = third.clone();
+        sorted.sort_by_key(|data| format!("{data:?}"));
+        let mut expected = first.clone();
+        expected.sort_by_key(|data| format!("{data:?}"));
+        assert_eq!(sorted, expected);
     }
 
     #[test]
