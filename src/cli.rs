@@ -250,48 +250,6 @@ fn percent_decode(text: &str) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_uris_of_the_local_system_daemon_are_kvnetd() {
-        for uri in ["qemu:///system", "network:///system", "qemu+unix:///system"] {
-            assert_eq!(
-                local_system_socket(uri),
-                Some(PathBuf::from(DEFAULT_SOCKET)),
-                "{uri}"
-            );
-        }
-        for uri in [
-            "qemu:///session",
-            "qemu+ssh://host/system",
-            "qemu://host/system",
-            "qemu:///system?mode=legacy",
-            "qemu:///system?socket=",
-            "qemu:///system?socket=/x&mode=legacy",
-            "qemu:///system?socket=/x%2",
-            ":///system",
-            "qemu+tcp:///system",
-        ] {
-            assert_eq!(local_system_socket(uri), None, "{uri}");
-        }
-    }
-
-    #[test]
-    fn another_socket_is_named_by_a_uri_that_connects_back_to_it() {
-        let default = Connection::to_socket(PathBuf::from(DEFAULT_SOCKET));
-        assert_eq!(default.uri, "network:///system");
-        let socket = PathBuf::from("/tmp/my dir/kvnetd%.sock");
-        let other = Connection::to_socket(socket.clone());
-        assert_eq!(
-            other.uri,
-            "network+unix:///system?socket=/tmp/my%20dir/kvnetd%25.sock"
-        );
-        assert_eq!(local_system_socket(&other.uri), Some(socket));
-    }
-}
-
 /// A network named on the command line, positionally or as `--network` (virsh accepts both).
 #[derive(Debug, Args)]
 pub struct NetworkArg {
@@ -816,5 +774,47 @@ impl Command {
             Command::NetEvent(args) => args.json,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_uris_of_the_local_system_daemon_are_kvnetd() {
+        for uri in ["qemu:///system", "network:///system", "qemu+unix:///system"] {
+            assert_eq!(
+                local_system_socket(uri),
+                Some(PathBuf::from(DEFAULT_SOCKET)),
+                "{uri}"
+            );
+        }
+        for uri in [
+            "qemu:///session",
+            "qemu+ssh://host/system",
+            "qemu://host/system",
+            "qemu:///system?mode=legacy",
+            "qemu:///system?socket=",
+            "qemu:///system?socket=/x&mode=legacy",
+            "qemu:///system?socket=/x%2",
+            ":///system",
+            "qemu+tcp:///system",
+        ] {
+            assert_eq!(local_system_socket(uri), None, "{uri}");
+        }
+    }
+
+    #[test]
+    fn another_socket_is_named_by_a_uri_that_connects_back_to_it() {
+        let default = Connection::to_socket(PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(default.uri, "network:///system");
+        let socket = PathBuf::from("/tmp/my dir/kvnetd%.sock");
+        let other = Connection::to_socket(socket.clone());
+        assert_eq!(
+            other.uri,
+            "network+unix:///system?socket=/tmp/my%20dir/kvnetd%25.sock"
+        );
+        assert_eq!(local_system_socket(&other.uri), Some(socket));
     }
 }

@@ -23,8 +23,8 @@ pub fn message(line: &str, quiet: bool) -> String {
 
 /// Pretty JSON with a final newline.
 pub fn json(value: &impl Serialize) -> String {
-    let mut text =
-        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let mut text = serde_json::to_string_pretty(value)
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string());
     text.push('\n');
     text
 }

@@ -24,7 +24,8 @@ use dhcproto::v4::{
 };
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
-use super::leases::{Client, INFINITE_LEASE, LeaseDb, PendingSync};
+use super::lease_time::{INFINITE, renew_times};
+use super::leases::{Client, LeaseDb, PendingSync};
 use super::server::SERVER_PORT;
 use super::{DhcpConfig, Error, LeaseInfo, sanitize_hostname};
 
@@ -398,11 +399,10 @@ impl Engine {
             add_configured_options(opts, request, config);
             if let Some(secs) = lease {
                 opts.insert(DhcpOption::AddressLeaseTime(secs));
-                if secs != INFINITE_LEASE {
-                    opts.insert(DhcpOption::Renewal(secs / 2));
-                    opts.insert(DhcpOption::Rebinding(
-                        u32::try_from(u64::from(secs) * 7 / 8).unwrap_or(secs),
-                    ));
+                if secs != INFINITE {
+                    let (renewal, rebinding) = renew_times(secs);
+                    opts.insert(DhcpOption::Renewal(renewal));
+                    opts.insert(DhcpOption::Rebinding(rebinding));
                 }
             }
             // A reserved name tells the guest its name; its own comes back when asked
@@ -760,7 +760,7 @@ fn fqdn_label(data: &[u8]) -> Option<String> {
         let (&len, rest) = name.split_first()?;
         rest.get(..usize::from(len))?
     } else {
-        // ASCII, maybe NUL-terminated; the label ends at the first dot.
+        // ASCII, maybe NUL-terminated (sanitize_hostname keeps the first label).
         let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
         &name[..end]
     };

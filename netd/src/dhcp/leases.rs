@@ -15,6 +15,7 @@
 //! grows. The file is untrusted input on load: long, torn or invalid lines are skipped
 //! with a warning.
 
+use super::lease_time::{expiry_after, lease_secs};
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -33,8 +34,6 @@ pub const DECLINE_HOLD_SECS: i64 = 600;
 /// Shortest lease time granted to a client asking for one (option 51): dnsmasq's floor,
 /// so a client cannot make itself renew every second.
 pub const MIN_REQUESTED_LEASE: u32 = 120;
-/// Lease time meaning "never expires" on the wire (RFC 2132 9.2).
-pub const INFINITE_LEASE: u32 = u32::MAX;
 /// Longest journal line accepted on load; real records are under 400 bytes.
 const MAX_LINE: usize = 4096;
 /// Largest lease file read on load.
@@ -211,21 +210,6 @@ pub struct LeaseDb {
     journal: Option<Journal>,
 }
 
-fn lease_secs(duration: std::time::Duration) -> u32 {
-    match duration.as_secs() {
-        0 => INFINITE_LEASE,
-        secs => u32::try_from(secs).unwrap_or(INFINITE_LEASE - 1),
-    }
-}
-
-fn expiry_after(now: i64, secs: u32) -> i64 {
-    if secs == INFINITE_LEASE {
-        i64::MAX
-    } else {
-        now.saturating_add(i64::from(secs))
-    }
-}
-
 impl LeaseDb {
     /// An in-memory database (tests, fuzzing): [`LeaseDb::commit`] only drops the journal.
     pub fn in_memory(config: &DhcpConfig) -> LeaseDb {
@@ -268,8 +252,9 @@ impl LeaseDb {
     }
 
     /// Loads `path` (a missing file is an empty database), drops expired leases and
-    /// those the configuration no longer allows, and rewrites the file compactly (unless
-    /// it was empty). A rewrite that fails (a full disk) leaves the file as it was, to be
+    /// those outside the subnet (one out of the pool, or on another's reservation, is
+    /// kept and refused at its renewal), and rewrites the file compactly (unless it was
+    /// empty). A rewrite that fails (a full disk) leaves the file as it was, to be
     /// appended to and compacted later: the server still runs.
     pub fn open(config: &DhcpConfig, path: &Path, now: i64) -> Result<LeaseDb, Error> {
         let mut db = LeaseDb::in_memory(config);
@@ -1047,7 +1032,7 @@ impl LeaseDb {
         Ok(())
     }
 
-    /// Rewrites the journal with one line per bound lease.
+    /// Rewrites the journal with one line per bound lease or declined address.
     fn compact(&mut self) -> Result<(), Error> {
         let Some(path) = self.journal.as_ref().map(|j| j.path.clone()) else {
             return Ok(());
@@ -1159,6 +1144,7 @@ impl PendingSync {
 mod tests {
     use super::*;
     use crate::dhcp::DhcpHostConfig;
+    use crate::dhcp::lease_time::INFINITE;
     use std::time::Duration;
 
     const NOW: i64 = 1_700_000_000;
@@ -1537,7 +1523,7 @@ mod tests {
         cfg.hosts[0].lease = Some(Duration::ZERO);
         let db = LeaseDb::in_memory(&cfg);
         assert_eq!(db.lease_secs(&mac(1), ip(10)), 600);
-        assert_eq!(db.lease_secs(&mac(0x99), ip(11)), INFINITE_LEASE);
+        assert_eq!(db.lease_secs(&mac(0x99), ip(11)), INFINITE);
         // In the subnet, outside the range: the subnet's range; outside: the default.
         assert_eq!(db.lease_secs(&mac(1), ip(200)), 600);
         assert_eq!(db.lease_secs(&mac(1), Ipv4Addr::new(192, 168, 1, 5)), 3600);

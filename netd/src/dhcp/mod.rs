@@ -20,6 +20,7 @@
 //!   (replies go back to it, never off the network); others are dropped.
 
 pub mod engine;
+pub mod lease_time;
 pub mod leases;
 pub mod options;
 pub mod server;

@@ -9,7 +9,8 @@
 //! task's thread; after a slow one, syncs run on tokio's blocking pool while the task
 //! keeps receiving and answering (the daemon's runtime has one thread: a disk stall must
 //! not stall every network's DHCP and DNS), and the ACKs handled meanwhile share the
-//! next sync. So an ACK is never sent for a binding that would not survive a crash, and
+//! next sync. (The journal's compaction, a rewrite every few thousand lines, still runs
+//! on the task's thread; the state dir is normally tmpfs.) So an ACK is never sent for a binding that would not survive a crash, and
 //! under load one sync covers many ACKs. If a sync fails, its ACKs are dropped (the
 //! clients retry) and the failure is logged.
 

@@ -17,8 +17,9 @@ use dhcproto::v6::{
 };
 use dhcproto::{Decodable, Decoder, Encodable, Name};
 
-use super::leases::{ClientKey, INFINITE, LeaseDb, MAX_DUID};
+use super::leases::{ClientKey, LeaseDb, MAX_DUID};
 use super::{Dhcp6Config, Dhcp6HostConfig, Error, Lease6Info, duid_mac, eui64_mac};
+use crate::dhcp::lease_time::renew_times;
 use crate::dhcp::sanitize_hostname;
 
 /// The DHCPv6 server port.
@@ -530,19 +531,6 @@ fn status(status: Status, msg: &str) -> DhcpOption {
         status,
         msg: msg.to_owned(),
     })
-}
-
-/// T1 and T2 of a lease: half and seven eighths of it, as DHCPv4's (RFC 8415 21.4
-/// recommends 0.5 and 0.8 but leaves them to the server); infinite stays infinite.
-fn renew_times(secs: u32) -> (u32, u32) {
-    if secs == INFINITE {
-        (INFINITE, INFINITE)
-    } else {
-        (
-            secs / 2,
-            u32::try_from(u64::from(secs) * 7 / 8).unwrap_or(secs),
-        )
-    }
 }
 
 fn iaaddr(addr: Ipv6Addr, preferred: u32, valid: u32) -> DhcpOption {

@@ -18,14 +18,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{Dhcp6Config, Dhcp6HostConfig, Error, Lease6Info};
+use crate::dhcp::lease_time::{expiry_after, lease_secs};
 use crate::dhcp::{format_mac, parse_hex_bytes, sanitize_hostname};
 
 /// How long an advertised address stays held for the client it was advertised to.
 pub const OFFER_HOLD_SECS: i64 = 60;
 /// How long a declined address (in use by someone unknown) stays out of the pool.
 pub const DECLINE_HOLD_SECS: i64 = 600;
-/// Lifetime meaning "infinite" on the wire (RFC 8415 7.7).
-pub const INFINITE: u32 = u32::MAX;
 /// Largest lease file read on load.
 const MAX_FILE: u64 = 64 << 20;
 /// Longest DUID accepted from a client (RFC 8415 11.1: 2 + 128 octets).
@@ -80,22 +79,6 @@ struct Record {
     hostname: Option<String>,
     /// Unix seconds; 0 for an infinite lease.
     expiry: i64,
-}
-
-/// Seconds of a configured lease time; zero means infinite.
-pub fn lease_secs(duration: std::time::Duration) -> u32 {
-    match duration.as_secs() {
-        0 => INFINITE,
-        secs => u32::try_from(secs).unwrap_or(INFINITE - 1),
-    }
-}
-
-fn expiry_after(now: i64, secs: u32) -> i64 {
-    if secs == INFINITE {
-        i64::MAX
-    } else {
-        now.saturating_add(i64::from(secs))
-    }
 }
 
 /// The lease database of one network.
@@ -252,7 +235,12 @@ impl LeaseDb {
             .ranges
             .iter()
             .filter(|(start, end, _)| {
-                config.subnet.contains(start) && config.subnet.contains(end) && start <= end
+                let usable =
+                    config.subnet.contains(start) && config.subnet.contains(end) && start <= end;
+                if !usable {
+                    tracing::warn!(network = %config.network, %start, %end, "dhcp range outside the subnet, ignored");
+                }
+                usable
             })
             .map(|&(start, end, lease)| PoolRange {
                 start: u128::from(start),
@@ -696,6 +684,7 @@ impl LeaseDb {
 #[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 mod tests {
     use super::*;
+    use crate::dhcp::lease_time::INFINITE;
     use std::time::Duration;
 
     fn config() -> Dhcp6Config {

@@ -758,7 +758,7 @@ pub(super) struct Edns {
 /// it: as the sole additional record right after the question.
 pub(super) fn query_edns(query: &[u8], question_end: usize) -> Option<Edns> {
     // ANCOUNT and NSCOUNT zero, ARCOUNT not.
-    if query[6..10] != [0, 0, 0, 0] || query[10..12] == [0, 0] {
+    if query.get(6..10)? != [0, 0, 0, 0] || query.get(10..12)? == [0, 0] {
         return None;
     }
     match query.get(question_end..)? {

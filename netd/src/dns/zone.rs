@@ -116,8 +116,7 @@ impl Zone {
 
     /// The network's own configured names: `<dns><host>`, `<srv>` and `<txt>`. A reverse
     /// name `hosts` (the hosts file's zone) answers is left to it, as its first name for
-    /// an address is the one a reverse lookup
-    /// gives.
+    /// an address is the one a reverse lookup gives.
     fn from_config(config: &DnsConfig, hosts: &Zone) -> Result<Zone, Error> {
         let invalid = |what: &'static str, value: &str| Error::Record {
             network: config.network.clone(),
