@@ -1022,7 +1022,13 @@ fn a_definition_replacing_an_unreadable_one_shows_its_autostart_link() {
     daemon.spawn(&Default::default());
     daemon.assert_logged("skipping unreadable definition");
     define_nat_network(&daemon, "x", "10.78.3.1");
-    daemon.assert_logged("replaced a definition file that could not be loaded");
+    daemon.assert_logged("replaced a definition file that could not be loaded (kept as ");
+    // The file it replaced is kept, and is no definition.
+    let kept = std::fs::read_to_string(networks.join("x.xml.unloadable")).expect("kept copy");
+    assert_eq!(kept, "<network><name>x</name><bogus/></network>");
+    daemon.stop();
+    daemon.spawn(&Default::default());
+    assert_eq!(daemon.ok(&["-q", "net-list", "--all", "--name"]), "x\n");
     let listed = daemon.ok(&["-q", "net-list", "--all"]);
     assert_eq!(
         listed.split_whitespace().collect::<Vec<_>>(),

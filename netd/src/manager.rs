@@ -1223,6 +1223,15 @@ impl Manager {
             self.store
                 .save_status(&def.name, &active_status(live, true, started_at))?;
         }
+        // A copy of the file it replaces: an edit someone got wrong is not lost.
+        let kept = match replaces_unloadable.then(|| self.store.keep_unloadable_config(&def.name)) {
+            Some(Ok(kept)) => Some(kept),
+            Some(Err(e)) => {
+                warn!(network = %def.name, "replacing a definition file that could not be loaded without a copy: {}", error_chain(&e));
+                None
+            }
+            None => None,
+        };
         if let Err(e) = self.store.save_config(&def.name, &def.to_config_file()) {
             if let (Some(live), Some(started_at)) = (live, started_at)
                 && let Err(restore) = self
@@ -1238,7 +1247,9 @@ impl Manager {
         if replaces_unloadable {
             // Its leases and ports were kept for when it was mended; they are now this
             // definition's, as with libvirt, which overwrites such a file too.
-            warn!(network = %def.name, "replaced a definition file that could not be loaded");
+            let kept =
+                kept.map_or_else(String::new, |kept| format!(" (kept as {})", kept.display()));
+            warn!(network = %def.name, "replaced a definition file that could not be loaded{kept}");
         }
         let name = def.name.clone();
         match networks.get_mut(&name) {

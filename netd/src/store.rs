@@ -444,6 +444,18 @@ impl Store {
         self.status_dir.join(format!("{name}.ports"))
     }
 
+    /// Keeps a copy of network `name`'s definition file, one that could not be loaded
+    /// and a new definition is about to replace, as `NAME.xml.unloadable` (which is no
+    /// definition: it does not end in `.xml`); returns its path.
+    pub fn keep_unloadable_config(&self, name: &str) -> Result<PathBuf, Error> {
+        let path = self.config_path(name);
+        let kept = self.networks_dir.join(format!("{name}.xml.unloadable"));
+        let bytes =
+            files::read_regular(&path, files::MAX_FILE_BYTES).map_err(io_err("reading", &path))?;
+        write_atomic(&kept, &bytes)?;
+        Ok(kept)
+    }
+
     /// Moves a ports file that cannot be read out of the way, to `NAME.ports.unreadable`,
     /// so that the records it may hold are not overwritten; returns the new path.
     pub fn set_aside_ports(&self, name: &str) -> Result<PathBuf, Error> {
