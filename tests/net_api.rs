@@ -364,35 +364,37 @@ fn clients_that_stop_sending_are_cut_off() {
     daemon.ok(&["net-list", "--all"]);
 }
 
-/// More connections from a stranger than the daemon serves at once: the stranger's next
-/// one is closed, an administrator's still served.
-#[test]
-fn a_crowd_of_connections_cannot_lock_out_the_administrators() {
-    if !require(DAEMON_NEEDS)
-        || !require(&[Need::Program("setpriv"), Need::Program("/usr/bin/python3")])
-    {
-        return;
-    }
+/// Runs the CLI as `uid` (and that gid) with no supplementary groups.
+fn kvnet_as(daemon: &Daemon, uid: u32, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([format!("--reuid={uid}"), format!("--regid={uid}")])
+        .arg("--clear-groups")
+        .arg(env!("CARGO_BIN_EXE_kvnet"))
+        .arg("-c")
+        .arg(daemon.socket())
+        .args(args)
+        .output()
+        .expect("run setpriv")
+}
+
+/// A crowd of `count` connections that send nothing, held by user `uid` until the
+/// returned process's stdin closes.
+fn crowd(daemon: &Daemon, uid: u32, count: usize) -> std::process::Child {
     use std::io::BufRead;
-    let daemon = Daemon::start();
-    std::fs::set_permissions(daemon.dirs.path(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod dir");
-    std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666))
-        .expect("chmod socket");
-    // Opens 520 connections (the daemon serves 512) that send nothing, then waits for
-    // its stdin to close.
-    let crowd_script = "import socket, sys\n\
+    let script = "import socket, sys\n\
         held = []\n\
-        for _ in range(520):\n\
+        for _ in range(int(sys.argv[2])):\n\
         \x20   s = socket.socket(socket.AF_UNIX)\n\
         \x20   s.connect(sys.argv[1])\n\
         \x20   held.append(s)\n\
         print('ready', flush=True)\n\
         sys.stdin.read()\n";
     let mut crowd = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(["/usr/bin/python3", "-c", crowd_script])
+        .args([format!("--reuid={uid}"), format!("--regid={uid}")])
+        .arg("--clear-groups")
+        .args(["/usr/bin/python3", "-c", script])
         .arg(daemon.socket())
+        .arg(count.to_string())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -402,22 +404,64 @@ fn a_crowd_of_connections_cannot_lock_out_the_administrators() {
         .read_line(&mut ready)
         .expect("read");
     assert_eq!(ready, "ready\n");
+    crowd
+}
 
-    let out = kvnet_as_nobody(&daemon, &["-q", "net-list"]);
-    assert!(
-        !out.status.success(),
-        "a 521st stranger's connection was served"
-    );
-    assert_eq!(
-        daemon.ok(&["-q", "net-list"]),
-        " default   active   yes   yes\n"
-    );
-    daemon.assert_logged("refusing API connections: 512 are open already");
-
+/// Ends a [`crowd`].
+fn disperse(mut crowd: std::process::Child) {
     drop(crowd.stdin.take());
     crowd.wait().expect("crowd");
+}
+
+/// More connections from strangers than the daemon serves at once: their next one is
+/// closed, an administrator's still served; and one stranger's crowd cannot take every
+/// slot from the others.
+#[test]
+fn a_crowd_of_connections_cannot_lock_out_the_administrators() {
+    if !require(DAEMON_NEEDS)
+        || !require(&[Need::Program("setpriv"), Need::Program("/usr/bin/python3")])
+    {
+        return;
+    }
+    let daemon = Daemon::start();
+    std::fs::set_permissions(daemon.dirs.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod dir");
+    std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666))
+        .expect("chmod socket");
+    let listed = " default   active   yes   yes\n";
+    // One user: 64 connections at most.
+    let first = crowd(&daemon, 65534, 70);
+    let out = kvnet_as(&daemon, 65534, &["-q", "net-list"]);
+    assert!(
+        !out.status.success(),
+        "a 71st connection of one user was served"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("too many clients that may only read"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    daemon.assert_logged("refusing API connections: 64 of this user's are open already");
+    assert_eq!(
+        kvnet_as(&daemon, 65533, &["-q", "net-list"]).stdout,
+        listed.as_bytes()
+    );
+
+    // Eight more users fill the 512 slots: no stranger is served, an administrator is.
+    let others: Vec<_> = (60001..=60008).map(|uid| crowd(&daemon, uid, 60)).collect();
+    assert!(
+        !kvnet_as(&daemon, 65533, &["-q", "net-list"])
+            .status
+            .success(),
+        "a stranger's connection beyond 512 was served"
+    );
+    assert_eq!(daemon.ok(&["-q", "net-list"]), listed);
+    daemon.assert_logged("refusing API connections: 512 are open already");
+
+    disperse(first);
+    others.into_iter().for_each(disperse);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !kvnet_as_nobody(&daemon, &["-q", "net-list"])
+    while !kvnet_as(&daemon, 65534, &["-q", "net-list"])
         .status
         .success()
     {

@@ -437,6 +437,14 @@ impl Client {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                 self.protocol(format!("no answer within {:?}", self.answer_timeout))
             }
+            // Closed unanswered: the daemon serves so many connections of clients that
+            // may only read (of this user, or of all), and refused this one.
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+                self.protocol(format!(
+                    "kvnetd closed the connection unanswered ({e}): too many clients that \
+                     may only read have connections open; try again later"
+                ))
+            }
             _ => self.protocol(format!("reading the answer: {e}")),
         }
     }

@@ -183,7 +183,9 @@ pub async fn serve(
     // Every connection holds a receiver: the sender is closed once all have ended.
     let (all_ended, connection_open) = watch::channel(());
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut refusal_logged: Option<Instant> = None;
+    let readers = Arc::new(ReaderConnections::default());
+    let mut all_taken_logged: Option<Instant> = None;
+    let mut user_full_logged: Option<Instant> = None;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -195,14 +197,28 @@ pub async fn serve(
                 let peer = Peer::of(&stream);
                 // Those who may change networks are served beyond the limit: a crowd of
                 // other clients must not lock the administrators out.
+                // One reader's crowd (event streams it never reads) must not take every
+                // slot from the other readers either.
                 let slot = Arc::clone(&slots).try_acquire_owned().ok();
-                if slot.is_none() && !may_change(&peer, socket_gid) {
-                    if refusal_logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
-                        tracing::warn!(
-                            uid = peer.uid,
-                            "refusing API connections: {MAX_CONNECTIONS} are open already"
-                        );
-                        refusal_logged = Some(Instant::now());
+                let changer = may_change(&peer, socket_gid);
+                let reader = (!changer).then(|| readers.take(peer.uid));
+                // Why it is refused, and when that was last logged.
+                let refusal = match (&slot, &reader) {
+                    _ if changer => None,
+                    (None, _) => Some((
+                        format!("{MAX_CONNECTIONS} are open already"),
+                        &mut all_taken_logged,
+                    )),
+                    (_, Some(None)) => Some((
+                        format!("{MAX_CONNECTIONS_PER_READER} of this user's are open already"),
+                        &mut user_full_logged,
+                    )),
+                    _ => None,
+                };
+                if let Some((refusal, logged)) = refusal {
+                    if logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                        tracing::warn!(uid = peer.uid, "refusing API connections: {refusal}");
+                        *logged = Some(Instant::now());
                     }
                     continue;
                 }
@@ -210,7 +226,7 @@ pub async fn serve(
                     stream,
                     peer,
                     app.clone(),
-                    slot,
+                    (slot, reader.flatten()),
                     connections_stopping.clone(),
                     connection_open.clone(),
                 );
@@ -245,7 +261,7 @@ fn serve_connection(
     stream: UnixStream,
     peer: Peer,
     app: Router,
-    slot: Option<OwnedSemaphorePermit>,
+    held: (Option<OwnedSemaphorePermit>, Option<ReaderSlot>),
     mut stopping: watch::Receiver<()>,
     open: watch::Receiver<()>,
 ) {
@@ -275,7 +291,7 @@ fn serve_connection(
         if let Err(e) = served {
             tracing::debug!(error = %e, "API connection ended");
         }
-        drop(slot);
+        drop(held);
         drop(open);
     });
 }
@@ -283,6 +299,48 @@ fn serve_connection(
 /// Most API connections served at once (event streams hold theirs) to clients that may
 /// not change networks; more are closed at once.
 const MAX_CONNECTIONS: usize = 512;
+
+/// Most of those of one user.
+const MAX_CONNECTIONS_PER_READER: usize = 64;
+
+/// The open connections of clients that may only read, by user.
+#[derive(Debug, Default)]
+struct ReaderConnections(std::sync::Mutex<std::collections::HashMap<u32, usize>>);
+
+impl ReaderConnections {
+    /// A slot for one more connection of user `uid`, unless they hold all theirs.
+    fn take(self: &Arc<Self>, uid: u32) -> Option<ReaderSlot> {
+        let mut open = crate::service::lock(&self.0);
+        let count = open.entry(uid).or_default();
+        if *count >= MAX_CONNECTIONS_PER_READER {
+            return None;
+        }
+        *count += 1;
+        Some(ReaderSlot {
+            connections: Arc::clone(self),
+            uid,
+        })
+    }
+}
+
+/// A reader's connection, counted until it ends.
+#[derive(Debug)]
+struct ReaderSlot {
+    connections: Arc<ReaderConnections>,
+    uid: u32,
+}
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        let mut open = crate::service::lock(&self.connections.0);
+        if let Some(count) = open.get_mut(&self.uid) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
+}
 
 /// How often refused connections are logged, at most.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
