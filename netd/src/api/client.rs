@@ -441,8 +441,8 @@ impl Client {
             // may only read (of this user, or of all), and refused this one.
             std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
                 self.protocol(format!(
-                    "kvnetd closed the connection unanswered ({e}): too many clients that \
-                     may only read have connections open; try again later"
+                    "kvnetd closed the connection unanswered ({e}): it is stopping, or has \
+                     as many connections open as it serves to clients that may only read"
                 ))
             }
             _ => self.protocol(format!("reading the answer: {e}")),
