@@ -42,6 +42,10 @@ const OPT_RECORD: [u8; 11] = {
 const OPT_DO_BIT: u8 = 0x80;
 /// The class of Internet names.
 const CLASS_IN: u16 = 1;
+/// The CHAOS class, where `version.bind` is asked.
+const CLASS_CH: u16 = 3;
+/// `version.bind.` as a [`wire_key`].
+const VERSION_BIND: &[u8] = b"\x07version\x04bind\x00";
 
 /// Response codes we send (RFC 1035 4.1.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -389,6 +393,15 @@ impl Resolver {
         let qtype = RecordType::from(question.qtype);
         begin_response(query, question.end, out);
         let question_end = out.len();
+        if question.qclass == CLASS_CH
+            && matches!(qtype, RecordType::TXT | RecordType::ANY)
+            && key == VERSION_BIND
+        {
+            // The server's version, as dnsmasq and BIND tell it to monitoring.
+            append_version_txt(out);
+            set_rcode(out, Rcode::NoError, true);
+            return finish(out, question_end, 1, edns, limit);
+        }
         if question.qclass != CLASS_IN {
             // Keep the question and the OPT record: a reply without them does not
             // match its query for a client (RFC 5452 9.1, RFC 6891 7).
@@ -868,6 +881,21 @@ fn finish(
     }
     debug_assert!(out.len() >= HEADER_LEN);
     Outcome::Reply
+}
+
+/// Appends the answer to `version.bind` (CH TXT): `kvnetd-VERSION`, as dnsmasq answers
+/// `dnsmasq-VERSION`.
+fn append_version_txt(out: &mut Vec<u8>) {
+    let text = concat!("kvnetd-", env!("CARGO_PKG_VERSION")).as_bytes();
+    // Far below a TXT string's 255 bytes.
+    let length = u8::try_from(text.len()).unwrap_or(u8::MAX);
+    out.extend_from_slice(&[0xc0, 0x0c]);
+    out.extend_from_slice(&16u16.to_be_bytes());
+    out.extend_from_slice(&CLASS_CH.to_be_bytes());
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&(u16::from(length) + 1).to_be_bytes());
+    out.push(length);
+    out.extend_from_slice(&text[..usize::from(length)]);
 }
 
 /// Where each of the `count` records from `start` in `out` ends; `None` if they do not
@@ -1806,6 +1834,39 @@ mod tests {
         assert_eq!(
             rdata(&reply),
             [RData::A(Ipv4Addr::new(192, 168, 122, 9).into())]
+        );
+    }
+
+    #[test]
+    fn version_bind_tells_the_version_as_dnsmasq_tells_its() {
+        let resolver = Resolver::new(&config(), None).unwrap();
+        let mut version = query("VERSION.bind.", RecordType::TXT, true);
+        let class_at = 12 + "VERSION.bind.".len() + 1 + 2;
+        version[class_at..class_at + 2].copy_from_slice(&3u16.to_be_bytes());
+        let mut out = Vec::new();
+        resolver.answer(&version, Transport::Udp, &mut out);
+        let reply = Message::from_vec(&out).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert!(reply.metadata.authoritative);
+        let expected = format!("kvnetd-{}", env!("CARGO_PKG_VERSION"));
+        match reply
+            .answers
+            .first()
+            .map(|record| (record.dns_class, &record.data))
+        {
+            Some((hickory_proto::rr::DNSClass::CH, RData::TXT(txt))) => {
+                assert_eq!(txt.txt_data.concat(), expected.as_bytes());
+            }
+            other => panic!("{other:?}"),
+        }
+        // In class IN it is a name like any other.
+        assert_eq!(
+            resolver.answer(
+                &query("version.bind.", RecordType::TXT, false),
+                Transport::Udp,
+                &mut out
+            ),
+            Outcome::Forward(&resolver.upstreams)
         );
     }
 
