@@ -42,6 +42,8 @@ const OPT_RECORD: [u8; 11] = {
 const OPT_DO_BIT: u8 = 0x80;
 /// The class of Internet names.
 const CLASS_IN: u16 = 1;
+/// Length of the owner of a stored record: a pointer to the question (see `zone`).
+const OWNER_POINTER_LEN: usize = 2;
 /// The CHAOS class, where `version.bind` is asked.
 const CLASS_CH: u16 = 3;
 /// `version.bind.` as a [`wire_key`].
@@ -445,6 +447,10 @@ impl Resolver {
                 return finish(out, question_end, 0, edns, limit);
             }
         };
+        if answers > 0 && matches!(qtype, RecordType::SRV | RecordType::ANY) {
+            let additional = self.append_srv_targets(out, question_end, answers);
+            out[10..12].copy_from_slice(&additional.to_be_bytes());
+        }
         set_rcode(out, rcode, true);
         if matches!(qtype, RecordType::A | RecordType::AAAA) && answers > 1 {
             // Round robin, as dnsmasq answers a name of several addresses: each query
@@ -494,6 +500,59 @@ impl Resolver {
     pub fn exists_without_records(&self, query: &[u8]) -> bool {
         let mut key = [0u8; MAX_NAME_LEN];
         parse_query(query, &mut key).is_ok_and(|(_, len)| self.is_ancestor(&key[..len]))
+    }
+
+    /// Appends, as additional records after the `answers` from `question_end` in `out`,
+    /// the addresses of the targets of the SRV records among them, as dnsmasq adds them
+    /// (a client then needs no second query); returns how many.
+    fn append_srv_targets(&self, out: &mut Vec<u8>, question_end: usize, answers: u16) -> u16 {
+        let Some(ends) = record_ends(out, question_end, answers) else {
+            return 0;
+        };
+        let mut targets: Vec<Vec<u8>> = Vec::new();
+        let mut start = question_end;
+        for end in ends {
+            // Priority, weight and port, then the target, uncompressed (`wire_record`).
+            if let Some(fixed) = skip_name(out, start)
+                && out.get(fixed..fixed + 2) == Some(&[0, 33])
+                && let Some(target) = out.get(fixed + 16..end)
+                && target != [0]
+                && !targets
+                    .iter()
+                    .any(|known| known.eq_ignore_ascii_case(target))
+            {
+                targets.push(target.to_vec());
+            }
+            start = end;
+        }
+        let mut added = 0u16;
+        let mut records = Vec::new();
+        for target in targets {
+            // Length bytes are below 64: lowercasing leaves them be.
+            let key = target.to_ascii_lowercase();
+            for rtype in [RecordType::A, RecordType::AAAA] {
+                records.clear();
+                let count = match self.static_zone.append_answers(&key, rtype, &mut records) {
+                    Found::Records(count) if count > 0 => count,
+                    _ => match self.lease_answers(&key, rtype, &mut records) {
+                        Found::Records(count) => count,
+                        Found::NoName => 0,
+                    },
+                };
+                let Some(ends) = record_ends(&records, 0, count) else {
+                    continue;
+                };
+                // Each owned by the target, not by the question (the stored pointer).
+                let mut start = 0;
+                for end in ends {
+                    out.extend_from_slice(&target);
+                    out.extend_from_slice(&records[start + OWNER_POINTER_LEN..end]);
+                    start = end;
+                }
+                added = added.saturating_add(count);
+            }
+        }
+        added
     }
 
     /// Looks `key` up among the leases, re-reading them when the view is stale; types
@@ -862,6 +921,12 @@ fn finish(
 ) -> Outcome<'static> {
     let mut answers = answers;
     let room = limit.saturating_sub(if edns.is_some() { OPT_RECORD.len() } else { 0 });
+    if out.len() > room && out[10..12] != [0, 0] {
+        // Additional records go first, without TC: they only spare a query (RFC 2181 9).
+        let ends = record_ends(out, question_end, answers).unwrap_or_default();
+        out.truncate(ends.last().copied().unwrap_or(question_end));
+        out[10..12].fill(0);
+    }
     if out.len() > room {
         // The answers that fit, whole, as dnsmasq sends them: a client that cannot ask
         // again over TCP has those at least.
@@ -1210,6 +1275,23 @@ mod tests {
         assert_eq!(
             srv.target,
             Name::from_ascii("static1.example.test.").unwrap()
+        );
+        // The target's addresses come along, owned by the target, as from dnsmasq.
+        let static1 = Name::from_ascii("static1.example.test.").unwrap();
+        let additional: Vec<(&Name, &RData)> = reply
+            .additionals
+            .iter()
+            .map(|record| (&record.name, &record.data))
+            .collect();
+        assert_eq!(
+            additional,
+            [
+                (&static1, &RData::A(Ipv4Addr::new(192, 168, 122, 50).into())),
+                (
+                    &static1,
+                    &RData::AAAA("fd00::50".parse::<Ipv6Addr>().unwrap().into())
+                ),
+            ]
         );
         let reply = ask(&resolver, "info.", RecordType::TXT);
         let RData::TXT(txt) = &rdata(&reply)[0] else {
