@@ -7,9 +7,9 @@
 //! zone's prepared records, written into a buffer the caller reuses: the hot path
 //! neither allocates nor builds a message.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::{RData, RecordType};
@@ -42,6 +42,11 @@ const OPT_RECORD: [u8; 11] = {
 const OPT_DO_BIT: u8 = 0x80;
 /// The class of Internet names.
 const CLASS_IN: u16 = 1;
+/// A name's [`wire_key`] and a type of its records.
+type RotationKey = (Box<[u8]>, RecordType);
+
+/// Most names whose answers' rotation is kept.
+const MAX_ROTATIONS: usize = 4096;
 /// Length of the owner of a stored record: a pointer to the question (see `zone`).
 const OWNER_POINTER_LEN: usize = 2;
 /// The CHAOS class, where `version.bind` is asked.
@@ -189,8 +194,10 @@ pub struct Resolver {
     /// Upstream answers kept for their TTL. A new resolver (new records or upstreams)
     /// starts with none.
     cache: Mutex<AnswerCache>,
-    /// How far the next answer of several addresses is rotated.
-    rotation: AtomicU16,
+    /// How far the next answer of several addresses is rotated, by [`wire_key`] and
+    /// type: a dual-stack client asks for A and AAAA together, and other names are
+    /// asked in between, so one count for all would not turn a name's answer.
+    rotations: Mutex<HashMap<RotationKey, u16>>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -358,7 +365,7 @@ impl Resolver {
                     .cache_size
                     .map_or_else(AnswerCache::default, AnswerCache::with_max_entries),
             ),
-            rotation: AtomicU16::new(0),
+            rotations: Mutex::default(),
         })
     }
 
@@ -455,7 +462,7 @@ impl Resolver {
         if matches!(qtype, RecordType::A | RecordType::AAAA) && answers > 1 {
             // Round robin, as dnsmasq answers a name of several addresses: each query
             // gets them one further on, so clients do not all take the first.
-            let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
+            let turn = self.next_turn(key, qtype);
             rotate_records(out, question_end, answers, turn);
         }
         finish(out, question_end, answers, edns, limit)
@@ -500,6 +507,20 @@ impl Resolver {
     pub fn exists_without_records(&self, query: &[u8]) -> bool {
         let mut key = [0u8; MAX_NAME_LEN];
         parse_query(query, &mut key).is_ok_and(|(_, len)| self.is_ancestor(&key[..len]))
+    }
+
+    /// The turn of the next answer of several `qtype` records of the name whose
+    /// [`wire_key`] is `key`.
+    fn next_turn(&self, key: &[u8], qtype: RecordType) -> u16 {
+        let mut rotations = lock(&self.rotations);
+        // Bounded: a client asking for ever new names must not grow it for good.
+        if rotations.len() >= MAX_ROTATIONS && !rotations.contains_key(&(key.into(), qtype)) {
+            rotations.clear();
+        }
+        let turn = rotations.entry((key.into(), qtype)).or_default();
+        let current = *turn;
+        *turn = turn.wrapping_add(1);
+        current
     }
 
     /// Appends, as additional records after the `answers` from `question_end` in `out`,
@@ -1816,13 +1837,22 @@ mod tests {
 
     #[test]
     fn a_name_of_several_addresses_answers_them_round_robin() {
-        let resolver = Resolver::new(&with_many(3), None).unwrap();
+        let mut config = with_many(3);
+        config.hosts.extend((1..=2).map(|i| DnsHost {
+            ip: IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i)),
+            hostnames: vec!["many".into()],
+        }));
+        let resolver = Resolver::new(&config, None).unwrap();
         let addresses = |resolver: &Resolver| {
             let reply = ask(resolver, "many.example.test.", RecordType::A);
             rdata(&reply)
         };
         let first = addresses(&resolver);
+        // Other questions in between (a dual-stack client's AAAA) do not hold it up.
+        ask(&resolver, "many.example.test.", RecordType::AAAA);
+        ask(&resolver, "static1.example.test.", RecordType::A);
         let second = addresses(&resolver);
+        ask(&resolver, "many.example.test.", RecordType::AAAA);
         let third = addresses(&resolver);
         assert_eq!(first.len(), 3);
         assert_ne!(first[0], second[0]);
