@@ -448,7 +448,7 @@ impl Engine {
             _ => MIN_MAX_MESSAGE_SIZE,
         };
         let limit = usize::from(limit.max(MIN_MAX_MESSAGE_SIZE)) - IP_UDP_HEADERS;
-        let mut droppable = droppable_options(&message, config).into_iter();
+        let mut droppable = droppable_options(&message, request, config).into_iter();
         let mut bytes = loop {
             let mut bytes = Vec::with_capacity(MIN_REPLY_LEN);
             if let Err(e) = message.encode(&mut Encoder::new(&mut bytes)) {
@@ -503,10 +503,12 @@ const DROPPABLE_OPTIONS: &[OptionCode] = &[
     OptionCode::InterfaceMtu,
 ];
 
-/// What a reply leaves out to fit, in order: [`DROPPABLE_OPTIONS`], then the options of
-/// `dhcp-option=` lines in `message`, largest first (dnsmasq too leaves out the options
-/// that do not fit). The router and DNS servers stay, as kvnet's own do.
-fn droppable_options(message: &Message, config: &DhcpConfig) -> Vec<OptionCode> {
+/// What a reply to `request` leaves out to fit, in order: the options of `dhcp-option=`
+/// lines in `message` that the client did not ask for (forced ones), then
+/// [`DROPPABLE_OPTIONS`], then the configured options it asked for; those of a group
+/// largest first. dnsmasq too leaves out what does not fit, keeping what was asked for.
+/// The router and DNS servers stay, as kvnet's own do.
+fn droppable_options(message: &Message, request: &Message, config: &DhcpConfig) -> Vec<OptionCode> {
     let mut configured: Vec<(usize, OptionCode)> = config
         .options
         .iter()
@@ -521,10 +523,14 @@ fn droppable_options(message: &Message, config: &DhcpConfig) -> Vec<OptionCode> 
         })
         .collect();
     configured.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    DROPPABLE_OPTIONS
-        .iter()
-        .copied()
-        .chain(configured.into_iter().map(|(_, code)| code))
+    let (asked, unasked): (Vec<_>, Vec<_>) = configured
+        .into_iter()
+        .map(|(_, code)| code)
+        .partition(|code| asked_for(request, *code));
+    unasked
+        .into_iter()
+        .chain(DROPPABLE_OPTIONS.iter().copied())
+        .chain(asked)
         .collect()
 }
 
@@ -1579,6 +1585,37 @@ mod tests {
         let codes: Vec<u8> = reply_options(&reply).iter().map(|(c, _)| *c).collect();
         assert!(!codes.contains(&66), "the largest goes: {codes:?}");
         for kept in [1, 3, 6, 42, 61] {
+            assert!(codes.contains(&kept), "{kept} left out: {codes:?}");
+        }
+    }
+
+    /// Without option 57 a reply keeps to 576 bytes, leaving out first what the client
+    /// did not ask for: a forced boot server name, not its domain or search list.
+    #[test]
+    fn what_the_client_asked_for_is_left_out_last() {
+        let domains = (0..4)
+            .map(|n| format!("{}{n}.lab.example.test", "d".repeat(30)))
+            .collect();
+        let config = configured(&[
+            (66, DhcpOptionValue::Text("t".repeat(150)), true),
+            (119, DhcpOptionValue::Domains(domains), true),
+            (42, DhcpOptionValue::Addresses(vec![SERVER]), true),
+        ]);
+        let asked = [1, 3, 6, 15, 42, 119];
+        let large = 1500u16.to_be_bytes();
+        let full = offered(config.clone(), &[(55, &asked), (57, &large)]);
+        assert!(full.contains_key(&66) && full.contains_key(&119) && full.contains_key(&15));
+        let mut engine = Engine::new(config);
+        let reply = engine
+            .handle(
+                &raw_discover([0x52, 0x54, 0, 0, 0, 0x78], &[(55, &asked)]),
+                NOW,
+            )
+            .expect("offer");
+        assert!(reply.bytes.len() <= 576 - 28, "{}", reply.bytes.len());
+        let codes: Vec<u8> = reply_options(&reply).iter().map(|(c, _)| *c).collect();
+        assert!(!codes.contains(&66), "{codes:?}");
+        for kept in [1, 3, 6, 15, 42, 119] {
             assert!(codes.contains(&kept), "{kept} left out: {codes:?}");
         }
     }
