@@ -25,11 +25,15 @@ pub fn open_regular(options: &mut OpenOptions, path: &Path) -> io::Result<File> 
 /// never through a symlink: the daemon appends as root, and must not append to a file
 /// someone who could write to the directory named.
 pub fn open_journal(path: &Path) -> io::Result<File> {
-    open_regular_with(
+    use std::os::unix::fs::PermissionsExt;
+    let journal = open_regular_with(
         OpenOptions::new().append(true).create(true).mode(0o600),
         path,
         nix::fcntl::OFlag::O_NOFOLLOW,
-    )
+    )?;
+    // One an older kvnetd left readable by all.
+    journal.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(journal)
 }
 
 /// [`open_regular`] with `flags` added to the open's own.
@@ -90,6 +94,7 @@ mod tests {
 
     #[test]
     fn only_regular_files_of_bounded_size_are_read() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tmp");
         let fifo = dir.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
@@ -111,8 +116,9 @@ mod tests {
         assert!(!is_dev_null(Path::new("/dev/zero")));
 
         let appended = dir.path().join("journal");
+        std::fs::write(&appended, "").expect("an older journal");
+        std::fs::set_permissions(&appended, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let journal = open_journal(&appended).expect("a regular file");
-        use std::os::unix::fs::PermissionsExt;
         let mode = journal.metadata().expect("journal").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let linked = dir.path().join("linked");

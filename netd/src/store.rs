@@ -531,7 +531,14 @@ impl Store {
         let marker = &self.autostart_begun_marker;
         // One daemon per state dir (its pid lock): a fixed name, which a later write replaces.
         let temp = marker.with_file_name(".autostarting.tmp");
-        fs::write(&temp, text)
+        remove_if_exists(&temp)?;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temp)
+            .and_then(|mut file| file.write_all(text.as_bytes()))
             .and_then(|()| fs::rename(&temp, marker))
             .map_err(io_err("writing", marker))
     }
@@ -565,6 +572,8 @@ fn touch(path: &Path) -> Result<(), Error> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map(drop)
         .map_err(io_err("creating", path))
@@ -967,5 +976,11 @@ mod tests {
         assert_eq!(store.autostart_progress().unwrap(), AutostartProgress::Done);
         store.mark_autostarted().unwrap();
         assert_eq!(store.autostart_progress().unwrap(), AutostartProgress::Done);
+        // Root's alone, as every file of the daemon.
+        use std::os::unix::fs::PermissionsExt;
+        for marker in [&store.autostart_begun_marker, &store.autostart_marker] {
+            let mode = fs::metadata(marker).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", marker.display());
+        }
     }
 }
