@@ -294,10 +294,25 @@ fn lock_state_dir(state_dir: &Path) -> Result<StateDirLock, Error> {
 /// ours in its place would cut its clients off from it for good, and its networks would
 /// be adopted, or their rules removed, by both.
 fn refuse_a_served_socket(socket: &Path) -> Result<(), Error> {
-    match std::os::unix::net::UnixStream::connect(socket) {
-        Ok(_) => Err(Error::SocketInUse {
-            socket: socket.to_owned(),
-        }),
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket as open};
+    let in_use = Err(Error::SocketInUse {
+        socket: socket.to_owned(),
+    });
+    // Without blocking: a wedged daemon with a full backlog would hold this one up.
+    let Ok(probe) = open(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return Ok(());
+    };
+    let Ok(address) = UnixAddr::new(socket) else {
+        return Ok(());
+    };
+    match connect(std::os::fd::AsRawFd::as_raw_fd(&probe), &address) {
+        // Listening, its backlog full or not.
+        Ok(()) | Err(Errno::EAGAIN) => in_use,
         // None (ENOENT), or a stale one no process listens on (ECONNREFUSED).
         Err(_) => Ok(()),
     }

@@ -53,14 +53,20 @@ impl SharedHosts {
     /// The file's names and addresses, plain names also under `domain`.
     pub fn zone(&self, domain: Option<&Name>) -> Arc<Zone> {
         let key = domain.map(wire_key);
+        if let Some(zone) = lock(&self.zones).get(&key).and_then(Weak::upgrade) {
+            return zone;
+        }
+        // Made without the lock held: a big file takes long, and the daemon's thread
+        // may look for a zone made already meanwhile.
+        let made = Arc::new(Zone::from_hosts(&self.file, domain));
         let mut zones = lock(&self.zones);
+        // Someone may have made it meanwhile too: theirs is the one servers hold.
         if let Some(zone) = zones.get(&key).and_then(Weak::upgrade) {
             return zone;
         }
         zones.retain(|_, zone| zone.strong_count() > 0);
-        let zone = Arc::new(Zone::from_hosts(&self.file, domain));
-        zones.insert(key, Arc::downgrade(&zone));
-        zone
+        zones.insert(key, Arc::downgrade(&made));
+        made
     }
 
     /// [`SharedHosts::zone`] for the domain named `domain`, made on a blocking thread
