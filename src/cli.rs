@@ -56,6 +56,26 @@ pub struct Cli {
     #[arg(short = 'V')]
     long_version: bool,
 
+    /// The CLI's log level: 0 (debug) to 4 (errors only)
+    #[arg(short = 'd', long = "debug", value_name = "NUM")]
+    debug: Option<String>,
+
+    /// Append the CLI's log to FILE (errors only, without -d)
+    #[arg(short = 'l', long = "log", value_name = "FILE")]
+    log: Option<String>,
+
+    /// Checked as virsh's; keepalives mean nothing on kvnetd's local socket
+    #[arg(short = 'k', long = "keepalive-interval", value_name = "NUM")]
+    keepalive_interval: Option<String>,
+
+    /// Checked as virsh's; keepalives mean nothing on kvnetd's local socket
+    #[arg(short = 'K', long = "keepalive-count", value_name = "NUM")]
+    keepalive_count: Option<String>,
+
+    /// Checked as virsh's; kvnet has no console to escape from
+    #[arg(short = 'e', long = "escape", value_name = "CHAR")]
+    escape: Option<String>,
+
     /// The verb.
     #[command(subcommand)]
     pub command: Command,
@@ -76,11 +96,22 @@ impl Cli {
     {
         let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
         let mut cli = Cli::try_parse_from(data_kept_from_clap(argv))?;
-        if cli.timing || cli.version.is_some() || cli.long_version {
+        let leading_only = [
+            &cli.debug,
+            &cli.log,
+            &cli.keepalive_interval,
+            &cli.keepalive_count,
+            &cli.escape,
+        ];
+        if cli.timing
+            || cli.version.is_some()
+            || cli.long_version
+            || leading_only.iter().any(|option| option.is_some())
+        {
             // Only before the first command (see the fields), as virsh takes them.
             return Err(Cli::command().error(
                 ErrorKind::UnknownArgument,
-                "-t, -v and -V are taken only before the first command",
+                "-t, -v, -V, -d, -l, -k, -K and -e are taken only before the first command",
             ));
         }
         if let Command::NetUpdate(args) = &mut cli.command {
@@ -118,13 +149,13 @@ impl Cli {
 pub fn is_option_word(word: &str) -> bool {
     word.strip_prefix("--")
         .and_then(|name| name.chars().next())
-        .is_some_and(char::is_alphanumeric)
+        .is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
 /// `argv` (the program name, clap's spellings of the global options, the verb and its
 /// arguments) with the data words clap would read as short options (`-dash`) handed
 /// to it so that it cannot: joined to their option (`--xpath=-x`), or, with the other
-/// positional words, in order, after a `--`.
+/// positional words (echo's `--string` ones among them), in order, after a `--`.
 fn data_kept_from_clap(argv: Vec<OsString>) -> Vec<OsString> {
     let mut verb_at = 1;
     loop {
@@ -146,8 +177,16 @@ fn data_kept_from_clap(argv: Vec<OsString>) -> Vec<OsString> {
         word.to_str()
             .is_none_or(|text| text.starts_with('-') && text.len() > 1 && !is_option_word(text))
     };
+    // echo's words given by name go in their place among the others, as virsh reads
+    // them: clap would gather them apart.
+    let echo_word = |word: &str| {
+        verb.get_name() == "echo" && (word == "--string" || word.starts_with("--string="))
+    };
     let (head, rest) = argv.split_at(verb_at + 1);
-    if !rest.iter().any(looks_like_flags) {
+    if !rest
+        .iter()
+        .any(|word| looks_like_flags(word) || word.to_str().is_some_and(echo_word))
+    {
         return argv;
     }
     let takes_value = |name: &str| {
@@ -166,6 +205,18 @@ fn data_kept_from_clap(argv: Vec<OsString>) -> Vec<OsString> {
             }
             continue;
         };
+        if echo_word(text) {
+            match (text.split_once('='), words.clone().next()) {
+                (Some((_, value)), _) => positionals.push(value.into()),
+                (None, Some(value)) => {
+                    positionals.push(value.clone());
+                    words.next();
+                }
+                // For clap to say it wants its value.
+                (None, None) => options.push(word.clone()),
+            }
+            continue;
+        }
         match words.clone().next() {
             Some(value) if !text.contains('=') && takes_value(&text[2..]) => {
                 let mut joined = OsString::from(format!("{text}="));

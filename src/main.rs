@@ -261,10 +261,10 @@ struct LogSettings {
     file: Option<OsString>,
 }
 
-/// Starts the CLI's log, which holds the client library's records (the requests it
-/// sends): on stderr when `RUST_LOG` or `-d` asks for it, in `-l`'s file (appended to)
-/// at `-d`'s level, else info, as virsh's. A subscriber, and its filter parsing, is
-/// worth its start-up cost only then.
+/// Starts the CLI's log: each command, its outcome (a failure's lines as errors) and
+/// the client library's requests. It goes to stderr when `RUST_LOG` or `-d` asks for
+/// it, else to `-l`'s file (appended to) at `-d`'s level, errors only without `-d`, as
+/// virsh's. A subscriber, and its filter parsing, is worth its start-up cost only then.
 fn start_logging(settings: &LogSettings) -> Result<(), String> {
     let level = settings.level.map(|level| match level {
         0 => "debug",
@@ -274,7 +274,7 @@ fn start_logging(settings: &LogSettings) -> Result<(), String> {
     });
     let filter = match (level, &settings.file, std::env::var("RUST_LOG")) {
         (Some(level), _, _) => tracing_subscriber::EnvFilter::new(level),
-        (None, Some(_), _) => tracing_subscriber::EnvFilter::new("info"),
+        (None, Some(_), _) => tracing_subscriber::EnvFilter::new("error"),
         (None, None, Ok(_)) => {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())
         }
@@ -308,7 +308,8 @@ fn start_logging(settings: &LogSettings) -> Result<(), String> {
 /// `-d`'s level. A number out of virsh's range is ignored with virsh's error line, and
 /// the command runs; anything else stops it.
 fn debug_level(value: &OsString) -> Result<Option<u8>, String> {
-    let number: i64 = value
+    // A C int, as virsh reads it.
+    let number: i32 = value
         .to_str()
         .and_then(|text| text.parse().ok())
         .ok_or_else(|| "option -d takes a numeric argument".to_owned())?;
@@ -326,7 +327,7 @@ fn debug_level(value: &OsString) -> Result<Option<u8>, String> {
 fn escape_key(value: &OsString) -> Result<(), String> {
     let text = value.to_string_lossy();
     let valid = match text.as_bytes() {
-        [single] => single.is_ascii(),
+        [single] => single.is_ascii() && *single != b'^',
         [b'^', letter] => (b'@'..=b'_').contains(&letter.to_ascii_uppercase()),
         _ => false,
     };
@@ -339,7 +340,8 @@ fn escape_key(value: &OsString) -> Result<(), String> {
 
 /// Checks `-k`/`-K`'s count as virsh does: a number, not negative.
 fn keepalive(letter: char, value: &OsString) -> Result<(), String> {
-    match value.to_str().and_then(|text| text.parse::<i64>().ok()) {
+    // A C int, as virsh reads it.
+    match value.to_str().and_then(|text| text.parse::<i32>().ok()) {
         Some(number) if number < 0 => Err(format!(
             "option -{letter} requires a positive integer argument"
         )),
@@ -429,6 +431,7 @@ fn execute(cli: &cli::Cli, timing: bool) -> Outcome {
             }
         }
         Err(failure) => {
+            tracing::error!("{}", failure.lines().join(": "));
             usage::print_errors(failure.lines());
             // virsh ends every command it ran with a blank line on stdout, failed or not.
             if failure.ran() && timing {

@@ -259,6 +259,19 @@ fn global_options_read_as_virsh_reads_them() {
             &["-e", "^1"],
             "error: Invalid string '^1' for escape sequence\n",
         ),
+        (
+            &["-e", "^"],
+            "error: Invalid string '^' for escape sequence\n",
+        ),
+        // Read as a C int, as virsh reads them.
+        (
+            &["-d", "99999999999"],
+            "error: option -d takes a numeric argument\n",
+        ),
+        (
+            &["-k", "99999999999"],
+            "error: Invalid value for option -k\n",
+        ),
     ] {
         let out = bare(args);
         assert_eq!(
@@ -290,13 +303,23 @@ fn global_options_read_as_virsh_reads_them() {
         (text(&out.stdout), text(&out.stderr)),
         ("ran", "error: ignoring debug level 5 out of range [0-4]\n")
     );
-    // -d and -l log each command.
+    // -d and -l log each command; -l alone, as virsh's, only errors.
     let log = tempfile::NamedTempFile::new().expect("log file");
     let log_path = log.path().to_str().expect("utf-8 path");
-    bare(&["-q", "-l", log_path, "echo", "logged"]);
+    bare(&["-q", "-d", "1", "-l", log_path, "echo", "logged"]);
     let logged = std::fs::read_to_string(log.path()).expect("log");
     assert!(
         logged.contains("running") && logged.contains("Echo"),
+        "{logged}"
+    );
+    let errors = tempfile::NamedTempFile::new().expect("log file");
+    let errors_path = errors.path().to_str().expect("utf-8 path");
+    let socket = "/nonexistent/kvnetd.sock";
+    bare(&["-q", "-l", errors_path, "-c", socket, "echo ok; net-info n"]);
+    let logged = std::fs::read_to_string(errors.path()).expect("log");
+    assert!(!logged.contains("INFO"), "{logged}");
+    assert!(
+        logged.contains("ERROR") && logged.contains("cannot connect to kvnetd"),
         "{logged}"
     );
 
@@ -595,6 +618,11 @@ fn echo_pwd_and_cd_work_as_in_virsh() {
         ok("a\nb\n c,d\n e\n")
     );
     assert_eq!(run(&["-q", "echo", "-x", "--", "--y"], None), ok("-x --y"));
+    assert_eq!(
+        run(&["-q", "echo", "a", "--string", "x", "y"], None),
+        ok("a x y")
+    );
+    assert_eq!(run(&["-q", "echo", "--err"], None), ok(""));
     assert_eq!(run(&["-q", "echo a; echo b"], None), ok("ab"));
     assert_eq!(
         run(&["echo", "--err", "x", "y"], None),

@@ -25,7 +25,9 @@ pub fn echo(args: &EchoArgs, quiet: bool) -> String {
         .collect();
     let text = words.join(" ");
     if args.err {
-        crate::usage::print_errors(&[text.strip_suffix('\n').unwrap_or(&text).to_owned()]);
+        if !text.is_empty() {
+            crate::usage::print_errors(&[text.strip_suffix('\n').unwrap_or(&text).to_owned()]);
+        }
         return finish(String::new(), quiet);
     }
     finish(text, quiet)

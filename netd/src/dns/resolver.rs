@@ -931,8 +931,9 @@ fn set_rcode(out: &mut [u8], rcode: Rcode, authoritative: bool) {
     }
 }
 
-/// Fills in the answer count, adds our OPT record if the client sent one, and truncates
-/// (TC bit, answers dropped) a response that exceeds `limit`.
+/// Fills in the answer count, adds our OPT record if the client sent one, and cuts a
+/// response that exceeds `limit`: its additional records first (no TC), then the
+/// answers that do not fit, whole records, with the TC bit.
 fn finish(
     out: &mut Vec<u8>,
     question_end: usize,

@@ -288,10 +288,10 @@ struct UdpAnswer {
     reply: Vec<u8>,
 }
 
-/// What woke the task.
 /// How long serving pauses after a socket error.
 const SOCKET_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// What woke the task.
 enum Event {
     /// A listening UDP socket has datagrams.
     Queries(usize),
