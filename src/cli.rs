@@ -165,12 +165,7 @@ fn data_kept_from_clap(argv: Vec<OsString>) -> Vec<OsString> {
             _ => break,
         }
     }
-    let verbs = Cli::command();
-    let Some(verb) = argv
-        .get(verb_at)
-        .and_then(|word| word.to_str())
-        .and_then(|name| verbs.find_subcommand(name))
-    else {
+    let Some(verb_name) = argv.get(verb_at).and_then(|word| word.to_str()) else {
         return argv;
     };
     let looks_like_flags = |word: &OsString| {
@@ -179,16 +174,21 @@ fn data_kept_from_clap(argv: Vec<OsString>) -> Vec<OsString> {
     };
     // echo's words given by name go in their place among the others, as virsh reads
     // them: clap would gather them apart.
-    let echo_word = |word: &str| {
-        verb.get_name() == "echo" && (word == "--string" || word.starts_with("--string="))
-    };
+    let echo_word =
+        |word: &str| verb_name == "echo" && (word == "--string" || word.starts_with("--string="));
     let (head, rest) = argv.split_at(verb_at + 1);
+    // Most command lines have none: clap's command is built only for those that do
+    // (building it again would add to every CLI call).
     if !rest
         .iter()
         .any(|word| looks_like_flags(word) || word.to_str().is_some_and(echo_word))
     {
         return argv;
     }
+    let verbs = Cli::command();
+    let Some(verb) = verbs.find_subcommand(verb_name) else {
+        return argv;
+    };
     let takes_value = |name: &str| {
         verb.get_arguments()
             .any(|arg| arg.get_long() == Some(name) && arg.get_action().takes_values())

@@ -13,6 +13,16 @@ fn kvnet_as_nobody(daemon: &Daemon, args: &[&str]) -> std::process::Output {
 
 /// Runs the CLI as uid/gid 65534 (nobody) with the supplementary `groups`.
 fn kvnet_as_nobody_in(daemon: &Daemon, groups: &[u32], args: &[&str]) -> std::process::Output {
+    kvnet_as_in(daemon, 65534, groups, args)
+}
+
+/// Runs the CLI as `uid` (and that gid) with no supplementary groups.
+fn kvnet_as(daemon: &Daemon, uid: u32, args: &[&str]) -> std::process::Output {
+    kvnet_as_in(daemon, uid, &[], args)
+}
+
+/// Runs the CLI as `uid` (and that gid) with the supplementary `groups`.
+fn kvnet_as_in(daemon: &Daemon, uid: u32, groups: &[u32], args: &[&str]) -> std::process::Output {
     let groups = if groups.is_empty() {
         "--clear-groups".to_owned()
     } else {
@@ -20,7 +30,7 @@ fn kvnet_as_nobody_in(daemon: &Daemon, groups: &[u32], args: &[&str]) -> std::pr
         format!("--groups={}", list.join(","))
     };
     std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", &groups])
+        .args([format!("--reuid={uid}"), format!("--regid={uid}"), groups])
         .arg(env!("CARGO_BIN_EXE_kvnet"))
         .arg("-c")
         .arg(daemon.socket())
@@ -362,19 +372,6 @@ fn clients_that_stop_sending_are_cut_off() {
         started.elapsed()
     );
     daemon.ok(&["net-list", "--all"]);
-}
-
-/// Runs the CLI as `uid` (and that gid) with no supplementary groups.
-fn kvnet_as(daemon: &Daemon, uid: u32, args: &[&str]) -> std::process::Output {
-    std::process::Command::new("setpriv")
-        .args([format!("--reuid={uid}"), format!("--regid={uid}")])
-        .arg("--clear-groups")
-        .arg(env!("CARGO_BIN_EXE_kvnet"))
-        .arg("-c")
-        .arg(daemon.socket())
-        .args(args)
-        .output()
-        .expect("run setpriv")
 }
 
 /// A crowd of `count` connections that send nothing, held by user `uid` until the

@@ -419,9 +419,12 @@ impl Client {
             .set_read_timeout(Some(self.answer_timeout))
             .and_then(|()| stream.set_write_timeout(Some(self.answer_timeout)))
             .map_err(|e| self.protocol(format!("setting a timeout: {e}")))?;
-        stream
-            .write_all(&request)
-            .map_err(|e| self.protocol(format!("sending the request: {e}")))?;
+        stream.write_all(&request).map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+                self.closed_unanswered(&e)
+            }
+            _ => self.protocol(format!("sending the request: {e}")),
+        })?;
         Ok(stream)
     }
 
@@ -437,16 +440,21 @@ impl Client {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                 self.protocol(format!("no answer within {:?}", self.answer_timeout))
             }
-            // Closed unanswered: the daemon serves so many connections of clients that
-            // may only read (of this user, or of all), and refused this one.
             std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
-                self.protocol(format!(
-                    "kvnetd closed the connection unanswered ({e}): it is stopping, or has \
-                     as many connections open as it serves to clients that may only read"
-                ))
+                self.closed_unanswered(e)
             }
             _ => self.protocol(format!("reading the answer: {e}")),
         }
+    }
+
+    /// The daemon closed the connection before answering (`e`): it is stopping, or
+    /// serves so many connections of clients that may only read (of this user, or of
+    /// all) that it refused this one.
+    fn closed_unanswered(&self, e: &std::io::Error) -> Error {
+        self.protocol(format!(
+            "kvnetd closed the connection unanswered ({e}): it is stopping, or has as many \
+             connections open as it serves to clients that may only read"
+        ))
     }
 
     /// The error a non-200 answer carries.
