@@ -1326,6 +1326,31 @@ mod tests {
     }
 
     #[test]
+    fn srv_records_come_lowest_priority_first() {
+        let srv = |priority| DnsSrv {
+            service: "sip".into(),
+            protocol: "udp".into(),
+            domain: None,
+            target: Some(format!("p{priority}.example.test")),
+            port: Some(5060),
+            priority: Some(priority),
+            weight: None,
+        };
+        let mut config = config();
+        config.srvs = vec![srv(20), srv(10), srv(30)];
+        let resolver = Resolver::new(&config, None).unwrap();
+        let reply = ask(&resolver, "_sip._udp.example.test.", RecordType::SRV);
+        let priorities: Vec<u16> = rdata(&reply)
+            .iter()
+            .filter_map(|data| match data {
+                RData::SRV(srv) => Some(srv.priority),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(priorities, [10, 20, 30]);
+    }
+
+    #[test]
     fn srv_without_domain_is_in_the_network_s_domain() {
         let http = DnsSrv {
             service: "http".into(),

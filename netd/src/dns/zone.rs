@@ -138,7 +138,10 @@ impl Zone {
             }
             zone.add_address(&names, host.ip, Some(hosts));
         }
-        for srv in &config.srvs {
+        // Lowest priority first, as dnsmasq answers them.
+        let mut srvs: Vec<_> = config.srvs.iter().collect();
+        srvs.sort_by_key(|srv| srv.priority.unwrap_or(0));
+        for srv in srvs {
             // libvirt writes `srv-host=_service._protocol[.domain]` and dnsmasq puts a
             // record without a domain in the network's own, as it does hostnames.
             let mut owner = format!("_{}._{}", srv.service, srv.protocol);
