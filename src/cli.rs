@@ -174,8 +174,10 @@ fn data_kept_from_clap(argv: Vec<OsString>) -> Vec<OsString> {
     };
     // echo's words given by name go in their place among the others, as virsh reads
     // them: clap would gather them apart.
-    let echo_word =
-        |word: &str| verb_name == "echo" && (word == "--string" || word.starts_with("--string="));
+    let echo_word = |word: &str| {
+        let name = word.split_once('=').map_or(word, |(name, _)| name);
+        verb_name == "echo" && ["--string", "--str"].contains(&name)
+    };
     let (head, rest) = argv.split_at(verb_at + 1);
     // Most command lines have none: clap's command is built only for those that do
     // (building it again would add to every CLI call).
@@ -794,7 +796,7 @@ pub struct EchoArgs {
     #[arg(value_name = "STRING")]
     words: Vec<String>,
     /// A word, as <STRING>.
-    #[arg(long = "string", value_name = "STRING")]
+    #[arg(long = "string", alias = "str", value_name = "STRING")]
     word_options: Vec<String>,
 }
 

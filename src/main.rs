@@ -23,6 +23,9 @@ use crate::usage::Refusal;
 /// The name the shell greets with and prompts with.
 const PROGRAM: &str = "kvnet";
 
+/// The log target of a failed command's lines.
+const FAILURE_LOG: &str = "kvnet::failure";
+
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let succeeded = match read_leading_options(&args) {
@@ -280,6 +283,15 @@ fn start_logging(settings: &LogSettings) -> Result<(), String> {
         }
         (None, None, Err(_)) => return Ok(()),
     };
+    // On stderr, a failure is there already, as its `error:` lines.
+    let filter = match &settings.file {
+        Some(_) => filter,
+        None => filter.add_directive(
+            format!("{FAILURE_LOG}=off")
+                .parse()
+                .map_err(|e| format!("log filter: {e}"))?,
+        ),
+    };
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
     match &settings.file {
         Some(path) => {
@@ -431,7 +443,7 @@ fn execute(cli: &cli::Cli, timing: bool) -> Outcome {
             }
         }
         Err(failure) => {
-            tracing::error!("{}", failure.lines().join(": "));
+            tracing::error!(target: FAILURE_LOG, "{}", failure.lines().join(": "));
             usage::print_errors(failure.lines());
             // virsh ends every command it ran with a blank line on stdout, failed or not.
             if failure.ran() && timing {

@@ -374,8 +374,9 @@ fn clients_that_stop_sending_are_cut_off() {
     daemon.ok(&["net-list", "--all"]);
 }
 
-/// A crowd of `count` connections that send nothing, held by user `uid` until the
-/// returned process's stdin closes.
+/// A crowd of `count` event streams (a reader may hold them as long as it likes; an
+/// idle connection would be closed after 10 s), held by user `uid` until the returned
+/// process's stdin closes.
 fn crowd(daemon: &Daemon, uid: u32, count: usize) -> std::process::Child {
     use std::io::BufRead;
     let script = "import socket, sys\n\
@@ -383,6 +384,7 @@ fn crowd(daemon: &Daemon, uid: u32, count: usize) -> std::process::Child {
         for _ in range(int(sys.argv[2])):\n\
         \x20   s = socket.socket(socket.AF_UNIX)\n\
         \x20   s.connect(sys.argv[1])\n\
+        \x20   s.sendall(b'GET /v1/events HTTP/1.1\\r\\nhost: kvnetd\\r\\n\\r\\n')\n\
         \x20   held.append(s)\n\
         print('ready', flush=True)\n\
         sys.stdin.read()\n";
@@ -431,7 +433,7 @@ fn a_crowd_of_connections_cannot_lock_out_the_administrators() {
     let out = kvnet_as(&daemon, 65534, &["-q", "net-list"]);
     assert!(
         !out.status.success(),
-        "a 71st connection of one user was served"
+        "a 65th connection of one user was served"
     );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("as many connections open as it serves"),

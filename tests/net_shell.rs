@@ -322,6 +322,13 @@ fn global_options_read_as_virsh_reads_them() {
         logged.contains("ERROR") && logged.contains("cannot connect to kvnetd"),
         "{logged}"
     );
+    // Logging to stderr, a failure is told once, in virsh's words.
+    let out = bare(&["-q", "-d", "4", "-c", socket, "net-info", "n"]);
+    assert_eq!(
+        text(&out.stderr),
+        "error: cannot connect to kvnetd at /nonexistent/kvnetd.sock: No such file or \
+         directory (is kvnetd running?)\n"
+    );
 
     if !require(DAEMON_NEEDS) {
         return;

@@ -1223,16 +1223,23 @@ impl Manager {
             self.store
                 .save_status(&def.name, &active_status(live, true, started_at))?;
         }
-        // A copy of the file it replaces: an edit someone got wrong is not lost.
-        let kept = match replaces_unloadable.then(|| self.store.keep_unloadable_config(&def.name)) {
+        // The file it replaces is kept: an edit someone got wrong is not lost.
+        let kept = match replaces_unloadable
+            .then(|| self.store.set_aside_unloadable_config(&def.name))
+        {
             Some(Ok(kept)) => Some(kept),
             Some(Err(e)) => {
-                warn!(network = %def.name, "replacing a definition file that could not be loaded without a copy: {}", error_chain(&e));
+                warn!(network = %def.name, "replacing a definition file that could not be loaded without keeping it: {}", error_chain(&e));
                 None
             }
             None => None,
         };
         if let Err(e) = self.store.save_config(&def.name, &def.to_config_file()) {
+            if kept.is_some()
+                && let Err(restore) = self.store.restore_unloadable_config(&def.name)
+            {
+                warn!(network = %def.name, "{}", error_chain(&restore));
+            }
             if let (Some(live), Some(started_at)) = (live, started_at)
                 && let Err(restore) = self
                     .store

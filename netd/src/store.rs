@@ -444,16 +444,24 @@ impl Store {
         self.status_dir.join(format!("{name}.ports"))
     }
 
-    /// Keeps a copy of network `name`'s definition file, one that could not be loaded
-    /// and a new definition is about to replace, as `NAME.xml.unloadable` (which is no
-    /// definition: it does not end in `.xml`); returns its path.
-    pub fn keep_unloadable_config(&self, name: &str) -> Result<PathBuf, Error> {
+    /// Moves network `name`'s definition file, one that could not be loaded and a new
+    /// definition is about to replace, aside to `NAME.xml.unloadable` (which is no
+    /// definition: it does not end in `.xml`), whatever it is; returns that path.
+    pub fn set_aside_unloadable_config(&self, name: &str) -> Result<PathBuf, Error> {
         let path = self.config_path(name);
-        let kept = self.networks_dir.join(format!("{name}.xml.unloadable"));
-        let bytes =
-            files::read_regular(&path, files::MAX_FILE_BYTES).map_err(io_err("reading", &path))?;
-        write_atomic(&kept, &bytes)?;
-        Ok(kept)
+        let aside = self.unloadable_config_path(name);
+        fs::rename(&path, &aside).map_err(io_err("renaming", &path))?;
+        Ok(aside)
+    }
+
+    /// Puts back a definition file [`Store::set_aside_unloadable_config`] moved aside.
+    pub fn restore_unloadable_config(&self, name: &str) -> Result<(), Error> {
+        let aside = self.unloadable_config_path(name);
+        fs::rename(&aside, self.config_path(name)).map_err(io_err("renaming", &aside))
+    }
+
+    fn unloadable_config_path(&self, name: &str) -> PathBuf {
+        self.networks_dir.join(format!("{name}.xml.unloadable"))
     }
 
     /// Moves a ports file that cannot be read out of the way, to `NAME.ports.unreadable`,

@@ -505,8 +505,10 @@ const DROPPABLE_OPTIONS: &[OptionCode] = &[
 
 /// What a reply to `request` leaves out to fit, in order: the options of `dhcp-option=`
 /// lines in `message` that the client did not ask for (forced ones), then
-/// [`DROPPABLE_OPTIONS`], then the configured options it asked for; those of a group
-/// largest first. dnsmasq too leaves out what does not fit, keeping what was asked for.
+/// [`DROPPABLE_OPTIONS`], then the configured options it asked for (all of them, for a
+/// client that sends no request list, as dnsmasq reads that); those of a group largest
+/// first. dnsmasq writes its own options first and then each configured one that still
+/// fits; this keeps, beyond that, what the client asked for before what it did not.
 /// The router and DNS servers stay, as kvnet's own do.
 fn droppable_options(message: &Message, request: &Message, config: &DhcpConfig) -> Vec<OptionCode> {
     let mut configured: Vec<(usize, OptionCode)> = config
@@ -526,7 +528,13 @@ fn droppable_options(message: &Message, request: &Message, config: &DhcpConfig) 
     let (asked, unasked): (Vec<_>, Vec<_>) = configured
         .into_iter()
         .map(|(_, code)| code)
-        .partition(|code| asked_for(request, *code));
+        .partition(|code| {
+            asked_for(request, *code)
+                || request
+                    .opts()
+                    .get(OptionCode::ParameterRequestList)
+                    .is_none()
+        });
     unasked
         .into_iter()
         .chain(DROPPABLE_OPTIONS.iter().copied())

@@ -530,25 +530,33 @@ impl Resolver {
         let Some(ends) = record_ends(out, question_end, answers) else {
             return 0;
         };
-        let mut targets: Vec<Vec<u8>> = Vec::new();
+        // Each distinct target, with where it is in `out`.
+        let mut targets: Vec<(Vec<u8>, usize)> = Vec::new();
         let mut start = question_end;
         for end in ends {
             // Priority, weight and port, then the target, uncompressed (`wire_record`).
-            if let Some(fixed) = skip_name(out, start)
-                && out.get(fixed..fixed + 2) == Some(&[0, 33])
-                && let Some(target) = out.get(fixed + 16..end)
+            let target_at = skip_name(out, start).map(|fixed| fixed + 16);
+            if let Some(at) = target_at
+                && out.get(at - 16..at - 14) == Some(&[0, 33])
+                && let Some(target) = out.get(at..end)
                 && target != [0]
                 && !targets
                     .iter()
-                    .any(|known| known.eq_ignore_ascii_case(target))
+                    .any(|(known, _)| known.eq_ignore_ascii_case(target))
             {
-                targets.push(target.to_vec());
+                targets.push((target.to_vec(), at));
             }
             start = end;
         }
         let mut added = 0u16;
         let mut records = Vec::new();
-        for target in targets {
+        for (target, at) in targets {
+            // Owned by the target: a pointer to it in the SRV record, as dnsmasq
+            // compresses it, where one can point that far.
+            let owner = match u16::try_from(at) {
+                Ok(at) if at < 0x4000 => (0xc000 | at).to_be_bytes().to_vec(),
+                _ => target.clone(),
+            };
             // Length bytes are below 64: lowercasing leaves them be.
             let key = target.to_ascii_lowercase();
             for rtype in [RecordType::A, RecordType::AAAA] {
@@ -563,10 +571,10 @@ impl Resolver {
                 let Some(ends) = record_ends(&records, 0, count) else {
                     continue;
                 };
-                // Each owned by the target, not by the question (the stored pointer).
+                // In place of the stored pointer to the question.
                 let mut start = 0;
                 for end in ends {
-                    out.extend_from_slice(&target);
+                    out.extend_from_slice(&owner);
                     out.extend_from_slice(&records[start + OWNER_POINTER_LEN..end]);
                     start = end;
                 }
@@ -943,11 +951,29 @@ fn finish(
 ) -> Outcome<'static> {
     let mut answers = answers;
     let room = limit.saturating_sub(if edns.is_some() { OPT_RECORD.len() } else { 0 });
-    if out.len() > room && out[10..12] != [0, 0] {
-        // Additional records go first, without TC: they only spare a query (RFC 2181 9).
-        let ends = record_ends(out, question_end, answers).unwrap_or_default();
-        out.truncate(ends.last().copied().unwrap_or(question_end));
-        out[10..12].fill(0);
+    let additional = u16::from_be_bytes([out[10], out[11]]);
+    if out.len() > room && additional > 0 {
+        // Additional records that do not fit go first, without TC: they only spare a
+        // query (RFC 2181 9).
+        let ends =
+            record_ends(out, question_end, answers.saturating_add(additional)).unwrap_or_default();
+        if ends.is_empty() {
+            // Never for the records this module writes; all goes then, with TC.
+            answers = 0;
+            out[2] |= 0x02;
+        }
+        let (answer_ends, additional_ends) = ends.split_at(usize::from(answers).min(ends.len()));
+        let kept = additional_ends
+            .iter()
+            .take_while(|end| **end <= room)
+            .count();
+        let end = additional_ends[..kept]
+            .last()
+            .or(answer_ends.last())
+            .copied()
+            .unwrap_or(question_end);
+        out.truncate(end);
+        out[10..12].copy_from_slice(&u16::try_from(kept).unwrap_or(0).to_be_bytes());
     }
     if out.len() > room {
         // The answers that fit, whole, as dnsmasq sends them: a client that cannot ask
@@ -1322,6 +1348,63 @@ mod tests {
         assert_eq!(
             txt.txt_data,
             vec![b"hello world".to_vec().into_boxed_slice()].into()
+        );
+    }
+
+    #[test]
+    fn srv_target_addresses_that_do_not_fit_are_left_out_one_by_one() {
+        let mut config = config();
+        config.srvs = (0..6)
+            .map(|n| DnsSrv {
+                service: "big".into(),
+                protocol: "tcp".into(),
+                domain: None,
+                target: Some(format!("target{n}.example.test")),
+                port: Some(80),
+                priority: Some(n),
+                weight: None,
+            })
+            .collect();
+        config.hosts = (0..6u8)
+            .flat_map(|n| {
+                (0..4u8).map(move |i| DnsHost {
+                    ip: IpAddr::V4(Ipv4Addr::new(10, 9, n, i)),
+                    hostnames: vec![format!("target{n}")],
+                })
+            })
+            .collect();
+        let resolver = Resolver::new(&config, None).unwrap();
+        let name = "_big._tcp.example.test.";
+        let mut out = Vec::new();
+        resolver.answer(
+            &query(name, RecordType::SRV, false),
+            Transport::Tcp,
+            &mut out,
+        );
+        let whole = Message::from_vec(&out).unwrap();
+        assert_eq!((whole.answers.len(), whole.additionals.len()), (6, 24));
+        // Owned by their target, through a pointer into its SRV record.
+        assert_eq!(
+            whole.additionals[0].name,
+            Name::from_ascii("target0.example.test.").unwrap()
+        );
+        resolver.answer(
+            &query(name, RecordType::SRV, false),
+            Transport::Udp,
+            &mut out,
+        );
+        assert!(out.len() <= CLASSIC_UDP_PAYLOAD, "{}", out.len());
+        let cut = Message::from_vec(&out).unwrap();
+        assert!(!cut.metadata.truncation);
+        assert_eq!(cut.answers.len(), 6);
+        assert!(
+            (1..24).contains(&cut.additionals.len()),
+            "{}",
+            cut.additionals.len()
+        );
+        assert_eq!(
+            cut.additionals[..],
+            whole.additionals[..cut.additionals.len()]
         );
     }
 
