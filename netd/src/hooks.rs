@@ -169,8 +169,10 @@ pub struct Hooks {
     script: PathBuf,
     /// `<config>/hooks/network.d`.
     dir: PathBuf,
-    /// The files of `network.d` that are not executable and were warned about once.
-    skipped: std::sync::Mutex<HashSet<PathBuf>>,
+    /// The files warned about once: those of `network.d` that are not executable (and
+    /// skipped), and scripts others than root may change (run all the same, as libvirt
+    /// runs them).
+    warned: std::sync::Mutex<HashSet<PathBuf>>,
 }
 
 impl Hooks {
@@ -180,7 +182,7 @@ impl Hooks {
         Hooks {
             script: hooks_dir.join("network"),
             dir: hooks_dir.join("network.d"),
-            skipped: std::sync::Mutex::default(),
+            warned: std::sync::Mutex::default(),
         }
     }
 
@@ -194,6 +196,7 @@ impl Hooks {
         if is_executable(&self.script) {
             scripts.push(self.script.clone());
         }
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(scripts),
@@ -216,12 +219,13 @@ impl Hooks {
         for path in listed {
             if is_executable(&path) {
                 scripts.push(path);
-            } else {
-                let mut skipped = self.skipped.lock().unwrap_or_else(PoisonError::into_inner);
-                if !skipped.contains(&path) {
-                    warn!(path = %path.display(), "skipping a hook script that is not an executable file");
-                    skipped.insert(path);
-                }
+            } else if warned.insert(path.clone()) {
+                warn!(path = %path.display(), "skipping a hook script that is not an executable file");
+            }
+        }
+        for script in &scripts {
+            if changeable_by_others(script) && warned.insert(script.clone()) {
+                warn!(path = %script.display(), "a hook script that others than root may change runs as root");
             }
         }
         Ok(scripts)
@@ -278,6 +282,16 @@ fn command_line(script: &Path, network: &str, operation: Operation) -> String {
 fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path)
         .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+/// Whether `path` (symlinks followed) is writable by its group or by anyone, or owned by
+/// another user than root and the daemon's.
+fn changeable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).is_ok_and(|meta| {
+        meta.mode() & 0o022 != 0
+            || (meta.uid() != 0 && meta.uid() != nix::unistd::geteuid().as_raw())
+    })
 }
 
 /// The input of every script: libvirt's `<hookData>`, the network's XML and, for port
@@ -449,7 +463,19 @@ mod tests {
         let first = install(&dir.path().join("network.d"), "a", "#!/bin/sh\n");
         std::fs::write(dir.path().join("network.d/c"), "not executable").unwrap();
         std::fs::create_dir(dir.path().join("network.d/d")).unwrap();
-        assert_eq!(hooks.scripts().unwrap(), [main, first, second]);
+        assert_eq!(
+            hooks.scripts().unwrap(),
+            [main.clone(), first.clone(), second.clone()]
+        );
+        assert!(!changeable_by_others(&main));
+        // One anyone may change still runs, as in libvirt; the daemon warns of it.
+        std::fs::set_permissions(&first, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(changeable_by_others(&first));
+        assert_eq!(
+            hooks.scripts().unwrap(),
+            [main.clone(), first.clone(), second.clone()]
+        );
+        assert!(hooks.warned.lock().unwrap().contains(&first));
     }
 
     #[test]
