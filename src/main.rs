@@ -75,34 +75,35 @@ enum Leading {
     },
 }
 
-/// virsh's global options that take an argument, by letter and long name; the others
-/// are `-h`/`--help`, `-q`/`--quiet`, `-r`/`--readonly`, `-t`/`--timing`, `-v`, `-V`
-/// and `--version[=short|long]`.
-const LONG_OPTIONS: [&str; 11] = [
-    "connect",
-    "debug",
-    "escape",
-    "help",
-    "keepalive-interval",
-    "keepalive-count",
-    "log",
-    "quiet",
-    "readonly",
-    "timing",
-    "version",
+/// virsh's global options, by long name and letter (`-V` is `--version=long`).
+const GLOBAL_OPTIONS: [(&str, char); 11] = [
+    ("connect", 'c'),
+    ("debug", 'd'),
+    ("escape", 'e'),
+    ("help", 'h'),
+    ("keepalive-interval", 'k'),
+    ("keepalive-count", 'K'),
+    ("log", 'l'),
+    ("quiet", 'q'),
+    ("readonly", 'r'),
+    ("timing", 't'),
+    ("version", 'v'),
 ];
+
+/// The letters of the global options that take an argument.
+const WITH_ARGUMENT: &str = "cdekKl";
 
 /// The option `name` stands for, as getopt_long reads it: itself, else the one long
 /// option it begins (`--qui`, `--conn`); `None` for none or several (`--k`).
-fn long_option(name: &str) -> Option<&'static str> {
-    if let Some(exact) = LONG_OPTIONS.iter().find(|option| **option == name) {
-        return Some(exact);
+fn long_option(name: &str) -> Option<(&'static str, char)> {
+    if let Some(exact) = GLOBAL_OPTIONS.iter().find(|(option, _)| *option == name) {
+        return Some(*exact);
     }
-    let mut begun = LONG_OPTIONS
+    let mut begun = GLOBAL_OPTIONS
         .iter()
-        .filter(|option| option.starts_with(name));
+        .filter(|(option, _)| option.starts_with(name));
     match (begun.next(), begun.next()) {
-        (Some(only), None) if !name.is_empty() => Some(only),
+        (Some(only), None) if !name.is_empty() => Some(*only),
         _ => None,
     }
 }
@@ -146,29 +147,17 @@ fn read_leading_options(args: &[OsString]) -> Leading {
                 None => (long, None),
             };
             let letter = match long_option(name) {
-                Some("connect") => 'c',
-                Some("debug") => 'd',
-                Some("escape") => 'e',
-                Some("help") => 'h',
-                Some("keepalive-interval") => 'k',
-                Some("keepalive-count") => 'K',
-                Some("log") => 'l',
-                Some("quiet") => 'q',
-                Some("readonly") => 'r',
-                Some("timing") => 't',
-                Some("version") => match value {
-                    Some("long") => 'V',
-                    _ => 'v',
-                },
-                _ => return refuse(format!("unsupported option '{text}'. See --help.")),
+                Some((_, 'v')) if value == Some("long") => 'V',
+                Some((_, letter)) => letter,
+                None => return refuse(format!("unsupported option '{text}'. See --help.")),
             };
-            if value.is_some() && !"cdekKlvV".contains(letter) {
+            if value.is_some() && !WITH_ARGUMENT.contains(letter) && !"vV".contains(letter) {
                 return refuse(format!("unsupported option '-{letter}'. See --help."));
             }
             options.push((letter, value));
         } else {
             for (index, letter) in text.char_indices().skip(1) {
-                if "cdekKl".contains(letter) {
+                if WITH_ARGUMENT.contains(letter) {
                     // The rest of the word is the argument, else the next word is.
                     let attached = &text[index + letter.len_utf8()..];
                     options.push((letter, (!attached.is_empty()).then_some(attached)));
@@ -195,11 +184,10 @@ fn read_leading_options(args: &[OsString]) -> Leading {
                 'V' => return print_version(true),
                 'c' | 'd' | 'e' | 'k' | 'K' | 'l' => {
                     let Some(value) = argument() else {
-                        let name = LONG_OPTIONS
+                        let name = GLOBAL_OPTIONS
                             .iter()
-                            .find(|name| long_letter(name) == Some(letter))
-                            .copied()
-                            .unwrap_or_default();
+                            .find(|(_, option)| *option == letter)
+                            .map_or("", |(name, _)| name);
                         return refuse(missing_argument(letter, name));
                     };
                     let checked = match letter {
@@ -238,19 +226,6 @@ fn read_leading_options(args: &[OsString]) -> Leading {
         timing,
         log,
         words: args[at..].to_vec(),
-    }
-}
-
-/// The letter of the long option `name`, among those that take an argument.
-fn long_letter(name: &str) -> Option<char> {
-    match name {
-        "connect" => Some('c'),
-        "debug" => Some('d'),
-        "escape" => Some('e'),
-        "keepalive-interval" => Some('k'),
-        "keepalive-count" => Some('K'),
-        "log" => Some('l'),
-        _ => None,
     }
 }
 
