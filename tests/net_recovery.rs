@@ -1019,13 +1019,17 @@ fn a_definition_replacing_an_unreadable_one_shows_its_autostart_link() {
     )
     .expect("unreadable definition");
     std::os::unix::fs::symlink("../x.xml", networks.join("autostart/x.xml")).expect("link");
+    // A copy kept from an earlier replacement stays.
+    std::fs::write(networks.join("x.xml.unloadable"), "earlier").expect("earlier copy");
     daemon.spawn(&Default::default());
     daemon.assert_logged("skipping unreadable definition");
     define_nat_network(&daemon, "x", "10.78.3.1");
     daemon.assert_logged("replaced a definition file that could not be loaded (kept as ");
     // The file it replaced is kept, and is no definition.
-    let kept = std::fs::read_to_string(networks.join("x.xml.unloadable")).expect("kept copy");
+    let kept = std::fs::read_to_string(networks.join("x.xml.unloadable.1")).expect("kept copy");
     assert_eq!(kept, "<network><name>x</name><bogus/></network>");
+    let earlier = std::fs::read_to_string(networks.join("x.xml.unloadable")).expect("earlier");
+    assert_eq!(earlier, "earlier");
     daemon.stop();
     daemon.spawn(&Default::default());
     assert_eq!(daemon.ok(&["-q", "net-list", "--all", "--name"]), "x\n");

@@ -169,10 +169,17 @@ pub struct Hooks {
     script: PathBuf,
     /// `<config>/hooks/network.d`.
     dir: PathBuf,
-    /// The files warned about once: those of `network.d` that are not executable (and
-    /// skipped), and scripts others than root may change (run all the same, as libvirt
-    /// runs them).
-    warned: std::sync::Mutex<HashSet<PathBuf>>,
+    /// The files warned about once, with what about: those of `network.d` that are
+    /// not executable (and skipped), and scripts others than root may change (run all
+    /// the same, as libvirt runs them).
+    warned: std::sync::Mutex<HashSet<(PathBuf, Warning)>>,
+}
+
+/// What a hook script was warned about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Warning {
+    NotExecutable,
+    ChangeableByOthers,
 }
 
 impl Hooks {
@@ -219,12 +226,14 @@ impl Hooks {
         for path in listed {
             if is_executable(&path) {
                 scripts.push(path);
-            } else if warned.insert(path.clone()) {
+            } else if warned.insert((path.clone(), Warning::NotExecutable)) {
                 warn!(path = %path.display(), "skipping a hook script that is not an executable file");
             }
         }
         for script in &scripts {
-            if changeable_by_others(script) && warned.insert(script.clone()) {
+            if changeable_by_others(script)
+                && warned.insert((script.clone(), Warning::ChangeableByOthers))
+            {
                 warn!(path = %script.display(), "a hook script that others than root may change runs as root");
             }
         }
@@ -461,7 +470,8 @@ mod tests {
         let main = install(dir.path(), "network", "#!/bin/sh\n");
         let second = install(&dir.path().join("network.d"), "b", "#!/bin/sh\n");
         let first = install(&dir.path().join("network.d"), "a", "#!/bin/sh\n");
-        std::fs::write(dir.path().join("network.d/c"), "not executable").unwrap();
+        let later = dir.path().join("network.d/c");
+        std::fs::write(&later, "not executable").unwrap();
         std::fs::create_dir(dir.path().join("network.d/d")).unwrap();
         assert_eq!(
             hooks.scripts().unwrap(),
@@ -475,7 +485,19 @@ mod tests {
             hooks.scripts().unwrap(),
             [main.clone(), first.clone(), second.clone()]
         );
-        assert!(hooks.warned.lock().unwrap().contains(&first));
+        let warned = |path: &PathBuf, warning| {
+            hooks
+                .warned
+                .lock()
+                .unwrap()
+                .contains(&(path.clone(), warning))
+        };
+        assert!(warned(&first, Warning::ChangeableByOthers));
+        // Skipped first, then made executable by anyone: warned of that too.
+        assert!(warned(&later, Warning::NotExecutable));
+        std::fs::set_permissions(&later, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(hooks.scripts().unwrap().len(), 4);
+        assert!(warned(&later, Warning::ChangeableByOthers));
     }
 
     #[test]

@@ -1235,8 +1235,8 @@ impl Manager {
             None => None,
         };
         if let Err(e) = self.store.save_config(&def.name, &def.to_config_file()) {
-            if kept.is_some()
-                && let Err(restore) = self.store.restore_unloadable_config(&def.name)
+            if let Some(aside) = &kept
+                && let Err(restore) = self.store.restore_unloadable_config(&def.name, aside)
             {
                 warn!(network = %def.name, "{}", error_chain(&restore));
             }

@@ -114,6 +114,9 @@ pub struct PortStatus {
     pub holder: Option<crate::owner::ProcessId>,
 }
 
+/// Most copies of a network's definition files that could not be loaded kept aside.
+const MAX_KEPT_UNLOADABLE: usize = 100;
+
 /// A persistent definition found on disk.
 #[derive(Debug)]
 pub struct StoredConfig {
@@ -446,22 +449,37 @@ impl Store {
 
     /// Moves network `name`'s definition file, one that could not be loaded and a new
     /// definition is about to replace, aside to `NAME.xml.unloadable` (which is no
-    /// definition: it does not end in `.xml`), whatever it is; returns that path.
+    /// definition: it does not end in `.xml`), whatever it is, or, when an earlier one
+    /// is kept there, to `NAME.xml.unloadable.N`; returns that path.
     pub fn set_aside_unloadable_config(&self, name: &str) -> Result<PathBuf, Error> {
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
         let path = self.config_path(name);
-        let aside = self.unloadable_config_path(name);
-        fs::rename(&path, &aside).map_err(io_err("renaming", &path))?;
-        Ok(aside)
+        for attempt in 0..MAX_KEPT_UNLOADABLE {
+            let mut aside = self.networks_dir.join(format!("{name}.xml.unloadable"));
+            if attempt > 0 {
+                aside.as_mut_os_string().push(format!(".{attempt}"));
+            }
+            match renameat2(
+                AT_FDCWD,
+                &path,
+                AT_FDCWD,
+                &aside,
+                RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => return Ok(aside),
+                Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(io_err("renaming", &path)(e.into())),
+            }
+        }
+        Err(io_err("renaming", &path)(io::Error::other(format!(
+            "{MAX_KEPT_UNLOADABLE} earlier copies are kept already"
+        ))))
     }
 
-    /// Puts back a definition file [`Store::set_aside_unloadable_config`] moved aside.
-    pub fn restore_unloadable_config(&self, name: &str) -> Result<(), Error> {
-        let aside = self.unloadable_config_path(name);
-        fs::rename(&aside, self.config_path(name)).map_err(io_err("renaming", &aside))
-    }
-
-    fn unloadable_config_path(&self, name: &str) -> PathBuf {
-        self.networks_dir.join(format!("{name}.xml.unloadable"))
+    /// Puts back a definition file [`Store::set_aside_unloadable_config`] moved to
+    /// `aside`.
+    pub fn restore_unloadable_config(&self, name: &str, aside: &Path) -> Result<(), Error> {
+        fs::rename(aside, self.config_path(name)).map_err(io_err("renaming", aside))
     }
 
     /// Moves a ports file that cannot be read out of the way, to `NAME.ports.unreadable`,
