@@ -295,13 +295,15 @@ fn api_errors_are_json_whatever_went_wrong() {
     daemon.ok(&["net-list", "--all"]);
 }
 
-/// The whole answer to `request`, sent on a connection of its own.
+/// The whole answer to `request`, sent on a connection of its own. A daemon that
+/// answers before it has read the whole request (a head too large) closes with some of
+/// it unread: the send may then fail, and the read end in ECONNRESET after the answer.
 fn raw_answer(daemon: &Daemon, request: &[u8]) -> String {
     use std::io::{Read, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(daemon.socket()).expect("connect");
-    stream.write_all(request).expect("send");
+    let _ = stream.write_all(request);
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).expect("read the answer");
+    let _ = stream.read_to_end(&mut answer);
     String::from_utf8_lossy(&answer).into_owned()
 }
 
