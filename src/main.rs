@@ -295,10 +295,10 @@ fn start_logging(settings: &LogSettings) -> Result<(), String> {
 /// `-d`'s level. A number out of virsh's range is ignored with virsh's error line, and
 /// the command runs; anything else stops it.
 fn debug_level(value: &OsString) -> Result<Option<u8>, String> {
-    // A C int, as virsh reads it.
+    // A C int, as virsh reads it (strtol: leading blanks skipped).
     let number: i32 = value
         .to_str()
-        .and_then(|text| text.parse().ok())
+        .and_then(|text| text.trim_start().parse().ok())
         .ok_or_else(|| "option -d takes a numeric argument".to_owned())?;
     match u8::try_from(number) {
         Ok(level) if level <= 4 => Ok(Some(level)),
@@ -327,8 +327,11 @@ fn escape_key(value: &OsString) -> Result<(), String> {
 
 /// Checks `-k`/`-K`'s count as virsh does: a number, not negative.
 fn keepalive(letter: char, value: &OsString) -> Result<(), String> {
-    // A C int, as virsh reads it.
-    match value.to_str().and_then(|text| text.parse::<i32>().ok()) {
+    // A C int, as virsh reads it (strtol: leading blanks skipped).
+    match value
+        .to_str()
+        .and_then(|text| text.trim_start().parse::<i32>().ok())
+    {
         Some(number) if number < 0 => Err(format!(
             "option -{letter} requires a positive integer argument"
         )),

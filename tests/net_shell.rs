@@ -284,7 +284,7 @@ fn global_options_read_as_virsh_reads_them() {
     let leading: [&[&str]; 5] = [
         &["-q", "-q", "--qui", "-r", "--read"],
         &["-k", "0", "-K3", "--keepalive-c=5", "-e", "^]", "--esc=x"],
-        &["-d", "4", "--deb=1"],
+        &["-d", "4", "--deb=1", "-d", " 2"],
         &["--conn", "/nonexistent/kvnetd.sock"],
         &["-l", "/dev/null"],
     ];

@@ -13,7 +13,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -601,7 +601,8 @@ fn touch(path: &Path) -> Result<(), Error> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map(drop)
+        // One an older kvnetd left readable by all.
+        .and_then(|file| file.set_permissions(fs::Permissions::from_mode(0o600)))
         .map_err(io_err("creating", path))
 }
 
@@ -882,7 +883,6 @@ mod tests {
 
     #[test]
     fn files_are_written_roots_alone_and_never_through_a_link() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("n.xml");
         let elsewhere = dir.path().join("elsewhere");
@@ -985,6 +985,13 @@ mod tests {
             store.autostart_progress().unwrap(),
             AutostartProgress::NotBegun
         );
+        // One an older kvnetd left readable by all.
+        fs::write(&store.autostart_begun_marker, "").unwrap();
+        fs::set_permissions(
+            &store.autostart_begun_marker,
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
         store.mark_autostart_begun().unwrap();
         assert_eq!(
             store.autostart_progress().unwrap(),
@@ -1003,7 +1010,6 @@ mod tests {
         store.mark_autostarted().unwrap();
         assert_eq!(store.autostart_progress().unwrap(), AutostartProgress::Done);
         // Root's alone, as every file of the daemon.
-        use std::os::unix::fs::PermissionsExt;
         for marker in [&store.autostart_begun_marker, &store.autostart_marker] {
             let mode = fs::metadata(marker).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{}", marker.display());
