@@ -277,9 +277,11 @@ impl Daemon {
             .collect()
     }
 
-    /// `nft list ruleset` inside the namespace (text form, for readable assertions).
+    /// `nft -s list ruleset` inside the namespace (text form, for readable assertions).
     pub fn ruleset(&self) -> String {
-        self.ns.sh("nft list ruleset").expect("nft list ruleset")
+        // Stateless: counters move whenever the bridge's own multicast passes, so two
+        // listings of the same rules could differ.
+        self.ns.sh("nft -s list ruleset").expect("nft list ruleset")
     }
 
     /// The files under the config dir, with contents: to prove a failed call changed nothing.
