@@ -95,7 +95,7 @@ impl Cli {
         T: Into<OsString> + Clone,
     {
         let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
-        let mut cli = Cli::try_parse_from(data_kept_from_clap(argv))?;
+        let mut cli = Cli::try_parse_from(data_kept_from_clap(help_group_asked(argv)))?;
         let leading_only = [
             &cli.debug,
             &cli.log,
@@ -143,6 +143,78 @@ impl Cli {
     }
 }
 
+/// virsh's network commands, as `virsh help network` lists them: every one of them is
+/// kvnet's.
+const NETWORK_GROUP: [(&str, &str); 19] = [
+    ("net-autostart", "autostart a network"),
+    ("net-create", "create a network from an XML file"),
+    (
+        "net-define",
+        "define an inactive persistent virtual network or modify an existing persistent one \
+         from an XML file",
+    ),
+    ("net-destroy", "destroy (stop) a network"),
+    ("net-dhcp-leases", "print lease info for a given network"),
+    ("net-dumpxml", "network information in XML"),
+    ("net-edit", "edit XML configuration for a network"),
+    ("net-event", "Network Events"),
+    ("net-info", "network information"),
+    ("net-list", "list networks"),
+    ("net-name", "convert a network UUID to network name"),
+    ("net-start", "start a (previously defined) inactive network"),
+    ("net-undefine", "undefine a persistent network"),
+    (
+        "net-update",
+        "update parts of an existing network's configuration",
+    ),
+    ("net-uuid", "convert a network name to network UUID"),
+    ("net-port-list", "list network ports"),
+    ("net-port-create", "create a network port from an XML file"),
+    ("net-port-dumpxml", "network port information in XML"),
+    ("net-port-delete", "delete the specified network port"),
+];
+
+/// Where the verb is in `argv`: after the program's name and clap's spellings of the
+/// global options (`-q`, `-r`, `-c SOCKET`), which is all that comes before it.
+fn verb_at(argv: &[OsString]) -> usize {
+    let mut at = 1;
+    loop {
+        match argv.get(at).and_then(|word| word.to_str()) {
+            Some("-q" | "-r") => at += 1,
+            Some("-c") => at += 2,
+            _ => return at,
+        }
+    }
+}
+
+/// `argv` with `help network` (or `help Networking`, the group's name) as the command
+/// that lists the group, which clap's own `help` does not know.
+fn help_group_asked(mut argv: Vec<OsString>) -> Vec<OsString> {
+    let at = verb_at(&argv);
+    // virsh matches the keyword and the name exactly, and reads no word after them.
+    if argv.get(at).is_some_and(|verb| verb == "help")
+        && argv
+            .get(at + 1)
+            .is_some_and(|topic| topic == "network" || topic == "Networking")
+    {
+        argv.truncate(at);
+        argv.push(HELP_NETWORK.into());
+    }
+    argv
+}
+
+/// The hidden name of the command that lists virsh's network commands.
+const HELP_NETWORK: &str = "help-network";
+
+/// What `help network` prints, as virsh prints it (its blank line left to the caller).
+pub fn network_group() -> String {
+    let mut text = String::from(" Networking (help keyword 'network'):\n");
+    for (name, about) in NETWORK_GROUP {
+        text.push_str(&format!("    {name:<30} {about}\n"));
+    }
+    text
+}
+
 /// Whether virsh reads `word`, after the verb, as an option: `--` and a letter or digit
 /// (`--all`, `--xpath=EXPR`). Any other word (`-dash`, `-1`, `---x`, `-`) is data: a
 /// value, or a positional argument.
@@ -157,14 +229,7 @@ pub fn is_option_word(word: &str) -> bool {
 /// to it so that it cannot: joined to their option (`--xpath=-x`), or, with the other
 /// positional words (echo's `--string` ones among them), in order, after a `--`.
 fn data_kept_from_clap(argv: Vec<OsString>) -> Vec<OsString> {
-    let mut verb_at = 1;
-    loop {
-        match argv.get(verb_at).and_then(|word| word.to_str()) {
-            Some("-q" | "-r") => verb_at += 1,
-            Some("-c") => verb_at += 2,
-            _ => break,
-        }
-    }
+    let verb_at = verb_at(&argv);
     let Some(verb_name) = argv.get(verb_at).and_then(|word| word.to_str()) else {
         return argv;
     };
@@ -538,6 +603,9 @@ pub enum Command {
     /// Print the current directory.
     #[command(name = "pwd")]
     Pwd,
+    /// `help network`: virsh's network commands, each kvnet's.
+    #[command(name = "help-network", hide = true)]
+    HelpNetwork,
     /// Print the URI of the daemon connected to (after checking that it answers).
     #[command(name = "uri")]
     Uri {

@@ -597,6 +597,7 @@ fn completion(daemon: Option<Client>) -> shell::Completion {
     let cli = <cli::Cli as clap::CommandFactory>::command();
     let mut verbs: Vec<shell::VerbSyntax> = cli
         .get_subcommands()
+        .filter(|verb| !verb.is_hide_set())
         .map(|verb| {
             let named = |argument: &str| {
                 verb.get_arguments()

@@ -630,6 +630,29 @@ fn echo_pwd_and_cd_work_as_in_virsh() {
         ok("a x y")
     );
     assert_eq!(run(&["-q", "echo", "--err"], None), ok(""));
+    // virsh's help of its network group; a topic that is none fails when it runs.
+    let (status, group, _) = run(&["help", "network"], None);
+    assert_eq!(status, Some(0));
+    assert!(
+        group.starts_with(
+            " Networking (help keyword 'network'):\n    \
+             net-autostart                  autostart a network\n"
+        ),
+        "{group}"
+    );
+    assert!(
+        group.ends_with("delete the specified network port\n\n"),
+        "{group}"
+    );
+    assert_eq!(group.lines().count(), 21);
+    assert_eq!(
+        run(&["-q", "help bogus; echo x"], None),
+        (
+            Some(0),
+            "x".to_owned(),
+            "error: command or command group 'bogus' doesn't exist\n".to_owned()
+        )
+    );
     assert_eq!(run(&["-q", "echo a; echo b"], None), ok("ab"));
     assert_eq!(
         run(&["echo", "--err", "x", "y"], None),

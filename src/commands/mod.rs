@@ -224,6 +224,7 @@ pub fn run(cli: &Cli) -> Result<String, Failure> {
             builtin::cd(dir.as_ref().or(dir_option.as_ref()), cli.interactive, quiet)
         }
         Command::Pwd => builtin::pwd(quiet),
+        Command::HelpNetwork => Ok(crate::output::finish(crate::cli::network_group(), quiet)),
         Command::Uri { json } => uri(&client, &connection.uri, *json, quiet),
         Command::NetEvent(args) => net::event(&client, &connection.uri, args, quiet),
     }
