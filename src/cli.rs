@@ -15,6 +15,7 @@ pub const DEFAULT_SOCKET: &str = netd::api::DEFAULT_SOCKET;
 #[derive(Debug, Parser)]
 #[command(
     name = "kvnet",
+    disable_help_subcommand = true,
     override_usage = "kvnet [OPTIONS] <COMMAND> [ARGS]...\n       \
                       kvnet [OPTIONS] '<COMMAND> [ARGS]...; <COMMAND> [ARGS]...'\n       \
                       kvnet [OPTIONS]    (an interactive terminal reading commands from stdin)"
@@ -95,7 +96,7 @@ impl Cli {
         T: Into<OsString> + Clone,
     {
         let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
-        let mut cli = Cli::try_parse_from(data_kept_from_clap(help_group_asked(argv)))?;
+        let mut cli = Cli::try_parse_from(data_kept_from_clap(help_flag_asked(argv)))?;
         let leading_only = [
             &cli.debug,
             &cli.log,
@@ -143,37 +144,6 @@ impl Cli {
     }
 }
 
-/// virsh's network commands, as `virsh help network` lists them: every one of them is
-/// kvnet's.
-const NETWORK_GROUP: [(&str, &str); 19] = [
-    ("net-autostart", "autostart a network"),
-    ("net-create", "create a network from an XML file"),
-    (
-        "net-define",
-        "define an inactive persistent virtual network or modify an existing persistent one \
-         from an XML file",
-    ),
-    ("net-destroy", "destroy (stop) a network"),
-    ("net-dhcp-leases", "print lease info for a given network"),
-    ("net-dumpxml", "network information in XML"),
-    ("net-edit", "edit XML configuration for a network"),
-    ("net-event", "Network Events"),
-    ("net-info", "network information"),
-    ("net-list", "list networks"),
-    ("net-name", "convert a network UUID to network name"),
-    ("net-start", "start a (previously defined) inactive network"),
-    ("net-undefine", "undefine a persistent network"),
-    (
-        "net-update",
-        "update parts of an existing network's configuration",
-    ),
-    ("net-uuid", "convert a network name to network UUID"),
-    ("net-port-list", "list network ports"),
-    ("net-port-create", "create a network port from an XML file"),
-    ("net-port-dumpxml", "network port information in XML"),
-    ("net-port-delete", "delete the specified network port"),
-];
-
 /// Where the verb is in `argv`: after the program's name and clap's spellings of the
 /// global options (`-q`, `-r`, `-c SOCKET`), which is all that comes before it.
 fn verb_at(argv: &[OsString]) -> usize {
@@ -187,32 +157,56 @@ fn verb_at(argv: &[OsString]) -> usize {
     }
 }
 
-/// `argv` with `help network` (or `help Networking`, the group's name) as the command
-/// that lists the group, which clap's own `help` does not know.
-fn help_group_asked(mut argv: Vec<OsString>) -> Vec<OsString> {
+/// `argv` with a command's `--help` (in an option's place, anywhere after the verb) as
+/// `help VERB`, which prints virsh's help for it, as virsh reads `--help`.
+fn help_flag_asked(argv: Vec<OsString>) -> Vec<OsString> {
     let at = verb_at(&argv);
-    // virsh matches the keyword and the name exactly, and reads no word after them.
-    if argv.get(at).is_some_and(|verb| verb == "help")
-        && argv
-            .get(at + 1)
-            .is_some_and(|topic| topic == "network" || topic == "Networking")
-    {
-        argv.truncate(at);
-        argv.push(HELP_NETWORK.into());
+    let after_verb = argv.get(at + 1..).unwrap_or_default();
+    if !after_verb.iter().any(|word| word == "--help") {
+        return argv;
     }
-    argv
-}
-
-/// The hidden name of the command that lists virsh's network commands.
-const HELP_NETWORK: &str = "help-network";
-
-/// What `help network` prints, as virsh prints it (its blank line left to the caller).
-pub fn network_group() -> String {
-    let mut text = String::from(" Networking (help keyword 'network'):\n");
-    for (name, about) in NETWORK_GROUP {
-        text.push_str(&format!("    {name:<30} {about}\n"));
+    let verbs = Cli::command();
+    let Some(verb) = argv
+        .get(at)
+        .and_then(|word| word.to_str())
+        .and_then(|name| verbs.find_subcommand(name))
+    else {
+        return argv;
+    };
+    let option = |word: &str| {
+        let name = word.strip_prefix("--")?;
+        let name = name.split_once('=').map_or(name, |(name, _)| name);
+        verb.get_arguments()
+            .find(|arg| arg.get_long() == Some(name))
+    };
+    let mut asked = false;
+    let mut words = after_verb.iter();
+    while let Some(word) = words.next() {
+        match word.to_str() {
+            // After `--`, every word is data.
+            Some("--") | None => break,
+            Some("--help") => asked = true,
+            // An option's value, whatever it looks like.
+            Some(text)
+                if !text.contains('=')
+                    && option(text).is_some_and(|arg| arg.get_action().takes_values()) =>
+            {
+                words.next();
+            }
+            // virsh refuses an option the command does not have before it shows help:
+            // clap is left to, without the `--help` it would answer first.
+            Some(text) if is_option_word(text) && option(text).is_none() => {
+                return argv.into_iter().filter(|word| word != "--help").collect();
+            }
+            Some(_) => {}
+        }
     }
-    text
+    if !asked {
+        return argv;
+    }
+    let mut help = argv[..at].to_vec();
+    help.extend([OsString::from("help"), OsString::from(verb.get_name())]);
+    help
 }
 
 /// Whether virsh reads `word`, after the verb, as an option: `--` and a letter or digit
@@ -603,9 +597,19 @@ pub enum Command {
     /// Print the current directory.
     #[command(name = "pwd")]
     Pwd,
-    /// `help network`: virsh's network commands, each kvnet's.
-    #[command(name = "help-network", hide = true)]
-    HelpNetwork,
+    /// Print virsh's help: every command, a group's (`help network`), or one command's.
+    #[command(name = "help")]
+    Help {
+        /// The command or group.
+        #[arg(value_name = "COMMAND")]
+        topic: Option<String>,
+        /// The command or group, as <COMMAND>.
+        #[arg(long = "command", value_name = "COMMAND", conflicts_with = "topic")]
+        topic_option: Option<String>,
+        /// Read and left alone, as virsh leaves the words after the topic.
+        #[arg(value_name = "IGNORED", hide = true)]
+        ignored: Vec<String>,
+    },
     /// Print the URI of the daemon connected to (after checking that it answers).
     #[command(name = "uri")]
     Uri {

@@ -6,6 +6,7 @@
 
 mod cli;
 mod commands;
+mod help;
 mod output;
 mod shell;
 mod usage;

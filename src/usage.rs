@@ -102,13 +102,6 @@ impl Refusal {
                     option_name(&argument)
                 ));
             }
-            // `help TOPIC` of no command: virsh fails when it runs it.
-            (ErrorKind::InvalidSubcommand, _) if asks_for_help(args) => {
-                return at_run(format!(
-                    "command or command group '{}' doesn't exist",
-                    context(ContextKind::InvalidSubcommand).unwrap_or_default()
-                ));
-            }
             (ErrorKind::InvalidSubcommand, _) => vec![format!(
                 "unknown command: '{}'",
                 context(ContextKind::InvalidSubcommand).unwrap_or_default()
@@ -201,21 +194,6 @@ pub fn print_errors(lines: &[String]) {
     for line in lines {
         eprintln!("error: {line}");
     }
-}
-
-/// Whether the command of `args` (global options first) is `help`.
-fn asks_for_help(args: &[String]) -> bool {
-    let mut words = args.iter();
-    while let Some(word) = words.next() {
-        match word.as_str() {
-            "-q" | "-r" => {}
-            "-c" => {
-                words.next();
-            }
-            verb => return verb == "help",
-        }
-    }
-    false
 }
 
 /// Options whose values virsh reads as numbers.

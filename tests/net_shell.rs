@@ -581,30 +581,34 @@ fn on_a_terminal_lines_complete_edit_and_recall_across_sessions() {
     session.finish();
 }
 
+/// Runs kvnet with no daemon behind its socket, in `/` with `HOME=/tmp`, feeding
+/// `input`: its exit status, stdout and stderr.
+fn offline(args: &[&str], input: Option<&str>) -> (Option<i32>, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kvnet"));
+    command
+        .args(["-c", "/nonexistent/kvnetd.sock"])
+        .args(args)
+        .current_dir("/")
+        .env("HOME", "/tmp")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("run kvnet");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut stdin, input.unwrap_or_default().as_bytes()).expect("write");
+    drop(stdin);
+    let out = child.wait_with_output().expect("kvnet");
+    (
+        out.status.code(),
+        text(&out.stdout).to_owned(),
+        text(&out.stderr).to_owned(),
+    )
+}
+
 /// virsh's own commands, which scripts use in command strings: no daemon needed.
 #[test]
 fn echo_pwd_and_cd_work_as_in_virsh() {
-    let run = |args: &[&str], input: Option<&str>| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kvnet"));
-        command
-            .args(["-c", "/nonexistent/kvnetd.sock"])
-            .args(args)
-            .current_dir("/")
-            .env("HOME", "/tmp")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = command.spawn().expect("run kvnet");
-        let mut stdin = child.stdin.take().expect("stdin");
-        std::io::Write::write_all(&mut stdin, input.unwrap_or_default().as_bytes()).expect("write");
-        drop(stdin);
-        let out = child.wait_with_output().expect("kvnet");
-        (
-            out.status.code(),
-            text(&out.stdout).to_owned(),
-            text(&out.stderr).to_owned(),
-        )
-    };
+    let run = offline;
     let ok = |stdout: &str| (Some(0), stdout.to_owned(), String::new());
     // Bytes as virsh 9.0 prints them.
     assert_eq!(run(&["-q", "echo", "a", "b"], None), ok("a b"));
@@ -630,29 +634,6 @@ fn echo_pwd_and_cd_work_as_in_virsh() {
         ok("a x y")
     );
     assert_eq!(run(&["-q", "echo", "--err"], None), ok(""));
-    // virsh's help of its network group; a topic that is none fails when it runs.
-    let (status, group, _) = run(&["help", "network"], None);
-    assert_eq!(status, Some(0));
-    assert!(
-        group.starts_with(
-            " Networking (help keyword 'network'):\n    \
-             net-autostart                  autostart a network\n"
-        ),
-        "{group}"
-    );
-    assert!(
-        group.ends_with("delete the specified network port\n\n"),
-        "{group}"
-    );
-    assert_eq!(group.lines().count(), 21);
-    assert_eq!(
-        run(&["-q", "help bogus; echo x"], None),
-        (
-            Some(0),
-            "x".to_owned(),
-            "error: command or command group 'bogus' doesn't exist\n".to_owned()
-        )
-    );
     assert_eq!(run(&["-q", "echo a; echo b"], None), ok("ab"));
     assert_eq!(
         run(&["echo", "--err", "x", "y"], None),
@@ -689,6 +670,90 @@ fn echo_pwd_and_cd_work_as_in_virsh() {
     assert_eq!(
         stderr,
         "error: cd: No such file or directory: /nonexistent\n"
+    );
+}
+
+/// `help`, `help GROUP`, `help VERB` and `VERB --help` print virsh 9.0's bytes, with
+/// kvnet's own options (`--json`) last.
+#[test]
+fn help_is_laid_out_as_virsh_lays_it_out() {
+    let run = offline;
+    let ok = |stdout: &str| (Some(0), stdout.to_owned(), String::new());
+    // virsh's help of its network group; a topic that is none fails when it runs.
+    let (status, group, _) = run(&["help", "network"], None);
+    assert_eq!(status, Some(0));
+    assert!(
+        group.starts_with(
+            " Networking (help keyword 'network'):\n    \
+             net-autostart                  autostart a network\n"
+        ),
+        "{group}"
+    );
+    assert!(
+        group.ends_with("delete the specified network port\n\n"),
+        "{group}"
+    );
+    assert_eq!(group.lines().count(), 21);
+    assert_eq!(
+        run(&["-q", "help bogus; echo x"], None),
+        (
+            Some(0),
+            "x".to_owned(),
+            "error: command or command group 'bogus' doesn't exist\n".to_owned()
+        )
+    );
+    // virsh's `help net-start`, byte for byte, however asked.
+    let net_start = "  NAME\n    net-start - start a (previously defined) inactive network\n\
+                     \n  SYNOPSIS\n    net-start <network>\n\
+                     \n  DESCRIPTION\n    Start a network.\n\
+                     \n  OPTIONS\n    [--network] <string>  network name or uuid\n\n";
+    for asked in [
+        &["help", "net-start"][..],
+        &["help", "--command", "net-start"],
+        &["net-start", "--help"],
+        &["net-start", "default", "--help"],
+        &["help", "net-start", "ignored"],
+    ] {
+        assert_eq!(run(asked, None), ok(&format!("{net_start}\n")), "{asked:?}");
+    }
+    assert_eq!(run(&["-q", "net-start", "--help"], None), ok(net_start));
+    // As virsh: an option the command lacks is refused first; after `--`, `--help` is
+    // data, as it is as an option's value.
+    assert_eq!(
+        run(&["net-start", "--help", "--bogus"], None),
+        (
+            Some(1),
+            String::new(),
+            "error: command 'net-start' doesn't support option --bogus\n".to_owned()
+        )
+    );
+    let (status, _, stderr) = run(&["net-start", "--", "--help"], None);
+    assert_eq!(status, Some(1));
+    assert!(stderr.contains("cannot connect to kvnetd"), "{stderr}");
+    let (_, stdout, _) = run(&["net-dumpxml", "x", "--xpath", "--help"], None);
+    assert_eq!(stdout, "");
+    // Every group kvnet's commands are in, in virsh's order and layout.
+    let (status, all, _) = run(&["help"], None);
+    assert_eq!(status, Some(0));
+    assert!(
+        all.starts_with(
+            "Grouped commands:\n\n Host and Hypervisor (help keyword 'host'):\n    \
+             uri                            print the hypervisor canonical URI\n\n \
+             Networking (help keyword 'network'):\n"
+        ),
+        "{all}"
+    );
+    assert!(
+        all.ends_with(
+            " Virsh itself (help keyword 'virsh'):\n    \
+             cd                             change the current directory\n    \
+             echo                           echo arguments. Used for internal testing.\n    \
+             exit                           quit this interactive terminal\n    \
+             help                           print help\n    \
+             pwd                            print the current directory\n    \
+             quit                           quit this interactive terminal\n\n\n"
+        ),
+        "{all}"
     );
 }
 

@@ -1,10 +1,18 @@
-//! virsh's own commands that talk to no daemon: `echo`, `cd`, `pwd`.
+//! virsh's own commands that talk to no daemon: `echo`, `cd`, `pwd`, `help`.
 
 use std::path::{Path, PathBuf};
 
 use super::{Failure, system_message};
 use crate::cli::EchoArgs;
 use crate::output::finish;
+
+/// virsh's `help`: every command, a group's or a command's help, or virsh's failure for
+/// a topic that names none.
+pub fn help(topic: Option<&str>, quiet: bool) -> Result<String, Failure> {
+    crate::help::topic(topic)
+        .map(|text| finish(text, quiet))
+        .map_err(Failure::msg)
+}
 
 /// virsh's `echo`: the words joined by spaces, quoted as asked; with `--err`, as an
 /// error line on stderr instead (the command still succeeds).

@@ -224,7 +224,11 @@ pub fn run(cli: &Cli) -> Result<String, Failure> {
             builtin::cd(dir.as_ref().or(dir_option.as_ref()), cli.interactive, quiet)
         }
         Command::Pwd => builtin::pwd(quiet),
-        Command::HelpNetwork => Ok(crate::output::finish(crate::cli::network_group(), quiet)),
+        Command::Help {
+            topic,
+            topic_option,
+            ignored: _,
+        } => builtin::help(topic.as_deref().or(topic_option.as_deref()), quiet),
         Command::Uri { json } => uri(&client, &connection.uri, *json, quiet),
         Command::NetEvent(args) => net::event(&client, &connection.uri, args, quiet),
     }
