@@ -799,6 +799,33 @@ fn bridge_name_templates_and_hand_written_definitions_are_completed() {
         std::fs::read_to_string(networks.join("qcopy.xml")).expect("kept"),
         copy
     );
+
+    // One whose bridge is an interface's when the daemon loads it (libvirt's virbr0
+    // while libvirt runs) still gets its UUID and MAC, and starts once the name is free.
+    daemon.stop();
+    daemon
+        .ns
+        .sh("ip link add kvtaken type veth peer name kvtakenp")
+        .expect("veth");
+    std::fs::write(
+        networks.join("taken.xml"),
+        "<network><name>taken</name><bridge name='kvtaken'/><ip address='10.64.0.1' prefix='24'/></network>\n",
+    )
+    .expect("hand-written definition");
+    daemon.spawn(&DaemonOptions::no_default_network());
+    let saved = std::fs::read_to_string(networks.join("taken.xml")).expect("saved");
+    assert!(saved.contains("<mac address='52:54:00:"), "{saved}");
+    let uuid = daemon.ok(&["net-uuid", "taken"]);
+    assert!(
+        saved.contains(&format!("<uuid>{}</uuid>", uuid.trim())),
+        "{uuid} {saved}"
+    );
+    assert_ne!(uuid.trim(), "00000000-0000-0000-0000-000000000000");
+    let refused = daemon.fails(&["net-start", "taken"]);
+    assert!(refused.contains("kvtaken"), "{refused}");
+    daemon.ns.sh("ip link del kvtaken").expect("free the name");
+    daemon.ok(&["net-start", "taken"]);
+    assert!(daemon.bridges().contains(&"kvtaken".to_owned()));
 }
 
 /// `nft flush ruleset` (what restarting Debian's nftables.service does) takes kvnet's

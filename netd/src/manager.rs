@@ -539,29 +539,26 @@ impl Manager {
         let incomplete: Vec<NetworkDef> = networks
             .values()
             .filter_map(|network| network.config.clone())
-            .filter(|def| {
-                let owns_bridge = def.forward_mode().has_managed_bridge();
-                def.uuid.is_none()
-                    || owns_bridge
-                        && (def.mac.is_none()
-                            || def.bridge_name().is_none_or(xml::is_bridge_template))
-            })
+            .filter(is_incomplete)
             .collect();
         for mut def in incomplete {
-            let completed = self
-                .complete_and_check_bridge(networks, &mut def)
-                .await
-                .and_then(|()| Ok(self.store.save_config(&def.name, &def.to_config_file())?));
-            match completed {
+            if let Err(e) = self.complete_and_check_bridge(networks, &mut def).await {
+                // Its bridge is someone else's for now (libvirt's virbr0 while libvirt
+                // runs): `net-start` completes it once it is free. Its UUID and MAC
+                // depend on nothing, and it must not go without them meanwhile.
+                warn!(network = %def.name, "cannot give a definition written by hand its bridge: {}", error_chain(&e));
+                def.fill_identity();
+            }
+            match self.store.save_config(&def.name, &def.to_config_file()) {
                 Ok(()) => {
-                    info!(network = %def.name, bridge = def.bridge_name().unwrap_or("-"), "completed a definition written by hand");
-                    if let Some(network) = networks.get_mut(&def.name) {
-                        network.config = Some(def);
-                    }
+                    info!(network = %def.name, bridge = def.bridge_name().unwrap_or("-"), "completed a definition written by hand")
                 }
                 Err(e) => {
-                    warn!(network = %def.name, "cannot complete a definition written by hand: {}", error_chain(&e))
+                    warn!(network = %def.name, "cannot save a definition completed by the daemon (its UUID and MAC change at its next start): {}", error_chain(&e))
                 }
+            }
+            if let Some(network) = networks.get_mut(&def.name) {
+                network.config = Some(def);
             }
         }
     }
@@ -1425,6 +1422,14 @@ impl Manager {
             .config
             .clone()
             .ok_or_else(|| Error::OperationInvalid("network has no definition".into()))?;
+        if is_incomplete(&def) {
+            // Written by hand, and its bridge was taken when the daemon loaded it.
+            self.complete_and_check_bridge(&networks, &mut def).await?;
+            self.store.save_config(&def.name, &def.to_config_file())?;
+            if let Some(network) = networks.get_mut(&name) {
+                network.config = Some(def.clone());
+            }
+        }
         def.fill_live_defaults();
         let servers = self.bring_up(&networks, &def, true).await?;
         if let Some(network) = networks.get_mut(&name) {
@@ -2355,6 +2360,15 @@ fn lookup(networks: &BTreeMap<String, Network>, key: &str) -> Result<String, Err
             value: key.to_owned(),
         })
     }
+}
+
+/// Whether `def` lacks what `net-define` fills in (UUID, and for a network with a
+/// bridge of its own its MAC and a bridge name that is no template): a definition
+/// written or copied into the config dir by hand.
+fn is_incomplete(def: &NetworkDef) -> bool {
+    def.uuid.is_none()
+        || def.forward_mode().has_managed_bridge()
+            && (def.mac.is_none() || def.bridge_name().is_none_or(xml::is_bridge_template))
 }
 
 /// The length of a UUID written as 8-4-4-4-12 hex digits.

@@ -864,9 +864,7 @@ impl NetworkDef {
     /// the lowest N in `0..=256` for which `bridge_in_use` is false.
     /// `stp`/`delay` are always stored explicitly by the model already.
     pub fn fill_defaults(&mut self, bridge_in_use: impl Fn(&str) -> bool) -> Result<(), Error> {
-        if self.uuid.is_none() {
-            self.uuid = Some(Uuid::new_v4());
-        }
+        self.fill_identity();
         if !self.forward.mode.has_managed_bridge() {
             return Ok(());
         }
@@ -881,10 +879,18 @@ impl NetworkDef {
                 .ok_or_else(|| Error::BridgeIdsExhausted(template.to_owned()))?;
             self.bridge.name = Some(name);
         }
-        if self.mac.is_none() {
+        Ok(())
+    }
+
+    /// Fills in a missing UUID and, for a network with a bridge of its own, a missing
+    /// MAC (`52:54:00:xx:xx:xx`), as libvirt generates them.
+    pub fn fill_identity(&mut self) {
+        if self.uuid.is_none() {
+            self.uuid = Some(Uuid::new_v4());
+        }
+        if self.forward.mode.has_managed_bridge() && self.mac.is_none() {
             self.mac = Some(MacAddr::generate([0x52, 0x54, 0x00]));
         }
-        Ok(())
     }
 
     /// What libvirt adds to the running definition only (the inactive one keeps the
