@@ -64,6 +64,19 @@ fn malformed_and_invalid_definitions_are_refused() {
         daemon.fails(&["net-define", huge]),
         format!("error: Failed to read file '{huge}': File too large\n")
     );
+    // One that fits, but whose XML as written (each '"' as &quot;) would not: the
+    // daemon would lose it at its next start, and virsh could not read its dump.
+    define_rejects(
+        &daemon,
+        &format!(
+            "<network><name>quotes</name><description>{}</description></network>",
+            "\"".repeat(2 << 20)
+        ),
+        &[
+            "error: invalid argument: the XML of network 'quotes' would be 1258",
+            " bytes, over the 10485760-byte limit of a definition",
+        ],
+    );
     // One in another encoding is refused, saying so (libxml2 would convert it).
     let latin1 = daemon.dirs.path().join("latin1.xml");
     std::fs::write(

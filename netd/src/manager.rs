@@ -190,6 +190,7 @@ impl From<Error> for ApiError {
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Hook(crate::hooks::Error::List { .. }) => ErrorKind::System,
             Error::Hook(_) => ErrorKind::HookFailed,
+            Error::Store(store::Error::DefinitionTooLarge { .. }) => ErrorKind::InvalidArgument,
             Error::Start { .. }
             | Error::Stop { .. }
             | Error::Live { .. }

@@ -43,6 +43,60 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A definition is larger than the daemon, or virsh, reads back from a file.
+    #[error(
+        "the XML of network '{network}' would be {bytes} bytes, over the {limit}-byte limit of a definition (virsh's for an XML file)"
+    )]
+    DefinitionTooLarge {
+        /// The network.
+        network: String,
+        /// Its XML's size as it would be written.
+        bytes: usize,
+        /// The most the daemon reads of a definition.
+        limit: u64,
+    },
+    /// A file the daemon would write is larger than it reads back: written, it would
+    /// lose the network at the next start.
+    #[error("{path} would be {bytes} bytes, over the {limit}-byte limit of what kvnetd reads back")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size as it would be written.
+        bytes: usize,
+        /// The most the daemon reads of it.
+        limit: u64,
+    },
+}
+
+/// Most a status or ports file may hold: a status holds up to two definitions (the
+/// running one and, during an update, the next persistent one), each up to
+/// [`files::MAX_FILE_BYTES`] and JSON-escaped.
+const MAX_STATE_FILE_BYTES: u64 = 6 * files::MAX_FILE_BYTES;
+
+/// Refuses `bytes` for `path` when they are more than the daemon reads back of it.
+fn fits(path: &Path, bytes: usize, limit: u64) -> Result<(), Error> {
+    if u64::try_from(bytes).is_ok_and(|bytes| bytes <= limit) {
+        return Ok(());
+    }
+    Err(Error::TooLarge {
+        path: path.to_owned(),
+        bytes,
+        limit,
+    })
+}
+
+/// Refuses the definition `xml` of network `name` when it is more than a definition
+/// file may hold.
+fn definition_fits(name: &str, xml: &str) -> Result<(), Error> {
+    let limit = files::MAX_FILE_BYTES;
+    if u64::try_from(xml.len()).is_ok_and(|bytes| bytes <= limit) {
+        return Ok(());
+    }
+    Err(Error::DefinitionTooLarge {
+        network: name.to_owned(),
+        bytes: xml.len(),
+        limit,
+    })
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -289,8 +343,10 @@ impl Store {
         fs::symlink_metadata(self.autostart_path(name)).is_ok()
     }
 
-    /// Writes a network's persistent definition atomically.
+    /// Writes a network's persistent definition atomically; one over virsh's limit for
+    /// an XML file, which the daemon reads definitions with, is refused.
     pub fn save_config(&self, name: &str, xml: &str) -> Result<(), Error> {
+        definition_fits(name, xml)?;
         write_atomic(&self.config_path(name), xml.as_bytes())
     }
 
@@ -346,7 +402,7 @@ impl Store {
                 continue;
             }
             let Some(name) = stem(&path) else { continue };
-            let status = files::read_regular(&path, files::MAX_FILE_BYTES)
+            let status = files::read_regular(&path, MAX_STATE_FILE_BYTES)
                 .map_err(io_err("reading", &path))
                 .and_then(|bytes| {
                     serde_json::from_slice(&bytes).map_err(|source| Error::CorruptStatus {
@@ -363,18 +419,26 @@ impl Store {
     pub fn load_status(&self, name: &str) -> Result<Status, Error> {
         let path = self.status_path(name);
         let bytes =
-            files::read_regular(&path, files::MAX_FILE_BYTES).map_err(io_err("reading", &path))?;
+            files::read_regular(&path, MAX_STATE_FILE_BYTES).map_err(io_err("reading", &path))?;
         serde_json::from_slice(&bytes).map_err(|source| Error::CorruptStatus { path, source })
     }
 
-    /// Writes a network's live status atomically.
+    /// Writes a network's live status atomically. Its running definition may be as
+    /// large as a definition file ([`Store::save_config`]'s limit), so that `net-dumpxml`
+    /// prints what `net-define` takes back.
     pub fn save_status(&self, name: &str, status: &Status) -> Result<(), Error> {
+        definition_fits(name, &status.xml)?;
+        if let Some(pending) = &status.pending_config {
+            definition_fits(name, pending)?;
+        }
+        let path = self.status_path(name);
         let bytes = serde_json::to_vec_pretty(status).map_err(|e| Error::Io {
             action: "encoding",
-            path: self.status_path(name),
+            path: path.clone(),
             source: io::Error::other(e),
         })?;
-        write_atomic(&self.status_path(name), &bytes)
+        fits(&path, bytes.len(), MAX_STATE_FILE_BYTES)?;
+        write_atomic(&path, &bytes)
     }
 
     /// Where a network's DHCP server keeps its leases (they survive daemon restarts,
@@ -502,7 +566,7 @@ impl Store {
     /// Reads the ports of a network (none when it has no ports file).
     pub fn load_ports(&self, name: &str) -> Result<Vec<PortStatus>, Error> {
         let path = self.ports_path(name);
-        match files::read_regular(&path, files::MAX_FILE_BYTES) {
+        match files::read_regular(&path, MAX_STATE_FILE_BYTES) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|source| Error::CorruptStatus { path, source }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -521,6 +585,7 @@ impl Store {
             path: path.clone(),
             source: io::Error::other(e),
         })?;
+        fits(&path, bytes.len(), MAX_STATE_FILE_BYTES)?;
         write_atomic(&path, &bytes)
     }
 
@@ -879,6 +944,69 @@ mod tests {
         assert_eq!(statuses[1].1.as_ref().unwrap(), &status);
         store.delete_status("default").unwrap();
         store.delete_status("default").unwrap();
+    }
+
+    /// What the daemon writes, it reads back: a definition or state file larger than
+    /// it reads is refused, and the file on disk is left as it was.
+    #[test]
+    fn files_larger_than_read_back_are_refused_and_leave_the_old_one() {
+        let (_dir, store) = store();
+        store.create_dirs().unwrap();
+        let limit = usize::try_from(files::MAX_FILE_BYTES).unwrap();
+        let big = "x".repeat(limit + 1);
+        store.save_config("n", "<network/>").unwrap();
+        assert!(matches!(
+            store.save_config("n", &big),
+            Err(Error::DefinitionTooLarge { bytes, .. }) if bytes == limit + 1
+        ));
+        assert_eq!(
+            fs::read_to_string(store.config_path("n")).unwrap(),
+            "<network/>"
+        );
+        store.save_config("n", &big[..limit]).unwrap();
+
+        let status = Status {
+            version: STATUS_VERSION,
+            phase: Phase::Active,
+            bridge: "virbr0".into(),
+            persistent: true,
+            xml: "<network/>".into(),
+            started_at: 1,
+            pending_config: None,
+        };
+        store.save_status("n", &status).unwrap();
+        let pending = Status {
+            pending_config: Some(big.clone()),
+            ..status.clone()
+        };
+        assert!(matches!(
+            store.save_status("n", &pending),
+            Err(Error::DefinitionTooLarge { .. })
+        ));
+        assert_eq!(store.load_status("n").unwrap(), status);
+        // Two definitions at the limit, longer JSON-escaped (each backslash doubled), fit.
+        let escaped = "\\n".repeat(limit / 2);
+        let largest = Status {
+            xml: escaped.clone(),
+            pending_config: Some(escaped),
+            ..status.clone()
+        };
+        store.save_status("n", &largest).unwrap();
+        assert_eq!(store.load_status("n").unwrap(), largest);
+
+        let port = PortStatus {
+            xml: "x".repeat(limit),
+            tap: "vnet0".into(),
+            ifindex: 7,
+            persistent: true,
+            holder: None,
+        };
+        let ports = vec![port; 7];
+        assert!(matches!(
+            store.save_ports("n", &ports),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(!store.ports_path("n").exists());
     }
 
     #[test]
