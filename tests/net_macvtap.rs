@@ -379,6 +379,31 @@ fn a_handed_over_macvtap_goes_with_its_process() {
             .contains("deleted the macvtap of a process that exited")
     );
 
+    // A port deleted while its process runs is watched no more: the daemon lets go of
+    // the process's pidfd (a process that asks for many ports would pile them up).
+    let pidfds = |daemon: &Daemon| {
+        let fds = format!("/proc/{}/fd", daemon.pid().expect("daemon pid"));
+        std::fs::read_dir(fds)
+            .expect("the daemon's fds")
+            .filter_map(Result::ok)
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|target| target.to_string_lossy() == "anon_inode:[pidfd]")
+            .count()
+    };
+    let watched = pidfds(&daemon);
+    let (mut holder, port) = hold_port(&daemon);
+    assert_eq!(pidfds(&daemon), watched + 1);
+    client
+        .delete_port("lan", &port.uuid.to_string())
+        .expect("delete the port");
+    wait_until(
+        "the watch of a deleted port ends",
+        Duration::from_secs(5),
+        || pidfds(&daemon) == watched,
+    );
+    holder.kill().expect("kill the holder");
+    holder.wait().expect("reap");
+
     // A restarted daemon watches the holder again.
     let (holder, _) = hold_port(&daemon);
     daemon.stop();

@@ -609,9 +609,12 @@ impl Manager {
                     _ => "undoing a start interrupted by a daemon crash",
                 };
                 warn!(network = %name, bridge = %status.bridge, "{interrupted}");
-                let delete_bridge =
-                    owns_bridge && self.is_bridge_it_created(&def, &status.bridge).await;
-                self.release(&status.bridge, delete_bridge).await;
+                let created = if owns_bridge {
+                    self.bridge_it_created(&def, &status.bridge).await
+                } else {
+                    None
+                };
+                self.release(&name, &status.bridge, created).await;
                 self.discard_status_or_warn(&name);
                 continue;
             }
@@ -625,7 +628,7 @@ impl Manager {
                     .filter(LinkInfo::is_bridge);
                 let Some(bridge) = bridge else {
                     warn!(network = %name, bridge = %status.bridge, "bridge vanished while the daemon was away; marking the network inactive");
-                    self.release(&status.bridge, false).await;
+                    self.release(&name, &status.bridge, None).await;
                     self.discard_status_or_warn(&name);
                     continue;
                 };
@@ -633,7 +636,7 @@ impl Manager {
                 // again, by libvirt say): never take that over, nor delete it later.
                 if !is_network_bridge(&def, &status.bridge, &bridge) {
                     warn!(network = %name, bridge = %status.bridge, "bridge {} is no longer this network's (another MAC address); marking the network inactive and leaving the bridge alone", status.bridge);
-                    self.release(&status.bridge, false).await;
+                    self.release(&name, &status.bridge, None).await;
                     self.discard_status_or_warn(&name);
                     continue;
                 }
@@ -848,17 +851,17 @@ impl Manager {
     /// MAC. The name may belong to someone else's interface instead (the kernel refused an
     /// interrupted start because the name was taken, and the daemon died before clearing
     /// its intent), and that must survive the recovery.
-    async fn is_bridge_it_created(&self, def: &NetworkDef, bridge: &str) -> bool {
+    async fn bridge_it_created(&self, def: &NetworkDef, bridge: &str) -> Option<u32> {
         match self.link.link_info(bridge).await {
-            Ok(Some(info)) if is_network_bridge(def, bridge, &info) => true,
+            Ok(Some(info)) if is_network_bridge(def, bridge, &info) => Some(info.index),
             Ok(Some(_)) => {
                 warn!(network = %def.name, bridge, "leaving interface {bridge} alone: it is not the network's bridge (another kind or MAC address)");
-                false
+                None
             }
-            Ok(None) => false,
+            Ok(None) => None,
             Err(e) => {
                 warn!(network = %def.name, bridge, "leaving interface {bridge} alone: {}", error_chain(&e));
-                false
+                None
             }
         }
     }
@@ -882,28 +885,30 @@ impl Manager {
             return;
         };
         let ours = match defined_bridge {
-            Some((def, defined)) if defined == bridge => {
-                self.is_bridge_it_created(def, bridge).await
-            }
-            _ => false,
+            Some((def, defined)) if defined == bridge => self.bridge_it_created(def, bridge).await,
+            _ => None,
         };
-        if ours {
+        if ours.is_some() {
             warn!(network = %name, bridge, "removing the bridge and rules of the network whose status was discarded");
         }
-        self.release(bridge, ours).await;
+        self.release(name, bridge, ours).await;
     }
 
-    /// Best-effort removal of a network's kernel objects by bridge name (recovery paths).
-    async fn release(&self, bridge: &str, delete_bridge: bool) {
+    /// Best-effort removal of network `name`'s rules by bridge name, and of the bridge
+    /// by `bridge_index`, the one checked to be its (recovery paths): a name may have
+    /// gone to another interface since.
+    async fn release(&self, name: &str, bridge: &str, bridge_index: Option<u32>) {
         // A macvtap network's status names no bridge: it has no rules either.
         if bridge.is_empty() {
             return;
         }
         if let Err(e) = self.firewall.remove(bridge) {
-            warn!(bridge, "removing firewall rules: {}", error_chain(&e));
+            warn!(network = %name, bridge, "removing firewall rules: {}", error_chain(&e));
         }
-        if delete_bridge && let Err(e) = self.link.delete_link(bridge).await {
-            warn!(bridge, "deleting bridge: {}", error_chain(&e));
+        if let Some(index) = bridge_index
+            && let Err(e) = self.link.delete_index(index, bridge).await
+        {
+            warn!(network = %name, bridge, "deleting bridge: {}", error_chain(&e));
         }
     }
 

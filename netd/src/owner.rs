@@ -175,9 +175,12 @@ impl Owner {
     /// Waits until the process exits.
     pub async fn exited(self) -> Result<(), Error> {
         let pid = self.id.pid;
-        let exited = watcher()
-            .and_then(|watcher| watcher.watch(self.pidfd))
+        let watcher = watcher().map_err(|source| Error::Watch { pid, source })?;
+        let (token, exited) = watcher
+            .watch(self.pidfd)
             .map_err(|source| Error::Watch { pid, source })?;
+        // A wait given up (its port deleted first) lets go of the pidfd at once.
+        let _unwatch = Unwatch { watcher, token };
         // The sender goes only with the watcher thread, which runs as long as the daemon.
         exited.await.map_err(|_| Error::Watch {
             pid,
@@ -201,8 +204,21 @@ struct Watcher {
     next_token: AtomicU64,
 }
 
+/// Takes a pidfd out of the watcher when its wait ends, however it ends.
+struct Unwatch {
+    watcher: &'static Watcher,
+    token: u64,
+}
+
+impl Drop for Unwatch {
+    fn drop(&mut self) {
+        self.watcher.unwatch(self.token);
+    }
+}
+
 impl Watcher {
-    fn watch(&self, pidfd: Arc<OwnedFd>) -> io::Result<oneshot::Receiver<()>> {
+    /// Watches `pidfd`: its token, and what tells when its process exits.
+    fn watch(&self, pidfd: Arc<OwnedFd>) -> io::Result<(u64, oneshot::Receiver<()>)> {
         let (exited, receiver) = oneshot::channel();
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         // Registered under the lock, so that the thread finds the entry of any event.
@@ -214,7 +230,15 @@ impl Watcher {
             .add(&pidfd, EpollEvent::new(EpollFlags::EPOLLIN, token))
             .map_err(io::Error::from)?;
         waiting.insert(token, (pidfd, exited));
-        Ok(receiver)
+        Ok((token, receiver))
+    }
+
+    /// Stops watching the pidfd of `token`, if its process has not exited yet.
+    fn unwatch(&self, token: u64) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((pidfd, _)) = waiting.remove(&token) {
+            let _ = self.epoll.delete(&pidfd);
+        }
     }
 
     fn run(&self) {

@@ -10,11 +10,12 @@
 //! port claims, including one a crash left between the two messages, and nobody else's.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::ports::{Links, NewPort, Port, Ports};
+use super::ports::{Links, NewPort, Port, Ports, Watch};
 use super::{Error, Manager, Network, error_chain, macvtap_shaping_of};
 use crate::link::macvtap::{self, MacvtapSpec};
 use crate::link::tap::Tap;
@@ -187,6 +188,7 @@ impl Manager {
             persistent: holder.is_none(),
             holder: holder.as_ref().map(|holder| holder.id),
             owner: holder.clone(),
+            watch: None,
         };
         let recorded = match opened {
             Ok(queue) => {
@@ -213,8 +215,10 @@ impl Manager {
                 return Err(e);
             }
         };
-        if let Some(holder) = holder {
-            self.delete_when_gone(name, uuid, holder, ifindex, &port.tap);
+        if let Some(holder) = holder
+            && let Some(recorded) = network.ports.get_mut(&uuid)
+        {
+            recorded.watch = Some(self.delete_when_gone(name, uuid, holder, ifindex, &port.tap));
         }
         Ok(NewPort {
             summary: port.summary(name),
@@ -223,7 +227,8 @@ impl Manager {
     }
 
     /// Deletes the macvtap `ifindex` of port `port` once `holder` has exited; the port's
-    /// record goes at the next look at its network's ports, as a tap's does.
+    /// record goes at the next look at its network's ports, as a tap's does. The watch
+    /// ends when the port's record does.
     fn delete_when_gone(
         &self,
         network: &str,
@@ -231,11 +236,11 @@ impl Manager {
         holder: Owner,
         ifindex: u32,
         macvtap: &str,
-    ) {
+    ) -> Arc<Watch> {
         let link = self.link.clone();
         let network = network.to_owned();
         let macvtap = macvtap.to_owned();
-        tokio::spawn(async move {
+        Watch::of(tokio::spawn(async move {
             let pid = holder.id.pid;
             if let Err(e) = holder.exited().await {
                 warn!(network = %network, macvtap = %macvtap, "the macvtap stays until its port is looked at: {}", error_chain(&e));
@@ -249,7 +254,7 @@ impl Manager {
                 Ok(false) => {}
                 Err(e) => warn!(network = %network, macvtap = %macvtap, "{}", error_chain(&e)),
             }
-        });
+        }))
     }
 
     /// Ends the handed-over macvtap ports whose process has exited without the daemon
@@ -273,7 +278,13 @@ impl Manager {
             let exited = if rewatch {
                 match Owner::reopen(id) {
                     Ok(Some(holder)) => {
-                        self.delete_when_gone(name, *uuid, holder.clone(), port.ifindex, &port.tap);
+                        port.watch = Some(self.delete_when_gone(
+                            name,
+                            *uuid,
+                            holder.clone(),
+                            port.ifindex,
+                            &port.tap,
+                        ));
                         port.owner = Some(holder);
                         false
                     }
@@ -413,6 +424,7 @@ mod tests {
             persistent: true,
             holder: None,
             owner: None,
+            watch: None,
         }
     }
 

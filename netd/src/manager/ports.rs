@@ -53,6 +53,26 @@ pub(super) struct Port {
     /// That process while the daemon watches it (not after a restart that could not find
     /// it again).
     pub(super) owner: Option<Owner>,
+    /// The task that deletes the macvtap when that process exits, stopped when the last
+    /// copy of this record goes: a port deleted first must not keep its task and pidfd
+    /// until the process exits (a long-lived process may ask for many).
+    pub(super) watch: Option<Arc<Watch>>,
+}
+
+/// A task that ends when the last [`Port`] holding it goes.
+#[derive(Debug)]
+pub(super) struct Watch(tokio::task::AbortHandle);
+
+impl Watch {
+    pub(super) fn of(task: tokio::task::JoinHandle<()>) -> Arc<Watch> {
+        Arc::new(Watch(task.abort_handle()))
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Port {
@@ -85,6 +105,7 @@ impl Port {
             persistent: status.persistent,
             holder: status.holder,
             owner: None,
+            watch: None,
         })
     }
 
@@ -408,6 +429,7 @@ impl Manager {
             persistent: !hand_over,
             holder: None,
             owner: None,
+            watch: None,
         };
         network.ports.insert(uuid, port.clone());
         let recorded = self
@@ -1146,6 +1168,7 @@ mod tests {
             persistent: true,
             holder: None,
             owner: None,
+            watch: None,
         };
         let tap = |mac: [u8; 6]| LinkInfo {
             index: 7,
