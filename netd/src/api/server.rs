@@ -844,7 +844,7 @@ async fn create_port(
                 ))
             });
         if let Err(e) = sent {
-            tracing::warn!(port = %uuid, "handing over the tap failed: {e}");
+            tracing::warn!(network = %network_name, port = %uuid, "handing over the tap failed: {e}");
             // A tap closes with this task, and its port ends with it; a macvtap would stay
             // as long as its holder runs. The port goes either way, before the daemon may
             // stop (this task still counts as a change in progress).
@@ -855,7 +855,7 @@ async fn create_port(
             {
                 Ok(_) | Err(manager::Error::PortNotFound(_)) => {}
                 Err(e) => {
-                    tracing::warn!(port = %uuid, "deleting the port not handed over: {}", manager::error_chain(&e));
+                    tracing::warn!(network = %network_name, port = %uuid, "deleting the port not handed over: {}", manager::error_chain(&e));
                 }
             }
         }
