@@ -486,7 +486,9 @@ pub fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KVNET_VMM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // virtio-queue logs an error for each mistake of a guest's, unlatched:
+                // the device models warn about those themselves, once a minute at most.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,virtio_queue=off")),
         )
         .try_init();
     // KVNET_VMM_TIMINGS=1: report start-up time and RSS for the bench harness.

@@ -696,6 +696,10 @@ mod tests {
 /// What `run` logs at warn and above, formatted: to check that a guest repeating a
 /// mistake is not logged without end.
 pub fn warnings_logged(run: impl FnOnce()) -> String {
+    // What crates log through `log` (virtio-queue) reaches tracing's subscriber, as in
+    // the binary (tracing-subscriber's default `tracing-log` feature). Once per process;
+    // a second call fails harmlessly.
+    let _ = tracing_log::LogTracer::init();
     let buffer = LogBuffer::default();
     let writer = buffer.clone();
     let subscriber = tracing_subscriber::fmt()

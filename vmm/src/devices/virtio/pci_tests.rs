@@ -932,6 +932,24 @@ fn real_net_device_transmits_and_survives_reset_and_reinitialisation() {
     }
 }
 
+/// A guest looping on a queue outside its memory is warned about once, by the
+/// transport's latch (virtio-queue's `is_valid` would log an error each time).
+#[test]
+fn a_driver_looping_on_a_queue_outside_memory_logs_one_line() {
+    let mut f = fixture();
+    let text = crate::testing::warnings_logged(|| {
+        for _ in 0..100 {
+            f.negotiate(OFFERED);
+            f.setup_queue(0, 8, MEM_SIZE as u64);
+            f.setup_queue(1, 8, 0x4_0000);
+            f.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
+            assert!(!f.dev.is_active());
+        }
+    });
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("refusing an invalid queue"), "{text}");
+}
+
 #[test]
 fn a_driver_repeating_an_error_logs_one_warning_even_across_resets() {
     let mut f = fixture();

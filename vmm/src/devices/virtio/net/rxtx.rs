@@ -535,6 +535,21 @@ fn read_from(
     }
 }
 
+/// Gives `head` back to the driver with `len` bytes written. A head outside the queue
+/// (the driver's mistake) fails the queue without `Queue::add_used`, which logs an
+/// error of its own each time: a guest that loops on it would fill the host's log.
+fn give_back(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    head: u16,
+    len: u32,
+) -> Result<(), virtio_queue::Error> {
+    if head >= queue.size() {
+        return Err(virtio_queue::Error::InvalidDescriptorIndex);
+    }
+    queue.add_used(mem, head, len)
+}
+
 /// Takes the next available head off `queue`, if any.
 fn pop_head(
     queue: &mut Queue,
@@ -854,7 +869,7 @@ impl NetWorker {
                     }
                     Err(e) => self.refuse(&e, &self.counters.tx_dropped),
                 }
-                self.tx.add_used(&*mem, head, 0).map_err(ring_err)?;
+                give_back(&mut self.tx, &mem, head, 0).map_err(ring_err)?;
                 unsignalled += 1;
                 if unsignalled == SIGNAL_BATCH {
                     // Let the driver recycle buffers while a long batch runs.
@@ -1024,7 +1039,7 @@ impl NetWorker {
                 }
                 Err(e) => {
                     self.refuse(&e, &self.counters.rx_dropped);
-                    self.rx.add_used(mem, head, 0).map_err(ring_err)?;
+                    give_back(&mut self.rx, mem, head, 0).map_err(ring_err)?;
                     *unsignalled += 1;
                 }
             }
