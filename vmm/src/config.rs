@@ -217,7 +217,8 @@ pub struct Cli {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub vcpus: u32,
-    /// Where COM1 goes: stdio, none or file:PATH. With stdio, stdin is the guest's
+    /// Where COM1 goes: stdio, none or file:PATH (rotated at 2 MiB to PATH.0, three
+    /// kept, as libvirt's virtlogd rotates it). With stdio, stdin is the guest's
     /// input; on a terminal it goes to the guest as typed, Ctrl-C included: type
     /// Ctrl-A x to stop the VM, Ctrl-A Ctrl-A to send one Ctrl-A. A VMM in the
     /// terminal's background leaves its input alone.

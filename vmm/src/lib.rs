@@ -417,16 +417,12 @@ fn serial_writer(
         SerialSink::None => return Ok((Box::new(std::io::sink()), None)),
         SerialSink::Buffer(buffer) => return Ok((Box::new(buffer.clone()), None)),
         SerialSink::Stdio => Box::new(std::io::stdout()),
-        SerialSink::File(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| Error::SerialFile {
-                    path: path.clone(),
-                    source,
-                })?,
-        ),
+        SerialSink::File(path) => Box::new(devices::console_log::ConsoleLog::open(path).map_err(
+            |source| Error::SerialFile {
+                path: path.clone(),
+                source,
+            },
+        )?),
     };
     let (output, drain) = devices::console::spawn(blocking).map_err(Error::SerialThread)?;
     Ok((Box::new(output), Some(drain)))

@@ -54,6 +54,7 @@ pub fn spawn(mut sink: Box<dyn Write + Send>) -> std::io::Result<(ConsoleOutput,
     let thread = std::thread::Builder::new()
         .name("serial-out".to_owned())
         .spawn(move || {
+            let mut failing = false;
             loop {
                 let (bytes, dropped, closed) = {
                     let mut pending = writer.pending();
@@ -69,10 +70,17 @@ pub fn spawn(mut sink: Box<dyn Write + Send>) -> std::io::Result<(ConsoleOutput,
                         "serial output dropped: its reader is not keeping up"
                     );
                 }
-                if !bytes.is_empty()
-                    && let Err(error) = sink.write_all(&bytes).and_then(|()| sink.flush())
-                {
-                    tracing::warn!(%error, "serial output failed");
+                if !bytes.is_empty() {
+                    match sink.write_all(&bytes).and_then(|()| sink.flush()) {
+                        // Once until it works again: a guest writing on to a full disk
+                        // must not fill the log instead.
+                        Err(error) if !failing => {
+                            tracing::warn!(%error, "serial output failed: dropping it until it can be written");
+                            failing = true;
+                        }
+                        Err(_) => {}
+                        Ok(()) => failing = false,
+                    }
                 }
                 if closed {
                     break;
