@@ -894,9 +894,14 @@ impl NetworkDef {
     }
 
     /// What libvirt adds to the running definition only (the inactive one keeps the
-    /// user's `<forward mode='nat'/>`): NAT's default source port range 1024-65535.
+    /// user's `<forward mode='nat'/>`): NAT's default source port range 1024-65535, when
+    /// something is masqueraded: an IPv4 `<ip>`, or an IPv6 one with `<nat ipv6='yes'>`.
     pub fn fill_live_defaults(&mut self) {
-        if self.forward.mode == ForwardMode::Nat && self.forward.nat.port.is_none() {
+        let masquerades = self
+            .ips
+            .iter()
+            .any(|ip| ip.is_ipv4() || self.forward.nat.ipv6 == Some(true));
+        if self.forward.mode == ForwardMode::Nat && masquerades && self.forward.nat.port.is_none() {
             self.forward.nat.port = Some(DEFAULT_NAT_PORTS);
         }
     }

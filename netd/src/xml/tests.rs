@@ -600,6 +600,21 @@ fn live_defaults_add_nat_port_range_only_for_nat_without_ports() {
         })
     );
 
+    // As libvirt, only where something is masqueraded: not for IPv6 alone without
+    // <nat ipv6='yes'>.
+    for (ipv6, port) in [
+        ("", None),
+        (" ipv6='no'", None),
+        (" ipv6='yes'", Some(DEFAULT_NAT_PORTS)),
+    ] {
+        let mut v6 = parse(&format!(
+            "<network><name>n</name><forward mode='nat'><nat{ipv6}/></forward>\
+             <ip family='ipv6' address='fd00:202::1' prefix='64'/></network>"
+        ));
+        v6.fill_live_defaults();
+        assert_eq!(v6.forward.nat.port, port, "{ipv6}");
+    }
+
     let mut routed = parse(DOCS_ROUTED_XML);
     routed.fill_defaults(NOT_IN_USE).unwrap();
     routed.fill_live_defaults();
