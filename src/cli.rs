@@ -392,7 +392,8 @@ pub struct FileArg {
     /// File containing a network XML description.
     #[arg(long = "file", value_name = "FILE", conflicts_with = "file")]
     file_option: Option<PathBuf>,
-    /// Accepted for virsh compatibility: the daemon always validates.
+    /// Accepted as in virsh; kvnetd checks every definition, not against libvirt's
+    /// schema.
     #[arg(long)]
     pub validate: bool,
 }

@@ -65,7 +65,12 @@ struct Verb {
 
 const NETWORK: Opt = required("network", "network name or uuid");
 const JSON: Opt = flag("json", "print JSON instead");
-const VALIDATE: Opt = flag("validate", "validate the XML against the schema");
+// Not virsh's words ("validate the XML against the schema"): kvnetd checks what it
+// takes, with libvirt's parser's rules, but has no RelaxNG schema to check against.
+const VALIDATE: Opt = flag(
+    "validate",
+    "accepted as in virsh; kvnetd checks every definition, not against libvirt's schema",
+);
 const XPATH: Opt = string("xpath", "xpath expression to filter the XML document");
 const WRAP: Opt = flag("wrap", "wrap xpath results in an common root element");
 const PORT: Opt = required("port", "port UUID");
