@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::Ipv6Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,20 +17,26 @@ use tracing::{info, instrument, warn};
 
 use crate::api::types::{Lease, NetworkSummary, UpdateResponse};
 use crate::api::{ApiError, ErrorKind};
-use crate::dhcp::{self, DhcpConfig, DhcpHostConfig, DhcpServer};
-use crate::dhcp6::{self, Dhcp6Config, Dhcp6HostConfig, Dhcp6Server};
-use crate::dns::{self, DnsConfig, DnsServer};
+use crate::dhcp::{self, DhcpServer};
+use crate::dhcp6::{self, Dhcp6Server};
+use crate::dns::{self, DnsServer};
 use crate::events::{Events, Lifecycle};
-use crate::firewall::{self, Firewall, NetworkRules, RuleMode};
+use crate::firewall::{self, Firewall, NetworkRules};
 use crate::hooks::{Hooks, Operation};
-use crate::link::{self, BridgeSpec, Link, LinkInfo, PrefixCache, sysctl};
-use crate::ra::{self, RaConfig, RaServer};
+use crate::link::{self, Link, LinkInfo, PrefixCache, sysctl};
+use crate::ra::RaServer;
 use crate::service::lock;
 use crate::store::{self, AutostartProgress, Phase, STATUS_VERSION, Status, Store};
-use crate::tftp::{TftpConfig, TftpServer};
-use crate::xml::{self, Connections, DEFAULT_NAT_PORTS, ForwardMode, IpDef, NetworkDef, RouteDef};
+use crate::tftp::TftpServer;
+use crate::xml::{self, Connections, ForwardMode, NetworkDef, RouteDef};
+
+use configs::{
+    bridge_addresses, bridge_spec, dhcp_config, dhcp6_config, dns_config, firewall_rules,
+    ra_config, tftp_config,
+};
 
 mod bandwidth;
+mod configs;
 mod hooks;
 mod host_dns;
 mod macvtaps;
@@ -2409,53 +2414,10 @@ fn overlap(a: IpNet, b: IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-/// The bridge's addresses: one per `<ip>` (validation guarantees a prefix length).
-fn bridge_addresses(def: &NetworkDef) -> impl Iterator<Item = (std::net::IpAddr, u8)> + '_ {
-    def.ips
-        .iter()
-        .filter_map(|ip| Some((ip.address, ip.prefix_len()?)))
-}
-
 /// Whether `info`, the link named `bridge`, is `def`'s own bridge: a bridge with the
 /// network's MAC address (which its start set).
 fn is_network_bridge(def: &NetworkDef, bridge: &str, info: &LinkInfo) -> bool {
     info.is_bridge() && info.mac == Some(bridge_spec(def, bridge).mac)
-}
-
-fn bridge_spec(def: &NetworkDef, bridge: &str) -> BridgeSpec {
-    BridgeSpec {
-        name: bridge.to_owned(),
-        mac: def.mac.map(|mac| mac.0).unwrap_or([0x52, 0x54, 0, 0, 0, 1]),
-        mtu: def.mtu,
-        stp: def.bridge.stp,
-        forward_delay_secs: u32::try_from(def.bridge.delay).unwrap_or(u32::MAX),
-    }
-}
-
-/// The firewall rules a network needs; `None` for modes that get none (open, host bridge).
-fn firewall_rules(def: &NetworkDef) -> Option<NetworkRules> {
-    let mode = match def.forward_mode() {
-        ForwardMode::Isolated => RuleMode::Isolated,
-        ForwardMode::Nat => RuleMode::Nat,
-        ForwardMode::Route => RuleMode::Route,
-        ForwardMode::Open
-        | ForwardMode::Bridge
-        | ForwardMode::Private
-        | ForwardMode::Vepa
-        | ForwardMode::Passthrough => return None,
-    };
-    let nat = &def.forward.nat;
-    let ports = nat.port.unwrap_or(DEFAULT_NAT_PORTS);
-    Some(NetworkRules {
-        bridge: def.bridge_name()?.to_owned(),
-        mode,
-        forward_dev: def.forward.dev.clone(),
-        ipv4: def.ipv4_subnets(),
-        ipv6: def.ipv6_subnets(),
-        nat_addresses: nat.address.map(|range| (range.start, range.end)),
-        nat_ports: (ports.start, ports.end),
-        nat_ipv6: nat.ipv6 == Some(true),
-    })
 }
 
 /// How many times a network's boot autostart is tried when daemons die during it.
@@ -2490,18 +2452,6 @@ fn failed_step(
         step: step.into(),
         source: Box::new(source),
     }
-}
-
-fn ipv4(addr: std::net::IpAddr) -> Option<std::net::Ipv4Addr> {
-    match addr {
-        std::net::IpAddr::V4(v4) => Some(v4),
-        std::net::IpAddr::V6(_) => None,
-    }
-}
-
-/// A `<lease>` as a duration; zero means infinite, as the DHCP server reads it.
-fn lease_duration(lease: Option<&xml::Lease>) -> Option<std::time::Duration> {
-    lease.map(|lease| std::time::Duration::from_secs(lease.seconds().unwrap_or(0)))
 }
 
 /// The hostnames of `dhcp`'s and `dhcp6`'s leases (and of the DHCPv6 reservations), as
@@ -2549,267 +2499,5 @@ fn active_status(live: &NetworkDef, persistent: bool, started_at: i64) -> Status
         xml: live.to_xml(),
         started_at,
         pending_config: None,
-    }
-}
-
-/// Where the TFTP server of a network listens and what it serves; `None` without `<tftp>`.
-fn tftp_config(def: &NetworkDef) -> Option<TftpConfig> {
-    let ip = def.ips.iter().find(|ip| ip.tftp_root.is_some())?;
-    Some(TftpConfig {
-        network: def.name.clone(),
-        listen: ipv4(ip.address)?,
-        root: PathBuf::from(ip.tftp_root.as_ref()?),
-    })
-}
-
-/// What the router advertisements of a network say; `None` for a network without an
-/// IPv6 `<ip>` or on a host bridge (whose router is not ours).
-fn ra_config(def: &NetworkDef) -> Option<RaConfig> {
-    if !def.forward_mode().has_managed_bridge() {
-        return None;
-    }
-    let ipv6: Vec<(Ipv6Addr, u8)> = bridge_addresses(def)
-        .filter_map(|(address, prefix)| match address {
-            std::net::IpAddr::V6(address) => Some((address, prefix)),
-            std::net::IpAddr::V4(_) => None,
-        })
-        .collect();
-    let (first, _) = *ipv6.first()?;
-    Some(RaConfig {
-        network: def.name.clone(),
-        interface: def.bridge_name()?.to_owned(),
-        mac: def.mac.map(|mac| mac.0)?,
-        // SLAAC makes addresses in /64s only.
-        prefixes: ipv6
-            .iter()
-            .filter(|(_, prefix)| *prefix == 64)
-            .filter_map(|&(address, prefix)| ipnet::Ipv6Net::new(address, prefix).ok())
-            .map(|net| net.trunc())
-            .collect(),
-        managed_prefix: dhcp6_config(def).map(|config| config.subnet),
-        router_lifetime: if def.forward_mode() == ForwardMode::Isolated {
-            Duration::ZERO
-        } else {
-            ra::ROUTER_LIFETIME
-        },
-        mtu: def.mtu,
-        dns_server: def.is_dns_enabled().then_some(first),
-    })
-}
-
-/// What the DNS server serves and where it listens; `None` when DNS is disabled.
-/// Addresses of the active `networks` and of this one are never used as upstreams: a
-/// host whose resolv.conf names a kvnet bridge would otherwise forward to itself.
-fn dns_config(
-    def: &NetworkDef,
-    networks: &BTreeMap<String, Network>,
-    host: &host_dns::HostDns,
-) -> Option<DnsConfig> {
-    if !def.is_dns_enabled() {
-        return None;
-    }
-    // Checked per resolver (usually one to three), not by collecting every network's
-    // addresses: a start at 1,000 networks spent 7% of its time on that list.
-    let is_ours = |addr: &std::net::IpAddr| {
-        networks
-            .values()
-            .filter_map(|network| network.live.as_ref())
-            .chain([def])
-            .any(|def| def.ips.iter().any(|ip| ip.address == *addr))
-    };
-    // libvirt's dnsmasq of an isolated network has `no-resolv`: its guests' names go to
-    // the `<forwarder>`s, if any, never out through the host's resolvers.
-    let default_upstreams = if def.forward_mode() == ForwardMode::Isolated {
-        Vec::new()
-    } else {
-        host.resolvers
-            .iter()
-            .copied()
-            .filter(|server| !is_ours(&server.ip()))
-            .collect()
-    };
-    Some(DnsConfig {
-        network: def.name.clone(),
-        listen: bridge_addresses(def).map(|(address, _)| address).collect(),
-        interface: def.bridge_name().map(str::to_owned),
-        domain: def.domain.as_ref().map(|domain| domain.name.clone()),
-        local_only: def.domain.as_ref().and_then(|domain| domain.local_only) == Some(true),
-        forward_plain_names: def.dns.forward_plain_names != Some(false),
-        local_ptr_domains: def
-            .ips
-            .iter()
-            .filter(|ip| ip.local_ptr == Some(true))
-            .filter_map(IpDef::ptr_domain)
-            .collect(),
-        hosts: def.dns.hosts.clone(),
-        host_file: Arc::clone(&host.hosts),
-        srvs: def.dns.srvs.clone(),
-        txts: def.dns.txts.clone(),
-        forwarders: own_forwarders_dropped(def),
-        default_upstreams,
-        addresses: xml::dnsmasq::address_rules(&def.dnsmasq_options),
-        cache_size: xml::dnsmasq::cache_size(&def.dnsmasq_options)
-            .and_then(|size| usize::try_from(size).ok()),
-    })
-}
-
-/// The network's `<forwarder>`s but those naming one of its own addresses: its DNS
-/// server would forward to itself until every pending slot was taken. dnsmasq ignores
-/// such a server too ("ignoring nameserver - local interface").
-fn own_forwarders_dropped(def: &NetworkDef) -> Vec<xml::DnsForwarder> {
-    let (ours, others): (Vec<_>, Vec<_>) =
-        def.dns.forwarders.iter().cloned().partition(|forwarder| {
-            forwarder
-                .addr
-                .is_some_and(|addr| def.ips.iter().any(|ip| ip.address == addr))
-        });
-    for forwarder in ours {
-        warn!(network = %def.name, addr = ?forwarder.addr, domain = ?forwarder.domain, "ignoring a DNS forwarder that is this network's own address");
-    }
-    others
-}
-
-/// What the DHCPv6 server serves, from the IPv6 `<ip>` with `<dhcp>` (libvirt allows
-/// only one). `None` when the network hands out no IPv6 addresses, or on a bridge whose
-/// MAC is not known yet.
-fn dhcp6_config(def: &NetworkDef) -> Option<Dhcp6Config> {
-    let ip = def.ips.iter().find(|ip| !ip.is_ipv4() && ip.has_dhcp())?;
-    let std::net::IpAddr::V6(address) = ip.address else {
-        return None;
-    };
-    let subnet = ipnet::Ipv6Net::new(address, ip.prefix_len()?).ok()?.trunc();
-    let ipv6 = |addr: std::net::IpAddr| match addr {
-        std::net::IpAddr::V6(v6) => Some(v6),
-        std::net::IpAddr::V4(_) => None,
-    };
-    let ranges = ip.dhcp_ranges.iter().filter_map(|range| {
-        Some((
-            ipv6(range.start)?,
-            ipv6(range.end)?,
-            lease_duration(range.lease.as_ref()),
-        ))
-    });
-    let hosts = ip.dhcp_hosts.iter().filter_map(|host| {
-        Some(Dhcp6HostConfig {
-            duid: host.duid(),
-            name: host.name.clone(),
-            ip: ipv6(host.ip)?,
-            lease: lease_duration(host.lease.as_ref()),
-        })
-    });
-    Some(Dhcp6Config {
-        network: def.name.clone(),
-        interface: def.bridge_name()?.to_owned(),
-        server_mac: def.mac.map(|mac| mac.0)?,
-        server_ip: address,
-        subnet,
-        ranges: ranges.collect(),
-        hosts: hosts.collect(),
-        dns_server: def.is_dns_enabled().then_some(address),
-        domain: def.domain.as_ref().map(|domain| domain.name.clone()),
-        default_lease: dhcp6::DEFAULT_LEASE,
-    })
-}
-
-/// What the DHCP server serves, from the IPv4 `<ip>` with `<dhcp>` (libvirt allows only
-/// one). `None` when the network hands out no addresses.
-fn dhcp_config(def: &NetworkDef) -> Option<DhcpConfig> {
-    let ip = def.ips.iter().find(|ip| ip.is_ipv4() && ip.has_dhcp())?;
-    let server_ip = ipv4(ip.address)?;
-    let subnet = ipnet::Ipv4Net::new(server_ip, ip.prefix_len()?)
-        .ok()?
-        .trunc();
-    let ranges = ip.dhcp_ranges.iter().filter_map(|range| {
-        Some((
-            ipv4(range.start)?,
-            ipv4(range.end)?,
-            lease_duration(range.lease.as_ref()),
-        ))
-    });
-    let hosts = ip.dhcp_hosts.iter().filter_map(|host| {
-        Some(DhcpHostConfig {
-            mac: host.mac.map(|mac| mac.0),
-            ip: ipv4(host.ip)?,
-            name: host.name.clone(),
-            lease: lease_duration(host.lease.as_ref()),
-        })
-    });
-    Some(DhcpConfig {
-        network: def.name.clone(),
-        interface: def.bridge_name()?.to_owned(),
-        server_ip,
-        subnet,
-        ranges: ranges.collect(),
-        hosts: hosts.collect(),
-        // libvirt gives isolated networks no default route (dnsmasq's `dhcp-option=3`).
-        router: (def.forward_mode() != ForwardMode::Isolated).then_some(server_ip),
-        dns_server: def.is_dns_enabled().then_some(server_ip),
-        domain: def.domain.as_ref().map(|domain| domain.name.clone()),
-        mtu: def.mtu.and_then(|mtu| u16::try_from(mtu).ok()),
-        default_lease: dhcp::DEFAULT_LEASE,
-        boot: ip.dhcp_bootp.as_ref().map(|bootp| dhcp::DhcpBoot {
-            file: bootp.file.clone(),
-            server: bootp.server.unwrap_or(server_ip),
-        }),
-        options: xml::dnsmasq::dhcp_options(&def.dnsmasq_options),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_last_dhcp_option_line_of_a_code_counts() {
-        let def = NetworkDef::from_xml(
-            "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>\
-             <name>n</name><bridge name='kvn0'/><ip address='10.9.0.1' prefix='24'><dhcp>\
-             <range start='10.9.0.10' end='10.9.0.20'/></dhcp></ip><dnsmasq:options>\
-             <dnsmasq:option value='dhcp-option=42,10.9.0.5'/>\
-             <dnsmasq:option value='cache-size=0'/>\
-             <dnsmasq:option value='dhcp-option=3,10.9.0.254'/>\
-             <dnsmasq:option value='dhcp-option-force=option:ntp-server,0.0.0.0'/>\
-             </dnsmasq:options></network>",
-        )
-        .expect("valid");
-        let options = dhcp_config(&def).expect("DHCP").options;
-        let summary: Vec<_> = options
-            .iter()
-            .map(|rule| (rule.code, rule.force, rule.value.clone()))
-            .collect();
-        let ip = |ip: [u8; 4]| xml::DhcpOptionValue::Addresses(vec![ip.into()]);
-        assert_eq!(
-            summary,
-            [
-                (3, false, ip([10, 9, 0, 254])),
-                (42, true, ip([0, 0, 0, 0]))
-            ]
-        );
-    }
-
-    #[test]
-    fn a_forwarder_at_the_networks_own_address_is_dropped() {
-        let def = NetworkDef::from_xml(
-            "<network><name>n</name><dns><forwarder addr='10.9.0.1'/>\
-             <forwarder domain='corp' addr='10.9.0.1'/><forwarder addr='10.9.0.53'/>\
-             <forwarder domain='lan'/></dns><ip address='10.9.0.1' prefix='24'/></network>",
-        )
-        .expect("valid");
-        let kept: Vec<_> = own_forwarders_dropped(&def)
-            .into_iter()
-            .map(|forwarder| {
-                (
-                    forwarder.addr.map(|addr| addr.to_string()),
-                    forwarder.domain,
-                )
-            })
-            .collect();
-        assert_eq!(
-            kept,
-            [
-                (Some("10.9.0.53".to_owned()), None),
-                (None, Some("lan".to_owned()))
-            ]
-        );
     }
 }

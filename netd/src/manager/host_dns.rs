@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime};
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
-use super::{Manager, dns_config, error_chain, lease_names};
+use super::configs::dns_config;
+use super::{Manager, error_chain, lease_names};
 use crate::dns::zone::Zone;
 use crate::dns::{self, HostsFile, SharedHosts};
 use crate::service::lock;
