@@ -89,7 +89,8 @@ pub struct Net {
     worker: Option<RunningWorker>,
     counters: Arc<NetCounters>,
     needs_reset: Arc<AtomicBool>,
-    /// The backend has offloads on, which a reset turns off.
+    /// The backend may have offloads on, which a reset turns off. At first it may: a
+    /// tap another VMM used before (a persistent port's, an inherited one) keeps them.
     offloads_set: bool,
     /// Driver errors logged at warn (see [`WarnLatch::clear`]).
     warned: WarnLatch,
@@ -119,7 +120,7 @@ impl Net {
             worker: None,
             counters: Arc::new(NetCounters::default()),
             needs_reset: Arc::new(AtomicBool::new(false)),
-            offloads_set: false,
+            offloads_set: true,
             warned: WarnLatch::default(),
             worker_warned: Arc::default(),
             backend_warned: Arc::default(),
@@ -196,11 +197,15 @@ impl Net {
         }
         let mut backend = self.backend.take().ok_or(ActivateError::NoBackend)?;
         let offloads = tap_offload_flags(self.acked_features);
-        if let Err(e) = backend.set_offload(offloads) {
-            self.backend = Some(backend);
-            return Err(ActivateError::Backend(e));
+        // Only a change: each TUNSETOFFLOAD takes the kernel's RTNL lock and tells every
+        // netlink listener on the host, and a guest may reset and activate in a loop.
+        if offloads != 0 || self.offloads_set {
+            if let Err(e) = backend.set_offload(offloads) {
+                self.backend = Some(backend);
+                return Err(ActivateError::Backend(e));
+            }
+            self.offloads_set = offloads != 0;
         }
-        self.offloads_set = offloads != 0;
         let guest_gso = bit(VIRTIO_NET_F_GUEST_TSO4) | bit(VIRTIO_NET_F_GUEST_TSO6);
         // Ethernet + VLAN header around an MTU-sized packet.
         let mtu_frame = VNET_HDR_LEN + 18 + usize::from(self.config.mtu.unwrap_or(DEFAULT_MTU));
