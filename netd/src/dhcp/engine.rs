@@ -1031,7 +1031,8 @@ mod tests {
         assert_eq!(reply.to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
         for m in [&offer, &ack] {
             let o = m.opts();
-            assert_eq!(m.yiaddr(), Ipv4Addr::new(192, 168, 77, 100));
+            // Where dnsmasq's walk for this MAC starts in .100-.200.
+            assert_eq!(m.yiaddr(), Ipv4Addr::new(192, 168, 77, 140));
             assert_eq!(
                 o.get(OptionCode::ServerIdentifier),
                 Some(&DhcpOption::ServerIdentifier(SERVER))

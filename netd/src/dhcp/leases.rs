@@ -3,9 +3,12 @@
 //!
 //! Memory: two hash maps (by address and by client) holding only addresses of the pool
 //! or of reservations, so the state stays bounded by the pool size whatever clients send.
-//! Allocation walks the pool from a cursor, so a new client costs O(1) while the pool has
-//! room; expired leases are reclaimed when the cursor meets them. A walk that finds the
-//! pool full is not repeated until an address is freed or the earliest lease met expires,
+//! Allocation starts where dnsmasq's starts, at a place in each range that a hash of the
+//! client's MAC picks (see [`mac_seed`]), and walks on to the first free address, so a
+//! guest gets the same address again after a release, an expiry or a restart of the
+//! daemon or the host, as it did from libvirt's dnsmasq (the same address, for a guest
+//! moved from libvirt). While the pool has room a walk is short; expired leases are
+//! reclaimed when a walk meets them. A walk that finds the pool full is not repeated until an address is freed or the earliest lease met expires,
 //! and the takeover of an unanswered offer pops the oldest one from an ordered set, so a
 //! flood of DISCOVERs against a full pool costs O(log n) each, not a walk of the pool.
 //!
@@ -126,6 +129,19 @@ impl Lease {
     }
 }
 
+/// Where in a range a walk for `mac` starts: dnsmasq's seed (`address_allocate`, the
+/// SDBM hash of the hardware address, 0 taken as 1), so kvnet hands a guest the address
+/// libvirt's dnsmasq would.
+fn mac_seed(mac: [u8; 6]) -> u32 {
+    let seed = mac.iter().fold(0u32, |seed, &byte| {
+        u32::from(byte)
+            .wrapping_add(seed << 6)
+            .wrapping_add(seed << 16)
+            .wrapping_sub(seed)
+    });
+    seed.max(1)
+}
+
 #[derive(Clone, Copy, Debug)]
 struct PoolRange {
     start: u32,
@@ -183,8 +199,6 @@ pub struct LeaseDb {
     server_ip: Ipv4Addr,
     default_lease: u32,
     pool: Vec<PoolRange>,
-    pool_size: u64,
-    cursor: u64,
     reservations: HashMap<[u8; 6], Reservation>,
     /// The reservations of `<host>`s without a MAC, by name (lowercased).
     name_reservations: HashMap<Box<str>, Reservation>,
@@ -219,8 +233,6 @@ impl LeaseDb {
             server_ip: config.server_ip,
             default_lease: lease_secs(config.default_lease),
             pool: Vec::new(),
-            pool_size: 0,
-            cursor: 0,
             reservations: HashMap::new(),
             reserved_ips: HashMap::new(),
             reserved_names: HashMap::new(),
@@ -319,12 +331,6 @@ impl LeaseDb {
                 })
             })
             .collect();
-        self.pool_size = self
-            .pool
-            .iter()
-            .map(|r| u64::from(r.end - r.start) + 1)
-            .sum();
-        self.cursor = 0;
         self.exhausted_until = None;
         self.reservations.clear();
         self.name_reservations.clear();
@@ -519,7 +525,7 @@ impl LeaseDb {
         let ip = current
             .filter(|&ip| self.assignable(client, ip, now))
             .or_else(|| requested.filter(|&ip| self.assignable(client, ip, now)))
-            .or_else(|| self.allocate(now))?;
+            .or_else(|| self.allocate(client.mac, now))?;
         self.hold(client, ip, now);
         Some(ip)
     }
@@ -594,13 +600,13 @@ impl LeaseDb {
         self.by_ip.insert(ip, lease);
     }
 
-    /// The next free pool address from the cursor, reclaiming an expired lease on it.
-    /// When none is free, the oldest address only held by an offer is taken over, so a
-    /// flood of DISCOVERs from made-up MACs cannot lock real clients out for the offer
-    /// hold time.
-    fn allocate(&mut self, now: i64) -> Option<Ipv4Addr> {
+    /// The first free pool address from where `mac`'s seed points in each range, in
+    /// order, reclaiming an expired lease on it. When none is free, the oldest address
+    /// only held by an offer is taken over, so a flood of DISCOVERs from made-up MACs
+    /// cannot lock real clients out for the offer hold time.
+    fn allocate(&mut self, mac: [u8; 6], now: i64) -> Option<Ipv4Addr> {
         if self.exhausted_until.is_none_or(|until| now >= until)
-            && let Some(ip) = self.allocate_free(now)
+            && let Some(ip) = self.allocate_free(mac, now)
         {
             return Some(ip);
         }
@@ -609,41 +615,36 @@ impl LeaseDb {
         Some(ip)
     }
 
-    fn allocate_free(&mut self, now: i64) -> Option<Ipv4Addr> {
+    fn allocate_free(&mut self, mac: [u8; 6], now: i64) -> Option<Ipv4Addr> {
+        let seed = mac_seed(mac);
         let mut earliest_expiry = i64::MAX;
-        for step in 0..self.pool_size {
-            let position = (self.cursor + step) % self.pool_size;
-            let Some(ip) = self.pool_address(position) else {
-                continue;
-            };
-            if ip == self.server_ip || self.reserved_ips.contains_key(&ip) {
-                continue;
-            }
-            if let Some(lease) = self.by_ip.get(&ip)
-                && lease.live(now)
-            {
-                earliest_expiry = earliest_expiry.min(lease.expiry);
-                continue;
-            }
-            self.cursor = (position + 1) % self.pool_size;
-            self.remove_ip(ip);
-            self.exhausted_until = None;
-            return Some(ip);
-        }
-        self.exhausted_until = Some(earliest_expiry);
-        None
-    }
-
-    fn pool_address(&self, mut position: u64) -> Option<Ipv4Addr> {
-        for range in &self.pool {
+        let mut free = None;
+        'ranges: for range in &self.pool {
             let len = u64::from(range.end - range.start) + 1;
-            if position < len {
-                let offset = u32::try_from(position).ok()?;
-                return Some(Ipv4Addr::from(range.start + offset));
+            let start = u64::from(seed) % len;
+            for step in 0..len {
+                let offset = u32::try_from((start + step) % len).unwrap_or_default();
+                let ip = Ipv4Addr::from(range.start.wrapping_add(offset));
+                if ip == self.server_ip || self.reserved_ips.contains_key(&ip) {
+                    continue;
+                }
+                if let Some(lease) = self.by_ip.get(&ip)
+                    && lease.live(now)
+                {
+                    earliest_expiry = earliest_expiry.min(lease.expiry);
+                    continue;
+                }
+                free = Some(ip);
+                break 'ranges;
             }
-            position -= len;
         }
-        None
+        let Some(ip) = free else {
+            self.exhausted_until = Some(earliest_expiry);
+            return None;
+        };
+        self.remove_ip(ip);
+        self.exhausted_until = None;
+        Some(ip)
     }
 
     /// Binds `ip` to `client` for the configured lease time; see [`LeaseDb::bind_requesting`].
@@ -1438,14 +1439,15 @@ mod tests {
         assert_eq!(db.bind(&reserved, ip(11), None, NOW), Some(120));
         assert!(db.decline(&reserved, ip(11), NOW));
         // The declined address is not offered again while it is held out.
-        assert_eq!(db.offer(&reserved, None, NOW), Some(ip(10)));
+        let pool = db.offer(&reserved, None, NOW).expect("a pool address");
+        assert!([ip(10), ip(12)].contains(&pool), "{pool}");
         assert!(!db.assignable(&reserved, ip(11), NOW));
         // The pool address gets the pool's lease time, not the reservation's.
-        assert_eq!(db.bind(&reserved, ip(10), None, NOW), Some(3600));
+        assert_eq!(db.bind(&reserved, pool, None, NOW), Some(3600));
         assert_eq!(db.leases(NOW)[0].hostname.as_deref(), Some("reserved"));
         // Once the hold ends, the reservation applies again.
         let later = NOW + DECLINE_HOLD_SECS;
-        assert!(!db.assignable(&reserved, ip(10), later));
+        assert!(!db.assignable(&reserved, pool, later));
         assert_eq!(db.offer(&reserved, None, later), Some(ip(11)));
         assert_eq!(db.bind(&reserved, ip(11), None, later), Some(120));
         let leases = db.leases(later);
@@ -1512,8 +1514,73 @@ mod tests {
         assert_eq!(db.bind(&mac(1), ip(10), None, NOW), Some(3600));
         assert_eq!(db.bind(&mac(2), ip(12), None, NOW), Some(3600));
         assert_eq!(db.offer(&mac(3), None, NOW + 3599), None);
-        assert_eq!(db.offer(&mac(3), None, NOW + 3600), Some(ip(10)));
+        let reclaimed = db.offer(&mac(3), None, NOW + 3600).expect("reclaimed");
+        assert!([ip(10), ip(12)].contains(&reclaimed), "{reclaimed}");
         assert_eq!(db.leases(NOW + 3600).len(), 0);
+    }
+
+    /// A guest gets the address libvirt's dnsmasq gives it, and the same one again after
+    /// a release, an expiry or a restart (a database opened anew): the walk starts
+    /// where dnsmasq's seed for its MAC points.
+    #[test]
+    fn a_guest_gets_dnsmasqs_address_for_its_mac_again_and_again() {
+        let pool = |start: [u8; 4], end: [u8; 4]| DhcpConfig {
+            server_ip: Ipv4Addr::new(start[0], start[1], start[2], 1),
+            subnet: ipnet::Ipv4Net::new(Ipv4Addr::from(start), 24)
+                .expect("subnet")
+                .trunc(),
+            ranges: vec![(Ipv4Addr::from(start), Ipv4Addr::from(end), None)],
+            hosts: Vec::new(),
+            ..config()
+        };
+        let guest = |mac: [u8; 6]| Client::new(mac, None);
+        // What dnsmasq 2.90 under libvirt 9.0 gave these MACs.
+        for (config, mac, expected) in [
+            (
+                pool([192, 168, 122, 2], [192, 168, 122, 254]),
+                [0x52, 0x54, 0, 0x11, 0, 4],
+                [192, 168, 122, 2],
+            ),
+            (
+                pool([192, 168, 100, 100], [192, 168, 100, 200]),
+                [0x52, 0x54, 0, 0x22, 0, 0x0a],
+                [192, 168, 100, 134],
+            ),
+            (
+                pool([192, 168, 150, 2], [192, 168, 150, 254]),
+                [2, 0, 0, 9, 0, 1],
+                [192, 168, 150, 42],
+            ),
+        ] {
+            let expected = Ipv4Addr::from(expected);
+            let mut db = LeaseDb::in_memory(&config);
+            assert_eq!(db.offer(&guest(mac), None, NOW), Some(expected));
+            assert_eq!(db.bind(&guest(mac), expected, None, NOW), Some(3600));
+            db.release(&guest(mac), expected);
+            // Another guest comes first; the address was free.
+            let other = [0x52, 0x54, 0, 0x33, 0, 1];
+            let taken = db.offer(&guest(other), None, NOW).expect("other");
+            assert_ne!(taken, expected);
+            assert_eq!(db.offer(&guest(mac), None, NOW), Some(expected));
+            // After its lease ran out, with nothing remembered (a rebooted host).
+            let mut fresh = LeaseDb::in_memory(&config);
+            assert_eq!(fresh.offer(&guest(other), None, NOW), Some(taken));
+            assert_eq!(fresh.offer(&guest(mac), None, NOW), Some(expected));
+        }
+        // Taken: the walk goes on to the next free address, wrapping in its range.
+        let config = pool([192, 168, 122, 2], [192, 168, 122, 254]);
+        let mut db = LeaseDb::in_memory(&config);
+        let mac = [0x52, 0x54, 0, 0x11, 0, 4];
+        let first = Ipv4Addr::new(192, 168, 122, 2);
+        assert_eq!(
+            db.bind(&guest([2, 0, 0, 0, 0, 1]), first, None, NOW),
+            Some(3600)
+        );
+        assert_eq!(
+            db.offer(&guest(mac), None, NOW),
+            Some(Ipv4Addr::new(192, 168, 122, 3))
+        );
+        assert_eq!(mac_seed([0; 6]), 1, "0 is taken as 1, as dnsmasq takes it");
     }
 
     #[test]
