@@ -4,9 +4,9 @@
 //! before touching the kernel and its success after, so a daemon killed half-way
 //! can undo exactly what it left behind when it comes back ([`Manager::open`]).
 //!
-//! Beside this file: what the daemon does at start-up ([`recovery`]), the upkeep of the
-//! running networks' firewall rules ([`firewall_watch`]), what a definition asks of the
-//! kernel and servers ([`configs`]), and ports, macvtaps, bandwidth, hooks and the
+//! Beside this file: what the daemon does at start-up (`recovery`), the upkeep of the
+//! running networks' firewall rules (`firewall_watch`), what a definition asks of the
+//! kernel and servers (`configs`), and ports, macvtaps, bandwidth, hooks and the
 //! host's DNS settings.
 
 use std::collections::BTreeMap;
@@ -971,7 +971,7 @@ impl Manager {
         let Some(config) = dhcp_config(def) else {
             return Ok(None);
         };
-        DhcpServer::start(config, self.store.lease_path(&def.name))
+        DhcpServer::start(config, self.store.lease_path(&def.name), self.link.clone())
             .map(Some)
             .map_err(|e| failed_step(def, "starting the DHCP server", e))
     }
@@ -1486,12 +1486,15 @@ impl Manager {
         let started_dhcp = match (&new_dhcp, &network.dhcp) {
             // The update gave the network its first DHCP range or host: it needs a server.
             (Some(dhcp), None) => Some(
-                DhcpServer::start(dhcp.clone(), self.store.lease_path(&name)).map_err(|e| {
-                    Error::Live {
-                        network: name.clone(),
-                        step: "starting the DHCP server",
-                        source: Box::new(e),
-                    }
+                DhcpServer::start(
+                    dhcp.clone(),
+                    self.store.lease_path(&name),
+                    self.link.clone(),
+                )
+                .map_err(|e| Error::Live {
+                    network: name.clone(),
+                    step: "starting the DHCP server",
+                    source: Box::new(e),
                 })?,
             ),
             _ => None,

@@ -198,7 +198,8 @@ fn in_server_ns<T: Send>(
 
 fn start(runtime: &tokio::runtime::Runtime, config: DhcpConfig, lease_file: &Path) -> DhcpServer {
     let _enter = runtime.enter();
-    DhcpServer::start(config, lease_file.to_path_buf()).expect("start the DHCP server")
+    let link = netd::link::Link::new().expect("netlink");
+    DhcpServer::start(config, lease_file.to_path_buf(), link).expect("start the DHCP server")
 }
 
 fn mac_bytes(text: &str) -> [u8; 6] {
@@ -522,7 +523,8 @@ fn servers_of_two_bridges_share_port_67() {
         missing.interface = "nosuch0".into();
         let error = {
             let _enter = runtime.enter();
-            DhcpServer::start(missing, lab.path("leases-missing"))
+            let link = netd::link::Link::new().expect("netlink");
+            DhcpServer::start(missing, lab.path("leases-missing"), link)
                 .expect_err("a missing bridge is an error")
                 .to_string()
         };

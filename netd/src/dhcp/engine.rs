@@ -5,10 +5,12 @@
 //! - NAK: broadcast;
 //! - the client has an address (`ciaddr`: RENEWING, REBINDING, INFORM): unicast to
 //!   `ciaddr:68`, which the kernel can resolve with ARP;
-//! - otherwise broadcast to `255.255.255.255:68` on the bridge, whatever the broadcast
-//!   flag. Unicasting to `yiaddr` would need an ARP entry the client cannot answer for
-//!   yet (a neighbour entry or a raw socket); both clients receive broadcasts through
-//!   their packet sockets, and a bridge is a small broadcast domain;
+//! - an OFFER or ACK to a client without the broadcast flag: unicast to `yiaddr:68` at
+//!   its hardware address, as dnsmasq sends it: the server first tells the kernel
+//!   where `yiaddr` is ([`Reply::hardware`]), since the client cannot answer ARP for an
+//!   address it has not taken. Only that client sees it, not every guest on the
+//!   bridge (isolated ports included);
+//! - otherwise broadcast to `255.255.255.255:68` on the bridge;
 //! - the request came through a relay agent on the network (`giaddr` in our subnet):
 //!   unicast to `giaddr:67` (RFC 2131 4.1), the relay forwards it. Load generators
 //!   such as kea's `perfdhcp` work this way.
@@ -45,6 +47,10 @@ pub struct Reply {
     pub bytes: Vec<u8>,
     /// The reply confirms a binding: send it only once [`Engine::commit`] succeeded.
     pub needs_commit: bool,
+    /// The client's hardware address, when `to` is an address the client has not taken
+    /// yet (its offer or ACK, sent unicast as RFC 2131 4.1 asks): the kernel cannot
+    /// find it by ARP, so the server tells it first, as dnsmasq does.
+    pub hardware: Option<[u8; 6]>,
 }
 
 /// The DHCP logic of one network.
@@ -416,6 +422,7 @@ impl Engine {
             add_boot(&mut message, request, config);
         }
         let relay = request.giaddr();
+        let mut hardware = None;
         let to = if !relay.is_unspecified() {
             if kind == MessageType::Nak {
                 // RFC 2131 4.3.2: the relay broadcasts a NAK to the client.
@@ -425,6 +432,21 @@ impl Engine {
             SocketAddrV4::new(relay, SERVER_PORT)
         } else if kind != MessageType::Nak && !ciaddr.is_unspecified() {
             SocketAddrV4::new(ciaddr, CLIENT_PORT)
+        } else if matches!(kind, MessageType::Offer | MessageType::Ack)
+            && !request.flags().broadcast()
+            && !yiaddr.is_unspecified()
+        {
+            // RFC 2131 4.1: to the client's hardware address and the offered address,
+            // unless it asks for broadcast: only the client sees its offer (its name,
+            // its identifier), not every guest on the bridge, isolated ports included.
+            hardware = request
+                .chaddr()
+                .get(..6)
+                .and_then(|mac| <[u8; 6]>::try_from(mac).ok());
+            match hardware {
+                Some(_) => SocketAddrV4::new(yiaddr, CLIENT_PORT),
+                None => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
+            }
         } else {
             SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
         };
@@ -485,6 +507,7 @@ impl Engine {
             to,
             bytes,
             needs_commit: false,
+            hardware,
         })
     }
 }
@@ -1028,7 +1051,7 @@ mod tests {
             exchange(&mut engine, &message(MessageType::Discover, mac), NOW).expect("offer");
         let (reply, ack) = dora(&mut engine, mac, NOW);
         assert!(reply.needs_commit);
-        assert_eq!(reply.to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        assert_eq!(reply.to, SocketAddrV4::new(ack.yiaddr(), 68));
         for m in [&offer, &ack] {
             let o = m.opts();
             // Where dnsmasq's walk for this MAC starts in .100-.200.
@@ -1246,6 +1269,35 @@ mod tests {
         assert_eq!(names, [Some("winbox".into()), Some("nulhost".into())]);
     }
 
+    /// RFC 2131 4.1: an OFFER or ACK goes to the client alone, at its hardware address
+    /// and the offered address, unless it sets the broadcast flag; a NAK is broadcast.
+    #[test]
+    fn offers_and_acks_go_to_the_client_alone_unless_it_asks_for_broadcast() {
+        let mut engine = Engine::new(config());
+        let mac = [2, 0, 0, 0, 0, 24];
+        let (reply, offer) =
+            exchange(&mut engine, &message(MessageType::Discover, mac), NOW).expect("offer");
+        assert_eq!(reply.to, SocketAddrV4::new(offer.yiaddr(), CLIENT_PORT));
+        assert_eq!(reply.hardware, Some(mac));
+        let mut discover = message(MessageType::Discover, [2, 0, 0, 0, 0, 25]);
+        discover.set_flags(Flags::default().set_broadcast());
+        let (reply, _) = exchange(&mut engine, &discover, NOW).expect("offer");
+        assert_eq!(
+            reply.to,
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+        );
+        assert_eq!(reply.hardware, None);
+        let mut request = request_for(mac, Ipv4Addr::new(192, 168, 77, 250), None);
+        request.set_flags(Flags::default());
+        let (reply, nak) = exchange(&mut engine, &request, NOW).expect("nak");
+        assert_eq!(kind(&nak), MessageType::Nak);
+        assert_eq!(
+            reply.to,
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+        );
+        assert_eq!(reply.hardware, None);
+    }
+
     /// RFC 2131 4.3.2: ciaddr is zero while SELECTING or in INIT-REBOOT; one a buggy
     /// client sets anyway must not take the ACK somewhere the client cannot hear it.
     #[test]
@@ -1258,10 +1310,9 @@ mod tests {
         request.set_ciaddr(Ipv4Addr::new(192, 168, 77, 99));
         let (reply, ack) = exchange(&mut engine, &request, NOW).expect("ack");
         assert_eq!(kind(&ack), MessageType::Ack);
-        assert_eq!(
-            reply.to,
-            SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
-        );
+        // To the offered address and the client's MAC, which it hears without an address.
+        assert_eq!(reply.to, SocketAddrV4::new(offer.yiaddr(), CLIENT_PORT));
+        assert_eq!(reply.hardware, Some(mac));
         assert_eq!(ack.ciaddr(), Ipv4Addr::UNSPECIFIED);
     }
 

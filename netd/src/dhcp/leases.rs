@@ -4,7 +4,7 @@
 //! Memory: two hash maps (by address and by client) holding only addresses of the pool
 //! or of reservations, so the state stays bounded by the pool size whatever clients send.
 //! Allocation starts where dnsmasq's starts, at a place in each range that a hash of the
-//! client's MAC picks (see [`mac_seed`]), and walks on to the first free address, so a
+//! client's MAC picks (see `mac_seed`), and walks on to the first free address, so a
 //! guest gets the same address again after a release, an expiry or a restart of the
 //! daemon or the host, as it did from libvirt's dnsmasq (the same address, for a guest
 //! moved from libvirt). While the pool has room a walk is short; expired leases are

@@ -14,9 +14,10 @@
 //! under load one sync covers many ACKs. If a sync fails, its ACKs are dropped (the
 //! clients retry) and the failure is logged.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::IoSlice;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -34,6 +35,7 @@ use tokio::task::JoinHandle;
 
 use super::engine::{Engine, Reply};
 use super::{DhcpConfig, Error, LeaseInfo};
+use crate::link::Link;
 use crate::service::{ServiceTask, lock, unix_now};
 
 /// The DHCP server port.
@@ -63,12 +65,13 @@ impl DhcpServer {
     /// Binds UDP `0.0.0.0:67` on `config.interface` (`SO_BINDTODEVICE`, with
     /// `SO_REUSEADDR` so every network's server can bind the port), loads the leases from
     /// `lease_file` and spawns the serving task on the current tokio runtime.
-    pub fn start(config: DhcpConfig, lease_file: PathBuf) -> Result<DhcpServer, Error> {
+    pub fn start(config: DhcpConfig, lease_file: PathBuf, link: Link) -> Result<DhcpServer, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
             network: config.network.clone(),
         })?;
         let network = config.network.clone();
         let socket = open_socket(&config)?;
+        let neighbours = Neighbours::of(&config, link)?;
         let socket = {
             let _enter = runtime.enter();
             UdpSocket::from_std(socket).map_err(|source| Error::Socket {
@@ -83,7 +86,7 @@ impl DhcpServer {
         tracing::info!(%network, lease_file = %lease_file.display(), "DHCP server started");
         let served = Arc::clone(&engine);
         let task = ServiceTask::spawn(&runtime, network, "DHCP server", |stop| {
-            serve(socket, served, stop)
+            serve(socket, served, neighbours, stop)
         });
         Ok(DhcpServer { engine, task })
     }
@@ -160,7 +163,12 @@ type SyncTask = JoinHandle<SyncDone>;
 /// A finished lease sync: the lines it wrote, how it went, and how long it took.
 type SyncDone = (usize, std::io::Result<()>, Duration);
 
-async fn serve(socket: UdpSocket, engine: Arc<Mutex<Engine>>, mut shutdown: oneshot::Receiver<()>) {
+async fn serve(
+    socket: UdpSocket,
+    engine: Arc<Mutex<Engine>>,
+    mut neighbours: Neighbours,
+    mut shutdown: oneshot::Receiver<()>,
+) {
     // Replies that may go out now.
     let mut outbox: Vec<Reply> = Vec::new();
     // ACKs whose bindings are not durable yet, and the ACKs the sync in flight covers.
@@ -195,6 +203,7 @@ async fn serve(socket: UdpSocket, engine: Arc<Mutex<Engine>>, mut shutdown: ones
                 &mut outbox,
             );
         }
+        neighbours.introduce(&mut outbox).await;
         send(&socket, &mut outbox).await;
     }
     if let Some(task) = sync.take() {
@@ -206,6 +215,7 @@ async fn serve(socket: UdpSocket, engine: Arc<Mutex<Engine>>, mut shutdown: ones
             tracing::error!(error = %crate::manager::error_chain(&e), "DHCP leases not persisted at shutdown")
         }
     }
+    neighbours.introduce(&mut outbox).await;
     send(&socket, &mut outbox).await;
 }
 
@@ -314,6 +324,88 @@ fn finish_sync(
 fn note_sync_time(offload_until: &mut Option<Instant>, took: Duration) {
     if took > INLINE_SYNC_LIMIT {
         *offload_until = Some(Instant::now() + OFFLOAD_TIME);
+    }
+}
+
+/// How long a neighbour entry the server made is taken to be in place: the kernel keeps
+/// a confirmed one about 30 s, and a stale one goes on being used.
+const NEIGHBOUR_KEPT: Duration = Duration::from_secs(20);
+/// Most entries remembered as made; past it, the oldest are forgotten.
+const MAX_NEIGHBOURS_KEPT: usize = 4096;
+
+/// Where the kernel learns the hardware address of a client's offered address, so that
+/// its reply goes to it alone.
+#[derive(Debug)]
+struct Neighbours {
+    link: Link,
+    interface: String,
+    index: u32,
+    /// Entries made lately: an OFFER and its ACK need one.
+    made: HashMap<Ipv4Addr, ([u8; 6], Instant)>,
+    /// Making one failed, and that was said: replies go by broadcast until one works.
+    failing: bool,
+}
+
+impl Neighbours {
+    fn of(config: &DhcpConfig, link: Link) -> Result<Neighbours, Error> {
+        let index = nix::net::if_::if_nametoindex(config.interface.as_str()).map_err(|e| {
+            Error::Socket {
+                network: config.network.clone(),
+                interface: config.interface.clone(),
+                step: "look up the interface",
+                source: e.into(),
+            }
+        })?;
+        Ok(Neighbours {
+            link,
+            interface: config.interface.clone(),
+            index,
+            made: HashMap::new(),
+            failing: false,
+        })
+    }
+
+    /// Makes the entries that `replies` to addresses their clients have not taken need;
+    /// a reply whose entry cannot be made goes by broadcast instead.
+    async fn introduce(&mut self, replies: &mut [Reply]) {
+        let now = Instant::now();
+        for reply in replies {
+            let Some(mac) = reply.hardware else {
+                continue;
+            };
+            let ip = *reply.to.ip();
+            if self
+                .made
+                .get(&ip)
+                .is_some_and(|&(made, at)| made == mac && now.duration_since(at) < NEIGHBOUR_KEPT)
+            {
+                continue;
+            }
+            match self
+                .link
+                .set_neighbour(self.index, &self.interface, ip, mac)
+                .await
+            {
+                Ok(()) => {
+                    self.failing = false;
+                    if self.made.len() >= MAX_NEIGHBOURS_KEPT {
+                        self.made
+                            .retain(|_, &mut (_, at)| now.duration_since(at) < NEIGHBOUR_KEPT);
+                        if self.made.len() >= MAX_NEIGHBOURS_KEPT {
+                            self.made.clear();
+                        }
+                    }
+                    self.made.insert(ip, (mac, now));
+                }
+                Err(e) => {
+                    if !self.failing {
+                        tracing::warn!(interface = %self.interface, error = %e, "DHCP replies go by broadcast");
+                        self.failing = true;
+                    }
+                    reply.to = SocketAddrV4::new(Ipv4Addr::BROADCAST, super::engine::CLIENT_PORT);
+                }
+            }
+        }
     }
 }
 

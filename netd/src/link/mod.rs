@@ -236,6 +236,8 @@ pub enum Op {
     StopLearningAndFlooding,
     /// Adding a static forwarding entry for this MAC on a bridge port.
     AddFdbEntry([u8; 6]),
+    /// Telling the kernel that this address is at this MAC on a link.
+    SetNeighbour(std::net::Ipv4Addr, [u8; 6]),
     /// Adding a qdisc (`root htb`, `ingress`) for `<bandwidth>`.
     AddQdisc(&'static str),
     /// Adding the HTB class that limits a device to this many bytes per second.
@@ -291,6 +293,9 @@ impl Op {
                 "adding a forwarding entry for {} on bridge port {ifname}",
                 format_mac(mac)
             ),
+            Op::SetNeighbour(ip, mac) => {
+                format!("adding neighbour {ip} at {} on {ifname}", format_mac(mac))
+            }
             Op::AddQdisc(kind) => format!("adding the {kind} qdisc to {ifname}"),
             Op::AddHtbClass(rate) => {
                 format!("adding the htb class limiting {ifname} to {rate} bytes/s")

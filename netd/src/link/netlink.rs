@@ -338,6 +338,28 @@ impl Link {
         }
     }
 
+    /// Tells the kernel that `ip` is at `mac` on the link with ifindex `index` (named
+    /// `ifname`, for messages), replacing what it knew: a DHCP reply to an address its
+    /// client has not taken yet must not wait for an ARP answer that cannot come (as
+    /// dnsmasq's `SIOCSARP`, a complete entry the kernel checks again later).
+    pub async fn set_neighbour(
+        &self,
+        index: u32,
+        ifname: &str,
+        ip: std::net::Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), Error> {
+        self.handle
+            .neighbours()
+            .add(index, std::net::IpAddr::V4(ip))
+            .link_layer_address(&mac)
+            .state(NeighbourState::Reachable)
+            .replace()
+            .execute()
+            .await
+            .map_err(failed(Op::SetNeighbour(ip, mac), ifname))
+    }
+
     /// Takes the link with ifindex `index` (named `ifname`, for messages) down; a link that
     /// is gone is not an error.
     pub async fn set_down_at(&self, index: u32, ifname: &str) -> Result<(), Error> {
