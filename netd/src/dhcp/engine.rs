@@ -551,13 +551,7 @@ fn droppable_options(message: &Message, request: &Message, config: &DhcpConfig) 
     let (asked, unasked): (Vec<_>, Vec<_>) = configured
         .into_iter()
         .map(|(_, code)| code)
-        .partition(|code| {
-            asked_for(request, *code)
-                || request
-                    .opts()
-                    .get(OptionCode::ParameterRequestList)
-                    .is_none()
-        });
+        .partition(|code| asked_for(request, *code));
     unasked
         .into_iter()
         .chain(DROPPABLE_OPTIONS.iter().copied())
@@ -565,12 +559,14 @@ fn droppable_options(message: &Message, request: &Message, config: &DhcpConfig) 
         .collect()
 }
 
-/// Whether `request` lists `code` in its Parameter Request List (option 55).
+/// Whether `request` asks for `code`: lists it in its Parameter Request List (option
+/// 55), or sends no list, which dnsmasq takes as asking for everything (`in_list`:
+/// "send everything, not nothing").
 fn asked_for(request: &Message, code: OptionCode) -> bool {
-    matches!(
-        request.opts().get(OptionCode::ParameterRequestList),
-        Some(DhcpOption::ParameterRequestList(codes)) if codes.contains(&code)
-    )
+    match request.opts().get(OptionCode::ParameterRequestList) {
+        Some(DhcpOption::ParameterRequestList(codes)) => codes.contains(&code),
+        _ => true,
+    }
 }
 
 /// The name a client goes by, for the Hostname and Client FQDN options of its replies.
@@ -658,21 +654,17 @@ fn add_network_options(opts: &mut DhcpOptions, config: &DhcpConfig) {
 }
 
 /// The options of the network's `dhcp-option=` lines: each replaces the server's own
-/// option of its code, as in dnsmasq, and is sent when the client asked for it (option
-/// 55) or sent no list at all (dnsmasq's `in_list`: "send everything, not nothing"),
-/// and always for `dhcp-option-force=`. A line without a value sends nothing.
+/// option of its code, as in dnsmasq, and is sent when the client asks for it
+/// ([`asked_for`]), and always for `dhcp-option-force=`. A line without a value sends
+/// nothing.
 fn add_configured_options(opts: &mut DhcpOptions, request: &Message, config: &DhcpConfig) {
-    let no_list = request
-        .opts()
-        .get(OptionCode::ParameterRequestList)
-        .is_none();
     for rule in &config.options {
         let code = OptionCode::from(rule.code);
         opts.remove(code);
         let Some(data) = super::options::encode(&rule.value, config.server_ip) else {
             continue;
         };
-        if rule.force || no_list || asked_for(request, code) {
+        if rule.force || asked_for(request, code) {
             opts.insert(DhcpOption::Unknown(UnknownOption::new(code, data)));
         }
     }
@@ -1013,8 +1005,14 @@ mod tests {
             ..config()
         });
         let mac = [2, 0, 0, 0, 0, 7];
-        let (offer_bytes, offer) =
-            exchange(&mut engine, &message(MessageType::Discover, mac), NOW).expect("offer");
+        // A list without option 67 (none at all asks for everything).
+        let mut discover = message(MessageType::Discover, mac);
+        discover
+            .opts_mut()
+            .insert(DhcpOption::ParameterRequestList(vec![
+                OptionCode::SubnetMask,
+            ]));
+        let (offer_bytes, offer) = exchange(&mut engine, &discover, NOW).expect("offer");
         let mut request = request_for(mac, offer.yiaddr(), Some(SERVER));
         request
             .opts_mut()
@@ -1161,11 +1159,16 @@ mod tests {
         request
             .opts_mut()
             .insert(DhcpOption::Hostname("Guest-1.example".into()));
+        request
+            .opts_mut()
+            .insert(DhcpOption::ParameterRequestList(vec![
+                OptionCode::SubnetMask,
+            ]));
         let (_, ack) = exchange(&mut engine, &request, NOW).expect("init-reboot ack");
         assert_eq!(kind(&ack), MessageType::Ack);
         // The guest's own case, as dnsmasq keeps it.
         assert_eq!(engine.leases(NOW)[0].hostname.as_deref(), Some("Guest-1"));
-        // Reserved names are not echoed to dynamic clients.
+        // A dynamic client's own name comes back only when asked for.
         assert_eq!(ack.opts().get(OptionCode::Hostname), None);
     }
 
@@ -1699,6 +1702,8 @@ mod tests {
             Some("web7")
         );
         assert_eq!(hostname(mac, &[(12, b"web7"), (55, &[1, 3])]), None);
+        // No list at all asks for everything, as dnsmasq reads it.
+        assert_eq!(hostname(mac, &[(12, b"web7")]).as_deref(), Some("web7"));
         assert_eq!(
             hostname(RESERVED_MAC, &[(12, b"web7")]).as_deref(),
             Some("vm-fixed")
