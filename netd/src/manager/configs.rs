@@ -215,7 +215,7 @@ pub(super) fn dhcp6_config(def: &NetworkDef) -> Option<Dhcp6Config> {
             lease_duration(range.lease.as_ref()),
         ))
     });
-    let hosts = ip.dhcp_hosts.iter().filter_map(|host| {
+    let hosts = def.usable_dhcp_hosts(ip).filter_map(|host| {
         Some(Dhcp6HostConfig {
             duid: host.duid(),
             name: host.name.clone(),
@@ -252,7 +252,7 @@ pub(super) fn dhcp_config(def: &NetworkDef) -> Option<DhcpConfig> {
             lease_duration(range.lease.as_ref()),
         ))
     });
-    let hosts = ip.dhcp_hosts.iter().filter_map(|host| {
+    let hosts = def.usable_dhcp_hosts(ip).filter_map(|host| {
         Some(DhcpHostConfig {
             mac: host.mac.map(|mac| mac.0),
             ip: ipv4(host.ip)?,

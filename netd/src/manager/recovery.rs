@@ -50,6 +50,10 @@ impl Manager {
                 unloaded.insert(stored.file_name);
                 continue;
             }
+            if let Err(e) = def.check_dhcp_hosts_usable() {
+                // libvirt takes it, and its dnsmasq ignores it.
+                warn!(path = %stored.path.display(), network = %def.name, "a DHCP <host> no guest can get is left out: {}", error_chain(&e));
+            }
             networks.insert(def.name.clone(), Network::defined(def, stored.autostart));
         }
         *lock(&self.unloaded) = unloaded;

@@ -1302,14 +1302,6 @@ fn dhcp_ranges_and_hosts_are_checked_against_the_subnet() {
             "Invalid value for attribute 'unit' in element 'lease': 'days'.",
         ),
         (
-            "<dhcp><host mac='52:54:00:00:00:01' ip='192.168.60.5'/></dhcp>",
-            "static host address 192.168.60.5 is not within network 192.168.50.0/24 of network 'n'",
-        ),
-        (
-            "<dhcp><host mac='52:54:00:00:00:01' ip='192.168.50.1'/></dhcp>",
-            "static host address 192.168.50.1 in network 'n' is the bridge address",
-        ),
-        (
             "<dhcp><host ip='192.168.50.5'/></dhcp>",
             "Static host definition in IPv4 network 'n' must have mac or name attribute",
         ),
@@ -1336,6 +1328,35 @@ fn dhcp_ranges_and_hosts_are_checked_against_the_subnet() {
     ];
     for (body, expected) in cases {
         assert_eq!(&parse_err(&net_with_ip(ip, body)), expected, "{body}");
+    }
+
+    // A host no guest could get is refused when given (define, create, net-update), but
+    // a definition that holds one loads, as libvirt loads it (its dnsmasq ignores the
+    // host), and its DHCP server leaves it out.
+    for (body, expected) in [
+        (
+            "<dhcp><host mac='52:54:00:00:00:01' ip='192.168.60.5'/>\
+             <host mac='52:54:00:00:00:02' ip='192.168.50.5'/></dhcp>",
+            "static host address 192.168.60.5 is not within network 192.168.50.0/24 of network 'n'",
+        ),
+        (
+            "<dhcp><host mac='52:54:00:00:00:01' ip='192.168.50.1'/>\
+             <host mac='52:54:00:00:00:02' ip='192.168.50.5'/></dhcp>",
+            "static host address 192.168.50.1 in network 'n' is the bridge address",
+        ),
+    ] {
+        let def = parse(&net_with_ip(ip, body));
+        assert_eq!(
+            def.check_dhcp_hosts_usable().unwrap_err().to_string(),
+            expected,
+            "{body}"
+        );
+        let served: Vec<_> = def.usable_dhcp_hosts(&def.ips[0]).map(|h| h.ip).collect();
+        assert_eq!(
+            served,
+            ["192.168.50.5".parse::<IpAddr>().unwrap()],
+            "{body}"
+        );
     }
 
     // A /31 has no network or broadcast address to avoid.
@@ -2204,10 +2225,6 @@ fn ipv6_dhcp_errors_name_the_network_and_value() {
             "Invalid id '0::1' of network 'n': a DUID is 1 to 130 hex bytes separated by ':'",
         ),
         (
-            "<dhcp><host id='0:1' ip='fd01::5'/></dhcp>",
-            "static host address fd01::5 is not within network fd00::/64 of network 'n'",
-        ),
-        (
             "<dhcp><host name='-x' ip='fd00::5'/></dhcp>",
             "Cannot use host name '-x' in network 'n'",
         ),
@@ -2220,6 +2237,16 @@ fn ipv6_dhcp_errors_name_the_network_and_value() {
         let xml = net_with_ip(v6_ip, body);
         assert_eq!(parse_err(&xml), expected, "{xml}");
     }
+    // Refused when given, left out when loaded (see dhcp_ranges_and_hosts_are_checked_against_the_subnet).
+    let outside = parse(&net_with_ip(
+        v6_ip,
+        "<dhcp><host id='0:1' ip='fd01::5'/></dhcp>",
+    ));
+    assert_eq!(
+        outside.check_dhcp_hosts_usable().unwrap_err().to_string(),
+        "static host address fd01::5 is not within network fd00::/64 of network 'n'"
+    );
+    assert_eq!(outside.usable_dhcp_hosts(&outside.ips[0]).count(), 0);
     let two = "<network><name>n</name>\
         <ip family='ipv6' address='fd00::1' prefix='64'><dhcp><range start='fd00::10' end='fd00::20'/></dhcp></ip>\
         <ip family='ipv6' address='fd01::1' prefix='64'><dhcp><host name='a' ip='fd01::5'/></dhcp></ip></network>";

@@ -653,17 +653,6 @@ impl NetworkDef {
                     "the address family of a host entry IP must match the address family of the dhcp element's parent",
                 ));
             }
-            if !subnet.contains(&host_ip) {
-                return Err(invalid(format!(
-                    "static host address {host_ip} is not within network {} of network '{name}'",
-                    subnet.trunc()
-                )));
-            }
-            if host_ip == address {
-                return Err(invalid(format!(
-                    "static host address {host_ip} in network '{name}' is the bridge address"
-                )));
-            }
             if let Some(text) = &host.mac_text
                 && text.parse::<MacAddr>().ok() != host.mac
             {
@@ -817,10 +806,12 @@ fn check_lease(lease: Lease) -> Result<(), Error> {
 }
 
 impl NetworkDef {
-    /// Refuses a DHCP `<host>` at its IPv4 subnet's network or broadcast address: no
-    /// guest can use either, and the server never hands them out, so its guest would get
-    /// no answer at all. Checked when a definition is given (define, create, net-update),
-    /// not when one is loaded: a definition stored before this check must still load.
+    /// Refuses a DHCP `<host>` its guest could never get: outside its `<ip>`'s subnet, at
+    /// the bridge's own address, or at an IPv4 subnet's network or broadcast address.
+    /// Checked when a definition is given (define, create, net-update), not when one is
+    /// loaded: libvirt takes such a host (its dnsmasq ignores it), so a libvirt host's
+    /// file or one stored before this check must still load; the DHCP servers leave it
+    /// out.
     pub fn check_dhcp_hosts_usable(&self) -> Result<(), Error> {
         for ip in self.ips.iter().filter(|ip| ip.has_dhcp()) {
             for host in &ip.dhcp_hosts {
@@ -828,6 +819,18 @@ impl NetworkDef {
             }
         }
         Ok(())
+    }
+
+    /// The `<host>`s of `ip` a DHCP server serves: those
+    /// [`NetworkDef::check_dhcp_hosts_usable`] takes (a loaded definition may hold
+    /// others).
+    pub fn usable_dhcp_hosts<'a>(
+        &'a self,
+        ip: &'a IpDef,
+    ) -> impl Iterator<Item = &'a super::model::DhcpHost> {
+        ip.dhcp_hosts
+            .iter()
+            .filter(move |host| check_dhcp_host_usable(&self.name, ip, host.ip).is_ok())
     }
 }
 
@@ -882,13 +885,29 @@ pub(crate) fn check_dhcp_host_identity(
     Ok(())
 }
 
-/// [`NetworkDef::check_dhcp_hosts_usable`] for one host address of `ip`.
+/// [`NetworkDef::check_dhcp_hosts_usable`] for one host address of `ip`: within its
+/// subnet, not the bridge's address, nor the network or broadcast address of an IPv4
+/// subnet.
 pub(crate) fn check_dhcp_host_usable(
     network: &str,
     ip: &IpDef,
     host_ip: IpAddr,
 ) -> Result<(), Error> {
-    let Some(IpNet::V4(v4)) = ip.subnet() else {
+    let Some(subnet) = ip.subnet() else {
+        return Ok(());
+    };
+    if !subnet.contains(&host_ip) {
+        return Err(invalid(format!(
+            "static host address {host_ip} is not within network {} of network '{network}'",
+            subnet.trunc()
+        )));
+    }
+    if host_ip == ip.address {
+        return Err(invalid(format!(
+            "static host address {host_ip} in network '{network}' is the bridge address"
+        )));
+    }
+    let IpNet::V4(v4) = subnet else {
         return Ok(());
     };
     if v4.prefix_len() >= 31 {
