@@ -38,16 +38,10 @@ enum Error {
         #[source]
         source: Errno,
     },
-    #[error("another kvnetd (pid {pid}) is already running with the state dir {state_dir}")]
-    AlreadyRunning { pid: String, state_dir: PathBuf },
+    #[error("another kvnetd ({holder}) is already running with the state dir {state_dir}")]
+    AlreadyRunning { holder: String, state_dir: PathBuf },
     #[error("another kvnetd already serves on the socket {socket}")]
     SocketInUse { socket: PathBuf },
-    #[error("writing the pid to {path}")]
-    WritePid {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("starting the runtime")]
     Runtime(#[source] std::io::Error),
     #[error("opening nftables")]
@@ -249,10 +243,14 @@ fn lock_state_dir(state_dir: &Path) -> Result<StateDirLock, Error> {
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((mut file, Errno::EWOULDBLOCK)) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let holder = match pid.trim() {
+                    "" => "its pid not recorded".to_owned(),
+                    pid => format!("pid {pid}"),
+                };
                 return Err(Error::AlreadyRunning {
-                    pid: holder.trim().to_owned(),
+                    holder,
                     state_dir: state_dir.to_owned(),
                 });
             }
@@ -278,10 +276,11 @@ fn lock_state_dir(state_dir: &Path) -> Result<StateDirLock, Error> {
             .set_len(0)
             .and_then(|()| lock.rewind())
             .and_then(|()| writeln!(lock, "{}", std::process::id()));
-        recorded.map_err(|source| Error::WritePid {
-            path: path.clone(),
-            source,
-        })?;
+        // The lock keeps other daemons out, not the pid in it (which only messages
+        // show): a full /run must not keep the guests' DHCP and DNS server down.
+        if let Err(e) = recorded {
+            tracing::warn!(path = %path.display(), "cannot write the pid (running all the same): {e}");
+        }
         return Ok(StateDirLock { path, _lock: lock });
     }
     Err(Error::Lock {
