@@ -32,7 +32,7 @@ use tower::ServiceExt;
 
 use super::error::{ApiError, ErrorKind};
 use super::types::{
-    AutostartRequest, DaemonVersion, EventRecord, Lease, LifecycleEvent, LifecycleKind,
+    AutostartRequest, DaemonVersion, ErrorBody, EventRecord, Lease, LifecycleEvent, LifecycleKind,
     NetworkSummary, PortSummary, TAP_UPGRADE, UpdateRequest, UpdateResponse, XmlRequest,
     XmlResponse,
 };
@@ -516,8 +516,11 @@ async fn errors_as_json(request: Request, next: Next) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    if !(status.is_client_error() || status.is_server_error()) {
         return response;
+    }
+    if is_json {
+        return logged_refusal(&method, &path, response).await;
     }
     let (mut head, body) = response.into_parts();
     let text = axum::body::to_bytes(body, 64 << 10)
@@ -543,6 +546,23 @@ async fn errors_as_json(request: Request, next: Next) -> Response {
     head.headers.remove(header::CONTENT_LENGTH);
     answer.headers_mut().extend(head.headers);
     answer
+}
+
+/// Logs a request the daemon refused (as libvirtd logs a failed call), with its
+/// `{kind, message}`, for a look back after the fact; the client has the same.
+async fn logged_refusal(method: &Method, path: &str, response: Response) -> Response {
+    let (head, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 10).await else {
+        tracing::info!(%method, path, status = head.status.as_u16(), "request refused");
+        return Response::from_parts(head, Body::empty());
+    };
+    match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(error) => {
+            tracing::info!(%method, path, kind = %error.kind, "request refused: {}", error.message)
+        }
+        Err(_) => tracing::info!(%method, path, status = head.status.as_u16(), "request refused"),
+    }
+    Response::from_parts(head, Body::from(bytes))
 }
 
 /// Reads are open to anyone who can reach the socket; changes need root, the daemon's
