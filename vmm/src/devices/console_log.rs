@@ -2,7 +2,8 @@
 //! cannot grow past a few MiB. It rotates as libvirt's virtlogd rotates a guest's
 //! console log (its `max_size` and `max_backups` defaults): once the file would pass
 //! 2 MiB, `PATH.1` becomes `PATH.2`, `PATH.0` `PATH.1`, `PATH` `PATH.0`, and a new
-//! `PATH` is started, the oldest going.
+//! `PATH` is started, the oldest going. Only a regular file is rotated: `file:/dev/null`
+//! or a terminal's device is written to as it is, and never renamed.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -20,7 +21,9 @@ pub struct ConsoleLog {
     file: Option<File>,
     /// Bytes in the current file.
     written: u64,
-    max_bytes: u64,
+    /// Most bytes in one file; `None` for what is no regular file (a device, a FIFO),
+    /// which is never rotated.
+    max_bytes: Option<u64>,
 }
 
 impl ConsoleLog {
@@ -31,12 +34,12 @@ impl ConsoleLog {
 
     fn with_limit(path: &Path, max_bytes: u64) -> io::Result<ConsoleLog> {
         let file = append_to(path)?;
-        let written = file.metadata()?.len();
+        let metadata = file.metadata()?;
         Ok(ConsoleLog {
             path: path.to_owned(),
             file: Some(file),
-            written,
-            max_bytes,
+            written: metadata.len(),
+            max_bytes: metadata.is_file().then_some(max_bytes),
         })
     }
 
@@ -48,9 +51,12 @@ impl ConsoleLog {
     }
 
     /// Moves the files one place down and starts an empty `PATH`. On failure the file is
-    /// closed, and nothing more is written: the limit holds either way.
+    /// closed, and nothing more is written (nor rotated again, which would push the
+    /// backups out one by one): the limit holds either way.
     fn rotate(&mut self) -> io::Result<()> {
-        self.file = None;
+        if self.file.take().is_none() {
+            return Err(self.stopped());
+        }
         for n in (1..BACKUPS).rev() {
             match std::fs::rename(self.backup(n - 1), self.backup(n)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -64,24 +70,33 @@ impl ConsoleLog {
     }
 }
 
+impl ConsoleLog {
+    fn stopped(&self) -> io::Error {
+        io::Error::other(format!("{} could not be rotated", self.path.display()))
+    }
+}
+
 fn append_to(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
 impl Write for ConsoleLog {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.written > 0 && self.written.saturating_add(buf.len() as u64) > self.max_bytes {
+        let Some(max_bytes) = self.max_bytes else {
+            return match self.file.as_mut() {
+                Some(file) => file.write(buf),
+                None => Err(self.stopped()),
+            };
+        };
+        if self.written > 0 && self.written.saturating_add(buf.len() as u64) > max_bytes {
             self.rotate()?;
         }
         let Some(file) = self.file.as_mut() else {
-            return Err(io::Error::other(format!(
-                "{} could not be rotated",
-                self.path.display()
-            )));
+            return Err(self.stopped());
         };
         // A write larger than the room left (the console thread writes what piled up,
         // up to 1 MiB) is cut to it; `write_all` rotates for the rest.
-        let room = usize::try_from(self.max_bytes.saturating_sub(self.written))
+        let room = usize::try_from(max_bytes.saturating_sub(self.written))
             .unwrap_or(usize::MAX)
             .max(1);
         let written = file.write(&buf[..buf.len().min(room)])?;
@@ -119,6 +134,26 @@ mod tests {
         // The oldest, with the earlier run's line, went.
         assert_eq!(read(&log.backup(2)), "abcd\nefgh\n");
         assert!(!log.backup(3).exists());
+    }
+
+    /// `file:/dev/null`, a terminal's device or a FIFO is written as it is: renaming
+    /// `/dev/null` away would break the host.
+    #[test]
+    fn what_is_no_regular_file_is_never_rotated() {
+        // Through a link in a directory of its own: a rotation would rename the link
+        // there, never /dev/null itself.
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("console");
+        std::os::unix::fs::symlink("/dev/null", &path).expect("link");
+        let mut log = ConsoleLog::with_limit(&path, 4).expect("open");
+        log.write_all(&[b'x'; 64]).expect("write");
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .expect("link")
+                .file_type()
+                .is_symlink()
+        );
+        assert!(!log.backup(0).exists());
     }
 
     #[test]
