@@ -7,9 +7,11 @@
 //! client's MAC picks (see `mac_seed`), and walks on to the first free address, so a
 //! guest gets the same address again after a release, an expiry or a restart of the
 //! daemon or the host, as it did from libvirt's dnsmasq (the same address, for a guest
-//! moved from libvirt). While the pool has room a walk is short; expired leases are
-//! reclaimed when a walk meets them. A walk that finds the pool full is not repeated until an address is freed or the earliest lease met expires,
-//! and the takeover of an unanswered offer pops the oldest one from an ordered set, so a
+//! moved from libvirt). That walk looks at a few addresses only; in a pool crowded
+//! around the seed, a walk from a cursor takes over, which costs a new client O(1) on
+//! average. Expired leases are reclaimed when a walk meets them. A walk that finds the
+//! pool full is not repeated until an address is freed or the earliest lease met
+//! expires, and the takeover of an unanswered offer pops the oldest one from an ordered set, so a
 //! flood of DISCOVERs against a full pool costs O(log n) each, not a walk of the pool.
 //!
 //! Disk: an append-only journal of JSON lines (`bind` / `release` / `decline`), made
@@ -30,6 +32,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{DhcpConfig, Error, LeaseInfo, format_mac, parse_hex_bytes, sanitize_hostname};
 
+/// Most addresses dnsmasq's walk from a MAC's seed looks at before the cursor's takes
+/// over (see [`LeaseDb::walk_from_seed`]).
+const SEEDED_WALK: u64 = 64;
 /// How long an offered address stays held for the client that was offered it.
 pub const OFFER_HOLD_SECS: i64 = 60;
 /// How long a declined address (in use by someone unknown) stays out of the pool.
@@ -199,6 +204,9 @@ pub struct LeaseDb {
     server_ip: Ipv4Addr,
     default_lease: u32,
     pool: Vec<PoolRange>,
+    pool_size: u64,
+    /// Where the walk of a crowded pool goes on from ([`LeaseDb::walk_from_cursor`]).
+    cursor: u64,
     reservations: HashMap<[u8; 6], Reservation>,
     /// The reservations of `<host>`s without a MAC, by name (lowercased).
     name_reservations: HashMap<Box<str>, Reservation>,
@@ -233,6 +241,8 @@ impl LeaseDb {
             server_ip: config.server_ip,
             default_lease: lease_secs(config.default_lease),
             pool: Vec::new(),
+            pool_size: 0,
+            cursor: 0,
             reservations: HashMap::new(),
             reserved_ips: HashMap::new(),
             reserved_names: HashMap::new(),
@@ -331,6 +341,12 @@ impl LeaseDb {
                 })
             })
             .collect();
+        self.pool_size = self
+            .pool
+            .iter()
+            .map(|r| u64::from(r.end - r.start) + 1)
+            .sum();
+        self.cursor = 0;
         self.exhausted_until = None;
         self.reservations.clear();
         self.name_reservations.clear();
@@ -616,35 +632,80 @@ impl LeaseDb {
     }
 
     fn allocate_free(&mut self, mac: [u8; 6], now: i64) -> Option<Ipv4Addr> {
-        let seed = mac_seed(mac);
-        let mut earliest_expiry = i64::MAX;
-        let mut free = None;
-        'ranges: for range in &self.pool {
-            let len = u64::from(range.end - range.start) + 1;
-            let start = u64::from(seed) % len;
-            for step in 0..len {
-                let offset = u32::try_from((start + step) % len).unwrap_or_default();
-                let ip = Ipv4Addr::from(range.start.wrapping_add(offset));
-                if ip == self.server_ip || self.reserved_ips.contains_key(&ip) {
-                    continue;
-                }
-                if let Some(lease) = self.by_ip.get(&ip)
-                    && lease.live(now)
-                {
-                    earliest_expiry = earliest_expiry.min(lease.expiry);
-                    continue;
-                }
-                free = Some(ip);
-                break 'ranges;
-            }
-        }
-        let Some(ip) = free else {
-            self.exhausted_until = Some(earliest_expiry);
-            return None;
+        let ip = match self.walk_from_seed(mac, now) {
+            Some(ip) => ip,
+            None => self.walk_from_cursor(now)?,
         };
         self.remove_ip(ip);
         self.exhausted_until = None;
         Some(ip)
+    }
+
+    /// dnsmasq's walk (`address_allocate`): in each range in order, from where `mac`'s
+    /// seed points, the first address free to give. Its first [`SEEDED_WALK`] only: in
+    /// a crowded pool a walk to the end of a run of taken addresses would cost each
+    /// DISCOVER a scan of the pool, on the thread every network's DHCP and DNS share.
+    fn walk_from_seed(&self, mac: [u8; 6], now: i64) -> Option<Ipv4Addr> {
+        let seed = u64::from(mac_seed(mac));
+        self.pool.iter().find_map(|range| {
+            let len = u64::from(range.end - range.start) + 1;
+            let start = seed % len;
+            (0..len.min(SEEDED_WALK))
+                .map(|step| {
+                    let offset = u32::try_from((start + step) % len).unwrap_or_default();
+                    Ipv4Addr::from(range.start.wrapping_add(offset))
+                })
+                .find(|&ip| self.is_free(ip, now))
+        })
+    }
+
+    /// The next address free to give from the cursor, over the whole pool, so that a
+    /// crowded pool costs each new client O(1) on average; `None` when the pool is full,
+    /// which is not looked at again before the earliest lease met expires.
+    fn walk_from_cursor(&mut self, now: i64) -> Option<Ipv4Addr> {
+        let mut earliest_expiry = i64::MAX;
+        for step in 0..self.pool_size {
+            let position = (self.cursor + step) % self.pool_size;
+            let Some(ip) = self.pool_address(position) else {
+                continue;
+            };
+            if self.is_free(ip, now) {
+                self.cursor = (position + 1) % self.pool_size;
+                return Some(ip);
+            }
+            if let Some(lease) = self.by_ip.get(&ip)
+                && lease.live(now)
+            {
+                earliest_expiry = earliest_expiry.min(lease.expiry);
+            }
+        }
+        self.exhausted_until = Some(earliest_expiry);
+        None
+    }
+
+    /// Whether `ip` may be given to a new client: not the server's, not reserved, not
+    /// leased (an expired lease is reclaimed), and, as dnsmasq leaves them out for
+    /// Windows' sake, not a `.0` or `.255` address in 192.0.0.0-223.255.255.255 (the
+    /// old class C), where a range wider than a /24 holds some.
+    fn is_free(&self, ip: Ipv4Addr, now: i64) -> bool {
+        let [first, .., last] = ip.octets();
+        let class_c_edge = (192..=223).contains(&first) && (last == 0 || last == 255);
+        ip != self.server_ip
+            && !class_c_edge
+            && !self.reserved_ips.contains_key(&ip)
+            && self.by_ip.get(&ip).is_none_or(|lease| !lease.live(now))
+    }
+
+    fn pool_address(&self, mut position: u64) -> Option<Ipv4Addr> {
+        for range in &self.pool {
+            let len = u64::from(range.end - range.start) + 1;
+            if position < len {
+                let offset = u32::try_from(position).ok()?;
+                return Some(Ipv4Addr::from(range.start.wrapping_add(offset)));
+            }
+            position -= len;
+        }
+        None
     }
 
     /// Binds `ip` to `client` for the configured lease time; see [`LeaseDb::bind_requesting`].
@@ -1581,6 +1642,54 @@ mod tests {
             Some(Ipv4Addr::new(192, 168, 122, 3))
         );
         assert_eq!(mac_seed([0; 6]), 1, "0 is taken as 1, as dnsmasq takes it");
+
+        // In a range wider than a /24 of the old class C, dnsmasq skips .0 and .255
+        // (for Windows): what it gave two MACs in 192.168.0.2-192.168.1.254, in turn.
+        let wide = DhcpConfig {
+            subnet: "192.168.0.0/23".parse().expect("subnet"),
+            server_ip: Ipv4Addr::new(192, 168, 0, 1),
+            ..pool([192, 168, 0, 2], [192, 168, 1, 254])
+        };
+        let mut db = LeaseDb::in_memory(&wide);
+        for (mac, expected) in [
+            ([0x52, 0x54, 0, 0x66, 0, 0xd7], [192, 168, 1, 1]),
+            ([0x52, 0x54, 0, 0x66, 0, 0xd8], [192, 168, 1, 2]),
+        ] {
+            let expected = Ipv4Addr::from(expected);
+            assert_eq!(db.offer(&guest(mac), None, NOW), Some(expected));
+            assert_eq!(db.bind(&guest(mac), expected, None, NOW), Some(3600));
+        }
+    }
+
+    /// Around a MAC's seed in a crowded pool, the cursor's walk takes over after a few
+    /// addresses, so a DISCOVER never scans the pool.
+    #[test]
+    fn a_pool_crowded_around_the_seed_is_walked_from_the_cursor() {
+        let config = DhcpConfig {
+            server_ip: Ipv4Addr::new(10, 1, 0, 1),
+            subnet: "10.1.0.0/16".parse().expect("subnet"),
+            ranges: vec![(
+                Ipv4Addr::new(10, 1, 0, 2),
+                Ipv4Addr::new(10, 1, 255, 254),
+                None,
+            )],
+            hosts: Vec::new(),
+            ..config()
+        };
+        let mut db = LeaseDb::in_memory(&config);
+        let mac = [0x52, 0x54, 0, 0x11, 0, 4];
+        let seeded = db.offer(&Client::new(mac, None), None, NOW).expect("offer");
+        db.release(&Client::new(mac, None), seeded);
+        // The seed's address and the next 99 are taken.
+        let first = u32::from(seeded);
+        for n in 0..100u32 {
+            let ip = Ipv4Addr::from(first + n);
+            let other = Client::new([2, 0, 0, 1, (n >> 8) as u8, n as u8], None);
+            assert_eq!(db.bind(&other, ip, None, NOW), Some(3600), "{ip}");
+        }
+        // Not the end of the run (dnsmasq's walk), but the cursor's first free address.
+        let offered = db.offer(&Client::new(mac, None), None, NOW).expect("offer");
+        assert_eq!(offered, Ipv4Addr::new(10, 1, 0, 2));
     }
 
     #[test]
