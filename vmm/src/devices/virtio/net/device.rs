@@ -89,9 +89,10 @@ pub struct Net {
     worker: Option<RunningWorker>,
     counters: Arc<NetCounters>,
     needs_reset: Arc<AtomicBool>,
-    /// The backend may have offloads on, which a reset turns off. At first it may: a
-    /// tap another VMM used before (a persistent port's, an inherited one) keeps them.
-    offloads_set: bool,
+    /// The offloads last set on the backend; `None` before the first activation sets
+    /// them: a tap another VMM used before (a persistent port's, an inherited one) may
+    /// have any.
+    tap_offloads: Option<u32>,
     /// Driver errors logged at warn (see [`WarnLatch::clear`]).
     warned: WarnLatch,
     /// Its workers' (one per activation) errors logged at warn.
@@ -120,7 +121,7 @@ impl Net {
             worker: None,
             counters: Arc::new(NetCounters::default()),
             needs_reset: Arc::new(AtomicBool::new(false)),
-            offloads_set: true,
+            tap_offloads: None,
             warned: WarnLatch::default(),
             worker_warned: Arc::default(),
             backend_warned: Arc::default(),
@@ -199,12 +200,15 @@ impl Net {
         let offloads = tap_offload_flags(self.acked_features);
         // Only a change: each TUNSETOFFLOAD takes the kernel's RTNL lock and tells every
         // netlink listener on the host, and a guest may reset and activate in a loop.
-        if offloads != 0 || self.offloads_set {
+        // (Between a reset and the next activation no worker reads the tap; frames it
+        // queued under the old offloads that the new driver cannot take are dropped,
+        // see `header_acceptable`.)
+        if self.tap_offloads != Some(offloads) {
             if let Err(e) = backend.set_offload(offloads) {
                 self.backend = Some(backend);
                 return Err(ActivateError::Backend(e));
             }
-            self.offloads_set = offloads != 0;
+            self.tap_offloads = Some(offloads);
         }
         let guest_gso = bit(VIRTIO_NET_F_GUEST_TSO4) | bit(VIRTIO_NET_F_GUEST_TSO6);
         // Ethernet + VLAN header around an MTU-sized packet.
@@ -247,22 +251,6 @@ impl Net {
             max_frame,
             max_plain_frame,
         }))
-    }
-
-    /// Turns the backend's offloads off once the driver that accepted them is gone: the
-    /// next driver may negotiate fewer features.
-    fn clear_offloads(&mut self) {
-        if !self.offloads_set {
-            return;
-        }
-        let Some(backend) = self.backend.as_mut() else {
-            return;
-        };
-        match backend.set_offload(0) {
-            Ok(()) => self.offloads_set = false,
-            Err(e) => tracing::warn!(device = %self.name, error = %e,
-                "virtio-net: cannot turn tap offloads off on reset"),
-        }
     }
 
     /// Takes the backend back from a worker driven outside [`VirtioDevice::activate`].
@@ -375,8 +363,6 @@ impl VirtioDevice for Net {
             .clear();
         let Some(worker) = self.worker.take() else {
             self.needs_reset.store(false, Ordering::SeqCst);
-            // A worker driven outside `activate` may have set offloads.
-            self.clear_offloads();
             return false;
         };
         if let Err(e) = worker.kill.write(1) {
@@ -390,7 +376,6 @@ impl VirtioDevice for Net {
         // Only now: a worker still in its pass until the join may have failed on the
         // old rings and set the flag again, and a reset device must not report it.
         self.needs_reset.store(false, Ordering::SeqCst);
-        self.clear_offloads();
         true
     }
 
