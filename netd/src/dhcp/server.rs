@@ -332,6 +332,26 @@ fn note_sync_time(offload_until: &mut Option<Instant>, took: Duration) {
 const NEIGHBOUR_KEPT: Duration = Duration::from_secs(20);
 /// Most entries remembered as made; past it, the oldest are forgotten.
 const MAX_NEIGHBOURS_KEPT: usize = 4096;
+/// New neighbour entries the daemon makes a second, across its networks. The kernel's
+/// IPv4 neighbour table is shared by every network namespace, holds 1,024 entries by
+/// default (`gc_thresh3`), and cannot reclaim one younger than 5 s: a guest sending
+/// DISCOVERs from made-up MACs must not fill it for the whole host. Past the budget,
+/// replies go by broadcast, as they all did before.
+const NEW_NEIGHBOURS_PER_SEC: f64 = 50.0;
+
+/// The budget left of [`NEW_NEIGHBOURS_PER_SEC`], and when it was counted.
+static NEIGHBOUR_BUDGET: Mutex<Option<(Instant, f64)>> = Mutex::new(None);
+
+/// Takes one new neighbour entry from the daemon's budget, if any is left.
+fn take_neighbour_budget(now: Instant) -> bool {
+    let mut budget = lock(&NEIGHBOUR_BUDGET);
+    let (counted, left) = budget.unwrap_or((now, NEW_NEIGHBOURS_PER_SEC));
+    let left = (left + now.duration_since(counted).as_secs_f64() * NEW_NEIGHBOURS_PER_SEC)
+        .min(NEW_NEIGHBOURS_PER_SEC);
+    let taken = left >= 1.0;
+    *budget = Some((now, if taken { left - 1.0 } else { left }));
+    taken
+}
 
 /// Where the kernel learns the hardware address of a client's offered address, so that
 /// its reply goes to it alone.
@@ -379,6 +399,10 @@ impl Neighbours {
                 .get(&ip)
                 .is_some_and(|&(made, at)| made == mac && now.duration_since(at) < NEIGHBOUR_KEPT)
             {
+                continue;
+            }
+            if !take_neighbour_budget(now) {
+                reply.to = SocketAddrV4::new(Ipv4Addr::BROADCAST, super::engine::CLIENT_PORT);
                 continue;
             }
             match self
@@ -450,4 +474,26 @@ fn send_many(fd: std::os::fd::RawFd, replies: &[Reply]) -> std::io::Result<usize
         MsgFlags::MSG_DONTWAIT,
     )?;
     Ok(sent.count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_neighbour_entries_keep_to_the_daemons_budget() {
+        let start = Instant::now();
+        let granted = (0..200).filter(|_| take_neighbour_budget(start)).count();
+        assert_eq!(granted, 50);
+        // A fifth of a second later, a fifth of a second's worth more.
+        let later = start + Duration::from_millis(200);
+        let granted = (0..200).filter(|_| take_neighbour_budget(later)).count();
+        assert_eq!(granted, 10);
+        // Unused budget does not pile up past a second's worth.
+        let much_later = later + Duration::from_secs(60);
+        let granted = (0..200)
+            .filter(|_| take_neighbour_budget(much_later))
+            .count();
+        assert_eq!(granted, 50);
+    }
 }
