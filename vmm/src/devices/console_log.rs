@@ -2,11 +2,14 @@
 //! cannot grow past a few MiB. It rotates as libvirt's virtlogd rotates a guest's
 //! console log (its `max_size` and `max_backups` defaults): once the file would pass
 //! 2 MiB, `PATH.1` becomes `PATH.2`, `PATH.0` `PATH.1`, `PATH` `PATH.0`, and a new
-//! `PATH` is started, the oldest going. Only a regular file is rotated: `file:/dev/null`
-//! or a terminal's device is written to as it is, and never renamed.
+//! `PATH` is started, the oldest going. Only a path that is itself a regular file is
+//! rotated: `file:/dev/null`, a terminal's device or a symlink (`/dev/stdout`) is
+//! written to as it is, and never renamed. A file someone else moved away (logrotate)
+//! or removed is followed by a new one at `PATH`, renaming nothing.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Most a console log file holds before it rotates: virtlogd's default `max_size`.
@@ -18,11 +21,14 @@ pub const BACKUPS: usize = 3;
 #[derive(Debug)]
 pub struct ConsoleLog {
     path: PathBuf,
+    /// The file being written; `None` after a failure, until it is opened again.
     file: Option<File>,
+    /// Its device and inode: what `path` must still name to be renamed.
+    identity: (u64, u64),
     /// Bytes in the current file.
     written: u64,
-    /// Most bytes in one file; `None` for what is no regular file (a device, a FIFO),
-    /// which is never rotated.
+    /// Most bytes in one file; `None` when `path` is no regular file of its own (a
+    /// device, a FIFO, a symlink such as `/dev/stdout`), which is never rotated.
     max_bytes: Option<u64>,
 }
 
@@ -33,13 +39,36 @@ impl ConsoleLog {
     }
 
     fn with_limit(path: &Path, max_bytes: u64) -> io::Result<ConsoleLog> {
-        let file = append_to(path)?;
-        let metadata = file.metadata()?;
-        Ok(ConsoleLog {
+        let mut log = ConsoleLog {
             path: path.to_owned(),
-            file: Some(file),
-            written: metadata.len(),
-            max_bytes: metadata.is_file().then_some(max_bytes),
+            file: None,
+            identity: (0, 0),
+            written: 0,
+            max_bytes: None,
+        };
+        log.reopen()?;
+        log.max_bytes = log.path_is_ours().then_some(max_bytes);
+        Ok(log)
+    }
+
+    /// Opens `path` as it is now (made anew if it is gone).
+    fn reopen(&mut self) -> io::Result<()> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        let metadata = file.metadata()?;
+        self.identity = (metadata.dev(), metadata.ino());
+        self.written = metadata.len();
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Whether `path` itself is the regular file being written, not a link to it, nor
+    /// one put in its place (logrotate's), nor gone.
+    fn path_is_ours(&self) -> bool {
+        std::fs::symlink_metadata(&self.path).is_ok_and(|metadata| {
+            metadata.is_file() && (metadata.dev(), metadata.ino()) == self.identity
         })
     }
 
@@ -50,55 +79,48 @@ impl ConsoleLog {
         PathBuf::from(name)
     }
 
-    /// Moves the files one place down and starts an empty `PATH`. On failure the file is
-    /// closed, and nothing more is written (nor rotated again, which would push the
-    /// backups out one by one): the limit holds either way.
+    /// Moves the files one place down and starts an empty `PATH`; where someone else
+    /// moved or removed the file meanwhile, only starts writing to `PATH` as it is. A
+    /// failed rename writes nothing more until one works: the limit holds either way.
     fn rotate(&mut self) -> io::Result<()> {
-        if self.file.take().is_none() {
-            return Err(self.stopped());
-        }
-        for n in (1..BACKUPS).rev() {
-            match std::fs::rename(self.backup(n - 1), self.backup(n)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+        if self.path_is_ours() {
+            self.file = None;
+            for n in (1..BACKUPS).rev() {
+                match std::fs::rename(self.backup(n - 1), self.backup(n)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
             }
+            std::fs::rename(&self.path, self.backup(0))?;
         }
-        std::fs::rename(&self.path, self.backup(0))?;
-        self.file = Some(append_to(&self.path)?);
-        self.written = 0;
-        Ok(())
+        self.reopen()
     }
-}
-
-impl ConsoleLog {
-    fn stopped(&self) -> io::Error {
-        io::Error::other(format!("{} could not be rotated", self.path.display()))
-    }
-}
-
-fn append_to(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
 }
 
 impl Write for ConsoleLog {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let Some(max_bytes) = self.max_bytes else {
-            return match self.file.as_mut() {
-                Some(file) => file.write(buf),
-                None => Err(self.stopped()),
-            };
-        };
-        if self.written > 0 && self.written.saturating_add(buf.len() as u64) > max_bytes {
+        if self.file.is_none() {
+            self.reopen()?;
+        }
+        if let Some(max_bytes) = self.max_bytes
+            && self.written > 0
+            && self.written.saturating_add(buf.len() as u64) > max_bytes
+        {
             self.rotate()?;
         }
         let Some(file) = self.file.as_mut() else {
-            return Err(self.stopped());
+            return Err(io::Error::other(format!(
+                "{} is not open",
+                self.path.display()
+            )));
         };
         // A write larger than the room left (the console thread writes what piled up,
         // up to 1 MiB) is cut to it; `write_all` rotates for the rest.
-        let room = usize::try_from(max_bytes.saturating_sub(self.written))
-            .unwrap_or(usize::MAX)
-            .max(1);
+        let room = self.max_bytes.map_or(usize::MAX, |max_bytes| {
+            usize::try_from(max_bytes.saturating_sub(self.written))
+                .unwrap_or(usize::MAX)
+                .max(1)
+        });
         let written = file.write(&buf[..buf.len().min(room)])?;
         self.written += written as u64;
         Ok(written)
@@ -136,23 +158,47 @@ mod tests {
         assert!(!log.backup(3).exists());
     }
 
-    /// `file:/dev/null`, a terminal's device or a FIFO is written as it is: renaming
-    /// `/dev/null` away would break the host.
+    /// `file:/dev/null`, a terminal's device, a FIFO or a symlink (`/dev/stdout`) is
+    /// written as it is: renaming `/dev/null` or `/dev/stdout` away would break the host.
     #[test]
-    fn what_is_no_regular_file_is_never_rotated() {
-        // Through a link in a directory of its own: a rotation would rename the link
-        // there, never /dev/null itself.
+    fn what_is_no_regular_file_of_its_own_is_never_rotated() {
+        // Links in a directory of their own: a rotation would rename a link there,
+        // never /dev/null itself.
         let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("console");
-        std::os::unix::fs::symlink("/dev/null", &path).expect("link");
+        let out = dir.path().join("out.log");
+        std::fs::write(&out, b"").expect("a regular file");
+        for target in [Path::new("/dev/null"), out.as_path()] {
+            let path = dir.path().join("console");
+            let _ = std::fs::remove_file(&path);
+            std::os::unix::fs::symlink(target, &path).expect("link");
+            let mut log = ConsoleLog::with_limit(&path, 4).expect("open");
+            log.write_all(&[b'x'; 64]).expect("write");
+            let kept = std::fs::symlink_metadata(&path).expect("link");
+            assert!(kept.file_type().is_symlink(), "{target:?}");
+            assert!(!log.backup(0).exists(), "{target:?}");
+        }
+        assert_eq!(std::fs::read(&out).expect("read").len(), 64);
+    }
+
+    /// A log logrotate moved away, or someone removed, is followed by a new file at
+    /// PATH; no file is renamed for it.
+    #[test]
+    fn a_log_moved_or_removed_by_someone_else_goes_on_at_its_path() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("console.log");
         let mut log = ConsoleLog::with_limit(&path, 4).expect("open");
-        log.write_all(&[b'x'; 64]).expect("write");
-        assert!(
-            std::fs::symlink_metadata(&path)
-                .expect("link")
-                .file_type()
-                .is_symlink()
-        );
+        log.write_all(b"abcd").expect("write");
+        // logrotate: the file moved, a new one made in its place.
+        std::fs::rename(&path, dir.path().join("console.log.1")).expect("move");
+        std::fs::write(&path, b"").expect("logrotate's new file");
+        log.write_all(b"efgh").expect("write");
+        assert_eq!(std::fs::read(&path).expect("read"), b"efgh");
+        assert_eq!(std::fs::read(log.backup(1)).expect("read"), b"abcd");
+        assert!(!log.backup(0).exists());
+        // Removed: made again.
+        std::fs::remove_file(&path).expect("rm");
+        log.write_all(b"ijkl").expect("write");
+        assert_eq!(std::fs::read(&path).expect("read"), b"ijkl");
         assert!(!log.backup(0).exists());
     }
 
