@@ -307,6 +307,34 @@ fn raw_answer(daemon: &Daemon, request: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// A refused request is logged, as libvirtd logs a failed call, with what the client
+/// sent escaped: a name holding a newline cannot forge a line of the daemon's log.
+#[test]
+fn refused_requests_are_logged_escaped() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let forged = "x%0AERROR%20kvnetd:%20FORGED";
+    let answer = raw_answer(
+        &daemon,
+        format!("GET /v1/networks/{forged} HTTP/1.1\r\nHost: kvnetd\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let log = daemon.log();
+    assert!(log.contains("request refused"), "{log}");
+    assert!(
+        log.contains(r#"reason="no network with matching name 'x\nERROR"#),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|line| line.starts_with("ERROR kvnetd: FORGED")),
+        "{log}"
+    );
+}
+
 /// A client that connects and sends nothing, or part of a request, holds its connection
 /// for a few seconds only: such clients cannot use up the daemon's descriptors.
 #[test]

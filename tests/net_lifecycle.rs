@@ -344,7 +344,8 @@ fn a_restarted_daemon_adopts_running_networks_without_touching_them() {
     let err = daemon.fails(&["net-start", "default"]);
     assert!(err.contains("network is already active"), "{err}");
     // The daemon's log keeps what it refused, as libvirtd's does.
-    daemon.assert_logged("request refused: network is already active");
+    daemon.assert_logged("request refused");
+    daemon.assert_logged("reason=\"network is already active\"");
 }
 
 #[test]

@@ -144,9 +144,17 @@ impl ApiError {
             kind: self.kind.as_str().to_owned(),
             message: self.message,
         };
-        (status, Json(body)).into_response()
+        let refused = Refused(body.clone());
+        let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(refused);
+        response
     }
 }
+
+/// The error a response carries, beside its body: what the server logs of a refused
+/// request without reading the body back.
+#[derive(Clone, Debug)]
+pub struct Refused(pub ErrorBody);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

@@ -30,9 +30,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, RwLock, Semaphore, watch};
 use tower::ServiceExt;
 
-use super::error::{ApiError, ErrorKind};
+use super::error::{ApiError, ErrorKind, Refused};
 use super::types::{
-    AutostartRequest, DaemonVersion, ErrorBody, EventRecord, Lease, LifecycleEvent, LifecycleKind,
+    AutostartRequest, DaemonVersion, EventRecord, Lease, LifecycleEvent, LifecycleKind,
     NetworkSummary, PortSummary, TAP_UPGRADE, UpdateRequest, UpdateResponse, XmlRequest,
     XmlResponse,
 };
@@ -520,7 +520,8 @@ async fn errors_as_json(request: Request, next: Next) -> Response {
         return response;
     }
     if is_json {
-        return logged_refusal(&method, &path, response).await;
+        log_refusal(&method, &path, &response);
+        return response;
     }
     let (mut head, body) = response.into_parts();
     let text = axum::body::to_bytes(body, 64 << 10)
@@ -545,24 +546,22 @@ async fn errors_as_json(request: Request, next: Next) -> Response {
     head.headers.remove(header::CONTENT_TYPE);
     head.headers.remove(header::CONTENT_LENGTH);
     answer.headers_mut().extend(head.headers);
+    log_refusal(&method, &path, &answer);
     answer
 }
 
 /// Logs a request the daemon refused (as libvirtd logs a failed call), with its
-/// `{kind, message}`, for a look back after the fact; the client has the same.
-async fn logged_refusal(method: &Method, path: &str, response: Response) -> Response {
-    let (head, body) = response.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 64 << 10).await else {
-        tracing::info!(%method, path, status = head.status.as_u16(), "request refused");
-        return Response::from_parts(head, Body::empty());
-    };
-    match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(error) => {
-            tracing::info!(%method, path, kind = %error.kind, "request refused: {}", error.message)
+/// `{kind, message}` (the client has the same), for a look back after the fact. The
+/// path and message are written escaped: they quote what the client sent, which must
+/// not make lines of its own in the log.
+fn log_refusal(method: &Method, path: &str, response: &Response) {
+    let status = response.status().as_u16();
+    match response.extensions().get::<Refused>() {
+        Some(Refused(error)) => {
+            tracing::info!(%method, ?path, status, kind = %error.kind, reason = ?error.message, "request refused")
         }
-        Err(_) => tracing::info!(%method, path, status = head.status.as_u16(), "request refused"),
+        None => tracing::info!(%method, ?path, status, "request refused"),
     }
-    Response::from_parts(head, Body::from(bytes))
 }
 
 /// Reads are open to anyone who can reach the socket; changes need root, the daemon's

@@ -346,10 +346,11 @@ static NEIGHBOUR_BUDGET: Mutex<Option<(Instant, f64)>> = Mutex::new(None);
 fn take_neighbour_budget(now: Instant) -> bool {
     let mut budget = lock(&NEIGHBOUR_BUDGET);
     let (counted, left) = budget.unwrap_or((now, NEW_NEIGHBOURS_PER_SEC));
-    let left = (left + now.duration_since(counted).as_secs_f64() * NEW_NEIGHBOURS_PER_SEC)
-        .min(NEW_NEIGHBOURS_PER_SEC);
+    // Another network's task may have counted a later time since `now` was taken.
+    let elapsed = now.saturating_duration_since(counted);
+    let left = (left + elapsed.as_secs_f64() * NEW_NEIGHBOURS_PER_SEC).min(NEW_NEIGHBOURS_PER_SEC);
     let taken = left >= 1.0;
-    *budget = Some((now, if taken { left - 1.0 } else { left }));
+    *budget = Some((counted.max(now), if taken { left - 1.0 } else { left }));
     taken
 }
 
@@ -495,5 +496,8 @@ mod tests {
             .filter(|_| take_neighbour_budget(much_later))
             .count();
         assert_eq!(granted, 50);
+        // An earlier time, taken before another task counted this one, earns nothing.
+        let granted = (0..200).filter(|_| take_neighbour_budget(later)).count();
+        assert_eq!(granted, 0);
     }
 }
