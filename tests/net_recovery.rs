@@ -620,47 +620,38 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_and_changes_nothing() {
     let bridges = daemon.bridges();
     let ruleset = daemon.ruleset();
     let second_socket = daemon.dirs.path().join("second.sock");
-    let second = daemon
-        .ns
-        .command(env!("CARGO_BIN_EXE_kvnetd"))
-        .arg("--config-dir")
-        .arg(daemon.config_dir())
-        .arg("--state-dir")
-        .arg(daemon.state_dir())
-        .arg("--socket")
-        .arg(&second_socket)
-        .output()
-        .expect("run a second kvnetd");
-    assert!(!second.status.success());
-    let stderr = String::from_utf8_lossy(&second.stderr);
+    // A second daemon on the first one's state dir: its refusal, on stderr.
+    let refusal = || {
+        let second = daemon
+            .ns
+            .command(env!("CARGO_BIN_EXE_kvnetd"))
+            .arg("--config-dir")
+            .arg(daemon.config_dir())
+            .arg("--state-dir")
+            .arg(daemon.state_dir())
+            .arg("--socket")
+            .arg(&second_socket)
+            .output()
+            .expect("run a second kvnetd");
+        assert!(!second.status.success());
+        assert!(!second_socket.exists());
+        String::from_utf8_lossy(&second.stderr).into_owned()
+    };
+    let stderr = refusal();
     let expected = format!(
         "another kvnetd (pid {}) is already running with the state dir {}",
         daemon.pid().expect("pid"),
         daemon.state_dir().display()
     );
     assert!(stderr.contains(&expected), "{stderr}");
-    assert!(!second_socket.exists());
     // A first daemon that could not write its pid (a full /run) runs all the same; the
     // lock still keeps a second one out.
     std::fs::write(daemon.state_dir().join("kvnetd.pid"), "").expect("empty the pid file");
-    let second = daemon
-        .ns
-        .command(env!("CARGO_BIN_EXE_kvnetd"))
-        .arg("--config-dir")
-        .arg(daemon.config_dir())
-        .arg("--state-dir")
-        .arg(daemon.state_dir())
-        .arg("--socket")
-        .arg(&second_socket)
-        .output()
-        .expect("run a second kvnetd");
-    assert!(!second.status.success());
-    let stderr = String::from_utf8_lossy(&second.stderr);
+    let stderr = refusal();
     assert!(
         stderr.contains("another kvnetd (its pid not recorded) is already running"),
         "{stderr}"
     );
-    assert!(!second_socket.exists());
 
     // With a state dir of its own but the first one's socket, it would take the socket
     // over and remove the rules of networks it does not know.

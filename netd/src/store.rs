@@ -922,11 +922,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn statuses_round_trip_and_corrupt_files_are_reported_alone() {
-        let (dir, store) = store();
-        store.create_dirs().unwrap();
-        let status = Status {
+    /// The status of a running network, as a start records it.
+    fn active_status() -> Status {
+        Status {
             version: STATUS_VERSION,
             phase: Phase::Active,
             bridge: "virbr0".into(),
@@ -934,7 +932,14 @@ mod tests {
             xml: "<network/>".into(),
             started_at: 1,
             pending_config: None,
-        };
+        }
+    }
+
+    #[test]
+    fn statuses_round_trip_and_corrupt_files_are_reported_alone() {
+        let (dir, store) = store();
+        store.create_dirs().unwrap();
+        let status = active_status();
         store.save_status("default", &status).unwrap();
         fs::write(dir.path().join("run/networks/broken.json"), "{").unwrap();
         let mut statuses = store.load_statuses().unwrap();
@@ -965,15 +970,7 @@ mod tests {
         );
         store.save_config("n", &big[..limit]).unwrap();
 
-        let status = Status {
-            version: STATUS_VERSION,
-            phase: Phase::Active,
-            bridge: "virbr0".into(),
-            persistent: true,
-            xml: "<network/>".into(),
-            started_at: 1,
-            pending_config: None,
-        };
+        let status = active_status();
         store.save_status("n", &status).unwrap();
         let pending = Status {
             pending_config: Some(big.clone()),
