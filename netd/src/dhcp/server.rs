@@ -12,7 +12,9 @@
 //! next sync. (The journal's compaction, a rewrite every few thousand lines, still runs
 //! on the task's thread; the state dir is normally tmpfs.) So an ACK is never sent for a binding that would not survive a crash, and
 //! under load one sync covers many ACKs. If a sync fails, its ACKs are dropped (the
-//! clients retry) and the failure is logged.
+//! clients retry) and the failure is logged. Before an OFFER or ACK goes to an address
+//! its client has not taken yet, the kernel is told that address's MAC ([`Neighbours`]),
+//! within a budget across the daemon; past it, the reply is broadcast.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
