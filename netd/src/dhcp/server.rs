@@ -13,7 +13,7 @@
 //! on the task's thread; the state dir is normally tmpfs.) So an ACK is never sent for a binding that would not survive a crash, and
 //! under load one sync covers many ACKs. If a sync fails, its ACKs are dropped (the
 //! clients retry) and the failure is logged. Before an OFFER or ACK goes to an address
-//! its client has not taken yet, the kernel is told that address's MAC ([`Neighbours`]),
+//! its client has not taken yet, the kernel is told that address's MAC (`Neighbours`),
 //! within a budget across the daemon; past it, the reply is broadcast.
 
 use std::collections::HashMap;
