@@ -340,20 +340,44 @@ const MAX_NEIGHBOURS_KEPT: usize = 4096;
 /// DISCOVERs from made-up MACs must not fill it for the whole host. Past the budget,
 /// replies go by broadcast, as they all did before.
 const NEW_NEIGHBOURS_PER_SEC: f64 = 50.0;
+/// A network's own share of it: one flooding network leaves the others the rest.
+const NEW_NEIGHBOURS_PER_SEC_PER_NETWORK: f64 = 20.0;
 
-/// The budget left of [`NEW_NEIGHBOURS_PER_SEC`], and when it was counted.
-static NEIGHBOUR_BUDGET: Mutex<Option<(Instant, f64)>> = Mutex::new(None);
+/// The daemon's budget of [`NEW_NEIGHBOURS_PER_SEC`].
+static DAEMON_NEIGHBOUR_BUDGET: Mutex<Budget> =
+    Mutex::new(Budget::per_second(NEW_NEIGHBOURS_PER_SEC));
 
-/// Takes one new neighbour entry from the daemon's budget, if any is left.
-fn take_neighbour_budget(now: Instant) -> bool {
-    let mut budget = lock(&NEIGHBOUR_BUDGET);
-    let (counted, left) = budget.unwrap_or((now, NEW_NEIGHBOURS_PER_SEC));
-    // Another network's task may have counted a later time since `now` was taken.
-    let elapsed = now.saturating_duration_since(counted);
-    let left = (left + elapsed.as_secs_f64() * NEW_NEIGHBOURS_PER_SEC).min(NEW_NEIGHBOURS_PER_SEC);
-    let taken = left >= 1.0;
-    *budget = Some((counted.max(now), if taken { left - 1.0 } else { left }));
-    taken
+/// A rate: a second's worth at most, refilled as time passes (a token bucket).
+#[derive(Debug)]
+struct Budget {
+    per_second: f64,
+    left: f64,
+    /// When `left` was counted; `None` before the first use (a full second's worth).
+    counted: Option<Instant>,
+}
+
+impl Budget {
+    const fn per_second(per_second: f64) -> Budget {
+        Budget {
+            per_second,
+            left: per_second,
+            counted: None,
+        }
+    }
+
+    /// Takes one at `now`, if any is left.
+    fn take(&mut self, now: Instant) -> bool {
+        let counted = self.counted.unwrap_or(now);
+        // Another network's task may have counted a later time since `now` was taken.
+        let elapsed = now.saturating_duration_since(counted);
+        self.left = (self.left + elapsed.as_secs_f64() * self.per_second).min(self.per_second);
+        self.counted = Some(counted.max(now));
+        let taken = self.left >= 1.0;
+        if taken {
+            self.left -= 1.0;
+        }
+        taken
+    }
 }
 
 /// Where the kernel learns the hardware address of a client's offered address, so that
@@ -367,6 +391,8 @@ struct Neighbours {
     made: HashMap<Ipv4Addr, ([u8; 6], Instant)>,
     /// Making one failed, and that was said: replies go by broadcast until one works.
     failing: bool,
+    /// This network's share of the daemon's budget of new entries.
+    budget: Budget,
 }
 
 impl Neighbours {
@@ -385,6 +411,7 @@ impl Neighbours {
             index,
             made: HashMap::new(),
             failing: false,
+            budget: Budget::per_second(NEW_NEIGHBOURS_PER_SEC_PER_NETWORK),
         })
     }
 
@@ -404,7 +431,7 @@ impl Neighbours {
             {
                 continue;
             }
-            if !take_neighbour_budget(now) {
+            if !(self.budget.take(now) && lock(&DAEMON_NEIGHBOUR_BUDGET).take(now)) {
                 reply.to = SocketAddrV4::new(Ipv4Addr::BROADCAST, super::engine::CLIENT_PORT);
                 continue;
             }
@@ -484,22 +511,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn new_neighbour_entries_keep_to_the_daemons_budget() {
+    fn a_budget_gives_a_seconds_worth_and_refills_with_time() {
+        let mut budget = Budget::per_second(50.0);
         let start = Instant::now();
-        let granted = (0..200).filter(|_| take_neighbour_budget(start)).count();
+        let granted = (0..200).filter(|_| budget.take(start)).count();
         assert_eq!(granted, 50);
         // A fifth of a second later, a fifth of a second's worth more.
         let later = start + Duration::from_millis(200);
-        let granted = (0..200).filter(|_| take_neighbour_budget(later)).count();
-        assert_eq!(granted, 10);
+        assert_eq!((0..200).filter(|_| budget.take(later)).count(), 10);
         // Unused budget does not pile up past a second's worth.
         let much_later = later + Duration::from_secs(60);
-        let granted = (0..200)
-            .filter(|_| take_neighbour_budget(much_later))
-            .count();
-        assert_eq!(granted, 50);
+        assert_eq!((0..200).filter(|_| budget.take(much_later)).count(), 50);
         // An earlier time, taken before another task counted this one, earns nothing.
-        let granted = (0..200).filter(|_| take_neighbour_budget(later)).count();
-        assert_eq!(granted, 0);
+        assert_eq!((0..200).filter(|_| budget.take(later)).count(), 0);
     }
 }
