@@ -96,7 +96,8 @@ impl Cli {
         T: Into<OsString> + Clone,
     {
         let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
-        let mut cli = Cli::try_parse_from(data_kept_from_clap(help_flag_asked(argv)))?;
+        let mut cli =
+            Cli::try_parse_from(data_kept_from_clap(help_flag_asked(help_topic_only(argv))))?;
         let leading_only = [
             &cli.debug,
             &cli.log,
@@ -179,34 +180,69 @@ fn help_flag_asked(argv: Vec<OsString>) -> Vec<OsString> {
         verb.get_arguments()
             .find(|arg| arg.get_long() == Some(name))
     };
-    let mut asked = false;
+    // The command line without its `--help` flags, for clap when there is no help to
+    // give after all.
+    let mut without: Vec<OsString> = argv[..=at].to_vec();
+    let (mut asked, mut unknown) = (false, false);
     let mut words = after_verb.iter();
     while let Some(word) = words.next() {
         match word.to_str() {
             // After `--`, every word is data.
-            Some("--") | None => break,
+            Some("--") | None => {
+                without.push(word.clone());
+                without.extend(words.by_ref().cloned());
+            }
             Some("--help") => asked = true,
-            // An option's value, whatever it looks like.
+            // An option's value, whatever it looks like, `--help` too (joined to its
+            // option, so that clap takes it as virsh does).
             Some(text)
                 if !text.contains('=')
                     && option(text).is_some_and(|arg| arg.get_action().takes_values()) =>
             {
-                words.next();
+                match words.next() {
+                    Some(value) if value == "--help" => {
+                        without.push(format!("{text}=--help").into());
+                    }
+                    value => without.extend([Some(word), value].into_iter().flatten().cloned()),
+                }
             }
-            // virsh refuses an option the command does not have before it shows help:
-            // clap is left to, without the `--help` it would answer first.
-            Some(text) if is_option_word(text) && option(text).is_none() => {
-                return argv.into_iter().filter(|word| word != "--help").collect();
+            Some(text) => {
+                // virsh refuses an option the command does not have before it shows
+                // help: clap is left to.
+                unknown |= is_option_word(text) && option(text).is_none();
+                without.push(word.clone());
             }
-            Some(_) => {}
         }
     }
-    if !asked {
-        return argv;
+    if !asked || unknown {
+        return without;
     }
     let mut help = argv[..at].to_vec();
     help.extend([OsString::from("help"), OsString::from(verb.get_name())]);
     help
+}
+
+/// `argv` cut after `help`'s topic: virsh reads no word after it.
+fn help_topic_only(mut argv: Vec<OsString>) -> Vec<OsString> {
+    let at = verb_at(&argv);
+    if argv.get(at).is_none_or(|verb| verb != "help") {
+        return argv;
+    }
+    let mut end = at + 1;
+    while let Some(word) = argv.get(end).and_then(|word| word.to_str()) {
+        end += 1;
+        match word {
+            // Its value is the topic.
+            "--command" => {
+                end += 1;
+                break;
+            }
+            word if word.starts_with("--command=") || !is_option_word(word) => break,
+            _ => {}
+        }
+    }
+    argv.truncate(end.min(argv.len()));
+    argv
 }
 
 /// Whether virsh reads `word`, after the verb, as an option: `--` and a letter or digit
@@ -607,9 +643,6 @@ pub enum Command {
         /// The command or group, as <COMMAND>.
         #[arg(long = "command", value_name = "COMMAND", conflicts_with = "topic")]
         topic_option: Option<String>,
-        /// Read and left alone, as virsh leaves the words after the topic.
-        #[arg(value_name = "IGNORED", hide = true)]
-        ignored: Vec<String>,
     },
     /// Print the URI of the daemon connected to (after checking that it answers).
     #[command(name = "uri")]

@@ -713,6 +713,7 @@ fn help_is_laid_out_as_virsh_lays_it_out() {
         &["net-start", "--help"],
         &["net-start", "default", "--help"],
         &["help", "net-start", "ignored"],
+        &["help", "net-start", "--ignored"],
     ] {
         assert_eq!(run(asked, None), ok(&format!("{net_start}\n")), "{asked:?}");
     }
@@ -732,6 +733,10 @@ fn help_is_laid_out_as_virsh_lays_it_out() {
     assert!(stderr.contains("cannot connect to kvnetd"), "{stderr}");
     let (_, stdout, _) = run(&["net-dumpxml", "x", "--xpath", "--help"], None);
     assert_eq!(stdout, "");
+    assert_eq!(
+        run(&["net-event", "--network", "--help", "--list"], None),
+        ok("lifecycle\n\n")
+    );
     // Every group kvnet's commands are in, in virsh's order and layout.
     let (status, all, _) = run(&["help"], None);
     assert_eq!(status, Some(0));

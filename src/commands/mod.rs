@@ -227,7 +227,6 @@ pub fn run(cli: &Cli) -> Result<String, Failure> {
         Command::Help {
             topic,
             topic_option,
-            ignored: _,
         } => builtin::help(topic.as_deref().or(topic_option.as_deref()), quiet),
         Command::Uri { json } => uri(&client, &connection.uri, *json, quiet),
         Command::NetEvent(args) => net::event(&client, &connection.uri, args, quiet),
