@@ -75,7 +75,7 @@ const MAX_STATE_FILE_BYTES: u64 = 6 * files::MAX_FILE_BYTES;
 
 /// Refuses `bytes` for `path` when they are more than the daemon reads back of it.
 fn fits(path: &Path, bytes: usize, limit: u64) -> Result<(), Error> {
-    if u64::try_from(bytes).is_ok_and(|bytes| bytes <= limit) {
+    if within(bytes, limit) {
         return Ok(());
     }
     Err(Error::TooLarge {
@@ -89,7 +89,7 @@ fn fits(path: &Path, bytes: usize, limit: u64) -> Result<(), Error> {
 /// file may hold.
 fn definition_fits(name: &str, xml: &str) -> Result<(), Error> {
     let limit = files::MAX_FILE_BYTES;
-    if u64::try_from(xml.len()).is_ok_and(|bytes| bytes <= limit) {
+    if within(xml.len(), limit) {
         return Ok(());
     }
     Err(Error::DefinitionTooLarge {
@@ -97,6 +97,11 @@ fn definition_fits(name: &str, xml: &str) -> Result<(), Error> {
         bytes: xml.len(),
         limit,
     })
+}
+
+/// Whether `bytes` are at most `limit`.
+fn within(bytes: usize, limit: u64) -> bool {
+    u64::try_from(bytes).is_ok_and(|bytes| bytes <= limit)
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {

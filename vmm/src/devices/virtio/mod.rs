@@ -133,6 +133,25 @@ macro_rules! guest_warn {
 }
 pub(crate) use guest_warn;
 
+/// Whether split queue `queue` is ready and its three rings lie in guest RAM: the
+/// descriptor table (16 bytes an entry), the driver's ring (flags, index, 2 bytes an
+/// entry, used event) and the device's (flags, index, 8 bytes an entry, avail event).
+/// `Queue::is_valid`'s checks, without its error log each time it refuses: a guest that
+/// loops on a bad queue would fill the host's log.
+pub(crate) fn queue_usable(mem: &GuestMemoryMmap, queue: &Queue) -> bool {
+    use virtio_queue::QueueT;
+    use vm_memory::{GuestAddress, GuestMemoryBackend};
+    let size = usize::from(queue.size());
+    queue.ready()
+        && [
+            (queue.desc_table(), 16 * size),
+            (queue.avail_ring(), 6 + 2 * size),
+            (queue.used_ring(), 6 + 8 * size),
+        ]
+        .into_iter()
+        .all(|(address, len)| GuestMemoryBackend::check_range(mem, GuestAddress(address), len))
+}
+
 /// A virtio device as its transport sees it.
 pub trait VirtioDevice: Send + Debug {
     /// A name for logs (a NIC's tap name).

@@ -26,7 +26,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_F_VERSION_1,
 };
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::{InterruptKind, VirtioDevice, VirtioInterrupt, WarnLatch, guest_warn};
@@ -320,21 +320,6 @@ mod warn {
     pub const NO_BUS_MASTER: u32 = 2;
     pub const INVALID_QUEUE: u32 = 3;
     pub const ACTIVATION_REFUSED: u32 = 4;
-}
-
-/// Whether the three rings of a split queue of `regs.size` entries lie in guest RAM:
-/// the descriptor table (16 bytes an entry), the driver's ring (flags, index, an entry
-/// of 2 bytes each, used event) and the device's (flags, index, 8 bytes each, avail
-/// event).
-fn rings_in_memory(mem: &GuestMemoryMmap, regs: &QueueRegs) -> bool {
-    let size = usize::from(regs.size);
-    [
-        (regs.desc, 16 * size),
-        (regs.driver, 6 + 2 * size),
-        (regs.device, 6 + 8 * size),
-    ]
-    .into_iter()
-    .all(|(address, len)| GuestMemoryBackend::check_range(mem, GuestAddress(address), len))
 }
 
 impl VirtioPciDevice {
@@ -692,9 +677,7 @@ impl VirtioPciDevice {
                     .try_set_used_ring_address(GuestAddress(regs.device))
                     .is_ok();
             queue.set_ready(true);
-            // Not `Queue::is_valid`, which logs an error of its own each time: a guest
-            // that loops on a bad queue would fill the host's log.
-            if !placed || !rings_in_memory(&self.mem, regs) {
+            if !placed || !super::queue_usable(&self.mem, &queue) {
                 guest_warn!(self.warned, warn::INVALID_QUEUE, device = %self.device.name(),
                     index, ?regs, "virtio-pci: refusing an invalid queue");
                 return None;

@@ -190,7 +190,10 @@ impl Net {
         let event_idx = self.acked_features & bit(VIRTIO_RING_F_EVENT_IDX) != 0;
         for (index, (queue, _)) in [&mut rx, &mut tx].into_iter().enumerate() {
             let size = queue.size();
-            if !queue.is_valid(&*mem) || !size.is_power_of_two() || size > self.queue_sizes[index] {
+            if !crate::devices::virtio::queue_usable(&mem, queue)
+                || !size.is_power_of_two()
+                || size > self.queue_sizes[index]
+            {
                 NetCounters::add(&self.counters.bad_queue, 1);
                 return Err(ActivateError::InvalidQueue { index, size });
             }
