@@ -186,20 +186,9 @@ fn prepare_bridge(daemon: &Daemon) {
 /// plug and the boot when `restart_network`) and checks its datagram's way out and the
 /// answer's way back.
 fn exchange_with_upstream(restart_network: bool) {
-    let mut needs = DAEMON_NEEDS.to_vec();
-    needs.extend([Need::Tun, Need::Kvm]);
-    if !require(&needs) {
+    let Some((daemon, dir, upstream)) = nat_network_with_upstream() else {
         return;
-    }
-    let daemon = Daemon::without_default_network();
-    let dir = tempfile::tempdir().expect("tmp");
-    let network = xml_file(dir.path(), "e2e", NETWORK_XML);
-    daemon.ok(&["net-define", network.to_str().expect("utf-8")]);
-    daemon.ok(&["net-start", "e2e"]);
-    prepare_bridge(&daemon);
-    let upstream = Netns::new("upstream").expect("upstream ns");
-    attach_upstream(&daemon, &upstream);
-
+    };
     let (vm, serial) = guest_vm(
         dir.path(),
         &format!(
@@ -229,24 +218,116 @@ fn exchange_with_upstream(restart_network: bool) {
         prepare_bridge(&daemon);
     }
 
-    let server = upstream
-        .run(|| UdpSocket::bind(UPSTREAM))
-        .expect("enter upstream")
-        .expect("bind in upstream");
-    // A broadcast on the network just before the answer: the guest must skip it.
-    let broadcaster = daemon
-        .ns
-        .run(|| UdpSocket::bind("192.168.150.1:0"))
-        .expect("enter the daemon's namespace")
-        .expect("broadcast socket");
-    let broadcast = Some((broadcaster, "192.168.150.255:9"));
-    let (datagram, from, frame) = exchange(vm, &serial, server, broadcast);
+    let (server, broadcast) = upstream_server(&daemon, &upstream);
+    let (datagram, from, frame) = exchange(vm, &serial, server, Some(broadcast));
     assert_eq!(datagram, PING);
     // Masqueraded: upstream sees the host's address on its link, not the guest's.
     assert_eq!(from.ip(), std::net::IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)));
     assert_answer(&frame);
 
     // The VM is gone, and with it its tap and its port.
+    assert_eq!(client.ports("e2e").expect("ports"), []);
+}
+
+/// A daemon running the `e2e` NAT network (bridge prepared), a temp dir, and an
+/// upstream namespace behind it; `None` when the test cannot run here.
+fn nat_network_with_upstream() -> Option<(Daemon, tempfile::TempDir, Netns)> {
+    let mut needs = DAEMON_NEEDS.to_vec();
+    needs.extend([Need::Tun, Need::Kvm]);
+    if !require(&needs) {
+        return None;
+    }
+    let daemon = Daemon::without_default_network();
+    let dir = tempfile::tempdir().expect("tmp");
+    let network = xml_file(dir.path(), "e2e", NETWORK_XML);
+    daemon.ok(&["net-define", network.to_str().expect("utf-8")]);
+    daemon.ok(&["net-start", "e2e"]);
+    prepare_bridge(&daemon);
+    let upstream = Netns::new("upstream").expect("upstream ns");
+    attach_upstream(&daemon, &upstream);
+    Some((daemon, dir, upstream))
+}
+
+/// The upstream server's socket, and a broadcaster on the network with the address it
+/// broadcasts to just before the answer (the guest must skip that frame).
+fn upstream_server(daemon: &Daemon, upstream: &Netns) -> (UdpSocket, (UdpSocket, &'static str)) {
+    let server = upstream
+        .run(|| UdpSocket::bind(UPSTREAM))
+        .expect("enter upstream")
+        .expect("bind in upstream");
+    let broadcaster = daemon
+        .ns
+        .run(|| UdpSocket::bind("192.168.150.1:0"))
+        .expect("enter the daemon's namespace")
+        .expect("broadcast socket");
+    (server, (broadcaster, "192.168.150.255:9"))
+}
+
+/// The `kvnet-vmm` binary, whose syscall filter is on unless told otherwise: the
+/// guest's datagram goes out and the answer comes in through its tap, its console log
+/// rotates, and at the end it gives kvnetd its port back over the API
+/// socket, all under the filter, which would have killed it (SIGSYS) for a call
+/// outside its list.
+#[test]
+fn the_vmm_binary_runs_its_guest_under_its_syscall_filter() {
+    let Some((daemon, dir, upstream)) = nat_network_with_upstream() else {
+        return;
+    };
+    let kernel = testing::write_guest(dir.path(), "e2e.elf", guest).expect("assemble");
+    // An earlier run's log, full: the guest's first line rotates it.
+    let console = dir.path().join("console.log");
+    let full = vmm::devices::console_log::MAX_FILE_BYTES as usize;
+    std::fs::write(&console, vec![b'#'; full]).expect("an earlier run's log");
+    let (server, broadcast) = upstream_server(&daemon, &upstream);
+    let answering = answer_once(server, Some(broadcast));
+    let mut vmm = std::process::Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"))
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--serial")
+        .arg(format!("file:{}", console.display()))
+        .args(["--name", "e2e-guest", "--net"])
+        .arg(format!(
+            "network=e2e,socket={},mac={GUEST_MAC}",
+            daemon.socket().display()
+        ))
+        .env("KVNET_VMM_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn kvnet-vmm");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while vmm.try_wait().expect("wait").is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = vmm.kill();
+    let out = vmm.wait_with_output().expect("kvnet-vmm's output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let serial = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{:?}: {stderr} serial: {serial:?}",
+        out.status
+    );
+    assert!(
+        stderr.ends_with("kvnet-vmm: guest powered off\n"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("giving the port back"), "{stderr}");
+
+    let (datagram, from) = answering
+        .join()
+        .expect("server thread")
+        .unwrap_or_else(|e| panic!("upstream heard nothing ({e}); serial: {serial:?}"));
+    assert_eq!(datagram, PING);
+    assert_eq!(from.ip(), std::net::IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)));
+    assert!(serial.contains("skipped a frame\n"), "{serial:?}");
+    let frame = received_frame(&serial)
+        .unwrap_or_else(|| panic!("no frame in the guest's report: {serial:?}"));
+    assert_answer(&frame);
+    let rotated = std::fs::read(dir.path().join("console.log.0")).expect("rotated log");
+    assert!(rotated.len() == full && rotated.iter().all(|&b| b == b'#'));
+    let client = Client::new(daemon.socket());
     assert_eq!(client.ports("e2e").expect("ports"), []);
 }
 
@@ -259,20 +340,8 @@ fn exchange(
     server: UdpSocket,
     broadcast: Option<(UdpSocket, &'static str)>,
 ) -> (Vec<u8>, SocketAddr, Vec<u8>) {
-    server
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
     let broadcasts = broadcast.is_some();
-    let answering = std::thread::spawn(move || {
-        let mut buffer = [0u8; 512];
-        let (n, from) = server.recv_from(&mut buffer)?;
-        if let Some((broadcaster, to)) = broadcast {
-            broadcaster.set_broadcast(true)?;
-            broadcaster.send_to(b"not for the guest", to)?;
-        }
-        server.send_to(PONG, from)?;
-        Ok::<_, std::io::Error>((buffer[..n].to_vec(), from))
-    });
+    let answering = answer_once(server, broadcast);
     let outcome = vm.run_with_timeout(Some(Duration::from_secs(30)));
 
     let (datagram, from) = answering
@@ -293,6 +362,25 @@ fn exchange(
     let frame = received_frame(&serial.text())
         .unwrap_or_else(|| panic!("no frame in the guest's report: {:?}", serial.text()));
     (datagram, from, frame)
+}
+
+/// Answers the first datagram `server` gets with [`PONG`], after a broadcast to the
+/// address given with the broadcaster; returns the datagram and where it came from.
+fn answer_once(
+    server: UdpSocket,
+    broadcast: Option<(UdpSocket, &'static str)>,
+) -> std::thread::JoinHandle<std::io::Result<(Vec<u8>, SocketAddr)>> {
+    std::thread::spawn(move || {
+        server.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut buffer = [0u8; 512];
+        let (n, from) = server.recv_from(&mut buffer)?;
+        if let Some((broadcaster, to)) = broadcast {
+            broadcaster.set_broadcast(true)?;
+            broadcaster.send_to(b"not for the guest", to)?;
+        }
+        server.send_to(PONG, from)?;
+        Ok((buffer[..n].to_vec(), from))
+    })
 }
 
 /// Checks that `frame` is [`PONG`] from [`UPSTREAM`] to the guest.

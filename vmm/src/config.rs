@@ -243,6 +243,11 @@ pub struct Cli {
     /// The VM's UUID [default: a new random one].
     #[arg(long, value_name = "UUID")]
     pub uuid: Option<uuid::Uuid>,
+    /// The syscall filter the VMM runs under once the VM is built: on (a syscall
+    /// outside it kills the VMM, and the kernel logs its number), log (let through and
+    /// logged) or off.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = crate::seccomp::Mode::On)]
+    pub seccomp: crate::seccomp::Mode,
 }
 
 impl Cli {

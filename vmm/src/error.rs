@@ -71,6 +71,9 @@ pub enum Error {
     /// SIGTERM, SIGINT and SIGHUP could not be set up to stop the VM.
     #[error(transparent)]
     StopSignals(#[from] crate::signals::SignalError),
+    /// The syscall filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// The kick signal handler could not be installed.
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),

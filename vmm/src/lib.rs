@@ -15,6 +15,7 @@ pub mod error;
 pub mod escape;
 pub mod event_loop;
 pub mod kvm;
+pub mod seccomp;
 pub mod signals;
 pub mod terminal;
 #[cfg(any(test, feature = "test-guest"))]
@@ -493,9 +494,11 @@ pub fn main() -> ExitCode {
     let blocked = signals::block();
     // The terminal's own settings, put back however the VM ends.
     let mut terminal = None;
+    let seccomp = cli.seccomp;
     let result = blocked.map_err(Error::from).and_then(|()| {
         let config = cli.into_config()?;
         let stdio = matches!(config.serial, SerialSink::Stdio);
+        let extras = seccomp::Extras::for_config(&config, timings);
         let mut vm = Vm::new(config)?;
         signals::spawn_waiter(vm.stop_handle())?;
         if timings {
@@ -504,6 +507,8 @@ pub fn main() -> ExitCode {
         if stdio {
             terminal = forward_stdin(&vm);
         }
+        // Last: everything that opens files, devices and sockets has done so.
+        seccomp::install(seccomp, extras)?;
         let startup = vm.startup_report();
         let outcome = vm.run();
         if timings {

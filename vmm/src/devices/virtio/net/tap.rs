@@ -20,7 +20,7 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 /// `TUNGETIFF`: name and flags of the attached interface.
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 /// `TUNSETOFFLOAD`: which offloads the tap may hand to userspace.
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+pub(crate) const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// `TUNSETVNETHDRSZ`: size of the virtio-net header in front of each frame.
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 /// `TUNGETVNETHDRSZ`.
