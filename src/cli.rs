@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use clap::builder::NonEmptyStringValueParser;
@@ -125,7 +126,22 @@ impl Cli {
     /// Where the daemon is: `--connect`, else a non-empty `KVNET_SOCKET`, else the
     /// default socket. A libvirt URI in `--connect` is refused unless it means the local
     /// system daemon, which kvnetd stands in for.
+    ///
+    /// With `-r`, the daemon's read-only socket beside it is used where there is one,
+    /// as `virsh -r` uses libvirtd's `libvirt-sock-ro`: every local user may connect
+    /// to it.
     pub fn connection(&self) -> Result<Connection, String> {
+        let mut connection = self.read_write_connection()?;
+        if self.read_only {
+            let read_only = netd::api::read_only_socket(&connection.socket);
+            if std::fs::symlink_metadata(&read_only).is_ok_and(|m| m.file_type().is_socket()) {
+                connection.socket = read_only;
+            }
+        }
+        Ok(connection)
+    }
+
+    fn read_write_connection(&self) -> Result<Connection, String> {
         let Some(connect) = &self.socket else {
             return Ok(Connection::to_socket(netd::api::default_client_socket()));
         };

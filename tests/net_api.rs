@@ -88,6 +88,58 @@ fn strangers_may_read_but_not_change() {
     assert_eq!(daemon.bridges(), ["virbr0"]);
 }
 
+/// Every local user may read through the read-only socket beside the daemon's own
+/// (mode 0666), as through libvirtd's `libvirt-sock-ro`, and nobody may change anything
+/// through it, not even root. A user refused the main socket is told about `-r`.
+#[test]
+fn the_read_only_socket_lets_anyone_read_and_nobody_change() {
+    if !require(DAEMON_NEEDS) || !require(&[Need::Program("setpriv")]) {
+        return;
+    }
+    let daemon = Daemon::start();
+    std::fs::set_permissions(daemon.dirs.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod dir");
+    let read_only = netd::api::read_only_socket(&daemon.socket());
+    assert_eq!(read_only.file_name(), Some("kvnetd-ro.sock".as_ref()));
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .expect("socket")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!((mode(&daemon.socket()), mode(&read_only)), (0o660, 0o666));
+
+    let out = kvnet_as_nobody(&daemon, &["-q", "net-list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Permission denied")
+            && err.contains("`kvnet -r` reads through the read-only socket"),
+        "{err}"
+    );
+    let out = kvnet_as_nobody(&daemon, &["-r", "-q", "net-list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        " default   active   yes   yes\n"
+    );
+
+    // The CLI refuses changes under -r itself; the daemon refuses them on that socket.
+    let root = netd::api::client::Client::new(&read_only);
+    match root.stop("default") {
+        Err(netd::api::client::Error::Api(e)) => {
+            assert_eq!(e.kind, netd::api::ErrorKind::OperationForbidden, "{e:?}")
+        }
+        other => panic!("a stop through the read-only socket: {other:?}"),
+    }
+    assert_eq!(daemon.bridges(), ["virbr0"]);
+}
+
 /// The socket's group (the daemon's, root here) counts among the groups a client
 /// connected with, however many it has (more than SO_PEERGROUPS' first guess).
 #[test]

@@ -148,6 +148,10 @@ fn ports_are_created_listed_dumped_and_deleted_as_virsh_shows_them() {
         daemon.ok(&["-q", "net-port-list", "default", "--uuid"]),
         format!("{EARLY}\n{LATE}\n")
     );
+    assert_eq!(
+        daemon.ok(&["net-port-list", "default", "--uuid", "--json"]),
+        format!("[\n  \"{EARLY}\",\n  \"{LATE}\"\n]\n")
+    );
     let json: serde_json::Value =
         serde_json::from_str(&daemon.ok(&["net-port-list", "default", "--json"])).expect("json");
     assert_eq!(

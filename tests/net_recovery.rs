@@ -1052,3 +1052,128 @@ fn a_definition_replacing_an_unreadable_one_shows_its_autostart_link() {
         "{listed}"
     );
 }
+
+/// SIGHUP reads the definitions again, as libvirt's daemons do: a file copied in
+/// defines its network (completed and saved, and started, its autostart link being
+/// followed), an inactive network's edited file is its definition now, a running
+/// network's is the one it starts with next, and a file a define would refuse is
+/// skipped, its network left as it was. The daemon keeps running throughout.
+#[test]
+fn sighup_reloads_the_definitions_on_disk() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    let kept = define_nat_network(&daemon, "kept", "10.58.0.1");
+    let running = define_nat_network(&daemon, "running", "10.58.1.1");
+    let clashing = define_nat_network(&daemon, "clashing", "10.58.2.1");
+    daemon.ok(&["net-start", "running"]);
+    let live = daemon.ok(&["net-dumpxml", "running"]);
+    let networks = daemon.config_dir().join("networks");
+    std::fs::write(
+        networks.join("copied.xml"),
+        "<network><name>copied</name><forward/><ip address='10.58.3.1' prefix='24'/></network>",
+    )
+    .expect("copied.xml");
+    // libvirt's autostart links point into its own directory.
+    std::os::unix::fs::symlink(
+        "/etc/libvirt/qemu/networks/copied.xml",
+        networks.join("autostart/copied.xml"),
+    )
+    .expect("autostart link");
+    let edit = |name: &str, text: String| {
+        std::fs::write(networks.join(format!("{name}.xml")), text).expect("edit")
+    };
+    edit("kept", kept.replace("10.58.0.1", "10.58.4.1"));
+    edit("running", running.replace("10.58.1.1", "10.58.5.1"));
+    // Running's bridge: a define would refuse it.
+    let running_bridge = running
+        .split("<bridge name='")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .expect("bridge name");
+    let clashing_bridge = clashing
+        .split("<bridge name='")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .expect("bridge name");
+    let clash = clashing
+        .replace(clashing_bridge, running_bridge)
+        .replace("10.58.2.1", "10.58.6.1");
+    edit("clashing", clash.clone());
+    std::fs::write(networks.join("broken.xml"), "<network><name>broken").expect("broken");
+    let pid = daemon.pid().expect("pid");
+
+    let hup = || {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    hup();
+    reloads_done(&daemon, 1);
+    assert_eq!(daemon.pid(), Some(pid), "{}", daemon.log());
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " clashing   inactive   no    yes\n copied     active     yes   yes\n kept       inactive   no    yes\n running    active     no    yes\n",
+        "{}",
+        daemon.log()
+    );
+    // Completed with a UUID and a bridge, and saved.
+    let copied = std::fs::read_to_string(networks.join("copied.xml")).expect("copied");
+    assert!(
+        copied.contains("<uuid>") && copied.contains("<bridge name='virbr"),
+        "{copied}"
+    );
+    assert!(daemon.ok(&["net-dumpxml", "kept"]).contains("10.58.4.1"));
+    assert_eq!(daemon.ok(&["net-dumpxml", "running"]), live);
+    assert!(
+        daemon
+            .ok(&["net-dumpxml", "--inactive", "running"])
+            .contains("10.58.5.1")
+    );
+    assert!(
+        daemon
+            .ok(&["net-dumpxml", "clashing"])
+            .contains("10.58.2.1")
+    );
+    let log = daemon.log();
+    for skipped in ["broken.xml", "clashing.xml"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(skipped) && l.contains("file skipped")),
+            "{skipped}: {log}"
+        );
+    }
+    // Files are read, never rewritten, unless completed.
+    assert_eq!(
+        std::fs::read_to_string(networks.join("clashing.xml")).expect("clashing"),
+        clash
+    );
+
+    // A second SIGHUP with nothing new changes nothing.
+    hup();
+    reloads_done(&daemon, 2);
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("definition reloaded from its file").count(),
+        2,
+        "{log}"
+    );
+    assert_eq!(log.matches("defined from its file").count(), 1, "{log}");
+    assert_eq!(daemon.pid(), Some(pid));
+}
+
+/// Waits until `daemon` has logged the end of `count` reloads.
+fn reloads_done(daemon: &Daemon, count: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while daemon.log().matches("reload done").count() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reload {count} not done: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -131,6 +131,7 @@ fn run(args: Args) -> Result<(), Error> {
         // First: a stop asked for while networks are adopted or autostarted waits for
         // that to end, then stops cleanly.
         let shutdown = shutdown_signal();
+        let hangups = reload_signal();
         let firewall = firewall::nft().map_err(Error::Firewall)?;
         let config = ManagerConfig {
             config_dir: args.config_dir.clone(),
@@ -147,6 +148,7 @@ fn run(args: Args) -> Result<(), Error> {
         manager.follow_port_exits();
         manager.follow_host_dns();
         manager.follow_firewall();
+        follow_reload_signal(&manager, hangups);
         server::serve(manager, &args.socket, ready, shutdown)
             .await
             .map_err(Error::Serve)?;
@@ -182,6 +184,37 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         }
         tell_systemd("STOPPING=1");
     }
+}
+
+/// The SIGHUP stream, installed at the call (before the manager opens), so that a
+/// SIGHUP sent while the daemon starts waits for it instead of killing it.
+fn reload_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup())
+        .inspect_err(|e| tracing::warn!("cannot listen for SIGHUP, which now ends the daemon: {e}"))
+        .ok()
+}
+
+/// Reloads the definitions on each SIGHUP ([`Manager::reload`]), as libvirt's daemons
+/// do (`systemctl reload kvnetd`), telling systemd while it lasts.
+fn follow_reload_signal(manager: &Arc<Manager>, hangups: Option<tokio::signal::unix::Signal>) {
+    let Some(mut hangups) = hangups else {
+        return;
+    };
+    let manager = Arc::downgrade(manager);
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let Some(manager) = manager.upgrade() else {
+                break;
+            };
+            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
+                .unwrap_or_default();
+            tell_systemd(&format!("RELOADING=1\nMONOTONIC_USEC={now}"));
+            manager.reload().await;
+            tell_systemd("READY=1");
+        }
+    });
 }
 
 /// Tells a `Type=notify` unit's systemd how the daemon is doing, if systemd started it.

@@ -47,6 +47,7 @@ mod host_dns;
 mod macvtaps;
 mod ports;
 mod recovery;
+mod reload;
 
 use bandwidth::{macvtap_shaping_of, shaping_of};
 

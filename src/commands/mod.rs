@@ -108,9 +108,10 @@ fn answered(error: client::Error) -> Result<ApiError, Failure> {
         client::Error::Connect { socket, source } => Err(Failure {
             ran: false,
             ..Failure::msg(format!(
-                "cannot connect to kvnetd at {}: {} (is kvnetd running?)",
+                "cannot connect to kvnetd at {}: {}{}",
                 socket.display(),
-                system_message(&source)
+                system_message(&source),
+                client::connect_hint(&source)
             ))
         }),
         other => Err(Failure::msg(other.to_string())),

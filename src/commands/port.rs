@@ -36,7 +36,11 @@ pub fn list(
         }
         other => Failure::reason_only(other, NETWORK_NOT_FOUND),
     })?;
-    Ok(if json {
+    Ok(if json && uuid {
+        // Only the UUIDs, as a list, as `net-list --uuid --json` lists them.
+        let uuids: Vec<String> = ports.iter().map(|port| port.uuid.to_string()).collect();
+        output::json(&uuids)
+    } else if json {
         output::json(&ports)
     } else {
         output::port_table(&ports, uuid, quiet)

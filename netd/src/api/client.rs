@@ -25,7 +25,7 @@ use crate::fdpass;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The daemon's socket could not be reached.
-    #[error("cannot connect to kvnetd at {}: {source} (is kvnetd running?)", socket.display())]
+    #[error("cannot connect to kvnetd at {}: {source}{}", socket.display(), connect_hint(source))]
     Connect {
         /// The socket tried.
         socket: PathBuf,
@@ -49,6 +49,16 @@ pub enum Error {
 /// How long a call waits for the daemon's answer. Calls queue behind each other in the
 /// daemon (a thousand parallel starts take seconds), so this only catches a hung one.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What the user can do about a failed connection: what follows its reason.
+pub fn connect_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            " (the socket is for root and its group; `kvnet -r` reads through the read-only socket beside it)"
+        }
+        _ => " (is kvnetd running?)",
+    }
+}
 
 /// A connection-per-call client of one daemon socket.
 #[derive(Clone, Debug)]

@@ -22,6 +22,18 @@ pub fn default_client_socket() -> std::path::PathBuf {
         .map_or_else(|| DEFAULT_SOCKET.into(), std::path::PathBuf::from)
 }
 
+/// The read-only socket kvnetd binds beside `socket`: `kvnetd.sock` gets
+/// `kvnetd-ro.sock`, as libvirtd's `libvirt-sock` has `libvirt-sock-ro`. It is open to
+/// every local user (mode 0666) and serves reads only, whoever connects.
+pub fn read_only_socket(socket: &std::path::Path) -> std::path::PathBuf {
+    let stem = socket.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match socket.extension() {
+        Some(extension) => format!("{stem}-ro.{}", extension.to_string_lossy()),
+        None => format!("{stem}-ro"),
+    };
+    socket.with_file_name(name)
+}
+
 /// The largest request body the daemon reads (a definition with tens of thousands of
 /// DHCP hosts is a few MB). The client refuses larger ones itself, with that reason,
 /// rather than have the daemon drop the connection mid-request.

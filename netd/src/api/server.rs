@@ -65,6 +65,8 @@ struct Peer {
     gid: u32,
     /// Supplementary groups when it connected.
     groups: Arc<[u32]>,
+    /// Connected through the read-only socket: no change, whoever it is.
+    read_only: bool,
     /// A duplicate of the connection's socket: hyper owns the socket and writes only bytes,
     /// so a tap's descriptor goes out through this one ([`create_port`]).
     connection: Option<Arc<OwnedFd>>,
@@ -72,7 +74,7 @@ struct Peer {
 
 impl Peer {
     /// The credentials `stream`'s client connected with.
-    fn of(stream: &UnixStream) -> Peer {
+    fn of(stream: &UnixStream, read_only: bool) -> Peer {
         let connection = stream.as_fd().try_clone_to_owned().ok().map(Arc::new);
         // A peer whose groups cannot be read (Linux before 4.13) has only its primary one.
         let groups = fdpass::peer_groups(stream.as_fd())
@@ -83,6 +85,7 @@ impl Peer {
                 uid: cred.uid(),
                 gid: cred.gid(),
                 groups: groups.into(),
+                read_only,
                 connection,
             },
             // Unknown peers get no rights: uid/gid of nobody.
@@ -90,6 +93,7 @@ impl Peer {
                 uid: u32::MAX,
                 gid: u32::MAX,
                 groups: Arc::new([]),
+                read_only,
                 connection,
             },
         }
@@ -145,29 +149,17 @@ pub async fn serve(
     listening: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let err = |action| {
-        move |source| Error::Socket {
-            action,
+    let listener = bind(socket, 0o660)?;
+    let socket_gid = std::fs::metadata(socket)
+        .map_err(|source| Error::Socket {
+            action: "inspecting",
             path: socket.to_owned(),
             source,
-        }
-    };
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(err("creating the directory of"))?;
-    }
-    remove_stale_staging(socket).map_err(err("removing stale staging files of"))?;
-    let staging = staging_path(socket);
-    let listener = UnixListener::bind(&staging).map_err(err("binding"))?;
-    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o660))
-        .map_err(err("setting the mode of"))
-        // Replaces a stale socket file in the same step.
-        .and_then(|()| std::fs::rename(&staging, socket).map_err(err("putting in place")));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&staging);
-        return Err(e);
-    }
-    let socket_gid = std::fs::metadata(socket).map_err(err("inspecting"))?.gid();
-    tracing::info!(socket = %socket.display(), "listening");
+        })?
+        .gid();
+    let read_only_socket = crate::api::read_only_socket(socket);
+    let read_only = bind(&read_only_socket, 0o666)?;
+    tracing::info!(socket = %socket.display(), read_only = %read_only_socket.display(), "listening");
     listening();
 
     let changes = Arc::new(RwLock::new(()));
@@ -188,13 +180,14 @@ pub async fn serve(
     let mut user_full_logged: Option<Instant> = None;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (accepted, read_only) = tokio::select! {
+            accepted = listener.accept() => (accepted, false),
+            accepted = read_only.accept() => (accepted, true),
             () = &mut shutdown => break,
         };
         match accepted {
             Ok((stream, _)) => {
-                let peer = Peer::of(&stream);
+                let peer = Peer::of(&stream, read_only);
                 // Those who may change networks are served beyond the limit: a crowd of
                 // other clients must not lock the administrators out.
                 // One reader's crowd (event streams it never reads) must not take every
@@ -239,6 +232,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    drop(read_only);
     drop(stop_streams);
     drop(stop_connections);
     drop(connection_open);
@@ -253,6 +247,32 @@ pub async fn serve(
     // Changes whose clients went away are still running.
     let _finished = changes.write().await;
     Ok(())
+}
+
+/// Binds `socket` under a staging name, gives it `mode`, and renames it into place
+/// (replacing a stale socket file in the same step).
+fn bind(socket: &Path, mode: u32) -> Result<UnixListener, Error> {
+    let err = |action| {
+        move |source| Error::Socket {
+            action,
+            path: socket.to_owned(),
+            source,
+        }
+    };
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(err("creating the directory of"))?;
+    }
+    remove_stale_staging(socket).map_err(err("removing stale staging files of"))?;
+    let staging = staging_path(socket);
+    let listener = UnixListener::bind(&staging).map_err(err("binding"))?;
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
+        .map_err(err("setting the mode of"))
+        .and_then(|()| std::fs::rename(&staging, socket).map_err(err("putting in place")));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(e);
+    }
+    Ok(listener)
 }
 
 /// Serves one connection in a task of its own until the client closes it, it breaks a
@@ -573,6 +593,12 @@ async fn authorize(
     next: Next,
 ) -> Result<Response, ApiError> {
     tracing::debug!(method = %request.method(), path = %request.uri().path(), uid = peer.uid, "request");
+    if request.method() != Method::GET && peer.read_only {
+        return Err(ApiError::new(
+            ErrorKind::OperationForbidden,
+            "read only access prevents changes: connected through the read-only socket",
+        ));
+    }
     if request.method() != Method::GET && !may_change(&peer, state.socket_gid) {
         return Err(ApiError::new(
             ErrorKind::PermissionDenied,
@@ -586,10 +612,11 @@ async fn authorize(
 }
 
 fn may_change(peer: &Peer, socket_gid: u32) -> bool {
-    peer.uid == 0
-        || peer.uid == nix::unistd::geteuid().as_raw()
-        || peer.gid == socket_gid
-        || peer.groups.contains(&socket_gid)
+    !peer.read_only
+        && (peer.uid == 0
+            || peer.uid == nix::unistd::geteuid().as_raw()
+            || peer.gid == socket_gid
+            || peer.groups.contains(&socket_gid))
 }
 
 #[derive(Debug, Deserialize)]
@@ -1029,6 +1056,7 @@ mod tests {
             uid,
             gid,
             groups: groups.into(),
+            read_only: false,
             connection: None,
         };
         assert!(may_change(&peer(0, 0, &[]), 100));
@@ -1036,6 +1064,12 @@ mod tests {
         assert!(may_change(&peer(stranger, 100, &[]), 100));
         assert!(may_change(&peer(stranger, 7, &[3, 100]), 100));
         assert!(!may_change(&peer(stranger, 7, &[3, 101]), 100));
+        // Through the read-only socket, not even root.
+        let root_read_only = Peer {
+            read_only: true,
+            ..peer(0, 0, &[])
+        };
+        assert!(!may_change(&root_read_only, 100));
     }
 
     use futures::StreamExt;
