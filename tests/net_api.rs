@@ -553,3 +553,33 @@ fn a_crowd_of_connections_cannot_lock_out_the_administrators() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// kvnetd without CAP_NET_ADMIN could serve its API but start no network: it refuses
+/// to start, saying what it needs, and creates nothing.
+#[test]
+fn a_daemon_without_cap_net_admin_refuses_to_start_and_creates_nothing() {
+    if !require(&[Need::Root, Need::Program("setpriv")]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_kvnetd"))
+        .arg("--config-dir")
+        .arg(dir.path().join("etc"))
+        .arg("--state-dir")
+        .arg(dir.path().join("run"))
+        .arg("--socket")
+        .arg(dir.path().join("run/kvnetd.sock"))
+        .output()
+        .expect("run kvnetd");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kvnetd needs CAP_NET_ADMIN"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -38,6 +38,10 @@ enum Error {
         #[source]
         source: Errno,
     },
+    #[error(
+        "kvnetd needs CAP_NET_ADMIN to create bridges and firewall rules: run it as root, or with the capabilities dist/kvnetd.service gives it"
+    )]
+    NoNetAdmin,
     #[error("another kvnetd ({holder}) is already running with the state dir {state_dir}")]
     AlreadyRunning { holder: String, state_dir: PathBuf },
     #[error("another kvnetd already serves on the socket {socket}")]
@@ -118,6 +122,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Error> {
+    // Before anything is created: without it every start would fail, one by one.
+    if !has_net_admin() {
+        return Err(Error::NoNetAdmin);
+    }
     let _only_daemon = lock_state_dir(&args.state_dir)?;
     refuse_a_served_socket(&args.socket)?;
     raise_fd_limit();
@@ -184,6 +192,20 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         }
         tell_systemd("STOPPING=1");
     }
+}
+
+/// Whether CAP_NET_ADMIN is in this process's effective set (`CapEff` in
+/// /proc/self/status). Unknown counts as yes: the first start then says what failed.
+fn has_net_admin() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_none_or(|effective| effective & (1 << CAP_NET_ADMIN) != 0)
 }
 
 /// The SIGHUP stream, installed at the call (before the manager opens), so that a

@@ -10,9 +10,13 @@ fn main() -> std::process::ExitCode {
     if wait {
         args.remove(0);
     }
-    let [path] = args.as_slice() else {
-        eprintln!("usage: mini_guest [--wait] OUTPUT.elf");
-        return std::process::ExitCode::from(2);
+    // An option it does not know (`--help`) is no output path.
+    let path = match args.as_slice() {
+        [path] if !path.to_string_lossy().starts_with('-') => path,
+        _ => {
+            eprintln!("usage: mini_guest [--wait] OUTPUT.elf");
+            return std::process::ExitCode::from(2);
+        }
     };
     let path = std::path::PathBuf::from(path);
     let dir = path.parent().unwrap_or(std::path::Path::new("."));

@@ -63,8 +63,9 @@ pub struct Vm {
     exit: Arc<ExitSignal>,
     first_run: Arc<OnceLock<StartupReport>>,
     measure_startup: bool,
-    /// The NICs' ports on kvnetd networks, given back after the devices are gone.
-    _ports: Vec<PortLease>,
+    /// The NICs' ports on kvnetd networks, given back once the devices have stopped
+    /// ([`Vm::run_with_timeout`]), or after they are gone.
+    ports: Vec<PortLease>,
     vm: Arc<VmFd>,
     memory: GuestMemory,
 }
@@ -278,7 +279,7 @@ impl Vm {
             exit,
             first_run: Arc::new(OnceLock::new()),
             measure_startup: false,
-            _ports: ports,
+            ports,
             vm,
             memory,
         })
@@ -379,6 +380,13 @@ impl Vm {
         if let Some(console) = self.console.take() {
             console.finish(CONSOLE_DRAIN_TIMEOUT);
         }
+        // The ports go back while their taps are still open: a tap closed first ends its
+        // port in kvnetd, which would then log the give-back as a request for nothing.
+        self.pci
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stop_devices();
+        drop(std::mem::take(&mut self.ports));
         if let Some(error) = spawn_error {
             return Err(error);
         }

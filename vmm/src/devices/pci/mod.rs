@@ -72,6 +72,10 @@ pub trait PciDevice: Send {
     fn ioeventfds(&self) -> Vec<IoEventSpec> {
         Vec::new()
     }
+
+    /// The VM has ended: stops whatever the device runs on its own (a virtio device's
+    /// worker), keeping its host resources (taps) until it is dropped.
+    fn stop(&mut self) {}
 }
 
 /// Everything a device's interrupts need: MSI routes and level-triggered INTx irqfds
@@ -202,6 +206,13 @@ impl PciBus {
             },
         );
         bus
+    }
+
+    /// Stops every device's own work ([`PciDevice::stop`]).
+    pub fn stop_devices(&self) {
+        for slot in self.slots.values() {
+            lock(&slot.device).stop();
+        }
     }
 
     /// Adds `device` at the next free device number, assigns its BARs in the MMIO window

@@ -839,6 +839,10 @@ impl PciDevice for VirtioPciDevice {
         &self.config
     }
 
+    fn stop(&mut self) {
+        self.reset();
+    }
+
     fn config_mut(&mut self) -> &mut PciConfig {
         &mut self.config
     }
