@@ -358,7 +358,7 @@ fn rejected_updates_change_nothing_and_report_like_virsh() {
         "<host mac='52:54:00:00:00:03' ip='192.168.122.23'",
     ]);
     assert!(
-        malformed.starts_with(&format!("{failed}error: malformed network XML at line 1")),
+        malformed.starts_with(&format!("{failed}error: malformed update XML at line 1")),
         "{malformed}"
     );
     let missing = daemon.fails(&[

@@ -110,6 +110,25 @@ fn malformed(input: &str, offset: u64, reason: impl Into<String>) -> Error {
     }
 }
 
+/// [`parse_document`] for a document that is no network definition: `document` names it
+/// in the error (`network port`, `update`).
+pub(crate) fn parse_document_of(input: &str, document: &'static str) -> Result<Element, Error> {
+    parse_document(input).map_err(|e| match e {
+        Error::Malformed {
+            line,
+            column,
+            reason,
+            ..
+        } => Error::Malformed {
+            document,
+            line,
+            column,
+            reason,
+        },
+        other => other,
+    })
+}
+
 /// Parses `input` into its single root element. Comments, the XML
 /// declaration and processing instructions are skipped (libvirt's config
 /// files start with a warning comment); a DOCTYPE is refused.

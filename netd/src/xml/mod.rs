@@ -70,7 +70,8 @@ pub enum Error {
     /// The document is not well-formed XML (or not a single `<network>` document).
     #[error("malformed {document} XML at line {line}, column {column}: {reason}")]
     Malformed {
-        /// What the document was to be: `network`, or `network port`.
+        /// What the document was to be: `network`, `network port`, or `update` (the
+        /// element `net-update` adds, changes or deletes).
         document: &'static str,
         /// 1-based line of the offending byte.
         line: u64,

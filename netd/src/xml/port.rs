@@ -11,7 +11,7 @@
 use uuid::Uuid;
 
 use super::bandwidth::{self, Bandwidth};
-use super::dom::{Element, parse_document};
+use super::dom::{Element, parse_document_of};
 use super::format::{Out, escape, escape_attr};
 use super::model::{MacAddr, MacTableManager, MacvtapMode};
 use super::parse::parse_uuid;
@@ -100,20 +100,7 @@ impl PortDef {
     /// is accepted (libvirt's documentation promises one is generated); call
     /// [`PortDef::fill_defaults`] before storing the port.
     pub fn from_xml(input: &str) -> Result<PortDef, Error> {
-        let root = parse_document(input).map_err(|e| match e {
-            Error::Malformed {
-                line,
-                column,
-                reason,
-                ..
-            } => Error::Malformed {
-                document: "network port",
-                line,
-                column,
-                reason,
-            },
-            other => other,
-        })?;
+        let root = parse_document_of(input, "network port")?;
         let def = parse_port(&root)?;
         def.validate()?;
         Ok(def)

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::dom::parse_document;
+use super::dom::parse_document_of;
 use super::model::{DhcpHost, DnsHost, DnsSrv, DnsTxt, ForwardMode, IpDef, NetworkDef};
 use super::parse::Parser;
 use super::{Class, Error, invalid, invalid_as};
@@ -210,7 +210,7 @@ impl NetworkDef {
                 self.name
             ))
         };
-        let root = parse_document(update.xml)?;
+        let root = parse_document_of(update.xml, "update")?;
         let Some(element) = section.element() else {
             return Err(unsupported());
         };
