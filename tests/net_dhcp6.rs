@@ -570,3 +570,42 @@ fn dhcpcd_gets_a_name_reservation_and_a_dynamic_address_renews_past_a_lost_lease
     );
     daemon.ok(&["net-destroy", "v6"]);
 }
+
+/// A lease is listed with the MAC of the guest's NIC, which dnsmasq takes from the
+/// neighbour table: not the MAC a DUID-LLT carries (a cloned template's), nor none
+/// (systemd-networkd's DUID-EN), whatever its link-local address is.
+#[test]
+fn a_lease_is_listed_with_the_nics_mac_whatever_its_duid_carries() {
+    if !require(DAEMON_NEEDS) || !require(&[Need::Program("busybox")]) {
+        return;
+    }
+    let daemon = running(NET_XML, Dad::Off);
+    let nic = "52:54:00:77:88:99";
+    let guest = guest_on_the_bridge(&daemon, "guest6m", Some(nic));
+    // No EUI-64 link-local address to read a MAC from.
+    guest
+        .sh("ip -6 addr flush dev eth0 scope link && ip -6 addr add fe80::abcd/64 dev eth0 nodad")
+        .expect("link-local address");
+    // The bridge has talked to the guest (as an ADVERTISE to it would have made it).
+    daemon
+        .ns
+        .sh("busybox ping -6 -c1 -W2 fe80::abcd%kvv6 >/dev/null")
+        .expect("the guest answers");
+    let cloned_llt = [0, 1, 0, 1, 0x2c, 0x1d, 0x4e, 0x11, 0, 0x15, 0x5d, 1, 2, 3];
+    let enterprise = [0, 2, 0, 0, 0xab, 0x11, 0xde, 0xad, 0xbe, 0xef, 0, 1];
+    let server_id = option(2, &SERVER_DUID);
+    for (iaid, duid, address) in [
+        (1, &cloned_llt[..], "fd00:6::1:50"),
+        (2, &enterprise[..], "fd00:6::1:51"),
+    ] {
+        let address: Ipv6Addr = address.parse().expect("ip");
+        let (bound, _, _) = exchange(&guest, ia_message(3, duid, iaid, address, &server_id));
+        assert_eq!(bound, address);
+    }
+    let table = daemon.ok(&["-q", "net-dhcp-leases", "v6"]);
+    let macs: Vec<&str> = table
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(macs, [nic, nic], "{table}");
+}

@@ -982,7 +982,7 @@ impl Manager {
         let Some(config) = dhcp6_config(def) else {
             return Ok(None);
         };
-        Dhcp6Server::start(config, self.store.lease6_path(&def.name))
+        Dhcp6Server::start(config, self.store.lease6_path(&def.name), self.link.clone())
             .map(Some)
             .map_err(|e| failed_step(def, "starting the DHCPv6 server", e))
     }
@@ -1504,7 +1504,11 @@ impl Manager {
         let had_leases6 = self.store.lease6_path(&name).exists();
         let started_dhcp6 = match (&new_dhcp6, &network.dhcp6) {
             (Some(dhcp6), None) => {
-                match Dhcp6Server::start(dhcp6.clone(), self.store.lease6_path(&name)) {
+                match Dhcp6Server::start(
+                    dhcp6.clone(),
+                    self.store.lease6_path(&name),
+                    self.link.clone(),
+                ) {
                     Ok(server) => Some(server),
                     Err(e) => {
                         if let Some(server) = started_dhcp {

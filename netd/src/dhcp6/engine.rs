@@ -118,7 +118,19 @@ impl Engine {
     /// All_DHCP_Relay_Agents_and_Servers; `None` when it gets no answer (malformed, not
     /// for us, a server message).
     pub fn handle(&mut self, packet: &[u8], source: Ipv6Addr, now: i64) -> Option<Reply> {
-        self.following_bindings(|engine| engine.respond(packet, source, false, now))
+        self.handle_from(packet, source, None, now)
+    }
+
+    /// [`Engine::handle`], `source` being at `mac` by the kernel's neighbour table: the
+    /// MAC its lease is listed with, before one its DUID or address may carry.
+    pub fn handle_from(
+        &mut self,
+        packet: &[u8],
+        source: Ipv6Addr,
+        mac: Option<[u8; 6]>,
+        now: i64,
+    ) -> Option<Reply> {
+        self.following_bindings(|engine| engine.respond(packet, source, mac, false, now))
     }
 
     /// Handles one datagram sent to one of the server's unicast addresses. This server
@@ -127,7 +139,7 @@ impl Engine {
     /// identifiers, and the client sends it again by multicast; other messages are
     /// dropped (RFC 8415 16).
     pub fn handle_unicast(&mut self, packet: &[u8], source: Ipv6Addr, now: i64) -> Option<Reply> {
-        self.following_bindings(|engine| engine.respond(packet, source, true, now))
+        self.following_bindings(|engine| engine.respond(packet, source, None, true, now))
     }
 
     /// Runs `handle`, moving [`Engine::changes`] if it changed a binding.
@@ -144,6 +156,7 @@ impl Engine {
         &mut self,
         packet: &[u8],
         source: Ipv6Addr,
+        neighbour_mac: Option<[u8; 6]>,
         unicast: bool,
         now: i64,
     ) -> Option<Reply> {
@@ -207,7 +220,9 @@ impl Engine {
             });
         }
         let client = duid.map(|duid| Client {
-            mac: duid_mac(&duid).or_else(|| eui64_mac(source)),
+            mac: neighbour_mac
+                .or_else(|| duid_mac(&duid))
+                .or_else(|| eui64_mac(source)),
             name: client_fqdn_label(opts),
             duid,
         });

@@ -9,9 +9,13 @@
 //! - [`server`]: the UDP socket on port 547 bound to the bridge and joined to
 //!   `ff02::1:2`, persistence before replies, and the [`Dhcp6Server`] handle.
 //!
-//! Deliberate choices, following dnsmasq:
+//! Deliberate choices:
 //! - authoritative: a RENEW/REBIND for a free address of our pool that we have no
-//!   record of (lease file lost) binds it again;
+//!   record of (lease file lost) binds it again, where dnsmasq 2.90 answers NoBinding
+//!   and the guest loses its address until it solicits again;
+//! - a lease is listed with the MAC the kernel's neighbour table holds for the
+//!   client's link-local address, as dnsmasq finds it; only failing that the one its
+//!   DUID or EUI-64 address carries (a cloned guest's DUID-LLT names its template's);
 //! - a `<host>` reservation wins: a dynamic holder of the address is moved elsewhere at
 //!   its next renewal, and the reserved client gets it then (the pool serves it until
 //!   then: two clients never share an address);

@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 
 use super::engine::{Engine, Reply, SERVER_PORT};
 use super::{Dhcp6Config, Error, Lease6Info};
+use crate::link::Link;
 use crate::service::{ServiceTask, lock, unix_now};
 
 /// All_DHCP_Relay_Agents_and_Servers (RFC 8415 7.1).
@@ -46,12 +47,16 @@ pub struct Dhcp6Server {
 impl Dhcp6Server {
     /// Binds UDP `[::]:547` on `config.interface`, joins `ff02::1:2` there, loads the
     /// leases from `lease_file` and spawns the serving task on the current runtime.
-    pub fn start(config: Dhcp6Config, lease_file: PathBuf) -> Result<Dhcp6Server, Error> {
+    pub fn start(
+        config: Dhcp6Config,
+        lease_file: PathBuf,
+        link: Link,
+    ) -> Result<Dhcp6Server, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
             network: config.network.clone(),
         })?;
         let network = config.network.clone();
-        let socket = open_socket(&config)?;
+        let (socket, index) = open_socket(&config)?;
         let socket = {
             let _enter = runtime.enter();
             UdpSocket::from_std(socket).map_err(|source| Error::Socket {
@@ -66,7 +71,7 @@ impl Dhcp6Server {
         tracing::info!(%network, lease_file = %lease_file.display(), "DHCPv6 server started");
         let served = Arc::clone(&engine);
         let task = ServiceTask::spawn(&runtime, network, "DHCPv6 server", |stop| {
-            serve(socket, served, stop)
+            serve(socket, served, Senders { link, index }, stop)
         });
         Ok(Dhcp6Server { engine, task })
     }
@@ -117,7 +122,8 @@ impl Dhcp6Server {
     }
 }
 
-fn open_socket(config: &Dhcp6Config) -> Result<std::net::UdpSocket, Error> {
+/// The server's socket, and the ifindex of the interface it is bound to.
+fn open_socket(config: &Dhcp6Config) -> Result<(std::net::UdpSocket, u32), Error> {
     let fail = |step: &'static str| {
         move |source: std::io::Error| Error::Socket {
             network: config.network.clone(),
@@ -152,16 +158,55 @@ fn open_socket(config: &Dhcp6Config) -> Result<std::net::UdpSocket, Error> {
     socket
         .bind(&SocketAddr::V6(any).into())
         .map_err(fail("bind port 547"))?;
-    Ok(socket.into())
+    Ok((socket.into(), index))
 }
 
-async fn serve(socket: UdpSocket, engine: Arc<Mutex<Engine>>, mut shutdown: oneshot::Receiver<()>) {
+/// Who sends a network's DHCPv6 messages: the bridge's ifindex, where their link-local
+/// sources are looked up in the kernel's neighbour table.
+struct Senders {
+    link: Link,
+    index: u32,
+}
+
+impl Senders {
+    /// The MAC of the client that sent `packet` from `from`, for a message that may bind
+    /// an address (SOLICIT with rapid commit, REQUEST, RENEW, REBIND).
+    async fn mac_of(&self, packet: &[u8], from: Ipv6Addr) -> Option<[u8; 6]> {
+        const BINDING: [u8; 4] = [1, 3, 5, 6];
+        if !BINDING.contains(packet.first()?) {
+            return None;
+        }
+        self.link.neighbour_mac(self.index, from).await
+    }
+}
+
+/// One datagram of a batch: its bytes, its sender, and whether it came to a unicast
+/// address of the server.
+struct Datagram {
+    bytes: Vec<u8>,
+    from: SocketAddrV6,
+    unicast: bool,
+}
+
+async fn serve(
+    socket: UdpSocket,
+    engine: Arc<Mutex<Engine>>,
+    senders: Senders,
+    mut shutdown: oneshot::Receiver<()>,
+) {
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             ready = socket.readable() => match ready {
-                Ok(()) => handle_batch(&socket, &engine, &mut buf),
+                Ok(()) => {
+                    let batch = receive_batch(&socket, &engine, &mut buf);
+                    let mut macs = Vec::with_capacity(batch.len());
+                    for datagram in &batch {
+                        macs.push(senders.mac_of(&datagram.bytes, *datagram.from.ip()).await);
+                    }
+                    handle_batch(&socket, &engine, batch, macs);
+                }
                 Err(e) => {
                     let network = lock(&engine).config().network.clone();
                     tracing::warn!(%network, error = %e, "DHCPv6 socket failed");
@@ -172,28 +217,47 @@ async fn serve(socket: UdpSocket, engine: Arc<Mutex<Engine>>, mut shutdown: ones
     }
 }
 
-fn handle_batch(socket: &UdpSocket, engine: &Mutex<Engine>, buf: &mut [u8]) {
+/// Reads what is waiting, up to [`MAX_BATCH`] datagrams.
+fn receive_batch(socket: &UdpSocket, engine: &Mutex<Engine>, buf: &mut [u8]) -> Vec<Datagram> {
+    let mut batch = Vec::new();
+    while batch.len() < MAX_BATCH {
+        match receive(socket, buf) {
+            Ok((len, from, unicast)) => batch.push(Datagram {
+                bytes: buf[..len].to_vec(),
+                from,
+                unicast,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                let network = lock(engine).config().network.clone();
+                tracing::debug!(%network, error = %e, "DHCPv6 receive failed");
+                break;
+            }
+        }
+    }
+    batch
+}
+
+/// Answers a batch, each datagram's sender at the MAC found for it, and sends the
+/// replies once the bindings they confirm are saved.
+fn handle_batch(
+    socket: &UdpSocket,
+    engine: &Mutex<Engine>,
+    batch: Vec<Datagram>,
+    macs: Vec<Option<[u8; 6]>>,
+) {
     let mut replies: Vec<(SocketAddr, Reply)> = Vec::new();
     let mut engine = lock(engine);
     let now = unix_now();
-    for _ in 0..MAX_BATCH {
-        match receive(socket, buf) {
-            Ok((len, from, unicast)) => {
-                let packet = &buf[..len];
-                let reply = if unicast {
-                    engine.handle_unicast(packet, *from.ip(), now)
-                } else {
-                    engine.handle(packet, *from.ip(), now)
-                };
-                if let Some(reply) = reply {
-                    replies.push((SocketAddr::V6(from), reply));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => {
-                tracing::debug!(network = %engine.config().network, error = %e, "DHCPv6 receive failed");
-                break;
-            }
+    for (datagram, mac) in batch.iter().zip(macs) {
+        let from = *datagram.from.ip();
+        let reply = if datagram.unicast {
+            engine.handle_unicast(&datagram.bytes, from, now)
+        } else {
+            engine.handle_from(&datagram.bytes, from, mac, now)
+        };
+        if let Some(reply) = reply {
+            replies.push((SocketAddr::V6(datagram.from), reply));
         }
     }
     if replies.iter().any(|(_, reply)| reply.needs_commit)

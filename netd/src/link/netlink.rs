@@ -4,17 +4,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     BridgeStpState, InfoBridgePort, InfoPortData, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo,
     LinkMessage,
 };
-use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use super::{BridgePortFlags, BridgeSpec, Error, LinkInfo, Op, PortState, sysctl, validate_ifname};
@@ -358,6 +362,44 @@ impl Link {
             .execute()
             .await
             .map_err(failed(Op::SetNeighbour(ip, mac), ifname))
+    }
+
+    /// The MAC address the kernel's neighbour table holds for `ip` on the link with ifindex
+    /// `index`, if it holds a usable one. A DHCPv6 client is known by its DUID, which may
+    /// carry another MAC than its NIC's, or none: dnsmasq lists its lease with the MAC it
+    /// finds here, and so does kvnet.
+    pub async fn neighbour_mac(&self, index: u32, ip: Ipv6Addr) -> Option<[u8; 6]> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Inet6;
+        message.header.ifindex = index;
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)));
+        // One entry, not a dump: the kernel answers it alone, or with ENOENT.
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(message));
+        request.header.flags = NLM_F_REQUEST;
+        let mut responses = self.handle.clone().request(request).ok()?;
+        while let Some(response) = responses.next().await {
+            let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(found)) =
+                response.payload
+            else {
+                continue;
+            };
+            if matches!(
+                found.header.state,
+                NeighbourState::Incomplete | NeighbourState::Failed
+            ) {
+                return None;
+            }
+            return found
+                .attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    NeighbourAttribute::LinkLayerAddress(mac) => mac.as_slice().try_into().ok(),
+                    _ => None,
+                });
+        }
+        None
     }
 
     /// Takes the link with ifindex `index` (named `ifname`, for messages) down; a link that
