@@ -1177,3 +1177,91 @@ fn reloads_done(daemon: &Daemon, count: usize) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A reload reads the files once the changes ahead of it are done: an undefine waiting
+/// for the lock when SIGHUP comes is not undone by the file it removed.
+#[test]
+fn a_reload_does_not_bring_back_a_network_undefined_just_before() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    define_nat_network(&daemon, "slow", "10.59.0.1");
+    define_nat_network(&daemon, "victim", "10.59.1.1");
+    let started = daemon.dirs.path().join("slow-started");
+    let hook = daemon.config_dir().join("hooks/network");
+    std::fs::create_dir_all(hook.parent().expect("hooks dir")).expect("hooks dir");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\n\
+             if [ \"$1 $2\" = \"slow start\" ]; then touch {}; sleep 2; fi\n",
+            started.display()
+        ),
+    )
+    .expect("hook");
+    std::fs::set_permissions(&hook, PermissionsExt::from_mode(0o755)).expect("chmod");
+    let socket = daemon.socket();
+    // The start holds the daemon's lock while its hook sleeps.
+    let start = {
+        let socket = socket.clone();
+        std::thread::spawn(move || common::kvnet_at(&socket, &["net-start", "slow"]))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !started.exists() {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let undefine =
+        std::thread::spawn(move || common::kvnet_at(&socket, &["net-undefine", "victim"]));
+    // The undefine waits for the lock, then the reload is asked for.
+    std::thread::sleep(Duration::from_millis(300));
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().expect("pid").to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(start.join().expect("start").status.success());
+    assert!(undefine.join().expect("undefine").status.success());
+    reloads_done(&daemon, 1);
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " slow   active   no   yes\n",
+        "{}",
+        daemon.log()
+    );
+    assert!(!daemon.config_dir().join("networks/victim.xml").exists());
+}
+
+/// A definition that could not be loaded at start and is mended by hand counts as
+/// loaded after a reload: the firewall's stale rules are no longer kept for it.
+#[test]
+fn a_definition_mended_and_reloaded_is_no_longer_held_back() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    let good = define_nat_network(&daemon, "mended", "10.59.2.1");
+    daemon.ok(&["net-start", "mended"]);
+    daemon.stop();
+    let path = daemon.config_dir().join("networks/mended.xml");
+    std::fs::write(&path, "<network><name>mended").expect("break");
+    daemon.spawn(&DaemonOptions::no_default_network());
+    let held_back = "keeping the firewall rules of inactive networks";
+    assert!(daemon.log().contains(held_back), "{}", daemon.log());
+    std::fs::write(&path, &good).expect("mend");
+    let before = daemon.log().matches(held_back).count();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().expect("pid").to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    reloads_done(&daemon, 1);
+    let log = daemon.log();
+    assert_eq!(log.matches(held_back).count(), before, "{log}");
+    assert!(
+        daemon
+            .ok(&["net-dumpxml", "--inactive", "mended"])
+            .contains("10.59.2.1")
+    );
+}

@@ -151,13 +151,19 @@ fn run(args: Args) -> Result<(), Error> {
         let manager = Manager::open(config, firewall)
             .await
             .map_err(Error::Manager)?;
-        let ready = || tell_systemd("READY=1");
         let manager = Arc::new(manager);
         manager.follow_port_exits();
         manager.follow_host_dns();
         manager.follow_firewall();
-        follow_reload_signal(&manager, hangups);
-        server::serve(manager, &args.socket, ready, shutdown)
+        // Reloads only once the API answers: a reload's READY=1 must not come first.
+        let listening = {
+            let manager = Arc::clone(&manager);
+            move || {
+                tell_systemd("READY=1");
+                follow_reload_signal(&manager, hangups);
+            }
+        };
+        server::serve(manager, &args.socket, listening, shutdown)
             .await
             .map_err(Error::Serve)?;
         tracing::info!("stopped; networks keep running");

@@ -361,6 +361,9 @@ pub struct Manager {
     /// files, ports, devices and firewall chains are kept, for when the file is mended,
     /// as libvirt skips a bad file and removes nothing.
     unloaded: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Those of `unloaded` whose status could not be read: they may be running, and
+    /// stay in `unloaded` whatever becomes of their definition until a restart.
+    unread_statuses: std::sync::Mutex<std::collections::BTreeSet<String>>,
     store: Store,
     link: Link,
     /// The host's used prefixes, for the collision check of every start.
@@ -463,6 +466,7 @@ impl Manager {
         let manager = Manager {
             networks: Mutex::new(BTreeMap::new()),
             unloaded: std::sync::Mutex::default(),
+            unread_statuses: std::sync::Mutex::default(),
             store,
             link,
             prefixes: Arc::new(PrefixCache::new()?),

@@ -111,6 +111,7 @@ impl Manager {
                     // Not damaged but unreadable now (permissions, an I/O error): the
                     // network may well be running, and a later daemon may read it.
                     warn!(network = %name, "cannot read the status, so the network stays inactive and its bridge, ports, leases, rules and status file are left as they are: {}", error_chain(&e));
+                    lock(&self.unread_statuses).insert(name.clone());
                     lock(&self.unloaded).insert(name);
                     continue;
                 }
@@ -129,6 +130,7 @@ impl Manager {
                 // Copied or edited by hand: adopting it would give two entries one bridge,
                 // and a destroy of either would take the other's down.
                 warn!(network = %name, "the status file describes network '{}', not this one, so the network stays inactive and its bridge, ports, leases, rules and status file are left as they are", def.name);
+                lock(&self.unread_statuses).insert(name.clone());
                 lock(&self.unloaded).insert(name);
                 continue;
             }

@@ -33,16 +33,18 @@ impl Manager {
     /// stays as it was. As in libvirt, a file removed by hand undefines nothing.
     pub async fn reload(&self) {
         info!("reloading the definitions from disk (SIGHUP)");
-        let stored = match self.store.load_configs() {
-            Ok(stored) => stored,
-            Err(e) => {
-                warn!("reload: cannot read the definitions: {}", error_chain(&e));
-                return;
-            }
-        };
         let mut defined = Vec::new();
         {
+            // Read under the lock: files read before a change that waited for it (an
+            // undefine) would bring back what it removed.
             let mut networks = self.networks.lock().await;
+            let stored = match self.store.load_configs() {
+                Ok(stored) => stored,
+                Err(e) => {
+                    warn!("reload: cannot read the definitions: {}", error_chain(&e));
+                    return;
+                }
+            };
             for file in stored {
                 let path = file.path.clone();
                 match self.reload_one(&mut networks, file).await {
@@ -69,6 +71,14 @@ impl Manager {
         self.reconcile_firewall().await;
         self.autostart_all(&[]).await;
         info!("reload done");
+    }
+
+    /// `name`'s definition loaded: it no longer counts as one that could not be, unless
+    /// its status is what could not be read.
+    fn mended(&self, name: &str) {
+        if !lock(&self.unread_statuses).contains(name) {
+            lock(&self.unloaded).remove(name);
+        }
     }
 
     /// Takes one definition file into `networks`; returns the network's name and what
@@ -105,6 +115,7 @@ impl Manager {
                 warn!(network = %name, "a DHCP <host> no guest can get is left out: {}", error_chain(&e));
             }
             networks.insert(name.clone(), Network::defined(def, file.autostart));
+            self.mended(&name);
             return Ok((name, Outcome::Defined));
         };
         if network.config.is_none() && !self.was_unloaded(&name) {
@@ -129,6 +140,7 @@ impl Manager {
             }
             network.autostart = file.autostart;
         }
+        self.mended(&name);
         Ok((name, outcome))
     }
 }
