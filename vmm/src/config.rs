@@ -23,8 +23,11 @@ pub enum SerialSink {
     /// The VMM's stdout.
     #[default]
     Stdio,
-    /// Appended to a file.
+    /// Appended to a file (rotated: see [`crate::devices::console_log`]).
     File(PathBuf),
+    /// Appended to a file by a writer process of its own
+    /// ([`crate::devices::console_log::LogProcess`]): the binary's `file:`.
+    LogProcess(PathBuf),
     /// Discarded.
     None,
     /// Kept in memory (for embedding and tests).

@@ -324,6 +324,15 @@ impl Vm {
         self.vm.clone()
     }
 
+    /// Leaves the NICs' ports to kvnetd instead of giving them back when the VM ends:
+    /// kvnetd ends each when its tap closes or this process exits. For a process that
+    /// ends with its VM (the `kvnet-vmm` binary, whose syscall filter has no socket).
+    pub fn leave_ports_to_kvnetd(&mut self) {
+        for lease in &mut self.ports {
+            lease.leave_to_kvnetd();
+        }
+    }
+
     /// Filled in just before the first KVM_RUN (see [`Vm::measure_startup`]).
     pub fn startup_report(&self) -> Arc<OnceLock<StartupReport>> {
         self.first_run.clone()
@@ -432,6 +441,12 @@ fn serial_writer(
                 source,
             },
         )?),
+        SerialSink::LogProcess(path) => Box::new(
+            devices::console_log::LogProcess::spawn(path).map_err(|source| Error::SerialFile {
+                path: path.clone(),
+                source,
+            })?,
+        ),
     };
     let (output, drain) = devices::console::spawn(blocking).map_err(Error::SerialThread)?;
     Ok((Box::new(output), Some(drain)))
@@ -447,7 +462,7 @@ pub struct StartupReport {
     pub wall: SystemTime,
     /// CPU time the whole process had used by then (all threads), if measured.
     pub cpu: Option<Duration>,
-    /// Resident set size by then, in KiB, if measured.
+    /// The most that was resident by then, in KiB, if measured (see [`resident_kib`]).
     pub rss_kib: Option<u64>,
 }
 
@@ -462,28 +477,35 @@ impl StartupReport {
     }
 }
 
-/// CPU time used by every thread of this process (sum of /proc/self/task/*/schedstat).
+/// CPU time used by every thread of this process (`CLOCK_PROCESS_CPUTIME_ID`: no file
+/// to open under the syscall filter).
 pub fn process_cpu_time() -> Option<Duration> {
-    let mut total_ns = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        total_ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(Duration::from_nanos(total_ns))
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .ok()
+        .map(Duration::from)
 }
 
-/// Resident set size of this process in KiB (from /proc/self/status).
+/// The most this process has had resident so far, in KiB (`getrusage`: no file to open
+/// under the syscall filter). At start-up it is what is resident.
 pub fn resident_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .ok()
+        .and_then(|usage| u64::try_from(usage.max_rss()).ok())
 }
 
 /// Entry point of the `kvnet-vmm` binary.
 pub fn main() -> ExitCode {
     use clap::Parser;
+    let mut args = std::env::args_os().skip(1);
+    if args
+        .next()
+        .is_some_and(|arg| arg == devices::console_log::WRITER_ARG)
+    {
+        return match (args.next(), args.next()) {
+            (Some(path), None) => devices::console_log::run_writer(std::path::Path::new(&path)),
+            _ => ExitCode::from(2),
+        };
+    }
     let cli = Cli::parse();
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -504,10 +526,16 @@ pub fn main() -> ExitCode {
     let mut terminal = None;
     let seccomp = cli.seccomp;
     let result = blocked.map_err(Error::from).and_then(|()| {
-        let config = cli.into_config()?;
+        let mut config = cli.into_config()?;
         let stdio = matches!(config.serial, SerialSink::Stdio);
-        let extras = seccomp::Extras::for_config(&config, timings);
+        // The filter allows no file to be opened or renamed: the log's own process does it.
+        if let SerialSink::File(path) = &config.serial {
+            config.serial = SerialSink::LogProcess(path.clone());
+        }
         let mut vm = Vm::new(config)?;
+        // The filter allows no socket to give them back with; kvnetd ends them as the
+        // taps close when this process exits.
+        vm.leave_ports_to_kvnetd();
         signals::spawn_waiter(vm.stop_handle())?;
         if timings {
             vm.measure_startup();
@@ -515,8 +543,12 @@ pub fn main() -> ExitCode {
         if stdio {
             terminal = forward_stdin(&vm);
         }
+        if seccomp != seccomp::Mode::Off {
+            // The default hook would read files for a backtrace (RUST_BACKTRACE).
+            std::panic::set_hook(Box::new(|panic| eprintln!("kvnet-vmm: {panic}")));
+        }
         // Last: everything that opens files, devices and sockets has done so.
-        seccomp::install(seccomp, extras)?;
+        seccomp::install(seccomp)?;
         let startup = vm.startup_report();
         let outcome = vm.run();
         if timings {

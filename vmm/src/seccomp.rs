@@ -1,15 +1,17 @@
 //! The syscall filter `kvnet-vmm` runs under once its machine is built, as Firecracker
 //! and cloud-hypervisor run theirs. A guest that takes over the device emulation (a
 //! bug in the virtio-net model, say) finds a process that can run its VM and little
-//! else: it cannot open files, make network sockets, start programs, or use the KVM
-//! ioctls that build VMs and map memory.
+//! else: it cannot open, rename or remove files, make sockets, start programs, signal
+//! other processes, or use the KVM ioctls that build VMs and map memory.
 //!
 //! The list is what the threads do after [`crate::Vm::new`]: the vCPUs (`KVM_RUN`, and
 //! the ioctls that route interrupts and move ioeventfds as the guest programs its
 //! devices), the virtio-net workers (epoll, `readv`/`writev` on the tap,
 //! `TUNSETOFFLOAD`), the console and signal threads, threads starting and ending, and
-//! the way out (the terminal's settings put back). What only some configurations do is
-//! allowed only to them (see [`Extras`]).
+//! the way out (the terminal's settings put back). What would need more is done
+//! otherwise: a `file:` console is written by a process of its own
+//! ([`crate::devices::console_log::LogProcess`]), the ports are left to kvnetd, which
+//! ends them as the taps close, and start-up figures come from `getrusage`.
 //!
 //! A syscall outside the list kills the process with `SIGSYS`, and the kernel logs its
 //! number (`dmesg`: `audit: type=1326 ... syscall=N`). `--seccomp log` lets such calls
@@ -35,35 +37,6 @@ pub enum Mode {
     Off,
 }
 
-/// What the filter allows beyond the VM's own work, because this configuration does it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Extras {
-    /// `--serial file:PATH`: the console log opens, inspects and renames files as it
-    /// rotates (see [`crate::devices::console_log`]).
-    pub console_file: bool,
-    /// `--net network=NAME`: the ports are given back to kvnetd over its Unix socket
-    /// when the VM ends.
-    pub kvnetd_ports: bool,
-    /// `KVNET_VMM_TIMINGS`: `/proc/self` is read at the first `KVM_RUN`.
-    pub proc_reads: bool,
-}
-
-impl Extras {
-    /// What `config`, and `KVNET_VMM_TIMINGS` when `timings`, need.
-    pub fn for_config(config: &crate::VmConfig, timings: bool) -> Extras {
-        Extras {
-            console_file: matches!(config.serial, crate::SerialSink::File(_)),
-            kvnetd_ports: config.net.iter().any(|spec| {
-                matches!(
-                    spec.tap,
-                    crate::devices::virtio::net::TapSource::Network { .. }
-                )
-            }),
-            proc_reads: timings,
-        }
-    }
-}
-
 /// Errors building or installing the filter.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
@@ -79,24 +52,25 @@ pub enum SeccompError {
 
 /// Installs the filter on every thread of the process, now and to come. Nothing is
 /// installed for [`Mode::Off`].
-pub fn install(mode: Mode, extras: Extras) -> Result<(), SeccompError> {
-    let Some(programs) = programs(mode, extras)? else {
+pub fn install(mode: Mode) -> Result<(), SeccompError> {
+    let Some(programs) = programs(mode, std::process::id())? else {
         return Ok(());
     };
     for program in &programs {
         seccompiler::apply_filter_all_threads(program).map_err(SeccompError::Install)?;
     }
-    tracing::debug!(?mode, ?extras, "seccomp filter installed");
+    tracing::debug!(?mode, "seccomp filter installed");
     Ok(())
 }
 
-/// The BPF programs [`install`] installs, in order; `None` for [`Mode::Off`].
+/// The BPF programs [`install`] installs in process `pid`, in order; `None` for
+/// [`Mode::Off`].
 ///
 /// Two programs, because one has only one action for the calls it matches: the first
 /// answers `clone3` with `ENOSYS`, which makes glibc start threads with `clone`, whose
 /// flags a filter can read (`clone3` keeps them in memory, out of its reach); the
 /// second is the list. Where filters disagree the kernel takes the stricter answer.
-pub fn programs(mode: Mode, extras: Extras) -> Result<Option<Vec<BpfProgram>>, SeccompError> {
+pub fn programs(mode: Mode, pid: u32) -> Result<Option<Vec<BpfProgram>>, SeccompError> {
     let outside_the_list = match mode {
         Mode::On => SeccompAction::KillProcess,
         Mode::Log => SeccompAction::Log,
@@ -110,34 +84,24 @@ pub fn programs(mode: Mode, extras: Extras) -> Result<Option<Vec<BpfProgram>>, S
         arch,
     )
     .map_err(SeccompError::Build)?;
-    let list = SeccompFilter::new(
-        allowed(extras)?,
-        outside_the_list,
-        SeccompAction::Allow,
-        arch,
-    )
-    .map_err(SeccompError::Build)?;
+    let list = SeccompFilter::new(allowed(pid)?, outside_the_list, SeccompAction::Allow, arch)
+        .map_err(SeccompError::Build)?;
     let no_clone3 = BpfProgram::try_from(no_clone3).map_err(SeccompError::Build)?;
     let list = BpfProgram::try_from(list).map_err(SeccompError::Build)?;
     Ok(Some(vec![no_clone3, list]))
 }
 
-/// The allowed syscalls, each with the argument rules it must meet (none: any call).
-fn allowed(extras: Extras) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
+/// The allowed syscalls of process `pid`, each with the argument rules it must meet
+/// (none: any call).
+fn allowed(pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    let mut any = |syscalls: &[i64]| {
-        for &syscall in syscalls {
-            rules.insert(syscall, Vec::new());
-        }
-    };
-    any(&[
+    for syscall in [
         // I/O on descriptors the VMM holds: tap, eventfds, console, stdio.
         libc::SYS_read,
         libc::SYS_write,
         libc::SYS_readv,
         libc::SYS_writev,
         libc::SYS_close,
-        libc::SYS_fcntl,
         libc::SYS_eventfd2,
         libc::SYS_epoll_create1,
         libc::SYS_epoll_ctl,
@@ -157,6 +121,7 @@ fn allowed(extras: Extras) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompErr
         libc::SYS_clock_gettime,
         libc::SYS_gettimeofday,
         libc::SYS_getrandom,
+        libc::SYS_getrusage,
         // Threads starting and ending (their start is `clone`, below). `clone3` is let
         // through here only for the first program's ENOSYS to be its answer; glibc's
         // malloc sizes its arenas for a new thread by the CPUs it may run on.
@@ -169,48 +134,12 @@ fn allowed(extras: Extras) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompErr
         libc::SYS_exit_group,
         libc::SYS_getpid,
         libc::SYS_gettid,
-        // Signals: the vCPU kick (sent, handled, returned from) and the stop signals.
-        libc::SYS_tgkill,
+        // Signals: the vCPU kick handled and returned from, the stop signals waited for.
         libc::SYS_rt_sigreturn,
         libc::SYS_rt_sigprocmask,
         libc::SYS_rt_sigtimedwait,
-    ]);
-    if extras.console_file || extras.proc_reads {
-        any(&[
-            libc::SYS_openat,
-            libc::SYS_statx,
-            libc::SYS_fstat,
-            libc::SYS_newfstatat,
-            libc::SYS_lseek,
-        ]);
-    }
-    if extras.console_file {
-        any(&[
-            libc::SYS_rename,
-            libc::SYS_renameat,
-            libc::SYS_renameat2,
-            libc::SYS_unlink,
-            libc::SYS_unlinkat,
-        ]);
-    }
-    if extras.proc_reads {
-        any(&[libc::SYS_getdents64]);
-    }
-    if extras.kvnetd_ports {
-        any(&[
-            libc::SYS_connect,
-            libc::SYS_sendto,
-            libc::SYS_sendmsg,
-            libc::SYS_recvfrom,
-            libc::SYS_recvmsg,
-            libc::SYS_setsockopt,
-            libc::SYS_getsockopt,
-            libc::SYS_shutdown,
-        ]);
-        rules.insert(
-            libc::SYS_socket,
-            vec![rule(vec![arg_eq(0, libc::AF_UNIX as u64)?])?],
-        );
+    ] {
+        rules.insert(syscall, Vec::new());
     }
     // Threads only: a `clone` without CLONE_THREAD would be a new process.
     rules.insert(
@@ -224,6 +153,29 @@ fn allowed(extras: Extras) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompErr
             )
             .map_err(SeccompError::Build)?,
         ])?],
+    );
+    // Signals to this process's own threads only: the vCPU kick, and SIGABRT (abort).
+    rules.insert(
+        libc::SYS_tgkill,
+        [crate::kvm::vcpu::kick_signal(), libc::SIGABRT]
+            .into_iter()
+            .map(|signal| rule(vec![arg_eq(0, u64::from(pid))?, arg_eq(2, signal as u64)?]))
+            .collect::<Result<_, _>>()?,
+    );
+    // Descriptor flags and close-on-exec copies; not F_SETOWN/F_SETSIG, which would
+    // have the kernel signal another process.
+    rules.insert(
+        libc::SYS_fcntl,
+        [
+            libc::F_GETFD,
+            libc::F_SETFD,
+            libc::F_GETFL,
+            libc::F_SETFL,
+            libc::F_DUPFD_CLOEXEC,
+        ]
+        .into_iter()
+        .map(|command| rule(vec![arg_eq(1, command as u64)?]))
+        .collect::<Result<_, _>>()?,
     );
     // Naming a new thread.
     rules.insert(
@@ -289,60 +241,51 @@ mod tests {
     use std::os::unix::process::ExitStatusExt;
     use std::process::Command;
 
-    /// Set in the copy of this test binary that installs the filter: the mode.
-    const CHILD_MODE: &str = "KVNET_SECCOMP_TEST_CHILD";
+    /// Set in the copy of this test binary that installs the filter: `MODE CALL`.
+    const CHILD: &str = "KVNET_SECCOMP_TEST_CHILD";
     const TEST_NAME: &str =
-        "seccomp::tests::a_call_outside_the_list_kills_the_vmm_and_log_mode_lets_it_through";
+        "seccomp::tests::calls_outside_the_list_kill_the_vmm_and_log_mode_lets_them_through";
 
     #[test]
-    fn every_configuration_builds() {
-        assert!(
-            programs(Mode::Off, Extras::default())
-                .expect("off")
-                .is_none()
-        );
+    fn both_modes_build() {
+        assert!(programs(Mode::Off, 1).expect("off").is_none());
         for mode in [Mode::On, Mode::Log] {
-            for bits in 0..8u8 {
-                let extras = Extras {
-                    console_file: bits & 1 != 0,
-                    kvnetd_ports: bits & 2 != 0,
-                    proc_reads: bits & 4 != 0,
-                };
-                let programs = programs(mode, extras).expect("build").expect("programs");
-                assert_eq!(programs.len(), 2, "{mode:?} {extras:?}");
-            }
+            let programs = programs(mode, 1).expect("build").expect("programs");
+            assert_eq!(programs.len(), 2, "{mode:?}");
         }
     }
 
     /// In the child: the filter installed, what the VMM does works (a thread, stdout, an
-    /// eventfd, a Unix socket with `kvnetd_ports`), and then a UDP socket is made.
-    fn child(mode: &str) -> ! {
-        let mode = match mode {
-            "on" => Mode::On,
-            _ => Mode::Log,
-        };
-        let extras = Extras {
-            kvnetd_ports: true,
-            ..Extras::default()
-        };
-        install(mode, extras).expect("install");
+    /// eventfd, a kick of its own thread), and then one call outside the list.
+    fn child(setting: &str) -> ! {
+        let (mode, call) = setting.split_once(' ').expect("MODE CALL");
+        install(if mode == "on" { Mode::On } else { Mode::Log }).expect("install");
         let worker = std::thread::Builder::new()
             .name("worker".into())
             .spawn(|| vmm_sys_util::eventfd::EventFd::new(0).map(drop))
             .expect("spawn");
         worker.join().expect("join").expect("eventfd");
-        let unix = std::os::unix::net::UnixStream::connect("/nonexistent/kvnetd.sock");
-        assert!(unix.is_err());
         println!("allowed calls work");
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0");
-        println!("a UDP socket was let through: {}", udp.is_ok());
+        let outside = match call {
+            "udp" => std::net::UdpSocket::bind("127.0.0.1:0").is_ok(),
+            "unix" => std::os::unix::net::UnixStream::connect("/nonexistent.sock").is_ok(),
+            "open" => std::fs::File::open("/proc/self/status").is_ok(),
+            // SIGCONT changes nothing for a live process: only the call is looked at.
+            "signal" => nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(1),
+                nix::sys::signal::Signal::SIGCONT,
+            )
+            .is_ok(),
+            other => panic!("unknown call {other}"),
+        };
+        println!("{call} was let through: {outside}");
         std::process::exit(0);
     }
 
-    fn run_child(mode: &str) -> (std::process::ExitStatus, String) {
+    fn run_child(setting: &str) -> (std::process::ExitStatus, String) {
         let out = Command::new(std::env::current_exe().expect("test binary"))
             .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_MODE, mode)
+            .env(CHILD, setting)
             .output()
             .expect("run the child");
         (
@@ -352,20 +295,22 @@ mod tests {
     }
 
     #[test]
-    fn a_call_outside_the_list_kills_the_vmm_and_log_mode_lets_it_through() {
-        if let Ok(mode) = std::env::var(CHILD_MODE) {
-            child(&mode);
+    fn calls_outside_the_list_kill_the_vmm_and_log_mode_lets_them_through() {
+        if let Ok(setting) = std::env::var(CHILD) {
+            child(&setting);
         }
-        let (status, stdout) = run_child("on");
-        assert_eq!(status.signal(), Some(libc::SIGSYS), "{status:?} {stdout}");
-        assert!(stdout.contains("allowed calls work\n"), "{stdout}");
-        assert!(!stdout.contains("let through"), "{stdout}");
-
-        let (status, stdout) = run_child("log");
+        for call in ["udp", "unix", "open", "signal"] {
+            let (status, stdout) = run_child(&format!("on {call}"));
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGSYS),
+                "{call}: {status:?} {stdout}"
+            );
+            assert!(stdout.contains("allowed calls work\n"), "{call}: {stdout}");
+            assert!(!stdout.contains("let through"), "{call}: {stdout}");
+        }
+        let (status, stdout) = run_child("log udp");
         assert!(status.success(), "{status:?} {stdout}");
-        assert!(
-            stdout.contains("allowed calls work\na UDP socket was let through: true\n"),
-            "{stdout}"
-        );
+        assert!(stdout.contains("udp was let through: true\n"), "{stdout}");
     }
 }

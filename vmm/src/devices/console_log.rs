@@ -6,11 +6,15 @@
 //! rotated: `file:/dev/null`, a terminal's device or a symlink (`/dev/stdout`) is
 //! written to as it is, and never renamed. A file someone else moved away (logrotate)
 //! or removed is followed by a new one at `PATH`, renaming nothing.
+//!
+//! The `kvnet-vmm` binary writes it through a [`LogProcess`], as QEMU's console goes
+//! through virtlogd: the VMM, under its syscall filter, opens and renames no file.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 /// Most a console log file holds before it rotates: virtlogd's default `max_size`.
 pub const MAX_FILE_BYTES: u64 = 2 * 1024 * 1024;
@@ -128,6 +132,102 @@ impl Write for ConsoleLog {
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.as_mut().map_or(Ok(()), Write::flush)
+    }
+}
+
+/// The first argument that makes `kvnet-vmm` a console log writer ([`run_writer`]).
+pub const WRITER_ARG: &str = "--console-log-writer";
+
+/// A console log written by a process of its own: the `kvnet-vmm` binary run again with
+/// [`WRITER_ARG`], reading what the VMM writes from a pipe into a [`ConsoleLog`]. It
+/// ends when the pipe closes, having written everything, even after the VMM was killed;
+/// it inherits the VMM's blocked stop signals, so a Ctrl-C for the VMM does not cut the
+/// log short.
+#[derive(Debug)]
+pub struct LogProcess {
+    input: Option<ChildStdin>,
+    /// Closes when the process ends: read to its end, it says the last write is done.
+    ended: Option<ChildStdout>,
+    _process: Child,
+}
+
+impl LogProcess {
+    /// Starts the writer of `path`. The file is opened here first, so that one that
+    /// cannot be written is refused before the VM starts.
+    pub fn spawn(path: &Path) -> io::Result<LogProcess> {
+        ConsoleLog::open(path)?;
+        let mut process = Command::new(std::env::current_exe()?)
+            .arg(WRITER_ARG)
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        Ok(LogProcess {
+            input: process.stdin.take(),
+            ended: process.stdout.take(),
+            _process: process,
+        })
+    }
+}
+
+impl Write for LogProcess {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.input.as_mut() {
+            Some(input) => input.write(buf),
+            None => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.input.as_mut().map_or(Ok(()), Write::flush)
+    }
+}
+
+impl Drop for LogProcess {
+    /// Closes the pipe and waits until the writer has written it all and ended.
+    fn drop(&mut self) {
+        drop(self.input.take());
+        if let Some(mut ended) = self.ended.take() {
+            let _ = ended.read(&mut [0u8; 1]);
+        }
+    }
+}
+
+/// The writer process: copies its stdin into the console log at `path` until the end of
+/// its input, then exits.
+pub fn run_writer(path: &Path) -> std::process::ExitCode {
+    let mut log = match ConsoleLog::open(path) {
+        Ok(log) => log,
+        Err(error) => {
+            eprintln!("kvnet-vmm: cannot open {}: {error}", path.display());
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut input = io::stdin().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut failing = false;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => return std::process::ExitCode::SUCCESS,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                eprintln!("kvnet-vmm: console log {}: {error}", path.display());
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        // Once until it works again, as the console thread reports a failing sink.
+        match log.write_all(&buf[..n]).and_then(|()| log.flush()) {
+            Err(error) if !failing => {
+                eprintln!(
+                    "kvnet-vmm: console log {}: {error}; dropping output until it can be written",
+                    path.display()
+                );
+                failing = true;
+            }
+            Err(_) => {}
+            Ok(()) => failing = false,
+        }
     }
 }
 

@@ -575,6 +575,7 @@ impl NetSpec {
                     client: client.with_answer_timeout(PORT_RETURN_TIMEOUT),
                     network: network.clone(),
                     port: port.uuid,
+                    give_back: true,
                 };
                 Ok((Tap::from_fd(fd).map_err(NetConfigError::Tap)?, Some(lease)))
             }
@@ -601,10 +602,24 @@ pub struct PortLease {
     client: netd::api::client::Client,
     network: String,
     port: uuid::Uuid,
+    /// Whether dropping the lease asks kvnetd to delete the port.
+    give_back: bool,
+}
+
+impl PortLease {
+    /// Leaves the port to kvnetd, which ends it itself when its tap closes or its
+    /// process exits: for a process about to end (`kvnet-vmm` under its syscall filter
+    /// may not connect to kvnetd's socket).
+    pub fn leave_to_kvnetd(&mut self) {
+        self.give_back = false;
+    }
 }
 
 impl Drop for PortLease {
     fn drop(&mut self) {
+        if !self.give_back {
+            return;
+        }
         match self
             .client
             .delete_port(&self.network, &self.port.to_string())
