@@ -4,7 +4,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{DAEMON_NEEDS, Daemon, Need, require};
+use common::{DAEMON_NEEDS, Daemon, DaemonOptions, Need, require};
 
 /// Runs the CLI as uid/gid 65534 (nobody) with no supplementary groups.
 fn kvnet_as_nobody(daemon: &Daemon, args: &[&str]) -> std::process::Output {
@@ -138,6 +138,17 @@ fn the_read_only_socket_lets_anyone_read_and_nobody_change() {
         other => panic!("a stop through the read-only socket: {other:?}"),
     }
     assert_eq!(daemon.bridges(), ["virbr0"]);
+
+    // Turned off, there is none, not even the one the daemon before left.
+    let mut daemon = daemon;
+    daemon.stop();
+    daemon.spawn(&DaemonOptions {
+        no_read_only_socket: true,
+        ..Default::default()
+    });
+    assert!(!read_only.exists());
+    let out = kvnet_as_nobody(&daemon, &["-r", "-q", "net-list"]);
+    assert_eq!(out.status.code(), Some(1));
 }
 
 /// The socket's group (the daemon's, root here) counts among the groups a client

@@ -87,6 +87,10 @@ struct Args {
     /// Serve no hosts file (dnsmasq's `--no-hosts`).
     #[arg(long)]
     no_hosts: bool,
+    /// Bind no read-only socket beside the API socket (`kvnetd-ro.sock`, mode 0666,
+    /// through which every local user can read the networks, their leases and ports).
+    #[arg(long)]
+    no_read_only_socket: bool,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Networks keep running after it exits,
@@ -163,9 +167,15 @@ fn run(args: Args) -> Result<(), Error> {
                 follow_reload_signal(&manager, hangups);
             }
         };
-        server::serve(manager, &args.socket, listening, shutdown)
-            .await
-            .map_err(Error::Serve)?;
+        server::serve(
+            manager,
+            &args.socket,
+            !args.no_read_only_socket,
+            listening,
+            shutdown,
+        )
+        .await
+        .map_err(Error::Serve)?;
         tracing::info!("stopped; networks keep running");
         Ok(())
     });

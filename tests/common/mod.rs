@@ -43,6 +43,8 @@ pub struct DaemonOptions {
     /// Start the daemon with descriptor 7 open and inheritable, as a careless parent
     /// might leave one.
     pub inherited_fd: bool,
+    /// `--no-read-only-socket`.
+    pub no_read_only_socket: bool,
 }
 
 impl DaemonOptions {
@@ -165,6 +167,9 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        if options.no_read_only_socket {
+            cmd.arg("--no-read-only-socket");
+        }
         if options.no_default_network {
             cmd.arg("--no-default-network");
         }

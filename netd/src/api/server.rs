@@ -146,6 +146,7 @@ impl AppState {
 pub async fn serve(
     manager: Arc<Manager>,
     socket: &Path,
+    with_read_only_socket: bool,
     listening: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
@@ -158,8 +159,24 @@ pub async fn serve(
         })?
         .gid();
     let read_only_socket = crate::api::read_only_socket(socket);
-    let read_only = bind(&read_only_socket, 0o666)?;
-    tracing::info!(socket = %socket.display(), read_only = %read_only_socket.display(), "listening");
+    let read_only = if with_read_only_socket {
+        Some(bind(&read_only_socket, 0o666)?)
+    } else {
+        // One an earlier daemon left would let every user in, and this one not serve it.
+        match std::fs::remove_file(&read_only_socket) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(socket = %read_only_socket.display(), "cannot remove the read-only socket of an earlier daemon: {e}")
+            }
+            _ => {}
+        }
+        None
+    };
+    match &read_only {
+        Some(_) => {
+            tracing::info!(socket = %socket.display(), read_only = %read_only_socket.display(), "listening")
+        }
+        None => tracing::info!(socket = %socket.display(), "listening"),
+    }
     listening();
 
     let changes = Arc::new(RwLock::new(()));
@@ -182,7 +199,7 @@ pub async fn serve(
     loop {
         let (accepted, read_only) = tokio::select! {
             accepted = listener.accept() => (accepted, false),
-            accepted = read_only.accept() => (accepted, true),
+            accepted = accept_if_any(read_only.as_ref()) => (accepted, true),
             () = &mut shutdown => break,
         };
         match accepted {
@@ -247,6 +264,16 @@ pub async fn serve(
     // Changes whose clients went away are still running.
     let _finished = changes.write().await;
     Ok(())
+}
+
+/// The next connection to `listener`; never, without one.
+async fn accept_if_any(
+    listener: Option<&UnixListener>,
+) -> std::io::Result<(UnixStream, tokio::net::unix::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Binds `socket` under a staging name, gives it `mode`, and renames it into place
