@@ -85,7 +85,7 @@ echo "kvnet-vmm start-up, 128 MiB guest, $runs runs ($(uname -r), $(nproc) cpus)
 printf '  process start -> first KVM_RUN (wall): median %6.2f ms  min %6.2f ms   target <= 10 ms\n' \
     "$(echo "$start_med" | awk '{print $1/1000}')" "$(echo "$start_min" | awk '{print $1/1000}')"
 printf '  CPU used by then (all threads):         median %6.2f ms\n' "$(echo "$cpu_med" | awk '{print $1/1000}')"
-printf '  RSS at first KVM_RUN:                   median %6.2f MiB  (at exit %.2f MiB)  target <= 5 MiB\n' \
+printf '  peak RSS by first KVM_RUN:              median %6.2f MiB  (by exit %.2f MiB)  target <= 5 MiB\n' \
     "$(echo "$rss_med" | awk '{print $1/1024}')" "$(echo "$rss_exit_med" | awk '{print $1/1024}')"
 printf '  baseline: fork+exec of /bin/true:       median %6.2f ms  (start-up / baseline = %.1fx)\n' \
     "$(echo "$base_med" | awk '{print $1/1000}')" "$(echo "$start_med $base_med" | awk '{print ($2>0)?$1/$2:0}')"

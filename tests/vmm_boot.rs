@@ -114,6 +114,18 @@ fn binary_serial_file_and_none_sinks() {
         "none",
     ]);
     assert_eq!((code, stdout.as_str()), (Some(0), ""));
+    // The log's writer process has the VMM's stdout: a link to it is written through.
+    let (code, stdout, stderr) = run_binary(&[
+        "--kernel",
+        kernel.to_str().expect("utf8"),
+        "--serial",
+        "file:/dev/stdout",
+    ]);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert_eq!(
+        stdout, "Hello from a kvnet mini-guest\n",
+        "stderr: {stderr}"
+    );
 }
 
 #[test]
@@ -423,6 +435,59 @@ fn stop_signals_end_the_vmm_cleanly_with_status_0() {
         assert!(stderr.contains(signal.as_str()), "names {signal}: {stderr}");
         assert_eq!(stdout.text(), "spinning\n");
     }
+}
+
+/// A `file:` console is written by a process of its own, which holds nothing of the
+/// VM's (no eventfd, no KVM or tap descriptor): only its pipe, stdio and the log. It
+/// writes the VM's last words after a stop signal, and ends with the VMM.
+#[test]
+fn the_console_logs_process_holds_nothing_of_the_vms() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    if !testkit::require(&[Need::Kvm]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = testing::write_guest(dir.path(), "spin.elf", |a| {
+        print(a, "spinning\n")?;
+        testing::spin(a)
+    })
+    .expect("assemble");
+    let log = dir.path().join("console.log");
+    let child = spawn_binary(
+        &[
+            "--kernel",
+            kernel.to_str().expect("utf8"),
+            "--serial",
+            &format!("file:{}", log.display()),
+        ],
+        "info",
+    );
+    let start = Instant::now();
+    while std::fs::read_to_string(&log).unwrap_or_default() != "spinning\n" {
+        assert!(start.elapsed() < TIMEOUT, "no console output");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+        .expect("children");
+    let writer: Vec<&str> = children.split_whitespace().collect();
+    assert_eq!(writer.len(), 1, "{children:?}");
+    let mut held: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", writer[0]))
+        .expect("fds")
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|target| !target.starts_with("pipe:") && !target.starts_with("/dev/null"))
+        .collect();
+    held.sort();
+    assert_eq!(held, [log.display().to_string()]);
+    kill(
+        Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        Signal::SIGTERM,
+    )
+    .expect("kill");
+    let (code, stderr) = finish(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!std::path::Path::new(&format!("/proc/{}", writer[0])).exists());
 }
 
 /// A guest that prints "ready", then each byte it receives on COM1 as two hex digits and

@@ -658,7 +658,7 @@ impl Manager {
             return Err(e.into());
         }
         info!(network = %def.name, "defined");
-        lock(&self.unloaded).remove(&def.name);
+        self.mended(&def.name);
         if replaces_unloadable {
             // Its leases and ports were kept for when it was mended; they are now this
             // definition's, as with libvirt, which overwrites such a file too.

@@ -26,7 +26,8 @@ pub enum SerialSink {
     /// Appended to a file (rotated: see [`crate::devices::console_log`]).
     File(PathBuf),
     /// Appended to a file by a writer process of its own
-    /// ([`crate::devices::console_log::LogProcess`]): the binary's `file:`.
+    /// ([`crate::devices::console_log::LogProcess`]): the `kvnet-vmm` binary's `file:`.
+    /// It re-runs the current executable, which must be `kvnet-vmm`.
     LogProcess(PathBuf),
     /// Discarded.
     None,

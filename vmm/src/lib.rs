@@ -202,10 +202,13 @@ impl Vm {
 
         // Devices.
         let exit = Arc::new(ExitSignal::default());
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::EventFd {
-            what: "the serial interrupt",
-            source,
-        })?;
+        let serial_irq =
+            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| {
+                Error::EventFd {
+                    what: "the serial interrupt",
+                    source,
+                }
+            })?;
         routing.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
         let (serial_out, console) = serial_writer(&config.serial)?;
         let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_out)));

@@ -63,13 +63,24 @@ pub fn install(mode: Mode) -> Result<(), SeccompError> {
     Ok(())
 }
 
+/// Calls answered with an error rather than allowed or fatal, each with its errno:
+/// - `clone3` with ENOSYS, which makes glibc start threads with `clone`, whose flags a
+///   filter can read (`clone3` keeps them in memory, out of its reach);
+/// - `openat` with EACCES: glibc's malloc opens `/proc/sys/vm/overcommit_memory` the
+///   first time a thread's heap shrinks, and copes with a refusal; nothing else may
+///   open a file.
+const REFUSED: [(i64, i32); 2] = [
+    (libc::SYS_clone3, libc::ENOSYS),
+    (libc::SYS_openat, libc::EACCES),
+];
+
 /// The BPF programs [`install`] installs in process `pid`, in order; `None` for
 /// [`Mode::Off`].
 ///
-/// Two programs, because one has only one action for the calls it matches: the first
-/// answers `clone3` with `ENOSYS`, which makes glibc start threads with `clone`, whose
-/// flags a filter can read (`clone3` keeps them in memory, out of its reach); the
-/// second is the list. Where filters disagree the kernel takes the stricter answer.
+/// One program for each of [`REFUSED`], since a program has one action for all the
+/// calls it matches, and then the list, which lets those through to them: where
+/// programs disagree the kernel takes the stricter answer, and an error is stricter
+/// than letting a call through, but not than killing the process.
 pub fn programs(mode: Mode, pid: u32) -> Result<Option<Vec<BpfProgram>>, SeccompError> {
     let outside_the_list = match mode {
         Mode::On => SeccompAction::KillProcess,
@@ -77,18 +88,21 @@ pub fn programs(mode: Mode, pid: u32) -> Result<Option<Vec<BpfProgram>>, Seccomp
         Mode::Off => return Ok(None),
     };
     let arch = TargetArch::x86_64;
-    let no_clone3 = SeccompFilter::new(
-        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch,
-    )
-    .map_err(SeccompError::Build)?;
+    let mut programs = Vec::with_capacity(REFUSED.len() + 1);
+    for (syscall, errno) in REFUSED {
+        let refusal = SeccompFilter::new(
+            BTreeMap::from([(syscall, Vec::new())]),
+            SeccompAction::Allow,
+            SeccompAction::Errno(errno as u32),
+            arch,
+        )
+        .map_err(SeccompError::Build)?;
+        programs.push(BpfProgram::try_from(refusal).map_err(SeccompError::Build)?);
+    }
     let list = SeccompFilter::new(allowed(pid)?, outside_the_list, SeccompAction::Allow, arch)
         .map_err(SeccompError::Build)?;
-    let no_clone3 = BpfProgram::try_from(no_clone3).map_err(SeccompError::Build)?;
-    let list = BpfProgram::try_from(list).map_err(SeccompError::Build)?;
-    Ok(Some(vec![no_clone3, list]))
+    programs.push(BpfProgram::try_from(list).map_err(SeccompError::Build)?);
+    Ok(Some(programs))
 }
 
 /// The allowed syscalls of process `pid`, each with the argument rules it must meet
@@ -122,10 +136,11 @@ fn allowed(pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
         libc::SYS_gettimeofday,
         libc::SYS_getrandom,
         libc::SYS_getrusage,
-        // Threads starting and ending (their start is `clone`, below). `clone3` is let
-        // through here only for the first program's ENOSYS to be its answer; glibc's
-        // malloc sizes its arenas for a new thread by the CPUs it may run on.
+        // Let through here only for their errors in [`REFUSED`] to be the answer.
         libc::SYS_clone3,
+        libc::SYS_openat,
+        // Threads starting and ending (their start is `clone`, below); glibc's malloc
+        // sizes its arenas for a new thread by the CPUs it may run on.
         libc::SYS_sched_getaffinity,
         libc::SYS_set_robust_list,
         libc::SYS_rseq,
@@ -134,7 +149,11 @@ fn allowed(pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
         libc::SYS_exit_group,
         libc::SYS_getpid,
         libc::SYS_gettid,
-        // Signals: the vCPU kick handled and returned from, the stop signals waited for.
+        // The console log's writer process, waited for at the end.
+        libc::SYS_wait4,
+        // Signals: the vCPU kick handled and returned from, the stop signals waited for,
+        // and a stack overflow's handler putting the default action back.
+        libc::SYS_rt_sigaction,
         libc::SYS_rt_sigreturn,
         libc::SYS_rt_sigprocmask,
         libc::SYS_rt_sigtimedwait,
@@ -251,7 +270,7 @@ mod tests {
         assert!(programs(Mode::Off, 1).expect("off").is_none());
         for mode in [Mode::On, Mode::Log] {
             let programs = programs(mode, 1).expect("build").expect("programs");
-            assert_eq!(programs.len(), 2, "{mode:?}");
+            assert_eq!(programs.len(), REFUSED.len() + 1, "{mode:?}");
         }
     }
 
@@ -269,7 +288,13 @@ mod tests {
         let outside = match call {
             "udp" => std::net::UdpSocket::bind("127.0.0.1:0").is_ok(),
             "unix" => std::os::unix::net::UnixStream::connect("/nonexistent.sock").is_ok(),
-            "open" => std::fs::File::open("/proc/self/status").is_ok(),
+            "open" => {
+                let refused = std::fs::File::open("/proc/self/status")
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+                println!("open refused: {refused}");
+                // Then something fatal, for the parent to see where it got to.
+                std::net::UdpSocket::bind("127.0.0.1:0").is_ok()
+            }
             // SIGCONT changes nothing for a live process: only the call is looked at.
             "signal" => nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(1),
@@ -309,6 +334,9 @@ mod tests {
             assert!(stdout.contains("allowed calls work\n"), "{call}: {stdout}");
             assert!(!stdout.contains("let through"), "{call}: {stdout}");
         }
+        // A file is refused, not fatal (glibc's malloc opens one).
+        let (_, stdout) = run_child("on open");
+        assert!(stdout.contains("open refused: true\n"), "{stdout}");
         let (status, stdout) = run_child("log udp");
         assert!(status.success(), "{status:?} {stdout}");
         assert!(stdout.contains("udp was let through: true\n"), "{stdout}");

@@ -1,6 +1,6 @@
 //! SIGTERM, SIGINT and SIGHUP stop the VM the way a guest poweroff does: the console is
-//! drained, network ports are given back and the VMM exits 0, as QEMU does on SIGTERM.
-//! Their default action would kill the process and lose all that.
+//! drained and the VMM exits 0, as QEMU does on SIGTERM. Their default action would
+//! kill the process and lose the console's last output.
 //!
 //! They are blocked in every thread and taken by one that waits for them: no handler
 //! runs in the middle of a vCPU thread or a console write. The vCPU kick signal

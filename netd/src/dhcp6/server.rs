@@ -169,16 +169,44 @@ struct Senders {
 }
 
 impl Senders {
-    /// The MAC of the client that sent `packet` from `from`, for a message that may bind
-    /// an address (SOLICIT with rapid commit, REQUEST, RENEW, REBIND).
-    async fn mac_of(&self, packet: &[u8], from: Ipv6Addr) -> Option<[u8; 6]> {
+    /// The MAC of each datagram's client, for those that may bind an address (SOLICIT
+    /// with rapid commit, REQUEST, RENEW, REBIND, sent to the servers' group): one
+    /// question to the kernel per sender, none taking over [`NEIGHBOUR_TIMEOUT`].
+    async fn macs_of(&self, batch: &[Datagram]) -> Vec<Option<[u8; 6]>> {
         const BINDING: [u8; 4] = [1, 3, 5, 6];
-        if !BINDING.contains(packet.first()?) {
-            return None;
+        let mut known: Vec<(Ipv6Addr, Option<[u8; 6]>)> = Vec::new();
+        let mut macs = Vec::with_capacity(batch.len());
+        for datagram in batch {
+            let from = *datagram.from.ip();
+            let binding = !datagram.unicast
+                && datagram
+                    .bytes
+                    .first()
+                    .is_some_and(|kind| BINDING.contains(kind));
+            let mac = if !binding {
+                None
+            } else if let Some((_, mac)) = known.iter().find(|(address, _)| *address == from) {
+                *mac
+            } else {
+                let mac = tokio::time::timeout(
+                    NEIGHBOUR_TIMEOUT,
+                    self.link.neighbour_mac(self.index, from),
+                )
+                .await
+                .ok()
+                .flatten();
+                known.push((from, mac));
+                mac
+            };
+            macs.push(mac);
         }
-        self.link.neighbour_mac(self.index, from).await
+        macs
     }
 }
+
+/// Longest a neighbour lookup may hold up a batch; a binding without it is listed
+/// with the MAC its DUID or address carries.
+const NEIGHBOUR_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// One datagram of a batch: its bytes, its sender, and whether it came to a unicast
 /// address of the server.
@@ -201,10 +229,7 @@ async fn serve(
             ready = socket.readable() => match ready {
                 Ok(()) => {
                     let batch = receive_batch(&socket, &engine, &mut buf);
-                    let mut macs = Vec::with_capacity(batch.len());
-                    for datagram in &batch {
-                        macs.push(senders.mac_of(&datagram.bytes, *datagram.from.ip()).await);
-                    }
+                    let macs = senders.macs_of(&batch).await;
                     handle_batch(&socket, &engine, batch, macs);
                 }
                 Err(e) => {

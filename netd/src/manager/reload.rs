@@ -75,7 +75,7 @@ impl Manager {
 
     /// `name`'s definition loaded: it no longer counts as one that could not be, unless
     /// its status is what could not be read.
-    fn mended(&self, name: &str) {
+    pub(super) fn mended(&self, name: &str) {
         if !lock(&self.unread_statuses).contains(name) {
             lock(&self.unloaded).remove(name);
         }

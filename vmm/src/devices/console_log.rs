@@ -14,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 
 /// Most a console log file holds before it rotates: virtlogd's default `max_size`.
 pub const MAX_FILE_BYTES: u64 = 2 * 1024 * 1024;
@@ -143,29 +143,29 @@ pub const WRITER_ARG: &str = "--console-log-writer";
 /// ends when the pipe closes, having written everything, even after the VMM was killed;
 /// it inherits the VMM's blocked stop signals, so a Ctrl-C for the VMM does not cut the
 /// log short.
+///
+/// It re-runs the current executable, so only `kvnet-vmm` itself (or a program that
+/// calls [`run_writer`] for [`WRITER_ARG`] as its `main` does) can use it.
 #[derive(Debug)]
 pub struct LogProcess {
     input: Option<ChildStdin>,
-    /// Closes when the process ends: read to its end, it says the last write is done.
-    ended: Option<ChildStdout>,
-    _process: Child,
+    process: Child,
 }
 
 impl LogProcess {
     /// Starts the writer of `path`. The file is opened here first, so that one that
-    /// cannot be written is refused before the VM starts.
+    /// cannot be written is refused before the VM starts. The writer's stdout and
+    /// stderr are the VMM's (`file:/dev/stdout` is the VMM's stdout).
     pub fn spawn(path: &Path) -> io::Result<LogProcess> {
         ConsoleLog::open(path)?;
         let mut process = Command::new(std::env::current_exe()?)
             .arg(WRITER_ARG)
             .arg(path)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
             .spawn()?;
         Ok(LogProcess {
             input: process.stdin.take(),
-            ended: process.stdout.take(),
-            _process: process,
+            process,
         })
     }
 }
@@ -187,8 +187,8 @@ impl Drop for LogProcess {
     /// Closes the pipe and waits until the writer has written it all and ended.
     fn drop(&mut self) {
         drop(self.input.take());
-        if let Some(mut ended) = self.ended.take() {
-            let _ = ended.read(&mut [0u8; 1]);
+        if let Err(error) = self.process.wait() {
+            tracing::warn!(%error, "console log writer not waited for");
         }
     }
 }

@@ -168,8 +168,13 @@ impl IntxLine {
         router: Arc<dyn IntxRouter>,
         level: LevelSource,
     ) -> Result<IntxLine, IntxError> {
-        let fd =
-            |what| EventFd::new(EFD_NONBLOCK).map_err(|source| IntxError::Fd { what, gsi, source });
+        let fd = |what| {
+            EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| IntxError::Fd {
+                what,
+                gsi,
+                source,
+            })
+        };
         let irqfd = fd("irqfd")?;
         let resample = fd("resample eventfd")?;
         let stop = fd("stop eventfd")?;

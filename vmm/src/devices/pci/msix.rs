@@ -139,7 +139,7 @@ impl Msix {
         }
         let mut vectors = Vec::with_capacity(count.into());
         for vector in 0..count {
-            let irqfd = EventFd::new(libc::EFD_NONBLOCK)
+            let irqfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
                 .map_err(|source| MsixError::EventFd { vector, source })?;
             let gsi = router
                 .allocate_gsi()

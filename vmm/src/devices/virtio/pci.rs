@@ -399,7 +399,7 @@ impl VirtioPciDevice {
             .map_err(VirtioPciError::Msix)?;
         let notify = (0..queue_count)
             .map(|queue| {
-                EventFd::new(EFD_NONBLOCK)
+                EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)
                     .map_err(|source| VirtioPciError::EventFd { queue, source })
             })
             .collect::<Result<Vec<_>, _>>()?;

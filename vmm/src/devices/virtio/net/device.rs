@@ -318,7 +318,7 @@ impl VirtioDevice for Net {
     ) -> Result<(), ActivateError> {
         // Made before the worker takes the backend: a failure after that would lose it,
         // and every later activation would fail.
-        let kill = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Spawn)?;
+        let kill = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(ActivateError::Spawn)?;
         let kill_worker = kill.try_clone().map_err(ActivateError::Spawn)?;
         let worker = self.prepare_worker(mem, Arc::clone(&interrupt), queues);
         let worker = match worker {

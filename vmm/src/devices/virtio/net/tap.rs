@@ -175,6 +175,15 @@ impl Tap {
         // no second OwnedFd is ever created for it.
         let owned = unsafe { OwnedFd::from_raw_fd(raw) };
         taken.insert(raw);
+        // Inherited to be this NIC's, not to be passed on (the console log's process).
+        nix::fcntl::fcntl(
+            &owned,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(|e| TapError::NotOpen {
+            fd: raw,
+            source: e.into(),
+        })?;
         Tap::from_fd(owned)
     }
 
