@@ -82,6 +82,16 @@ struct Record {
 }
 
 /// The lease database of one network.
+/// What became of one record of the lease file.
+#[derive(Debug, PartialEq, Eq)]
+enum Loaded {
+    Yes,
+    /// Expired, or no longer allowed by the configuration.
+    Stale,
+    /// Unreadable.
+    Invalid,
+}
+
 #[derive(Debug)]
 pub struct LeaseDb {
     network: String,
@@ -131,7 +141,7 @@ impl LeaseDb {
     }
 
     /// Loads `path` (a missing file is an empty database), dropping expired leases and
-    /// those the configuration does not allow.
+    /// those the configuration does not allow, and rewrites it without them.
     pub fn open(config: &Dhcp6Config, path: &Path, now: i64) -> Result<LeaseDb, Error> {
         let mut db = LeaseDb::in_memory(config);
         let mut text = Vec::new();
@@ -156,38 +166,54 @@ impl LeaseDb {
                 });
             }
         }
-        db.load(&text, now);
+        let dropped = db.load(&text, now);
         db.path = Some(path.to_path_buf());
+        if dropped > 0 {
+            // Rewritten without them: they are not read, and warned about, again.
+            db.dirty = true;
+            if let Err(e) = db.commit(now) {
+                tracing::warn!(network = %db.network, error = %crate::manager::error_chain(&e), "DHCPv6 lease file keeps its dropped records until the next change");
+            }
+        }
         Ok(db)
     }
 
-    fn load(&mut self, text: &[u8], now: i64) {
-        let mut skipped = 0usize;
+    /// Loads the records of `text`; returns how many were dropped. Expired ones, and
+    /// those the configuration no longer allows, are dropped quietly, as leases expire
+    /// while the daemon runs; unreadable ones are warned about.
+    fn load(&mut self, text: &[u8], now: i64) -> usize {
+        let (mut invalid, mut stale) = (0usize, 0usize);
         for line in text.split(|&b| b == b'\n') {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let loaded = serde_json::from_slice::<Record>(line)
+            match serde_json::from_slice::<Record>(line)
                 .ok()
-                .is_some_and(|record| self.load_record(record, now));
-            if !loaded {
-                skipped += 1;
+                .map(|record| self.load_record(record, now))
+            {
+                Some(Loaded::Yes) => {}
+                Some(Loaded::Stale) => stale += 1,
+                Some(Loaded::Invalid) | None => invalid += 1,
             }
         }
-        if skipped > 0 {
-            tracing::warn!(network = %self.network, skipped, "DHCPv6 lease file: skipped invalid or stale records");
+        if invalid > 0 {
+            tracing::warn!(network = %self.network, skipped = invalid, "DHCPv6 lease file: skipped unreadable records");
         }
+        if stale > 0 {
+            tracing::debug!(network = %self.network, stale, "DHCPv6 lease file: dropped expired or no longer allowed leases");
+        }
+        invalid + stale
     }
 
-    fn load_record(&mut self, record: Record, now: i64) -> bool {
+    fn load_record(&mut self, record: Record, now: i64) -> Loaded {
         let Some(duid) = parse_hex_bytes(&record.duid, MAX_DUID) else {
-            return false;
+            return Loaded::Invalid;
         };
         let mac = match record.mac {
             Some(text) => match parse_hex_bytes(&text, 6).and_then(|m| <[u8; 6]>::try_from(m).ok())
             {
                 Some(mac) => Some(mac),
-                None => return false,
+                None => return Loaded::Invalid,
             },
             None => None,
         };
@@ -209,7 +235,7 @@ impl LeaseDb {
             || !self.assignable(&key, reservation.as_ref(), record.ip, now)
             || self.by_client.contains_key(&key)
         {
-            return false;
+            return Loaded::Stale;
         }
         self.insert(
             record.ip,
@@ -221,7 +247,7 @@ impl LeaseDb {
                 state: LeaseState::Bound,
             },
         );
-        true
+        Loaded::Yes
     }
 
     /// Applies a (new) configuration; leases are kept, and those it no longer allows
@@ -880,8 +906,13 @@ mod tests {
         assert_eq!(web.mac, Some([0x52, 0x54, 0, 0, 0, 1]));
         assert_eq!(web.expiry_unix, 3600);
         assert_eq!(leases.iter().find(|l| l.ip == b).unwrap().expiry_unix, 0);
-        // Expired by the time of the next load.
+        // What was dropped is dropped from the file too: the next load finds only the
+        // two leases.
+        let reread = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(reread.lines().count(), 2, "{reread}");
+        // Expired by the time of the next load, and gone from the file.
         let db = LeaseDb::open(&config, &path, 4000).unwrap();
         assert_eq!(db.leases(4000).len(), 1);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
     }
 }
