@@ -39,6 +39,19 @@ fn kvnet_as_in(daemon: &Daemon, uid: u32, groups: &[u32], args: &[&str]) -> std:
         .expect("run setpriv")
 }
 
+/// `out` is a successful `net-list -q` of the running `default` network alone.
+fn assert_lists_only_default(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        " default   active   yes   yes\n"
+    );
+}
+
 #[test]
 fn strangers_may_read_but_not_change() {
     if !require(DAEMON_NEEDS) || !require(&[Need::Program("setpriv")]) {
@@ -68,15 +81,7 @@ fn strangers_may_read_but_not_change() {
         .expect("chmod socket");
 
     let out = kvnet_as_nobody(&daemon, &["-q", "net-list"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        " default   active   yes   yes\n"
-    );
+    assert_lists_only_default(&out);
 
     let out = kvnet_as_nobody(&daemon, &["net-destroy", "default"]);
     assert_eq!(out.status.code(), Some(1));
@@ -119,15 +124,7 @@ fn the_read_only_socket_lets_anyone_read_and_nobody_change() {
         "{err}"
     );
     let out = kvnet_as_nobody(&daemon, &["-r", "-q", "net-list"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        " default   active   yes   yes\n"
-    );
+    assert_lists_only_default(&out);
 
     // The CLI refuses changes under -r itself; the daemon refuses them on that socket.
     let root = netd::api::client::Client::new(&read_only);

@@ -405,6 +405,15 @@ fn wait_for(buffer: &SharedBuffer, text: &str) {
     }
 }
 
+/// A guest that prints "spinning" and then spins until it is stopped.
+fn spin_guest(dir: &std::path::Path) -> std::path::PathBuf {
+    testing::write_guest(dir, "spin.elf", |a| {
+        print(a, "spinning\n")?;
+        testing::spin(a)
+    })
+    .expect("assemble")
+}
+
 /// SIGTERM, SIGINT and SIGHUP stop the VM as a poweroff ends it: the console's output
 /// is all written, and the VMM says so and exits 0, as QEMU does on SIGTERM.
 #[test]
@@ -415,11 +424,7 @@ fn stop_signals_end_the_vmm_cleanly_with_status_0() {
         return;
     }
     let dir = tempfile::tempdir().expect("tmp");
-    let kernel = testing::write_guest(dir.path(), "spin.elf", |a| {
-        print(a, "spinning\n")?;
-        testing::spin(a)
-    })
-    .expect("assemble");
+    let kernel = spin_guest(dir.path());
     for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         let mut child = spawn_binary(&["--kernel", kernel.to_str().expect("utf8")], "info");
         let stdout = watch_stdout(&mut child);
@@ -448,11 +453,7 @@ fn the_console_logs_process_holds_nothing_of_the_vms() {
         return;
     }
     let dir = tempfile::tempdir().expect("tmp");
-    let kernel = testing::write_guest(dir.path(), "spin.elf", |a| {
-        print(a, "spinning\n")?;
-        testing::spin(a)
-    })
-    .expect("assemble");
+    let kernel = spin_guest(dir.path());
     let log = dir.path().join("console.log");
     let child = spawn_binary(
         &[
