@@ -77,7 +77,8 @@ impl Engine {
         lease_file: &Path,
         now: i64,
     ) -> Result<Engine, Error> {
-        let leases = LeaseDb::open(&config, lease_file, now)?;
+        let mut leases = LeaseDb::open(&config, lease_file, now)?;
+        leases.forget_dropped(now);
         Ok(Engine {
             server_duid: config.server_duid(),
             config,

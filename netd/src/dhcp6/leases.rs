@@ -141,7 +141,7 @@ impl LeaseDb {
     }
 
     /// Loads `path` (a missing file is an empty database), dropping expired leases and
-    /// those the configuration does not allow, and rewrites it without them.
+    /// those the configuration does not allow. Writes nothing.
     pub fn open(config: &Dhcp6Config, path: &Path, now: i64) -> Result<LeaseDb, Error> {
         let mut db = LeaseDb::in_memory(config);
         let mut text = Vec::new();
@@ -166,16 +166,20 @@ impl LeaseDb {
                 });
             }
         }
-        let dropped = db.load(&text, now);
+        // What was dropped goes from the file at the next commit
+        // ([`LeaseDb::forget_dropped`] for a server starting).
+        db.dirty = db.load(&text, now) > 0;
         db.path = Some(path.to_path_buf());
-        if dropped > 0 {
-            // Rewritten without them: they are not read, and warned about, again.
-            db.dirty = true;
-            if let Err(e) = db.commit(now) {
-                tracing::warn!(network = %db.network, error = %crate::manager::error_chain(&e), "DHCPv6 lease file keeps its dropped records until the next change");
-            }
-        }
         Ok(db)
+    }
+
+    /// Rewrites the file without the records its load dropped, so that they are not
+    /// read, and warned about, again; for a server starting (a look at the leases of a
+    /// stopped network writes nothing).
+    pub fn forget_dropped(&mut self, now: i64) {
+        if let Err(e) = self.commit(now) {
+            tracing::warn!(network = %self.network, error = %crate::manager::error_chain(&e), "DHCPv6 lease file keeps its dropped records until the next change");
+        }
     }
 
     /// Loads the records of `text`; returns how many were dropped. Expired ones, and
@@ -896,7 +900,10 @@ mod tests {
             b"{\"ip\":\"::1\",\"duid\":\"00\",\"iaid\":1,\"expiry\":99}\nnot json\n\xff\n",
         );
         std::fs::write(&path, &text).unwrap();
-        let db = LeaseDb::open(&config, &path, 100).unwrap();
+        let mut db = LeaseDb::open(&config, &path, 100).unwrap();
+        // Only reading leaves the file as it was.
+        assert_eq!(std::fs::read(&path).unwrap(), text);
+        db.forget_dropped(100);
         let leases = db.leases(100);
         assert_eq!(leases.len(), 2, "{leases:?}");
         assert_eq!(db.binding(&key(1), 100), Some(a));
@@ -911,8 +918,9 @@ mod tests {
         let reread = std::fs::read_to_string(&path).unwrap();
         assert_eq!(reread.lines().count(), 2, "{reread}");
         // Expired by the time of the next load, and gone from the file.
-        let db = LeaseDb::open(&config, &path, 4000).unwrap();
+        let mut db = LeaseDb::open(&config, &path, 4000).unwrap();
         assert_eq!(db.leases(4000).len(), 1);
+        db.forget_dropped(4000);
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
     }
 }

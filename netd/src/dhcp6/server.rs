@@ -169,11 +169,13 @@ struct Senders {
 }
 
 impl Senders {
-    /// The MAC of each datagram's client, for those that may bind an address (SOLICIT
-    /// with rapid commit, REQUEST, RENEW, REBIND, sent to the servers' group): one
-    /// question to the kernel per sender, none taking over [`NEIGHBOUR_TIMEOUT`].
+    /// The MAC of each datagram's client, for those that may bind an address (SOLICIT,
+    /// which does with rapid commit, REQUEST, RENEW, REBIND, sent to the servers'
+    /// group): one question to the kernel per sender, none taking over
+    /// [`NEIGHBOUR_TIMEOUT`], all of them over [`BATCH_NEIGHBOUR_TIMEOUT`].
     async fn macs_of(&self, batch: &[Datagram]) -> Vec<Option<[u8; 6]>> {
         const BINDING: [u8; 4] = [1, 3, 5, 6];
+        let deadline = tokio::time::Instant::now() + BATCH_NEIGHBOUR_TIMEOUT;
         let mut known: Vec<(Ipv6Addr, Option<[u8; 6]>)> = Vec::new();
         let mut macs = Vec::with_capacity(batch.len());
         for datagram in batch {
@@ -188,13 +190,11 @@ impl Senders {
             } else if let Some((_, mac)) = known.iter().find(|(address, _)| *address == from) {
                 *mac
             } else {
-                let mac = tokio::time::timeout(
-                    NEIGHBOUR_TIMEOUT,
-                    self.link.neighbour_mac(self.index, from),
-                )
-                .await
-                .ok()
-                .flatten();
+                let until = deadline.min(tokio::time::Instant::now() + NEIGHBOUR_TIMEOUT);
+                let mac = tokio::time::timeout_at(until, self.link.neighbour_mac(self.index, from))
+                    .await
+                    .ok()
+                    .flatten();
                 known.push((from, mac));
                 mac
             };
@@ -207,6 +207,9 @@ impl Senders {
 /// Longest a neighbour lookup may hold up a batch; a binding without it is listed
 /// with the MAC its DUID or address carries.
 const NEIGHBOUR_TIMEOUT: Duration = Duration::from_millis(100);
+/// Longest the lookups of one batch may hold up its replies (a flood from made-up
+/// addresses, a slow netlink socket): past it, the rest go without.
+const BATCH_NEIGHBOUR_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// One datagram of a batch: its bytes, its sender, and whether it came to a unicast
 /// address of the server.

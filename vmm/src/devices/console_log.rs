@@ -12,7 +12,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 
@@ -36,6 +36,39 @@ pub struct ConsoleLog {
     max_bytes: Option<u64>,
 }
 
+/// Opens (or creates) `path` for appending. A FIFO nobody reads is refused at once
+/// (ENXIO) rather than waited for: the VMM's stop signals are not heard yet while it
+/// opens its console.
+pub fn open_for_appending(path: &Path) -> io::Result<File> {
+    if let Some(stdout) = own_stdout_at(path) {
+        return Ok(stdout);
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    // Blocking again: a reader that falls behind slows the writer, it loses nothing.
+    let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?;
+    let blocking = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(blocking))?;
+    Ok(file)
+}
+
+/// This process's stdout, if `path` names it (`/dev/stdout`, `/proc/self/fd/1`, or the
+/// file it is redirected to): written through the same open file, whose offset the
+/// shell's next write shares, where a file opened anew would be written over.
+fn own_stdout_at(path: &Path) -> Option<File> {
+    use std::os::fd::AsFd;
+    let stdout = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(File::from)?;
+    let (named, open) = (std::fs::metadata(path).ok()?, stdout.metadata().ok()?);
+    ((named.dev(), named.ino()) == (open.dev(), open.ino())).then_some(stdout)
+}
+
 impl ConsoleLog {
     /// Opens (or creates) `path` for appending; what it holds already counts.
     pub fn open(path: &Path) -> io::Result<ConsoleLog> {
@@ -43,6 +76,11 @@ impl ConsoleLog {
     }
 
     fn with_limit(path: &Path, max_bytes: u64) -> io::Result<ConsoleLog> {
+        ConsoleLog::with_file(path, open_for_appending(path)?, max_bytes)
+    }
+
+    /// The log at `path`, whose file is open already as `file`.
+    fn with_file(path: &Path, file: File, max_bytes: u64) -> io::Result<ConsoleLog> {
         let mut log = ConsoleLog {
             path: path.to_owned(),
             file: None,
@@ -50,17 +88,18 @@ impl ConsoleLog {
             written: 0,
             max_bytes: None,
         };
-        log.reopen()?;
+        log.take(file)?;
         log.max_bytes = log.path_is_ours().then_some(max_bytes);
         Ok(log)
     }
 
     /// Opens `path` as it is now (made anew if it is gone).
     fn reopen(&mut self) -> io::Result<()> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        self.take(open_for_appending(&self.path)?)
+    }
+
+    /// Writes to `file` from now on.
+    fn take(&mut self, file: File) -> io::Result<()> {
         let metadata = file.metadata()?;
         self.identity = (metadata.dev(), metadata.ino());
         self.written = metadata.len();
@@ -153,15 +192,17 @@ pub struct LogProcess {
 }
 
 impl LogProcess {
-    /// Starts the writer of `path`. The file is opened here first, so that one that
-    /// cannot be written is refused before the VM starts. The writer's stdout and
-    /// stderr are the VMM's (`file:/dev/stdout` is the VMM's stdout).
+    /// Starts the writer of `path`. The file is opened here, once, so that one that
+    /// cannot be written is refused before the VM starts, and handed to the writer as
+    /// its stdout (a FIFO's reader sees one writer from start to end); its stderr is
+    /// the VMM's.
     pub fn spawn(path: &Path) -> io::Result<LogProcess> {
-        ConsoleLog::open(path)?;
+        let file = open_for_appending(path)?;
         let mut process = Command::new(std::env::current_exe()?)
             .arg(WRITER_ARG)
             .arg(path)
             .stdin(Stdio::piped())
+            .stdout(Stdio::from(file))
             .spawn()?;
         Ok(LogProcess {
             input: process.stdin.take(),
@@ -193,13 +234,19 @@ impl Drop for LogProcess {
     }
 }
 
-/// The writer process: copies its stdin into the console log at `path` until the end of
-/// its input, then exits.
+/// The writer process: copies its stdin into the console log at `path`, whose file
+/// [`LogProcess::spawn`] opened as its stdout, until the end of its input, then exits.
 pub fn run_writer(path: &Path) -> std::process::ExitCode {
-    let mut log = match ConsoleLog::open(path) {
+    use std::os::fd::AsFd;
+    let opened = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(File::from)
+        .and_then(|file| ConsoleLog::with_file(path, file, MAX_FILE_BYTES));
+    let mut log = match opened {
         Ok(log) => log,
         Err(error) => {
-            eprintln!("kvnet-vmm: cannot open {}: {error}", path.display());
+            eprintln!("kvnet-vmm: console log {}: {error}", path.display());
             return std::process::ExitCode::FAILURE;
         }
     };
