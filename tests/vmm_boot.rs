@@ -157,6 +157,49 @@ fn binary_serial_file_and_none_sinks() {
     ]);
     assert_eq!(code, Some(1), "stderr: {stderr}");
     assert!(stderr.contains("No such device or address"), "{stderr}");
+
+    // The file stdout is appended to, full: written through, never rotated (a rename
+    // would take the shell's file away).
+    let full = dir.path().join("full.txt");
+    let limit = vmm::devices::console_log::MAX_FILE_BYTES as usize;
+    std::fs::write(&full, vec![b'#'; limit]).expect("a full log");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' --kernel '{}' --serial 'file:{}' 2>/dev/null >> '{}'; echo after >> '{2}'",
+            env!("CARGO_BIN_EXE_kvnet-vmm"),
+            kernel.display(),
+            full.display(),
+            full.display()
+        ))
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    let text = std::fs::read(&full).expect("full");
+    assert!(
+        text.ends_with(b"#Hello from a kvnet mini-guest\nafter\n"),
+        "{:?}",
+        String::from_utf8_lossy(&text[text.len().saturating_sub(80)..])
+    );
+    assert!(!dir.path().join("full.txt.0").exists());
+
+    // Stderr too: the console line and the VMM's last word, in order.
+    let err = dir.path().join("err.txt");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' --kernel '{}' --serial file:/dev/stderr 2> '{}' >/dev/null",
+            env!("CARGO_BIN_EXE_kvnet-vmm"),
+            kernel.display(),
+            err.display()
+        ))
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    assert_eq!(
+        std::fs::read_to_string(&err).expect("err"),
+        "Hello from a kvnet mini-guest\nkvnet-vmm: guest powered off\n"
+    );
 }
 
 #[test]
@@ -513,6 +556,11 @@ fn the_console_logs_process_holds_nothing_of_the_vms() {
     // The log it was handed (and its own copy), its pipes, and what this test's own
     // parent left open for its children; nothing the VMM opened for the VM.
     assert!(held.contains(&log.display().to_string()), "{held:?}");
+    // The log it was handed as its stdout is its own copy now; fd 1 is let go.
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/fd/1", writer[0])).expect("fd 1"),
+        std::path::Path::new("/dev/null")
+    );
     assert!(
         !held.iter().any(|target| target.starts_with("anon_inode:")
             || target == "/dev/kvm"

@@ -504,8 +504,15 @@ pub fn main() -> ExitCode {
         .next()
         .is_some_and(|arg| arg == devices::console_log::WRITER_ARG)
     {
-        return match (args.next(), args.next()) {
-            (Some(path), None) => devices::console_log::run_writer(std::path::Path::new(&path)),
+        let path = args.next();
+        let stdio = args.next();
+        return match (path, stdio, args.next()) {
+            (Some(path), None, None) => {
+                devices::console_log::run_writer(std::path::Path::new(&path), false)
+            }
+            (Some(path), Some(stdio), None) if stdio == devices::console_log::WRITER_STDIO_ARG => {
+                devices::console_log::run_writer(std::path::Path::new(&path), true)
+            }
             _ => ExitCode::from(2),
         };
     }

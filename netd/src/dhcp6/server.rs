@@ -185,7 +185,7 @@ impl Senders {
                     .bytes
                     .first()
                     .is_some_and(|kind| BINDING.contains(kind));
-            let mac = if !binding {
+            let mac = if !binding || tokio::time::Instant::now() >= deadline {
                 None
             } else if let Some((_, mac)) = known.iter().find(|(address, _)| *address == from) {
                 *mac

@@ -31,42 +31,63 @@ pub struct ConsoleLog {
     identity: (u64, u64),
     /// Bytes in the current file.
     written: u64,
-    /// Most bytes in one file; `None` when `path` is no regular file of its own (a
+    /// Most bytes in one file, for a log that may rotate at all (not one written
+    /// through this process's stdout or stderr).
+    limit: Option<u64>,
+    /// The limit while `path` is a regular file of its own; `None` while it is not (a
     /// device, a FIFO, a symlink such as `/dev/stdout`), which is never rotated.
     max_bytes: Option<u64>,
 }
 
-/// Opens (or creates) `path` for appending. A FIFO nobody reads is refused at once
-/// (ENXIO) rather than waited for: the VMM's stop signals are not heard yet while it
-/// opens its console.
-pub fn open_for_appending(path: &Path) -> io::Result<File> {
-    if let Some(stdout) = own_stdout_at(path) {
-        return Ok(stdout);
+/// A console log's file as [`open_for_appending`] opened it.
+#[derive(Debug)]
+pub struct LogFile {
+    file: File,
+    /// This process's stdout or stderr, named by a path: written through, and never
+    /// rotated (a rename would move the file the shell writes to).
+    stdio: bool,
+}
+
+/// Opens (or creates, mode 0600 as virtlogd creates them: a console may show secrets)
+/// `path` for appending. A path naming this process's stdout or stderr (`/dev/stdout`,
+/// `/proc/self/fd/2`, the file either is redirected to) is written through that open
+/// file, whose offset the shell's next write shares, where a file opened anew would be
+/// written over. A FIFO nobody reads is refused at once (ENXIO) rather than waited for:
+/// the VMM's stop signals are not heard yet while it opens its console. With
+/// `follow_links` false, a symlink is refused (ELOOP): one planted where a rotated log
+/// was must not take its output.
+pub fn open_for_appending(path: &Path, follow_links: bool) -> io::Result<LogFile> {
+    if let Some(file) = own_stdio_at(path) {
+        return Ok(LogFile { file, stdio: true });
+    }
+    let mut flags = libc::O_NONBLOCK;
+    if !follow_links {
+        flags |= libc::O_NOFOLLOW;
     }
     let file = OpenOptions::new()
         .create(true)
         .append(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .mode(0o600)
+        .custom_flags(flags)
         .open(path)?;
     // Blocking again: a reader that falls behind slows the writer, it loses nothing.
     let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?;
     let blocking = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
     nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(blocking))?;
-    Ok(file)
+    Ok(LogFile { file, stdio: false })
 }
 
-/// This process's stdout, if `path` names it (`/dev/stdout`, `/proc/self/fd/1`, or the
-/// file it is redirected to): written through the same open file, whose offset the
-/// shell's next write shares, where a file opened anew would be written over.
-fn own_stdout_at(path: &Path) -> Option<File> {
+/// A copy of this process's stdout or stderr, if `path` names it.
+fn own_stdio_at(path: &Path) -> Option<File> {
     use std::os::fd::AsFd;
-    let stdout = io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .ok()
-        .map(File::from)?;
-    let (named, open) = (std::fs::metadata(path).ok()?, stdout.metadata().ok()?);
-    ((named.dev(), named.ino()) == (open.dev(), open.ino())).then_some(stdout)
+    let named = std::fs::metadata(path).ok()?;
+    [io::stdout().as_fd(), io::stderr().as_fd()]
+        .into_iter()
+        .filter_map(|fd| fd.try_clone_to_owned().ok().map(File::from))
+        .find(|file| {
+            file.metadata()
+                .is_ok_and(|open| (open.dev(), open.ino()) == (named.dev(), named.ino()))
+        })
 }
 
 impl ConsoleLog {
@@ -76,34 +97,39 @@ impl ConsoleLog {
     }
 
     fn with_limit(path: &Path, max_bytes: u64) -> io::Result<ConsoleLog> {
-        ConsoleLog::with_file(path, open_for_appending(path)?, max_bytes)
+        ConsoleLog::with_file(path, open_for_appending(path, true)?, max_bytes)
     }
 
-    /// The log at `path`, whose file is open already as `file`.
-    fn with_file(path: &Path, file: File, max_bytes: u64) -> io::Result<ConsoleLog> {
+    /// The log at `path`, whose file is open already.
+    fn with_file(path: &Path, opened: LogFile, max_bytes: u64) -> io::Result<ConsoleLog> {
         let mut log = ConsoleLog {
             path: path.to_owned(),
             file: None,
             identity: (0, 0),
             written: 0,
+            limit: (!opened.stdio).then_some(max_bytes),
             max_bytes: None,
         };
-        log.take(file)?;
-        log.max_bytes = log.path_is_ours().then_some(max_bytes);
+        log.take(opened.file)?;
         Ok(log)
     }
 
     /// Opens `path` as it is now (made anew if it is gone).
-    fn reopen(&mut self) -> io::Result<()> {
-        self.take(open_for_appending(&self.path)?)
+    fn reopen(&mut self, follow_links: bool) -> io::Result<()> {
+        let opened = open_for_appending(&self.path, follow_links)?;
+        if opened.stdio {
+            self.limit = None;
+        }
+        self.take(opened.file)
     }
 
-    /// Writes to `file` from now on.
+    /// Writes to `file` from now on; it rotates if `path` is that file, a regular file.
     fn take(&mut self, file: File) -> io::Result<()> {
         let metadata = file.metadata()?;
         self.identity = (metadata.dev(), metadata.ino());
         self.written = metadata.len();
         self.file = Some(file);
+        self.max_bytes = self.limit.filter(|_| self.path_is_ours());
         Ok(())
     }
 
@@ -126,7 +152,8 @@ impl ConsoleLog {
     /// moved or removed the file meanwhile, only starts writing to `PATH` as it is. A
     /// failed rename writes nothing more until one works: the limit holds either way.
     fn rotate(&mut self) -> io::Result<()> {
-        if self.path_is_ours() {
+        let renamed = self.path_is_ours();
+        if renamed {
             self.file = None;
             for n in (1..BACKUPS).rev() {
                 match std::fs::rename(self.backup(n - 1), self.backup(n)) {
@@ -136,14 +163,15 @@ impl ConsoleLog {
             }
             std::fs::rename(&self.path, self.backup(0))?;
         }
-        self.reopen()
+        // Where the renamed file was, a new one, not whatever someone put there.
+        self.reopen(!renamed)
     }
 }
 
 impl Write for ConsoleLog {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.file.is_none() {
-            self.reopen()?;
+            self.reopen(true)?;
         }
         if let Some(max_bytes) = self.max_bytes
             && self.written > 0
@@ -164,7 +192,24 @@ impl Write for ConsoleLog {
                 .unwrap_or(usize::MAX)
                 .max(1)
         });
-        let written = file.write(&buf[..buf.len().min(room)])?;
+        let chunk = &buf[..buf.len().min(room)];
+        let written = loop {
+            match file.write(chunk) {
+                // A stdout someone made non-blocking: wait for room, lose nothing.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    use std::os::fd::AsFd;
+                    let mut ready = [nix::poll::PollFd::new(
+                        file.as_fd(),
+                        nix::poll::PollFlags::POLLOUT,
+                    )];
+                    match nix::poll::poll(&mut ready, nix::poll::PollTimeout::NONE) {
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                other => break other?,
+            }
+        };
         self.written += written as u64;
         Ok(written)
     }
@@ -176,6 +221,8 @@ impl Write for ConsoleLog {
 
 /// The first argument that makes `kvnet-vmm` a console log writer ([`run_writer`]).
 pub const WRITER_ARG: &str = "--console-log-writer";
+/// After the path: the file handed over is the VMM's stdout or stderr, never rotated.
+pub const WRITER_STDIO_ARG: &str = "--stdio";
 
 /// A console log written by a process of its own: the `kvnet-vmm` binary run again with
 /// [`WRITER_ARG`], reading what the VMM writes from a pipe into a [`ConsoleLog`]. It
@@ -197,12 +244,15 @@ impl LogProcess {
     /// its stdout (a FIFO's reader sees one writer from start to end); its stderr is
     /// the VMM's.
     pub fn spawn(path: &Path) -> io::Result<LogProcess> {
-        let file = open_for_appending(path)?;
-        let mut process = Command::new(std::env::current_exe()?)
-            .arg(WRITER_ARG)
-            .arg(path)
+        let opened = open_for_appending(path, true)?;
+        let mut command = Command::new(std::env::current_exe()?);
+        command.arg(WRITER_ARG).arg(path);
+        if opened.stdio {
+            command.arg(WRITER_STDIO_ARG);
+        }
+        let mut process = command
             .stdin(Stdio::piped())
-            .stdout(Stdio::from(file))
+            .stdout(Stdio::from(opened.file))
             .spawn()?;
         Ok(LogProcess {
             input: process.stdin.take(),
@@ -235,14 +285,25 @@ impl Drop for LogProcess {
 }
 
 /// The writer process: copies its stdin into the console log at `path`, whose file
-/// [`LogProcess::spawn`] opened as its stdout, until the end of its input, then exits.
-pub fn run_writer(path: &Path) -> std::process::ExitCode {
+/// [`LogProcess::spawn`] opened as its stdout (the VMM's stdout or stderr when
+/// `stdio`), until the end of its input, then exits.
+pub fn run_writer(path: &Path, stdio: bool) -> std::process::ExitCode {
     use std::os::fd::AsFd;
     let opened = io::stdout()
         .as_fd()
         .try_clone_to_owned()
-        .map(File::from)
-        .and_then(|file| ConsoleLog::with_file(path, file, MAX_FILE_BYTES));
+        .map(|fd| LogFile {
+            file: File::from(fd),
+            stdio,
+        })
+        .and_then(|file| ConsoleLog::with_file(path, file, MAX_FILE_BYTES))
+        // Its own copy is what it writes to: a file it rotates away must not stay
+        // open, and hold its space, until the VM ends.
+        .and_then(|log| {
+            let null = File::options().write(true).open("/dev/null")?;
+            nix::unistd::dup2_stdout(null)?;
+            Ok(log)
+        });
     let mut log = match opened {
         Ok(log) => log,
         Err(error) => {
@@ -347,6 +408,57 @@ mod tests {
         log.write_all(b"ijkl").expect("write");
         assert_eq!(std::fs::read(&path).expect("read"), b"ijkl");
         assert!(!log.backup(0).exists());
+    }
+
+    /// A symlink put in the log's place (or a file over the limit that is not the log's
+    /// own) is written to as it is, in whole writes: not rotated, and not a byte and a
+    /// reopen at a time.
+    #[test]
+    fn a_symlink_put_in_the_logs_place_is_written_through_whole() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("console.log");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"0123456789").expect("over the limit already");
+        let mut log = ConsoleLog::with_limit(&path, 4).expect("open");
+        log.write_all(b"ab").expect("write");
+        std::fs::remove_file(&path).expect("rm");
+        std::os::unix::fs::symlink(&elsewhere, &path).expect("symlink");
+        // Past the limit: the log looks at its path again and finds the link.
+        log.write_all(b"cdef").expect("write");
+        assert_eq!(log.max_bytes, None);
+        assert_eq!(log.write(b"ghijkl").expect("write"), 6);
+        assert_eq!(
+            std::fs::read(&elsewhere).expect("read"),
+            b"0123456789cdefghijkl"
+        );
+        assert!(!log.backup(0).exists());
+    }
+
+    /// After a rotation the new file is made where the old one was: a symlink planted
+    /// there in between is refused, not followed.
+    #[test]
+    fn a_symlink_planted_where_the_log_rotated_away_is_not_followed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("console.log");
+        let target = dir.path().join("target");
+        let mut log = ConsoleLog::with_limit(&path, 4).expect("open");
+        log.write_all(b"abcd").expect("write");
+        // What `rotate` does, with a symlink planted between its rename and its open.
+        std::fs::rename(&path, log.backup(0)).expect("rename");
+        std::os::unix::fs::symlink(&target, &path).expect("plant");
+        let refused = log.reopen(false).expect_err("a planted symlink");
+        assert_eq!(refused.raw_os_error(), Some(libc::ELOOP));
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn a_new_log_is_for_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("console.log");
+        ConsoleLog::with_limit(&path, 4).expect("open");
+        let mode = std::fs::metadata(&path).expect("log").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
