@@ -185,10 +185,12 @@ impl Senders {
                     .bytes
                     .first()
                     .is_some_and(|kind| BINDING.contains(kind));
-            let mac = if !binding || tokio::time::Instant::now() >= deadline {
+            let mac = if !binding {
                 None
             } else if let Some((_, mac)) = known.iter().find(|(address, _)| *address == from) {
                 *mac
+            } else if tokio::time::Instant::now() >= deadline {
+                None
             } else {
                 let until = deadline.min(tokio::time::Instant::now() + NEIGHBOUR_TIMEOUT);
                 let mac = tokio::time::timeout_at(until, self.link.neighbour_mac(self.index, from))

@@ -37,6 +37,9 @@ pub struct ConsoleLog {
     /// The limit while `path` is a regular file of its own; `None` while it is not (a
     /// device, a FIFO, a symlink such as `/dev/stdout`), which is never rotated.
     max_bytes: Option<u64>,
+    /// The log was renamed away: `path` must be made anew, and whatever someone put
+    /// there meanwhile (a symlink, a file) is refused until it is gone.
+    fresh: bool,
 }
 
 /// A console log's file as [`open_for_appending`] opened it.
@@ -53,23 +56,23 @@ pub struct LogFile {
 /// `/proc/self/fd/2`, the file either is redirected to) is written through that open
 /// file, whose offset the shell's next write shares, where a file opened anew would be
 /// written over. A FIFO nobody reads is refused at once (ENXIO) rather than waited for:
-/// the VMM's stop signals are not heard yet while it opens its console. With
-/// `follow_links` false, a symlink is refused (ELOOP): one planted where a rotated log
-/// was must not take its output.
-pub fn open_for_appending(path: &Path, follow_links: bool) -> io::Result<LogFile> {
-    if let Some(file) = own_stdio_at(path) {
+/// the VMM's stop signals are not heard yet while it opens its console. With `fresh`,
+/// the file must be made anew: what is there already, a symlink or a file someone put
+/// where a rotated log was, is refused (EEXIST, ELOOP) and takes none of its output.
+pub fn open_for_appending(path: &Path, fresh: bool) -> io::Result<LogFile> {
+    if !fresh && let Some(file) = own_stdio_at(path) {
         return Ok(LogFile { file, stdio: true });
     }
-    let mut flags = libc::O_NONBLOCK;
-    if !follow_links {
-        flags |= libc::O_NOFOLLOW;
+    let mut options = OpenOptions::new();
+    options.append(true).mode(0o600);
+    if fresh {
+        options
+            .create_new(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW);
+    } else {
+        options.create(true).custom_flags(libc::O_NONBLOCK);
     }
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(flags)
-        .open(path)?;
+    let file = options.open(path)?;
     // Blocking again: a reader that falls behind slows the writer, it loses nothing.
     let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?;
     let blocking = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
@@ -97,7 +100,7 @@ impl ConsoleLog {
     }
 
     fn with_limit(path: &Path, max_bytes: u64) -> io::Result<ConsoleLog> {
-        ConsoleLog::with_file(path, open_for_appending(path, true)?, max_bytes)
+        ConsoleLog::with_file(path, open_for_appending(path, false)?, max_bytes)
     }
 
     /// The log at `path`, whose file is open already.
@@ -109,14 +112,17 @@ impl ConsoleLog {
             written: 0,
             limit: (!opened.stdio).then_some(max_bytes),
             max_bytes: None,
+            fresh: false,
         };
         log.take(opened.file)?;
         Ok(log)
     }
 
-    /// Opens `path` as it is now (made anew if it is gone).
-    fn reopen(&mut self, follow_links: bool) -> io::Result<()> {
-        let opened = open_for_appending(&self.path, follow_links)?;
+    /// Opens `path` as it is now (made anew if it is gone), or, after a rotation, as a
+    /// new file only.
+    fn reopen(&mut self) -> io::Result<()> {
+        let opened = open_for_appending(&self.path, self.fresh)?;
+        self.fresh = false;
         if opened.stdio {
             self.limit = None;
         }
@@ -152,8 +158,7 @@ impl ConsoleLog {
     /// moved or removed the file meanwhile, only starts writing to `PATH` as it is. A
     /// failed rename writes nothing more until one works: the limit holds either way.
     fn rotate(&mut self) -> io::Result<()> {
-        let renamed = self.path_is_ours();
-        if renamed {
+        if self.path_is_ours() {
             self.file = None;
             for n in (1..BACKUPS).rev() {
                 match std::fs::rename(self.backup(n - 1), self.backup(n)) {
@@ -162,16 +167,17 @@ impl ConsoleLog {
                 }
             }
             std::fs::rename(&self.path, self.backup(0))?;
+            // Where the renamed file was, a new one, not whatever someone put there.
+            self.fresh = true;
         }
-        // Where the renamed file was, a new one, not whatever someone put there.
-        self.reopen(!renamed)
+        self.reopen()
     }
 }
 
 impl Write for ConsoleLog {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.file.is_none() {
-            self.reopen(true)?;
+            self.reopen()?;
         }
         if let Some(max_bytes) = self.max_bytes
             && self.written > 0
@@ -244,7 +250,7 @@ impl LogProcess {
     /// its stdout (a FIFO's reader sees one writer from start to end); its stderr is
     /// the VMM's.
     pub fn spawn(path: &Path) -> io::Result<LogProcess> {
-        let opened = open_for_appending(path, true)?;
+        let opened = open_for_appending(path, false)?;
         let mut command = Command::new(std::env::current_exe()?);
         command.arg(WRITER_ARG).arg(path);
         if opened.stdio {
@@ -434,8 +440,8 @@ mod tests {
         assert!(!log.backup(0).exists());
     }
 
-    /// After a rotation the new file is made where the old one was: a symlink planted
-    /// there in between is refused, not followed.
+    /// After a rotation the new file is made where the old one was: a symlink or a file
+    /// planted there in between is refused, write after write, until it is gone.
     #[test]
     fn a_symlink_planted_where_the_log_rotated_away_is_not_followed() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -445,10 +451,23 @@ mod tests {
         log.write_all(b"abcd").expect("write");
         // What `rotate` does, with a symlink planted between its rename and its open.
         std::fs::rename(&path, log.backup(0)).expect("rename");
+        log.file = None;
+        log.fresh = true;
         std::os::unix::fs::symlink(&target, &path).expect("plant");
-        let refused = log.reopen(false).expect_err("a planted symlink");
-        assert_eq!(refused.raw_os_error(), Some(libc::ELOOP));
+        for _ in 0..2 {
+            assert!(
+                log.write_all(b"secret").is_err(),
+                "refused, write after write"
+            );
+        }
         assert!(!target.exists());
+        // A file put there is refused too; once it is gone, a new log is made.
+        std::fs::remove_file(&path).expect("unplant");
+        std::fs::write(&path, b"").expect("plant a file");
+        assert!(log.write_all(b"secret").is_err());
+        std::fs::remove_file(&path).expect("unplant");
+        log.write_all(b"abc").expect("write");
+        assert_eq!(std::fs::read(&path).expect("read"), b"abc");
     }
 
     #[test]
