@@ -384,3 +384,44 @@ fn kernel_and_initrd_must_be_regular_files() {
         assert!(err.contains(&message), "{args:?}: {err}");
     }
 }
+
+/// The console log's writer process (`kvnet-vmm --console-log-writer PATH`) reports a
+/// failed rotation and goes on: with its stderr gone (a closed terminal, a pipe whose
+/// reader ended), the report is dropped, not the writer and the rest of the console.
+#[test]
+fn the_console_writer_outlives_a_stderr_nobody_reads() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = dir.path().join("console.log");
+    let full = vmm::devices::console_log::MAX_FILE_BYTES as usize;
+    std::fs::write(&log, vec![b'#'; full]).expect("a full log");
+    // PATH.1 cannot move to PATH.2, a directory that is not empty: rotation fails.
+    std::fs::write(dir.path().join("console.log.1"), b"older").expect("a backup");
+    let blocker = dir.path().join("console.log.2");
+    std::fs::create_dir(&blocker).expect("dir");
+    std::fs::write(blocker.join("x"), b"").expect("not empty");
+    let handed = std::fs::File::options()
+        .append(true)
+        .open(&log)
+        .expect("the log, as the VMM hands it over");
+    let mut writer = Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"))
+        .arg(vmm::devices::console_log::WRITER_ARG)
+        .arg(&log)
+        .stdin(std::process::Stdio::piped())
+        .stdout(handed)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the writer");
+    drop(writer.stderr.take());
+    let mut input = writer.stdin.take().expect("stdin");
+    input.write_all(b"FIRST\n").expect("first");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::remove_dir_all(&blocker).expect("unblock");
+    input
+        .write_all(b"SECOND\n")
+        .expect("second: the writer still reads");
+    drop(input);
+    let status = writer.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(std::fs::read_to_string(&log).expect("log"), "SECOND\n");
+}

@@ -513,7 +513,14 @@ pub fn main() -> ExitCode {
             (Some(path), Some(stdio), None) if stdio == devices::console_log::WRITER_STDIO_ARG => {
                 devices::console_log::run_writer(std::path::Path::new(&path), true)
             }
-            _ => ExitCode::from(2),
+            _ => {
+                eprintln!(
+                    "kvnet-vmm: usage: kvnet-vmm {} PATH [{}] (the VMM's own console log writer)",
+                    devices::console_log::WRITER_ARG,
+                    devices::console_log::WRITER_STDIO_ARG
+                );
+                ExitCode::from(2)
+            }
         };
     }
     let cli = Cli::parse();

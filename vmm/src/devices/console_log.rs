@@ -122,11 +122,12 @@ impl ConsoleLog {
     /// new file only.
     fn reopen(&mut self) -> io::Result<()> {
         let opened = open_for_appending(&self.path, self.fresh)?;
-        self.fresh = false;
         if opened.stdio {
             self.limit = None;
         }
-        self.take(opened.file)
+        self.take(opened.file)?;
+        self.fresh = false;
+        Ok(())
     }
 
     /// Writes to `file` from now on; it rotates if `path` is that file, a regular file.
@@ -160,13 +161,21 @@ impl ConsoleLog {
     fn rotate(&mut self) -> io::Result<()> {
         if self.path_is_ours() {
             self.file = None;
+            let rename = |from: &Path, to: &Path| {
+                std::fs::rename(from, to).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("renaming {} to {}: {e}", from.display(), to.display()),
+                    )
+                })
+            };
             for n in (1..BACKUPS).rev() {
-                match std::fs::rename(self.backup(n - 1), self.backup(n)) {
+                match rename(&self.backup(n - 1), &self.backup(n)) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                     _ => {}
                 }
             }
-            std::fs::rename(&self.path, self.backup(0))?;
+            rename(&self.path, &self.backup(0))?;
             // Where the renamed file was, a new one, not whatever someone put there.
             self.fresh = true;
         }
@@ -313,7 +322,7 @@ pub fn run_writer(path: &Path, stdio: bool) -> std::process::ExitCode {
     let mut log = match opened {
         Ok(log) => log,
         Err(error) => {
-            eprintln!("kvnet-vmm: console log {}: {error}", path.display());
+            report(path, &error, "");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -326,23 +335,31 @@ pub fn run_writer(path: &Path, stdio: bool) -> std::process::ExitCode {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(error) => {
-                eprintln!("kvnet-vmm: console log {}: {error}", path.display());
+                report(path, &error, "");
                 return std::process::ExitCode::FAILURE;
             }
         };
         // Once until it works again, as the console thread reports a failing sink.
         match log.write_all(&buf[..n]).and_then(|()| log.flush()) {
             Err(error) if !failing => {
-                eprintln!(
-                    "kvnet-vmm: console log {}: {error}; dropping output until it can be written",
-                    path.display()
-                );
+                report(path, &error, "; dropping output until it can be written");
                 failing = true;
             }
             Err(_) => {}
             Ok(()) => failing = false,
         }
     }
+}
+
+/// Tells the VMM's stderr about a problem of the log's, if it can: one that is gone (a
+/// closed terminal, a pipe with no reader) must not end the writer, as `eprintln!`
+/// would, and take the rest of the console with it.
+fn report(path: &Path, error: &io::Error, then: &str) {
+    let _ = writeln!(
+        io::stderr(),
+        "kvnet-vmm: console log {}: {error}{then}",
+        path.display()
+    );
 }
 
 #[cfg(test)]
