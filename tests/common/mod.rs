@@ -301,6 +301,16 @@ impl Drop for Daemon {
     }
 }
 
+/// The stdout of a command that must have succeeded (its stderr in the failure).
+pub fn succeeded(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs the CLI against a socket.
 pub fn kvnet_at(socket: &Path, args: &[&str]) -> Output {
     kvnet_command(socket)
