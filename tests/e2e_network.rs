@@ -267,8 +267,8 @@ fn upstream_server(daemon: &Daemon, upstream: &Netns) -> (UdpSocket, (UdpSocket,
 /// The `kvnet-vmm` binary, whose syscall filter is on unless told otherwise: the
 /// guest's datagram goes out and the answer comes in through its tap, and its console
 /// log rotates (in a writer process of its own), all under the filter, which would have
-/// killed it (SIGSYS) for a call outside its list. Its port ends with it: kvnetd sees
-/// the tap close, and is asked nothing.
+/// killed it (SIGSYS) for a call outside its list, and as an unprivileged user. Its port
+/// ends with it: kvnetd sees the tap close, and is asked nothing.
 #[test]
 fn the_vmm_binary_runs_its_guest_under_its_syscall_filter() {
     let Some((daemon, dir, upstream)) = nat_network_with_upstream() else {
@@ -286,7 +286,8 @@ fn the_vmm_binary_runs_its_guest_under_its_syscall_filter() {
         .arg(&kernel)
         .arg("--serial")
         .arg(format!("file:{}", console.display()))
-        .args(["--name", "e2e-guest", "--net"])
+        // As nobody: the NIC's offloads are set and its frames flow with no capability.
+        .args(["--user", "nobody", "--name", "e2e-guest", "--net"])
         .arg(format!(
             "network=e2e,socket={},mac={GUEST_MAC}",
             daemon.socket().display()

@@ -425,3 +425,88 @@ fn the_console_writer_outlives_a_stderr_nobody_reads() {
     assert!(status.success(), "{status:?}");
     assert_eq!(std::fs::read_to_string(&log).expect("log"), "SECOND\n");
 }
+
+/// `--user`: once the VM is built, every thread of the VMM runs as that user, with its
+/// groups and no capabilities left, and the guest still runs, its console in and out.
+#[test]
+fn the_vm_runs_as_the_user_it_is_given_with_no_capabilities() {
+    use std::io::{BufRead, Write};
+    use testkit::Need;
+    use vmm::testing::{self, poweroff, print, wait_for_input};
+    if !testkit::require(&[Need::Kvm, Need::Root]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = testing::write_guest(dir.path(), "waits.elf", |a| {
+        print(a, "ready\n")?;
+        wait_for_input(a)?;
+        print(a, "bye\n")?;
+        poweroff(a)
+    })
+    .expect("assemble");
+    let mut vmm = Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"))
+        .args([
+            "--user",
+            "nobody",
+            "--kernel",
+            kernel.to_str().expect("utf8"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn kvnet-vmm");
+    let mut stdout = std::io::BufReader::new(vmm.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the guest's first line");
+    assert_eq!(line, "ready\n");
+
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", vmm.id())).expect("tasks");
+    let mut threads = 0;
+    for task in tasks {
+        let status = std::fs::read_to_string(task.expect("task").path().join("status"))
+            .expect("a thread's status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_else(|| panic!("no {name} in {status}"))
+        };
+        assert_eq!(field("Uid:"), "65534 65534 65534 65534", "{status}");
+        assert_eq!(field("Gid:"), "65534 65534 65534 65534", "{status}");
+        assert!(!field("Groups:").split(' ').any(|g| g == "0"), "{status}");
+        for caps in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+            assert_eq!(field(caps), "0000000000000000", "{caps} {status}");
+        }
+        threads += 1;
+    }
+    assert!(threads > 1, "the vCPU's thread and the VMM's own");
+
+    vmm.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"x")
+        .expect("a key for the guest");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("the rest of the console");
+    let out = vmm.wait_with_output().expect("exit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert_eq!(rest, "bye\n", "{stderr}");
+    assert!(
+        stderr.ends_with("kvnet-vmm: guest powered off\n"),
+        "{stderr}"
+    );
+}
+
+/// A user that does not exist is refused by name before anything is built.
+#[test]
+fn an_unknown_user_is_refused_before_the_vm_is_built() {
+    let (code, err) = run(&["--kernel", "/nonexistent/vmlinuz", "--user", "no-such-user"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err,
+        "kvnet-vmm: error: --user: no user named \"no-such-user\"\n"
+    );
+}

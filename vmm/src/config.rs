@@ -252,6 +252,11 @@ pub struct Cli {
     /// logged) or off.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = crate::seccomp::Mode::On)]
     pub seccomp: crate::seccomp::Mode,
+    /// Once the VM is built, run it as this user (a name or a number) and its group, or
+    /// GROUP, with the user's supplementary groups, as libvirt runs QEMU as libvirt-qemu:
+    /// no capabilities are left, and a compromised VMM can reach only what that user can.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
 }
 
 impl Cli {

@@ -74,6 +74,9 @@ pub enum Error {
     /// The syscall filter could not be built or installed.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    /// `--user`: the user could not be resolved or become.
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
     /// The kick signal handler could not be installed.
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),

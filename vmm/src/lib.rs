@@ -15,6 +15,7 @@ pub mod error;
 pub mod escape;
 pub mod event_loop;
 pub mod kvm;
+pub mod privileges;
 pub mod seccomp;
 pub mod signals;
 pub mod terminal;
@@ -542,7 +543,13 @@ pub fn main() -> ExitCode {
     // The terminal's own settings, put back however the VM ends.
     let mut terminal = None;
     let seccomp = cli.seccomp;
+    let user = cli.user.clone();
     let result = blocked.map_err(Error::from).and_then(|()| {
+        // Resolved first: a misspelt user is refused before anything is built.
+        let run_as = user
+            .as_deref()
+            .map(privileges::RunAs::resolve)
+            .transpose()?;
         let mut config = cli.into_config()?;
         let stdio = matches!(config.serial, SerialSink::Stdio);
         // The filter allows no file to be opened or renamed: the log's own process does it.
@@ -565,6 +572,9 @@ pub fn main() -> ExitCode {
             std::panic::set_hook(Box::new(|panic| eprintln!("kvnet-vmm: {panic}")));
         }
         // Last: everything that opens files, devices and sockets has done so.
+        if let Some(run_as) = &run_as {
+            run_as.become_user()?;
+        }
         seccomp::install(seccomp)?;
         let startup = vm.startup_report();
         let outcome = vm.run();
