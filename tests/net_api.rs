@@ -578,3 +578,63 @@ fn a_daemon_without_cap_net_admin_refuses_to_start_and_creates_nothing() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A read that may end ports (net-dumpxml, the port list, a port's XML) runs to its end
+/// even once its client has gone. A reader looping connect, read, close on the
+/// read-only socket used to pile such reads up without bound, each queued on the
+/// networks' lock ahead of the administrator's next command (20 s behind a 20 s flood)
+/// and holding memory. Now only a few run at a time for readers; the rest end with their
+/// connections.
+#[test]
+fn a_readers_abandoned_reads_do_not_pile_up_ahead_of_the_administrator() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    if !require(&common::port_needs()) {
+        return;
+    }
+    let daemon = Daemon::start();
+    // Ports make each read longer: every one is checked in the kernel.
+    for n in 0..8 {
+        let xml = common::xml_file(
+            daemon.dirs.path(),
+            &format!("port{n}.xml"),
+            &common::port_xml("vm", &format!("52:54:00:00:00:{n:02x}")),
+        );
+        daemon.ok(&["net-port-create", "default", &xml.to_string_lossy()]);
+    }
+    let read_only = netd::api::read_only_socket(&daemon.socket());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood: Vec<_> = ["ports", "xml", "ports"]
+        .into_iter()
+        .map(|what| {
+            let (stop, socket) = (std::sync::Arc::clone(&stop), read_only.clone());
+            let request =
+                format!("GET /v1/networks/default/{what} HTTP/1.1\r\nhost: kvnetd\r\n\r\n");
+            std::thread::spawn(move || {
+                let mut sent = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(mut connection) = std::os::unix::net::UnixStream::connect(&socket)
+                        && connection.write_all(request.as_bytes()).is_ok()
+                    {
+                        sent += 1;
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    let info = daemon.ok(&["net-info", "default"]);
+    let waited = asked.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent: u64 = flood.into_iter().map(|t| t.join().expect("flood")).sum();
+    assert!(info.contains("Active:         yes"), "{info}");
+    eprintln!("net-info took {waited:?} behind {sent} abandoned reads");
+    // Behind a few reads, not behind seconds of them.
+    assert!(
+        waited < Duration::from_millis(1500),
+        "net-info took {waited:?} behind {sent} abandoned reads"
+    );
+    daemon.ok(&["net-dumpxml", "default"]);
+}

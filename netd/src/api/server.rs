@@ -111,6 +111,8 @@ struct AppState {
     /// Changes (its sender is dropped) when the daemon stops: event streams end then, so
     /// that the graceful shutdown, which waits for every response, can finish.
     stopping: watch::Receiver<()>,
+    /// Held by each [`AppState::detached_read`] of a client that may not change networks.
+    detached_reads: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -137,7 +139,46 @@ impl AppState {
             )),
         }
     }
+
+    /// A read that may end ports whose guests went (their `port-deleted` hooks run), so
+    /// it runs to its end as a change does. Its client's connection may close meanwhile,
+    /// so a client that may not change networks first waits for one of
+    /// [`MAX_DETACHED_READS`]: otherwise any local user, looping connect, read, close on
+    /// the read-only socket, would pile up detached reads, and the daemon's memory,
+    /// without end, each queued on the networks' lock ahead of root's commands.
+    async fn detached_read<T, F>(
+        &self,
+        peer: &Peer,
+        read: impl FnOnce(Arc<Manager>) -> F,
+    ) -> Result<T, ApiError>
+    where
+        F: Future<Output = Result<T, manager::Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = if may_change(peer, self.socket_gid) {
+            None
+        } else {
+            let permit = Arc::clone(&self.detached_reads)
+                .acquire_owned()
+                .await
+                .map_err(|_| ApiError::new(ErrorKind::Internal, "the daemon is stopping"))?;
+            Some(permit)
+        };
+        self.change(move |manager| {
+            let read = read(manager);
+            async move {
+                let result = read.await;
+                drop(permit);
+                result
+            }
+        })
+        .await
+    }
 }
+
+/// Most [`AppState::detached_read`]s running at once for clients that may not change
+/// networks.
+const MAX_DETACHED_READS: usize = 8;
 
 /// Binds `socket` (mode 0660, replacing a stale socket file), calls `listening`, and
 /// serves the API until `shutdown` completes. The path appears only once the socket
@@ -186,6 +227,7 @@ pub async fn serve(
         socket_gid,
         changes: Arc::clone(&changes),
         stopping,
+        detached_reads: Arc::new(Semaphore::new(MAX_DETACHED_READS)),
     });
     // Connections wait on this to shut down gracefully: it changes when dropped.
     let (stop_connections, connections_stopping) = watch::channel(());
@@ -743,13 +785,15 @@ async fn autostart(
 
 async fn dumpxml(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath(network): UrlPath<String>,
     Query(query): Query<XmlQuery>,
 ) -> Result<Json<XmlResponse>, ApiError> {
-    // Reading the ports may end those whose guests went (`port-deleted` scripts run): a
-    // change, which a client that goes away must not cut short.
+    // Reading the ports may end those whose guests went.
     let xml = state
-        .change(|manager| async move { manager.xml(&network, query.inactive).await })
+        .detached_read(&peer, |manager| async move {
+            manager.xml(&network, query.inactive).await
+        })
         .await?;
     Ok(Json(XmlResponse { xml }))
 }
@@ -787,22 +831,26 @@ async fn update(
 
 async fn list_ports(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath(network): UrlPath<String>,
 ) -> Result<Json<Vec<PortSummary>>, ApiError> {
-    // As in `dumpxml`: a change.
     let ports = state
-        .change(|manager| async move { manager.list_ports(&network).await })
+        .detached_read(&peer, |manager| async move {
+            manager.list_ports(&network).await
+        })
         .await?;
     Ok(Json(ports))
 }
 
 async fn port_xml(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     UrlPath((network, port)): UrlPath<(String, String)>,
 ) -> Result<Json<XmlResponse>, ApiError> {
-    // As in `dumpxml`: a change.
     let xml = state
-        .change(|manager| async move { manager.port_xml(&network, &port).await })
+        .detached_read(&peer, |manager| async move {
+            manager.port_xml(&network, &port).await
+        })
         .await?;
     Ok(Json(XmlResponse { xml }))
 }
