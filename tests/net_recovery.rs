@@ -1265,3 +1265,48 @@ fn a_definition_mended_and_reloaded_is_no_longer_held_back() {
             .contains("10.59.2.1")
     );
 }
+
+/// A reload is a change: a SIGTERM while it autostarts a network waits for that start to
+/// end. Before, the daemon exited at once, leaving the network half-started, and the
+/// next daemon, this boot's autostart done, undid it and left it down.
+#[test]
+fn a_stop_during_a_reload_waits_for_the_networks_it_starts() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    define_nat_network(&daemon, "late", "10.59.3.1");
+    daemon.ok(&["net-autostart", "late"]);
+    let starting = daemon.dirs.path().join("late-starting");
+    let hook = daemon.config_dir().join("hooks/network");
+    std::fs::create_dir_all(hook.parent().expect("hooks dir")).expect("hooks dir");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\n\
+             if [ \"$1 $2\" = \"late start\" ]; then touch {}; sleep 2; fi\n",
+            starting.display()
+        ),
+    )
+    .expect("hook");
+    std::fs::set_permissions(&hook, PermissionsExt::from_mode(0o755)).expect("chmod");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().expect("pid").to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !starting.exists() {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.stop();
+    assert_eq!(daemon.bridges().len(), 1, "{}", daemon.log());
+    daemon.spawn(&DaemonOptions::no_default_network());
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " late   active   yes   yes\n",
+        "{}",
+        daemon.log()
+    );
+}

@@ -159,18 +159,20 @@ fn run(args: Args) -> Result<(), Error> {
         manager.follow_port_exits();
         manager.follow_host_dns();
         manager.follow_firewall();
+        let changes = server::Changes::default();
         // Reloads only once the API answers: a reload's READY=1 must not come first.
         let listening = {
-            let manager = Arc::clone(&manager);
+            let (manager, changes) = (Arc::clone(&manager), changes.clone());
             move || {
                 tell_systemd("READY=1");
-                follow_reload_signal(&manager, hangups);
+                follow_reload_signal(&manager, changes, hangups);
             }
         };
         server::serve(
             manager,
             &args.socket,
             !args.no_read_only_socket,
+            changes,
             listening,
             shutdown,
         )
@@ -234,8 +236,13 @@ fn reload_signal() -> Option<tokio::signal::unix::Signal> {
 }
 
 /// Reloads the definitions on each SIGHUP ([`Manager::reload`]), as libvirt's daemons
-/// do (`systemctl reload kvnetd`), telling systemd while it lasts.
-fn follow_reload_signal(manager: &Arc<Manager>, hangups: Option<tokio::signal::unix::Signal>) {
+/// do (`systemctl reload kvnetd`), telling systemd while it lasts. A reload is a change:
+/// a SIGTERM meanwhile waits for it, so the networks it starts are not left half-made.
+fn follow_reload_signal(
+    manager: &Arc<Manager>,
+    changes: server::Changes,
+    hangups: Option<tokio::signal::unix::Signal>,
+) {
     let Some(mut hangups) = hangups else {
         return;
     };
@@ -249,7 +256,9 @@ fn follow_reload_signal(manager: &Arc<Manager>, hangups: Option<tokio::signal::u
                 .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
                 .unwrap_or_default();
             tell_systemd(&format!("RELOADING=1\nMONOTONIC_USEC={now}"));
+            let in_progress = changes.hold().await;
             manager.reload().await;
+            drop(in_progress);
             tell_systemd("READY=1");
         }
     });

@@ -27,7 +27,7 @@ use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, RwLock, Semaphore, watch};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedSemaphorePermit, RwLock, Semaphore, watch};
 use tower::ServiceExt;
 
 use super::error::{ApiError, ErrorKind, Refused};
@@ -105,9 +105,7 @@ struct AppState {
     manager: Arc<Manager>,
     /// The group that owns the socket: its members may change things, like root.
     socket_gid: u32,
-    /// Held shared by every change in progress; [`serve`] takes it exclusively before it
-    /// returns, so the daemon never exits halfway through a change.
-    changes: Arc<RwLock<()>>,
+    changes: Changes,
     /// Changes (its sender is dropped) when the daemon stops: event streams end then, so
     /// that the graceful shutdown, which waits for every response, can finish.
     stopping: watch::Receiver<()>,
@@ -124,7 +122,7 @@ impl AppState {
         F: Future<Output = Result<T, manager::Error>> + Send + 'static,
         T: Send + 'static,
     {
-        let in_progress = Arc::clone(&self.changes).read_owned().await;
+        let in_progress = self.changes.hold().await;
         let change = change(Arc::clone(&self.manager));
         let task = tokio::spawn(async move {
             let result = change.await;
@@ -180,6 +178,19 @@ impl AppState {
 /// networks.
 const MAX_DETACHED_READS: usize = 8;
 
+/// The changes in progress, through the API or not (a SIGHUP's reload): each holds it
+/// shared, and [`serve`] takes it exclusively before it returns, so the daemon never
+/// exits halfway through a change.
+#[derive(Clone, Debug, Default)]
+pub struct Changes(Arc<RwLock<()>>);
+
+impl Changes {
+    /// Held while one change runs; waits while the daemon is stopping.
+    pub async fn hold(&self) -> OwnedRwLockReadGuard<()> {
+        Arc::clone(&self.0).read_owned().await
+    }
+}
+
 /// Binds `socket` (mode 0660, replacing a stale socket file), calls `listening`, and
 /// serves the API until `shutdown` completes. The path appears only once the socket
 /// listens with its final mode (bound under a temporary name, then renamed), so a client
@@ -188,6 +199,7 @@ pub async fn serve(
     manager: Arc<Manager>,
     socket: &Path,
     with_read_only_socket: bool,
+    changes: Changes,
     listening: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
@@ -220,12 +232,11 @@ pub async fn serve(
     }
     listening();
 
-    let changes = Arc::new(RwLock::new(()));
     let (stop_streams, stopping) = watch::channel(());
     let app = router(AppState {
         manager,
         socket_gid,
-        changes: Arc::clone(&changes),
+        changes: changes.clone(),
         stopping,
         detached_reads: Arc::new(Semaphore::new(MAX_DETACHED_READS)),
     });
@@ -304,7 +315,7 @@ pub async fn serve(
         tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after the stop; closing them");
     }
     // Changes whose clients went away are still running.
-    let _finished = changes.write().await;
+    let _finished = changes.0.write().await;
     Ok(())
 }
 
@@ -948,7 +959,7 @@ async fn create_port(
         .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
     let uuid = port.summary.uuid;
     // A daemon that stops waits for the tap to go out, as for any change.
-    let in_progress = Arc::clone(&state.changes).read_owned().await;
+    let in_progress = state.changes.hold().await;
     let cleanup = state.clone();
     tokio::spawn(async move {
         // The upgrade completes once the 101 answer is written; the tap follows it.
