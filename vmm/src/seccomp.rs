@@ -157,6 +157,9 @@ fn allowed(pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
         libc::SYS_rt_sigreturn,
         libc::SYS_rt_sigprocmask,
         libc::SYS_rt_sigtimedwait,
+        // A timed sleep interrupted by SIGSTOP resumes through it after SIGCONT (or `fg`);
+        // it only finishes a call that was already let through.
+        libc::SYS_restart_syscall,
     ] {
         rules.insert(syscall, Vec::new());
     }
@@ -295,6 +298,12 @@ mod tests {
                 // Then something fatal, for the parent to see where it got to.
                 std::net::UdpSocket::bind("127.0.0.1:0").is_ok()
             }
+            // The parent stops and continues this process during the sleep.
+            "sleep" => {
+                println!("sleeping");
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+                true
+            }
             // SIGCONT changes nothing for a live process: only the call is looked at.
             "signal" => nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(1),
@@ -340,5 +349,36 @@ mod tests {
         let (status, stdout) = run_child("log udp");
         assert!(status.success(), "{status:?} {stdout}");
         assert!(stdout.contains("udp was let through: true\n"), "{stdout}");
+    }
+
+    /// SIGSTOP and SIGCONT (Ctrl-Z and `fg`, a debugger) during a timed sleep: the sleep
+    /// resumes through `restart_syscall`, which once killed the VMM (its console input
+    /// thread sleeps while the guest does not drain the UART).
+    #[test]
+    fn a_sleep_stopped_and_continued_resumes_under_the_filter() {
+        use nix::sys::signal::{Signal, kill};
+        use std::io::BufRead;
+        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+            .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "on sleep")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the child");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        while line != "sleeping\n" {
+            line.clear();
+            assert_ne!(stdout.read_line(&mut line).expect("read"), 0, "no sleep");
+        }
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        kill(pid, Signal::SIGSTOP).expect("stop");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        kill(pid, Signal::SIGCONT).expect("continue");
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read");
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "{status:?} {rest}");
+        assert!(rest.contains("sleep was let through: true\n"), "{rest}");
     }
 }

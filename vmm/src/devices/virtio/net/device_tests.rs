@@ -1698,7 +1698,24 @@ fn tx_headers_asking_for_offloads_not_negotiated_or_not_fitting_are_refused() {
     let mut csum_beyond = frame(60, 0, 4);
     csum_beyond[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
     with(&mut csum_beyond, 6, 50);
-    let refused_with_gso = [&mut udp, &mut ecn, &mut no_size, &mut csum_beyond];
+    // What the tap would refuse (EINVAL), counted as a failing tap before.
+    let mut empty = frame(0, 0, 9);
+    let mut runt = frame(13, 0, 10);
+    with(&mut runt, 2, 0);
+    let mut hdr_beyond = frame(60, 0, 11);
+    with(&mut hdr_beyond, 2, 61);
+    let mut hdr_short = frame(60, 0, 12);
+    with(&mut hdr_short, 2, 13);
+    let refused_with_gso = [
+        &mut udp,
+        &mut ecn,
+        &mut no_size,
+        &mut csum_beyond,
+        &mut empty,
+        &mut runt,
+        &mut hdr_beyond,
+        &mut hdr_short,
+    ];
     let mut h = harness(GSO);
     let count = refused_with_gso.len();
     for f in refused_with_gso {

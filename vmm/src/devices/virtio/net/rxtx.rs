@@ -443,6 +443,9 @@ pub struct HostOffloads {
 /// (virtio 1.2 5.1.6.2.1): the host kernel's parser is then not the only check on what a
 /// guest hands it. Returns the header checked, which is the one to send: the guest can
 /// rewrite its own copy meanwhile, from another vCPU.
+/// Destination, source and EtherType.
+const ETHERNET_HEADER_LEN: u64 = 14;
+
 fn check_tx_header(
     mem: &GuestMemoryMmap,
     chain: &Chain,
@@ -453,7 +456,15 @@ fn check_tx_header(
     let field = |at: usize| u64::from(u16::from_le_bytes([header[at], header[at + 1]]));
     let (flags, gso_type, gso_size) = (header[0], header[1], field(4));
     let frame_len = chain.len.saturating_sub(VNET_HDR_LEN as u64);
-    let problem = if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0 {
+    let hdr_len = field(2);
+    // What the tap refuses with EINVAL, which would count as the backend failing.
+    let problem = if frame_len < ETHERNET_HEADER_LEN {
+        Some("a frame shorter than an Ethernet header")
+    } else if hdr_len > frame_len {
+        Some("hdr_len beyond the frame")
+    } else if hdr_len != 0 && hdr_len < ETHERNET_HEADER_LEN {
+        Some("hdr_len shorter than an Ethernet header")
+    } else if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0 {
         if !offloads.csum {
             Some("checksum offload without VIRTIO_NET_F_CSUM")
         } else if field(6) + field(8) + 2 > frame_len {
@@ -855,6 +866,13 @@ impl NetWorker {
                                     &self.counters.tx_bytes,
                                     chain.len - VNET_HDR_LEN as u64,
                                 );
+                            }
+                            // The tap found the frame malformed where the checks above
+                            // did not: the guest's fault, not a failing backend's.
+                            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                                tracing::debug!(device = %self.name, error = %e,
+                                    "virtio-net: the tap refused a frame");
+                                NetCounters::add(&self.counters.tx_dropped, 1);
                             }
                             Err(e) => {
                                 if !matches!(
