@@ -342,7 +342,7 @@ impl Vm {
         self.first_run.clone()
     }
 
-    /// Also record CPU time and RSS at the first KVM_RUN (reads /proc once).
+    /// Also record CPU time and RSS at the first KVM_RUN (see [`StartupReport`]).
     pub fn measure_startup(&mut self) {
         self.measure_startup = true;
     }
@@ -364,6 +364,10 @@ impl Vm {
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
+                    let _panic_ends_the_vm = EndVmOnPanic {
+                        exit: exit.clone(),
+                        vcpu: id,
+                    };
                     first_run.get_or_init(|| StartupReport::now(measure));
                     vcpu.run_loop(&stop, &exit)
                 });
@@ -404,6 +408,22 @@ impl Vm {
             return Err(error);
         }
         Ok(outcome?)
+    }
+}
+
+/// Ends the VM when a vCPU thread unwinds from a panic: the VM would otherwise wait for
+/// that vCPU for ever, its other vCPUs still running.
+struct EndVmOnPanic {
+    exit: Arc<ExitSignal>,
+    vcpu: u32,
+}
+
+impl Drop for EndVmOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.exit
+                .request(Err(kvm::VcpuError::Panicked { vcpu: self.vcpu }));
+        }
     }
 }
 
@@ -667,4 +687,36 @@ fn report_timings(startup: Option<&StartupReport>) {
         field(startup.and_then(|s| s.rss_kib).map(|k| k.to_string())),
         field(resident_kib().map(|k| k.to_string())),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vcpu_thread_that_panics_ends_the_vm() {
+        let exit = Arc::new(ExitSignal::default());
+        let guard = EndVmOnPanic {
+            exit: exit.clone(),
+            vcpu: 3,
+        };
+        let thread = std::thread::spawn(move || {
+            let _guard = guard;
+            panic!("a device model's bug");
+        });
+        assert!(thread.join().is_err());
+        let outcome = exit.wait(Some(Duration::from_secs(5)));
+        assert_eq!(
+            outcome.map_err(|e| e.to_string()),
+            Err("vcpu 3: its thread panicked".to_owned())
+        );
+
+        // A vCPU thread that returns leaves the VM's outcome to others.
+        let exit = Arc::new(ExitSignal::default());
+        drop(EndVmOnPanic {
+            exit: exit.clone(),
+            vcpu: 0,
+        });
+        assert!(!exit.is_requested());
+    }
 }

@@ -39,6 +39,12 @@ pub enum VcpuError {
         /// Guest RIP when it happened.
         rip: u64,
     },
+    /// The vCPU's thread panicked (a bug of the VMM's, in a device model it ran).
+    #[error("vcpu {vcpu}: its thread panicked")]
+    Panicked {
+        /// vCPU index.
+        vcpu: u32,
+    },
     /// KVM_RUN itself failed.
     #[error("vcpu {vcpu}: KVM_RUN failed at rip {rip:#x}: {message}")]
     Run {
