@@ -165,6 +165,50 @@ fn guests_fetch_files_from_the_tftp_root_and_nothing_outside_it() {
     expected.push(ERROR);
     assert_eq!(first_replies("10.60.0.50", 9), expected);
     assert_eq!(first_replies("10.60.0.51", 1), [DATA]);
+
+    // Only this network's guests are answered: not a guest of another network routing
+    // to the address, nor a guest spoofing an outside address to have the file sent
+    // there (both were served before).
+    let other_xml = "<network><name>other</name><bridge name='kvtftp2' stp='off'/>\
+                     <forward/><ip address='10.60.1.1' prefix='24'/></network>";
+    let other_path = common::xml_file(daemon.dirs.path(), "other.xml", other_xml);
+    daemon.ok(&["net-create", other_path.to_str().expect("path")]);
+    let neighbour = Netns::new("tftpother").expect("other guest ns");
+    daemon
+        .ns
+        .sh(&format!(
+            "ip link add vg1 type veth peer name eth0 netns {} && \
+             ip link set vg1 master kvtftp2 && ip link set vg1 up",
+            neighbour.name()
+        ))
+        .expect("veth to the other guest");
+    neighbour
+        .sh(
+            "ip link set eth0 up && ip addr add 10.60.1.50/24 dev eth0 && \
+             ip route add default via 10.60.1.1",
+        )
+        .expect("other guest addressing");
+    wait_for_forwarding(&daemon, "vg1");
+    guest
+        .sh("ip addr add 203.0.113.50/32 dev eth0")
+        .expect("an outside address");
+    for (ns, source) in [(&neighbour, "10.60.1.50"), (&guest, "203.0.113.50")] {
+        let source = source.to_owned();
+        let answered = ns
+            .run(move || {
+                let socket = std::net::UdpSocket::bind((source.as_str(), 0)).expect("bind");
+                socket
+                    .send_to(b"\x00\x01pxelinux.0\x00octet\x00", "10.60.0.1:69")
+                    .expect("read request");
+                socket
+                    .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                    .expect("timeout");
+                socket.recv(&mut [0u8; 600]).is_ok()
+            })
+            .expect("enter namespace");
+        assert!(!answered, "a request from {} was answered", ns.name());
+    }
+    daemon.ok(&["net-destroy", "other"]);
     daemon.ok(&["net-destroy", "pxe"]);
 }
 

@@ -84,6 +84,8 @@ pub(super) fn tftp_config(def: &NetworkDef) -> Option<TftpConfig> {
     Some(TftpConfig {
         network: def.name.clone(),
         listen: ipv4(ip.address)?,
+        interface: def.bridge_name()?.to_owned(),
+        subnets: def.ipv4_subnets(),
         root: PathBuf::from(ip.tftp_root.as_ref()?),
     })
 }

@@ -37,6 +37,14 @@ pub struct TftpConfig {
     pub network: String,
     /// The bridge's IPv4 address, where the server listens.
     pub listen: Ipv4Addr,
+    /// The bridge: only requests that arrive on it are seen, and transfers leave through
+    /// it (`SO_BINDTODEVICE`), as libvirt's dnsmasq serves only its `interface=`.
+    /// Otherwise a guest of another network, or anyone who can route to the address,
+    /// could read the root.
+    pub interface: String,
+    /// The network's IPv4 subnets: requests from elsewhere (a guest spoofing a third
+    /// party's address, to have the files sent there) get no answer.
+    pub subnets: Vec<ipnet::Ipv4Net>,
     /// `<tftp root=>`: the only directory files are served from.
     pub root: PathBuf,
 }

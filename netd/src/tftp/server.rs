@@ -33,6 +33,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 const ATTEMPTS: u32 = 5;
 /// Largest request read; requests are a file name and a few options.
 const REQUEST_BUFFER: usize = 1024;
+/// How long a failed receive pauses the server.
+const RECEIVE_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Permission bits of "others": read, and search for a directory.
 const OTHERS_READ: u32 = 0o004;
 const OTHERS_SEARCH: u32 = 0o001;
@@ -72,8 +74,7 @@ impl TftpServer {
                 directory: directory.to_owned(),
             });
         }
-        let socket = std::net::UdpSocket::bind(SocketAddrV4::new(config.listen, PORT))
-            .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
+        let socket = udp_socket_on(&config.interface, SocketAddrV4::new(config.listen, PORT))
             .map_err(socket_error(&config, "bind port 69"))?;
         let socket = {
             let _enter = runtime.enter();
@@ -118,15 +119,21 @@ async fn serve(
     socket: UdpSocket,
     mut shutdown: oneshot::Receiver<()>,
 ) {
-    // Owned here, so the transfers end with the task. Each yields its client's address.
+    // Owned here, so the transfers end with the task; each one's client is kept by task
+    // id, so that a transfer that panicked still frees its client's slot.
     let mut transfers = JoinSet::new();
+    let mut clients: HashMap<tokio::task::Id, IpAddr> = HashMap::new();
     let mut per_client: HashMap<IpAddr, usize> = HashMap::new();
     let mut buffer = [0u8; REQUEST_BUFFER];
     loop {
         let (len, client) = tokio::select! {
             _ = &mut shutdown => break,
-            Some(ended) = transfers.join_next(), if !transfers.is_empty() => {
-                if let Ok(address) = ended
+            Some(ended) = transfers.join_next_with_id(), if !transfers.is_empty() => {
+                let id = match ended {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                if let Some(address) = clients.remove(&id)
                     && let Some(count) = per_client.get_mut(&address)
                 {
                     *count -= 1;
@@ -139,11 +146,17 @@ async fn serve(
             received = socket.recv_from(&mut buffer) => match received {
                 Ok(received) => received,
                 Err(e) => {
+                    // As the DNS and DHCP servers do: a socket that keeps failing is not spun on.
                     tracing::debug!(network = %config.network, error = %e, "TFTP receive failed");
+                    tokio::time::sleep(RECEIVE_ERROR_PAUSE).await;
                     continue;
                 }
             },
         };
+        if !from_the_network(&config.subnets, client) {
+            tracing::debug!(network = %config.network, %client, "TFTP request from outside the network ignored");
+            continue;
+        }
         let request = match parse_request(&buffer[..len]) {
             Ok(Some(request)) => request,
             Ok(None) => continue,
@@ -168,14 +181,43 @@ async fn serve(
         };
         tracing::debug!(network = %config.network, %client, file = %request.file.escape_debug(), "TFTP transfer");
         let network = config.network.clone();
-        let listen = config.listen;
+        let (listen, interface) = (config.listen, config.interface.clone());
         *per_client.entry(client.ip()).or_default() += 1;
-        transfers.spawn(async move {
-            if let Err(e) = transfer(listen, client, request, file).await {
+        let started = transfers.spawn(async move {
+            if let Err(e) = transfer(listen, &interface, client, request, file).await {
                 tracing::debug!(%network, %client, error = %e, "TFTP transfer ended early");
             }
-            client.ip()
         });
+        clients.insert(started.id(), client.ip());
+    }
+}
+
+/// A non-blocking UDP socket bound to `address` on `interface` only (`SO_BINDTODEVICE`).
+fn udp_socket_on(interface: &str, address: SocketAddrV4) -> std::io::Result<std::net::UdpSocket> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn, bind, setsockopt, socket,
+        sockopt,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        SockProtocol::Udp,
+    )?;
+    setsockopt(
+        &fd,
+        sockopt::BindToDevice,
+        &std::ffi::OsString::from(interface),
+    )?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(address))?;
+    Ok(std::net::UdpSocket::from(fd))
+}
+
+/// Whether `client` is an IPv4 address of one of the network's `subnets`.
+fn from_the_network(subnets: &[ipnet::Ipv4Net], client: SocketAddr) -> bool {
+    match client.ip() {
+        IpAddr::V4(address) => subnets.iter().any(|subnet| subnet.contains(&address)),
+        IpAddr::V6(_) => false,
     }
 }
 
@@ -242,11 +284,12 @@ fn is_searchable(dir: &Path) -> bool {
 /// previous one was acknowledged.
 async fn transfer(
     listen: Ipv4Addr,
+    interface: &str,
     client: SocketAddr,
     request: ReadRequest,
     file: std::fs::File,
 ) -> std::io::Result<()> {
-    let socket = UdpSocket::bind(SocketAddrV4::new(listen, 0)).await?;
+    let socket = UdpSocket::from_std(udp_socket_on(interface, SocketAddrV4::new(listen, 0))?)?;
     socket.connect(client).await?;
     let size = file.metadata()?.len();
     let mut file = tokio::fs::File::from_std(file);
