@@ -164,6 +164,9 @@ fn config() -> DnsConfig {
             SERVER_IP6.parse().expect("ip6"),
         ],
         interface: Some("br0".into()),
+        clients: ["192.168.88.0/24", "fd88::/64", "fe80::/10"]
+            .map(|net| net.parse().expect("subnet"))
+            .to_vec(),
         domain: Some("example.test".into()),
         local_only: true,
         forward_plain_names: true,
@@ -290,6 +293,39 @@ fn queries_from_outside_the_bridge_are_not_answered() {
                 );
             }
         }
+    });
+}
+
+/// A guest on the bridge that spoofs an address outside the network gets no answer:
+/// the answer would go out on the bridge as if the address were there, each one taking a
+/// slot of the host's neighbour table (1,024 by default, for the whole host).
+#[test]
+fn queries_from_addresses_outside_the_network_are_not_answered() {
+    if !needs() {
+        return;
+    }
+    let lab = Lab::new("dnsp");
+    lab.client
+        .sh("ip addr add 203.0.113.9/32 dev eth0")
+        .expect("an outside address");
+    with_server(&lab, config(), || {
+        assert_eq!(
+            lab.dig_short(&format!("@{SERVER_IP} static1.example.test")),
+            ["192.168.88.50"]
+        );
+        let out = lab
+            .client
+            .sh(&format!(
+                "timeout 10 dig +notcp +tries=1 +time=2 -b 203.0.113.9 @{SERVER_IP} \
+                 static1.example.test || true"
+            ))
+            .unwrap_or_default();
+        assert!(
+            !out.contains("status: NOERROR"),
+            "answered a spoofed source:\n{out}"
+        );
+        let neighbours = lab.server.sh("ip neigh show dev br0").unwrap_or_default();
+        assert!(!neighbours.contains("203.0.113.9"), "{neighbours}");
     });
 }
 

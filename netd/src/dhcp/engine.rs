@@ -338,6 +338,13 @@ impl Engine {
         if request.ciaddr().is_unspecified() {
             return None;
         }
+        // Not from the network (and not relayed): a guest spoofing an address, whose
+        // answer would go out on the bridge as if the address were there, each one
+        // taking a slot of the host's neighbour table.
+        if request.giaddr().is_unspecified() && !self.config.subnet.contains(&request.ciaddr()) {
+            tracing::debug!(network = %self.config.network, ciaddr = %request.ciaddr(), "DHCPINFORM from outside the subnet ignored");
+            return None;
+        }
         self.reply(
             request,
             MessageType::Ack,
@@ -1915,6 +1922,14 @@ mod tests {
         // Without an address of its own to answer to, it is no INFORM.
         inform.set_ciaddr(Ipv4Addr::UNSPECIFIED);
         assert!(exchange(&mut engine, &inform, NOW).is_none());
+        // Nor with an address outside the network, unless a relay forwarded it.
+        let outside = Ipv4Addr::new(203, 0, 113, 7);
+        inform.set_ciaddr(outside);
+        assert!(exchange(&mut engine, &inform, NOW).is_none());
+        let relay = Ipv4Addr::new(192, 168, 77, 254);
+        inform.set_giaddr(relay);
+        let (reply, _) = exchange(&mut engine, &inform, NOW).expect("a relayed inform");
+        assert_eq!(reply.to, SocketAddrV4::new(relay, 67));
     }
 
     #[test]

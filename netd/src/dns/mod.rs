@@ -105,6 +105,12 @@ pub struct DnsConfig {
     /// route to the bridge's address (a LAN neighbour, a routed network's upstream)
     /// could use the host as a resolver. `None` (tests on loopback) answers on any.
     pub interface: Option<String>,
+    /// Where queries may come from: the network's subnets, those its `<route>`s reach
+    /// through a guest, and IPv6 link-local addresses. A query from elsewhere on the
+    /// bridge is a guest spoofing its source: its answer would go out as if the address
+    /// were on the bridge, each one taking a slot of the host's neighbour table. Empty
+    /// (tests on loopback): any.
+    pub clients: Vec<ipnet::IpNet>,
     /// `<domain name=>`: hostnames are also answered qualified with it.
     pub domain: Option<String>,
     /// `<domain localOnly='yes'>`: names in the domain are never forwarded.

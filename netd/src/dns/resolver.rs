@@ -1074,6 +1074,7 @@ mod tests {
             network: "test".into(),
             listen: vec![IpAddr::V4(Ipv4Addr::new(192, 168, 122, 1))],
             interface: None,
+            clients: Vec::new(),
             domain: Some("example.test".into()),
             local_only: true,
             forward_plain_names: true,

@@ -145,7 +145,7 @@ impl DnsServer {
         let (resolver, resolvers) = watch::channel(resolver);
         tracing::info!(network = %config.network, listen = ?config.listen, "DNS server started");
         let task = ServiceTask::spawn(&runtime, config.network, "DNS server", |stop| {
-            serve(resolvers, udp, tcp, stop)
+            serve(resolvers, config.clients, udp, tcp, stop)
         });
         Ok(DnsServer { resolver, task })
     }
@@ -302,6 +302,8 @@ enum Event {
 /// The serving task's state.
 struct Serve {
     resolver: Arc<Resolver>,
+    /// [`DnsConfig::clients`].
+    clients: Vec<ipnet::IpNet>,
     health: Arc<Health>,
     udp: Vec<UdpSocket>,
     /// The address family of each of `udp`: 0 for IPv4, 1 for IPv6.
@@ -314,6 +316,7 @@ struct Serve {
 
 async fn serve(
     mut resolvers: watch::Receiver<Arc<Resolver>>,
+    clients_allowed: Vec<ipnet::IpNet>,
     udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
     mut shutdown: oneshot::Receiver<()>,
@@ -324,6 +327,7 @@ async fn serve(
     let mut clients = TcpClients::default();
     let mut state = Serve {
         resolver: Arc::clone(&resolvers.borrow_and_update()),
+        clients: clients_allowed,
         health: Arc::default(),
         udp_family: udp
             .iter()
@@ -714,6 +718,12 @@ thread_local! {
     static BATCH_BUFFERS: RefCell<Option<Batch>> = const { RefCell::new(None) };
 }
 
+/// Whether a query from `client` is answered ([`DnsConfig::clients`]; empty: any).
+fn answers(clients: &[ipnet::IpNet], client: Option<SocketAddr>) -> bool {
+    clients.is_empty()
+        || client.is_some_and(|client| clients.iter().any(|net| net.contains(&client.ip())))
+}
+
 /// The sender of a datagram as a socket address (`None` for other families).
 fn socket_addr(from: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = from.as_sockaddr_in() {
@@ -759,6 +769,9 @@ impl Serve {
         let mut replies = 0;
         for at in 0..batch.received.len() {
             let (len, from) = batch.received[at];
+            if !answers(&self.clients, socket_addr(&from)) {
+                continue;
+            }
             let start = at * RECV_BUFFER;
             let query = &mut batch.queries[start..start + len.min(RECV_BUFFER)];
             match resolver.answer(query, Transport::Udp, &mut batch.replies[at]) {

@@ -85,7 +85,13 @@ pub(super) fn tftp_config(def: &NetworkDef) -> Option<TftpConfig> {
         network: def.name.clone(),
         listen: ipv4(ip.address)?,
         interface: def.bridge_name()?.to_owned(),
-        subnets: def.ipv4_subnets(),
+        subnets: guest_sources(def)
+            .into_iter()
+            .filter_map(|net| match net {
+                ipnet::IpNet::V4(net) => Some(net),
+                ipnet::IpNet::V6(_) => None,
+            })
+            .collect(),
         root: PathBuf::from(ip.tftp_root.as_ref()?),
     })
 }
@@ -160,6 +166,7 @@ pub(super) fn dns_config(
         network: def.name.clone(),
         listen: bridge_addresses(def).map(|(address, _)| address).collect(),
         interface: def.bridge_name().map(str::to_owned),
+        clients: guest_sources(def),
         domain: def.domain.as_ref().map(|domain| domain.name.clone()),
         local_only: def.domain.as_ref().and_then(|domain| domain.local_only) == Some(true),
         forward_plain_names: def.dns.forward_plain_names != Some(false),
@@ -179,6 +186,21 @@ pub(super) fn dns_config(
         cache_size: xml::dnsmasq::cache_size(&def.dnsmasq_options)
             .and_then(|size| usize::try_from(size).ok()),
     })
+}
+
+/// Where a network's guests' packets can come from: its subnets, those its `<route>`s
+/// reach through a guest, and IPv6 link-local addresses.
+pub(super) fn guest_sources(def: &NetworkDef) -> Vec<ipnet::IpNet> {
+    let link_local = ipnet::Ipv6Net::new(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10)
+        .ok()
+        .map(ipnet::IpNet::V6);
+    def.ipv4_subnets()
+        .into_iter()
+        .map(ipnet::IpNet::V4)
+        .chain(def.ipv6_subnets().into_iter().map(ipnet::IpNet::V6))
+        .chain(def.routes.iter().filter_map(|route| route.destination()))
+        .chain(link_local)
+        .collect()
 }
 
 /// The network's `<forwarder>`s but those naming one of its own addresses: its DNS

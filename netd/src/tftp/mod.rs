@@ -42,8 +42,9 @@ pub struct TftpConfig {
     /// Otherwise a guest of another network, or anyone who can route to the address,
     /// could read the root.
     pub interface: String,
-    /// The network's IPv4 subnets: requests from elsewhere (a guest spoofing a third
-    /// party's address, to have the files sent there) get no answer.
+    /// The network's IPv4 subnets, and those its `<route>`s reach: requests from
+    /// elsewhere (a guest spoofing a third party's address, to have the files sent
+    /// there) get no answer.
     pub subnets: Vec<ipnet::Ipv4Net>,
     /// `<tftp root=>`: the only directory files are served from.
     pub root: PathBuf,
