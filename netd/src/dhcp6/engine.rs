@@ -361,7 +361,7 @@ impl Engine {
         let (reservation, reserved_iaid) = self.reserved_ia(opts, client, false, now);
         let mut any = false;
         let mut answers = Vec::new();
-        for ia in ia_nas(opts) {
+        for ia in ia_nas(opts).take(MAX_IAS_PER_MESSAGE) {
             let key = key(client, ia.id);
             let hint = ia_addresses(&ia.opts).next();
             let host = reservation.clone().filter(|_| Some(ia.id) == reserved_iaid);
@@ -459,7 +459,7 @@ impl Engine {
     fn extend_all(&mut self, opts: &DhcpOptions, client: &Client, now: i64, out: &mut DhcpOptions) {
         let (client_reservation, reserved_iaid) = self.reserved_ia(opts, client, true, now);
         let mut answers = Vec::new();
-        for ia in ia_nas(opts) {
+        for ia in ia_nas(opts).take(MAX_IAS_PER_MESSAGE) {
             let reservation = client_reservation
                 .clone()
                 .filter(|_| Some(ia.id) == reserved_iaid);
@@ -599,6 +599,10 @@ fn insert_in_order(out: &mut DhcpOptions, options: Vec<DhcpOption>) {
         out.insert(option);
     }
 }
+
+/// The most IA_NAs of one message that get an address. A client asks for one or two;
+/// one message with 80 would hold (SOLICIT) or bind (REBIND) 80 addresses.
+const MAX_IAS_PER_MESSAGE: usize = 8;
 
 fn ia_nas(opts: &DhcpOptions) -> impl Iterator<Item = &IANA> {
     opts.iter().filter_map(|o| match o {
@@ -890,6 +894,16 @@ pub(crate) mod tests {
         let reply = decode(&engine.handle(&solicit, CLIENT_LL, 1000).unwrap());
         let answered: Vec<u32> = ia_nas(reply.opts()).map(|ia| ia.id).collect();
         assert_eq!(answered, [1, 2, 3]);
+    }
+
+    #[test]
+    fn one_message_gets_addresses_for_its_first_eight_ias_only() {
+        let mut engine = Engine::new(config());
+        let many = (1..=20).rev().map(|id| ia(id, None)).collect();
+        let solicit = message(MessageType::Solicit, &CLIENT_DUID, many);
+        let reply = decode(&engine.handle(&solicit, CLIENT_LL, 1000).unwrap());
+        let answered: Vec<u32> = ia_nas(reply.opts()).map(|ia| ia.id).collect();
+        assert_eq!(answered, (1..=8).collect::<Vec<u32>>());
     }
 
     #[test]
@@ -1443,7 +1457,12 @@ pub(crate) mod tests {
             None,
         )];
         let mut engine = Engine::new(config);
-        let first = message(MessageType::Solicit, &CLIENT_DUID, vec![ia(1, None)]);
+        // Bound: an address only offered would be taken over.
+        let first = message(
+            MessageType::Solicit,
+            &CLIENT_DUID,
+            vec![ia(1, None), DhcpOption::RapidCommit],
+        );
         assert!(engine.handle(&first, CLIENT_LL, 0).is_some());
         let reply = another_client_solicits(&mut engine);
         assert_eq!(top_status(&reply), Some(Status::NoAddrsAvail));

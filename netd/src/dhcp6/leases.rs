@@ -10,7 +10,7 @@
 //! [`LeaseDb::commit`] when a batch changed them, before the server sends its replies.
 //! The file is untrusted input on load: invalid lines are skipped with a warning.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Read;
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
@@ -114,6 +114,9 @@ pub struct LeaseDb {
     /// After a walk found the pool full: no address frees up before this time unless
     /// one is released (a flood of SOLICITs then costs no walk each).
     exhausted_until: Option<i64>,
+    /// `(expiry, address)` of every pool address held only by an offer, oldest first:
+    /// a full pool takes the oldest over.
+    offers: BTreeSet<(i64, Ipv6Addr)>,
 }
 
 impl LeaseDb {
@@ -135,6 +138,7 @@ impl LeaseDb {
             dirty: false,
             revision: 0,
             exhausted_until: None,
+            offers: BTreeSet::new(),
         };
         db.configure(config);
         db
@@ -474,10 +478,21 @@ impl LeaseDb {
             .is_some_and(|lease| lease.state == LeaseState::Declined && lease.expiry > now)
     }
 
+    /// A free pool address from the cursor on; when none is, the oldest address only
+    /// held by an offer is taken over, as the DHCPv4 pool does, so a flood of SOLICITs
+    /// cannot lock real clients out for the offer hold time.
     fn allocate(&mut self, key: &ClientKey, now: i64) -> Option<Ipv6Addr> {
-        if self.exhausted_until.is_some_and(|until| now < until) {
-            return None;
+        if self.exhausted_until.is_none_or(|until| now >= until)
+            && let Some(ip) = self.allocate_free(key, now)
+        {
+            return Some(ip);
         }
+        let &(_, ip) = self.offers.first()?;
+        self.remove(ip);
+        Some(ip)
+    }
+
+    fn allocate_free(&mut self, key: &ClientKey, now: i64) -> Option<Ipv6Addr> {
         let size = self.pool_size.max(1);
         for step in 0..self.pool_size {
             let position = (self.cursor + step) % size;
@@ -621,6 +636,9 @@ impl LeaseDb {
             }
             self.by_client.insert(lease.key.clone(), ip);
         }
+        if lease.state == LeaseState::Offered && !self.reserved_ips.contains(&ip) {
+            self.offers.insert((lease.expiry, ip));
+        }
         self.by_ip.insert(ip, lease);
     }
 
@@ -640,9 +658,13 @@ impl LeaseDb {
     /// Takes the lease off `ip`. An address this leaves free reopens a full pool:
     /// the caller says so with [`LeaseDb::freed`].
     fn remove(&mut self, ip: Ipv6Addr) {
-        if let Some(lease) = self.by_ip.remove(&ip)
-            && self.by_client.get(&lease.key) == Some(&ip)
-        {
+        let Some(lease) = self.by_ip.remove(&ip) else {
+            return;
+        };
+        if lease.state == LeaseState::Offered {
+            self.offers.remove(&(lease.expiry, ip));
+        }
+        if self.by_client.get(&lease.key) == Some(&ip) {
             self.by_client.remove(&lease.key);
         }
     }
@@ -741,18 +763,39 @@ mod tests {
         let a = db.offer(&key(1), None, None, 0).unwrap();
         let b = db.offer(&key(2), None, None, 0).unwrap();
         assert_ne!(a, b);
-        assert_eq!(db.offer(&key(3), None, None, 0), None, "pool of two");
-        assert_eq!(db.exhausted_until, Some(OFFER_HOLD_SECS));
-        assert_eq!(db.offer(&key(5), None, None, 1), None, "no walk until then");
-        // Offers lapse; bound leases do not. Binding or renewing one frees nothing.
         db.bind(&key(1), a, None, None, 3600, 0);
+        db.bind(&key(2), b, None, None, 30, 0);
+        assert_eq!(db.offer(&key(3), None, None, 0), None, "pool of two");
+        assert_eq!(db.exhausted_until, Some(30));
+        assert_eq!(db.offer(&key(5), None, None, 1), None, "no walk until then");
+        // Leases lapse. Renewing one frees nothing.
         db.bind(&key(1), a, None, None, 3600, 1);
-        assert_eq!(db.exhausted_until, Some(OFFER_HOLD_SECS));
-        let c = db.offer(&key(3), None, None, OFFER_HOLD_SECS + 1).unwrap();
+        assert_eq!(db.exhausted_until, Some(30));
+        let c = db.offer(&key(3), None, None, 31).unwrap();
         assert_eq!(c, b);
         assert!(db.release(&key(1), a));
         assert!(!db.release(&key(1), a));
-        assert_eq!(db.offer(&key(4), None, None, OFFER_HOLD_SECS + 1), Some(a));
+        assert_eq!(db.offer(&key(4), None, None, 31), Some(a));
+    }
+
+    /// A flood of SOLICITs (made-up DUIDs, or 80 IAs a message) held every address for
+    /// the offer hold time: a real client got none. Now the oldest offer is taken over.
+    #[test]
+    fn a_full_pool_takes_over_the_oldest_offer_not_a_binding() {
+        let mut config = config();
+        config.ranges = vec![(ip("2001:db8:ca2:2::10"), ip("2001:db8:ca2:2::12"), None)];
+        config.hosts.clear();
+        let mut db = LeaseDb::in_memory(&config);
+        let bound = db.offer(&key(1), None, None, 0).unwrap();
+        db.bind(&key(1), bound, None, None, 3600, 0);
+        let older = db.offer(&key(2), None, None, 1).unwrap();
+        let newer = db.offer(&key(3), None, None, 2).unwrap();
+        assert_eq!(db.offer(&key(4), None, None, 3), Some(older));
+        assert_eq!(db.offer(&key(5), None, None, 4), Some(newer));
+        // key 2 lost its offer: it is offered the next oldest, key 4's.
+        assert_eq!(db.offer(&key(2), None, None, 5), Some(older));
+        assert_eq!(db.binding(&key(1), 5), Some(bound));
+        assert!(db.offers.len() <= 2, "{:?}", db.offers);
     }
 
     #[test]
