@@ -204,23 +204,25 @@ impl Hooks {
             scripts.push(self.script.clone());
         }
         let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(scripts),
+        let mut listed = Vec::new();
+        match std::fs::read_dir(&self.dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry.map_err(|cause| Error::List {
+                        dir: self.dir.clone(),
+                        cause,
+                    })?;
+                    listed.push(entry.path());
+                }
+            }
+            // Only `network`, if anything: it is still checked below.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(cause) => {
                 return Err(Error::List {
                     dir: self.dir.clone(),
                     cause,
                 });
             }
-        };
-        let mut listed = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|cause| Error::List {
-                dir: self.dir.clone(),
-                cause,
-            })?;
-            listed.push(entry.path());
         }
         listed.sort();
         for path in listed {
@@ -498,6 +500,23 @@ mod tests {
         std::fs::set_permissions(&later, std::fs::Permissions::from_mode(0o777)).unwrap();
         assert_eq!(hooks.scripts().unwrap().len(), 4);
         assert!(warned(&later, Warning::ChangeableByOthers));
+    }
+
+    /// The usual setup, `network` alone and no `network.d`: once it went unchecked.
+    #[test]
+    fn a_lone_network_script_others_may_change_is_warned_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = Hooks::new(dir.path());
+        let main = install(dir.path(), "network", "#!/bin/sh\n");
+        std::fs::set_permissions(&main, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(hooks.scripts().unwrap(), [main.clone()]);
+        assert!(
+            hooks
+                .warned
+                .lock()
+                .unwrap()
+                .contains(&(main, Warning::ChangeableByOthers))
+        );
     }
 
     #[test]
