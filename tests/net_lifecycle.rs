@@ -662,6 +662,63 @@ fn default_network_moves_off_a_subnet_the_host_already_uses() {
     );
 }
 
+/// A network moved from libvirt takes over the leases libvirt's dnsmasq gave on its
+/// bridge, the first time it starts: a guest keeps its address (dnsmasq's, not the one
+/// kvnet would pick), and the lease is listed, before the guest even renews.
+#[test]
+fn a_network_moved_from_libvirt_takes_over_dnsmasqs_leases() {
+    if !require(DAEMON_NEEDS) || !require(&[common::Need::Program("busybox")]) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    std::fs::create_dir_all(daemon.libvirt_leases_dir()).expect("libvirt's dir");
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    std::fs::write(
+        daemon.libvirt_leases_dir().join("virbr7.status"),
+        format!(
+            "[\n  {{\n    \"ip-address\": \"10.63.0.77\",\n    \"mac-address\": \"52:54:00:aa:bb:01\",\n    \
+             \"hostname\": \"alpha\",\n    \"client-id\": \"01:52:54:00:aa:bb:01\",\n    \
+             \"expiry-time\": {expiry}\n  }},\n  {{\n    \"ip-address\": \"10.63.0.78\",\n    \
+             \"mac-address\": \"52:54:00:aa:bb:02\",\n    \"expiry-time\": 1000\n  }}\n]\n"
+        ),
+    )
+    .expect("libvirt's leases");
+    let xml = "<network><name>moved</name><bridge name='virbr7' stp='off'/><forward/>\
+               <ip address='10.63.0.1' prefix='24'><dhcp><range start='10.63.0.2' \
+               end='10.63.0.254'/></dhcp></ip></network>";
+    let path = common::xml_file(daemon.dirs.path(), "moved.xml", xml);
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    daemon.ok(&["net-start", "moved"]);
+    let table = daemon.ok(&["net-dhcp-leases", "moved"]);
+    assert!(
+        table.contains("52:54:00:aa:bb:01   ipv4       10.63.0.77/24   alpha"),
+        "{table}"
+    );
+    assert!(
+        !table.contains("10.63.0.78"),
+        "an expired lease came over: {table}"
+    );
+    let guest = testkit::Netns::new("movedguest").expect("guest ns");
+    common::attach_guest(&daemon, &guest, "virbr7", "", "");
+    guest
+        .sh("ip link set eth0 address 52:54:00:aa:bb:01")
+        .expect("guest mac");
+    common::wait_for_forwarding(&daemon, "vg0");
+    assert_eq!(
+        common::udhcpc_lease(&daemon, &guest, "alpha").ip,
+        "10.63.0.77"
+    );
+    // Once the network has leases of its own, libvirt's are not read again.
+    daemon.ok(&["net-destroy", "moved"]);
+    daemon.ok(&["net-start", "moved"]);
+    let taken = "took over the leases libvirt's dnsmasq gave";
+    assert_eq!(daemon.log().matches(taken).count(), 1, "{}", daemon.log());
+}
+
 #[test]
 fn guests_get_dhcp_leases_that_net_dhcp_leases_lists() {
     if !require(DAEMON_NEEDS) || !require(&[common::Need::Program("busybox")]) {

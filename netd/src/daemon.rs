@@ -91,6 +91,11 @@ struct Args {
     /// through which every local user can read the networks, their leases and ports).
     #[arg(long)]
     no_read_only_socket: bool,
+    /// Where libvirt's dnsmasq kept its leases (`BRIDGE.status`): a network that starts
+    /// without leases of its own takes over those not expired, so guests moved from
+    /// libvirt keep their addresses.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/libvirt/dnsmasq")]
+    libvirt_leases_dir: PathBuf,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Networks keep running after it exits,
@@ -151,6 +156,7 @@ fn run(args: Args) -> Result<(), Error> {
             define_default_network: !args.no_default_network,
             resolv_conf: args.resolv_conf.clone(),
             hosts_file: (!args.no_hosts).then(|| args.hosts_file.clone()),
+            libvirt_leases_dir: Some(args.libvirt_leases_dir.clone()),
         };
         let manager = Manager::open(config, firewall)
             .await

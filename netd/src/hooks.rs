@@ -509,7 +509,7 @@ mod tests {
         let hooks = Hooks::new(dir.path());
         let main = install(dir.path(), "network", "#!/bin/sh\n");
         std::fs::set_permissions(&main, std::fs::Permissions::from_mode(0o777)).unwrap();
-        assert_eq!(hooks.scripts().unwrap(), [main.clone()]);
+        assert_eq!(hooks.scripts().unwrap(), std::slice::from_ref(&main));
         assert!(
             hooks
                 .warned

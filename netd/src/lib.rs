@@ -17,6 +17,7 @@ pub mod fdpass;
 pub mod files;
 pub mod firewall;
 pub mod hooks;
+pub mod libvirt_leases;
 pub mod link;
 pub mod manager;
 pub mod owner;

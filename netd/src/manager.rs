@@ -248,6 +248,9 @@ pub struct ManagerConfig {
     /// The host's hosts file (`/etc/hosts`), whose names guests resolve, as libvirt's
     /// dnsmasq serves it; `None` serves none (dnsmasq's `no-hosts`).
     pub hosts_file: Option<PathBuf>,
+    /// Where libvirt's dnsmasq kept its leases: see [`crate::libvirt_leases`]. `None`
+    /// takes over none.
+    pub libvirt_leases_dir: Option<PathBuf>,
 }
 
 /// A network the daemon knows: defined, running, or both.
@@ -376,6 +379,8 @@ pub struct Manager {
     handed_resolvers: std::sync::Mutex<Option<Vec<std::net::SocketAddr>>>,
     /// See [`ManagerConfig::hosts_file`].
     hosts_file: Option<PathBuf>,
+    /// See [`ManagerConfig::libvirt_leases_dir`].
+    libvirt_leases_dir: Option<PathBuf>,
     /// The hosts file's entries as last read.
     host_names: std::sync::Mutex<Arc<dns::SharedHosts>>,
     /// The network hook scripts of the config dir.
@@ -481,6 +486,7 @@ impl Manager {
                     .unwrap_or_default(),
             ))),
             hosts_file: config.hosts_file,
+            libvirt_leases_dir: config.libvirt_leases_dir,
             hooks: Hooks::new(&config.config_dir.join("hooks")),
             gone_ports: std::sync::Mutex::new(gone_ports),
             events: Events::new(),
@@ -906,6 +912,9 @@ impl Manager {
             self.store.lease_path(&def.name).exists() || self.store.lease6_path(&def.name).exists();
         self.store
             .save_status(&def.name, &status(Phase::Starting))?;
+        if !had_leases {
+            self.take_over_libvirt_leases(def, &bridge);
+        }
         let mut undo = Vec::new();
         let _hosts_zone = self.hosts_zone_for(def).await;
         let result = async {
@@ -967,6 +976,33 @@ impl Manager {
                     }
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Takes over the leases libvirt's dnsmasq gave on `bridge` ([`crate::libvirt_leases`]),
+    /// for a network starting without leases of its own. A file that cannot be read is
+    /// only a warning: the network starts without them, as it would have anyway.
+    fn take_over_libvirt_leases(&self, def: &NetworkDef, bridge: &str) {
+        let Some(dir) = &self.libvirt_leases_dir else {
+            return;
+        };
+        if !def.ips.iter().any(xml::IpDef::has_dhcp) {
+            return;
+        }
+        let status = crate::libvirt_leases::status_path(dir, bridge);
+        match crate::libvirt_leases::import(
+            &status,
+            &self.store.lease_path(&def.name),
+            &self.store.lease6_path(&def.name),
+            crate::service::unix_now(),
+        ) {
+            Ok(imported) if imported == crate::libvirt_leases::Imported::default() => {}
+            Ok(imported) => {
+                info!(network = %def.name, v4 = imported.v4, v6 = imported.v6, from = %status.display(), "took over the leases libvirt's dnsmasq gave");
+            }
+            Err(e) => {
+                warn!(network = %def.name, "starting without libvirt's leases: {}", error_chain(&e));
             }
         }
     }

@@ -84,6 +84,12 @@ impl Daemon {
         self.dirs.path().join("etc")
     }
 
+    /// `--libvirt-leases-dir`: libvirt's dnsmasq's lease files, as the test writes them
+    /// (none at first).
+    pub fn libvirt_leases_dir(&self) -> PathBuf {
+        self.dirs.path().join("libvirt-dnsmasq")
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dirs.path().join("run")
     }
@@ -186,6 +192,9 @@ impl Daemon {
             Some(path) => cmd.arg("--hosts-file").arg(path),
             None => cmd.arg("--no-hosts"),
         };
+        // The test's own: what libvirt left on this machine means nothing to a test.
+        cmd.arg("--libvirt-leases-dir")
+            .arg(self.libvirt_leases_dir());
         self.child = Some(cmd.spawn().expect("spawn kvnetd"));
     }
 

@@ -186,6 +186,28 @@ enum Record {
     },
 }
 
+/// A journal line binding `ip` until `expiry` (Unix seconds; 0 for never), for leases
+/// another server gave (libvirt's dnsmasq): loading it checks it as any other line.
+/// `mac` and `client_id` are colon-separated hex.
+pub fn bind_line(
+    ip: Ipv4Addr,
+    mac: &str,
+    client_id: Option<&str>,
+    hostname: Option<&str>,
+    expiry: i64,
+) -> Vec<u8> {
+    let record = Record::Bind {
+        ip,
+        mac: mac.to_owned(),
+        client_id: client_id.map(str::to_owned),
+        hostname: hostname.map(str::to_owned),
+        expiry,
+    };
+    let mut line = serde_json::to_vec(&record).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
 #[derive(Debug)]
 struct Journal {
     path: PathBuf,

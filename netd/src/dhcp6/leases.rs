@@ -81,7 +81,30 @@ struct Record {
     expiry: i64,
 }
 
-/// The lease database of one network.
+/// A lease file line binding `ip` to the client `duid` (colon-separated hex) and
+/// `iaid` until `expiry` (Unix seconds; 0 for never), for leases another server gave
+/// (libvirt's dnsmasq): loading it checks it as any other line.
+pub fn bind_line(
+    ip: Ipv6Addr,
+    duid: &str,
+    iaid: u32,
+    mac: Option<&str>,
+    hostname: Option<&str>,
+    expiry: i64,
+) -> Vec<u8> {
+    let record = Record {
+        ip,
+        duid: duid.to_owned(),
+        iaid,
+        mac: mac.map(str::to_owned),
+        hostname: hostname.map(str::to_owned),
+        expiry,
+    };
+    let mut line = serde_json::to_vec(&record).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
 /// What became of one record of the lease file.
 #[derive(Debug, PartialEq, Eq)]
 enum Loaded {
@@ -92,6 +115,7 @@ enum Loaded {
     Invalid,
 }
 
+/// The lease database of one network.
 #[derive(Debug)]
 pub struct LeaseDb {
     network: String,
