@@ -194,6 +194,11 @@ fn hook_scripts_run_at_each_step_with_libvirts_arguments_and_input() {
             call.env
         );
     }
+    // libvirt adds the NAT port range only as the network starts: `start begin` does
+    // not see it, `started` does.
+    let nat_ports = "<port start='1024' end='65535'/>";
+    assert!(!calls[0].input.contains(nat_ports), "{}", calls[0].input);
+    assert!(calls[1].input.contains(nat_ports), "{}", calls[1].input);
     let port_created = &calls[2].input;
     assert!(
         port_created.contains("<network connections='1'>")

@@ -704,10 +704,9 @@ impl Manager {
             )));
         }
         self.complete_and_check_bridge(&networks, &mut def).await?;
-        def.fill_live_defaults();
         let name = def.name.clone();
         let persistent = networks.get(&name).is_some_and(|n| n.config.is_some());
-        let servers = self.bring_up(&networks, &def, persistent).await?;
+        let servers = self.bring_up(&networks, &mut def, persistent).await?;
         match networks.get_mut(&name) {
             Some(network) => {
                 network.run(def, servers);
@@ -847,8 +846,7 @@ impl Manager {
                 network.config = Some(def.clone());
             }
         }
-        def.fill_live_defaults();
-        let servers = self.bring_up(&networks, &def, true).await?;
+        let servers = self.bring_up(&networks, &mut def, true).await?;
         if let Some(network) = networks.get_mut(&name) {
             network.run(def, servers);
             self.replug_ports(&name, network).await;
@@ -858,12 +856,12 @@ impl Manager {
         Ok(summary)
     }
 
-    /// Checks `def` against the host and the other networks, then creates its kernel
-    /// objects and starts its DHCP and DNS servers, all or nothing.
+    /// Checks `def` against the host and the other networks, fills in its live defaults,
+    /// then creates its kernel objects and starts its DHCP and DNS servers, all or nothing.
     async fn bring_up(
         &self,
         networks: &BTreeMap<String, Network>,
-        def: &NetworkDef,
+        def: &mut NetworkDef,
         persistent: bool,
     ) -> Result<Servers, Error> {
         if let Some(zone) = &def.bridge.zone {
@@ -879,6 +877,10 @@ impl Manager {
         // needs (a host bridge, a pool's device). Its failure cancels the start.
         self.run_hooks(def, &Connections::default(), Operation::Start)
             .await?;
+        // After the script, which sees the definition as libvirt hands it over: without
+        // the NAT port range libvirt adds only as the network starts.
+        def.fill_live_defaults();
+        let def = &*def;
         // A macvtap network has no bridge, and nothing in the kernel until its ports.
         let bridge = match def.macvtap_mode() {
             Some(_) => String::new(),
@@ -1623,9 +1625,14 @@ impl Manager {
                 && let Err(e) = self.store.save_config(&name, file)
             {
                 restore_rules();
-                if let (Some(_), Some(old)) = (&new_live, &network.live) {
-                    self.store
-                        .save_status(&name, &active_status(old, persistent, started_at))?;
+                // The error is the config's: a status that cannot be put back is only
+                // logged, naming what a restart would then do.
+                if let (Some(_), Some(old)) = (&new_live, &network.live)
+                    && let Err(restore) = self
+                        .store
+                        .save_status(&name, &active_status(old, persistent, started_at))
+                {
+                    warn!(network = %name, "the status still holds the refused update, which a restart would apply: {}", error_chain(&restore));
                 }
                 return Err(e.into());
             }
