@@ -23,8 +23,9 @@ pub const DEFAULT_SOCKET: &str = netd::api::DEFAULT_SOCKET;
 )]
 pub struct Cli {
     /// The daemon's socket [default: $KVNET_SOCKET, else /run/kvnet/kvnetd.sock]; virsh's
-    /// URIs for the local system daemon (qemu:///system, network:///system) mean the
-    /// default. As with virsh, the last one given wins.
+    /// URIs for the local system daemon (qemu:///system, network:///system) mean
+    /// /run/kvnet/kvnetd.sock, whatever $KVNET_SOCKET says. As with virsh, the last one
+    /// given wins.
     #[arg(
         short = 'c',
         long = "connect",
