@@ -115,6 +115,17 @@ impl Engine {
         self.leases.commit(now)
     }
 
+    /// The bindings of the replies handled so far, for the caller to make durable off
+    /// the runtime thread (see [`LeaseDb::take_changes`]).
+    pub fn take_changes(&mut self, now: i64) -> Option<super::leases::LeaseFileWrite> {
+        self.leases.take_changes(now)
+    }
+
+    /// The changes last taken were not written: the next commit writes them again.
+    pub fn write_failed(&mut self) {
+        self.leases.write_failed();
+    }
+
     /// Handles one datagram from `source` (the client's link-local address) sent to
     /// All_DHCP_Relay_Agents_and_Servers; `None` when it gets no answer (malformed, not
     /// for us, a server message).

@@ -722,17 +722,49 @@ impl LeaseDb {
     }
 
     /// Writes the bound leases to the file if bindings changed since the last commit.
-    /// Blocking (fsync); the server calls it once per batch, before the replies.
+    /// Blocking (fsync): the server takes the changes with [`LeaseDb::take_changes`]
+    /// instead, and writes them off the runtime thread.
     pub fn commit(&mut self, now: i64) -> Result<(), Error> {
-        let Some(path) = &self.path else {
-            self.dirty = false;
-            return Ok(());
-        };
-        if !self.dirty {
-            return Ok(());
+        match self.take_changes(now) {
+            Some(write) => write.write().inspect_err(|_| self.write_failed()),
+            None => Ok(()),
         }
+    }
+
+    /// The bound leases to write, if bindings changed since they were last taken; a
+    /// write that then fails is reported with [`LeaseDb::write_failed`].
+    pub fn take_changes(&mut self, now: i64) -> Option<LeaseFileWrite> {
+        let path = self.path.clone();
+        if !std::mem::take(&mut self.dirty) {
+            return None;
+        }
+        Some(LeaseFileWrite {
+            network: self.network.clone(),
+            path: path?,
+            leases: self.leases(now),
+        })
+    }
+
+    /// The last changes taken were not written: the next commit writes them again.
+    pub fn write_failed(&mut self) {
+        self.dirty = true;
+    }
+}
+
+/// The bound leases of one network, to be written to its lease file. The whole file is
+/// written (its leases number no more than the pool), with a blocking fsync.
+#[derive(Debug)]
+pub struct LeaseFileWrite {
+    network: String,
+    path: PathBuf,
+    leases: Vec<Lease6Info>,
+}
+
+impl LeaseFileWrite {
+    /// Writes the file atomically.
+    pub fn write(self) -> Result<(), Error> {
         let mut text = Vec::new();
-        for lease in self.leases(now) {
+        for lease in self.leases {
             let record = Record {
                 ip: lease.ip,
                 duid: format_mac(&lease.duid),
@@ -745,14 +777,12 @@ impl LeaseDb {
                 text.push(b'\n');
             }
         }
-        crate::store::write_atomic(path, &text).map_err(|e| Error::LeaseFile {
-            network: self.network.clone(),
-            path: path.clone(),
+        crate::store::write_atomic(&self.path, &text).map_err(|e| Error::LeaseFile {
+            network: self.network,
+            path: self.path,
             action: "write",
             source: std::io::Error::other(e),
-        })?;
-        self.dirty = false;
-        Ok(())
+        })
     }
 }
 
@@ -942,6 +972,27 @@ mod tests {
             db.offer(&key(2), None, None, 10 + DECLINE_HOLD_SECS + 1),
             Some(a)
         );
+    }
+
+    /// The server writes what it takes off the runtime thread: a write that fails
+    /// leaves the changes to the next one.
+    #[test]
+    fn changes_a_failed_write_lost_are_written_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.leases6");
+        let mut db = LeaseDb::open(&config(), &path, 0).unwrap();
+        assert!(db.take_changes(0).is_none(), "nothing changed");
+        let a = db.offer(&key(1), None, None, 0).unwrap();
+        db.bind(&key(1), a, None, None, 3600, 0);
+        let changes = db.take_changes(0).expect("a binding to write");
+        assert!(db.take_changes(0).is_none(), "taken");
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        assert!(changes.write().is_err());
+        db.write_failed();
+        std::fs::create_dir(dir.path()).unwrap();
+        db.take_changes(0).expect("again").write().unwrap();
+        let reopened = LeaseDb::open(&config(), &path, 0).unwrap();
+        assert_eq!(reopened.binding(&key(1), 0), Some(a));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
 use super::engine::{Engine, Reply, SERVER_PORT};
+use super::leases::LeaseFileWrite;
 use super::{Dhcp6Config, Error, Lease6Info};
 use crate::link::Link;
 use crate::service::{ServiceTask, lock, unix_now};
@@ -235,7 +236,9 @@ async fn serve(
                 Ok(()) => {
                     let batch = receive_batch(&socket, &engine, &mut buf);
                     let macs = senders.macs_of(&batch).await;
-                    handle_batch(&socket, &engine, batch, macs);
+                    let (replies, changes) = handle_batch(&engine, batch, macs);
+                    let replies = save_then_keep(&engine, replies, changes).await;
+                    send(&socket, &engine, replies);
                 }
                 Err(e) => {
                     let network = lock(&engine).config().network.clone();
@@ -268,14 +271,13 @@ fn receive_batch(socket: &UdpSocket, engine: &Mutex<Engine>, buf: &mut [u8]) -> 
     batch
 }
 
-/// Answers a batch, each datagram's sender at the MAC found for it, and sends the
-/// replies once the bindings they confirm are saved.
+/// Answers a batch, each datagram's sender at the MAC found for it: the replies, and the
+/// bindings they confirm, to be saved before they are sent.
 fn handle_batch(
-    socket: &UdpSocket,
     engine: &Mutex<Engine>,
     batch: Vec<Datagram>,
     macs: Vec<Option<[u8; 6]>>,
-) {
+) -> (Vec<(SocketAddr, Reply)>, Option<LeaseFileWrite>) {
     let mut replies: Vec<(SocketAddr, Reply)> = Vec::new();
     let mut engine = lock(engine);
     let now = unix_now();
@@ -290,14 +292,42 @@ fn handle_batch(
             replies.push((SocketAddr::V6(datagram.from), reply));
         }
     }
-    if replies.iter().any(|(_, reply)| reply.needs_commit)
-        && let Err(e) = engine.commit(now)
-    {
-        tracing::error!(error = %crate::manager::error_chain(&e), "DHCPv6 bindings not saved; their replies are dropped");
+    let changes = if replies.iter().any(|(_, reply)| reply.needs_commit) {
+        engine.take_changes(now)
+    } else {
+        None
+    };
+    (replies, changes)
+}
+
+/// Writes `changes` to the lease file on a blocking thread (a whole file and an fsync:
+/// one network's flood of bindings must not hold up every network's DHCP and DNS), then
+/// returns the replies that may go: those confirming a binding only if it was saved.
+async fn save_then_keep(
+    engine: &Mutex<Engine>,
+    mut replies: Vec<(SocketAddr, Reply)>,
+    changes: Option<LeaseFileWrite>,
+) -> Vec<(SocketAddr, Reply)> {
+    let Some(changes) = changes else {
+        return replies;
+    };
+    let saved = match tokio::task::spawn_blocking(move || changes.write()).await {
+        Ok(result) => result.map_err(|e| crate::manager::error_chain(&e)),
+        Err(e) => Err(format!("the lease file's writer failed: {e}")),
+    };
+    if let Err(e) = saved {
+        tracing::error!(error = %e, "DHCPv6 bindings not saved; their replies are dropped");
+        lock(engine).write_failed();
         replies.retain(|(_, reply)| !reply.needs_commit);
     }
-    let network = engine.config().network.clone();
-    drop(engine);
+    replies
+}
+
+fn send(socket: &UdpSocket, engine: &Mutex<Engine>, replies: Vec<(SocketAddr, Reply)>) {
+    if replies.is_empty() {
+        return;
+    }
+    let network = lock(engine).config().network.clone();
     for (to, reply) in replies {
         if let Err(e) = socket.try_send_to(&reply.bytes, to) {
             tracing::debug!(%network, %to, error = %e, "DHCPv6 reply not sent");
