@@ -275,11 +275,17 @@ fn a_failing_hook_script_cancels_what_libvirt_lets_it_cancel_and_leaves_nothing(
     assert!(error.contains(&refusal(&daemon, "start")), "{error}");
     clean("refused start");
 
-    // Refused once it runs: taken down again.
+    // Refused once it runs: taken down again, and the DHCP lease file its server made
+    // goes with it, not an older file of the other family's.
+    let leases6 = daemon.state_dir().join("networks/hooknet.leases6");
+    std::fs::write(&leases6, "").expect("an earlier run's DHCPv6 leases");
     std::fs::write(&gate, "started").expect("gate");
     let error = daemon.fails(&["net-start", "hooknet"]);
     assert!(error.contains(&refusal(&daemon, "started")), "{error}");
     clean("refused started");
+    assert!(!daemon.state_dir().join("networks/hooknet.leases").exists());
+    assert!(leases6.exists(), "an earlier run's file was deleted");
+    std::fs::remove_file(&leases6).expect("remove");
     let args: Vec<String> = calls(&log).into_iter().map(|call| call.args).collect();
     assert_eq!(
         args,

@@ -910,11 +910,13 @@ impl Manager {
         };
         // A lease journal this start creates goes with a failed start; an older one
         // holds the leases of an earlier run.
-        let had_leases =
-            self.store.lease_path(&def.name).exists() || self.store.lease6_path(&def.name).exists();
+        let had_leases = (
+            self.store.lease_path(&def.name).exists(),
+            self.store.lease6_path(&def.name).exists(),
+        );
         self.store
             .save_status(&def.name, &status(Phase::Starting))?;
-        if !had_leases {
+        if had_leases == (false, false) {
             self.take_over_libvirt_leases(def, &bridge);
         }
         let mut undo = Vec::new();
@@ -967,12 +969,19 @@ impl Manager {
             }
             Err(e) => {
                 self.roll_back(undo).await;
-                let leases = if had_leases {
+                // Each family's file only if this start created it.
+                let (had4, had6) = had_leases;
+                let leases4 = if had4 {
                     Ok(())
                 } else {
-                    self.store.delete_leases(&def.name)
+                    self.store.delete_leases4(&def.name)
                 };
-                for cleanup in [self.store.delete_status(&def.name), leases] {
+                let leases6 = if had6 {
+                    Ok(())
+                } else {
+                    self.store.delete_leases6(&def.name)
+                };
+                for cleanup in [self.store.delete_status(&def.name), leases4, leases6] {
                     if let Err(cleanup) = cleanup {
                         warn!(network = %def.name, "{}", error_chain(&cleanup));
                     }
