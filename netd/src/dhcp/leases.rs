@@ -731,6 +731,7 @@ impl LeaseDb {
     }
 
     /// Binds `ip` to `client` for the configured lease time; see [`LeaseDb::bind_requesting`].
+    #[cfg(test)]
     pub fn bind(
         &mut self,
         client: &Client,

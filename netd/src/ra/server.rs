@@ -161,7 +161,8 @@ async fn advertise(
                     break;
                 }
                 let mut solicited = false;
-                // Everything ICMPv6 on the bridge arrives here; only solicitations matter.
+                // The socket's filter lets only router solicitations through; the check
+                // below is for what arrived before the filter was set.
                 loop {
                     match socket.try_recv(&mut buffer) {
                         Ok(len) => solicited |= is_router_solicitation(&buffer[..len]),
