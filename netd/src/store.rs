@@ -196,7 +196,8 @@ pub struct Store {
     networks_dir: PathBuf,
     autostart_dir: PathBuf,
     status_dir: PathBuf,
-    /// `<state>/autostarted`: this boot's autostart ran to its end, or was retried once.
+    /// `<state>/autostarted`: this boot's autostart pass ran to its end (networks that
+    /// daemons died starting too often were skipped in it).
     autostart_marker: PathBuf,
     /// `<state>/autostarting`: this boot's autostart began.
     autostart_begun_marker: PathBuf,
