@@ -107,10 +107,7 @@ impl SerialInput {
     /// Forwards everything read from `input` until EOF, waiting while the FIFO is full.
     pub fn forward(&self, mut input: impl std::io::Read) {
         let mut buf = [0u8; 64];
-        while let Ok(n) = input.read(&mut buf) {
-            if n == 0 {
-                return;
-            }
+        while let Some(n) = read_input(&mut input, &mut buf) {
             self.send_all(&buf[..n]);
         }
     }
@@ -121,13 +118,7 @@ impl SerialInput {
         let mut filter = escape::EscapeFilter::default();
         let mut buf = [0u8; 64];
         let mut out = Vec::with_capacity(2 * buf.len());
-        loop {
-            let n = match input.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
-            };
+        while let Some(n) = read_input(&mut input, &mut buf) {
             out.clear();
             let stopping = filter.filter(&buf[..n], &mut out);
             self.send_all(&out);
@@ -150,6 +141,30 @@ impl SerialInput {
         }
     }
 }
+
+/// The next bytes of console input into `buf`: `None` at its end, or after an error,
+/// which is logged (the guest's console input ends then, not the VM). Input left
+/// non-blocking (a terminal a parent set O_NONBLOCK on) is waited for, not taken for
+/// an error.
+fn read_input(input: &mut impl std::io::Read, buf: &mut [u8]) -> Option<usize> {
+    loop {
+        match input.read(buf) {
+            Ok(0) => return None,
+            Ok(n) => return Some(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(INPUT_RETRY);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "console input ends: it cannot be read");
+                return None;
+            }
+        }
+    }
+}
+
+/// How often non-blocking console input is tried while it has nothing.
+const INPUT_RETRY: Duration = Duration::from_millis(10);
 
 impl Vm {
     /// Builds the machine described by `config` and loads the guest.
@@ -692,6 +707,45 @@ fn report_timings(startup: Option<&StartupReport>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads that would block, are interrupted, then give data, then fail.
+    struct Flaky(std::collections::VecDeque<std::io::Result<&'static [u8]>>);
+
+    impl std::io::Read for Flaky {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.pop_front() {
+                Some(Ok(bytes)) => {
+                    buf[..bytes.len()].copy_from_slice(bytes);
+                    Ok(bytes.len())
+                }
+                Some(Err(e)) => Err(e),
+                None => Ok(0),
+            }
+        }
+    }
+
+    #[test]
+    fn console_input_waits_out_would_block_and_ends_at_an_error() {
+        use std::io::{Error, ErrorKind};
+        let mut input = Flaky(
+            [
+                Err(Error::from(ErrorKind::WouldBlock)),
+                Err(Error::from(ErrorKind::Interrupted)),
+                Ok(&b"ab"[..]),
+                Err(Error::from(ErrorKind::WouldBlock)),
+                Ok(&b"c"[..]),
+                Err(Error::from(ErrorKind::BrokenPipe)),
+                Ok(&b"never read"[..]),
+            ]
+            .into(),
+        );
+        let mut buf = [0u8; 64];
+        assert_eq!(read_input(&mut input, &mut buf), Some(2));
+        assert_eq!(&buf[..2], b"ab");
+        assert_eq!(read_input(&mut input, &mut buf), Some(1));
+        assert_eq!(read_input(&mut input, &mut buf), None);
+        assert_eq!(input.0.len(), 1, "nothing is read after the error");
+    }
 
     #[test]
     fn a_vcpu_thread_that_panics_ends_the_vm() {
