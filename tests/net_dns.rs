@@ -477,3 +477,39 @@ fn dnsmasq_options_kvnet_does_not_implement_are_refused_by_name() {
         "{err}"
     );
 }
+
+/// A guest spoofing an outside source gets no answer from the host, over TCP either:
+/// kvnet's input rule drops what the bridge's routes do not cover, so the host neither
+/// ARPs for the address (a slot of its neighbour table each) nor answers out upstream.
+#[test]
+fn the_host_answers_no_spoofed_source_on_a_bridge() {
+    if !resolver_tests_can_run() {
+        return;
+    }
+    let daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    let xml = common::xml_file(daemon.dirs.path(), "dnsnet.xml", NETWORK_XML);
+    daemon.ok(&["net-create", xml.to_str().expect("path")]);
+    let guest = guest_on(&daemon, "virbr0", "vg0", "spoofer", "192.168.122.60");
+    common::wait_for_forwarding(&daemon, "vg0");
+    guest
+        .sh("ip addr add 203.0.113.9/32 dev eth0")
+        .expect("an outside address");
+    assert_eq!(dig_short(&guest, "static1.example.test"), "192.168.122.50");
+    for transport in ["+tcp", "+notcp"] {
+        let out = guest
+            .sh(&format!(
+                "timeout 10 dig {transport} +time=1 +tries=1 -b 203.0.113.9 @192.168.122.1 \
+                 static1.example.test || true"
+            ))
+            .unwrap_or_default();
+        assert!(!out.contains("status: NOERROR"), "{transport}: {out}");
+    }
+    let neighbours = daemon.ns.sh("ip neigh").unwrap_or_default();
+    assert!(!neighbours.contains("203.0.113.9"), "{neighbours}");
+    let ruleset = daemon.ruleset();
+    let dropped = ruleset
+        .lines()
+        .find(|line| line.contains("ip saddr != 0.0.0.0 fib saddr . iif oif missing"))
+        .unwrap_or_else(|| panic!("no anti-spoofing rule:\n{ruleset}"));
+    assert!(!dropped.contains("packets 0 "), "{dropped}");
+}

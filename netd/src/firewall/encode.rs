@@ -82,7 +82,8 @@ const USERDATA_VERDICT_MAP: &[u8] = &[0, 4, 1, 0, 0, 0, 1, 4, 0, 0, 0, 0, 6, 4, 
 /// record types (0, a comment) and skips the rest, so `nft list` shows nothing of it.
 const UDATA_STAMP: u8 = 0xcb;
 
-/// Verdict codes: `NF_ACCEPT`, `NFT_JUMP`, `NFT_RETURN`.
+/// Verdict codes: `NF_DROP`, `NF_ACCEPT`, `NFT_JUMP`, `NFT_RETURN`.
+const NF_DROP: i32 = 0;
 const NF_ACCEPT: i32 = 1;
 const NFT_JUMP: i32 = -3;
 const NFT_RETURN: i32 = -5;
@@ -376,6 +377,7 @@ fn expression(w: &mut Writer, expr: &Expr) {
         Expr::Verdict(verdict) => {
             let code = match verdict {
                 Verdict::Accept => NF_ACCEPT,
+                Verdict::Drop => NF_DROP,
                 Verdict::Return => NFT_RETURN,
             };
             d.be32(1, 0).nested(2, |data| {

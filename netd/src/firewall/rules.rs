@@ -9,6 +9,10 @@
 //! bridge `B` (then the forward device `D`, in the `_dev` sets):
 //!
 //! ```text
+//! chain input (filter, policy accept)
+//!   iifname @bridges ip saddr != 0.0.0.0 fib saddr . iif oif missing drop    spoofed sources
+//!   iifname @bridges ip6 saddr != :: fib saddr . iif oif missing drop
+//!   iifname @bridges udp dport 53|67|69|547 accept, tcp dport 53 accept     guests' DHCP and DNS
 //! chain forward (filter, policy accept)
 //!   iifname . oifname @same_bridge accept                      B . B    guest <-> guest
 //!   meta nfproto ipv4 oifname @reply4 ct state established,related accept     nat: replies
@@ -265,6 +269,8 @@ pub enum CmpOp {
 pub enum Verdict {
     /// Accept the packet (this hook).
     Accept,
+    /// Drop the packet.
+    Drop,
     /// Back to the calling chain, or the policy.
     Return,
 }
@@ -424,8 +430,26 @@ pub fn skeleton() -> Vec<Object> {
     let iif = || Expr::Meta(MetaKey::Iifname, REG1);
     let oif = || Expr::Meta(MetaKey::Oifname, REG1);
 
+    // First, a guest's packet to the host from a source its bridge's routes do not cover
+    // (a spoofed one; `<route>`d subnets and link-local addresses are covered): answering
+    // it would send the reply out on the bridge as if the address were there, a slot of
+    // the host's neighbour table each, or out upstream to a third party. The unspecified
+    // source of a DHCP client and of IPv6 duplicate address detection is let through.
+    let mut input = vec![
+        drop_packet([
+            nfproto(NFPROTO_IPV4),
+            in_set(iif(), BRIDGES_SET),
+            source_is_not(PayloadField::Ipv4Source, vec![0; 4]),
+            source_not_via_iif(),
+        ]),
+        drop_packet([
+            nfproto(NFPROTO_IPV6),
+            in_set(iif(), BRIDGES_SET),
+            source_is_not(PayloadField::Ipv6Source, vec![0; 16]),
+            source_not_via_iif(),
+        ]),
+    ];
     // DNS, DHCP, TFTP and DHCPv6 from guests to the host's servers, and their answers.
-    let mut input = Vec::new();
     for port in [53, 67, 69, 547] {
         input.push(accept([
             in_set(iif(), BRIDGES_SET),
@@ -914,6 +938,34 @@ fn source_via_iif() -> Vec<Expr> {
     ]
 }
 
+/// `fib saddr . iif oif missing`: no route of the input interface covers the source.
+fn source_not_via_iif() -> Vec<Expr> {
+    vec![
+        Expr::FibSourceViaIif(REG1),
+        Expr::Cmp(CmpOp::Eq, REG1, 0u32.to_ne_bytes().to_vec()),
+    ]
+}
+
+/// The network header's source address fields.
+enum PayloadField {
+    /// `ip saddr`.
+    Ipv4Source,
+    /// `ip6 saddr`.
+    Ipv6Source,
+}
+
+/// `ip saddr != ADDRESS` or `ip6 saddr != ADDRESS`.
+fn source_is_not(field: PayloadField, address: Vec<u8>) -> Vec<Expr> {
+    let (offset, len) = match field {
+        PayloadField::Ipv4Source => (12, 4),
+        PayloadField::Ipv6Source => (8, 16),
+    };
+    vec![
+        Expr::Payload(PayloadBase::Network, offset, len, REG1),
+        Expr::Cmp(CmpOp::Neq, REG1, address),
+    ]
+}
+
 /// `KEY @set` for a key already loaded by `load`.
 fn in_set(load: Expr, set: &str) -> Vec<Expr> {
     vec![
@@ -953,6 +1005,12 @@ fn rule<const N: usize>(parts: [Vec<Expr>; N]) -> Vec<Expr> {
 fn accept<const N: usize>(matches: [Vec<Expr>; N]) -> Vec<Expr> {
     let mut out = rule(matches);
     out.extend([Expr::Counter, Expr::Verdict(Verdict::Accept)]);
+    out
+}
+
+fn drop_packet<const N: usize>(matches: [Vec<Expr>; N]) -> Vec<Expr> {
+    let mut out = rule(matches);
+    out.extend([Expr::Counter, Expr::Verdict(Verdict::Drop)]);
     out
 }
 
@@ -1123,7 +1181,7 @@ mod tests {
                 rules_of("forward"),
                 rules_of("postrouting")
             ],
-            [5, 4, 23, 17]
+            [7, 4, 23, 17]
         );
         // Each base chain is flushed right after it is (re)declared.
         for (at, object) in skeleton.iter().enumerate() {
