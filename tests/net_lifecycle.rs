@@ -670,7 +670,7 @@ fn a_network_moved_from_libvirt_takes_over_dnsmasqs_leases() {
     if !require(DAEMON_NEEDS) || !require(&[common::Need::Program("busybox")]) {
         return;
     }
-    let daemon = Daemon::without_default_network();
+    let mut daemon = Daemon::without_default_network();
     std::fs::create_dir_all(daemon.libvirt_leases_dir()).expect("libvirt's dir");
     let expiry = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -712,11 +712,22 @@ fn a_network_moved_from_libvirt_takes_over_dnsmasqs_leases() {
         common::udhcpc_lease(&daemon, &guest, "alpha").ip,
         "10.63.0.77"
     );
-    // Once the network has leases of its own, libvirt's are not read again.
+    // Once the network has leases of its own, libvirt's are not read again; nor after a
+    // reboot, which takes kvnet's (a new state dir): a lease released since must not
+    // come back.
     daemon.ok(&["net-destroy", "moved"]);
+    daemon.ok(&["net-start", "moved"]);
+    daemon.ok(&["net-destroy", "moved"]);
+    daemon.stop();
+    daemon.spawn(&common::DaemonOptions {
+        state_dir: Some(daemon.dirs.path().join("run-after-reboot")),
+        ..common::DaemonOptions::no_default_network()
+    });
     daemon.ok(&["net-start", "moved"]);
     let taken = "took over the leases libvirt's dnsmasq gave";
     assert_eq!(daemon.log().matches(taken).count(), 1, "{}", daemon.log());
+    let table = daemon.ok(&["net-dhcp-leases", "moved"]);
+    assert!(!table.contains("10.63.0.77"), "{table}");
 }
 
 #[test]

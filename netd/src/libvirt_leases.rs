@@ -36,7 +36,7 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    /// A lease file could not be written.
+    /// A lease file, or the record of the import, could not be written.
     #[error("cannot write the imported leases to {path}")]
     Write {
         /// The lease file.
@@ -70,6 +70,58 @@ pub struct Imported {
     pub v4: usize,
     /// DHCPv6 leases.
     pub v6: usize,
+}
+
+/// [`import`], once per version of `status`: `taken` records the status file's size and
+/// time of change once its leases are taken over, and a status file that matches it is
+/// not read again. kvnet's lease files are on tmpfs (`/run/kvnet`) and gone after a
+/// reboot, but libvirt's stays, and its leases are a move's, not a reboot's: a guest
+/// that released its lease since must not get it back, nor hold one libvirt gave for
+/// ever (`expiry-time` 0) at every boot.
+pub fn import_once(
+    status: &Path,
+    taken: &Path,
+    v4_file: &Path,
+    v6_file: &Path,
+    now: i64,
+) -> Result<Imported, Error> {
+    let version = match std::fs::metadata(status) {
+        Ok(metadata) => {
+            use std::os::unix::fs::MetadataExt;
+            format!(
+                "{} {}.{:09}\n",
+                metadata.len(),
+                metadata.mtime(),
+                metadata.mtime_nsec()
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Imported::default()),
+        Err(source) => {
+            return Err(Error::Read {
+                path: status.to_owned(),
+                source,
+            });
+        }
+    };
+    if std::fs::read_to_string(taken).is_ok_and(|recorded| recorded == version) {
+        return Ok(Imported::default());
+    }
+    let imported = import(status, v4_file, v6_file, now)?;
+    let record = || -> Result<(), crate::store::Error> {
+        if let Some(dir) = taken.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| crate::store::Error::Io {
+                action: "creating directory",
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        crate::store::write_atomic(taken, version.as_bytes())
+    };
+    record().map_err(|source| Error::Write {
+        path: taken.to_owned(),
+        source,
+    })?;
+    Ok(imported)
 }
 
 /// Where libvirt's dnsmasq kept the leases of `bridge`, under `dir`.
@@ -201,6 +253,38 @@ mod tests {
                  \"hostname\":\"gc2\",\"expiry\":{}}}\n",
                 NOW + 600
             )
+        );
+    }
+
+    #[test]
+    fn a_status_file_is_taken_over_once_until_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join("virbr0.status");
+        let taken = dir.path().join("config/.libvirt-leases/default");
+        let (v4, v6) = (dir.path().join("n.leases"), dir.path().join("n.leases6"));
+        let lease = |ip: &str| {
+            format!(
+                r#"[{{"ip-address": "{ip}", "mac-address": "52:54:00:aa:bb:02", "expiry-time": 0}}]"#
+            )
+        };
+        std::fs::write(&status, lease("192.168.122.11")).unwrap();
+        let once = Imported { v4: 1, v6: 0 };
+        assert_eq!(import_once(&status, &taken, &v4, &v6, NOW).unwrap(), once);
+        // A reboot: kvnet's lease files are gone, libvirt's is as it was.
+        std::fs::remove_file(&v4).unwrap();
+        let nothing = Imported::default();
+        assert_eq!(
+            import_once(&status, &taken, &v4, &v6, NOW).unwrap(),
+            nothing
+        );
+        assert!(!v4.exists());
+        // libvirt ran again and wrote it anew: a new move.
+        std::fs::write(&status, lease("192.168.122.12")).unwrap();
+        assert_eq!(import_once(&status, &taken, &v4, &v6, NOW).unwrap(), once);
+        assert!(
+            std::fs::read_to_string(&v4)
+                .unwrap()
+                .contains("192.168.122.12")
         );
     }
 

@@ -992,8 +992,8 @@ impl Manager {
     }
 
     /// Takes over the leases libvirt's dnsmasq gave on `bridge` ([`crate::libvirt_leases`]),
-    /// for a network starting without leases of its own. A file that cannot be read is
-    /// only a warning: the network starts without them, as it would have anyway.
+    /// once, for a network starting without leases of its own. A file that cannot be read
+    /// is only a warning: the network starts without them, as it would have anyway.
     fn take_over_libvirt_leases(&self, def: &NetworkDef, bridge: &str) {
         let Some(dir) = &self.libvirt_leases_dir else {
             return;
@@ -1002,8 +1002,9 @@ impl Manager {
             return;
         }
         let status = crate::libvirt_leases::status_path(dir, bridge);
-        match crate::libvirt_leases::import(
+        match crate::libvirt_leases::import_once(
             &status,
+            &self.store.libvirt_leases_taken(&def.name),
             &self.store.lease_path(&def.name),
             &self.store.lease6_path(&def.name),
             crate::service::unix_now(),

@@ -205,6 +205,9 @@ pub struct Store {
     /// default network is defined and autostarted, so that a first start cut short is a
     /// first start again.
     first_start_marker: PathBuf,
+    /// `<config>/.libvirt-leases`: which of libvirt's lease files each network took over
+    /// (see [`crate::libvirt_leases`]).
+    libvirt_leases_taken: PathBuf,
 }
 
 impl Store {
@@ -218,7 +221,14 @@ impl Store {
             autostart_marker: state_dir.join("autostarted"),
             autostart_begun_marker: state_dir.join("autostarting"),
             first_start_marker: config_dir.join(".first-start"),
+            libvirt_leases_taken: config_dir.join(".libvirt-leases"),
         }
+    }
+
+    /// Where it is recorded which of libvirt's lease files network `name` took over:
+    /// kept with the definitions, as the lease files kvnet writes are gone at a reboot.
+    pub fn libvirt_leases_taken(&self, name: &str) -> PathBuf {
+        self.libvirt_leases_taken.join(name)
     }
 
     /// The daemon's own directory of live state, where short-lived files (a device node

@@ -915,6 +915,17 @@ pub(crate) mod tests {
         let reply = decode(&engine.handle(&solicit, CLIENT_LL, 1000).unwrap());
         let answered: Vec<u32> = ia_nas(reply.opts()).map(|ia| ia.id).collect();
         assert_eq!(answered, (1..=8).collect::<Vec<u32>>());
+
+        // A REBIND asking for 20 free addresses binds 8.
+        let mut engine = Engine::new(config());
+        let asked = (1..=20u32)
+            .rev()
+            .map(|id| ia(id, Some(&format!("2001:db8:ca2:2:1::{:x}", 0x20 + id))))
+            .collect();
+        let rebind = message(MessageType::Rebind, &CLIENT_DUID, asked);
+        let reply = decode(&engine.handle(&rebind, CLIENT_LL, 1000).unwrap());
+        assert_eq!(ia_nas(reply.opts()).count(), 8);
+        assert_eq!(engine.leases(1000).len(), 8);
     }
 
     #[test]

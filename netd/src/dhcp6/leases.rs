@@ -115,6 +115,11 @@ enum Loaded {
     Invalid,
 }
 
+/// How many of the oldest offers a full pool looks at for one to take over: those of the
+/// asking client itself are passed over, and a client holding thousands must not make
+/// each of its requests a walk through them.
+const TAKEOVER_LOOKAHEAD: usize = 64;
+
 /// The lease database of one network.
 #[derive(Debug)]
 pub struct LeaseDb {
@@ -314,7 +319,8 @@ impl LeaseDb {
             .by_ip
             .iter()
             .filter(|(ip, lease)| {
-                lease.state == LeaseState::Offered && self.reserved_ips.contains(ip)
+                lease.state == LeaseState::Offered
+                    && (self.reserved_ips.contains(ip) || !self.in_pool(**ip))
             })
             .map(|(&ip, _)| ip)
             .collect();
@@ -506,14 +512,33 @@ impl LeaseDb {
     /// held by an offer is taken over, as the DHCPv4 pool does, so a flood of SOLICITs
     /// cannot lock real clients out for the offer hold time.
     fn allocate(&mut self, key: &ClientKey, now: i64) -> Option<Ipv6Addr> {
-        if self.exhausted_until.is_none_or(|until| now >= until)
-            && let Some(ip) = self.allocate_free(key, now)
-        {
+        let walks = self.exhausted_until.is_none_or(|until| now >= until);
+        if walks && let Some(ip) = self.allocate_free(key, now) {
             return Some(ip);
         }
-        let &(_, ip) = self.offers.first()?;
-        self.remove(ip);
-        Some(ip)
+        // Another client's: one message's IAs must not take each other's offers.
+        let taken = self
+            .offers
+            .iter()
+            .take(TAKEOVER_LOOKAHEAD)
+            .map(|&(_, ip)| ip)
+            .find(|ip| {
+                self.by_ip
+                    .get(ip)
+                    .is_some_and(|lease| lease.key.duid != key.duid)
+            });
+        match taken {
+            Some(ip) => {
+                self.remove(ip);
+                Some(ip)
+            }
+            None => {
+                if walks {
+                    tracing::warn!(network = %self.network, "DHCPv6 range full: no address to give");
+                }
+                None
+            }
+        }
     }
 
     fn allocate_free(&mut self, key: &ClientKey, now: i64) -> Option<Ipv6Addr> {
@@ -536,7 +561,6 @@ impl LeaseDb {
                 .min()
                 .unwrap_or(i64::MAX),
         );
-        tracing::warn!(network = %self.network, "DHCPv6 range full: no address to give");
         None
     }
 
@@ -850,6 +874,29 @@ mod tests {
         assert_eq!(db.offer(&key(2), None, None, 5), Some(older));
         assert_eq!(db.binding(&key(1), 5), Some(bound));
         assert!(db.offers.len() <= 2, "{:?}", db.offers);
+    }
+
+    /// One SOLICIT's IAs do not take each other's offers, and a range that shrank takes
+    /// back no offer outside it.
+    #[test]
+    fn a_takeover_passes_over_the_clients_own_offers_and_those_out_of_the_range() {
+        let mut config = config();
+        config.ranges = vec![(ip("2001:db8:ca2:2::10"), ip("2001:db8:ca2:2::11"), None)];
+        config.hosts.clear();
+        let mut db = LeaseDb::in_memory(&config);
+        let other_ia = ClientKey { iaid: 2, ..key(1) };
+        let first = db.offer(&key(1), None, None, 0).unwrap();
+        let second = db.offer(&other_ia, None, None, 0).unwrap();
+        assert_ne!(first, second);
+        let third_ia = ClientKey { iaid: 3, ..key(1) };
+        assert_eq!(db.offer(&third_ia, None, None, 0), None);
+        assert_eq!(db.offer(&key(2), None, None, 1), Some(first));
+
+        // ::11 leaves the range while offered: it is no longer given out.
+        config.ranges = vec![(ip("2001:db8:ca2:2::10"), ip("2001:db8:ca2:2::10"), None)];
+        db.configure(&config);
+        db.bind(&key(2), first, None, None, 3600, 1);
+        assert_eq!(db.offer(&key(3), None, None, 2), None);
     }
 
     #[test]
