@@ -309,6 +309,26 @@ pub(super) fn dhcp_config(def: &NetworkDef) -> Option<DhcpConfig> {
 mod tests {
     use super::*;
 
+    /// What DNS, TFTP and the firewall take for a guest's own source: losing a kind here
+    /// would silently cut real guests off.
+    #[test]
+    fn guest_sources_are_the_subnets_the_routes_and_link_local() {
+        let def = NetworkDef::from_xml(
+            "<network><name>n</name><bridge name='kvn0'/><forward mode='route'/>\
+             <ip address='10.9.0.1' prefix='24'/><ip family='ipv6' address='fd00:9::1' prefix='64'/>\
+             <route address='10.99.0.0' prefix='16' gateway='10.9.0.2'/></network>",
+        )
+        .expect("parse");
+        let sources: Vec<String> = guest_sources(&def)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            sources,
+            ["10.9.0.0/24", "fd00:9::/64", "10.99.0.0/16", "fe80::/10"]
+        );
+    }
+
     #[test]
     fn the_last_dhcp_option_line_of_a_code_counts() {
         let def = NetworkDef::from_xml(
