@@ -444,18 +444,21 @@ fn the_vm_runs_as_the_user_it_is_given_with_no_capabilities() {
         poweroff(a)
     })
     .expect("assemble");
-    let mut vmm = Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"))
-        .args([
-            "--user",
-            "nobody",
-            "--kernel",
-            kernel.to_str().expect("utf8"),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn kvnet-vmm");
+    let mut vmm = KilledOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"))
+            .args([
+                "--user",
+                "nobody",
+                "--kernel",
+                kernel.to_str().expect("utf8"),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn kvnet-vmm"),
+    );
+    let vmm = &mut vmm.0;
     let mut stdout = std::io::BufReader::new(vmm.stdout.take().expect("stdout"));
     let mut line = String::new();
     stdout.read_line(&mut line).expect("the guest's first line");
@@ -490,14 +493,55 @@ fn the_vm_runs_as_the_user_it_is_given_with_no_capabilities() {
         .expect("a key for the guest");
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).expect("the rest of the console");
-    let out = vmm.wait_with_output().expect("exit");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    let status = vmm.wait().expect("exit");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut vmm.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(status.success(), "{status:?}: {stderr}");
     assert_eq!(rest, "bye\n", "{stderr}");
     assert!(
         stderr.ends_with("kvnet-vmm: guest powered off\n"),
         "{stderr}"
     );
+}
+
+/// A child process killed and reaped when the test ends, however it ends.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Started with securebits that keep capabilities across a change of user, the VMM would
+/// run as the user with every capability: it refuses to run the guest.
+#[test]
+fn a_vmm_that_would_keep_capabilities_as_the_user_refuses_to_run() {
+    use testkit::Need;
+    use vmm::testing::{self, poweroff};
+    if !testkit::require(&[Need::Kvm, Need::Root, Need::Program("setpriv")]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = testing::write_guest(dir.path(), "off.elf", poweroff).expect("assemble");
+    let out = Command::new("setpriv")
+        .args(["--securebits", "+no_setuid_fixup", "--"])
+        .arg(env!("CARGO_BIN_EXE_kvnet-vmm"))
+        .args([
+            "--user",
+            "nobody",
+            "--kernel",
+            kernel.to_str().expect("utf8"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run kvnet-vmm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("keeps capabilities (CapPrm:"), "{stderr}");
+    assert!(!stderr.contains("powered off"), "{stderr}");
 }
 
 /// A user that does not exist is refused by name before anything is built.

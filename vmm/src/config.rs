@@ -252,9 +252,10 @@ pub struct Cli {
     /// logged) or off.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = crate::seccomp::Mode::On)]
     pub seccomp: crate::seccomp::Mode,
-    /// Once the VM is built, run it as this user (a name or a number) and its group, or
-    /// GROUP, with the user's supplementary groups, as libvirt runs QEMU as libvirt-qemu:
-    /// no capabilities are left, and a compromised VMM can reach only what that user can.
+    /// Once the VM is built, run it as this user (a name or a number; not root) and its
+    /// group, or GROUP, with the user's supplementary groups, as libvirt runs QEMU as
+    /// libvirt-qemu: no capability is left (the VM does not start if one would be), and
+    /// a compromised VMM holds only what that user and its open descriptors reach.
     #[arg(long, value_name = "USER[:GROUP]")]
     pub user: Option<String>,
 }

@@ -13,7 +13,7 @@
 //! sssd knows is given by number.
 
 use nix::unistd::{Gid, Uid};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Errors resolving or becoming the user.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,12 @@ pub enum PrivilegeError {
     NoGroup {
         /// The name.
         name: String,
+    },
+    /// The user is root: nothing would be dropped.
+    #[error("--user {spec:?} is root, which keeps every privilege: name an unprivileged user")]
+    Root {
+        /// What was given.
+        spec: String,
     },
     /// A numeric user without a passwd entry has no primary group to take.
     #[error(
@@ -63,6 +69,30 @@ pub enum PrivilegeError {
         /// Why (EPERM: the VMM is not root).
         #[source]
         source: nix::Error,
+    },
+    /// A thread kept capabilities the change did not clear (the VMM was started with
+    /// ambient capabilities, or with securebits that keep them across a user change).
+    #[error(
+        "cannot run as {user}: thread {thread} keeps capabilities ({sets}): start kvnet-vmm as root without ambient capabilities or securebits, or drop them first"
+    )]
+    CapabilitiesKept {
+        /// The user, as given.
+        user: String,
+        /// The thread's id.
+        thread: String,
+        /// The non-empty sets, as /proc shows them.
+        sets: String,
+    },
+    /// A thread's capabilities could not be read.
+    #[error("cannot run as {user}: cannot read the capabilities in {path}")]
+    CapabilitiesUnknown {
+        /// The user, as given.
+        user: String,
+        /// The status file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The IDs read back are not the ones asked for.
     #[error("cannot run as {user}: still uid {uid}, gid {gid} after the change")]
@@ -96,13 +126,11 @@ impl RunAs {
     /// given, and its supplementary groups from the group file, as QEMU's
     /// `-run-with user=` does through `initgroups`.
     pub fn resolve(spec: &str) -> Result<RunAs, PrivilegeError> {
-        let read = |path: &str| {
-            std::fs::read_to_string(path).map_err(|source| PrivilegeError::Database {
-                path: PathBuf::from(path),
-                source,
-            })
-        };
-        RunAs::resolve_in(spec, &read(PASSWD)?, &read(GROUP)?)
+        RunAs::resolve_in(
+            spec,
+            &read_database(Path::new(PASSWD))?,
+            &read_database(Path::new(GROUP))?,
+        )
     }
 
     /// [`RunAs::resolve`] over the given passwd and group files' text.
@@ -131,6 +159,11 @@ impl RunAs {
                 });
             }
         };
+        if uid == 0 {
+            return Err(PrivilegeError::Root {
+                spec: spec.to_owned(),
+            });
+        }
         let gid = match (group_part, &entry) {
             (Some(name), _) => group_id(group, name)?,
             (None, Some(entry)) => entry.gid,
@@ -175,8 +208,58 @@ impl RunAs {
                 gid: format!("{}/{}/{}", gids.real, gids.effective, gids.saved),
             });
         }
+        self.check_no_capabilities()
+    }
+
+    /// Every thread's permitted, effective and ambient capability sets are empty: the
+    /// kernel clears them when a process's user IDs all leave 0, but not for a VMM started
+    /// by a non-root user with ambient capabilities, or with SECBIT_NO_SETUID_FIXUP.
+    /// Capabilities belong to each thread, and only the calling one could drop its own:
+    /// a VMM that keeps some refuses to run the guest.
+    fn check_no_capabilities(&self) -> Result<(), PrivilegeError> {
+        let unknown = |path: PathBuf| {
+            let user = self.spec.clone();
+            move |source| PrivilegeError::CapabilitiesUnknown { user, path, source }
+        };
+        let tasks = PathBuf::from("/proc/self/task");
+        for task in std::fs::read_dir(&tasks).map_err(unknown(tasks.clone()))? {
+            let path = task.map_err(unknown(tasks.clone()))?.path().join("status");
+            let status = std::fs::read_to_string(&path).map_err(unknown(path.clone()))?;
+            let kept: Vec<String> = ["CapPrm:", "CapEff:", "CapAmb:"]
+                .into_iter()
+                .filter_map(|set| {
+                    let value = status
+                        .lines()
+                        .find_map(|line| line.strip_prefix(set))?
+                        .trim();
+                    (u64::from_str_radix(value, 16) != Ok(0)).then(|| format!("{set} {value}"))
+                })
+                .collect();
+            if !kept.is_empty() {
+                return Err(PrivilegeError::CapabilitiesKept {
+                    user: self.spec.clone(),
+                    thread: path
+                        .parent()
+                        .and_then(|dir| dir.file_name())
+                        .map(|id| id.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    sets: kept.join(", "),
+                });
+            }
+        }
         Ok(())
     }
+}
+
+/// A passwd or group file's text. Read as bytes: a name or comment in Latin-1 must not
+/// make the whole file unreadable (a name that is not UTF-8 cannot be asked for anyway).
+fn read_database(path: &Path) -> Result<String, PrivilegeError> {
+    std::fs::read(path)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .map_err(|source| PrivilegeError::Database {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 const PASSWD: &str = "/etc/passwd";
@@ -301,6 +384,8 @@ nogroup:x:65534:
             ("qemu", "no user named \"qemu\""),
             ("nobody:no-such-group", "no group named \"no-such-group\""),
             ("4000000", "user 4000000 has no passwd entry"),
+            ("root", "is root, which keeps every privilege"),
+            ("0:65534", "is root, which keeps every privilege"),
         ] {
             let error = resolve(spec).expect_err(spec).to_string();
             assert!(error.contains(message), "{spec:?}: {error}");
@@ -309,7 +394,21 @@ nogroup:x:65534:
 
     #[test]
     fn this_hosts_files_are_read() {
-        let root = RunAs::resolve("root").expect("root is in /etc/passwd");
-        assert_eq!((root.uid.as_raw(), root.gid.as_raw()), (0, 0));
+        let nobody = RunAs::resolve("nobody").expect("nobody is in /etc/passwd");
+        assert_eq!(nobody.uid.as_raw(), 65534);
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_read_all_the_same() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("passwd");
+        std::fs::write(
+            &path,
+            b"caf\xe9:x:5000:5000:Jos\xe9:/:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n",
+        )
+        .expect("write");
+        let text = read_database(&path).expect("read");
+        let nobody = RunAs::resolve_in("nobody", &text, GROUP_FILE).expect("nobody");
+        assert_eq!(nobody.uid.as_raw(), 65534);
     }
 }

@@ -73,7 +73,15 @@ pub struct Vcpu {
     id: u32,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+    /// KVM_RUN's EAGAINs in a row (see [`MAX_EAGAIN_IN_A_ROW`]).
+    eagain_in_a_row: u32,
 }
+
+/// How many KVM_RUNs in a row may fail with EAGAIN, [`EAGAIN_PAUSE`] apart, before the
+/// vCPU gives up: KVM starts a kernel thread for the VM at its first run, which counts
+/// against the user's process limit and fails with EAGAIN for as long as it is reached.
+const MAX_EAGAIN_IN_A_ROW: u32 = 200;
+const EAGAIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 // Where the signal handler finds this thread's `kvm_run.immediate_exit`.
 thread_local! {
@@ -112,7 +120,13 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(setup(id, "KVM_CREATE_VCPU"))?;
-        Ok(Vcpu { fd, id, pio, mmio })
+        Ok(Vcpu {
+            fd,
+            id,
+            pio,
+            mmio,
+            eagain_in_a_row: 0,
+        })
     }
 
     /// This vCPU's index (also its APIC id).
@@ -267,7 +281,11 @@ impl Vcpu {
     /// One KVM_RUN. `Ok(None)`: keep going; `Ok(Some(..))`: the VM should end.
     fn run_once(&mut self) -> Result<Option<Result<ExitReason, VcpuError>>, VcpuError> {
         let id = self.id;
-        let unhandled = match self.fd.run() {
+        let ran = self.fd.run();
+        if ran.is_ok() {
+            self.eagain_in_a_row = 0;
+        }
+        let unhandled = match ran {
             // A string instruction (`rep ins`/`rep outs`) may bring `count` elements in
             // one exit, back to back in `data`: each is its own access to the port.
             Ok(VcpuExit::IoOut(port, data)) => {
@@ -350,9 +368,25 @@ impl Vcpu {
             }
             Ok(VcpuExit::Hlt) => "KVM_EXIT_HLT".to_owned(),
             Ok(other) => format!("{other:?}"),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+            Err(e) if e.errno() == libc::EINTR => {
                 self.fd.set_kvm_immediate_exit(0);
                 return Ok(None);
+            }
+            Err(e) if e.errno() == libc::EAGAIN && self.eagain_in_a_row < MAX_EAGAIN_IN_A_ROW => {
+                self.eagain_in_a_row += 1;
+                self.fd.set_kvm_immediate_exit(0);
+                std::thread::sleep(EAGAIN_PAUSE);
+                return Ok(None);
+            }
+            Err(e) if e.errno() == libc::EAGAIN => {
+                return Err(VcpuError::Run {
+                    vcpu: id,
+                    rip: self.rip(),
+                    message: format!(
+                        "{e}, {MAX_EAGAIN_IN_A_ROW} times in a row (KVM starts a kernel thread \
+                         for the VM at its first run: is the user's process limit reached?)"
+                    ),
+                });
             }
             Err(e) => {
                 return Err(VcpuError::Run {

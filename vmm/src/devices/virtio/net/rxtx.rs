@@ -438,14 +438,14 @@ pub struct HostOffloads {
     pub tso6: bool,
 }
 
+/// Destination, source and EtherType.
+const ETHERNET_HEADER_LEN: u64 = 14;
+
 /// Reads a TX chain's vnet header and refuses one that asks for an offload the driver did
 /// not negotiate, or whose checksum or segmentation fields cannot describe its frame
 /// (virtio 1.2 5.1.6.2.1): the host kernel's parser is then not the only check on what a
 /// guest hands it. Returns the header checked, which is the one to send: the guest can
 /// rewrite its own copy meanwhile, from another vCPU.
-/// Destination, source and EtherType.
-const ETHERNET_HEADER_LEN: u64 = 14;
-
 fn check_tx_header(
     mem: &GuestMemoryMmap,
     chain: &Chain,
