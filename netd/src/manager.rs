@@ -1014,7 +1014,7 @@ impl Manager {
                 info!(network = %def.name, v4 = imported.v4, v6 = imported.v6, from = %status.display(), "took over the leases libvirt's dnsmasq gave");
             }
             Err(e) => {
-                warn!(network = %def.name, "starting without libvirt's leases: {}", error_chain(&e));
+                warn!(network = %def.name, "taking over libvirt's leases: {}", error_chain(&e));
             }
         }
     }
