@@ -37,7 +37,7 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// A lease file, or the record of the import, could not be written.
-    #[error("cannot write the imported leases to {path}")]
+    #[error("cannot write {path}")]
     Write {
         /// The lease file.
         path: PathBuf,
@@ -72,19 +72,20 @@ pub struct Imported {
     pub v6: usize,
 }
 
-/// [`import`], once per version of `status`: `taken` records the status file's size and
-/// time of change once its leases are taken over, and a status file that matches it is
-/// not read again. kvnet's lease files are on tmpfs (`/run/kvnet`) and gone after a
-/// reboot, but libvirt's stays, and its leases are a move's, not a reboot's: a guest
-/// that released its lease since must not get it back, nor hold one libvirt gave for
-/// ever (`expiry-time` 0) at every boot.
+/// [`import`], once per version of `status`: a status file whose size and time of change
+/// [`Taken::record`] wrote to `taken` is not read again. kvnet's lease files are on
+/// tmpfs (`/run/kvnet`) and gone after a reboot, but libvirt's stays, and its leases are
+/// a move's, not a reboot's: a guest that released its lease since must not get it back,
+/// nor hold one libvirt gave for ever (`expiry-time` 0) at every boot. The record is the
+/// caller's to write once the network started: a start that fails deletes the lease
+/// files, and the next one must read the status file again.
 pub fn import_once(
     status: &Path,
     taken: &Path,
     v4_file: &Path,
     v6_file: &Path,
     now: i64,
-) -> Result<Imported, Error> {
+) -> Result<(Imported, Option<Taken>), Error> {
     let version = match std::fs::metadata(status) {
         Ok(metadata) => {
             use std::os::unix::fs::MetadataExt;
@@ -95,7 +96,9 @@ pub fn import_once(
                 metadata.mtime_nsec()
             )
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Imported::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((Imported::default(), None));
+        }
         Err(source) => {
             return Err(Error::Read {
                 path: status.to_owned(),
@@ -104,24 +107,41 @@ pub fn import_once(
         }
     };
     if std::fs::read_to_string(taken).is_ok_and(|recorded| recorded == version) {
-        return Ok(Imported::default());
+        return Ok((Imported::default(), None));
     }
     let imported = import(status, v4_file, v6_file, now)?;
-    let record = || -> Result<(), crate::store::Error> {
-        if let Some(dir) = taken.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| crate::store::Error::Io {
-                action: "creating directory",
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        crate::store::write_atomic(taken, version.as_bytes())
-    };
-    record().map_err(|source| Error::Write {
+    let taken = Taken {
         path: taken.to_owned(),
-        source,
-    })?;
-    Ok(imported)
+        version,
+    };
+    Ok((imported, Some(taken)))
+}
+
+/// Which version of a status file was taken over, to record once the network started.
+#[derive(Debug)]
+pub struct Taken {
+    path: PathBuf,
+    version: String,
+}
+
+impl Taken {
+    /// Writes the record (creating its directory).
+    pub fn record(self) -> Result<(), Error> {
+        let write = || -> Result<(), crate::store::Error> {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| crate::store::Error::Io {
+                    action: "creating directory",
+                    path: dir.to_owned(),
+                    source,
+                })?;
+            }
+            crate::store::write_atomic(&self.path, self.version.as_bytes())
+        };
+        write().map_err(|source| Error::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
 }
 
 /// Where libvirt's dnsmasq kept the leases of `bridge`, under `dir`.
@@ -269,18 +289,21 @@ mod tests {
         };
         std::fs::write(&status, lease("192.168.122.11")).unwrap();
         let once = Imported { v4: 1, v6: 0 };
-        assert_eq!(import_once(&status, &taken, &v4, &v6, NOW).unwrap(), once);
+        let take = || import_once(&status, &taken, &v4, &v6, NOW).unwrap();
+        // A start that failed: nothing recorded, so the next start takes them again.
+        assert_eq!(take().0, once);
+        std::fs::remove_file(&v4).unwrap();
+        let (imported, record) = take();
+        assert_eq!(imported, once);
+        record.expect("to record").record().unwrap();
         // A reboot: kvnet's lease files are gone, libvirt's is as it was.
         std::fs::remove_file(&v4).unwrap();
-        let nothing = Imported::default();
-        assert_eq!(
-            import_once(&status, &taken, &v4, &v6, NOW).unwrap(),
-            nothing
-        );
-        assert!(!v4.exists());
+        let (imported, record) = take();
+        assert_eq!(imported, Imported::default());
+        assert!(record.is_none() && !v4.exists());
         // libvirt ran again and wrote it anew: a new move.
         std::fs::write(&status, lease("192.168.122.12")).unwrap();
-        assert_eq!(import_once(&status, &taken, &v4, &v6, NOW).unwrap(), once);
+        assert_eq!(take().0, once);
         assert!(
             std::fs::read_to_string(&v4)
                 .unwrap()

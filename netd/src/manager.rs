@@ -916,9 +916,10 @@ impl Manager {
         );
         self.store
             .save_status(&def.name, &status(Phase::Starting))?;
-        if had_leases == (false, false) {
-            self.take_over_libvirt_leases(def, &bridge);
-        }
+        let taken = match had_leases {
+            (false, false) => self.take_over_libvirt_leases(def, &bridge),
+            _ => None,
+        };
         let mut undo = Vec::new();
         let _hosts_zone = self.hosts_zone_for(def).await;
         let result = async {
@@ -963,6 +964,11 @@ impl Manager {
         .await;
         match result {
             Ok(servers) => {
+                if let Some(taken) = taken
+                    && let Err(e) = taken.record()
+                {
+                    warn!(network = %def.name, "libvirt's leases will be taken over again at the next start: {}", error_chain(&e));
+                }
                 info!(network = %def.name, bridge = def.bridge_name().unwrap_or("-"), "started");
                 self.catch_up_prefixes_when_idle();
                 Ok(servers)
@@ -992,14 +998,17 @@ impl Manager {
     }
 
     /// Takes over the leases libvirt's dnsmasq gave on `bridge` ([`crate::libvirt_leases`]),
-    /// once, for a network starting without leases of its own. A file that cannot be read
-    /// is only a warning: the network starts without them, as it would have anyway.
-    fn take_over_libvirt_leases(&self, def: &NetworkDef, bridge: &str) {
-        let Some(dir) = &self.libvirt_leases_dir else {
-            return;
-        };
+    /// once, for a network starting without leases of its own; what to record once it
+    /// started. A file that cannot be read is only a warning: the network starts without
+    /// them, as it would have anyway.
+    fn take_over_libvirt_leases(
+        &self,
+        def: &NetworkDef,
+        bridge: &str,
+    ) -> Option<crate::libvirt_leases::Taken> {
+        let dir = self.libvirt_leases_dir.as_ref()?;
         if !def.ips.iter().any(xml::IpDef::has_dhcp) {
-            return;
+            return None;
         }
         let status = crate::libvirt_leases::status_path(dir, bridge);
         match crate::libvirt_leases::import_once(
@@ -1009,12 +1018,15 @@ impl Manager {
             &self.store.lease6_path(&def.name),
             crate::service::unix_now(),
         ) {
-            Ok(imported) if imported == crate::libvirt_leases::Imported::default() => {}
-            Ok(imported) => {
-                info!(network = %def.name, v4 = imported.v4, v6 = imported.v6, from = %status.display(), "took over the leases libvirt's dnsmasq gave");
+            Ok((imported, taken)) => {
+                if imported != crate::libvirt_leases::Imported::default() {
+                    info!(network = %def.name, v4 = imported.v4, v6 = imported.v6, from = %status.display(), "took over the leases libvirt's dnsmasq gave");
+                }
+                taken
             }
             Err(e) => {
                 warn!(network = %def.name, "taking over libvirt's leases: {}", error_chain(&e));
+                None
             }
         }
     }
