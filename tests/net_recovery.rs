@@ -1104,13 +1104,7 @@ fn sighup_reloads_the_definitions_on_disk() {
     std::fs::write(networks.join("broken.xml"), "<network><name>broken").expect("broken");
     let pid = daemon.pid().expect("pid");
 
-    let hup = || {
-        let status = std::process::Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    };
+    let hup = || sighup(&daemon);
     hup();
     reloads_done(&daemon, 1);
     assert_eq!(daemon.pid(), Some(pid), "{}", daemon.log());
@@ -1178,6 +1172,43 @@ fn reloads_done(daemon: &Daemon, count: usize) {
     }
 }
 
+/// Sends the daemon SIGHUP: a reload.
+fn sighup(daemon: &Daemon) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().expect("pid").to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Installs a hook that holds `network`'s start (and so the daemon's lock) for 2 s;
+/// returns the file it touches as it begins, once [`wait_for_file`] saw it.
+fn slow_start_hook(daemon: &Daemon, network: &str) -> PathBuf {
+    let started = daemon.dirs.path().join(format!("{network}-starting"));
+    let hook = daemon.config_dir().join("hooks/network");
+    std::fs::create_dir_all(hook.parent().expect("hooks dir")).expect("hooks dir");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\n\
+             if [ \"$1 $2\" = \"{network} start\" ]; then touch {}; sleep 2; fi\n",
+            started.display()
+        ),
+    )
+    .expect("hook");
+    std::fs::set_permissions(&hook, PermissionsExt::from_mode(0o755)).expect("chmod");
+    started
+}
+
+/// Waits (20 s at most) until `path` exists.
+fn wait_for_file(daemon: &Daemon, path: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A reload reads the files once the changes ahead of it are done: an undefine waiting
 /// for the lock when SIGHUP comes is not undone by the file it removed.
 #[test]
@@ -1188,39 +1219,19 @@ fn a_reload_does_not_bring_back_a_network_undefined_just_before() {
     let daemon = Daemon::start_with(DaemonOptions::no_default_network());
     define_nat_network(&daemon, "slow", "10.59.0.1");
     define_nat_network(&daemon, "victim", "10.59.1.1");
-    let started = daemon.dirs.path().join("slow-started");
-    let hook = daemon.config_dir().join("hooks/network");
-    std::fs::create_dir_all(hook.parent().expect("hooks dir")).expect("hooks dir");
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\ncat > /dev/null\n\
-             if [ \"$1 $2\" = \"slow start\" ]; then touch {}; sleep 2; fi\n",
-            started.display()
-        ),
-    )
-    .expect("hook");
-    std::fs::set_permissions(&hook, PermissionsExt::from_mode(0o755)).expect("chmod");
+    let started = slow_start_hook(&daemon, "slow");
     let socket = daemon.socket();
     // The start holds the daemon's lock while its hook sleeps.
     let start = {
         let socket = socket.clone();
         std::thread::spawn(move || common::kvnet_at(&socket, &["net-start", "slow"]))
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !started.exists() {
-        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(&daemon, &started);
     let undefine =
         std::thread::spawn(move || common::kvnet_at(&socket, &["net-undefine", "victim"]));
     // The undefine waits for the lock, then the reload is asked for.
     std::thread::sleep(Duration::from_millis(300));
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &daemon.pid().expect("pid").to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    sighup(&daemon);
     assert!(start.join().expect("start").status.success());
     assert!(undefine.join().expect("undefine").status.success());
     reloads_done(&daemon, 1);
@@ -1251,11 +1262,7 @@ fn a_definition_mended_and_reloaded_is_no_longer_held_back() {
     assert!(daemon.log().contains(held_back), "{}", daemon.log());
     std::fs::write(&path, &good).expect("mend");
     let before = daemon.log().matches(held_back).count();
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &daemon.pid().expect("pid").to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    sighup(&daemon);
     reloads_done(&daemon, 1);
     let log = daemon.log();
     assert_eq!(log.matches(held_back).count(), before, "{log}");
@@ -1277,29 +1284,9 @@ fn a_stop_during_a_reload_waits_for_the_networks_it_starts() {
     let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
     define_nat_network(&daemon, "late", "10.59.3.1");
     daemon.ok(&["net-autostart", "late"]);
-    let starting = daemon.dirs.path().join("late-starting");
-    let hook = daemon.config_dir().join("hooks/network");
-    std::fs::create_dir_all(hook.parent().expect("hooks dir")).expect("hooks dir");
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\ncat > /dev/null\n\
-             if [ \"$1 $2\" = \"late start\" ]; then touch {}; sleep 2; fi\n",
-            starting.display()
-        ),
-    )
-    .expect("hook");
-    std::fs::set_permissions(&hook, PermissionsExt::from_mode(0o755)).expect("chmod");
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &daemon.pid().expect("pid").to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !starting.exists() {
-        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let starting = slow_start_hook(&daemon, "late");
+    sighup(&daemon);
+    wait_for_file(&daemon, &starting);
     daemon.stop();
     assert_eq!(daemon.bridges().len(), 1, "{}", daemon.log());
     daemon.spawn(&DaemonOptions::no_default_network());

@@ -279,15 +279,21 @@ struct GroupEntry<'a> {
     members: Vec<&'a str>,
 }
 
-/// The well-formed lines of a passwd file; comments and damaged lines are skipped, as
-/// glibc's files backend skips them.
+/// A database line's name and its fields after the password; `None` for a comment or a
+/// damaged line, which are skipped, as glibc's files backend skips them.
+fn named_fields(line: &str) -> Option<(&str, std::str::Split<'_, char>)> {
+    let mut fields = line.split(':');
+    let name = fields
+        .next()
+        .filter(|n| !n.is_empty() && !n.starts_with('#'))?;
+    let _password = fields.next()?;
+    Some((name, fields))
+}
+
+/// The well-formed lines of a passwd file.
 fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
     text.lines().filter_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields
-            .next()
-            .filter(|n| !n.is_empty() && !n.starts_with('#'))?;
-        let _password = fields.next()?;
+        let (name, mut fields) = named_fields(line)?;
         let uid = fields.next()?.parse().ok()?;
         let gid = fields.next()?.parse().ok()?;
         Some(PasswdEntry { name, uid, gid })
@@ -297,11 +303,7 @@ fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
 /// The well-formed lines of a group file.
 fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
     text.lines().filter_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields
-            .next()
-            .filter(|n| !n.is_empty() && !n.starts_with('#'))?;
-        let _password = fields.next()?;
+        let (name, mut fields) = named_fields(line)?;
         let gid = fields.next()?.parse().ok()?;
         let members = fields
             .next()
