@@ -513,3 +513,62 @@ fn the_host_answers_no_spoofed_source_on_a_bridge() {
         .unwrap_or_else(|| panic!("no anti-spoofing rule:\n{ruleset}"));
     assert!(!dropped.contains("packets 0 "), "{dropped}");
 }
+
+/// The input rule that drops spoofed sources lets DHCP through from any address: a guest
+/// renumbered or moved from another network asks to keep its old address from it, and
+/// must be told no (a NAK), as libvirt's dnsmasq tells it, not left to its lease's end.
+#[test]
+fn a_guest_asking_from_an_address_of_another_network_gets_a_dhcp_nak() {
+    if !resolver_tests_can_run() {
+        return;
+    }
+    let daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    let xml = common::xml_file(daemon.dirs.path(), "dnsnet.xml", NETWORK_XML);
+    daemon.ok(&["net-create", xml.to_str().expect("path")]);
+    let guest = testkit::Netns::new("renumbered").expect("guest ns");
+    daemon
+        .ns
+        .sh(&format!(
+            "ip link add vg0 type veth peer name eth0 netns {} && ip link set vg0 master virbr0 && ip link set vg0 up",
+            guest.name()
+        ))
+        .expect("veth to guest");
+    guest
+        .sh(
+            "ip link set eth0 address 52:54:00:77:00:01 && ip link set eth0 up && \
+             ip addr add 203.0.113.77/32 dev eth0 && ip route add default dev eth0",
+        )
+        .expect("the old network's address");
+    common::wait_for_forwarding(&daemon, "vg0");
+    // A REBINDING client's DHCPREQUEST: ciaddr its old address, broadcast, from it.
+    let mut request = vec![0u8; 240];
+    request[..4].copy_from_slice(&[1, 1, 6, 0]);
+    request[4..8].copy_from_slice(&0x7700_0001u32.to_be_bytes());
+    request[10] = 0x80;
+    request[12..16].copy_from_slice(&[203, 0, 113, 77]);
+    request[28..34].copy_from_slice(&[0x52, 0x54, 0, 0x77, 0, 1]);
+    request[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    request.extend_from_slice(&[53, 1, 3, 255]);
+    let reply = guest
+        .run(move || {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:68").expect("bind");
+            socket.set_broadcast(true).expect("broadcast");
+            socket
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("timeout");
+            socket
+                .send_to(&request, "255.255.255.255:67")
+                .expect("request");
+            let mut reply = [0u8; 1500];
+            socket.recv(&mut reply).map(|len| reply[..len].to_vec())
+        })
+        .expect("enter the guest")
+        .unwrap_or_else(|e| panic!("no answer ({e}):\n{}", daemon.ruleset()));
+    assert_eq!(reply[0], 2, "a reply");
+    assert_eq!(reply[4..8], 0x7700_0001u32.to_be_bytes(), "to this request");
+    let options = &reply[240..];
+    assert!(
+        options.windows(3).any(|o| o == [53, 1, 6]),
+        "not a NAK: {options:?}"
+    );
+}

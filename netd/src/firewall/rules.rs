@@ -10,9 +10,10 @@
 //!
 //! ```text
 //! chain input (filter, policy accept)
+//!   iifname @bridges udp dport 67 accept                                    DHCP, any source
 //!   iifname @bridges ip saddr != 0.0.0.0 fib saddr . iif oif missing drop    spoofed sources
 //!   iifname @bridges ip6 saddr != :: fib saddr . iif oif missing drop
-//!   iifname @bridges udp dport 53|67|69|547 accept, tcp dport 53 accept     guests' DHCP and DNS
+//!   iifname @bridges udp dport 53|69|547 accept, tcp dport 53 accept        DNS, TFTP, DHCPv6
 //! chain forward (filter, policy accept)
 //!   iifname . oifname @same_bridge accept                      B . B    guest <-> guest
 //!   meta nfproto ipv4 oifname @reply4 ct state established,related accept     nat: replies
@@ -430,12 +431,18 @@ pub fn skeleton() -> Vec<Object> {
     let iif = || Expr::Meta(MetaKey::Iifname, REG1);
     let oif = || Expr::Meta(MetaKey::Oifname, REG1);
 
-    // First, a guest's packet to the host from a source its bridge's routes do not cover
-    // (a spoofed one; `<route>`d subnets and link-local addresses are covered): answering
-    // it would send the reply out on the bridge as if the address were there, a slot of
-    // the host's neighbour table each, or out upstream to a third party. The unspecified
-    // source of a DHCP client and of IPv6 duplicate address detection is let through.
-    let mut input = vec![
+    // DHCP from guests to the host's server first, whatever the source: a guest renumbered
+    // or moved asks from its old address, and is told no (a NAK, broadcast).
+    let mut input = vec![accept([
+        in_set(iif(), BRIDGES_SET),
+        port_is(UDP, L4_DPORT, 67),
+    ])];
+    // Then a guest's packet to the host from a source its bridge's routes do not cover (a
+    // spoofed one; `<route>`d subnets and IPv6 link-local addresses are covered):
+    // answering it would send the reply out on the bridge as if the address were there,
+    // a slot of the host's neighbour table each, or out upstream to a third party. The
+    // unspecified source of IGMP and of IPv6 duplicate address detection is let through.
+    input.extend([
         drop_packet([
             nfproto(NFPROTO_IPV4),
             in_set(iif(), BRIDGES_SET),
@@ -448,9 +455,9 @@ pub fn skeleton() -> Vec<Object> {
             source_is_not(PayloadField::Ipv6Source, vec![0; 16]),
             source_not_via_iif(),
         ]),
-    ];
-    // DNS, DHCP, TFTP and DHCPv6 from guests to the host's servers, and their answers.
-    for port in [53, 67, 69, 547] {
+    ]);
+    // DNS, TFTP and DHCPv6 from guests to the host's servers, and their answers.
+    for port in [53, 69, 547] {
         input.push(accept([
             in_set(iif(), BRIDGES_SET),
             port_is(UDP, L4_DPORT, port),
