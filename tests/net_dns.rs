@@ -525,20 +525,10 @@ fn a_guest_asking_from_an_address_of_another_network_gets_a_dhcp_nak() {
     let daemon = Daemon::start_with(DaemonOptions::no_default_network());
     let xml = common::xml_file(daemon.dirs.path(), "dnsnet.xml", NETWORK_XML);
     daemon.ok(&["net-create", xml.to_str().expect("path")]);
-    let guest = testkit::Netns::new("renumbered").expect("guest ns");
-    daemon
-        .ns
-        .sh(&format!(
-            "ip link add vg0 type veth peer name eth0 netns {} && ip link set vg0 master virbr0 && ip link set vg0 up",
-            guest.name()
-        ))
-        .expect("veth to guest");
+    let guest = guest_on(&daemon, "virbr0", "vg0", "renumbered", "203.0.113.77");
     guest
-        .sh(
-            "ip link set eth0 address 52:54:00:77:00:01 && ip link set eth0 up && \
-             ip addr add 203.0.113.77/32 dev eth0 && ip route add default dev eth0",
-        )
-        .expect("the old network's address");
+        .sh("ip link set eth0 address 52:54:00:77:00:01 && ip route add default dev eth0")
+        .expect("the old network's route");
     common::wait_for_forwarding(&daemon, "vg0");
     // A REBINDING client's DHCPREQUEST: ciaddr its old address, broadcast, from it.
     let mut request = vec![0u8; 240];
