@@ -783,7 +783,7 @@ fn with_libvirt_managing_the_mac_table_a_port_is_pinned_to_its_guests_mac() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("ip monitor");
-    let _monitor = KillOnDrop(monitor);
+    let _monitor = testkit::KillOnDrop::new(monitor);
     let seen = || std::fs::read_to_string(&events).unwrap_or_default();
     // The monitor may not listen yet: a marker it missed is followed by another.
     let mark = |daemon: &Daemon, name: &str| {
@@ -816,14 +816,4 @@ fn with_libvirt_managing_the_mac_table_a_port_is_pinned_to_its_guests_mac() {
         !seen.contains("vnet0"),
         "the restart touched the port:\n{seen}"
     );
-}
-
-/// A child process killed (and reaped) when the test is done with it, failed or not.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -529,7 +529,7 @@ fn the_console_logs_process_holds_nothing_of_the_vms() {
     let dir = tempfile::tempdir().expect("tmp");
     let kernel = spin_guest(dir.path());
     let log = dir.path().join("console.log");
-    let mut vmm = KillOnDrop(Some(spawn_binary(
+    let mut vmm = testkit::KillOnDrop::new(spawn_binary(
         &[
             "--kernel",
             kernel.to_str().expect("utf8"),
@@ -537,13 +537,13 @@ fn the_console_logs_process_holds_nothing_of_the_vms() {
             &format!("file:{}", log.display()),
         ],
         "info",
-    )));
+    ));
     let start = Instant::now();
     while std::fs::read_to_string(&log).unwrap_or_default() != "spinning\n" {
         assert!(start.elapsed() < TIMEOUT, "no console output");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let pid = vmm.0.as_ref().expect("running").id();
+    let pid = vmm.child().id();
     let children =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).expect("children");
     let writer: Vec<&str> = children.split_whitespace().collect();
@@ -572,21 +572,9 @@ fn the_console_logs_process_holds_nothing_of_the_vms() {
         Signal::SIGTERM,
     )
     .expect("kill");
-    let (code, stderr) = finish(vmm.0.take().expect("running"));
+    let (code, stderr) = finish(vmm.release());
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!std::path::Path::new(&format!("/proc/{}", writer[0])).exists());
-}
-
-/// A VMM a failed assertion must not leave running (its writer ends with it).
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// A guest that prints "ready", then each byte it receives on COM1 as two hex digits and

@@ -444,7 +444,7 @@ fn the_vm_runs_as_the_user_it_is_given_with_no_capabilities() {
         poweroff(a)
     })
     .expect("assemble");
-    let mut vmm = KilledOnDrop(
+    let mut vmm = testkit::KillOnDrop::new(
         Command::new(env!("CARGO_BIN_EXE_kvnet-vmm"))
             .args([
                 "--user",
@@ -458,7 +458,7 @@ fn the_vm_runs_as_the_user_it_is_given_with_no_capabilities() {
             .spawn()
             .expect("spawn kvnet-vmm"),
     );
-    let vmm = &mut vmm.0;
+    let vmm = vmm.child();
     let mut stdout = std::io::BufReader::new(vmm.stdout.take().expect("stdout"));
     let mut line = String::new();
     stdout.read_line(&mut line).expect("the guest's first line");
@@ -503,16 +503,6 @@ fn the_vm_runs_as_the_user_it_is_given_with_no_capabilities() {
         stderr.ends_with("kvnet-vmm: guest powered off\n"),
         "{stderr}"
     );
-}
-
-/// A child process killed and reaped when the test ends, however it ends.
-struct KilledOnDrop(std::process::Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Started with securebits that keep capabilities across a change of user, the VMM would

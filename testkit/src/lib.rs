@@ -360,6 +360,41 @@ impl Drop for Dnsmasq {
     }
 }
 
+/// A child process killed and reaped when dropped, however the test ends (a failed
+/// assertion included), so that no test leaves a VMM or a monitor running.
+#[derive(Debug)]
+pub struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    /// Guards `child`.
+    pub fn new(child: std::process::Child) -> KillOnDrop {
+        KillOnDrop(Some(child))
+    }
+
+    /// The child, still running or not.
+    pub fn child(&mut self) -> &mut std::process::Child {
+        self.0
+            .as_mut()
+            .unwrap_or_else(|| panic!("the child was already released"))
+    }
+
+    /// The child, no longer killed when this is dropped: to wait for its own end.
+    pub fn release(mut self) -> std::process::Child {
+        self.0
+            .take()
+            .unwrap_or_else(|| panic!("the child was already released"))
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The `class htb 1:1 ...` line of `dev` in `ns`, as `tc class show` prints it
 /// (iproute2 6.1 has no JSON for HTB classes): kvnet's limit on what `dev` sends.
 pub fn htb_class(ns: &Netns, dev: &str) -> String {
