@@ -203,8 +203,8 @@ pub fn bind_line(
         hostname: hostname.map(str::to_owned),
         expiry,
     };
-    let mut line = serde_json::to_vec(&record).unwrap_or_default();
-    line.push(b'\n');
+    let mut line = Vec::new();
+    let _ = super::push_json_line(&mut line, &record);
     line
 }
 
@@ -958,10 +958,7 @@ impl LeaseDb {
 
     fn journal(&mut self, record: &Record) {
         self.revision = self.revision.wrapping_add(1);
-        // Serialising a plain struct of strings and numbers cannot fail.
-        if serde_json::to_writer(&mut self.pending, record).is_ok() {
-            self.pending.push(b'\n');
-        }
+        let _ = super::push_json_line(&mut self.pending, record);
     }
 
     /// Replays journal text into the maps, skipping bad lines and expired leases.
@@ -1159,8 +1156,7 @@ impl LeaseDb {
         let mut ips: Vec<Ipv4Addr> = self.by_ip.keys().copied().collect();
         ips.sort();
         for record in ips.into_iter().filter_map(|ip| self.record_of(ip)) {
-            serde_json::to_writer(&mut text, &record).map_err(std::io::Error::other)?;
-            text.push(b'\n');
+            super::push_json_line(&mut text, &record).map_err(std::io::Error::other)?;
         }
         crate::store::write_atomic(path, &text).map_err(std::io::Error::other)?;
         Ok(())

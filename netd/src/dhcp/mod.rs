@@ -135,6 +135,22 @@ pub enum Error {
     NoRuntime { network: String },
 }
 
+/// Appends `record` to `out` as one line of JSON, as the DHCP and DHCPv6 lease files
+/// hold them; on an error (which a record of plain strings and numbers never gives),
+/// nothing.
+pub(crate) fn push_json_line(
+    out: &mut Vec<u8>,
+    record: &impl serde::Serialize,
+) -> serde_json::Result<()> {
+    let start = out.len();
+    if let Err(e) = serde_json::to_writer(&mut *out, record) {
+        out.truncate(start);
+        return Err(e);
+    }
+    out.push(b'\n');
+    Ok(())
+}
+
 /// Formats a MAC as `52:54:00:aa:bb:cc`.
 pub(crate) fn format_mac(mac: &[u8]) -> String {
     let mut out = String::with_capacity(mac.len() * 3);

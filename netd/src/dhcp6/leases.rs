@@ -100,8 +100,8 @@ pub fn bind_line(
         hostname: hostname.map(str::to_owned),
         expiry,
     };
-    let mut line = serde_json::to_vec(&record).unwrap_or_default();
-    line.push(b'\n');
+    let mut line = Vec::new();
+    let _ = crate::dhcp::push_json_line(&mut line, &record);
     line
 }
 
@@ -797,9 +797,7 @@ impl LeaseFileWrite {
                 hostname: lease.hostname,
                 expiry: lease.expiry_unix,
             };
-            if serde_json::to_writer(&mut text, &record).is_ok() {
-                text.push(b'\n');
-            }
+            let _ = crate::dhcp::push_json_line(&mut text, &record);
         }
         crate::store::write_atomic(&self.path, &text).map_err(|e| Error::LeaseFile {
             network: self.network,
