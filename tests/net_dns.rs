@@ -478,6 +478,17 @@ fn dnsmasq_options_kvnet_does_not_implement_are_refused_by_name() {
     );
 }
 
+/// A daemon running `dnsnet` (NETWORK_XML, on virbr0) with guest `name` at `address`/24
+/// on it, its bridge port forwarding.
+fn dnsnet_with_guest(name: &str, address: &str) -> (Daemon, testkit::Netns) {
+    let daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    let xml = common::xml_file(daemon.dirs.path(), "dnsnet.xml", NETWORK_XML);
+    daemon.ok(&["net-create", xml.to_str().expect("path")]);
+    let guest = guest_on(&daemon, "virbr0", "vg0", name, address);
+    common::wait_for_forwarding(&daemon, "vg0");
+    (daemon, guest)
+}
+
 /// A guest spoofing an outside source gets no answer from the host, over TCP either:
 /// kvnet's input rule drops what the bridge's routes do not cover, so the host neither
 /// ARPs for the address (a slot of its neighbour table each) nor answers out upstream.
@@ -486,11 +497,7 @@ fn the_host_answers_no_spoofed_source_on_a_bridge() {
     if !resolver_tests_can_run() {
         return;
     }
-    let daemon = Daemon::start_with(DaemonOptions::no_default_network());
-    let xml = common::xml_file(daemon.dirs.path(), "dnsnet.xml", NETWORK_XML);
-    daemon.ok(&["net-create", xml.to_str().expect("path")]);
-    let guest = guest_on(&daemon, "virbr0", "vg0", "spoofer", "192.168.122.60");
-    common::wait_for_forwarding(&daemon, "vg0");
+    let (daemon, guest) = dnsnet_with_guest("spoofer", "192.168.122.60");
     guest
         .sh("ip addr add 203.0.113.9/32 dev eth0")
         .expect("an outside address");
@@ -522,14 +529,10 @@ fn a_guest_asking_from_an_address_of_another_network_gets_a_dhcp_nak() {
     if !resolver_tests_can_run() {
         return;
     }
-    let daemon = Daemon::start_with(DaemonOptions::no_default_network());
-    let xml = common::xml_file(daemon.dirs.path(), "dnsnet.xml", NETWORK_XML);
-    daemon.ok(&["net-create", xml.to_str().expect("path")]);
-    let guest = guest_on(&daemon, "virbr0", "vg0", "renumbered", "203.0.113.77");
+    let (daemon, guest) = dnsnet_with_guest("renumbered", "203.0.113.77");
     guest
         .sh("ip link set eth0 address 52:54:00:77:00:01 && ip route add default dev eth0")
         .expect("the old network's route");
-    common::wait_for_forwarding(&daemon, "vg0");
     // A REBINDING client's DHCPREQUEST: ciaddr its old address, broadcast, from it.
     let mut request = vec![0u8; 240];
     request[..4].copy_from_slice(&[1, 1, 6, 0]);

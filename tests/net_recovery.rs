@@ -803,24 +803,19 @@ fn autostart_with_b_hanging(
     }
     daemon.stop();
     let hung = daemon.dirs.path().join("hung");
-    let hook = daemon.config_dir().join("hooks/network");
-    std::fs::create_dir_all(hook.parent().expect("hooks dir")).expect("hooks dir");
     let once = if only_once {
         format!(" && [ ! -e {} ]", hung.display())
     } else {
         String::new()
     };
-    std::fs::write(
-        &hook,
-        format!(
+    install_network_hook(
+        daemon,
+        &format!(
             "#!/bin/sh\ncat > /dev/null\n\
              if [ \"$1 $2\" = \"b start\" ]{once}; then echo $$ >> {0}; exec sleep 60; fi\n",
             hung.display()
         ),
-    )
-    .expect("hook");
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    );
     let options = DaemonOptions {
         state_dir: Some(daemon.dirs.path().join("run-after-reboot")),
         ..DaemonOptions::no_default_network()
@@ -1172,6 +1167,14 @@ fn reloads_done(daemon: &Daemon, count: usize) {
     }
 }
 
+/// Installs `script` as the daemon's `hooks/network`, executable.
+fn install_network_hook(daemon: &Daemon, script: &str) {
+    let hook = daemon.config_dir().join("hooks/network");
+    std::fs::create_dir_all(hook.parent().expect("hooks dir")).expect("hooks dir");
+    std::fs::write(&hook, script).expect("hook");
+    std::fs::set_permissions(&hook, PermissionsExt::from_mode(0o755)).expect("chmod");
+}
+
 /// Sends the daemon SIGHUP: a reload.
 fn sighup(daemon: &Daemon) {
     let status = std::process::Command::new("kill")
@@ -1185,18 +1188,14 @@ fn sighup(daemon: &Daemon) {
 /// returns the file it touches as it begins, once [`wait_for_file`] saw it.
 fn slow_start_hook(daemon: &Daemon, network: &str) -> PathBuf {
     let started = daemon.dirs.path().join(format!("{network}-starting"));
-    let hook = daemon.config_dir().join("hooks/network");
-    std::fs::create_dir_all(hook.parent().expect("hooks dir")).expect("hooks dir");
-    std::fs::write(
-        &hook,
-        format!(
+    install_network_hook(
+        daemon,
+        &format!(
             "#!/bin/sh\ncat > /dev/null\n\
              if [ \"$1 $2\" = \"{network} start\" ]; then touch {}; sleep 2; fi\n",
             started.display()
         ),
-    )
-    .expect("hook");
-    std::fs::set_permissions(&hook, PermissionsExt::from_mode(0o755)).expect("chmod");
+    );
     started
 }
 
