@@ -192,6 +192,25 @@ fn net_tap_puts_a_virtio_net_pci_device_on_the_bus() {
         "10411af4\n02000001\n",
         "virtio-net 1af4:1041, Ethernet class, revision 1"
     );
+    // The same NIC on a tap its launcher opened and passed down, as libvirt hands QEMU
+    // its taps: the tap's fd goes in as stdin and the shell moves it to fd 5.
+    let tap = ns
+        .run(|| netd::link::tap::Tap::create("kvt1", false))
+        .expect("run in ns")
+        .expect("tap kvt1");
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "exec \"$0\" --kernel \"$1\" --net tap-fd=5,mac=52:54:00:12:34:57 5<&0 </dev/null",
+            env!("CARGO_BIN_EXE_kvnet-vmm"),
+            kernel.to_str().expect("utf8"),
+        ])
+        .stdin(std::process::Stdio::from(tap.into_fd()))
+        .output()
+        .expect("run kvnet-vmm --net tap-fd=5");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "10411af4\n02000001\n");
 }
 
 /// A guest printing more than anyone reads (stdout a pipe nobody drains) still powers

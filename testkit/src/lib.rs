@@ -172,26 +172,13 @@ fn probe(need: Need) -> Result<(), String> {
 }
 
 fn probe_kvm() -> Result<(), String> {
-    const KVMIO: u8 = 0xAE;
-    nix::ioctl_write_int_bad!(kvm_get_api_version, nix::request_code_none!(KVMIO, 0x00));
-    nix::ioctl_write_int_bad!(kvm_create_vm, nix::request_code_none!(KVMIO, 0x01));
-    let kvm = File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: KVM_GET_API_VERSION takes no argument and only reads the fd.
-    let version = unsafe { kvm_get_api_version(kvm.as_raw_fd(), 0) }
-        .map_err(|e| format!("KVM_GET_API_VERSION failed: {e}"))?;
+    let kvm = kvm_ioctls::Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
+    let version = kvm.get_api_version();
     if version != 12 {
         return Err(format!("KVM API version {version}, expected 12"));
     }
-    // SAFETY: KVM_CREATE_VM with machine type 0 returns a new fd that we own.
-    let vm = unsafe { kvm_create_vm(kvm.as_raw_fd(), 0) }
+    kvm.create_vm()
         .map_err(|e| format!("KVM_CREATE_VM failed: {e}"))?;
-    // SAFETY: `vm` is a freshly returned fd that nothing else owns.
-    drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(vm) });
     Ok(())
 }
 

@@ -559,6 +559,8 @@ pub fn main() -> ExitCode {
             }
         };
     }
+    // Before anything opens a descriptor of its own: the ones `--net tap-fd=N` may take.
+    let inherited = devices::virtio::net::tap::record_inherited_fds();
     let cli = Cli::parse();
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -571,6 +573,11 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,virtio_queue=off")),
         )
         .try_init();
+    if let Err(e) = inherited {
+        tracing::warn!(
+            "cannot list the inherited descriptors, so no --net tap-fd=N can be taken: {e}"
+        );
+    }
     // KVNET_VMM_TIMINGS=1: report start-up time and RSS for the bench harness.
     let timings = std::env::var_os("KVNET_VMM_TIMINGS").is_some();
     // Before any thread starts, so that every thread inherits the mask.
@@ -630,14 +637,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            let mut message = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                message.push_str(": ");
-                message.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            eprintln!("kvnet-vmm: error: {message}");
+            eprintln!("kvnet-vmm: error: {}", netd::errors::error_chain(&error));
             ExitCode::FAILURE
         }
     }

@@ -3,6 +3,9 @@
 //! A tap is created in the network namespace of the thread that calls [`Tap::create`].
 //! Its fd is close-on-exec: whoever hands it to kvnet-vmm decides how it crosses over.
 
+// The tun/tap ioctls have no safe wrapper.
+#![allow(unsafe_code)]
+
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

@@ -1,5 +1,8 @@
 //! Guest RAM: anonymous mappings described by vm-memory and registered as KVM memory slots.
 
+// Registering guest memory with KVM is unsafe in kvm-ioctls: the kernel writes to it.
+#![allow(unsafe_code)]
+
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};

@@ -1,6 +1,7 @@
 //! Everything that talks to `/dev/kvm`: the VM, its memory, its vCPUs and interrupt routing.
 //!
-//! This is the only module allowed to use `unsafe`; every block says why it is sound.
+//! With the tap and fd-passing modules, the only place `unsafe` is allowed (the
+//! `unsafe_code` lint enforces it); every block says why it is sound.
 
 pub mod memory;
 pub mod vcpu;

@@ -1,5 +1,8 @@
 //! vCPUs: boot register state, CPUID/MSR/LAPIC setup and the KVM_RUN loop on its own thread.
 
+// The vCPU thread reads and writes the kvm_run page KVM shares with it.
+#![allow(unsafe_code)]
+
 use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

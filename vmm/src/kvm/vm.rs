@@ -1,5 +1,8 @@
 //! Opening `/dev/kvm`, creating the VM with its in-kernel irqchip and PIT, and GSI routing.
 
+// Reading the unions of the GSI routing entries kvm-bindings defines.
+#![allow(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 

@@ -6,6 +6,9 @@
 //! guest headers pass to the kernel unchanged. This is the only file of the device
 //! that talks to the kernel through raw ioctls and `readv`/`writev`.
 
+// The tun/tap ioctls and readv/writev into guest memory have no safe wrapper.
+#![allow(unsafe_code)]
+
 use std::collections::BTreeSet;
 use std::ffi::c_void;
 use std::fs::OpenOptions;
@@ -47,6 +50,32 @@ const IFNAMSIZ: usize = 16;
 /// `struct ifreq` is 40 bytes on 64-bit Linux: the name, then a union whose
 /// first member we use is `short ifr_flags`.
 const IFREQ_LEN: usize = 40;
+
+/// The descriptors above stderr open when the process started and not yet taken by a
+/// NIC; `None` until [`record_inherited_fds`] runs.
+static INHERITED: Mutex<Option<BTreeSet<RawFd>>> = Mutex::new(None);
+
+/// Records the descriptors the process inherited, the only ones [`Tap::from_inherited_fd`]
+/// may take. Call it first in `main`, before anything opens a descriptor of its own.
+pub fn record_inherited_fds() -> io::Result<()> {
+    let mut open = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        if let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            open.insert(fd);
+        }
+    }
+    // The listing's own descriptor was open while it was read, and is closed now.
+    open.retain(|&fd| fd > libc::STDERR_FILENO && fd_is_open(fd));
+    *INHERITED.lock().unwrap_or_else(|p| p.into_inner()) = Some(open);
+    Ok(())
+}
+
+/// Whether `fd` is an open descriptor of this process.
+fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only queries the descriptor table; an unused number fails with
+    // EBADF.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
 
 /// Errors from opening or configuring a tap.
 #[derive(Debug, thiserror::Error)]
@@ -97,9 +126,13 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
-    /// The same inherited descriptor was claimed twice.
-    #[error("fd {0} was already taken by another NIC")]
-    AlreadyTaken(RawFd),
+    /// `tap-fd` named a descriptor that was not open when the process started, or one
+    /// another NIC took already.
+    #[error("fd {0} was not inherited, or another NIC took it already")]
+    NotInherited(RawFd),
+    /// The program never called [`record_inherited_fds`], so no descriptor can be taken.
+    #[error("cannot take fd {0}: the descriptors inherited at start were not recorded")]
+    InheritedNotRecorded(RawFd),
     /// An ioctl on an attached tap failed.
     #[error("{op} on tap {name} failed")]
     Ioctl {
@@ -146,35 +179,36 @@ impl Tap {
     }
 
     /// Takes ownership of descriptor `raw`, inherited from the parent process for this
-    /// NIC (`--net tap-fd=N`), after checking that it is open and attached to a tap.
+    /// NIC (`--net tap-fd=N`), after checking that it is attached to a tap.
     ///
-    /// Only call it for descriptors nothing else in this process owns: the returned
-    /// [`Tap`] closes `raw` when dropped. Standard streams are refused, and each
-    /// descriptor can be taken only once per process.
+    /// Only a descriptor [`record_inherited_fds`] found open when the process started
+    /// can be taken, and only once: those are the launcher's to hand over, and nothing
+    /// in this process owns one until it is taken here. Standard streams are refused.
     pub fn from_inherited_fd(raw: RawFd) -> Result<Tap, TapError> {
-        static TAKEN: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
         if raw <= libc::STDERR_FILENO {
             return Err(TapError::StdioFd(raw));
         }
-        let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
-        if taken.contains(&raw) {
-            return Err(TapError::AlreadyTaken(raw));
-        }
-        // SAFETY: F_GETFD only queries the descriptor table; an unused number fails
-        // with EBADF.
-        if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        let mut unclaimed = INHERITED.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(unclaimed) = unclaimed.as_mut() else {
+            return Err(TapError::InheritedNotRecorded(raw));
+        };
+        if !fd_is_open(raw) {
             return Err(TapError::NotOpen {
                 fd: raw,
                 source: io::Error::last_os_error(),
             });
         }
+        if !unclaimed.contains(&raw) {
+            return Err(TapError::NotInherited(raw));
+        }
         // SAFETY: `raw` is open (checked above) and only borrowed for the ioctl.
         tun_iff(unsafe { BorrowedFd::borrow_raw(raw) })?;
-        // SAFETY: `raw` is open and attached to a tun/tap; by this function's contract
-        // it was inherited for this NIC and nothing else owns it, and TAKEN makes sure
-        // no second OwnedFd is ever created for it.
+        // SAFETY: `raw` is open and attached to a tun/tap. It was open when the process
+        // started and is still unclaimed, so nothing in this process owns it (taking
+        // another's descriptor would need unsafe code of its own), and removing it from
+        // INHERITED makes this the only OwnedFd ever made for it.
         let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-        taken.insert(raw);
+        unclaimed.remove(&raw);
         // Inherited to be this NIC's, not to be passed on (the console log's process).
         nix::fcntl::fcntl(
             &owned,
@@ -580,18 +614,27 @@ mod tests {
             Tap::from_inherited_fd(1),
             Err(TapError::StdioFd(1))
         ));
-        // A number far above any open descriptor.
-        assert!(matches!(
-            Tap::from_inherited_fd(1 << 20),
-            Err(TapError::NotOpen { fd, .. }) if fd == 1 << 20
-        ));
-        // An open non-tap stays owned (and usable) by its owner.
+        // Open when the "process started": an inherited non-tap stays owned (and usable)
+        // by its owner.
         let file = std::fs::File::open("/dev/null").expect("/dev/null");
+        record_inherited_fds().expect("record");
         assert!(matches!(
             Tap::from_inherited_fd(file.as_raw_fd()),
             Err(TapError::NotTun { .. })
         ));
         assert!(file.metadata().is_ok(), "the refused fd was not closed");
+        // A number far above any open descriptor.
+        assert!(matches!(
+            Tap::from_inherited_fd(1 << 20),
+            Err(TapError::NotOpen { fd, .. }) if fd == 1 << 20
+        ));
+        // Opened since: someone in this process owns it.
+        let later = std::fs::File::open("/dev/null").expect("/dev/null");
+        assert!(matches!(
+            Tap::from_inherited_fd(later.as_raw_fd()),
+            Err(TapError::NotInherited(fd)) if fd == later.as_raw_fd()
+        ));
+        assert!(later.metadata().is_ok(), "the refused fd was not closed");
         if !needs() {
             return;
         }
@@ -602,12 +645,13 @@ mod tests {
             let tap = Tap::open_named("kvt2").expect("open");
             // Hand over a duplicate the way a parent would, relinquishing it.
             let raw = std::os::fd::IntoRawFd::into_raw_fd(tap.fd.try_clone().expect("dup"));
+            record_inherited_fds().expect("record");
             let taken = Tap::from_inherited_fd(raw).expect("inherited tap");
             assert_eq!(taken.name(), "kvt2");
             assert_eq!(taken.as_raw_fd(), raw);
             assert!(matches!(
                 Tap::from_inherited_fd(raw),
-                Err(TapError::AlreadyTaken(fd)) if fd == raw
+                Err(TapError::NotInherited(fd)) if fd == raw
             ));
         })
         .expect("run in ns");
