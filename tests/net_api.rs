@@ -631,9 +631,10 @@ fn a_readers_abandoned_reads_do_not_pile_up_ahead_of_the_administrator() {
     let sent: u64 = flood.into_iter().map(|t| t.join().expect("flood")).sum();
     assert!(info.contains("Active:         yes"), "{info}");
     eprintln!("net-info took {waited:?} behind {sent} abandoned reads");
-    // Behind a few reads, not behind seconds of them.
+    // Behind a few reads (0.1 s here), not behind the whole flood: without the limit it
+    // waited out the test's 120 s timeout. The bound is loose so a loaded host passes.
     assert!(
-        waited < Duration::from_millis(1500),
+        waited < Duration::from_secs(10),
         "net-info took {waited:?} behind {sent} abandoned reads"
     );
     daemon.ok(&["net-dumpxml", "default"]);

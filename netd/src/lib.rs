@@ -12,6 +12,7 @@ mod daemon;
 pub mod dhcp;
 pub mod dhcp6;
 pub mod dns;
+pub mod errors;
 pub mod events;
 pub mod fdpass;
 pub mod files;

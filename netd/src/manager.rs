@@ -10,7 +10,6 @@
 //! host's DNS settings.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -24,6 +23,7 @@ use crate::api::{ApiError, ErrorKind};
 use crate::dhcp::{self, DhcpServer};
 use crate::dhcp6::{self, Dhcp6Server};
 use crate::dns::{self, DnsServer};
+pub use crate::errors::error_chain;
 use crate::events::{Events, Lifecycle};
 use crate::firewall::{self, Firewall};
 use crate::hooks::{Hooks, Operation};
@@ -216,21 +216,6 @@ impl From<Error> for ApiError {
         };
         ApiError::new(kind, error_chain(&error))
     }
-}
-
-/// "outer: inner: innermost", the way the CLI prints one error line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Transparent wrappers repeat their inner message; print it once.
-        if !text.ends_with(&cause_text) {
-            let _ = write!(text, ": {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Where the manager keeps its files and what it does on first start.

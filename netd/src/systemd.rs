@@ -31,7 +31,6 @@ fn notify_at(socket: &OsStr, state: &str) -> io::Result<()> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 mod tests {
     use super::*;
 

@@ -360,7 +360,6 @@ pub fn net_event_lifecycle(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
     use super::*;
 

@@ -314,7 +314,7 @@ impl LeaseDb {
             && let Err(source) = db.write_compact(path)
         {
             let e = file_error("rewrite")(source);
-            tracing::warn!(network = %config.network, "DHCP lease journal kept as it is, not compacted: {}", crate::manager::error_chain(&e));
+            tracing::warn!(network = %config.network, "DHCP lease journal kept as it is, not compacted: {}", crate::errors::error_chain(&e));
             lines = text.iter().filter(|&&b| b == b'\n').count();
             // New lines must not be glued to a torn last one, nor follow a tail that was
             // never read: the first commit rewrites the file whole.
@@ -1109,7 +1109,7 @@ impl LeaseDb {
         // The lines are durable whatever happens to the rewrite: a failed one leaves
         // `needs_rewrite` set, and the next commit tries again.
         if rewrite && let Err(e) = self.compact() {
-            tracing::warn!(error = %crate::manager::error_chain(&e), "DHCP lease journal not compacted; the next commit retries");
+            tracing::warn!(error = %crate::errors::error_chain(&e), "DHCP lease journal not compacted; the next commit retries");
         }
         Ok(())
     }

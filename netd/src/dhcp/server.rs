@@ -214,7 +214,7 @@ async fn serve(
     match lock(&engine).commit() {
         Ok(()) => outbox.append(&mut waiting),
         Err(e) => {
-            tracing::error!(error = %crate::manager::error_chain(&e), "DHCP leases not persisted at shutdown")
+            tracing::error!(error = %crate::errors::error_chain(&e), "DHCP leases not persisted at shutdown")
         }
     }
     neighbours.introduce(&mut outbox).await;
@@ -270,7 +270,7 @@ fn start_sync(
     let pending = match lock(engine).begin_commit() {
         Ok(pending) => pending,
         Err(e) => {
-            tracing::error!(error = %crate::manager::error_chain(&e), "DHCP leases not persisted: their ACKs are not sent");
+            tracing::error!(error = %crate::errors::error_chain(&e), "DHCP leases not persisted: their ACKs are not sent");
             waiting.clear();
             return None;
         }
@@ -314,7 +314,7 @@ fn finish_sync(
     match lock(engine).finish_commit(lines, result) {
         Ok(()) => outbox.append(covered),
         Err(e) => {
-            tracing::error!(error = %crate::manager::error_chain(&e), "DHCP leases not persisted: their ACKs are not sent");
+            tracing::error!(error = %crate::errors::error_chain(&e), "DHCP leases not persisted: their ACKs are not sent");
             covered.clear();
         }
     }

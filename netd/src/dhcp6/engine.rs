@@ -735,7 +735,6 @@ pub fn well_formed(mut data: &[u8], depth: u8) -> bool {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 pub(crate) mod tests {
     use super::*;
     use std::time::Duration;

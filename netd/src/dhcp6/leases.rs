@@ -211,7 +211,7 @@ impl LeaseDb {
     /// stopped network writes nothing).
     pub fn forget_dropped(&mut self, now: i64) {
         if let Err(e) = self.commit(now) {
-            tracing::warn!(network = %self.network, error = %crate::manager::error_chain(&e), "DHCPv6 lease file keeps its dropped records until the next change");
+            tracing::warn!(network = %self.network, error = %crate::errors::error_chain(&e), "DHCPv6 lease file keeps its dropped records until the next change");
         }
     }
 
@@ -809,7 +809,6 @@ impl LeaseFileWrite {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 mod tests {
     use super::*;
     use crate::dhcp::lease_time::INFINITE;

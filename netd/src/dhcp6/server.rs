@@ -312,7 +312,7 @@ async fn save_then_keep(
         return replies;
     };
     let saved = match tokio::task::spawn_blocking(move || changes.write()).await {
-        Ok(result) => result.map_err(|e| crate::manager::error_chain(&e)),
+        Ok(result) => result.map_err(|e| crate::errors::error_chain(&e)),
         Err(e) => Err(format!("the lease file's writer failed: {e}")),
     };
     if let Err(e) = saved {

@@ -87,7 +87,6 @@ mod nft;
 mod none;
 pub mod rules;
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 mod tests;
 
 /// The name of kvnet's nftables table (family `inet`).

@@ -1034,7 +1034,6 @@ fn reject(matches: Vec<Expr>) -> Vec<Expr> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 mod tests {
     use super::*;
 

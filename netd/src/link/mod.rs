@@ -340,11 +340,6 @@ impl Error {
     pub fn is_no_such_link(&self) -> bool {
         matches!(self, Error::NoSuchLink(_)) || self.os_error() == Some(libc::ENODEV)
     }
-
-    /// Whether the kernel refused for lack of privilege (`EPERM`/`EACCES`).
-    pub fn is_permission_denied(&self) -> bool {
-        matches!(self.os_error(), Some(libc::EPERM | libc::EACCES))
-    }
 }
 
 /// `52:54:00:ab:cd:ef`, the way `ip` and libvirt print MACs.

@@ -174,7 +174,6 @@ fn seconds_u32(duration: Duration) -> u32 {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 mod tests {
     use super::*;
 

@@ -223,7 +223,6 @@ mod tests {
     /// filter sees the message from offset 0 as a raw ICMPv6 socket's sees the ICMPv6
     /// header. Only the solicitation is delivered.
     #[test]
-    #[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
     fn the_socket_filter_keeps_solicitations_only() {
         let (sender, receiver) = Socket::pair(Domain::UNIX, Type::DGRAM, None).unwrap();
         receiver.attach_filter(&SOLICITATIONS_ONLY).unwrap();

@@ -257,7 +257,6 @@ pub fn option_ack(options: &[(&str, u64)]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Tests fail loudly on unexpected errors.
 mod tests {
     use super::*;
 

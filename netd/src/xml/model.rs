@@ -847,11 +847,6 @@ impl NetworkDef {
         self.ips.iter().filter_map(IpDef::subnet)
     }
 
-    /// The first IPv4 `<ip>` (the gateway address guests get via DHCP).
-    pub fn first_ipv4(&self) -> Option<&IpDef> {
-        self.ips.iter().find(|ip| ip.is_ipv4())
-    }
-
     /// The first IPv6 `<ip>`.
     pub fn first_ipv6(&self) -> Option<&IpDef> {
         self.ips.iter().find(|ip| !ip.is_ipv4())

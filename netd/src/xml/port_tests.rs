@@ -1,5 +1,4 @@
 //! Tests for libvirt network port XML parsing, validation, defaults and formatting.
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use uuid::Uuid;
 

@@ -1,5 +1,4 @@
 //! Tests for libvirt network XML parsing, validation, defaults and formatting.
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -49,8 +49,10 @@ impl BusDevice for AcpiPmDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         // Sleep status: we never sleep, so report "woken" for any polling guest.
-        if offset == u64::from(SLEEP_STATUS) {
-            data[0] = WAK_STS;
+        if offset == u64::from(SLEEP_STATUS)
+            && let Some(first) = data.first_mut()
+        {
+            *first = WAK_STS;
         }
     }
 

@@ -309,11 +309,6 @@ impl PciConfig {
         }
     }
 
-    /// Sets the header type byte (0x80 marks a multi-function device).
-    pub fn set_header_type(&mut self, value: u8) {
-        self.bytes[HEADER_TYPE] = value;
-    }
-
     /// Sets the interrupt pin (1 = INTA#, 0 = none).
     pub fn set_interrupt_pin(&mut self, pin: u8) {
         self.bytes[INTERRUPT_PIN] = pin;

@@ -708,6 +708,7 @@ impl VirtioPciDevice {
         {
             Ok(()) => self.active = true,
             Err(error) => {
+                let error = netd::errors::error_chain(&error);
                 guest_warn!(self.warned, warn::ACTIVATION_REFUSED,
                     device = %self.device.name(), %error, "virtio-pci: device refused activation");
                 self.status |= needs_reset;
