@@ -1898,16 +1898,12 @@ fn lease_names(dhcp: Option<&DhcpServer>, dhcp6: Option<&Dhcp6Server>) -> Option
     if dhcp.is_none() && dhcp6.is_none() {
         return None;
     }
-    let read4 = dhcp.map(DhcpServer::lease_reader);
+    let read4 = dhcp.map(DhcpServer::name_reader);
     let read6 = dhcp6.map(Dhcp6Server::name_reader);
     let read: dns::LeaseReader = Arc::new(move || {
         let mut names: Vec<(std::net::IpAddr, String)> = Vec::new();
         if let Some(read4) = &read4 {
-            names.extend(
-                dhcp::dns_names(read4())
-                    .into_iter()
-                    .map(|(ip, name)| (ip.into(), name)),
-            );
+            names.extend(read4().into_iter().map(|(ip, name)| (ip.into(), name)));
         }
         if let Some(read6) = &read6 {
             names.extend(read6().into_iter().map(|(ip, name)| (ip.into(), name)));

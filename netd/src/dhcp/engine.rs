@@ -113,6 +113,11 @@ impl Engine {
         self.leases.leases(now)
     }
 
+    /// The names DNS answers for the bound, unexpired leases ([`super::dns_names`]).
+    pub fn dns_names(&self, now: i64) -> Vec<(std::net::Ipv4Addr, String)> {
+        super::dns_names(self.leases.leases_by_binding(now))
+    }
+
     /// Makes the bindings made since the last call durable.
     pub fn commit(&mut self) -> Result<(), Error> {
         self.leases.commit()

@@ -126,6 +126,8 @@ struct Lease {
     /// Unix seconds; `i64::MAX` for an infinite lease.
     expiry: i64,
     state: LeaseState,
+    /// When a bound lease was last bound or renewed, as [`LeaseDb::binds`] counted then.
+    bound_seq: u64,
 }
 
 impl Lease {
@@ -251,6 +253,9 @@ pub struct LeaseDb {
     pending: Vec<u8>,
     /// Bumped by every binding change journaled: what the DNS server follows.
     revision: u64,
+    /// Bindings and renewals made (replayed ones included): orders the leases that
+    /// claim one name within the same second.
+    binds: u64,
     journal: Option<Journal>,
 }
 
@@ -276,6 +281,7 @@ impl LeaseDb {
             exhausted_until: None,
             pending: Vec::new(),
             revision: 0,
+            binds: 0,
             journal: None,
         };
         db.configure(config);
@@ -587,6 +593,7 @@ impl LeaseDb {
                 hostname: None,
                 expiry,
                 state: LeaseState::Offered,
+                bound_seq: 0,
             },
         );
     }
@@ -788,6 +795,7 @@ impl LeaseDb {
         // A lease made shorter (a renewal asking for less) frees its address sooner
         // than the pool walk that found no free address expected.
         self.exhausted_until = self.exhausted_until.map(|until| until.min(expiry));
+        self.binds += 1;
         self.insert_lease(
             ip,
             Lease {
@@ -795,6 +803,7 @@ impl LeaseDb {
                 hostname,
                 expiry,
                 state: LeaseState::Bound,
+                bound_seq: self.binds,
             },
         );
     }
@@ -877,6 +886,7 @@ impl LeaseDb {
                 hostname: None,
                 expiry,
                 state: LeaseState::Declined,
+                bound_seq: 0,
             },
         );
     }
@@ -895,20 +905,33 @@ impl LeaseDb {
 
     /// Bound, unexpired leases, sorted by address.
     pub fn leases(&self, now: i64) -> Vec<LeaseInfo> {
-        let mut out: Vec<LeaseInfo> = self
-            .by_ip
-            .iter()
-            .filter(|(_, l)| l.state == LeaseState::Bound && l.live(now))
-            .map(|(&ip, l)| LeaseInfo {
-                expiry_unix: if l.expiry == i64::MAX { 0 } else { l.expiry },
-                mac: l.client.mac,
-                ip,
-                hostname: l.hostname.as_deref().map(str::to_owned),
-                client_id: l.client.client_id.as_deref().map(<[u8]>::to_vec),
-            })
-            .collect();
+        let mut out: Vec<LeaseInfo> = self.bound(now).map(|(_, info)| info).collect();
         out.sort_by_key(|l| l.ip);
         out
+    }
+
+    /// Bound, unexpired leases in the order they were bound or last renewed, oldest
+    /// first, as [`super::dns_names`] takes them.
+    pub fn leases_by_binding(&self, now: i64) -> Vec<LeaseInfo> {
+        let mut out: Vec<(u64, LeaseInfo)> = self.bound(now).collect();
+        out.sort_by_key(|(seq, _)| *seq);
+        out.into_iter().map(|(_, info)| info).collect()
+    }
+
+    fn bound(&self, now: i64) -> impl Iterator<Item = (u64, LeaseInfo)> + '_ {
+        self.by_ip
+            .iter()
+            .filter(move |(_, l)| l.state == LeaseState::Bound && l.live(now))
+            .map(|(&ip, l)| {
+                let info = LeaseInfo {
+                    expiry_unix: if l.expiry == i64::MAX { 0 } else { l.expiry },
+                    mac: l.client.mac,
+                    ip,
+                    hostname: l.hostname.as_deref().map(str::to_owned),
+                    client_id: l.client.client_id.as_deref().map(<[u8]>::to_vec),
+                };
+                (l.bound_seq, info)
+            })
     }
 
     /// The leases a compacted journal holds: bound and declined ones.
@@ -1153,9 +1176,15 @@ impl LeaseDb {
     /// fsync, rename, fsync dir.
     fn write_compact(&self, path: &Path) -> std::io::Result<()> {
         let mut text = Vec::new();
-        let mut ips: Vec<Ipv4Addr> = self.by_ip.keys().copied().collect();
+        // In binding order, so that a replay orders names claimed in one second alike.
+        let mut ips: Vec<(u64, Ipv4Addr)> = self
+            .by_ip
+            .iter()
+            .map(|(&ip, lease)| (lease.bound_seq, ip))
+            .collect();
         ips.sort();
-        for record in ips.into_iter().filter_map(|ip| self.record_of(ip)) {
+        let ips = ips.into_iter().map(|(_, ip)| ip);
+        for record in ips.filter_map(|ip| self.record_of(ip)) {
             super::push_json_line(&mut text, &record).map_err(std::io::Error::other)?;
         }
         crate::store::write_atomic(path, &text).map_err(std::io::Error::other)?;
@@ -1410,6 +1439,24 @@ mod tests {
             .collect();
         assert!(names.contains(&(ip(10), None)), "{names:?}");
         assert!(names.contains(&(ip(12), Some("free".into()))), "{names:?}");
+    }
+
+    /// Two guests that claim one name in the same second: DNS answers the one that
+    /// claimed it last, whichever address sorts first, and a renewal claims it back.
+    #[test]
+    fn of_two_leases_claiming_a_name_in_one_second_the_later_one_answers() {
+        let mut db = LeaseDb::in_memory(&config());
+        assert!(db.bind(&mac(1), ip(12), Some("dup".into()), NOW).is_some());
+        assert!(db.bind(&mac(2), ip(10), Some("dup".into()), NOW).is_some());
+        assert_eq!(
+            super::super::dns_names(db.leases_by_binding(NOW)),
+            [(ip(10), "dup".to_owned())]
+        );
+        assert!(db.bind(&mac(1), ip(12), None, NOW).is_some());
+        assert_eq!(
+            super::super::dns_names(db.leases_by_binding(NOW)),
+            [(ip(12), "dup".to_owned())]
+        );
     }
 
     #[test]

@@ -181,10 +181,11 @@ pub(crate) fn parse_hex_bytes(text: &str, max: usize) -> Option<Vec<u8>> {
     bytes.filter(|bytes| bytes.len() <= max)
 }
 
-/// The names DNS answers for `leases`: one address per name, the lease's that expires
-/// last (renewed last, or infinite), as dnsmasq gives a name to the client that claimed
-/// it last. Cloned guests that all call themselves `ubuntu` resolve to the one that
-/// spoke last, not to a list of stale addresses.
+/// The names DNS answers for `leases`, given in the order they were bound or renewed:
+/// one address per name, the lease's that expires last (renewed last, or infinite), and
+/// of those that expire in the same second the one bound last, as dnsmasq gives a name
+/// to the client that claimed it last. Cloned guests that all call themselves `ubuntu`
+/// resolve to the one that spoke last, not to a list of stale addresses.
 pub fn dns_names(leases: Vec<LeaseInfo>) -> Vec<(Ipv4Addr, String)> {
     let newest = |lease: &LeaseInfo| match lease.expiry_unix {
         0 => i64::MAX,
@@ -196,7 +197,7 @@ pub fn dns_names(leases: Vec<LeaseInfo>) -> Vec<(Ipv4Addr, String)> {
             continue;
         };
         match by_name.entry(name.to_ascii_lowercase()) {
-            Entry::Occupied(mut held) if newest(held.get()) < newest(&lease) => {
+            Entry::Occupied(mut held) if newest(held.get()) <= newest(&lease) => {
                 held.insert(lease);
             }
             Entry::Occupied(_) => {}

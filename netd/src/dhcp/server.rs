@@ -108,11 +108,13 @@ impl DhcpServer {
         lock(&self.engine).changes()
     }
 
-    /// Reads this server's bound, unexpired leases from elsewhere (the network's DNS
-    /// server resolves their hostnames).
-    pub fn lease_reader(&self) -> impl Fn() -> Vec<LeaseInfo> + Send + Sync + 'static {
+    /// Reads the names of this server's bound, unexpired leases from elsewhere (the
+    /// network's DNS server resolves them).
+    pub fn name_reader(
+        &self,
+    ) -> impl Fn() -> Vec<(std::net::Ipv4Addr, String)> + Send + Sync + 'static {
         let engine = Arc::clone(&self.engine);
-        move || lock(&engine).leases(unix_now())
+        move || lock(&engine).dns_names(unix_now())
     }
 
     /// Stops the task after the batch in progress and its commit.
