@@ -684,8 +684,10 @@ fn add_configured_options(opts: &mut DhcpOptions, request: &Message, config: &Dh
 
 /// Tells a guest that boots from the network where its boot file is: the header's
 /// `file` and `siaddr`, which PXE firmware reads, and option 67 for a client that asks.
+/// Without `<bootp>`, `siaddr` is the server's own address, as dnsmasq leaves it.
 fn add_boot(message: &mut Message, request: &Message, config: &DhcpConfig) {
     let Some(boot) = &config.boot else {
+        message.set_siaddr(config.server_ip);
         return;
     };
     // The field holds 128 bytes; the definition was checked, and dhcproto panics past it.
@@ -1045,11 +1047,11 @@ mod tests {
             ack.opts().get(OptionCode::BootfileName),
             Some(&DhcpOption::BootfileName(b"pxelinux.0".to_vec()))
         );
-        // Without <bootp>, nothing of it.
+        // Without <bootp>, no file, and the server's own address as the next server.
         let mut plain = Engine::new(config());
         let (_, offer) =
             exchange(&mut plain, &message(MessageType::Discover, mac), NOW).expect("offer");
-        assert_eq!(offer.siaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(offer.siaddr(), plain.config().server_ip);
         assert_eq!(offer.fname(), None);
     }
 
