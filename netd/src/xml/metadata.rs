@@ -3,15 +3,17 @@
 //! the copy the namespaces it uses that were declared further up), drops its children
 //! without a namespace and every later child in a namespace an earlier one has
 //! (`virXMLNodeSanitizeNamespaces`), and writes it back after `<description>` with
-//! libxml2's node dump (`virXMLFormatMetadata`). kvnet stores what that writes.
+//! libxml2's node dump (`virXMLFormatMetadata`). kvnet stores what that writes, but
+//! refuses what libvirt would drop (a second `<metadata>`, text, an element without a
+//! namespace or in one an earlier element has) rather than lose it without a word.
 
-use super::Error;
 use super::libxml::{Kind, Namespace, NodeId, Tree, Writer};
+use super::{Error, invalid};
 
-/// The `<metadata>` of the network document `xml` as libvirt writes it inside
-/// `<network>`: its first line unindented, the others indented for the network's
-/// children. `None` without one.
-pub(super) fn network_metadata(xml: &str) -> Result<Option<String>, Error> {
+/// The `<metadata>` of the network document `xml` (network `network`) as libvirt writes
+/// it inside `<network>`: its first line unindented, the others indented for the
+/// network's children. `None` without one.
+pub(super) fn network_metadata(xml: &str, network: &str) -> Result<Option<String>, Error> {
     let tree = Tree::parse(xml).map_err(|e| Error::Malformed {
         document: "network",
         line: 1,
@@ -25,17 +27,19 @@ pub(super) fn network_metadata(xml: &str) -> Result<Option<String>, Error> {
         matches!(&tree.node(child).kind, Kind::Element { name, .. }
             if name.local == "metadata" && name.prefix.is_none() && name.namespace.is_none())
     });
-    Ok(metadata.map(|metadata| dump(&tree, metadata)))
+    metadata
+        .map(|metadata| dump(&tree, metadata, network))
+        .transpose()
 }
 
-/// The copy of element `metadata`, sanitized and written at the network's children's
+/// The copy of element `metadata`, checked and written at the network's children's
 /// level.
-fn dump(tree: &Tree, metadata: NodeId) -> String {
+fn dump(tree: &Tree, metadata: NodeId, network: &str) -> Result<String, Error> {
     let Kind::Element {
         name, attributes, ..
     } = &tree.node(metadata).kind
     else {
-        return String::new();
+        return Ok(String::new());
     };
     let reconciled = reconciled_declarations(tree, metadata);
     let attributes: Vec<_> = attributes
@@ -45,10 +49,10 @@ fn dump(tree: &Tree, metadata: NodeId) -> String {
             _ => None,
         })
         .collect();
-    let kept = sanitized_children(tree, metadata);
+    let kept = checked_children(tree, metadata, network)?;
     let mut writer = Writer::new(tree).at_level(1);
     writer.element(&name.qualified(), &reconciled, &attributes, &kept, true);
-    writer.finish()
+    Ok(writer.finish())
 }
 
 /// What `xmlCopyNode` declares on the copy of `metadata`: its own declarations, then
@@ -118,22 +122,36 @@ fn declare_unbound(tree: &Tree, id: NodeId, here: &[Namespace], root: &mut Vec<N
     }
 }
 
-/// `virXMLNodeSanitizeNamespaces`: the child elements that have a namespace, the first
-/// of each namespace only; text, comments and the rest go.
-fn sanitized_children(tree: &Tree, metadata: NodeId) -> Vec<NodeId> {
+/// The child elements `virXMLNodeSanitizeNamespaces` keeps: each in a namespace of its
+/// own. Comments go, as everywhere in the document, and so does whitespace; text, an
+/// element without a namespace or a second one in a namespace are refused.
+fn checked_children(tree: &Tree, metadata: NodeId, network: &str) -> Result<Vec<NodeId>, Error> {
     let mut kept: Vec<NodeId> = Vec::new();
     let mut namespaces: Vec<&str> = Vec::new();
     for &child in &tree.node(metadata).children {
-        let Kind::Element { name, .. } = &tree.node(child).kind else {
-            continue;
+        let name = match &tree.node(child).kind {
+            Kind::Element { name, .. } => name,
+            Kind::Text(text) | Kind::CData(text) if !text.trim().is_empty() => {
+                return Err(invalid(format!(
+                    "text in the <metadata> of network '{network}': only elements in a namespace of their own can be kept there"
+                )));
+            }
+            _ => continue,
         };
         let Some(uri) = name.namespace.as_deref() else {
-            continue;
+            return Err(invalid(format!(
+                "element <{}> in the <metadata> of network '{network}' has no namespace: only elements in a namespace of their own can be kept there",
+                name.qualified()
+            )));
         };
-        if !namespaces.contains(&uri) {
-            namespaces.push(uri);
-            kept.push(child);
+        if namespaces.contains(&uri) {
+            return Err(invalid(format!(
+                "element <{}> in the <metadata> of network '{network}' is a second one in namespace '{uri}': only one element per namespace can be kept there",
+                name.qualified()
+            )));
         }
+        namespaces.push(uri);
+        kept.push(child);
     }
-    kept
+    Ok(kept)
 }

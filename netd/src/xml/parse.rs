@@ -38,7 +38,7 @@ impl NetworkDef {
         parser.stored = stored;
         let mut def = parser.network(&root)?;
         if root.children.iter().any(|child| child.name == "metadata") {
-            def.metadata = super::metadata::network_metadata(input)?;
+            def.metadata = super::metadata::network_metadata(input, &def.name)?;
         }
         def.validate()?;
         Ok(def)
@@ -346,6 +346,7 @@ impl Parser {
         let mut ips = Vec::new();
         let mut routes = Vec::new();
         let mut dnsmasq_options = Vec::new();
+        let mut metadata = None;
         for child in &root.children {
             match child.name.as_str() {
                 "name" => self.once(&mut name, child)?,
@@ -353,7 +354,7 @@ impl Parser {
                 "title" => self.once(&mut title, child)?,
                 "description" => self.once(&mut description, child)?,
                 // Read from the text by `metadata::network_metadata`, as libxml2 reads it.
-                "metadata" => {}
+                "metadata" => self.once(&mut metadata, child)?,
                 "forward" => self.once(&mut forward, child)?,
                 "bridge" => self.once(&mut bridge, child)?,
                 "mtu" => self.once(&mut mtu, child)?,

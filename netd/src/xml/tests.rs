@@ -2633,7 +2633,7 @@ fn live_xml_counts_connections_as_libvirt_does() {
 }
 
 #[test]
-fn metadata_is_kept_as_libvirt_copies_and_sanitizes_it() {
+fn metadata_is_kept_as_libvirt_copies_it() {
     let def = parse(
         "<network xmlns:app2='http://example.org/app2/' xmlns:app3='http://example.org/app1/'>
   <name>meta</name>
@@ -2642,17 +2642,15 @@ fn metadata_is_kept_as_libvirt_copies_and_sanitizes_it() {
   <metadata>
     <!-- dropped: not an element -->
     <app1:foo xmlns:app1='http://example.org/app1/' a='1'>fooish<app1:b/></app1:foo>
-    <plain>dropped: no namespace</plain>
-    <app2:bar app2:x='y &amp; z'>
+    <app2:bar app2:x='y &amp; z' app3:y='declared on the copy'>
       <app2:baz>text</app2:baz>
     </app2:bar>
-    <app3:again>dropped: app1's namespace again, its declaration copied first</app3:again>
   </metadata>
 </network>",
     );
     let expected = "  <metadata xmlns:app2=\"http://example.org/app2/\" xmlns:app3=\"http://example.org/app1/\">
     <app1:foo xmlns:app1=\"http://example.org/app1/\" a=\"1\">fooish<app1:b/></app1:foo>
-    <app2:bar app2:x=\"y &amp; z\">
+    <app2:bar app2:x=\"y &amp; z\" app3:y=\"declared on the copy\">
       <app2:baz>text</app2:baz>
     </app2:bar>
   </metadata>
@@ -2668,18 +2666,43 @@ fn metadata_is_kept_as_libvirt_copies_and_sanitizes_it() {
     assert_eq!(NetworkDef::from_xml(&xml).unwrap(), def);
     assert_eq!(NetworkDef::from_xml(&xml).unwrap().to_xml(), xml);
 
-    let empty = parse("<network><name>x</name><metadata>only text</metadata></network>");
+    let empty = parse("<network><name>x</name><metadata>\n  </metadata></network>");
     assert_eq!(empty.metadata.as_deref(), Some("<metadata/>"));
 
-    // Only the first <metadata> counts; attribute values write non-ASCII as references.
-    let first = parse(
-        "<network><name>x</name><metadata><a:m xmlns:a='urn:a' v='é'/></metadata>\
-         <metadata><b:m xmlns:b='urn:b'/></metadata></network>",
-    );
+    // Attribute values write non-ASCII as references.
+    let first =
+        parse("<network><name>x</name><metadata><a:m xmlns:a='urn:a' v='é'/></metadata></network>");
     assert_eq!(
         first.metadata.as_deref(),
         Some("<metadata>\n    <a:m xmlns:a=\"urn:a\" v=\"&#xE9;\"/>\n  </metadata>")
     );
+}
+
+/// What libvirt would drop from `<metadata>` without a word is refused, named.
+#[test]
+fn metadata_libvirt_would_drop_is_refused() {
+    for (metadata, message) in [
+        (
+            "<metadata><a:m xmlns:a='urn:a'/></metadata><metadata/>",
+            "duplicate element <metadata> in network 'x' (line 1)",
+        ),
+        (
+            "<metadata>only text</metadata>",
+            "text in the <metadata> of network 'x': only elements in a namespace of their own can be kept there",
+        ),
+        (
+            "<metadata><plain/></metadata>",
+            "element <plain> in the <metadata> of network 'x' has no namespace: only elements in a namespace of their own can be kept there",
+        ),
+        (
+            "<metadata><a:m xmlns:a='urn:a'/><b:m xmlns:b='urn:a'/></metadata>",
+            "element <b:m> in the <metadata> of network 'x' is a second one in namespace 'urn:a': only one element per namespace can be kept there",
+        ),
+    ] {
+        let xml = format!("<network><name>x</name>{metadata}</network>");
+        let error = NetworkDef::from_xml(&xml).expect_err(&xml);
+        assert_eq!(error.to_string(), message, "{xml}");
+    }
 }
 
 #[test]
