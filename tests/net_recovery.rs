@@ -55,6 +55,16 @@ fn status_path(daemon: &Daemon, name: &str) -> PathBuf {
     daemon.state_dir().join(format!("networks/{name}.json"))
 }
 
+/// Rewrites `from` in network `name`'s status file (which must hold it) to `to`, as a
+/// daemon killed at another moment would have left it; returns the file's path.
+fn rewrite_status(daemon: &Daemon, name: &str, from: &str, to: &str) -> PathBuf {
+    let path = status_path(daemon, name);
+    let status = std::fs::read_to_string(&path).expect("status");
+    assert!(status.contains(from), "{status}");
+    std::fs::write(&path, status.replace(from, to)).expect("rewrite the status");
+    path
+}
+
 #[test]
 fn a_start_interrupted_after_its_intent_record_is_undone_on_restart() {
     if !require(DAEMON_NEEDS) {
@@ -64,14 +74,12 @@ fn a_start_interrupted_after_its_intent_record_is_undone_on_restart() {
 
     // Rewind the status to what a daemon killed mid-start leaves: intent recorded,
     // kernel objects (bridge, rules) partly or fully created, success not recorded.
-    let status_path = status_path(&daemon, "n");
-    let status = std::fs::read_to_string(&status_path).expect("status");
-    assert!(status.contains("\"phase\": \"active\""), "{status}");
-    std::fs::write(
-        &status_path,
-        status.replace("\"phase\": \"active\"", "\"phase\": \"starting\""),
-    )
-    .expect("rewrite");
+    let status_path = rewrite_status(
+        &daemon,
+        "n",
+        "\"phase\": \"active\"",
+        "\"phase\": \"starting\"",
+    );
 
     daemon.spawn(&DaemonOptions::no_default_network());
     assert_eq!(
@@ -295,14 +303,12 @@ fn a_restart_after_an_interrupted_undefine_or_write_leaves_no_disagreement() {
 
     // An undefine killed after it recorded the network as transient, before the
     // definition went; and the temporary files of writes killed before their rename.
-    let status_path = status_path(&daemon, "n");
-    let status = std::fs::read_to_string(&status_path).expect("status");
-    assert!(status.contains("\"persistent\": true"), "{status}");
-    std::fs::write(
-        &status_path,
-        status.replace("\"persistent\": true", "\"persistent\": false"),
-    )
-    .expect("rewrite");
+    let status_path = rewrite_status(
+        &daemon,
+        "n",
+        "\"persistent\": true",
+        "\"persistent\": false",
+    );
     let leftovers = [
         daemon.config_dir().join("networks/.n.xml.tmp-4242"),
         daemon
@@ -354,13 +360,12 @@ fn a_transient_network_a_crash_ended_leaves_no_lease_file() {
 
     // 'mid' was killed mid-start (its intent recorded, its servers already up); the
     // bridge of 'gone' went while the daemon was away (a stop killed halfway).
-    let status_path = daemon.state_dir().join("networks/mid.json");
-    let status = std::fs::read_to_string(&status_path).expect("status");
-    std::fs::write(
-        &status_path,
-        status.replace("\"phase\": \"active\"", "\"phase\": \"starting\""),
-    )
-    .expect("rewrite");
+    rewrite_status(
+        &daemon,
+        "mid",
+        "\"phase\": \"active\"",
+        "\"phase\": \"starting\"",
+    );
     daemon.ns.sh("ip link del kvgone").expect("delete bridge");
 
     daemon.spawn(&DaemonOptions::no_default_network());
@@ -403,13 +408,12 @@ fn a_running_network_whose_bridge_name_went_to_someone_else_is_not_adopted() {
 /// network ends up inactive, the foreign bridge untouched and the log says why.
 fn foreign_bridge_after_a_crash(phase: &str, logged: &str) {
     let (mut daemon, definition) = killed_while_running("n", "10.56.0.1");
-    let status_path = status_path(&daemon, "n");
-    let status = std::fs::read_to_string(&status_path).expect("status");
-    std::fs::write(
-        &status_path,
-        status.replace("\"phase\": \"active\"", &format!("\"phase\": \"{phase}\"")),
-    )
-    .expect("rewrite");
+    let status_path = rewrite_status(
+        &daemon,
+        "n",
+        "\"phase\": \"active\"",
+        &format!("\"phase\": \"{phase}\""),
+    );
     daemon
         .ns
         .sh("ip link del virbr0 && ip link add virbr0 type bridge && ip link set virbr0 up")
