@@ -486,6 +486,109 @@ fn an_unreadable_status_does_not_leave_the_bridge_in_the_way() {
     assert_eq!(daemon.addresses("virbr0"), ["10.58.0.1/24"]);
 }
 
+/// A running network whose status file went behind the daemon's back (the state dir
+/// emptied by hand) is not adopted, and its bridge, found by the definition's MAC
+/// address, goes with its rules: left, it would block every later start of the network.
+#[test]
+fn a_running_network_whose_status_went_is_cleared_for_its_next_start() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let (mut daemon, _) = killed_while_running("n", "10.59.0.1");
+    std::fs::remove_file(status_path(&daemon, "n")).expect("remove the status");
+
+    daemon.spawn(&DaemonOptions::no_default_network());
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " n   inactive   no   yes\n"
+    );
+    assert!(daemon.bridges().is_empty(), "{}", daemon.log());
+    assert!(!daemon.ruleset().contains("virbr0"), "rules left");
+    daemon.assert_logged("a network that ran without a status file");
+    assert_eq!(daemon.ok(&["net-start", "n"]), "Network n started\n\n");
+}
+
+/// A status whose network this version cannot read (written by a later kvnet that knew
+/// an element this one does not) leaves the network running as it is, for that version
+/// to adopt, instead of cutting its guests off.
+#[test]
+fn a_status_this_version_cannot_read_leaves_the_network_running() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let (mut daemon, _) = killed_while_running("n", "10.60.0.1");
+    let ruleset = daemon.ruleset();
+    rewrite_status(
+        &daemon,
+        "n",
+        "</network>",
+        "<vlan><tag id='42'/></vlan></network>",
+    );
+
+    daemon.spawn(&DaemonOptions::no_default_network());
+    daemon.assert_logged("cannot read the network the status file records");
+    assert_eq!(daemon.bridges(), ["virbr0"], "{}", daemon.log());
+    assert_eq!(daemon.addresses("virbr0"), ["10.60.0.1/24"]);
+    assert_eq!(daemon.ruleset(), ruleset);
+    assert!(status_path(&daemon, "n").exists());
+}
+
+/// A second kvnetd run in the same network namespace with directories of its own, while
+/// the first one is stopped (its networks running on), leaves the first one's networks
+/// their firewall rules: their bridges are there, and none is its own.
+#[test]
+fn a_daemon_with_other_directories_leaves_a_stopped_daemons_rules() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    define_nat_network(&daemon, "n", "10.61.0.1");
+    daemon.ok(&["net-start", "n"]);
+    daemon.stop();
+    let ruleset = daemon.ruleset();
+    assert!(ruleset.contains("virbr0"), "{ruleset}");
+
+    let other = daemon.dirs.path().join("other");
+    let socket = other.join("kvnetd.sock");
+    let log = std::fs::File::create(daemon.dirs.path().join("other.log")).expect("log");
+    let mut second = daemon
+        .ns
+        .command(env!("CARGO_BIN_EXE_kvnetd"))
+        .arg("--config-dir")
+        .arg(other.join("config"))
+        .arg("--state-dir")
+        .arg(other.join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--no-default-network", "--log-level", "info"])
+        .arg("--libvirt-leases-dir")
+        .arg(other.join("libvirt"))
+        .stderr(log)
+        .spawn()
+        .expect("run a second kvnetd");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second kvnetd did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = nix::unistd::Pid::from_raw(second.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).expect("stop it");
+    second.wait().expect("wait");
+    let second_log =
+        std::fs::read_to_string(daemon.dirs.path().join("other.log")).expect("read its log");
+    assert!(
+        second_log.contains("keeping the firewall rules of bridge virbr0"),
+        "{second_log}"
+    );
+    assert_eq!(daemon.ruleset(), ruleset);
+
+    daemon.spawn(&DaemonOptions::no_default_network());
+    assert_eq!(daemon.ok(&["-q", "net-list"]), " n   active   no   yes\n");
+}
+
 /// A status that cannot be removed (its directory made immutable) keeps only its own
 /// network from being adopted: the daemon starts and takes over the others.
 #[test]
@@ -681,6 +784,29 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_and_changes_nothing() {
     assert!(stderr.contains(&expected), "{stderr}");
     let socket_now = std::fs::metadata(daemon.socket()).expect("socket").ino();
     assert_eq!(socket_now, socket_inode);
+
+    // With directories and a socket of its own, in the same network namespace, it would
+    // take the first one's rules for stale and remove them.
+    let second = daemon
+        .ns
+        .command(env!("CARGO_BIN_EXE_kvnetd"))
+        .arg("--config-dir")
+        .arg(daemon.dirs.path().join("second-config"))
+        .arg("--state-dir")
+        .arg(daemon.dirs.path().join("second-state"))
+        .arg("--socket")
+        .arg(&second_socket)
+        .arg("--no-default-network")
+        .output()
+        .expect("run a second kvnetd");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let expected = format!(
+        "another kvnetd (pid {}) is already running in this network namespace",
+        daemon.pid().expect("pid")
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!second_socket.exists());
 
     assert_eq!(daemon.bridges(), bridges);
     assert_eq!(daemon.ruleset(), ruleset);

@@ -32,6 +32,10 @@ impl Manager {
                 active_bridges.push(rules.bridge);
             }
         }
+        let defined_bridges: Vec<&str> = networks
+            .values()
+            .filter_map(|n| n.config.as_ref()?.bridge_name())
+            .collect();
         let unloaded = lock(&self.unloaded).len();
         if unloaded > 0 {
             // Which bridges those networks have is unknown: any rules may be theirs.
@@ -40,16 +44,26 @@ impl Manager {
                 "keeping the firewall rules of inactive networks: some definitions or statuses could not be read"
             );
         } else {
-            self.remove_stale_rules(&active_bridges);
+            self.remove_stale_rules(&active_bridges, &defined_bridges)
+                .await;
         }
         self.warn_about_foreign_drop_policies();
     }
 
-    /// Removes kvnet's rules of bridges no active network has.
-    pub(super) fn remove_stale_rules(&self, active_bridges: &[String]) {
+    /// Removes kvnet's rules of bridges no active network has: those of bridges gone, and
+    /// those of this daemon's networks that no longer run. A bridge that is there and
+    /// that none of its networks names is left alone with its rules: another kvnetd in
+    /// this network namespace (one with other directories, stopped now) may run it.
+    async fn remove_stale_rules(&self, active_bridges: &[String], defined_bridges: &[&str]) {
         match self.firewall.bridges() {
             Ok(bridges) => {
                 for bridge in bridges.into_iter().filter(|b| !active_bridges.contains(b)) {
+                    if !defined_bridges.contains(&bridge.as_str())
+                        && !matches!(self.link.link_info(&bridge).await, Ok(None))
+                    {
+                        info!(bridge = %bridge, "keeping the firewall rules of bridge {bridge}: it is there, and no network of this daemon's has it");
+                        continue;
+                    }
                     info!(bridge = %bridge, "removing firewall rules left for an inactive network");
                     if let Err(e) = self.firewall.remove(&bridge) {
                         warn!(bridge = %bridge, "removing stale firewall rules: {}", error_chain(&e));

@@ -119,10 +119,11 @@ impl Manager {
             let def = match NetworkDef::from_stored_xml(&status.xml) {
                 Ok(def) => def,
                 Err(e) => {
-                    warn!(network = %name, "discarding status with unreadable XML: {}", error_chain(&e));
-                    self.release_unadoptable(&networks, &name, Some(&status.bridge))
-                        .await;
-                    self.discard_status_or_warn(&name);
+                    // Written by another version of kvnet, say one that knew an element
+                    // this one does not: its guests run on, and that version adopts it.
+                    warn!(network = %name, "cannot read the network the status file records, so the network stays inactive and its bridge, ports, leases, rules and status file are left as they are: {}", error_chain(&e));
+                    lock(&self.unread_statuses).insert(name.clone());
+                    lock(&self.unloaded).insert(name);
                     continue;
                 }
             };
@@ -211,6 +212,7 @@ impl Manager {
                 }
             }
         }
+        self.release_bridges_without_status(&networks).await;
         let records_listed = self.reconcile_ports(&mut networks).await;
         // Shaped bridges and taps deleted while the daemon was away, or by the undoing
         // above, leave their IFB devices behind; a crash in a port's creation, a macvtap.
@@ -339,6 +341,35 @@ impl Manager {
             Err(e) => {
                 warn!(network = %def.name, bridge, "leaving interface {bridge} alone: {}", error_chain(&e));
                 None
+            }
+        }
+    }
+
+    /// Deletes the bridges, and their rules, of defined networks that are not running
+    /// but whose bridge is there with the definition's MAC address: their status file
+    /// went behind the daemon's back (the state dir emptied by hand), so they cannot be
+    /// adopted, and each bridge would block its network's next start for good.
+    async fn release_bridges_without_status(&self, networks: &BTreeMap<String, Network>) {
+        for (name, network) in networks {
+            if network.live.is_some() || self.was_unloaded(name) {
+                continue;
+            }
+            let Some(def) = network
+                .config
+                .as_ref()
+                .filter(|def| def.forward_mode().has_managed_bridge())
+            else {
+                continue;
+            };
+            let Some(bridge) = def.bridge_name() else {
+                continue;
+            };
+            // Someone else's interface of that name is net-start's to report.
+            if let Ok(Some(info)) = self.link.link_info(bridge).await
+                && is_network_bridge(def, bridge, &info)
+            {
+                warn!(network = %name, bridge, "removing the bridge and rules of a network that ran without a status file (removed behind the daemon's back)");
+                self.release(name, bridge, Some(info.index)).await;
             }
         }
     }
