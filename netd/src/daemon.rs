@@ -46,12 +46,6 @@ enum Error {
     AlreadyRunning { holder: String, state_dir: PathBuf },
     #[error("another kvnetd already serves on the socket {socket}")]
     SocketInUse { socket: PathBuf },
-    #[error(
-        "another kvnetd ({holder}) is already running in this network namespace, with other directories: the bridges and the nftables table inet kvnet are the namespace's, and one daemon manages them"
-    )]
-    NamespaceInUse { holder: String },
-    #[error("taking the network namespace's kvnetd lock (abstract socket @{NAMESPACE_LOCK})")]
-    NamespaceLock(#[source] std::io::Error),
     #[error("starting the runtime")]
     Runtime(#[source] std::io::Error),
     #[error("opening nftables")]
@@ -143,7 +137,6 @@ fn run(args: Args) -> Result<(), Error> {
     }
     let _only_daemon = lock_state_dir(&args.state_dir)?;
     refuse_a_served_socket(&args.socket)?;
-    let _only_daemon_here = lock_network_namespace()?;
     raise_fd_limit();
     // One thread is plenty: every change is serialised by the manager's lock, and
     // netlink must stay in this thread's network namespace.
@@ -407,39 +400,6 @@ fn refuse_a_served_socket(socket: &Path) -> Result<(), Error> {
         Ok(()) | Err(Errno::EAGAIN) => in_use,
         // None (ENOENT), or a stale one no process listens on (ECONNREFUSED).
         Err(_) => Ok(()),
-    }
-}
-
-/// The abstract Unix socket a running kvnetd holds. Abstract names belong to a network
-/// namespace, as bridges and nftables tables do, and go with the process however it ends.
-const NAMESPACE_LOCK: &str = "kvnetd/network-namespace";
-
-/// Makes this the only daemon in its network namespace: a second one, with directories
-/// of its own, would take the first one's firewall rules for stale and remove them.
-fn lock_network_namespace() -> Result<std::os::unix::net::UnixListener, Error> {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-    let address = SocketAddr::from_abstract_name(NAMESPACE_LOCK).map_err(Error::NamespaceLock)?;
-    match UnixListener::bind_addr(&address) {
-        Ok(listener) => Ok(listener),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            // Nothing accepts: the connection waits in the backlog, and says who listens.
-            let holder = UnixStream::connect_addr(&address)
-                .ok()
-                .and_then(|stream| {
-                    nix::sys::socket::getsockopt(
-                        &stream,
-                        nix::sys::socket::sockopt::PeerCredentials,
-                    )
-                    .ok()
-                })
-                .map_or_else(
-                    || "its pid unknown".to_owned(),
-                    |peer| format!("pid {}", peer.pid()),
-                );
-            Err(Error::NamespaceInUse { holder })
-        }
-        Err(e) => Err(Error::NamespaceLock(e)),
     }
 }
 

@@ -119,11 +119,10 @@ impl Manager {
             let def = match NetworkDef::from_stored_xml(&status.xml) {
                 Ok(def) => def,
                 Err(e) => {
-                    // Written by another version of kvnet, say one that knew an element
-                    // this one does not: its guests run on, and that version adopts it.
-                    warn!(network = %name, "cannot read the network the status file records, so the network stays inactive and its bridge, ports, leases, rules and status file are left as they are: {}", error_chain(&e));
-                    lock(&self.unread_statuses).insert(name.clone());
-                    lock(&self.unloaded).insert(name);
+                    warn!(network = %name, "discarding status with unreadable XML: {}", error_chain(&e));
+                    self.release_unadoptable(&networks, &name, Some(&status.bridge))
+                        .await;
+                    self.discard_status_or_warn(&name);
                     continue;
                 }
             };
@@ -350,6 +349,11 @@ impl Manager {
     /// went behind the daemon's back (the state dir emptied by hand), so they cannot be
     /// adopted, and each bridge would block its network's next start for good.
     async fn release_bridges_without_status(&self, networks: &BTreeMap<String, Network>) {
+        // A copy of a running network's definition, made by hand, names its bridge too.
+        let running: Vec<&str> = networks
+            .values()
+            .filter_map(|network| network.live.as_ref()?.bridge_name())
+            .collect();
         for (name, network) in networks {
             if network.live.is_some() || self.was_unloaded(name) {
                 continue;
@@ -361,7 +365,7 @@ impl Manager {
             else {
                 continue;
             };
-            let Some(bridge) = def.bridge_name() else {
+            let Some(bridge) = def.bridge_name().filter(|bridge| !running.contains(bridge)) else {
                 continue;
             };
             // Someone else's interface of that name is net-start's to report.
