@@ -261,6 +261,18 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The descriptors `--net tap-fd=N` names (a spec that does not parse is reported by
+    /// [`Cli::into_config`]).
+    pub fn tap_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.net
+            .iter()
+            .filter_map(|spec| match spec.parse::<NetSpec>().ok()?.tap {
+                TapSource::Fd(fd) => Some(fd),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Turns the parsed flags into a validated [`VmConfig`].
     pub fn into_config(self) -> Result<VmConfig, ConfigError> {
         let net = self

@@ -559,9 +559,9 @@ pub fn main() -> ExitCode {
             }
         };
     }
-    // Before anything opens a descriptor of its own: the ones `--net tap-fd=N` may take.
-    let inherited = devices::virtio::net::tap::record_inherited_fds();
     let cli = Cli::parse();
+    // Before anything opens a descriptor of its own: the ones `--net tap-fd=N` may take.
+    devices::virtio::net::tap::record_inherited_fds(cli.tap_fds());
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colour codes only where a terminal turns them into colours.
@@ -573,11 +573,6 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,virtio_queue=off")),
         )
         .try_init();
-    if let Err(e) = inherited {
-        tracing::warn!(
-            "cannot list the inherited descriptors, so no --net tap-fd=N can be taken: {e}"
-        );
-    }
     // KVNET_VMM_TIMINGS=1: report start-up time and RSS for the bench harness.
     let timings = std::env::var_os("KVNET_VMM_TIMINGS").is_some();
     // Before any thread starts, so that every thread inherits the mask.

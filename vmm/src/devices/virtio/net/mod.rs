@@ -845,7 +845,7 @@ mod tests {
                 .try_clone_to_owned()
                 .expect("dup");
             let fd = std::os::fd::IntoRawFd::into_raw_fd(dup);
-            tap::record_inherited_fds().expect("record");
+            tap::record_inherited_fds([fd]);
             let (nic, _tap, _) = open_nic(&format!("tap-fd={fd}")).expect("open");
             assert_eq!(nic.mac, expected);
             // Another tap's MAC says nothing: a random 52:54:00 one.

@@ -51,23 +51,20 @@ const IFNAMSIZ: usize = 16;
 /// first member we use is `short ifr_flags`.
 const IFREQ_LEN: usize = 40;
 
-/// The descriptors above stderr open when the process started and not yet taken by a
-/// NIC; `None` until [`record_inherited_fds`] runs.
+/// The descriptors above stderr that `--net tap-fd=N` named and that were open when the
+/// process started, not yet taken by a NIC; `None` until [`record_inherited_fds`] runs.
 static INHERITED: Mutex<Option<BTreeSet<RawFd>>> = Mutex::new(None);
 
-/// Records the descriptors the process inherited, the only ones [`Tap::from_inherited_fd`]
-/// may take. Call it first in `main`, before anything opens a descriptor of its own.
-pub fn record_inherited_fds() -> io::Result<()> {
-    let mut open = BTreeSet::new();
-    for entry in std::fs::read_dir("/proc/self/fd")? {
-        if let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
-            open.insert(fd);
-        }
-    }
-    // The listing's own descriptor was open while it was read, and is closed now.
-    open.retain(|&fd| fd > libc::STDERR_FILENO && fd_is_open(fd));
+/// Records which of `named` (the `--net tap-fd=N` numbers) are open, the only ones
+/// [`Tap::from_inherited_fd`] may take: inherited, so nothing in the process owns them.
+/// Only `main` calls it, first, before anything opens a descriptor of its own; a program
+/// embedding the VMM hands its taps over as [`OwnedFd`]s ([`Tap::from_fd`]).
+pub(crate) fn record_inherited_fds(named: impl IntoIterator<Item = RawFd>) {
+    let open = named
+        .into_iter()
+        .filter(|&fd| fd > libc::STDERR_FILENO && fd_is_open(fd))
+        .collect();
     *INHERITED.lock().unwrap_or_else(|p| p.into_inner()) = Some(open);
-    Ok(())
 }
 
 /// Whether `fd` is an open descriptor of this process.
@@ -183,7 +180,8 @@ impl Tap {
     ///
     /// Only a descriptor [`record_inherited_fds`] found open when the process started
     /// can be taken, and only once: those are the launcher's to hand over, and nothing
-    /// in this process owns one until it is taken here. Standard streams are refused.
+    /// in this process owns one until it is taken here. Standard streams are refused;
+    /// outside the `kvnet-vmm` binary, nothing can be taken.
     pub fn from_inherited_fd(raw: RawFd) -> Result<Tap, TapError> {
         if raw <= libc::STDERR_FILENO {
             return Err(TapError::StdioFd(raw));
@@ -617,7 +615,8 @@ mod tests {
         // Open when the "process started": an inherited non-tap stays owned (and usable)
         // by its owner.
         let file = std::fs::File::open("/dev/null").expect("/dev/null");
-        record_inherited_fds().expect("record");
+        let later_number = file.as_raw_fd() + 1;
+        record_inherited_fds([file.as_raw_fd(), later_number, 1 << 20]);
         assert!(matches!(
             Tap::from_inherited_fd(file.as_raw_fd()),
             Err(TapError::NotTun { .. })
@@ -628,8 +627,10 @@ mod tests {
             Tap::from_inherited_fd(1 << 20),
             Err(TapError::NotOpen { fd, .. }) if fd == 1 << 20
         ));
-        // Opened since: someone in this process owns it.
+        // Opened since (under a number named, not open then): someone in this process
+        // owns it.
         let later = std::fs::File::open("/dev/null").expect("/dev/null");
+        assert_eq!(later.as_raw_fd(), later_number);
         assert!(matches!(
             Tap::from_inherited_fd(later.as_raw_fd()),
             Err(TapError::NotInherited(fd)) if fd == later.as_raw_fd()
@@ -645,7 +646,7 @@ mod tests {
             let tap = Tap::open_named("kvt2").expect("open");
             // Hand over a duplicate the way a parent would, relinquishing it.
             let raw = std::os::fd::IntoRawFd::into_raw_fd(tap.fd.try_clone().expect("dup"));
-            record_inherited_fds().expect("record");
+            record_inherited_fds([raw]);
             let taken = Tap::from_inherited_fd(raw).expect("inherited tap");
             assert_eq!(taken.name(), "kvt2");
             assert_eq!(taken.as_raw_fd(), raw);
