@@ -4,16 +4,23 @@
 //! without a namespace and every later child in a namespace an earlier one has
 //! (`virXMLNodeSanitizeNamespaces`), and writes it back after `<description>` with
 //! libxml2's node dump (`virXMLFormatMetadata`). kvnet stores what that writes, but
-//! refuses what libvirt would drop (a second `<metadata>`, text, an element without a
-//! namespace or in one an earlier element has) rather than lose it without a word.
+//! refuses a definition given to it with what libvirt would drop (a second `<metadata>`,
+//! text, an element without a namespace or in one an earlier element has) rather than
+//! lose it without a word. A file already on disk (written by hand) loads, without those,
+//! as libvirt loads it, with a warning for each.
 
 use super::libxml::{Kind, Namespace, NodeId, Tree, Writer};
 use super::{Error, invalid};
 
 /// The `<metadata>` of the network document `xml` (network `network`) as libvirt writes
 /// it inside `<network>`: its first line unindented, the others indented for the
-/// network's children. `None` without one.
-pub(super) fn network_metadata(xml: &str, network: &str) -> Result<Option<String>, Error> {
+/// network's children. `None` without one. What libvirt would drop is refused, or, for a
+/// file on disk (`stored`), dropped with a warning.
+pub(super) fn network_metadata(
+    xml: &str,
+    network: &str,
+    stored: bool,
+) -> Result<Option<String>, Error> {
     let tree = Tree::parse(xml).map_err(|e| Error::Malformed {
         document: "network",
         line: 1,
@@ -28,13 +35,13 @@ pub(super) fn network_metadata(xml: &str, network: &str) -> Result<Option<String
             if name.local == "metadata" && name.prefix.is_none() && name.namespace.is_none())
     });
     metadata
-        .map(|metadata| dump(&tree, metadata, network))
+        .map(|metadata| dump(&tree, metadata, network, stored))
         .transpose()
 }
 
 /// The copy of element `metadata`, checked and written at the network's children's
 /// level.
-fn dump(tree: &Tree, metadata: NodeId, network: &str) -> Result<String, Error> {
+fn dump(tree: &Tree, metadata: NodeId, network: &str, stored: bool) -> Result<String, Error> {
     let Kind::Element {
         name, attributes, ..
     } = &tree.node(metadata).kind
@@ -49,7 +56,7 @@ fn dump(tree: &Tree, metadata: NodeId, network: &str) -> Result<String, Error> {
             _ => None,
         })
         .collect();
-    let kept = checked_children(tree, metadata, network)?;
+    let kept = checked_children(tree, metadata, network, stored)?;
     let mut writer = Writer::new(tree).at_level(1);
     writer.element(&name.qualified(), &reconciled, &attributes, &kept, true);
     Ok(writer.finish())
@@ -124,34 +131,45 @@ fn declare_unbound(tree: &Tree, id: NodeId, here: &[Namespace], root: &mut Vec<N
 
 /// The child elements `virXMLNodeSanitizeNamespaces` keeps: each in a namespace of its
 /// own. Comments go, as everywhere in the document, and so does whitespace; text, an
-/// element without a namespace or a second one in a namespace are refused.
-fn checked_children(tree: &Tree, metadata: NodeId, network: &str) -> Result<Vec<NodeId>, Error> {
+/// element without a namespace or a second one in a namespace are refused, or in a file
+/// on disk (`stored`) dropped with a warning.
+fn checked_children(
+    tree: &Tree,
+    metadata: NodeId,
+    network: &str,
+    stored: bool,
+) -> Result<Vec<NodeId>, Error> {
     let mut kept: Vec<NodeId> = Vec::new();
     let mut namespaces: Vec<&str> = Vec::new();
     for &child in &tree.node(metadata).children {
-        let name = match &tree.node(child).kind {
-            Kind::Element { name, .. } => name,
-            Kind::Text(text) | Kind::CData(text) if !text.trim().is_empty() => {
-                return Err(invalid(format!(
-                    "text in the <metadata> of network '{network}': only elements in a namespace of their own can be kept there"
-                )));
-            }
+        let problem = match &tree.node(child).kind {
+            Kind::Element { name, .. } => match name.namespace.as_deref() {
+                None => format!(
+                    "element <{}> in the <metadata> of network '{network}' has no namespace: only elements in a namespace of their own can be kept there",
+                    name.qualified()
+                ),
+                Some(uri) if namespaces.contains(&uri) => format!(
+                    "element <{}> in the <metadata> of network '{network}' is a second one in namespace '{uri}': only one element per namespace can be kept there",
+                    name.qualified()
+                ),
+                Some(uri) => {
+                    namespaces.push(uri);
+                    kept.push(child);
+                    continue;
+                }
+            },
+            Kind::Text(text) | Kind::CData(text) if !text.trim().is_empty() => format!(
+                "text in the <metadata> of network '{network}': only elements in a namespace of their own can be kept there"
+            ),
             _ => continue,
         };
-        let Some(uri) = name.namespace.as_deref() else {
-            return Err(invalid(format!(
-                "element <{}> in the <metadata> of network '{network}' has no namespace: only elements in a namespace of their own can be kept there",
-                name.qualified()
-            )));
-        };
-        if namespaces.contains(&uri) {
-            return Err(invalid(format!(
-                "element <{}> in the <metadata> of network '{network}' is a second one in namespace '{uri}': only one element per namespace can be kept there",
-                name.qualified()
-            )));
+        if !stored {
+            return Err(invalid(problem));
         }
-        namespaces.push(uri);
-        kept.push(child);
+        tracing::warn!(
+            network,
+            "dropped from a definition on disk, as libvirt drops it: {problem}"
+        );
     }
     Ok(kept)
 }

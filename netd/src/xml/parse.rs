@@ -38,7 +38,7 @@ impl NetworkDef {
         parser.stored = stored;
         let mut def = parser.network(&root)?;
         if root.children.iter().any(|child| child.name == "metadata") {
-            def.metadata = super::metadata::network_metadata(input, &def.name)?;
+            def.metadata = super::metadata::network_metadata(input, &def.name, stored)?;
         }
         def.validate()?;
         Ok(def)
@@ -354,6 +354,10 @@ impl Parser {
                 "title" => self.once(&mut title, child)?,
                 "description" => self.once(&mut description, child)?,
                 // Read from the text by `metadata::network_metadata`, as libxml2 reads it.
+                // A file on disk with a second one loads as libvirt loads it: the first.
+                "metadata" if self.stored && metadata.is_some() => {
+                    tracing::warn!(network = %self.network, "dropped from a definition on disk, as libvirt drops it: a second <metadata> (line {})", child.line);
+                }
                 "metadata" => self.once(&mut metadata, child)?,
                 "forward" => self.once(&mut forward, child)?,
                 "bridge" => self.once(&mut bridge, child)?,

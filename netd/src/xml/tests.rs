@@ -2702,6 +2702,17 @@ fn metadata_libvirt_would_drop_is_refused() {
         let xml = format!("<network><name>x</name>{metadata}</network>");
         let error = NetworkDef::from_xml(&xml).expect_err(&xml);
         assert_eq!(error.to_string(), message, "{xml}");
+        // A file on disk written so by hand loads as libvirt loads it, without them.
+        let loaded = NetworkDef::from_stored_xml(&xml).expect(&xml);
+        assert!(
+            matches!(
+                loaded.metadata.as_deref(),
+                Some("<metadata/>")
+                    | Some("<metadata>\n    <a:m xmlns:a=\"urn:a\"/>\n  </metadata>")
+            ),
+            "{:?}",
+            loaded.metadata
+        );
     }
 }
 
