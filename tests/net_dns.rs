@@ -565,3 +565,54 @@ fn a_guest_asking_from_an_address_of_another_network_gets_a_dhcp_nak() {
         "not a NAK: {options:?}"
     );
 }
+
+/// Like libvirt's dnsmasq, the server answers on the bridge's IPv6 link-local address,
+/// which dnsmasq's router advertisements announced: a guest moved from libvirt that
+/// still asks there gets its answers.
+#[test]
+fn an_ipv6_network_answers_on_the_bridges_link_local_address() {
+    if !resolver_tests_can_run() {
+        return;
+    }
+    let daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    let xml = NETWORK_XML.replace(
+        "  <ip address='192.168.122.1'",
+        "  <ip family='ipv6' address='fd42::1' prefix='64'/>\n  <ip address='192.168.122.1'",
+    );
+    let path = common::xml_file(daemon.dirs.path(), "dnsnet.xml", &xml);
+    daemon.ok(&["net-create", path.to_str().expect("path")]);
+    let guest = guest_on(&daemon, "virbr0", "vg0", "ll-guest", "192.168.122.61");
+    common::wait_for_forwarding(&daemon, "vg0");
+    let link = daemon.ip_json("link show virbr0");
+    let mac = link[0]["address"].as_str().expect("bridge MAC").to_owned();
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|byte| u8::from_str_radix(byte, 16).expect("hex"))
+        .collect();
+    let link_local = format!(
+        "fe80::{:x}:{:x}:{:x}:{:x}",
+        u16::from_be_bytes([bytes[0] ^ 2, bytes[1]]),
+        u16::from_be_bytes([bytes[2], 0xff]),
+        u16::from_be_bytes([0xfe, bytes[3]]),
+        u16::from_be_bytes([bytes[4], bytes[5]])
+    );
+    // The bridge's and the guest's link-local addresses leave duplicate address detection
+    // within a few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let answer = loop {
+        let answer = guest
+            .sh(&format!(
+                "timeout 10 dig +short +time=1 +tries=1 @{link_local}%eth0 static1.example.test || true"
+            ))
+            .unwrap_or_default();
+        if answer.trim() == "192.168.122.50" || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let addresses = daemon
+        .ns
+        .sh("ip -6 addr show dev virbr0")
+        .unwrap_or_default();
+    assert_eq!(answer.trim(), "192.168.122.50", "{link_local}\n{addresses}");
+}

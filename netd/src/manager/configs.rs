@@ -4,7 +4,7 @@
 //! the disk or a running server.
 
 use std::collections::BTreeMap;
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,7 +164,10 @@ pub(super) fn dns_config(
     };
     Some(DnsConfig {
         network: def.name.clone(),
-        listen: bridge_addresses(def).map(|(address, _)| address).collect(),
+        listen: bridge_addresses(def)
+            .map(|(address, _)| address)
+            .chain(bridge_link_local(def).map(IpAddr::V6))
+            .collect(),
         interface: def.bridge_name().map(str::to_owned),
         clients: guest_sources(def),
         domain: def.domain.as_ref().map(|domain| domain.name.clone()),
@@ -186,6 +189,34 @@ pub(super) fn dns_config(
         cache_size: xml::dnsmasq::cache_size(&def.dnsmasq_options)
             .and_then(|size| usize::try_from(size).ok()),
     })
+}
+
+/// The link-local address the kernel gives an IPv6 network's bridge (EUI-64 of its MAC,
+/// the default `addr_gen_mode`). libvirt's dnsmasq answers DNS there too and announces
+/// it in its router advertisements, so guests moved from libvirt may ask it for good.
+fn bridge_link_local(def: &NetworkDef) -> Option<Ipv6Addr> {
+    if def.ipv6_subnets().is_empty() {
+        return None;
+    }
+    let [a, b, c, d, e, f] = def.mac?.0;
+    Some(Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        a ^ 0x02,
+        b,
+        c,
+        0xff,
+        0xfe,
+        d,
+        e,
+        f,
+    ]))
 }
 
 /// Where a network's guests' packets can come from: its subnets, those its `<route>`s
