@@ -110,6 +110,11 @@ impl Engine {
         self.leases.leases(now)
     }
 
+    /// The names DNS answers for the bound, unexpired leases ([`super::dns_names`]).
+    pub fn dns_names(&self, now: i64) -> Vec<(std::net::Ipv6Addr, String)> {
+        super::dns_names(self.leases.leases_by_binding(now))
+    }
+
     /// Makes the bindings of the replies handled so far durable.
     pub fn commit(&mut self, now: i64) -> Result<(), Error> {
         self.leases.commit(now)

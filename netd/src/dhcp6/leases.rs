@@ -57,6 +57,9 @@ struct Lease {
     /// Unix seconds; `i64::MAX` for an infinite lease.
     expiry: i64,
     state: LeaseState,
+    /// When a bound lease was last bound or renewed, as [`LeaseDb::binds`] counted then
+    /// (set by [`LeaseDb::insert`]).
+    bound_seq: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -146,6 +149,9 @@ pub struct LeaseDb {
     /// `(expiry, address)` of every pool address held only by an offer, oldest first:
     /// a full pool takes the oldest over.
     offers: BTreeSet<(i64, Ipv6Addr)>,
+    /// Bindings and renewals made (loaded ones included): orders the leases that claim
+    /// one name within the same second.
+    binds: u64,
 }
 
 impl LeaseDb {
@@ -168,6 +174,7 @@ impl LeaseDb {
             revision: 0,
             exhausted_until: None,
             offers: BTreeSet::new(),
+            binds: 0,
         };
         db.configure(config);
         db
@@ -282,6 +289,7 @@ impl LeaseDb {
                 hostname,
                 expiry,
                 state: LeaseState::Bound,
+                bound_seq: 0,
             },
         );
         Loaded::Yes
@@ -487,6 +495,7 @@ impl LeaseDb {
                     hostname: None,
                     expiry: now.saturating_add(OFFER_HOLD_SECS),
                     state: LeaseState::Offered,
+                    bound_seq: 0,
                 },
             );
         }
@@ -603,6 +612,7 @@ impl LeaseDb {
                 hostname,
                 expiry: expiry_after(now, secs),
                 state: LeaseState::Bound,
+                bound_seq: 0,
             },
         );
         self.changed();
@@ -666,6 +676,7 @@ impl LeaseDb {
                 hostname: None,
                 expiry: now.saturating_add(DECLINE_HOLD_SECS),
                 state: LeaseState::Declined,
+                bound_seq: 0,
             },
         );
         true
@@ -673,7 +684,11 @@ impl LeaseDb {
 
     /// Puts `lease` on `ip`, replacing whoever held it; a client's IA holds one address,
     /// so its previous one is freed. Declined addresses belong to nobody.
-    fn insert(&mut self, ip: Ipv6Addr, lease: Lease) {
+    fn insert(&mut self, ip: Ipv6Addr, mut lease: Lease) {
+        if lease.state == LeaseState::Bound {
+            self.binds += 1;
+            lease.bound_seq = self.binds;
+        }
         self.remove_binding(ip);
         if lease.state != LeaseState::Declined {
             if let Some(old) = self.by_client.get(&lease.key).copied()
@@ -724,25 +739,38 @@ impl LeaseDb {
 
     /// The bound, unexpired leases, by address.
     pub fn leases(&self, now: i64) -> Vec<Lease6Info> {
-        let mut leases: Vec<Lease6Info> = self
-            .by_ip
-            .iter()
-            .filter(|(_, lease)| lease.state == LeaseState::Bound && lease.expiry > now)
-            .map(|(&ip, lease)| Lease6Info {
-                expiry_unix: if lease.expiry == i64::MAX {
-                    0
-                } else {
-                    lease.expiry
-                },
-                duid: lease.key.duid.to_vec(),
-                iaid: lease.key.iaid,
-                mac: lease.mac,
-                ip,
-                hostname: lease.hostname.clone(),
-            })
-            .collect();
+        let mut leases: Vec<Lease6Info> = self.bound(now).map(|(_, info)| info).collect();
         leases.sort_by_key(|lease| lease.ip);
         leases
+    }
+
+    /// The bound, unexpired leases in the order they were bound or last renewed, oldest
+    /// first, as [`super::dns_names`] takes them.
+    pub fn leases_by_binding(&self, now: i64) -> Vec<Lease6Info> {
+        let mut leases: Vec<(u64, Lease6Info)> = self.bound(now).collect();
+        leases.sort_by_key(|(seq, _)| *seq);
+        leases.into_iter().map(|(_, info)| info).collect()
+    }
+
+    fn bound(&self, now: i64) -> impl Iterator<Item = (u64, Lease6Info)> + '_ {
+        self.by_ip
+            .iter()
+            .filter(move |(_, lease)| lease.state == LeaseState::Bound && lease.expiry > now)
+            .map(|(&ip, lease)| {
+                let info = Lease6Info {
+                    expiry_unix: if lease.expiry == i64::MAX {
+                        0
+                    } else {
+                        lease.expiry
+                    },
+                    duid: lease.key.duid.to_vec(),
+                    iaid: lease.key.iaid,
+                    mac: lease.mac,
+                    ip,
+                    hostname: lease.hostname.clone(),
+                };
+                (lease.bound_seq, info)
+            })
     }
 
     /// Writes the bound leases to the file if bindings changed since the last commit.
@@ -851,6 +879,35 @@ mod tests {
         assert!(db.release(&key(1), a));
         assert!(!db.release(&key(1), a));
         assert_eq!(db.offer(&key(4), None, None, 31), Some(a));
+    }
+
+    /// Two guests that claim one name: DNS answers the one that claimed it last (even in
+    /// the same second, whichever address sorts first), with each of its addresses.
+    #[test]
+    fn of_two_clients_claiming_a_name_the_later_one_answers() {
+        let mut config = config();
+        config.ranges = vec![(ip("2001:db8:ca2:2::10"), ip("2001:db8:ca2:2::20"), None)];
+        config.hosts.clear();
+        let mut db = LeaseDb::in_memory(&config);
+        let dup = || Some("dup".to_owned());
+        db.bind(&key(1), ip("2001:db8:ca2:2::15"), None, dup(), 3600, 0);
+        db.bind(&key(2), ip("2001:db8:ca2:2::11"), None, dup(), 3600, 0);
+        let second_ia = ClientKey { iaid: 2, ..key(2) };
+        db.bind(&second_ia, ip("2001:db8:ca2:2::12"), None, dup(), 3600, 0);
+        let mut names = super::super::dns_names(db.leases_by_binding(0));
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                (ip("2001:db8:ca2:2::11"), "dup".to_owned()),
+                (ip("2001:db8:ca2:2::12"), "dup".to_owned())
+            ]
+        );
+        db.bind(&key(1), ip("2001:db8:ca2:2::15"), None, dup(), 3600, 0);
+        assert_eq!(
+            super::super::dns_names(db.leases_by_binding(0)),
+            [(ip("2001:db8:ca2:2::15"), "dup".to_owned())]
+        );
     }
 
     /// A flood of SOLICITs (made-up DUIDs, or 80 IAs a message) held every address for

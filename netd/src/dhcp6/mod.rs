@@ -28,6 +28,7 @@ pub mod engine;
 pub mod leases;
 pub mod server;
 
+use std::collections::HashMap;
 use std::net::Ipv6Addr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -73,6 +74,40 @@ impl Dhcp6Config {
         duid.extend_from_slice(&self.server_mac);
         duid
     }
+}
+
+/// The names DNS answers for `leases`, given in the order they were bound or renewed:
+/// for each name, the addresses of the client that claimed it last (its lease expiring
+/// last, and of those expiring in the same second the one bound last), all of them when
+/// it holds several, as dnsmasq gives a name to the client that claimed it last. Cloned
+/// guests that all call themselves `ubuntu` resolve to the one that spoke last.
+pub fn dns_names(leases: Vec<Lease6Info>) -> Vec<(Ipv6Addr, String)> {
+    let rank = |order: usize, lease: &Lease6Info| {
+        let expiry = match lease.expiry_unix {
+            0 => i64::MAX,
+            expiry => expiry,
+        };
+        (expiry, order)
+    };
+    let mut claimed: HashMap<String, ((i64, usize), &[u8])> = HashMap::new();
+    for (order, lease) in leases.iter().enumerate() {
+        let Some(name) = &lease.hostname else {
+            continue;
+        };
+        let this = (rank(order, lease), lease.duid.as_slice());
+        claimed
+            .entry(name.to_ascii_lowercase())
+            .and_modify(|held| *held = (*held).max(this))
+            .or_insert(this);
+    }
+    leases
+        .iter()
+        .filter_map(|lease| {
+            let name = lease.hostname.as_ref()?;
+            let (_, owner) = claimed.get(&name.to_ascii_lowercase())?;
+            (*owner == lease.duid.as_slice()).then(|| (lease.ip, name.clone()))
+        })
+        .collect()
 }
 
 /// One `<host>` reservation of the IPv6 `<dhcp>`.

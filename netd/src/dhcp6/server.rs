@@ -108,10 +108,9 @@ impl Dhcp6Server {
             let reserved: Vec<Ipv6Addr> = names.iter().map(|(ip, _)| *ip).collect();
             names.extend(
                 engine
-                    .leases(unix_now())
+                    .dns_names(unix_now())
                     .into_iter()
-                    .filter(|lease| !reserved.contains(&lease.ip))
-                    .filter_map(|lease| Some((lease.ip, lease.hostname?))),
+                    .filter(|(ip, _)| !reserved.contains(ip)),
             );
             names
         }
