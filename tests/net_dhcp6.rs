@@ -484,12 +484,13 @@ fn dhcpcd_gets_a_name_reservation_and_a_dynamic_address_renews_past_a_lost_lease
     let mut dhcpcd = spawn_dhcpcd(&dir, &guest);
 
     // The RA's M flag starts DHCPv6. IA_NA 1 gets the reservation of the name in the
-    // FQDN option, IA_NA 2 the first address of the range, in one rapid-commit
-    // exchange (dhcpcd logs "ADV" when an ADVERTISE comes instead).
+    // FQDN option, IA_NA 2 the address dnsmasq's seed for it points to (its DUID and
+    // IAID hashed), in one rapid-commit exchange (dhcpcd logs "ADV" when an ADVERTISE
+    // comes instead).
     wait_until("dhcpcd to bind", || !dhcpcd_events(&dir).is_empty());
     assert_eq!(
         dhcpcd_events(&dir),
-        ["BOUND6|fd00:6::1:10 fd00:6::3:2|fd00:6::1|v6.test"]
+        ["BOUND6|fd00:6::1:b9 fd00:6::3:2|fd00:6::1|v6.test"]
     );
     let log = std::fs::read_to_string(dir.join("dhcpcd.log")).expect("dhcpcd log");
     assert!(!log.contains(" ADV "), "no rapid commit:\n{log}");
@@ -497,23 +498,23 @@ fn dhcpcd_gets_a_name_reservation_and_a_dynamic_address_renews_past_a_lost_lease
         .sh("ip -6 -br addr show dev eth0 scope global")
         .expect("addresses");
     assert!(
-        addresses.contains("fd00:6::1:10/128") && addresses.contains("fd00:6::3:2/128"),
+        addresses.contains("fd00:6::1:b9/128") && addresses.contains("fd00:6::3:2/128"),
         "{addresses}"
     );
     let venus = |ip: &str| (format!("{ip}/64"), "venus".to_owned());
     assert_eq!(
         leases_of(&daemon, DHCPCD_DUID),
-        [venus("fd00:6::1:10"), venus("fd00:6::3:2")]
+        [venus("fd00:6::1:b9"), venus("fd00:6::3:2")]
     );
 
     // The daemon restarts without its lease file, and another client takes
-    // fd00:6::1:10. dhcpcd's RENEW keeps the reservation and gets NoBinding for the
-    // other IA, so it sends a REQUEST and gets the next free address.
+    // fd00:6::1:b9. dhcpcd's RENEW keeps the reservation and gets NoBinding for the
+    // other IA, so it sends a REQUEST and gets the next free address after its seed's.
     daemon.stop();
     std::fs::remove_file(daemon.state_dir().join("networks/v6.leases6")).expect("lease file");
     daemon.spawn(&common::DaemonOptions::no_default_network());
     let other = [0, 3, 0, 1, 2, 2, 2, 2, 2, 2];
-    let taken: Ipv6Addr = "fd00:6::1:10".parse().expect("ip");
+    let taken: Ipv6Addr = "fd00:6::1:b9".parse().expect("ip");
     let rapid_solicit = ia_message(1, &other, 9, taken, &option(14, &[]));
     assert_eq!(exchange(&guest, rapid_solicit), (taken, 86400, 86400));
     // Under load, dhcpcd 9.4 (privilege separated) now and then never acts on a
@@ -535,17 +536,17 @@ fn dhcpcd_gets_a_name_reservation_and_a_dynamic_address_renews_past_a_lost_lease
     });
     assert_eq!(
         dhcpcd_events(&dir)[1],
-        "BOUND6|fd00:6::1:11 fd00:6::3:2|fd00:6::1|v6.test"
+        "BOUND6|fd00:6::1:ba fd00:6::3:2|fd00:6::1|v6.test"
     );
     let log = std::fs::read_to_string(dir.join("dhcpcd.log")).expect("dhcpcd log");
     assert!(log.contains("RENEW6") && log.contains("REQUEST6"), "{log}");
     assert_eq!(
         leases_of(&daemon, DHCPCD_DUID),
-        [venus("fd00:6::1:11"), venus("fd00:6::3:2")]
+        [venus("fd00:6::1:ba"), venus("fd00:6::3:2")]
     );
     assert_eq!(
         leases_of(&daemon, "00:03:00:01:02:02:02:02:02:02"),
-        [("fd00:6::1:10/64".to_owned(), "-".to_owned())]
+        [("fd00:6::1:b9/64".to_owned(), "-".to_owned())]
     );
 
     // SIGALRM: dhcpcd releases its addresses and exits; the leases are gone.

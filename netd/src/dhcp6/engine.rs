@@ -872,9 +872,10 @@ pub(crate) mod tests {
             &[0, 1, 0, 10], &CLIENT_DUID,
             // server id: DUID-LL of the bridge MAC
             &[0, 2, 0, 10, 0, 3, 0, 1, 0x52, 0x54, 0, 0xaa, 0xbb, 0xcc],
-            // IA_NA 7, T1 1800, T2 3150, IA address 2001:db8:ca2:2:1::10 for 3600/3600
+            // IA_NA 7, T1 1800, T2 3150, IA address 2001:db8:ca2:2:1::1f (where the client's
+            // seed points, as from dnsmasq) for 3600/3600
             &[0, 3, 0, 40, 0, 0, 0, 7, 0, 0, 0x07, 0x08, 0, 0, 0x0c, 0x4e],
-            &[0, 5, 0, 24, 0x20, 0x01, 0x0d, 0xb8, 0x0c, 0xa2, 0, 2, 0, 1, 0, 0, 0, 0, 0, 0x10],
+            &[0, 5, 0, 24, 0x20, 0x01, 0x0d, 0xb8, 0x0c, 0xa2, 0, 2, 0, 1, 0, 0, 0, 0, 0, 0x1f],
             &[0, 0, 0x0e, 0x10, 0, 0, 0x0e, 0x10],
             // preference 255
             &[0, 7, 0, 1, 255],

@@ -123,6 +123,22 @@ enum Loaded {
 /// each of its requests a walk through them.
 const TAKEOVER_LOOKAHEAD: usize = 64;
 
+/// Most addresses the walk from a client's seed looks at before the cursor's takes over
+/// (see [`LeaseDb::walk_from_seed`]).
+const SEEDED_WALK: u128 = 64;
+
+/// Where in a range a walk for a client starts: dnsmasq's seed (`address6_allocate`, the
+/// IAID hashed with the DUID's bytes), so that a client that released its address, or a
+/// guest moved from libvirt, is given the address it had again when it is still free.
+fn client_seed(key: &ClientKey) -> u64 {
+    key.duid.iter().fold(u64::from(key.iaid), |seed, &byte| {
+        u64::from(byte)
+            .wrapping_add(seed << 6)
+            .wrapping_add(seed << 16)
+            .wrapping_sub(seed)
+    })
+}
+
 /// The lease database of one network.
 #[derive(Debug)]
 pub struct LeaseDb {
@@ -517,9 +533,9 @@ impl LeaseDb {
             .is_some_and(|lease| lease.state == LeaseState::Declined && lease.expiry > now)
     }
 
-    /// A free pool address from the cursor on; when none is, the oldest address only
-    /// held by an offer is taken over, as the DHCPv4 pool does, so a flood of SOLICITs
-    /// cannot lock real clients out for the offer hold time.
+    /// A free pool address, from the client's seed or else from the cursor on; when none
+    /// is, the oldest address only held by an offer is taken over, as the DHCPv4 pool
+    /// does, so a flood of SOLICITs cannot lock real clients out for the offer hold time.
     fn allocate(&mut self, key: &ClientKey, now: i64) -> Option<Ipv6Addr> {
         let walks = self.exhausted_until.is_none_or(|until| now >= until);
         if walks && let Some(ip) = self.allocate_free(key, now) {
@@ -551,6 +567,12 @@ impl LeaseDb {
     }
 
     fn allocate_free(&mut self, key: &ClientKey, now: i64) -> Option<Ipv6Addr> {
+        if let Some(ip) = self.walk_from_seed(key, now) {
+            if self.by_ip.contains_key(&ip) {
+                self.remove(ip);
+            }
+            return Some(ip);
+        }
         let size = self.pool_size.max(1);
         for step in 0..self.pool_size {
             let position = (self.cursor + step) % size;
@@ -571,6 +593,20 @@ impl LeaseDb {
                 .unwrap_or(i64::MAX),
         );
         None
+    }
+
+    /// dnsmasq's walk: in each range in order, from where `key`'s seed points, the first
+    /// address free to give. Its first [`SEEDED_WALK`] only: in a crowded pool a longer
+    /// walk would cost each SOLICIT a scan, on the thread every network's servers share.
+    fn walk_from_seed(&self, key: &ClientKey, now: i64) -> Option<Ipv6Addr> {
+        let seed = u128::from(client_seed(key));
+        self.pool.iter().find_map(|range| {
+            let len = range.end - range.start + 1;
+            let start = seed % len;
+            (0..len.min(SEEDED_WALK))
+                .map(|step| Ipv6Addr::from(range.start + (start + step) % len))
+                .find(|&ip| self.assignable(key, None, ip, now))
+        })
     }
 
     fn pool_address(&self, mut position: u128) -> Option<Ipv6Addr> {
@@ -879,6 +915,40 @@ mod tests {
         assert!(db.release(&key(1), a));
         assert!(!db.release(&key(1), a));
         assert_eq!(db.offer(&key(4), None, None, 31), Some(a));
+    }
+
+    /// A client is offered where dnsmasq's seed for it points: dhclient -D LL with these
+    /// MACs got these very addresses from libvirt's dnsmasq 2.90 and from kvnetd on
+    /// fd16::10-fd16::ff. So a guest that released its address gets it back, and one
+    /// moved from libvirt the one it had.
+    #[test]
+    fn clients_are_offered_where_dnsmasqs_seed_points_and_get_it_back() {
+        let mut config = config();
+        config.ranges = vec![(ip("fd16::10"), ip("fd16::ff"), None)];
+        config.subnet = "fd16::/64".parse().unwrap();
+        config.server_ip = ip("fd16::1");
+        config.hosts.clear();
+        let dhclient = |mac: [u8; 6]| ClientKey {
+            duid: [&[0, 3, 0, 1][..], &mac].concat().into(),
+            iaid: u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]),
+        };
+        let mut db = LeaseDb::in_memory(&config);
+        let x = dhclient([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        for (mac, expected) in [
+            ([0x52, 0x54, 0, 0x12, 0x34, 0x56], "fd16::b0"),
+            ([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc], "fd16::bd"),
+            ([0x02, 0x11, 0x22, 0x33, 0x44, 0x55], "fd16::aa"),
+        ] {
+            let key = dhclient(mac);
+            let offered = db.offer(&key, None, None, 0).unwrap();
+            assert_eq!(offered, ip(expected), "{mac:02x?}");
+            db.bind(&key, offered, None, None, 3600, 0);
+        }
+        assert!(db.release(&x, ip("fd16::b0")));
+        let y = key(9);
+        let offered = db.offer(&y, None, None, 1).unwrap();
+        db.bind(&y, offered, None, None, 3600, 1);
+        assert_eq!(db.offer(&x, None, None, 2), Some(ip("fd16::b0")));
     }
 
     /// Two guests that claim one name: DNS answers the one that claimed it last (even in
