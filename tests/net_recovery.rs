@@ -671,6 +671,16 @@ fn a_status_that_cannot_be_read_now_leaves_the_running_network_alone() {
     let status_path = status_path(&daemon, "n");
     std::fs::remove_file(&status_path).expect("remove the status");
     std::fs::create_dir(&status_path).expect("a directory in its place");
+    // A copy of its definition made by hand names its bridge and MAC too: the bridge
+    // may still be the running network's.
+    let copy = std::fs::read_to_string(daemon.config_dir().join("networks/n.xml"))
+        .expect("n's definition")
+        .replace("<name>n</name>", "<name>copy</name>");
+    let copy: String = copy
+        .lines()
+        .filter(|line| !line.contains("<uuid>"))
+        .collect();
+    std::fs::write(daemon.config_dir().join("networks/copy.xml"), copy).expect("copy");
 
     daemon.spawn(&DaemonOptions::no_default_network());
     daemon.assert_logged("cannot read the status");

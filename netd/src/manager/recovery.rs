@@ -349,10 +349,15 @@ impl Manager {
     /// went behind the daemon's back (the state dir emptied by hand), so they cannot be
     /// adopted, and each bridge would block its network's next start for good.
     async fn release_bridges_without_status(&self, networks: &BTreeMap<String, Network>) {
-        // A copy of a running network's definition, made by hand, names its bridge too.
+        // A copy of a running network's definition, made by hand, names its bridge too;
+        // so may one of a network whose status could not be read, which may be running.
         let running: Vec<&str> = networks
-            .values()
-            .filter_map(|network| network.live.as_ref()?.bridge_name())
+            .iter()
+            .filter_map(|(name, network)| match &network.live {
+                Some(live) => live.bridge_name(),
+                None if self.was_unloaded(name) => network.config.as_ref()?.bridge_name(),
+                None => None,
+            })
             .collect();
         for (name, network) in networks {
             if network.live.is_some() || self.was_unloaded(name) {
