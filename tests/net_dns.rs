@@ -585,17 +585,7 @@ fn an_ipv6_network_answers_on_the_bridges_link_local_address() {
     common::wait_for_forwarding(&daemon, "vg0");
     let link = daemon.ip_json("link show virbr0");
     let mac = link[0]["address"].as_str().expect("bridge MAC").to_owned();
-    let bytes: Vec<u8> = mac
-        .split(':')
-        .map(|byte| u8::from_str_radix(byte, 16).expect("hex"))
-        .collect();
-    let link_local = format!(
-        "fe80::{:x}:{:x}:{:x}:{:x}",
-        u16::from_be_bytes([bytes[0] ^ 2, bytes[1]]),
-        u16::from_be_bytes([bytes[2], 0xff]),
-        u16::from_be_bytes([0xfe, bytes[3]]),
-        u16::from_be_bytes([bytes[4], bytes[5]])
-    );
+    let link_local = common::eui64_link_local(&mac).expect("a MAC");
     // The bridge's and the guest's link-local addresses leave duplicate address detection
     // within a few seconds.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

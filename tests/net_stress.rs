@@ -573,6 +573,15 @@ fn assert_consistent(daemon: &Daemon, snap: &Snapshot, seed: u64, when: &str) {
                 let bridge = status["bridge"].as_str().unwrap_or_default();
                 serve_dhcp6.insert(bridge.to_owned());
                 listen6.insert(format!("[{address}]%{bridge}"));
+                // And on the bridge's link-local address, as libvirt's dnsmasq does.
+                if let Some(link_local) = xml
+                    .split("<mac address='")
+                    .nth(1)
+                    .and_then(|rest| rest.split('\'').next())
+                    .and_then(common::eui64_link_local)
+                {
+                    listen6.insert(format!("[{link_local}]%{bridge}"));
+                }
                 if !snap
                     .bridges
                     .get(bridge)

@@ -590,3 +590,30 @@ pub fn api_error(
         other => panic!("expected an API error, got {other:?}"),
     }
 }
+
+/// The link-local address the kernel gives an interface with MAC `mac` by default.
+pub fn eui64_link_local(mac: &str) -> Option<std::net::Ipv6Addr> {
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|byte| u8::from_str_radix(byte, 16).ok())
+        .collect::<Option<_>>()?;
+    let [a, b, c, d, e, f] = <[u8; 6]>::try_from(bytes).ok()?;
+    Some(std::net::Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        a ^ 0x02,
+        b,
+        c,
+        0xff,
+        0xfe,
+        d,
+        e,
+        f,
+    ]))
+}
