@@ -50,6 +50,23 @@ fn killed_while_running(name: &str, address: &str) -> (Daemon, String) {
     (daemon, definition)
 }
 
+/// Copies network `from`'s definition file to one of network `to`, without its UUID, as
+/// an administrator might: it names the same bridge and MAC address.
+fn copy_by_hand(daemon: &Daemon, from: &str, to: &str) {
+    let networks = daemon.config_dir().join("networks");
+    let copy = std::fs::read_to_string(networks.join(format!("{from}.xml")))
+        .expect("the definition")
+        .replace(
+            &format!("<name>{from}</name>"),
+            &format!("<name>{to}</name>"),
+        );
+    let copy: String = copy
+        .lines()
+        .filter(|line| !line.contains("<uuid>"))
+        .collect();
+    std::fs::write(networks.join(format!("{to}.xml")), copy).expect("write the copy");
+}
+
 /// Where `daemon` keeps network `name`'s live status.
 fn status_path(daemon: &Daemon, name: &str) -> PathBuf {
     daemon.state_dir().join(format!("networks/{name}.json"))
@@ -501,14 +518,7 @@ fn a_running_network_whose_status_went_is_cleared_for_its_next_start() {
     define_nat_network(&running, "a", "10.59.1.1");
     running.ok(&["net-start", "a"]);
     running.stop();
-    let copy = std::fs::read_to_string(running.config_dir().join("networks/a.xml"))
-        .expect("a's definition")
-        .replace("<name>a</name>", "<name>b</name>");
-    let copy: String = copy
-        .lines()
-        .filter(|line| !line.contains("<uuid>"))
-        .collect();
-    std::fs::write(running.config_dir().join("networks/b.xml"), copy).expect("copy");
+    copy_by_hand(&running, "a", "b");
     running.spawn(&DaemonOptions::no_default_network());
     assert_eq!(running.bridges(), ["virbr0"], "{}", running.log());
     assert!(running.ruleset().contains("virbr0"));
@@ -673,14 +683,7 @@ fn a_status_that_cannot_be_read_now_leaves_the_running_network_alone() {
     std::fs::create_dir(&status_path).expect("a directory in its place");
     // A copy of its definition made by hand names its bridge and MAC too: the bridge
     // may still be the running network's.
-    let copy = std::fs::read_to_string(daemon.config_dir().join("networks/n.xml"))
-        .expect("n's definition")
-        .replace("<name>n</name>", "<name>copy</name>");
-    let copy: String = copy
-        .lines()
-        .filter(|line| !line.contains("<uuid>"))
-        .collect();
-    std::fs::write(daemon.config_dir().join("networks/copy.xml"), copy).expect("copy");
+    copy_by_hand(&daemon, "n", "copy");
 
     daemon.spawn(&DaemonOptions::no_default_network());
     daemon.assert_logged("cannot read the status");

@@ -913,9 +913,7 @@ impl LeaseDb {
     /// Bound, unexpired leases in the order they were bound or last renewed, oldest
     /// first, as [`super::dns_names`] takes them.
     pub fn leases_by_binding(&self, now: i64) -> Vec<LeaseInfo> {
-        let mut out: Vec<(u64, LeaseInfo)> = self.bound(now).collect();
-        out.sort_by_key(|(seq, _)| *seq);
-        out.into_iter().map(|(_, info)| info).collect()
+        super::in_binding_order(self.bound(now))
     }
 
     fn bound(&self, now: i64) -> impl Iterator<Item = (u64, LeaseInfo)> + '_ {

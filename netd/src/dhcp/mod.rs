@@ -181,6 +181,15 @@ pub(crate) fn parse_hex_bytes(text: &str, max: usize) -> Option<Vec<u8>> {
     bytes.filter(|bytes| bytes.len() <= max)
 }
 
+/// The leases of `numbered` (each with the count of bindings when it was last bound or
+/// renewed) in that order, oldest first: how the DHCP and DHCPv6 servers hand them to
+/// the names DNS answers.
+pub(crate) fn in_binding_order<T>(numbered: impl Iterator<Item = (u64, T)>) -> Vec<T> {
+    let mut numbered: Vec<(u64, T)> = numbered.collect();
+    numbered.sort_by_key(|(seq, _)| *seq);
+    numbered.into_iter().map(|(_, lease)| lease).collect()
+}
+
 /// The names DNS answers for `leases`, given in the order they were bound or renewed:
 /// one address per name, the lease's that expires last (renewed last, or infinite), and
 /// of those that expire in the same second the one bound last, as dnsmasq gives a name

@@ -783,9 +783,7 @@ impl LeaseDb {
     /// The bound, unexpired leases in the order they were bound or last renewed, oldest
     /// first, as [`super::dns_names`] takes them.
     pub fn leases_by_binding(&self, now: i64) -> Vec<Lease6Info> {
-        let mut leases: Vec<(u64, Lease6Info)> = self.bound(now).collect();
-        leases.sort_by_key(|(seq, _)| *seq);
-        leases.into_iter().map(|(_, info)| info).collect()
+        crate::dhcp::in_binding_order(self.bound(now))
     }
 
     fn bound(&self, now: i64) -> impl Iterator<Item = (u64, Lease6Info)> + '_ {
