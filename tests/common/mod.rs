@@ -598,22 +598,14 @@ pub fn eui64_link_local(mac: &str) -> Option<std::net::Ipv6Addr> {
         .map(|byte| u8::from_str_radix(byte, 16).ok())
         .collect::<Option<_>>()?;
     let [a, b, c, d, e, f] = <[u8; 6]>::try_from(bytes).ok()?;
-    Some(std::net::Ipv6Addr::from([
-        0xfe,
-        0x80,
+    Some(std::net::Ipv6Addr::new(
+        0xfe80,
         0,
         0,
         0,
-        0,
-        0,
-        0,
-        a ^ 0x02,
-        b,
-        c,
-        0xff,
-        0xfe,
-        d,
-        e,
-        f,
-    ]))
+        u16::from_be_bytes([a ^ 0x02, b]),
+        u16::from_be_bytes([c, 0xff]),
+        u16::from_be_bytes([0xfe, d]),
+        u16::from_be_bytes([e, f]),
+    ))
 }

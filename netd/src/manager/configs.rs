@@ -199,24 +199,16 @@ fn bridge_link_local(def: &NetworkDef) -> Option<Ipv6Addr> {
         return None;
     }
     let [a, b, c, d, e, f] = def.mac?.0;
-    Some(Ipv6Addr::from([
-        0xfe,
-        0x80,
+    Some(Ipv6Addr::new(
+        0xfe80,
         0,
         0,
         0,
-        0,
-        0,
-        0,
-        a ^ 0x02,
-        b,
-        c,
-        0xff,
-        0xfe,
-        d,
-        e,
-        f,
-    ]))
+        u16::from_be_bytes([a ^ 0x02, b]),
+        u16::from_be_bytes([c, 0xff]),
+        u16::from_be_bytes([0xfe, d]),
+        u16::from_be_bytes([e, f]),
+    ))
 }
 
 /// Where a network's guests' packets can come from: its subnets, those its `<route>`s
@@ -339,6 +331,27 @@ pub(super) fn dhcp_config(def: &NetworkDef) -> Option<DhcpConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel's EUI-64 link-local address of the bridge, as `ip -6 addr` shows it for
+    /// a bridge with this MAC; none on a network without IPv6.
+    #[test]
+    fn the_bridges_link_local_address_is_the_eui64_one_of_its_mac() {
+        let with_ipv6 = NetworkDef::from_xml(
+            "<network><name>n</name><mac address='52:54:00:51:d1:6f'/>\
+             <ip family='ipv6' address='fd00:9::1' prefix='64'/></network>",
+        )
+        .expect("parse");
+        assert_eq!(
+            bridge_link_local(&with_ipv6),
+            Some("fe80::5054:ff:fe51:d16f".parse().expect("address"))
+        );
+        let without = NetworkDef::from_xml(
+            "<network><name>n</name><mac address='52:54:00:51:d1:6f'/>\
+             <ip address='10.9.0.1' prefix='24'/></network>",
+        )
+        .expect("parse");
+        assert_eq!(bridge_link_local(&without), None);
+    }
 
     /// What DNS, TFTP and the firewall take for a guest's own source: losing a kind here
     /// would silently cut real guests off.
