@@ -371,6 +371,20 @@ fn other_names_are_forwarded_upstream_and_local_only_names_are_not() {
         );
         assert_eq!(lab.dig_status(&format!("{at} www.example.org")), "REFUSED");
     });
+
+    // dnsmasq's `*.` form: the names under the domain, not the domain itself.
+    let mut wildcard = config();
+    wildcard.local_only = false;
+    wildcard.forwarders = vec![DnsForwarder {
+        addr: Some(UPSTREAM_IP.parse().expect("ip")),
+        domain: Some("*.up.test".into()),
+    }];
+    wildcard.default_upstreams = Vec::new();
+    with_server(&lab, wildcard, || {
+        let at = format!("@{SERVER_IP}");
+        assert_eq!(lab.dig_short(&format!("{at} a.b.up.test")), ["10.77.7.7"]);
+        assert_eq!(lab.dig_status(&format!("{at} up.test")), "REFUSED");
+    });
 }
 
 #[test]

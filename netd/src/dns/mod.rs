@@ -26,6 +26,7 @@ pub mod cache;
 pub mod fuzzing;
 pub mod hosts;
 pub mod resolver;
+mod routes;
 pub mod server;
 pub mod zone;
 

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 use hickory_proto::rr::{RData, RecordType};
 
 use super::cache::{AnswerCache, skip_name};
-use super::zone::{Found, StaticZone, Zone, fqdn, wire_key, wire_record};
+use super::routes::{Routes, dotted_len};
+use super::zone::{
+    Found, StaticZone, Zone, fqdn, is_at_or_under, label_offsets, wire_key, wire_record,
+};
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 use crate::service::lock;
 
@@ -180,11 +183,10 @@ pub struct Resolver {
     /// `localPtr`).
     local_domains: Vec<Vec<u8>>,
     forward_plain_names: bool,
-    /// `<forwarder domain= addr=>` by [`wire_key`] of the domain, most specific first;
-    /// a domain's servers in document order. A `<forwarder domain=>` without `addr`
-    /// routes its domain to the default servers (libvirt's `server=/domain/#`), out of
-    /// a broader domain's forwarder or a local domain.
-    routes: Vec<(Vec<u8>, Vec<SocketAddr>)>,
+    /// `<forwarder domain= addr=>`. A `<forwarder domain=>` without `addr` routes its
+    /// domain to the default servers (libvirt's `server=/domain/#`), out of a broader
+    /// domain's forwarder or a local domain.
+    routes: Routes,
     /// Servers for every other name, in order of preference.
     upstreams: Vec<SocketAddr>,
     static_zone: StaticZone,
@@ -314,38 +316,18 @@ impl Resolver {
         for text in &config.local_ptr_domains {
             local_domains.push(wire_key(&fqdn(text).ok_or_else(|| invalid(text))?));
         }
-        let mut routes: Vec<(Vec<u8>, Vec<SocketAddr>)> = Vec::new();
-        let mut to_defaults = Vec::new();
-        let mut plain = Vec::new();
-        for forwarder in &config.forwarders {
-            match (&forwarder.domain, forwarder.addr) {
-                (Some(text), Some(addr)) => {
-                    let key = wire_key(&fqdn(text).ok_or_else(|| invalid(text))?);
-                    match routes.iter_mut().find(|(domain, _)| *domain == key) {
-                        Some((_, servers)) => servers.push(upstream(addr)),
-                        None => routes.push((key, vec![upstream(addr)])),
-                    }
-                }
-                (Some(text), None) => {
-                    to_defaults.push(wire_key(&fqdn(text).ok_or_else(|| invalid(text))?));
-                }
-                (None, Some(addr)) => plain.push(upstream(addr)),
-                (None, None) => {}
-            }
-        }
-        let upstreams: Vec<SocketAddr> = if plain.is_empty() {
+        let plain: Vec<SocketAddr> = config
+            .forwarders
+            .iter()
+            .filter(|forwarder| forwarder.domain.is_none())
+            .filter_map(|forwarder| forwarder.addr.map(upstream))
+            .collect();
+        let upstreams = if plain.is_empty() {
             config.default_upstreams.clone()
         } else {
             plain
         };
-        for key in to_defaults {
-            if !routes.iter().any(|(domain, _)| *domain == key) {
-                routes.push((key, upstreams.clone()));
-            }
-        }
-        // Longer keys have more labels or longer ones; what matters is that a domain
-        // comes before every domain it is under, which holds either way.
-        routes.sort_by_key(|(key, _)| std::cmp::Reverse(key.len()));
+        let routes = Routes::new(&config.forwarders, &upstreams).map_err(|text| invalid(&text))?;
         Ok(Resolver {
             network: config.network.clone(),
             static_zone: StaticZone::from_config(config, config.host_file.zone(domain.as_ref()))?,
@@ -676,24 +658,22 @@ impl Resolver {
             .local_domains
             .iter()
             .filter(|domain| is_at_or_under(key, domain))
-            .map(Vec::len)
-            .max()
+            .max_by_key(|domain| domain.len())
         else {
             return false;
         };
-        // Both are suffixes of `key` at label boundaries: the longer is under the other.
-        !self
-            .routes
-            .iter()
-            .any(|(domain, _)| domain.len() >= local && is_at_or_under(key, domain))
+        // Both match the end of the name: the one matching more of it is the more
+        // specific.
+        self.routes
+            .lookup(key)
+            .is_none_or(|route| route.len < dotted_len(local))
     }
 
     /// The servers to ask about a name: its domain's forwarders, or the upstreams.
     fn upstreams_for(&self, key: &[u8]) -> &[SocketAddr] {
         self.routes
-            .iter()
-            .find(|(domain, _)| is_at_or_under(key, domain))
-            .map_or(&self.upstreams, |(_, servers)| servers)
+            .lookup(key)
+            .map_or(&self.upstreams, |route| route.servers)
     }
 }
 
@@ -805,27 +785,9 @@ pub fn is_reply_to(query: &[u8], reply: &[u8]) -> bool {
     }
 }
 
-/// Offsets of the labels of a name in wire form, the root's last.
-fn label_offsets(key: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    let mut at = Some(0);
-    std::iter::from_fn(move || {
-        let here = at?;
-        at = match key.get(here) {
-            Some(0) | None => None,
-            Some(&len) => Some(here + 1 + usize::from(len)),
-        };
-        Some(here)
-    })
-}
-
 /// Labels of a name in wire form, not counting the root.
 fn label_count(key: &[u8]) -> usize {
     label_offsets(key).count() - 1
-}
-
-/// Whether the name `key` is `domain` or a name under it (both [`wire_key`]s).
-fn is_at_or_under(key: &[u8], domain: &[u8]) -> bool {
-    key.len() >= domain.len() && label_offsets(key).any(|at| key[at..] == *domain)
 }
 
 /// A name in wire form, shown dotted for logs.

@@ -319,6 +319,24 @@ pub fn wire_key(name: &Name) -> Vec<u8> {
     key
 }
 
+/// Offsets of the labels of a name in wire form, the root's last.
+pub(super) fn label_offsets(key: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut at = Some(0);
+    std::iter::from_fn(move || {
+        let here = at?;
+        at = match key.get(here) {
+            Some(0) | None => None,
+            Some(&len) => Some(here + 1 + usize::from(len)),
+        };
+        Some(here)
+    })
+}
+
+/// Whether the name `key` is `domain` or a name under it (both [`wire_key`]s).
+pub(super) fn is_at_or_under(key: &[u8], domain: &[u8]) -> bool {
+    key.len() >= domain.len() && label_offsets(key).any(|at| key[at..] == *domain)
+}
+
 /// `text` as an absolute name, or `None` if it is not a valid one.
 pub fn fqdn(text: &str) -> Option<Name> {
     let mut name = Name::from_ascii(text).ok()?;

@@ -36,9 +36,9 @@ pub use dnsmasq::{
 pub use format::Connections;
 pub use model::{
     Bootp, Bridge, DEFAULT_NAT_PORTS, DhcpHost, DhcpRange, Dns, DnsForwarder, DnsHost, DnsSrv,
-    DnsTxt, Domain, Forward, ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr,
-    MacAddrParseError, MacTableManager, MacvtapMode, Nat, NatAddressRange, NetworkDef, PortGroup,
-    PortRange, RouteDef,
+    DnsTxt, Domain, Forward, ForwardMode, ForwarderDomain, IpDef, IpFamily, Lease, LeaseUnit,
+    MacAddr, MacAddrParseError, MacTableManager, MacvtapMode, Nat, NatAddressRange, NetworkDef,
+    PortGroup, PortRange, RouteDef,
 };
 pub use port::{PortDef, PortPlug};
 pub use update::{Update, UpdateCommand, UpdateSection};

@@ -379,8 +379,39 @@ pub struct DnsForwarder {
     /// Upstream server address.
     pub addr: Option<IpAddr>,
     /// Only forward queries for this domain (no addr: to the default servers, not to a
-    /// broader domain's forwarder).
+    /// broader domain's forwarder); see [`ForwarderDomain`] for its forms.
     pub domain: Option<String>,
+}
+
+/// The names a `<forwarder domain=>` covers. libvirt writes the attribute unchanged into
+/// dnsmasq's `server=/DOMAIN/`, so its forms are dnsmasq's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwarderDomain<'a> {
+    /// `example.com`, or `.example.com`, which dnsmasq reads alike: the domain and every
+    /// name under it, matched by whole labels.
+    Domain(&'a str),
+    /// `*example.com`, given without its `*`: every name whose text ends so, including
+    /// `example.com` and `myexample.com`; `*.example.com` covers the names under the
+    /// domain but not the domain itself.
+    Suffix(&'a str),
+}
+
+impl<'a> ForwarderDomain<'a> {
+    /// The form of the attribute's `text`.
+    pub fn of(text: &'a str) -> ForwarderDomain<'a> {
+        match text.strip_prefix('*') {
+            Some(suffix) => ForwarderDomain::Suffix(suffix),
+            None => ForwarderDomain::Domain(text.strip_prefix('.').unwrap_or(text)),
+        }
+    }
+
+    /// The DNS name the pattern is made of, which must be a valid one.
+    pub fn name(self) -> &'a str {
+        match self {
+            ForwarderDomain::Domain(name) => name,
+            ForwarderDomain::Suffix(suffix) => suffix.strip_prefix('.').unwrap_or(suffix),
+        }
+    }
 }
 
 /// `<txt name value/>`.

@@ -933,6 +933,15 @@ fn addresses_and_names_that_would_fail_at_start_are_refused_at_define() {
             "invalid DNS forwarder domain 'x..y' in network 'n': it has an empty label",
         ),
         (
+            "<network><name>n</name><dns><forwarder domain='*' addr='10.0.0.1'/></dns></network>".into(),
+            "invalid DNS forwarder domain '*' in network 'n': a '*' must be followed by a domain \
+             (a <forwarder> without a domain forwards every name)",
+        ),
+        (
+            "<network><name>n</name><dns><forwarder domain='a*b' addr='10.0.0.1'/></dns></network>".into(),
+            "invalid DNS forwarder domain 'a*b' in network 'n': it contains the invalid character '*'",
+        ),
+        (
             net_with_ip(
                 "address='10.9.0.1' prefix='24'",
                 "<dhcp><host mac='52:54:00:00:00:01' name='bad name' ip='10.9.0.5'/></dhcp>",
@@ -952,6 +961,18 @@ fn addresses_and_names_that_would_fail_at_start_are_refused_at_define() {
          <ip address='10.9.0.1' prefix='24'/><ip family='ipv6' address='fd00::1' prefix='64'/></network>",
     );
     assert_round_trip(&accepted);
+    // dnsmasq's forms of a forwarder domain, which libvirt passes on unchanged.
+    let patterns = parse(
+        "<network><name>n</name><dns><forwarder domain='*.example.com' addr='10.0.0.1'/>\
+         <forwarder domain='*corp' addr='10.0.0.2'/><forwarder domain='.lab.net' addr='10.0.0.3'/>\
+         <forwarder domain='*.internal.'/></dns></network>",
+    );
+    assert_round_trip(&patterns);
+    assert!(
+        patterns
+            .to_xml()
+            .contains("<forwarder domain='*.example.com' addr='10.0.0.1'/>")
+    );
     let long_label = "a".repeat(64);
     assert_eq!(
         validate::check_dns_name(&long_label, false),

@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::model::{
-    ForwardMode, IpDef, IpFamily, Lease, LeaseUnit, MacAddr, NetworkDef, RouteDef, netmask_prefix,
+    ForwardMode, ForwarderDomain, IpDef, IpFamily, Lease, LeaseUnit, MacAddr, NetworkDef, RouteDef,
+    netmask_prefix,
 };
 use super::{Class, Error, invalid, invalid_as};
 
@@ -493,7 +494,18 @@ impl NetworkDef {
                 ));
             }
             if let Some(domain) = &forwarder.domain {
-                bad_name("DNS forwarder domain", domain, false)?;
+                let pattern = ForwarderDomain::of(domain);
+                if matches!(pattern, ForwarderDomain::Suffix(_)) && pattern.name().is_empty() {
+                    return Err(invalid(format!(
+                        "invalid DNS forwarder domain '{domain}' in network '{name}': a '*' must be \
+                         followed by a domain (a <forwarder> without a domain forwards every name)"
+                    )));
+                }
+                check_dns_name(pattern.name(), false).map_err(|reason| {
+                    invalid(format!(
+                        "invalid DNS forwarder domain '{domain}' in network '{name}': {reason}"
+                    ))
+                })?;
             }
         }
         for txt in &dns.txts {
