@@ -101,6 +101,18 @@ fn kvnetd_serves_its_networks_with_only_the_units_capabilities() {
     assert!(testkit::htb_class(&daemon.ns, &port.tap).contains(" rate 8Mbit "));
     let ifbs = daemon.ns.sh("ip -br link show type ifb").expect("ip link");
     assert!(ifbs.contains("kvifb"), "{ifbs}");
+    // An IPv6 network: router advertisements go out of a raw ICMPv6 socket (CAP_NET_RAW
+    // on every kernel), DHCPv6 binds port 547.
+    let v6 = common::xml_file(
+        &daemon.config_dir(),
+        "v6.xml",
+        "<network><name>v6</name><bridge name='kvconf6'/>\
+         <ip family='ipv6' address='fd00:c0f::1' prefix='64'>\
+         <dhcp><range start='fd00:c0f::10' end='fd00:c0f::ff'/></dhcp></ip></network>",
+    );
+    daemon.ok(&["net-create", v6.to_str().expect("utf-8 path")]);
+    daemon.ok(&["net-destroy", "v6"]);
+
     // A restart of the network, and of the daemon, which adopts it.
     daemon.ok(&["net-destroy", "default"]);
     daemon.ok(&["net-start", "default"]);
