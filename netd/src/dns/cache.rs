@@ -66,7 +66,7 @@ const OPTION_CLIENT_SUBNET: u16 = 8;
 
 /// What tells apart the queries one reply answers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Key {
+pub(super) struct Key {
     /// The question's name in wire form, lowercased.
     name: Box<[u8]>,
     qtype: u16,
@@ -84,7 +84,7 @@ struct Key {
 impl Key {
     /// The key of the query `message`, and where its question ends; `None` if it is no
     /// plain query (see the module's documentation) or carries a Client Subnet option.
-    fn of(message: &[u8]) -> Option<(Key, usize)> {
+    pub(super) fn of(message: &[u8]) -> Option<(Key, usize)> {
         let mut name = [0u8; MAX_NAME_LEN];
         let (question, len) = read_question(message, &mut name)?;
         let header = message.get(..HEADER_LEN)?;
@@ -255,10 +255,11 @@ impl AnswerCache {
         let Some((key, _)) = Key::of(query) else {
             return;
         };
+        // What was kept is outdated, whether or not the new reply may be kept.
+        self.remove(&key);
         let Some(entry) = Entry::from_reply(reply, now) else {
             return;
         };
-        self.remove(&key);
         let cost = entry.cost(&key);
         let own_full = |cache: &AnswerCache| {
             cache.entries.len() >= cache.max_entries || cache.bytes + cost > MAX_BYTES
@@ -576,6 +577,10 @@ mod tests {
         assert!(cache.is_empty());
         cache.store(&asked_bytes, &good, t0);
         assert_eq!(cache.len(), 1);
+        // A newer reply that may not be kept still lets go of the older one (a forged
+        // answer would otherwise outlive the upstream's real, TTL 0 one).
+        cache.store(&asked_bytes, &reply(&asked, Some(0), None), t0);
+        assert!(cache.is_empty(), "an outdated reply was kept");
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! `/etc/hosts` is served alongside `<dns><host>` (libvirt writes no `no-hosts`).
 
 pub mod cache;
+mod forward;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod hosts;

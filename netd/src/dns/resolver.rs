@@ -172,6 +172,27 @@ pub fn fit_udp_reply(query: &[u8], reply: &mut Vec<u8>) {
     finish(reply, question_end, 0, edns, limit);
 }
 
+/// Gives `reply`, an upstream's answer to the question of `query` (the same name up to
+/// letter case, type and class), the ID and question of `query` as its client sent them:
+/// a resolver that randomises the letters of its names (0x20) checks they come back.
+pub fn reply_as_asked(query: &[u8], reply: &mut [u8]) {
+    let mut asked = [0u8; MAX_NAME_LEN];
+    let mut answered = [0u8; MAX_NAME_LEN];
+    let (Some((question, len)), Some((replied, replied_len))) = (
+        read_question(query, &mut asked),
+        read_question(reply, &mut answered),
+    ) else {
+        return;
+    };
+    if question.end != replied.end || asked[..len] != answered[..replied_len] {
+        return;
+    }
+    if let (Some(to), Some(from)) = (reply.get_mut(..question.end), query.get(..question.end)) {
+        to[..2].copy_from_slice(&from[..2]);
+        to[HEADER_LEN..].copy_from_slice(&from[HEADER_LEN..]);
+    }
+}
+
 /// Decides and builds answers for one network; shared by its UDP and TCP paths.
 pub struct Resolver {
     network: String,

@@ -7,30 +7,25 @@
 //! system calls per batch.
 //!
 //! UDP queries for other names are forwarded by a small task each (at most
-//! `MAX_PENDING` at once), with a fresh random ID from a socket of its own bound to port
-//! 0, so the kernel picks a random source port per query (RFC 5452 9.2): a forged reply
-//! must guess port and ID. A reply counts only if it comes from a server asked and
-//! carries the query's ID and question (RFC 5452 9.1); it is given back its original ID
-//! and sent to the client from the socket the query came in on. The sockets close when
-//! the forward ends. A server that does not answer within `ATTEMPT_TIMEOUT`, or answers
-//! SERVFAIL or REFUSED, is passed over for the next one of the list (resolv.conf or
-//! forwarder order), as dnsmasq's `strict-order` (which libvirt sets) keeps it; a server
-//! that failed `SUSPECT_AFTER` times in a row goes last for `SUSPECT_FOR`. A forward
-//! unanswered after [`FORWARD_TIMEOUT`] is forgotten (the client retries). A TCP client
-//! gets a small task per connection (at most [`MAX_TCP_CLIENTS`] at once, and
-//! [`MAX_TCP_PER_CLIENT`] per client address, of which [`MAX_TCP_SERVED_PER_CLIENT`] are
-//! served at once while the others wait their turn) that forwards over TCP, with the same order and time bounds, so large
-//! upstream answers get through whole.
+//! `MAX_PENDING` at once; `forward.rs` says how the servers are asked), with a
+//! fresh random ID from a socket of its own bound to port 0, so the kernel picks a random
+//! source port per query (RFC 5452 9.2): a forged reply must guess port and ID. A query
+//! asking what a forward in flight asks joins it instead (dnsmasq does the same since
+//! CVE-2020-25686): the answer goes to each asker with its own ID and letter case, from
+//! the socket its query came in on. A TCP client gets a small task per connection (at
+//! most [`MAX_TCP_CLIENTS`] at once, and [`MAX_TCP_PER_CLIENT`] per client address, of
+//! which [`MAX_TCP_SERVED_PER_CLIENT`] are served at once while the others wait their
+//! turn) that forwards over TCP, so large upstream answers get through whole.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io::{IoSlice, IoSliceMut};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -38,31 +33,23 @@ use nix::sys::socket::{
     SockType, SockaddrStorage, bind, listen, recvmmsg, sendmmsg, sendto, setsockopt, socket,
     sockopt,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 
+use super::cache::Key;
+use super::forward::{Forwarded, Health, forward_tcp, forward_udp};
 use super::resolver::{
-    Outcome, Resolver, Transport, Unforwarded, clamp_edns_payload, fit_udp_reply, is_reply_to,
-    is_upstream_failure, nxdomain_to_nodata, unforwarded_reply,
+    Outcome, Resolver, Transport, Unforwarded, clamp_edns_payload, fit_udp_reply,
+    nxdomain_to_nodata, reply_as_asked, unforwarded_reply,
 };
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 use crate::service::ServiceTask;
 
-/// A forwarded query unanswered this long is forgotten.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
-/// An upstream server silent this long is passed over for the next one, if any (the
-/// last one asked gets what remains of [`FORWARD_TIMEOUT`]).
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
-/// A server that timed out or could not be sent to this many times in a row is asked
-/// after the others for [`SUSPECT_FOR`]. One slow answer does not demote it: a VPN's
-/// resolver may be slow for a name and still be the only one that knows it, and the
-/// servers after it would answer NXDOMAIN for its names.
-const SUSPECT_AFTER: u32 = 3;
-/// How long a suspect server is asked after the others. One that answers, even SERVFAIL
-/// or REFUSED about one name, is trusted again.
-const SUSPECT_FOR: Duration = Duration::from_secs(30);
+/// Most clients at once waiting for the answer to a question already forwarded for
+/// another; more are refused.
+const MAX_JOINED: usize = 2048;
 /// Most UDP queries waiting for an upstream answer at once; more are refused. Each
 /// holds one or two sockets, so this bounds a network's file descriptors (dnsmasq's
 /// `dns-forward-max` is 150).
@@ -83,7 +70,7 @@ const CACHE_PURGE_INTERVAL: Duration = Duration::from_secs(60);
 /// A TCP client idle this long, or that leaves an answer unread this long, is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Largest UDP datagram read (EDNS clients may send up to this much).
-const RECV_BUFFER: usize = 4096;
+pub(super) const RECV_BUFFER: usize = 4096;
 /// Most datagrams read or sent by one system call.
 const BATCH: usize = 32;
 /// Batches read from one socket before the task looks at its other sockets.
@@ -214,80 +201,6 @@ fn open_socket(
     Ok(fd)
 }
 
-/// Upstream servers that failed lately, shared by a network's UDP and TCP paths.
-#[derive(Debug, Default)]
-struct Health {
-    /// Each failing server's failures in a row, and when the last one was.
-    failures: Mutex<HashMap<SocketAddr, (u32, Instant)>>,
-}
-
-impl Health {
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, (u32, Instant)>> {
-        // A map of counts and timestamps is consistent whatever panicked while holding it.
-        crate::service::lock(&self.failures)
-    }
-
-    /// `servers` in the order to ask them: those not suspect first, each group in
-    /// configured order.
-    fn order(&self, servers: &[SocketAddr]) -> Vec<SocketAddr> {
-        self.order_at(servers, Instant::now())
-    }
-
-    fn order_at(&self, servers: &[SocketAddr], now: Instant) -> Vec<SocketAddr> {
-        let mut failures = self.failures();
-        failures.retain(|_, (_, last)| now.saturating_duration_since(*last) < SUSPECT_FOR);
-        let suspect = |server: &SocketAddr| {
-            failures
-                .get(server)
-                .is_some_and(|(count, _)| *count >= SUSPECT_AFTER)
-        };
-        let (mut ordered, late): (Vec<_>, Vec<_>) =
-            servers.iter().partition(|server| !suspect(server));
-        ordered.extend(late);
-        ordered
-    }
-
-    fn failed(&self, network: &str, server: SocketAddr) {
-        let mut failures = self.failures();
-        let (count, last) = failures.entry(server).or_insert((0, Instant::now()));
-        *count = count.saturating_add(1);
-        *last = Instant::now();
-        if *count == SUSPECT_AFTER {
-            tracing::info!(network, %server, "upstream DNS server not answering; asking the others first");
-        }
-    }
-
-    fn answered(&self, server: SocketAddr) {
-        let mut failures = self.failures();
-        if !failures.is_empty() {
-            failures.remove(&server);
-        }
-    }
-}
-
-/// A UDP query forwarded upstream, and where its answer goes.
-#[derive(Debug)]
-struct UdpForward {
-    client: SocketAddr,
-    client_id: u16,
-    /// Index of the listening socket the query came in on.
-    socket: usize,
-    /// The query as sent upstream (with our ID).
-    query: Box<[u8]>,
-    /// The servers to ask, in order.
-    servers: Vec<SocketAddr>,
-    /// The name exists here: an NXDOMAIN for it becomes a NOERROR.
-    exists_here: bool,
-}
-
-/// An upstream's answer to a [`UdpForward`], with the client's ID back in place.
-struct UdpAnswer {
-    client: SocketAddr,
-    /// Index of the listening socket to answer from.
-    socket: usize,
-    reply: Vec<u8>,
-}
-
 /// How long serving pauses after a socket error.
 const SOCKET_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -308,10 +221,39 @@ struct Serve {
     udp: Vec<UdpSocket>,
     /// The address family of each of `udp`: 0 for IPv4, 1 for IPv6.
     udp_family: Vec<usize>,
-    /// The UDP queries being forwarded, one task each.
-    forwards: JoinSet<Option<UdpAnswer>>,
+    /// The UDP queries being forwarded, one task each, which ends with its first asker.
+    forwards: JoinSet<(Asker, Forwarded)>,
+    /// The forwards that others asking the same joined, by task and by question.
+    joinable: HashMap<tokio::task::Id, Key>,
+    joined: HashMap<Key, Joined>,
+    /// How many askers `joined` holds in all.
+    joined_askers: usize,
     /// Where [`next_event`] starts looking among the listeners.
     next_listener: usize,
+}
+
+/// A client waiting for the answer to a forwarded UDP query.
+#[derive(Debug)]
+struct Asker {
+    client: SocketAddr,
+    /// Index of the listening socket the query came in on, and is answered from.
+    socket: usize,
+    /// The query as the client sent it: its ID, letter case and EDNS size.
+    query: Box<[u8]>,
+}
+
+impl Asker {
+    fn id(&self) -> [u8; 2] {
+        [self.query[0], self.query[1]]
+    }
+}
+
+/// The clients asking the question of a forward in flight besides its first asker.
+#[derive(Debug)]
+struct Joined {
+    /// The first asker's address and ID, to tell its retries.
+    first: (SocketAddr, [u8; 2]),
+    askers: Vec<Asker>,
 }
 
 async fn serve(
@@ -339,6 +281,9 @@ async fn serve(
             .collect(),
         udp,
         forwards: JoinSet::new(),
+        joinable: HashMap::new(),
+        joined: HashMap::new(),
+        joined_askers: 0,
         next_listener: 0,
     };
     // Expired answers go now and then, also while the network is quiet.
@@ -360,10 +305,8 @@ async fn serve(
                 clients.ended(ended);
                 continue;
             }
-            Some(done) = state.forwards.join_next(), if !state.forwards.is_empty() => {
-                if let Ok(Some(answer)) = done {
-                    let _ = send(&state.udp[answer.socket], &answer.reply, answer.client);
-                }
+            Some(done) = state.forwards.join_next_with_id(), if !state.forwards.is_empty() => {
+                state.forwarded(done);
                 continue;
             }
             event = next_event(&state.udp, &tcp, &mut state.next_listener) => event,
@@ -490,7 +433,7 @@ async fn next_event(udp: &[UdpSocket], tcp: &[TcpListener], next_listener: &mut 
 /// sender (a client, or our retry) tries again. Sent straight to the socket: the
 /// runtime learns a new socket is writable only on its next turn. An error (no route
 /// to `to`, say) is logged and returned.
-fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) -> nix::Result<usize> {
+pub(super) fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) -> nix::Result<usize> {
     let result = sendto(
         socket.as_raw_fd(),
         bytes,
@@ -808,198 +751,102 @@ impl Serve {
         }
     }
 
-    fn forward(
-        &mut self,
-        socket: usize,
-        query: &mut [u8],
-        client: SocketAddr,
-        servers: &[SocketAddr],
-    ) {
-        if self.forwards.len() >= MAX_PENDING {
-            tracing::debug!(network = %self.resolver.network(), "too many DNS queries in flight; refusing one");
-            let mut refusal = Vec::new();
-            unforwarded_reply(query, Unforwarded::NotSent, &mut refusal);
-            if !refusal.is_empty() {
-                let _ = send(&self.udp[socket], &refusal, client);
+    /// Forwards `query` from `client` upstream, or has it join the forward of the same
+    /// question in flight: one upstream query for many askers, as dnsmasq does, gives a
+    /// forger one ID and port to guess instead of one per copy (CVE-2020-25686).
+    fn forward(&mut self, socket: usize, query: &[u8], client: SocketAddr, servers: &[SocketAddr]) {
+        let asker = Asker {
+            client,
+            socket,
+            query: query.into(),
+        };
+        let key = Key::of(query).map(|(key, _)| key);
+        if let Some(joined) = key.as_ref().and_then(|key| self.joined.get_mut(key)) {
+            let retry = (client, asker.id());
+            if joined.first == retry
+                || joined
+                    .askers
+                    .iter()
+                    .any(|other| (other.client, other.id()) == retry)
+            {
+                return;
+            }
+            if self.joined_askers < MAX_JOINED {
+                joined.askers.push(asker);
+                self.joined_askers += 1;
+                return;
+            }
+        } else if self.forwards.len() < MAX_PENDING {
+            let mut upstream_query = query.to_vec();
+            // A fresh random ID per forward, on top of the random port, makes a spoofed
+            // upstream answer hard to match.
+            upstream_query[..2].copy_from_slice(&rand::random::<u16>().to_be_bytes());
+            clamp_edns_payload(&mut upstream_query);
+            let resolver = Arc::clone(&self.resolver);
+            let health = Arc::clone(&self.health);
+            let servers = servers.to_vec();
+            let first = (client, asker.id());
+            let task = self.forwards.spawn(async move {
+                let forwarded = forward_udp(&resolver, &upstream_query, &servers, &health).await;
+                (asker, forwarded)
+            });
+            if let Some(key) = key {
+                self.joinable.insert(task.id(), key.clone());
+                self.joined.insert(
+                    key,
+                    Joined {
+                        first,
+                        askers: Vec::new(),
+                    },
+                );
             }
             return;
         }
-        let client_id = u16::from_be_bytes([query[0], query[1]]);
-        // A fresh random ID per forward, on top of the random port, makes a spoofed
-        // upstream answer hard to match.
-        query[..2].copy_from_slice(&rand::random::<u16>().to_be_bytes());
-        clamp_edns_payload(query);
-        let forward = UdpForward {
-            client,
-            client_id,
-            socket,
-            servers: self.health.order(servers),
-            exists_here: self.resolver.exists_without_records(query),
-            query: query.into(),
-        };
-        let resolver = Arc::clone(&self.resolver);
-        let health = Arc::clone(&self.health);
-        self.forwards
-            .spawn(async move { forward_udp(&resolver, forward, &health).await });
-    }
-}
-
-/// Asks the servers of `forward` over UDP in turn until one gives a usable answer:
-/// each but the last gets [`ATTEMPT_TIMEOUT`], all together [`FORWARD_TIMEOUT`]. A
-/// server that answered SERVFAIL or REFUSED, or could not be sent to, is passed over at
-/// once; if it was the last to answer, its answer goes to the client. REFUSED when the
-/// query could be sent to none (the host lost its route to them), as dnsmasq answers;
-/// nothing when all were silent.
-async fn forward_udp(
-    resolver: &Resolver,
-    forward: UdpForward,
-    health: &Health,
-) -> Option<UdpAnswer> {
-    let network = resolver.network();
-    let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
-    let mut sockets = ForwardSockets::default();
-    let mut buf = vec![0u8; RECV_BUFFER];
-    let servers = &forward.servers;
-    let mut sent_any = false;
-    // A SERVFAIL or REFUSED passed over for the next server: the answer if no other
-    // server gives a better one.
-    let mut failure: Option<Vec<u8>> = None;
-    let answer = |mut reply: Vec<u8>| {
-        reply[..2].copy_from_slice(&forward.client_id.to_be_bytes());
-        fit_udp_reply(&forward.query, &mut reply);
-        if forward.exists_here {
-            nxdomain_to_nodata(&mut reply);
-        }
-        UdpAnswer {
-            client: forward.client,
-            socket: forward.socket,
-            reply,
-        }
-    };
-    for (at, &server) in servers.iter().enumerate() {
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            break;
-        }
-        let last = at + 1 == servers.len();
-        let until = if last {
-            deadline
-        } else {
-            deadline.min(now + ATTEMPT_TIMEOUT)
-        };
-        match sockets.socket_for(server) {
-            Ok(socket) => {
-                if send(socket, &forward.query, server).is_err() {
-                    health.failed(network, server);
-                    continue;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(network, %server, error = %e, "cannot open a socket to forward DNS queries");
-                continue;
-            }
-        }
-        sent_any = true;
-        // A late answer from a server asked before counts as well.
-        let wait = sockets.receive_reply(&forward.query, &servers[..=at], &mut buf);
-        let Ok((len, from)) = tokio::time::timeout_at(until, wait).await else {
-            health.failed(network, server);
-            continue;
-        };
-        let reply = buf[..len].to_vec();
-        health.answered(from);
-        if is_upstream_failure(&reply) && !last {
-            failure = Some(reply);
-            continue;
-        }
-        resolver.remember(&forward.query, &reply);
-        return Some(answer(reply));
-    }
-    if sent_any {
-        // The last servers could not be sent to: those asked before still have until
-        // the deadline, as the last one asked would have had.
-        let wait = sockets.receive_reply(&forward.query, servers, &mut buf);
-        if let Ok((len, from)) = tokio::time::timeout_at(deadline, wait).await {
-            health.answered(from);
-            resolver.remember(&forward.query, &buf[..len]);
-            return Some(answer(buf[..len].to_vec()));
-        }
-        return failure.map(answer);
-    }
-    tracing::debug!(
-        network,
-        "DNS query refused: it could be sent to no upstream server"
-    );
-    let mut query = forward.query.to_vec();
-    query[..2].copy_from_slice(&forward.client_id.to_be_bytes());
-    let mut reply = Vec::new();
-    unforwarded_reply(&query, Unforwarded::NotSent, &mut reply);
-    (!reply.is_empty()).then_some(UdpAnswer {
-        client: forward.client,
-        socket: forward.socket,
-        reply,
-    })
-}
-
-/// The sockets one forwarded query leaves from: IPv4 and IPv6, each bound to port 0
-/// on first use so the kernel gives it a random ephemeral port, and closed with the
-/// forward.
-#[derive(Default)]
-struct ForwardSockets {
-    by_family: [Option<UdpSocket>; 2],
-}
-
-impl ForwardSockets {
-    /// The socket for `server`'s address family, opened on first use.
-    fn socket_for(&mut self, server: SocketAddr) -> std::io::Result<&UdpSocket> {
-        let (slot, any) = match server {
-            SocketAddr::V4(_) => (0, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            SocketAddr::V6(_) => (1, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
-        };
-        match &mut self.by_family[slot] {
-            Some(socket) => Ok(socket),
-            unopened @ None => {
-                let socket = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
-                socket.set_nonblocking(true)?;
-                Ok(unopened.insert(UdpSocket::from_std(socket)?))
-            }
+        tracing::debug!(network = %self.resolver.network(), "too many DNS queries in flight; refusing one");
+        let mut refusal = Vec::new();
+        unforwarded_reply(query, Unforwarded::NotSent, &mut refusal);
+        if !refusal.is_empty() {
+            let _ = send(&self.udp[socket], &refusal, client);
         }
     }
 
-    /// Waits for a reply to `query` from one of `asked` and returns its length in
-    /// `buf` and its sender. Datagrams from anyone else, or that do not answer `query`
-    /// (ID or question differ), are dropped.
-    async fn receive_reply(
-        &self,
-        query: &[u8],
-        asked: &[SocketAddr],
-        buf: &mut [u8],
-    ) -> (usize, SocketAddr) {
-        loop {
-            let received = poll_fn(|cx| {
-                for socket in self.by_family.iter().flatten() {
-                    let mut read = ReadBuf::new(buf);
-                    match socket.poll_recv_from(cx, &mut read) {
-                        Poll::Ready(Ok(from)) => {
-                            return Poll::Ready(Some((read.filled().len(), from)));
-                        }
-                        // An ICMP error of an earlier send: nothing to read.
-                        Poll::Ready(Err(_)) => return Poll::Ready(None),
-                        Poll::Pending => {}
+    /// Answers the askers of a forward that ended.
+    fn forwarded(
+        &mut self,
+        done: Result<(tokio::task::Id, (Asker, Forwarded)), tokio::task::JoinError>,
+    ) {
+        let (id, outcome) = match done {
+            Ok((id, (first, forwarded))) => (id, Some((first, forwarded))),
+            Err(e) => (e.id(), None),
+        };
+        let joined = self
+            .joinable
+            .remove(&id)
+            .and_then(|key| self.joined.remove(&key))
+            .map_or_else(Vec::new, |joined| joined.askers);
+        self.joined_askers -= joined.len();
+        let Some((first, forwarded)) = outcome else {
+            return;
+        };
+        let mut reply = Vec::new();
+        for asker in std::iter::once(first).chain(joined) {
+            match &forwarded {
+                Forwarded::Reply(upstream) => {
+                    reply.clear();
+                    reply.extend_from_slice(upstream);
+                    reply_as_asked(&asker.query, &mut reply);
+                    fit_udp_reply(&asker.query, &mut reply);
+                    if self.resolver.exists_without_records(&asker.query) {
+                        nxdomain_to_nodata(&mut reply);
                     }
                 }
-                Poll::Pending
-            })
-            .await;
-            let Some((len, from)) = received else {
-                continue;
-            };
-            if !asked.contains(&from) {
-                tracing::debug!(%from, "DNS reply from a server not asked; ignored");
-            } else if !is_reply_to(query, &buf[..len]) {
-                tracing::debug!(%from, "DNS reply not matching the query's ID or question; ignored");
-            } else {
-                return (len, from);
+                Forwarded::NotSent => {
+                    unforwarded_reply(&asker.query, Unforwarded::NotSent, &mut reply);
+                }
+                Forwarded::Silent => continue,
+            }
+            if !reply.is_empty() {
+                let _ = send(&self.udp[asker.socket], &reply, asker.client);
             }
         }
     }
@@ -1019,19 +866,23 @@ async fn serve_tcp(mut stream: TcpStream, resolver: &Resolver, health: &Health) 
             Outcome::Reply => {}
             Outcome::Forward(_) if resolver.cached_reply(&query, Transport::Tcp, &mut out) => {}
             Outcome::Forward(servers) => {
-                if let Err(e) =
-                    forward_tcp(resolver.network(), servers, health, &query, &mut out).await
-                {
-                    // A TCP client does not retry by itself: tell it, and keep serving.
-                    tracing::debug!(network = %resolver.network(), error = %e, "DNS query over TCP not forwarded");
-                    unforwarded_reply(&query, Unforwarded::NoAnswer, &mut out);
-                    if out.is_empty() {
-                        return;
+                match forward_tcp(resolver.network(), servers, health, &query, &mut out).await {
+                    Ok(keep) => {
+                        if keep {
+                            resolver.remember(&query, &out);
+                        }
+                        reply_as_asked(&query, &mut out);
+                        if resolver.exists_without_records(&query) {
+                            nxdomain_to_nodata(&mut out);
+                        }
                     }
-                } else {
-                    resolver.remember(&query, &out);
-                    if resolver.exists_without_records(&query) {
-                        nxdomain_to_nodata(&mut out);
+                    Err(e) => {
+                        // A TCP client does not retry by itself: tell it, and keep serving.
+                        tracing::debug!(network = %resolver.network(), error = %e, "DNS query over TCP not forwarded");
+                        unforwarded_reply(&query, Unforwarded::NoAnswer, &mut out);
+                        if out.is_empty() {
+                            return;
+                        }
                     }
                 }
             }
@@ -1046,7 +897,7 @@ async fn serve_tcp(mut stream: TcpStream, resolver: &Resolver, health: &Health) 
 }
 
 /// Reads one length-prefixed DNS message (RFC 1035 4.2.2) into `message`.
-async fn read_message<S: AsyncReadExt + Unpin>(
+pub(super) async fn read_message<S: AsyncReadExt + Unpin>(
     stream: &mut S,
     message: &mut Vec<u8>,
 ) -> std::io::Result<()> {
@@ -1056,67 +907,12 @@ async fn read_message<S: AsyncReadExt + Unpin>(
     Ok(())
 }
 
-async fn write_message(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
+pub(super) async fn write_message(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
     let len = u16::try_from(message.len()).map_err(std::io::Error::other)?;
     let mut framed = Vec::with_capacity(2 + message.len());
     framed.extend_from_slice(&len.to_be_bytes());
     framed.extend_from_slice(message);
     stream.write_all(&framed).await
-}
-
-/// Asks `servers` over TCP in turn, leaving the first usable answer in `out`: each
-/// but the last gets [`ATTEMPT_TIMEOUT`], all together [`FORWARD_TIMEOUT`].
-async fn forward_tcp(
-    network: &str,
-    servers: &[SocketAddr],
-    health: &Health,
-    query: &[u8],
-    out: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
-    let servers = health.order(servers);
-    let mut failure = std::io::Error::from(std::io::ErrorKind::TimedOut);
-    for (at, &server) in servers.iter().enumerate() {
-        let last = at + 1 == servers.len();
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            break;
-        }
-        let until = if last {
-            deadline
-        } else {
-            deadline.min(now + ATTEMPT_TIMEOUT)
-        };
-        match tokio::time::timeout_at(until, ask_tcp(server, query, out)).await {
-            Ok(Ok(())) => {
-                health.answered(server);
-                if last || !is_upstream_failure(out) {
-                    return Ok(());
-                }
-                continue;
-            }
-            Ok(Err(e)) => failure = e,
-            Err(_) => failure = std::io::Error::from(std::io::ErrorKind::TimedOut),
-        }
-        health.failed(network, server);
-    }
-    Err(failure)
-}
-
-/// Asks `server` over TCP, leaving its answer in `out`: a message that does not answer
-/// `query` (ID or question differ, or it is no response) is an error, as over UDP.
-async fn ask_tcp(server: SocketAddr, query: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
-    let mut upstream = TcpStream::connect(server).await?;
-    write_message(&mut upstream, query).await?;
-    read_message(&mut upstream, out).await?;
-    if !is_reply_to(query, out) {
-        out.clear();
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("the reply from {server} does not answer the query (ID or question differ)"),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1132,36 +928,6 @@ mod tests {
             .build()
             .expect("runtime");
         (ns, runtime)
-    }
-
-    #[test]
-    fn servers_keep_their_order_until_they_fail_several_times_in_a_row() {
-        let health = Health::default();
-        let vpn: SocketAddr = "10.8.0.1:53".parse().expect("addr");
-        let public: SocketAddr = "192.0.2.53:53".parse().expect("addr");
-        let servers = [vpn, public];
-        // One slow answer: the VPN's resolver is still asked first.
-        health.failed("n", vpn);
-        assert_eq!(health.order(&servers), [vpn, public]);
-        health.failed("n", vpn);
-        health.failed("n", vpn);
-        assert_eq!(health.order(&servers), [public, vpn]);
-        // Any answer restores it.
-        health.answered(vpn);
-        assert_eq!(health.order(&servers), [vpn, public]);
-        // Failures in a row only: an answer in between starts the count again.
-        health.failed("n", vpn);
-        health.failed("n", vpn);
-        health.answered(vpn);
-        health.failed("n", vpn);
-        assert_eq!(health.order(&servers), [vpn, public]);
-        // A demoted server is asked first again once it has had 30 s of rest.
-        health.failed("n", vpn);
-        health.failed("n", vpn);
-        let demoted_at = Instant::now();
-        assert_eq!(health.order_at(&servers, demoted_at), [public, vpn]);
-        let rested = demoted_at + SUSPECT_FOR;
-        assert_eq!(health.order_at(&servers, rested), [vpn, public]);
     }
 
     /// Listeners with datagrams left queued (a turn ended) must not keep the other
@@ -1244,44 +1010,59 @@ mod tests {
         (buf[..len].to_vec(), from)
     }
 
-    /// A server on 127.0.0.1 forwarding to an upstream socket on 127.0.0.2, and a client.
+    /// A server on 127.0.0.1 forwarding to upstream sockets on 127.0.0.2 (and .3, ...,
+    /// in that order), and a client.
     struct Forwarding {
         server: DnsServer,
         upstream: UdpSocket,
+        /// The upstreams after the first.
+        others: Vec<UdpSocket>,
         client: UdpSocket,
         to_server: SocketAddr,
     }
 
-    /// Runs `test` with a [`Forwarding`] for network `network`, in a namespace `ns_name`
-    /// of its own, on the daemon's kind of runtime.
-    fn with_forwarding<F, Fut>(ns_name: &str, network: &str, test: F)
+    /// Runs `test` with a [`Forwarding`] to `upstreams` servers for network `network`, in
+    /// a namespace `ns_name` of its own, on the daemon's kind of runtime.
+    fn with_forwarding<F, Fut>(ns_name: &str, network: &str, upstreams: u8, test: F)
     where
         F: FnOnce(Forwarding) -> Fut + Send,
         Fut: std::future::Future<Output = ()>,
     {
         let (ns, runtime) = netns_and_runtime(ns_name);
-        ns.run(|| runtime.block_on(async { test(forwarding(network).await).await }))
+        ns.run(|| runtime.block_on(async { test(forwarding(network, upstreams).await).await }))
             .expect("run in the netns");
     }
 
-    /// [`Forwarding`] for network `network`, in the current namespace.
-    async fn forwarding(network: &str) -> Forwarding {
+    /// [`Forwarding`] to `upstreams` servers for network `network`, in the current
+    /// namespace.
+    async fn forwarding(network: &str, upstreams: u8) -> Forwarding {
+        let addresses: Vec<Ipv4Addr> = (0..upstreams.max(1))
+            .map(|at| Ipv4Addr::new(127, 0, 0, 2 + at))
+            .collect();
         let config = DnsConfig {
             network: network.into(),
             listen: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             forward_plain_names: true,
             local_ptr_domains: Vec::new(),
-            default_upstreams: vec![SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
-                DNS_PORT,
-            )],
+            default_upstreams: addresses
+                .iter()
+                .map(|&address| SocketAddr::new(IpAddr::V4(address), DNS_PORT))
+                .collect(),
             ..DnsConfig::default()
         };
+        let mut sockets = Vec::new();
+        for address in addresses {
+            sockets.push(
+                UdpSocket::bind((address, DNS_PORT))
+                    .await
+                    .expect("bind an upstream"),
+            );
+        }
+        let upstream = sockets.remove(0);
         Forwarding {
             server: DnsServer::start(config, None).expect("start"),
-            upstream: UdpSocket::bind(("127.0.0.2", DNS_PORT))
-                .await
-                .expect("bind the upstream"),
+            upstream,
+            others: sockets,
             client: UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
                 .await
                 .expect("bind the client"),
@@ -1296,12 +1077,13 @@ mod tests {
         if !testkit::require(&[Need::Root, Need::Netns]) {
             return;
         }
-        with_forwarding("dnsports", "ports", |lab| async move {
+        with_forwarding("dnsports", "ports", 1, |lab| async move {
             let Forwarding {
                 server,
                 upstream,
                 client,
                 to_server,
+                ..
             } = lab;
             let mut forwarded = Vec::new();
             for (id, name) in [(0x1111, "one.example."), (0x2222, "two.example.")] {
@@ -1329,9 +1111,11 @@ mod tests {
                 .await
                 .expect("send");
             let (answer, _) = next_datagram(&client, "the answer").await;
+            // The answer takes the client's ID and letter case back.
             let expected = {
-                let mut reply = response(query, 3);
-                reply[..2].copy_from_slice(&0x1111u16.to_be_bytes());
+                let mut reply = a_query(0x1111, "one.example.");
+                reply[2] |= 0x80;
+                reply[3] = 0x83;
                 reply
             };
             assert_eq!(answer, expected, "a forged reply got through");
@@ -1352,12 +1136,13 @@ mod tests {
         if !testkit::require(&[Need::Root, Need::Netns]) {
             return;
         }
-        with_forwarding("dnscache", "cache", |lab| async move {
+        with_forwarding("dnscache", "cache", 1, |lab| async move {
             let Forwarding {
                 server,
                 upstream,
                 client,
                 to_server,
+                ..
             } = lab;
             client
                 .send_to(&a_query(0x1111, "www.example."), to_server)
@@ -1405,6 +1190,207 @@ mod tests {
                 tokio::time::timeout(Duration::from_millis(300), upstream.recv_from(&mut buf))
                     .await;
             assert!(asked_again.is_err(), "the upstream was asked again");
+            server.stop().await;
+        });
+    }
+
+    /// `query` answered with the address `ip` (TTL 60), and the AD bit set, as an
+    /// upstream that validates would send it.
+    fn positive(query: &[u8], ip: Ipv4Addr) -> Vec<u8> {
+        use hickory_proto::op::Message;
+        use hickory_proto::rr::{RData, Record};
+
+        let mut reply = Message::from_vec(&response(query, 0)).expect("decode");
+        let name = reply.queries[0].name().clone();
+        reply.add_answer(Record::from_rdata(name, 60, RData::A(ip.into())));
+        let mut bytes = reply.to_vec().expect("encode");
+        bytes[3] |= 0x20;
+        bytes
+    }
+
+    /// Whether `socket` receives nothing for `ms` milliseconds.
+    async fn quiet_for(socket: &UdpSocket, ms: u64) -> bool {
+        let mut buf = [0u8; 512];
+        tokio::time::timeout(Duration::from_millis(ms), socket.recv_from(&mut buf))
+            .await
+            .is_err()
+    }
+
+    /// Clients asking a question already forwarded wait for its answer instead of
+    /// asking again (one ID and port for a forger to guess, not one per copy); each gets
+    /// it with its own ID and letter case, and without the upstream's AD bit.
+    #[test]
+    fn the_same_question_asked_meanwhile_is_forwarded_once() {
+        if !testkit::require(&[Need::Root, Need::Netns]) {
+            return;
+        }
+        with_forwarding("dnsjoin", "join", 1, |lab| async move {
+            let Forwarding {
+                server,
+                upstream,
+                client,
+                to_server,
+                ..
+            } = lab;
+            for (id, name) in [
+                (0x1111, "same.example."),
+                (0x2222, "SAME.example."),
+                // A retry of the first: answered once.
+                (0x1111, "same.example."),
+            ] {
+                client
+                    .send_to(&a_query(id, name), to_server)
+                    .await
+                    .expect("send");
+            }
+            let (query, from) = next_datagram(&upstream, "the forwarded query").await;
+            assert!(
+                quiet_for(&upstream, 300).await,
+                "the question was asked twice"
+            );
+            upstream
+                .send_to(&positive(&query, Ipv4Addr::new(192, 0, 2, 9)), from)
+                .await
+                .expect("send");
+            let mut answers = Vec::new();
+            for _ in 0..2 {
+                answers.push(next_datagram(&client, "an answer").await.0);
+            }
+            assert!(quiet_for(&client, 300).await, "a retry was answered twice");
+            answers.sort();
+            for (answer, (id, name)) in answers
+                .iter()
+                .zip([(0x1111u16, "same.example."), (0x2222, "SAME.example.")])
+            {
+                let question = a_query(id, name);
+                assert_eq!(answer[..2], question[..2], "ID");
+                assert_eq!(answer[12..question.len()], question[12..], "question");
+                assert_eq!(answer[6..8], [0, 1], "one answer");
+                assert_eq!(answer[3] & 0x20, 0, "the AD bit was passed on");
+            }
+            server.stop().await;
+        });
+    }
+
+    /// strict-order: a NXDOMAIN from the second server waits for the first, which the
+    /// query went on from after a second of silence; its late answer wins, and a
+    /// SERVFAIL from it lets the NXDOMAIN through.
+    #[test]
+    fn a_denial_waits_for_the_server_asked_before() {
+        if !testkit::require(&[Need::Root, Need::Netns]) {
+            return;
+        }
+        with_forwarding("dnsstrict", "strict", 2, |lab| async move {
+            let Forwarding {
+                server,
+                upstream,
+                others,
+                client,
+                to_server,
+            } = lab;
+            let second = &others[0];
+            client
+                .send_to(&a_query(0x1111, "vpn.example."), to_server)
+                .await
+                .expect("send");
+            let (first_query, first_from) = next_datagram(&upstream, "the first ask").await;
+            let (query, from) = next_datagram(second, "the second ask, a second later").await;
+            second
+                .send_to(&response(&query, 3), from)
+                .await
+                .expect("send");
+            assert!(quiet_for(&client, 300).await, "the denial did not wait");
+            upstream
+                .send_to(
+                    &positive(&first_query, Ipv4Addr::new(10, 8, 0, 10)),
+                    first_from,
+                )
+                .await
+                .expect("send");
+            let (answer, _) = next_datagram(&client, "the first server's answer").await;
+            assert_eq!((answer[3] & 0x0f, &answer[6..8]), (0, &[0u8, 1][..]));
+
+            client
+                .send_to(&a_query(0x2222, "nobody.example."), to_server)
+                .await
+                .expect("send");
+            let (first_query, first_from) = next_datagram(&upstream, "the first ask").await;
+            let (query, from) = next_datagram(second, "the second ask").await;
+            second
+                .send_to(&response(&query, 3), from)
+                .await
+                .expect("send");
+            assert!(quiet_for(&client, 200).await, "the denial did not wait");
+            upstream
+                .send_to(&response(&first_query, 2), first_from)
+                .await
+                .expect("send");
+            let (answer, _) = next_datagram(&client, "the denial").await;
+            assert_eq!(answer[3] & 0x0f, 3, "NXDOMAIN");
+            server.stop().await;
+        });
+    }
+
+    /// A server demoted for its silence is asked when the next denies a name, and the
+    /// denial waits a moment for it: the names only it knows still resolve.
+    #[test]
+    fn a_demoted_server_still_has_its_say_on_denials() {
+        if !testkit::require(&[Need::Root, Need::Netns]) {
+            return;
+        }
+        with_forwarding("dnsdemote", "demote", 2, |lab| async move {
+            let Forwarding {
+                server,
+                upstream,
+                others,
+                client,
+                to_server,
+            } = lab;
+            let second = &others[0];
+            // Three questions the first server leaves unanswered demote it.
+            for (id, name) in [(1, "a.example."), (2, "b.example."), (3, "c.example.")] {
+                client
+                    .send_to(&a_query(id, name), to_server)
+                    .await
+                    .expect("send");
+            }
+            for _ in 0..3 {
+                let (query, from) = next_datagram(second, "an ask passed on").await;
+                second
+                    .send_to(&positive(&query, Ipv4Addr::new(192, 0, 2, 1)), from)
+                    .await
+                    .expect("send");
+                next_datagram(&client, "an answer").await;
+            }
+            for _ in 0..3 {
+                next_datagram(&upstream, "the unanswered asks").await;
+            }
+
+            client
+                .send_to(&a_query(0x4444, "vpn.example."), to_server)
+                .await
+                .expect("send");
+            let (query, from) = next_datagram(second, "the second, now asked first").await;
+            assert!(
+                quiet_for(&upstream, 200).await,
+                "the demoted server was asked first"
+            );
+            second
+                .send_to(&response(&query, 3), from)
+                .await
+                .expect("send");
+            let (first_query, first_from) =
+                next_datagram(&upstream, "the demoted server, asked on the denial").await;
+            assert!(quiet_for(&client, 200).await, "the denial did not wait");
+            upstream
+                .send_to(
+                    &positive(&first_query, Ipv4Addr::new(10, 8, 0, 10)),
+                    first_from,
+                )
+                .await
+                .expect("send");
+            let (answer, _) = next_datagram(&client, "the demoted server's answer").await;
+            assert_eq!((answer[3] & 0x0f, &answer[6..8]), (0, &[0u8, 1][..]));
             server.stop().await;
         });
     }

@@ -1,0 +1,565 @@
+//! Asking upstream servers what the network does not know: one forwarded query's way
+//! through its servers, over UDP (a task of its own) or TCP (in the client's connection
+//! task), and the servers' recent failures, which decide the order they are asked in.
+//!
+//! libvirt has dnsmasq keep `strict-order`: the servers are asked in their configured
+//! order (resolv.conf, or the `<forwarder>`s), the next one after [`ATTEMPT_TIMEOUT`] of
+//! silence or at once after a SERVFAIL or REFUSED; a late answer from a server asked
+//! before still counts. A server that failed [`SUSPECT_AFTER`] times in a row is asked
+//! after the others for [`SUSPECT_FOR`].
+//!
+//! Strict order means the earlier server's word counts: a VPN's resolver listed first
+//! may be slow and still be the only one that knows a name the public servers after it
+//! deny. So over UDP a negative answer (NXDOMAIN, or no records) from a server waits
+//! for the servers configured before it: until the forward's deadline for those being
+//! asked, and for one [`ATTEMPT_TIMEOUT`] for a suspect one, asked then, so that its
+//! names are not denied while it is demoted. A negative answer given while a server
+//! before it stayed silent is not cached.
+//!
+//! Every answer passed on has its AD bit cleared: as dnsmasq without `proxy-dnssec`
+//! (which libvirt does not set), kvnetd validates nothing, so it vouches for nothing.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Mutex;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use tokio::io::ReadBuf;
+use tokio::net::{TcpStream, UdpSocket};
+
+use super::resolver::{Resolver, is_reply_to, is_upstream_failure};
+use super::server::{RECV_BUFFER, read_message, send, write_message};
+
+/// A forwarded query unanswered this long is forgotten.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// An upstream server silent this long is passed over for the next one, if any (the
+/// last one asked gets what remains of [`FORWARD_TIMEOUT`]).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A server that timed out or could not be sent to this many times in a row is asked
+/// after the others for [`SUSPECT_FOR`]. One slow answer does not demote it: a VPN's
+/// resolver may be slow for a name and still be the only one that knows it.
+const SUSPECT_AFTER: u32 = 3;
+/// How long a suspect server is asked after the others. One that answers, even SERVFAIL
+/// or REFUSED about one name, is trusted again.
+const SUSPECT_FOR: Duration = Duration::from_secs(30);
+/// The header's AD (authentic data) bit, in its fourth byte.
+const AUTHENTIC_DATA: u8 = 0x20;
+
+/// Upstream servers that failed lately, shared by a network's UDP and TCP paths.
+#[derive(Debug, Default)]
+pub(super) struct Health {
+    /// Each failing server's failures in a row, and when the last one was.
+    failures: Mutex<HashMap<SocketAddr, (u32, Instant)>>,
+}
+
+impl Health {
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, (u32, Instant)>> {
+        // A map of counts and timestamps is consistent whatever panicked while holding it.
+        crate::service::lock(&self.failures)
+    }
+
+    /// `servers` in the order to ask them: those not suspect first, each group in
+    /// configured order.
+    pub(super) fn order(&self, servers: &[SocketAddr]) -> Vec<SocketAddr> {
+        self.plan_at(servers, Instant::now())
+            .into_iter()
+            .map(|(server, _)| server)
+            .collect()
+    }
+
+    /// [`Health::order`] as of `now`, each server with whether it is suspect.
+    fn plan_at(&self, servers: &[SocketAddr], now: Instant) -> Vec<(SocketAddr, bool)> {
+        let mut failures = self.failures();
+        failures.retain(|_, (_, last)| now.saturating_duration_since(*last) < SUSPECT_FOR);
+        let mut plan: Vec<(SocketAddr, bool)> = servers
+            .iter()
+            .map(|server| {
+                let suspect = failures
+                    .get(server)
+                    .is_some_and(|(count, _)| *count >= SUSPECT_AFTER);
+                (*server, suspect)
+            })
+            .collect();
+        // Stable: each group keeps the configured order.
+        plan.sort_by_key(|&(_, suspect)| suspect);
+        plan
+    }
+
+    fn failed(&self, network: &str, server: SocketAddr) {
+        let mut failures = self.failures();
+        let (count, last) = failures.entry(server).or_insert((0, Instant::now()));
+        *count = count.saturating_add(1);
+        *last = Instant::now();
+        if *count == SUSPECT_AFTER {
+            tracing::info!(network, %server, "upstream DNS server not answering; asking the others first");
+        }
+    }
+
+    fn answered(&self, server: SocketAddr) {
+        let mut failures = self.failures();
+        if !failures.is_empty() {
+            failures.remove(&server);
+        }
+    }
+}
+
+/// What became of a query forwarded over UDP.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Forwarded {
+    /// An upstream's reply, AD bit cleared, still with the forward's ID and the letter
+    /// case the upstream gave the question.
+    Reply(Vec<u8>),
+    /// It could be sent to no server (the host lost its route to them): the client
+    /// gets REFUSED at once, as from dnsmasq.
+    NotSent,
+    /// No server answered in time: the client gets nothing and asks again.
+    Silent,
+}
+
+/// Whether an upstream's `reply` denies the name or the type: NXDOMAIN, or NOERROR
+/// without answers.
+fn is_negative(reply: &[u8]) -> bool {
+    match (reply.get(3).map(|flags| flags & 0x0f), reply.get(6..8)) {
+        (Some(3), _) => true,
+        (Some(0), Some(answers)) => answers == [0, 0],
+        _ => false,
+    }
+}
+
+/// Where one server of a UDP forward stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stand {
+    NotAsked,
+    /// Asked at this time; no answer yet.
+    Waiting(tokio::time::Instant),
+    Answered,
+    /// It could not be sent to.
+    Unreachable,
+}
+
+/// One server of a UDP forward.
+#[derive(Debug)]
+struct Slot {
+    server: SocketAddr,
+    /// Its place in the configured order.
+    rank: usize,
+    suspect: bool,
+    stand: Stand,
+    /// Its attempt ran out and the next server was asked (its failure is counted).
+    passed_over: bool,
+}
+
+/// The state of one query forwarded over UDP.
+struct UdpForward<'a> {
+    network: &'a str,
+    query: &'a [u8],
+    health: &'a Health,
+    /// In the order they are asked in.
+    slots: Vec<Slot>,
+    sockets: ForwardSockets,
+    deadline: tokio::time::Instant,
+}
+
+impl UdpForward<'_> {
+    /// Asks the server of `slot`.
+    fn ask(&mut self, slot: usize) {
+        let server = self.slots[slot].server;
+        let stand = match self.sockets.socket_for(server) {
+            Ok(socket) => match send(socket, self.query, server) {
+                Ok(_) => Stand::Waiting(tokio::time::Instant::now()),
+                Err(_) => {
+                    self.health.failed(self.network, server);
+                    Stand::Unreachable
+                }
+            },
+            Err(e) => {
+                tracing::warn!(network = self.network, %server, error = %e, "cannot open a socket to forward DNS queries");
+                Stand::Unreachable
+            }
+        };
+        self.slots[slot].stand = stand;
+    }
+
+    /// Asks the servers configured before `rank` that were not asked yet.
+    fn ask_those_before(&mut self, rank: usize) {
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].rank < rank && self.slots[slot].stand == Stand::NotAsked {
+                self.ask(slot);
+            }
+        }
+    }
+
+    /// Until when a negative answer from the server ranked `rank` must wait for those
+    /// before it, as of `now`; `None` if it need not.
+    fn held_until(&self, rank: usize, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        self.slots
+            .iter()
+            .filter(|slot| slot.rank < rank)
+            .filter_map(|slot| match slot.stand {
+                Stand::Waiting(since) if slot.suspect => Some(since + ATTEMPT_TIMEOUT),
+                Stand::Waiting(_) => Some(self.deadline),
+                _ => None,
+            })
+            .filter(|&until| until > now)
+            .max()
+    }
+
+    /// Whether every server configured before `rank` has had its say.
+    fn heard_all_before(&self, rank: usize) -> bool {
+        self.slots
+            .iter()
+            .filter(|slot| slot.rank < rank)
+            .all(|slot| matches!(slot.stand, Stand::Answered | Stand::Unreachable))
+    }
+
+    /// Whether a server is being asked whose attempt has not run out.
+    fn is_attempting(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|slot| matches!(slot.stand, Stand::Waiting(_)) && !slot.passed_over)
+    }
+
+    /// Counts as failed the servers whose attempt ran out by `now`; returns the soonest
+    /// end of an attempt still running.
+    fn pass_over_the_silent(&mut self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let mut soonest = None;
+        for slot in &mut self.slots {
+            let Stand::Waiting(since) = slot.stand else {
+                continue;
+            };
+            if slot.passed_over {
+                continue;
+            }
+            let ends = since + ATTEMPT_TIMEOUT;
+            if ends <= now {
+                slot.passed_over = true;
+                self.health.failed(self.network, slot.server);
+            } else {
+                soonest =
+                    Some(soonest.map_or(ends, |soonest: tokio::time::Instant| soonest.min(ends)));
+            }
+        }
+        soonest
+    }
+}
+
+/// Asks `servers` (in configured order) about `query` (a client's query with our ID),
+/// as the module describes, and caches what may be kept.
+pub(super) async fn forward_udp(
+    resolver: &Resolver,
+    query: &[u8],
+    servers: &[SocketAddr],
+    health: &Health,
+) -> Forwarded {
+    let network = resolver.network();
+    let plan = health.plan_at(servers, Instant::now());
+    let mut forward = UdpForward {
+        network,
+        query,
+        health,
+        slots: plan
+            .into_iter()
+            .map(|(server, suspect)| Slot {
+                server,
+                rank: servers
+                    .iter()
+                    .position(|&configured| configured == server)
+                    .unwrap_or(usize::MAX),
+                suspect,
+                stand: Stand::NotAsked,
+                passed_over: false,
+            })
+            .collect(),
+        sockets: ForwardSockets::default(),
+        deadline: tokio::time::Instant::now() + FORWARD_TIMEOUT,
+    };
+    let mut buf = vec![0u8; RECV_BUFFER];
+    // A SERVFAIL or REFUSED passed over for the next server: the answer if no other
+    // server gives a better one.
+    let mut failure: Option<Vec<u8>> = None;
+    // A negative answer waiting for the servers before its own, and its server's rank.
+    let mut held: Option<(usize, Vec<u8>)> = None;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= forward.deadline {
+            break;
+        }
+        let attempt_ends = forward.pass_over_the_silent(now);
+        // A held answer is not bettered by the servers configured after its own.
+        if !forward.is_attempting() && held.is_none() {
+            match forward
+                .slots
+                .iter()
+                .position(|slot| slot.stand == Stand::NotAsked)
+            {
+                Some(next) => {
+                    forward.ask(next);
+                    continue;
+                }
+                None if !forward
+                    .slots
+                    .iter()
+                    .any(|slot| matches!(slot.stand, Stand::Waiting(_))) =>
+                {
+                    break;
+                }
+                None => {}
+            }
+        }
+        let mut wake = forward.deadline;
+        if let Some((rank, _)) = &held {
+            match forward.held_until(*rank, now) {
+                Some(until) => wake = wake.min(until),
+                None => break,
+            }
+        }
+        if let Some(ends) = attempt_ends {
+            wake = wake.min(ends);
+        }
+        let waiting: Vec<SocketAddr> = forward
+            .slots
+            .iter()
+            .filter(|slot| matches!(slot.stand, Stand::Waiting(_)))
+            .map(|slot| slot.server)
+            .collect();
+        let wait = forward.sockets.receive_reply(query, &waiting, &mut buf);
+        let Ok((len, from)) = tokio::time::timeout_at(wake, wait).await else {
+            continue;
+        };
+        let Some(at) = forward
+            .slots
+            .iter()
+            .position(|slot| slot.server == from && matches!(slot.stand, Stand::Waiting(_)))
+        else {
+            continue;
+        };
+        forward.slots[at].stand = Stand::Answered;
+        health.answered(from);
+        let rank = forward.slots[at].rank;
+        let mut reply = buf[..len].to_vec();
+        if let Some(flags) = reply.get_mut(3) {
+            *flags &= !AUTHENTIC_DATA;
+        }
+        if is_upstream_failure(&reply) {
+            failure = Some(reply);
+            continue;
+        }
+        if is_negative(&reply) {
+            forward.ask_those_before(rank);
+            if forward
+                .held_until(rank, tokio::time::Instant::now())
+                .is_some()
+            {
+                if held.as_ref().is_none_or(|(kept, _)| rank < *kept) {
+                    held = Some((rank, reply));
+                }
+                continue;
+            }
+            if forward.heard_all_before(rank) {
+                resolver.remember(query, &reply);
+            }
+        } else {
+            resolver.remember(query, &reply);
+        }
+        return Forwarded::Reply(reply);
+    }
+    if let Some((rank, reply)) = held {
+        if forward.heard_all_before(rank) {
+            resolver.remember(query, &reply);
+        }
+        return Forwarded::Reply(reply);
+    }
+    if let Some(failure) = failure {
+        return Forwarded::Reply(failure);
+    }
+    if forward
+        .slots
+        .iter()
+        .any(|slot| matches!(slot.stand, Stand::Waiting(_) | Stand::Answered))
+    {
+        for slot in &forward.slots {
+            if matches!(slot.stand, Stand::Waiting(_)) && !slot.passed_over {
+                health.failed(network, slot.server);
+            }
+        }
+        return Forwarded::Silent;
+    }
+    tracing::debug!(
+        network,
+        "DNS query refused: it could be sent to no upstream server"
+    );
+    Forwarded::NotSent
+}
+
+/// The sockets one forwarded query leaves from: IPv4 and IPv6, each bound to port 0
+/// on first use so the kernel gives it a random ephemeral port, and closed with the
+/// forward.
+#[derive(Default)]
+struct ForwardSockets {
+    by_family: [Option<UdpSocket>; 2],
+}
+
+impl ForwardSockets {
+    /// The socket for `server`'s address family, opened on first use.
+    fn socket_for(&mut self, server: SocketAddr) -> std::io::Result<&UdpSocket> {
+        let (slot, any) = match server {
+            SocketAddr::V4(_) => (0, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            SocketAddr::V6(_) => (1, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        };
+        match &mut self.by_family[slot] {
+            Some(socket) => Ok(socket),
+            unopened @ None => {
+                let socket = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
+                socket.set_nonblocking(true)?;
+                Ok(unopened.insert(UdpSocket::from_std(socket)?))
+            }
+        }
+    }
+
+    /// Waits for a reply to `query` from one of `asked` and returns its length in
+    /// `buf` and its sender. Datagrams from anyone else, or that do not answer `query`
+    /// (ID or question differ), are dropped.
+    async fn receive_reply(
+        &self,
+        query: &[u8],
+        asked: &[SocketAddr],
+        buf: &mut [u8],
+    ) -> (usize, SocketAddr) {
+        loop {
+            let received = poll_fn(|cx| {
+                for socket in self.by_family.iter().flatten() {
+                    let mut read = ReadBuf::new(buf);
+                    match socket.poll_recv_from(cx, &mut read) {
+                        Poll::Ready(Ok(from)) => {
+                            return Poll::Ready(Some((read.filled().len(), from)));
+                        }
+                        // An ICMP error of an earlier send: nothing to read.
+                        Poll::Ready(Err(_)) => return Poll::Ready(None),
+                        Poll::Pending => {}
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            let Some((len, from)) = received else {
+                continue;
+            };
+            if !asked.contains(&from) {
+                tracing::debug!(%from, "DNS reply from a server not asked; ignored");
+            } else if !is_reply_to(query, &buf[..len]) {
+                tracing::debug!(%from, "DNS reply not matching the query's ID or question; ignored");
+            } else {
+                return (len, from);
+            }
+        }
+    }
+}
+
+/// Asks `servers` over TCP in turn, leaving the first usable answer in `out`, its AD
+/// bit cleared: each but the last gets [`ATTEMPT_TIMEOUT`], all together
+/// [`FORWARD_TIMEOUT`]. Returns whether the answer may be cached: not a negative one
+/// given while a server before it stayed silent.
+pub(super) async fn forward_tcp(
+    network: &str,
+    servers: &[SocketAddr],
+    health: &Health,
+    query: &[u8],
+    out: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+    let servers = health.order(servers);
+    let mut failure = std::io::Error::from(std::io::ErrorKind::TimedOut);
+    let mut passed_over_silent = false;
+    for (at, &server) in servers.iter().enumerate() {
+        let last = at + 1 == servers.len();
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let until = if last {
+            deadline
+        } else {
+            deadline.min(now + ATTEMPT_TIMEOUT)
+        };
+        match tokio::time::timeout_at(until, ask_tcp(server, query, out)).await {
+            Ok(Ok(())) => {
+                health.answered(server);
+                if last || !is_upstream_failure(out) {
+                    if let Some(flags) = out.get_mut(3) {
+                        *flags &= !AUTHENTIC_DATA;
+                    }
+                    return Ok(!(passed_over_silent && is_negative(out)));
+                }
+                continue;
+            }
+            Ok(Err(e)) => failure = e,
+            Err(_) => {
+                failure = std::io::Error::from(std::io::ErrorKind::TimedOut);
+                passed_over_silent = true;
+            }
+        }
+        health.failed(network, server);
+    }
+    Err(failure)
+}
+
+/// Asks `server` over TCP, leaving its answer in `out`: a message that does not answer
+/// `query` (ID or question differ, or it is no response) is an error, as over UDP.
+async fn ask_tcp(server: SocketAddr, query: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut upstream = TcpStream::connect(server).await?;
+    write_message(&mut upstream, query).await?;
+    read_message(&mut upstream, out).await?;
+    if !is_reply_to(query, out) {
+        out.clear();
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the reply from {server} does not answer the query (ID or question differ)"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order_at(health: &Health, servers: &[SocketAddr], now: Instant) -> Vec<SocketAddr> {
+        health
+            .plan_at(servers, now)
+            .into_iter()
+            .map(|(server, _)| server)
+            .collect()
+    }
+
+    #[test]
+    fn servers_keep_their_order_until_they_fail_several_times_in_a_row() {
+        let health = Health::default();
+        let vpn: SocketAddr = "10.8.0.1:53".parse().expect("addr");
+        let public: SocketAddr = "192.0.2.53:53".parse().expect("addr");
+        let servers = [vpn, public];
+        // One slow answer: the VPN's resolver is still asked first.
+        health.failed("n", vpn);
+        assert_eq!(health.order(&servers), [vpn, public]);
+        health.failed("n", vpn);
+        health.failed("n", vpn);
+        assert_eq!(health.order(&servers), [public, vpn]);
+        // Any answer restores it.
+        health.answered(vpn);
+        assert_eq!(health.order(&servers), [vpn, public]);
+        // Failures in a row only: an answer in between starts the count again.
+        health.failed("n", vpn);
+        health.failed("n", vpn);
+        health.answered(vpn);
+        health.failed("n", vpn);
+        assert_eq!(health.order(&servers), [vpn, public]);
+        // A demoted server is asked first again once it has had 30 s of rest.
+        health.failed("n", vpn);
+        health.failed("n", vpn);
+        let demoted_at = Instant::now();
+        assert_eq!(order_at(&health, &servers, demoted_at), [public, vpn]);
+        let rested = demoted_at + SUSPECT_FOR;
+        assert_eq!(order_at(&health, &servers, rested), [vpn, public]);
+    }
+}
