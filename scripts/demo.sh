@@ -35,8 +35,9 @@ trap cleanup EXIT
 ip netns add "$ns"
 ip netns exec "$ns" ip link set lo up
 sock=$work/kvnetd.sock
+# Its own (empty) libvirt leases dir: the demo's virbr0 must not take over a libvirt host's.
 ip netns exec "$ns" "$bin/kvnetd" --config-dir "$work/etc" --state-dir "$work/run" --socket "$sock" \
-  --log-level info 2>"$log" &
+  --libvirt-leases-dir "$work/libvirt-leases" --log-level info 2>"$log" &
 daemon=$!
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
 [ -S "$sock" ] || { cat "$log" >&2; exit 1; }

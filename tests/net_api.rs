@@ -133,6 +133,11 @@ fn the_read_only_socket_lets_anyone_read_and_nobody_change() {
     assert!(!read_only.exists());
     let out = kvnet_as_nobody(&daemon, &["-r", "-q", "net-list"]);
     assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Permission denied") && err.contains("kvnetd has no read-only socket"),
+        "{err}"
+    );
 }
 
 /// The socket's group (the daemon's, root here) counts among the groups a client

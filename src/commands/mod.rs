@@ -105,13 +105,17 @@ pub const PORT_NOT_FOUND: &str = "network port not found: ";
 fn answered(error: client::Error) -> Result<ApiError, Failure> {
     match error {
         client::Error::Api(api) => Ok(api),
-        client::Error::Connect { socket, source } => Err(Failure {
+        client::Error::Connect {
+            socket,
+            source,
+            read_only,
+        } => Err(Failure {
             ran: false,
             ..Failure::msg(format!(
                 "cannot connect to kvnetd at {}: {}{}",
                 socket.display(),
                 system_message(&source),
-                client::connect_hint(&source)
+                client::connect_hint(&source, read_only)
             ))
         }),
         other => Err(Failure::msg(other.to_string())),

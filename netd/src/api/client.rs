@@ -25,10 +25,12 @@ use crate::fdpass;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The daemon's socket could not be reached.
-    #[error("cannot connect to kvnetd at {}: {source}{}", socket.display(), connect_hint(source))]
+    #[error("cannot connect to kvnetd at {}: {source}{}", socket.display(), connect_hint(source, *read_only))]
     Connect {
         /// The socket tried.
         socket: PathBuf,
+        /// Whether the client was read-only (`kvnet -r`).
+        read_only: bool,
         /// Why.
         #[source]
         source: std::io::Error,
@@ -50,9 +52,13 @@ pub enum Error {
 /// daemon (a thousand parallel starts take seconds), so this only catches a hung one.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// What the user can do about a failed connection: what follows its reason.
-pub fn connect_hint(error: &std::io::Error) -> &'static str {
+/// What the user can do about a failed connection of a client, read-only (`kvnet -r`)
+/// or not: what follows its reason.
+pub fn connect_hint(error: &std::io::Error, read_only: bool) -> &'static str {
     match error.kind() {
+        std::io::ErrorKind::PermissionDenied if read_only => {
+            " (the socket is for root and its group, and kvnetd has no read-only socket beside it)"
+        }
         std::io::ErrorKind::PermissionDenied => {
             " (the socket is for root and its group; `kvnet -r` reads through the read-only socket beside it)"
         }
@@ -411,6 +417,7 @@ impl Client {
         }
         let mut stream = UnixStream::connect(&self.socket).map_err(|source| Error::Connect {
             socket: self.socket.clone(),
+            read_only: self.read_only,
             source,
         })?;
         let connection = match upgrade {
