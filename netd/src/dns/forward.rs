@@ -393,29 +393,34 @@ pub(super) async fn forward_udp(
     Forwarded::NotSent
 }
 
-/// The sockets one forwarded query leaves from: IPv4 and IPv6, each bound to port 0
-/// on first use so the kernel gives it a random ephemeral port, and closed with the
-/// forward.
+/// The sockets one forwarded query leaves from: one per server asked, bound to port 0
+/// so the kernel gives it a random ephemeral port, connected to its server, and closed
+/// with the forward. Connected, it takes datagrams from that server only: the kernel
+/// answers anyone else as it would for a closed port, so a forger cannot even find out
+/// which ports are open (the side channel of SAD DNS).
 #[derive(Default)]
 struct ForwardSockets {
-    by_family: [Option<UdpSocket>; 2],
+    by_server: Vec<(SocketAddr, UdpSocket)>,
 }
 
 impl ForwardSockets {
-    /// The socket for `server`'s address family, opened on first use.
+    /// The socket for `server`, opened on first use.
     fn socket_for(&mut self, server: SocketAddr) -> std::io::Result<&UdpSocket> {
-        let (slot, any) = match server {
-            SocketAddr::V4(_) => (0, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            SocketAddr::V6(_) => (1, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
-        };
-        match &mut self.by_family[slot] {
-            Some(socket) => Ok(socket),
-            unopened @ None => {
+        let at = match self.by_server.iter().position(|(to, _)| *to == server) {
+            Some(at) => at,
+            None => {
+                let any = match server {
+                    SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                };
                 let socket = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
+                socket.connect(server)?;
                 socket.set_nonblocking(true)?;
-                Ok(unopened.insert(UdpSocket::from_std(socket)?))
+                self.by_server.push((server, UdpSocket::from_std(socket)?));
+                self.by_server.len() - 1
             }
-        }
+        };
+        Ok(&self.by_server[at].1)
     }
 
     /// Waits for a reply to `query` from one of `asked` and returns its length in
@@ -429,13 +434,14 @@ impl ForwardSockets {
     ) -> (usize, SocketAddr) {
         loop {
             let received = poll_fn(|cx| {
-                for socket in self.by_family.iter().flatten() {
+                for (_, socket) in &self.by_server {
                     let mut read = ReadBuf::new(buf);
                     match socket.poll_recv_from(cx, &mut read) {
                         Poll::Ready(Ok(from)) => {
                             return Poll::Ready(Some((read.filled().len(), from)));
                         }
-                        // An ICMP error of an earlier send: nothing to read.
+                        // An ICMP error of an earlier send (the server's port is closed):
+                        // nothing to read; the server's attempt runs out as a silent one's.
                         Poll::Ready(Err(_)) => return Poll::Ready(None),
                         Poll::Pending => {}
                     }

@@ -1099,6 +1099,15 @@ mod tests {
                 forwarded[1].1.port(),
                 "one source port for both"
             );
+            // Anyone but the server finds the forward's port closed, as every other.
+            let prober = std::net::UdpSocket::bind(("127.0.0.9", 0)).expect("bind the prober");
+            prober.connect(from).expect("connect");
+            prober
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+            prober.send(&response(query, 0)).expect("probe");
+            let probed = prober.recv(&mut [0u8; 64]).map_err(|e| e.kind());
+            assert_eq!(probed, Err(std::io::ErrorKind::ConnectionRefused));
             // Forged: another question, and the right question with another ID.
             let mut other_name = response(query, 0);
             other_name[13] ^= 1;
