@@ -54,6 +54,9 @@ const MAX_JOINED: usize = 2048;
 /// holds one or two sockets, so this bounds a network's file descriptors (dnsmasq's
 /// `dns-forward-max` is 150).
 const MAX_PENDING: usize = 512;
+/// Most of them for one client address, so that one guest asking for ever new names
+/// cannot keep the others' queries from being forwarded.
+const MAX_PENDING_PER_CLIENT: usize = MAX_PENDING / 4;
 /// Most TCP connections held at once, served or waiting their turn; more are closed on
 /// accept.
 pub const MAX_TCP_CLIENTS: usize = 128;
@@ -223,8 +226,11 @@ struct Serve {
     udp_family: Vec<usize>,
     /// The UDP queries being forwarded, one task each, which ends with its first asker.
     forwards: JoinSet<(Asker, Forwarded)>,
-    /// The forwards that others asking the same joined, by task and by question.
-    joinable: HashMap<tokio::task::Id, Key>,
+    /// Each forward's question, if others may join it, and first asker's address.
+    tasks: HashMap<tokio::task::Id, (Option<Key>, IpAddr)>,
+    /// How many forwards each client address has in flight.
+    pending_by_client: HashMap<IpAddr, usize>,
+    /// The forwards others asking the same joined, by question.
     joined: HashMap<Key, Joined>,
     /// How many askers `joined` holds in all.
     joined_askers: usize,
@@ -281,7 +287,8 @@ async fn serve(
             .collect(),
         udp,
         forwards: JoinSet::new(),
-        joinable: HashMap::new(),
+        tasks: HashMap::new(),
+        pending_by_client: HashMap::new(),
         joined: HashMap::new(),
         joined_askers: 0,
         next_listener: 0,
@@ -776,7 +783,12 @@ impl Serve {
                 self.joined_askers += 1;
                 return;
             }
-        } else if self.forwards.len() < MAX_PENDING {
+        } else if self.forwards.len() < MAX_PENDING
+            && self
+                .pending_by_client
+                .get(&client.ip())
+                .is_none_or(|&pending| pending < MAX_PENDING_PER_CLIENT)
+        {
             let mut upstream_query = query.to_vec();
             // A fresh random ID per forward, on top of the random port, makes a spoofed
             // upstream answer hard to match.
@@ -790,16 +802,17 @@ impl Serve {
                 let forwarded = forward_udp(&resolver, &upstream_query, &servers, &health).await;
                 (asker, forwarded)
             });
-            if let Some(key) = key {
-                self.joinable.insert(task.id(), key.clone());
+            if let Some(key) = &key {
                 self.joined.insert(
-                    key,
+                    key.clone(),
                     Joined {
                         first,
                         askers: Vec::new(),
                     },
                 );
             }
+            self.tasks.insert(task.id(), (key, client.ip()));
+            *self.pending_by_client.entry(client.ip()).or_default() += 1;
             return;
         }
         tracing::debug!(network = %self.resolver.network(), "too many DNS queries in flight; refusing one");
@@ -819,11 +832,20 @@ impl Serve {
             Ok((id, (first, forwarded))) => (id, Some((first, forwarded))),
             Err(e) => (e.id(), None),
         };
-        let joined = self
-            .joinable
-            .remove(&id)
-            .and_then(|key| self.joined.remove(&key))
-            .map_or_else(Vec::new, |joined| joined.askers);
+        let mut joined = Vec::new();
+        if let Some((key, client)) = self.tasks.remove(&id) {
+            if let Some(key) = key
+                && let Some(those) = self.joined.remove(&key)
+            {
+                joined = those.askers;
+            }
+            if let Some(pending) = self.pending_by_client.get_mut(&client) {
+                *pending -= 1;
+                if *pending == 0 {
+                    self.pending_by_client.remove(&client);
+                }
+            }
+        }
         self.joined_askers -= joined.len();
         let Some((first, forwarded)) = outcome else {
             return;
@@ -1277,6 +1299,45 @@ mod tests {
                 assert_eq!(answer[6..8], [0, 1], "one answer");
                 assert_eq!(answer[3] & 0x20, 0, "the AD bit was passed on");
             }
+            server.stop().await;
+        });
+    }
+
+    /// One client asking for ever new names gets REFUSED once it has a quarter of the
+    /// forwards in flight; another client's questions still go out.
+    #[test]
+    fn one_client_cannot_take_every_forward() {
+        if !testkit::require(&[Need::Root, Need::Netns]) {
+            return;
+        }
+        with_forwarding("dnsfair", "fair", 1, |lab| async move {
+            let Forwarding {
+                server,
+                upstream,
+                client,
+                to_server,
+                ..
+            } = lab;
+            for at in 0..=MAX_PENDING_PER_CLIENT {
+                let name = format!("n{at}.example.");
+                let id = u16::try_from(at).expect("small");
+                client
+                    .send_to(&a_query(id, &name), to_server)
+                    .await
+                    .expect("send");
+            }
+            let (refusal, _) = next_datagram(&client, "the refusal").await;
+            assert_eq!(refusal[3] & 0x0f, 5, "REFUSED");
+            for _ in 0..MAX_PENDING_PER_CLIENT {
+                next_datagram(&upstream, "a forwarded query").await;
+            }
+            let other = UdpSocket::bind(("127.0.0.5", 0)).await.expect("bind");
+            other
+                .send_to(&a_query(0xffff, "other.example."), to_server)
+                .await
+                .expect("send");
+            let (query, _) = next_datagram(&upstream, "the other client's query").await;
+            assert_eq!(query[12..], a_query(0, "other.example.")[12..]);
             server.stop().await;
         });
     }
