@@ -250,7 +250,6 @@ impl Engine {
             .granted_secs(client, ip, requested_lease(request));
         let name = GuestName {
             name: self.leases.name_for(client, name).map(str::to_owned),
-            reserved: self.leases.reserved_name(client).is_some(),
         };
         self.reply(request, MessageType::Offer, ip, Some(lease), &name)
     }
@@ -294,7 +293,6 @@ impl Engine {
             Some(lease) => {
                 let name = GuestName {
                     name: self.leases.bound_name(ip).map(str::to_owned),
-                    reserved: self.leases.reserved_name(client).is_some(),
                 };
                 tracing::debug!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP lease bound");
                 let reply = self.reply(request, MessageType::Ack, ip, Some(lease), &name)?;
@@ -413,7 +411,7 @@ impl Engine {
             opts.insert(DhcpOption::ClientIdentifier(id.clone()));
         }
         if kind != MessageType::Nak {
-            add_network_options(opts, config);
+            add_network_options(opts, request, config);
             add_configured_options(opts, request, config);
             if let Some(secs) = lease {
                 opts.insert(DhcpOption::AddressLeaseTime(secs));
@@ -423,10 +421,9 @@ impl Engine {
                     opts.insert(DhcpOption::Rebinding(rebinding));
                 }
             }
-            // A reserved name tells the guest its name; its own comes back when asked
-            // for, as from dnsmasq.
+            // Its name, reserved or its own, when it asks for it, as from dnsmasq.
             let asked = asked_for(request, OptionCode::Hostname);
-            if let Some(hostname) = name.name.as_ref().filter(|_| name.reserved || asked) {
+            if let Some(hostname) = name.name.as_ref().filter(|_| asked) {
                 opts.insert(DhcpOption::Hostname(hostname.clone()));
             }
         }
@@ -585,16 +582,11 @@ fn asked_for(request: &Message, code: OptionCode) -> bool {
 struct GuestName {
     /// Its reservation's, else the one it gave if it may have it.
     name: Option<String>,
-    /// Whether the name is its reservation's.
-    reserved: bool,
 }
 
 impl GuestName {
     /// No name (NAK, INFORM).
-    const NONE: GuestName = GuestName {
-        name: None,
-        reserved: false,
-    };
+    const NONE: GuestName = GuestName { name: None };
 }
 
 /// The Client FQDN option answering the client's `asked` (RFC 4702 4), as dnsmasq
@@ -648,19 +640,30 @@ fn append_raw_options(bytes: &mut Vec<u8>, options: &[(u8, Vec<u8>)]) {
     bytes.push(255);
 }
 
-fn add_network_options(opts: &mut DhcpOptions, config: &DhcpConfig) {
+/// The network's own options: the subnet mask and broadcast address always, the rest
+/// only when `request` asks for them, as dnsmasq's `do_options` sends them. A guest
+/// whose administrator trimmed its request list keeps its own resolver, domain and MTU.
+fn add_network_options(opts: &mut DhcpOptions, request: &Message, config: &DhcpConfig) {
     opts.insert(DhcpOption::SubnetMask(config.subnet.netmask()));
     opts.insert(DhcpOption::BroadcastAddr(config.subnet.broadcast()));
-    if let Some(router) = config.router {
+    let asked = |code| asked_for(request, code);
+    if let Some(router) = config.router.filter(|_| asked(OptionCode::Router)) {
         opts.insert(DhcpOption::Router(vec![router]));
     }
-    if let Some(dns) = config.dns_server {
+    if let Some(dns) = config
+        .dns_server
+        .filter(|_| asked(OptionCode::DomainNameServer))
+    {
         opts.insert(DhcpOption::DomainNameServer(vec![dns]));
     }
-    if let Some(domain) = &config.domain {
+    if let Some(domain) = config
+        .domain
+        .as_ref()
+        .filter(|_| asked(OptionCode::DomainName))
+    {
         opts.insert(DhcpOption::DomainName(domain.clone()));
     }
-    if let Some(mtu) = config.mtu {
+    if let Some(mtu) = config.mtu.filter(|_| asked(OptionCode::InterfaceMtu)) {
         opts.insert(DhcpOption::InterfaceMtu(mtu));
     }
 }
@@ -1053,6 +1056,43 @@ mod tests {
             exchange(&mut plain, &message(MessageType::Discover, mac), NOW).expect("offer");
         assert_eq!(offer.siaddr(), plain.config().server_ip);
         assert_eq!(offer.fname(), None);
+    }
+
+    /// A client that lists what it wants gets only that, besides the subnet mask and
+    /// broadcast address, as from dnsmasq: an administrator who trimmed dhclient's
+    /// `request` keeps the guest's own resolver, domain, MTU and name.
+    #[test]
+    fn options_a_client_did_not_ask_for_are_left_out() {
+        let mut engine = Engine::new(config());
+        let mut discover = message(MessageType::Discover, RESERVED_MAC);
+        discover
+            .opts_mut()
+            .insert(DhcpOption::ParameterRequestList(vec![OptionCode::Router]));
+        let (_, offer) = exchange(&mut engine, &discover, NOW).expect("offer");
+        let mut request = request_for(RESERVED_MAC, offer.yiaddr(), Some(SERVER));
+        request
+            .opts_mut()
+            .insert(DhcpOption::ParameterRequestList(vec![OptionCode::Router]));
+        let (_, ack) = exchange(&mut engine, &request, NOW).expect("ack");
+        for reply in [&offer, &ack] {
+            let sent = |code| reply.opts().get(code).is_some();
+            for code in [
+                OptionCode::SubnetMask,
+                OptionCode::BroadcastAddr,
+                OptionCode::Router,
+                OptionCode::AddressLeaseTime,
+            ] {
+                assert!(sent(code), "{code:?} left out");
+            }
+            for code in [
+                OptionCode::DomainNameServer,
+                OptionCode::DomainName,
+                OptionCode::InterfaceMtu,
+                OptionCode::Hostname,
+            ] {
+                assert!(!sent(code), "{code:?} sent unasked");
+            }
+        }
     }
 
     #[test]

@@ -418,12 +418,14 @@ impl LeaseDb {
         }
     }
 
-    /// Lease time for `client` at `ip`: the reservation's, else that of the range holding
-    /// `ip`, else (a reserved address outside every range) that of the subnet's first
-    /// range, else the default. libvirt writes hosts without a lease time and dnsmasq
-    /// gives them the lease time of the dhcp-range of their subnet.
+    /// Lease time for `client` at `ip`: its reservation's, wherever its address (one from
+    /// the pool while another holds the reserved one, as dnsmasq's `calc_time` takes the
+    /// matching `dhcp-host`'s), else that of the range holding `ip`, else (a reserved
+    /// address outside every range) that of the subnet's first range, else the default.
+    /// libvirt writes hosts without a lease time and dnsmasq gives them the lease time
+    /// of the dhcp-range of their subnet.
     pub fn lease_secs(&self, client: &Client, ip: Ipv4Addr) -> u32 {
-        if let Some(res) = self.reservation_of(client).filter(|r| r.ip == ip)
+        if let Some(res) = self.reservation_of(client)
             && let Some(lease) = res.lease
         {
             return lease;
@@ -1386,7 +1388,8 @@ mod tests {
         let interim = db.offer(&reserved, None, NOW).expect("offer");
         assert_ne!(interim, ip(11));
         assert_eq!(db.bind(&reserved, ip(11), None, NOW), None);
-        assert_eq!(db.bind(&reserved, interim, None, NOW), Some(3600));
+        // With its reservation's lease time, as dnsmasq gives it the matching host's.
+        assert_eq!(db.bind(&reserved, interim, None, NOW), Some(120));
         // The dynamic holder's renewal is refused, and its lease ends.
         assert_eq!(db.bind(&mac(1), ip(11), None, NOW), None);
         assert_eq!(db.leases(NOW).len(), 1);
@@ -1567,8 +1570,8 @@ mod tests {
         let pool = db.offer(&reserved, None, NOW).expect("a pool address");
         assert!([ip(10), ip(12)].contains(&pool), "{pool}");
         assert!(!db.assignable(&reserved, ip(11), NOW));
-        // The pool address gets the pool's lease time, not the reservation's.
-        assert_eq!(db.bind(&reserved, pool, None, NOW), Some(3600));
+        // The pool address gets the reservation's lease time, as from dnsmasq.
+        assert_eq!(db.bind(&reserved, pool, None, NOW), Some(120));
         assert_eq!(db.leases(NOW)[0].hostname.as_deref(), Some("reserved"));
         // Once the hold ends, the reservation applies again.
         let later = NOW + DECLINE_HOLD_SECS;
@@ -1764,6 +1767,8 @@ mod tests {
         let db = LeaseDb::in_memory(&cfg);
         assert_eq!(db.lease_secs(&mac(1), ip(10)), 600);
         assert_eq!(db.lease_secs(&mac(0x99), ip(11)), INFINITE);
+        // The reserved client on a pool address, its own taken: its own lease still.
+        assert_eq!(db.lease_secs(&mac(0x99), ip(12)), INFINITE);
         // In the subnet, outside the range: the subnet's range; outside: the default.
         assert_eq!(db.lease_secs(&mac(1), ip(200)), 600);
         assert_eq!(db.lease_secs(&mac(1), Ipv4Addr::new(192, 168, 1, 5)), 3600);
