@@ -509,6 +509,7 @@ impl Engine {
                 }
             }
         };
+        message_type_first(&mut bytes);
         if bytes.len() < MIN_REPLY_LEN {
             bytes.resize(MIN_REPLY_LEN, 0);
         }
@@ -619,6 +620,34 @@ fn fqdn_answer(asked: &[u8], name: &str, domain: Option<&str>) -> Option<Vec<u8>
         }
     }
     Some(out)
+}
+
+/// Moves the DHCP Message Type option of an encoded message to the front of its options,
+/// where dnsmasq and ISC's server put it: the encoder orders options by code, and boot
+/// firmware that looks only at the first option would not know an OFFER.
+fn message_type_first(bytes: &mut Vec<u8>) {
+    let mut at = OPTIONS_OFFSET;
+    while let Some(&code) = bytes.get(at) {
+        match code {
+            0 => at += 1,
+            255 => return,
+            _ => {
+                let Some(&len) = bytes.get(at + 1) else {
+                    return;
+                };
+                let end = at + 2 + usize::from(len);
+                if end > bytes.len() {
+                    return;
+                }
+                if code == OPTION_MESSAGE_TYPE {
+                    let option: Vec<u8> = bytes.drain(at..end).collect();
+                    bytes.splice(OPTIONS_OFFSET..OPTIONS_OFFSET, option);
+                    return;
+                }
+                at = end;
+            }
+        }
+    }
 }
 
 /// Appends `options`, given as `(code, data)`, to an encoded message before its end
@@ -777,6 +806,8 @@ pub(crate) const MAX_CLIENT_ID: usize = 255;
 
 /// The Client FQDN option (RFC 4702).
 const OPTION_CLIENT_FQDN: u8 = 81;
+/// DHCP Message Type (RFC 2132 9.6).
+const OPTION_MESSAGE_TYPE: u8 = 53;
 /// The Relay Agent Information option (RFC 3046).
 const OPTION_RELAY_AGENT_INFORMATION: u8 = 82;
 /// Option Overload (RFC 2132 9.3): more options in `file` (1), `sname` (2) or both (3).
@@ -1093,6 +1124,17 @@ mod tests {
                 assert!(!sent(code), "{code:?} sent unasked");
             }
         }
+    }
+
+    #[test]
+    fn the_message_type_is_the_first_option() {
+        let mut engine = Engine::new(config());
+        let discover = message(MessageType::Discover, [2, 0, 0, 0, 0, 9]);
+        let (offer, _) = exchange(&mut engine, &discover, NOW).expect("offer");
+        assert_eq!(
+            offer.bytes[OPTIONS_OFFSET..OPTIONS_OFFSET + 3],
+            [OPTION_MESSAGE_TYPE, 1, 2]
+        );
     }
 
     #[test]
