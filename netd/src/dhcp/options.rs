@@ -23,6 +23,7 @@ pub fn encode(value: &DhcpOptionValue, server: Ipv4Addr) -> Option<Vec<u8>> {
         DhcpOptionValue::U16(number) => number.to_be_bytes().to_vec(),
         DhcpOptionValue::Domains(domains) => domain_list(domains),
         DhcpOptionValue::Routes(routes) => routes.iter().flat_map(route).collect(),
+        DhcpOptionValue::Bytes(bytes) => bytes.clone(),
     })
 }
 

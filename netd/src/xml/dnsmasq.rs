@@ -95,6 +95,9 @@ pub enum DhcpOptionValue {
     Domains(Vec<String>),
     /// RFC 3442 routes.
     Routes(Vec<ClasslessRoute>),
+    /// The data of an option kvnet knows no type for, read as dnsmasq guesses one (see
+    /// [`guessed`]).
+    Bytes(Vec<u8>),
 }
 
 /// One classless static route (option 121): `DESTINATION/PREFIX,ROUTER`.
@@ -116,22 +119,81 @@ enum ValueKind {
     Mtu,
     Domains,
     Routes,
+    /// A number of this many bytes, or what [`guessed`] makes of anything else.
+    Number(usize),
+    /// What [`guessed`] makes of it.
+    Guessed,
 }
 
-/// The DHCPv4 options kvnet sends from `dhcp-option=`: their names in dnsmasq 2.90
-/// (`opttab` in dhcp-common.c, matched without case) and how their values are read.
-/// The netmask (1) and broadcast address (28) are not here: the subnet gives them.
+/// The DHCPv4 options of dnsmasq 2.90's `opttab` (dhcp-common.c; `dnsmasq --help dhcp`
+/// lists them): their names, matched without case, and how their values are read.
+/// Options of other numbers take what [`guessed`] makes of their values; those the
+/// server fills in itself ([`SERVER_OPTIONS`]) are refused.
 const DHCP_OPTIONS: &[(&str, u8, ValueKind)] = &[
+    ("time-offset", 2, ValueKind::Number(4)),
     ("router", 3, ValueKind::Addresses),
     ("dns-server", 6, ValueKind::Addresses),
+    ("log-server", 7, ValueKind::Addresses),
+    ("lpr-server", 9, ValueKind::Addresses),
+    ("boot-file-size", 13, ValueKind::Number(2)),
     ("domain-name", 15, ValueKind::Text),
+    ("swap-server", 16, ValueKind::Addresses),
+    ("root-path", 17, ValueKind::Text),
+    ("extension-path", 18, ValueKind::Text),
+    ("ip-forward-enable", 19, ValueKind::Number(1)),
+    ("non-local-source-routing", 20, ValueKind::Number(1)),
+    ("policy-filter", 21, ValueKind::Addresses),
+    ("max-datagram-reassembly", 22, ValueKind::Number(2)),
+    ("default-ttl", 23, ValueKind::Number(1)),
     ("mtu", 26, ValueKind::Mtu),
+    ("all-subnets-local", 27, ValueKind::Number(1)),
+    ("router-discovery", 31, ValueKind::Number(1)),
+    ("router-solicitation", 32, ValueKind::Addresses),
+    ("static-route", 33, ValueKind::Addresses),
+    ("trailer-encapsulation", 34, ValueKind::Number(1)),
+    ("arp-timeout", 35, ValueKind::Number(4)),
+    ("ethernet-encap", 36, ValueKind::Number(1)),
+    ("tcp-ttl", 37, ValueKind::Number(1)),
+    ("tcp-keepalive", 38, ValueKind::Number(4)),
+    ("nis-domain", 40, ValueKind::Text),
+    ("nis-server", 41, ValueKind::Addresses),
     ("ntp-server", 42, ValueKind::Addresses),
+    ("netbios-ns", 44, ValueKind::Addresses),
+    ("netbios-dd", 45, ValueKind::Addresses),
+    ("netbios-nodetype", 46, ValueKind::Number(1)),
+    ("netbios-scope", 47, ValueKind::Guessed),
+    ("x-windows-fs", 48, ValueKind::Addresses),
+    ("x-windows-dm", 49, ValueKind::Addresses),
+    ("vendor-class", 60, ValueKind::Guessed),
+    ("nis+-domain", 64, ValueKind::Text),
+    ("nis+-server", 65, ValueKind::Addresses),
     ("tftp-server", 66, ValueKind::Text),
     ("bootfile-name", 67, ValueKind::Text),
+    ("mobile-ip-home", 68, ValueKind::Addresses),
+    ("smtp-server", 69, ValueKind::Addresses),
+    ("pop3-server", 70, ValueKind::Addresses),
+    ("nntp-server", 71, ValueKind::Addresses),
+    ("irc-server", 74, ValueKind::Addresses),
+    ("user-class", 77, ValueKind::Guessed),
+    ("rapid-commit", 80, ValueKind::Guessed),
+    ("client-arch", 93, ValueKind::Number(2)),
+    ("client-interface-id", 94, ValueKind::Guessed),
+    ("client-machine-id", 97, ValueKind::Guessed),
+    ("posix-timezone", 100, ValueKind::Text),
+    ("tzdb-timezone", 101, ValueKind::Text),
+    ("ipv6-only", 108, ValueKind::Number(4)),
     ("domain-search", 119, ValueKind::Domains),
+    ("sip-server", 120, ValueKind::Guessed),
     ("classless-static-route", 121, ValueKind::Routes),
+    ("vendor-id-encap", 125, ValueKind::Guessed),
     ("tftp-server-address", 150, ValueKind::Addresses),
+];
+
+/// Options the server fills in itself, for every reply or from the client's own: no
+/// `dhcp-option=` line sets them (the subnet mask and broadcast address come from the
+/// subnet, the lease times from `<lease>`, the name from the lease).
+const SERVER_OPTIONS: &[u8] = &[
+    0, 1, 12, 28, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 81, 82, 255,
 ];
 
 /// Options whose `dhcp-option=` without a value means "do not send it" in dnsmasq
@@ -280,14 +342,20 @@ fn dhcp_option(value: &str, force: bool) -> Result<DhcpOptionRule, Refusal> {
     } else {
         return Err(Refusal::Unsupported);
     };
+    if SERVER_OPTIONS.contains(&code) {
+        return Err(Refusal::Unsupported);
+    }
     let kind = DHCP_OPTIONS
         .iter()
         .find(|&&(_, known, _)| known == code)
-        .map(|&(.., kind)| kind)
-        .ok_or(Refusal::Unsupported)?;
+        .map_or(ValueKind::Guessed, |&(.., kind)| kind);
+
     let omitted = || {
         if OMITTABLE.contains(&code) {
             Ok(DhcpOptionValue::Omitted)
+        } else if let ValueKind::Number(_) | ValueKind::Guessed = kind {
+            // An option of no value, as dnsmasq sends it.
+            Ok(DhcpOptionValue::Bytes(Vec::new()))
         } else {
             Err(Refusal::Invalid("the option needs a value".to_owned()))
         }
@@ -333,13 +401,96 @@ fn dhcp_option(value: &str, force: bool) -> Result<DhcpOptionRule, Refusal> {
                 .collect::<Result<_, _>>()?,
         ),
         ValueKind::Routes => DhcpOptionValue::Routes(routes(&unquoted(rest, true)?)?),
+        ValueKind::Number(size) => guessed(rest, Some(size))?,
+        ValueKind::Guessed => guessed(rest, None)?,
     };
-    if encoded_len(&value) > MAX_OPTION_LEN {
+    checked_len(DhcpOptionRule { code, value, force })
+}
+
+/// `rule`, if its value fits in one option.
+fn checked_len(rule: DhcpOptionRule) -> Result<DhcpOptionRule, Refusal> {
+    if encoded_len(&rule.value) > MAX_OPTION_LEN {
         return Err(Refusal::Invalid(format!(
             "it is longer than the {MAX_OPTION_LEN} bytes a DHCP option holds"
         )));
     }
-    Ok(DhcpOptionRule { code, value, force })
+    Ok(rule)
+}
+
+/// The value of an option kvnet knows no type for, read as dnsmasq 2.90's
+/// `parse_dhcp_opt` guesses it:
+/// - hex bytes with colons (`01:a0:ff`);
+/// - a number (`1`, `1500`), in `size` bytes for an option dnsmasq knows the size of,
+///   else in as few of 1, 2 or 4 bytes as hold it, or as many as a `b`, `s` or `i`
+///   suffix says; of several, the first;
+/// - IPv4 addresses (`10.0.0.1,10.0.0.2`);
+/// - else text, as given (`"\n"`, which stops Windows' WPAD lookups with option 252).
+///
+/// Anything quoted is text (dnsmasq would read a quoted number as a number).
+fn guessed(rest: &str, size: Option<usize>) -> Result<DhcpOptionValue, Refusal> {
+    let text = unquoted(rest, false)?.pop().unwrap_or_default();
+    if rest.contains('"') || text.is_empty() {
+        return Ok(DhcpOptionValue::Bytes(text.into_bytes()));
+    }
+    let is_hex = |c: char| c.is_ascii_hexdigit() || c == ':';
+    if text.contains(':') && text.chars().all(is_hex) {
+        return text
+            .split(':')
+            .map(|byte| match byte.len() {
+                1 | 2 => u8::from_str_radix(byte, 16).ok(),
+                _ => None,
+            })
+            .collect::<Option<Vec<u8>>>()
+            .map(DhcpOptionValue::Bytes)
+            .ok_or_else(|| Refusal::Invalid(format!("'{text}' is not hex bytes (like 01:a0:ff)")));
+    }
+    let fields = unquoted(rest, true)?;
+    let (number, suffix) = match text.strip_suffix(['b', 's', 'i']) {
+        Some(number) => (number, text.chars().last()),
+        None => (text.as_str(), None),
+    };
+    if number
+        .chars()
+        .all(|c| c.is_ascii_digit() || c == ',' || c.is_whitespace())
+        && number.chars().any(|c| c.is_ascii_digit())
+    {
+        let first = fields
+            .first()
+            .map_or("", |field| field.trim_end_matches(['b', 's', 'i']));
+        let value: u32 = first
+            .parse()
+            .map_err(|_| Refusal::Invalid(format!("'{first}' is larger than 4 bytes hold")))?;
+        let len = match (suffix, size) {
+            (Some('b'), _) => 1,
+            (Some('s'), _) => 2,
+            (Some('i'), _) => 4,
+            (_, Some(size)) => size.min(4),
+            _ if value > 0xffff => 4,
+            _ if value > 0xff => 2,
+            _ => 1,
+        };
+        if len < 4 && value >> (8 * len) != 0 {
+            // dnsmasq would send its low bytes.
+            return Err(Refusal::Invalid(format!(
+                "'{first}' does not fit the option's {len} byte(s)"
+            )));
+        }
+        return Ok(DhcpOptionValue::Bytes(
+            value.to_be_bytes()[4 - len..].to_vec(),
+        ));
+    }
+    if text
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '.' | ',') || c.is_whitespace())
+    {
+        return Ok(DhcpOptionValue::Addresses(
+            fields
+                .iter()
+                .map(|field| ipv4(field))
+                .collect::<Result<_, _>>()?,
+        ));
+    }
+    Ok(DhcpOptionValue::Bytes(text.into_bytes()))
 }
 
 /// An IPv4 address of a `dhcp-option=` list.
@@ -420,6 +571,7 @@ fn encoded_len(value: &DhcpOptionValue) -> usize {
             .iter()
             .map(|route| 1 + usize::from(route.prefix).div_ceil(8) + 4)
             .sum(),
+        DhcpOptionValue::Bytes(bytes) => bytes.len(),
     }
 }
 
@@ -622,6 +774,64 @@ mod tests {
         assert_eq!(rule(" dhcp-option = 42 , 10.0.0.1 ").code, 42);
     }
 
+    /// Options kvnet has no type for take dnsmasq's guess at their value.
+    #[test]
+    fn other_options_take_the_type_dnsmasq_guesses() {
+        let bytes = |data: &[u8]| DhcpOptionValue::Bytes(data.to_vec());
+        for (line, code, expected) in [
+            ("dhcp-option=252,\"\\n\"", 252, bytes(b"\n")),
+            (
+                "dhcp-option=252,\"http://wpad/wpad.dat\"",
+                252,
+                bytes(b"http://wpad/wpad.dat"),
+            ),
+            ("dhcp-option=43,01:04:0a:0B", 43, bytes(&[1, 4, 10, 11])),
+            ("dhcp-option=46,8", 46, bytes(&[8])),
+            ("dhcp-option=23,64", 23, bytes(&[64])),
+            ("dhcp-option=option:boot-file-size,8", 13, bytes(&[0, 8])),
+            ("dhcp-option=24,300", 24, bytes(&[1, 44])),
+            ("dhcp-option=24,70000", 24, bytes(&[0, 1, 17, 112])),
+            ("dhcp-option=37,8s", 37, bytes(&[0, 8])),
+            ("dhcp-option=37,8i", 37, bytes(&[0, 0, 0, 8])),
+            (
+                "dhcp-option=option:nis+-domain,lab",
+                64,
+                DhcpOptionValue::Text("lab".into()),
+            ),
+            (
+                "dhcp-option=44,10.0.0.1,10.0.0.2",
+                44,
+                ips(&[[10, 0, 0, 1], [10, 0, 0, 2]]),
+            ),
+            ("dhcp-option=252,auto proxy", 252, bytes(b"auto proxy")),
+            ("dhcp-option=252", 252, bytes(b"")),
+        ] {
+            assert_eq!(value(line), (code, expected), "{line}");
+        }
+        for (line, why) in [
+            ("dhcp-option=44,10.0.1", "'10.0.1' is not an IPv4 address"),
+            (
+                "dhcp-option=43,01:234",
+                "'01:234' is not hex bytes (like 01:a0:ff)",
+            ),
+            (
+                "dhcp-option=24,4294967296",
+                "'4294967296' is larger than 4 bytes hold",
+            ),
+            (
+                "dhcp-option=23,300",
+                "'300' does not fit the option's 1 byte(s)",
+            ),
+            ("dhcp-option=65,1,2,3", "'1' is not an IPv4 address"),
+        ] {
+            assert_eq!(
+                Directive::parse(line),
+                Err(Refusal::Invalid(why.to_owned())),
+                "{line}"
+            );
+        }
+    }
+
     #[test]
     fn dhcp_option_forms_kvnet_has_no_use_for_are_refused_as_unsupported() {
         for line in [
@@ -637,8 +847,10 @@ mod tests {
             "dhcp-option=1,255.255.255.0",
             "dhcp-option=option:no-such-option,1",
             "dhcp-option=option:hostname,x",
-            "dhcp-option=252,\"http://wpad/wpad.dat\"",
             "dhcp-option=300,1",
+            "dhcp-option=12,myname",
+            "dhcp-option-force=58,100",
+            "dhcp-option=82,01:02",
             "dhcp-option-force=tag:a,42,10.0.0.1",
         ] {
             assert_eq!(Directive::parse(line), Err(Refusal::Unsupported), "{line}");
