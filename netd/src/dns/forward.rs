@@ -11,10 +11,11 @@
 //! Strict order means the earlier server's word counts: a VPN's resolver listed first
 //! may be slow and still be the only one that knows a name the public servers after it
 //! deny. So over UDP a negative answer (NXDOMAIN, or no records) from a server waits
-//! for the servers configured before it: until the forward's deadline for those being
-//! asked, and for one [`ATTEMPT_TIMEOUT`] for a suspect one, asked then, so that its
-//! names are not denied while it is demoted. A negative answer given while a server
-//! before it stayed silent is not cached.
+//! for the servers configured before it that are being asked, up to [`HOLD_FOR`] after
+//! each was asked: a slow one still has its say, a dead one costs a denial two seconds,
+//! not the client's whole timeout. A suspect server is not waited for. A negative
+//! answer given while a server configured before it was not heard is not cached, over
+//! UDP or TCP, so that one lost answer does not deny a name to every guest.
 //!
 //! Every answer passed on has its AD bit cleared: as dnsmasq without `proxy-dnssec`
 //! (which libvirt does not set), kvnetd validates nothing, so it vouches for nothing.
@@ -44,6 +45,9 @@ const SUSPECT_AFTER: u32 = 3;
 /// How long a suspect server is asked after the others. One that answers, even SERVFAIL
 /// or REFUSED about one name, is trusted again.
 const SUSPECT_FOR: Duration = Duration::from_secs(30);
+/// How long after a server was asked a negative answer from a server after it waits for
+/// its answer.
+const HOLD_FOR: Duration = Duration::from_secs(2);
 /// The header's AD (authentic data) bit, in its fourth byte.
 const AUTHENTIC_DATA: u8 = 0x20;
 
@@ -119,9 +123,11 @@ pub(super) enum Forwarded {
 }
 
 /// Whether an upstream's `reply` denies the name or the type: NXDOMAIN, or NOERROR
-/// without answers.
+/// without answers, and not cut short (TC: the client asks again over TCP).
 fn is_negative(reply: &[u8]) -> bool {
+    let truncated = reply.get(2).is_some_and(|flags| flags & 0x02 != 0);
     match (reply.get(3).map(|flags| flags & 0x0f), reply.get(6..8)) {
+        _ if truncated => false,
         (Some(3), _) => true,
         (Some(0), Some(answers)) => answers == [0, 0],
         _ => false,
@@ -182,24 +188,14 @@ impl UdpForward<'_> {
         self.slots[slot].stand = stand;
     }
 
-    /// Asks the servers configured before `rank` that were not asked yet.
-    fn ask_those_before(&mut self, rank: usize) {
-        for slot in 0..self.slots.len() {
-            if self.slots[slot].rank < rank && self.slots[slot].stand == Stand::NotAsked {
-                self.ask(slot);
-            }
-        }
-    }
-
-    /// Until when a negative answer from the server ranked `rank` must wait for those
-    /// before it, as of `now`; `None` if it need not.
+    /// Until when a negative answer from the server ranked `rank` must wait for the
+    /// servers configured before it, as of `now`; `None` if it need not.
     fn held_until(&self, rank: usize, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
         self.slots
             .iter()
-            .filter(|slot| slot.rank < rank)
+            .filter(|slot| slot.rank < rank && !slot.suspect)
             .filter_map(|slot| match slot.stand {
-                Stand::Waiting(since) if slot.suspect => Some(since + ATTEMPT_TIMEOUT),
-                Stand::Waiting(_) => Some(self.deadline),
+                Stand::Waiting(since) => Some((since + HOLD_FOR).min(self.deadline)),
                 _ => None,
             })
             .filter(|&until| until > now)
@@ -347,7 +343,6 @@ pub(super) async fn forward_udp(
             continue;
         }
         if is_negative(&reply) {
-            forward.ask_those_before(rank);
             if forward
                 .held_until(rank, tokio::time::Instant::now())
                 .is_some()
@@ -466,7 +461,8 @@ impl ForwardSockets {
 /// Asks `servers` over TCP in turn, leaving the first usable answer in `out`, its AD
 /// bit cleared: each but the last gets [`ATTEMPT_TIMEOUT`], all together
 /// [`FORWARD_TIMEOUT`]. Returns whether the answer may be cached: not a negative one
-/// given while a server before it stayed silent.
+/// while a server configured before the one that gave it was not heard (passed over,
+/// or asked last as suspect and not yet asked).
 pub(super) async fn forward_tcp(
     network: &str,
     servers: &[SocketAddr],
@@ -475,11 +471,12 @@ pub(super) async fn forward_tcp(
     out: &mut Vec<u8>,
 ) -> std::io::Result<bool> {
     let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
-    let servers = health.order(servers);
+    let order = health.order(servers);
+    let rank = |server: SocketAddr| servers.iter().position(|&s| s == server);
+    let mut heard = vec![false; servers.len()];
     let mut failure = std::io::Error::from(std::io::ErrorKind::TimedOut);
-    let mut passed_over_silent = false;
-    for (at, &server) in servers.iter().enumerate() {
-        let last = at + 1 == servers.len();
+    for (at, &server) in order.iter().enumerate() {
+        let last = at + 1 == order.len();
         let now = tokio::time::Instant::now();
         if now >= deadline {
             break;
@@ -492,19 +489,21 @@ pub(super) async fn forward_tcp(
         match tokio::time::timeout_at(until, ask_tcp(server, query, out)).await {
             Ok(Ok(())) => {
                 health.answered(server);
+                let rank = rank(server).unwrap_or(usize::MAX);
+                if let Some(heard) = heard.get_mut(rank) {
+                    *heard = true;
+                }
                 if last || !is_upstream_failure(out) {
                     if let Some(flags) = out.get_mut(3) {
                         *flags &= !AUTHENTIC_DATA;
                     }
-                    return Ok(!(passed_over_silent && is_negative(out)));
+                    let heard_all_before = heard.iter().take(rank).all(|&heard| heard);
+                    return Ok(heard_all_before || !is_negative(out));
                 }
                 continue;
             }
             Ok(Err(e)) => failure = e,
-            Err(_) => {
-                failure = std::io::Error::from(std::io::ErrorKind::TimedOut);
-                passed_over_silent = true;
-            }
+            Err(_) => failure = std::io::Error::from(std::io::ErrorKind::TimedOut),
         }
         health.failed(network, server);
     }

@@ -48,8 +48,11 @@ use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 use crate::service::ServiceTask;
 
 /// Most clients at once waiting for the answer to a question already forwarded for
-/// another; more are refused.
-const MAX_JOINED: usize = 2048;
+/// another; more are refused. Each holds its query (4 KiB at most).
+const MAX_JOINED: usize = 1024;
+/// Most of them from one client address, so that one guest cannot keep the others from
+/// joining.
+const MAX_JOINED_PER_CLIENT: usize = MAX_JOINED / 4;
 /// Most UDP queries waiting for an upstream answer at once; more are refused. Each
 /// holds one or two sockets, so this bounds a network's file descriptors (dnsmasq's
 /// `dns-forward-max` is 150).
@@ -232,10 +235,21 @@ struct Serve {
     pending_by_client: HashMap<IpAddr, usize>,
     /// The forwards others asking the same joined, by question.
     joined: HashMap<Key, Joined>,
-    /// How many askers `joined` holds in all.
+    /// How many askers `joined` holds in all, and by client address.
     joined_askers: usize,
+    joined_by_client: HashMap<IpAddr, usize>,
     /// Where [`next_event`] starts looking among the listeners.
     next_listener: usize,
+}
+
+/// One less for `client` in `counts`, which keeps no zeros.
+fn count_down(counts: &mut HashMap<IpAddr, usize>, client: IpAddr) {
+    if let Some(count) = counts.get_mut(&client) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            counts.remove(&client);
+        }
+    }
 }
 
 /// A client waiting for the answer to a forwarded UDP query.
@@ -291,6 +305,7 @@ async fn serve(
         pending_by_client: HashMap::new(),
         joined: HashMap::new(),
         joined_askers: 0,
+        joined_by_client: HashMap::new(),
         next_listener: 0,
     };
     // Expired answers go now and then, also while the network is quiet.
@@ -778,10 +793,15 @@ impl Serve {
             {
                 return;
             }
-            if self.joined_askers < MAX_JOINED {
+            let by_client = self.joined_by_client.entry(client.ip()).or_default();
+            if self.joined_askers < MAX_JOINED && *by_client < MAX_JOINED_PER_CLIENT {
                 joined.askers.push(asker);
                 self.joined_askers += 1;
+                *by_client += 1;
                 return;
+            }
+            if *by_client == 0 {
+                self.joined_by_client.remove(&client.ip());
             }
         } else if self.forwards.len() < MAX_PENDING
             && self
@@ -839,14 +859,12 @@ impl Serve {
             {
                 joined = those.askers;
             }
-            if let Some(pending) = self.pending_by_client.get_mut(&client) {
-                *pending -= 1;
-                if *pending == 0 {
-                    self.pending_by_client.remove(&client);
-                }
-            }
+            count_down(&mut self.pending_by_client, client);
         }
         self.joined_askers -= joined.len();
+        for asker in &joined {
+            count_down(&mut self.joined_by_client, asker.client.ip());
+        }
         let Some((first, forwarded)) = outcome else {
             return;
         };
@@ -1401,10 +1419,23 @@ mod tests {
         });
     }
 
-    /// A server demoted for its silence is asked when the next denies a name, and the
-    /// denial waits a moment for it: the names only it knows still resolve.
+    /// `query` denied (NXDOMAIN) with an SOA record, which makes the denial cacheable.
+    fn denial(query: &[u8]) -> Vec<u8> {
+        use hickory_proto::op::Message;
+        use hickory_proto::rr::rdata::SOA;
+        use hickory_proto::rr::{Name, RData, Record};
+
+        let mut reply = Message::from_vec(&response(query, 3)).expect("decode");
+        let zone = Name::from_ascii("example.").expect("name");
+        let soa = SOA::new(zone.clone(), zone.clone(), 1, 3600, 600, 86400, 300);
+        reply.add_authority(Record::from_rdata(zone, 300, RData::SOA(soa)));
+        reply.to_vec().expect("encode")
+    }
+
+    /// A server demoted for its silence is not waited for: the next server's denial
+    /// comes at once, but is not cached, since the demoted server might know the name.
     #[test]
-    fn a_demoted_server_still_has_its_say_on_denials() {
+    fn a_denial_while_the_first_server_is_demoted_is_not_cached() {
         if !testkit::require(&[Need::Root, Need::Netns]) {
             return;
         }
@@ -1436,31 +1467,53 @@ mod tests {
                 next_datagram(&upstream, "the unanswered asks").await;
             }
 
-            client
-                .send_to(&a_query(0x4444, "vpn.example."), to_server)
-                .await
-                .expect("send");
-            let (query, from) = next_datagram(second, "the second, now asked first").await;
+            for id in [0x4444, 0x5555] {
+                client
+                    .send_to(&a_query(id, "vpn.example."), to_server)
+                    .await
+                    .expect("send");
+                let (query, from) =
+                    next_datagram(second, "the second, asked first and again").await;
+                second.send_to(&denial(&query), from).await.expect("send");
+                let (answer, _) = next_datagram(&client, "the denial, at once").await;
+                assert_eq!(answer[3] & 0x0f, 3, "NXDOMAIN");
+            }
             assert!(
                 quiet_for(&upstream, 200).await,
-                "the demoted server was asked first"
+                "the demoted server was asked"
             );
-            second
-                .send_to(&response(&query, 3), from)
+            server.stop().await;
+        });
+    }
+
+    /// A denial from the first server, heard, is cached: the name is not asked again.
+    #[test]
+    fn a_denial_from_the_first_server_is_cached() {
+        if !testkit::require(&[Need::Root, Need::Netns]) {
+            return;
+        }
+        with_forwarding("dnsdenied", "denied", 2, |lab| async move {
+            let Forwarding {
+                server,
+                upstream,
+                client,
+                to_server,
+                ..
+            } = lab;
+            client
+                .send_to(&a_query(0x1111, "nobody.example."), to_server)
                 .await
                 .expect("send");
-            let (first_query, first_from) =
-                next_datagram(&upstream, "the demoted server, asked on the denial").await;
-            assert!(quiet_for(&client, 200).await, "the denial did not wait");
-            upstream
-                .send_to(
-                    &positive(&first_query, Ipv4Addr::new(10, 8, 0, 10)),
-                    first_from,
-                )
+            let (query, from) = next_datagram(&upstream, "the first ask").await;
+            upstream.send_to(&denial(&query), from).await.expect("send");
+            next_datagram(&client, "the denial").await;
+            client
+                .send_to(&a_query(0x2222, "nobody.example."), to_server)
                 .await
                 .expect("send");
-            let (answer, _) = next_datagram(&client, "the demoted server's answer").await;
-            assert_eq!((answer[3] & 0x0f, &answer[6..8]), (0, &[0u8, 1][..]));
+            let (answer, _) = next_datagram(&client, "the kept denial").await;
+            assert_eq!(answer[3] & 0x0f, 3, "NXDOMAIN");
+            assert!(quiet_for(&upstream, 200).await, "the denial was not kept");
             server.stop().await;
         });
     }
@@ -1509,6 +1562,64 @@ mod tests {
                     .expect("the matching reply");
                 assert_eq!(out, replies[3]);
                 answering.await.expect("upstream task");
+            })
+        })
+        .expect("run in the netns");
+    }
+
+    /// Over TCP, a denial from the second server is passed on but not cached while the
+    /// first was not heard; one heard first (even a SERVFAIL) lets it be cached.
+    #[test]
+    fn tcp_denials_are_kept_only_when_every_server_before_was_heard() {
+        if !testkit::require(&[Need::Root, Need::Netns]) {
+            return;
+        }
+        let (ns, runtime) = netns_and_runtime("dnstcpkeep");
+        ns.run(|| {
+            runtime.block_on(async {
+                let query = a_query(0x1111, "vpn.example.");
+                let first = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+                let second = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+                let servers = [
+                    first.local_addr().expect("address"),
+                    second.local_addr().expect("address"),
+                ];
+                let answer = |listener: TcpListener, reply: Vec<u8>| {
+                    tokio::spawn(async move {
+                        let (mut stream, _) = listener.accept().await.expect("accept");
+                        let mut asked = Vec::new();
+                        read_message(&mut stream, &mut asked).await.expect("query");
+                        write_message(&mut stream, &reply).await.expect("reply");
+                        listener
+                    })
+                };
+                let health = Health::default();
+                let mut out = Vec::new();
+                // The first takes the connection and stays silent past its attempt.
+                let silent = tokio::spawn(async move {
+                    let (stream, _) = first.accept().await.expect("accept");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    drop(stream);
+                    first
+                });
+                let second_answers = answer(second, response(&query, 3));
+                let keep = forward_tcp("n", &servers, &health, &query, &mut out)
+                    .await
+                    .expect("the second server's denial");
+                assert_eq!((out[3] & 0x0f, keep), (3, false));
+                let (first, second) = (
+                    silent.await.expect("first"),
+                    second_answers.await.expect("second"),
+                );
+
+                let first_fails = answer(first, response(&query, 2));
+                let second_denies = answer(second, response(&query, 3));
+                let keep = forward_tcp("n", &servers, &health, &query, &mut out)
+                    .await
+                    .expect("the second server's denial");
+                assert_eq!((out[3] & 0x0f, keep), (3, true));
+                first_fails.await.expect("first");
+                second_denies.await.expect("second");
             })
         })
         .expect("run in the netns");
