@@ -180,10 +180,14 @@ mod tests {
                 forwarder("*google.com", Some("10.0.0.1")),
                 forwarder("*.example.com", Some("10.0.0.2")),
                 forwarder(".lab.net", Some("10.0.0.3")),
+                forwarder("*-x.com", Some("10.0.0.4")),
+                forwarder("_msdcs.corp.test", Some("10.0.0.5")),
             ],
             &[],
         )
         .unwrap();
+        assert_eq!(route_of(&routes, "foo-x.com"), 4);
+        assert_eq!(route_of(&routes, "dc._msdcs.corp.test"), 5);
         for name in [
             "google.com",
             "www.google.com",

@@ -965,7 +965,8 @@ fn addresses_and_names_that_would_fail_at_start_are_refused_at_define() {
     let patterns = parse(
         "<network><name>n</name><dns><forwarder domain='*.example.com' addr='10.0.0.1'/>\
          <forwarder domain='*corp' addr='10.0.0.2'/><forwarder domain='.lab.net' addr='10.0.0.3'/>\
-         <forwarder domain='*.internal.'/></dns></network>",
+         <forwarder domain='*.internal.'/><forwarder domain='*-x.com' addr='10.0.0.4'/>\
+         <forwarder domain='_msdcs.corp.test' addr='10.0.0.5'/></dns></network>",
     );
     assert_round_trip(&patterns);
     assert!(

@@ -501,7 +501,16 @@ impl NetworkDef {
                          followed by a domain (a <forwarder> without a domain forwards every name)"
                     )));
                 }
-                check_dns_name(pattern.name(), false).map_err(|reason| {
+                // `*-x.com` ends names like `foo-x.com`: its first label may be the end
+                // of one, so it is checked as such. Underscores are allowed, for zones
+                // such as Active Directory's `_msdcs`.
+                let checked = match pattern {
+                    ForwarderDomain::Suffix(suffix) if !suffix.starts_with('.') => {
+                        format!("x{}", pattern.name())
+                    }
+                    _ => pattern.name().to_owned(),
+                };
+                check_dns_name(&checked, true).map_err(|reason| {
                     invalid(format!(
                         "invalid DNS forwarder domain '{domain}' in network '{name}': {reason}"
                     ))
