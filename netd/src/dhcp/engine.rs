@@ -397,6 +397,7 @@ impl Engine {
             .set_yiaddr(yiaddr)
             .set_giaddr(request.giaddr())
             .set_chaddr(request.chaddr());
+        let mut empty_options = Vec::new();
         let opts = message.opts_mut();
         opts.insert(DhcpOption::MessageType(kind));
         opts.insert(DhcpOption::ServerIdentifier(config.server_ip));
@@ -412,7 +413,7 @@ impl Engine {
         }
         if kind != MessageType::Nak {
             add_network_options(opts, request, config);
-            add_configured_options(opts, request, config);
+            empty_options = add_configured_options(opts, request, config);
             if let Some(secs) = lease {
                 opts.insert(DhcpOption::AddressLeaseTime(secs));
                 if secs != INFINITE {
@@ -429,6 +430,7 @@ impl Engine {
         }
         if lease.is_some() {
             add_boot(&mut message, request, config);
+            add_boot_fields_from_options(&mut message, request, config);
         }
         let relay = request.giaddr();
         let mut hardware = None;
@@ -486,7 +488,10 @@ impl Engine {
                 tracing::error!(network = %config.network, error = %e, "cannot encode DHCP reply");
                 return None;
             }
-            let mut raw = Vec::new();
+            let mut raw: Vec<(u8, Vec<u8>)> = empty_options
+                .iter()
+                .map(|&code| (code, Vec::new()))
+                .collect();
             if let Some(answer) = &fqdn {
                 raw.push((OPTION_CLIENT_FQDN, answer.clone()));
             }
@@ -660,6 +665,9 @@ fn append_raw_options(bytes: &mut Vec<u8>, options: &[(u8, Vec<u8>)]) {
         bytes.pop();
     }
     for (code, data) in options {
+        if data.is_empty() {
+            bytes.extend([*code, 0]);
+        }
         for chunk in data.chunks(usize::from(u8::MAX)) {
             // `chunks` keeps each under 256 bytes.
             bytes.extend([*code, u8::try_from(chunk.len()).unwrap_or(u8::MAX)]);
@@ -701,7 +709,15 @@ fn add_network_options(opts: &mut DhcpOptions, request: &Message, config: &DhcpC
 /// option of its code, as in dnsmasq, and is sent when the client asks for it
 /// ([`asked_for`]), and always for `dhcp-option-force=`. A line without a value sends
 /// nothing.
-fn add_configured_options(opts: &mut DhcpOptions, request: &Message, config: &DhcpConfig) {
+///
+/// Returns the codes of the options to send without data, which dhcproto leaves out:
+/// dnsmasq sends them (`dhcp-option=80` is rapid commit).
+fn add_configured_options(
+    opts: &mut DhcpOptions,
+    request: &Message,
+    config: &DhcpConfig,
+) -> Vec<u8> {
+    let mut empty = Vec::new();
     for rule in &config.options {
         let code = OptionCode::from(rule.code);
         opts.remove(code);
@@ -709,7 +725,36 @@ fn add_configured_options(opts: &mut DhcpOptions, request: &Message, config: &Dh
             continue;
         };
         if rule.force || asked_for(request, code) {
-            opts.insert(DhcpOption::Unknown(UnknownOption::new(code, data)));
+            if data.is_empty() {
+                empty.push(rule.code);
+            } else {
+                opts.insert(DhcpOption::Unknown(UnknownOption::new(code, data)));
+            }
+        }
+    }
+    empty
+}
+
+/// A `dhcp-option=` 66 (TFTP server) or 67 (boot file) the client did not ask for goes
+/// in the header's `sname` or `file` field instead, where boot firmware reads it, as
+/// dnsmasq puts it (a `<bootp>` file stays in `file`).
+fn add_boot_fields_from_options(message: &mut Message, request: &Message, config: &DhcpConfig) {
+    for rule in &config.options {
+        let crate::xml::DhcpOptionValue::Text(text) = &rule.value else {
+            continue;
+        };
+        if rule.force || asked_for(request, OptionCode::from(rule.code)) {
+            continue;
+        }
+        // Each field ends with a NUL; dhcproto panics past their sizes.
+        match rule.code {
+            66 if text.len() < SNAME_FIELD.len() => {
+                message.set_sname(text.as_bytes());
+            }
+            67 if text.len() < FILE_FIELD.len() && config.boot.is_none() => {
+                message.set_fname(text.as_bytes());
+            }
+            _ => {}
         }
     }
 }
@@ -1717,6 +1762,51 @@ mod tests {
             ack.fname()
                 .is_some_and(|file| file.starts_with(b"pxelinux.0\0"))
         );
+    }
+
+    /// A TFTP server or boot file of `dhcp-option=` that the client did not ask for goes
+    /// in the header (PXE firmware's `sname` and `file`), as from dnsmasq; an option
+    /// with no data is still sent, with a length of zero.
+    #[test]
+    fn boot_options_unasked_go_in_the_header_and_empty_options_are_sent() {
+        let config = configured(&[
+            (66, DhcpOptionValue::Text("10.0.0.1".into()), false),
+            (67, DhcpOptionValue::Text("pxelinux.0".into()), false),
+            (80, DhcpOptionValue::Bytes(Vec::new()), true),
+        ]);
+        let mac = [0x52, 0x54, 0, 0, 0, 0x79];
+        let mut engine = Engine::new(config.clone());
+        let ack = dora_with(
+            &mut engine,
+            mac,
+            &[DhcpOption::ParameterRequestList(vec![OptionCode::Router])],
+            NOW,
+        );
+        assert_eq!(ack.opts().get(OptionCode::BootfileName), None);
+        assert!(
+            ack.sname()
+                .is_some_and(|name| name.starts_with(b"10.0.0.1\0"))
+        );
+        assert!(
+            ack.fname()
+                .is_some_and(|file| file.starts_with(b"pxelinux.0\0"))
+        );
+        let unasked = offered(config.clone(), &[(55, &[1, 3])]);
+        assert_eq!(unasked.get(&80).map(Vec::len), Some(0));
+        // Asked for, they are options, and the header stays empty.
+        let mut engine = Engine::new(config);
+        let ack = dora_with(
+            &mut engine,
+            [0x52, 0x54, 0, 0, 0, 0x7a],
+            &[DhcpOption::ParameterRequestList(vec![
+                OptionCode::from(66),
+                OptionCode::BootfileName,
+            ])],
+            NOW,
+        );
+        assert!(ack.opts().get(OptionCode::BootfileName).is_some());
+        assert!(ack.fname().is_none_or(|file| file.iter().all(|&b| b == 0)));
+        assert!(ack.sname().is_none_or(|name| name.iter().all(|&b| b == 0)));
     }
 
     #[test]

@@ -24,6 +24,14 @@ pub fn encode(value: &DhcpOptionValue, server: Ipv4Addr) -> Option<Vec<u8>> {
         DhcpOptionValue::Domains(domains) => domain_list(domains),
         DhcpOptionValue::Routes(routes) => routes.iter().flat_map(route).collect(),
         DhcpOptionValue::Bytes(bytes) => bytes.clone(),
+        DhcpOptionValue::SipAddresses(addresses) => std::iter::once(1)
+            .chain(addresses.iter().flat_map(|ip| ip.octets()))
+            .collect(),
+        DhcpOptionValue::SipDomains(domains) => {
+            let mut out = vec![0];
+            out.extend(domain_list(domains));
+            out
+        }
     })
 }
 

@@ -98,6 +98,10 @@ pub enum DhcpOptionValue {
     /// The data of an option kvnet knows no type for, read as dnsmasq guesses one (see
     /// [`guessed`]).
     Bytes(Vec<u8>),
+    /// RFC 3361 SIP servers by address.
+    SipAddresses(Vec<Ipv4Addr>),
+    /// RFC 3361 SIP servers by domain name, as [`DhcpOptionValue::Domains`].
+    SipDomains(Vec<String>),
 }
 
 /// One classless static route (option 121): `DESTINATION/PREFIX,ROUTER`.
@@ -121,6 +125,8 @@ enum ValueKind {
     Routes,
     /// A number of this many bytes, or what [`guessed`] makes of anything else.
     Number(usize),
+    /// RFC 3361: IPv4 addresses or domain names, after a byte saying which.
+    SipServers,
     /// What [`guessed`] makes of it.
     Guessed,
 }
@@ -183,7 +189,7 @@ const DHCP_OPTIONS: &[(&str, u8, ValueKind)] = &[
     ("tzdb-timezone", 101, ValueKind::Text),
     ("ipv6-only", 108, ValueKind::Number(4)),
     ("domain-search", 119, ValueKind::Domains),
-    ("sip-server", 120, ValueKind::Guessed),
+    ("sip-server", 120, ValueKind::SipServers),
     ("classless-static-route", 121, ValueKind::Routes),
     ("vendor-id-encap", 125, ValueKind::Guessed),
     ("tftp-server-address", 150, ValueKind::Addresses),
@@ -402,6 +408,18 @@ fn dhcp_option(value: &str, force: bool) -> Result<DhcpOptionRule, Refusal> {
         ),
         ValueKind::Routes => DhcpOptionValue::Routes(routes(&unquoted(rest, true)?)?),
         ValueKind::Number(size) => guessed(rest, Some(size))?,
+        ValueKind::SipServers => {
+            let fields = unquoted(rest, true)?;
+            match fields.iter().map(|field| field.parse()).collect() {
+                Ok(addresses) => DhcpOptionValue::SipAddresses(addresses),
+                Err(_) => DhcpOptionValue::SipDomains(
+                    fields
+                        .iter()
+                        .map(|field| search_domain(field))
+                        .collect::<Result<_, _>>()?,
+                ),
+            }
+        }
         ValueKind::Guessed => guessed(rest, None)?,
     };
     checked_len(DhcpOptionRule { code, value, force })
@@ -420,10 +438,11 @@ fn checked_len(rule: DhcpOptionRule) -> Result<DhcpOptionRule, Refusal> {
 /// The value of an option kvnet knows no type for, read as dnsmasq 2.90's
 /// `parse_dhcp_opt` guesses it:
 /// - hex bytes with colons (`01:a0:ff`);
-/// - a number (`1`, `1500`), in `size` bytes for an option dnsmasq knows the size of,
-///   else in as few of 1, 2 or 4 bytes as hold it, or as many as a `b`, `s` or `i`
-///   suffix says; of several, the first;
-/// - IPv4 addresses (`10.0.0.1,10.0.0.2`);
+/// - a number (`1`, `-18000`, `1500`), in `size` bytes for an option dnsmasq knows the
+///   size of, else in as few of 1, 2 or 4 bytes as hold it, or as many as a `b`, `s` or
+///   `i` suffix says;
+/// - IPv4 addresses (`10.0.0.1,10.0.0.2`; several numbers are read as addresses, and
+///   refused), some perhaps with a prefix length (`10.0.0.0/8,192.168.97.1`);
 /// - else text, as given (`"\n"`, which stops Windows' WPAD lookups with option 252).
 ///
 /// Anything quoted is text (dnsmasq would read a quoted number as a number).
@@ -445,52 +464,94 @@ fn guessed(rest: &str, size: Option<usize>) -> Result<DhcpOptionValue, Refusal> 
             .ok_or_else(|| Refusal::Invalid(format!("'{text}' is not hex bytes (like 01:a0:ff)")));
     }
     let fields = unquoted(rest, true)?;
-    let (number, suffix) = match text.strip_suffix(['b', 's', 'i']) {
-        Some(number) => (number, text.chars().last()),
-        None => (text.as_str(), None),
-    };
-    if number
-        .chars()
-        .all(|c| c.is_ascii_digit() || c == ',' || c.is_whitespace())
-        && number.chars().any(|c| c.is_ascii_digit())
+    if let [field] = &fields[..]
+        && let Some(number) = number(field, size)?
     {
-        let first = fields
-            .first()
-            .map_or("", |field| field.trim_end_matches(['b', 's', 'i']));
-        let value: u32 = first
-            .parse()
-            .map_err(|_| Refusal::Invalid(format!("'{first}' is larger than 4 bytes hold")))?;
-        let len = match (suffix, size) {
-            (Some('b'), _) => 1,
-            (Some('s'), _) => 2,
-            (Some('i'), _) => 4,
-            (_, Some(size)) => size.min(4),
-            _ if value > 0xffff => 4,
-            _ if value > 0xff => 2,
-            _ => 1,
-        };
-        if len < 4 && value >> (8 * len) != 0 {
-            // dnsmasq would send its low bytes.
-            return Err(Refusal::Invalid(format!(
-                "'{first}' does not fit the option's {len} byte(s)"
-            )));
-        }
-        return Ok(DhcpOptionValue::Bytes(
-            value.to_be_bytes()[4 - len..].to_vec(),
-        ));
+        return Ok(DhcpOptionValue::Bytes(number));
     }
-    if text
-        .chars()
-        .all(|c| c.is_ascii_digit() || matches!(c, '.' | ',') || c.is_whitespace())
-    {
-        return Ok(DhcpOptionValue::Addresses(
-            fields
-                .iter()
-                .map(|field| ipv4(field))
-                .collect::<Result<_, _>>()?,
-        ));
+    let address_like =
+        |c: char| c.is_ascii_digit() || matches!(c, '.' | ',' | '/') || c.is_whitespace();
+    if text.chars().all(address_like) {
+        return if text.contains('/') {
+            Ok(DhcpOptionValue::Bytes(prefixed_addresses(&fields)?))
+        } else {
+            Ok(DhcpOptionValue::Addresses(
+                fields
+                    .iter()
+                    .map(|field| ipv4(field))
+                    .collect::<Result<_, _>>()?,
+            ))
+        };
     }
     Ok(DhcpOptionValue::Bytes(text.into_bytes()))
+}
+
+/// `field` as dnsmasq's number (see [`guessed`]): its bytes, or `None` if it is no number.
+/// A negative one is sent in two's complement, in 4 bytes unless a size is given.
+fn number(field: &str, size: Option<usize>) -> Result<Option<Vec<u8>>, Refusal> {
+    let (digits, suffix) = match field.strip_suffix(['b', 's', 'i']) {
+        Some(digits) => (digits, field.chars().last()),
+        None => (field, None),
+    };
+    let magnitude = digits.strip_prefix('-').unwrap_or(digits);
+    if magnitude.is_empty() || !magnitude.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(None);
+    }
+    let value: i64 = match digits.parse() {
+        Ok(value) if (i64::from(i32::MIN)..=i64::from(u32::MAX)).contains(&value) => value,
+        _ => {
+            return Err(Refusal::Invalid(format!(
+                "'{field}' is larger than 4 bytes hold"
+            )));
+        }
+    };
+    let len: u32 = match (suffix, size) {
+        (Some('b'), _) => 1,
+        (Some('s'), _) => 2,
+        (Some('i'), _) => 4,
+        (_, Some(size)) => u32::try_from(size.min(4)).unwrap_or(4),
+        _ if !(0..=0xffff).contains(&value) => 4,
+        _ if value > 0xff => 2,
+        _ => 1,
+    };
+    // In `len` bytes, unsigned or in two's complement; dnsmasq would send the low bytes.
+    let bits = 8 * len;
+    let fits = if value < 0 {
+        value >= -(1i64 << (bits - 1))
+    } else {
+        value < 1i64 << bits
+    };
+    if !fits {
+        return Err(Refusal::Invalid(format!(
+            "'{field}' does not fit the option's {len} byte(s)"
+        )));
+    }
+    let len = usize::try_from(len).unwrap_or(4);
+    Ok(Some(value.to_be_bytes()[8 - len..].to_vec()))
+}
+
+/// Addresses some of which carry a prefix length (`10.0.0.0/8,192.168.97.1`, as for
+/// Microsoft's classless routes, option 249), as dnsmasq packs them: an address with
+/// `/N` as N and its first N bits' octets (RFC 3442), one without as its four octets.
+fn prefixed_addresses(fields: &[String]) -> Result<Vec<u8>, Refusal> {
+    let mut out = Vec::new();
+    for field in fields {
+        match field.split_once('/') {
+            Some((address, prefix)) => {
+                let prefix = prefix
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|&prefix| prefix <= 32)
+                    .ok_or_else(|| {
+                        Refusal::Invalid(format!("'{field}' has no prefix length from 0 to 32"))
+                    })?;
+                out.push(prefix);
+                out.extend_from_slice(&ipv4(address)?.octets()[..usize::from(prefix).div_ceil(8)]);
+            }
+            None => out.extend_from_slice(&ipv4(field)?.octets()),
+        }
+    }
+    Ok(out)
 }
 
 /// An IPv4 address of a `dhcp-option=` list.
@@ -572,6 +633,10 @@ fn encoded_len(value: &DhcpOptionValue) -> usize {
             .map(|route| 1 + usize::from(route.prefix).div_ceil(8) + 4)
             .sum(),
         DhcpOptionValue::Bytes(bytes) => bytes.len(),
+        DhcpOptionValue::SipAddresses(addresses) => 1 + 4 * addresses.len(),
+        DhcpOptionValue::SipDomains(domains) => {
+            1 + encoded_len(&DhcpOptionValue::Domains(domains.clone()))
+        }
     }
 }
 
@@ -804,6 +869,30 @@ mod tests {
                 ips(&[[10, 0, 0, 1], [10, 0, 0, 2]]),
             ),
             ("dhcp-option=252,auto proxy", 252, bytes(b"auto proxy")),
+            (
+                "dhcp-option=option:time-offset,-18000",
+                2,
+                bytes(&[0xff, 0xff, 0xb9, 0xb0]),
+            ),
+            ("dhcp-option=2,-1s", 2, bytes(&[0xff, 0xff])),
+            ("dhcp-option=200,-1", 200, bytes(&[0xff; 4])),
+            ("dhcp-option=200,-1b", 200, bytes(&[0xff])),
+            (
+                "dhcp-option=249,10.0.0.0/8,192.168.97.1",
+                249,
+                bytes(&[8, 10, 192, 168, 97, 1]),
+            ),
+            ("dhcp-option=200,1.2.3.4/24", 200, bytes(&[24, 1, 2, 3])),
+            (
+                "dhcp-option=120,10.0.0.1",
+                120,
+                DhcpOptionValue::SipAddresses(vec![Ipv4Addr::new(10, 0, 0, 1)]),
+            ),
+            (
+                "dhcp-option=option:sip-server,sip.example.com",
+                120,
+                DhcpOptionValue::SipDomains(vec!["sip.example.com".into()]),
+            ),
             ("dhcp-option=252", 252, bytes(b"")),
         ] {
             assert_eq!(value(line), (code, expected), "{line}");
@@ -823,6 +912,16 @@ mod tests {
                 "'300' does not fit the option's 1 byte(s)",
             ),
             ("dhcp-option=65,1,2,3", "'1' is not an IPv4 address"),
+            ("dhcp-option=200,1,2", "'1' is not an IPv4 address"),
+            ("dhcp-option=46,1,2", "'1' is not an IPv4 address"),
+            (
+                "dhcp-option=2,-200b",
+                "'-200b' does not fit the option's 1 byte(s)",
+            ),
+            (
+                "dhcp-option=200,1.2.3.0/33",
+                "'1.2.3.0/33' has no prefix length from 0 to 32",
+            ),
         ] {
             assert_eq!(
                 Directive::parse(line),
