@@ -180,7 +180,14 @@ impl UdpForward<'_> {
                     Stand::Unreachable
                 }
             },
-            Err(e) => {
+            // No route to it (a VPN's resolver while the VPN is down): its failure, as
+            // a send's, so that it goes last, and no warning per query.
+            Err(SocketError::Connect(e)) => {
+                tracing::debug!(network = self.network, %server, error = %e, "upstream DNS server unreachable");
+                self.health.failed(self.network, server);
+                Stand::Unreachable
+            }
+            Err(SocketError::Open(e)) => {
                 tracing::warn!(network = self.network, %server, error = %e, "cannot open a socket to forward DNS queries");
                 Stand::Unreachable
             }
@@ -388,6 +395,14 @@ pub(super) async fn forward_udp(
     Forwarded::NotSent
 }
 
+/// Why a forward has no socket for a server.
+enum SocketError {
+    /// None could be opened (out of descriptors, say).
+    Open(std::io::Error),
+    /// The server cannot be reached from here (no route).
+    Connect(std::io::Error),
+}
+
 /// The sockets one forwarded query leaves from: one per server asked, bound to port 0
 /// so the kernel gives it a random ephemeral port, connected to its server, and closed
 /// with the forward. Connected, it takes datagrams from that server only: the kernel
@@ -400,7 +415,7 @@ struct ForwardSockets {
 
 impl ForwardSockets {
     /// The socket for `server`, opened on first use.
-    fn socket_for(&mut self, server: SocketAddr) -> std::io::Result<&UdpSocket> {
+    fn socket_for(&mut self, server: SocketAddr) -> Result<&UdpSocket, SocketError> {
         let at = match self.by_server.iter().position(|(to, _)| *to == server) {
             Some(at) => at,
             None => {
@@ -408,10 +423,12 @@ impl ForwardSockets {
                     SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                     SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
                 };
-                let socket = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
-                socket.connect(server)?;
-                socket.set_nonblocking(true)?;
-                self.by_server.push((server, UdpSocket::from_std(socket)?));
+                let socket = std::net::UdpSocket::bind(SocketAddr::new(any, 0))
+                    .map_err(SocketError::Open)?;
+                socket.connect(server).map_err(SocketError::Connect)?;
+                socket.set_nonblocking(true).map_err(SocketError::Open)?;
+                let socket = UdpSocket::from_std(socket).map_err(SocketError::Open)?;
+                self.by_server.push((server, socket));
                 self.by_server.len() - 1
             }
         };
@@ -502,10 +519,15 @@ pub(super) async fn forward_tcp(
                 }
                 continue;
             }
-            Ok(Err(e)) => failure = e,
+            Ok(Err(e)) => {
+                health.failed(network, server);
+                failure = e;
+            }
+            // Not counted against it: the connection is dropped, so an answer that
+            // comes late, which over UDP clears the server, is never heard here, and
+            // a guest's slow lookups must not demote a server that is merely slow.
             Err(_) => failure = std::io::Error::from(std::io::ErrorKind::TimedOut),
         }
-        health.failed(network, server);
     }
     Err(failure)
 }

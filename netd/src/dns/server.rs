@@ -54,8 +54,8 @@ const MAX_JOINED: usize = 1024;
 /// joining.
 const MAX_JOINED_PER_CLIENT: usize = MAX_JOINED / 4;
 /// Most UDP queries waiting for an upstream answer at once; more are refused. Each
-/// holds one or two sockets, so this bounds a network's file descriptors (dnsmasq's
-/// `dns-forward-max` is 150).
+/// holds a socket per server it has asked, so this bounds a network's file descriptors
+/// (dnsmasq's `dns-forward-max` is 150).
 const MAX_PENDING: usize = 512;
 /// Most of them for one client address, so that one guest asking for ever new names
 /// cannot keep the others' queries from being forwarded.
@@ -1620,6 +1620,57 @@ mod tests {
                 assert_eq!((out[3] & 0x0f, keep), (3, true));
                 first_fails.await.expect("first");
                 second_denies.await.expect("second");
+            })
+        })
+        .expect("run in the netns");
+    }
+
+    /// A server too slow for TCP's attempt is passed over but not counted as failing:
+    /// over TCP its late answer is never heard, and guests' slow lookups must not demote
+    /// a server that only it answers for.
+    #[test]
+    fn slow_tcp_answers_do_not_demote_a_server() {
+        if !testkit::require(&[Need::Root, Need::Netns]) {
+            return;
+        }
+        let (ns, runtime) = netns_and_runtime("dnstcpslow");
+        ns.run(|| {
+            runtime.block_on(async {
+                let query = a_query(0x1111, "slow.example.");
+                let slow = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+                let other = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+                let servers = [
+                    slow.local_addr().expect("address"),
+                    other.local_addr().expect("address"),
+                ];
+                let holding = tokio::spawn(async move {
+                    let mut held = Vec::new();
+                    while let Ok((stream, _)) = slow.accept().await {
+                        held.push(stream);
+                    }
+                });
+                let reply = response(&query, 3);
+                let answering = tokio::spawn(async move {
+                    while let Ok((mut stream, _)) = other.accept().await {
+                        let mut asked = Vec::new();
+                        read_message(&mut stream, &mut asked).await.expect("query");
+                        write_message(&mut stream, &reply).await.expect("reply");
+                    }
+                });
+                let health = Health::default();
+                let mut out = Vec::new();
+                for _ in 0..3 {
+                    forward_tcp("n", &servers, &health, &query, &mut out)
+                        .await
+                        .expect("the other server's answer");
+                }
+                assert_eq!(
+                    health.order(&servers),
+                    servers,
+                    "the slow server was demoted"
+                );
+                holding.abort();
+                answering.abort();
             })
         })
         .expect("run in the netns");
