@@ -30,6 +30,7 @@ use super::lease_time::{INFINITE, renew_times};
 use super::leases::{Client, LeaseDb, PendingSync};
 use super::server::SERVER_PORT;
 use super::{DhcpConfig, Error, LeaseInfo, sanitize_hostname};
+use crate::xml::DhcpOptionValue;
 
 /// The DHCP client port replies go to.
 pub const CLIENT_PORT: u16 = 68;
@@ -740,7 +741,7 @@ fn add_configured_options(
 /// dnsmasq puts it (a `<bootp>` file stays in `file`).
 fn add_boot_fields_from_options(message: &mut Message, request: &Message, config: &DhcpConfig) {
     for rule in &config.options {
-        let crate::xml::DhcpOptionValue::Text(text) = &rule.value else {
+        let DhcpOptionValue::Text(text) = &rule.value else {
             continue;
         };
         if rule.force || asked_for(request, OptionCode::from(rule.code)) {

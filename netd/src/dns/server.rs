@@ -263,8 +263,12 @@ struct Asker {
 }
 
 impl Asker {
+    /// Its query's ID (the resolver forwards only queries with a whole header).
     fn id(&self) -> [u8; 2] {
-        [self.query[0], self.query[1]]
+        match *self.query {
+            [first, second, ..] => [first, second],
+            _ => [0, 0],
+        }
     }
 }
 
@@ -812,7 +816,9 @@ impl Serve {
             let mut upstream_query = query.to_vec();
             // A fresh random ID per forward, on top of the random port, makes a spoofed
             // upstream answer hard to match.
-            upstream_query[..2].copy_from_slice(&rand::random::<u16>().to_be_bytes());
+            if let Some(id) = upstream_query.get_mut(..2) {
+                id.copy_from_slice(&rand::random::<u16>().to_be_bytes());
+            }
             clamp_edns_payload(&mut upstream_query);
             let resolver = Arc::clone(&self.resolver);
             let health = Arc::clone(&self.health);
