@@ -359,8 +359,8 @@ fn dhcp_option(value: &str, force: bool) -> Result<DhcpOptionRule, Refusal> {
     let omitted = || {
         if OMITTABLE.contains(&code) {
             Ok(DhcpOptionValue::Omitted)
-        } else if let ValueKind::Number(_) | ValueKind::Guessed = kind {
-            // An option of no value, as dnsmasq sends it.
+        } else if let ValueKind::Number(_) | ValueKind::Guessed | ValueKind::Addresses = kind {
+            // An option of no value (an empty NTP server list, say), as dnsmasq sends it.
             Ok(DhcpOptionValue::Bytes(Vec::new()))
         } else {
             Err(Refusal::Invalid("the option needs a value".to_owned()))
@@ -894,6 +894,7 @@ mod tests {
                 DhcpOptionValue::SipDomains(vec!["sip.example.com".into()]),
             ),
             ("dhcp-option=252", 252, bytes(b"")),
+            ("dhcp-option=option:ntp-server", 42, bytes(b"")),
         ] {
             assert_eq!(value(line), (code, expected), "{line}");
         }
@@ -972,7 +973,7 @@ mod tests {
                 "dhcp-option=6,10.0.0.0/8",
                 "'10.0.0.0/8' is not an IPv4 address",
             ),
-            ("dhcp-option=option:ntp-server", "the option needs a value"),
+            ("dhcp-option=option:mtu", "the option needs a value"),
             ("dhcp-option=67", "the option needs a value"),
             (
                 "dhcp-option=26,67",
