@@ -38,9 +38,10 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// An upstream server silent this long is passed over for the next one, if any (the
 /// last one asked gets what remains of [`FORWARD_TIMEOUT`]).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
-/// A server that timed out or could not be sent to this many times in a row is asked
-/// after the others for [`SUSPECT_FOR`]. One slow answer does not demote it: a VPN's
-/// resolver may be slow for a name and still be the only one that knows it.
+/// A server silent past its attempt over UDP, or unreachable, this many times in a row
+/// is asked after the others for [`SUSPECT_FOR`]. One slow answer does not demote it (a
+/// VPN's resolver may be slow for a name and still be the only one that knows it), and
+/// its late answer clears the count.
 const SUSPECT_AFTER: u32 = 3;
 /// How long a suspect server is asked after the others. One that answers, even SERVFAIL
 /// or REFUSED about one name, is trusted again.

@@ -199,7 +199,7 @@ const DHCP_OPTIONS: &[(&str, u8, ValueKind)] = &[
 /// `dhcp-option=` line sets them (the subnet mask and broadcast address come from the
 /// subnet, the lease times from `<lease>`, the name from the lease).
 const SERVER_OPTIONS: &[u8] = &[
-    0, 1, 12, 28, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 81, 82, 255,
+    0, 1, 12, 28, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 61, 81, 82, 255,
 ];
 
 /// Options whose `dhcp-option=` without a value means "do not send it" in dnsmasq
@@ -894,6 +894,12 @@ mod tests {
                 DhcpOptionValue::SipDomains(vec!["sip.example.com".into()]),
             ),
             ("dhcp-option=252", 252, bytes(b"")),
+            // PXE: the server tells the client it boots it.
+            (
+                "dhcp-option=option:vendor-class,PXEClient",
+                60,
+                bytes(b"PXEClient"),
+            ),
             ("dhcp-option=option:ntp-server", 42, bytes(b"")),
         ] {
             assert_eq!(value(line), (code, expected), "{line}");
