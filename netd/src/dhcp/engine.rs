@@ -398,7 +398,7 @@ impl Engine {
             .set_yiaddr(yiaddr)
             .set_giaddr(request.giaddr())
             .set_chaddr(request.chaddr());
-        let mut empty_options = Vec::new();
+        let mut empty_options: Vec<u8> = Vec::new();
         let opts = message.opts_mut();
         opts.insert(DhcpOption::MessageType(kind));
         opts.insert(DhcpOption::ServerIdentifier(config.server_ip));
@@ -502,6 +502,10 @@ impl Engine {
             append_raw_options(&mut bytes, &raw);
             if bytes.len() <= limit {
                 break bytes;
+            }
+            // Options without data first: only forced lines make them.
+            if empty_options.pop().is_some() {
+                continue;
             }
             match droppable.next() {
                 // The FQDN answer, the largest of them, first.
@@ -722,9 +726,17 @@ fn add_configured_options(
     for rule in &config.options {
         let code = OptionCode::from(rule.code);
         opts.remove(code);
-        let Some(data) = super::options::encode(&rule.value, config.server_ip) else {
+        let Some(mut data) = super::options::encode(&rule.value, config.server_ip) else {
             continue;
         };
+        if is_boot_field_option(rule.code) {
+            if !rule.force && !lists(request, code) {
+                // In the header instead (`add_boot_fields_from_options`).
+                continue;
+            }
+            // With a NUL, as dnsmasq sends them: some PXE ROMs need it.
+            data.push(0);
+        }
         if rule.force || asked_for(request, code) {
             if data.is_empty() {
                 empty.push(rule.code);
@@ -736,24 +748,41 @@ fn add_configured_options(
     empty
 }
 
-/// A `dhcp-option=` 66 (TFTP server) or 67 (boot file) the client did not ask for goes
-/// in the header's `sname` or `file` field instead, where boot firmware reads it, as
-/// dnsmasq puts it (a `<bootp>` file stays in `file`).
+/// Whether `code` is 66 (TFTP server) or 67 (boot file), which have header fields.
+fn is_boot_field_option(code: u8) -> bool {
+    matches!(code, 66 | 67)
+}
+
+/// Whether `request`'s Parameter Request List names `code` (no list names nothing).
+fn lists(request: &Message, code: OptionCode) -> bool {
+    matches!(
+        request.opts().get(OptionCode::ParameterRequestList),
+        Some(DhcpOption::ParameterRequestList(codes)) if codes.contains(&code)
+    )
+}
+
+/// A `dhcp-option=` 66 (TFTP server) or 67 (boot file) that the client's request list
+/// does not name goes in the header's `sname` or `file` field instead, cut to fit, where
+/// boot firmware reads it, as dnsmasq puts it. With `<bootp>`, the header is its alone.
 fn add_boot_fields_from_options(message: &mut Message, request: &Message, config: &DhcpConfig) {
+    if config.boot.is_some() {
+        return;
+    }
     for rule in &config.options {
         let DhcpOptionValue::Text(text) = &rule.value else {
             continue;
         };
-        if rule.force || asked_for(request, OptionCode::from(rule.code)) {
+        if rule.force || lists(request, OptionCode::from(rule.code)) {
             continue;
         }
         // Each field ends with a NUL; dhcproto panics past their sizes.
+        let cut = |field: usize| &text.as_bytes()[..text.len().min(field - 1)];
         match rule.code {
-            66 if text.len() < SNAME_FIELD.len() => {
-                message.set_sname(text.as_bytes());
+            66 => {
+                message.set_sname(cut(SNAME_FIELD.len()));
             }
-            67 if text.len() < FILE_FIELD.len() && config.boot.is_none() => {
-                message.set_fname(text.as_bytes());
+            67 => {
+                message.set_fname(cut(FILE_FIELD.len()));
             }
             _ => {}
         }
@@ -1691,7 +1720,8 @@ mod tests {
         let silent = offered(config.clone(), &[(55, &[1, 3, 6])]);
         assert_eq!(silent.get(&42), None);
         assert_eq!(silent.get(&119), None);
-        assert_eq!(silent.get(&66).map(Vec::as_slice), Some(&b"tftp.lab"[..]));
+        // With a NUL, as dnsmasq sends 66 and 67.
+        assert_eq!(silent.get(&66).map(Vec::as_slice), Some(&b"tftp.lab\0"[..]));
         // A client that sends no list gets them all, as from dnsmasq.
         let listless = offered(config.clone(), &[]);
         assert!([42, 66, 119].iter().all(|code| listless.contains_key(code)));
@@ -1702,7 +1732,7 @@ mod tests {
             asking.get(&119).map(Vec::as_slice),
             Some(&b"\x01a\x04test\x00\x01b\xc0\x00"[..])
         );
-        assert_eq!(asking.get(&66).map(Vec::as_slice), Some(&b"tftp.lab"[..]));
+        assert_eq!(asking.get(&66).map(Vec::as_slice), Some(&b"tftp.lab\0"[..]));
     }
 
     #[test]
@@ -1756,7 +1786,7 @@ mod tests {
         );
         assert_eq!(
             ack.opts().get(OptionCode::BootfileName),
-            Some(&DhcpOption::BootfileName(b"ipxe.efi".to_vec()))
+            Some(&DhcpOption::BootfileName(b"ipxe.efi\0".to_vec()))
         );
         // The header keeps <bootp>'s file, which PXE firmware reads.
         assert!(
@@ -1808,6 +1838,58 @@ mod tests {
         assert!(ack.opts().get(OptionCode::BootfileName).is_some());
         assert!(ack.fname().is_none_or(|file| file.iter().all(|&b| b == 0)));
         assert!(ack.sname().is_none_or(|name| name.iter().all(|&b| b == 0)));
+    }
+
+    /// 66/67 for a client without a request list go in the header only, cut to fit;
+    /// with `<bootp>`, never; options without data are the first left out of a reply
+    /// too large for the client.
+    #[test]
+    fn boot_options_fill_the_header_as_dnsmasq_does() {
+        let long = "f".repeat(200);
+        let config = configured(&[
+            (66, DhcpOptionValue::Text("t".repeat(64)), false),
+            (67, DhcpOptionValue::Text(long.clone()), false),
+        ]);
+        let mut engine = Engine::new(config.clone());
+        let ack = dora_with(&mut engine, [0x52, 0x54, 0, 0, 0, 0x7b], &[], NOW);
+        assert_eq!(ack.opts().get(OptionCode::BootfileName), None);
+        assert_eq!(ack.fname().map(|file| file.len()), Some(128));
+        assert!(
+            ack.fname()
+                .is_some_and(|file| file[..127] == long.as_bytes()[..127])
+        );
+        assert!(ack.sname().is_some_and(|name| name[..63] == [b't'; 63]));
+        let with_bootp = DhcpConfig {
+            boot: Some(DhcpBoot {
+                file: "boot.0".into(),
+                server: Ipv4Addr::new(192, 168, 77, 9),
+            }),
+            ..config
+        };
+        let mut engine = Engine::new(with_bootp);
+        let ack = dora_with(&mut engine, [0x52, 0x54, 0, 0, 0, 0x7c], &[], NOW);
+        assert!(
+            ack.fname()
+                .is_some_and(|file| file.starts_with(b"boot.0\0"))
+        );
+        assert!(ack.sname().is_none_or(|name| name.iter().all(|&b| b == 0)));
+
+        let empties: Vec<_> = (128..=254)
+            .chain([4, 5, 8, 10, 11, 14, 24, 25, 29, 30, 39, 43])
+            .map(|code| (code, DhcpOptionValue::Bytes(Vec::new()), true))
+            .collect();
+        let mut engine = Engine::new(configured(&empties));
+        let reply = engine
+            .handle(
+                &raw_discover([0x52, 0x54, 0, 0, 0, 0x7d], &[(55, &[1, 3])]),
+                NOW,
+            )
+            .expect("offer");
+        assert!(
+            reply.bytes.len() <= 576 - IP_UDP_HEADERS,
+            "{}",
+            reply.bytes.len()
+        );
     }
 
     #[test]

@@ -189,7 +189,9 @@ impl UdpForward<'_> {
                 Stand::Unreachable
             }
             Err(SocketError::Open(e)) => {
-                tracing::warn!(network = self.network, %server, error = %e, "cannot open a socket to forward DNS queries");
+                if SOCKET_WARNINGS.due() {
+                    tracing::warn!(network = self.network, %server, error = %e, "cannot open a socket to forward DNS queries (said at most every 10 s)");
+                }
                 Stand::Unreachable
             }
         };
@@ -396,6 +398,40 @@ pub(super) async fn forward_udp(
     Forwarded::NotSent
 }
 
+/// Whether `error` is the host running short (of descriptors, buffers or memory), not
+/// the server failing.
+fn is_local_shortage(error: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    error.raw_os_error().is_some_and(|code| {
+        [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM]
+            .contains(&Errno::from_raw(code))
+    })
+}
+
+/// At most one warning every 10 s: a daemon out of descriptors would otherwise log one
+/// per forwarded query, at the pace guests set.
+struct Throttle(std::sync::atomic::AtomicU64);
+
+impl Throttle {
+    const EVERY_SECS: u64 = 10;
+
+    /// Whether to warn now (and not again for a while).
+    fn due(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let last = self.0.load(Ordering::Relaxed);
+        now >= last.saturating_add(Self::EVERY_SECS)
+            && self
+                .0
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+static SOCKET_WARNINGS: Throttle = Throttle(std::sync::atomic::AtomicU64::new(0));
+
 /// Why a forward has no socket for a server.
 enum SocketError {
     /// None could be opened (out of descriptors, say).
@@ -521,7 +557,10 @@ pub(super) async fn forward_tcp(
                 continue;
             }
             Ok(Err(e)) => {
-                health.failed(network, server);
+                // Out of descriptors or memory here is no fault of the server's.
+                if !is_local_shortage(&e) {
+                    health.failed(network, server);
+                }
                 failure = e;
             }
             // Not counted against it: the connection is dropped, so an answer that
@@ -552,6 +591,20 @@ async fn ask_tcp(server: SocketAddr, query: &[u8], out: &mut Vec<u8>) -> std::io
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shortages_here_are_told_from_a_server_failing_and_warned_about_sparingly() {
+        let error = |code: i32| std::io::Error::from_raw_os_error(code);
+        assert!(is_local_shortage(&error(nix::libc::EMFILE)));
+        assert!(is_local_shortage(&error(nix::libc::ENOBUFS)));
+        assert!(!is_local_shortage(&error(nix::libc::ECONNREFUSED)));
+        assert!(!is_local_shortage(&std::io::Error::from(
+            std::io::ErrorKind::TimedOut
+        )));
+        let throttle = Throttle(std::sync::atomic::AtomicU64::new(0));
+        assert!(throttle.due());
+        assert!(!throttle.due(), "warned twice within 10 s");
+    }
 
     fn order_at(health: &Health, servers: &[SocketAddr], now: Instant) -> Vec<SocketAddr> {
         health
