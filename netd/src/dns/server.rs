@@ -1035,6 +1035,11 @@ mod tests {
         query
     }
 
+    /// Sends the query [`a_query`] makes to the server at `to` from `client`.
+    async fn ask(client: &UdpSocket, to: SocketAddr, id: u16, name: &str) {
+        client.send_to(&a_query(id, name), to).await.expect("send");
+    }
+
     /// `query` turned into a response with `rcode` (and the name's letters in upper
     /// case, as a resolver using 0x20 mixing might echo them).
     fn response(query: &[u8], rcode: u8) -> Vec<u8> {
@@ -1133,10 +1138,7 @@ mod tests {
             } = lab;
             let mut forwarded = Vec::new();
             for (id, name) in [(0x1111, "one.example."), (0x2222, "two.example.")] {
-                client
-                    .send_to(&a_query(id, name), to_server)
-                    .await
-                    .expect("send");
+                ask(&client, to_server, id, name).await;
                 forwarded.push(next_datagram(&upstream, "a forwarded query").await);
             }
             let (query, from) = &forwarded[0];
@@ -1198,10 +1200,7 @@ mod tests {
                 to_server,
                 ..
             } = lab;
-            client
-                .send_to(&a_query(0x1111, "www.example."), to_server)
-                .await
-                .expect("send");
+            ask(&client, to_server, 0x1111, "www.example.").await;
             let (query, from) = next_datagram(&upstream, "the forwarded query").await;
             upstream
                 .send_to(&positive(&query, Ipv4Addr::new(192, 0, 2, 7)), from)
@@ -1210,10 +1209,7 @@ mod tests {
             let (answer, _) = next_datagram(&client, "the forwarded answer").await;
             assert_eq!(Message::from_vec(&answer).expect("decode").answers.len(), 1);
 
-            client
-                .send_to(&a_query(0x2222, "WwW.example."), to_server)
-                .await
-                .expect("send");
+            ask(&client, to_server, 0x2222, "WwW.example.").await;
             let (answer, _) = next_datagram(&client, "the kept answer").await;
             let kept = Message::from_vec(&answer).expect("decode");
             assert_eq!(kept.metadata.id, 0x2222);
@@ -1288,10 +1284,7 @@ mod tests {
                 // A retry of the first: answered once.
                 (0x1111, "same.example."),
             ] {
-                client
-                    .send_to(&a_query(id, name), to_server)
-                    .await
-                    .expect("send");
+                ask(&client, to_server, id, name).await;
             }
             let (query, from) = next_datagram(&upstream, "the forwarded query").await;
             assert!(
@@ -1340,10 +1333,7 @@ mod tests {
             for at in 0..=MAX_PENDING_PER_CLIENT {
                 let name = format!("n{at}.example.");
                 let id = u16::try_from(at).expect("small");
-                client
-                    .send_to(&a_query(id, &name), to_server)
-                    .await
-                    .expect("send");
+                ask(&client, to_server, id, &name).await;
             }
             let (refusal, _) = next_datagram(&client, "the refusal").await;
             assert_eq!(refusal[3] & 0x0f, 5, "REFUSED");
@@ -1351,10 +1341,7 @@ mod tests {
                 next_datagram(&upstream, "a forwarded query").await;
             }
             let other = UdpSocket::bind(("127.0.0.5", 0)).await.expect("bind");
-            other
-                .send_to(&a_query(0xffff, "other.example."), to_server)
-                .await
-                .expect("send");
+            ask(&other, to_server, 0xffff, "other.example.").await;
             let (query, _) = next_datagram(&upstream, "the other client's query").await;
             assert_eq!(query[12..], a_query(0, "other.example.")[12..]);
             server.stop().await;
@@ -1378,10 +1365,7 @@ mod tests {
                 to_server,
             } = lab;
             let second = &others[0];
-            client
-                .send_to(&a_query(0x1111, "vpn.example."), to_server)
-                .await
-                .expect("send");
+            ask(&client, to_server, 0x1111, "vpn.example.").await;
             let (first_query, first_from) = next_datagram(&upstream, "the first ask").await;
             let (query, from) = next_datagram(second, "the second ask, a second later").await;
             second
@@ -1399,10 +1383,7 @@ mod tests {
             let (answer, _) = next_datagram(&client, "the first server's answer").await;
             assert_eq!((answer[3] & 0x0f, &answer[6..8]), (0, &[0u8, 1][..]));
 
-            client
-                .send_to(&a_query(0x2222, "nobody.example."), to_server)
-                .await
-                .expect("send");
+            ask(&client, to_server, 0x2222, "nobody.example.").await;
             let (first_query, first_from) = next_datagram(&upstream, "the first ask").await;
             let (query, from) = next_datagram(second, "the second ask").await;
             second
@@ -1451,10 +1432,7 @@ mod tests {
             let second = &others[0];
             // Three questions the first server leaves unanswered demote it.
             for (id, name) in [(1, "a.example."), (2, "b.example."), (3, "c.example.")] {
-                client
-                    .send_to(&a_query(id, name), to_server)
-                    .await
-                    .expect("send");
+                ask(&client, to_server, id, name).await;
             }
             for _ in 0..3 {
                 let (query, from) = next_datagram(second, "an ask passed on").await;
@@ -1469,10 +1447,7 @@ mod tests {
             }
 
             for id in [0x4444, 0x5555] {
-                client
-                    .send_to(&a_query(id, "vpn.example."), to_server)
-                    .await
-                    .expect("send");
+                ask(&client, to_server, id, "vpn.example.").await;
                 let (query, from) =
                     next_datagram(second, "the second, asked first and again").await;
                 second.send_to(&denial(&query), from).await.expect("send");
@@ -1501,17 +1476,11 @@ mod tests {
                 to_server,
                 ..
             } = lab;
-            client
-                .send_to(&a_query(0x1111, "nobody.example."), to_server)
-                .await
-                .expect("send");
+            ask(&client, to_server, 0x1111, "nobody.example.").await;
             let (query, from) = next_datagram(&upstream, "the first ask").await;
             upstream.send_to(&denial(&query), from).await.expect("send");
             next_datagram(&client, "the denial").await;
-            client
-                .send_to(&a_query(0x2222, "nobody.example."), to_server)
-                .await
-                .expect("send");
+            ask(&client, to_server, 0x2222, "nobody.example.").await;
             let (answer, _) = next_datagram(&client, "the kept denial").await;
             assert_eq!(answer[3] & 0x0f, 3, "NXDOMAIN");
             assert!(quiet_for(&upstream, 200).await, "the denial was not kept");
