@@ -429,7 +429,8 @@ impl Engine {
                 opts.insert(DhcpOption::Hostname(hostname.clone()));
             }
         }
-        if lease.is_some() {
+        // INFORM's answer too: it is how a guest with an address learns its boot file.
+        if kind != MessageType::Nak {
             add_boot(&mut message, request, config);
             add_boot_fields_from_options(&mut message, request, config);
         }
@@ -503,7 +504,7 @@ impl Engine {
             if bytes.len() <= limit {
                 break bytes;
             }
-            // Options without data first: only forced lines make them.
+            // Options without data first (`dhcp-option=` lines without a value).
             if empty_options.pop().is_some() {
                 continue;
             }
@@ -554,12 +555,15 @@ const DROPPABLE_OPTIONS: &[OptionCode] = &[
 /// fits; this keeps, beyond that, what the client asked for before what it did not.
 /// The router and DNS servers stay, as kvnet's own do.
 fn droppable_options(message: &Message, request: &Message, config: &DhcpConfig) -> Vec<OptionCode> {
+    // A `dhcp-option=` boot file is only ever an option (`<bootp>`'s is in the header
+    // too): it goes with the other configured options, not before them.
+    let configured_boot_file = config.options.iter().any(|rule| rule.code == 67);
     let mut configured: Vec<(usize, OptionCode)> = config
         .options
         .iter()
         .map(|rule| OptionCode::from(rule.code))
         .filter(|code| {
-            !DROPPABLE_OPTIONS.contains(code)
+            (*code == OptionCode::BootfileName || !DROPPABLE_OPTIONS.contains(code))
                 && ![OptionCode::Router, OptionCode::DomainNameServer].contains(code)
         })
         .filter_map(|code| match message.opts().get(code) {
@@ -574,7 +578,12 @@ fn droppable_options(message: &Message, request: &Message, config: &DhcpConfig) 
         .partition(|code| asked_for(request, *code));
     unasked
         .into_iter()
-        .chain(DROPPABLE_OPTIONS.iter().copied())
+        .chain(
+            DROPPABLE_OPTIONS
+                .iter()
+                .copied()
+                .filter(|code| !(configured_boot_file && *code == OptionCode::BootfileName)),
+        )
         .chain(asked)
         .collect()
 }
@@ -730,12 +739,14 @@ fn add_configured_options(
             continue;
         };
         if is_boot_field_option(rule.code) {
-            if !rule.force && !lists(request, code) {
+            if !rule.force && !lists(request, code) && config.boot.is_none() {
                 // In the header instead (`add_boot_fields_from_options`).
                 continue;
             }
-            // With a NUL, as dnsmasq sends them: some PXE ROMs need it.
-            data.push(0);
+            // With a NUL where it fits, as dnsmasq sends them: some PXE ROMs need it.
+            if data.len() < usize::from(u8::MAX) {
+                data.push(0);
+            }
         }
         if rule.force || asked_for(request, code) {
             if data.is_empty() {
@@ -1890,6 +1901,44 @@ mod tests {
             "{}",
             reply.bytes.len()
         );
+    }
+
+    /// With `<bootp>`, 66/67 of `dhcp-option=` are options to a client without a list;
+    /// an INFORM's answer gets the header too; a 255-byte name has no room for a NUL.
+    #[test]
+    fn boot_options_with_bootp_inform_and_full_length() {
+        let config = configured(&[
+            (66, DhcpOptionValue::Text("tftp.lab".into()), false),
+            (67, DhcpOptionValue::Text("x.efi".into()), false),
+        ]);
+        let with_bootp = DhcpConfig {
+            boot: Some(DhcpBoot {
+                file: "boot.0".into(),
+                server: Ipv4Addr::new(192, 168, 77, 9),
+            }),
+            ..config.clone()
+        };
+        let listless = offered(with_bootp, &[]);
+        assert_eq!(
+            listless.get(&66).map(Vec::as_slice),
+            Some(&b"tftp.lab\0"[..])
+        );
+        assert_eq!(listless.get(&67).map(Vec::as_slice), Some(&b"x.efi\0"[..]));
+
+        let mut engine = Engine::new(config);
+        let mut inform = message(MessageType::Inform, [2, 0, 0, 0, 0, 6]);
+        inform.set_ciaddr(Ipv4Addr::new(192, 168, 77, 9));
+        let (_, ack) = exchange(&mut engine, &inform, NOW).expect("ack");
+        assert!(
+            ack.sname()
+                .is_some_and(|name| name.starts_with(b"tftp.lab\0"))
+        );
+        assert!(ack.fname().is_some_and(|file| file.starts_with(b"x.efi\0")));
+        assert_eq!(ack.siaddr(), SERVER);
+
+        let full = configured(&[(67, DhcpOptionValue::Text("g".repeat(255)), false)]);
+        let asking = offered(full, &[(55, &[1, 67])]);
+        assert_eq!(asking.get(&67).map(Vec::len), Some(255));
     }
 
     #[test]

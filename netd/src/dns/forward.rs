@@ -176,8 +176,10 @@ impl UdpForward<'_> {
         let stand = match self.sockets.socket_for(server) {
             Ok(socket) => match send(socket, self.query, server) {
                 Ok(_) => Stand::Waiting(tokio::time::Instant::now()),
-                Err(_) => {
-                    self.health.failed(self.network, server);
+                Err(e) => {
+                    if !is_local_shortage(&std::io::Error::from(e)) {
+                        self.health.failed(self.network, server);
+                    }
                     Stand::Unreachable
                 }
             },
@@ -185,7 +187,9 @@ impl UdpForward<'_> {
             // a send's, so that it goes last, and no warning per query.
             Err(SocketError::Connect(e)) => {
                 tracing::debug!(network = self.network, %server, error = %e, "upstream DNS server unreachable");
-                self.health.failed(self.network, server);
+                if !is_local_shortage(&e) {
+                    self.health.failed(self.network, server);
+                }
                 Stand::Unreachable
             }
             Err(SocketError::Open(e)) => {
@@ -403,8 +407,14 @@ pub(super) async fn forward_udp(
 fn is_local_shortage(error: &std::io::Error) -> bool {
     use nix::errno::Errno;
     error.raw_os_error().is_some_and(|code| {
-        [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM]
-            .contains(&Errno::from_raw(code))
+        [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOBUFS,
+            Errno::ENOMEM,
+            Errno::EADDRNOTAVAIL,
+        ]
+        .contains(&Errno::from_raw(code))
     })
 }
 
@@ -422,7 +432,8 @@ impl Throttle {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
         let last = self.0.load(Ordering::Relaxed);
-        now >= last.saturating_add(Self::EVERY_SECS)
+        // A clock set back does not silence it for as long.
+        (now >= last.saturating_add(Self::EVERY_SECS) || now < last)
             && self
                 .0
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
