@@ -356,14 +356,7 @@ fn other_names_are_forwarded_upstream_and_local_only_names_are_not() {
 
     // Without localOnly the domain's unknown names go upstream too (dnsmasq knows none
     // of them), and a domain forwarder routes its domain only.
-    let mut routed = config();
-    routed.local_only = false;
-    routed.forwarders = vec![DnsForwarder {
-        addr: Some(UPSTREAM_IP.parse().expect("ip")),
-        domain: Some("up.test".into()),
-    }];
-    routed.default_upstreams = Vec::new();
-    with_server(&lab, routed, || {
+    with_server(&lab, routed_only("up.test"), || {
         let at = format!("@{SERVER_IP}");
         assert_eq!(
             lab.dig_short(&format!("{at} routed.up.test")),
@@ -373,18 +366,23 @@ fn other_names_are_forwarded_upstream_and_local_only_names_are_not() {
     });
 
     // dnsmasq's `*.` form: the names under the domain, not the domain itself.
-    let mut wildcard = config();
-    wildcard.local_only = false;
-    wildcard.forwarders = vec![DnsForwarder {
-        addr: Some(UPSTREAM_IP.parse().expect("ip")),
-        domain: Some("*.up.test".into()),
-    }];
-    wildcard.default_upstreams = Vec::new();
-    with_server(&lab, wildcard, || {
+    with_server(&lab, routed_only("*.up.test"), || {
         let at = format!("@{SERVER_IP}");
         assert_eq!(lab.dig_short(&format!("{at} a.b.up.test")), ["10.77.7.7"]);
         assert_eq!(lab.dig_status(&format!("{at} up.test")), "REFUSED");
     });
+}
+
+/// [`config`] without localOnly, forwarding only names `domain` covers, to the upstream.
+fn routed_only(domain: &str) -> DnsConfig {
+    let mut routed = config();
+    routed.local_only = false;
+    routed.forwarders = vec![DnsForwarder {
+        addr: Some(UPSTREAM_IP.parse().expect("ip")),
+        domain: Some(domain.into()),
+    }];
+    routed.default_upstreams = Vec::new();
+    routed
 }
 
 #[test]

@@ -874,6 +874,17 @@ impl Serve {
         let Some((first, forwarded)) = outcome else {
             return;
         };
+        let forwarded = match forwarded {
+            Forwarded::Silent => return,
+            // Every asker asks about the same name.
+            Forwarded::Reply(mut upstream) => {
+                if self.resolver.exists_without_records(&first.query) {
+                    nxdomain_to_nodata(&mut upstream);
+                }
+                Forwarded::Reply(upstream)
+            }
+            not_sent => not_sent,
+        };
         let mut reply = Vec::new();
         for asker in std::iter::once(first).chain(joined) {
             match &forwarded {
@@ -882,14 +893,11 @@ impl Serve {
                     reply.extend_from_slice(upstream);
                     reply_as_asked(&asker.query, &mut reply);
                     fit_udp_reply(&asker.query, &mut reply);
-                    if self.resolver.exists_without_records(&asker.query) {
-                        nxdomain_to_nodata(&mut reply);
-                    }
                 }
                 Forwarded::NotSent => {
                     unforwarded_reply(&asker.query, Unforwarded::NotSent, &mut reply);
                 }
-                Forwarded::Silent => continue,
+                Forwarded::Silent => return,
             }
             if !reply.is_empty() {
                 let _ = send(&self.udp[asker.socket], &reply, asker.client);
@@ -1095,6 +1103,8 @@ mod tests {
             listen: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             forward_plain_names: true,
             local_ptr_domains: Vec::new(),
+            // Not localOnly: its own name goes upstream, and exists here.
+            domain: Some("lab.test".into()),
             default_upstreams: addresses
                 .iter()
                 .map(|&address| SocketAddr::new(IpAddr::V4(address), DNS_PORT))
@@ -1344,6 +1354,36 @@ mod tests {
             ask(&other, to_server, 0xffff, "other.example.").await;
             let (query, _) = next_datagram(&upstream, "the other client's query").await;
             assert_eq!(query[12..], a_query(0, "other.example.")[12..]);
+            server.stop().await;
+        });
+    }
+
+    /// An upstream's NXDOMAIN for the network's own domain, which exists here, reaches
+    /// every asker as NOERROR.
+    #[test]
+    fn a_denial_of_the_networks_own_domain_becomes_nodata_for_every_asker() {
+        if !testkit::require(&[Need::Root, Need::Netns]) {
+            return;
+        }
+        with_forwarding("dnsowndomain", "owndomain", 1, |lab| async move {
+            let Forwarding {
+                server,
+                upstream,
+                client,
+                to_server,
+                ..
+            } = lab;
+            ask(&client, to_server, 0x1111, "lab.test.").await;
+            ask(&client, to_server, 0x2222, "LAB.test.").await;
+            let (query, from) = next_datagram(&upstream, "the forwarded query").await;
+            upstream
+                .send_to(&response(&query, 3), from)
+                .await
+                .expect("send");
+            for _ in 0..2 {
+                let (answer, _) = next_datagram(&client, "an answer").await;
+                assert_eq!(answer[3] & 0x0f, 0, "NOERROR");
+            }
             server.stop().await;
         });
     }
