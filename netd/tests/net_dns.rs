@@ -551,7 +551,6 @@ fn a_slow_upstream_is_heard_when_the_next_cannot_be_reached() {
     drop(slow);
 }
 
-/// A query for `labels` of type A with ID `id`, RD set.
 /// Asks `static1.example.test` over `stream` (a length-prefixed query, RFC 1035 4.2.2)
 /// and reads the answer.
 fn tcp_query(stream: &mut TcpStream, id: u16) -> std::io::Result<Vec<u8>> {
@@ -566,6 +565,7 @@ fn tcp_query(stream: &mut TcpStream, id: u16) -> std::io::Result<Vec<u8>> {
     Ok(reply)
 }
 
+/// A query for `labels` of type A with ID `id`, RD set.
 fn a_query(id: u16, labels: &[&str]) -> Vec<u8> {
     let mut query = id.to_be_bytes().to_vec();
     query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
@@ -711,6 +711,13 @@ fn update_swaps_records_while_serving() {
                 lab.dig_short(&format!("{at} static1.example.test")),
                 ["192.168.88.50"]
             );
+            let server: SocketAddr = format!("{SERVER_IP}:53").parse().expect("addr");
+            let mut open = lab
+                .client
+                .run(|| TcpStream::connect(server).expect("tcp connect"))
+                .expect("connect from the client namespace");
+            let reply = tcp_query(&mut open, 1).expect("reply");
+            assert_eq!(reply[reply.len() - 4..], [192, 168, 88, 50]);
             let mut updated = config();
             updated.hosts = vec![DnsHost {
                 ip: "192.168.88.60".parse().expect("ip"),
@@ -732,6 +739,9 @@ fn update_swaps_records_while_serving() {
                 lab.dig_status(&format!("{at} static1.example.test")),
                 "NXDOMAIN"
             );
+            // A connection open since before the update answers with its records too.
+            let reply = tcp_query(&mut open, 2).expect("reply");
+            assert_eq!(reply[3] & 0x0f, 3, "static1 outlived the update: {reply:?}");
             assert_eq!(
                 lab.dig_short(&format!("{at} about.example.test TXT")),
                 ["\"changed\""]

@@ -15,7 +15,8 @@
 //! each was asked: a slow one still has its say, a dead one costs a denial two seconds,
 //! not the client's whole timeout. A suspect server is not waited for. A negative
 //! answer given while a server configured before it was not heard is not cached, over
-//! UDP or TCP, so that one lost answer does not deny a name to every guest.
+//! UDP or TCP, so that one lost answer does not deny a name to every guest; a server no
+//! route leads to counts as heard.
 //!
 //! Every answer passed on has its AD bit cleared: as dnsmasq without `proxy-dnssec`
 //! (which libvirt does not set), kvnetd validates nothing, so it vouches for nothing.
@@ -142,8 +143,12 @@ enum Stand {
     /// Asked at this time; no answer yet.
     Waiting(tokio::time::Instant),
     Answered,
-    /// It could not be sent to.
+    /// No route leads to it (a VPN's resolver while the VPN is down): it has had its
+    /// say, as over TCP.
     Unreachable,
+    /// It could not be asked for another reason (a closed port's ICMP error, or a
+    /// shortage here): not heard.
+    Unsent,
 }
 
 /// One server of a UDP forward.
@@ -176,30 +181,35 @@ impl UdpForward<'_> {
         let stand = match self.sockets.socket_for(server) {
             Ok(socket) => match send(socket, self.query, server) {
                 Ok(_) => Stand::Waiting(tokio::time::Instant::now()),
-                Err(e) => {
-                    if !is_local_shortage(&std::io::Error::from(e)) {
-                        self.health.failed(self.network, server);
-                    }
-                    Stand::Unreachable
-                }
+                Err(e) => self.not_sent(server, &std::io::Error::from(e)),
             },
-            // No route to it (a VPN's resolver while the VPN is down): its failure, as
-            // a send's, so that it goes last, and no warning per query.
+            // No route to it: its failure, as a send's, so that it goes last, and no
+            // warning per query.
             Err(SocketError::Connect(e)) => {
                 tracing::debug!(network = self.network, %server, error = %e, "upstream DNS server unreachable");
-                if !is_local_shortage(&e) {
-                    self.health.failed(self.network, server);
-                }
-                Stand::Unreachable
+                self.not_sent(server, &e)
             }
             Err(SocketError::Open(e)) => {
                 if SOCKET_WARNINGS.due() {
                     tracing::warn!(network = self.network, %server, error = %e, "cannot open a socket to forward DNS queries (said at most every 10 s)");
                 }
-                Stand::Unreachable
+                Stand::Unsent
             }
         };
         self.slots[slot].stand = stand;
+    }
+
+    /// Counts the failure to send to `server` against it, unless the host ran short;
+    /// returns where it stands.
+    fn not_sent(&self, server: SocketAddr, error: &std::io::Error) -> Stand {
+        if !is_local_shortage(error) {
+            self.health.failed(self.network, server);
+        }
+        if is_unroutable(error) {
+            Stand::Unreachable
+        } else {
+            Stand::Unsent
+        }
     }
 
     /// Until when a negative answer from the server ranked `rank` must wait for the
@@ -418,6 +428,15 @@ fn is_local_shortage(error: &std::io::Error) -> bool {
     })
 }
 
+/// Whether `error` says no route leads to the server: it has had its say (see
+/// [`Stand::Unreachable`]).
+fn is_unroutable(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::NetworkUnreachable | std::io::ErrorKind::HostUnreachable
+    )
+}
+
 /// At most one warning every 10 s: a daemon out of descriptors would otherwise log one
 /// per forwarded query, at the pace guests set.
 struct Throttle(std::sync::atomic::AtomicU64);
@@ -571,6 +590,11 @@ pub(super) async fn forward_tcp(
                 // Out of descriptors or memory here is no fault of the server's.
                 if !is_local_shortage(&e) {
                     health.failed(network, server);
+                }
+                if is_unroutable(&e)
+                    && let Some(heard) = rank(server).and_then(|rank| heard.get_mut(rank))
+                {
+                    *heard = true;
                 }
                 failure = e;
             }

@@ -6,11 +6,15 @@
 //! - [`resolver`]: one query in, one decision out: a local answer written into a buffer,
 //!   a forward to the upstream servers in order of preference, or nothing. No sockets:
 //!   tests and the fuzz target drive it;
+//! - [`hosts`]: the host's `/etc/hosts`, read once for every network;
+//! - `routes`: which upstream servers a name goes to (`<forwarder domain=>`);
 //! - [`cache`]: upstream answers kept for their TTL, as dnsmasq's cache keeps them;
+//! - `forward`: one forwarded query's way through its upstream servers, in strict
+//!   order, and the servers' recent failures;
 //! - [`server`]: the UDP sockets (read and answered in batches) and TCP listeners on
-//!   port 53, the queries forwarded upstream (one task and random source port each)
-//!   with their retries of the next server, and the [`DnsServer`] handle the manager
-//!   keeps, whose [`DnsServer::update`] swaps the records in while it runs.
+//!   port 53, the forwards in flight (one task per question, which later askers of the
+//!   same question join), and the [`DnsServer`] handle the manager keeps, whose
+//!   [`DnsServer::update`] swaps the records in while it runs.
 //!
 //! What it answers follows libvirt's dnsmasq configuration: names are served with TTL 0
 //! (dnsmasq's `local-ttl` default), plain hostnames are also qualified with the

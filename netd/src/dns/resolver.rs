@@ -1,5 +1,5 @@
 //! One DNS query in, one decision out: answer it from the network's own names, forward
-//! it unchanged to upstream servers, or drop it.
+//! it to upstream servers, or drop it.
 //!
 //! The query is parsed in place: the header's flags and counts, then the question's
 //! name, read into a stack buffer with letters lowercased, which is the key the zone is
@@ -82,8 +82,8 @@ pub enum Transport {
 pub enum Outcome<'a> {
     /// The response is in the output buffer.
     Reply,
-    /// Not ours to answer: send the query unchanged to these servers, one after the
-    /// other until one answers (never empty).
+    /// Not ours to answer: forward the query to these servers, in this order (never
+    /// empty; how they are asked is `forward`'s).
     Forward(&'a [SocketAddr]),
     /// Not a query (a response, or too short to answer): ignore it.
     Drop,
@@ -105,8 +105,9 @@ pub enum Unforwarded {
     /// flight): REFUSED, at once, as dnsmasq answers, so the client need not wait out
     /// its timeouts.
     NotSent,
-    /// Sent, but no upstream answered in time (over TCP, where the client does not
-    /// retry on its own): SERVFAIL.
+    /// Over TCP, where the client does not retry on its own: no upstream gave a usable
+    /// answer in time (silent, refusing the connection, or replying with something
+    /// that does not answer the query): SERVFAIL.
     NoAnswer,
 }
 
@@ -190,6 +191,56 @@ pub fn reply_as_asked(query: &[u8], reply: &mut [u8]) {
     if let (Some(to), Some(from)) = (reply.get_mut(..question.end), query.get(..question.end)) {
         to[..2].copy_from_slice(&from[..2]);
         to[HEADER_LEN..].copy_from_slice(&from[HEADER_LEN..]);
+    }
+}
+
+/// Gives `reply`, an upstream's answer to another client's asking of `query`'s question
+/// (a joined forward), `query`'s EDNS: the upstream's OPT record echoes the other
+/// client's options (its DNS cookie, which a cookie-checking resolver drops the reply
+/// for, RFC 7873 5.3; NSID), so it is replaced by ours, as on a kept reply
+/// ([`Resolver::cached_reply`]). A reply whose OPT record is not its last record is left
+/// as it is.
+pub fn with_own_edns(query: &[u8], reply: &mut Vec<u8>) {
+    let mut key = [0u8; MAX_NAME_LEN];
+    let (Some((asked, _)), Some((answered, _))) = (
+        read_question(query, &mut key),
+        read_question(reply, &mut key),
+    ) else {
+        return;
+    };
+    let count = |at: usize| u16::from_be_bytes([reply[at], reply[at + 1]]);
+    let additional = count(10);
+    let Some(records) = count(6)
+        .checked_add(count(8))
+        .and_then(|sum| sum.checked_add(additional))
+    else {
+        return;
+    };
+    let Some(ends) = record_ends(reply, answered.end, records) else {
+        return;
+    };
+    if ends.last().copied().unwrap_or(answered.end) != reply.len() {
+        return;
+    }
+    let is_opt = |start: usize| {
+        skip_name(reply, start)
+            .and_then(|fixed| reply.get(fixed..fixed + 2))
+            .is_some_and(|rtype| rtype == [0, 41])
+    };
+    let starts: Vec<usize> = std::iter::once(answered.end)
+        .chain(ends.iter().copied())
+        .take(ends.len())
+        .collect();
+    match starts.iter().position(|&start| is_opt(start)) {
+        None => {}
+        Some(last) if last + 1 == starts.len() && additional > 0 => {
+            reply.truncate(starts[last]);
+            reply[10..12].copy_from_slice(&(additional - 1).to_be_bytes());
+        }
+        Some(_) => return,
+    }
+    if let Some(edns) = query_edns(query, asked.end) {
+        append_opt(reply, edns);
     }
 }
 
@@ -808,7 +859,7 @@ pub fn is_reply_to(query: &[u8], reply: &[u8]) -> bool {
 
 /// Labels of a name in wire form, not counting the root.
 fn label_count(key: &[u8]) -> usize {
-    label_offsets(key).count() - 1
+    label_offsets(key).count().saturating_sub(1)
 }
 
 /// A name in wire form, shown dotted for logs.
@@ -1987,6 +2038,44 @@ mod tests {
         resolver.answer(&small, Transport::Udp, &mut reply);
         let before = reply.clone();
         fit_udp_reply(&small, &mut reply);
+        assert_eq!(reply, before);
+    }
+
+    #[test]
+    fn a_joined_askers_reply_takes_its_edns_in_place_of_the_upstreams() {
+        let resolver = Resolver::new(&config(), None).unwrap();
+        let asked = query("static1.example.test.", RecordType::A, true);
+        let ours = |reply: &[u8]| Message::from_vec(reply).unwrap().edns.unwrap();
+        // An upstream's OPT record, last, with an option: replaced by ours.
+        let mut reply = Vec::new();
+        resolver.answer(&asked, Transport::Udp, &mut reply);
+        let mut upstream = Message::from_vec(&reply).unwrap();
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        edns.options_mut()
+            .insert(hickory_proto::rr::rdata::opt::EdnsOption::Unknown(
+                10,
+                vec![7; 8],
+            ));
+        upstream.set_edns(edns);
+        let mut reply = upstream.to_vec().unwrap();
+        with_own_edns(&asked, &mut reply);
+        let edns = ours(&reply);
+        assert_eq!(edns.max_payload(), MAX_UDP_PAYLOAD);
+        assert!(edns.options().as_ref().is_empty(), "{edns:?}");
+        assert_eq!(Message::from_vec(&reply).unwrap().answers.len(), 1);
+        // None from the upstream: ours added.
+        upstream.edns = None;
+        let mut reply = upstream.to_vec().unwrap();
+        with_own_edns(&asked, &mut reply);
+        assert_eq!(ours(&reply).max_payload(), MAX_UDP_PAYLOAD);
+        // Not last (a record after it would move): left as it came.
+        let mut reply = upstream.to_vec().unwrap();
+        reply.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+        reply.extend_from_slice(&[0, 0, 16, 0, 1, 0, 0, 0, 60, 0, 1, 0]);
+        reply[11] = 2;
+        let before = reply.clone();
+        with_own_edns(&asked, &mut reply);
         assert_eq!(reply, before);
     }
 

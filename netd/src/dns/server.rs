@@ -42,7 +42,7 @@ use super::cache::Key;
 use super::forward::{Forwarded, Health, forward_tcp, forward_udp};
 use super::resolver::{
     Outcome, Resolver, Transport, Unforwarded, clamp_edns_payload, fit_udp_reply,
-    nxdomain_to_nodata, reply_as_asked, unforwarded_reply,
+    nxdomain_to_nodata, reply_as_asked, unforwarded_reply, with_own_edns,
 };
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 use crate::service::ServiceTask;
@@ -242,8 +242,10 @@ struct Serve {
     next_listener: usize,
 }
 
-/// One less for `client` in `counts`, which keeps no zeros.
+/// One less for `client` in `counts`, which keeps no zeros. A count that drifted is
+/// a bug the tests catch; in the field it must not take the server down.
 fn count_down(counts: &mut HashMap<IpAddr, usize>, client: IpAddr) {
+    debug_assert!(counts.contains_key(&client), "no count for {client}");
     if let Some(count) = counts.get_mut(&client) {
         *count = count.saturating_sub(1);
         if *count == 0 {
@@ -352,7 +354,7 @@ async fn serve(
                     continue;
                 }
                 let turns = client.map(|ip| clients.turns_of(ip));
-                let resolver = Arc::clone(&state.resolver);
+                let resolvers = resolvers.clone();
                 let health = Arc::clone(&state.health);
                 let task = connections.spawn(async move {
                     let _turn = match turns {
@@ -364,7 +366,7 @@ async fn serve(
                         }
                         None => None,
                     };
-                    serve_tcp(stream, &resolver, &health).await;
+                    serve_tcp(stream, &resolvers, &health).await;
                 });
                 if let Some(ip) = client {
                     clients.started(task.id(), ip);
@@ -867,7 +869,11 @@ impl Serve {
             }
             count_down(&mut self.pending_by_client, client);
         }
-        self.joined_askers -= joined.len();
+        debug_assert!(
+            self.joined_askers >= joined.len(),
+            "joined askers miscounted"
+        );
+        self.joined_askers = self.joined_askers.saturating_sub(joined.len());
         for asker in &joined {
             count_down(&mut self.joined_by_client, asker.client.ip());
         }
@@ -886,12 +892,16 @@ impl Serve {
             not_sent => not_sent,
         };
         let mut reply = Vec::new();
-        for asker in std::iter::once(first).chain(joined) {
+        for (index, asker) in std::iter::once(first).chain(joined).enumerate() {
             match &forwarded {
                 Forwarded::Reply(upstream) => {
                     reply.clear();
                     reply.extend_from_slice(upstream);
                     reply_as_asked(&asker.query, &mut reply);
+                    // The upstream answered the first asker's query, options and all.
+                    if index > 0 {
+                        with_own_edns(&asker.query, &mut reply);
+                    }
                     fit_udp_reply(&asker.query, &mut reply);
                 }
                 Forwarded::NotSent => {
@@ -907,8 +917,13 @@ impl Serve {
 }
 
 /// Serves one TCP client: length-prefixed queries until it closes, idles or sends
-/// something that is not a query.
-async fn serve_tcp(mut stream: TcpStream, resolver: &Resolver, health: &Health) {
+/// something that is not a query. Each query is answered with the records of its time:
+/// a connection kept open across a `net-update` sees the update.
+async fn serve_tcp(
+    mut stream: TcpStream,
+    resolvers: &watch::Receiver<Arc<Resolver>>,
+    health: &Health,
+) {
     let mut query = Vec::new();
     let mut out = Vec::new();
     loop {
@@ -916,6 +931,7 @@ async fn serve_tcp(mut stream: TcpStream, resolver: &Resolver, health: &Health) 
             Ok(Ok(())) => {}
             _ => return,
         }
+        let resolver = Arc::clone(&resolvers.borrow());
         match resolver.answer(&query, Transport::Tcp, &mut out) {
             Outcome::Reply => {}
             Outcome::Forward(_) if resolver.cached_reply(&query, Transport::Tcp, &mut out) => {}
@@ -1325,6 +1341,68 @@ mod tests {
         });
     }
 
+    /// [`a_query`] with an OPT record carrying a DNS cookie (RFC 7873) of `cookie`.
+    fn cookie_query(id: u16, name: &str, cookie: [u8; 8]) -> Vec<u8> {
+        let mut query = a_query(id, name);
+        query[11] = 1;
+        query.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 12, 0, 10, 0, 8]);
+        query.extend_from_slice(&cookie);
+        query
+    }
+
+    /// A client joining another's forward gets the answer with our OPT record, not the
+    /// upstream's, which echoes the first client's cookie: a resolver checking cookies
+    /// would drop it and time out.
+    #[test]
+    fn a_joined_asker_does_not_get_the_first_askers_cookie() {
+        if !testkit::require(&[Need::Root, Need::Netns]) {
+            return;
+        }
+        with_forwarding("dnscookie", "cookie", 1, |lab| async move {
+            let Forwarding {
+                server,
+                upstream,
+                client,
+                to_server,
+                ..
+            } = lab;
+            let (first, joined) = ([1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16]);
+            for (id, cookie) in [(0x1111, first), (0x2222, joined)] {
+                let query = cookie_query(id, "cookie.example.", cookie);
+                client.send_to(&query, to_server).await.expect("send");
+            }
+            let (query, from) = next_datagram(&upstream, "the forwarded query").await;
+            assert!(
+                query.ends_with(&first),
+                "the first asker's cookie was not forwarded"
+            );
+            upstream
+                .send_to(&positive(&query, Ipv4Addr::new(192, 0, 2, 9)), from)
+                .await
+                .expect("send");
+            let mut answers = Vec::new();
+            for _ in 0..2 {
+                answers.push(next_datagram(&client, "an answer").await.0);
+            }
+            answers.sort();
+            assert!(
+                answers[0].ends_with(&first),
+                "the first asker lost its cookie"
+            );
+            let theirs = &answers[1];
+            assert_eq!(theirs[..2], [0x22, 0x22], "ID");
+            assert_eq!(theirs[10..12], [0, 1], "one additional record: an OPT");
+            assert!(
+                !theirs.windows(8).any(|window| window == first),
+                "the joined asker got the first asker's cookie"
+            );
+            let opt = &theirs[theirs.len() - 11..];
+            assert_eq!(opt[..3], [0, 0, 41], "our OPT record last");
+            assert_eq!(opt[9..], [0, 0], "options in our OPT record");
+            server.stop().await;
+        });
+    }
+
     /// One client asking for ever new names gets REFUSED once it has a quarter of the
     /// forwards in flight; another client's questions still go out.
     #[test]
@@ -1629,6 +1707,17 @@ mod tests {
                     .expect("the second server's denial");
                 assert_eq!((out[3] & 0x0f, keep), (3, true));
                 first_fails.await.expect("first");
+                let second = second_denies.await.expect("second");
+
+                // No route leads to the first (a VPN's resolver, the VPN down): it has
+                // had its say, as over UDP.
+                let unroutable = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 53));
+                let servers = [unroutable, servers[1]];
+                let second_denies = answer(second, response(&query, 3));
+                let keep = forward_tcp("n", &servers, &health, &query, &mut out)
+                    .await
+                    .expect("the second server's denial");
+                assert_eq!((out[3] & 0x0f, keep), (3, true));
                 second_denies.await.expect("second");
             })
         })

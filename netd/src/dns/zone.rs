@@ -319,14 +319,15 @@ pub fn wire_key(name: &Name) -> Vec<u8> {
     key
 }
 
-/// Offsets of the labels of a name in wire form, the root's last.
+/// Offsets of the labels of a name in wire form, the root's last; a name cut short
+/// ends with its last whole label's.
 pub(super) fn label_offsets(key: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    let mut at = Some(0);
+    let mut at = Some(0).filter(|_| !key.is_empty());
     std::iter::from_fn(move || {
         let here = at?;
         at = match key.get(here) {
             Some(0) | None => None,
-            Some(&len) => Some(here + 1 + usize::from(len)),
+            Some(&len) => Some(here + 1 + usize::from(len)).filter(|&next| next < key.len()),
         };
         Some(here)
     })
@@ -334,7 +335,7 @@ pub(super) fn label_offsets(key: &[u8]) -> impl Iterator<Item = usize> + '_ {
 
 /// Whether the name `key` is `domain` or a name under it (both [`wire_key`]s).
 pub(super) fn is_at_or_under(key: &[u8], domain: &[u8]) -> bool {
-    key.len() >= domain.len() && label_offsets(key).any(|at| key[at..] == *domain)
+    key.len() >= domain.len() && label_offsets(key).any(|at| key.get(at..) == Some(domain))
 }
 
 /// `text` as an absolute name, or `None` if it is not a valid one.
@@ -421,6 +422,18 @@ pub(super) fn wire_record(rdata: &RData) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_cut_short_are_walked_without_going_past_their_end() {
+        let key = wire_key(&fqdn("www.example.").expect("name"));
+        assert_eq!(label_offsets(&key).collect::<Vec<_>>(), [0, 4, 12]);
+        assert!(is_at_or_under(&key, &key[4..]));
+        assert!(is_at_or_under(&key, &[0]));
+        for cut in [&[5, b'a'][..], &[1, b'a', 3, b'b'], &[]] {
+            assert!(!is_at_or_under(cut, &[0]), "{cut:?}");
+            assert!(label_offsets(cut).all(|at| at < cut.len()), "{cut:?}");
+        }
+    }
 
     #[test]
     fn txt_values_split_at_commas_outside_quotes_and_every_255_bytes() {
