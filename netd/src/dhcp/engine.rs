@@ -735,7 +735,7 @@ fn add_configured_options(
     for rule in &config.options {
         let code = OptionCode::from(rule.code);
         opts.remove(code);
-        let Some(mut data) = super::options::encode(&rule.value, config.server_ip) else {
+        let Some(mut data) = crate::xml::dhcp_option_data(&rule.value, config.server_ip) else {
             continue;
         };
         if is_boot_field_option(rule.code) {

@@ -22,7 +22,6 @@
 pub mod engine;
 pub mod lease_time;
 pub mod leases;
-pub mod options;
 pub mod server;
 
 use std::collections::HashMap;

@@ -10,8 +10,8 @@
 //! keeps receiving and answering (the daemon's runtime has one thread: a disk stall must
 //! not stall every network's DHCP and DNS), and the ACKs handled meanwhile share the
 //! next sync. (The journal's compaction, a rewrite every few thousand lines, still runs
-//! on the task's thread; the state dir is normally tmpfs.) So an ACK is never sent for a binding that would not survive a crash, and
-//! under load one sync covers many ACKs. If a sync fails, its ACKs are dropped (the
+//! on the task's thread; the state dir is normally tmpfs.) So an ACK is never sent for a
+//! binding that would not survive a crash, and under load one sync covers many ACKs. If a sync fails, its ACKs are dropped (the
 //! clients retry) and the failure is logged. Before an OFFER or ACK goes to an address
 //! its client has not taken yet, the kernel is told that address's MAC (`Neighbours`),
 //! within a budget across the daemon; past it, the reply is broadcast.
@@ -380,6 +380,11 @@ impl Budget {
         }
         taken
     }
+
+    /// Returns one taken but not spent.
+    fn give_back(&mut self) {
+        self.left = (self.left + 1.0).min(self.per_second);
+    }
 }
 
 /// Where the kernel learns the hardware address of a client's offered address, so that
@@ -433,7 +438,12 @@ impl Neighbours {
             {
                 continue;
             }
-            if !(self.budget.take(now) && lock(&DAEMON_NEIGHBOUR_BUDGET).take(now)) {
+            let granted = self.budget.take(now);
+            if !(granted && lock(&DAEMON_NEIGHBOUR_BUDGET).take(now)) {
+                // The daemon's budget ran out: the network's is not spent.
+                if granted {
+                    self.budget.give_back();
+                }
                 reply.to = SocketAddrV4::new(Ipv4Addr::BROADCAST, super::engine::CLIENT_PORT);
                 continue;
             }
@@ -526,5 +536,11 @@ mod tests {
         assert_eq!((0..200).filter(|_| budget.take(much_later)).count(), 50);
         // An earlier time, taken before another task counted this one, earns nothing.
         assert_eq!((0..200).filter(|_| budget.take(later)).count(), 0);
+        // One given back is there to take again, up to a second's worth.
+        budget.give_back();
+        assert_eq!((0..200).filter(|_| budget.take(much_later)).count(), 1);
+        let mut full = Budget::per_second(2.0);
+        full.give_back();
+        assert_eq!((0..5).filter(|_| full.take(start)).count(), 2);
     }
 }

@@ -1,15 +1,17 @@
 //! The wire form of the options a network's `dhcp-option=` lines add (read in
-//! `xml::dnsmasq`): what dnsmasq 2.90 would put in the option for the same line.
+//! [`super::dnsmasq`]): what dnsmasq 2.90 would put in the option for the same line.
+//! Kept with the reader, so that the length `net-define` checks is the length the DHCP
+//! server sends.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use crate::xml::{ClasslessRoute, DhcpOptionValue};
+use super::{ClasslessRoute, DhcpOptionValue};
 
 /// `value` as option data, `None` for [`DhcpOptionValue::Omitted`] (nothing is sent).
 /// `0.0.0.0` in an address list stands for `server`, the DHCP server's own address, as
 /// in dnsmasq; in a route it stays, meaning on-link (RFC 3442).
-pub fn encode(value: &DhcpOptionValue, server: Ipv4Addr) -> Option<Vec<u8>> {
+pub fn dhcp_option_data(value: &DhcpOptionValue, server: Ipv4Addr) -> Option<Vec<u8>> {
     Some(match value {
         DhcpOptionValue::Omitted => return None,
         DhcpOptionValue::Addresses(addresses) => addresses
@@ -89,16 +91,16 @@ mod tests {
         let value =
             DhcpOptionValue::Addresses(vec![Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(10, 0, 0, 2)]);
         assert_eq!(
-            encode(&value, SERVER),
+            dhcp_option_data(&value, SERVER),
             Some(vec![192, 168, 122, 1, 10, 0, 0, 2])
         );
-        assert_eq!(encode(&DhcpOptionValue::Omitted, SERVER), None);
+        assert_eq!(dhcp_option_data(&DhcpOptionValue::Omitted, SERVER), None);
         assert_eq!(
-            encode(&DhcpOptionValue::U16(9000), SERVER),
+            dhcp_option_data(&DhcpOptionValue::U16(9000), SERVER),
             Some(vec![0x23, 0x28])
         );
         assert_eq!(
-            encode(&DhcpOptionValue::Text("ipxe.efi".into()), SERVER),
+            dhcp_option_data(&DhcpOptionValue::Text("ipxe.efi".into()), SERVER),
             Some(b"ipxe.efi".to_vec())
         );
     }
@@ -117,7 +119,7 @@ mod tests {
             route([10, 1, 2, 3], 32, [10, 0, 0, 1]),
         ]);
         assert_eq!(
-            encode(&value, SERVER),
+            dhcp_option_data(&value, SERVER),
             Some(vec![
                 8, 10, 192, 168, 122, 2, //
                 20, 172, 16, 32, 0, 0, 0, 0, // on-link: 0.0.0.0 stays
@@ -141,6 +143,6 @@ mod tests {
         expected.extend(b"\x03lab\xc0\x04");
         expected.extend(b"\x05other\x03org\x00");
         expected.push(0); // the root
-        assert_eq!(encode(&value, SERVER), Some(expected));
+        assert_eq!(dhcp_option_data(&value, SERVER), Some(expected));
     }
 }

@@ -427,7 +427,10 @@ fn dhcp_option(value: &str, force: bool) -> Result<DhcpOptionRule, Refusal> {
 
 /// `rule`, if its value fits in one option.
 fn checked_len(rule: DhcpOptionRule) -> Result<DhcpOptionRule, Refusal> {
-    if encoded_len(&rule.value) > MAX_OPTION_LEN {
+    // The server's address stands in for 0.0.0.0 in the same four bytes.
+    let len = super::dhcp_option_data(&rule.value, std::net::Ipv4Addr::UNSPECIFIED)
+        .map_or(0, |data| data.len());
+    if len > MAX_OPTION_LEN {
         return Err(Refusal::Invalid(format!(
             "it is longer than the {MAX_OPTION_LEN} bytes a DHCP option holds"
         )));
@@ -608,36 +611,6 @@ fn routes(fields: &[String]) -> Result<Vec<ClasslessRoute>, Refusal> {
             })
         })
         .collect()
-}
-
-/// The bytes `value` takes on the wire, at most: domain names are counted without the
-/// compression the DHCP server may apply.
-fn encoded_len(value: &DhcpOptionValue) -> usize {
-    match value {
-        DhcpOptionValue::Omitted => 0,
-        DhcpOptionValue::Addresses(addresses) => 4 * addresses.len(),
-        DhcpOptionValue::Text(text) => text.len(),
-        DhcpOptionValue::U16(_) => 2,
-        DhcpOptionValue::Domains(domains) => domains
-            .iter()
-            .map(|domain| {
-                if domain.is_empty() {
-                    1
-                } else {
-                    domain.len() + 2
-                }
-            })
-            .sum(),
-        DhcpOptionValue::Routes(routes) => routes
-            .iter()
-            .map(|route| 1 + usize::from(route.prefix).div_ceil(8) + 4)
-            .sum(),
-        DhcpOptionValue::Bytes(bytes) => bytes.len(),
-        DhcpOptionValue::SipAddresses(addresses) => 1 + 4 * addresses.len(),
-        DhcpOptionValue::SipDomains(domains) => {
-            1 + encoded_len(&DhcpOptionValue::Domains(domains.clone()))
-        }
-    }
 }
 
 /// The fields of a value as dnsmasq's config reader leaves them: `"..."` quotes text
@@ -1027,6 +1000,22 @@ mod tests {
             ))
             .0,
             42
+        );
+        // Measured as sent: search domains sharing their parents compress (RFC 3397).
+        // Twelve of these take 140 bytes, 492 written out.
+        let search: Vec<String> = (0..12)
+            .map(|n| format!("host{n:02}.departmentname.corp.example.com"))
+            .collect();
+        assert_eq!(
+            value(&format!("dhcp-option=119,{}", search.join(","))).0,
+            119
+        );
+        let distinct: Vec<String> = (0..12)
+            .map(|n| format!("host{n:02}.departmentname{n:02}.corp{n:02}.example.com"))
+            .collect();
+        assert_eq!(
+            invalid(&format!("dhcp-option=119,{}", distinct.join(","))),
+            "it is longer than the 255 bytes a DHCP option holds"
         );
     }
 }

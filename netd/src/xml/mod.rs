@@ -12,6 +12,7 @@
 //! (`<networkport>`, `virNetworkPortDefFormat`).
 
 mod bandwidth;
+mod dhcp_wire;
 pub mod dnsmasq;
 mod dom;
 mod format;
@@ -29,6 +30,7 @@ mod port_tests;
 mod tests;
 
 pub use bandwidth::{Bandwidth, Rate};
+pub use dhcp_wire::dhcp_option_data;
 pub use dnsmasq::{
     AddressRule, ClasslessRoute, DhcpOptionRule, DhcpOptionValue, Directive, DnsmasqOption,
     MAX_CACHE_SIZE,
