@@ -1,20 +1,21 @@
 //! The per-network server task: a UDP socket on port 67 bound to the bridge, feeding
 //! [`Engine::handle`].
 //!
-//! Packets are handled in batches: the task takes whatever the socket has queued (up
-//! to `MAX_BATCH`) and handles each. OFFERs, NAKs and INFORM replies go out at once.
-//! ACKs wait for their bindings to be durable: the journal lines written since the last
-//! sync are appended and `fdatasync`ed once for all of them (group commit), and the ACKs
-//! are sent once that sync succeeded. A fast sync (tmpfs, an idle disk) runs on the
-//! task's thread; after a slow one, syncs run on tokio's blocking pool while the task
-//! keeps receiving and answering (the daemon's runtime has one thread: a disk stall must
-//! not stall every network's DHCP and DNS), and the ACKs handled meanwhile share the
-//! next sync. (The journal's compaction, a rewrite every few thousand lines, still runs
-//! on the task's thread; the state dir is normally tmpfs.) So an ACK is never sent for a
-//! binding that would not survive a crash, and under load one sync covers many ACKs. If a sync fails, its ACKs are dropped (the
-//! clients retry) and the failure is logged. Before an OFFER or ACK goes to an address
-//! its client has not taken yet, the kernel is told that address's MAC (`Neighbours`),
-//! within a budget across the daemon; past it, the reply is broadcast.
+//! Packets are handled in batches: the task takes whatever the socket has queued (up to
+//! `MAX_BATCH`) and handles each. OFFERs, NAKs and INFORM replies go out at once. ACKs
+//! wait for their bindings to be durable: the journal lines written since the last sync
+//! are appended and `fdatasync`ed once for all of them (group commit), and the ACKs are
+//! sent once that sync succeeded. A fast sync (tmpfs, an idle disk) runs on the task's
+//! thread; after a slow one, syncs run on tokio's blocking pool while the task keeps
+//! receiving and answering (the daemon's runtime has one thread: a disk stall must not
+//! stall every network's DHCP and DNS), and the ACKs handled meanwhile share the next
+//! sync. (The journal's compaction, a rewrite every few thousand lines, still runs on
+//! the task's thread; the state dir is normally tmpfs.) So an ACK is never sent for a
+//! binding that would not survive a crash, and under load one sync covers many ACKs. If
+//! a sync fails, its ACKs are dropped (the clients retry) and the failure is logged.
+//! Before an OFFER or ACK goes to an address its client has not taken yet, the kernel
+//! is told that address's MAC (`Neighbours`), within a budget across the daemon; past
+//! it, the reply is broadcast.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
