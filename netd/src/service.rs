@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -68,6 +68,10 @@ impl Drop for ServiceTask {
         }
     }
 }
+
+/// How long a network service pauses after its socket fails: an error that stays (out
+/// of descriptors) would otherwise be polled again at once, for ever.
+pub const SOCKET_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// The wall clock as Unix seconds, the time base of leases.
 pub fn unix_now() -> i64 {

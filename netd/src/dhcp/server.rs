@@ -190,7 +190,7 @@ async fn serve(
                 Err(e) => {
                     let network = lock(&engine).config().network.clone();
                     tracing::warn!(%network, error = %e, "DHCP socket failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(crate::service::SOCKET_ERROR_PAUSE).await;
                 }
             },
             done = wait_sync(&mut sync), if sync.is_some() => {

@@ -242,7 +242,7 @@ async fn serve(
                 Err(e) => {
                     let network = lock(&engine).config().network.clone();
                     tracing::warn!(%network, error = %e, "DHCPv6 socket failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(crate::service::SOCKET_ERROR_PAUSE).await;
                 }
             },
         }

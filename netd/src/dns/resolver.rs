@@ -738,7 +738,7 @@ impl Resolver {
         // specific.
         self.routes
             .lookup(key)
-            .is_none_or(|route| route.len < dotted_len(local))
+            .is_none_or(|route| route.matched_chars < dotted_len(local))
     }
 
     /// The servers to ask about a name: its domain's forwarders, or the upstreams.

@@ -37,7 +37,8 @@ enum Pattern {
 /// The route a name takes, and how many characters of the name its pattern matched.
 pub(super) struct Matched<'a> {
     pub servers: &'a [SocketAddr],
-    pub len: usize,
+    /// Characters of the dotted name the pattern matched.
+    pub matched_chars: usize,
 }
 
 impl Routes {
@@ -121,7 +122,7 @@ impl Routes {
             .max_by_key(|(rank, _)| *rank)
             .map(|((len, _), route)| Matched {
                 servers: &route.servers,
-                len,
+                matched_chars: len,
             })
     }
 }
@@ -239,11 +240,13 @@ mod tests {
         assert_eq!(route_of(&carved, "a.mail.google.com"), 9);
         assert_eq!(route_of(&carved, "mail.google.com"), 2);
         assert_eq!(
-            carved.lookup(&key("a.mail.google.com")).map(|m| m.len),
+            carved
+                .lookup(&key("a.mail.google.com"))
+                .map(|m| m.matched_chars),
             Some(".mail.google.com".len())
         );
         assert_eq!(
-            carved.lookup(&key("x.google.com")).map(|m| m.len),
+            carved.lookup(&key("x.google.com")).map(|m| m.matched_chars),
             Some("google.com".len())
         );
     }

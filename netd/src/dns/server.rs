@@ -45,7 +45,7 @@ use super::resolver::{
     nxdomain_to_nodata, reply_as_asked, unforwarded_reply, with_own_edns,
 };
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
-use crate::service::ServiceTask;
+use crate::service::{SOCKET_ERROR_PAUSE, ServiceTask};
 
 /// Most clients at once waiting for the answer to a question already forwarded for
 /// another; more are refused. Each holds its query (4 KiB at most).
@@ -206,9 +206,6 @@ fn open_socket(
     }
     Ok(fd)
 }
-
-/// How long serving pauses after a socket error.
-const SOCKET_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// What woke the task.
 enum Event {
@@ -374,8 +371,6 @@ async fn serve(
             }
             Event::Failed(e) => {
                 tracing::debug!(network = %state.resolver.network(), error = %e, "DNS socket error");
-                // An error that stays (accept() out of descriptors) would be polled
-                // again at once, for ever: the DHCP servers pause on errors too.
                 tokio::time::sleep(SOCKET_ERROR_PAUSE).await;
             }
         }
@@ -690,7 +685,7 @@ thread_local! {
 }
 
 /// Whether a query from `client` is answered ([`DnsConfig::clients`]; empty: any).
-fn answers(clients: &[ipnet::IpNet], client: Option<SocketAddr>) -> bool {
+fn is_allowed_client(clients: &[ipnet::IpNet], client: Option<SocketAddr>) -> bool {
     clients.is_empty()
         || client.is_some_and(|client| clients.iter().any(|net| net.contains(&client.ip())))
 }
@@ -740,7 +735,7 @@ impl Serve {
         let mut replies = 0;
         for at in 0..batch.received.len() {
             let (len, from) = batch.received[at];
-            if !answers(&self.clients, socket_addr(&from)) {
+            if !is_allowed_client(&self.clients, socket_addr(&from)) {
                 continue;
             }
             let start = at * RECV_BUFFER;

@@ -20,7 +20,7 @@ use super::{
     DEFAULT_BLOCK_SIZE, Error, ErrorCode, PORT, ReadRequest, TftpConfig, data, error, option_ack,
     parse_reply, parse_request,
 };
-use crate::service::ServiceTask;
+use crate::service::{SOCKET_ERROR_PAUSE, ServiceTask};
 
 /// Transfers served at once per network; more are refused until one ends.
 const MAX_TRANSFERS: usize = 64;
@@ -33,8 +33,6 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 const ATTEMPTS: u32 = 5;
 /// Largest request read; requests are a file name and a few options.
 const REQUEST_BUFFER: usize = 1024;
-/// How long a failed receive pauses the server.
-const RECEIVE_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Permission bits of "others": read, and search for a directory.
 const OTHERS_READ: u32 = 0o004;
 const OTHERS_SEARCH: u32 = 0o001;
@@ -148,7 +146,7 @@ async fn serve(
                 Err(e) => {
                     // As the DNS and DHCP servers do: a socket that keeps failing is not spun on.
                     tracing::debug!(network = %config.network, error = %e, "TFTP receive failed");
-                    tokio::time::sleep(RECEIVE_ERROR_PAUSE).await;
+                    tokio::time::sleep(SOCKET_ERROR_PAUSE).await;
                     continue;
                 }
             },
