@@ -485,8 +485,9 @@ impl LeaseDb {
             .or_else(|| given.filter(|name| self.may_go_by(client, name)))
     }
 
-    /// Whether `client` may go by `name`. As in dnsmasq, a name the client gives cannot
-    /// take a reservation's name: a guest would otherwise answer for another one in DNS.
+    /// Whether `client` may go by `name`. A name the client gives cannot take a
+    /// reservation's name, where dnsmasq lets it until the reserved guest leases: a
+    /// guest would otherwise answer for another one in DNS.
     /// (A name reserved without a MAC is the name its client goes by.)
     fn may_go_by(&self, client: &Client, name: &str) -> bool {
         self.reserved_names
@@ -791,9 +792,30 @@ impl LeaseDb {
         Some(secs)
     }
 
-    /// Makes `client` the bound holder of `ip`, dropping whatever held `ip`.
+    /// Makes `client` the bound holder of `ip`, dropping whatever held `ip`. A name goes
+    /// with the lease that claimed it last: other leases holding it lose it, as with
+    /// dnsmasq (`lease_set_hostname`), so DNS and `net-dhcp-leases` show one holder.
+    /// (A replayed journal strips the same names in the same order.)
     fn put_bound(&mut self, client: Client, ip: Ipv4Addr, hostname: Option<Box<str>>, expiry: i64) {
+        let renewed = self.by_ip.get(&ip).is_some_and(|held| {
+            held.state == LeaseState::Bound
+                && held.client.same_as(&client)
+                && held.hostname == hostname
+        });
         self.remove_ip(ip);
+        if let Some(name) = hostname.as_deref()
+            && !renewed
+        {
+            for other in self.by_ip.values_mut() {
+                if other
+                    .hostname
+                    .as_deref()
+                    .is_some_and(|held| held.eq_ignore_ascii_case(name))
+                {
+                    other.hostname = None;
+                }
+            }
+        }
         // A lease made shorter (a renewal asking for less) frees its address sooner
         // than the pool walk that found no free address expected.
         self.exhausted_until = self.exhausted_until.map(|until| until.min(expiry));
@@ -1442,18 +1464,37 @@ mod tests {
         assert!(names.contains(&(ip(12), Some("free".into()))), "{names:?}");
     }
 
-    /// Two guests that claim one name in the same second: DNS answers the one that
-    /// claimed it last, whichever address sorts first, and a renewal claims it back.
+    /// Two guests that claim one name: the one that claimed it last holds it, as with
+    /// dnsmasq; the other lease loses it (in DNS and `net-dhcp-leases`), keeps it lost
+    /// when it renews without a name and after the other releases, and claims it back
+    /// only by giving the name again. The journal replays to the same holders.
     #[test]
-    fn of_two_leases_claiming_a_name_in_one_second_the_later_one_answers() {
-        let mut db = LeaseDb::in_memory(&config());
+    fn a_name_claimed_by_a_second_guest_leaves_the_first_ones_lease() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("leases");
+        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open");
+        let names = |db: &LeaseDb| {
+            let mut names: Vec<(Ipv4Addr, Option<String>)> = db
+                .leases(NOW)
+                .into_iter()
+                .map(|lease| (lease.ip, lease.hostname))
+                .collect();
+            names.sort();
+            names
+        };
         assert!(db.bind(&mac(1), ip(12), Some("dup".into()), NOW).is_some());
-        assert!(db.bind(&mac(2), ip(10), Some("dup".into()), NOW).is_some());
-        assert_eq!(
-            super::super::dns_names(db.leases_by_binding(NOW)),
-            [(ip(10), "dup".to_owned())]
-        );
+        assert!(db.bind(&mac(2), ip(10), Some("DUP".into()), NOW).is_some());
+        assert_eq!(names(&db), [(ip(10), Some("DUP".into())), (ip(12), None)]);
         assert!(db.bind(&mac(1), ip(12), None, NOW).is_some());
+        assert_eq!(names(&db), [(ip(10), Some("DUP".into())), (ip(12), None)]);
+        // Renewing under the name it holds changes nothing.
+        assert!(db.bind(&mac(2), ip(10), Some("DUP".into()), NOW).is_some());
+        db.commit().expect("commit");
+        let reopened = LeaseDb::open(&config(), &path, NOW).expect("reopen");
+        assert_eq!(names(&reopened), names(&db));
+        assert!(db.release(&mac(2), ip(10)));
+        assert_eq!(names(&db), [(ip(12), None)]);
+        assert!(db.bind(&mac(1), ip(12), Some("dup".into()), NOW).is_some());
         assert_eq!(
             super::super::dns_names(db.leases_by_binding(NOW)),
             [(ip(12), "dup".to_owned())]

@@ -15,7 +15,9 @@
 //!   else or outside the network gets a NAK;
 //! - no ICMP probe before offering (dnsmasq's probe made udhcpc wait 3 s; the README
 //!   says what that costs);
-//! - a `<host mac=>` reservation always wins: a dynamic holder of that address is evicted;
+//! - a `<host mac=>` reservation always wins: a dynamic holder of that address is refused
+//!   its next renewal (NAK), which ends its lease, so the reserved guest gets the address
+//!   at its next request (dnsmasq keeps the refused lease until it expires);
 //! - relayed requests are answered only from a relay agent inside the network's subnet
 //!   (replies go back to it, never off the network); others are dropped.
 
