@@ -419,8 +419,16 @@ impl Engine {
                 opts.insert(DhcpOption::AddressLeaseTime(secs));
                 if secs != INFINITE {
                     let (renewal, rebinding) = renew_times(secs);
-                    opts.insert(DhcpOption::Renewal(renewal));
-                    opts.insert(DhcpOption::Rebinding(rebinding));
+                    // A renewing or rebinding client gets them a little early, by up
+                    // to a sixteenth of the lease, as from dnsmasq: guests started
+                    // together do not renew together for ever (RFC 2131 4.4.5's fuzz).
+                    let fuzz = if ciaddr.is_unspecified() {
+                        0
+                    } else {
+                        rand::random_range(0..=secs / 16)
+                    };
+                    opts.insert(DhcpOption::Renewal(renewal.saturating_sub(fuzz)));
+                    opts.insert(DhcpOption::Rebinding(rebinding.saturating_sub(fuzz)));
                 }
             }
             // Its name, reserved or its own, when it asks for it, as from dnsmasq.
@@ -1331,6 +1339,34 @@ mod tests {
         assert_eq!((renewed.yiaddr(), renewed.ciaddr()), (ip, ip));
         assert_eq!(reply.to, SocketAddrV4::new(ip, 68));
         assert_eq!(engine.leases(NOW + 300)[0].expiry_unix, NOW + 900);
+    }
+
+    /// T1 and T2 of a 600 s lease are 300 and 525 s for a new binding; a renewal gets
+    /// both up to 37 s (a sixteenth) earlier, by a random amount, as from dnsmasq.
+    #[test]
+    fn renewals_get_their_renewal_times_a_little_early_by_chance() {
+        let mut engine = Engine::new(config());
+        let mac = [2, 0, 0, 0, 0, 7];
+        let (_, ack) = dora(&mut engine, mac, NOW);
+        let times = |m: &Message| match (
+            m.opts().get(OptionCode::Renewal),
+            m.opts().get(OptionCode::Rebinding),
+        ) {
+            (Some(DhcpOption::Renewal(t1)), Some(DhcpOption::Rebinding(t2))) => (*t1, *t2),
+            other => panic!("no T1 and T2: {other:?}"),
+        };
+        assert_eq!(times(&ack), (300, 525));
+        let mut renew = message(MessageType::Request, mac);
+        renew.set_ciaddr(ack.yiaddr());
+        let mut early = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let (_, renewed) = exchange(&mut engine, &renew, NOW).expect("renew ack");
+            let (t1, t2) = times(&renewed);
+            assert!((263..=300).contains(&t1), "T1 {t1}");
+            assert_eq!(t2 - t1, 225);
+            early.insert(t1);
+        }
+        assert!(early.len() > 1, "the same T1 every time: {early:?}");
     }
 
     #[test]

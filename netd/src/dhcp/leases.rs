@@ -240,10 +240,11 @@ pub struct LeaseDb {
     reserved_names: HashMap<Box<str>, Option<[u8; 6]>>,
     by_ip: HashMap<Ipv4Addr, Lease>,
     by_client: HashMap<ClientKey, Ipv4Addr>,
-    /// Addresses of the leases that carry a client identifier, by MAC: a request without
-    /// option 61 matches them by MAC (see [`Client::same_as`]). A set, so that one MAC
-    /// with many made-up identifiers costs O(log n) per change, not a scan.
-    id_leases_by_mac: HashMap<[u8; 6], BTreeSet<Ipv4Addr>>,
+    /// Addresses of the leases that carry a client identifier, by MAC, with the bind count
+    /// each was bound at (0 for an offer): a request without option 61 matches them by
+    /// MAC (see [`Client::same_as`]). A set, so that one MAC with many made-up
+    /// identifiers costs O(log n) per change, not a scan.
+    id_leases_by_mac: HashMap<[u8; 6], BTreeSet<(u64, Ipv4Addr)>>,
     /// `(expiry, address)` of every offer waiting for its REQUEST, oldest first.
     offers: BTreeSet<(i64, Ipv4Addr)>,
     /// The last walk of the pool found nothing free: no walk again before this time (the
@@ -630,8 +631,11 @@ impl LeaseDb {
         if let Some(&ip) = self.by_client.get(&ClientKey::Mac(client.mac)) {
             return Some(ip);
         }
+        // Of several, the one bound last, as dnsmasq finds its newest lease first (a
+        // guest's firmware and its OS may each have leased under an identifier).
         if client.client_id.is_none() {
-            return self.id_leases_by_mac.get(&client.mac)?.first().copied();
+            let (_, ip) = self.id_leases_by_mac.get(&client.mac)?.last()?;
+            return Some(*ip);
         }
         None
     }
@@ -643,7 +647,7 @@ impl LeaseDb {
             self.id_leases_by_mac
                 .entry(lease.client.mac)
                 .or_default()
-                .insert(ip);
+                .insert((lease.bound_seq, ip));
         }
         self.by_ip.insert(ip, lease);
     }
@@ -865,7 +869,7 @@ impl LeaseDb {
         if lease.client.client_id.is_some()
             && let Some(ips) = self.id_leases_by_mac.get_mut(&lease.client.mac)
         {
-            ips.remove(&ip);
+            ips.remove(&(lease.bound_seq, ip));
             if ips.is_empty() {
                 self.id_leases_by_mac.remove(&lease.client.mac);
             }
@@ -1534,6 +1538,13 @@ mod tests {
         // Another MAC with the same identifier: the same client.
         let moved = Client::new([2, 0, 0, 0, 0, 7], Some(b"\x01abc"));
         assert_eq!(db.offer(&moved, None, NOW), Some(ip(10)));
+        // The MAC without an identifier (firmware leased under one, its OS under
+        // another, and now a client without): the lease bound last, as dnsmasq finds
+        // its newest, whatever the addresses' order; and again after a renewal.
+        let without_id = Client::new([2, 0, 0, 0, 0, 1], None);
+        assert_eq!(db.offer(&without_id, None, NOW), Some(ip(12)));
+        assert_eq!(db.bind(&first, ip(10), None, NOW), Some(3600));
+        assert_eq!(db.offer(&without_id, None, NOW), Some(ip(10)));
     }
 
     /// A guest leases without option 61 (cloud-init's dhclient), then its next DHCP
