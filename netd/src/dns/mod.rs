@@ -11,9 +11,10 @@
 //! - [`cache`]: upstream answers kept for their TTL, as dnsmasq's cache keeps them;
 //! - `forward`: one forwarded query's way through its upstream servers, in strict
 //!   order, and the servers' recent failures;
+//! - `in_flight`: the forwards in flight and who waits for each (later askers of a
+//!   question join its forward), within limits per network and per guest;
 //! - [`server`]: the UDP sockets (read and answered in batches) and TCP listeners on
-//!   port 53, the forwards in flight (one task per question, which later askers of the
-//!   same question join), and the [`DnsServer`] handle the manager keeps, whose
+//!   port 53, a task per forward, and the [`DnsServer`] handle the manager keeps, whose
 //!   [`DnsServer::update`] swaps the records in while it runs.
 //!
 //! What it answers follows libvirt's dnsmasq configuration: names are served with TTL 0
@@ -30,6 +31,7 @@ mod forward;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod hosts;
+mod in_flight;
 pub mod resolver;
 mod routes;
 pub mod server;

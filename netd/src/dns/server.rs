@@ -6,13 +6,12 @@
 //! thread, so a thousand idle networks cost no buffers and a busy one costs two
 //! system calls per batch.
 //!
-//! UDP queries for other names are forwarded by a small task each (at most
-//! `MAX_PENDING` at once; `forward.rs` says how the servers are asked), with a
-//! fresh random ID from a socket of its own bound to port 0, so the kernel picks a random
-//! source port per query (RFC 5452 9.2): a forged reply must guess port and ID. A query
-//! asking what a forward in flight asks joins it instead (dnsmasq does the same since
-//! CVE-2020-25686): the answer goes to each asker with its own ID and letter case, from
-//! the socket its query came in on. A TCP client gets a small task per connection (at
+//! UDP queries for other names are forwarded by a small task each (`forward.rs` says how
+//! the servers are asked), with a fresh random ID from a socket of its own bound to port
+//! 0, so the kernel picks a random source port per query (RFC 5452 9.2): a forged reply
+//! must guess port and ID. A query asking what a forward in flight asks joins it instead
+//! (`in_flight.rs`, which also bounds them): the answer goes to each asker with its own
+//! ID, letter case and EDNS, from the socket its query came in on. A TCP client gets a small task per connection (at
 //! most [`MAX_TCP_CLIENTS`] at once, and [`MAX_TCP_PER_CLIENT`] per client address, of
 //! which [`MAX_TCP_SERVED_PER_CLIENT`] are served at once while the others wait their
 //! turn) that forwards over TCP, so large upstream answers get through whole.
@@ -40,6 +39,7 @@ use tokio::task::JoinSet;
 
 use super::cache::Key;
 use super::forward::{Forwarded, Health, forward_tcp, forward_udp};
+use super::in_flight::{Admission, Asker, InFlight};
 use super::resolver::{
     Outcome, Resolver, Transport, Unforwarded, clamp_edns_payload, fit_udp_reply,
     nxdomain_to_nodata, reply_as_asked, unforwarded_reply, with_own_edns,
@@ -47,19 +47,6 @@ use super::resolver::{
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 use crate::service::{SOCKET_ERROR_PAUSE, ServiceTask};
 
-/// Most clients at once waiting for the answer to a question already forwarded for
-/// another; more are refused. Each holds its query (4 KiB at most).
-const MAX_JOINED: usize = 1024;
-/// Most of them from one client address, so that one guest cannot keep the others from
-/// joining.
-const MAX_JOINED_PER_CLIENT: usize = MAX_JOINED / 4;
-/// Most UDP queries waiting for an upstream answer at once; more are refused. Each
-/// holds a socket per server it has asked, so this bounds a network's file descriptors
-/// (dnsmasq's `dns-forward-max` is 150).
-const MAX_PENDING: usize = 512;
-/// Most of them for one client address, so that one guest asking for ever new names
-/// cannot keep the others' queries from being forwarded.
-const MAX_PENDING_PER_CLIENT: usize = MAX_PENDING / 4;
 /// Most TCP connections held at once, served or waiting their turn; more are closed on
 /// accept.
 pub const MAX_TCP_CLIENTS: usize = 128;
@@ -226,57 +213,10 @@ struct Serve {
     udp_family: Vec<usize>,
     /// The UDP queries being forwarded, one task each, which ends with its first asker.
     forwards: JoinSet<(Asker, Forwarded)>,
-    /// Each forward's question, if others may join it, and first asker's address.
-    tasks: HashMap<tokio::task::Id, (Option<Key>, IpAddr)>,
-    /// How many forwards each client address has in flight.
-    pending_by_client: HashMap<IpAddr, usize>,
-    /// The forwards others asking the same joined, by question.
-    joined: HashMap<Key, Joined>,
-    /// How many askers `joined` holds in all, and by client address.
-    joined_askers: usize,
-    joined_by_client: HashMap<IpAddr, usize>,
+    /// Who waits for each of `forwards`.
+    in_flight: InFlight<tokio::task::Id>,
     /// Where [`next_event`] starts looking among the listeners.
     next_listener: usize,
-}
-
-/// One less for `client` in `counts`, which keeps no zeros. A count that drifted is
-/// a bug the tests catch; in the field it must not take the server down.
-fn count_down(counts: &mut HashMap<IpAddr, usize>, client: IpAddr) {
-    debug_assert!(counts.contains_key(&client), "no count for {client}");
-    if let Some(count) = counts.get_mut(&client) {
-        *count = count.saturating_sub(1);
-        if *count == 0 {
-            counts.remove(&client);
-        }
-    }
-}
-
-/// A client waiting for the answer to a forwarded UDP query.
-#[derive(Debug)]
-struct Asker {
-    client: SocketAddr,
-    /// Index of the listening socket the query came in on, and is answered from.
-    socket: usize,
-    /// The query as the client sent it: its ID, letter case and EDNS size.
-    query: Box<[u8]>,
-}
-
-impl Asker {
-    /// Its query's ID (the resolver forwards only queries with a whole header).
-    fn id(&self) -> [u8; 2] {
-        match *self.query {
-            [first, second, ..] => [first, second],
-            _ => [0, 0],
-        }
-    }
-}
-
-/// The clients asking the question of a forward in flight besides its first asker.
-#[derive(Debug)]
-struct Joined {
-    /// The first asker's address and ID, to tell its retries.
-    first: (SocketAddr, [u8; 2]),
-    askers: Vec<Asker>,
 }
 
 async fn serve(
@@ -304,11 +244,7 @@ async fn serve(
             .collect(),
         udp,
         forwards: JoinSet::new(),
-        tasks: HashMap::new(),
-        pending_by_client: HashMap::new(),
-        joined: HashMap::new(),
-        joined_askers: 0,
-        joined_by_client: HashMap::new(),
+        in_flight: InFlight::default(),
         next_listener: 0,
     };
     // Expired answers go now and then, also while the network is quiet.
@@ -775,8 +711,7 @@ impl Serve {
     }
 
     /// Forwards `query` from `client` upstream, or has it join the forward of the same
-    /// question in flight: one upstream query for many askers, as dnsmasq does, gives a
-    /// forger one ID and port to guess instead of one per copy (CVE-2020-25686).
+    /// question in flight ([`InFlight`]).
     fn forward(&mut self, socket: usize, query: &[u8], client: SocketAddr, servers: &[SocketAddr]) {
         let asker = Asker {
             client,
@@ -784,66 +719,35 @@ impl Serve {
             query: query.into(),
         };
         let key = Key::of(query).map(|(key, _)| key);
-        if let Some(joined) = key.as_ref().and_then(|key| self.joined.get_mut(key)) {
-            let retry = (client, asker.id());
-            if joined.first == retry
-                || joined
-                    .askers
-                    .iter()
-                    .any(|other| (other.client, other.id()) == retry)
-            {
+        let asker = match self.in_flight.admit(asker, key.as_ref()) {
+            Admission::Forward(asker) => asker,
+            Admission::Joined | Admission::Retry => return,
+            Admission::Refused(asker) => {
+                tracing::debug!(network = %self.resolver.network(), "too many DNS queries in flight; refusing one");
+                let mut refusal = Vec::new();
+                unforwarded_reply(&asker.query, Unforwarded::NotSent, &mut refusal);
+                if !refusal.is_empty() {
+                    let _ = send(&self.udp[socket], &refusal, client);
+                }
                 return;
             }
-            let by_client = self.joined_by_client.entry(client.ip()).or_default();
-            if self.joined_askers < MAX_JOINED && *by_client < MAX_JOINED_PER_CLIENT {
-                joined.askers.push(asker);
-                self.joined_askers += 1;
-                *by_client += 1;
-                return;
-            }
-            if *by_client == 0 {
-                self.joined_by_client.remove(&client.ip());
-            }
-        } else if self.forwards.len() < MAX_PENDING
-            && self
-                .pending_by_client
-                .get(&client.ip())
-                .is_none_or(|&pending| pending < MAX_PENDING_PER_CLIENT)
-        {
-            let mut upstream_query = query.to_vec();
-            // A fresh random ID per forward, on top of the random port, makes a spoofed
-            // upstream answer hard to match.
-            if let Some(id) = upstream_query.get_mut(..2) {
-                id.copy_from_slice(&rand::random::<u16>().to_be_bytes());
-            }
-            clamp_edns_payload(&mut upstream_query);
-            let resolver = Arc::clone(&self.resolver);
-            let health = Arc::clone(&self.health);
-            let servers = servers.to_vec();
-            let first = (client, asker.id());
-            let task = self.forwards.spawn(async move {
-                let forwarded = forward_udp(&resolver, &upstream_query, &servers, &health).await;
-                (asker, forwarded)
-            });
-            if let Some(key) = &key {
-                self.joined.insert(
-                    key.clone(),
-                    Joined {
-                        first,
-                        askers: Vec::new(),
-                    },
-                );
-            }
-            self.tasks.insert(task.id(), (key, client.ip()));
-            *self.pending_by_client.entry(client.ip()).or_default() += 1;
-            return;
+        };
+        let mut upstream_query = query.to_vec();
+        // A fresh random ID per forward, on top of the random port, makes a spoofed
+        // upstream answer hard to match.
+        if let Some(id) = upstream_query.get_mut(..2) {
+            id.copy_from_slice(&rand::random::<u16>().to_be_bytes());
         }
-        tracing::debug!(network = %self.resolver.network(), "too many DNS queries in flight; refusing one");
-        let mut refusal = Vec::new();
-        unforwarded_reply(query, Unforwarded::NotSent, &mut refusal);
-        if !refusal.is_empty() {
-            let _ = send(&self.udp[socket], &refusal, client);
-        }
+        clamp_edns_payload(&mut upstream_query);
+        let resolver = Arc::clone(&self.resolver);
+        let health = Arc::clone(&self.health);
+        let servers = servers.to_vec();
+        let first = (client, asker.id());
+        let task = self.forwards.spawn(async move {
+            let forwarded = forward_udp(&resolver, &upstream_query, &servers, &health).await;
+            (asker, forwarded)
+        });
+        self.in_flight.started(task.id(), key, first);
     }
 
     /// Answers the askers of a forward that ended.
@@ -855,23 +759,7 @@ impl Serve {
             Ok((id, (first, forwarded))) => (id, Some((first, forwarded))),
             Err(e) => (e.id(), None),
         };
-        let mut joined = Vec::new();
-        if let Some((key, client)) = self.tasks.remove(&id) {
-            if let Some(key) = key
-                && let Some(those) = self.joined.remove(&key)
-            {
-                joined = those.askers;
-            }
-            count_down(&mut self.pending_by_client, client);
-        }
-        debug_assert!(
-            self.joined_askers >= joined.len(),
-            "joined askers miscounted"
-        );
-        self.joined_askers = self.joined_askers.saturating_sub(joined.len());
-        for asker in &joined {
-            count_down(&mut self.joined_by_client, asker.client.ip());
-        }
+        let joined = self.in_flight.finished(id);
         let Some((first, forwarded)) = outcome else {
             return;
         };
@@ -983,6 +871,7 @@ pub(super) async fn write_message(stream: &mut TcpStream, message: &[u8]) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dns::in_flight::MAX_PENDING_PER_CLIENT;
     use testkit::{Need, Netns};
 
     /// A test namespace and the single-threaded runtime the daemon runs servers on.
