@@ -442,35 +442,11 @@ impl Engine {
             add_boot(&mut message, request, config);
             add_boot_fields_from_options(&mut message, request, config);
         }
-        let relay = request.giaddr();
-        let mut hardware = None;
-        let to = if !relay.is_unspecified() {
-            if kind == MessageType::Nak {
-                // RFC 2131 4.3.2: the relay broadcasts a NAK to the client.
-                message.set_flags(request.flags().set_broadcast());
-            }
-            // A relay agent listens on the server port (RFC 2131 4.1).
-            SocketAddrV4::new(relay, SERVER_PORT)
-        } else if kind != MessageType::Nak && !ciaddr.is_unspecified() {
-            SocketAddrV4::new(ciaddr, CLIENT_PORT)
-        } else if matches!(kind, MessageType::Offer | MessageType::Ack)
-            && !request.flags().broadcast()
-            && !yiaddr.is_unspecified()
-        {
-            // RFC 2131 4.1: to the client's hardware address and the offered address,
-            // unless it asks for broadcast: only the client sees its offer (its name,
-            // its identifier), not every guest on the bridge, isolated ports included.
-            hardware = request
-                .chaddr()
-                .get(..6)
-                .and_then(|mac| <[u8; 6]>::try_from(mac).ok());
-            match hardware {
-                Some(_) => SocketAddrV4::new(yiaddr, CLIENT_PORT),
-                None => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
-            }
-        } else {
-            SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
-        };
+        if kind == MessageType::Nak && !request.giaddr().is_unspecified() {
+            // RFC 2131 4.3.2: the relay broadcasts a NAK to the client.
+            message.set_flags(request.flags().set_broadcast());
+        }
+        let (to, hardware) = destination(request, kind, ciaddr, yiaddr);
         // Written as dhcproto cannot: the Client FQDN answer (dhcproto's encoder takes
         // ASCII names for wire format), and the relay's option as it was sent, last,
         // where the relay looks for it (RFC 3046 2.2).
@@ -482,15 +458,9 @@ impl Engine {
             fqdn = fqdn_answer(asked, hostname, config.domain.as_deref());
         }
         let relay_info = raw_option(request, OptionCode::RelayAgentInformation);
-        // RFC 2132 9.10: no larger than the client takes (576 bytes at the least, IP and
-        // UDP headers included); without option 57, the 576 bytes every client takes
-        // (RFC 2131 2), as in dnsmasq. Options it can do without go first, as dnsmasq
-        // leaves out what does not fit.
-        let limit = match request.opts().get(OptionCode::MaxMessageSize) {
-            Some(DhcpOption::MaxMessageSize(size)) => *size,
-            _ => MIN_MAX_MESSAGE_SIZE,
-        };
-        let limit = usize::from(limit.max(MIN_MAX_MESSAGE_SIZE)) - IP_UDP_HEADERS;
+        // Options the client can do without go first, as dnsmasq leaves out what does
+        // not fit.
+        let limit = size_limit(request);
         let mut droppable = droppable_options(&message, request, config).into_iter();
         let mut bytes = loop {
             let mut bytes = Vec::with_capacity(MIN_REPLY_LEN);
@@ -539,6 +509,53 @@ impl Engine {
             hardware,
         })
     }
+}
+
+/// Where a reply of `kind` to `request` goes, and the client's hardware address when
+/// that is an address the client has not taken yet ([`Reply::hardware`]); `ciaddr` is
+/// the reply's.
+fn destination(
+    request: &Message,
+    kind: MessageType,
+    ciaddr: Ipv4Addr,
+    yiaddr: Ipv4Addr,
+) -> (SocketAddrV4, Option<[u8; 6]>) {
+    let broadcast = (SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT), None);
+    let relay = request.giaddr();
+    if !relay.is_unspecified() {
+        // A relay agent listens on the server port (RFC 2131 4.1).
+        (SocketAddrV4::new(relay, SERVER_PORT), None)
+    } else if kind != MessageType::Nak && !ciaddr.is_unspecified() {
+        (SocketAddrV4::new(ciaddr, CLIENT_PORT), None)
+    } else if matches!(kind, MessageType::Offer | MessageType::Ack)
+        && !request.flags().broadcast()
+        && !yiaddr.is_unspecified()
+    {
+        // RFC 2131 4.1: to the client's hardware address and the offered address,
+        // unless it asks for broadcast: only the client sees its offer (its name, its
+        // identifier), not every guest on the bridge, isolated ports included.
+        match request
+            .chaddr()
+            .get(..6)
+            .and_then(|mac| <[u8; 6]>::try_from(mac).ok())
+        {
+            Some(mac) => (SocketAddrV4::new(yiaddr, CLIENT_PORT), Some(mac)),
+            None => broadcast,
+        }
+    } else {
+        broadcast
+    }
+}
+
+/// The largest reply `request`'s client takes, without IP and UDP headers (RFC 2132
+/// 9.10: 576 bytes at the least, headers included); without option 57, the 576 bytes
+/// every client takes (RFC 2131 2), as in dnsmasq.
+fn size_limit(request: &Message) -> usize {
+    let limit = match request.opts().get(OptionCode::MaxMessageSize) {
+        Some(DhcpOption::MaxMessageSize(size)) => *size,
+        _ => MIN_MAX_MESSAGE_SIZE,
+    };
+    usize::from(limit.max(MIN_MAX_MESSAGE_SIZE)) - IP_UDP_HEADERS
 }
 
 /// The smallest Maximum DHCP Message Size a client may give (RFC 2132 9.10).
@@ -1339,6 +1356,69 @@ mod tests {
         assert_eq!((renewed.yiaddr(), renewed.ciaddr()), (ip, ip));
         assert_eq!(reply.to, SocketAddrV4::new(ip, 68));
         assert_eq!(engine.leases(NOW + 300)[0].expiry_unix, NOW + 900);
+    }
+
+    #[test]
+    fn replies_go_to_the_relay_the_clients_address_or_its_hardware_else_broadcast() {
+        let mac = [2, 0, 0, 0, 0, 9];
+        let (ours, offered) = (
+            Ipv4Addr::new(192, 168, 77, 9),
+            Ipv4Addr::new(192, 168, 77, 10),
+        );
+        let relay = Ipv4Addr::new(192, 168, 77, 254);
+        let broadcast = (SocketAddrV4::new(Ipv4Addr::BROADCAST, 68), None);
+        let request = message(MessageType::Request, mac);
+        let mut relayed = request.clone();
+        relayed.set_giaddr(relay);
+        let mut wants_broadcast = request.clone();
+        wants_broadcast.set_flags(request.flags().set_broadcast());
+        let unspecified = Ipv4Addr::UNSPECIFIED;
+        for (request, kind, ciaddr, yiaddr, expected) in [
+            (
+                &relayed,
+                MessageType::Ack,
+                unspecified,
+                offered,
+                (SocketAddrV4::new(relay, 67), None),
+            ),
+            (
+                &relayed,
+                MessageType::Nak,
+                unspecified,
+                unspecified,
+                (SocketAddrV4::new(relay, 67), None),
+            ),
+            // Renewing, or an INFORM's answer: to the address the client has.
+            (
+                &request,
+                MessageType::Ack,
+                ours,
+                ours,
+                (SocketAddrV4::new(ours, 68), None),
+            ),
+            // Its offer, to the address it has not taken yet, by its MAC.
+            (
+                &request,
+                MessageType::Offer,
+                unspecified,
+                offered,
+                (SocketAddrV4::new(offered, 68), Some(mac)),
+            ),
+            (
+                &wants_broadcast,
+                MessageType::Offer,
+                unspecified,
+                offered,
+                broadcast,
+            ),
+            (&request, MessageType::Nak, ours, unspecified, broadcast),
+        ] {
+            assert_eq!(
+                destination(request, kind, ciaddr, yiaddr),
+                expected,
+                "{kind:?}"
+            );
+        }
     }
 
     /// T1 and T2 of a 600 s lease are 300 and 525 s for a new binding; a renewal gets
