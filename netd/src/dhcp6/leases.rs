@@ -9,6 +9,9 @@
 //! Disk: the bound leases as JSON lines, rewritten whole (temp file, fsync, rename) by
 //! [`LeaseDb::commit`] when a batch changed them, before the server sends its replies.
 //! The file is untrusted input on load: invalid lines are skipped with a warning.
+//! Unlike DHCPv4's append-only journal with group commit (built for thousands of
+//! DORAs a second), a whole rewrite is simpler and enough here: DHCPv6 clients bind a
+//! few addresses each at boot and renew once a day (the default lease).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Read;
