@@ -1514,6 +1514,58 @@ mod tests {
         assert_ne!(other.yiaddr(), by_name);
     }
 
+    /// A second guest giving the name of a `<host>` without a MAC, while the reserved
+    /// guest holds its address, is served from the pool without the name: the reserved
+    /// guest keeps it, and finds its reservation through it when it renews without
+    /// option 12 (RFC 2131 table 5).
+    #[test]
+    fn a_guest_reserved_by_name_keeps_its_address_and_name_when_another_gives_it() {
+        let mut config = config();
+        let by_name = Ipv4Addr::new(192, 168, 77, 60);
+        config.hosts.push(DhcpHostConfig {
+            mac: None,
+            ip: by_name,
+            name: Some("builder".into()),
+            lease: None,
+        });
+        let mut engine = Engine::new(config);
+        let x = [2, 0, 0, 0, 0, 9];
+        let ack = dora_with(
+            &mut engine,
+            x,
+            &[DhcpOption::Hostname("builder".into())],
+            NOW,
+        );
+        assert_eq!(ack.yiaddr(), by_name);
+        // Another guest gives the same name: it gets the pool.
+        let other = dora_with(
+            &mut engine,
+            [2, 0, 0, 0, 0, 10],
+            &[DhcpOption::Hostname("builder".into())],
+            NOW + 10,
+        );
+        assert_ne!(other.yiaddr(), by_name);
+        let names: Vec<_> = engine
+            .leases(NOW + 10)
+            .into_iter()
+            .map(|lease| (lease.ip, lease.hostname))
+            .collect();
+        assert!(
+            names.contains(&(by_name, Some("builder".into()))),
+            "{names:?}"
+        );
+        assert!(names.contains(&(other.yiaddr(), None)), "{names:?}");
+        // The reserved guest renews, without a name.
+        let mut renew = message(MessageType::Request, x);
+        renew.set_ciaddr(by_name);
+        let (_, ack) = exchange(&mut engine, &renew, NOW + 300).expect("renewal answer");
+        assert_eq!(
+            (kind(&ack), ack.yiaddr()),
+            (MessageType::Ack, by_name),
+            "the reserved guest lost its address"
+        );
+    }
+
     #[test]
     fn foreign_or_taken_address_is_nakked_by_broadcast() {
         let mut engine = Engine::new(config());

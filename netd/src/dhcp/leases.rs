@@ -785,7 +785,8 @@ impl LeaseDb {
         let hostname = self
             .name_for(client, client_hostname.as_deref())
             .map(Box::from)
-            .or(previous_name.filter(|name| self.may_go_by(client, name)));
+            .or(previous_name.filter(|name| self.may_go_by(client, name)))
+            .filter(|name| !self.is_held_by_its_reservation(name, ip, now));
         let expiry = expiry_after(now, secs);
         // One address per client: its lease elsewhere goes.
         self.detach_client(client, ip);
@@ -810,15 +811,7 @@ impl LeaseDb {
         if let Some(name) = hostname.as_deref()
             && !renewed
         {
-            for other in self.by_ip.values_mut() {
-                if other
-                    .hostname
-                    .as_deref()
-                    .is_some_and(|held| held.eq_ignore_ascii_case(name))
-                {
-                    other.hostname = None;
-                }
-            }
+            self.take_name(name, ip);
         }
         // A lease made shorter (a renewal asking for less) frees its address sooner
         // than the pool walk that found no free address expected.
@@ -834,6 +827,45 @@ impl LeaseDb {
                 bound_seq: self.binds,
             },
         );
+    }
+
+    /// Takes `name` from the leases on addresses other than `ip`, except from the lease on
+    /// the address a `<host>` reserves under that name without a MAC: its guest is known
+    /// by the name, and finds its reservation through it when renewing without one.
+    fn take_name(&mut self, name: &str, ip: Ipv4Addr) {
+        let reserved = self
+            .name_reservations
+            .get(name.to_ascii_lowercase().as_str())
+            .map(|reservation| reservation.ip);
+        for (&held, lease) in &mut self.by_ip {
+            if held != ip
+                && Some(held) != reserved
+                && lease
+                    .hostname
+                    .as_deref()
+                    .is_some_and(|other| other.eq_ignore_ascii_case(name))
+            {
+                lease.hostname = None;
+            }
+        }
+    }
+
+    /// Whether `name` is a `<host>`'s reserved without a MAC, and the guest on its
+    /// reserved address (not `ip`) holds it: a second guest giving that name, served
+    /// from the pool meanwhile, does not take it.
+    fn is_held_by_its_reservation(&self, name: &str, ip: Ipv4Addr, now: i64) -> bool {
+        self.name_reservations
+            .get(name.to_ascii_lowercase().as_str())
+            .filter(|reservation| reservation.ip != ip)
+            .and_then(|reservation| self.by_ip.get(&reservation.ip))
+            .is_some_and(|lease| {
+                lease.state == LeaseState::Bound
+                    && lease.live(now)
+                    && lease
+                        .hostname
+                        .as_deref()
+                        .is_some_and(|held| held.eq_ignore_ascii_case(name))
+            })
     }
 
     /// Drops `client`'s lease on an address other than `keep`. A bound one is journaled
@@ -1074,6 +1106,10 @@ impl LeaseDb {
                 if expiry <= now {
                     // A later record may re-bind it; an older one for this address is void.
                     self.free(ip);
+                    // Its name was taken from the leases before it, as when it was bound.
+                    if let Some(name) = hostname.as_deref().and_then(sanitize_hostname) {
+                        self.take_name(&name, ip);
+                    }
                     return true;
                 }
                 if !self.subnet.contains(&ip) {
@@ -1466,6 +1502,32 @@ mod tests {
             .collect();
         assert!(names.contains(&(ip(10), None)), "{names:?}");
         assert!(names.contains(&(ip(12), Some("free".into()))), "{names:?}");
+    }
+
+    /// A name taken by a later claimer whose shorter lease has since expired is not
+    /// given back to the first lease when the journal is replayed.
+    #[test]
+    fn a_name_taken_by_a_lease_since_expired_stays_taken_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("leases");
+        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open");
+        assert!(db.bind(&mac(1), ip(12), Some("dup".into()), NOW).is_some());
+        // The second guest asks for a short lease (option 51): 120 s.
+        assert!(
+            db.bind_requesting(&mac(2), ip(10), Some("dup".into()), Some(120), NOW)
+                .is_some()
+        );
+        db.commit().expect("commit");
+        let later = NOW + 600;
+        let names = |db: &LeaseDb| -> Vec<(Ipv4Addr, Option<String>)> {
+            db.leases(later)
+                .into_iter()
+                .map(|l| (l.ip, l.hostname))
+                .collect()
+        };
+        assert_eq!(names(&db), [(ip(12), None)], "live");
+        let reopened = LeaseDb::open(&config(), &path, later).expect("reopen");
+        assert_eq!(names(&reopened), names(&db), "after a restart");
     }
 
     /// Two guests that claim one name: the one that claimed it last holds it, as with

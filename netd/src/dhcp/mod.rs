@@ -193,9 +193,10 @@ pub(crate) fn in_binding_order<T>(numbered: impl Iterator<Item = (u64, T)>) -> V
 
 /// The names DNS answers for `leases`, given in the order they were bound or renewed:
 /// one address per name, the lease's that expires last (renewed last, or infinite), and
-/// of those that expire in the same second the one bound last, as dnsmasq gives a name
-/// to the client that claimed it last. Cloned guests that all call themselves `ubuntu`
-/// resolve to the one that spoke last, not to a list of stale addresses.
+/// of those that expire in the same second the one bound last. A name is normally on
+/// one lease (the one that claimed it last took it from the others, as with dnsmasq),
+/// but a lease file written before that rule may hold it on several: cloned guests that
+/// all call themselves `ubuntu` still resolve to one address, not a list of stale ones.
 pub fn dns_names(leases: Vec<LeaseInfo>) -> Vec<(Ipv4Addr, String)> {
     let newest = |lease: &LeaseInfo| match lease.expiry_unix {
         0 => i64::MAX,

@@ -15,8 +15,10 @@
 //! each was asked: a slow one still has its say, a dead one costs a denial two seconds,
 //! not the client's whole timeout. A suspect server is not waited for. A negative
 //! answer given while a server configured before it was not heard is not cached, over
-//! UDP or TCP, so that one lost answer does not deny a name to every guest; a server no
-//! route leads to counts as heard.
+//! UDP or TCP, so that one lost answer does not deny a name to every guest. A server no
+//! route leads to counts as heard: over UDP one our own routing table has no route to,
+//! over TCP also one a router answers for with an ICMP unreachable (a UDP socket is
+//! not told of that in time).
 //!
 //! Every answer passed on has its AD bit cleared: as dnsmasq without `proxy-dnssec`
 //! (which libvirt does not set), kvnetd validates nothing, so it vouches for nothing.
@@ -144,7 +146,7 @@ enum Stand {
     Waiting(tokio::time::Instant),
     Answered,
     /// No route leads to it (a VPN's resolver while the VPN is down): it has had its
-    /// say, as over TCP.
+    /// say.
     Unreachable,
     /// It could not be asked for another reason (a closed port's ICMP error, or a
     /// shortage here): not heard.

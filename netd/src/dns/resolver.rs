@@ -231,16 +231,26 @@ pub fn with_own_edns(query: &[u8], reply: &mut Vec<u8>) {
         .chain(ends.iter().copied())
         .take(ends.len())
         .collect();
+    // The upper eight bits of the reply's RCODE (BADCOOKIE, BADVERS) are the first
+    // byte of the OPT record's TTL: ours carries them on.
+    let mut extended_rcode = 0;
     match starts.iter().position(|&start| is_opt(start)) {
         None => {}
         Some(last) if last + 1 == starts.len() && additional > 0 => {
+            let Some(&upper) = skip_name(reply, starts[last]).and_then(|at| reply.get(at + 4))
+            else {
+                return;
+            };
+            extended_rcode = upper;
             reply.truncate(starts[last]);
             reply[10..12].copy_from_slice(&(additional - 1).to_be_bytes());
         }
         Some(_) => return,
     }
     if let Some(edns) = query_edns(query, asked.end) {
+        let opt_at = reply.len();
         append_opt(reply, edns);
+        reply[opt_at + 5] = extended_rcode;
     }
 }
 
@@ -2039,6 +2049,32 @@ mod tests {
         let before = reply.clone();
         fit_udp_reply(&small, &mut reply);
         assert_eq!(reply, before);
+    }
+
+    /// The upper bits of an upstream's RCODE live in its OPT record: they are kept when
+    /// a joined asker's OPT record replaces it (BADCOOKIE, 23, must not come out as 7).
+    #[test]
+    fn a_joined_askers_reply_keeps_the_upstreams_extended_rcode() {
+        let resolver = Resolver::new(&config(), None).unwrap();
+        let asked = query("static1.example.test.", RecordType::A, true);
+        let mut reply = Vec::new();
+        resolver.answer(&asked, Transport::Udp, &mut reply);
+        let mut upstream = Message::from_vec(&reply).unwrap();
+        upstream.answers.clear();
+        upstream.metadata.response_code = ResponseCode::BADCOOKIE;
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        upstream.set_edns(edns);
+        let mut reply = upstream.to_vec().unwrap();
+        assert_eq!(
+            Message::from_vec(&reply).unwrap().metadata.response_code,
+            ResponseCode::BADCOOKIE
+        );
+        with_own_edns(&asked, &mut reply);
+        assert_eq!(
+            Message::from_vec(&reply).unwrap().metadata.response_code,
+            ResponseCode::BADCOOKIE
+        );
     }
 
     #[test]

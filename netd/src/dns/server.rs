@@ -11,10 +11,11 @@
 //! 0, so the kernel picks a random source port per query (RFC 5452 9.2): a forged reply
 //! must guess port and ID. A query asking what a forward in flight asks joins it instead
 //! (`in_flight.rs`, which also bounds them): the answer goes to each asker with its own
-//! ID, letter case and EDNS, from the socket its query came in on. A TCP client gets a small task per connection (at
-//! most [`MAX_TCP_CLIENTS`] at once, and [`MAX_TCP_PER_CLIENT`] per client address, of
-//! which [`MAX_TCP_SERVED_PER_CLIENT`] are served at once while the others wait their
-//! turn) that forwards over TCP, so large upstream answers get through whole.
+//! ID, letter case and EDNS, from the socket its query came in on. A TCP client gets a
+//! small task per connection (at most [`MAX_TCP_CLIENTS`] at once, and
+//! [`MAX_TCP_PER_CLIENT`] per client address, of which [`MAX_TCP_SERVED_PER_CLIENT`] are
+//! served at once while the others wait their turn) that forwards over TCP, so large
+//! upstream answers get through whole.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
