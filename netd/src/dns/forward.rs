@@ -174,6 +174,11 @@ struct UdpForward<'a> {
     slots: Vec<Slot>,
     sockets: ForwardSockets,
     deadline: tokio::time::Instant,
+    /// A SERVFAIL or REFUSED passed over for the next server: the answer if no other
+    /// server gives a better one.
+    failure: Option<Vec<u8>>,
+    /// A negative answer waiting for the servers before its own, and its server's rank.
+    held: Option<(usize, Vec<u8>)>,
 }
 
 impl UdpForward<'_> {
@@ -267,6 +272,137 @@ impl UdpForward<'_> {
     }
 }
 
+/// What a UDP forward does next ([`UdpForward::next_step`]).
+enum Step {
+    /// Ask the server of this slot.
+    Ask(usize),
+    /// Wait for a reply until then.
+    WaitUntil(tokio::time::Instant),
+    /// Nothing more to wait for.
+    Done,
+}
+
+impl UdpForward<'_> {
+    /// What to do at `now`: ask the next server while none is being asked (and no
+    /// negative answer is held for the servers before its own), else wait for a reply
+    /// until the next attempt or hold runs out, or stop.
+    fn next_step(&mut self, now: tokio::time::Instant) -> Step {
+        if now >= self.deadline {
+            return Step::Done;
+        }
+        let attempt_ends = self.pass_over_the_silent(now);
+        // A held answer is not bettered by the servers configured after its own.
+        if !self.is_attempting() && self.held.is_none() {
+            if let Some(next) = self
+                .slots
+                .iter()
+                .position(|slot| slot.stand == Stand::NotAsked)
+            {
+                return Step::Ask(next);
+            }
+            if !self
+                .slots
+                .iter()
+                .any(|slot| matches!(slot.stand, Stand::Waiting(_)))
+            {
+                return Step::Done;
+            }
+        }
+        let mut wake = self.deadline;
+        if let Some((rank, _)) = &self.held {
+            match self.held_until(*rank, now) {
+                Some(until) => wake = wake.min(until),
+                None => return Step::Done,
+            }
+        }
+        if let Some(ends) = attempt_ends {
+            wake = wake.min(ends);
+        }
+        Step::WaitUntil(wake)
+    }
+
+    /// The servers being asked.
+    fn waiting(&self) -> Vec<SocketAddr> {
+        self.slots
+            .iter()
+            .filter(|slot| matches!(slot.stand, Stand::Waiting(_)))
+            .map(|slot| slot.server)
+            .collect()
+    }
+
+    /// Takes `reply` from `from`, a server being asked; returns the answer to pass on
+    /// if it ends the forward. A SERVFAIL or REFUSED is kept in case no server does
+    /// better; a negative answer waits for the servers configured before its own
+    /// ([`UdpForward::held_until`]).
+    fn on_reply(
+        &mut self,
+        resolver: &Resolver,
+        from: SocketAddr,
+        mut reply: Vec<u8>,
+    ) -> Option<Forwarded> {
+        let at = self
+            .slots
+            .iter()
+            .position(|slot| slot.server == from && matches!(slot.stand, Stand::Waiting(_)))?;
+        self.slots[at].stand = Stand::Answered;
+        self.health.answered(from);
+        let rank = self.slots[at].rank;
+        if let Some(flags) = reply.get_mut(3) {
+            *flags &= !AUTHENTIC_DATA;
+        }
+        if is_upstream_failure(&reply) {
+            self.failure = Some(reply);
+            return None;
+        }
+        if is_negative(&reply) {
+            if self.held_until(rank, tokio::time::Instant::now()).is_some() {
+                if self.held.as_ref().is_none_or(|(kept, _)| rank < *kept) {
+                    self.held = Some((rank, reply));
+                }
+                return None;
+            }
+            if self.heard_all_before(rank) {
+                resolver.remember(self.query, &reply);
+            }
+        } else {
+            resolver.remember(self.query, &reply);
+        }
+        Some(Forwarded::Reply(reply))
+    }
+
+    /// The answer once no reply ended the forward: the held negative one, else the
+    /// failure kept, else silence (the servers asked that stayed silent counted as
+    /// failing), or `NotSent` if no server could be asked at all.
+    fn finish(mut self, resolver: &Resolver) -> Forwarded {
+        if let Some((rank, reply)) = self.held.take() {
+            if self.heard_all_before(rank) {
+                resolver.remember(self.query, &reply);
+            }
+            return Forwarded::Reply(reply);
+        }
+        if let Some(failure) = self.failure.take() {
+            return Forwarded::Reply(failure);
+        }
+        if self
+            .slots
+            .iter()
+            .any(|slot| matches!(slot.stand, Stand::Waiting(_) | Stand::Answered))
+        {
+            for slot in &self.slots {
+                if matches!(slot.stand, Stand::Waiting(_)) && !slot.passed_over {
+                    self.health.failed(self.network, slot.server);
+                }
+            }
+            return Forwarded::Silent;
+        }
+        tracing::debug!(
+            network = self.network,
+            "DNS query refused: it could be sent to no upstream server"
+        );
+        Forwarded::NotSent
+    }
+}
+
 /// Asks `servers` (in configured order) about `query` (a client's query with our ID),
 /// as the module describes, and caches what may be kept.
 pub(super) async fn forward_udp(
@@ -275,10 +411,9 @@ pub(super) async fn forward_udp(
     servers: &[SocketAddr],
     health: &Health,
 ) -> Forwarded {
-    let network = resolver.network();
     let plan = health.plan_at(servers, Instant::now());
     let mut forward = UdpForward {
-        network,
+        network: resolver.network(),
         query,
         health,
         slots: plan
@@ -296,122 +431,26 @@ pub(super) async fn forward_udp(
             .collect(),
         sockets: ForwardSockets::default(),
         deadline: tokio::time::Instant::now() + FORWARD_TIMEOUT,
+        failure: None,
+        held: None,
     };
     let mut buf = vec![0u8; RECV_BUFFER];
-    // A SERVFAIL or REFUSED passed over for the next server: the answer if no other
-    // server gives a better one.
-    let mut failure: Option<Vec<u8>> = None;
-    // A negative answer waiting for the servers before its own, and its server's rank.
-    let mut held: Option<(usize, Vec<u8>)> = None;
     loop {
-        let now = tokio::time::Instant::now();
-        if now >= forward.deadline {
-            break;
-        }
-        let attempt_ends = forward.pass_over_the_silent(now);
-        // A held answer is not bettered by the servers configured after its own.
-        if !forward.is_attempting() && held.is_none() {
-            match forward
-                .slots
-                .iter()
-                .position(|slot| slot.stand == Stand::NotAsked)
-            {
-                Some(next) => {
-                    forward.ask(next);
-                    continue;
-                }
-                None if !forward
-                    .slots
-                    .iter()
-                    .any(|slot| matches!(slot.stand, Stand::Waiting(_))) =>
+        match forward.next_step(tokio::time::Instant::now()) {
+            Step::Ask(slot) => forward.ask(slot),
+            Step::Done => break,
+            Step::WaitUntil(wake) => {
+                let waiting = forward.waiting();
+                let wait = forward.sockets.receive_reply(query, &waiting, &mut buf);
+                if let Ok((len, from)) = tokio::time::timeout_at(wake, wait).await
+                    && let Some(answer) = forward.on_reply(resolver, from, buf[..len].to_vec())
                 {
-                    break;
+                    return answer;
                 }
-                None => {}
             }
         }
-        let mut wake = forward.deadline;
-        if let Some((rank, _)) = &held {
-            match forward.held_until(*rank, now) {
-                Some(until) => wake = wake.min(until),
-                None => break,
-            }
-        }
-        if let Some(ends) = attempt_ends {
-            wake = wake.min(ends);
-        }
-        let waiting: Vec<SocketAddr> = forward
-            .slots
-            .iter()
-            .filter(|slot| matches!(slot.stand, Stand::Waiting(_)))
-            .map(|slot| slot.server)
-            .collect();
-        let wait = forward.sockets.receive_reply(query, &waiting, &mut buf);
-        let Ok((len, from)) = tokio::time::timeout_at(wake, wait).await else {
-            continue;
-        };
-        let Some(at) = forward
-            .slots
-            .iter()
-            .position(|slot| slot.server == from && matches!(slot.stand, Stand::Waiting(_)))
-        else {
-            continue;
-        };
-        forward.slots[at].stand = Stand::Answered;
-        health.answered(from);
-        let rank = forward.slots[at].rank;
-        let mut reply = buf[..len].to_vec();
-        if let Some(flags) = reply.get_mut(3) {
-            *flags &= !AUTHENTIC_DATA;
-        }
-        if is_upstream_failure(&reply) {
-            failure = Some(reply);
-            continue;
-        }
-        if is_negative(&reply) {
-            if forward
-                .held_until(rank, tokio::time::Instant::now())
-                .is_some()
-            {
-                if held.as_ref().is_none_or(|(kept, _)| rank < *kept) {
-                    held = Some((rank, reply));
-                }
-                continue;
-            }
-            if forward.heard_all_before(rank) {
-                resolver.remember(query, &reply);
-            }
-        } else {
-            resolver.remember(query, &reply);
-        }
-        return Forwarded::Reply(reply);
     }
-    if let Some((rank, reply)) = held {
-        if forward.heard_all_before(rank) {
-            resolver.remember(query, &reply);
-        }
-        return Forwarded::Reply(reply);
-    }
-    if let Some(failure) = failure {
-        return Forwarded::Reply(failure);
-    }
-    if forward
-        .slots
-        .iter()
-        .any(|slot| matches!(slot.stand, Stand::Waiting(_) | Stand::Answered))
-    {
-        for slot in &forward.slots {
-            if matches!(slot.stand, Stand::Waiting(_)) && !slot.passed_over {
-                health.failed(network, slot.server);
-            }
-        }
-        return Forwarded::Silent;
-    }
-    tracing::debug!(
-        network,
-        "DNS query refused: it could be sent to no upstream server"
-    );
-    Forwarded::NotSent
+    forward.finish(resolver)
 }
 
 /// Whether `error` is the host running short (of descriptors, buffers or memory), not
