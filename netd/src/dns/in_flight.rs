@@ -184,24 +184,13 @@ fn count_down(counts: &mut HashMap<IpAddr, usize>, client: IpAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// An A query for `name` with ID `id`.
-    fn query(id: u16, name: &str) -> Box<[u8]> {
-        let mut query = id.to_be_bytes().to_vec();
-        query.extend_from_slice(&[0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-        for label in name.split('.').filter(|label| !label.is_empty()) {
-            query.push(u8::try_from(label.len()).expect("short label"));
-            query.extend_from_slice(label.as_bytes());
-        }
-        query.extend_from_slice(&[0, 0, 1, 0, 1]);
-        query.into()
-    }
+    use crate::dns::server::tests::a_query;
 
     fn asker(client: u8, port: u16, id: u16, name: &str) -> Asker {
         Asker {
             client: SocketAddr::from(([10, 0, 0, client], port)),
             socket: 0,
-            query: query(id, name),
+            query: a_query(id, name).into(),
         }
     }
 
@@ -234,30 +223,17 @@ mod tests {
     #[test]
     fn askers_of_one_question_join_its_forward_and_retries_are_answered_once() {
         let mut flight = InFlight::default();
-        assert_eq!(
-            ask(&mut flight, 1, asker(1, 5000, 7, "a.example.")),
-            "forward"
-        );
-        assert_eq!(
-            ask(&mut flight, 2, asker(1, 5000, 7, "a.example.")),
-            "retry"
-        );
-        assert_eq!(
-            ask(&mut flight, 2, asker(2, 5000, 7, "A.example.")),
-            "joined"
-        );
-        assert_eq!(
-            ask(&mut flight, 2, asker(2, 5000, 7, "a.example.")),
-            "retry"
-        );
-        assert_eq!(
-            ask(&mut flight, 2, asker(2, 5001, 9, "a.example.")),
-            "joined"
-        );
-        assert_eq!(
-            ask(&mut flight, 2, asker(1, 5000, 8, "b.example.")),
-            "forward"
-        );
+        for (task, (client, port, id, name), expected) in [
+            (1, (1, 5000, 7, "a.example."), "forward"),
+            (2, (1, 5000, 7, "a.example."), "retry"),
+            (2, (2, 5000, 7, "A.example."), "joined"),
+            (2, (2, 5000, 7, "a.example."), "retry"),
+            (2, (2, 5001, 9, "a.example."), "joined"),
+            (2, (1, 5000, 8, "b.example."), "forward"),
+        ] {
+            let asked = ask(&mut flight, task, asker(client, port, id, name));
+            assert_eq!(asked, expected, "{client} {port} {id} {name}");
+        }
         let joined = flight.finished(1);
         assert_eq!(joined.len(), 2);
         assert!(

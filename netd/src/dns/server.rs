@@ -870,7 +870,7 @@ pub(super) async fn write_message(stream: &mut TcpStream, message: &[u8]) -> std
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::dns::in_flight::MAX_PENDING_PER_CLIENT;
     use testkit::{Need, Netns};
@@ -933,7 +933,7 @@ mod tests {
     }
 
     /// A query for `name` of type A with ID `id`, RD set.
-    fn a_query(id: u16, name: &str) -> Vec<u8> {
+    pub(in crate::dns) fn a_query(id: u16, name: &str) -> Vec<u8> {
         let mut query = id.to_be_bytes().to_vec();
         query.extend_from_slice(&[0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
         for label in name.split('.').filter(|label| !label.is_empty()) {
