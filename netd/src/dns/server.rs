@@ -1173,6 +1173,30 @@ pub(super) mod tests {
             .is_err()
     }
 
+    /// Takes the one query `upstream` is asked (no second within 300 ms), answers it with
+    /// an address, and returns it with the `askers` answers `client` then gets, sorted.
+    async fn answer_once(
+        upstream: &UdpSocket,
+        client: &UdpSocket,
+        askers: usize,
+    ) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let (query, from) = next_datagram(upstream, "the forwarded query").await;
+        assert!(
+            quiet_for(upstream, 300).await,
+            "the question was asked twice"
+        );
+        upstream
+            .send_to(&positive(&query, Ipv4Addr::new(192, 0, 2, 9)), from)
+            .await
+            .expect("send");
+        let mut answers = Vec::new();
+        for _ in 0..askers {
+            answers.push(next_datagram(client, "an answer").await.0);
+        }
+        answers.sort();
+        (query, answers)
+    }
+
     /// Clients asking a question already forwarded wait for its answer instead of
     /// asking again (one ID and port for a forger to guess, not one per copy); each gets
     /// it with its own ID and letter case, and without the upstream's AD bit.
@@ -1197,21 +1221,8 @@ pub(super) mod tests {
             ] {
                 ask(&client, to_server, id, name).await;
             }
-            let (query, from) = next_datagram(&upstream, "the forwarded query").await;
-            assert!(
-                quiet_for(&upstream, 300).await,
-                "the question was asked twice"
-            );
-            upstream
-                .send_to(&positive(&query, Ipv4Addr::new(192, 0, 2, 9)), from)
-                .await
-                .expect("send");
-            let mut answers = Vec::new();
-            for _ in 0..2 {
-                answers.push(next_datagram(&client, "an answer").await.0);
-            }
+            let (_, answers) = answer_once(&upstream, &client, 2).await;
             assert!(quiet_for(&client, 300).await, "a retry was answered twice");
-            answers.sort();
             for (answer, (id, name)) in answers
                 .iter()
                 .zip([(0x1111u16, "same.example."), (0x2222, "SAME.example.")])
@@ -1256,20 +1267,11 @@ pub(super) mod tests {
                 let query = cookie_query(id, "cookie.example.", cookie);
                 client.send_to(&query, to_server).await.expect("send");
             }
-            let (query, from) = next_datagram(&upstream, "the forwarded query").await;
+            let (query, answers) = answer_once(&upstream, &client, 2).await;
             assert!(
                 query.ends_with(&first),
                 "the first asker's cookie was not forwarded"
             );
-            upstream
-                .send_to(&positive(&query, Ipv4Addr::new(192, 0, 2, 9)), from)
-                .await
-                .expect("send");
-            let mut answers = Vec::new();
-            for _ in 0..2 {
-                answers.push(next_datagram(&client, "an answer").await.0);
-            }
-            answers.sort();
             assert!(
                 answers[0].ends_with(&first),
                 "the first asker lost its cookie"
