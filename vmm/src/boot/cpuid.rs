@@ -171,15 +171,24 @@ pub mod msr {
     pub const MISC_ENABLE: u32 = 0x1a0;
     /// IA32_MTRR_DEF_TYPE.
     pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+    /// AMD's hardware configuration register (MSR_K7_HWCR).
+    pub const AMD_HWCR: u32 = 0xc001_0015;
 }
 
 /// IA32_MISC_ENABLE: fast string operations.
 const MISC_ENABLE_FAST_STRING: u64 = 1;
 /// MTRRdefType: MTRRs enabled, default type write-back.
 const MTRR_ENABLE_WRITE_BACK: u64 = (1 << 11) | 6;
+/// HWCR's TscFreqSel: the TSC counts at the P0 frequency, as on every AMD CPU since
+/// family 10h. Left clear, Linux reports "[Firmware Bug]: TSC doesn't count with P0
+/// frequency!" at boot.
+const HWCR_TSC_FREQ_SEL: u64 = 1 << 24;
 
-/// The MSRs every vCPU starts with (as Firecracker and Cloud Hypervisor set them).
-pub fn boot_msrs() -> Vec<kvm_msr_entry> {
+/// The MSRs every vCPU starts with (as Firecracker and Cloud Hypervisor set them); for
+/// an AMD guest (`cpuid`'s vendor), HWCR last: KVM before 6.7 refuses its TscFreqSel
+/// bit, and KVM_SET_MSRS stops at the first MSR it refuses.
+pub fn boot_msrs(cpuid: &[kvm_cpuid_entry2]) -> Vec<kvm_msr_entry> {
+    let amd = is_amd(cpuid).then_some((msr::AMD_HWCR, HWCR_TSC_FREQ_SEL));
     [
         (msr::SYSENTER_CS, 0),
         (msr::SYSENTER_ESP, 0),
@@ -194,6 +203,7 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
         (msr::MTRR_DEF_TYPE, MTRR_ENABLE_WRITE_BACK),
     ]
     .into_iter()
+    .chain(amd)
     .map(|(index, data)| kvm_msr_entry {
         index,
         data,
@@ -360,11 +370,16 @@ mod tests {
     }
 
     #[test]
-    fn boot_msrs_enable_fast_strings_and_mtrrs() {
-        let msrs = boot_msrs();
+    fn boot_msrs_enable_fast_strings_and_mtrrs_and_amds_p0_tsc_last() {
+        let msrs = boot_msrs(&[vendor(b"GenuineIntel")]);
         let get = |index| msrs.iter().find(|m| m.index == index).map(|m| m.data);
         assert_eq!(get(msr::MISC_ENABLE), Some(1));
         assert_eq!(get(msr::MTRR_DEF_TYPE), Some(0x806));
         assert_eq!(get(msr::LSTAR), Some(0));
+        assert_eq!(get(msr::AMD_HWCR), None);
+        let amd = boot_msrs(&[vendor(b"AuthenticAMD")]);
+        assert_eq!(amd.len(), msrs.len() + 1);
+        let last = amd.last().expect("msrs");
+        assert_eq!((last.index, last.data), (0xc001_0015, 1 << 24));
     }
 }

@@ -150,7 +150,8 @@ impl Vcpu {
             .set_cpuid2(&table)
             .map_err(setup(self.id, "KVM_SET_CPUID2"))?;
         // MSRs after CPUID: KVM decides which MSRs exist from the guest CPUID.
-        let msrs = Msrs::from_entries(&cpuid::boot_msrs()).map_err(|e| VcpuError::Setup {
+        let boot_msrs = cpuid::boot_msrs(&entries);
+        let msrs = Msrs::from_entries(&boot_msrs).map_err(|e| VcpuError::Setup {
             vcpu: self.id,
             op: "building the MSR list",
             message: format!("{e:?}"),
@@ -159,7 +160,17 @@ impl Vcpu {
             .fd
             .set_msrs(&msrs)
             .map_err(setup(self.id, "KVM_SET_MSRS"))?;
-        if written != msrs.as_slice().len() {
+        // An older KVM refusing AMD's HWCR bit (last) costs the guest a boot warning.
+        let refused_only_hwcr = written + 1 == boot_msrs.len()
+            && boot_msrs
+                .last()
+                .is_some_and(|last| last.index == cpuid::msr::AMD_HWCR);
+        if refused_only_hwcr {
+            tracing::debug!(
+                vcpu = self.id,
+                "KVM refused AMD's HWCR TscFreqSel (before Linux 6.7)"
+            );
+        } else if written != msrs.as_slice().len() {
             tracing::warn!(
                 vcpu = self.id,
                 written,
