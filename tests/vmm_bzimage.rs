@@ -166,7 +166,7 @@ fn debian_bzimage_zero_page_e820_cmdline_and_initrd() {
     // The kernel's own limit: a longer line would lose its end in the kernel.
     let too_long = "x".repeat(file_header.cmdline_size as usize + 1);
     let err = loader::write_cmdline(&mem, &too_long, &kernel).expect_err("too long");
-    assert!(err.to_string().contains("takes at most"), "{err}");
+    assert!(err.to_string().contains("keeps at most"), "{err}");
     let tables = acpi::build_tables(2).expect("acpi");
     tables.write(&mem).expect("write acpi");
     loader::write_boot_info(

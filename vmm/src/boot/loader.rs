@@ -135,7 +135,7 @@ pub enum LoaderError {
     },
     /// The command line is longer than the kernel takes: it would cut it short.
     #[error(
-        "kernel command line is {len} bytes long; this kernel takes at most {max} (its setup header's cmdline_size)"
+        "kernel command line is {len} bytes long; this kernel keeps at most {max} (a bzImage's cmdline_size; 2047 for an ELF kernel)"
     )]
     CmdlineTooLong {
         /// The line's length.
@@ -429,22 +429,28 @@ pub fn load_initrd(
     Ok(LoadedInitrd { addr, size })
 }
 
+/// The longest command line x86 Linux keeps (`COMMAND_LINE_SIZE` less its NUL).
+const ELF_CMDLINE_MAX: usize = 2047;
+
 /// Writes the command line at [`layout::CMDLINE_START`]; returns its size with the NUL.
 /// A bzImage's `cmdline_size` is the longest line it takes (2047 bytes for most
-/// kernels): a longer one is refused, as the kernel would silently cut its end off.
+/// kernels); an ELF kernel (PVH entry) says nothing, and x86 Linux keeps 2047 bytes
+/// (`COMMAND_LINE_SIZE`). A longer one is refused, as the kernel would silently cut its
+/// end off.
 pub fn write_cmdline(
     mem: &GuestMemory,
     cmdline: &str,
     kernel: &LoadedKernel,
 ) -> Result<u32, LoaderError> {
-    if let Some(header) = &kernel.setup_header {
-        let max = header.cmdline_size as usize;
-        if cmdline.len() > max {
-            return Err(LoaderError::CmdlineTooLong {
-                len: cmdline.len(),
-                max,
-            });
-        }
+    let max = kernel
+        .setup_header
+        .as_ref()
+        .map_or(ELF_CMDLINE_MAX, |header| header.cmdline_size as usize);
+    if cmdline.len() > max {
+        return Err(LoaderError::CmdlineTooLong {
+            len: cmdline.len(),
+            max,
+        });
     }
     let cmdline_err = |source| LoaderError::Cmdline {
         cmdline: cmdline.to_owned(),
@@ -708,6 +714,27 @@ mod tests {
         // An old header without pref_address: from 1 MiB rounded up to its alignment.
         assert_eq!(decompression_end(&header(0, 0x20_0000)), 0x320_0000);
         assert_eq!(decompression_end(&header(0, 0)), 0x310_0000);
+    }
+
+    #[test]
+    fn an_elf_kernels_command_line_is_held_to_what_linux_keeps() {
+        let mem = crate::kvm::memory::create_guest_memory(16 << 20).expect("mem");
+        let elf = LoadedKernel {
+            entry: BootEntry {
+                rip: 0x100_0000,
+                protocol: BootProtocol::Pvh,
+            },
+            setup_header: None,
+            kernel_end: 0x200_0000,
+            reserved_end: 0x200_0000,
+        };
+        let longest = "x".repeat(ELF_CMDLINE_MAX);
+        assert_eq!(
+            write_cmdline(&mem, &longest, &elf).expect("2047 bytes"),
+            2048
+        );
+        let err = write_cmdline(&mem, &format!("{longest}x"), &elf).expect_err("2048 bytes");
+        assert!(err.to_string().contains("keeps at most 2047"), "{err}");
     }
 
     #[test]
