@@ -2688,6 +2688,16 @@ fn metadata_is_kept_as_libvirt_copies_it() {
     assert_eq!(NetworkDef::from_xml(&xml).unwrap(), def);
     assert_eq!(NetworkDef::from_xml(&xml).unwrap().to_xml(), xml);
 
+    // A namespace whose URI holds markup characters reads back as itself (the daemon
+    // would otherwise not load the file it wrote).
+    let odd = parse(
+        "<network xmlns:a='urn:a&amp;b&lt;c'><name>x</name><metadata><a:m/></metadata></network>",
+    );
+    let xml = odd.to_xml();
+    assert!(xml.contains("xmlns:a=\"urn:a&#38;b&lt;c\""), "{xml}");
+    assert_eq!(NetworkDef::from_xml(&xml).unwrap(), odd);
+    assert_eq!(NetworkDef::from_stored_xml(&xml).unwrap(), odd);
+
     let empty = parse("<network><name>x</name><metadata>\n  </metadata></network>");
     assert_eq!(empty.metadata.as_deref(), Some("<metadata/>"));
 

@@ -187,7 +187,10 @@ impl<'a> Writer<'a> {
         self.out.push('"');
     }
 
-    /// A namespace declaration on an element (` xmlns:p="uri"`).
+    /// A namespace declaration on an element (` xmlns:p="uri"`). libxml2 2.9 writes the
+    /// URI as its parser kept it, where an `&amp;` is `&#38;` but an `&lt;` a bare `<`,
+    /// which no parser takes back: `&` is written as libvirt's bytes have it, `<` as
+    /// `&lt;`, so that a definition read back is the same.
     fn declaration(&mut self, namespace: &Namespace) {
         self.out.push_str(" xmlns");
         if let Some(prefix) = &namespace.prefix {
@@ -195,7 +198,8 @@ impl<'a> Writer<'a> {
             self.out.push_str(prefix);
         }
         self.out.push('=');
-        quoted(&mut self.out, &namespace.uri);
+        let uri = namespace.uri.replace('&', "&#38;").replace('<', "&lt;");
+        quoted(&mut self.out, &uri);
     }
 
     /// A namespace node: its declaration, except for `xml`, which is never written.
