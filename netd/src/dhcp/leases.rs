@@ -786,7 +786,7 @@ impl LeaseDb {
             .name_for(client, client_hostname.as_deref())
             .map(Box::from)
             .or(previous_name.filter(|name| self.may_go_by(client, name)))
-            .filter(|name| !self.is_held_by_its_reservation(name, ip, now));
+            .filter(|name| !self.is_held_by_its_reservation(name, client, ip, now));
         let expiry = expiry_after(now, secs);
         // One address per client: its lease elsewhere goes.
         self.detach_client(client, ip);
@@ -850,10 +850,18 @@ impl LeaseDb {
         }
     }
 
-    /// Whether `name` is a `<host>`'s reserved without a MAC, and the guest on its
+    /// Whether `name` is a `<host>`'s reserved without a MAC, and another guest on its
     /// reserved address (not `ip`) holds it: a second guest giving that name, served
-    /// from the pool meanwhile, does not take it.
-    fn is_held_by_its_reservation(&self, name: &str, ip: Ipv4Addr, now: i64) -> bool {
+    /// from the pool meanwhile, does not take it. The same NIC under a new client
+    /// identifier (a reinstalled guest, another DHCP client) is the same guest: it takes
+    /// the name to its pool address while its old lease runs out.
+    fn is_held_by_its_reservation(
+        &self,
+        name: &str,
+        client: &Client,
+        ip: Ipv4Addr,
+        now: i64,
+    ) -> bool {
         self.name_reservations
             .get(name.to_ascii_lowercase().as_str())
             .filter(|reservation| reservation.ip != ip)
@@ -861,6 +869,7 @@ impl LeaseDb {
             .is_some_and(|lease| {
                 lease.state == LeaseState::Bound
                     && lease.live(now)
+                    && lease.client.mac != client.mac
                     && lease
                         .hostname
                         .as_deref()
@@ -1469,6 +1478,48 @@ mod tests {
         assert_eq!(leases[0].expiry_unix, NOW + 120);
         // And the reserved client cannot take another address.
         assert_eq!(db.bind(&reserved, ip(10), None, NOW), None);
+    }
+
+    /// A guest reserved by name (a `<host>` without a MAC) that comes back under a new
+    /// client identifier while its old lease still runs is served from the pool, and
+    /// takes its name there; another NIC giving the name does not.
+    #[test]
+    fn a_guest_reserved_by_name_takes_its_name_along_under_a_new_identifier() {
+        let mut config = config();
+        let reserved = Ipv4Addr::new(10, 0, 0, 30);
+        config.hosts.push(DhcpHostConfig {
+            mac: None,
+            ip: reserved,
+            name: Some("builder".into()),
+            lease: None,
+        });
+        let mut db = LeaseDb::in_memory(&config);
+        let named =
+            |mac: u8, id: &[u8]| Client::new([2, 0, 0, 0, 0, mac], Some(id)).named(Some("builder"));
+        assert!(
+            db.bind(&named(7, &[1, 1]), reserved, Some("builder".into()), NOW)
+                .is_some()
+        );
+        let stranger = named(8, &[1, 3]);
+        let elsewhere = db.offer(&stranger, None, NOW).expect("a pool address");
+        assert!(
+            db.bind(&stranger, elsewhere, Some("builder".into()), NOW)
+                .is_some()
+        );
+        let reinstalled = named(7, &[1, 2]);
+        let pool = db.offer(&reinstalled, None, NOW).expect("a pool address");
+        assert_ne!(pool, reserved);
+        assert!(
+            db.bind(&reinstalled, pool, Some("builder".into()), NOW)
+                .is_some()
+        );
+        let names: Vec<_> = db
+            .leases(NOW)
+            .into_iter()
+            .filter_map(|lease| Some((lease.ip, lease.hostname?)))
+            .collect();
+        assert!(names.contains(&(pool, "builder".into())), "{names:?}");
+        assert!(!names.iter().any(|(ip, _)| *ip == elsewhere), "{names:?}");
     }
 
     #[test]

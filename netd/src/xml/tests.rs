@@ -2690,13 +2690,19 @@ fn metadata_is_kept_as_libvirt_copies_it() {
 
     // A namespace whose URI holds markup characters reads back as itself (the daemon
     // would otherwise not load the file it wrote).
-    let odd = parse(
-        "<network xmlns:a='urn:a&amp;b&lt;c'><name>x</name><metadata><a:m/></metadata></network>",
-    );
-    let xml = odd.to_xml();
-    assert!(xml.contains("xmlns:a=\"urn:a&#38;b&lt;c\""), "{xml}");
-    assert_eq!(NetworkDef::from_xml(&xml).unwrap(), odd);
-    assert_eq!(NetworkDef::from_stored_xml(&xml).unwrap(), odd);
+    for (uri, written) in [
+        ("urn:a&amp;b&lt;c", "\"urn:a&#38;b&lt;c\""),
+        ("urn:a&#9;b&#10;c&#13;d", "\"urn:a&#9;b&#10;c&#13;d\""),
+        ("urn:&quot;a&apos;", "\"urn:&quot;a'\""),
+    ] {
+        let odd = parse(&format!(
+            "<network xmlns:a='{uri}'><name>x</name><metadata><a:m/></metadata></network>"
+        ));
+        let xml = odd.to_xml();
+        assert!(xml.contains(&format!("xmlns:a={written}")), "{xml}");
+        assert_eq!(NetworkDef::from_xml(&xml).unwrap(), odd, "{uri}");
+        assert_eq!(NetworkDef::from_stored_xml(&xml).unwrap(), odd, "{uri}");
+    }
 
     let empty = parse("<network><name>x</name><metadata>\n  </metadata></network>");
     assert_eq!(empty.metadata.as_deref(), Some("<metadata/>"));

@@ -189,8 +189,9 @@ impl<'a> Writer<'a> {
 
     /// A namespace declaration on an element (` xmlns:p="uri"`). libxml2 2.9 writes the
     /// URI as its parser kept it, where an `&amp;` is `&#38;` but an `&lt;` a bare `<`,
-    /// which no parser takes back: `&` is written as libvirt's bytes have it, `<` as
-    /// `&lt;`, so that a definition read back is the same.
+    /// which no parser takes back, and a `&#9;` a bare tab, which reads back as a space:
+    /// `&` is written as libvirt's bytes have it, `<` and those blanks as references, so
+    /// that a definition read back is the same.
     fn declaration(&mut self, namespace: &Namespace) {
         self.out.push_str(" xmlns");
         if let Some(prefix) = &namespace.prefix {
@@ -198,7 +199,17 @@ impl<'a> Writer<'a> {
             self.out.push_str(prefix);
         }
         self.out.push('=');
-        let uri = namespace.uri.replace('&', "&#38;").replace('<', "&lt;");
+        let mut uri = String::with_capacity(namespace.uri.len());
+        for c in namespace.uri.chars() {
+            match c {
+                '&' => uri.push_str("&#38;"),
+                '<' => uri.push_str("&lt;"),
+                '\t' => uri.push_str("&#9;"),
+                '\n' => uri.push_str("&#10;"),
+                '\r' => uri.push_str("&#13;"),
+                c => uri.push(c),
+            }
+        }
         quoted(&mut self.out, &uri);
     }
 
