@@ -1,9 +1,9 @@
 //! `cargo fuzz run dns_forward`: what the DNS server does with an upstream's reply to a
-//! forwarded query before a client sees it, for any query and any reply: the direct
-//! UDP and TCP paths of `server.rs` (`nxdomain_to_nodata`, `reply_as_asked`,
-//! `fit_udp_reply`, for the first asker and, with `with_own_edns`, for a second client
-//! asking the same question meanwhile), and the answer cache (`remember`, then `cached_reply` for the
-//! second client). `dns_packet` covers the cache for one fixed query only.
+//! forwarded query before a client sees it, for any query and any reply:
+//! `Resolver::ready_for`, which the server's UDP and TCP paths call, for the first asker
+//! and for a second client asking the same question meanwhile, and the answer cache
+//! (`remember`, then `cached_reply` for the second client). `dns_packet` covers the
+//! cache for one fixed query only.
 //!
 //! Input: the client's query, `\xff\xfe\xfd`, the upstream's reply, and optionally
 //! `\xff\xfe\xfd` and a second client's query (same question, any ID, letter case, EDNS).
@@ -20,10 +20,7 @@ use std::sync::Arc;
 
 use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
-use netd::dns::resolver::{
-    MAX_UDP_PAYLOAD, Transport, fit_udp_reply, is_reply_to, nxdomain_to_nodata, reply_as_asked,
-    with_own_edns,
-};
+use netd::dns::resolver::{Answered, MAX_UDP_PAYLOAD, Transport, is_reply_to};
 use netd::dns::{DnsConfig, LeaseSource, Outcome, Resolver};
 use netd::xml::{DnsForwarder, DnsHost};
 
@@ -132,27 +129,17 @@ fuzz_target!(|data: &[u8]| {
     });
 
     // UDP, as `forwarded()` answers each asker.
-    for (what, asker) in
-        std::iter::once(("udp first", query)).chain(second.map(|s| ("udp second", s)))
-    {
+    let first = ("udp first", query, Answered::Asked);
+    let joined = second.map(|second| ("udp second", second, Answered::Shared));
+    for (what, asker, answered) in std::iter::once(first).chain(joined) {
         let mut reply = upstream.to_vec();
-        if resolver.exists_without_records(query) {
-            nxdomain_to_nodata(&mut reply);
-        }
-        reply_as_asked(asker, &mut reply);
-        if what == "udp second" {
-            with_own_edns(asker, &mut reply);
-        }
-        fit_udp_reply(asker, &mut reply);
+        resolver.ready_for(asker, Transport::Udp, answered, &mut reply);
         check(what, asker, upstream_decodes, &reply, Transport::Udp);
     }
 
     // TCP, as `serve_tcp` answers.
     let mut reply = upstream.to_vec();
-    reply_as_asked(query, &mut reply);
-    if resolver.exists_without_records(query) {
-        nxdomain_to_nodata(&mut reply);
-    }
+    resolver.ready_for(query, Transport::Tcp, Answered::Asked, &mut reply);
     check("tcp", query, upstream_decodes, &reply, Transport::Tcp);
 
     // The cache: kept for the first, served to the second (or the first again).

@@ -98,6 +98,15 @@ pub fn is_upstream_failure(reply: &[u8]) -> bool {
     })
 }
 
+/// Whose query an upstream's reply answers ([`Resolver::ready_for`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answered {
+    /// This client's query, as forwarded: its EDNS options (a DNS cookie) came back.
+    Asked,
+    /// Another client's query of the same question, or a reply kept for any.
+    Shared,
+}
+
 /// Why a query that was to be forwarded gets an answer of ours instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unforwarded {
@@ -116,7 +125,7 @@ pub enum Unforwarded {
 /// authoritative, as dnsmasq does in its `process_reply`: an upstream knows nothing of
 /// a private domain, and a resolver told it does not exist takes everything under it
 /// for gone (RFC 8020).
-pub fn nxdomain_to_nodata(reply: &mut [u8]) {
+fn nxdomain_to_nodata(reply: &mut [u8]) {
     if let Some(flags) = reply.get_mut(3)
         && *flags & 0x0f == Rcode::NxDomain as u8
     {
@@ -152,7 +161,7 @@ pub fn unforwarded_reply(query: &[u8], why: Unforwarded, out: &mut Vec<u8>) {
 /// datagram outgrew our receive buffer, would otherwise send the client more than it
 /// can take or a message cut mid-record. What does not fit keeps the upstream's header
 /// and the question, with TC set, so the client asks again over TCP (RFC 2181 9).
-pub fn fit_udp_reply(query: &[u8], reply: &mut Vec<u8>) {
+fn fit_udp_reply(query: &[u8], reply: &mut Vec<u8>) {
     let mut key = [0u8; MAX_NAME_LEN];
     let Some((question, _)) = read_question(query, &mut key) else {
         return;
@@ -176,7 +185,7 @@ pub fn fit_udp_reply(query: &[u8], reply: &mut Vec<u8>) {
 /// Gives `reply`, an upstream's answer to the question of `query` (the same name up to
 /// letter case, type and class), the ID and question of `query` as its client sent them:
 /// a resolver that randomises the letters of its names (0x20) checks they come back.
-pub fn reply_as_asked(query: &[u8], reply: &mut [u8]) {
+fn reply_as_asked(query: &[u8], reply: &mut [u8]) {
     let mut asked = [0u8; MAX_NAME_LEN];
     let mut answered = [0u8; MAX_NAME_LEN];
     let (Some((question, len)), Some((replied, replied_len))) = (
@@ -200,7 +209,7 @@ pub fn reply_as_asked(query: &[u8], reply: &mut [u8]) {
 /// for, RFC 7873 5.3; NSID), so it is replaced by ours, as on a kept reply
 /// ([`Resolver::cached_reply`]). A reply whose OPT record is not its last record is left
 /// as it is.
-pub fn with_own_edns(query: &[u8], reply: &mut Vec<u8>) {
+fn with_own_edns(query: &[u8], reply: &mut Vec<u8>) {
     let mut key = [0u8; MAX_NAME_LEN];
     let (Some((asked, _)), Some((answered, _))) = (
         read_question(query, &mut key),
@@ -539,19 +548,34 @@ impl Resolver {
         if !lock(&self.cache).lookup(query, Instant::now(), out) {
             return false;
         }
-        let mut key = [0u8; MAX_NAME_LEN];
-        if let Some((question, _)) = read_question(query, &mut key)
-            && let Some(edns) = query_edns(query, question.end)
-        {
-            append_opt(out, edns);
+        self.ready_for(query, transport, Answered::Shared, out);
+        true
+    }
+
+    /// Makes `reply`, an upstream's answer to the question of `query`, the answer
+    /// `query`'s client gets over `transport`, the same way whether it was forwarded
+    /// for this query, for another client's (a joined forward) or kept: with the ID
+    /// and letter case the client sent, with our EDNS unless the upstream answered this
+    /// very query (`with_own_edns`), NXDOMAIN for a name that exists here made NOERROR
+    /// (`nxdomain_to_nodata`), and cut to what the client takes over UDP
+    /// (`fit_udp_reply`).
+    pub fn ready_for(
+        &self,
+        query: &[u8],
+        transport: Transport,
+        answered: Answered,
+        reply: &mut Vec<u8>,
+    ) {
+        reply_as_asked(query, reply);
+        if answered == Answered::Shared {
+            with_own_edns(query, reply);
         }
         if self.exists_without_records(query) {
-            nxdomain_to_nodata(out);
+            nxdomain_to_nodata(reply);
         }
         if transport == Transport::Udp {
-            fit_udp_reply(query, out);
+            fit_udp_reply(query, reply);
         }
-        true
     }
 
     /// Lets go of the kept answers that expired (see [`AnswerCache::purge_expired`]).
@@ -567,7 +591,7 @@ impl Resolver {
 
     /// Whether the name `query` asks about exists here though nothing here answers it
     /// (it has names of the network under it): an upstream's NXDOMAIN for it is then
-    /// made a NOERROR ([`nxdomain_to_nodata`]).
+    /// made a NOERROR (`nxdomain_to_nodata`).
     pub fn exists_without_records(&self, query: &[u8]) -> bool {
         let mut key = [0u8; MAX_NAME_LEN];
         parse_query(query, &mut key).is_ok_and(|(_, len)| self.is_ancestor(&key[..len]))

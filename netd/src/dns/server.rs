@@ -42,8 +42,7 @@ use super::cache::Key;
 use super::forward::{Forwarded, Health, forward_tcp, forward_udp};
 use super::in_flight::{Admission, Asker, InFlight};
 use super::resolver::{
-    Outcome, Resolver, Transport, Unforwarded, clamp_edns_payload, fit_udp_reply,
-    nxdomain_to_nodata, reply_as_asked, unforwarded_reply, with_own_edns,
+    Answered, Outcome, Resolver, Transport, Unforwarded, clamp_edns_payload, unforwarded_reply,
 };
 use super::{DNS_PORT, DnsConfig, Error, LeaseSource};
 use crate::service::{SOCKET_ERROR_PAUSE, ServiceTask};
@@ -764,29 +763,20 @@ impl Serve {
         let Some((first, forwarded)) = outcome else {
             return;
         };
-        let forwarded = match forwarded {
-            Forwarded::Silent => return,
-            // Every asker asks about the same name.
-            Forwarded::Reply(mut upstream) => {
-                if self.resolver.exists_without_records(&first.query) {
-                    nxdomain_to_nodata(&mut upstream);
-                }
-                Forwarded::Reply(upstream)
-            }
-            not_sent => not_sent,
-        };
         let mut reply = Vec::new();
         for (index, asker) in std::iter::once(first).chain(joined).enumerate() {
             match &forwarded {
                 Forwarded::Reply(upstream) => {
                     reply.clear();
                     reply.extend_from_slice(upstream);
-                    reply_as_asked(&asker.query, &mut reply);
                     // The upstream answered the first asker's query, options and all.
-                    if index > 0 {
-                        with_own_edns(&asker.query, &mut reply);
-                    }
-                    fit_udp_reply(&asker.query, &mut reply);
+                    let answered = if index == 0 {
+                        Answered::Asked
+                    } else {
+                        Answered::Shared
+                    };
+                    self.resolver
+                        .ready_for(&asker.query, Transport::Udp, answered, &mut reply);
                 }
                 Forwarded::NotSent => {
                     unforwarded_reply(&asker.query, Unforwarded::NotSent, &mut reply);
@@ -825,10 +815,7 @@ async fn serve_tcp(
                         if keep {
                             resolver.remember(&query, &out);
                         }
-                        reply_as_asked(&query, &mut out);
-                        if resolver.exists_without_records(&query) {
-                            nxdomain_to_nodata(&mut out);
-                        }
+                        resolver.ready_for(&query, Transport::Tcp, Answered::Asked, &mut out);
                     }
                     Err(e) => {
                         // A TCP client does not retry by itself: tell it, and keep serving.
