@@ -30,6 +30,8 @@ const AMD_VENDORS: [&[u8; 12]; 2] = [b"AuthenticAMD", b"HygonGenuine"];
 /// Every leaf that describes it says so, leaf 0xB/0x1F levels KVM left out included,
 /// and on AMD hosts the extended leaves too (KVM zeroes 0x8000001E rather than give
 /// the host's topology; Linux reads the extended APIC ID there when TOPOEXT is set).
+/// The cache leaves (4, and AMD's 0x8000001D) say a core's own caches are its own and
+/// the last level is every vCPU's.
 pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, vcpu_id: u32, vcpu_count: u32) {
     add_missing_core_levels(entries);
     let apic_id = vcpu_id & 0xff;
@@ -88,6 +90,14 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, vcpu_id: u32, vcpu_count: 
             0x8000_0008 if amd => {
                 let cores = vcpu_count.clamp(1, 256) - 1;
                 entry.ecx = (entry.ecx & !0xf0ff) | (core_shift.min(0xf) << 12) | cores;
+            }
+            // AMD's cache topology, as leaf 4's: how many vCPUs share each cache (a
+            // core's own: one; the last level: all), not the host's count, which
+            // split the guest's vCPUs into last-level-cache groups of the host's size.
+            0x8000_001d if amd => {
+                let level = (entry.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { vcpu_count.max(1) - 1 } else { 0 };
+                entry.eax = (entry.eax & 0x3fff) | ((sharing & 0xfff) << 14);
             }
             // Extended APIC ID; compute unit (core) ID with one thread per unit; one
             // node, node 0.
@@ -357,6 +367,21 @@ mod tests {
             (table[2].eax, table[2].ebx, table[2].ecx, table[2].edx),
             (2, 2, 0, 0)
         );
+
+        // AMD's cache leaf: the L1 data cache a core's own, the L3 every vCPU's, where
+        // the host said two threads share L1 and 16 share L3.
+        let cache = |index: u32, level: u32, sharing: u32| kvm_cpuid_entry2 {
+            function: 0x8000_001d,
+            index,
+            eax: (sharing << 14) | (level << 5) | 0x101,
+            ebx: 0x01c0_003f,
+            ..Default::default()
+        };
+        let mut caches = vec![vendor(b"AuthenticAMD"), cache(0, 1, 1), cache(3, 3, 15)];
+        normalize(&mut caches, 0, 3);
+        assert_eq!(caches[1].eax, (1 << 5) | 0x101);
+        assert_eq!(caches[2].eax, (2 << 14) | (3 << 5) | 0x101);
+        assert_eq!(caches[2].ebx, 0x01c0_003f, "the cache's geometry kept");
 
         let mut intel = vec![
             vendor(b"GenuineIntel"),
