@@ -130,7 +130,7 @@ fuzz_target!(|data: &[u8]| {
 
     // UDP, as `forwarded()` answers each asker.
     let first = ("udp first", query, Answered::Asked);
-    let joined = second.map(|second| ("udp second", second, Answered::Shared));
+    let joined = second.map(|second| ("udp second", second, Answered::Joined));
     for (what, asker, answered) in std::iter::once(first).chain(joined) {
         let mut reply = upstream.to_vec();
         resolver.ready_for(asker, Transport::Udp, answered, &mut reply);

@@ -103,8 +103,11 @@ pub fn is_upstream_failure(reply: &[u8]) -> bool {
 pub enum Answered {
     /// This client's query, as forwarded: its EDNS options (a DNS cookie) came back.
     Asked,
-    /// Another client's query of the same question, or a reply kept for any.
-    Shared,
+    /// Another client's query of the same question: its OPT record is replaced.
+    Joined,
+    /// A reply kept by the cache, which took its OPT record off and gave it this
+    /// query's ID and letter case already.
+    Kept,
 }
 
 /// Why a query that was to be forwarded gets an answer of ours instead.
@@ -548,7 +551,7 @@ impl Resolver {
         if !lock(&self.cache).lookup(query, Instant::now(), out) {
             return false;
         }
-        self.ready_for(query, transport, Answered::Shared, out);
+        self.ready_for(query, transport, Answered::Kept, out);
         true
     }
 
@@ -566,9 +569,21 @@ impl Resolver {
         answered: Answered,
         reply: &mut Vec<u8>,
     ) {
-        reply_as_asked(query, reply);
-        if answered == Answered::Shared {
-            with_own_edns(query, reply);
+        match answered {
+            Answered::Asked => reply_as_asked(query, reply),
+            Answered::Joined => {
+                reply_as_asked(query, reply);
+                with_own_edns(query, reply);
+            }
+            // The hot path of repeated names: nothing to walk, only our OPT to add.
+            Answered::Kept => {
+                let mut key = [0u8; MAX_NAME_LEN];
+                if let Some((question, _)) = read_question(query, &mut key)
+                    && let Some(edns) = query_edns(query, question.end)
+                {
+                    append_opt(reply, edns);
+                }
+            }
         }
         if self.exists_without_records(query) {
             nxdomain_to_nodata(reply);

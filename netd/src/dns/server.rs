@@ -773,7 +773,7 @@ impl Serve {
                     let answered = if index == 0 {
                         Answered::Asked
                     } else {
-                        Answered::Shared
+                        Answered::Joined
                     };
                     self.resolver
                         .ready_for(&asker.query, Transport::Udp, answered, &mut reply);
