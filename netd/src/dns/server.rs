@@ -760,28 +760,26 @@ impl Serve {
             Err(e) => (e.id(), None),
         };
         let joined = self.in_flight.finished(id);
-        let Some((first, forwarded)) = outcome else {
+        // A silent forward (or one that panicked) answers nobody: the clients retry.
+        let Some((first, forwarded)) = outcome.filter(|(_, f)| !matches!(f, Forwarded::Silent))
+        else {
             return;
         };
         let mut reply = Vec::new();
         for (index, asker) in std::iter::once(first).chain(joined).enumerate() {
-            match &forwarded {
-                Forwarded::Reply(upstream) => {
-                    reply.clear();
-                    reply.extend_from_slice(upstream);
-                    // The upstream answered the first asker's query, options and all.
-                    let answered = if index == 0 {
-                        Answered::Asked
-                    } else {
-                        Answered::Joined
-                    };
-                    self.resolver
-                        .ready_for(&asker.query, Transport::Udp, answered, &mut reply);
-                }
-                Forwarded::NotSent => {
-                    unforwarded_reply(&asker.query, Unforwarded::NotSent, &mut reply);
-                }
-                Forwarded::Silent => return,
+            if let Forwarded::Reply(upstream) = &forwarded {
+                reply.clear();
+                reply.extend_from_slice(upstream);
+                // The upstream answered the first asker's query, options and all.
+                let answered = if index == 0 {
+                    Answered::Asked
+                } else {
+                    Answered::Joined
+                };
+                self.resolver
+                    .ready_for(&asker.query, Transport::Udp, answered, &mut reply);
+            } else {
+                unforwarded_reply(&asker.query, Unforwarded::NotSent, &mut reply);
             }
             if !reply.is_empty() {
                 let _ = send(&self.udp[asker.socket], &reply, asker.client);
