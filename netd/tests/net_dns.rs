@@ -19,8 +19,9 @@ use testkit::{Dnsmasq, Need, Netns};
 const SERVER_IP: &str = "192.168.88.1";
 const SERVER_IP6: &str = "fd88::1";
 const UPSTREAM_IP: &str = "10.99.0.2";
-/// An address in the upstream namespace where nothing listens.
-const DEAD_UPSTREAM_IP: &str = "10.99.0.3";
+/// An address in the upstream namespace where nothing listens: its host answers with
+/// an ICMP port unreachable, or refuses the TCP connection.
+const CLOSED_UPSTREAM_IP: &str = "10.99.0.3";
 /// An upstream that answers REFUSED to everything (dnsmasq without servers).
 const REFUSING_UPSTREAM_IP: &str = "10.99.0.4";
 
@@ -386,16 +387,24 @@ fn routed_only(domain: &str) -> DnsConfig {
 }
 
 #[test]
-fn dead_and_refusing_upstreams_are_passed_over_for_the_next() {
+fn silent_closed_and_refusing_upstreams_are_passed_over_for_the_next() {
     if !needs() {
         return;
     }
     let lab = Lab::new("dnsr");
+    /// Takes queries and never answers.
+    const SILENT_UPSTREAM_IP: &str = "10.99.0.6";
     lab.upstream
         .sh(&format!(
-            "ip addr add {DEAD_UPSTREAM_IP}/24 dev eth0 && ip addr add {REFUSING_UPSTREAM_IP}/24 dev eth0"
+            "ip addr add {CLOSED_UPSTREAM_IP}/24 dev eth0 && ip addr add {REFUSING_UPSTREAM_IP}/24 dev eth0 \
+             && ip addr add {SILENT_UPSTREAM_IP}/24 dev eth0"
         ))
         .expect("upstream addresses");
+    let _silent = lab
+        .upstream
+        .run(|| UdpSocket::bind((SILENT_UPSTREAM_IP, 53)))
+        .expect("enter upstream")
+        .expect("bind the silent upstream");
     let refusing = Dnsmasq::start(&lab.upstream, REFUSING_UPSTREAM_IP, &[])
         .expect("start the refusing dnsmasq");
     lab.wait_for_upstream();
@@ -408,25 +417,35 @@ fn dead_and_refusing_upstreams_are_passed_over_for_the_next() {
     assert!(refused.contains("status: REFUSED"), "{refused}");
 
     let mut config = config();
-    config.forwarders = [DEAD_UPSTREAM_IP, REFUSING_UPSTREAM_IP, UPSTREAM_IP]
-        .iter()
-        .map(|addr| DnsForwarder {
-            addr: Some(addr.parse().expect("ip")),
-            domain: None,
-        })
-        .collect();
+    config.forwarders = [
+        SILENT_UPSTREAM_IP,
+        CLOSED_UPSTREAM_IP,
+        REFUSING_UPSTREAM_IP,
+        UPSTREAM_IP,
+    ]
+    .iter()
+    .map(|addr| DnsForwarder {
+        addr: Some(addr.parse().expect("ip")),
+        domain: None,
+    })
+    .collect();
     with_server(&lab, config.clone(), || {
         let at = format!("@{SERVER_IP}");
-        // The dead server costs one attempt timeout, the refusing one nothing. One
-        // timeout does not demote a server (strict order, as libvirt's dnsmasq keeps
-        // it): the dead one is asked first three times.
+        // The silent server costs one attempt timeout, the closed and the refusing
+        // ones nothing. One timeout does not demote a server (strict order, as
+        // libvirt's dnsmasq keeps it): the silent one is asked first three times.
         let mut first = u64::MAX;
         for n in 0..3 {
             let (answers, took) = lab.dig_timed(&format!("{at} first{n}.up.test"));
             assert_eq!(answers, ["10.77.7.7"]);
             assert!(
                 took >= 900,
-                "query {n} answered in {took} ms without waiting for the dead server"
+                "query {n} answered in {took} ms without waiting for the silent server"
+            );
+            // A second attempt timeout would be the closed server's.
+            assert!(
+                took < 1800,
+                "query {n} took {took} ms: the closed server was waited for"
             );
             first = first.min(took);
         }
@@ -434,7 +453,8 @@ fn dead_and_refusing_upstreams_are_passed_over_for_the_next() {
         let (answers, second) = lab.dig_timed(&format!("{at} second.up.test"));
         assert_eq!(answers, ["10.77.7.7"]);
         assert!(second < first, "{second} ms, first {first} ms");
-        // TCP: the dead address refuses the connection, dnsmasq refuses the query.
+        // TCP: the silent and closed addresses refuse the connection, dnsmasq refuses
+        // the query.
         assert_eq!(
             lab.dig_short(&format!("+tcp {at} tcp.up.test")),
             ["10.77.7.7"]
@@ -483,10 +503,10 @@ fn unreachable_upstreams_get_a_prompt_refusal_and_tcp_a_servfail() {
     let mut config = self::config();
     // Reachable, but nothing listens: the TCP connection is refused.
     lab.upstream
-        .sh(&format!("ip addr add {DEAD_UPSTREAM_IP}/24 dev eth0"))
+        .sh(&format!("ip addr add {CLOSED_UPSTREAM_IP}/24 dev eth0"))
         .expect("upstream address");
     config.forwarders = vec![DnsForwarder {
-        addr: Some(DEAD_UPSTREAM_IP.parse().expect("ip")),
+        addr: Some(CLOSED_UPSTREAM_IP.parse().expect("ip")),
         domain: None,
     }];
     with_server(&lab, config, || {

@@ -17,20 +17,22 @@
 //! answer given while a server configured before it was not heard is not cached, over
 //! UDP or TCP, so that one lost answer does not deny a name to every guest. A server no
 //! route leads to counts as heard: over UDP one our own routing table has no route to,
-//! over TCP also one a router answers for with an ICMP unreachable (a UDP socket is
-//! not told of that in time).
+//! over TCP also one a router answers for with an ICMP host or network unreachable (a
+//! UDP socket is not told of those).
+//!
+//! A server whose host says nothing listens on its port (ICMP port unreachable over
+//! UDP, a refused connection over TCP) is passed over at once, not after a second of
+//! silence, and is not heard.
 //!
 //! Every answer passed on has its AD bit cleared: as dnsmasq without `proxy-dnssec`
 //! (which libvirt does not set), kvnetd validates nothing, so it vouches for nothing.
 
 use std::collections::HashMap;
-use std::future::poll_fn;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio::io::ReadBuf;
+use tokio::io::Interest;
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::resolver::{Resolver, is_reply_to, is_upstream_failure};
@@ -148,8 +150,8 @@ enum Stand {
     /// No route leads to it (a VPN's resolver while the VPN is down): it has had its
     /// say.
     Unreachable,
-    /// It could not be asked for another reason (a closed port's ICMP error, or a
-    /// shortage here): not heard.
+    /// It could not be asked for another reason (a shortage here), or its host said
+    /// nothing listens on its port (an ICMP port unreachable): not heard.
     Unsent,
 }
 
@@ -370,6 +372,30 @@ impl UdpForward<'_> {
         Some(Forwarded::Reply(reply))
     }
 
+    /// Takes the ICMP error `server`'s host sent back for the query (its port is closed,
+    /// or a firewall rejects it): the server will not answer, so the next one is asked
+    /// at once instead of after its attempt runs out.
+    fn on_error(&mut self, server: SocketAddr, error: &std::io::Error) {
+        let Some(slot) = self
+            .slots
+            .iter_mut()
+            .find(|slot| slot.server == server && matches!(slot.stand, Stand::Waiting(_)))
+        else {
+            return;
+        };
+        tracing::debug!(network = self.network, %server, %error, "upstream DNS server refused the query");
+        // A server passed over has had its failure counted already.
+        let counted = slot.passed_over;
+        slot.stand = if is_unroutable(error) {
+            Stand::Unreachable
+        } else {
+            Stand::Unsent
+        };
+        if !counted {
+            self.health.failed(self.network, server);
+        }
+    }
+
     /// The answer once no reply ended the forward: the held negative one, else the
     /// failure kept, else silence (the servers asked that stayed silent counted as
     /// failing), or `NotSent` if no server could be asked at all.
@@ -442,10 +468,15 @@ pub(super) async fn forward_udp(
             Step::WaitUntil(wake) => {
                 let waiting = forward.waiting();
                 let wait = forward.sockets.receive_reply(query, &waiting, &mut buf);
-                if let Ok((len, from)) = tokio::time::timeout_at(wake, wait).await
-                    && let Some(answer) = forward.on_reply(resolver, from, buf[..len].to_vec())
-                {
-                    return answer;
+                match tokio::time::timeout_at(wake, wait).await {
+                    Ok(Received::Reply(len, from)) => {
+                        if let Some(answer) = forward.on_reply(resolver, from, buf[..len].to_vec())
+                        {
+                            return answer;
+                        }
+                    }
+                    Ok(Received::Error(server, error)) => forward.on_error(server, &error),
+                    Err(_) => {}
                 }
             }
         }
@@ -503,6 +534,14 @@ impl Throttle {
 
 static SOCKET_WARNINGS: Throttle = Throttle(std::sync::atomic::AtomicU64::new(0));
 
+/// What a forward's sockets received.
+enum Received {
+    /// A reply of this length, from this server.
+    Reply(usize, SocketAddr),
+    /// The ICMP error this server's host sent back for an earlier query.
+    Error(SocketAddr, std::io::Error),
+}
+
 /// Why a forward has no socket for a server.
 enum SocketError {
     /// None could be opened (out of descriptors, say).
@@ -543,44 +582,66 @@ impl ForwardSockets {
         Ok(&self.by_server[at].1)
     }
 
-    /// Waits for a reply to `query` from one of `asked` and returns its length in
-    /// `buf` and its sender. Datagrams from anyone else, or that do not answer `query`
-    /// (ID or question differ), are dropped.
-    async fn receive_reply(
-        &self,
-        query: &[u8],
-        asked: &[SocketAddr],
-        buf: &mut [u8],
-    ) -> (usize, SocketAddr) {
+    /// Waits for a reply to `query` from one of `asked`, its length in `buf` and its
+    /// sender, or for the ICMP error one of them sent back. Datagrams from anyone else,
+    /// or that do not answer `query` (ID or question differ), are dropped.
+    async fn receive_reply(&self, query: &[u8], asked: &[SocketAddr], buf: &mut [u8]) -> Received {
         loop {
-            let received = poll_fn(|cx| {
-                for (_, socket) in &self.by_server {
-                    let mut read = ReadBuf::new(buf);
-                    match socket.poll_recv_from(cx, &mut read) {
-                        Poll::Ready(Ok(from)) => {
-                            return Poll::Ready(Some((read.filled().len(), from)));
-                        }
-                        // An ICMP error of an earlier send (the server's port is closed):
-                        // nothing to read; the server's attempt runs out as a silent one's.
-                        Poll::Ready(Err(_)) => return Poll::Ready(None),
-                        Poll::Pending => {}
-                    }
-                }
-                Poll::Pending
-            })
-            .await;
-            let Some((len, from)) = received else {
-                continue;
+            let received = match self.next_ready().await {
+                Ok((server, socket)) => match take_icmp_error(socket) {
+                    Some(error) => Received::Error(server, error),
+                    None => match socket.try_recv_from(buf) {
+                        Ok((len, from)) => Received::Reply(len, from),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => Received::Error(server, e),
+                    },
+                },
+                Err((server, e)) => Received::Error(server, e),
             };
-            if !asked.contains(&from) {
-                tracing::debug!(%from, "DNS reply from a server not asked; ignored");
-            } else if !is_reply_to(query, &buf[..len]) {
-                tracing::debug!(%from, "DNS reply not matching the query's ID or question; ignored");
-            } else {
-                return (len, from);
+            match received {
+                Received::Reply(_, from) if !asked.contains(&from) => {
+                    tracing::debug!(%from, "DNS reply from a server not asked; ignored");
+                }
+                Received::Reply(len, from) if !is_reply_to(query, &buf[..len]) => {
+                    tracing::debug!(%from, "DNS reply not matching the query's ID or question; ignored");
+                }
+                Received::Error(server, _) if !asked.contains(&server) => {}
+                received => return received,
             }
         }
     }
+
+    /// The first socket with a datagram or an error to take, and its server. Waits for
+    /// errors too: tokio wakes a reader for datagrams only, and an ICMP error alone
+    /// makes a socket ready for nothing else.
+    async fn next_ready(&self) -> Result<(SocketAddr, &UdpSocket), (SocketAddr, std::io::Error)> {
+        let readies = self.by_server.iter().map(|(server, socket)| {
+            Box::pin(async move {
+                match socket.ready(Interest::READABLE | Interest::ERROR).await {
+                    Ok(_) => Ok((*server, socket)),
+                    Err(e) => Err((*server, e)),
+                }
+            })
+        });
+        if self.by_server.is_empty() {
+            // Nothing to wait for (select_all panics on none): the caller's timeout ends it.
+            return std::future::pending().await;
+        }
+        let (first, _, _) = futures::future::select_all(readies).await;
+        first
+    }
+}
+
+/// The ICMP error `socket`'s server sent back, if one is pending. With none, clears the
+/// socket's error readiness, so that waiting for it again waits.
+fn take_icmp_error(socket: &UdpSocket) -> Option<std::io::Error> {
+    socket
+        .try_io(Interest::ERROR, || match socket.take_error() {
+            Ok(Some(error)) => Ok(error),
+            Ok(None) => Err(std::io::ErrorKind::WouldBlock.into()),
+            Err(e) => Ok(e),
+        })
+        .ok()
 }
 
 /// Asks `servers` over TCP in turn, leaving the first usable answer in `out`, its AD

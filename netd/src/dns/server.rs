@@ -1452,6 +1452,40 @@ pub(super) mod tests {
         });
     }
 
+    /// A first server whose port is closed (its host sends ICMP port unreachable) is
+    /// passed over at once, not after its second of silence; the next server's denial
+    /// comes through but is not cached, since the first was not heard.
+    #[test]
+    fn a_server_with_its_port_closed_is_passed_over_at_once() {
+        if !testkit::require(&[Need::Root, Need::Netns]) {
+            return;
+        }
+        with_forwarding("dnsclosed", "closed", 2, |lab| async move {
+            let Forwarding {
+                server,
+                upstream,
+                others,
+                client,
+                to_server,
+            } = lab;
+            drop(upstream);
+            let second = &others[0];
+            for id in [0x1111, 0x2222] {
+                ask(&client, to_server, id, "vpn.example.").await;
+                let (query, from) = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    next_datagram(second, "the second server's ask"),
+                )
+                .await
+                .expect("the second server was asked only after the first's attempt ran out");
+                second.send_to(&denial(&query), from).await.expect("send");
+                let (answer, _) = next_datagram(&client, "the denial").await;
+                assert_eq!(answer[3] & 0x0f, 3, "NXDOMAIN");
+            }
+            server.stop().await;
+        });
+    }
+
     /// A denial from the first server, heard, is cached: the name is not asked again.
     #[test]
     fn a_denial_from_the_first_server_is_cached() {
