@@ -19,7 +19,7 @@ use common::{
 use netd::api::ErrorKind;
 use netd::api::client::Client;
 use netd::api::types::PortSummary;
-use netd::link::macvtap::KVNET_LINK_GROUP;
+use netd::link::KVNET_LINK_GROUP;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 const LAN_IP: [u8; 4] = [10, 88, 0, 1];

@@ -543,6 +543,70 @@ fn a_running_network_whose_status_went_is_cleared_for_its_next_start() {
     assert_eq!(daemon.ok(&["net-start", "n"]), "Network n started\n\n");
 }
 
+/// libvirt gives a network's bridge the MAC address its definition names, so a libvirt
+/// network's definition copied in (the move kvnet invites) matches libvirt's bridge, which
+/// runs on with its guests while libvirtd is stopped. Not in kvnet's link group, it is not
+/// taken for one kvnet left behind: the daemon leaves it, and its guests, alone.
+#[test]
+fn a_libvirt_bridge_matching_a_copied_definition_is_left_alone() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let mut daemon = Daemon::start_with(DaemonOptions::no_default_network());
+    define_nat_network(&daemon, "n", "10.57.0.1");
+    let xml = daemon.ok(&["net-dumpxml", "n"]);
+    let mac = xml
+        .split("<mac address='")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .expect("the definition's MAC address");
+    daemon.stop();
+    daemon
+        .ns
+        .sh(&format!(
+            "ip link add virbr0 address {mac} type bridge && ip addr add 10.57.0.1/24 dev virbr0 \
+             && ip link set virbr0 up"
+        ))
+        .expect("libvirt's bridge");
+
+    daemon.spawn(&DaemonOptions::no_default_network());
+    assert_eq!(
+        daemon.ok(&["-q", "net-list", "--all"]),
+        " n   inactive   no   yes\n"
+    );
+    assert_eq!(daemon.bridges(), ["virbr0"], "{}", daemon.log());
+    assert_eq!(daemon.addresses("virbr0"), ["10.57.0.1/24"]);
+}
+
+/// A bridge an earlier kvnet created, before it put its bridges in its link group, is
+/// still adopted by its status, and put in the group, so that recovery knows it later.
+#[test]
+fn a_running_bridge_from_before_the_link_group_is_adopted_and_marked() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let (mut daemon, _) = killed_while_running("n", "10.57.1.1");
+    let group = |daemon: &Daemon| daemon.ip_json("-d link show virbr0")[0]["group"].clone();
+    let kvnet_group = group(&daemon);
+    assert_ne!(kvnet_group, "default");
+    daemon
+        .ns
+        .sh("ip link set virbr0 group default")
+        .expect("unmark the bridge");
+
+    daemon.spawn(&DaemonOptions::no_default_network());
+    assert!(
+        daemon
+            .ok(&["-q", "net-list", "--all"])
+            .contains(" n   active"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(group(&daemon), kvnet_group);
+    assert_eq!(daemon.ok(&["net-destroy", "n"]), "Network n destroyed\n\n");
+    assert!(daemon.bridges().is_empty());
+}
+
 /// A second kvnetd run in the same network namespace with directories of its own, while
 /// the first one is stopped (its networks running on), leaves the first one's networks
 /// their firewall rules: their bridges are there, and none is its own.

@@ -1217,7 +1217,7 @@ impl Manager {
                 .await
                 .map_err(|e| failed(error_chain(&e)))?;
             match current {
-                Some(info) if is_network_bridge(def, bridge, &info) => Some(info),
+                Some(info) if has_network_mac(def, bridge, &info) => Some(info),
                 Some(_) => {
                     warn!(network = %def.name, bridge, "leaving interface {bridge} alone: it is not the network's bridge (another kind or MAC address)");
                     None
@@ -1390,9 +1390,18 @@ fn overlap(a: IpNet, b: IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-/// Whether `info`, the link named `bridge`, is `def`'s own bridge: a bridge with the
-/// network's MAC address (which its start set).
+/// Whether `info`, the link named `bridge`, is `def`'s own bridge by what the kernel
+/// alone says: a bridge kvnet created (in [`link::KVNET_LINK_GROUP`]) with the network's MAC
+/// address. The MAC alone is not enough: libvirt gives a network's bridge the same one,
+/// so a libvirt network's definition copied in matches libvirt's running bridge.
 fn is_network_bridge(def: &NetworkDef, bridge: &str, info: &LinkInfo) -> bool {
+    info.in_kvnet_group() && has_network_mac(def, bridge, info)
+}
+
+/// Whether `info`, the link named `bridge`, is a bridge with `def`'s MAC address: the
+/// network's own where kvnet knows it runs (an adopted bridge an earlier kvnet created
+/// may not be in its link group).
+fn has_network_mac(def: &NetworkDef, bridge: &str, info: &LinkInfo) -> bool {
     info.is_bridge() && info.mac == Some(bridge_spec(def, bridge).mac)
 }
 

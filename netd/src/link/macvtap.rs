@@ -14,7 +14,7 @@ use netlink_packet_route::link::MacVtapMode;
 use rtnetlink::{LinkMacVtap, LinkUnspec};
 
 use super::netlink::{errno, failed};
-use super::{Error, Link, LinkInfo, Op};
+use super::{Error, KVNET_LINK_GROUP, Link, LinkInfo, Op};
 
 /// The name template of kvnet's macvtap devices, as libvirt's.
 const NAME_PREFIX: &str = "macvtap";
@@ -25,11 +25,6 @@ const NAME_ATTEMPTS: usize = 32;
 
 /// The start of the alias of every macvtap kvnet creates.
 pub const MACVTAP_ALIAS_PREFIX: &str = "kvnet: port ";
-
-/// The link group of every macvtap kvnet creates ("kvnt"). The kernel takes a group in
-/// `RTM_NEWLINK`, unlike an alias, so even a device whose alias a crash kept from being set
-/// is known as kvnet's.
-pub const KVNET_LINK_GROUP: u32 = 0x6b76_6e74;
 
 /// How a macvtap passes frames between its guest and the others on the lower device
 /// (libvirt's forward modes of the same names; `passthrough` is the kernel's `passthru`).

@@ -31,6 +31,12 @@ const STP_FORWARD_DELAY_SECS: std::ops::RangeInclusive<u32> = 2..=30;
 /// `USER_HZ`: bridge timers cross netlink in clock_t, hundredths of a second.
 const CLOCK_T_PER_SEC: u32 = 100;
 
+/// The link group ("kvnt") of every bridge and macvtap kvnet creates. The kernel takes a
+/// group in the `RTM_NEWLINK` that creates a device, unlike an alias, so no crash leaves
+/// a device of kvnet's unmarked. It tells kvnet's bridge from another's that has the same
+/// name and MAC address: libvirt's, when a libvirt network's definition was copied in.
+pub const KVNET_LINK_GROUP: u32 = 0x6b76_6e74;
+
 /// Whether a port comes up in the change that plugs it into its bridge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortState {
@@ -119,6 +125,11 @@ impl LinkInfo {
     /// Whether the link is a Linux bridge.
     pub fn is_bridge(&self) -> bool {
         self.kind.as_deref() == Some("bridge")
+    }
+
+    /// Whether kvnet created the link (it is in [`KVNET_LINK_GROUP`]).
+    pub fn in_kvnet_group(&self) -> bool {
+        self.group == KVNET_LINK_GROUP
     }
 }
 
@@ -255,6 +266,8 @@ pub enum Op {
     },
     /// Setting the alias that marks a device as kvnet's.
     SetAlias,
+    /// Putting a device in [`KVNET_LINK_GROUP`].
+    SetGroup,
     /// Taking a link down.
     SetDown,
     /// Opening a macvtap's character device.
@@ -307,6 +320,7 @@ impl Op {
             Op::RedirectIngress(ifb) => format!("redirecting the ingress of {ifname} to {ifb}"),
             Op::CreateMacvtap { lower } => format!("creating macvtap {ifname} on {lower}"),
             Op::SetAlias => format!("labelling {ifname} as kvnet's"),
+            Op::SetGroup => format!("putting {ifname} in kvnet's link group"),
             Op::SetDown => format!("taking {ifname} down"),
             Op::OpenMacvtap => format!("opening the character device of macvtap {ifname}"),
         }

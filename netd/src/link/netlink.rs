@@ -21,7 +21,10 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
-use super::{BridgePortFlags, BridgeSpec, Error, LinkInfo, Op, PortState, sysctl, validate_ifname};
+use super::{
+    BridgePortFlags, BridgeSpec, Error, KVNET_LINK_GROUP, LinkInfo, Op, PortState, sysctl,
+    validate_ifname,
+};
 
 /// A netlink route connection bound to one network namespace.
 ///
@@ -82,6 +85,7 @@ impl Link {
         // Not `LinkBridge::new`, which also sets the link up: addresses come first.
         let request = LinkMessageBuilder::<LinkBridge>::new(&spec.name)
             .address(spec.mac.to_vec())
+            .link_group(KVNET_LINK_GROUP)
             .forward_delay(spec.forward_delay_clock_t())
             .stp_state(stp_state);
         self.handle
@@ -194,6 +198,21 @@ impl Link {
     pub async fn set_up(&self, ifname: &str) -> Result<(), Error> {
         let index = self.index(ifname).await?;
         self.set_up_at(index, ifname).await
+    }
+
+    /// Puts the link with ifindex `index` (named `ifname`, for errors) in
+    /// [`KVNET_LINK_GROUP`]: a bridge an earlier kvnet created without the mark.
+    pub async fn mark_as_kvnets(&self, index: u32, ifname: &str) -> Result<(), Error> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .link_group(KVNET_LINK_GROUP)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(failed(Op::SetGroup, ifname))
     }
 
     /// [`Link::set_up`] on the link with ifindex `index` (named `ifname`, for errors).

@@ -472,7 +472,7 @@ mod tests {
                 macvtap::MACVTAP_ALIAS_PREFIX,
                 purpose(port, "my lan")
             )),
-            group: macvtap::KVNET_LINK_GROUP,
+            group: crate::link::KVNET_LINK_GROUP,
         };
         assert_eq!(port_of(&link), Some((port, "my lan")));
     }

@@ -10,8 +10,8 @@ use tracing::{info, warn};
 
 use super::configs::bridge_addresses;
 use super::{
-    DEFAULT_NETWORK, Error, Manager, Network, error_chain, is_incomplete, is_network_bridge,
-    overlap,
+    DEFAULT_NETWORK, Error, Manager, Network, error_chain, has_network_mac, is_incomplete,
+    is_network_bridge, overlap,
 };
 use crate::link::LinkInfo;
 use crate::service::lock;
@@ -167,7 +167,7 @@ impl Manager {
                 };
                 // The name may since have gone to someone else's bridge (deleted and made
                 // again, by libvirt say): never take that over, nor delete it later.
-                if !is_network_bridge(&def, &status.bridge, &bridge) {
+                if !has_network_mac(&def, &status.bridge, &bridge) {
                     warn!(network = %name, bridge = %status.bridge, "bridge {} is no longer this network's (another MAC address); marking the network inactive and leaving the bridge alone", status.bridge);
                     self.release(&name, &status.bridge, None).await;
                     self.discard_status_or_warn(&name);
@@ -288,8 +288,14 @@ impl Manager {
 
     /// Puts back what was taken from an adopted network's own bridge while the daemon was
     /// away: its addresses (the guests' router and DNS server) and its up state. What is
-    /// still there is left as it is.
+    /// still there is left as it is. A bridge an earlier kvnet created without kvnet's
+    /// link group is put in it, so that recovery can tell it from another's later.
     pub(super) async fn restore_bridge(&self, def: &NetworkDef, bridge: &str, info: &LinkInfo) {
+        if !info.in_kvnet_group()
+            && let Err(e) = self.link.mark_as_kvnets(info.index, bridge).await
+        {
+            warn!(network = %def.name, "{}", error_chain(&e));
+        }
         for (address, prefix) in bridge_addresses(def) {
             match self
                 .link
