@@ -377,6 +377,43 @@ fn a_host_bridge_network_runs_before_its_bridge_exists() {
     daemon.ok(&["net-destroy", "later"]);
 }
 
+/// Two networks on one host bridge (say, two portgroups' worth of settings), as libvirt
+/// allows: each plugs its own ports into it, and a destroy of one takes only its own off.
+#[test]
+fn networks_on_one_host_bridge_each_keep_their_own_ports() {
+    if !require(&port_needs()) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    daemon
+        .ns
+        .sh("ip link add br-host type bridge && ip link set br-host up")
+        .expect("host bridge");
+    let client = Client::new(daemon.socket());
+    let mut taps = Vec::new();
+    for (name, mac) in [("one", "52:54:00:aa:bb:01"), ("two", "52:54:00:aa:bb:02")] {
+        run_network(
+            &daemon,
+            name,
+            &format!(
+                "<network><name>{name}</name><forward mode='bridge'/><bridge name='br-host'/></network>"
+            ),
+            true,
+        );
+        let port = client
+            .create_port(name, &port_xml(&format!("guest-{name}"), mac))
+            .expect("create port");
+        taps.push(port.tap);
+    }
+    for tap in &taps {
+        assert_eq!(master(&daemon, tap).as_deref(), Some("br-host"));
+    }
+    daemon.ok(&["net-destroy", "one"]);
+    assert!(is_parked(&daemon, &taps[0]));
+    assert_eq!(master(&daemon, &taps[1]).as_deref(), Some("br-host"));
+    assert_eq!(daemon.bridges(), ["br-host"]);
+}
+
 #[test]
 fn a_port_of_a_host_bridge_network_joins_that_bridge_which_outlives_it() {
     if !require(&port_needs()) {

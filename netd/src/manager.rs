@@ -578,8 +578,9 @@ impl Manager {
         }
     }
 
-    /// Fills in UUID, MAC and bridge name, and refuses a bridge name that another
-    /// network uses or that names an interface this network does not own.
+    /// Fills in UUID, MAC and bridge name, and refuses, for a network that manages its
+    /// bridge, a bridge name that another network uses or that names an interface this
+    /// network does not own. Networks on a host bridge may share it, as in libvirt.
     async fn complete_and_check_bridge(
         &self,
         networks: &BTreeMap<String, Network>,
@@ -606,7 +607,7 @@ impl Manager {
                 let name = self.free_bridge_name(template, &other_bridges).await?;
                 def.bridge.name = Some(name);
             }
-            Some(bridge) if other_bridges.contains(&bridge) => {
+            Some(bridge) if owns_bridge && other_bridges.contains(&bridge) => {
                 return Err(Error::Conflict(format!(
                     "bridge name '{bridge}' already in use."
                 )));
