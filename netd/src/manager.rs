@@ -29,7 +29,7 @@ use crate::hooks::{Hooks, Operation};
 use crate::link::{self, Link, LinkInfo, PrefixCache, sysctl};
 use crate::ra::RaServer;
 use crate::service::lock;
-use crate::store::{self, Phase, STATUS_VERSION, Status, Store};
+use crate::store::{self, ConfigChange, Phase, STATUS_VERSION, Status, Store};
 use crate::tftp::TftpServer;
 use crate::xml::{self, Connections, ForwardMode, NetworkDef, RouteDef};
 
@@ -472,7 +472,14 @@ impl Manager {
             }
             None => None,
         };
-        if let Err(e) = self.store.save_config(&def.name, &def.to_config_file()) {
+        let saved = self
+            .store
+            .change_config_off_thread(ConfigChange::Save {
+                network: def.name.clone(),
+                xml: def.to_config_file(),
+            })
+            .await;
+        if let Err(e) = saved {
             if let Some(aside) = &kept
                 && let Err(restore) = self.store.restore_unloadable_config(&def.name, aside)
             {
@@ -666,7 +673,12 @@ impl Manager {
         if is_incomplete(&def) {
             // Written by hand, and its bridge was taken when the daemon loaded it.
             self.complete_and_check_bridge(&networks, &mut def).await?;
-            self.store.save_config(&def.name, &def.to_config_file())?;
+            self.store
+                .change_config_off_thread(ConfigChange::Save {
+                    network: def.name.clone(),
+                    xml: def.to_config_file(),
+                })
+                .await?;
             if let Some(network) = networks.get_mut(&name) {
                 network.config = Some(def.clone());
             }
@@ -1275,7 +1287,11 @@ impl Manager {
             self.store
                 .save_status(&name, &active_status(live, false, started_at))?;
         }
-        self.store.delete_config(&name)?;
+        self.store
+            .change_config_off_thread(ConfigChange::Delete {
+                network: name.clone(),
+            })
+            .await?;
         if let Some(network) = networks.get_mut(&name) {
             network.config = None;
             network.autostart = false;
@@ -1301,7 +1317,12 @@ impl Manager {
                 "cannot set autostart for transient network".into(),
             ));
         }
-        self.store.set_autostart(&name, enabled)?;
+        self.store
+            .change_config_off_thread(ConfigChange::Autostart {
+                network: name.clone(),
+                enabled,
+            })
+            .await?;
         if let Some(network) = networks.get_mut(&name) {
             network.autostart = enabled;
         }

@@ -190,6 +190,40 @@ pub struct StoredConfig {
     pub autostart: bool,
 }
 
+/// A change to a network's persistent definition ([`Store::change_config_off_thread`]).
+#[derive(Debug)]
+pub enum ConfigChange {
+    /// Write its definition.
+    Save {
+        /// The network.
+        network: String,
+        /// Its definition's XML.
+        xml: String,
+    },
+    /// Remove its definition and autostart link.
+    Delete {
+        /// The network.
+        network: String,
+    },
+    /// Create or remove its autostart link.
+    Autostart {
+        /// The network.
+        network: String,
+        /// Whether it autostarts.
+        enabled: bool,
+    },
+}
+
+impl ConfigChange {
+    fn network(&self) -> &str {
+        match self {
+            ConfigChange::Save { network, .. }
+            | ConfigChange::Delete { network }
+            | ConfigChange::Autostart { network, .. } => network,
+        }
+    }
+}
+
 /// The daemon's files.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -364,6 +398,22 @@ impl Store {
     pub fn save_config(&self, name: &str, xml: &str) -> Result<(), Error> {
         definition_fits(name, xml)?;
         write_atomic(&self.config_path(name), xml.as_bytes())
+    }
+
+    /// [`Store::save_config`], [`Store::delete_config`] or [`Store::set_autostart`] on
+    /// tokio's blocking pool. Definitions live under `/etc`, on a disk whose syncs may
+    /// take long, and the daemon's one thread serves every network's DHCP and DNS, which
+    /// must not wait for them.
+    pub async fn change_config_off_thread(&self, change: ConfigChange) -> Result<(), Error> {
+        let store = self.clone();
+        let path = self.config_path(change.network());
+        tokio::task::spawn_blocking(move || match &change {
+            ConfigChange::Save { network, xml } => store.save_config(network, xml),
+            ConfigChange::Delete { network } => store.delete_config(network),
+            ConfigChange::Autostart { network, enabled } => store.set_autostart(network, *enabled),
+        })
+        .await
+        .unwrap_or_else(|e| Err(io_err("writing", &path)(io::Error::other(e))))
     }
 
     /// Removes a network's definition and its autostart link. The definition goes first:

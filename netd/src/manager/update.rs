@@ -8,7 +8,7 @@ use crate::dhcp6::Dhcp6Server;
 use crate::dns;
 use crate::errors::error_chain;
 use crate::ra::RaServer;
-use crate::store::Status;
+use crate::store::{ConfigChange, Status};
 use crate::xml::{self, NetworkDef};
 
 use super::configs::{dhcp_config, dhcp6_config, dns_config, firewall_rules, ra_config};
@@ -129,7 +129,7 @@ impl Manager {
                 warn!(network = %name, "putting back the firewall rules of an update that failed: {}", error_chain(&e));
             }
         };
-        let recorded = (|| {
+        let recorded: Result<_, Error> = async {
             let new_resolver = new_live
                 .as_ref()
                 .and_then(|def| dns_config(def, &networks, &self.host_dns()))
@@ -157,9 +157,18 @@ impl Manager {
                     return Err(e.into());
                 }
             }
-            if let Some(file) = &config_file
-                && let Err(e) = self.store.save_config(&name, file)
-            {
+            let saved = match &config_file {
+                Some(file) => {
+                    self.store
+                        .change_config_off_thread(ConfigChange::Save {
+                            network: name.clone(),
+                            xml: file.clone(),
+                        })
+                        .await
+                }
+                None => Ok(()),
+            };
+            if let Err(e) = saved {
                 restore_rules();
                 // The error is the config's: a status that cannot be put back is only
                 // logged, naming what a restart would then do.
@@ -182,7 +191,8 @@ impl Manager {
                 }
             }
             Ok(new_resolver)
-        })();
+        }
+        .await;
         let new_resolver = match recorded {
             Ok(resolver) => resolver,
             Err(e) => {
