@@ -98,8 +98,9 @@ impl Cli {
         T: Into<OsString> + Clone,
     {
         let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
-        let mut cli =
-            Cli::try_parse_from(data_kept_from_clap(help_flag_asked(help_topic_only(argv))))?;
+        let mut cli = Cli::try_parse_from(data_kept_from_clap(help_flag_asked(help_topic_only(
+            argv.clone(),
+        ))))?;
         let leading_only = [
             &cli.debug,
             &cli.log,
@@ -119,6 +120,7 @@ impl Cli {
             ));
         }
         if let Command::NetUpdate(args) = &mut cli.command {
+            UpdateArgs::check_order(argv.get(verb_at(&argv) + 1..).unwrap_or_default())?;
             args.place_named()?;
         }
         Ok(cli)
@@ -260,6 +262,17 @@ fn help_topic_only(mut argv: Vec<OsString>) -> Vec<OsString> {
     }
     argv.truncate(end.min(argv.len()));
     argv
+}
+
+/// `text` read as virsh reads an `int` option (`virStrToLong_i`, which is `strtol`): a
+/// decimal integer after optional blanks and sign, all of it, within `i32`.
+pub fn virsh_int(text: &str) -> Option<i32> {
+    let number = text.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let digits = number.strip_prefix(['+', '-']).unwrap_or(number);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    number.strip_prefix('+').unwrap_or(number).parse().ok()
 }
 
 /// Whether virsh reads `word`, after the verb, as an option: `--` and a letter or digit
@@ -765,8 +778,11 @@ pub struct UpdateArgs {
     #[arg(long = "xml", value_name = "XML", value_parser = NonEmptyStringValueParser::new())]
     xml_option: Option<String>,
     /// Which <ip> element (0-based) an ip-dhcp-* update changes; negative: the default.
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    pub parent_index: Option<i64>,
+    #[arg(long = "parent-index", value_name = "N", allow_hyphen_values = true)]
+    parent_index_option: Option<String>,
+    /// The parent index given, read as virsh reads an int (set by [`UpdateArgs::place_named`]).
+    #[arg(skip)]
+    pub parent_index: Option<i32>,
     /// Affect the persistent definition (next network start).
     #[arg(long)]
     pub config: bool,
@@ -779,6 +795,52 @@ pub struct UpdateArgs {
 }
 
 impl UpdateArgs {
+    /// The arguments net-update takes by name or by place, in virsh's order.
+    const BY_NAME_OR_PLACE: [&str; 5] = ["network", "command", "section", "xml", "parent-index"];
+
+    /// Refuses, as virsh does, an argument given by name after a word took its place
+    /// (`net-update default add ip-dhcp-host XML --network default`): virsh puts each
+    /// word in the first place not yet taken as it reads it. `args` are those after the
+    /// verb, as typed.
+    fn check_order(args: &[OsString]) -> Result<(), clap::Error> {
+        let mut taken = [false; Self::BY_NAME_OR_PLACE.len()];
+        let mut words = args.iter().map(|arg| arg.to_str().unwrap_or_default());
+        while let Some(word) = words.next() {
+            if word == "--" {
+                break;
+            }
+            let Some(option) = word.strip_prefix("--").filter(|_| is_option_word(word)) else {
+                if let Some(place) = taken.iter_mut().find(|taken| !**taken) {
+                    *place = true;
+                }
+                continue;
+            };
+            let (name, inline_value) = match option.split_once('=') {
+                Some((name, _)) => (name, true),
+                None => (option, false),
+            };
+            let Some(at) = Self::BY_NAME_OR_PLACE.iter().position(|n| *n == name) else {
+                continue;
+            };
+            if taken[at] {
+                let option = format!("--{name}");
+                let mut error =
+                    clap::Error::new(ErrorKind::ArgumentConflict).with_cmd(&Cli::command());
+                error.insert(
+                    ContextKind::InvalidArg,
+                    ContextValue::String(option.clone()),
+                );
+                error.insert(ContextKind::PriorArg, ContextValue::String(option));
+                return Err(error);
+            }
+            taken[at] = true;
+            if !inline_value {
+                words.next();
+            }
+        }
+        Ok(())
+    }
+
     /// Puts the arguments given by name in their place and the words in the others, in
     /// order; refused as virsh refuses a missing one or a word too many.
     fn place_named(&mut self) -> Result<(), clap::Error> {
@@ -810,9 +872,9 @@ impl UpdateArgs {
             error
         };
         // A fifth word is the parent index, unless given by name.
-        let index_word = match self.parent_index {
+        let index_word = match self.parent_index_option.take() {
             None => words.next(),
-            Some(_) => None,
+            given => given,
         };
         if let Some(extra) = words.next() {
             return Err(refusal(
@@ -827,7 +889,7 @@ impl UpdateArgs {
             ));
         }
         if let Some(word) = index_word {
-            let Ok(index) = word.parse() else {
+            let Some(index) = virsh_int(&word) else {
                 let mut error = refusal(
                     ErrorKind::ValueValidation,
                     ContextValue::String("--parent-index <N>".to_owned()),
@@ -992,5 +1054,70 @@ mod tests {
             "network+unix:///system?socket=/tmp/my%20dir/kvnetd%25.sock"
         );
         assert_eq!(local_system_socket(&other.uri), Some(socket));
+    }
+
+    #[test]
+    fn ints_are_read_as_strtol_reads_them() {
+        for (text, value) in [
+            ("0", 0),
+            (" 0", 0),
+            ("\t1", 1),
+            ("+5", 5),
+            ("-1", -1),
+            ("007", 7),
+            ("2147483647", i32::MAX),
+            ("-2147483648", i32::MIN),
+        ] {
+            assert_eq!(virsh_int(text), Some(value), "{text:?}");
+        }
+        for text in [
+            "",
+            " ",
+            "1 ",
+            "0x1",
+            "--1",
+            "+-1",
+            "- 1",
+            "2147483648",
+            "1e3",
+        ] {
+            assert_eq!(virsh_int(text), None, "{text:?}");
+        }
+    }
+
+    /// virsh puts each word in the first place not yet taken as it reads it, so a name
+    /// given after a word took its place is "already seen"; before, the words go around it.
+    #[test]
+    fn net_update_takes_arguments_by_name_or_place_in_virshs_order() {
+        let parse = |args: &[&str]| {
+            Cli::parse_virsh(["kvnet", "-c", "/x.sock", "net-update"].iter().chain(args))
+        };
+        let Ok(Cli {
+            command: Command::NetUpdate(args),
+            ..
+        }) = parse(&["--network", "n", "add", "dns-host", "<host/>", " 1"])
+        else {
+            panic!("refused");
+        };
+        assert_eq!(
+            (args.network(), args.command(), args.parent_index),
+            ("n", "add", Some(1))
+        );
+        for late in [
+            &["n", "add", "dns-host", "<host/>", "--network", "n"][..],
+            &["n", "add", "dns-host", "<host/>", "--xml=<host/>"],
+            &[
+                "n",
+                "add",
+                "dns-host",
+                "<host/>",
+                "0",
+                "--parent-index",
+                "0",
+            ],
+        ] {
+            let error = parse(late).expect_err("accepted");
+            assert_eq!(error.kind(), ErrorKind::ArgumentConflict, "{late:?}");
+        }
     }
 }

@@ -545,6 +545,18 @@ fn command_line_mistakes_get_virsh_lines_and_exit_1() {
             &["net-event", "a", "lifecycle", "--event", "lifecycle"],
             "error: option --event already seen\n",
         ),
+        (
+            &[
+                "net-update",
+                "n",
+                "add",
+                "dns-host",
+                "<host/>",
+                "--network",
+                "n",
+            ],
+            "error: option --network already seen\n",
+        ),
     ] {
         let out = common::kvnet_at(&socket, args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
@@ -596,6 +608,17 @@ fn command_line_mistakes_get_virsh_lines_and_exit_1() {
                 "abc",
             ],
             "error: Numeric value 'abc' for <parent-index> option is malformed or out of range\n",
+        ),
+        (
+            &[
+                "net-update",
+                "n",
+                "add",
+                "dns-host",
+                "<host/>",
+                "2147483648",
+            ],
+            "error: Numeric value '2147483648' for <parent-index> option is malformed or out of range\n",
         ),
     ] {
         let out = common::kvnet_at(&socket, args);

@@ -658,12 +658,7 @@ fn json_line(record: &EventRecord) -> String {
 /// `--timeout` as virsh reads it (`vshCommandOptTimeoutToMs`): a decimal integer (after
 /// optional blanks and sign, `strtol`'s way) of seconds from 1 to `INT_MAX / 1000`.
 fn event_timeout(text: &str) -> Result<Duration, Failure> {
-    let digits = text.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
-    let digits = digits.strip_prefix('+').unwrap_or(digits);
-    digits
-        .parse::<i32>()
-        .ok()
-        .filter(|_| digits.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+    crate::cli::virsh_int(text)
         .filter(|seconds| (1..=i32::MAX / 1000).contains(seconds))
         .and_then(|seconds| u64::try_from(seconds).ok())
         .map(Duration::from_secs)
