@@ -474,6 +474,17 @@ fn run_command_string(
     };
     let mut steps = Vec::with_capacity(commands.len());
     for words in commands {
+        // Not a verb clap knows, so its help is asked for by name.
+        let words = match words.as_slice() {
+            [verb, help] if shell::is_quit_verb(verb) && help == "--help" => {
+                vec!["help".to_owned(), verb.clone()]
+            }
+            _ => words,
+        };
+        if let Some(refusal) = shell::quit_refusal(&words) {
+            usage::print_errors(&[refusal]);
+            return refused;
+        }
         if shell::is_quit(&words) {
             steps.push(Step::Quit);
             continue;

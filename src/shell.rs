@@ -108,9 +108,31 @@ fn end_command(commands: &mut Vec<Words>, words: &mut Words) {
     }
 }
 
-/// Whether a command ends the shell (virsh's `quit` and `exit`).
+/// Whether a command ends the shell (virsh's `quit` and `exit`, which take nothing).
 pub fn is_quit(words: &[String]) -> bool {
-    matches!(words.first().map(String::as_str), Some("quit" | "exit"))
+    matches!(words, [verb] if is_quit_verb(verb))
+}
+
+/// `quit` or `exit`.
+pub fn is_quit_verb(verb: &str) -> bool {
+    matches!(verb, "quit" | "exit")
+}
+
+/// virsh's refusal of a `quit` or `exit` given more than its name (`exit 3`): nothing
+/// of the command string runs, and an interactive shell goes on. `--help` is help.
+pub fn quit_refusal(words: &[String]) -> Option<String> {
+    let [verb, extra, ..] = words else {
+        return None;
+    };
+    if !is_quit_verb(verb) || extra == "--help" {
+        return None;
+    }
+    Some(if crate::cli::is_option_word(extra) {
+        let option = extra.split('=').next().unwrap_or_default();
+        format!("command '{verb}' doesn't support option {option}")
+    } else {
+        format!("unexpected data '{extra}'")
+    })
 }
 
 /// The interactive terminal's input: lines from standard input, each read after a
@@ -659,10 +681,23 @@ mod tests {
     }
 
     #[test]
-    fn quit_and_exit_end_the_shell() {
-        assert!(is_quit(&["quit".to_owned()]));
-        assert!(is_quit(&["exit".to_owned(), "x".to_owned()]));
-        assert!(!is_quit(&["net-list".to_owned()]));
+    fn quit_and_exit_end_the_shell_and_take_nothing_else() {
+        let words = |text: &str| text.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        assert!(is_quit(&words("quit")));
+        assert!(is_quit(&words("exit")));
+        assert!(!is_quit(&words("net-list")));
         assert!(!is_quit(&[]));
+        assert!(!is_quit(&words("exit 3")));
+        assert_eq!(
+            quit_refusal(&words("exit 3")).as_deref(),
+            Some("unexpected data '3'")
+        );
+        assert_eq!(
+            quit_refusal(&words("quit --now=1")).as_deref(),
+            Some("command 'quit' doesn't support option --now")
+        );
+        assert_eq!(quit_refusal(&words("exit --help")), None);
+        assert_eq!(quit_refusal(&words("exit")), None);
+        assert_eq!(quit_refusal(&words("net-list 3")), None);
     }
 }

@@ -104,6 +104,10 @@ fn a_command_string_that_does_not_parse_runs_nothing() {
             "error: missing \"\n",
         ),
         ("net-start docker-machines x\\", "error: dangling \\\n"),
+        (
+            "net-start docker-machines; exit 3",
+            "error: unexpected data '3'\n",
+        ),
     ] {
         let out = daemon.kvnet(&[script]);
         assert_eq!(out.status.code(), Some(1), "{script}");
