@@ -135,7 +135,10 @@ impl Refusal {
                     })
                     .collect()
             }
-            (ErrorKind::UnknownArgument, Some(argument)) if argument.starts_with("--") => {
+            // After `--` it is data, however it looks.
+            (ErrorKind::UnknownArgument, Some(argument))
+                if argument.starts_with("--") && !is_after_end_of_options(args, &argument) =>
+            {
                 let option = argument.split('=').next().unwrap_or_default();
                 vec![format!("command '{verb}' doesn't support option {option}")]
             }
@@ -185,6 +188,14 @@ impl Refusal {
             }
         }
     }
+}
+
+/// Whether `argument` comes after a `--` in `args` (after the verb, where `--` ends the
+/// options).
+fn is_after_end_of_options(args: &[String], argument: &str) -> bool {
+    args.iter()
+        .position(|arg| arg == "--")
+        .is_some_and(|end| args[end + 1..].iter().any(|arg| arg == argument))
 }
 
 /// virsh's error lines on stderr, after whatever stdout holds so far (virsh flushes

@@ -488,6 +488,10 @@ fn command_line_mistakes_get_virsh_lines_and_exit_1() {
         ),
         (&["net-frob"], "error: unknown command: 'net-frob'\n"),
         (
+            &["net-list", "--", "--all"],
+            "error: unexpected data '--all'\n",
+        ),
+        (
             &["net-list", "--inactive", "--inactive"],
             "error: option --inactive already seen\n",
         ),
