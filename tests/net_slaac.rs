@@ -77,3 +77,105 @@ fn guests_configure_ipv6_from_router_advertisements() {
         daemon.ns.sh("ip link del vg0").ok();
     }
 }
+
+/// RFC 4861 6.1.2: a guest drops an advertisement whose source is not link-local. For a
+/// second or two after its first port brings the bridge up, duplicate address detection
+/// holds the bridge's link-local address back and the kernel would pick a global one:
+/// solicitations then are answered once the link-local address is usable.
+#[test]
+fn advertisements_come_from_the_bridges_link_local_address() {
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+
+    use socket2::{Domain, Protocol, Socket, Type};
+
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let xml = "<network><name>v6</name><forward mode='route'/><bridge name='kvv6' stp='off'/>\
+               <ip family='ipv6' address='fd00:5:3::1' prefix='64'/></network>";
+    let path = xml_file(daemon.dirs.path(), "v6.xml", xml);
+    daemon.ok(&["net-define", path.to_str().expect("path")]);
+    daemon.ok(&["net-start", "v6"]);
+    let guest = Netns::new("guest").expect("guest ns");
+    // The guest solicits only when the test does.
+    guest
+        .sh("sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.default.accept_ra=0")
+        .expect("sysctl");
+    attach_guest(&daemon, &guest, "kvv6", "", "");
+    // The state the first port leaves the bridge in when its global address's duplicate
+    // address detection ends before its link-local one's, made sure of: the global
+    // address usable, the link-local one tentative for a while.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon
+        .ns
+        .sh("ip -6 addr show dev kvv6 tentative")
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "addresses still tentative");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon
+        .ns
+        .sh(
+            "link_local=$(ip -6 -br addr show dev kvv6 scope link | awk '{print $3}') \
+             && ip addr del \"$link_local\" dev kvv6 \
+             && sysctl -qw net.ipv6.conf.kvv6.dad_transmits=2 \
+             && ip addr add \"$link_local\" dev kvv6",
+        )
+        .expect("a tentative link-local address");
+    let ifindex: u32 = guest
+        .sh("cat /sys/class/net/eth0/ifindex")
+        .expect("eth0's index")
+        .trim()
+        .parse()
+        .expect("an index");
+
+    // Solicitations every half second for 4 s, the first ones while the bridge's
+    // link-local address is tentative; the advertisements' sources.
+    let sources = guest
+        .run(|| {
+            let socket =
+                Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).expect("socket");
+            socket.set_multicast_hops_v6(255).expect("hops");
+            socket.set_multicast_if_v6(ifindex).expect("interface");
+            // A raw socket reads and writes with the same calls as a datagram one.
+            let socket = std::net::UdpSocket::from(socket);
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            let all_routers =
+                SocketAddrV6::new(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2), 0, 0, ifindex);
+            let solicitation = [133, 0, 0, 0, 0, 0, 0, 0];
+            let mut sources = Vec::new();
+            let mut buffer = [0u8; 1500];
+            let start = Instant::now();
+            let mut solicited = 0;
+            while start.elapsed() < Duration::from_secs(4) {
+                if start.elapsed() >= Duration::from_millis(500) * solicited {
+                    socket
+                        .send_to(&solicitation, SocketAddr::V6(all_routers))
+                        .expect("solicit");
+                    solicited += 1;
+                }
+                if let Ok((len, from)) = socket.recv_from(&mut buffer)
+                    && buffer[..len].first() == Some(&134)
+                {
+                    sources.push(from.ip());
+                }
+            }
+            sources
+        })
+        .expect("enter the guest");
+    assert!(
+        !sources.is_empty(),
+        "no advertisement answered the solicitations"
+    );
+    assert!(
+        sources
+            .iter()
+            .all(|source| matches!(source, IpAddr::V6(v6) if v6.is_unicast_link_local())),
+        "advertised from {sources:?}"
+    );
+}

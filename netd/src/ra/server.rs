@@ -29,6 +29,11 @@ const INTERVAL_SECONDS: std::ops::RangeInclusive<u64> = 200..=600;
 const MIN_DELAY_BETWEEN_ADVERTISEMENTS: Duration = Duration::from_secs(3);
 /// Larger than any solicitation worth reading; longer ICMPv6 messages are truncated.
 const RECV_BUFFER: usize = 1500;
+/// A solicitation that came while the bridge had no link-local address to answer from
+/// is answered this soon after it has one...
+const UNSENT_RETRY: Duration = Duration::from_millis(250);
+/// ...looking this many times (duplicate address detection takes a second or two).
+const UNSENT_RETRIES: u32 = 20;
 
 /// The kernel's socket filter: keep router solicitations, drop every other ICMPv6
 /// message (pings, neighbour discovery, other routers' advertisements) before it is
@@ -141,6 +146,8 @@ async fn advertise(
     let mut sent = 0u32;
     let mut last_sent: Option<Instant> = None;
     let mut next = Instant::now();
+    // Looks left for a link-local address to answer a solicitation from.
+    let mut retries = 0u32;
     let mut buffer = [0u8; RECV_BUFFER];
     loop {
         tokio::select! {
@@ -152,8 +159,14 @@ async fn advertise(
                 if send(&config, &socket, &packet, destination) {
                     sent = sent.saturating_add(1);
                     last_sent = Some(now);
+                    retries = 0;
+                    next = now + interval_after(sent);
+                } else if retries > 0 {
+                    retries -= 1;
+                    next = now + UNSENT_RETRY;
+                } else {
+                    next = now + interval_after(sent);
                 }
-                next = now + interval_after(sent);
             }
             ready = socket.readable() => {
                 if let Err(e) = ready {
@@ -174,6 +187,7 @@ async fn advertise(
                     }
                 }
                 if solicited {
+                    retries = UNSENT_RETRIES;
                     let now = Instant::now();
                     let allowed = last_sent.map_or(now, |at| at + MIN_DELAY_BETWEEN_ADVERTISEMENTS);
                     next = next.min(allowed.max(now));
@@ -192,9 +206,14 @@ async fn advertise(
     }
 }
 
-/// Sends one advertisement; whether it went. Failing is normal while the bridge has no
-/// port, and so no carrier and no link-local address to send from.
+/// Sends one advertisement; whether it went. Not sending is normal while the bridge has
+/// no port, and so no carrier, and for a second or two after, while duplicate address
+/// detection holds its link-local address back.
 fn send(config: &RaConfig, socket: &UdpSocket, packet: &[u8], destination: SocketAddr) -> bool {
+    if !has_link_local_source(destination) {
+        tracing::debug!(network = %config.network, bridge = %config.interface, "router advertisement not sent: the bridge has no usable link-local address yet");
+        return false;
+    }
     match socket.try_send_to(packet, destination) {
         Ok(_) => true,
         Err(e) => {
@@ -203,6 +222,24 @@ fn send(config: &RaConfig, socket: &UdpSocket, packet: &[u8], destination: Socke
         }
     }
 }
+
+/// Whether the kernel would send to `destination` (all nodes, on the bridge) from a
+/// link-local address: RFC 4861 6.1.2 has guests drop an advertisement from any other.
+/// While the bridge's link-local address is tentative, or missing, the kernel picks a
+/// global one. A connected UDP socket shows its choice without sending anything.
+fn has_link_local_source(destination: SocketAddr) -> bool {
+    let Ok(probe) = std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)) else {
+        return false;
+    };
+    // Any port: nothing is sent.
+    let mut to = destination;
+    to.set_port(DISCARD_PORT);
+    probe.connect(to).is_ok()
+        && matches!(probe.local_addr(), Ok(SocketAddr::V6(source)) if source.ip().is_unicast_link_local())
+}
+
+/// The port the link-local probe connects to (RFC 863's discard; it is never sent to).
+const DISCARD_PORT: u16 = 9;
 
 #[cfg(test)]
 mod tests {
