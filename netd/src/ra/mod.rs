@@ -17,7 +17,9 @@
 //! The `<ip>` with DHCPv6 (libvirt's `enable-ra` with a plain `dhcp-range`) is advertised
 //! as dnsmasq's radv.c does for such a range: the managed (M) and other-config (O) flags
 //! are set, and its prefix is on-link but not autonomous, so guests take their address
-//! from DHCPv6 instead of making one up; other /64s stay autonomous.
+//! from DHCPv6 instead of making one up. Other /64s stay autonomous, which libvirt's
+//! dnsmasq does not do: libvirt writes the `ra-only` ranges only when no `<ip>` has
+//! DHCPv6, so its guests get no address in the others.
 
 pub mod server;
 
