@@ -192,24 +192,32 @@ impl IrqRouting {
         Ok(gsi)
     }
 
-    /// Points `gsi` at `msg` (installing or replacing the route).
+    /// Points `gsi` at `msg` (installing or replacing the route). The routes kept are
+    /// always those KVM has: a table KVM refused is not kept, to be sent again with every
+    /// later change, nor taken for installed when the same route is asked for again.
     pub fn set_msi_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), KvmError> {
         let mut state = self.lock();
         if state.msi_routes.get(&gsi) == Some(&msg) {
             return Ok(());
         }
-        state.msi_routes.insert(gsi, msg);
-        self.commit(&state)
+        let mut routes = state.msi_routes.clone();
+        routes.insert(gsi, msg);
+        self.commit(&routes)?;
+        state.msi_routes = routes;
+        Ok(())
     }
 
-    /// Removes the route of `gsi` and returns the GSI to the pool.
+    /// Removes the route of `gsi` and returns the GSI to the pool; if KVM refuses the
+    /// table without it, the route and the GSI stay as they are.
     pub fn release_msi_gsi(&self, gsi: u32) -> Result<(), KvmError> {
         let mut state = self.lock();
-        let had_route = state.msi_routes.remove(&gsi).is_some();
-        state.free_gsis.push(gsi);
-        if had_route {
-            self.commit(&state)?;
+        if state.msi_routes.contains_key(&gsi) {
+            let mut routes = state.msi_routes.clone();
+            routes.remove(&gsi);
+            self.commit(&routes)?;
+            state.msi_routes = routes;
         }
+        state.free_gsis.push(gsi);
         Ok(())
     }
 
@@ -241,8 +249,9 @@ impl IrqRouting {
             .map_err(ioctl("KVM_IRQFD (deassign)"))
     }
 
-    fn commit(&self, state: &RoutingState) -> Result<(), KvmError> {
-        let entries = routing_entries(&state.msi_routes);
+    /// Installs the legacy routes and `msi_routes` as KVM's whole routing table.
+    fn commit(&self, msi_routes: &BTreeMap<u32, MsiMessage>) -> Result<(), KvmError> {
+        let entries = routing_entries(msi_routes);
         let mut table = KvmIrqRouting::new(0).map_err(|_| KvmError::GsiExhausted(self.max_gsi))?;
         for entry in entries {
             table
@@ -302,6 +311,33 @@ fn routing_entries(msi_routes: &BTreeMap<u32, MsiMessage>) -> Vec<kvm_irq_routin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// KVM refuses a GSI past its table's limit (KVM_MAX_IRQ_ROUTES, 4096). The refused
+    /// route must not go out again with the next change, making every later one fail
+    /// too, nor be taken for installed when asked for again.
+    #[test]
+    fn a_routing_table_kvm_refuses_is_not_kept() {
+        if !testkit::require(&[testkit::Need::Kvm]) {
+            return;
+        }
+        let kvm = open_kvm().expect("open /dev/kvm");
+        let vm = create_vm(&kvm).expect("create a VM");
+        create_irqchip(&vm).expect("create the irqchip");
+        let routing = IrqRouting::new(Arc::new(vm), u32::MAX);
+        let msg = MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x41,
+        };
+        let beyond_kvm = 1 << 20;
+        assert!(routing.set_msi_route(beyond_kvm, msg).is_err());
+        routing
+            .set_msi_route(layout::MSI_GSI_START, msg)
+            .expect("a route KVM takes, after one it refused");
+        assert!(routing.set_msi_route(beyond_kvm, msg).is_err());
+        routing
+            .release_msi_gsi(layout::MSI_GSI_START)
+            .expect("release");
+    }
 
     #[test]
     fn legacy_routes_match_kvm_defaults() {
