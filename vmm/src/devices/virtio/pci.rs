@@ -320,6 +320,7 @@ mod warn {
     pub const NO_BUS_MASTER: u32 = 2;
     pub const INVALID_QUEUE: u32 = 3;
     pub const ACTIVATION_REFUSED: u32 = 4;
+    pub const RESET_PENDING: u32 = 5;
 }
 
 impl VirtioPciDevice {
@@ -630,6 +631,13 @@ impl VirtioPciDevice {
                 guest_warn!(self.warned, warn::NO_BUS_MASTER, device = %self.device.name(),
                     "virtio-pci: DRIVER_OK with bus mastering off");
                 self.set_needs_reset();
+                return;
+            }
+            // Stopped (bus mastering was turned off, say), the device has forgotten the
+            // features it took: it starts again only from a reset.
+            if self.status & VIRTIO_CONFIG_S_NEEDS_RESET as u8 != 0 {
+                guest_warn!(self.warned, warn::RESET_PENDING, device = %self.device.name(),
+                    "virtio-pci: DRIVER_OK before the reset the device asked for");
                 return;
             }
             self.activate();

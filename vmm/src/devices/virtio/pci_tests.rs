@@ -430,6 +430,12 @@ fn the_device_stops_when_bus_mastering_goes_and_will_not_start_without_it() {
     let status = u32::from(f.status());
     assert_eq!(status & VIRTIO_CONFIG_S_DRIVER_OK, 0);
     assert_ne!(status & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+    // Bus mastering back on is not a reset: the stopped device forgot its features.
+    f.dev.config_write(COMMAND, &[0x06, 0]);
+    f.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
+    assert!(!f.dev.is_active());
+    assert_eq!(f.log.lock().expect("log").activations.len(), 1);
+    f.dev.config_write(COMMAND, &[0x02, 0]);
     // The next driver resets it, but forgets bus mastering: DRIVER_OK is refused.
     f.negotiate(OFFERED);
     f.setup_queue(0, 16, 0x1_0000);
