@@ -231,6 +231,9 @@ pub fn dns_names(leases: Vec<LeaseInfo>) -> Vec<(Ipv4Addr, String)> {
 /// Its case is kept, as dnsmasq keeps it (net-dhcp-leases and PTR answers show the name
 /// the guest gave); names are compared without case. The name will end up in DNS and
 /// in files, so anything else (NUL, spaces, non-ASCII, overlong) is dropped, not escaped.
+/// Debian's dnsmasq 2.90 keeps a name with non-ASCII letters on the lease, so virsh's
+/// net-dhcp-leases shows it where kvnet's shows `-`; kvnet keeps one name per lease, the
+/// one DNS answers for.
 pub fn sanitize_hostname(raw: &str) -> Option<String> {
     let label = raw.split('.').next()?;
     let valid = (1..=63).contains(&label.len())
