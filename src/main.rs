@@ -138,6 +138,13 @@ fn read_leading_options(args: &[OsString]) -> Leading {
         };
         at += 1;
         if text == "--" {
+            // What follows is the command, even a word like an option (which clap
+            // would take for one).
+            if let Some(word) = args.get(at).and_then(|word| word.to_str())
+                && word.starts_with('-')
+            {
+                return refuse(format!("unknown command: '{word}'"));
+            }
             break;
         }
         // Each option as its letter, with the argument written into the same word.

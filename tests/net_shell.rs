@@ -251,6 +251,8 @@ fn global_options_read_as_virsh_reads_them() {
             &["--quiet=1"],
             "error: unsupported option '-q'. See --help.\n",
         ),
+        // After --, the command, however it looks.
+        (&["--", "-q", "net-list"], "error: unknown command: '-q'\n"),
         // Checked as virsh checks them, though keepalives and the console's escape key
         // mean nothing on kvnetd's socket.
         (&["-k", "x"], "error: Invalid value for option -k\n"),
