@@ -463,11 +463,13 @@ fn macvtap_ports_follow_libvirts_allocation_rules() {
                 .to_owned()
         )
     );
-    // A device is free again once its port is gone.
+    // A device is free again once its port is gone, and as it was: the guest's
+    // all-multicast does not stay on the host's NIC.
     client
         .delete_port("solo", &first.uuid.to_string())
         .expect("delete");
     assert_eq!(macvtap(&daemon, "lan0")["address"], lan0_mac);
+    assert_eq!(macvtap(&daemon, "lan0")["allmulti"], 0);
     let third = client
         .create_port("solo", &port_xml("c", "52:54:00:aa:dd:03"))
         .expect("third");

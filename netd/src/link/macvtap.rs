@@ -150,6 +150,12 @@ impl Link {
     /// advertisements and neighbour solicitations would never reach it. (libvirt's
     /// macvtaps get the groups of the host's IPv6 link-local address, which happens to be
     /// the guest's.)
+    ///
+    /// All-multicast is set while the macvtap is down, in a message of its own: set on a
+    /// running passthrough macvtap, the kernel passes it to the lower device, and never
+    /// takes it back when the macvtap stops, so each guest would leave the host's NIC
+    /// one more all-multicast count for good. In one message with `up`, the kernel opens
+    /// the device first.
     pub async fn bring_up_macvtap(
         &self,
         index: u32,
@@ -158,11 +164,16 @@ impl Link {
     ) -> Result<(), Error> {
         self.handle
             .link()
+            .set(LinkUnspec::new_with_index(index).allmulticast(true).build())
+            .execute()
+            .await
+            .map_err(failed(Op::SetUp, ifname))?;
+        self.handle
+            .link()
             .set(
                 LinkUnspec::new_with_index(index)
                     .address(mac.to_vec())
                     .up()
-                    .allmulticast(true)
                     .build(),
             )
             .execute()
