@@ -366,6 +366,7 @@ impl Manager {
         hand_over: bool,
         owner_uid: u32,
     ) -> Result<NewPort, Error> {
+        def.validate_for_tap()?;
         let uuid = def.uuid.unwrap_or_default();
         if let Some(live) = &network.live {
             def.plug = Some(plug_of(live, bridge));

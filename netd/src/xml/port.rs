@@ -143,7 +143,6 @@ impl PortDef {
                 self.mac
             )));
         }
-        self.validate_for_tap()?;
         match &self.plug {
             Some(PortPlug::Network { bridge, .. } | PortPlug::Bridge { bridge, .. }) => {
                 validate_bridge_name(bridge)?;
@@ -158,7 +157,8 @@ impl PortDef {
     /// guest's MAC with the first byte replaced by `FE`, so that the bridge never
     /// takes the guest's address as its own; a guest MAC starting with `FE` would
     /// equal the tap's. libvirt refuses it when it creates the tap
-    /// (`virNetDevTapCreateInBridgePort`), kvnet already when the port is defined.
+    /// (`virNetDevTapCreateInBridgePort`), and so does kvnet; a macvtap has the guest's
+    /// MAC itself, and takes one starting with `FE`.
     pub fn validate_for_tap(&self) -> Result<(), Error> {
         if self.mac.0[0] == 0xFE {
             return Err(invalid_as(
