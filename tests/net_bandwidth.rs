@@ -274,8 +274,10 @@ fn ports_take_the_limits_of_their_portgroup_or_the_default_one() {
         return;
     }
     let daemon = Daemon::without_default_network();
-    let groups = "  <portgroup name='engineering' default='yes'>\n    <bandwidth>\n      <inbound average='1000'/>\n    </bandwidth>\n  </portgroup>\n  <portgroup name='sales'>\n    <bandwidth>\n      <inbound average='250'/>\n      <outbound average='125'/>\n    </bandwidth>\n  </portgroup>\n";
-    let xml = network_xml("").replace("</network>", &format!("{groups}</network>"));
+    let groups = "  <portgroup name='engineering' default='yes'>\n    <bandwidth>\n      <inbound average='1000'/>\n    </bandwidth>\n  </portgroup>\n  <portgroup name='sales' trustGuestRxFilters='yes'>\n    <bandwidth>\n      <inbound average='250'/>\n      <outbound average='125'/>\n    </bandwidth>\n  </portgroup>\n";
+    let xml = network_xml("")
+        .replace("</network>", &format!("{groups}</network>"))
+        .replace("<network>", "<network trustGuestRxFilters='no'>");
     let file = xml_file(daemon.dirs.path(), "groups.xml", &xml);
     daemon.ok(&["net-define", file.to_str().expect("utf-8")]);
     daemon.ok(&["net-start", "shaped"]);
@@ -286,13 +288,16 @@ fn ports_take_the_limits_of_their_portgroup_or_the_default_one() {
         let out = daemon.ok(&["net-port-create", "shaped", file.to_str().expect("utf-8")]);
         out.split_whitespace().nth(2).expect("port uuid").to_owned()
     };
-    // No group: the default one's limits, copied into the port.
+    // No group: the default one's limits, copied into the port, and, as the group has
+    // no trustGuestRxFilters, the network's.
     let plain = create("plain.xml", 1, "");
     assert!(htb_class(&daemon.ns, "vnet0").contains(" rate 8Mbit "));
+    let plain_xml = daemon.ok(&["net-port-dumpxml", "shaped", &plain]);
     assert!(
-        daemon
-            .ok(&["net-port-dumpxml", "shaped", &plain])
-            .contains("  <bandwidth>\n    <inbound average='1000'/>\n  </bandwidth>\n")
+        plain_xml.contains(
+            "  <bandwidth>\n    <inbound average='1000'/>\n  </bandwidth>\n  <rxfilters trustGuest='no'/>\n"
+        ),
+        "{plain_xml}"
     );
     // A named group's; a port's own limits win over its group's.
     let sales = create("sales.xml", 2, "<group>sales</group>");
@@ -301,7 +306,8 @@ fn ports_take_the_limits_of_their_portgroup_or_the_default_one() {
     assert!(htb_class(&daemon.ns, &sales_ifb).contains(" rate 1Mbit "));
     let sales_xml = daemon.ok(&["net-port-dumpxml", "shaped", &sales]);
     assert!(
-        sales_xml.contains("  <group>sales</group>\n"),
+        sales_xml.contains("  <group>sales</group>\n")
+            && sales_xml.contains("  <rxfilters trustGuest='yes'/>\n"),
         "{sales_xml}"
     );
     create(

@@ -330,6 +330,10 @@ impl Manager {
         if def.bandwidth.is_none() {
             def.bandwidth = portgroup.and_then(|group| group.bandwidth.clone());
         }
+        def.trust_guest_rx_filters = def
+            .trust_guest_rx_filters
+            .or(portgroup.and_then(|group| group.trust_guest_rx_filters))
+            .or(live.trust_guest_rx_filters);
         self.prune_ports(&name, network).await;
         if network.ports.contains_key(&uuid) {
             return Err(Error::PortExists(uuid));

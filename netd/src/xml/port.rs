@@ -38,6 +38,11 @@ pub struct PortDef {
     pub isolated: Option<bool>,
     /// `<bandwidth>`: limits on this guest's traffic, applied on its tap.
     pub bandwidth: Option<Bandwidth>,
+    /// `<rxfilters trustGuest=>`: kept as written; when absent, the port's portgroup's
+    /// `trustGuestRxFilters`, else the network's, is filled in as the port is created, as
+    /// libvirt's `networkAllocatePort` does. Acting on a guest's receive filter changes
+    /// is the hypervisor's part, as with libvirt's domain driver.
+    pub trust_guest_rx_filters: Option<bool>,
     /// `<plug>`: where the NIC is attached; filled in by the daemon when it
     /// allocates the port, accepted on input too (libvirt's reclaim after a restart).
     pub plug: Option<PortPlug>,
@@ -204,6 +209,10 @@ impl PortDef {
         if let Some(isolated) = self.isolated {
             let value = if isolated { "yes" } else { "no" };
             out.line(&format!("<port isolated='{value}'/>"));
+        }
+        if let Some(trust) = self.trust_guest_rx_filters {
+            let value = if trust { "yes" } else { "no" };
+            out.line(&format!("<rxfilters trustGuest='{value}'/>"));
         }
         match &self.plug {
             Some(
@@ -372,6 +381,7 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
     let mut mac = None;
     let mut port = None;
     let mut bandwidth = None;
+    let mut rxfilters = None;
     let mut plug = None;
     for child in &root.children {
         match child.name.as_str() {
@@ -381,9 +391,9 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
             "mac" => once(&mut mac, child)?,
             "port" => once(&mut port, child)?,
             "bandwidth" => once(&mut bandwidth, child)?,
+            "rxfilters" => once(&mut rxfilters, child)?,
             "plug" => once(&mut plug, child)?,
-            // <vlan>, <virtualport>, <rxfilters> and anything
-            // unknown.
+            // <vlan>, <virtualport> and anything unknown.
             _ => return Err(unsupported_child(root, child)),
         }
     }
@@ -406,6 +416,14 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
         None => None,
     };
     let bandwidth = bandwidth::parse_optional(bandwidth, &bandwidth::Context::Port)?;
+    let trust_guest_rx_filters = match rxfilters {
+        Some(element) => {
+            check_attrs(element, &["trustGuest"])?;
+            check_leaf(element)?;
+            super::tristate(element, "trustGuest")?
+        }
+        None => None,
+    };
     let plug = match plug {
         Some(element) => parse_plug(element)?,
         None => None,
@@ -418,6 +436,7 @@ fn parse_port(root: &Element) -> Result<PortDef, Error> {
         mac,
         isolated,
         bandwidth,
+        trust_guest_rx_filters,
         plug,
     })
 }

@@ -42,6 +42,7 @@ fn sample() -> PortDef {
         mac: MacAddr([0x52, 0x54, 0x00, 0x7b, 0x35, 0x93]),
         isolated: None,
         bandwidth: None,
+        trust_guest_rx_filters: None,
         plug: Some(PortPlug::Network {
             bridge: "virbr0".to_string(),
             mac_table_manager: None,
@@ -275,8 +276,8 @@ fn unimplemented_elements_are_refused_by_name() {
             "unsupported element <virtualport> in network port (line 4)",
         ),
         (
-            with(&format!("{mac}<rxfilters trustGuest='yes'/>")),
-            "unsupported element <rxfilters> in network port (line 4)",
+            with(&format!("{mac}<rxfilters trustGuest='yes' mode='x'/>")),
+            "unsupported attribute 'mode' on <rxfilters> in network port (line 4)",
         ),
         (
             with(&format!("{mac}<port isolated='yes'><vlan/></port>")),
@@ -333,6 +334,28 @@ fn unimplemented_elements_are_refused_by_name() {
         );
         assert_eq!(err.to_string(), *expected, "{xml}");
     }
+}
+
+/// libvirt's domain driver sends `<rxfilters trustGuest=>` for an interface with
+/// `trustGuestRxFilters`; it is kept, in libvirt's place (after `<port>`, before `<plug>`).
+#[test]
+fn rxfilters_are_kept_in_libvirts_place() {
+    let mut def = sample();
+    def.isolated = Some(true);
+    def.trust_guest_rx_filters = Some(false);
+    let xml = def.to_xml();
+    assert!(
+        xml.contains(
+            "  <port isolated='yes'/>\n  <rxfilters trustGuest='no'/>\n  <plug type='network'"
+        ),
+        "{xml}"
+    );
+    assert_eq!(PortDef::from_xml(&xml).expect("reads back"), def);
+    let maybe = xml.replace("trustGuest='no'", "trustGuest='maybe'");
+    assert_eq!(
+        PortDef::from_xml(&maybe).expect_err("refused").to_string(),
+        "Invalid value for attribute 'trustGuest' in element 'rxfilters': 'maybe'."
+    );
 }
 
 #[test]

@@ -664,6 +664,7 @@ impl Owner {
             mac: netd::xml::MacAddr(mac.0),
             isolated: None,
             bandwidth: request.bandwidth.clone(),
+            trust_guest_rx_filters: None,
             plug: None,
         }
         .to_xml()
