@@ -22,7 +22,8 @@
 //!
 //! A server whose host says nothing listens on its port (ICMP port unreachable over
 //! UDP, a refused connection over TCP) is passed over at once, not after a second of
-//! silence, and is not heard.
+//! silence, and is not heard; one a firewall rejects (administratively prohibited) is
+//! passed over at once and counts as heard.
 //!
 //! Every answer passed on has its AD bit cleared: as dnsmasq without `proxy-dnssec`
 //! (which libvirt does not set), kvnetd validates nothing, so it vouches for nothing.
@@ -150,9 +151,12 @@ enum Stand {
     /// No route leads to it (a VPN's resolver while the VPN is down): it has had its
     /// say.
     Unreachable,
-    /// It could not be asked for another reason (a shortage here), or its host said
-    /// nothing listens on its port (an ICMP port unreachable): not heard.
+    /// It could not be asked for another reason (a shortage here): not heard.
     Unsent,
+    /// Its host said nothing listens on its port (ICMP port unreachable): not heard, and
+    /// if no server does better the client gets silence, not REFUSED, so that it asks
+    /// again, by when a resolver that was restarting may be back.
+    Closed,
 }
 
 /// One server of a UDP forward.
@@ -386,10 +390,13 @@ impl UdpForward<'_> {
         tracing::debug!(network = self.network, %server, %error, "upstream DNS server refused the query");
         // A server passed over has had its failure counted already.
         let counted = slot.passed_over;
-        slot.stand = if is_unroutable(error) {
+        // A firewall's reject (ICMP administratively prohibited) comes as EHOSTUNREACH
+        // over IPv4 and EACCES over IPv6: both say the server has had its say.
+        slot.stand = if is_unroutable(error) || error.kind() == std::io::ErrorKind::PermissionDenied
+        {
             Stand::Unreachable
         } else {
-            Stand::Unsent
+            Stand::Closed
         };
         if !counted {
             self.health.failed(self.network, server);
@@ -398,7 +405,8 @@ impl UdpForward<'_> {
 
     /// The answer once no reply ended the forward: the held negative one, else the
     /// failure kept, else silence (the servers asked that stayed silent counted as
-    /// failing), or `NotSent` if no server could be asked at all.
+    /// failing, or that said their port is closed), or `NotSent` if no server could be
+    /// asked at all.
     fn finish(mut self, resolver: &Resolver) -> Forwarded {
         if let Some((rank, reply)) = self.held.take() {
             if self.heard_all_before(rank) {
@@ -409,11 +417,12 @@ impl UdpForward<'_> {
         if let Some(failure) = self.failure.take() {
             return Forwarded::Reply(failure);
         }
-        if self
-            .slots
-            .iter()
-            .any(|slot| matches!(slot.stand, Stand::Waiting(_) | Stand::Answered))
-        {
+        if self.slots.iter().any(|slot| {
+            matches!(
+                slot.stand,
+                Stand::Waiting(_) | Stand::Answered | Stand::Closed
+            )
+        }) {
             for slot in &self.slots {
                 if matches!(slot.stand, Stand::Waiting(_)) && !slot.passed_over {
                     self.health.failed(self.network, slot.server);
