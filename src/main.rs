@@ -48,6 +48,11 @@ fn main() -> ExitCode {
                 [text] => {
                     run_command_string(&globals, timing, &text.to_string_lossy(), false).succeeded
                 }
+                // Not verbs clap knows: read as the same words in a command string.
+                [verb, ..] if verb.to_str().is_some_and(shell::is_quit_verb) => {
+                    let words = words.iter().map(|word| word.to_string_lossy().into_owned());
+                    run_commands(&globals, timing, vec![words.collect()], false).succeeded
+                }
                 _ => run_argv(&[globals, words].concat(), timing),
             },
         },
@@ -478,6 +483,22 @@ fn run_command_string(
             usage::print_errors(&[error.to_string()]);
             return refused;
         }
+    };
+    run_commands(globals, timing, commands, interactive)
+}
+
+/// Runs the commands of a command string, split into words: all parsed first, then run
+/// in order (see [`run_command_string`]).
+fn run_commands(
+    globals: &[OsString],
+    timing: bool,
+    commands: Vec<Vec<String>>,
+    interactive: bool,
+) -> Outcome {
+    let refused = Outcome {
+        succeeded: false,
+        connected: true,
+        quit: false,
     };
     let mut steps = Vec::with_capacity(commands.len());
     for words in commands {

@@ -108,9 +108,14 @@ fn end_command(commands: &mut Vec<Words>, words: &mut Words) {
     }
 }
 
-/// Whether a command ends the shell (virsh's `quit` and `exit`, which take nothing).
+/// Whether a command ends the shell (virsh's `quit` and `exit`, which take nothing,
+/// though an end of options, `--`, may follow).
 pub fn is_quit(words: &[String]) -> bool {
-    matches!(words, [verb] if is_quit_verb(verb))
+    match words {
+        [verb] => is_quit_verb(verb),
+        [verb, end] => is_quit_verb(verb) && end == "--",
+        _ => false,
+    }
 }
 
 /// `quit` or `exit`.
@@ -121,11 +126,15 @@ pub fn is_quit_verb(verb: &str) -> bool {
 /// virsh's refusal of a `quit` or `exit` given more than its name (`exit 3`): nothing
 /// of the command string runs, and an interactive shell goes on. `--help` is help.
 pub fn quit_refusal(words: &[String]) -> Option<String> {
-    let [verb, extra, ..] = words else {
+    let [verb, extra, rest @ ..] = words else {
         return None;
     };
     if !is_quit_verb(verb) || extra == "--help" {
         return None;
+    }
+    if extra == "--" {
+        // After it, any word is data.
+        return rest.first().map(|data| format!("unexpected data '{data}'"));
     }
     Some(if crate::cli::is_option_word(extra) {
         let option = extra.split('=').next().unwrap_or_default();
@@ -698,6 +707,12 @@ mod tests {
         );
         assert_eq!(quit_refusal(&words("exit --help")), None);
         assert_eq!(quit_refusal(&words("exit")), None);
+        assert!(is_quit(&words("exit --")));
+        assert_eq!(quit_refusal(&words("exit --")), None);
+        assert_eq!(
+            quit_refusal(&words("exit -- --all")).as_deref(),
+            Some("unexpected data '--all'")
+        );
         assert_eq!(quit_refusal(&words("net-list 3")), None);
     }
 }

@@ -42,6 +42,17 @@ impl Refusal {
             lines: vec![line],
             quiet: args.iter().any(|arg| arg == "-q" || arg == "--quiet"),
         };
+        let after_verb = args
+            .iter()
+            .position(|arg| *arg == verb)
+            .map_or(&args[..0], |at| &args[at + 1..]);
+        let takes_value = |name: &str| {
+            verbs.find_subcommand(&verb).is_some_and(|command| {
+                command
+                    .get_arguments()
+                    .any(|arg| arg.get_long() == Some(name) && arg.get_action().takes_values())
+            })
+        };
         let lines = match (error.kind(), context(ContextKind::InvalidArg)) {
             (
                 ErrorKind::DisplayHelp
@@ -52,17 +63,6 @@ impl Refusal {
             (ErrorKind::ArgumentConflict, Some(argument)) => {
                 let prior = option(&context(ContextKind::PriorArg).unwrap_or_default());
                 let argument = option(&argument);
-                let after_verb = args
-                    .iter()
-                    .position(|arg| *arg == verb)
-                    .map_or(&args[..0], |at| &args[at + 1..]);
-                let takes_value = |name: &str| {
-                    verbs.find_subcommand(&verb).is_some_and(|command| {
-                        command.get_arguments().any(|arg| {
-                            arg.get_long() == Some(name) && arg.get_action().takes_values()
-                        })
-                    })
-                };
                 let line = conflict_line(&prior, &argument, after_verb, &takes_value);
                 if line.starts_with("Options ") {
                     return at_run(line);
@@ -137,7 +137,8 @@ impl Refusal {
             }
             // After `--` it is data, however it looks.
             (ErrorKind::UnknownArgument, Some(argument))
-                if argument.starts_with("--") && !is_after_end_of_options(args, &argument) =>
+                if argument.starts_with("--")
+                    && !is_after_end_of_options(after_verb, &argument, &takes_value) =>
             {
                 let option = argument.split('=').next().unwrap_or_default();
                 vec![format!("command '{verb}' doesn't support option {option}")]
@@ -190,12 +191,31 @@ impl Refusal {
     }
 }
 
-/// Whether `argument` comes after a `--` in `args` (after the verb, where `--` ends the
-/// options).
-fn is_after_end_of_options(args: &[String], argument: &str) -> bool {
-    args.iter()
-        .position(|arg| arg == "--")
-        .is_some_and(|end| args[end + 1..].iter().any(|arg| arg == argument))
+/// Whether `argument` comes after the `--` that ends the options in `args` (those after
+/// the verb; `takes_value`: whether the verb's `--NAME` takes a value, which may be a
+/// `--` itself).
+fn is_after_end_of_options(
+    args: &[String],
+    argument: &str,
+    takes_value: &dyn Fn(&str) -> bool,
+) -> bool {
+    let mut at = 0;
+    while let Some(arg) = args.get(at) {
+        if arg == "--" {
+            return args[at + 1..].iter().any(|arg| arg == argument);
+        }
+        // clap names the first unknown one: this one, before the end.
+        if arg == argument {
+            return false;
+        }
+        match arg.strip_prefix("--") {
+            Some(name) if is_option_word(arg) && !name.contains('=') && takes_value(name) => {
+                at += 2;
+            }
+            _ => at += 1,
+        }
+    }
+    false
 }
 
 /// virsh's error lines on stderr, after whatever stdout holds so far (virsh flushes

@@ -491,6 +491,12 @@ fn command_line_mistakes_get_virsh_lines_and_exit_1() {
             &["net-list", "--", "--all"],
             "error: unexpected data '--all'\n",
         ),
+        // That -- is --xpath's value.
+        (
+            &["net-dumpxml", "--xpath", "--", "--foo", "n"],
+            "error: command 'net-dumpxml' doesn't support option --foo\n",
+        ),
+        (&["exit", "3"], "error: unexpected data '3'\n"),
         (
             &["net-list", "--inactive", "--inactive"],
             "error: option --inactive already seen\n",

@@ -108,6 +108,10 @@ fn a_command_string_that_does_not_parse_runs_nothing() {
             "net-start docker-machines; exit 3",
             "error: unexpected data '3'\n",
         ),
+        (
+            "net-start docker-machines; exit -- foo",
+            "error: unexpected data 'foo'\n",
+        ),
     ] {
         let out = daemon.kvnet(&[script]);
         assert_eq!(out.status.code(), Some(1), "{script}");
