@@ -1230,9 +1230,9 @@ impl Manager {
                 .await
                 .map_err(|e| failed(error_chain(&e)))?;
             match current {
-                Some(info) if has_network_mac(def, bridge, &info) => Some(info),
+                Some(info) if is_network_bridge(def, bridge, &info) => Some(info),
                 Some(_) => {
-                    warn!(network = %def.name, bridge, "leaving interface {bridge} alone: it is not the network's bridge (another kind or MAC address)");
+                    warn!(network = %def.name, bridge, "leaving interface {bridge} alone: it is not the network's bridge (another kind, MAC address or link group)");
                     None
                 }
                 None => None,
@@ -1420,9 +1420,20 @@ fn is_network_bridge(def: &NetworkDef, bridge: &str, info: &LinkInfo) -> bool {
     info.in_kvnet_group() && has_network_mac(def, bridge, info)
 }
 
-/// Whether `info`, the link named `bridge`, is a bridge with `def`'s MAC address: the
-/// network's own where kvnet knows it runs (an adopted bridge an earlier kvnet created
-/// may not be in its link group).
+/// Whether `info`, the link named `bridge`, is `def`'s own bridge, for a network whose
+/// status, in format `status_version`, records it: as [`is_network_bridge`], except that
+/// a status from before kvnet put its bridges in its link group vouches for a bridge
+/// with the network's MAC address alone.
+fn is_recorded_bridge(
+    def: &NetworkDef,
+    bridge: &str,
+    info: &LinkInfo,
+    status_version: u32,
+) -> bool {
+    has_network_mac(def, bridge, info)
+        && (info.in_kvnet_group() || status_version < store::LINK_GROUP_STATUS_VERSION)
+}
+
 fn has_network_mac(def: &NetworkDef, bridge: &str, info: &LinkInfo) -> bool {
     info.is_bridge() && info.mac == Some(bridge_spec(def, bridge).mac)
 }

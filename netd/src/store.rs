@@ -150,7 +150,11 @@ pub struct Status {
 }
 
 /// The current [`Status::version`].
-pub const STATUS_VERSION: u32 = 1;
+pub const STATUS_VERSION: u32 = LINK_GROUP_STATUS_VERSION;
+
+/// The first [`Status::version`] written by a kvnet that creates its bridges in its link
+/// group: an older status vouches for a bridge with the network's MAC address alone.
+pub const LINK_GROUP_STATUS_VERSION: u32 = 2;
 
 /// A status file found on disk: the network name from the file name, and its
 /// content or why it could not be read.

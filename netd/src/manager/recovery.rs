@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use super::configs::bridge_addresses;
+use super::configs::{bridge_addresses, firewall_rules};
 use super::{
-    DEFAULT_NETWORK, Error, Manager, Network, error_chain, has_network_mac, is_incomplete,
-    is_network_bridge, overlap,
+    DEFAULT_NETWORK, Error, Manager, Network, error_chain, is_incomplete, is_network_bridge,
+    is_recorded_bridge, overlap,
 };
 use crate::link::LinkInfo;
 use crate::service::lock;
@@ -134,7 +134,7 @@ impl Manager {
                 lock(&self.unloaded).insert(name);
                 continue;
             }
-            let status = self.finish_pending_config(&mut networks, &name, status);
+            let mut status = self.finish_pending_config(&mut networks, &name, status);
             let owns_bridge = def.forward_mode().has_managed_bridge();
             if status.phase != Phase::Active {
                 let interrupted = match status.phase {
@@ -143,11 +143,13 @@ impl Manager {
                 };
                 warn!(network = %name, bridge = %status.bridge, "{interrupted}");
                 let created = if owns_bridge {
-                    self.bridge_it_created(&def, &status.bridge).await
+                    self.bridge_it_created(&def, &status.bridge, status.version)
+                        .await
                 } else {
                     None
                 };
-                self.release(&name, &status.bridge, created).await;
+                self.release(&name, Some(&def), &status.bridge, created)
+                    .await;
                 self.discard_status_or_warn(&name);
                 continue;
             }
@@ -161,19 +163,27 @@ impl Manager {
                     .filter(LinkInfo::is_bridge);
                 let Some(bridge) = bridge else {
                     warn!(network = %name, bridge = %status.bridge, "bridge vanished while the daemon was away; marking the network inactive");
-                    self.release(&name, &status.bridge, None).await;
+                    self.release(&name, Some(&def), &status.bridge, None).await;
                     self.discard_status_or_warn(&name);
                     continue;
                 };
                 // The name may since have gone to someone else's bridge (deleted and made
                 // again, by libvirt say): never take that over, nor delete it later.
-                if !has_network_mac(&def, &status.bridge, &bridge) {
-                    warn!(network = %name, bridge = %status.bridge, "bridge {} is no longer this network's (another MAC address); marking the network inactive and leaving the bridge alone", status.bridge);
-                    self.release(&name, &status.bridge, None).await;
+                if !is_recorded_bridge(&def, &status.bridge, &bridge, status.version) {
+                    warn!(network = %name, bridge = %status.bridge, "bridge {} is no longer this network's (another MAC address, or not kvnet's); marking the network inactive and leaving the bridge alone", status.bridge);
+                    self.release(&name, Some(&def), &status.bridge, None).await;
                     self.discard_status_or_warn(&name);
                     continue;
                 }
-                self.restore_bridge(&def, &status.bridge, &bridge).await;
+                let marked = self.restore_bridge(&def, &status.bridge, &bridge).await;
+                // Its status is now one that vouches for a bridge in kvnet's group only.
+                if marked && status.version < store::STATUS_VERSION {
+                    status = Status {
+                        version: store::STATUS_VERSION,
+                        ..status
+                    };
+                    self.save_status_or_warn(&name, &status);
+                }
             }
             info!(network = %name, bridge = def.bridge_name().unwrap_or("-"), "adopted running network");
             let _hosts_zone = self.hosts_zone_for(&def).await;
@@ -289,12 +299,20 @@ impl Manager {
     /// Puts back what was taken from an adopted network's own bridge while the daemon was
     /// away: its addresses (the guests' router and DNS server) and its up state. What is
     /// still there is left as it is. A bridge an earlier kvnet created without kvnet's
-    /// link group is put in it, so that recovery can tell it from another's later.
-    pub(super) async fn restore_bridge(&self, def: &NetworkDef, bridge: &str, info: &LinkInfo) {
-        if !info.in_kvnet_group()
-            && let Err(e) = self.link.mark_as_kvnets(info.index, bridge).await
-        {
-            warn!(network = %def.name, "{}", error_chain(&e));
+    /// link group is put in it, so that recovery can tell it from another's later; returns
+    /// whether the bridge is in the group.
+    pub(super) async fn restore_bridge(
+        &self,
+        def: &NetworkDef,
+        bridge: &str,
+        info: &LinkInfo,
+    ) -> bool {
+        let mut marked = info.in_kvnet_group();
+        if !marked {
+            match self.link.mark_as_kvnets(info.index, bridge).await {
+                Ok(()) => marked = true,
+                Err(e) => warn!(network = %def.name, "{}", error_chain(&e)),
+            }
         }
         for (address, prefix) in bridge_addresses(def) {
             match self
@@ -329,17 +347,25 @@ impl Manager {
                 }
             }
         }
+        marked
     }
 
     /// Whether `bridge` is the bridge a start of `def` created: a bridge with the network's
     /// MAC. The name may belong to someone else's interface instead (the kernel refused an
     /// interrupted start because the name was taken, and the daemon died before clearing
     /// its intent), and that must survive the recovery.
-    pub(super) async fn bridge_it_created(&self, def: &NetworkDef, bridge: &str) -> Option<u32> {
+    pub(super) async fn bridge_it_created(
+        &self,
+        def: &NetworkDef,
+        bridge: &str,
+        status_version: u32,
+    ) -> Option<u32> {
         match self.link.link_info(bridge).await {
-            Ok(Some(info)) if is_network_bridge(def, bridge, &info) => Some(info.index),
+            Ok(Some(info)) if is_recorded_bridge(def, bridge, &info, status_version) => {
+                Some(info.index)
+            }
             Ok(Some(_)) => {
-                warn!(network = %def.name, bridge, "leaving interface {bridge} alone: it is not the network's bridge (another kind or MAC address)");
+                warn!(network = %def.name, bridge, "leaving interface {bridge} alone: it is not the network's bridge (another kind, MAC address or link group)");
                 None
             }
             Ok(None) => None,
@@ -384,7 +410,8 @@ impl Manager {
                 && is_network_bridge(def, bridge, &info)
             {
                 warn!(network = %name, bridge, "removing the bridge and rules of a network that ran without a status file (removed behind the daemon's back)");
-                self.release(name, bridge, Some(info.index)).await;
+                self.release(name, Some(def), bridge, Some(info.index))
+                    .await;
             }
         }
     }
@@ -408,24 +435,39 @@ impl Manager {
             return;
         };
         let ours = match defined_bridge {
-            Some((def, defined)) if defined == bridge => self.bridge_it_created(def, bridge).await,
+            // What the status recorded is lost: only the kernel's word counts.
+            Some((def, defined)) if defined == bridge => {
+                self.bridge_it_created(def, bridge, store::STATUS_VERSION)
+                    .await
+            }
             _ => None,
         };
         if ours.is_some() {
             warn!(network = %name, bridge, "removing the bridge and rules of the network whose status was discarded");
         }
-        self.release(name, bridge, ours).await;
+        // The definition on disk may not be the one it ran with.
+        self.release(name, None, bridge, ours).await;
     }
 
     /// Best-effort removal of network `name`'s rules by bridge name, and of the bridge
     /// by `bridge_index`, the one checked to be its (recovery paths): a name may have
-    /// gone to another interface since.
-    pub(super) async fn release(&self, name: &str, bridge: &str, bridge_index: Option<u32>) {
+    /// gone to another interface since. `def`, the definition it ran with when known,
+    /// tells whether it had rules: a host-bridge network's bridge may be one a running
+    /// network manages, whose rules must stay.
+    pub(super) async fn release(
+        &self,
+        name: &str,
+        def: Option<&NetworkDef>,
+        bridge: &str,
+        bridge_index: Option<u32>,
+    ) {
         // A macvtap network's status names no bridge: it has no rules either.
         if bridge.is_empty() {
             return;
         }
-        if let Err(e) = self.firewall.remove(bridge) {
+        if def.is_none_or(|def| firewall_rules(def).is_some())
+            && let Err(e) = self.firewall.remove(bridge)
+        {
             warn!(network = %name, bridge, "removing firewall rules: {}", error_chain(&e));
         }
         if let Some(index) = bridge_index

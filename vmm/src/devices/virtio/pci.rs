@@ -638,6 +638,8 @@ impl VirtioPciDevice {
             if self.status & VIRTIO_CONFIG_S_NEEDS_RESET as u8 != 0 {
                 guest_warn!(self.warned, warn::RESET_PENDING, device = %self.device.name(),
                     "virtio-pci: DRIVER_OK before the reset the device asked for");
+                // Asked again, now to a driver that can hear it, as the other refusals ask.
+                self.set_needs_reset();
                 return;
             }
             self.activate();
