@@ -251,8 +251,8 @@ fn help_topic_only(mut argv: Vec<OsString>) -> Vec<OsString> {
     while let Some(word) = argv.get(end).and_then(|word| word.to_str()) {
         end += 1;
         match word {
-            // Its value is the topic.
-            "--command" => {
+            // Its value is the topic; after an end of options, the next word is.
+            "--command" | "--" => {
                 end += 1;
                 break;
             }
@@ -1054,6 +1054,19 @@ mod tests {
             "network+unix:///system?socket=/tmp/my%20dir/kvnetd%25.sock"
         );
         assert_eq!(local_system_socket(&other.uri), Some(socket));
+    }
+
+    #[test]
+    fn help_reads_its_topic_after_an_end_of_options() {
+        let words = |text: &str| text.split(' ').map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            help_topic_only(words("kvnet help -- net-list extra")),
+            words("kvnet help -- net-list")
+        );
+        assert_eq!(
+            help_topic_only(words("kvnet -q help net-list extra")),
+            words("kvnet -q help net-list")
+        );
     }
 
     #[test]
