@@ -596,16 +596,14 @@ impl ForwardSockets {
     /// or that do not answer `query` (ID or question differ), are dropped.
     async fn receive_reply(&self, query: &[u8], asked: &[SocketAddr], buf: &mut [u8]) -> Received {
         loop {
-            let received = match self.next_ready().await {
-                Ok((server, socket)) => match take_icmp_error(socket) {
-                    Some(error) => Received::Error(server, error),
-                    None => match socket.try_recv_from(buf) {
-                        Ok((len, from)) => Received::Reply(len, from),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => Received::Error(server, e),
-                    },
+            let (server, socket) = self.next_ready().await;
+            let received = match take_icmp_error(socket) {
+                Some(error) => Received::Error(server, error),
+                None => match socket.try_recv_from(buf) {
+                    Ok((len, from)) => Received::Reply(len, from),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => Received::Error(server, e),
                 },
-                Err((server, e)) => Received::Error(server, e),
             };
             match received {
                 Received::Reply(_, from) if !asked.contains(&from) => {
@@ -623,13 +621,16 @@ impl ForwardSockets {
     /// The first socket with a datagram or an error to take, and its server. Waits for
     /// errors too: tokio wakes a reader for datagrams only, and an ICMP error alone
     /// makes a socket ready for nothing else.
-    async fn next_ready(&self) -> Result<(SocketAddr, &UdpSocket), (SocketAddr, std::io::Error)> {
+    async fn next_ready(&self) -> (SocketAddr, &UdpSocket) {
         let readies = self.by_server.iter().map(|(server, socket)| {
             Box::pin(async move {
-                match socket.ready(Interest::READABLE | Interest::ERROR).await {
-                    Ok(_) => Ok((*server, socket)),
-                    Err(e) => Err((*server, e)),
+                if let Err(e) = socket.ready(Interest::READABLE | Interest::ERROR).await {
+                    // The runtime is going away: nothing will come, and asking again
+                    // at once would spin.
+                    tracing::debug!(%server, error = %e, "DNS forward socket no longer polled");
+                    std::future::pending::<()>().await;
                 }
+                (*server, socket)
             })
         });
         if self.by_server.is_empty() {
