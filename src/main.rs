@@ -502,21 +502,19 @@ fn run_commands(
     };
     let mut steps = Vec::with_capacity(commands.len());
     for words in commands {
-        // Not a verb clap knows, so its help is asked for by name.
-        let words = match words.as_slice() {
-            [verb, help] if shell::is_quit_verb(verb) && help == "--help" => {
-                vec!["help".to_owned(), verb.clone()]
+        let words = match shell::quit_command(&words) {
+            None => words,
+            Some(shell::QuitCommand::Quit) => {
+                steps.push(Step::Quit);
+                continue;
             }
-            _ => words,
+            // Not a verb clap knows, so its help is asked for by name.
+            Some(shell::QuitCommand::Help) => vec!["help".to_owned(), words[0].clone()],
+            Some(shell::QuitCommand::Refused(line)) => {
+                usage::print_errors(&[line]);
+                return refused;
+            }
         };
-        if let Some(refusal) = shell::quit_refusal(&words) {
-            usage::print_errors(&[refusal]);
-            return refused;
-        }
-        if shell::is_quit(&words) {
-            steps.push(Step::Quit);
-            continue;
-        }
         let mut args = globals.to_vec();
         args.extend(words.into_iter().map(OsString::from));
         let argv = std::iter::once(OsString::from(PROGRAM)).chain(args.iter().cloned());

@@ -108,39 +108,50 @@ fn end_command(commands: &mut Vec<Words>, words: &mut Words) {
     }
 }
 
-/// Whether a command ends the shell (virsh's `quit` and `exit`, which take nothing,
-/// though an end of options, `--`, may follow).
-pub fn is_quit(words: &[String]) -> bool {
-    match words {
-        [verb] => is_quit_verb(verb),
-        [verb, end] => is_quit_verb(verb) && end == "--",
-        _ => false,
-    }
-}
-
 /// `quit` or `exit`.
 pub fn is_quit_verb(verb: &str) -> bool {
     matches!(verb, "quit" | "exit")
 }
 
-/// virsh's refusal of a `quit` or `exit` given more than its name (`exit 3`): nothing
-/// of the command string runs, and an interactive shell goes on. `--help` is help.
-pub fn quit_refusal(words: &[String]) -> Option<String> {
-    let [verb, extra, rest @ ..] = words else {
-        return None;
-    };
-    if !is_quit_verb(verb) || extra == "--help" {
+/// A `quit` or `exit` command, read as virsh reads it: it takes only `--help` and an
+/// end of options (`--`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum QuitCommand {
+    /// End the shell, or the command string.
+    Quit,
+    /// `--help`: the command's help, and nothing ends.
+    Help,
+    /// Anything else: virsh's error line; nothing of the command string runs, and an
+    /// interactive shell goes on.
+    Refused(String),
+}
+
+/// `words` as a [`QuitCommand`]; `None` for any other command.
+pub fn quit_command(words: &[String]) -> Option<QuitCommand> {
+    let (verb, rest) = words.split_first()?;
+    if !is_quit_verb(verb) {
         return None;
     }
-    if extra == "--" {
-        // After it, any word is data.
-        return rest.first().map(|data| format!("unexpected data '{data}'"));
+    let mut help = false;
+    let mut options_ended = false;
+    for word in rest {
+        if !options_ended && word == "--" {
+            options_ended = true;
+        } else if !options_ended && word == "--help" {
+            help = true;
+        } else if !options_ended && crate::cli::is_option_word(word) {
+            let option = word.split('=').next().unwrap_or_default();
+            return Some(QuitCommand::Refused(format!(
+                "command '{verb}' doesn't support option {option}"
+            )));
+        } else {
+            return Some(QuitCommand::Refused(format!("unexpected data '{word}'")));
+        }
     }
-    Some(if crate::cli::is_option_word(extra) {
-        let option = extra.split('=').next().unwrap_or_default();
-        format!("command '{verb}' doesn't support option {option}")
+    Some(if help {
+        QuitCommand::Help
     } else {
-        format!("unexpected data '{extra}'")
+        QuitCommand::Quit
     })
 }
 
@@ -690,29 +701,30 @@ mod tests {
     }
 
     #[test]
-    fn quit_and_exit_end_the_shell_and_take_nothing_else() {
-        let words = |text: &str| text.split(' ').map(str::to_owned).collect::<Vec<_>>();
-        assert!(is_quit(&words("quit")));
-        assert!(is_quit(&words("exit")));
-        assert!(!is_quit(&words("net-list")));
-        assert!(!is_quit(&[]));
-        assert!(!is_quit(&words("exit 3")));
+    fn quit_and_exit_take_only_help_and_an_end_of_options() {
+        let read = |text: &str| {
+            let words: Vec<String> = text.split(' ').map(str::to_owned).collect();
+            quit_command(&words)
+        };
+        let refused = |line: &str| Some(QuitCommand::Refused(line.to_owned()));
+        for quit in ["quit", "exit", "exit --"] {
+            assert_eq!(read(quit), Some(QuitCommand::Quit), "{quit}");
+        }
+        for help in ["exit --help", "quit --help --help", "quit --help --"] {
+            assert_eq!(read(help), Some(QuitCommand::Help), "{help}");
+        }
+        assert_eq!(read("exit 3"), refused("unexpected data '3'"));
+        assert_eq!(read("exit --help 3"), refused("unexpected data '3'"));
         assert_eq!(
-            quit_refusal(&words("exit 3")).as_deref(),
-            Some("unexpected data '3'")
+            read("quit --now=1"),
+            refused("command 'quit' doesn't support option --now")
         );
         assert_eq!(
-            quit_refusal(&words("quit --now=1")).as_deref(),
-            Some("command 'quit' doesn't support option --now")
+            read("exit --help --foo"),
+            refused("command 'exit' doesn't support option --foo")
         );
-        assert_eq!(quit_refusal(&words("exit --help")), None);
-        assert_eq!(quit_refusal(&words("exit")), None);
-        assert!(is_quit(&words("exit --")));
-        assert_eq!(quit_refusal(&words("exit --")), None);
-        assert_eq!(
-            quit_refusal(&words("exit -- --all")).as_deref(),
-            Some("unexpected data '--all'")
-        );
-        assert_eq!(quit_refusal(&words("net-list 3")), None);
+        assert_eq!(read("exit -- --all"), refused("unexpected data '--all'"));
+        assert_eq!(read("net-list 3"), None);
+        assert_eq!(quit_command(&[]), None);
     }
 }

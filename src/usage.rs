@@ -46,13 +46,16 @@ impl Refusal {
             .iter()
             .position(|arg| *arg == verb)
             .map_or(&args[..0], |at| &args[at + 1..]);
-        let takes_value = |name: &str| {
+        let option_of_verb = |name: &str, taking_a_value: bool| {
             verbs.find_subcommand(&verb).is_some_and(|command| {
-                command
-                    .get_arguments()
-                    .any(|arg| arg.get_long() == Some(name) && arg.get_action().takes_values())
+                command.get_arguments().any(|arg| {
+                    arg.get_long() == Some(name)
+                        && (!taking_a_value || arg.get_action().takes_values())
+                })
             })
         };
+        let takes_value = |name: &str| option_of_verb(name, true);
+        let is_known = |name: &str| option_of_verb(name, false);
         let lines = match (error.kind(), context(ContextKind::InvalidArg)) {
             (
                 ErrorKind::DisplayHelp
@@ -138,7 +141,7 @@ impl Refusal {
             // After `--` it is data, however it looks.
             (ErrorKind::UnknownArgument, Some(argument))
                 if argument.starts_with("--")
-                    && !is_after_end_of_options(after_verb, &argument, &takes_value) =>
+                    && !is_after_end_of_options(after_verb, &argument, &takes_value, &is_known) =>
             {
                 let option = argument.split('=').next().unwrap_or_default();
                 vec![format!("command '{verb}' doesn't support option {option}")]
@@ -191,21 +194,26 @@ impl Refusal {
     }
 }
 
-/// Whether `argument` comes after the `--` that ends the options in `args` (those after
-/// the verb; `takes_value`: whether the verb's `--NAME` takes a value, which may be a
-/// `--` itself).
+/// Whether `argument`, which clap found unknown, comes after the `--` that ends the
+/// options in `args` (those after the verb; `takes_value`: whether the verb's `--NAME`
+/// takes a value, which may be a `--` itself; `is_known`: whether it has `--NAME`).
 fn is_after_end_of_options(
     args: &[String],
     argument: &str,
     takes_value: &dyn Fn(&str) -> bool,
+    is_known: &dyn Fn(&str) -> bool,
 ) -> bool {
     let mut at = 0;
     while let Some(arg) = args.get(at) {
         if arg == "--" {
             return args[at + 1..].iter().any(|arg| arg == argument);
         }
-        // clap names the first unknown one: this one, before the end.
-        if arg == argument {
+        // clap names the first unknown one: this one, if the verb has no such option.
+        if arg == argument
+            && !arg
+                .strip_prefix("--")
+                .is_some_and(|name| is_known(name.split('=').next().unwrap_or_default()))
+        {
             return false;
         }
         match arg.strip_prefix("--") {

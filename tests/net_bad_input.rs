@@ -497,6 +497,11 @@ fn command_line_mistakes_get_virsh_lines_and_exit_1() {
             "error: command 'net-dumpxml' doesn't support option --foo\n",
         ),
         (&["exit", "3"], "error: unexpected data '3'\n"),
+        (&["exit", "--help", "3"], "error: unexpected data '3'\n"),
+        (
+            &["net-list", "--all", "--", "--all"],
+            "error: unexpected data '--all'\n",
+        ),
         (
             &["net-list", "--inactive", "--inactive"],
             "error: option --inactive already seen\n",
