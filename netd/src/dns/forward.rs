@@ -390,10 +390,7 @@ impl UdpForward<'_> {
         tracing::debug!(network = self.network, %server, %error, "upstream DNS server refused the query");
         // A server passed over has had its failure counted already.
         let counted = slot.passed_over;
-        // A firewall's reject (ICMP administratively prohibited) comes as EHOSTUNREACH
-        // over IPv4 and EACCES over IPv6: both say the server has had its say.
-        slot.stand = if is_unroutable(error) || error.kind() == std::io::ErrorKind::PermissionDenied
-        {
+        slot.stand = if is_unroutable(error) {
             Stand::Unreachable
         } else {
             Stand::Closed
@@ -509,12 +506,16 @@ fn is_local_shortage(error: &std::io::Error) -> bool {
     })
 }
 
-/// Whether `error` says no route leads to the server: it has had its say (see
-/// [`Stand::Unreachable`]).
+/// Whether `error` says no route leads to the server, or a firewall or a `prohibit`
+/// route refuses the way (ICMP administratively prohibited comes as EHOSTUNREACH over
+/// IPv4 and EACCES over IPv6): it has had its say (see [`Stand::Unreachable`]), over UDP
+/// and TCP alike.
 fn is_unroutable(error: &std::io::Error) -> bool {
     matches!(
         error.kind(),
-        std::io::ErrorKind::NetworkUnreachable | std::io::ErrorKind::HostUnreachable
+        std::io::ErrorKind::NetworkUnreachable
+            | std::io::ErrorKind::HostUnreachable
+            | std::io::ErrorKind::PermissionDenied
     )
 }
 
