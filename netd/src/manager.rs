@@ -109,21 +109,21 @@ impl Network {
     fn defined(def: NetworkDef, autostart: bool) -> Network {
         Network {
             config: Some(def),
-            live: None,
             autostart,
-            dhcp: None,
-            dhcp6: None,
-            dns: None,
-            ra: None,
-            tftp: None,
-            ports: ports::Ports::new(),
-            unreadable_ports: Vec::new(),
+            ..Network::empty()
         }
     }
 
     /// A running network without a definition on disk.
     fn transient(def: NetworkDef, servers: Servers) -> Network {
-        let mut network = Network {
+        let mut network = Network::empty();
+        network.run(def, servers);
+        network
+    }
+
+    /// Neither defined nor running, without servers or ports.
+    fn empty() -> Network {
+        Network {
             config: None,
             live: None,
             autostart: false,
@@ -134,9 +134,7 @@ impl Network {
             tftp: None,
             ports: ports::Ports::new(),
             unreadable_ports: Vec::new(),
-        };
-        network.run(def, servers);
-        network
+        }
     }
 
     /// Marks the network active with `def` and `servers`.
