@@ -393,6 +393,15 @@ struct Outcome {
     quit: bool,
 }
 
+impl Outcome {
+    /// A command line refused before anything ran.
+    const REFUSED: Outcome = Outcome {
+        succeeded: false,
+        connected: true,
+        quit: false,
+    };
+}
+
 /// Runs one command and prints its result; with `timing`, how long it took, as
 /// `virsh -t` prints it in place of the blank line that ends a command (even quiet),
 /// but never after JSON, which a script parses whole.
@@ -468,20 +477,15 @@ fn run_command_string(
     text: &str,
     interactive: bool,
 ) -> Outcome {
-    let refused = Outcome {
-        succeeded: false,
-        connected: true,
-        quit: false,
-    };
     // virsh refuses an empty command string without a word.
     if text.is_empty() {
-        return refused;
+        return Outcome::REFUSED;
     }
     let commands = match shell::split_commands(text) {
         Ok(commands) => commands,
         Err(error) => {
             usage::print_errors(&[error.to_string()]);
-            return refused;
+            return Outcome::REFUSED;
         }
     };
     run_commands(globals, timing, commands, interactive)
@@ -495,11 +499,6 @@ fn run_commands(
     commands: Vec<Vec<String>>,
     interactive: bool,
 ) -> Outcome {
-    let refused = Outcome {
-        succeeded: false,
-        connected: true,
-        quit: false,
-    };
     let mut steps = Vec::with_capacity(commands.len());
     for words in commands {
         let words = match shell::quit_command(&words) {
@@ -512,7 +511,7 @@ fn run_commands(
             Some(shell::QuitCommand::Help) => vec!["help".to_owned(), words[0].clone()],
             Some(shell::QuitCommand::Refused(line)) => {
                 usage::print_errors(&[line]);
-                return refused;
+                return Outcome::REFUSED;
             }
         };
         let mut args = globals.to_vec();
@@ -527,7 +526,7 @@ fn run_commands(
                 let refusal = Refusal::new(error, &lossy(&args));
                 if !refusal.comes_at_run_time() {
                     refusal.report();
-                    return refused;
+                    return Outcome::REFUSED;
                 }
                 steps.push(Step::Refused(refusal));
             }

@@ -134,16 +134,7 @@ impl NetBackend for QueueBackend {
             let _ = self.fd.read();
             return Err(io::ErrorKind::WouldBlock.into());
         };
-        let mut done = 0;
-        for buf in bufs {
-            if done == frame.len() {
-                break;
-            }
-            done += buf
-                .write(&frame[done..], 0)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-        }
-        Ok(frame.len())
+        vmm::devices::virtio::net::test_utils::scatter_frame(&frame, bufs)
     }
     fn write_frame(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
         let mut len = 0;

@@ -92,20 +92,25 @@ impl AsRawFd for MemBackend {
     }
 }
 
+/// Copies `frame` into `bufs` in order, as a tap's read does, and returns its length,
+/// like a tap the full length even when it did not fit.
+pub fn scatter_frame(frame: &[u8], bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+    let mut done = 0;
+    for buf in bufs {
+        if done == frame.len() {
+            break;
+        }
+        done += buf
+            .write(&frame[done..], 0)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+    }
+    Ok(frame.len())
+}
+
 impl NetBackend for MemBackend {
     fn read_frame(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
         let frame = self.rx.pop_front().ok_or(io::ErrorKind::WouldBlock)?;
-        let mut done = 0;
-        for buf in bufs {
-            if done == frame.len() {
-                break;
-            }
-            done += buf
-                .write(&frame[done..], 0)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-        }
-        // Like a tap: the full length even when it did not fit.
-        Ok(frame.len())
+        scatter_frame(&frame, bufs)
     }
 
     fn write_frame(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
