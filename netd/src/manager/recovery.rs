@@ -351,9 +351,11 @@ impl Manager {
     }
 
     /// Whether `bridge` is the bridge a start of `def` created: a bridge with the network's
-    /// MAC. The name may belong to someone else's interface instead (the kernel refused an
-    /// interrupted start because the name was taken, and the daemon died before clearing
-    /// its intent), and that must survive the recovery.
+    /// MAC in kvnet's link group, or with the MAC alone for a status in a format from
+    /// before the group (`status_version`; see [`is_recorded_bridge`]). The name may belong
+    /// to someone else's interface instead (the kernel refused an interrupted start because
+    /// the name was taken, and the daemon died before clearing its intent), and that must
+    /// survive the recovery.
     pub(super) async fn bridge_it_created(
         &self,
         def: &NetworkDef,
