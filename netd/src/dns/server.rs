@@ -1475,7 +1475,7 @@ pub(super) mod tests {
             for id in [0x1111, 0x2222] {
                 ask(&client, to_server, id, "vpn.example.").await;
                 let (query, from) = tokio::time::timeout(
-                    Duration::from_millis(500),
+                    Duration::from_millis(800),
                     next_datagram(second, "the second server's ask"),
                 )
                 .await
