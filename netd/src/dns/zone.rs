@@ -31,6 +31,21 @@ struct RrSet {
     wire: Vec<u8>,
 }
 
+impl RrSet {
+    /// Whether `record` (as [`wire_record`] makes it) is in the set already.
+    fn contains(&self, record: &[u8]) -> bool {
+        let mut at = 0;
+        while let Some(len) = self.wire.get(at + 10..at + 12) {
+            let end = at + 12 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+            if self.wire.get(at..end) == Some(record) {
+                return true;
+            }
+            at = end;
+        }
+        false
+    }
+}
+
 /// Names with their record sets, plus reverse (PTR) names.
 #[derive(Clone, Debug, Default)]
 pub struct Zone {
@@ -263,7 +278,10 @@ impl Zone {
             IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
         };
         for name in names {
-            self.add(name.clone(), &rdata);
+            // A name the hosts file gives this address already keeps one record of it.
+            if !earlier.is_some_and(|zone| zone.has_record(name, &rdata)) {
+                self.add(name.clone(), &rdata);
+            }
         }
         if let Some(first) = names.first() {
             let reverse = Name::from(ip);
@@ -276,6 +294,22 @@ impl Zone {
         }
     }
 
+    /// Whether `name` has the record `rdata` here.
+    fn has_record(&self, name: &Name, rdata: &RData) -> bool {
+        let rtype = rdata.record_type();
+        let (Some(sets), Some(record)) = (
+            self.names.get(wire_key(name).as_slice()),
+            wire_record(rdata),
+        ) else {
+            return false;
+        };
+        sets.iter()
+            .any(|(t, set)| *t == rtype && set.contains(&record))
+    }
+
+    /// Adds `rdata` to `name`'s records, once: RFC 2181 5 has a set hold no record twice,
+    /// which a name given twice for an address (`a` and `a.lab.test` under `lab.test`,
+    /// two `<host>`s, a hosts file's `fqdn short`) would otherwise make.
     fn add(&mut self, name: Name, rdata: &RData) {
         let rtype = rdata.record_type();
         let Some(record) = wire_record(rdata) else {
@@ -298,7 +332,7 @@ impl Zone {
                 &mut sets[last].1
             }
         };
-        if set.count < u16::MAX {
+        if set.count < u16::MAX && !set.contains(&record) {
             set.count += 1;
             set.wire.extend_from_slice(&record);
         }
@@ -433,6 +467,47 @@ mod tests {
             assert!(!is_at_or_under(cut, &[0]), "{cut:?}");
             assert!(label_offsets(cut).all(|at| at < cut.len()), "{cut:?}");
         }
+    }
+
+    /// RFC 2181 5: a name reaching an address twice (given plain and qualified, in two
+    /// `<host>`s, or by the hosts file too) answers with it once.
+    #[test]
+    fn an_address_given_twice_for_a_name_is_answered_once() {
+        let host = |ip: &str, names: &[&str]| crate::xml::DnsHost {
+            ip: ip.parse().expect("ip"),
+            hostnames: names.iter().map(|name| (*name).to_owned()).collect(),
+        };
+        let config = DnsConfig {
+            network: "n".into(),
+            domain: Some("lab.test".into()),
+            hosts: vec![
+                host("192.0.2.20", &["a", "a.lab.test"]),
+                host("192.0.2.20", &["a"]),
+                host("192.0.2.21", &["a"]),
+                host("192.0.2.7", &["myhost"]),
+            ],
+            ..DnsConfig::default()
+        };
+        let file = HostsFile {
+            entries: vec![(
+                "192.0.2.7".parse().expect("ip"),
+                vec!["myhost.lab.test".to_owned(), "myhost".to_owned()],
+            )],
+        };
+        let domain = fqdn("lab.test");
+        let hosts = Arc::new(Zone::from_hosts(&file, domain.as_ref()));
+        let zone = StaticZone::from_config(&config, hosts).expect("zone");
+        let answers = |name: &str| {
+            let mut out = Vec::new();
+            zone.append_answers(
+                &wire_key(&fqdn(name).expect("name")),
+                RecordType::A,
+                &mut out,
+            )
+        };
+        assert_eq!(answers("a.lab.test"), Found::Records(2));
+        assert_eq!(answers("a"), Found::Records(2));
+        assert_eq!(answers("myhost.lab.test"), Found::Records(1));
     }
 
     #[test]
