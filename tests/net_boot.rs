@@ -252,3 +252,91 @@ fn a_tftp_root_missing_or_out_of_others_reach_fails_the_start_and_leaves_nothing
         daemon.ok(&["net-undefine", "pxe"]);
     }
 }
+
+/// Backslashes (Windows boot loaders' separator) and a full path under the root (a
+/// `<bootp file=>` written so, which the DHCP reply hands out as it is) name files in
+/// the root, as with dnsmasq. A file of more blocks than the 16-bit block number counts
+/// ends cleanly when its last block's number wraps to 0: no stray block after it.
+#[test]
+fn windows_and_full_paths_are_served_and_a_wrapped_block_number_ends_the_transfer() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let root = daemon.dirs.path().join("tftproot");
+    std::fs::create_dir_all(root.join("Boot")).expect("root");
+    std::fs::write(root.join("Boot/BCD"), b"bcd").expect("file");
+    std::fs::write(root.join("pxelinux.0"), b"pxe").expect("file");
+    // Block size 8: 65535 full blocks, then 4 bytes in block 65536, numbered 0.
+    let big: Vec<u8> = (0..65_535u32 * 8 + 4).map(|i| (i % 251) as u8).collect();
+    std::fs::write(root.join("big"), &big).expect("big file");
+    let xml = format!(
+        "<network><name>pxe</name><bridge name='kvtftp' stp='off'/>\
+         <ip address='10.61.0.1' prefix='24'><tftp root='{}'/></ip></network>",
+        root.display()
+    );
+    let path = common::xml_file(daemon.dirs.path(), "pxe.xml", &xml);
+    daemon.ok(&["net-create", path.to_str().expect("path")]);
+    let guest = Netns::new("tftpguest").expect("guest ns");
+    attach_guest(&daemon, &guest, "kvtftp", "10.61.0.50/24", "10.61.0.1");
+    wait_for_forwarding(&daemon, "vg0");
+
+    let full_path = format!("{}/pxelinux.0", root.display());
+    let (small_files, (received, stray)) = guest
+        .run(move || {
+            let socket = std::net::UdpSocket::bind("10.61.0.50:0").expect("bind");
+            socket
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("timeout");
+            let mut reply = [0u8; 600];
+            // Each a one-block transfer without options.
+            let mut small = Vec::new();
+            for name in ["\\Boot\\BCD", full_path.as_str()] {
+                let request = [&[0, 1][..], name.as_bytes(), b"\0octet\0"].concat();
+                socket.send_to(&request, "10.61.0.1:69").expect("request");
+                let (len, from) = socket.recv_from(&mut reply).expect("reply");
+                socket.send_to(&[0, 4, 0, 1], from).expect("ack");
+                small.push(reply[..len].to_vec());
+            }
+            socket
+                .send_to(b"\x00\x01big\x00octet\x00blksize\x008\x00", "10.61.0.1:69")
+                .expect("request");
+            let (_, server) = socket.recv_from(&mut reply).expect("option ack");
+            assert_eq!(&reply[..2], [0, 6], "an option acknowledgement");
+            socket.connect(server).expect("connect");
+            socket.send(&[0, 4, 0, 0]).expect("ack 0");
+            let mut received = Vec::new();
+            loop {
+                let len = socket.recv(&mut reply).expect("data");
+                assert_eq!(&reply[..2], [0, 3], "a data block");
+                received.extend_from_slice(&reply[4..len]);
+                socket.send(&[0, 4, reply[2], reply[3]]).expect("ack");
+                if len - 4 < 8 {
+                    break;
+                }
+            }
+            socket
+                .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+                .expect("timeout");
+            let stray = socket
+                .recv(&mut reply)
+                .ok()
+                .map(|len| reply[..len].to_vec());
+            (small, (received, stray))
+        })
+        .expect("enter the guest");
+    assert_eq!(
+        small_files,
+        [
+            b"\x00\x03\x00\x01bcd".to_vec(),
+            b"\x00\x03\x00\x01pxe".to_vec()
+        ]
+    );
+    assert!(
+        received == big,
+        "the big file came back different ({} bytes)",
+        received.len()
+    );
+    assert_eq!(stray, None, "a block after the last one");
+    daemon.ok(&["net-destroy", "pxe"]);
+}

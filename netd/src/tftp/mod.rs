@@ -126,7 +126,8 @@ pub enum ErrorCode {
 /// A read request, as far as this server cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadRequest {
-    /// The file, relative to the root (leading slashes removed).
+    /// The file as asked for, `\` read as `/` (Windows boot loaders' separator, as
+    /// dnsmasq reads it); [`path_in_root`] makes it relative to the root.
     pub file: String,
     /// `blksize` asked for, already checked to be in RFC 2348's range.
     pub block_size: Option<u16>,
@@ -173,7 +174,7 @@ pub fn parse_request(packet: &[u8]) -> Result<Option<ReadRequest>, Refusal> {
         return refuse(ErrorCode::IllegalOperation, "only octet mode is served");
     }
     let mut request = ReadRequest {
-        file: file.trim_start_matches('/').to_owned(),
+        file: file.replace('\\', "/"),
         block_size: None,
         transfer_size: false,
         timeout: None,
@@ -209,6 +210,19 @@ pub fn parse_request(packet: &[u8]) -> Result<Option<ReadRequest>, Refusal> {
 }
 
 /// Splits off the 2-byte opcode.
+/// `file`, a requested name, relative to `root`: an absolute name under the root (the
+/// `<bootp file=>` written as a full path, which the DHCP reply hands out as it is) has
+/// the root taken off, as dnsmasq takes it; any other loses its leading slashes.
+pub fn path_in_root<'a>(file: &'a str, root: &std::path::Path) -> &'a str {
+    let under_root = root
+        .to_str()
+        .map(|root| root.trim_end_matches('/'))
+        .filter(|root| !root.is_empty())
+        .and_then(|root| file.strip_prefix(root))
+        .filter(|rest| rest.starts_with('/'));
+    under_root.unwrap_or(file).trim_start_matches('/')
+}
+
 fn split_opcode(packet: &[u8]) -> Option<(u16, &[u8])> {
     match packet {
         [high, low, rest @ ..] => Some((u16::from_be_bytes([*high, *low]), rest)),
@@ -274,7 +288,7 @@ mod tests {
         assert_eq!(
             parse_request(&rrq(&["/pxelinux.0", "OCTET"])).unwrap(),
             Some(ReadRequest {
-                file: "pxelinux.0".into(),
+                file: "/pxelinux.0".into(),
                 block_size: None,
                 transfer_size: false,
                 timeout: None,
@@ -305,6 +319,29 @@ mod tests {
         let big = rrq(&["f", "octet", "blksize", "100000", "timeout", "200"]);
         let big = parse_request(&big).unwrap().unwrap();
         assert_eq!((big.block_size, big.timeout), (Some(MAX_BLOCK_SIZE), None));
+        // Windows boot loaders separate with backslashes.
+        let windows = parse_request(&rrq(&["\\Boot\\BCD", "octet"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(windows.file, "/Boot/BCD");
+    }
+
+    #[test]
+    fn names_are_taken_relative_to_the_root_and_a_full_path_under_it_too() {
+        let root = std::path::Path::new("/srv/tftp/");
+        for (file, relative) in [
+            ("pxelinux.0", "pxelinux.0"),
+            ("/pxelinux.0", "pxelinux.0"),
+            ("//boot/x", "boot/x"),
+            ("/srv/tftp/pxelinux.0", "pxelinux.0"),
+            ("/srv/tftp//boot/x", "boot/x"),
+            // Not under it: only its leading slash goes (and the lookup stays beneath
+            // the root).
+            ("/srv/tftpx/y", "srv/tftpx/y"),
+            ("/etc/passwd", "etc/passwd"),
+        ] {
+            assert_eq!(path_in_root(file, root), relative, "{file}");
+        }
     }
 
     #[test]

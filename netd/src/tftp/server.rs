@@ -169,7 +169,7 @@ async fn serve(
             let _ = socket.try_send_to(&busy, client);
             continue;
         }
-        let file = match open_beneath(&root, &request.file) {
+        let file = match open_beneath(&root, super::path_in_root(&request.file, &config.root)) {
             Ok(file) => file,
             Err(refusal) => {
                 tracing::debug!(network = %config.network, %client, file = %request.file.escape_debug(), reason = refusal.message, "TFTP request refused");
@@ -306,20 +306,23 @@ async fn transfer(
         accepted.push(("timeout", u64::from(seconds)));
     }
     let mut packet = Vec::with_capacity(4 + usize::from(block_size));
-    // With options, block 0 is the option acknowledgement (RFC 2347).
+    // With options, the first packet is their acknowledgement, block 0 (RFC 2347).
+    let mut acknowledging_options = !accepted.is_empty();
     let mut block: u16 = 0;
-    if accepted.is_empty() {
+    if acknowledging_options {
+        packet = option_ack(&accepted);
+    } else {
         block = 1;
         read_block(&mut file, block, block_size, &mut packet).await?;
-    } else {
-        packet = option_ack(&accepted);
     }
     loop {
         send_until_acknowledged(&socket, &packet, block, timeout).await?;
-        // The last block is the first one shorter than a full block (maybe empty).
-        if block != 0 && packet.len() - 4 < usize::from(block_size) {
+        // The last block is the first one shorter than a full block (maybe empty). Its
+        // number may have wrapped to 0 in a big file: only the first packet is options.
+        if !acknowledging_options && packet.len() - 4 < usize::from(block_size) {
             return Ok(());
         }
+        acknowledging_options = false;
         block = block.wrapping_add(1);
         read_block(&mut file, block, block_size, &mut packet).await?;
     }
