@@ -2,16 +2,19 @@
 //! advertisement servers read from guests: a request to port 69, a transfer's ACK or
 //! ERROR, and a packet on the ICMPv6 socket.
 //!
-//! Oracles besides "no panic": a read request's file is relative, its block size within
-//! RFC 2348's range and what the server sends, and its timeout one the server agrees to.
+//! Oracles besides "no panic": a read request's file has no backslash left and, taken
+//! relative to a root, is relative; its block size is within RFC 2348's range and what the
+//! server sends, and its timeout one the server agrees to.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use netd::tftp::{MAX_BLOCK_SIZE, MAX_TIMEOUT_SECONDS, parse_reply, parse_request};
+use netd::tftp::{MAX_BLOCK_SIZE, MAX_TIMEOUT_SECONDS, parse_reply, parse_request, path_in_root};
 
 fuzz_target!(|packet: &[u8]| {
     if let Ok(Some(request)) = parse_request(packet) {
-        assert!(!request.file.starts_with('/'), "{:?}", request.file);
+        let relative = path_in_root(&request.file, std::path::Path::new("/srv/tftp"));
+        assert!(!relative.starts_with('/'), "{:?}", request.file);
+        assert!(!request.file.contains('\\'), "{:?}", request.file);
         if let Some(size) = request.block_size {
             assert!((8..=MAX_BLOCK_SIZE).contains(&size), "{size}");
         }
