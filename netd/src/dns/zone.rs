@@ -29,21 +29,63 @@ const SRV_DEFAULT_PORT: u16 = 1;
 struct RrSet {
     count: u16,
     wire: Vec<u8>,
+    /// Hashes of the records, once there are [`INDEXED_FROM`]: a name a hosts file gives
+    /// thousands of addresses is still built in linear time. Used while building only; a
+    /// zone is rebuilt whole when what it is made of changes.
+    index: Option<HashSet<u64>>,
 }
 
+/// How many records a set holds before it keeps an index of them.
+const INDEXED_FROM: u16 = 16;
+
 impl RrSet {
-    /// Whether `record` (as [`wire_record`] makes it) is in the set already.
-    fn contains(&self, record: &[u8]) -> bool {
-        let mut at = 0;
-        while let Some(len) = self.wire.get(at + 10..at + 12) {
-            let end = at + 12 + usize::from(u16::from_be_bytes([len[0], len[1]]));
-            if self.wire.get(at..end) == Some(record) {
-                return true;
-            }
-            at = end;
+    /// Adds `record` (as [`wire_record`] makes it) unless the set holds it already, or
+    /// is full.
+    fn insert(&mut self, record: &[u8]) {
+        if self.count == u16::MAX || self.contains(record) {
+            return;
         }
-        false
+        self.count += 1;
+        self.wire.extend_from_slice(record);
+        match &mut self.index {
+            Some(index) => {
+                index.insert(record_hash(record));
+            }
+            None if self.count >= INDEXED_FROM => {
+                self.index = Some(self.records().map(record_hash).collect());
+            }
+            None => {}
+        }
     }
+
+    /// Whether `record` is in the set already. An indexed set answers by the hash alone:
+    /// two of a name's records colliding in 64 bits, which would leave one out, is
+    /// vanishingly unlikely, and checking the bytes would make every repeat cost a walk.
+    fn contains(&self, record: &[u8]) -> bool {
+        match &self.index {
+            Some(index) => index.contains(&record_hash(record)),
+            None => self.records().any(|held| held == record),
+        }
+    }
+
+    /// The records, each as [`wire_record`] made it.
+    fn records(&self) -> impl Iterator<Item = &[u8]> {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let len = self.wire.get(at + 10..at + 12)?;
+            let end = at + 12 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+            let record = self.wire.get(at..end)?;
+            at = end;
+            Some(record)
+        })
+    }
+}
+
+fn record_hash(record: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    record.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Names with their record sets, plus reverse (PTR) names.
@@ -332,10 +374,7 @@ impl Zone {
                 &mut sets[last].1
             }
         };
-        if set.count < u16::MAX && !set.contains(&record) {
-            set.count += 1;
-            set.wire.extend_from_slice(&record);
-        }
+        set.insert(&record);
     }
 }
 
@@ -508,6 +547,22 @@ mod tests {
         assert_eq!(answers("a.lab.test"), Found::Records(2));
         assert_eq!(answers("a"), Found::Records(2));
         assert_eq!(answers("myhost.lab.test"), Found::Records(1));
+
+        // Past the size where a set keeps an index of its records, as before it.
+        let many = INDEXED_FROM * 3;
+        let lines: Vec<(IpAddr, Vec<String>)> = (0..many)
+            .flat_map(|at| {
+                let ip = IpAddr::from([10, 0, (at >> 8) as u8, at as u8]);
+                [(ip, vec!["lb".to_owned()]), (ip, vec!["lb".to_owned()])]
+            })
+            .collect();
+        let zone = Zone::from_hosts(&HostsFile { entries: lines }, None);
+        let mut out = Vec::new();
+        let key = wire_key(&fqdn("lb").expect("name"));
+        assert_eq!(
+            zone.append_answers(&key, RecordType::A, &mut out),
+            Found::Records(many)
+        );
     }
 
     #[test]
