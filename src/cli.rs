@@ -248,8 +248,12 @@ fn help_topic_only(mut argv: Vec<OsString>) -> Vec<OsString> {
         return argv;
     }
     let mut end = at + 1;
-    while let Some(word) = argv.get(end).and_then(|word| word.to_str()) {
+    while let Some(word) = argv.get(end) {
         end += 1;
+        // Not UTF-8: no option, so the topic (which clap then refuses).
+        let Some(word) = word.to_str() else {
+            break;
+        };
         match word {
             // Its value is the topic; after an end of options, the next word is.
             "--command" | "--" => {
