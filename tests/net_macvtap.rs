@@ -585,6 +585,29 @@ fn macvtap_ports_follow_libvirts_allocation_rules() {
     );
 }
 
+/// Two guests with one MAC on one device: the kernel refuses the second macvtap, and
+/// the error names the MAC; nothing of the second port is left.
+#[test]
+fn a_mac_already_on_the_device_is_named_and_leaves_nothing() {
+    if !require(&port_needs()) {
+        return;
+    }
+    let (daemon, _lan) = daemon_with_lan(1);
+    define_and_start(&daemon, "lan", "<forward mode='bridge' dev='lan0'/>");
+    let client = Client::new(daemon.socket());
+    client
+        .create_port("lan", &port_xml("first", "52:54:00:aa:ef:01"))
+        .expect("first port");
+    let (_, message) =
+        api_error(client.create_port("lan", &port_xml("second", "52:54:00:aa:ef:01")));
+    assert!(
+        message.contains("with the guest's MAC 52:54:00:aa:ef:01"),
+        "{message}"
+    );
+    assert_eq!(macvtaps(&daemon).len(), 1);
+    assert_eq!(client.ports("lan").expect("ports").len(), 1);
+}
+
 #[test]
 fn a_macvtap_ports_limits_are_its_guests_own() {
     if !require(&port_needs()) {

@@ -167,7 +167,7 @@ impl Link {
             .set(LinkUnspec::new_with_index(index).allmulticast(true).build())
             .execute()
             .await
-            .map_err(failed(Op::SetUp, ifname))?;
+            .map_err(failed(Op::SetAllMulticast, ifname))?;
         self.handle
             .link()
             .set(
@@ -178,7 +178,7 @@ impl Link {
             )
             .execute()
             .await
-            .map_err(failed(Op::SetUp, ifname))
+            .map_err(failed(Op::UpWithGuestMac(mac), ifname))
     }
 }
 

@@ -268,6 +268,10 @@ pub enum Op {
     SetAlias,
     /// Putting a device in [`KVNET_LINK_GROUP`].
     SetGroup,
+    /// Letting a macvtap receive every multicast group.
+    SetAllMulticast,
+    /// Bringing a macvtap up with the guest's MAC address.
+    UpWithGuestMac([u8; 6]),
     /// Taking a link down.
     SetDown,
     /// Opening a macvtap's character device.
@@ -321,6 +325,13 @@ impl Op {
             Op::CreateMacvtap { lower } => format!("creating macvtap {ifname} on {lower}"),
             Op::SetAlias => format!("labelling {ifname} as kvnet's"),
             Op::SetGroup => format!("putting {ifname} in kvnet's link group"),
+            Op::SetAllMulticast => format!("letting {ifname} receive every multicast group"),
+            Op::UpWithGuestMac(mac) => {
+                format!(
+                    "bringing up {ifname} with the guest's MAC {}",
+                    format_mac(mac)
+                )
+            }
             Op::SetDown => format!("taking {ifname} down"),
             Op::OpenMacvtap => format!("opening the character device of macvtap {ifname}"),
         }
