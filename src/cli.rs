@@ -241,31 +241,40 @@ fn help_flag_asked(argv: Vec<OsString>) -> Vec<OsString> {
     help
 }
 
-/// `argv` cut after `help`'s topic: virsh reads no word after it.
-fn help_topic_only(mut argv: Vec<OsString>) -> Vec<OsString> {
+/// `argv` cut after `help`'s topic, as virsh reads it: no word after the topic, and no
+/// option help does not have (virsh ignores those).
+fn help_topic_only(argv: Vec<OsString>) -> Vec<OsString> {
     let at = verb_at(&argv);
     if argv.get(at).is_none_or(|verb| verb != "help") {
         return argv;
     }
-    let mut end = at + 1;
-    while let Some(word) = argv.get(end) {
-        end += 1;
-        // Not UTF-8: no option, so the topic (which clap then refuses).
-        let Some(word) = word.to_str() else {
-            break;
-        };
-        match word {
+    let mut kept = argv[..=at].to_vec();
+    let mut words = argv.into_iter().skip(at + 1);
+    while let Some(word) = words.next() {
+        let bytes = word.as_encoded_bytes();
+        let looks_like_option =
+            bytes.len() > 2 && bytes.starts_with(b"--") && bytes[2].is_ascii_alphanumeric();
+        match word.to_str() {
             // Its value is the topic; after an end of options, the next word is.
-            "--command" | "--" => {
-                end += 1;
+            Some("--command" | "--") => {
+                kept.push(word);
+                kept.extend(words.next());
                 break;
             }
-            word if word.starts_with("--command=") || !is_option_word(word) => break,
-            _ => {}
+            Some(text) if text.starts_with("--command=") => {
+                kept.push(word);
+                break;
+            }
+            Some("--help") => kept.push(word),
+            _ if looks_like_option => {}
+            // The topic (a word that is not UTF-8 too, which clap then refuses).
+            _ => {
+                kept.push(word);
+                break;
+            }
         }
     }
-    argv.truncate(end.min(argv.len()));
-    argv
+    kept
 }
 
 /// `text` read as virsh reads an `int` option (`virStrToLong_i`, which is `strtol`): a
@@ -1070,6 +1079,19 @@ mod tests {
         assert_eq!(
             help_topic_only(words("kvnet -q help net-list extra")),
             words("kvnet -q help net-list")
+        );
+        // Options help does not have are left out, as virsh ignores them.
+        assert_eq!(
+            help_topic_only(words("kvnet help --abc net-list")),
+            words("kvnet help net-list")
+        );
+        assert_eq!(
+            help_topic_only(words("kvnet help --abc")),
+            words("kvnet help")
+        );
+        assert_eq!(
+            help_topic_only(words("kvnet help --command net-list x")),
+            words("kvnet help --command net-list")
         );
     }
 

@@ -601,7 +601,7 @@ fn a_mac_already_on_the_device_is_named_and_leaves_nothing() {
     let (_, message) =
         api_error(client.create_port("lan", &port_xml("second", "52:54:00:aa:ef:01")));
     assert!(
-        message.contains("with the guest's MAC 52:54:00:aa:ef:01"),
+        message.contains("with the guest's MAC 52:54:00:aa:ef:01: Address already in use"),
         "{message}"
     );
     assert_eq!(macvtaps(&daemon).len(), 1);

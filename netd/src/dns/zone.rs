@@ -30,8 +30,9 @@ struct RrSet {
     count: u16,
     wire: Vec<u8>,
     /// Hashes of the records, once there are [`INDEXED_FROM`]: a name a hosts file gives
-    /// thousands of addresses is still built in linear time. Used while building only; a
-    /// zone is rebuilt whole when what it is made of changes.
+    /// thousands of addresses is still built in linear time. Consulted as records are
+    /// added, and when a later zone is built on this one (a `<host>` over the hosts file,
+    /// the leases over both); answers never read it.
     index: Option<HashSet<u64>>,
 }
 
