@@ -576,6 +576,14 @@ fn a_libvirt_bridge_matching_a_copied_definition_is_left_alone() {
     );
     assert_eq!(daemon.bridges(), ["virbr0"], "{}", daemon.log());
     assert_eq!(daemon.addresses("virbr0"), ["10.57.0.1/24"]);
+    // A start is refused in libvirt's words; the log says what is likely going on.
+    let refused = daemon.fails(&["net-start", "n"]);
+    assert!(
+        refused.contains("Network is already in use by interface virbr0"),
+        "{refused}"
+    );
+    daemon.assert_logged("has this network's MAC address but is not kvnet's");
+    assert_eq!(daemon.addresses("virbr0"), ["10.57.0.1/24"]);
 }
 
 /// A bridge an earlier kvnet created, before it put its bridges in its link group, is

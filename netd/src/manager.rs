@@ -990,11 +990,17 @@ impl Manager {
             })
             .await?;
         if let Some((used, ifindex)) = clash {
-            let device = self
-                .link
-                .link_name(ifindex)
-                .await?
-                .unwrap_or_else(|| format!("#{ifindex}"));
+            let info = self.link.link_info_at(ifindex).await?;
+            let device = info
+                .as_ref()
+                .map_or_else(|| format!("#{ifindex}"), |info| info.name.clone());
+            // The refusal keeps libvirt's words; the log says what is likely going on.
+            if let Some(info) = &info
+                && has_network_mac(def, &device, info)
+                && !info.in_kvnet_group()
+            {
+                warn!(network = %def.name, bridge = %device, "interface {device} has this network's MAC address but is not kvnet's: another manager (libvirt?) still runs the network; stop it there (virsh net-destroy {}) before starting it here", def.name);
+            }
             // A route to exactly this subnet is the one collision libvirt detects; tools
             // look for its words.
             if ours.iter().any(|subnet| subnet.trunc() == used.trunc()) {
