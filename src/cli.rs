@@ -1072,27 +1072,19 @@ mod tests {
     #[test]
     fn help_reads_its_topic_after_an_end_of_options() {
         let words = |text: &str| text.split(' ').map(OsString::from).collect::<Vec<_>>();
-        assert_eq!(
-            help_topic_only(words("kvnet help -- net-list extra")),
-            words("kvnet help -- net-list")
-        );
-        assert_eq!(
-            help_topic_only(words("kvnet -q help net-list extra")),
-            words("kvnet -q help net-list")
-        );
-        // Options help does not have are left out, as virsh ignores them.
-        assert_eq!(
-            help_topic_only(words("kvnet help --abc net-list")),
-            words("kvnet help net-list")
-        );
-        assert_eq!(
-            help_topic_only(words("kvnet help --abc")),
-            words("kvnet help")
-        );
-        assert_eq!(
-            help_topic_only(words("kvnet help --command net-list x")),
-            words("kvnet help --command net-list")
-        );
+        for (given, read) in [
+            ("kvnet help -- net-list extra", "kvnet help -- net-list"),
+            ("kvnet -q help net-list extra", "kvnet -q help net-list"),
+            // Options help does not have are left out, as virsh ignores them.
+            ("kvnet help --abc net-list", "kvnet help net-list"),
+            ("kvnet help --abc", "kvnet help"),
+            (
+                "kvnet help --command net-list x",
+                "kvnet help --command net-list",
+            ),
+        ] {
+            assert_eq!(help_topic_only(words(given)), words(read), "{given}");
+        }
     }
 
     #[test]

@@ -65,26 +65,12 @@ fn check_network(def: &NetworkDef, what: &str) {
 }
 
 fn section(byte: u8) -> UpdateSection {
-    use UpdateSection::*;
-    [
-        Bridge,
-        Domain,
-        Ip,
-        IpDhcpHost,
-        IpDhcpRange,
-        Forward,
-        ForwardInterface,
-        ForwardPf,
-        Portgroup,
-        DnsHost,
-        DnsTxt,
-        DnsSrv,
-    ][usize::from(byte) % 12]
+    UpdateSection::ALL[usize::from(byte) % UpdateSection::ALL.len()]
 }
 
 fn command(byte: u8) -> UpdateCommand {
     use UpdateCommand::*;
-    [Modify, Delete, AddFirst, AddLast][usize::from(byte / 12) % 4]
+    [Modify, Delete, AddFirst, AddLast][usize::from(byte) / UpdateSection::ALL.len() % 4]
 }
 
 fuzz_target!(|data: &[u8]| {

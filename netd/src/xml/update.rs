@@ -134,25 +134,30 @@ impl UpdateSection {
     }
 }
 
+impl UpdateSection {
+    /// Every section, in libvirt's order.
+    pub const ALL: [UpdateSection; 12] = [
+        UpdateSection::Bridge,
+        UpdateSection::Domain,
+        UpdateSection::Ip,
+        UpdateSection::IpDhcpHost,
+        UpdateSection::IpDhcpRange,
+        UpdateSection::Forward,
+        UpdateSection::ForwardInterface,
+        UpdateSection::ForwardPf,
+        UpdateSection::Portgroup,
+        UpdateSection::DnsHost,
+        UpdateSection::DnsTxt,
+        UpdateSection::DnsSrv,
+    ];
+}
+
 impl FromStr for UpdateSection {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self, Error> {
-        const ALL: [UpdateSection; 12] = [
-            UpdateSection::Bridge,
-            UpdateSection::Domain,
-            UpdateSection::Ip,
-            UpdateSection::IpDhcpHost,
-            UpdateSection::IpDhcpRange,
-            UpdateSection::Forward,
-            UpdateSection::ForwardInterface,
-            UpdateSection::ForwardPf,
-            UpdateSection::Portgroup,
-            UpdateSection::DnsHost,
-            UpdateSection::DnsTxt,
-            UpdateSection::DnsSrv,
-        ];
-        ALL.into_iter()
+        UpdateSection::ALL
+            .into_iter()
             .find(|section| section.as_str() == text)
             .ok_or_else(|| {
                 invalid_as(
