@@ -30,18 +30,17 @@ pub struct Cli {
         short = 'c',
         long = "connect",
         value_name = "SOCKET",
-        global = true,
         overrides_with = "socket"
     )]
     socket: Option<PathBuf>,
 
     /// Quiet mode: no headers, no success messages, no trailing blank line (as virsh -q).
-    #[arg(short, long, global = true)]
+    #[arg(short, long)]
     pub quiet: bool,
 
     /// Read-only: every command that would change something is refused, as on virsh's
     /// read-only connection (monitoring scripts use `virsh -r`).
-    #[arg(short = 'r', long = "readonly", global = true)]
+    #[arg(short = 'r', long = "readonly")]
     pub read_only: bool,
 
     // The options below are read before clap runs (`read_leading_options` in main.rs),

@@ -738,6 +738,27 @@ fn help_is_laid_out_as_virsh_lays_it_out() {
             "error: command 'net-start' doesn't support option --bogus\n".to_owned()
         )
     );
+    // kvnet's own options (-q, -r, -c) come before the verb, as virsh's do: after it
+    // they are options the command lacks, refused before `--help` could be shown, and
+    // the command is not run.
+    for (asked, option) in [
+        (&["net-destroy", "n2", "--help", "--quiet"][..], "--quiet"),
+        (&["net-destroy", "n2", "--readonly", "--help"], "--readonly"),
+        (&["net-list", "--connect=/x"], "--connect"),
+    ] {
+        assert_eq!(
+            run(asked, None),
+            (
+                Some(1),
+                String::new(),
+                format!(
+                    "error: command '{}' doesn't support option {option}\n",
+                    asked[0]
+                )
+            ),
+            "{asked:?}"
+        );
+    }
     let (status, _, stderr) = run(&["net-start", "--", "--help"], None);
     assert_eq!(status, Some(1));
     assert!(stderr.contains("cannot connect to kvnetd"), "{stderr}");
