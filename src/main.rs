@@ -431,13 +431,13 @@ fn execute(cli: &cli::Cli, timing: bool) -> Outcome {
                 }
                 text.push_str(&time());
             }
-            let mut stdout = std::io::stdout().lock();
-            // A closed stdout (`kvnet net-list | head -0`) is not an error worth reporting.
-            let _ = stdout
-                .write_all(text.as_bytes())
-                .and_then(|()| stdout.flush());
+            // Scripts read `--json > file`: output lost to a full disk is a failure.
+            let written = output::to_stdout(&text);
+            if let Err(e) = &written {
+                usage::print_errors(&[format!("cannot write the output: {e}")]);
+            }
             Outcome {
-                succeeded: true,
+                succeeded: written.is_ok(),
                 connected: true,
                 quit: false,
             }

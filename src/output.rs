@@ -3,6 +3,27 @@
 use netd::api::types::{Lease, NetworkSummary, PortSummary};
 use netd::virsh;
 use serde::Serialize;
+use std::io::Write;
+
+/// Writes `text` to stdout and flushes it. A reader that went away
+/// (`kvnet net-list | head -0`) is no failure; any other error (a full disk under
+/// `> file`) is returned, for the command to fail with.
+pub fn to_stdout(text: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `text` to stderr. Unlike `eprint!`, a stderr that cannot be written
+/// (`2>/dev/full`) is no panic: there is nowhere left to say so.
+pub fn to_stderr(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
 
 /// Ends a command's output the way virsh does: one extra blank line unless quiet.
 pub fn finish(mut text: String, quiet: bool) -> String {

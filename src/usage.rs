@@ -231,7 +231,7 @@ fn is_after_end_of_options(
 pub fn print_errors(lines: &[String]) {
     let _ = std::io::stdout().flush();
     for line in lines {
-        eprintln!("error: {line}");
+        crate::output::to_stderr(&format!("error: {line}\n"));
     }
 }
 

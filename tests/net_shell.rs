@@ -845,3 +845,47 @@ fn words_with_one_dash_are_data_as_in_virsh() {
         assert_eq!(run(args), error, "{args:?}");
     }
 }
+
+/// Output that cannot be written fails the command, with no panic: a full disk under
+/// `--json > file` is an error (scripts would read a truncated file), a reader that
+/// went away is not, and a stderr that cannot be written loses only the message.
+#[test]
+fn unwritable_output_fails_the_command_without_a_panic() {
+    let run = |args: &[&str], stdout: std::process::Stdio, stderr: std::process::Stdio| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kvnet"))
+            .args(["-c", "/nonexistent/kvnetd.sock"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .output()
+            .expect("run kvnet")
+    };
+    let full = || std::process::Stdio::from(std::fs::File::create("/dev/full").expect("/dev/full"));
+    let piped = std::process::Stdio::piped;
+    let out = run(&["help", "net-list"], full(), piped());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("error: cannot write the output: No space left on device"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A reader that closed its end before anything was written.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvnet"))
+        .args(["help", "net-list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kvnet");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("kvnet");
+    assert_eq!((out.status.code(), text(&out.stderr)), (Some(0), ""));
+    for args in [
+        &["net-info", "nosuch"][..],
+        &["net-dumpxml", "n", "--xpath", "//["],
+        &["echo", "--err", "x"],
+    ] {
+        let out = run(args, piped(), full());
+        assert_ne!(out.status.code(), Some(101), "{args:?} panicked");
+    }
+}

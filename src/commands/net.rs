@@ -232,7 +232,7 @@ pub(super) fn print_xml(xml: String, select: Select, quiet: bool) -> Result<Stri
         crate::xpath::dump(&xml, expr, select.wrap).map_err(|e| Failure::msg(e.to_string()))?;
     // What libxml2 itself writes to stderr about an expression it cannot evaluate;
     // virsh then prints no results and succeeds.
-    eprint!("{}", dump.stderr);
+    output::to_stderr(&dump.stderr);
     Ok(output::finish(dump.stdout, quiet))
 }
 
@@ -389,15 +389,14 @@ fn ask_reedit(failure: &Failure, question: &str) -> Result<Reedit, Failure> {
         return Ok(Reedit::Stop);
     }
     if question != failure.lines().join(" ") {
-        for line in failure.lines() {
-            eprintln!("error: {line}");
-        }
+        crate::usage::print_errors(failure.lines());
     }
-    let failed = |e: std::io::Error| Failure::msg(format!("cannot read the answer: {e}"));
+    let failed = |e: std::io::Error| Failure::msg(format!("cannot ask whether to edit again: {e}"));
     let mut stdout = std::io::stdout();
     loop {
-        print!("{question} Try again? [y,n,f,?]: ");
-        stdout.flush().map_err(failed)?;
+        write!(stdout, "{question} Try again? [y,n,f,?]: ")
+            .and_then(|()| stdout.flush())
+            .map_err(failed)?;
         let mut answer = String::new();
         if stdin.lock().read_line(&mut answer).map_err(failed)? == 0 {
             return Ok(Reedit::GaveUp);
@@ -406,12 +405,14 @@ fn ask_reedit(failure: &Failure, question: &str) -> Result<Reedit, Failure> {
             "y" => return Ok(Reedit::Edit),
             "n" => return Ok(Reedit::GaveUp),
             "f" => return Ok(Reedit::Define),
-            _ => println!(
+            _ => writeln!(
+                stdout,
                 "y - yes, start editor again\n\
                  n - no, throw away my changes\n\
                  f - force, try to redefine again\n\
                  ? - print this help"
-            ),
+            )
+            .map_err(failed)?,
         }
     }
 }
@@ -597,9 +598,9 @@ pub fn event(client: &Client, uri: &str, args: &EventArgs, quiet: bool) -> Resul
                 json_line(&EventRecord::Missed { count })
             }
             Next::Record(EventRecord::Missed { count }) => {
-                eprintln!(
-                    "warning: kvnetd dropped {count} network events that this client did not read in time"
-                );
+                output::to_stderr(&format!(
+                    "warning: kvnetd dropped {count} network events that this client did not read in time\n"
+                ));
                 continue;
             }
             Next::Record(EventRecord::Unknown) => continue,
