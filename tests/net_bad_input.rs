@@ -778,6 +778,37 @@ fn an_invalid_edit_changes_nothing() {
         "{shown}"
     );
     assert_eq!(daemon.config_snapshot(), before);
+
+    // A file saved in another encoding is a failed edit too: "y" edits the same file
+    // again, the first go's change still in it.
+    let editor = daemon.dirs.path().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "if [ -e \"$1.once\" ]; then sed -i '$d' \"$1\"; exit; fi\n\
+         touch \"$1.once\"; sed -i 's/virbr7/virbr9/' \"$1\"; printf '<!-- \\351 -->\\n' >> \"$1\"\n",
+    )
+    .expect("editor");
+    let mut run = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("EDITOR", format!("sh {}", editor.display()))
+        .env_remove("VISUAL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run script");
+    std::io::Write::write_all(run.stdin.as_mut().expect("stdin"), b"y\n").expect("answer");
+    let out = run.wait_with_output().expect("wait");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("save it as UTF-8") && shown.contains("Failed. Try again? [y,n,f,?]: "),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("Network default XML configuration edited."),
+        "{shown}"
+    );
+    let inactive = daemon.ok(&["net-dumpxml", "--inactive", "default"]);
+    assert!(inactive.contains("<bridge name='virbr9'"), "{inactive}");
 }
 
 #[test]

@@ -314,8 +314,10 @@ pub fn edit(client: &Client, network: &str, quiet: bool) -> Result<String, Failu
     let key = original_def
         .and_then(|def| def.uuid)
         .map_or_else(|| network.to_owned(), |uuid| uuid.to_string());
+    // Only the user may read the definition being edited, as virsh's 0600 file.
     let dir = tempfile::Builder::new()
         .prefix("kvnet-edit")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(|e| Failure::msg(format!("cannot create a temporary directory: {e}")))?;
     let path = dir
@@ -323,9 +325,20 @@ pub fn edit(client: &Client, network: &str, quiet: bool) -> Result<String, Failu
         .join(format!("{}.xml", sanitize_file_name(network)));
     std::fs::write(&path, &current)
         .map_err(|e| Failure::msg(format!("cannot write {}: {e}", path.display())))?;
-    loop {
+    'edit: loop {
         run_editor(&path)?;
-        let edited = read_file(&path)?;
+        // A file that cannot be read back (saved in another encoding, too large,
+        // deleted) is a failed edit too, the file kept for another go.
+        let edited = loop {
+            match read_file(&path) {
+                Ok(edited) => break edited,
+                Err(failure) => {
+                    if edit_again(failure, "Failed.")? {
+                        continue 'edit;
+                    }
+                }
+            }
+        };
         if edited == current {
             // virsh names the network here, whatever identified it.
             return Ok(output::message(
@@ -357,14 +370,22 @@ pub fn edit(client: &Client, network: &str, quiet: bool) -> Result<String, Failu
                     ),
                 }
             };
-            match ask_reedit(&failure, question)? {
-                Reedit::Edit => break,
-                Reedit::Define => continue,
-                Reedit::Stop => return Err(failure),
-                // Shown already: virsh shows it once.
-                Reedit::GaveUp => return Err(Failure::silent()),
+            if edit_again(failure, question)? {
+                continue 'edit;
             }
         }
+    }
+}
+
+/// After a failed `net-edit` step: `Ok(true)` to edit again, `Ok(false)` to try the
+/// step again as it is (virsh's "force"), or the error that ends the edit.
+fn edit_again(failure: Failure, question: &str) -> Result<bool, Failure> {
+    match ask_reedit(&failure, question)? {
+        Reedit::Edit => Ok(true),
+        Reedit::Define => Ok(false),
+        Reedit::Stop => Err(failure),
+        // Shown already: virsh shows it once.
+        Reedit::GaveUp => Err(Failure::silent()),
     }
 }
 
