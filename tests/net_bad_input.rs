@@ -745,30 +745,39 @@ fn an_invalid_edit_changes_nothing() {
             .contains("no network with matching name 'zeta'")
     );
 
-    // On a terminal, virsh's question: here "?" (help), then "n" gives up; the bad edit
-    // changed nothing.
+    // On a terminal, virsh's question, each key taken as typed: here Ctrl-C (a key like
+    // any other there), "?" (help), then "n" gives up; the bad edit changed nothing.
     if !require(&[Need::Program("script")]) {
         return;
     }
-    let before = daemon.config_snapshot();
     let command = format!("{kvnet} net-edit default");
-    let mut run = std::process::Command::new("script")
-        .args(["-q", "-e", "-c", &command, "/dev/null"])
-        .env("EDITOR", "sed -i 's/<name>default/<name>de\\/fault/'")
-        .env_remove("VISUAL")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run script");
-    std::io::Write::write_all(run.stdin.as_mut().expect("stdin"), b"?\nn\n").expect("answer");
-    let out = run.wait_with_output().expect("wait");
-    let shown = String::from_utf8_lossy(&out.stdout);
+    let on_terminal = |editor: &str, keys: &[u8]| {
+        let mut run = std::process::Command::new("script")
+            .args(["-q", "-e", "-c", &command, "/dev/null"])
+            .env("EDITOR", editor)
+            .env_remove("VISUAL")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run script");
+        // Kept open until kvnet ends: at the end of its input, script waits 2 s for a
+        // terminal in raw mode to read what it was sent.
+        let mut keyboard = run.stdin.take().expect("stdin");
+        std::io::Write::write_all(&mut keyboard, keys).expect("keys");
+        let status = run.wait().expect("wait");
+        let mut shown = String::new();
+        std::io::Read::read_to_string(&mut run.stdout.take().expect("stdout"), &mut shown)
+            .expect("read");
+        (status.code(), shown)
+    };
+    let before = daemon.config_snapshot();
+    let (status, shown) = on_terminal("sed -i 's/<name>default/<name>de\\/fault/'", b"\x03?n");
     assert!(
         shown.contains("Failed. Try again? [y,n,f,?]: ")
             && shown.contains("n - no, throw away my changes"),
         "{shown}"
     );
-    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert_eq!(status, Some(1), "{shown}");
     // The reason is shown once, before the question, as virsh shows it.
     assert_eq!(
         shown
@@ -788,17 +797,7 @@ fn an_invalid_edit_changes_nothing() {
          touch \"$1.once\"; sed -i 's/virbr7/virbr9/' \"$1\"; printf '<!-- \\351 -->\\n' >> \"$1\"\n",
     )
     .expect("editor");
-    let mut run = std::process::Command::new("script")
-        .args(["-q", "-e", "-c", &command, "/dev/null"])
-        .env("EDITOR", format!("sh {}", editor.display()))
-        .env_remove("VISUAL")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run script");
-    std::io::Write::write_all(run.stdin.as_mut().expect("stdin"), b"y\n").expect("answer");
-    let out = run.wait_with_output().expect("wait");
-    let shown = String::from_utf8_lossy(&out.stdout);
+    let (status, shown) = on_terminal(&format!("sh {}", editor.display()), b"y");
     assert!(
         shown.contains("save it as UTF-8") && shown.contains("Failed. Try again? [y,n,f,?]: "),
         "{shown}"
@@ -807,6 +806,7 @@ fn an_invalid_edit_changes_nothing() {
         shown.contains("Network default XML configuration edited."),
         "{shown}"
     );
+    assert_eq!(status, Some(0), "{shown}");
     let inactive = daemon.ok(&["net-dumpxml", "--inactive", "default"]);
     assert!(inactive.contains("<bridge name='virbr9'"), "{inactive}");
 }

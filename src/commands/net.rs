@@ -402,9 +402,10 @@ enum Reedit {
 }
 
 /// virsh's `vshAskReedit`: on a terminal, shows `failure` and asks `question` what to
-/// do; elsewhere the edit stops.
+/// do, taking a key as it is typed (Ctrl-C is a key there too, as in virsh: it does not
+/// end kvnet's interactive terminal); elsewhere the edit stops.
 fn ask_reedit(failure: &Failure, question: &str) -> Result<Reedit, Failure> {
-    use std::io::{BufRead, IsTerminal, Write};
+    use std::io::{IsTerminal, Write};
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         return Ok(Reedit::Stop);
@@ -414,28 +415,52 @@ fn ask_reedit(failure: &Failure, question: &str) -> Result<Reedit, Failure> {
     }
     let failed = |e: std::io::Error| Failure::msg(format!("cannot ask whether to edit again: {e}"));
     let mut stdout = std::io::stdout();
-    loop {
-        write!(stdout, "{question} Try again? [y,n,f,?]: ")
+    let answer = loop {
+        // `\r`: after a key that is no answer, the question is written over itself.
+        write!(stdout, "\r{question} Try again? [y,n,f,?]: ")
             .and_then(|()| stdout.flush())
             .map_err(failed)?;
-        let mut answer = String::new();
-        if stdin.lock().read_line(&mut answer).map_err(failed)? == 0 {
-            return Ok(Reedit::GaveUp);
-        }
-        match answer.trim().to_ascii_lowercase().as_str() {
-            "y" => return Ok(Reedit::Edit),
-            "n" => return Ok(Reedit::GaveUp),
-            "f" => return Ok(Reedit::Define),
-            _ => writeln!(
+        let Some(key) = read_key(&stdin).map_err(failed)? else {
+            break Reedit::GaveUp;
+        };
+        match key.to_ascii_lowercase() {
+            b'y' => break Reedit::Edit,
+            b'n' => break Reedit::GaveUp,
+            b'f' => break Reedit::Define,
+            b'?' => writeln!(
                 stdout,
-                "y - yes, start editor again\n\
+                "\ny - yes, start editor again\n\
                  n - no, throw away my changes\n\
                  f - force, try to redefine again\n\
                  ? - print this help"
             )
             .map_err(failed)?,
+            _ => {}
         }
-    }
+    };
+    writeln!(stdout).map_err(failed)?;
+    Ok(answer)
+}
+
+/// One key from the terminal on `stdin`, read as soon as it is typed and not echoed
+/// (virsh's `vshTTYMakeRaw`); `None` at the end of input. Keys typed ahead are kept.
+fn read_key(stdin: &std::io::Stdin) -> std::io::Result<Option<u8>> {
+    use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+    let as_terminal = tcgetattr(stdin)?;
+    let mut raw = as_terminal.clone();
+    cfmakeraw(&mut raw);
+    tcsetattr(stdin, SetArg::TCSANOW, &raw)?;
+    let mut key = [0u8];
+    // Straight from the descriptor: stdin's buffer would keep keys typed ahead from
+    // the interactive terminal's next line.
+    let read = loop {
+        match nix::unistd::read(stdin, &mut key) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            read => break read,
+        }
+    };
+    tcsetattr(stdin, SetArg::TCSANOW, &as_terminal)?;
+    Ok((read? == 1).then_some(key[0]))
 }
 
 /// Runs `$VISUAL`, `$EDITOR` or `vi` on `path`.
