@@ -163,17 +163,26 @@ impl Cli {
     }
 }
 
-/// Where the verb is in `argv`: after the program's name and clap's spellings of the
-/// global options (`-q`, `-r`, `-c SOCKET`), which is all that comes before it.
+/// `--connect=SOCKET` as one word, for clap: a socket named like an option (`-sock`)
+/// or like a verb is then read as the value it is.
+pub fn connect_option(socket: &std::ffi::OsStr) -> OsString {
+    let mut word = OsString::from("--connect=");
+    word.push(socket);
+    word
+}
+
+/// Where the verb is in `argv`: after the program's name and the leading options as
+/// main.rs hands them to clap (`-q`, `-r`, `--connect=SOCKET`), which is all that comes
+/// before it.
 fn verb_at(argv: &[OsString]) -> usize {
-    let mut at = 1;
-    loop {
-        match argv.get(at).and_then(|word| word.to_str()) {
-            Some("-q" | "-r") => at += 1,
-            Some("-c") => at += 2,
-            _ => return at,
-        }
-    }
+    let is_leading_option = |word: &OsString| {
+        word == "-q" || word == "-r" || word.as_encoded_bytes().starts_with(b"--connect=")
+    };
+    1 + argv
+        .iter()
+        .skip(1)
+        .take_while(|word| is_leading_option(word))
+        .count()
 }
 
 /// `argv` with a command's `--help` (in an option's place, anywhere after the verb) as
@@ -1120,7 +1129,11 @@ mod tests {
     #[test]
     fn net_update_takes_arguments_by_name_or_place_in_virshs_order() {
         let parse = |args: &[&str]| {
-            Cli::parse_virsh(["kvnet", "-c", "/x.sock", "net-update"].iter().chain(args))
+            Cli::parse_virsh(
+                ["kvnet", "--connect=/x.sock", "net-update"]
+                    .iter()
+                    .chain(args),
+            )
         };
         let Ok(Cli {
             command: Command::NetUpdate(args),

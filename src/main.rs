@@ -71,7 +71,7 @@ enum Leading {
     Help,
     /// A version printed, or an option refused: nothing else runs.
     Done(bool),
-    /// Run `words` with `globals` (`-q`, `-r`, `-c SOCKET` in clap's spellings, which
+    /// Run `words` with `globals` (`-q`, `-r`, `--connect=SOCKET` as clap is given them, which
     /// every command of a string gets) and, with `-t`, each command's time after it.
     Run {
         globals: Vec<OsString>,
@@ -232,7 +232,7 @@ fn read_leading_options(args: &[OsString]) -> Leading {
         globals.push("-r".into());
     }
     if let Some(uri) = connection {
-        globals.extend([OsString::from("-c"), uri]);
+        globals.push(cli::connect_option(&uri));
     }
     Leading::Run {
         globals,

@@ -760,15 +760,23 @@ fn an_invalid_edit_changes_nothing() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("run script");
-        // Kept open until kvnet ends: at the end of its input, script waits 2 s for a
-        // terminal in raw mode to read what it was sent.
+        // Keys typed once the question is asked, as a user types them (before, the
+        // terminal would still take Ctrl-C for a signal). The keyboard is kept until
+        // kvnet ends: at the end of its input, script waits 2 s for a terminal in raw
+        // mode to read what it was sent.
         let mut keyboard = run.stdin.take().expect("stdin");
+        let mut screen = run.stdout.take().expect("stdout");
+        let mut shown = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&shown).contains("Try again? [y,n,f,?]: ") {
+            let read = std::io::Read::read(&mut screen, &mut chunk).expect("read");
+            assert_ne!(read, 0, "no question: {}", String::from_utf8_lossy(&shown));
+            shown.extend_from_slice(&chunk[..read]);
+        }
         std::io::Write::write_all(&mut keyboard, keys).expect("keys");
+        std::io::Read::read_to_end(&mut screen, &mut shown).expect("read");
         let status = run.wait().expect("wait");
-        let mut shown = String::new();
-        std::io::Read::read_to_string(&mut run.stdout.take().expect("stdout"), &mut shown)
-            .expect("read");
-        (status.code(), shown)
+        (status.code(), String::from_utf8_lossy(&shown).into_owned())
     };
     let before = daemon.config_snapshot();
     let (status, shown) = on_terminal("sed -i 's/<name>default/<name>de\\/fault/'", b"\x03?n");

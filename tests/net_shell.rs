@@ -889,3 +889,33 @@ fn unwritable_output_fails_the_command_without_a_panic() {
         assert_ne!(out.status.code(), Some(101), "{args:?} panicked");
     }
 }
+
+/// `-c`'s value is the socket whatever it looks like, as virsh's getopt reads it: a
+/// word like an option or like a verb.
+#[test]
+fn a_socket_named_like_an_option_or_a_verb_is_still_the_socket() {
+    // The sockets named are relative to `/`, where none of them is.
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvnet"))
+            .args(args)
+            .current_dir("/")
+            .output()
+            .expect("run kvnet");
+        text(&out.stderr).to_owned()
+    };
+    for (args, socket) in [
+        (&["-c", "-sock", "uri"][..], "-sock"),
+        (&["--connect=-q", "uri"], "-q"),
+        (&["-q", "-c", "net-list", "net-list"], "net-list"),
+    ] {
+        let stderr = run(args);
+        assert!(
+            stderr.starts_with(&format!("error: cannot connect to kvnetd at {socket}:")),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(
+        run(&["-c", "net-list", "net-info"]),
+        "error: command 'net-info' requires <network> option\n"
+    );
+}

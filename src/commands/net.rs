@@ -415,12 +415,13 @@ fn ask_reedit(failure: &Failure, question: &str) -> Result<Reedit, Failure> {
     }
     let failed = |e: std::io::Error| Failure::msg(format!("cannot ask whether to edit again: {e}"));
     let mut stdout = std::io::stdout();
+    let keys = Keys::raw(&stdin).map_err(failed)?;
     let answer = loop {
         // `\r`: after a key that is no answer, the question is written over itself.
         write!(stdout, "\r{question} Try again? [y,n,f,?]: ")
             .and_then(|()| stdout.flush())
             .map_err(failed)?;
-        let Some(key) = read_key(&stdin).map_err(failed)? else {
+        let Some(key) = keys.read().map_err(failed)? else {
             break Reedit::GaveUp;
         };
         match key.to_ascii_lowercase() {
@@ -438,29 +439,54 @@ fn ask_reedit(failure: &Failure, question: &str) -> Result<Reedit, Failure> {
             _ => {}
         }
     };
+    drop(keys);
     writeln!(stdout).map_err(failed)?;
     Ok(answer)
 }
 
-/// One key from the terminal on `stdin`, read as soon as it is typed and not echoed
-/// (virsh's `vshTTYMakeRaw`); `None` at the end of input. Keys typed ahead are kept.
-fn read_key(stdin: &std::io::Stdin) -> std::io::Result<Option<u8>> {
-    use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
-    let as_terminal = tcgetattr(stdin)?;
-    let mut raw = as_terminal.clone();
-    cfmakeraw(&mut raw);
-    tcsetattr(stdin, SetArg::TCSANOW, &raw)?;
-    let mut key = [0u8];
-    // Straight from the descriptor: stdin's buffer would keep keys typed ahead from
-    // the interactive terminal's next line.
-    let read = loop {
-        match nix::unistd::read(stdin, &mut key) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            read => break read,
+/// The terminal on stdin taking keys as they are typed, unechoed, Ctrl-C a key too
+/// (virsh's `vshTTYMakeRaw`), until dropped. Output is still processed (`\n` is a new
+/// line), and keys typed ahead are kept.
+struct Keys<'a> {
+    stdin: &'a std::io::Stdin,
+    as_it_was: nix::sys::termios::Termios,
+}
+
+impl<'a> Keys<'a> {
+    fn raw(stdin: &'a std::io::Stdin) -> std::io::Result<Self> {
+        use nix::sys::termios::{OutputFlags, SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let as_it_was = tcgetattr(stdin)?;
+        let mut raw = as_it_was.clone();
+        cfmakeraw(&mut raw);
+        raw.output_flags |= OutputFlags::OPOST;
+        tcsetattr(stdin, SetArg::TCSANOW, &raw)?;
+        Ok(Keys { stdin, as_it_was })
+    }
+
+    /// The next key; `None` at the end of input. Read from the descriptor itself:
+    /// stdin's buffer would keep keys typed ahead from the interactive terminal.
+    fn read(&self) -> std::io::Result<Option<u8>> {
+        let mut key = [0u8];
+        loop {
+            match nix::unistd::read(self.stdin, &mut key) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                read => return Ok((read? == 1).then_some(key[0])),
+            }
         }
-    };
-    tcsetattr(stdin, SetArg::TCSANOW, &as_terminal)?;
-    Ok((read? == 1).then_some(key[0]))
+    }
+}
+
+impl Drop for Keys<'_> {
+    fn drop(&mut self) {
+        let restored = nix::sys::termios::tcsetattr(
+            self.stdin,
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.as_it_was,
+        );
+        if let Err(e) = restored {
+            tracing::warn!("cannot set the terminal back as it was: {e}");
+        }
+    }
 }
 
 /// Runs `$VISUAL`, `$EDITOR` or `vi` on `path`.
