@@ -62,7 +62,12 @@ pub fn connect_hint(error: &std::io::Error, read_only: bool) -> &'static str {
         std::io::ErrorKind::PermissionDenied => {
             " (the socket is for root and its group; `kvnet -r` reads through the read-only socket beside it)"
         }
-        _ => " (is kvnetd running?)",
+        // No socket, or no daemon behind it.
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            " (is kvnetd running?)"
+        }
+        // A path that is no socket path at all (too long, a NUL in it) says so itself.
+        _ => "",
     }
 }
 
@@ -764,6 +769,18 @@ fn network_path(network: &str, suffix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// "Is kvnetd running?" only where that is the question: not after an error that
+    /// says what is wrong with the path itself.
+    #[test]
+    fn the_connect_hint_asks_for_a_daemon_only_when_none_answered() {
+        use std::io::{Error, ErrorKind};
+        let hint = |kind| connect_hint(&Error::from(kind), false);
+        assert_eq!(hint(ErrorKind::NotFound), " (is kvnetd running?)");
+        assert_eq!(hint(ErrorKind::ConnectionRefused), " (is kvnetd running?)");
+        assert_eq!(hint(ErrorKind::InvalidInput), "");
+        assert!(hint(ErrorKind::PermissionDenied).contains("kvnet -r"));
+    }
 
     #[test]
     fn answers_are_split_into_status_and_body() {
