@@ -19,6 +19,11 @@ pub struct Failure {
     ran: bool,
 }
 
+/// virsh's first line when `network` (a name or UUID, as given) was not found.
+pub fn failed_to_get(network: &str) -> String {
+    format!("failed to get network '{network}'")
+}
+
 impl Failure {
     /// A failure described by one line.
     pub fn msg(line: impl Into<String>) -> Failure {
@@ -49,7 +54,7 @@ impl Failure {
             Err(failure) => return failure,
         };
         let context = match (api.kind, network) {
-            (ErrorKind::NotFound, Some(network)) => format!("failed to get network '{network}'"),
+            (ErrorKind::NotFound, Some(network)) => failed_to_get(network),
             _ => context.into(),
         };
         Failure::two(context, reason(&api, NETWORK_NOT_FOUND))
@@ -58,11 +63,7 @@ impl Failure {
     /// virsh's failed lookup of `network`, by the name or UUID given
     /// (`virshCommandOptNetwork`).
     pub fn lookup(network: &str, error: client::Error) -> Failure {
-        Failure::call(
-            format!("failed to get network '{network}'"),
-            Some(network),
-            error,
-        )
+        Failure::call(failed_to_get(network), Some(network), error)
     }
 
     /// A failed daemon call after which virsh prints no line of its own: only the

@@ -13,7 +13,7 @@ use netd::virsh;
 use netd::xml::{UpdateCommand, UpdateSection};
 
 use super::interrupt::Interrupt;
-use super::{Failure, system_message};
+use super::{Failure, failed_to_get, system_message};
 use crate::cli::{EventArgs, ListArgs, UpdateArgs};
 use crate::output;
 
@@ -264,12 +264,12 @@ pub fn name(client: &Client, uuid: &str, json: bool, quiet: bool) -> Result<Stri
         .ok()
         .filter(|_| uuid.len() == uuid::fmt::Hyphenated::LENGTH);
     let Some(parsed) = parsed else {
-        return Err(Failure::msg(format!("failed to get network '{uuid}'")));
+        return Err(Failure::msg(failed_to_get(uuid)));
     };
     // libvirt names the UUID as it formats one: lower case.
     let missing = || {
         Failure::two(
-            format!("failed to get network '{uuid}'"),
+            failed_to_get(uuid),
             format!("Network not found: no network with matching uuid '{parsed}'"),
         )
     };
@@ -277,8 +277,7 @@ pub fn name(client: &Client, uuid: &str, json: bool, quiet: bool) -> Result<Stri
         Err(client::Error::Api(api)) if api.kind == ErrorKind::NotFound => {
             return Err(missing());
         }
-        other => other
-            .map_err(|e| Failure::call(format!("failed to get network '{uuid}'"), Some(uuid), e))?,
+        other => other.map_err(|e| Failure::lookup(uuid, e))?,
     };
     if net.uuid != parsed {
         return Err(missing());
@@ -293,7 +292,7 @@ pub fn name(client: &Client, uuid: &str, json: bool, quiet: bool) -> Result<Stri
 /// virsh's failed lookup of `key` by `field` (`name` or `uuid`).
 fn not_found(key: &str, field: &str) -> Failure {
     Failure::two(
-        format!("failed to get network '{key}'"),
+        failed_to_get(key),
         format!("Network not found: no network with matching {field} '{key}'"),
     )
 }
