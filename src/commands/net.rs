@@ -208,23 +208,28 @@ pub fn dumpxml(
     json: bool,
     quiet: bool,
 ) -> Result<String, Failure> {
-    let failed = |e| Failure::lookup(network, e);
-    if select.xpath == Some("") {
-        // virsh looks the network up, then refuses an empty expression without a word.
-        client.get(network).map_err(failed)?;
-        return Err(Failure::silent());
-    }
-    let xml = client.xml(network, inactive).map_err(failed)?;
-    if json {
-        return Ok(output::json(&serde_json::json!({ "xml": xml })));
-    }
-    print_xml(xml, select, quiet)
+    let xml = client
+        .xml(network, inactive)
+        .map_err(|e| Failure::lookup(network, e))?;
+    print_xml(xml, select, json, quiet)
 }
 
 /// An XML document as `*-dumpxml` prints it: whole, or with `--xpath` only the nodes
 /// EXPR selects, as virsh 9.0 prints them (`crate::xpath`); `--wrap` means nothing
-/// without it.
-pub(super) fn print_xml(xml: String, select: Select, quiet: bool) -> Result<String, Failure> {
+/// without it. With `--json`, the whole document as a string.
+pub(super) fn print_xml(
+    xml: String,
+    select: Select,
+    json: bool,
+    quiet: bool,
+) -> Result<String, Failure> {
+    if select.xpath == Some("") {
+        // virsh refuses an empty expression without a word, once the lookups are done.
+        return Err(Failure::silent());
+    }
+    if json {
+        return Ok(output::json(&serde_json::json!({ "xml": xml })));
+    }
     let Some(expr) = select.xpath else {
         return Ok(output::finish(xml, quiet));
     };

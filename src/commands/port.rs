@@ -82,14 +82,7 @@ pub fn dumpxml(
         // virsh has no line of its own when the XML cannot be had.
         other => Failure::reason_only(other, PORT_NOT_FOUND),
     })?;
-    if select.xpath == Some("") {
-        // As net-dumpxml: the lookups first, then an empty expression fails without a word.
-        return Err(Failure::silent());
-    }
-    if json {
-        return Ok(output::json(&serde_json::json!({ "xml": xml })));
-    }
-    print_xml(xml, select, quiet)
+    print_xml(xml, select, json, quiet)
 }
 
 /// `net-port-delete`: the port and its tap go (a VMM using the tap loses its link).
