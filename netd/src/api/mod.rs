@@ -7,6 +7,7 @@ pub mod client;
 pub mod error;
 pub mod server;
 pub mod types;
+mod write_deadline;
 
 pub use error::{ApiError, ErrorKind};
 

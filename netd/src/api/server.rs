@@ -36,6 +36,7 @@ use super::types::{
     NetworkSummary, PortSummary, TAP_UPGRADE, UpdateRequest, UpdateResponse, XmlRequest,
     XmlResponse,
 };
+use super::write_deadline::WriteDeadline;
 use crate::events::{self, Lifecycle, Received, Subscription};
 use crate::fdpass;
 use crate::manager::{self, Manager};
@@ -75,7 +76,13 @@ struct Peer {
 impl Peer {
     /// The credentials `stream`'s client connected with.
     fn of(stream: &UnixStream, read_only: bool) -> Peer {
-        let connection = stream.as_fd().try_clone_to_owned().ok().map(Arc::new);
+        // A read-only connection creates no port: it needs no duplicate, and its clients,
+        // whom the limits let hold most connections, take one descriptor each, not two.
+        let connection = if read_only {
+            None
+        } else {
+            stream.as_fd().try_clone_to_owned().ok().map(Arc::new)
+        };
         // A peer whose groups cannot be read (Linux before 4.13) has only its primary one.
         let groups = fdpass::peer_groups(stream.as_fd())
             .inspect_err(|e| tracing::debug!(error = %e, "cannot read an API client's groups"))
@@ -248,6 +255,7 @@ pub async fn serve(
     let readers = Arc::new(ReaderConnections::default());
     let mut all_taken_logged: Option<Instant> = None;
     let mut user_full_logged: Option<Instant> = None;
+    let mut accept_failed_logged: Option<Instant> = None;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (accepted, read_only) = tokio::select! {
@@ -296,7 +304,10 @@ pub async fn serve(
             }
             Err(e) => {
                 // Out of descriptors or memory: try again once some are freed.
-                tracing::warn!(error = %e, "cannot accept an API connection");
+                if accept_failed_logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                    tracing::warn!(error = %e, "cannot accept an API connection");
+                    accept_failed_logged = Some(Instant::now());
+                }
                 tokio::time::sleep(ACCEPT_RETRY).await;
             }
         }
@@ -378,7 +389,10 @@ fn serve_connection(
             .max_header_size(MAX_HEADER_BYTES)
             .max_buf_size(MAX_READ_BUFFER);
         let connection = http
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+            .serve_connection(
+                TokioIo::new(WriteDeadline::new(stream, WRITE_TIMEOUT)),
+                TowerToHyperService::new(service),
+            )
             .with_upgrades();
         let mut connection = std::pin::pin!(connection);
         let served = tokio::select! {
@@ -457,6 +471,9 @@ const MAX_READ_BUFFER: usize = 64 * 1024;
 
 /// How long a client has to send a request's body once its headers arrived.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may read nothing of its answer before its connection is closed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The pause after a failed `accept` (out of descriptors) before the next one.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
