@@ -5,7 +5,7 @@
 //! new port's tap over the connection itself ([`TAP_UPGRADE`]).
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +56,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The socket's directory lets other users replace what is in it.
+    #[error(
+        "refusing to bind socket {socket}: other users may replace files in {dir} \
+         (it must belong to root or to kvnetd's user, and be writable only by its owner \
+         or have the sticky bit, as /run and /tmp have)"
+    )]
+    UnsafeDirectory { socket: PathBuf, dir: PathBuf },
+    /// Something other than a socket (an earlier daemon's) is at the socket's path.
+    #[error("refusing to bind socket {0}: a file that is not a socket is there")]
+    NotASocket(PathBuf),
 }
 
 /// Who is on the other end of a connection (SO_PEERCRED, SO_PEERGROUPS), and the
@@ -223,11 +233,14 @@ pub async fn serve(
         Some(bind(&read_only_socket, 0o666)?)
     } else {
         // One an earlier daemon left would let every user in, and this one not serve it.
-        match std::fs::remove_file(&read_only_socket) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(socket = %read_only_socket.display(), "cannot remove the read-only socket of an earlier daemon: {e}")
-            }
-            _ => {}
+        // Only a socket: a file of that name is someone else's.
+        let earlier = std::fs::symlink_metadata(&read_only_socket)
+            .is_ok_and(|meta| meta.file_type().is_socket());
+        if let Err(e) = earlier
+            .then(|| std::fs::remove_file(&read_only_socket))
+            .transpose()
+        {
+            tracing::warn!(socket = %read_only_socket.display(), "cannot remove the read-only socket of an earlier daemon: {e}")
         }
         None
     };
@@ -350,8 +363,21 @@ fn bind(socket: &Path, mode: u32) -> Result<UnixListener, Error> {
             source,
         }
     };
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(err("creating the directory of"))?;
+    let dir = socket_directory(socket);
+    std::fs::create_dir_all(dir).map_err(err("creating the directory of"))?;
+    let dir_meta = std::fs::metadata(dir).map_err(err("inspecting the directory of"))?;
+    if !is_safe_socket_directory(&dir_meta, nix::unistd::geteuid().as_raw()) {
+        return Err(Error::UnsafeDirectory {
+            socket: socket.to_owned(),
+            dir: dir.to_owned(),
+        });
+    }
+    // A stale socket is replaced; anything else there is someone's file.
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if !meta.file_type().is_socket() && !meta.file_type().is_symlink() => {
+            return Err(Error::NotASocket(socket.to_owned()));
+        }
+        _ => {}
     }
     remove_stale_staging(socket).map_err(err("removing stale staging files of"))?;
     let staging = staging_path(socket);
@@ -364,6 +390,16 @@ fn bind(socket: &Path, mode: u32) -> Result<UnixListener, Error> {
         return Err(e);
     }
     Ok(listener)
+}
+
+/// Whether a directory with `meta` keeps other users from replacing the socket, or its
+/// staging name, between its bind, chmod and rename (a symlink there would take the
+/// mode elsewhere), and from putting a socket of their own in its place afterwards.
+fn is_safe_socket_directory(meta: &std::fs::Metadata, euid: u32) -> bool {
+    let owner_trusted = meta.uid() == 0 || meta.uid() == euid;
+    let writable_by_others = meta.mode() & 0o022 != 0;
+    let sticky = meta.mode() & 0o1000 != 0;
+    owner_trusted && (!writable_by_others || sticky)
 }
 
 /// Serves one connection in a task of its own until the client closes it, it breaks a
@@ -497,11 +533,16 @@ fn staging_prefix(socket: &Path) -> String {
 
 /// Removes the staging files of daemons that died between binding and renaming (their
 /// pid is gone), and this process's own.
-fn remove_stale_staging(socket: &Path) -> std::io::Result<()> {
-    let dir = match socket.parent() {
+/// The directory `socket` is in (`.` for a bare name).
+fn socket_directory(socket: &Path) -> &Path {
+    match socket.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
-    };
+    }
+}
+
+fn remove_stale_staging(socket: &Path) -> std::io::Result<()> {
+    let dir = socket_directory(socket);
     let prefix = staging_prefix(socket);
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -1150,6 +1191,55 @@ fn lifecycle_event(event: events::Event) -> LifecycleEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a directory no other user can replace files in holds the socket.
+    #[test]
+    fn the_socket_directory_must_keep_other_users_out() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let me = nix::unistd::geteuid().as_raw();
+        let safe = |mode: u32| {
+            std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+            let meta = std::fs::metadata(root.path()).expect("stat");
+            is_safe_socket_directory(&meta, me)
+        };
+        assert!(safe(0o755));
+        assert!(safe(0o700));
+        assert!(safe(0o1777), "sticky, as /tmp");
+        assert!(!safe(0o777));
+        assert!(!safe(0o775));
+        assert!(safe(0o755));
+        let meta = std::fs::metadata(root.path()).expect("stat");
+        if me == 0 {
+            // Owned by root, whose directories every daemon trusts.
+            assert!(is_safe_socket_directory(&meta, 4242));
+        } else {
+            assert!(!is_safe_socket_directory(&meta, me + 1));
+        }
+    }
+
+    /// A stale socket is replaced; a file of another kind is refused and kept.
+    #[tokio::test]
+    async fn only_a_socket_is_replaced_at_the_socket_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("kvnetd.sock");
+        drop(bind(&socket, 0o660).expect("first bind"));
+        drop(bind(&socket, 0o660).expect("a stale socket is replaced"));
+        std::fs::remove_file(&socket).expect("remove");
+        std::fs::write(&socket, "notes").expect("a file");
+        let refused = bind(&socket, 0o660).expect_err("a file is no socket");
+        assert!(matches!(refused, Error::NotASocket(_)), "{refused}");
+        assert_eq!(std::fs::read_to_string(&socket).expect("kept"), "notes");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let refused = bind(&dir.path().join("other.sock"), 0o660).expect_err("unsafe dir");
+        assert!(
+            refused
+                .to_string()
+                .contains("other users may replace files in"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn changes_need_root_owner_or_socket_group() {
