@@ -122,6 +122,16 @@ fn the_read_only_socket_lets_anyone_read_and_nobody_change() {
         other => panic!("a stop through the read-only socket: {other:?}"),
     }
     assert_eq!(daemon.bridges(), ["virbr0"]);
+    // HEAD reads as GET does.
+    let mut stream = std::os::unix::net::UnixStream::connect(&read_only).expect("connect");
+    std::io::Write::write_all(
+        &mut stream,
+        b"HEAD /v1/networks HTTP/1.1\r\nhost: kvnetd\r\nconnection: close\r\n\r\n",
+    )
+    .expect("ask");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // Turned off, there is none, not even the one the daemon before left.
     let mut daemon = daemon;

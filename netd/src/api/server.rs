@@ -731,13 +731,15 @@ async fn authorize(
     next: Next,
 ) -> Result<Response, ApiError> {
     tracing::debug!(method = %request.method(), path = %request.uri().path(), uid = peer.uid, "request");
-    if request.method() != Method::GET && peer.read_only {
+    // HEAD is a GET without the body (axum answers it with the GET route).
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    if !reads && peer.read_only {
         return Err(ApiError::new(
             ErrorKind::OperationForbidden,
             "read only access prevents changes: connected through the read-only socket",
         ));
     }
-    if request.method() != Method::GET && !may_change(&peer, state.socket_gid) {
+    if !reads && !may_change(&peer, state.socket_gid) {
         return Err(ApiError::new(
             ErrorKind::PermissionDenied,
             format!(
