@@ -1076,8 +1076,15 @@ impl Manager {
                 .set_up_at(index, bridge)
                 .await
                 .map_err(|e| failed_step(def, format!("bringing {bridge} up"), e))?;
-            // They go with the bridge, on destroy as on a failed start.
-            for route in &def.routes {
+            // They go with the bridge, on destroy as on a failed start. A route written
+            // twice is added once (the kernel refuses the second as existing).
+            for (at, route) in def.routes.iter().enumerate() {
+                if def.routes[..at]
+                    .iter()
+                    .any(|earlier| earlier.is_same_route(route))
+                {
+                    continue;
+                }
                 self.add_static_route(bridge, route)
                     .await
                     .map_err(|e| failed_step(def, format!("adding the route to {route}"), e))?;

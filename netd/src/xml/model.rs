@@ -109,6 +109,14 @@ impl RouteDef {
     pub fn destination(&self) -> Option<IpNet> {
         IpNet::new(self.address, self.prefix_len()?).ok()
     }
+
+    /// Whether `other` is the same route in the kernel, however either is written
+    /// (netmask or prefix, metric 1 or none).
+    pub fn is_same_route(&self, other: &RouteDef) -> bool {
+        self.destination() == other.destination()
+            && self.gateway == other.gateway
+            && self.metric.unwrap_or(1) == other.metric.unwrap_or(1)
+    }
 }
 
 /// `10.159.0.0/16 via 10.59.0.2`, as `ip route` shows it.
