@@ -447,9 +447,7 @@ impl Engine {
             message.set_flags(request.flags().set_broadcast());
         }
         let (to, hardware) = destination(request, kind, ciaddr, yiaddr);
-        // Written as dhcproto cannot: the Client FQDN answer (dhcproto's encoder takes
-        // ASCII names for wire format), and the relay's option as it was sent, last,
-        // where the relay looks for it (RFC 3046 2.2).
+        // The Client FQDN answer, to a client that sent option 81.
         let mut fqdn = None;
         if kind != MessageType::Nak
             && let (Some(asked), Some(hostname)) =
@@ -457,47 +455,20 @@ impl Engine {
         {
             fqdn = fqdn_answer(asked, hostname, config.domain.as_deref());
         }
-        let relay_info = raw_option(request, OptionCode::RelayAgentInformation);
+        let fitting = Fitting {
+            empty_options,
+            fqdn,
+            relay_info: raw_option(request, OptionCode::RelayAgentInformation),
+        };
         // Options the client can do without go first, as dnsmasq leaves out what does
         // not fit.
-        let limit = size_limit(request);
-        let mut droppable = droppable_options(&message, request, config).into_iter();
-        let mut bytes = loop {
-            let mut bytes = Vec::with_capacity(MIN_REPLY_LEN);
-            if let Err(e) = message.encode(&mut Encoder::new(&mut bytes)) {
-                tracing::error!(network = %config.network, error = %e, "cannot encode DHCP reply");
-                return None;
-            }
-            let mut raw: Vec<(u8, Vec<u8>)> = empty_options
-                .iter()
-                .map(|&code| (code, Vec::new()))
-                .collect();
-            if let Some(answer) = &fqdn {
-                raw.push((OPTION_CLIENT_FQDN, answer.clone()));
-            }
-            if let Some(relay_info) = relay_info {
-                raw.push((OPTION_RELAY_AGENT_INFORMATION, relay_info.to_vec()));
-            }
-            append_raw_options(&mut bytes, &raw);
-            if bytes.len() <= limit {
-                break bytes;
-            }
-            // Options without data first (`dhcp-option=` lines without a value).
-            if empty_options.pop().is_some() {
-                continue;
-            }
-            match droppable.next() {
-                // The FQDN answer, the largest of them, first.
-                Some(OptionCode::ClientFQDN) if fqdn.is_some() => fqdn = None,
-                Some(code) => {
-                    message.opts_mut().remove(code);
-                }
-                None => {
-                    tracing::debug!(network = %config.network, len = bytes.len(), limit, "DHCP reply larger than the client takes, with nothing left to leave out");
-                    break bytes;
-                }
-            }
-        };
+        let droppable = droppable_options(&message, request, config);
+        let mut bytes = fitting.encode_to_fit(
+            &mut message,
+            size_limit(request),
+            droppable,
+            &config.network,
+        )?;
         message_type_first(&mut bytes);
         if bytes.len() < MIN_REPLY_LEN {
             bytes.resize(MIN_REPLY_LEN, 0);
@@ -508,6 +479,118 @@ impl Engine {
             needs_commit: false,
             hardware,
         })
+    }
+}
+
+/// The parts of a reply dhcproto cannot write, appended raw after its options.
+struct Fitting<'a> {
+    /// `dhcp-option=` lines without a value: sent empty.
+    empty_options: Vec<u8>,
+    /// The Client FQDN answer (dhcproto's encoder takes ASCII names for wire format).
+    fqdn: Option<Vec<u8>>,
+    /// The relay's option as it was sent, last, where the relay looks for it (RFC 3046
+    /// 2.2).
+    relay_info: Option<&'a [u8]>,
+}
+
+/// An option a reply left out to fit, kept to be put back if room is left.
+enum LeftOut {
+    Empty(u8),
+    Fqdn(Vec<u8>),
+    Option(DhcpOption),
+}
+
+/// How to take out again an option put back that did not fit after all.
+enum Undo {
+    PopEmpty,
+    DropFqdn,
+    Remove(OptionCode),
+}
+
+impl Fitting<'_> {
+    fn encode(&self, message: &Message, network: &str) -> Option<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(MIN_REPLY_LEN);
+        if let Err(e) = message.encode(&mut Encoder::new(&mut bytes)) {
+            tracing::error!(%network, error = %e, "cannot encode DHCP reply");
+            return None;
+        }
+        let mut raw: Vec<(u8, Vec<u8>)> = self
+            .empty_options
+            .iter()
+            .map(|&code| (code, Vec::new()))
+            .collect();
+        if let Some(answer) = &self.fqdn {
+            raw.push((OPTION_CLIENT_FQDN, answer.clone()));
+        }
+        if let Some(relay_info) = self.relay_info {
+            raw.push((OPTION_RELAY_AGENT_INFORMATION, relay_info.to_vec()));
+        }
+        append_raw_options(&mut bytes, &raw);
+        Some(bytes)
+    }
+
+    /// `message` with the raw parts, encoded within `limit` bytes: options without data
+    /// are left out first, then those `droppable` names, in its order, until it fits.
+    /// Then each one left out goes back, the last left out first, where it still fits:
+    /// leaving out a large option may have made room for smaller ones left out before
+    /// it (dnsmasq adds each option that still fits).
+    fn encode_to_fit(
+        mut self,
+        message: &mut Message,
+        limit: usize,
+        droppable: Vec<OptionCode>,
+        network: &str,
+    ) -> Option<Vec<u8>> {
+        let mut droppable = droppable.into_iter();
+        let mut left_out = Vec::new();
+        let mut bytes = loop {
+            let bytes = self.encode(message, network)?;
+            if bytes.len() <= limit {
+                break bytes;
+            }
+            if let Some(code) = self.empty_options.pop() {
+                left_out.push(LeftOut::Empty(code));
+                continue;
+            }
+            match droppable.next() {
+                Some(OptionCode::ClientFQDN) if self.fqdn.is_some() => {
+                    left_out.extend(self.fqdn.take().map(LeftOut::Fqdn));
+                }
+                Some(code) => left_out.extend(message.opts_mut().remove(code).map(LeftOut::Option)),
+                None => {
+                    tracing::debug!(%network, len = bytes.len(), limit, "DHCP reply larger than the client takes, with nothing left to leave out");
+                    return Some(bytes);
+                }
+            }
+        };
+        for item in left_out.into_iter().rev() {
+            let undo = match item {
+                LeftOut::Empty(code) => {
+                    self.empty_options.push(code);
+                    Undo::PopEmpty
+                }
+                LeftOut::Fqdn(answer) => {
+                    self.fqdn = Some(answer);
+                    Undo::DropFqdn
+                }
+                LeftOut::Option(option) => {
+                    let code = OptionCode::from(&option);
+                    message.opts_mut().insert(option);
+                    Undo::Remove(code)
+                }
+            };
+            let tried = self.encode(message, network)?;
+            if tried.len() <= limit {
+                bytes = tried;
+                continue;
+            }
+            match undo {
+                Undo::PopEmpty => drop(self.empty_options.pop()),
+                Undo::DropFqdn => self.fqdn = None,
+                Undo::Remove(code) => drop(message.opts_mut().remove(code)),
+            }
+        }
+        Some(bytes)
     }
 }
 
@@ -2165,6 +2248,41 @@ mod tests {
         let codes: Vec<u8> = reply_options(&reply).iter().map(|(c, _)| *c).collect();
         assert!(!codes.contains(&66), "{codes:?}");
         for kept in [1, 3, 6, 15, 42, 119] {
+            assert!(codes.contains(&kept), "{kept} left out: {codes:?}");
+        }
+    }
+
+    /// A large option left out makes room for the small ones left out before it: they
+    /// go back where they fit, as dnsmasq adds each option that still fits. (A
+    /// network with many classless routes lost its domain, broadcast and hostname.)
+    #[test]
+    fn what_still_fits_goes_back_once_a_large_option_is_left_out() {
+        let domains = (0..3)
+            .map(|n| format!("{}{n}.lab.example.test", "d".repeat(12)))
+            .collect();
+        let ntp = vec![
+            SERVER,
+            Ipv4Addr::new(192, 168, 77, 2),
+            Ipv4Addr::new(10, 0, 0, 3),
+        ];
+        let config = configured(&[
+            (121, DhcpOptionValue::Bytes(vec![0x18; 300]), false),
+            (119, DhcpOptionValue::Domains(domains), false),
+            (42, DhcpOptionValue::Addresses(ntp), false),
+        ]);
+        // dhclient's default request list.
+        let asked = [1, 28, 2, 3, 15, 6, 119, 12, 44, 47, 26, 121, 42];
+        let mut engine = Engine::new(config);
+        let reply = engine
+            .handle(
+                &raw_discover([0x52, 0x54, 0, 0, 0, 0x79], &[(55, &asked), (12, b"dhc")]),
+                NOW,
+            )
+            .expect("offer");
+        assert!(reply.bytes.len() <= 576 - 28, "{}", reply.bytes.len());
+        let codes: Vec<u8> = reply_options(&reply).iter().map(|(c, _)| *c).collect();
+        assert!(!codes.contains(&121), "it cannot fit: {codes:?}");
+        for kept in [1, 3, 6, 12, 15, 26, 28, 42, 119] {
             assert!(codes.contains(&kept), "{kept} left out: {codes:?}");
         }
     }
