@@ -2287,6 +2287,38 @@ mod tests {
         }
     }
 
+    /// A reservation renamed by net-update renames its guest's lease at once (DNS and
+    /// net-dhcp-leases), not at the next renewal; a name it no longer gives falls back
+    /// to the one the guest gave.
+    #[test]
+    fn a_renamed_reservation_renames_its_lease_at_once() {
+        let mut engine = Engine::new(config());
+        let (_, ack) = request_offered(&mut engine, RESERVED_MAC, &[(12, b"own1")], &[]);
+        assert_eq!(kind(&ack), MessageType::Ack);
+        let fixed = Ipv4Addr::new(192, 168, 77, 50);
+        let names = |engine: &Engine| engine.dns_names(NOW);
+        assert_eq!(names(&engine), [(fixed, "vm-fixed".to_owned())]);
+        let with_name = |name: Option<&str>| {
+            let mut config = config();
+            config.hosts[0].name = name.map(str::to_owned);
+            config
+        };
+        engine.update(with_name(Some("renamed")));
+        assert_eq!(names(&engine), [(fixed, "renamed".to_owned())]);
+        engine.update(with_name(None));
+        assert_eq!(names(&engine), [(fixed, "own1".to_owned())]);
+        // Another guest's reservation changing leaves this lease alone.
+        let mut config = with_name(None);
+        config.hosts.push(DhcpHostConfig {
+            mac: Some([0x52, 0x54, 0, 0, 0, 0x99]),
+            ip: Ipv4Addr::new(192, 168, 77, 51),
+            name: Some("other".into()),
+            lease: None,
+        });
+        engine.update(config);
+        assert_eq!(names(&engine), [(fixed, "own1".to_owned())]);
+    }
+
     /// dnsmasq returns the client's own name when it asks for option 12; a reserved
     /// name is sent whether asked for or not.
     #[test]

@@ -377,6 +377,11 @@ impl LeaseDb {
             .sum();
         self.cursor = 0;
         self.exhausted_until = None;
+        let previous_names: HashMap<[u8; 6], Option<Box<str>>> = self
+            .reservations
+            .iter()
+            .map(|(mac, reservation)| (*mac, reservation.name.clone()))
+            .collect();
         self.reservations.clear();
         self.name_reservations.clear();
         self.reserved_ips.clear();
@@ -403,6 +408,7 @@ impl LeaseDb {
                 (None, None) => {}
             }
         }
+        self.rename_reserved_leases(&previous_names);
         // An offer on an address now reserved or out of the pool would be handed over
         // as is by the takeover in `allocate`; bound leases stay until their renewal is
         // refused.
@@ -795,6 +801,50 @@ impl LeaseDb {
         self.put_bound(client.clone(), ip, hostname, expiry);
         self.journal_bind(ip);
         Some(secs)
+    }
+
+    /// After a reservation's name changed (`previous_names` were the MAC reservations'
+    /// names before): its guest's lease goes by the new one at once, in DNS and
+    /// `net-dhcp-leases`, as dnsmasq's leases do when it reloads its hosts, not at the
+    /// guest's next renewal. A name the reservation gave and no longer gives falls back
+    /// to the guest's own, where it may have it.
+    fn rename_reserved_leases(&mut self, previous_names: &HashMap<[u8; 6], Option<Box<str>>>) {
+        let same = |a: Option<&str>, b: Option<&str>| match (a, b) {
+            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        let renames: Vec<(Ipv4Addr, Option<Box<str>>)> = self
+            .by_ip
+            .iter()
+            .filter(|(_, lease)| lease.state == LeaseState::Bound)
+            .filter_map(|(&ip, lease)| {
+                let mac = lease.client.mac;
+                let was = previous_names.get(&mac).cloned().flatten();
+                let reserved = self.reservations.get(&mac).and_then(|r| r.name.clone());
+                if same(was.as_deref(), reserved.as_deref()) {
+                    return None;
+                }
+                let name = match reserved {
+                    Some(name) => Some(name),
+                    None if was.is_some() && same(was.as_deref(), lease.hostname.as_deref()) => {
+                        lease
+                            .client
+                            .name
+                            .clone()
+                            .filter(|own| self.may_go_by(&lease.client, own))
+                    }
+                    None => return None,
+                };
+                (!same(name.as_deref(), lease.hostname.as_deref())).then_some((ip, name))
+            })
+            .collect();
+        for (ip, name) in renames {
+            if let Some(lease) = self.by_ip.get(&ip) {
+                let (client, expiry) = (lease.client.clone(), lease.expiry);
+                self.put_bound(client, ip, name, expiry);
+                self.journal_bind(ip);
+            }
+        }
     }
 
     /// Makes `client` the bound holder of `ip`, dropping whatever held `ip`. A name goes
