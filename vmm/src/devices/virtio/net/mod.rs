@@ -256,6 +256,18 @@ pub enum NetConfigError {
     /// Opening the tap failed.
     #[error("cannot open the tap for --net")]
     Tap(#[source] tap::TapError),
+    /// An existing tap made for a guest MAC its own MAC does not tell in full.
+    #[error(
+        "tap {tap} was made for a guest MAC whose first byte its own ({tap_mac}) hides: give the guest's as --net mac=xx:{rest}"
+    )]
+    GuestMacUnknown {
+        /// The tap.
+        tap: String,
+        /// Its MAC, `fe` first.
+        tap_mac: MacAddr,
+        /// The guest MAC's last five bytes, as they are in the tap's.
+        rest: String,
+    },
     /// `mtu=` offers the guest more than its tap carries.
     #[error(
         "--net mtu={mtu} is larger than the MTU of tap {tap} ({tap_mtu}): the guest's larger frames would be dropped; raise the tap's MTU, or give mtu={tap_mtu} or less"
@@ -466,7 +478,7 @@ impl NetSpec {
         let mut config = self.config();
         let (tap, lease) = self.open_backend(&config, owner)?;
         if self.mac.is_none()
-            && let Some(mac) = self.guest_mac_of(&tap)
+            && let Some(mac) = self.guest_mac_of(&tap)?
         {
             config.mac = mac;
         }
@@ -479,9 +491,11 @@ impl NetSpec {
 
     /// The guest MAC an existing tap was made for: libvirt and kvnetd give a guest's tap
     /// the guest's MAC with `fe` first (so that the bridge never takes the guest's
-    /// address), and a guest's is QEMU's 52:54:00 one. A persistent port's tap then
-    /// gives its guest the MAC its DHCP reservation or pinning knows.
-    fn guest_mac_of(&self, tap: &Tap) -> Option<MacAddr> {
+    /// address). A persistent port's tap then gives its guest the MAC its DHCP
+    /// reservation or pinning knows. Only QEMU's `52:54:00` prefix can be told back from
+    /// `fe:54:00`: for any other, the first byte is lost, and guessing it would give the
+    /// guest a MAC its reservation and its port's pinning do not know.
+    fn guest_mac_of(&self, tap: &Tap) -> Result<Option<MacAddr>, NetConfigError> {
         let existing = match self.tap {
             TapSource::Fd(_) => true,
             TapSource::Name(_) => tap.is_persistent(),
@@ -489,23 +503,32 @@ impl NetSpec {
             TapSource::Network { .. } => false,
         };
         if !existing {
-            return None;
+            return Ok(None);
         }
         let tap_mac = match tap.mac() {
             Ok(mac) => MacAddr(mac),
             Err(error) => {
                 tracing::debug!(tap = tap.name(), %error, "cannot read the tap's MAC");
-                return None;
+                return Ok(None);
             }
         };
-        let mut guest = tap_mac;
-        if guest.0[0] != 0xfe {
-            return None;
+        match tap_mac.0 {
+            [0xfe, 0x54, 0x00, ..] => {}
+            [0xfe, rest @ ..] => {
+                let rest: Vec<String> = rest.iter().map(|byte| format!("{byte:02x}")).collect();
+                return Err(NetConfigError::GuestMacUnknown {
+                    tap: tap.name().to_owned(),
+                    tap_mac,
+                    rest: rest.join(":"),
+                });
+            }
+            _ => return Ok(None),
         }
+        let mut guest = tap_mac;
         guest.0[0] = 0x52;
         tracing::info!(tap = tap.name(), %tap_mac, mac = %guest,
-            "guest MAC taken from its tap's (fe: for 52:)");
-        Some(guest)
+            "guest MAC taken from its tap's (fe:54:00 for 52:54:00)");
+        Ok(Some(guest))
     }
 
     /// Makes sure the tap carries the `mtu` the guest is offered: a tap the VMM just
@@ -828,7 +851,8 @@ mod tests {
         // follows no convention.
         ns.sh(
             "ip tuntap add dev vnet0 mode tap vnet_hdr && ip link set vnet0 address fe:54:00:de:00:01 \
-             && ip tuntap add dev other0 mode tap vnet_hdr && ip link set other0 address 02:00:00:00:00:07",
+             && ip tuntap add dev other0 mode tap vnet_hdr && ip link set other0 address 02:00:00:00:00:07 \
+             && ip tuntap add dev vnet1 mode tap vnet_hdr && ip link set vnet1 address fe:aa:bb:cc:dd:ee",
         )
         .expect("taps");
         let expected = MacAddr([0x52, 0x54, 0, 0xde, 0, 1]);
@@ -856,6 +880,15 @@ mod tests {
             // A tap the VMM creates has a random MAC of the kernel's.
             let (nic, _tap, _) = open_nic("tap=kvnew").expect("open");
             assert_eq!(&nic.mac.0[..3], &[0x52, 0x54, 0]);
+            // A port made for a MAC outside QEMU's prefix (02:aa:...) hides its first
+            // byte: asked for, not guessed.
+            let error = open_nic("tap=vnet1").expect_err("a guess");
+            assert_eq!(
+                error.to_string(),
+                "tap vnet1 was made for a guest MAC whose first byte its own (fe:aa:bb:cc:dd:ee) hides: give the guest's as --net mac=xx:aa:bb:cc:dd:ee"
+            );
+            let (nic, _tap, _) = open_nic("tap=vnet1,mac=02:aa:bb:cc:dd:ee").expect("open");
+            assert_eq!(nic.mac, MacAddr([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]));
         })
         .expect("run in ns");
     }
