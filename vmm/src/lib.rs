@@ -67,7 +67,9 @@ pub struct Vm {
     /// The NICs' ports on kvnetd networks, given back once the devices have stopped
     /// ([`Vm::run_with_timeout`]), or after they are gone.
     ports: Vec<PortLease>,
-    vm: Arc<VmFd>,
+    /// Held, never handed out: the VM's memory slots point into `memory`, so no VM fd
+    /// may outlive it (`kvm::memory::register_guest_memory`).
+    _vm: Arc<VmFd>,
     memory: GuestMemory,
 }
 
@@ -299,7 +301,7 @@ impl Vm {
             first_run: Arc::new(OnceLock::new()),
             measure_startup: false,
             ports,
-            vm,
+            _vm: vm,
             memory,
         })
     }
@@ -336,11 +338,6 @@ impl Vm {
     /// Guest RAM (for device models that read and write it).
     pub fn guest_memory(&self) -> &GuestMemory {
         &self.memory
-    }
-
-    /// The KVM VM file descriptor.
-    pub fn vm_fd(&self) -> Arc<VmFd> {
-        self.vm.clone()
     }
 
     /// Leaves the NICs' ports to kvnetd instead of giving them back when the VM ends:

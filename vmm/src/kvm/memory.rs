@@ -57,8 +57,10 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemory, MemoryError> {
 
 /// Registers every region of `mem` as a KVM memory slot (slot = region index).
 ///
-/// Sound only while `mem` outlives `vm`'s slots: [`crate::Vm`] owns both, and this is
-/// its only caller (crate-private for that reason).
+/// Sound only while `mem` outlives `vm`'s slots: [`crate::Vm`] owns both and hands out
+/// no VM fd (the clones its interrupt routing and ioeventfds hold create no vCPU that
+/// could run in freed memory), and this is its only caller (crate-private for that
+/// reason).
 pub(crate) fn register_guest_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), MemoryError> {
     for (slot, region) in mem.iter().enumerate() {
         let slot = slot as u32;

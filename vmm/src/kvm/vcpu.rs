@@ -109,6 +109,24 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
     });
 }
 
+/// This thread's kick target while it lives: cleared when dropped, however the vCPU
+/// loop ends (a panic in a device model included), so that a kick that comes later
+/// writes nowhere rather than into a freed kvm_run mapping.
+struct KickTarget;
+
+impl KickTarget {
+    fn set(immediate_exit: *mut u8) -> KickTarget {
+        IMMEDIATE_EXIT.with(|slot| slot.set(immediate_exit));
+        KickTarget
+    }
+}
+
+impl Drop for KickTarget {
+    fn drop(&mut self) {
+        let _ = IMMEDIATE_EXIT.try_with(|slot| slot.set(std::ptr::null_mut()));
+    }
+}
+
 /// Installs the kick handler once per process.
 pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     static INSTALLED: std::sync::OnceLock<Result<(), vmm_sys_util::errno::Error>> =
@@ -258,10 +276,9 @@ impl Vcpu {
     /// `immediate_exit`, so a stop can never be lost between the flag check and KVM_RUN.
     pub fn run_loop(mut self, stop: &AtomicBool, exit: &ExitSignal) -> VcpuExitReason {
         let immediate_exit: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
-        IMMEDIATE_EXIT.with(|slot| slot.set(immediate_exit));
-        let reason = self.run_until_exit(stop, exit);
-        IMMEDIATE_EXIT.with(|slot| slot.set(std::ptr::null_mut()));
-        reason
+        // Dropped before `self` and its kvm_run mapping, on an unwind too.
+        let _kick_target = KickTarget::set(immediate_exit);
+        self.run_until_exit(stop, exit)
     }
 
     fn run_until_exit(&mut self, stop: &AtomicBool, exit: &ExitSignal) -> VcpuExitReason {
@@ -496,6 +513,21 @@ fn segment_from_gdt(entry: u64, index: u16) -> kvm_segment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A vCPU loop that panics (a device model's bug) leaves no kick target behind:
+    /// its kvm_run mapping goes with the unwinding vCPU.
+    #[test]
+    fn the_kick_target_is_cleared_when_the_loop_unwinds() {
+        let mut byte = 0u8;
+        let target: *mut u8 = &mut byte;
+        let unwound = std::panic::catch_unwind(|| {
+            let _kick_target = KickTarget::set(target);
+            assert_eq!(IMMEDIATE_EXIT.with(Cell::get), target);
+            panic!("a device model's bug");
+        });
+        assert!(unwound.is_err());
+        assert!(IMMEDIATE_EXIT.with(Cell::get).is_null());
+    }
 
     #[test]
     fn code64_descriptor_decodes_to_long_mode_segment() {

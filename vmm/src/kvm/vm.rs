@@ -1,7 +1,5 @@
 //! Opening `/dev/kvm`, creating the VM with its in-kernel irqchip and PIT, and GSI routing.
 
-// Reading the unions of the GSI routing entries kvm-bindings defines.
-#![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -309,6 +307,8 @@ fn routing_entries(msi_routes: &BTreeMap<u32, MsiMessage>) -> Vec<kvm_irq_routin
 }
 
 #[cfg(test)]
+// Reading the unions of the GSI routing entries kvm-bindings defines.
+#[allow(unsafe_code)]
 mod tests {
     use super::*;
 
