@@ -477,6 +477,9 @@ impl NetSpec {
     ) -> Result<(NetConfig, Tap, Option<PortLease>), NetConfigError> {
         let mut config = self.config();
         let (tap, lease) = self.open_backend(&config, owner)?;
+        if config.mtu.is_none() && matches!(self.tap, TapSource::Network { .. }) {
+            config.mtu = network_mtu(tap.name(), tap.mtu());
+        }
         if self.mac.is_none()
             && let Some(mac) = self.guest_mac_of(&tap)?
         {
@@ -610,6 +613,21 @@ impl NetSpec {
         NetConfig {
             mac: self.mac.unwrap_or_else(MacAddr::random),
             mtu: self.mtu,
+        }
+    }
+}
+
+/// The MTU a NIC on a network's port offers its guest when `mtu=` gives none: the
+/// port's (the network's `<mtu>`), unless Ethernet's 1500, as libvirt gives QEMU
+/// `host_mtu` for a network with one. Without it the guest would size its receive
+/// buffers for 1500 bytes and the network's larger frames be dropped.
+fn network_mtu(tap: &str, port_mtu: Result<u32, tap::TapError>) -> Option<u16> {
+    match port_mtu {
+        Ok(1500) => None,
+        Ok(mtu) => u16::try_from(mtu).ok().filter(|mtu| *mtu >= 68),
+        Err(error) => {
+            tracing::warn!(tap, %error, "cannot read the port's MTU; the guest is offered none");
+            None
         }
     }
 }
@@ -924,6 +942,14 @@ mod tests {
             assert_eq!(tap.mtu().expect("mtu"), 1500);
         })
         .expect("run in ns");
+    }
+
+    #[test]
+    fn a_network_ports_mtu_is_offered_unless_it_is_ethernets() {
+        assert_eq!(network_mtu("vnet0", Ok(9000)), Some(9000));
+        assert_eq!(network_mtu("vnet0", Ok(1400)), Some(1400));
+        assert_eq!(network_mtu("vnet0", Ok(1500)), None);
+        assert_eq!(network_mtu("vnet0", Ok(70000)), None);
     }
 
     #[test]
