@@ -319,6 +319,31 @@ fn host_resolvers_and_hosts_file_serve_guests_only_on_the_bridge() {
         answer.contains("status: REFUSED") && !answer.contains("10.77.7.7"),
         "the isolated network forwarded to the host's resolver:\n{answer}"
     );
+    // A resolv.conf that cannot be read for a while (a directory in its place here; out
+    // of descriptors in life) leaves the resolvers read before, not none.
+    let aside = daemon.dirs.path().join("resolv.conf.aside");
+    std::fs::rename(&resolv_conf, &aside).expect("set the file aside");
+    std::fs::create_dir(&resolv_conf).expect("a directory in its place");
+    let unreadable = "cannot read it; guests' DNS keeps what was read before";
+    let started = std::time::Instant::now();
+    while !daemon.log().contains(unreadable) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{}",
+            daemon.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let answer = answer_with(
+        fwd_guest,
+        "192.168.131.1",
+        "later.up.test",
+        "status: NOERROR",
+    );
+    assert!(answer.contains("10.77.7.7"), "{answer}\n{}", daemon.log());
+    std::fs::remove_dir(&resolv_conf).expect("the directory");
+    std::fs::rename(&aside, &resolv_conf).expect("the file back");
+
     upstream
         .sh("ip route add 192.168.131.0/24 via 10.98.0.1")
         .expect("route to the bridge's subnet");

@@ -304,7 +304,12 @@ impl Manager {
                 config
                     .hosts_file
                     .as_deref()
-                    .map(dns::HostsFile::read)
+                    .map(|path| {
+                        dns::HostsFile::read(path).unwrap_or_else(|e| {
+                            warn!(path = %path.display(), error = %e, "guests get no names from the hosts file until it can be read");
+                            dns::HostsFile::default()
+                        })
+                    })
                     .unwrap_or_default(),
             ))),
             hosts_file: config.hosts_file,

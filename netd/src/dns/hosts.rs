@@ -92,19 +92,17 @@ impl SharedHosts {
 }
 
 impl HostsFile {
-    /// Reads `path`. A missing file has no entries; one that cannot be read has none
-    /// either, and says so in the log, as dnsmasq goes on without it.
-    pub fn read(path: &Path) -> HostsFile {
+    /// Reads `path`. A missing file has no entries; one that cannot be read is an
+    /// error, for the caller to keep what it read before (at start, nothing: dnsmasq
+    /// goes on without it).
+    pub fn read(path: &Path) -> std::io::Result<HostsFile> {
         if crate::files::is_dev_null(path) {
-            return HostsFile::default();
+            return Ok(HostsFile::default());
         }
         match crate::files::read_regular(path, crate::files::MAX_FILE_BYTES) {
-            Ok(bytes) => HostsFile::parse(path, &String::from_utf8_lossy(&bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HostsFile::default(),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "guests get no names from the hosts file");
-                HostsFile::default()
-            }
+            Ok(bytes) => Ok(HostsFile::parse(path, &String::from_utf8_lossy(&bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HostsFile::default()),
+            Err(e) => Err(e),
         }
     }
 
@@ -232,7 +230,10 @@ mod tests {
 
     #[test]
     fn a_missing_file_has_no_entries() {
-        let hosts = HostsFile::read(Path::new("/nonexistent/kvnet/hosts"));
+        let hosts = HostsFile::read(Path::new("/nonexistent/kvnet/hosts")).expect("no file");
         assert!(hosts.entries.is_empty());
+        // One that cannot be read is no empty file.
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(HostsFile::read(dir.path()).is_err());
     }
 }

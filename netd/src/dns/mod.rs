@@ -184,18 +184,17 @@ pub enum Error {
     },
 }
 
-/// The `nameserver`s of a resolv.conf, on port 53; an unreadable file gives none.
-pub fn host_resolvers(path: &Path) -> Vec<SocketAddr> {
+/// The `nameserver`s of a resolv.conf, on port 53 (`/dev/null`: none). A file that
+/// cannot be read is an error, for the caller to keep what it read before: a moment
+/// out of descriptors must not leave the guests without resolvers.
+pub fn host_resolvers(path: &Path) -> std::io::Result<Vec<SocketAddr>> {
     if crate::files::is_dev_null(path) {
-        return Vec::new();
+        return Ok(Vec::new());
     }
-    match crate::files::read_text(path) {
-        Ok(text) => parse_resolv_conf(&text, |name| nix::net::if_::if_nametoindex(name).ok()),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "no host resolvers to forward DNS to");
-            Vec::new()
-        }
-    }
+    let text = crate::files::read_text(path)?;
+    Ok(parse_resolv_conf(&text, |name| {
+        nix::net::if_::if_nametoindex(name).ok()
+    }))
 }
 
 /// The nameservers of resolv.conf `text`. A link-local one (`fe80::1%eth0`, a router

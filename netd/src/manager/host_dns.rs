@@ -75,13 +75,36 @@ impl Followed {
         self.seen = now;
         true
     }
+
+    /// The file could not be read as it now is (out of descriptors, say): it is looked
+    /// at again on the next tick, what was read before kept meanwhile. Logged once
+    /// until a read succeeds.
+    fn unreadable(&mut self, error: &std::io::Error, failing: &mut bool) {
+        self.seen = None;
+        if !std::mem::replace(failing, true) {
+            warn!(path = %self.path.display(), %error, "cannot read it; guests' DNS keeps what was read before, and it is read again each second");
+        }
+    }
 }
 
 impl Manager {
-    /// What networks' DNS servers take from the host now.
+    /// What networks' DNS servers take from the host now. A resolv.conf that cannot be
+    /// read leaves the resolvers read before (none at the daemon's start, until the
+    /// follower reads it).
     pub(super) fn host_dns(&self) -> HostDns {
-        let resolvers = dns::host_resolvers(&self.resolv_conf);
-        *lock(&self.handed_resolvers) = Some(resolvers.clone());
+        let mut handed = lock(&self.handed_resolvers);
+        let resolvers = match dns::host_resolvers(&self.resolv_conf) {
+            Ok(resolvers) => {
+                *handed = Some(resolvers.clone());
+                resolvers
+            }
+            Err(e) => {
+                let kept = handed.clone().unwrap_or_default();
+                warn!(path = %self.resolv_conf.display(), error = %e, resolvers = ?kept, "cannot read the host's resolvers; using those read before");
+                kept
+            }
+        };
+        drop(handed);
         HostDns {
             resolvers,
             hosts: Arc::clone(&lock(&self.host_names)),
@@ -100,7 +123,8 @@ impl Manager {
         // runs yet): a first look that finds the same is no news.
         let mut servers = lock(&self.handed_resolvers)
             .clone()
-            .unwrap_or_else(|| dns::host_resolvers(&self.resolv_conf));
+            .unwrap_or_else(|| dns::host_resolvers(&self.resolv_conf).unwrap_or_default());
+        let (mut resolv_failing, mut hosts_failing) = (false, false);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(POLL_INTERVAL);
             ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -116,21 +140,38 @@ impl Manager {
                 };
                 let mut new_resolvers = false;
                 if resolv_changed {
-                    let read = dns::host_resolvers(&resolv_conf.path);
-                    if servers != read {
-                        info!(path = %resolv_conf.path.display(), servers = ?read, "the host's resolvers changed");
-                        servers = read;
-                        new_resolvers = true;
+                    match dns::host_resolvers(&resolv_conf.path) {
+                        Ok(read) => {
+                            resolv_failing = false;
+                            if servers != read {
+                                info!(path = %resolv_conf.path.display(), servers = ?read, "the host's resolvers changed");
+                                servers = read.clone();
+                                *lock(&manager.handed_resolvers) = Some(read);
+                                new_resolvers = true;
+                            }
+                        }
+                        Err(e) => resolv_conf.unreadable(&e, &mut resolv_failing),
                     }
                 }
                 // The new file's zones, made before any server asks for them and held
                 // until every server has taken its own.
                 let mut new_zones = None;
-                if let Some(file) = hosts_file.as_ref().filter(|_| hosts_changed) {
+                if let Some(file) = hosts_file.as_mut().filter(|_| hosts_changed) {
                     let path = file.path.clone();
                     // Off the daemon's thread, like the zones: the file may be big.
-                    let read = tokio::task::spawn_blocking(move || HostsFile::read(&path)).await;
-                    if let Ok(read) = read
+                    let read =
+                        match tokio::task::spawn_blocking(move || HostsFile::read(&path)).await {
+                            Ok(Ok(read)) => {
+                                hosts_failing = false;
+                                Some(read)
+                            }
+                            Ok(Err(e)) => {
+                                file.unreadable(&e, &mut hosts_failing);
+                                None
+                            }
+                            Err(_) => None,
+                        };
+                    if let Some(read) = read
                         && lock(&manager.host_names).file != read
                     {
                         info!(path = %file.path.display(), entries = read.entries.len(), "the host's hosts file changed");

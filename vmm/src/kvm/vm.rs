@@ -1,6 +1,5 @@
 //! Opening `/dev/kvm`, creating the VM with its in-kernel irqchip and PIT, and GSI routing.
 
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
