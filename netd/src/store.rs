@@ -455,7 +455,12 @@ impl Store {
         std::os::unix::fs::symlink(own_autostart_target(name), &tmp)
             .map_err(io_err("creating autostart link", &link))?;
         fs::rename(&tmp, &link).map_err(io_err("renaming autostart link into", &link))?;
-        sync_dir(&self.autostart_dir)
+        // In place, so done: an error would report autostart off with the link there,
+        // and it would be on at the next start (as for written files).
+        if let Err(e) = sync_dir(&self.autostart_dir) {
+            tracing::warn!(path = %link.display(), "linked, but maybe not durably: {e}");
+        }
+        Ok(())
     }
 
     /// Reads every status file. A corrupt file is reported, not fatal to the others.
