@@ -60,6 +60,8 @@ pub const MAX_TCP_PER_CLIENT: usize = 32;
 pub const MAX_TCP_SERVED_PER_CLIENT: usize = 8;
 /// How often a network's expired cached answers are let go.
 const CACHE_PURGE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often a network's failing TCP accepts are logged, at most.
+const ACCEPT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// A TCP client idle this long, or that leaves an answer unread this long, is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Largest UDP datagram read (EDNS clients may send up to this much).
@@ -199,6 +201,9 @@ enum Event {
     /// A listening UDP socket has datagrams.
     Queries(usize),
     Accept(TcpStream),
+    /// A TCP listener could not accept (out of descriptors, say).
+    AcceptFailed(std::io::Error),
+    /// A UDP socket failed.
     Failed(std::io::Error),
 }
 
@@ -250,9 +255,19 @@ async fn serve(
     // Expired answers go now and then, also while the network is quiet.
     let mut purge = tokio::time::interval(CACHE_PURGE_INTERVAL);
     purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // After a failed accept, TCP waits a moment while UDP goes on being served.
+    let mut accepting_again: Option<tokio::time::Instant> = None;
+    let mut accept_failure_logged: Option<tokio::time::Instant> = None;
     loop {
+        let listeners: &[TcpListener] = if accepting_again.is_some() { &[] } else { &tcp };
         let event = tokio::select! {
             _ = &mut shutdown => break,
+            () = tokio::time::sleep_until(accepting_again.unwrap_or_else(tokio::time::Instant::now)),
+                if accepting_again.is_some() =>
+            {
+                accepting_again = None;
+                continue;
+            }
             _ = purge.tick() => {
                 state.resolver.purge_expired_answers();
                 continue;
@@ -270,7 +285,7 @@ async fn serve(
                 state.forwarded(done);
                 continue;
             }
-            event = next_event(&state.udp, &tcp, &mut state.next_listener) => event,
+            event = next_event(&state.udp, listeners, &mut state.next_listener) => event,
         };
         match event {
             Event::Queries(socket) => state.queries(socket),
@@ -304,6 +319,14 @@ async fn serve(
                 if let Some(ip) = client {
                     clients.started(task.id(), ip);
                 }
+            }
+            Event::AcceptFailed(e) => {
+                let now = tokio::time::Instant::now();
+                if accept_failure_logged.is_none_or(|at| now - at >= ACCEPT_FAILURE_LOG_INTERVAL) {
+                    tracing::warn!(network = %state.resolver.network(), error = %e, "cannot accept DNS TCP connections; UDP is still served");
+                    accept_failure_logged = Some(now);
+                }
+                accepting_again = Some(now + SOCKET_ERROR_PAUSE);
             }
             Event::Failed(e) => {
                 tracing::debug!(network = %state.resolver.network(), error = %e, "DNS socket error");
@@ -376,7 +399,10 @@ async fn next_event(udp: &[UdpSocket], tcp: &[TcpListener], next_listener: &mut 
                 Some(socket) => socket.poll_recv_ready(cx).map_ok(|()| Event::Queries(at)),
                 None => tcp[at - udp.len()]
                     .poll_accept(cx)
-                    .map_ok(|(stream, _)| Event::Accept(stream)),
+                    .map(|accepted| match accepted {
+                        Ok((stream, _)) => Ok(Event::Accept(stream)),
+                        Err(e) => Ok(Event::AcceptFailed(e)),
+                    }),
             };
             if let Poll::Ready(result) = ready {
                 *next_listener = (at + 1) % listeners;
@@ -908,10 +934,19 @@ pub(super) mod tests {
                     seen.push(match event {
                         Event::Queries(socket) => format!("udp{socket}"),
                         Event::Accept(_) => "accept".to_owned(),
+                        Event::AcceptFailed(e) => format!("accept failed: {e}"),
                         Event::Failed(e) => format!("failed: {e}"),
                     });
                 }
                 assert_eq!(seen, ["udp0", "udp1", "accept", "udp0"]);
+                // While TCP waits after a failed accept, UDP is served on its own.
+                let _another = std::net::TcpStream::connect(tcp[0].local_addr().expect("address"))
+                    .expect("connect");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                for _ in 0..3 {
+                    let event = next_event(&udp, &[], &mut next_listener).await;
+                    assert!(matches!(event, Event::Queries(_)));
+                }
             })
         })
         .expect("run in the netns");
