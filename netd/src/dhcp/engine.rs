@@ -48,6 +48,11 @@ pub struct Reply {
     pub bytes: Vec<u8>,
     /// The reply confirms a binding: send it only once [`Engine::commit`] succeeded.
     pub needs_commit: bool,
+    /// It renews the binding the client holds on the same address: sent even if that
+    /// commit fails (a full state directory), with a warning, as dnsmasq goes on
+    /// answering. Only the expiry in the file is behind; withholding the ACK would take
+    /// the address from a guest using it.
+    pub renews: bool,
     /// The client's hardware address, when `to` is an address the client has not taken
     /// yet (its offer or ACK, sent unicast as RFC 2131 4.1 asks): the kernel cannot
     /// find it by ARP, so the server tells it first, as dnsmasq does.
@@ -287,6 +292,7 @@ impl Engine {
             tracing::debug!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP request for an address other than the client's lease refused");
             return self.nak(request, "wrong address");
         }
+        let renewing = self.leases.is_bound_to(client, ip, now);
         match self
             .leases
             .bind_requesting(client, ip, name, requested_lease(request), now)
@@ -299,6 +305,7 @@ impl Engine {
                 let reply = self.reply(request, MessageType::Ack, ip, Some(lease), &name)?;
                 Some(Reply {
                     needs_commit: true,
+                    renews: renewing,
                     ..reply
                 })
             }
@@ -477,6 +484,7 @@ impl Engine {
             to,
             bytes,
             needs_commit: false,
+            renews: false,
             hardware,
         })
     }
@@ -1439,6 +1447,13 @@ mod tests {
         assert_eq!((renewed.yiaddr(), renewed.ciaddr()), (ip, ip));
         assert_eq!(reply.to, SocketAddrV4::new(ip, 68));
         assert_eq!(engine.leases(NOW + 300)[0].expiry_unix, NOW + 900);
+        // Only the renewal may go out if its record cannot be made durable.
+        assert!(reply.needs_commit && reply.renews);
+        let (first, _) = dora(&mut engine, [2, 0, 0, 0, 0, 8], NOW);
+        assert!(first.needs_commit && !first.renews);
+        // Past its expiry, the lease is no longer the client's to renew.
+        let (late, _) = exchange(&mut engine, &renew, NOW + 10_000).expect("a late renewal");
+        assert!(!late.renews);
     }
 
     #[test]

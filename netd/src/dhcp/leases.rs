@@ -613,15 +613,18 @@ impl LeaseDb {
     /// several client identifiers; a client without one is matched by MAC, and any of
     /// them is its own.)
     pub fn holds_other_than(&self, client: &Client, ip: Ipv4Addr, now: i64) -> bool {
-        let bound_to_client = |lease: &Lease| {
-            lease.state == LeaseState::Bound && lease.live(now) && lease.client.same_as(client)
-        };
-        if self.by_ip.get(&ip).is_some_and(bound_to_client) {
+        if self.is_bound_to(client, ip, now) {
             return false;
         }
         self.find_lease(client)
-            .and_then(|held| self.by_ip.get(&held))
-            .is_some_and(bound_to_client)
+            .is_some_and(|held| self.is_bound_to(client, held, now))
+    }
+
+    /// Whether `client` holds a live, bound lease on `ip`.
+    pub fn is_bound_to(&self, client: &Client, ip: Ipv4Addr, now: i64) -> bool {
+        self.by_ip.get(&ip).is_some_and(|lease| {
+            lease.state == LeaseState::Bound && lease.live(now) && lease.client.same_as(client)
+        })
     }
 
     /// The address of `client`'s lease (any state), found as dnsmasq's

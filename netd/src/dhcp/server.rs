@@ -216,9 +216,7 @@ async fn serve(
     }
     match lock(&engine).commit() {
         Ok(()) => outbox.append(&mut waiting),
-        Err(e) => {
-            tracing::error!(error = %crate::errors::error_chain(&e), "DHCP leases not persisted at shutdown")
-        }
+        Err(e) => send_renewals_only(&e, &mut waiting, &mut outbox),
     }
     neighbours.introduce(&mut outbox).await;
     send(&socket, &mut outbox).await;
@@ -273,8 +271,7 @@ fn start_sync(
     let pending = match lock(engine).begin_commit() {
         Ok(pending) => pending,
         Err(e) => {
-            tracing::error!(error = %crate::errors::error_chain(&e), "DHCP leases not persisted: their ACKs are not sent");
-            waiting.clear();
+            send_renewals_only(&e, waiting, outbox);
             return None;
         }
     };
@@ -316,12 +313,23 @@ fn finish_sync(
         done.unwrap_or_else(|e| (0, Err(std::io::Error::other(e)), Duration::ZERO));
     match lock(engine).finish_commit(lines, result) {
         Ok(()) => outbox.append(covered),
-        Err(e) => {
-            tracing::error!(error = %crate::errors::error_chain(&e), "DHCP leases not persisted: their ACKs are not sent");
-            covered.clear();
-        }
+        Err(e) => send_renewals_only(&e, covered, outbox),
     }
     took
+}
+
+/// After a failed commit of `acks`' bindings: the new bindings' ACKs are not sent (the
+/// guests ask again), renewals of a binding a guest holds are ([`Reply::renews`]).
+fn send_renewals_only(error: &Error, acks: &mut Vec<Reply>, outbox: &mut Vec<Reply>) {
+    let all = acks.len();
+    acks.retain(|ack| ack.renews);
+    tracing::error!(
+        error = %crate::errors::error_chain(error),
+        withheld = all - acks.len(),
+        renewed = acks.len(),
+        "DHCP leases not persisted: new bindings' ACKs are withheld, renewals' sent"
+    );
+    outbox.append(acks);
 }
 
 /// After a sync slower than [`INLINE_SYNC_LIMIT`], the next ones leave the task's
@@ -522,6 +530,33 @@ fn send_many(fd: std::os::fd::RawFd, replies: &[Reply]) -> std::io::Result<usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed commit withholds new bindings' ACKs and sends renewals'.
+    #[test]
+    fn a_failed_commit_sends_the_renewals_only() {
+        let ack = |renews: bool, last: u8| Reply {
+            to: std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(192, 168, 77, last), 68),
+            bytes: Vec::new(),
+            needs_commit: true,
+            renews,
+            hardware: None,
+        };
+        let mut acks = vec![ack(false, 10), ack(true, 11), ack(false, 12)];
+        let mut outbox = Vec::new();
+        let full = Error::LeaseFile {
+            network: "n".into(),
+            path: "/run/kvnet/networks/n.leases".into(),
+            action: "sync",
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        };
+        send_renewals_only(&full, &mut acks, &mut outbox);
+        assert!(acks.is_empty());
+        let sent: Vec<_> = outbox
+            .iter()
+            .map(|reply| reply.to.ip().octets()[3])
+            .collect();
+        assert_eq!(sent, [11]);
+    }
 
     #[test]
     fn a_budget_gives_a_seconds_worth_and_refills_with_time() {
