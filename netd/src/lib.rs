@@ -9,6 +9,7 @@
 
 pub mod api;
 mod daemon;
+mod debug_log;
 pub mod dhcp;
 pub mod dhcp6;
 pub mod dns;

@@ -198,6 +198,7 @@ fn config() -> DnsConfig {
         default_upstreams: vec!["127.0.0.1:53".parse().expect("address")],
         addresses: Vec::new(),
         cache_size: None,
+        log_queries: None,
     }
 }
 

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UdpSocket};
 
+use super::query_log::{Logged, QueryLog};
 use super::resolver::{Resolver, is_reply_to, is_upstream_failure};
 use super::server::{RECV_BUFFER, read_message, send, write_message};
 
@@ -185,6 +186,8 @@ struct UdpForward<'a> {
     failure: Option<Vec<u8>>,
     /// A negative answer waiting for the servers before its own, and its server's rank.
     held: Option<(usize, Vec<u8>)>,
+    /// With `log-queries`: the log, and the query's handle.
+    log: Option<(&'a QueryLog, Logged)>,
 }
 
 impl UdpForward<'_> {
@@ -193,7 +196,12 @@ impl UdpForward<'_> {
         let server = self.slots[slot].server;
         let stand = match self.sockets.socket_for(server) {
             Ok(socket) => match send(socket, self.query, server) {
-                Ok(_) => Stand::Waiting(tokio::time::Instant::now()),
+                Ok(_) => {
+                    if let Some((log, logged)) = self.log {
+                        log.forwarded(logged, self.query, server);
+                    }
+                    Stand::Waiting(tokio::time::Instant::now())
+                }
                 Err(e) => self.not_sent(server, &std::io::Error::from(e)),
             },
             // No route to it: its failure, as a send's, so that it goes last, and no
@@ -436,12 +444,14 @@ impl UdpForward<'_> {
 }
 
 /// Asks `servers` (in configured order) about `query` (a client's query with our ID),
-/// as the module describes, and caches what may be kept.
+/// as the module describes, and caches what may be kept. `logged`: the query's
+/// handle, with `log-queries`.
 pub(super) async fn forward_udp(
     resolver: &Resolver,
     query: &[u8],
     servers: &[SocketAddr],
     health: &Health,
+    logged: Option<Logged>,
 ) -> Forwarded {
     let plan = health.plan_at(servers, Instant::now());
     let mut forward = UdpForward {
@@ -465,6 +475,7 @@ pub(super) async fn forward_udp(
         deadline: tokio::time::Instant::now() + FORWARD_TIMEOUT,
         failure: None,
         held: None,
+        log: resolver.query_log().zip(logged),
     };
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
@@ -659,13 +670,15 @@ fn take_icmp_error(socket: &UdpSocket) -> Option<std::io::Error> {
 /// bit cleared: each but the last gets [`ATTEMPT_TIMEOUT`], all together
 /// [`FORWARD_TIMEOUT`]. Returns whether the answer may be cached: not a negative one
 /// while a server configured before the one that gave it was not heard (passed over,
-/// or asked last as suspect and not yet asked).
+/// or asked last as suspect and not yet asked). `log`: with `log-queries`, the log and
+/// the query's handle.
 pub(super) async fn forward_tcp(
     network: &str,
     servers: &[SocketAddr],
     health: &Health,
     query: &[u8],
     out: &mut Vec<u8>,
+    log: Option<(&QueryLog, Logged)>,
 ) -> std::io::Result<bool> {
     let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
     let order = health.order(servers);
@@ -683,6 +696,9 @@ pub(super) async fn forward_tcp(
         } else {
             deadline.min(now + ATTEMPT_TIMEOUT)
         };
+        if let Some((log, logged)) = log {
+            log.forwarded(logged, query, server);
+        }
         match tokio::time::timeout_at(until, ask_tcp(server, query, out)).await {
             Ok(Ok(())) => {
                 health.answered(server);

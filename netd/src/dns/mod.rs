@@ -11,6 +11,7 @@
 //! - [`cache`]: upstream answers kept for their TTL, as dnsmasq's cache keeps them;
 //! - `forward`: one forwarded query's way through its upstream servers, in strict
 //!   order, and the servers' recent failures;
+//! - `query_log`: `log-queries`, each query and what became of it in dnsmasq's words;
 //! - `in_flight`: the forwards in flight and who waits for each (later askers of a
 //!   question join its forward), within limits per network and per guest;
 //! - [`server`]: the UDP sockets (read and answered in batches) and TCP listeners on
@@ -32,6 +33,7 @@ mod forward;
 pub mod fuzzing;
 pub mod hosts;
 mod in_flight;
+mod query_log;
 pub mod resolver;
 mod routes;
 pub mod server;
@@ -46,7 +48,7 @@ pub use hosts::{HostsFile, SharedHosts};
 pub use resolver::{Outcome, Resolver};
 pub use server::DnsServer;
 
-use crate::xml::{AddressRule, DnsForwarder, DnsHost, DnsSrv, DnsTxt};
+use crate::xml::{AddressRule, DnsForwarder, DnsHost, DnsSrv, DnsTxt, QueryLogging};
 
 /// The DNS port.
 pub const DNS_PORT: u16 = 53;
@@ -146,6 +148,8 @@ pub struct DnsConfig {
     /// `<dnsmasq:option value='cache-size=N'>` (the last one): how many upstream
     /// answers are kept. `None`: the default, [`cache::MAX_ENTRIES`].
     pub cache_size: Option<usize>,
+    /// `<dnsmasq:option value='log-queries'>`: each query and its answer are logged.
+    pub log_queries: Option<QueryLogging>,
 }
 
 /// Errors of the DNS server.

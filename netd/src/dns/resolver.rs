@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::rr::{RData, RecordType};
 
 use super::cache::{AnswerCache, skip_name};
+use super::query_log::{QueryLog, Source};
 use super::routes::{Routes, dotted_len};
 use super::zone::{
     Found, StaticZone, Zone, fqdn, is_at_or_under, label_offsets, wire_key, wire_record,
@@ -294,6 +295,8 @@ pub struct Resolver {
     /// type: a dual-stack client asks for A and AAAA together, and other names are
     /// asked in between, so one count for all would not turn a name's answer.
     rotations: Mutex<HashMap<RotationKey, u16>>,
+    /// `log-queries`; `None` when off.
+    query_log: Option<QueryLog>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -442,7 +445,15 @@ impl Resolver {
                     .map_or_else(AnswerCache::default, AnswerCache::with_max_entries),
             ),
             rotations: Mutex::default(),
+            query_log: config
+                .log_queries
+                .map(|logging| QueryLog::new(&config.network, logging)),
         })
+    }
+
+    /// The network's query log, if it has `log-queries` on.
+    pub(super) fn query_log(&self) -> Option<&QueryLog> {
+        self.query_log.as_ref()
     }
 
     /// The network this resolver serves.
@@ -610,6 +621,39 @@ impl Resolver {
     pub fn exists_without_records(&self, query: &[u8]) -> bool {
         let mut key = [0u8; MAX_NAME_LEN];
         parse_query(query, &mut key).is_ok_and(|(_, len)| self.is_ancestor(&key[..len]))
+    }
+
+    /// Where the local answer to `query` came from, for `log-queries`: a lease's name,
+    /// or the configuration. Looked up again as [`Resolver::answer`] does (its records
+    /// first, the leases for types it has none of), only for a query being logged.
+    pub(super) fn source_of(&self, query: &[u8]) -> Source {
+        let mut key = [0u8; MAX_NAME_LEN];
+        let Ok((question, len)) = parse_query(query, &mut key) else {
+            return Source::Config;
+        };
+        let (key, qtype) = (&key[..len], RecordType::from(question.qtype));
+        let mut records = Vec::new();
+        if let Found::Records(count) = self.static_zone.append_answers(key, qtype, &mut records)
+            && count > 0
+            && qtype != RecordType::ANY
+        {
+            return Source::Config;
+        }
+        let from_leases = self.leases.as_ref().is_some_and(|view| {
+            records.clear();
+            let found = lock(&view.cache).zone.append_answers_under(
+                &self.static_zone,
+                key,
+                qtype,
+                &mut records,
+            );
+            matches!(found, Found::Records(count) if count > 0)
+        });
+        if from_leases {
+            Source::Dhcp
+        } else {
+            Source::Config
+        }
     }
 
     /// The turn of the next answer of several `qtype` records of the name whose
@@ -1202,6 +1246,7 @@ mod tests {
             ],
             addresses: Vec::new(),
             cache_size: None,
+            log_queries: None,
         }
     }
 
@@ -1247,6 +1292,37 @@ mod tests {
         assert_eq!(reply.queries.len(), 1);
         assert_eq!(reply.queries[0].name(), &Name::from_ascii(name).unwrap());
         reply
+    }
+
+    /// `log-queries` tells a lease's name from a configured one, as dnsmasq's `DHCP`
+    /// and `config`.
+    #[test]
+    fn local_answers_are_told_by_where_they_come_from() {
+        let resolver = Resolver::new(&config(), Some(leases())).unwrap();
+        for (name, rtype, source) in [
+            ("web1.example.test.", RecordType::A, Source::Dhcp),
+            (
+                "77.122.168.192.in-addr.arpa.",
+                RecordType::PTR,
+                Source::Dhcp,
+            ),
+            ("static1.example.test.", RecordType::A, Source::Config),
+            ("nobody.example.test.", RecordType::A, Source::Config),
+        ] {
+            let asked = query(name, rtype, false);
+            let mut out = Vec::new();
+            assert_eq!(
+                resolver.answer(&asked, Transport::Udp, &mut out),
+                Outcome::Reply
+            );
+            assert_eq!(resolver.source_of(&asked), source, "{name}");
+        }
+        assert!(resolver.query_log().is_none());
+        let logging = DnsConfig {
+            log_queries: Some(crate::xml::QueryLogging::Plain),
+            ..config()
+        };
+        assert!(Resolver::new(&logging, None).unwrap().query_log().is_some());
     }
 
     fn rdata(reply: &Message) -> Vec<RData> {

@@ -41,6 +41,7 @@ use tokio::task::JoinSet;
 use super::cache::Key;
 use super::forward::{Forwarded, Health, forward_tcp, forward_udp};
 use super::in_flight::{Admission, Asker, InFlight};
+use super::query_log::{Logged, QueryLog, Source};
 use super::resolver::{
     Answered, Outcome, Resolver, Transport, Unforwarded, clamp_edns_payload, unforwarded_reply,
 };
@@ -207,6 +208,10 @@ enum Event {
     Failed(std::io::Error),
 }
 
+/// How a forward over UDP ends: with its first asker (and its query's log handle, with
+/// `log-queries`) and what became of it.
+type ForwardEnd = (Asker, Option<Logged>, Forwarded);
+
 /// The serving task's state.
 struct Serve {
     resolver: Arc<Resolver>,
@@ -216,8 +221,8 @@ struct Serve {
     udp: Vec<UdpSocket>,
     /// The address family of each of `udp`: 0 for IPv4, 1 for IPv6.
     udp_family: Vec<usize>,
-    /// The UDP queries being forwarded, one task each, which ends with its first asker.
-    forwards: JoinSet<(Asker, Forwarded)>,
+    /// The UDP queries being forwarded, one task each.
+    forwards: JoinSet<ForwardEnd>,
     /// Who waits for each of `forwards`.
     in_flight: InFlight<tokio::task::Id>,
     /// Where [`next_event`] starts looking among the listeners.
@@ -295,7 +300,8 @@ async fn serve(
                 while let Some(ended) = connections.try_join_next_with_id() {
                     clients.ended(ended);
                 }
-                let client = stream.peer_addr().ok().map(|addr| addr.ip());
+                let peer = stream.peer_addr().ok();
+                let client = peer.map(|addr| addr.ip());
                 let held = client.map_or(0, |ip| clients.held_by(ip));
                 if connections.len() >= MAX_TCP_CLIENTS || held >= MAX_TCP_PER_CLIENT {
                     tracing::debug!(network = %state.resolver.network(), ?client, "too many DNS TCP clients; connection closed");
@@ -314,7 +320,7 @@ async fn serve(
                         }
                         None => None,
                     };
-                    serve_tcp(stream, &resolvers, &health).await;
+                    serve_tcp(stream, peer, &resolvers, &health).await;
                 });
                 if let Some(ip) = client {
                     clients.started(task.id(), ip);
@@ -693,6 +699,7 @@ impl Serve {
 
     fn answer_batch(&mut self, socket: usize, batch: &mut Batch) {
         let resolver = Arc::clone(&self.resolver);
+        let log = resolver.query_log();
         let mut answered = [0usize; BATCH];
         let mut replies = 0;
         for at in 0..batch.received.len() {
@@ -702,20 +709,31 @@ impl Serve {
             }
             let start = at * RECV_BUFFER;
             let query = &mut batch.queries[start..start + len.min(RECV_BUFFER)];
-            match resolver.answer(query, Transport::Udp, &mut batch.replies[at]) {
+            // One test of `log` per query when the network logs none.
+            let logging = log.and_then(|log| {
+                let logged = log.query(query, socket_addr(&from)?)?;
+                Some((log, logged))
+            });
+            let reply = &mut batch.replies[at];
+            match resolver.answer(query, Transport::Udp, reply) {
                 Outcome::Reply => {
+                    if let Some((log, logged)) = logging {
+                        log.answered(logged, resolver.source_of(query), query, reply);
+                    }
                     answered[replies] = at;
                     replies += 1;
                 }
-                Outcome::Forward(_)
-                    if resolver.cached_reply(query, Transport::Udp, &mut batch.replies[at]) =>
-                {
+                Outcome::Forward(_) if resolver.cached_reply(query, Transport::Udp, reply) => {
+                    if let Some((log, logged)) = logging {
+                        log.answered(logged, Source::Cached, query, reply);
+                    }
                     answered[replies] = at;
                     replies += 1;
                 }
                 Outcome::Forward(servers) => {
                     if let Some(client) = socket_addr(&from) {
-                        self.forward(socket, query, client, servers);
+                        let logged = logging.map(|(_, logged)| logged);
+                        self.forward(socket, query, client, servers, logged);
                     }
                 }
                 Outcome::Drop => {}
@@ -737,8 +755,15 @@ impl Serve {
     }
 
     /// Forwards `query` from `client` upstream, or has it join the forward of the same
-    /// question in flight ([`InFlight`]).
-    fn forward(&mut self, socket: usize, query: &[u8], client: SocketAddr, servers: &[SocketAddr]) {
+    /// question in flight ([`InFlight`]); `logged` with `log-queries`.
+    fn forward(
+        &mut self,
+        socket: usize,
+        query: &[u8],
+        client: SocketAddr,
+        servers: &[SocketAddr],
+        logged: Option<Logged>,
+    ) {
         let asker = Asker {
             client,
             socket,
@@ -750,6 +775,11 @@ impl Serve {
             Admission::Joined | Admission::Retry => return,
             Admission::Refused(asker) => {
                 tracing::debug!(network = %self.resolver.network(), "too many DNS queries in flight; refusing one");
+                if let (Some(log), Some(logged)) = (self.resolver.query_log(), logged) {
+                    log.unanswered(logged, query, |name| {
+                        format!("refused {name}: too many queries in flight")
+                    });
+                }
                 let mut refusal = Vec::new();
                 unforwarded_reply(&asker.query, Unforwarded::NotSent, &mut refusal);
                 if !refusal.is_empty() {
@@ -770,19 +800,22 @@ impl Serve {
         let servers = servers.to_vec();
         let first = (client, asker.id());
         let task = self.forwards.spawn(async move {
-            let forwarded = forward_udp(&resolver, &upstream_query, &servers, &health).await;
-            (asker, forwarded)
+            let forwarded =
+                forward_udp(&resolver, &upstream_query, &servers, &health, logged).await;
+            (asker, logged, forwarded)
         });
         self.in_flight.started(task.id(), key, first);
     }
 
     /// Answers the askers of a forward that ended.
-    fn forwarded(
-        &mut self,
-        done: Result<(tokio::task::Id, (Asker, Forwarded)), tokio::task::JoinError>,
-    ) {
+    fn forwarded(&mut self, done: Result<(tokio::task::Id, ForwardEnd), tokio::task::JoinError>) {
         let (id, outcome) = match done {
-            Ok((id, (first, forwarded))) => (id, Some((first, forwarded))),
+            Ok((id, (first, logged, forwarded))) => {
+                if let (Some(log), Some(logged)) = (self.resolver.query_log(), logged) {
+                    log_forwarded(log, logged, &first.query, &forwarded);
+                }
+                (id, Some((first, forwarded)))
+            }
             Err(e) => (e.id(), None),
         };
         let joined = self.in_flight.finished(id);
@@ -814,11 +847,26 @@ impl Serve {
     }
 }
 
-/// Serves one TCP client: length-prefixed queries until it closes, idles or sends
-/// something that is not a query. Each query is answered with the records of its time:
-/// a connection kept open across a `net-update` sees the update.
+/// What became of a forward over UDP, for `log-queries`: the upstream's reply, or why
+/// there was none.
+fn log_forwarded(log: &QueryLog, logged: Logged, query: &[u8], forwarded: &Forwarded) {
+    match forwarded {
+        Forwarded::Reply(reply) => log.answered(logged, Source::Reply, query, reply),
+        Forwarded::Silent => log.unanswered(logged, query, |name| {
+            format!("no reply to {name} from the upstream servers")
+        }),
+        Forwarded::NotSent => log.unanswered(logged, query, |name| {
+            format!("refused {name}: it could be sent to no upstream server")
+        }),
+    }
+}
+
+/// Serves one TCP client (`peer`): length-prefixed queries until it closes, idles or
+/// sends something that is not a query. Each query is answered with the records of its
+/// time: a connection kept open across a `net-update` sees the update.
 async fn serve_tcp(
     mut stream: TcpStream,
+    peer: Option<SocketAddr>,
     resolvers: &watch::Receiver<Arc<Resolver>>,
     health: &Health,
 ) {
@@ -830,12 +878,28 @@ async fn serve_tcp(
             _ => return,
         }
         let resolver = Arc::clone(&resolvers.borrow());
+        let logging = match (resolver.query_log(), peer) {
+            (Some(log), Some(peer)) => log.query(&query, peer).map(|logged| (log, logged)),
+            _ => None,
+        };
         match resolver.answer(&query, Transport::Tcp, &mut out) {
-            Outcome::Reply => {}
-            Outcome::Forward(_) if resolver.cached_reply(&query, Transport::Tcp, &mut out) => {}
+            Outcome::Reply => {
+                if let Some((log, logged)) = logging {
+                    log.answered(logged, resolver.source_of(&query), &query, &out);
+                }
+            }
+            Outcome::Forward(_) if resolver.cached_reply(&query, Transport::Tcp, &mut out) => {
+                if let Some((log, logged)) = logging {
+                    log.answered(logged, Source::Cached, &query, &out);
+                }
+            }
             Outcome::Forward(servers) => {
-                match forward_tcp(resolver.network(), servers, health, &query, &mut out).await {
+                let network = resolver.network();
+                match forward_tcp(network, servers, health, &query, &mut out, logging).await {
                     Ok(keep) => {
+                        if let Some((log, logged)) = logging {
+                            log.answered(logged, Source::Reply, &query, &out);
+                        }
                         if keep {
                             resolver.remember(&query, &out);
                         }
@@ -844,6 +908,13 @@ async fn serve_tcp(
                     Err(e) => {
                         // A TCP client does not retry by itself: tell it, and keep serving.
                         tracing::debug!(network = %resolver.network(), error = %e, "DNS query over TCP not forwarded");
+                        if let Some((log, logged)) = logging {
+                            log.unanswered(logged, &query, |name| {
+                                format!(
+                                    "no reply to {name} from the upstream servers ({e}): SERVFAIL"
+                                )
+                            });
+                        }
                         unforwarded_reply(&query, Unforwarded::NoAnswer, &mut out);
                         if out.is_empty() {
                             return;
@@ -1591,10 +1662,11 @@ pub(super) mod tests {
                 let health = Health::default();
                 let mut out = Vec::new();
                 for _ in 0..3 {
-                    let forwarded = forward_tcp("n", &[server], &health, &query, &mut out).await;
+                    let forwarded =
+                        forward_tcp("n", &[server], &health, &query, &mut out, None).await;
                     assert!(forwarded.is_err(), "a forged reply was taken: {out:?}");
                 }
-                forward_tcp("n", &[server], &health, &query, &mut out)
+                forward_tcp("n", &[server], &health, &query, &mut out, None)
                     .await
                     .expect("the matching reply");
                 assert_eq!(out, replies[3]);
@@ -1640,7 +1712,7 @@ pub(super) mod tests {
                     first
                 });
                 let second_answers = answer(second, response(&query, 3));
-                let keep = forward_tcp("n", &servers, &health, &query, &mut out)
+                let keep = forward_tcp("n", &servers, &health, &query, &mut out, None)
                     .await
                     .expect("the second server's denial");
                 assert_eq!((out[3] & 0x0f, keep), (3, false));
@@ -1651,7 +1723,7 @@ pub(super) mod tests {
 
                 let first_fails = answer(first, response(&query, 2));
                 let second_denies = answer(second, response(&query, 3));
-                let keep = forward_tcp("n", &servers, &health, &query, &mut out)
+                let keep = forward_tcp("n", &servers, &health, &query, &mut out, None)
                     .await
                     .expect("the second server's denial");
                 assert_eq!((out[3] & 0x0f, keep), (3, true));
@@ -1663,7 +1735,7 @@ pub(super) mod tests {
                 let unroutable = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 53));
                 let servers = [unroutable, servers[1]];
                 let second_denies = answer(second, response(&query, 3));
-                let keep = forward_tcp("n", &servers, &health, &query, &mut out)
+                let keep = forward_tcp("n", &servers, &health, &query, &mut out, None)
                     .await
                     .expect("the second server's denial");
                 assert_eq!((out[3] & 0x0f, keep), (3, true));
@@ -1708,7 +1780,7 @@ pub(super) mod tests {
                 let health = Health::default();
                 let mut out = Vec::new();
                 for _ in 0..3 {
-                    forward_tcp("n", &servers, &health, &query, &mut out)
+                    forward_tcp("n", &servers, &health, &query, &mut out, None)
                         .await
                         .expect("the other server's answer");
                 }

@@ -188,6 +188,7 @@ pub(super) fn dns_config(
         addresses: xml::dnsmasq::address_rules(&def.dnsmasq_options),
         cache_size: xml::dnsmasq::cache_size(&def.dnsmasq_options)
             .and_then(|size| usize::try_from(size).ok()),
+        log_queries: xml::dnsmasq::log_queries(&def.dnsmasq_options),
     })
 }
 

@@ -55,6 +55,18 @@ pub enum Directive {
     CacheSize(u32),
     /// `dhcp-option=` or `dhcp-option-force=`: an option the DHCPv4 server sends.
     DhcpOption(DhcpOptionRule),
+    /// `log-queries[=extra]`: every DNS query and what became of it is logged.
+    LogQueries(QueryLogging),
+}
+
+/// How `log-queries` logs each DNS query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum QueryLogging {
+    /// `log-queries`: dnsmasq's lines.
+    Plain,
+    /// `log-queries=extra`: each line starts with the query's serial number and its
+    /// client's address and port, so the lines of one query can be told apart.
+    Extra,
 }
 
 /// `address=`: names at or under `domains` are answered locally.
@@ -236,6 +248,18 @@ pub fn cache_size(options: &[DnsmasqOption]) -> Option<u32> {
         .next_back()
 }
 
+/// How `options` have DNS queries logged: `extra` if any `log-queries` line asks for
+/// it, as dnsmasq sets its flags whatever the order.
+pub fn log_queries(options: &[DnsmasqOption]) -> Option<QueryLogging> {
+    options
+        .iter()
+        .filter_map(|option| match option.directive {
+            Directive::LogQueries(logging) => Some(logging),
+            _ => None,
+        })
+        .max_by_key(|&logging| logging == QueryLogging::Extra)
+}
+
 /// The `dhcp-option=` lines of `options`, one per option code: the last one written, as
 /// dnsmasq sends the last of a repeated option.
 pub fn dhcp_options(options: &[DnsmasqOption]) -> Vec<DhcpOptionRule> {
@@ -284,6 +308,9 @@ impl Directive {
                     "the cache size must be a number".to_owned(),
                 )),
             },
+            ("log-queries", Some("extra")) => Ok(Directive::LogQueries(QueryLogging::Extra)),
+            // dnsmasq 2.90 takes any other value (`proto` included) as none.
+            ("log-queries", _) => Ok(Directive::LogQueries(QueryLogging::Plain)),
             _ => Err(Refusal::Unsupported),
         }
     }
@@ -712,6 +739,42 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn log_lines_are_read_as_dnsmasq_2_90_reads_them() {
+        for (line, expected) in [
+            (
+                "log-queries",
+                Ok(Directive::LogQueries(QueryLogging::Plain)),
+            ),
+            (
+                "log-queries=extra",
+                Ok(Directive::LogQueries(QueryLogging::Extra)),
+            ),
+            (
+                "log-queries = extra",
+                Ok(Directive::LogQueries(QueryLogging::Extra)),
+            ),
+            (
+                "log-queries=proto",
+                Ok(Directive::LogQueries(QueryLogging::Plain)),
+            ),
+            (
+                "log-queries=",
+                Ok(Directive::LogQueries(QueryLogging::Plain)),
+            ),
+            ("log-facility=/tmp/x", Err(Refusal::Unsupported)),
+        ] {
+            assert_eq!(Directive::parse(line), expected, "{line}");
+        }
+        let option = |value: &str| DnsmasqOption {
+            value: value.to_owned(),
+            directive: Directive::parse(value).expect("valid"),
+        };
+        let plain_after_extra = [option("log-queries=extra"), option("log-queries")];
+        assert_eq!(log_queries(&plain_after_extra), Some(QueryLogging::Extra));
+        assert_eq!(log_queries(&[option("cache-size=0")]), None);
     }
 
     #[test]

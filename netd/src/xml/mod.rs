@@ -33,7 +33,7 @@ pub use bandwidth::{Bandwidth, Rate};
 pub use dhcp_wire::dhcp_option_data;
 pub use dnsmasq::{
     AddressRule, ClasslessRoute, DhcpOptionRule, DhcpOptionValue, Directive, DnsmasqOption,
-    MAX_CACHE_SIZE,
+    MAX_CACHE_SIZE, QueryLogging,
 };
 pub use format::Connections;
 pub use model::{

@@ -2970,6 +2970,57 @@ fn dnsmasq_options_of_every_options_element_are_kept_in_order_whatever_the_prefi
     assert_round_trip(&def);
 }
 
+/// The debugging line libvirt users copy from dnsmasq's manual: kvnetd carries it out,
+/// and it comes back as written.
+#[test]
+fn log_queries_is_accepted_and_kept_as_written() {
+    let def = parse(
+        "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>\
+         <name>n</name><uuid>e93d0bbe-1313-468f-b6a3-8fb3b4f8d201</uuid>\
+         <dnsmasq:options><dnsmasq:option value='log-queries'/>\
+         <dnsmasq:option value='log-queries=extra'/>\
+         <dnsmasq:option value='log-queries=proto'/></dnsmasq:options></network>",
+    );
+    let kept: Vec<_> = def
+        .dnsmasq_options
+        .iter()
+        .map(|option| (option.value.as_str(), option.directive.clone()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("log-queries", Directive::LogQueries(QueryLogging::Plain)),
+            (
+                "log-queries=extra",
+                Directive::LogQueries(QueryLogging::Extra)
+            ),
+            // dnsmasq 2.90 logs as without a value.
+            (
+                "log-queries=proto",
+                Directive::LogQueries(QueryLogging::Plain)
+            ),
+        ]
+    );
+    assert!(def.to_xml().contains(
+        "  <dnsmasq:options>
+    <dnsmasq:option value='log-queries'/>
+    <dnsmasq:option value='log-queries=extra'/>
+    <dnsmasq:option value='log-queries=proto'/>
+  </dnsmasq:options>
+"
+    ));
+    assert_round_trip(&def);
+    assert_eq!(
+        crate::xml::dnsmasq::log_queries(&def.dnsmasq_options),
+        Some(QueryLogging::Extra)
+    );
+    let none = parse("<network><name>n</name></network>");
+    assert_eq!(
+        crate::xml::dnsmasq::log_queries(&none.dnsmasq_options),
+        None
+    );
+}
+
 #[test]
 fn dnsmasq_options_kvnet_does_not_carry_out_are_refused_by_name() {
     let network = |options: &str| {

@@ -1,0 +1,57 @@
+//! The budget of the per-network debug logs (`log-queries`, `log-dhcp`): a guest
+//! flooding its network with queries or DHCP messages must not have the daemon spend
+//! its time writing log lines. Each network logs so many events a second; those past it
+//! are counted, and the count is said when logging resumes.
+
+/// How many events a second one network's log takes.
+#[derive(Debug)]
+pub(crate) struct LogBudget {
+    per_second: u32,
+    /// The Unix second `used` counts in.
+    second: i64,
+    used: u32,
+    /// Events left out since the last one logged.
+    skipped: u64,
+}
+
+impl LogBudget {
+    pub(crate) const fn per_second(per_second: u32) -> LogBudget {
+        LogBudget {
+            per_second,
+            second: i64::MIN,
+            used: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Whether an event at `now` (Unix seconds) is logged: `Some` with how many were
+    /// left out before it (to be said first), `None` when it is left out.
+    pub(crate) fn take(&mut self, now: i64) -> Option<u64> {
+        if now != self.second {
+            self.second = now;
+            self.used = 0;
+        }
+        if self.used >= self.per_second {
+            self.skipped = self.skipped.saturating_add(1);
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.skipped))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_takes_its_share_and_the_next_says_what_was_left_out() {
+        let mut budget = LogBudget::per_second(3);
+        let taken: Vec<Option<u64>> = (0..5).map(|_| budget.take(100)).collect();
+        assert_eq!(taken, [Some(0), Some(0), Some(0), None, None]);
+        assert_eq!(budget.take(101), Some(2));
+        assert_eq!(budget.take(101), Some(0));
+        // A clock set back starts a new second too.
+        assert_eq!(budget.take(50), Some(0));
+    }
+}

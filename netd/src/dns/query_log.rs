@@ -1,0 +1,422 @@
+//! `log-queries`: each query a network's DNS server receives, over UDP or TCP, and what
+//! became of it, logged at INFO in dnsmasq's words:
+//!
+//! ```text
+//! query[A] web1.example.test from 192.168.122.5
+//! DHCP web1.example.test is 192.168.122.5
+//! query[AAAA] www.example.com from 192.168.122.5
+//! forwarded www.example.com to 10.0.0.1
+//! reply www.example.com is 2001:db8::1
+//! ```
+//!
+//! `config` (the network's records, the hosts file, `address=`), `DHCP` (a lease's
+//! name), `cached` or `reply` (an upstream's) says where an answer came from;
+//! `log-queries=extra` starts each line with the query's serial number and its client's
+//! address and port. The server asks [`QueryLog::query`] only on a network that has it
+//! on, so others format nothing; one that has it logs at most [`QUERIES_PER_SECOND`]
+//! queries a second (a debug aid must not cost a flooded network its answers), and says
+//! how many it left out.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use hickory_proto::op::Message;
+use hickory_proto::rr::{Name, RData, RecordType};
+
+use super::resolver::HEADER_LEN;
+use crate::debug_log::LogBudget;
+use crate::service::{lock, unix_now};
+use crate::xml::QueryLogging;
+
+/// Most queries of one network logged a second.
+pub(super) const QUERIES_PER_SECOND: u32 = 200;
+/// Most records of one answer logged, a line each.
+const MAX_RECORD_LINES: usize = 8;
+
+/// Where an answer came from, as dnsmasq names it in its lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Source {
+    /// The network's own records, the hosts file or `address=`.
+    Config,
+    /// The name of a DHCP lease.
+    Dhcp,
+    /// An upstream's answer, kept.
+    Cached,
+    /// An upstream's answer, just in.
+    Reply,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Dhcp => "DHCP",
+            Source::Cached => "cached",
+            Source::Reply => "reply",
+        }
+    }
+}
+
+/// A query being logged: what ties the lines about its answer to it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Logged {
+    serial: u32,
+    client: SocketAddr,
+}
+
+/// The query log of one network with `log-queries`.
+#[derive(Debug)]
+pub(super) struct QueryLog {
+    network: String,
+    extra: bool,
+    budget: Mutex<LogBudget>,
+    serial: AtomicU32,
+}
+
+impl QueryLog {
+    pub(super) fn new(network: &str, logging: QueryLogging) -> QueryLog {
+        QueryLog {
+            network: network.to_owned(),
+            extra: logging == QueryLogging::Extra,
+            budget: Mutex::new(LogBudget::per_second(QUERIES_PER_SECOND)),
+            serial: AtomicU32::new(0),
+        }
+    }
+
+    /// Logs `query` from `client`, if it is a query and the budget allows; returns what
+    /// the lines about its answer are logged with.
+    pub(super) fn query(&self, query: &[u8], client: SocketAddr) -> Option<Logged> {
+        let (name, qtype) = question(query)?;
+        let skipped = lock(&self.budget).take(unix_now())?;
+        if skipped > 0 {
+            tracing::info!(network = %self.network, "{skipped} DNS queries not logged: at most {QUERIES_PER_SECOND} a second are");
+        }
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let logged = Logged { serial, client };
+        self.write(
+            logged,
+            &format!("query[{}] {name} from {}", type_text(qtype), client.ip()),
+        );
+        Some(logged)
+    }
+
+    /// Logs `reply`, the answer to `query` from `source`.
+    pub(super) fn answered(&self, logged: Logged, source: Source, query: &[u8], reply: &[u8]) {
+        for line in answer_lines(source, query, reply) {
+            self.write(logged, &line);
+        }
+    }
+
+    /// Logs that `query` was sent to `server`.
+    pub(super) fn forwarded(&self, logged: Logged, query: &[u8], server: SocketAddr) {
+        if let Some((name, _)) = question(query) {
+            self.write(logged, &format!("forwarded {name} to {}", server.ip()));
+        }
+    }
+
+    /// Logs what became of `query`, which no upstream answered: `line` of its name.
+    pub(super) fn unanswered(
+        &self,
+        logged: Logged,
+        query: &[u8],
+        line: impl FnOnce(&str) -> String,
+    ) {
+        if let Some((name, _)) = question(query) {
+            self.write(logged, &line(&name));
+        }
+    }
+
+    fn write(&self, logged: Logged, line: &str) {
+        if self.extra {
+            let client = logged.client;
+            tracing::info!(network = %self.network, "{} {}/{} {line}", logged.serial, client.ip(), client.port());
+        } else {
+            tracing::info!(network = %self.network, "{line}");
+        }
+    }
+}
+
+/// The name (as the client wrote it, made safe to print) and type a query asks for;
+/// `None` for a response or a message without one readable question.
+fn question(query: &[u8]) -> Option<(String, u16)> {
+    let header = query.get(..HEADER_LEN)?;
+    if header[2] & 0x80 != 0 || header[4..6] != [0, 1] {
+        return None;
+    }
+    let mut name = String::new();
+    let mut at = HEADER_LEN;
+    loop {
+        let len = usize::from(*query.get(at)?);
+        if len == 0 {
+            break;
+        }
+        // A compression pointer or an extended label: no question a resolver sends.
+        if len > 63 {
+            return None;
+        }
+        if !name.is_empty() {
+            name.push('.');
+        }
+        push_label(&mut name, query.get(at + 1..at + 1 + len)?);
+        at += 1 + len;
+    }
+    let qtype = query.get(at + 1..at + 3)?;
+    if name.is_empty() {
+        name.push('.');
+    }
+    Some((name, u16::from_be_bytes([qtype[0], qtype[1]])))
+}
+
+/// Appends `label` as DNS presentation text: a byte other than a letter, digit, `-`,
+/// `_` or `*` is escaped (`\.`, `\\`, `\032`), so a guest's name cannot forge or break
+/// a log line.
+fn push_label(out: &mut String, label: &[u8]) {
+    for &byte in label {
+        match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'*' => {
+                out.push(char::from(byte));
+            }
+            b'.' | b'\\' => {
+                out.push('\\');
+                out.push(char::from(byte));
+            }
+            _ => out.push_str(&format!("\\{byte:03}")),
+        }
+    }
+}
+
+/// `name` as [`question`] prints it: without the final dot, the root as `.`.
+fn name_text(name: &Name) -> String {
+    let mut text = String::new();
+    for label in name.iter() {
+        if !text.is_empty() {
+            text.push('.');
+        }
+        push_label(&mut text, label);
+    }
+    if text.is_empty() {
+        text.push('.');
+    }
+    text
+}
+
+/// A query type as dnsmasq prints it: its name, or `type=N`.
+fn type_text(qtype: u16) -> String {
+    match RecordType::from(qtype) {
+        RecordType::Unknown(code) => format!("type={code}"),
+        known => known.to_string(),
+    }
+}
+
+/// What a record says, as dnsmasq prints it: an address or a name, else `<TYPE>`.
+fn data_text(data: &RData) -> String {
+    match data {
+        RData::A(address) => address.0.to_string(),
+        RData::AAAA(address) => address.0.to_string(),
+        RData::PTR(name) => name_text(&name.0),
+        other => format!("<{}>", type_text(other.record_type().into())),
+    }
+}
+
+/// The lines of `reply`, the answer to `query` from `source`: a record a line (at most
+/// [`MAX_RECORD_LINES`]), else why there is none (NXDOMAIN, NODATA, the error code).
+fn answer_lines(source: Source, query: &[u8], reply: &[u8]) -> Vec<String> {
+    let label = source.label();
+    let Some((name, qtype)) = question(query) else {
+        return Vec::new();
+    };
+    let Some(&[flags, code]) = reply.get(2..4) else {
+        return Vec::new();
+    };
+    let said = |what: &str| vec![format!("{label} {name} is {what}")];
+    match code & 0x0f {
+        0 => {}
+        1 => return said("FORMERR"),
+        2 => return said("SERVFAIL"),
+        3 => return said("NXDOMAIN"),
+        4 => return said("NOTIMP"),
+        5 => return said("REFUSED"),
+        other => return said(&format!("rcode {other}")),
+    }
+    let Ok(message) = Message::from_vec(reply) else {
+        return said("an unreadable reply");
+    };
+    if message.answers.is_empty() {
+        return match RecordType::from(qtype) {
+            _ if flags & 0x02 != 0 => said("truncated"),
+            RecordType::A => said("NODATA-IPv4"),
+            RecordType::AAAA => said("NODATA-IPv6"),
+            _ => said("NODATA"),
+        };
+    }
+    let mut lines: Vec<String> = message
+        .answers
+        .iter()
+        .take(MAX_RECORD_LINES)
+        .map(|record| {
+            format!(
+                "{label} {} is {}",
+                name_text(&record.name),
+                data_text(&record.data)
+            )
+        })
+        .collect();
+    if let Some(more) = message.answers.len().checked_sub(MAX_RECORD_LINES)
+        && more > 0
+    {
+        lines.push(format!("{label} {name}: {more} more records"));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::{Record, rdata};
+
+    use super::*;
+
+    fn ask(name: &str, qtype: RecordType) -> Vec<u8> {
+        let mut message = Message::new(0x1234, MessageType::Query, OpCode::Query);
+        message.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+        message.to_vec().expect("encode")
+    }
+
+    fn answer(query: &[u8], code: ResponseCode, records: Vec<Record>) -> Vec<u8> {
+        let mut reply = Message::from_vec(query).expect("query");
+        reply.metadata.message_type = MessageType::Response;
+        reply.metadata.response_code = code;
+        reply.answers = records;
+        reply.to_vec().expect("encode")
+    }
+
+    fn record(name: &str, data: RData) -> Record {
+        Record::from_rdata(Name::from_ascii(name).expect("name"), 0, data)
+    }
+
+    #[test]
+    fn the_question_is_printed_as_asked_and_safe() {
+        let query = ask("Web1.Example.test.", RecordType::A);
+        assert_eq!(question(&query), Some(("Web1.Example.test".into(), 1)));
+        assert_eq!(question(&ask(".", RecordType::NS)), Some((".".into(), 2)));
+        // A label holding a newline or a dot cannot start a line of its own.
+        let mut forged = query[..HEADER_LEN].to_vec();
+        forged.extend_from_slice(b"\x05a\nb.c\x01x\x00\x00\x01\x00\x01");
+        assert_eq!(question(&forged), Some(("a\\010b\\.c.x".into(), 1)));
+        let mut response = query.clone();
+        response[2] |= 0x80;
+        assert_eq!(question(&response), None);
+        assert_eq!(question(&query[..query.len() - 3]), None);
+        assert_eq!(type_text(28), "AAAA");
+        assert_eq!(type_text(65), "HTTPS");
+        assert_eq!(type_text(65000), "type=65000");
+    }
+
+    #[test]
+    fn answers_are_a_line_a_record_or_why_there_is_none() {
+        let query = ask("www.example.com.", RecordType::A);
+        let reply = answer(
+            &query,
+            ResponseCode::NoError,
+            vec![
+                record(
+                    "www.example.com.",
+                    RData::CNAME(rdata::CNAME(
+                        Name::from_ascii("cdn.example.net.").expect("name"),
+                    )),
+                ),
+                record(
+                    "cdn.example.net.",
+                    RData::A(Ipv4Addr::new(192, 0, 2, 7).into()),
+                ),
+            ],
+        );
+        assert_eq!(
+            answer_lines(Source::Reply, &query, &reply),
+            [
+                "reply www.example.com is <CNAME>",
+                "reply cdn.example.net is 192.0.2.7"
+            ]
+        );
+        let v6 = ask("web1.example.test.", RecordType::AAAA);
+        let reply = answer(
+            &v6,
+            ResponseCode::NoError,
+            vec![record(
+                "web1.example.test.",
+                RData::AAAA(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5).into()),
+            )],
+        );
+        assert_eq!(
+            answer_lines(Source::Dhcp, &v6, &reply),
+            ["DHCP web1.example.test is fd00::5"]
+        );
+        let ptr = ask("5.122.168.192.in-addr.arpa.", RecordType::PTR);
+        let reply = answer(
+            &ptr,
+            ResponseCode::NoError,
+            vec![record(
+                "5.122.168.192.in-addr.arpa.",
+                RData::PTR(rdata::PTR(
+                    Name::from_ascii("web1.example.test.").expect("name"),
+                )),
+            )],
+        );
+        assert_eq!(
+            answer_lines(Source::Cached, &ptr, &reply),
+            ["cached 5.122.168.192.in-addr.arpa is web1.example.test"]
+        );
+        for (code, qtype, line) in [
+            (
+                ResponseCode::NXDomain,
+                RecordType::A,
+                "config www.example.com is NXDOMAIN",
+            ),
+            (
+                ResponseCode::NoError,
+                RecordType::A,
+                "config www.example.com is NODATA-IPv4",
+            ),
+            (
+                ResponseCode::NoError,
+                RecordType::AAAA,
+                "config www.example.com is NODATA-IPv6",
+            ),
+            (
+                ResponseCode::NoError,
+                RecordType::MX,
+                "config www.example.com is NODATA",
+            ),
+            (
+                ResponseCode::Refused,
+                RecordType::A,
+                "config www.example.com is REFUSED",
+            ),
+            (
+                ResponseCode::ServFail,
+                RecordType::A,
+                "config www.example.com is SERVFAIL",
+            ),
+        ] {
+            let query = ask("www.example.com.", qtype);
+            assert_eq!(
+                answer_lines(Source::Config, &query, &answer(&query, code, Vec::new())),
+                [line]
+            );
+        }
+        let many: Vec<Record> = (1..=10)
+            .map(|n| record("many.test.", RData::A(Ipv4Addr::new(10, 0, 0, n).into())))
+            .collect();
+        let query = ask("many.test.", RecordType::A);
+        let lines = answer_lines(
+            Source::Reply,
+            &query,
+            &answer(&query, ResponseCode::NoError, many),
+        );
+        assert_eq!(lines.len(), MAX_RECORD_LINES + 1);
+        assert_eq!(lines[MAX_RECORD_LINES], "reply many.test: 2 more records");
+    }
+}
