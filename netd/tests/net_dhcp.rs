@@ -51,6 +51,7 @@ fn config(network: &str) -> DhcpConfig {
         default_lease: Duration::from_secs(3600),
         boot: None,
         options: Vec::new(),
+        log_dhcp: false,
     }
 }
 

@@ -40,6 +40,8 @@ fn config() -> Dhcp6Config {
         dns_server: Some(ip("fd00:77::1")),
         domain: Some("fuzz.test".into()),
         default_lease: Duration::from_secs(3600),
+        // Its lines are made of guest input too.
+        log_dhcp: true,
     }
 }
 

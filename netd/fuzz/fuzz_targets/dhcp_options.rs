@@ -170,6 +170,7 @@ fn config(flags: u8, options: Vec<DhcpOptionRule>) -> DhcpConfig {
             }),
         },
         options,
+        log_dhcp: false,
     }
 }
 

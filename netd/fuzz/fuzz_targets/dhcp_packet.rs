@@ -55,6 +55,8 @@ fn config() -> DhcpConfig {
                 force: true,
             },
         ],
+        // Its lines are made of guest input too.
+        log_dhcp: true,
     }
 }
 

@@ -28,12 +28,21 @@ use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
 use super::lease_time::{INFINITE, renew_times};
 use super::leases::{Client, LeaseDb, PendingSync};
+use super::log::{Exchange, MESSAGES_PER_SECOND};
 use super::server::SERVER_PORT;
 use super::{DhcpConfig, Error, LeaseInfo, sanitize_hostname};
+use crate::debug_log::LogBudget;
 use crate::xml::DhcpOptionValue;
 
 /// The DHCP client port replies go to.
 pub const CLIENT_PORT: u16 = 68;
+/// Why a message gets no answer, as `log-dhcp` says it: it is for another server (it
+/// chose another's offer, or releases a lease of another's)...
+const FOR_ANOTHER_SERVER: &str = "for another server";
+/// ...it releases or declines an address it holds no lease on (dnsmasq's words)...
+const UNKNOWN_LEASE: &str = "unknown lease";
+/// ...or its reply could not be encoded (logged as an error).
+const UNBUILT: &str = "reply not built";
 /// Replies are padded to the BOOTP minimum some clients insist on.
 const MIN_REPLY_LEN: usize = 300;
 /// Seconds between two "pool full" warnings of one network.
@@ -59,12 +68,25 @@ pub struct Reply {
     pub hardware: Option<[u8; 6]>,
 }
 
+/// What one message gets.
+#[derive(Debug)]
+enum Handled {
+    Reply(Reply),
+    /// Nothing, none being due (a RELEASE, a DECLINE).
+    Done,
+    /// Nothing, for this reason (in dnsmasq's words where it has them), which
+    /// `log-dhcp` says.
+    Ignored(&'static str),
+}
+
 /// The DHCP logic of one network.
 #[derive(Debug)]
 pub struct Engine {
     config: DhcpConfig,
     leases: LeaseDb,
     last_full_log: Option<i64>,
+    /// `log-dhcp`'s share of lines.
+    log_budget: LogBudget,
     /// Bumped by every binding and configuration change: the DNS server re-reads the
     /// lease names when it moves.
     changes: Arc<AtomicU64>,
@@ -78,6 +100,7 @@ impl Engine {
             config,
             leases,
             last_full_log: None,
+            log_budget: LogBudget::per_second(MESSAGES_PER_SECOND),
             changes: Arc::default(),
         }
     }
@@ -93,6 +116,7 @@ impl Engine {
             config,
             leases,
             last_full_log: None,
+            log_budget: LogBudget::per_second(MESSAGES_PER_SECOND),
             changes: Arc::default(),
         })
     }
@@ -176,11 +200,7 @@ impl Engine {
         {
             return None;
         }
-        let relay = request.giaddr();
-        if !relay.is_unspecified() && !self.is_local_relay(relay) {
-            tracing::debug!(network = %self.config.network, giaddr = %relay, "DHCP request relayed from outside the network dropped");
-            return None;
-        }
+        let kind = request.opts().msg_type()?;
         let mac = <[u8; 6]>::try_from(request.chaddr()).ok()?;
         // An identifier longer than one option can carry (split over several, RFC
         // 3396) is no identifier anyone sends; kept, it could not be stored in the lease
@@ -206,20 +226,68 @@ impl Engine {
                 }
             });
         let client = Client::new(mac, client_id).named(name.as_deref());
-        match request.opts().msg_type()? {
-            MessageType::Discover => self.discover(&request, &client, name.as_deref(), now),
-            MessageType::Request => self.request(&request, &client, name, now),
-            MessageType::Decline => {
-                self.decline(&request, &client, now);
-                None
+        // Kept for the log only when there is one: REQUEST takes the name.
+        let logged_name = if self.config.log_dhcp {
+            name.clone()
+        } else {
+            None
+        };
+        let relay = request.giaddr();
+        let handled = if !relay.is_unspecified() && !self.is_local_relay(relay) {
+            tracing::debug!(network = %self.config.network, giaddr = %relay, "DHCP request relayed from outside the network dropped");
+            Handled::Ignored("relayed from outside the network")
+        } else {
+            match kind {
+                MessageType::Discover => self.discover(&request, &client, name.as_deref(), now),
+                MessageType::Request => self.request(&request, &client, name, now),
+                MessageType::Decline => self.decline(&request, &client, now),
+                MessageType::Release => self.release(&request, &client),
+                MessageType::Inform => self.inform(&request),
+                _ => Handled::Ignored("not a client's message"),
             }
-            MessageType::Release => {
-                self.release(&request, &client);
-                None
-            }
-            MessageType::Inform => self.inform(&request),
-            _ => None,
+        };
+        if self.config.log_dhcp {
+            self.log(&request, kind, logged_name.as_deref(), &handled, now);
         }
+        match handled {
+            Handled::Reply(reply) => Some(reply),
+            Handled::Done | Handled::Ignored(_) => None,
+        }
+    }
+
+    /// Logs what `request`, of `kind` from a client that gave `name`, got (`log-dhcp`).
+    fn log(
+        &mut self,
+        request: &Message,
+        kind: MessageType,
+        name: Option<&str>,
+        handled: &Handled,
+        now: i64,
+    ) {
+        let outcome = match handled {
+            Handled::Reply(reply) => Ok(Some(reply)),
+            Handled::Done => Ok(None),
+            Handled::Ignored(why) => Err(*why),
+        };
+        // An ACK names the lease of its address, an INFORM's that of the client's own.
+        let acked = match handled {
+            Handled::Reply(reply) => [16, 12]
+                .iter()
+                .filter_map(|&at| reply.bytes.get(at..at + 4))
+                .filter_map(|bytes| <[u8; 4]>::try_from(bytes).ok())
+                .map(Ipv4Addr::from)
+                .find(|address| !address.is_unspecified()),
+            _ => None,
+        };
+        let exchange = Exchange {
+            interface: &self.config.interface,
+            request,
+            kind,
+            client_name: name,
+            outcome,
+            lease_name: acked.and_then(|address| self.leases.bound_name(address)),
+        };
+        super::log::write(&self.config.network, &mut self.log_budget, now, &exchange);
     }
 
     /// Whether `giaddr` is a relay agent we answer: a host address of our own subnet
@@ -239,7 +307,7 @@ impl Engine {
         client: &Client,
         name: Option<&str>,
         now: i64,
-    ) -> Option<Reply> {
+    ) -> Handled {
         let requested = requested_ip(request);
         let Some(ip) = self.leases.offer(client, requested, now) else {
             if self
@@ -249,7 +317,7 @@ impl Engine {
                 self.last_full_log = Some(now);
                 tracing::warn!(network = %self.config.network, mac = %super::format_mac(&client.mac), "DHCP pool full: no address to offer");
             }
-            return None;
+            return Handled::Ignored("no address available");
         };
         let lease = self
             .leases
@@ -258,6 +326,7 @@ impl Engine {
             name: self.leases.name_for(client, name).map(str::to_owned),
         };
         self.reply(request, MessageType::Offer, ip, Some(lease), &name)
+            .map_or(Handled::Ignored(UNBUILT), Handled::Reply)
     }
 
     /// `name`: the hostname the client gave, in its own case (`client` goes by it
@@ -268,22 +337,26 @@ impl Engine {
         client: &Client,
         name: Option<String>,
         now: i64,
-    ) -> Option<Reply> {
+    ) -> Handled {
         let ciaddr = request.ciaddr();
+        let no_address = Handled::Ignored("no address requested");
         let ip = match (server_id(request), requested_ip(request)) {
             // SELECTING: the client chose an offer; ours or someone else's.
             (Some(id), requested) => {
                 if id != self.config.server_ip {
                     self.leases.forget_offer(client);
-                    return None;
+                    return Handled::Ignored(FOR_ANOTHER_SERVER);
                 }
-                requested.or((!ciaddr.is_unspecified()).then_some(ciaddr))?
+                let Some(ip) = requested.or((!ciaddr.is_unspecified()).then_some(ciaddr)) else {
+                    return no_address;
+                };
+                ip
             }
             // INIT-REBOOT: verifying a remembered address.
             (None, Some(requested)) => requested,
             // RENEWING (unicast) or REBINDING (broadcast).
             (None, None) if !ciaddr.is_unspecified() => ciaddr,
-            (None, None) => return None,
+            (None, None) => return no_address,
         };
         // Verifying or extending an address while its lease here is on another: the
         // address is wrong (RFC 2131 4.3.2; dnsmasq's "wrong address"). The lease stays,
@@ -302,12 +375,14 @@ impl Engine {
                     name: self.leases.bound_name(ip).map(str::to_owned),
                 };
                 tracing::debug!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP lease bound");
-                let reply = self.reply(request, MessageType::Ack, ip, Some(lease), &name)?;
-                Some(Reply {
-                    needs_commit: true,
-                    renews: renewing,
-                    ..reply
-                })
+                match self.reply(request, MessageType::Ack, ip, Some(lease), &name) {
+                    Some(reply) => Handled::Reply(Reply {
+                        needs_commit: true,
+                        renews: renewing,
+                        ..reply
+                    }),
+                    None => Handled::Ignored(UNBUILT),
+                }
             }
             None => {
                 tracing::debug!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP request refused");
@@ -316,45 +391,51 @@ impl Engine {
         }
     }
 
-    fn decline(&mut self, request: &Message, client: &Client, now: i64) {
+    fn decline(&mut self, request: &Message, client: &Client, now: i64) -> Handled {
         if server_id(request).is_some_and(|id| id != self.config.server_ip) {
-            return;
+            return Handled::Ignored(FOR_ANOTHER_SERVER);
         }
-        if let Some(ip) = requested_ip(request)
-            && self.leases.decline(client, ip, now)
-        {
-            tracing::warn!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP address declined by the client: in use by someone else");
+        let Some(ip) = requested_ip(request) else {
+            return Handled::Ignored("no address declined");
+        };
+        if !self.leases.decline(client, ip, now) {
+            return Handled::Ignored(UNKNOWN_LEASE);
         }
+        tracing::warn!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP address declined by the client: in use by someone else");
+        Handled::Done
     }
 
-    fn release(&mut self, request: &Message, client: &Client) {
+    fn release(&mut self, request: &Message, client: &Client) -> Handled {
         if server_id(request).is_some_and(|id| id != self.config.server_ip) {
-            return;
+            return Handled::Ignored(FOR_ANOTHER_SERVER);
         }
-        if self.leases.release(client, request.ciaddr()) {
-            tracing::debug!(network = %self.config.network, ip = %request.ciaddr(), "DHCP lease released");
+        if !self.leases.release(client, request.ciaddr()) {
+            return Handled::Ignored(UNKNOWN_LEASE);
         }
+        tracing::debug!(network = %self.config.network, ip = %request.ciaddr(), "DHCP lease released");
+        Handled::Done
     }
 
     /// A NAK telling the client why, in dnsmasq's words (option 56, RFC 2132 9.9).
-    fn nak(&self, request: &Message, reason: &str) -> Option<Reply> {
+    fn nak(&self, request: &Message, reason: &str) -> Handled {
         let name = GuestName::NONE;
         let nak = (MessageType::Nak, Some(reason));
         self.reply_noting(request, nak, Ipv4Addr::UNSPECIFIED, None, &name)
+            .map_or(Handled::Ignored(UNBUILT), Handled::Reply)
     }
 
-    fn inform(&self, request: &Message) -> Option<Reply> {
+    fn inform(&self, request: &Message) -> Handled {
         // RFC 2131 4.3.5: the answer goes to the address the client has; without one it
         // is no INFORM (dnsmasq ignores it too).
         if request.ciaddr().is_unspecified() {
-            return None;
+            return Handled::Ignored("no client address");
         }
         // Not from the network (and not relayed): a guest spoofing an address, whose
         // answer would go out on the bridge as if the address were there, each one
         // taking a slot of the host's neighbour table.
         if request.giaddr().is_unspecified() && !self.config.subnet.contains(&request.ciaddr()) {
             tracing::debug!(network = %self.config.network, ciaddr = %request.ciaddr(), "DHCPINFORM from outside the subnet ignored");
-            return None;
+            return Handled::Ignored("address outside the network");
         }
         self.reply(
             request,
@@ -363,6 +444,7 @@ impl Engine {
             None,
             &GuestName::NONE,
         )
+        .map_or(Handled::Ignored(UNBUILT), Handled::Reply)
     }
 
     /// Builds a reply of `kind` to `request`; `lease` is the lease time for OFFER and ACK
@@ -941,7 +1023,7 @@ fn add_boot(message: &mut Message, request: &Message, config: &DhcpConfig) {
 }
 
 /// Offset of the options in a BOOTP message (fixed header and magic cookie).
-const OPTIONS_OFFSET: usize = 240;
+pub(super) const OPTIONS_OFFSET: usize = 240;
 
 /// Decodes a request, each option on its own. dhcproto 0.15's `DhcpOptions::decode`
 /// stops at the first option it cannot decode and drops every later one: an ASCII client
@@ -1049,7 +1131,7 @@ fn fqdn_label(data: &[u8]) -> Option<String> {
 /// The options of a message as `(code, data)`, runs of one code concatenated (RFC 3396)
 /// as dhcproto does; up to the end option, or the first option cut short by the end of
 /// the packet.
-fn option_runs(mut options: &[u8]) -> Vec<(u8, Vec<u8>)> {
+pub(super) fn option_runs(mut options: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut runs: Vec<(u8, Vec<u8>)> = Vec::new();
     // Whether the last option read may be continued by the next one (no pad between).
     let mut in_run = false;
@@ -1123,7 +1205,7 @@ fn requested_lease(message: &Message) -> Option<u32> {
     }
 }
 
-fn requested_ip(message: &Message) -> Option<Ipv4Addr> {
+pub(super) fn requested_ip(message: &Message) -> Option<Ipv4Addr> {
     match message.opts().get(OptionCode::RequestedIpAddress) {
         Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
         _ => None,
@@ -1167,6 +1249,7 @@ mod tests {
             default_lease: Duration::from_secs(3600),
             boot: None,
             options: Vec::new(),
+            log_dhcp: false,
         }
     }
 
@@ -2606,6 +2689,58 @@ mod tests {
         assert!(engine.handle(&encode(&discover), NOW).is_none());
     }
 
+    /// `log-dhcp` tells each message and its reply, or why there is none; a network
+    /// without it tells nothing.
+    #[test]
+    fn log_dhcp_tells_each_message_and_what_it_got() {
+        let one = Ipv4Addr::new(192, 168, 77, 100);
+        let mut logged = DhcpConfig {
+            log_dhcp: true,
+            ..config()
+        };
+        logged.ranges = vec![(one, one, None)];
+        let exchanges = |config: DhcpConfig| {
+            crate::debug_log::captured(|| {
+                let mut engine = Engine::new(config);
+                let asked = DhcpOption::ParameterRequestList(vec![
+                    OptionCode::SubnetMask,
+                    OptionCode::Hostname,
+                ]);
+                let name = DhcpOption::Hostname("web1".into());
+                dora_with(&mut engine, [2, 0, 0, 0, 0, 1], &[asked, name], NOW);
+                let other = [2, 0, 0, 0, 0, 2];
+                let discover = message(MessageType::Discover, other);
+                assert!(engine.handle(&encode(&discover), NOW).is_none());
+                let mut release = message(MessageType::Release, other);
+                release.set_ciaddr(one);
+                assert!(engine.handle(&encode(&release), NOW).is_none());
+                let foreign = request_for(other, one, Some(Ipv4Addr::new(192, 168, 77, 2)));
+                assert!(engine.handle(&encode(&foreign), NOW).is_none());
+            })
+        };
+        let logs = exchanges(logged);
+        for line in [
+            "client provides name: web1",
+            "DHCPDISCOVER(br0) 02:00:00:00:00:01",
+            "DHCPOFFER(br0) 192.168.77.100 02:00:00:00:00:01",
+            "requested options: 1:netmask, 12:hostname",
+            "sent options: 53:message-type, 1:netmask, 12:hostname, 28:broadcast, 51:lease-time, 54:server-identifier, 58:T1, 59:T2",
+            "DHCPREQUEST(br0) 192.168.77.100 02:00:00:00:00:01",
+            "DHCPACK(br0) 192.168.77.100 02:00:00:00:00:01 web1",
+            "DHCPDISCOVER(br0) 02:00:00:00:00:02 no address available",
+            "DHCPRELEASE(br0) 192.168.77.100 02:00:00:00:00:02 unknown lease",
+            "DHCPREQUEST(br0) 192.168.77.100 02:00:00:00:00:02 for another server",
+        ] {
+            assert!(logs.contains(line), "{line:?} not logged:\n{logs}");
+        }
+        assert!(logs.contains(" network=test xid="), "{logs}");
+        let quiet = exchanges(DhcpConfig {
+            ranges: vec![(one, one, None)],
+            ..config()
+        });
+        assert!(!quiet.contains("DHCPDISCOVER"), "{quiet}");
+    }
+
     #[test]
     fn full_pool_answers_nothing() {
         let mut cfg = config();
@@ -2870,7 +3005,11 @@ mod tests {
     /// subnet, every lease either reserved or in the pool).
     #[test]
     fn random_and_mutated_packets_never_panic() {
-        let mut engine = Engine::new(config());
+        // The log-dhcp lines are made of guest input too.
+        let mut engine = Engine::new(DhcpConfig {
+            log_dhcp: true,
+            ..config()
+        });
         let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
         let mut seeds: Vec<Vec<u8>> = Vec::new();
         for kind in [

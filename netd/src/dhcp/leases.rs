@@ -1407,6 +1407,7 @@ mod tests {
             default_lease: Duration::from_secs(3600),
             boot: None,
             options: Vec::new(),
+            log_dhcp: false,
         }
     }
 

@@ -5,6 +5,7 @@
 //!   append-only journal on disk;
 //! - [`engine`]: one DHCP message in, at most one reply out (RFC 2131 state handling and
 //!   the options we hand out). No sockets, no clock: tests and the fuzz target drive it;
+//! - `log`: `log-dhcp`, each message and its reply in dnsmasq's words;
 //! - [`server`]: the UDP socket on port 67 bound to the bridge, batching, persistence
 //!   before replies, and the [`DhcpServer`] handle the manager keeps.
 //!
@@ -24,6 +25,7 @@
 pub mod engine;
 pub mod lease_time;
 pub mod leases;
+mod log;
 pub mod server;
 
 use std::collections::HashMap;
@@ -69,6 +71,8 @@ pub struct DhcpConfig {
     /// send for its code (router, DNS server, domain name, MTU, boot file), as dnsmasq's
     /// do.
     pub options: Vec<crate::xml::DhcpOptionRule>,
+    /// `<dnsmasq:option value='log-dhcp'>`: each message and its reply are logged.
+    pub log_dhcp: bool,
 }
 
 /// Network boot (PXE): the DHCP header's `file` and `siaddr` fields, as dnsmasq's

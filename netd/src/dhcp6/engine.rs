@@ -18,7 +18,9 @@ use dhcproto::v6::{
 use dhcproto::{Decodable, Decoder, Encodable, Name};
 
 use super::leases::{ClientKey, LeaseDb, MAX_DUID};
+use super::log::{Exchange, MESSAGES_PER_SECOND};
 use super::{Dhcp6Config, Dhcp6HostConfig, Error, Lease6Info, duid_mac, eui64_mac};
+use crate::debug_log::LogBudget;
 use crate::dhcp::lease_time::renew_times;
 use crate::dhcp::sanitize_hostname;
 
@@ -28,6 +30,9 @@ pub const SERVER_PORT: u16 = 547;
 pub const CLIENT_PORT: u16 = 546;
 /// Option code of the Client FQDN option (RFC 4704), which dhcproto does not name.
 const OPTION_CLIENT_FQDN: u16 = 39;
+/// Why a message gets no answer, as `log-dhcp` says it: its reply could not be
+/// encoded (which never happens to what the engine builds).
+const UNBUILT: &str = "reply not built";
 /// Deepest option nesting accepted (relay message in IA in ...): real messages nest 2.
 const MAX_DEPTH: u8 = 4;
 
@@ -49,6 +54,8 @@ pub struct Engine {
     /// Bumped by every binding and configuration change: the DNS server re-reads the
     /// lease names when it moves.
     changes: Arc<AtomicU64>,
+    /// `log-dhcp`'s share of lines.
+    log_budget: LogBudget,
 }
 
 /// What one client message says about its sender.
@@ -68,6 +75,7 @@ impl Engine {
             config,
             leases,
             changes: Arc::default(),
+            log_budget: LogBudget::per_second(MESSAGES_PER_SECOND),
         }
     }
 
@@ -84,6 +92,7 @@ impl Engine {
             config,
             leases,
             changes: Arc::default(),
+            log_budget: LogBudget::per_second(MESSAGES_PER_SECOND),
         })
     }
 
@@ -181,6 +190,28 @@ impl Engine {
             return None;
         }
         let message = Message::decode(&mut Decoder::new(packet)).ok()?;
+        let answered = self.answer(&message, source, neighbour_mac, unicast, now);
+        if self.config.log_dhcp {
+            let exchange = Exchange {
+                interface: &self.config.interface,
+                request: &message,
+                outcome: answered.as_ref().map_err(|why| *why),
+            };
+            super::log::write(&self.config.network, &mut self.log_budget, now, &exchange);
+        }
+        answered.ok()
+    }
+
+    /// The reply to `message` ([`Engine::respond`]'s), or why it gets none (which
+    /// `log-dhcp` says).
+    fn answer(
+        &mut self,
+        message: &Message,
+        source: Ipv6Addr,
+        neighbour_mac: Option<[u8; 6]>,
+        unicast: bool,
+        now: i64,
+    ) -> Result<Reply, &'static str> {
         let opts = message.opts();
         let server_id = match opts.get(OptionCode::ServerId) {
             Some(DhcpOption::ServerId(id)) => Some(id.as_slice()),
@@ -190,7 +221,7 @@ impl Engine {
             Some(DhcpOption::ClientId(id)) if !id.is_empty() && id.len() <= MAX_DUID => {
                 Some(id.clone())
             }
-            Some(_) => return None,
+            Some(_) => return Err("bad client identifier"),
             None => None,
         };
         let for_us = server_id == Some(self.server_duid.as_slice());
@@ -214,10 +245,21 @@ impl Engine {
             _ => false,
         };
         if !acceptable {
-            return None;
+            return Err(match (server_id, msg_type) {
+                (Some(_), _) if !for_us => "for another server",
+                (
+                    _,
+                    MessageType::Advertise
+                    | MessageType::Reply
+                    | MessageType::Reconfigure
+                    | MessageType::RelayForw
+                    | MessageType::RelayRepl,
+                ) => "not a client's message",
+                _ => "malformed",
+            });
         }
         if unicast {
-            let duid = duid.filter(|_| {
+            let Some(duid) = duid.filter(|_| {
                 matches!(
                     msg_type,
                     MessageType::Request
@@ -225,14 +267,16 @@ impl Engine {
                         | MessageType::Release
                         | MessageType::Decline
                 )
-            })?;
+            }) else {
+                return Err("sent unicast");
+            };
             let mut reply = Message::new_with_id(MessageType::Reply, message.xid());
             let reply_opts = reply.opts_mut();
             reply_opts.insert(status(Status::UseMulticast, "send to ff02::1:2"));
             reply_opts.insert(DhcpOption::ServerId(self.server_duid.clone()));
             reply_opts.insert(DhcpOption::ClientId(duid));
-            return Some(Reply {
-                bytes: reply.to_vec().ok()?,
+            return Ok(Reply {
+                bytes: reply.to_vec().map_err(|_| UNBUILT)?,
                 needs_commit: false,
             });
         }
@@ -285,7 +329,7 @@ impl Engine {
                     .collect();
                 // RFC 8415 18.3.3: no addresses, no reply.
                 if addresses.is_empty() {
-                    return None;
+                    return Err("no addresses to confirm");
                 }
                 let on_link = addresses.iter().all(|a| self.config.subnet.contains(a));
                 reply.opts_mut().insert(if on_link {
@@ -330,7 +374,7 @@ impl Engine {
                 needs_commit = true;
             }
             (MessageType::InformationRequest, _) => {}
-            _ => return None,
+            _ => return Err("no client identifier"),
         }
         let answers_ias = matches!(
             msg_type,
@@ -356,8 +400,8 @@ impl Engine {
         {
             reply_opts.insert(DhcpOption::DomainSearchList(vec![name]));
         }
-        let bytes = reply.to_vec().ok()?;
-        Some(Reply {
+        let bytes = reply.to_vec().map_err(|_| UNBUILT)?;
+        Ok(Reply {
             bytes,
             needs_commit,
         })
@@ -620,7 +664,7 @@ fn insert_in_order(out: &mut DhcpOptions, options: Vec<DhcpOption>) {
 /// one message with 80 would hold (SOLICIT) or bind (REBIND) 80 addresses.
 const MAX_IAS_PER_MESSAGE: usize = 8;
 
-fn ia_nas(opts: &DhcpOptions) -> impl Iterator<Item = &IANA> {
+pub(super) fn ia_nas(opts: &DhcpOptions) -> impl Iterator<Item = &IANA> {
     opts.iter().filter_map(|o| match o {
         DhcpOption::IANA(ia) => Some(ia),
         _ => None,
@@ -641,7 +685,7 @@ fn ia_pds(opts: &DhcpOptions) -> impl Iterator<Item = &IAPD> {
     })
 }
 
-fn ia_addresses(opts: &DhcpOptions) -> impl Iterator<Item = Ipv6Addr> + '_ {
+pub(super) fn ia_addresses(opts: &DhcpOptions) -> impl Iterator<Item = Ipv6Addr> + '_ {
     opts.iter().filter_map(|o| match o {
         DhcpOption::IAAddr(a) => Some(a.addr),
         _ => None,
@@ -658,7 +702,7 @@ fn client_fqdn(opts: &DhcpOptions) -> Option<&[u8]> {
 }
 
 /// The first label of the Client FQDN option's name, sanitised as a hostname.
-fn client_fqdn_label(opts: &DhcpOptions) -> Option<String> {
+pub(super) fn client_fqdn_label(opts: &DhcpOptions) -> Option<String> {
     let [_flags, len, rest @ ..] = client_fqdn(opts)? else {
         return None;
     };
@@ -773,6 +817,7 @@ pub(crate) mod tests {
             dns_server: Some("2001:db8:ca2:2::1".parse().unwrap()),
             domain: Some("example.org".into()),
             default_lease: Duration::from_secs(3600),
+            log_dhcp: false,
         }
     }
 
@@ -1682,7 +1727,11 @@ pub(crate) mod tests {
     /// check arithmetic overflow, which is what dhcproto's decoder would hit).
     #[test]
     fn random_and_mutated_packets_never_panic() {
-        let mut engine = Engine::new(config());
+        // The log-dhcp lines are made of guest input too.
+        let mut engine = Engine::new(Dhcp6Config {
+            log_dhcp: true,
+            ..config()
+        });
         let sid = server_id(&engine);
         let fqdn = fqdn_option(b"\x04host\x00");
         let seeds: Vec<Vec<u8>> = [

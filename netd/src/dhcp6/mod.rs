@@ -6,6 +6,7 @@
 //! - [`leases`]: the lease database (allocation, reservations by DUID or name, expiry,
 //!   decline) and its file, rewritten atomically when bindings change;
 //! - [`engine`]: one DHCPv6 message in, at most one reply out. No sockets, no clock;
+//! - `log`: `log-dhcp`, each message and its reply in dnsmasq's words;
 //! - [`server`]: the UDP socket on port 547 bound to the bridge and joined to
 //!   `ff02::1:2`, persistence before replies, and the [`Dhcp6Server`] handle.
 //!
@@ -26,6 +27,7 @@
 
 pub mod engine;
 pub mod leases;
+mod log;
 pub mod server;
 
 use std::collections::HashMap;
@@ -65,6 +67,8 @@ pub struct Dhcp6Config {
     pub domain: Option<String>,
     /// Lease time for addresses whose range and host set none.
     pub default_lease: Duration,
+    /// `<dnsmasq:option value='log-dhcp'>`: each message and its reply are logged.
+    pub log_dhcp: bool,
 }
 
 impl Dhcp6Config {

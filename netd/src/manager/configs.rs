@@ -282,6 +282,7 @@ pub(super) fn dhcp6_config(def: &NetworkDef) -> Option<Dhcp6Config> {
         dns_server: def.is_dns_enabled().then_some(address),
         domain: def.domain.as_ref().map(|domain| domain.name.clone()),
         default_lease: dhcp6::DEFAULT_LEASE,
+        log_dhcp: xml::dnsmasq::log_dhcp(&def.dnsmasq_options),
     })
 }
 
@@ -326,6 +327,7 @@ pub(super) fn dhcp_config(def: &NetworkDef) -> Option<DhcpConfig> {
             server: bootp.server.unwrap_or(server_ip),
         }),
         options: xml::dnsmasq::dhcp_options(&def.dnsmasq_options),
+        log_dhcp: xml::dnsmasq::log_dhcp(&def.dnsmasq_options),
     })
 }
 

@@ -57,6 +57,8 @@ pub enum Directive {
     DhcpOption(DhcpOptionRule),
     /// `log-queries[=extra]`: every DNS query and what became of it is logged.
     LogQueries(QueryLogging),
+    /// `log-dhcp`: every DHCP message received and sent is logged, options included.
+    LogDhcp,
 }
 
 /// How `log-queries` logs each DNS query.
@@ -214,6 +216,28 @@ const SERVER_OPTIONS: &[u8] = &[
     0, 1, 12, 28, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 61, 81, 82, 255,
 ];
 
+/// dnsmasq 2.90's names (`opttab`) of the options no `dhcp-option=` line sets, for logs.
+const SERVER_OPTION_NAMES: &[(&str, u8)] = &[
+    ("netmask", 1),
+    ("hostname", 12),
+    ("broadcast", 28),
+    ("vendor-encap", 43),
+    ("requested-address", 50),
+    ("lease-time", 51),
+    ("option-overload", 52),
+    ("message-type", 53),
+    ("server-identifier", 54),
+    ("parameter-request", 55),
+    ("message", 56),
+    ("max-message-size", 57),
+    ("T1", 58),
+    ("T2", 59),
+    ("client-id", 61),
+    ("FQDN", 81),
+    ("agent-id", 82),
+    ("subnet-select", 118),
+];
+
 /// Options whose `dhcp-option=` without a value means "do not send it" in dnsmasq
 /// (rfc2131.c `do_options`): those it would send itself.
 const OMITTABLE: &[u8] = &[3, 6, 15];
@@ -258,6 +282,24 @@ pub fn log_queries(options: &[DnsmasqOption]) -> Option<QueryLogging> {
             _ => None,
         })
         .max_by_key(|&logging| logging == QueryLogging::Extra)
+}
+
+/// Whether `options` have DHCP messages logged (`log-dhcp`).
+pub fn log_dhcp(options: &[DnsmasqOption]) -> bool {
+    options
+        .iter()
+        .any(|option| option.directive == Directive::LogDhcp)
+}
+
+/// dnsmasq's name of DHCPv4 option `code`, as its `log-dhcp` lines show it: those
+/// `dhcp-option=option:NAME` takes, and those the server fills in itself.
+pub fn dhcp_option_name(code: u8) -> Option<&'static str> {
+    DHCP_OPTIONS
+        .iter()
+        .map(|&(name, known, _)| (name, known))
+        .chain(SERVER_OPTION_NAMES.iter().copied())
+        .find(|&(_, known)| known == code)
+        .map(|(name, _)| name)
 }
 
 /// The `dhcp-option=` lines of `options`, one per option code: the last one written, as
@@ -311,6 +353,9 @@ impl Directive {
             ("log-queries", Some("extra")) => Ok(Directive::LogQueries(QueryLogging::Extra)),
             // dnsmasq 2.90 takes any other value (`proto` included) as none.
             ("log-queries", _) => Ok(Directive::LogQueries(QueryLogging::Plain)),
+            ("log-dhcp", None) => Ok(Directive::LogDhcp),
+            // dnsmasq refuses to start with it ("extraneous parameter").
+            ("log-dhcp", Some(_)) => Err(Refusal::Invalid("log-dhcp takes no value".to_owned())),
             _ => Err(Refusal::Unsupported),
         }
     }
@@ -764,6 +809,11 @@ mod tests {
                 "log-queries=",
                 Ok(Directive::LogQueries(QueryLogging::Plain)),
             ),
+            ("log-dhcp", Ok(Directive::LogDhcp)),
+            (
+                "log-dhcp=x",
+                Err(Refusal::Invalid("log-dhcp takes no value".to_owned())),
+            ),
             ("log-facility=/tmp/x", Err(Refusal::Unsupported)),
         ] {
             assert_eq!(Directive::parse(line), expected, "{line}");
@@ -774,7 +824,23 @@ mod tests {
         };
         let plain_after_extra = [option("log-queries=extra"), option("log-queries")];
         assert_eq!(log_queries(&plain_after_extra), Some(QueryLogging::Extra));
-        assert_eq!(log_queries(&[option("cache-size=0")]), None);
+        assert_eq!(log_queries(&[option("log-dhcp")]), None);
+        assert!(log_dhcp(&[option("log-queries"), option("log-dhcp")]));
+    }
+
+    #[test]
+    fn dhcp_options_are_named_as_dnsmasq_names_them_in_its_logs() {
+        for (code, name) in [
+            (1, Some("netmask")),
+            (3, Some("router")),
+            (6, Some("dns-server")),
+            (53, Some("message-type")),
+            (58, Some("T1")),
+            (119, Some("domain-search")),
+            (224, None),
+        ] {
+            assert_eq!(dhcp_option_name(code), name, "{code}");
+        }
     }
 
     #[test]

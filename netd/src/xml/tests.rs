@@ -2970,15 +2970,15 @@ fn dnsmasq_options_of_every_options_element_are_kept_in_order_whatever_the_prefi
     assert_round_trip(&def);
 }
 
-/// The debugging line libvirt users copy from dnsmasq's manual: kvnetd carries it out,
-/// and it comes back as written.
+/// The debugging lines libvirt users copy from dnsmasq's manual: kvnetd carries them
+/// out, and they come back as written.
 #[test]
-fn log_queries_is_accepted_and_kept_as_written() {
+fn log_queries_and_log_dhcp_are_accepted_and_kept_as_written() {
     let def = parse(
         "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>\
          <name>n</name><uuid>e93d0bbe-1313-468f-b6a3-8fb3b4f8d201</uuid>\
          <dnsmasq:options><dnsmasq:option value='log-queries'/>\
-         <dnsmasq:option value='log-queries=extra'/>\
+         <dnsmasq:option value=' log-dhcp '/><dnsmasq:option value='log-queries=extra'/>\
          <dnsmasq:option value='log-queries=proto'/></dnsmasq:options></network>",
     );
     let kept: Vec<_> = def
@@ -2990,6 +2990,7 @@ fn log_queries_is_accepted_and_kept_as_written() {
         kept,
         [
             ("log-queries", Directive::LogQueries(QueryLogging::Plain)),
+            (" log-dhcp ", Directive::LogDhcp),
             (
                 "log-queries=extra",
                 Directive::LogQueries(QueryLogging::Extra)
@@ -3004,6 +3005,7 @@ fn log_queries_is_accepted_and_kept_as_written() {
     assert!(def.to_xml().contains(
         "  <dnsmasq:options>
     <dnsmasq:option value='log-queries'/>
+    <dnsmasq:option value=' log-dhcp '/>
     <dnsmasq:option value='log-queries=extra'/>
     <dnsmasq:option value='log-queries=proto'/>
   </dnsmasq:options>
@@ -3014,10 +3016,21 @@ fn log_queries_is_accepted_and_kept_as_written() {
         crate::xml::dnsmasq::log_queries(&def.dnsmasq_options),
         Some(QueryLogging::Extra)
     );
+    assert!(crate::xml::dnsmasq::log_dhcp(&def.dnsmasq_options));
     let none = parse("<network><name>n</name></network>");
     assert_eq!(
         crate::xml::dnsmasq::log_queries(&none.dnsmasq_options),
         None
+    );
+    assert!(!crate::xml::dnsmasq::log_dhcp(&none.dnsmasq_options));
+    // dnsmasq refuses to start with it.
+    assert_eq!(
+        parse_err(
+            "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>\
+             <name>n</name><dnsmasq:options><dnsmasq:option value='log-dhcp=yes'/>\
+             </dnsmasq:options></network>"
+        ),
+        "invalid dnsmasq option 'log-dhcp=yes' in network 'n': log-dhcp takes no value"
     );
 }
 

@@ -1,0 +1,375 @@
+//! `log-dhcp`: each DHCPv4 message a network's server receives, and its reply, logged
+//! at INFO in the words of dnsmasq's `log-dhcp` (the transaction ID is the `xid` field,
+//! where dnsmasq starts the line with it):
+//!
+//! ```text
+//! client provides name: web1
+//! DHCPDISCOVER(virbr0) 52:54:00:12:34:56
+//! DHCPOFFER(virbr0) 192.168.122.5 52:54:00:12:34:56
+//! requested options: 1:netmask, 3:router, 6:dns-server, 12:hostname, 15:domain-name
+//! sent options: 53:message-type, 54:server-identifier, 51:lease-time, 58:T1, ...
+//! DHCPREQUEST(virbr0) 192.168.122.5 52:54:00:12:34:56
+//! DHCPACK(virbr0) 192.168.122.5 52:54:00:12:34:56 web1
+//! ```
+//!
+//! A message left unanswered says why (`DHCPDISCOVER(virbr0) 52:54:00:12:34:56 no
+//! address available`), a NAK what it tells the client. The engine calls [`write`]
+//! only on a network that has `log-dhcp` on; such a network logs at most
+//! [`MESSAGES_PER_SECOND`] messages a second and says how many it left out.
+
+use std::net::Ipv4Addr;
+
+use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
+
+use super::engine::{OPTIONS_OFFSET, Reply, option_runs, requested_ip};
+use crate::debug_log::LogBudget;
+use crate::xml::dnsmasq::dhcp_option_name;
+
+/// Most messages of one network logged a second.
+pub(super) const MESSAGES_PER_SECOND: u32 = 100;
+
+/// What the engine made of one message, for its lines.
+#[derive(Debug)]
+pub(super) struct Exchange<'a> {
+    /// The bridge, as dnsmasq names the interface in each line.
+    pub interface: &'a str,
+    pub request: &'a Message,
+    pub kind: MessageType,
+    /// The name the client gave, sanitised.
+    pub client_name: Option<&'a str>,
+    /// The reply, or why there is none (`None`: none is due, as for a RELEASE).
+    pub outcome: Result<Option<&'a Reply>, &'a str>,
+    /// The name the lease of an ACK's address goes by.
+    pub lease_name: Option<&'a str>,
+}
+
+/// Logs `exchange` of network `network` at Unix time `now`, within `budget`.
+pub(super) fn write(network: &str, budget: &mut LogBudget, now: i64, exchange: &Exchange<'_>) {
+    let Some(skipped) = budget.take(now) else {
+        return;
+    };
+    if skipped > 0 {
+        tracing::info!(%network, "{skipped} DHCP messages not logged: at most {MESSAGES_PER_SECOND} a second are");
+    }
+    let xid = exchange.request.xid();
+    for line in lines(exchange) {
+        tracing::info!(%network, xid, "{line}");
+    }
+}
+
+/// The lines of `exchange`, in dnsmasq's order: the client's name, the message, the
+/// reply, the options asked for and those sent.
+pub(super) fn lines(exchange: &Exchange<'_>) -> Vec<String> {
+    let request = exchange.request;
+    let mac = super::format_mac(request.chaddr());
+    let mut lines = Vec::new();
+    if let Some(name) = exchange.client_name {
+        lines.push(format!("client provides name: {name}"));
+    }
+    let address = match exchange.kind {
+        MessageType::Discover | MessageType::Decline => requested_ip(request),
+        MessageType::Request => requested_ip(request).or_else(|| given(request.ciaddr())),
+        MessageType::Release | MessageType::Inform => given(request.ciaddr()),
+        _ => None,
+    };
+    let why = exchange.outcome.err();
+    lines.push(message_line(
+        kind_name(exchange.kind),
+        exchange.interface,
+        address,
+        &mac,
+        why,
+    ));
+    let Ok(Some(reply)) = exchange.outcome else {
+        return lines;
+    };
+    let options = option_runs(reply.bytes.get(OPTIONS_OFFSET..).unwrap_or_default());
+    let option = |code: u8| {
+        options
+            .iter()
+            .find(|(known, _)| *known == code)
+            .map(|(_, data)| data.as_slice())
+    };
+    let kind = option(53)
+        .and_then(|data| data.first())
+        .map_or(MessageType::Unknown(0), |&kind| MessageType::from(kind));
+    // An ACK to an INFORM gives no address: it answers the client's own (ciaddr).
+    let header_address = |at: usize| {
+        reply
+            .bytes
+            .get(at..at + 4)
+            .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+            .map(Ipv4Addr::from)
+            .and_then(given)
+    };
+    let note = match kind {
+        MessageType::Ack => exchange.lease_name.map(str::to_owned),
+        // A NAK's message (option 56) tells why, in dnsmasq's words.
+        _ => option(56).map(|text| String::from_utf8_lossy(text).into_owned()),
+    };
+    lines.push(message_line(
+        kind_name(kind),
+        exchange.interface,
+        header_address(16)
+            .or_else(|| header_address(12))
+            .or(address),
+        &mac,
+        note.as_deref(),
+    ));
+    if let Some(DhcpOption::ParameterRequestList(asked)) =
+        request.opts().get(OptionCode::ParameterRequestList)
+    {
+        let codes: Vec<u8> = asked.iter().map(|&code| u8::from(code)).collect();
+        lines.push(format!("requested options: {}", option_list(&codes)));
+    }
+    let sent: Vec<u8> = options.iter().map(|&(code, _)| code).collect();
+    lines.push(format!("sent options: {}", option_list(&sent)));
+    lines
+}
+
+/// `address`, unless it is `0.0.0.0` (none given).
+fn given(address: Ipv4Addr) -> Option<Ipv4Addr> {
+    (!address.is_unspecified()).then_some(address)
+}
+
+/// `DHCPKIND(interface) [address ]mac[ note]`, as dnsmasq's `log_packet` writes it.
+fn message_line(
+    kind: &str,
+    interface: &str,
+    address: Option<Ipv4Addr>,
+    mac: &str,
+    note: Option<&str>,
+) -> String {
+    let mut line = format!("{kind}({interface}) ");
+    if let Some(address) = address {
+        line.push_str(&format!("{address} "));
+    }
+    line.push_str(mac);
+    if let Some(note) = note {
+        line.push(' ');
+        line.push_str(note);
+    }
+    line
+}
+
+/// A message type as dnsmasq names it.
+fn kind_name(kind: MessageType) -> &'static str {
+    match kind {
+        MessageType::Discover => "DHCPDISCOVER",
+        MessageType::Offer => "DHCPOFFER",
+        MessageType::Request => "DHCPREQUEST",
+        MessageType::Decline => "DHCPDECLINE",
+        MessageType::Ack => "DHCPACK",
+        MessageType::Nak => "DHCPNAK",
+        MessageType::Release => "DHCPRELEASE",
+        MessageType::Inform => "DHCPINFORM",
+        _ => "DHCP",
+    }
+}
+
+/// `1:netmask, 3:router, 224`: each code with dnsmasq's name for it, if any.
+fn option_list(codes: &[u8]) -> String {
+    codes
+        .iter()
+        .map(|&code| match dhcp_option_name(code) {
+            Some(name) => format!("{code}:{name}"),
+            None => code.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddrV4;
+
+    use dhcproto::v4::{Flags, HType, Opcode};
+    use dhcproto::{Encodable, Encoder};
+
+    use super::*;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    fn request(kind: MessageType, options: Vec<DhcpOption>) -> Message {
+        let mut message = Message::default();
+        message
+            .set_opcode(Opcode::BootRequest)
+            .set_htype(HType::Eth)
+            .set_flags(Flags::default())
+            .set_chaddr(&MAC);
+        message.opts_mut().insert(DhcpOption::MessageType(kind));
+        for option in options {
+            message.opts_mut().insert(option);
+        }
+        message
+    }
+
+    fn reply(kind: MessageType, yiaddr: Ipv4Addr, options: Vec<DhcpOption>) -> Reply {
+        let mut message = Message::default();
+        message
+            .set_opcode(Opcode::BootReply)
+            .set_yiaddr(yiaddr)
+            .set_chaddr(&MAC);
+        message.opts_mut().insert(DhcpOption::MessageType(kind));
+        for option in options {
+            message.opts_mut().insert(option);
+        }
+        let mut bytes = Vec::new();
+        message
+            .encode(&mut Encoder::new(&mut bytes))
+            .expect("encode");
+        Reply {
+            to: SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+            bytes,
+            needs_commit: false,
+            renews: false,
+            hardware: None,
+        }
+    }
+
+    fn exchange<'a>(
+        request: &'a Message,
+        outcome: Result<Option<&'a Reply>, &'a str>,
+        lease_name: Option<&'a str>,
+    ) -> Vec<String> {
+        lines(&Exchange {
+            interface: "virbr0",
+            request,
+            kind: request.opts().msg_type().expect("type"),
+            client_name: None,
+            outcome,
+            lease_name,
+        })
+    }
+
+    fn option_codes(reply: &Reply) -> Vec<u8> {
+        option_runs(&reply.bytes[OPTIONS_OFFSET..])
+            .iter()
+            .map(|&(code, _)| code)
+            .collect()
+    }
+
+    #[test]
+    fn an_offer_and_an_ack_are_logged_as_dnsmasq_logs_them() {
+        let ip = Ipv4Addr::new(192, 168, 122, 5);
+        let asked = vec![
+            OptionCode::SubnetMask,
+            OptionCode::Router,
+            OptionCode::from(224),
+        ];
+        let discover = request(
+            MessageType::Discover,
+            vec![DhcpOption::ParameterRequestList(asked)],
+        );
+        let offer = reply(
+            MessageType::Offer,
+            ip,
+            vec![DhcpOption::ServerIdentifier(Ipv4Addr::new(
+                192, 168, 122, 1,
+            ))],
+        );
+        let sent = option_codes(&offer);
+        let mut lines = lines(&Exchange {
+            interface: "virbr0",
+            request: &discover,
+            kind: MessageType::Discover,
+            client_name: Some("web1"),
+            outcome: Ok(Some(&offer)),
+            lease_name: None,
+        });
+        let sent_line = lines.pop().expect("sent options");
+        assert_eq!(
+            lines,
+            [
+                "client provides name: web1",
+                "DHCPDISCOVER(virbr0) 52:54:00:12:34:56",
+                "DHCPOFFER(virbr0) 192.168.122.5 52:54:00:12:34:56",
+                "requested options: 1:netmask, 3:router, 224",
+            ]
+        );
+        assert_eq!(sent, [53, 54]);
+        assert_eq!(
+            sent_line,
+            "sent options: 53:message-type, 54:server-identifier"
+        );
+
+        let requested = request(
+            MessageType::Request,
+            vec![DhcpOption::RequestedIpAddress(ip)],
+        );
+        let ack = reply(MessageType::Ack, ip, Vec::new());
+        assert_eq!(
+            exchange(&requested, Ok(Some(&ack)), Some("web1"))[..2],
+            [
+                "DHCPREQUEST(virbr0) 192.168.122.5 52:54:00:12:34:56",
+                "DHCPACK(virbr0) 192.168.122.5 52:54:00:12:34:56 web1"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_nak_says_why_and_an_unanswered_message_too() {
+        let ip = Ipv4Addr::new(10, 0, 0, 9);
+        let requested = request(
+            MessageType::Request,
+            vec![DhcpOption::RequestedIpAddress(ip)],
+        );
+        let nak = reply(
+            MessageType::Nak,
+            Ipv4Addr::UNSPECIFIED,
+            vec![DhcpOption::Message("wrong address".into())],
+        );
+        assert_eq!(
+            exchange(&requested, Ok(Some(&nak)), None)[..2],
+            [
+                "DHCPREQUEST(virbr0) 10.0.0.9 52:54:00:12:34:56",
+                "DHCPNAK(virbr0) 10.0.0.9 52:54:00:12:34:56 wrong address"
+            ]
+        );
+        let discover = request(MessageType::Discover, Vec::new());
+        assert_eq!(
+            exchange(&discover, Err("no address available"), None),
+            ["DHCPDISCOVER(virbr0) 52:54:00:12:34:56 no address available"]
+        );
+        let mut release = request(MessageType::Release, Vec::new());
+        release.set_ciaddr(ip);
+        assert_eq!(
+            exchange(&release, Ok(None), None),
+            ["DHCPRELEASE(virbr0) 10.0.0.9 52:54:00:12:34:56"]
+        );
+        assert_eq!(
+            exchange(&release, Err("unknown lease"), None),
+            ["DHCPRELEASE(virbr0) 10.0.0.9 52:54:00:12:34:56 unknown lease"]
+        );
+        // An INFORM's ACK is about the client's own address.
+        let mut inform = request(MessageType::Inform, Vec::new());
+        inform.set_ciaddr(ip);
+        let mut ack = reply(MessageType::Ack, Ipv4Addr::UNSPECIFIED, Vec::new());
+        ack.bytes[12..16].copy_from_slice(&ip.octets());
+        assert_eq!(
+            exchange(&inform, Ok(Some(&ack)), None)[..2],
+            [
+                "DHCPINFORM(virbr0) 10.0.0.9 52:54:00:12:34:56",
+                "DHCPACK(virbr0) 10.0.0.9 52:54:00:12:34:56"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_network_logs_its_share_of_messages_a_second() {
+        let mut budget = LogBudget::per_second(MESSAGES_PER_SECOND);
+        let discover = request(MessageType::Discover, Vec::new());
+        let flood = Exchange {
+            interface: "virbr0",
+            request: &discover,
+            kind: MessageType::Discover,
+            client_name: None,
+            outcome: Err("no address available"),
+            lease_name: None,
+        };
+        for _ in 0..MESSAGES_PER_SECOND + 5 {
+            write("n", &mut budget, 7, &flood);
+        }
+        assert_eq!(budget.take(8), Some(5));
+    }
+}
