@@ -631,3 +631,139 @@ fn an_ipv6_network_answers_on_the_bridges_link_local_address() {
         .unwrap_or_default();
     assert_eq!(answer.trim(), "192.168.122.50", "{link_local}\n{addresses}");
 }
+
+/// A network with dnsmasq's debugging lines, as libvirt users write them, and one
+/// without: `net`, on bridge `kv{net}` at 192.168.`octet`.1/24.
+fn logging_network(net: &str, octet: u8, options: &str) -> String {
+    format!(
+        "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>
+  <name>{net}</name>
+  <forward mode='nat'/>
+  <bridge name='kv{net}' stp='off' delay='0'/>
+  <domain name='example.test' localOnly='yes'/>
+  <ip address='192.168.{octet}.1' prefix='24'>
+    <dhcp><range start='192.168.{octet}.100' end='192.168.{octet}.200'/></dhcp>
+  </ip>{options}
+</network>
+"
+    )
+}
+
+/// `log-queries` and `log-dhcp` log what dnsmasq's would: each DHCP message and reply
+/// of a real client, each DNS query over UDP and TCP and what answered it (the
+/// network's leases, an upstream server, the cache, NXDOMAIN). A network without them
+/// logs none of it.
+#[test]
+fn log_queries_and_log_dhcp_log_each_query_and_dhcp_message() {
+    if !resolver_tests_can_run() || !require(&[common::Need::Program("busybox")]) {
+        return;
+    }
+    let resolv_conf = tempfile::NamedTempFile::new().expect("resolv.conf");
+    std::fs::write(resolv_conf.path(), "nameserver 10.98.0.2\n").expect("resolv.conf");
+    let daemon = Daemon::start_with(DaemonOptions {
+        resolv_conf: Some(resolv_conf.path().to_owned()),
+        ..DaemonOptions::no_default_network()
+    });
+    // A TTL, so the answer is kept (dnsmasq's own names have none).
+    let (_upstream, _dnsmasq) = host_resolver(&daemon, &["--local-ttl=60"]);
+    let options = "
+  <dnsmasq:options>
+    <dnsmasq:option value='log-queries'/>
+    <dnsmasq:option value='log-dhcp'/>
+  </dnsmasq:options>";
+    let mut guests = Vec::new();
+    for (net, octet, options, hostname) in
+        [("logged", 140, options, "web1"), ("quiet", 141, "", "web2")]
+    {
+        let xml = common::xml_file(
+            daemon.dirs.path(),
+            &format!("{net}.xml"),
+            &logging_network(net, octet, options),
+        );
+        daemon.ok(&["net-create", xml.to_str().expect("path")]);
+        let guest = testkit::Netns::new(&format!("{net}guest")).expect("guest ns");
+        daemon
+            .ns
+            .sh(&format!(
+                "ip link add vg{net} type veth peer name eth0 netns {} && \
+                 ip link set vg{net} master kv{net} && ip link set vg{net} up",
+                guest.name()
+            ))
+            .expect("veth to guest");
+        guest.sh("ip link set eth0 up").expect("guest link up");
+        common::wait_for_forwarding(&daemon, &format!("vg{net}"));
+        let bound = common::udhcpc_lease(&daemon, &guest, hostname);
+        let mac = guest
+            .sh("cat /sys/class/net/eth0/address")
+            .expect("guest MAC")
+            .trim()
+            .to_owned();
+        let server = format!("192.168.{octet}.1");
+        let dig = |args: &str| {
+            guest
+                .sh(&format!("timeout 10 dig +time=2 +tries=2 @{server} {args}"))
+                .unwrap_or_else(|e| panic!("dig {args}: {e}"))
+        };
+        assert_eq!(
+            dig(&format!("+short {hostname}.example.test")).trim(),
+            bound.ip
+        );
+        // Asked twice: the second answer is the cached one.
+        for _ in 0..2 {
+            assert_eq!(dig("+short www.up.test").trim(), "10.77.7.7");
+        }
+        let missing = dig("+tcp nobody.example.test");
+        assert!(missing.contains("status: NXDOMAIN"), "{missing}");
+        guests.push((guest, bound.ip, mac));
+    }
+
+    let log = daemon.log();
+    let (_, ip, mac) = &guests[0];
+    for line in [
+        format!("DHCPDISCOVER(kvlogged) {mac}"),
+        format!("DHCPOFFER(kvlogged) {ip} {mac}"),
+        "client provides name: web1".to_owned(),
+        "requested options: 1:netmask, 3:router, 6:dns-server, 12:hostname".to_owned(),
+        "sent options: 53:message-type, 1:netmask, 3:router, 6:dns-server".to_owned(),
+        format!("DHCPREQUEST(kvlogged) {ip} {mac}"),
+        format!("DHCPACK(kvlogged) {ip} {mac} web1"),
+        format!("query[A] web1.example.test from {ip}"),
+        format!("DHCP web1.example.test is {ip}"),
+        format!("query[A] www.up.test from {ip}"),
+        "forwarded www.up.test to 10.98.0.2".to_owned(),
+        "reply www.up.test is 10.77.7.7".to_owned(),
+        "cached www.up.test is 10.77.7.7".to_owned(),
+        format!("query[A] nobody.example.test from {ip}"),
+        "config nobody.example.test is NXDOMAIN".to_owned(),
+    ] {
+        let logged = log
+            .lines()
+            .find(|logged| logged.contains(" INFO netd::") && logged.contains(&line));
+        assert!(
+            logged.is_some_and(|logged| logged.contains(" network=logged")),
+            "{line:?} not logged for network 'logged':\n{log}"
+        );
+    }
+    let (_, quiet_ip, _) = &guests[1];
+    let said_of_quiet: Vec<&str> = log
+        .lines()
+        .filter(|line| {
+            line.contains(" network=quiet")
+                && [
+                    "DHCPDISCOVER",
+                    "DHCPACK",
+                    "query[",
+                    "forwarded ",
+                    "reply ",
+                    "cached ",
+                ]
+                .iter()
+                .any(|word| line.contains(word))
+        })
+        .collect();
+    assert!(said_of_quiet.is_empty(), "{said_of_quiet:#?}");
+    assert!(
+        !log.contains("(kvquiet)") && !log.contains(&format!("from {quiet_ip}")),
+        "the network without log options logged its queries or DHCP:\n{log}"
+    );
+}
