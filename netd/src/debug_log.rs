@@ -1,6 +1,7 @@
-//! The budget of the per-network debug logs (`log-queries`, `log-dhcp`): a guest
-//! flooding its network with queries or DHCP messages must not have the daemon spend
-//! its time writing log lines. Each network logs so many events a second; those past it
+//! A budget of log lines for what clients can make happen at will: the per-network
+//! debug logs (`log-queries`, `log-dhcp`), where a guest flooding its network with
+//! queries or DHCP messages must not have the daemon spend its time writing log lines,
+//! and the API's refused requests. So many events a second are logged; those past it
 //! are counted, and the count is said when logging resumes.
 
 /// How many events a second one network's log takes.

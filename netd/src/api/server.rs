@@ -37,6 +37,7 @@ use super::types::{
     XmlResponse,
 };
 use super::write_deadline::WriteDeadline;
+use crate::debug_log::LogBudget;
 use crate::events::{self, Lifecycle, Received, Subscription};
 use crate::fdpass;
 use crate::manager::{self, Manager};
@@ -713,7 +714,7 @@ async fn errors_as_json(request: Request, next: Next) -> Response {
 /// path and message are written escaped: they quote what the client sent, which must
 /// not make lines of its own in the log.
 fn log_refusal(method: &Method, path: &str, response: &Response) {
-    let Some(unlogged) = crate::service::lock(&REFUSAL_LOG).admit(Instant::now()) else {
+    let Some(unlogged) = crate::service::lock(&REFUSAL_LOG).take(crate::service::unix_now()) else {
         return;
     };
     if unlogged > 0 {
@@ -736,38 +737,8 @@ fn log_refusal(method: &Method, path: &str, response: &Response) {
 /// limit would then drop the daemon's other lines. Those past it are counted.
 const REFUSALS_LOGGED_PER_SEC: u32 = 20;
 
-static REFUSAL_LOG: std::sync::Mutex<RefusalLog> = std::sync::Mutex::new(RefusalLog {
-    second: None,
-    logged: 0,
-    unlogged: 0,
-});
-
-/// How many refusals were logged in the current second, and how many were not since
-/// the last one that was.
-struct RefusalLog {
-    second: Option<Instant>,
-    logged: u32,
-    unlogged: u64,
-}
-
-impl RefusalLog {
-    /// Whether a refusal at `now` is logged: then `Some` of how many were not before it.
-    fn admit(&mut self, now: Instant) -> Option<u64> {
-        if self
-            .second
-            .is_none_or(|second| now.duration_since(second) >= Duration::from_secs(1))
-        {
-            self.second = Some(now);
-            self.logged = 0;
-        }
-        if self.logged >= REFUSALS_LOGGED_PER_SEC {
-            self.unlogged += 1;
-            return None;
-        }
-        self.logged += 1;
-        Some(std::mem::take(&mut self.unlogged))
-    }
-}
+static REFUSAL_LOG: std::sync::Mutex<LogBudget> =
+    std::sync::Mutex::new(LogBudget::per_second(REFUSALS_LOGGED_PER_SEC));
 
 /// Reads are open to anyone who can reach the socket; changes need root, the daemon's
 /// own user, or membership of the socket's group.
@@ -1240,23 +1211,6 @@ fn lifecycle_event(event: events::Event) -> LifecycleEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Refusals are logged 20 a second at most; the next one logged says how many were
-    /// not.
-    #[test]
-    fn refusals_are_logged_at_a_bounded_rate() {
-        let mut log = RefusalLog {
-            second: None,
-            logged: 0,
-            unlogged: 0,
-        };
-        let start = Instant::now();
-        let admitted = (0..100).filter(|_| log.admit(start).is_some()).count();
-        assert_eq!(admitted, 20);
-        assert_eq!(log.admit(start + Duration::from_millis(999)), None);
-        assert_eq!(log.admit(start + Duration::from_secs(1)), Some(81));
-        assert_eq!(log.admit(start + Duration::from_secs(1)), Some(0));
-    }
 
     /// Only a directory no other user can replace files in holds the socket.
     #[test]
