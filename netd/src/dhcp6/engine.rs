@@ -43,6 +43,10 @@ pub struct Reply {
     pub bytes: Vec<u8>,
     /// The reply confirms a binding: send it only once [`Engine::commit`] succeeded.
     pub needs_commit: bool,
+    /// It only extends bindings the client holds (a RENEW or REBIND that binds no new
+    /// address): sent even if their save fails (a full state directory), as the
+    /// addresses do not change, rather than take them from a guest using them.
+    pub renews: bool,
 }
 
 /// The DHCPv6 logic of one network.
@@ -278,6 +282,7 @@ impl Engine {
             return Ok(Reply {
                 bytes: reply.to_vec().map_err(|_| UNBUILT)?,
                 needs_commit: false,
+                renews: false,
             });
         }
         let client = duid.map(|duid| Client {
@@ -289,6 +294,7 @@ impl Engine {
         });
         let mut reply = Message::new_with_id(MessageType::Reply, message.xid());
         let mut needs_commit = false;
+        let mut renews = false;
         match (msg_type, &client) {
             (MessageType::Solicit, Some(client)) => {
                 let rapid = opts.get(OptionCode::RapidCommit).is_some();
@@ -319,7 +325,7 @@ impl Engine {
                 needs_commit = true;
             }
             (MessageType::Renew | MessageType::Rebind, Some(client)) => {
-                self.extend_all(opts, client, now, reply.opts_mut());
+                renews = self.extend_all(opts, client, now, reply.opts_mut());
                 needs_commit = true;
             }
             (MessageType::Confirm, Some(_)) => {
@@ -404,6 +410,7 @@ impl Engine {
         Ok(Reply {
             bytes,
             needs_commit,
+            renews,
         })
     }
 
@@ -516,9 +523,18 @@ impl Engine {
     /// have no record of is bound again when it is free for the client (the lease file
     /// was lost); an IA with neither gets NoBinding, unless all it asks for are addresses
     /// of other links, which come back with lifetimes 0.
-    fn extend_all(&mut self, opts: &DhcpOptions, client: &Client, now: i64, out: &mut DhcpOptions) {
+    /// Extends each IA_NA's binding of a RENEW or REBIND; whether no IA was bound to a
+    /// new address (only those the client held were extended).
+    fn extend_all(
+        &mut self,
+        opts: &DhcpOptions,
+        client: &Client,
+        now: i64,
+        out: &mut DhcpOptions,
+    ) -> bool {
         let (client_reservation, reserved_iaid) = self.reserved_ia(opts, client, true, now);
         let mut answers = Vec::new();
+        let mut extended_only = true;
         for ia in ia_nas(opts).take(MAX_IAS_PER_MESSAGE) {
             let reservation = client_reservation
                 .clone()
@@ -542,6 +558,7 @@ impl Engine {
                     self.leases.offer(&key, Some(host), None, now)
                 });
             let mut ia_opts = DhcpOptions::new();
+            extended_only &= keep.is_none() || keep == bound;
             let (t1, t2) = match keep {
                 Some(ip) => {
                     let secs = self.leases.lease_secs(reservation.as_ref(), ip);
@@ -592,6 +609,7 @@ impl Engine {
         }
         insert_in_order(out, answers);
         refuse_ta_and_pd(opts, out);
+        extended_only
     }
 }
 
@@ -999,7 +1017,7 @@ pub(crate) mod tests {
             vec![sid.clone(), ia(7, Some(&offered.to_string()))],
         );
         let reply = engine.handle(&request, CLIENT_LL, 10).unwrap();
-        assert!(reply.needs_commit);
+        assert!(reply.needs_commit && !reply.renews);
         let reply = decode(&reply);
         assert_eq!(reply.msg_type(), MessageType::Reply);
         assert_eq!(
@@ -1022,7 +1040,10 @@ pub(crate) mod tests {
             &CLIENT_DUID,
             vec![sid.clone(), ia(7, Some(&offered.to_string()))],
         );
-        let reply = decode(&engine.handle(&renew, CLIENT_LL, 2000).unwrap());
+        let renewed = engine.handle(&renew, CLIENT_LL, 2000).unwrap();
+        // Only extending: sent even if the save fails, where the REQUEST's was not.
+        assert!(renewed.needs_commit && renewed.renews);
+        let reply = decode(&renewed);
         assert_eq!(the_ia(&reply).3, vec![(offered, 3600, 3600)]);
         assert_eq!(engine.leases(2000)[0].expiry_unix, 5600);
 
@@ -1057,7 +1078,10 @@ pub(crate) mod tests {
             &CLIENT_DUID,
             vec![sid.clone(), ia(1, Some("2001:db8:ca2:2:1::20"))],
         );
-        let reply = decode(&engine.handle(&renew, CLIENT_LL, 0).unwrap());
+        let rebound = engine.handle(&renew, CLIENT_LL, 0).unwrap();
+        // A new binding: sent only once saved.
+        assert!(rebound.needs_commit && !rebound.renews);
+        let reply = decode(&rebound);
         assert_eq!(
             the_ia(&reply).3,
             vec![("2001:db8:ca2:2:1::20".parse().unwrap(), 3600, 3600)]

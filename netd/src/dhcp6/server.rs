@@ -315,9 +315,11 @@ async fn save_then_keep(
         Err(e) => Err(format!("the lease file's writer failed: {e}")),
     };
     if let Err(e) = saved {
-        tracing::error!(error = %e, "DHCPv6 bindings not saved; their replies are dropped");
         lock(engine).write_failed();
-        replies.retain(|(_, reply)| !reply.needs_commit);
+        let all = replies.len();
+        // Renewals still go: the guests keep the addresses they use.
+        replies.retain(|(_, reply)| !reply.needs_commit || reply.renews);
+        tracing::error!(error = %e, withheld = all - replies.len(), "DHCPv6 bindings not saved; replies with new bindings are withheld, renewals sent");
     }
     replies
 }
