@@ -365,7 +365,9 @@ impl Engine {
             tracing::debug!(network = %self.config.network, %ip, mac = %super::format_mac(&client.mac), "DHCP request for an address other than the client's lease refused");
             return self.nak(request, "wrong address");
         }
-        let renewing = self.leases.is_bound_to(client, ip, now);
+        // Not a binding a failed commit left in memory, which a retransmitted REQUEST
+        // would otherwise find bound.
+        let renewing = self.leases.is_durably_bound_to(client, ip, now);
         match self
             .leases
             .bind_requesting(client, ip, name, requested_lease(request), now)
@@ -1523,6 +1525,12 @@ mod tests {
         let mac = [2, 0, 0, 0, 0, 7];
         let (_, ack) = dora(&mut engine, mac, NOW);
         let ip = ack.yiaddr();
+        // Its REQUEST again before the binding was synced (a commit that failed): still
+        // a new binding, not a renewal.
+        let (again, _) = exchange(&mut engine, &request_for(mac, ip, Some(SERVER)), NOW)
+            .expect("the REQUEST again");
+        assert!(again.needs_commit && !again.renews);
+        engine.commit().expect("synced");
         let mut renew = message(MessageType::Request, mac);
         renew.set_ciaddr(ip);
         let (reply, renewed) = exchange(&mut engine, &renew, NOW + 300).expect("renew ack");

@@ -128,6 +128,9 @@ struct Lease {
     state: LeaseState,
     /// When a bound lease was last bound or renewed, as [`LeaseDb::binds`] counted then.
     bound_seq: u64,
+    /// When its client first bound it on this address, renewals since not counted: it
+    /// is durable once the journal is synced past that ([`LeaseDb::durable_through`]).
+    first_bound_seq: u64,
 }
 
 impl Lease {
@@ -257,6 +260,11 @@ pub struct LeaseDb {
     /// Bindings and renewals made (replayed ones included): orders the leases that
     /// claim one name within the same second.
     binds: u64,
+    /// The [`LeaseDb::binds`] count the journal is known synced through: a binding
+    /// first made after it may be lost to a crash.
+    durable_through: u64,
+    /// The count when the commit in progress took its lines.
+    syncing_through: u64,
     journal: Option<Journal>,
 }
 
@@ -283,6 +291,8 @@ impl LeaseDb {
             pending: Vec::new(),
             revision: 0,
             binds: 0,
+            durable_through: 0,
+            syncing_through: 0,
             journal: None,
         };
         db.configure(config);
@@ -313,6 +323,8 @@ impl LeaseDb {
         let text = read_journal(config, path)?;
         db.replay(&text, now);
         db.pending.clear();
+        // What the file holds is on disk.
+        db.durable_through = db.binds;
         let mut lines = db.persisted_count();
         let mut needs_rewrite = false;
         // A new network's (empty) journal needs no rewrite: appending creates it, and its
@@ -604,6 +616,7 @@ impl LeaseDb {
                 expiry,
                 state: LeaseState::Offered,
                 bound_seq: 0,
+                first_bound_seq: 0,
             },
         );
     }
@@ -622,7 +635,18 @@ impl LeaseDb {
 
     /// Whether `client` holds a live, bound lease on `ip`.
     pub fn is_bound_to(&self, client: &Client, ip: Ipv4Addr, now: i64) -> bool {
-        self.by_ip.get(&ip).is_some_and(|lease| {
+        self.bound_lease(client, ip, now).is_some()
+    }
+
+    /// Whether `client` holds a live, bound lease on `ip` that the journal has on disk
+    /// (renewals since aside): renewing it changes no address a crash could lose.
+    pub fn is_durably_bound_to(&self, client: &Client, ip: Ipv4Addr, now: i64) -> bool {
+        self.bound_lease(client, ip, now)
+            .is_some_and(|lease| lease.first_bound_seq <= self.durable_through)
+    }
+
+    fn bound_lease(&self, client: &Client, ip: Ipv4Addr, now: i64) -> Option<&Lease> {
+        self.by_ip.get(&ip).filter(|lease| {
             lease.state == LeaseState::Bound && lease.live(now) && lease.client.same_as(client)
         })
     }
@@ -855,11 +879,12 @@ impl LeaseDb {
     /// dnsmasq (`lease_set_hostname`), so DNS and `net-dhcp-leases` show one holder.
     /// (A replayed journal strips the same names in the same order.)
     fn put_bound(&mut self, client: Client, ip: Ipv4Addr, hostname: Option<Box<str>>, expiry: i64) {
-        let renewed = self.by_ip.get(&ip).is_some_and(|held| {
-            held.state == LeaseState::Bound
-                && held.client.same_as(&client)
-                && held.hostname == hostname
-        });
+        let held_by_client = self
+            .by_ip
+            .get(&ip)
+            .filter(|held| held.state == LeaseState::Bound && held.client.same_as(&client));
+        let renewed = held_by_client.is_some_and(|held| held.hostname == hostname);
+        let first_bound_seq = held_by_client.map(|held| held.first_bound_seq);
         self.remove_ip(ip);
         if let Some(name) = hostname.as_deref()
             && !renewed
@@ -878,6 +903,7 @@ impl LeaseDb {
                 expiry,
                 state: LeaseState::Bound,
                 bound_seq: self.binds,
+                first_bound_seq: first_bound_seq.unwrap_or(self.binds),
             },
         );
     }
@@ -1009,6 +1035,7 @@ impl LeaseDb {
                 expiry,
                 state: LeaseState::Declined,
                 bound_seq: 0,
+                first_bound_seq: 0,
             },
         );
     }
@@ -1206,6 +1233,7 @@ impl LeaseDb {
     /// [`LeaseDb::finish_commit`]. Only one may be in flight: the lines must reach the
     /// file in order. A journal that needs rewriting after a failure is rewritten here.
     pub fn begin_commit(&mut self) -> Result<PendingSync, Error> {
+        self.syncing_through = self.binds;
         let bytes = std::mem::take(&mut self.pending);
         let lines = bytes.iter().filter(|&&b| b == b'\n').count();
         let Some(journal) = self.journal.as_ref() else {
@@ -1234,6 +1262,9 @@ impl LeaseDb {
         lines: usize,
         result: std::io::Result<()>,
     ) -> Result<(), Error> {
+        if result.is_ok() {
+            self.durable_through = self.syncing_through;
+        }
         let Some(journal) = self.journal.as_mut() else {
             return Ok(());
         };
