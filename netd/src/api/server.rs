@@ -36,7 +36,7 @@ use super::types::{
     NetworkSummary, PortSummary, TAP_UPGRADE, UpdateRequest, UpdateResponse, XmlRequest,
     XmlResponse,
 };
-use super::write_deadline::WriteDeadline;
+use super::write_deadline::{Exemption, WriteDeadline};
 use crate::debug_log::LogBudget;
 use crate::events::{self, Lifecycle, Received, Subscription};
 use crate::fdpass;
@@ -82,6 +82,8 @@ struct Peer {
     /// A duplicate of the connection's socket: hyper owns the socket and writes only bytes,
     /// so a tap's descriptor goes out through this one ([`create_port`]).
     connection: Option<Arc<OwnedFd>>,
+    /// Granted by an event stream: its connection's writes may wait on a slow reader.
+    write_deadline: Exemption,
 }
 
 impl Peer {
@@ -105,6 +107,7 @@ impl Peer {
                 groups: groups.into(),
                 read_only,
                 connection,
+                write_deadline: Exemption::default(),
             },
             // Unknown peers get no rights: uid/gid of nobody.
             Err(_) => Peer {
@@ -113,6 +116,7 @@ impl Peer {
                 groups: Arc::new([]),
                 read_only,
                 connection,
+                write_deadline: Exemption::default(),
             },
         }
     }
@@ -413,6 +417,7 @@ fn serve_connection(
     mut stopping: watch::Receiver<()>,
     open: watch::Receiver<()>,
 ) {
+    let write_deadline = peer.write_deadline.clone();
     let service = app.map_request(move |request: Request<Incoming>| {
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(peer.clone()));
@@ -427,7 +432,7 @@ fn serve_connection(
             .max_buf_size(MAX_READ_BUFFER);
         let connection = http
             .serve_connection(
-                TokioIo::new(WriteDeadline::new(stream, WRITE_TIMEOUT)),
+                TokioIo::new(WriteDeadline::new(stream, WRITE_TIMEOUT, write_deadline)),
                 TowerToHyperService::new(service),
             )
             .with_upgrades();
@@ -1114,8 +1119,11 @@ async fn send_tap(connection: &OwnedFd, payload: &[u8], tap: OwnedFd) -> std::io
 /// client that has the header misses nothing after it.
 async fn events(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Query(query): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
+    // A subscriber that reads slowly is told what it missed, not cut off.
+    peer.write_deadline.grant();
     let subscription = state.manager.events().subscribe();
     let only = match &query.network {
         Some(key) => Some(state.manager.get(key).await?.uuid),
@@ -1271,6 +1279,7 @@ mod tests {
             groups: groups.into(),
             read_only: false,
             connection: None,
+            write_deadline: Exemption::default(),
         };
         assert!(may_change(&peer(0, 0, &[]), 100));
         assert!(may_change(&peer(me, 7, &[]), 100));

@@ -4,30 +4,52 @@
 //! The daemon's read timeouts end clients that stall sending; without this, one that
 //! asked for large answers (a network's XML, many times pipelined) and never read them
 //! would hold its connection slot and the answers' memory for as long as it liked.
+//!
+//! An event stream is exempt ([`Exemption`]): its subscriber may read slowly or pause,
+//! and is told of the events it missed instead (the stream holds no more than a line).
 
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// `inner`, whose writes fail once none has made progress for `limit`.
+/// Lifts a connection's write deadline once granted, for as long as it lasts.
+#[derive(Clone, Debug, Default)]
+pub struct Exemption(Arc<AtomicBool>);
+
+impl Exemption {
+    pub fn grant(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn granted(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// `inner`, whose writes fail once none has made progress for `limit`, unless
+/// `exemption` is granted.
 pub struct WriteDeadline<S> {
     inner: S,
     limit: Duration,
+    exemption: Exemption,
     /// Running while the client is not reading: since the first write that could not
     /// go out.
     stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> WriteDeadline<S> {
-    pub fn new(inner: S, limit: Duration) -> Self {
+    pub fn new(inner: S, limit: Duration, exemption: Exemption) -> Self {
         WriteDeadline {
             inner,
             limit,
+            exemption,
             stalled: None,
         }
     }
@@ -39,7 +61,7 @@ impl<S> WriteDeadline<S> {
         poll: Poll<std::io::Result<T>>,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<T>> {
-        if poll.is_ready() {
+        if poll.is_ready() || self.exemption.granted() {
             self.stalled = None;
             return poll;
         }
@@ -111,7 +133,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_fails_only_after_the_limit_without_progress() {
         let (ours, mut client) = tokio::io::duplex(16);
-        let mut ours = WriteDeadline::new(ours, Duration::from_secs(10));
+        let exemption = Exemption::default();
+        let mut ours = WriteDeadline::new(ours, Duration::from_secs(10), exemption.clone());
         let answer = vec![7u8; 64];
         let writing = tokio::spawn(async move {
             let written = ours.write_all(&answer).await;
@@ -134,5 +157,13 @@ mod tests {
         let error = written.expect_err("a client that reads nothing");
         assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(10));
+
+        // Exempt (an event stream), it waits as long as the client takes.
+        exemption.grant();
+        let writing = tokio::spawn(async move { ours.write_all(&[2u8; 16]).await });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let mut drained = vec![0u8; 64];
+        let _ = client.read(&mut drained).await.expect("read");
+        writing.await.expect("task").expect("written once read");
     }
 }
