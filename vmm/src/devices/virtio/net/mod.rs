@@ -256,18 +256,6 @@ pub enum NetConfigError {
     /// Opening the tap failed.
     #[error("cannot open the tap for --net")]
     Tap(#[source] tap::TapError),
-    /// An existing tap made for a guest MAC its own MAC does not tell in full.
-    #[error(
-        "tap {tap} was made for a guest MAC whose first byte its own ({tap_mac}) hides: give the guest's as --net mac=xx:{rest}"
-    )]
-    GuestMacUnknown {
-        /// The tap.
-        tap: String,
-        /// Its MAC, `fe` first.
-        tap_mac: MacAddr,
-        /// The guest MAC's last five bytes, as they are in the tap's.
-        rest: String,
-    },
     /// `mtu=` offers the guest more than its tap carries.
     #[error(
         "--net mtu={mtu} is larger than the MTU of tap {tap} ({tap_mtu}): the guest's larger frames would be dropped; raise the tap's MTU, or give mtu={tap_mtu} or less"
@@ -481,7 +469,7 @@ impl NetSpec {
             config.mtu = network_mtu(tap.name(), tap.mtu());
         }
         if self.mac.is_none()
-            && let Some(mac) = self.guest_mac_of(&tap)?
+            && let Some(mac) = self.guest_mac_of(&tap)
         {
             config.mac = mac;
         }
@@ -496,9 +484,10 @@ impl NetSpec {
     /// the guest's MAC with `fe` first (so that the bridge never takes the guest's
     /// address). A persistent port's tap then gives its guest the MAC its DHCP
     /// reservation or pinning knows. Only QEMU's `52:54:00` prefix can be told back from
-    /// `fe:54:00`: for any other, the first byte is lost, and guessing it would give the
-    /// guest a MAC its reservation and its port's pinning do not know.
-    fn guest_mac_of(&self, tap: &Tap) -> Result<Option<MacAddr>, NetConfigError> {
+    /// `fe:54:00`: for any other `fe` MAC the first byte is lost (and the kernel gives
+    /// one tap in 64 such a MAC at random), so the guest gets a random MAC, with a
+    /// warning that says what to give if the tap is a port's.
+    fn guest_mac_of(&self, tap: &Tap) -> Option<MacAddr> {
         let existing = match self.tap {
             TapSource::Fd(_) => true,
             TapSource::Name(_) => tap.is_persistent(),
@@ -506,32 +495,32 @@ impl NetSpec {
             TapSource::Network { .. } => false,
         };
         if !existing {
-            return Ok(None);
+            return None;
         }
         let tap_mac = match tap.mac() {
             Ok(mac) => MacAddr(mac),
             Err(error) => {
                 tracing::debug!(tap = tap.name(), %error, "cannot read the tap's MAC");
-                return Ok(None);
+                return None;
             }
         };
         match tap_mac.0 {
-            [0xfe, 0x54, 0x00, ..] => {}
+            [0xfe, 0x54, 0x00, ..] => {
+                let mut guest = tap_mac;
+                guest.0[0] = 0x52;
+                tracing::info!(tap = tap.name(), %tap_mac, mac = %guest,
+                    "guest MAC taken from its tap's (fe:54:00 for 52:54:00)");
+                Some(guest)
+            }
             [0xfe, rest @ ..] => {
                 let rest: Vec<String> = rest.iter().map(|byte| format!("{byte:02x}")).collect();
-                return Err(NetConfigError::GuestMacUnknown {
-                    tap: tap.name().to_owned(),
-                    tap_mac,
-                    rest: rest.join(":"),
-                });
+                tracing::warn!(tap = tap.name(), %tap_mac,
+                    "if this tap is a port's, its guest MAC ends :{} and its first byte is hidden: give it as --net mac=; the guest gets a random MAC",
+                    rest.join(":"));
+                None
             }
-            _ => return Ok(None),
+            _ => None,
         }
-        let mut guest = tap_mac;
-        guest.0[0] = 0x52;
-        tracing::info!(tap = tap.name(), %tap_mac, mac = %guest,
-            "guest MAC taken from its tap's (fe:54:00 for 52:54:00)");
-        Ok(Some(guest))
     }
 
     /// Makes sure the tap carries the `mtu` the guest is offered: a tap the VMM just
@@ -899,12 +888,10 @@ mod tests {
             let (nic, _tap, _) = open_nic("tap=kvnew").expect("open");
             assert_eq!(&nic.mac.0[..3], &[0x52, 0x54, 0]);
             // A port made for a MAC outside QEMU's prefix (02:aa:...) hides its first
-            // byte: asked for, not guessed.
-            let error = open_nic("tap=vnet1").expect_err("a guess");
-            assert_eq!(
-                error.to_string(),
-                "tap vnet1 was made for a guest MAC whose first byte its own (fe:aa:bb:cc:dd:ee) hides: give the guest's as --net mac=xx:aa:bb:cc:dd:ee"
-            );
+            // byte, and the kernel gives random taps such MACs too: not guessed.
+            let (nic, tap, _) = open_nic("tap=vnet1").expect("open");
+            assert_eq!(&nic.mac.0[..3], &[0x52, 0x54, 0]);
+            drop(tap);
             let (nic, _tap, _) = open_nic("tap=vnet1,mac=02:aa:bb:cc:dd:ee").expect("open");
             assert_eq!(nic.mac, MacAddr([2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]));
         })
