@@ -2421,8 +2421,26 @@ mod tests {
             name: Some("other".into()),
             lease: None,
         });
-        engine.update(config);
+        engine.update(config.clone());
         assert_eq!(names(&engine), [(fixed, "own1".to_owned())]);
+        // A reservation for a guest leasing another address (from the pool, until it is
+        // moved) names only the lease on the reserved address, as dnsmasq's reload.
+        let pooled = [0x52, 0x54, 0, 0, 0, 0x98];
+        let (_, ack) = request_offered(&mut engine, pooled, &[(12, b"pool1")], &[]);
+        let pool_ip = ack.yiaddr();
+        let mut reserving = config;
+        reserving.hosts.push(DhcpHostConfig {
+            mac: Some(pooled),
+            ip: Ipv4Addr::new(192, 168, 77, 52),
+            name: Some("moved".into()),
+            lease: None,
+        });
+        engine.update(reserving);
+        assert!(
+            names(&engine).contains(&(pool_ip, "pool1".to_owned())),
+            "{:?}",
+            names(&engine)
+        );
     }
 
     /// dnsmasq returns the client's own name when it asks for option 12; a reserved

@@ -389,10 +389,10 @@ impl LeaseDb {
             .sum();
         self.cursor = 0;
         self.exhausted_until = None;
-        let previous_names: HashMap<[u8; 6], Option<Box<str>>> = self
+        let previous_names: HashMap<[u8; 6], (Ipv4Addr, Option<Box<str>>)> = self
             .reservations
             .iter()
-            .map(|(mac, reservation)| (*mac, reservation.name.clone()))
+            .map(|(mac, reservation)| (*mac, (reservation.ip, reservation.name.clone())))
             .collect();
         self.reservations.clear();
         self.name_reservations.clear();
@@ -831,11 +831,15 @@ impl LeaseDb {
     }
 
     /// After a reservation's name changed (`previous_names` were the MAC reservations'
-    /// names before): its guest's lease goes by the new one at once, in DNS and
-    /// `net-dhcp-leases`, as dnsmasq's leases do when it reloads its hosts, not at the
-    /// guest's next renewal. A name the reservation gave and no longer gives falls back
-    /// to the guest's own, where it may have it.
-    fn rename_reserved_leases(&mut self, previous_names: &HashMap<[u8; 6], Option<Box<str>>>) {
+    /// addresses and names before): its guest's lease on the reserved address goes by
+    /// the new one at once, in DNS and `net-dhcp-leases`, as dnsmasq's leases do when it
+    /// reloads its hosts (`lease_update_from_configs`, for the lease on the configured
+    /// address only), not at the guest's next renewal. A name the reservation gave and
+    /// no longer gives falls back to the guest's own, where it may have it.
+    fn rename_reserved_leases(
+        &mut self,
+        previous_names: &HashMap<[u8; 6], (Ipv4Addr, Option<Box<str>>)>,
+    ) {
         let same = |a: Option<&str>, b: Option<&str>| match (a, b) {
             (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
             (a, b) => a.is_none() && b.is_none(),
@@ -846,8 +850,16 @@ impl LeaseDb {
             .filter(|(_, lease)| lease.state == LeaseState::Bound)
             .filter_map(|(&ip, lease)| {
                 let mac = lease.client.mac;
-                let was = previous_names.get(&mac).cloned().flatten();
-                let reserved = self.reservations.get(&mac).and_then(|r| r.name.clone());
+                // What the reservation on this lease's address named it, before and now.
+                let was = previous_names
+                    .get(&mac)
+                    .filter(|(reserved, _)| *reserved == ip)
+                    .and_then(|(_, name)| name.clone());
+                let reserved = self
+                    .reservations
+                    .get(&mac)
+                    .filter(|reservation| reservation.ip == ip)
+                    .and_then(|reservation| reservation.name.clone());
                 if same(was.as_deref(), reserved.as_deref()) {
                     return None;
                 }
