@@ -895,6 +895,38 @@ fn a_second_daemon_on_the_same_state_dir_is_refused_and_changes_nothing() {
     );
 }
 
+/// A socket in a directory other users may write to is refused before the daemon
+/// starts anything: no network of its own comes up and is left behind.
+#[test]
+fn a_socket_in_a_directory_others_may_write_is_refused_before_any_network_starts() {
+    if !require(DAEMON_NEEDS) {
+        return;
+    }
+    let daemon = Daemon::without_default_network();
+    let open_dir = daemon.dirs.path().join("open");
+    std::fs::create_dir(&open_dir).expect("dir");
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let bridges = daemon.bridges();
+    let out = daemon
+        .ns
+        .command(env!("CARGO_BIN_EXE_kvnetd"))
+        .arg("--config-dir")
+        .arg(daemon.dirs.path().join("other-config"))
+        .arg("--state-dir")
+        .arg(daemon.dirs.path().join("other-state"))
+        .arg("--socket")
+        .arg(open_dir.join("kvnetd.sock"))
+        .output()
+        .expect("run kvnetd");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("other users may replace files in"),
+        "{stderr}"
+    );
+    assert_eq!(daemon.bridges(), bridges, "its default network was started");
+}
+
 /// The pid file is root's alone, and a clean stop removes it: a lock someone took on
 /// it (a shared one, which any reader of the file can take) keeps no later daemon out.
 #[test]

@@ -137,6 +137,8 @@ fn run(args: Args) -> Result<(), Error> {
     }
     let _only_daemon = lock_state_dir(&args.state_dir)?;
     refuse_a_served_socket(&args.socket)?;
+    // Before any network starts: a daemon that cannot serve must leave none behind.
+    server::check_socket_path(&args.socket).map_err(Error::Serve)?;
     raise_fd_limit();
     // One thread is plenty: every change is serialised by the manager's lock, and
     // netlink must stay in this thread's network namespace.

@@ -368,22 +368,7 @@ fn bind(socket: &Path, mode: u32) -> Result<UnixListener, Error> {
             source,
         }
     };
-    let dir = socket_directory(socket);
-    std::fs::create_dir_all(dir).map_err(err("creating the directory of"))?;
-    let dir_meta = std::fs::metadata(dir).map_err(err("inspecting the directory of"))?;
-    if !is_safe_socket_directory(&dir_meta, nix::unistd::geteuid().as_raw()) {
-        return Err(Error::UnsafeDirectory {
-            socket: socket.to_owned(),
-            dir: dir.to_owned(),
-        });
-    }
-    // A stale socket is replaced; anything else there is someone's file.
-    match std::fs::symlink_metadata(socket) {
-        Ok(meta) if !meta.file_type().is_socket() && !meta.file_type().is_symlink() => {
-            return Err(Error::NotASocket(socket.to_owned()));
-        }
-        _ => {}
-    }
+    check_socket_path(socket)?;
     remove_stale_staging(socket).map_err(err("removing stale staging files of"))?;
     let staging = staging_path(socket);
     let listener = UnixListener::bind(&staging).map_err(err("binding"))?;
@@ -539,6 +524,35 @@ fn staging_prefix(socket: &Path) -> String {
 
 /// Removes the staging files of daemons that died between binding and renaming (their
 /// pid is gone), and this process's own.
+/// Makes `socket`'s directory if need be, and refuses a path the daemon must not bind:
+/// in a directory other users may replace files in, or where a file that is not a
+/// socket is (a stale socket is replaced). The daemon asks before it starts any
+/// network, and [`bind`] again.
+pub fn check_socket_path(socket: &Path) -> Result<(), Error> {
+    let err = |action| {
+        move |source| Error::Socket {
+            action,
+            path: socket.to_owned(),
+            source,
+        }
+    };
+    let dir = socket_directory(socket);
+    std::fs::create_dir_all(dir).map_err(err("creating the directory of"))?;
+    let dir_meta = std::fs::metadata(dir).map_err(err("inspecting the directory of"))?;
+    if !is_safe_socket_directory(&dir_meta, nix::unistd::geteuid().as_raw()) {
+        return Err(Error::UnsafeDirectory {
+            socket: socket.to_owned(),
+            dir: dir.to_owned(),
+        });
+    }
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if !meta.file_type().is_socket() && !meta.file_type().is_symlink() => {
+            Err(Error::NotASocket(socket.to_owned()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The directory `socket` is in (`.` for a bare name).
 fn socket_directory(socket: &Path) -> &Path {
     match socket.parent() {
