@@ -514,6 +514,12 @@ fn run_commands(
                 return Outcome::REFUSED;
             }
         };
+        // kvnet's own options go before the first command only: in a command's place,
+        // an option is no command (virsh's words), not a change of connection.
+        if let Some(option) = words.first().filter(|word| word.starts_with('-')) {
+            usage::print_errors(&[format!("unknown command: '{option}'")]);
+            return Outcome::REFUSED;
+        }
         let mut args = globals.to_vec();
         args.extend(words.into_iter().map(OsString::from));
         let argv = std::iter::once(OsString::from(PROGRAM)).chain(args.iter().cloned());

@@ -919,3 +919,24 @@ fn a_socket_named_like_an_option_or_a_verb_is_still_the_socket() {
         "error: command 'net-info' requires <network> option\n"
     );
 }
+
+/// kvnet's own options come before the first command only: in a later command's place
+/// of a command string, or on an interactive line, one is no command (as virsh says),
+/// and nothing of the string runs.
+#[test]
+fn an_option_in_a_commands_place_is_an_unknown_command() {
+    for (string, option) in [
+        ("echo ran; -q uri", "-q"),
+        ("echo ran; --connect=/elsewhere uri", "--connect=/elsewhere"),
+    ] {
+        assert_eq!(
+            offline(&[string], None),
+            (
+                Some(1),
+                String::new(),
+                format!("error: unknown command: '{option}'\n")
+            ),
+            "{string}"
+        );
+    }
+}
