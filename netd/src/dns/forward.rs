@@ -6,7 +6,9 @@
 //! order (resolv.conf, or the `<forwarder>`s), the next one after [`ATTEMPT_TIMEOUT`] of
 //! silence or at once after a SERVFAIL or REFUSED; a late answer from a server asked
 //! before still counts. A server that failed [`SUSPECT_AFTER`] times in a row is asked
-//! after the others for [`SUSPECT_FOR`].
+//! after the others for [`SUSPECT_FOR`]. Over UDP, once every server asked has been
+//! silent past its attempt, the first of them is asked again ([`RESEND_AFTER`]), as
+//! dnsmasq sends a query again when its client retries, until [`FORWARD_TIMEOUT`].
 //!
 //! Strict order means the earlier server's word counts: a VPN's resolver listed first
 //! may be slow and still be the only one that knows a name the public servers after it
@@ -40,8 +42,19 @@ use super::query_log::{Logged, QueryLog};
 use super::resolver::{Resolver, is_reply_to, is_upstream_failure};
 use super::server::{RECV_BUFFER, read_message, send, write_message};
 
-/// A forwarded query unanswered this long is forgotten.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A forwarded query unanswered this long is forgotten. Longer than a client's first
+/// wait (glibc's 5 s), so that a reply from a slow upstream still reaches the client's
+/// retry, which joins the forward, and is cached, as dnsmasq keeps its forwards.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// When every server asked has been silent past its attempt, the first of them is asked
+/// again this long after the last query went out, then after twice and four times as
+/// long: a lost query or reply costs a second, not the whole forward (dnsmasq sends the
+/// query again on each retry of its client).
+const RESEND_AFTER: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
 /// An upstream server silent this long is passed over for the next one, if any (the
 /// last one asked gets what remains of [`FORWARD_TIMEOUT`]).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -188,6 +201,9 @@ struct UdpForward<'a> {
     held: Option<(usize, Vec<u8>)>,
     /// With `log-queries`: the log, and the query's handle.
     log: Option<(&'a QueryLog, Logged)>,
+    /// When a query last went out, and how many times a silent server was asked again.
+    last_sent: tokio::time::Instant,
+    resends: usize,
 }
 
 impl UdpForward<'_> {
@@ -200,7 +216,8 @@ impl UdpForward<'_> {
                     if let Some((log, logged)) = self.log {
                         log.forwarded(logged, self.query, server);
                     }
-                    Stand::Waiting(tokio::time::Instant::now())
+                    self.last_sent = tokio::time::Instant::now();
+                    Stand::Waiting(self.last_sent)
                 }
                 Err(e) => self.not_sent(server, &std::io::Error::from(e)),
             },
@@ -288,7 +305,7 @@ impl UdpForward<'_> {
 
 /// What a UDP forward does next ([`UdpForward::next_step`]).
 enum Step {
-    /// Ask the server of this slot.
+    /// Ask the server of this slot (again, if it was asked).
     Ask(usize),
     /// Wait for a reply until then.
     WaitUntil(tokio::time::Instant),
@@ -305,6 +322,7 @@ impl UdpForward<'_> {
             return Step::Done;
         }
         let attempt_ends = self.pass_over_the_silent(now);
+        let mut resend_at = None;
         // A held answer is not bettered by the servers configured after its own.
         if !self.is_attempting() && self.held.is_none() {
             if let Some(next) = self
@@ -314,15 +332,30 @@ impl UdpForward<'_> {
             {
                 return Step::Ask(next);
             }
-            if !self
+            // Every server asked, and those not heard from silent past their attempt:
+            // the first of them again, on the backoff of `RESEND_AFTER`.
+            let Some(silent) = self
                 .slots
                 .iter()
-                .any(|slot| matches!(slot.stand, Stand::Waiting(_)))
-            {
+                .position(|slot| matches!(slot.stand, Stand::Waiting(_)))
+            else {
                 return Step::Done;
+            };
+            if let Some(at) = RESEND_AFTER
+                .get(self.resends)
+                .map(|after| self.last_sent + *after)
+            {
+                if now >= at {
+                    self.resends += 1;
+                    return Step::Ask(silent);
+                }
+                resend_at = Some(at);
             }
         }
         let mut wake = self.deadline;
+        if let Some(at) = resend_at {
+            wake = wake.min(at);
+        }
         if let Some((rank, _)) = &self.held {
             match self.held_until(*rank, now) {
                 Some(until) => wake = wake.min(until),
@@ -476,6 +509,8 @@ pub(super) async fn forward_udp(
         failure: None,
         held: None,
         log: resolver.query_log().zip(logged),
+        last_sent: tokio::time::Instant::now(),
+        resends: 0,
     };
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
