@@ -572,6 +572,77 @@ fn a_slow_upstream_is_heard_when_the_next_cannot_be_reached() {
     drop(slow);
 }
 
+/// The only upstream loses the first query: it is asked again after a second, not left
+/// silent for the forward's whole wait. One slower than glibc's 5 s first wait still
+/// answers the client's retry (which joins the forward), as dnsmasq's does.
+#[test]
+fn a_lost_query_is_sent_again_and_a_slow_answer_reaches_the_retry() {
+    if !needs() {
+        return;
+    }
+    let lab = Lab::new("dnsr");
+    const FLAKY_UPSTREAM_IP: &str = "10.99.0.6";
+    lab.upstream
+        .sh(&format!("ip addr add {FLAKY_UPSTREAM_IP}/24 dev eth0"))
+        .expect("upstream address");
+    let socket = lab
+        .upstream
+        .run(|| UdpSocket::bind((FLAKY_UPSTREAM_IP, 53)))
+        .expect("enter upstream")
+        .expect("bind the flaky upstream");
+    // Ignores the first copy of each question; answers `slow.` questions 6 s late.
+    let flaky = std::thread::spawn(move || {
+        let mut seen = std::collections::HashSet::new();
+        let mut buf = [0u8; 512];
+        while let Ok((len, from)) = socket.recv_from(&mut buf) {
+            let question = buf[12..len].to_vec();
+            let slow = question.windows(4).any(|w| w == b"slow");
+            if !slow && seen.insert(question) {
+                continue;
+            }
+            let mut reply = buf[..len].to_vec();
+            reply[2] |= 0x80;
+            reply[3] = 0x80;
+            let socket = socket.try_clone().expect("clone");
+            std::thread::spawn(move || {
+                if slow {
+                    std::thread::sleep(Duration::from_secs(6));
+                }
+                let _ = socket.send_to(&reply, from);
+            });
+        }
+    });
+    let mut config = config();
+    config.forwarders = vec![DnsForwarder {
+        addr: Some(FLAKY_UPSTREAM_IP.parse().expect("ip")),
+        domain: None,
+    }];
+    with_server(&lab, config, || {
+        let started = std::time::Instant::now();
+        let out = lab
+            .client
+            .sh(&format!(
+                "timeout 10 dig +time=4 +tries=1 @{SERVER_IP} lost.up.test"
+            ))
+            .unwrap_or_else(|e| e.to_string());
+        assert!(out.contains("status: NOERROR"), "{out}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        // glibc's way: 5 s, then the same question again.
+        let out = lab
+            .client
+            .sh(&format!(
+                "timeout 15 dig +time=5 +tries=2 @{SERVER_IP} slow.up.test"
+            ))
+            .unwrap_or_else(|e| e.to_string());
+        assert!(out.contains("status: NOERROR"), "{out}");
+    });
+    drop(flaky);
+}
+
 /// Asks `static1.example.test` over `stream` (a length-prefixed query, RFC 1035 4.2.2)
 /// and reads the answer.
 fn tcp_query(stream: &mut TcpStream, id: u16) -> std::io::Result<Vec<u8>> {
