@@ -46,10 +46,20 @@ pub(super) fn write(network: &str, budget: &mut LogBudget, now: i64, exchange: &
     }
 }
 
+/// The most of a DUID a line shows: the longest a valid one is.
+const MAX_DUID_SHOWN: usize = 130;
+
 /// The lines of `exchange`: the message, then the reply's addresses or status.
 pub(super) fn lines(exchange: &Exchange<'_>) -> Vec<String> {
     let request = exchange.request;
+    // A DUID is at most 130 bytes (RFC 8415 11.1); one the engine refuses as longer is
+    // shown cut, so a client cannot make a line of any length.
     let duid = match request.opts().get(OptionCode::ClientId) {
+        Some(DhcpOption::ClientId(duid)) if duid.len() > MAX_DUID_SHOWN => format!(
+            "{}... ({} bytes)",
+            crate::dhcp::format_mac(&duid[..MAX_DUID_SHOWN]),
+            duid.len()
+        ),
         Some(DhcpOption::ClientId(duid)) => crate::dhcp::format_mac(duid),
         _ => "-".to_owned(),
     };
@@ -124,6 +134,26 @@ mod tests {
     use crate::dhcp6::engine::Engine;
 
     const DUID: [u8; 10] = [0, 3, 0, 1, 0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    /// A client identifier longer than a DUID may be is shown cut, with its length.
+    #[test]
+    fn an_overlong_duid_is_shown_cut() {
+        let mut request = Message::new_with_id(MessageType::Solicit, [1, 2, 3]);
+        request
+            .opts_mut()
+            .insert(DhcpOption::ClientId(vec![0xab; 3800]));
+        let lines = lines(&Exchange {
+            interface: "virbr0",
+            request: &request,
+            outcome: Err("bad client identifier"),
+        });
+        assert!(
+            lines[0].len() < 3 * MAX_DUID_SHOWN + 100,
+            "{}",
+            lines[0].len()
+        );
+        assert!(lines[0].contains("... (3800 bytes)"), "{}", lines[0]);
+    }
 
     fn solicit() -> Message {
         let mut message = Message::new_with_id(MessageType::Solicit, [1, 2, 3]);

@@ -17,9 +17,10 @@
 //! queries a second (a debug aid must not cost a flooded network its answers), and says
 //! how many it left out.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::Message;
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -29,6 +30,9 @@ use crate::debug_log::LogBudget;
 use crate::service::{lock, unix_now};
 use crate::xml::QueryLogging;
 
+/// The longest name a question holds on the wire, its final zero-length label aside
+/// (RFC 1035 2.3.4: 255 with it).
+const MAX_NAME_WIRE_LEN: usize = 254;
 /// Most queries of one network logged a second.
 pub(super) const QUERIES_PER_SECOND: u32 = 200;
 /// Most records of one answer logged, a line each.
@@ -70,6 +74,14 @@ pub(super) struct Logged {
 pub(super) struct QueryLog {
     network: String,
     extra: bool,
+    /// Shared with the log of the records this network's DNS answered with before: a
+    /// `net-update` goes on counting, as dnsmasq numbers queries for its whole run.
+    counts: Arc<Counts>,
+}
+
+/// What a network's query log counts.
+#[derive(Debug)]
+struct Counts {
     budget: Mutex<LogBudget>,
     serial: AtomicU32,
 }
@@ -79,20 +91,32 @@ impl QueryLog {
         QueryLog {
             network: network.to_owned(),
             extra: logging == QueryLogging::Extra,
-            budget: Mutex::new(LogBudget::per_second(QUERIES_PER_SECOND)),
-            serial: AtomicU32::new(0),
+            counts: Arc::new(Counts {
+                budget: Mutex::new(LogBudget::per_second(QUERIES_PER_SECOND)),
+                serial: AtomicU32::new(0),
+            }),
         }
+    }
+
+    /// Goes on with `earlier`'s serial numbers and budget: this log replaces it.
+    pub(super) fn continue_from(&mut self, earlier: &QueryLog) {
+        self.counts = Arc::clone(&earlier.counts);
     }
 
     /// Logs `query` from `client`, if it is a query and the budget allows; returns what
     /// the lines about its answer are logged with.
     pub(super) fn query(&self, query: &[u8], client: SocketAddr) -> Option<Logged> {
+        // The budget before any formatting: a flood of queries past it costs nothing.
+        let skipped = lock(&self.counts.budget).take(unix_now())?;
         let (name, qtype) = question(query)?;
-        let skipped = lock(&self.budget).take(unix_now())?;
         if skipped > 0 {
             tracing::info!(network = %self.network, "{skipped} DNS queries not logged: at most {QUERIES_PER_SECOND} a second are");
         }
-        let serial = self.serial.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let serial = self
+            .counts
+            .serial
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
         let logged = Logged { serial, client };
         self.write(
             logged,
@@ -151,8 +175,10 @@ fn question(query: &[u8]) -> Option<(String, u16)> {
         if len == 0 {
             break;
         }
-        // A compression pointer or an extended label: no question a resolver sends.
-        if len > 63 {
+        // A compression pointer or an extended label: no question a resolver sends. A
+        // name longer than DNS allows is no question either (and no log line of any
+        // length: each byte may print as four).
+        if len > 63 || at + 1 + len - HEADER_LEN > MAX_NAME_WIRE_LEN {
             return None;
         }
         if !name.is_empty() {
@@ -181,7 +207,9 @@ fn push_label(out: &mut String, label: &[u8]) {
                 out.push('\\');
                 out.push(char::from(byte));
             }
-            _ => out.push_str(&format!("\\{byte:03}")),
+            _ => {
+                let _ = write!(out, "\\{byte:03}");
+            }
         }
     }
 }
@@ -278,6 +306,61 @@ mod tests {
     use hickory_proto::rr::{Record, rdata};
 
     use super::*;
+
+    /// A query for a name of `labels` labels of 63 bytes of 0x01 each.
+    fn long_query(labels: usize) -> Vec<u8> {
+        let mut query = vec![0x42, 0x42, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for _ in 0..labels {
+            query.push(63);
+            query.extend_from_slice(&[1u8; 63]);
+        }
+        query.extend_from_slice(&[0, 0, 1, 0, 1]);
+        query
+    }
+
+    /// A log that replaces another (a net-update's new records) goes on with its serial
+    /// numbers, so that `extra` never gives two queries one number.
+    #[test]
+    fn a_replacing_log_goes_on_counting() {
+        let client: SocketAddr = "192.0.2.5:5353".parse().expect("address");
+        let query = ask("a.test.", RecordType::A);
+        let earlier = QueryLog::new("n", QueryLogging::Extra);
+        let first = crate::debug_log::captured(|| {
+            assert_eq!(earlier.query(&query, client).map(|l| l.serial), Some(1));
+        });
+        assert!(
+            first.contains("1 192.0.2.5/5353 query[A] a.test"),
+            "{first}"
+        );
+        let mut later = QueryLog::new("n", QueryLogging::Extra);
+        later.continue_from(&earlier);
+        crate::debug_log::captured(|| {
+            assert_eq!(later.query(&query, client).map(|l| l.serial), Some(2));
+        });
+    }
+
+    /// A name longer than DNS allows (a TCP query may carry 64 KiB of labels) is no
+    /// question to log: a guest cannot make a line of any length, every byte of which
+    /// prints as four.
+    #[test]
+    fn a_name_longer_than_dns_allows_is_not_logged() {
+        assert_eq!(question(&long_query(1000)), None);
+        assert_eq!(question(&long_query(5)), None, "320 bytes");
+        // Three 63-byte labels and one of `last` bytes: 254 bytes on the wire with 61,
+        // the most there is, and one too many with 62.
+        let with_last = |last: u8| {
+            let mut query = long_query(3);
+            query.truncate(query.len() - 5);
+            query.push(last);
+            query.extend(std::iter::repeat_n(1u8, usize::from(last)));
+            query.extend_from_slice(&[0, 0, 1, 0, 1]);
+            query
+        };
+        let (name, qtype) = question(&with_last(61)).expect("the longest name");
+        assert_eq!(qtype, 1);
+        assert_eq!(name.len(), 4 * 250 + 3);
+        assert_eq!(question(&with_last(62)), None);
+    }
 
     fn ask(name: &str, qtype: RecordType) -> Vec<u8> {
         let mut message = Message::new(0x1234, MessageType::Query, OpCode::Query);

@@ -452,6 +452,14 @@ impl Resolver {
     }
 
     /// The network's query log, if it has `log-queries` on.
+    /// Takes over `earlier`'s query log counts (serial numbers, budget) when both log:
+    /// this resolver replaces it.
+    pub(super) fn continue_query_log_of(&mut self, earlier: &Resolver) {
+        if let (Some(log), Some(earlier)) = (self.query_log.as_mut(), earlier.query_log.as_ref()) {
+            log.continue_from(earlier);
+        }
+    }
+
     pub(super) fn query_log(&self) -> Option<&QueryLog> {
         self.query_log.as_ref()
     }

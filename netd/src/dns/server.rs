@@ -143,7 +143,8 @@ impl DnsServer {
 
     /// Answers with `resolver` from now on (see [`DnsServer::update`]); for callers that
     /// build the resolver before committing to a change.
-    pub fn replace(&self, resolver: Resolver) {
+    pub fn replace(&self, mut resolver: Resolver) {
+        resolver.continue_query_log_of(&self.resolver.borrow());
         self.resolver.send_replace(Arc::new(resolver));
         tracing::info!(network = %self.task.network(), "DNS records updated");
     }
