@@ -285,7 +285,7 @@ fn answer_lines(source: Source, query: &[u8], reply: &[u8]) -> Vec<String> {
         .map(|record| {
             format!(
                 "{label} {} is {}",
-                name_text(&record.name),
+                owner_text(record),
                 data_text(&record.data)
             )
         })
@@ -296,6 +296,19 @@ fn answer_lines(source: Source, query: &[u8], reply: &[u8]) -> Vec<String> {
         lines.push(format!("{label} {name}: {more} more records"));
     }
     lines
+}
+
+/// A record's owner as dnsmasq prints it: a PTR record's reverse name as the address it
+/// stands for (`192.168.122.5`, not `5.122.168.192.in-addr.arpa`), so that grepping
+/// the log for a guest's address finds its reverse lookups.
+fn owner_text(record: &hickory_proto::rr::Record) -> String {
+    if let RData::PTR(_) = &record.data
+        && let Ok(net) = record.name.parse_arpa_name()
+        && net.prefix_len() == net.max_prefix_len()
+    {
+        return net.addr().to_string();
+    }
+    name_text(&record.name)
 }
 
 #[cfg(test)]
@@ -398,6 +411,37 @@ mod tests {
         assert_eq!(type_text(65000), "type=65000");
     }
 
+    /// Reverse lookups' answers name the address, as dnsmasq's do.
+    #[test]
+    fn a_reverse_answer_names_the_address() {
+        let query = ask("5.122.168.192.in-addr.arpa.", RecordType::PTR);
+        let web1 = || {
+            RData::PTR(rdata::PTR(
+                Name::from_ascii("web1.lab.test.").expect("name"),
+            ))
+        };
+        let reply = answer(
+            &query,
+            ResponseCode::NoError,
+            vec![record("5.122.168.192.in-addr.arpa.", web1())],
+        );
+        assert_eq!(
+            answer_lines(Source::Dhcp, &query, &reply),
+            ["DHCP 192.168.122.5 is web1.lab.test"]
+        );
+        // Not a whole address (a zone's own PTR): its name as it is.
+        let query = ask("122.168.192.in-addr.arpa.", RecordType::PTR);
+        let reply = answer(
+            &query,
+            ResponseCode::NoError,
+            vec![record("122.168.192.in-addr.arpa.", web1())],
+        );
+        assert_eq!(
+            answer_lines(Source::Config, &query, &reply),
+            ["config 122.168.192.in-addr.arpa is web1.lab.test"]
+        );
+    }
+
     #[test]
     fn answers_are_a_line_a_record_or_why_there_is_none() {
         let query = ask("www.example.com.", RecordType::A);
@@ -450,7 +494,7 @@ mod tests {
         );
         assert_eq!(
             answer_lines(Source::Cached, &ptr, &reply),
-            ["cached 5.122.168.192.in-addr.arpa is web1.example.test"]
+            ["cached 192.168.122.5 is web1.example.test"]
         );
         for (code, qtype, line) in [
             (
