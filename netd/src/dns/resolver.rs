@@ -207,6 +207,21 @@ fn reply_as_asked(query: &[u8], reply: &mut [u8]) {
     }
 }
 
+/// The header's RA (recursion available) and CD (checking disabled) bits, in its
+/// fourth byte.
+const RECURSION_AVAILABLE: u8 = 0x80;
+const CHECKING_DISABLED: u8 = 0x10;
+
+/// Sets `reply`'s RA bit and `query`'s CD bit in it, as dnsmasq does: the guest's
+/// resolver is kvnetd, which recurses, whatever the upstream said (an authoritative-only
+/// server behind a `<forwarder domain=>` sets no RA, and dig then warns that recursion
+/// is not available), and CD is the asker's, not that of whoever asked first.
+fn recursion_flags(query: &[u8], reply: &mut [u8]) {
+    if let (Some(&asked), Some(flags)) = (query.get(3), reply.get_mut(3)) {
+        *flags = (*flags & !CHECKING_DISABLED) | RECURSION_AVAILABLE | (asked & CHECKING_DISABLED);
+    }
+}
+
 /// Gives `reply`, an upstream's answer to another client's asking of `query`'s question
 /// (a joined forward), `query`'s EDNS: the upstream's OPT record echoes the other
 /// client's options (its DNS cookie, which a cookie-checking resolver drops the reply
@@ -604,6 +619,7 @@ impl Resolver {
                 }
             }
         }
+        recursion_flags(query, reply);
         if self.exists_without_records(query) {
             nxdomain_to_nodata(reply);
         }
@@ -2030,6 +2046,24 @@ mod tests {
     /// A kept upstream answer reaches the client as a forwarded one would: with our
     /// OPT record (DO echoed) where the query had one, NOERROR for a name that exists
     /// here, cut to what a UDP client takes.
+    #[test]
+    fn an_upstream_answer_says_recursion_is_available_and_keeps_the_askers_cd() {
+        let resolver = Resolver::new(&config(), None).unwrap();
+        let mut asked = query("www.up.test.", RecordType::A, false);
+        asked[3] |= CHECKING_DISABLED;
+        // An authoritative-only server's answer: AA, no RA, no CD.
+        let mut reply = asked.clone();
+        reply[2] = 0x84;
+        reply[3] = 0x00;
+        resolver.ready_for(&asked, Transport::Udp, Answered::Asked, &mut reply);
+        assert_eq!(reply[3] & (RECURSION_AVAILABLE | CHECKING_DISABLED), 0x90);
+        // A kept answer first asked with CD, for a client that asks without it.
+        let mut plain = asked.clone();
+        plain[3] &= !CHECKING_DISABLED;
+        resolver.ready_for(&plain, Transport::Udp, Answered::Kept, &mut reply);
+        assert_eq!(reply[3] & (RECURSION_AVAILABLE | CHECKING_DISABLED), 0x80);
+    }
+
     #[test]
     fn kept_upstream_answers_are_made_ready_for_each_client() {
         let resolver = Resolver::new(&config(), None).unwrap();
