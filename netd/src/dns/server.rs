@@ -13,9 +13,9 @@
 //! (`in_flight.rs`, which also bounds them): the answer goes to each asker with its own
 //! ID, letter case and EDNS, from the socket its query came in on. A TCP client gets a
 //! small task per connection (at most [`MAX_TCP_CLIENTS`] at once, and
-//! [`MAX_TCP_PER_CLIENT`] per client address, of which [`MAX_TCP_SERVED_PER_CLIENT`] are
-//! served at once while the others wait their turn) that forwards over TCP, so large
-//! upstream answers get through whole.
+//! [`MAX_TCP_PER_CLIENT`] per client address, whose queries are answered
+//! [`MAX_TCP_SERVED_PER_CLIENT`] at once while the others wait their turn) that
+//! forwards over TCP, so large upstream answers get through whole.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -56,8 +56,9 @@ pub const MAX_TCP_CLIENTS: usize = 128;
 /// 6.2.2 asks: glibc's `use-vc` opens a connection per lookup, and a guest may be a
 /// resolver or a NAT for many.
 pub const MAX_TCP_PER_CLIENT: usize = 32;
-/// Most of one guest's TCP connections served at once; the others wait their turn (up
-/// to [`TCP_IDLE`]), as dnsmasq leaves connections over its limit in the backlog.
+/// Most of one guest's TCP queries answered at once; the others wait their turn (up to
+/// [`TCP_IDLE`]). A connection holds a turn only while it has a query to answer, so idle
+/// ones keep no query waiting.
 pub const MAX_TCP_SERVED_PER_CLIENT: usize = 8;
 /// How often a network's expired cached answers are let go.
 const CACHE_PURGE_INTERVAL: Duration = Duration::from_secs(60);
@@ -312,16 +313,7 @@ async fn serve(
                 let resolvers = resolvers.clone();
                 let health = Arc::clone(&state.health);
                 let task = connections.spawn(async move {
-                    let _turn = match turns {
-                        Some(turns) => {
-                            match tokio::time::timeout(TCP_IDLE, turns.acquire_owned()).await {
-                                Ok(Ok(turn)) => Some(turn),
-                                _ => return,
-                            }
-                        }
-                        None => None,
-                    };
-                    serve_tcp(stream, peer, &resolvers, &health).await;
+                    serve_tcp(stream, peer, turns, &resolvers, &health).await;
                 });
                 if let Some(ip) = client {
                     clients.started(task.id(), ip);
@@ -868,6 +860,7 @@ fn log_forwarded(log: &QueryLog, logged: Logged, query: &[u8], forwarded: &Forwa
 async fn serve_tcp(
     mut stream: TcpStream,
     peer: Option<SocketAddr>,
+    turns: Option<Arc<Semaphore>>,
     resolvers: &watch::Receiver<Arc<Resolver>>,
     health: &Health,
 ) {
@@ -878,6 +871,17 @@ async fn serve_tcp(
             Ok(Ok(())) => {}
             _ => return,
         }
+        // A turn per query, not per connection: a guest's idle connections (a
+        // resolver keeping them open) must not keep its next query waiting.
+        let _turn = match &turns {
+            Some(turns) => {
+                match tokio::time::timeout(TCP_IDLE, Arc::clone(turns).acquire_owned()).await {
+                    Ok(Ok(turn)) => Some(turn),
+                    _ => return,
+                }
+            }
+            None => None,
+        };
         let resolver = Arc::clone(&resolvers.borrow());
         let logging = match (resolver.query_log(), peer) {
             (Some(log), Some(peer)) => log.query(&query, peer).map(|logged| (log, logged)),
