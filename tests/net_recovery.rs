@@ -925,6 +925,28 @@ fn a_socket_in_a_directory_others_may_write_is_refused_before_any_network_starts
         "{stderr}"
     );
     assert_eq!(daemon.bridges(), bridges, "its default network was started");
+    // Nor when a file that is no socket is where its read-only socket would go.
+    let safe_dir = daemon.dirs.path().join("safe");
+    std::fs::create_dir(&safe_dir).expect("dir");
+    std::fs::write(safe_dir.join("kvnetd-ro.sock"), "notes").expect("a file");
+    let out = daemon
+        .ns
+        .command(env!("CARGO_BIN_EXE_kvnetd"))
+        .arg("--config-dir")
+        .arg(daemon.dirs.path().join("other-config"))
+        .arg("--state-dir")
+        .arg(daemon.dirs.path().join("other-state"))
+        .arg("--socket")
+        .arg(safe_dir.join("kvnetd.sock"))
+        .output()
+        .expect("run kvnetd");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a file that is not a socket is there"),
+        "{stderr}"
+    );
+    assert_eq!(daemon.bridges(), bridges, "its default network was started");
 }
 
 /// The pid file is root's alone, and a clean stop removes it: a lock someone took on

@@ -139,6 +139,10 @@ fn run(args: Args) -> Result<(), Error> {
     refuse_a_served_socket(&args.socket)?;
     // Before any network starts: a daemon that cannot serve must leave none behind.
     server::check_socket_path(&args.socket).map_err(Error::Serve)?;
+    if !args.no_read_only_socket {
+        server::check_socket_path(&crate::api::read_only_socket(&args.socket))
+            .map_err(Error::Serve)?;
+    }
     raise_fd_limit();
     // One thread is plenty: every change is serialised by the manager's lock, and
     // netlink must stay in this thread's network namespace.

@@ -522,11 +522,9 @@ fn staging_prefix(socket: &Path) -> String {
     format!(".{name}.")
 }
 
-/// Removes the staging files of daemons that died between binding and renaming (their
-/// pid is gone), and this process's own.
 /// Makes `socket`'s directory if need be, and refuses a path the daemon must not bind:
-/// in a directory other users may replace files in, or where a file that is not a
-/// socket is (a stale socket is replaced). The daemon asks before it starts any
+/// too long for a socket address, in a directory other users may replace files in, or
+/// where a file that is not a socket is (a stale socket is replaced). The daemon asks before it starts any
 /// network, and [`bind`] again.
 pub fn check_socket_path(socket: &Path) -> Result<(), Error> {
     let err = |action| {
@@ -536,6 +534,12 @@ pub fn check_socket_path(socket: &Path) -> Result<(), Error> {
             source,
         }
     };
+    // A path too long for a socket address (the staging name is longer).
+    for path in [socket, &staging_path(socket)] {
+        nix::sys::socket::UnixAddr::new(path)
+            .map_err(std::io::Error::from)
+            .map_err(err("binding"))?;
+    }
     let dir = socket_directory(socket);
     std::fs::create_dir_all(dir).map_err(err("creating the directory of"))?;
     let dir_meta = std::fs::metadata(dir).map_err(err("inspecting the directory of"))?;
@@ -561,6 +565,8 @@ fn socket_directory(socket: &Path) -> &Path {
     }
 }
 
+/// Removes the staging files of daemons that died between binding and renaming (their
+/// pid is gone), and this process's own.
 fn remove_stale_staging(socket: &Path) -> std::io::Result<()> {
     let dir = socket_directory(socket);
     let prefix = staging_prefix(socket);
@@ -1136,13 +1142,15 @@ async fn events(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Query(query): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
-    // A subscriber that reads slowly is told what it missed, not cut off.
-    peer.write_deadline.grant();
     let subscription = state.manager.events().subscribe();
     let only = match &query.network {
         Some(key) => Some(state.manager.get(key).await?.uuid),
         None => None,
     };
+    // A subscriber that reads slowly is told what it missed, not cut off. Granted only
+    // once the stream is sure to start: the stream holds the connection to its end,
+    // where a refused request's connection would go on, exempt, with other requests.
+    peer.write_deadline.grant();
     tracing::debug!(
         network = ?query.network,
         subscribers = state.manager.events().subscribers(),

@@ -1542,9 +1542,26 @@ mod tests {
         assert!(reply.needs_commit && reply.renews);
         let (first, _) = dora(&mut engine, [2, 0, 0, 0, 0, 8], NOW);
         assert!(first.needs_commit && !first.renews);
-        // Past its expiry, the lease is no longer the client's to renew.
+        // Past its expiry, the lease is no longer the client's to renew; nor is the
+        // binding that late REQUEST made, sent again before it was synced.
         let (late, _) = exchange(&mut engine, &renew, NOW + 10_000).expect("a late renewal");
         assert!(!late.renews);
+        let (again, _) = exchange(&mut engine, &renew, NOW + 10_003).expect("sent again");
+        assert!(again.needs_commit && !again.renews);
+    }
+
+    /// A reservation moved to another address leaves the name of the guest's lease on
+    /// the old one alone until the guest moves, as dnsmasq's reload does.
+    #[test]
+    fn a_moved_reservation_leaves_the_current_leases_name() {
+        let mut engine = Engine::new(config());
+        let (_, ack) = request_offered(&mut engine, RESERVED_MAC, &[(12, b"own1")], &[]);
+        let fixed = ack.yiaddr();
+        assert_eq!(engine.dns_names(NOW), [(fixed, "vm-fixed".to_owned())]);
+        let mut moved = config();
+        moved.hosts[0].ip = Ipv4Addr::new(192, 168, 77, 53);
+        engine.update(moved);
+        assert_eq!(engine.dns_names(NOW), [(fixed, "vm-fixed".to_owned())]);
     }
 
     #[test]

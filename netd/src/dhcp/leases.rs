@@ -825,7 +825,13 @@ impl LeaseDb {
         self.detach_client(client, ip);
         // The lease takes the identity of this request (a client identifier gained or
         // lost), so the journal and `net-dhcp-leases` show the current one.
+        // A lease of this client's that had expired is no binding it holds: this one is
+        // new, not on disk until the next commit.
+        let fresh = !self.is_bound_to(client, ip, now);
         self.put_bound(client.clone(), ip, hostname, expiry);
+        if fresh && let Some(lease) = self.by_ip.get_mut(&ip) {
+            lease.first_bound_seq = lease.bound_seq;
+        }
         self.journal_bind(ip);
         Some(secs)
     }
@@ -863,8 +869,15 @@ impl LeaseDb {
                 if same(was.as_deref(), reserved.as_deref()) {
                     return None;
                 }
+                // A reservation moved to another address leaves this lease's name alone
+                // until the guest moves, as dnsmasq's does.
+                let moved = self
+                    .reservations
+                    .get(&mac)
+                    .is_some_and(|reservation| reservation.ip != ip);
                 let name = match reserved {
                     Some(name) => Some(name),
+                    None if moved => return None,
                     None if was.is_some() && same(was.as_deref(), lease.hostname.as_deref()) => {
                         lease
                             .client
@@ -1249,14 +1262,18 @@ impl LeaseDb {
         let bytes = std::mem::take(&mut self.pending);
         let lines = bytes.iter().filter(|&&b| b == b'\n').count();
         let Some(journal) = self.journal.as_ref() else {
+            self.durable_through = self.binds;
             return Ok(PendingSync::default());
         };
         if journal.needs_rewrite {
             // The rewrite holds every binding, these lines included.
             self.compact()?;
+            self.durable_through = self.binds;
             return Ok(PendingSync::default());
         }
         if bytes.is_empty() {
+            // Nothing new since the last commit, which no sync is still running.
+            self.durable_through = self.binds;
             return Ok(PendingSync::default());
         }
         Ok(PendingSync {
@@ -1650,6 +1667,35 @@ mod tests {
             .collect();
         assert!(names.contains(&(ip(10), None)), "{names:?}");
         assert!(names.contains(&(ip(12), Some("free".into()))), "{names:?}");
+    }
+
+    /// After a failed append, the next commit rewrites the journal whole: the binding is
+    /// on disk then, and its renewal counts as one if the disk fills again.
+    #[test]
+    fn a_binding_rewritten_whole_is_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("leases");
+        let mut db = LeaseDb::open(&config(), &path, NOW).expect("open");
+        assert!(
+            db.bind_requesting(&mac(1), ip(12), None, None, NOW)
+                .is_some()
+        );
+        let sync = db.begin_commit().expect("begin");
+        assert!(
+            db.finish_commit(sync.lines, Err(std::io::Error::other("no space")))
+                .is_err()
+        );
+        assert!(!db.is_durably_bound_to(&mac(1), ip(12), NOW + 1));
+        // The client's REQUEST again, with room on the disk again.
+        assert!(
+            db.bind_requesting(&mac(1), ip(12), None, None, NOW + 3)
+                .is_some()
+        );
+        let sync = db.begin_commit().expect("rewritten whole");
+        assert!(sync.is_empty());
+        let reopened = LeaseDb::open(&config(), &path, NOW + 4).expect("reopen");
+        assert_eq!(reopened.leases(NOW + 4).len(), 1, "on disk");
+        assert!(db.is_durably_bound_to(&mac(1), ip(12), NOW + 300));
     }
 
     /// A name taken by a later claimer whose shorter lease has since expired is not

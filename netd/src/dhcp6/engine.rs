@@ -522,9 +522,8 @@ impl Engine {
     /// Answers the IA_NAs of a RENEW or REBIND: a binding is extended; an address we
     /// have no record of is bound again when it is free for the client (the lease file
     /// was lost); an IA with neither gets NoBinding, unless all it asks for are addresses
-    /// of other links, which come back with lifetimes 0.
-    /// Extends each IA_NA's binding of a RENEW or REBIND; whether no IA was bound to a
-    /// new address (only those the client held were extended).
+    /// of other links, which come back with lifetimes 0. Returns whether no IA was bound
+    /// to a new address (only bindings the client held were extended).
     fn extend_all(
         &mut self,
         opts: &DhcpOptions,

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! A reply gives a line per address it hands out, else its status message; a message
-//! left unanswered says why. Within the same budget as DHCPv4's
-//! ([`MESSAGES_PER_SECOND`]).
+//! left unanswered says why. At most [`MESSAGES_PER_SECOND`] messages a second are
+//! logged, a budget of DHCPv6's own beside DHCPv4's.
 
 use dhcproto::v6::{DhcpOption, Message, MessageType, OptionCode};
 use dhcproto::{Decodable, Decoder};

@@ -183,6 +183,9 @@ struct Slot {
     stand: Stand,
     /// Its attempt ran out and the next server was asked (its failure is counted).
     passed_over: bool,
+    /// When it was first asked: a resend does not make a dead server's hold on the
+    /// denials of the servers after it start again.
+    first_asked: Option<tokio::time::Instant>,
 }
 
 /// The state of one query forwarded over UDP.
@@ -217,6 +220,7 @@ impl UdpForward<'_> {
                         log.forwarded(logged, self.query, server);
                     }
                     self.last_sent = tokio::time::Instant::now();
+                    self.slots[slot].first_asked.get_or_insert(self.last_sent);
                     Stand::Waiting(self.last_sent)
                 }
                 Err(e) => self.not_sent(server, &std::io::Error::from(e)),
@@ -256,8 +260,8 @@ impl UdpForward<'_> {
         self.slots
             .iter()
             .filter(|slot| slot.rank < rank && !slot.suspect)
-            .filter_map(|slot| match slot.stand {
-                Stand::Waiting(since) => Some((since + HOLD_FOR).min(self.deadline)),
+            .filter_map(|slot| match (slot.stand, slot.first_asked) {
+                (Stand::Waiting(_), Some(since)) => Some((since + HOLD_FOR).min(self.deadline)),
                 _ => None,
             })
             .filter(|&until| until > now)
@@ -502,6 +506,7 @@ pub(super) async fn forward_udp(
                 suspect,
                 stand: Stand::NotAsked,
                 passed_over: false,
+                first_asked: None,
             })
             .collect(),
         sockets: ForwardSockets::default(),
@@ -803,6 +808,49 @@ mod tests {
         let throttle = Throttle(std::sync::atomic::AtomicU64::new(0));
         assert!(throttle.due());
         assert!(!throttle.due(), "warned twice within 10 s");
+    }
+
+    /// A silent first server holds a later server's denial 2 s from when it was first
+    /// asked: asking it again does not start the hold over (a denial at 4.5 s would
+    /// then have waited past glibc's 5 s).
+    #[tokio::test(start_paused = true)]
+    async fn a_resend_does_not_start_a_silent_servers_hold_over() {
+        let health = Health::default();
+        let [first, second]: [SocketAddr; 2] =
+            ["192.0.2.1:53", "192.0.2.2:53"].map(|addr| addr.parse().expect("addr"));
+        let start = tokio::time::Instant::now();
+        let slot = |server, rank, asked_at: Option<tokio::time::Instant>| Slot {
+            server,
+            rank,
+            suspect: false,
+            stand: asked_at.map_or(Stand::NotAsked, Stand::Waiting),
+            passed_over: asked_at.is_some(),
+            first_asked: asked_at,
+        };
+        let mut forward = UdpForward {
+            network: "n",
+            query: &[],
+            health: &health,
+            slots: vec![
+                slot(first, 0, Some(start)),
+                slot(second, 1, Some(start + Duration::from_secs(1))),
+            ],
+            sockets: ForwardSockets::default(),
+            deadline: start + FORWARD_TIMEOUT,
+            failure: None,
+            held: None,
+            log: None,
+            last_sent: start,
+            resends: 0,
+        };
+        // The first server asked again at 4 s.
+        forward.slots[0].stand = Stand::Waiting(start + Duration::from_secs(4));
+        let at = start + Duration::from_millis(4500);
+        assert_eq!(forward.held_until(1, at), None);
+        assert_eq!(
+            forward.held_until(1, start + Duration::from_secs(1)),
+            Some(start + HOLD_FOR)
+        );
     }
 
     fn order_at(health: &Health, servers: &[SocketAddr], now: Instant) -> Vec<SocketAddr> {

@@ -106,7 +106,9 @@ impl QueryLog {
     /// Logs `query` from `client`, if it is a query and the budget allows; returns what
     /// the lines about its answer are logged with.
     pub(super) fn query(&self, query: &[u8], client: SocketAddr) -> Option<Logged> {
-        // The budget before any formatting: a flood of queries past it costs nothing.
+        // The budget before any formatting (a flood of queries past it costs nothing),
+        // and after the check that it is a question to log (junk does not spend it).
+        question_type(query)?;
         let skipped = lock(&self.counts.budget).take(unix_now())?;
         let (name, qtype) = question(query)?;
         if skipped > 0 {
@@ -164,11 +166,30 @@ impl QueryLog {
 /// The name (as the client wrote it, made safe to print) and type a query asks for;
 /// `None` for a response or a message without one readable question.
 fn question(query: &[u8]) -> Option<(String, u16)> {
+    let qtype = question_type(query)?;
+    let mut name = String::new();
+    let mut at = HEADER_LEN;
+    while let Some(&len) = query.get(at).filter(|&&len| len != 0) {
+        let len = usize::from(len);
+        if !name.is_empty() {
+            name.push('.');
+        }
+        push_label(&mut name, query.get(at + 1..at + 1 + len)?);
+        at += 1 + len;
+    }
+    if name.is_empty() {
+        name.push('.');
+    }
+    Some((name, qtype))
+}
+
+/// The type `query` asks for, if it is a query with one readable question: checked
+/// without formatting anything, before the budget is spent on it.
+fn question_type(query: &[u8]) -> Option<u16> {
     let header = query.get(..HEADER_LEN)?;
     if header[2] & 0x80 != 0 || header[4..6] != [0, 1] {
         return None;
     }
-    let mut name = String::new();
     let mut at = HEADER_LEN;
     loop {
         let len = usize::from(*query.get(at)?);
@@ -181,17 +202,10 @@ fn question(query: &[u8]) -> Option<(String, u16)> {
         if len > 63 || at + 1 + len - HEADER_LEN > MAX_NAME_WIRE_LEN {
             return None;
         }
-        if !name.is_empty() {
-            name.push('.');
-        }
-        push_label(&mut name, query.get(at + 1..at + 1 + len)?);
         at += 1 + len;
     }
     let qtype = query.get(at + 1..at + 3)?;
-    if name.is_empty() {
-        name.push('.');
-    }
-    Some((name, u16::from_be_bytes([qtype[0], qtype[1]])))
+    Some(u16::from_be_bytes([qtype[0], qtype[1]]))
 }
 
 /// Appends `label` as DNS presentation text: a byte other than a letter, digit, `-`,
@@ -349,6 +363,25 @@ mod tests {
         later.continue_from(&earlier);
         crate::debug_log::captured(|| {
             assert_eq!(later.query(&query, client).map(|l| l.serial), Some(2));
+        });
+    }
+
+    /// What is no question to log (a response, an overlong name) spends none of the
+    /// budget: a guest's junk cannot hide the others' queries, nor the count of those
+    /// left out.
+    #[test]
+    fn junk_spends_no_budget() {
+        let client: SocketAddr = "192.0.2.5:5353".parse().expect("address");
+        let log = QueryLog::new("n", QueryLogging::Plain);
+        let query = ask("a.test.", RecordType::A);
+        let mut response = query.clone();
+        response[2] |= 0x80;
+        crate::debug_log::captured(|| {
+            for _ in 0..QUERIES_PER_SECOND {
+                assert!(log.query(&response, client).is_none());
+                assert!(log.query(&long_query(5), client).is_none());
+            }
+            assert!(log.query(&query, client).is_some());
         });
     }
 

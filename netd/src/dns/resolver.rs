@@ -466,7 +466,6 @@ impl Resolver {
         })
     }
 
-    /// The network's query log, if it has `log-queries` on.
     /// Takes over `earlier`'s query log counts (serial numbers, budget) when both log:
     /// this resolver replaces it.
     pub(super) fn continue_query_log_of(&mut self, earlier: &Resolver) {
@@ -475,6 +474,7 @@ impl Resolver {
         }
     }
 
+    /// The network's query log, if it has `log-queries` on.
     pub(super) fn query_log(&self) -> Option<&QueryLog> {
         self.query_log.as_ref()
     }
