@@ -903,50 +903,41 @@ fn a_socket_in_a_directory_others_may_write_is_refused_before_any_network_starts
         return;
     }
     let daemon = Daemon::without_default_network();
+    let bridges = daemon.bridges();
+    // Another daemon, with the default network it would start, on `socket`: refused
+    // with `refusal`, having started nothing.
+    let refused = |socket: std::path::PathBuf, refusal: &str| {
+        let out = daemon
+            .ns
+            .command(env!("CARGO_BIN_EXE_kvnetd"))
+            .arg("--config-dir")
+            .arg(daemon.dirs.path().join("other-config"))
+            .arg("--state-dir")
+            .arg(daemon.dirs.path().join("other-state"))
+            .arg("--socket")
+            .arg(socket)
+            .output()
+            .expect("run kvnetd");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(refusal), "{stderr}");
+        assert_eq!(daemon.bridges(), bridges, "its default network was started");
+    };
     let open_dir = daemon.dirs.path().join("open");
     std::fs::create_dir(&open_dir).expect("dir");
     std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    let bridges = daemon.bridges();
-    let out = daemon
-        .ns
-        .command(env!("CARGO_BIN_EXE_kvnetd"))
-        .arg("--config-dir")
-        .arg(daemon.dirs.path().join("other-config"))
-        .arg("--state-dir")
-        .arg(daemon.dirs.path().join("other-state"))
-        .arg("--socket")
-        .arg(open_dir.join("kvnetd.sock"))
-        .output()
-        .expect("run kvnetd");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("other users may replace files in"),
-        "{stderr}"
+    refused(
+        open_dir.join("kvnetd.sock"),
+        "other users may replace files in",
     );
-    assert_eq!(daemon.bridges(), bridges, "its default network was started");
     // Nor when a file that is no socket is where its read-only socket would go.
     let safe_dir = daemon.dirs.path().join("safe");
     std::fs::create_dir(&safe_dir).expect("dir");
     std::fs::write(safe_dir.join("kvnetd-ro.sock"), "notes").expect("a file");
-    let out = daemon
-        .ns
-        .command(env!("CARGO_BIN_EXE_kvnetd"))
-        .arg("--config-dir")
-        .arg(daemon.dirs.path().join("other-config"))
-        .arg("--state-dir")
-        .arg(daemon.dirs.path().join("other-state"))
-        .arg("--socket")
-        .arg(safe_dir.join("kvnetd.sock"))
-        .output()
-        .expect("run kvnetd");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("a file that is not a socket is there"),
-        "{stderr}"
+    refused(
+        safe_dir.join("kvnetd.sock"),
+        "a file that is not a socket is there",
     );
-    assert_eq!(daemon.bridges(), bridges, "its default network was started");
 }
 
 /// The pid file is root's alone, and a clean stop removes it: a lock someone took on

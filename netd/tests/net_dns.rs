@@ -129,6 +129,18 @@ impl Lab {
         (answers, time)
     }
 
+    /// A UDP socket on port 53 of another address `ip` of the upstream namespace, for a
+    /// test's own upstream that misbehaves.
+    fn upstream_socket(&self, ip: &str) -> UdpSocket {
+        self.upstream
+            .sh(&format!("ip addr add {ip}/24 dev eth0"))
+            .expect("upstream address");
+        self.upstream
+            .run(|| UdpSocket::bind((ip, 53)))
+            .expect("enter upstream")
+            .expect("bind the upstream socket")
+    }
+
     /// Waits until dnsmasq answers from the server namespace.
     fn wait_for_upstream(&self) {
         for _ in 0..50 {
@@ -533,14 +545,7 @@ fn a_slow_upstream_is_heard_when_the_next_cannot_be_reached() {
     }
     let lab = Lab::new("dnsw");
     const SLOW_UPSTREAM_IP: &str = "10.99.0.5";
-    lab.upstream
-        .sh(&format!("ip addr add {SLOW_UPSTREAM_IP}/24 dev eth0"))
-        .expect("upstream address");
-    let socket = lab
-        .upstream
-        .run(|| UdpSocket::bind((SLOW_UPSTREAM_IP, 53)))
-        .expect("enter upstream")
-        .expect("bind the slow upstream");
+    let socket = lab.upstream_socket(SLOW_UPSTREAM_IP);
     // Answers each query 1.5 s late: NOERROR, no records.
     let slow = std::thread::spawn(move || {
         let mut buf = [0u8; 512];
@@ -582,14 +587,7 @@ fn a_lost_query_is_sent_again_and_a_slow_answer_reaches_the_retry() {
     }
     let lab = Lab::new("dnsr");
     const FLAKY_UPSTREAM_IP: &str = "10.99.0.6";
-    lab.upstream
-        .sh(&format!("ip addr add {FLAKY_UPSTREAM_IP}/24 dev eth0"))
-        .expect("upstream address");
-    let socket = lab
-        .upstream
-        .run(|| UdpSocket::bind((FLAKY_UPSTREAM_IP, 53)))
-        .expect("enter upstream")
-        .expect("bind the flaky upstream");
+    let socket = lab.upstream_socket(FLAKY_UPSTREAM_IP);
     // Ignores the first copy of each question; answers `slow.` questions 6 s late.
     let flaky = std::thread::spawn(move || {
         let mut seen = std::collections::HashSet::new();
