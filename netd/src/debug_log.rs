@@ -41,6 +41,29 @@ impl LogBudget {
     }
 }
 
+/// Logs the lines `lines` makes of one DHCP or DHCPv6 message of `network` (its
+/// transaction `xid`) at Unix time `now`, within `budget`, formatting nothing past it;
+/// `what` names the messages in the count of those left out.
+pub(crate) fn log_message(
+    network: &str,
+    budget: &mut LogBudget,
+    now: i64,
+    what: &str,
+    xid: u32,
+    lines: impl FnOnce() -> Vec<String>,
+) {
+    let Some(skipped) = budget.take(now) else {
+        return;
+    };
+    if skipped > 0 {
+        let per_second = budget.per_second;
+        tracing::info!(%network, "{skipped} {what} messages not logged: at most {per_second} a second are");
+    }
+    for line in lines() {
+        tracing::info!(%network, xid, "{line}");
+    }
+}
+
 /// What `run` logs at INFO and above, as the daemon writes it (without times).
 #[cfg(test)]
 pub(crate) fn captured(run: impl FnOnce()) -> String {

@@ -45,16 +45,8 @@ pub(super) struct Exchange<'a> {
 
 /// Logs `exchange` of network `network` at Unix time `now`, within `budget`.
 pub(super) fn write(network: &str, budget: &mut LogBudget, now: i64, exchange: &Exchange<'_>) {
-    let Some(skipped) = budget.take(now) else {
-        return;
-    };
-    if skipped > 0 {
-        tracing::info!(%network, "{skipped} DHCP messages not logged: at most {MESSAGES_PER_SECOND} a second are");
-    }
     let xid = exchange.request.xid();
-    for line in lines(exchange) {
-        tracing::info!(%network, xid, "{line}");
-    }
+    crate::debug_log::log_message(network, budget, now, "DHCP", xid, || lines(exchange));
 }
 
 /// The lines of `exchange`, in dnsmasq's order: the client's name, the message, the

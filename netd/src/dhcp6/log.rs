@@ -33,17 +33,9 @@ pub(super) struct Exchange<'a> {
 
 /// Logs `exchange` of network `network` at Unix time `now`, within `budget`.
 pub(super) fn write(network: &str, budget: &mut LogBudget, now: i64, exchange: &Exchange<'_>) {
-    let Some(skipped) = budget.take(now) else {
-        return;
-    };
-    if skipped > 0 {
-        tracing::info!(%network, "{skipped} DHCPv6 messages not logged: at most {MESSAGES_PER_SECOND} a second are");
-    }
     let [high, middle, low] = exchange.request.xid();
     let xid = u32::from_be_bytes([0, high, middle, low]);
-    for line in lines(exchange) {
-        tracing::info!(%network, xid, "{line}");
-    }
+    crate::debug_log::log_message(network, budget, now, "DHCPv6", xid, || lines(exchange));
 }
 
 /// The most of a DUID a line shows: the longest a valid one is.
