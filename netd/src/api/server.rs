@@ -225,14 +225,9 @@ pub async fn serve(
     listening: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let listener = bind(socket, 0o660)?;
-    let socket_gid = std::fs::metadata(socket)
-        .map_err(|source| Error::Socket {
-            action: "inspecting",
-            path: socket.to_owned(),
-            source,
-        })?
-        .gid();
+    // The read-only socket first: the main one appearing is what clients (and the
+    // tests) take for the daemon being ready, so an earlier daemon's read-only socket
+    // must be gone or replaced by then.
     let read_only_socket = crate::api::read_only_socket(socket);
     let read_only = if with_read_only_socket {
         Some(bind(&read_only_socket, 0o666)?)
@@ -249,6 +244,14 @@ pub async fn serve(
         }
         None
     };
+    let listener = bind(socket, 0o660)?;
+    let socket_gid = std::fs::metadata(socket)
+        .map_err(|source| Error::Socket {
+            action: "inspecting",
+            path: socket.to_owned(),
+            source,
+        })?
+        .gid();
     match &read_only {
         Some(_) => {
             tracing::info!(socket = %socket.display(), read_only = %read_only_socket.display(), "listening")
