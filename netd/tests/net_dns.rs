@@ -637,6 +637,40 @@ fn a_lost_query_is_sent_again_and_a_slow_answer_reaches_the_retry() {
             ))
             .unwrap_or_else(|e| e.to_string());
         assert!(out.contains("status: NOERROR"), "{out}");
+        // Over TCP, forwards waiting on an upstream that never answers (its connections
+        // wait in the backlog) take every turn the guest has, and its local names are
+        // still answered at once.
+        let _silent_tcp = lab
+            .upstream
+            .run(|| std::net::TcpListener::bind((FLAKY_UPSTREAM_IP, 53)))
+            .expect("enter upstream")
+            .expect("listen");
+        let server: SocketAddr = format!("{SERVER_IP}:53").parse().expect("addr");
+        let connect = || {
+            lab.client
+                .run(|| TcpStream::connect(server).expect("tcp connect"))
+                .expect("connect from the client namespace")
+        };
+        let _hanging: Vec<TcpStream> = (0..netd::dns::server::MAX_TCP_SERVED_PER_CLIENT)
+            .map(|n| {
+                let mut stream = connect();
+                let label = format!("slow{n}");
+                let message = a_query(n as u16, &[&label, "up", "test"]);
+                let mut framed = (message.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(&message);
+                stream.write_all(&framed).expect("send");
+                stream
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut local = connect();
+        local
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        assert!(
+            tcp_query(&mut local, 77).is_ok(),
+            "a local name waited for the forwards"
+        );
     });
     drop(flaky);
 }

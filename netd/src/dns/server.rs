@@ -13,7 +13,7 @@
 //! (`in_flight.rs`, which also bounds them): the answer goes to each asker with its own
 //! ID, letter case and EDNS, from the socket its query came in on. A TCP client gets a
 //! small task per connection (at most [`MAX_TCP_CLIENTS`] at once, and
-//! [`MAX_TCP_PER_CLIENT`] per client address, whose queries are answered
+//! [`MAX_TCP_PER_CLIENT`] per client address, whose queries are forwarded
 //! [`MAX_TCP_SERVED_PER_CLIENT`] at once while the others wait their turn) that
 //! forwards over TCP, so large upstream answers get through whole.
 
@@ -56,9 +56,9 @@ pub const MAX_TCP_CLIENTS: usize = 128;
 /// 6.2.2 asks: glibc's `use-vc` opens a connection per lookup, and a guest may be a
 /// resolver or a NAT for many.
 pub const MAX_TCP_PER_CLIENT: usize = 32;
-/// Most of one guest's TCP queries answered at once; the others wait their turn (up to
-/// [`TCP_IDLE`]). A connection holds a turn only while it has a query to answer, so idle
-/// ones keep no query waiting.
+/// Most of one guest's TCP queries forwarded at once; the others wait their turn (up to
+/// [`TCP_IDLE`]). A connection holds a turn only while it forwards a query, so idle ones
+/// keep no query waiting, and local answers never wait.
 pub const MAX_TCP_SERVED_PER_CLIENT: usize = 8;
 /// How often a network's expired cached answers are let go.
 const CACHE_PURGE_INTERVAL: Duration = Duration::from_secs(60);
@@ -871,17 +871,6 @@ async fn serve_tcp(
             Ok(Ok(())) => {}
             _ => return,
         }
-        // A turn per query, not per connection: a guest's idle connections (a
-        // resolver keeping them open) must not keep its next query waiting.
-        let _turn = match &turns {
-            Some(turns) => {
-                match tokio::time::timeout(TCP_IDLE, Arc::clone(turns).acquire_owned()).await {
-                    Ok(Ok(turn)) => Some(turn),
-                    _ => return,
-                }
-            }
-            None => None,
-        };
         let resolver = Arc::clone(&resolvers.borrow());
         let logging = match (resolver.query_log(), peer) {
             (Some(log), Some(peer)) => log.query(&query, peer).map(|logged| (log, logged)),
@@ -899,6 +888,19 @@ async fn serve_tcp(
                 }
             }
             Outcome::Forward(servers) => {
+                // A turn per forward, not per connection: a guest's idle connections (a
+                // resolver keeping them open) must not keep its next query waiting, and
+                // its forwards hanging on a silent upstream hold up no local answer.
+                let _turn = match &turns {
+                    Some(turns) => {
+                        let turn = Arc::clone(turns).acquire_owned();
+                        match tokio::time::timeout(TCP_IDLE, turn).await {
+                            Ok(Ok(turn)) => Some(turn),
+                            _ => return,
+                        }
+                    }
+                    None => None,
+                };
                 let network = resolver.network();
                 match forward_tcp(network, servers, health, &query, &mut out, logging).await {
                     Ok(keep) => {
