@@ -7,7 +7,9 @@
 //! DHCPDISCOVER(virbr0) 52:54:00:12:34:56
 //! DHCPOFFER(virbr0) 192.168.122.5 52:54:00:12:34:56
 //! requested options: 1:netmask, 3:router, 6:dns-server, 12:hostname, 15:domain-name
-//! sent options: 53:message-type, 54:server-identifier, 51:lease-time, 58:T1, ...
+//! sent size:  1 option: 53 message-type  2
+//! sent size:  4 option: 54 server-identifier  192.168.122.1
+//! sent size:  4 option: 51 lease-time  1h
 //! DHCPREQUEST(virbr0) 192.168.122.5 52:54:00:12:34:56
 //! DHCPACK(virbr0) 192.168.122.5 52:54:00:12:34:56 web1
 //! ```
@@ -114,9 +116,88 @@ pub(super) fn lines(exchange: &Exchange<'_>) -> Vec<String> {
         let codes: Vec<u8> = asked.iter().map(|&code| u8::from(code)).collect();
         lines.push(format!("requested options: {}", option_list(&codes)));
     }
-    let sent: Vec<u8> = options.iter().map(|&(code, _)| code).collect();
-    lines.push(format!("sent options: {}", option_list(&sent)));
+    // A line per option sent, with its value, as dnsmasq's log-dhcp writes them.
+    lines.extend(options.iter().map(|(code, data)| sent_line(*code, data)));
     lines
+}
+
+/// `sent size:  4 option: 54 server-identifier  192.168.122.1`: an option sent, with
+/// its value as dnsmasq's `log_options` shows it (addresses, times, numbers, text, else
+/// hex bytes).
+fn sent_line(code: u8, data: &[u8]) -> String {
+    let name = dhcp_option_name(code).map_or_else(String::new, |name| format!(" {name}"));
+    format!(
+        "sent size:{:3} option:{code:3}{name}  {}",
+        data.len(),
+        option_value(code, data)
+    )
+}
+
+/// Options whose value is IPv4 addresses (dnsmasq's `OT_ADDR_LIST`).
+const ADDRESS_OPTIONS: &[u8] = &[
+    1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 16, 28, 32, 33, 41, 42, 44, 45, 48, 49, 54, 65, 68, 69, 70, 71,
+    72, 73, 74, 75, 76, 150,
+];
+/// Options whose value is a time in seconds (`OT_TIME`).
+const TIME_OPTIONS: &[u8] = &[51, 58, 59];
+/// Options whose value is text (`OT_NAME`).
+const TEXT_OPTIONS: &[u8] = &[12, 14, 15, 17, 18, 40, 47, 56, 60, 64, 66, 67];
+/// The most bytes of a value shown in hex.
+const MAX_HEX_SHOWN: usize = 32;
+
+fn option_value(code: u8, data: &[u8]) -> String {
+    if ADDRESS_OPTIONS.contains(&code) && !data.is_empty() && data.len().is_multiple_of(4) {
+        return data
+            .chunks_exact(4)
+            .map(|quad| Ipv4Addr::new(quad[0], quad[1], quad[2], quad[3]).to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+    }
+    if let (true, Ok(seconds)) = (TIME_OPTIONS.contains(&code), <[u8; 4]>::try_from(data)) {
+        return time_text(u32::from_be_bytes(seconds));
+    }
+    if TEXT_OPTIONS.contains(&code) {
+        // Printable ASCII as it is, anything else escaped: no line of its own.
+        return data
+            .iter()
+            .flat_map(|&byte| std::ascii::escape_default(byte))
+            .map(char::from)
+            .collect();
+    }
+    match data {
+        [byte] => byte.to_string(),
+        [high, low] => u16::from_be_bytes([*high, *low]).to_string(),
+        _ => {
+            let mut hex: Vec<String> = data
+                .iter()
+                .take(MAX_HEX_SHOWN)
+                .map(|byte| format!("{byte:02x}"))
+                .collect();
+            if data.len() > MAX_HEX_SHOWN {
+                hex.push("...".to_owned());
+            }
+            hex.join(":")
+        }
+    }
+}
+
+/// A time as dnsmasq's `prettyprint_time` writes it: `1h`, `52m30s`, `infinite`.
+fn time_text(seconds: u32) -> String {
+    if seconds == u32::MAX {
+        return "infinite".to_owned();
+    }
+    let mut text = String::new();
+    let mut left = seconds;
+    for (unit, size) in [('d', 86_400), ('h', 3_600), ('m', 60)] {
+        if left >= size {
+            text.push_str(&format!("{}{unit}", left / size));
+            left %= size;
+        }
+    }
+    if left > 0 || text.is_empty() {
+        text.push_str(&format!("{left}s"));
+    }
+    text
 }
 
 /// `address`, unless it is `0.0.0.0` (none given).
@@ -174,6 +255,34 @@ fn option_list(codes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddrV4;
+
+    /// Values as dnsmasq's log shows them: addresses, times, text escaped, numbers, else
+    /// hex bytes, cut.
+    #[test]
+    fn option_values_read_as_dnsmasqs() {
+        assert_eq!(
+            option_value(6, &[10, 0, 0, 1, 10, 0, 0, 2]),
+            "10.0.0.1, 10.0.0.2"
+        );
+        assert_eq!(option_value(51, &3600u32.to_be_bytes()), "1h");
+        assert_eq!(option_value(58, &3150u32.to_be_bytes()), "52m30s");
+        assert_eq!(option_value(51, &u32::MAX.to_be_bytes()), "infinite");
+        assert_eq!(option_value(15, b"lab.test"), "lab.test");
+        assert_eq!(option_value(12, b"a\nb"), "a\\nb");
+        assert_eq!(option_value(26, &9000u16.to_be_bytes()), "9000");
+        assert_eq!(
+            option_value(121, &[24, 10, 0, 0, 192, 168, 1, 1]),
+            "18:0a:00:00:c0:a8:01:01"
+        );
+        assert!(option_value(43, &[7; 100]).ends_with(":07:..."));
+        assert_eq!(time_text(0), "0s");
+        assert_eq!(time_text(90_061), "1d1h1m1s");
+        assert_eq!(
+            sent_line(250, &[1]),
+            "sent size:  1 option:250  1",
+            "an option dnsmasq has no name for"
+        );
+    }
 
     use dhcproto::v4::{Flags, HType, Opcode};
     use dhcproto::{Encodable, Encoder};
@@ -261,7 +370,7 @@ mod tests {
             ))],
         );
         let sent = option_codes(&offer);
-        let mut lines = lines(&Exchange {
+        let lines = lines(&Exchange {
             interface: "virbr0",
             request: &discover,
             kind: MessageType::Discover,
@@ -269,7 +378,6 @@ mod tests {
             outcome: Ok(Some(&offer)),
             lease_name: None,
         });
-        let sent_line = lines.pop().expect("sent options");
         assert_eq!(
             lines,
             [
@@ -277,13 +385,11 @@ mod tests {
                 "DHCPDISCOVER(virbr0) 52:54:00:12:34:56",
                 "DHCPOFFER(virbr0) 192.168.122.5 52:54:00:12:34:56",
                 "requested options: 1:netmask, 3:router, 224",
+                "sent size:  1 option: 53 message-type  2",
+                "sent size:  4 option: 54 server-identifier  192.168.122.1",
             ]
         );
         assert_eq!(sent, [53, 54]);
-        assert_eq!(
-            sent_line,
-            "sent options: 53:message-type, 54:server-identifier"
-        );
 
         let requested = request(
             MessageType::Request,
