@@ -825,13 +825,12 @@ impl LeaseDb {
         self.detach_client(client, ip);
         // The lease takes the identity of this request (a client identifier gained or
         // lost), so the journal and `net-dhcp-leases` show the current one.
-        // A lease of this client's that had expired is no binding it holds: this one is
-        // new, not on disk until the next commit.
-        let fresh = !self.is_bound_to(client, ip, now);
-        self.put_bound(client.clone(), ip, hostname, expiry);
-        if fresh && let Some(lease) = self.by_ip.get_mut(&ip) {
-            lease.first_bound_seq = lease.bound_seq;
-        }
+        // A renewal continues the binding the client holds; a lease of its that had
+        // expired is no binding it holds, and this one is new.
+        let continues = self
+            .bound_lease(client, ip, now)
+            .map(|held| held.first_bound_seq);
+        self.put_bound(client.clone(), ip, hostname, expiry, continues);
         self.journal_bind(ip);
         Some(secs)
     }
@@ -893,7 +892,8 @@ impl LeaseDb {
         for (ip, name) in renames {
             if let Some(lease) = self.by_ip.get(&ip) {
                 let (client, expiry) = (lease.client.clone(), lease.expiry);
-                self.put_bound(client, ip, name, expiry);
+                let continues = Some(lease.first_bound_seq);
+                self.put_bound(client, ip, name, expiry, continues);
                 self.journal_bind(ip);
             }
         }
@@ -902,14 +902,21 @@ impl LeaseDb {
     /// Makes `client` the bound holder of `ip`, dropping whatever held `ip`. A name goes
     /// with the lease that claimed it last: other leases holding it lose it, as with
     /// dnsmasq (`lease_set_hostname`), so DNS and `net-dhcp-leases` show one holder.
-    /// (A replayed journal strips the same names in the same order.)
-    fn put_bound(&mut self, client: Client, ip: Ipv4Addr, hostname: Option<Box<str>>, expiry: i64) {
-        let held_by_client = self
-            .by_ip
-            .get(&ip)
-            .filter(|held| held.state == LeaseState::Bound && held.client.same_as(&client));
-        let renewed = held_by_client.is_some_and(|held| held.hostname == hostname);
-        let first_bound_seq = held_by_client.map(|held| held.first_bound_seq);
+    /// (A replayed journal strips the same names in the same order.) `continues`: when
+    /// the binding this continues was first made (a renewal, a rename), else `None`.
+    fn put_bound(
+        &mut self,
+        client: Client,
+        ip: Ipv4Addr,
+        hostname: Option<Box<str>>,
+        expiry: i64,
+        continues: Option<u64>,
+    ) {
+        let renewed = self.by_ip.get(&ip).is_some_and(|held| {
+            held.state == LeaseState::Bound
+                && held.client.same_as(&client)
+                && held.hostname == hostname
+        });
         self.remove_ip(ip);
         if let Some(name) = hostname.as_deref()
             && !renewed
@@ -928,7 +935,7 @@ impl LeaseDb {
                 expiry,
                 state: LeaseState::Bound,
                 bound_seq: self.binds,
-                first_bound_seq: first_bound_seq.unwrap_or(self.binds),
+                first_bound_seq: continues.unwrap_or(self.binds),
             },
         );
     }
@@ -1240,7 +1247,8 @@ impl LeaseDb {
                 {
                     self.free(old);
                 }
-                self.put_bound(client, ip, hostname, expiry);
+                // Replayed, it is on disk: whether it continues a binding does not matter.
+                self.put_bound(client, ip, hostname, expiry, None);
                 true
             }
         }

@@ -108,9 +108,9 @@ impl QueryLog {
     pub(super) fn query(&self, query: &[u8], client: SocketAddr) -> Option<Logged> {
         // The budget before any formatting (a flood of queries past it costs nothing),
         // and after the check that it is a question to log (junk does not spend it).
-        question_type(query)?;
+        let qtype = question_type(query)?;
         let skipped = lock(&self.counts.budget).take(unix_now())?;
-        let (name, qtype) = question(query)?;
+        let name = question_name(query);
         if skipped > 0 {
             tracing::info!(network = %self.network, "{skipped} DNS queries not logged: at most {QUERIES_PER_SECOND} a second are");
         }
@@ -167,6 +167,12 @@ impl QueryLog {
 /// `None` for a response or a message without one readable question.
 fn question(query: &[u8]) -> Option<(String, u16)> {
     let qtype = question_type(query)?;
+    Some((question_name(query), qtype))
+}
+
+/// The name of the question of `query`, which [`question_type`] found readable, as
+/// [`question`] gives it.
+fn question_name(query: &[u8]) -> String {
     let mut name = String::new();
     let mut at = HEADER_LEN;
     while let Some(&len) = query.get(at).filter(|&&len| len != 0) {
@@ -174,13 +180,16 @@ fn question(query: &[u8]) -> Option<(String, u16)> {
         if !name.is_empty() {
             name.push('.');
         }
-        push_label(&mut name, query.get(at + 1..at + 1 + len)?);
+        push_label(
+            &mut name,
+            query.get(at + 1..at + 1 + len).unwrap_or_default(),
+        );
         at += 1 + len;
     }
     if name.is_empty() {
         name.push('.');
     }
-    Some((name, qtype))
+    name
 }
 
 /// The type `query` asks for, if it is a query with one readable question: checked
